@@ -1,0 +1,486 @@
+// `moe-native bench [--json PATH]`: kernel timings with napkin math. Every throughput is printed with the fraction
+// of a roofline; bandwidth rooflines are measured in the same run on the same machine (a device-to-device copy
+// on the GPU, a streaming AVX-512/AVX2 read on the CPU), the GPU tensor-core roofline is DESIGN.md's measured
+// H100 peak (stated as such, not measured here).
+//   CUDA: events on a stream, 3 warm-ups, median of 20 runs, L2 flushed (memset of a buffer > L2) before each run.
+//   CPU:  steady_clock, 1 warm-up, median of 3..11 runs (about 1.5 s per measurement at most), per ISA tier.
+// The JSON holds the date, the machine and every measurement with its unit.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <functional>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/isa.h"
+#include "core/threadpool.h"
+#include "cpu/add.h"
+#include "cpu/convert.h"
+#include "cpu/gemm.h"
+#include "cuda_util.h"
+#include "harness.h"
+
+#if MOE_X86
+#include <immintrin.h>
+#endif
+
+namespace moe::native {
+namespace {
+
+// ---- results ----------------------------------------------------------------------------------------------------
+
+struct Measurement {
+  std::string backend;  // "cuda", "cpu-avx512", ...
+  std::string op;       // "gemm", "convert", "h2d", ...
+  std::string shape;    // "m=1024 n=1024 k=1024 bf16->bf16"
+  double time_ms = 0;   // median
+  double value = 0;     // throughput
+  std::string unit;     // "TFLOP/s", "GB/s", "GFLOP/s"
+  double roofline = 0;  // 0: none
+  std::string roofline_source;
+  std::string note;
+};
+
+std::vector<Measurement> g_results;
+
+void report(Measurement m) {
+  std::printf("%-16s %-9s %-44s %9.3f ms %10.2f %-7s", m.backend.c_str(), m.op.c_str(), m.shape.c_str(), m.time_ms,
+              m.value, m.unit.c_str());
+  if (m.roofline > 0) std::printf("  %5.1f%% of %.1f %s (%s)", 100.0 * m.value / m.roofline, m.roofline,
+                                  m.unit.c_str(), m.roofline_source.c_str());
+  if (!m.note.empty()) std::printf("  [%s]", m.note.c_str());
+  std::printf("\n");
+  std::fflush(stdout);
+  g_results.push_back(std::move(m));
+}
+
+[[maybe_unused]] double median(std::vector<double> v) {  // CUDA timings
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t h = v.size() / 2;
+  return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
+}
+
+std::string json_escape(const std::string& s) {
+  std::string r;
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      r += '\\';
+      r += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+      r += buf;
+    } else {
+      r += c;
+    }
+  }
+  return r;
+}
+
+std::string json_num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.6g", v);
+  return buf;
+}
+
+// ---- CPU --------------------------------------------------------------------------------------------------------
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// One warm-up, then runs until >= 3 runs and >= budget_ms spent, or 11 runs. Returns the median in ms.
+double time_cpu_ms(const std::function<void()>& fn, double budget_ms = 1500) {
+  fn();
+  double t[11];
+  size_t runs = 0;
+  const double start = now_ms();
+  while (runs < 11 && (runs < 3 || now_ms() - start < budget_ms)) {
+    double t0 = now_ms();
+    fn();
+    t[runs++] = now_ms() - t0;
+  }
+  std::sort(t, t + runs);
+  return runs % 2 ? t[runs / 2] : 0.5 * (t[runs / 2 - 1] + t[runs / 2]);
+}
+
+float read_sum_scalar(const float* p, size_t n) {
+  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += p[i];
+    s1 += p[i + 1];
+    s2 += p[i + 2];
+    s3 += p[i + 3];
+  }
+  for (; i < n; i++) s0 += p[i];
+  return s0 + s1 + s2 + s3;
+}
+
+#if MOE_X86
+// Streaming reads with 4 independent accumulators (p 64-byte aligned, n a multiple of 64).
+MOE_TARGET_AVX512 float read_sum_avx512(const float* p, size_t n) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+  for (size_t i = 0; i + 64 <= n; i += 64) {
+    s0 = _mm512_add_ps(s0, _mm512_load_ps(p + i));
+    s1 = _mm512_add_ps(s1, _mm512_load_ps(p + i + 16));
+    s2 = _mm512_add_ps(s2, _mm512_load_ps(p + i + 32));
+    s3 = _mm512_add_ps(s3, _mm512_load_ps(p + i + 48));
+  }
+  // Horizontal sum through memory (GCC 12's _mm512_reduce_add_ps trips -Wuninitialized).
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+  float r = 0;
+  for (int i = 0; i < 16; i++) r += lanes[i];
+  return r;
+}
+
+MOE_TARGET_AVX2 float read_sum_avx2(const float* p, size_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+  for (size_t i = 0; i + 32 <= n; i += 32) {
+    s0 = _mm256_add_ps(s0, _mm256_load_ps(p + i));
+    s1 = _mm256_add_ps(s1, _mm256_load_ps(p + i + 8));
+    s2 = _mm256_add_ps(s2, _mm256_load_ps(p + i + 16));
+    s3 = _mm256_add_ps(s3, _mm256_load_ps(p + i + 24));
+  }
+  __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+  return _mm_cvtss_f32(h);
+}
+#endif
+
+struct AlignedBuffer {
+  void* p = nullptr;
+  explicit AlignedBuffer(size_t bytes) {
+    p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (p == nullptr) throw std::bad_alloc();
+    std::memset(p, 1, bytes);  // touch every page before timing (non-zero: zero-filled pages read faster here)
+  }
+  ~AlignedBuffer() { std::free(p); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+};
+
+// Streaming read bandwidth of the whole thread pool over 256 MiB with the best vector ISA: the CPU roofline.
+double cpu_read_bandwidth(std::string* how) {
+  const size_t bytes = size_t{256} << 20, chunk_floats = size_t{1} << 18;  // 1 MiB chunks
+  AlignedBuffer buf(bytes);
+  const float* p = buf.as<float>();
+  const size_t chunks = bytes / 4 / chunk_floats;
+  std::vector<float> sums(chunks);
+  const Isa best = cpu_info().best;
+  std::function<float(const float*, size_t)> fn = read_sum_scalar;
+  *how = "scalar read, 4 accumulators";
+#if MOE_X86
+  if (best >= Isa::Avx512) {
+    fn = read_sum_avx512;
+    *how = "AVX-512 read, 4 accumulators";
+  } else if (best >= Isa::Avx2) {
+    fn = read_sum_avx2;
+    *how = "AVX2 read, 4 accumulators";
+  }
+#endif
+  double ms = time_cpu_ms([&] {
+    ThreadPool::global().parallel_for(chunks, 1, [&](size_t b, size_t e) {
+      for (size_t c = b; c < e; c++) sums[c] = fn(p + c * chunk_floats, chunk_floats);
+    });
+  });
+  volatile float sink = sums[0];
+  (void)sink;
+  *how += ", " + std::to_string(ThreadPool::global().size()) + " threads, 256 MiB";
+  return bytes / (ms * 1e-3) / 1e9;
+}
+
+void bench_cpu() {
+  const CpuInfo& ci = cpu_info();
+  std::string how;
+  const double read_gbs = cpu_read_bandwidth(&how);
+  report({"cpu", "read-bw", "256 MiB", 256.0 * 1048576 / read_gbs / 1e6, read_gbs, "GB/s", 0, "", how});
+  const std::string roof_src = "streaming read probe, this run (bytes read + written vs read-only)";
+
+  const size_t n = size_t{32} << 20;  // elements
+  AlignedBuffer f32(n * 4), bf_a(n * 2), bf_b(n * 2), bf_o(n * 2);
+  for (size_t i = 0; i < n; i++) f32.as<float>()[i] = static_cast<float>(i % 1000) * 0.001f;
+  for (size_t i = 0; i < n; i++) bf_a.as<uint16_t>()[i] = bf_b.as<uint16_t>()[i] = 0x3f80;  // 1.0
+
+  const int64_t gm_small = 256, gk = 1024;
+  AlignedBuffer ga(size_t{1024} * 1024 * 2), gb(size_t{1024} * 1024 * 2), go(size_t{1024} * 1024 * 4);
+  for (size_t i = 0; i < size_t{1024} * 1024; i++) {
+    ga.as<uint16_t>()[i] = f32_to_bf16(static_cast<float>(i % 17) * 0.01f);
+    gb.as<uint16_t>()[i] = f32_to_bf16(static_cast<float>(i % 13) * 0.01f);
+  }
+
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16}) {
+    const std::string be = std::string("cpu-") + isa_name(isa);
+    if (isa > ci.best) {
+      std::printf("%-16s SKIP: CPU lacks %s\n", be.c_str(), isa_name(isa));
+      continue;
+    }
+    Isa ran = isa;
+    auto note = [&] { return ran != isa ? std::string("ran ") + isa_name(ran) : std::string(); };
+
+    double ms = time_cpu_ms([&] { ran = cpu::convert({f32.p, DType::F32, bf_o.p, DType::BF16, n}, isa); });
+    report({be, "convert", "n=32M f32->bf16", ms, n * 6.0 / (ms * 1e-3) / 1e9, "GB/s", read_gbs, roof_src, note()});
+    ms = time_cpu_ms([&] { ran = cpu::convert({bf_a.p, DType::BF16, f32.p, DType::F32, n}, isa); });
+    report({be, "convert", "n=32M bf16->f32", ms, n * 6.0 / (ms * 1e-3) / 1e9, "GB/s", read_gbs, roof_src, note()});
+    ms = time_cpu_ms([&] { ran = cpu::add({bf_a.p, bf_b.p, bf_o.p, DType::BF16, n}, isa); });
+    report({be, "add", "n=32M bf16", ms, n * 6.0 / (ms * 1e-3) / 1e9, "GB/s", read_gbs, roof_src, note()});
+
+    for (int64_t m : {gm_small, int64_t{1024}}) {
+      cpu::GemmArgs args{ga.p, gb.p, go.p, DType::BF16, DType::F32, m, 1024, gk, gk, gk, 1024};
+      ms = time_cpu_ms([&] { ran = cpu::gemm(args, isa); }, 2000);
+      double gflops = 2.0 * m * 1024 * gk / (ms * 1e-3) / 1e9;
+      report({be, "gemm", "m=" + std::to_string(m) + " n=1024 k=1024 bf16->f32", ms, gflops, "GFLOP/s", 0, "",
+              note()});
+    }
+  }
+}
+
+// ---- CUDA -------------------------------------------------------------------------------------------------------
+
+#if MOE_WITH_CUDA
+constexpr double kH100PeakTflops = 790.0;
+const char* kPeakSource = "measured peak from DESIGN.md section 7, not measured here";
+
+struct CudaBench {
+  int dev = 0;
+  Stream stream{0};
+  void* e0 = nullptr;
+  void* e1 = nullptr;
+  DeviceBuffer* flush = nullptr;
+
+  CudaBench() {
+    cuda_check(moe_cuda_event_create(dev, 1, &e0), "moe_cuda_event_create");
+    cuda_check(moe_cuda_event_create(dev, 1, &e1), "moe_cuda_event_create");
+  }
+  ~CudaBench() {
+    if (e0) moe_cuda_event_destroy(dev, e0);
+    if (e1) moe_cuda_event_destroy(dev, e1);
+  }
+
+  // Median of `runs` timings of enqueue() (after `warmup` untimed calls), L2 flushed before each when asked.
+  double time_ms(const std::function<int()>& enqueue, bool flush_l2 = true, int runs = 20, int warmup = 3) {
+    for (int i = 0; i < warmup; i++) cuda_check(enqueue(), "warm-up launch");
+    stream.sync();
+    std::vector<double> t;
+    for (int i = 0; i < runs; i++) {
+      if (flush_l2 && flush != nullptr) {
+        cuda_check(moe_cuda_memset_async(dev, flush->get(), i & 0xff, flush->size(), stream.get()), "L2 flush");
+      }
+      cuda_check(moe_cuda_event_record(dev, e0, stream.get()), "moe_cuda_event_record");
+      cuda_check(enqueue(), "timed launch");
+      cuda_check(moe_cuda_event_record(dev, e1, stream.get()), "moe_cuda_event_record");
+      cuda_check(moe_cuda_event_synchronize(dev, e1), "moe_cuda_event_synchronize");
+      float ms = 0;
+      cuda_check(moe_cuda_event_elapsed_ms(&ms, e0, e1), "moe_cuda_event_elapsed_ms");
+      t.push_back(ms);
+    }
+    return median(t);
+  }
+};
+
+void bench_cuda(const MoeCudaDeviceInfo& info) {
+  CudaBench cb;
+  const int dev = cb.dev;
+  void* s = cb.stream.get();
+  const size_t flush_bytes = std::max<size_t>(size_t{2} * static_cast<size_t>(info.l2_bytes), size_t{64} << 20);
+  DeviceBuffer flush(dev, flush_bytes);
+  cb.flush = &flush;
+
+  // Bandwidth roofline: device-to-device copy, bytes read + written.
+  const size_t copy_bytes = size_t{512} << 20;
+  double d2d_gbs = 0;
+  {
+    DeviceBuffer x(dev, copy_bytes), y(dev, copy_bytes);
+    cuda_check(moe_cuda_memset_async(dev, x.get(), 1, copy_bytes, s), "memset");
+    double ms = cb.time_ms([&] { return moe_cuda_memcpy_async(dev, y.get(), x.get(), copy_bytes, s); });
+    d2d_gbs = 2.0 * copy_bytes / (ms * 1e-3) / 1e9;
+    report({"cuda", "d2d-copy", "512 MiB", ms, d2d_gbs, "GB/s", 0, "", "bytes read + written; bandwidth roofline"});
+  }
+  const std::string bw_src = "device-to-device copy, this run";
+
+  // Elementwise ops: 64M elements.
+  {
+    const size_t n = size_t{64} << 20;
+    DeviceBuffer f32(dev, n * 4), ba(dev, n * 2), bb(dev, n * 2), bo(dev, n * 2);
+    cuda_check(moe_cuda_memset_async(dev, f32.get(), 0x3f, n * 4, s), "memset");
+    cuda_check(moe_cuda_memset_async(dev, ba.get(), 0x3f, n * 2, s), "memset");
+    cuda_check(moe_cuda_memset_async(dev, bb.get(), 0x3e, n * 2, s), "memset");
+    double ms = cb.time_ms([&] { return moe_cuda_convert(dev, f32.get(), 0, bo.get(), 2, n, s); });
+    report({"cuda", "convert", "n=64M f32->bf16", ms, n * 6.0 / (ms * 1e-3) / 1e9, "GB/s", d2d_gbs, bw_src, ""});
+    ms = cb.time_ms([&] { return moe_cuda_convert(dev, ba.get(), 2, f32.get(), 0, n, s); });
+    report({"cuda", "convert", "n=64M bf16->f32", ms, n * 6.0 / (ms * 1e-3) / 1e9, "GB/s", d2d_gbs, bw_src, ""});
+    ms = cb.time_ms([&] { return moe_cuda_add(dev, ba.get(), bb.get(), bo.get(), 2, n, s); });
+    report({"cuda", "add", "n=64M bf16", ms, n * 6.0 / (ms * 1e-3) / 1e9, "GB/s", d2d_gbs, bw_src, ""});
+    ms = cb.time_ms([&] { return moe_cuda_add(dev, f32.get(), f32.get(), f32.get(), 0, n, s); });
+    report({"cuda", "add", "n=64M f32 in-place", ms, n * 12.0 / (ms * 1e-3) / 1e9, "GB/s", d2d_gbs, bw_src, ""});
+  }
+
+  // GEMM: out[m, n] = a[m, k] b[n, k]^T.
+  {
+    const size_t a_elems = size_t{4096} * 4096, b_elems = size_t{14336} * 4096, o_elems = size_t{4096} * 4096;
+    DeviceBuffer a(dev, a_elems * 4), b(dev, b_elems * 2), o(dev, o_elems * 4);
+    cuda_check(moe_cuda_memset_async(dev, a.get(), 0x3c, a_elems * 4, s), "memset");  // bf16 0x3c3c ~ 0.0115
+    cuda_check(moe_cuda_memset_async(dev, b.get(), 0x3c, b_elems * 2, s), "memset");
+    struct G {
+      int64_t m, n, k;
+      int ab, out;
+    };
+    const G shapes[] = {{1024, 1024, 1024, 2, 2}, {4096, 4096, 4096, 2, 2}, {32, 14336, 4096, 2, 2},
+                        {1024, 1024, 1024, 2, 0}, {1024, 1024, 1024, 0, 0}};
+    for (const G& g : shapes) {
+      double ms = cb.time_ms(
+          [&] { return moe_cuda_gemm(dev, a.get(), b.get(), o.get(), g.ab, g.out, g.m, g.n, g.k, g.k, g.k, g.n, s); });
+      double tflops = 2.0 * g.m * g.n * g.k / (ms * 1e-3) / 1e12;
+      std::string shape = "m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) +
+                          (g.ab == 2 ? " bf16" : " f32") + (g.out == 2 ? "->bf16" : "->f32");
+      if (g.ab == 2) {
+        report({"cuda", "gemm", shape, ms, tflops, "TFLOP/s", kH100PeakTflops, kPeakSource, ""});
+      } else {
+        report({"cuda", "gemm", shape, ms, tflops, "TFLOP/s", 0, "", "CUDA-core f32 kernel"});
+      }
+    }
+  }
+
+  // Host <-> device from pinned memory (moe_cuda_host_alloc); no L2 flush (PCIe-bound).
+  {
+    const size_t max_bytes = size_t{352321536};  // one Mixtral-8x7B bf16 expert (3 x 4096 x 14336 x 2)
+    PinnedBuffer host(max_bytes);
+    std::memset(host.get(), 1, max_bytes);
+    DeviceBuffer d(dev, max_bytes);
+    for (size_t bytes : {size_t{4096}, size_t{65536}, size_t{1} << 20, size_t{16} << 20, size_t{64} << 20,
+                         max_bytes}) {
+      double ms = cb.time_ms([&] { return moe_cuda_memcpy_async(dev, d.get(), host.get(), bytes, s); }, false);
+      report({"cuda", "h2d", std::to_string(bytes) + " B pinned", ms, bytes / (ms * 1e-3) / 1e9, "GB/s", 0, "", ""});
+      ms = cb.time_ms([&] { return moe_cuda_memcpy_async(dev, host.get(), d.get(), bytes, s); }, false);
+      report({"cuda", "d2h", std::to_string(bytes) + " B pinned", ms, bytes / (ms * 1e-3) / 1e9, "GB/s", 0, "", ""});
+    }
+  }
+}
+#endif  // MOE_WITH_CUDA
+
+// ---- machine and JSON -------------------------------------------------------------------------------------------
+
+struct Machine {
+  std::string cpu;
+  int cores = 0;
+  std::string isa;
+  std::string gpu = "none";
+  std::string driver = "none";
+  std::string runtime = "none";
+  std::string cuda_status = "not built";
+};
+
+std::string iso_date() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+bool write_json(const std::string& path, const Machine& mc) {
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) return false;
+  std::fprintf(f, "{\n  \"date\": \"%s\",\n", iso_date().c_str());
+  std::fprintf(f,
+               "  \"machine\": {\"cpu\": \"%s\", \"cores\": %d, \"cpu_best_isa\": \"%s\", \"gpu\": \"%s\", "
+               "\"cuda_driver\": \"%s\", \"cuda_runtime\": \"%s\", \"cuda_status\": \"%s\"},\n",
+               json_escape(mc.cpu).c_str(), mc.cores, mc.isa.c_str(), json_escape(mc.gpu).c_str(),
+               mc.driver.c_str(), mc.runtime.c_str(), json_escape(mc.cuda_status).c_str());
+  std::fprintf(f, "  \"measurements\": [\n");
+  for (size_t i = 0; i < g_results.size(); i++) {
+    const Measurement& m = g_results[i];
+    std::fprintf(f,
+                 "    {\"backend\": \"%s\", \"op\": \"%s\", \"shape\": \"%s\", \"time_ms\": %s, \"value\": %s, "
+                 "\"unit\": \"%s\"",
+                 json_escape(m.backend).c_str(), json_escape(m.op).c_str(), json_escape(m.shape).c_str(),
+                 json_num(m.time_ms).c_str(), json_num(m.value).c_str(), json_escape(m.unit).c_str());
+    if (m.roofline > 0) {
+      std::fprintf(f, ", \"roofline\": %s, \"roofline_unit\": \"%s\", \"fraction\": %s, \"roofline_source\": \"%s\"",
+                   json_num(m.roofline).c_str(), json_escape(m.unit).c_str(), json_num(m.value / m.roofline).c_str(),
+                   json_escape(m.roofline_source).c_str());
+    }
+    if (!m.note.empty()) std::fprintf(f, ", \"note\": \"%s\"", json_escape(m.note).c_str());
+    std::fprintf(f, "}%s\n", i + 1 < g_results.size() ? "," : "");
+  }
+  std::fprintf(f, "  ]\n}\n");
+  return std::fclose(f) == 0;
+}
+
+}  // namespace
+
+int bench_main(int argc, char** argv) {
+  std::string json_path;
+  for (int i = 0; i < argc; i++) {
+    if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
+      json_path = argv[++i];
+    } else if (std::strncmp(argv[i], "--json=", 7) == 0) {
+      json_path = argv[i] + 7;
+    } else {
+      std::fprintf(stderr, "moe-native bench: unknown argument '%s' (usage: moe-native bench [--json PATH])\n",
+                   argv[i]);
+      return 2;
+    }
+  }
+  Machine mc;
+  const CpuInfo& ci = cpu_info();
+  mc.cpu = ci.model;
+  mc.cores = ci.logical_cores;
+  mc.isa = isa_name(ci.best);
+  std::printf("moe-native bench  %s\ncpu: %s, %d logical cores, best tier %s, thread pool %d\n", iso_date().c_str(),
+              ci.model.c_str(), ci.logical_cores, isa_name(ci.best), ThreadPool::global().size());
+
+#if MOE_WITH_CUDA
+  int drv = 0, rt = 0;
+  if (moe_cuda_driver_version(&drv) == 0) mc.driver = std::to_string(drv);
+  if (moe_cuda_runtime_version(&rt) == 0) mc.runtime = std::to_string(rt);
+  int count = 0;
+  int err = moe_cuda_device_count(&count);
+  MoeCudaDeviceInfo info{};
+  if (err == 0 && count > 0 && (err = moe_cuda_device_info(0, &info)) == 0) {
+    mc.gpu = info.name;
+    mc.cuda_status = "available";
+    std::printf("gpu: %s, cc %d.%d, %d SMs, L2 %d MiB, driver %d, runtime %d\n", info.name, info.major, info.minor,
+                info.sm_count, info.l2_bytes >> 20, drv, rt);
+    try {
+      bench_cuda(info);
+    } catch (const std::exception& e) {
+      std::printf("cuda bench failed: %s\n", e.what());
+      mc.cuda_status = std::string("bench failed: ") + e.what();
+    }
+  } else {
+    mc.cuda_status = err != 0 ? std::string("unavailable: ") + moe_cuda_error_name(err) : "no device";
+    std::printf("cuda: SKIP (%s)\n", mc.cuda_status.c_str());
+  }
+#else
+  std::printf("cuda: SKIP (built without CUDA)\n");
+#endif
+
+  bench_cpu();
+
+  if (!json_path.empty()) {
+    if (!write_json(json_path, mc)) {
+      std::fprintf(stderr, "moe-native bench: cannot write %s\n", json_path.c_str());
+      return 1;
+    }
+    std::printf("wrote %s\n", json_path.c_str());
+  }
+  return 0;
+}
+
+}  // namespace moe::native

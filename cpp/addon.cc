@@ -1,0 +1,58 @@
+// The addon's exports, and nothing else: every binding lives in cpp/napi (memory, streams, info) or cpp/ops (one
+// file per op). lib/native.ts is the one place that loads this and types its surface.
+#include <napi.h>
+
+#include "napi/addon_data.h"
+#include "napi/memory.h"
+#include "napi/stream.h"
+
+namespace moe::js {
+Napi::Value Info(const Napi::CallbackInfo& info);
+Napi::Value Copy(const Napi::CallbackInfo& info);
+Napi::Value Convert(const Napi::CallbackInfo& info);
+Napi::Value Add(const Napi::CallbackInfo& info);
+Napi::Value Gemm(const Napi::CallbackInfo& info);
+}  // namespace moe::js
+
+namespace {
+
+// Never frees: stream threads and CUDA callbacks may still post completions while an environment is torn
+// down, and they reach the channel through this struct. One small struct per environment.
+void KeepAddonData(Napi::Env, moe::js::AddonData*) {}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  using namespace moe::js;
+  auto* data = new AddonData();
+  env.SetInstanceData<AddonData, KeepAddonData>(data);
+  data->completion = CompletionTsfn::New(env, "moe-offload completion", 0, 1);
+  data->completion.Unref(env);
+  env.AddCleanupHook([data] {
+    data->closing = true;
+    data->completion.Abort();
+  });
+
+  Napi::Function memory = MemoryWrap::Init(env);
+  Napi::Function stream = StreamWrap::Init(env);
+  Napi::Function event = EventWrap::Init(env);
+  Napi::Function cancel = CancelWrap::Init(env);
+  data->memory_ctor = Napi::Persistent(memory);
+  data->stream_ctor = Napi::Persistent(stream);
+  data->event_ctor = Napi::Persistent(event);
+  data->cancel_ctor = Napi::Persistent(cancel);
+
+  exports.Set("Memory", memory);
+  exports.Set("Stream", stream);
+  exports.Set("Event", event);
+  exports.Set("CancelToken", cancel);
+  exports.Set("info", Napi::Function::New<Info>(env, "info"));
+  exports.Set("memoryStats", Napi::Function::New<MemoryStats>(env, "memoryStats"));
+  exports.Set("copy", Napi::Function::New<Copy>(env, "copy"));
+  exports.Set("convert", Napi::Function::New<Convert>(env, "convert"));
+  exports.Set("add", Napi::Function::New<Add>(env, "add"));
+  exports.Set("gemm", Napi::Function::New<Gemm>(env, "gemm"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(moe_offload, Init)

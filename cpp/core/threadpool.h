@@ -1,0 +1,32 @@
+// The project's own thread pool for CPU kernels (never libuv's 4 shared threads). Sized from the usable cores
+// (MOE_OFFLOAD_THREADS overrides). parallel_for may be called concurrently from several threads (e.g. two
+// streams); the calling thread takes chunks too, so nested or concurrent calls cannot deadlock.
+#pragma once
+#include <cstddef>
+#include <functional>
+
+#include "cancel.h"
+
+namespace moe {
+
+class ThreadPool {
+ public:
+  static ThreadPool& global();
+  // Number of threads that run chunks, the caller included.
+  int size() const;
+
+  // Calls fn(begin, end) for consecutive ranges covering [0, n), each at most `grain` long (grain >= 1).
+  // Stops handing out ranges once `cancel` is set; returns false in that case (some ranges did not run).
+  // An exception thrown by fn is rethrown in the caller after all running ranges finished.
+  bool parallel_for(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn,
+                    const CancelToken* cancel = nullptr);
+
+  ~ThreadPool();
+
+ private:
+  ThreadPool(int threads);
+  struct Impl;
+  Impl* impl_;
+};
+
+}  // namespace moe

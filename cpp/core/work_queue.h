@@ -1,0 +1,38 @@
+// A FIFO of tasks run in order by one dedicated thread: the host side of a Stream. On the CPU backend the tasks
+// are the ops themselves; on CUDA they submit work to a cudaStream (so a pageable cudaMemcpyAsync or a slow launch
+// never blocks the JS thread).
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+namespace moe {
+
+class WorkQueue {
+ public:
+  WorkQueue();
+  ~WorkQueue();  // stop(): tasks still queued are dropped without running (process exit only)
+  WorkQueue(const WorkQueue&) = delete;
+  WorkQueue& operator=(const WorkQueue&) = delete;
+
+  // Appends a task. Tasks must not throw (ops catch their own errors and report them through their completion).
+  void post(std::function<void()> task);
+  // Stops the thread after the running task; queued tasks are destroyed without running. Idempotent.
+  void stop();
+  // Number of tasks queued or running.
+  size_t depth();
+
+ private:
+  void loop();
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> q_;
+  bool stopping_ = false;
+  bool running_ = false;
+  std::thread thread_;
+};
+
+}  // namespace moe

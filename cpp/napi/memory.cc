@@ -1,0 +1,246 @@
+// See memory.h.
+#include "memory.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "addon_data.h"
+#include "moe_cuda.h"
+
+namespace moe::js {
+
+namespace {
+
+MemoryCounters g_counters[2][2];
+std::atomic<int64_t> g_cpu_device_used{0};
+
+int64_t parse_bytes(const char* s) {
+  char* end = nullptr;
+  double v = std::strtod(s, &end);
+  if (end == s || !(v > 0)) return -1;
+  switch (*end) {
+    case 'k': case 'K': v *= 1024.0; break;
+    case 'm': case 'M': v *= 1024.0 * 1024.0; break;
+    case 'g': case 'G': v *= 1024.0 * 1024.0 * 1024.0; break;
+    case 't': case 'T': v *= 1024.0 * 1024.0 * 1024.0 * 1024.0; break;
+    default: break;
+  }
+  return static_cast<int64_t>(v);
+}
+
+std::string mib(size_t bytes) {
+  char buf[64];
+  snprintf(buf, sizeof buf, "%zu bytes (%.1f MiB)", bytes, bytes / 1048576.0);
+  return buf;
+}
+
+}  // namespace
+
+MemoryCounters& memory_counters(BackendKind b, MemKind k) {
+  return g_counters[static_cast<int>(b)][static_cast<int>(k)];
+}
+
+int64_t cpu_device_budget() {
+  static const int64_t budget = [] {
+    if (const char* env = std::getenv("MOE_OFFLOAD_CPU_DEVICE_MEMORY")) {
+      int64_t v = parse_bytes(env);
+      if (v > 0) return v;
+    }
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page / 2 : (int64_t{4} << 30);
+  }();
+  return budget;
+}
+
+std::shared_ptr<Memory> Memory::allocate(BackendKind backend, int device, MemKind kind, size_t bytes) {
+  // Zero-sized tensors are legal; give them one real byte so every Memory has a distinct valid pointer.
+  size_t alloc = bytes == 0 ? 1 : bytes;
+  void* ptr = nullptr;
+  if (backend == BackendKind::Cuda) {
+#if MOE_WITH_CUDA
+    int err = kind == MemKind::Pinned ? moe_cuda_host_alloc(alloc, &ptr) : moe_cuda_malloc(device, alloc, &ptr);
+    if (err != 0) {
+      // cudaErrorMemoryAllocation = 2
+      ErrorCode code = err == 2 ? ErrorCode::OutOfMemory : ErrorCode::Cuda;
+      moe::throw_error(code, std::string(kind == MemKind::Pinned ? "cudaHostAlloc" : "cudaMalloc") + " of " +
+                            mib(bytes) + (kind == MemKind::Device ? " on cuda:" + std::to_string(device) : "") +
+                            " failed: " + moe_cuda_error_name(err) + ": " + moe_cuda_error_string(err));
+    }
+#else
+    moe::throw_error(ErrorCode::BackendUnavailable, "CUDA memory requested but this build has no CUDA");
+#endif
+  } else {
+    if (kind == MemKind::Device) {
+      int64_t budget = cpu_device_budget();
+      int64_t used = g_cpu_device_used.fetch_add(static_cast<int64_t>(alloc)) + static_cast<int64_t>(alloc);
+      if (used > budget) {
+        g_cpu_device_used.fetch_sub(static_cast<int64_t>(alloc));
+        moe::throw_error(ErrorCode::OutOfMemory, "CPU device pool exhausted: requested " + mib(bytes) + ", " +
+                                                mib(static_cast<size_t>(used - static_cast<int64_t>(alloc))) +
+                                                " in use of a budget of " + mib(static_cast<size_t>(budget)) +
+                                                " (MOE_OFFLOAD_CPU_DEVICE_MEMORY)");
+      }
+    }
+    // Page alignment: what cudaHostAlloc gives, and what O_DIRECT reads and AVX-512 loads like.
+    size_t rounded = (alloc + 4095) / 4096 * 4096;
+    if (rounded < alloc || posix_memalign(&ptr, 4096, rounded) != 0) ptr = nullptr;
+    if (!ptr) {
+      if (kind == MemKind::Device) g_cpu_device_used.fetch_sub(static_cast<int64_t>(alloc));
+      moe::throw_error(ErrorCode::OutOfMemory, "host allocation of " + mib(bytes) + " failed");
+    }
+  }
+  MemoryCounters& c = memory_counters(backend, kind);
+  c.count++;
+  c.bytes += static_cast<int64_t>(bytes);
+  return std::shared_ptr<Memory>(new Memory(backend, device, kind, ptr, bytes, alloc));
+}
+
+Memory::Memory(BackendKind b, int device, MemKind k, void* ptr, size_t bytes, size_t alloc_bytes)
+    : backend_(b), device_(device), kind_(k), ptr_(ptr), bytes_(bytes), alloc_bytes_(alloc_bytes) {}
+
+Memory::~Memory() {
+  std::lock_guard<std::mutex> lock(m_);
+  free_locked();
+}
+
+void Memory::free_locked() {
+  if (freed_) return;
+  freed_ = true;
+  if (backend_ == BackendKind::Cuda) {
+#if MOE_WITH_CUDA
+    // A failure here (e.g. a sticky context error) cannot be reported to anyone; the bytes are lost either way.
+    if (kind_ == MemKind::Pinned) moe_cuda_host_free(ptr_);
+    else moe_cuda_free(device_, ptr_);
+#endif
+  } else {
+    std::free(ptr_);
+    if (kind_ == MemKind::Device) g_cpu_device_used.fetch_sub(static_cast<int64_t>(alloc_bytes_));
+  }
+  MemoryCounters& c = memory_counters(backend_, kind_);
+  c.count--;
+  c.bytes -= static_cast<int64_t>(bytes_);
+  ptr_ = nullptr;
+}
+
+std::shared_ptr<Memory::Lease> Memory::lease() {
+  std::lock_guard<std::mutex> lock(m_);
+  if (disposed_.load()) moe::throw_error(ErrorCode::Disposed, "memory was disposed");
+  leases_++;
+  return std::make_shared<Lease>(shared_from_this());
+}
+
+void Memory::release_lease() {
+  std::lock_guard<std::mutex> lock(m_);
+  if (--leases_ == 0 && disposed_.load()) free_locked();
+}
+
+void Memory::dispose() {
+  std::lock_guard<std::mutex> lock(m_);
+  disposed_.store(true);
+  if (leases_ == 0) free_locked();
+}
+
+// ---- JS wrapper ----------------------------------------------------------------------------------------------
+
+Napi::Function MemoryWrap::Init(Napi::Env env) {
+  return DefineClass(env, "Memory",
+                     {InstanceMethod<&MemoryWrap::Dispose>("dispose"),
+                      InstanceMethod<&MemoryWrap::ArrayBuffer>("arrayBuffer"),
+                      InstanceAccessor<&MemoryWrap::ByteLength>("byteLength"),
+                      InstanceAccessor<&MemoryWrap::Disposed>("disposed")});
+}
+
+// new Memory(backend: 0 cpu | 1 cuda, device: int, kind: 0 pinned | 1 device, bytes: int)
+MemoryWrap::MemoryWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<MemoryWrap>(info) {
+  Napi::Env env = info.Env();
+  guarded(env, [&] {
+    auto backend = static_cast<BackendKind>(arg_int(info[0], "backend", 0, 1));
+    int device = arg_int(info[1], "device", 0, 1023);
+    auto kind = static_cast<MemKind>(arg_int(info[2], "kind", 0, 1));
+    int64_t bytes = arg_size(info[3], "bytes");
+    mem_ = Memory::allocate(backend, device, kind, static_cast<size_t>(bytes));
+    reported_ = bytes;
+    Napi::MemoryManagement::AdjustExternalMemory(env, reported_);
+  });
+}
+
+MemoryWrap::~MemoryWrap() {
+  // Finalizer (GC) path: only drop our hold. The bytes go when the ArrayBuffer view (if any) and in-flight ops
+  // let go too: disposing here could free bytes a still-reachable ArrayBuffer points at.
+  if (reported_ != 0) Napi::MemoryManagement::AdjustExternalMemory(Env(), -reported_);
+  mem_.reset();
+}
+
+MemoryWrap* MemoryWrap::from(const Napi::Value& v) {
+  if (!v.IsObject()) return nullptr;
+  AddonData* data = AddonData::get(v.Env());
+  if (!v.As<Napi::Object>().InstanceOf(data->memory_ctor.Value())) return nullptr;
+  return MemoryWrap::Unwrap(v.As<Napi::Object>());
+}
+
+void MemoryWrap::release(Napi::Env env) {
+  if (!ab_.IsEmpty()) {
+    Napi::ArrayBuffer ab = ab_.Value();
+    if (!ab.IsDetached()) ab.Detach();
+    ab_.Reset();
+  }
+  if (mem_) mem_->dispose();
+  if (reported_ != 0) {
+    Napi::MemoryManagement::AdjustExternalMemory(env, -reported_);
+    reported_ = 0;
+  }
+}
+
+Napi::Value MemoryWrap::Dispose(const Napi::CallbackInfo& info) {
+  release(info.Env());
+  return info.Env().Undefined();
+}
+
+// The bytes as an external ArrayBuffer (host-accessible kinds only); the same object on every call.
+Napi::Value MemoryWrap::ArrayBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    if (!mem_ || mem_->disposed()) throw_error(env, ErrorCode::Disposed, "memory was disposed");
+    if (!mem_->host_accessible())
+      throw_error(env, ErrorCode::InvalidArgument, "device memory has no host view; copy it to host memory");
+    if (!ab_.IsEmpty()) return ab_.Value();
+    auto* hold = new std::shared_ptr<Memory>(mem_);
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
+        env, mem_->data(), mem_->size(), [](Napi::Env, void*, std::shared_ptr<Memory>* h) { delete h; }, hold);
+    ab_ = Napi::Persistent(ab);
+    return ab;
+  });
+}
+
+Napi::Value MemoryWrap::ByteLength(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), mem_ ? static_cast<double>(mem_->size()) : 0.0);
+}
+
+Napi::Value MemoryWrap::Disposed(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), !mem_ || mem_->disposed());
+}
+
+// memoryStats(): live native allocations { cpu: {pinned: {count, bytes}, device: {...}}, cuda: {...} }
+Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  const char* backends[2] = {"cpu", "cuda"};
+  const char* kinds[2] = {"pinned", "device"};
+  for (int b = 0; b < 2; b++) {
+    Napi::Object ob = Napi::Object::New(env);
+    for (int k = 0; k < 2; k++) {
+      MemoryCounters& c = g_counters[b][k];
+      Napi::Object ok = Napi::Object::New(env);
+      ok.Set("count", Napi::Number::New(env, static_cast<double>(c.count.load())));
+      ok.Set("bytes", Napi::Number::New(env, static_cast<double>(c.bytes.load())));
+      ob.Set(kinds[k], ok);
+    }
+    out.Set(backends[b], ob);
+  }
+  out.Set("cpuDeviceBudget", Napi::Number::New(env, static_cast<double>(cpu_device_budget())));
+  return out;
+}
+
+}  // namespace moe::js

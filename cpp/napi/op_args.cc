@@ -1,0 +1,37 @@
+// See op_args.h.
+#include "op_args.h"
+
+#include <string>
+
+namespace moe::js {
+
+OpStart begin_op(const Napi::CallbackInfo& info, const char* name) {
+  Napi::Env env = info.Env();
+  OpStart s;
+  s.stream = StreamWrap::from(info[0], "stream");
+  s.params = arg_object(info[1], "params");
+  std::shared_ptr<CancelToken> cancel = CancelWrap::from(info[2]);
+  Napi::Value isa = s.params.Get("isa");
+  s.isa = isa.IsUndefined() ? cpu_info().active : clamp_isa(static_cast<Isa>(arg_int(isa, "params.isa", 0, 3)));
+  s.op = std::make_unique<AsyncOp>(env, name);
+  s.op->cancel = std::move(cancel);
+  return s;
+}
+
+Napi::Value submit_op(OpStart& s) {
+  Napi::Promise p = s.op->promise();
+  s.stream->submit(s.op.release());
+  return p;
+}
+
+DType arg_dtype(const Napi::Value& v, const char* what) {
+  return static_cast<DType>(arg_int(v, what, 0, 4));
+}
+
+void resolve_with_tier(AsyncOp& op, std::shared_ptr<int> ran) {
+  op.result = [ran](Napi::Env env) -> Napi::Value {
+    return Napi::String::New(env, *ran < 0 ? "cuda" : isa_name(static_cast<Isa>(*ran)));
+  };
+}
+
+}  // namespace moe::js

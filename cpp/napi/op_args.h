@@ -1,0 +1,32 @@
+// The common shape of every op binding: op(stream, params, cancelToken?) -> Promise.
+//   begin_op   reads the stream, the params object, the optional cancel token and the CPU tier (params.isa)
+//   submit_op  queues the op on its stream and returns its Promise
+// Validation failures throw before anything is queued (the op is abandoned, nothing leaks).
+#pragma once
+#include <memory>
+
+#include "async_op.h"
+#include "common.h"
+#include "core/dtype.h"
+#include "core/isa.h"
+#include "stream.h"
+#include "tensor_arg.h"
+
+namespace moe::js {
+
+struct OpStart {
+  std::unique_ptr<AsyncOp> op;
+  std::shared_ptr<Stream> stream;
+  Napi::Object params;
+  Isa isa = Isa::Scalar;  // clamped to what the CPU has
+  bool cuda() const { return stream->backend() == BackendKind::Cuda; }
+};
+
+OpStart begin_op(const Napi::CallbackInfo& info, const char* name);
+Napi::Value submit_op(OpStart& s);
+DType arg_dtype(const Napi::Value& v, const char* what);
+// Makes the op resolve with the name of the kernel tier that ran ("scalar" ... "avx512bf16", or "cuda").
+// `ran` is written by the work function on the stream thread and read on the JS thread after completion.
+void resolve_with_tier(AsyncOp& op, std::shared_ptr<int> ran);
+
+}  // namespace moe::js

@@ -1,0 +1,42 @@
+// Reading a tensor argument of an op. lib/ passes every tensor as a plain object
+//   { mem?: Memory, array?: TypedArray, offset: number, bytes: number }
+// (mem for native memory, array for JS memory; offset/bytes relative to it). The op keeps a reference to the
+// array or a lease on the memory until it settles, so nothing it reads can be freed under it.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "async_op.h"
+#include "core/dtype.h"
+#include "memory.h"
+#include "stream.h"
+
+namespace moe::js {
+
+struct TensorArg {
+  uint8_t* ptr = nullptr;
+  size_t bytes = 0;
+  bool native = false;                    // native Memory (else a JS TypedArray)
+  BackendKind backend = BackendKind::Cpu; // of the Memory
+  MemKind kind = MemKind::Pinned;         // of the Memory
+  int device = 0;
+  const Memory* memory = nullptr;         // for overlap checks
+  bool host_accessible() const { return !native || backend == BackendKind::Cpu || kind == MemKind::Pinned; }
+  bool cuda_device() const { return native && backend == BackendKind::Cuda && kind == MemKind::Device; }
+};
+
+TensorArg read_tensor(AsyncOp& op, const Napi::Value& v, const char* what);
+
+// Where may an op on `stream` read/write t? CPU streams: host-accessible memory. CUDA streams: device memory of
+// the same device or CUDA pinned (mapped) memory; copies (any_host = true) also accept any host memory.
+void check_placement(Napi::Env env, const TensorArg& t, const Stream& stream, const char* op, const char* what,
+                     bool any_host);
+
+// t must start on a multiple of the element size (GPU kernels fault on misaligned elements; lib/ views ensure
+// it, direct callers of the native surface might not).
+void check_aligned(Napi::Env env, const TensorArg& t, DType dtype, const char* op, const char* what);
+
+// t must hold exactly `bytes` bytes.
+void check_bytes(Napi::Env env, const TensorArg& t, uint64_t bytes, const char* op, const char* what);
+
+}  // namespace moe::js

@@ -1,0 +1,75 @@
+// gemm(stream, { a, b, out, abDtype, outDtype, m, n, k, lda, ldb, ldc, isa? }, cancel?) -> Promise<tier>
+// out[m, n] = sum_k a[m, k] * b[n, k]: b in nn.Linear [out_features, in_features] layout; row strides in elements.
+#include "cpu/gemm.h"
+
+#include <string>
+
+#include "moe_cuda.h"
+#include "napi/op_args.h"
+
+namespace moe::js {
+
+namespace {
+
+// Bytes spanned by `rows` rows of `cols` elements with row stride `ld` (0 when empty).
+uint64_t span_bytes(int64_t rows, int64_t cols, int64_t ld, DType t) {
+  if (rows == 0 || cols == 0) return 0;
+  return (static_cast<uint64_t>(rows - 1) * static_cast<uint64_t>(ld) + static_cast<uint64_t>(cols)) * dtype_size(t);
+}
+
+}  // namespace
+
+Napi::Value Gemm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    OpStart s = begin_op(info, "gemm");
+    DType ab = arg_dtype(s.params.Get("abDtype"), "abDtype");
+    DType ot = arg_dtype(s.params.Get("outDtype"), "outDtype");
+    if ((ab != DType::F32 && ab != DType::BF16) || (ot != DType::F32 && ot != DType::BF16))
+      throw_error(env, ErrorCode::InvalidArgument, std::string("gemm: abDtype and outDtype must be f32 or bf16, received ") +
+                                                       dtype_name(ab) + ", " + dtype_name(ot));
+    int64_t m = arg_size(s.params.Get("m"), "m"), n = arg_size(s.params.Get("n"), "n"),
+            k = arg_size(s.params.Get("k"), "k");
+    int64_t lda = arg_size(s.params.Get("lda"), "lda"), ldb = arg_size(s.params.Get("ldb"), "ldb"),
+            ldc = arg_size(s.params.Get("ldc"), "ldc");
+    if (lda < k || ldb < k || ldc < n)
+      throw_error(env, ErrorCode::InvalidArgument,
+                  "gemm: strides must satisfy lda >= k, ldb >= k, ldc >= n, received lda=" + std::to_string(lda) +
+                      " ldb=" + std::to_string(ldb) + " ldc=" + std::to_string(ldc) + " (k=" + std::to_string(k) +
+                      ", n=" + std::to_string(n) + ")");
+    TensorArg a = read_tensor(*s.op, s.params.Get("a"), "a");
+    TensorArg b = read_tensor(*s.op, s.params.Get("b"), "b");
+    TensorArg out = read_tensor(*s.op, s.params.Get("out"), "out");
+    check_placement(env, a, *s.stream, "gemm", "a", false);
+    check_placement(env, b, *s.stream, "gemm", "b", false);
+    check_placement(env, out, *s.stream, "gemm", "out", false);
+    check_aligned(env, a, ab, "gemm", "a");
+    check_aligned(env, b, ab, "gemm", "b");
+    check_aligned(env, out, ot, "gemm", "out");
+    struct Need { const TensorArg* t; const char* w; uint64_t bytes; } needs[3] = {
+        {&a, "a", span_bytes(m, k, lda, ab)}, {&b, "b", span_bytes(n, k, ldb, ab)}, {&out, "out", span_bytes(m, n, ldc, ot)}};
+    for (const Need& nd : needs)
+      if (nd.t->bytes < nd.bytes)
+        throw_error(env, ErrorCode::InvalidArgument, std::string("gemm: ") + nd.w + " must hold at least " +
+                                                         std::to_string(nd.bytes) + " bytes for its shape, received " +
+                                                         std::to_string(nd.t->bytes));
+    auto ran = std::make_shared<int>(-1);
+    resolve_with_tier(*s.op, ran);
+    cpu::GemmArgs g{a.ptr, b.ptr, out.ptr, ab, ot, m, n, k, lda, ldb, ldc};
+    Isa isa = s.isa;
+    s.op->work = [g, isa, ran](const ExecContext& ctx) {
+      if (ctx.cuda_stream == nullptr) {
+        *ran = static_cast<int>(cpu::gemm(g, isa, ctx.cancel));
+        return;
+      }
+#if MOE_WITH_CUDA
+      int err = moe_cuda_gemm(ctx.device, g.a, g.b, g.out, static_cast<int>(g.ab_dtype), static_cast<int>(g.out_dtype),
+                              g.m, g.n, g.k, g.lda, g.ldb, g.ldc, ctx.cuda_stream);
+      if (err != 0) moe::throw_error(ErrorCode::Cuda, std::string("kernel launch: ") + moe_cuda_error_name(err));
+#endif
+    };
+    return submit_op(s);
+  });
+}
+
+}  // namespace moe::js

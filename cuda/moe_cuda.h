@@ -1,0 +1,85 @@
+/* C ABI of everything CUDA: the only way host code in cpp/ (and test/native/) reaches the GPU.
+ * Plain C types only, so it compiles without CUDA headers; every function returns a cudaError_t value as int
+ * (0 = success) and never aborts or throws. Stream, event and memory handles are opaque pointers
+ * (cudaStream_t / cudaEvent_t / device pointers). Implemented by the .cu files in cuda/; only linked when MOE_WITH_CUDA=1.
+ *
+ * Ops follow the three-layer rule (DESIGN.md section 4): cuda/<op>.cuh holds the kernel, cuda/<op>.cu the
+ * launcher declared here; cpp/ops/<op>.cc checks arguments and calls the launcher.
+ */
+#ifndef MOE_CUDA_H_
+#define MOE_CUDA_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* --- errors and versions --- */
+const char* moe_cuda_error_name(int err);    /* "cudaErrorInsufficientDriver" */
+const char* moe_cuda_error_string(int err);  /* human readable */
+int moe_cuda_driver_version(int* version);   /* 0 when no driver; e.g. 13000 */
+int moe_cuda_runtime_version(int* version);
+int moe_cuda_device_count(int* count);       /* cudaErrorInsufficientDriver (35) / cudaErrorNoDevice (100) without GPU */
+
+typedef struct MoeCudaDeviceInfo {
+  char name[256];
+  int major, minor;           /* compute capability */
+  int sm_count;
+  size_t total_memory;        /* bytes */
+  size_t free_memory;         /* bytes at query time */
+  int pci_bus_id;
+  int clock_khz;              /* 0 where the runtime no longer reports it */
+  int memory_bus_width_bits;
+  int l2_bytes;
+  int can_map_host_memory;
+  int concurrent_copy_engines; /* asyncEngineCount */
+} MoeCudaDeviceInfo;
+int moe_cuda_device_info(int device, MoeCudaDeviceInfo* out);
+
+/* --- memory --- */
+int moe_cuda_malloc(int device, size_t bytes, void** ptr);
+int moe_cuda_free(int device, void* ptr);
+/* Page-locked host memory; portable + mapped (usable by every device, and readable from kernels through UVA). */
+int moe_cuda_host_alloc(size_t bytes, void** ptr);
+int moe_cuda_host_free(void* ptr);
+int moe_cuda_host_register(void* ptr, size_t bytes);
+int moe_cuda_host_unregister(void* ptr);
+int moe_cuda_mem_info(int device, size_t* free_bytes, size_t* total_bytes);
+
+/* --- streams and events (created on `device`) --- */
+/* priority: 0 = normal, 1 = high (the runtime's greatest priority). Non-blocking w.r.t. the legacy stream. */
+int moe_cuda_stream_create(int device, int priority, void** stream);
+int moe_cuda_stream_destroy(int device, void* stream);
+int moe_cuda_stream_synchronize(int device, void* stream);
+int moe_cuda_stream_wait_event(int device, void* stream, void* event);
+/* Calls fn(user) on a runtime thread once all earlier work on the stream finished; fn must not call CUDA. */
+int moe_cuda_launch_host_func(int device, void* stream, void (*fn)(void*), void* user);
+
+int moe_cuda_event_create(int device, int timing, void** event);
+int moe_cuda_event_destroy(int device, void* event);
+int moe_cuda_event_record(int device, void* event, void* stream);
+int moe_cuda_event_synchronize(int device, void* event);
+/* *done = 1 when complete, 0 when pending (cudaErrorNotReady is not an error here). */
+int moe_cuda_event_query(int device, void* event, int* done);
+int moe_cuda_event_elapsed_ms(float* ms, void* start, void* end);
+
+/* --- copies: any direction (UVA), asynchronous on `stream` --- */
+int moe_cuda_memcpy_async(int device, void* dst, const void* src, size_t bytes, void* stream);
+int moe_cuda_memset_async(int device, void* dst, int value, size_t bytes, void* stream);
+
+/* --- ops (dtype codes are moe::DType: 0 f32, 1 f16, 2 bf16, 3 i32, 4 u8) --- */
+/* dst[i] = convert(src[i]); f32/f16/bf16 in any pair; round to nearest even. */
+int moe_cuda_convert(int device, const void* src, int src_dtype, void* dst, int dst_dtype, size_t n, void* stream);
+/* out[i] = a[i] + b[i], computed in f32; dtype f32/f16/bf16. */
+int moe_cuda_add(int device, const void* a, const void* b, void* out, int dtype, size_t n, void* stream);
+/* out[m,n] = sum_k a[m,k] * b[n,k]; ab_dtype f32|bf16, out_dtype f32|bf16; row strides in elements. */
+int moe_cuda_gemm(int device, const void* a, const void* b, void* out, int ab_dtype, int out_dtype, int64_t m,
+                  int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOE_CUDA_H_ */

@@ -1,0 +1,50 @@
+/**
+ * moe-offload: run Mixture-of-Experts LLMs that do not fit in GPU memory, from TypeScript.
+ *
+ * @example
+ * import { openBackend, HostTensor, info } from 'moe-offload';
+ * console.log(info().backend);
+ * const be = openBackend();
+ */
+export { info, formatInfo, version, type Info } from './info.js';
+export {
+  Backend,
+  openBackend,
+  listBackends,
+  cudaUnavailableReason,
+  CPU_ISAS,
+  type BackendKind,
+  type BackendOptions,
+  type BackendStatus,
+  type CpuIsa,
+  type OpOptions,
+} from './backend.js';
+export { HostTensor, PinnedBuffer, DeviceTensor, checkShape, numelOf, type Shape, type Tensor, type Placement } from './tensor.js';
+export { Stream, Event } from './stream.js';
+export {
+  type DType,
+  type ArrayFor,
+  DTYPES,
+  DTYPE_SIZE,
+  f32ToBf16,
+  bf16ToF32,
+  f32ToF16,
+  f16ToF32,
+  f32ToBf16Bits,
+  bf16BitsToF32,
+  f32ToF16Bits,
+  f16BitsToF32,
+} from './dtype.js';
+export {
+  MoeOffloadError,
+  InvalidArgumentError,
+  BackendUnavailableError,
+  OutOfMemoryError,
+  CudaError,
+  DisposedError,
+  NativeBindingError,
+  InternalError,
+  type ErrorCode,
+} from './errors.js';
+export { memoryStats } from './stats.js';
+export type { KernelTier, NativeMemoryStats, MemoryCount } from './native.js';

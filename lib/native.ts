@@ -1,0 +1,141 @@
+/**
+ * The one place that loads the addon (node-gyp-build: build/Release, then prebuilds/<platform>-<arch>/) and
+ * types its surface. Loading is lazy: importing the package never fails; the first call that needs native code
+ * throws NativeBindingError with what to do when no binary loads.
+ */
+import path from 'node:path';
+
+import { NativeBindingError } from './errors.js';
+
+/** Plain tensor descriptor passed to native ops (cpp/napi/tensor_arg.h). */
+export interface NativeTensorArg {
+  mem?: NativeMemory;
+  array?: ArrayBufferView;
+  offset: number;
+  bytes: number;
+}
+
+export interface NativeMemory {
+  readonly byteLength: number;
+  readonly disposed: boolean;
+  dispose(): void;
+  arrayBuffer(): ArrayBuffer;
+}
+export interface NativeStream {
+  readonly disposed: boolean;
+  synchronize(): Promise<void>;
+  waitEvent(event: NativeEvent): Promise<void>;
+  dispose(): void;
+}
+export interface NativeEvent {
+  record(stream: NativeStream): Promise<void>;
+  query(): boolean;
+  elapsedMs(start: NativeEvent): number;
+  dispose(): void;
+}
+export interface NativeCancelToken {
+  cancel(): void;
+}
+
+export interface NativeCudaDevice {
+  index: number;
+  name: string;
+  computeCapability: string;
+  sms: number;
+  totalMemory: number;
+  freeMemory: number;
+  l2Bytes: number;
+  memoryBusWidthBits: number;
+  copyEngines: number;
+  canMapHostMemory: boolean;
+}
+
+export interface NativeInfo {
+  build: { cuda: boolean; cudaArchitectures?: string; system?: string; compiler?: string };
+  cpu: {
+    model: string;
+    cores: number;
+    threads: number;
+    features: { avx2: boolean; avx512f: boolean; avx512bf16: boolean; amx: boolean };
+    bestIsa: string;
+    isaCap: string;
+    isa: string;
+  };
+  cuda: {
+    available: boolean;
+    reason?: string;
+    runtimeVersion: string | null;
+    driverVersion: string | null;
+    devices: NativeCudaDevice[];
+  };
+}
+
+export interface MemoryCount {
+  count: number;
+  bytes: number;
+}
+export interface NativeMemoryStats {
+  cpu: { pinned: MemoryCount; device: MemoryCount };
+  cuda: { pinned: MemoryCount; device: MemoryCount };
+  cpuDeviceBudget: number;
+}
+
+/** Which kernel tier ran an op. */
+export type KernelTier = 'scalar' | 'avx2' | 'avx512' | 'avx512bf16' | 'cuda';
+
+type OpFn<P> = (stream: NativeStream, params: P, cancel?: NativeCancelToken) => Promise<KernelTier>;
+
+export interface NativeAddon {
+  Memory: new (backend: 0 | 1, device: number, kind: 0 | 1, bytes: number) => NativeMemory;
+  Stream: new (backend: 0 | 1, device: number, priority: 0 | 1) => NativeStream;
+  Event: new (backend: 0 | 1, device: number, timing: boolean) => NativeEvent;
+  CancelToken: new () => NativeCancelToken;
+  info(): NativeInfo;
+  memoryStats(): NativeMemoryStats;
+  copy: OpFn<{ src: NativeTensorArg; dst: NativeTensorArg }>;
+  convert: OpFn<{ src: NativeTensorArg; srcDtype: number; dst: NativeTensorArg; dstDtype: number; n: number; isa?: number }>;
+  add: OpFn<{ a: NativeTensorArg; b: NativeTensorArg; out: NativeTensorArg; dtype: number; n: number; isa?: number }>;
+  gemm: OpFn<{
+    a: NativeTensorArg;
+    b: NativeTensorArg;
+    out: NativeTensorArg;
+    abDtype: number;
+    outDtype: number;
+    m: number;
+    n: number;
+    k: number;
+    lda: number;
+    ldb: number;
+    ldc: number;
+    isa?: number;
+  }>;
+}
+
+/** Package root (dist/lib/native.js -> ../..). */
+export const packageRoot = path.join(__dirname, '..', '..');
+
+let addon: NativeAddon | undefined;
+let loadError: NativeBindingError | undefined;
+
+/** The loaded addon; throws NativeBindingError (the same one on every call) when no binary loads. */
+export function native(): NativeAddon {
+  if (addon) return addon;
+  if (loadError) throw loadError;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const load = require('node-gyp-build') as (dir: string) => NativeAddon;
+    addon = load(packageRoot);
+    return addon;
+  } catch (cause) {
+    loadError = new NativeBindingError(
+      `moe-offload: no native binary loads on ${process.platform}-${process.arch} (Node ${process.version}).\n` +
+        `  ${String((cause as Error)?.message ?? cause).split('\n')[0]}\n` +
+        '  What to do:\n' +
+        '  - in a checkout of the repository: npm install (builds with cmake-js), or npm run build:native\n' +
+        '  - as a dependency: reinstall with install scripts enabled so node-gyp can build the CPU-only addon\n' +
+        '    (needs python3, make and a C++17 compiler), or use a platform with a prebuilt binary (linux-x64)',
+      { cause },
+    );
+    throw loadError;
+  }
+}

@@ -1,0 +1,337 @@
+/**
+ * Memory objects with explicit lifetime.
+ *
+ * - {@link HostTensor}: dtype + shape over a JS TypedArray (ordinary JS memory, or a view of a PinnedBuffer).
+ * - {@link PinnedBuffer}: page-locked host memory (cudaHostAlloc on CUDA; page-aligned host memory on the CPU
+ *   backend), readable from JS as `bytes` and as HostTensor views.
+ * - {@link DeviceTensor}: device memory (cudaMalloc on CUDA; a separate, budgeted host pool on the CPU backend),
+ *   reachable only through ops and copies.
+ *
+ * All have `dispose()` and `[Symbol.dispose]` (so `using t = ...` works), a GC finalizer as a safety net, and
+ * throw {@link DisposedError} when used after dispose. Create pinned and device memory through a Backend.
+ *
+ * @example
+ * const be = openBackend();
+ * using x = HostTensor.from('bf16', [2, 3], [1, 2, 3, 4, 5, 6]);
+ * using dx = be.alloc('bf16', [2, 3]);
+ * await be.copy(x, dx);
+ */
+import {
+  type AnyTypedArray,
+  type ArrayFor,
+  type DType,
+  DTYPE_SIZE,
+  allocArray,
+  arrayMatches,
+  bf16ToF32,
+  checkDType,
+  describe,
+  f16ToF32,
+  f32ToBf16Bits,
+  f32ToF16Bits,
+  viewArray,
+} from './dtype.js';
+import { DisposedError, InvalidArgumentError } from './errors.js';
+import type { NativeMemory, NativeTensorArg } from './native.js';
+
+export type Shape = readonly number[];
+
+/** Validates a shape (non-negative safe integers, rank <= 8) and returns a frozen copy. */
+export function checkShape(shape: unknown, what = 'shape'): readonly number[] {
+  if (!Array.isArray(shape)) throw new InvalidArgumentError(`${what} must be an array of sizes, received ${describe(shape)}`);
+  if (shape.length > 8) throw new InvalidArgumentError(`${what} must have at most 8 dimensions, received ${shape.length}`);
+  let n = 1;
+  shape.forEach((d, i) => {
+    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) {
+      throw new InvalidArgumentError(`${what}[${i}] must be a non-negative integer, received ${describe(d)}`);
+    }
+    n *= d;
+  });
+  if (!Number.isSafeInteger(n)) throw new InvalidArgumentError(`${what} ${describe(shape)} has too many elements`);
+  return Object.freeze([...shape] as number[]);
+}
+
+export function numelOf(shape: Shape): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+function checkByteOffset(byteOffset: unknown, dtype: DType, what: string): number {
+  if (typeof byteOffset !== 'number' || !Number.isSafeInteger(byteOffset) || byteOffset < 0) {
+    throw new InvalidArgumentError(`${what} must be a non-negative integer, received ${describe(byteOffset)}`);
+  }
+  if (byteOffset % DTYPE_SIZE[dtype] !== 0) {
+    throw new InvalidArgumentError(`${what} must be a multiple of ${DTYPE_SIZE[dtype]} (the size of ${dtype}), received ${byteOffset}`);
+  }
+  return byteOffset;
+}
+
+/** Where a tensor lives, for placement checks and messages. */
+export type Placement = { kind: 'js' } | { kind: 'pinned'; backend: 'cpu' | 'cuda' } | { kind: 'device'; backend: 'cpu' | 'cuda'; device: number };
+
+/** Anything an op accepts. */
+export interface Tensor {
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+  readonly numel: number;
+  readonly byteLength: number;
+  readonly disposed: boolean;
+  /** @internal */ nativeArg(what: string): NativeTensorArg;
+  /** @internal */ readonly placement: Placement;
+}
+
+/**
+ * A dtype + shape over a TypedArray: Float32Array (f32), Uint16Array (f16, bf16: raw bits), Int32Array (i32),
+ * Uint8Array (u8). Contiguous, row-major.
+ *
+ * @example
+ * const t = new HostTensor('f32', [2, 2]);             // zeros
+ * const u = HostTensor.from('bf16', [2], [0.5, -1]);   // numbers converted to bf16 (round to nearest even)
+ * u.toFloat32();                                       // Float32Array [0.5, -1]
+ */
+export class HostTensor<D extends DType = DType> implements Tensor {
+  readonly dtype: D;
+  readonly shape: readonly number[];
+  readonly numel: number;
+  #data: ArrayFor<D> | undefined;
+  readonly #owner: PinnedBuffer | undefined;
+
+  /**
+   * @param dtype element type
+   * @param shape sizes, e.g. [tokens, hidden]
+   * @param data  optional existing array of the dtype's array type and exactly numel elements (not copied)
+   */
+  constructor(dtype: D, shape: Shape, data?: ArrayFor<D>, owner?: PinnedBuffer) {
+    this.dtype = checkDType(dtype, 'dtype') as D;
+    this.shape = checkShape(shape);
+    this.numel = numelOf(this.shape);
+    if (data === undefined) {
+      this.#data = allocArray(this.dtype, this.numel);
+    } else {
+      if (!arrayMatches(this.dtype, data)) {
+        throw new InvalidArgumentError(`data for dtype ${dtype} must be a ${allocArray(this.dtype, 0).constructor.name}, received ${describe(data)}`);
+      }
+      if (data.length !== this.numel) {
+        const detached = data.byteLength === 0 && this.numel > 0 ? ' (is its buffer detached?)' : '';
+        throw new InvalidArgumentError(`data must have ${this.numel} elements for shape [${this.shape.join(', ')}], received ${data.length}${detached}`);
+      }
+      this.#data = data;
+    }
+    this.#owner = owner;
+  }
+
+  /** A tensor of `dtype` holding `values` (numbers are converted: f16/bf16 round to nearest even). */
+  static from<D extends DType>(dtype: D, shape: Shape, values: ArrayLike<number>): HostTensor<D> {
+    const t = new HostTensor(dtype, shape);
+    if (values.length !== t.numel) {
+      throw new InvalidArgumentError(`values must have ${t.numel} elements for shape [${t.shape.join(', ')}], received ${values.length}`);
+    }
+    t.set(values);
+    return t;
+  }
+
+  /** Writes numbers into the tensor, converting to its dtype. */
+  set(values: ArrayLike<number>): void {
+    const d = this.data as AnyTypedArray;
+    if (values.length !== d.length) throw new InvalidArgumentError(`values must have ${d.length} elements, received ${values.length}`);
+    if (this.dtype === 'bf16') for (let i = 0; i < d.length; i++) d[i] = f32ToBf16Bits(values[i]!);
+    else if (this.dtype === 'f16') for (let i = 0; i < d.length; i++) d[i] = f32ToF16Bits(values[i]!);
+    else d.set(values);
+  }
+
+  /** The elements. Throws DisposedError after dispose() (or after the owning PinnedBuffer was disposed). */
+  get data(): ArrayFor<D> {
+    if (this.#data === undefined || (this.#owner !== undefined && this.#owner.disposed)) {
+      throw new DisposedError('HostTensor was disposed');
+    }
+    return this.#data;
+  }
+
+  get byteLength(): number {
+    return this.numel * DTYPE_SIZE[this.dtype];
+  }
+
+  get disposed(): boolean {
+    return this.#data === undefined || (this.#owner !== undefined && this.#owner.disposed);
+  }
+
+  /** Values as f32 (a copy; bf16/f16 decoded). */
+  toFloat32(): Float32Array {
+    const d = this.data;
+    if (this.dtype === 'bf16') return bf16ToF32(d as Uint16Array);
+    if (this.dtype === 'f16') return f16ToF32(d as Uint16Array);
+    return Float32Array.from(d as ArrayLike<number>);
+  }
+
+  /** Drops the reference to the data (JS memory is reclaimed by the GC; a pinned view leaves its buffer alone). */
+  dispose(): void {
+    this.#data = undefined;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  get placement(): Placement {
+    return this.#owner ? { kind: 'pinned', backend: this.#owner.backendKind } : { kind: 'js' };
+  }
+
+  /** @internal */
+  nativeArg(what: string): NativeTensorArg {
+    if (this.disposed) throw new DisposedError(`${what}: HostTensor was disposed`);
+    const d = this.#data!;
+    if (this.#owner) return { mem: this.#owner.nativeMemory(what), offset: d.byteOffset, bytes: d.byteLength };
+    return { array: d, offset: 0, bytes: d.byteLength };
+  }
+}
+
+/**
+ * Page-locked host memory: cudaHostAlloc (portable, mapped) on CUDA backends, page-aligned host memory on the
+ * CPU backend. Fill it from JS through `bytes` or `tensor()` views; copies from it to the GPU run at full PCIe
+ * speed and asynchronously. Allocate with `backend.allocPinned(bytes)`.
+ *
+ * @example
+ * using buf = be.allocPinned(1 << 20);
+ * const x = buf.tensor('bf16', [256, 2048]);   // a HostTensor view, valid until buf is disposed
+ */
+export class PinnedBuffer {
+  readonly backendKind: 'cpu' | 'cuda';
+  readonly byteLength: number;
+  #mem: NativeMemory | undefined;
+  #bytes: Uint8Array | undefined;
+
+  /** @internal use Backend.allocPinned */
+  constructor(mem: NativeMemory, backendKind: 'cpu' | 'cuda') {
+    this.#mem = mem;
+    this.backendKind = backendKind;
+    this.byteLength = mem.byteLength;
+  }
+
+  get disposed(): boolean {
+    return this.#mem === undefined;
+  }
+
+  /** The whole buffer as bytes (detached, length 0, after dispose). */
+  get bytes(): Uint8Array {
+    const mem = this.nativeMemory('PinnedBuffer.bytes');
+    this.#bytes ??= new Uint8Array(mem.arrayBuffer(), 0, this.byteLength);
+    return this.#bytes;
+  }
+
+  /** A HostTensor view of `shape` x `dtype` starting at `byteOffset` (a multiple of the element size). */
+  tensor<D extends DType>(dtype: D, shape: Shape, byteOffset = 0): HostTensor<D> {
+    const mem = this.nativeMemory('PinnedBuffer.tensor');
+    checkDType(dtype, 'dtype');
+    const s = checkShape(shape);
+    checkByteOffset(byteOffset, dtype, 'byteOffset');
+    const bytes = numelOf(s) * DTYPE_SIZE[dtype];
+    if (byteOffset + bytes > this.byteLength) {
+      throw new InvalidArgumentError(`a view of ${bytes} bytes at byteOffset ${byteOffset} does not fit the buffer's ${this.byteLength} bytes`);
+    }
+    return new HostTensor(dtype, s, viewArray(dtype, mem.arrayBuffer(), byteOffset, numelOf(s)), this);
+  }
+
+  /** Frees the memory now (or, if an op still uses it, as soon as that op settles). Views become unusable. */
+  dispose(): void {
+    this.#mem?.dispose();
+    this.#mem = undefined;
+    this.#bytes = undefined;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** @internal */
+  nativeMemory(what: string): NativeMemory {
+    if (!this.#mem) throw new DisposedError(`${what}: PinnedBuffer was disposed`);
+    return this.#mem;
+  }
+}
+
+/** Shared state of a device allocation and all its views. */
+class DeviceAllocation {
+  constructor(
+    public mem: NativeMemory | undefined,
+    readonly backend: 'cpu' | 'cuda',
+    readonly device: number,
+    readonly byteLength: number,
+  ) {}
+}
+
+/**
+ * Device memory: cudaMalloc on a CUDA backend, a separate budgeted host pool on the CPU backend (so the expert
+ * cache and the runtime exercise real capacity limits without a GPU). Read and write it with copies and ops.
+ * Allocate with `backend.alloc(dtype, shape)`.
+ *
+ * @example
+ * using w = be.alloc('bf16', [4096, 14336]);
+ * const half = w.view('bf16', [2048, 14336], 2048 * 14336 * 2);  // shares w's memory
+ */
+export class DeviceTensor<D extends DType = DType> implements Tensor {
+  readonly dtype: D;
+  readonly shape: readonly number[];
+  readonly numel: number;
+  readonly byteOffset: number;
+  readonly #alloc: DeviceAllocation;
+  readonly #root: boolean;
+  #disposed = false;
+
+  /** @internal use Backend.alloc */
+  constructor(alloc: DeviceAllocation, dtype: D, shape: readonly number[], byteOffset: number, root: boolean) {
+    this.#alloc = alloc;
+    this.dtype = dtype;
+    this.shape = shape;
+    this.numel = numelOf(shape);
+    this.byteOffset = byteOffset;
+    this.#root = root;
+  }
+
+  /** @internal */
+  static allocate<D extends DType>(mem: NativeMemory, backend: 'cpu' | 'cuda', device: number, dtype: D, shape: readonly number[]): DeviceTensor<D> {
+    return new DeviceTensor(new DeviceAllocation(mem, backend, device, mem.byteLength), dtype, shape, 0, true);
+  }
+
+  get byteLength(): number {
+    return this.numel * DTYPE_SIZE[this.dtype];
+  }
+
+  get disposed(): boolean {
+    return this.#disposed || this.#alloc.mem === undefined;
+  }
+
+  get placement(): Placement {
+    return { kind: 'device', backend: this.#alloc.backend, device: this.#alloc.device };
+  }
+
+  /** A tensor sharing this memory: `shape` x `dtype` at `byteOffset` bytes from the start of the allocation. */
+  view<E extends DType>(dtype: E, shape: Shape, byteOffset = 0): DeviceTensor<E> {
+    if (this.disposed) throw new DisposedError('DeviceTensor.view: the tensor was disposed');
+    checkDType(dtype, 'dtype');
+    const s = checkShape(shape);
+    checkByteOffset(byteOffset, dtype, 'byteOffset');
+    const bytes = numelOf(s) * DTYPE_SIZE[dtype];
+    if (byteOffset + bytes > this.#alloc.byteLength) {
+      throw new InvalidArgumentError(`a view of ${bytes} bytes at byteOffset ${byteOffset} does not fit the allocation's ${this.#alloc.byteLength} bytes`);
+    }
+    return new DeviceTensor(this.#alloc, dtype, s, byteOffset, false);
+  }
+
+  /** Frees the allocation (when called on the tensor returned by alloc) or retires this view. */
+  dispose(): void {
+    if (this.#root) {
+      this.#alloc.mem?.dispose();
+      this.#alloc.mem = undefined;
+    }
+    this.#disposed = true;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** @internal */
+  nativeArg(what: string): NativeTensorArg {
+    if (this.disposed || !this.#alloc.mem) throw new DisposedError(`${what}: DeviceTensor was disposed`);
+    return { mem: this.#alloc.mem, offset: this.byteOffset, bytes: this.byteLength };
+  }
+}

@@ -1,0 +1,124 @@
+/**
+ * Asynchrony: ops run off the JS thread (the event loop keeps turning during a one-second op), honour
+ * AbortSignal (queued ops never start, running CPU kernels stop) and free what they hold, and streams/events
+ * order work across queues.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+
+import { HostTensor, memoryStats, openBackend } from '../lib/index.js';
+
+const be = openBackend({ backend: 'cpu', isa: 'scalar' });
+
+/** A scalar f32 gemm sized to take about `seconds` on this machine (measured, not assumed). */
+async function gemmOfDuration(seconds: number): Promise<{ a: HostTensor; b: HostTensor; m: number; n: number; k: number }> {
+  const n = 256;
+  const k = 256;
+  let m = 32;
+  for (;;) {
+    const a = new HostTensor('f32', [m, k]).data.fill(0.5);
+    const t0 = performance.now();
+    await be.gemm(new HostTensor('f32', [m, k], a), new HostTensor('f32', [n, k]), new HostTensor('f32', [m, n]));
+    const dt = (performance.now() - t0) / 1000;
+    if (dt > 0.05) {
+      const mm = Math.max(1, Math.round((m * seconds) / dt));
+      return { a: new HostTensor('f32', [mm, k]), b: new HostTensor('f32', [n, k]), m: mm, n, k };
+    }
+    m *= 4;
+  }
+}
+
+void test('the event loop keeps turning (p99 delay < 20 ms) while a one-second native op runs', async () => {
+  const g = await gemmOfDuration(1);
+  const out = new HostTensor('f32', [g.m, g.n]);
+  const h = monitorEventLoopDelay({ resolution: 5 });
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 10);
+  h.enable();
+  const t0 = performance.now();
+  await be.gemm(g.a, g.b, out);
+  const ms = performance.now() - t0;
+  h.disable();
+  clearInterval(timer);
+  const p99 = h.percentile(99) / 1e6;
+  assert.ok(ms > 500, `the op took only ${ms.toFixed(0)} ms; the check needs a long op`);
+  assert.ok(p99 < 20, `event loop delay p99 ${p99.toFixed(1)} ms during a ${ms.toFixed(0)} ms op`);
+  assert.ok(ticks >= (ms / 10) * 0.5, `only ${ticks} timer ticks in ${ms.toFixed(0)} ms`);
+});
+
+void test('aborting a running op rejects with the signal reason, stops the kernel and frees what it held', async () => {
+  const g = await gemmOfDuration(2);
+  const before = memoryStats().cpu.pinned.count;
+  const pinned = be.allocPinned(g.m * g.n * 4);
+  const out = pinned.tensor('f32', [g.m, g.n]);
+  const ac = new AbortController();
+  const reason = new Error('user gave up');
+  const t0 = performance.now();
+  const op = be.gemm(g.a, g.b, out, { signal: ac.signal });
+  setTimeout(() => ac.abort(reason), 100);
+  pinned.dispose(); // the running op keeps the bytes alive until it settles
+  await assert.rejects(op, (e) => e === reason);
+  const ms = performance.now() - t0;
+  assert.ok(ms < 1500, `abort took effect only after ${ms.toFixed(0)} ms of a ~2000 ms op`);
+  assert.equal(memoryStats().cpu.pinned.count, before, 'the aborted op still holds its memory');
+});
+
+void test('an op aborted while queued never starts; an already-aborted signal rejects at once', async () => {
+  const g = await gemmOfDuration(0.3);
+  const stream = be.createStream();
+  const first = be.gemm(g.a, g.b, new HostTensor('f32', [g.m, g.n]), { stream });
+  const out = HostTensor.from('f32', [4], [7, 7, 7, 7]);
+  const ac = new AbortController();
+  const queued = be.add(HostTensor.from('f32', [4], [1, 1, 1, 1]), HostTensor.from('f32', [4], [1, 1, 1, 1]), out, { stream, signal: ac.signal });
+  ac.abort();
+  await assert.rejects(queued, (e) => e === ac.signal.reason && (e as Error).name === 'AbortError');
+  await first;
+  assert.deepEqual(Array.from(out.data), [7, 7, 7, 7], 'the aborted op ran');
+  const pre = AbortSignal.abort(new Error('nope'));
+  await assert.rejects(be.add(out, out, out, { signal: pre }), /nope/);
+  assert.deepEqual(Array.from(out.data), [7, 7, 7, 7]);
+  stream.dispose();
+});
+
+void test('ops on one stream run in order; another stream waits on an event without blocking JS', async () => {
+  const g = await gemmOfDuration(0.3);
+  const a = be.createStream();
+  const b = be.createStream({ priority: 'high' });
+  const big = new HostTensor('f32', [g.m, g.n]);
+  const copyOfBig = new HostTensor('f32', [g.m, g.n]);
+  const done = be.createEvent({ timing: true });
+  const start = be.createEvent({ timing: true });
+  g.a.data.fill(1);
+  g.b.data.fill(2);
+  start.record(a);
+  const gemm = be.gemm(g.a, g.b, big, { stream: a });
+  done.record(a);
+  assert.equal(done.isComplete(), false);
+  void b.waitEvent(done);
+  await be.copy(big, copyOfBig, { stream: b }); // must see the finished gemm
+  assert.equal(copyOfBig.data[0], 2 * g.k);
+  assert.equal(copyOfBig.data[g.m * g.n - 1], 2 * g.k);
+  await gemm;
+  await done.synchronize();
+  assert.equal(done.isComplete(), true);
+  assert.ok(done.elapsedMs(start) > 50, `elapsed ${done.elapsedMs(start)} ms`);
+  // Order within a stream: add reads what the preceding copy wrote.
+  const x = HostTensor.from('f32', [3], [1, 2, 3]);
+  const y = new HostTensor('f32', [3]);
+  void be.copy(x, y, { stream: a });
+  await be.add(y, y, y, { stream: a });
+  assert.deepEqual(Array.from(y.data), [2, 4, 6]);
+  await a.synchronize();
+  for (const o of [a, b, done, start]) o.dispose();
+});
+
+void test('thousands of small ops in flight all settle, in order, and keep the process alive', async () => {
+  const x = HostTensor.from('f32', [1], [0]);
+  const one = HostTensor.from('f32', [1], [1]);
+  const order: number[] = [];
+  const ops = Array.from({ length: 2000 }, (_, i) => be.add(x, one, x).then(() => order.push(i)));
+  await Promise.all(ops);
+  assert.equal(x.data[0], 2000);
+  assert.deepEqual(order, Array.from({ length: 2000 }, (_, i) => i));
+});

@@ -1,0 +1,147 @@
+/**
+ * Memory objects: lifetimes, views, dispose and use-after-dispose, out-of-memory, GC safety net, and no leaks
+ * over 10,000 allocate/dispose cycles.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+
+import { DeviceTensor, DisposedError, HostTensor, OutOfMemoryError, PinnedBuffer, memoryStats, openBackend } from '../lib/index.js';
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+
+const be = openBackend({ backend: 'cpu' });
+
+async function collect(): Promise<void> {
+  for (let i = 0; i < 6; i++) {
+    gc();
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
+void test('HostTensor holds dtype, shape and data; dispose makes data unusable; double dispose is harmless', () => {
+  const t = HostTensor.from('bf16', [2, 2], [1, -2, 0.5, 3.140625]);
+  assert.equal(t.numel, 4);
+  assert.equal(t.byteLength, 8);
+  assert.deepEqual(Array.from(t.toFloat32()), [1, -2, 0.5, 3.140625]);
+  assert.ok(t.data instanceof Uint16Array);
+  t.dispose();
+  t.dispose();
+  assert.equal(t.disposed, true);
+  assert.throws(() => t.data, DisposedError);
+  assert.throws(() => be.add(t, t, t), DisposedError);
+  {
+    using u = new HostTensor('i32', [3]);
+    assert.deepEqual(Array.from(u.data), [0, 0, 0]);
+  }
+});
+
+void test('PinnedBuffer: bytes and tensor views share memory; dispose detaches views and frees at once', () => {
+  const before = memoryStats().cpu.pinned.count;
+  const p = be.allocPinned(4096);
+  assert.ok(p instanceof PinnedBuffer);
+  assert.equal(memoryStats().cpu.pinned.count, before + 1);
+  const f = p.tensor('f32', [4], 16);
+  f.data.set([1, 2, 3, 4]);
+  assert.equal(new Float32Array(p.bytes.buffer, 16, 4)[2], 3);
+  assert.equal(p.bytes.byteOffset % 4096, 0);
+  const bytes = p.bytes;
+  p.dispose();
+  p.dispose();
+  assert.equal(memoryStats().cpu.pinned.count, before);
+  assert.equal(bytes.byteLength, 0, 'views of disposed pinned memory must be detached, not dangling');
+  assert.throws(() => p.bytes, DisposedError);
+  assert.throws(() => f.data, DisposedError);
+  assert.throws(() => p.tensor('u8', [1]), DisposedError);
+  assert.throws(() => be.copy(f, new HostTensor('f32', [4])), DisposedError);
+});
+
+void test('DeviceTensor: views share the allocation; disposing the root retires every view', async () => {
+  const before = memoryStats().cpu.device;
+  const d = be.alloc('f32', [8]);
+  assert.ok(d instanceof DeviceTensor);
+  assert.equal(memoryStats().cpu.device.bytes, before.bytes + 32);
+  const hi = d.view('f32', [4], 16);
+  await be.copy(HostTensor.from('f32', [8], [0, 1, 2, 3, 4, 5, 6, 7]), d);
+  assert.deepEqual(Array.from((await be.download(hi)).data), [4, 5, 6, 7]);
+  hi.dispose(); // a view's dispose does not free the allocation
+  assert.equal(d.disposed, false);
+  const other = d.view('f32', [2]);
+  d.dispose();
+  d.dispose();
+  assert.equal(other.disposed, true);
+  assert.deepEqual(memoryStats().cpu.device, before);
+  assert.throws(() => other.view('f32', [1]), DisposedError);
+  assert.throws(() => be.copy(other, new HostTensor('f32', [2])), DisposedError);
+});
+
+void test('zero-sized tensors are legal everywhere', async () => {
+  using d = be.alloc('bf16', [0, 2048]);
+  using p = be.allocPinned(0);
+  const h = new HostTensor('bf16', [0, 2048]);
+  assert.equal(d.byteLength, 0);
+  assert.equal(p.bytes.byteLength, 0);
+  await be.copy(h, d);
+  await be.add(h, h, h);
+});
+
+void test('allocations beyond what exists give OutOfMemoryError and leave nothing behind', () => {
+  const before = memoryStats();
+  assert.throws(() => be.alloc('u8', [2 ** 50]), (e: unknown) => e instanceof OutOfMemoryError && /CPU device pool/.test(e.message));
+  assert.throws(() => be.allocPinned(2 ** 50), OutOfMemoryError);
+  assert.deepEqual(memoryStats(), before);
+});
+
+void test('disposing memory while an op uses it frees it only when the op settles', async () => {
+  const before = memoryStats().cpu.pinned.count;
+  const p = be.allocPinned(64 << 20);
+  const src = p.tensor('f32', [16 << 20]);
+  src.data.fill(1.5);
+  const dst = new HostTensor('f32', [16 << 20]);
+  const op = be.copy(src, dst);
+  p.dispose(); // the op holds a lease: the bytes stay valid until it settles
+  await op;
+  assert.equal(memoryStats().cpu.pinned.count, before);
+  assert.equal(dst.data[12345], 1.5);
+});
+
+void test('the GC frees memory that was never disposed (finalizer safety net), pinned views included', async () => {
+  await collect();
+  const before = memoryStats();
+  (() => {
+    for (let i = 0; i < 50; i++) {
+      const p = be.allocPinned(1 << 16);
+      p.tensor('u8', [16]).data[0] = 1;
+      be.alloc('f32', [1024]);
+    }
+  })();
+  assert.ok(memoryStats().cpu.pinned.count >= before.cpu.pinned.count + 50);
+  for (let i = 0; i < 20 && memoryStats().cpu.pinned.count !== before.cpu.pinned.count; i++) await collect();
+  assert.equal(memoryStats().cpu.pinned.count, before.cpu.pinned.count);
+  assert.equal(memoryStats().cpu.device.count, before.cpu.device.count);
+});
+
+void test('10,000 allocate/dispose cycles leave RSS and native counts flat', async () => {
+  const cycle = (n: number) => {
+    for (let i = 0; i < n; i++) {
+      const p = be.allocPinned(64 << 10);
+      p.tensor('f32', [1024]).data[0] = i;
+      p.bytes[100] = 1;
+      const d = be.alloc('bf16', [32 << 10]);
+      d.view('bf16', [16]).dispose();
+      d.dispose();
+      p.dispose();
+    }
+  };
+  cycle(1000); // warm-up: allocator arenas, JIT
+  await collect();
+  const counts = memoryStats();
+  const rss0 = process.memoryUsage.rss();
+  cycle(10_000);
+  await collect();
+  const grown = process.memoryUsage.rss() - rss0;
+  assert.deepEqual(memoryStats(), counts);
+  assert.ok(grown < 16 << 20, `RSS grew by ${(grown / 1048576).toFixed(1)} MiB over 10,000 cycles`);
+});
