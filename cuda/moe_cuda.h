@@ -28,7 +28,6 @@ typedef struct MoeCudaDeviceInfo {
   int major, minor;           /* compute capability */
   int sm_count;
   size_t total_memory;        /* bytes */
-  size_t free_memory;         /* bytes at query time */
   int pci_bus_id;
   int clock_khz;              /* 0 where the runtime no longer reports it */
   int memory_bus_width_bits;
@@ -36,6 +35,7 @@ typedef struct MoeCudaDeviceInfo {
   int can_map_host_memory;
   int concurrent_copy_engines; /* asyncEngineCount */
 } MoeCudaDeviceInfo;
+/* Properties only: creates no context. Free memory: moe_cuda_mem_info (which does). */
 int moe_cuda_device_info(int device, MoeCudaDeviceInfo* out);
 
 /* --- memory --- */

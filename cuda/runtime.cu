@@ -72,8 +72,9 @@ int moe_cuda_device_count(int* count) {
 int moe_cuda_device_info(int device, MoeCudaDeviceInfo* out) {
   if (out == nullptr) return cudaErrorInvalidValue;
   std::memset(out, 0, sizeof(*out));
-  cudaError_t e = cudaSetDevice(device);
-  if (e != cudaSuccess) return e;
+  // No cudaSetDevice / cudaMemGetInfo here: since CUDA 12 they create the device's primary context (hundreds of
+  // MB and ~100 ms per device), which a query of properties must not do. Free memory: moe_cuda_mem_info.
+  cudaError_t e;
   // cudaDeviceProp lost clockRate / memoryClockRate in CUDA 13: every scalar comes from cudaDeviceGetAttribute,
   // the name from the properties struct.
   cudaDeviceProp prop;
@@ -93,11 +94,6 @@ int moe_cuda_device_info(int device, MoeCudaDeviceInfo* out) {
   if ((e = attr(&out->concurrent_copy_engines, cudaDevAttrAsyncEngineCount, device)) != cudaSuccess) return e;
   // Clock rate: still an attribute in CUDA 13 but may be unsupported on some devices; 0 then, not an error.
   if (attr(&out->clock_khz, cudaDevAttrClockRate, device) != cudaSuccess) (void)cudaGetLastError();
-  size_t free_b = 0, total_b = 0;
-  e = cudaMemGetInfo(&free_b, &total_b);
-  if (e != cudaSuccess) return e;
-  out->free_memory = free_b;
-  if (total_b != 0) out->total_memory = total_b;
   return cudaSuccess;
 }
 

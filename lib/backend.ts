@@ -22,7 +22,7 @@ import {
   InvalidArgumentError,
   fromNative,
 } from './errors.js';
-import { type KernelTier, type NativeAddon, type NativeCancelToken, type NativeStream, native } from './native.js';
+import { type KernelTier, type NativeAddon, type NativeCancelToken, type NativeStream, hostFacts, native } from './native.js';
 import { Event, Stream } from './stream.js';
 import { DeviceTensor, HostTensor, PinnedBuffer, type Shape, type Tensor, checkShape, numelOf } from './tensor.js';
 
@@ -61,8 +61,8 @@ export interface BackendStatus {
 const KIND_CODE = { cpu: 0, cuda: 1 } as const;
 const ISA_CODE: Record<CpuIsa, number> = { scalar: 0, avx2: 1, avx512: 2, avx512bf16: 3 };
 
-function cpuIsaStatus(addon: NativeAddon, isa: CpuIsa): { available: boolean; reason?: string } {
-  const cpu = addon.info().cpu;
+function cpuIsaStatus(isa: CpuIsa): { available: boolean; reason?: string } {
+  const cpu = hostFacts().cpu;
   if (ISA_CODE[isa] > ISA_CODE[cpu.bestIsa as CpuIsa]) {
     const lacks = isa === 'avx2' ? 'avx2/fma/f16c' : isa === 'avx512' ? 'avx512f/bw/vl/dq' : 'avx512_bf16';
     return { available: false, reason: `this CPU (${cpu.model}) lacks ${lacks}` };
@@ -75,9 +75,8 @@ function cpuIsaStatus(addon: NativeAddon, isa: CpuIsa): { available: boolean; re
 
 /** Every backend this binary can name, available or not, with the reason when not. */
 export function listBackends(): BackendStatus[] {
-  const addon = native();
-  const out: BackendStatus[] = CPU_ISAS.map((isa) => ({ name: `cpu-${isa}`, kind: 'cpu' as const, isa, ...cpuIsaStatus(addon, isa) }));
-  const cuda = addon.info().cuda;
+  const out: BackendStatus[] = CPU_ISAS.map((isa) => ({ name: `cpu-${isa}`, kind: 'cpu' as const, isa, ...cpuIsaStatus(isa) }));
+  const cuda = hostFacts().cuda;
   if (cuda.available && cuda.devices.length > 0) {
     for (const d of cuda.devices) out.push({ name: `cuda:${d.index}`, kind: 'cuda', device: d.index, available: true });
   } else {
@@ -88,7 +87,7 @@ export function listBackends(): BackendStatus[] {
 
 /** Why CUDA cannot be used here, or undefined when it can. */
 export function cudaUnavailableReason(device = 0): string | undefined {
-  const cuda = native().info().cuda;
+  const cuda = hostFacts().cuda;
   if (!cuda.available) return cuda.reason ?? 'CUDA unavailable';
   if (!cuda.devices.some((d) => d.index === device)) {
     return `no CUDA device ${device} (found ${cuda.devices.length}: ${cuda.devices.map((d) => d.name).join(', ')})`;
@@ -123,15 +122,15 @@ export function openBackend(options: BackendOptions = {}): Backend {
   if (options.isa !== undefined && !CPU_ISAS.includes(options.isa)) {
     throw new InvalidArgumentError(`options.isa must be one of ${CPU_ISAS.join(', ')}, received ${describe(options.isa)}`);
   }
-  const addon = native();
+  const facts = hostFacts();
   if (requested === 'auto') requested = cudaUnavailableReason(device) === undefined ? 'cuda' : 'cpu';
   if (requested === 'cuda') {
     const why = cudaUnavailableReason(device);
     if (why !== undefined) throw new BackendUnavailableError(`cuda backend unavailable: ${why}`);
-    return new Backend('cuda', device, addon.info().cpu.isa as CpuIsa);
+    return new Backend('cuda', device, facts.cpu.isa as CpuIsa);
   }
-  const isa = options.isa ?? (addon.info().cpu.isa as CpuIsa);
-  const st = cpuIsaStatus(addon, isa);
+  const isa = options.isa ?? (facts.cpu.isa as CpuIsa);
+  const st = cpuIsaStatus(isa);
   if (!st.available) throw new BackendUnavailableError(`cpu-${isa} unavailable: ${st.reason}`);
   return new Backend('cpu', 0, isa);
 }

@@ -35,7 +35,7 @@ export function version(): string {
 
 export function info(): Info {
   const addon = native();
-  const n = addon.info();
+  const n = addon.info(true);
   let backend: Info['backend'];
   try {
     const be = openBackend();
@@ -70,7 +70,7 @@ export function formatInfo(i: Info): string {
   if (i.cuda.available) {
     lines.push(`cuda:     driver ${i.cuda.driverVersion}, runtime ${i.cuda.runtimeVersion}`);
     for (const d of i.cuda.devices) {
-      lines.push(`          [${d.index}] ${d.name}, sm_${d.computeCapability.replace('.', '')}, ${d.sms} SMs, ${gib(d.totalMemory)} (${gib(d.freeMemory)} free)`);
+      lines.push(`          [${d.index}] ${d.name}, sm_${d.computeCapability.replace('.', '')}, ${d.sms} SMs, ${gib(d.totalMemory)}${d.freeMemory === undefined ? '' : ` (${gib(d.freeMemory)} free)`}`);
     }
   } else {
     lines.push(`cuda:     unavailable: ${i.cuda.reason}`);

@@ -43,7 +43,8 @@ export interface NativeCudaDevice {
   computeCapability: string;
   sms: number;
   totalMemory: number;
-  freeMemory: number;
+  /** Only from info() (reading it creates the device's CUDA context). */
+  freeMemory?: number;
   l2Bytes: number;
   memoryBusWidthBits: number;
   copyEngines: number;
@@ -90,7 +91,7 @@ export interface NativeAddon {
   Stream: new (backend: 0 | 1, device: number, priority: 0 | 1) => NativeStream;
   Event: new (backend: 0 | 1, device: number, timing: boolean) => NativeEvent;
   CancelToken: new () => NativeCancelToken;
-  info(): NativeInfo;
+  info(detail?: boolean): NativeInfo;
   memoryStats(): NativeMemoryStats;
   copy: OpFn<{ src: NativeTensorArg; dst: NativeTensorArg }>;
   convert: OpFn<{ src: NativeTensorArg; srcDtype: number; dst: NativeTensorArg; dstDtype: number; n: number; isa?: number }>;
@@ -109,6 +110,17 @@ export interface NativeAddon {
     ldc: number;
     isa?: number;
   }>;
+}
+
+let facts: NativeInfo | undefined;
+
+/**
+ * Build, CPU and CUDA device facts without per-device memory queries (no CUDA context is created), read once per
+ * process: what backend selection needs.
+ */
+export function hostFacts(): NativeInfo {
+  facts ??= native().info(false);
+  return facts;
 }
 
 /** Package root (dist/lib/native.js -> ../..). */

@@ -89,6 +89,13 @@ void test('ops reject wrong tensor types, dtypes, shapes, streams and signals be
   assert.deepEqual(Array.from(a.data), [1, 2, 3, 4, 5, 6]);
 });
 
+void test('upload, download and the conversion helpers reject what they cannot take', async () => {
+  await assert.rejects(be.upload([1, 2] as unknown as HostTensor), invalid(/host must be a HostTensor, received \[1, 2\]/));
+  await assert.rejects(be.download(new HostTensor('f32', [1]) as unknown as DeviceTensor), invalid(/dev must be a DeviceTensor/));
+  assert.throws(() => be.convert(new HostTensor('i32', [2]), new HostTensor('f32', [2])), invalid(/src\.dtype must be one of f32, f16, bf16, received i32/));
+  assert.throws(() => be.gemm(new HostTensor('f16', [1, 1]), new HostTensor('f16', [1, 1]), new HostTensor('f32', [1, 1])), invalid(/a\.dtype must be one of f32, bf16, received f16/));
+});
+
 void test('streams and events report misuse with typed errors', async () => {
   const s = be.createStream();
   const e = be.createEvent();

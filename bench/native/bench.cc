@@ -27,7 +27,7 @@
 #include "harness.h"
 
 #if MOE_X86
-#include <immintrin.h>
+#include "cpu/simd.h"
 #endif
 
 namespace moe::native {

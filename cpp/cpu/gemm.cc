@@ -14,6 +14,7 @@
 // output tiles of about 64 x 64 (one pool range each, cancellation polled between tiles); inside a tile the k
 // dimension is walked in blocks (512 f32 or 1024 bf16 values, so the block of b rows of a tile stays in L2) and
 // the partial sums go to an f32 tile that is rounded to out_dtype once at the end.
+// The bf16 -> f32 register loads and the AVX-512 tail mask are simd.h's (shared with add.cc and convert.cc).
 // Measured on the 2-core Zen 4 development machine, m = n = k = 1024 bf16 -> f32: avx2 about 160, avx512 about
 // 165, avx512bf16 about 370 GFLOP/s (vdpbf16ps peak about 406); f32 inputs: avx2 125, avx512 150 (FMA peak 224).
 #include "gemm.h"
@@ -25,19 +26,7 @@
 #include "../core/error.h"
 #include "../core/threadpool.h"
 
-#if MOE_X86
-// GCC 12.2's AVX-512 headers build _mm512_undefined_*() from a self-initialised variable and then warn about it
-// (-Wuninitialized, GCC bug 105593, fixed in 12.3); the warning points into the header, so silence it there.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#endif
+#include "simd.h"
 
 namespace moe::cpu {
 
@@ -139,10 +128,6 @@ MOE_TARGET_AVX2 void rk_f32_1x8_avx2(const void* ar, const void* const* br, int6
 }
 // Same on bf16 rows, converted in registers (rows left over by the 3x4 kernel read a and b in place, so a decode
 // with m < 3 does not pay for converting all of b first). The k tail (< 8) is scalar.
-MOE_TARGET_AVX2 inline __m256 bf16x8_avx2(const uint16_t* p) {
-  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
 MOE_TARGET_AVX2 void rk_bf16_1x8_avx2(const void* ar, const void* const* br, int64_t kc, float* sums) {
   const uint16_t* a = static_cast<const uint16_t*>(ar);
   const uint16_t *b0 = static_cast<const uint16_t*>(br[0]), *b1 = static_cast<const uint16_t*>(br[1]),
@@ -151,7 +136,7 @@ MOE_TARGET_AVX2 void rk_bf16_1x8_avx2(const void* ar, const void* const* br, int
                  *b6 = static_cast<const uint16_t*>(br[6]), *b7 = static_cast<const uint16_t*>(br[7]);
   __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
   int64_t p = 0;
-#define MOE_LD(ptr) bf16x8_avx2(ptr + p)
+#define MOE_LD(ptr) simd::ld_bf16_avx2(ptr + p)
   for (; p + 8 <= kc; p += 8) MOE_AVX2_1X8_STEP(MOE_LD)
 #undef MOE_LD
   _mm_storeu_ps(sums + 0, reduce4_avx2(c0, c1, c2, c3));
@@ -165,10 +150,7 @@ MOE_TARGET_AVX2 void rk_bf16_1x8_avx2(const void* ar, const void* const* br, int
 
 MOE_TARGET_AVX2 void pack_bf16_avx2(const uint16_t* src, float* dst, int64_t kc) {  // [kc] bf16 -> [kc] f32
   int64_t p = 0;
-  for (; p + 8 <= kc; p += 8) {
-    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + p));
-    _mm256_storeu_ps(dst + p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
-  }
+  for (; p + 8 <= kc; p += 8) _mm256_storeu_ps(dst + p, simd::ld_bf16_avx2(src + p));
   for (; p < kc; ++p) dst[p] = bf16_to_f32(src[p]);
 }
 
@@ -194,10 +176,6 @@ MOE_TARGET_AVX512 inline __m512 reduce16_ps(__m512 c0, __m512 c1, __m512 c2, __m
   __m512 y2 = reduce_quad_ps(reduce_pair_ps(c8, c9), reduce_pair_ps(c10, c11));
   __m512 y3 = reduce_quad_ps(reduce_pair_ps(c12, c13), reduce_pair_ps(c14, c15));
   return reduce_lanes_ps(reduce_lanes_ps(y0, y1), reduce_lanes_ps(y2, y3));
-}
-
-MOE_TARGET_AVX512 inline __mmask16 tail_mask16(int64_t left) {
-  return left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
 }
 
 #define MOE_4X4_STEP(V, FMA, LOAD)                                                                     \
@@ -239,7 +217,7 @@ MOE_TARGET_AVX512 void mk_f32_4x4_avx512(const void* const* ar, const void* cons
   for (; p + 16 <= kc; p += 16) MOE_4X4_STEP(__m512, fma_ps_512, MOE_LD)
 #undef MOE_LD
   if (p < kc) {
-    __mmask16 m = tail_mask16(kc - p);
+    __mmask16 m = simd::tail_mask16(static_cast<size_t>(kc - p));
 #define MOE_LD(ptr) _mm512_maskz_loadu_ps(m, ptr + p)
     MOE_4X4_STEP(__m512, fma_ps_512, MOE_LD)
 #undef MOE_LD
@@ -259,7 +237,7 @@ MOE_TARGET_AVX512 void rk_f32_1x16_avx512(const void* ar, const void* const* bv,
   for (; p + 16 <= kc; p += 16) MOE_1X16_STEP(__m512, fma_ps_512, MOE_LD)
 #undef MOE_LD
   if (p < kc) {
-    __mmask16 m = tail_mask16(kc - p);
+    __mmask16 m = simd::tail_mask16(static_cast<size_t>(kc - p));
 #define MOE_LD(ptr) _mm512_maskz_loadu_ps(m, (ptr) + p)
     MOE_1X16_STEP(__m512, fma_ps_512, MOE_LD)
 #undef MOE_LD
@@ -268,17 +246,14 @@ MOE_TARGET_AVX512 void rk_f32_1x16_avx512(const void* ar, const void* const* bv,
 }
 
 // Same on bf16 rows, converted in registers (see rk_bf16_1x8_avx2).
-MOE_TARGET_AVX512 inline __m512 bf16x16_512(const uint16_t* p, __mmask16 m) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-}
 MOE_TARGET_AVX512 void rk_bf16_1x16_avx512(const void* ar, const void* const* bv, int64_t kc, float* sums) {
   const uint16_t* a = static_cast<const uint16_t*>(ar);
   const uint16_t* br[16];
   for (int c = 0; c < 16; ++c) br[c] = static_cast<const uint16_t*>(bv[c]);
   MOE_ZERO_16_ACC
   for (int64_t p = 0; p < kc; p += 16) {
-    const __mmask16 m = tail_mask16(kc - p);
-#define MOE_LD(ptr) bf16x16_512((ptr) + p, m)
+    const __mmask16 m = simd::tail_mask16(static_cast<size_t>(kc - p));
+#define MOE_LD(ptr) simd::ld_bf16_512((ptr) + p, m)
     MOE_1X16_STEP(__m512, fma_ps_512, MOE_LD)
 #undef MOE_LD
   }
@@ -287,9 +262,8 @@ MOE_TARGET_AVX512 void rk_bf16_1x16_avx512(const void* ar, const void* const* bv
 
 MOE_TARGET_AVX512 void pack_bf16_avx512(const uint16_t* src, float* dst, int64_t kc) {  // [kc] bf16 -> [kc] f32
   for (int64_t p = 0; p < kc; p += 16) {
-    __mmask16 m = tail_mask16(kc - p);
-    __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + p));
-    _mm512_mask_storeu_ps(dst + p, m, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+    const __mmask16 m = simd::tail_mask16(static_cast<size_t>(kc - p));
+    _mm512_mask_storeu_ps(dst + p, m, simd::ld_bf16_512(src + p, m));
   }
 }
 

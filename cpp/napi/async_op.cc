@@ -26,7 +26,7 @@ void AsyncOp::fail(ErrorCode code, std::string message) {
 }
 
 void AsyncOp::complete() {
-  if (!failed_ && on_success) on_success();
+  if (on_complete) on_complete();
   // The env's channel outlives every op: ops in flight keep it referenced, and the cleanup hook aborts it only
   // at environment teardown, when a failed call just leaks this op.
   // A failed call means the environment is shutting down: nothing can be settled any more.
@@ -39,7 +39,7 @@ void AsyncOp::settle(Napi::Env env) {
   holds_.clear();
   cancel.reset();
   work = nullptr;
-  on_success = nullptr;
+  on_complete = nullptr;
   if (failed_) {
     std::string msg = std::string(name_) + ": " + message_;
     deferred_.Reject(make_error(env, code_, msg).Value());

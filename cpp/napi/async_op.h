@@ -41,9 +41,9 @@ class AsyncOp {
   std::shared_ptr<CancelToken> cancel;  // optional
   // Runs on the stream thread; throws moe::Error on failure. On CUDA it enqueues GPU work and returns.
   std::function<void(const ExecContext&)> work;
-  // Called on whichever thread completes the op (stream thread or CUDA callback thread), before settling;
-  // only on success. Must be quick and must not call N-API.
-  std::function<void()> on_success;
+  // Called on whichever thread completes the op (stream thread or CUDA callback thread), before settling,
+  // whether the op succeeded or failed (so nothing waiting on it can hang). Must be quick, must not call N-API.
+  std::function<void()> on_complete;
   // Resolve value builder, run on the JS thread (default: undefined).
   std::function<Napi::Value(Napi::Env)> result;
 

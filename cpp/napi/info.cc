@@ -1,4 +1,4 @@
-// info(): what this binary was built with and what it finds on this host (CPU features, CUDA devices or the
+// info(detail?): what this binary was built with and what it finds on this host (CPU features, CUDA devices or the
 // reason CUDA is unavailable). lib/info.ts adds the package version and the backend in use.
 #include <string>
 
@@ -17,8 +17,11 @@ std::string cuda_version_string(int v) {
 
 }  // namespace
 
+// detail = true also reads each device's free memory, which creates its CUDA context (hundreds of MB, ~100 ms):
+// only when a person asks (lib's info()), never for backend selection.
 Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  bool detail = info[0].ToBoolean().Value();
   Napi::Object out = Napi::Object::New(env);
 
   Napi::Object build = Napi::Object::New(env);
@@ -85,7 +88,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
       o.Set("computeCapability", std::to_string(di.major) + "." + std::to_string(di.minor));
       o.Set("sms", di.sm_count);
       o.Set("totalMemory", static_cast<double>(di.total_memory));
-      o.Set("freeMemory", static_cast<double>(di.free_memory));
+      size_t free_b = 0, total_b = 0;
+      if (detail && moe_cuda_mem_info(d, &free_b, &total_b) == 0) o.Set("freeMemory", static_cast<double>(free_b));
       o.Set("l2Bytes", di.l2_bytes);
       o.Set("memoryBusWidthBits", di.memory_bus_width_bits);
       o.Set("copyEngines", di.concurrent_copy_engines);
@@ -94,6 +98,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     }
   }
 #else
+  (void)detail;
   cuda.Set("available", false);
   cuda.Set("reason", "compiled without CUDA (no CUDA compiler when this binary was built)");
   cuda.Set("runtimeVersion", env.Null());

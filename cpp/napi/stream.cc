@@ -277,8 +277,9 @@ Napi::Value EventWrap::Record(const Napi::CallbackInfo& info) {
       raw->mark_submitted(gen);
 #endif
     };
-    // CPU: the stream thread reached the record; CUDA: the GPU did (host callback after the record).
-    op->on_success = [raw, gen] { raw->mark_completed(gen); };
+    // CPU: the stream thread reached the record; CUDA: the GPU did (host callback after the record). A failed
+    // record completes too, so a stream waiting on it cannot hang; the failure rejects record()'s Promise.
+    op->on_complete = [raw, gen] { raw->mark_completed(gen); };
     Napi::Promise p = op->promise();
     s->submit(op);
     return p;

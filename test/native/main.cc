@@ -48,10 +48,12 @@ int info_main() {
       std::printf("  [%d] device_info failed: %s\n", d, moe_cuda_error_name(err));
       continue;
     }
+    size_t free_b = 0, total_b = 0;
+    if (moe_cuda_mem_info(d, &free_b, &total_b) != 0) free_b = 0;
     std::printf("  [%d] %s, cc %d.%d, %d SMs, %.1f GiB (%.1f GiB free), clock %d MHz, bus %d bits, L2 %d MiB, "
                 "pci bus %d, copy engines %d, map host memory %s\n",
                 d, info.name, info.major, info.minor, info.sm_count, info.total_memory / 1073741824.0,
-                info.free_memory / 1073741824.0, info.clock_khz / 1000, info.memory_bus_width_bits,
+                free_b / 1073741824.0, info.clock_khz / 1000, info.memory_bus_width_bits,
                 info.l2_bytes >> 20, info.pci_bus_id, info.concurrent_copy_engines,
                 info.can_map_host_memory ? "yes" : "no");
   }
