@@ -15,6 +15,8 @@ export type ErrorCode =
   | 'MOE_CUDA_ERROR'
   | 'MOE_DISPOSED'
   | 'MOE_NATIVE_BINDING'
+  | 'MOE_UNSUPPORTED_MODEL'
+  | 'MOE_CHECKPOINT_FORMAT'
   | 'MOE_INTERNAL';
 
 /** Base class of every error thrown by moe-offload. */
@@ -66,6 +68,27 @@ export class DisposedError extends MoeOffloadError {
 export class NativeBindingError extends MoeOffloadError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('MOE_NATIVE_BINDING', message, options);
+  }
+}
+
+/** A model architecture (config.json model_type) this package does not run; the message lists the supported ones. */
+export class UnsupportedModelError extends MoeOffloadError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('MOE_UNSUPPORTED_MODEL', message, options);
+  }
+}
+
+/**
+ * A checkpoint file is malformed or incomplete (truncated file, bad header, overlapping offsets, unknown dtype,
+ * shape that disagrees with its bytes, missing shard or tensor). `file` and `tensor` name the culprit.
+ */
+export class CheckpointFormatError extends MoeOffloadError {
+  readonly file: string;
+  readonly tensor: string | undefined;
+  constructor(file: string, tensor: string | undefined, message: string, options?: { cause?: unknown }) {
+    super('MOE_CHECKPOINT_FORMAT', `${file}${tensor === undefined ? '' : ` [${tensor}]`}: ${message}`, options);
+    this.file = file;
+    this.tensor = tensor;
   }
 }
 

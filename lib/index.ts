@@ -44,7 +44,29 @@ export {
   DisposedError,
   NativeBindingError,
   InternalError,
+  UnsupportedModelError,
+  CheckpointFormatError,
   type ErrorCode,
 } from './errors.js';
 export { memoryStats } from './stats.js';
+export {
+  parseModelConfig,
+  expertTensorNames,
+  expertBytes,
+  SUPPORTED_MODEL_TYPES,
+  type ModelConfig,
+  type ModelFamily,
+  type RouterConfig,
+  type MlaConfig,
+} from './model/config.js';
+export {
+  Checkpoint,
+  SafetensorsFile,
+  writeSafetensors,
+  writeCheckpoint,
+  SAFETENSORS_DTYPE_SIZE,
+  type SafetensorsDType,
+  type TensorInfo,
+  type WritableTensor,
+} from './model/safetensors.js';
 export type { KernelTier, NativeMemoryStats, MemoryCount } from './native.js';
