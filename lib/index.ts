@@ -69,4 +69,14 @@ export {
   type TensorInfo,
   type WritableTensor,
 } from './model/safetensors.js';
+export {
+  TransferEngine,
+  Transfer,
+  type TransferEngineOptions,
+  type TransferOptions,
+  type TransferPriority,
+  type TransferStats,
+} from './residency/transfer.js';
+export { ExpertStore, type ExpertStoreOptions, type ExpertViews } from './residency/expert-store.js';
+export { SlotPool, type SlotViews } from './residency/slot-pool.js';
 export type { KernelTier, NativeMemoryStats, MemoryCount } from './native.js';

@@ -28,7 +28,8 @@ export interface NativeStream {
   dispose(): void;
 }
 export interface NativeEvent {
-  record(stream: NativeStream): Promise<void>;
+  record(stream: NativeStream, generation?: number): Promise<void>;
+  reserve(): number;
   query(): boolean;
   elapsedMs(start: NativeEvent): number;
   dispose(): void;

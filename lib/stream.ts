@@ -86,12 +86,24 @@ export class Event {
     this.timing = timing;
   }
 
-  /** Marks the current end of `stream`; the event completes when the stream gets there. */
-  record(stream: Stream): void {
+  /**
+   * Marks the current end of `stream`; the event completes when the stream gets there. With `reserved` (from
+   * reserve()), records the point reserved earlier instead of a new one.
+   */
+  record(stream: Stream, reserved?: number): void {
     if (!(stream instanceof Stream)) throw new InvalidArgumentError('stream must be a Stream');
-    const p = this.nativeEvent('Event.record').record(stream.nativeStream('Event.record'));
+    const p = this.nativeEvent('Event.record').record(stream.nativeStream('Event.record'), reserved);
     p.catch(() => {});
     this.#last = p;
+  }
+
+  /**
+   * Names the event's next point before it is recorded. Streams that wait on the event from now on wait for that
+   * point (on their own thread, never on JS), so a producer can record it later with `record(stream, reserved)`.
+   * Every reserved point must eventually be recorded, or its waiters wait forever.
+   */
+  reserve(): number {
+    return this.nativeEvent('Event.reserve').reserve();
   }
 
   /** Resolves when the latest record has completed (immediately if never recorded). */

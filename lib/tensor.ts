@@ -65,6 +65,15 @@ function checkByteOffset(byteOffset: unknown, dtype: DType, what: string): numbe
   return byteOffset;
 }
 
+function checkRange(offset: unknown, length: unknown, total: number): void {
+  for (const [v, w] of [[offset, 'offset'], [length, 'length']] as const) {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new InvalidArgumentError(`${w} must be a non-negative integer, received ${describe(v)}`);
+  }
+  if ((offset as number) + (length as number) > total) {
+    throw new InvalidArgumentError(`bytes [${offset as number}, ${(offset as number) + (length as number)}) exceed the tensor's ${total} bytes`);
+  }
+}
+
 /** Where a tensor lives, for placement checks and messages. */
 export type Placement = { kind: 'js' } | { kind: 'pinned'; backend: 'cpu' | 'cuda' } | { kind: 'device'; backend: 'cpu' | 'cuda'; device: number };
 
@@ -75,6 +84,8 @@ export interface Tensor {
   readonly numel: number;
   readonly byteLength: number;
   readonly disposed: boolean;
+  /** Bytes [offset, offset + length) of this tensor as a u8 tensor sharing its memory (for chunked copies). */
+  bytesView(offset: number, length: number): Tensor;
   /** @internal */ nativeArg(what: string): NativeTensorArg;
   /** @internal */ readonly placement: Placement;
 }
@@ -173,6 +184,12 @@ export class HostTensor<D extends DType = DType> implements Tensor {
 
   get placement(): Placement {
     return this.#owner ? { kind: 'pinned', backend: this.#owner.backendKind } : { kind: 'js' };
+  }
+
+  bytesView(offset: number, length: number): HostTensor<'u8'> {
+    const d = this.data;
+    checkRange(offset, length, d.byteLength);
+    return new HostTensor('u8', [length], new Uint8Array(d.buffer, d.byteOffset + offset, length), this.#owner);
   }
 
   /** @internal */
@@ -314,6 +331,12 @@ export class DeviceTensor<D extends DType = DType> implements Tensor {
       throw new InvalidArgumentError(`a view of ${bytes} bytes at byteOffset ${byteOffset} does not fit the allocation's ${this.#alloc.byteLength} bytes`);
     }
     return new DeviceTensor(this.#alloc, dtype, s, byteOffset, false);
+  }
+
+  bytesView(offset: number, length: number): DeviceTensor<'u8'> {
+    if (this.disposed) throw new DisposedError('DeviceTensor.bytesView: the tensor was disposed');
+    checkRange(offset, length, this.byteLength);
+    return new DeviceTensor(this.#alloc, 'u8', Object.freeze([length]), this.byteOffset + offset, false);
   }
 
   /** Frees the allocation (when called on the tensor returned by alloc) or retires this view. */

@@ -237,7 +237,8 @@ Napi::Value StreamWrap::Disposed(const Napi::CallbackInfo& info) {
 
 Napi::Function EventWrap::Init(Napi::Env env) {
   return DefineClass(env, "Event",
-                     {InstanceMethod<&EventWrap::Record>("record"), InstanceMethod<&EventWrap::Query>("query"),
+                     {InstanceMethod<&EventWrap::Record>("record"), InstanceMethod<&EventWrap::Reserve>("reserve"),
+                      InstanceMethod<&EventWrap::Query>("query"),
                       InstanceMethod<&EventWrap::ElapsedMs>("elapsedMs"),
                       InstanceMethod<&EventWrap::Dispose>("dispose")});
 }
@@ -257,7 +258,14 @@ std::shared_ptr<EventCore> EventWrap::get(Napi::Env env) {
   return event_;
 }
 
-// record(stream) -> Promise that settles when the stream reaches this point.
+// reserve() -> the generation the next record(stream, generation) will complete.
+Napi::Value EventWrap::Reserve(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value { return Napi::Number::New(env, static_cast<double>(get(env)->next_generation())); });
+}
+
+// record(stream, generation?) -> Promise that settles when the stream reaches this point. Without generation a
+// new point; with one, the point reserve() returned.
 Napi::Value EventWrap::Record(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -265,7 +273,17 @@ Napi::Value EventWrap::Record(const Napi::CallbackInfo& info) {
     std::shared_ptr<Stream> s = StreamWrap::from(info[0], "stream");
     if (e->backend() != s->backend() || e->device() != s->device())
       throw_error(env, ErrorCode::InvalidArgument, "event belongs to another backend or device than the stream");
-    uint64_t gen = e->next_generation();
+    uint64_t gen;
+    if (info[1].IsUndefined()) {
+      gen = e->next_generation();
+    } else {
+      int64_t g = arg_size(info[1], "generation");
+      if (g < 1 || static_cast<uint64_t>(g) > e->recorded())
+        throw_error(env, ErrorCode::InvalidArgument,
+                    "generation must be one reserve() returned (1.." + std::to_string(e->recorded()) + "), received " +
+                        std::to_string(g));
+      gen = static_cast<uint64_t>(g);
+    }
     auto* op = new AsyncOp(env, "Event.record");
     op->hold(e);
     EventCore* raw = e.get();

@@ -87,8 +87,10 @@ class StreamWrap : public Napi::ObjectWrap<StreamWrap> {
   std::shared_ptr<Stream> stream_;
 };
 
-// JS class `Event(backend, device, timing)`: record(stream) -> Promise (settles when the point is reached),
-// query() -> boolean, elapsedMs(start) -> number, dispose().
+// JS class `Event(backend, device, timing)`: record(stream, generation?) -> Promise (settles when the point is
+// reached), reserve() -> generation, query() -> boolean, elapsedMs(start) -> number, dispose().
+// reserve() names the next point before it is recorded: a stream that waits on the event from then on waits for
+// that point (its own host thread holds until the record is submitted), so a producer may record it later.
 class EventWrap : public Napi::ObjectWrap<EventWrap> {
  public:
   static Napi::Function Init(Napi::Env env);
@@ -96,6 +98,7 @@ class EventWrap : public Napi::ObjectWrap<EventWrap> {
 
  private:
   Napi::Value Record(const Napi::CallbackInfo& info);
+  Napi::Value Reserve(const Napi::CallbackInfo& info);
   Napi::Value Query(const Napi::CallbackInfo& info);
   Napi::Value ElapsedMs(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
