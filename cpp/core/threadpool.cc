@@ -16,7 +16,20 @@
 
 #include "isa.h"
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
 namespace moe {
+
+void mark_compute_thread() {
+#if defined(__linux__)
+  sched_param param{};
+  param.sched_priority = 0;
+  // pid 0: the calling thread. Failure (e.g. a seccomp policy) only loses the hint.
+  (void)sched_setscheduler(0, SCHED_BATCH, &param);
+#endif
+}
 
 namespace {
 
@@ -91,6 +104,7 @@ struct ThreadPool::Impl {
   }
 
   void worker_loop() {
+    mark_compute_thread();
     std::unique_lock<std::mutex> lock(mu);
     for (;;) {
       Job* job = find_job_locked();

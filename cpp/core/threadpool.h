@@ -9,6 +9,11 @@
 
 namespace moe {
 
+// Marks the calling thread as a batch compute thread (Linux SCHED_BATCH): the scheduler then lets interactive
+// threads, above all Node's JS thread, preempt it on wakeup, so the event loop stays responsive while kernels keep
+// every core busy. Pool workers and stream threads call it when they start; a no-op elsewhere.
+void mark_compute_thread();
+
 class ThreadPool {
  public:
   static ThreadPool& global();

@@ -1,6 +1,8 @@
 // See work_queue.h.
 #include "work_queue.h"
 
+#include "threadpool.h"
+
 namespace moe {
 
 WorkQueue::WorkQueue() : thread_([this] { loop(); }) {}
@@ -34,6 +36,8 @@ void WorkQueue::stop() {
 }
 
 void WorkQueue::loop() {
+  // Stream threads run CPU kernels too (they take part in parallel_for).
+  mark_compute_thread();
   for (;;) {
     std::function<void()> task;
     {
