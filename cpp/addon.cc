@@ -12,6 +12,10 @@ Napi::Value Copy(const Napi::CallbackInfo& info);
 Napi::Value Convert(const Napi::CallbackInfo& info);
 Napi::Value Add(const Napi::CallbackInfo& info);
 Napi::Value Gemm(const Napi::CallbackInfo& info);
+Napi::Value RouterTopK(const Napi::CallbackInfo& info);
+Napi::Value MoeAlign(const Napi::CallbackInfo& info);
+Napi::Value MoeExperts(const Napi::CallbackInfo& info);
+Napi::Value Attention(const Napi::CallbackInfo& info);
 }  // namespace moe::js
 
 namespace {
@@ -50,6 +54,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("convert", Napi::Function::New<Convert>(env, "convert"));
   exports.Set("add", Napi::Function::New<Add>(env, "add"));
   exports.Set("gemm", Napi::Function::New<Gemm>(env, "gemm"));
+  exports.Set("routerTopK", Napi::Function::New<RouterTopK>(env, "routerTopK"));
+  exports.Set("moeAlign", Napi::Function::New<MoeAlign>(env, "moeAlign"));
+  exports.Set("moeExperts", Napi::Function::New<MoeExperts>(env, "moeExperts"));
+  exports.Set("attention", Napi::Function::New<Attention>(env, "attention"));
   return exports;
 }
 

@@ -78,6 +78,22 @@ int moe_cuda_add(int device, const void* a, const void* b, void* out, int dtype,
 int moe_cuda_gemm(int device, const void* a, const void* b, void* out, int ab_dtype, int out_dtype, int64_t m,
                   int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, void* stream);
 
+/* --- fused MoE (issue 3; router_topk.cu, moe_experts.cu) --- */
+/* logits [t,e] f32 -> topk_ids [t,k] i32, topk_weights [t,k] f32; scoring 0 softmax, 1 sigmoid (bias [e] or NULL,
+ * selection only); e <= 1024. Ties to the lower expert id. */
+int moe_cuda_router_topk(int device, const float* logits, const float* bias, int32_t* topk_ids, float* topk_weights,
+                         int64_t t, int64_t e, int64_t k, int scoring, int renormalize, void* stream);
+/* vLLM moe_align_block_size: counts [e], offsets [e+1] (padded to block), sorted_token_ids [capacity] (slot ids
+ * t*k+j ascending per expert; padding = t*k); capacity >= t*k + e*(block-1). Ids outside [0,e) are skipped. */
+int moe_cuda_moe_align(int device, const int32_t* topk_ids, int32_t* counts, int32_t* offsets,
+                       int32_t* sorted_token_ids, int64_t t, int64_t k, int64_t e, int64_t block, int64_t capacity,
+                       void* stream);
+/* out [t,h] bf16 = sum_j w[t,j] down_e(silu(gate_e x) * up_e x); gate/up/down: HOST arrays of e DEVICE pointers
+ * ([inter,h], [inter,h], [h,inter] bf16; NULL = absent, contributes zero), uploaded on the stream. */
+int moe_cuda_moe_experts(int device, const void* x, const int32_t* topk_ids, const float* topk_weights,
+                         const void* const* gate, const void* const* up, const void* const* down, void* out,
+                         int64_t t, int64_t h, int64_t inter, int64_t e, int64_t k, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

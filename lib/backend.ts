@@ -25,6 +25,7 @@ import {
 import { type KernelTier, type NativeAddon, type NativeCancelToken, type NativeStream, hostFacts, native } from './native.js';
 import { Event, Stream } from './stream.js';
 import { DeviceTensor, HostTensor, PinnedBuffer, type Shape, type Tensor, checkShape, numelOf } from './tensor.js';
+import { ExpertTable } from './moe.js';
 
 export type BackendKind = 'cpu' | 'cuda';
 export type CpuIsa = 'scalar' | 'avx2' | 'avx512' | 'avx512bf16';
@@ -314,6 +315,276 @@ export class Backend {
     );
   }
 
+  /**
+   * Attention over a paged KV cache in host memory (f32 online softmax; GQA; a batch may mix decode, q_len = 1,
+   * and prefill/extend, q_len > 1, causal over the existing prefix: query i of a sequence with kv_len L and q_len Q
+   * attends to kv positions <= L - Q + i). K/V pages are [numPages, kvHeads, blockSize, headDim] (see
+   * lib/kv/cache.ts, whose `keys(layer)` / `values(layer)` / `batch()` give every argument but q and out).
+   * A CPU op by design: on a CUDA backend it runs on the CPU (every tensor host memory: JS or pinned; a given
+   * `options.stream` must then be a CPU stream). Block-table contents are checked when the op runs: a bad table
+   * rejects with InvalidArgumentError.
+   * @example
+   * const b = cache.batch([s0, s1], [1, 1]);                       // two decode sequences
+   * await be.attention({ q, k: cache.keys(0), v: cache.values(0), out, ...b });  // q/out [2, qHeads, headDim]
+   */
+  attention(p: AttentionParams, options: OpOptions = {}): Promise<KernelTier> {
+    if (typeof p !== 'object' || p === null) throw new InvalidArgumentError(`attention: params must be an object, received ${describe(p)}`);
+    const { q, k, v, out, blockTables, kvLens, qLens, sinks } = p;
+    checkTensor(q, 'q', GEMM_DTYPES);
+    checkTensor(k, 'k', FLOAT_DTYPES);
+    checkTensor(v, 'v', FLOAT_DTYPES);
+    checkTensor(out, 'out', GEMM_DTYPES);
+    checkTensor(blockTables, 'blockTables', ['i32']);
+    checkTensor(kvLens, 'kvLens', ['i32']);
+    checkTensor(qLens, 'qLens', ['i32']);
+    if (sinks !== undefined) checkTensor(sinks, 'sinks', ['f32']);
+    sameDtype(k, v, 'k', 'v');
+    sameShape(k, v, 'k', 'v');
+    if (q.shape.length !== 3) throw new InvalidArgumentError(`q must be [totalQ, qHeads, headDim], received shape [${q.shape.join(', ')}]`);
+    if (k.shape.length !== 4) throw new InvalidArgumentError(`k must be [numPages, kvHeads, blockSize, headDim], received shape [${k.shape.join(', ')}]`);
+    const [totalQ, qHeads, headDim] = q.shape as [number, number, number];
+    const [numPages, kvHeads, blockSize, kHeadDim] = k.shape as [number, number, number, number];
+    if (headDim !== 64 && headDim !== 128 && headDim !== 256) throw new InvalidArgumentError(`q headDim must be 64, 128 or 256, received ${headDim}`);
+    if (kHeadDim !== headDim) throw new InvalidArgumentError(`k headDim must equal q's (${headDim}), received ${kHeadDim}`);
+    if (kvHeads < 1 || qHeads % kvHeads !== 0) {
+      throw new InvalidArgumentError(`q heads must be a positive multiple of the kv heads (${kvHeads}), received ${qHeads}`);
+    }
+    sameShape(q, out, 'q', 'out');
+    if (blockTables.shape.length !== 2) throw new InvalidArgumentError(`blockTables must be [numSeqs, maxBlocks], received shape [${blockTables.shape.join(', ')}]`);
+    const [numSeqs, maxBlocks] = blockTables.shape as [number, number];
+    for (const [t, w] of [[kvLens, 'kvLens'], [qLens, 'qLens']] as const) {
+      if (t.shape.length !== 1 || t.shape[0] !== numSeqs) throw new InvalidArgumentError(`${w} must be [${numSeqs}] (numSeqs), received [${t.shape.join(', ')}]`);
+    }
+    if (sinks !== undefined && (sinks.shape.length !== 1 || sinks.shape[0] !== qHeads)) {
+      throw new InvalidArgumentError(`sinks must be [${qHeads}] (qHeads), received [${sinks.shape.join(', ')}]`);
+    }
+    const scale = p.scale ?? 1 / Math.sqrt(headDim);
+    if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new InvalidArgumentError(`scale must be a finite number, received ${describe(p.scale)}`);
+    const slidingWindow = p.slidingWindow ?? 0;
+    if (!Number.isSafeInteger(slidingWindow) || slidingWindow < 0) {
+      throw new InvalidArgumentError(`slidingWindow must be a non-negative integer (0: none), received ${describe(p.slidingWindow)}`);
+    }
+    const numSplits = p.numSplits ?? 0;
+    if (!Number.isSafeInteger(numSplits) || numSplits < 0 || numSplits > 1024) {
+      throw new InvalidArgumentError(`numSplits must be an integer in [0, 1024] (0: automatic), received ${describe(p.numSplits)}`);
+    }
+    const cpu = this.kind === 'cpu' ? this : cpuCompanion(this.isa);
+    return cpu.#run('attention', options, (addon, stream, cancel) =>
+      addon.attention(
+        stream,
+        {
+          q: q.nativeArg('q'),
+          qDtype: DTYPE_CODE[q.dtype],
+          k: k.nativeArg('k'),
+          v: v.nativeArg('v'),
+          kvDtype: DTYPE_CODE[k.dtype],
+          out: out.nativeArg('out'),
+          outDtype: DTYPE_CODE[out.dtype],
+          blockTables: blockTables.nativeArg('blockTables'),
+          kvLens: kvLens.nativeArg('kvLens'),
+          qLens: qLens.nativeArg('qLens'),
+          ...(sinks === undefined ? {} : { sinks: sinks.nativeArg('sinks') }),
+          numSeqs,
+          maxBlocks,
+          numPages,
+          totalQ,
+          qHeads,
+          kvHeads,
+          headDim,
+          blockSize,
+          scale,
+          slidingWindow,
+          numSplits,
+          isa: cpu.#isaCode(),
+        },
+        cancel,
+      ),
+    );
+  }
+
+  // ---- fused MoE (issue 3) ---------------------------------------------------------------------------------------
+
+  /** A new, empty expert table (every expert absent) for {@link Backend.moeExperts} on this backend. */
+  expertTable(numExperts: number, dims: { hidden: number; intermediate: number }): ExpertTable {
+    return new ExpertTable(this.kind, this.device, numExperts, dims);
+  }
+
+  /** A tensor for an op's output: host memory on 'cpu', device memory on 'cuda'. */
+  #outTensor<D extends DType>(dtype: D, shape: number[]): Tensor {
+    return this.kind === 'cpu' ? new HostTensor(dtype, shape) : this.alloc(dtype, shape);
+  }
+
+  /**
+   * Router top-k: logits [T, E] f32 -> topkIds [T, k] i32 (descending score, ties to the lower expert id) and
+   * topkWeights [T, k] f32. 'softmax' (Mixtral, Qwen): softmax in f32 over all E, then top-k. 'sigmoid'
+   * (DeepSeek-V3): weight sigmoid(logit), selection by logit + bias when `bias` [E] f32 is given.
+   * `renormalize` divides the k weights of each token by their sum. Outputs are allocated (host memory on cpu,
+   * device memory on cuda) unless given in `out`.
+   * @example
+   * const { topkIds, topkWeights } = await be.routerTopK(logits, 2, { scoring: 'softmax', renormalize: true });
+   */
+  routerTopK(
+    logits: Tensor,
+    k: number,
+    params: { scoring: 'softmax' | 'sigmoid'; renormalize: boolean; bias?: Tensor; out?: { topkIds: Tensor; topkWeights: Tensor } },
+    options: OpOptions = {},
+  ): Promise<{ topkIds: Tensor; topkWeights: Tensor; tier: KernelTier }> {
+    checkTensor(logits, 'logits', ['f32']);
+    if (logits.shape.length !== 2) throw new InvalidArgumentError(`logits must be [T, E], received shape [${logits.shape.join(', ')}]`);
+    const [t, e] = logits.shape as [number, number];
+    if (typeof k !== 'number' || !Number.isSafeInteger(k) || k < 1 || k > e) {
+      throw new InvalidArgumentError(`k must be an integer in [1, ${e}] (E), received ${describe(k)}`);
+    }
+    if (typeof params !== 'object' || params === null) throw new InvalidArgumentError(`params must be an object, received ${describe(params)}`);
+    if (params.scoring !== 'softmax' && params.scoring !== 'sigmoid') {
+      throw new InvalidArgumentError(`params.scoring must be 'softmax' or 'sigmoid', received ${describe(params.scoring)}`);
+    }
+    if (typeof params.renormalize !== 'boolean') throw new InvalidArgumentError(`params.renormalize must be a boolean, received ${describe(params.renormalize)}`);
+    if (params.bias !== undefined) {
+      checkTensor(params.bias, 'params.bias', ['f32']);
+      if (params.bias.shape.length !== 1 || params.bias.shape[0] !== e) {
+        throw new InvalidArgumentError(`params.bias must be [${e}], received [${params.bias.shape.join(', ')}]`);
+      }
+      if (params.scoring !== 'sigmoid') throw new InvalidArgumentError(`params.bias is only used with scoring 'sigmoid', received scoring ${params.scoring}`);
+    }
+    const topkIds = params.out?.topkIds ?? this.#outTensor('i32', [t, k]);
+    const topkWeights = params.out?.topkWeights ?? this.#outTensor('f32', [t, k]);
+    checkTensor(topkIds, 'out.topkIds', ['i32']);
+    checkTensor(topkWeights, 'out.topkWeights', ['f32']);
+    checkDims(topkIds, [t, k], 'out.topkIds');
+    checkDims(topkWeights, [t, k], 'out.topkWeights');
+    const bias = params.bias;
+    return this.#run('routerTopK', options, (addon, stream, cancel) =>
+      addon.routerTopK(
+        stream,
+        {
+          logits: logits.nativeArg('logits'),
+          ...(bias ? { bias: bias.nativeArg('bias') } : {}),
+          topkIds: topkIds.nativeArg('topkIds'),
+          topkWeights: topkWeights.nativeArg('topkWeights'),
+          t,
+          e,
+          k,
+          scoring: params.scoring === 'softmax' ? 0 : 1,
+          renormalize: params.renormalize,
+        },
+        cancel,
+      ),
+    ).then((tier) => ({ topkIds, topkWeights, tier }));
+  }
+
+  /**
+   * vLLM's moe_align_block_size: from topkIds [T, k] i32 (-1 = not routed here), per-expert `counts` [E] i32,
+   * `offsets` [E + 1] i32 (each expert's rows padded up to a multiple of blockSize) and `sortedTokenIds`
+   * [T*k + E*(blockSize-1)] i32: for padded row r of expert x, the routed slot t*k + j (ascending), padding rows
+   * T*k. Rows past offsets[E] are T*k too. Ids >= E reject with InvalidArgumentError on cpu.
+   * @example
+   * const { offsets, sortedTokenIds } = await be.moeAlign(topkIds, 64, 16);
+   */
+  moeAlign(
+    topkIds: Tensor,
+    numExperts: number,
+    blockSize: number,
+    options: OpOptions & { out?: { counts: Tensor; offsets: Tensor; sortedTokenIds: Tensor } } = {},
+  ): Promise<{ counts: Tensor; offsets: Tensor; sortedTokenIds: Tensor; tier: KernelTier }> {
+    checkTensor(topkIds, 'topkIds', ['i32']);
+    if (topkIds.shape.length !== 2) throw new InvalidArgumentError(`topkIds must be [T, k], received shape [${topkIds.shape.join(', ')}]`);
+    for (const [v, w] of [
+      [numExperts, 'numExperts'],
+      [blockSize, 'blockSize'],
+    ] as const) {
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) throw new InvalidArgumentError(`${w} must be a positive integer, received ${describe(v)}`);
+    }
+    const [t, k] = topkIds.shape as [number, number];
+    if (k < 1) throw new InvalidArgumentError(`topkIds must have k >= 1 columns, received [${topkIds.shape.join(', ')}]`);
+    const capacity = t * k + numExperts * (blockSize - 1);
+    if (capacity > 0x7fffffff) throw new InvalidArgumentError(`T*k + E*(blockSize-1) must fit in int32, received ${capacity}`);
+    const counts = options.out?.counts ?? this.#outTensor('i32', [numExperts]);
+    const offsets = options.out?.offsets ?? this.#outTensor('i32', [numExperts + 1]);
+    const sortedTokenIds = options.out?.sortedTokenIds ?? this.#outTensor('i32', [capacity]);
+    checkTensor(counts, 'out.counts', ['i32']);
+    checkTensor(offsets, 'out.offsets', ['i32']);
+    checkTensor(sortedTokenIds, 'out.sortedTokenIds', ['i32']);
+    checkDims(counts, [numExperts], 'out.counts');
+    checkDims(offsets, [numExperts + 1], 'out.offsets');
+    if (sortedTokenIds.shape.length !== 1 || sortedTokenIds.shape[0]! < capacity) {
+      throw new InvalidArgumentError(`out.sortedTokenIds must be 1-D with at least ${capacity} elements, received [${sortedTokenIds.shape.join(', ')}]`);
+    }
+    return this.#run('moeAlign', options, (addon, stream, cancel) =>
+      addon.moeAlign(
+        stream,
+        {
+          topkIds: topkIds.nativeArg('topkIds'),
+          counts: counts.nativeArg('counts'),
+          offsets: offsets.nativeArg('offsets'),
+          sortedTokenIds: sortedTokenIds.nativeArg('sortedTokenIds'),
+          t,
+          k,
+          e: numExperts,
+          blockSize,
+        },
+        cancel,
+      ),
+    ).then((tier) => ({ counts, offsets, sortedTokenIds, tier }));
+  }
+
+  /**
+   * Fused MoE expert FFN: out[t] = Σ_j w[t,j] · down_e(silu(gate_e(x[t])) ⊙ up_e(x[t])), e = topkIds[t,j].
+   * x [T, H] bf16, topkIds [T, k] i32, topkWeights [T, k] f32, out [T, H] bf16 (fully written). Ids of -1 and
+   * experts absent from the table contribute zero (a token with no present expert gets exactly 0). f32
+   * accumulation, the intermediate activation rounded to bf16, the combine over j in fixed order in f32 and
+   * rounded once: two runs give bitwise the same output. Ids >= E reject with InvalidArgumentError on cpu (on cuda
+   * they are skipped like -1).
+   * @example
+   * const table = be.expertTable(8, { hidden: 4096, intermediate: 14336 });
+   * for (const e of [0, 1]) table.set(e, { gate: w1[e], up: w3[e], down: w2[e] });
+   * await be.moeExperts({ x, topkIds, topkWeights, experts: table, out });
+   */
+  moeExperts(
+    args: { x: Tensor; topkIds: Tensor; topkWeights: Tensor; experts: ExpertTable; out: Tensor },
+    options: OpOptions = {},
+  ): Promise<KernelTier> {
+    if (typeof args !== 'object' || args === null) throw new InvalidArgumentError(`args must be an object, received ${describe(args)}`);
+    const { x, topkIds, topkWeights, experts, out } = args;
+    if (!(experts instanceof ExpertTable)) throw new InvalidArgumentError(`experts must be an ExpertTable (backend.expertTable), received ${describe(experts)}`);
+    if (experts.backendKind !== this.kind || experts.device !== this.device) {
+      throw new InvalidArgumentError(`experts belongs to ${experts.backendKind}:${experts.device}, not to ${this.name}`);
+    }
+    checkTensor(x, 'x', ['bf16']);
+    checkTensor(topkIds, 'topkIds', ['i32']);
+    checkTensor(topkWeights, 'topkWeights', ['f32']);
+    checkTensor(out, 'out', ['bf16']);
+    if (x.shape.length !== 2) throw new InvalidArgumentError(`x must be [T, H], received shape [${x.shape.join(', ')}]`);
+    const [t, h] = x.shape as [number, number];
+    if (h !== experts.hidden) throw new InvalidArgumentError(`x must be [T, ${experts.hidden}] (the table's hidden size), received [${x.shape.join(', ')}]`);
+    if (topkIds.shape.length !== 2 || topkIds.shape[0] !== t || topkIds.shape[1]! < 1) {
+      throw new InvalidArgumentError(`topkIds must be [${t}, k] with k >= 1, received [${topkIds.shape.join(', ')}]`);
+    }
+    const k = topkIds.shape[1]!;
+    checkDims(topkWeights, [t, k], 'topkWeights');
+    checkDims(out, [t, h], 'out');
+    const table = experts.nativeArg();
+    return this.#run('moeExperts', options, (addon, stream, cancel) =>
+      addon.moeExperts(
+        stream,
+        {
+          x: x.nativeArg('x'),
+          topkIds: topkIds.nativeArg('topkIds'),
+          topkWeights: topkWeights.nativeArg('topkWeights'),
+          out: out.nativeArg('out'),
+          experts: table,
+          t,
+          h,
+          inter: experts.intermediate,
+          e: experts.numExperts,
+          k,
+          isa: this.#isaCode(),
+        },
+        cancel,
+      ),
+    );
+  }
+
   #isaCode(): number {
     return ISA_CODE[this.isa];
   }
@@ -372,6 +643,39 @@ export class Backend {
   }
 }
 
+/** Arguments of {@link Backend.attention}. */
+export interface AttentionParams {
+  /** [totalQ, qHeads, headDim] f32 | bf16, the sequences' query tokens back to back */
+  q: Tensor;
+  /** [numPages, kvHeads, blockSize, headDim] f32 | f16 | bf16 (KvCache.keys(layer)) */
+  k: Tensor;
+  /** same shape and dtype as k (KvCache.values(layer)) */
+  v: Tensor;
+  /** [totalQ, qHeads, headDim] f32 | bf16 */
+  out: Tensor;
+  /** [numSeqs, maxBlocks] i32 page ids; entries past ceil(kvLen / blockSize) are not read */
+  blockTables: Tensor;
+  /** [numSeqs] i32 tokens in the cache per sequence, this step's included */
+  kvLens: Tensor;
+  /** [numSeqs] i32 query tokens per sequence (<= kvLen; they sum to totalQ) */
+  qLens: Tensor;
+  /** softmax scale (default 1 / sqrt(headDim)) */
+  scale?: number;
+  /** attend only to the last `slidingWindow` positions, the query's own included (default 0: no window) */
+  slidingWindow?: number;
+  /** [qHeads] f32 attention-sink logits (added to each head's softmax denominator) */
+  sinks?: Tensor;
+  /** KV splits per sequence, merged by log-sum-exp (default 0: automatic by length and thread count) */
+  numSplits?: number;
+}
+
+let cpuCompanionBackend: Backend | undefined;
+/** The CPU backend that runs CPU-only ops (attention) for a CUDA backend. */
+function cpuCompanion(isa: CpuIsa): Backend {
+  if (cpuCompanionBackend?.isa !== isa) cpuCompanionBackend = new Backend('cpu', 0, isa);
+  return cpuCompanionBackend;
+}
+
 const FLOAT_DTYPES: readonly DType[] = ['f32', 'f16', 'bf16'];
 const GEMM_DTYPES: readonly DType[] = ['f32', 'bf16'];
 
@@ -381,6 +685,12 @@ function checkTensor(t: unknown, what: string, dtypes?: readonly DType[]): asser
   }
   if (dtypes && !dtypes.includes(t.dtype)) {
     throw new InvalidArgumentError(`${what}.dtype must be one of ${dtypes.join(', ')}, received ${t.dtype}`);
+  }
+}
+
+function checkDims(t: Tensor, shape: readonly number[], what: string): void {
+  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+    throw new InvalidArgumentError(`${what} must be [${shape.join(', ')}], received [${t.shape.join(', ')}]`);
   }
 }
 

@@ -18,9 +18,12 @@ export {
   type BackendStatus,
   type CpuIsa,
   type OpOptions,
+  type AttentionParams,
 } from './backend.js';
+export { KvCache, type KvCacheOptions, type KvBatch } from './kv/cache.js';
 export { HostTensor, PinnedBuffer, DeviceTensor, checkShape, numelOf, type Shape, type Tensor, type Placement } from './tensor.js';
 export { Stream, Event } from './stream.js';
+export { ExpertTable, type ExpertWeights, type ExpertWeightsStacked } from './moe.js';
 export {
   type DType,
   type ArrayFor,
@@ -80,3 +83,4 @@ export {
 export { ExpertStore, type ExpertStoreOptions, type ExpertViews } from './residency/expert-store.js';
 export { SlotPool, type SlotViews } from './residency/slot-pool.js';
 export type { KernelTier, NativeMemoryStats, MemoryCount } from './native.js';
+export * from './cache/index.js';

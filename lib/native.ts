@@ -95,6 +95,40 @@ export interface NativeAddon {
   info(detail?: boolean): NativeInfo;
   memoryStats(): NativeMemoryStats;
   copy: OpFn<{ src: NativeTensorArg; dst: NativeTensorArg }>;
+  routerTopK: OpFn<{
+    logits: NativeTensorArg;
+    bias?: NativeTensorArg;
+    topkIds: NativeTensorArg;
+    topkWeights: NativeTensorArg;
+    t: number;
+    e: number;
+    k: number;
+    scoring: 0 | 1;
+    renormalize: boolean;
+  }>;
+  moeAlign: OpFn<{
+    topkIds: NativeTensorArg;
+    counts: NativeTensorArg;
+    offsets: NativeTensorArg;
+    sortedTokenIds: NativeTensorArg;
+    t: number;
+    k: number;
+    e: number;
+    blockSize: number;
+  }>;
+  moeExperts: OpFn<{
+    x: NativeTensorArg;
+    topkIds: NativeTensorArg;
+    topkWeights: NativeTensorArg;
+    out: NativeTensorArg;
+    experts: { gate: Array<NativeTensorArg | null>; up: Array<NativeTensorArg | null>; down: Array<NativeTensorArg | null> };
+    t: number;
+    h: number;
+    inter: number;
+    e: number;
+    k: number;
+    isa?: number;
+  }>;
   convert: OpFn<{ src: NativeTensorArg; srcDtype: number; dst: NativeTensorArg; dstDtype: number; n: number; isa?: number }>;
   add: OpFn<{ a: NativeTensorArg; b: NativeTensorArg; out: NativeTensorArg; dtype: number; n: number; isa?: number }>;
   gemm: OpFn<{
@@ -109,6 +143,31 @@ export interface NativeAddon {
     lda: number;
     ldb: number;
     ldc: number;
+    isa?: number;
+  }>;
+  attention: OpFn<{
+    q: NativeTensorArg;
+    qDtype: number;
+    k: NativeTensorArg;
+    v: NativeTensorArg;
+    kvDtype: number;
+    out: NativeTensorArg;
+    outDtype: number;
+    blockTables: NativeTensorArg;
+    kvLens: NativeTensorArg;
+    qLens: NativeTensorArg;
+    sinks?: NativeTensorArg;
+    numSeqs: number;
+    maxBlocks: number;
+    numPages: number;
+    totalQ: number;
+    qHeads: number;
+    kvHeads: number;
+    headDim: number;
+    blockSize: number;
+    scale: number;
+    slidingWindow: number;
+    numSplits: number;
     isa?: number;
   }>;
 }

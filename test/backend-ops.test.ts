@@ -6,22 +6,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { type Backend, type DType, HostTensor, type KernelTier, bf16ToF32, f16ToF32 } from '../lib/index.js';
+import { HostTensor, type KernelTier, bf16ToF32, f16ToF32 } from '../lib/index.js';
 import { harnessBackends, onBackend } from './harness/backends.js';
+import { type OpCase, runCaseTable } from './harness/table.js';
 import { BF16, F16, decode, f32FromBits, isNaNBits16, nmse, refConvertTo, refGemm, rng } from './harness/ref.js';
 
-interface CaseResult {
-  tier: KernelTier;
-  /** error metric and its tolerance (for the report) */
-  metric?: string;
-}
-interface OpCase {
-  op: string;
-  name: string;
-  run(be: Backend): Promise<CaseResult>;
-}
-
-const TIER_ORDER: KernelTier[] = ['scalar', 'avx2', 'avx512', 'avx512bf16'];
 
 // ---- inputs ----------------------------------------------------------------------------------------------------
 
@@ -73,6 +62,7 @@ for (const bytes of [4096, 1 << 20, 9_400_000]) {
   for (const offset of [0, 1, 13]) {
     CASES.push({
       op: 'copy',
+      anyTier: true,
       name: `copy ${bytes} B at offset ${offset}`,
       async run(be) {
         const src = new HostTensor('u8', [bytes]);
@@ -223,24 +213,9 @@ for (const [m, n, k] of GEMM_SHAPES) {
 
 // ---- run every case on every backend ---------------------------------------------------------------------------
 
-const backends = harnessBackends();
+runCaseTable('backend', CASES);
 
-for (const hb of backends) {
-  void test(`backend ${hb.name}`, { skip: hb.available ? false : `${hb.name} unavailable: ${hb.reason}` }, async (t) => {
-    const be = hb.open();
-    for (const c of CASES) {
-      await t.test(`${c.name} [${hb.name}]`, async (st) => {
-        const r = await c.run(be);
-        if (be.kind === 'cpu') {
-          assert.ok(TIER_ORDER.indexOf(r.tier) <= TIER_ORDER.indexOf(be.isa), `ran tier ${r.tier} above the backend's ${be.isa}`);
-        } else {
-          assert.ok(c.op === 'copy' || r.tier === 'cuda', `ran on ${r.tier}, expected cuda`);
-        }
-        st.diagnostic(`kernel ${r.tier}${r.metric ? `, ${r.metric}` : ''}`);
-      });
-    }
-  });
-}
+const backends = harnessBackends();
 
 void test('the harness sees every CPU tier this CPU has and reports missing ones with a reason', () => {
   const names = backends.map((b) => b.name);
@@ -263,4 +238,3 @@ void test('float64 reference decoders agree with the package decoders on all 16-
   }
 });
 
-export type { DType };

@@ -448,14 +448,8 @@ void validate(const GemmArgs& g) {
   require(g.out != nullptr || g.m == 0 || g.n == 0, "out must be non-null when m > 0 and n > 0, received null");
 }
 
-}  // namespace
-
-Isa gemm(const GemmArgs& args, Isa isa, const CancelToken* cancel) {
-  validate(args);
-  const GemmArgs g = args;
-  ThreadPool& pool = ThreadPool::global();
-
-  // Pick the kernels of the best implemented tier <= tier.
+// The kernels of the best implemented tier <= isa for g's dtypes; returns that tier (Scalar: kn unused).
+Isa select_kernels(const GemmArgs& g, Isa isa, Kernels* out) {
   Isa ran = Isa::Scalar;
   Kernels kn{};
 #if MOE_X86
@@ -473,7 +467,42 @@ Isa gemm(const GemmArgs& args, Isa isa, const CancelToken* cancel) {
                  : Kernels{mk_f32_3x4_avx2, rk_f32_1x8_avx2, nullptr, 3, 4, 8, 60, 64, 512};
     ran = Isa::Avx2;
   }
+#else
+  (void)g;
+  (void)isa;
 #endif
+  *out = kn;
+  return ran;
+}
+
+}  // namespace
+
+Isa gemm_serial(const GemmArgs& args, Isa isa) {
+  validate(args);
+  const GemmArgs& g = args;
+  Kernels kn{};
+  const Isa ran = select_kernels(g, isa, &kn);
+  if (g.m == 0 || g.n == 0) return ran;
+  if (ran == Isa::Scalar) {
+    scalar_rows(g, 0, g.m);
+    return ran;
+  }
+  for (int64_t i0 = 0; i0 < g.m; i0 += kn.tile_m) {
+    for (int64_t j0 = 0; j0 < g.n; j0 += kn.tile_n) {
+      const int64_t mt = g.m - i0 < kn.tile_m ? g.m - i0 : kn.tile_m;
+      const int64_t nt = g.n - j0 < kn.tile_n ? g.n - j0 : kn.tile_n;
+      run_tile(g, kn, i0, mt, j0, nt);
+    }
+  }
+  return ran;
+}
+
+Isa gemm(const GemmArgs& args, Isa isa, const CancelToken* cancel) {
+  validate(args);
+  const GemmArgs g = args;
+  ThreadPool& pool = ThreadPool::global();
+  Kernels kn{};
+  const Isa ran = select_kernels(g, isa, &kn);
 
   if (g.m == 0 || g.n == 0) {
     if (is_cancelled(cancel)) throw_error(ErrorCode::Cancelled, "gemm: cancelled");

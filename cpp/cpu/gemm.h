@@ -25,4 +25,8 @@ struct GemmArgs {
 // Throws moe::Error(InvalidArgument) for unsupported dtypes, (Cancelled) when cancelled.
 Isa gemm(const GemmArgs& args, Isa isa, const CancelToken* cancel = nullptr);
 
+// The same GEMM on the calling thread only (no pool): for callers that parallelise over their own work items,
+// e.g. the grouped expert GEMMs of moe_experts.cc (one item per (expert, n tile)). Same tiers, same results.
+Isa gemm_serial(const GemmArgs& args, Isa isa);
+
 }  // namespace moe::cpu

@@ -134,6 +134,8 @@ int test_main(int argc, char** argv) {
   add_convert_cases(cases);
   add_add_cases(cases);
   add_gemm_cases(cases);
+  add_attention_cases(cases);
+  add_moe_cases(cases);
   add_api_cases(cases);
   return run_cases(cases, filter) > 0 ? 1 : 0;
 }

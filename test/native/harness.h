@@ -52,7 +52,9 @@ void add_copy_cases(std::vector<Case>& cases);
 void add_convert_cases(std::vector<Case>& cases);
 void add_add_cases(std::vector<Case>& cases);
 void add_gemm_cases(std::vector<Case>& cases);
+void add_attention_cases(std::vector<Case>& cases);  // attention_test.cc
 void add_api_cases(std::vector<Case>& cases);  // argument errors on every backend, CUDA runtime wrappers
+void add_moe_cases(std::vector<Case>& cases);  // router_topk, moe_align, moe_experts (moe_test.cc)
 
 // Runs every case whose "op shape backend" line contains `filter` (empty: all) and prints the results.
 // Returns the number of failures.
@@ -63,6 +65,9 @@ int test_main(int argc, char** argv);
 
 // `moe-native bench [--json PATH]` (bench/native/bench.cc).
 int bench_main(int argc, char** argv);
+
+// `moe-native bench-attention [--json PATH] [--quick]` (bench/native/attention_bench.cc).
+int attention_bench_main(int argc, char** argv);
 
 // Formats a double like printf("%.3g").
 std::string fmt(double v, const char* spec = "%.3g");

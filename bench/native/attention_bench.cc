@@ -1,0 +1,369 @@
+// `moe-native bench-attention [--json PATH] [--quick]`: paged-KV attention (cpu/attention.h) against rooflines
+// measured in the same run on the same machine (issue 5):
+//   - decode: 64 sequences x kv_len {1024, 4096, 8192}, GQA (32,8), (32,4), (8,8), (64,4), head_dim 128, bf16 KV,
+//     block sizes 16 and 64, pages scattered (sequence s block b -> page b * 64 + s): KV bytes
+//     read per second as a fraction of a streaming-read probe (AVX-512 loads over 1 GiB, every pool thread);
+//   - prefill: q_len = kv_len = 2048 causal, (32,8), head_dim 128, block 16 and 64: FLOP/s (4 * head_dim per (query head, key) pair
+//     attended) as a fraction of a vdpbf16ps register-only peak (every pool thread);
+//   - the floor: a naive scalar loop per query head (K/V re-read for every head of a group) on a decode shape.
+// Timing: steady_clock, 1 warm-up, median of 3 (1 with --quick). JSON: date, machine, every measurement.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <ctime>
+#include <functional>
+#include <string>
+#include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include "core/dtype.h"
+#include "core/isa.h"
+#include "core/threadpool.h"
+#include "cpu/attention.h"
+#include "harness.h"
+
+#if MOE_X86
+#include "cpu/simd.h"
+#endif
+
+namespace moe::native {
+namespace {
+
+struct Row {
+  std::string op, backend, shape, unit, roof_src;
+  double ms = 0, value = 0, roof = 0;
+};
+std::vector<Row> g_rows;
+
+void emit(Row r) {
+  std::printf("%-9s %-14s %-52s %9.3f ms %9.2f %-7s", r.op.c_str(), r.backend.c_str(), r.shape.c_str(), r.ms, r.value,
+              r.unit.c_str());
+  if (r.roof > 0) std::printf(" %5.1f%% of %.1f (%s)", 100.0 * r.value / r.roof, r.roof, r.roof_src.c_str());
+  std::printf("\n");
+  std::fflush(stdout);
+  g_rows.push_back(std::move(r));
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Median seconds of `runs` calls after one warm-up.
+double time_it(int runs, const std::function<void()>& fn) {
+  fn();
+  std::vector<double> t;
+  for (int i = 0; i < runs; ++i) {
+    double t0 = now_s();
+    fn();
+    t.push_back(now_s() - t0);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+#if MOE_X86
+MOE_TARGET_AVX512 float read_sum_512(const float* p, size_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (size_t i = 0; i + 64 <= n; i += 64) {
+    a0 = _mm512_add_ps(a0, _mm512_loadu_ps(p + i));
+    a1 = _mm512_add_ps(a1, _mm512_loadu_ps(p + i + 16));
+    a2 = _mm512_add_ps(a2, _mm512_loadu_ps(p + i + 32));
+    a3 = _mm512_add_ps(a3, _mm512_loadu_ps(p + i + 48));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+// iters x 12 independent vdpbf16ps (64 FLOP each) on registers.
+MOE_TARGET_AVX512BF16 float dp_peak_loop(int64_t iters, float seed) {
+  __m512 acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(seed * static_cast<float>(i));
+  const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80);
+  const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3c00);
+  for (int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+  __m512 s = acc[0];
+  for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, acc[i]);
+  return _mm512_reduce_add_ps(s);
+}
+#endif
+
+// Page-aligned (2 MiB when huge) host memory; with huge = true it asks for transparent huge pages
+// (madvise(MADV_HUGEPAGE)): scattered 4 KiB (page, kv head) runs otherwise cost a TLB miss each.
+struct HostBuf {
+  uint16_t* p = nullptr;
+  size_t n = 0;
+  HostBuf(size_t elems, bool huge) : n(elems) {
+    const size_t align = huge ? (size_t{2} << 20) : 4096;
+    const size_t bytes = (elems * 2 + align - 1) / align * align;
+    p = static_cast<uint16_t*>(std::aligned_alloc(align, bytes));
+    if (p == nullptr) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    madvise(p, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+#endif
+  }
+  ~HostBuf() { std::free(p); }
+  HostBuf(const HostBuf&) = delete;
+  HostBuf& operator=(const HostBuf&) = delete;
+  uint16_t& operator[](size_t i) { return p[i]; }
+  uint16_t* data() { return p; }
+};
+
+volatile float g_sink;
+
+// Streaming read probe, GB/s.
+double read_probe(int runs) {
+#if MOE_X86
+  if (!cpu_info().avx512f) return 0;
+  const size_t n = size_t{1} << 28;  // 1 GiB of f32
+  HostBuf raw(n * 2, true);  // huge pages, like the decode pools
+  float* buf = reinterpret_cast<float*>(raw.data());
+  for (size_t i = 0; i < n; ++i) buf[i] = 1.0f;
+  const size_t threads = static_cast<size_t>(ThreadPool::global().size());
+  const size_t chunk = n / (threads * 8);
+  std::vector<float> part(threads * 8);
+  double t = time_it(runs, [&] {
+    ThreadPool::global().parallel_for(threads * 8, 1, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) part[i] = read_sum_512(buf + i * chunk, chunk);
+    });
+    g_sink = part[0];
+  });
+  return static_cast<double>(threads * 8 * chunk * 4) / t / 1e9;
+#else
+  (void)runs;
+  return 0;
+#endif
+}
+
+// vdpbf16ps peak over the pool, GFLOP/s.
+double dp_peak(int runs) {
+#if MOE_X86
+  if (!cpu_info().avx512bf16) return 0;
+  const size_t threads = static_cast<size_t>(ThreadPool::global().size());
+  const int64_t iters = 20'000'000;
+  double t = time_it(runs, [&] {
+    ThreadPool::global().parallel_for(threads, 1, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) g_sink = dp_peak_loop(iters, static_cast<float>(i));
+    });
+  });
+  return static_cast<double>(threads) * iters * 12 * 64 / t / 1e9;
+#else
+  (void)runs;
+  return 0;
+#endif
+}
+
+struct Problem {
+  int64_t seqs, q_len, kv_len, qh, kvh, hd, bs;
+  bool huge;
+  HostBuf k, v;
+  std::vector<uint16_t> q;
+  std::vector<float> out;
+  std::vector<int32_t> bt, kvl, ql;
+  int64_t pages = 0, max_blocks = 0;
+  static size_t pool_elems(int64_t s, int64_t L, int64_t kvh, int64_t hd, int64_t bs) {
+    return static_cast<size_t>(s * ((L + bs - 1) / bs) * kvh * bs * hd);
+  }
+  Problem(int64_t s, int64_t Q, int64_t L, int64_t qh_, int64_t kvh_, int64_t hd_, int64_t bs_, bool huge_ = true)
+      : seqs(s), q_len(Q), kv_len(L), qh(qh_), kvh(kvh_), hd(hd_), bs(bs_), huge(huge_),
+        k(pool_elems(s, L, kvh_, hd_, bs_), huge_), v(pool_elems(s, L, kvh_, hd_, bs_), huge_) {
+    max_blocks = (L + bs - 1) / bs;
+    pages = seqs * max_blocks;
+    const size_t elems = k.n;
+    uint32_t x = 12345;
+    for (size_t i = 0; i < elems; ++i) {
+      x = x * 1664525u + 1013904223u;
+      k[i] = f32_to_bf16(static_cast<float>(static_cast<int32_t>(x) >> 8) * 1e-7f);
+      v[i] = f32_to_bf16(static_cast<float>(static_cast<int32_t>(x >> 3) >> 8) * 1e-7f);
+    }
+    q.resize(static_cast<size_t>(seqs * Q * qh * hd));
+    for (size_t i = 0; i < q.size(); ++i) q[i] = f32_to_bf16(static_cast<float>((i * 7919) % 1000) * 1e-3f - 0.5f);
+    out.resize(q.size());
+    // pages of a sequence scattered: sequence s block b -> page b * seqs + s
+    for (int64_t s2 = 0; s2 < seqs; ++s2) {
+      for (int64_t b = 0; b < max_blocks; ++b) bt.push_back(static_cast<int32_t>(b * seqs + s2));
+      kvl.push_back(static_cast<int32_t>(L));
+      ql.push_back(static_cast<int32_t>(Q));
+    }
+  }
+  cpu::AttentionArgs args() {
+    cpu::AttentionArgs a{};
+    a.q = q.data();
+    a.k = k.data();
+    a.v = v.data();
+    a.out = out.data();
+    a.block_tables = bt.data();
+    a.kv_lens = kvl.data();
+    a.q_lens = ql.data();
+    a.q_dtype = DType::BF16;
+    a.kv_dtype = DType::BF16;
+    a.out_dtype = DType::F32;
+    a.num_seqs = seqs;
+    a.max_blocks = max_blocks;
+    a.num_pages = pages;
+    a.total_q = seqs * q_len;
+    a.q_heads = qh;
+    a.kv_heads = kvh;
+    a.head_dim = hd;
+    a.block_size = bs;
+    a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+    return a;
+  }
+  double kv_bytes() const { return static_cast<double>(seqs) * kv_len * kvh * hd * 2 * 2; }
+  // 4 * hd FLOP per (query head, attended key): q.k and p.v
+  double flops() const {
+    double pairs = 0;
+    for (int64_t i = 0; i < q_len; ++i) pairs += static_cast<double>(kv_len - q_len + i + 1);
+    return 4.0 * hd * qh * pairs * seqs;
+  }
+  std::string name() const {
+    return std::string(huge ? "" : "4K-pages ") + "seqs=" + std::to_string(seqs) + " q=" + std::to_string(q_len) + " kv=" + std::to_string(kv_len) +
+           " heads=" + std::to_string(qh) + "/" + std::to_string(kvh) + " hd=" + std::to_string(hd) + " bs=" + std::to_string(bs);
+  }
+};
+
+// The floor: per (sequence, query head) a plain scalar loop over its kv head's pages, decode only, one thread per
+// (sequence, head) range of the pool, K/V re-read for every query head.
+void naive_decode(Problem& p) {
+  const int64_t g = p.qh / p.kvh;
+  ThreadPool::global().parallel_for(static_cast<size_t>(p.seqs * p.qh), 1, [&](size_t b, size_t e) {
+    std::vector<float> sc(static_cast<size_t>(p.kv_len));
+    for (size_t w = b; w < e; ++w) {
+      const int64_t s = static_cast<int64_t>(w) / p.qh, h = static_cast<int64_t>(w) % p.qh, kh = h / g;
+      const uint16_t* q = p.q.data() + (s * p.qh + h) * p.hd;
+      float m = -INFINITY;
+      for (int64_t j = 0; j < p.kv_len; ++j) {
+        const size_t off = ((static_cast<size_t>(p.bt[s * p.max_blocks + j / p.bs]) * p.kvh + kh) * p.bs + j % p.bs) * p.hd;
+        float d = 0;
+        for (int64_t x = 0; x < p.hd; ++x) d += bf16_to_f32(q[x]) * bf16_to_f32(p.k[off + x]);
+        sc[j] = d;
+        m = std::max(m, d);
+      }
+      float l = 0;
+      float* o = p.out.data() + (s * p.qh + h) * p.hd;
+      std::fill(o, o + p.hd, 0.0f);
+      for (int64_t j = 0; j < p.kv_len; ++j) {
+        const float pj = std::exp(sc[j] - m);
+        l += pj;
+        const size_t off = ((static_cast<size_t>(p.bt[s * p.max_blocks + j / p.bs]) * p.kvh + kh) * p.bs + j % p.bs) * p.hd;
+        for (int64_t x = 0; x < p.hd; ++x) o[x] += pj * bf16_to_f32(p.v[off + x]);
+      }
+      for (int64_t x = 0; x < p.hd; ++x) o[x] /= l;
+    }
+  });
+}
+
+std::string iso_now() {
+  char buf[32];
+  std::time_t t = std::time(nullptr);
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+std::string esc(const std::string& s) {
+  std::string r;
+  for (char c : s) {
+    if (c == '"' || c == '\\') r += '\\';
+    r += c;
+  }
+  return r;
+}
+
+}  // namespace
+
+int attention_bench_main(int argc, char** argv) {
+  std::string json;
+  bool quick = false;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) json = argv[++i];
+    else if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    else {
+      std::fprintf(stderr, "usage: moe-native bench-attention [--json PATH] [--quick]\n");
+      return 2;
+    }
+  }
+  const int runs = quick ? 1 : 3;
+  const CpuInfo& ci = cpu_info();
+  std::printf("moe-native bench-attention %s\ncpu: %s, %d logical cores, best tier %s, thread pool %d\n", iso_now().c_str(),
+              ci.model.c_str(), ci.logical_cores, isa_name(ci.best), ThreadPool::global().size());
+  const double bw = read_probe(runs);
+  const double peak = dp_peak(runs);
+  emit({"probe", "cpu", "streaming read, 1 GiB, AVX-512 loads", "GB/s", "", 0, bw, 0});
+  emit({"probe", "cpu", "vdpbf16ps register peak", "GFLOP/s", "", 0, peak, 0});
+  const std::string bw_src = "read probe, this run";
+  const std::string pk_src = "vdpbf16ps peak, this run";
+
+  std::vector<Isa> tiers;
+  for (Isa t : {Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2})
+    if (static_cast<int>(t) <= static_cast<int>(ci.best)) tiers.push_back(t);
+
+  // decode
+  struct D { int64_t L, qh, kvh, bs; bool all_tiers; };
+  std::vector<D> decodes = {{4096, 32, 8, 16, true}, {1024, 32, 8, 64, false}, {4096, 32, 8, 64, true},
+                            {8192, 32, 8, 64, false}, {4096, 32, 4, 16, false}, {4096, 32, 4, 64, false},
+                            {4096, 8, 8, 16, false}, {4096, 8, 8, 64, false}, {4096, 64, 4, 64, false}};
+  if (quick) decodes = {{4096, 32, 8, 64, true}};
+  for (const D& d : decodes) {
+    Problem p(64, 1, d.L, d.qh, d.kvh, 128, d.bs);
+    for (Isa t : tiers) {
+      if (!d.all_tiers && t != tiers.front()) continue;
+      cpu::AttentionArgs a = p.args();
+      Isa ran = t;
+      double s = time_it(runs, [&] { ran = cpu::attention(a, t); });
+      emit({"decode", std::string("cpu-") + isa_name(ran), p.name(), "GB/s", bw_src, s * 1e3, p.kv_bytes() / s / 1e9, bw});
+    }
+    if (d.all_tiers) {
+      double s = time_it(1, [&] { naive_decode(p); });
+      emit({"decode", "naive-scalar", p.name() + " (KV bytes once)", "GB/s", bw_src, s * 1e3, p.kv_bytes() / s / 1e9, bw});
+    }
+  }
+  {  // the same decode shape without transparent huge pages (4 KiB OS pages): the TLB cost of scattered pages
+    Problem p(64, 1, 4096, 32, 8, 128, 64, false);
+    cpu::AttentionArgs a = p.args();
+    Isa ran = tiers.front();
+    double s = time_it(runs, [&] { ran = cpu::attention(a, tiers.front()); });
+    emit({"decode", std::string("cpu-") + isa_name(ran), p.name(), "GB/s", bw_src, s * 1e3, p.kv_bytes() / s / 1e9, bw});
+  }
+  // prefill
+  for (int64_t bs : {16, 64}) {
+    Problem p(1, 2048, 2048, 32, 8, 128, bs);
+    for (Isa t : tiers) {
+      cpu::AttentionArgs a = p.args();
+      Isa ran = t;
+      double s = time_it(runs, [&] { ran = cpu::attention(a, t); });
+      emit({"prefill", std::string("cpu-") + isa_name(ran), p.name(), "GFLOP/s", pk_src, s * 1e3, p.flops() / s / 1e9, peak});
+    }
+  }
+
+  if (!json.empty()) {
+    FILE* f = std::fopen(json.c_str(), "w");
+    if (!f) {
+      std::fprintf(stderr, "cannot write %s\n", json.c_str());
+      return 1;
+    }
+    std::fprintf(f, "{\n  \"date\": \"%s\",\n  \"machine\": {\"cpu\": \"%s\", \"cores\": %d, \"threads\": %d, \"isa\": \"%s\"},\n",
+                 iso_now().c_str(), esc(ci.model).c_str(), ci.logical_cores, ThreadPool::global().size(), isa_name(ci.best));
+    std::fprintf(f, "  \"results\": [\n");
+    for (size_t i = 0; i < g_rows.size(); ++i) {
+      const Row& r = g_rows[i];
+      std::fprintf(f,
+                   "    {\"op\": \"%s\", \"backend\": \"%s\", \"shape\": \"%s\", \"time_ms\": %.4f, \"value\": %.4f, \"unit\": "
+                   "\"%s\", \"roofline\": %.4f, \"fraction\": %.4f, \"roofline_source\": \"%s\"}%s\n",
+                   r.op.c_str(), r.backend.c_str(), esc(r.shape).c_str(), r.ms, r.value, r.unit.c_str(), r.roof,
+                   r.roof > 0 ? r.value / r.roof : 0.0, r.roof_src.c_str(), i + 1 < g_rows.size() ? "," : "");
+    }
+    std::fprintf(f, "  ]\n}\n");
+    std::fclose(f);
+    std::printf("wrote %s\n", json.c_str());
+  }
+  return 0;
+}
+
+}  // namespace moe::native

@@ -1,0 +1,83 @@
+// moeExperts(stream, { x, topkIds, topkWeights, out, t, h, inter, e, k, experts: { gate, up, down } }, cancel?)
+//   -> Promise<tier>. x [t, h] bf16, topkIds [t, k] i32, topkWeights [t, k] f32, out [t, h] bf16;
+//   experts.gate / .up / .down: arrays of e entries, each a tensor arg (gate, up [inter, h] bf16; down [h, inter]
+//   bf16) or null (expert absent: contributes zero). lib/ turns a stacked gateUp [2 * inter, h] into gate and up
+//   args at offsets 0 and inter * h * 2 of the same memory.
+// The table becomes a host array of pointers here (CPU: used as is; CUDA: the launcher uploads it to the device
+// on the stream before the kernels). Every expert tensor is leased by the op until it settles.
+#include "cpu/moe_experts.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moe_cuda.h"
+#include "napi/op_args.h"
+
+namespace moe::js {
+
+Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    OpStart s = begin_op(info, "moeExperts");
+    const char* op = "moeExperts";
+    int64_t t = arg_size(s.params.Get("t"), "t"), h = arg_size(s.params.Get("h"), "h"),
+            inter = arg_size(s.params.Get("inter"), "inter"), e = arg_size(s.params.Get("e"), "e"),
+            k = arg_size(s.params.Get("k"), "k");
+    if (h < 1 || inter < 1 || e < 1 || k < 1)
+      throw_error(env, ErrorCode::InvalidArgument, "moeExperts: h, inter, e and k must be >= 1");
+    auto placed = [&](const Napi::Value& v, const std::string& what, DType dt, uint64_t bytes) {
+      TensorArg a = read_tensor(*s.op, v, what.c_str());
+      check_placement(env, a, *s.stream, op, what.c_str(), false);
+      check_aligned(env, a, dt, op, what.c_str());
+      check_bytes(env, a, bytes, op, what.c_str());
+      return a;
+    };
+    TensorArg x = placed(s.params.Get("x"), "x", DType::BF16, static_cast<uint64_t>(t * h) * 2);
+    TensorArg ids = placed(s.params.Get("topkIds"), "topkIds", DType::I32, static_cast<uint64_t>(t * k) * 4);
+    TensorArg w = placed(s.params.Get("topkWeights"), "topkWeights", DType::F32, static_cast<uint64_t>(t * k) * 4);
+    TensorArg out = placed(s.params.Get("out"), "out", DType::BF16, static_cast<uint64_t>(t * h) * 2);
+    Napi::Object ex = arg_object(s.params.Get("experts"), "experts");
+    auto table = std::make_shared<std::vector<const void*>>(static_cast<size_t>(3 * e), nullptr);  // gate | up | down
+    const char* names[3] = {"gate", "up", "down"};
+    const uint64_t wbytes = static_cast<uint64_t>(inter * h) * 2;
+    for (int p = 0; p < 3; ++p) {
+      Napi::Value arr = ex.Get(names[p]);
+      if (!arr.IsArray() || arr.As<Napi::Array>().Length() != static_cast<uint32_t>(e))
+        throw_error(env, ErrorCode::InvalidArgument, std::string("moeExperts: experts.") + names[p] + " must be an array of " +
+                                                         std::to_string(e) + " entries, received " + describe(arr));
+      Napi::Array a = arr.As<Napi::Array>();
+      for (uint32_t i = 0; i < static_cast<uint32_t>(e); ++i) {
+        Napi::Value v = a.Get(i);
+        if (v.IsNull() || v.IsUndefined()) continue;
+        std::string what = std::string("experts.") + names[p] + "[" + std::to_string(i) + "]";
+        TensorArg ta = placed(v, what, DType::BF16, wbytes);
+        (*table)[p * e + i] = ta.ptr;
+      }
+    }
+    auto ran = std::make_shared<int>(-1);
+    resolve_with_tier(*s.op, ran);
+    cpu::MoeExpertsArgs g{reinterpret_cast<const uint16_t*>(x.ptr), reinterpret_cast<const int32_t*>(ids.ptr),
+                          reinterpret_cast<const float*>(w.ptr), nullptr, nullptr, nullptr,
+                          reinterpret_cast<uint16_t*>(out.ptr), t, h, inter, e, k};
+    Isa isa = s.isa;
+    s.op->work = [g, isa, ran, table](const ExecContext& ctx) {
+      cpu::MoeExpertsArgs a = g;
+      a.gate = table->data();
+      a.up = table->data() + a.e;
+      a.down = table->data() + 2 * a.e;
+      if (ctx.cuda_stream == nullptr) {
+        *ran = static_cast<int>(cpu::moe_experts(a, isa, ctx.cancel));
+        return;
+      }
+#if MOE_WITH_CUDA
+      int err = moe_cuda_moe_experts(ctx.device, a.x, a.topk_ids, a.topk_weights, a.gate, a.up, a.down, a.out, a.t,
+                                     a.h, a.inter, a.e, a.k, ctx.cuda_stream);
+      if (err != 0) moe::throw_error(ErrorCode::Cuda, std::string("moeExperts launch: ") + moe_cuda_error_name(err));
+#endif
+    };
+    return submit_op(s);
+  });
+}
+
+}  // namespace moe::js

@@ -1,0 +1,82 @@
+// Launcher of moe_cuda_moe_experts (C ABI in moe_cuda.h; kernels in moe_experts.cuh and router_topk.cuh).
+// Stream-ordered, no host synchronisation: one cudaMallocAsync scratch block (the device copy of the pointer table,
+// counts, offsets, sorted slots, act [capacity, inter] bf16, part [t * k, h] f32), the table uploaded with
+// cudaMemcpyAsync from the caller's host array (pageable: the runtime stages it before returning, so the caller
+// may free it), align -> GEMM1 + SwiGLU -> GEMM2 x weight -> combine, then cudaFreeAsync.
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <vector>
+
+#include "moe_cuda.h"
+#include "moe_experts.cuh"
+#include "router_topk.cuh"
+
+using namespace moe::dev;
+
+namespace {
+size_t align_up(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
+}  // namespace
+
+extern "C" int moe_cuda_moe_experts(int device, const void* x, const int32_t* topk_ids, const float* topk_weights,
+                                    const void* const* gate, const void* const* up, const void* const* down,
+                                    void* out, int64_t t, int64_t h, int64_t inter, int64_t e, int64_t k,
+                                    void* stream) {
+  if (t < 0 || h < 1 || inter < 1 || e < 1 || e > 8192 || k < 1) return cudaErrorInvalidValue;
+  if (gate == nullptr || up == nullptr || down == nullptr) return cudaErrorInvalidValue;
+  const int64_t n_slots = t * k;
+  const int64_t capacity = n_slots + e * (kMoeBM - 1);
+  if (capacity > INT_MAX / 2 || h > INT_MAX / 2 || inter > INT_MAX / 2) return cudaErrorInvalidValue;
+  if (capacity / kMoeBM > 65535) return cudaErrorInvalidValue;  // grid.y limit of this first slice
+  cudaError_t err = cudaSetDevice(device);
+  if (err != cudaSuccess) return err;
+  if (t == 0) return cudaSuccess;
+  if (x == nullptr || topk_ids == nullptr || topk_weights == nullptr || out == nullptr) return cudaErrorInvalidValue;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+
+  // Host copy of the table: gate | up | down, e pointers each.
+  std::vector<const void*> table(static_cast<size_t>(3 * e));
+  for (int64_t i = 0; i < e; ++i) {
+    const bool present = gate[i] != nullptr && up[i] != nullptr && down[i] != nullptr;
+    table[i] = present ? gate[i] : nullptr;
+    table[e + i] = present ? up[i] : nullptr;
+    table[2 * e + i] = present ? down[i] : nullptr;
+  }
+  const size_t b_table = align_up(table.size() * sizeof(void*));
+  const size_t b_counts = align_up(static_cast<size_t>(e) * 4), b_offsets = align_up(static_cast<size_t>(e + 1) * 4);
+  const size_t b_sorted = align_up(static_cast<size_t>(capacity) * 4);
+  const size_t b_act = align_up(static_cast<size_t>(capacity) * static_cast<size_t>(inter) * 2);
+  const size_t b_part = align_up(static_cast<size_t>(n_slots) * static_cast<size_t>(h) * 4);
+  char* base = nullptr;
+  err = cudaMallocAsync(reinterpret_cast<void**>(&base), b_table + b_counts + b_offsets + b_sorted + b_act + b_part, s);
+  if (err != cudaSuccess) return err;
+  const void** d_table = reinterpret_cast<const void**>(base);
+  int32_t* d_counts = reinterpret_cast<int32_t*>(base + b_table);
+  int32_t* d_offsets = reinterpret_cast<int32_t*>(base + b_table + b_counts);
+  int32_t* d_sorted = reinterpret_cast<int32_t*>(base + b_table + b_counts + b_offsets);
+  uint16_t* d_act = reinterpret_cast<uint16_t*>(base + b_table + b_counts + b_offsets + b_sorted);
+  float* d_part = reinterpret_cast<float*>(base + b_table + b_counts + b_offsets + b_sorted + b_act);
+
+  const int ti = static_cast<int>(t), hi = static_cast<int>(h), ii = static_cast<int>(inter),
+            ei = static_cast<int>(e), ki = static_cast<int>(k), ni = static_cast<int>(n_slots),
+            ci = static_cast<int>(capacity);
+  do {
+    err = cudaMemcpyAsync(d_table, table.data(), table.size() * sizeof(void*), cudaMemcpyHostToDevice, s);
+    if (err != cudaSuccess) break;
+    moe_align_kernel<<<1, kAlignThreads, static_cast<size_t>(2 * e + 1) * 4, s>>>(topk_ids, d_counts, d_offsets,
+                                                                                  d_sorted, ni, ei, kMoeBM, ci);
+    if ((err = cudaGetLastError()) != cudaSuccess) break;
+    const unsigned m_tiles = static_cast<unsigned>(capacity / kMoeBM);
+    moe_gemm1_swiglu_kernel<<<dim3(static_cast<unsigned>((inter + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(
+        static_cast<const uint16_t*>(x), d_sorted, d_offsets, d_table, d_table + e, d_act, ni, ki, ei, hi, ii);
+    if ((err = cudaGetLastError()) != cudaSuccess) break;
+    moe_gemm2_kernel<<<dim3(static_cast<unsigned>((h + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(
+        d_act, d_sorted, d_offsets, d_table + 2 * e, topk_weights, d_part, ni, ei, hi, ii);
+    if ((err = cudaGetLastError()) != cudaSuccess) break;
+    moe_combine_kernel<<<dim3(static_cast<unsigned>((h + 255) / 256), static_cast<unsigned>(ti)), 256, 0, s>>>(
+        topk_ids, d_table, d_part, static_cast<uint16_t*>(out), ki, ei, hi);
+    err = cudaGetLastError();
+  } while (false);
+  cudaError_t ferr = cudaFreeAsync(base, s);
+  return err != cudaSuccess ? err : ferr;
+}

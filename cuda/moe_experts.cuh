@@ -1,0 +1,189 @@
+// Kernels of moe_cuda_moe_experts (moe_experts.cu): the fused MoE expert FFN as a grouped GEMM over a pointer
+// table of experts. The rows routed to each expert are listed by moe_align_kernel (router_topk.cuh) with the
+// block size kMoeBM, so every 64-row M tile belongs to exactly one expert (vLLM's fused_moe layout): A rows are
+// gathered by index, never copied into a permuted buffer.
+//   moe_gemm1_swiglu_kernel  act[r, n] = bf16( silu(x[tok] . gate_e[n]) * (x[tok] . up_e[n]) ): both products in
+//                            one block (two B tiles, shared A tile), SwiGLU in the epilogue.
+//   moe_gemm2_kernel         part[slot, n] = w[slot] * (act[r] . down_e[n]), f32: routing weight in the epilogue.
+//   moe_combine_kernel       y[t, n] = bf16( sum_j part[t * k + j, n] ) over present slots, j in order: fixed
+//                            order, no float atomics, so the output is bitwise reproducible.
+// First slice: CUDA-core (SIMT) 64x64 tiles, k step 16, 256 threads with a 4x4 micro-tile each, f32 accumulation
+// (the structure of gemm.cuh's gemm_simt_kernel). The tensor-core (mma.sync / wgmma) and small-M paths of issue 3
+// replace these kernels later; the routing, table and combine stay.
+#pragma once
+#include <cstdint>
+
+#include "dtype.cuh"
+
+namespace moe {
+namespace dev {
+
+constexpr int kMoeBM = 64, kMoeBN = 64, kMoeBK = 16, kMoeThreads = 256;
+
+// Expert of padded row r0: the x with offsets[x] <= r0 < offsets[x + 1] (offsets ascending; empty experts have
+// offsets[x] == offsets[x + 1] and are never found). Returns -1 when r0 >= offsets[e].
+__device__ __forceinline__ int moe_expert_of_row(const int32_t* offsets, int e, int r0) {
+  if (r0 >= offsets[e]) return -1;
+  int lo = 0, hi = e - 1;  // invariant: answer in [lo, hi]
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (offsets[mid] <= r0) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Loads the [kMoeBM, kMoeBK] A tile (rows given by row pointers, null = zero row) and one or two [kMoeBN, kMoeBK]
+// B tiles (rows n0.. of weights with row stride kdim), transposed into k-major shared memory as f32.
+__device__ __forceinline__ void moe_load_a(float (*As)[kMoeBM + 4], const uint16_t* const* arow, int k0, int kdim) {
+  for (int idx = threadIdx.x; idx < kMoeBM * kMoeBK; idx += kMoeThreads) {
+    const int r = idx / kMoeBK, kk = idx % kMoeBK;
+    const uint16_t* p = arow[r];
+    As[kk][r] = (p != nullptr && k0 + kk < kdim) ? bf16_to_f32(p[k0 + kk]) : 0.0f;
+  }
+}
+__device__ __forceinline__ void moe_load_b(float (*Bs)[kMoeBN + 4], const uint16_t* w, int n0, int ndim, int k0,
+                                           int kdim) {
+  for (int idx = threadIdx.x; idx < kMoeBN * kMoeBK; idx += kMoeThreads) {
+    const int c = idx / kMoeBK, kk = idx % kMoeBK;
+    Bs[kk][c] = (n0 + c < ndim && k0 + kk < kdim) ? bf16_to_f32(w[static_cast<int64_t>(n0 + c) * kdim + k0 + kk]) : 0.0f;
+  }
+}
+
+// x [t, h] bf16; sorted [capacity] (slot t * k + j, or sentinel n = t * k); offsets [e + 1]; gate/up [e] device
+// pointers to [inter, h] bf16 (null: expert absent); act [capacity, inter] bf16.
+// grid: (ceil(inter / 64), capacity / 64), block: 256.
+static __global__ void __launch_bounds__(kMoeThreads)
+    moe_gemm1_swiglu_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ sorted,
+                            const int32_t* __restrict__ offsets, const void* const* __restrict__ gate,
+                            const void* const* __restrict__ up, uint16_t* __restrict__ act, int n_slots, int k,
+                            int e, int h, int inter) {
+  __shared__ float As[kMoeBK][kMoeBM + 4];
+  __shared__ float Bg[kMoeBK][kMoeBN + 4];
+  __shared__ float Bu[kMoeBK][kMoeBN + 4];
+  __shared__ const uint16_t* arow[kMoeBM];
+  const int r0 = blockIdx.y * kMoeBM, n0 = blockIdx.x * kMoeBN;
+  const int ex = moe_expert_of_row(offsets, e, r0);
+  if (ex < 0) return;
+  const uint16_t* wg = static_cast<const uint16_t*>(gate[ex]);
+  const uint16_t* wu = static_cast<const uint16_t*>(up[ex]);
+  if (wg == nullptr || wu == nullptr) return;  // absent: its slots are skipped by the combine
+  for (int r = threadIdx.x; r < kMoeBM; r += kMoeThreads) {
+    const int s = sorted[r0 + r];
+    arow[r] = s < n_slots ? x + static_cast<int64_t>(s / k) * h : nullptr;
+  }
+  __syncthreads();
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  float ag[4][4] = {}, au[4][4] = {};
+  for (int k0 = 0; k0 < h; k0 += kMoeBK) {
+    moe_load_a(As, arow, k0, h);
+    moe_load_b(Bg, wg, n0, inter, k0, h);
+    moe_load_b(Bu, wu, n0, inter, k0, h);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kMoeBK; ++kk) {
+      float a[4], bg[4], bu[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        bg[j] = Bg[kk][tx + 16 * j];
+        bu[j] = Bu[kk][tx + 16 * j];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          ag[i][j] = fmaf(a[i], bg[j], ag[i][j]);
+          au[i][j] = fmaf(a[i], bu[j], au[i][j]);
+        }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = ty + 16 * i;
+    if (arow[r] == nullptr) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int n = n0 + tx + 16 * j;
+      if (n >= inter) continue;
+      const float g = ag[i][j];
+      act[static_cast<int64_t>(r0 + r) * inter + n] = f32_to_bf16(g / (1.0f + expf(-g)) * au[i][j]);
+    }
+  }
+}
+
+// act [capacity, inter] bf16; down [e] device pointers to [h, inter] bf16; weights [t * k] f32;
+// part [t * k, h] f32 (rows of present slots written). grid: (ceil(h / 64), capacity / 64), block: 256.
+static __global__ void __launch_bounds__(kMoeThreads)
+    moe_gemm2_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ sorted,
+                     const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
+                     const float* __restrict__ weights, float* __restrict__ part, int n_slots, int e, int h,
+                     int inter) {
+  __shared__ float As[kMoeBK][kMoeBM + 4];
+  __shared__ float Bs[kMoeBK][kMoeBN + 4];
+  __shared__ const uint16_t* arow[kMoeBM];
+  __shared__ int slot[kMoeBM];
+  const int r0 = blockIdx.y * kMoeBM, n0 = blockIdx.x * kMoeBN;
+  const int ex = moe_expert_of_row(offsets, e, r0);
+  if (ex < 0) return;
+  const uint16_t* wd = static_cast<const uint16_t*>(down[ex]);
+  if (wd == nullptr) return;
+  for (int r = threadIdx.x; r < kMoeBM; r += kMoeThreads) {
+    const int s = sorted[r0 + r];
+    slot[r] = s;
+    arow[r] = s < n_slots ? act + static_cast<int64_t>(r0 + r) * inter : nullptr;
+  }
+  __syncthreads();
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  float acc[4][4] = {};
+  for (int k0 = 0; k0 < inter; k0 += kMoeBK) {
+    moe_load_a(As, arow, k0, inter);
+    moe_load_b(Bs, wd, n0, h, k0, inter);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kMoeBK; ++kk) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = ty + 16 * i;
+    const int s = slot[r];
+    if (s >= n_slots) continue;
+    const float w = weights[s];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int n = n0 + tx + 16 * j;
+      if (n < h) part[static_cast<int64_t>(s) * h + n] = w * acc[i][j];
+    }
+  }
+}
+
+// ids [t, k] i32; gate [e] pointers (presence); part [t * k, h] f32; out [t, h] bf16.
+// grid: (ceil(h / 256), t), block: 256.
+static __global__ void moe_combine_kernel(const int32_t* __restrict__ ids, const void* const* __restrict__ gate,
+                                   const float* __restrict__ part, uint16_t* __restrict__ out, int k, int e, int h) {
+  const int tok = blockIdx.y;
+  const int n = blockIdx.x * blockDim.x + threadIdx.x;
+  if (n >= h) return;
+  float acc = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    const int x = ids[static_cast<int64_t>(tok) * k + j];
+    if (x < 0 || x >= e || gate[x] == nullptr) continue;
+    acc += part[(static_cast<int64_t>(tok) * k + j) * h + n];
+  }
+  out[static_cast<int64_t>(tok) * h + n] = f32_to_bf16(acc);
+}
+
+}  // namespace dev
+}  // namespace moe

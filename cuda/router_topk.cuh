@@ -1,0 +1,125 @@
+// Kernels of moe_cuda_router_topk and moe_cuda_moe_align (router_topk.cu), the routing ops of the fused MoE layer.
+//   router_topk_kernel  one warp per token: softmax (or sigmoid) in f32 with warp reductions, then k rounds of a
+//                       warp-wide argmax over (score desc, expert id asc); each lane owns experts lane + 32 i
+//                       (i < 32, so e <= 1024) and marks taken ones in a bit mask.
+//   moe_align_kernel    one block of 1024 threads: per-expert counts with shared-memory integer atomics (integer,
+//                       so the result is exact and order-free), prefix sum of the padded counts, sentinel fill, then
+//                       warp w places the slots of experts w, w + 32, ... in ascending slot order with ballot/popc
+//                       (stable, deterministic). O(e / 32 * t * k) reads per warp: fine at the sizes of one layer.
+// Ids outside [0, e) are skipped (treated as -1) on the GPU; the CPU op rejects them (no error channel here yet).
+// Kernels are static (internal linkage): moe_experts.cu includes router_topk.cuh too.
+#pragma once
+#include <cstdint>
+
+namespace moe {
+namespace dev {
+
+// (score, id) a ranks before (score, id) b: higher score, then lower id; NaN below everything.
+__device__ __forceinline__ bool topk_better(float sa, int a, float sb, int b) {
+  const bool na = isnan(sa), nb = isnan(sb);
+  if (na != nb) return nb;
+  if (na) return a < b;
+  return sa > sb || (sa == sb && a < b);
+}
+
+constexpr int kTopkWarps = 8;
+
+// logits [t, e] f32, bias [e] f32 or null, ids [t, k] i32, weights [t, k] f32. grid: ceil(t / 8), block: 256.
+static __global__ void __launch_bounds__(kTopkWarps * 32)
+    router_topk_kernel(const float* __restrict__ logits, const float* __restrict__ bias, int32_t* __restrict__ ids,
+                       float* __restrict__ weights, int t, int e, int k, int sigmoid, int renormalize) {
+  const int lane = threadIdx.x % 32;
+  const int tok = blockIdx.x * kTopkWarps + threadIdx.x / 32;
+  if (tok >= t) return;
+  const float* l = logits + static_cast<int64_t>(tok) * e;  // [e]
+  float mx = -INFINITY, sum = 0.0f;
+  if (!sigmoid) {
+    for (int x = lane; x < e; x += 32) mx = fmaxf(mx, l[x]);
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    for (int x = lane; x < e; x += 32) sum += expf(l[x] - mx);
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  }
+  uint32_t taken = 0;  // bit i: expert lane + 32 i selected
+  float wsum = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    float bs = 0.0f;
+    int bi = -1;
+    for (int i = 0, x = lane; x < e; ++i, x += 32) {
+      if (taken & (1u << i)) continue;
+      const float sc = sigmoid && bias != nullptr ? l[x] + bias[x] : l[x];
+      if (bi < 0 || topk_better(sc, x, bs, bi)) {
+        bs = sc;
+        bi = x;
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      const float os = __shfl_xor_sync(0xffffffffu, bs, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (oi >= 0 && (bi < 0 || topk_better(os, oi, bs, bi))) {
+        bs = os;
+        bi = oi;
+      }
+    }
+    if (bi % 32 == lane) taken |= 1u << (bi / 32);
+    const float w = sigmoid ? 1.0f / (1.0f + expf(-l[bi])) : expf(l[bi] - mx) / sum;
+    wsum += w;
+    if (lane == 0) {
+      ids[static_cast<int64_t>(tok) * k + j] = bi;
+      weights[static_cast<int64_t>(tok) * k + j] = w;
+    }
+  }
+  if (renormalize) {
+    __syncwarp();
+    for (int j = lane; j < k; j += 32) {
+      float* w = weights + static_cast<int64_t>(tok) * k + j;
+      *w = wsum > 0.0f ? *w / wsum : 0.0f;
+    }
+  }
+}
+
+constexpr int kAlignThreads = 1024;
+
+// ids [n] i32 (n = t * k), counts [e], offsets [e + 1], sorted [capacity]; padding value n.
+// grid: 1, block: 1024, dynamic shared memory: (2 e + 1) * 4 bytes.
+static __global__ void __launch_bounds__(kAlignThreads)
+    moe_align_kernel(const int32_t* __restrict__ ids, int32_t* __restrict__ counts, int32_t* __restrict__ offsets,
+                     int32_t* __restrict__ sorted, int n, int e, int block, int capacity) {
+  extern __shared__ int32_t s_align[];
+  int32_t* s_count = s_align;      // [e]
+  int32_t* s_off = s_align + e;    // [e + 1]
+  for (int x = threadIdx.x; x < e; x += blockDim.x) s_count[x] = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int x = ids[i];
+    if (x >= 0 && x < e) atomicAdd(&s_count[x], 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int acc = 0;
+    for (int x = 0; x < e; ++x) {
+      s_off[x] = acc;
+      acc += (s_count[x] + block - 1) / block * block;
+    }
+    s_off[e] = acc;
+  }
+  __syncthreads();
+  for (int x = threadIdx.x; x < e; x += blockDim.x) counts[x] = s_count[x];
+  for (int x = threadIdx.x; x <= e; x += blockDim.x) offsets[x] = s_off[x];
+  for (int r = threadIdx.x; r < capacity; r += blockDim.x) sorted[r] = n;
+  __syncthreads();  // the sentinel fill is ordered before the placement below (same block)
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const uint32_t below = (1u << lane) - 1u;
+  for (int x = warp; x < e; x += warps) {
+    int base = s_off[x];
+    for (int c0 = 0; c0 < n; c0 += 32) {
+      const int i = c0 + lane;
+      const bool hit = i < n && ids[i] == x;
+      const uint32_t m = __ballot_sync(0xffffffffu, hit);
+      if (hit) sorted[base + __popc(m & below)] = i;
+      base += __popc(m);
+    }
+  }
+}
+
+}  // namespace dev
+}  // namespace moe
