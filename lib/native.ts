@@ -80,6 +80,8 @@ export interface NativeMemoryStats {
   cpu: { pinned: MemoryCount; device: MemoryCount };
   cuda: { pinned: MemoryCount; device: MemoryCount };
   cpuDeviceBudget: number;
+  /** Bytes in use in the C heap (glibc only): a native-leak signal that RSS fragmentation does not blur. */
+  mallocInUse?: number;
 }
 
 /** Which kernel tier ran an op. */

@@ -13,9 +13,9 @@ import {
   HostTensor,
   InvalidArgumentError,
   MoeOffloadError,
-  memoryStats,
   openBackend,
 } from '../lib/index.js';
+import { nativeCounts } from './harness/memory.js';
 import { native } from '../lib/native.js';
 
 const be = openBackend({ backend: 'cpu' });
@@ -127,7 +127,7 @@ void test('typed errors carry the caller stack and a stable code', () => {
 
 void test('the native surface survives garbage arguments: typed errors, no crash, no leak', async () => {
   const n = native();
-  const before = memoryStats();
+  const before = nativeCounts();
   const s = new n.Stream(0, 0, 0);
   const garbage: unknown[] = [undefined, null, 0, -1, 1.5, NaN, 'x', {}, [], () => 1, 2 ** 60, { mem: {}, offset: 0, bytes: 1 }];
   for (const g of garbage) {
@@ -158,6 +158,6 @@ void test('the native surface survives garbage arguments: typed errors, no crash
   mem.dispose();
   assert.throws(() => n.copy(s, { src: { mem, offset: 0, bytes: 8 }, dst: { array: new Uint8Array(8), offset: 0, bytes: 8 } }), /disposed/);
   s.dispose();
-  assert.deepEqual(memoryStats(), before);
+  assert.deepEqual(nativeCounts(), before);
   assert.ok(DeviceTensor);
 });

@@ -2,6 +2,9 @@
 #include "memory.h"
 
 #include <unistd.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <cstdlib>
 #include <string>
@@ -240,6 +243,12 @@ Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
     out.Set(backends[b], ob);
   }
   out.Set("cpuDeviceBudget", Napi::Number::New(env, static_cast<double>(cpu_device_budget())));
+  // Bytes the C allocator has handed out and not got back (glibc >= 2.33): a precise native-leak signal that,
+  // unlike RSS, does not move with fragmentation or with pages the allocator keeps for reuse.
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+  struct mallinfo2 mi = mallinfo2();
+  out.Set("mallocInUse", Napi::Number::New(env, static_cast<double>(mi.uordblks + mi.hblkhd)));
+#endif
   return out;
 }
 
