@@ -16,6 +16,7 @@ Napi::Value RouterTopK(const Napi::CallbackInfo& info);
 Napi::Value MoeAlign(const Napi::CallbackInfo& info);
 Napi::Value MoeExperts(const Napi::CallbackInfo& info);
 Napi::Value Attention(const Napi::CallbackInfo& info);
+Napi::Value GatherRows(const Napi::CallbackInfo& info);
 }  // namespace moe::js
 
 namespace {
@@ -58,6 +59,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("moeAlign", Napi::Function::New<MoeAlign>(env, "moeAlign"));
   exports.Set("moeExperts", Napi::Function::New<MoeExperts>(env, "moeExperts"));
   exports.Set("attention", Napi::Function::New<Attention>(env, "attention"));
+  exports.Set("gatherRows", Napi::Function::New<GatherRows>(env, "gatherRows"));
   return exports;
 }
 

@@ -94,6 +94,11 @@ int moe_cuda_moe_experts(int device, const void* x, const int32_t* topk_ids, con
                          const void* const* gate, const void* const* up, const void* const* down, void* out,
                          int64_t t, int64_t h, int64_t inter, int64_t e, int64_t k, void* stream);
 
+/* dst[i] = src[ids[i]] for rows of row_bytes (strides in bytes); id -1 or out of range gives a zero row. src may
+ * be mapped pinned host memory (zero-copy gather over PCIe) or device memory. */
+int moe_cuda_gather_rows(int device, const void* src, int64_t src_rows, int64_t src_stride, int64_t row_bytes,
+                         const int32_t* ids, int64_t n, void* dst, int64_t dst_stride, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

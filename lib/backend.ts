@@ -585,6 +585,36 @@ export class Backend {
     );
   }
 
+  /**
+   * dst[i] = src[ids[i]]: rows of src (everything after its first dimension) picked by `ids` (i32 [n]; -1 gives a
+   * zero row). On CUDA, src may be pinned host memory: the kernel reads just the selected rows over PCIe with no
+   * copy into device memory first (zero-copy gather, for decode steps that touch few rows of an expert); it is
+   * also the embedding lookup.
+   * @example
+   * await be.gatherRows(embedTable, tokenIds, hidden)   // [V, H] bf16, [T] i32 -> [T, H] bf16
+   */
+  gatherRows(src: Tensor, ids: Tensor, dst: Tensor, options: OpOptions = {}): Promise<KernelTier> {
+    checkTensor(src, 'src');
+    checkTensor(ids, 'ids', ['i32']);
+    checkTensor(dst, 'dst');
+    sameDtype(src, dst, 'src', 'dst');
+    if (src.shape.length < 1) throw new InvalidArgumentError(`src must have at least 1 dimension, received [${src.shape.join(', ')}]`);
+    if (ids.shape.length !== 1) throw new InvalidArgumentError(`ids must be 1-D [n], received [${ids.shape.join(', ')}]`);
+    const n = ids.shape[0]!;
+    const row = src.shape.slice(1);
+    if (dst.shape.length !== src.shape.length || dst.shape[0] !== n || row.some((d, i) => dst.shape[i + 1] !== d)) {
+      throw new InvalidArgumentError(`dst must be [${[n, ...row].join(', ')}], received [${dst.shape.join(', ')}]`);
+    }
+    const rowBytes = row.reduce((a, b) => a * b, 1) * DTYPE_SIZE[src.dtype];
+    return this.#run('gatherRows', options, (addon, stream, cancel) =>
+      addon.gatherRows(
+        stream,
+        { src: src.nativeArg('src'), srcRows: src.shape[0]!, rowBytes, ids: ids.nativeArg('ids'), n, dst: dst.nativeArg('dst') },
+        cancel,
+      ),
+    );
+  }
+
   #isaCode(): number {
     return ISA_CODE[this.isa];
   }

@@ -147,6 +147,7 @@ export interface NativeAddon {
     ldc: number;
     isa?: number;
   }>;
+  gatherRows: OpFn<{ src: NativeTensorArg; srcRows: number; rowBytes: number; ids: NativeTensorArg; n: number; dst: NativeTensorArg }>;
   attention: OpFn<{
     q: NativeTensorArg;
     qDtype: number;
