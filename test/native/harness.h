@@ -54,8 +54,8 @@ void add_add_cases(std::vector<Case>& cases);
 void add_gemm_cases(std::vector<Case>& cases);
 void add_attention_cases(std::vector<Case>& cases);  // attention_test.cc
 void add_api_cases(std::vector<Case>& cases);  // argument errors on every backend, CUDA runtime wrappers
-void add_moe_cases(std::vector<Case>& cases);
-void add_gather_cases(std::vector<Case>& cases);  // gather_rows (gather_test.cc)  // router_topk, moe_align, moe_experts (moe_test.cc)
+void add_moe_cases(std::vector<Case>& cases);     // router_topk, moe_align, moe_experts (moe_test.cc)
+void add_gather_cases(std::vector<Case>& cases);  // gather_rows (gather_test.cc)
 
 // Runs every case whose "op shape backend" line contains `filter` (empty: all) and prints the results.
 // Returns the number of failures.
