@@ -49,6 +49,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Stream", stream);
   exports.Set("Event", event);
   exports.Set("CancelToken", cancel);
+  exports.Set("HostRegistration", HostRegistrationWrap::Init(env));
   exports.Set("info", Napi::Function::New<Info>(env, "info"));
   exports.Set("memoryStats", Napi::Function::New<MemoryStats>(env, "memoryStats"));
   exports.Set("copy", Napi::Function::New<Copy>(env, "copy"));

@@ -24,7 +24,7 @@ import {
 } from './errors.js';
 import { type KernelTier, type NativeAddon, type NativeCancelToken, type NativeStream, hostFacts, native } from './native.js';
 import { Event, Stream } from './stream.js';
-import { DeviceTensor, HostTensor, PinnedBuffer, type Shape, type Tensor, checkShape, numelOf } from './tensor.js';
+import { DeviceTensor, HostRegistration, HostTensor, PinnedBuffer, type Shape, type Tensor, checkShape, numelOf } from './tensor.js';
 import { ExpertTable } from './moe.js';
 
 export type BackendKind = 'cpu' | 'cuda';
@@ -202,6 +202,20 @@ export class Backend {
     }
     const addon = native();
     return wrapSync(() => new PinnedBuffer(new addon.Memory(KIND_CODE[this.kind], this.device, 0, bytes), this.kind));
+  }
+
+  /**
+   * Page-locks a HostTensor's existing JS memory for fast asynchronous copies (cudaHostRegister on CUDA; on the
+   * CPU backend nothing to lock, the registration only holds the memory). See {@link HostRegistration}.
+   * @throws InvalidArgumentError for a pinned view (already page-locked) or an empty tensor; CudaError if CUDA refuses.
+   */
+  registerHost(t: HostTensor): HostRegistration {
+    if (!(t instanceof HostTensor)) throw new InvalidArgumentError(`t must be a HostTensor, received ${describe(t)}`);
+    if (t.placement.kind !== 'js') throw new InvalidArgumentError('t is a view of a PinnedBuffer: already page-locked');
+    if (t.byteLength === 0) throw new InvalidArgumentError('t must not be empty');
+    const addon = native();
+    const data = t.data;
+    return wrapSync(() => new HostRegistration(t, new addon.HostRegistration(data, this.kind === 'cuda')));
   }
 
   /** Resolves when the default stream has finished everything queued so far. */

@@ -21,7 +21,7 @@ export {
   type AttentionParams,
 } from './backend.js';
 export { KvCache, type KvCacheOptions, type KvBatch } from './kv/cache.js';
-export { HostTensor, PinnedBuffer, DeviceTensor, checkShape, numelOf, type Shape, type Tensor, type Placement } from './tensor.js';
+export { HostTensor, PinnedBuffer, DeviceTensor, HostRegistration, checkShape, numelOf, type Shape, type Tensor, type Placement } from './tensor.js';
 export { Stream, Event } from './stream.js';
 export { ExpertTable, type ExpertWeights, type ExpertWeightsStacked } from './moe.js';
 export {

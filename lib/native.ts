@@ -34,6 +34,10 @@ export interface NativeEvent {
   elapsedMs(start: NativeEvent): number;
   dispose(): void;
 }
+export interface NativeHostRegistration {
+  readonly disposed: boolean;
+  dispose(): void;
+}
 export interface NativeCancelToken {
   cancel(): void;
 }
@@ -94,6 +98,7 @@ export interface NativeAddon {
   Stream: new (backend: 0 | 1, device: number, priority: 0 | 1) => NativeStream;
   Event: new (backend: 0 | 1, device: number, timing: boolean) => NativeEvent;
   CancelToken: new () => NativeCancelToken;
+  HostRegistration: new (array: ArrayBufferView, cuda: boolean) => NativeHostRegistration;
   info(detail?: boolean): NativeInfo;
   memoryStats(): NativeMemoryStats;
   copy: OpFn<{ src: NativeTensorArg; dst: NativeTensorArg }>;

@@ -32,7 +32,7 @@ import {
   viewArray,
 } from './dtype.js';
 import { DisposedError, InvalidArgumentError } from './errors.js';
-import type { NativeMemory, NativeTensorArg } from './native.js';
+import type { NativeHostRegistration, NativeMemory, NativeTensorArg } from './native.js';
 
 export type Shape = readonly number[];
 
@@ -356,5 +356,40 @@ export class DeviceTensor<D extends DType = DType> implements Tensor {
   nativeArg(what: string): NativeTensorArg {
     if (this.disposed || !this.#alloc.mem) throw new DisposedError(`${what}: DeviceTensor was disposed`);
     return { mem: this.#alloc.mem, offset: this.byteOffset, bytes: this.byteLength };
+  }
+}
+
+/**
+ * Existing JS memory page-locked for fast, asynchronous CUDA copies (cudaHostRegister) — for buffers you already
+ * have (a tensor read from disk, an output array) where allocating a PinnedBuffer and copying would cost more.
+ * Keeps the tensor's memory alive until dispose(), which unregisters it; await the copies that use it first.
+ * On the CPU backend registration has nothing to lock and only holds the memory. Create with
+ * `backend.registerHost(tensor)`.
+ *
+ * @example
+ * using reg = be.registerHost(logits);      // logits: a HostTensor in JS memory
+ * await be.copy(deviceLogits, logits);      // D2H straight into it, at pinned speed on CUDA
+ */
+export class HostRegistration {
+  readonly tensor: HostTensor;
+  #native: NativeHostRegistration | undefined;
+
+  /** @internal use Backend.registerHost */
+  constructor(tensor: HostTensor, reg: NativeHostRegistration) {
+    this.tensor = tensor;
+    this.#native = reg;
+  }
+
+  get disposed(): boolean {
+    return this.#native === undefined;
+  }
+
+  dispose(): void {
+    this.#native?.dispose();
+    this.#native = undefined;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }

@@ -70,6 +70,32 @@ void test('transfers round-trip bit-exactly at 4 KiB .. 352 MB, unaligned offset
   engine.dispose();
 });
 
+void test('registered host memory: round trips at unaligned offsets, lifetime and misuse', async () => {
+  const engine = new TransferEngine(be);
+  for (const [bytes, offset] of [[4096, 3], [1 << 20, 1], [9_400_000, 7], [44_000_000, 4095]] as const) {
+    const host = new HostTensor('u8', [bytes + offset]);
+    fill(host.data, bytes ^ 0x5a);
+    using reg = be.registerHost(host);
+    using dev = be.alloc('u8', [bytes]);
+    const back = new HostTensor('u8', [bytes + offset]);
+    using regBack = be.registerHost(back);
+    await engine.submit(host.bytesView(offset, bytes), dev).done;
+    await engine.submit(dev, back.bytesView(offset, bytes)).done;
+    assert.ok(Buffer.from(host.data.buffer, offset, bytes).equals(Buffer.from(back.data.buffer, offset, bytes)), `${bytes} bytes differ`);
+    assert.equal(reg.disposed, false);
+    void regBack;
+  }
+  engine.dispose();
+  using pinned = be.allocPinned(64);
+  assert.throws(() => be.registerHost(pinned.tensor('u8', [64])), /already page-locked/);
+  assert.throws(() => be.registerHost(new HostTensor('u8', [0])), /must not be empty/);
+  const t = new HostTensor('f32', [4]);
+  const reg = be.registerHost(t);
+  reg.dispose();
+  reg.dispose();
+  assert.equal(reg.disposed, true);
+});
+
 void test('a demand fetch issued behind 1 GB of queued prefetch completes first', async () => {
   const engine = new TransferEngine(be, { chunkBytes: 4 << 20, maxInFlight: 2 });
   const part = 256 << 20;

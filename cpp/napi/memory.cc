@@ -225,6 +225,62 @@ Napi::Value MemoryWrap::Disposed(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), !mem_ || mem_->disposed());
 }
 
+// ---- registered host memory ---------------------------------------------------------------------------------
+
+Napi::Function HostRegistrationWrap::Init(Napi::Env env) {
+  return DefineClass(env, "HostRegistration",
+                     {InstanceMethod<&HostRegistrationWrap::Dispose>("dispose"),
+                      InstanceAccessor<&HostRegistrationWrap::Disposed>("disposed")});
+}
+
+HostRegistrationWrap::HostRegistrationWrap(const Napi::CallbackInfo& info)
+    : Napi::ObjectWrap<HostRegistrationWrap>(info) {
+  Napi::Env env = info.Env();
+  guarded(env, [&] {
+    if (!info[0].IsTypedArray())
+      throw_error(env, ErrorCode::InvalidArgument, "array must be a TypedArray, received " + describe(info[0]));
+    Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
+    Napi::ArrayBuffer ab = ta.ArrayBuffer();
+    if (ab.IsDetached()) throw_error(env, ErrorCode::InvalidArgument, "array: its ArrayBuffer is detached");
+    if (ta.ByteLength() == 0) throw_error(env, ErrorCode::InvalidArgument, "array must not be empty");
+    ptr_ = static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset();
+    bool cuda = info[1].ToBoolean().Value();
+    if (cuda) {
+#if MOE_WITH_CUDA
+      int err = moe_cuda_host_register(ptr_, ta.ByteLength());
+      if (err != 0)
+        throw_error(env, err == 2 ? ErrorCode::OutOfMemory : ErrorCode::Cuda,
+                    std::string("cudaHostRegister of ") + mib(ta.ByteLength()) + " failed: " + moe_cuda_error_name(err) +
+                        ": " + moe_cuda_error_string(err));
+      registered_ = true;
+#else
+      throw_error(env, ErrorCode::BackendUnavailable, "cudaHostRegister requested but this build has no CUDA");
+#endif
+    }
+    array_ = Napi::Persistent(info[0]);
+  });
+}
+
+HostRegistrationWrap::~HostRegistrationWrap() { release(); }
+
+void HostRegistrationWrap::release() {
+#if MOE_WITH_CUDA
+  if (registered_) moe_cuda_host_unregister(ptr_);
+#endif
+  registered_ = false;
+  ptr_ = nullptr;
+  array_.Reset();
+}
+
+Napi::Value HostRegistrationWrap::Dispose(const Napi::CallbackInfo& info) {
+  release();
+  return info.Env().Undefined();
+}
+
+Napi::Value HostRegistrationWrap::Disposed(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), array_.IsEmpty());
+}
+
 // memoryStats(): live native allocations { cpu: {pinned: {count, bytes}, device: {...}}, cuda: {...} }
 Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

@@ -96,6 +96,24 @@ class MemoryWrap : public Napi::ObjectWrap<MemoryWrap> {
   int64_t reported_ = 0;  // bytes reported to the GC with AdjustExternalMemory
 };
 
+// JS class `HostRegistration(typedArray, cuda: boolean)`: page-locks existing JS memory for fast, asynchronous
+// CUDA copies (cudaHostRegister, portable + mapped) and keeps the array alive until dispose(); on the CPU backend
+// (cuda = false) it only keeps the array alive: there is nothing to lock. dispose() unregisters; the GC does too.
+class HostRegistrationWrap : public Napi::ObjectWrap<HostRegistrationWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  explicit HostRegistrationWrap(const Napi::CallbackInfo& info);
+  ~HostRegistrationWrap() override;
+
+ private:
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value Disposed(const Napi::CallbackInfo& info);
+  void release();
+  Napi::Reference<Napi::Value> array_;
+  void* ptr_ = nullptr;
+  bool registered_ = false;  // with CUDA
+};
+
 Napi::Value MemoryStats(const Napi::CallbackInfo& info);
 
 }  // namespace moe::js
