@@ -52,6 +52,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("HostRegistration", HostRegistrationWrap::Init(env));
   exports.Set("info", Napi::Function::New<Info>(env, "info"));
   exports.Set("memoryStats", Napi::Function::New<MemoryStats>(env, "memoryStats"));
+  exports.Set("allocAsync", Napi::Function::New<AllocAsync>(env, "allocAsync"));
   exports.Set("copy", Napi::Function::New<Copy>(env, "copy"));
   exports.Set("convert", Napi::Function::New<Convert>(env, "convert"));
   exports.Set("add", Napi::Function::New<Add>(env, "add"));

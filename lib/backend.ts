@@ -22,7 +22,7 @@ import {
   InvalidArgumentError,
   fromNative,
 } from './errors.js';
-import { type KernelTier, type NativeAddon, type NativeCancelToken, type NativeStream, hostFacts, native } from './native.js';
+import { type KernelTier, type NativeAddon, type NativeCancelToken, type NativeMemory, type NativeStream, hostFacts, native } from './native.js';
 import { Event, Stream } from './stream.js';
 import { DeviceTensor, HostRegistration, HostTensor, PinnedBuffer, type Shape, type Tensor, checkShape, numelOf } from './tensor.js';
 import { ExpertTable } from './moe.js';
@@ -97,6 +97,13 @@ export function cudaUnavailableReason(device = 0): string | undefined {
 }
 
 const defaultStreams = new Map<string, Stream>();
+let allocStream: NativeStream | undefined;
+
+/** A host thread of its own for allocations (page-locking gigabytes must not wait behind, or stall, compute). */
+function allocationStream(addon: NativeAddon): NativeStream {
+  if (!allocStream || allocStream.disposed) allocStream = new addon.Stream(0, 0, 0);
+  return allocStream;
+}
 
 /**
  * Opens a backend.
@@ -193,6 +200,51 @@ export class Backend {
     const bytes = numelOf(s) * DTYPE_SIZE[dtype];
     const addon = native();
     return wrapSync(() => DeviceTensor.allocate(new addon.Memory(KIND_CODE[this.kind], this.device, 1, bytes), this.kind, this.device, dtype, s));
+  }
+
+  /**
+   * alloc() off the JS thread: the allocation runs on a host thread of its own (cudaMalloc can take milliseconds).
+   * Aborting before it starts rejects with the signal's reason; nothing is left allocated on any failure.
+   */
+  async allocAsync<D extends DType>(dtype: D, shape: Shape, options: { signal?: AbortSignal } = {}): Promise<DeviceTensor<D>> {
+    checkDType(dtype, 'dtype');
+    const s = checkShape(shape);
+    const mem = await this.#allocNative(1, numelOf(s) * DTYPE_SIZE[dtype], options.signal);
+    return DeviceTensor.allocate(mem, this.kind, this.device, dtype, s);
+  }
+
+  /**
+   * allocPinned() off the JS thread: page-locking (cudaHostAlloc) costs a noticeable fraction of a second per GiB,
+   * so large pinned stores should use this. Aborting before it starts rejects with the signal's reason.
+   * @example
+   * const buf = await be.allocPinnedAsync(4 << 30);
+   */
+  async allocPinnedAsync(bytes: number, options: { signal?: AbortSignal } = {}): Promise<PinnedBuffer> {
+    if (typeof bytes !== 'number' || !Number.isSafeInteger(bytes) || bytes < 0) {
+      throw new InvalidArgumentError(`bytes must be a non-negative integer, received ${describe(bytes)}`);
+    }
+    return new PinnedBuffer(await this.#allocNative(0, bytes, options.signal), this.kind);
+  }
+
+  async #allocNative(kind: 0 | 1, bytes: number, signal: AbortSignal | undefined): Promise<NativeMemory> {
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw new InvalidArgumentError(`options.signal must be an AbortSignal, received ${describe(signal)}`);
+    }
+    signal?.throwIfAborted();
+    const holder: { stack?: string } = {};
+    Error.captureStackTrace(holder, this.#allocNative);
+    const addon = native();
+    const token = signal ? new addon.CancelToken() : undefined;
+    const onAbort = () => token?.cancel();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      return await addon.allocAsync(allocationStream(addon), { backend: KIND_CODE[this.kind], device: this.device, kind, bytes }, token);
+    } catch (e) {
+      if ((e as { code?: unknown })?.code === CANCELLED_CODE && signal?.aborted) throw signal.reason;
+      throw fromNative(e, holder.stack);
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
   }
 
   /** Page-locked host memory of `bytes` bytes (zeroed on the CPU backend only when the OS gives fresh pages). */

@@ -101,6 +101,7 @@ export interface NativeAddon {
   HostRegistration: new (array: ArrayBufferView, cuda: boolean) => NativeHostRegistration;
   info(detail?: boolean): NativeInfo;
   memoryStats(): NativeMemoryStats;
+  allocAsync(stream: NativeStream, params: { backend: 0 | 1; device: number; kind: 0 | 1; bytes: number }, cancel?: NativeCancelToken): Promise<NativeMemory>;
   copy: OpFn<{ src: NativeTensorArg; dst: NativeTensorArg }>;
   routerTopK: OpFn<{
     logits: NativeTensorArg;

@@ -96,6 +96,28 @@ void test('registered host memory: round trips at unaligned offsets, lifetime an
   assert.equal(reg.disposed, true);
 });
 
+void test('asynchronous allocation: pinned and device memory off the JS thread, typed failures, abort, no leak', async () => {
+  const before = nativeCounts();
+  const p = await be.allocPinnedAsync(1 << 20);
+  p.bytes[5] = 7;
+  const d = await be.allocAsync('bf16', [64, 32]);
+  assert.equal(d.byteLength, 4096);
+  await be.copy(p.tensor('u8', [4096]), d);
+  assert.equal((await be.download(d.bytesView(0, 8))).data[5], 7);
+  await assert.rejects(be.allocPinnedAsync(2 ** 50), OutOfMemoryError);
+  await assert.rejects(be.allocAsync('u8', [2 ** 50]), (e: unknown) => e instanceof OutOfMemoryError && /CPU device pool/.test(e.message));
+  const reason = new Error('no longer needed');
+  await assert.rejects(be.allocPinnedAsync(64, { signal: AbortSignal.abort(reason) }), (e) => e === reason);
+  await assert.rejects(be.allocPinnedAsync(-1), /bytes must be a non-negative integer/);
+  const store = await ExpertStore.createAsync(be, { layers: [0, 1], experts: 4, hidden: 64, intermediate: 32, chunkBytes: 3 * 4096 });
+  assert.equal(store.expert(1, 3).whole.byteLength, 3 * 64 * 32 * 2);
+  await assert.rejects(ExpertStore.createAsync(be, { layers: [0], experts: 8, hidden: 4096, intermediate: 14336, hostBudgetBytes: 1 << 30 }), OutOfMemoryError);
+  store.dispose();
+  p.dispose();
+  d.dispose();
+  assert.deepEqual(nativeCounts(), before);
+});
+
 void test('a demand fetch issued behind 1 GB of queued prefetch completes first', async () => {
   const engine = new TransferEngine(be, { chunkBytes: 4 << 20, maxInFlight: 2 });
   const part = 256 << 20;

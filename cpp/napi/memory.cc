@@ -10,6 +10,7 @@
 #include <string>
 
 #include "addon_data.h"
+#include "stream.h"
 #include "moe_cuda.h"
 
 namespace moe::js {
@@ -156,9 +157,16 @@ Napi::Function MemoryWrap::Init(Napi::Env env) {
 }
 
 // new Memory(backend: 0 cpu | 1 cuda, device: int, kind: 0 pinned | 1 device, bytes: int)
+// (allocAsync constructs it with one External holding the Memory it allocated on a worker thread)
 MemoryWrap::MemoryWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<MemoryWrap>(info) {
   Napi::Env env = info.Env();
   guarded(env, [&] {
+    if (info.Length() == 1 && info[0].IsExternal()) {
+      mem_ = *info[0].As<Napi::External<std::shared_ptr<Memory>>>().Data();
+      reported_ = static_cast<int64_t>(mem_->size());
+      Napi::MemoryManagement::AdjustExternalMemory(env, reported_);
+      return;
+    }
     auto backend = static_cast<BackendKind>(arg_int(info[0], "backend", 0, 1));
     int device = arg_int(info[1], "device", 0, 1023);
     auto kind = static_cast<MemKind>(arg_int(info[2], "kind", 0, 1));
@@ -223,6 +231,37 @@ Napi::Value MemoryWrap::ByteLength(const Napi::CallbackInfo& info) {
 
 Napi::Value MemoryWrap::Disposed(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), !mem_ || mem_->disposed());
+}
+
+// allocAsync(stream, { backend, device, kind, bytes }, cancel?) -> Promise<Memory>
+// The allocation itself runs on the stream's thread: page-locking gigabytes (cudaHostAlloc) takes a noticeable
+// fraction of a second per GiB, which must not stall the JS thread. Use a stream of its own (lib/ does).
+Napi::Value AllocAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    std::shared_ptr<Stream> stream = StreamWrap::from(info[0], "stream");
+    Napi::Object p = arg_object(info[1], "params");
+    auto backend = static_cast<BackendKind>(arg_int(p.Get("backend"), "backend", 0, 1));
+    int device = arg_int(p.Get("device"), "device", 0, 1023);
+    auto kind = static_cast<MemKind>(arg_int(p.Get("kind"), "kind", 0, 1));
+    size_t bytes = static_cast<size_t>(arg_size(p.Get("bytes"), "bytes"));
+    auto op = std::make_unique<AsyncOp>(env, "allocAsync");
+    op->cancel = CancelWrap::from(info[2]);
+    auto slot = std::make_shared<std::shared_ptr<Memory>>();
+    op->work = [slot, backend, device, kind, bytes](const ExecContext&) {
+      *slot = Memory::allocate(backend, device, kind, bytes);
+    };
+    // On the JS thread after success: wrap it. A failed or abandoned op drops `slot`, freeing the bytes.
+    op->result = [slot](Napi::Env e) -> Napi::Value {
+      auto* hold = new std::shared_ptr<Memory>(*slot);
+      Napi::External<std::shared_ptr<Memory>> ext = Napi::External<std::shared_ptr<Memory>>::New(
+          e, hold, [](Napi::Env, std::shared_ptr<Memory>* h) { delete h; });
+      return AddonData::get(e)->memory_ctor.New({ext});
+    };
+    Napi::Promise promise = op->promise();
+    stream->submit(op.release());
+    return promise;
+  });
 }
 
 // ---- registered host memory ---------------------------------------------------------------------------------

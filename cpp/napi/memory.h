@@ -115,5 +115,6 @@ class HostRegistrationWrap : public Napi::ObjectWrap<HostRegistrationWrap> {
 };
 
 Napi::Value MemoryStats(const Napi::CallbackInfo& info);
+Napi::Value AllocAsync(const Napi::CallbackInfo& info);
 
 }  // namespace moe::js

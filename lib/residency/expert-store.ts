@@ -75,10 +75,43 @@ export class ExpertStore {
   }
 
   /**
-   * Allocates the store. Checks the budget first: a store that does not fit gives OutOfMemoryError naming both
-   * sizes before a byte is allocated; an allocation that fails midway frees what was taken.
+   * Allocates the store (synchronously: fine for small stores; see createAsync). Checks the budget first: a store
+   * that does not fit gives OutOfMemoryError naming both sizes before a byte is allocated; an allocation that
+   * fails midway frees what was taken.
    */
   static create(be: Backend, options: ExpertStoreOptions): ExpertStore {
+    const plan = ExpertStore.#plan(options);
+    const chunks: PinnedBuffer[] = [];
+    try {
+      for (const bytes of plan.chunkSizes) chunks.push(be.allocPinned(bytes));
+    } catch (e) {
+      for (const c of chunks) c.dispose();
+      throw e;
+    }
+    return new ExpertStore(plan.options, chunks, plan.perChunk);
+  }
+
+  /**
+   * create() with the pinned chunks allocated off the JS thread (page-locking gigabytes takes seconds on CUDA
+   * hosts): the way to build a real model's store. Same budget check, same cleanup on failure or abort.
+   */
+  static async createAsync(be: Backend, options: ExpertStoreOptions, signal?: AbortSignal): Promise<ExpertStore> {
+    const plan = ExpertStore.#plan(options);
+    const chunks: PinnedBuffer[] = [];
+    try {
+      for (const bytes of plan.chunkSizes) chunks.push(await be.allocPinnedAsync(bytes, signal ? { signal } : {}));
+    } catch (e) {
+      for (const c of chunks) c.dispose();
+      throw e;
+    }
+    return new ExpertStore(plan.options, chunks, plan.perChunk);
+  }
+
+  static #plan(options: ExpertStoreOptions): {
+    options: Required<Omit<ExpertStoreOptions, 'hostBudgetBytes' | 'chunkBytes'>>;
+    chunkSizes: number[];
+    perChunk: number;
+  } {
     if (!Array.isArray(options.layers) || options.layers.some((l) => !Number.isSafeInteger(l) || l < 0) || new Set(options.layers).size !== options.layers.length) {
       throw new InvalidArgumentError(`layers must be distinct non-negative integers, received ${describe(options.layers)}`);
     }
@@ -100,14 +133,9 @@ export class ExpertStore {
     }
     const chunkBytes = options.chunkBytes ?? 2 ** 30;
     const perChunk = Math.max(1, Math.floor(chunkBytes / expertBytes));
-    const chunks: PinnedBuffer[] = [];
-    try {
-      for (let left = count; left > 0; left -= perChunk) chunks.push(be.allocPinned(Math.min(perChunk, left) * expertBytes));
-    } catch (e) {
-      for (const c of chunks) c.dispose();
-      throw e;
-    }
-    return new ExpertStore({ layers: options.layers, experts, hidden, intermediate, dtype }, chunks, perChunk);
+    const chunkSizes: number[] = [];
+    for (let left = count; left > 0; left -= perChunk) chunkSizes.push(Math.min(perChunk, left) * expertBytes);
+    return { options: { layers: options.layers, experts, hidden, intermediate, dtype }, chunkSizes, perChunk };
   }
 
   /** Views of expert `expert` of model layer `layer`. */
