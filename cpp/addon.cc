@@ -17,6 +17,9 @@ Napi::Value MoeAlign(const Napi::CallbackInfo& info);
 Napi::Value MoeExperts(const Napi::CallbackInfo& info);
 Napi::Value Attention(const Napi::CallbackInfo& info);
 Napi::Value GatherRows(const Napi::CallbackInfo& info);
+Napi::Value ReadProbe(const Napi::CallbackInfo& info);
+Napi::Value GroupedGemm(const Napi::CallbackInfo& info);
+Napi::Value Rope(const Napi::CallbackInfo& info);
 }  // namespace moe::js
 
 namespace {
@@ -62,6 +65,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("moeExperts", Napi::Function::New<MoeExperts>(env, "moeExperts"));
   exports.Set("attention", Napi::Function::New<Attention>(env, "attention"));
   exports.Set("gatherRows", Napi::Function::New<GatherRows>(env, "gatherRows"));
+  exports.Set("readProbe", Napi::Function::New<ReadProbe>(env, "readProbe"));
+  exports.Set("groupedGemm", Napi::Function::New<GroupedGemm>(env, "groupedGemm"));
+  exports.Set("rope", Napi::Function::New<Rope>(env, "rope"));
   return exports;
 }
 

@@ -77,6 +77,18 @@ int moe_cuda_add(int device, const void* a, const void* b, void* out, int dtype,
 /* out[m,n] = sum_k a[m,k] * b[n,k]; ab_dtype f32|bf16, out_dtype f32|bf16; row strides in elements. */
 int moe_cuda_gemm(int device, const void* a, const void* b, void* out, int ab_dtype, int out_dtype, int64_t m,
                   int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, void* stream);
+/* Grouped GEMM (issue 3; grouped_gemm.cu): rows offsets[x]..offsets[x+1] of a [rows,k] bf16 times b[x] [n,k] bf16
+ * into the same rows of out [rows,n] (out_dtype f32|bf16); offsets [g+1] and b [g] are host arrays. */
+int moe_cuda_grouped_gemm(int device, const void* a, const int32_t* offsets, const void* const* b, void* out,
+                          int out_dtype, int64_t g_count, int64_t n, int64_t k, int64_t lda, int64_t ldb,
+                          int64_t ldc, void* stream);
+
+/* Rotary embedding in place (issue 5; rope.cu, HF rotate_half, cpp/cpu/rope.h): q [tokens,q_heads,head_dim],
+ * k [tokens,kv_heads,head_dim] dtype f32|bf16 (either NULL with 0 heads), positions [tokens] i32, inv_freq
+ * [rotary_dim/2] f32. */
+int moe_cuda_rope(int device, void* q, void* k, const int32_t* positions, const float* inv_freq, int dtype, int64_t tokens,
+                  int64_t q_heads, int64_t kv_heads, int64_t head_dim, int64_t rotary_dim, float attention_scaling,
+                  void* stream);
 
 /* --- fused MoE (issue 3; router_topk.cu, moe_experts.cu) --- */
 /* logits [t,e] f32 -> topk_ids [t,k] i32, topk_weights [t,k] f32; scoring 0 softmax, 1 sigmoid (bias [e] or NULL,

@@ -382,6 +382,75 @@ export class Backend {
   }
 
   /**
+   * Grouped GEMM (issue 3 building block): `offsets` ([G + 1] integers, offsets[0] = 0, non-decreasing) split the
+   * rows of a into G groups; group g's rows are multiplied by its own weight b[g] (nn.Linear [N, K] layout):
+   * out[r] = a[r] · b[g]ᵀ for offsets[g] ≤ r < offsets[g + 1]. a and every b[g]: bf16; out: f32 or bf16; f32
+   * accumulation. A group without rows may have b[g] = null. Rows beyond offsets[G] are left untouched.
+   * @example
+   * // x sorted by expert (moeAlign), one [I, H] weight per expert:
+   * await be.groupedGemm(xs, [w0, w1, null, w3], [0, 5, 9, 9, 12], ys)   // xs [12, H] bf16, ys [12, I] f32
+   */
+  groupedGemm(a: Tensor, b: ReadonlyArray<Tensor | null>, offsets: ArrayLike<number>, out: Tensor, options: OpOptions = {}): Promise<KernelTier> {
+    checkTensor(a, 'a', ['bf16']);
+    checkTensor(out, 'out', ['f32', 'bf16']);
+    if (a.shape.length !== 2) throw new InvalidArgumentError(`a must be 2-D, received shape [${a.shape.join(', ')}]`);
+    if (out.shape.length !== 2) throw new InvalidArgumentError(`out must be 2-D, received shape [${out.shape.join(', ')}]`);
+    const [rowsA, k] = a.shape as [number, number];
+    if (!Array.isArray(b) || b.length < 1) throw new InvalidArgumentError(`b must be a non-empty array of tensors or null, received ${String(b)}`);
+    const g = b.length;
+    if (offsets === null || typeof offsets !== 'object' || offsets.length !== g + 1) {
+      throw new InvalidArgumentError(`offsets must have ${g + 1} entries (b.length + 1), received ${offsets === null || typeof offsets !== 'object' ? String(offsets) : `${offsets.length} entries`}`);
+    }
+    const offs: number[] = [];
+    for (let i = 0; i <= g; i++) {
+      const v = offsets[i]!;
+      if (!Number.isInteger(v) || v < 0 || (i === 0 && v !== 0) || (i > 0 && v < offs[i - 1]!)) {
+        throw new InvalidArgumentError(`offsets must be integers starting at 0 and non-decreasing, received ${String(v)} at index ${i}`);
+      }
+      offs.push(v);
+    }
+    const rows = offs[g]!;
+    if (rows > rowsA) throw new InvalidArgumentError(`a must have at least offsets[${g}] = ${rows} rows, received ${rowsA}`);
+    let n = -1;
+    for (let i = 0; i < g; i++) {
+      const w = b[i];
+      if (w === null || w === undefined) {
+        if (offs[i + 1]! > offs[i]!) throw new InvalidArgumentError(`b[${i}] must be a tensor: group ${i} has ${offs[i + 1]! - offs[i]!} rows, received ${String(w)}`);
+        continue;
+      }
+      checkTensor(w, `b[${i}]`, ['bf16']);
+      if (w.shape.length !== 2 || w.shape[1] !== k) throw new InvalidArgumentError(`b[${i}] must be [N, ${k}] (K of a), received [${w.shape.join(', ')}]`);
+      if (n >= 0 && w.shape[0] !== n) throw new InvalidArgumentError(`b[${i}] must have ${n} rows like the other groups, received [${w.shape.join(', ')}]`);
+      n = w.shape[0]!;
+    }
+    if (n < 0) n = out.shape[1]!;
+    if (out.shape[1] !== n || out.shape[0]! < rows) {
+      throw new InvalidArgumentError(`out must be [>= ${rows}, ${n}], received [${out.shape.join(', ')}]`);
+    }
+    if (k < 1 || n < 1) throw new InvalidArgumentError(`K and N must be >= 1, received K=${k}, N=${n}`);
+    return this.#run('groupedGemm', options, (addon, stream, cancel) =>
+      addon.groupedGemm(
+        stream,
+        {
+          a: a.nativeArg('a'),
+          b: b.map((w, i) => (w === null || w === undefined ? null : w.nativeArg(`b[${i}]`))),
+          out: out.nativeArg('out'),
+          offsets: offs,
+          outDtype: DTYPE_CODE[out.dtype],
+          g,
+          n,
+          k,
+          lda: k,
+          ldb: k,
+          ldc: n,
+          isa: this.#isaCode(),
+        },
+        cancel,
+      ),
+    );
+  }
+
+  /**
    * Attention over a paged KV cache in host memory (f32 online softmax; GQA; a batch may mix decode, q_len = 1,
    * and prefill/extend, q_len > 1, causal over the existing prefix: query i of a sequence with kv_len L and q_len Q
    * attends to kv positions <= L - Q + i). K/V pages are [numPages, kvHeads, blockSize, headDim] (see
@@ -462,6 +531,70 @@ export class Backend {
           slidingWindow,
           numSplits,
           isa: cpu.#isaCode(),
+        },
+        cancel,
+      ),
+    );
+  }
+
+  /**
+   * Rotary position embedding in place, HF "rotate_half" convention (cpp/cpu/rope.h): for every token t and head
+   * row x of q and k, with half = rotaryDim / 2 and a = positions[t] * invFreq[i], (x[i], x[i + half]) becomes
+   * ((x[i] cos a - x[i + half] sin a) s, (x[i + half] cos a + x[i] sin a) s), s = attentionScaling; elements
+   * [rotaryDim, headDim) are unchanged. invFreq and attentionScaling come from lib/rope.ts (ropeParameters /
+   * ropeFromConfig: default, llama3 and yarn scaling). Intended call order per layer: project q, k, v; rope(q, k)
+   * at the tokens' positions; KvCache.write/append k and v; then attention (the cache stores rotated keys).
+   * CPU: every tier (positions checked when the op runs: a negative one rejects with InvalidArgumentError);
+   * CUDA: compiled, not verified on a GPU (positions are not checked there).
+   * @example
+   * const rp = ropeParameters({ theta: 1e6, rotaryDim: 128 });
+   * await be.rope({ q, k, positions, invFreq: HostTensor.from('f32', [64], rp.invFreq), attentionScaling: rp.attentionScaling });
+   */
+  rope(p: RopeParams, options: OpOptions = {}): Promise<KernelTier> {
+    if (typeof p !== 'object' || p === null) throw new InvalidArgumentError(`rope: params must be an object, received ${describe(p)}`);
+    const { q, k, positions, invFreq } = p;
+    if (q === undefined && k === undefined) throw new InvalidArgumentError('rope: give q, k or both');
+    if (q !== undefined) checkTensor(q, 'q', ['f32', 'bf16']);
+    if (k !== undefined) checkTensor(k, 'k', ['f32', 'bf16']);
+    if (q !== undefined && k !== undefined) sameDtype(q, k, 'q', 'k');
+    checkTensor(positions, 'positions', ['i32']);
+    checkTensor(invFreq, 'invFreq', ['f32']);
+    const first = (q ?? k)!;
+    for (const [t, w] of [[q, 'q'], [k, 'k']] as const) {
+      if (t !== undefined && t.shape.length !== 3) throw new InvalidArgumentError(`${w} must be [tokens, heads, headDim], received shape [${t.shape.join(', ')}]`);
+    }
+    const [tokens, , headDim] = first.shape as [number, number, number];
+    for (const [t, w] of [[q, 'q'], [k, 'k']] as const) {
+      if (t !== undefined && (t.shape[0] !== tokens || t.shape[2] !== headDim)) {
+        throw new InvalidArgumentError(`${w} must be [${tokens}, heads, ${headDim}] (q's tokens and headDim), received [${t.shape.join(', ')}]`);
+      }
+    }
+    if (positions.shape.length !== 1 || positions.shape[0] !== tokens) throw new InvalidArgumentError(`positions must be [${tokens}] (tokens), received [${positions.shape.join(', ')}]`);
+    if (invFreq.shape.length !== 1) throw new InvalidArgumentError(`invFreq must be [rotaryDim / 2], received shape [${invFreq.shape.join(', ')}]`);
+    const rotaryDim = 2 * invFreq.shape[0]!;
+    if (rotaryDim < 2 || rotaryDim > headDim || headDim > 1024) {
+      throw new InvalidArgumentError(`invFreq must hold between 1 and headDim / 2 = ${headDim / 2} entries (headDim <= 1024), received ${invFreq.shape[0]}`);
+    }
+    const attentionScaling = p.attentionScaling ?? 1;
+    if (typeof attentionScaling !== 'number' || !Number.isFinite(attentionScaling)) {
+      throw new InvalidArgumentError(`attentionScaling must be a finite number, received ${describe(p.attentionScaling)}`);
+    }
+    return this.#run('rope', options, (addon, stream, cancel) =>
+      addon.rope(
+        stream,
+        {
+          ...(q === undefined ? {} : { q: q.nativeArg('q') }),
+          ...(k === undefined ? {} : { k: k.nativeArg('k') }),
+          positions: positions.nativeArg('positions'),
+          invFreq: invFreq.nativeArg('invFreq'),
+          dtype: DTYPE_CODE[first.dtype],
+          tokens,
+          qHeads: q === undefined ? 0 : q.shape[1]!,
+          kvHeads: k === undefined ? 0 : k.shape[1]!,
+          headDim,
+          rotaryDim,
+          attentionScaling,
+          isa: this.#isaCode(),
         },
         cancel,
       ),
@@ -737,6 +870,20 @@ export class Backend {
       },
     );
   }
+}
+
+/** Arguments of {@link Backend.rope}. */
+export interface RopeParams {
+  /** [tokens, qHeads, headDim] f32 | bf16, rotated in place */
+  q?: Tensor;
+  /** [tokens, kvHeads, headDim], q's dtype, rotated in place */
+  k?: Tensor;
+  /** [tokens] i32 absolute positions (any order) */
+  positions: Tensor;
+  /** [rotaryDim / 2] f32 (lib/rope.ts ropeParameters) */
+  invFreq: Tensor;
+  /** multiplies cos / sin (yarn attention factor); default 1 */
+  attentionScaling?: number;
 }
 
 /** Arguments of {@link Backend.attention}. */

@@ -19,7 +19,9 @@ export {
   type CpuIsa,
   type OpOptions,
   type AttentionParams,
+  type RopeParams,
 } from './backend.js';
+export { ropeParameters, ropeFromConfig, ropeScalingFromHf, yarnSoftmaxScale, type RopeScaling, type RopeParameters } from './rope.js';
 export { KvCache, type KvCacheOptions, type KvBatch } from './kv/cache.js';
 export { HostTensor, PinnedBuffer, DeviceTensor, HostRegistration, checkShape, numelOf, type Shape, type Tensor, type Placement } from './tensor.js';
 export { Stream, Event } from './stream.js';

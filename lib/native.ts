@@ -102,6 +102,8 @@ export interface NativeAddon {
   info(detail?: boolean): NativeInfo;
   memoryStats(): NativeMemoryStats;
   allocAsync(stream: NativeStream, params: { backend: 0 | 1; device: number; kind: 0 | 1; bytes: number }, cancel?: NativeCancelToken): Promise<NativeMemory>;
+  /** Bench only: one timed multithreaded read pass (a sum) over `data`; see cpp/cpu/read_probe.h. */
+  readProbe(data: Float32Array): { seconds: number; sum: number };
   copy: OpFn<{ src: NativeTensorArg; dst: NativeTensorArg }>;
   routerTopK: OpFn<{
     logits: NativeTensorArg;
@@ -123,6 +125,20 @@ export interface NativeAddon {
     k: number;
     e: number;
     blockSize: number;
+  }>;
+  groupedGemm: OpFn<{
+    a: NativeTensorArg;
+    b: Array<NativeTensorArg | null>;
+    out: NativeTensorArg;
+    offsets: number[];
+    outDtype: number;
+    g: number;
+    n: number;
+    k: number;
+    lda: number;
+    ldb: number;
+    ldc: number;
+    isa?: number;
   }>;
   moeExperts: OpFn<{
     x: NativeTensorArg;
@@ -151,6 +167,20 @@ export interface NativeAddon {
     lda: number;
     ldb: number;
     ldc: number;
+    isa?: number;
+  }>;
+  rope: OpFn<{
+    q?: NativeTensorArg;
+    k?: NativeTensorArg;
+    positions: NativeTensorArg;
+    invFreq: NativeTensorArg;
+    dtype: number;
+    tokens: number;
+    qHeads: number;
+    kvHeads: number;
+    headDim: number;
+    rotaryDim: number;
+    attentionScaling: number;
     isa?: number;
   }>;
   gatherRows: OpFn<{ src: NativeTensorArg; srcRows: number; rowBytes: number; ids: NativeTensorArg; n: number; dst: NativeTensorArg }>;

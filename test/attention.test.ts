@@ -401,3 +401,43 @@ void test('KvCache: pages, fork with shared prefix and copy on write, typed out-
   assert.throws(() => KvCache.create(be, { layers: 1, kvHeads: 1, headDim: 64, budgetBytes: 10 }), InvalidArgumentError);
   assert.throws(() => KvCache.create(be, { layers: 1, kvHeads: 1, headDim: 80, budgetBytes: 1 << 20 }), /64, 128 or 256/);
 });
+
+void test('attention: cancelling an in-flight prefill rejects with the signal reason and stops early (cpu-scalar)', async () => {
+  const hb = harnessBackends().find((b) => b.name === 'cpu-scalar' && b.available);
+  assert.ok(hb, 'cpu-scalar backend');
+  const be = hb.open();
+  // one sequence, q_len = kv_len = 1024, 8 heads, head_dim 128: ~1 GFLOP, >= ~1 s on the scalar tier (2 cores)
+  const L = 1024;
+  const H = 8;
+  const hd = 128;
+  const bs = 16;
+  const nb = L / bs;
+  const r = rng(4242);
+  const q = HostTensor.from('f32', [L, H, hd], Array.from({ length: L * H * hd }, () => r() - 0.5));
+  const k = HostTensor.from('f32', [nb, H, bs, hd], Array.from({ length: nb * H * bs * hd }, () => r() - 0.5));
+  const v = HostTensor.from('f32', [nb, H, bs, hd], Array.from({ length: nb * H * bs * hd }, () => r() - 0.5));
+  const out = new HostTensor('f32', [L, H, hd]);
+  const p = {
+    q,
+    k,
+    v,
+    out,
+    blockTables: HostTensor.from('i32', [1, nb], Int32Array.from({ length: nb }, (_, i) => nb - 1 - i)),
+    kvLens: HostTensor.from('i32', [1], Int32Array.from([L])),
+    qLens: HostTensor.from('i32', [1], Int32Array.from([L])),
+  };
+  let t0 = performance.now();
+  await be.attention(p);
+  const full = performance.now() - t0;
+  const ac = new AbortController();
+  const reason = new Error('user stopped the prefill');
+  t0 = performance.now();
+  const pending = be.attention(p, { signal: ac.signal });
+  const delay = Math.min(50, full / 10);
+  await new Promise((res) => setTimeout(res, delay)); // the op has started: nothing else is queued on the stream
+  ac.abort(reason);
+  await assert.rejects(pending, (e: unknown) => e === reason || (e instanceof Error && /user stopped the prefill/.test(e.message)));
+  const took = performance.now() - t0;
+  // work items are <= 16 query tokens x 1024 keys of one head group (~1/500 of the op): it stops within a few items
+  assert.ok(took < full / 2, `cancelled op took ${took.toFixed(0)} ms, the full op ${full.toFixed(0)} ms`);
+});

@@ -8,6 +8,7 @@ import { test } from 'node:test';
 
 import { HostTensor, type KernelTier, bf16ToF32, f16ToF32 } from '../lib/index.js';
 import { harnessBackends, onBackend } from './harness/backends.js';
+import { randomTensor, values } from './harness/inputs.js';
 import { type OpCase, runCaseTable } from './harness/table.js';
 import { BF16, F16, decode, f32FromBits, isNaNBits16, nmse, refConvertTo, refGemm, rng } from './harness/ref.js';
 
@@ -33,24 +34,7 @@ function specialF32(n: number, seed: number): Float32Array {
   return new Float32Array(u.buffer);
 }
 
-/** Uniform values in [-1, 1] / 10 (vLLM's fused-MoE input scale), as the given dtype. */
-function randomTensor(dtype: 'f32' | 'bf16' | 'f16', shape: number[], seed: number): HostTensor {
-  const r = rng(seed);
-  const n = shape.reduce((a, b) => a * b, 1);
-  const v = new Float32Array(n);
-  for (let i = 0; i < n; i++) v[i] = (r() * 2 - 1) / 10;
-  return HostTensor.from(dtype, shape, v);
-}
 
-/** Element values as float64 (bf16/f16 decoded exactly). */
-function values(t: HostTensor): Float64Array {
-  const d = t.data;
-  const out = new Float64Array(d.length);
-  for (let i = 0; i < d.length; i++) {
-    out[i] = t.dtype === 'bf16' ? decode(d[i]!, BF16) : t.dtype === 'f16' ? decode(d[i]!, F16) : d[i]!;
-  }
-  return out;
-}
 
 // ---- cases -----------------------------------------------------------------------------------------------------
 

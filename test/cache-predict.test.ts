@@ -116,3 +116,54 @@ void test('simulator: deterministic, capacity-safe, Belady bounds demand policie
   assert.throws(() => simulate(trace, { ...base, policy: 'lru', capacity: 4 }), /options.capacity must be an integer in \[8, 1024\], received 4/);
   assert.throws(() => simulate(trace, { ...base, policy: 'fifo' as 'lru' }), /options.policy must be one of/);
 });
+
+void test('the predictor inserts its map with the similarities it already holds: same replacement as a full pass', () => {
+  const t = generateTrace({ stats: olmoe, numLayers: 16, numExperts: 64, topK: 8, requests: 12, iterations: [4, 6], seed: 17 });
+  const L = 16;
+  const E = 64;
+  const mk = () => new ExpertMapStore({ numLayers: L, numExperts: E, embedDim: t.embedDim, capacity: 8, prefetchDistance: 3 });
+  const fast = mk();
+  const full = mk();
+  const p = new FineMoePredictor(fast, { topK: 8, prefetchDistance: 3 });
+  let replaced = 0;
+  for (const r of t.requests) {
+    p.beginRequest();
+    for (let it = 0; it < r.iterations; it++) {
+      p.beginIteration(r.embedding);
+      const g = r.gates!.subarray(it * L * E, (it + 1) * L * E);
+      for (let l = 0; l < L; l++) p.observeLayer(l, g.subarray(l * E, (l + 1) * E));
+      const expect = full.size === full.capacity ? full.mostRedundant(normalise(r.embedding), g) : full.size;
+      p.endIteration(); // incremental path
+      full.add(r.embedding, g); // full pass
+      if (fast.replacements > replaced) {
+        replaced = fast.replacements;
+        assert.equal(Array.from(fast.maps).join(), Array.from(full.maps).join(), 'stores diverged');
+      }
+      assert.ok(expect >= 0);
+    }
+  }
+  assert.ok(replaced > 20, `only ${replaced} replacements exercised`);
+});
+
+function normalise(v: Float32Array): Float32Array {
+  const n = Math.hypot(...v) || 1;
+  return v.map((x) => x / n);
+}
+
+void test('simulator prefetch engineering: link cap, cancellation and lane model options behave as documented', () => {
+  const trace = generateTrace({ stats: olmoe, numLayers: 16, numExperts: 64, topK: 8, requests: 12, iterations: [6, 8], seed: 23 });
+  const base = { policy: 'finemoe' as const, capacity: 256, prefetchDistance: 2, expertBytes: 12.6e6, bandwidthBytesPerMs: 55e6, layerComputeMs: 0.4, warmupRequests: 6, storeCapacity: 64 };
+  // no compute time: nothing can arrive before its layer, so the link cap admits no prefetch
+  assert.equal(simulate(trace, { ...base, layerComputeMs: 0 }).prefetches, 0);
+  const capped = simulate(trace, base);
+  const uncapped = simulate(trace, { ...base, prefetchCap: 'none' });
+  assert.ok(capped.prefetches > 0 && capped.prefetches < uncapped.prefetches, `capped ${capped.prefetches} vs uncapped ${uncapped.prefetches}`);
+  assert.equal(simulate(trace, { ...base, prefetchCap: 'none', cancelRouted: false }).prefetchCancelled, 0);
+  assert.ok(uncapped.prefetchCancelled > 0);
+  // whole-expert non-preemptive copies make demands wait behind prefetches: never less stall than chunked
+  const whole = simulate(trace, { ...base, prefetchCap: 'none', laneModel: 'whole' });
+  assert.ok(whole.stallMs >= uncapped.stallMs * 0.98, `whole ${whole.stallMs} vs chunked ${uncapped.stallMs}`);
+  for (const r of [capped, uncapped, whole]) assert.equal(r.prefetchUsed + r.prefetchWasted <= r.prefetches + 64 * 16, true);
+  assert.throws(() => simulate(trace, { ...base, laneModel: 'pcie' as 'whole' }), /options.laneModel must be 'chunked' or 'whole', received "pcie"/);
+  assert.throws(() => simulate(trace, { ...base, prefetchCap: 'x' as 'none' }), /options.prefetchCap must be 'link', 'start' or 'none'/);
+});

@@ -171,3 +171,30 @@ void test('property: random workloads never deadlock, leak slots, exceed capacit
     assert.equal(cache.residents().every((r) => r.pins === 0), true);
   }
 });
+
+void test('a demand goes to the engine at once, even while prefetches fill the prefetch lanes (the engine orders it first)', async () => {
+  const { cache, engine } = make(6);
+  cache.prefetch(0, 0, 0.9); // takes the one prefetch lane
+  cache.prefetch(0, 1, 0.8); // waits in the cache, cancellable
+  const d = cache.acquire(1, 2);
+  await flush();
+  assert.deepEqual(engine.log.map((r) => `${r.layer}:${r.expert}:${r.priority}`), ['0:0:prefetch', '1:2:demand'], 'the demand must not wait for the in-flight prefetch to finish before it is submitted');
+  assert.equal(cache.inFlight, 2);
+  assert.equal(cache.queued, 1);
+  while (await engine.completeNext());
+  (await d).release();
+  assert.equal(engine.log.length, 3);
+});
+
+void test('a demand for an expert whose prefetch is already copying promotes that copy in the engine', async () => {
+  const { cache, engine } = make(6);
+  cache.prefetch(0, 3, 0.9);
+  await flush();
+  const slot = engine.log[0]!.slot;
+  const d = cache.acquire(0, 3);
+  await flush();
+  assert.deepEqual(engine.promoted, [slot]);
+  assert.equal(engine.log.length, 1, 'no second fetch for the same expert');
+  while (await engine.completeNext());
+  (await d).release();
+});

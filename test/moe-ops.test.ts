@@ -12,27 +12,14 @@ import { test } from 'node:test';
 
 import { type Backend, type ExpertTable, HostTensor, InvalidArgumentError, type KernelTier, type Tensor } from '../lib/index.js';
 import { harnessBackends, onBackend } from './harness/backends.js';
-import { BF16, decode, rng } from './harness/ref.js';
+import { rng } from './harness/ref.js';
+import { randomBf16, values } from './harness/inputs.js';
 import { type OpCase, runCaseTable } from './harness/table.js';
 
 const CASES: OpCase[] = [];
 
 // ---- inputs and references -------------------------------------------------------------------------------------
 
-/** Uniform values in [-1, 1) / 10 as bf16. */
-function randomBf16(shape: number[], seed: number): HostTensor<'bf16'> {
-  const r = rng(seed);
-  const n = shape.reduce((a, b) => a * b, 1);
-  const v = new Float32Array(n);
-  for (let i = 0; i < n; i++) v[i] = (r() * 2 - 1) / 10;
-  return HostTensor.from('bf16', shape, v) as HostTensor<'bf16'>;
-}
-function bf16Values(t: HostTensor): Float64Array {
-  const d = t.data as Uint16Array;
-  const out = new Float64Array(d.length);
-  for (let i = 0; i < d.length; i++) out[i] = decode(d[i]!, BF16);
-  return out;
-}
 
 /** k distinct experts per token (uniform), as topk routing would give. */
 function randomIds(t: number, k: number, e: number, seed: number): Int32Array {
@@ -93,8 +80,8 @@ function makeProblem(o: { t: number; h: number; inter: number; e: number; k: num
 /** float64 reference of the MoE layer (no intermediate rounding). */
 function refMoe(p: MoeProblem): Float64Array {
   const { t, h, inter, k } = p;
-  const x = bf16Values(p.x);
-  const vals = p.weights.map((wt) => (wt ? { g: bf16Values(wt.gate), u: bf16Values(wt.up), d: bf16Values(wt.down) } : undefined));
+  const x = values(p.x);
+  const vals = p.weights.map((wt) => (wt ? { g: values(wt.gate), u: values(wt.up), d: values(wt.down) } : undefined));
   const y = new Float64Array(t * h);
   const act = new Float64Array(inter);
   for (let i = 0; i < t; i++) {

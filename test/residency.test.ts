@@ -143,6 +143,24 @@ void test('a demand fetch issued behind 1 GB of queued prefetch completes first'
   engine.dispose();
 });
 
+void test('promoting a queued prefetch moves its remaining chunks ahead of the other prefetches', async () => {
+  const engine = new TransferEngine(be, { chunkBytes: 1 << 20, maxInFlight: 1 });
+  using host = be.allocPinned(96 << 20);
+  using dev = be.alloc('u8', [96 << 20]);
+  const order: string[] = [];
+  const ts = ['a', 'b', 'c'].map((name, i) => {
+    const t = engine.submit(host.tensor('u8', [32 << 20], i * (32 << 20)), dev.bytesView(i * (32 << 20), 32 << 20), { priority: 'prefetch' });
+    void t.done.then(() => order.push(name));
+    return t;
+  });
+  assert.equal(ts[2]!.promote(), true);
+  assert.equal(ts[2]!.priority, 'demand');
+  assert.equal(ts[2]!.promote(), false, 'already demand');
+  await Promise.all(ts.map((t) => t.done));
+  assert.equal(order[0], 'c', `completion order ${order.join(', ')}`);
+  engine.dispose();
+});
+
 void test('cancelling queued prefetches stops their chunks; the rest still completes', async () => {
   const engine = new TransferEngine(be, { chunkBytes: 1 << 20, maxInFlight: 1 });
   using host = be.allocPinned(64 << 20);

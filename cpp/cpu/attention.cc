@@ -11,9 +11,10 @@
 // bf16: output NMSE ~1e-6 against float64). Scores of 16 keys are reduced together (reduce16). The vector tiers
 // prefetch the next page of the item while streaming the current one (pages are scattered). Exp is a degree-6
 // polynomial on 2^n scaling (relative error ~2e-7 for the arguments here, which are all <= 0).
-// Measured (bench/native/attention_bench.cc, 2-core AMD EPYC VM): decode 35-63% of a streaming-read probe at
-// block 64 depending on the GQA ratio (compute-bound at g >= 8 on this machine), prefill ~45% of the vdpbf16ps
-// peak; the targets (80% / 50%) are not reached yet.
+// Measured (bench/native/attention_bench.cc, 2-core AMD EPYC VM, noisy: other builds shared the 2 cores): decode
+// 20-48% of a streaming-read probe at block 64 depending on the GQA ratio, prefill 35-45% of the vdpbf16ps peak;
+// the bf16 tier now blocks 16 keys at a time so a group's rows read K/V from L1 (in-cache decode at g = 4 went
+// from ~18 to ~22 GB/s); the targets (80% / 50%) are not reached yet.
 #include "attention.h"
 
 #include <algorithm>
@@ -289,78 +290,111 @@ MOE_TARGET_AVX512 void chunk_avx512(const Chunk& ch) {
 
 // ---- AVX-512 BF16 -------------------------------------------------------------------------------------------------
 // q . k: vdpbf16ps straight from the bf16 K page, 16 keys at a time reduced together (reduce16).
-// p . V: vdpbf16ps too. V rows j, j+1 are interleaved once per chunk (shared by the g rows of the group) into
-// bf16 pairs; p is rounded to bf16 (relative 2^-9 per probability, NMSE ~1e-6 on the output). The interleave
-// (vpunpck{l,h}wd works within 128-bit lanes) leaves acc in a permuted column order: acc element 16 i + 4 L + e
-// holds column 32 (i / 2) + 8 L + 4 (i % 2) + e. The driver restores the order after the item (unpermute_bf16).
+// p . V: vdpbf16ps too, on V rows j, j+1 interleaved into bf16 pairs; p is rounded to bf16 (relative 2^-9 per
+// probability, NMSE ~1e-6 on the output). The interleave (vpunpck{l,h}wd works within 128-bit lanes) leaves acc in
+// a permuted column order: acc element 16 i + 4 L + e holds column 32 (i / 2) + 8 L + 4 (i % 2) + e. The driver
+// restores the order after the item (unpermute_bf16).
+// Blocking (the GQA fix): the g = R rows of a group used to stream the whole page each (32 KiB of K + V per row at
+// head_dim 128 does not stay in L1, so every row re-read the page from L2 and decode went compute/L2-bound at
+// g >= 4). Now both passes go over blocks of 16 keys: the K block (4 KiB) is read from memory once and then from L1
+// by every row; the V block is interleaved once into a 4 KiB L1 buffer that every row's p . V reads. Probabilities
+// are packed in place into bf16 pairs (s[k] holds the pair of keys 2k, 2k+1 as 32 bits).
 template <int HD>
 MOE_TARGET_AVX512BF16 void chunk_avx512bf16(const Chunk& ch) {
   const int c = chunk_extent(ch);
   if (c == 0) return;
-  const int npairs = (c + 1) / 2;
-  // V pairs: [npairs][HD / 16] zmm in the vf scratch (c * HD floats >= npairs * HD bf16 pairs)
-  __m512i* vp = reinterpret_cast<__m512i*>(ch.vf);
+  const uint16_t* kb = static_cast<const uint16_t*>(ch.k);
   const uint16_t* vb = static_cast<const uint16_t*>(ch.v);
-  for (int k = 0; k < npairs; ++k) {
-    const uint16_t* r0 = vb + static_cast<size_t>(2 * k) * HD;
-    const bool two = 2 * k + 1 < c;
-    prefetch_span(ch.nv, static_cast<size_t>(2 * k) * HD * 2, 2 * HD * 2);  // the next page's rows 2k, 2k+1
-    prefetch_span(ch.nk, static_cast<size_t>(2 * k) * HD * 2, 2 * HD * 2);
-    for (int b = 0; b < HD / 32; ++b) {
-      __m512i a = _mm512_loadu_si512(r0 + 32 * b);
-      __m512i n = two ? _mm512_loadu_si512(r0 + HD + 32 * b) : _mm512_setzero_si512();
-      _mm512_storeu_si512(vp + static_cast<size_t>(k) * (HD / 16) + 2 * b, _mm512_unpacklo_epi16(a, n));
-      _mm512_storeu_si512(vp + static_cast<size_t>(k) * (HD / 16) + 2 * b + 1, _mm512_unpackhi_epi16(a, n));
+  // ---- scores, blocks of 16 keys
+  for (int j0 = 0; j0 < c; j0 += 16) {
+    const int jn = c - j0 < 16 ? c - j0 : 16;
+    prefetch_span(ch.nk, static_cast<size_t>(j0) * HD * 2, static_cast<size_t>(jn) * HD * 2);  // next page, same block
+    prefetch_span(ch.nv, static_cast<size_t>(j0) * HD * 2, static_cast<size_t>(jn) * HD * 2);
+    for (int r = 0; r < ch.R; ++r) {
+      const int jlo = ch.jlo[r], jhi = ch.jhi[r];
+      if (jlo > jhi || jhi < j0 || jlo >= j0 + jn) continue;
+      __m512bh q[HD / 32];
+      for (int i = 0; i < HD / 32; ++i) q[i] = (__m512bh)_mm512_loadu_si512(ch.qb + static_cast<size_t>(r) * HD + 32 * i);
+      float* s = ch.s + static_cast<size_t>(r) * ch.s_stride;
+      if (jn == 16) {
+        __m512 d[16];
+        for (int t = 0; t < 16; ++t) {
+          const uint16_t* kr = kb + static_cast<size_t>(j0 + t) * HD;
+          __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), q[0], (__m512bh)_mm512_loadu_si512(kr));
+          for (int i = 1; i < HD / 32; ++i) a = _mm512_dpbf16_ps(a, q[i], (__m512bh)_mm512_loadu_si512(kr + 32 * i));
+          d[t] = a;
+        }
+        _mm512_storeu_ps(s + j0, reduce16(d));
+      } else {
+        for (int j = j0; j < c; ++j) {
+          const uint16_t* kr = kb + static_cast<size_t>(j) * HD;
+          __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), q[0], (__m512bh)_mm512_loadu_si512(kr));
+          for (int i = 1; i < HD / 32; ++i) a = _mm512_dpbf16_ps(a, q[i], (__m512bh)_mm512_loadu_si512(kr + 32 * i));
+          s[j] = _mm512_reduce_add_ps(a);
+        }
+      }
     }
   }
-  const uint16_t* kb = static_cast<const uint16_t*>(ch.k);
+  // ---- online softmax per row, acc *= corr, probabilities -> bf16 pairs in place
+  int kmin = c, kmax = -1;
   for (int r = 0; r < ch.R; ++r) {
     const int jlo = ch.jlo[r], jhi = ch.jhi[r];
     if (jlo > jhi) continue;
-    __m512bh q[HD / 32];
-    for (int i = 0; i < HD / 32; ++i) q[i] = (__m512bh)_mm512_loadu_si512(ch.qb + static_cast<size_t>(r) * HD + 32 * i);
-    float* s = ch.s + static_cast<size_t>(r) * ch.s_stride;
-    int j = jlo;
-    for (; j + 16 <= jhi + 1; j += 16) {
-      __m512 d[16];
-      for (int t = 0; t < 16; ++t) {
-        const uint16_t* kr = kb + static_cast<size_t>(j + t) * HD;
-        __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), q[0], (__m512bh)_mm512_loadu_si512(kr));
-        for (int i = 1; i < HD / 32; ++i) a = _mm512_dpbf16_ps(a, q[i], (__m512bh)_mm512_loadu_si512(kr + 32 * i));
-        d[t] = a;
-      }
-      _mm512_storeu_ps(s + j, reduce16(d));
-    }
-    for (; j <= jhi; ++j) {
-      const uint16_t* kr = kb + static_cast<size_t>(j) * HD;
-      __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), q[0], (__m512bh)_mm512_loadu_si512(kr));
-      for (int i = 1; i < HD / 32; ++i) a = _mm512_dpbf16_ps(a, q[i], (__m512bh)_mm512_loadu_si512(kr + 32 * i));
-      s[j] = _mm512_reduce_add_ps(a);
-    }
     const float corr = softmax_row_512(ch, r);
+    float* acc = ch.acc + static_cast<size_t>(r) * HD;
+    const __m512 vc = _mm512_set1_ps(corr);
+    for (int i = 0; i < HD / 16; ++i) _mm512_storeu_ps(acc + 16 * i, _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * i), vc));
+    float* s = ch.s + static_cast<size_t>(r) * ch.s_stride;
     // probabilities outside [jlo, jhi] are 0 in the pairs (s_stride leaves room for the even round-up)
     const int k0 = jlo / 2, k1 = jhi / 2;
     if (jlo % 2) s[jlo - 1] = 0.0f;
     if (jhi % 2 == 0) s[jhi + 1] = 0.0f;
-    uint16_t pb[2 * 4096 / 2 + 32];  // bf16 probabilities of [2 k0, 2 k1 + 2)
-    const int n = 2 * (k1 - k0 + 1);
-    for (int i = 0; i < n; i += 16) {
-      __mmask16 m = simd::tail_mask16(static_cast<size_t>(n - i));
-      __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, s + 2 * k0 + i));
-      _mm256_mask_storeu_epi16(pb + i, m, (__m256i)h);
+    kmin = k0 < kmin ? k0 : kmin;
+    kmax = k1 > kmax ? k1 : kmax;
+    // pair k (floats 2k, 2k+1) -> 32 bits at s[k]; writes never pass unread floats (k <= 2k)
+    const int np = k1 - k0 + 1;
+    for (int m = 0; m < np; m += 16) {
+      const int left = np - m;
+      const __mmask16 lo = simd::tail_mask16(static_cast<size_t>(2 * left));
+      const __mmask16 hi = left > 8 ? simd::tail_mask16(static_cast<size_t>(2 * left - 16)) : static_cast<__mmask16>(0);
+      const float* src = s + 2 * (k0 + m);
+      const __m512 a = _mm512_maskz_loadu_ps(lo, src), b = _mm512_maskz_loadu_ps(hi, src + 16);
+      const __m512i pk = (__m512i)_mm512_cvtne2ps_pbh(b, a);
+      _mm512_mask_storeu_epi32(s + k0 + m, simd::tail_mask16(static_cast<size_t>(left)), pk);
     }
-    float* acc = ch.acc + static_cast<size_t>(r) * HD;
-    const __m512 vc = _mm512_set1_ps(corr);
-    __m512 a[HD / 16];
-    for (int i = 0; i < HD / 16; ++i) a[i] = _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * i), vc);
-    for (int k = k0; k <= k1; ++k) {
-      uint32_t pair;
-      __builtin_memcpy(&pair, pb + 2 * (k - k0), 4);
-      const __m512bh pp = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
-      const __m512i* vr = vp + static_cast<size_t>(k) * (HD / 16);
-      for (int i = 0; i < HD / 16; ++i) a[i] = _mm512_dpbf16_ps(a[i], pp, (__m512bh)_mm512_loadu_si512(vr + i));
+  }
+  if (kmax < kmin) return;
+  // ---- p . V, blocks of 8 pairs (16 keys) interleaved once into an L1 buffer shared by every row
+  alignas(64) __m512i vp[8 * (HD / 16)];
+  for (int kb0 = kmin - kmin % 8; kb0 <= kmax; kb0 += 8) {
+    const int kb1 = kb0 + 7 < kmax ? kb0 + 7 : kmax;  // pairs [kb0, kb1]
+    for (int k = kb0; k <= kb1; ++k) {
+      const uint16_t* r0 = vb + static_cast<size_t>(2 * k) * HD;
+      const bool two = 2 * k + 1 < c;
+      __m512i* dst = vp + static_cast<size_t>(k - kb0) * (HD / 16);
+      for (int b = 0; b < HD / 32; ++b) {
+        __m512i a = _mm512_loadu_si512(r0 + 32 * b);
+        __m512i n = two ? _mm512_loadu_si512(r0 + HD + 32 * b) : _mm512_setzero_si512();
+        dst[2 * b] = _mm512_unpacklo_epi16(a, n);
+        dst[2 * b + 1] = _mm512_unpackhi_epi16(a, n);
+      }
     }
-    for (int i = 0; i < HD / 16; ++i) _mm512_storeu_ps(acc + 16 * i, a[i]);
+    for (int r = 0; r < ch.R; ++r) {
+      const int jlo = ch.jlo[r], jhi = ch.jhi[r];
+      if (jlo > jhi) continue;
+      const int k0 = jlo / 2 > kb0 ? jlo / 2 : kb0, k1 = jhi / 2 < kb1 ? jhi / 2 : kb1;
+      if (k0 > k1) continue;
+      const uint32_t* pr = reinterpret_cast<const uint32_t*>(ch.s + static_cast<size_t>(r) * ch.s_stride);
+      float* acc = ch.acc + static_cast<size_t>(r) * HD;
+      __m512 a[HD / 16];
+      for (int i = 0; i < HD / 16; ++i) a[i] = _mm512_loadu_ps(acc + 16 * i);
+      for (int k = k0; k <= k1; ++k) {
+        const __m512bh pp = (__m512bh)_mm512_set1_epi32(static_cast<int>(pr[k]));
+        const __m512i* vr = vp + static_cast<size_t>(k - kb0) * (HD / 16);
+        for (int i = 0; i < HD / 16; ++i) a[i] = _mm512_dpbf16_ps(a[i], pp, (__m512bh)vr[i]);
+      }
+      for (int i = 0; i < HD / 16; ++i) _mm512_storeu_ps(acc + 16 * i, a[i]);
+    }
   }
 }
 

@@ -10,12 +10,20 @@
 // The intermediate act is kept in bf16, not f32: the second GEMM then runs vdpbf16ps straight on it (no f32
 // packing), it halves that buffer's traffic, and it is what the tensor-core kernels do (their A operand is bf16).
 // Its rounding (relative 2^-9 per element, independent across the inter sum) is far below the 1e-2 tolerance.
+// Decode path (avx512bf16 tier, an expert with <= kStreamMaxRows routed rows): steps 2 and 3 become weight
+// streaming. A work item is (expert, block of kStreamRows weight rows); each weight row is read from memory exactly
+// once, front to back over the full k (no k blocking, so the hardware prefetcher sees long sequential streams),
+// against all of that expert's rows at once: a dot-product kernel of up to 4 x rows by 4 weight rows (16 zmm
+// accumulators, vdpbf16ps, 64-byte loads). GEMM1 takes gate rows j, j+1 and up rows j, j+1 as its 4 weight rows,
+// so gate and up are one pass and SwiGLU is applied on the sums right away. Items of one expert are consecutive,
+// so the pool's threads stream different rows of the same expert. Larger experts (prefill) take the blocked GEMM.
 // Chunks bound the scratch memory (rows * max(h, inter) * 4 bytes <= 64 MiB); weights are re-read per chunk,
 // which only happens at prefill sizes where the GEMMs are compute-bound anyway.
 #include "moe_experts.h"
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -24,6 +32,7 @@
 #include "../core/error.h"
 #include "../core/threadpool.h"
 #include "gemm.h"
+#include "simd.h"
 
 namespace moe::cpu {
 
@@ -31,6 +40,19 @@ namespace {
 
 constexpr int64_t kTileN = 64;                       // columns per work item (the GEMM kernels' n tile)
 constexpr int64_t kScratchBytes = int64_t{64} << 20;  // per chunk: rows * max(h, inter) f32
+constexpr int64_t kStreamMaxRows = 16;  // an expert with at most this many rows takes the streaming path
+constexpr int64_t kStreamRows = 64;     // weight rows per streaming work item (gate/up: 64 of each)
+// Software prefetch distance along a weight row, in bf16 values; 0 = off (the default: rows j..j+3 are contiguous, so
+// the hardware prefetcher already sees one sequential stream; 1024 measured slower at decode on the Zen 4 VM).
+// MOE_STREAM_PREFETCH=<bf16 values> overrides it: a tuning knob for benches (read once per process).
+constexpr int64_t kPrefetch = 0;
+int64_t prefetch_distance() {
+  static const int64_t d = [] {
+    const char* v = std::getenv("MOE_STREAM_PREFETCH");
+    return v != nullptr ? std::strtoll(v, nullptr, 10) : kPrefetch;
+  }();
+  return d;
+}
 
 void require(bool ok, const std::string& what) {
   if (!ok) throw_error(ErrorCode::InvalidArgument, "moeExperts: " + what);
@@ -47,6 +69,75 @@ float* scratch_f32(size_t n) {
   static thread_local std::vector<float> buf;
   if (buf.size() < n) buf.resize(n);
   return buf.data();
+}
+
+
+#if MOE_X86
+MOE_TARGET_AVX512BF16 inline __m512 sdp(__m512 c, __m512i x, __m512i y) {
+  return _mm512_dpbf16_ps(c, (__m512bh)x, (__m512bh)y);
+}
+// MT rows of x times 4 weight rows, [kk] bf16 each, over the full kk: sums[r * 4 + c] = dot(x[r], w[c]).
+// One accumulator per output, k in order: the same inputs give bitwise the same sums.
+template <int MT>
+MOE_TARGET_AVX512BF16 void stream_dot(const uint16_t* const* x, const uint16_t* const* w, int64_t kk, int64_t pf,
+                                      float* sums) {
+  __m512 acc[MT][4];
+  for (int r = 0; r < MT; ++r)
+    for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
+  const uint16_t *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+  int64_t p = 0;
+  for (; p + 32 <= kk; p += 32) {
+    if (pf > 0) {  // a hint only: prefetching past the end of a row is harmless
+      _mm_prefetch(reinterpret_cast<const char*>(w0 + p + pf), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w1 + p + pf), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w2 + p + pf), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w3 + p + pf), _MM_HINT_T0);
+    }
+    const __m512i y0 = _mm512_loadu_si512(w0 + p), y1 = _mm512_loadu_si512(w1 + p),
+                  y2 = _mm512_loadu_si512(w2 + p), y3 = _mm512_loadu_si512(w3 + p);
+#pragma GCC unroll 4
+    for (int r = 0; r < MT; ++r) {
+      const __m512i xv = _mm512_loadu_si512(x[r] + p);
+      acc[r][0] = sdp(acc[r][0], xv, y0);
+      acc[r][1] = sdp(acc[r][1], xv, y1);
+      acc[r][2] = sdp(acc[r][2], xv, y2);
+      acc[r][3] = sdp(acc[r][3], xv, y3);
+    }
+  }
+  if (p < kk) {
+    const int64_t left = kk - p;
+    const __mmask32 m = left >= 32 ? static_cast<__mmask32>(0xffffffffu) : static_cast<__mmask32>((1u << left) - 1u);
+    const __m512i y0 = _mm512_maskz_loadu_epi16(m, w0 + p), y1 = _mm512_maskz_loadu_epi16(m, w1 + p),
+                  y2 = _mm512_maskz_loadu_epi16(m, w2 + p), y3 = _mm512_maskz_loadu_epi16(m, w3 + p);
+#pragma GCC unroll 4
+    for (int r = 0; r < MT; ++r) {
+      const __m512i xv = _mm512_maskz_loadu_epi16(m, x[r] + p);
+      acc[r][0] = sdp(acc[r][0], xv, y0);
+      acc[r][1] = sdp(acc[r][1], xv, y1);
+      acc[r][2] = sdp(acc[r][2], xv, y2);
+      acc[r][3] = sdp(acc[r][3], xv, y3);
+    }
+  }
+  for (int r = 0; r < MT; ++r)
+    for (int c = 0; c < 4; ++c) sums[r * 4 + c] = _mm512_reduce_add_ps(acc[r][c]);
+}
+#endif
+
+// rows of x (any count) times 4 weight rows: groups of up to 4 x rows. sums [rows, 4].
+void stream_dot_rows(const uint16_t* const* x, int64_t rows, const uint16_t* const* w, int64_t kk, float* sums) {
+#if MOE_X86
+  const int64_t pf = prefetch_distance();
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) stream_dot<4>(x + r, w, kk, r == 0 ? pf : 0, sums + r * 4);
+  switch (rows - r) {  // only the first group streams from memory: the others find the rows in cache
+    case 3: stream_dot<3>(x + r, w, kk, r == 0 ? pf : 0, sums + r * 4); break;
+    case 2: stream_dot<2>(x + r, w, kk, r == 0 ? pf : 0, sums + r * 4); break;
+    case 1: stream_dot<1>(x + r, w, kk, r == 0 ? pf : 0, sums + r * 4); break;
+    default: break;
+  }
+#else
+  (void)x; (void)rows; (void)w; (void)kk; (void)sums;
+#endif
 }
 
 }  // namespace
@@ -70,6 +161,11 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
 
   ThreadPool& pool = ThreadPool::global();
   std::atomic<int> ran{static_cast<int>(Isa::Scalar)};
+#if MOE_X86
+  const bool stream_ok = clamp_isa(isa) >= Isa::Avx512Bf16;  // the streaming kernel is vdpbf16ps only
+#else
+  const bool stream_ok = false;
+#endif
   const int64_t H = a.h, I = a.inter, K = a.k, E = a.e;
   const int64_t widest = H > I ? H : I;
   int64_t chunk = kScratchBytes / (K * widest * 4);
@@ -118,14 +214,39 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
     }
 
     // 2. GEMM1 + SwiGLU per (expert, inter tile).
-    const int64_t tiles1 = (I + kTileN - 1) / kTileN, tiles2 = (H + kTileN - 1) / kTileN;
+    // Streaming path per expert (see the header): tiles of kStreamRows rows instead of kTileN.
+    auto streams = [&](int64_t x) { return stream_ok && count[x] <= kStreamMaxRows; };
+    auto tile_of = [&](int64_t x) { return streams(x) ? kStreamRows : kTileN; };
     items.clear();
-    for (int64_t x = 0; x < E; ++x)
-      for (int64_t tl = 0; tl < (count[x] > 0 ? tiles1 : 0); ++tl) items.push_back({static_cast<int32_t>(x), static_cast<int32_t>(tl)});
+    for (int64_t x = 0; x < E; ++x) {
+      const int64_t tiles1 = count[x] > 0 ? (I + tile_of(x) - 1) / tile_of(x) : 0;
+      for (int64_t tl = 0; tl < tiles1; ++tl) items.push_back({static_cast<int32_t>(x), static_cast<int32_t>(tl)});
+    }
     std::function<void(size_t, size_t)> gemm1 = [&](size_t i0, size_t i1) {
       for (size_t it = i0; it < i1; ++it) {
-        const int64_t x = items[it].expert, n0 = items[it].tile * kTileN;
-        const int64_t nt = I - n0 < kTileN ? I - n0 : kTileN, m = count[x];
+        const int64_t x = items[it].expert, tn = tile_of(x), n0 = items[it].tile * tn;
+        const int64_t nt = I - n0 < tn ? I - n0 : tn, m = count[x];
+        if (streams(x)) {
+          const uint16_t* xr[kStreamMaxRows];  // [m] rows of xs, [h] bf16 each
+          for (int64_t i = 0; i < m; ++i) xr[i] = xs.data() + (row0[x] + i) * H;
+          const auto* wg = static_cast<const uint16_t*>(a.gate[x]);  // [inter, h] bf16
+          const auto* wu = static_cast<const uint16_t*>(a.up[x]);    // [inter, h] bf16
+          float sums[kStreamMaxRows * 4];
+          for (int64_t j = n0; j < n0 + nt; j += 2) {
+            const int64_t j1 = j + 1 < n0 + nt ? j + 1 : j;  // odd tail: row j twice, second dropped
+            const uint16_t* w[4] = {wg + j * H, wg + j1 * H, wu + j * H, wu + j1 * H};
+            stream_dot_rows(xr, m, w, H, sums);
+            for (int64_t i = 0; i < m; ++i) {
+              uint16_t* dst = act.data() + (row0[x] + i) * I;  // [inter] bf16
+              for (int64_t c = 0; c < (j1 > j ? 2 : 1); ++c) {
+                const float gv = sums[i * 4 + c], uv = sums[i * 4 + 2 + c];
+                dst[j + c] = f32_to_bf16(gv / (1.0f + std::exp(-gv)) * uv);
+              }
+            }
+          }
+          ran.store(static_cast<int>(Isa::Avx512Bf16), std::memory_order_relaxed);
+          continue;
+        }
         float* g = scratch_f32(static_cast<size_t>(m * 2 * kTileN));  // [m, nt] gate | [m, nt] up
         float* u = g + m * kTileN;
         const uint16_t* xa = xs.data() + static_cast<int64_t>(row0[x]) * H;  // [m, h] bf16
@@ -149,12 +270,31 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
 
     // 3. GEMM2 per (expert, h tile): part = act_e down_e^T, f32.
     items.clear();
-    for (int64_t x = 0; x < E; ++x)
-      for (int64_t tl = 0; tl < (count[x] > 0 ? tiles2 : 0); ++tl) items.push_back({static_cast<int32_t>(x), static_cast<int32_t>(tl)});
+    for (int64_t x = 0; x < E; ++x) {
+      const int64_t tiles2 = count[x] > 0 ? (H + tile_of(x) - 1) / tile_of(x) : 0;
+      for (int64_t tl = 0; tl < tiles2; ++tl) items.push_back({static_cast<int32_t>(x), static_cast<int32_t>(tl)});
+    }
     std::function<void(size_t, size_t)> gemm2 = [&](size_t i0, size_t i1) {
       for (size_t it = i0; it < i1; ++it) {
-        const int64_t x = items[it].expert, n0 = items[it].tile * kTileN;
-        const int64_t nt = H - n0 < kTileN ? H - n0 : kTileN, m = count[x];
+        const int64_t x = items[it].expert, tn = tile_of(x), n0 = items[it].tile * tn;
+        const int64_t nt = H - n0 < tn ? H - n0 : tn, m = count[x];
+        if (streams(x)) {
+          const uint16_t* ar[kStreamMaxRows];  // [m] rows of act, [inter] bf16 each
+          for (int64_t i = 0; i < m; ++i) ar[i] = act.data() + (row0[x] + i) * I;
+          const auto* wd = static_cast<const uint16_t*>(a.down[x]);  // [h, inter] bf16
+          float sums[kStreamMaxRows * 4];
+          for (int64_t j = n0; j < n0 + nt; j += 4) {
+            const uint16_t* w[4];
+            for (int c = 0; c < 4; ++c) w[c] = wd + (j + c < n0 + nt ? j + c : n0 + nt - 1) * I;
+            stream_dot_rows(ar, m, w, I, sums);
+            const int64_t nc = n0 + nt - j < 4 ? n0 + nt - j : 4;
+            for (int64_t i = 0; i < m; ++i) {
+              float* dst = part.data() + (row0[x] + i) * H + j;  // [nc] f32
+              for (int64_t c = 0; c < nc; ++c) dst[c] = sums[i * 4 + c];
+            }
+          }
+          continue;
+        }
         const uint16_t* aa = act.data() + static_cast<int64_t>(row0[x]) * I;       // [m, inter] bf16
         const uint16_t* wd = static_cast<const uint16_t*>(a.down[x]) + n0 * I;     // [nt, inter] bf16
         float* dst = part.data() + static_cast<int64_t>(row0[x]) * H + n0;         // [m, nt] f32, stride h

@@ -22,7 +22,8 @@ struct MoeExpertsArgs {
   int64_t t, h, inter, e, k;      // t >= 0; h, inter, e, k >= 1
 };
 
-// Multithreaded over (expert, n tile) work items on the project's pool; deterministic (fixed combine order, no
+// Multithreaded over (expert, n tile) work items on the project's pool (avx512bf16: experts with <= 16 routed
+// rows take a weight-streaming kernel that reads each weight row once, see moe_experts.cc); deterministic (fixed combine order, no
 // atomics on floats). Returns the GEMM tier that ran. Throws moe::Error(InvalidArgument) for bad sizes, ids
 // outside [-1, e), or a table entry with some but not all of gate/up/down null; (Cancelled) when cancelled.
 Isa moe_experts(const MoeExpertsArgs& args, Isa isa, const CancelToken* cancel = nullptr);

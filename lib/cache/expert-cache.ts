@@ -1,9 +1,10 @@
 /**
  * ExpertCache: which experts live in which GPU slots. Kernels `acquire` an expert (a demand fetch on a miss) and
  * get a lease that pins the slot until `release()`: a pinned or still-loading expert is never evicted (the bug
- * class vLLM PR #37190 fixed). Prefetches queue behind demand fetches (a demand overtakes every queued
- * prefetch, and upgrades a queued or in-flight prefetch of the same expert) and can be cancelled while queued or in
- * flight. Evictions are delegated to an EvictionPolicy. All time is read from an injectable Clock so the same code
+ * class vLLM PR #37190 fixed). Demand fetches go to the transfer engine at once (the residency engine serves them
+ * ahead of queued prefetch chunks, so a demand never waits for a whole prefetch); prefetches go to it at most
+ * `maxInFlight` at a time, highest priority first, so the engine never holds a backlog of speculative copies. A
+ * demand upgrades a queued prefetch of the same expert, and prefetches can be cancelled while queued or in flight. Evictions are delegated to an EvictionPolicy. All time is read from an injectable Clock so the same code
  * runs on a simulated clock in tests.
  */
 import { InvalidArgumentError, InternalError } from '../errors.js';
@@ -51,7 +52,10 @@ export interface ExpertCacheOptions {
   engine: TransferEngine;
   policy: EvictionPolicy;
   clock?: Clock;
-  /** Transfers in flight at once (copy engines / lanes). Default 1: one PCIe direction, in order. */
+  /**
+   * Prefetch transfers handed to the engine at once (default 1: the rest wait here, ordered by priority, and can
+   * still be cancelled or reordered). Demand fetches are not limited: the engine orders them ahead of prefetches.
+   */
   maxInFlight?: number;
 }
 
@@ -80,6 +84,8 @@ interface Entry {
   seq: number;
   waiters: Waiter[];
   controller: AbortController | undefined;
+  /** The in-flight transfer was started as a prefetch (counts against maxInFlight). */
+  prefetchLane: boolean;
 }
 
 function emptyStats(): CacheStats {
@@ -110,6 +116,7 @@ export class ExpertCache {
   #demandQueue: Entry[] = [];
   #prefetchQueue: Entry[] = [];
   #inFlight = 0;
+  #prefetchInFlight = 0;
   #seq = 0;
   #stats = emptyStats();
   #candidates: Int32Array;
@@ -214,6 +221,8 @@ export class ExpertCache {
         this.#prefetchQueue.splice(this.#prefetchQueue.indexOf(e), 1);
         this.#demandQueue.push(e);
       }
+      // A prefetch already copying: let the engine move what is left of it ahead of other prefetches.
+      if (e.state === 'loading' && !e.demand) this.#engine.promote?.(e.slot);
       e.demand = true;
     }
     const entry = e;
@@ -276,7 +285,7 @@ export class ExpertCache {
   }
 
   #newEntry(key: number, layer: number, expert: number, priority: number): Entry {
-    const e: Entry = { key, layer, expert, state: 'queued', slot: -1, pins: 0, demand: false, prefetched: false, priority, seq: this.#seq++, waiters: [], controller: undefined };
+    const e: Entry = { key, layer, expert, state: 'queued', slot: -1, pins: 0, demand: false, prefetched: false, priority, seq: this.#seq++, waiters: [], controller: undefined, prefetchLane: false };
     this.#entries.set(key, e);
     return e;
   }
@@ -341,18 +350,16 @@ export class ExpertCache {
   }
 
   #pump(): void {
-    while (this.#inFlight < this.#maxInFlight) {
-      const fromDemand = this.#demandQueue.length > 0;
-      const e = fromDemand ? this.#demandQueue.shift() : this.#popPrefetch();
-      if (!e) return;
+    while (this.#demandQueue.length > 0) {
       const slot = this.#obtainSlot();
-      if (slot < 0) {
-        // every slot is pinned or loading: wait for a release or an arrival (both call #pump again)
-        if (fromDemand) this.#demandQueue.unshift(e);
-        else this.#prefetchQueue.push(e);
-        return;
-      }
-      this.#start(e, slot);
+      // every slot is pinned or loading: wait for a release or an arrival (both call #pump again)
+      if (slot < 0) return;
+      this.#start(this.#demandQueue.shift()!, slot);
+    }
+    while (this.#prefetchInFlight < this.#maxInFlight && this.#prefetchQueue.length > 0) {
+      const slot = this.#obtainSlot();
+      if (slot < 0) return;
+      this.#start(this.#popPrefetch()!, slot);
     }
   }
 
@@ -360,6 +367,8 @@ export class ExpertCache {
     e.state = 'loading';
     e.slot = slot;
     this.#inFlight++;
+    e.prefetchLane = !e.demand;
+    if (e.prefetchLane) this.#prefetchInFlight++;
     const controller = new AbortController();
     e.controller = controller;
     let p: Promise<void>;
@@ -376,6 +385,7 @@ export class ExpertCache {
 
   #arrived(e: Entry): void {
     this.#inFlight--;
+    if (e.prefetchLane) this.#prefetchInFlight--;
     e.controller = undefined;
     this.#stats.bytesMoved += this.expertBytes;
     if (this.#entries.get(e.key) !== e) throw new InternalError('ExpertCache lost a loading entry');
@@ -395,6 +405,7 @@ export class ExpertCache {
 
   #failed(e: Entry, err: unknown, aborted: boolean): void {
     this.#inFlight--;
+    if (e.prefetchLane) this.#prefetchInFlight--;
     e.controller = undefined;
     this.#pool.free(e.slot);
     e.slot = -1;

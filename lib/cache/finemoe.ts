@@ -7,6 +7,9 @@
  * each routed layer to predict layer + distance. Experts are taken in probability order until the cumulative
  * probability reaches 1 - similarity, and never fewer than top-k. The store is bounded: when full, a new map
  * replaces the stored map most redundant with it, scored w * S_emb + (1 - w) * S_traj with w = distance / layers.
+ * The predictor already holds both similarities against every stored map at the end of an iteration (the semantic
+ * search's cosines and the trajectory search's running dot products, which cover the whole map once every layer
+ * was observed), so its insert costs O(maps) instead of O(maps * L * E).
  */
 import { InvalidArgumentError } from '../errors.js';
 import type { UsageForecast } from './policy.js';
@@ -52,6 +55,8 @@ export class ExpertMapStore {
   #size = 0;
   /** Times a map was replaced (monotonic). */
   replacements = 0;
+  /** Bumped by every add(): similarities computed against an older version are stale. */
+  version = 0;
 
   constructor(o: ExpertMapStoreOptions) {
     if (typeof o !== 'object' || o === null) throw new InvalidArgumentError(`options must be an object, received ${String(o)}`);
@@ -80,7 +85,7 @@ export class ExpertMapStore {
    * Adds one iteration's map. When full, replaces the most redundant stored map (highest
    * w * S_emb + (1 - w) * S_traj with the new one). Returns the index written.
    */
-  add(embedding: Float32Array, gates: Float32Array): number {
+  add(embedding: Float32Array, gates: Float32Array, known?: KnownSimilarities): number {
     checkF32('embedding', embedding, this.embedDim);
     checkF32('gates', gates, this.numLayers * this.numExperts);
     const D = this.embedDim;
@@ -90,9 +95,10 @@ export class ExpertMapStore {
     if (this.#size < this.capacity) {
       idx = this.#size++;
     } else {
-      idx = this.mostRedundant(unit, gates);
+      idx = known && known.version === this.version ? this.#mostRedundantKnown(gates, known) : this.mostRedundant(unit, gates);
       this.replacements++;
     }
+    this.version++;
     this.embeddings.set(unit, idx * D);
     this.maps.set(gates, idx * M);
     const E = this.numExperts;
@@ -131,8 +137,28 @@ export class ExpertMapStore {
     return best;
   }
 
-  /** Most similar stored embedding (cosine). */
-  semanticSearch(embedding: Float32Array): MapMatch {
+  /** mostRedundant from similarities the caller already holds: O(maps). */
+  #mostRedundantKnown(gates: Float32Array, k: KnownSimilarities): number {
+    const w = this.prefetchDistance / this.numLayers;
+    let gn = 0;
+    for (let i = 0; i < gates.length; i++) gn += gates[i]! * gates[i]!;
+    gn = Math.sqrt(gn) || 1;
+    const L = this.numLayers;
+    let best = 0;
+    let bestScore = -Infinity;
+    for (let j = 0; j < this.#size; j++) {
+      const mn = Math.sqrt(this.prefixSq[j * L + L - 1]!) || 1;
+      const score = w * k.embedding[j]! + (1 - w) * (k.mapDot[j]! / (gn * mn));
+      if (score > bestScore) {
+        bestScore = score;
+        best = j;
+      }
+    }
+    return best;
+  }
+
+  /** Most similar stored embedding (cosine); writes every map's cosine to `out` when given. */
+  semanticSearch(embedding: Float32Array, out?: Float64Array): MapMatch {
     checkF32('embedding', embedding, this.embedDim);
     const q = normalised(embedding);
     const D = this.embedDim;
@@ -141,6 +167,7 @@ export class ExpertMapStore {
     for (let j = 0; j < this.#size; j++) {
       let s = 0;
       for (let d = 0, o = j * D; d < D; d++) s += q[d]! * this.embeddings[o + d]!;
+      if (out) out[j] = s;
       if (s > bestS) {
         bestS = s;
         best = j;
@@ -148,6 +175,15 @@ export class ExpertMapStore {
     }
     return { index: best, similarity: best < 0 ? 0 : bestS };
   }
+}
+
+/** Similarities of a new map against every stored map, valid for store version `version`. */
+export interface KnownSimilarities {
+  version: number;
+  /** [maps] cosine of the new (unit) embedding with each stored embedding. */
+  embedding: ArrayLike<number>;
+  /** [maps] dot product of the new gate map with each stored map (all layers). */
+  mapDot: ArrayLike<number>;
 }
 
 function normalised(v: Float32Array): Float32Array {
@@ -179,7 +215,10 @@ export function selectByCumulative(probs: ArrayLike<number>, off: number, n: num
 /** A prediction for one layer: the experts to prefetch and the similarity that chose them. */
 export interface LayerPrediction {
   layer: number;
+  /** In descending probability. */
   experts: number[];
+  /** The matched map's gate probability of each expert (same order). */
+  probs: number[];
   similarity: number;
   source: 'semantic' | 'trajectory';
 }
@@ -212,6 +251,9 @@ export class FineMoePredictor implements UsageForecast {
   readonly record: boolean;
   readonly #cur: Float32Array;
   readonly #dots: Float64Array;
+  readonly #semSims: Float64Array;
+  #searchVersion = -1;
+  #observed = 0;
   #curSq = 0;
   #embedding: Float32Array | undefined;
   #matchIndex = -1;
@@ -230,6 +272,7 @@ export class FineMoePredictor implements UsageForecast {
     this.#cur = new Float32Array(store.numLayers * store.numExperts);
     this.#reqMean = new Float32Array(store.numLayers * store.numExperts);
     this.#dots = new Float64Array(store.capacity);
+    this.#semSims = new Float64Array(store.capacity);
   }
 
   /** Starts a new request (resets the per-request mean). */
@@ -246,15 +289,32 @@ export class FineMoePredictor implements UsageForecast {
     this.#dots.fill(0);
     this.#curSq = 0;
     this.#nextLayer = 0;
-    const m = this.store.semanticSearch(embedding);
+    this.#observed = 0;
+    const m = this.store.semanticSearch(embedding, this.#semSims);
+    this.#searchVersion = this.store.version;
     this.#matchIndex = m.index;
     this.#matchSim = m.similarity;
-    if (m.index < 0) return [];
+    this.#source = 'semantic';
+    return this.predictRange(0, this.prefetchDistance - 1);
+  }
+
+  #source: 'semantic' | 'trajectory' = 'semantic';
+
+  /**
+   * Predictions for layers first..last (clamped to the model) from the current best match (semantic before the
+   * first routed layer, trajectory after): experts in probability order until the cumulative probability reaches
+   * 1 - similarity, at least top-k. Empty with an empty store.
+   */
+  predictRange(first: number, last: number): LayerPrediction[] {
+    const s = this.store;
     const out: LayerPrediction[] = [];
-    const E = this.store.numExperts;
-    const thr = 1 - Math.max(0, Math.min(1, m.similarity));
-    for (let l = 0; l < this.prefetchDistance; l++) {
-      out.push({ layer: l, experts: selectByCumulative(this.store.maps, (m.index * this.store.numLayers + l) * E, E, thr, this.topK), similarity: m.similarity, source: 'semantic' });
+    if (this.#matchIndex < 0) return out;
+    const E = s.numExperts;
+    const thr = 1 - Math.max(0, Math.min(1, this.#matchSim));
+    for (let l = Math.max(0, first); l <= Math.min(last, s.numLayers - 1); l++) {
+      const off = (this.#matchIndex * s.numLayers + l) * E;
+      const experts = selectByCumulative(s.maps, off, E, thr, this.topK);
+      out.push({ layer: l, experts, probs: experts.map((e) => s.maps[off + e]!), similarity: this.#matchSim, source: this.#source });
     }
     return out;
   }
@@ -275,6 +335,7 @@ export class FineMoePredictor implements UsageForecast {
       this.#cur[base + e] = g;
       this.#curSq += g * g;
     }
+
     this.#nextLayer = (layer + 1) % L;
     const n = s.size;
     const maps = s.maps;
@@ -293,19 +354,25 @@ export class FineMoePredictor implements UsageForecast {
         best = j;
       }
     }
+    this.#observed = layer === this.#observed ? layer + 1 : -1; // in-order, once each: dots are full-map dots
     if (best >= 0) {
       this.#matchIndex = best;
       this.#matchSim = bestSim;
+      this.#source = 'trajectory';
     }
     const target = layer + this.prefetchDistance;
     if (best < 0 || target >= L) return undefined;
-    const thr = 1 - Math.max(0, Math.min(1, bestSim));
-    return { layer: target, experts: selectByCumulative(maps, (best * L + target) * E, E, thr, this.topK), similarity: bestSim, source: 'trajectory' };
+    return this.predictRange(target, target)[0];
   }
 
   /** Ends the iteration: records its map (if `record`) and folds it into the per-request mean. */
   endIteration(): void {
-    if (this.#embedding && this.record) this.store.add(this.#embedding, this.#cur);
+    if (this.#embedding && this.record) {
+      // every layer observed in order since beginIteration and the store unchanged: the running trajectory dots
+      // are the full-map dots and the semantic cosines are current, so the insert needs no pass over the maps
+      const known = this.#observed === this.store.numLayers && this.#searchVersion === this.store.version ? { version: this.#searchVersion, embedding: this.#semSims, mapDot: this.#dots } : undefined;
+      this.store.add(this.#embedding, this.#cur, known);
+    }
     this.#reqIters++;
     const a = 1 / this.#reqIters;
     for (let i = 0; i < this.#reqMean.length; i++) this.#reqMean[i]! += (this.#cur[i]! - this.#reqMean[i]!) * a;

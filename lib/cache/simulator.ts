@@ -1,17 +1,36 @@
 /**
  * Trace-driven cache simulator: replays a RoutingTrace (batch of one, decode iterations, requests in order)
  * against a cache capacity, an eviction policy, a predictor and a time model, and reports hit rate, stall time
- * and bytes moved. Time model: one copy lane (one PCIe direction), non-preemptive, each transfer takes
- * expertBytes / bandwidth; demand fetches start as soon as the lane is free and go before every queued prefetch;
- * a layer starts when all of its experts have arrived and then takes layerComputeMs, during which queued prefetches
- * use the lane. A prefetch never evicts an expert that its policy expects to need sooner than the prefetched one.
- * The eviction policies and the FineMoE predictor are the shipped classes (policy.ts, finemoe.ts).
+ * and bytes moved. The eviction policies and the FineMoE predictor are the shipped classes (policy.ts,
+ * finemoe.ts).
+ *
+ * Time model = the residency engine we ship (lib/residency/transfer.ts + ExpertCache), not a worse one:
+ *  - one copy lane (one PCIe direction) at `bandwidthBytesPerMs`; copies move in `chunkBytes` chunks with
+ *    `chunkDepth` chunks queued on the copy stream;
+ *  - demand fetches overtake prefetches at chunk granularity: a demand waits only for the prefetch chunks already
+ *    queued on the stream (at most chunkDepth chunks), then the demands of the layer run back to back, then the
+ *    paused prefetch resumes. A demanded expert whose prefetch is in flight stays a prefetch-priority transfer (as
+ *    in the engine) and finishes after the layer's other demands;
+ *  - the cache hands the engine one prefetch at a time (ExpertCache maxInFlight = 1); queued prefetches are
+ *    ordered by deadline (target layer) and, within a layer, by predicted probability;
+ *  - a layer starts when all of its experts have arrived (stall = that wait) and then takes layerComputeMs;
+ *    predictions made after its gate use the lane during that compute;
+ *  - with `laneModel: 'whole'` copies are not chunked and a demand waits for the whole in-flight prefetch (the
+ *    first slice's model; kept for comparison).
+ * Prefetch engineering (predictive policies; `prefetchCap`, `cancelRouted`):
+ *  - link budget: prefetches for a target layer are admitted, in probability order, only while the bytes queued
+ *    ahead of them (in-flight remainder + earlier-deadline prefetches) fit in what the lane can move before that
+ *    layer runs ((target - current layer) x layerComputeMs x bandwidth); the last admitted one may arrive partly;
+ *  - once a layer is routed, its prefetches that the router did not pick are cancelled (queued: dropped; in
+ *    flight: the queued chunks finish, the rest never moves, the slot is freed);
+ *  - admission: a prefetch never evicts an expert whose expected next use (policy's estimate) comes sooner than
+ *    the prefetched expert's (target distance + numLayers x (1 - p) / p; p = 1 for the oracle).
  *
  * Policies: 'lru' / 'lfu' / 'belady' fetch on demand only (belady = optimal eviction with the future known: the
  * hit-rate upper bound for demand fetching); 'moe-infinity' = activation-matrix predictor (per-request expert
  * activation counts matched against past requests by cosine) with probability-guided eviction; 'finemoe' =
  * FineMoE predictor + probability-guided eviction; 'oracle' = prefetches exactly the experts the trace will use,
- * at the same distance, with Belady eviction (an upper bound for prefetching at that distance).
+ * at the same distance, with Belady eviction and no link cap (an upper bound for prefetching at that distance).
  */
 import { InvalidArgumentError } from '../errors.js';
 import { ExpertMapStore, FineMoePredictor } from './finemoe.js';
@@ -38,6 +57,21 @@ export interface SimOptions {
   warmupRequests?: number;
   /** Maps kept by the FineMoE store / matrices by the MoE-Infinity collection (default 512). */
   storeCapacity?: number;
+  /** Transfer chunk size (default 4 MiB, the engine's default). */
+  chunkBytes?: number;
+  /** Chunks queued on the copy stream at once (default 2, the engine's default). */
+  chunkDepth?: number;
+  /** 'chunked' (default: the shipped engine) or 'whole' (non-preemptive whole-expert copies). */
+  laneModel?: 'chunked' | 'whole';
+  /**
+   * 'link' (default): per target layer, admit prefetches only while they can arrive before it runs; 'start': also
+   * admit one that can start (arrive partly) before; 'none': prefetch every selected expert.
+   */
+  prefetchCap?: 'link' | 'start' | 'none';
+  /** Cancel a layer's unpicked prefetches once it is routed (default true). */
+  cancelRouted?: boolean;
+  /** FineMoE: after each layer, re-predict every layer up to layer + distance from the current match (default true; false = only layer + distance). */
+  refine?: boolean;
 }
 
 /** Simulation result (measured requests only). */
@@ -53,9 +87,15 @@ export interface SimResult {
   totalMs: number;
   msPerToken: number;
   bytesMoved: number;
+  /** Prefetch transfers started. */
   prefetches: number;
   prefetchUsed: number;
+  /** Prefetched experts evicted or cancelled before any use. */
   prefetchWasted: number;
+  /** Of prefetchWasted, those cancelled in flight when their layer was routed. */
+  prefetchCancelled: number;
+  /** Uses that found their expert still arriving from a prefetch (counted as misses; the stall is shorter). */
+  latePrefetches: number;
   /** Host wall time the simulation took, ms. */
   simWallMs: number;
 }
@@ -157,6 +197,15 @@ export class ActivationMatrixPredictor implements UsageForecast {
   }
 }
 
+interface Pending {
+  key: number;
+  /** Global step of the layer it is for. */
+  target: number;
+  /** Predicted probability (ordering within a deadline; admission). */
+  p: number;
+  dead: boolean;
+}
+
 /**
  * Replays `trace` under `options` and returns the statistics of the non-warm-up requests.
  *
@@ -173,21 +222,29 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
   const K = L * E;
   const C = checkInt('options.capacity', options.capacity, k, K);
   const dist = checkInt('options.prefetchDistance', options.prefetchDistance, 1, L);
-  const tx = checkNumber('options.expertBytes', options.expertBytes, 0) / checkNumber('options.bandwidthBytesPerMs', options.bandwidthBytesPerMs, 1e-9);
+  const xb = checkNumber('options.expertBytes', options.expertBytes, 0);
+  const bw = checkNumber('options.bandwidthBytesPerMs', options.bandwidthBytesPerMs, 1e-9);
+  const tx = xb / bw;
   const compute = checkNumber('options.layerComputeMs', options.layerComputeMs, 0);
   const warm = checkInt('options.warmupRequests', options.warmupRequests ?? 0, 0, trace.requests.length);
   const storeCap = checkInt('options.storeCapacity', options.storeCapacity ?? 512, 1);
+  const chunk = checkNumber('options.chunkBytes', options.chunkBytes ?? 4 * 2 ** 20, 1);
+  const depth = checkInt('options.chunkDepth', options.chunkDepth ?? 2, 1);
+  const lane = options.laneModel ?? 'chunked';
+  if (lane !== 'chunked' && lane !== 'whole') throw new InvalidArgumentError(`options.laneModel must be 'chunked' or 'whole', received ${JSON.stringify(lane)}`);
+  const cap = options.prefetchCap ?? 'link';
+  if (cap !== 'link' && cap !== 'start' && cap !== 'none') throw new InvalidArgumentError(`options.prefetchCap must be 'link', 'start' or 'none', received ${JSON.stringify(cap)}`);
+  const cancelRouted = options.cancelRouted ?? true;
+  const refine = options.refine ?? true;
 
   // Global step index of every (request, iteration, layer), and per-key use positions for Belady / oracle.
-  let steps = 0;
-  for (const r of trace.requests) steps += r.iterations * L;
   const useCount = new Int32Array(K);
-  for (const r of trace.requests) for (let i = 0; i < r.ids.length; i++) useCount[Math.floor(i / k) % L * E + r.ids[i]!]!++;
+  for (const r of trace.requests) for (let i = 0; i < r.ids.length; i++) useCount[(Math.floor(i / k) % L) * E + r.ids[i]!]!++;
   const useStart = new Int32Array(K + 1);
   for (let key = 0; key < K; key++) useStart[key + 1] = useStart[key]! + useCount[key]!;
   const usePos = new Int32Array(useStart[K]!);
-  const fill = useStart.slice(0, K);
   {
+    const fill = useStart.slice(0, K);
     let g = 0;
     for (const r of trace.requests) {
       for (let s = 0; s < r.iterations * L; s++, g++) {
@@ -197,7 +254,7 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
     }
   }
   const cursor = useStart.slice(0, K);
-  let step = 0;
+  let step = 0; // global step of the layer routed last (the one computing)
   const nextUse = (key: number): number => {
     let c = cursor[key]!;
     const end = useStart[key + 1]!;
@@ -229,8 +286,12 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
       policy = new ProbabilityPolicy(L, E, eam, 'moe-infinity');
       break;
   }
-  const prefetching = fine !== undefined || eam !== undefined || policyName === 'oracle';
+  const oracle = policyName === 'oracle';
+  const prefetching = fine !== undefined || eam !== undefined || oracle;
+  const capped = cap !== 'none' && !oracle;
+  const startSlack = cap === 'start' ? xb : 0;
 
+  // Residency: `present` = holds a slot (arrived, or loading as the in-flight prefetch, arrival = Infinity).
   const present = new Uint8Array(K);
   const arrival = new Float64Array(K);
   const prefetched = new Uint8Array(K);
@@ -239,12 +300,15 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
   const where = new Int32Array(K).fill(-1);
   let nRes = 0;
   const cand = new Int32Array(C);
-  const queue: Array<{ key: number; target: number; issued: number }> = [];
-  let qHead = 0;
-  let now = 0;
-  let laneFree = 0;
   let measuring = warm === 0;
-  const st = { uses: 0, hits: 0, stall: 0, bytes: 0, prefetches: 0, used: 0, wasted: 0, iters: 0, start: 0 };
+  const st = { uses: 0, hits: 0, stall: 0, bytes: 0, prefetches: 0, used: 0, wasted: 0, cancelled: 0, late: 0, iters: 0, start: 0 };
+
+  // The lane: time simulated so far, the one prefetch in flight (bytes copied so far), the prefetch queue.
+  let now = 0;
+  let laneT = 0;
+  let cur: { key: number; target: number; p: number; done: number } | undefined;
+  let queue: Pending[] = [];
+  const queuedFor = new Map<number, Pending>(); // key -> live queue entry
 
   const remove = (key: number) => {
     const i = where[key]!;
@@ -259,13 +323,20 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
     }
     policy.onRemove(key);
   };
-  const admitScore = (key: number): number => {
+  /** Expected layer steps until `key`'s next use, as the policy sees it (Infinity = no opinion). */
+  const victimScore = (key: number): number => {
     if (policy instanceof ProbabilityPolicy) return policy.expectedNextUse(key);
     if (policy instanceof BeladyPolicy) return nextUse(key) - step;
     return Infinity;
   };
-  /** A free slot (evicting if needed); `targetDist` > 0 for prefetches (admission check). */
-  const obtain = (time: number, targetDist: number): boolean => {
+  const newScore = (target: number, p: number): number => {
+    const d = target - step;
+    if (oracle) return d;
+    const q = Math.min(1, Math.max(1e-4, p));
+    return d + (L * (1 - q)) / q;
+  };
+  /** Frees a slot if the cache is full. Prefetches (score given) only evict a victim expected later than them. */
+  const obtain = (time: number, score: number | undefined): boolean => {
     if (nRes < C) return true;
     let n = 0;
     for (let i = 0; i < nRes; i++) {
@@ -273,77 +344,127 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
       if (pinnedAt[key] !== step && arrival[key]! <= time) cand[n++] = key;
     }
     if (n === 0) {
-      if (targetDist > 0) return false;
-      // demand with every slot loading: evict an in-flight prefetch not needed by this layer
-      for (let i = 0; i < nRes; i++) if (pinnedAt[residents[i]!] !== step) cand[n++] = residents[i]!;
-      if (n === 0) throw new InvalidArgumentError(`options.capacity must hold one layer's experts (${k}), received ${C}`);
+      if (score !== undefined) return false;
+      // a demand with every unpinned slot loading: take the in-flight prefetch's slot
+      if (cur && pinnedAt[cur.key] !== step) {
+        cancelCur(time);
+        return true;
+      }
+      throw new InvalidArgumentError(`options.capacity must hold one layer's experts (${k}), received ${C}`);
     }
     const victim = cand[policy.chooseVictim(cand, n)]!;
-    if (targetDist > 0 && admitScore(victim) <= targetDist) return false;
+    if (score !== undefined && victimScore(victim) <= score) return false;
     remove(victim);
     return true;
   };
-  const insert = (key: number, start: number, isPrefetch: boolean) => {
+  const insert = (key: number, arrive: number, isPrefetch: boolean) => {
     residents[nRes] = key;
     where[key] = nRes++;
     present[key] = 1;
-    arrival[key] = start + tx;
-    laneFree = start + tx;
+    arrival[key] = arrive;
     prefetched[key] = isPrefetch ? 1 : 0;
     policy.onInsert(key);
+  };
+  /** Bytes of the in-flight prefetch that are already queued on the copy stream at lane time laneT. */
+  const committed = (): number => {
+    if (!cur) return 0;
+    if (lane === 'whole') return xb;
+    return Math.min(xb, (Math.floor(cur.done / chunk) + depth) * chunk);
+  };
+  /** Cancels the in-flight prefetch at lane time (its queued chunks still finish); returns when the lane is free. */
+  const cancelCur = (time: number): number => {
+    const c = cur!;
+    const end = Math.max(laneT, time) + (committed() - c.done) / bw;
     if (measuring) {
-      st.bytes += options.expertBytes;
-      if (isPrefetch) st.prefetches++;
+      st.bytes += committed();
+      st.cancelled++;
     }
+    cur = undefined;
+    remove(c.key);
+    laneT = end;
+    return end;
   };
+  const popNext = (): Pending | undefined => {
+    let bi = -1;
+    for (let i = 0; i < queue.length; i++) {
+      const q = queue[i]!;
+      if (q.dead) continue;
+      if (bi < 0) bi = i;
+      else {
+        const b = queue[bi]!;
+        if (q.target < b.target || (q.target === b.target && q.p > b.p)) bi = i;
+      }
+    }
+    if (bi < 0) {
+      queue = [];
+      return undefined;
+    }
+    const q = queue[bi]!;
+    q.dead = true;
+    queuedFor.delete(q.key);
+    if (queue.length > 256) queue = queue.filter((x) => !x.dead);
+    return q;
+  };
+  /** Runs the lane (prefetches only: demands are handled at the layer) up to time `until`. */
   const advanceLane = (until: number) => {
-    while (qHead < queue.length) {
-      const q = queue[qHead]!;
-      const start = Math.max(laneFree, q.issued);
-      if (start >= until) break;
-      qHead++;
-      if (q.target < step || present[q.key]) continue;
-      if (!obtain(start, q.target - step)) continue;
-      insert(q.key, start, true);
+    while (laneT < until) {
+      if (!cur) {
+        const q = popNext();
+        if (!q) break;
+        if (q.target <= step || present[q.key]) continue;
+        if (!obtain(laneT, newScore(q.target, q.p))) continue;
+        insert(q.key, Infinity, true);
+        cur = { key: q.key, target: q.target, p: q.p, done: 0 };
+        if (measuring) st.prefetches++;
+      }
+      const c = cur;
+      const finish = laneT + (xb - c.done) / bw;
+      if (finish <= until) {
+        arrival[c.key] = finish;
+        laneT = finish;
+        cur = undefined;
+        if (measuring) st.bytes += xb;
+      } else {
+        c.done += (until - laneT) * bw;
+        laneT = until;
+      }
     }
-    if (qHead > 1024 && qHead * 2 > queue.length) {
-      queue.splice(0, qHead);
-      qHead = 0;
-    }
+    if (laneT < until) laneT = until;
   };
-  const enqueue = (layer: number, experts: ArrayLike<number>, target: number, replace: boolean) => {
-    if (replace) {
-      // drop queued (not started) prefetches for the same target step that the new prediction no longer wants
-      const want = new Set(Array.from(experts, (e) => layer * E + e));
-      for (let i = qHead; i < queue.length; i++) if (queue[i]!.target === target && !want.has(queue[i]!.key)) queue[i]!.target = -1;
+  /** Bytes the lane must move before a new prefetch for `target` could start (EDF order). */
+  const bytesAhead = (target: number): number => {
+    let b = cur ? xb - cur.done : 0;
+    for (const q of queue) if (!q.dead && q.target <= target) b += xb;
+    return b;
+  };
+  /** Queues a prediction for one layer (replacing the queued, not started prefetches of that layer). */
+  const enqueue = (layer: number, experts: ArrayLike<number>, probs: ArrayLike<number> | undefined, target: number, lead: number) => {
+    const want = new Set<number>();
+    for (let i = 0; i < experts.length; i++) want.add(layer * E + experts[i]!);
+    for (const q of queue) if (!q.dead && q.target === target && !want.has(q.key)) {
+      q.dead = true;
+      queuedFor.delete(q.key);
     }
-    for (let i = 0; i < experts.length; i++) queue.push({ key: layer * E + experts[i]!, target, issued: now });
+    const budget = capped ? lead * compute * bw : Infinity;
+    let ahead = capped ? bytesAhead(target) : 0;
+    for (let i = 0; i < experts.length; i++) {
+      const key = layer * E + experts[i]!;
+      const p = probs ? probs[i]! : 1;
+      if (present[key]) continue;
+      const old = queuedFor.get(key);
+      if (old) {
+        old.p = Math.max(old.p, p);
+        continue;
+      }
+      if (ahead + xb > budget + startSlack) break; // experts come in probability order: the rest are less likely
+      const q: Pending = { key, target, p, dead: false };
+      queue.push(q);
+      queuedFor.set(key, q);
+      ahead += xb;
+    }
   };
 
   const gatesBuf = new Float32Array(E);
-  let curReq: RoutingTrace['requests'][number] | undefined;
-  const predictAfter = (t: number, l: number, base: number, iterStart: number) => {
-    const r = curReq!;
-
-        const target = l + dist;
-        if (fine) {
-          let gates: ArrayLike<number>;
-          if (r.gates) gates = r.gates.subarray((t * L + l) * E, (t * L + l + 1) * E);
-          else {
-            gatesBuf.fill(0);
-            for (let i = 0; i < k; i++) gatesBuf[r.ids[base + i]!] = r.probs[base + i]!;
-            gates = gatesBuf;
-          }
-          const p = fine.observeLayer(l, gates);
-          if (p) enqueue(p.layer, p.experts, iterStart + p.layer, true);
-        } else if (eam) {
-          eam.observe(l, r.ids.subarray(base, base + k));
-          if (target < L) enqueue(target, eam.predict(target), iterStart + target, true);
-        } else if (target < L) {
-          enqueue(target, r.ids.subarray((t * L + target) * k, (t * L + target + 1) * k), iterStart + target, false);
-        }
-        };
-
   let g = 0;
   for (let ri = 0; ri < trace.requests.length; ri++) {
     if (ri === warm && !measuring) {
@@ -351,44 +472,110 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
       st.start = now;
     }
     const r = trace.requests[ri]!;
-    curReq = r;
     fine?.beginRequest();
     eam?.beginRequest();
     for (let t = 0; t < r.iterations; t++) {
       const iterStart = g;
+      step = g - 1;
       if (prefetching) {
-        if (fine) for (const p of fine.beginIteration(r.embedding)) enqueue(p.layer, p.experts, iterStart + p.layer, false);
+        if (fine) for (const p of fine.beginIteration(r.embedding)) enqueue(p.layer, p.experts, p.probs, iterStart + p.layer, p.layer);
         else
           for (let l = 0; l < dist && l < L; l++) {
-            const ex = eam ? eam.predict(l) : r.ids.subarray((t * L + l) * k, (t * L + l + 1) * k);
-            enqueue(l, ex, iterStart + l, false);
+            if (eam) {
+              const ex = eam.predict(l);
+              enqueue(l, ex, ex.map((e) => eam!.probability(l, e)), iterStart + l, l);
+            } else enqueue(l, r.ids.subarray((t * L + l) * k, (t * L + l + 1) * k), undefined, iterStart + l, l);
           }
       }
       for (let l = 0; l < L; l++, g++) {
-        step = g;
         advanceLane(now);
+        step = g;
         const base = (t * L + l) * k;
         for (let i = 0; i < k; i++) pinnedAt[l * E + r.ids[base + i]!] = g;
+        // the layer is routed: cancel its prefetches the router did not pick
+        if (cancelRouted) {
+          for (const q of queue) if (!q.dead && q.target === g && pinnedAt[q.key] !== g) {
+            q.dead = true;
+            queuedFor.delete(q.key);
+          }
+          if (cur && cur.target === g && pinnedAt[cur.key] !== g) cancelCur(now);
+        }
+        // demands: wait for the prefetch chunks already on the stream, then run back to back
+        let laneAt = Math.max(now, laneT);
+        if (cur) {
+          const c = committed();
+          laneAt += (c - cur.done) / bw;
+          cur.done = c;
+          if (c >= xb) {
+            arrival[cur.key] = laneAt;
+            cur = undefined;
+            if (measuring) st.bytes += xb;
+          }
+        }
+        const late = cur !== undefined && pinnedAt[cur.key] === g ? cur : undefined;
         let ready = now;
         for (let i = 0; i < k; i++) {
           const key = l * E + r.ids[base + i]!;
           if (present[key]) {
-            if (arrival[key]! <= now && measuring) st.hits++;
+            if (arrival[key]! <= now) {
+              if (measuring) st.hits++;
+            } else if (prefetched[key] && measuring) st.late++;
             if (prefetched[key]) {
               prefetched[key] = 0;
               if (measuring) st.used++;
             }
           } else {
-            obtain(now, 0);
-            insert(key, Math.max(now, laneFree), false);
+            const q = queuedFor.get(key); // a queued prefetch of it becomes this demand
+            if (q) {
+              q.dead = true;
+              queuedFor.delete(key);
+            }
+            obtain(now, undefined);
+            laneAt = Math.max(laneAt, laneT);
+            insert(key, laneAt + tx, false);
+            laneAt += tx;
+            if (measuring) st.bytes += xb;
           }
           if (measuring) st.uses++;
-          ready = Math.max(ready, arrival[key]!);
           policy.onAccess(key);
         }
+        if (late && cur === late) {
+          // the demanded in-flight prefetch resumes after the other demands (it keeps prefetch priority)
+          laneAt += (xb - late.done) / bw;
+          arrival[late.key] = laneAt;
+          cur = undefined;
+          if (measuring) st.bytes += xb;
+        }
+        laneT = Math.max(laneT, laneAt);
+        for (let i = 0; i < k; i++) ready = Math.max(ready, arrival[l * E + r.ids[base + i]!]!);
         if (measuring) st.stall += ready - now;
-        now = ready; // the gate has run: predictions made now can use the lane during this layer's compute
-        if (prefetching) predictAfter(t, l, base, iterStart);
+        // the lane ran demands from now to laneAt; prefetches continue from there
+        advanceLane(ready);
+        now = ready; // the gate has run: predictions made now use the lane during this layer's compute
+        if (prefetching) {
+          if (fine) {
+            let gates: ArrayLike<number>;
+            if (r.gates) gates = r.gates.subarray((t * L + l) * E, (t * L + l + 1) * E);
+            else {
+              gatesBuf.fill(0);
+              for (let i = 0; i < k; i++) gatesBuf[r.ids[base + i]!] = r.probs[base + i]!;
+              gates = gatesBuf;
+            }
+            const p = fine.observeLayer(l, gates);
+            const preds = refine ? fine.predictRange(l + 1, l + dist) : p ? [p] : [];
+            for (const x of preds) enqueue(x.layer, x.experts, x.probs, iterStart + x.layer, x.layer - l);
+          } else if (eam) {
+            eam.observe(l, r.ids.subarray(base, base + k));
+            const target = l + dist;
+            if (target < L) {
+              const ex = eam.predict(target);
+              enqueue(target, ex, ex.map((e) => eam!.probability(target, e)), iterStart + target, dist);
+            }
+          } else if (l + dist < L) {
+            const target = l + dist;
+            enqueue(target, r.ids.subarray((t * L + target) * k, (t * L + target + 1) * k), undefined, iterStart + target, dist);
+          }
+        }
         now += compute;
       }
       fine?.endIteration();
@@ -412,6 +599,8 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
     prefetches: st.prefetches,
     prefetchUsed: st.used,
     prefetchWasted: st.wasted,
+    prefetchCancelled: st.cancelled,
+    latePrefetches: st.late,
     simWallMs: performance.now() - t0,
   };
 }

@@ -39,6 +39,8 @@ export interface FetchRequest {
 export interface TransferEngine {
   /** Resolves once the weights are in the slot and visible to kernels. */
   fetch(request: FetchRequest): Promise<void>;
+  /** Optional: a kernel now waits for the prefetch filling `slot`; move its remaining copies to demand priority. */
+  promote?(slot: number): void;
 }
 
 /** Milliseconds, monotonic. Injected so tests can run on a simulated clock. */

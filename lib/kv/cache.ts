@@ -14,6 +14,12 @@
  * partial page is shared copies that page first (copy on write). Running out of pages throws OutOfMemoryError
  * and changes nothing: a page in use is never overwritten.
  *
+ * Rotary embedding: the cache stores ROTATED keys. Per layer the intended order is: project q, k, v; then
+ * `be.rope({ q, k, positions, invFreq })` (Backend.rope, positions = pos .. pos + n - 1 from `append`); then
+ * `write(layer, seq, pos, k, v)`; then `be.attention`. The cache itself never applies RoPE (a key written once is
+ * read by every later step, so rotating at write time costs once per token, and the attention kernel stays
+ * position-free).
+ *
  * @example
  * const cache = KvCache.create(be, { layers: 2, kvHeads: 8, headDim: 128, budgetBytes: 64 << 20 });
  * const s = cache.allocate();

@@ -53,7 +53,8 @@ export interface TransferStats {
 /** One submitted copy. */
 export class Transfer {
   readonly bytes: number;
-  readonly priority: TransferPriority;
+  /** 'prefetch' until promote() (or 'demand' from the start). */
+  priority: TransferPriority;
   /**
    * Completes after the last chunk (or, if cancelled or failed, after the chunks that did start): wait on it
    * from a compute stream with `stream.waitEvent(t.event)`, right after submit() if you like.
@@ -98,6 +99,14 @@ export class Transfer {
   /** True once no chunk of it will start any more (finished, failed or cancelled). */
   get finished(): boolean {
     return this.nextOffset >= this.bytes || this.cancelReason !== undefined || this.error !== undefined;
+  }
+
+  /**
+   * Raises a prefetch to demand priority (a kernel now needs it): its chunks not yet started go ahead of every
+   * queued prefetch. Returns false when there was nothing left to reorder.
+   */
+  promote(): boolean {
+    return this.#engine.promote(this);
   }
 
   /**
@@ -167,6 +176,17 @@ export class TransferEngine {
     (priority === 'demand' ? this.#demand : this.#prefetch).push(t);
     this.#pump();
     return t;
+  }
+
+  /** @internal see Transfer.promote */
+  promote(t: Transfer): boolean {
+    if (t.priority === 'demand' || t.finished) return false;
+    t.priority = 'demand';
+    const i = this.#prefetch.indexOf(t);
+    if (i < 0) return false;
+    this.#prefetch.splice(i, 1);
+    this.#demand.push(t);
+    return true;
   }
 
   /** @internal see Transfer.cancel */

@@ -23,12 +23,17 @@ export class FakeTransferEngine implements TransferEngine {
   readonly clock: FakeClock;
   readonly bytesPerMs: number;
   readonly log: FetchRequest[] = [];
+  /** Slots whose in-flight prefetch the cache asked to promote to demand priority. */
+  readonly promoted: number[] = [];
   pending: Pending[] = [];
   failNext = false;
   #laneFree = 0;
   constructor(clock: FakeClock, bytesPerMs = 1) {
     this.clock = clock;
     this.bytesPerMs = bytesPerMs;
+  }
+  promote(slot: number): void {
+    this.promoted.push(slot);
   }
   fetch(req: FetchRequest): Promise<void> {
     this.log.push(req);
