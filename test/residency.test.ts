@@ -55,7 +55,9 @@ function fill(bytes: Uint8Array, seed: number): void {
 
 void test('transfers round-trip bit-exactly at 4 KiB .. 352 MB, unaligned offsets', async () => {
   const engine = new TransferEngine(be);
+  let chunks = 0;
   for (const [bytes, offset] of [[4096, 3], [1 << 20, 1], [9_400_000, 7], [44_000_000, 4095], [352_321_536, 1]] as const) {
+    chunks += 2 * Math.ceil(bytes / engine.chunkBytes);
     using pinned = be.allocPinned(bytes + offset);
     const src = pinned.tensor('u8', [bytes], offset);
     fill(src.data, bytes);
@@ -66,7 +68,8 @@ void test('transfers round-trip bit-exactly at 4 KiB .. 352 MB, unaligned offset
     await engine.submit(dev.bytesView(5, bytes), back.bytesView(2, bytes)).done;
     assert.ok(Buffer.from(src.data.buffer, src.data.byteOffset, bytes).equals(Buffer.from(back.data.buffer, 2, bytes)), `${bytes} bytes differ`);
   }
-  assert.ok(engine.stats.chunks > 90, 'large copies must be chunked');
+  assert.equal(engine.stats.chunks, chunks, 'every copy is cut into chunkBytes pieces');
+  assert.ok(chunks > 40);
   engine.dispose();
 });
 
