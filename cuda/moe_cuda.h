@@ -96,15 +96,18 @@ int moe_cuda_rope(int device, void* q, void* k, const int32_t* positions, const 
 int moe_cuda_router_topk(int device, const float* logits, const float* bias, int32_t* topk_ids, float* topk_weights,
                          int64_t t, int64_t e, int64_t k, int scoring, int renormalize, void* stream);
 /* vLLM moe_align_block_size: counts [e], offsets [e+1] (padded to block), sorted_token_ids [capacity] (slot ids
- * t*k+j ascending per expert; padding = t*k); capacity >= t*k + e*(block-1). Ids outside [0,e) are skipped. */
+ * t*k+j ascending per expert; padding = t*k); capacity >= t*k + e*(block-1). Ids outside [0,e) are skipped; an id
+ * outside [-1,e) is also reported in error (NULL: not reported), 3 i32 in mapped pinned host memory (zeroed by the
+ * caller): [0] = 1, [1] its smallest index, [2] the id. Read it once the stream reached the op (no sync here). */
 int moe_cuda_moe_align(int device, const int32_t* topk_ids, int32_t* counts, int32_t* offsets,
                        int32_t* sorted_token_ids, int64_t t, int64_t k, int64_t e, int64_t block, int64_t capacity,
-                       void* stream);
+                       int32_t* error, void* stream);
 /* out [t,h] bf16 = sum_j w[t,j] down_e(silu(gate_e x) * up_e x); gate/up/down: HOST arrays of e DEVICE pointers
- * ([inter,h], [inter,h], [h,inter] bf16; NULL = absent, contributes zero), uploaded on the stream. */
+ * ([inter,h], [inter,h], [h,inter] bf16; NULL = absent, contributes zero), uploaded on the stream. Ids outside
+ * [-1,e) contribute zero and are reported in error as by moe_cuda_moe_align (NULL: not reported). */
 int moe_cuda_moe_experts(int device, const void* x, const int32_t* topk_ids, const float* topk_weights,
                          const void* const* gate, const void* const* up, const void* const* down, void* out,
-                         int64_t t, int64_t h, int64_t inter, int64_t e, int64_t k, void* stream);
+                         int64_t t, int64_t h, int64_t inter, int64_t e, int64_t k, int32_t* error, void* stream);
 
 /* dst[i] = src[ids[i]] for rows of row_bytes (strides in bytes); id -1 or out of range gives a zero row. src may
  * be mapped pinned host memory (zero-copy gather over PCIe) or device memory. */

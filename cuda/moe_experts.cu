@@ -21,7 +21,7 @@ size_t align_up(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
 extern "C" int moe_cuda_moe_experts(int device, const void* x, const int32_t* topk_ids, const float* topk_weights,
                                     const void* const* gate, const void* const* up, const void* const* down,
                                     void* out, int64_t t, int64_t h, int64_t inter, int64_t e, int64_t k,
-                                    void* stream) {
+                                    int32_t* error, void* stream) {
   if (t < 0 || h < 1 || inter < 1 || e < 1 || e > 8192 || k < 1) return cudaErrorInvalidValue;
   if (gate == nullptr || up == nullptr || down == nullptr) return cudaErrorInvalidValue;
   const int64_t n_slots = t * k;
@@ -64,7 +64,7 @@ extern "C" int moe_cuda_moe_experts(int device, const void* x, const int32_t* to
     err = cudaMemcpyAsync(d_table, table.data(), table.size() * sizeof(void*), cudaMemcpyHostToDevice, s);
     if (err != cudaSuccess) break;
     moe_align_kernel<<<1, kAlignThreads, static_cast<size_t>(2 * e + 1) * 4, s>>>(topk_ids, d_counts, d_offsets,
-                                                                                  d_sorted, ni, ei, kMoeBM, ci);
+                                                                                  d_sorted, ni, ei, kMoeBM, ci, error);
     if ((err = cudaGetLastError()) != cudaSuccess) break;
     const unsigned m_tiles = static_cast<unsigned>(capacity / kMoeBM);
     moe_gemm1_swiglu_kernel<<<dim3(static_cast<unsigned>((inter + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(

@@ -28,7 +28,7 @@ extern "C" int moe_cuda_router_topk(int device, const float* logits, const float
 
 extern "C" int moe_cuda_moe_align(int device, const int32_t* topk_ids, int32_t* counts, int32_t* offsets,
                                   int32_t* sorted_token_ids, int64_t t, int64_t k, int64_t e, int64_t block,
-                                  int64_t capacity, void* stream) {
+                                  int64_t capacity, int32_t* error, void* stream) {
   if (t < 0 || k < 1 || e < 1 || block < 1 || e > 8192) return cudaErrorInvalidValue;
   const int64_t need = t * k + e * (block - 1);
   if (need > INT_MAX || capacity < need || capacity > INT_MAX) return cudaErrorInvalidValue;
@@ -41,6 +41,6 @@ extern "C" int moe_cuda_moe_align(int device, const int32_t* topk_ids, int32_t* 
   const size_t shmem = static_cast<size_t>(2 * e + 1) * sizeof(int32_t);
   moe_align_kernel<<<1, kAlignThreads, shmem, static_cast<cudaStream_t>(stream)>>>(
       topk_ids, counts, offsets, sorted_token_ids, static_cast<int>(t * k), static_cast<int>(e),
-      static_cast<int>(block), static_cast<int>(capacity));
+      static_cast<int>(block), static_cast<int>(capacity), error);
   return cudaGetLastError();
 }

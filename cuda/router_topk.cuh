@@ -6,7 +6,9 @@
 //                       so the result is exact and order-free), prefix sum of the padded counts, sentinel fill, then
 //                       warp w places the slots of experts w, w + 32, ... in ascending slot order with ballot/popc
 //                       (stable, deterministic). O(e / 32 * t * k) reads per warp: fine at the sizes of one layer.
-// Ids outside [0, e) are skipped (treated as -1) on the GPU; the CPU op rejects them (no error channel here yet).
+// Ids outside [0, e) are skipped (treated as -1) by the placement; ids other than -1 among them are also reported
+// through `error` when it is not null (mapped pinned host memory, cpp/napi/cuda_error_slot.h): [0] = 1, [1] the
+// smallest such index, [2] its id. The op reads it in its completion callback and rejects, like the CPU op.
 // Kernels are static (internal linkage): moe_experts.cu includes router_topk.cuh too.
 #pragma once
 #include <cstdint>
@@ -79,22 +81,34 @@ static __global__ void __launch_bounds__(kTopkWarps * 32)
 
 constexpr int kAlignThreads = 1024;
 
-// ids [n] i32 (n = t * k), counts [e], offsets [e + 1], sorted [capacity]; padding value n.
+// ids [n] i32 (n = t * k), counts [e], offsets [e + 1], sorted [capacity]; padding value n; error [3] i32 or null.
 // grid: 1, block: 1024, dynamic shared memory: (2 e + 1) * 4 bytes.
 static __global__ void __launch_bounds__(kAlignThreads)
     moe_align_kernel(const int32_t* __restrict__ ids, int32_t* __restrict__ counts, int32_t* __restrict__ offsets,
-                     int32_t* __restrict__ sorted, int n, int e, int block, int capacity) {
+                     int32_t* __restrict__ sorted, int n, int e, int block, int capacity, int32_t* error) {
   extern __shared__ int32_t s_align[];
+  __shared__ int s_bad;            // smallest index of an id outside [-1, e); 0x7fffffff: none
   int32_t* s_count = s_align;      // [e]
   int32_t* s_off = s_align + e;    // [e + 1]
+  if (threadIdx.x == 0) s_bad = 0x7fffffff;
   for (int x = threadIdx.x; x < e; x += blockDim.x) s_count[x] = 0;
   __syncthreads();
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const int x = ids[i];
-    if (x >= 0 && x < e) atomicAdd(&s_count[x], 1);
+    if (x >= 0 && x < e) {
+      atomicAdd(&s_count[x], 1);
+    } else if (x != -1) {
+      atomicMin(&s_bad, i);  // shared-memory integer atomic: the minimum is order-free
+    }
   }
   __syncthreads();
   if (threadIdx.x == 0) {
+    if (error != nullptr && s_bad != 0x7fffffff) {  // plain stores to mapped host memory, no atomics
+      error[1] = s_bad;
+      error[2] = ids[s_bad];
+      __threadfence_system();
+      error[0] = 1;
+    }
     int acc = 0;
     for (int x = 0; x < e; ++x) {
       s_off[x] = acc;

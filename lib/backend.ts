@@ -676,7 +676,8 @@ export class Backend {
    * vLLM's moe_align_block_size: from topkIds [T, k] i32 (-1 = not routed here), per-expert `counts` [E] i32,
    * `offsets` [E + 1] i32 (each expert's rows padded up to a multiple of blockSize) and `sortedTokenIds`
    * [T*k + E*(blockSize-1)] i32: for padded row r of expert x, the routed slot t*k + j (ascending), padding rows
-   * T*k. Rows past offsets[E] are T*k too. Ids >= E reject with InvalidArgumentError on cpu.
+   * T*k. Rows past offsets[E] are T*k too. Ids outside [-1, E) reject with InvalidArgumentError (on cuda the kernel
+   * flags them and the op rejects when it completes, without a host sync).
    * @example
    * const { offsets, sortedTokenIds } = await be.moeAlign(topkIds, 64, 16);
    */
@@ -732,8 +733,8 @@ export class Backend {
    * x [T, H] bf16, topkIds [T, k] i32, topkWeights [T, k] f32, out [T, H] bf16 (fully written). Ids of -1 and
    * experts absent from the table contribute zero (a token with no present expert gets exactly 0). f32
    * accumulation, the intermediate activation rounded to bf16, the combine over j in fixed order in f32 and
-   * rounded once: two runs give bitwise the same output. Ids >= E reject with InvalidArgumentError on cpu (on cuda
-   * they are skipped like -1).
+   * rounded once: two runs give bitwise the same output. Ids outside [-1, E) reject with InvalidArgumentError (on
+   * cuda the kernel flags them and the op rejects when it completes, without a host sync).
    * @example
    * const table = be.expertTable(8, { hidden: 4096, intermediate: 14336 });
    * for (const e of [0, 1]) table.set(e, { gate: w1[e], up: w3[e], down: w2[e] });

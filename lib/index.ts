@@ -84,5 +84,15 @@ export {
 } from './residency/transfer.js';
 export { ExpertStore, type ExpertStoreOptions, type ExpertViews } from './residency/expert-store.js';
 export { SlotPool, type SlotViews } from './residency/slot-pool.js';
+export {
+  StagingRing,
+  StagedTensor,
+  StagedUpload,
+  type StagingRingOptions,
+  type StagingDownloadOptions,
+  type StagingUploadOptions,
+  type StagingAfter,
+  type StagingStats,
+} from './residency/staging.js';
 export type { KernelTier, NativeMemoryStats, MemoryCount } from './native.js';
 export * from './cache/index.js';

@@ -45,6 +45,13 @@ function checkWeight(t: unknown, what: string, shape: readonly number[]): assert
   if (t.disposed) throw new InvalidArgumentError(`${what} was disposed`);
 }
 
+/** The native form of an ExpertTable: per expert gate/up/down tensor args, null where absent. */
+type NativeTable = {
+  readonly gate: ReadonlyArray<NativeTensorArg | null>;
+  readonly up: ReadonlyArray<NativeTensorArg | null>;
+  readonly down: ReadonlyArray<NativeTensorArg | null>;
+};
+
 /** Per-expert weight locations for {@link Backend.moeExperts}. Create with `backend.expertTable(...)`. */
 export class ExpertTable {
   readonly numExperts: number;
@@ -54,6 +61,9 @@ export class ExpertTable {
   readonly backendKind: 'cpu' | 'cuda';
   readonly device: number;
   readonly #entries: Array<Entry | undefined>;
+  // nativeArg()'s last result, reused until set/clear (E = 128 experts are 384 tensor args per op; building them
+  // anew each call cost about 0.13 ms of a 3 ms decode step). Never mutated once built.
+  #native: NativeTable | undefined;
 
   /** @internal use backend.expertTable */
   constructor(backendKind: 'cpu' | 'cuda', device: number, numExperts: number, dims: { hidden: number; intermediate: number }) {
@@ -96,12 +106,14 @@ export class ExpertTable {
       checkWeight(w.up, `expert ${id} up`, [I, H]);
       this.#entries[id] = { gate: w.gate, up: w.up, down: w.down };
     }
+    this.#native = undefined;
     return this;
   }
 
   /** Marks expert `e` absent (ids pointing to it contribute zero). */
   clear(e: number): this {
     this.#entries[this.#checkId(e)] = undefined;
+    this.#native = undefined;
     return this;
   }
 
@@ -116,7 +128,12 @@ export class ExpertTable {
   }
 
   /** @internal the native table: per expert gate/up/down tensor args, null where absent. */
-  nativeArg(): { gate: Array<NativeTensorArg | null>; up: Array<NativeTensorArg | null>; down: Array<NativeTensorArg | null> } {
+  nativeArg(): NativeTable {
+    // The cached table stands while no entry's tensor was disposed; otherwise rebuild, which throws DisposedError.
+    const cached = this.#native;
+    if (cached && this.#entries.every((en) => !en || (!en.gate.disposed && !en.up?.disposed && !en.down.disposed))) {
+      return cached;
+    }
     const gate: Array<NativeTensorArg | null> = [];
     const up: Array<NativeTensorArg | null> = [];
     const down: Array<NativeTensorArg | null> = [];
@@ -138,6 +155,7 @@ export class ExpertTable {
       }
       down.push(en.down.nativeArg(`experts[${i}].down`));
     });
-    return { gate, up, down };
+    this.#native = Object.freeze({ gate: Object.freeze(gate), up: Object.freeze(up), down: Object.freeze(down) });
+    return this.#native;
   }
 }

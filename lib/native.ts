@@ -145,7 +145,11 @@ export interface NativeAddon {
     topkIds: NativeTensorArg;
     topkWeights: NativeTensorArg;
     out: NativeTensorArg;
-    experts: { gate: Array<NativeTensorArg | null>; up: Array<NativeTensorArg | null>; down: Array<NativeTensorArg | null> };
+    experts: {
+      gate: ReadonlyArray<NativeTensorArg | null>;
+      up: ReadonlyArray<NativeTensorArg | null>;
+      down: ReadonlyArray<NativeTensorArg | null>;
+    };
     t: number;
     h: number;
     inter: number;

@@ -4,23 +4,11 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 
 import { DeviceTensor, DisposedError, HostTensor, OutOfMemoryError, PinnedBuffer, memoryStats, openBackend } from '../lib/index.js';
-import { nativeCounts } from './harness/memory.js';
-
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
+import { collect, nativeCounts } from './harness/memory.js';
 
 const be = openBackend({ backend: 'cpu' });
-
-async function collect(): Promise<void> {
-  for (let i = 0; i < 6; i++) {
-    gc();
-    await new Promise((r) => setImmediate(r));
-  }
-}
 
 void test('HostTensor holds dtype, shape and data; dispose makes data unusable; double dispose is harmless', () => {
   const t = HostTensor.from('bf16', [2, 2], [1, -2, 0.5, 3.140625]);

@@ -378,6 +378,35 @@ runCaseTable('moe ops', CASES);
 
 // ---- bad inputs: typed errors ----------------------------------------------------------------------------------
 
+// cuda (when present): the align kernel flags an id outside [-1, E) in mapped pinned memory and the op rejects
+// when it completes (no host sync), with the CPU's message; a valid call afterwards still succeeds.
+void test('moe ops on cuda reject ids outside [-1, E) when they complete', async (t) => {
+  const b = harnessBackends().find((x) => x.name.startsWith('cuda'));
+  if (!b || !b.available) {
+    t.skip(b?.reason ?? 'no cuda backend');
+    return;
+  }
+  const be = b.open();
+  const p = makeProblem({ t: 3, h: 16, inter: 8, e: 4, k: 2, seed: 1 });
+  const { table, dispose } = await buildTable(be, p);
+  try {
+    const w = new HostTensor('f32', [3, 2], p.w);
+    const out = new HostTensor('bf16', [3, 16]);
+    const run = (ids: HostTensor): Promise<KernelTier> =>
+      onBackend(be, [p.x, ids, w], [out], (i, o) => be.moeExperts({ x: i[0]!, topkIds: i[1]!, topkWeights: i[2]!, experts: table, out: o[0]! }));
+    for (const bad of [4, -2]) {
+      const ids = new HostTensor('i32', [3, 2], Int32Array.from([0, bad, 1, 2, bad, 0]));
+      const re = new RegExp(`topkIds must be -1 or in \\[0, 4\\), received ${bad} at index 1`);
+      await assert.rejects(run(ids), (e: unknown) => e instanceof InvalidArgumentError && re.test(e.message));
+      const dIds = await be.upload(ids);
+      await assert.rejects(be.moeAlign(dIds, 4, 8), (e: unknown) => e instanceof InvalidArgumentError && re.test(e.message));
+    }
+    await run(new HostTensor('i32', [3, 2], p.ids));
+  } finally {
+    dispose();
+  }
+});
+
 void test('moe ops reject bad inputs with typed errors', async () => {
   const be = harnessBackends().find((b) => b.name === 'cpu-scalar')!.open();
   const p = makeProblem({ t: 3, h: 16, inter: 8, e: 4, k: 2, seed: 1 });

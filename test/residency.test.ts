@@ -9,8 +9,6 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 
 import {
   Checkpoint,
@@ -24,16 +22,8 @@ import {
   parseModelConfig,
   writeCheckpoint,
 } from '../lib/index.js';
-import { nativeCounts } from './harness/memory.js';
+import { collect, nativeCounts } from './harness/memory.js';
 
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
-async function collect(): Promise<void> {
-  for (let i = 0; i < 6; i++) {
-    gc();
-    await new Promise((r) => setImmediate(r));
-  }
-}
 
 const be = openBackend({ backend: 'cpu' });
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-res-'));

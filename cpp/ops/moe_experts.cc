@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "moe_cuda.h"
+#include "napi/cuda_error_slot.h"
 #include "napi/op_args.h"
 
 namespace moe::js {
@@ -61,7 +62,15 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
                           reinterpret_cast<const float*>(w.ptr), nullptr, nullptr, nullptr,
                           reinterpret_cast<uint16_t*>(out.ptr), t, h, inter, e, k};
     Isa isa = s.isa;
-    s.op->work = [g, isa, ran, table](const ExecContext& ctx) {
+    // CUDA: ids outside [-1, e) are flagged by the align kernel in an error slot (mapped pinned host memory) and
+    // read here when the op completes (the stream's host callback): InvalidArgumentError like the CPU, no host sync.
+    auto slot = std::make_shared<CudaErrorSlot>();
+    AsyncOp* raw = s.op.get();  // alive while on_complete runs (complete() calls it before settling)
+    s.op->on_complete = [raw, slot, e] {
+      std::string msg = cuda_error_slot_finish(*slot, "topkIds", e);
+      if (!msg.empty()) raw->fail(ErrorCode::InvalidArgument, msg);
+    };
+    s.op->work = [g, isa, ran, table, slot](const ExecContext& ctx) {
       cpu::MoeExpertsArgs a = g;
       a.gate = table->data();
       a.up = table->data() + a.e;
@@ -71,9 +80,11 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
         return;
       }
 #if MOE_WITH_CUDA
+      slot->words = cuda_error_slot_acquire();
       int err = moe_cuda_moe_experts(ctx.device, a.x, a.topk_ids, a.topk_weights, a.gate, a.up, a.down, a.out, a.t,
-                                     a.h, a.inter, a.e, a.k, ctx.cuda_stream);
+                                     a.h, a.inter, a.e, a.k, slot->words, ctx.cuda_stream);
       if (err != 0) moe::throw_error(ErrorCode::Cuda, std::string("moeExperts launch: ") + moe_cuda_error_name(err));
+      slot->launched = true;
 #endif
     };
     return submit_op(s);

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "moe_cuda.h"
+#include "napi/cuda_error_slot.h"
 #include "napi/op_args.h"
 
 namespace moe::js {
@@ -89,16 +90,26 @@ Napi::Value MoeAlign(const Napi::CallbackInfo& info) {
     resolve_with_tier(*s.op, ran);
     cpu::MoeAlignArgs g{reinterpret_cast<const int32_t*>(ids.ptr), reinterpret_cast<int32_t*>(counts.ptr),
                         reinterpret_cast<int32_t*>(offsets.ptr), reinterpret_cast<int32_t*>(sorted.ptr), t, k, e, block, capacity};
-    s.op->work = [g, ran](const ExecContext& ctx) {
+    // CUDA: ids outside [-1, e) are flagged by the kernel in an error slot, read when the op completes.
+    auto slot = std::make_shared<CudaErrorSlot>();
+    s.op->work = [g, ran, slot](const ExecContext& ctx) {
       if (ctx.cuda_stream == nullptr) {
         *ran = static_cast<int>(cpu::moe_align(g));
         return;
       }
 #if MOE_WITH_CUDA
+      slot->words = cuda_error_slot_acquire();
       int err = moe_cuda_moe_align(ctx.device, g.topk_ids, g.counts, g.offsets, g.sorted_token_ids, g.t, g.k, g.e,
-                                   g.block, g.capacity, ctx.cuda_stream);
+                                   g.block, g.capacity, slot->words, ctx.cuda_stream);
       if (err != 0) moe::throw_error(ErrorCode::Cuda, std::string("moeAlign launch: ") + moe_cuda_error_name(err));
+      slot->launched = true;
 #endif
+    };
+    AsyncOp* raw = s.op.get();  // alive while on_complete runs (complete() calls it before settling)
+    const int64_t e_ = e;
+    s.op->on_complete = [raw, slot, e_] {
+      std::string msg = cuda_error_slot_finish(*slot, "topkIds", e_);
+      if (!msg.empty()) raw->fail(ErrorCode::InvalidArgument, msg);
     };
     return submit_op(s);
   });

@@ -24,6 +24,7 @@ import { describe } from '../dtype.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { Event, Stream } from '../stream.js';
 import type { Tensor } from '../tensor.js';
+import { settleOnce } from './settle.js';
 
 export type TransferPriority = 'demand' | 'prefetch';
 
@@ -76,7 +77,6 @@ export class Transfer {
   /** @internal */ readonly src: Tensor;
   /** @internal */ readonly dst: Tensor;
   readonly #engine: TransferEngine;
-  #settled = false;
 
   /** @internal */
   constructor(engine: TransferEngine, src: Tensor, dst: Tensor, priority: TransferPriority, event: Event) {
@@ -89,15 +89,9 @@ export class Transfer {
     // Reserved now, recorded on the copy stream right after the last chunk: a compute stream can wait on the
     // event immediately after submit(), before any chunk has even been queued.
     this.generation = event.reserve();
-    this.done = new Promise<void>((resolve, reject) => {
-      this.settle = (err?: unknown) => {
-        if (this.#settled) return;
-        this.#settled = true;
-        if (err === undefined) resolve();
-        else reject(err);
-      };
-    });
-    this.done.catch(() => {});
+    const completion = settleOnce();
+    this.done = completion.promise;
+    this.settle = completion.settle;
   }
 
   /** True once no chunk of it will start any more (finished, failed or cancelled). */

@@ -55,6 +55,7 @@ void add_gemm_cases(std::vector<Case>& cases);
 void add_attention_cases(std::vector<Case>& cases);  // attention_test.cc
 void add_api_cases(std::vector<Case>& cases);  // argument errors on every backend, CUDA runtime wrappers
 void add_moe_cases(std::vector<Case>& cases);     // router_topk, moe_align, moe_experts (moe_test.cc)
+void add_grouped_gemm_cases(std::vector<Case>& cases);  // grouped_gemm (grouped_gemm_test.cc)
 void add_gather_cases(std::vector<Case>& cases);  // gather_rows (gather_test.cc)
 
 // Runs every case whose "op shape backend" line contains `filter` (empty: all) and prints the results.

@@ -123,8 +123,13 @@ Outcome run_align(const Backend& be, int64_t t, int64_t k, int64_t e, int64_t bl
   } else {
 #if MOE_WITH_CUDA
     DevVec<int32_t> di(be, ids), dc(be, counts), doff(be, offsets), ds(be, sorted);
-    cuda_check(moe_cuda_moe_align(be.device, di.get(), dc.get(), doff.get(), ds.get(), t, k, e, block, cap, be.stream),
+    PinnedBuffer slot(16);  // error slot: valid ids (-1 included) must leave it 0
+    auto* words = static_cast<int32_t*>(slot.get());
+    std::memset(words, 0, 16);
+    cuda_check(moe_cuda_moe_align(be.device, di.get(), dc.get(), doff.get(), ds.get(), t, k, e, block, cap, words, be.stream),
                "moe_cuda_moe_align");
+    cuda_check(moe_cuda_stream_synchronize(be.device, be.stream), "sync");
+    if (words[0] != 0) return Outcome::fail("valid ids flagged in the error slot");
     dc.download(counts);
     doff.download(offsets);
     ds.download(sorted);
@@ -206,7 +211,7 @@ Outcome run_moe(const Backend& be, const MoeShape& s) {
       DevVec<int32_t> di(be, ids);
       DevVec<float> dwt(be, w);
       cuda_check(moe_cuda_moe_experts(be.device, dx.get(), di.get(), dwt.get(), tg.data(), tu.data(), td.data(),
-                                      dout.get(), t, h, I, e, k, be.stream),
+                                      dout.get(), t, h, I, e, k, nullptr, be.stream),
                  "moe_cuda_moe_experts");
       dout.download(o);
 #endif
@@ -251,9 +256,60 @@ Outcome run_moe(const Backend& be, const MoeShape& s) {
   return Outcome::check(ok, d);
 }
 
-// Invalid ids / table entries are rejected on the CPU with InvalidArgument.
+#if MOE_WITH_CUDA
+// CUDA: ids outside [-1, e) are skipped by the kernels and reported in an error slot of mapped pinned memory
+// ([0] = 1, [1] smallest index, [2] the id), which the op layer reads on completion (cpp/napi/cuda_error_slot.h).
+// Valid ids (-1 included) leave it 0.
+Outcome run_moe_invalid_cuda(const Backend& be) {
+  std::vector<std::string> problems;
+  PinnedBuffer slot(16);
+  auto* words = static_cast<volatile int32_t*>(slot.get());
+  auto expect = [&](const char* what, int32_t flag, int32_t index, int32_t id) {
+    if (words[0] != flag || (flag != 0 && (words[1] != index || words[2] != id)))
+      problems.push_back(std::string(what) + ": slot " + std::to_string(words[0]) + "," + std::to_string(words[1]) +
+                         "," + std::to_string(words[2]));
+    for (int i = 0; i < 4; ++i) words[i] = 0;
+  };
+  for (int i = 0; i < 4; ++i) words[i] = 0;
+  const int64_t t = 3, k = 2, e = 4, h = 32, I = 32, block = 4;
+  const int64_t cap = cpu::moe_align_capacity(t, k, e, block);
+  const std::vector<std::vector<int32_t>> id_sets = {{0, 5, 1, -1, 9, 2}, {0, 1, -7, 2, 3, 0}, {0, -1, 1, 2, 3, -1}};
+  const int32_t want[3][3] = {{1, 1, 5}, {1, 2, -7}, {0, 0, 0}};
+  std::vector<int32_t> zeros(static_cast<size_t>(cap), 0);
+  std::vector<uint16_t> x(static_cast<size_t>(t * h), f32_to_bf16(0.05f)), wv(static_cast<size_t>(I * h), f32_to_bf16(0.05f));
+  std::vector<float> w(static_cast<size_t>(t * k), 0.5f);
+  DevVec<uint16_t> dx(be, x), dout(be, x), dw(be, wv);
+  DevVec<float> dwt(be, w);
+  DevVec<int32_t> dc(be, zeros), doff(be, zeros), ds(be, zeros);
+  std::vector<const void*> tab(static_cast<size_t>(e), dw.get());
+  for (size_t s = 0; s < id_sets.size(); ++s) {
+    DevVec<int32_t> di(be, id_sets[s]);
+    cuda_check(moe_cuda_moe_align(be.device, di.get(), dc.get(), doff.get(), ds.get(), t, k, e, block, cap,
+                                  const_cast<int32_t*>(words), be.stream),
+               "moe_cuda_moe_align");
+    cuda_check(moe_cuda_stream_synchronize(be.device, be.stream), "sync");
+    expect(("align ids set " + std::to_string(s)).c_str(), want[s][0], want[s][1], want[s][2]);
+    cuda_check(moe_cuda_moe_experts(be.device, dx.get(), di.get(), dwt.get(), tab.data(), tab.data(), tab.data(),
+                                    dout.get(), t, h, I, e, k, const_cast<int32_t*>(words), be.stream),
+               "moe_cuda_moe_experts");
+    cuda_check(moe_cuda_stream_synchronize(be.device, be.stream), "sync");
+    expect(("experts ids set " + std::to_string(s)).c_str(), want[s][0], want[s][1], want[s][2]);
+  }
+  std::string d = "err=" + std::to_string(problems.size());
+  for (const auto& p : problems) d += "; " + p;
+  return Outcome::check(problems.empty(), d);
+}
+#endif
+
+// Invalid ids / table entries are rejected on the CPU with InvalidArgument; on CUDA ids are flagged (above).
 Outcome run_moe_invalid(const Backend& be) {
-  if (be.kind != BackendKind::Cpu) return Outcome::pass("n/a (CUDA skips ids outside [0, e))");
+  if (be.kind != BackendKind::Cpu) {
+#if MOE_WITH_CUDA
+    return run_moe_invalid_cuda(be);
+#else
+    return Outcome::skip("no CUDA in this build");
+#endif
+  }
   std::vector<std::string> problems;
   auto expect_invalid = [&](const char* what, const std::function<void()>& fn) {
     try {
@@ -306,6 +362,8 @@ void add_moe_cases(std::vector<Case>& cases) {
       {64, 128, 96, 8, 2, 0}, {222, 64, 64, 8, 2, 0},  {33, 511, 64, 8, 2, 0},  {33, 64, 511, 8, 2, 0},
       {7, 64, 128, 8, 1, 0},  {33, 128, 64, 64, 6, 0}, {16, 64, 48, 128, 8, 0}, {64, 64, 64, 8, 2, 1},
       {33, 64, 64, 8, 2, 2},  {33, 64, 64, 8, 2, 3},   {5, 32, 32, 8, 8, 0},
+      // decode rows longer than the streaming kernel's row-after-row limit (2048): side-by-side walk, k tails
+      {3, 2085, 40, 8, 2, 0}, {3, 48, 2100, 8, 2, 0},
   };
   for (const MoeShape& s : moe_shapes) {
     static const char* modes[] = {"", " all-on-one", " minus-one", " absent"};
