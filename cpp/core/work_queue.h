@@ -2,6 +2,7 @@
 // are the ops themselves; on CUDA they submit work to a cudaStream (so a pageable cudaMemcpyAsync or a slow launch
 // never blocks the JS thread).
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -32,6 +33,8 @@ class WorkQueue {
   std::deque<std::function<void()>> q_;
   bool stopping_ = false;
   bool running_ = false;
+  std::atomic<size_t> queued_{0};  // q_.size(), readable without the lock (the post-task spin)
+  std::atomic<bool> sleeping_{false};
   std::thread thread_;
 };
 
