@@ -238,11 +238,15 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
     // Streaming path per expert (see the header): tiles of kStreamRows rows instead of kTileN.
     auto streams = [&](int64_t x) { return stream_ok && count[x] <= kStreamMaxRows; };
     auto tile_of = [&](int64_t x) { return streams(x) ? kStreamRows : kTileN; };
-    items.clear();
-    for (int64_t x = 0; x < E; ++x) {
-      const int64_t tiles1 = count[x] > 0 ? (I + tile_of(x) - 1) / tile_of(x) : 0;
-      for (int64_t tl = 0; tl < tiles1; ++tl) items.push_back({static_cast<int32_t>(x), static_cast<int32_t>(tl)});
-    }
+    // Work items (expert, tile) over `cols` output columns of every expert that has rows.
+    auto build_items = [&](int64_t cols) {
+      items.clear();
+      for (int64_t x = 0; x < E; ++x) {
+        const int64_t tiles = count[x] > 0 ? (cols + tile_of(x) - 1) / tile_of(x) : 0;
+        for (int64_t tl = 0; tl < tiles; ++tl) items.push_back({static_cast<int32_t>(x), static_cast<int32_t>(tl)});
+      }
+    };
+    build_items(I);
     std::function<void(size_t, size_t)> gemm1 = [&](size_t i0, size_t i1) {
       for (size_t it = i0; it < i1; ++it) {
         const int64_t x = items[it].expert, tn = tile_of(x), n0 = items[it].tile * tn;
@@ -290,11 +294,7 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
     }
 
     // 3. GEMM2 per (expert, h tile): part = act_e down_e^T, f32.
-    items.clear();
-    for (int64_t x = 0; x < E; ++x) {
-      const int64_t tiles2 = count[x] > 0 ? (H + tile_of(x) - 1) / tile_of(x) : 0;
-      for (int64_t tl = 0; tl < tiles2; ++tl) items.push_back({static_cast<int32_t>(x), static_cast<int32_t>(tl)});
-    }
+    build_items(H);
     std::function<void(size_t, size_t)> gemm2 = [&](size_t i0, size_t i1) {
       for (size_t it = i0; it < i1; ++it) {
         const int64_t x = items[it].expert, tn = tile_of(x), n0 = items[it].tile * tn;

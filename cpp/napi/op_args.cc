@@ -24,6 +24,8 @@ Napi::Value submit_op(OpStart& s) {
   return p;
 }
 
+DType OpStart::dtype(const char* key) const { return arg_dtype(params.Get(key), key); }
+
 DType arg_dtype(const Napi::Value& v, const char* what) {
   return static_cast<DType>(arg_int(v, what, 0, 4));
 }

@@ -20,6 +20,10 @@ struct OpStart {
   Napi::Object params;
   Isa isa = Isa::Scalar;  // clamped to what the CPU has
   bool cuda() const { return stream->backend() == BackendKind::Cuda; }
+  // params[key] read as a size / dtype code / number; errors name `key`.
+  int64_t size(const char* key) const { return arg_size(params.Get(key), key); }
+  DType dtype(const char* key) const;
+  double number(const char* key) const { return arg_number(params.Get(key), key); }
 };
 
 OpStart begin_op(const Napi::CallbackInfo& info, const char* name);

@@ -11,11 +11,11 @@ Napi::Value Add(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     OpStart s = begin_op(info, "add");
-    DType t = arg_dtype(s.params.Get("dtype"), "dtype");
+    DType t = s.dtype("dtype");
     if (t != DType::F32 && t != DType::F16 && t != DType::BF16)
       throw_error(env, ErrorCode::InvalidArgument, std::string("add: dtype must be f32, f16 or bf16, received ") +
                                                        dtype_name(t));
-    uint64_t n = static_cast<uint64_t>(arg_size(s.params.Get("n"), "n"));
+    uint64_t n = static_cast<uint64_t>(s.size("n"));
     TensorArg a = read_tensor(*s.op, s.params.Get("a"), "a");
     TensorArg b = read_tensor(*s.op, s.params.Get("b"), "b");
     TensorArg out = read_tensor(*s.op, s.params.Get("out"), "out");

@@ -20,20 +20,20 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
     OpStart s = begin_op(info, "attention");
     if (s.cuda()) throw_error(env, ErrorCode::InvalidArgument, "attention: runs on CPU streams only (the KV cache is in host memory)");
     cpu::AttentionArgs g{};
-    g.q_dtype = arg_dtype(s.params.Get("qDtype"), "qDtype");
-    g.kv_dtype = arg_dtype(s.params.Get("kvDtype"), "kvDtype");
-    g.out_dtype = arg_dtype(s.params.Get("outDtype"), "outDtype");
-    g.num_seqs = arg_size(s.params.Get("numSeqs"), "numSeqs");
-    g.max_blocks = arg_size(s.params.Get("maxBlocks"), "maxBlocks");
-    g.num_pages = arg_size(s.params.Get("numPages"), "numPages");
-    g.total_q = arg_size(s.params.Get("totalQ"), "totalQ");
-    g.q_heads = arg_size(s.params.Get("qHeads"), "qHeads");
-    g.kv_heads = arg_size(s.params.Get("kvHeads"), "kvHeads");
-    g.head_dim = arg_size(s.params.Get("headDim"), "headDim");
-    g.block_size = arg_size(s.params.Get("blockSize"), "blockSize");
-    g.scale = static_cast<float>(arg_number(s.params.Get("scale"), "scale"));
-    g.sliding_window = arg_size(s.params.Get("slidingWindow"), "slidingWindow");
-    g.num_splits = arg_size(s.params.Get("numSplits"), "numSplits");
+    g.q_dtype = s.dtype("qDtype");
+    g.kv_dtype = s.dtype("kvDtype");
+    g.out_dtype = s.dtype("outDtype");
+    g.num_seqs = s.size("numSeqs");
+    g.max_blocks = s.size("maxBlocks");
+    g.num_pages = s.size("numPages");
+    g.total_q = s.size("totalQ");
+    g.q_heads = s.size("qHeads");
+    g.kv_heads = s.size("kvHeads");
+    g.head_dim = s.size("headDim");
+    g.block_size = s.size("blockSize");
+    g.scale = static_cast<float>(s.number("scale"));
+    g.sliding_window = s.size("slidingWindow");
+    g.num_splits = s.size("numSplits");
     // Shape-level checks now (contents of the tables when the op runs).
     if (g.q_heads > (1 << 16) || g.kv_heads > (1 << 16) || g.num_seqs > (int64_t{1} << 31) || g.max_blocks > (int64_t{1} << 31))
       throw_error(env, ErrorCode::InvalidArgument, "attention: head or sequence counts out of range");

@@ -11,13 +11,13 @@ Napi::Value Convert(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     OpStart s = begin_op(info, "convert");
-    DType st = arg_dtype(s.params.Get("srcDtype"), "srcDtype");
-    DType dt = arg_dtype(s.params.Get("dstDtype"), "dstDtype");
+    DType st = s.dtype("srcDtype");
+    DType dt = s.dtype("dstDtype");
     auto floaty = [](DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; };
     if (!floaty(st) || !floaty(dt))
       throw_error(env, ErrorCode::InvalidArgument, std::string("convert: dtypes must be f32, f16 or bf16, received ") +
                                                        dtype_name(st) + " -> " + dtype_name(dt));
-    uint64_t n = static_cast<uint64_t>(arg_size(s.params.Get("n"), "n"));
+    uint64_t n = static_cast<uint64_t>(s.size("n"));
     TensorArg src = read_tensor(*s.op, s.params.Get("src"), "src");
     TensorArg dst = read_tensor(*s.op, s.params.Get("dst"), "dst");
     check_placement(env, src, *s.stream, "convert", "src", false);

@@ -14,9 +14,9 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     OpStart s = begin_op(info, "gatherRows");
-    uint64_t rows = static_cast<uint64_t>(arg_size(s.params.Get("srcRows"), "srcRows"));
-    uint64_t row_bytes = static_cast<uint64_t>(arg_size(s.params.Get("rowBytes"), "rowBytes"));
-    uint64_t n = static_cast<uint64_t>(arg_size(s.params.Get("n"), "n"));
+    uint64_t rows = static_cast<uint64_t>(s.size("srcRows"));
+    uint64_t row_bytes = static_cast<uint64_t>(s.size("rowBytes"));
+    uint64_t n = static_cast<uint64_t>(s.size("n"));
     TensorArg src = read_tensor(*s.op, s.params.Get("src"), "src");
     TensorArg ids = read_tensor(*s.op, s.params.Get("ids"), "ids");
     TensorArg dst = read_tensor(*s.op, s.params.Get("dst"), "dst");

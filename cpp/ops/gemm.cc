@@ -23,15 +23,15 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     OpStart s = begin_op(info, "gemm");
-    DType ab = arg_dtype(s.params.Get("abDtype"), "abDtype");
-    DType ot = arg_dtype(s.params.Get("outDtype"), "outDtype");
+    DType ab = s.dtype("abDtype");
+    DType ot = s.dtype("outDtype");
     if ((ab != DType::F32 && ab != DType::BF16) || (ot != DType::F32 && ot != DType::BF16))
       throw_error(env, ErrorCode::InvalidArgument, std::string("gemm: abDtype and outDtype must be f32 or bf16, received ") +
                                                        dtype_name(ab) + ", " + dtype_name(ot));
-    int64_t m = arg_size(s.params.Get("m"), "m"), n = arg_size(s.params.Get("n"), "n"),
-            k = arg_size(s.params.Get("k"), "k");
-    int64_t lda = arg_size(s.params.Get("lda"), "lda"), ldb = arg_size(s.params.Get("ldb"), "ldb"),
-            ldc = arg_size(s.params.Get("ldc"), "ldc");
+    int64_t m = s.size("m"), n = s.size("n"),
+            k = s.size("k");
+    int64_t lda = s.size("lda"), ldb = s.size("ldb"),
+            ldc = s.size("ldc");
     if (lda < k || ldb < k || ldc < n)
       throw_error(env, ErrorCode::InvalidArgument,
                   "gemm: strides must satisfy lda >= k, ldb >= k, ldc >= n, received lda=" + std::to_string(lda) +

@@ -19,12 +19,12 @@ Napi::Value GroupedGemm(const Napi::CallbackInfo& info) {
   return guarded(env, [&]() -> Napi::Value {
     OpStart s = begin_op(info, "groupedGemm");
     const char* op = "groupedGemm";
-    DType ot = arg_dtype(s.params.Get("outDtype"), "outDtype");
+    DType ot = s.dtype("outDtype");
     if (ot != DType::F32 && ot != DType::BF16)
       throw_error(env, ErrorCode::InvalidArgument, std::string("groupedGemm: outDtype must be f32 or bf16, received ") + dtype_name(ot));
-    const int64_t g = arg_size(s.params.Get("g"), "g"), n = arg_size(s.params.Get("n"), "n"),
-                  k = arg_size(s.params.Get("k"), "k"), lda = arg_size(s.params.Get("lda"), "lda"),
-                  ldb = arg_size(s.params.Get("ldb"), "ldb"), ldc = arg_size(s.params.Get("ldc"), "ldc");
+    const int64_t g = s.size("g"), n = s.size("n"),
+                  k = s.size("k"), lda = s.size("lda"),
+                  ldb = s.size("ldb"), ldc = s.size("ldc");
     if (g < 1 || n < 1 || k < 1 || lda < k || ldb < k || ldc < n)
       throw_error(env, ErrorCode::InvalidArgument,
                   "groupedGemm: need g, n, k >= 1, lda >= k, ldb >= k, ldc >= n, received g=" + std::to_string(g) +

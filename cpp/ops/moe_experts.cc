@@ -22,9 +22,9 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
   return guarded(env, [&]() -> Napi::Value {
     OpStart s = begin_op(info, "moeExperts");
     const char* op = "moeExperts";
-    int64_t t = arg_size(s.params.Get("t"), "t"), h = arg_size(s.params.Get("h"), "h"),
-            inter = arg_size(s.params.Get("inter"), "inter"), e = arg_size(s.params.Get("e"), "e"),
-            k = arg_size(s.params.Get("k"), "k");
+    int64_t t = s.size("t"), h = s.size("h"),
+            inter = s.size("inter"), e = s.size("e"),
+            k = s.size("k");
     if (h < 1 || inter < 1 || e < 1 || k < 1)
       throw_error(env, ErrorCode::InvalidArgument, "moeExperts: h, inter, e and k must be >= 1");
     auto placed = [&](const Napi::Value& v, const std::string& what, DType dt, uint64_t bytes) {

@@ -19,15 +19,15 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   return guarded(env, [&]() -> Napi::Value {
     OpStart s = begin_op(info, "rope");
     cpu::RopeArgs g{};
-    g.dtype = arg_dtype(s.params.Get("dtype"), "dtype");
+    g.dtype = s.dtype("dtype");
     if (g.dtype != DType::F32 && g.dtype != DType::BF16)
       throw_error(env, ErrorCode::InvalidArgument, std::string("rope: dtype must be f32 or bf16, received ") + dtype_name(g.dtype));
-    g.tokens = arg_size(s.params.Get("tokens"), "tokens");
-    g.q_heads = arg_size(s.params.Get("qHeads"), "qHeads");
-    g.kv_heads = arg_size(s.params.Get("kvHeads"), "kvHeads");
-    g.head_dim = arg_size(s.params.Get("headDim"), "headDim");
-    g.rotary_dim = arg_size(s.params.Get("rotaryDim"), "rotaryDim");
-    g.attention_scaling = static_cast<float>(arg_number(s.params.Get("attentionScaling"), "attentionScaling"));
+    g.tokens = s.size("tokens");
+    g.q_heads = s.size("qHeads");
+    g.kv_heads = s.size("kvHeads");
+    g.head_dim = s.size("headDim");
+    g.rotary_dim = s.size("rotaryDim");
+    g.attention_scaling = static_cast<float>(s.number("attentionScaling"));
     if (g.tokens > 0x7fffffff || g.q_heads > (1 << 16) || g.kv_heads > (1 << 16) || g.head_dim < 2 || g.head_dim > 1024 ||
         g.rotary_dim < 2 || g.rotary_dim % 2 != 0 || g.rotary_dim > g.head_dim)
       throw_error(env, ErrorCode::InvalidArgument,

@@ -29,7 +29,7 @@ Napi::Value RouterTopK(const Napi::CallbackInfo& info) {
   return guarded(env, [&]() -> Napi::Value {
     OpStart s = begin_op(info, "routerTopK");
     const char* op = "routerTopK";
-    int64_t t = arg_size(s.params.Get("t"), "t"), e = arg_size(s.params.Get("e"), "e"), k = arg_size(s.params.Get("k"), "k");
+    int64_t t = s.size("t"), e = s.size("e"), k = s.size("k");
     if (e < 1 || k < 1 || k > e)
       throw_error(env, ErrorCode::InvalidArgument, "routerTopK: need 1 <= k <= e, received k=" + std::to_string(k) + " e=" + std::to_string(e));
     int32_t scoring = arg_int(s.params.Get("scoring"), "scoring", 0, 1);
@@ -70,8 +70,8 @@ Napi::Value MoeAlign(const Napi::CallbackInfo& info) {
   return guarded(env, [&]() -> Napi::Value {
     OpStart s = begin_op(info, "moeAlign");
     const char* op = "moeAlign";
-    int64_t t = arg_size(s.params.Get("t"), "t"), k = arg_size(s.params.Get("k"), "k"),
-            e = arg_size(s.params.Get("e"), "e"), block = arg_size(s.params.Get("blockSize"), "blockSize");
+    int64_t t = s.size("t"), k = s.size("k"),
+            e = s.size("e"), block = s.size("blockSize");
     if (k < 1 || e < 1 || block < 1)
       throw_error(env, ErrorCode::InvalidArgument, "moeAlign: k, e and blockSize must be >= 1");
     TensorArg ids = placed(s, op, "topkIds", DType::I32);
