@@ -86,6 +86,10 @@ export interface Tensor {
   readonly disposed: boolean;
   /** Bytes [offset, offset + length) of this tensor as a u8 tensor sharing its memory (for chunked copies). */
   bytesView(offset: number, length: number): Tensor;
+  /** The same elements as `shape` (same element count), sharing memory. */
+  reshape(shape: Shape): Tensor;
+  /** Rows [start, start + count) along the first dimension, sharing memory. */
+  rows(start: number, count: number): Tensor;
   /** @internal */ nativeArg(what: string): NativeTensorArg;
   /** @internal */ readonly placement: Placement;
 }
@@ -184,6 +188,20 @@ export class HostTensor<D extends DType = DType> implements Tensor {
 
   get placement(): Placement {
     return this.#owner ? { kind: 'pinned', backend: this.#owner.backendKind } : { kind: 'js' };
+  }
+
+  /** The same elements as `shape` (same element count), sharing memory. @example x.reshape([t, heads, headDim]) */
+  reshape(shape: Shape): HostTensor<D> {
+    const s = checkReshape(this, shape);
+    const d = this.data;
+    return new HostTensor(this.dtype, s, d, this.#owner);
+  }
+
+  /** Rows [start, start + count) along the first dimension, sharing memory. @example logits.rows(t - 1, 1) */
+  rows(start: number, count: number): HostTensor<D> {
+    const { shape, begin, length } = rowRange(this, start, count);
+    const d = this.data as AnyTypedArray;
+    return new HostTensor(this.dtype, shape, d.subarray(begin, begin + length) as ArrayFor<D>, this.#owner);
   }
 
   bytesView(offset: number, length: number): HostTensor<'u8'> {
@@ -333,6 +351,19 @@ export class DeviceTensor<D extends DType = DType> implements Tensor {
     return new DeviceTensor(this.#alloc, dtype, s, byteOffset, false);
   }
 
+  /** The same elements as `shape` (same element count), sharing memory. */
+  reshape(shape: Shape): DeviceTensor<D> {
+    if (this.disposed) throw new DisposedError('DeviceTensor.reshape: the tensor was disposed');
+    return new DeviceTensor(this.#alloc, this.dtype, checkReshape(this, shape), this.byteOffset, false);
+  }
+
+  /** Rows [start, start + count) along the first dimension, sharing memory. */
+  rows(start: number, count: number): DeviceTensor<D> {
+    if (this.disposed) throw new DisposedError('DeviceTensor.rows: the tensor was disposed');
+    const { shape, begin } = rowRange(this, start, count);
+    return new DeviceTensor(this.#alloc, this.dtype, shape, this.byteOffset + begin * DTYPE_SIZE[this.dtype], false);
+  }
+
   bytesView(offset: number, length: number): DeviceTensor<'u8'> {
     if (this.disposed) throw new DisposedError('DeviceTensor.bytesView: the tensor was disposed');
     checkRange(offset, length, this.byteLength);
@@ -392,4 +423,24 @@ export class HostRegistration {
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+function checkReshape(t: Tensor, shape: Shape): readonly number[] {
+  const s = checkShape(shape);
+  if (numelOf(s) !== t.numel) {
+    throw new InvalidArgumentError(`shape must have ${t.numel} elements (the tensor's [${t.shape.join(', ')}]), received [${s.join(', ')}]`);
+  }
+  return Object.freeze([...s]);
+}
+
+/** Shape and element range of rows [start, start + count) of t's first dimension. */
+function rowRange(t: Tensor, start: number, count: number): { shape: readonly number[]; begin: number; length: number } {
+  if (t.shape.length < 1) throw new InvalidArgumentError('rows: the tensor has no first dimension (it is a scalar)');
+  const n = t.shape[0]!;
+  if (!Number.isSafeInteger(start) || start < 0 || start > n) throw new InvalidArgumentError(`start must be an integer in [0, ${n}], received ${describe(start)}`);
+  if (!Number.isSafeInteger(count) || count < 0 || start + count > n) {
+    throw new InvalidArgumentError(`count must be an integer in [0, ${n - start}] (rows after start ${start}), received ${describe(count)}`);
+  }
+  const row = n === 0 ? 0 : t.numel / n;
+  return { shape: Object.freeze([count, ...t.shape.slice(1)]), begin: start * row, length: count * row };
 }
