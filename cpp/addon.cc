@@ -20,6 +20,7 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info);
 Napi::Value ReadProbe(const Napi::CallbackInfo& info);
 Napi::Value GroupedGemm(const Napi::CallbackInfo& info);
 Napi::Value Rope(const Napi::CallbackInfo& info);
+Napi::Value RmsNorm(const Napi::CallbackInfo& info);
 }  // namespace moe::js
 
 namespace {
@@ -68,6 +69,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("readProbe", Napi::Function::New<ReadProbe>(env, "readProbe"));
   exports.Set("groupedGemm", Napi::Function::New<GroupedGemm>(env, "groupedGemm"));
   exports.Set("rope", Napi::Function::New<Rope>(env, "rope"));
+  exports.Set("rmsNorm", Napi::Function::New<RmsNorm>(env, "rmsNorm"));
   return exports;
 }
 

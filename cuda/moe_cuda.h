@@ -74,6 +74,9 @@ int moe_cuda_memset_async(int device, void* dst, int value, size_t bytes, void* 
 int moe_cuda_convert(int device, const void* src, int src_dtype, void* dst, int dst_dtype, size_t n, void* stream);
 /* out[i] = a[i] + b[i], computed in f32; dtype f32/f16/bf16. */
 int moe_cuda_add(int device, const void* a, const void* b, void* out, int dtype, size_t n, void* stream);
+/* Row broadcast (add.cu): out[r,j] = a[r,j] + b[j], a/out [n/b_len, b_len], b [b_len]; n a multiple of b_len > 0. */
+int moe_cuda_add_bcast(int device, const void* a, const void* b, void* out, int dtype, size_t n, size_t b_len,
+                       void* stream);
 /* out[m,n] = sum_k a[m,k] * b[n,k]; ab_dtype f32|bf16, out_dtype f32|bf16; row strides in elements. */
 int moe_cuda_gemm(int device, const void* a, const void* b, void* out, int ab_dtype, int out_dtype, int64_t m,
                   int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, void* stream);
@@ -89,6 +92,12 @@ int moe_cuda_grouped_gemm(int device, const void* a, const int32_t* offsets, con
 int moe_cuda_rope(int device, void* q, void* k, const int32_t* positions, const float* inv_freq, int dtype, int64_t tokens,
                   int64_t q_heads, int64_t kv_heads, int64_t head_dim, int64_t rotary_dim, float attention_scaling,
                   void* stream);
+
+/* RMSNorm (rms_norm.cu, cpp/cpu/rms_norm.h): x [rows,d] (x_dtype f32|bf16; when add != NULL: x f32 and
+ * x += add [rows,d] add_dtype f32|bf16 in place first), weight [d] w_dtype, out [rows,d] out_dtype (may be x);
+ * out = x / sqrt(mean(x^2) + eps) * weight in f32; eps finite >= 0; d < 2^31. */
+int moe_cuda_rms_norm(int device, void* x, int x_dtype, const void* add, int add_dtype, const void* weight,
+                      int w_dtype, void* out, int out_dtype, int64_t rows, int64_t d, float eps, void* stream);
 
 /* --- fused MoE (issue 3; router_topk.cu, moe_experts.cu) --- */
 /* logits [t,e] f32 -> topk_ids [t,k] i32, topk_weights [t,k] f32; scoring 0 softmax, 1 sigmoid (bias [e] or NULL,

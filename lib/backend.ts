@@ -325,17 +325,96 @@ export class Backend {
     );
   }
 
-  /** out = a + b elementwise (f32, f16 or bf16; computed in f32). Same dtype and shape; out may be a or b. */
+  /**
+   * out = a + b elementwise (f32, f16 or bf16; computed in f32, bf16 / f16 results rounded to nearest even). a, b
+   * and out have one dtype. b has a's shape, or is 1-D [N] with N = a's last dimension: then b is added to every
+   * row, out[r, j] = a[r, j] + b[j] (the bias add of q/k/v projections). out has a's shape; out may be a, and b
+   * when b has a's shape.
+   * @example
+   * await be.add(q, qBias, q)   // q [T, heads * headDim] bf16 += qBias [heads * headDim] bf16
+   */
   add(a: Tensor, b: Tensor, out: Tensor, options: OpOptions = {}): Promise<KernelTier> {
     checkTensor(a, 'a', FLOAT_DTYPES);
     checkTensor(b, 'b', FLOAT_DTYPES);
     checkTensor(out, 'out', FLOAT_DTYPES);
     sameDtype(a, b, 'a', 'b');
     sameDtype(a, out, 'a', 'out');
-    sameShape(a, b, 'a', 'b');
+    const same = a.shape.length === b.shape.length && a.shape.every((d, i) => d === b.shape[i]);
+    const last = a.shape.length > 0 ? a.shape[a.shape.length - 1]! : undefined;
+    const rowBroadcast = !same && b.shape.length === 1 && last !== undefined && b.shape[0] === last;
+    if (!same && !rowBroadcast) {
+      throw new InvalidArgumentError(
+        `b must have a's shape [${a.shape.join(', ')}], received [${b.shape.join(', ')}]` +
+          (last === undefined ? '' : ` (or be [${last}]: a's last dimension, added to every row)`),
+      );
+    }
     sameShape(a, out, 'a', 'out');
     return this.#run('add', options, (addon, stream, cancel) =>
-      addon.add(stream, { a: a.nativeArg('a'), b: b.nativeArg('b'), out: out.nativeArg('out'), dtype: DTYPE_CODE[a.dtype], n: a.numel, isa: this.#isaCode() }, cancel),
+      addon.add(
+        stream,
+        {
+          a: a.nativeArg('a'),
+          b: b.nativeArg('b'),
+          out: out.nativeArg('out'),
+          dtype: DTYPE_CODE[a.dtype],
+          n: a.numel,
+          ...(rowBroadcast ? { bLen: last! } : {}),
+          isa: this.#isaCode(),
+        },
+        cancel,
+      ),
+    );
+  }
+
+  /**
+   * RMSNorm (HF LlamaRMSNorm semantics, f32 math): over rows of length D = x's last dimension,
+   *   out[r] = x[r] * (1 / sqrt(mean_j x[r,j]^2 + eps)) * weight
+   * With `add`: first x[r] += add[r] in place (x must be f32: the model's residual stream), then normalise the
+   * updated x. This fuses the residual add with the next layer norm.
+   * x: any rank >= 1, f32 | bf16; weight [D] f32 | bf16; out: x's shape, f32 | bf16; add: x's shape, f32 | bf16.
+   * out may be x itself (same dtype, no add).
+   * The sum of squares is accumulated in f32 in a fixed order per row (the result does not depend on the thread
+   * count); bf16 outputs are rounded to nearest even once, after (x * scale) * weight in f32 (HF rounds x * scale
+   * to the input dtype before the weight multiply). CPU: every tier; CUDA: compiled, not verified on a GPU.
+   * @example
+   * await be.rmsNorm({ x: hidden, weight: ln1, out: xn, eps: 1e-6, add: attnOut })  // hidden [T, H] f32 += attnOut; xn bf16
+   */
+  rmsNorm(p: { x: Tensor; weight: Tensor; out: Tensor; eps: number; add?: Tensor }, options: OpOptions = {}): Promise<KernelTier> {
+    if (typeof p !== 'object' || p === null) throw new InvalidArgumentError(`rmsNorm: params must be an object, received ${describe(p)}`);
+    const { x, weight, out, eps, add } = p;
+    checkTensor(x, 'x', GEMM_DTYPES);
+    checkTensor(weight, 'weight', GEMM_DTYPES);
+    checkTensor(out, 'out', GEMM_DTYPES);
+    if (x.shape.length < 1) throw new InvalidArgumentError(`x must have rank >= 1 (rows of its last dimension), received shape [${x.shape.join(', ')}]`);
+    const d = x.shape[x.shape.length - 1]!;
+    checkDims(weight, [d], 'weight');
+    sameShape(x, out, 'x', 'out');
+    if (add !== undefined) {
+      checkTensor(add, 'add', GEMM_DTYPES);
+      sameShape(x, add, 'x', 'add');
+      if (x.dtype !== 'f32') throw new InvalidArgumentError(`x.dtype must be f32 when add is given (x is updated in place: the residual stream), received ${x.dtype}`);
+    }
+    if (typeof eps !== 'number' || !Number.isFinite(eps) || eps < 0 || eps > 3.4028234663852886e38) {
+      throw new InvalidArgumentError(`eps must be a finite number >= 0 (within the f32 range), received ${describe(eps)}`);
+    }
+    return this.#run('rmsNorm', options, (addon, stream, cancel) =>
+      addon.rmsNorm(
+        stream,
+        {
+          x: x.nativeArg('x'),
+          xDtype: DTYPE_CODE[x.dtype],
+          weight: weight.nativeArg('weight'),
+          wDtype: DTYPE_CODE[weight.dtype],
+          out: out.nativeArg('out'),
+          outDtype: DTYPE_CODE[out.dtype],
+          ...(add === undefined ? {} : { add: add.nativeArg('add'), addDtype: DTYPE_CODE[add.dtype] }),
+          rows: d === 0 ? 0 : x.numel / d,
+          d,
+          eps,
+          isa: this.#isaCode(),
+        },
+        cancel,
+      ),
     );
   }
 

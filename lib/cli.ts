@@ -1,17 +1,32 @@
 #!/usr/bin/env node
 /**
  * The `moe-offload` command.
- *   moe-offload info [--json]    what this install can do: CPU, CUDA devices or why not, backend in use
+ *   moe-offload info [--json]                          what this install can do
+ *   moe-offload make-model --preset NAME DIR           a random-weight HF checkpoint (the embedded default model)
+ *   moe-offload generate --model DIR --prompt TEXT     stream a completion (latency mode)
  */
-import { formatInfo, info } from './info.js';
+import { parseArgs } from 'node:util';
 
-const USAGE = `usage: moe-offload <command>
+import { loadModel } from './engine/model.js';
+import { InvalidArgumentError } from './errors.js';
+import { formatInfo, info } from './info.js';
+import { makeModel } from './model/make-model.js';
+import { PRESETS, PRESET_NAMES } from './model/presets.js';
+
+const USAGE = `usage: moe-offload <command> [options]
 
 commands:
-  info [--json]   package version, CPU features, CUDA devices (or why CUDA is unavailable), backend in use
+  info [--json]              package version, CPU features, CUDA devices (or why CUDA is unavailable), backend in use
+  make-model --preset NAME [--seed N] [--layers N] DIR
+                             write a random-weight MoE checkpoint in HF format (config.json, safetensors shards,
+                             tokenizer.json, chat template) into DIR; presets:
+${PRESET_NAMES.map((p) => `                               ${p.padEnd(22)}${PRESETS[p].description}`).join('\n')}
+  generate --model DIR (--prompt TEXT | --chat TEXT) [--max-new-tokens N] [--temperature T] [--top-k K]
+           [--top-p P] [--seed N] [--stop S]... [--experts resident|FRACTION] [--policy lru|finemoe] [--json]
+                             stream a completion to stdout, then timing (stderr, or one JSON line with --json)
 `;
 
-function main(argv: string[]): number {
+async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case 'info': {
@@ -19,6 +34,10 @@ function main(argv: string[]): number {
       process.stdout.write(rest.includes('--json') ? `${JSON.stringify(i, null, 2)}\n` : `${formatInfo(i)}\n`);
       return 0;
     }
+    case 'make-model':
+      return makeModelCmd(rest);
+    case 'generate':
+      return generateCmd(rest);
     case undefined:
     case '-h':
     case '--help':
@@ -30,10 +49,116 @@ function main(argv: string[]): number {
   }
 }
 
-try {
-  process.exitCode = main(process.argv.slice(2));
-} catch (e) {
-  const err = e as Error & { code?: string };
-  process.stderr.write(`moe-offload: ${err.code ? `[${err.code}] ` : ''}${err.message}\n`);
-  process.exitCode = 1;
+function intOpt(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n)) throw new InvalidArgumentError(`--${name} must be an integer, received ${JSON.stringify(v)}`);
+  return n;
 }
+
+function numOpt(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new InvalidArgumentError(`--${name} must be a number, received ${JSON.stringify(v)}`);
+  return n;
+}
+
+async function makeModelCmd(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { preset: { type: 'string' }, seed: { type: 'string' }, layers: { type: 'string' } },
+    allowPositionals: true,
+  });
+  if (positionals.length !== 1) throw new InvalidArgumentError(`make-model takes one output directory, received ${positionals.length}`);
+  if (values.preset === undefined) throw new InvalidArgumentError(`--preset is required (one of ${PRESET_NAMES.join(', ')})`);
+  const layers = intOpt(values.layers, 'layers');
+  const seed = intOpt(values.seed, 'seed');
+  const t0 = performance.now();
+  const m = await makeModel(positionals[0]!, {
+    preset: values.preset as keyof typeof PRESETS,
+    ...(seed !== undefined ? { seed } : {}),
+    ...(layers !== undefined ? { config: { num_hidden_layers: layers } } : {}),
+  });
+  process.stdout.write(
+    `wrote ${values.preset} to ${m.dir}: ${(m.parameters / 1e6).toFixed(1)} M parameters, ${(m.bytes / 2 ** 20).toFixed(1)} MiB in ${m.files.length} files (${((performance.now() - t0) / 1000).toFixed(1)} s)\n`,
+  );
+  return 0;
+}
+
+async function generateCmd(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: 'string' },
+      prompt: { type: 'string' },
+      chat: { type: 'string' },
+      'max-new-tokens': { type: 'string' },
+      temperature: { type: 'string' },
+      'top-k': { type: 'string' },
+      'top-p': { type: 'string' },
+      seed: { type: 'string' },
+      stop: { type: 'string', multiple: true },
+      experts: { type: 'string' },
+      policy: { type: 'string' },
+      json: { type: 'boolean' },
+    },
+  });
+  if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required');
+  if ((values.prompt === undefined) === (values.chat === undefined)) throw new InvalidArgumentError('give exactly one of --prompt TEXT or --chat TEXT');
+  let experts: 'resident' | { fraction: number; policy: 'lru' | 'finemoe' } = 'resident';
+  if (values.experts !== undefined && values.experts !== 'resident') {
+    const f = numOpt(values.experts, 'experts')!;
+    const policy = values.policy ?? 'lru';
+    if (policy !== 'lru' && policy !== 'finemoe') throw new InvalidArgumentError(`--policy must be lru or finemoe, received ${JSON.stringify(policy)}`);
+    experts = { fraction: f, policy };
+  }
+  const ac = new AbortController();
+  const onSigint = () => ac.abort(new Error('interrupted'));
+  process.once('SIGINT', onSigint);
+  const model = await loadModel(values.model, { experts, signal: ac.signal });
+  try {
+    const temperature = numOpt(values.temperature, 'temperature');
+    const topK = intOpt(values['top-k'], 'top-k');
+    const topP = numOpt(values['top-p'], 'top-p');
+    const seed = intOpt(values.seed, 'seed');
+    const maxNewTokens = intOpt(values['max-new-tokens'], 'max-new-tokens');
+    const s = model.stream(values.chat !== undefined ? [{ role: 'user', content: values.chat }] : values.prompt!, {
+      signal: ac.signal,
+      ...(temperature !== undefined ? { temperature } : {}),
+      ...(topK !== undefined ? { topK } : {}),
+      ...(topP !== undefined ? { topP } : {}),
+      ...(seed !== undefined ? { seed } : {}),
+      ...(maxNewTokens !== undefined ? { maxNewTokens } : {}),
+      ...(values.stop ? { stop: values.stop } : {}),
+    });
+    for await (const c of s) if (!values.json) process.stdout.write(c.text);
+    const r = await s.result;
+    if (values.json) {
+      process.stdout.write(`${JSON.stringify({ text: r.text, tokens: r.tokens, finishReason: r.finishReason, stats: r.stats })}\n`);
+    } else {
+      const st = r.stats;
+      process.stdout.write('\n');
+      process.stderr.write(
+        `[${r.finishReason}] ${st.promptTokens} prompt tokens in ${st.prefillMs.toFixed(1)} ms; ${st.generatedTokens} tokens, ${st.msPerToken.toFixed(2)} ms/token ` +
+          `(attention ${st.decode.attentionMs.toFixed(1)} ms, experts ${st.decode.expertMs.toFixed(1)} ms, stall ${st.decode.stallMs.toFixed(1)} ms, ` +
+          `dense ${st.decode.denseMs.toFixed(1)} ms, host ${st.decode.hostMs.toFixed(1)} ms)` +
+          `${st.cache ? `; expert cache ${st.cache.hits} hits / ${st.cache.misses} misses` : ''}\n`,
+      );
+    }
+    return 0;
+  } finally {
+    process.off('SIGINT', onSigint);
+    model.dispose();
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    const err = e as Error & { code?: string };
+    process.stderr.write(`moe-offload: ${err.code ? `[${err.code}] ` : ''}${err.message}\n`);
+    process.exitCode = 1;
+  },
+);

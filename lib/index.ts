@@ -74,6 +74,27 @@ export {
   type TensorInfo,
   type WritableTensor,
 } from './model/safetensors.js';
+export { ModelTokenizer, type ChatMessage, type StreamDecoder } from './model/tokenizer.js';
+export { makeModel, presetOf, type MakeModelOptions, type MadeModel } from './model/make-model.js';
+export { PRESETS, PRESET_NAMES, type PresetName, type ModelPreset } from './model/presets.js';
+export {
+  loadModel,
+  MoeModel,
+  type LoadModelOptions,
+  type LoadProgress,
+  type ExpertMode,
+  type Prompt,
+  type GenerateOptions,
+  type GenerateResult,
+  type GenerateStats,
+  type FinishReason,
+  type TokenChunk,
+  type GenerationStream,
+} from './engine/model.js';
+export type { StepTimes, StepRouting } from './engine/forward.js';
+export type { SamplingOptions } from './engine/sampler.js';
+export { buildByteLevelBpe, byteToUnicode, type ByteLevelBpeOptions, type ByteLevelBpe } from './model/tokenizer-gen.js';
+export { DEFAULT_CORPUS, CHATML_TEMPLATE, INST_TEMPLATE } from './model/tokenizer-corpus.js';
 export {
   TransferEngine,
   Transfer,

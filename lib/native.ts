@@ -158,7 +158,21 @@ export interface NativeAddon {
     isa?: number;
   }>;
   convert: OpFn<{ src: NativeTensorArg; srcDtype: number; dst: NativeTensorArg; dstDtype: number; n: number; isa?: number }>;
-  add: OpFn<{ a: NativeTensorArg; b: NativeTensorArg; out: NativeTensorArg; dtype: number; n: number; isa?: number }>;
+  add: OpFn<{ a: NativeTensorArg; b: NativeTensorArg; out: NativeTensorArg; dtype: number; n: number; bLen?: number; isa?: number }>;
+  rmsNorm: OpFn<{
+    x: NativeTensorArg;
+    xDtype: number;
+    weight: NativeTensorArg;
+    wDtype: number;
+    out: NativeTensorArg;
+    outDtype: number;
+    add?: NativeTensorArg;
+    addDtype?: number;
+    rows: number;
+    d: number;
+    eps: number;
+    isa?: number;
+  }>;
   gemm: OpFn<{
     a: NativeTensorArg;
     b: NativeTensorArg;

@@ -30,7 +30,7 @@ before(() => {
   run('tar', ['-xzf', path.join(tmp, path.basename(file)), '-C', tmp]);
   pkgDir = path.join(tmp, 'package');
   // Runtime dependencies, as npm would install them (copied: no network in tests).
-  for (const dep of ['node-gyp-build', 'node-addon-api']) {
+  for (const dep of ['node-gyp-build', 'node-addon-api', '@huggingface/tokenizers', '@huggingface/jinja']) {
     fs.cpSync(path.join(root, 'node_modules', dep), path.join(pkgDir, 'node_modules', dep), { recursive: true });
   }
 });

@@ -4,7 +4,8 @@
 // left is which NaN payload survives when BOTH inputs are NaN (x86 returns the first operand's, and compilers may
 // commute an add): the result is a NaN in every tier, its payload is not part of the contract.
 // Memory-bound: the Avx512Bf16 tier runs the Avx512 kernels (and reports Avx512). The vector f16 / bf16 loads and
-// stores are simd.h's, shared with convert.cc.
+// stores are simd.h's, shared with convert.cc. Row broadcast (b_len): the same kernels, called once per row of a
+// with b's start, whole rows per range handed to a thread.
 #include "add.h"
 
 #include <functional>
@@ -142,6 +143,23 @@ Isa add(const AddArgs& args, Isa isa, const CancelToken* cancel) {
   const auto* b = static_cast<const uint8_t*>(args.b);
   auto* out = static_cast<uint8_t*>(args.out);
   const size_t es = dtype_size(args.dtype);
+  if (args.b_len != 0 && args.b_len != args.n) {
+    // out[r, j] = a[r, j] + b[j]: rows of bl elements, ~kGrain elements (whole rows) per range.
+    const size_t bl = args.b_len;
+    if (args.n % bl != 0) {
+      throw_error(ErrorCode::InvalidArgument, "add: n (" + std::to_string(args.n) + ") must be a multiple of b_len (" +
+                                                  std::to_string(bl) + ")");
+    }
+    const size_t row_bytes = bl * es;
+    const size_t grain = bl >= kGrain ? 1 : kGrain / bl;
+    std::function<void(size_t, size_t)> rows_fn = [=](size_t begin, size_t end) {
+      for (size_t r = begin; r < end; ++r) kernel(a + r * row_bytes, b, out + r * row_bytes, bl);  // [bl] dtype
+    };
+    if (!ThreadPool::global().parallel_for(args.n / bl, grain, rows_fn, cancel)) {
+      throw_error(ErrorCode::Cancelled, "add: cancelled");
+    }
+    return ran;
+  }
   std::function<void(size_t, size_t)> fn = [=](size_t begin, size_t end) {
     kernel(a + begin * es, b + begin * es, out + begin * es, end - begin);  // [end - begin] dtype
   };

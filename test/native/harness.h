@@ -57,6 +57,7 @@ void add_api_cases(std::vector<Case>& cases);  // argument errors on every backe
 void add_moe_cases(std::vector<Case>& cases);     // router_topk, moe_align, moe_experts (moe_test.cc)
 void add_grouped_gemm_cases(std::vector<Case>& cases);  // grouped_gemm (grouped_gemm_test.cc)
 void add_gather_cases(std::vector<Case>& cases);  // gather_rows (gather_test.cc)
+void add_rms_norm_cases(std::vector<Case>& cases);  // rms_norm, row-broadcast add (rms_norm_test.cc)
 
 // Runs every case whose "op shape backend" line contains `filter` (empty: all) and prints the results.
 // Returns the number of failures.
@@ -70,6 +71,9 @@ int bench_main(int argc, char** argv);
 
 // `moe-native bench-attention [--json PATH] [--quick]` (bench/native/attention_bench.cc).
 int attention_bench_main(int argc, char** argv);
+
+// `moe-native bench-gemv [--isa TIER] [--runs N] [--json PATH]` (bench/native/gemv_bench.cc).
+int gemv_bench_main(int argc, char** argv);
 
 // Formats a double like printf("%.3g").
 std::string fmt(double v, const char* spec = "%.3g");

@@ -1,0 +1,166 @@
+/**
+ * Where the forward pass gets a MoE layer's routed experts from.
+ *  - ResidentExperts: every expert stays where the ExpertStore put it (pinned host memory); one expert table per
+ *    layer, built once. The CPU backend's fastest path: moeExperts reads the store directly.
+ *  - CachedExperts: experts live in a fixed pool of slots (GPU memory on CUDA, the backend's device pool on the
+ *    CPU backend) managed by the ExpertCache: the step's routed experts are acquired (demand fetches on a miss,
+ *    pinned while the kernel runs), their slots written into the layer's table, the kernel run, the leases
+ *    released. With a FineMoE predictor, each decode iteration prefetches the experts the matched expert map
+ *    predicts, `prefetchDistance` layers ahead, and eviction follows the predicted probabilities.
+ * Offloading is lossless: the kernel reads the same bytes whichever copy it reads.
+ */
+import type { Backend } from '../backend.js';
+import { ExpertCache, type ExpertLease } from '../cache/expert-cache.js';
+import { ExpertMapStore, FineMoePredictor } from '../cache/finemoe.js';
+import { LruPolicy, ProbabilityPolicy } from '../cache/policy.js';
+import { residencyExpertCache } from '../cache/residency.js';
+import type { ExpertTable } from '../moe.js';
+import type { ExpertStore } from '../residency/expert-store.js';
+import { SlotPool } from '../residency/slot-pool.js';
+import { TransferEngine } from '../residency/transfer.js';
+import type { Tensor } from '../tensor.js';
+
+/** Time spent in one layer's routed experts, ms. */
+export interface ExpertRunTimes {
+  stallMs: number;
+  computeMs: number;
+}
+
+export interface ExpertProvider {
+  /**
+   * out = Σ_j w[t, j] expert_{ids[t, j]}(x[t]) for MoE layer index `li` (into cfg.moeLayers). `hostIds` is the
+   * [T * k] routing on the host (the same values as `ids`).
+   */
+  run(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, signal: AbortSignal | undefined): Promise<ExpertRunTimes>;
+  /** Decode iterations: start (with the request's semantic embedding) / observe a layer's gate probabilities / end. */
+  beginIteration?(embedding: Float32Array): void;
+  observeGates?(li: number, gates: Float32Array): void;
+  endIteration?(): void;
+  /** Cache counters (CachedExperts only). */
+  readonly cache?: ExpertCache;
+  dispose(): void;
+}
+
+export class ResidentExperts implements ExpertProvider {
+  readonly #be: Backend;
+  readonly #tables: ExpertTable[];
+  constructor(be: Backend, store: ExpertStore) {
+    this.#be = be;
+    this.#tables = store.layers.map((layer) => {
+      const t = be.expertTable(store.experts, { hidden: store.hidden, intermediate: store.intermediate });
+      for (let e = 0; e < store.experts; e++) {
+        const v = store.expert(layer, e);
+        t.set(e, { gate: v.gate, up: v.up, down: v.down });
+      }
+      return t;
+    });
+  }
+  async run(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, _hostIds: Int32Array, signal: AbortSignal | undefined): Promise<ExpertRunTimes> {
+    const t0 = performance.now();
+    await this.#be.moeExperts({ x, topkIds: ids, topkWeights: weights, experts: this.#tables[li]!, out }, signal ? { signal } : {});
+    return { stallMs: 0, computeMs: performance.now() - t0 };
+  }
+  dispose(): void {}
+}
+
+export interface CachedExpertsOptions {
+  /** Slots (experts held at once). */
+  slots: number;
+  /** 'lru' or 'finemoe' (FineMoE expert maps: prefetch + probability-guided eviction). */
+  policy: 'lru' | 'finemoe';
+  /** Layers ahead to prefetch (finemoe; default 2). */
+  prefetchDistance?: number;
+  /** Expert maps kept (finemoe; default 1024). */
+  maps?: number;
+  /** Semantic embedding dimension (finemoe: the model's hidden size). */
+  embedDim: number;
+  /** Experts per token (finemoe predicts at least this many per layer). */
+  topK: number;
+}
+
+export class CachedExperts implements ExpertProvider {
+  readonly cache: ExpertCache;
+  readonly slots: SlotPool;
+  readonly engine: TransferEngine;
+  readonly predictor: FineMoePredictor | undefined;
+  readonly #be: Backend;
+  readonly #tables: ExpertTable[];
+  readonly #numLayers: number;
+  readonly #numExperts: number;
+
+  constructor(be: Backend, store: ExpertStore, o: CachedExpertsOptions) {
+    this.#be = be;
+    this.#numLayers = store.layers.length;
+    this.#numExperts = store.experts;
+    this.slots = SlotPool.create(be, { slots: o.slots, hidden: store.hidden, intermediate: store.intermediate, dtype: store.dtype });
+    try {
+      this.engine = new TransferEngine(be);
+      const L = store.layers.length;
+      const E = store.experts;
+      if (o.policy === 'finemoe') {
+        const maps = new ExpertMapStore({ numLayers: L, numExperts: E, embedDim: o.embedDim, capacity: o.maps ?? 1024, prefetchDistance: Math.min(L, o.prefetchDistance ?? 2) });
+        this.predictor = new FineMoePredictor(maps, { topK: o.topK, prefetchDistance: Math.min(L, o.prefetchDistance ?? 2) });
+      }
+      const policy = this.predictor ? new ProbabilityPolicy(L, E, this.predictor, 'finemoe') : new LruPolicy(L * E);
+      this.cache = residencyExpertCache({ store, slots: this.slots, engine: this.engine, policy });
+      this.#tables = store.layers.map(() => be.expertTable(E, { hidden: store.hidden, intermediate: store.intermediate }));
+    } catch (e) {
+      this.slots.dispose();
+      throw e;
+    }
+  }
+
+  async run(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, signal: AbortSignal | undefined): Promise<ExpertRunTimes> {
+    const wanted = [...new Set(hostIds)].filter((e) => e >= 0 && e < this.#numExperts).sort((a, b) => a - b);
+    const t0 = performance.now();
+    const settled = await Promise.allSettled(wanted.map((e) => this.cache.acquire(li, e, signal ? { signal } : undefined)));
+    const leases: ExpertLease[] = [];
+    let failure: unknown;
+    for (const s of settled) {
+      if (s.status === 'fulfilled') leases.push(s.value);
+      else failure ??= s.reason;
+    }
+    const table = this.#tables[li]!;
+    try {
+      if (failure !== undefined) throw failure;
+      const t1 = performance.now();
+      for (const lease of leases) {
+        const v = this.slots.slot(lease.slot);
+        table.set(lease.expert, { gate: v.gate, up: v.up, down: v.down });
+      }
+      await this.#be.moeExperts({ x, topkIds: ids, topkWeights: weights, experts: table, out }, signal ? { signal } : {});
+      return { stallMs: t1 - t0, computeMs: performance.now() - t1 };
+    } finally {
+      for (const lease of leases) {
+        table.clear(lease.expert);
+        lease.release();
+      }
+    }
+  }
+
+  beginIteration(embedding: Float32Array): void {
+    if (!this.predictor) return;
+    for (const p of this.predictor.beginIteration(embedding)) this.#prefetch(p.layer, p.experts, p.probs);
+  }
+
+  observeGates(li: number, gates: Float32Array): void {
+    if (!this.predictor) return;
+    const p = this.predictor.observeLayer(li, gates);
+    if (p) this.#prefetch(p.layer, p.experts, p.probs);
+  }
+
+  endIteration(): void {
+    this.predictor?.endIteration();
+  }
+
+  #prefetch(layer: number, experts: number[], probs: number[]): void {
+    if (layer < 0 || layer >= this.#numLayers) return;
+    experts.forEach((e, i) => this.cache.prefetch(layer, e, probs[i] ?? 0));
+  }
+
+  dispose(): void {
+    this.cache.cancelPrefetches();
+    this.engine.dispose();
+    this.slots.dispose();
+  }
+}

@@ -1,0 +1,280 @@
+/**
+ * The forward pass of a MoE decoder over one step: any number of sequences, each with one or more new tokens
+ * (prefill chunks and decode tokens mix freely), keys and values appended to the paged host KV cache.
+ *
+ * Per layer (T = tokens in the step, H hidden, residual stream h [T, H] f32):
+ *   xn = rmsNorm(h += pending)                       [T, H] bf16      (pending: the previous block's output)
+ *   q, k, v = xn Wqᵀ, xn Wkᵀ, xn Wvᵀ (+ bias)        [T, heads*hd], [T, kv*hd] f32
+ *   q/k norm (Qwen3 per head, OLMoE whole projection); rope(q, k) at the tokens' positions
+ *   KV cache <- k, v;  a = attention(q, cache)        [T, heads, hd] bf16
+ *   xn = rmsNorm(h += a Woᵀ)
+ *   MoE:   logits = xn Wrᵀ [T, E] f32; ids, w = topK(logits); out = experts(xn) (+ shared expert)   [T, H] bf16
+ *   dense: out = mlp(xn)
+ *   pending = out
+ * then xn = rmsNorm(h += pending) and logits = xn Wlmᵀ for each sequence's last token (or every token).
+ *
+ * Ops are submitted in groups on the backend's stream and awaited once per group (the stream runs them in order),
+ * so a layer costs four or five round trips to JS: after the q/k/v group (the KV cache write is host code),
+ * after attention, after the router (its choice decides which experts to fetch), after the experts.
+ * Time is booked per group into {@link StepTimes}.
+ */
+import type { Backend } from '../backend.js';
+import type { KvCache } from '../kv/cache.js';
+import type { ModelConfig } from '../model/config.js';
+import type { DenseWeights } from '../model/weights.js';
+import { HostTensor, type Tensor } from '../tensor.js';
+import type { ExpertProvider } from './experts.js';
+
+/** One sequence's part of a step. */
+export interface StepSequence {
+  /** KV cache sequence id. */
+  seq: number;
+  /** New tokens (their keys and values are appended). */
+  tokens: readonly number[];
+}
+
+/** Where a step's time went, ms (wall time of awaited op groups; `hostMs` is JS work between them). */
+export interface StepTimes {
+  attentionMs: number;
+  expertMs: number;
+  stallMs: number;
+  denseMs: number;
+  /** KV writes, routing bookkeeping, sampling prep: JS on the main thread between native groups. */
+  hostMs: number;
+  totalMs: number;
+}
+
+export function emptyTimes(): StepTimes {
+  return { attentionMs: 0, expertMs: 0, stallMs: 0, denseMs: 0, hostMs: 0, totalMs: 0 };
+}
+
+export function addTimes(a: StepTimes, b: StepTimes): void {
+  a.attentionMs += b.attentionMs;
+  a.expertMs += b.expertMs;
+  a.stallMs += b.stallMs;
+  a.denseMs += b.denseMs;
+  a.hostMs += b.hostMs;
+  a.totalMs += b.totalMs;
+}
+
+/** Per MoE layer routing of a step, for traces: ids [T, k] and the full gate probabilities [T, E]. */
+export interface StepRouting {
+  ids: Int32Array[];
+  probs: Float32Array[];
+  gates: Float32Array[];
+}
+
+export interface StepOptions {
+  signal?: AbortSignal;
+  /** Logits of every token instead of each sequence's last one. */
+  allLogits?: boolean;
+  /** Collect routing (ids, top-k probabilities, full gate vectors) per MoE layer. */
+  routing?: StepRouting;
+  /** A decode iteration of one sequence: drives the expert predictor (embedding = request's semantic embedding). */
+  iteration?: { embedding: Float32Array };
+}
+
+export interface ForwardParts {
+  be: Backend;
+  cfg: ModelConfig;
+  weights: DenseWeights;
+  kv: KvCache;
+  experts: ExpertProvider;
+  invFreq: HostTensor<'f32'>;
+  attentionScaling: number;
+}
+
+export class ForwardPass {
+  readonly #p: ForwardParts;
+  readonly #moeIndex: Map<number, number>;
+
+  constructor(parts: ForwardParts) {
+    this.#p = parts;
+    this.#moeIndex = new Map(parts.cfg.moeLayers.map((l, i) => [l, i]));
+  }
+
+  /**
+   * Runs one step; returns logits f32 [numSeqs, V] (each sequence's last token) or [T, V] with allLogits.
+   * The sequences' KV lengths grow by their token counts (the caller frees sequences it abandons).
+   */
+  async step(seqs: readonly StepSequence[], times: StepTimes, o: StepOptions = {}): Promise<HostTensor<'f32'>> {
+    const { be, cfg, weights: W, kv, experts } = this.#p;
+    const start = performance.now();
+    const signal = o.signal;
+    const op = signal ? { signal } : {};
+    let mark = start;
+    const book = (k: keyof StepTimes) => {
+      const now = performance.now();
+      times[k] += now - mark;
+      mark = now;
+    };
+
+    const T = seqs.reduce((n, s) => n + s.tokens.length, 0);
+    const H = cfg.hiddenSize;
+    const nH = cfg.numHeads;
+    const nKV = cfg.numKvHeads;
+    const hd = cfg.headDim;
+    const qDim = nH * hd;
+    const kvDim = nKV * hd;
+    const E = cfg.numExperts;
+    const K = cfg.topK;
+
+    // token ids and positions; KV room (throws OutOfMemoryError before anything changes when pages run out)
+    const ids = new HostTensor('i32', [T]);
+    const positions = new HostTensor('i32', [T]);
+    const starts: number[] = [];
+    {
+      let t = 0;
+      for (const s of seqs) {
+        const pos = kv.append(s.seq, s.tokens.length);
+        starts.push(pos);
+        for (let i = 0; i < s.tokens.length; i++, t++) {
+          ids.data[t] = s.tokens[i]!;
+          positions.data[t] = pos + i;
+        }
+      }
+    }
+    const batch = kv.batch(
+      seqs.map((s) => s.seq),
+      seqs.map((s) => s.tokens.length),
+    );
+
+    const h = new HostTensor('f32', [T, H]);
+    const emb = new HostTensor('bf16', [T, H]);
+    const xn = new HostTensor('bf16', [T, H]);
+    const q = new HostTensor('f32', [T, qDim]);
+    const k = new HostTensor('f32', [T, kvDim]);
+    const v = new HostTensor('f32', [T, kvDim]);
+    const attn = new HostTensor('bf16', [T, nH, hd]);
+    const delta = new HostTensor('f32', [T, H]);
+    const blockOut = new HostTensor('bf16', [T, H]);
+    const sharedOut = cfg.sharedExperts ? new HostTensor('bf16', [T, H]) : undefined;
+    const routerLogits = new HostTensor('f32', [T, E]);
+    const xf = new HostTensor('f32', [T, H]); // the normalised hidden state in f32: the router's input
+    const topIds = new HostTensor('i32', [T, K]);
+    const topW = new HostTensor('f32', [T, K]);
+    const oneIds = new HostTensor('i32', [T, 1]); // all zeros: expert 0 of a one-expert table
+    const oneW = HostTensor.from('f32', [T, 1], new Float32Array(T).fill(1));
+    const sharedLogit = new HostTensor('f32', [T, 1]);
+    const sharedW = new HostTensor('f32', [T, 1]);
+    const sharedIds = new HostTensor('i32', [T, 1]);
+    const q3 = q.reshape([T, nH, hd]);
+    const k3 = k.reshape([T, nKV, hd]);
+
+    await be.gatherRows(W.embed, ids, emb, op);
+    await be.convert(emb, h, op);
+    book('denseMs');
+    if (o.iteration) experts.beginIteration?.(o.iteration.embedding);
+    book('hostMs');
+
+    let pending: Tensor | undefined;
+    for (let l = 0; l < cfg.numLayers; l++) {
+      const w = W.layers[l]!;
+      // attention block
+      const g1: Array<Promise<unknown>> = [be.rmsNorm({ x: h, weight: w.inputNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op)];
+      g1.push(be.gemm(xn, w.q, q, op), be.gemm(xn, w.k, k, op), be.gemm(xn, w.v, v, op));
+      if (w.qBias) g1.push(be.add(q, w.qBias, q, op), be.add(k, w.kBias!, k, op), be.add(v, w.vBias!, v, op));
+      if (w.qNorm) {
+        const perHead = w.qNorm.numel === hd && cfg.family !== 'olmoe';
+        g1.push(
+          be.rmsNorm({ x: perHead ? q.reshape([T * nH, hd]) : q, weight: w.qNorm, out: perHead ? q.reshape([T * nH, hd]) : q, eps: cfg.rmsNormEps }, op),
+          be.rmsNorm({ x: perHead ? k.reshape([T * nKV, hd]) : k, weight: w.kNorm!, out: perHead ? k.reshape([T * nKV, hd]) : k, eps: cfg.rmsNormEps }, op),
+        );
+      }
+      g1.push(be.rope({ q: q3, k: k3, positions, invFreq: this.#p.invFreq, attentionScaling: this.#p.attentionScaling }, op));
+      await Promise.all(g1);
+      book('denseMs');
+      let t0 = 0;
+      seqs.forEach((s, i) => {
+        const n = s.tokens.length;
+        kv.write(l, s.seq, starts[i]!, k3.rows(t0, n), v.reshape([T, nKV, hd]).rows(t0, n));
+        t0 += n;
+      });
+      book('hostMs');
+      await be.attention(
+        { q: q3, k: kv.keys(l), v: kv.values(l), out: attn, ...batch, ...(cfg.slidingWindow ? { slidingWindow: cfg.slidingWindow } : {}) },
+        op,
+      );
+      book('attentionMs');
+      const li = this.#moeIndex.get(l);
+      // MoE layers route from the f32 normalised state (a bf16 rounding there can flip near-tied experts)
+      const g2: Array<Promise<unknown>> = [be.gemm(attn.reshape([T, qDim]), w.o, delta, op)];
+      if (li === undefined) g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xn, eps: cfg.rmsNormEps, add: delta }, op));
+      else g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xf, eps: cfg.rmsNormEps, add: delta }, op), be.convert(xf, xn, op));
+      if (li === undefined) {
+        // dense MLP as a one-expert table
+        await Promise.all(g2);
+        book('denseMs');
+        await be.moeExperts({ x: xn, topkIds: oneIds, topkWeights: oneW, experts: w.mlp!, out: blockOut }, op);
+        book('expertMs');
+        pending = blockOut;
+        continue;
+      }
+      g2.push(be.gemm(xf, w.router!, routerLogits, op));
+      g2.push(be.routerTopK(routerLogits, K, { scoring: 'softmax', renormalize: cfg.router.renormalize, out: { topkIds: topIds, topkWeights: topW } }, op));
+      if (w.shared) {
+        if (w.sharedGate) {
+          g2.push(be.gemm(xn, w.sharedGate, sharedLogit, op));
+          g2.push(be.routerTopK(sharedLogit, 1, { scoring: 'sigmoid', renormalize: false, out: { topkIds: sharedIds, topkWeights: sharedW } }, op));
+        }
+        g2.push(be.moeExperts({ x: xn, topkIds: w.sharedGate ? sharedIds : oneIds, topkWeights: w.sharedGate ? sharedW : oneW, experts: w.shared, out: sharedOut! }, op));
+      }
+      await Promise.all(g2);
+      book('denseMs');
+      const hostIds = topIds.data;
+      if (o.routing || experts.observeGates) {
+        const gates = softmaxRows(routerLogits.data, T, E);
+        if (o.routing) {
+          o.routing.ids.push(Int32Array.from(hostIds));
+          o.routing.probs.push(Float32Array.from(topW.data));
+          o.routing.gates.push(gates);
+        }
+        if (o.iteration) experts.observeGates?.(li, gates.subarray((T - 1) * E, T * E));
+      }
+      book('hostMs');
+      const r = await experts.run(li, xn, topIds, topW, blockOut, hostIds, signal);
+      times.stallMs += r.stallMs;
+      times.expertMs += r.computeMs;
+      mark = performance.now();
+      if (sharedOut) {
+        await be.add(blockOut, sharedOut, blockOut, op);
+        book('expertMs');
+      }
+      pending = blockOut;
+    }
+
+    await be.rmsNorm({ x: h, weight: W.finalNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op);
+    let rowsIn: Tensor = xn;
+    if (!o.allLogits) {
+      const last = new HostTensor('i32', [seqs.length]);
+      let t = 0;
+      seqs.forEach((s, i) => {
+        t += s.tokens.length;
+        last.data[i] = t - 1;
+      });
+      const sel = new HostTensor('bf16', [seqs.length, H]);
+      await be.gatherRows(xn, last, sel, op);
+      rowsIn = sel;
+    }
+    const logits = new HostTensor('f32', [rowsIn.shape[0]!, cfg.vocabSize]);
+    await be.gemm(rowsIn, W.lmHead, logits, op);
+    book('denseMs');
+    if (o.iteration) experts.endIteration?.();
+    book('hostMs');
+    times.totalMs += performance.now() - start;
+    return logits;
+  }
+}
+
+/** Row-wise softmax of [T, E] logits (the router's gate probabilities), f32. */
+function softmaxRows(x: Float32Array, T: number, E: number): Float32Array {
+  const out = new Float32Array(T * E);
+  for (let t = 0; t < T; t++) {
+    let m = -Infinity;
+    for (let e = 0; e < E; e++) m = Math.max(m, x[t * E + e]!);
+    let s = 0;
+    for (let e = 0; e < E; e++) s += out[t * E + e] = Math.exp(x[t * E + e]! - m);
+    for (let e = 0; e < E; e++) out[t * E + e]! /= s;
+  }
+  return out;
+}

@@ -1,0 +1,638 @@
+/**
+ * The model runtime (latency mode): `loadModel(dir)` opens an HF MoE checkpoint (config.json, sharded safetensors,
+ * tokenizer.json, chat template), puts the dense weights on the backend, every routed expert in the pinned host
+ * ExpertStore, and serves them to the fused MoE kernel either straight from the store (`experts: 'resident'`) or
+ * through the expert cache's slots (`experts: { slots | fraction, policy }`: offloading with demand fetches, FineMoE
+ * prefetch and probability-guided eviction). `generate` / `stream` run prefill (in chunks) and decode steps of the
+ * ForwardPass; several concurrent requests interleave step by step (one step at a time on the backend).
+ *
+ * @example
+ * const model = await loadModel('/tmp/tiny-qwen3-moe');
+ * const r = await model.generate('The capital of France is', { maxNewTokens: 16 });   // greedy
+ * console.log(r.text, r.stats.decodeTokensPerSecond);
+ * for await (const c of model.stream([{ role: 'user', content: 'Hi' }], { temperature: 0.7, seed: 1 })) process.stdout.write(c.text);
+ * model.dispose();
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { type Backend, openBackend } from '../backend.js';
+import type { CacheStats } from '../cache/expert-cache.js';
+import type { RoutingTrace, TraceRequest } from '../cache/trace.js';
+import { describe } from '../dtype.js';
+import { BackendUnavailableError, CheckpointFormatError, DisposedError, InvalidArgumentError } from '../errors.js';
+import { KvCache } from '../kv/cache.js';
+import { type ModelConfig, expertTensorNames, parseModelConfig } from '../model/config.js';
+import { Checkpoint } from '../model/safetensors.js';
+import { type ChatMessage, ModelTokenizer } from '../model/tokenizer.js';
+import { type DenseWeights, checkRuntimeFamily, disposeDense, loadDenseWeights, validateCheckpoint } from '../model/weights.js';
+import { ExpertStore } from '../residency/expert-store.js';
+import { ropeFromConfig } from '../rope.js';
+import { HostTensor } from '../tensor.js';
+import { CachedExperts, type ExpertProvider, ResidentExperts } from './experts.js';
+import { ForwardPass, type StepRouting, type StepTimes, emptyTimes } from './forward.js';
+import { Sampler, type SamplingOptions } from './sampler.js';
+
+/** How routed experts are served. */
+export type ExpertMode =
+  | 'resident'
+  | {
+      /** Experts held in the cache's slots at once (give this or `fraction`). */
+      slots?: number;
+      /** Fraction of all routed experts held at once, e.g. 0.25. */
+      fraction?: number;
+      /** 'lru' (default) or 'finemoe' (expert-map prefetch + probability-guided eviction). */
+      policy?: 'lru' | 'finemoe';
+      /** Layers ahead the FineMoE predictor prefetches (default 2). */
+      prefetchDistance?: number;
+    };
+
+export interface LoadProgress {
+  phase: 'dense' | 'experts';
+  done: number;
+  total: number;
+}
+
+export interface LoadModelOptions {
+  /** A backend or its kind (default: the CPU backend). */
+  backend?: Backend | 'cpu' | 'cuda' | 'auto';
+  /** Routed expert placement (default 'resident'). */
+  experts?: ExpertMode;
+  /** Host bytes for the paged KV cache (default 256 MiB). */
+  kvCacheBytes?: number;
+  /** Tokens per KV page (default 64). */
+  kvBlockSize?: number;
+  /** Host bytes the expert store may take (default: 90% of free memory). */
+  hostBudgetBytes?: number;
+  /** Tokens per prefill step (default 256). */
+  prefillChunk?: number;
+  onProgress?: (p: LoadProgress) => void;
+  signal?: AbortSignal;
+}
+
+/** A prompt: text (tokenized with special tokens), chat messages (rendered with the chat template), or token ids. */
+export type Prompt = string | readonly ChatMessage[] | { tokens: readonly number[] };
+
+export interface GenerateOptions extends SamplingOptions {
+  /** Tokens to generate at most (default 128). */
+  maxNewTokens?: number;
+  /** Strings that end generation; the text is cut before the first one found. */
+  stop?: readonly string[];
+  /** Stop at end-of-sequence tokens (default true). */
+  stopAtEos?: boolean;
+  /** Record the routing of every decode iteration (result.routing, the expert-cache trace format). */
+  recordRouting?: boolean;
+  signal?: AbortSignal;
+}
+
+export type FinishReason = 'eos' | 'stop' | 'length' | 'cancelled';
+
+export interface GenerateStats {
+  promptTokens: number;
+  generatedTokens: number;
+  prefillMs: number;
+  decodeMs: number;
+  /** Decode tokens per second (excluding the first token, which prefill produces). */
+  decodeTokensPerSecond: number;
+  /** Mean decode step time, ms. */
+  msPerToken: number;
+  /** Where decode time went (sums over decode steps). */
+  decode: StepTimes;
+  prefill: StepTimes;
+  /** Expert cache counters during this request (offloaded mode; counts include concurrent requests). */
+  cache?: CacheStats;
+}
+
+export interface GenerateResult {
+  text: string;
+  tokens: number[];
+  promptTokens: number[];
+  finishReason: FinishReason;
+  stats: GenerateStats;
+  routing?: TraceRequest;
+}
+
+export interface TokenChunk {
+  token: number;
+  /** New text that is final (UTF-8 complete, not part of a possible stop string). */
+  text: string;
+}
+
+/** stream(): an async iterable of tokens plus the final result. Breaking out of the loop cancels generation. */
+export interface GenerationStream extends AsyncIterable<TokenChunk> {
+  readonly result: Promise<GenerateResult>;
+}
+
+/** One step at a time on the backend; requests queue here between steps. */
+class StepLock {
+  #tail: Promise<void> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const r = this.#tail.then(fn);
+    this.#tail = r.then(
+      () => undefined,
+      () => undefined,
+    );
+    return r;
+  }
+}
+
+function readJson(file: string, required: boolean): Record<string, unknown> | undefined {
+  if (!fs.existsSync(file)) {
+    if (required) throw new CheckpointFormatError(file, undefined, 'missing');
+    return undefined;
+  }
+  try {
+    const v = JSON.parse(fs.readFileSync(file, 'utf8')) as unknown;
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not a JSON object');
+    return v as Record<string, unknown>;
+  } catch (e) {
+    throw new CheckpointFormatError(file, undefined, `not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+function cacheDelta(a: CacheStats, b: CacheStats): CacheStats {
+  const out = { ...b };
+  for (const k of Object.keys(out) as Array<keyof CacheStats>) out[k] = b[k] - a[k];
+  return out;
+}
+
+export class MoeModel {
+  readonly dir: string;
+  readonly config: ModelConfig;
+  readonly tokenizer: ModelTokenizer;
+  readonly backend: Backend;
+  /** End-of-sequence ids (config, generation_config.json, tokenizer). */
+  readonly eosTokenIds: readonly number[];
+  readonly #weights: DenseWeights;
+  readonly #store: ExpertStore;
+  readonly #experts: ExpertProvider;
+  readonly #kv: KvCache;
+  readonly #fwd: ForwardPass;
+  readonly #lock = new StepLock();
+  readonly #prefillChunk: number;
+  #active = 0;
+  #disposed = false;
+
+  /** @internal use loadModel */
+  constructor(p: {
+    dir: string;
+    config: ModelConfig;
+    tokenizer: ModelTokenizer;
+    backend: Backend;
+    eos: number[];
+    weights: DenseWeights;
+    store: ExpertStore;
+    experts: ExpertProvider;
+    kv: KvCache;
+    prefillChunk: number;
+  }) {
+    this.dir = p.dir;
+    this.config = p.config;
+    this.tokenizer = p.tokenizer;
+    this.backend = p.backend;
+    this.eosTokenIds = p.eos;
+    this.#weights = p.weights;
+    this.#store = p.store;
+    this.#experts = p.experts;
+    this.#kv = p.kv;
+    this.#prefillChunk = p.prefillChunk;
+    const rp = ropeFromConfig(p.config);
+    this.#fwd = new ForwardPass({
+      be: p.backend,
+      cfg: p.config,
+      weights: p.weights,
+      kv: p.kv,
+      experts: p.experts,
+      invFreq: HostTensor.from('f32', [rp.invFreq.length], rp.invFreq),
+      attentionScaling: rp.attentionScaling,
+    });
+  }
+
+  /** The expert cache's counters (offloaded mode), undefined when experts are resident. */
+  get cacheStats(): CacheStats | undefined {
+    return this.#experts.cache?.stats;
+  }
+
+  /** Tokens the KV cache can still take (all sequences). */
+  get kvTokensFree(): number {
+    return this.#kv.tokensFree();
+  }
+
+  /** Requests in progress. */
+  get activeRequests(): number {
+    return this.#active;
+  }
+
+  /** Token ids of a prompt (text: with the tokenizer's special tokens; messages: through the chat template). */
+  encode(prompt: Prompt): number[] {
+    if (typeof prompt === 'string') return this.tokenizer.encode(prompt);
+    if (Array.isArray(prompt)) return this.tokenizer.encode(this.tokenizer.applyChatTemplate(prompt as ChatMessage[]), { addSpecialTokens: false });
+    if (typeof prompt === 'object' && prompt !== null && Array.isArray((prompt as { tokens?: unknown }).tokens)) {
+      const t = (prompt as { tokens: unknown[] }).tokens;
+      t.forEach((id, i) => {
+        if (!Number.isSafeInteger(id) || (id as number) < 0 || (id as number) >= this.config.vocabSize) {
+          throw new InvalidArgumentError(`prompt.tokens[${i}] must be an integer in [0, ${this.config.vocabSize}), received ${describe(id)}`);
+        }
+      });
+      return t as number[];
+    }
+    throw new InvalidArgumentError(`prompt must be a string, an array of { role, content } messages or { tokens: number[] }, received ${describe(prompt)}`);
+  }
+
+  /**
+   * Logits of every position of `tokens` (a fresh sequence, freed afterwards): f32 [T, V]. With `routing`, each
+   * prefill chunk appends per MoE layer the router's choice: ids [T, k], top-k probabilities [T, k], gates [T, E].
+   * @example const l = await model.logits([1, 2, 3]);   // l.shape = [3, vocab]
+   */
+  async logits(tokens: readonly number[], options: { signal?: AbortSignal; routing?: StepRouting } = {}): Promise<HostTensor<'f32'>> {
+    this.#checkAlive();
+    const ids = this.encode({ tokens });
+    if (ids.length === 0) throw new InvalidArgumentError('tokens must not be empty');
+    const seq = this.#kv.allocate();
+    this.#active++;
+    try {
+      const parts: Float32Array[] = [];
+      for (let i = 0; i < ids.length; i += this.#prefillChunk) {
+        const chunk = ids.slice(i, i + this.#prefillChunk);
+        const l = await this.#lock.run(() => this.#fwd.step([{ seq, tokens: chunk }], emptyTimes(), { allLogits: true, ...(options.signal ? { signal: options.signal } : {}), ...(options.routing ? { routing: options.routing } : {}) }));
+        parts.push(l.data);
+      }
+      const out = new HostTensor('f32', [ids.length, this.config.vocabSize]);
+      let off = 0;
+      for (const p of parts) {
+        out.data.set(p, off);
+        off += p.length;
+      }
+      return out;
+    } finally {
+      this.#kv.free(seq);
+      this.#active--;
+    }
+  }
+
+  /**
+   * Generates a completion. Greedy (temperature 0, the default) is exact and deterministic.
+   * @example
+   * const r = await model.generate([{ role: 'user', content: 'Hello' }], { maxNewTokens: 32, stop: ['\n\n'] });
+   */
+  async generate(prompt: Prompt, options: GenerateOptions = {}): Promise<GenerateResult> {
+    const it = this.#run(prompt, options);
+    for (;;) {
+      const r = await it.next();
+      if (r.done) return r.value;
+    }
+  }
+
+  /**
+   * Streams a completion token by token; `result` resolves with the same object generate() returns. Breaking out
+   * of the loop cancels the request (finishReason 'cancelled') and frees its KV pages.
+   * @example
+   * const s = model.stream('Once upon a time', { maxNewTokens: 64, temperature: 0.8, seed: 7 });
+   * for await (const c of s) process.stdout.write(c.text);
+   * console.log((await s.result).stats.msPerToken);
+   */
+  stream(prompt: Prompt, options: GenerateOptions = {}): GenerationStream {
+    const gen = this.#run(prompt, options);
+    let resolve!: (r: GenerateResult) => void;
+    let reject!: (e: unknown) => void;
+    const result = new Promise<GenerateResult>((a, b) => {
+      resolve = a;
+      reject = b;
+    });
+    result.catch(() => undefined); // surfaced through the iterator too
+    let finished = false;
+    const iterator: AsyncIterator<TokenChunk> = {
+      next: async () => {
+        try {
+          const r = await gen.next();
+          if (r.done) {
+            finished = true;
+            resolve(r.value);
+            return { done: true, value: undefined };
+          }
+          return { done: false, value: r.value };
+        } catch (e) {
+          finished = true;
+          reject(e);
+          throw e;
+        }
+      },
+      return: async () => {
+        if (!finished) {
+          finished = true;
+          try {
+            const r = await gen.return(undefined as never);
+            if (r.done && r.value) resolve(r.value);
+            else reject(new InvalidArgumentError('the stream was closed before it finished'));
+          } catch (e) {
+            reject(e);
+          }
+        }
+        return { done: true, value: undefined };
+      },
+    };
+    return { result, [Symbol.asyncIterator]: () => iterator };
+  }
+
+  /** A routing trace (lib/cache/trace.ts format) of requests recorded with `recordRouting`. */
+  routingTrace(requests: readonly TraceRequest[]): RoutingTrace {
+    return { numLayers: this.config.moeLayers.length, numExperts: this.config.numExperts, topK: this.config.topK, embedDim: this.config.hiddenSize, requests: [...requests] };
+  }
+
+  /** Frees every allocation (weights, expert store and slots, KV cache). Requests in flight fail with DisposedError. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#experts.dispose();
+    this.#store.dispose();
+    this.#kv.dispose();
+    disposeDense(this.#weights);
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  #checkAlive(): void {
+    if (this.#disposed) throw new DisposedError('the model was disposed');
+  }
+
+  /** Semantic embedding of a prompt for the expert predictor: the mean of its token embeddings. */
+  #embedding(ids: readonly number[]): Float32Array {
+    const H = this.config.hiddenSize;
+    const out = new Float32Array(H);
+    const e = this.#weights.embed.data;
+    const f = new Float32Array(1);
+    const u = new Uint32Array(f.buffer);
+    for (const id of ids) {
+      const base = id * H;
+      for (let j = 0; j < H; j++) {
+        u[0] = e[base + j]! << 16;
+        out[j]! += f[0]!;
+      }
+    }
+    for (let j = 0; j < H; j++) out[j]! /= Math.max(1, ids.length);
+    return out;
+  }
+
+  async *#run(prompt: Prompt, options: GenerateOptions): AsyncGenerator<TokenChunk, GenerateResult, undefined> {
+    this.#checkAlive();
+    if (typeof options !== 'object' || options === null) throw new InvalidArgumentError(`options must be an object, received ${describe(options)}`);
+    const maxNew = options.maxNewTokens ?? 128;
+    if (!Number.isSafeInteger(maxNew) || maxNew < 1) throw new InvalidArgumentError(`maxNewTokens must be a positive integer, received ${describe(options.maxNewTokens)}`);
+    const stops = options.stop ?? [];
+    if (!Array.isArray(stops) || stops.some((s) => typeof s !== 'string' || s.length === 0)) {
+      throw new InvalidArgumentError(`stop must be an array of non-empty strings, received ${describe(options.stop)}`);
+    }
+    const signal = options.signal;
+    if (signal !== undefined && !(signal instanceof AbortSignal)) throw new InvalidArgumentError(`signal must be an AbortSignal, received ${describe(signal)}`);
+    const sampler = new Sampler(options);
+    const promptIds = this.encode(prompt);
+    if (promptIds.length === 0) throw new InvalidArgumentError('the prompt encodes to no tokens');
+    if (promptIds.length + 1 > this.config.maxPositionEmbeddings) {
+      throw new InvalidArgumentError(`the prompt has ${promptIds.length} tokens; the model takes at most ${this.config.maxPositionEmbeddings} positions`);
+    }
+    const stopAtEos = options.stopAtEos ?? true;
+    const eos = new Set(this.eosTokenIds);
+    const V = this.config.vocabSize;
+    const op = signal ? { signal } : {};
+
+    const prefill = emptyTimes();
+    const decode = emptyTimes();
+    const cache0 = this.#experts.cache?.stats;
+    const routing: StepRouting | undefined = options.recordRouting ? { ids: [], probs: [], gates: [] } : undefined;
+    const embedding = this.#embedding(promptIds);
+    const out: number[] = [];
+    const dec = this.tokenizer.decoder({ skipSpecialTokens: true });
+    let text = '';
+    let emitted = 0;
+    const holdBack = stops.length ? Math.max(...stops.map((s) => s.length)) - 1 : 0;
+    let finish: FinishReason = 'length';
+    let prefillMs = 0;
+    let decodeMs = 0;
+    let decodeSteps = 0;
+
+    const build = (finish: FinishReason): GenerateResult => {
+      const stats: GenerateStats = {
+        promptTokens: promptIds.length,
+        generatedTokens: out.length,
+        prefillMs,
+        decodeMs,
+        decodeTokensPerSecond: decodeSteps > 0 ? (decodeSteps * 1000) / decodeMs : 0,
+        msPerToken: decodeSteps > 0 ? decodeMs / decodeSteps : 0,
+        decode,
+        prefill,
+        ...(cache0 && this.#experts.cache ? { cache: cacheDelta(cache0, this.#experts.cache.stats) } : {}),
+      };
+      const result: GenerateResult = { text, tokens: out, promptTokens: promptIds, finishReason: finish, stats };
+      if (routing) result.routing = traceRequest(routing, embedding, this.config);
+      return result;
+    };
+
+    const seq = this.#kv.allocate();
+    this.#active++;
+    let settled = false; // false in `finally` only when the consumer stopped iterating (generator return())
+    try {
+      // prefill in chunks; the last chunk's logits give the first token
+      const t0 = performance.now();
+      let logits!: HostTensor<'f32'>;
+      for (let i = 0; i < promptIds.length; i += this.#prefillChunk) {
+        const chunk = promptIds.slice(i, i + this.#prefillChunk);
+        this.#checkAlive();
+        logits = await this.#lock.run(() => this.#fwd.step([{ seq, tokens: chunk }], prefill, op));
+      }
+      prefillMs = performance.now() - t0;
+      for (;;) {
+        const token = sampler.sample(logits.data, 0, V);
+        if (stopAtEos && eos.has(token)) {
+          finish = 'eos';
+          break;
+        }
+        out.push(token);
+        text += dec.push(token);
+        const cut = stops.length ? firstStop(text, stops, Math.max(0, emitted - holdBack)) : -1;
+        if (cut >= 0) {
+          text = text.slice(0, cut);
+          finish = 'stop';
+        }
+        const safe = finish === 'stop' ? text.length : Math.max(emitted, text.length - holdBack);
+        const chunkText = text.slice(emitted, safe);
+        emitted = safe;
+        yield { token, text: chunkText };
+        if (finish === 'stop' || out.length >= maxNew) break;
+        if (promptIds.length + out.length >= this.config.maxPositionEmbeddings) break;
+        this.#checkAlive();
+        const ts = performance.now();
+        logits = await this.#lock.run(() =>
+          this.#fwd.step([{ seq, tokens: [token] }], decode, {
+            ...op,
+            iteration: { embedding },
+            ...(routing ? { routing } : {}),
+          }),
+        );
+        decodeMs += performance.now() - ts;
+        decodeSteps++;
+      }
+      if (finish !== 'stop') {
+        text += dec.flush();
+        if (emitted < text.length) yield { token: -1, text: text.slice(emitted) };
+        emitted = text.length;
+      }
+      settled = true;
+    } catch (e) {
+      settled = true;
+      throw e;
+    } finally {
+      this.#kv.free(seq);
+      this.#active--;
+      // eslint-disable-next-line no-unsafe-finally
+      if (!settled) return build('cancelled');
+    }
+    return build(finish);
+  }
+}
+
+/** Index of the first stop string in text at or after `from` (-1: none). */
+function firstStop(text: string, stops: readonly string[], from: number): number {
+  let best = -1;
+  for (const s of stops) {
+    const i = text.indexOf(s, from);
+    if (i >= 0 && (best < 0 || i < best)) best = i;
+  }
+  return best;
+}
+
+/** Decode-step routing -> one TraceRequest ([iterations, layers, k] ids/probs, [iterations, layers, E] gates). */
+function traceRequest(r: StepRouting, embedding: Float32Array, cfg: ModelConfig): TraceRequest {
+  const L = cfg.moeLayers.length;
+  const k = cfg.topK;
+  const E = cfg.numExperts;
+  const iterations = Math.floor(r.ids.length / L);
+  const ids = new Uint16Array(iterations * L * k);
+  const probs = new Float32Array(iterations * L * k);
+  const gates = new Float32Array(iterations * L * E);
+  for (let i = 0; i < iterations * L; i++) {
+    ids.set(r.ids[i]!.subarray(0, k), i * k);
+    probs.set(r.probs[i]!.subarray(0, k), i * k);
+    gates.set(r.gates[i]!.subarray(0, E), i * E);
+  }
+  return { domain: -1, iterations, embedding: Float32Array.from(embedding), ids, probs, gates };
+}
+
+/**
+ * Opens an HF MoE checkpoint folder and prepares it to generate.
+ * Typed errors: CheckpointFormatError (missing/malformed files, shapes that disagree with config.json),
+ * UnsupportedModelError (architecture), OutOfMemoryError (expert store, slots, KV cache), AbortError via `signal`.
+ * @example
+ * const model = await loadModel(dir, { experts: { fraction: 0.25, policy: 'finemoe' }, onProgress: (p) => console.log(p) });
+ */
+export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<MoeModel> {
+  if (typeof dir !== 'string' || dir.length === 0) throw new InvalidArgumentError(`dir must be a non-empty path string, received ${describe(dir)}`);
+  if (typeof options !== 'object' || options === null) throw new InvalidArgumentError(`options must be an object, received ${describe(options)}`);
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new CheckpointFormatError(dir, undefined, 'not a directory');
+  const signal = options.signal;
+  const be = resolveBackend(options.backend);
+  const prefillChunk = options.prefillChunk ?? 256;
+  if (!Number.isSafeInteger(prefillChunk) || prefillChunk < 1) throw new InvalidArgumentError(`prefillChunk must be a positive integer, received ${describe(options.prefillChunk)}`);
+
+  const configPath = path.join(dir, 'config.json');
+  const config = parseModelConfig(readJson(configPath, true), configPath);
+  checkRuntimeFamily(config, configPath);
+  const genCfg = readJson(path.join(dir, 'generation_config.json'), false);
+  const tokenizer = await ModelTokenizer.load(dir, signal ? { signal } : {});
+  const eos = [...new Set([...config.eosTokenIds, ...idList(genCfg?.eos_token_id), ...tokenizer.eosTokenIds])];
+
+  const ckpt = await Checkpoint.open(dir);
+  const cleanup: Array<{ dispose(): void }> = [];
+  try {
+    validateCheckpoint(ckpt, config, (l, e) => expertTensorNames(config, l, e));
+    const denseTotal = ckpt.names().length - config.moeLayers.length * config.numExperts * 3;
+    let denseDone = 0;
+    const weights = await loadDenseWeights(ckpt, config, be, {
+      ...(signal ? { signal } : {}),
+      onTensor: () => options.onProgress?.({ phase: 'dense', done: ++denseDone, total: denseTotal }),
+    });
+    cleanup.push({ dispose: () => disposeDense(weights) });
+    const store = await ExpertStore.createAsync(
+      be,
+      {
+        layers: config.moeLayers,
+        experts: config.numExperts,
+        hidden: config.hiddenSize,
+        intermediate: config.moeIntermediateSize,
+        ...(options.hostBudgetBytes !== undefined ? { hostBudgetBytes: options.hostBudgetBytes } : {}),
+      },
+      signal,
+    );
+    cleanup.push(store);
+    await store.load(ckpt, config, {
+      ...(signal ? { signal } : {}),
+      onProgress: (done, total) => options.onProgress?.({ phase: 'experts', done, total }),
+    });
+    const experts = makeProvider(be, store, config, options.experts ?? 'resident');
+    cleanup.push(experts);
+    const kv = KvCache.create(be, {
+      layers: config.numLayers,
+      kvHeads: config.numKvHeads,
+      headDim: config.headDim,
+      budgetBytes: options.kvCacheBytes ?? 256 * 2 ** 20,
+      ...(options.kvBlockSize !== undefined ? { blockSize: options.kvBlockSize } : {}),
+    });
+    cleanup.push(kv);
+    return new MoeModel({ dir, config, tokenizer, backend: be, eos, weights, store, experts, kv, prefillChunk });
+  } catch (e) {
+    for (const c of cleanup.reverse()) c.dispose();
+    throw e;
+  } finally {
+    await ckpt.close();
+  }
+}
+
+function idList(v: unknown): number[] {
+  if (typeof v === 'number') return [v];
+  if (Array.isArray(v)) return v.filter((x): x is number => typeof x === 'number');
+  return [];
+}
+
+function resolveBackend(b: LoadModelOptions['backend']): Backend {
+  const be = b === undefined || typeof b === 'string' ? openBackend({ backend: b ?? 'cpu' }) : b;
+  if (typeof be !== 'object' || be === null || typeof (be as Backend).gemm !== 'function') {
+    throw new InvalidArgumentError(`backend must be a Backend or 'cpu' | 'cuda' | 'auto', received ${describe(b)}`);
+  }
+  if (be.kind !== 'cpu') {
+    throw new BackendUnavailableError(
+      `the model runtime runs on the CPU backend in this version (the CUDA forward pass, with GEMMs on the GPU and experts in GPU slots, is not implemented yet); received backend ${be.name}`,
+    );
+  }
+  return be;
+}
+
+function makeProvider(be: Backend, store: ExpertStore, cfg: ModelConfig, mode: ExpertMode): ExpertProvider {
+  if (mode === 'resident') return new ResidentExperts(be, store);
+  if (typeof mode !== 'object' || mode === null) throw new InvalidArgumentError(`experts must be 'resident' or { slots | fraction, policy }, received ${describe(mode)}`);
+  const total = store.layers.length * store.experts;
+  let slots: number;
+  if (mode.slots !== undefined) {
+    if (!Number.isSafeInteger(mode.slots) || mode.slots < 1) throw new InvalidArgumentError(`experts.slots must be a positive integer, received ${describe(mode.slots)}`);
+    slots = mode.slots;
+  } else if (mode.fraction !== undefined) {
+    if (typeof mode.fraction !== 'number' || !(mode.fraction > 0 && mode.fraction <= 1)) {
+      throw new InvalidArgumentError(`experts.fraction must be a number in (0, 1], received ${describe(mode.fraction)}`);
+    }
+    slots = Math.ceil(mode.fraction * total);
+  } else {
+    throw new InvalidArgumentError('experts must give slots or fraction');
+  }
+  if (slots < store.experts) {
+    throw new InvalidArgumentError(`the expert cache needs at least ${store.experts} slots (a prefill step may route to every expert of a layer), received ${slots}`);
+  }
+  const policy = mode.policy ?? 'lru';
+  if (policy !== 'lru' && policy !== 'finemoe') throw new InvalidArgumentError(`experts.policy must be 'lru' or 'finemoe', received ${describe(mode.policy)}`);
+  return new CachedExperts(be, store, {
+    slots: Math.min(slots, total),
+    policy,
+    embedDim: cfg.hiddenSize,
+    topK: cfg.topK,
+    ...(mode.prefetchDistance !== undefined ? { prefetchDistance: mode.prefetchDistance } : {}),
+  });
+}

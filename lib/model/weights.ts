@@ -1,0 +1,271 @@
+/**
+ * The dense (non-expert) tensors of a MoE checkpoint: their HF names and shapes per family (one table, used by the
+ * loader to validate a checkpoint before reading it and by makeModel to write one), and loading them onto a
+ * backend in the layouts the forward pass uses:
+ *   - projections and the LM head as bf16 [out, in] (nn.Linear layout; gemm's b operand);
+ *   - norm weights and biases as f32 (they meet f32 activations);
+ *   - shared experts and dense MLPs as one-expert ExpertTables (moeExperts with E = 1 computes a SwiGLU MLP).
+ * Experts themselves go to the ExpertStore (lib/residency/expert-store.ts).
+ */
+import type { Backend } from '../backend.js';
+import { CheckpointFormatError, UnsupportedModelError } from '../errors.js';
+import type { ExpertTable } from '../moe.js';
+import { HostTensor, type Tensor } from '../tensor.js';
+import type { ModelConfig } from './config.js';
+import type { Checkpoint } from './safetensors.js';
+
+/** How makeModel initialises a tensor (the loader ignores it). */
+export type InitKind = 'embed' | 'linear' | 'norm' | 'bias' | 'router';
+
+export interface TensorSpec {
+  name: string;
+  shape: number[];
+  init: InitKind;
+}
+
+/** One SwiGLU MLP's tensor names (gate [I, H], up [I, H], down [H, I]). */
+export interface MlpNames {
+  gate: string;
+  up: string;
+  down: string;
+  inter: number;
+}
+
+/** HF tensor names of one decoder layer (absent parts undefined). */
+export interface LayerNames {
+  inputNorm: string;
+  postNorm: string;
+  q: string;
+  k: string;
+  v: string;
+  o: string;
+  qBias?: string;
+  kBias?: string;
+  vBias?: string;
+  /** Qwen3: [headDim] per head; OLMoE: [heads * headDim] over the whole projection. */
+  qNorm?: string;
+  kNorm?: string;
+  /** MoE layers: the router [E, H]. */
+  router?: string;
+  shared?: MlpNames;
+  /** Qwen2-MoE: sigmoid gate [1, H] of the shared expert. */
+  sharedGate?: string;
+  /** Dense (non-MoE) layers. */
+  mlp?: MlpNames;
+}
+
+/** Families the runtime executes (the config parser knows more). */
+export const RUNTIME_FAMILIES = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'olmoe'] as const;
+
+export function checkRuntimeFamily(cfg: ModelConfig, source: string): void {
+  if (!(RUNTIME_FAMILIES as readonly string[]).includes(cfg.family)) {
+    const what = cfg.mla ? 'multi-head latent attention (MLA)' : cfg.attentionSinks ? 'attention sinks and clamped SwiGLU experts with biases' : cfg.family;
+    throw new UnsupportedModelError(
+      `${source}: ${cfg.architecture} (model_type ${cfg.family}) parses, but the runtime does not execute ${what} yet; runnable families: ${RUNTIME_FAMILIES.join(', ')}`,
+    );
+  }
+}
+
+/** The names of layer `l`'s dense tensors. */
+export function layerNames(cfg: ModelConfig, l: number): LayerNames {
+  const p = `model.layers.${l}`;
+  const a = `${p}.self_attn`;
+  const n: LayerNames = {
+    inputNorm: `${p}.input_layernorm.weight`,
+    postNorm: `${p}.post_attention_layernorm.weight`,
+    q: `${a}.q_proj.weight`,
+    k: `${a}.k_proj.weight`,
+    v: `${a}.v_proj.weight`,
+    o: `${a}.o_proj.weight`,
+  };
+  if (cfg.attentionBias) {
+    n.qBias = `${a}.q_proj.bias`;
+    n.kBias = `${a}.k_proj.bias`;
+    n.vBias = `${a}.v_proj.bias`;
+  }
+  if (cfg.qkNorm) {
+    n.qNorm = `${a}.q_norm.weight`;
+    n.kNorm = `${a}.k_norm.weight`;
+  }
+  const moe = cfg.moeLayers.includes(l);
+  const mlp = cfg.family === 'mixtral' ? `${p}.block_sparse_moe` : `${p}.mlp`;
+  if (moe) {
+    n.router = `${mlp}.gate.weight`;
+    if (cfg.sharedExperts) {
+      const s = `${mlp}.shared_expert${cfg.family === 'qwen2_moe' ? '' : 's'}`;
+      n.shared = { gate: `${s}.gate_proj.weight`, up: `${s}.up_proj.weight`, down: `${s}.down_proj.weight`, inter: cfg.sharedExperts.intermediateSize };
+      if (cfg.sharedExperts.gated) n.sharedGate = `${mlp}.shared_expert_gate.weight`;
+    }
+  } else {
+    n.mlp = { gate: `${mlp}.gate_proj.weight`, up: `${mlp}.up_proj.weight`, down: `${mlp}.down_proj.weight`, inter: cfg.denseIntermediateSize };
+  }
+  return n;
+}
+
+/** Every dense tensor of the model with its shape (embeddings, layers, final norm, LM head unless tied). */
+export function denseTensorSpecs(cfg: ModelConfig): TensorSpec[] {
+  const H = cfg.hiddenSize;
+  const qDim = cfg.numHeads * cfg.headDim;
+  const kvDim = cfg.numKvHeads * cfg.headDim;
+  const specs: TensorSpec[] = [{ name: 'model.embed_tokens.weight', shape: [cfg.vocabSize, H], init: 'embed' }];
+  const mlpSpecs = (m: MlpNames) => [
+    { name: m.gate, shape: [m.inter, H], init: 'linear' as const },
+    { name: m.up, shape: [m.inter, H], init: 'linear' as const },
+    { name: m.down, shape: [H, m.inter], init: 'linear' as const },
+  ];
+  for (let l = 0; l < cfg.numLayers; l++) {
+    const n = layerNames(cfg, l);
+    specs.push({ name: n.inputNorm, shape: [H], init: 'norm' });
+    specs.push({ name: n.q, shape: [qDim, H], init: 'linear' }, { name: n.k, shape: [kvDim, H], init: 'linear' }, { name: n.v, shape: [kvDim, H], init: 'linear' });
+    if (n.qBias) specs.push({ name: n.qBias, shape: [qDim], init: 'bias' }, { name: n.kBias!, shape: [kvDim], init: 'bias' }, { name: n.vBias!, shape: [kvDim], init: 'bias' });
+    if (n.qNorm) {
+      const perHead = cfg.family !== 'olmoe';
+      specs.push({ name: n.qNorm, shape: [perHead ? cfg.headDim : qDim], init: 'norm' }, { name: n.kNorm!, shape: [perHead ? cfg.headDim : kvDim], init: 'norm' });
+    }
+    specs.push({ name: n.o, shape: [H, qDim], init: 'linear' });
+    specs.push({ name: n.postNorm, shape: [H], init: 'norm' });
+    if (n.router) specs.push({ name: n.router, shape: [cfg.numExperts, H], init: 'router' });
+    if (n.shared) specs.push(...mlpSpecs(n.shared));
+    if (n.sharedGate) specs.push({ name: n.sharedGate, shape: [1, H], init: 'linear' });
+    if (n.mlp) specs.push(...mlpSpecs(n.mlp));
+  }
+  specs.push({ name: 'model.norm.weight', shape: [H], init: 'norm' });
+  if (!cfg.tieWordEmbeddings) specs.push({ name: 'lm_head.weight', shape: [cfg.vocabSize, H], init: 'linear' });
+  return specs;
+}
+
+/**
+ * Checks that every tensor the runtime reads (dense ones and every routed expert's) exists with the right shape
+ * and a float dtype, before anything is allocated. Throws CheckpointFormatError naming the first culprit.
+ */
+export function validateCheckpoint(ckpt: Checkpoint, cfg: ModelConfig, expertNames: (layer: number, expert: number) => { gate: string; up: string; down: string }): void {
+  const check = (name: string, shape: readonly number[]) => {
+    if (!ckpt.has(name)) throw new CheckpointFormatError(ckpt.dir, name, `missing: the ${cfg.architecture} config needs it (shape [${shape.join(', ')}])`);
+    const info = ckpt.tensor(name);
+    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+      throw new CheckpointFormatError(ckpt.dir, name, `shape [${info.shape.join(', ')}] does not match the config, which implies [${shape.join(', ')}]`);
+    }
+    if (info.dtype !== 'BF16' && info.dtype !== 'F16' && info.dtype !== 'F32') {
+      throw new CheckpointFormatError(ckpt.dir, name, `dtype ${info.dtype} is not supported (BF16, F16 or F32)`);
+    }
+  };
+  for (const s of denseTensorSpecs(cfg)) check(s.name, s.shape);
+  const H = cfg.hiddenSize;
+  const I = cfg.moeIntermediateSize;
+  for (const l of cfg.moeLayers) {
+    for (let e = 0; e < cfg.numExperts; e++) {
+      const n = expertNames(l, e);
+      check(n.gate, [I, H]);
+      check(n.up, [I, H]);
+      check(n.down, [H, I]);
+    }
+  }
+}
+
+/** One layer's dense weights on the backend. */
+export interface LayerWeights {
+  inputNorm: Tensor; // [H] f32
+  postNorm: Tensor; // [H] f32
+  q: Tensor; // [heads*hd, H] bf16
+  k: Tensor; // [kvHeads*hd, H] bf16
+  v: Tensor; // [kvHeads*hd, H] bf16
+  o: Tensor; // [H, heads*hd] bf16
+  qBias?: Tensor; // [heads*hd] f32
+  kBias?: Tensor;
+  vBias?: Tensor;
+  qNorm?: Tensor; // [hd] or [heads*hd] f32
+  kNorm?: Tensor;
+  router?: Tensor; // [E, H] f32 (routing in f32)
+  shared?: ExpertTable; // one expert: the shared expert(s)
+  sharedGate?: Tensor; // [1, H] bf16
+  mlp?: ExpertTable; // dense layer's MLP as a one-expert table
+}
+
+export interface DenseWeights {
+  embed: HostTensor; // [V, H] bf16 (host: the embedding lookup reads rows; uploaded too on CUDA)
+  embedOnBackend: Tensor; // [V, H] bf16
+  layers: LayerWeights[];
+  finalNorm: Tensor; // [H] f32
+  lmHead: Tensor; // [V, H] bf16
+  /** Every tensor and table allocated here (disposed by disposeDense). */
+  owned: Array<{ dispose(): void }>;
+}
+
+/**
+ * Reads the dense weights onto `be` (bf16 projections, f32 norms and biases). `onTensor` is called after each
+ * tensor (progress). Frees what it allocated when it fails or is aborted.
+ */
+export async function loadDenseWeights(
+  ckpt: Checkpoint,
+  cfg: ModelConfig,
+  be: Backend,
+  options: { signal?: AbortSignal; onTensor?: () => void } = {},
+): Promise<DenseWeights> {
+  const owned: Array<{ dispose(): void }> = [];
+  const read = async (name: string, dtype: 'bf16' | 'f32'): Promise<Tensor> => {
+    options.signal?.throwIfAborted();
+    let t = await ckpt.read(name, undefined, options.signal ? { signal: options.signal } : {});
+    if (t.dtype !== dtype) t = HostTensor.from(dtype, t.shape, t.toFloat32());
+    options.onTensor?.();
+    if (be.kind === 'cpu') return t;
+    const d = await be.upload(t);
+    owned.push(d);
+    return d;
+  };
+  const table = async (m: MlpNames): Promise<ExpertTable> => {
+    const gate = await read(m.gate, 'bf16');
+    const up = await read(m.up, 'bf16');
+    const down = await read(m.down, 'bf16');
+    const t = be.expertTable(1, { hidden: cfg.hiddenSize, intermediate: m.inter });
+    t.set(0, { gate, up, down });
+    return t;
+  };
+  try {
+    let embed = await ckpt.read('model.embed_tokens.weight', undefined, options.signal ? { signal: options.signal } : {});
+    if (embed.dtype !== 'bf16') embed = HostTensor.from('bf16', embed.shape, embed.toFloat32());
+    options.onTensor?.();
+    let embedOnBackend: Tensor = embed;
+    if (be.kind !== 'cpu') {
+      const d = await be.upload(embed);
+      owned.push(d);
+      embedOnBackend = d;
+    }
+    const layers: LayerWeights[] = [];
+    for (let l = 0; l < cfg.numLayers; l++) {
+      const n = layerNames(cfg, l);
+      const w: LayerWeights = {
+        inputNorm: await read(n.inputNorm, 'f32'),
+        postNorm: await read(n.postNorm, 'f32'),
+        q: await read(n.q, 'bf16'),
+        k: await read(n.k, 'bf16'),
+        v: await read(n.v, 'bf16'),
+        o: await read(n.o, 'bf16'),
+      };
+      if (n.qBias) {
+        w.qBias = await read(n.qBias, 'f32');
+        w.kBias = await read(n.kBias!, 'f32');
+        w.vBias = await read(n.vBias!, 'f32');
+      }
+      if (n.qNorm) {
+        w.qNorm = await read(n.qNorm, 'f32');
+        w.kNorm = await read(n.kNorm!, 'f32');
+      }
+      if (n.router) w.router = await read(n.router, 'f32');
+      if (n.shared) w.shared = await table(n.shared);
+      if (n.sharedGate) w.sharedGate = await read(n.sharedGate, 'bf16');
+      if (n.mlp) w.mlp = await table(n.mlp);
+      layers.push(w);
+    }
+    const finalNorm = await read('model.norm.weight', 'f32');
+    const lmHead = cfg.tieWordEmbeddings ? embedOnBackend : await read('lm_head.weight', 'bf16');
+    return { embed, embedOnBackend, layers, finalNorm, lmHead, owned };
+  } catch (e) {
+    for (const o of owned) o.dispose();
+    throw e;
+  }
+}
+
+export function disposeDense(w: DenseWeights): void {
+  for (const o of w.owned) o.dispose();
+  w.owned.length = 0;
+}

@@ -1,0 +1,245 @@
+// Model runtime behaviour on a tiny generated checkpoint: sampling determinism, streaming, stop strings,
+// concurrent requests, cancellation (KV pages and cache pins freed), routing traces, malformed checkpoints, CLI.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import {
+  CheckpointFormatError,
+  InvalidArgumentError,
+  type MoeModel,
+  UnsupportedModelError,
+  loadModel,
+  makeModel,
+  parseTrace,
+  serializeTrace,
+} from '../lib/index.js';
+
+let root = '';
+let dir = '';
+let model: MoeModel;
+before(async () => {
+  root = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-runtime-'));
+  dir = path.join(root, 'qwen3');
+  await makeModel(dir, { preset: 'tiny-qwen3-moe', seed: 5 });
+  model = await loadModel(dir, { experts: { fraction: 0.5, policy: 'finemoe' } });
+});
+after(() => {
+  model?.dispose();
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+/** The checkpoint's shard files (from its index), in order. */
+function shards(d: string): string[] {
+  const j = JSON.parse(fs.readFileSync(path.join(d, 'model.safetensors.index.json'), 'utf8')) as { weight_map: Record<string, string> };
+  return [...new Set(Object.values(j.weight_map))].sort();
+}
+
+/** A copy of the tiny checkpoint to damage. */
+function copyModel(name: string): string {
+  const d = path.join(root, name);
+  fs.cpSync(dir, d, { recursive: true });
+  return d;
+}
+
+describe('generation', () => {
+  test('greedy is deterministic; seeded sampling repeats; different seeds diverge', async () => {
+    const a = await model.generate('Hello there', { maxNewTokens: 16, stopAtEos: false });
+    const b = await model.generate('Hello there', { maxNewTokens: 16, stopAtEos: false });
+    assert.deepEqual(a.tokens, b.tokens);
+    assert.equal(a.tokens.length, 16);
+    assert.equal(a.finishReason, 'length');
+    const s1 = await model.generate('Hello there', { maxNewTokens: 16, temperature: 1, topK: 50, topP: 0.95, seed: 1, stopAtEos: false });
+    const s2 = await model.generate('Hello there', { maxNewTokens: 16, temperature: 1, topK: 50, topP: 0.95, seed: 1, stopAtEos: false });
+    const s3 = await model.generate('Hello there', { maxNewTokens: 16, temperature: 1, topK: 50, topP: 0.95, seed: 2, stopAtEos: false });
+    assert.deepEqual(s1.tokens, s2.tokens);
+    assert.notDeepEqual(s1.tokens, s3.tokens);
+    // the text is the decode of the tokens
+    assert.equal(a.text, model.tokenizer.decode(a.tokens, { skipSpecialTokens: true }));
+    assert.ok(a.stats.msPerToken > 0 && a.stats.decodeTokensPerSecond > 0);
+    assert.equal(a.stats.promptTokens, model.encode('Hello there').length);
+  });
+
+  test('greedy generation continues exactly as the logits of the full sequence say', async () => {
+    const r = await model.generate('One two three', { maxNewTokens: 8, stopAtEos: false });
+    const all = [...r.promptTokens, ...r.tokens];
+    const logits = await model.logits(all);
+    const V = model.config.vocabSize;
+    for (let i = 0; i < r.tokens.length; i++) {
+      const row = logits.data.subarray((r.promptTokens.length - 1 + i) * V, (r.promptTokens.length + i) * V);
+      let best = 0;
+      for (let v = 1; v < V; v++) if (row[v]! > row[best]!) best = v;
+      assert.equal(r.tokens[i], best, `token ${i}`);
+    }
+  });
+
+  test('stream yields the text of generate; breaking out cancels and frees the KV pages', async () => {
+    const free0 = model.kvTokensFree;
+    const full = await model.generate([{ role: 'user', content: 'Tell me a story' }], { maxNewTokens: 12, stopAtEos: false });
+    const s = model.stream([{ role: 'user', content: 'Tell me a story' }], { maxNewTokens: 12, stopAtEos: false });
+    let text = '';
+    let n = 0;
+    for await (const c of s) {
+      text += c.text;
+      if (c.token >= 0) n++;
+    }
+    const r = await s.result;
+    assert.equal(text, r.text);
+    assert.deepEqual(r.tokens, full.tokens);
+    assert.equal(n, 12);
+    const s2 = model.stream('Tell me a story', { maxNewTokens: 50, stopAtEos: false });
+    let seen = 0;
+    for await (const _ of s2) if (++seen === 3) break;
+    const r2 = await s2.result;
+    assert.equal(r2.finishReason, 'cancelled');
+    assert.equal(r2.tokens.length, 3);
+    assert.equal(model.kvTokensFree, free0);
+    assert.equal(model.activeRequests, 0);
+  });
+
+  test('stop strings cut the text and end generation', async () => {
+    const base = await model.generate('abc', { maxNewTokens: 24, stopAtEos: false });
+    // pick a stop string from the middle of the greedy text
+    const mid = base.text.slice(Math.floor(base.text.length / 2), Math.floor(base.text.length / 2) + 2);
+    assert.ok(mid.length === 2, `greedy text long enough: ${JSON.stringify(base.text)}`);
+    const r = await model.generate('abc', { maxNewTokens: 24, stopAtEos: false, stop: [mid] });
+    assert.equal(r.finishReason, 'stop');
+    assert.equal(r.text, base.text.slice(0, base.text.indexOf(mid)));
+    let streamed = '';
+    for await (const c of model.stream('abc', { maxNewTokens: 24, stopAtEos: false, stop: [mid] })) streamed += c.text;
+    assert.equal(streamed, r.text);
+  });
+
+  test('concurrent requests give the tokens of sequential ones', async () => {
+    const prompts = ['alpha beta', 'gamma delta epsilon', 'zeta', 'eta theta iota kappa'];
+    const seq: number[][] = [];
+    for (const p of prompts) seq.push((await model.generate(p, { maxNewTokens: 10, stopAtEos: false })).tokens);
+    const par = await Promise.all(prompts.map((p) => model.generate(p, { maxNewTokens: 10, stopAtEos: false })));
+    assert.deepEqual(
+      par.map((r) => r.tokens),
+      seq,
+    );
+  });
+
+  test('abort rejects with the signal reason and frees KV pages and expert pins', async () => {
+    const free0 = model.kvTokensFree;
+    const ac = new AbortController();
+    const s = model.stream('Abort me please', { maxNewTokens: 200, stopAtEos: false, signal: ac.signal });
+    let n = 0;
+    await assert.rejects(
+      (async () => {
+        for await (const _ of s) if (++n === 4) ac.abort(new Error('user abort'));
+      })(),
+      /user abort/,
+    );
+    await assert.rejects(s.result, /user abort/);
+    assert.equal(model.kvTokensFree, free0);
+    assert.equal(model.activeRequests, 0);
+    // nothing stays pinned in the expert cache
+    const c = model.cacheStats!;
+    assert.ok(c.hits + c.misses > 0);
+    const again = await model.generate('Abort me please', { maxNewTokens: 4, stopAtEos: false });
+    assert.equal(again.tokens.length, 4);
+  });
+
+  test('routing traces: one iteration per decode step, serialisable, ids consistent with probabilities', async () => {
+    const r = await model.generate('Trace this request', { maxNewTokens: 9, stopAtEos: false, recordRouting: true });
+    const req = r.routing!;
+    const L = model.config.moeLayers.length;
+    const k = model.config.topK;
+    const E = model.config.numExperts;
+    assert.equal(req.iterations, 8); // the first token comes from prefill
+    assert.equal(req.ids.length, 8 * L * k);
+    for (let i = 0; i < req.iterations * L; i++) {
+      const g = req.gates!.subarray(i * E, (i + 1) * E);
+      const ids = Array.from(req.ids.subarray(i * k, (i + 1) * k));
+      // the chosen experts are the k largest gates, in descending order
+      const order = Array.from({ length: E }, (_, e) => e).sort((a, b) => g[b]! - g[a]! || a - b);
+      assert.deepEqual(ids, order.slice(0, k));
+    }
+    const trace = model.routingTrace([req]);
+    const back = parseTrace(serializeTrace(trace));
+    assert.deepEqual(Array.from(back.requests[0]!.ids), Array.from(req.ids));
+  });
+
+  test('bad arguments are typed errors naming the argument', async () => {
+    await assert.rejects(model.generate('x', { maxNewTokens: 0 }), (e: unknown) => e instanceof InvalidArgumentError && /maxNewTokens/.test(e.message));
+    await assert.rejects(model.generate('x', { temperature: -1 }), (e: unknown) => e instanceof InvalidArgumentError && /temperature/.test(e.message));
+    await assert.rejects(model.generate('x', { topP: 0 }), (e: unknown) => e instanceof InvalidArgumentError && /topP/.test(e.message));
+    await assert.rejects(model.generate({ tokens: [1e9] }), (e: unknown) => e instanceof InvalidArgumentError && /tokens\[0\]/.test(e.message));
+    await assert.rejects(model.generate(42 as never), (e: unknown) => e instanceof InvalidArgumentError && /prompt/.test(e.message));
+    await assert.rejects(model.generate('x', { stop: [''] }), (e: unknown) => e instanceof InvalidArgumentError && /stop/.test(e.message));
+    await assert.rejects(loadModel(dir, { experts: { fraction: 0.01 } }), (e: unknown) => e instanceof InvalidArgumentError && /slots/.test(e.message));
+  });
+});
+
+describe('malformed checkpoints', () => {
+  const code = (c: string) => (e: unknown) => (e as { code?: string }).code === c;
+  test('missing shard', async () => {
+    const d = copyModel('missing-shard');
+    assert.ok(shards(d).length >= 2, 'the tiny checkpoint is sharded');
+    fs.rmSync(path.join(d, shards(d)[1]!));
+    await assert.rejects(loadModel(d), (e: unknown) => e instanceof CheckpointFormatError && /missing/.test(e.message));
+  });
+  test('truncated shard', async () => {
+    const d = copyModel('truncated');
+    const f = path.join(d, shards(d).at(-1)!);
+    fs.truncateSync(f, fs.statSync(f).size - 1000);
+    await assert.rejects(loadModel(d), code('MOE_CHECKPOINT_FORMAT'));
+  });
+  test('shape that disagrees with config.json', async () => {
+    const d = copyModel('wrong-shape');
+    const cfgPath = path.join(d, 'config.json');
+    const cfg = JSON.parse(fs.readFileSync(cfgPath, 'utf8'));
+    cfg.moe_intermediate_size = 64;
+    fs.writeFileSync(cfgPath, JSON.stringify(cfg));
+    await assert.rejects(loadModel(d), (e: unknown) => e instanceof CheckpointFormatError && /shape/.test(e.message) && /experts/.test(e.message));
+  });
+  test('unknown and not-yet-runnable architectures', async () => {
+    const d = copyModel('llama');
+    const cfgPath = path.join(d, 'config.json');
+    const cfg = JSON.parse(fs.readFileSync(cfgPath, 'utf8'));
+    fs.writeFileSync(cfgPath, JSON.stringify({ ...cfg, model_type: 'llama', architectures: ['LlamaForCausalLM'] }));
+    await assert.rejects(loadModel(d), (e: unknown) => e instanceof UnsupportedModelError && /llama/.test(e.message));
+    fs.writeFileSync(cfgPath, JSON.stringify({ ...cfg, model_type: 'deepseek_v2', kv_lora_rank: 64, qk_nope_head_dim: 64, qk_rope_head_dim: 64, v_head_dim: 64, n_routed_experts: 32 }));
+    await assert.rejects(loadModel(d), (e: unknown) => e instanceof UnsupportedModelError && /MLA/.test(e.message));
+  });
+  test('missing config.json, tokenizer.json, a tensor', async () => {
+    const d = copyModel('missing-files');
+    fs.rmSync(path.join(d, 'tokenizer.json'));
+    await assert.rejects(loadModel(d), (e: unknown) => e instanceof CheckpointFormatError && /tokenizer\.json/.test(e.message));
+    fs.rmSync(path.join(d, 'config.json'));
+    await assert.rejects(loadModel(d), (e: unknown) => e instanceof CheckpointFormatError && /config\.json/.test(e.message));
+    const d2 = copyModel('missing-tensor');
+    const idx = path.join(d2, 'model.safetensors.index.json');
+    const j = JSON.parse(fs.readFileSync(idx, 'utf8'));
+    delete j.weight_map['model.layers.1.self_attn.k_norm.weight'];
+    fs.writeFileSync(idx, JSON.stringify(j));
+    await assert.rejects(loadModel(d2), (e: unknown) => e instanceof CheckpointFormatError && /k_norm/.test(e.message));
+    await assert.rejects(loadModel(path.join(root, 'nope')), (e: unknown) => e instanceof CheckpointFormatError);
+  });
+  test('an aborted load frees what it allocated', async () => {
+    const ac = new AbortController();
+    ac.abort(new Error('stop loading'));
+    await assert.rejects(loadModel(dir, { signal: ac.signal }), /stop loading/);
+  });
+});
+
+describe('cli', () => {
+  test('make-model then generate', () => {
+    const cli = path.join(__dirname, '..', 'lib', 'cli.js');
+    const d = path.join(root, 'cli-olmoe');
+    const made = execFileSync(process.execPath, [cli, 'make-model', '--preset', 'tiny-olmoe', '--layers', '2', d], { encoding: 'utf8' });
+    assert.match(made, /wrote tiny-olmoe/);
+    const cfg = JSON.parse(fs.readFileSync(path.join(d, 'config.json'), 'utf8'));
+    assert.equal(cfg.num_hidden_layers, 2);
+    const out = execFileSync(process.execPath, [cli, 'generate', '--model', d, '--prompt', 'Hi', '--max-new-tokens', '5', '--json'], { encoding: 'utf8' });
+    const r = JSON.parse(out);
+    assert.equal(r.stats.promptTokens > 0, true);
+    assert.ok(r.tokens.length <= 5);
+    assert.throws(() => execFileSync(process.execPath, [cli, 'make-model', '--preset', 'nope', d], { encoding: 'utf8', stdio: 'pipe' }), /preset must be one of/);
+  });
+});

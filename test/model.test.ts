@@ -1,0 +1,102 @@
+// Model runtime vs the independent float64 reference (test/harness/ref-model.ts), per supported family, on tiny
+// random-weight checkpoints written by makeModel; and lossless offloading: greedy output identical with every
+// expert resident and with an expert cache holding 25% of them (LRU and FineMoE).
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import { type ExpertMode, loadModel, makeModel, type StepRouting } from '../lib/index.js';
+import { loadReferenceModel } from './harness/ref-model.js';
+
+const FAMILIES = ['tiny-mixtral', 'tiny-qwen2-moe', 'tiny-qwen3-moe', 'tiny-olmoe'] as const;
+const PROMPT = 'The quick brown fox jumps over the lazy dog, then counts 1, 2, 3 and says: "done!"';
+
+let root = '';
+before(async () => {
+  root = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-model-'));
+  for (const p of FAMILIES) await makeModel(path.join(root, p), { preset: p, seed: 11 });
+});
+after(() => fs.rmSync(root, { recursive: true, force: true }));
+
+for (const preset of FAMILIES) {
+  describe(preset, () => {
+    test('logits match the float64 reference forward pass (relative error <= 1e-2)', async () => {
+      const dir = path.join(root, preset);
+      using model = await loadModel(dir);
+      const tokens = model.encode(PROMPT);
+      assert.ok(tokens.length >= 24, `prompt has ${tokens.length} tokens`);
+      const routing: StepRouting = { ids: [], probs: [], gates: [] };
+      const logits = await model.logits(tokens, { routing });
+      const T = tokens.length;
+      const V = model.config.vocabSize;
+      const k = model.config.topK;
+      // [model layer][token] expert ids chosen by the engine
+      const engineRouting: number[][][] = [];
+      routing.ids.forEach((ids, li) => {
+        engineRouting[model.config.moeLayers[li]!] = Array.from({ length: T }, (_, t) => Array.from(ids.subarray(t * k, t * k + k)));
+      });
+
+      const ref = loadReferenceModel(dir);
+      ref.forward(tokens);
+      // routing agreement with the reference's own choice (bf16 activations can flip a near tie, rarely)
+      let same = 0;
+      let total = 0;
+      ref.lastRouting.forEach((layer, l) =>
+        layer.forEach((ids, t) => {
+          if (ids.length === 0) return; // dense layer
+          total++;
+          const a = [...ids].sort((x, y) => x - y).join();
+          const b = [...engineRouting[l]![t]!].sort((x, y) => x - y).join();
+          if (a === b) same++;
+        }),
+      );
+      assert.ok(same / total >= 0.95, `routing agrees on ${same}/${total} (layer, token) choices`);
+
+      // numerics given the same routing decisions
+      const r = ref.forward(tokens, { routing: engineRouting });
+      let worst = 0;
+      let num = 0;
+      let den = 0;
+      for (let t = 0; t < T; t++) {
+        let n = 0;
+        let d = 0;
+        for (let v = 0; v < V; v++) {
+          const diff = logits.data[t * V + v]! - r[t * V + v]!;
+          n += diff * diff;
+          d += r[t * V + v]! ** 2;
+        }
+        worst = Math.max(worst, Math.sqrt(n / d));
+        num += n;
+        den += d;
+      }
+      // the issue's bar: relative error of the logits <= 1e-2 (norm-wise over the whole [T, V] tensor); bf16
+      // activations (as HF runs bf16 models) put single positions around 5e-3 with a tail to ~1e-2, so each
+      // position is also held to 2e-2
+      const overall = Math.sqrt(num / den);
+      assert.ok(overall <= 1e-2, `relative error ${overall.toExponential(2)} (worst position ${worst.toExponential(2)})`);
+      assert.ok(worst <= 2e-2, `worst position relative error ${worst.toExponential(2)} (overall ${overall.toExponential(2)})`);
+    });
+
+    test('greedy output is identical with all experts resident and with a 25% expert cache (LRU, FineMoE)', async () => {
+      const dir = path.join(root, preset);
+      const prompts = [PROMPT, 'Write a short note about the weather in spring.'];
+      const run = async (experts: ExpertMode) => {
+        using model = await loadModel(dir, { experts });
+        const outs: number[][] = [];
+        for (const p of prompts) outs.push((await model.generate(p, { maxNewTokens: 20, stopAtEos: false })).tokens);
+        return { outs, stats: model.cacheStats };
+      };
+      const resident = await run('resident');
+      assert.equal(resident.stats, undefined);
+      for (const policy of ['lru', 'finemoe'] as const) {
+        const cached = await run({ fraction: 0.25, policy });
+        assert.deepEqual(cached.outs, resident.outs, `${policy}: tokens differ from the resident run`);
+        const s = cached.stats!;
+        assert.ok(s.misses > 0 && s.evictions > 0, `${policy}: the cache was exercised (${JSON.stringify(s)})`);
+        if (policy === 'finemoe') assert.ok(s.prefetchIssued > 0, `finemoe prefetched (${JSON.stringify(s)})`);
+      }
+    });
+  });
+}
