@@ -165,6 +165,16 @@ describe('generation', () => {
     assert.deepEqual(Array.from(back.requests[0]!.ids), Array.from(req.ids));
   });
 
+  test('an expert cache smaller than one layer\'s experts: prefill runs in token ranges, logits bitwise equal', async () => {
+    using small = await loadModel(dir, { experts: { slots: 6 } }); // 32 experts per layer, top-4
+    using resident = await loadModel(dir);
+    const tokens = resident.encode('A longer prompt, so that prefill routes to far more experts than six slots hold.');
+    const a = await resident.logits(tokens);
+    const b = await small.logits(tokens);
+    assert.deepEqual(b.data, a.data);
+    assert.ok(small.cacheStats!.evictions > 0);
+  });
+
   test('bad arguments are typed errors naming the argument', async () => {
     await assert.rejects(model.generate('x', { maxNewTokens: 0 }), (e: unknown) => e instanceof InvalidArgumentError && /maxNewTokens/.test(e.message));
     await assert.rejects(model.generate('x', { temperature: -1 }), (e: unknown) => e instanceof InvalidArgumentError && /temperature/.test(e.message));
@@ -204,8 +214,10 @@ describe('malformed checkpoints', () => {
     const cfg = JSON.parse(fs.readFileSync(cfgPath, 'utf8'));
     fs.writeFileSync(cfgPath, JSON.stringify({ ...cfg, model_type: 'llama', architectures: ['LlamaForCausalLM'] }));
     await assert.rejects(loadModel(d), (e: unknown) => e instanceof UnsupportedModelError && /llama/.test(e.message));
-    fs.writeFileSync(cfgPath, JSON.stringify({ ...cfg, model_type: 'deepseek_v2', kv_lora_rank: 64, qk_nope_head_dim: 64, qk_rope_head_dim: 64, v_head_dim: 64, n_routed_experts: 32 }));
-    await assert.rejects(loadModel(d), (e: unknown) => e instanceof UnsupportedModelError && /MLA/.test(e.message));
+    fs.writeFileSync(cfgPath, JSON.stringify({ ...cfg, model_type: 'gpt_oss', architectures: ['GptOssForCausalLM'], num_local_experts: 32 }));
+    await assert.rejects(loadModel(d), (e: unknown) => e instanceof UnsupportedModelError && /attention sinks/.test(e.message));
+    fs.writeFileSync(cfgPath, JSON.stringify({ ...cfg, model_type: 'deepseek_v2', kv_lora_rank: 64, qk_nope_head_dim: 64, qk_rope_head_dim: 64, v_head_dim: 64, n_routed_experts: 32, n_group: 8, topk_group: 3, topk_method: 'group_limited_greedy' }));
+    await assert.rejects(loadModel(d), (e: unknown) => e instanceof UnsupportedModelError && /group-limited/.test(e.message));
   });
   test('missing config.json, tokenizer.json, a tensor', async () => {
     const d = copyModel('missing-files');

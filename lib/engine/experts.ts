@@ -111,7 +111,31 @@ export class CachedExperts implements ExpertProvider {
   }
 
   async run(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, signal: AbortSignal | undefined): Promise<ExpertRunTimes> {
-    const wanted = [...new Set(hostIds)].filter((e) => e >= 0 && e < this.#numExperts).sort((a, b) => a - b);
+    // Token ranges whose experts fit the slots at once (one range unless a prefill step routes to more experts
+    // than the cache holds); each token's experts are always present together, so its output is exact.
+    const T = x.shape[0]!;
+    const k = ids.shape[1]!;
+    const times: ExpertRunTimes = { stallMs: 0, computeMs: 0 };
+    let start = 0;
+    while (start < T) {
+      const set = new Set<number>();
+      let end = start;
+      while (end < T) {
+        const add = Array.from(hostIds.subarray(end * k, end * k + k)).filter((e) => e >= 0 && e < this.#numExperts && !set.has(e));
+        if (end > start && set.size + new Set(add).size > this.slots.slots) break;
+        for (const e of add) set.add(e);
+        end++;
+      }
+      const whole = start === 0 && end === T;
+      const r = await this.#runRange(li, [...set].sort((a, b) => a - b), whole ? x : x.rows(start, end - start), whole ? ids : ids.rows(start, end - start), whole ? weights : weights.rows(start, end - start), whole ? out : out.rows(start, end - start), signal);
+      times.stallMs += r.stallMs;
+      times.computeMs += r.computeMs;
+      start = end;
+    }
+    return times;
+  }
+
+  async #runRange(li: number, wanted: number[], x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, signal: AbortSignal | undefined): Promise<ExpertRunTimes> {
     const t0 = performance.now();
     const settled = await Promise.allSettled(wanted.map((e) => this.cache.acquire(li, e, signal ? { signal } : undefined)));
     const leases: ExpertLease[] = [];

@@ -21,7 +21,7 @@
 import type { Backend } from '../backend.js';
 import type { KvCache } from '../kv/cache.js';
 import type { ModelConfig } from '../model/config.js';
-import type { DenseWeights } from '../model/weights.js';
+import type { DenseWeights, LayerWeights, MlaWeights } from '../model/weights.js';
 import { HostTensor, type Tensor } from '../tensor.js';
 import type { ExpertProvider } from './experts.js';
 
@@ -81,7 +81,12 @@ export interface ForwardParts {
   kv: KvCache;
   experts: ExpertProvider;
   invFreq: HostTensor<'f32'>;
+  /** RoPE cos/sin multiplier (yarn). */
   attentionScaling: number;
+  /** Softmax scale of attention (1/sqrt(qk head dim), times yarn's mscale^2 for DeepSeek). */
+  attentionScale: number;
+  /** KV cache head dim (MLA: padded, see attentionHeadDim). */
+  headDim: number;
 }
 
 export class ForwardPass {
@@ -91,6 +96,85 @@ export class ForwardPass {
   constructor(parts: ForwardParts) {
     this.#p = parts;
     this.#moeIndex = new Map(parts.cfg.moeLayers.map((l, i) => [l, i]));
+  }
+
+  /** Multi-head attention projections: q/k/v (+ bias), q/k norm, RoPE. `norm` is the pending input norm op. */
+  async #mhaQkv(w: LayerWeights, xn: HostTensor, T: number, positions: HostTensor, norm: Promise<unknown>, op: { signal?: AbortSignal }): Promise<{ q: HostTensor; k: HostTensor; v: HostTensor }> {
+    const { be, cfg } = this.#p;
+    const nH = cfg.numHeads;
+    const nKV = cfg.numKvHeads;
+    const hd = cfg.headDim;
+    const q = new HostTensor('f32', [T, nH, hd]);
+    const k = new HostTensor('f32', [T, nKV, hd]);
+    const v = new HostTensor('f32', [T, nKV, hd]);
+    const q2 = q.reshape([T, nH * hd]);
+    const k2 = k.reshape([T, nKV * hd]);
+    const v2 = v.reshape([T, nKV * hd]);
+    const g: Array<Promise<unknown>> = [norm, be.gemm(xn, w.q!, q2, op), be.gemm(xn, w.k!, k2, op), be.gemm(xn, w.v!, v2, op)];
+    if (w.qBias) g.push(be.add(q2, w.qBias, q2, op), be.add(k2, w.kBias!, k2, op), be.add(v2, w.vBias!, v2, op));
+    if (w.qNorm) {
+      const perHead = w.qNorm.numel === hd && cfg.family !== 'olmoe';
+      const qn = perHead ? q.reshape([T * nH, hd]) : q2;
+      const kn = perHead ? k.reshape([T * nKV, hd]) : k2;
+      g.push(be.rmsNorm({ x: qn, weight: w.qNorm, out: qn, eps: cfg.rmsNormEps }, op), be.rmsNorm({ x: kn, weight: w.kNorm!, out: kn, eps: cfg.rmsNormEps }, op));
+    }
+    g.push(be.rope({ q, k, positions, invFreq: this.#p.invFreq, attentionScaling: this.#p.attentionScaling }, op));
+    await Promise.all(g);
+    return { q, k, v };
+  }
+
+  /**
+   * Multi-head latent attention (DeepSeek-V2), run as multi-head attention over decompressed keys and values:
+   * c = norm(x Wc) [T, rank]; k_nope = c Wkn, v = c Wv per head; k_pe = rope(x Wkpe) shared by all heads;
+   * q = [q_nope | rope(q_pe)]. Keys [k_nope | k_pe] and queries are zero-padded to the cache's head dim, values too.
+   */
+  async #mlaQkv(w: MlaWeights, xn: HostTensor, T: number, positions: HostTensor, norm: Promise<unknown>, op: { signal?: AbortSignal }): Promise<{ q: HostTensor; k: HostTensor; v: HostTensor }> {
+    const { be, cfg } = this.#p;
+    const m = cfg.mla!;
+    const nH = cfg.numHeads;
+    const D = this.#p.headDim;
+    const { qkNopeHeadDim: nope, qkRopeHeadDim: rope, vHeadDim: vd, kvLoraRank: kvr } = m;
+    const g: Array<Promise<unknown>> = [norm];
+    let qIn: HostTensor = xn;
+    if (w.qA) {
+      const qa = new HostTensor('f32', [T, m.qLoraRank!]);
+      qIn = new HostTensor('bf16', [T, m.qLoraRank!]);
+      g.push(be.gemm(xn, w.qA, qa, op), be.rmsNorm({ x: qa, weight: w.qANorm!, out: qIn, eps: 1e-6 }, op));
+    }
+    const qn = new HostTensor('f32', [T, nH * nope]);
+    const qp = new HostTensor('f32', [T, nH, rope]);
+    const c = new HostTensor('f32', [T, kvr]);
+    const cb = new HostTensor('bf16', [T, kvr]);
+    const kp = new HostTensor('f32', [T, 1, rope]);
+    const kn = new HostTensor('f32', [T, nH * nope]);
+    const vv = new HostTensor('f32', [T, nH * vd]);
+    g.push(
+      be.gemm(qIn, w.qNope, qn, op),
+      be.gemm(qIn, w.qPe, qp.reshape([T, nH * rope]), op),
+      be.gemm(xn, w.kvC, c, op),
+      be.rmsNorm({ x: c, weight: w.kvANorm, out: cb, eps: 1e-6 }, op),
+      be.gemm(xn, w.kPe, kp.reshape([T, rope]), op),
+      be.gemm(cb, w.kNope, kn, op),
+      be.gemm(cb, w.v, vv, op),
+      be.rope({ q: qp, k: kp, positions, invFreq: this.#p.invFreq, attentionScaling: this.#p.attentionScaling }, op),
+    );
+    await Promise.all(g);
+    // assemble [T, nH, D]: q = [q_nope | q_pe | 0], k = [k_nope | k_pe | 0], v = [v | 0]
+    const q = new HostTensor('f32', [T, nH, D]);
+    const k = new HostTensor('f32', [T, nH, D]);
+    const v = new HostTensor('f32', [T, nH, D]);
+    const [Q, K, Vd, QN, QP, KN, KP, VV] = [q.data, k.data, v.data, qn.data, qp.data, kn.data, kp.data, vv.data];
+    for (let t = 0; t < T; t++) {
+      for (let hh = 0; hh < nH; hh++) {
+        const o = (t * nH + hh) * D;
+        Q.set(QN.subarray((t * nH + hh) * nope, (t * nH + hh + 1) * nope), o);
+        Q.set(QP.subarray((t * nH + hh) * rope, (t * nH + hh + 1) * rope), o + nope);
+        K.set(KN.subarray((t * nH + hh) * nope, (t * nH + hh + 1) * nope), o);
+        K.set(KP.subarray(t * rope, (t + 1) * rope), o + nope);
+        Vd.set(VV.subarray((t * nH + hh) * vd, (t * nH + hh + 1) * vd), o);
+      }
+    }
+    return { q, k, v };
   }
 
   /**
@@ -112,10 +196,6 @@ export class ForwardPass {
     const T = seqs.reduce((n, s) => n + s.tokens.length, 0);
     const H = cfg.hiddenSize;
     const nH = cfg.numHeads;
-    const nKV = cfg.numKvHeads;
-    const hd = cfg.headDim;
-    const qDim = nH * hd;
-    const kvDim = nKV * hd;
     const E = cfg.numExperts;
     const K = cfg.topK;
 
@@ -142,10 +222,8 @@ export class ForwardPass {
     const h = new HostTensor('f32', [T, H]);
     const emb = new HostTensor('bf16', [T, H]);
     const xn = new HostTensor('bf16', [T, H]);
-    const q = new HostTensor('f32', [T, qDim]);
-    const k = new HostTensor('f32', [T, kvDim]);
-    const v = new HostTensor('f32', [T, kvDim]);
-    const attn = new HostTensor('bf16', [T, nH, hd]);
+    const D = this.#p.headDim; // KV cache / attention head dim (MLA: padded)
+    const attn = new HostTensor('bf16', [T, nH, D]);
     const delta = new HostTensor('f32', [T, H]);
     const blockOut = new HostTensor('bf16', [T, H]);
     const sharedOut = cfg.sharedExperts ? new HostTensor('bf16', [T, H]) : undefined;
@@ -158,8 +236,6 @@ export class ForwardPass {
     const sharedLogit = new HostTensor('f32', [T, 1]);
     const sharedW = new HostTensor('f32', [T, 1]);
     const sharedIds = new HostTensor('i32', [T, 1]);
-    const q3 = q.reshape([T, nH, hd]);
-    const k3 = k.reshape([T, nKV, hd]);
 
     await be.gatherRows(W.embed, ids, emb, op);
     await be.convert(emb, h, op);
@@ -170,35 +246,30 @@ export class ForwardPass {
     let pending: Tensor | undefined;
     for (let l = 0; l < cfg.numLayers; l++) {
       const w = W.layers[l]!;
-      // attention block
-      const g1: Array<Promise<unknown>> = [be.rmsNorm({ x: h, weight: w.inputNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op)];
-      g1.push(be.gemm(xn, w.q, q, op), be.gemm(xn, w.k, k, op), be.gemm(xn, w.v, v, op));
-      if (w.qBias) g1.push(be.add(q, w.qBias, q, op), be.add(k, w.kBias!, k, op), be.add(v, w.vBias!, v, op));
-      if (w.qNorm) {
-        const perHead = w.qNorm.numel === hd && cfg.family !== 'olmoe';
-        g1.push(
-          be.rmsNorm({ x: perHead ? q.reshape([T * nH, hd]) : q, weight: w.qNorm, out: perHead ? q.reshape([T * nH, hd]) : q, eps: cfg.rmsNormEps }, op),
-          be.rmsNorm({ x: perHead ? k.reshape([T * nKV, hd]) : k, weight: w.kNorm!, out: perHead ? k.reshape([T * nKV, hd]) : k, eps: cfg.rmsNormEps }, op),
-        );
-      }
-      g1.push(be.rope({ q: q3, k: k3, positions, invFreq: this.#p.invFreq, attentionScaling: this.#p.attentionScaling }, op));
-      await Promise.all(g1);
+      // attention block: q [T, nH, D], k and v [T, kvH, D] f32 (rotated), then the KV cache and attention
+      const norm = be.rmsNorm({ x: h, weight: w.inputNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op);
+      const { q, k, v } = w.mla ? await this.#mlaQkv(w.mla, xn, T, positions, norm, op) : await this.#mhaQkv(w, xn, T, positions, norm, op);
       book('denseMs');
       let t0 = 0;
       seqs.forEach((s, i) => {
         const n = s.tokens.length;
-        kv.write(l, s.seq, starts[i]!, k3.rows(t0, n), v.reshape([T, nKV, hd]).rows(t0, n));
+        kv.write(l, s.seq, starts[i]!, k.rows(t0, n), v.rows(t0, n));
         t0 += n;
       });
       book('hostMs');
       await be.attention(
-        { q: q3, k: kv.keys(l), v: kv.values(l), out: attn, ...batch, ...(cfg.slidingWindow ? { slidingWindow: cfg.slidingWindow } : {}) },
+        { q, k: kv.keys(l), v: kv.values(l), out: attn, ...batch, scale: this.#p.attentionScale, ...(cfg.slidingWindow ? { slidingWindow: cfg.slidingWindow } : {}) },
         op,
       );
       book('attentionMs');
+      let attnOut: Tensor = attn.reshape([T, nH * D]);
+      if (w.mla && cfg.mla!.vHeadDim < D) {
+        attnOut = headPrefix(attn, cfg.mla!.vHeadDim); // [T, nH * v] bf16: drop the zero padding
+        book('hostMs');
+      }
       const li = this.#moeIndex.get(l);
       // MoE layers route from the f32 normalised state (a bf16 rounding there can flip near-tied experts)
-      const g2: Array<Promise<unknown>> = [be.gemm(attn.reshape([T, qDim]), w.o, delta, op)];
+      const g2: Array<Promise<unknown>> = [be.gemm(attnOut, w.o, delta, op)];
       if (li === undefined) g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xn, eps: cfg.rmsNormEps, add: delta }, op));
       else g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xf, eps: cfg.rmsNormEps, add: delta }, op), be.convert(xf, xn, op));
       if (li === undefined) {
@@ -221,6 +292,7 @@ export class ForwardPass {
       }
       await Promise.all(g2);
       book('denseMs');
+      if (!cfg.router.renormalize && cfg.router.scale !== 1) for (let i = 0; i < topW.data.length; i++) topW.data[i]! *= cfg.router.scale;
       const hostIds = topIds.data;
       if (o.routing || experts.observeGates) {
         const gates = softmaxRows(routerLogits.data, T, E);
@@ -264,6 +336,16 @@ export class ForwardPass {
     times.totalMs += performance.now() - start;
     return logits;
   }
+}
+
+/** [T, nH, D] -> [T, nH * d]: the first d elements of every head (MLA's v is narrower than the padded head). */
+function headPrefix(x: HostTensor, d: number): HostTensor {
+  const [T, nH, D] = x.shape as [number, number, number];
+  const out = new HostTensor(x.dtype, [T, nH * d]);
+  const src = x.data as Uint16Array;
+  const dst = out.data as Uint16Array;
+  for (let r = 0; r < T * nH; r++) dst.set(src.subarray(r * D, r * D + d), r * d);
+  return out;
 }
 
 /** Row-wise softmax of [T, E] logits (the router's gate probabilities), f32. */

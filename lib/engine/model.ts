@@ -25,9 +25,9 @@ import { KvCache } from '../kv/cache.js';
 import { type ModelConfig, expertTensorNames, parseModelConfig } from '../model/config.js';
 import { Checkpoint } from '../model/safetensors.js';
 import { type ChatMessage, ModelTokenizer } from '../model/tokenizer.js';
-import { type DenseWeights, checkRuntimeFamily, disposeDense, loadDenseWeights, validateCheckpoint } from '../model/weights.js';
+import { type DenseWeights, attentionHeadDim, checkRuntimeFamily, disposeDense, loadDenseWeights, validateCheckpoint } from '../model/weights.js';
 import { ExpertStore } from '../residency/expert-store.js';
-import { ropeFromConfig } from '../rope.js';
+import { ropeFromConfig, ropeScalingFromHf, yarnSoftmaxScale } from '../rope.js';
 import { HostTensor } from '../tensor.js';
 import { CachedExperts, type ExpertProvider, ResidentExperts } from './experts.js';
 import { ForwardPass, type StepRouting, type StepTimes, emptyTimes } from './forward.js';
@@ -205,6 +205,8 @@ export class MoeModel {
       experts: p.experts,
       invFreq: HostTensor.from('f32', [rp.invFreq.length], rp.invFreq),
       attentionScaling: rp.attentionScaling,
+      attentionScale: (p.config.mla ? yarnSoftmaxScale(ropeScalingFromHf(p.config.ropeScaling)) : 1) / Math.sqrt(p.config.headDim),
+      headDim: p.kv.headDim,
     });
   }
 
@@ -573,8 +575,8 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     cleanup.push(experts);
     const kv = KvCache.create(be, {
       layers: config.numLayers,
-      kvHeads: config.numKvHeads,
-      headDim: config.headDim,
+      kvHeads: config.mla ? config.numHeads : config.numKvHeads,
+      headDim: attentionHeadDim(config),
       budgetBytes: options.kvCacheBytes ?? 256 * 2 ** 20,
       ...(options.kvBlockSize !== undefined ? { blockSize: options.kvBlockSize } : {}),
     });
@@ -623,9 +625,7 @@ function makeProvider(be: Backend, store: ExpertStore, cfg: ModelConfig, mode: E
   } else {
     throw new InvalidArgumentError('experts must give slots or fraction');
   }
-  if (slots < store.experts) {
-    throw new InvalidArgumentError(`the expert cache needs at least ${store.experts} slots (a prefill step may route to every expert of a layer), received ${slots}`);
-  }
+  if (slots < cfg.topK) throw new InvalidArgumentError(`the expert cache needs at least top-k = ${cfg.topK} slots (one token's experts), received ${slots}`);
   const policy = mode.policy ?? 'lru';
   if (policy !== 'lru' && policy !== 'finemoe') throw new InvalidArgumentError(`experts.policy must be 'lru' or 'finemoe', received ${describe(mode.policy)}`);
   return new CachedExperts(be, store, {

@@ -119,6 +119,44 @@ function olmoe(o: { hidden: number; layers: number; heads: number; inter: number
   };
 }
 
+function deepseekV2(o: { hidden: number; layers: number; heads: number; kvRank: number; nope: number; rope: number; v: number; moeInter: number; denseInter: number; experts: number; shared: number; topK: number; yarnFactor: number }): Record<string, unknown> {
+  return {
+    architectures: ['DeepseekV2ForCausalLM'],
+    model_type: 'deepseek_v2',
+    hidden_size: o.hidden,
+    intermediate_size: o.denseInter,
+    moe_intermediate_size: o.moeInter,
+    num_hidden_layers: o.layers,
+    num_attention_heads: o.heads,
+    num_key_value_heads: o.heads,
+    q_lora_rank: null,
+    kv_lora_rank: o.kvRank,
+    qk_nope_head_dim: o.nope,
+    qk_rope_head_dim: o.rope,
+    v_head_dim: o.v,
+    n_routed_experts: o.experts,
+    n_shared_experts: o.shared,
+    num_experts_per_tok: o.topK,
+    first_k_dense_replace: 1,
+    moe_layer_freq: 1,
+    n_group: 1,
+    topk_group: 1,
+    topk_method: 'greedy',
+    scoring_func: 'softmax',
+    norm_topk_prob: false,
+    routed_scaling_factor: 1.0,
+    attention_bias: false,
+    hidden_act: 'silu',
+    max_position_embeddings: 163840,
+    rms_norm_eps: 1e-6,
+    rope_theta: 10000,
+    rope_scaling: { type: 'yarn', factor: o.yarnFactor, original_max_position_embeddings: 4096, beta_fast: 32, beta_slow: 1, mscale: 0.707, mscale_all_dim: 0.707 },
+    aux_loss_alpha: 0.001,
+    seq_aux: true,
+    ...common,
+  };
+}
+
 export const PRESETS = {
   'tiny-mixtral': {
     description: 'Mixtral family, 4 layers, hidden 256, 8 experts top-2 (renormalised), GQA 4:2, head_dim 64',
@@ -169,6 +207,12 @@ export const PRESETS = {
     tokenizer: CHATML,
     tokenizerVocab: 512,
   },
+  'tiny-deepseek-v2': {
+    description: 'DeepSeek-V2-Lite family, 6 layers (first dense), hidden 256, MLA (kv rank 64, qk 64+32, v 64, yarn), 16 experts top-4 + 2 shared',
+    config: deepseekV2({ hidden: 256, layers: 6, heads: 4, kvRank: 64, nope: 64, rope: 32, v: 64, moeInter: 64, denseInter: 512, experts: 16, shared: 2, topK: 4, yarnFactor: 4 }),
+    tokenizer: LLAMA,
+    tokenizerVocab: 512,
+  },
   'mixtral-8x7b-shape': {
     description: 'Mixtral-8x7B dimensions (hidden 4096, 8 x 14336 experts, GQA 32:8), 2 layers, random weights (~5.9 GB)',
     config: mixtral({ hidden: 4096, layers: 2, heads: 32, kv: 8, inter: 14336, experts: 8, topK: 2 }),
@@ -189,6 +233,13 @@ export const PRESETS = {
     tokenizer: CHATML,
     tokenizerVocab: 512,
     vocabSize: 50304,
+  },
+  'deepseek-v2-lite-shape': {
+    description: 'DeepSeek-V2-Lite dimensions (hidden 2048, MLA rank 512, 64 x 1408 experts top-6 + 2 shared), 2 layers (1 dense, 1 MoE) (~0.9 GB)',
+    config: deepseekV2({ hidden: 2048, layers: 2, heads: 16, kvRank: 512, nope: 128, rope: 64, v: 128, moeInter: 1408, denseInter: 10944, experts: 64, shared: 2, topK: 6, yarnFactor: 40 }),
+    tokenizer: LLAMA,
+    tokenizerVocab: 512,
+    vocabSize: 102400,
   },
 } satisfies Record<string, ModelPreset>;
 

@@ -35,10 +35,13 @@ export interface MlpNames {
 export interface LayerNames {
   inputNorm: string;
   postNorm: string;
-  q: string;
-  k: string;
-  v: string;
+  /** Multi-head attention projections (absent with MLA). */
+  q?: string;
+  k?: string;
+  v?: string;
   o: string;
+  /** DeepSeek multi-head latent attention: q_proj (or q_a_proj, q_a_layernorm, q_b_proj with q_lora_rank), kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj. */
+  mla?: { q?: string; qA?: string; qANorm?: string; qB?: string; kvA: string; kvANorm: string; kvB: string };
   qBias?: string;
   kBias?: string;
   vBias?: string;
@@ -55,15 +58,32 @@ export interface LayerNames {
 }
 
 /** Families the runtime executes (the config parser knows more). */
-export const RUNTIME_FAMILIES = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'olmoe'] as const;
+export const RUNTIME_FAMILIES = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'olmoe', 'deepseek_v2'] as const;
 
 export function checkRuntimeFamily(cfg: ModelConfig, source: string): void {
   if (!(RUNTIME_FAMILIES as readonly string[]).includes(cfg.family)) {
-    const what = cfg.mla ? 'multi-head latent attention (MLA)' : cfg.attentionSinks ? 'attention sinks and clamped SwiGLU experts with biases' : cfg.family;
+    const what = cfg.family === 'deepseek_v3' ? 'sigmoid group-limited routing (noaux_tc)' : cfg.attentionSinks ? 'attention sinks and clamped SwiGLU experts with biases' : cfg.family;
     throw new UnsupportedModelError(
       `${source}: ${cfg.architecture} (model_type ${cfg.family}) parses, but the runtime does not execute ${what} yet; runnable families: ${RUNTIME_FAMILIES.join(', ')}`,
     );
   }
+  if (cfg.router.nGroup > 1 && cfg.router.topkGroup < cfg.router.nGroup) {
+    throw new UnsupportedModelError(`${source}: group-limited expert selection (n_group ${cfg.router.nGroup}, topk_group ${cfg.router.topkGroup}) is not executed yet`);
+  }
+  if (cfg.mla && attentionHeadDim(cfg) === 0) {
+    throw new UnsupportedModelError(`${source}: MLA head dims qk ${cfg.headDim} / v ${cfg.mla.vHeadDim} exceed the attention kernel's 256`);
+  }
+}
+
+/**
+ * Head dim of the KV cache and the attention kernel: the model's head_dim (64, 128 or 256), or for MLA the
+ * smallest of those that holds both the qk dim (nope + rope) and the v dim: MLA runs as multi-head attention over
+ * decompressed per-head keys and values, zero-padded (zeros change no dot product). 0: none fits.
+ */
+export function attentionHeadDim(cfg: ModelConfig): number {
+  const need = cfg.mla ? Math.max(cfg.headDim, cfg.mla.vHeadDim) : cfg.headDim;
+  if (!cfg.mla) return need === 64 || need === 128 || need === 256 ? need : 0;
+  return [64, 128, 256].find((d) => d >= need) ?? 0;
 }
 
 /** The names of layer `l`'s dense tensors. */
@@ -73,11 +93,16 @@ export function layerNames(cfg: ModelConfig, l: number): LayerNames {
   const n: LayerNames = {
     inputNorm: `${p}.input_layernorm.weight`,
     postNorm: `${p}.post_attention_layernorm.weight`,
-    q: `${a}.q_proj.weight`,
-    k: `${a}.k_proj.weight`,
-    v: `${a}.v_proj.weight`,
     o: `${a}.o_proj.weight`,
   };
+  if (cfg.mla) {
+    const kv = { kvA: `${a}.kv_a_proj_with_mqa.weight`, kvANorm: `${a}.kv_a_layernorm.weight`, kvB: `${a}.kv_b_proj.weight` };
+    n.mla = cfg.mla.qLoraRank === null ? { q: `${a}.q_proj.weight`, ...kv } : { qA: `${a}.q_a_proj.weight`, qANorm: `${a}.q_a_layernorm.weight`, qB: `${a}.q_b_proj.weight`, ...kv };
+  } else {
+    n.q = `${a}.q_proj.weight`;
+    n.k = `${a}.k_proj.weight`;
+    n.v = `${a}.v_proj.weight`;
+  }
   if (cfg.attentionBias) {
     n.qBias = `${a}.q_proj.bias`;
     n.kBias = `${a}.k_proj.bias`;
@@ -116,13 +141,25 @@ export function denseTensorSpecs(cfg: ModelConfig): TensorSpec[] {
   for (let l = 0; l < cfg.numLayers; l++) {
     const n = layerNames(cfg, l);
     specs.push({ name: n.inputNorm, shape: [H], init: 'norm' });
-    specs.push({ name: n.q, shape: [qDim, H], init: 'linear' }, { name: n.k, shape: [kvDim, H], init: 'linear' }, { name: n.v, shape: [kvDim, H], init: 'linear' });
+    if (n.mla) {
+      const m = cfg.mla!;
+      const qk = m.qkNopeHeadDim + m.qkRopeHeadDim;
+      if (n.mla.q) specs.push({ name: n.mla.q, shape: [cfg.numHeads * qk, H], init: 'linear' });
+      else {
+        specs.push({ name: n.mla.qA!, shape: [m.qLoraRank!, H], init: 'linear' }, { name: n.mla.qANorm!, shape: [m.qLoraRank!], init: 'norm' });
+        specs.push({ name: n.mla.qB!, shape: [cfg.numHeads * qk, m.qLoraRank!], init: 'linear' });
+      }
+      specs.push({ name: n.mla.kvA, shape: [m.kvLoraRank + m.qkRopeHeadDim, H], init: 'linear' }, { name: n.mla.kvANorm, shape: [m.kvLoraRank], init: 'norm' });
+      specs.push({ name: n.mla.kvB, shape: [cfg.numHeads * (m.qkNopeHeadDim + m.vHeadDim), m.kvLoraRank], init: 'linear' });
+    } else {
+      specs.push({ name: n.q!, shape: [qDim, H], init: 'linear' }, { name: n.k!, shape: [kvDim, H], init: 'linear' }, { name: n.v!, shape: [kvDim, H], init: 'linear' });
+    }
     if (n.qBias) specs.push({ name: n.qBias, shape: [qDim], init: 'bias' }, { name: n.kBias!, shape: [kvDim], init: 'bias' }, { name: n.vBias!, shape: [kvDim], init: 'bias' });
     if (n.qNorm) {
       const perHead = cfg.family !== 'olmoe';
       specs.push({ name: n.qNorm, shape: [perHead ? cfg.headDim : qDim], init: 'norm' }, { name: n.kNorm!, shape: [perHead ? cfg.headDim : kvDim], init: 'norm' });
     }
-    specs.push({ name: n.o, shape: [H, qDim], init: 'linear' });
+    specs.push({ name: n.o, shape: [H, cfg.mla ? cfg.numHeads * cfg.mla.vHeadDim : qDim], init: 'linear' });
     specs.push({ name: n.postNorm, shape: [H], init: 'norm' });
     if (n.router) specs.push({ name: n.router, shape: [cfg.numExperts, H], init: 'router' });
     if (n.shared) specs.push(...mlpSpecs(n.shared));
@@ -163,13 +200,31 @@ export function validateCheckpoint(ckpt: Checkpoint, cfg: ModelConfig, expertNam
 }
 
 /** One layer's dense weights on the backend. */
+/**
+ * MLA projections, split and reordered at load: the rope part of q and of the shared key gets its rows permuted
+ * from DeepSeek's interleaved pairs (x0, x1), (x2, x3) .. to the half-split order (x0, x2, .., x1, x3, ..), so
+ * Backend.rope's rotate_half convention applies; q and k are permuted alike, so every q.k is unchanged.
+ */
+export interface MlaWeights {
+  qA?: Tensor; // [qLoraRank, H] bf16
+  qANorm?: Tensor; // [qLoraRank] f32
+  qNope: Tensor; // [heads*nope, H or qLoraRank] bf16
+  qPe: Tensor; // [heads*rope, H or qLoraRank] bf16 (rows permuted)
+  kvC: Tensor; // [kvLoraRank, H] bf16 (the compressed latent)
+  kPe: Tensor; // [rope, H] bf16 (rows permuted; one rope key shared by all heads)
+  kvANorm: Tensor; // [kvLoraRank] f32
+  kNope: Tensor; // [heads*nope, kvLoraRank] bf16
+  v: Tensor; // [heads*v, kvLoraRank] bf16
+}
+
 export interface LayerWeights {
   inputNorm: Tensor; // [H] f32
   postNorm: Tensor; // [H] f32
-  q: Tensor; // [heads*hd, H] bf16
-  k: Tensor; // [kvHeads*hd, H] bf16
-  v: Tensor; // [kvHeads*hd, H] bf16
-  o: Tensor; // [H, heads*hd] bf16
+  q?: Tensor; // [heads*hd, H] bf16
+  k?: Tensor; // [kvHeads*hd, H] bf16
+  v?: Tensor; // [kvHeads*hd, H] bf16
+  mla?: MlaWeights;
+  o: Tensor; // [H, heads*hd] (MLA: [H, heads*v]) bf16
   qBias?: Tensor; // [heads*hd] f32
   kBias?: Tensor;
   vBias?: Tensor;
@@ -202,15 +257,44 @@ export async function loadDenseWeights(
   options: { signal?: AbortSignal; onTensor?: () => void } = {},
 ): Promise<DenseWeights> {
   const owned: Array<{ dispose(): void }> = [];
-  const read = async (name: string, dtype: 'bf16' | 'f32'): Promise<Tensor> => {
+  const readHost = async (name: string, dtype: 'bf16' | 'f32'): Promise<HostTensor> => {
     options.signal?.throwIfAborted();
     let t = await ckpt.read(name, undefined, options.signal ? { signal: options.signal } : {});
     if (t.dtype !== dtype) t = HostTensor.from(dtype, t.shape, t.toFloat32());
     options.onTensor?.();
+    return t;
+  };
+  const place = async (t: HostTensor): Promise<Tensor> => {
     if (be.kind === 'cpu') return t;
     const d = await be.upload(t);
     owned.push(d);
     return d;
+  };
+  const read = async (name: string, dtype: 'bf16' | 'f32'): Promise<Tensor> => place(await readHost(name, dtype));
+  const mla = async (n: NonNullable<LayerNames['mla']>): Promise<MlaWeights> => {
+    const m = cfg.mla!;
+    const nH = cfg.numHeads;
+    const { qkNopeHeadDim: nope, qkRopeHeadDim: rope, vHeadDim: vd, kvLoraRank: kvr } = m;
+    const perm = ropePairsToHalves(rope);
+    const q = await readHost(n.q ?? n.qB!, 'bf16'); // [nH*(nope+rope), in]
+    const qNope = pickRows(q, Array.from({ length: nH * nope }, (_, i) => Math.floor(i / nope) * (nope + rope) + (i % nope)));
+    const qPe = pickRows(q, Array.from({ length: nH * rope }, (_, i) => Math.floor(i / rope) * (nope + rope) + nope + perm[i % rope]!));
+    const kvA = await readHost(n.kvA, 'bf16'); // [kvr + rope, H]
+    const kvb = await readHost(n.kvB, 'bf16'); // [nH*(nope+vd), kvr]
+    const w: MlaWeights = {
+      qNope: await place(qNope),
+      qPe: await place(qPe),
+      kvC: await place(kvA.rows(0, kvr)),
+      kPe: await place(pickRows(kvA, perm.map((r) => kvr + r))),
+      kvANorm: await read(n.kvANorm, 'f32'),
+      kNope: await place(pickRows(kvb, Array.from({ length: nH * nope }, (_, i) => Math.floor(i / nope) * (nope + vd) + (i % nope)))),
+      v: await place(pickRows(kvb, Array.from({ length: nH * vd }, (_, i) => Math.floor(i / vd) * (nope + vd) + nope + (i % vd)))),
+    };
+    if (n.qA) {
+      w.qA = await read(n.qA, 'bf16');
+      w.qANorm = await read(n.qANorm!, 'f32');
+    }
+    return w;
   };
   const table = async (m: MlpNames): Promise<ExpertTable> => {
     const gate = await read(m.gate, 'bf16');
@@ -236,11 +320,14 @@ export async function loadDenseWeights(
       const w: LayerWeights = {
         inputNorm: await read(n.inputNorm, 'f32'),
         postNorm: await read(n.postNorm, 'f32'),
-        q: await read(n.q, 'bf16'),
-        k: await read(n.k, 'bf16'),
-        v: await read(n.v, 'bf16'),
         o: await read(n.o, 'bf16'),
       };
+      if (n.mla) w.mla = await mla(n.mla);
+      else {
+        w.q = await read(n.q!, 'bf16');
+        w.k = await read(n.k!, 'bf16');
+        w.v = await read(n.v!, 'bf16');
+      }
       if (n.qBias) {
         w.qBias = await read(n.qBias, 'f32');
         w.kBias = await read(n.kBias!, 'f32');
@@ -268,4 +355,20 @@ export async function loadDenseWeights(
 export function disposeDense(w: DenseWeights): void {
   for (const o of w.owned) o.dispose();
   w.owned.length = 0;
+}
+
+/** Row order that turns interleaved rope pairs (DeepSeek) into rotate_half's halves: [0, 2, 4, .., 1, 3, 5, ..]. */
+export function ropePairsToHalves(rope: number): number[] {
+  const half = rope / 2;
+  return Array.from({ length: rope }, (_, j) => (j < half ? 2 * j : 2 * (j - half) + 1));
+}
+
+/** A new [rows.length, cols] tensor of t's rows `rows` (in that order). */
+function pickRows(t: HostTensor, rows: readonly number[]): HostTensor {
+  const cols = t.shape[1]!;
+  const out = new HostTensor(t.dtype, [rows.length, cols]);
+  const src = t.data as Uint16Array | Float32Array;
+  const dst = out.data as Uint16Array | Float32Array;
+  rows.forEach((r, i) => dst.set(src.subarray(r * cols, (r + 1) * cols), i * cols));
+  return out;
 }
