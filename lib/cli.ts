@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 /**
  * The `moe-offload` command.
+ *   moe-offload demo                                   the main job on a generated tiny model
  *   moe-offload info [--json]                          what this install can do
  *   moe-offload make-model --preset NAME DIR           a random-weight HF checkpoint (the embedded default model)
  *   moe-offload generate --model DIR --prompt TEXT     stream a completion (latency mode)
  */
 import { parseArgs } from 'node:util';
 
+import { demo } from './demo.js';
 import { loadModel } from './engine/model.js';
 import { InvalidArgumentError } from './errors.js';
 import { formatInfo, info } from './info.js';
@@ -16,6 +18,7 @@ import { PRESETS, PRESET_NAMES } from './model/presets.js';
 const USAGE = `usage: moe-offload <command> [options]
 
 commands:
+  demo                       make a tiny random-weight MoE model (once) and generate with a 25% expert cache
   info [--json]              package version, CPU features, CUDA devices (or why CUDA is unavailable), backend in use
   make-model --preset NAME [--seed N] [--layers N] DIR
                              write a random-weight MoE checkpoint in HF format (config.json, safetensors shards,
@@ -32,6 +35,12 @@ async function main(argv: string[]): Promise<number> {
     case 'info': {
       const i = info();
       process.stdout.write(rest.includes('--json') ? `${JSON.stringify(i, null, 2)}\n` : `${formatInfo(i)}\n`);
+      return 0;
+    }
+    case 'demo': {
+      const { values } = parseArgs({ args: rest, options: { 'max-new-tokens': { type: 'string' } } });
+      const n = intOpt(values['max-new-tokens'], 'max-new-tokens');
+      await demo(n !== undefined ? { maxNewTokens: n } : {});
       return 0;
     }
     case 'make-model':
