@@ -66,6 +66,25 @@ void test('every real model config parses to the figures of its summary, or is r
   assert.equal(parseModelConfig(all['gpt-oss-20b']!.config).router.scoring, 'softmax-topk');
 });
 
+void test('transformers 5 configs (rope_parameters), sliding windows and clip_qkv are read', () => {
+  const all = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'shared', 'data', 'model-configs.json'), 'utf8')) as Record<string, { config: Record<string, unknown> }>;
+  // transformers 5 re-saves rope_theta / rope_scaling as rope_parameters
+  const { rope_theta: _t, rope_scaling: rs, ...v2Rest } = all['DeepSeek-V2-Lite']!.config;
+  const v2 = parseModelConfig({ ...v2Rest, rope_parameters: { ...(rs as object), rope_type: 'yarn', rope_theta: 10000 } });
+  assert.equal(v2.ropeTheta, 10000);
+  assert.equal(v2.ropeScaling?.factor, 40);
+  const { rope_theta: _q, ...q3Rest } = all['Qwen3-30B-A3B']!.config;
+  const q3 = parseModelConfig({ ...q3Rest, rope_parameters: { rope_type: 'default', rope_theta: 1000000 } });
+  assert.equal(q3.ropeTheta, 1000000);
+  assert.equal(q3.ropeScaling, null);
+  // Mixtral applies sliding_window whenever set; Qwen only with use_sliding_window, from max_window_layers on
+  assert.equal(parseModelConfig({ ...all['Mixtral-8x7B']!.config, sliding_window: 4096 }).slidingWindow, 4096);
+  const qw = parseModelConfig({ ...all['Qwen3-30B-A3B']!.config, use_sliding_window: true, sliding_window: 512, max_window_layers: 40 });
+  assert.equal(qw.slidingWindow, 512);
+  assert.deepEqual([qw.layerTypes![39], qw.layerTypes![40]], ['full', 'sliding']);
+  assert.equal(parseModelConfig({ ...all['OLMoE-1B-7B-0924']!.config, clip_qkv: 8 }).clipQkv, 8);
+});
+
 void test('config errors name the field', () => {
   assert.throws(() => parseModelConfig({ model_type: 'mixtral' }, 'x/config.json'), /x\/config\.json: config\.hidden_size is missing/);
   assert.throws(() => parseModelConfig([], 'c'), /must be a JSON object/);

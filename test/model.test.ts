@@ -16,6 +16,9 @@ const FAMILIES: Array<{ name: string; preset: PresetName; config?: Record<string
   { name: 'tiny-qwen3-moe', preset: 'tiny-qwen3-moe' },
   { name: 'tiny-olmoe', preset: 'tiny-olmoe' },
   { name: 'tiny-deepseek-v2', preset: 'tiny-deepseek-v2' },
+  // config variants real checkpoints use: Mixtral's sliding window, OLMoE's clip_qkv
+  { name: 'tiny-mixtral sliding_window 8', preset: 'tiny-mixtral', config: { sliding_window: 8 } },
+  { name: 'tiny-olmoe clip_qkv 1.5', preset: 'tiny-olmoe', config: { clip_qkv: 1.5 } },
   // DeepSeek-V2 (not Lite) compresses q too, and scales routed weights (a moderate factor: with random weights the
   // routed share of the residual, and with it the bf16 error, grows with the factor: 2.5 gives ~1e-2 overall)
   { name: 'tiny-deepseek-v2 q_lora_rank 96, routed_scaling_factor 1.5', preset: 'tiny-deepseek-v2', config: { q_lora_rank: 96, routed_scaling_factor: 1.5 } },

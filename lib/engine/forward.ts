@@ -118,8 +118,20 @@ export class ForwardPass {
       const kn = perHead ? k.reshape([T * nKV, hd]) : k2;
       g.push(be.rmsNorm({ x: qn, weight: w.qNorm, out: qn, eps: cfg.rmsNormEps }, op), be.rmsNorm({ x: kn, weight: w.kNorm!, out: kn, eps: cfg.rmsNormEps }, op));
     }
-    g.push(be.rope({ q, k, positions, invFreq: this.#p.invFreq, attentionScaling: this.#p.attentionScaling }, op));
+    const rope = () => be.rope({ q, k, positions, invFreq: this.#p.invFreq, attentionScaling: this.#p.attentionScaling }, op);
+    if (cfg.clipQkv === null) {
+      g.push(rope());
+      await Promise.all(g);
+      return { q, k, v };
+    }
+    // OLMoE clip_qkv: clamp the normed q, k and v before RoPE
     await Promise.all(g);
+    const c = cfg.clipQkv;
+    for (const t of [q, k, v]) {
+      const d = t.data;
+      for (let i = 0; i < d.length; i++) d[i] = Math.min(c, Math.max(-c, d[i]!));
+    }
+    await rope();
     return { q, k, v };
   }
 
@@ -256,9 +268,10 @@ export class ForwardPass {
         kv.write(l, s.seq, starts[i]!, k.rows(t0, n), v.rows(t0, n));
         t0 += n;
       });
+      const window = cfg.layerTypes && cfg.layerTypes[l] !== 'sliding' ? null : cfg.slidingWindow;
       book('hostMs');
       await be.attention(
-        { q, k: kv.keys(l), v: kv.values(l), out: attn, ...batch, scale: this.#p.attentionScale, ...(cfg.slidingWindow ? { slidingWindow: cfg.slidingWindow } : {}) },
+        { q, k: kv.keys(l), v: kv.values(l), out: attn, ...batch, scale: this.#p.attentionScale, ...(window ? { slidingWindow: window } : {}) },
         op,
       );
       book('attentionMs');

@@ -67,7 +67,9 @@ export interface ModelConfig {
   ropeScaling: Record<string, unknown> | null;
   maxPositionEmbeddings: number;
   slidingWindow: number | null;
-  /** Per layer: 'full' | 'sliding' (gpt-oss alternates). */
+  /** OLMoE: q, k (after their norms) and v clamped to [-clipQkv, clipQkv]. */
+  clipQkv: number | null;
+  /** Per layer: 'full' | 'sliding' (gpt-oss alternates; Qwen with use_sliding_window from max_window_layers on). Null: every layer uses slidingWindow. */
   layerTypes: Array<'full' | 'sliding'> | null;
   attentionSinks: boolean;
   /** gpt-oss: clamped SwiGLU limit, and expert projections with biases. */
@@ -211,8 +213,19 @@ export function parseModelConfig(config: unknown, source = 'config.json'): Model
     layerTypes = Array.from({ length: numLayers }, (_, l) => (l % 2 === 0 ? 'sliding' : 'full'));
   }
 
-  const slidingWindow =
-    family === 'gpt_oss' || c.use_sliding_window === true ? (c.sliding_window === null || c.sliding_window === undefined ? null : int(c, 'sliding_window', source)) : null;
+  // Mixtral applies sliding_window whenever it is set; Qwen only with use_sliding_window (from max_window_layers on)
+  const windowed = family === 'gpt_oss' || family === 'mixtral' || c.use_sliding_window === true;
+  const slidingWindow = windowed && c.sliding_window !== null && c.sliding_window !== undefined ? int(c, 'sliding_window', source) : null;
+  if (slidingWindow !== null && layerTypes === null && (family === 'qwen2_moe' || family === 'qwen3_moe')) {
+    const from = int(c, 'max_window_layers', source, 0);
+    layerTypes = Array.from({ length: numLayers }, (_, l) => (l >= from ? 'sliding' : 'full'));
+  }
+  // transformers 5 writes rope_parameters { rope_type, rope_theta, factor, ... } instead of rope_theta / rope_scaling
+  const rp = typeof c.rope_parameters === 'object' && c.rope_parameters !== null ? (c.rope_parameters as Json) : null;
+  const ropeTheta = c.rope_theta !== undefined && c.rope_theta !== null ? num(c, 'rope_theta', source) : rp && rp.rope_theta !== undefined ? num(rp, 'rope_theta', `${source} rope_parameters`) : 10000;
+  const rpType = rp ? (rp.rope_type ?? rp.type ?? 'default') : 'default';
+  const ropeScaling =
+    typeof c.rope_scaling === 'object' && c.rope_scaling !== null ? (c.rope_scaling as Record<string, unknown>) : rp && rpType !== 'default' ? (rp as Record<string, unknown>) : null;
 
   return {
     family,
@@ -234,10 +247,11 @@ export function parseModelConfig(config: unknown, source = 'config.json'): Model
     qkNorm: family === 'qwen3_moe' || family === 'olmoe',
     attentionBias: c.attention_bias === true || (family === 'qwen2_moe' && c.qkv_bias !== false),
     rmsNormEps: num(c, 'rms_norm_eps', source, family === 'olmoe' ? 1e-5 : 1e-6),
-    ropeTheta: num(c, 'rope_theta', source, 10000),
-    ropeScaling: typeof c.rope_scaling === 'object' && c.rope_scaling !== null ? (c.rope_scaling as Record<string, unknown>) : null,
+    ropeTheta,
+    ropeScaling,
     maxPositionEmbeddings: int(c, 'max_position_embeddings', source, 4096),
     slidingWindow,
+    clipQkv: family === 'olmoe' && typeof c.clip_qkv === 'number' ? num(c, 'clip_qkv', source) : null,
     layerTypes,
     attentionSinks: family === 'gpt_oss',
     swigluLimit: family === 'gpt_oss' ? num(c, 'swiglu_limit', source, 7) : null,

@@ -37,7 +37,9 @@ const CHATML: PresetTokenizer = {
 };
 const LLAMA: PresetTokenizer = { specialTokens: ['<unk>', '<s>', '</s>'], bosToken: '<s>', eosToken: '</s>', extraEos: [], template: 'inst' };
 
-const common = { torch_dtype: 'bfloat16', tie_word_embeddings: false, initializer_range: 0.02, use_cache: true, attention_dropout: 0 };
+// (no float-valued defaults like attention_dropout 0.0: JSON writes them as integers, which transformers 5's strict
+// config validation rejects for float fields)
+const common = { torch_dtype: 'bfloat16', tie_word_embeddings: false, initializer_range: 0.02, use_cache: true };
 
 function mixtral(o: { hidden: number; layers: number; heads: number; kv: number; inter: number; experts: number; topK: number }): Record<string, unknown> {
   return {
@@ -144,10 +146,9 @@ function deepseekV2(o: { hidden: number; layers: number; heads: number; kvRank: 
     topk_method: 'greedy',
     scoring_func: 'softmax',
     norm_topk_prob: false,
-    routed_scaling_factor: 1.0,
     attention_bias: false,
     hidden_act: 'silu',
-    max_position_embeddings: 163840,
+    max_position_embeddings: o.yarnFactor * 4096,
     rms_norm_eps: 1e-6,
     rope_theta: 10000,
     rope_scaling: { type: 'yarn', factor: o.yarnFactor, original_max_position_embeddings: 4096, beta_fast: 32, beta_slow: 1, mscale: 0.707, mscale_all_dim: 0.707 },
