@@ -117,6 +117,15 @@ int moe_cuda_moe_align(int device, const int32_t* topk_ids, int32_t* counts, int
 int moe_cuda_moe_experts(int device, const void* x, const int32_t* topk_ids, const float* topk_weights,
                          const void* const* gate, const void* const* up, const void* const* down, void* out,
                          int64_t t, int64_t h, int64_t inter, int64_t e, int64_t k, int32_t* error, void* stream);
+/* moe_cuda_moe_experts with the gpt-oss options: gate_bias/up_bias/down_bias NULL (no biases) or HOST arrays of e
+ * DEVICE pointers ([inter], [inter], [h] f32; NULL = that expert has none), added to gate_e x / up_e x before the
+ * activation and to down_e(a) before the weight; activation 0 silu, 1 swiglu-oai (min(g,limit), clamp(u,+-limit),
+ * (u+1) * g * sigmoid(alpha g); alpha finite, limit finite > 0). */
+int moe_cuda_moe_experts_ex(int device, const void* x, const int32_t* topk_ids, const float* topk_weights,
+                            const void* const* gate, const void* const* up, const void* const* down,
+                            const void* const* gate_bias, const void* const* up_bias, const void* const* down_bias,
+                            void* out, int64_t t, int64_t h, int64_t inter, int64_t e, int64_t k, int activation,
+                            float alpha, float limit, int32_t* error, void* stream);
 
 /* dst[i] = src[ids[i]] for rows of row_bytes (strides in bytes); id -1 or out of range gives a zero row. src may
  * be mapped pinned host memory (zero-copy gather over PCIe) or device memory. */

@@ -3,9 +3,12 @@
 // counts, offsets, sorted slots, act [capacity, inter] bf16, part [t * k, h] f32), the table uploaded with
 // cudaMemcpyAsync from the caller's host array (pageable: the runtime stages it before returning, so the caller
 // may free it), align -> GEMM1 + SwiGLU -> GEMM2 x weight -> combine, then cudaFreeAsync.
+// moe_cuda_moe_experts_ex adds the gpt-oss options (per-expert f32 biases, swiglu-oai); moe_cuda_moe_experts is it
+// with neither. The table grows to 6 e pointers only when bias tables are given.
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <cmath>
 #include <vector>
 
 #include "moe_cuda.h"
@@ -18,12 +21,18 @@ namespace {
 size_t align_up(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
 }  // namespace
 
-extern "C" int moe_cuda_moe_experts(int device, const void* x, const int32_t* topk_ids, const float* topk_weights,
-                                    const void* const* gate, const void* const* up, const void* const* down,
-                                    void* out, int64_t t, int64_t h, int64_t inter, int64_t e, int64_t k,
-                                    int32_t* error, void* stream) {
+extern "C" int moe_cuda_moe_experts_ex(int device, const void* x, const int32_t* topk_ids, const float* topk_weights,
+                                       const void* const* gate, const void* const* up, const void* const* down,
+                                       const void* const* gate_bias, const void* const* up_bias,
+                                       const void* const* down_bias, void* out, int64_t t, int64_t h, int64_t inter,
+                                       int64_t e, int64_t k, int activation, float alpha, float limit, int32_t* error,
+                                       void* stream) {
   if (t < 0 || h < 1 || inter < 1 || e < 1 || e > 8192 || k < 1) return cudaErrorInvalidValue;
   if (gate == nullptr || up == nullptr || down == nullptr) return cudaErrorInvalidValue;
+  const bool biases = gate_bias != nullptr || up_bias != nullptr || down_bias != nullptr;
+  if (biases && (gate_bias == nullptr || up_bias == nullptr || down_bias == nullptr)) return cudaErrorInvalidValue;
+  if (activation != 0 && activation != 1) return cudaErrorInvalidValue;
+  if (activation == 1 && (!std::isfinite(alpha) || !std::isfinite(limit) || !(limit > 0.0f))) return cudaErrorInvalidValue;
   const int64_t n_slots = t * k;
   const int64_t capacity = n_slots + e * (kMoeBM - 1);
   if (capacity > INT_MAX / 2 || h > INT_MAX / 2 || inter > INT_MAX / 2) return cudaErrorInvalidValue;
@@ -34,13 +43,20 @@ extern "C" int moe_cuda_moe_experts(int device, const void* x, const int32_t* to
   if (x == nullptr || topk_ids == nullptr || topk_weights == nullptr || out == nullptr) return cudaErrorInvalidValue;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
 
-  // Host copy of the table: gate | up | down, e pointers each.
-  std::vector<const void*> table(static_cast<size_t>(3 * e));
+  // Host copy of the table: gate | up | down [| gate_bias | up_bias | down_bias], e pointers each. An expert's
+  // biases count only with all three of them and its weights present (the op layer rejects anything else).
+  std::vector<const void*> table(static_cast<size_t>((biases ? 6 : 3) * e));
   for (int64_t i = 0; i < e; ++i) {
     const bool present = gate[i] != nullptr && up[i] != nullptr && down[i] != nullptr;
     table[i] = present ? gate[i] : nullptr;
     table[e + i] = present ? up[i] : nullptr;
     table[2 * e + i] = present ? down[i] : nullptr;
+    if (biases) {
+      const bool pb = present && gate_bias[i] != nullptr && up_bias[i] != nullptr && down_bias[i] != nullptr;
+      table[3 * e + i] = pb ? gate_bias[i] : nullptr;
+      table[4 * e + i] = pb ? up_bias[i] : nullptr;
+      table[5 * e + i] = pb ? down_bias[i] : nullptr;
+    }
   }
   const size_t b_table = align_up(table.size() * sizeof(void*));
   const size_t b_counts = align_up(static_cast<size_t>(e) * 4), b_offsets = align_up(static_cast<size_t>(e + 1) * 4);
@@ -68,10 +84,12 @@ extern "C" int moe_cuda_moe_experts(int device, const void* x, const int32_t* to
     if ((err = cudaGetLastError()) != cudaSuccess) break;
     const unsigned m_tiles = static_cast<unsigned>(capacity / kMoeBM);
     moe_gemm1_swiglu_kernel<<<dim3(static_cast<unsigned>((inter + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(
-        static_cast<const uint16_t*>(x), d_sorted, d_offsets, d_table, d_table + e, d_act, ni, ki, ei, hi, ii);
+        static_cast<const uint16_t*>(x), d_sorted, d_offsets, d_table, d_table + e, biases ? d_table + 3 * e : nullptr,
+        biases ? d_table + 4 * e : nullptr, d_act, ni, ki, ei, hi, ii, activation, alpha, limit);
     if ((err = cudaGetLastError()) != cudaSuccess) break;
     moe_gemm2_kernel<<<dim3(static_cast<unsigned>((h + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(
-        d_act, d_sorted, d_offsets, d_table + 2 * e, topk_weights, d_part, ni, ei, hi, ii);
+        d_act, d_sorted, d_offsets, d_table + 2 * e, biases ? d_table + 5 * e : nullptr, topk_weights, d_part, ni, ei,
+        hi, ii);
     if ((err = cudaGetLastError()) != cudaSuccess) break;
     moe_combine_kernel<<<dim3(static_cast<unsigned>((h + 255) / 256), static_cast<unsigned>(ti)), 256, 0, s>>>(
         topk_ids, d_table, d_part, static_cast<uint16_t*>(out), ki, ei, hi);
@@ -79,4 +97,12 @@ extern "C" int moe_cuda_moe_experts(int device, const void* x, const int32_t* to
   } while (false);
   cudaError_t ferr = cudaFreeAsync(base, s);
   return err != cudaSuccess ? err : ferr;
+}
+
+extern "C" int moe_cuda_moe_experts(int device, const void* x, const int32_t* topk_ids, const float* topk_weights,
+                                    const void* const* gate, const void* const* up, const void* const* down,
+                                    void* out, int64_t t, int64_t h, int64_t inter, int64_t e, int64_t k,
+                                    int32_t* error, void* stream) {
+  return moe_cuda_moe_experts_ex(device, x, topk_ids, topk_weights, gate, up, down, nullptr, nullptr, nullptr, out, t,
+                                 h, inter, e, k, 0, 1.702f, 7.0f, error, stream);
 }

@@ -3,8 +3,11 @@
 // block size kMoeBM, so every 64-row M tile belongs to exactly one expert (vLLM's fused_moe layout): A rows are
 // gathered by index, never copied into a permuted buffer.
 //   moe_gemm1_swiglu_kernel  act[r, n] = bf16( silu(x[tok] . gate_e[n]) * (x[tok] . up_e[n]) ): both products in
-//                            one block (two B tiles, shared A tile), SwiGLU in the epilogue.
-//   moe_gemm2_kernel         part[slot, n] = w[slot] * (act[r] . down_e[n]), f32: routing weight in the epilogue.
+//                            one block (two B tiles, shared A tile), SwiGLU in the epilogue. gpt-oss: the
+//                            expert's f32 biases added to both sums, then the clamped swiglu-oai activation
+//                            (moe_act_oai; cpp/cpu/moe_experts.h has the formula).
+//   moe_gemm2_kernel         part[slot, n] = w[slot] * (act[r] . down_e[n] (+ bd_e[n])), f32: routing weight (and
+//                            the down bias) in the epilogue.
 //   moe_combine_kernel       y[t, n] = bf16( sum_j part[t * k + j, n] ) over present slots, j in order: fixed
 //                            order, no float atomics, so the output is bitwise reproducible.
 // First slice: CUDA-core (SIMT) 64x64 tiles, k step 16, 256 threads with a 4x4 micro-tile each, f32 accumulation
@@ -49,14 +52,24 @@ __device__ __forceinline__ void moe_load_b(float (*Bs)[kMoeBN + 4], const uint16
   }
 }
 
+// swiglu-oai (HF GptOssExperts): g = min(g, limit), u = clamp(u, -limit, limit), (u + 1) * g * sigmoid(alpha g).
+// The comparisons keep a NaN sum NaN, as on the CPU.
+__device__ __forceinline__ float moe_act_oai(float g, float u, float alpha, float limit) {
+  g = g > limit ? limit : g;
+  u = u > limit ? limit : (u < -limit ? -limit : u);
+  return (u + 1.0f) * (g / (1.0f + expf(-alpha * g)));
+}
+
 // x [t, h] bf16; sorted [capacity] (slot t * k + j, or sentinel n = t * k); offsets [e + 1]; gate/up [e] device
-// pointers to [inter, h] bf16 (null: expert absent); act [capacity, inter] bf16.
-// grid: (ceil(inter / 64), capacity / 64), block: 256.
+// pointers to [inter, h] bf16 (null: expert absent); gate_bias/up_bias: null (no expert has biases) or [e] device
+// pointers to [inter] f32 (null: that expert has none); act_kind 0 silu, 1 swiglu-oai (alpha, limit);
+// act [capacity, inter] bf16. grid: (ceil(inter / 64), capacity / 64), block: 256.
 static __global__ void __launch_bounds__(kMoeThreads)
     moe_gemm1_swiglu_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ sorted,
                             const int32_t* __restrict__ offsets, const void* const* __restrict__ gate,
-                            const void* const* __restrict__ up, uint16_t* __restrict__ act, int n_slots, int k,
-                            int e, int h, int inter) {
+                            const void* const* __restrict__ up, const void* const* __restrict__ gate_bias,
+                            const void* const* __restrict__ up_bias, uint16_t* __restrict__ act, int n_slots, int k,
+                            int e, int h, int inter, int act_kind, float alpha, float limit) {
   __shared__ float As[kMoeBK][kMoeBM + 4];
   __shared__ float Bg[kMoeBK][kMoeBN + 4];
   __shared__ float Bu[kMoeBK][kMoeBN + 4];
@@ -67,6 +80,9 @@ static __global__ void __launch_bounds__(kMoeThreads)
   const uint16_t* wg = static_cast<const uint16_t*>(gate[ex]);
   const uint16_t* wu = static_cast<const uint16_t*>(up[ex]);
   if (wg == nullptr || wu == nullptr) return;  // absent: its slots are skipped by the combine
+  const float* bg = gate_bias != nullptr ? static_cast<const float*>(gate_bias[ex]) : nullptr;  // [inter] f32
+  const float* bu = up_bias != nullptr ? static_cast<const float*>(up_bias[ex]) : nullptr;      // [inter] f32
+  const bool plain = act_kind == 0 && bg == nullptr;  // the op of issue 3, its expression unchanged
   for (int r = threadIdx.x; r < kMoeBM; r += kMoeThreads) {
     const int s = sorted[r0 + r];
     arow[r] = s < n_slots ? x + static_cast<int64_t>(s / k) * h : nullptr;
@@ -107,19 +123,30 @@ static __global__ void __launch_bounds__(kMoeThreads)
     for (int j = 0; j < 4; ++j) {
       const int n = n0 + tx + 16 * j;
       if (n >= inter) continue;
-      const float g = ag[i][j];
-      act[static_cast<int64_t>(r0 + r) * inter + n] = f32_to_bf16(g / (1.0f + expf(-g)) * au[i][j]);
+      if (plain) {
+        const float g = ag[i][j];
+        act[static_cast<int64_t>(r0 + r) * inter + n] = f32_to_bf16(g / (1.0f + expf(-g)) * au[i][j]);
+        continue;
+      }
+      float g = ag[i][j], u = au[i][j];
+      if (bg != nullptr) {
+        g += bg[n];
+        u += bu[n];
+      }
+      const float v = act_kind == 0 ? g / (1.0f + expf(-g)) * u : moe_act_oai(g, u, alpha, limit);
+      act[static_cast<int64_t>(r0 + r) * inter + n] = f32_to_bf16(v);
     }
   }
 }
 
-// act [capacity, inter] bf16; down [e] device pointers to [h, inter] bf16; weights [t * k] f32;
+// act [capacity, inter] bf16; down [e] device pointers to [h, inter] bf16; down_bias: null (no expert has biases)
+// or [e] device pointers to [h] f32 (null: that expert has none); weights [t * k] f32;
 // part [t * k, h] f32 (rows of present slots written). grid: (ceil(h / 64), capacity / 64), block: 256.
 static __global__ void __launch_bounds__(kMoeThreads)
     moe_gemm2_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ sorted,
                      const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
-                     const float* __restrict__ weights, float* __restrict__ part, int n_slots, int e, int h,
-                     int inter) {
+                     const void* const* __restrict__ down_bias, const float* __restrict__ weights,
+                     float* __restrict__ part, int n_slots, int e, int h, int inter) {
   __shared__ float As[kMoeBK][kMoeBM + 4];
   __shared__ float Bs[kMoeBK][kMoeBN + 4];
   __shared__ const uint16_t* arow[kMoeBM];
@@ -129,6 +156,7 @@ static __global__ void __launch_bounds__(kMoeThreads)
   if (ex < 0) return;
   const uint16_t* wd = static_cast<const uint16_t*>(down[ex]);
   if (wd == nullptr) return;
+  const float* bd = down_bias != nullptr ? static_cast<const float*>(down_bias[ex]) : nullptr;  // [h] f32
   for (int r = threadIdx.x; r < kMoeBM; r += kMoeThreads) {
     const int s = sorted[r0 + r];
     slot[r] = s;
@@ -164,7 +192,8 @@ static __global__ void __launch_bounds__(kMoeThreads)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int n = n0 + tx + 16 * j;
-      if (n < h) part[static_cast<int64_t>(s) * h + n] = w * acc[i][j];
+      if (n >= h) continue;
+      part[static_cast<int64_t>(s) * h + n] = bd == nullptr ? w * acc[i][j] : w * (acc[i][j] + bd[n]);
     }
   }
 }

@@ -25,7 +25,7 @@ import {
 import { type KernelTier, type NativeAddon, type NativeCancelToken, type NativeMemory, type NativeStream, hostFacts, native } from './native.js';
 import { Event, Stream } from './stream.js';
 import { DeviceTensor, HostRegistration, HostTensor, PinnedBuffer, type Shape, type Tensor, checkShape, numelOf } from './tensor.js';
-import { ExpertTable } from './moe.js';
+import { ExpertTable, type MoeActivation, activationParams } from './moe.js';
 
 export type BackendKind = 'cpu' | 'cuda';
 export type CpuIsa = 'scalar' | 'avx2' | 'avx512' | 'avx512bf16';
@@ -814,17 +814,23 @@ export class Backend {
    * accumulation, the intermediate activation rounded to bf16, the combine over j in fixed order in f32 and
    * rounded once: two runs give bitwise the same output. Ids outside [-1, E) reject with InvalidArgumentError (on
    * cuda the kernel flags them and the op rejects when it completes, without a host sync).
+   * gpt-oss: `activation` { kind: 'swiglu-oai', alpha, limit } (see {@link MoeActivation}; default silu) and the
+   * f32 biases of the experts that have them (ExpertTable.set): gate/up biases added in f32 before the
+   * activation, the down bias to the expert's output before its weight: out[t] += w[t,j] · (act·Wdᵀ + bd).
    * @example
    * const table = be.expertTable(8, { hidden: 4096, intermediate: 14336 });
    * for (const e of [0, 1]) table.set(e, { gate: w1[e], up: w3[e], down: w2[e] });
    * await be.moeExperts({ x, topkIds, topkWeights, experts: table, out });
+   * // gpt-oss: table entries with gateUpBias / downBias, and
+   * await be.moeExperts({ x, topkIds, topkWeights, experts: table, out, activation: { kind: 'swiglu-oai', alpha: 1.702, limit: 7 } });
    */
   moeExperts(
-    args: { x: Tensor; topkIds: Tensor; topkWeights: Tensor; experts: ExpertTable; out: Tensor },
+    args: { x: Tensor; topkIds: Tensor; topkWeights: Tensor; experts: ExpertTable; out: Tensor; activation?: MoeActivation },
     options: OpOptions = {},
   ): Promise<KernelTier> {
     if (typeof args !== 'object' || args === null) throw new InvalidArgumentError(`args must be an object, received ${describe(args)}`);
     const { x, topkIds, topkWeights, experts, out } = args;
+    const act = activationParams(args.activation);
     if (!(experts instanceof ExpertTable)) throw new InvalidArgumentError(`experts must be an ExpertTable (backend.expertTable), received ${describe(experts)}`);
     if (experts.backendKind !== this.kind || experts.device !== this.device) {
       throw new InvalidArgumentError(`experts belongs to ${experts.backendKind}:${experts.device}, not to ${this.name}`);
@@ -857,6 +863,7 @@ export class Backend {
           inter: experts.intermediate,
           e: experts.numExperts,
           k,
+          ...act,
           isa: this.#isaCode(),
         },
         cancel,

@@ -25,7 +25,7 @@ export { ropeParameters, ropeFromConfig, ropeScalingFromHf, yarnSoftmaxScale, ty
 export { KvCache, type KvCacheOptions, type KvBatch } from './kv/cache.js';
 export { HostTensor, PinnedBuffer, DeviceTensor, HostRegistration, checkShape, numelOf, type Shape, type Tensor, type Placement } from './tensor.js';
 export { Stream, Event } from './stream.js';
-export { ExpertTable, type ExpertWeights, type ExpertWeightsStacked } from './moe.js';
+export { ExpertTable, type ExpertWeights, type ExpertWeightsStacked, type MoeActivation } from './moe.js';
 export {
   type DType,
   type ArrayFor,

@@ -149,12 +149,20 @@ export interface NativeAddon {
       gate: ReadonlyArray<NativeTensorArg | null>;
       up: ReadonlyArray<NativeTensorArg | null>;
       down: ReadonlyArray<NativeTensorArg | null>;
+      /** f32 biases per expert (null: none), all three arrays or none */
+      gateBias?: ReadonlyArray<NativeTensorArg | null>;
+      upBias?: ReadonlyArray<NativeTensorArg | null>;
+      downBias?: ReadonlyArray<NativeTensorArg | null>;
     };
     t: number;
     h: number;
     inter: number;
     e: number;
     k: number;
+    /** 0 silu (default), 1 swiglu-oai (alpha, limit) */
+    activation?: 0 | 1;
+    alpha?: number;
+    limit?: number;
     isa?: number;
   }>;
   convert: OpFn<{ src: NativeTensorArg; srcDtype: number; dst: NativeTensorArg; dstDtype: number; n: number; isa?: number }>;

@@ -214,8 +214,8 @@ describe('malformed checkpoints', () => {
     const cfg = JSON.parse(fs.readFileSync(cfgPath, 'utf8'));
     fs.writeFileSync(cfgPath, JSON.stringify({ ...cfg, model_type: 'llama', architectures: ['LlamaForCausalLM'] }));
     await assert.rejects(loadModel(d), (e: unknown) => e instanceof UnsupportedModelError && /llama/.test(e.message));
-    fs.writeFileSync(cfgPath, JSON.stringify({ ...cfg, model_type: 'gpt_oss', architectures: ['GptOssForCausalLM'], num_local_experts: 32 }));
-    await assert.rejects(loadModel(d), (e: unknown) => e instanceof UnsupportedModelError && /attention sinks/.test(e.message));
+    fs.writeFileSync(cfgPath, JSON.stringify({ ...cfg, model_type: 'deepseek_v3', kv_lora_rank: 64, qk_nope_head_dim: 64, qk_rope_head_dim: 64, v_head_dim: 64, n_routed_experts: 32, scoring_func: 'sigmoid', topk_method: 'noaux_tc' }));
+    await assert.rejects(loadModel(d), (e: unknown) => e instanceof UnsupportedModelError && /noaux_tc/.test(e.message));
     fs.writeFileSync(cfgPath, JSON.stringify({ ...cfg, model_type: 'deepseek_v2', kv_lora_rank: 64, qk_nope_head_dim: 64, qk_rope_head_dim: 64, v_head_dim: 64, n_routed_experts: 32, n_group: 8, topk_group: 3, topk_method: 'group_limited_greedy' }));
     await assert.rejects(loadModel(d), (e: unknown) => e instanceof UnsupportedModelError && /group-limited/.test(e.message));
   });

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { type ExpertMode, type PresetName, loadModel, makeModel, type StepRouting } from '../lib/index.js';
+import { Checkpoint, type ExpertMode, HostTensor, type PresetName, loadModel, makeModel, type StepRouting, writeCheckpoint } from '../lib/index.js';
 import { loadReferenceModel } from './harness/ref-model.js';
 
 const FAMILIES: Array<{ name: string; preset: PresetName; config?: Record<string, unknown> }> = [
@@ -16,6 +16,7 @@ const FAMILIES: Array<{ name: string; preset: PresetName; config?: Record<string
   { name: 'tiny-qwen3-moe', preset: 'tiny-qwen3-moe' },
   { name: 'tiny-olmoe', preset: 'tiny-olmoe' },
   { name: 'tiny-deepseek-v2', preset: 'tiny-deepseek-v2' },
+  { name: 'tiny-gpt-oss', preset: 'tiny-gpt-oss' },
   // config variants real checkpoints use: Mixtral's sliding window, OLMoE's clip_qkv
   { name: 'tiny-mixtral sliding_window 8', preset: 'tiny-mixtral', config: { sliding_window: 8 } },
   { name: 'tiny-olmoe clip_qkv 1.5', preset: 'tiny-olmoe', config: { clip_qkv: 1.5 } },
@@ -112,3 +113,45 @@ for (const { name } of FAMILIES) {
     });
   });
 }
+
+test('gpt-oss MXFP4 experts (the released format) give the logits of their exact bf16 dequantization', async () => {
+  const q = path.join(root, 'gpt-oss-mxfp4');
+  await makeModel(q, { preset: 'tiny-gpt-oss', seed: 3, quantization: 'mxfp4' });
+  // the bf16 twin: blocks/scales dequantized here (FP4 table and scales written out independently of the loader)
+  const FP4 = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0, -0.5, -1, -1.5, -2, -3, -4, -6];
+  const b = path.join(root, 'gpt-oss-bf16-twin');
+  const ckpt = await Checkpoint.open(q);
+  const out = new Map<string, HostTensor>();
+  let quantized = 0;
+  for (const name of ckpt.names()) {
+    if (name.endsWith('_scales')) continue;
+    const t = await ckpt.read(name);
+    if (!name.endsWith('_blocks')) {
+      out.set(name, t);
+      continue;
+    }
+    quantized++;
+    const base = name.slice(0, -'_blocks'.length);
+    const sc = (await ckpt.read(`${base}_scales`)).data as Uint8Array;
+    const [E, rows, nb] = t.shape as [number, number, number];
+    const cols = nb * 32;
+    const blocks = t.data as Uint8Array;
+    const w = new Float32Array(E * cols * rows); // HF bf16 layout [E, in, out]
+    for (let e = 0; e < E; e++)
+      for (let r = 0; r < rows; r++)
+        for (let c = 0; c < cols; c++) {
+          const byte = blocks[((e * rows + r) * nb + (c >> 5)) * 16 + ((c & 31) >> 1)]!;
+          const v = FP4[c & 1 ? byte >> 4 : byte & 15]! * 2 ** (sc[(e * rows + r) * nb + (c >> 5)]! - 127);
+          w[(e * cols + c) * rows + r] = v;
+        }
+    out.set(base, HostTensor.from('bf16', [E, cols, rows], w));
+  }
+  await ckpt.close();
+  assert.equal(quantized, 2 * 4, 'gate_up and down of 4 layers were MXFP4');
+  await writeCheckpoint(b, out, { maxShardBytes: 4 << 20 });
+  for (const f of ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(q, f), path.join(b, f));
+  using mq = await loadModel(q);
+  using mb = await loadModel(b);
+  const tokens = mq.encode(PROMPT);
+  assert.deepEqual((await mq.logits(tokens)).data, (await mb.logits(tokens)).data);
+});

@@ -3,8 +3,10 @@
 //      a per-expert contiguous block xs [rows, h] bf16 (a copy of rows * h * 2 bytes, small next to the weights).
 //   2. GEMM1 + SwiGLU, one work item per (expert, 64-column tile of inter): g = xs_e gate_e^T and u = xs_e up_e^T
 //      for the tile (f32, gemm_serial: the dense GEMM's micro-kernels, vdpbf16ps / AVX-512 / AVX2 / scalar), then
-//      act = silu(g) * u rounded to bf16 into act [rows, inter].
-//   3. GEMM2, one item per (expert, 64-column tile of h): part [rows, h] f32 = act_e down_e^T.
+//      act = silu(g) * u rounded to bf16 into act [rows, inter] (gpt-oss: g, u plus the expert's f32 biases, then
+//      the clamped swiglu-oai activation, see moe_experts.h; same rounding).
+//   3. GEMM2, one item per (expert, 64-column tile of h): part [rows, h] f32 = act_e down_e^T (+ the expert's down
+//      bias, f32, when it has biases).
 //   4. combine, per token: y[t] = sum over j in order 0..k-1 of w[t, j] * part[slot(t, j)] in f32, rounded to
 //      bf16 once. Fixed order and no float atomics: two runs give bitwise the same output, whatever the threads.
 // The intermediate act is kept in bf16, not f32: the second GEMM then runs vdpbf16ps straight on it (no f32
@@ -57,6 +59,30 @@ struct Item {
   int32_t expert;
   int32_t tile;
 };
+
+// The SwiGLU epilogue of one expert: f32 sums g, u of intermediate column n -> act (before its bf16 rounding).
+// `plain` (silu, no biases) is the op of issue 3: silu_mul, the expression the kernels always had, so that path
+// stays bitwise what it was; everything else goes through act_general.
+struct Epilogue {
+  bool plain;
+  bool oai;                // MoeActivation::SwigluOai
+  float alpha, limit;
+  const float* bg;         // [inter] f32 gate bias, nullptr: none
+  const float* bu;         // [inter] f32 up bias (set with bg)
+};
+inline float silu_mul(float g, float u) { return g / (1.0f + std::exp(-g)) * u; }
+// HF GptOssExperts: gate.clamp(max=limit), up.clamp(-limit, limit), (up + 1) * gate * sigmoid(gate * alpha). The
+// comparisons keep a NaN sum NaN (as torch.clamp does).
+inline float act_general(const Epilogue& p, float g, float u, int64_t n) {
+  if (p.bg != nullptr) {
+    g += p.bg[n];
+    u += p.bu[n];
+  }
+  if (!p.oai) return silu_mul(g, u);
+  g = g > p.limit ? p.limit : g;
+  u = u > p.limit ? p.limit : (u < -p.limit ? -p.limit : u);
+  return (u + 1.0f) * (g / (1.0f + std::exp(-p.alpha * g)));
+}
 
 // f32 scratch of this thread ([rows, 2 * kTileN] for the g and u tiles).
 float* scratch_f32(size_t n) {
@@ -175,6 +201,23 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
     require(present == 0 || present == 3,
             "expert " + i64(x) + " must have gate, up and down all set or all absent, received " + i64(present) + " of 3");
   }
+  const bool any_bias = a.gate_bias != nullptr || a.up_bias != nullptr || a.down_bias != nullptr;
+  if (any_bias) {
+    require(a.gate_bias != nullptr && a.up_bias != nullptr && a.down_bias != nullptr,
+            "the bias tables (gate, up, down) must be all set or all null");
+    for (int64_t x = 0; x < a.e; ++x) {
+      const int nb = (a.gate_bias[x] != nullptr) + (a.up_bias[x] != nullptr) + (a.down_bias[x] != nullptr);
+      require(nb == 0 || nb == 3, "expert " + i64(x) + " must have gate, up and down biases all set or all absent, received " +
+                                      i64(nb) + " of 3");
+      require(nb == 0 || a.gate[x] != nullptr, "expert " + i64(x) + " has biases but no weights (absent experts take none)");
+    }
+  }
+  require(a.activation == MoeActivation::Silu || a.activation == MoeActivation::SwigluOai,
+          "activation must be silu (0) or swiglu-oai (1), received " + i64(static_cast<int64_t>(a.activation)));
+  if (a.activation == MoeActivation::SwigluOai) {
+    require(std::isfinite(a.alpha), "swiglu-oai alpha must be finite, received " + std::to_string(a.alpha));
+    require(std::isfinite(a.limit) && a.limit > 0.0f, "swiglu-oai limit must be finite and > 0, received " + std::to_string(a.limit));
+  }
   for (int64_t i = 0; i < a.t * a.k; ++i) {
     const int32_t x = a.topk_ids[i];
     require(x >= -1 && x < a.e, "topkIds must be -1 or in [0, " + i64(a.e) + "), received " + i64(x) + " at index " + i64(i));
@@ -189,6 +232,18 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
 #endif
   const int64_t H = a.h, I = a.inter, K = a.k, E = a.e;
   const int64_t widest = H > I ? H : I;
+  auto epilogue_of = [&](int64_t x) {
+    Epilogue p{};
+    p.oai = a.activation == MoeActivation::SwigluOai;
+    p.alpha = a.alpha;
+    p.limit = a.limit;
+    p.bg = any_bias ? static_cast<const float*>(a.gate_bias[x]) : nullptr;
+    p.bu = any_bias ? static_cast<const float*>(a.up_bias[x]) : nullptr;
+    p.plain = !p.oai && p.bg == nullptr;
+    return p;
+  };
+  // [h] f32 down bias of expert x, nullptr: none
+  auto down_bias_of = [&](int64_t x) { return any_bias ? static_cast<const float*>(a.down_bias[x]) : nullptr; };
   int64_t chunk = kScratchBytes / (K * widest * 4);
   if (chunk < 1) chunk = 1;
 
@@ -251,6 +306,7 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
       for (size_t it = i0; it < i1; ++it) {
         const int64_t x = items[it].expert, tn = tile_of(x), n0 = items[it].tile * tn;
         const int64_t nt = I - n0 < tn ? I - n0 : tn, m = count[x];
+        const Epilogue ep = epilogue_of(x);
         if (streams(x)) {
           const uint16_t* xr[kStreamMaxRows];  // [m] rows of xs, [h] bf16 each
           for (int64_t i = 0; i < m; ++i) xr[i] = xs.data() + (row0[x] + i) * H;
@@ -265,7 +321,7 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
               uint16_t* dst = act.data() + (row0[x] + i) * I;  // [inter] bf16
               for (int64_t c = 0; c < (j1 > j ? 2 : 1); ++c) {
                 const float gv = sums[i * 4 + c], uv = sums[i * 4 + 2 + c];
-                dst[j + c] = f32_to_bf16(gv / (1.0f + std::exp(-gv)) * uv);
+                dst[j + c] = f32_to_bf16(ep.plain ? silu_mul(gv, uv) : act_general(ep, gv, uv, j + c));
               }
             }
           }
@@ -282,9 +338,10 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
         ran.store(static_cast<int>(r), std::memory_order_relaxed);
         for (int64_t i = 0; i < m; ++i) {
           uint16_t* dst = act.data() + (row0[x] + i) * I + n0;  // [nt] bf16
-          for (int64_t c = 0; c < nt; ++c) {
-            const float gv = g[i * nt + c], uv = u[i * nt + c];
-            dst[c] = f32_to_bf16(gv / (1.0f + std::exp(-gv)) * uv);
+          if (ep.plain) {
+            for (int64_t c = 0; c < nt; ++c) dst[c] = f32_to_bf16(silu_mul(g[i * nt + c], u[i * nt + c]));
+          } else {
+            for (int64_t c = 0; c < nt; ++c) dst[c] = f32_to_bf16(act_general(ep, g[i * nt + c], u[i * nt + c], n0 + c));
           }
         }
       }
@@ -299,6 +356,7 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
       for (size_t it = i0; it < i1; ++it) {
         const int64_t x = items[it].expert, tn = tile_of(x), n0 = items[it].tile * tn;
         const int64_t nt = H - n0 < tn ? H - n0 : tn, m = count[x];
+        const float* bd = down_bias_of(x);  // [h] f32 or nullptr
         if (streams(x)) {
           const uint16_t* ar[kStreamMaxRows];  // [m] rows of act, [inter] bf16 each
           for (int64_t i = 0; i < m; ++i) ar[i] = act.data() + (row0[x] + i) * I;
@@ -311,7 +369,11 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
             const int64_t nc = n0 + nt - j < 4 ? n0 + nt - j : 4;
             for (int64_t i = 0; i < m; ++i) {
               float* dst = part.data() + (row0[x] + i) * H + j;  // [nc] f32
-              for (int64_t c = 0; c < nc; ++c) dst[c] = sums[i * 4 + c];
+              if (bd == nullptr) {
+                for (int64_t c = 0; c < nc; ++c) dst[c] = sums[i * 4 + c];
+              } else {
+                for (int64_t c = 0; c < nc; ++c) dst[c] = sums[i * 4 + c] + bd[j + c];
+              }
             }
           }
           continue;
@@ -320,6 +382,10 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
         const uint16_t* wd = static_cast<const uint16_t*>(a.down[x]) + n0 * I;     // [nt, inter] bf16
         float* dst = part.data() + static_cast<int64_t>(row0[x]) * H + n0;         // [m, nt] f32, stride h
         gemm_serial({aa, wd, dst, DType::BF16, DType::F32, m, nt, I, I, I, H}, isa);
+        if (bd != nullptr) {
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t c = 0; c < nt; ++c) dst[i * H + c] += bd[n0 + c];
+        }
       }
     };
     if (!items.empty() && !pool.parallel_for(items.size(), 1, gemm2, cancel)) {

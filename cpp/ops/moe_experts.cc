@@ -3,10 +3,14 @@
 //   experts.gate / .up / .down: arrays of e entries, each a tensor arg (gate, up [inter, h] bf16; down [h, inter]
 //   bf16) or null (expert absent: contributes zero). lib/ turns a stacked gateUp [2 * inter, h] into gate and up
 //   args at offsets 0 and inter * h * 2 of the same memory.
+//   Optional (gpt-oss): experts.gateBias / .upBias / .downBias, arrays of e entries (f32 [inter], [inter], [h], or
+//   null: that expert has no biases; all three arrays or none); activation 0 silu (default) or 1 swiglu-oai with
+//   alpha and limit (numbers). lib/ splits a stacked gateUpBias [2 * inter] like gateUp.
 // The table becomes a host array of pointers here (CPU: used as is; CUDA: the launcher uploads it to the device
 // on the stream before the kernels). Every expert tensor is leased by the op until it settles.
 #include "cpu/moe_experts.h"
 
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,10 +43,17 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
     TensorArg w = placed(s.params.Get("topkWeights"), "topkWeights", DType::F32, static_cast<uint64_t>(t * k) * 4);
     TensorArg out = placed(s.params.Get("out"), "out", DType::BF16, static_cast<uint64_t>(t * h) * 2);
     Napi::Object ex = arg_object(s.params.Get("experts"), "experts");
-    auto table = std::make_shared<std::vector<const void*>>(static_cast<size_t>(3 * e), nullptr);  // gate | up | down
-    const char* names[3] = {"gate", "up", "down"};
+    // Biases: present when experts.gateBias is given (then all three arrays must be).
+    const Napi::Value gbv = ex.Get("gateBias");
+    const bool biases = !gbv.IsUndefined() && !gbv.IsNull();
+    const int parts = biases ? 6 : 3;
+    // gate | up | down [| gateBias | upBias | downBias], e pointers each
+    auto table = std::make_shared<std::vector<const void*>>(static_cast<size_t>(parts * e), nullptr);
+    const char* names[6] = {"gate", "up", "down", "gateBias", "upBias", "downBias"};
     const uint64_t wbytes = static_cast<uint64_t>(inter * h) * 2;
-    for (int p = 0; p < 3; ++p) {
+    const uint64_t pbytes[6] = {wbytes, wbytes, wbytes, static_cast<uint64_t>(inter) * 4, static_cast<uint64_t>(inter) * 4,
+                                static_cast<uint64_t>(h) * 4};
+    for (int p = 0; p < parts; ++p) {
       Napi::Value arr = ex.Get(names[p]);
       if (!arr.IsArray() || arr.As<Napi::Array>().Length() != static_cast<uint32_t>(e))
         throw_error(env, ErrorCode::InvalidArgument, std::string("moeExperts: experts.") + names[p] + " must be an array of " +
@@ -52,15 +63,42 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
         Napi::Value v = a.Get(i);
         if (v.IsNull() || v.IsUndefined()) continue;
         std::string what = std::string("experts.") + names[p] + "[" + std::to_string(i) + "]";
-        TensorArg ta = placed(v, what, DType::BF16, wbytes);
+        TensorArg ta = placed(v, what, p < 3 ? DType::BF16 : DType::F32, pbytes[p]);
         (*table)[p * e + i] = ta.ptr;
       }
+    }
+    // Bias entries: all three or none per expert, none on an absent expert (also checked by the CPU kernel; the
+    // CUDA launcher cannot report it as InvalidArgument).
+    for (int64_t i = 0; biases && i < e; ++i) {
+      const std::vector<const void*>& tb = *table;
+      const int nb = (tb[3 * e + i] != nullptr) + (tb[4 * e + i] != nullptr) + (tb[5 * e + i] != nullptr);
+      const int nw = (tb[i] != nullptr) + (tb[e + i] != nullptr) + (tb[2 * e + i] != nullptr);
+      if ((nb != 0 && nb != 3) || (nb == 3 && nw != 3))
+        throw_error(env, ErrorCode::InvalidArgument,
+                    "moeExperts: expert " + std::to_string(i) + " must have gateBias, upBias and downBias all set (with its weights) or all null, received " +
+                        std::to_string(nb) + " of 3 biases and " + std::to_string(nw) + " of 3 weights");
+    }
+    // activation: 0 silu (default), 1 swiglu-oai (alpha, limit); the kernels validate the values again.
+    const Napi::Value actv = s.params.Get("activation");
+    const double act = actv.IsUndefined() ? 0.0 : s.number("activation");
+    if (act != 0.0 && act != 1.0)
+      throw_error(env, ErrorCode::InvalidArgument, "moeExperts: activation must be 0 (silu) or 1 (swiglu-oai), received " + describe(actv));
+    float alpha = 1.702f, limit = 7.0f;
+    if (act == 1.0) {
+      alpha = static_cast<float>(s.number("alpha"));
+      limit = static_cast<float>(s.number("limit"));
+      if (!std::isfinite(alpha) || !std::isfinite(limit) || !(limit > 0.0f))
+        throw_error(env, ErrorCode::InvalidArgument, "moeExperts: swiglu-oai alpha must be finite and limit finite and > 0, received " +
+                                                         std::to_string(alpha) + ", " + std::to_string(limit));
     }
     auto ran = std::make_shared<int>(-1);
     resolve_with_tier(*s.op, ran);
     cpu::MoeExpertsArgs g{reinterpret_cast<const uint16_t*>(x.ptr), reinterpret_cast<const int32_t*>(ids.ptr),
                           reinterpret_cast<const float*>(w.ptr), nullptr, nullptr, nullptr,
                           reinterpret_cast<uint16_t*>(out.ptr), t, h, inter, e, k};
+    g.activation = act == 1.0 ? cpu::MoeActivation::SwigluOai : cpu::MoeActivation::Silu;
+    g.alpha = alpha;
+    g.limit = limit;
     Isa isa = s.isa;
     // CUDA: ids outside [-1, e) are flagged by the align kernel in an error slot (mapped pinned host memory) and
     // read here when the op completes (the stream's host callback): InvalidArgumentError like the CPU, no host sync.
@@ -75,14 +113,20 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
       a.gate = table->data();
       a.up = table->data() + a.e;
       a.down = table->data() + 2 * a.e;
+      if (table->size() == static_cast<size_t>(6 * a.e)) {
+        a.gate_bias = table->data() + 3 * a.e;
+        a.up_bias = table->data() + 4 * a.e;
+        a.down_bias = table->data() + 5 * a.e;
+      }
       if (ctx.cuda_stream == nullptr) {
         *ran = static_cast<int>(cpu::moe_experts(a, isa, ctx.cancel));
         return;
       }
 #if MOE_WITH_CUDA
       slot->words = cuda_error_slot_acquire();
-      int err = moe_cuda_moe_experts(ctx.device, a.x, a.topk_ids, a.topk_weights, a.gate, a.up, a.down, a.out, a.t,
-                                     a.h, a.inter, a.e, a.k, slot->words, ctx.cuda_stream);
+      int err = moe_cuda_moe_experts_ex(ctx.device, a.x, a.topk_ids, a.topk_weights, a.gate, a.up, a.down, a.gate_bias,
+                                        a.up_bias, a.down_bias, a.out, a.t, a.h, a.inter, a.e, a.k,
+                                        static_cast<int>(a.activation), a.alpha, a.limit, slot->words, ctx.cuda_stream);
       if (err != 0) moe::throw_error(ErrorCode::Cuda, std::string("moeExperts launch: ") + moe_cuda_error_name(err));
       slot->launched = true;
 #endif

@@ -14,7 +14,8 @@ import { ExpertCache, type ExpertLease } from '../cache/expert-cache.js';
 import { ExpertMapStore, FineMoePredictor } from '../cache/finemoe.js';
 import { LruPolicy, ProbabilityPolicy } from '../cache/policy.js';
 import { residencyExpertCache } from '../cache/residency.js';
-import type { ExpertTable } from '../moe.js';
+import type { ExpertBiases } from '../model/gpt-oss.js';
+import type { ExpertTable, MoeActivation } from '../moe.js';
 import type { ExpertStore } from '../residency/expert-store.js';
 import { SlotPool } from '../residency/slot-pool.js';
 import { TransferEngine } from '../residency/transfer.js';
@@ -24,6 +25,13 @@ import type { Tensor } from '../tensor.js';
 export interface ExpertRunTimes {
   stallMs: number;
   computeMs: number;
+}
+
+/** What some families add to every expert: f32 biases (gpt-oss) and a non-default activation. */
+export interface ExpertExtras {
+  /** Biases of expert e of MoE layer index li. */
+  biases?: (li: number, e: number) => ExpertBiases;
+  activation?: MoeActivation;
 }
 
 export interface ExpertProvider {
@@ -44,20 +52,22 @@ export interface ExpertProvider {
 export class ResidentExperts implements ExpertProvider {
   readonly #be: Backend;
   readonly #tables: ExpertTable[];
-  constructor(be: Backend, store: ExpertStore) {
+  readonly #activation: MoeActivation | undefined;
+  constructor(be: Backend, store: ExpertStore, extras: ExpertExtras = {}) {
     this.#be = be;
-    this.#tables = store.layers.map((layer) => {
+    this.#activation = extras.activation;
+    this.#tables = store.layers.map((layer, li) => {
       const t = be.expertTable(store.experts, { hidden: store.hidden, intermediate: store.intermediate });
       for (let e = 0; e < store.experts; e++) {
         const v = store.expert(layer, e);
-        t.set(e, { gate: v.gate, up: v.up, down: v.down });
+        t.set(e, { gate: v.gate, up: v.up, down: v.down, ...(extras.biases?.(li, e) ?? {}) });
       }
       return t;
     });
   }
   async run(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, _hostIds: Int32Array, signal: AbortSignal | undefined): Promise<ExpertRunTimes> {
     const t0 = performance.now();
-    await this.#be.moeExperts({ x, topkIds: ids, topkWeights: weights, experts: this.#tables[li]!, out }, signal ? { signal } : {});
+    await this.#be.moeExperts({ x, topkIds: ids, topkWeights: weights, experts: this.#tables[li]!, out, ...(this.#activation ? { activation: this.#activation } : {}) }, signal ? { signal } : {});
     return { stallMs: 0, computeMs: performance.now() - t0 };
   }
   dispose(): void {}
@@ -87,9 +97,11 @@ export class CachedExperts implements ExpertProvider {
   readonly #tables: ExpertTable[];
   readonly #numLayers: number;
   readonly #numExperts: number;
+  readonly #extras: ExpertExtras;
 
-  constructor(be: Backend, store: ExpertStore, o: CachedExpertsOptions) {
+  constructor(be: Backend, store: ExpertStore, extras: ExpertExtras, o: CachedExpertsOptions) {
     this.#be = be;
+    this.#extras = extras;
     this.#numLayers = store.layers.length;
     this.#numExperts = store.experts;
     this.slots = SlotPool.create(be, { slots: o.slots, hidden: store.hidden, intermediate: store.intermediate, dtype: store.dtype });
@@ -150,9 +162,10 @@ export class CachedExperts implements ExpertProvider {
       const t1 = performance.now();
       for (const lease of leases) {
         const v = this.slots.slot(lease.slot);
-        table.set(lease.expert, { gate: v.gate, up: v.up, down: v.down });
+        table.set(lease.expert, { gate: v.gate, up: v.up, down: v.down, ...(this.#extras.biases?.(li, lease.expert) ?? {}) });
       }
-      await this.#be.moeExperts({ x, topkIds: ids, topkWeights: weights, experts: table, out }, signal ? { signal } : {});
+      const act = this.#extras.activation;
+      await this.#be.moeExperts({ x, topkIds: ids, topkWeights: weights, experts: table, out, ...(act ? { activation: act } : {}) }, signal ? { signal } : {});
       return { stallMs: t1 - t0, computeMs: performance.now() - t1 };
     } finally {
       for (const lease of leases) {

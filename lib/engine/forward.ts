@@ -271,7 +271,7 @@ export class ForwardPass {
       const window = cfg.layerTypes && cfg.layerTypes[l] !== 'sliding' ? null : cfg.slidingWindow;
       book('hostMs');
       await be.attention(
-        { q, k: kv.keys(l), v: kv.values(l), out: attn, ...batch, scale: this.#p.attentionScale, ...(window ? { slidingWindow: window } : {}) },
+        { q, k: kv.keys(l), v: kv.values(l), out: attn, ...batch, scale: this.#p.attentionScale, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}) },
         op,
       );
       book('attentionMs');
@@ -283,6 +283,7 @@ export class ForwardPass {
       const li = this.#moeIndex.get(l);
       // MoE layers route from the f32 normalised state (a bf16 rounding there can flip near-tied experts)
       const g2: Array<Promise<unknown>> = [be.gemm(attnOut, w.o, delta, op)];
+      if (w.oBias) g2.push(be.add(delta, w.oBias, delta, op));
       if (li === undefined) g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xn, eps: cfg.rmsNormEps, add: delta }, op));
       else g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xf, eps: cfg.rmsNormEps, add: delta }, op), be.convert(xf, xn, op));
       if (li === undefined) {
@@ -295,6 +296,7 @@ export class ForwardPass {
         continue;
       }
       g2.push(be.gemm(xf, w.router!, routerLogits, op));
+      if (w.routerBias) g2.push(be.add(routerLogits, w.routerBias, routerLogits, op));
       g2.push(be.routerTopK(routerLogits, K, { scoring: 'softmax', renormalize: cfg.router.renormalize, out: { topkIds: topIds, topkWeights: topW } }, op));
       if (w.shared) {
         if (w.sharedGate) {

@@ -22,14 +22,15 @@ import type { RoutingTrace, TraceRequest } from '../cache/trace.js';
 import { describe } from '../dtype.js';
 import { BackendUnavailableError, CheckpointFormatError, DisposedError, InvalidArgumentError } from '../errors.js';
 import { KvCache } from '../kv/cache.js';
-import { type ModelConfig, expertTensorNames, parseModelConfig } from '../model/config.js';
+import { type ModelConfig, parseModelConfig } from '../model/config.js';
+import { loadGptOssExperts } from '../model/gpt-oss.js';
 import { Checkpoint } from '../model/safetensors.js';
 import { type ChatMessage, ModelTokenizer } from '../model/tokenizer.js';
 import { type DenseWeights, attentionHeadDim, checkRuntimeFamily, disposeDense, loadDenseWeights, validateCheckpoint } from '../model/weights.js';
 import { ExpertStore } from '../residency/expert-store.js';
 import { ropeFromConfig, ropeScalingFromHf, yarnSoftmaxScale } from '../rope.js';
 import { HostTensor } from '../tensor.js';
-import { CachedExperts, type ExpertProvider, ResidentExperts } from './experts.js';
+import { CachedExperts, type ExpertExtras, type ExpertProvider, ResidentExperts } from './experts.js';
 import { ForwardPass, type StepRouting, type StepTimes, emptyTimes } from './forward.js';
 import { Sampler, type SamplingOptions } from './sampler.js';
 
@@ -547,7 +548,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const ckpt = await Checkpoint.open(dir);
   const cleanup: Array<{ dispose(): void }> = [];
   try {
-    validateCheckpoint(ckpt, config, (l, e) => expertTensorNames(config, l, e));
+    validateCheckpoint(ckpt, config);
     const denseTotal = ckpt.names().length - config.moeLayers.length * config.numExperts * 3;
     let denseDone = 0;
     const weights = await loadDenseWeights(ckpt, config, be, {
@@ -567,11 +568,15 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
       signal,
     );
     cleanup.push(store);
-    await store.load(ckpt, config, {
-      ...(signal ? { signal } : {}),
-      onProgress: (done, total) => options.onProgress?.({ phase: 'experts', done, total }),
-    });
-    const experts = makeProvider(be, store, config, options.experts ?? 'resident');
+    const expertProgress = { ...(signal ? { signal } : {}), onProgress: (done: number, total: number) => options.onProgress?.({ phase: 'experts', done, total }) };
+    let extras: ExpertExtras = {};
+    if (config.family === 'gpt_oss') {
+      const biases = await loadGptOssExperts(ckpt, config, store, expertProgress);
+      extras = { biases: (li, e) => biases[li]![e]!, activation: { kind: 'swiglu-oai', alpha: 1.702, limit: config.swigluLimit ?? 7 } };
+    } else {
+      await store.load(ckpt, config, expertProgress);
+    }
+    const experts = makeProvider(be, store, config, options.experts ?? 'resident', extras);
     cleanup.push(experts);
     const kv = KvCache.create(be, {
       layers: config.numLayers,
@@ -609,8 +614,8 @@ function resolveBackend(b: LoadModelOptions['backend']): Backend {
   return be;
 }
 
-function makeProvider(be: Backend, store: ExpertStore, cfg: ModelConfig, mode: ExpertMode): ExpertProvider {
-  if (mode === 'resident') return new ResidentExperts(be, store);
+function makeProvider(be: Backend, store: ExpertStore, cfg: ModelConfig, mode: ExpertMode, extras: ExpertExtras): ExpertProvider {
+  if (mode === 'resident') return new ResidentExperts(be, store, extras);
   if (typeof mode !== 'object' || mode === null) throw new InvalidArgumentError(`experts must be 'resident' or { slots | fraction, policy }, received ${describe(mode)}`);
   const total = store.layers.length * store.experts;
   let slots: number;
@@ -628,7 +633,7 @@ function makeProvider(be: Backend, store: ExpertStore, cfg: ModelConfig, mode: E
   if (slots < cfg.topK) throw new InvalidArgumentError(`the expert cache needs at least top-k = ${cfg.topK} slots (one token's experts), received ${slots}`);
   const policy = mode.policy ?? 'lru';
   if (policy !== 'lru' && policy !== 'finemoe') throw new InvalidArgumentError(`experts.policy must be 'lru' or 'finemoe', received ${describe(mode.policy)}`);
-  return new CachedExperts(be, store, {
+  return new CachedExperts(be, store, extras, {
     slots: Math.min(slots, total),
     policy,
     embedDim: cfg.hiddenSize,

@@ -20,7 +20,8 @@ import { describe, f32ToBf16Bits } from '../dtype.js';
 import { InvalidArgumentError } from '../errors.js';
 import { HostTensor } from '../tensor.js';
 import { expertTensorNames, parseModelConfig } from './config.js';
-import { PRESETS, PRESET_NAMES, type ModelPreset, type PresetName } from './presets.js';
+import { gptOssExpertNames, quantizeMxfp4 } from './gpt-oss.js';
+import { FLOAT_CONFIG_KEYS, PRESETS, PRESET_NAMES, type ModelPreset, type PresetName } from './presets.js';
 import { type WritableTensor, writeCheckpoint } from './safetensors.js';
 import { CHATML_TEMPLATE, DEFAULT_CORPUS, INST_TEMPLATE } from './tokenizer-corpus.js';
 import { buildByteLevelBpe } from './tokenizer-gen.js';
@@ -32,6 +33,8 @@ export interface MakeModelOptions {
   seed?: number;
   /** Overrides of config.json keys (e.g. { num_hidden_layers: 1 }). */
   config?: Record<string, unknown>;
+  /** gpt-oss only: write the experts as MXFP4 blocks and scales, like the released checkpoints (default: bf16). */
+  quantization?: 'mxfp4';
   /** Largest shard in bytes (default 4 MiB for tiny presets, so they are sharded with an index like real ones; 1 GiB otherwise). */
   maxShardBytes?: number;
   signal?: AbortSignal;
@@ -79,17 +82,23 @@ class NormalBits {
   }
 }
 
-function initTensor(shape: number[], kind: InitKind, rng: NormalBits): HostTensor<'bf16'> {
+function initTensor(shape: number[], kind: InitKind, rng: NormalBits, fanIn = shape[shape.length - 1]!): HostTensor<'bf16'> {
   const t = new HostTensor('bf16', shape);
   const d = t.data;
-  const fanIn = shape[shape.length - 1]!;
   if (kind === 'norm') {
     for (let i = 0; i < d.length; i++) d[i] = f32ToBf16Bits(1 + 0.1 * rng.normal());
     return t;
   }
-  const std = kind === 'embed' ? 1 : kind === 'bias' ? 0.1 : kind === 'router' ? 3 / Math.sqrt(fanIn) : 1 / Math.sqrt(fanIn);
+  const std = kind === 'embed' || kind === 'sink' ? 1 : kind === 'bias' ? 0.1 : kind === 'router' ? 3 / Math.sqrt(fanIn) : 1 / Math.sqrt(fanIn);
   for (let i = 0; i < d.length; i++) d[i] = f32ToBf16Bits(std * rng.normal());
   return t;
+}
+
+/** JSON with integral values of `floatKeys` written as floats (7 -> 7.0), so strict float fields validate. */
+function jsonWithFloats(v: unknown, floatKeys: readonly string[]): string {
+  let s = JSON.stringify(v, null, 2);
+  for (const k of floatKeys) s = s.replace(new RegExp(`("${k}": )(-?\\d+)(?=[,\\n}])`, 'g'), '$1$2.0');
+  return `${s}\n`;
 }
 
 /** The preset table entry, or InvalidArgumentError listing the presets. */
@@ -138,16 +147,46 @@ export async function makeModel(dir: string, options: MakeModelOptions): Promise
   const rng = new NormalBits(seed);
   const tensors = new Map<string, WritableTensor>();
   let parameters = 0;
-  const add = (name: string, shape: number[], kind: InitKind) => {
+  const add = (name: string, shape: number[], kind: InitKind, fanIn?: number) => {
     signal?.throwIfAborted();
-    tensors.set(name, initTensor(shape, kind, rng));
-    parameters += shape.reduce((a, b) => a * b, 1);
+    const t = initTensor(shape, kind, rng, fanIn);
+    tensors.set(name, t);
+    parameters += t.numel;
+    return t;
   };
   for (const s of denseTensorSpecs(cfg)) add(s.name, s.shape, s.init);
   const H = cfg.hiddenSize;
   const I = cfg.moeIntermediateSize;
+  const E = cfg.numExperts;
+  if (options.quantization !== undefined && (options.quantization !== 'mxfp4' || cfg.family !== 'gpt_oss')) {
+    throw new InvalidArgumentError(`options.quantization 'mxfp4' is for gpt-oss presets only, received ${describe(options.quantization)} for ${options.preset}`);
+  }
   for (const l of cfg.moeLayers) {
-    for (let e = 0; e < cfg.numExperts; e++) {
+    if (cfg.family === 'gpt_oss') {
+      // stacked: gate_up_proj [E, H, 2I] (x @ W, gate/up interleaved columns), down_proj [E, I, H], biases
+      const n = gptOssExpertNames(l);
+      const gateUp = add(n.gateUp, [E, H, 2 * I], 'linear', H);
+      add(n.gateUpBias, [E, 2 * I], 'bias');
+      const down = add(n.down, [E, I, H], 'linear', I);
+      add(n.downBias, [E, H], 'bias');
+      if (options.quantization === 'mxfp4') {
+        tensors.delete(n.gateUp);
+        tensors.delete(n.down);
+        const q = (t: HostTensor<'bf16'>, rows: number, cols: number, name: string) => {
+          // [E, cols, rows] (in, out) -> output rows [E * rows, cols], quantized by blocks of 32 along cols
+          const f = t.toFloat32();
+          const tr = new Float32Array(E * rows * cols);
+          for (let e = 0; e < E; e++) for (let c = 0; c < cols; c++) for (let r = 0; r < rows; r++) tr[(e * rows + r) * cols + c] = f[(e * cols + c) * rows + r]!;
+          const { blocks, scales } = quantizeMxfp4(tr, E * rows, cols);
+          tensors.set(`${name}_blocks`, { dtype: 'U8', shape: [E, rows, cols / 32, 16], bytes: blocks });
+          tensors.set(`${name}_scales`, { dtype: 'U8', shape: [E, rows, cols / 32], bytes: scales });
+        };
+        q(gateUp, 2 * I, H, n.gateUp);
+        q(down, H, I, n.down);
+      }
+      continue;
+    }
+    for (let e = 0; e < E; e++) {
       const n = expertTensorNames(cfg, l, e);
       add(n.gate, [I, H], 'linear');
       add(n.up, [I, H], 'linear');
@@ -157,7 +196,7 @@ export async function makeModel(dir: string, options: MakeModelOptions): Promise
   await fs.promises.mkdir(dir, { recursive: true });
   const files = await writeCheckpoint(dir, tensors, { maxShardBytes: options.maxShardBytes ?? (preset.vocabSize === undefined ? 4 * 2 ** 20 : 2 ** 30) });
   const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
-  await fs.promises.writeFile(path.join(dir, 'config.json'), json(config));
+  await fs.promises.writeFile(path.join(dir, 'config.json'), jsonWithFloats(config, FLOAT_CONFIG_KEYS));
   await fs.promises.writeFile(
     path.join(dir, 'generation_config.json'),
     json({ _from_model_config: true, bos_token_id: config.bos_token_id, eos_token_id: eosIds.length === 1 ? eosIds[0] : eosIds, do_sample: false }),

@@ -37,9 +37,27 @@ const CHATML: PresetTokenizer = {
 };
 const LLAMA: PresetTokenizer = { specialTokens: ['<unk>', '<s>', '</s>'], bosToken: '<s>', eosToken: '</s>', extraEos: [], template: 'inst' };
 
-// (no float-valued defaults like attention_dropout 0.0: JSON writes them as integers, which transformers 5's strict
-// config validation rejects for float fields)
-const common = { torch_dtype: 'bfloat16', tie_word_embeddings: false, initializer_range: 0.02, use_cache: true };
+const common = { torch_dtype: 'bfloat16', tie_word_embeddings: false, initializer_range: 0.02, use_cache: true, attention_dropout: 0 };
+
+/**
+ * config.json keys that are floats in transformers (its strict config validation rejects an integer there, and
+ * JSON.stringify writes 0.0 as 0): makeModel writes integral values of these with a ".0".
+ */
+export const FLOAT_CONFIG_KEYS = [
+  'attention_dropout',
+  'routed_scaling_factor',
+  'swiglu_limit',
+  'rope_theta',
+  'factor',
+  'beta_fast',
+  'beta_slow',
+  'mscale',
+  'mscale_all_dim',
+  'router_aux_loss_coef',
+  'initializer_range',
+  'rms_norm_eps',
+  'aux_loss_alpha',
+] as const;
 
 function mixtral(o: { hidden: number; layers: number; heads: number; kv: number; inter: number; experts: number; topK: number }): Record<string, unknown> {
   return {
@@ -146,6 +164,7 @@ function deepseekV2(o: { hidden: number; layers: number; heads: number; kvRank: 
     topk_method: 'greedy',
     scoring_func: 'softmax',
     norm_topk_prob: false,
+    routed_scaling_factor: 1,
     attention_bias: false,
     hidden_act: 'silu',
     max_position_embeddings: o.yarnFactor * 4096,
@@ -154,6 +173,35 @@ function deepseekV2(o: { hidden: number; layers: number; heads: number; kvRank: 
     rope_scaling: { type: 'yarn', factor: o.yarnFactor, original_max_position_embeddings: 4096, beta_fast: 32, beta_slow: 1, mscale: 0.707, mscale_all_dim: 0.707 },
     aux_loss_alpha: 0.001,
     seq_aux: true,
+    ...common,
+  };
+}
+
+function gptOss(o: { hidden: number; layers: number; heads: number; kv: number; inter: number; experts: number; topK: number; window: number }): Record<string, unknown> {
+  return {
+    architectures: ['GptOssForCausalLM'],
+    model_type: 'gpt_oss',
+    hidden_size: o.hidden,
+    intermediate_size: o.inter,
+    num_hidden_layers: o.layers,
+    num_attention_heads: o.heads,
+    num_key_value_heads: o.kv,
+    head_dim: 64,
+    num_local_experts: o.experts,
+    num_experts_per_tok: o.topK,
+    experts_per_token: o.topK,
+    attention_bias: true,
+    hidden_act: 'silu',
+    swiglu_limit: 7,
+    sliding_window: o.window,
+    layer_types: Array.from({ length: o.layers }, (_, l) => (l % 2 === 0 ? 'sliding_attention' : 'full_attention')),
+    max_position_embeddings: 131072,
+    initial_context_length: 4096,
+    rms_norm_eps: 1e-5,
+    rope_theta: 150000,
+    rope_scaling: { rope_type: 'yarn', factor: 32, beta_fast: 32, beta_slow: 1, original_max_position_embeddings: 4096, truncate: false },
+    router_aux_loss_coef: 0.9,
+    output_router_logits: false,
     ...common,
   };
 }
@@ -212,6 +260,12 @@ export const PRESETS = {
     description: 'DeepSeek-V2-Lite family, 6 layers (first dense), hidden 256, MLA (kv rank 64, qk 64+32, v 64, yarn), 16 experts top-4 + 2 shared',
     config: deepseekV2({ hidden: 256, layers: 6, heads: 4, kvRank: 64, nope: 64, rope: 32, v: 64, moeInter: 64, denseInter: 512, experts: 16, shared: 2, topK: 4, yarnFactor: 4 }),
     tokenizer: LLAMA,
+    tokenizerVocab: 512,
+  },
+  'tiny-gpt-oss': {
+    description: 'gpt-oss family, 4 layers (sliding window 16 / full), hidden 256, 8 experts top-2 with biases and clamped SwiGLU, attention sinks, yarn',
+    config: gptOss({ hidden: 256, layers: 4, heads: 4, kv: 2, inter: 256, experts: 8, topK: 2, window: 16 }),
+    tokenizer: CHATML,
     tokenizerVocab: 512,
   },
   'mixtral-8x7b-shape': {

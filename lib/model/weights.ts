@@ -11,11 +11,12 @@ import type { Backend } from '../backend.js';
 import { CheckpointFormatError, UnsupportedModelError } from '../errors.js';
 import type { ExpertTable } from '../moe.js';
 import { HostTensor, type Tensor } from '../tensor.js';
-import type { ModelConfig } from './config.js';
+import { type ModelConfig, expertTensorNames } from './config.js';
+import { gptOssLayout } from './gpt-oss.js';
 import type { Checkpoint } from './safetensors.js';
 
 /** How makeModel initialises a tensor (the loader ignores it). */
-export type InitKind = 'embed' | 'linear' | 'norm' | 'bias' | 'router';
+export type InitKind = 'embed' | 'linear' | 'norm' | 'bias' | 'router' | 'sink';
 
 export interface TensorSpec {
   name: string;
@@ -43,13 +44,17 @@ export interface LayerNames {
   /** DeepSeek multi-head latent attention: q_proj (or q_a_proj, q_a_layernorm, q_b_proj with q_lora_rank), kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj. */
   mla?: { q?: string; qA?: string; qANorm?: string; qB?: string; kvA: string; kvANorm: string; kvB: string };
   qBias?: string;
+  /** gpt-oss: o_proj bias [H] and per-head attention sink logits [heads]. */
+  oBias?: string;
+  sinks?: string;
   kBias?: string;
   vBias?: string;
   /** Qwen3: [headDim] per head; OLMoE: [heads * headDim] over the whole projection. */
   qNorm?: string;
   kNorm?: string;
-  /** MoE layers: the router [E, H]. */
+  /** MoE layers: the router [E, H] (gpt-oss: with a bias [E]). */
   router?: string;
+  routerBias?: string;
   shared?: MlpNames;
   /** Qwen2-MoE: sigmoid gate [1, H] of the shared expert. */
   sharedGate?: string;
@@ -58,11 +63,11 @@ export interface LayerNames {
 }
 
 /** Families the runtime executes (the config parser knows more). */
-export const RUNTIME_FAMILIES = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'olmoe', 'deepseek_v2'] as const;
+export const RUNTIME_FAMILIES = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'olmoe', 'deepseek_v2', 'gpt_oss'] as const;
 
 export function checkRuntimeFamily(cfg: ModelConfig, source: string): void {
   if (!(RUNTIME_FAMILIES as readonly string[]).includes(cfg.family)) {
-    const what = cfg.family === 'deepseek_v3' ? 'sigmoid group-limited routing (noaux_tc)' : cfg.attentionSinks ? 'attention sinks and clamped SwiGLU experts with biases' : cfg.family;
+    const what = cfg.family === 'deepseek_v3' ? 'sigmoid group-limited routing (noaux_tc)' : cfg.family;
     throw new UnsupportedModelError(
       `${source}: ${cfg.architecture} (model_type ${cfg.family}) parses, but the runtime does not execute ${what} yet; runnable families: ${RUNTIME_FAMILIES.join(', ')}`,
     );
@@ -103,6 +108,10 @@ export function layerNames(cfg: ModelConfig, l: number): LayerNames {
     n.k = `${a}.k_proj.weight`;
     n.v = `${a}.v_proj.weight`;
   }
+  if (cfg.family === 'gpt_oss') {
+    if (cfg.attentionBias) n.oBias = `${a}.o_proj.bias`;
+    n.sinks = `${a}.sinks`;
+  }
   if (cfg.attentionBias) {
     n.qBias = `${a}.q_proj.bias`;
     n.kBias = `${a}.k_proj.bias`;
@@ -115,7 +124,12 @@ export function layerNames(cfg: ModelConfig, l: number): LayerNames {
   const moe = cfg.moeLayers.includes(l);
   const mlp = cfg.family === 'mixtral' ? `${p}.block_sparse_moe` : `${p}.mlp`;
   if (moe) {
-    n.router = `${mlp}.gate.weight`;
+    if (cfg.family === 'gpt_oss') {
+      n.router = `${mlp}.router.weight`;
+      n.routerBias = `${mlp}.router.bias`;
+    } else {
+      n.router = `${mlp}.gate.weight`;
+    }
     if (cfg.sharedExperts) {
       const s = `${mlp}.shared_expert${cfg.family === 'qwen2_moe' ? '' : 's'}`;
       n.shared = { gate: `${s}.gate_proj.weight`, up: `${s}.up_proj.weight`, down: `${s}.down_proj.weight`, inter: cfg.sharedExperts.intermediateSize };
@@ -160,8 +174,11 @@ export function denseTensorSpecs(cfg: ModelConfig): TensorSpec[] {
       specs.push({ name: n.qNorm, shape: [perHead ? cfg.headDim : qDim], init: 'norm' }, { name: n.kNorm!, shape: [perHead ? cfg.headDim : kvDim], init: 'norm' });
     }
     specs.push({ name: n.o, shape: [H, cfg.mla ? cfg.numHeads * cfg.mla.vHeadDim : qDim], init: 'linear' });
+    if (n.oBias) specs.push({ name: n.oBias, shape: [H], init: 'bias' });
+    if (n.sinks) specs.push({ name: n.sinks, shape: [cfg.numHeads], init: 'sink' });
     specs.push({ name: n.postNorm, shape: [H], init: 'norm' });
     if (n.router) specs.push({ name: n.router, shape: [cfg.numExperts, H], init: 'router' });
+    if (n.routerBias) specs.push({ name: n.routerBias, shape: [cfg.numExperts], init: 'bias' });
     if (n.shared) specs.push(...mlpSpecs(n.shared));
     if (n.sharedGate) specs.push({ name: n.sharedGate, shape: [1, H], init: 'linear' });
     if (n.mlp) specs.push(...mlpSpecs(n.mlp));
@@ -175,7 +192,7 @@ export function denseTensorSpecs(cfg: ModelConfig): TensorSpec[] {
  * Checks that every tensor the runtime reads (dense ones and every routed expert's) exists with the right shape
  * and a float dtype, before anything is allocated. Throws CheckpointFormatError naming the first culprit.
  */
-export function validateCheckpoint(ckpt: Checkpoint, cfg: ModelConfig, expertNames: (layer: number, expert: number) => { gate: string; up: string; down: string }): void {
+export function validateCheckpoint(ckpt: Checkpoint, cfg: ModelConfig): void {
   const check = (name: string, shape: readonly number[]) => {
     if (!ckpt.has(name)) throw new CheckpointFormatError(ckpt.dir, name, `missing: the ${cfg.architecture} config needs it (shape [${shape.join(', ')}])`);
     const info = ckpt.tensor(name);
@@ -190,8 +207,12 @@ export function validateCheckpoint(ckpt: Checkpoint, cfg: ModelConfig, expertNam
   const H = cfg.hiddenSize;
   const I = cfg.moeIntermediateSize;
   for (const l of cfg.moeLayers) {
+    if (cfg.family === 'gpt_oss') {
+      gptOssLayout(ckpt, cfg, l);
+      continue;
+    }
     for (let e = 0; e < cfg.numExperts; e++) {
-      const n = expertNames(l, e);
+      const n = expertTensorNames(cfg, l, e);
       check(n.gate, [I, H]);
       check(n.up, [I, H]);
       check(n.down, [H, I]);
@@ -226,11 +247,14 @@ export interface LayerWeights {
   mla?: MlaWeights;
   o: Tensor; // [H, heads*hd] (MLA: [H, heads*v]) bf16
   qBias?: Tensor; // [heads*hd] f32
+  oBias?: Tensor; // [H] f32
+  sinks?: Tensor; // [heads] f32
   kBias?: Tensor;
   vBias?: Tensor;
   qNorm?: Tensor; // [hd] or [heads*hd] f32
   kNorm?: Tensor;
   router?: Tensor; // [E, H] f32 (routing in f32)
+  routerBias?: Tensor; // [E] f32
   shared?: ExpertTable; // one expert: the shared expert(s)
   sharedGate?: Tensor; // [1, H] bf16
   mlp?: ExpertTable; // dense layer's MLP as a one-expert table
@@ -338,6 +362,9 @@ export async function loadDenseWeights(
         w.kNorm = await read(n.kNorm!, 'f32');
       }
       if (n.router) w.router = await read(n.router, 'f32');
+      if (n.routerBias) w.routerBias = await read(n.routerBias, 'f32');
+      if (n.oBias) w.oBias = await read(n.oBias, 'f32');
+      if (n.sinks) w.sinks = await read(n.sinks, 'f32');
       if (n.shared) w.shared = await table(n.shared);
       if (n.sharedGate) w.sharedGate = await read(n.sharedGate, 'bf16');
       if (n.mlp) w.mlp = await table(n.mlp);

@@ -136,6 +136,7 @@ int test_main(int argc, char** argv) {
   add_gemm_cases(cases);
   add_attention_cases(cases);
   add_moe_cases(cases);
+  add_moe_oai_cases(cases);
   add_grouped_gemm_cases(cases);
   add_gather_cases(cases);
   add_rms_norm_cases(cases);

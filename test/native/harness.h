@@ -55,6 +55,7 @@ void add_gemm_cases(std::vector<Case>& cases);
 void add_attention_cases(std::vector<Case>& cases);  // attention_test.cc
 void add_api_cases(std::vector<Case>& cases);  // argument errors on every backend, CUDA runtime wrappers
 void add_moe_cases(std::vector<Case>& cases);     // router_topk, moe_align, moe_experts (moe_test.cc)
+void add_moe_oai_cases(std::vector<Case>& cases);  // moe_experts with biases / swiglu-oai (moe_oai_test.cc)
 void add_grouped_gemm_cases(std::vector<Case>& cases);  // grouped_gemm (grouped_gemm_test.cc)
 void add_gather_cases(std::vector<Case>& cases);  // gather_rows (gather_test.cc)
 void add_rms_norm_cases(std::vector<Case>& cases);  // rms_norm, row-broadcast add (rms_norm_test.cc)
