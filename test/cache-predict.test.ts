@@ -165,5 +165,5 @@ void test('simulator prefetch engineering: link cap, cancellation and lane model
   assert.ok(whole.stallMs >= uncapped.stallMs * 0.98, `whole ${whole.stallMs} vs chunked ${uncapped.stallMs}`);
   for (const r of [capped, uncapped, whole]) assert.equal(r.prefetchUsed + r.prefetchWasted <= r.prefetches + 64 * 16, true);
   assert.throws(() => simulate(trace, { ...base, laneModel: 'pcie' as 'whole' }), /options.laneModel must be 'chunked' or 'whole', received "pcie"/);
-  assert.throws(() => simulate(trace, { ...base, prefetchCap: 'x' as 'none' }), /options.prefetchCap must be 'link', 'start' or 'none'/);
+  assert.throws(() => simulate(trace, { ...base, prefetchCap: 'x' as 'none' }), /options.prefetchCap must be 'link', 'start', 'value' or 'none', received "x"/);
 });

@@ -141,6 +141,7 @@ describe('generation', () => {
     // nothing stays pinned in the expert cache
     const c = model.cacheStats!;
     assert.ok(c.hits + c.misses > 0);
+    assert.deepEqual(model.expertCache!.residents().filter((r) => r.pins > 0), []);
     const again = await model.generate('Abort me please', { maxNewTokens: 4, stopAtEos: false });
     assert.equal(again.tokens.length, 4);
   });

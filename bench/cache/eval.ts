@@ -235,7 +235,7 @@ async function main(): Promise<void> {
   console.log(`wrote bench/results/cache-eval-${date}.json and .svg`);
 }
 
-const COLORS: Record<SimPolicy, string> = { lru: '#888', lfu: '#b58900', belady: '#000', 'moe-infinity': '#268bd2', finemoe: '#dc322f', oracle: '#2aa198' };
+const COLORS: Record<SimPolicy, string> = { lru: '#888', lfu: '#b58900', belady: '#000', 'domain-oracle': '#6c71c4', 'moe-infinity': '#268bd2', finemoe: '#dc322f', oracle: '#2aa198' };
 
 /** Per model: hit rate (left) and stall ms/token (right) vs cache size, best distance per policy and size. */
 function svg(results: Array<SimResult & { model: string; cacheFraction: number }>): string {

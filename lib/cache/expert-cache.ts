@@ -40,6 +40,8 @@ export interface CacheStats {
   prefetchWasted: number;
   /** Experts evicted to make room. */
   evictions: number;
+  /** Queued prefetches dropped because the policy's admitPrefetch would not evict its victim for them. */
+  prefetchDeclined: number;
 }
 
 /** Options of {@link ExpertCache}. */
@@ -89,7 +91,7 @@ interface Entry {
 }
 
 function emptyStats(): CacheStats {
-  return { hits: 0, misses: 0, latePrefetches: 0, bytesMoved: 0, stallMs: 0, prefetchIssued: 0, prefetchUsed: 0, prefetchWasted: 0, evictions: 0 };
+  return { hits: 0, misses: 0, latePrefetches: 0, bytesMoved: 0, stallMs: 0, prefetchIssued: 0, prefetchUsed: 0, prefetchWasted: 0, evictions: 0, prefetchDeclined: 0 };
 }
 
 /**
@@ -320,7 +322,8 @@ export class ExpertCache {
     }
   }
 
-  #popPrefetch(): Entry | undefined {
+  /** The queued prefetch to start next (highest priority, then oldest); undefined when none. */
+  #peekPrefetch(): Entry | undefined {
     const q = this.#prefetchQueue;
     if (q.length === 0) return undefined;
     let bi = 0;
@@ -329,11 +332,14 @@ export class ExpertCache {
       const b = q[bi]!;
       if (a.priority > b.priority || (a.priority === b.priority && a.seq < b.seq)) bi = i;
     }
-    return q.splice(bi, 1)[0];
+    return q[bi];
   }
 
-  /** A free slot, evicting the policy's victim among resident unpinned experts if needed; -1 if none. */
-  #obtainSlot(): number {
+  /**
+   * A free slot, evicting the policy's victim among resident unpinned experts if needed; -1 if none. For a
+   * prefetch (`forPrefetch`), -2 when the policy's admitPrefetch declines to evict its victim for it.
+   */
+  #obtainSlot(forPrefetch?: Entry): number {
     const s = this.#pool.alloc();
     if (s !== undefined) return s;
     let n = 0;
@@ -341,6 +347,7 @@ export class ExpertCache {
     if (n === 0) return -1;
     const vi = this.policy.chooseVictim(this.#candidates, n);
     if (!(vi >= 0 && vi < n)) throw new InternalError(`policy ${this.policy.name} chose victim index ${vi} of ${n}`);
+    if (forPrefetch && this.policy.admitPrefetch && !this.policy.admitPrefetch(forPrefetch.key, forPrefetch.priority, this.#candidates[vi]!)) return -2;
     const victim = this.#entries.get(this.#candidates[vi]!)!;
     this.#entries.delete(victim.key);
     this.policy.onRemove(victim.key);
@@ -357,9 +364,18 @@ export class ExpertCache {
       this.#start(this.#demandQueue.shift()!, slot);
     }
     while (this.#prefetchInFlight < this.#maxInFlight && this.#prefetchQueue.length > 0) {
-      const slot = this.#obtainSlot();
+      const next = this.#peekPrefetch()!;
+      const slot = this.#obtainSlot(next);
+      if (slot === -2) {
+        // not worth its victim (policy's admission): drop it
+        this.#prefetchQueue.splice(this.#prefetchQueue.indexOf(next), 1);
+        this.#entries.delete(next.key);
+        this.#stats.prefetchDeclined++;
+        continue;
+      }
       if (slot < 0) return;
-      this.#start(this.#popPrefetch()!, slot);
+      this.#prefetchQueue.splice(this.#prefetchQueue.indexOf(next), 1);
+      this.#start(next, slot);
     }
   }
 

@@ -18,6 +18,11 @@ export interface EvictionPolicy {
   onRemove(key: number): void;
   /** Index into `candidates[0..count)` of the victim; candidates are evictable keys; count >= 1. */
   chooseVictim(candidates: ArrayLike<number>, count: number): number;
+  /**
+   * Optional prefetch admission: may a prefetch of `key`, predicted to be used with probability `probability`,
+   * evict `victim`? Without it every prefetch may evict.
+   */
+  admitPrefetch?(key: number, probability: number, victim: number): boolean;
 }
 
 abstract class TickPolicy implements EvictionPolicy {
@@ -102,13 +107,27 @@ export interface UsageForecast {
   nextLayer(): number;
   /** Predicted probability that `expert` is used the next time `layer` runs. */
   probability(layer: number, expert: number): number;
+  /**
+   * Optional: predicted probability that `expert` is used at each run of `layer` after the next one (when the
+   * forecast for the next run is sharper than the long-run one, e.g. informed by this iteration's routing).
+   * Without it, probability() is used for every run.
+   */
+  laterProbability?(layer: number, expert: number): number;
+  /**
+   * Optional: a number that changes whenever any forecast may have changed; while it stays the same,
+   * ProbabilityPolicy reuses the scores it computed (the forecasts are then assumed unchanged).
+   */
+  readonly revision?: number;
 }
 
 /**
  * FineMoE-style probability-guided eviction. For each candidate it estimates the expected distance, in layer
- * steps, to its next use: the layers until its layer runs again, plus a full pass of `numLayers` for every
- * expected miss (a geometric number of passes with success probability p): `d + numLayers * (1 - p) / p`. It
- * evicts the largest (Belady's rule applied to predicted instead of known futures); ties go to the LRU one.
+ * steps, to its next use: the d layers until its layer runs again, then, if the expert is not used there
+ * (probability 1 - p), a geometric number of full passes of `numLayers` with success probability q per pass:
+ * `d + (1 - p) * numLayers / q` (p = probability(), q = laterProbability() or p, which gives
+ * `d + numLayers * (1 - p) / p`). It evicts the largest (Belady's rule applied to predicted instead of known
+ * futures); ties go to the LRU one. The forecasts should be calibrated usage probabilities (FineMoePredictor's
+ * are); a gate probability is not one.
  *
  * @example
  * const policy = new ProbabilityPolicy(16, 64, predictor); // predictor implements UsageForecast
@@ -118,6 +137,8 @@ export class ProbabilityPolicy extends TickPolicy {
   readonly numLayers: number;
   readonly numExperts: number;
   readonly forecast: UsageForecast;
+  readonly #score: Float64Array;
+  readonly #scoreRev: Float64Array;
   constructor(numLayers: number, numExperts: number, forecast: UsageForecast, name = 'probability') {
     super(checkInt('numLayers', numLayers, 1) * checkInt('numExperts', numExperts, 1));
     if (!forecast || typeof forecast.probability !== 'function' || typeof forecast.nextLayer !== 'function') {
@@ -127,15 +148,52 @@ export class ProbabilityPolicy extends TickPolicy {
     this.numExperts = numExperts;
     this.forecast = forecast;
     this.name = name;
+    this.#score = new Float64Array(numLayers * numExperts);
+    this.#scoreRev = new Float64Array(numLayers * numExperts).fill(NaN);
   }
   /** Expected layer steps until `key` is next used (larger = better victim). */
   expectedNextUse(key: number): number {
+    const rev = this.forecast.revision;
+    if (rev !== undefined && this.#scoreRev[key] === rev) return this.#score[key]!;
+    const v = this.#expectedNextUse(key);
+    if (rev !== undefined) {
+      this.#score[key] = v;
+      this.#scoreRev[key] = rev;
+    }
+    return v;
+  }
+
+  #expectedNextUse(key: number): number {
     const L = this.numLayers;
     const layer = Math.floor(key / this.numExperts);
     const d = (layer - this.forecast.nextLayer() + L) % L;
-    const p = Math.min(1, Math.max(1e-4, this.forecast.probability(layer, key - layer * this.numExperts)));
-    return d + (L * (1 - p)) / p;
+    return this.expectedUseAt(key, d, this.forecast.probability(layer, key - layer * this.numExperts));
   }
+
+  /**
+   * Expected layer steps until `key` is next used if it is used `distance` steps from now with probability `p`
+   * (and at each later run of its layer with the forecast's laterProbability): `distance + (1 - p) * L / q`.
+   * Used to compare a prefetch candidate with an eviction victim on the same scale.
+   */
+  expectedUseAt(key: number, distance: number, p: number): number {
+    const L = this.numLayers;
+    const pp = Math.min(1, Math.max(1e-4, p));
+    if (!this.forecast.laterProbability) return distance + (L * (1 - pp)) / pp;
+    const layer = Math.floor(key / this.numExperts);
+    const q = Math.min(1, Math.max(1e-4, this.forecast.laterProbability(layer, key - layer * this.numExperts)));
+    return distance + ((1 - pp) * L) / q;
+  }
+  /**
+   * A prefetch may only evict an expert expected to be needed later than the prefetched one:
+   * expectedUseAt(key, layers until its layer runs, probability) < expectedNextUse(victim).
+   */
+  admitPrefetch(key: number, probability: number, victim: number): boolean {
+    const L = this.numLayers;
+    const layer = Math.floor(key / this.numExperts);
+    const d = (layer - this.forecast.nextLayer() + L) % L;
+    return this.expectedUseAt(key, d, probability) < this.expectedNextUse(victim);
+  }
+
   chooseVictim(c: ArrayLike<number>, n: number): number {
     let best = 0;
     let bestD = -Infinity;

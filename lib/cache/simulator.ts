@@ -17,28 +17,39 @@
  *    predictions made after its gate use the lane during that compute;
  *  - with `laneModel: 'whole'` copies are not chunked and a demand waits for the whole in-flight prefetch (the
  *    first slice's model; kept for comparison).
- * Prefetch engineering (predictive policies; `prefetchCap`, `cancelRouted`):
- *  - link budget: prefetches for a target layer are admitted, in probability order, only while the bytes queued
- *    ahead of them (in-flight remainder + earlier-deadline prefetches) fit in what the lane can move before that
- *    layer runs ((target - current layer) x layerComputeMs x bandwidth); the last admitted one may arrive partly;
+ * Prefetch engineering (predictive policies; `prefetchCap`, `cancelRouted`, `crossIteration`, `cancelStale`):
+ *  - each round (after a layer's gate) predicts every layer up to distance ahead; its new prefetches are admitted
+ *    most probable first, across target layers, while the lane can still deliver every admitted prefetch before
+ *    its layer runs in deadline order (link budget: bytes due by a layer <= (target - current layer) x
+ *    layerComputeMs x bandwidth, the in-flight remainder first). 'value' (default) also starts one that can only
+ *    arrive partly, when the lane cannot move a whole expert within the distance (transfer longer than distance x
+ *    compute, e.g. Mixtral) and the part moved before its layer, weighted by p, outweighs the chunks a demand
+ *    would wait for if it is not used, weighted by 1 - p;
+ *  - while the last `distance` layers of an iteration run, the first layers of the next one are predicted too
+ *    (crossIteration), so the lane does not idle at the iteration boundary;
  *  - once a layer is routed, its prefetches that the router did not pick are cancelled (queued: dropped; in
  *    flight: the queued chunks finish, the rest never moves, the slot is freed);
  *  - admission: a prefetch never evicts an expert whose expected next use (policy's estimate) comes sooner than
- *    the prefetched expert's (target distance + numLayers x (1 - p) / p; p = 1 for the oracle).
+ *    the prefetched expert's (ProbabilityPolicy.expectedUseAt: target distance + (1 - p) x numLayers / q; the
+ *    oracle's is its target distance).
  *
  * Policies: 'lru' / 'lfu' / 'belady' fetch on demand only (belady = optimal eviction with the future known: the
- * hit-rate upper bound for demand fetching); 'moe-infinity' = activation-matrix predictor (per-request expert
+ * hit-rate upper bound for demand fetching, and its misses x transfer time - total compute time is a lower bound
+ * on the stall of ANY policy, prefetching or not, since Belady minimises the number of copies); 'domain-oracle'
+ * fetches on demand with probability-guided eviction from each request's TRUE latent domain and that domain's
+ * expert frequencies over the whole trace (a labelled oracle, generated traces only: what perfect knowledge of
+ * the request's context would give eviction); 'moe-infinity' = activation-matrix predictor (per-request expert
  * activation counts matched against past requests by cosine) with probability-guided eviction; 'finemoe' =
  * FineMoE predictor + probability-guided eviction; 'oracle' = prefetches exactly the experts the trace will use,
  * at the same distance, with Belady eviction and no link cap (an upper bound for prefetching at that distance).
  */
 import { InvalidArgumentError } from '../errors.js';
-import { ExpertMapStore, FineMoePredictor } from './finemoe.js';
+import { ExpertMapStore, FineMoePredictor, type FineMoePredictorOptions } from './finemoe.js';
 import { BeladyPolicy, LfuPolicy, LruPolicy, ProbabilityPolicy, type EvictionPolicy, type UsageForecast } from './policy.js';
 import type { RoutingTrace } from './trace.js';
 import { checkInt, checkNumber } from './types.js';
 
-export const SIM_POLICIES = ['lru', 'lfu', 'belady', 'moe-infinity', 'finemoe', 'oracle'] as const;
+export const SIM_POLICIES = ['lru', 'lfu', 'belady', 'domain-oracle', 'moe-infinity', 'finemoe', 'oracle'] as const;
 export type SimPolicy = (typeof SIM_POLICIES)[number];
 
 /** Options of {@link simulate}. */
@@ -67,11 +78,21 @@ export interface SimOptions {
    * 'link' (default): per target layer, admit prefetches only while they can arrive before it runs; 'start': also
    * admit one that can start (arrive partly) before; 'none': prefetch every selected expert.
    */
-  prefetchCap?: 'link' | 'start' | 'none';
+  prefetchCap?: 'link' | 'start' | 'value' | 'none';
   /** Cancel a layer's unpicked prefetches once it is routed (default true). */
   cancelRouted?: boolean;
   /** FineMoE: after each layer, re-predict every layer up to layer + distance from the current match (default true; false = only layer + distance). */
   refine?: boolean;
+  /**
+   * Predictive policies: while the last `distance` layers of an iteration run, prefetch for the first layers of
+   * the next iteration (FineMoE: its request-level forecast; oracle: the trace's next steps) instead of leaving
+   * the lane idle (default true; false = the next iteration's first layers are predicted only when it starts).
+   */
+  crossIteration?: boolean;
+  /** Cancel the in-flight prefetch when a refined prediction for its layer no longer includes it (default false: measured no gain, in-flight copies are short next to the re-prediction interval). */
+  cancelStale?: boolean;
+  /** Options for the FineMoE predictor (neighbours, calibration; see FineMoePredictorOptions). */
+  finemoe?: Omit<FineMoePredictorOptions, 'topK' | 'prefetchDistance'>;
 }
 
 /** Simulation result (measured requests only). */
@@ -232,10 +253,12 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
   const depth = checkInt('options.chunkDepth', options.chunkDepth ?? 2, 1);
   const lane = options.laneModel ?? 'chunked';
   if (lane !== 'chunked' && lane !== 'whole') throw new InvalidArgumentError(`options.laneModel must be 'chunked' or 'whole', received ${JSON.stringify(lane)}`);
-  const cap = options.prefetchCap ?? 'link';
-  if (cap !== 'link' && cap !== 'start' && cap !== 'none') throw new InvalidArgumentError(`options.prefetchCap must be 'link', 'start' or 'none', received ${JSON.stringify(cap)}`);
+  const cap = options.prefetchCap ?? 'value';
+  if (cap !== 'link' && cap !== 'start' && cap !== 'value' && cap !== 'none') throw new InvalidArgumentError(`options.prefetchCap must be 'link', 'start', 'value' or 'none', received ${JSON.stringify(cap)}`);
   const cancelRouted = options.cancelRouted ?? true;
   const refine = options.refine ?? true;
+  const crossIteration = options.crossIteration ?? true;
+  const cancelStale = options.cancelStale ?? false;
 
   // Global step index of every (request, iteration, layer), and per-key use positions for Belady / oracle.
   const useCount = new Int32Array(K);
@@ -253,6 +276,19 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
       }
     }
   }
+  // global step -> offset of its top-k ids in its request's ids (the oracle's cross-iteration prefetch)
+  const stepReq: Int32Array = new Int32Array(usePos.length / k + 1);
+  const stepOff: Int32Array = new Int32Array(stepReq.length);
+  {
+    let gs = 0;
+    trace.requests.forEach((r, ri) => {
+      for (let s = 0; s < r.iterations * L; s++, gs++) {
+        stepReq[gs] = ri;
+        stepOff[gs] = s * k;
+      }
+    });
+    stepReq.fill(-1, gs);
+  }
   const cursor = useStart.slice(0, K);
   let step = 0; // global step of the layer routed last (the one computing)
   const nextUse = (key: number): number => {
@@ -264,6 +300,7 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
   };
 
   let fine: FineMoePredictor | undefined;
+  let domainForecast: { setDomain(d: number): void; setLayer(l: number): void } | undefined;
   let eam: ActivationMatrixPredictor | undefined;
   let policy: EvictionPolicy;
   switch (policyName) {
@@ -278,9 +315,30 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
       policy = new BeladyPolicy(K, nextUse);
       break;
     case 'finemoe':
-      fine = new FineMoePredictor(new ExpertMapStore({ numLayers: L, numExperts: E, embedDim: trace.embedDim, capacity: storeCap, prefetchDistance: dist }), { topK: k, prefetchDistance: dist });
+      fine = new FineMoePredictor(new ExpertMapStore({ numLayers: L, numExperts: E, embedDim: trace.embedDim, capacity: storeCap, prefetchDistance: dist }), { ...options.finemoe, topK: k, prefetchDistance: dist });
       policy = new ProbabilityPolicy(L, E, fine, 'finemoe');
       break;
+    case 'domain-oracle': {
+      // labelled oracle: the request's true domain and its expert frequencies over the whole trace
+      const domains = trace.requests.map((r) => r.domain);
+      if (domains.some((d) => !Number.isInteger(d) || d < 0)) throw new InvalidArgumentError("options.policy 'domain-oracle' needs a trace whose requests carry their domain (generateTrace), received a request with domain -1");
+      const nD = Math.max(0, ...domains) + 1;
+      const freq = new Float64Array(nD * K);
+      const iters = new Float64Array(nD);
+      for (const r of trace.requests) {
+        iters[r.domain]! += r.iterations;
+        for (let i = 0; i < r.ids.length; i++) freq[r.domain * K + (Math.floor(i / k) % L) * E + r.ids[i]!]! += 1;
+      }
+      for (let d = 0; d < nD; d++) for (let key = 0; key < K; key++) freq[d * K + key]! /= iters[d] || 1;
+      let nextLayer = 0;
+      domainForecast = {
+        setDomain: (d: number) => (domainOff = d * K),
+        setLayer: (l: number) => (nextLayer = l),
+      };
+      let domainOff = 0;
+      policy = new ProbabilityPolicy(L, E, { nextLayer: () => nextLayer, probability: (l, e) => freq[domainOff + l * E + e]! }, 'domain-oracle');
+      break;
+    }
     case 'moe-infinity':
       eam = new ActivationMatrixPredictor(L, E, k, dist, storeCap);
       policy = new ProbabilityPolicy(L, E, eam, 'moe-infinity');
@@ -290,6 +348,9 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
   const prefetching = fine !== undefined || eam !== undefined || oracle;
   const capped = cap !== 'none' && !oracle;
   const startSlack = cap === 'start' ? xb : 0;
+  // 'value': partial prefetches only when the lane cannot move a whole expert within the prefetch distance (else
+  // they hold the lane that whole, in-time prefetches for later layers need)
+  const partialOk = cap === 'value' && xb > dist * compute * bw;
 
   // Residency: `present` = holds a slot (arrived, or loading as the in-flight prefetch, arrival = Infinity).
   const present = new Uint8Array(K);
@@ -329,9 +390,10 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
     if (policy instanceof BeladyPolicy) return nextUse(key) - step;
     return Infinity;
   };
-  const newScore = (target: number, p: number): number => {
+  const newScore = (key: number, target: number, p: number): number => {
     const d = target - step;
     if (oracle) return d;
+    if (policy instanceof ProbabilityPolicy) return policy.expectedUseAt(key, d, p);
     const q = Math.min(1, Math.max(1e-4, p));
     return d + (L * (1 - q)) / q;
   };
@@ -412,7 +474,7 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
         const q = popNext();
         if (!q) break;
         if (q.target <= step || present[q.key]) continue;
-        if (!obtain(laneT, newScore(q.target, q.p))) continue;
+        if (!obtain(laneT, newScore(q.key, q.target, q.p))) continue;
         insert(q.key, Infinity, true);
         cur = { key: q.key, target: q.target, p: q.p, done: 0 };
         if (measuring) st.prefetches++;
@@ -431,37 +493,80 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
     }
     if (laneT < until) laneT = until;
   };
-  /** Bytes the lane must move before a new prefetch for `target` could start (EDF order). */
-  const bytesAhead = (target: number): number => {
-    let b = cur ? xb - cur.done : 0;
-    for (const q of queue) if (!q.dead && q.target <= target) b += xb;
-    return b;
-  };
-  /** Queues a prediction for one layer (replacing the queued, not started prefetches of that layer). */
-  const enqueue = (layer: number, experts: ArrayLike<number>, probs: ArrayLike<number> | undefined, target: number, lead: number) => {
-    const want = new Set<number>();
-    for (let i = 0; i < experts.length; i++) want.add(layer * E + experts[i]!);
-    for (const q of queue) if (!q.dead && q.target === target && !want.has(q.key)) {
-      q.dead = true;
-      queuedFor.delete(q.key);
-    }
-    const budget = capped ? lead * compute * bw : Infinity;
-    let ahead = capped ? bytesAhead(target) : 0;
-    for (let i = 0; i < experts.length; i++) {
-      const key = layer * E + experts[i]!;
-      const p = probs ? probs[i]! : 1;
-      if (present[key]) continue;
-      const old = queuedFor.get(key);
-      if (old) {
-        old.p = Math.max(old.p, p);
-        continue;
+  /**
+   * Queues the predictions of one round (several target layers at once). Each prediction replaces the queued, not
+   * started prefetches of its layer (and, with cancelStale, the in-flight one) that it no longer includes. New
+   * prefetches are admitted most probable first, across layers, while the lane can still deliver every admitted
+   * prefetch before its layer runs in deadline order (the link budget: bytes due by a layer <= its lead x
+   * layerComputeMs x bandwidth; the in-flight remainder counts first).
+   */
+  const enqueueRound = (preds: Array<{ layer: number; experts: ArrayLike<number>; probs: ArrayLike<number> | undefined; target: number; lead: number }>) => {
+    const cand: Array<{ key: number; target: number; p: number; lead: number }> = [];
+    for (const pr of preds) {
+      const want = new Set<number>();
+      for (let i = 0; i < pr.experts.length; i++) want.add(pr.layer * E + pr.experts[i]!);
+      for (const q of queue) if (!q.dead && q.target === pr.target && !want.has(q.key)) {
+        q.dead = true;
+        queuedFor.delete(q.key);
       }
-      if (ahead + xb > budget + startSlack) break; // experts come in probability order: the rest are less likely
-      const q: Pending = { key, target, p, dead: false };
-      queue.push(q);
-      queuedFor.set(key, q);
-      ahead += xb;
+      if (cancelStale && cur && cur.target === pr.target && !want.has(cur.key) && pinnedAt[cur.key] !== step) cancelCur(now);
+      for (let i = 0; i < pr.experts.length; i++) {
+        const key = pr.layer * E + pr.experts[i]!;
+        const p = pr.probs ? pr.probs[i]! : 1;
+        if (present[key]) continue;
+        const old = queuedFor.get(key);
+        if (old) {
+          old.p = Math.max(old.p, p);
+          continue;
+        }
+        cand.push({ key, target: pr.target, p, lead: pr.lead });
+      }
     }
+    if (cand.length === 0) return;
+    cand.sort((a, b) => b.p - a.p || a.target - b.target);
+    // deadlines (lead, bytes due by then) of what the lane already has to deliver, EDF
+    const jobs: Array<{ lead: number; bytes: number }> = [];
+    if (capped) {
+      const inflight = cur ? xb - cur.done : 0;
+      for (const q of queue) if (!q.dead) jobs.push({ lead: q.target - step, bytes: xb });
+      if (cur) jobs.push({ lead: cur.target - step, bytes: inflight });
+    }
+    const fits = (lead: number, p: number, partial: boolean): boolean => {
+      // adding xb due at `lead` must keep every deadline >= lead feasible
+      let before = 0;
+      for (const j of jobs) if (j.lead <= lead) before += j.bytes;
+      const room = lead * compute * bw + startSlack - before;
+      if (room < xb) {
+        // it cannot arrive in time. 'value': start it anyway when the part that can move before its layer runs
+        // (stall saved if it is used) outweighs the chunks a demand would wait for if it is not
+        if (!partial || room <= 0 || !(p * room > (1 - p) * Math.min(xb, depth * chunk))) return false;
+      }
+      for (const j of jobs) {
+        if (j.lead <= lead) continue;
+        let due = xb;
+        for (const o of jobs) if (o.lead <= j.lead) due += o.bytes;
+        if (due > j.lead * compute * bw + startSlack) return false;
+      }
+      return true;
+    };
+    // prefetches that arrive in time first; then ('value') ones that can only start before their layer
+    for (const partial of partialOk ? [false, true] : [false]) {
+      for (const c of cand) {
+        if (queuedFor.has(c.key)) continue;
+        if (capped && !fits(c.lead, c.p, partial)) continue;
+        const q: Pending = { key: c.key, target: c.target, p: c.p, dead: false };
+        queue.push(q);
+        queuedFor.set(c.key, q);
+        if (capped) jobs.push({ lead: c.lead, bytes: xb });
+      }
+    }
+  };
+  const enqueue = (layer: number, experts: ArrayLike<number>, probs: ArrayLike<number> | undefined, target: number, lead: number) => enqueueRound([{ layer, experts, probs, target, lead }]);
+  /** The oracle's prediction for global step `gs` (its true experts), or undefined past the trace. */
+  const truth = (gs: number): Uint16Array | undefined => {
+    const ri = stepReq[gs];
+    if (ri === undefined || ri < 0) return undefined;
+    return trace.requests[ri]!.ids.subarray(stepOff[gs]!, stepOff[gs]! + k);
   };
 
   const gatesBuf = new Float32Array(E);
@@ -474,11 +579,12 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
     const r = trace.requests[ri]!;
     fine?.beginRequest();
     eam?.beginRequest();
+    domainForecast?.setDomain(r.domain);
     for (let t = 0; t < r.iterations; t++) {
       const iterStart = g;
       step = g - 1;
       if (prefetching) {
-        if (fine) for (const p of fine.beginIteration(r.embedding)) enqueue(p.layer, p.experts, p.probs, iterStart + p.layer, p.layer);
+        if (fine) enqueueRound(fine.beginIteration(r.embedding).map((p) => ({ layer: p.layer, experts: p.experts, probs: p.probs, target: iterStart + p.layer, lead: p.layer })));
         else
           for (let l = 0; l < dist && l < L; l++) {
             if (eam) {
@@ -563,7 +669,11 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
             }
             const p = fine.observeLayer(l, gates);
             const preds = refine ? fine.predictRange(l + 1, l + dist) : p ? [p] : [];
-            for (const x of preds) enqueue(x.layer, x.experts, x.probs, iterStart + x.layer, x.layer - l);
+            const round = preds.map((x) => ({ layer: x.layer, experts: x.experts, probs: x.probs, target: iterStart + x.layer, lead: x.layer - l }));
+            if (crossIteration && l + dist >= L) {
+              for (const x of fine.predictNextIteration(0, l + dist - L)) round.push({ layer: x.layer, experts: x.experts, probs: x.probs, target: iterStart + L + x.layer, lead: L + x.layer - l });
+            }
+            enqueueRound(round);
           } else if (eam) {
             eam.observe(l, r.ids.subarray(base, base + k));
             const target = l + dist;
@@ -571,11 +681,12 @@ export function simulate(trace: RoutingTrace, options: SimOptions): SimResult {
               const ex = eam.predict(target);
               enqueue(target, ex, ex.map((e) => eam!.probability(target, e)), iterStart + target, dist);
             }
-          } else if (l + dist < L) {
-            const target = l + dist;
-            enqueue(target, r.ids.subarray((t * L + target) * k, (t * L + target + 1) * k), undefined, iterStart + target, dist);
+          } else if (l + dist < L || crossIteration) {
+            const ids = truth(g + dist);
+            if (ids && (l + dist < L || crossIteration)) enqueue((l + dist) % L, ids, undefined, g + dist, dist);
           }
         }
+        domainForecast?.setLayer((l + 1) % L);
         now += compute;
       }
       fine?.endIteration();

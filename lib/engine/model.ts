@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import { type Backend, openBackend } from '../backend.js';
-import type { CacheStats } from '../cache/expert-cache.js';
+import type { CacheStats, ExpertCache } from '../cache/expert-cache.js';
 import type { RoutingTrace, TraceRequest } from '../cache/trace.js';
 import { describe } from '../dtype.js';
 import { BackendUnavailableError, CheckpointFormatError, DisposedError, InvalidArgumentError } from '../errors.js';
@@ -209,6 +209,11 @@ export class MoeModel {
       attentionScale: (p.config.mla ? yarnSoftmaxScale(ropeScalingFromHf(p.config.ropeScaling)) : 1) / Math.sqrt(p.config.headDim),
       headDim: p.kv.headDim,
     });
+  }
+
+  /** The expert cache (offloaded mode: residency, pins, counters), undefined when experts are resident. */
+  get expertCache(): ExpertCache | undefined {
+    return this.#experts.cache;
   }
 
   /** The expert cache's counters (offloaded mode), undefined when experts are resident. */
