@@ -9,6 +9,7 @@
 import { parseArgs } from 'node:util';
 
 import { demo } from './demo.js';
+import { generateJsonl } from './engine/jsonl.js';
 import { loadModel } from './engine/model.js';
 import { InvalidArgumentError } from './errors.js';
 import { formatInfo, info } from './info.js';
@@ -27,6 +28,10 @@ ${PRESET_NAMES.map((p) => `                               ${p.padEnd(22)}${PRESE
   generate --model DIR (--prompt TEXT | --chat TEXT) [--max-new-tokens N] [--temperature T] [--top-k K]
            [--top-p P] [--seed N] [--stop S]... [--experts resident|FRACTION] [--policy lru|finemoe] [--json]
                              stream a completion to stdout, then timing (stderr, or one JSON line with --json)
+  generate --model DIR --input IN.jsonl --output OUT.jsonl [--max-batch-tokens N] [--max-sequences N] [...]
+                             batched: every line of IN ({"prompt"} | {"messages"} | {"turns"} | {"tokens"}, with an
+                             optional "id", "max_new_tokens", ...) through continuous batching; results appended to
+                             OUT as they finish; ids already in OUT are skipped (resume); Ctrl-C stops cleanly
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -110,17 +115,16 @@ async function generateCmd(args: string[]): Promise<number> {
       experts: { type: 'string' },
       policy: { type: 'string' },
       json: { type: 'boolean' },
+      input: { type: 'string' },
+      output: { type: 'string' },
+      'max-batch-tokens': { type: 'string' },
+      'max-sequences': { type: 'string' },
     },
   });
   if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required');
-  if ((values.prompt === undefined) === (values.chat === undefined)) throw new InvalidArgumentError('give exactly one of --prompt TEXT or --chat TEXT');
-  let experts: 'resident' | { fraction: number; policy: 'lru' | 'finemoe' } = 'resident';
-  if (values.experts !== undefined && values.experts !== 'resident') {
-    const f = numOpt(values.experts, 'experts')!;
-    const policy = values.policy ?? 'lru';
-    if (policy !== 'lru' && policy !== 'finemoe') throw new InvalidArgumentError(`--policy must be lru or finemoe, received ${JSON.stringify(policy)}`);
-    experts = { fraction: f, policy };
-  }
+  if (values.input !== undefined) return batchCmd(values);
+  if ((values.prompt === undefined) === (values.chat === undefined)) throw new InvalidArgumentError('give exactly one of --prompt TEXT, --chat TEXT or --input FILE');
+  const experts = expertsOpt(values.experts, values.policy);
   const ac = new AbortController();
   const onSigint = () => ac.abort(new Error('interrupted'));
   process.once('SIGINT', onSigint);
@@ -159,6 +163,69 @@ async function generateCmd(args: string[]): Promise<number> {
     process.off('SIGINT', onSigint);
     model.dispose();
   }
+}
+
+async function batchCmd(values: Record<string, string | boolean | string[] | undefined>): Promise<number> {
+  const str = (k: string) => values[k] as string | undefined;
+  if (str('output') === undefined) throw new InvalidArgumentError('--output FILE is required with --input');
+  const experts = expertsOpt(str('experts'), str('policy'));
+  const ac = new AbortController();
+  let interrupted = false;
+  const onSigint = () => {
+    interrupted = true;
+    process.stderr.write('\nmoe-offload: interrupted; finishing the results already written (run again to resume)\n');
+    ac.abort(new Error('interrupted'));
+  };
+  process.once('SIGINT', onSigint);
+  const model = await loadModel(str('model')!, { experts, signal: ac.signal });
+  const tty = process.stderr.isTTY;
+  let lastLine = 0;
+  try {
+    const num = (k: string, f: (v: string | undefined, n: string) => number | undefined) => f(str(k), k);
+    const defaults = {
+      ...(num('max-new-tokens', intOpt) !== undefined ? { maxNewTokens: num('max-new-tokens', intOpt)! } : {}),
+      ...(num('temperature', numOpt) !== undefined ? { temperature: num('temperature', numOpt)! } : {}),
+      ...(num('top-k', intOpt) !== undefined ? { topK: num('top-k', intOpt)! } : {}),
+      ...(num('top-p', numOpt) !== undefined ? { topP: num('top-p', numOpt)! } : {}),
+      ...(num('seed', intOpt) !== undefined ? { seed: num('seed', intOpt)! } : {}),
+    };
+    const maxBatchTokens = num('max-batch-tokens', intOpt);
+    const maxSequences = num('max-sequences', intOpt);
+    const s = await generateJsonl(model, str('input')!, str('output')!, {
+      defaults,
+      signal: ac.signal,
+      ...(maxBatchTokens !== undefined ? { maxBatchTokens } : {}),
+      ...(maxSequences !== undefined ? { maxSequences } : {}),
+      onError: (line, e) => {
+        const code = (e as Error & { code?: string }).code;
+        const msg = e.message.startsWith(`line ${line}:`) ? e.message : `line ${line}: ${e.message}`;
+        process.stderr.write(`${tty ? '\n' : ''}${code ? `[${code}] ` : ''}${msg}\n`);
+      },
+      onProgress: (p) => {
+        const now = performance.now();
+        if (!tty && now - lastLine < 10_000) return;
+        lastLine = now;
+        const tps = p.elapsedMs > 0 ? (p.tokens * 1000) / p.elapsedMs : 0;
+        const msg = `${p.done} done, ${p.running} running, ${p.waiting} waiting, ${p.failed} failed, ${p.skipped} skipped | ${tps.toFixed(1)} tokens/s | ${(p.elapsedMs / 1000).toFixed(0)} s`;
+        process.stderr.write(tty ? `\r${msg}\x1b[K` : `${msg}\n`);
+      },
+    });
+    process.stderr.write(
+      `${tty ? '\n' : ''}${interrupted ? 'interrupted: ' : ''}${s.done} requests written to ${str('output')}, ${s.failed} failed, ${s.skipped} already there; ${s.tokens} tokens in ${(s.elapsedMs / 1000).toFixed(1)} s (${s.tokensPerSecond.toFixed(1)} tokens/s)\n`,
+    );
+    return interrupted ? 130 : s.failed > 0 ? 2 : 0;
+  } finally {
+    process.off('SIGINT', onSigint);
+    model.dispose();
+  }
+}
+
+function expertsOpt(experts: string | undefined, policy: string | undefined): 'resident' | { fraction: number; policy: 'lru' | 'finemoe' } {
+  if (experts === undefined || experts === 'resident') return 'resident';
+  const f = numOpt(experts, 'experts')!;
+  const p = policy ?? 'lru';
+  if (p !== 'lru' && p !== 'finemoe') throw new InvalidArgumentError(`--policy must be lru or finemoe, received ${JSON.stringify(p)}`);
+  return { fraction: f, policy: p };
 }
 
 main(process.argv.slice(2)).then(

@@ -271,7 +271,8 @@ export class ForwardPass {
       const window = cfg.layerTypes && cfg.layerTypes[l] !== 'sliding' ? null : cfg.slidingWindow;
       book('hostMs');
       await be.attention(
-        { q, k: kv.keys(l), v: kv.values(l), out: attn, ...batch, scale: this.#p.attentionScale, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}) },
+        // a fixed split count (per sequence min(4, its pages)): a sequence's result never depends on the batch
+        { q, k: kv.keys(l), v: kv.values(l), out: attn, ...batch, scale: this.#p.attentionScale, numSplits: 4, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}) },
         op,
       );
       book('attentionMs');

@@ -30,6 +30,7 @@ import { type DenseWeights, attentionHeadDim, checkRuntimeFamily, disposeDense, 
 import { ExpertStore } from '../residency/expert-store.js';
 import { ropeFromConfig, ropeScalingFromHf, yarnSoftmaxScale } from '../rope.js';
 import { HostTensor } from '../tensor.js';
+import { type BatchModel, type BatchOptions, type BatchRequestOptions, type BatchResult, runBatch } from './batch.js';
 import { CachedExperts, type ExpertExtras, type ExpertProvider, ResidentExperts } from './experts.js';
 import { ForwardPass, type StepRouting, type StepTimes, emptyTimes } from './forward.js';
 import { Sampler, type SamplingOptions } from './sampler.js';
@@ -340,6 +341,47 @@ export class MoeModel {
       },
     };
     return { result, [Symbol.asyncIterator]: () => iterator };
+  }
+
+  /**
+   * Batched generation: the requests share forward steps (continuous batching: decode tokens and prefill chunks
+   * of different requests in one step; finished ones leave, waiting ones join when their KV pages fit). Yields
+   * results as requests finish; `index` is the request's position. A malformed request fails alone
+   * (finishReason 'error'). Greedy results equal generate()'s for the same prompt.
+   * @example
+   * for await (const r of model.generateBatch(prompts.map((p) => ({ prompt: p, options: { maxNewTokens: 64 } })))) {
+   *   console.log(r.index, r.text);
+   * }
+   */
+  generateBatch(
+    requests: Iterable<{ prompt: Prompt; options?: BatchRequestOptions }> | AsyncIterable<{ prompt: Prompt; options?: BatchRequestOptions }>,
+    options: BatchOptions = {},
+  ): AsyncGenerator<BatchResult, void, undefined> {
+    this.#checkAlive();
+    const eos = new Set(this.eosTokenIds);
+    const self = this;
+    const model: BatchModel = {
+      kv: this.#kv,
+      forward: this.#fwd,
+      vocabSize: this.config.vocabSize,
+      maxPositions: this.config.maxPositionEmbeddings,
+      eos,
+      encode: (p) => self.encode(p as Prompt),
+      decoder: () => self.tokenizer.decoder({ skipSpecialTokens: true }),
+      step: async (seqs, times, signal) => {
+        self.#checkAlive();
+        return (await self.#lock.run(() => self.#fwd.step(seqs, times, signal ? { signal } : {}))).data;
+      },
+    };
+    const inner = runBatch(model, requests, options);
+    return (async function* () {
+      self.#active++;
+      try {
+        yield* inner;
+      } finally {
+        self.#active--;
+      }
+    })();
   }
 
   /** A routing trace (lib/cache/trace.ts format) of requests recorded with `recordRouting`. */
