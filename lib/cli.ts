@@ -6,20 +6,33 @@
  *   moe-offload make-model --preset NAME DIR           a random-weight HF checkpoint (the embedded default model)
  *   moe-offload generate --model DIR --prompt TEXT     stream a completion (latency mode)
  */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
+
+import { openBackend } from './backend.js';
+import { type HardwareProfile, type RowsCurve, chooseBatch, predictDecode } from './batching/perf-model.js';
+import { profileHardware } from './batching/profile.js';
 
 import { demo } from './demo.js';
 import { generateJsonl } from './engine/jsonl.js';
 import { loadModel } from './engine/model.js';
 import { InvalidArgumentError } from './errors.js';
 import { formatInfo, info } from './info.js';
+import { parseModelConfig } from './model/config.js';
 import { makeModel } from './model/make-model.js';
+import { attentionHeadDim } from './model/weights.js';
 import { PRESETS, PRESET_NAMES } from './model/presets.js';
 
 const USAGE = `usage: moe-offload <command> [options]
 
 commands:
   demo                       make a tiny random-weight MoE model (once) and generate with a 25% expert cache
+  profile [--out FILE]       measure what the performance model needs (GEMM and fused-MoE cost vs rows, attention
+                             bandwidth, per-op costs); default FILE ~/.cache/moe-offload/profile.json
+  plan --model DIR [--context N] [--kv-gib G] [--profile FILE]
+                             predicted decode throughput per batch size, the binding resource, the chosen batch
   info [--json]              package version, CPU features, CUDA devices (or why CUDA is unavailable), backend in use
   make-model --preset NAME [--seed N] [--layers N] DIR
                              write a random-weight MoE checkpoint in HF format (config.json, safetensors shards,
@@ -48,6 +61,10 @@ async function main(argv: string[]): Promise<number> {
       await demo(n !== undefined ? { maxNewTokens: n } : {});
       return 0;
     }
+    case 'profile':
+      return profileCmd(rest);
+    case 'plan':
+      return planCmd(rest);
     case 'make-model':
       return makeModelCmd(rest);
     case 'generate':
@@ -163,6 +180,50 @@ async function generateCmd(args: string[]): Promise<number> {
     process.off('SIGINT', onSigint);
     model.dispose();
   }
+}
+
+const DEFAULT_PROFILE = path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'moe-offload', 'profile.json');
+
+async function profileCmd(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { out: { type: 'string' } } });
+  const file = values.out ?? DEFAULT_PROFILE;
+  const p = await profileHardware(openBackend({ backend: 'cpu' }));
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, `${JSON.stringify(p, null, 2)}\n`);
+  const g = (c: RowsCurve, r: number) => (1 / c.find((x) => x.rows === r)!.nsPerByte).toFixed(1);
+  process.stdout.write(
+    `${p.backend} on ${p.cpu} (${p.threads} threads)\n` +
+      `  GEMM weight streaming: ${g(p.gemm, 1)} GB/s at 1 row, ${g(p.gemm, 16)} at 16, ${g(p.gemm, 128)} at 128\n` +
+      `  fused MoE weight streaming: ${g(p.experts, 1)} GB/s at 1 row per expert, ${g(p.experts, 16)} at 16, ${g(p.experts, 128)} at 128\n` +
+      `  decode attention: ${p.attention.map((a) => `${a.GBs.toFixed(1)} GB/s at GQA ${a.gqa}`).join(', ')}\n` +
+      `  per op ${(p.opMs * 1000).toFixed(0)} us, per awaited group ${(p.groupMs * 1000).toFixed(0)} us\nsaved ${file}\n`,
+  );
+  return 0;
+}
+
+async function planCmd(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { model: { type: 'string' }, context: { type: 'string' }, 'kv-gib': { type: 'string' }, profile: { type: 'string' } } });
+  if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required');
+  const cfg = parseModelConfig(JSON.parse(fs.readFileSync(path.join(values.model, 'config.json'), 'utf8')), path.join(values.model, 'config.json'));
+  const file = values.profile ?? DEFAULT_PROFILE;
+  let p: HardwareProfile;
+  if (fs.existsSync(file)) p = JSON.parse(fs.readFileSync(file, 'utf8')) as HardwareProfile;
+  else {
+    process.stderr.write(`no profile at ${file}: measuring one now (moe-offload profile saves it)\n`);
+    p = await profileHardware(openBackend({ backend: 'cpu' }));
+  }
+  const context = intOpt(values.context, 'context') ?? 512;
+  const kvGiB = numOpt(values['kv-gib'], 'kv-gib') ?? Math.min(16, (p.hostMemoryBytes / 2 ** 30) * 0.25);
+  const perToken = cfg.numLayers * 2 * (cfg.mla ? cfg.numHeads : cfg.numKvHeads) * attentionHeadDim(cfg) * 2;
+  const kvTokens = Math.floor((kvGiB * 2 ** 30) / perToken);
+  process.stdout.write(`${cfg.architecture}, ${cfg.numLayers} layers, ${cfg.numExperts} experts top-${cfg.topK}; context ${context}; KV ${kvGiB.toFixed(1)} GiB = ${kvTokens} tokens\n`);
+  for (let b = 1; b * context <= kvTokens && b <= 4096; b *= 2) {
+    const d = predictDecode(cfg, p, { batch: b, context });
+    process.stdout.write(`  batch ${String(b).padStart(4)}: ${d.tokensPerSecond.toFixed(1).padStart(9)} tokens/s, step ${d.stepMs.toFixed(2)} ms, bound: ${d.bound}\n`);
+  }
+  const best = chooseBatch(cfg, p, context, kvTokens);
+  process.stdout.write(`choice: batch ${best.batch} (${best.prediction.tokensPerSecond.toFixed(1)} tokens/s predicted; ${best.prediction.bound})\n`);
+  return 0;
 }
 
 async function batchCmd(values: Record<string, string | boolean | string[] | undefined>): Promise<number> {
