@@ -2,8 +2,8 @@
 //   scalar      reference: one f32 accumulator per output, k in order. Simple on purpose.
 //   avx2        3x4 dot-product micro-kernel on f32 (12 ymm accumulators along k), bf16 inputs converted to f32
 //               per k block into a per-thread buffer first. Rows left below a multiple of 3 go through a 1x8
-//               row kernel that reads bf16 in place and converts in registers (converting b for them too would
-//               cost more than their dot products).
+//               row kernel that reads bf16 in place and converts in registers (a decode with m = 1 would
+//               otherwise spend its time converting b: 3.0 ms -> 1.2 ms for m=1, n=k=4096 at avx512).
 //   avx512      4x4 micro-kernel on f32 (16 zmm accumulators), same packing for bf16 inputs; 1x16 row kernel.
 //   avx512bf16  bf16 inputs only: 4x4 micro-kernel of vdpbf16ps straight on the bf16 rows (32 k per
 //               instruction, no conversion). vdpbf16ps flushes denormal inputs/outputs and rounds each pair sum,
@@ -14,19 +14,6 @@
 // output tiles of about 64 x 64 (one pool range each, cancellation polled between tiles); inside a tile the k
 // dimension is walked in blocks (512 f32 or 1024 bf16 values, so the block of b rows of a tile stays in L2) and
 // the partial sums go to an f32 tile that is rounded to out_dtype once at the end.
-// Small m (m <= kStreamMaxM = 4: decode, a few tokens), every tier: weight streaming instead of tiles, because
-// there b is read once per call and the time is the time to read it from memory. The n rows of b are split into
-// ranges of consecutive rows (about 256 KiB of b each, handed to the pool's threads in order, cancellation polled
-// between ranges); a range is walked in groups of R consecutive b rows (R = 4; AVX2 with bf16 and m > 1, or f32
-// and m > 2: 2, for its 16 registers; scalar: 1), each b row read exactly once, front to back over the full k,
-// against all m rows of a at once (<= 4 x k values, they stay in L1/L2), one vector accumulator per output. b is
-// thus a few long sequential streams per thread, and every vector of a loaded serves R outputs: walking one b row
-// at a time reloads the a rows for every b row, and at m = 4 (k = 4096, 32 KiB of a) that ran at about half the
-// speed of 4 rows side by side. An output's sum has the same operations in the same order whatever R, the range
-// split and the thread count: gemm() and gemm_serial() agree bitwise (grouped_gemm and moe_experts call
-// gemm_serial per 64-column tile). bf16 on avx2/avx512 is converted in registers by a shift and a mask of the
-// 32-bit bf16 pairs (even k, odd k), no widening permute; avx512bf16 runs vdpbf16ps on the rows in place.
-// MEASURED_PLACEHOLDER
 // The bf16 -> f32 register loads and the AVX-512 tail mask are simd.h's (shared with add.cc and convert.cc).
 // Measured on the 2-core Zen 4 development machine, m = n = k = 1024 bf16 -> f32: avx2 about 160, avx512 about
 // 165, avx512bf16 about 370 GFLOP/s (vdpbf16ps peak about 406); f32 inputs: avx2 125, avx512 150 (FMA peak 224).
@@ -46,8 +33,6 @@ namespace moe::cpu {
 namespace {
 
 constexpr int64_t kMaxTile = 64;  // upper bound of a tile's rows and columns (f32 tile buffer on the stack)
-constexpr int64_t kStreamMaxM = 4;  // m <= this takes the streaming path (stream_rows)
-constexpr int64_t kStreamChunkBytes = int64_t{256} << 10;  // bytes of b per pool range of the streaming path
 
 // Kernels see rows already offset to the current k block; `kc` values per row.
 // MR x NR block: sums[r * NR + c] = dot(a_rows[r], b_rows[c]), on packed f32 rows when the tier packs.
@@ -57,10 +42,6 @@ using RowKernel = void (*)(const void* a_row, const void* const* b_rows, int64_t
 // [kc] bf16 -> [kc] f32.
 using PackFn = void (*)(const uint16_t* src, float* dst, int64_t kc);
 
-// Streaming small-m path: MT (1..4) rows of a times R (1..4) consecutive rows of b (row stride ldb) over the full k:
-// sums[r * R + c] = dot(a_rows[r], b_row0 + c * ldb). Each output's sum is the same for every MT and R.
-using StreamKernel = void (*)(const void* const* a_rows, const void* b_row0, int64_t ldb, int64_t k, float* sums);
-
 struct Kernels {
   MicroKernel mk;
   RowKernel rk;
@@ -68,8 +49,6 @@ struct Kernels {
   int mr, nr, nr1;
   int64_t tile_m, tile_n;  // multiple of mr, <= kMaxTile
   int64_t kc_block;  // k values per block
-  StreamKernel sk[4][4];  // sk[MT - 1][R - 1]: the streaming kernel for MT rows of a and R rows of b
-  int sk_rows[4];         // sk_rows[MT - 1]: the R the streaming path uses for MT rows of a (registers permitting)
 };
 
 #if MOE_X86
@@ -343,200 +322,6 @@ MOE_TARGET_AVX512BF16 void rk_bf16_1x16_avx512bf16(const void* ar, const void* c
 #undef MOE_ZERO_4X4_ACC
 #endif  // MOE_X86
 
-#if MOE_X86
-// ---- streaming small-m kernels: MT <= 4 rows of a x R <= 4 consecutive rows of b, the full k ----------------------
-// sums[r * R + c] = dot(a_rows[r], b_row0 + c * ldb). One accumulator per output, k in order: the same inputs give
-// bitwise the same sum whatever MT and R are (so the split of n over threads cannot change a result). The R b rows
-// are walked side by side, front to back, each read once; every a vector loaded is used R times, so the a rows
-// (up to 4 x k values, L1/L2) cost a quarter of the loads they would walking one b row at a time.
-// bf16 without vdpbf16ps: a 32-bit lane holding the bf16 pair (x[2i], x[2i+1]) gives x[2i] as f32 by a left shift
-// of 16 and x[2i+1] by masking the low half off: one load and two integer ops convert a whole vector in place (no
-// widening permute); each accumulator takes the even-k product, then the odd-k one.
-#define MOE_SK_PROLOGUE(T, V, ZERO)                                                                     \
-  const T* b[R];                                                                                        \
-  for (int c = 0; c < R; ++c) b[c] = static_cast<const T*>(bv) + c * ldb;                               \
-  const T* a[MT];                                                                                       \
-  for (int r = 0; r < MT; ++r) a[r] = static_cast<const T*>(av[r]);                                     \
-  V acc[MT][R];                                                                                         \
-  for (int r = 0; r < MT; ++r)                                                                          \
-    for (int c = 0; c < R; ++c) acc[r][c] = ZERO;
-
-// [8] -> sum, fixed order.
-MOE_TARGET_AVX2 inline float hsum_avx2(__m256 v) {
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
-}
-
-// AVX2 on bf16: 16 k per step. The k tail (< 16) goes through zero-padded copies (AVX2 has no 16-bit masked load).
-template <int MT, int R>
-MOE_TARGET_AVX2 void sk_bf16_avx2(const void* const* av, const void* bv, int64_t ldb, int64_t k, float* sums) {
-  MOE_SK_PROLOGUE(uint16_t, __m256, _mm256_setzero_ps())
-  const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
-#define MOE_SK_STEP(LOADB, LOADA)                                                                      \
-  {                                                                                                    \
-    __m256 ye[R], yo[R];                                                                               \
-    _Pragma("GCC unroll 4") for (int c = 0; c < R; ++c) {                                              \
-      const __m256i y = LOADB(c);                                                                      \
-      ye[c] = _mm256_castsi256_ps(_mm256_slli_epi32(y, 16));                                           \
-      yo[c] = _mm256_castsi256_ps(_mm256_and_si256(y, hi));                                            \
-    }                                                                                                  \
-    _Pragma("GCC unroll 4") for (int r = 0; r < MT; ++r) {                                             \
-      const __m256i x = LOADA(r);                                                                      \
-      const __m256 xe = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)), xo = _mm256_castsi256_ps(_mm256_and_si256(x, hi)); \
-      _Pragma("GCC unroll 4") for (int c = 0; c < R; ++c) {                                            \
-        acc[r][c] = _mm256_fmadd_ps(xe, ye[c], acc[r][c]);                                             \
-        acc[r][c] = _mm256_fmadd_ps(xo, yo[c], acc[r][c]);                                             \
-      }                                                                                                \
-    }                                                                                                  \
-  }
-  int64_t p = 0;
-#define MOE_LDB(c) _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[c] + p))
-#define MOE_LDA(r) _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[r] + p))
-  for (; p + 16 <= k; p += 16) MOE_SK_STEP(MOE_LDB, MOE_LDA)
-#undef MOE_LDB
-#undef MOE_LDA
-  if (p < k) {
-    alignas(32) uint16_t tb[R][16], ta[MT][16];
-    for (int i = 0; i < 16; ++i) {
-      for (int c = 0; c < R; ++c) tb[c][i] = p + i < k ? b[c][p + i] : 0;
-      for (int r = 0; r < MT; ++r) ta[r][i] = p + i < k ? a[r][p + i] : 0;
-    }
-#define MOE_LDB(c) _mm256_load_si256(reinterpret_cast<const __m256i*>(tb[c]))
-#define MOE_LDA(r) _mm256_load_si256(reinterpret_cast<const __m256i*>(ta[r]))
-    MOE_SK_STEP(MOE_LDB, MOE_LDA)
-#undef MOE_LDB
-#undef MOE_LDA
-  }
-#undef MOE_SK_STEP
-  for (int r = 0; r < MT; ++r)
-    for (int c = 0; c < R; ++c) sums[r * R + c] = hsum_avx2(acc[r][c]);
-}
-
-// AVX2 on f32: 8 k per step, masked tail.
-template <int MT, int R>
-MOE_TARGET_AVX2 void sk_f32_avx2(const void* const* av, const void* bv, int64_t ldb, int64_t k, float* sums) {
-  MOE_SK_PROLOGUE(float, __m256, _mm256_setzero_ps())
-#define MOE_SK_STEP(LOAD)                                                                              \
-  {                                                                                                    \
-    __m256 y[R];                                                                                       \
-    _Pragma("GCC unroll 4") for (int c = 0; c < R; ++c) y[c] = LOAD(b[c]);                             \
-    _Pragma("GCC unroll 4") for (int r = 0; r < MT; ++r) {                                             \
-      const __m256 x = LOAD(a[r]);                                                                     \
-      _Pragma("GCC unroll 4") for (int c = 0; c < R; ++c) acc[r][c] = _mm256_fmadd_ps(x, y[c], acc[r][c]); \
-    }                                                                                                  \
-  }
-  int64_t p = 0;
-#define MOE_LD(ptr) _mm256_loadu_ps((ptr) + p)
-  for (; p + 8 <= k; p += 8) MOE_SK_STEP(MOE_LD)
-#undef MOE_LD
-  if (p < k) {
-    const __m256i m = _mm256_castps_si256(tail_mask_avx2_ps(k - p));
-#define MOE_LD(ptr) _mm256_maskload_ps((ptr) + p, m)
-    MOE_SK_STEP(MOE_LD)
-#undef MOE_LD
-  }
-#undef MOE_SK_STEP
-  for (int r = 0; r < MT; ++r)
-    for (int c = 0; c < R; ++c) sums[r * R + c] = hsum_avx2(acc[r][c]);
-}
-
-// AVX-512 on bf16: 32 k per step (one 64-byte load per row), masked tail.
-template <int MT, int R>
-MOE_TARGET_AVX512 void sk_bf16_avx512(const void* const* av, const void* bv, int64_t ldb, int64_t k, float* sums) {
-  MOE_SK_PROLOGUE(uint16_t, __m512, _mm512_setzero_ps())
-  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-#define MOE_SK_STEP(LOAD)                                                                              \
-  {                                                                                                    \
-    __m512 ye[R], yo[R];                                                                               \
-    _Pragma("GCC unroll 4") for (int c = 0; c < R; ++c) {                                              \
-      const __m512i y = LOAD(b[c]);                                                                    \
-      ye[c] = _mm512_castsi512_ps(_mm512_slli_epi32(y, 16));                                           \
-      yo[c] = _mm512_castsi512_ps(_mm512_and_si512(y, hi));                                            \
-    }                                                                                                  \
-    _Pragma("GCC unroll 4") for (int r = 0; r < MT; ++r) {                                             \
-      const __m512i x = LOAD(a[r]);                                                                    \
-      const __m512 xe = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), xo = _mm512_castsi512_ps(_mm512_and_si512(x, hi)); \
-      _Pragma("GCC unroll 4") for (int c = 0; c < R; ++c) {                                            \
-        acc[r][c] = _mm512_fmadd_ps(xe, ye[c], acc[r][c]);                                             \
-        acc[r][c] = _mm512_fmadd_ps(xo, yo[c], acc[r][c]);                                             \
-      }                                                                                                \
-    }                                                                                                  \
-  }
-  int64_t p = 0;
-#define MOE_LD(ptr) _mm512_loadu_si512((ptr) + p)
-  for (; p + 32 <= k; p += 32) MOE_SK_STEP(MOE_LD)
-#undef MOE_LD
-  if (p < k) {
-    const __mmask32 m = tail_mask32(k - p);
-#define MOE_LD(ptr) _mm512_maskz_loadu_epi16(m, (ptr) + p)
-    MOE_SK_STEP(MOE_LD)
-#undef MOE_LD
-  }
-#undef MOE_SK_STEP
-  for (int r = 0; r < MT; ++r)
-    for (int c = 0; c < R; ++c) sums[r * R + c] = _mm512_reduce_add_ps(acc[r][c]);
-}
-
-// AVX-512 on f32: 16 k per step, masked tail.
-template <int MT, int R>
-MOE_TARGET_AVX512 void sk_f32_avx512(const void* const* av, const void* bv, int64_t ldb, int64_t k, float* sums) {
-  MOE_SK_PROLOGUE(float, __m512, _mm512_setzero_ps())
-#define MOE_SK_STEP(LOAD)                                                                              \
-  {                                                                                                    \
-    __m512 y[R];                                                                                       \
-    _Pragma("GCC unroll 4") for (int c = 0; c < R; ++c) y[c] = LOAD(b[c]);                             \
-    _Pragma("GCC unroll 4") for (int r = 0; r < MT; ++r) {                                             \
-      const __m512 x = LOAD(a[r]);                                                                     \
-      _Pragma("GCC unroll 4") for (int c = 0; c < R; ++c) acc[r][c] = _mm512_fmadd_ps(x, y[c], acc[r][c]); \
-    }                                                                                                  \
-  }
-  int64_t p = 0;
-#define MOE_LD(ptr) _mm512_loadu_ps((ptr) + p)
-  for (; p + 16 <= k; p += 16) MOE_SK_STEP(MOE_LD)
-#undef MOE_LD
-  if (p < k) {
-    const __mmask16 m = simd::tail_mask16(static_cast<size_t>(k - p));
-#define MOE_LD(ptr) _mm512_maskz_loadu_ps(m, (ptr) + p)
-    MOE_SK_STEP(MOE_LD)
-#undef MOE_LD
-  }
-#undef MOE_SK_STEP
-  for (int r = 0; r < MT; ++r)
-    for (int c = 0; c < R; ++c) sums[r * R + c] = _mm512_reduce_add_ps(acc[r][c]);
-}
-
-// AVX-512 BF16 on bf16: vdpbf16ps, 32 k per step; an odd k is padded with zeros by the masked tail load.
-template <int MT, int R>
-MOE_TARGET_AVX512BF16 void sk_bf16_avx512bf16(const void* const* av, const void* bv, int64_t ldb, int64_t k,
-                                              float* sums) {
-  MOE_SK_PROLOGUE(uint16_t, __m512, _mm512_setzero_ps())
-#define MOE_SK_STEP(LOAD)                                                                              \
-  {                                                                                                    \
-    __m512i y[R];                                                                                      \
-    _Pragma("GCC unroll 4") for (int c = 0; c < R; ++c) y[c] = LOAD(b[c]);                             \
-    _Pragma("GCC unroll 4") for (int r = 0; r < MT; ++r) {                                             \
-      const __m512i x = LOAD(a[r]);                                                                    \
-      _Pragma("GCC unroll 4") for (int c = 0; c < R; ++c) acc[r][c] = dp_bf16_512(acc[r][c], x, y[c]); \
-    }                                                                                                  \
-  }
-  int64_t p = 0;
-#define MOE_LD(ptr) _mm512_loadu_si512((ptr) + p)
-  for (; p + 32 <= k; p += 32) MOE_SK_STEP(MOE_LD)
-#undef MOE_LD
-  if (p < k) {
-    const __mmask32 m = tail_mask32(k - p);
-#define MOE_LD(ptr) _mm512_maskz_loadu_epi16(m, (ptr) + p)
-    MOE_SK_STEP(MOE_LD)
-#undef MOE_LD
-  }
-#undef MOE_SK_STEP
-  for (int r = 0; r < MT; ++r)
-    for (int c = 0; c < R; ++c) sums[r * R + c] = _mm512_reduce_add_ps(acc[r][c]);
-}
-#undef MOE_SK_PROLOGUE
-#endif  // MOE_X86
-
 // ---- tile driver (plain C++, calls the tier's kernels through pointers) ---------------------------------------
 // Per-thread conversion buffer for packed bf16 -> f32 blocks: (tile_m + tile_n) x kc_block floats.
 float* pack_buffer(size_t floats) {
@@ -641,55 +426,6 @@ void scalar_rows(const GemmArgs& g, int64_t i_begin, int64_t i_end) {
   }
 }
 
-// ---- streaming small-m path --------------------------------------------------------------------------------------
-// Scalar streaming kernel (R = 1): per row of a, one f32 accumulator, k in order (the same sums as scalar_rows).
-inline float ab_f32(uint16_t v) { return bf16_to_f32(v); }
-inline float ab_f32(float v) { return v; }
-template <class T, int MT>
-void sk_scalar(const void* const* av, const void* bv, int64_t ldb, int64_t k, float* sums) {
-  (void)ldb;
-  const T* b = static_cast<const T*>(bv);  // [k]
-  for (int r = 0; r < MT; ++r) {
-    const T* a = static_cast<const T*>(av[r]);  // [k]
-    float acc = 0.0f;
-    for (int64_t p = 0; p < k; ++p) acc += ab_f32(a[p]) * ab_f32(b[p]);
-    sums[r] = acc;
-  }
-}
-
-// out[0 : m, j0 : j1] for m <= kStreamMaxM: the b rows j0 .. j1 - 1 in groups of R consecutive rows, each group
-// walked once over the full k against the rows of a in groups of up to 4 (when m > 4, the later groups find the R
-// b rows in L1/L2).
-void stream_rows(const GemmArgs& g, const Kernels& kn, int64_t j0, int64_t j1) {
-  const size_t es = dtype_size(g.ab_dtype);
-  const auto* a = static_cast<const uint8_t*>(g.a);
-  const auto* b = static_cast<const uint8_t*>(g.b);
-  const void* ar[kStreamMaxM];  // [m] rows of a, [k] each
-  for (int64_t i = 0; i < g.m && g.k > 0; ++i) ar[i] = a + static_cast<size_t>(i * g.lda) * es;
-  float sums[kStreamMaxM * 4];  // [m, R] f32: columns j .. j + R - 1 of out
-  for (int64_t i = 0; i < g.m * 4; ++i) sums[i] = 0.0f;
-  const int64_t rmax = kn.sk_rows[(g.m < 4 ? g.m : 4) - 1];
-  for (int64_t j = j0; j < j1; j += rmax) {
-    const int64_t nr = j1 - j < rmax ? j1 - j : rmax;
-    if (g.k > 0) {
-      const void* br = b + static_cast<size_t>(j * g.ldb) * es;  // [nr, k] rows j .. of b, stride ldb
-      for (int64_t i0 = 0; i0 < g.m; i0 += 4) {
-        const int64_t mt = g.m - i0 < 4 ? g.m - i0 : 4;
-        kn.sk[mt - 1][nr - 1](ar + i0, br, g.ldb, g.k, sums + i0 * nr);
-      }
-    }
-    for (int64_t i = 0; i < g.m; ++i) {
-      if (g.out_dtype == DType::F32) {
-        float* dst = static_cast<float*>(g.out) + i * g.ldc + j;  // [nr] f32
-        for (int64_t c = 0; c < nr; ++c) dst[c] = sums[i * nr + c];
-      } else {
-        uint16_t* dst = static_cast<uint16_t*>(g.out) + i * g.ldc + j;  // [nr] bf16
-        for (int64_t c = 0; c < nr; ++c) dst[c] = f32_to_bf16(sums[i * nr + c]);
-      }
-    }
-  }
-}
-
 void require(bool ok, const std::string& what) {
   if (!ok) throw_error(ErrorCode::InvalidArgument, "gemm: " + what);
 }
@@ -720,55 +456,21 @@ Isa select_kernels(const GemmArgs& g, Isa isa, Kernels* out) {
   const Isa tier = clamp_isa(isa);
   const bool bf16_in = g.ab_dtype == DType::BF16;
   if (tier >= Isa::Avx512Bf16 && bf16_in) {
-    kn = Kernels{mk_bf16_4x4_avx512bf16, rk_bf16_1x16_avx512bf16, nullptr, 4, 4, 16, 64, 64, 1024, {}, {}};
+    kn = Kernels{mk_bf16_4x4_avx512bf16, rk_bf16_1x16_avx512bf16, nullptr, 4, 4, 16, 64, 64, 1024};
     ran = Isa::Avx512Bf16;
   } else if (tier >= Isa::Avx512) {
-    kn = bf16_in ? Kernels{mk_f32_4x4_avx512, rk_bf16_1x16_avx512, pack_bf16_avx512, 4, 4, 16, 64, 64, 512, {}, {}}
-                 : Kernels{mk_f32_4x4_avx512, rk_f32_1x16_avx512, nullptr, 4, 4, 16, 64, 64, 512, {}, {}};
+    kn = bf16_in ? Kernels{mk_f32_4x4_avx512, rk_bf16_1x16_avx512, pack_bf16_avx512, 4, 4, 16, 64, 64, 512}
+                 : Kernels{mk_f32_4x4_avx512, rk_f32_1x16_avx512, nullptr, 4, 4, 16, 64, 64, 512};
     ran = Isa::Avx512;
   } else if (tier >= Isa::Avx2) {
-    kn = bf16_in ? Kernels{mk_f32_3x4_avx2, rk_bf16_1x8_avx2, pack_bf16_avx2, 3, 4, 8, 60, 64, 512, {}, {}}
-                 : Kernels{mk_f32_3x4_avx2, rk_f32_1x8_avx2, nullptr, 3, 4, 8, 60, 64, 512, {}, {}};
+    kn = bf16_in ? Kernels{mk_f32_3x4_avx2, rk_bf16_1x8_avx2, pack_bf16_avx2, 3, 4, 8, 60, 64, 512}
+                 : Kernels{mk_f32_3x4_avx2, rk_f32_1x8_avx2, nullptr, 3, 4, 8, 60, 64, 512};
     ran = Isa::Avx2;
   }
 #else
   (void)g;
   (void)isa;
 #endif
-  // Streaming kernels: sk[MT - 1][R - 1] and the R used per MT (AVX2 has 16 registers: fewer b rows for MT > 1).
-  const bool bf16_ab = g.ab_dtype == DType::BF16;
-  const int rows_512[4] = {4, 4, 4, 4}, rows_avx2_bf16[4] = {4, 2, 2, 2}, rows_avx2_f32[4] = {4, 4, 2, 2};
-  const int* rows = nullptr;
-#define MOE_SET_SK(FN)                                                                                   \
-  kn.sk[0][0] = FN<1, 1>, kn.sk[0][1] = FN<1, 2>, kn.sk[0][2] = FN<1, 3>, kn.sk[0][3] = FN<1, 4>,        \
-  kn.sk[1][0] = FN<2, 1>, kn.sk[1][1] = FN<2, 2>, kn.sk[1][2] = FN<2, 3>, kn.sk[1][3] = FN<2, 4>,        \
-  kn.sk[2][0] = FN<3, 1>, kn.sk[2][1] = FN<3, 2>, kn.sk[2][2] = FN<3, 3>, kn.sk[2][3] = FN<3, 4>,        \
-  kn.sk[3][0] = FN<4, 1>, kn.sk[3][1] = FN<4, 2>, kn.sk[3][2] = FN<4, 3>, kn.sk[3][3] = FN<4, 4>
-#if MOE_X86
-  if (ran == Isa::Avx512Bf16) {
-    MOE_SET_SK(sk_bf16_avx512bf16);
-    rows = rows_512;
-  } else if (ran == Isa::Avx512) {
-    if (bf16_ab) MOE_SET_SK(sk_bf16_avx512); else MOE_SET_SK(sk_f32_avx512);
-    rows = rows_512;
-  } else if (ran == Isa::Avx2) {
-    if (bf16_ab) MOE_SET_SK(sk_bf16_avx2); else MOE_SET_SK(sk_f32_avx2);
-    rows = bf16_ab ? rows_avx2_bf16 : rows_avx2_f32;
-  }
-#endif
-#undef MOE_SET_SK
-  if (rows == nullptr) {  // scalar: one b row at a time
-    for (int mt = 0; mt < 4; ++mt) kn.sk_rows[mt] = 1;
-    if (bf16_ab) {
-      kn.sk[0][0] = sk_scalar<uint16_t, 1>, kn.sk[1][0] = sk_scalar<uint16_t, 2>, kn.sk[2][0] = sk_scalar<uint16_t, 3>,
-      kn.sk[3][0] = sk_scalar<uint16_t, 4>;
-    } else {
-      kn.sk[0][0] = sk_scalar<float, 1>, kn.sk[1][0] = sk_scalar<float, 2>, kn.sk[2][0] = sk_scalar<float, 3>,
-      kn.sk[3][0] = sk_scalar<float, 4>;
-    }
-  } else {
-    for (int mt = 0; mt < 4; ++mt) kn.sk_rows[mt] = rows[mt];
-  }
   *out = kn;
   return ran;
 }
@@ -781,10 +483,6 @@ Isa gemm_serial(const GemmArgs& args, Isa isa) {
   Kernels kn{};
   const Isa ran = select_kernels(g, isa, &kn);
   if (g.m == 0 || g.n == 0) return ran;
-  if (g.m <= kStreamMaxM) {
-    stream_rows(g, kn, 0, g.n);
-    return ran;
-  }
   if (ran == Isa::Scalar) {
     scalar_rows(g, 0, g.m);
     return ran;
@@ -812,16 +510,7 @@ Isa gemm(const GemmArgs& args, Isa isa, const CancelToken* cancel) {
   }
 
   bool finished;
-  if (g.m <= kStreamMaxM) {
-    // Ranges of consecutive b rows (about kStreamChunkBytes each), handed out in order: every b row is read once.
-    const int64_t row_bytes = g.k * static_cast<int64_t>(dtype_size(g.ab_dtype));
-    int64_t rows = kStreamChunkBytes / (row_bytes > 0 ? row_bytes : 1);
-    rows = rows < 4 ? 4 : rows - rows % 4;  // whole groups of 4 b rows
-    std::function<void(size_t, size_t)> fn = [&g, &kn](size_t j0, size_t j1) {
-      stream_rows(g, kn, static_cast<int64_t>(j0), static_cast<int64_t>(j1));
-    };
-    finished = pool.parallel_for(static_cast<size_t>(g.n), static_cast<size_t>(rows), fn, cancel);
-  } else if (ran == Isa::Scalar) {
+  if (ran == Isa::Scalar) {
     std::function<void(size_t, size_t)> fn = [&g](size_t i0, size_t i1) {
       scalar_rows(g, static_cast<int64_t>(i0), static_cast<int64_t>(i1));
     };

@@ -4,8 +4,10 @@
  * class vLLM PR #37190 fixed). Demand fetches go to the transfer engine at once (the residency engine serves them
  * ahead of queued prefetch chunks, so a demand never waits for a whole prefetch); prefetches go to it at most
  * `maxInFlight` at a time, highest priority first, so the engine never holds a backlog of speculative copies. A
- * demand upgrades a queued prefetch of the same expert, and prefetches can be cancelled while queued or in flight. Evictions are delegated to an EvictionPolicy. All time is read from an injectable Clock so the same code
- * runs on a simulated clock in tests.
+ * demand upgrades a queued prefetch of the same expert, and prefetches can be cancelled while queued or in flight. Evictions are delegated to an EvictionPolicy. A policy with admitPrefetch (ProbabilityPolicy) may
+ * decline to evict its victim for a prefetch (the prefetch's priority is then read as its predicted probability
+ * of use, as FineMoePredictor's predictions give it): the prefetch is dropped. All time is read from an
+ * injectable Clock so the same code runs on a simulated clock in tests.
  */
 import { InvalidArgumentError, InternalError } from '../errors.js';
 import type { EvictionPolicy } from './policy.js';

@@ -10,6 +10,12 @@
  * The predictor already holds both similarities against every stored map at the end of an iteration (the semantic
  * search's cosines and the trajectory search's running dot products, which cover the whole map once every layer
  * was observed), so its insert costs O(maps) instead of O(maps * L * E).
+ *
+ * Forecasts for eviction and prefetch (this module's addition to the paper's rule, which the predictor keeps as
+ * its single-match mode): a map's gate probability is not the probability that the expert is used the next time
+ * its layer runs, so the predictor averages the routed sets (top-k) of the most similar maps (semantic neighbours
+ * for the request level, trajectory neighbours for the layers ahead) and calibrates both online against what the
+ * router then picks (ReuseCalibrator: per forecast bucket, the observed reuse frequency, kept monotone).
  */
 import { InvalidArgumentError } from '../errors.js';
 import type { UsageForecast } from './policy.js';
