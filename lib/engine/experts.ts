@@ -84,7 +84,7 @@ export interface CachedExpertsOptions {
   maps?: number;
   /** Semantic embedding dimension (finemoe: the model's hidden size). */
   embedDim: number;
-  /** Experts per token (finemoe predicts at least this many per layer). */
+  /** Experts per token (the predictor records routed sets of this size; calibrated mode predicts experts with probability >= 0.1). */
   topK: number;
 }
 
