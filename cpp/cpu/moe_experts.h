@@ -36,12 +36,13 @@ struct MoeExpertsArgs {
   float limit = 7.0f;    // SwigluOai: clamp bound (finite, > 0)
 };
 
-// Multithreaded over (expert, n tile) work items on the project's pool (avx512bf16: experts with <= 16 routed
-// rows take a weight-streaming kernel that reads each weight row once, see moe_experts.cc); deterministic (fixed combine order, no
-// atomics on floats). Returns the GEMM tier that ran. Throws moe::Error(InvalidArgument) for bad sizes, ids
-// outside [-1, e), a table entry with some but not all of gate/up/down null, biases on an absent expert or some
-// but not all of an expert's biases, an unknown activation or a non-finite alpha / non-positive limit;
-// (Cancelled) when cancelled.
+// Multithreaded over (expert, n tile) work items on the project's pool (experts with <= 16 routed rows take a
+// weight-streaming kernel that reads each weight row once, see moe_experts.cc); deterministic (fixed combine order,
+// no atomics on floats) and batch invariant: a token's output row is bitwise the same whatever the other tokens of
+// the call (their number, their routing), on every tier. Returns the GEMM tier that ran. Throws
+// moe::Error(InvalidArgument) for bad sizes, ids outside [-1, e), a table entry with some but not all of
+// gate/up/down null, biases on an absent expert or some but not all of an expert's biases, an unknown activation or
+// a non-finite alpha / non-positive limit; (Cancelled) when cancelled.
 Isa moe_experts(const MoeExpertsArgs& args, Isa isa, const CancelToken* cancel = nullptr);
 
 }  // namespace moe::cpu
