@@ -2,8 +2,8 @@
 //   scalar      reference: one f32 accumulator per output, k in order. Simple on purpose.
 //   avx2        3x4 dot-product micro-kernel on f32 (12 ymm accumulators along k), bf16 inputs converted to f32
 //               per k block into a per-thread buffer first. Rows left below a multiple of 3 go through a 1x8
-//               row kernel that reads bf16 in place and converts in registers (a decode with m = 1 would
-//               otherwise spend its time converting b: 3.0 ms -> 1.2 ms for m=1, n=k=4096 at avx512).
+//               row kernel that reads bf16 in place and converts in registers (converting b for them too would
+//               cost more than their dot products).
 //   avx512      4x4 micro-kernel on f32 (16 zmm accumulators), same packing for bf16 inputs; 1x16 row kernel.
 //   avx512bf16  bf16 inputs only: 4x4 micro-kernel of vdpbf16ps straight on the bf16 rows (32 k per
 //               instruction, no conversion). vdpbf16ps flushes denormal inputs/outputs and rounds each pair sum,
@@ -14,6 +14,19 @@
 // output tiles of about 64 x 64 (one pool range each, cancellation polled between tiles); inside a tile the k
 // dimension is walked in blocks (512 f32 or 1024 bf16 values, so the block of b rows of a tile stays in L2) and
 // the partial sums go to an f32 tile that is rounded to out_dtype once at the end.
+// Small m (m <= kStreamMaxM = 4: decode, a few tokens), every tier: weight streaming instead of tiles, because
+// there b is read once per call and the time is the time to read it from memory. The n rows of b are split into
+// ranges of consecutive rows (about 256 KiB of b each, handed to the pool's threads in order, cancellation polled
+// between ranges); a range is walked in groups of R consecutive b rows (R = 4; AVX2 with bf16 and m > 1, or f32
+// and m > 2: 2, for its 16 registers; scalar: 1), each b row read exactly once, front to back over the full k,
+// against all m rows of a at once (<= 4 x k values, they stay in L1/L2), one vector accumulator per output. b is
+// thus a few long sequential streams per thread, and every vector of a loaded serves R outputs: walking one b row
+// at a time reloads the a rows for every b row, and at m = 4 (k = 4096, 32 KiB of a) that ran at about half the
+// speed of 4 rows side by side. An output's sum has the same operations in the same order whatever R, the range
+// split and the thread count: gemm() and gemm_serial() agree bitwise (grouped_gemm and moe_experts call
+// gemm_serial per 64-column tile). bf16 on avx2/avx512 is converted in registers by a shift and a mask of the
+// 32-bit bf16 pairs (even k, odd k), no widening permute; avx512bf16 runs vdpbf16ps on the rows in place.
+// MEASURED_PLACEHOLDER
 // The bf16 -> f32 register loads and the AVX-512 tail mask are simd.h's (shared with add.cc and convert.cc).
 // Measured on the 2-core Zen 4 development machine, m = n = k = 1024 bf16 -> f32: avx2 about 160, avx512 about
 // 165, avx512bf16 about 370 GFLOP/s (vdpbf16ps peak about 406); f32 inputs: avx2 125, avx512 150 (FMA peak 224).
@@ -33,6 +46,8 @@ namespace moe::cpu {
 namespace {
 
 constexpr int64_t kMaxTile = 64;  // upper bound of a tile's rows and columns (f32 tile buffer on the stack)
+constexpr int64_t kStreamMaxM = 4;  // m <= this takes the streaming path (stream_rows)
+constexpr int64_t kStreamChunkBytes = int64_t{256} << 10;  // bytes of b per pool range of the streaming path
 
 // Kernels see rows already offset to the current k block; `kc` values per row.
 // MR x NR block: sums[r * NR + c] = dot(a_rows[r], b_rows[c]), on packed f32 rows when the tier packs.
@@ -42,6 +57,12 @@ using RowKernel = void (*)(const void* a_row, const void* const* b_rows, int64_t
 // [kc] bf16 -> [kc] f32.
 using PackFn = void (*)(const uint16_t* src, float* dst, int64_t kc);
 
+// Streaming small-m path: MT (1..4) rows of a times R (1..4) consecutive rows of b (row stride ldb) over the full k:
+// sums[r * R + c] = dot(a_rows[r], b_row0 + c * ldb). Each output's sum is the same for every MT and R.
+// Sums as the tiled path does (k blocks of kb values, see the kernels), so a row of out does not depend on m.
+using StreamKernel = void (*)(const void* const* a_rows, const void* b_row0, int64_t ldb, int64_t k, int64_t kb,
+                              float* sums);
+
 struct Kernels {
   MicroKernel mk;
   RowKernel rk;
@@ -49,6 +70,9 @@ struct Kernels {
   int mr, nr, nr1;
   int64_t tile_m, tile_n;  // multiple of mr, <= kMaxTile
   int64_t kc_block;  // k values per block
+  StreamKernel sk[4][4];  // sk[MT - 1][R - 1]: the streaming kernel for MT rows of a and R rows of b
+  int sk_rows[4];         // sk_rows[MT - 1]: the R the streaming path uses for MT rows of a (registers permitting)
+  bool sk_a_f32;          // the streaming kernels take a as f32 (bf16 a converted once per call: stream_a_rows)
 };
 
 #if MOE_X86
@@ -126,8 +150,9 @@ MOE_TARGET_AVX2 void rk_f32_1x8_avx2(const void* ar, const void* const* br, int6
   _mm_storeu_ps(sums + 0, reduce4_avx2(c0, c1, c2, c3));
   _mm_storeu_ps(sums + 4, reduce4_avx2(c4, c5, c6, c7));
 }
-// Same on bf16 rows, converted in registers (rows left over by the 3x4 kernel read a and b in place, so a decode
-// with m < 3 does not pay for converting all of b first). The k tail (< 8) is scalar.
+// Same on bf16 rows, converted in registers (rows left over by the 3x4 kernel read a and b in place, so they do
+// not pay for converting all of b first). The k tail (< 8) goes through zero-padded copies: the same sums as the
+// 3x4 kernel's masked loads of the packed rows, so a row's result does not depend on which kernel ran it.
 MOE_TARGET_AVX2 void rk_bf16_1x8_avx2(const void* ar, const void* const* br, int64_t kc, float* sums) {
   const uint16_t* a = static_cast<const uint16_t*>(ar);
   const uint16_t *b0 = static_cast<const uint16_t*>(br[0]), *b1 = static_cast<const uint16_t*>(br[1]),
@@ -139,12 +164,19 @@ MOE_TARGET_AVX2 void rk_bf16_1x8_avx2(const void* ar, const void* const* br, int
 #define MOE_LD(ptr) simd::ld_bf16_avx2(ptr + p)
   for (; p + 8 <= kc; p += 8) MOE_AVX2_1X8_STEP(MOE_LD)
 #undef MOE_LD
+  if (p < kc) {
+    alignas(16) uint16_t t[9][8];  // [a, b0 .. b7] x [8]: the last kc - p values, zero-padded
+    for (int i = 0; i < 8; ++i) {
+      t[0][i] = p + i < kc ? a[p + i] : 0;
+      for (int c = 0; c < 8; ++c) t[c + 1][i] = p + i < kc ? static_cast<const uint16_t*>(br[c])[p + i] : 0;
+    }
+    a = t[0], b0 = t[1], b1 = t[2], b2 = t[3], b3 = t[4], b4 = t[5], b5 = t[6], b6 = t[7], b7 = t[8];
+#define MOE_LD(ptr) simd::ld_bf16_avx2(ptr)
+    MOE_AVX2_1X8_STEP(MOE_LD)
+#undef MOE_LD
+  }
   _mm_storeu_ps(sums + 0, reduce4_avx2(c0, c1, c2, c3));
   _mm_storeu_ps(sums + 4, reduce4_avx2(c4, c5, c6, c7));
-  for (; p < kc; ++p) {
-    const float x = bf16_to_f32(a[p]);
-    for (int c = 0; c < 8; ++c) sums[c] += x * bf16_to_f32(static_cast<const uint16_t*>(br[c])[p]);
-  }
 }
 #undef MOE_AVX2_1X8_STEP
 
@@ -322,6 +354,204 @@ MOE_TARGET_AVX512BF16 void rk_bf16_1x16_avx512bf16(const void* ar, const void* c
 #undef MOE_ZERO_4X4_ACC
 #endif  // MOE_X86
 
+#if MOE_X86
+// ---- streaming small-m kernels: MT <= 4 rows of a x R <= 4 consecutive rows of b, the full k ----------------------
+// sums[r * R + c] = dot(a_rows[r], b_row0 + c * ldb). The R b rows are walked side by side, front to back, each
+// read once; every a vector loaded serves R outputs. Each output is summed exactly as the tiled path sums it (batch
+// invariance: a row of out is bitwise the same whatever m is): per k block of kb values (the tier's kc_block,
+// counted from k = 0), one vector accumulator fed in k order by the same instruction as the tier's micro-kernels
+// (vdpbf16ps per 32 k, or FMA on f32 lanes holding consecutive k, masked tail), reduced by the same tree (reduce16_ps
+// / reduce4_avx2), and added to an f32 total that starts at 0.
+#define MOE_SK_PROLOGUE(TA, TB, V)                                                                      \
+  const TB* b[R];                                                                                       \
+  for (int c = 0; c < R; ++c) b[c] = static_cast<const TB*>(bv) + c * ldb;                              \
+  const TA* a[MT];                                                                                      \
+  for (int r = 0; r < MT; ++r) a[r] = static_cast<const TA*>(av[r]);                                    \
+  float tot[MT * R];                                                                                    \
+  for (int i = 0; i < MT * R; ++i) tot[i] = 0.0f;                                                       \
+  V acc[MT][R];
+// One block step over [p, p + step): y[c] = LOADB(c), then every row of a against the R b vectors.
+#define MOE_SK_STEP(V, YV, LOADB, LOADA, FMA)                                                           \
+  {                                                                                                     \
+    YV y[R];                                                                                            \
+    _Pragma("GCC unroll 4") for (int c = 0; c < R; ++c) y[c] = LOADB(c);                                \
+    _Pragma("GCC unroll 4") for (int r = 0; r < MT; ++r) {                                              \
+      const YV x = LOADA(r);                                                                            \
+      _Pragma("GCC unroll 4") for (int c = 0; c < R; ++c) acc[r][c] = FMA(acc[r][c], x, y[c]);          \
+    }                                                                                                   \
+  }
+
+// tot[i] += horizontal sum of c[i] (i < n <= 16), each by reduce16_ps's tree (the tiled path's sums).
+MOE_TARGET_AVX512 inline void add_reduced_512(const __m512* c, int n, float* tot) {
+  __m512 v[16];
+  for (int i = 0; i < 16; ++i) v[i] = i < n ? c[i] : _mm512_setzero_ps();
+  alignas(64) float s[16];
+  _mm512_store_ps(s, reduce16_ps(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12],
+                                 v[13], v[14], v[15]));
+  for (int i = 0; i < n; ++i) tot[i] += s[i];
+}
+// Same with reduce4_avx2's tree, 4 at a time.
+MOE_TARGET_AVX2 inline void add_reduced_avx2(const __m256* c, int n, float* tot) {
+  for (int i0 = 0; i0 < n; i0 += 4) {
+    __m256 v[4];
+    for (int i = 0; i < 4; ++i) v[i] = i0 + i < n ? c[i0 + i] : _mm256_setzero_ps();
+    alignas(16) float s[4];
+    _mm_store_ps(s, reduce4_avx2(v[0], v[1], v[2], v[3]));
+    for (int i = 0; i < 4 && i0 + i < n; ++i) tot[i0 + i] += s[i];
+  }
+}
+
+MOE_TARGET_AVX2 inline __m256 fma_ps_256(__m256 c, __m256 x, __m256 y) { return _mm256_fmadd_ps(x, y, c); }
+
+// AVX2, 8 k per step: f32 a and b, or f32 a (the caller's copy of bf16 a, see stream_a_rows) and bf16 b converted
+// in registers as rk_bf16_1x8_avx2 does. AVX2 has no 16-bit masked load: the bf16 k tail (< 8) goes through
+// zero-padded copies, the same values the tiled path's masked loads of its packed f32 rows give.
+template <int MT, int R>
+MOE_TARGET_AVX2 void sk_bf16_avx2(const void* const* av, const void* bv, int64_t ldb, int64_t k, int64_t kb,
+                                  float* sums) {
+  MOE_SK_PROLOGUE(float, uint16_t, __m256)
+  for (int64_t k0 = 0; k0 < k; k0 += kb) {
+    const int64_t k1 = k - k0 < kb ? k : k0 + kb;
+    for (int r = 0; r < MT; ++r)
+      for (int c = 0; c < R; ++c) acc[r][c] = _mm256_setzero_ps();
+    int64_t p = k0;
+#define MOE_LDB(c) simd::ld_bf16_avx2(b[c] + p)
+#define MOE_LDA(r) _mm256_loadu_ps(a[r] + p)
+    for (; p + 8 <= k1; p += 8) MOE_SK_STEP(__m256, __m256, MOE_LDB, MOE_LDA, fma_ps_256)
+#undef MOE_LDB
+#undef MOE_LDA
+    if (p < k1) {
+      alignas(16) uint16_t tb[R][8];
+      for (int i = 0; i < 8; ++i)
+        for (int c = 0; c < R; ++c) tb[c][i] = p + i < k1 ? b[c][p + i] : 0;
+      const __m256i m = _mm256_castps_si256(tail_mask_avx2_ps(k1 - p));
+#define MOE_LDB(c) simd::ld_bf16_avx2(tb[c])
+#define MOE_LDA(r) _mm256_maskload_ps(a[r] + p, m)
+      MOE_SK_STEP(__m256, __m256, MOE_LDB, MOE_LDA, fma_ps_256)
+#undef MOE_LDB
+#undef MOE_LDA
+    }
+    add_reduced_avx2(&acc[0][0], MT * R, tot);
+  }
+  for (int i = 0; i < MT * R; ++i) sums[i] = tot[i];
+}
+
+template <int MT, int R>
+MOE_TARGET_AVX2 void sk_f32_avx2(const void* const* av, const void* bv, int64_t ldb, int64_t k, int64_t kb,
+                                 float* sums) {
+  MOE_SK_PROLOGUE(float, float, __m256)
+  for (int64_t k0 = 0; k0 < k; k0 += kb) {
+    const int64_t k1 = k - k0 < kb ? k : k0 + kb;
+    for (int r = 0; r < MT; ++r)
+      for (int c = 0; c < R; ++c) acc[r][c] = _mm256_setzero_ps();
+    int64_t p = k0;
+#define MOE_LDB(c) _mm256_loadu_ps(b[c] + p)
+#define MOE_LDA(r) _mm256_loadu_ps(a[r] + p)
+    for (; p + 8 <= k1; p += 8) MOE_SK_STEP(__m256, __m256, MOE_LDB, MOE_LDA, fma_ps_256)
+#undef MOE_LDB
+#undef MOE_LDA
+    if (p < k1) {
+      const __m256i m = _mm256_castps_si256(tail_mask_avx2_ps(k1 - p));
+#define MOE_LDB(c) _mm256_maskload_ps(b[c] + p, m)
+#define MOE_LDA(r) _mm256_maskload_ps(a[r] + p, m)
+      MOE_SK_STEP(__m256, __m256, MOE_LDB, MOE_LDA, fma_ps_256)
+#undef MOE_LDB
+#undef MOE_LDA
+    }
+    add_reduced_avx2(&acc[0][0], MT * R, tot);
+  }
+  for (int i = 0; i < MT * R; ++i) sums[i] = tot[i];
+}
+
+// AVX-512, 16 k per step, masked tail: f32 a and b, or f32 a (the caller's copy of bf16 a) and bf16 b converted in
+// registers as rk_bf16_1x16_avx512 does.
+template <int MT, int R>
+MOE_TARGET_AVX512 void sk_bf16_avx512(const void* const* av, const void* bv, int64_t ldb, int64_t k, int64_t kb,
+                                      float* sums) {
+  MOE_SK_PROLOGUE(float, uint16_t, __m512)
+  for (int64_t k0 = 0; k0 < k; k0 += kb) {
+    const int64_t k1 = k - k0 < kb ? k : k0 + kb;
+    for (int r = 0; r < MT; ++r)
+      for (int c = 0; c < R; ++c) acc[r][c] = _mm512_setzero_ps();
+    int64_t p = k0;
+#define MOE_LDB(c) _mm512_castsi512_ps(_mm512_slli_epi32( \
+    _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[c] + p))), 16))
+#define MOE_LDA(r) _mm512_loadu_ps(a[r] + p)
+    for (; p + 16 <= k1; p += 16) MOE_SK_STEP(__m512, __m512, MOE_LDB, MOE_LDA, fma_ps_512)
+#undef MOE_LDB
+#undef MOE_LDA
+    if (p < k1) {
+      const __mmask16 m = simd::tail_mask16(static_cast<size_t>(k1 - p));
+#define MOE_LDB(c) simd::ld_bf16_512(b[c] + p, m)
+#define MOE_LDA(r) _mm512_maskz_loadu_ps(m, a[r] + p)
+      MOE_SK_STEP(__m512, __m512, MOE_LDB, MOE_LDA, fma_ps_512)
+#undef MOE_LDB
+#undef MOE_LDA
+    }
+    add_reduced_512(&acc[0][0], MT * R, tot);
+  }
+  for (int i = 0; i < MT * R; ++i) sums[i] = tot[i];
+}
+
+template <int MT, int R>
+MOE_TARGET_AVX512 void sk_f32_avx512(const void* const* av, const void* bv, int64_t ldb, int64_t k, int64_t kb,
+                                     float* sums) {
+  MOE_SK_PROLOGUE(float, float, __m512)
+  for (int64_t k0 = 0; k0 < k; k0 += kb) {
+    const int64_t k1 = k - k0 < kb ? k : k0 + kb;
+    for (int r = 0; r < MT; ++r)
+      for (int c = 0; c < R; ++c) acc[r][c] = _mm512_setzero_ps();
+    int64_t p = k0;
+#define MOE_LDB(c) _mm512_loadu_ps(b[c] + p)
+#define MOE_LDA(r) _mm512_loadu_ps(a[r] + p)
+    for (; p + 16 <= k1; p += 16) MOE_SK_STEP(__m512, __m512, MOE_LDB, MOE_LDA, fma_ps_512)
+#undef MOE_LDB
+#undef MOE_LDA
+    if (p < k1) {
+      const __mmask16 m = simd::tail_mask16(static_cast<size_t>(k1 - p));
+#define MOE_LDB(c) _mm512_maskz_loadu_ps(m, b[c] + p)
+#define MOE_LDA(r) _mm512_maskz_loadu_ps(m, a[r] + p)
+      MOE_SK_STEP(__m512, __m512, MOE_LDB, MOE_LDA, fma_ps_512)
+#undef MOE_LDB
+#undef MOE_LDA
+    }
+    add_reduced_512(&acc[0][0], MT * R, tot);
+  }
+  for (int i = 0; i < MT * R; ++i) sums[i] = tot[i];
+}
+
+// AVX-512 BF16 on bf16: vdpbf16ps on the rows in place, 32 k per step; an odd k is padded with zeros by the masked
+// tail load.
+template <int MT, int R>
+MOE_TARGET_AVX512BF16 void sk_bf16_avx512bf16(const void* const* av, const void* bv, int64_t ldb, int64_t k,
+                                              int64_t kb, float* sums) {
+  MOE_SK_PROLOGUE(uint16_t, uint16_t, __m512)
+  for (int64_t k0 = 0; k0 < k; k0 += kb) {
+    const int64_t k1 = k - k0 < kb ? k : k0 + kb;
+    for (int r = 0; r < MT; ++r)
+      for (int c = 0; c < R; ++c) acc[r][c] = _mm512_setzero_ps();
+    int64_t p = k0;
+#define MOE_LDB(c) _mm512_loadu_si512(b[c] + p)
+#define MOE_LDA(r) _mm512_loadu_si512(a[r] + p)
+    for (; p + 32 <= k1; p += 32) MOE_SK_STEP(__m512, __m512i, MOE_LDB, MOE_LDA, dp_bf16_512)
+#undef MOE_LDB
+#undef MOE_LDA
+    if (p < k1) {
+      const __mmask32 m = tail_mask32(k1 - p);
+#define MOE_LDB(c) _mm512_maskz_loadu_epi16(m, b[c] + p)
+#define MOE_LDA(r) _mm512_maskz_loadu_epi16(m, a[r] + p)
+      MOE_SK_STEP(__m512, __m512i, MOE_LDB, MOE_LDA, dp_bf16_512)
+#undef MOE_LDB
+#undef MOE_LDA
+    }
+    add_reduced_512(&acc[0][0], MT * R, tot);
+  }
+  for (int i = 0; i < MT * R; ++i) sums[i] = tot[i];
+}
+#undef MOE_SK_STEP
+#undef MOE_SK_PROLOGUE
+#endif  // MOE_X86
+
 // ---- tile driver (plain C++, calls the tier's kernels through pointers) ---------------------------------------
 // Per-thread conversion buffer for packed bf16 -> f32 blocks: (tile_m + tile_n) x kc_block floats.
 float* pack_buffer(size_t floats) {
@@ -426,6 +656,69 @@ void scalar_rows(const GemmArgs& g, int64_t i_begin, int64_t i_end) {
   }
 }
 
+// ---- streaming small-m path --------------------------------------------------------------------------------------
+// Scalar streaming kernel (R = 1): per row of a, one f32 accumulator, k in order (the same sums as scalar_rows).
+inline float ab_f32(uint16_t v) { return bf16_to_f32(v); }
+inline float ab_f32(float v) { return v; }
+template <class T, int MT>
+void sk_scalar(const void* const* av, const void* bv, int64_t ldb, int64_t k, int64_t kb, float* sums) {
+  (void)ldb;
+  (void)kb;
+  const T* b = static_cast<const T*>(bv);  // [k]
+  for (int r = 0; r < MT; ++r) {
+    const T* a = static_cast<const T*>(av[r]);  // [k]
+    float acc = 0.0f;
+    for (int64_t p = 0; p < k; ++p) acc += ab_f32(a[p]) * ab_f32(b[p]);
+    sums[r] = acc;
+  }
+}
+
+// ar[0 : m]: the rows of a as the streaming kernels take them: in place, or (kn.sk_a_f32, bf16 a) converted to f32
+// once per call into this thread's buffer (exact; the conversion then leaves the kernels' inner loop, where it
+// competed with the FMAs for the vector pipes), which stays valid until this thread's next call.
+void stream_a_rows(const GemmArgs& g, const Kernels& kn, const void** ar) {
+  const size_t es = dtype_size(g.ab_dtype);
+  const auto* a = static_cast<const uint8_t*>(g.a);
+  for (int64_t i = 0; i < g.m && g.k > 0; ++i) ar[i] = a + static_cast<size_t>(i * g.lda) * es;
+  if (!kn.sk_a_f32 || g.ab_dtype != DType::BF16 || g.k == 0) return;
+  static thread_local std::vector<float> buf;
+  if (buf.size() < static_cast<size_t>(g.m * g.k)) buf.resize(static_cast<size_t>(g.m * g.k));
+  for (int64_t i = 0; i < g.m; ++i) {
+    kn.pack(static_cast<const uint16_t*>(ar[i]), buf.data() + i * g.k, g.k);  // [k] bf16 -> [k] f32
+    ar[i] = buf.data() + i * g.k;
+  }
+}
+
+// out[0 : m, j0 : j1] for m <= kStreamMaxM: the b rows j0 .. j1 - 1 in groups of R consecutive rows, each group
+// walked once over the full k against the rows of a in groups of up to 4 (when m > 4, the later groups find the R
+// b rows in L1/L2).
+void stream_rows(const GemmArgs& g, const Kernels& kn, const void* const* ar, int64_t j0, int64_t j1) {
+  const size_t es = dtype_size(g.ab_dtype);
+  const auto* b = static_cast<const uint8_t*>(g.b);
+  float sums[kStreamMaxM * 4];  // [m, R] f32: columns j .. j + R - 1 of out
+  for (int64_t i = 0; i < g.m * 4; ++i) sums[i] = 0.0f;
+  const int64_t rmax = kn.sk_rows[(g.m < 4 ? g.m : 4) - 1];
+  for (int64_t j = j0; j < j1; j += rmax) {
+    const int64_t nr = j1 - j < rmax ? j1 - j : rmax;
+    if (g.k > 0) {
+      const void* br = b + static_cast<size_t>(j * g.ldb) * es;  // [nr, k] rows j .. of b, stride ldb
+      for (int64_t i0 = 0; i0 < g.m; i0 += 4) {
+        const int64_t mt = g.m - i0 < 4 ? g.m - i0 : 4;
+        kn.sk[mt - 1][nr - 1](ar + i0, br, g.ldb, g.k, kn.kc_block, sums + i0 * nr);
+      }
+    }
+    for (int64_t i = 0; i < g.m; ++i) {
+      if (g.out_dtype == DType::F32) {
+        float* dst = static_cast<float*>(g.out) + i * g.ldc + j;  // [nr] f32
+        for (int64_t c = 0; c < nr; ++c) dst[c] = sums[i * nr + c];
+      } else {
+        uint16_t* dst = static_cast<uint16_t*>(g.out) + i * g.ldc + j;  // [nr] bf16
+        for (int64_t c = 0; c < nr; ++c) dst[c] = f32_to_bf16(sums[i * nr + c]);
+      }
+    }
+  }
+}
+
 void require(bool ok, const std::string& what) {
   if (!ok) throw_error(ErrorCode::InvalidArgument, "gemm: " + what);
 }
@@ -456,21 +749,57 @@ Isa select_kernels(const GemmArgs& g, Isa isa, Kernels* out) {
   const Isa tier = clamp_isa(isa);
   const bool bf16_in = g.ab_dtype == DType::BF16;
   if (tier >= Isa::Avx512Bf16 && bf16_in) {
-    kn = Kernels{mk_bf16_4x4_avx512bf16, rk_bf16_1x16_avx512bf16, nullptr, 4, 4, 16, 64, 64, 1024};
+    kn = Kernels{mk_bf16_4x4_avx512bf16, rk_bf16_1x16_avx512bf16, nullptr, 4, 4, 16, 64, 64, 1024, {}, {}, false};
     ran = Isa::Avx512Bf16;
   } else if (tier >= Isa::Avx512) {
-    kn = bf16_in ? Kernels{mk_f32_4x4_avx512, rk_bf16_1x16_avx512, pack_bf16_avx512, 4, 4, 16, 64, 64, 512}
-                 : Kernels{mk_f32_4x4_avx512, rk_f32_1x16_avx512, nullptr, 4, 4, 16, 64, 64, 512};
+    kn = bf16_in ? Kernels{mk_f32_4x4_avx512, rk_bf16_1x16_avx512, pack_bf16_avx512, 4, 4, 16, 64, 64, 512, {}, {}, false}
+                 : Kernels{mk_f32_4x4_avx512, rk_f32_1x16_avx512, nullptr, 4, 4, 16, 64, 64, 512, {}, {}, false};
     ran = Isa::Avx512;
   } else if (tier >= Isa::Avx2) {
-    kn = bf16_in ? Kernels{mk_f32_3x4_avx2, rk_bf16_1x8_avx2, pack_bf16_avx2, 3, 4, 8, 60, 64, 512}
-                 : Kernels{mk_f32_3x4_avx2, rk_f32_1x8_avx2, nullptr, 3, 4, 8, 60, 64, 512};
+    kn = bf16_in ? Kernels{mk_f32_3x4_avx2, rk_bf16_1x8_avx2, pack_bf16_avx2, 3, 4, 8, 60, 64, 512, {}, {}, false}
+                 : Kernels{mk_f32_3x4_avx2, rk_f32_1x8_avx2, nullptr, 3, 4, 8, 60, 64, 512, {}, {}, false};
     ran = Isa::Avx2;
   }
 #else
   (void)g;
   (void)isa;
 #endif
+  // Streaming kernels: sk[MT - 1][R - 1] and the R used per MT (AVX2 has 16 registers: fewer b rows for MT > 1).
+  const bool bf16_ab = g.ab_dtype == DType::BF16;
+  const int rows_512[4] = {4, 4, 4, 4}, rows_avx2[4] = {4, 4, 3, 2};
+  const int* rows = nullptr;
+#define MOE_SET_SK(FN)                                                                                   \
+  kn.sk[0][0] = FN<1, 1>, kn.sk[0][1] = FN<1, 2>, kn.sk[0][2] = FN<1, 3>, kn.sk[0][3] = FN<1, 4>,        \
+  kn.sk[1][0] = FN<2, 1>, kn.sk[1][1] = FN<2, 2>, kn.sk[1][2] = FN<2, 3>, kn.sk[1][3] = FN<2, 4>,        \
+  kn.sk[2][0] = FN<3, 1>, kn.sk[2][1] = FN<3, 2>, kn.sk[2][2] = FN<3, 3>, kn.sk[2][3] = FN<3, 4>,        \
+  kn.sk[3][0] = FN<4, 1>, kn.sk[3][1] = FN<4, 2>, kn.sk[3][2] = FN<4, 3>, kn.sk[3][3] = FN<4, 4>
+#if MOE_X86
+  if (ran == Isa::Avx512Bf16) {
+    MOE_SET_SK(sk_bf16_avx512bf16);
+    rows = rows_512;
+  } else if (ran == Isa::Avx512) {
+    if (bf16_ab) MOE_SET_SK(sk_bf16_avx512); else MOE_SET_SK(sk_f32_avx512);
+    rows = rows_512;
+    kn.sk_a_f32 = bf16_ab;
+  } else if (ran == Isa::Avx2) {
+    if (bf16_ab) MOE_SET_SK(sk_bf16_avx2); else MOE_SET_SK(sk_f32_avx2);
+    rows = rows_avx2;
+    kn.sk_a_f32 = bf16_ab;
+  }
+#endif
+#undef MOE_SET_SK
+  if (rows == nullptr) {  // scalar: one b row at a time
+    for (int mt = 0; mt < 4; ++mt) kn.sk_rows[mt] = 1;
+    if (bf16_ab) {
+      kn.sk[0][0] = sk_scalar<uint16_t, 1>, kn.sk[1][0] = sk_scalar<uint16_t, 2>, kn.sk[2][0] = sk_scalar<uint16_t, 3>,
+      kn.sk[3][0] = sk_scalar<uint16_t, 4>;
+    } else {
+      kn.sk[0][0] = sk_scalar<float, 1>, kn.sk[1][0] = sk_scalar<float, 2>, kn.sk[2][0] = sk_scalar<float, 3>,
+      kn.sk[3][0] = sk_scalar<float, 4>;
+    }
+  } else {
+    for (int mt = 0; mt < 4; ++mt) kn.sk_rows[mt] = rows[mt];
+  }
   *out = kn;
   return ran;
 }
@@ -483,6 +812,12 @@ Isa gemm_serial(const GemmArgs& args, Isa isa) {
   Kernels kn{};
   const Isa ran = select_kernels(g, isa, &kn);
   if (g.m == 0 || g.n == 0) return ran;
+  if (g.m <= kStreamMaxM) {
+    const void* ar[kStreamMaxM];
+    stream_a_rows(g, kn, ar);
+    stream_rows(g, kn, ar, 0, g.n);
+    return ran;
+  }
   if (ran == Isa::Scalar) {
     scalar_rows(g, 0, g.m);
     return ran;
@@ -510,7 +845,18 @@ Isa gemm(const GemmArgs& args, Isa isa, const CancelToken* cancel) {
   }
 
   bool finished;
-  if (ran == Isa::Scalar) {
+  if (g.m <= kStreamMaxM) {
+    // Ranges of consecutive b rows (about kStreamChunkBytes each), handed out in order: every b row is read once.
+    const int64_t row_bytes = g.k * static_cast<int64_t>(dtype_size(g.ab_dtype));
+    int64_t rows = kStreamChunkBytes / (row_bytes > 0 ? row_bytes : 1);
+    rows = rows < 4 ? 4 : rows - rows % 4;  // whole groups of 4 b rows
+    const void* ar[kStreamMaxM];  // the caller's buffer (if any) outlives parallel_for
+    stream_a_rows(g, kn, ar);
+    std::function<void(size_t, size_t)> fn = [&g, &kn, &ar](size_t j0, size_t j1) {
+      stream_rows(g, kn, ar, static_cast<int64_t>(j0), static_cast<int64_t>(j1));
+    };
+    finished = pool.parallel_for(static_cast<size_t>(g.n), static_cast<size_t>(rows), fn, cancel);
+  } else if (ran == Isa::Scalar) {
     std::function<void(size_t, size_t)> fn = [&g](size_t i0, size_t i1) {
       scalar_rows(g, static_cast<int64_t>(i0), static_cast<int64_t>(i1));
     };

@@ -68,7 +68,8 @@ void usage() {
                "usage: moe-native info\n"
                "       moe-native test [--filter SUBSTR]\n"
                "       moe-native bench [--json PATH]\n"
-               "       moe-native bench-attention [--json PATH] [--quick]\n");
+               "       moe-native bench-attention [--json PATH] [--quick]\n"
+               "       moe-native bench-gemv [--isa TIER] [--runs N] [--json PATH]\n");
 }
 
 }  // namespace
@@ -86,6 +87,7 @@ int main(int argc, char** argv) {
     if (cmd == "test") return test_main(argc - 2, argv + 2);
     if (cmd == "bench") return bench_main(argc - 2, argv + 2);
     if (cmd == "bench-attention") return attention_bench_main(argc - 2, argv + 2);
+    if (cmd == "bench-gemv") return gemv_bench_main(argc - 2, argv + 2);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe-native %s: %s\n", cmd.c_str(), e.what());
     return 1;
