@@ -14,19 +14,34 @@
 // output tiles of about 64 x 64 (one pool range each, cancellation polled between tiles); inside a tile the k
 // dimension is walked in blocks (512 f32 or 1024 bf16 values, so the block of b rows of a tile stays in L2) and
 // the partial sums go to an f32 tile that is rounded to out_dtype once at the end.
-// Small m (m <= kStreamMaxM = 4: decode, a few tokens), every tier: weight streaming instead of tiles, because
-// there b is read once per call and the time is the time to read it from memory. The n rows of b are split into
-// ranges of consecutive rows (about 256 KiB of b each, handed to the pool's threads in order, cancellation polled
-// between ranges); a range is walked in groups of R consecutive b rows (R = 4; AVX2 with bf16 and m > 1, or f32
-// and m > 2: 2, for its 16 registers; scalar: 1), each b row read exactly once, front to back over the full k,
-// against all m rows of a at once (<= 4 x k values, they stay in L1/L2), one vector accumulator per output. b is
-// thus a few long sequential streams per thread, and every vector of a loaded serves R outputs: walking one b row
-// at a time reloads the a rows for every b row, and at m = 4 (k = 4096, 32 KiB of a) that ran at about half the
-// speed of 4 rows side by side. An output's sum has the same operations in the same order whatever R, the range
-// split and the thread count: gemm() and gemm_serial() agree bitwise (grouped_gemm and moe_experts call
-// gemm_serial per 64-column tile). bf16 on avx2/avx512 is converted in registers by a shift and a mask of the
-// 32-bit bf16 pairs (even k, odd k), no widening permute; avx512bf16 runs vdpbf16ps on the rows in place.
-// MEASURED_PLACEHOLDER
+// Small m (m <= kStreamMaxM = 8: decode, a few tokens), every tier: weight streaming instead of tiles, because there
+// b is read once per call and the call takes the time to read it from memory. The n rows of b are split into ranges
+// of consecutive rows (about 256 KiB of b each, handed to the pool's threads in order; cancellation polled between
+// ranges). A range is walked in groups of R consecutive b rows (4; AVX2 with 3 rows of a: 3, with 4 or more: 2, for
+// its 16 registers; scalar: 1), each b row read exactly once, front to back over the full k, against the rows of a in groups
+// of up to 4 (m > 4: the second group finds the R b rows in L1/L2; a, <= 8 x k values, stays in L1/L2). Each vector
+// of a loaded serves R outputs: one b row at a time (R = 1) ran about 15% slower at m = 1 and, in a prototype, at
+// 0.6x the speed at m = 4. bf16 a on avx2/avx512 is converted to f32 once per call (exact), so only b is converted in the inner loop,
+// where the conversions compete with the FMAs for the vector pipes (single core, b in L2, m = 4: avx512 21 -> 25,
+// avx2 17 -> 20 GB/s of b).
+// Batch invariance (batched generation relies on it, lib/engine/batch.ts): the streaming kernels sum every output
+// exactly as the tiled kernels do (per k block of kc_block values counted from k = 0, one vector accumulator fed in
+// k order by the same instruction, the same horizontal reduction tree, block sums added in order to an f32 total that
+// starts at 0), so a row of out is bitwise the same whatever m and the other rows of a are, and whatever the split
+// of n and the thread count (gemm() and gemm_serial() agree); test/native/gemv_test.cc checks all three.
+// Measured with moe-native bench-gemv on the 2-core Zen 4 VM (fraction of cpu::read_probe timed right after each
+// call, median of 8 x 7 calls; before = the tiled path for every m; bf16 -> f32):
+//                                  avx512bf16     avx512        avx2
+//   [1, 4096] x [14336, 4096]      1.09 -> 1.08   0.80 -> 0.98  0.75 -> 0.91
+//   [2, 4096] x [14336, 4096]      0.79 -> 0.97   0.56 -> 0.91  0.62 -> 0.84
+//   [1, 2048] x [151936, 2048]     1.07 -> 1.05   0.77 -> 0.92  0.76 -> 0.86
+//   [1, 4096] x [32000, 4096]      1.11 -> 1.11   0.79 -> 1.00  0.75 -> 0.95
+//   [1, 2048] x [4096, 2048]       0.99 -> 0.92   0.75 -> 0.78  0.73 -> 0.76   (16 MiB, 0.5 ms)
+//   [4, 4096] x [4096, 4096]       0.80 -> 0.83   0.32 -> 0.73  0.31 -> 0.49
+// The probe read 26 to 44 GB/s over the runs. Where streaming stops paying (bench-gemv --sweep, 3 x 5 calls,
+// [m, 4096] x [8192, 4096], tiled -> streaming): avx512bf16 m = 5, 6, 7, 8: 0.65, 0.50, 0.41, 0.62 -> 0.76, 0.68,
+// 0.65, 0.65; avx512 0.23..0.31 -> 0.58..0.69; avx2 0.19..0.22 -> 0.37..0.45; at m = 12 and 16 no gain, so the
+// tiled path keeps m > 8.
 // The bf16 -> f32 register loads and the AVX-512 tail mask are simd.h's (shared with add.cc and convert.cc).
 // Measured on the 2-core Zen 4 development machine, m = n = k = 1024 bf16 -> f32: avx2 about 160, avx512 about
 // 165, avx512bf16 about 370 GFLOP/s (vdpbf16ps peak about 406); f32 inputs: avx2 125, avx512 150 (FMA peak 224).
@@ -46,7 +61,7 @@ namespace moe::cpu {
 namespace {
 
 constexpr int64_t kMaxTile = 64;  // upper bound of a tile's rows and columns (f32 tile buffer on the stack)
-constexpr int64_t kStreamMaxM = 4;  // m <= this takes the streaming path (stream_rows)
+constexpr int64_t kStreamMaxM = 8;  // m <= this takes the streaming path (stream_rows)
 constexpr int64_t kStreamChunkBytes = int64_t{256} << 10;  // bytes of b per pool range of the streaming path
 
 // Kernels see rows already offset to the current k block; `kc` values per row.

@@ -21,8 +21,9 @@ struct GemmArgs {
   int64_t lda, ldb, ldc;  // >= k, >= k, >= n
 };
 
-// Multithreaded over (m tile, n tile); for m <= 4 over ranges of b rows, each b row read once (gemm.cc's
-// streaming path). Returns the tier that ran.
+// Multithreaded over (m tile, n tile); for m <= 8 over ranges of b rows, each b row read once (gemm.cc's
+// streaming path). Batch invariant: a row of out is bitwise the same whatever m, the other rows of a and the
+// thread count are (per tier). Returns the tier that ran.
 // Throws moe::Error(InvalidArgument) for unsupported dtypes, (Cancelled) when cancelled.
 Isa gemm(const GemmArgs& args, Isa isa, const CancelToken* cancel = nullptr);
 

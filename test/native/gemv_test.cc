@@ -1,6 +1,7 @@
-// Small-m gemm cases for moe-native (the streaming decode path of cpu/gemm.cc, m <= 4, and m = 5 on the tiled path
-// next to it), on every CPU tier against the float64 reference of ref.h: m = 1..4 with n not a multiple of the
-// kernels' 4 rows of b, odd k (the masked and zero-padded k tails), strided rows with NaN padding past k (a kernel
+// Small-m gemm cases for moe-native (the streaming decode path of cpu/gemm.cc, m <= 8, and m = 9 on the tiled path
+// next to it), on every CPU tier against the float64 reference of ref.h: m = 1..8 with n not a multiple of the
+// kernels' 2..4 rows of b, odd k (the masked and zero-padded k tails, k blocks of 512 and 1024 with a partial last
+// one), strided rows with NaN padding past k (a kernel
 // that reads past k poisons its output), sentinels after every output row (no stray writes), and b placed so that
 // its last row ends right before an unreadable page (a read past the end of b faults). Tolerances as in
 // ops_test.cc's gemm cases. Each case also checks that the result does not depend on the threads: gemm() on the
@@ -171,7 +172,7 @@ Outcome run_gemv(const Backend& be, const GemvShape& s, DType ab, DType od) {
   return Outcome::check(same && st.nmse <= tol, "err=" + fmt(st.nmse) + " nmse (tol " + fmt(tol) + ")" + extra);
 }
 
-// A token cancelled before the call: the streaming path throws Cancelled and writes no row range.
+// A token cancelled before the call: the streaming path throws Cancelled and writes no output.
 Outcome run_gemv_cancel(const Backend& be) {
   if (be.kind != BackendKind::Cpu) return Outcome::skip("CPU cancellation token");
   const int64_t m = 2, n = 4099, k = 256;
@@ -197,9 +198,11 @@ void add_gemv_cases(std::vector<Case>& cases) {
   const std::vector<GemvShape> shapes = {
       dense(1, 1, 1),      dense(1, 3, 7),      dense(1, 37, 33),    dense(1, 130, 1023), dense(1, 1029, 4097),
       dense(2, 5, 31),     dense(2, 37, 95),    dense(2, 6, 2048),   dense(3, 7, 65),     dense(3, 130, 257),
-      dense(4, 3, 17),     dense(4, 37, 2049),  dense(4, 130, 511),  dense(5, 37, 95),
+      dense(4, 3, 17),     dense(4, 37, 2049),  dense(4, 130, 511),  dense(5, 37, 95),    dense(6, 11, 1025),
+      dense(7, 130, 33),   dense(8, 37, 513),   dense(9, 37, 95),
       {3, 37, 95, 101, 99, 41},     // strided, odd strides
       {4, 130, 255, 256, 263, 131},
+      {7, 37, 95, 101, 99, 41},
       {2, 5, 0, 4, 4, 9},           // k == 0 writes zeros
   };
   const DType combos[][2] = {
