@@ -7,7 +7,9 @@
  *   native groups: JS bookkeeping, KV writes, sampling, detokenisation; target < 5% of the step).
  * Roofline in the same run: a decode step must read every dense weight once plus the k routed experts of each MoE
  * layer; at the read bandwidth measured by the native read probe that takes bytes / bandwidth: `frac_of_roofline` =
- * that time / measured ms per token (1.0 = memory-bound at the probe's bandwidth).
+ * that time / measured ms per token (1.0 = memory-bound at the probe's bandwidth). This VM's memory bandwidth
+ * drifts (15-44 GB/s within minutes), so the probe is re-measured right before and after each case and the row
+ * records both; the fraction uses their mean.
  * Checkpoints are generated once into $TMPDIR/moe-offload-bench (makeModel; the Mixtral-shape one is ~3.3 GB).
  * Run: node dist/bench/model.js [--quick] -> bench/results/model-cpu-<date>.json
  */
@@ -81,14 +83,17 @@ async function main(): Promise<void> {
       await model.generate(prompt, { maxNewTokens: 4, stopAtEos: false }); // warm-up
       const runs = quick ? 1 : 3;
       const results = [];
+      const bwBefore = readBandwidth();
       for (let i = 0; i < runs; i++) results.push(await model.generate(prompt, { maxNewTokens: c.tokens, stopAtEos: false }));
+      const bwAfter = readBandwidth();
+      const bwCase = (bwBefore + bwAfter) / 2;
       results.sort((a, b) => a.stats.msPerToken - b.stats.msPerToken);
       const r = results[Math.floor(results.length / 2)]!;
       const d = r.stats.decode;
       const steps = r.stats.generatedTokens - 1;
       const nativeMs = d.attentionMs + d.expertMs + d.denseMs + d.stallMs;
       const outside = r.stats.decodeMs - nativeMs;
-      const rooflineMs = (stepBytes / (bw * 1e9)) * 1e3;
+      const rooflineMs = (stepBytes / (bwCase * 1e9)) * 1e3;
       const row = {
         model: c.preset,
         layers: cfg.numLayers,
@@ -107,6 +112,7 @@ async function main(): Promise<void> {
         },
         outside_native_frac: r3(outside / r.stats.decodeMs),
         step_bytes: stepBytes,
+        read_GBs_before_after: [r3(bwBefore), r3(bwAfter)],
         roofline_ms: r3(rooflineMs),
         frac_of_roofline: r3(rooflineMs / r.stats.msPerToken),
         ...(r.stats.cache ? { cache: r.stats.cache } : {}),

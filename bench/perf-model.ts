@@ -2,7 +2,9 @@
  * Performance model accuracy (issue 8): predicted vs measured decode throughput of batched generation on this
  * machine, over models x batch x context. The profile (lib/batching/profile.ts) is measured first in the same
  * run; each configuration then runs `generateBatch` with B random prompts of L tokens and times the steps in which
- * all B sequences decode (median), and the model predicts the same step at context L + (decode steps)/2.
+ * all B sequences decode (median), and the model predicts the same step at context L + (decode steps)/2, with its
+ * memory-bound terms rescaled to the read bandwidth measured around that configuration (this VM's bandwidth drifts
+ * by up to 2x within minutes; the profile records the bandwidth it saw).
  * Reports |predicted - measured| / measured per configuration and the mean (target <= 6%, MoE-Lens's 94%).
  * Run: node dist/bench/perf-model.js [--quick] -> bench/results/perf-model-cpu-<date>.json
  */
@@ -12,7 +14,7 @@ import path from 'node:path';
 
 import { loadModel, makeModel, type PresetName } from '../lib/index.js';
 import { predictDecode } from '../lib/batching/perf-model.js';
-import { profileHardware } from '../lib/batching/profile.js';
+import { profileHardware, readProbeGBs } from '../lib/batching/profile.js';
 import { openBackend } from '../lib/index.js';
 import { machine } from './machine.js';
 
@@ -49,6 +51,7 @@ async function main(): Promise<void> {
           // enough new tokens that every sequence is still decoding when the last one finishes its prefill
           const maxNewTokens = decodeSteps + Math.ceil((B * L) / 1024) + 2;
           const reqs = Array.from({ length: B }, () => ({ prompt: { tokens: Array.from({ length: L }, rnd) }, options: { maxNewTokens, stopAtEos: false } }));
+          const readNow = readProbeGBs();
           const stepMs: number[] = [];
           for await (const _ of model.generateBatch(reqs, { maxSequences: B, maxBatchTokens: Math.max(1024, B), onStep: (st) => st.decodeTokens === B && st.tokens === B && stepMs.push(st.ms) })) {
             // results are not needed; the step timings are
@@ -56,7 +59,7 @@ async function main(): Promise<void> {
           stepMs.sort((a, b) => a - b);
           const measured = stepMs[Math.floor(stepMs.length / 2)]!;
           if (stepMs.length === 0) throw new Error(`no step decoded all ${B} sequences (${m.preset}, context ${L})`);
-          const pred = predictDecode(model.config, profile, { batch: B, context: L + maxNewTokens - stepMs.length / 2 });
+          const pred = predictDecode(model.config, profile, { batch: B, context: L + maxNewTokens - stepMs.length / 2 }, { readGBs: (readNow + readProbeGBs()) / 2 });
           const row = {
             model: m.preset,
             layers: model.config.numLayers,
@@ -67,6 +70,7 @@ async function main(): Promise<void> {
             measured_tokens_per_s: r3((B * 1000) / measured),
             predicted_tokens_per_s: r3(pred.tokensPerSecond),
             rel_error: r3(Math.abs(pred.stepMs - measured) / measured),
+            read_GBs_now: r3(readNow),
             bound: pred.bound,
             terms_ms: Object.fromEntries(Object.entries(pred.terms).map(([k, v]) => [k, r3(v)])),
             decode_steps_timed: stepMs.length,

@@ -27,6 +27,8 @@ const PROFILE: HardwareProfile = {
   ],
   opMs: 0.02,
   groupMs: 0.03,
+  stepFixedMs: 0.1,
+  readGBs: 20,
   sampleNsPerLogit: 1,
   hostMemoryBytes: 2 ** 34,
   measuredAt: 'now',

@@ -34,10 +34,14 @@ export interface HardwareProfile {
   experts: RowsCurve;
   /** Decode attention K/V bytes read per second vs the GQA ratio (query heads per kv head). */
   attention: Array<{ gqa: number; GBs: number }>;
-  /** Fixed cost of one op queued behind others on the stream (submission + kernel launch on tiny data), ms. */
+  /** Fixed cost of one op inside the runtime (submission, checks, launch on tiny data, the step's host work), ms. */
   opMs: number;
   /** Round trip of one awaited group of ops back to JS, ms. */
   groupMs: number;
+  /** Per decode step costs that do not grow with the op count (embedding, sampling, detokenising, bookkeeping), ms. */
+  stepFixedMs: number;
+  /** Streaming read bandwidth when the profile was measured (GB/s); predictions can be rescaled to the bandwidth now. */
+  readGBs: number;
   /** Sampling cost per logit (argmax / softmax over the vocabulary), ns. */
   sampleNsPerLogit: number;
   /** Host memory the KV cache may take (bytes). */
@@ -91,7 +95,7 @@ export interface DecodePrediction {
 }
 
 /** Awaited op groups per layer in lib/engine/forward.ts (norm+qkv+rope, attention, o+norm+router, experts). */
-const GROUPS_PER_LAYER = 4;
+export const GROUPS_PER_LAYER = 4;
 
 /** Ops lib/engine/forward.ts issues per layer for this config (and per step outside the layers). */
 export function opsPerStep(cfg: ModelConfig): { perLayer: number[]; perStep: number } {
@@ -114,7 +118,9 @@ export function opsPerStep(cfg: ModelConfig): { perLayer: number[]; perStep: num
 }
 
 /** Predicted decode step of `shape` on `p` for model `cfg` (CPU backend, experts resident). */
-export function predictDecode(cfg: ModelConfig, p: HardwareProfile, shape: DecodeShape): DecodePrediction {
+export function predictDecode(cfg: ModelConfig, p: HardwareProfile, shape: DecodeShape, options: { readGBs?: number } = {}): DecodePrediction {
+  // memory-bound costs scale with the bandwidth available now (this matters on VMs whose bandwidth drifts)
+  const bw = options.readGBs !== undefined && p.readGBs > 0 ? p.readGBs / options.readGBs : 1;
   const B = shape.batch;
   const L = shape.context;
   const H = cfg.hiddenSize;
@@ -123,7 +129,7 @@ export function predictDecode(cfg: ModelConfig, p: HardwareProfile, shape: Decod
   const dense = layers - moe;
   const nH = cfg.numHeads;
   const hd = cfg.headDim;
-  const gemm = (n: number, k: number, bytesPer = 2) => curveMs(p.gemm, n * k * bytesPer, B);
+  const gemm = (n: number, k: number, bytesPer = 2) => bw * curveMs(p.gemm, n * k * bytesPer, B);
 
   // attention projections (MLA: q, compressed kv, its decompression, o)
   let projMs: number;
@@ -141,21 +147,21 @@ export function predictDecode(cfg: ModelConfig, p: HardwareProfile, shape: Decod
   const kvBytes = B * L * 2 * kvHeads * attentionHeadDim(cfg) * 2;
   const gqa = cfg.mla ? 1 : nH / cfg.numKvHeads;
   const attnGBs = interp(p.attention.map((a) => ({ x: a.gqa, y: a.GBs })), gqa);
-  const attnMs = kvBytes / (attnGBs * 1e6);
+  const attnMs = (bw * kvBytes) / (attnGBs * 1e6);
   const routerMs = gemm(cfg.numExperts, H, 4);
   // routed experts
   const E = cfg.numExperts;
   const k = cfg.topK;
   const U = E * (1 - (1 - k / E) ** B);
   const expertBytes = 3 * H * cfg.moeIntermediateSize * 2;
-  const expertsMs = curveMs(p.experts, U * expertBytes, (B * k) / U);
+  const expertsMs = bw * curveMs(p.experts, U * expertBytes, (B * k) / U);
   const sharedI = cfg.sharedExperts?.intermediateSize ?? 0;
-  const sharedMs = sharedI ? curveMs(p.experts, 3 * H * sharedI * 2, B) : 0;
-  const denseMlpMs = curveMs(p.experts, 3 * H * cfg.denseIntermediateSize * 2, B);
+  const sharedMs = sharedI ? bw * curveMs(p.experts, 3 * H * sharedI * 2, B) : 0;
+  const denseMlpMs = bw * curveMs(p.experts, 3 * H * cfg.denseIntermediateSize * 2, B);
   const lmHeadMs = gemm(cfg.vocabSize, H);
   const ops = opsPerStep(cfg);
   const nOps = ops.perLayer.reduce((a, b) => a + b, 0) + ops.perStep;
-  const overheadMs = nOps * p.opMs + (layers * GROUPS_PER_LAYER + 3) * p.groupMs + (B * cfg.vocabSize * p.sampleNsPerLogit) / 1e6;
+  const overheadMs = p.stepFixedMs + nOps * p.opMs + (layers * GROUPS_PER_LAYER + 3) * p.groupMs + (B * cfg.vocabSize * p.sampleNsPerLogit) / 1e6;
 
   const terms: StepTerms = {
     attentionProjMs: layers * projMs,

@@ -5,14 +5,29 @@
  * so nothing is reused from cache) and compute (many rows per expert), decode attention KV bandwidth, an awaited
  * op's fixed cost, and sampling cost per logit. Each figure is the median of several timed runs after a warm-up.
  */
+import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 
 import type { Backend } from '../backend.js';
+import { loadModel } from '../engine/model.js';
 import { argmax } from '../engine/sampler.js';
 import { info } from '../info.js';
 import { KvCache } from '../kv/cache.js';
+import { native } from '../native.js';
+import { makeModel } from '../model/make-model.js';
 import { HostTensor } from '../tensor.js';
-import type { HardwareProfile, RowsCurve } from './perf-model.js';
+import { GROUPS_PER_LAYER, type HardwareProfile, type RowsCurve, opsPerStep, predictDecode } from './perf-model.js';
+
+/** Streaming read bandwidth now (the native read probe over 256 MiB, median of 5), GB/s. */
+export function readProbeGBs(): number {
+  const buf = new Float32Array(64 * 2 ** 20).fill(1);
+  const secs: number[] = [];
+  for (let i = 0; i < 6; i++) secs.push(native().readProbe(buf).seconds);
+  secs.shift();
+  secs.sort((a, b) => a - b);
+  return buf.byteLength / secs[2]! / 1e9;
+}
 
 async function median(fn: () => Promise<unknown>, runs: number): Promise<number> {
   await fn();
@@ -24,6 +39,45 @@ async function median(fn: () => Promise<unknown>, runs: number): Promise<number>
   }
   ts.sort((a, b) => a - b);
   return ts[Math.floor(ts.length / 2)]!;
+}
+
+/**
+ * Per-op and per-step costs inside the runtime, from decode steps of generated tiny OLMoE models of 1 and 3 layers:
+ * what the kernels (predicted with zero fixed costs) and the group round trips do not explain is split into a
+ * part that grows with the op count (per op) and a part that does not (per step: embedding, LM head launch,
+ * sampling, detokenising, bookkeeping).
+ */
+async function runtimeCosts(be: Backend, p: HardwareProfile, tokens: number): Promise<{ opMs: number; stepFixedMs: number }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-profile-'));
+  const point = async (layers: number) => {
+    const d = path.join(dir, `L${layers}`);
+    await makeModel(d, { preset: 'tiny-olmoe', seed: 1, config: { num_hidden_layers: layers } });
+    const model = await loadModel(d, { backend: be, kvCacheBytes: 16 << 20 });
+    try {
+      await model.generate({ tokens: [1, 2, 3, 4] }, { maxNewTokens: 4, stopAtEos: false });
+      const ms: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const r = await model.generate({ tokens: Array.from({ length: 64 }, (_, j) => 10 + j) }, { maxNewTokens: tokens + 1, stopAtEos: false });
+        ms.push(r.stats.msPerToken);
+      }
+      ms.sort((a, b) => a - b);
+      const kernels = predictDecode(model.config, { ...p, opMs: 0, groupMs: 0, stepFixedMs: 0 }, { batch: 1, context: 64 + tokens / 2 }).stepMs;
+      const ops = opsPerStep(model.config);
+      const n = ops.perLayer.reduce((a, b) => a + b, 0) + ops.perStep;
+      const groups = model.config.numLayers * GROUPS_PER_LAYER + 3;
+      return { rest: ms[1]! - kernels - groups * p.groupMs, n };
+    } finally {
+      model.dispose();
+    }
+  };
+  try {
+    const a = await point(1);
+    const b = await point(3);
+    const opMs = Math.max(p.opMs, (b.rest - a.rest) / (b.n - a.n));
+    return { opMs, stepFixedMs: Math.max(0, a.rest - a.n * opMs) };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 function bf16(shape: number[], seed: number): HostTensor<'bf16'> {
@@ -40,6 +94,7 @@ function bf16(shape: number[], seed: number): HostTensor<'bf16'> {
 /** Measures a HardwareProfile on `be` (CPU backend). Takes 10-30 s. */
 export async function profileHardware(be: Backend, options: { quick?: boolean } = {}): Promise<HardwareProfile> {
   const runs = options.quick ? 3 : 5;
+  const readGBs = readProbeGBs();
   const rowsList = [1, 2, 4, 8, 16, 32, 64, 128];
   // dense GEMM: 32 MiB of weights, time per weight byte at each row count
   const w = bf16([4096, 4096], 1);
@@ -95,17 +150,19 @@ export async function profileHardware(be: Backend, options: { quick?: boolean } 
     attention.push({ gqa, GBs: (16 * 1024 * 4 * 128 * 2 * 2) / (ms * 1e6) });
   }
   kv.dispose();
-  // op costs: a queued chain of tiny ops (per op) and the awaited round trip (per group)
+  // op costs: a queued chain of small ops like a tiny model's (a [1, 256] x [512, 256] GEMM, spread over the thread
+  // pool), per op, and the awaited round trip of a group (per group)
   const a = new HostTensor('f32', [1, 64]);
-  const wn = new HostTensor('f32', [64]);
-  wn.data.fill(1);
+  const xs = bf16([1, 256], 8);
+  const ws = bf16([512, 256], 9);
+  const ys = new HostTensor('f32', [1, 512]);
   const chain = 16;
   const chainTimes: number[] = [];
   const tripTimes: number[] = [];
   for (let i = 0; i < 60; i++) {
     let t0 = performance.now();
     const ops: Array<Promise<unknown>> = [];
-    for (let j = 0; j < chain; j++) ops.push(be.rmsNorm({ x: a, weight: wn, out: a, eps: 1e-6 }));
+    for (let j = 0; j < chain; j++) ops.push(be.gemm(xs, ws, ys));
     await Promise.all(ops);
     chainTimes.push(performance.now() - t0);
     t0 = performance.now();
@@ -115,13 +172,32 @@ export async function profileHardware(be: Backend, options: { quick?: boolean } 
   chainTimes.sort((p, r) => p - r);
   tripTimes.sort((p, r) => p - r);
   const groupMs = tripTimes[30]!;
-  const opMs = Math.max(0, (chainTimes[30]! - groupMs) / (chain - 1));
+  const chainOpMs = Math.max(0, (chainTimes[30]! - groupMs) / (chain - 1));
   // sampling: argmax over a vocabulary row
   const logits = new Float32Array(32000).map((_, i) => Math.sin(i));
   const t0 = performance.now();
   let sink = 0;
   for (let i = 0; i < 200; i++) sink += argmax(logits);
   const sampleNsPerLogit = ((performance.now() - t0) * 1e6) / (200 * 32000) + sink * 0;
+  const partial: HardwareProfile = {
+    backend: be.name,
+    cpu: '',
+    threads: 0,
+    gemm,
+    experts,
+    attention,
+    opMs: chainOpMs,
+    groupMs,
+    stepFixedMs: 0,
+    sampleNsPerLogit,
+    readGBs,
+    hostMemoryBytes: os.totalmem(),
+    measuredAt: '',
+  };
+  // an op inside the runtime costs more than in a bare chain (argument checks, views, the step's host work between
+  // groups): time decode steps of a generated one-layer tiny model and spread what the kernels and the chain do not
+  // explain over its ops
+  const { opMs, stepFixedMs } = await runtimeCosts(be, partial, options.quick ? 8 : 24);
   const i = info();
   return {
     backend: be.name,
@@ -132,7 +208,9 @@ export async function profileHardware(be: Backend, options: { quick?: boolean } 
     attention,
     opMs,
     groupMs,
+    stepFixedMs,
     sampleNsPerLogit,
+    readGBs,
     hostMemoryBytes: os.totalmem(),
     measuredAt: new Date().toISOString(),
   };
