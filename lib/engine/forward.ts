@@ -48,15 +48,6 @@ export function emptyTimes(): StepTimes {
   return { attentionMs: 0, expertMs: 0, stallMs: 0, denseMs: 0, hostMs: 0, totalMs: 0 };
 }
 
-export function addTimes(a: StepTimes, b: StepTimes): void {
-  a.attentionMs += b.attentionMs;
-  a.expertMs += b.expertMs;
-  a.stallMs += b.stallMs;
-  a.denseMs += b.denseMs;
-  a.hostMs += b.hostMs;
-  a.totalMs += b.totalMs;
-}
-
 /** Per MoE layer routing of a step, for traces: ids [T, k] and the full gate probabilities [T, E]. */
 export interface StepRouting {
   ids: Int32Array[];

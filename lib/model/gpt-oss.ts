@@ -72,24 +72,6 @@ export function gptOssLayout(ckpt: Checkpoint, cfg: ModelConfig, l: number): 'bf
   return 'bf16';
 }
 
-/** MXFP4 rows -> f32: blocks [rows, cols/32, 16] u8, scales [rows, cols/32] u8 -> [rows, cols]. */
-export function dequantizeMxfp4(blocks: Uint8Array, scales: Uint8Array, rows: number, cols: number, out = new Float32Array(rows * cols)): Float32Array {
-  const nb = cols / 32;
-  for (let r = 0; r < rows; r++) {
-    for (let b = 0; b < nb; b++) {
-      const scale = 2 ** (scales[r * nb + b]! - 127);
-      const src = (r * nb + b) * 16;
-      const dst = r * cols + b * 32;
-      for (let i = 0; i < 16; i++) {
-        const byte = blocks[src + i]!;
-        out[dst + 2 * i] = FP4_VALUES[byte & 15]! * scale;
-        out[dst + 2 * i + 1] = FP4_VALUES[byte >> 4]! * scale;
-      }
-    }
-  }
-  return out;
-}
-
 /**
  * f32 rows -> MXFP4 (round to the nearest e2m1 value after scaling each block of 32 by 2^e, e the smallest that
  * brings the block's largest magnitude to <= 6). For writing test and benchmark checkpoints.
