@@ -28,7 +28,8 @@ import { PRESETS, PRESET_NAMES } from './model/presets.js';
 const USAGE = `usage: moe-offload <command> [options]
 
 commands:
-  demo                       make a tiny random-weight MoE model (once) and generate with a 25% expert cache
+  demo                       make a tiny random-weight MoE model (once); generate in latency mode with a 25% expert
+                             cache, then a batch in throughput mode next to the performance model's prediction
   profile [--out FILE]       measure what the performance model needs (GEMM and fused-MoE cost vs rows, attention
                              bandwidth, per-op costs); default FILE ~/.cache/moe-offload/profile.json
   plan --model DIR [--context N] [--kv-gib G] [--profile FILE]

@@ -75,6 +75,7 @@ export {
   type WritableTensor,
 } from './model/safetensors.js';
 export { ModelTokenizer, type ChatMessage, type StreamDecoder } from './model/tokenizer.js';
+export { demo, type DemoOptions } from './demo.js';
 export { makeModel, presetOf, type MakeModelOptions, type MadeModel } from './model/make-model.js';
 export { PRESETS, PRESET_NAMES, type PresetName, type ModelPreset } from './model/presets.js';
 export {

@@ -12,6 +12,7 @@ import {
   InvalidArgumentError,
   type MoeModel,
   UnsupportedModelError,
+  demo,
   loadModel,
   makeModel,
   parseTrace,
@@ -238,6 +239,18 @@ describe('malformed checkpoints', () => {
     const ac = new AbortController();
     ac.abort(new Error('stop loading'));
     await assert.rejects(loadModel(dir, { signal: ac.signal }), /stop loading/);
+  });
+});
+
+describe('demo', () => {
+  test('latency mode with a 25% cache, then throughput mode with a prediction', async () => {
+    let out = '';
+    await demo({ dir: path.join(root, 'demo-model'), maxNewTokens: 4, batch: 6, write: (t) => (out += t) });
+    assert.match(out, /made a tiny random-weight Qwen3-MoE checkpoint/);
+    assert.match(out, /latency mode/);
+    assert.match(out, /expert cache over the latency requests: \d+ hits/);
+    assert.match(out, /throughput mode: 6 requests/);
+    assert.match(out, /tokens\/s measured, \d+ predicted/);
   });
 });
 
