@@ -61,6 +61,19 @@ for (const preset of ['tiny-mixtral', 'tiny-qwen3-moe'] as const) {
   });
 }
 
+test('seeded sampling in a batch gives the tokens of the same request alone', async () => {
+  using model = await loadModel(dirs['tiny-qwen3-moe']!);
+  const opts = (i: number) => ({ maxNewTokens: 10, stopAtEos: false, temperature: 0.9, topK: 40, topP: 0.9, seed: 100 + i });
+  const single: number[][] = [];
+  for (const [i, p] of PROMPTS.slice(0, 6).entries()) single.push((await model.generate(p, opts(i))).tokens);
+  // a small token budget: prompts are prefilled in chunks that share steps with other requests
+  const batched = await collect(model.generateBatch(PROMPTS.slice(0, 6).map((p, i) => ({ prompt: p, options: opts(i) })), { maxBatchTokens: 64 }));
+  assert.deepEqual(
+    batched.map((r) => r.tokens),
+    single,
+  );
+});
+
 describe('scheduling', () => {
   test('a small KV cache makes requests wait, none is lost; a request that can never fit fails alone', async () => {
     using big = await loadModel(dirs['tiny-mixtral']!);

@@ -316,23 +316,19 @@ MOE_TARGET_AVX512BF16 void chunk_avx512bf16(const Chunk& ch) {
       __m512bh q[HD / 32];
       for (int i = 0; i < HD / 32; ++i) q[i] = (__m512bh)_mm512_loadu_si512(ch.qb + static_cast<size_t>(r) * HD + 32 * i);
       float* s = ch.s + static_cast<size_t>(r) * ch.s_stride;
-      if (jn == 16) {
-        __m512 d[16];
-        for (int t = 0; t < 16; ++t) {
-          const uint16_t* kr = kb + static_cast<size_t>(j0 + t) * HD;
-          __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), q[0], (__m512bh)_mm512_loadu_si512(kr));
-          for (int i = 1; i < HD / 32; ++i) a = _mm512_dpbf16_ps(a, q[i], (__m512bh)_mm512_loadu_si512(kr + 32 * i));
-          d[t] = a;
-        }
-        _mm512_storeu_ps(s + j0, reduce16(d));
-      } else {
-        for (int j = j0; j < c; ++j) {
-          const uint16_t* kr = kb + static_cast<size_t>(j) * HD;
-          __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), q[0], (__m512bh)_mm512_loadu_si512(kr));
-          for (int i = 1; i < HD / 32; ++i) a = _mm512_dpbf16_ps(a, q[i], (__m512bh)_mm512_loadu_si512(kr + 32 * i));
-          s[j] = _mm512_reduce_add_ps(a);
-        }
+      // A partial block (jn < 16 keys, the end of the extent) reduces through the same reduce16 tree with zero
+      // accumulators for the missing keys: lane t of reduce16 sums only d[t], so a key's score has the same bits
+      // whether or not later keys exist in this call (the extent c depends on the other rows of the chunk, i.e. on
+      // how a prompt was split into prefill steps; a different reduction here made results depend on it).
+      __m512 d[16];
+      for (int t = 0; t < jn; ++t) {
+        const uint16_t* kr = kb + static_cast<size_t>(j0 + t) * HD;
+        __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), q[0], (__m512bh)_mm512_loadu_si512(kr));
+        for (int i = 1; i < HD / 32; ++i) a = _mm512_dpbf16_ps(a, q[i], (__m512bh)_mm512_loadu_si512(kr + 32 * i));
+        d[t] = a;
       }
+      for (int t = jn; t < 16; ++t) d[t] = _mm512_setzero_ps();
+      _mm512_mask_storeu_ps(s + j0, simd::tail_mask16(static_cast<size_t>(jn)), reduce16(d));
     }
   }
   // ---- online softmax per row, acc *= corr, probabilities -> bf16 pairs in place

@@ -1,0 +1,58 @@
+// CPU attention is invariant to how a sequence's queries are split into calls: a prompt prefilled in one call or in
+// several (prefill chunks, possibly batched with other sequences) gives every query row bitwise the same output, on
+// every CPU tier. Batched generation relies on it (a request's tokens must not depend on its batch).
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { HostTensor, KvCache } from '../lib/index.js';
+import { harnessBackends } from './harness/backends.js';
+
+const cpuBackends = harnessBackends().filter((hb) => hb.name.startsWith('cpu-'));
+
+function values(n: number, seed: number): number[] {
+  let s = seed >>> 0 || 1;
+  return Array.from({ length: n }, () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return (s / 2 ** 32) * 2 - 1;
+  });
+}
+
+for (const hb of cpuBackends) {
+  const skip = hb.available ? false : hb.reason ?? 'unavailable';
+  for (const [qHeads, kvHeads, hd] of [
+    [4, 2, 128],
+    [8, 1, 64],
+  ] as const) {
+    void test(`attention: rows do not depend on how the queries are split into calls (${qHeads}:${kvHeads} heads of ${hd}) on ${hb.name}`, { skip }, async () => {
+      const be = hb.open();
+      const L = 93;
+      const kv = KvCache.create(be, { layers: 1, kvHeads, headDim: hd, budgetBytes: 4 * 64 * kvHeads * hd * 2 * 2 });
+      const k = HostTensor.from('f32', [L, kvHeads, hd], values(L * kvHeads * hd, 1));
+      const v = HostTensor.from('f32', [L, kvHeads, hd], values(L * kvHeads * hd, 2));
+      // large scores (as after q/k norms in real models), so a last-bit change in a score reaches the bf16 output
+      const q = HostTensor.from('bf16', [L, qHeads, hd], values(L * qHeads * hd, 3).map((x) => 8 * x));
+      // whole: one sequence, all L queries at once
+      const whole = kv.allocate();
+      kv.write(0, whole, kv.append(whole, L), k, v);
+      const want = new HostTensor('f32', [L, qHeads, hd]); // f32 out: a last-bit difference anywhere shows
+      await be.attention({ q, k: kv.keys(0), v: kv.values(0), out: want, ...kv.batch([whole], [L]) });
+      kv.free(whole);
+      for (const cuts of [[43], [16, 17, 64], [1, 92], [63, 65]]) {
+        const s = kv.allocate();
+        const got = new HostTensor('f32', [L, qHeads, hd]);
+        let prev = 0;
+        for (const c of [...cuts, L]) {
+          const n = c - prev;
+          kv.write(0, s, kv.append(s, n), k.rows(prev, n), v.rows(prev, n));
+          await be.attention({ q: q.rows(prev, n), k: kv.keys(0), v: kv.values(0), out: got.rows(prev, n), ...kv.batch([s], [n]) });
+          prev = c;
+        }
+        kv.free(s);
+        let diff = 0;
+        for (let i = 0; i < want.numel; i++) if (got.data[i] !== want.data[i]) diff++;
+        assert.equal(diff, 0, `cuts ${cuts.join(', ')}: ${diff} of ${want.numel} output elements differ from one call`);
+      }
+      kv.dispose();
+    });
+  }
+}
