@@ -17,8 +17,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { type ExpertMode, loadModel, makeModel, type PresetName } from '../lib/index.js';
-import { native } from '../lib/native.js';
+import { readProbeGBs } from '../lib/batching/profile.js';
+import { type ExpertMode, loadModel, type PresetName } from '../lib/index.js';
+import { benchModel } from './bench-models.js';
 import { machine } from './machine.js';
 
 interface Case {
@@ -29,27 +30,6 @@ interface Case {
 }
 
 const r3 = (v: number): number => +v.toFixed(3);
-
-function readBandwidth(): number {
-  const nat = native() as unknown as { readProbe: (d: Float32Array) => { seconds: number } };
-  const bytes = 512 * 2 ** 20;
-  const buf = new Float32Array(bytes / 4).fill(1);
-  const secs: number[] = [];
-  for (let i = 0; i < 6; i++) secs.push(nat.readProbe(buf).seconds);
-  secs.shift();
-  secs.sort((a, b) => a - b);
-  return bytes / secs[Math.floor(secs.length / 2)]! / 1e9;
-}
-
-async function ensureModel(preset: PresetName, layers: number | undefined): Promise<string> {
-  const dir = path.join(os.tmpdir(), 'moe-offload-bench', `${preset}${layers ? `-L${layers}` : ''}`);
-  if (!fs.existsSync(path.join(dir, 'config.json'))) {
-    const t0 = performance.now();
-    await makeModel(dir, { preset, seed: 1, ...(layers ? { config: { num_hidden_layers: layers } } : {}) });
-    console.log(`  made ${preset} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  }
-  return dir;
-}
 
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
@@ -64,11 +44,11 @@ async function main(): Promise<void> {
     { preset: 'qwen3-30b-a3b-shape', layers: 2, experts: { fraction: 0.25, policy: 'lru' }, tokens: 24 },
     ...(quick ? [] : [{ preset: 'mixtral-8x7b-shape' as const, layers: 1, experts: 'resident' as const, tokens: 12 }]),
   ];
-  const bw = readBandwidth();
+  const bw = readProbeGBs(512 * 2 ** 20);
   console.log(`read bandwidth (probe): ${bw.toFixed(1)} GB/s`);
   const rows: Record<string, unknown>[] = [];
   for (const c of cases) {
-    const dir = await ensureModel(c.preset, c.layers);
+    const dir = await benchModel(c.preset, c.layers);
     const model = await loadModel(dir, { experts: c.experts });
     try {
       const cfg = model.config;
@@ -83,9 +63,9 @@ async function main(): Promise<void> {
       await model.generate(prompt, { maxNewTokens: 4, stopAtEos: false }); // warm-up
       const runs = quick ? 1 : 3;
       const results = [];
-      const bwBefore = readBandwidth();
+      const bwBefore = readProbeGBs(512 * 2 ** 20);
       for (let i = 0; i < runs; i++) results.push(await model.generate(prompt, { maxNewTokens: c.tokens, stopAtEos: false }));
-      const bwAfter = readBandwidth();
+      const bwAfter = readProbeGBs(512 * 2 ** 20);
       const bwCase = (bwBefore + bwAfter) / 2;
       results.sort((a, b) => a.stats.msPerToken - b.stats.msPerToken);
       const r = results[Math.floor(results.length / 2)]!;

@@ -19,19 +19,8 @@ import path from 'node:path';
 
 import { HostTensor, openBackend } from '../lib/index.js';
 import { native } from '../lib/native.js';
+import { median } from '../lib/batching/profile.js';
 import { machine } from './machine.js';
-
-async function median(fn: () => Promise<unknown>, runs: number): Promise<number> {
-  await fn();
-  const ts: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const t0 = performance.now();
-    await fn();
-    ts.push(performance.now() - t0);
-  }
-  ts.sort((a, b) => a - b);
-  return ts[Math.floor(ts.length / 2)]!;
-}
 
 function filled(shape: number[], bits: number): HostTensor<'bf16'> {
   const t = new HostTensor('bf16', shape);

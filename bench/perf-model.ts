@@ -12,19 +12,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { loadModel, makeModel, type PresetName } from '../lib/index.js';
 import { predictDecode } from '../lib/batching/perf-model.js';
 import { profileHardware, readProbeGBs } from '../lib/batching/profile.js';
-import { openBackend } from '../lib/index.js';
+import { loadModel, openBackend, type PresetName } from '../lib/index.js';
+import { benchModel } from './bench-models.js';
 import { machine } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
-
-async function ensureModel(preset: PresetName, layers?: number): Promise<string> {
-  const dir = path.join(os.tmpdir(), 'moe-offload-bench', `${preset}${layers ? `-L${layers}` : ''}`);
-  if (!fs.existsSync(path.join(dir, 'config.json'))) await makeModel(dir, { preset, seed: 1, ...(layers ? { config: { num_hidden_layers: layers } } : {}) });
-  return dir;
-}
 
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
@@ -40,7 +34,7 @@ async function main(): Promise<void> {
   const decodeSteps = 8;
   const rows: Array<Record<string, unknown>> = [];
   for (const m of models) {
-    const dir = await ensureModel(m.preset, m.layers);
+    const dir = await benchModel(m.preset, m.layers);
     const model = await loadModel(dir, { kvCacheBytes: 1 << 30 });
     try {
       const V = model.config.vocabSize;

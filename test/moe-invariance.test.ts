@@ -17,20 +17,12 @@ import { test } from 'node:test';
 
 import { type Backend, HostTensor, type MoeActivation } from '../lib/index.js';
 import { harnessBackends } from './harness/backends.js';
+import { uniform } from './harness/inputs.js';
 import { rng } from './harness/ref.js';
 
 const OAI: MoeActivation = { kind: 'swiglu-oai', alpha: 1.702, limit: 7 };
 const TS = [5, 17, 64, 300];
 const T_MAX = 300;
-
-/** Uniform values in [-amp, amp], rounded to bf16 (f32 when dtype is 'f32'). */
-function uniform<D extends 'bf16' | 'f32'>(dtype: D, shape: number[], amp: number, seed: number): HostTensor<D> {
-  const r = rng(seed);
-  const n = shape.reduce((a, b) => a * b, 1);
-  const v = new Float32Array(n);
-  for (let i = 0; i < n; i++) v[i] = (r() * 2 - 1) * amp;
-  return HostTensor.from(dtype, shape, v);
-}
 
 interface Spec {
   name: string;

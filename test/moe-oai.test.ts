@@ -19,36 +19,12 @@ import { test } from 'node:test';
 import { type Backend, type ExpertTable, HostTensor, InvalidArgumentError, type KernelTier, type MoeActivation, type Tensor } from '../lib/index.js';
 import { harnessBackends, onBackend } from './harness/backends.js';
 import { rng } from './harness/ref.js';
-import { values } from './harness/inputs.js';
+import { randomIds, uniform, values } from './harness/inputs.js';
 import { type OpCase, runCaseTable } from './harness/table.js';
 
 const OAI: MoeActivation = { kind: 'swiglu-oai', alpha: 1.702, limit: 7 };
 
 // ---- inputs ----------------------------------------------------------------------------------------------------
-
-/** Uniform values in [-amp, amp], rounded to bf16 (f32 when dtype is 'f32'). */
-function uniform<D extends 'bf16' | 'f32'>(dtype: D, shape: number[], amp: number, seed: number): HostTensor<D> {
-  const r = rng(seed);
-  const n = shape.reduce((a, b) => a * b, 1);
-  const v = new Float32Array(n);
-  for (let i = 0; i < n; i++) v[i] = (r() * 2 - 1) * amp;
-  return HostTensor.from(dtype, shape, v);
-}
-
-/** k distinct experts per token (uniform). */
-function randomIds(t: number, k: number, e: number, seed: number): Int32Array {
-  const r = rng(seed);
-  const ids = new Int32Array(t * k);
-  const perm = Array.from({ length: e }, (_, i) => i);
-  for (let i = 0; i < t; i++) {
-    for (let j = 0; j < k; j++) {
-      const p = j + Math.floor(r() * (e - j));
-      [perm[j], perm[p]] = [perm[p]!, perm[j]!];
-      ids[i * k + j] = perm[j]!;
-    }
-  }
-  return ids;
-}
 
 interface ExpertW {
   gate: HostTensor<'bf16'>;

@@ -13,28 +13,12 @@ import { test } from 'node:test';
 import { type Backend, type ExpertTable, HostTensor, InvalidArgumentError, type KernelTier, type Tensor } from '../lib/index.js';
 import { harnessBackends, onBackend } from './harness/backends.js';
 import { rng } from './harness/ref.js';
-import { randomBf16, values } from './harness/inputs.js';
+import { randomBf16, randomIds, values } from './harness/inputs.js';
 import { type OpCase, runCaseTable } from './harness/table.js';
 
 const CASES: OpCase[] = [];
 
 // ---- inputs and references -------------------------------------------------------------------------------------
-
-
-/** k distinct experts per token (uniform), as topk routing would give. */
-function randomIds(t: number, k: number, e: number, seed: number): Int32Array {
-  const r = rng(seed);
-  const ids = new Int32Array(t * k);
-  const perm = Array.from({ length: e }, (_, i) => i);
-  for (let i = 0; i < t; i++) {
-    for (let j = 0; j < k; j++) {
-      const p = j + Math.floor(r() * (e - j));
-      [perm[j], perm[p]] = [perm[p]!, perm[j]!];
-      ids[i * k + j] = perm[j]!;
-    }
-  }
-  return ids;
-}
 
 function refSilu(g: number): number {
   return g / (1 + Math.exp(-g));

@@ -19,9 +19,9 @@ import { makeModel } from '../model/make-model.js';
 import { HostTensor } from '../tensor.js';
 import { GROUPS_PER_LAYER, type HardwareProfile, type RowsCurve, opsPerStep, predictDecode } from './perf-model.js';
 
-/** Streaming read bandwidth now (the native read probe over 256 MiB, median of 5), GB/s. */
-export function readProbeGBs(): number {
-  const buf = new Float32Array(64 * 2 ** 20).fill(1);
+/** Streaming read bandwidth now (the native read probe over `bytes`, default 256 MiB; median of 5), GB/s. */
+export function readProbeGBs(bytes = 256 * 2 ** 20): number {
+  const buf = new Float32Array(bytes / 4).fill(1);
   const secs: number[] = [];
   for (let i = 0; i < 6; i++) secs.push(native().readProbe(buf).seconds);
   secs.shift();
@@ -29,7 +29,8 @@ export function readProbeGBs(): number {
   return buf.byteLength / secs[2]! / 1e9;
 }
 
-async function median(fn: () => Promise<unknown>, runs: number): Promise<number> {
+/** Median wall time (ms) of `runs` awaited calls of fn after one warm-up call. */
+export async function median(fn: () => Promise<unknown>, runs: number): Promise<number> {
   await fn();
   const ts: number[] = [];
   for (let i = 0; i < runs; i++) {

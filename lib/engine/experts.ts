@@ -49,6 +49,28 @@ export interface ExpertProvider {
   dispose(): void;
 }
 
+/**
+ * moeExperts of MoE layer index `li` with `experts` (id -> weights) set in `table` for this call only (plus their
+ * biases and the family's activation from `extras`); the entries are cleared again whatever happens.
+ */
+async function runWithExperts(
+  be: Backend,
+  table: ExpertTable,
+  extras: ExpertExtras,
+  li: number,
+  experts: ReadonlyArray<{ id: number; w: { gate: Tensor; up: Tensor; down: Tensor } }>,
+  a: { x: Tensor; ids: Tensor; weights: Tensor; out: Tensor },
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  try {
+    for (const { id, w } of experts) table.set(id, { gate: w.gate, up: w.up, down: w.down, ...(extras.biases?.(li, id) ?? {}) });
+    const act = extras.activation;
+    await be.moeExperts({ x: a.x, topkIds: a.ids, topkWeights: a.weights, experts: table, out: a.out, ...(act ? { activation: act } : {}) }, signal ? { signal } : {});
+  } finally {
+    for (const { id } of experts) table.clear(id);
+  }
+}
+
 export class ResidentExperts implements ExpertProvider {
   readonly #be: Backend;
   readonly #store: ExpertStore;
@@ -68,16 +90,8 @@ export class ResidentExperts implements ExpertProvider {
     const table = this.#tables[li]!;
     const layer = this.#store.layers[li]!;
     const used = [...new Set(hostIds)].filter((e) => e >= 0 && e < this.#store.experts);
-    try {
-      for (const e of used) {
-        const v = this.#store.expert(layer, e);
-        table.set(e, { gate: v.gate, up: v.up, down: v.down, ...(this.#extras.biases?.(li, e) ?? {}) });
-      }
-      const act = this.#extras.activation;
-      await this.#be.moeExperts({ x, topkIds: ids, topkWeights: weights, experts: table, out, ...(act ? { activation: act } : {}) }, signal ? { signal } : {});
-    } finally {
-      for (const e of used) table.clear(e);
-    }
+    const experts = used.map((id) => ({ id, w: this.#store.expert(layer, id) }));
+    await runWithExperts(this.#be, table, this.#extras, li, experts, { x, ids, weights, out }, signal);
     return { stallMs: 0, computeMs: performance.now() - t0 };
   }
   dispose(): void {}
@@ -166,22 +180,14 @@ export class CachedExperts implements ExpertProvider {
       if (s.status === 'fulfilled') leases.push(s.value);
       else failure ??= s.reason;
     }
-    const table = this.#tables[li]!;
     try {
       if (failure !== undefined) throw failure;
       const t1 = performance.now();
-      for (const lease of leases) {
-        const v = this.slots.slot(lease.slot);
-        table.set(lease.expert, { gate: v.gate, up: v.up, down: v.down, ...(this.#extras.biases?.(li, lease.expert) ?? {}) });
-      }
-      const act = this.#extras.activation;
-      await this.#be.moeExperts({ x, topkIds: ids, topkWeights: weights, experts: table, out, ...(act ? { activation: act } : {}) }, signal ? { signal } : {});
+      const experts = leases.map((lease) => ({ id: lease.expert, w: this.slots.slot(lease.slot) }));
+      await runWithExperts(this.#be, this.#tables[li]!, this.#extras, li, experts, { x, ids, weights, out }, signal);
       return { stallMs: t1 - t0, computeMs: performance.now() - t1 };
     } finally {
-      for (const lease of leases) {
-        table.clear(lease.expert);
-        lease.release();
-      }
+      for (const lease of leases) lease.release();
     }
   }
 

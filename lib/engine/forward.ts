@@ -223,8 +223,7 @@ export class ForwardPass {
     );
 
     const h = new HostTensor('f32', [T, H]);
-    const emb = new HostTensor('bf16', [T, H]);
-    const xn = new HostTensor('bf16', [T, H]);
+    const xn = new HostTensor('bf16', [T, H]); // also the embedding rows before the first norm overwrites it
     const D = this.#p.headDim; // KV cache / attention head dim (MLA: padded)
     const attn = new HostTensor('bf16', [T, nH, D]);
     const delta = new HostTensor('f32', [T, H]);
@@ -235,13 +234,16 @@ export class ForwardPass {
     const topIds = new HostTensor('i32', [T, K]);
     const topW = new HostTensor('f32', [T, K]);
     const oneIds = new HostTensor('i32', [T, 1]); // all zeros: expert 0 of a one-expert table
-    const oneW = HostTensor.from('f32', [T, 1], new Float32Array(T).fill(1));
-    const sharedLogit = new HostTensor('f32', [T, 1]);
-    const sharedW = new HostTensor('f32', [T, 1]);
-    const sharedIds = new HostTensor('i32', [T, 1]);
+    const oneW = new HostTensor('f32', [T, 1]);
+    oneW.data.fill(1);
+    // the sigmoid gate of a gated shared expert (Qwen2-MoE): logit, then weight and id 0 from routerTopK
+    const gated = cfg.sharedExperts?.gated === true;
+    const sharedLogit = gated ? new HostTensor('f32', [T, 1]) : undefined;
+    const sharedW = gated ? new HostTensor('f32', [T, 1]) : undefined;
+    const sharedIds = gated ? new HostTensor('i32', [T, 1]) : undefined;
 
-    await be.gatherRows(W.embed, ids, emb, op);
-    await be.convert(emb, h, op);
+    await be.gatherRows(W.embed, ids, xn, op);
+    await be.convert(xn, h, op);
     book('denseMs');
     if (o.iteration) experts.beginIteration?.(o.iteration.embedding);
     book('hostMs');
@@ -292,10 +294,10 @@ export class ForwardPass {
       g2.push(be.routerTopK(routerLogits, K, { scoring: 'softmax', renormalize: cfg.router.renormalize, out: { topkIds: topIds, topkWeights: topW } }, op));
       if (w.shared) {
         if (w.sharedGate) {
-          g2.push(be.gemm(xn, w.sharedGate, sharedLogit, op));
-          g2.push(be.routerTopK(sharedLogit, 1, { scoring: 'sigmoid', renormalize: false, out: { topkIds: sharedIds, topkWeights: sharedW } }, op));
+          g2.push(be.gemm(xn, w.sharedGate, sharedLogit!, op));
+          g2.push(be.routerTopK(sharedLogit!, 1, { scoring: 'sigmoid', renormalize: false, out: { topkIds: sharedIds!, topkWeights: sharedW! } }, op));
         }
-        g2.push(be.moeExperts({ x: xn, topkIds: w.sharedGate ? sharedIds : oneIds, topkWeights: w.sharedGate ? sharedW : oneW, experts: w.shared, out: sharedOut! }, op));
+        g2.push(be.moeExperts({ x: xn, topkIds: w.sharedGate ? sharedIds! : oneIds, topkWeights: w.sharedGate ? sharedW! : oneW, experts: w.shared, out: sharedOut! }, op));
       }
       await Promise.all(g2);
       book('denseMs');

@@ -22,7 +22,7 @@ import type { RoutingTrace, TraceRequest } from '../cache/trace.js';
 import { describe } from '../dtype.js';
 import { BackendUnavailableError, CheckpointFormatError, DisposedError, InvalidArgumentError } from '../errors.js';
 import { KvCache } from '../kv/cache.js';
-import { type ModelConfig, parseModelConfig } from '../model/config.js';
+import { type ModelConfig, idList, parseModelConfig } from '../model/config.js';
 import { loadGptOssExperts } from '../model/gpt-oss.js';
 import { Checkpoint } from '../model/safetensors.js';
 import { type ChatMessage, ModelTokenizer } from '../model/tokenizer.js';
@@ -640,12 +640,6 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   } finally {
     await ckpt.close();
   }
-}
-
-function idList(v: unknown): number[] {
-  if (typeof v === 'number') return [v];
-  if (Array.isArray(v)) return v.filter((x): x is number => typeof x === 'number');
-  return [];
 }
 
 function resolveBackend(b: LoadModelOptions['backend']): Backend {

@@ -103,7 +103,8 @@ function firstInt(c: Json, keys: string[], source: string): number {
   throw new InvalidArgumentError(`${source}: none of config.${keys.join(' / config.')} is present (the number of ${keys[0]})`);
 }
 
-function ids(v: unknown): number[] {
+/** Token ids of a config field that holds one id or a list (eos_token_id). */
+export function idList(v: unknown): number[] {
   if (typeof v === 'number') return [v];
   if (Array.isArray(v)) return v.filter((x): x is number => typeof x === 'number');
   return [];
@@ -258,7 +259,7 @@ export function parseModelConfig(config: unknown, source = 'config.json'): Model
     expertBias: family === 'gpt_oss',
     tieWordEmbeddings: c.tie_word_embeddings === true,
     bosTokenId: typeof c.bos_token_id === 'number' ? c.bos_token_id : null,
-    eosTokenIds: ids(c.eos_token_id),
+    eosTokenIds: idList(c.eos_token_id),
   };
 }
 

@@ -11,6 +11,30 @@ export function randomTensor<D extends 'f32' | 'bf16' | 'f16'>(dtype: D, shape: 
   return HostTensor.from(dtype, shape, v);
 }
 
+/** Uniform values in [-amp, amp], rounded to bf16 (f32 when dtype is 'f32'). */
+export function uniform<D extends 'bf16' | 'f32'>(dtype: D, shape: number[], amp: number, seed: number): HostTensor<D> {
+  const r = rng(seed);
+  const n = shape.reduce((a, b) => a * b, 1);
+  const v = new Float32Array(n);
+  for (let i = 0; i < n; i++) v[i] = (r() * 2 - 1) * amp;
+  return HostTensor.from(dtype, shape, v);
+}
+
+/** [t, k] expert ids: k distinct experts per token, uniform, as top-k routing would give. */
+export function randomIds(t: number, k: number, e: number, seed: number): Int32Array {
+  const r = rng(seed);
+  const ids = new Int32Array(t * k);
+  const perm = Array.from({ length: e }, (_, i) => i);
+  for (let i = 0; i < t; i++) {
+    for (let j = 0; j < k; j++) {
+      const p = j + Math.floor(r() * (e - j));
+      [perm[j], perm[p]] = [perm[p]!, perm[j]!];
+      ids[i * k + j] = perm[j]!;
+    }
+  }
+  return ids;
+}
+
 export function randomBf16(shape: number[], seed: number): HostTensor<'bf16'> {
   return randomTensor('bf16', shape, seed);
 }
