@@ -15,6 +15,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info);
 Napi::Value RouterTopK(const Napi::CallbackInfo& info);
 Napi::Value MoeAlign(const Napi::CallbackInfo& info);
 Napi::Value MoeExperts(const Napi::CallbackInfo& info);
+Napi::Value MoeCombine(const Napi::CallbackInfo& info);
 Napi::Value Attention(const Napi::CallbackInfo& info);
 Napi::Value GatherRows(const Napi::CallbackInfo& info);
 Napi::Value ReadProbe(const Napi::CallbackInfo& info);
@@ -64,6 +65,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("routerTopK", Napi::Function::New<RouterTopK>(env, "routerTopK"));
   exports.Set("moeAlign", Napi::Function::New<MoeAlign>(env, "moeAlign"));
   exports.Set("moeExperts", Napi::Function::New<MoeExperts>(env, "moeExperts"));
+  exports.Set("moeCombine", Napi::Function::New<MoeCombine>(env, "moeCombine"));
   exports.Set("attention", Napi::Function::New<Attention>(env, "attention"));
   exports.Set("gatherRows", Napi::Function::New<GatherRows>(env, "gatherRows"));
   exports.Set("readProbe", Napi::Function::New<ReadProbe>(env, "readProbe"));

@@ -126,6 +126,22 @@ int moe_cuda_moe_experts_ex(int device, const void* x, const int32_t* topk_ids, 
                             const void* const* gate_bias, const void* const* up_bias, const void* const* down_bias,
                             void* out, int64_t t, int64_t h, int64_t inter, int64_t e, int64_t k, int activation,
                             float alpha, float limit, int32_t* error, void* stream);
+/* Parts mode of moe_cuda_moe_experts_ex (module-based batching, moe_experts.cu): parts [t,k,h] f32 gets, for every
+ * (t,j) whose id is a present expert, that expert's unweighted output row down_e(a) (+ bd_e), the other rows left
+ * untouched; no routing weights. moe_cuda_moe_combine over the rows of any partition of the experts into chunks
+ * then gives bitwise moe_cuda_moe_experts_ex's output (it ends with the same combine). */
+int moe_cuda_moe_experts_parts(int device, const void* x, const int32_t* topk_ids, const void* const* gate,
+                               const void* const* up, const void* const* down, const void* const* gate_bias,
+                               const void* const* up_bias, const void* const* down_bias, float* parts, int64_t t,
+                               int64_t h, int64_t inter, int64_t e, int64_t k, int activation, float alpha,
+                               float limit, int32_t* error, void* stream);
+/* out [t,h] bf16 = bf16(sum over j in order of w[t,j] * parts[t,j]) (f32, fmaf per term; moe_combine.cu) over the
+ * slots with id >= 0 and, when present (a DEVICE array of e pointers) is not NULL, id < e and present[id] not NULL.
+ * Ids < -1 are skipped and reported in error (NULL: not reported) like moe_cuda_moe_align: [0] = 1, [1] the
+ * smallest index, [2] the id. */
+int moe_cuda_moe_combine(int device, const float* parts, const int32_t* topk_ids, const float* topk_weights,
+                         const void* const* present, int64_t e, void* out, int64_t t, int64_t h, int64_t k,
+                         int32_t* error, void* stream);
 
 /* dst[i] = src[ids[i]] for rows of row_bytes (strides in bytes); id -1 or out of range gives a zero row. src may
  * be mapped pinned host memory (zero-copy gather over PCIe) or device memory. */

@@ -1,8 +1,11 @@
-// Launcher of moe_cuda_moe_experts (C ABI in moe_cuda.h; kernels in moe_experts.cuh and router_topk.cuh).
-// Stream-ordered, no host synchronisation: one cudaMallocAsync scratch block (the device copy of the pointer table,
-// counts, offsets, sorted slots, act [capacity, inter] bf16, part [t * k, h] f32), the table uploaded with
-// cudaMemcpyAsync from the caller's host array (pageable: the runtime stages it before returning, so the caller
-// may free it), align -> GEMM1 + SwiGLU -> GEMM2 x weight -> combine, then cudaFreeAsync.
+// Launchers of moe_cuda_moe_experts, _ex and _parts (C ABI in moe_cuda.h; kernels in moe_experts.cuh and
+// router_topk.cuh, the combine in moe_combine.cuh). Stream-ordered, no host synchronisation: one cudaMallocAsync
+// scratch block (the device copy of the pointer table, counts, offsets, sorted slots, act [capacity, inter] bf16,
+// part [t * k, h] f32), the table uploaded with cudaMemcpyAsync from the caller's host array (pageable: the runtime
+// stages it before returning, so the caller may free it), align -> GEMM1 + SwiGLU -> GEMM2 (unweighted part rows)
+// -> combine (moe_cuda_moe_combine: the routing weights, the kernel moeCombine runs), then cudaFreeAsync.
+// Parts mode (moe_cuda_moe_experts_parts) is the same minus the combine, GEMM2 writing the caller's parts [t * k, h]
+// (rows t * k + j, the scratch layout) instead of scratch: fused == parts + moeCombine bitwise by construction.
 // moe_cuda_moe_experts_ex adds the gpt-oss options (per-expert f32 biases, swiglu-oai); moe_cuda_moe_experts is it
 // with neither. The table grows to 6 e pointers only when bias tables are given.
 #include <cuda_runtime.h>
@@ -21,12 +24,12 @@ namespace {
 size_t align_up(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
 }  // namespace
 
-extern "C" int moe_cuda_moe_experts_ex(int device, const void* x, const int32_t* topk_ids, const float* topk_weights,
-                                       const void* const* gate, const void* const* up, const void* const* down,
-                                       const void* const* gate_bias, const void* const* up_bias,
-                                       const void* const* down_bias, void* out, int64_t t, int64_t h, int64_t inter,
-                                       int64_t e, int64_t k, int activation, float alpha, float limit, int32_t* error,
-                                       void* stream) {
+// Fused (out != null: topk_weights read by the combine) or parts mode (parts != null, out and topk_weights null).
+static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, const float* topk_weights,
+                           const void* const* gate, const void* const* up, const void* const* down,
+                           const void* const* gate_bias, const void* const* up_bias, const void* const* down_bias,
+                           void* out, float* parts, int64_t t, int64_t h, int64_t inter, int64_t e, int64_t k,
+                           int activation, float alpha, float limit, int32_t* error, void* stream) {
   if (t < 0 || h < 1 || inter < 1 || e < 1 || e > 8192 || k < 1) return cudaErrorInvalidValue;
   if (gate == nullptr || up == nullptr || down == nullptr) return cudaErrorInvalidValue;
   const bool biases = gate_bias != nullptr || up_bias != nullptr || down_bias != nullptr;
@@ -40,7 +43,8 @@ extern "C" int moe_cuda_moe_experts_ex(int device, const void* x, const int32_t*
   cudaError_t err = cudaSetDevice(device);
   if (err != cudaSuccess) return err;
   if (t == 0) return cudaSuccess;
-  if (x == nullptr || topk_ids == nullptr || topk_weights == nullptr || out == nullptr) return cudaErrorInvalidValue;
+  if (x == nullptr || topk_ids == nullptr) return cudaErrorInvalidValue;
+  if (parts == nullptr && (out == nullptr || topk_weights == nullptr)) return cudaErrorInvalidValue;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
 
   // Host copy of the table: gate | up | down [| gate_bias | up_bias | down_bias], e pointers each. An expert's
@@ -62,7 +66,7 @@ extern "C" int moe_cuda_moe_experts_ex(int device, const void* x, const int32_t*
   const size_t b_counts = align_up(static_cast<size_t>(e) * 4), b_offsets = align_up(static_cast<size_t>(e + 1) * 4);
   const size_t b_sorted = align_up(static_cast<size_t>(capacity) * 4);
   const size_t b_act = align_up(static_cast<size_t>(capacity) * static_cast<size_t>(inter) * 2);
-  const size_t b_part = align_up(static_cast<size_t>(n_slots) * static_cast<size_t>(h) * 4);
+  const size_t b_part = parts != nullptr ? 0 : align_up(static_cast<size_t>(n_slots) * static_cast<size_t>(h) * 4);
   char* base = nullptr;
   err = cudaMallocAsync(reinterpret_cast<void**>(&base), b_table + b_counts + b_offsets + b_sorted + b_act + b_part, s);
   if (err != cudaSuccess) return err;
@@ -71,9 +75,10 @@ extern "C" int moe_cuda_moe_experts_ex(int device, const void* x, const int32_t*
   int32_t* d_offsets = reinterpret_cast<int32_t*>(base + b_table + b_counts);
   int32_t* d_sorted = reinterpret_cast<int32_t*>(base + b_table + b_counts + b_offsets);
   uint16_t* d_act = reinterpret_cast<uint16_t*>(base + b_table + b_counts + b_offsets + b_sorted);
-  float* d_part = reinterpret_cast<float*>(base + b_table + b_counts + b_offsets + b_sorted + b_act);
+  float* d_part = parts != nullptr ? parts  // [t * k, h] f32
+                                    : reinterpret_cast<float*>(base + b_table + b_counts + b_offsets + b_sorted + b_act);
 
-  const int ti = static_cast<int>(t), hi = static_cast<int>(h), ii = static_cast<int>(inter),
+  const int hi = static_cast<int>(h), ii = static_cast<int>(inter),
             ei = static_cast<int>(e), ki = static_cast<int>(k), ni = static_cast<int>(n_slots),
             ci = static_cast<int>(capacity);
   do {
@@ -88,15 +93,35 @@ extern "C" int moe_cuda_moe_experts_ex(int device, const void* x, const int32_t*
         biases ? d_table + 4 * e : nullptr, d_act, ni, ki, ei, hi, ii, activation, alpha, limit);
     if ((err = cudaGetLastError()) != cudaSuccess) break;
     moe_gemm2_kernel<<<dim3(static_cast<unsigned>((h + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(
-        d_act, d_sorted, d_offsets, d_table + 2 * e, biases ? d_table + 5 * e : nullptr, topk_weights, d_part, ni, ei,
-        hi, ii);
+        d_act, d_sorted, d_offsets, d_table + 2 * e, biases ? d_table + 5 * e : nullptr, d_part, ni, ei, hi, ii);
     if ((err = cudaGetLastError()) != cudaSuccess) break;
-    moe_combine_kernel<<<dim3(static_cast<unsigned>((h + 255) / 256), static_cast<unsigned>(ti)), 256, 0, s>>>(
-        topk_ids, d_table, d_part, static_cast<uint16_t*>(out), ki, ei, hi);
-    err = cudaGetLastError();
+    if (parts != nullptr) break;  // parts mode: the caller combines
+    // The combine of moeCombine, with the gate table as presence (absent experts' scratch rows are never read).
+    err = static_cast<cudaError_t>(moe_cuda_moe_combine(device, d_part, topk_ids, topk_weights, d_table, e, out, t,
+                                                        h, k, nullptr, stream));
   } while (false);
   cudaError_t ferr = cudaFreeAsync(base, s);
   return err != cudaSuccess ? err : ferr;
+}
+
+extern "C" int moe_cuda_moe_experts_ex(int device, const void* x, const int32_t* topk_ids, const float* topk_weights,
+                                       const void* const* gate, const void* const* up, const void* const* down,
+                                       const void* const* gate_bias, const void* const* up_bias,
+                                       const void* const* down_bias, void* out, int64_t t, int64_t h, int64_t inter,
+                                       int64_t e, int64_t k, int activation, float alpha, float limit, int32_t* error,
+                                       void* stream) {
+  return run_moe_experts(device, x, topk_ids, topk_weights, gate, up, down, gate_bias, up_bias, down_bias, out,
+                         nullptr, t, h, inter, e, k, activation, alpha, limit, error, stream);
+}
+
+extern "C" int moe_cuda_moe_experts_parts(int device, const void* x, const int32_t* topk_ids, const void* const* gate,
+                                          const void* const* up, const void* const* down,
+                                          const void* const* gate_bias, const void* const* up_bias,
+                                          const void* const* down_bias, float* parts, int64_t t, int64_t h,
+                                          int64_t inter, int64_t e, int64_t k, int activation, float alpha,
+                                          float limit, int32_t* error, void* stream) {
+  return run_moe_experts(device, x, topk_ids, nullptr, gate, up, down, gate_bias, up_bias, down_bias, nullptr,
+                         parts, t, h, inter, e, k, activation, alpha, limit, error, stream);
 }
 
 extern "C" int moe_cuda_moe_experts(int device, const void* x, const int32_t* topk_ids, const float* topk_weights,

@@ -6,10 +6,12 @@
 //                            one block (two B tiles, shared A tile), SwiGLU in the epilogue. gpt-oss: the
 //                            expert's f32 biases added to both sums, then the clamped swiglu-oai activation
 //                            (moe_act_oai; cpp/cpu/moe_experts.h has the formula).
-//   moe_gemm2_kernel         part[slot, n] = w[slot] * (act[r] . down_e[n] (+ bd_e[n])), f32: routing weight (and
-//                            the down bias) in the epilogue.
-//   moe_combine_kernel       y[t, n] = bf16( sum_j part[t * k + j, n] ) over present slots, j in order: fixed
-//                            order, no float atomics, so the output is bitwise reproducible.
+//   moe_gemm2_kernel         part[slot, n] = act[r] . down_e[n] (+ bd_e[n]), f32: the expert's unweighted output
+//                            row (the down bias in the epilogue), into scratch or, in parts mode, the caller's
+//                            parts [t * k, h] (same row index t * k + j).
+//   the combine              moe_combine.cuh (moe_cuda_moe_combine): y[t, n] = bf16( sum_j w[t, j] * part[t * k + j,
+//                            n] ) over present slots, j in order, the routing weight applied there: fixed order, no
+//                            float atomics, bitwise reproducible, and the same kernel as moeCombine's.
 // First slice: CUDA-core (SIMT) 64x64 tiles, k step 16, 256 threads with a 4x4 micro-tile each, f32 accumulation
 // (the structure of gemm.cuh's gemm_simt_kernel). The tensor-core (mma.sync / wgmma) and small-M paths of issue 3
 // replace these kernels later; the routing, table and combine stay.
@@ -140,13 +142,14 @@ static __global__ void __launch_bounds__(kMoeThreads)
 }
 
 // act [capacity, inter] bf16; down [e] device pointers to [h, inter] bf16; down_bias: null (no expert has biases)
-// or [e] device pointers to [h] f32 (null: that expert has none); weights [t * k] f32;
-// part [t * k, h] f32 (rows of present slots written). grid: (ceil(h / 64), capacity / 64), block: 256.
+// or [e] device pointers to [h] f32 (null: that expert has none);
+// part [t * k, h] f32 (rows of present slots written, the others untouched). grid: (ceil(h / 64), capacity / 64),
+// block: 256.
 static __global__ void __launch_bounds__(kMoeThreads)
     moe_gemm2_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ sorted,
                      const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
-                     const void* const* __restrict__ down_bias, const float* __restrict__ weights,
-                     float* __restrict__ part, int n_slots, int e, int h, int inter) {
+                     const void* const* __restrict__ down_bias, float* __restrict__ part, int n_slots, int e, int h,
+                     int inter) {
   __shared__ float As[kMoeBK][kMoeBM + 4];
   __shared__ float Bs[kMoeBK][kMoeBN + 4];
   __shared__ const uint16_t* arow[kMoeBM];
@@ -188,30 +191,13 @@ static __global__ void __launch_bounds__(kMoeThreads)
     const int r = ty + 16 * i;
     const int s = slot[r];
     if (s >= n_slots) continue;
-    const float w = weights[s];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int n = n0 + tx + 16 * j;
       if (n >= h) continue;
-      part[static_cast<int64_t>(s) * h + n] = bd == nullptr ? w * acc[i][j] : w * (acc[i][j] + bd[n]);
+      part[static_cast<int64_t>(s) * h + n] = bd == nullptr ? acc[i][j] : acc[i][j] + bd[n];
     }
   }
-}
-
-// ids [t, k] i32; gate [e] pointers (presence); part [t * k, h] f32; out [t, h] bf16.
-// grid: (ceil(h / 256), t), block: 256.
-static __global__ void moe_combine_kernel(const int32_t* __restrict__ ids, const void* const* __restrict__ gate,
-                                   const float* __restrict__ part, uint16_t* __restrict__ out, int k, int e, int h) {
-  const int tok = blockIdx.y;
-  const int n = blockIdx.x * blockDim.x + threadIdx.x;
-  if (n >= h) return;
-  float acc = 0.0f;
-  for (int j = 0; j < k; ++j) {
-    const int x = ids[static_cast<int64_t>(tok) * k + j];
-    if (x < 0 || x >= e || gate[x] == nullptr) continue;
-    acc += part[(static_cast<int64_t>(tok) * k + j) * h + n];
-  }
-  out[static_cast<int64_t>(tok) * h + n] = f32_to_bf16(acc);
 }
 
 }  // namespace dev

@@ -817,19 +817,49 @@ export class Backend {
    * gpt-oss: `activation` { kind: 'swiglu-oai', alpha, limit } (see {@link MoeActivation}; default silu) and the
    * f32 biases of the experts that have them (ExpertTable.set): gate/up biases added in f32 before the
    * activation, the down bias to the expert's output before its weight: out[t] += w[t,j] · (act·Wdᵀ + bd).
+   *
+   * Parts mode (module-based batching: a layer's experts streamed through a few slots in chunks): give `parts`, an
+   * f32 tensor [T, k, H] (or [T*k, H]), INSTEAD of `out` (exactly one of the two). For every (t, j) whose id is a
+   * present expert, parts[t, j, :] is set to that expert's unweighted f32 output row down_e(act) (+ its down bias);
+   * every other row is left untouched, so the caller fills parts chunk by chunk. `topkWeights` is still required
+   * and validated but not read. {@link Backend.moeCombine} then gives bitwise the output of one call with `out`
+   * and every expert present, whatever the chunking, on every backend (same combine code).
    * @example
    * const table = be.expertTable(8, { hidden: 4096, intermediate: 14336 });
    * for (const e of [0, 1]) table.set(e, { gate: w1[e], up: w3[e], down: w2[e] });
    * await be.moeExperts({ x, topkIds, topkWeights, experts: table, out });
    * // gpt-oss: table entries with gateUpBias / downBias, and
    * await be.moeExperts({ x, topkIds, topkWeights, experts: table, out, activation: { kind: 'swiglu-oai', alpha: 1.702, limit: 7 } });
+   * // chunked (parts mode): the experts of each chunk in the table, then one combine
+   * const parts = new HostTensor('f32', [T, k, 4096]);
+   * for (const chunk of [[0, 1, 2, 3], [4, 5, 6, 7]]) {
+   *   for (const e of chunk) table.set(e, weightsOf(e));
+   *   await be.moeExperts({ x, topkIds, topkWeights, experts: table, parts });
+   *   for (const e of chunk) table.clear(e);
+   * }
+   * await be.moeCombine({ parts, topkIds, topkWeights, out });
    */
   moeExperts(
-    args: { x: Tensor; topkIds: Tensor; topkWeights: Tensor; experts: ExpertTable; out: Tensor; activation?: MoeActivation },
+    args: {
+      x: Tensor;
+      topkIds: Tensor;
+      topkWeights: Tensor;
+      experts: ExpertTable;
+      /** [T, H] bf16, fully written; exactly one of out and parts */
+      out?: Tensor;
+      /** [T, k, H] or [T*k, H] f32 (parts mode); exactly one of out and parts */
+      parts?: Tensor;
+      activation?: MoeActivation;
+    },
     options: OpOptions = {},
   ): Promise<KernelTier> {
     if (typeof args !== 'object' || args === null) throw new InvalidArgumentError(`args must be an object, received ${describe(args)}`);
-    const { x, topkIds, topkWeights, experts, out } = args;
+    const { x, topkIds, topkWeights, experts, out, parts } = args;
+    if ((out === undefined) === (parts === undefined)) {
+      throw new InvalidArgumentError(
+        `exactly one of out ([T, H] bf16) and parts ([T, k, H] f32) must be given, received ${out === undefined ? 'neither' : 'both'}`,
+      );
+    }
     const act = activationParams(args.activation);
     if (!(experts instanceof ExpertTable)) throw new InvalidArgumentError(`experts must be an ExpertTable (backend.expertTable), received ${describe(experts)}`);
     if (experts.backendKind !== this.kind || experts.device !== this.device) {
@@ -838,7 +868,8 @@ export class Backend {
     checkTensor(x, 'x', ['bf16']);
     checkTensor(topkIds, 'topkIds', ['i32']);
     checkTensor(topkWeights, 'topkWeights', ['f32']);
-    checkTensor(out, 'out', ['bf16']);
+    if (out !== undefined) checkTensor(out, 'out', ['bf16']);
+    if (parts !== undefined) checkTensor(parts, 'parts', ['f32']);
     if (x.shape.length !== 2) throw new InvalidArgumentError(`x must be [T, H], received shape [${x.shape.join(', ')}]`);
     const [t, h] = x.shape as [number, number];
     if (h !== experts.hidden) throw new InvalidArgumentError(`x must be [T, ${experts.hidden}] (the table's hidden size), received [${x.shape.join(', ')}]`);
@@ -847,7 +878,8 @@ export class Backend {
     }
     const k = topkIds.shape[1]!;
     checkDims(topkWeights, [t, k], 'topkWeights');
-    checkDims(out, [t, h], 'out');
+    if (out !== undefined) checkDims(out, [t, h], 'out');
+    if (parts !== undefined) checkParts(parts, t, k, h);
     const table = experts.nativeArg();
     return this.#run('moeExperts', options, (addon, stream, cancel) =>
       addon.moeExperts(
@@ -856,7 +888,7 @@ export class Backend {
           x: x.nativeArg('x'),
           topkIds: topkIds.nativeArg('topkIds'),
           topkWeights: topkWeights.nativeArg('topkWeights'),
-          out: out.nativeArg('out'),
+          ...(parts !== undefined ? { parts: parts.nativeArg('parts') } : { out: out!.nativeArg('out') }),
           experts: table,
           t,
           h,
@@ -864,6 +896,54 @@ export class Backend {
           e: experts.numExperts,
           k,
           ...act,
+          isa: this.#isaCode(),
+        },
+        cancel,
+      ),
+    );
+  }
+
+  /**
+   * The combine of module-based batching: out[t] = Σ_j w[t,j] · parts[t,j] over j = 0..k-1 in order, for the
+   * slots with topkIds[t,j] >= 0 (-1 skipped; there is no expert count here: any id >= 0 is read), in f32, rounded
+   * to bf16 once. parts [T, k, H] (or [T*k, H]) f32 as {@link Backend.moeExperts} writes it in parts mode,
+   * topkIds [T, k] i32, topkWeights [T, k] f32, out [T, H] bf16 (fully written). It is the very combine the fused
+   * moeExperts runs (one function on the CPU, one kernel on CUDA), so moeExperts with `out` equals, bitwise, parts
+   * filled chunk by chunk and then moeCombine. Ids < -1 reject with InvalidArgumentError (on cuda when the op
+   * completes, without a host sync).
+   * @example
+   * const parts = new HostTensor('f32', [T, k, H]);
+   * await be.moeExperts({ x, topkIds, topkWeights, experts: chunkTable, parts });   // once per chunk of experts
+   * await be.moeCombine({ parts, topkIds, topkWeights, out });                     // out [T, H] bf16
+   */
+  moeCombine(args: { parts: Tensor; topkIds: Tensor; topkWeights: Tensor; out: Tensor }, options: OpOptions = {}): Promise<KernelTier> {
+    if (typeof args !== 'object' || args === null) throw new InvalidArgumentError(`args must be an object, received ${describe(args)}`);
+    const { parts, topkIds, topkWeights, out } = args;
+    checkTensor(parts, 'parts', ['f32']);
+    checkTensor(topkIds, 'topkIds', ['i32']);
+    checkTensor(topkWeights, 'topkWeights', ['f32']);
+    checkTensor(out, 'out', ['bf16']);
+    if (topkIds.shape.length !== 2 || topkIds.shape[1]! < 1) {
+      throw new InvalidArgumentError(`topkIds must be [T, k] with k >= 1, received [${topkIds.shape.join(', ')}]`);
+    }
+    const [t, k] = topkIds.shape as [number, number];
+    if (out.shape.length !== 2 || out.shape[0] !== t || out.shape[1]! < 1) {
+      throw new InvalidArgumentError(`out must be [${t}, H] (topkIds' T) with H >= 1, received [${out.shape.join(', ')}]`);
+    }
+    const h = out.shape[1]!;
+    checkDims(topkWeights, [t, k], 'topkWeights');
+    checkParts(parts, t, k, h);
+    return this.#run('moeCombine', options, (addon, stream, cancel) =>
+      addon.moeCombine(
+        stream,
+        {
+          parts: parts.nativeArg('parts'),
+          topkIds: topkIds.nativeArg('topkIds'),
+          topkWeights: topkWeights.nativeArg('topkWeights'),
+          out: out.nativeArg('out'),
+          t,
+          h,
+          k,
           isa: this.#isaCode(),
         },
         cancel,
@@ -1022,6 +1102,14 @@ function checkDims(t: Tensor, shape: readonly number[], what: string): void {
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
     throw new InvalidArgumentError(`${what} must be [${shape.join(', ')}], received [${t.shape.join(', ')}]`);
   }
+}
+
+/** moeExperts / moeCombine `parts`: [t, k, h] or [t*k, h] (f32, checked by the caller). */
+function checkParts(parts: Tensor, t: number, k: number, h: number): void {
+  const s = parts.shape;
+  const ok3 = s.length === 3 && s[0] === t && s[1] === k && s[2] === h;
+  const ok2 = s.length === 2 && s[0] === t * k && s[1] === h;
+  if (!ok3 && !ok2) throw new InvalidArgumentError(`parts must be [${t}, ${k}, ${h}] (or [${t * k}, ${h}]), received [${s.join(', ')}]`);
 }
 
 function sameDtype(a: Tensor, b: Tensor, an: string, bn: string): void {

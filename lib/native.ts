@@ -144,7 +144,9 @@ export interface NativeAddon {
     x: NativeTensorArg;
     topkIds: NativeTensorArg;
     topkWeights: NativeTensorArg;
-    out: NativeTensorArg;
+    /** exactly one of out ([t, h] bf16) and parts ([t, k, h] f32, parts mode: unweighted rows, weights not read) */
+    out?: NativeTensorArg;
+    parts?: NativeTensorArg;
     experts: {
       gate: ReadonlyArray<NativeTensorArg | null>;
       up: ReadonlyArray<NativeTensorArg | null>;
@@ -163,6 +165,17 @@ export interface NativeAddon {
     activation?: 0 | 1;
     alpha?: number;
     limit?: number;
+    isa?: number;
+  }>;
+  /** out [t, h] bf16 = bf16(Σ_j w[t, j] · parts[t, j]) over ids >= 0 (cpp/ops/moe_combine.cc) */
+  moeCombine: OpFn<{
+    parts: NativeTensorArg;
+    topkIds: NativeTensorArg;
+    topkWeights: NativeTensorArg;
+    out: NativeTensorArg;
+    t: number;
+    h: number;
+    k: number;
     isa?: number;
   }>;
   convert: OpFn<{ src: NativeTensorArg; srcDtype: number; dst: NativeTensorArg; dstDtype: number; n: number; isa?: number }>;

@@ -58,6 +58,30 @@ for (const preset of ['tiny-mixtral', 'tiny-qwen3-moe'] as const) {
       assert.ok(mixed > 0, 'some steps mixed prefill chunks with decode tokens');
       assert.ok(batched.every((r) => r.finishReason === 'length'));
     });
+
+    test('throughput mode with offloaded experts (module mode: a 3-slot cache) gives the tokens of resident one-at-a-time greedy', async () => {
+      using resident = await loadModel(dirs[preset]!);
+      using offloaded = await loadModel(dirs[preset]!, { experts: { slots: 3 } });
+      const prompts = PROMPTS.slice(0, 8);
+      const maxNew = (i: number) => 3 + ((i * 3) % 7);
+      const single = await oneAtATime(resident, prompts, maxNew);
+      let steps = 0;
+      const batched = await collect(
+        offloaded.generateBatch(
+          prompts.map((p, i) => ({ prompt: p, options: { maxNewTokens: maxNew(i), stopAtEos: false } })),
+          { maxSequences: 8, maxBatchTokens: 256, onStep: () => steps++ },
+        ),
+      );
+      assert.deepEqual(
+        batched.map((r) => r.tokens),
+        single,
+      );
+      // module mode copies each routed expert at most once per MoE layer and step
+      const st = offloaded.cacheStats!;
+      const cfg = offloaded.config;
+      assert.ok(st.evictions > 0);
+      assert.ok(st.bytesMoved / offloaded.expertCache!.expertBytes <= steps * cfg.moeLayers.length * cfg.numExperts);
+    });
   });
 }
 

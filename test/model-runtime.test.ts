@@ -167,14 +167,20 @@ describe('generation', () => {
     assert.deepEqual(Array.from(back.requests[0]!.ids), Array.from(req.ids));
   });
 
-  test('an expert cache smaller than one layer\'s experts: prefill runs in token ranges, logits bitwise equal', async () => {
-    using small = await loadModel(dir, { experts: { slots: 6 } }); // 32 experts per layer, top-4
+  test('an expert cache smaller than one layer\'s experts: module mode streams them in chunks, logits bitwise equal', async () => {
     using resident = await loadModel(dir);
     const tokens = resident.encode('A longer prompt, so that prefill routes to far more experts than six slots hold.');
     const a = await resident.logits(tokens);
-    const b = await small.logits(tokens);
-    assert.deepEqual(b.data, a.data);
-    assert.ok(small.cacheStats!.evictions > 0);
+    // 32 experts per layer, top-4: six slots (chunks of three), and one slot (fewer than one token's experts)
+    for (const slots of [6, 1]) {
+      using small = await loadModel(dir, { experts: { slots } });
+      const b = await small.logits(tokens);
+      assert.deepEqual(b.data, a.data, `${slots} slots`);
+      const st = small.cacheStats!;
+      assert.ok(st.evictions > 0);
+      // each expert is copied at most once per layer: no more copies than (layer, expert) pairs routed to
+      assert.ok(st.bytesMoved / small.expertCache!.expertBytes <= resident.config.moeLayers.length * resident.config.numExperts, `${slots} slots: copies`);
+    }
   });
 
   test('bad arguments are typed errors naming the argument', async () => {
@@ -184,7 +190,8 @@ describe('generation', () => {
     await assert.rejects(model.generate({ tokens: [1e9] }), (e: unknown) => e instanceof InvalidArgumentError && /tokens\[0\]/.test(e.message));
     await assert.rejects(model.generate(42 as never), (e: unknown) => e instanceof InvalidArgumentError && /prompt/.test(e.message));
     await assert.rejects(model.generate('x', { stop: [''] }), (e: unknown) => e instanceof InvalidArgumentError && /stop/.test(e.message));
-    await assert.rejects(loadModel(dir, { experts: { fraction: 0.01 } }), (e: unknown) => e instanceof InvalidArgumentError && /slots/.test(e.message));
+    await assert.rejects(loadModel(dir, { experts: { fraction: 0 } }), (e: unknown) => e instanceof InvalidArgumentError && /fraction/.test(e.message));
+    await assert.rejects(loadModel(dir, { experts: { slots: 0 } }), (e: unknown) => e instanceof InvalidArgumentError && /slots/.test(e.message));
   });
 });
 

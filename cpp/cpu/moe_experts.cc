@@ -8,6 +8,10 @@
 //      bias, f32, when it has biases).
 //   4. combine, per token: y[t] = sum over j in order 0..k-1 of w[t, j] * part[slot(t, j)] in f32, rounded to
 //      bf16 once. Fixed order and no float atomics: two runs give bitwise the same output, whatever the threads.
+//      The combine is moe_combine_token (moe_combine.h), the function moe_combine runs too, so the chunked path
+//      (parts mode, then moe_combine) gives bitwise this output. Parts mode replaces this step by a copy of each
+//      part row to parts[t, j] (a part row does not depend on which other experts the call has: an expert's rows,
+//      hence its path and tiles, and the token chunks depend only on its own routing and on t).
 // Batch invariance: a token's output row is bitwise the same whatever the other tokens of the call (T, their
 // routing, the chunking), so batching sequences gives exactly the tokens of one-at-a-time generation. Every dot
 // product is summed by this file's kernels in one fixed order per tier (see "dot products" below), whichever loop
@@ -38,6 +42,7 @@
 #include "../core/dtype.h"
 #include "../core/error.h"
 #include "../core/threadpool.h"
+#include "moe_combine.h"
 #include "simd.h"
 
 namespace moe::cpu {
@@ -606,8 +611,10 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
   require(a.t >= 0, "tokens must be >= 0, received " + i64(a.t));
   require(a.h >= 1 && a.inter >= 1, "hidden and intermediate must be >= 1, received " + i64(a.h) + ", " + i64(a.inter));
   require(a.e >= 1 && a.k >= 1, "experts and k must be >= 1, received " + i64(a.e) + ", " + i64(a.k));
-  require(a.t == 0 || (a.x != nullptr && a.topk_ids != nullptr && a.topk_weights != nullptr && a.out != nullptr),
-          "x, topkIds, topkWeights and out must be non-null");
+  require(a.t == 0 || (a.out != nullptr) != (a.parts != nullptr),
+          std::string("exactly one of out and parts must be set, received ") + (a.out != nullptr ? "both" : "neither"));
+  require(a.t == 0 || (a.x != nullptr && a.topk_ids != nullptr && a.topk_weights != nullptr),
+          "x, topkIds and topkWeights must be non-null");
   require(a.gate != nullptr && a.up != nullptr && a.down != nullptr, "the expert table must be non-null");
   for (int64_t x = 0; x < a.e; ++x) {
     const int present = (a.gate[x] != nullptr) + (a.up[x] != nullptr) + (a.down[x] != nullptr);
@@ -801,20 +808,28 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
       throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
     }
 
-    // 4. combine in slot order, one bf16 rounding.
+    // 4. combine in slot order, one bf16 rounding (moe_combine_token, shared with moe_combine); parts mode: the
+    // part rows of present experts copied to parts[t, j], the other rows untouched.
     std::function<void(size_t, size_t)> combine = [&](size_t t0, size_t t1) {
-      std::vector<float> acc(static_cast<size_t>(H));
+      if (a.parts != nullptr) {
+        for (size_t tl = t0; tl < t1; ++tl)
+          for (int64_t j = 0; j < K; ++j) {
+            const int32_t r = slot_row[tl * K + j];
+            if (r < 0) continue;
+            const float* p = part.data() + static_cast<int64_t>(r) * H;                    // [h] f32
+            std::copy(p, p + H, a.parts + ((c0 + static_cast<int64_t>(tl)) * K + j) * H);  // [h] f32
+          }
+        return;
+      }
+      std::vector<float> acc(static_cast<size_t>(H));           // [h] f32
+      std::vector<const float*> rows(static_cast<size_t>(K));  // [k] part rows, nullptr: -1 or absent
       for (size_t tl = t0; tl < t1; ++tl) {
-        std::fill(acc.begin(), acc.end(), 0.0f);
         for (int64_t j = 0; j < K; ++j) {
           const int32_t r = slot_row[tl * K + j];
-          if (r < 0) continue;
-          const float w = a.topk_weights[(c0 + static_cast<int64_t>(tl)) * K + j];
-          const float* p = part.data() + static_cast<int64_t>(r) * H;  // [h] f32
-          for (int64_t c = 0; c < H; ++c) acc[c] += w * p[c];
+          rows[j] = r < 0 ? nullptr : part.data() + static_cast<int64_t>(r) * H;
         }
-        uint16_t* y = a.out + (c0 + static_cast<int64_t>(tl)) * H;  // [h] bf16
-        for (int64_t c = 0; c < H; ++c) y[c] = f32_to_bf16(acc[c]);
+        moe_combine_token(rows.data(), a.topk_weights + (c0 + static_cast<int64_t>(tl)) * K, K, H, acc.data(),
+                          a.out + (c0 + static_cast<int64_t>(tl)) * H);
       }
     };
     if (!pool.parallel_for(static_cast<size_t>(tc), 4, combine, cancel)) {

@@ -7,6 +7,10 @@
 // Experts are reached through a pointer table indexed by expert id (they sit in cache slots, not in one
 // contiguous array); an id of -1 or an absent expert (null pointers) contributes zero, so a token whose experts
 // are all absent gets exactly 0.
+// Parts mode (module-based batching: the experts of a layer streamed through a few slots in chunks): given `parts`
+// instead of `out`, the op writes parts[t, j, :] = the expert's unweighted f32 output row down_e(a) (+ bd) for every
+// (t, j) whose id is a present expert and leaves every other row untouched; topk_weights is not read. moe_combine
+// (moe_combine.h) then gives bitwise the fused output from the rows of any partition of the experts into chunks.
 #pragma once
 #include <cstdint>
 
@@ -24,7 +28,7 @@ struct MoeExpertsArgs {
   const void* const* gate;        // [e] pointers to [inter, h] bf16 (row stride h), nullptr = expert absent
   const void* const* up;          // [e] pointers to [inter, h] bf16
   const void* const* down;        // [e] pointers to [h, inter] bf16 (row stride inter)
-  uint16_t* out;                  // [t, h] bf16 (fully written)
+  uint16_t* out;                  // [t, h] bf16 (fully written); nullptr in parts mode
   int64_t t, h, inter, e, k;      // t >= 0; h, inter, e, k >= 1
   // Optional (defaults: the op of issue 3). Bias tables: each null (no expert has biases) or [e] pointers, an
   // expert's three all set (present expert with biases) or all null.
@@ -34,15 +38,18 @@ struct MoeExpertsArgs {
   MoeActivation activation = MoeActivation::Silu;
   float alpha = 1.702f;  // SwigluOai: sigmoid slope (finite)
   float limit = 7.0f;    // SwigluOai: clamp bound (finite, > 0)
+  // Parts mode (see above): [t, k, h] f32, rows of present experts written, the rest untouched; out must then be
+  // nullptr (exactly one of out and parts when t > 0).
+  float* parts = nullptr;
 };
 
 // Multithreaded over (expert, n tile) work items on the project's pool (experts with <= 16 routed rows take a
 // weight-streaming kernel that reads each weight row once, see moe_experts.cc); deterministic (fixed combine order,
 // no atomics on floats) and batch invariant: a token's output row is bitwise the same whatever the other tokens of
 // the call (their number, their routing), on every tier. Returns the GEMM tier that ran. Throws
-// moe::Error(InvalidArgument) for bad sizes, ids outside [-1, e), a table entry with some but not all of
-// gate/up/down null, biases on an absent expert or some but not all of an expert's biases, an unknown activation or
-// a non-finite alpha / non-positive limit; (Cancelled) when cancelled.
+// moe::Error(InvalidArgument) for bad sizes, both or neither of out and parts, ids outside [-1, e), a table entry
+// with some but not all of gate/up/down null, biases on an absent expert or some but not all of an expert's biases,
+// an unknown activation or a non-finite alpha / non-positive limit; (Cancelled) when cancelled.
 Isa moe_experts(const MoeExpertsArgs& args, Isa isa, const CancelToken* cancel = nullptr);
 
 }  // namespace moe::cpu

@@ -47,8 +47,8 @@ std::string cuda_error_slot_finish(CudaErrorSlot& slot, const char* what, int64_
     // The host callback runs after the stream's earlier kernels completed: their stores are visible here.
     const volatile int32_t* w = slot.words;
     if (w[0] != 0) {
-      msg = std::string(what) + " must be -1 or in [0, " + std::to_string(e) + "), received " + std::to_string(w[2]) +
-            " at index " + std::to_string(w[1]);
+      const std::string range = e < 0 ? " must be -1 or >= 0" : " must be -1 or in [0, " + std::to_string(e) + ")";
+      msg = std::string(what) + range + ", received " + std::to_string(w[2]) + " at index " + std::to_string(w[1]);
     }
     std::lock_guard<std::mutex> lock(g_mu);
     free_slots().push_back(slot.words);

@@ -1,5 +1,7 @@
-// moeExperts(stream, { x, topkIds, topkWeights, out, t, h, inter, e, k, experts: { gate, up, down } }, cancel?)
+// moeExperts(stream, { x, topkIds, topkWeights, out | parts, t, h, inter, e, k, experts: { gate, up, down } }, cancel?)
 //   -> Promise<tier>. x [t, h] bf16, topkIds [t, k] i32, topkWeights [t, k] f32, out [t, h] bf16;
+//   or, instead of out (exactly one of the two), parts [t, k, h] f32: parts mode (cpu/moe_experts.h), the
+//   unweighted output row of every (t, j) routed to a present expert, other rows untouched, topkWeights not read;
 //   experts.gate / .up / .down: arrays of e entries, each a tensor arg (gate, up [inter, h] bf16; down [h, inter]
 //   bf16) or null (expert absent: contributes zero). lib/ turns a stacked gateUp [2 * inter, h] into gate and up
 //   args at offsets 0 and inter * h * 2 of the same memory.
@@ -41,7 +43,13 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
     TensorArg x = placed(s.params.Get("x"), "x", DType::BF16, static_cast<uint64_t>(t * h) * 2);
     TensorArg ids = placed(s.params.Get("topkIds"), "topkIds", DType::I32, static_cast<uint64_t>(t * k) * 4);
     TensorArg w = placed(s.params.Get("topkWeights"), "topkWeights", DType::F32, static_cast<uint64_t>(t * k) * 4);
-    TensorArg out = placed(s.params.Get("out"), "out", DType::BF16, static_cast<uint64_t>(t * h) * 2);
+    const Napi::Value outv = s.params.Get("out"), partsv = s.params.Get("parts");
+    const bool has_out = !outv.IsUndefined() && !outv.IsNull(), parts_mode = !partsv.IsUndefined() && !partsv.IsNull();
+    if (has_out == parts_mode)
+      throw_error(env, ErrorCode::InvalidArgument, std::string("moeExperts: exactly one of out and parts must be given, received ") +
+                                                       (has_out ? "both" : "neither"));
+    TensorArg out = parts_mode ? placed(partsv, "parts", DType::F32, static_cast<uint64_t>(t * k * h) * 4)
+                               : placed(outv, "out", DType::BF16, static_cast<uint64_t>(t * h) * 2);
     Napi::Object ex = arg_object(s.params.Get("experts"), "experts");
     // Biases: present when experts.gateBias is given (then all three arrays must be).
     const Napi::Value gbv = ex.Get("gateBias");
@@ -95,7 +103,8 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
     resolve_with_tier(*s.op, ran);
     cpu::MoeExpertsArgs g{reinterpret_cast<const uint16_t*>(x.ptr), reinterpret_cast<const int32_t*>(ids.ptr),
                           reinterpret_cast<const float*>(w.ptr), nullptr, nullptr, nullptr,
-                          reinterpret_cast<uint16_t*>(out.ptr), t, h, inter, e, k};
+                          parts_mode ? nullptr : reinterpret_cast<uint16_t*>(out.ptr), t, h, inter, e, k};
+    g.parts = parts_mode ? reinterpret_cast<float*>(out.ptr) : nullptr;
     g.activation = act == 1.0 ? cpu::MoeActivation::SwigluOai : cpu::MoeActivation::Silu;
     g.alpha = alpha;
     g.limit = limit;
@@ -124,9 +133,15 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
       }
 #if MOE_WITH_CUDA
       slot->words = cuda_error_slot_acquire();
-      int err = moe_cuda_moe_experts_ex(ctx.device, a.x, a.topk_ids, a.topk_weights, a.gate, a.up, a.down, a.gate_bias,
-                                        a.up_bias, a.down_bias, a.out, a.t, a.h, a.inter, a.e, a.k,
-                                        static_cast<int>(a.activation), a.alpha, a.limit, slot->words, ctx.cuda_stream);
+      int err = a.parts != nullptr
+                    ? moe_cuda_moe_experts_parts(ctx.device, a.x, a.topk_ids, a.gate, a.up, a.down, a.gate_bias,
+                                                 a.up_bias, a.down_bias, a.parts, a.t, a.h, a.inter, a.e, a.k,
+                                                 static_cast<int>(a.activation), a.alpha, a.limit, slot->words,
+                                                 ctx.cuda_stream)
+                    : moe_cuda_moe_experts_ex(ctx.device, a.x, a.topk_ids, a.topk_weights, a.gate, a.up, a.down,
+                                              a.gate_bias, a.up_bias, a.down_bias, a.out, a.t, a.h, a.inter, a.e, a.k,
+                                              static_cast<int>(a.activation), a.alpha, a.limit, slot->words,
+                                              ctx.cuda_stream);
       if (err != 0) moe::throw_error(ErrorCode::Cuda, std::string("moeExperts launch: ") + moe_cuda_error_name(err));
       slot->launched = true;
 #endif

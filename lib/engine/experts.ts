@@ -6,9 +6,14 @@
  *    CPU backend) managed by the ExpertCache: the step's routed experts are acquired (demand fetches on a miss,
  *    pinned while the kernel runs), their slots written into the layer's table, the kernel run, the leases
  *    released. With a FineMoE predictor, each decode iteration prefetches the experts the matched expert map
- *    predicts, `prefetchDistance` layers ahead, and eviction follows the predicted probabilities.
- * Offloading is lossless: the kernel reads the same bytes whichever copy it reads.
+ *    predicts, `prefetchDistance` layers ahead, and eviction follows the predicted probabilities. When a step
+ *    routes to more experts than the slots hold (a big batch), the layer runs in module mode (MoE-Gen): its
+ *    experts stream through the slots once, in chunks, and the next layer's start streaming as it ends.
+ * Offloading is lossless: the kernel reads the same bytes whichever copy it reads, and module mode combines the
+ * same per-expert rows in the same order as one fused call.
  */
+import { setMaxListeners } from 'node:events';
+
 import type { Backend } from '../backend.js';
 import { ExpertCache, type ExpertLease } from '../cache/expert-cache.js';
 import { ExpertMapStore, FineMoePredictor } from '../cache/finemoe.js';
@@ -19,7 +24,7 @@ import type { ExpertTable, MoeActivation } from '../moe.js';
 import type { ExpertStore } from '../residency/expert-store.js';
 import { SlotPool } from '../residency/slot-pool.js';
 import { TransferEngine } from '../residency/transfer.js';
-import type { Tensor } from '../tensor.js';
+import { HostTensor, type Tensor } from '../tensor.js';
 
 /** Time spent in one layer's routed experts, ms. */
 export interface ExpertRunTimes {
@@ -51,7 +56,8 @@ export interface ExpertProvider {
 
 /**
  * moeExperts of MoE layer index `li` with `experts` (id -> weights) set in `table` for this call only (plus their
- * biases and the family's activation from `extras`); the entries are cleared again whatever happens.
+ * biases and the family's activation from `extras`); the entries are cleared again whatever happens. Into `out`
+ * (combined), or into `parts` (the unweighted rows of the (token, j) pairs routed to these experts).
  */
 async function runWithExperts(
   be: Backend,
@@ -59,13 +65,14 @@ async function runWithExperts(
   extras: ExpertExtras,
   li: number,
   experts: ReadonlyArray<{ id: number; w: { gate: Tensor; up: Tensor; down: Tensor } }>,
-  a: { x: Tensor; ids: Tensor; weights: Tensor; out: Tensor },
+  a: { x: Tensor; ids: Tensor; weights: Tensor } & ({ out: Tensor; parts?: undefined } | { parts: Tensor; out?: undefined }),
   signal: AbortSignal | undefined,
 ): Promise<void> {
   try {
     for (const { id, w } of experts) table.set(id, { gate: w.gate, up: w.up, down: w.down, ...(extras.biases?.(li, id) ?? {}) });
     const act = extras.activation;
-    await be.moeExperts({ x: a.x, topkIds: a.ids, topkWeights: a.weights, experts: table, out: a.out, ...(act ? { activation: act } : {}) }, signal ? { signal } : {});
+    const dst = a.parts ? { parts: a.parts } : { out: a.out };
+    await be.moeExperts({ x: a.x, topkIds: a.ids, topkWeights: a.weights, experts: table, ...dst, ...(act ? { activation: act } : {}) }, signal ? { signal } : {});
   } finally {
     for (const { id } of experts) table.clear(id);
   }
@@ -122,6 +129,9 @@ export class CachedExperts implements ExpertProvider {
   readonly #numLayers: number;
   readonly #numExperts: number;
   readonly #extras: ExpertExtras;
+  /** Per MoE layer: the experts the last call routed to, most used first (module mode streams them ahead). */
+  readonly #lastUsed: number[][] = [];
+  #partsBuf: HostTensor<'f32'> | undefined;
 
   constructor(be: Backend, store: ExpertStore, extras: ExpertExtras, o: CachedExpertsOptions) {
     this.#be = be;
@@ -147,48 +157,120 @@ export class CachedExperts implements ExpertProvider {
   }
 
   async run(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, signal: AbortSignal | undefined): Promise<ExpertRunTimes> {
-    // Token ranges whose experts fit the slots at once (one range unless a prefill step routes to more experts
-    // than the cache holds); each token's experts are always present together, so its output is exact.
-    const T = x.shape[0]!;
     const k = ids.shape[1]!;
-    const times: ExpertRunTimes = { stallMs: 0, computeMs: 0 };
-    let start = 0;
-    while (start < T) {
-      const set = new Set<number>();
-      let end = start;
-      while (end < T) {
-        const add = Array.from(hostIds.subarray(end * k, end * k + k)).filter((e) => e >= 0 && e < this.#numExperts && !set.has(e));
-        if (end > start && set.size + new Set(add).size > this.slots.slots) break;
-        for (const e of add) set.add(e);
-        end++;
+    const counts = new Map<number, number>();
+    for (const e of hostIds) if (e >= 0 && e < this.#numExperts) counts.set(e, (counts.get(e) ?? 0) + 1);
+    this.#lastUsed[li] = [...counts.keys()].sort((a, b) => counts.get(b)! - counts.get(a)! || a - b);
+    const wanted = [...counts.keys()].sort((a, b) => a - b);
+    if (wanted.length <= this.slots.slots) {
+      // every routed expert fits at once: one fused call
+      const t0 = performance.now();
+      const leases = await this.#acquireAll(li, wanted, signal);
+      try {
+        const t1 = performance.now();
+        await runWithExperts(this.#be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, out }, signal);
+        return { stallMs: t1 - t0, computeMs: performance.now() - t1 };
+      } finally {
+        for (const lease of leases) lease.release();
       }
-      const whole = start === 0 && end === T;
-      const r = await this.#runRange(li, [...set].sort((a, b) => a - b), whole ? x : x.rows(start, end - start), whole ? ids : ids.rows(start, end - start), whole ? weights : weights.rows(start, end - start), whole ? out : out.rows(start, end - start), signal);
-      times.stallMs += r.stallMs;
-      times.computeMs += r.computeMs;
-      start = end;
     }
+    return this.#runModule(li, wanted, x, ids, weights, out, k, signal);
+  }
+
+  /**
+   * Module mode (MoE-Gen): the layer's routed experts stream through the slots in chunks of half the pool, each
+   * chunk's experts acquired while the previous chunk computes; each chunk writes the unweighted outputs of the
+   * (token, j) pairs routed to it into parts [T, k, H] f32, and one combine sums them per token in j order. Every
+   * expert is copied at most once per layer and step whatever the batch, and the result is bitwise the fused
+   * call's (the same part rows, the same combine). Then the next MoE layer's experts of the previous step start
+   * streaming (prefetch) while attention runs.
+   */
+  async #runModule(li: number, wanted: number[], x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, k: number, signal: AbortSignal | undefined): Promise<ExpertRunTimes> {
+    const T = x.shape[0]!;
+    const H = x.shape[1]!;
+    const times: ExpertRunTimes = { stallMs: 0, computeMs: 0 };
+    // resident experts first: they are used (and released) before the copies of the others need their slots
+    const order = [...wanted.filter((e) => this.cache.isResident(li, e)), ...wanted.filter((e) => !this.cache.isResident(li, e))];
+    const size = Math.max(1, Math.floor(this.slots.slots / 2));
+    const chunks: number[][] = [];
+    for (let i = 0; i < order.length; i += size) chunks.push(order.slice(i, i + size));
+    const parts = this.#parts(T, k, H);
+    let next: Promise<ExpertLease[]> | undefined = this.#acquireAll(li, chunks[0]!, signal);
+    try {
+      for (let c = 0; c < chunks.length; c++) {
+        const t0 = performance.now();
+        const leases: ExpertLease[] = await next!;
+        next = undefined;
+        const t1 = performance.now();
+        times.stallMs += t1 - t0;
+        try {
+          if (c + 1 < chunks.length) {
+            next = this.#acquireAll(li, chunks[c + 1]!, signal);
+            next.catch(() => {}); // awaited (or released) below; never an unhandled rejection
+          }
+          await runWithExperts(this.#be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, parts }, signal);
+        } finally {
+          for (const lease of leases) lease.release();
+        }
+        times.computeMs += performance.now() - t1;
+      }
+    } finally {
+      // on failure: the chunk being acquired is released as soon as it arrives (or its acquire rejected)
+      if (next) void next.then((ls) => ls.forEach((l) => l.release()), () => {});
+    }
+    const t2 = performance.now();
+    await this.#be.moeCombine({ parts, topkIds: ids, topkWeights: weights, out }, signal ? { signal } : {});
+    this.#streamAhead(li + 1);
+    times.computeMs += performance.now() - t2;
     return times;
   }
 
-  async #runRange(li: number, wanted: number[], x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, signal: AbortSignal | undefined): Promise<ExpertRunTimes> {
-    const t0 = performance.now();
-    const settled = await Promise.allSettled(wanted.map((e) => this.cache.acquire(li, e, signal ? { signal } : undefined)));
+  /** Prefetches MoE layer `li`'s experts of the previous step, most used first, into the slots not pinned now. */
+  #streamAhead(li: number): void {
+    const used = li < this.#numLayers ? this.#lastUsed[li] : undefined;
+    if (!used) return;
+    const room = this.slots.slots - this.cache.residents().filter((r) => r.pins > 0).length;
+    used.slice(0, Math.max(0, Math.floor(room / 2))).forEach((e, i) => this.cache.prefetch(li, e, used.length - i));
+  }
+
+  /** Acquires (pins) `experts` of layer li; on any failure releases what it got and rejects. */
+  async #acquireAll(li: number, experts: number[], signal: AbortSignal | undefined): Promise<ExpertLease[]> {
+    // one listener on the caller's signal, however many experts wait (each waiter listens on the inner signal)
+    let inner: AbortController | undefined;
+    const onAbort = () => inner!.abort(signal!.reason);
+    if (signal) {
+      inner = new AbortController();
+      setMaxListeners(experts.length + 1, inner.signal);
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
+    }
+    let settled: Array<PromiseSettledResult<ExpertLease>>;
+    try {
+      settled = await Promise.allSettled(experts.map((e) => this.cache.acquire(li, e, inner ? { signal: inner.signal } : undefined)));
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
     const leases: ExpertLease[] = [];
     let failure: unknown;
     for (const s of settled) {
       if (s.status === 'fulfilled') leases.push(s.value);
       else failure ??= s.reason;
     }
-    try {
-      if (failure !== undefined) throw failure;
-      const t1 = performance.now();
-      const experts = leases.map((lease) => ({ id: lease.expert, w: this.slots.slot(lease.slot) }));
-      await runWithExperts(this.#be, this.#tables[li]!, this.#extras, li, experts, { x, ids, weights, out }, signal);
-      return { stallMs: t1 - t0, computeMs: performance.now() - t1 };
-    } finally {
+    if (failure !== undefined) {
       for (const lease of leases) lease.release();
+      throw failure;
     }
+    return leases;
+  }
+
+  #views(leases: ExpertLease[]): Array<{ id: number; w: { gate: Tensor; up: Tensor; down: Tensor } }> {
+    return leases.map((lease) => ({ id: lease.expert, w: this.slots.slot(lease.slot) }));
+  }
+
+  /** A [T, k, H] f32 view of a scratch buffer kept across calls (grown when a step needs more rows). */
+  #parts(T: number, k: number, H: number): HostTensor<'f32'> {
+    if (!this.#partsBuf || this.#partsBuf.shape[0]! < T || this.#partsBuf.shape[1] !== k || this.#partsBuf.shape[2] !== H) this.#partsBuf = new HostTensor('f32', [T, k, H]);
+    return this.#partsBuf.rows(0, T);
   }
 
   beginIteration(embedding: Float32Array): void {

@@ -671,7 +671,6 @@ function makeProvider(be: Backend, store: ExpertStore, cfg: ModelConfig, mode: E
   } else {
     throw new InvalidArgumentError('experts must give slots or fraction');
   }
-  if (slots < cfg.topK) throw new InvalidArgumentError(`the expert cache needs at least top-k = ${cfg.topK} slots (one token's experts), received ${slots}`);
   const policy = mode.policy ?? 'lru';
   if (policy !== 'lru' && policy !== 'finemoe') throw new InvalidArgumentError(`experts.policy must be 'lru' or 'finemoe', received ${describe(mode.policy)}`);
   return new CachedExperts(be, store, extras, {

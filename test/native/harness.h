@@ -61,6 +61,7 @@ void add_gather_cases(std::vector<Case>& cases);  // gather_rows (gather_test.cc
 void add_rms_norm_cases(std::vector<Case>& cases);  // rms_norm, row-broadcast add (rms_norm_test.cc)
 void add_gemv_cases(std::vector<Case>& cases);  // small-m gemm, the streaming decode path (gemv_test.cc)
 void add_moe_invariance_cases(std::vector<Case>& cases);  // moe_experts batch invariance (moe_invariance_test.cc)
+void add_moe_parts_cases(std::vector<Case>& cases);  // moe_experts parts mode + moe_combine (moe_parts_test.cc)
 
 // Runs every case whose "op shape backend" line contains `filter` (empty: all) and prints the results.
 // Returns the number of failures.

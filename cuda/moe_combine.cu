@@ -1,0 +1,28 @@
+// Launcher of moe_cuda_moe_combine (C ABI in moe_cuda.h; kernel in moe_combine.cuh). Stream-ordered, no host
+// synchronisation, no allocation. moe_cuda_moe_experts_ex launches its combine through this function (with its
+// presence table), so the fused path and parts mode + moeCombine run the same kernel.
+#include <cuda_runtime.h>
+
+#include <climits>
+
+#include "moe_combine.cuh"
+#include "moe_cuda.h"
+
+using namespace moe::dev;
+
+extern "C" int moe_cuda_moe_combine(int device, const float* parts, const int32_t* topk_ids,
+                                    const float* topk_weights, const void* const* present, int64_t e, void* out,
+                                    int64_t t, int64_t h, int64_t k, int32_t* error, void* stream) {
+  if (t < 0 || h < 1 || k < 1 || e < 0 || e > INT_MAX) return cudaErrorInvalidValue;
+  if (t > INT_MAX / k || h > INT_MAX) return cudaErrorInvalidValue;
+  cudaError_t err = cudaSetDevice(device);
+  if (err != cudaSuccess) return err;
+  if (t == 0) return cudaSuccess;
+  if (parts == nullptr || topk_ids == nullptr || topk_weights == nullptr || out == nullptr) return cudaErrorInvalidValue;
+  const unsigned gx = static_cast<unsigned>((h + kCombineThreads - 1) / kCombineThreads);
+  const unsigned gy = static_cast<unsigned>(t < 65535 ? t : 65535);
+  moe_combine_kernel<<<dim3(gx, gy), kCombineThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      parts, topk_ids, topk_weights, present, static_cast<int>(e), static_cast<uint16_t*>(out), static_cast<int>(t),
+      static_cast<int>(k), static_cast<int>(h), error);
+  return cudaGetLastError();
+}

@@ -1,0 +1,57 @@
+// Kernel of moe_cuda_moe_combine (moe_combine.cu): the MoE combine of module-based batching, and the last step of
+// the fused moe_cuda_moe_experts_ex (which launches it through moe_cuda_moe_combine, so both run this one kernel):
+//   y[t, n] = bf16( sum over j = 0..k-1 in order of w[t, j] * parts[t * k + j, n] ), f32, fmaf per term,
+//   over the slots whose id is present: id >= 0 and, when a presence table is given, id < e and present[id] set.
+// One thread per (token, column): fixed order, no float atomics, so the output is bitwise reproducible, and the
+// fused path (parts in scratch, then this kernel) equals parts mode + moeCombine bitwise by construction.
+// moeCombine also flags an id < -1 through `error` (mapped pinned host memory, cpp/napi/cuda_error_slot.h):
+// block (0, 0) scans the ids first; such ids are skipped like -1.
+#pragma once
+#include <cstdint>
+
+#include "dtype.cuh"
+
+namespace moe {
+namespace dev {
+
+constexpr int kCombineThreads = 256;
+
+// parts [t * k, h] f32; ids [t, k] i32; weights [t, k] f32; present: null (every id >= 0 present) or [e] device
+// pointers (null: absent); out [t, h] bf16; error [3] i32 or null. grid: (ceil(h / 256), min(t, 65535)) with a
+// grid-stride loop over tokens, block: 256.
+static __global__ void __launch_bounds__(kCombineThreads)
+    moe_combine_kernel(const float* __restrict__ parts, const int32_t* __restrict__ ids,
+                       const float* __restrict__ weights, const void* const* __restrict__ present, int e,
+                       uint16_t* __restrict__ out, int t, int k, int h, int32_t* error) {
+  if (error != nullptr && blockIdx.x == 0 && blockIdx.y == 0) {  // block-uniform: the barriers below are safe
+    __shared__ int s_bad;  // smallest index of an id < -1; 0x7fffffff: none
+    if (threadIdx.x == 0) s_bad = 0x7fffffff;
+    __syncthreads();
+    const int n_slots = t * k;
+    for (int i = threadIdx.x; i < n_slots; i += blockDim.x)
+      if (ids[i] < -1) atomicMin(&s_bad, i);  // shared-memory integer atomic: the minimum is order-free
+    __syncthreads();
+    if (threadIdx.x == 0 && s_bad != 0x7fffffff) {  // plain stores to mapped host memory, no atomics
+      error[1] = s_bad;
+      error[2] = ids[s_bad];
+      __threadfence_system();
+      error[0] = 1;
+    }
+  }
+  const int n = blockIdx.x * blockDim.x + threadIdx.x;
+  if (n >= h) return;
+  for (int tok = blockIdx.y; tok < t; tok += gridDim.y) {
+    float acc = 0.0f;
+    for (int j = 0; j < k; ++j) {
+      const int64_t s = static_cast<int64_t>(tok) * k + j;
+      const int x = ids[s];
+      if (x < 0) continue;
+      if (present != nullptr && (x >= e || present[x] == nullptr)) continue;
+      acc = fmaf(weights[s], parts[s * h + n], acc);
+    }
+    out[static_cast<int64_t>(tok) * h + n] = f32_to_bf16(acc);
+  }
+}
+
+}  // namespace dev
+}  // namespace moe
