@@ -19,7 +19,6 @@ import { ExpertCache, type ExpertLease } from '../cache/expert-cache.js';
 import { ExpertMapStore, FineMoePredictor } from '../cache/finemoe.js';
 import { LruPolicy, ProbabilityPolicy } from '../cache/policy.js';
 import { residencyExpertCache } from '../cache/residency.js';
-import type { ExpertBiases } from '../model/gpt-oss.js';
 import type { ExpertTable, MoeActivation } from '../moe.js';
 import type { ExpertStore } from '../residency/expert-store.js';
 import { SlotPool } from '../residency/slot-pool.js';
@@ -34,8 +33,8 @@ export interface ExpertRunTimes {
 
 /** What some families add to every expert: f32 biases (gpt-oss) and a non-default activation. */
 export interface ExpertExtras {
-  /** Biases of expert e of MoE layer index li. */
-  biases?: (li: number, e: number) => ExpertBiases;
+  /** f32 biases of expert e of MoE layer index li (on the compute backend). */
+  biases?: (li: number, e: number) => { gateBias: Tensor; upBias: Tensor; downBias: Tensor };
   activation?: MoeActivation;
 }
 

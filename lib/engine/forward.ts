@@ -22,7 +22,8 @@ import type { Backend } from '../backend.js';
 import type { KvCache } from '../kv/cache.js';
 import type { ModelConfig } from '../model/config.js';
 import type { DenseWeights, LayerWeights, MlaWeights } from '../model/weights.js';
-import { HostTensor, type Tensor } from '../tensor.js';
+import type { DType } from '../dtype.js';
+import { type DeviceTensor, HostTensor, type Tensor } from '../tensor.js';
 import type { ExpertProvider } from './experts.js';
 
 /** One sequence's part of a step. */
@@ -66,7 +67,16 @@ export interface StepOptions {
 }
 
 export interface ForwardParts {
+  /** Runs the GEMMs, norms, router and experts (the CPU backend, or CUDA). */
   be: Backend;
+  /** Runs RoPE and attention over the host KV cache: a CPU backend (`be` itself when it is one). */
+  host: Backend;
+  /**
+   * Activations in `be`'s device memory, crossing to `host` through explicit copies (q/k/v down for RoPE, the KV
+   * cache and attention; the attention output up; routing ids and weights down): required on CUDA; on the CPU
+   * backend it runs the same path over the CPU device pool (tests check it against the direct path).
+   */
+  staged: boolean;
   cfg: ModelConfig;
   weights: DenseWeights;
   kv: KvCache;
@@ -80,6 +90,57 @@ export interface ForwardParts {
   headDim: number;
 }
 
+/**
+ * A tensor with a host view: `dev` lives on the compute backend, `host` is its host copy (the same tensor when
+ * the pass is not staged). down/up copy between them (no-ops when not staged).
+ */
+interface Staged<D extends DType = DType> {
+  dev: Tensor;
+  host: HostTensor<D>;
+}
+
+/** Per-step allocations: activations on the compute backend (device memory when staged), freed after the step. */
+class StepMemory {
+  readonly #be: Backend;
+  readonly #staged: boolean;
+  readonly #owned: DeviceTensor[] = [];
+  readonly #op: { signal?: AbortSignal };
+  constructor(be: Backend, staged: boolean, op: { signal?: AbortSignal }) {
+    this.#be = be;
+    this.#staged = staged;
+    this.#op = op;
+  }
+  /** A compute-backend tensor (device memory when staged; a HostTensor otherwise). */
+  act<D extends DType>(dtype: D, shape: number[]): Tensor {
+    if (!this.#staged) return new HostTensor(dtype, shape);
+    const d = this.#be.alloc(dtype, shape);
+    this.#owned.push(d);
+    return d;
+  }
+  /** A compute tensor with a host copy. */
+  pair<D extends DType>(dtype: D, shape: number[]): Staged<D> {
+    const host = new HostTensor(dtype, shape);
+    return { dev: this.#staged ? this.act(dtype, shape) : host, host };
+  }
+  /** A host tensor's copy on the compute backend (itself when not staged). */
+  async upload(h: HostTensor): Promise<Tensor> {
+    if (!this.#staged) return h;
+    const d = this.act(h.dtype, [...h.shape]);
+    await this.#be.copy(h, d, this.#op);
+    return d;
+  }
+  down(p: Staged): Promise<unknown> {
+    return this.#staged ? this.#be.copy(p.dev, p.host, this.#op) : Promise.resolve();
+  }
+  up(p: Staged): Promise<unknown> {
+    return this.#staged ? this.#be.copy(p.host, p.dev, this.#op) : Promise.resolve();
+  }
+  dispose(): void {
+    for (const d of this.#owned) d.dispose();
+    this.#owned.length = 0;
+  }
+}
+
 export class ForwardPass {
   readonly #p: ForwardParts;
   readonly #moeIndex: Map<number, number>;
@@ -89,84 +150,96 @@ export class ForwardPass {
     this.#moeIndex = new Map(parts.cfg.moeLayers.map((l, i) => [l, i]));
   }
 
-  /** Multi-head attention projections: q/k/v (+ bias), q/k norm, RoPE. `norm` is the pending input norm op. */
-  async #mhaQkv(w: LayerWeights, xn: HostTensor, T: number, positions: HostTensor, norm: Promise<unknown>, op: { signal?: AbortSignal }): Promise<{ q: HostTensor; k: HostTensor; v: HostTensor }> {
-    const { be, cfg } = this.#p;
+  /** RoPE of q [T, nH, d] and k [T, nKV, d] (host f32) at `positions`, on the host backend. */
+  #rope(q: HostTensor, k: HostTensor, positions: HostTensor, op: { signal?: AbortSignal }): Promise<unknown> {
+    return this.#p.host.rope({ q, k, positions, invFreq: this.#p.invFreq, attentionScaling: this.#p.attentionScaling }, op);
+  }
+
+  /**
+   * Multi-head attention projections: q/k/v (+ bias), q/k norm on the compute backend, then (on the host) OLMoE's
+   * clip and RoPE. `norm` is the pending input norm op. Returns host q [T, nH, hd], k and v [T, nKV, hd] f32.
+   */
+  async #mhaQkv(w: LayerWeights, xn: Tensor, T: number, positions: HostTensor, norm: Promise<unknown>, m: StepMemory, op: { signal?: AbortSignal }): Promise<{ q: HostTensor; k: HostTensor; v: HostTensor }> {
+    const { be, cfg, staged } = this.#p;
     const nH = cfg.numHeads;
     const nKV = cfg.numKvHeads;
     const hd = cfg.headDim;
-    const q = new HostTensor('f32', [T, nH, hd]);
-    const k = new HostTensor('f32', [T, nKV, hd]);
-    const v = new HostTensor('f32', [T, nKV, hd]);
-    const q2 = q.reshape([T, nH * hd]);
-    const k2 = k.reshape([T, nKV * hd]);
-    const v2 = v.reshape([T, nKV * hd]);
+    const q = m.pair('f32', [T, nH, hd]);
+    const k = m.pair('f32', [T, nKV, hd]);
+    const v = m.pair('f32', [T, nKV, hd]);
+    const q2 = q.dev.reshape([T, nH * hd]);
+    const k2 = k.dev.reshape([T, nKV * hd]);
+    const v2 = v.dev.reshape([T, nKV * hd]);
     const g: Array<Promise<unknown>> = [norm, be.gemm(xn, w.q!, q2, op), be.gemm(xn, w.k!, k2, op), be.gemm(xn, w.v!, v2, op)];
     if (w.qBias) g.push(be.add(q2, w.qBias, q2, op), be.add(k2, w.kBias!, k2, op), be.add(v2, w.vBias!, v2, op));
     if (w.qNorm) {
       const perHead = w.qNorm.numel === hd && cfg.family !== 'olmoe';
-      const qn = perHead ? q.reshape([T * nH, hd]) : q2;
-      const kn = perHead ? k.reshape([T * nKV, hd]) : k2;
+      const qn = perHead ? q.dev.reshape([T * nH, hd]) : q2;
+      const kn = perHead ? k.dev.reshape([T * nKV, hd]) : k2;
       g.push(be.rmsNorm({ x: qn, weight: w.qNorm, out: qn, eps: cfg.rmsNormEps }, op), be.rmsNorm({ x: kn, weight: w.kNorm!, out: kn, eps: cfg.rmsNormEps }, op));
     }
-    const rope = () => be.rope({ q, k, positions, invFreq: this.#p.invFreq, attentionScaling: this.#p.attentionScaling }, op);
-    if (cfg.clipQkv === null) {
-      g.push(rope());
-      await Promise.all(g);
-      return { q, k, v };
-    }
-    // OLMoE clip_qkv: clamp the normed q, k and v before RoPE
+    // not staged and no clip: RoPE joins the group (one round trip fewer)
+    const inGroup = !staged && cfg.clipQkv === null;
+    if (inGroup) g.push(this.#rope(q.host, k.host, positions, op));
+    else g.push(m.down(q), m.down(k), m.down(v));
     await Promise.all(g);
-    const c = cfg.clipQkv;
-    for (const t of [q, k, v]) {
-      const d = t.data;
-      for (let i = 0; i < d.length; i++) d[i] = Math.min(c, Math.max(-c, d[i]!));
+    if (inGroup) return { q: q.host, k: k.host, v: v.host };
+    if (cfg.clipQkv !== null) {
+      // OLMoE clip_qkv: clamp the normed q, k and v before RoPE
+      const c = cfg.clipQkv;
+      for (const t of [q.host, k.host, v.host]) {
+        const d = t.data;
+        for (let i = 0; i < d.length; i++) d[i] = Math.min(c, Math.max(-c, d[i]!));
+      }
     }
-    await rope();
-    return { q, k, v };
+    await this.#rope(q.host, k.host, positions, op);
+    return { q: q.host, k: k.host, v: v.host };
   }
 
   /**
    * Multi-head latent attention (DeepSeek-V2), run as multi-head attention over decompressed keys and values:
    * c = norm(x Wc) [T, rank]; k_nope = c Wkn, v = c Wv per head; k_pe = rope(x Wkpe) shared by all heads;
    * q = [q_nope | rope(q_pe)]. Keys [k_nope | k_pe] and queries are zero-padded to the cache's head dim, values too.
+   * Projections on the compute backend; RoPE and the assembly on the host.
    */
-  async #mlaQkv(w: MlaWeights, xn: HostTensor, T: number, positions: HostTensor, norm: Promise<unknown>, op: { signal?: AbortSignal }): Promise<{ q: HostTensor; k: HostTensor; v: HostTensor }> {
-    const { be, cfg } = this.#p;
-    const m = cfg.mla!;
+  async #mlaQkv(w: MlaWeights, xn: Tensor, T: number, positions: HostTensor, norm: Promise<unknown>, m: StepMemory, op: { signal?: AbortSignal }): Promise<{ q: HostTensor; k: HostTensor; v: HostTensor }> {
+    const { be, cfg, staged } = this.#p;
+    const ml = cfg.mla!;
     const nH = cfg.numHeads;
     const D = this.#p.headDim;
-    const { qkNopeHeadDim: nope, qkRopeHeadDim: rope, vHeadDim: vd, kvLoraRank: kvr } = m;
+    const { qkNopeHeadDim: nope, qkRopeHeadDim: rope, vHeadDim: vd, kvLoraRank: kvr } = ml;
     const g: Array<Promise<unknown>> = [norm];
-    let qIn: HostTensor = xn;
+    let qIn: Tensor = xn;
     if (w.qA) {
-      const qa = new HostTensor('f32', [T, m.qLoraRank!]);
-      qIn = new HostTensor('bf16', [T, m.qLoraRank!]);
+      const qa = m.act('f32', [T, ml.qLoraRank!]);
+      qIn = m.act('bf16', [T, ml.qLoraRank!]);
       g.push(be.gemm(xn, w.qA, qa, op), be.rmsNorm({ x: qa, weight: w.qANorm!, out: qIn, eps: 1e-6 }, op));
     }
-    const qn = new HostTensor('f32', [T, nH * nope]);
-    const qp = new HostTensor('f32', [T, nH, rope]);
-    const c = new HostTensor('f32', [T, kvr]);
-    const cb = new HostTensor('bf16', [T, kvr]);
-    const kp = new HostTensor('f32', [T, 1, rope]);
-    const kn = new HostTensor('f32', [T, nH * nope]);
-    const vv = new HostTensor('f32', [T, nH * vd]);
+    const qn = m.pair('f32', [T, nH * nope]);
+    const qp = m.pair('f32', [T, nH, rope]);
+    const c = m.act('f32', [T, kvr]);
+    const cb = m.act('bf16', [T, kvr]);
+    const kp = m.pair('f32', [T, 1, rope]);
+    const kn = m.pair('f32', [T, nH * nope]);
+    const vv = m.pair('f32', [T, nH * vd]);
     g.push(
-      be.gemm(qIn, w.qNope, qn, op),
-      be.gemm(qIn, w.qPe, qp.reshape([T, nH * rope]), op),
+      be.gemm(qIn, w.qNope, qn.dev, op),
+      be.gemm(qIn, w.qPe, qp.dev.reshape([T, nH * rope]), op),
       be.gemm(xn, w.kvC, c, op),
       be.rmsNorm({ x: c, weight: w.kvANorm, out: cb, eps: 1e-6 }, op),
-      be.gemm(xn, w.kPe, kp.reshape([T, rope]), op),
-      be.gemm(cb, w.kNope, kn, op),
-      be.gemm(cb, w.v, vv, op),
-      be.rope({ q: qp, k: kp, positions, invFreq: this.#p.invFreq, attentionScaling: this.#p.attentionScaling }, op),
+      be.gemm(xn, w.kPe, kp.dev.reshape([T, rope]), op),
+      be.gemm(cb, w.kNope, kn.dev, op),
+      be.gemm(cb, w.v, vv.dev, op),
     );
+    if (!staged) g.push(this.#rope(qp.host, kp.host, positions, op));
+    else g.push(m.down(qn), m.down(qp), m.down(kp), m.down(kn), m.down(vv));
     await Promise.all(g);
+    if (staged) await this.#rope(qp.host, kp.host, positions, op);
     // assemble [T, nH, D]: q = [q_nope | q_pe | 0], k = [k_nope | k_pe | 0], v = [v | 0]
     const q = new HostTensor('f32', [T, nH, D]);
     const k = new HostTensor('f32', [T, nH, D]);
     const v = new HostTensor('f32', [T, nH, D]);
-    const [Q, K, Vd, QN, QP, KN, KP, VV] = [q.data, k.data, v.data, qn.data, qp.data, kn.data, kp.data, vv.data];
+    const [Q, K, Vd, QN, QP, KN, KP, VV] = [q.data, k.data, v.data, qn.host.data, qp.host.data, kn.host.data, kp.host.data, vv.host.data];
     for (let t = 0; t < T; t++) {
       for (let hh = 0; hh < nH; hh++) {
         const o = (t * nH + hh) * D;
@@ -185,7 +258,7 @@ export class ForwardPass {
    * The sequences' KV lengths grow by their token counts (the caller frees sequences it abandons).
    */
   async step(seqs: readonly StepSequence[], times: StepTimes, o: StepOptions = {}): Promise<HostTensor<'f32'>> {
-    const { be, cfg, weights: W, kv, experts } = this.#p;
+    const { be, host, cfg, weights: W, kv, experts, staged } = this.#p;
     const start = performance.now();
     const signal = o.signal;
     const op = signal ? { signal } : {};
@@ -222,128 +295,141 @@ export class ForwardPass {
       seqs.map((s) => s.tokens.length),
     );
 
-    const h = new HostTensor('f32', [T, H]);
-    const xn = new HostTensor('bf16', [T, H]); // also the embedding rows before the first norm overwrites it
-    const D = this.#p.headDim; // KV cache / attention head dim (MLA: padded)
-    const attn = new HostTensor('bf16', [T, nH, D]);
-    const delta = new HostTensor('f32', [T, H]);
-    const blockOut = new HostTensor('bf16', [T, H]);
-    const sharedOut = cfg.sharedExperts ? new HostTensor('bf16', [T, H]) : undefined;
-    const routerLogits = new HostTensor('f32', [T, E]);
-    const xf = new HostTensor('f32', [T, H]); // the normalised hidden state in f32: the router's input
-    const topIds = new HostTensor('i32', [T, K]);
-    const topW = new HostTensor('f32', [T, K]);
-    const oneIds = new HostTensor('i32', [T, 1]); // all zeros: expert 0 of a one-expert table
-    const oneW = new HostTensor('f32', [T, 1]);
-    oneW.data.fill(1);
-    // the sigmoid gate of a gated shared expert (Qwen2-MoE): logit, then weight and id 0 from routerTopK
-    const gated = cfg.sharedExperts?.gated === true;
-    const sharedLogit = gated ? new HostTensor('f32', [T, 1]) : undefined;
-    const sharedW = gated ? new HostTensor('f32', [T, 1]) : undefined;
-    const sharedIds = gated ? new HostTensor('i32', [T, 1]) : undefined;
+    const m = new StepMemory(be, staged, op);
+    try {
+      const D = this.#p.headDim; // KV cache / attention head dim (MLA: padded)
+      const h = m.act('f32', [T, H]); // the residual stream
+      const xn = m.act('bf16', [T, H]); // also the embedding rows before the first norm overwrites it
+      const attn = new HostTensor('bf16', [T, nH, D]); // attention output (host)
+      const delta = m.act('f32', [T, H]);
+      const blockOut = m.act('bf16', [T, H]);
+      const sharedOut = cfg.sharedExperts ? m.act('bf16', [T, H]) : undefined;
+      const routerLogits = m.pair('f32', [T, E]);
+      const xf = m.act('f32', [T, H]); // the normalised hidden state in f32: the router's input
+      const topIds = m.pair('i32', [T, K]);
+      const topW = m.pair('f32', [T, K]);
+      // expert 0 of a one-expert table with weight 1 (dense MLP, ungated shared expert)
+      const oneW1 = new HostTensor('f32', [T, 1]);
+      oneW1.data.fill(1);
+      const oneIds = await m.upload(new HostTensor('i32', [T, 1]));
+      const oneW = await m.upload(oneW1);
+      // the sigmoid gate of a gated shared expert (Qwen2-MoE): logit, then weight and id 0 from routerTopK
+      const gated = cfg.sharedExperts?.gated === true;
+      const sharedLogit = gated ? m.act('f32', [T, 1]) : undefined;
+      const sharedW = gated ? m.act('f32', [T, 1]) : undefined;
+      const sharedIds = gated ? m.act('i32', [T, 1]) : undefined;
 
-    await be.gatherRows(W.embed, ids, xn, op);
-    await be.convert(xn, h, op);
-    book('denseMs');
-    if (o.iteration) experts.beginIteration?.(o.iteration.embedding);
-    book('hostMs');
-
-    let pending: Tensor | undefined;
-    for (let l = 0; l < cfg.numLayers; l++) {
-      const w = W.layers[l]!;
-      // attention block: q [T, nH, D], k and v [T, kvH, D] f32 (rotated), then the KV cache and attention
-      const norm = be.rmsNorm({ x: h, weight: w.inputNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op);
-      const { q, k, v } = w.mla ? await this.#mlaQkv(w.mla, xn, T, positions, norm, op) : await this.#mhaQkv(w, xn, T, positions, norm, op);
+      await be.gatherRows(W.embedOnBackend, await m.upload(ids), xn, op);
+      await be.convert(xn, h, op);
       book('denseMs');
-      let t0 = 0;
-      seqs.forEach((s, i) => {
-        const n = s.tokens.length;
-        kv.write(l, s.seq, starts[i]!, k.rows(t0, n), v.rows(t0, n));
-        t0 += n;
-      });
-      const window = cfg.layerTypes && cfg.layerTypes[l] !== 'sliding' ? null : cfg.slidingWindow;
+      if (o.iteration) experts.beginIteration?.(o.iteration.embedding);
       book('hostMs');
-      await be.attention(
-        // a fixed split count (per sequence min(4, its pages)): a sequence's result never depends on the batch
-        { q, k: kv.keys(l), v: kv.values(l), out: attn, ...batch, scale: this.#p.attentionScale, numSplits: 4, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}) },
-        op,
-      );
-      book('attentionMs');
-      let attnOut: Tensor = attn.reshape([T, nH * D]);
-      if (w.mla && cfg.mla!.vHeadDim < D) {
-        attnOut = headPrefix(attn, cfg.mla!.vHeadDim); // [T, nH * v] bf16: drop the zero padding
+
+      let pending: Tensor | undefined;
+      for (let l = 0; l < cfg.numLayers; l++) {
+        const w = W.layers[l]!;
+        // attention block: q [T, nH, D], k and v [T, kvH, D] f32 (rotated, host), then the KV cache and attention
+        const norm = be.rmsNorm({ x: h, weight: w.inputNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op);
+        const { q, k, v } = w.mla ? await this.#mlaQkv(w.mla, xn, T, positions, norm, m, op) : await this.#mhaQkv(w, xn, T, positions, norm, m, op);
+        book('denseMs');
+        let t0 = 0;
+        seqs.forEach((s, i) => {
+          const n = s.tokens.length;
+          kv.write(l, s.seq, starts[i]!, k.rows(t0, n), v.rows(t0, n));
+          t0 += n;
+        });
+        const window = cfg.layerTypes && cfg.layerTypes[l] !== 'sliding' ? null : cfg.slidingWindow;
         book('hostMs');
-      }
-      const li = this.#moeIndex.get(l);
-      // MoE layers route from the f32 normalised state (a bf16 rounding there can flip near-tied experts)
-      const g2: Array<Promise<unknown>> = [be.gemm(attnOut, w.o, delta, op)];
-      if (w.oBias) g2.push(be.add(delta, w.oBias, delta, op));
-      if (li === undefined) g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xn, eps: cfg.rmsNormEps, add: delta }, op));
-      else g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xf, eps: cfg.rmsNormEps, add: delta }, op), be.convert(xf, xn, op));
-      if (li === undefined) {
-        // dense MLP as a one-expert table
+        await host.attention(
+          // a fixed split count (per sequence min(4, its pages)): a sequence's result never depends on the batch
+          { q, k: kv.keys(l), v: kv.values(l), out: attn, ...batch, scale: this.#p.attentionScale, numSplits: 4, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}) },
+          op,
+        );
+        book('attentionMs');
+        let attnHost: HostTensor = attn.reshape([T, nH * D]);
+        if (w.mla && cfg.mla!.vHeadDim < D) attnHost = headPrefix(attn, cfg.mla!.vHeadDim); // [T, nH * v] bf16: drop the zero padding
+        const attnOut = await m.upload(attnHost);
+        book('hostMs');
+        const li = this.#moeIndex.get(l);
+        // MoE layers route from the f32 normalised state (a bf16 rounding there can flip near-tied experts)
+        const g2: Array<Promise<unknown>> = [be.gemm(attnOut, w.o, delta, op)];
+        if (w.oBias) g2.push(be.add(delta, w.oBias, delta, op));
+        if (li === undefined) g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xn, eps: cfg.rmsNormEps, add: delta }, op));
+        else g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xf, eps: cfg.rmsNormEps, add: delta }, op), be.convert(xf, xn, op));
+        if (li === undefined) {
+          // dense MLP as a one-expert table
+          await Promise.all(g2);
+          book('denseMs');
+          await be.moeExperts({ x: xn, topkIds: oneIds, topkWeights: oneW, experts: w.mlp!, out: blockOut }, op);
+          book('expertMs');
+          pending = blockOut;
+          continue;
+        }
+        const traced = o.routing !== undefined || experts.observeGates !== undefined;
+        g2.push(be.gemm(xf, w.router!, routerLogits.dev, op));
+        if (w.routerBias) g2.push(be.add(routerLogits.dev, w.routerBias, routerLogits.dev, op));
+        g2.push(be.routerTopK(routerLogits.dev, K, { scoring: 'softmax', renormalize: cfg.router.renormalize, out: { topkIds: topIds.dev, topkWeights: topW.dev } }, op));
+        g2.push(m.down(topIds), m.down(topW));
+        if (traced) g2.push(m.down(routerLogits));
+        if (w.shared) {
+          if (w.sharedGate) {
+            g2.push(be.gemm(xn, w.sharedGate, sharedLogit!, op));
+            g2.push(be.routerTopK(sharedLogit!, 1, { scoring: 'sigmoid', renormalize: false, out: { topkIds: sharedIds!, topkWeights: sharedW! } }, op));
+          }
+          g2.push(be.moeExperts({ x: xn, topkIds: w.sharedGate ? sharedIds! : oneIds, topkWeights: w.sharedGate ? sharedW! : oneW, experts: w.shared, out: sharedOut! }, op));
+        }
         await Promise.all(g2);
         book('denseMs');
-        await be.moeExperts({ x: xn, topkIds: oneIds, topkWeights: oneW, experts: w.mlp!, out: blockOut }, op);
-        book('expertMs');
+        if (!cfg.router.renormalize && cfg.router.scale !== 1) {
+          for (let i = 0; i < topW.host.data.length; i++) topW.host.data[i]! *= cfg.router.scale;
+          await m.up(topW);
+        }
+        const hostIds = topIds.host.data;
+        if (traced) {
+          const gates = softmaxRows(routerLogits.host.data, T, E);
+          if (o.routing) {
+            o.routing.ids.push(Int32Array.from(hostIds));
+            o.routing.probs.push(Float32Array.from(topW.host.data));
+            o.routing.gates.push(gates);
+          }
+          if (o.iteration) experts.observeGates?.(li, gates.subarray((T - 1) * E, T * E));
+        }
+        book('hostMs');
+        const r = await experts.run(li, xn, topIds.dev, topW.dev, blockOut, hostIds, signal);
+        times.stallMs += r.stallMs;
+        times.expertMs += r.computeMs;
+        mark = performance.now();
+        if (sharedOut) {
+          await be.add(blockOut, sharedOut, blockOut, op);
+          book('expertMs');
+        }
         pending = blockOut;
-        continue;
       }
-      g2.push(be.gemm(xf, w.router!, routerLogits, op));
-      if (w.routerBias) g2.push(be.add(routerLogits, w.routerBias, routerLogits, op));
-      g2.push(be.routerTopK(routerLogits, K, { scoring: 'softmax', renormalize: cfg.router.renormalize, out: { topkIds: topIds, topkWeights: topW } }, op));
-      if (w.shared) {
-        if (w.sharedGate) {
-          g2.push(be.gemm(xn, w.sharedGate, sharedLogit!, op));
-          g2.push(be.routerTopK(sharedLogit!, 1, { scoring: 'sigmoid', renormalize: false, out: { topkIds: sharedIds!, topkWeights: sharedW! } }, op));
-        }
-        g2.push(be.moeExperts({ x: xn, topkIds: w.sharedGate ? sharedIds! : oneIds, topkWeights: w.sharedGate ? sharedW! : oneW, experts: w.shared, out: sharedOut! }, op));
-      }
-      await Promise.all(g2);
-      book('denseMs');
-      if (!cfg.router.renormalize && cfg.router.scale !== 1) for (let i = 0; i < topW.data.length; i++) topW.data[i]! *= cfg.router.scale;
-      const hostIds = topIds.data;
-      if (o.routing || experts.observeGates) {
-        const gates = softmaxRows(routerLogits.data, T, E);
-        if (o.routing) {
-          o.routing.ids.push(Int32Array.from(hostIds));
-          o.routing.probs.push(Float32Array.from(topW.data));
-          o.routing.gates.push(gates);
-        }
-        if (o.iteration) experts.observeGates?.(li, gates.subarray((T - 1) * E, T * E));
-      }
-      book('hostMs');
-      const r = await experts.run(li, xn, topIds, topW, blockOut, hostIds, signal);
-      times.stallMs += r.stallMs;
-      times.expertMs += r.computeMs;
-      mark = performance.now();
-      if (sharedOut) {
-        await be.add(blockOut, sharedOut, blockOut, op);
-        book('expertMs');
-      }
-      pending = blockOut;
-    }
 
-    await be.rmsNorm({ x: h, weight: W.finalNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op);
-    let rowsIn: Tensor = xn;
-    if (!o.allLogits) {
-      const last = new HostTensor('i32', [seqs.length]);
-      let t = 0;
-      seqs.forEach((s, i) => {
-        t += s.tokens.length;
-        last.data[i] = t - 1;
-      });
-      const sel = new HostTensor('bf16', [seqs.length, H]);
-      await be.gatherRows(xn, last, sel, op);
-      rowsIn = sel;
+      await be.rmsNorm({ x: h, weight: W.finalNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op);
+      let rowsIn: Tensor = xn;
+      if (!o.allLogits) {
+        const last = new HostTensor('i32', [seqs.length]);
+        let t = 0;
+        seqs.forEach((s, i) => {
+          t += s.tokens.length;
+          last.data[i] = t - 1;
+        });
+        const sel = m.act('bf16', [seqs.length, H]);
+        await be.gatherRows(xn, await m.upload(last), sel, op);
+        rowsIn = sel;
+      }
+      const logits = m.pair('f32', [rowsIn.shape[0]!, cfg.vocabSize]);
+      await be.gemm(rowsIn, W.lmHead, logits.dev, op);
+      await m.down(logits);
+      book('denseMs');
+      if (o.iteration) experts.endIteration?.();
+      book('hostMs');
+      times.totalMs += performance.now() - start;
+      return logits.host;
+    } finally {
+      m.dispose();
     }
-    const logits = new HostTensor('f32', [rowsIn.shape[0]!, cfg.vocabSize]);
-    await be.gemm(rowsIn, W.lmHead, logits, op);
-    book('denseMs');
-    if (o.iteration) experts.endIteration?.();
-    book('hostMs');
-    times.totalMs += performance.now() - start;
-    return logits;
   }
 }
 

@@ -20,7 +20,7 @@ import { type Backend, openBackend } from '../backend.js';
 import type { CacheStats, ExpertCache } from '../cache/expert-cache.js';
 import type { RoutingTrace, TraceRequest } from '../cache/trace.js';
 import { describe } from '../dtype.js';
-import { BackendUnavailableError, CheckpointFormatError, DisposedError, InvalidArgumentError } from '../errors.js';
+import { CheckpointFormatError, DisposedError, InvalidArgumentError } from '../errors.js';
 import { KvCache } from '../kv/cache.js';
 import { type ModelConfig, idList, parseModelConfig } from '../model/config.js';
 import { loadGptOssExperts } from '../model/gpt-oss.js';
@@ -29,7 +29,7 @@ import { type ChatMessage, ModelTokenizer } from '../model/tokenizer.js';
 import { type DenseWeights, attentionHeadDim, checkRuntimeFamily, disposeDense, loadDenseWeights, validateCheckpoint } from '../model/weights.js';
 import { ExpertStore } from '../residency/expert-store.js';
 import { ropeFromConfig, ropeScalingFromHf, yarnSoftmaxScale } from '../rope.js';
-import { HostTensor } from '../tensor.js';
+import { HostTensor, type Tensor } from '../tensor.js';
 import { type BatchModel, type BatchOptions, type BatchRequestOptions, type BatchResult, runBatch } from './batch.js';
 import { CachedExperts, type ExpertExtras, type ExpertProvider, ResidentExperts } from './experts.js';
 import { ForwardPass, type StepRouting, type StepTimes, emptyTimes } from './forward.js';
@@ -56,7 +56,10 @@ export interface LoadProgress {
 }
 
 export interface LoadModelOptions {
-  /** A backend or its kind (default: the CPU backend). */
+  /**
+   * A backend or its kind (default: the CPU backend). 'cuda': GEMMs, norms, router and experts on the GPU, RoPE, the
+   * KV cache and attention on the CPU (compiled, not yet run on a GPU).
+   */
   backend?: Backend | 'cpu' | 'cuda' | 'auto';
   /** Routed expert placement (default 'resident'). */
   experts?: ExpertMode;
@@ -68,6 +71,12 @@ export interface LoadModelOptions {
   hostBudgetBytes?: number;
   /** Tokens per prefill step (default 256). */
   prefillChunk?: number;
+  /**
+   * Keep activations in the backend's device memory and move them to the host attention path with explicit
+   * copies (default: true on CUDA, where it is required; false on the CPU backend, where it runs the CUDA path's
+   * orchestration over the CPU device pool: for tests and diagnostics).
+   */
+  deviceActivations?: boolean;
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
 }
@@ -181,6 +190,8 @@ export class MoeModel {
     config: ModelConfig;
     tokenizer: ModelTokenizer;
     backend: Backend;
+    host: Backend;
+    staged: boolean;
     eos: number[];
     weights: DenseWeights;
     store: ExpertStore;
@@ -201,6 +212,8 @@ export class MoeModel {
     const rp = ropeFromConfig(p.config);
     this.#fwd = new ForwardPass({
       be: p.backend,
+      host: p.host,
+      staged: p.staged,
       cfg: p.config,
       weights: p.weights,
       kv: p.kv,
@@ -584,6 +597,11 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const be = resolveBackend(options.backend);
   const prefillChunk = options.prefillChunk ?? 256;
   if (!Number.isSafeInteger(prefillChunk) || prefillChunk < 1) throw new InvalidArgumentError(`prefillChunk must be a positive integer, received ${describe(options.prefillChunk)}`);
+  const staged = options.deviceActivations ?? be.kind !== 'cpu';
+  if (typeof staged !== 'boolean') throw new InvalidArgumentError(`deviceActivations must be a boolean, received ${describe(options.deviceActivations)}`);
+  if (!staged && be.kind !== 'cpu') throw new InvalidArgumentError(`deviceActivations: false needs the CPU backend (CUDA activations live in device memory), received backend ${be.name}`);
+  // attention and the KV cache run on the CPU
+  const host = be.kind === 'cpu' ? be : openBackend({ backend: 'cpu' });
 
   const configPath = path.join(dir, 'config.json');
   const config = parseModelConfig(readJson(configPath, true), configPath);
@@ -618,14 +636,28 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     const expertProgress = { ...(signal ? { signal } : {}), onProgress: (done: number, total: number) => options.onProgress?.({ phase: 'experts', done, total }) };
     let extras: ExpertExtras = {};
     if (config.family === 'gpt_oss') {
-      const biases = await loadGptOssExperts(ckpt, config, store, expertProgress);
+      const hostBiases = await loadGptOssExperts(ckpt, config, store, expertProgress);
+      // the kernel reads the biases where it runs: device copies on CUDA
+      const biases: Array<Array<{ gateBias: Tensor; upBias: Tensor; downBias: Tensor }>> = [];
+      for (const layer of hostBiases) {
+        const row: Array<{ gateBias: Tensor; upBias: Tensor; downBias: Tensor }> = [];
+        for (const b of layer) {
+          if (be.kind === 'cpu') row.push(b);
+          else {
+            const up = [await be.upload(b.gateBias), await be.upload(b.upBias), await be.upload(b.downBias)] as const;
+            cleanup.push(...up);
+            row.push({ gateBias: up[0], upBias: up[1], downBias: up[2] });
+          }
+        }
+        biases.push(row);
+      }
       extras = { biases: (li, e) => biases[li]![e]!, activation: { kind: 'swiglu-oai', alpha: 1.702, limit: config.swigluLimit ?? 7 } };
     } else {
       await store.load(ckpt, config, expertProgress);
     }
     const experts = makeProvider(be, store, config, options.experts ?? 'resident', extras);
     cleanup.push(experts);
-    const kv = KvCache.create(be, {
+    const kv = KvCache.create(host, {
       layers: config.numLayers,
       kvHeads: config.mla ? config.numHeads : config.numKvHeads,
       headDim: attentionHeadDim(config),
@@ -633,7 +665,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
       ...(options.kvBlockSize !== undefined ? { blockSize: options.kvBlockSize } : {}),
     });
     cleanup.push(kv);
-    return new MoeModel({ dir, config, tokenizer, backend: be, eos, weights, store, experts, kv, prefillChunk });
+    return new MoeModel({ dir, config, tokenizer, backend: be, host, staged, eos, weights, store, experts, kv, prefillChunk });
   } catch (e) {
     for (const c of cleanup.reverse()) c.dispose();
     throw e;
@@ -646,11 +678,6 @@ function resolveBackend(b: LoadModelOptions['backend']): Backend {
   const be = b === undefined || typeof b === 'string' ? openBackend({ backend: b ?? 'cpu' }) : b;
   if (typeof be !== 'object' || be === null || typeof (be as Backend).gemm !== 'function') {
     throw new InvalidArgumentError(`backend must be a Backend or 'cpu' | 'cuda' | 'auto', received ${describe(b)}`);
-  }
-  if (be.kind !== 'cpu') {
-    throw new BackendUnavailableError(
-      `the model runtime runs on the CPU backend in this version (the CUDA forward pass, with GEMMs on the GPU and experts in GPU slots, is not implemented yet); received backend ${be.name}`,
-    );
   }
   return be;
 }

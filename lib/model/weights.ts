@@ -364,7 +364,7 @@ export async function loadDenseWeights(
       if (n.router) w.router = await read(n.router, 'f32');
       if (n.routerBias) w.routerBias = await read(n.routerBias, 'f32');
       if (n.oBias) w.oBias = await read(n.oBias, 'f32');
-      if (n.sinks) w.sinks = await read(n.sinks, 'f32');
+      if (n.sinks) w.sinks = await readHost(n.sinks, 'f32'); // read by the attention kernel, which runs on the CPU
       if (n.shared) w.shared = await table(n.shared);
       if (n.sharedGate) w.sharedGate = await read(n.sharedGate, 'bf16');
       if (n.mlp) w.mlp = await table(n.mlp);
