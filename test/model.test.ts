@@ -112,6 +112,20 @@ for (const { name } of FAMILIES) {
       }
     });
 
+    test('Fiddler: missed experts computed on the host from the store (hostCompute auto) give the resident greedy tokens', async () => {
+      const dir = path.join(root, name);
+      using resident = await loadModel(dir);
+      using split = await loadModel(dir, { experts: { fraction: 0.25, policy: 'lru', hostCompute: 'auto' } });
+      using splitStaged = await loadModel(dir, { deviceActivations: true, experts: { fraction: 0.25, policy: 'lru', hostCompute: 'auto' } });
+      const a = await resident.generate(PROMPT, { maxNewTokens: 10, stopAtEos: false });
+      const b = await split.generate(PROMPT, { maxNewTokens: 10, stopAtEos: false });
+      const c = await splitStaged.generate(PROMPT, { maxNewTokens: 10, stopAtEos: false });
+      assert.deepEqual(b.tokens, a.tokens);
+      assert.deepEqual(c.tokens, a.tokens);
+      assert.ok(b.stats.hostExperts! > 0, 'some missed experts were computed on the host');
+      assert.equal(a.stats.hostExperts, undefined);
+    });
+
     test('the staged path (activations in device memory, copies to the host attention path: what CUDA runs) gives bitwise the direct path\'s logits and tokens', async () => {
       const dir = path.join(root, name);
       using direct = await loadModel(dir);

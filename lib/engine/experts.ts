@@ -21,6 +21,8 @@ import { LruPolicy, ProbabilityPolicy } from '../cache/policy.js';
 import { residencyExpertCache } from '../cache/residency.js';
 import type { ExpertTable, MoeActivation } from '../moe.js';
 import type { ExpertStore } from '../residency/expert-store.js';
+import { describe } from '../dtype.js';
+import { InvalidArgumentError } from '../errors.js';
 import { SlotPool } from '../residency/slot-pool.js';
 import { TransferEngine } from '../residency/transfer.js';
 import { HostTensor, type Tensor } from '../tensor.js';
@@ -50,6 +52,8 @@ export interface ExpertProvider {
   endIteration?(): void;
   /** Cache counters (CachedExperts only). */
   readonly cache?: ExpertCache;
+  /** Missed experts computed on the host instead of fetched, so far (CachedExperts with hostCompute 'auto'). */
+  readonly hostExperts?: number;
   dispose(): void;
 }
 
@@ -116,6 +120,51 @@ export interface CachedExpertsOptions {
   embedDim: number;
   /** Experts per token (the predictor records routed sets of this size; calibrated mode predicts experts with probability >= 0.1). */
   topK: number;
+  /**
+   * Fiddler: a missed expert of a small step (decode) is computed by `host` straight from the pinned store instead
+   * of being fetched, when the measured costs say that is faster ('auto'); 'never' always fetches (default).
+   */
+  hostCompute?: 'auto' | 'never';
+  /** The CPU backend that computes missed experts (hostCompute 'auto'; `be` itself on the CPU backend). */
+  host?: Backend;
+}
+
+/** Rows per expert above which a missed expert is always fetched (prefill: the device computes it much faster). */
+const HOST_MAX_ROWS = 8;
+/** Decisions after which the option not taken is tried once more, so its cost estimate stays current. */
+const REEXPLORE = 32;
+
+/**
+ * Fiddler's per-step choice for missed experts: fetch them into slots, or compute them on the host from the pinned
+ * store, whichever the measured costs (EWMA of ms per expert byte, from this run's own fetches and host runs) say
+ * is faster. Before both are measured, each option is tried once.
+ */
+class HostComputeChoice {
+  fetchMsPerByte: number | undefined;
+  hostMsPerByte: number | undefined;
+  #sinceOther = 0;
+  #last: 'fetch' | 'host' | undefined;
+
+  choose(): 'fetch' | 'host' {
+    let c: 'fetch' | 'host';
+    if (this.hostMsPerByte === undefined) c = 'host';
+    else if (this.fetchMsPerByte === undefined) c = 'fetch';
+    else {
+      c = this.hostMsPerByte < this.fetchMsPerByte ? 'host' : 'fetch';
+      if (++this.#sinceOther >= REEXPLORE) c = c === 'host' ? 'fetch' : 'host';
+    }
+    if (c !== this.#last) this.#sinceOther = 0;
+    this.#last = c;
+    return c;
+  }
+
+  record(kind: 'fetch' | 'host', ms: number, bytes: number): void {
+    if (bytes <= 0) return;
+    const v = ms / bytes;
+    const key = kind === 'fetch' ? 'fetchMsPerByte' : 'hostMsPerByte';
+    const old = this[key];
+    this[key] = old === undefined ? v : 0.7 * old + 0.3 * v;
+  }
 }
 
 export class CachedExperts implements ExpertProvider {
@@ -131,10 +180,24 @@ export class CachedExperts implements ExpertProvider {
   /** Per MoE layer: the experts the last call routed to, most used first (module mode streams them ahead). */
   readonly #lastUsed: number[][] = [];
   #partsBuf: HostTensor<'f32'> | undefined;
+  readonly #store: ExpertStore;
+  readonly #host: Backend | undefined;
+  readonly #hostTables: ExpertTable[] = [];
+  readonly #choice = new HostComputeChoice();
+  /** Missed experts computed on the host instead of fetched (hostCompute 'auto'). */
+  hostExperts = 0;
 
   constructor(be: Backend, store: ExpertStore, extras: ExpertExtras, o: CachedExpertsOptions) {
     this.#be = be;
     this.#extras = extras;
+    this.#store = store;
+    const hostCompute = o.hostCompute ?? 'never';
+    if (hostCompute !== 'auto' && hostCompute !== 'never') throw new InvalidArgumentError(`hostCompute must be 'auto' or 'never', received ${describe(o.hostCompute)}`);
+    // the host kernel would need host copies of device-resident biases (gpt-oss on CUDA): fetch those instead
+    if (hostCompute === 'auto' && !(be.kind !== 'cpu' && extras.biases)) {
+      this.#host = o.host ?? be;
+      if (this.#host.kind !== 'cpu') throw new InvalidArgumentError(`host must be a CPU backend, received ${this.#host.name}`);
+    }
     this.#numLayers = store.layers.length;
     this.#numExperts = store.experts;
     this.slots = SlotPool.create(be, { slots: o.slots, hidden: store.hidden, intermediate: store.intermediate, dtype: store.dtype });
@@ -161,12 +224,18 @@ export class CachedExperts implements ExpertProvider {
     for (const e of hostIds) if (e >= 0 && e < this.#numExperts) counts.set(e, (counts.get(e) ?? 0) + 1);
     this.#lastUsed[li] = [...counts.keys()].sort((a, b) => counts.get(b)! - counts.get(a)! || a - b);
     const wanted = [...counts.keys()].sort((a, b) => a - b);
+    if (this.#host && wanted.length <= this.slots.slots) {
+      const missed = wanted.filter((e) => !this.cache.isResident(li, e) && counts.get(e)! <= HOST_MAX_ROWS);
+      if (missed.length > 0 && this.#choice.choose() === 'host') return this.#runSplit(li, wanted, new Set(missed), x, ids, weights, out, hostIds, k, signal);
+    }
     if (wanted.length <= this.slots.slots) {
       // every routed expert fits at once: one fused call
       const t0 = performance.now();
+      const missed = wanted.filter((e) => !this.cache.isResident(li, e)).length;
       const leases = await this.#acquireAll(li, wanted, signal);
       try {
         const t1 = performance.now();
+        if (this.#host && missed > 0) this.#choice.record('fetch', t1 - t0, missed * this.#store.expertBytes);
         await runWithExperts(this.#be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, out }, signal);
         return { stallMs: t1 - t0, computeMs: performance.now() - t1 };
       } finally {
@@ -174,6 +243,75 @@ export class CachedExperts implements ExpertProvider {
       }
     }
     return this.#runModule(li, wanted, x, ids, weights, out, k, signal);
+  }
+
+  /**
+   * Fiddler split: the `onHost` experts (missed ones) are computed by the host backend straight from the pinned
+   * store while the device computes the resident ones; both write unweighted rows into parts [T, k, H] f32 (one
+   * buffer on the CPU backend; on CUDA the host rows are uploaded into the device's), then one combine: on the CPU
+   * backend bitwise the fused result.
+   */
+  async #runSplit(li: number, wanted: number[], onHost: Set<number>, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, k: number, signal: AbortSignal | undefined): Promise<ExpertRunTimes> {
+    const host = this.#host!;
+    const be = this.#be;
+    const op = signal ? { signal } : {};
+    const T = x.shape[0]!;
+    const H = x.shape[1]!;
+    const t0 = performance.now();
+    const leases = await this.#acquireAll(li, wanted.filter((e) => !onHost.has(e)), signal);
+    const t1 = performance.now();
+    const owned: Array<{ dispose(): void }> = [];
+    try {
+      const hostParts = this.#parts(T, k, H);
+      const sameMemory = host === be; // the CPU backend computing both: one parts buffer
+      let devParts: Tensor = hostParts;
+      let xh: Tensor = x;
+      let wh: Tensor = weights;
+      let idsh: Tensor = ids;
+      if (!sameMemory) {
+        const dp = be.alloc('f32', [T, k, H]);
+        owned.push(dp);
+        devParts = dp;
+        const xb = new HostTensor('bf16', [T, H]);
+        const wb = new HostTensor('f32', [T, k]);
+        await Promise.all([be.copy(x, xb, op), be.copy(weights, wb, op)]);
+        xh = xb;
+        wh = wb;
+        idsh = HostTensor.from('i32', [T, k], hostIds);
+      }
+      const layer = this.#store.layers[li]!;
+      const hostExperts = [...onHost].map((id) => ({ id, w: this.#store.expert(layer, id) }));
+      this.#hostTables[li] ??= host.expertTable(this.#numExperts, { hidden: this.#store.hidden, intermediate: this.#store.intermediate });
+      const onDevice = () => (leases.length > 0 ? runWithExperts(be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, parts: devParts }, signal) : Promise.resolve());
+      const onHostRun = async () => {
+        const th = performance.now();
+        await runWithExperts(host, this.#hostTables[li]!, this.#extras, li, hostExperts, { x: xh, ids: idsh, weights: wh, parts: hostParts }, signal);
+        return performance.now() - th;
+      };
+      let hostMs: number;
+      if (host === be) {
+        // one stream: one after the other, so the host run's time is its own
+        await onDevice();
+        hostMs = await onHostRun();
+      } else {
+        [, hostMs] = await Promise.all([onDevice(), onHostRun()]);
+      }
+      if (!sameMemory) {
+        // the host's rows into the device's parts: rows (t, j) routed to a host-computed expert
+        const rows: Array<Promise<unknown>> = [];
+        const flatH = hostParts.reshape([T * k, H]);
+        const flatD = devParts.reshape([T * k, H]);
+        for (let r = 0; r < T * k; r++) if (onHost.has(hostIds[r]!)) rows.push(be.copy(flatH.rows(r, 1), flatD.rows(r, 1), op));
+        await Promise.all(rows);
+      }
+      await be.moeCombine({ parts: devParts, topkIds: ids, topkWeights: weights, out }, op);
+      this.#choice.record('host', hostMs, onHost.size * this.#store.expertBytes);
+      this.hostExperts += onHost.size;
+      return { stallMs: t1 - t0, computeMs: performance.now() - t1 };
+    } finally {
+      for (const lease of leases) lease.release();
+      for (const o of owned) o.dispose();
+    }
   }
 
   /**

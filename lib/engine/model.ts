@@ -47,6 +47,12 @@ export type ExpertMode =
       policy?: 'lru' | 'finemoe';
       /** Layers ahead the FineMoE predictor prefetches (default 2). */
       prefetchDistance?: number;
+      /**
+       * Fiddler: compute a decode step's missed experts on the CPU straight from the pinned store instead of
+       * fetching them, when the measured costs say it is faster ('auto'; default on CUDA), or always fetch
+       * ('never'; default on the CPU backend, where the slots only emulate device memory).
+       */
+      hostCompute?: 'auto' | 'never';
     };
 
 export interface LoadProgress {
@@ -112,6 +118,8 @@ export interface GenerateStats {
   prefill: StepTimes;
   /** Expert cache counters during this request (offloaded mode; counts include concurrent requests). */
   cache?: CacheStats;
+  /** Missed experts computed on the CPU instead of fetched during this request (hostCompute 'auto'). */
+  hostExperts?: number;
 }
 
 export interface GenerateResult {
@@ -463,6 +471,7 @@ export class MoeModel {
     const prefill = emptyTimes();
     const decode = emptyTimes();
     const cache0 = this.#experts.cache?.stats;
+    const host0 = this.#experts.hostExperts;
     const routing: StepRouting | undefined = options.recordRouting ? { ids: [], probs: [], gates: [] } : undefined;
     const embedding = this.#embedding(promptIds);
     const out: number[] = [];
@@ -486,6 +495,7 @@ export class MoeModel {
         decode,
         prefill,
         ...(cache0 && this.#experts.cache ? { cache: cacheDelta(cache0, this.#experts.cache.stats) } : {}),
+        ...(host0 !== undefined ? { hostExperts: this.#experts.hostExperts! - host0 } : {}),
       };
       const result: GenerateResult = { text, tokens: out, promptTokens: promptIds, finishReason: finish, stats };
       if (routing) result.routing = traceRequest(routing, embedding, this.config);
@@ -600,8 +610,9 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const staged = options.deviceActivations ?? be.kind !== 'cpu';
   if (typeof staged !== 'boolean') throw new InvalidArgumentError(`deviceActivations must be a boolean, received ${describe(options.deviceActivations)}`);
   if (!staged && be.kind !== 'cpu') throw new InvalidArgumentError(`deviceActivations: false needs the CPU backend (CUDA activations live in device memory), received backend ${be.name}`);
-  // attention and the KV cache run on the CPU
-  const host = be.kind === 'cpu' ? be : openBackend({ backend: 'cpu' });
+  // attention and the KV cache run on the CPU: a CPU backend of their own when staged (on the CPU backend too, so
+  // the staged path's two-backend orchestration is what the tests run)
+  const host = be.kind === 'cpu' && !staged ? be : openBackend({ backend: 'cpu' });
 
   const configPath = path.join(dir, 'config.json');
   const config = parseModelConfig(readJson(configPath, true), configPath);
@@ -655,7 +666,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     } else {
       await store.load(ckpt, config, expertProgress);
     }
-    const experts = makeProvider(be, store, config, options.experts ?? 'resident', extras);
+    const experts = makeProvider(be, host, store, config, options.experts ?? 'resident', extras);
     cleanup.push(experts);
     const kv = KvCache.create(host, {
       layers: config.numLayers,
@@ -682,7 +693,7 @@ function resolveBackend(b: LoadModelOptions['backend']): Backend {
   return be;
 }
 
-function makeProvider(be: Backend, store: ExpertStore, cfg: ModelConfig, mode: ExpertMode, extras: ExpertExtras): ExpertProvider {
+function makeProvider(be: Backend, host: Backend, store: ExpertStore, cfg: ModelConfig, mode: ExpertMode, extras: ExpertExtras): ExpertProvider {
   if (mode === 'resident') return new ResidentExperts(be, store, extras);
   if (typeof mode !== 'object' || mode === null) throw new InvalidArgumentError(`experts must be 'resident' or { slots | fraction, policy }, received ${describe(mode)}`);
   const total = store.layers.length * store.experts;
@@ -700,9 +711,13 @@ function makeProvider(be: Backend, store: ExpertStore, cfg: ModelConfig, mode: E
   }
   const policy = mode.policy ?? 'lru';
   if (policy !== 'lru' && policy !== 'finemoe') throw new InvalidArgumentError(`experts.policy must be 'lru' or 'finemoe', received ${describe(mode.policy)}`);
+  const hostCompute = mode.hostCompute ?? (be.kind === 'cpu' ? 'never' : 'auto');
+  if (hostCompute !== 'auto' && hostCompute !== 'never') throw new InvalidArgumentError(`experts.hostCompute must be 'auto' or 'never', received ${describe(mode.hostCompute)}`);
   return new CachedExperts(be, store, extras, {
     slots: Math.min(slots, total),
     policy,
+    hostCompute,
+    host,
     embedDim: cfg.hiddenSize,
     topK: cfg.topK,
     ...(mode.prefetchDistance !== undefined ? { prefetchDistance: mode.prefetchDistance } : {}),
