@@ -3,6 +3,7 @@
 #include <napi.h>
 
 #include "napi/addon_data.h"
+#include "napi/expert_table.h"
 #include "napi/memory.h"
 #include "napi/stream.h"
 
@@ -55,6 +56,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Event", event);
   exports.Set("CancelToken", cancel);
   exports.Set("HostRegistration", HostRegistrationWrap::Init(env));
+  exports.Set("ExpertTable", ExpertTableWrap::Init(env));
   exports.Set("info", Napi::Function::New<Info>(env, "info"));
   exports.Set("memoryStats", Napi::Function::New<MemoryStats>(env, "memoryStats"));
   exports.Set("allocAsync", Napi::Function::New<AllocAsync>(env, "allocAsync"));

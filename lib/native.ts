@@ -42,6 +42,21 @@ export interface NativeCancelToken {
   cancel(): void;
 }
 
+/**
+ * The persistent per-expert pointer table behind lib/moe.ts ExpertTable (cpp/napi/expert_table.h): set validates
+ * once (range, placement for the table's backend and device, alignment, bytes) and keeps the entry's memory
+ * referenced; moeExperts takes a copy-on-write snapshot of it. stacked: gate/up (and gateBias/upBias) are the
+ * halves of one gateUp (gateUpBias), for the names in messages.
+ */
+export interface NativeExpertTable {
+  set(
+    e: number,
+    w: { gate: NativeTensorArg; up: NativeTensorArg; down: NativeTensorArg; gateBias?: NativeTensorArg; upBias?: NativeTensorArg; downBias?: NativeTensorArg },
+    stacked: boolean,
+  ): void;
+  clear(e: number): void;
+}
+
 export interface NativeCudaDevice {
   index: number;
   name: string;
@@ -99,6 +114,7 @@ export interface NativeAddon {
   Event: new (backend: 0 | 1, device: number, timing: boolean) => NativeEvent;
   CancelToken: new () => NativeCancelToken;
   HostRegistration: new (array: ArrayBufferView, cuda: boolean) => NativeHostRegistration;
+  ExpertTable: new (backend: 0 | 1, device: number, e: number, h: number, inter: number) => NativeExpertTable;
   info(detail?: boolean): NativeInfo;
   memoryStats(): NativeMemoryStats;
   allocAsync(stream: NativeStream, params: { backend: 0 | 1; device: number; kind: 0 | 1; bytes: number }, cancel?: NativeCancelToken): Promise<NativeMemory>;
@@ -147,15 +163,8 @@ export interface NativeAddon {
     /** exactly one of out ([t, h] bf16) and parts ([t, k, h] f32, parts mode: unweighted rows, weights not read) */
     out?: NativeTensorArg;
     parts?: NativeTensorArg;
-    experts: {
-      gate: ReadonlyArray<NativeTensorArg | null>;
-      up: ReadonlyArray<NativeTensorArg | null>;
-      down: ReadonlyArray<NativeTensorArg | null>;
-      /** f32 biases per expert (null: none), all three arrays or none */
-      gateBias?: ReadonlyArray<NativeTensorArg | null>;
-      upBias?: ReadonlyArray<NativeTensorArg | null>;
-      downBias?: ReadonlyArray<NativeTensorArg | null>;
-    };
+    /** a table of this backend (and device) with e experts of [inter, h] */
+    experts: NativeExpertTable;
     t: number;
     h: number;
     inter: number;

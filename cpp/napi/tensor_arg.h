@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "async_op.h"
 #include "core/dtype.h"
@@ -27,10 +28,22 @@ struct TensorArg {
 
 TensorArg read_tensor(AsyncOp& op, const Napi::Value& v, const char* what);
 
+// What keeps a tensor argument's bytes alive: its native Memory (not leased: dispose() still frees it) or its JS
+// TypedArray. read_tensor_source reads and range-checks v like read_tensor but holds nothing itself; for holders
+// that outlive one op (cpp/napi/expert_table.h). Throws Disposed when the Memory was disposed.
+struct TensorSource {
+  std::shared_ptr<Memory> memory;  // set for native memory
+  Napi::TypedArray array;          // set for JS memory
+};
+TensorArg read_tensor_source(const Napi::Value& v, const char* what, TensorSource& src);
+
 // Where may an op on `stream` read/write t? CPU streams: host-accessible memory. CUDA streams: device memory of
 // the same device or CUDA pinned (mapped) memory; copies (any_host = true) also accept any host memory.
 void check_placement(Napi::Env env, const TensorArg& t, const Stream& stream, const char* op, const char* what,
                      bool any_host);
+// The same for ops of a backend and device (BackendKind::Cuda: a cuda device), without a stream at hand.
+void check_placement(Napi::Env env, const TensorArg& t, BackendKind backend, int device, const char* op,
+                     const char* what, bool any_host);
 
 // t must start on a multiple of the element size (GPU kernels fault on misaligned elements; lib/ views ensure
 // it, direct callers of the native surface might not).

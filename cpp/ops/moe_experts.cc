@@ -1,24 +1,22 @@
-// moeExperts(stream, { x, topkIds, topkWeights, out | parts, t, h, inter, e, k, experts: { gate, up, down } }, cancel?)
+// moeExperts(stream, { x, topkIds, topkWeights, out | parts, t, h, inter, e, k, experts }, cancel?)
 //   -> Promise<tier>. x [t, h] bf16, topkIds [t, k] i32, topkWeights [t, k] f32, out [t, h] bf16;
 //   or, instead of out (exactly one of the two), parts [t, k, h] f32: parts mode (cpu/moe_experts.h), the
 //   unweighted output row of every (t, j) routed to a present expert, other rows untouched, topkWeights not read;
-//   experts.gate / .up / .down: arrays of e entries, each a tensor arg (gate, up [inter, h] bf16; down [h, inter]
-//   bf16) or null (expert absent: contributes zero). lib/ turns a stacked gateUp [2 * inter, h] into gate and up
-//   args at offsets 0 and inter * h * 2 of the same memory.
-//   Optional (gpt-oss): experts.gateBias / .upBias / .downBias, arrays of e entries (f32 [inter], [inter], [h], or
-//   null: that expert has no biases; all three arrays or none); activation 0 silu (default) or 1 swiglu-oai with
-//   alpha and limit (numbers). lib/ splits a stacked gateUpBias [2 * inter] like gateUp.
-// The table becomes a host array of pointers here (CPU: used as is; CUDA: the launcher uploads it to the device
-// on the stream before the kernels). Every expert tensor is leased by the op until it settles.
+//   experts: a native ExpertTable (cpp/napi/expert_table.h) of this backend (and device) with e experts of
+//   gate, up [inter, h] bf16 and down [h, inter] bf16, optional f32 biases per expert (gpt-oss); an absent expert
+//   contributes zero. activation 0 silu (default) or 1 swiglu-oai with alpha and limit (numbers).
+// The table's entries were validated when they were set; the op takes the table's current snapshot (host arrays
+// of pointers: CPU uses them as is, the CUDA launcher uploads them to the device on the stream before the
+// kernels), leases every allocation the snapshot points into and holds the snapshot until it settles.
 #include "cpu/moe_experts.h"
 
 #include <cmath>
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "moe_cuda.h"
 #include "napi/cuda_error_slot.h"
+#include "napi/expert_table.h"
 #include "napi/op_args.h"
 
 namespace moe::js {
@@ -50,42 +48,25 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
                                                        (has_out ? "both" : "neither"));
     TensorArg out = parts_mode ? placed(partsv, "parts", DType::F32, static_cast<uint64_t>(t * k * h) * 4)
                                : placed(outv, "out", DType::BF16, static_cast<uint64_t>(t * h) * 2);
-    Napi::Object ex = arg_object(s.params.Get("experts"), "experts");
-    // Biases: present when experts.gateBias is given (then all three arrays must be).
-    const Napi::Value gbv = ex.Get("gateBias");
-    const bool biases = !gbv.IsUndefined() && !gbv.IsNull();
-    const int parts = biases ? 6 : 3;
-    // gate | up | down [| gateBias | upBias | downBias], e pointers each
-    auto table = std::make_shared<std::vector<const void*>>(static_cast<size_t>(parts * e), nullptr);
-    const char* names[6] = {"gate", "up", "down", "gateBias", "upBias", "downBias"};
-    const uint64_t wbytes = static_cast<uint64_t>(inter * h) * 2;
-    const uint64_t pbytes[6] = {wbytes, wbytes, wbytes, static_cast<uint64_t>(inter) * 4, static_cast<uint64_t>(inter) * 4,
-                                static_cast<uint64_t>(h) * 4};
-    for (int p = 0; p < parts; ++p) {
-      Napi::Value arr = ex.Get(names[p]);
-      if (!arr.IsArray() || arr.As<Napi::Array>().Length() != static_cast<uint32_t>(e))
-        throw_error(env, ErrorCode::InvalidArgument, std::string("moeExperts: experts.") + names[p] + " must be an array of " +
-                                                         std::to_string(e) + " entries, received " + describe(arr));
-      Napi::Array a = arr.As<Napi::Array>();
-      for (uint32_t i = 0; i < static_cast<uint32_t>(e); ++i) {
-        Napi::Value v = a.Get(i);
-        if (v.IsNull() || v.IsUndefined()) continue;
-        std::string what = std::string("experts.") + names[p] + "[" + std::to_string(i) + "]";
-        TensorArg ta = placed(v, what, p < 3 ? DType::BF16 : DType::F32, pbytes[p]);
-        (*table)[p * e + i] = ta.ptr;
-      }
-    }
-    // Bias entries: all three or none per expert, none on an absent expert (also checked by the CPU kernel; the
-    // CUDA launcher cannot report it as InvalidArgument).
-    for (int64_t i = 0; biases && i < e; ++i) {
-      const std::vector<const void*>& tb = *table;
-      const int nb = (tb[3 * e + i] != nullptr) + (tb[4 * e + i] != nullptr) + (tb[5 * e + i] != nullptr);
-      const int nw = (tb[i] != nullptr) + (tb[e + i] != nullptr) + (tb[2 * e + i] != nullptr);
-      if ((nb != 0 && nb != 3) || (nb == 3 && nw != 3))
-        throw_error(env, ErrorCode::InvalidArgument,
-                    "moeExperts: expert " + std::to_string(i) + " must have gateBias, upBias and downBias all set (with its weights) or all null, received " +
-                        std::to_string(nb) + " of 3 biases and " + std::to_string(nw) + " of 3 weights");
-    }
+    // The persistent table (cpp/napi/expert_table.h): validated at set; here only its snapshot is taken (shared
+    // while the table is unchanged), leased and checked per distinct allocation, and held until the op settles.
+    const Napi::Value exv = s.params.Get("experts");
+    ExpertTableWrap* tw = ExpertTableWrap::from(exv);
+    if (!tw) throw_error(env, ErrorCode::InvalidArgument, "moeExperts: experts must be an ExpertTable, received " + describe(exv));
+    if (tw->backend() != s.stream->backend() || (s.cuda() && tw->device() != s.stream->device()))
+      throw_error(env, ErrorCode::InvalidArgument,
+                  std::string("moeExperts: experts is a table for ") + (tw->backend() == BackendKind::Cuda ? "cuda:" + std::to_string(tw->device()) : std::string("cpu")) +
+                      ", but the op runs on " + (s.cuda() ? "cuda:" + std::to_string(s.stream->device()) : std::string("cpu")));
+    if (tw->experts() != e || tw->hidden() != h || tw->inter() != inter)
+      throw_error(env, ErrorCode::InvalidArgument,
+                  "moeExperts: experts is a table of " + std::to_string(tw->experts()) + " experts of [" + std::to_string(tw->inter()) + ", " +
+                      std::to_string(tw->hidden()) + "], but e, inter, h are " + std::to_string(e) + ", " + std::to_string(inter) + ", " +
+                      std::to_string(h));
+    std::shared_ptr<const ExpertTableSnapshot> table = tw->snapshot();
+    table->lease_into(env, *s.op, op);
+    s.op->hold(std::const_pointer_cast<ExpertTableSnapshot>(table));
+    const void* const* ptrs = table->ptrs.data();  // valid while the op holds the snapshot (until it settles)
+    const bool biases = table->biases;
     // activation: 0 silu (default), 1 swiglu-oai (alpha, limit); the kernels validate the values again.
     const Napi::Value actv = s.params.Get("activation");
     const double act = actv.IsUndefined() ? 0.0 : s.number("activation");
@@ -117,15 +98,17 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
       std::string msg = cuda_error_slot_finish(*slot, "topkIds", e);
       if (!msg.empty()) raw->fail(ErrorCode::InvalidArgument, msg);
     };
-    s.op->work = [g, isa, ran, table, slot](const ExecContext& ctx) {
+    // The work function sees only the raw pointer arrays: the snapshot (which holds napi references) is released
+    // by the op's settle() on the JS thread.
+    s.op->work = [g, isa, ran, ptrs, biases, slot](const ExecContext& ctx) {
       cpu::MoeExpertsArgs a = g;
-      a.gate = table->data();
-      a.up = table->data() + a.e;
-      a.down = table->data() + 2 * a.e;
-      if (table->size() == static_cast<size_t>(6 * a.e)) {
-        a.gate_bias = table->data() + 3 * a.e;
-        a.up_bias = table->data() + 4 * a.e;
-        a.down_bias = table->data() + 5 * a.e;
+      a.gate = ptrs;
+      a.up = ptrs + a.e;
+      a.down = ptrs + 2 * a.e;
+      if (biases) {
+        a.gate_bias = ptrs + 3 * a.e;
+        a.up_bias = ptrs + 4 * a.e;
+        a.down_bias = ptrs + 5 * a.e;
       }
       if (ctx.cuda_stream == nullptr) {
         *ran = static_cast<int>(cpu::moe_experts(a, isa, ctx.cancel));
