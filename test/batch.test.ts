@@ -9,7 +9,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { type BatchResult, InvalidArgumentError, type MoeModel, OutOfMemoryError, loadModel, makeModel } from '../lib/index.js';
-import { generateJsonl } from '../lib/engine/jsonl.js';
+import { generateJsonl, type JsonlProgress, progressLine } from '../lib/engine/jsonl.js';
 
 let root = '';
 const dirs: Record<string, string> = {};
@@ -170,8 +170,15 @@ describe('jsonl', () => {
     const s1 = await generateJsonl(model, input, part, { defaults: { stopAtEos: false }, signal: ac.signal, maxSequences: 3, onProgress: (p) => p.done >= 4 && (n++, ac.abort(new Error('ctrl-c'))) });
     assert.ok(n > 0 && s1.done >= 4 && s1.done < PROMPTS.length, `interrupted after ${s1.done}`);
     fs.appendFileSync(part, '{"id":"q13","text":"torn'); // a crash mid-write leaves a torn line
-    const s2 = await generateJsonl(model, input, part, { defaults: { stopAtEos: false } });
+    let last: JsonlProgress | undefined;
+    const s2 = await generateJsonl(model, input, part, { defaults: { stopAtEos: false }, onProgress: (p) => (last = p) });
     assert.equal(s1.done + s2.done, PROMPTS.length);
+    // progress: every non-empty input line counts; already written ids are skipped, not re-run
+    assert.equal(s2.total, lines.length);
+    assert.equal(s2.skipped, s1.done);
+    assert.match(progressLine(last!), /^\[[#.]{20}\] +\d+% \d+\/\d+ \|.* tokens\/s \| \d+ s/);
+    assert.match(progressLine({ ...s2, running: 0, waiting: 0 }), /^\[#{20}\] 100% /);
+    assert.match(progressLine({ total: 10, done: 2, failed: 0, skipped: 0, tokens: 8, elapsedMs: 4000, running: 1, waiting: 0 }), /ETA 16 s$/);
     const got = fs
       .readFileSync(part, 'utf8')
       .split('\n')

@@ -18,6 +18,8 @@ import type { BatchOptions, BatchRequestOptions } from './batch.js';
 import type { MoeModel, Prompt } from './model.js';
 
 export interface JsonlProgress {
+  /** Non-empty input lines (requests to run, already done, or malformed), counted before the run starts. */
+  total: number;
   done: number;
   failed: number;
   skipped: number;
@@ -111,7 +113,7 @@ export async function generateJsonl(model: MoeModel, input: string, output: stri
     }
   }
   const out = fs.openSync(output, 'a');
-  const progress: JsonlProgress = { done: 0, failed: 0, skipped: 0, tokens: 0, elapsedMs: 0, running: 0, waiting: 0 };
+  const progress: JsonlProgress = { total: await countLines(input), done: 0, failed: 0, skipped: 0, tokens: 0, elapsedMs: 0, running: 0, waiting: 0 };
   const t0 = performance.now();
   const meta: Array<{ id: string; line: number }> = [];
   const onError = o.onError ?? (() => undefined);
@@ -176,4 +178,37 @@ export async function generateJsonl(model: MoeModel, input: string, output: stri
   }
   progress.elapsedMs = performance.now() - t0;
   return { ...progress, tokensPerSecond: progress.elapsedMs > 0 ? (progress.tokens * 1000) / progress.elapsedMs : 0 };
+}
+
+/** Non-empty lines of a text file (streamed). */
+async function countLines(file: string): Promise<number> {
+  const rl = readline.createInterface({ input: fs.createReadStream(file, 'utf8'), crlfDelay: Infinity });
+  let n = 0;
+  try {
+    for await (const line of rl) if (line.trim()) n++;
+  } finally {
+    rl.close();
+  }
+  return n;
+}
+
+/**
+ * A one-line progress report: a bar over the input's requests, counts, tokens/s and the ETA (from the rate at
+ * which this run has finished requests so far).
+ * @example
+ * process.stderr.write(`\r${progressLine(p)}`)   // [#######.............] 35% 70/200 | 412.0 tokens/s | 38 s, ETA 71 s
+ */
+export function progressLine(p: JsonlProgress): string {
+  const finished = p.done + p.failed + p.skipped;
+  const frac = p.total > 0 ? Math.min(1, finished / p.total) : 0;
+  const width = 20;
+  const bar = '#'.repeat(Math.round(frac * width)).padEnd(width, '.');
+  const tps = p.elapsedMs > 0 ? (p.tokens * 1000) / p.elapsedMs : 0;
+  const ranHere = p.done + p.failed;
+  const left = Math.max(0, p.total - finished);
+  const eta = ranHere > 0 && p.elapsedMs > 0 ? ((p.elapsedMs / ranHere) * left) / 1000 : undefined;
+  return (
+    `[${bar}] ${(frac * 100).toFixed(0).padStart(3)}% ${finished}/${p.total} | ${p.running} running, ${p.waiting} waiting, ${p.failed} failed, ${p.skipped} skipped | ` +
+    `${tps.toFixed(1)} tokens/s | ${(p.elapsedMs / 1000).toFixed(0)} s${eta !== undefined ? `, ETA ${eta.toFixed(0)} s` : ''}`
+  );
 }
