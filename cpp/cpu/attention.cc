@@ -14,7 +14,12 @@
 // Measured (bench/native/attention_bench.cc, 2-core AMD EPYC VM, noisy: other builds shared the 2 cores): decode
 // 20-48% of a streaming-read probe at block 64 depending on the GQA ratio, prefill 35-45% of the vdpbf16ps peak;
 // the bf16 tier now blocks 16 keys at a time so a group's rows read K/V from L1 (in-cache decode at g = 4 went
-// from ~18 to ~22 GB/s); the targets (80% / 50%) are not reached yet.
+// from ~18 to ~22 GB/s). Register blocking of the bf16 tier (scores: 2 rows per K load; p . V: up to 4 rows per V
+// load, accumulators in registers over the chunk; bitwise the same results) cut its in-L2 decode cost per (key,
+// kv head) on one core from 9.3 / 25.8 / 47.8 / 90.4 ns to 6.6 / 16.0 / 31.4 / 61.3 ns at g = 1 / 4 / 8 / 16;
+// at block 64 decode reached 0.87 (g 1), 0.55 (g 4, 32/4), 0.48-0.62 (g 4, 32/8), 0.35 (g 16) of the read probe
+// and prefill 0.57 of the peak (bench/results/attention-native-2026-11-26.json; runs were noisy, see there).
+// g = 16 stays compute-bound: 61 ns per key-head exceeds the ~43 ns that 80% of the probe allows per core.
 #include "attention.h"
 
 #include <algorithm>
@@ -222,19 +227,25 @@ MOE_TARGET_AVX512 static void pv_row_512(const Chunk& ch, int r, float corr, con
 }
 
 // 16 vectors -> one vector of their 16 horizontal sums (element t = sum of v[t]): a transpose-and-add tree,
-// ~3 instructions per sum instead of ~8 for separate reductions.
-MOE_TARGET_AVX512 static inline __m512 reduce16(const __m512* v) {
-  __m512 x[8], y[4], z[2];
-  for (int i = 0; i < 8; ++i)
+// ~3 instructions per sum instead of ~8 for separate reductions. Split in two so a caller can reduce keys 0-7 as
+// soon as they are computed (reduce8: three levels of the tree, the lanes of v[t] only) and join the halves later
+// (join8): reduce16(v) == join8(reduce8(v), reduce8(v + 8)) bit for bit.
+MOE_TARGET_AVX512 static inline __m512 reduce8(const __m512* v) {
+  __m512 x[4], y[2];
+  for (int i = 0; i < 4; ++i)
     x[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < 2; ++i) {
     __m512d a = _mm512_castps_pd(x[2 * i]), b = _mm512_castps_pd(x[2 * i + 1]);
     y[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
   }
-  for (int i = 0; i < 2; ++i)
-    z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0x88), _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0xdd));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], 0x88), _mm512_shuffle_f32x4(z[0], z[1], 0xdd));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(y[0], y[1], 0x88), _mm512_shuffle_f32x4(y[0], y[1], 0xdd));
 }
+
+MOE_TARGET_AVX512 static inline __m512 join8(__m512 z0, __m512 z1) {
+  return _mm512_add_ps(_mm512_shuffle_f32x4(z0, z1, 0x88), _mm512_shuffle_f32x4(z0, z1, 0xdd));
+}
+
+MOE_TARGET_AVX512 static inline __m512 reduce16(const __m512* v) { return join8(reduce8(v), reduce8(v + 8)); }
 
 // Highest row index any row reads + 1 (rows read j <= jhi < c).
 inline int chunk_extent(const Chunk& ch) {
@@ -294,45 +305,119 @@ MOE_TARGET_AVX512 void chunk_avx512(const Chunk& ch) {
 // probability, NMSE ~1e-6 on the output). The interleave (vpunpck{l,h}wd works within 128-bit lanes) leaves acc in
 // a permuted column order: acc element 16 i + 4 L + e holds column 32 (i / 2) + 8 L + 4 (i % 2) + e. The driver
 // restores the order after the item (unpermute_bf16).
-// Blocking (the GQA fix): the g = R rows of a group used to stream the whole page each (32 KiB of K + V per row at
-// head_dim 128 does not stay in L1, so every row re-read the page from L2 and decode went compute/L2-bound at
-// g >= 4). Now both passes go over blocks of 16 keys: the K block (4 KiB) is read from memory once and then from L1
-// by every row; the V block is interleaved once into a 4 KiB L1 buffer that every row's p . V reads. Probabilities
-// are packed in place into bf16 pairs (s[k] holds the pair of keys 2k, 2k+1 as 32 bits).
+// Register blocking (decode is compute-bound in the kernel at GQA >= 4 once K/V stream at memory speed):
+//  - scores: two rows share every K load (2 rows x 8 keys of accumulators); keys 0-7 of a 16-key block are reduced
+//    (reduce8) before keys 8-15 are computed, and join8 gives bitwise the reduce16 of the 16 keys, so a row's scores
+//    do not depend on which row it was paired with (pairing depends on the item's row count).
+//  - p . V: rows with the same key range (the g heads of one query token: every row of a decode item) form groups
+//    of up to 4 that share every V load and interleave; their accumulators stay in registers over the whole chunk,
+//    32 or 64 columns at a time. Each row's sums run over the pairs in the same order as before (bitwise the same).
+// Probabilities are packed in place into bf16 pairs (s[k] holds the pair of keys 2k, 2k+1 as 32 bits).
+
+// Scores of rows r0 and (TWO) r1 for keys j0 .. j0 + jn - 1 (1 <= jn <= 16). A partial block (jn < 16 keys, the end
+// of the extent) reduces through the same tree with zero accumulators for the missing keys: lane t of the tree sums
+// only d[t], so a key's score has the same bits whether or not later keys exist in this call (the extent depends on
+// the other rows of the chunk, i.e. on how a prompt was split into prefill steps).
+template <int HD, bool TWO>
+MOE_TARGET_AVX512BF16 static inline void scores_block(const Chunk& ch, const uint16_t* kb, int j0, int jn, int r0, int r1) {
+  __m512bh q0[HD / 32], q1[HD / 32];
+  for (int i = 0; i < HD / 32; ++i) {
+    q0[i] = (__m512bh)_mm512_loadu_si512(ch.qb + static_cast<size_t>(r0) * HD + 32 * i);
+    if (TWO) q1[i] = (__m512bh)_mm512_loadu_si512(ch.qb + static_cast<size_t>(r1) * HD + 32 * i);
+  }
+  __m512 z0[2], z1[2];
+  for (int h = 0; h < 2; ++h) {
+    __m512 d0[8], d1[8];
+    for (int t = 0; t < 8; ++t) {
+      const int j = 8 * h + t;
+      if (j < jn) {
+        const uint16_t* kr = kb + static_cast<size_t>(j0 + j) * HD;
+        __m512bh k = (__m512bh)_mm512_loadu_si512(kr);
+        __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), q0[0], k), b = _mm512_setzero_ps();
+        if (TWO) b = _mm512_dpbf16_ps(_mm512_setzero_ps(), q1[0], k);
+        for (int i = 1; i < HD / 32; ++i) {
+          k = (__m512bh)_mm512_loadu_si512(kr + 32 * i);
+          a = _mm512_dpbf16_ps(a, q0[i], k);
+          if (TWO) b = _mm512_dpbf16_ps(b, q1[i], k);
+        }
+        d0[t] = a;
+        d1[t] = b;
+      } else {
+        d0[t] = _mm512_setzero_ps();
+        d1[t] = _mm512_setzero_ps();
+      }
+    }
+    z0[h] = reduce8(d0);
+    if (TWO) z1[h] = reduce8(d1);
+  }
+  const __mmask16 m = simd::tail_mask16(static_cast<size_t>(jn));
+  _mm512_mask_storeu_ps(ch.s + static_cast<size_t>(r0) * ch.s_stride + j0, m, join8(z0[0], z0[1]));
+  if (TWO) _mm512_mask_storeu_ps(ch.s + static_cast<size_t>(r1) * ch.s_stride + j0, m, join8(z1[0], z1[1]));
+}
+
+// acc rows [r0, r0 + G) += p . V over the pairs [k0, k1] (every row of the group has the same pair range); c is the
+// chunk extent (a pair's second V row at or past it is read as zero, its probability is zero).
+template <int HD, int G>
+MOE_TARGET_AVX512BF16 static void pv_group(const Chunk& ch, const uint16_t* vb, int c, int r0, int k0, int k1) {
+  constexpr int NB = HD / 32;                               // 32-column V loads per row
+  constexpr int B = G <= 2 ? (NB < 4 ? NB : 4) : 2;         // loads per column block (2 B accumulators per row)
+  const uint32_t* pr[G];
+  float* acc[G];
+  for (int g = 0; g < G; ++g) {
+    pr[g] = reinterpret_cast<const uint32_t*>(ch.s + static_cast<size_t>(r0 + g) * ch.s_stride);
+    acc[g] = ch.acc + static_cast<size_t>(r0 + g) * HD;
+  }
+  for (int b0 = 0; b0 < NB; b0 += B) {
+    __m512 a[G][2 * B];
+    for (int g = 0; g < G; ++g)
+      for (int i = 0; i < 2 * B; ++i) a[g][i] = _mm512_loadu_ps(acc[g] + 16 * (2 * b0 + i));
+    for (int k = k0; k <= k1; ++k) {
+      const uint16_t* r0v = vb + static_cast<size_t>(2 * k) * HD + 32 * b0;
+      const bool two = 2 * k + 1 < c;
+      __m512i vv[2 * B];
+      for (int b = 0; b < B; ++b) {
+        const __m512i x = _mm512_loadu_si512(r0v + 32 * b);
+        const __m512i n = two ? _mm512_loadu_si512(r0v + HD + 32 * b) : _mm512_setzero_si512();
+        vv[2 * b] = _mm512_unpacklo_epi16(x, n);
+        vv[2 * b + 1] = _mm512_unpackhi_epi16(x, n);
+      }
+      for (int g = 0; g < G; ++g) {
+        const __m512bh pp = (__m512bh)_mm512_set1_epi32(static_cast<int>(pr[g][k]));
+        for (int i = 0; i < 2 * B; ++i) a[g][i] = _mm512_dpbf16_ps(a[g][i], pp, (__m512bh)vv[i]);
+      }
+    }
+    for (int g = 0; g < G; ++g)
+      for (int i = 0; i < 2 * B; ++i) _mm512_storeu_ps(acc[g] + 16 * (2 * b0 + i), a[g][i]);
+  }
+}
+
 template <int HD>
 MOE_TARGET_AVX512BF16 void chunk_avx512bf16(const Chunk& ch) {
   const int c = chunk_extent(ch);
   if (c == 0) return;
   const uint16_t* kb = static_cast<const uint16_t*>(ch.k);
   const uint16_t* vb = static_cast<const uint16_t*>(ch.v);
-  // ---- scores, blocks of 16 keys
+  // ---- scores, blocks of 16 keys, rows in pairs (head_dim 256: one row at a time, two rows' q do not fit)
   for (int j0 = 0; j0 < c; j0 += 16) {
     const int jn = c - j0 < 16 ? c - j0 : 16;
     prefetch_span(ch.nk, static_cast<size_t>(j0) * HD * 2, static_cast<size_t>(jn) * HD * 2);  // next page, same block
     prefetch_span(ch.nv, static_cast<size_t>(j0) * HD * 2, static_cast<size_t>(jn) * HD * 2);
+    int pending = -1;
     for (int r = 0; r < ch.R; ++r) {
       const int jlo = ch.jlo[r], jhi = ch.jhi[r];
       if (jlo > jhi || jhi < j0 || jlo >= j0 + jn) continue;
-      __m512bh q[HD / 32];
-      for (int i = 0; i < HD / 32; ++i) q[i] = (__m512bh)_mm512_loadu_si512(ch.qb + static_cast<size_t>(r) * HD + 32 * i);
-      float* s = ch.s + static_cast<size_t>(r) * ch.s_stride;
-      // A partial block (jn < 16 keys, the end of the extent) reduces through the same reduce16 tree with zero
-      // accumulators for the missing keys: lane t of reduce16 sums only d[t], so a key's score has the same bits
-      // whether or not later keys exist in this call (the extent c depends on the other rows of the chunk, i.e. on
-      // how a prompt was split into prefill steps; a different reduction here made results depend on it).
-      __m512 d[16];
-      for (int t = 0; t < jn; ++t) {
-        const uint16_t* kr = kb + static_cast<size_t>(j0 + t) * HD;
-        __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), q[0], (__m512bh)_mm512_loadu_si512(kr));
-        for (int i = 1; i < HD / 32; ++i) a = _mm512_dpbf16_ps(a, q[i], (__m512bh)_mm512_loadu_si512(kr + 32 * i));
-        d[t] = a;
+      if (HD > 128) {
+        scores_block<HD, false>(ch, kb, j0, jn, r, r);
+      } else if (pending < 0) {
+        pending = r;
+      } else {
+        scores_block<HD, true>(ch, kb, j0, jn, pending, r);
+        pending = -1;
       }
-      for (int t = jn; t < 16; ++t) d[t] = _mm512_setzero_ps();
-      _mm512_mask_storeu_ps(s + j0, simd::tail_mask16(static_cast<size_t>(jn)), reduce16(d));
     }
+    if (pending >= 0) scores_block<HD, false>(ch, kb, j0, jn, pending, pending);
   }
   // ---- online softmax per row, acc *= corr, probabilities -> bf16 pairs in place
-  int kmin = c, kmax = -1;
   for (int r = 0; r < ch.R; ++r) {
     const int jlo = ch.jlo[r], jhi = ch.jhi[r];
     if (jlo > jhi) continue;
@@ -345,8 +430,6 @@ MOE_TARGET_AVX512BF16 void chunk_avx512bf16(const Chunk& ch) {
     const int k0 = jlo / 2, k1 = jhi / 2;
     if (jlo % 2) s[jlo - 1] = 0.0f;
     if (jhi % 2 == 0) s[jhi + 1] = 0.0f;
-    kmin = k0 < kmin ? k0 : kmin;
-    kmax = k1 > kmax ? k1 : kmax;
     // pair k (floats 2k, 2k+1) -> 32 bits at s[k]; writes never pass unread floats (k <= 2k)
     const int np = k1 - k0 + 1;
     for (int m = 0; m < np; m += 16) {
@@ -359,38 +442,23 @@ MOE_TARGET_AVX512BF16 void chunk_avx512bf16(const Chunk& ch) {
       _mm512_mask_storeu_epi32(s + k0 + m, simd::tail_mask16(static_cast<size_t>(left)), pk);
     }
   }
-  if (kmax < kmin) return;
-  // ---- p . V, blocks of 8 pairs (16 keys) interleaved once into an L1 buffer shared by every row
-  alignas(64) __m512i vp[8 * (HD / 16)];
-  for (int kb0 = kmin - kmin % 8; kb0 <= kmax; kb0 += 8) {
-    const int kb1 = kb0 + 7 < kmax ? kb0 + 7 : kmax;  // pairs [kb0, kb1]
-    for (int k = kb0; k <= kb1; ++k) {
-      const uint16_t* r0 = vb + static_cast<size_t>(2 * k) * HD;
-      const bool two = 2 * k + 1 < c;
-      __m512i* dst = vp + static_cast<size_t>(k - kb0) * (HD / 16);
-      for (int b = 0; b < HD / 32; ++b) {
-        __m512i a = _mm512_loadu_si512(r0 + 32 * b);
-        __m512i n = two ? _mm512_loadu_si512(r0 + HD + 32 * b) : _mm512_setzero_si512();
-        dst[2 * b] = _mm512_unpacklo_epi16(a, n);
-        dst[2 * b + 1] = _mm512_unpackhi_epi16(a, n);
-      }
+  // ---- p . V, rows with the same key range in groups of up to 4
+  for (int r = 0; r < ch.R;) {
+    const int jlo = ch.jlo[r], jhi = ch.jhi[r];
+    if (jlo > jhi) {
+      ++r;
+      continue;
     }
-    for (int r = 0; r < ch.R; ++r) {
-      const int jlo = ch.jlo[r], jhi = ch.jhi[r];
-      if (jlo > jhi) continue;
-      const int k0 = jlo / 2 > kb0 ? jlo / 2 : kb0, k1 = jhi / 2 < kb1 ? jhi / 2 : kb1;
-      if (k0 > k1) continue;
-      const uint32_t* pr = reinterpret_cast<const uint32_t*>(ch.s + static_cast<size_t>(r) * ch.s_stride);
-      float* acc = ch.acc + static_cast<size_t>(r) * HD;
-      __m512 a[HD / 16];
-      for (int i = 0; i < HD / 16; ++i) a[i] = _mm512_loadu_ps(acc + 16 * i);
-      for (int k = k0; k <= k1; ++k) {
-        const __m512bh pp = (__m512bh)_mm512_set1_epi32(static_cast<int>(pr[k]));
-        const __m512i* vr = vp + static_cast<size_t>(k - kb0) * (HD / 16);
-        for (int i = 0; i < HD / 16; ++i) a[i] = _mm512_dpbf16_ps(a[i], pp, (__m512bh)vr[i]);
-      }
-      for (int i = 0; i < HD / 16; ++i) _mm512_storeu_ps(acc + 16 * i, a[i]);
+    int n = 1;
+    while (n < 4 && r + n < ch.R && ch.jlo[r + n] == jlo && ch.jhi[r + n] == jhi) ++n;
+    const int k0 = jlo / 2, k1 = jhi / 2;
+    switch (n) {
+      case 1: pv_group<HD, 1>(ch, vb, c, r, k0, k1); break;
+      case 2: pv_group<HD, 2>(ch, vb, c, r, k0, k1); break;
+      case 3: pv_group<HD, 3>(ch, vb, c, r, k0, k1); break;
+      default: pv_group<HD, 4>(ch, vb, c, r, k0, k1); break;
     }
+    r += n;
   }
 }
 
