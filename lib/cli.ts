@@ -12,11 +12,11 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { openBackend } from './backend.js';
-import { type HardwareProfile, type RowsCurve, chooseBatch, predictDecode } from './batching/perf-model.js';
-import { profileHardware } from './batching/profile.js';
+import { type ModelProfile, chooseBatch, opCost, predictDecode, stepOps } from './batching/perf-model.js';
+import { profileModel, readProbeGBs } from './batching/profile.js';
 
 import { demo } from './demo.js';
-import { generateJsonl } from './engine/jsonl.js';
+import { generateJsonl, progressLine } from './engine/jsonl.js';
 import { loadModel } from './engine/model.js';
 import { InvalidArgumentError } from './errors.js';
 import { formatInfo, info } from './info.js';
@@ -30,10 +30,13 @@ const USAGE = `usage: moe-offload <command> [options]
 commands:
   demo                       make a tiny random-weight MoE model (once); generate in latency mode with a 25% expert
                              cache, then a batch in throughput mode next to the performance model's prediction
-  profile [--out FILE]       measure what the performance model needs (GEMM and fused-MoE cost vs rows, attention
-                             bandwidth, per-op costs); default FILE ~/.cache/moe-offload/profile.json
+  profile --model DIR [--max-batch N] [--out FILE]
+                             measure what the performance model needs for this model on this machine: each op of its
+                             decode step at its own shapes vs batch (and attention vs context), per-op and per-step
+                             runtime costs; default FILE ~/.cache/moe-offload/profile-<model folder name>.json
   plan --model DIR [--context N] [--kv-gib G] [--profile FILE]
                              predicted decode throughput per batch size, the binding resource, the chosen batch
+                             (measures and saves the model's profile first when FILE is absent)
   info [--json]              package version, CPU features, CUDA devices (or why CUDA is unavailable), backend in use
   make-model --preset NAME [--seed N] [--layers N] DIR
                              write a random-weight MoE checkpoint in HF format (config.json, safetensors shards,
@@ -183,21 +186,44 @@ async function generateCmd(args: string[]): Promise<number> {
   }
 }
 
-const DEFAULT_PROFILE = path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'moe-offload', 'profile.json');
+/** Where `profile` saves (and `plan` looks for) the model profile of the model in `dir`. */
+function defaultProfile(dir: string): string {
+  return path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'moe-offload', `profile-${path.basename(path.resolve(dir))}.json`);
+}
 
-async function profileCmd(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { out: { type: 'string' } } });
-  const file = values.out ?? DEFAULT_PROFILE;
-  const p = await profileHardware(openBackend({ backend: 'cpu' }));
+function modelConfig(dir: string): ReturnType<typeof parseModelConfig> {
+  const file = path.join(dir, 'config.json');
+  return parseModelConfig(JSON.parse(fs.readFileSync(file, 'utf8')), file);
+}
+
+async function measureProfile(dir: string, file: string, maxBatch: number | undefined): Promise<ModelProfile> {
+  const cfg = modelConfig(dir);
+  process.stderr.write(`profiling ${cfg.architecture} (${dir}) on this machine's CPU backend...\n`);
+  const p = await profileModel(openBackend({ backend: 'cpu' }), cfg, { ...(maxBatch !== undefined ? { maxBatch } : {}), onProgress: (m) => process.stderr.write(`  ${m}\n`) });
   fs.mkdirSync(path.dirname(file), { recursive: true });
   fs.writeFileSync(file, `${JSON.stringify(p, null, 2)}\n`);
-  const g = (c: RowsCurve, r: number) => (1 / c.find((x) => x.rows === r)!.nsPerByte).toFixed(1);
+  return p;
+}
+
+async function profileCmd(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { model: { type: 'string' }, out: { type: 'string' }, 'max-batch': { type: 'string' } } });
+  if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required (the profile measures that model\'s ops at its shapes)');
+  const file = values.out ?? defaultProfile(values.model);
+  const p = await measureProfile(values.model, file, intOpt(values['max-batch'], 'max-batch'));
+  const cfg = modelConfig(values.model);
+  const plan = stepOps(cfg);
+  const experts = plan.ops.find((o) => o.spec.op === 'moeExperts' && o.spec.experts > 1);
+  const gbs = (key: string, B: number) => {
+    const pt = p.ops[key]!.find((q) => q.batch === B)!;
+    return pt.bytes > 0 ? `${(pt.bytes / (pt.ms * 1e6)).toFixed(1)} GB/s` : `${(pt.ms * 1000).toFixed(0)} us`;
+  };
+  const lm = plan.ops.find((o) => o.term === 'lmHead' && o.spec.op === 'gemm')!;
   process.stdout.write(
-    `${p.backend} on ${p.cpu} (${p.threads} threads)\n` +
-      `  GEMM weight streaming: ${g(p.gemm, 1)} GB/s at 1 row, ${g(p.gemm, 16)} at 16, ${g(p.gemm, 128)} at 128\n` +
-      `  fused MoE weight streaming: ${g(p.experts, 1)} GB/s at 1 row per expert, ${g(p.experts, 16)} at 16, ${g(p.experts, 128)} at 128\n` +
-      `  decode attention: ${p.attention.map((a) => `${a.GBs.toFixed(1)} GB/s at GQA ${a.gqa}`).join(', ')}\n` +
-      `  per op ${(p.opMs * 1000).toFixed(0)} us, per awaited group ${(p.groupMs * 1000).toFixed(0)} us\nsaved ${file}\n`,
+    `${p.backend} on ${p.cpu} (${p.threads} threads), read probe ${p.readGBs.toFixed(1)} GB/s, ops stream at up to ${(100 * p.streamEfficiency).toFixed(0)}% of it\n` +
+      (experts ? `  routed experts (${experts.key}): ${p.batches.map((B) => `B ${B}: ${opCost(p, experts.key, B).ms.toFixed(2)} ms`).join(', ')}\n` : '') +
+      `  LM head (${lm.key}): ${gbs(lm.key, 1)} at 1 row\n` +
+      `  per op ${(p.opMs * 1000).toFixed(0)} us, per awaited group ${(p.groupMs * 1000).toFixed(0)} us, runtime ${(p.runtime.layerMs * 1000).toFixed(0)} us per layer + ${(p.runtime.stepMs * 1000).toFixed(0)} us per step\n` +
+      `measured in ${p.seconds.toFixed(1)} s; saved ${file}\n`,
   );
   return 0;
 }
@@ -205,24 +231,34 @@ async function profileCmd(args: string[]): Promise<number> {
 async function planCmd(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { model: { type: 'string' }, context: { type: 'string' }, 'kv-gib': { type: 'string' }, profile: { type: 'string' } } });
   if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required');
-  const cfg = parseModelConfig(JSON.parse(fs.readFileSync(path.join(values.model, 'config.json'), 'utf8')), path.join(values.model, 'config.json'));
-  const file = values.profile ?? DEFAULT_PROFILE;
-  let p: HardwareProfile;
-  if (fs.existsSync(file)) p = JSON.parse(fs.readFileSync(file, 'utf8')) as HardwareProfile;
-  else {
-    process.stderr.write(`no profile at ${file}: measuring one now (moe-offload profile saves it)\n`);
-    p = await profileHardware(openBackend({ backend: 'cpu' }));
-  }
+  const cfg = modelConfig(values.model);
+  const own = defaultProfile(values.model);
+  const file = values.profile ?? own;
+  let p: ModelProfile | undefined;
+  if (fs.existsSync(file)) {
+    p = JSON.parse(fs.readFileSync(file, 'utf8')) as ModelProfile;
+    const missing = p.version === 2 ? stepOps(cfg).ops.find((o) => !p!.ops[o.key]) : { key: 'a version-2 profile' };
+    if (missing) {
+      process.stderr.write(`${file} lacks ${missing.key} (measured for another model): measuring this model's profile into ${own}\n`);
+      p = undefined;
+    }
+  } else process.stderr.write(`no profile at ${file}: measuring one now into ${own} (moe-offload profile saves it)\n`);
+  p ??= await measureProfile(values.model, own, undefined);
   const context = intOpt(values.context, 'context') ?? 512;
   const kvGiB = numOpt(values['kv-gib'], 'kv-gib') ?? Math.min(16, (p.hostMemoryBytes / 2 ** 30) * 0.25);
   const perToken = cfg.numLayers * 2 * (cfg.mla ? cfg.numHeads : cfg.numKvHeads) * attentionHeadDim(cfg) * 2;
   const kvTokens = Math.floor((kvGiB * 2 ** 30) / perToken);
-  process.stdout.write(`${cfg.architecture}, ${cfg.numLayers} layers, ${cfg.numExperts} experts top-${cfg.topK}; context ${context}; KV ${kvGiB.toFixed(1)} GiB = ${kvTokens} tokens\n`);
-  for (let b = 1; b * context <= kvTokens && b <= 4096; b *= 2) {
-    const d = predictDecode(cfg, p, { batch: b, context });
+  const now = { readGBs: readProbeGBs(64 * 2 ** 20) };
+  process.stdout.write(
+    `${cfg.architecture}, ${cfg.numLayers} layers, ${cfg.numExperts} experts top-${cfg.topK}; context ${context}; KV ${kvGiB.toFixed(1)} GiB = ${kvTokens} tokens; ` +
+      `read bandwidth now ${now.readGBs.toFixed(1)} GB/s (profile: ${p.readGBs.toFixed(1)})\n`,
+  );
+  const maxB = Math.max(...p.batches);
+  for (let b = 1; b * context <= kvTokens && b <= maxB; b *= 2) {
+    const d = predictDecode(cfg, p, { batch: b, context }, now);
     process.stdout.write(`  batch ${String(b).padStart(4)}: ${d.tokensPerSecond.toFixed(1).padStart(9)} tokens/s, step ${d.stepMs.toFixed(2)} ms, bound: ${d.bound}\n`);
   }
-  const best = chooseBatch(cfg, p, context, kvTokens);
+  const best = chooseBatch(cfg, p, context, kvTokens, now);
   process.stdout.write(`choice: batch ${best.batch} (${best.prediction.tokensPerSecond.toFixed(1)} tokens/s predicted; ${best.prediction.bound})\n`);
   return 0;
 }
@@ -267,8 +303,7 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
         const now = performance.now();
         if (!tty && now - lastLine < 10_000) return;
         lastLine = now;
-        const tps = p.elapsedMs > 0 ? (p.tokens * 1000) / p.elapsedMs : 0;
-        const msg = `${p.done} done, ${p.running} running, ${p.waiting} waiting, ${p.failed} failed, ${p.skipped} skipped | ${tps.toFixed(1)} tokens/s | ${(p.elapsedMs / 1000).toFixed(0)} s`;
+        const msg = progressLine(p);
         process.stderr.write(tty ? `\r${msg}\x1b[K` : `${msg}\n`);
       },
     });

@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { predictDecode } from './batching/perf-model.js';
-import { profileHardware } from './batching/profile.js';
+import { profileModel, readProbeGBs } from './batching/profile.js';
 import { loadModel } from './engine/model.js';
 import { makeModel } from './model/make-model.js';
 
@@ -78,20 +78,23 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
   using resident = await loadModel(dir);
   const batch = Array.from({ length: o.batch ?? 32 }, (_, i) => BATCH_TOPICS[i % BATCH_TOPICS.length]!);
   write(`throughput mode: ${batch.length} requests, ${o.maxNewTokens ?? 32} new tokens each, continuous batching, experts resident\n`);
-  const profile = await profileHardware(resident.backend, { quick: true });
+  const profile = await profileModel(resident.backend, resident.config, { quick: true, maxBatch: batch.length });
+  // the read bandwidth around the run: the prediction's memory-bound parts are taken at it
+  const readBefore = readProbeGBs(64 * 2 ** 20);
   const t0 = performance.now();
   let tokens = 0;
-  let decodeMs = 0;
-  let decodeSteps = 0;
-    for await (const r of resident.generateBatch(
+  const intervals: number[] = [];
+  let last = -1;
+  for await (const r of resident.generateBatch(
     batch.map((b) => ({ prompt: [{ role: 'user', content: b }], options: { maxNewTokens: o.maxNewTokens ?? 32, stopAtEos: false } })),
     {
       maxSequences: batch.length,
       onStep: (st) => {
-        if (st.decodeTokens === st.tokens && st.tokens === batch.length) {
-          decodeMs += st.ms;
-          decodeSteps++;
-        }
+        // decode throughput: time from one all-decoding step to the next (the step, sampling, bookkeeping)
+        const now = performance.now();
+        const pure = st.decodeTokens === st.tokens && st.tokens === batch.length;
+        if (pure && last >= 0) intervals.push(now - last);
+        last = pure ? now : -1;
       },
     },
   )) {
@@ -99,14 +102,19 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
   }
   const wall = performance.now() - t0;
   write(`  ${tokens} tokens in ${(wall / 1000).toFixed(2)} s: ${((tokens * 1000) / wall).toFixed(0)} tokens/s overall (prefill included)\n`);
-  if (decodeSteps > 0) {
-    const measured = (batch.length * 1000 * decodeSteps) / decodeMs;
-    const pred = predictDecode(resident.config, profile, { batch: batch.length, context: 64 });
+  if (intervals.length > 0) {
+    intervals.sort((a, b) => a - b);
+    const measured = (batch.length * 1000) / intervals[Math.floor(intervals.length / 2)]!;
+    const readGBs = (readBefore + readProbeGBs(64 * 2 ** 20)) / 2;
+    // the KV length of the decode steps, on average: the prompt plus half the new tokens
+    const prompt = batch.reduce((a, b) => a + resident.encode([{ role: 'user', content: b }]).length, 0) / batch.length;
+    const context = Math.round(prompt + (o.maxNewTokens ?? 32) / 2);
+    const pred = predictDecode(resident.config, profile, { batch: batch.length, context }, { readGBs });
     const t = pred.terms;
     write(
       `  decode steps with all ${batch.length} sequences: ${measured.toFixed(0)} tokens/s measured, ${pred.tokensPerSecond.toFixed(0)} predicted by the performance model ` +
         `(bound: ${pred.bound}; predicted step ${pred.stepMs.toFixed(2)} ms = experts ${t.expertsMs.toFixed(2)} + attention ${t.attentionMs.toFixed(2)} + projections ${t.attentionProjMs.toFixed(2)} ` +
-        `+ LM head ${t.lmHeadMs.toFixed(2)} + per-op costs ${t.overheadMs.toFixed(2)} ms)\n`,
+        `+ router ${t.routerMs.toFixed(2)} + LM head ${t.lmHeadMs.toFixed(2)} + host ${t.hostMs.toFixed(2)} + group round trips and runtime ${t.overheadMs.toFixed(2)} ms)\n`,
     );
   }
 }

@@ -1,38 +1,15 @@
-// Performance model (lib/batching/perf-model.ts): its curve interpolation, the expected distinct experts, term
-// scaling, and that its op count per step equals the ops the forward pass really issues (counted on the backend).
+// Performance model v2 (lib/batching/perf-model.ts, lib/batching/profile.ts): the op composition of a decode step
+// equals the ops the forward pass really issues (counted, with their shapes, on the backend), interpolation and
+// bandwidth rescaling, monotonicity of predictions, and the shape of a measured model profile. No timed assertions.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { type HardwareProfile, curveMs, opsPerStep, predictDecode } from '../lib/batching/perf-model.js';
-import { type Backend, loadModel, makeModel, type PresetName } from '../lib/index.js';
-
-const PROFILE: HardwareProfile = {
-  backend: 'synthetic',
-  cpu: 'none',
-  threads: 1,
-  gemm: [
-    { rows: 1, nsPerByte: 0.05 },
-    { rows: 16, nsPerByte: 0.1 },
-  ],
-  experts: [
-    { rows: 1, nsPerByte: 0.05 },
-    { rows: 16, nsPerByte: 0.2 },
-  ],
-  attention: [
-    { gqa: 1, GBs: 40 },
-    { gqa: 8, GBs: 10 },
-  ],
-  opMs: 0.02,
-  groupMs: 0.03,
-  stepFixedMs: 0.1,
-  readGBs: 20,
-  sampleNsPerLogit: 1,
-  hostMemoryBytes: 2 ** 34,
-  measuredAt: 'now',
-};
+import { type ModelProfile, type OpPoint, expectedExperts, interp, opCost, opsPerStep, predictDecode, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
+import { profileModel } from '../lib/batching/profile.js';
+import { type Backend, loadModel, makeModel, type ModelConfig, type PresetName } from '../lib/index.js';
 
 let root = '';
 before(() => {
@@ -40,39 +17,203 @@ before(() => {
 });
 after(() => fs.rmSync(root, { recursive: true, force: true }));
 
-test('curves interpolate linearly, clamp below the first point and scale with rows beyond the last', () => {
-  const c = PROFILE.gemm;
-  assert.equal(curveMs(c, 1e6, 1), 0.05);
-  assert.ok(Math.abs(curveMs(c, 1e6, 8.5) - 0.075) < 1e-12);
-  assert.equal(curveMs(c, 1e6, 0.5), 0.05);
-  assert.ok(Math.abs(curveMs(c, 1e6, 32) - 0.2) < 1e-12);
-});
-
-test('distinct experts per layer, attention and batch scaling', async () => {
-  const dir = path.join(root, 'olmoe');
-  await makeModel(dir, { preset: 'tiny-olmoe', seed: 1 });
-  using m = await loadModel(dir);
-  const cfg = m.config;
-  const one = predictDecode(cfg, PROFILE, { batch: 1, context: 100 });
-  assert.ok(Math.abs(one.expertsPerLayer - cfg.topK) < 1e-9, 'one token routes to k experts');
-  const many = predictDecode(cfg, PROFILE, { batch: 4096, context: 100 });
-  assert.ok(cfg.numExperts - many.expertsPerLayer < 1e-6, 'a large batch touches every expert');
-  const long = predictDecode(cfg, PROFILE, { batch: 8, context: 1000 });
-  const short = predictDecode(cfg, PROFILE, { batch: 8, context: 100 });
-  assert.ok(Math.abs(long.terms.attentionMs / short.terms.attentionMs - 10) < 1e-9, 'attention grows with context');
-  assert.ok(many.tokensPerSecond > one.tokensPerSecond);
-});
-
 const PRESETS: PresetName[] = ['tiny-mixtral', 'tiny-qwen2-moe', 'tiny-qwen3-moe', 'tiny-olmoe', 'tiny-deepseek-v2', 'tiny-gpt-oss'];
-for (const preset of PRESETS) {
-  test(`${preset}: opsPerStep equals the ops one decode step issues`, async () => {
+const configs = new Map<PresetName, ModelConfig>();
+
+async function config(preset: PresetName): Promise<ModelConfig> {
+  if (!configs.has(preset)) {
     const dir = path.join(root, preset);
-    await makeModel(dir, { preset, seed: 2 });
+    if (!fs.existsSync(path.join(dir, 'config.json'))) await makeModel(dir, { preset, seed: 2 });
     using m = await loadModel(dir);
-    // count every op call on the backend during one decode step
+    configs.set(preset, m.config);
+  }
+  return configs.get(preset)!;
+}
+
+/**
+ * A synthetic profile for cfg: every op of its step at batches 1, 8, 64 (and contexts 100, 1000 for attention);
+ * weight ops memory-bound at 20 GB/s (bytes / 20 GB/s, with a 1 ms per-row compute part), attention KV-bound.
+ */
+function synthetic(cfg: ModelConfig): ModelProfile {
+  const ops: Record<string, OpPoint[]> = {};
+  const probe = 20;
+  for (const o of stepOps(cfg).ops) {
+    const s = o.spec;
+    const pts: OpPoint[] = [];
+    for (const B of [1, 8, 64]) {
+      if (s.op === 'attention') {
+        for (const L of [100, 1000]) {
+          const bytes = B * L * 2 * s.kvHeads * s.headDim * 2;
+          pts.push({ batch: B, context: L, ms: 0.01 + bytes / (probe * 1e6), bytes, probeGBs: probe });
+        }
+        continue;
+      }
+      const bytes =
+        s.op === 'gemm' ? s.n * s.k * (s.dtype === 'bf16' ? 2 : 4) : s.op === 'moeExperts' ? 3 * s.hidden * s.inter * 2 * (s.experts === 1 ? 1 : expectedExperts(s.experts, s.k, B)) : 0;
+      pts.push({ batch: B, ms: 0.02 + bytes / (probe * 1e6) + (bytes > 0 ? 0.001 * B : 0.0001 * B), bytes, probeGBs: probe });
+    }
+    ops[o.key] = pts;
+  }
+  return {
+    version: 2,
+    backend: 'synthetic',
+    cpu: 'none',
+    threads: 1,
+    model: { architecture: cfg.architecture, family: cfg.family, hiddenSize: cfg.hiddenSize, numLayers: cfg.numLayers, numExperts: cfg.numExperts, topK: cfg.topK, vocabSize: cfg.vocabSize },
+    batches: [1, 8, 64],
+    contexts: [100, 1000],
+    ops,
+    groupMs: 0.01,
+    opMs: 0.02,
+    streamEfficiency: 1,
+    peakGBs: 1000,
+    sampleNsPerLogit: 1,
+    runtime: { preset: null, stepMs: 0.1, layerMs: 0.05, points: [] },
+    readGBs: probe,
+    cacheBytes: 32 * 2 ** 20,
+    hostMemoryBytes: 2 ** 34,
+    measuredAt: 'now',
+    seconds: 0,
+  };
+}
+
+test('interpolation is linear between points, clamped below, extended along the last segment above', () => {
+  const pts = [
+    { x: 1, y: 1 },
+    { x: 3, y: 2 },
+    { x: 5, y: 4 },
+  ];
+  assert.equal(interp(pts, 0), 1);
+  assert.equal(interp(pts, 2), 1.5);
+  assert.equal(interp(pts, 4), 3);
+  assert.equal(interp(pts, 7), 6);
+  // a last segment that falls is not extended downwards
+  assert.equal(interp([{ x: 1, y: 2 }, { x: 2, y: 1 }], 5), 1);
+});
+
+test('expected distinct experts: k for one token, all for a large batch', () => {
+  assert.ok(Math.abs(expectedExperts(64, 8, 1) - 8) < 1e-9);
+  assert.ok(64 - expectedExperts(64, 8, 4096) < 1e-6);
+  assert.ok(expectedExperts(64, 8, 8) < expectedExperts(64, 8, 16));
+});
+
+test('memory parts rescale with the read bandwidth, the rest does not', async () => {
+  const cfg = await config('tiny-qwen3-moe');
+  const p = synthetic(cfg);
+  const lm = stepOps(cfg).ops.find((o) => o.term === 'lmHead' && o.spec.op === 'gemm')!;
+  const at = opCost(p, lm.key, 1);
+  const half = opCost(p, lm.key, 1, 0, { readGBs: 10 });
+  assert.ok(Math.abs(half.memMs - 2 * at.memMs) < 1e-12, 'the memory part doubles at half the bandwidth');
+  assert.ok(Math.abs(half.ms - at.ms - at.memMs) < 1e-12, 'and only the memory part changes');
+  const small = stepOps(cfg).ops.find((o) => o.spec.op === 'routerTopK')!;
+  assert.equal(opCost(p, small.key, 8, 0, { readGBs: 10 }).ms, opCost(p, small.key, 8).ms, 'ops on cached activations do not rescale with the bandwidth');
+  const d = predictDecode(cfg, p, { batch: 8, context: 100 });
+  const d2 = predictDecode(cfg, p, { batch: 8, context: 100 }, { readGBs: 10 });
+  assert.equal(d2.terms.overheadMs, d.terms.overheadMs, 'group round trips and runtime costs do not rescale');
+  assert.ok(d2.stepMs > d.stepMs);
+  // the same memory-bound op measured at two bandwidths predicts the same at a third
+  const q: OpPoint = { batch: 1, ms: 1, bytes: 20e6, probeGBs: 20 };
+  const r: OpPoint = { batch: 1, ms: 2, bytes: 20e6, probeGBs: 10 };
+  const one = { ...p, ops: { x: [q] } };
+  const two = { ...p, ops: { x: [r] } };
+  assert.ok(Math.abs(opCost(one, 'x', 1, 0, { readGBs: 15 }).ms - 20e6 / 15e6) < 1e-12);
+  assert.ok(Math.abs(opCost(two, 'x', 1, 0, { readGBs: 15 }).ms - 20e6 / 15e6) < 1e-12);
+  // beyond the fastest streaming the ops reached, a faster probe does not make them faster
+  const capped = { ...one, peakGBs: 25 };
+  assert.ok(Math.abs(opCost(capped, 'x', 1, 0, { readGBs: 50 }).ms - 20e6 / 25e6) < 1e-12);
+  assert.ok(Math.abs(opCost(capped, 'x', 1, 0, { readGBs: 15 }).ms - 20e6 / 15e6) < 1e-12);
+});
+
+test('predictions: more context is slower, more batch gives more tokens/s up to a point', async () => {
+  for (const preset of ['tiny-qwen3-moe', 'tiny-deepseek-v2', 'tiny-gpt-oss'] as const) {
+    const cfg = await config(preset);
+    const p = synthetic(cfg);
+    for (const B of [1, 8, 32]) {
+      let prev = 0;
+      for (const L of [16, 100, 400, 1000, 3000]) {
+        const d = predictDecode(cfg, p, { batch: B, context: L });
+        assert.ok(Number.isFinite(d.stepMs) && d.stepMs > prev, `${preset} batch ${B}: context ${L} slower than the shorter one`);
+        prev = d.stepMs;
+      }
+    }
+    let tps = 0;
+    for (const B of [1, 2, 4, 8, 16, 32]) {
+      const d = predictDecode(cfg, p, { batch: B, context: 100 });
+      assert.ok(d.tokensPerSecond > tps, `${preset}: batch ${B} gives more tokens/s than half of it`);
+      assert.ok(d.stepMs > 0);
+      tps = d.tokensPerSecond;
+    }
+    // long contexts: attention grows with the batch as fast as the tokens, so throughput stops growing
+    const a = predictDecode(cfg, p, { batch: 64, context: 100000 });
+    const b = predictDecode(cfg, p, { batch: 128, context: 100000 });
+    assert.ok(b.tokensPerSecond / a.tokensPerSecond < 1.05, `${preset}: throughput saturates`);
+    assert.equal(a.bound, 'attention (KV bandwidth)');
+  }
+});
+
+test('warm and cold measurements blend by the step working set against the cache', async () => {
+  const cfg = await config('tiny-qwen3-moe');
+  const p = synthetic(cfg);
+  const key = stepOps(cfg).ops.find((o) => o.spec.op === 'moeExperts')!.key;
+  // cold points twice as slow as the warm ones
+  p.ops[key] = [...p.ops[key]!.map((q) => ({ ...q, cold: false })), ...p.ops[key]!.map((q) => ({ ...q, ms: 2 * q.ms, cold: true }))];
+  const w = opCost(p, key, 8, 0, {}, 0).ms;
+  assert.ok(Math.abs(opCost(p, key, 8, 0, {}, 1).ms - 2 * w) < 1e-12);
+  assert.ok(Math.abs(opCost(p, key, 8, 0, {}, 0.5).ms - 1.5 * w) < 1e-12);
+  // the working set grows with the batch (experts) and the context (K and V)
+  assert.ok(stepWorkingSet(cfg, 8, 100) > stepWorkingSet(cfg, 1, 100));
+  assert.ok(stepWorkingSet(cfg, 8, 1000) > stepWorkingSet(cfg, 8, 100));
+  const small = predictDecode(cfg, { ...p, cacheBytes: 2 ** 40 }, { batch: 8, context: 100 });
+  const big = predictDecode(cfg, { ...p, cacheBytes: 1 }, { batch: 8, context: 100 });
+  assert.ok(Math.abs(big.terms.expertsMs - small.terms.expertsMs - cfg.moeLayers.length * w) < 1e-9, 'a step beyond the cache reads cold');
+});
+
+test('a prediction needs every op of the step in the profile', async () => {
+  const cfg = await config('tiny-mixtral');
+  const p = synthetic(cfg);
+  const key = stepOps(cfg).ops.find((o) => o.spec.op === 'moeExperts')!.key;
+  delete p.ops[key];
+  assert.throws(() => predictDecode(cfg, p, { batch: 4, context: 10 }), /no measurements of "moeExperts/);
+});
+
+/** A signature of one backend call, comparable with the composition's ops. */
+function signature(name: string, a: unknown[]): string {
+  const shape = (t: unknown) => (t as { shape: number[] }).shape;
+  switch (name) {
+    case 'gemm':
+      return `gemm ${shape(a[1]).join('x')}`;
+    case 'rmsNorm': {
+      const x = shape((a[0] as { x: unknown }).x);
+      return `rmsNorm ${x[x.length - 1]}`;
+    }
+    case 'moeExperts': {
+      const t = (a[0] as { experts: { numExperts: number; intermediate: number } }).experts;
+      return `moeExperts ${t.numExperts}x${t.intermediate}`;
+    }
+    default:
+      return name;
+  }
+}
+
+function plannedSignatures(cfg: ModelConfig): string[] {
+  const out: string[] = [];
+  for (const o of stepOps(cfg).ops) {
+    if (!o.backend) continue;
+    const s = o.spec;
+    const sig = s.op === 'gemm' ? `gemm ${s.n}x${s.k}` : s.op === 'rmsNorm' ? `rmsNorm ${s.d}` : s.op === 'moeExperts' ? `moeExperts ${s.experts}x${s.inter}` : s.op;
+    for (let i = 0; i < o.calls; i++) out.push(sig);
+  }
+  return out.sort();
+}
+
+for (const preset of PRESETS) {
+  test(`${preset}: the composition issues the ops, with their shapes, of one decode step`, async () => {
+    await config(preset);
+    using m = await loadModel(path.join(root, preset));
+    // record every op call on the backend during one decode step
     const be = m.backend as Backend & Record<string, unknown>;
     const names = ['gemm', 'rmsNorm', 'add', 'rope', 'convert', 'attention', 'routerTopK', 'moeExperts', 'gatherRows'];
-    let count = 0;
+    const calls: string[] = [];
     const saved = new Map<string, unknown>();
     const s = m.stream('Count my ops', { maxNewTokens: 2, stopAtEos: false });
     const it = s[Symbol.asyncIterator]();
@@ -81,7 +222,7 @@ for (const preset of PRESETS) {
       const orig = be[n] as (...a: unknown[]) => unknown;
       saved.set(n, orig);
       be[n] = (...a: unknown[]) => {
-        count++;
+        calls.push(signature(n, a));
         return orig.apply(be, a);
       };
     }
@@ -91,7 +232,53 @@ for (const preset of PRESETS) {
       for (const [n, f] of saved) be[n] = f;
     }
     await it.return?.();
+    assert.deepEqual(calls.sort(), plannedSignatures(m.config));
     const o = opsPerStep(m.config);
-    assert.equal(count, o.perLayer.reduce((a, b) => a + b, 0) + o.perStep);
+    assert.equal(calls.length, o.perLayer.reduce((a, b) => a + b, 0) + o.perStep);
   });
 }
+
+test('profileModel measures every op of a tiny model at its shapes, batches and contexts', async () => {
+  const cfg = await config('tiny-qwen3-moe');
+  using m = await loadModel(path.join(root, 'tiny-qwen3-moe'));
+  const p = await profileModel(m.backend, cfg, { maxBatch: 6, contexts: [32, 96], quick: true });
+  assert.equal(p.version, 2);
+  assert.deepEqual(p.batches, [1, 2, 4, 6]);
+  assert.equal(p.model.hiddenSize, cfg.hiddenSize);
+  const plan = stepOps(cfg);
+  for (const o of plan.ops) {
+    const all = p.ops[o.key];
+    assert.ok(all, `profile has ${o.key}`);
+    // a tiny model's step fits the cache at small batches: ops streaming weights or K/V are measured warm and cold
+    const streams = o.spec.op === 'gemm' || o.spec.op === 'attention' || o.spec.op === 'moeExperts';
+    const kinds = streams ? [true, false] : [undefined];
+    assert.deepEqual([...new Set(all.map((q) => q.cold))].sort(), [...kinds].sort());
+    for (const cold of kinds) {
+      const pts: OpPoint[] = all.filter((q) => q.cold === cold);
+      if (o.spec.op === 'attention') {
+        assert.deepEqual(pts.map((q) => `${q.batch}/${q.context}`).sort(), ['1/33', '1/97', '2/33', '2/97', '4/33', '4/97', '6/33', '6/97'].sort());
+        for (const q of pts) assert.equal(q.bytes, q.batch * q.context! * 2 * o.spec.kvHeads * o.spec.headDim * 2);
+      } else assert.deepEqual(pts.map((q) => q.batch), [1, 2, 4, 6]);
+    }
+    for (const q of all) assert.ok(Number.isFinite(q.ms) && q.ms >= 0, `${o.key} at ${q.batch}: ${q.ms}`);
+    if (o.spec.op === 'gemm') for (const q of all) assert.equal(q.bytes, o.spec.n * o.spec.k * (o.spec.dtype === 'bf16' ? 2 : 4));
+    if (o.spec.op === 'moeExperts' && o.spec.experts > 1) {
+      for (const q of all) {
+        assert.ok(q.experts! >= cfg.topK && q.experts! <= Math.min(cfg.numExperts, q.batch * cfg.topK), `distinct experts at batch ${q.batch}: ${q.experts}`);
+        assert.ok(Math.abs(q.bytes - q.experts! * 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2) < 1e-6);
+      }
+    }
+    if (streams) for (const q of all) assert.ok(q.probeGBs > 0);
+  }
+  assert.ok(p.peakGBs >= 0 && p.groupMs >= 0 && p.opMs >= 0 && p.streamEfficiency > 0 && p.sampleNsPerLogit > 0 && p.readGBs > 0 && p.cacheBytes > 0);
+  // the runtime calibration ran copies of the family's tiny preset, n and n + 3 layers, interleaved
+  assert.equal(p.runtime.preset, 'tiny-qwen3-moe');
+  assert.deepEqual(
+    p.runtime.points.map((q) => q.layers),
+    [1, 4, 1, 4, 1, 4],
+  );
+  for (const q of p.runtime.points) assert.ok(q.measuredMs > 0 && q.predictedMs > 0);
+  const d = predictDecode(cfg, p, { batch: 4, context: 64 }, { readGBs: p.readGBs });
+  assert.ok(Number.isFinite(d.stepMs) && d.stepMs > 0 && d.tokensPerSecond > 0);
+  assert.ok(d.expertsPerLayer > cfg.topK && d.expertsPerLayer <= 4 * cfg.topK);
+});

@@ -1,70 +1,434 @@
 /**
- * MoE-Lens-style performance model of a decode step, from a measured hardware profile and the model config:
- * every term is a roofline max(bytes / bandwidth, flops / rate) of one part of the step, the parts run one after
- * the other (the CPU backend runs them on the same cores), plus a fixed per-op cost.
+ * MoE-Lens-style performance model of a decode step (v2): the step is composed analytically from the ops
+ * lib/engine/forward.ts issues for the model, each costed by interpolating a model profile (profile.ts
+ * `profileModel`) that measured exactly that op at the model's own shapes on this machine.
  *
- *   per layer:  q/k/v/o projections   gemm(B rows, weights W_attn)
- *               attention             B sequences x context L: K and V bytes / attention bandwidth
- *               router                gemm(B rows, E x H f32)
- *               routed experts        U(B) distinct experts' bytes / expert bandwidth vs 2 B k 3 H I / expert rate,
- *                                     U(B) = E (1 - (1 - k/E)^B) (independent uniform routing)
- *               shared / dense MLP    gemm-like, all B rows
- *   per step:   LM head gemm(B rows), sampling (B x vocab), and ops x op round trip
- * Decode throughput = B / step time. The binding resource is the largest term class (weights: memory bandwidth;
- * attention: KV bandwidth; compute; fixed overheads).
+ *   step(B, L) =  Σ over the step's ops  calls × cost(op, B [, L])     interpolated over the measured batches
+ *               + awaited groups × groupMs                               (each group is one round trip to JS)
+ *               + host work: KV writes, OLMoE clipping, MLA assembly, the tensors allocated fresh per step and
+ *                 per layer, sampling B × vocab
+ *               + the runtime's fixed costs per step and per layer (residual of real decode steps of generated
+ *                 copies of the family's tiny preset with n and n + 3 layers)
+ * with B sequences decoding one token each (T = B rows) at context L, experts resident. The routed-expert op is
+ * measured as the call a decode step makes: B × k routed rows over U(B) = E (1 - (1 - k/E)^B) distinct experts
+ * (independent uniform routing), read from cache-cold memory like the model's.
+ *
+ * Memory bandwidth: every measured point keeps the read-probe bandwidth taken around it. Its time splits into a
+ * memory part — its bytes at the best streaming efficiency the profile saw (`streamEfficiency` × probe), capped
+ * at the time — and the rest (compute, dispatch, JS). A prediction under `Conditions` (the probe now) rescales
+ * the memory part by the bandwidth (up to the fastest streaming the ops reached: the probe, a pure read, goes
+ * faster than kernels that compute as they stream), so points measured at different moments of a VM whose
+ * bandwidth drifts 15-44 GB/s predict consistently.
+ * Decode throughput = B / step time.
  *
  * @example
- * const p = await profileHardware(be);
- * const pred = predictDecode(cfg, p, { batch: 32, context: 512 });   // { tokensPerSecond, stepMs, terms, bound }
+ * const p = await profileModel(be, model.config, { maxBatch: 64 });
+ * const pred = predictDecode(model.config, p, { batch: 32, context: 512 }, { readGBs: readProbeGBs(64 * 2 ** 20) });
+ * console.log(pred.tokensPerSecond, pred.bound, pred.terms);
  */
+import { InvalidArgumentError } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
 import { attentionHeadDim } from '../model/weights.js';
 
-/** A measured curve: time per weight byte (ns) at a number of rows; interpolated linearly in between. */
-export type RowsCurve = Array<{ rows: number; nsPerByte: number }>;
+/** An op of the step as the profile measures it; `rows` are per token (T = B at decode). */
+export type OpSpec =
+  /** out [rows, n] f32 = a [rows, k] · w [n, k]ᵀ, a and w of `dtype` (rows = tokens or sequences: B at decode) */
+  | { op: 'gemm'; n: number; k: number; dtype: 'bf16' | 'f32' }
+  /** x f32 [T * rowsPerToken, d] (+= add) -> out */
+  | { op: 'rmsNorm'; rowsPerToken: number; d: number; out: 'bf16' | 'f32'; add: 'bf16' | 'f32' | null }
+  /** a [T, n] += b ([n] bias, or [T, n]) */
+  | { op: 'add'; n: number; dtype: 'bf16' | 'f32'; bias: boolean }
+  | { op: 'convert'; n: number; from: 'bf16' | 'f32'; to: 'bf16' | 'f32' }
+  /** q [T, qHeads, headDim], k [T, kHeads, headDim] f32, rotary dims from the model's rope parameters */
+  | { op: 'rope'; qHeads: number; kHeads: number; headDim: number }
+  | { op: 'routerTopK'; e: number; k: number; scoring: 'softmax' | 'sigmoid' }
+  /** dst [T, n] bf16 = src [srcRows, n] rows (srcRows 0: the step's own T rows) */
+  | { op: 'gatherRows'; srcRows: number; n: number }
+  /** decode attention of T sequences over their KV cache (q f32, out bf16) */
+  | { op: 'attention'; qHeads: number; kvHeads: number; headDim: number }
+  /** fused SwiGLU experts: routed (table of E, k per token) or a one-expert MLP (shared expert, dense layer) */
+  | { op: 'moeExperts'; experts: number; k: number; hidden: number; inter: number }
+  /** host: KvCache.write of one token's k and v for each of T sequences */
+  | { op: 'kvWrite'; kvHeads: number; headDim: number }
+  /** host: clamp of T × n f32 (OLMoE clip_qkv) */
+  | { op: 'clamp'; n: number }
+  /** host: MLA's per-head assembly of q, k, v (T × heads rows of `parts` spans) and, when narrower, v's prefix */
+  | { op: 'mlaAssemble'; heads: number; nope: number; rope: number; v: number; headDim: number }
+  /** host: the tensors forward.ts allocates fresh (per step or per layer), bytes per row (T = B rows) of each; an op
+   * writes them first, so each costs its allocation and its first touch */
+  | { op: 'alloc'; rowBytes: number[] };
 
-/** What `moe-offload profile` measures (CPU backend). */
-export interface HardwareProfile {
+/** Where an op's time is reported. */
+export type TermName = 'attentionProj' | 'attention' | 'router' | 'experts' | 'shared' | 'lmHead' | 'host';
+
+/** One distinct op of the step: `calls` per step (layers summed), and the sliding window of attention calls. */
+export interface PlannedOp {
+  key: string;
+  spec: OpSpec;
+  calls: number;
+  term: TermName;
+  /** Backend op (what opsPerStep counts) or host work between groups. */
+  backend: boolean;
+  /** Attention: the window of these calls (null: full context). */
+  window?: number | null;
+}
+
+export interface StepPlan {
+  ops: PlannedOp[];
+  /** Awaited op groups per step (round trips to JS). */
+  groups: number;
+  /** Backend ops per layer (layer order) and outside the layers. */
+  perLayer: number[];
+  perStep: number;
+}
+
+/** The profile key of an op: everything that determines its cost at a given T. */
+export function opKey(s: OpSpec): string {
+  switch (s.op) {
+    case 'gemm':
+      return `gemm ${s.n}x${s.k} ${s.dtype}`;
+    case 'rmsNorm':
+      return `rmsNorm ${s.rowsPerToken}x${s.d} f32>${s.out}${s.add ? ` +${s.add}` : ''}`;
+    case 'add':
+      return `add ${s.n} ${s.dtype}${s.bias ? ' bias' : ''}`;
+    case 'convert':
+      return `convert ${s.n} ${s.from}>${s.to}`;
+    case 'rope':
+      return `rope ${s.qHeads}+${s.kHeads}x${s.headDim}`;
+    case 'routerTopK':
+      return `routerTopK ${s.e} k${s.k} ${s.scoring}`;
+    case 'gatherRows':
+      return `gatherRows ${s.srcRows}x${s.n}`;
+    case 'attention':
+      return `attention ${s.qHeads}/${s.kvHeads}x${s.headDim}`;
+    case 'moeExperts':
+      return `moeExperts ${s.experts}x${s.hidden}x${s.inter} k${s.k}`;
+    case 'kvWrite':
+      return `kvWrite ${s.kvHeads}x${s.headDim}`;
+    case 'clamp':
+      return `clamp ${s.n}`;
+    case 'mlaAssemble':
+      return `mlaAssemble ${s.heads}x${s.nope}+${s.rope}/${s.v}>${s.headDim}`;
+    case 'alloc':
+      return `alloc ${s.rowBytes.join(',')}`;
+  }
+}
+
+/**
+ * Every op one decode step issues for `cfg`, in lib/engine/forward.ts order, with its awaited groups: embedding
+ * (gather; convert), per layer [input norm + q/k/v (+ biases, q/k norms) + rope] (OLMoE: rope after the host clip,
+ * its own group), KV writes, [attention], [o (+ bias) + post norm (+ convert) + router (+ bias) + top-k (+ shared
+ * gate, top-k, shared expert)] or [o + norm] then [dense MLP], [routed experts], [shared add]; then [final norm],
+ * [gather the sequences' last rows], [LM head]. Sampling (B × vocab argmax) is host work after the step.
+ */
+export function stepOps(cfg: ModelConfig): StepPlan {
+  const H = cfg.hiddenSize;
+  const nH = cfg.numHeads;
+  const hd = cfg.headDim;
+  const D = attentionHeadDim(cfg);
+  const kvHeads = cfg.mla ? nH : cfg.numKvHeads;
+  const list: Array<Omit<PlannedOp, 'key' | 'calls'> & { layer: number }> = [];
+  let groups = 0;
+  const perLayer: number[] = [];
+  const push = (layer: number, spec: OpSpec, term: TermName, window?: number | null) => {
+    const backend = spec.op !== 'kvWrite' && spec.op !== 'clamp' && spec.op !== 'mlaAssemble' && spec.op !== 'alloc';
+    list.push({ layer, spec, term, backend, ...(window !== undefined ? { window } : {}) });
+  };
+  const gemm = (layer: number, n: number, k: number, term: TermName, dtype: 'bf16' | 'f32' = 'bf16') => push(layer, { op: 'gemm', n, k, dtype }, term);
+  // the step's tensors, allocated fresh each step: ids, positions, h, xn, attn, delta, blockOut (+ sharedOut),
+  // router logits, xf, top-k ids and weights, the one-expert ids and weights (+ the shared gate's three), the
+  // sequences' last rows and their logits
+  const E = cfg.numExperts;
+  const K = cfg.topK;
+  push(
+    -1,
+    {
+      op: 'alloc',
+      rowBytes: [4, 4, 4 * H, 2 * H, 2 * nH * D, 4 * H, 2 * H, ...(cfg.sharedExperts ? [2 * H] : []), 4 * E, 4 * H, 4 * K, 4 * K, 4, 4, ...(cfg.sharedExperts?.gated ? [4, 4, 4] : []), 4, 2 * H, 4 * cfg.vocabSize],
+    },
+    'host',
+  );
+  // embedding: gather rows of the table, then bf16 -> f32 residual stream (two groups)
+  push(-1, { op: 'gatherRows', srcRows: cfg.vocabSize, n: H }, 'lmHead');
+  push(-1, { op: 'convert', n: H, from: 'bf16', to: 'f32' }, 'lmHead');
+  groups += 2;
+  const moe = new Set(cfg.moeLayers);
+  for (let l = 0; l < cfg.numLayers; l++) {
+    push(l, { op: 'rmsNorm', rowsPerToken: 1, d: H, out: 'bf16', add: l === 0 ? null : 'bf16' }, 'attentionProj');
+    if (cfg.mla) {
+      const m = cfg.mla;
+      // qa, qIn (q LoRA), q nope, q pe, c, cb, k pe, k nope, v; the assembled q, k, v; v's prefix when narrower
+      const lora = m.qLoraRank ? [4 * m.qLoraRank, 2 * m.qLoraRank] : [];
+      const prefix = m.vHeadDim < D ? [2 * nH * m.vHeadDim] : [];
+      push(l, { op: 'alloc', rowBytes: [...lora, 4 * nH * m.qkNopeHeadDim, 4 * nH * m.qkRopeHeadDim, 4 * m.kvLoraRank, 2 * m.kvLoraRank, 4 * m.qkRopeHeadDim, 4 * nH * m.qkNopeHeadDim, 4 * nH * m.vHeadDim, 4 * nH * D, 4 * nH * D, 4 * nH * D, ...prefix] }, 'host');
+      let qIn = H;
+      if (m.qLoraRank) {
+        gemm(l, m.qLoraRank, H, 'attentionProj');
+        push(l, { op: 'rmsNorm', rowsPerToken: 1, d: m.qLoraRank, out: 'bf16', add: null }, 'attentionProj');
+        qIn = m.qLoraRank;
+      }
+      gemm(l, nH * m.qkNopeHeadDim, qIn, 'attentionProj');
+      gemm(l, nH * m.qkRopeHeadDim, qIn, 'attentionProj');
+      gemm(l, m.kvLoraRank, H, 'attentionProj');
+      push(l, { op: 'rmsNorm', rowsPerToken: 1, d: m.kvLoraRank, out: 'bf16', add: null }, 'attentionProj');
+      gemm(l, m.qkRopeHeadDim, H, 'attentionProj');
+      gemm(l, nH * m.qkNopeHeadDim, m.kvLoraRank, 'attentionProj');
+      gemm(l, nH * m.vHeadDim, m.kvLoraRank, 'attentionProj');
+      push(l, { op: 'rope', qHeads: nH, kHeads: 1, headDim: m.qkRopeHeadDim }, 'attentionProj');
+      groups += 1;
+      push(l, { op: 'mlaAssemble', heads: nH, nope: m.qkNopeHeadDim, rope: m.qkRopeHeadDim, v: m.vHeadDim, headDim: D }, 'host');
+    } else {
+      push(l, { op: 'alloc', rowBytes: [4 * nH * hd, 4 * cfg.numKvHeads * hd, 4 * cfg.numKvHeads * hd] }, 'host'); // q, k, v f32
+      gemm(l, nH * hd, H, 'attentionProj');
+      gemm(l, cfg.numKvHeads * hd, H, 'attentionProj');
+      gemm(l, cfg.numKvHeads * hd, H, 'attentionProj');
+      if (cfg.attentionBias) {
+        push(l, { op: 'add', n: nH * hd, dtype: 'f32', bias: true }, 'attentionProj');
+        push(l, { op: 'add', n: cfg.numKvHeads * hd, dtype: 'f32', bias: true }, 'attentionProj');
+        push(l, { op: 'add', n: cfg.numKvHeads * hd, dtype: 'f32', bias: true }, 'attentionProj');
+      }
+      if (cfg.qkNorm) {
+        // Qwen3: per head [T * heads, hd]; OLMoE: over the whole projection [T, heads * hd]
+        const perHead = cfg.family !== 'olmoe';
+        push(l, perHead ? { op: 'rmsNorm', rowsPerToken: nH, d: hd, out: 'f32', add: null } : { op: 'rmsNorm', rowsPerToken: 1, d: nH * hd, out: 'f32', add: null }, 'attentionProj');
+        push(l, perHead ? { op: 'rmsNorm', rowsPerToken: cfg.numKvHeads, d: hd, out: 'f32', add: null } : { op: 'rmsNorm', rowsPerToken: 1, d: cfg.numKvHeads * hd, out: 'f32', add: null }, 'attentionProj');
+      }
+      groups += 1;
+      if (cfg.clipQkv !== null) {
+        push(l, { op: 'clamp', n: (nH + 2 * cfg.numKvHeads) * hd }, 'host');
+        groups += 1; // rope awaited alone after the clip
+      }
+      push(l, { op: 'rope', qHeads: nH, kHeads: cfg.numKvHeads, headDim: hd }, 'attentionProj');
+    }
+    push(l, { op: 'kvWrite', kvHeads, headDim: D }, 'host');
+    const window = cfg.layerTypes && cfg.layerTypes[l] !== 'sliding' ? null : cfg.slidingWindow;
+    push(l, { op: 'attention', qHeads: nH, kvHeads, headDim: D }, 'attention', window);
+    groups += 1;
+    gemm(l, H, cfg.mla ? nH * cfg.mla.vHeadDim : nH * hd, 'attentionProj');
+    if (cfg.family === 'gpt_oss') push(l, { op: 'add', n: H, dtype: 'f32', bias: true }, 'attentionProj');
+    if (!moe.has(l)) {
+      push(l, { op: 'rmsNorm', rowsPerToken: 1, d: H, out: 'bf16', add: 'f32' }, 'attentionProj');
+      push(l, { op: 'moeExperts', experts: 1, k: 1, hidden: H, inter: cfg.denseIntermediateSize }, 'experts');
+      groups += 2;
+    } else {
+      push(l, { op: 'rmsNorm', rowsPerToken: 1, d: H, out: 'f32', add: 'f32' }, 'attentionProj');
+      push(l, { op: 'convert', n: H, from: 'f32', to: 'bf16' }, 'attentionProj');
+      gemm(l, cfg.numExperts, H, 'router', 'f32');
+      if (cfg.family === 'gpt_oss') push(l, { op: 'add', n: cfg.numExperts, dtype: 'f32', bias: true }, 'router');
+      push(l, { op: 'routerTopK', e: cfg.numExperts, k: cfg.topK, scoring: 'softmax' }, 'router');
+      const sh = cfg.sharedExperts;
+      if (sh) {
+        if (sh.gated) {
+          gemm(l, 1, H, 'shared');
+          push(l, { op: 'routerTopK', e: 1, k: 1, scoring: 'sigmoid' }, 'shared');
+        }
+        push(l, { op: 'moeExperts', experts: 1, k: 1, hidden: H, inter: sh.intermediateSize }, 'shared');
+      }
+      push(l, { op: 'moeExperts', experts: cfg.numExperts, k: cfg.topK, hidden: H, inter: cfg.moeIntermediateSize }, 'experts');
+      groups += 2;
+      if (sh) {
+        push(l, { op: 'add', n: H, dtype: 'bf16', bias: false }, 'shared');
+        groups += 1;
+      }
+    }
+    perLayer.push(list.filter((o) => o.layer === l && o.backend).length);
+  }
+  push(-1, { op: 'rmsNorm', rowsPerToken: 1, d: H, out: 'bf16', add: 'bf16' }, 'lmHead');
+  push(-1, { op: 'gatherRows', srcRows: 0, n: H }, 'lmHead');
+  gemm(-1, cfg.vocabSize, H, 'lmHead');
+  groups += 3;
+  // aggregate identical ops reported in the same term (attention also by window)
+  const byKey = new Map<string, PlannedOp>();
+  for (const o of list) {
+    const key = opKey(o.spec);
+    const id = `${key} ${o.term}${o.window === undefined ? '' : ` w${o.window}`}`;
+    const e = byKey.get(id);
+    if (e) e.calls++;
+    else byKey.set(id, { key, spec: o.spec, calls: 1, term: o.term, backend: o.backend, ...(o.window !== undefined ? { window: o.window } : {}) });
+  }
+  const perStep = list.filter((o) => o.layer < 0 && o.backend).length;
+  return { ops: [...byKey.values()], groups, perLayer, perStep };
+}
+
+/** Backend ops lib/engine/forward.ts issues per layer for this config (and per step outside the layers). */
+export function opsPerStep(cfg: ModelConfig): { perLayer: number[]; perStep: number } {
+  const p = stepOps(cfg);
+  return { perLayer: p.perLayer, perStep: p.perStep };
+}
+
+/** One measurement: an op's cost (ms) at `batch` rows (and `context`), the bytes it streams, the probe next to it. */
+export interface OpPoint {
+  batch: number;
+  /** Attention: KV tokens per sequence. */
+  context?: number;
+  /** Cost inside a group of ops (the group's round trip excluded). */
+  ms: number;
+  /** Bytes the op streams from memory (weights, routed experts, K and V); 0 for ops on cached activations. */
+  bytes: number;
+  /** Read-probe bandwidth around this point (mean of a probe before and after), GB/s. */
+  probeGBs: number;
+  /** Routed experts: distinct experts per call (mean over the timed calls). */
+  experts?: number;
+  /**
+   * Ops streaming weights or K/V: measured cache-cold (64 MiB between two uses of one copy of its weights or K/V)
+   * or warm (8 MiB: from the last-level cache, as in a step whose working set fits it); undefined for the others.
+   */
+  cold?: boolean;
+}
+
+/** What `profileModel` measures for one model on one backend. */
+export interface ModelProfile {
+  version: 2;
   backend: string;
   cpu: string;
   threads: number;
-  /** Dense GEMM time per weight byte vs the number of rows (bf16 weights beyond the caches). */
-  gemm: RowsCurve;
-  /** Fused MoE time per routed-expert weight byte vs the rows routed to each expert. */
-  experts: RowsCurve;
-  /** Decode attention K/V bytes read per second vs the GQA ratio (query heads per kv head). */
-  attention: Array<{ gqa: number; GBs: number }>;
-  /** Fixed cost of one op inside the runtime (submission, checks, launch on tiny data, the step's host work), ms. */
-  opMs: number;
+  /** The config the profile was measured for (the shapes; layers and vocab do not change op keys but are kept). */
+  model: { architecture: string; family: string; hiddenSize: number; numLayers: number; numExperts: number; topK: number; vocabSize: number };
+  /** Batches (decode sequences = rows) measured. */
+  batches: number[];
+  /** Attention contexts measured. */
+  contexts: number[];
+  /** Measured points per op key (opKey). */
+  ops: Record<string, OpPoint[]>;
   /** Round trip of one awaited group of ops back to JS, ms. */
   groupMs: number;
-  /** Per decode step costs that do not grow with the op count (embedding, sampling, detokenising, bookkeeping), ms. */
-  stepFixedMs: number;
-  /** Streaming read bandwidth when the profile was measured (GB/s); predictions can be rescaled to the bandwidth now. */
-  readGBs: number;
-  /** Sampling cost per logit (argmax / softmax over the vocabulary), ns. */
+  /** Per-op dispatch cost of a trivial op inside a group, ms (what an op costs at least). */
+  opMs: number;
+  /** The fraction of the read probe's bandwidth memory-bound ops stream at (profile.ts: near the best seen). */
+  streamEfficiency: number;
+  /** The fastest the ops streamed from memory (near the best seen), GB/s: they do not follow the probe beyond (0: no cap). */
+  peakGBs: number;
+  /** Argmax sampling, ns per logit. */
   sampleNsPerLogit: number;
-  /** Host memory the KV cache may take (bytes). */
+  /**
+   * The runtime's costs the measured ops do not explain (tensor allocation, JS between groups, bookkeeping), from
+   * real decode steps of copies of the family's tiny preset: per step and per layer (ms).
+   */
+  runtime: {
+    /** The preset whose copies were run (null: not calibrated, all 0). */
+    preset: string | null;
+    stepMs: number;
+    layerMs: number;
+    /** The calibration steps: measured (median time between decode steps) and predicted without these costs. */
+    points: Array<{ layers: number; batch: number; measuredMs: number; predictedMs: number }>;
+  };
+  /** Read-probe bandwidth at the start of the profile, GB/s. */
+  readGBs: number;
+  /** Last-level cache, bytes: a step whose working set exceeds it reads cold. */
+  cacheBytes: number;
   hostMemoryBytes: number;
   measuredAt: string;
+  /** Wall time the profile took, s. */
+  seconds: number;
 }
 
-/** Piecewise-linear interpolation of y at x over points sorted by x (clamped at the ends, linear beyond the last). */
-function interp(points: ReadonlyArray<{ x: number; y: number }>, x: number): number {
-  if (x <= points[0]!.x) return points[0]!.y;
+/**
+ * Piecewise-linear interpolation over points sorted by x: extended along the last segment beyond it (never below
+ * the last value); below the first point clamped, or with `extendBelow` extended along the first segment (never
+ * below half the first value: what remains of a cost at a shorter context).
+ */
+export function interp(points: ReadonlyArray<{ x: number; y: number }>, x: number, extendBelow = false): number {
+  if (points.length === 0) throw new InvalidArgumentError('interp: no points');
+  if (points.length === 1) return points[0]!.y;
+  if (x <= points[0]!.x) {
+    if (!extendBelow) return points[0]!.y;
+    const [a, b] = [points[0]!, points[1]!];
+    return Math.max(a.y / 2, a.y - ((b.y - a.y) * (a.x - x)) / (b.x - a.x));
+  }
   for (let i = 1; i < points.length; i++) {
     const a = points[i - 1]!;
     const b = points[i]!;
     if (x <= b.x) return a.y + ((b.y - a.y) * (x - a.x)) / (b.x - a.x);
   }
-  // beyond the last point: time per byte grows in proportion to rows (compute-bound)
-  const last = points[points.length - 1]!;
-  return (last.y * x) / last.x;
+  const a = points[points.length - 2]!;
+  const b = points[points.length - 1]!;
+  return b.y + Math.max(0, ((b.y - a.y) * (x - b.x)) / (b.x - a.x));
 }
 
-/** ms to stream `bytes` of weights against `rows` rows, from a measured curve. */
-export function curveMs(curve: RowsCurve, bytes: number, rows: number): number {
-  return (bytes * interp(curve.map((c) => ({ x: c.rows, y: c.nsPerByte })), rows)) / 1e6;
+/** The machine's state at prediction time: the read-probe bandwidth (GB/s; left out: as measured). */
+export interface Conditions {
+  readGBs?: number;
+}
+
+/**
+ * The memory part of a point as measured: its bytes at the best streaming efficiency, at most its time (none for a
+ * warm point: its bytes come from the last-level cache, not memory).
+ */
+function memAt(p: OpPoint, efficiency: number): number {
+  return p.bytes > 0 && p.probeGBs > 0 && p.cold !== false ? Math.min(p.ms, p.bytes / (efficiency * p.probeGBs * 1e6)) : 0;
+}
+
+/** A point's cost under `now`: its memory part scales with the bandwidth, the rest (compute, dispatch) does not. */
+export function pointMs(p: OpPoint, efficiency: number, now: Conditions = {}, peakGBs = 0): number {
+  return p.ms - memAt(p, efficiency) + pointMemMs(p, efficiency, now, peakGBs);
+}
+
+/**
+ * The memory part of a point under `now`, ms: it streams at min(efficiency × probe, peak) — the kernels follow
+ * the read bandwidth up to the fastest streaming the profile saw them reach (`peakGBs`), not beyond.
+ */
+function pointMemMs(p: OpPoint, efficiency: number, now: Conditions, peakGBs = 0): number {
+  const mem = memAt(p, efficiency);
+  if (now.readGBs === undefined || mem === 0) return mem;
+  const rate = (gbs: number) => (peakGBs > 0 ? Math.min(efficiency * gbs, peakGBs) : efficiency * gbs);
+  return (mem * rate(p.probeGBs)) / rate(now.readGBs);
+}
+
+/**
+ * Cost of op `key` at `batch` (and `context` for attention) from the profile under `now`, ms; and its memory part.
+ * `cold` in [0, 1] blends an op's warm and cold measurements (1: cold; ops measured one way use that).
+ */
+export function opCost(p: ModelProfile, key: string, batch: number, context = 0, now: Conditions = {}, cold = 1): { ms: number; memMs: number } {
+  const all = p.ops[key];
+  if (!all || all.length === 0) throw new InvalidArgumentError(`the profile has no measurements of "${key}" (measured for ${p.model.architecture}, hidden ${p.model.hiddenSize}): profile this model`);
+  const warm = all.filter((q) => q.cold === false);
+  const hot = all.filter((q) => q.cold !== false);
+  if (warm.length > 0 && hot.length > 0 && cold < 1) {
+    const w = opCostOf(p, warm, batch, context, now);
+    if (cold <= 0) return w;
+    const h = opCostOf(p, hot, batch, context, now);
+    return { ms: w.ms + cold * (h.ms - w.ms), memMs: w.memMs + cold * (h.memMs - w.memMs) };
+  }
+  return opCostOf(p, hot.length > 0 ? hot : warm, batch, context, now);
+}
+
+function opCostOf(p: ModelProfile, pts: OpPoint[], batch: number, context: number, now: Conditions): { ms: number; memMs: number } {
+  const e = p.streamEfficiency;
+  const curve = (sel: OpPoint[], x: (q: OpPoint) => number, at: number, below = false) => ({
+    ms: interp(
+      sel.map((q) => ({ x: x(q), y: pointMs(q, e, now, p.peakGBs) })),
+      at,
+      below,
+    ),
+    memMs: interp(
+      sel.map((q) => ({ x: x(q), y: pointMemMs(q, e, now, p.peakGBs) })),
+      at,
+      below,
+    ),
+  });
+  if (pts[0]!.context === undefined) return curve(pts, (q) => q.batch, batch);
+  // attention: linear in the context at each measured batch (also below the shortest context), then over the batch
+  const batches = [...new Set(pts.map((q) => q.batch))].sort((a, b) => a - b);
+  const atB = batches.map((b) => ({ b, c: curve(pts.filter((q) => q.batch === b).sort((x, y) => x.context! - y.context!), (q) => q.context!, context, true) }));
+  return {
+    ms: interp(atB.map((r) => ({ x: r.b, y: r.c.ms })), batch),
+    memMs: interp(atB.map((r) => ({ x: r.b, y: r.c.memMs })), batch),
+  };
+}
+
+/**
+ * Bytes one decode step of B sequences at context L streams: its weights (routed experts: U(B) per MoE layer)
+ * and every layer's K and V. Beyond the last-level cache, the step's ops read cold.
+ */
+export function stepWorkingSet(cfg: ModelConfig, B: number, L: number): number {
+  let bytes = 0;
+  for (const o of stepOps(cfg).ops) {
+    const s = o.spec;
+    if (s.op === 'gemm') bytes += o.calls * s.n * s.k * (s.dtype === 'bf16' ? 2 : 4);
+    else if (s.op === 'moeExperts') bytes += o.calls * 3 * s.hidden * s.inter * 2 * (s.experts === 1 ? 1 : expectedExperts(s.experts, s.k, B));
+    else if (s.op === 'attention') bytes += o.calls * B * (o.window ? Math.min(L, o.window) : L) * 2 * s.kvHeads * s.headDim * 2;
+  }
+  return bytes;
 }
 
 export interface DecodeShape {
@@ -75,12 +439,18 @@ export interface DecodeShape {
 }
 
 export interface StepTerms {
+  /** Attention projections, norms, rope, o projection (dense weights of the attention block). */
   attentionProjMs: number;
   attentionMs: number;
   routerMs: number;
+  /** Routed experts (and dense layers' MLPs). */
   expertsMs: number;
   sharedMs: number;
+  /** Embedding, final norm, LM head. */
   lmHeadMs: number;
+  /** Host work: KV writes, clipping, MLA assembly, fresh tensors, sampling. */
+  hostMs: number;
+  /** Group round trips and the runtime's fixed costs. */
   overheadMs: number;
 }
 
@@ -88,109 +458,67 @@ export interface DecodePrediction {
   stepMs: number;
   tokensPerSecond: number;
   terms: StepTerms;
-  /** The resource whose terms dominate. */
+  /** The resource whose share of the step is largest. */
   bound: 'weights (memory bandwidth)' | 'attention (KV bandwidth)' | 'compute' | 'per-op overhead';
-  /** Distinct routed experts per MoE layer per step (expected). */
+  /** Distinct routed experts per MoE layer per step (expected, uniform routing). */
   expertsPerLayer: number;
 }
 
-/** Awaited op groups per layer in lib/engine/forward.ts (norm+qkv+rope, attention, o+norm+router, experts). */
-export const GROUPS_PER_LAYER = 4;
-
-/** Ops lib/engine/forward.ts issues per layer for this config (and per step outside the layers). */
-export function opsPerStep(cfg: ModelConfig): { perLayer: number[]; perStep: number } {
-  const perLayer = Array.from({ length: cfg.numLayers }, (_, l) => {
-    let n = 1; // input norm
-    if (cfg.mla) n += 8 + (cfg.mla.qLoraRank ? 2 : 0); // q nope/pe, latent, its norm, k pe, k nope, v, rope
-    else n += 3 + (cfg.attentionBias ? 3 : 0) + (cfg.qkNorm ? 2 : 0) + 1;
-    n += 1 + 1; // attention, o projection
-    if (cfg.family === 'gpt_oss') n += 1; // o bias
-    if (cfg.moeLayers.includes(l)) {
-      n += 2 + 1 + 1 + 1; // norm + convert, router, top-k, experts
-      if (cfg.family === 'gpt_oss') n += 1; // router bias
-      if (cfg.sharedExperts) n += (cfg.sharedExperts.gated ? 2 : 0) + 2; // gate + top-k, shared experts, add
-    } else {
-      n += 2; // norm, dense MLP
-    }
-    return n;
-  });
-  return { perLayer, perStep: 5 };
+/** Expected distinct experts of B tokens each routed to k of E (independent uniform routing). */
+export function expectedExperts(E: number, k: number, B: number): number {
+  return E * (1 - (1 - k / E) ** B);
 }
 
-/** Predicted decode step of `shape` on `p` for model `cfg` (CPU backend, experts resident). */
-export function predictDecode(cfg: ModelConfig, p: HardwareProfile, shape: DecodeShape, options: { readGBs?: number } = {}): DecodePrediction {
-  // memory-bound costs scale with the bandwidth available now (this matters on VMs whose bandwidth drifts)
-  const bw = options.readGBs !== undefined && p.readGBs > 0 ? p.readGBs / options.readGBs : 1;
+/**
+ * Predicted decode step of `shape` for model `cfg` from its profile (CPU backend, experts resident) at the read
+ * bandwidth `now` (default: as measured): the interval between decode steps, so with sampling (greedy argmax over
+ * the vocabulary for each sequence) and, in the runtime costs (calibrated on intervals), the scheduler's work.
+ */
+export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeShape, now: Conditions = {}): DecodePrediction {
   const B = shape.batch;
   const L = shape.context;
-  const H = cfg.hiddenSize;
-  const layers = cfg.numLayers;
-  const moe = cfg.moeLayers.length;
-  const dense = layers - moe;
-  const nH = cfg.numHeads;
-  const hd = cfg.headDim;
-  const gemm = (n: number, k: number, bytesPer = 2) => bw * curveMs(p.gemm, n * k * bytesPer, B);
-
-  // attention projections (MLA: q, compressed kv, its decompression, o)
-  let projMs: number;
-  let kvHeads = cfg.numKvHeads;
-  if (cfg.mla) {
-    const m = cfg.mla;
-    const qIn = m.qLoraRank ?? H;
-    projMs = (m.qLoraRank ? gemm(m.qLoraRank, H) : 0) + gemm(nH * (m.qkNopeHeadDim + m.qkRopeHeadDim), qIn) + gemm(m.kvLoraRank + m.qkRopeHeadDim, H);
-    projMs += gemm(nH * (m.qkNopeHeadDim + m.vHeadDim), m.kvLoraRank) + gemm(H, nH * m.vHeadDim);
-    kvHeads = nH;
-  } else {
-    projMs = gemm((nH + 2 * cfg.numKvHeads) * hd, H) + gemm(H, nH * hd);
+  if (!(B >= 1) || !(L >= 1)) throw new InvalidArgumentError(`batch and context must be >= 1, received batch ${shape.batch}, context ${shape.context}`);
+  const plan = stepOps(cfg);
+  const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0 };
+  let weightsMem = 0;
+  let kvMem = 0;
+  let perOp = 0;
+  // how cold the step reads: warm while its working set fits the last-level cache, cold from twice that
+  const cold = Math.min(1, Math.max(0, stepWorkingSet(cfg, B, L) / p.cacheBytes - 1));
+  for (const o of plan.ops) {
+    const ctx = o.spec.op === 'attention' ? (o.window ? Math.min(L, o.window) : L) : 0;
+    const c = opCost(p, o.key, B, ctx, now, cold);
+    terms[`${o.term}Ms` as keyof StepTerms] += o.calls * c.ms;
+    if (o.spec.op === 'attention') kvMem += o.calls * c.memMs;
+    else weightsMem += o.calls * c.memMs;
+    if (o.backend) perOp += o.calls * Math.min(c.ms, p.opMs);
   }
-  // attention: every sequence reads its K and V (padded head dim), per layer
-  const kvBytes = B * L * 2 * kvHeads * attentionHeadDim(cfg) * 2;
-  const gqa = cfg.mla ? 1 : nH / cfg.numKvHeads;
-  const attnGBs = interp(p.attention.map((a) => ({ x: a.gqa, y: a.GBs })), gqa);
-  const attnMs = (bw * kvBytes) / (attnGBs * 1e6);
-  const routerMs = gemm(cfg.numExperts, H, 4);
-  // routed experts
-  const E = cfg.numExperts;
-  const k = cfg.topK;
-  const U = E * (1 - (1 - k / E) ** B);
-  const expertBytes = 3 * H * cfg.moeIntermediateSize * 2;
-  const expertsMs = bw * curveMs(p.experts, U * expertBytes, (B * k) / U);
-  const sharedI = cfg.sharedExperts?.intermediateSize ?? 0;
-  const sharedMs = sharedI ? bw * curveMs(p.experts, 3 * H * sharedI * 2, B) : 0;
-  const denseMlpMs = bw * curveMs(p.experts, 3 * H * cfg.denseIntermediateSize * 2, B);
-  const lmHeadMs = gemm(cfg.vocabSize, H);
-  const ops = opsPerStep(cfg);
-  const nOps = ops.perLayer.reduce((a, b) => a + b, 0) + ops.perStep;
-  const overheadMs = p.stepFixedMs + nOps * p.opMs + (layers * GROUPS_PER_LAYER + 3) * p.groupMs + (B * cfg.vocabSize * p.sampleNsPerLogit) / 1e6;
-
-  const terms: StepTerms = {
-    attentionProjMs: layers * projMs,
-    attentionMs: layers * attnMs,
-    routerMs: moe * routerMs,
-    expertsMs: moe * expertsMs + dense * denseMlpMs,
-    sharedMs: moe * sharedMs,
-    lmHeadMs,
-    overheadMs,
-  };
+  terms.hostMs += (B * cfg.vocabSize * p.sampleNsPerLogit) / 1e6;
+  const r = p.runtime;
+  terms.overheadMs = plan.groups * p.groupMs + r.stepMs + cfg.numLayers * r.layerMs;
   const stepMs = Object.values(terms).reduce((a, b) => a + b, 0);
-  // classify: weights stream at the curve's one-row cost; what exceeds it is compute
-  const weightsMs = terms.attentionProjMs + terms.routerMs + terms.expertsMs + terms.sharedMs + terms.lmHeadMs;
-  const streamMs = moe * curveMs(p.experts, U * expertBytes, 1);
-  let bound: DecodePrediction['bound'] = moe * expertsMs > 1.5 * streamMs ? 'compute' : 'weights (memory bandwidth)';
-  if (terms.attentionMs > weightsMs && terms.attentionMs > terms.overheadMs) bound = 'attention (KV bandwidth)';
-  else if (terms.overheadMs > weightsMs && terms.overheadMs > terms.attentionMs) bound = 'per-op overhead';
-  return { stepMs, tokensPerSecond: (B * 1000) / stepMs, terms, bound, expertsPerLayer: U };
+  const overhead = terms.overheadMs + terms.hostMs + perOp;
+  const compute = stepMs - overhead - weightsMem - kvMem;
+  const shares: Array<[DecodePrediction['bound'], number]> = [
+    ['weights (memory bandwidth)', weightsMem],
+    ['attention (KV bandwidth)', kvMem],
+    ['compute', compute],
+    ['per-op overhead', overhead],
+  ];
+  const bound = shares.reduce((a, b) => (b[1] > a[1] ? b : a))[0];
+  return { stepMs, tokensPerSecond: (B * 1000) / stepMs, terms, bound, expertsPerLayer: expectedExperts(cfg.numExperts, cfg.topK, B) };
 }
 
 /**
  * The batch that maximises predicted decode throughput at `context` within the KV cache's `kvTokens` (batches
- * 1, 2, 4, ... up to what fits).
+ * 1, 2, 4, ... up to what fits and what the profile measured).
  */
-export function chooseBatch(cfg: ModelConfig, p: HardwareProfile, context: number, kvTokens: number): { batch: number; prediction: DecodePrediction } {
+export function chooseBatch(cfg: ModelConfig, p: ModelProfile, context: number, kvTokens: number, now: Conditions = {}): { batch: number; prediction: DecodePrediction } {
   let best: { batch: number; prediction: DecodePrediction } | undefined;
-  for (let b = 1; b * context <= kvTokens && b <= 4096; b *= 2) {
-    const prediction = predictDecode(cfg, p, { batch: b, context });
+  const maxB = Math.max(...p.batches);
+  for (let b = 1; b * context <= kvTokens && b <= maxB; b *= 2) {
+    const prediction = predictDecode(cfg, p, { batch: b, context }, now);
     if (!best || prediction.tokensPerSecond > best.prediction.tokensPerSecond) best = { batch: b, prediction };
   }
-  return best ?? { batch: 1, prediction: predictDecode(cfg, p, { batch: 1, context }) };
+  return best ?? { batch: 1, prediction: predictDecode(cfg, p, { batch: 1, context }, now) };
 }

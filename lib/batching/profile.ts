@@ -1,32 +1,65 @@
 /**
- * `moe-offload profile`: measures the hardware numbers the performance model (perf-model.ts) needs, on the CPU
- * backend, with the package's own kernels at shapes where each is memory- or compute-bound: one-row GEMM weight
- * streaming, many-row GEMM rate, fused-MoE weight streaming (one token; every call a different pair of experts,
- * so nothing is reused from cache) and compute (many rows per expert), decode attention KV bandwidth, an awaited
- * op's fixed cost, and sampling cost per logit. Each figure is the median of several timed runs after a warm-up.
+ * `profileModel`: measures, on the CPU backend, what the performance model (perf-model.ts) needs for one model:
+ * every distinct op of its decode step (perf-model.ts `stepOps`, the ops lib/engine/forward.ts issues) at the
+ * model's own shapes and at each decode batch, the awaited group's round trip, sampling, and the runtime's fixed
+ * costs per step and per layer.
+ *
+ *   - ops run as forward.ts issues them: queued in a group and awaited once (the cost of one op is the group's
+ *     time less one round trip, over the ops queued);
+ *   - ops that stream weights or K/V are measured cache-cold (enough copies of the weights, layers of experts or
+ *     sets of sequences that 64 MiB pass between two uses of one) and, unless the model's smallest step already
+ *     streams twice the last-level cache, also warm (8 MiB between uses: out of the per-core caches, in the last
+ *     level), since a tiny model's step at a small batch stays in the last-level cache and at a large batch not;
+ *   - routed experts: the decode step's call, B tokens routed to k distinct random experts each (U(B) distinct
+ *     experts on average), in an ExpertStore laid out like the model's, every expert set once in its layer's
+ *     expert table as ResidentExperts does, awaited alone;
+ *   - attention over B sequences x several contexts in a paged KV cache with the model's kv heads and head dim;
+ *   - host work: KV writes, OLMoE's clip, MLA's head assembly (the same loops), and the tensors the forward pass
+ *     allocates fresh per step and per layer (what a native op writing a fresh tensor costs over a reused one);
+ *   - every point of an op that streams weights or K/V records the read bandwidth around it (a 64 MiB probe
+ *     before and after: their mean), so the model can rescale its memory part to the bandwidth of the moment
+ *     (this VM's drifts 15-44 GB/s within minutes);
+ *   - runtime costs: decode steps of generated copies of the model family's tiny preset with n and n + 3 layers;
+ *     what their own measured ops, groups and host work do not explain, per layer and per step.
+ * A real-shape 2-layer model takes 6-10 s with `quick` (one pass), 20-40 s with three passes; a tiny one 4-12 s.
+ *
+ * @example
+ * const be = openBackend({ backend: 'cpu' });
+ * const p = await profileModel(be, model.config, { maxBatch: 64 });
+ * predictDecode(model.config, p, { batch: 32, context: 512 }, { readGBs: readProbeGBs(64 * 2 ** 20) });
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 import type { Backend } from '../backend.js';
-import { loadModel } from '../engine/model.js';
-import { argmax } from '../engine/sampler.js';
+import { type MoeModel, loadModel } from '../engine/model.js';
+import { InvalidArgumentError } from '../errors.js';
 import { info } from '../info.js';
 import { KvCache } from '../kv/cache.js';
-import { native } from '../native.js';
+import type { MoeActivation } from '../moe.js';
+import type { ModelConfig } from '../model/config.js';
 import { makeModel } from '../model/make-model.js';
+import type { PresetName } from '../model/presets.js';
+import { PRESETS } from '../model/presets.js';
+import { native } from '../native.js';
+import { ExpertStore } from '../residency/expert-store.js';
+import { ropeFromConfig } from '../rope.js';
 import { HostTensor } from '../tensor.js';
-import { GROUPS_PER_LAYER, type HardwareProfile, type RowsCurve, opsPerStep, predictDecode } from './perf-model.js';
+import { type ModelProfile, type OpPoint, type OpSpec, predictDecode, stepOps, stepWorkingSet } from './perf-model.js';
 
 /** Streaming read bandwidth now (the native read probe over `bytes`, default 256 MiB; median of 5), GB/s. */
 export function readProbeGBs(bytes = 256 * 2 ** 20): number {
-  const buf = new Float32Array(bytes / 4).fill(1);
+  return probeWith(new Float32Array(bytes / 4).fill(1));
+}
+
+/** Read bandwidth over `buf` (median of 5 reads after one), GB/s. */
+function probeWith(buf: Float32Array, reads = 5): number {
   const secs: number[] = [];
-  for (let i = 0; i < 6; i++) secs.push(native().readProbe(buf).seconds);
+  for (let i = 0; i <= reads; i++) secs.push(native().readProbe(buf).seconds);
   secs.shift();
   secs.sort((a, b) => a - b);
-  return buf.byteLength / secs[2]! / 1e9;
+  return buf.byteLength / secs[Math.floor(secs.length / 2)]! / 1e9;
 }
 
 /** Median wall time (ms) of `runs` awaited calls of fn after one warm-up call. */
@@ -42,177 +75,765 @@ export async function median(fn: () => Promise<unknown>, runs: number): Promise<
   return ts[Math.floor(ts.length / 2)]!;
 }
 
-/**
- * Per-op and per-step costs inside the runtime, from decode steps of generated tiny OLMoE models of 1 and 3 layers:
- * what the kernels (predicted with zero fixed costs) and the group round trips do not explain is split into a
- * part that grows with the op count (per op) and a part that does not (per step: embedding, LM head launch,
- * sampling, detokenising, bookkeeping).
- */
-async function runtimeCosts(be: Backend, p: HardwareProfile, tokens: number): Promise<{ opMs: number; stepFixedMs: number }> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-profile-'));
-  const point = async (layers: number) => {
-    const d = path.join(dir, `L${layers}`);
-    await makeModel(d, { preset: 'tiny-olmoe', seed: 1, config: { num_hidden_layers: layers } });
-    const model = await loadModel(d, { backend: be, kvCacheBytes: 16 << 20 });
-    try {
-      await model.generate({ tokens: [1, 2, 3, 4] }, { maxNewTokens: 4, stopAtEos: false });
-      const ms: number[] = [];
-      for (let i = 0; i < 3; i++) {
-        const r = await model.generate({ tokens: Array.from({ length: 64 }, (_, j) => 10 + j) }, { maxNewTokens: tokens + 1, stopAtEos: false });
-        ms.push(r.stats.msPerToken);
-      }
-      ms.sort((a, b) => a - b);
-      const kernels = predictDecode(model.config, { ...p, opMs: 0, groupMs: 0, stepFixedMs: 0 }, { batch: 1, context: 64 + tokens / 2 }).stepMs;
-      const ops = opsPerStep(model.config);
-      const n = ops.perLayer.reduce((a, b) => a + b, 0) + ops.perStep;
-      const groups = model.config.numLayers * GROUPS_PER_LAYER + 3;
-      return { rest: ms[1]! - kernels - groups * p.groupMs, n };
-    } finally {
-      model.dispose();
-    }
-  };
-  try {
-    const a = await point(1);
-    const b = await point(3);
-    const opMs = Math.max(p.opMs, (b.rest - a.rest) / (b.n - a.n));
-    return { opMs, stepFixedMs: Math.max(0, a.rest - a.n * opMs) };
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+export interface ProfileModelOptions {
+  /** Largest decode batch to measure (default 256): batches 1, 2, 4, ... up to it (and it). */
+  maxBatch?: number;
+  /** Attention contexts (KV tokens per sequence) to measure (default 64, 256, 1024). */
+  contexts?: number[];
+  /** One pass over the ops with fewer timed repetitions (noisier; a third of the time). */
+  quick?: boolean;
+  /** Passes over the ops, the median per point (default 3, or 1 with quick). */
+  passes?: number;
+  /** Skip the runtime-cost calibration (its costs are then 0); for tests of the profile's shape. */
+  skipRuntime?: boolean;
+  onProgress?: (message: string) => void;
 }
 
-function bf16(shape: number[], seed: number): HostTensor<'bf16'> {
-  const t = new HostTensor('bf16', shape);
-  const d = t.data;
+/** The family's tiny preset: the runtime-cost calibration runs copies of it. */
+const FAMILY_PRESET: Record<string, PresetName> = {
+  mixtral: 'tiny-mixtral',
+  qwen2_moe: 'tiny-qwen2-moe',
+  qwen3_moe: 'tiny-qwen3-moe',
+  olmoe: 'tiny-olmoe',
+  deepseek_v2: 'tiny-deepseek-v2',
+  gpt_oss: 'tiny-gpt-oss',
+};
+
+/**
+ * Bytes between two uses of one copy of an op's weights (or K/V): cold, beyond the last-level cache (32 MiB on this
+ * class of machine); warm, beyond the per-core caches (1 MiB each) but well within the last level: what a step
+ * whose working set fits the cache reads.
+ */
+const COLD_BYTES = 64 * 2 ** 20;
+const WARM_BYTES = 8 * 2 ** 20;
+const PROBE_BYTES = 64 * 2 ** 20;
+/** Target length of a timed chain of queued ops (ms): long against the group round trip. */
+const CHAIN_MS = 2;
+
+/** Median of timings (the bench and the runtime calibration take medians too: the same statistic throughout). */
+function mid(ts: number[]): number {
+  const s = [...ts].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+/** bf16 bits of small finite values (2^-7 .. 2^-6), varied (a 1 Mi-element pattern, repeated). */
+function fillBf16(d: Uint16Array, seed: number): void {
   let s = seed >>> 0 || 1;
-  for (let i = 0; i < d.length; i++) {
+  const n = Math.min(d.length, 1 << 20);
+  for (let i = 0; i < n; i++) {
     s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    d[i] = 0x3c00 + (s >>> 24); // values in [2^-7, 2^-6): finite, varied
+    d[i] = 0x3c00 + (s >>> 25);
+  }
+  for (let done = n; done < d.length; done *= 2) d.copyWithin(done, 0, Math.min(done, d.length - done));
+}
+
+function tensor(dtype: 'bf16' | 'f32', shape: number[], seed = 1): HostTensor {
+  const t = new HostTensor(dtype, shape);
+  if (dtype === 'bf16') fillBf16(t.data as Uint16Array, seed);
+  else {
+    const d = t.data as Float32Array;
+    let s = seed >>> 0 || 1;
+    for (let i = 0; i < d.length; i++) {
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+      d[i] = ((s >>> 8) / 2 ** 24 - 0.5) * 0.1;
+    }
   }
   return t;
 }
 
-/** Measures a HardwareProfile on `be` (CPU backend). Takes 10-30 s. */
-export async function profileHardware(be: Backend, options: { quick?: boolean } = {}): Promise<HardwareProfile> {
-  const runs = options.quick ? 3 : 5;
-  const readGBs = readProbeGBs();
-  const rowsList = [1, 2, 4, 8, 16, 32, 64, 128];
-  // dense GEMM: 32 MiB of weights, time per weight byte at each row count
-  const w = bf16([4096, 4096], 1);
-  const gemm: RowsCurve = [];
-  for (const m of [...rowsList, 256]) {
-    const x = bf16([m, 4096], 2);
-    const y = new HostTensor('f32', [m, 4096]);
-    const ms = await median(() => be.gemm(x, w, y), runs);
-    gemm.push({ rows: m, nsPerByte: (ms * 1e6) / (4096 * 4096 * 2) });
+/** Weight bytes of a GEMM's weight or of one expert (gate, up, down); 0 for the other ops. */
+function weightBytes(s: OpSpec): number {
+  switch (s.op) {
+    case 'gemm':
+      return s.n * s.k * (s.dtype === 'bf16' ? 2 : 4);
+    case 'moeExperts':
+      return 3 * s.hidden * s.inter * 2;
+    default:
+      return 0;
   }
-  // fused MoE: 16 experts of 17 MiB; each call routes `rows` tokens to one pair of experts (a different pair per
-  // call, so nothing is reused from cache): time per routed-expert byte at each rows-per-expert
-  const E = 16;
-  const H = 2048;
-  const I = 1408;
-  const table = be.expertTable(E, { hidden: H, intermediate: I });
-  for (let e = 0; e < E; e++) table.set(e, { gate: bf16([I, H], 10 + e), up: bf16([I, H], 40 + e), down: bf16([H, I], 70 + e) });
-  const experts: RowsCurve = [];
-  for (const r of rowsList) {
-    const x = bf16([r, H], 5);
-    const y = new HostTensor('bf16', [r, H]);
-    const wts = new HostTensor('f32', [r, 2]);
-    wts.data.fill(0.5);
-    const ids = new HostTensor('i32', [r, 2]);
-    let call = 0;
-    const ms = await median(async () => {
-      for (let t = 0; t < r; t++) {
-        ids.data[2 * t] = (2 * call) % E;
-        ids.data[2 * t + 1] = (2 * call + 1) % E;
+}
+
+interface Ctx {
+  be: Backend;
+  cfg: ModelConfig;
+  batches: number[];
+  contexts: number[];
+  runs: number;
+  groupMs: number;
+  probeBuf: Float32Array;
+  /** Measure cache-cold (64 MiB between two uses of one copy) rather than warm (8 MiB). */
+  cold: boolean;
+  log: (m: string) => void;
+}
+
+/**
+ * Measures `pointFn` (the op's cost and bytes at a batch) at every batch, with a read probe before and after each
+ * point when `probe` (their mean is the point's).
+ */
+async function curve(c: Ctx, probe: boolean, pointFn: (B: number) => Promise<Omit<OpPoint, 'probeGBs' | 'batch'>>, batches = c.batches): Promise<OpPoint[]> {
+  const pts: OpPoint[] = [];
+  let before = probe ? probeWith(c.probeBuf, 3) : 0;
+  for (const B of batches) {
+    const r = await pointFn(B);
+    const after = probe ? probeWith(c.probeBuf, 3) : 0;
+    pts.push({ batch: B, ...r, probeGBs: (before + after) / 2 });
+    before = after;
+  }
+  return pts;
+}
+
+/**
+ * Cost (ms) of one op queued in a group: chains of n calls (n so a chain lasts ~2 ms), the median of the runs
+ * (more runs for cheap ops: at least ~20 ms timed in all), less one group round trip, divided by n.
+ */
+async function chained(c: Ctx, call: (i: number) => Promise<unknown>): Promise<number> {
+  let i = 0;
+  let one = Infinity;
+  for (let w = 0; w < 3; w++) {
+    const t0 = performance.now();
+    await call(i++);
+    one = Math.min(one, performance.now() - t0);
+  }
+  const n = Math.max(2, Math.min(16, Math.ceil(CHAIN_MS / Math.max(one, 1e-3))));
+  const runs = Math.max(c.runs, Math.min(25, Math.ceil(20 / (n * Math.max(one, 1e-3)))));
+  const ts: number[] = [];
+  for (let r = 0; r < runs; r++) {
+    const t0 = performance.now();
+    const ps: Array<Promise<unknown>> = [];
+    for (let j = 0; j < n; j++) ps.push(call(i++));
+    await Promise.all(ps);
+    ts.push(performance.now() - t0);
+  }
+  return Math.max(0, (mid(ts) - c.groupMs) / n);
+}
+
+/** Median (ms) of a synchronous host function after a warm-up long enough for the JIT (runs: at least). */
+function hostMs(fn: () => void, runs: number): number {
+  const w0 = performance.now();
+  for (let w = 0; w < 50 && (w < 5 || performance.now() - w0 < 20); w++) fn();
+  const ts: number[] = [];
+  const t00 = performance.now();
+  for (let i = 0; i < 100 && (i < runs || performance.now() - t00 < 10); i++) {
+    const t0 = performance.now();
+    fn();
+    ts.push(performance.now() - t0);
+  }
+  return mid(ts);
+}
+
+/** Bytes between two uses of one copy in the measurement: cold or warm. */
+function span(c: Ctx): number {
+  return c.cold ? COLD_BYTES : WARM_BYTES;
+}
+
+/** Copies of a weight of `bytes` used `instances` times per step: at least the model's, enough to span span(c). */
+function copies(c: Ctx, bytes: number, instances: number): number {
+  if (bytes <= 0) return instances;
+  return Math.max(instances, Math.min(4096, Math.ceil(span(c) / bytes)));
+}
+
+async function measureGemm(c: Ctx, s: Extract<OpSpec, { op: 'gemm' }>, instances: number): Promise<OpPoint[]> {
+  const bytes = weightBytes(s);
+  const ws = Array.from({ length: copies(c, bytes, instances) }, (_, i) => tensor(s.dtype, [s.n, s.k], 11 + i));
+  return curve(c, true, async (B) => {
+    const a = tensor(s.dtype, [B, s.k], 3);
+    const out = new HostTensor('f32', [B, s.n]);
+    const ms = await chained(c, (i) => c.be.gemm(a, ws[i % ws.length]!, out));
+    return { ms, bytes };
+  });
+}
+
+async function measureOneExpert(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>, instances: number): Promise<OpPoint[]> {
+  const bytes = weightBytes(s);
+  const tables = Array.from({ length: copies(c, bytes, instances) }, (_, i) => {
+    const t = c.be.expertTable(1, { hidden: s.hidden, intermediate: s.inter });
+    t.set(0, { gate: tensor('bf16', [s.inter, s.hidden], 20 + i), up: tensor('bf16', [s.inter, s.hidden], 40 + i), down: tensor('bf16', [s.hidden, s.inter], 60 + i) });
+    return t;
+  });
+  const act = activation(c.cfg);
+  return curve(c, true, async (B) => {
+    const x = tensor('bf16', [B, s.hidden], 5);
+    const ids = new HostTensor('i32', [B, 1]);
+    const w = new HostTensor('f32', [B, 1]);
+    w.data.fill(1);
+    const out = new HostTensor('bf16', [B, s.hidden]);
+    const ms = await chained(c, (i) => c.be.moeExperts({ x, topkIds: ids, topkWeights: w, experts: tables[i % tables.length]!, out, ...(act ? { activation: act } : {}) }));
+    return { ms, bytes };
+  });
+}
+
+function activation(cfg: ModelConfig): MoeActivation | undefined {
+  return cfg.family === 'gpt_oss' ? { kind: 'swiglu-oai', alpha: 1.702, limit: cfg.swigluLimit ?? 7 } : undefined;
+}
+
+/**
+ * Routed experts: each call routes B tokens to k distinct uniformly random experts of one layer's table (layers
+ * rotate; every expert set in its layer's table once, as ResidentExperts does); the call is awaited alone (its
+ * own group in the step).
+ */
+async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): Promise<OpPoint[]> {
+  const E = s.experts;
+  const k = s.k;
+  const expertBytes = weightBytes(s);
+  // enough layers of experts that a call's experts were last read span(c) ago (a call reads U(B) of the E)
+  const layers = Math.max(1, Math.min(Math.floor((768 * 2 ** 20) / (E * expertBytes)), Math.ceil((3 * span(c)) / (E * expertBytes))));
+  const store = ExpertStore.create(c.be, { layers: Array.from({ length: layers }, (_, l) => l), experts: E, hidden: s.hidden, intermediate: s.inter });
+  try {
+    // every expert written (untouched pages would all read the one zero page)
+    for (let l = 0; l < layers; l++) {
+      for (let e = 0; e < E; e++) {
+        const w = store.expert(l, e).whole.data;
+        fillBf16(new Uint16Array(w.buffer, w.byteOffset, w.byteLength / 2), 7 + e);
       }
-      call++;
-      await be.moeExperts({ x, topkIds: ids, topkWeights: wts, experts: table, out: y });
-    }, runs);
-    experts.push({ rows: r, nsPerByte: (ms * 1e6) / (2 * 3 * H * I * 2) });
+    }
+    // one table per layer with every expert set once, as ResidentExperts holds them
+    const tables = Array.from({ length: layers }, (_, l) => {
+      const t = c.be.expertTable(E, { hidden: s.hidden, intermediate: s.inter });
+      for (let e = 0; e < E; e++) {
+        const v = store.expert(l, e);
+        t.set(e, { gate: v.gate, up: v.up, down: v.down });
+      }
+      return t;
+    });
+    const act = activation(c.cfg);
+    let seed = 12345;
+    // the LCG's high bits (its low bits cycle with short periods: % 64 would never repeat an expert within 64 draws)
+    const rnd = (n: number) => Math.floor(((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * n);
+    return await curve(c, true, async (B) => {
+      const x = tensor('bf16', [B, s.hidden], 5);
+      const out = new HostTensor('bf16', [B, s.hidden]);
+      const w = new HostTensor('f32', [B, k]);
+      w.data.fill(1 / k);
+      const ids = new HostTensor('i32', [B, k]);
+      let distinct = 0;
+      let calls = 0;
+      let l = 0;
+      const call = async () => {
+        // route: k distinct experts per token
+        const d = ids.data;
+        for (let t = 0; t < B; t++) {
+          for (let j = 0; j < k; j++) {
+            let e: number;
+            do e = rnd(E);
+            while (d.subarray(t * k, t * k + j).includes(e));
+            d[t * k + j] = e;
+          }
+        }
+        distinct += new Set(d).size;
+        calls++;
+        const t0 = performance.now();
+        await c.be.moeExperts({ x, topkIds: ids, topkWeights: w, experts: tables[l++ % layers]!, out, ...(act ? { activation: act } : {}) });
+        return performance.now() - t0;
+      };
+      const one = Math.min(await call(), await call());
+      distinct = 0;
+      calls = 0;
+      // at least ~20 ms of calls (cheap calls: many, so a burst of other work hits few of them)
+      const n = Math.max(c.runs + 3, Math.min(40, Math.ceil(20 / Math.max(one, 1e-3))));
+      const ts: number[] = [];
+      for (let r = 0; r < n; r++) ts.push(await call());
+      const experts = distinct / calls;
+      return { ms: Math.max(0, mid(ts) - c.groupMs), bytes: experts * expertBytes, experts };
+    });
+  } finally {
+    store.dispose();
   }
-  // decode attention: 16 sequences x 1024 tokens of kv head dim 128, at GQA 1, 4 and 8 (4 kv heads)
-  const attention: Array<{ gqa: number; GBs: number }> = [];
-  const kv = KvCache.create(be, { layers: 1, kvHeads: 4, headDim: 128, budgetBytes: 16 * 1024 * 4 * 128 * 2 * 2 + (1 << 20) });
-  const seqs: number[] = [];
-  for (let i = 0; i < 16; i++) {
-    const id = kv.allocate();
-    kv.append(id, 1024);
-    seqs.push(id);
+}
+
+/**
+ * Decode attention of B sequences at each context; K and V pages filled. Calls rotate over disjoint sets of B
+ * sequences, enough that span(c) bytes pass between two uses of one set.
+ */
+async function measureAttention(c: Ctx, s: Extract<OpSpec, { op: 'attention' }>): Promise<OpPoint[]> {
+  const maxB = Math.max(...c.batches);
+  const bs = 64;
+  const budget = 768 * 2 ** 20;
+  const tokenBytes = 2 * s.kvHeads * s.headDim * 2; // K and V, one layer
+  const seqBytes = (L: number) => Math.ceil((L + 1) / bs) * bs * tokenBytes;
+  // contexts whose maxB sequences fit the budget (at least the two smallest)
+  const contexts = [...c.contexts].sort((a, b) => a - b).filter((L, i) => i < 2 || maxB * seqBytes(L) <= budget);
+  const setsFor = (B: number, L: number) => Math.max(1, Math.ceil(span(c) / (B * (L + 1) * tokenBytes)));
+  const poolFor = (L: number) => Math.max(maxB, Math.min(Math.floor(budget / seqBytes(L)), Math.max(...c.batches.map((B) => B * setsFor(B, L)))));
+  const kv = KvCache.create(c.be, { layers: 1, kvHeads: s.kvHeads, headDim: s.headDim, blockSize: bs, budgetBytes: Math.max(...contexts.map((L) => poolFor(L) * seqBytes(L))) + (1 << 20) });
+  try {
+    fillBf16(kv.keys(0).data as Uint16Array, 30);
+    fillBf16(kv.values(0).data as Uint16Array, 50);
+    const scale = 1 / Math.sqrt(s.headDim);
+    const sinks = c.cfg.attentionSinks ? new HostTensor('f32', [s.qHeads]) : undefined;
+    const pts: OpPoint[] = [];
+    for (const L of contexts) {
+      const seqs = Array.from({ length: poolFor(L) }, () => {
+        const id = kv.allocate();
+        kv.append(id, L + 1);
+        return id;
+      });
+      const got = await curve(c, true, async (B) => {
+        const sets = Math.max(1, Math.min(setsFor(B, L), Math.floor(seqs.length / B)));
+        const batches = Array.from({ length: sets }, (_, j) =>
+          kv.batch(
+            seqs.slice(j * B, (j + 1) * B),
+            Array.from({ length: B }, () => 1),
+          ),
+        );
+        const q = tensor('f32', [B, s.qHeads, s.headDim], 9);
+        const out = new HostTensor('bf16', [B, s.qHeads, s.headDim]);
+        const k = kv.keys(0);
+        const v = kv.values(0);
+        const ms = await chained(c, (i) => c.be.attention({ q, k, v, out, ...batches[i % sets]!, scale, numSplits: 4, ...(sinks ? { sinks } : {}) }));
+        return { ms, bytes: B * (L + 1) * tokenBytes, context: L + 1 };
+      });
+      pts.push(...got);
+      for (const id of seqs) kv.free(id);
+    }
+    return pts;
+  } finally {
+    kv.dispose();
   }
-  const batch = kv.batch(
-    seqs,
-    seqs.map(() => 1),
-  );
-  for (const gqa of [1, 4, 8]) {
-    const q = bf16([16, 4 * gqa, 128], 7);
-    const o = new HostTensor('bf16', [16, 4 * gqa, 128]);
-    const ms = await median(() => be.attention({ q, k: kv.keys(0), v: kv.values(0), out: o, ...batch, numSplits: 4 }), runs);
-    attention.push({ gqa, GBs: (16 * 1024 * 4 * 128 * 2 * 2) / (ms * 1e6) });
-  }
-  kv.dispose();
-  // op costs: a queued chain of small ops like a tiny model's (a [1, 256] x [512, 256] GEMM, spread over the thread
-  // pool), per op, and the awaited round trip of a group (per group)
+}
+
+async function measureSmall(c: Ctx, s: OpSpec): Promise<OpPoint[]> {
+  const be = c.be;
+  const rp = ropeFromConfig(c.cfg);
+  const invFreq = HostTensor.from('f32', [rp.invFreq.length], rp.invFreq);
+  return curve(c, false, async (B) => {
+    let call: (i: number) => Promise<unknown>;
+    switch (s.op) {
+      case 'rmsNorm': {
+        const x = tensor('f32', [B * s.rowsPerToken, s.d], 2);
+        const weight = tensor('f32', [s.d], 3);
+        const out = new HostTensor(s.out, [B * s.rowsPerToken, s.d]);
+        const add = s.add ? tensor(s.add, [B * s.rowsPerToken, s.d], 4) : undefined;
+        // in place like the q/k norms when the output is f32 and nothing is added
+        const o = s.out === 'f32' && !add ? x : out;
+        call = () => be.rmsNorm({ x, weight, out: o, eps: 1e-6, ...(add ? { add } : {}) });
+        break;
+      }
+      case 'add': {
+        const a = tensor(s.dtype, [B, s.n], 2);
+        const b = s.bias ? tensor(s.dtype, [s.n], 3) : tensor(s.dtype, [B, s.n], 3);
+        call = () => be.add(a, b, a);
+        break;
+      }
+      case 'convert': {
+        const a = tensor(s.from, [B, s.n], 2);
+        const b = new HostTensor(s.to, [B, s.n]);
+        call = () => be.convert(a, b);
+        break;
+      }
+      case 'rope': {
+        const q = tensor('f32', [B, s.qHeads, s.headDim], 2);
+        const k = tensor('f32', [B, s.kHeads, s.headDim], 3);
+        const positions = HostTensor.from(
+          'i32',
+          [B],
+          Array.from({ length: B }, (_, i) => 100 + i),
+        );
+        const inv = invFreq.numel * 2 <= s.headDim ? invFreq : HostTensor.from('f32', [s.headDim / 2], rp.invFreq.slice(0, s.headDim / 2));
+        call = () => be.rope({ q, k, positions, invFreq: inv, attentionScaling: rp.attentionScaling });
+        break;
+      }
+      case 'routerTopK': {
+        const logits = tensor('f32', [B, s.e], 2);
+        const out = { topkIds: new HostTensor('i32', [B, s.k]), topkWeights: new HostTensor('f32', [B, s.k]) };
+        call = () => be.routerTopK(logits, s.k, { scoring: s.scoring, renormalize: c.cfg.router.renormalize, out });
+        break;
+      }
+      case 'gatherRows': {
+        const rows = s.srcRows === 0 ? B : Math.min(s.srcRows, 8192);
+        const src = tensor('bf16', [rows, s.n], 2);
+        const ids = HostTensor.from(
+          'i32',
+          [B],
+          Array.from({ length: B }, (_, i) => (i * 7919) % rows),
+        );
+        const dst = new HostTensor('bf16', [B, s.n]);
+        call = () => be.gatherRows(src, ids, dst);
+        break;
+      }
+      default:
+        throw new InvalidArgumentError(`no measurement for op ${s.op}`);
+    }
+    return { ms: await chained(c, call), bytes: 0 };
+  });
+}
+
+/** Host work between groups, with forward.ts's loops. */
+async function measureHost(c: Ctx, s: OpSpec): Promise<OpPoint[]> {
+  const runs = Math.max(5, c.runs * 2);
+  return curve(c, false, async (B) => {
+    switch (s.op) {
+      case 'kvWrite': {
+        const kv = KvCache.create(c.be, { layers: 1, kvHeads: s.kvHeads, headDim: s.headDim, budgetBytes: (B + 1) * 64 * 2 * s.kvHeads * s.headDim * 2 });
+        try {
+          const seqs = Array.from({ length: B }, () => {
+            const id = kv.allocate();
+            kv.append(id, 8);
+            return id;
+          });
+          const k = tensor('f32', [B, s.kvHeads, s.headDim], 2);
+          const v = tensor('f32', [B, s.kvHeads, s.headDim], 3);
+          const ms = hostMs(() => {
+            let t0 = 0;
+            seqs.forEach((seq) => {
+              kv.write(0, seq, 7, k.rows(t0, 1), v.rows(t0, 1));
+              t0 += 1;
+            });
+          }, runs);
+          return { ms, bytes: 0 };
+        } finally {
+          kv.dispose();
+        }
+      }
+      case 'clamp': {
+        const parts = [tensor('f32', [B, s.n / 3], 2), tensor('f32', [B, s.n / 3], 3), tensor('f32', [B, s.n / 3], 4)];
+        const ms = hostMs(() => {
+          for (const t of parts) {
+            const d = t.data as Float32Array;
+            for (let i = 0; i < d.length; i++) d[i] = Math.min(8, Math.max(-8, d[i]!));
+          }
+        }, runs);
+        return { ms, bytes: 0 };
+      }
+      case 'mlaAssemble': {
+        const { heads: nH, nope, rope, v: vd, headDim: D } = s;
+        const T = B;
+        const QN = tensor('f32', [T, nH * nope], 2).data as Float32Array;
+        const QP = tensor('f32', [T, nH * rope], 3).data as Float32Array;
+        const KN = tensor('f32', [T, nH * nope], 4).data as Float32Array;
+        const KP = tensor('f32', [T, rope], 5).data as Float32Array;
+        const VV = tensor('f32', [T, nH * vd], 6).data as Float32Array;
+        const attn = tensor('bf16', [T, nH, D], 7);
+        // the assembled tensors' allocation is the step's alloc op
+        const Q = new HostTensor('f32', [T, nH, D]).data;
+        const K = new HostTensor('f32', [T, nH, D]).data;
+        const V = new HostTensor('f32', [T, nH, D]).data;
+        const dst = new HostTensor('bf16', [T, nH * vd]).data;
+        const ms = hostMs(() => {
+          for (let t = 0; t < T; t++) {
+            for (let hh = 0; hh < nH; hh++) {
+              const o = (t * nH + hh) * D;
+              Q.set(QN.subarray((t * nH + hh) * nope, (t * nH + hh + 1) * nope), o);
+              Q.set(QP.subarray((t * nH + hh) * rope, (t * nH + hh + 1) * rope), o + nope);
+              K.set(KN.subarray((t * nH + hh) * nope, (t * nH + hh + 1) * nope), o);
+              K.set(KP.subarray(t * rope, (t + 1) * rope), o + nope);
+              V.set(VV.subarray((t * nH + hh) * vd, (t * nH + hh + 1) * vd), o);
+            }
+          }
+          if (vd < D) {
+            const src = attn.data as Uint16Array;
+            for (let r = 0; r < T * nH; r++) dst.set(src.subarray(r * D, r * D + vd), r * vd);
+          }
+        }, runs);
+        return { ms, bytes: 0 };
+      }
+      case 'alloc': {
+        // what a fresh tensor costs over a reused one: allocating it and the first write of its pages (done by the
+        // native op that fills it: here a copy into it, less the same copy into a tensor already written)
+        const written = (b: number) => {
+          const t = new HostTensor('u8', [B * b]);
+          t.data.fill(1);
+          return t;
+        };
+        const src = s.rowBytes.map(written);
+        const kept = s.rowBytes.map(written);
+        const fresh = async () => {
+          for (let i = 0; i < src.length; i++) await c.be.copy(src[i]!, new HostTensor('u8', [B * s.rowBytes[i]!]));
+        };
+        for (let w = 0; w < 3; w++) await fresh(); // the allocator's steady state
+        const ms = await median(fresh, Math.max(9, runs));
+        const reused = await median(async () => {
+          for (let i = 0; i < src.length; i++) await c.be.copy(src[i]!, kept[i]!);
+        }, Math.max(9, runs));
+        return { ms: Math.max(0, ms - reused), bytes: 0 };
+      }
+      default:
+        throw new InvalidArgumentError(`no host measurement for op ${s.op}`);
+    }
+  });
+}
+
+/** Round trip of an awaited group and the per-op cost of a trivial op in a chain (ms). */
+async function dispatchCosts(be: Backend): Promise<{ groupMs: number; opMs: number }> {
   const a = new HostTensor('f32', [1, 64]);
-  const xs = bf16([1, 256], 8);
-  const ws = bf16([512, 256], 9);
-  const ys = new HostTensor('f32', [1, 512]);
-  const chain = 16;
-  const chainTimes: number[] = [];
-  const tripTimes: number[] = [];
-  for (let i = 0; i < 60; i++) {
+  const single: number[] = [];
+  const chain: number[] = [];
+  const n = 16;
+  for (let i = 0; i < 80; i++) {
     let t0 = performance.now();
-    const ops: Array<Promise<unknown>> = [];
-    for (let j = 0; j < chain; j++) ops.push(be.gemm(xs, ws, ys));
-    await Promise.all(ops);
-    chainTimes.push(performance.now() - t0);
-    t0 = performance.now();
     await be.add(a, a, a);
-    tripTimes.push(performance.now() - t0);
+    single.push(performance.now() - t0);
+    t0 = performance.now();
+    const ps: Array<Promise<unknown>> = [];
+    for (let j = 0; j < n; j++) ps.push(be.add(a, a, a));
+    await Promise.all(ps);
+    chain.push(performance.now() - t0);
   }
-  chainTimes.sort((p, r) => p - r);
-  tripTimes.sort((p, r) => p - r);
-  const groupMs = tripTimes[30]!;
-  const chainOpMs = Math.max(0, (chainTimes[30]! - groupMs) / (chain - 1));
-  // sampling: argmax over a vocabulary row
-  const logits = new Float32Array(32000).map((_, i) => Math.sin(i));
-  const t0 = performance.now();
+  single.sort((x, y) => x - y);
+  chain.sort((x, y) => x - y);
+  const one = single[40]!;
+  const many = chain[40]!;
+  const opMs = Math.max(0, (many - one) / (n - 1));
+  return { groupMs: Math.max(0, one - opMs), opMs };
+}
+
+/** Ops whose cost depends on the cache state: they stream weights or K/V. */
+function streams(s: OpSpec): boolean {
+  return s.op === 'gemm' || s.op === 'moeExperts' || s.op === 'attention';
+}
+
+/**
+ * Every distinct op of cfg's decode step measured at c.batches: the ops that stream weights or K/V cold (copies
+ * beyond the cache) and warm (the model's own copies), or only one of the two; the points say which. Ops in
+ * `have` are taken from there.
+ */
+async function measureOps(c: Ctx, modes: 'both' | 'cold' | 'warm', have: Record<string, OpPoint[]> = {}): Promise<Record<string, OpPoint[]>> {
+  const plan = stepOps(c.cfg);
+  const ops: Record<string, OpPoint[]> = {};
+  // entries differing only by term or window: measure each key once, with the calls of all its entries
+  const byKey = new Map<string, { spec: OpSpec; calls: number }>();
+  for (const o of plan.ops) {
+    const e = byKey.get(o.key);
+    if (e) e.calls += o.calls;
+    else byKey.set(o.key, { spec: o.spec, calls: o.calls });
+  }
+  for (const [key, { spec, calls }] of byKey) {
+    if (have[key]) {
+      ops[key] = have[key];
+      continue;
+    }
+    const t0 = performance.now();
+    const measure = async (cc: Ctx): Promise<OpPoint[]> => {
+      switch (spec.op) {
+        case 'gemm':
+          return measureGemm(cc, spec, calls);
+        case 'moeExperts':
+          return spec.experts === 1 ? measureOneExpert(cc, spec, calls) : measureRouted(cc, spec);
+        case 'attention':
+          return measureAttention(cc, spec);
+        case 'kvWrite':
+        case 'clamp':
+        case 'mlaAssemble':
+        case 'alloc':
+          return measureHost(cc, spec);
+        default:
+          return measureSmall(cc, spec);
+      }
+    };
+    if (!streams(spec)) ops[key] = await measure(c);
+    else {
+      ops[key] = [];
+      for (const cold of modes === 'both' ? [true, false] : [modes === 'cold']) ops[key].push(...(await measure({ ...c, cold })).map((q) => ({ ...q, cold })));
+    }
+    c.log(`${key}: ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  }
+  return ops;
+}
+
+/** The last-level cache of CPU 0 (sysfs), bytes; 32 MiB where it cannot be read. */
+function lastLevelCacheBytes(): number {
+  try {
+    const dir = '/sys/devices/system/cpu/cpu0/cache';
+    let best = 0;
+    for (const d of fs.readdirSync(dir).filter((x) => x.startsWith('index'))) {
+      const m = /^(\d+)([KMG]?)/.exec(fs.readFileSync(path.join(dir, d, 'size'), 'utf8').trim());
+      if (m) best = Math.max(best, Number(m[1]) * ({ '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30 } as Record<string, number>)[m[2]!]!);
+    }
+    return best || 32 * 2 ** 20;
+  } catch {
+    return 32 * 2 ** 20;
+  }
+}
+
+/** Argmax over a vocabulary row, ns per logit. */
+function samplingNs(vocab: number): number {
+  const V = Math.max(1024, vocab);
+  const logits = new Float32Array(V).map((_, i) => Math.sin(i));
   let sink = 0;
-  for (let i = 0; i < 200; i++) sink += argmax(logits);
-  const sampleNsPerLogit = ((performance.now() - t0) * 1e6) / (200 * 32000) + sink * 0;
-  const partial: HardwareProfile = {
-    backend: be.name,
+  const reps = Math.max(3, Math.ceil(4e6 / V));
+  const ms = hostMs(() => {
+    for (let r = 0; r < reps; r++) {
+      let best = 0;
+      let bv = -Infinity;
+      for (let i = 0; i < V; i++) {
+        const v = logits[i]!;
+        if (v > bv) {
+          bv = v;
+          best = i;
+        }
+      }
+      sink += best;
+    }
+  }, 5);
+  return (ms * 1e6) / (reps * V) + sink * 0;
+}
+
+/** Decode steps whose every sequence decodes: median wall time between consecutive ones (ms) and of the forward step. */
+async function decodeInterval(model: MoeModel, B: number, prompt: number, steps: number): Promise<number> {
+  let s = 99 + B;
+  const rnd = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) % Math.min(model.config.vocabSize, 500);
+  const reqs = Array.from({ length: B }, () => ({ prompt: { tokens: Array.from({ length: prompt }, rnd) }, options: { maxNewTokens: steps + 2, stopAtEos: false } }));
+  const gaps: number[] = [];
+  let last = -1;
+  for await (const _ of model.generateBatch(reqs, {
+    maxSequences: B,
+    maxBatchTokens: Math.max(1024, B),
+    onStep: (st) => {
+      const now = performance.now();
+      const pure = st.decodeTokens === B && st.tokens === B;
+      if (pure && last >= 0) gaps.push(now - last);
+      last = pure ? now : -1;
+    },
+  })) {
+    // timings only
+  }
+  gaps.sort((a, b) => a - b);
+  return gaps[Math.floor(gaps.length / 2)]!;
+}
+
+/**
+ * The runtime's costs beyond the ops, groups and host work measured: decode steps (one sequence, context ~70) of
+ * generated copies of the family's tiny preset with n and n + 3 layers (n: enough to hold a MoE layer), less what
+ * their own op profile predicts with zero runtime costs; the difference over the 3 layers is the per-layer cost,
+ * the rest at n layers the per-step cost. Copies interleaved, median of the repetitions. Ops of the copies that
+ * the model has too (a tiny model's own) are costed from the model's measurements (`ops`), so the residual is
+ * relative to the same basis as the model's predictions.
+ */
+async function runtimeCosts(c: Ctx, quick: boolean, sampleNs: number, ops: Record<string, OpPoint[]>): Promise<ModelProfile['runtime']> {
+  const preset = FAMILY_PRESET[c.cfg.family];
+  if (!preset) throw new InvalidArgumentError(`no tiny preset for family ${c.cfg.family} (runtime-cost calibration)`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-profile-'));
+  const base = PRESETS[preset].config as Record<string, unknown>;
+  const prompt = 64;
+  const steps = quick ? 10 : 16;
+  const first = Math.max(1, Math.min(...c.cfg.moeLayers.map((l) => l + 1), c.cfg.numLayers));
+  const layerCounts = [first, first + 3];
+  const made: Array<{ layers: number; model: MoeModel; p: ModelProfile; rest: number[] }> = [];
+  try {
+    for (const layers of layerCounts) {
+      const d = path.join(dir, `L${layers}`);
+      const config: Record<string, unknown> = { num_hidden_layers: layers };
+      if (Array.isArray(base.layer_types)) config.layer_types = Array.from({ length: layers }, (_, l) => (base.layer_types as unknown[])[l % (base.layer_types as unknown[]).length]);
+      await makeModel(d, { preset, seed: 1, config });
+      const model = await loadModel(d, { backend: c.be, kvCacheBytes: 64 << 20 });
+      made.push({ layers, model, p: undefined as unknown as ModelProfile, rest: [] });
+      // one sequence at context ~70: a tiny model's step stays in cache (warm)
+      const sub: Ctx = { ...c, cfg: model.config, batches: [1], contexts: [prompt, prompt * 2], cold: false, log: () => {} };
+      made[made.length - 1]!.p = { ...bare(c, model.config, await measureOps(sub, 'warm', ops), sub.batches, sub.contexts), sampleNsPerLogit: sampleNs };
+      await decodeInterval(model, 1, 8, 4); // warm-up
+    }
+    const points: ModelProfile['runtime']['points'] = [];
+    for (let rep = 0; rep < (quick ? 3 : 5); rep++) {
+      for (const m of made) {
+        const measured = await decodeInterval(m.model, 1, prompt, steps);
+        const predicted = predictDecode(m.model.config, m.p, { batch: 1, context: prompt + steps / 2 + 1 }).stepMs;
+        m.rest.push(measured - predicted);
+        points.push({ layers: m.layers, batch: 1, measuredMs: measured, predictedMs: predicted });
+      }
+    }
+    // median per copy; runtime costs are not negative (a negative estimate is noise)
+    const [ra, rb] = made.map((m) => mid(m.rest)) as [number, number];
+    const layerMs = Math.max(0, (rb - ra) / 3);
+    return { preset, layerMs, stepMs: Math.max(0, ra - first * layerMs), points };
+  } finally {
+    for (const m of made) m.model.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const NO_RUNTIME: ModelProfile['runtime'] = { preset: null, stepMs: 0, layerMs: 0, points: [] };
+
+/** A profile of measured ops with no runtime costs (what the calibration subtracts). */
+function bare(c: Ctx, cfg: ModelConfig, ops: Record<string, OpPoint[]>, batches: number[], contexts: number[]): ModelProfile {
+  return {
+    version: 2,
+    backend: c.be.name,
     cpu: '',
     threads: 0,
-    gemm,
-    experts,
-    attention,
-    opMs: chainOpMs,
-    groupMs,
-    stepFixedMs: 0,
-    sampleNsPerLogit,
-    readGBs,
-    hostMemoryBytes: os.totalmem(),
-    measuredAt: '',
-  };
-  // an op inside the runtime costs more than in a bare chain (argument checks, views, the step's host work between
-  // groups): time decode steps of a generated one-layer tiny model and spread what the kernels and the chain do not
-  // explain over its ops
-  const { opMs, stepFixedMs } = await runtimeCosts(be, partial, options.quick ? 8 : 24);
-  const i = info();
-  return {
-    backend: be.name,
-    cpu: i.cpu.model,
-    threads: i.cpu.cores,
-    gemm,
-    experts,
-    attention,
-    opMs,
-    groupMs,
-    stepFixedMs,
-    sampleNsPerLogit,
-    readGBs,
+    model: { architecture: cfg.architecture, family: cfg.family, hiddenSize: cfg.hiddenSize, numLayers: cfg.numLayers, numExperts: cfg.numExperts, topK: cfg.topK, vocabSize: cfg.vocabSize },
+    batches,
+    contexts,
+    ops,
+    groupMs: c.groupMs,
+    opMs: 0,
+    streamEfficiency: 1,
+    peakGBs: 0,
+    sampleNsPerLogit: 0,
+    runtime: NO_RUNTIME,
+    readGBs: 0,
+    cacheBytes: lastLevelCacheBytes(),
     hostMemoryBytes: os.totalmem(),
     measuredAt: new Date().toISOString(),
+    seconds: 0,
   };
+}
+
+/**
+ * How memory-bound ops streamed, over the cold points of at least 16 MiB: the fraction of the probe's bandwidth
+ * (efficiency) and the bandwidth itself (peak, GB/s), each the median of the three best (robust to one probe
+ * caught in a dip); efficiency 1 and no peak (0) when no point is that big.
+ */
+function streaming(ops: Record<string, OpPoint[]>): { efficiency: number; peakGBs: number } {
+  const eff: number[] = [];
+  const gbs: number[] = [];
+  for (const pts of Object.values(ops)) {
+    for (const q of pts) {
+      if (q.cold === false || q.bytes < 16 * 2 ** 20 || !(q.ms > 0) || !(q.probeGBs > 0)) continue;
+      gbs.push(q.bytes / (q.ms * 1e6));
+      eff.push(gbs[gbs.length - 1]! / q.probeGBs);
+    }
+  }
+  const second = (xs: number[], none: number) => (xs.length === 0 ? none : xs.sort((a, b) => b - a)[Math.min(1, xs.length - 1)]!);
+  return { efficiency: second(eff, 1), peakGBs: second(gbs, 0) };
+}
+
+/**
+ * Measures a ModelProfile of `cfg` on `be` (CPU backend). The weights are generated (only the config is used).
+ * @throws InvalidArgumentError on a non-CPU backend or bad options.
+ */
+export async function profileModel(be: Backend, cfg: ModelConfig, options: ProfileModelOptions = {}): Promise<ModelProfile> {
+  if (be.kind !== 'cpu') throw new InvalidArgumentError(`profileModel measures the CPU backend, received ${be.name}`);
+  const maxBatch = options.maxBatch ?? 256;
+  if (!Number.isSafeInteger(maxBatch) || maxBatch < 1 || maxBatch > 4096) throw new InvalidArgumentError(`maxBatch must be an integer in [1, 4096], received ${String(options.maxBatch)}`);
+  const contexts = options.contexts ?? [64, 256, 1024];
+  if (!Array.isArray(contexts) || contexts.length < 2 || contexts.some((L) => !Number.isSafeInteger(L) || L < 1)) {
+    throw new InvalidArgumentError(`contexts must be at least two positive integers, received ${JSON.stringify(options.contexts)}`);
+  }
+  const nPasses = options.passes ?? (options.quick ? 1 : 3);
+  if (!Number.isSafeInteger(nPasses) || nPasses < 1 || nPasses > 9) throw new InvalidArgumentError(`passes must be an integer in [1, 9], received ${String(options.passes)}`);
+  const start = performance.now();
+  const log = options.onProgress ?? (() => {});
+  const batches: number[] = [];
+  for (let b = 1; b < maxBatch; b *= 2) batches.push(b);
+  batches.push(maxBatch);
+  const probeBuf = new Float32Array(PROBE_BYTES / 4).fill(1);
+  const readGBs = probeWith(probeBuf);
+  const { groupMs, opMs } = await dispatchCosts(be);
+  // a step at one token and the shortest context already streams more than twice the cache: always cold
+  const cacheBytes = lastLevelCacheBytes();
+  const c: Ctx = { be, cfg, batches, contexts, runs: options.quick ? 3 : 5, groupMs, probeBuf, cold: true, log };
+  const modes = stepWorkingSet(cfg, 1, Math.min(...contexts)) > 2 * cacheBytes ? 'cold' : 'both';
+  // passes over the ops, apart in time for each op: per point the pass with the median cost (a burst of other
+  // jobs on this shared machine inflates one pass, not the median; the bench and the runtime calibration take
+  // medians too)
+  const passes: Array<Record<string, OpPoint[]>> = [];
+  for (let i = 0; i < nPasses; i++) passes.push(await measureOps(c, modes));
+  const ops = Object.fromEntries(Object.entries(passes[0]!).map(([key, pts]) => [key, pts.map((_, j) => [...passes.map((q) => q[key]![j]!)].sort((x, y) => x.ms - y.ms)[Math.floor(passes.length / 2)]!)]));
+  const sampleNsPerLogit = samplingNs(cfg.vocabSize);
+  const runtime = options.skipRuntime ? NO_RUNTIME : await runtimeCosts(c, options.quick === true, sampleNsPerLogit, ops);
+  const i = info();
+  const stream = streaming(ops);
+  const p: ModelProfile = {
+    ...bare(c, cfg, ops, batches, contexts),
+    cpu: i.cpu.model,
+    threads: i.cpu.cores,
+    opMs,
+    streamEfficiency: stream.efficiency,
+    peakGBs: stream.peakGBs,
+    sampleNsPerLogit,
+    runtime,
+    readGBs,
+    cacheBytes,
+    seconds: (performance.now() - start) / 1000,
+  };
+  return p;
 }
