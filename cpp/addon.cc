@@ -20,6 +20,7 @@ Napi::Value MoeCombine(const Napi::CallbackInfo& info);
 Napi::Value Attention(const Napi::CallbackInfo& info);
 Napi::Value GatherRows(const Napi::CallbackInfo& info);
 Napi::Value ReadProbe(const Napi::CallbackInfo& info);
+Napi::Value DotProbe(const Napi::CallbackInfo& info);
 Napi::Value GroupedGemm(const Napi::CallbackInfo& info);
 Napi::Value Rope(const Napi::CallbackInfo& info);
 Napi::Value RmsNorm(const Napi::CallbackInfo& info);
@@ -71,6 +72,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attention", Napi::Function::New<Attention>(env, "attention"));
   exports.Set("gatherRows", Napi::Function::New<GatherRows>(env, "gatherRows"));
   exports.Set("readProbe", Napi::Function::New<ReadProbe>(env, "readProbe"));
+  exports.Set("dotProbe", Napi::Function::New<DotProbe>(env, "dotProbe"));
   exports.Set("groupedGemm", Napi::Function::New<GroupedGemm>(env, "groupedGemm"));
   exports.Set("rope", Napi::Function::New<Rope>(env, "rope"));
   exports.Set("rmsNorm", Napi::Function::New<RmsNorm>(env, "rmsNorm"));

@@ -28,6 +28,7 @@
 #include "core/isa.h"
 #include "core/threadpool.h"
 #include "cpu/attention.h"
+#include "cpu/dot_probe.h"
 #include "harness.h"
 
 #if MOE_X86
@@ -80,19 +81,6 @@ MOE_TARGET_AVX512 float read_sum_512(const float* p, size_t n) {
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
-
-// iters x 12 independent vdpbf16ps (64 FLOP each) on registers.
-MOE_TARGET_AVX512BF16 float dp_peak_loop(int64_t iters, float seed) {
-  __m512 acc[12];
-  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(seed * static_cast<float>(i));
-  const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80);
-  const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3c00);
-  for (int64_t it = 0; it < iters; ++it)
-    for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
-  __m512 s = acc[0];
-  for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, acc[i]);
-  return _mm512_reduce_add_ps(s);
-}
 #endif
 
 // Page-aligned (2 MiB when huge) host memory; with huge = true it asks for transparent huge pages
@@ -142,22 +130,12 @@ double read_probe(int runs) {
 #endif
 }
 
-// vdpbf16ps peak over the pool, GFLOP/s.
+// vdpbf16ps peak over the pool, GFLOP/s (cpu::dot_probe, the probe bench/throughput.ts uses too).
 double dp_peak(int runs) {
-#if MOE_X86
   if (!cpu_info().avx512bf16) return 0;
-  const size_t threads = static_cast<size_t>(ThreadPool::global().size());
-  const int64_t iters = 20'000'000;
-  double t = time_it(runs, [&] {
-    ThreadPool::global().parallel_for(threads, 1, [&](size_t b, size_t e) {
-      for (size_t i = b; i < e; ++i) g_sink = dp_peak_loop(iters, static_cast<float>(i));
-    });
-  });
-  return static_cast<double>(threads) * iters * 12 * 64 / t / 1e9;
-#else
-  (void)runs;
-  return 0;
-#endif
+  double flops = 0;
+  const double t = time_it(runs, [&] { flops = cpu::dot_probe(20'000'000); });
+  return flops / t / 1e9;
 }
 
 struct Problem {

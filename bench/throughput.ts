@@ -1,0 +1,146 @@
+/**
+ * Throughput mode (issue 8): decode throughput of batched generation on Mixtral-8x7B-shaped layers with random
+ * weights versus the batch, on this machine's CPU backend, with the experts OFFLOADED (a 25% expert cache, LRU: a
+ * big batch runs each MoE layer in module mode, lib/engine/experts.ts, so the layer's experts stream through the
+ * slots once per step whatever the batch and the copy is amortised over every token of the global batch) and
+ * RESIDENT (the kernel reads the pinned host store directly: on the CPU backend, where "device" memory is host
+ * memory, copying into slots only adds traffic, so this is the configuration a CPU-only host should run).
+ *
+ * Per batch B: B random prompts of P tokens, generateBatch with maxSequences B; the steps in which all B sequences
+ * decode are timed (median), with the bytes copied into slots per step (cache counters).
+ * The machine's bound for the same step, measured in the same run:
+ *   memory: (copied bytes x 2 (read store + write slot) + the step's expert bytes read by the kernel (expected
+ *           distinct experts under uniform routing) + dense and LM-head bytes) / read probe bandwidth,
+ *   compute: the step's flops (2 x params touched per token: routed experts, attention projections, router, LM
+ *           head) / the bf16 dot-product peak (native dotProbe: vdpbf16ps chains on registers, every pool thread),
+ *   bound = max(memory, compute) (perfect overlap of copies and compute); frac_of_bound = bound / measured.
+ * On the CPU backend copies, kernels and attention share the same two cores and memory, so the bound is
+ * optimistic: it assumes they overlap perfectly.
+ * Run: node dist/bench/throughput.js [--quick] -> bench/results/throughput-cpu-<date>.json
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { expectedExperts } from '../lib/batching/perf-model.js';
+import { readProbeGBs } from '../lib/batching/profile.js';
+import { loadModel } from '../lib/index.js';
+import { native } from '../lib/native.js';
+import { benchModel } from './bench-models.js';
+import { machine } from './machine.js';
+
+const r3 = (v: number): number => +v.toFixed(3);
+
+/** bf16 dot-product peak of the CPU backend's pool (GFLOP/s): the native register-only vdpbf16ps probe, best of 3. */
+function bf16PeakGflops(): number {
+  let best = 0;
+  for (let i = 0; i < 3; i++) {
+    const r = native().dotProbe(20_000_000);
+    best = Math.max(best, r.flops / r.seconds / 1e9);
+  }
+  if (best === 0) throw new Error('the bf16 dot-product probe needs AVX512_BF16');
+  return best;
+}
+
+/** Decode throughput rows of `mode` at each batch (one model load). */
+async function measure(dir: string, mode: 'offloaded' | 'resident', batches: number[], promptTokens: number, peak: number): Promise<Array<Record<string, unknown>>> {
+  const rows: Array<Record<string, unknown>> = [];
+  const model = await loadModel(dir, { experts: mode === 'offloaded' ? { fraction: 0.25, policy: 'lru' } : 'resident', kvCacheBytes: 2 * 2 ** 30 });
+  try {
+    const cfg = model.config;
+    const H = cfg.hiddenSize;
+    const expertBytes = 3 * H * cfg.moeIntermediateSize * 2;
+    const attnParams = (2 * cfg.numHeads + 2 * cfg.numKvHeads) * cfg.headDim * H;
+    const densePerLayer = attnParams * 2 + cfg.numExperts * H * 4;
+    const lmHeadBytes = cfg.vocabSize * H * 2;
+    const cache = model.expertCache;
+    console.log(`Mixtral-8x7B shape, ${cfg.numLayers} layer(s), ${cache ? `${cache.capacity} of ${cfg.numLayers * cfg.numExperts} experts in slots` : 'experts resident'} (${(expertBytes / 2 ** 20).toFixed(0)} MiB each); bf16 peak ${peak.toFixed(0)} GFLOP/s`);
+    for (const B of batches) {
+      let s = 777 + B;
+      const rnd = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) % 500;
+      const maxNewTokens = 6;
+      const reqs = Array.from({ length: B }, () => ({ prompt: { tokens: Array.from({ length: promptTokens }, rnd) }, options: { maxNewTokens, stopAtEos: false } }));
+      const probe0 = readProbeGBs(128 * 2 ** 20);
+      const steps: Array<{ ms: number; copied: number }> = [];
+      let bytesBefore = cache?.stats.bytesMoved ?? 0;
+      const t0 = performance.now();
+      for await (const _ of model.generateBatch(reqs, {
+        maxSequences: B,
+        maxBatchTokens: Math.max(1024, B),
+        onStep: (st) => {
+          const moved = cache?.stats.bytesMoved ?? 0;
+          if (st.decodeTokens === B && st.tokens === B) steps.push({ ms: st.ms, copied: moved - bytesBefore });
+          bytesBefore = moved;
+        },
+      })) {
+        // the step timings are what is measured
+      }
+      const wallS = (performance.now() - t0) / 1000;
+      const readGBs = (probe0 + readProbeGBs(128 * 2 ** 20)) / 2;
+      if (steps.length === 0) throw new Error(`batch ${B}: no step decoded every sequence`);
+      steps.sort((a, b) => a.ms - b.ms);
+      const mid = steps[Math.floor(steps.length / 2)]!;
+      const copied = steps.reduce((a, x) => a + x.copied, 0) / steps.length;
+      // distinct experts the kernel reads per layer: expected under uniform routing (the random-weight model's
+      // routing is close to uniform), U(B) = E (1 - (1 - k/E)^B)
+      const touched = cfg.numLayers * expectedExperts(cfg.numExperts, cfg.topK, B);
+      const memBytes = 2 * copied + touched * expertBytes + cfg.numLayers * densePerLayer + lmHeadBytes;
+      const flops = B * 2 * (cfg.numLayers * (cfg.topK * 3 * H * cfg.moeIntermediateSize + attnParams + cfg.numExperts * H) + cfg.vocabSize * H);
+      const memMs = memBytes / (readGBs * 1e6);
+      const computeMs = flops / (peak * 1e6);
+      const boundMs = Math.max(memMs, computeMs);
+      const row = {
+        experts: mode,
+        batch: B,
+        decode_steps_timed: steps.length,
+        step_ms: r3(mid.ms),
+        decode_tokens_per_s: r3((B * 1000) / mid.ms),
+        copied_MiB_per_step: r3(copied / 2 ** 20),
+        read_GBs: r3(readGBs),
+        bound_memory_ms: r3(memMs),
+        bound_compute_ms: r3(computeMs),
+        bound_tokens_per_s: r3((B * 1000) / boundMs),
+        frac_of_bound: r3(boundMs / mid.ms),
+        binding: memMs > computeMs ? 'memory (copies + weight reads)' : 'compute (bf16 dot products)',
+        wall_s: r3(wallS),
+        loadavg_1m: r3(os.loadavg()[0]!),
+      };
+      rows.push(row);
+      console.log(JSON.stringify(row));
+    }
+  } finally {
+    model.dispose();
+  }
+  return rows;
+}
+
+async function main(): Promise<void> {
+  const quick = process.argv.includes('--quick');
+  const batches = quick ? [1, 8, 32] : [1, 4, 16, 64, 128];
+  const promptTokens = 32;
+  const dir = await benchModel('mixtral-8x7b-shape', 1);
+  const peak = bf16PeakGflops();
+  const rows: Array<Record<string, unknown>> = [];
+  for (const mode of ['offloaded', 'resident'] as const) rows.push(...(await measure(dir, mode, batches, promptTokens, peak)));
+  const summarise = (mode: string) => {
+    const rs = rows.filter((r) => r.experts === mode);
+    const best = rs.reduce((a, r) => ((r.decode_tokens_per_s as number) > (a.decode_tokens_per_s as number) ? r : a));
+    return {
+      best_batch: best.batch,
+      best_decode_tokens_per_s: best.decode_tokens_per_s,
+      speedup_vs_batch_1: r3((best.decode_tokens_per_s as number) / (rs[0]!.decode_tokens_per_s as number)),
+      best_frac_of_bound: best.frac_of_bound,
+    };
+  };
+  const summary = { offloaded: summarise('offloaded'), resident: summarise('resident') };
+  console.log(JSON.stringify(summary));
+  const out = { bench: 'throughput mode, offloaded experts (bench/throughput.ts)', machine: machine(), date: new Date().toISOString(), model: 'mixtral-8x7b-shape, 1 layer; experts 25% cached (LRU) or resident', bf16_peak_gflops: r3(peak), prompt_tokens: promptTokens, summary, rows };
+  const file = path.join(__dirname, '..', '..', 'bench', 'results', `throughput-cpu-${new Date().toISOString().slice(0, 10)}.json`);
+  fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  console.log(`saved ${file}`);
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exitCode = 1;
+});
