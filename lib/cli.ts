@@ -48,7 +48,8 @@ ${PRESET_NAMES.map((p) => `                               ${p.padEnd(22)}${PRESE
   generate --model DIR --input IN.jsonl --output OUT.jsonl [--max-batch-tokens N] [--max-sequences N] [...]
                              batched: every line of IN ({"prompt"} | {"messages"} | {"turns"} | {"tokens"}, with an
                              optional "id", "max_new_tokens", ...) through continuous batching; results appended to
-                             OUT as they finish; ids already in OUT are skipped (resume); Ctrl-C stops cleanly
+                             OUT as they finish; ids already in OUT are skipped (resume); Ctrl-C stops cleanly;
+                             without --max-sequences the batch is the plan's (from the model's saved profile)
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -228,22 +229,23 @@ async function profileCmd(args: string[]): Promise<number> {
   return 0;
 }
 
+/** The saved profile in `file` when it is a version-2 profile with every op of `cfg` (else undefined, and why). */
+function savedProfile(file: string, cfg: ReturnType<typeof parseModelConfig>): { profile?: ModelProfile; why?: string } {
+  if (!fs.existsSync(file)) return { why: `no profile at ${file}` };
+  const p = JSON.parse(fs.readFileSync(file, 'utf8')) as ModelProfile;
+  const missing = p.version === 2 ? stepOps(cfg).ops.find((o) => !p.ops[o.key]) : { key: 'a version-2 profile' };
+  return missing ? { why: `${file} lacks ${missing.key} (measured for another model)` } : { profile: p };
+}
+
 async function planCmd(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { model: { type: 'string' }, context: { type: 'string' }, 'kv-gib': { type: 'string' }, profile: { type: 'string' } } });
   if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required');
   const cfg = modelConfig(values.model);
   const own = defaultProfile(values.model);
   const file = values.profile ?? own;
-  let p: ModelProfile | undefined;
-  if (fs.existsSync(file)) {
-    p = JSON.parse(fs.readFileSync(file, 'utf8')) as ModelProfile;
-    const missing = p.version === 2 ? stepOps(cfg).ops.find((o) => !p!.ops[o.key]) : { key: 'a version-2 profile' };
-    if (missing) {
-      process.stderr.write(`${file} lacks ${missing.key} (measured for another model): measuring this model's profile into ${own}\n`);
-      p = undefined;
-    }
-  } else process.stderr.write(`no profile at ${file}: measuring one now into ${own} (moe-offload profile saves it)\n`);
-  p ??= await measureProfile(values.model, own, undefined);
+  const saved = savedProfile(file, cfg);
+  if (!saved.profile) process.stderr.write(`${saved.why}: measuring this model's profile now into ${own} (moe-offload profile saves it)\n`);
+  const p = saved.profile ?? (await measureProfile(values.model, own, undefined));
   const context = intOpt(values.context, 'context') ?? 512;
   const kvGiB = numOpt(values['kv-gib'], 'kv-gib') ?? Math.min(16, (p.hostMemoryBytes / 2 ** 30) * 0.25);
   const perToken = cfg.numLayers * 2 * (cfg.mla ? cfg.numHeads : cfg.numKvHeads) * attentionHeadDim(cfg) * 2;
@@ -288,7 +290,20 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
       ...(num('seed', intOpt) !== undefined ? { seed: num('seed', intOpt)! } : {}),
     };
     const maxBatchTokens = num('max-batch-tokens', intOpt);
-    const maxSequences = num('max-sequences', intOpt);
+    let maxSequences = num('max-sequences', intOpt);
+    if (maxSequences === undefined) {
+      // the plan: the batch the performance model predicts fastest within the KV cache, from this model's saved profile
+      const cfg = model.config;
+      const saved = savedProfile(defaultProfile(str('model')!), cfg);
+      if (saved.profile) {
+        const context = 256 + (defaults.maxNewTokens ?? 128);
+        const best = chooseBatch(cfg, saved.profile, context, model.kvTokensFree, { readGBs: readProbeGBs(64 * 2 ** 20) });
+        maxSequences = best.batch;
+        process.stderr.write(`plan: ${best.batch} sequences at once (${best.prediction.tokensPerSecond.toFixed(1)} decode tokens/s predicted at context ${context}; ${best.prediction.bound})\n`);
+      } else {
+        process.stderr.write(`plan: ${saved.why}; 64 sequences at once (moe-offload profile --model DIR measures this model, then generate plans its batch)\n`);
+      }
+    }
     const s = await generateJsonl(model, str('input')!, str('output')!, {
       defaults,
       signal: ac.signal,
