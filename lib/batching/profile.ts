@@ -34,6 +34,7 @@ import path from 'node:path';
 
 import type { Backend } from '../backend.js';
 import { type MoeModel, loadModel } from '../engine/model.js';
+import { assembleMla, headPrefix } from '../engine/forward.js';
 import { InvalidArgumentError } from '../errors.js';
 import { info } from '../info.js';
 import { KvCache } from '../kv/cache.js';
@@ -504,25 +505,12 @@ async function measureHost(c: Ctx, s: OpSpec): Promise<OpPoint[]> {
         const VV = tensor('f32', [T, nH * vd], 6).data as Float32Array;
         const attn = tensor('bf16', [T, nH, D], 7);
         // the assembled tensors' allocation is the step's alloc op
-        const Q = new HostTensor('f32', [T, nH, D]).data;
-        const K = new HostTensor('f32', [T, nH, D]).data;
-        const V = new HostTensor('f32', [T, nH, D]).data;
-        const dst = new HostTensor('bf16', [T, nH * vd]).data;
+        const q = new HostTensor('f32', [T, nH, D]).data;
+        const k = new HostTensor('f32', [T, nH, D]).data;
+        const v = new HostTensor('f32', [T, nH, D]).data;
         const ms = hostMs(() => {
-          for (let t = 0; t < T; t++) {
-            for (let hh = 0; hh < nH; hh++) {
-              const o = (t * nH + hh) * D;
-              Q.set(QN.subarray((t * nH + hh) * nope, (t * nH + hh + 1) * nope), o);
-              Q.set(QP.subarray((t * nH + hh) * rope, (t * nH + hh + 1) * rope), o + nope);
-              K.set(KN.subarray((t * nH + hh) * nope, (t * nH + hh + 1) * nope), o);
-              K.set(KP.subarray(t * rope, (t + 1) * rope), o + nope);
-              V.set(VV.subarray((t * nH + hh) * vd, (t * nH + hh + 1) * vd), o);
-            }
-          }
-          if (vd < D) {
-            const src = attn.data as Uint16Array;
-            for (let r = 0; r < T * nH; r++) dst.set(src.subarray(r * D, r * D + vd), r * vd);
-          }
+          assembleMla({ T, heads: nH, nope, rope, v: vd, headDim: D }, { qn: QN, qp: QP, kn: KN, kp: KP, vv: VV }, { q, k, v });
+          if (vd < D) headPrefix(attn, vd);
         }, runs);
         return { ms, bytes: 0 };
       }

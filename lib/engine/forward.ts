@@ -235,21 +235,10 @@ export class ForwardPass {
     else g.push(m.down(qn), m.down(qp), m.down(kp), m.down(kn), m.down(vv));
     await Promise.all(g);
     if (staged) await this.#rope(qp.host, kp.host, positions, op);
-    // assemble [T, nH, D]: q = [q_nope | q_pe | 0], k = [k_nope | k_pe | 0], v = [v | 0]
     const q = new HostTensor('f32', [T, nH, D]);
     const k = new HostTensor('f32', [T, nH, D]);
     const v = new HostTensor('f32', [T, nH, D]);
-    const [Q, K, Vd, QN, QP, KN, KP, VV] = [q.data, k.data, v.data, qn.host.data, qp.host.data, kn.host.data, kp.host.data, vv.host.data];
-    for (let t = 0; t < T; t++) {
-      for (let hh = 0; hh < nH; hh++) {
-        const o = (t * nH + hh) * D;
-        Q.set(QN.subarray((t * nH + hh) * nope, (t * nH + hh + 1) * nope), o);
-        Q.set(QP.subarray((t * nH + hh) * rope, (t * nH + hh + 1) * rope), o + nope);
-        K.set(KN.subarray((t * nH + hh) * nope, (t * nH + hh + 1) * nope), o);
-        K.set(KP.subarray(t * rope, (t + 1) * rope), o + nope);
-        Vd.set(VV.subarray((t * nH + hh) * vd, (t * nH + hh + 1) * vd), o);
-      }
-    }
+    assembleMla({ T, heads: nH, nope, rope, v: vd, headDim: D }, { qn: qn.host.data, qp: qp.host.data, kn: kn.host.data, kp: kp.host.data, vv: vv.host.data }, { q: q.data, k: k.data, v: v.data });
     return { q, k, v };
   }
 
@@ -433,8 +422,32 @@ export class ForwardPass {
   }
 }
 
+/**
+ * MLA's attention inputs on the host, [T, heads, headDim] f32 each: q = [q_nope | q_pe | 0], k = [k_nope | k_pe | 0]
+ * (k_pe shared by all heads), v = [v | 0], from qn [T, heads*nope], qp [T, heads*rope], kn [T, heads*nope],
+ * kp [T, rope], vv [T, heads*v]. The zero padding of `out` is left as it is (fresh tensors are zero).
+ */
+export function assembleMla(
+  d: { T: number; heads: number; nope: number; rope: number; v: number; headDim: number },
+  src: { qn: Float32Array; qp: Float32Array; kn: Float32Array; kp: Float32Array; vv: Float32Array },
+  out: { q: Float32Array; k: Float32Array; v: Float32Array },
+): void {
+  const { T, heads: nH, nope, rope, v: vd, headDim: D } = d;
+  for (let t = 0; t < T; t++) {
+    for (let hh = 0; hh < nH; hh++) {
+      const o = (t * nH + hh) * D;
+      const r = t * nH + hh;
+      out.q.set(src.qn.subarray(r * nope, (r + 1) * nope), o);
+      out.q.set(src.qp.subarray(r * rope, (r + 1) * rope), o + nope);
+      out.k.set(src.kn.subarray(r * nope, (r + 1) * nope), o);
+      out.k.set(src.kp.subarray(t * rope, (t + 1) * rope), o + nope);
+      out.v.set(src.vv.subarray(r * vd, (r + 1) * vd), o);
+    }
+  }
+}
+
 /** [T, nH, D] -> [T, nH * d]: the first d elements of every head (MLA's v is narrower than the padded head). */
-function headPrefix(x: HostTensor, d: number): HostTensor {
+export function headPrefix(x: HostTensor, d: number): HostTensor {
   const [T, nH, D] = x.shape as [number, number, number];
   const out = new HostTensor(x.dtype, [T, nH * d]);
   const src = x.data as Uint16Array;
