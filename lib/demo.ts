@@ -72,9 +72,10 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
   const cs = model.cacheStats;
   if (cs) write(`expert cache over the latency requests: ${cs.hits} hits / ${cs.misses} misses (${((100 * cs.hits) / Math.max(1, cs.hits + cs.misses)).toFixed(0)}% hit rate), ${cs.prefetchIssued} prefetched\n\n`);
 
-  // throughput mode: a batch of prompts through continuous batching, experts resident (a large batch touches every
-  // expert of every layer each step, so a 25% cache would thrash; streaming each layer's experts once per step is
-  // MoE-Gen's answer, not built yet); the performance model's prediction alongside
+  // throughput mode: a batch of prompts through continuous batching, experts resident (on the CPU backend the
+  // slots only emulate device memory, so resident is the fastest configuration; through a cache, a big batch runs
+  // each layer in module mode, streaming its experts once per step: bench/throughput.ts measures both); the
+  // performance model's prediction alongside
   using resident = await loadModel(dir);
   const batch = Array.from({ length: o.batch ?? 32 }, (_, i) => BATCH_TOPICS[i % BATCH_TOPICS.length]!);
   write(`throughput mode: ${batch.length} requests, ${o.maxNewTokens ?? 32} new tokens each, continuous batching, experts resident\n`);
