@@ -367,7 +367,8 @@ export class CachedExperts implements ExpertProvider {
     const used = li < this.#numLayers ? this.#lastUsed[li] : undefined;
     if (!used) return;
     const room = this.slots.slots - this.cache.residents().filter((r) => r.pins > 0).length;
-    used.slice(0, Math.max(0, Math.floor(room / 2))).forEach((e, i) => this.cache.prefetch(li, e, used.length - i));
+    // priority in (0, 1]: probability-guided policies read it as the chance of use (used last step: likely)
+    used.slice(0, Math.max(0, Math.floor(room / 2))).forEach((e, i) => this.cache.prefetch(li, e, 1 - i / (used.length + 1)));
   }
 
   /** Acquires (pins) `experts` of layer li; on any failure releases what it got and rejects. */
