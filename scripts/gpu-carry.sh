@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Prepares everything the Node side needs on a lent GPU machine (which has no Node and no network) in one ignored
+# folder, .device/carry (well under the 64 MiB a device call may carry):
+#   addon/moe_offload.node  the addon with CUDA inside (cmake-js, MOE_CUDA=ON, static cudart; built in .h-gpu)
+#   dist/                   the compiled TypeScript (lib, test, bench)
+#   node_modules/           the runtime dependencies only (@huggingface/*, node-gyp-build)
+#   node.xz                 this machine's node binary, xz-compressed
+# Then, with the device tool: run `bash scripts/gpu-runtime-check.sh` carrying `.device/carry`.
+# Usage (here, where nvcc is installed): bash scripts/gpu-carry.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=.device/carry
+rm -rf "$out" && mkdir -p "$out/addon" "$out/node_modules"
+npx cmake-js build --log-level warn -O .h-gpu/build --CDMOE_CUDA=ON -p "$(nproc)"
+cp .h-gpu/build/Release/moe_offload.node "$out/addon/"
+npx tsc -p tsconfig.json
+cp -r dist "$out/dist"
+for m in @huggingface node-gyp-build; do cp -r "node_modules/$m" "$out/node_modules/"; done
+xz -T0 -6 -c "$(command -v node)" > "$out/node.xz"
+du -sh "$out"
