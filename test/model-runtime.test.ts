@@ -171,11 +171,12 @@ describe('generation', () => {
     using resident = await loadModel(dir);
     const tokens = resident.encode('A longer prompt, so that prefill routes to far more experts than six slots hold.');
     const a = await resident.logits(tokens);
-    // 32 experts per layer, top-4: six slots (chunks of three), and one slot (fewer than one token's experts)
-    for (const slots of [6, 1]) {
-      using small = await loadModel(dir, { experts: { slots } });
+    // 32 experts per layer, top-4: six slots (chunks of three), one slot (fewer than one token's experts), and six
+    // with the activations in device memory (the parts buffer then too: the CUDA path's layout)
+    for (const [slots, deviceActivations] of [[6, false], [1, false], [6, true]] as const) {
+      using small = await loadModel(dir, { experts: { slots }, deviceActivations });
       const b = await small.logits(tokens);
-      assert.deepEqual(b.data, a.data, `${slots} slots`);
+      assert.deepEqual(b.data, a.data, `${slots} slots${deviceActivations ? ', device activations' : ''}`);
       const st = small.cacheStats!;
       assert.ok(st.evictions > 0);
       // each expert is copied at most once per layer: no more copies than (layer, expert) pairs routed to

@@ -25,7 +25,7 @@ import { describe } from '../dtype.js';
 import { InvalidArgumentError } from '../errors.js';
 import { SlotPool } from '../residency/slot-pool.js';
 import { TransferEngine } from '../residency/transfer.js';
-import { HostTensor, type Tensor } from '../tensor.js';
+import { DeviceTensor, HostTensor, type Tensor } from '../tensor.js';
 
 /** Time spent in one layer's routed experts, ms. */
 export interface ExpertRunTimes {
@@ -180,6 +180,7 @@ export class CachedExperts implements ExpertProvider {
   /** Per MoE layer: the experts the last call routed to, most used first (module mode streams them ahead). */
   readonly #lastUsed: number[][] = [];
   #partsBuf: HostTensor<'f32'> | undefined;
+  #devPartsBuf: DeviceTensor<'f32'> | undefined;
   readonly #store: ExpertStore;
   readonly #host: Backend | undefined;
   readonly #hostTables: ExpertTable[] = [];
@@ -331,7 +332,8 @@ export class CachedExperts implements ExpertProvider {
     const size = Math.max(1, Math.floor(this.slots.slots / 2));
     const chunks: number[][] = [];
     for (let i = 0; i < order.length; i += size) chunks.push(order.slice(i, i + size));
-    const parts = this.#parts(T, k, H);
+    // where the kernel writes: device memory when the activations are there (CUDA; the staged CPU path)
+    const parts = x instanceof DeviceTensor ? this.#deviceParts(T, k, H) : this.#parts(T, k, H);
     let next: Promise<ExpertLease[]> | undefined = this.#acquireAll(li, chunks[0]!, signal);
     try {
       for (let c = 0; c < chunks.length; c++) {
@@ -405,6 +407,17 @@ export class CachedExperts implements ExpertProvider {
     return leases.map((lease) => ({ id: lease.expert, w: this.slots.slot(lease.slot) }));
   }
 
+  /** A [T, k, H] f32 view of a device scratch buffer kept across calls (grown when a step needs more rows). */
+  #deviceParts(T: number, k: number, H: number): Tensor {
+    const b = this.#devPartsBuf;
+    if (!b || b.shape[0]! < T || b.shape[1] !== k || b.shape[2] !== H) {
+      b?.dispose();
+      this.#devPartsBuf = undefined;
+      this.#devPartsBuf = this.#be.alloc('f32', [T, k, H]);
+    }
+    return this.#devPartsBuf!.rows(0, T);
+  }
+
   /** A [T, k, H] f32 view of a scratch buffer kept across calls (grown when a step needs more rows). */
   #parts(T: number, k: number, H: number): HostTensor<'f32'> {
     if (!this.#partsBuf || this.#partsBuf.shape[0]! < T || this.#partsBuf.shape[1] !== k || this.#partsBuf.shape[2] !== H) this.#partsBuf = new HostTensor('f32', [T, k, H]);
@@ -435,5 +448,6 @@ export class CachedExperts implements ExpertProvider {
     this.cache.cancelPrefetches();
     this.engine.dispose();
     this.slots.dispose();
+    this.#devPartsBuf?.dispose();
   }
 }
