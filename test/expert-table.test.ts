@@ -18,6 +18,7 @@ import { native } from '../lib/native.js';
 import { harnessBackends } from './harness/backends.js';
 import { randomBf16, randomIds, values } from './harness/inputs.js';
 import { collect } from './harness/memory.js';
+import { refMoe } from './harness/ref-moe.js';
 import { nmse } from './harness/ref.js';
 
 const H = 32;
@@ -29,35 +30,8 @@ type Weights = { gate: HostTensor<'bf16'>; up: HostTensor<'bf16'>; down: HostTen
 
 const weights = (seed: number): Weights => ({ gate: randomBf16([I, H], seed), up: randomBf16([I, H], seed + 1), down: randomBf16([H, I], seed + 2) });
 
-/** float64 reference: y[t] = Σ_j w[t, j] · down(silu(gate x) · up x) over the experts present in `ws`. */
-function ref(x: HostTensor<'bf16'>, ids: Int32Array, w: Float32Array, ws: ReadonlyArray<Weights | undefined>): Float64Array {
-  const t = x.shape[0]!;
-  const xv = values(x);
-  const v = ws.map((e) => (e ? { g: values(e.gate), u: values(e.up), d: values(e.down) } : undefined));
-  const y = new Float64Array(t * H);
-  const act = new Float64Array(I);
-  for (let i = 0; i < t; i++) {
-    for (let j = 0; j < K; j++) {
-      const e = v[ids[i * K + j]!];
-      if (!e) continue;
-      for (let n = 0; n < I; n++) {
-        let g = 0;
-        let u = 0;
-        for (let c = 0; c < H; c++) {
-          g += xv[i * H + c]! * e.g[n * H + c]!;
-          u += xv[i * H + c]! * e.u[n * H + c]!;
-        }
-        act[n] = (g / (1 + Math.exp(-g))) * u;
-      }
-      for (let c = 0; c < H; c++) {
-        let s = 0;
-        for (let n = 0; n < I; n++) s += act[n]! * e.d[c * I + n]!;
-        y[i * H + c] = y[i * H + c]! + w[i * K + j]! * s;
-      }
-    }
-  }
-  return y;
-}
+/** float64 reference over the experts present in `ws` (test/harness/ref-moe.ts). */
+const ref = (x: HostTensor<'bf16'>, ids: Int32Array, w: Float32Array, ws: ReadonlyArray<Weights | undefined>): Float64Array => refMoe(x, ids, w, K, ws);
 
 /** vLLM's fused-MoE tolerance, as test/moe-ops.test.ts: relative norm error <= 1e-2, max abs error <= 2e-2. */
 function assertClose(out: HostTensor<'bf16'>, r: Float64Array, what: string): void {

@@ -17,7 +17,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { type Backend, type ExpertTable, HostTensor, InvalidArgumentError, type KernelTier, type MoeActivation, type Tensor } from '../lib/index.js';
-import { harnessBackends, onBackend } from './harness/backends.js';
+import { harnessBackends, onBackend, placer } from './harness/backends.js';
 import { rng } from './harness/ref.js';
 import { randomIds, uniform, values } from './harness/inputs.js';
 import { type OpCase, runCaseTable } from './harness/table.js';
@@ -175,13 +175,8 @@ function stackF32(a: HostTensor<'f32'>, b: HostTensor<'f32'>): HostTensor<'f32'>
 
 async function buildTable(be: Backend, p: Problem): Promise<{ table: ExpertTable; dispose: () => void }> {
   const table = be.expertTable(p.e, { hidden: p.h, intermediate: p.inter });
-  const owned: Tensor[] = [];
-  const place = async (t: HostTensor): Promise<Tensor> => {
-    if (be.kind === 'cpu') return t;
-    const d = await be.upload(t);
-    owned.push(d);
-    return d;
-  };
+  const placed = placer(be);
+  const place = placed.put;
   for (let x = 0; x < p.e; x++) {
     const wt = p.weights[x];
     if (!wt) continue;
@@ -202,7 +197,7 @@ async function buildTable(be: Backend, p: Problem): Promise<{ table: ExpertTable
     }
     assert.equal(table.hasBiases(x), b !== undefined);
   }
-  return { table, dispose: () => owned.forEach((t) => (t as unknown as { dispose(): void }).dispose()) };
+  return { table, dispose: () => placed.dispose() };
 }
 
 async function runMoe(be: Backend, p: Problem, table: ExpertTable, activation: MoeActivation | undefined): Promise<{ out: HostTensor<'bf16'>; tier: KernelTier }> {

@@ -10,19 +10,16 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { type Backend, type ExpertTable, HostTensor, InvalidArgumentError, type KernelTier, type Tensor } from '../lib/index.js';
-import { harnessBackends, onBackend } from './harness/backends.js';
+import { type Backend, type ExpertTable, HostTensor, InvalidArgumentError, type KernelTier } from '../lib/index.js';
+import { harnessBackends, onBackend, placer } from './harness/backends.js';
 import { rng } from './harness/ref.js';
-import { randomBf16, randomIds, values } from './harness/inputs.js';
+import { randomBf16, randomIds } from './harness/inputs.js';
+import { refMoe } from './harness/ref-moe.js';
 import { type OpCase, runCaseTable } from './harness/table.js';
 
 const CASES: OpCase[] = [];
 
 // ---- inputs and references -------------------------------------------------------------------------------------
-
-function refSilu(g: number): number {
-  return g / (1 + Math.exp(-g));
-}
 
 interface MoeProblem {
   t: number;
@@ -61,38 +58,6 @@ function makeProblem(o: { t: number; h: number; inter: number; e: number; k: num
   return { t, h, inter, e, k, x: randomBf16([t, h], seed + 3), ids, w, weights, stacked: o.stacked ?? false };
 }
 
-/** float64 reference of the MoE layer (no intermediate rounding). */
-function refMoe(p: MoeProblem): Float64Array {
-  const { t, h, inter, k } = p;
-  const x = values(p.x);
-  const vals = p.weights.map((wt) => (wt ? { g: values(wt.gate), u: values(wt.up), d: values(wt.down) } : undefined));
-  const y = new Float64Array(t * h);
-  const act = new Float64Array(inter);
-  for (let i = 0; i < t; i++) {
-    for (let j = 0; j < k; j++) {
-      const e = p.ids[i * k + j]!;
-      const v = e >= 0 ? vals[e] : undefined;
-      if (!v) continue;
-      for (let n = 0; n < inter; n++) {
-        let g = 0;
-        let u = 0;
-        for (let c = 0; c < h; c++) {
-          g += x[i * h + c]! * v.g[n * h + c]!;
-          u += x[i * h + c]! * v.u[n * h + c]!;
-        }
-        act[n] = refSilu(g) * u;
-      }
-      const wj = p.w[i * k + j]!;
-      for (let c = 0; c < h; c++) {
-        let s = 0;
-        for (let n = 0; n < inter; n++) s += act[n]! * v.d[c * inter + n]!;
-        y[i * h + c] = y[i * h + c]! + wj * s;
-      }
-    }
-  }
-  return y;
-}
-
 /** Stacks gate and up into one [2I, H] tensor. */
 function stack(gate: HostTensor<'bf16'>, up: HostTensor<'bf16'>): HostTensor<'bf16'> {
   const [i, h] = gate.shape as [number, number];
@@ -105,20 +70,15 @@ function stack(gate: HostTensor<'bf16'>, up: HostTensor<'bf16'>): HostTensor<'bf
 /** Builds the backend's expert table (uploading the weights on cuda); returns it and a disposer. */
 async function buildTable(be: Backend, p: MoeProblem): Promise<{ table: ExpertTable; dispose: () => void }> {
   const table = be.expertTable(p.e, { hidden: p.h, intermediate: p.inter });
-  const owned: Tensor[] = [];
-  const place = async (t: HostTensor): Promise<Tensor> => {
-    if (be.kind === 'cpu') return t;
-    const d = await be.upload(t);
-    owned.push(d);
-    return d;
-  };
+  const placed = placer(be);
+  const place = placed.put;
   for (let x = 0; x < p.e; x++) {
     const wt = p.weights[x];
     if (!wt) continue;
     if (p.stacked) table.set(x, { gateUp: await place(stack(wt.gate, wt.up)), down: await place(wt.down) });
     else table.set(x, { gate: await place(wt.gate), up: await place(wt.up), down: await place(wt.down) });
   }
-  return { table, dispose: () => owned.forEach((t) => (t as unknown as { dispose(): void }).dispose()) };
+  return { table, dispose: () => placed.dispose() };
 }
 
 async function runMoe(be: Backend, p: MoeProblem): Promise<{ out: HostTensor<'bf16'>; tier: KernelTier }> {
@@ -202,7 +162,7 @@ function problemFor(s: MoeSpec): { p: MoeProblem; ref: Float64Array } {
   if (!c) {
     const seed = s.t * 7 + s.h + s.inter * 3 + s.e * 5 + s.k;
     const p = makeProblem({ t: s.t, h: s.h, inter: s.inter, e: s.e, k: s.k, seed, ids: s.ids?.(s.t, s.k, s.e), absent: s.absent, stacked: s.stacked });
-    c = { p, ref: refMoe(p) };
+    c = { p, ref: refMoe(p.x, p.ids, p.w, p.k, p.weights) };
     refCache.set(s.name, c);
   }
   return c;

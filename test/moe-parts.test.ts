@@ -17,7 +17,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { type Backend, type ExpertWeightsStacked, HostTensor, InvalidArgumentError, type MoeActivation, type Tensor } from '../lib/index.js';
-import { harnessBackends } from './harness/backends.js';
+import { harnessBackends, placer } from './harness/backends.js';
 import { randomIds, uniform } from './harness/inputs.js';
 import { rng } from './harness/ref.js';
 
@@ -74,13 +74,8 @@ function makeProblem(s: Spec, t: number, seed: number): Problem {
 
 /** The problem placed on `be` (uploaded on cuda) with helpers to run the three ops and read results back. */
 async function place(be: Backend, p: Problem) {
-  const owned: Tensor[] = [];
-  const put = async (host: HostTensor): Promise<Tensor> => {
-    if (be.kind === 'cpu') return host;
-    const d = await be.upload(host);
-    owned.push(d);
-    return d;
-  };
+  const placed = placer(be);
+  const put = placed.put;
   const { h, inter, e, k } = p.s;
   const x = await put(p.x);
   const ids = await put(p.ids);
@@ -134,7 +129,7 @@ async function place(be: Backend, p: Problem) {
       return host.data as Uint16Array;
     },
     dispose(): void {
-      for (const d of owned) (d as unknown as { dispose(): void }).dispose();
+      placed.dispose();
     },
   };
 }

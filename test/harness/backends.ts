@@ -41,3 +41,22 @@ export async function onBackend<R>(
     for (const t of [...ins, ...outs]) t.dispose();
   }
 }
+
+/**
+ * Places host tensors where `be` computes and remembers what it allocated: `put` returns a host tensor as it is on
+ * CPU backends and an uploaded copy on CUDA; `dispose` frees the copies.
+ */
+export function placer(be: Backend): { put(t: HostTensor): Promise<Tensor>; dispose(): void } {
+  const owned: Array<{ dispose(): void }> = [];
+  return {
+    async put(t: HostTensor): Promise<Tensor> {
+      if (be.kind === 'cpu') return t;
+      const d = await be.upload(t);
+      owned.push(d);
+      return d;
+    },
+    dispose(): void {
+      for (const d of owned.splice(0)) d.dispose();
+    },
+  };
+}
