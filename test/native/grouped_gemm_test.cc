@@ -35,15 +35,10 @@ Outcome run_grouped(const Backend& be, const GroupedShape& s) {
   const int64_t rows = off[g], total = rows + s.extra_rows;
   const int64_t alloc_rows = total > 0 ? total : 1;
   Rng rng(static_cast<uint64_t>(n * 131 + k * 7 + g));
-  auto bf = [&](size_t cnt) {
-    std::vector<uint16_t> v(cnt);
-    for (auto& x : v) x = f32_to_bf16(static_cast<float>(rng.uniform() * 0.1));
-    return v;
-  };
-  std::vector<uint16_t> a = bf(static_cast<size_t>(alloc_rows * k));  // [total, k] bf16
+  std::vector<uint16_t> a = rng.bf16s(static_cast<size_t>(alloc_rows * k), 0.1);  // [total, k] bf16
   std::vector<std::vector<uint16_t>> b(static_cast<size_t>(g));         // [n, k] bf16 each, empty when no rows
   for (int64_t x = 0; x < g; ++x)
-    if (s.rows[x] > 0) b[x] = bf(static_cast<size_t>(n * k));
+    if (s.rows[x] > 0) b[x] = rng.bf16s(static_cast<size_t>(n * k), 0.1);
   const size_t out_elem = s.bf16_out ? 2 : 4;
   const size_t out_bytes = static_cast<size_t>(alloc_rows * n) * out_elem;  // [total, n] out dtype
   auto fill_nan = [&](std::vector<uint8_t>& o) {

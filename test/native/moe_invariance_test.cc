@@ -33,19 +33,9 @@ Outcome run_invariance(const Backend& be, const InvShape& s) {
   if (be.kind != BackendKind::Cpu) return Outcome::skip("batch invariance is pinned down on the CPU tiers only");
   const int64_t h = s.h, I = s.inter, e = s.e, k = s.k;
   Rng rng(static_cast<uint64_t>(h * 7919 + I * 31 + e * 7 + k + (s.oai ? 3 : 0) + s.bias * 5 + (s.skewed ? 11 : 0)));
-  auto bf = [&](size_t n, double amp) {
-    std::vector<uint16_t> v(n);
-    for (auto& x : v) x = f32_to_bf16(static_cast<float>(rng.uniform() * amp));
-    return v;
-  };
-  auto f32 = [&](size_t n, double amp) {
-    std::vector<float> v(n);
-    for (auto& x : v) x = static_cast<float>(rng.uniform() * amp);
-    return v;
-  };
   // [t_max, h] bf16 inputs; swiglu-oai: sums spread enough to pass the clamp on both sides (as moe_oai_test.cc)
   const double x_amp = s.oai ? 120.0 / std::sqrt(static_cast<double>(h)) : 1.0;
-  const std::vector<uint16_t> x = bf(static_cast<size_t>(kTMax * h), x_amp);
+  const std::vector<uint16_t> x = rng.bf16s(static_cast<size_t>(kTMax * h), x_amp);
   std::vector<int32_t> ids(static_cast<size_t>(kTMax * k));
   std::vector<float> w(static_cast<size_t>(kTMax * k));
   std::vector<int32_t> perm(static_cast<size_t>(e));
@@ -75,16 +65,16 @@ Outcome run_invariance(const Backend& be, const InvShape& s) {
   const double b_amp = s.oai ? 3.0 : 0.1;
   for (int64_t q = 0; q < e; ++q) {
     if (s.skewed && q == e - 1) continue;  // absent
-    wg[q] = bf(static_cast<size_t>(I * h), 0.1);
-    wu[q] = bf(static_cast<size_t>(I * h), 0.1);
-    wd[q] = bf(static_cast<size_t>(h * I), 0.1);
+    wg[q] = rng.bf16s(static_cast<size_t>(I * h), 0.1);
+    wu[q] = rng.bf16s(static_cast<size_t>(I * h), 0.1);
+    wd[q] = rng.bf16s(static_cast<size_t>(h * I), 0.1);
     tab[q] = wg[q].data();
     tab[e + q] = wu[q].data();
     tab[2 * e + q] = wd[q].data();
     if (s.bias == 1 || (s.bias == 2 && q % 2 == 0)) {
-      bg[q] = f32(static_cast<size_t>(I), b_amp);
-      bu[q] = f32(static_cast<size_t>(I), b_amp);
-      bd[q] = f32(static_cast<size_t>(h), 0.5);
+      bg[q] = rng.f32s(static_cast<size_t>(I), b_amp);
+      bu[q] = rng.f32s(static_cast<size_t>(I), b_amp);
+      bd[q] = rng.f32s(static_cast<size_t>(h), 0.5);
       tab[3 * e + q] = bg[q].data();
       tab[4 * e + q] = bu[q].data();
       tab[5 * e + q] = bd[q].data();

@@ -81,19 +81,9 @@ Outcome run_oai(const Backend& be, const OaiShape& s) {
   const int64_t t = s.t, h = s.h, I = s.inter, e = s.e, k = s.k;
   const float alpha = 1.702f, limit = 7.0f;
   Rng rng(static_cast<uint64_t>(t * 1000003 + h * 1009 + I * 17 + e * 3 + k + s.mode * 7 + (s.oai ? 11 : 0)));
-  auto bf = [&](size_t n, double amp) {
-    std::vector<uint16_t> v(n);
-    for (auto& x : v) x = f32_to_bf16(static_cast<float>(rng.uniform() * amp));
-    return v;
-  };
-  auto f32 = [&](size_t n, double amp) {
-    std::vector<float> v(n);
-    for (auto& x : v) x = static_cast<float>(rng.uniform() * amp);
-    return v;
-  };
   // swiglu-oai: |x| up to 120 / sqrt(h) spreads the sums by about 4, biases in [-3, 3] shift them past the limit.
   const double x_amp = s.oai ? 120.0 / std::sqrt(static_cast<double>(h)) : 0.1, b_amp = s.oai ? 3.0 : 0.1;
-  std::vector<uint16_t> x = bf(static_cast<size_t>(t * h), x_amp);
+  std::vector<uint16_t> x = rng.bf16s(static_cast<size_t>(t * h), x_amp);
   std::vector<int32_t> ids = ids_for(s, static_cast<uint64_t>(t + e * 7 + s.mode));
   std::vector<float> w(static_cast<size_t>(t * k));
   for (auto& v : w) v = static_cast<float>(0.6 + 0.5 * rng.uniform());
@@ -102,13 +92,13 @@ Outcome run_oai(const Backend& be, const OaiShape& s) {
   std::vector<bool> present(static_cast<size_t>(e), true), has_bias(static_cast<size_t>(e), false);
   if (s.mode == 2 || s.mode == 3) present[1] = present[5] = false;
   for (int64_t q = 0; q < e; ++q) {
-    wg[q] = bf(static_cast<size_t>(I * h), 0.1);
-    wu[q] = bf(static_cast<size_t>(I * h), 0.1);
-    wd[q] = bf(static_cast<size_t>(h * I), 0.1);
+    wg[q] = rng.bf16s(static_cast<size_t>(I * h), 0.1);
+    wu[q] = rng.bf16s(static_cast<size_t>(I * h), 0.1);
+    wd[q] = rng.bf16s(static_cast<size_t>(h * I), 0.1);
     has_bias[q] = present[q] && (s.bias == Bias::All || (s.bias == Bias::Even && q % 2 == 0));
-    bg[q] = f32(static_cast<size_t>(I), b_amp);
-    bu[q] = f32(static_cast<size_t>(I), b_amp);
-    bd[q] = f32(static_cast<size_t>(h), 0.5);
+    bg[q] = rng.f32s(static_cast<size_t>(I), b_amp);
+    bu[q] = rng.f32s(static_cast<size_t>(I), b_amp);
+    bd[q] = rng.f32s(static_cast<size_t>(h), 0.5);
   }
   const bool tables = s.bias != Bias::None;
   auto run_once = [&](bool with_tables) {

@@ -52,18 +52,8 @@ struct Problem {
 Problem make_problem(const PartsShape& s) {
   Problem p{s.t, s.h, s.inter, s.e, s.k, s.oai, {}, {}, {}, {}, {}, {}, {}, {}, {}};
   Rng rng(static_cast<uint64_t>(s.t * 100003 + s.h * 101 + s.inter * 13 + s.e * 7 + s.k + (s.oai ? 5 : 0)));
-  auto bf = [&](size_t n, double amp) {
-    std::vector<uint16_t> v(n);
-    for (auto& q : v) q = f32_to_bf16(static_cast<float>(rng.uniform() * amp));
-    return v;
-  };
-  auto f32 = [&](size_t n, double amp) {
-    std::vector<float> v(n);
-    for (auto& q : v) q = static_cast<float>(rng.uniform() * amp);
-    return v;
-  };
   const int64_t t = s.t, h = s.h, I = s.inter, e = s.e, k = s.k;
-  p.x = bf(static_cast<size_t>(t * h), s.oai ? 120.0 / std::sqrt(static_cast<double>(h)) : 1.0);
+  p.x = rng.bf16s(static_cast<size_t>(t * h), s.oai ? 120.0 / std::sqrt(static_cast<double>(h)) : 1.0);
   p.ids.resize(static_cast<size_t>(t * k));
   p.w.resize(static_cast<size_t>(t * k));
   std::vector<int32_t> perm(static_cast<size_t>(e));
@@ -78,13 +68,13 @@ Problem make_problem(const PartsShape& s) {
   if (t > 1)
     for (int64_t j = 0; j < k; ++j) p.ids[j] = -1;  // token 0: no expert
   for (int64_t q = 0; q < e; ++q) {
-    p.g.push_back(bf(static_cast<size_t>(I * h), 0.1));
-    p.u.push_back(bf(static_cast<size_t>(I * h), 0.1));
-    p.d.push_back(bf(static_cast<size_t>(h * I), 0.1));
+    p.g.push_back(rng.bf16s(static_cast<size_t>(I * h), 0.1));
+    p.u.push_back(rng.bf16s(static_cast<size_t>(I * h), 0.1));
+    p.d.push_back(rng.bf16s(static_cast<size_t>(h * I), 0.1));
     if (s.oai) {
-      p.bg.push_back(f32(static_cast<size_t>(I), 3.0));
-      p.bu.push_back(f32(static_cast<size_t>(I), 3.0));
-      p.bd.push_back(f32(static_cast<size_t>(h), 0.5));
+      p.bg.push_back(rng.f32s(static_cast<size_t>(I), 3.0));
+      p.bu.push_back(rng.f32s(static_cast<size_t>(I), 3.0));
+      p.bd.push_back(rng.f32s(static_cast<size_t>(h), 0.5));
     }
   }
   return p;

@@ -156,12 +156,7 @@ struct MoeShape {
 Outcome run_moe(const Backend& be, const MoeShape& s) {
   const int64_t t = s.t, h = s.h, I = s.inter, e = s.e, k = s.k;
   Rng rng(static_cast<uint64_t>(t * 1000003 + h * 1009 + I * 17 + e * 3 + k + s.mode));
-  auto bf = [&](size_t n) {
-    std::vector<uint16_t> v(n);
-    for (auto& x : v) x = f32_to_bf16(static_cast<float>(rng.uniform() * 0.1));
-    return v;
-  };
-  std::vector<uint16_t> x = bf(static_cast<size_t>(t * h));
+  std::vector<uint16_t> x = rng.bf16s(static_cast<size_t>(t * h), 0.1);
   std::vector<int32_t> ids = random_ids(t, k, e, static_cast<uint64_t>(t + e * 7 + s.mode));
   if (s.mode == 1)
     for (int64_t i = 0; i < t; ++i) {
@@ -181,9 +176,9 @@ Outcome run_moe(const Backend& be, const MoeShape& s) {
   std::vector<bool> present(static_cast<size_t>(e), true);
   if (s.mode == 3) present[1] = present[4] = false;
   for (int64_t q = 0; q < e; ++q) {
-    wg[q] = bf(static_cast<size_t>(I * h));
-    wu[q] = bf(static_cast<size_t>(I * h));
-    wd[q] = bf(static_cast<size_t>(h * I));
+    wg[q] = rng.bf16s(static_cast<size_t>(I * h), 0.1);
+    wu[q] = rng.bf16s(static_cast<size_t>(I * h), 0.1);
+    wd[q] = rng.bf16s(static_cast<size_t>(h * I), 0.1);
   }
   std::vector<uint16_t> out(static_cast<size_t>(t * h), 0x7fc0), out2(static_cast<size_t>(t * h), 0x7fc0);
   std::vector<const void*> tg(static_cast<size_t>(e)), tu(static_cast<size_t>(e)), td(static_cast<size_t>(e));

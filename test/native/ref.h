@@ -22,6 +22,17 @@ class Rng {
   uint32_t u32() { return static_cast<uint32_t>(next() >> 32); }
   // Uniform in [-1, 1).
   double uniform() { return static_cast<double>(next() >> 11) * (2.0 / 9007199254740992.0) - 1.0; }
+  // n values uniform in [-amp, amp): as f32, and rounded to bf16 (bits).
+  std::vector<float> f32s(size_t n, double amp) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = static_cast<float>(uniform() * amp);
+    return v;
+  }
+  std::vector<uint16_t> bf16s(size_t n, double amp) {
+    std::vector<uint16_t> v(n);
+    for (auto& x : v) x = f32_to_bf16(static_cast<float>(uniform() * amp));
+    return v;
+  }
 
  private:
   uint64_t s_;
