@@ -249,8 +249,8 @@ export class CachedExperts implements ExpertProvider {
   /**
    * Fiddler split: the `onHost` experts (missed ones) are computed by the host backend straight from the pinned
    * store while the device computes the resident ones; both write unweighted rows into parts [T, k, H] f32 (one
-   * buffer on the CPU backend; on CUDA the host rows are uploaded into the device's), then one combine: on the CPU
-   * backend bitwise the fused result.
+   * buffer when one CPU backend does both; otherwise the host rows are uploaded into the device's scratch), then
+   * one combine: on the CPU backend bitwise the fused result.
    */
   async #runSplit(li: number, wanted: number[], onHost: Set<number>, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, k: number, signal: AbortSignal | undefined): Promise<ExpertRunTimes> {
     const host = this.#host!;
@@ -261,18 +261,15 @@ export class CachedExperts implements ExpertProvider {
     const t0 = performance.now();
     const leases = await this.#acquireAll(li, wanted.filter((e) => !onHost.has(e)), signal);
     const t1 = performance.now();
-    const owned: Array<{ dispose(): void }> = [];
     try {
       const hostParts = this.#parts(T, k, H);
-      const sameMemory = host === be; // the CPU backend computing both: one parts buffer
+      const sameMemory = host === be; // the CPU backend computing both: one parts buffer, one stream
       let devParts: Tensor = hostParts;
       let xh: Tensor = x;
       let wh: Tensor = weights;
       let idsh: Tensor = ids;
       if (!sameMemory) {
-        const dp = be.alloc('f32', [T, k, H]);
-        owned.push(dp);
-        devParts = dp;
+        devParts = this.#deviceParts(T, k, H);
         const xb = new HostTensor('bf16', [T, H]);
         const wb = new HostTensor('f32', [T, k]);
         await Promise.all([be.copy(x, xb, op), be.copy(weights, wb, op)]);
@@ -290,7 +287,7 @@ export class CachedExperts implements ExpertProvider {
         return performance.now() - th;
       };
       let hostMs: number;
-      if (host === be) {
+      if (sameMemory) {
         // one stream: one after the other, so the host run's time is its own
         await onDevice();
         hostMs = await onHostRun();
@@ -311,7 +308,6 @@ export class CachedExperts implements ExpertProvider {
       return { stallMs: t1 - t0, computeMs: performance.now() - t1 };
     } finally {
       for (const lease of leases) lease.release();
-      for (const o of owned) o.dispose();
     }
   }
 
@@ -412,7 +408,7 @@ export class CachedExperts implements ExpertProvider {
     const b = this.#devPartsBuf;
     if (!b || b.shape[0]! < T || b.shape[1] !== k || b.shape[2] !== H) {
       b?.dispose();
-      this.#devPartsBuf = undefined;
+      this.#devPartsBuf = undefined; // not the disposed one, should the alloc below throw
       this.#devPartsBuf = this.#be.alloc('f32', [T, k, H]);
     }
     return this.#devPartsBuf!.rows(0, T);
