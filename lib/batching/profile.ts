@@ -34,6 +34,7 @@ import path from 'node:path';
 
 import type { Backend } from '../backend.js';
 import { type MoeModel, loadModel } from '../engine/model.js';
+import { argmax } from '../engine/sampler.js';
 import { assembleMla, headPrefix } from '../engine/forward.js';
 import { InvalidArgumentError } from '../errors.js';
 import { info } from '../info.js';
@@ -72,8 +73,7 @@ export async function median(fn: () => Promise<unknown>, runs: number): Promise<
     await fn();
     ts.push(performance.now() - t0);
   }
-  ts.sort((a, b) => a - b);
-  return ts[Math.floor(ts.length / 2)]!;
+  return mid(ts);
 }
 
 export interface ProfileModelOptions {
@@ -632,25 +632,14 @@ function lastLevelCacheBytes(): number {
   }
 }
 
-/** Argmax over a vocabulary row, ns per logit. */
+/** Argmax over a vocabulary row (the sampler's greedy path), ns per logit. */
 function samplingNs(vocab: number): number {
   const V = Math.max(1024, vocab);
   const logits = new Float32Array(V).map((_, i) => Math.sin(i));
   let sink = 0;
   const reps = Math.max(3, Math.ceil(4e6 / V));
   const ms = hostMs(() => {
-    for (let r = 0; r < reps; r++) {
-      let best = 0;
-      let bv = -Infinity;
-      for (let i = 0; i < V; i++) {
-        const v = logits[i]!;
-        if (v > bv) {
-          bv = v;
-          best = i;
-        }
-      }
-      sink += best;
-    }
+    for (let r = 0; r < reps; r++) sink += argmax(logits);
   }, 5);
   return (ms * 1e6) / (reps * V) + sink * 0;
 }
