@@ -2,7 +2,9 @@
 // measured in the same run on the same machine (issue 5):
 //   - decode: 64 sequences x kv_len {1024, 4096, 8192}, GQA (32,8), (32,4), (8,8), (64,4), head_dim 128, bf16 KV,
 //     block sizes 16 and 64, pages scattered (sequence s block b -> page b * 64 + s): KV bytes
-//     read per second as a fraction of a streaming-read probe (AVX-512 loads over 1 GiB, every pool thread);
+//     read per second as a fraction of a streaming-read probe (AVX-512 loads over 1 GiB, every pool thread) run
+//     right before and right after each decode row (their mean: the development VM's bandwidth drifts between
+//     ~30 and ~60 GB/s within minutes, so one probe at the start of the run misstated later rows);
 //   - prefill: q_len = kv_len = 2048 causal, (32,8), head_dim 128, block 16 and 64: FLOP/s (4 * head_dim per (query head, key) pair
 //     attended) as a fraction of a vdpbf16ps register-only peak (every pool thread);
 //   - the floor: a naive scalar loop per query head (K/V re-read for every head of a group) on a decode shape.
@@ -106,14 +108,18 @@ struct HostBuf {
 
 volatile float g_sink;
 
-// Streaming read probe, GB/s.
+// Streaming read probe, GB/s: one multithreaded pass over a 1 GiB buffer (allocated and filled once).
 double read_probe(int runs) {
 #if MOE_X86
   if (!cpu_info().avx512f) return 0;
   const size_t n = size_t{1} << 28;  // 1 GiB of f32
-  HostBuf raw(n * 2, true);  // huge pages, like the decode pools
+  static HostBuf raw(n * 2, true);  // huge pages, like the decode pools
   float* buf = reinterpret_cast<float*>(raw.data());
-  for (size_t i = 0; i < n; ++i) buf[i] = 1.0f;
+  static const bool filled = [&] {
+    for (size_t i = 0; i < n; ++i) buf[i] = 1.0f;
+    return true;
+  }();
+  (void)filled;
   const size_t threads = static_cast<size_t>(ThreadPool::global().size());
   const size_t chunk = n / (threads * 8);
   std::vector<float> part(threads * 8);
@@ -275,7 +281,7 @@ int attention_bench_main(int argc, char** argv) {
   const double peak = dp_peak(runs);
   emit({"probe", "cpu", "streaming read, 1 GiB, AVX-512 loads", "GB/s", "", 0, bw, 0});
   emit({"probe", "cpu", "vdpbf16ps register peak", "GFLOP/s", "", 0, peak, 0});
-  const std::string bw_src = "read probe, this run";
+  const std::string bw_src = "read probe before and after the row";
   const std::string pk_src = "vdpbf16ps peak, this run";
 
   std::vector<Isa> tiers;
@@ -294,20 +300,26 @@ int attention_bench_main(int argc, char** argv) {
       if (!d.all_tiers && t != tiers.front()) continue;
       cpu::AttentionArgs a = p.args();
       Isa ran = t;
+      const double bw0 = read_probe(1);
       double s = time_it(runs, [&] { ran = cpu::attention(a, t); });
-      emit({"decode", std::string("cpu-") + isa_name(ran), p.name(), "GB/s", bw_src, s * 1e3, p.kv_bytes() / s / 1e9, bw});
+      const double bw_row = (bw0 + read_probe(1)) / 2;
+      emit({"decode", std::string("cpu-") + isa_name(ran), p.name(), "GB/s", bw_src, s * 1e3, p.kv_bytes() / s / 1e9, bw_row});
     }
     if (d.all_tiers) {
+      const double bw0 = read_probe(1);
       double s = time_it(1, [&] { naive_decode(p); });
-      emit({"decode", "naive-scalar", p.name() + " (KV bytes once)", "GB/s", bw_src, s * 1e3, p.kv_bytes() / s / 1e9, bw});
+      const double bw_row = (bw0 + read_probe(1)) / 2;
+      emit({"decode", "naive-scalar", p.name() + " (KV bytes once)", "GB/s", bw_src, s * 1e3, p.kv_bytes() / s / 1e9, bw_row});
     }
   }
   {  // the same decode shape without transparent huge pages (4 KiB OS pages): the TLB cost of scattered pages
     Problem p(64, 1, 4096, 32, 8, 128, 64, false);
     cpu::AttentionArgs a = p.args();
     Isa ran = tiers.front();
+    const double bw0 = read_probe(1);
     double s = time_it(runs, [&] { ran = cpu::attention(a, tiers.front()); });
-    emit({"decode", std::string("cpu-") + isa_name(ran), p.name(), "GB/s", bw_src, s * 1e3, p.kv_bytes() / s / 1e9, bw});
+    const double bw_row = (bw0 + read_probe(1)) / 2;
+    emit({"decode", std::string("cpu-") + isa_name(ran), p.name(), "GB/s", bw_src, s * 1e3, p.kv_bytes() / s / 1e9, bw_row});
   }
   // prefill
   for (int64_t bs : {16, 64}) {

@@ -11,15 +11,18 @@
 // bf16: output NMSE ~1e-6 against float64). Scores of 16 keys are reduced together (reduce16). The vector tiers
 // prefetch the next page of the item while streaming the current one (pages are scattered). Exp is a degree-6
 // polynomial on 2^n scaling (relative error ~2e-7 for the arguments here, which are all <= 0).
-// Measured (bench/native/attention_bench.cc, 2-core AMD EPYC VM, noisy: other builds shared the 2 cores): decode
-// 20-48% of a streaming-read probe at block 64 depending on the GQA ratio, prefill 35-45% of the vdpbf16ps peak;
-// the bf16 tier now blocks 16 keys at a time so a group's rows read K/V from L1 (in-cache decode at g = 4 went
-// from ~18 to ~22 GB/s). Register blocking of the bf16 tier (scores: 2 rows per K load; p . V: up to 4 rows per V
-// load, accumulators in registers over the chunk; bitwise the same results) cut its in-L2 decode cost per (key,
-// kv head) on one core from 9.3 / 25.8 / 47.8 / 90.4 ns to 6.6 / 16.0 / 31.4 / 61.3 ns at g = 1 / 4 / 8 / 16;
-// at block 64 decode reached 0.87 (g 1), 0.55 (g 4, 32/4), 0.48-0.62 (g 4, 32/8), 0.35 (g 16) of the read probe
-// and prefill 0.57 of the peak (bench/results/attention-native-2026-11-26.json; runs were noisy, see there).
-// g = 16 stays compute-bound: 61 ns per key-head exceeds the ~43 ns that 80% of the probe allows per core.
+// Measured (bench/native/attention_bench.cc, 2-core AMD EPYC Zen 4 VM whose read bandwidth drifts between ~30 and
+// ~60 GB/s, so each decode row is compared with a read probe run right before and after it): per (key, kv head) on
+// one core with K/V in L2, 6.6 / 16.0 / 31.4 / 61.3 ns at g = 1 / 4 / 8 / 16 (register blocking of the bf16 tier:
+// scores, 2 rows per K load; p . V, up to 4 rows per V load, accumulators in registers over the chunk). Items walk
+// a page's kv heads in order (see the driver), so a page of K and of V is read front to back: decode at block 64,
+// kv 4096, 64 sequences reaches 0.87 of the probe at g = 1 (0.56 with one head per item), 0.57 at g = 4 (32/8),
+// 0.50 at g = 8 (32/4), 0.37 at g = 16 (64/4); prefill 0.58 of the vdpbf16ps peak
+// (bench/results/attention-native-2026-11-26-grouped.json). At g >= 4 the time is close to the sum of the
+// streaming time (g = 1) and the compute time measured with every sequence reading the same 8 pages (in cache),
+// not their maximum: loads and compute do not overlap well here; software prefetch of the next segment key by
+// key, or of the next head's segment, changed nothing measurable. g = 16 is compute-bound outright: 61 ns per
+// key-head exceeds the ~43 ns that 80% of the probe allows per core.
 #include "attention.h"
 
 #include <algorithm>
