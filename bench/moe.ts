@@ -7,6 +7,10 @@
  *    20 calls queued back to back per timing, so the per-op round trip is hidden): what the vdpbf16ps micro-kernels
  *    reach when memory is not the limit (the native bench measures the same shape at about 400 GFLOP/s here).
  *  - large dense matmul: be.gemm bf16 -> f32 [1024, 4096] x [4096, 4096]^T (reference only).
+ *  - register peak: native dotProbe (vdpbf16ps chains on registers, every pool thread, best of 3): the strict limit
+ *    (no kernel that loads its operands reaches it); frac_of_dot_peak uses it.
+ * The read probe runs again right before and after every row (median of 3 passes each): the development VM's
+ * bandwidth drifts between ~30 and ~60 GB/s within minutes, so frac_of_read_bw uses the row's own probe.
  * Each row: GFLOP/s (2 * T * k * 3 * H * I, the routed work) and weight GB/s (distinct routed experts * 3 * H * I
  * * 2 bytes / time: each touched expert's weights counted once), with frac_of_bf16_peak and frac_of_read_bw.
  * Every figure is the median of several timed runs after a warm-up (the machine is a shared 2-core VM: noisy).
@@ -37,17 +41,18 @@ async function main(): Promise<void> {
   const be = openBackend({ backend: 'cpu' });
   const nat = native() as unknown as { readProbe?: (d: Float32Array) => { seconds: number; sum: number } };
 
-  // (a) streaming read bandwidth
-  let readGBs: number | null = null;
+  // (a) streaming read bandwidth: median of `passes` passes over one 512 MiB buffer
   const probeBytes = 512 * 1024 * 1024;
-  if (typeof nat.readProbe === 'function') {
-    const buf = new Float32Array(probeBytes / 4).fill(1);
+  const probeBuf = typeof nat.readProbe === 'function' ? new Float32Array(probeBytes / 4).fill(1) : null;
+  const probe = (passes: number): number | null => {
+    if (probeBuf === null) return null;
     const secs: number[] = [];
-    for (let i = 0; i < 8; i++) secs.push(nat.readProbe(buf).seconds);
-    secs.shift();  // warm-up
+    for (let i = 0; i < passes; i++) secs.push(nat.readProbe!(probeBuf).seconds);
     secs.sort((a, b) => a - b);
-    readGBs = probeBytes / (secs[Math.floor(secs.length / 2)]! * 1e9);
-  }
+    return probeBytes / (secs[Math.floor(secs.length / 2)]! * 1e9);
+  };
+  probe(1);  // warm-up
+  const readGBs = probe(7);
   // (b) bf16 dot-product peak (cache-resident) and the large dense matmul
   const pa = filled([256, 1024], 0x3c00), pb = filled([1024, 1024], 0x3c00);
   const pc = new HostTensor('f32', [256, 1024]);
@@ -62,14 +67,19 @@ async function main(): Promise<void> {
   const c = new HostTensor('f32', [1024, 4096]);
   const denseMs = await median(() => be.gemm(a, b, c), 3);
   const denseGflops = (2 * 1024 * 4096 * 4096) / (denseMs * 1e6);
+  let dotPeak = 0;
+  for (let i = 0; i < 3; i++) {
+    const r = native().dotProbe(20_000_000);
+    dotPeak = Math.max(dotPeak, r.flops / r.seconds / 1e9);
+  }
   console.log(`probes: read ${readGBs?.toFixed(1)} GB/s; bf16 peak (256x1024x1024) ${peakGflops.toFixed(1)} GFLOP/s; ` +
-    `dense 1024x4096x4096 ${denseGflops.toFixed(1)} GFLOP/s (${be.isa})`);
+    `dense 1024x4096x4096 ${denseGflops.toFixed(1)} GFLOP/s; register peak ${dotPeak.toFixed(1)} GFLOP/s (${be.isa})`);
 
   const models = [
-    { name: 'Mixtral-8x7B', h: 4096, inter: 14336, e: 8, k: 2, ts: quick ? [1, 8] : [1, 8, 64, 512] },
-    { name: 'Qwen3-30B-A3B', h: 2048, inter: 768, e: 128, k: 8, ts: quick ? [1, 8] : [1, 8, 64, 512] },
-    { name: 'OLMoE-1B-7B', h: 2048, inter: 1024, e: 64, k: 8, ts: quick ? [1, 8] : [1, 8, 64, 512] },
-    { name: 'DeepSeek-V2-Lite', h: 2048, inter: 1408, e: 64, k: 6, ts: quick ? [1, 8] : [1, 8, 64, 512] },
+    { name: 'Mixtral-8x7B', h: 4096, inter: 14336, e: 8, k: 2, ts: quick ? [1, 8] : [1, 8, 64, 512, 4096] },
+    { name: 'Qwen3-30B-A3B', h: 2048, inter: 768, e: 128, k: 8, ts: quick ? [1, 8] : [1, 8, 64, 512, 4096] },
+    { name: 'OLMoE-1B-7B', h: 2048, inter: 1024, e: 64, k: 8, ts: quick ? [1, 8] : [1, 8, 64, 512, 4096] },
+    { name: 'DeepSeek-V2-Lite', h: 2048, inter: 1408, e: 64, k: 6, ts: quick ? [1, 8] : [1, 8, 64, 512, 4096] },
   ];
   const rows: Array<Record<string, unknown>> = [];
   for (const m of models) {
@@ -89,7 +99,10 @@ async function main(): Promise<void> {
       const out = new HostTensor('bf16', [t, m.h]);
       const flops = 2 * t * m.k * 3 * m.h * m.inter;
       const runs = flops > 1e11 ? 3 : 5;
+      const bw0 = probe(3);
       const ms = await median(() => be.moeExperts({ x, topkIds: ids, topkWeights: w, experts: table, out }), runs);
+      const bw1 = probe(3);
+      const rowGBs = bw0 === null || bw1 === null ? null : (bw0 + bw1) / 2;
       const distinct = Math.min(m.e, t * m.k);
       const wbytes = distinct * 3 * m.h * m.inter * 2;
       const gflops = flops / (ms * 1e6);
@@ -99,7 +112,9 @@ async function main(): Promise<void> {
         tokens_per_expert: r1((t * m.k) / distinct),
         ms: r3(ms), gflops: r1(gflops), weight_gbs: r1(gbs),
         frac_of_bf16_peak: r3(gflops / peakGflops),
-        frac_of_read_bw: readGBs === null ? null : r3(gbs / readGBs),
+        frac_of_dot_peak: r3(gflops / dotPeak),
+        read_gbs: rowGBs === null ? null : r1(rowGBs),
+        frac_of_read_bw: rowGBs === null ? null : r3(gbs / rowGBs),
         frac_of_dense_gemm: r3(gflops / denseGflops),
         loadavg_1m: r1(os.loadavg()[0]!),
       };
@@ -116,7 +131,8 @@ async function main(): Promise<void> {
     method: 'median of 3-7 timed runs after one warm-up; weights constant bf16; routing (t*k+j) mod E',
     probes: {
       read_gbs: readGBs === null ? null : r1(readGBs),
-      read_probe: `one multithreaded f32 sum over ${probeBytes} bytes (native readProbe), median of 7 passes`,
+      read_probe: `one multithreaded f32 sum over ${probeBytes} bytes (native readProbe), median of 7 passes at the start; each row: median of 3 before and 3 after`,
+      dot_peak_gflops: r1(dotPeak),
       bf16_peak_gflops: r1(peakGflops),
       bf16_peak_shape: `gemm bf16->f32 m=256 n=1024 k=1024, ${reps} calls queued per timing`,
       dense_gemm_gflops: r1(denseGflops),
