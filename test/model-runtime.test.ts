@@ -15,6 +15,7 @@ import {
   demo,
   loadModel,
   makeModel,
+  memoryStats,
   parseTrace,
   serializeTrace,
 } from '../lib/index.js';
@@ -145,6 +146,38 @@ describe('generation', () => {
     assert.deepEqual(model.expertCache!.residents().filter((r) => r.pins > 0), []);
     const again = await model.generate('Abort me please', { maxNewTokens: 4, stopAtEos: false });
     assert.equal(again.tokens.length, 4);
+  });
+
+  test('staged activations: the device memory kept between steps grows for a longer prompt, survives an abort, and is freed with the model; greedy tokens equal the direct path', async () => {
+    using direct = await loadModel(dir);
+    const device0 = memoryStats().cpu.device;
+    const staged = await loadModel(dir, { deviceActivations: true });
+    try {
+      const short = 'Hi';
+      const long = 'A much longer prompt than the first one, so that its prefill step needs more activation memory.';
+      assert.deepEqual((await staged.generate(short, { maxNewTokens: 5, stopAtEos: false })).tokens, (await direct.generate(short, { maxNewTokens: 5, stopAtEos: false })).tokens);
+      const afterShort = memoryStats().cpu.device.bytes;
+      assert.deepEqual((await staged.generate(long, { maxNewTokens: 5, stopAtEos: false })).tokens, (await direct.generate(long, { maxNewTokens: 5, stopAtEos: false })).tokens);
+      assert.ok(memoryStats().cpu.device.bytes > afterShort, 'the kept buffer grew for the longer prefill');
+      // a shorter prompt's steps fit in it: it stays as it is
+      const before = memoryStats().cpu.device;
+      await staged.generate(short, { maxNewTokens: 6, stopAtEos: false });
+      assert.deepEqual(memoryStats().cpu.device, before);
+      const ac = new AbortController();
+      const s = staged.stream(long, { maxNewTokens: 50, stopAtEos: false, signal: ac.signal });
+      let n = 0;
+      await assert.rejects(
+        (async () => {
+          for await (const _ of s) if (++n === 3) ac.abort(new Error('user abort'));
+        })(),
+        /user abort/,
+      );
+      await assert.rejects(s.result, /user abort/);
+      assert.deepEqual((await staged.generate(long, { maxNewTokens: 5, stopAtEos: false })).tokens, (await direct.generate(long, { maxNewTokens: 5, stopAtEos: false })).tokens);
+    } finally {
+      staged.dispose();
+    }
+    assert.deepEqual(memoryStats().cpu.device, device0, 'device memory freed with the model');
   });
 
   test('routing traces: one iteration per decode step, serialisable, ids consistent with probabilities', async () => {

@@ -22,7 +22,7 @@ import type { Backend } from '../backend.js';
 import type { KvCache } from '../kv/cache.js';
 import type { ModelConfig } from '../model/config.js';
 import type { DenseWeights, LayerWeights, MlaWeights } from '../model/weights.js';
-import type { DType } from '../dtype.js';
+import { DTYPE_SIZE, type DType } from '../dtype.js';
 import { type DeviceTensor, HostTensor, type Tensor } from '../tensor.js';
 import type { ExpertProvider } from './experts.js';
 
@@ -99,23 +99,74 @@ interface Staged<D extends DType = DType> {
   host: HostTensor<D>;
 }
 
-/** Per-step allocations: activations on the compute backend (device memory when staged), freed after the step. */
+/**
+ * Device memory for a step's activations (staged mode), kept from step to step: one buffer that each step carves
+ * views from, so a step allocates and frees nothing on the device (cudaMalloc is slow and cudaFree waits for every
+ * queued operation on the device, the next layer's expert prefetch included). A step that needs more than the
+ * buffer holds takes separate allocations for the rest and the buffer grows to the step's total for the next one.
+ * Steps run one at a time (the model's StepLock); a step that ended with an error may leave ops in flight on the
+ * buffer, so the buffer is then released (its memory is freed once those ops let go of it) and a new one allocated.
+ */
+class ActivationArena {
+  static readonly ALIGN = 256;
+  readonly #be: Backend;
+  #buf: DeviceTensor<'f32'> | undefined;
+  #used = 0;
+  #need = 0;
+  readonly #extra: DeviceTensor[] = [];
+  constructor(be: Backend) {
+    this.#be = be;
+  }
+  /** Bytes the buffer holds (0 before the first staged step). */
+  get capacity(): number {
+    return this.#buf?.byteLength ?? 0;
+  }
+  /** A `shape` x `dtype` tensor valid until end(). */
+  take<D extends DType>(dtype: D, shape: number[]): DeviceTensor<D> {
+    const bytes = shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[dtype];
+    const at = this.#used;
+    const rounded = Math.ceil(bytes / ActivationArena.ALIGN) * ActivationArena.ALIGN;
+    this.#used += rounded;
+    this.#need += rounded;
+    if (this.#buf && this.#used <= this.#buf.byteLength) return this.#buf.view(dtype, shape, at);
+    const d = this.#be.alloc(dtype, shape);
+    this.#extra.push(d);
+    return d;
+  }
+  /** The step is over: `ok` when every op it queued has completed. */
+  end(ok: boolean): void {
+    for (const d of this.#extra) d.dispose();
+    const grow = this.#extra.length > 0;
+    this.#extra.length = 0;
+    if (!ok || grow) {
+      this.#buf?.dispose();
+      this.#buf = undefined;
+    }
+    if (grow) this.#buf = this.#be.alloc('f32', [Math.ceil((this.#need * 1.25) / 4 / ActivationArena.ALIGN) * (ActivationArena.ALIGN / 4)]);
+    this.#used = 0;
+    this.#need = 0;
+  }
+  dispose(): void {
+    this.end(false);
+  }
+}
+
+/** Per-step allocations: activations on the compute backend (device memory when staged: the arena's). */
 class StepMemory {
   readonly #be: Backend;
   readonly #staged: boolean;
-  readonly #owned: DeviceTensor[] = [];
+  readonly #arena: ActivationArena;
   readonly #op: { signal?: AbortSignal };
-  constructor(be: Backend, staged: boolean, op: { signal?: AbortSignal }) {
+  constructor(be: Backend, staged: boolean, arena: ActivationArena, op: { signal?: AbortSignal }) {
     this.#be = be;
     this.#staged = staged;
+    this.#arena = arena;
     this.#op = op;
   }
   /** A compute-backend tensor (device memory when staged; a HostTensor otherwise). */
   act<D extends DType>(dtype: D, shape: number[]): Tensor {
     if (!this.#staged) return new HostTensor(dtype, shape);
-    const d = this.#be.alloc(dtype, shape);
-    this.#owned.push(d);
-    return d;
+    return this.#arena.take(dtype, shape);
   }
   /** A compute tensor with a host copy. */
   pair<D extends DType>(dtype: D, shape: number[]): Staged<D> {
@@ -135,19 +186,31 @@ class StepMemory {
   up(p: Staged): Promise<unknown> {
     return this.#staged ? this.#be.copy(p.host, p.dev, this.#op) : Promise.resolve();
   }
-  dispose(): void {
-    for (const d of this.#owned) d.dispose();
-    this.#owned.length = 0;
+  /** The step is over (`ok`: every op it queued completed). */
+  end(ok: boolean): void {
+    if (this.#staged) this.#arena.end(ok);
   }
 }
 
 export class ForwardPass {
   readonly #p: ForwardParts;
   readonly #moeIndex: Map<number, number>;
+  readonly #arena: ActivationArena;
 
   constructor(parts: ForwardParts) {
     this.#p = parts;
     this.#moeIndex = new Map(parts.cfg.moeLayers.map((l, i) => [l, i]));
+    this.#arena = new ActivationArena(parts.be);
+  }
+
+  /** Device bytes kept for activations between steps (staged mode). */
+  get arenaBytes(): number {
+    return this.#arena.capacity;
+  }
+
+  /** Frees the activation memory kept between steps. */
+  dispose(): void {
+    this.#arena.dispose();
   }
 
   /** RoPE of q [T, nH, d] and k [T, nKV, d] (host f32) at `positions`, on the host backend. */
@@ -284,7 +347,8 @@ export class ForwardPass {
       seqs.map((s) => s.tokens.length),
     );
 
-    const m = new StepMemory(be, staged, op);
+    const m = new StepMemory(be, staged, this.#arena, op);
+    let ok = false;
     try {
       const D = this.#p.headDim; // KV cache / attention head dim (MLA: padded)
       const h = m.act('f32', [T, H]); // the residual stream
@@ -415,9 +479,10 @@ export class ForwardPass {
       if (o.iteration) experts.endIteration?.();
       book('hostMs');
       times.totalMs += performance.now() - start;
+      ok = true;
       return logits.host;
     } finally {
-      m.dispose();
+      m.end(ok);
     }
   }
 }

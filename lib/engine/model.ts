@@ -410,10 +410,11 @@ export class MoeModel {
     return { numLayers: this.config.moeLayers.length, numExperts: this.config.numExperts, topK: this.config.topK, embedDim: this.config.hiddenSize, requests: [...requests] };
   }
 
-  /** Frees every allocation (weights, expert store and slots, KV cache). Requests in flight fail with DisposedError. */
+  /** Frees every allocation (weights, expert store and slots, KV cache, activations). Requests in flight fail with DisposedError. */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    this.#fwd.dispose();
     this.#experts.dispose();
     this.#store.dispose();
     this.#kv.dispose();
