@@ -43,6 +43,7 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kPrefetchPages = 2;  // prefetch distance in pages (Chunk::nk / nv)
+constexpr int64_t kGroupRows = 16;     // kv heads share an item only for query tiles of at most this many rows per head
 
 // One page segment of one item, handed to a tier kernel. Rows r in [0, R): valid kv offsets j in [jlo[r], jhi[r]]
 // of this chunk (jlo > jhi: the row has nothing here and is left alone).
@@ -658,8 +659,10 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
   // contiguous run of hg * block_size * head_dim values, so the item streams it front to back. One kv head per
   // item (the old decomposition) read block_size * head_dim runs from scattered places: 16 KiB runs (block 64,
   // head_dim 128) read at ~0.7 of a sequential stream on the development VM. Heads are grouped as long as the
-  // pool still gets 2 items per thread; each head's rows see exactly the chunk sequence they saw alone, so the
-  // results are bitwise the same whatever the grouping.
+  // pool still gets 2 items per thread, and only for query tiles of at most kGroupRows rows per head (decode):
+  // a prefill tile's state (64 rows x head_dim of q and acc per head) would no longer stay in L2 across heads, and
+  // its pages are reused by every row anyway. Each head's rows see exactly the chunk sequence they saw alone, so
+  // the results are bitwise the same whatever the grouping.
   const int nt_max = std::max(1, 64 / g);
   std::vector<int64_t> q_start(static_cast<size_t>(a.num_seqs) + 1, 0);
   int64_t tiles = 0;
@@ -686,11 +689,12 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
     }
     ns = std::max<int64_t>(1, std::min(ns, nb));
     max_split = std::max(max_split, ns);
-    for (int32_t h = 0; h < a.kv_heads; h += hg)
+    const int sg = std::min<int64_t>(Q, nt_max) * g <= kGroupRows ? hg : 1;  // kv heads per item
+    for (int32_t h = 0; h < a.kv_heads; h += sg)
       for (int64_t t0 = 0; t0 < Q; t0 += nt_max)
         for (int64_t sp = 0; sp < ns; ++sp) {
           const int32_t nt = static_cast<int32_t>(std::min<int64_t>(nt_max, Q - t0));
-          const int32_t nh = static_cast<int32_t>(std::min<int64_t>(hg, a.kv_heads - h));
+          const int32_t nh = static_cast<int32_t>(std::min<int64_t>(sg, a.kv_heads - h));
           items.push_back({static_cast<int32_t>(s), h, nh, static_cast<int32_t>(t0), nt, static_cast<int32_t>(sp),
                            static_cast<int32_t>(ns), q_start[s], (L / ns + bs) * nt * nh});
         }
@@ -708,11 +712,9 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
   const size_t page_elems = static_cast<size_t>(a.kv_heads) * head_elems;
   const AttentionArgs args = a;
   const int rmax = nt_max * g;  // rows per kv head
-  const size_t hrows = static_cast<size_t>(rmax) * hg;  // rows per item
+  size_t hrows = static_cast<size_t>(rmax);  // rows per item
+  for (const Item& w : items) hrows = std::max(hrows, static_cast<size_t>(w.nt) * g * w.nh);
   const int s_stride = bs + 16;  // room for the even round-up and masked tails of the score rows
-  // Prefetch distance: the same kv head kPrefetchPages pages ahead, or one page ahead when an item covers several
-  // heads (a page is then already hg segments long; two would be more than the L2 holds for both threads).
-  const int64_t pf_pages = hg > 1 ? 1 : kPrefetchPages;
 
   std::function<void(size_t, size_t)> fn = [&, args](size_t begin, size_t end) {
     thread_local std::vector<float> fbuf;
@@ -784,6 +786,9 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
         }
         // Pages are scattered: the hardware prefetcher cannot run ahead of a page's end, so the vector kernels
         // prefetch a later page's rows of the same kv head while they stream this one.
+        // prefetch distance: the same kv head kPrefetchPages pages ahead, or one page ahead when the item covers
+        // several heads (a page is then already nh segments long)
+        const int64_t pf_pages = w.nh > 1 ? 1 : kPrefetchPages;
         const int32_t np = b + pf_pages <= rhi / bs ? args.block_tables[w.seq * args.max_blocks + b + pf_pages] : -1;
         for (int u = 0; u < w.nh; ++u) {
           const size_t off = static_cast<size_t>(page) * page_elems + static_cast<size_t>(w.kvh + u) * head_elems;
