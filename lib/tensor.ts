@@ -16,6 +16,7 @@
  * using dx = be.alloc('bf16', [2, 3]);
  * await be.copy(x, dx);
  */
+import { constants as bufferConstants } from 'node:buffer';
 import {
   type AnyTypedArray,
   type ArrayFor,
@@ -33,6 +34,9 @@ import {
 } from './dtype.js';
 import { DisposedError, InvalidArgumentError } from './errors.js';
 import type { NativeHostRegistration, NativeMemory, NativeTensorArg } from './native.js';
+
+/** The largest native buffer Node can expose to JS (buffer.constants.MAX_LENGTH: 4 GiB on Node 20). */
+export const MAX_VIEW_BYTES: number = bufferConstants.MAX_LENGTH;
 
 export type Shape = readonly number[];
 
@@ -248,8 +252,20 @@ export class PinnedBuffer {
   /** The whole buffer as bytes (detached, length 0, after dispose). */
   get bytes(): Uint8Array {
     const mem = this.nativeMemory('PinnedBuffer.bytes');
-    this.#bytes ??= new Uint8Array(mem.arrayBuffer(), 0, this.byteLength);
+    this.#bytes ??= new Uint8Array(this.#arrayBuffer(mem, 'PinnedBuffer.bytes'), 0, this.byteLength);
     return this.#bytes;
+  }
+
+  /**
+   * The JS view of the whole buffer. Node exposes native memory to JS as an external buffer of at most
+   * buffer.constants.MAX_LENGTH bytes (4 GiB on Node 20; a larger one aborted the process), so larger pinned
+   * buffers have no JS views: allocate them in parts (ops still take their native memory).
+   */
+  #arrayBuffer(mem: NativeMemory, what: string): ArrayBuffer {
+    if (this.byteLength > MAX_VIEW_BYTES) {
+      throw new InvalidArgumentError(`${what}: a JS view needs a buffer of at most ${MAX_VIEW_BYTES} bytes (Node's limit for external buffers), this one has ${this.byteLength}: allocate it in parts`);
+    }
+    return mem.arrayBuffer();
   }
 
   /** A HostTensor view of `shape` x `dtype` starting at `byteOffset` (a multiple of the element size). */
@@ -262,7 +278,7 @@ export class PinnedBuffer {
     if (byteOffset + bytes > this.byteLength) {
       throw new InvalidArgumentError(`a view of ${bytes} bytes at byteOffset ${byteOffset} does not fit the buffer's ${this.byteLength} bytes`);
     }
-    return new HostTensor(dtype, s, viewArray(dtype, mem.arrayBuffer(), byteOffset, numelOf(s)), this);
+    return new HostTensor(dtype, s, viewArray(dtype, this.#arrayBuffer(mem, 'PinnedBuffer.tensor'), byteOffset, numelOf(s)), this);
   }
 
   /** Frees the memory now (or, if an op still uses it, as soon as that op settles). Views become unusable. */

@@ -17,7 +17,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { type Backend, HostTensor, InvalidArgumentError, KvCache, OutOfMemoryError, type KernelTier } from '../lib/index.js';
+import { type Backend, HostTensor, InvalidArgumentError, KvCache, MAX_VIEW_BYTES, OutOfMemoryError, type KernelTier, memoryStats } from '../lib/index.js';
 import { harnessBackends } from './harness/backends.js';
 import { TIER_ORDER } from './harness/table.js';
 import { nmse, rng } from './harness/ref.js';
@@ -400,6 +400,14 @@ void test('KvCache: pages, fork with shared prefix and copy on write, typed out-
   assert.throws(() => cache.length(a), InvalidArgumentError);
   assert.throws(() => KvCache.create(be, { layers: 1, kvHeads: 1, headDim: 64, budgetBytes: 10 }), InvalidArgumentError);
   assert.throws(() => KvCache.create(be, { layers: 1, kvHeads: 1, headDim: 80, budgetBytes: 1 << 20 }), /64, 128 or 256/);
+  // a layer's K (or V) pages must fit one JS view (the KV writes): a larger budget is refused before allocating
+  const pinned0 = memoryStats()[be.kind].pinned;
+  const regionPage = 8 * 64 * 128 * 2;
+  assert.throws(
+    () => KvCache.create(be, { layers: 1, kvHeads: 8, headDim: 128, blockSize: 64, budgetBytes: 2 * (MAX_VIEW_BYTES + 4 * regionPage) }),
+    (e: unknown) => e instanceof InvalidArgumentError && /Node's limit for external buffers\); use at most \d+/.test(e.message),
+  );
+  assert.deepEqual(memoryStats()[be.kind].pinned, pinned0);
 });
 
 void test('attention: cancelling an in-flight prefill rejects with the signal reason and stops early (cpu-scalar)', async () => {

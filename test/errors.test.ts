@@ -12,6 +12,7 @@ import {
   DisposedError,
   HostTensor,
   InvalidArgumentError,
+  MAX_VIEW_BYTES,
   MoeOffloadError,
   openBackend,
 } from '../lib/index.js';
@@ -67,6 +68,15 @@ void test('alloc, allocPinned and views reject negative, fractional and oversize
   using d = be.alloc('f32', [4]);
   assert.throws(() => d.view('f32', [5]), invalid(/does not fit the allocation's 16 bytes/));
   assert.throws(() => d.view('f32', [1], -4), invalid(/byteOffset/));
+});
+
+void test('a pinned buffer larger than a JS view can address has no views: a typed error, not an abort', () => {
+  // Node exposes native memory to JS as an external buffer of at most buffer.constants.MAX_LENGTH bytes; a view of
+  // a larger one used to abort the process (double free inside Node's external-buffer path). Virtual memory only:
+  // the pages are never touched.
+  using big = be.allocPinned(MAX_VIEW_BYTES + 4096);
+  assert.throws(() => big.tensor('u8', [16]), invalid(/at most \d+ bytes \(Node's limit for external buffers\)/));
+  assert.throws(() => big.bytes, invalid(/PinnedBuffer\.bytes/));
 });
 
 void test('ops reject wrong tensor types, dtypes, shapes, streams and signals before queuing anything', () => {

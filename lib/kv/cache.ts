@@ -32,7 +32,7 @@
 import type { Backend } from '../backend.js';
 import { DTYPE_SIZE, checkDType, describe, f32ToBf16Bits, f32ToF16Bits } from '../dtype.js';
 import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
-import { HostTensor, type PinnedBuffer } from '../tensor.js';
+import { HostTensor, MAX_VIEW_BYTES, type PinnedBuffer } from '../tensor.js';
 
 export type KvDType = 'bf16' | 'f16' | 'f32';
 
@@ -84,16 +84,17 @@ export class KvCache {
   readonly numPages: number;
   /** Bytes one page takes over all layers, K and V. */
   readonly bytesPerPage: number;
-  readonly #buf: PinnedBuffer;
-  readonly #elems: Float32Array | Uint16Array; // the whole buffer
+  /** [layer * 2 + kind] pinned K (kind 0) and V (kind 1) pages of each layer: [numPages, kvHeads, blockSize, headDim]. */
+  readonly #bufs: PinnedBuffer[];
+  readonly #elems: Array<Float32Array | Uint16Array>; // their elements
   readonly #refs: Int32Array; // [numPages] reference counts
   readonly #free: number[]; // free page ids (a stack)
   readonly #seqs = new Map<number, Seq>();
   #nextId = 0;
 
   /** @internal use KvCache.create */
-  private constructor(buf: PinnedBuffer, o: Required<KvCacheOptions>, numPages: number, bytesPerPage: number) {
-    this.#buf = buf;
+  private constructor(bufs: PinnedBuffer[], o: Required<KvCacheOptions>, numPages: number, bytesPerPage: number) {
+    this.#bufs = bufs;
     this.layers = o.layers;
     this.kvHeads = o.kvHeads;
     this.headDim = o.headDim;
@@ -101,16 +102,18 @@ export class KvCache {
     this.dtype = o.dtype;
     this.numPages = numPages;
     this.bytesPerPage = bytesPerPage;
-    this.#elems = buf.tensor(o.dtype, [numPages * this.#pageElems * 2 * o.layers]).data as Float32Array | Uint16Array;
+    this.#elems = bufs.map((b) => b.tensor(o.dtype, [numPages * this.#pageElems]).data as Float32Array | Uint16Array);
     this.#refs = new Int32Array(numPages);
     this.#free = [];
     for (let p = numPages - 1; p >= 0; p--) this.#free.push(p);
   }
 
   /**
-   * A cache of floor(budgetBytes / bytesPerPage) pages in pinned memory of `backend`.
-   * @throws InvalidArgumentError for bad options or a budget below one page; OutOfMemoryError when the pinned
-   *   allocation fails.
+   * A cache of floor(budgetBytes / bytesPerPage) pages in pinned memory of `backend`, one buffer per layer for K
+   * and one for V.
+   * @throws InvalidArgumentError for bad options, a budget below one page, or one whose per-layer K (or V) buffer
+   *   would exceed MAX_VIEW_BYTES (4 GiB on Node 20: the JS view the KV writes use); OutOfMemoryError when a pinned
+   *   allocation fails (nothing stays allocated).
    */
   static create(backend: Backend, options: KvCacheOptions): KvCache {
     if (typeof options !== 'object' || options === null) throw new InvalidArgumentError(`options must be an object, received ${describe(options)}`);
@@ -127,17 +130,31 @@ export class KvCache {
     if (numPages < 1) {
       throw new InvalidArgumentError(`options.budgetBytes must hold at least one page of ${bytesPerPage} bytes, received ${budget}`);
     }
-    const buf = backend.allocPinned(numPages * bytesPerPage);
-    return new KvCache(buf, { layers, kvHeads, headDim, blockSize, dtype, budgetBytes: budget }, numPages, bytesPerPage);
+    // one buffer per layer and K / V: a JS view (the KV writes) addresses at most MAX_VIEW_BYTES of native memory
+    const regionBytes = numPages * (bytesPerPage / (2 * layers));
+    if (regionBytes > MAX_VIEW_BYTES) {
+      throw new InvalidArgumentError(
+        `options.budgetBytes (${budget}) gives ${numPages} pages: the K (and the V) pages of one layer would take ${regionBytes} bytes, above the ${MAX_VIEW_BYTES} ` +
+          `bytes a JS view of native memory can address (Node's limit for external buffers); use at most ${Math.floor(MAX_VIEW_BYTES / (bytesPerPage / (2 * layers))) * bytesPerPage}`,
+      );
+    }
+    const bufs: PinnedBuffer[] = [];
+    try {
+      for (let i = 0; i < 2 * layers; i++) bufs.push(backend.allocPinned(regionBytes));
+    } catch (e) {
+      for (const b of bufs) b.dispose();
+      throw e;
+    }
+    return new KvCache(bufs, { layers, kvHeads, headDim, blockSize, dtype, budgetBytes: budget }, numPages, bytesPerPage);
   }
 
   get #pageElems(): number {
     return this.kvHeads * this.blockSize * this.headDim;
   }
 
-  /** Element offset of (layer, kind 0 = K / 1 = V, page). */
-  #pageOffset(layer: number, kind: number, page: number): number {
-    return ((layer * 2 + kind) * this.numPages + page) * this.#pageElems;
+  /** Element offset of `page` in its (layer, kind) buffer. */
+  #pageOffset(page: number): number {
+    return page * this.#pageElems;
   }
 
   #checkLayer(layer: unknown): number {
@@ -155,12 +172,12 @@ export class KvCache {
 
   /** K pages of `layer`: [numPages, kvHeads, blockSize, headDim] (a view; valid until dispose). */
   keys(layer: number): HostTensor {
-    return this.#buf.tensor(this.dtype, [this.numPages, this.kvHeads, this.blockSize, this.headDim], this.#pageOffset(this.#checkLayer(layer), 0, 0) * DTYPE_SIZE[this.dtype]);
+    return this.#bufs[this.#checkLayer(layer) * 2]!.tensor(this.dtype, [this.numPages, this.kvHeads, this.blockSize, this.headDim]);
   }
 
   /** V pages of `layer`: [numPages, kvHeads, blockSize, headDim]. */
   values(layer: number): HostTensor {
-    return this.#buf.tensor(this.dtype, [this.numPages, this.kvHeads, this.blockSize, this.headDim], this.#pageOffset(this.#checkLayer(layer), 1, 0) * DTYPE_SIZE[this.dtype]);
+    return this.#bufs[this.#checkLayer(layer) * 2 + 1]!.tensor(this.dtype, [this.numPages, this.kvHeads, this.blockSize, this.headDim]);
   }
 
   /** Pages not used by any sequence. */
@@ -240,12 +257,8 @@ export class KvCache {
       if (this.#refs[old]! > 1) {
         const fresh = this.#free.pop()!;
         const pe = this.#pageElems;
-        for (let l = 0; l < this.layers; l++) {
-          for (let kind = 0; kind < 2; kind++) {
-            const src = this.#pageOffset(l, kind, old);
-            this.#elems.copyWithin(this.#pageOffset(l, kind, fresh), src, src + pe);
-          }
-        }
+        const src = this.#pageOffset(old);
+        for (const e of this.#elems) e.copyWithin(this.#pageOffset(fresh), src, src + pe);
         this.#refs[old]!--;
         this.#refs[fresh] = 1;
         s.pages[last] = fresh;
@@ -290,13 +303,13 @@ export class KvCache {
         throw new InvalidArgumentError(`position ${pos + t} of sequence ${seq} lies in page ${page}, shared with a forked sequence: write only positions appended after the fork`);
       }
     }
-    const dst = this.#elems;
     for (const [kind, src] of [[0, k], [1, v]] as const) {
+      const dst = this.#elems[layer * 2 + kind]!;
       const data = src.data;
       const conv = src.dtype === this.dtype ? undefined : this.dtype === 'bf16' ? f32ToBf16Bits : this.dtype === 'f16' ? f32ToF16Bits : undefined;
       for (let t = 0; t < n; t++) {
         const p = pos + t;
-        const base = this.#pageOffset(layer, kind, s.pages[Math.floor(p / bs)]!) + (p % bs) * hd;
+        const base = this.#pageOffset(s.pages[Math.floor(p / bs)]!) + (p % bs) * hd;
         for (let h = 0; h < this.kvHeads; h++) {
           const o = base + h * bs * hd;
           const i = (t * this.kvHeads + h) * hd;
@@ -356,7 +369,7 @@ export class KvCache {
 
   /** Frees the pinned memory; views from keys()/values() become unusable. */
   dispose(): void {
-    this.#buf.dispose();
+    for (const b of this.#bufs) b.dispose();
     this.#seqs.clear();
   }
 

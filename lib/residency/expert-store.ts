@@ -20,7 +20,7 @@ import { type DType, DTYPE_SIZE, describe } from '../dtype.js';
 import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
 import { type ModelConfig, expertTensorNames } from '../model/config.js';
 import type { Checkpoint } from '../model/safetensors.js';
-import type { HostTensor, PinnedBuffer } from '../tensor.js';
+import { type HostTensor, MAX_VIEW_BYTES, type PinnedBuffer } from '../tensor.js';
 
 export interface ExpertStoreOptions {
   /** MoE layer indices (model layer numbers) held by the store. */
@@ -131,7 +131,8 @@ export class ExpertStore {
           `${options.hostBudgetBytes === undefined ? ' (90% of free memory)' : ''}; nothing was allocated`,
       );
     }
-    const chunkBytes = options.chunkBytes ?? 2 ** 30;
+    // at most what a JS view can address (the store's tensors are views of its chunks)
+    const chunkBytes = Math.min(options.chunkBytes ?? 2 ** 30, MAX_VIEW_BYTES);
     const perChunk = Math.max(1, Math.floor(chunkBytes / expertBytes));
     const chunkSizes: number[] = [];
     for (let left = count; left > 0; left -= perChunk) chunkSizes.push(Math.min(perChunk, left) * expertBytes);
