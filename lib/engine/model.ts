@@ -69,7 +69,7 @@ export interface LoadModelOptions {
   backend?: Backend | 'cpu' | 'cuda' | 'auto';
   /** Routed expert placement (default 'resident'). */
   experts?: ExpertMode;
-  /** Host bytes for the paged KV cache (default 256 MiB). */
+  /** Host bytes for the paged KV cache (default 256 MiB; one buffer per layer for K and for V, each at most MAX_VIEW_BYTES). */
   kvCacheBytes?: number;
   /** Tokens per KV page (default 64). */
   kvBlockSize?: number;
