@@ -231,6 +231,13 @@ describe('generation', () => {
 
 describe('malformed checkpoints', () => {
   const code = (c: string) => (e: unknown) => (e as { code?: string }).code === c;
+  test('bad KV cache options fail before the weights load, naming loadModel\'s options, leaving nothing allocated', async () => {
+    const { cpu, cuda } = memoryStats();
+    await assert.rejects(loadModel(dir, { kvCacheBytes: 100 }), (e: unknown) => e instanceof InvalidArgumentError && /^kvCacheBytes must hold at least one page/.test(e.message));
+    await assert.rejects(loadModel(dir, { kvBlockSize: 5000 }), (e: unknown) => e instanceof InvalidArgumentError && /^kvBlockSize must be <= 4096/.test(e.message));
+    const after = memoryStats();
+    assert.deepEqual({ cpu: after.cpu, cuda: after.cuda }, { cpu, cuda });
+  });
   test('missing shard', async () => {
     const d = copyModel('missing-shard');
     assert.ok(shards(d).length >= 2, 'the tiny checkpoint is sharded');

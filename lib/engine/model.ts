@@ -600,6 +600,22 @@ function traceRequest(r: StepRouting, embedding: Float32Array, cfg: ModelConfig)
  * @example
  * const model = await loadModel(dir, { experts: { fraction: 0.25, policy: 'finemoe' }, onProgress: (p) => console.log(p) });
  */
+/** The model's paged KV cache on `host`; its option errors name loadModel's options. */
+function createKvCache(host: Backend, config: ModelConfig, options: LoadModelOptions): KvCache {
+  try {
+    return KvCache.create(host, {
+      layers: config.numLayers,
+      kvHeads: config.mla ? config.numHeads : config.numKvHeads,
+      headDim: attentionHeadDim(config),
+      budgetBytes: options.kvCacheBytes ?? 256 * 2 ** 20,
+      ...(options.kvBlockSize !== undefined ? { blockSize: options.kvBlockSize } : {}),
+    });
+  } catch (e) {
+    if (!(e instanceof InvalidArgumentError)) throw e;
+    throw new InvalidArgumentError(e.message.replaceAll('options.budgetBytes', 'kvCacheBytes').replaceAll('options.blockSize', 'kvBlockSize'));
+  }
+}
+
 export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<MoeModel> {
   if (typeof dir !== 'string' || dir.length === 0) throw new InvalidArgumentError(`dir must be a non-empty path string, received ${describe(dir)}`);
   if (typeof options !== 'object' || options === null) throw new InvalidArgumentError(`options must be an object, received ${describe(options)}`);
@@ -626,6 +642,9 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const cleanup: Array<{ dispose(): void }> = [];
   try {
     validateCheckpoint(ckpt, config);
+    // the KV cache first: a bad kvCacheBytes / kvBlockSize fails before minutes of weight loading
+    const kv = createKvCache(host, config, options);
+    cleanup.push(kv);
     const denseTotal = ckpt.names().length - config.moeLayers.length * config.numExperts * 3;
     let denseDone = 0;
     const weights = await loadDenseWeights(ckpt, config, be, {
@@ -669,14 +688,6 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     }
     const experts = makeProvider(be, host, store, config, options.experts ?? 'resident', extras);
     cleanup.push(experts);
-    const kv = KvCache.create(host, {
-      layers: config.numLayers,
-      kvHeads: config.mla ? config.numHeads : config.numKvHeads,
-      headDim: attentionHeadDim(config),
-      budgetBytes: options.kvCacheBytes ?? 256 * 2 ** 20,
-      ...(options.kvBlockSize !== undefined ? { blockSize: options.kvBlockSize } : {}),
-    });
-    cleanup.push(kv);
     return new MoeModel({ dir, config, tokenizer, backend: be, host, staged, eos, weights, store, experts, kv, prefillChunk });
   } catch (e) {
     for (const c of cleanup.reverse()) c.dispose();
