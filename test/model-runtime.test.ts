@@ -148,7 +148,7 @@ describe('generation', () => {
     assert.equal(again.tokens.length, 4);
   });
 
-  test('staged activations: the device memory kept between steps grows for a longer prompt, survives an abort, and is freed with the model; greedy tokens equal the direct path', async () => {
+  test('staged activations: the device memory kept between steps grows for a longer prompt, shrinks after many small steps, survives an abort, and is freed with the model; greedy tokens equal the direct path', async () => {
     using direct = await loadModel(dir);
     const device0 = memoryStats().cpu.device;
     const staged = await loadModel(dir, { deviceActivations: true });
@@ -159,10 +159,14 @@ describe('generation', () => {
       const afterShort = memoryStats().cpu.device.bytes;
       assert.deepEqual((await staged.generate(long, { maxNewTokens: 5, stopAtEos: false })).tokens, (await direct.generate(long, { maxNewTokens: 5, stopAtEos: false })).tokens);
       assert.ok(memoryStats().cpu.device.bytes > afterShort, 'the kept buffer grew for the longer prefill');
-      // a shorter prompt's steps fit in it: it stays as it is
+      // a shorter prompt's steps fit in it: it stays as it is ...
       const before = memoryStats().cpu.device;
       await staged.generate(short, { maxNewTokens: 6, stopAtEos: false });
       assert.deepEqual(memoryStats().cpu.device, before);
+      // ... until 32 steps in a row used under a quarter of it: then it shrinks to what they needed
+      const many = await staged.generate(short, { maxNewTokens: 40, stopAtEos: false });
+      assert.ok(memoryStats().cpu.device.bytes < before.bytes, 'the kept buffer shrank after many small steps');
+      assert.deepEqual(many.tokens, (await direct.generate(short, { maxNewTokens: 40, stopAtEos: false })).tokens);
       const ac = new AbortController();
       const s = staged.stream(long, { maxNewTokens: 50, stopAtEos: false, signal: ac.signal });
       let n = 0;

@@ -103,16 +103,21 @@ interface Staged<D extends DType = DType> {
  * Device memory for a step's activations (staged mode), kept from step to step: one buffer that each step carves
  * views from, so a step allocates and frees nothing on the device (cudaMalloc is slow and cudaFree waits for every
  * queued operation on the device, the next layer's expert prefetch included). A step that needs more than the
- * buffer holds takes separate allocations for the rest and the buffer grows to the step's total for the next one.
+ * buffer holds takes separate allocations for the rest and the buffer grows to the step's total for the next one;
+ * after SHRINK_AFTER steps in a row that each used under a quarter of it, it shrinks to their largest need (so one
+ * long prefill does not keep its activation memory reserved for the model's lifetime).
  * Steps run one at a time (the model's StepLock); a step that ended with an error may leave ops in flight on the
  * buffer, so the buffer is then released (its memory is freed once those ops let go of it) and a new one allocated.
  */
 class ActivationArena {
   static readonly ALIGN = 256;
+  static readonly SHRINK_AFTER = 32;
   readonly #be: Backend;
   #buf: DeviceTensor<'f32'> | undefined;
   #used = 0;
   #need = 0;
+  #small = 0; // steps in a row that used under a quarter of the buffer
+  #smallMax = 0; // the largest need among them
   readonly #extra: DeviceTensor[] = [];
   constructor(be: Backend) {
     this.#be = be;
@@ -138,11 +143,23 @@ class ActivationArena {
     for (const d of this.#extra) d.dispose();
     const grow = this.#extra.length > 0;
     this.#extra.length = 0;
-    if (!ok || grow) {
+    const cap = this.capacity;
+    if (ok && !grow && cap > 0 && this.#need * 4 < cap) {
+      this.#small++;
+      this.#smallMax = Math.max(this.#smallMax, this.#need);
+    } else {
+      this.#small = 0;
+      this.#smallMax = 0;
+    }
+    const shrink = this.#small >= ActivationArena.SHRINK_AFTER;
+    const size = grow ? this.#need : this.#smallMax;
+    if (!ok || grow || shrink) {
       this.#buf?.dispose();
       this.#buf = undefined;
+      this.#small = 0;
+      this.#smallMax = 0;
     }
-    if (grow) this.#buf = this.#be.alloc('f32', [Math.ceil((this.#need * 1.25) / 4 / ActivationArena.ALIGN) * (ActivationArena.ALIGN / 4)]);
+    if ((grow || shrink) && size > 0) this.#buf = this.#be.alloc('f32', [Math.ceil((size * 1.25) / 4 / ActivationArena.ALIGN) * (ActivationArena.ALIGN / 4)]);
     this.#used = 0;
     this.#need = 0;
   }
