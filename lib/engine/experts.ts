@@ -295,11 +295,17 @@ export class CachedExperts implements ExpertProvider {
         [, hostMs] = await Promise.all([onDevice(), onHostRun()]);
       }
       if (!sameMemory) {
-        // the host's rows into the device's parts: rows (t, j) routed to a host-computed expert
+        // the host's rows into the device's parts: rows (t, j) routed to a host-computed expert, one copy per run
+        // of consecutive such rows (the others hold the device's results)
         const rows: Array<Promise<unknown>> = [];
         const flatH = hostParts.reshape([T * k, H]);
         const flatD = devParts.reshape([T * k, H]);
-        for (let r = 0; r < T * k; r++) if (onHost.has(hostIds[r]!)) rows.push(be.copy(flatH.rows(r, 1), flatD.rows(r, 1), op));
+        for (let r = 0; r < T * k; ) {
+          let n = 0;
+          while (r + n < T * k && onHost.has(hostIds[r + n]!)) n++;
+          if (n > 0) rows.push(be.copy(flatH.rows(r, n), flatD.rows(r, n), op));
+          r += n + 1;
+        }
         await Promise.all(rows);
       }
       await be.moeCombine({ parts: devParts, topkIds: ids, topkWeights: weights, out }, op);
