@@ -220,11 +220,6 @@ export class ForwardPass {
     this.#arena = new ActivationArena(parts.be);
   }
 
-  /** Device bytes kept for activations between steps (staged mode). */
-  get arenaBytes(): number {
-    return this.#arena.capacity;
-  }
-
   /** Frees the activation memory kept between steps. */
   dispose(): void {
     this.#arena.dispose();
