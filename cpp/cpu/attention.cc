@@ -16,8 +16,8 @@
 // one core with K/V in L2, 6.6 / 16.0 / 31.4 / 61.3 ns at g = 1 / 4 / 8 / 16 (register blocking of the bf16 tier:
 // scores, 2 rows per K load; p . V, up to 4 rows per V load, accumulators in registers over the chunk). Items walk
 // a page's kv heads in order (see the driver), so a page of K and of V is read front to back: decode at block 64,
-// kv 4096, 64 sequences reaches 0.87 of the probe at g = 1 (0.56 with one head per item), 0.57 at g = 4 (32/8),
-// 0.50 at g = 8 (32/4), 0.37 at g = 16 (64/4); prefill 0.58 of the vdpbf16ps peak
+// kv 4096, 64 sequences reaches 0.85 of the probe at g = 1 (0.56 with one head per item), 0.59 at g = 4 (32/8),
+// 0.48 at g = 8 (32/4), 0.34 at g = 16 (64/4); prefill 0.58 of the vdpbf16ps peak
 // (bench/results/attention-native-2026-11-26-grouped.json). At g >= 4 the time is close to the sum of the
 // streaming time (g = 1) and the compute time measured with every sequence reading the same 8 pages (in cache),
 // not their maximum: loads and compute do not overlap well here; software prefetch of the next segment key by
