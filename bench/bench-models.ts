@@ -1,9 +1,13 @@
-/** Random-weight checkpoints the model benchmarks share: generated once (seed 1) into $TMPDIR/moe-offload-bench. */
+/**
+ * What the model benchmarks share: random-weight checkpoints generated once (seed 1) into $TMPDIR/moe-offload-bench,
+ * random prompts, the bf16 dot-product peak, and a decode step's flops and weight bytes.
+ */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { makeModel, type PresetName } from '../lib/index.js';
+import { type ModelConfig, makeModel, type PresetName } from '../lib/index.js';
+import { native } from '../lib/native.js';
 
 /** The folder of `preset` (with `layers` decoder layers when given), made on first use. */
 export async function benchModel(preset: PresetName, layers?: number): Promise<string> {
@@ -14,4 +18,36 @@ export async function benchModel(preset: PresetName, layers?: number): Promise<s
     console.log(`  made ${preset} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   }
   return dir;
+}
+
+/** `n` requests of `promptTokens` random token ids in [0, vocab) (an LCG from `seed`), greedy to maxNewTokens. */
+export function randomRequests(n: number, promptTokens: number, seed: number, maxNewTokens: number, vocab = 500) {
+  let s = seed;
+  const rnd = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) % vocab;
+  return Array.from({ length: n }, () => ({ prompt: { tokens: Array.from({ length: promptTokens }, rnd) }, options: { maxNewTokens, stopAtEos: false } }));
+}
+
+/** bf16 dot-product peak of the CPU backend's pool (GFLOP/s): the native register-only vdpbf16ps probe, best of 3 (0 without AVX512_BF16). */
+export function bf16PeakGflops(): number {
+  let best = 0;
+  for (let i = 0; i < 3; i++) {
+    const r = native().dotProbe(20_000_000);
+    best = Math.max(best, r.flops / r.seconds / 1e9);
+  }
+  return best;
+}
+
+/**
+ * One decode step of B tokens of `cfg`: flops (2 x the parameters each token touches: its routed experts, the
+ * attention projections, the router, the LM head) and the bytes of one expert and of the dense weights (attention
+ * projections bf16 and router f32 of every layer, LM head bf16).
+ */
+export function decodeStepCost(cfg: ModelConfig, B: number): { flops: number; expertBytes: number; denseBytes: number } {
+  const H = cfg.hiddenSize;
+  const attnParams = (2 * cfg.numHeads + 2 * cfg.numKvHeads) * cfg.headDim * H;
+  return {
+    flops: B * 2 * (cfg.numLayers * (cfg.topK * 3 * H * cfg.moeIntermediateSize + attnParams + cfg.numExperts * H) + cfg.vocabSize * H),
+    expertBytes: 3 * H * cfg.moeIntermediateSize * 2,
+    denseBytes: cfg.numLayers * (attnParams * 2 + cfg.numExperts * H * 4) + cfg.vocabSize * H * 2,
+  };
 }

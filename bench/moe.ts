@@ -24,6 +24,7 @@ import path from 'node:path';
 import { HostTensor, openBackend } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { median } from '../lib/batching/profile.js';
+import { bf16PeakGflops } from './bench-models.js';
 import { machine } from './machine.js';
 
 function filled(shape: number[], bits: number): HostTensor<'bf16'> {
@@ -67,11 +68,7 @@ async function main(): Promise<void> {
   const c = new HostTensor('f32', [1024, 4096]);
   const denseMs = await median(() => be.gemm(a, b, c), 3);
   const denseGflops = (2 * 1024 * 4096 * 4096) / (denseMs * 1e6);
-  let dotPeak = 0;
-  for (let i = 0; i < 3; i++) {
-    const r = native().dotProbe(20_000_000);
-    dotPeak = Math.max(dotPeak, r.flops / r.seconds / 1e9);
-  }
+  const dotPeak = bf16PeakGflops();
   console.log(`probes: read ${readGBs?.toFixed(1)} GB/s; bf16 peak (256x1024x1024) ${peakGflops.toFixed(1)} GFLOP/s; ` +
     `dense 1024x4096x4096 ${denseGflops.toFixed(1)} GFLOP/s; register peak ${dotPeak.toFixed(1)} GFLOP/s (${be.isa})`);
 

@@ -22,7 +22,7 @@ import path from 'node:path';
 import { predictDecode } from '../lib/batching/perf-model.js';
 import { profileModel, readProbeGBs } from '../lib/batching/profile.js';
 import { loadModel, type PresetName } from '../lib/index.js';
-import { benchModel } from './bench-models.js';
+import { benchModel, randomRequests } from './bench-models.js';
 import { machine } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
@@ -68,10 +68,7 @@ async function main(): Promise<void> {
       for (let rep = 0; rep < reps; rep++) {
         for (const B of batches) {
           for (const L of contexts) {
-            let s = 12345 + B * 7 + L + 1000 * rep;
-            const rnd = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) % Math.min(V, 500);
-            const maxNewTokens = decodeSteps + 2;
-            const reqs = Array.from({ length: B }, () => ({ prompt: { tokens: Array.from({ length: L }, rnd) }, options: { maxNewTokens, stopAtEos: false } }));
+            const reqs = randomRequests(B, L, 12345 + B * 7 + L + 1000 * rep, decodeSteps + 2, Math.min(V, 500));
             const before = readProbeGBs(PROBE);
             const load = os.loadavg()[0]!;
             const intervals: number[] = [];

@@ -26,7 +26,7 @@ import path from 'node:path';
 import { median, readProbeGBs } from '../lib/batching/profile.js';
 import { expectedExperts } from '../lib/batching/perf-model.js';
 import { type Backend, HostTensor, loadModel, openBackend } from '../lib/index.js';
-import { benchModel } from './bench-models.js';
+import { benchModel, decodeStepCost, randomRequests } from './bench-models.js';
 import { machine } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
@@ -108,16 +108,11 @@ async function main(): Promise<void> {
     const model = await loadModel(dir, { backend, deviceActivations: true, experts: mode === 'offloaded' ? { fraction: 0.25, policy: 'lru' } : 'resident', kvCacheBytes: 8 * 2 ** 30 });
     try {
       const cfg = model.config;
-      const H = cfg.hiddenSize;
-      const attnParams = (2 * cfg.numHeads + 2 * cfg.numKvHeads) * cfg.headDim * H;
       const kvBytesPerToken = cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * 2;
-      const expertBytes = 3 * H * cfg.moeIntermediateSize * 2;
-      const denseBytes = cfg.numLayers * (attnParams * 2 + cfg.numExperts * H * 4) + cfg.vocabSize * H * 2;
+      const { expertBytes, denseBytes } = decodeStepCost(cfg, 1);
       const cache = model.expertCache;
       for (const B of batches) {
-        let s = 1234 + B;
-        const rnd = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) % 500;
-        const reqs = Array.from({ length: B }, () => ({ prompt: { tokens: Array.from({ length: promptTokens }, rnd) }, options: { maxNewTokens: decodeSteps + 1, stopAtEos: false } }));
+        const reqs = randomRequests(B, promptTokens, 1234 + B, decodeSteps + 1);
         const read0 = readProbeGBs(128 * 2 ** 20);
         const prefill = { tokens: 0, ms: 0 };
         const decode: Array<{ ms: number; copied: number }> = [];
@@ -142,7 +137,7 @@ async function main(): Promise<void> {
         if (decode.length === 0) throw new Error(`batch ${B}: no step decoded every sequence`);
         decode.sort((a, b) => a.ms - b.ms);
         const mid = decode[Math.floor(decode.length / 2)]!;
-        const flops = B * 2 * (cfg.numLayers * (cfg.topK * 3 * H * cfg.moeIntermediateSize + attnParams + cfg.numExperts * H) + cfg.vocabSize * H);
+        const { flops } = decodeStepCost(cfg, B);
         const kvRead = B * (promptTokens + decodeSteps / 2) * kvBytesPerToken;
         const weightBytes = cfg.numLayers * expectedExperts(cfg.numExperts, cfg.topK, B) * expertBytes + denseBytes;
         const parts = { compute: flops / (compute * 1e6), h2d: mid.copied / (h2d * 1e6), device_reads: weightBytes / (dev * 1e6), host_kv_reads: kvRead / (read * 1e6) };

@@ -28,25 +28,13 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { expectedExperts } from '../lib/batching/perf-model.js';
-import { readProbeGBs } from '../lib/batching/profile.js';
+import { median, readProbeGBs } from '../lib/batching/profile.js';
 import { HostTensor, loadModel, openBackend } from '../lib/index.js';
-import { median } from '../lib/batching/profile.js';
-import { native } from '../lib/native.js';
-import { benchModel } from './bench-models.js';
+import { benchModel, bf16PeakGflops, decodeStepCost, randomRequests } from './bench-models.js';
 import { machine } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
 
-/** bf16 dot-product peak of the CPU backend's pool (GFLOP/s): the native register-only vdpbf16ps probe, best of 3. */
-function bf16PeakGflops(): number {
-  let best = 0;
-  for (let i = 0; i < 3; i++) {
-    const r = native().dotProbe(20_000_000);
-    best = Math.max(best, r.flops / r.seconds / 1e9);
-  }
-  if (best === 0) throw new Error('the bf16 dot-product probe needs AVX512_BF16');
-  return best;
-}
 
 /** bf16 GFLOP/s of a large dense matmul on the CPU backend: gemm [1024, 4096] x [4096, 4096]^T -> f32, median of 3. */
 async function denseGflops(): Promise<number> {
@@ -64,18 +52,11 @@ async function measure(dir: string, mode: 'offloaded' | 'resident', batches: num
   const model = await loadModel(dir, { experts: mode === 'offloaded' ? { fraction: 0.25, policy: 'lru' } : 'resident', kvCacheBytes: 2 * 2 ** 30 });
   try {
     const cfg = model.config;
-    const H = cfg.hiddenSize;
-    const expertBytes = 3 * H * cfg.moeIntermediateSize * 2;
-    const attnParams = (2 * cfg.numHeads + 2 * cfg.numKvHeads) * cfg.headDim * H;
-    const densePerLayer = attnParams * 2 + cfg.numExperts * H * 4;
-    const lmHeadBytes = cfg.vocabSize * H * 2;
+    const { expertBytes, denseBytes } = decodeStepCost(cfg, 1);
     const cache = model.expertCache;
     console.log(`Mixtral-8x7B shape, ${cfg.numLayers} layer(s), ${cache ? `${cache.capacity} of ${cfg.numLayers * cfg.numExperts} experts in slots` : 'experts resident'} (${(expertBytes / 2 ** 20).toFixed(0)} MiB each); bf16 peak ${peak.toFixed(0)} GFLOP/s`);
     for (const B of batches) {
-      let s = 777 + B;
-      const rnd = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) % 500;
-      const maxNewTokens = 6;
-      const reqs = Array.from({ length: B }, () => ({ prompt: { tokens: Array.from({ length: promptTokens }, rnd) }, options: { maxNewTokens, stopAtEos: false } }));
+      const reqs = randomRequests(B, promptTokens, 777 + B, 6);
       const probe0 = readProbeGBs(128 * 2 ** 20);
       const dense0 = await denseGflops();
       const steps: Array<{ ms: number; copied: number }> = [];
@@ -103,8 +84,8 @@ async function measure(dir: string, mode: 'offloaded' | 'resident', batches: num
       // distinct experts the kernel reads per layer: expected under uniform routing (the random-weight model's
       // routing is close to uniform), U(B) = E (1 - (1 - k/E)^B)
       const touched = cfg.numLayers * expectedExperts(cfg.numExperts, cfg.topK, B);
-      const memBytes = 2 * copied + touched * expertBytes + cfg.numLayers * densePerLayer + lmHeadBytes;
-      const flops = B * 2 * (cfg.numLayers * (cfg.topK * 3 * H * cfg.moeIntermediateSize + attnParams + cfg.numExperts * H) + cfg.vocabSize * H);
+      const memBytes = 2 * copied + touched * expertBytes + denseBytes;
+      const { flops } = decodeStepCost(cfg, B);
       const memMs = memBytes / (readGBs * 1e6);
       const computeMs = flops / (peak * 1e6);
       const boundMs = Math.max(memMs, computeMs);
@@ -141,6 +122,7 @@ async function main(): Promise<void> {
   const promptTokens = 32;
   const dir = await benchModel('mixtral-8x7b-shape', 1);
   const peak = bf16PeakGflops();
+  if (peak === 0) throw new Error('the bf16 dot-product probe needs AVX512_BF16');
   const rows: Array<Record<string, unknown>> = [];
   for (const mode of ['offloaded', 'resident'] as const) rows.push(...(await measure(dir, mode, batches, promptTokens, peak)));
   const summarise = (mode: string) => {

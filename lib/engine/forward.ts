@@ -23,7 +23,7 @@ import type { KvCache } from '../kv/cache.js';
 import type { ModelConfig } from '../model/config.js';
 import type { DenseWeights, LayerWeights, MlaWeights } from '../model/weights.js';
 import { DTYPE_SIZE, type DType } from '../dtype.js';
-import { type DeviceTensor, HostTensor, type Tensor } from '../tensor.js';
+import { type DeviceTensor, HostTensor, type Tensor, numelOf } from '../tensor.js';
 import type { ExpertProvider } from './experts.js';
 
 /** One sequence's part of a step. */
@@ -128,7 +128,7 @@ class ActivationArena {
   }
   /** A `shape` x `dtype` tensor valid until end(). */
   take<D extends DType>(dtype: D, shape: number[]): DeviceTensor<D> {
-    const bytes = shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[dtype];
+    const bytes = numelOf(shape) * DTYPE_SIZE[dtype];
     const at = this.#used;
     const rounded = Math.ceil(bytes / ActivationArena.ALIGN) * ActivationArena.ALIGN;
     this.#used += rounded;
