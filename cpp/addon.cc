@@ -13,6 +13,7 @@ Napi::Value Copy(const Napi::CallbackInfo& info);
 Napi::Value Convert(const Napi::CallbackInfo& info);
 Napi::Value Add(const Napi::CallbackInfo& info);
 Napi::Value Gemm(const Napi::CallbackInfo& info);
+Napi::Value PackWeights(const Napi::CallbackInfo& info);
 Napi::Value RouterTopK(const Napi::CallbackInfo& info);
 Napi::Value MoeAlign(const Napi::CallbackInfo& info);
 Napi::Value MoeExperts(const Napi::CallbackInfo& info);
@@ -65,6 +66,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("convert", Napi::Function::New<Convert>(env, "convert"));
   exports.Set("add", Napi::Function::New<Add>(env, "add"));
   exports.Set("gemm", Napi::Function::New<Gemm>(env, "gemm"));
+  exports.Set("packWeights", Napi::Function::New<PackWeights>(env, "packWeights"));
   exports.Set("routerTopK", Napi::Function::New<RouterTopK>(env, "routerTopK"));
   exports.Set("moeAlign", Napi::Function::New<MoeAlign>(env, "moeAlign"));
   exports.Set("moeExperts", Napi::Function::New<MoeExperts>(env, "moeExperts"));

@@ -24,7 +24,7 @@ import {
 } from './errors.js';
 import { type KernelTier, type NativeAddon, type NativeCancelToken, type NativeMemory, type NativeStream, hostFacts, native } from './native.js';
 import { Event, Stream } from './stream.js';
-import { DeviceTensor, HostRegistration, HostTensor, PinnedBuffer, type Shape, type Tensor, checkShape, numelOf } from './tensor.js';
+import { DeviceTensor, HostRegistration, HostTensor, PackedTensor, PinnedBuffer, type Shape, type Tensor, checkShape, numelOf, packedNumel } from './tensor.js';
 import { ExpertTable, type MoeActivation, activationParams } from './moe.js';
 
 export type BackendKind = 'cpu' | 'cuda';
@@ -419,14 +419,44 @@ export class Backend {
   }
 
   /**
+   * Packs a bf16 weight [N, K] (nn.Linear layout) into the CPU kernels' panel64 layout (`PackedTensor`): `gemm`
+   * then runs as outer products instead of dot products (bench/results/gemm-packed-*.json has the speed-up on the
+   * machine at hand). CPU backend only; the packed copy is new memory (the source can be dropped). Worth it only
+   * where the avx512bf16 tier runs: the other tiers read packed weights with the scalar reference loop.
+   * @example
+   * const wp = await be.packWeights(w);   // w: HostTensor bf16 [4096, 4096]
+   * await be.gemm(x, wp, y);
+   */
+  async packWeights(w: HostTensor, options: OpOptions = {}): Promise<PackedTensor> {
+    if (this.kind !== 'cpu') throw new InvalidArgumentError(`packWeights: packed weights are a CPU-backend layout, this backend is ${this.name}`);
+    if (!(w instanceof HostTensor)) throw new InvalidArgumentError(`w must be a HostTensor, received ${describe(w)}`);
+    checkTensor(w, 'w', ['bf16']);
+    if (w.shape.length !== 2 || w.shape[0]! < 1 || w.shape[1]! < 1) {
+      throw new InvalidArgumentError(`w must be 2-D [N, K] with N, K >= 1, received shape [${w.shape.join(', ')}]`);
+    }
+    const [n, k] = w.shape as [number, number];
+    const storage = new HostTensor('bf16', [packedNumel(n, k)]);
+    await this.#run('packWeights', options, (addon, stream, cancel) =>
+      addon.packWeights(stream, { w: w.nativeArg('w'), n, k, out: storage.nativeArg('out') }, cancel),
+    );
+    return new PackedTensor(n, k, storage);
+  }
+
+  /**
    * out[M, N] = a[M, K] · b[N, K]ᵀ (b in nn.Linear / safetensors [out_features, in_features] layout),
-   * accumulated in f32. a and b: f32 or bf16 (same); out: f32 or bf16.
+   * accumulated in f32. a and b: f32 or bf16 (same); out: f32 or bf16. On the CPU backend b may be a
+   * `PackedTensor` (packWeights; a bf16).
    * @example
    * await be.gemm(x, w, y)   // x [T, H] bf16, w [I, H] bf16, y [T, I] f32
    */
   gemm(a: Tensor, b: Tensor, out: Tensor, options: OpOptions = {}): Promise<KernelTier> {
     checkTensor(a, 'a', GEMM_DTYPES);
-    checkTensor(b, 'b', GEMM_DTYPES);
+    const packed = b instanceof PackedTensor;
+    if (packed) {
+      if (this.kind !== 'cpu') throw new InvalidArgumentError(`b is a PackedTensor (CPU layout), this backend is ${this.name}`);
+    } else {
+      checkTensor(b, 'b', GEMM_DTYPES);
+    }
     checkTensor(out, 'out', GEMM_DTYPES);
     sameDtype(a, b, 'a', 'b');
     for (const [t, w] of [[a, 'a'], [b, 'b'], [out, 'out']] as const) {
@@ -453,6 +483,7 @@ export class Backend {
           lda: k,
           ldb: k,
           ldc: n,
+          ...(packed ? { bPacked: true } : {}),
           isa: this.#isaCode(),
         },
         cancel,

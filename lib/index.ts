@@ -23,7 +23,7 @@ export {
 } from './backend.js';
 export { ropeParameters, ropeFromConfig, ropeScalingFromHf, yarnSoftmaxScale, type RopeScaling, type RopeParameters } from './rope.js';
 export { KvCache, type KvCacheOptions, type KvBatch } from './kv/cache.js';
-export { HostTensor, PinnedBuffer, DeviceTensor, HostRegistration, MAX_VIEW_BYTES, checkShape, numelOf, type Shape, type Tensor, type Placement } from './tensor.js';
+export { HostTensor, PinnedBuffer, DeviceTensor, PackedTensor, HostRegistration, MAX_VIEW_BYTES, checkShape, numelOf, packedNumel, type Shape, type Tensor, type Placement } from './tensor.js';
 export { Stream, Event } from './stream.js';
 export { ExpertTable, type ExpertWeights, type ExpertWeightsStacked, type MoeActivation } from './moe.js';
 export {

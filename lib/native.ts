@@ -217,8 +217,10 @@ export interface NativeAddon {
     lda: number;
     ldb: number;
     ldc: number;
+    bPacked?: boolean;
     isa?: number;
   }>;
+  packWeights: OpFn<{ w: NativeTensorArg; n: number; k: number; out: NativeTensorArg }>;
   rope: OpFn<{
     q?: NativeTensorArg;
     k?: NativeTensorArg;

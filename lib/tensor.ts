@@ -460,3 +460,71 @@ function rowRange(t: Tensor, start: number, count: number): { shape: readonly nu
   const row = n === 0 ? 0 : t.numel / n;
   return { shape: Object.freeze([count, ...t.shape.slice(1)]), begin: start * row, length: count * row };
 }
+
+/** Elements of the panel64 form of an [n, k] weight: ceil(n / 64) · 64 · ceil(k / 2) · 2 (cpp/cpu/pack_weights.h). */
+export function packedNumel(n: number, k: number): number {
+  return Math.ceil(n / 64) * 64 * Math.ceil(k / 2) * 2;
+}
+
+/**
+ * A bf16 weight [n, k] (nn.Linear layout, y = x wᵀ) stored in the CPU kernels' panel64 layout: panels of 64 output
+ * columns, each [ceil(k/2)][64][2], so `gemm` runs it as outer products (no horizontal sums, one contiguous stream
+ * per panel). Made by `Backend.packWeights`; accepted as gemm's `b` on the CPU backend. `shape` is the logical
+ * [n, k]; the storage holds `packedNumel(n, k)` values (zero padding), so rows cannot be viewed.
+ * @example
+ * const wp = await be.packWeights(w);   // w: HostTensor bf16 [N, K]
+ * await be.gemm(x, wp, y);               // same as be.gemm(x, w, y) within rounding, faster at every m
+ */
+export class PackedTensor implements Tensor {
+  readonly dtype = 'bf16' as const;
+  readonly layout = 'panel64' as const;
+  readonly shape: readonly number[];
+  readonly numel: number;
+  /** The packed values: [packedNumel(n, k)] bf16. */
+  readonly storage: HostTensor<'bf16'>;
+
+  /** @internal use Backend.packWeights */
+  constructor(n: number, k: number, storage: HostTensor<'bf16'>) {
+    this.shape = Object.freeze([n, k]);
+    this.numel = n * k;
+    this.storage = storage;
+  }
+
+  get byteLength(): number {
+    return this.storage.byteLength;
+  }
+
+  get disposed(): boolean {
+    return this.storage.disposed;
+  }
+
+  get placement(): Placement {
+    return this.storage.placement;
+  }
+
+  dispose(): void {
+    this.storage.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** Bytes of the packed storage. */
+  bytesView(offset: number, length: number): HostTensor<'u8'> {
+    return this.storage.bytesView(offset, length);
+  }
+
+  reshape(_shape?: Shape): never {
+    throw new InvalidArgumentError(`a packed weight [${this.shape.join(', ')}] cannot be reshaped (panel64 layout)`);
+  }
+
+  rows(_start?: number, _count?: number): never {
+    throw new InvalidArgumentError(`rows of a packed weight [${this.shape.join(', ')}] cannot be viewed (panel64 layout)`);
+  }
+
+  nativeArg(what: string): NativeTensorArg {
+    if (this.disposed) throw new DisposedError(`${what}: PackedTensor was disposed`);
+    return this.storage.nativeArg(what);
+  }
+}

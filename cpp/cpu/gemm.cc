@@ -898,9 +898,9 @@ Isa gemm(const GemmArgs& args, Isa isa, const CancelToken* cancel) {
   } else {
     const int64_t tiles_m = (g.m + kn.tile_m - 1) / kn.tile_m;
     const int64_t tiles_n = (g.n + kn.tile_n - 1) / kn.tile_n;
-    std::function<void(size_t, size_t)> fn = [&g, &kn, tiles_n](size_t t0, size_t t1) {
+    std::function<void(size_t, size_t)> fn = [&g, &kn, tiles_m](size_t t0, size_t t1) {
       for (size_t t = t0; t < t1; ++t) {
-        const int64_t tm = static_cast<int64_t>(t) / tiles_n, tn = static_cast<int64_t>(t) % tiles_n;
+        const int64_t tn = static_cast<int64_t>(t) / tiles_m, tm = static_cast<int64_t>(t) % tiles_m;
         const int64_t i0 = tm * kn.tile_m, j0 = tn * kn.tile_n;
         const int64_t mt = g.m - i0 < kn.tile_m ? g.m - i0 : kn.tile_m;
         const int64_t nt = g.n - j0 < kn.tile_n ? g.n - j0 : kn.tile_n;

@@ -1,6 +1,9 @@
-// gemm(stream, { a, b, out, abDtype, outDtype, m, n, k, lda, ldb, ldc, isa? }, cancel?) -> Promise<tier>
+// gemm(stream, { a, b, out, abDtype, outDtype, m, n, k, lda, ldb, ldc, bPacked?, isa? }, cancel?) -> Promise<tier>
 // out[m, n] = sum_k a[m, k] * b[n, k]: b in nn.Linear [out_features, in_features] layout; row strides in elements.
+// bPacked: b is in the panel64 layout of packWeights (bf16, CPU streams only; ldb is then ignored).
 #include "cpu/gemm.h"
+#include "cpu/gemm_packed.h"
+#include "cpu/pack_weights.h"
 
 #include <string>
 
@@ -37,6 +40,11 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
                   "gemm: strides must satisfy lda >= k, ldb >= k, ldc >= n, received lda=" + std::to_string(lda) +
                       " ldb=" + std::to_string(ldb) + " ldc=" + std::to_string(ldc) + " (k=" + std::to_string(k) +
                       ", n=" + std::to_string(n) + ")");
+    const bool packed = s.params.Get("bPacked").ToBoolean().Value();
+    if (packed && (s.cuda() || ab != DType::BF16))
+      throw_error(env, ErrorCode::InvalidArgument,
+                  std::string("gemm: packed weights need bf16 operands on a CPU stream, received ") + dtype_name(ab) +
+                      (s.cuda() ? " on a cuda stream" : ""));
     TensorArg a = read_tensor(*s.op, s.params.Get("a"), "a");
     TensorArg b = read_tensor(*s.op, s.params.Get("b"), "b");
     TensorArg out = read_tensor(*s.op, s.params.Get("out"), "out");
@@ -47,7 +55,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
     check_aligned(env, b, ab, "gemm", "b");
     check_aligned(env, out, ot, "gemm", "out");
     struct Need { const TensorArg* t; const char* w; uint64_t bytes; } needs[3] = {
-        {&a, "a", span_bytes(m, k, lda, ab)}, {&b, "b", span_bytes(n, k, ldb, ab)}, {&out, "out", span_bytes(m, n, ldc, ot)}};
+        {&a, "a", span_bytes(m, k, lda, ab)}, {&b, "b", packed ? static_cast<uint64_t>(cpu::packed_weights_numel(n < 1 ? 1 : n, k < 1 ? 1 : k)) * 2 : span_bytes(n, k, ldb, ab)}, {&out, "out", span_bytes(m, n, ldc, ot)}};
     for (const Need& nd : needs)
       if (nd.t->bytes < nd.bytes)
         throw_error(env, ErrorCode::InvalidArgument, std::string("gemm: ") + nd.w + " must hold at least " +
@@ -57,6 +65,14 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
     resolve_with_tier(*s.op, ran);
     cpu::GemmArgs g{a.ptr, b.ptr, out.ptr, ab, ot, m, n, k, lda, ldb, ldc};
     Isa isa = s.isa;
+    if (packed) {
+      if (n < 1 || k < 1)
+        throw_error(env, ErrorCode::InvalidArgument,
+                    "gemm: packed weights need n >= 1 and k >= 1, received n=" + std::to_string(n) + " k=" + std::to_string(k));
+      cpu::GemmPackedArgs gp{reinterpret_cast<const uint16_t*>(a.ptr), reinterpret_cast<const uint16_t*>(b.ptr), out.ptr, ot, m, n, k, lda, ldc};
+      s.op->work = [gp, isa, ran](const ExecContext& ctx) { *ran = static_cast<int>(cpu::gemm_packed(gp, isa, ctx.cancel)); };
+      return submit_op(s);
+    }
     s.op->work = [g, isa, ran](const ExecContext& ctx) {
       if (ctx.cuda_stream == nullptr) {
         *ran = static_cast<int>(cpu::gemm(g, isa, ctx.cancel));

@@ -83,6 +83,12 @@ export interface LoadModelOptions {
    * orchestration over the CPU device pool: for tests and diagnostics).
    */
   deviceActivations?: boolean;
+  /**
+   * Pack the dense projection weights and the LM head into the CPU kernels' panel64 layout at load
+   * (`Backend.packWeights`; default: true on the CPU backend with the avx512bf16 tier, where gemm then runs as
+   * outer products). Not available on CUDA.
+   */
+  packWeights?: boolean;
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
 }
@@ -627,6 +633,9 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const staged = options.deviceActivations ?? be.kind !== 'cpu';
   if (typeof staged !== 'boolean') throw new InvalidArgumentError(`deviceActivations must be a boolean, received ${describe(options.deviceActivations)}`);
   if (!staged && be.kind !== 'cpu') throw new InvalidArgumentError(`deviceActivations: false needs the CPU backend (CUDA activations live in device memory), received backend ${be.name}`);
+  const pack = options.packWeights ?? (be.kind === 'cpu' && be.isa === 'avx512bf16');
+  if (typeof pack !== 'boolean') throw new InvalidArgumentError(`packWeights must be a boolean, received ${describe(options.packWeights)}`);
+  if (pack && be.kind !== 'cpu') throw new InvalidArgumentError(`packWeights: true needs the CPU backend (packed weights are a CPU-kernel layout), received backend ${be.name}`);
   // attention and the KV cache run on the CPU: a CPU backend of their own when staged (on the CPU backend too, so
   // the staged path's two-backend orchestration is what the tests run)
   const host = be.kind === 'cpu' && !staged ? be : openBackend({ backend: 'cpu' });
@@ -649,6 +658,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     let denseDone = 0;
     const weights = await loadDenseWeights(ckpt, config, be, {
       ...(signal ? { signal } : {}),
+      pack,
       onTensor: () => options.onProgress?.({ phase: 'dense', done: ++denseDone, total: denseTotal }),
     });
     cleanup.push({ dispose: () => disposeDense(weights) });

@@ -278,7 +278,7 @@ export async function loadDenseWeights(
   ckpt: Checkpoint,
   cfg: ModelConfig,
   be: Backend,
-  options: { signal?: AbortSignal; onTensor?: () => void } = {},
+  options: { signal?: AbortSignal; onTensor?: () => void; pack?: boolean } = {},
 ): Promise<DenseWeights> {
   const owned: Array<{ dispose(): void }> = [];
   const readHost = async (name: string, dtype: 'bf16' | 'f32'): Promise<HostTensor> => {
@@ -295,6 +295,14 @@ export async function loadDenseWeights(
     return d;
   };
   const read = async (name: string, dtype: 'bf16' | 'f32'): Promise<Tensor> => place(await readHost(name, dtype));
+  // A weight only gemm reads as b (projections, LM head): packed into the panel64 layout when options.pack is set.
+  const placeLinear = async (t: HostTensor): Promise<Tensor> => {
+    if (!options.pack) return place(t);
+    const p = await be.packWeights(t, options.signal ? { signal: options.signal } : {});
+    owned.push(p);
+    return p;
+  };
+  const readLinear = async (name: string): Promise<Tensor> => placeLinear(await readHost(name, 'bf16'));
   const mla = async (n: NonNullable<LayerNames['mla']>): Promise<MlaWeights> => {
     const m = cfg.mla!;
     const nH = cfg.numHeads;
@@ -306,16 +314,16 @@ export async function loadDenseWeights(
     const kvA = await readHost(n.kvA, 'bf16'); // [kvr + rope, H]
     const kvb = await readHost(n.kvB, 'bf16'); // [nH*(nope+vd), kvr]
     const w: MlaWeights = {
-      qNope: await place(qNope),
-      qPe: await place(qPe),
-      kvC: await place(kvA.rows(0, kvr)),
-      kPe: await place(pickRows(kvA, perm.map((r) => kvr + r))),
+      qNope: await placeLinear(qNope),
+      qPe: await placeLinear(qPe),
+      kvC: await placeLinear(kvA.rows(0, kvr)),
+      kPe: await placeLinear(pickRows(kvA, perm.map((r) => kvr + r))),
       kvANorm: await read(n.kvANorm, 'f32'),
-      kNope: await place(pickRows(kvb, Array.from({ length: nH * nope }, (_, i) => Math.floor(i / nope) * (nope + vd) + (i % nope)))),
-      v: await place(pickRows(kvb, Array.from({ length: nH * vd }, (_, i) => Math.floor(i / vd) * (nope + vd) + nope + (i % vd)))),
+      kNope: await placeLinear(pickRows(kvb, Array.from({ length: nH * nope }, (_, i) => Math.floor(i / nope) * (nope + vd) + (i % nope)))),
+      v: await placeLinear(pickRows(kvb, Array.from({ length: nH * vd }, (_, i) => Math.floor(i / vd) * (nope + vd) + nope + (i % vd)))),
     };
     if (n.qA) {
-      w.qA = await read(n.qA, 'bf16');
+      w.qA = await readLinear(n.qA);
       w.qANorm = await read(n.qANorm!, 'f32');
     }
     return w;
@@ -344,13 +352,13 @@ export async function loadDenseWeights(
       const w: LayerWeights = {
         inputNorm: await read(n.inputNorm, 'f32'),
         postNorm: await read(n.postNorm, 'f32'),
-        o: await read(n.o, 'bf16'),
+        o: await readLinear(n.o),
       };
       if (n.mla) w.mla = await mla(n.mla);
       else {
-        w.q = await read(n.q!, 'bf16');
-        w.k = await read(n.k!, 'bf16');
-        w.v = await read(n.v!, 'bf16');
+        w.q = await readLinear(n.q!);
+        w.k = await readLinear(n.k!);
+        w.v = await readLinear(n.v!);
       }
       if (n.qBias) {
         w.qBias = await read(n.qBias, 'f32');
@@ -371,7 +379,8 @@ export async function loadDenseWeights(
       layers.push(w);
     }
     const finalNorm = await read('model.norm.weight', 'f32');
-    const lmHead = cfg.tieWordEmbeddings ? embedOnBackend : await read('lm_head.weight', 'bf16');
+    // tied: the embedding table itself (its rows are gathered, so it stays row-major)
+    const lmHead = cfg.tieWordEmbeddings ? embedOnBackend : await readLinear('lm_head.weight');
     return { embed, embedOnBackend, layers, finalNorm, lmHead, owned };
   } catch (e) {
     for (const o of owned) o.dispose();

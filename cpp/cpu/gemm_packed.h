@@ -1,0 +1,30 @@
+// Dense GEMM over packed weights: out[m, n] = a[m, k] b[n, k]^T with b in the panel64 layout (pack_weights.h),
+// bf16 a and b, f32 accumulation, f32 or bf16 out. The projection and LM-head GEMMs of the CPU runtime.
+// Every output is summed the same way on every path (batch invariance): one f32 accumulator that starts at 0 and
+// takes the k pairs in order, one vdpbf16ps per pair (tier avx512bf16; tier scalar: one f32 sum over k in order).
+// Blocking (rows per tile, k blocks, threads) only decides when an accumulator is stored to the f32 tile and
+// loaded back, which does not change its value, so a row of out is bitwise the same whatever m and the other rows.
+#pragma once
+#include <cstdint>
+
+#include "../core/cancel.h"
+#include "../core/dtype.h"
+#include "../core/isa.h"
+
+namespace moe::cpu {
+
+struct GemmPackedArgs {
+  const uint16_t* a;    // [m, k] bf16, row stride lda
+  const uint16_t* b;    // packed [packed_weights_numel(n, k)] bf16 (pack_weights.h)
+  void* out;            // [m, n] out_dtype, row stride ldc
+  DType out_dtype;      // f32 | bf16
+  int64_t m, n, k;      // m >= 0, n >= 1, k >= 1
+  int64_t lda, ldc;     // >= k, >= n
+};
+
+// Tiers: avx512bf16 (6 x 64 outer-product tiles), otherwise scalar (the reference: plain loops over the packed
+// layout; the avx2 / avx512 tiers have no packed kernels, so weights are packed only where avx512bf16 runs).
+// Returns the tier that ran. Throws moe::Error(InvalidArgument) for bad sizes or null pointers; (Cancelled).
+Isa gemm_packed(const GemmPackedArgs& args, Isa isa, const CancelToken* cancel = nullptr);
+
+}  // namespace moe::cpu
