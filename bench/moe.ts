@@ -15,13 +15,15 @@
  * * 2 bytes / time: each touched expert's weights counted once), with frac_of_bf16_peak and frac_of_read_bw.
  * Every figure is the median of several timed runs after a warm-up (the machine is a shared 2-core VM: noisy).
  * Weights are a constant bf16 pattern (timing only); routing sends token t's slot j to expert (t * k + j) mod E.
+ * Each row runs with row-major weights and, on the avx512bf16 tier, packed ones (panel64, the CPU runtime's layout;
+ * speedup_vs_row_major on the packed row).
  * Run: node dist/bench/moe.js [--quick]  -> bench/results/moe-cpu-<date>[-<MOE_BENCH_LABEL>].json
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { HostTensor, openBackend } from '../lib/index.js';
+import { type ExpertTable, HostTensor, openBackend } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { median } from '../lib/batching/profile.js';
 import { bf16PeakGflops } from './bench-models.js';
@@ -79,44 +81,57 @@ async function main(): Promise<void> {
     { name: 'DeepSeek-V2-Lite', h: 2048, inter: 1408, e: 64, k: 6, ts: quick ? [1, 8] : [1, 8, 64, 512, 4096] },
   ];
   const rows: Array<Record<string, unknown>> = [];
+  // row-major weights (the HF layout, what CUDA and the Fiddler path on CUDA hosts read) and, on the avx512bf16 tier,
+  // packed ones (panel64: what the CPU runtime loads), measured one after the other at every row
+  const layouts: Array<'row-major' | 'packed'> = be.isa === 'avx512bf16' ? ['row-major', 'packed'] : ['row-major'];
   for (const m of models) {
-    const table = be.expertTable(m.e, { hidden: m.h, intermediate: m.inter });
     const maxT = Math.max(...m.ts);
     const used = new Set<number>();
     for (let i = 0; i < maxT * m.k; i++) used.add(i % m.e);
-    for (const x of used) {
-      table.set(x, { gate: filled([m.inter, m.h], 0x3c00), up: filled([m.inter, m.h], 0x3c00), down: filled([m.h, m.inter], 0x3c00) });
+    const tables = new Map<string, ExpertTable>();
+    for (const layout of layouts) {
+      const packed = layout === 'packed';
+      const table = be.expertTable(m.e, { hidden: m.h, intermediate: m.inter, packed });
+      const weight = async (shape: [number, number]) => (packed ? be.packWeights(filled(shape, 0x3c00)) : filled(shape, 0x3c00));
+      for (const x of used) table.set(x, { gate: await weight([m.inter, m.h]), up: await weight([m.inter, m.h]), down: await weight([m.h, m.inter]) });
+      tables.set(layout, table);
     }
     for (const t of m.ts) {
-      const ids = new HostTensor('i32', [t, m.k]);
-      for (let i = 0; i < t * m.k; i++) ids.data[i] = i % m.e;
-      const w = new HostTensor('f32', [t, m.k]);
-      w.data.fill(1 / m.k);
-      const x = filled([t, m.h], 0x3c00);
-      const out = new HostTensor('bf16', [t, m.h]);
-      const flops = 2 * t * m.k * 3 * m.h * m.inter;
-      const runs = flops > 1e11 ? 3 : 5;
-      const bw0 = probe(3);
-      const ms = await median(() => be.moeExperts({ x, topkIds: ids, topkWeights: w, experts: table, out }), runs);
-      const bw1 = probe(3);
-      const rowGBs = bw0 === null || bw1 === null ? null : (bw0 + bw1) / 2;
-      const distinct = Math.min(m.e, t * m.k);
-      const wbytes = distinct * 3 * m.h * m.inter * 2;
-      const gflops = flops / (ms * 1e6);
-      const gbs = wbytes / (ms * 1e6);
-      const row = {
-        model: m.name, T: t, H: m.h, I: m.inter, E: m.e, k: m.k,
-        tokens_per_expert: r1((t * m.k) / distinct),
-        ms: r3(ms), gflops: r1(gflops), weight_gbs: r1(gbs),
-        frac_of_bf16_peak: r3(gflops / peakGflops),
-        frac_of_dot_peak: r3(gflops / dotPeak),
-        read_gbs: rowGBs === null ? null : r1(rowGBs),
-        frac_of_read_bw: rowGBs === null ? null : r3(gbs / rowGBs),
-        frac_of_dense_gemm: r3(gflops / denseGflops),
-        loadavg_1m: r1(os.loadavg()[0]!),
-      };
-      rows.push(row);
-      console.log(JSON.stringify(row));
+      const rowMs = new Map<string, number>();
+      for (const layout of layouts) {
+        const table = tables.get(layout)!;
+        const ids = new HostTensor('i32', [t, m.k]);
+        for (let i = 0; i < t * m.k; i++) ids.data[i] = i % m.e;
+        const w = new HostTensor('f32', [t, m.k]);
+        w.data.fill(1 / m.k);
+        const x = filled([t, m.h], 0x3c00);
+        const out = new HostTensor('bf16', [t, m.h]);
+        const flops = 2 * t * m.k * 3 * m.h * m.inter;
+        const runs = flops > 1e11 ? 3 : 5;
+        const bw0 = probe(3);
+        const ms = await median(() => be.moeExperts({ x, topkIds: ids, topkWeights: w, experts: table, out }), runs);
+        const bw1 = probe(3);
+        const rowGBs = bw0 === null || bw1 === null ? null : (bw0 + bw1) / 2;
+        const distinct = Math.min(m.e, t * m.k);
+        const wbytes = distinct * 3 * m.h * m.inter * 2;
+        const gflops = flops / (ms * 1e6);
+        const gbs = wbytes / (ms * 1e6);
+        rowMs.set(layout, ms);
+        const row = {
+          model: m.name, weights: layout, T: t, H: m.h, I: m.inter, E: m.e, k: m.k,
+          tokens_per_expert: r1((t * m.k) / distinct),
+          ms: r3(ms), gflops: r1(gflops), weight_gbs: r1(gbs),
+          frac_of_bf16_peak: r3(gflops / peakGflops),
+          frac_of_dot_peak: r3(gflops / dotPeak),
+          read_gbs: rowGBs === null ? null : r1(rowGBs),
+          frac_of_read_bw: rowGBs === null ? null : r3(gbs / rowGBs),
+          frac_of_dense_gemm: r3(gflops / denseGflops),
+          ...(layout === 'packed' ? { speedup_vs_row_major: r3(rowMs.get('row-major')! / ms) } : {}),
+          loadavg_1m: r1(os.loadavg()[0]!),
+        };
+        rows.push(row);
+        console.log(JSON.stringify(row));
+      }
     }
   }
   const result = {

@@ -21,7 +21,9 @@
  * that matmul (dev VM: 0.63-0.75 of the register probe), so the register probe stays the compute limit.
  * On the CPU backend copies, kernels and attention share the same two cores and memory, so the bound is
  * optimistic: it assumes they overlap perfectly.
- * Run: node dist/bench/throughput.js [--quick] -> bench/results/throughput-cpu-<date>.json
+ * Weights are packed (panel64, loadModel's default on the avx512bf16 tier); --no-pack loads them row-major (the
+ * layout before packing) for an A/B in the same session.
+ * Run: node dist/bench/throughput.js [--quick] [--no-pack] -> bench/results/throughput-cpu-<date>[-rowmajor].json
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -47,9 +49,9 @@ async function denseGflops(): Promise<number> {
 }
 
 /** Decode throughput rows of `mode` at each batch (one model load). */
-async function measure(dir: string, mode: 'offloaded' | 'resident', batches: number[], promptTokens: number, peak: number): Promise<Array<Record<string, unknown>>> {
+async function measure(dir: string, mode: 'offloaded' | 'resident', batches: number[], promptTokens: number, peak: number, pack: boolean): Promise<Array<Record<string, unknown>>> {
   const rows: Array<Record<string, unknown>> = [];
-  const model = await loadModel(dir, { experts: mode === 'offloaded' ? { fraction: 0.25, policy: 'lru' } : 'resident', kvCacheBytes: 2 * 2 ** 30 });
+  const model = await loadModel(dir, { experts: mode === 'offloaded' ? { fraction: 0.25, policy: 'lru' } : 'resident', kvCacheBytes: 2 * 2 ** 30, packWeights: pack });
   try {
     const cfg = model.config;
     const { expertBytes, denseBytes } = decodeStepCost(cfg, 1);
@@ -118,13 +120,14 @@ async function measure(dir: string, mode: 'offloaded' | 'resident', batches: num
 
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
+  const pack = !process.argv.includes('--no-pack');
   const batches = quick ? [1, 8, 32] : [1, 4, 16, 64, 128, 256, 512];
   const promptTokens = 32;
   const dir = await benchModel('mixtral-8x7b-shape', 1);
   const peak = bf16PeakGflops();
   if (peak === 0) throw new Error('the bf16 dot-product probe needs AVX512_BF16');
   const rows: Array<Record<string, unknown>> = [];
-  for (const mode of ['offloaded', 'resident'] as const) rows.push(...(await measure(dir, mode, batches, promptTokens, peak)));
+  for (const mode of ['offloaded', 'resident'] as const) rows.push(...(await measure(dir, mode, batches, promptTokens, peak, pack)));
   const summarise = (mode: string) => {
     const rs = rows.filter((r) => r.experts === mode);
     const best = rs.reduce((a, r) => ((r.decode_tokens_per_s as number) > (a.decode_tokens_per_s as number) ? r : a));
@@ -138,8 +141,8 @@ async function main(): Promise<void> {
   };
   const summary = { offloaded: summarise('offloaded'), resident: summarise('resident') };
   console.log(JSON.stringify(summary));
-  const out = { bench: 'throughput mode, offloaded experts (bench/throughput.ts)', machine: machine(), date: new Date().toISOString(), model: 'mixtral-8x7b-shape, 1 layer; experts 25% cached (LRU) or resident', bf16_peak_gflops: r3(peak), prompt_tokens: promptTokens, summary, rows };
-  const file = path.join(__dirname, '..', '..', 'bench', 'results', `throughput-cpu-${new Date().toISOString().slice(0, 10)}.json`);
+  const out = { bench: 'throughput mode, offloaded experts (bench/throughput.ts)', machine: machine(), date: new Date().toISOString(), model: 'mixtral-8x7b-shape, 1 layer; experts 25% cached (LRU) or resident', bf16_peak_gflops: r3(peak), packed_weights: pack, prompt_tokens: promptTokens, summary, rows };
+  const file = path.join(__dirname, '..', '..', 'bench', 'results', `throughput-cpu-${new Date().toISOString().slice(0, 10)}${pack ? '' : '-rowmajor'}.json`);
   fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
   console.log(`saved ${file}`);
 }

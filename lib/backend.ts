@@ -435,11 +435,29 @@ export class Backend {
       throw new InvalidArgumentError(`w must be 2-D [N, K] with N, K >= 1, received shape [${w.shape.join(', ')}]`);
     }
     const [n, k] = w.shape as [number, number];
-    const storage = new HostTensor('bf16', [packedNumel(n, k)]);
+    const out = PackedTensor.wrap(new HostTensor('bf16', [packedNumel(n, k)]), n, k);
+    await this.packWeightsInto(w, out, options);
+    return out;
+  }
+
+  /**
+   * packWeights into existing packed memory (an expert store's views): `out` must have w's shape.
+   * @example
+   * await be.packWeightsInto(gateRows, store.expert(0, 3).gate as PackedTensor);
+   */
+  async packWeightsInto(w: HostTensor, out: PackedTensor, options: OpOptions = {}): Promise<void> {
+    if (this.kind !== 'cpu') throw new InvalidArgumentError(`packWeights: packed weights are a CPU-backend layout, this backend is ${this.name}`);
+    if (!(w instanceof HostTensor)) throw new InvalidArgumentError(`w must be a HostTensor, received ${describe(w)}`);
+    checkTensor(w, 'w', ['bf16']);
+    if (w.shape.length !== 2 || w.shape[0]! < 1 || w.shape[1]! < 1) {
+      throw new InvalidArgumentError(`w must be 2-D [N, K] with N, K >= 1, received shape [${w.shape.join(', ')}]`);
+    }
+    if (!(out instanceof PackedTensor)) throw new InvalidArgumentError(`out must be a PackedTensor, received ${describe(out)}`);
+    const [n, k] = w.shape as [number, number];
+    if (out.shape[0] !== n || out.shape[1] !== k) throw new InvalidArgumentError(`out must be a packed [${n}, ${k}], received packed [${out.shape.join(', ')}]`);
     await this.#run('packWeights', options, (addon, stream, cancel) =>
-      addon.packWeights(stream, { w: w.nativeArg('w'), n, k, out: storage.nativeArg('out') }, cancel),
+      addon.packWeights(stream, { w: w.nativeArg('w'), n, k, out: out.nativeArg('out') }, cancel),
     );
-    return new PackedTensor(n, k, storage);
   }
 
   /**
@@ -713,8 +731,11 @@ export class Backend {
 
   // ---- fused MoE (issue 3) ---------------------------------------------------------------------------------------
 
-  /** A new, empty expert table (every expert absent) for {@link Backend.moeExperts} on this backend. */
-  expertTable(numExperts: number, dims: { hidden: number; intermediate: number }): ExpertTable {
+  /**
+   * A new, empty expert table (every expert absent) for {@link Backend.moeExperts} on this backend. `packed` (CPU
+   * backend): the table takes PackedTensor weights (packWeights), and moeExperts runs its outer-product kernels.
+   */
+  expertTable(numExperts: number, dims: { hidden: number; intermediate: number; packed?: boolean }): ExpertTable {
     return new ExpertTable(this.kind, this.device, numExperts, dims);
   }
 

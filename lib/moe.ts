@@ -22,7 +22,7 @@
 import { describe } from './dtype.js';
 import { InvalidArgumentError, fromNative } from './errors.js';
 import { type NativeExpertTable, type NativeTensorArg, native } from './native.js';
-import { DeviceTensor, HostTensor, type Tensor } from './tensor.js';
+import { DeviceTensor, HostTensor, PackedTensor, type Tensor } from './tensor.js';
 
 /**
  * One expert's weights, HF layouts, bf16: gate [I, H], up [I, H], down [H, I]. Optional f32 biases (gpt-oss),
@@ -100,8 +100,10 @@ function checkBias(t: unknown, what: string, n: number): asserts t is Tensor {
 const disposedEntry = (en: Entry): boolean =>
   en.gate.disposed || !!en.up?.disposed || en.down.disposed || (!!en.bias && (en.bias.gate.disposed || !!en.bias.up?.disposed || en.bias.down.disposed));
 
-function checkWeight(t: unknown, what: string, shape: readonly number[]): asserts t is Tensor {
-  if (!(t instanceof HostTensor) && !(t instanceof DeviceTensor)) {
+function checkWeight(t: unknown, what: string, shape: readonly number[], packed = false): asserts t is Tensor {
+  if (packed) {
+    if (!(t instanceof PackedTensor)) throw new InvalidArgumentError(`${what} must be a PackedTensor (the table is packed), received ${describe(t)}`);
+  } else if (!(t instanceof HostTensor) && !(t instanceof DeviceTensor)) {
     throw new InvalidArgumentError(`${what} must be a HostTensor or DeviceTensor, received ${describe(t)}`);
   }
   if (t.dtype !== 'bf16') throw new InvalidArgumentError(`${what}.dtype must be bf16, received ${t.dtype}`);
@@ -140,13 +142,15 @@ export class ExpertTable {
   /** The backend kind and device whose ops accept this table. */
   readonly backendKind: 'cpu' | 'cuda';
   readonly device: number;
+  /** Weights are PackedTensors (panel64 layout, CPU backend). */
+  readonly packed: boolean;
   // The tensors (for has / hasBiases and the disposed check of nativeArg) and the native table holding their
   // validated pointers, changed together by set / clear.
   readonly #entries: Array<Entry | undefined>;
   readonly #native: NativeExpertTable;
 
   /** @internal use backend.expertTable */
-  constructor(backendKind: 'cpu' | 'cuda', device: number, numExperts: number, dims: { hidden: number; intermediate: number }) {
+  constructor(backendKind: 'cpu' | 'cuda', device: number, numExperts: number, dims: { hidden: number; intermediate: number; packed?: boolean }) {
     for (const [v, w] of [
       [numExperts, 'numExperts'],
       [dims?.hidden, 'hidden'],
@@ -156,6 +160,10 @@ export class ExpertTable {
         throw new InvalidArgumentError(`${w} must be a positive integer, received ${describe(v)}`);
       }
     }
+    const packed = dims.packed ?? false;
+    if (typeof packed !== 'boolean') throw new InvalidArgumentError(`packed must be a boolean, received ${describe(dims.packed)}`);
+    if (packed && backendKind !== 'cpu') throw new InvalidArgumentError(`packed tables are a CPU-backend layout, this table is for ${backendKind}:${device}`);
+    this.packed = packed;
     this.backendKind = backendKind;
     this.device = device;
     this.numExperts = numExperts;
@@ -163,7 +171,7 @@ export class ExpertTable {
     this.intermediate = dims.intermediate;
     this.#entries = new Array<Entry | undefined>(numExperts).fill(undefined);
     try {
-      this.#native = new (native().ExpertTable)(backendKind === 'cuda' ? 1 : 0, device, numExperts, dims.hidden, dims.intermediate);
+      this.#native = new (native().ExpertTable)(backendKind === 'cuda' ? 1 : 0, device, numExperts, dims.hidden, dims.intermediate, packed);
     } catch (e) {
       throw fromNative(e);
     }
@@ -188,11 +196,13 @@ export class ExpertTable {
     if (typeof w !== 'object' || w === null) throw new InvalidArgumentError(`weights must be an object, received ${describe(w)}`);
     const H = this.hidden;
     const I = this.intermediate;
-    checkWeight((w as ExpertWeights).down, `expert ${id} down`, [H, I]);
+    const P = this.packed;
+    checkWeight((w as ExpertWeights).down, `expert ${id} down`, [H, I], P);
     const given = (names: readonly string[]): string[] => names.filter((n) => (w as unknown as Record<string, unknown>)[n] !== undefined);
     const withNames = (names: string[]): string => (names.length ? names.join(', ') : 'none');
     let entry: Entry;
     if ('gateUp' in w) {
+      if (P) throw new InvalidArgumentError(`expert ${id}: a packed table takes gate, up and down, not a stacked gateUp`);
       checkWeight(w.gateUp, `expert ${id} gateUp`, [2 * I, H]);
       const wrong = given(['gateBias', 'upBias']);
       if (wrong.length) {
@@ -210,8 +220,8 @@ export class ExpertTable {
       }
       entry = { gate: w.gateUp, up: undefined, down: w.down, bias };
     } else {
-      checkWeight(w.gate, `expert ${id} gate`, [I, H]);
-      checkWeight(w.up, `expert ${id} up`, [I, H]);
+      checkWeight(w.gate, `expert ${id} gate`, [I, H], P);
+      checkWeight(w.up, `expert ${id} up`, [I, H], P);
       const wrong = given(['gateUpBias']);
       if (wrong.length) throw new InvalidArgumentError(`expert ${id}: gateUpBias goes with gateUp, received it with separate gate and up`);
       const b = given(['gateBias', 'upBias', 'downBias']);

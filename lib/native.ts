@@ -114,7 +114,7 @@ export interface NativeAddon {
   Event: new (backend: 0 | 1, device: number, timing: boolean) => NativeEvent;
   CancelToken: new () => NativeCancelToken;
   HostRegistration: new (array: ArrayBufferView, cuda: boolean) => NativeHostRegistration;
-  ExpertTable: new (backend: 0 | 1, device: number, e: number, h: number, inter: number) => NativeExpertTable;
+  ExpertTable: new (backend: 0 | 1, device: number, e: number, h: number, inter: number, packed?: boolean) => NativeExpertTable;
   info(detail?: boolean): NativeInfo;
   memoryStats(): NativeMemoryStats;
   allocAsync(stream: NativeStream, params: { backend: 0 | 1; device: number; kind: 0 | 1; bytes: number }, cancel?: NativeCancelToken): Promise<NativeMemory>;

@@ -480,14 +480,31 @@ export class PackedTensor implements Tensor {
   readonly layout = 'panel64' as const;
   readonly shape: readonly number[];
   readonly numel: number;
-  /** The packed values: [packedNumel(n, k)] bf16. */
-  readonly storage: HostTensor<'bf16'>;
+  /** The packed values: [packedNumel(n, k)] bf16, in host memory or (CPU backend) its device pool. */
+  readonly storage: HostTensor<'bf16'> | DeviceTensor<'bf16'>;
 
-  /** @internal use Backend.packWeights */
-  constructor(n: number, k: number, storage: HostTensor<'bf16'>) {
+  /** @internal use Backend.packWeights or PackedTensor.wrap */
+  constructor(n: number, k: number, storage: HostTensor<'bf16'> | DeviceTensor<'bf16'>) {
     this.shape = Object.freeze([n, k]);
     this.numel = n * k;
     this.storage = storage;
+  }
+
+  /**
+   * A packed [n, k] weight over existing memory (an expert store's or slot pool's bytes): `storage` must be bf16 with
+   * exactly packedNumel(n, k) elements. Its contents are whatever the memory holds (fill it with packWeightsInto).
+   */
+  static wrap(storage: HostTensor | DeviceTensor, n: number, k: number): PackedTensor {
+    for (const [v, w] of [[n, 'n'], [k, 'k']] as const) {
+      if (!Number.isSafeInteger(v) || v < 1) throw new InvalidArgumentError(`${w} must be a positive integer, received ${describe(v)}`);
+    }
+    if (!(storage instanceof HostTensor) && !(storage instanceof DeviceTensor)) {
+      throw new InvalidArgumentError(`storage must be a HostTensor or DeviceTensor, received ${describe(storage)}`);
+    }
+    if (storage.dtype !== 'bf16' || storage.numel !== packedNumel(n, k)) {
+      throw new InvalidArgumentError(`storage must be bf16 with ${packedNumel(n, k)} elements (packed [${n}, ${k}]), received ${storage.dtype} with ${storage.numel}`);
+    }
+    return new PackedTensor(n, k, storage as HostTensor<'bf16'> | DeviceTensor<'bf16'>);
   }
 
   get byteLength(): number {
@@ -511,7 +528,7 @@ export class PackedTensor implements Tensor {
   }
 
   /** Bytes of the packed storage. */
-  bytesView(offset: number, length: number): HostTensor<'u8'> {
+  bytesView(offset: number, length: number): Tensor {
     return this.storage.bytesView(offset, length);
   }
 

@@ -92,6 +92,26 @@ for (const { name } of FAMILIES) {
       assert.ok(worst <= 2e-2, `worst position relative error ${worst.toExponential(2)} (overall ${overall.toExponential(2)})`);
     });
 
+    test('packed weights (the CPU runtime\'s default on avx512bf16) and row-major weights give the same logits within 1e-2 relative', async (t) => {
+      const dir = path.join(root, name);
+      using packed = await loadModel(dir, { packWeights: true, experts: { fraction: 0.25, policy: 'lru' } });
+      using rows = await loadModel(dir, { packWeights: false });
+      assert.equal(packed.packedWeights, true);
+      assert.equal(rows.packedWeights, false);
+      const tokens = rows.encode(PROMPT);
+      const a = (await packed.logits(tokens)).data;
+      const b = (await rows.logits(tokens)).data;
+      let num = 0;
+      let den = 0;
+      for (let i = 0; i < b.length; i++) {
+        num += (a[i]! - b[i]!) ** 2;
+        den += b[i]! ** 2;
+      }
+      const rel = Math.sqrt(num / den);
+      assert.ok(rel <= 1e-2, `relative difference ${rel.toExponential(2)}`);
+      t.diagnostic(`packed vs row-major logits: relative difference ${rel.toExponential(2)} (${packed.backend.name})`);
+    });
+
     test('greedy output is identical with all experts resident and with a 25% expert cache (LRU, FineMoE)', async () => {
       const dir = path.join(root, name);
       const prompts = [PROMPT, 'Write a short note about the weather in spring.'];

@@ -33,6 +33,8 @@ interface Spec {
   oai?: boolean;
   biases?: 'all' | 'even';
   stacked?: boolean;
+  /** a packed table (panel64 weights): the CPU runtime's layout */
+  packed?: boolean;
   /** skewed: slot 0 of half the tokens on expert 0, about 10% of the ids -1, expert e - 1 absent */
   skewed?: boolean;
 }
@@ -49,6 +51,12 @@ const SPECS: Spec[] = [
     e: 64, h: 512, inter: 256, k: 8, oai: true, biases: 'even',
   },
   { name: 'E4 H2100 I160 k2 silu (rows over a k block, tails)', e: 4, h: 2100, inter: 160, k: 2 },
+  { name: 'E8 H256 I512 k2 silu, packed weights', e: 8, h: 256, inter: 512, k: 2, packed: true },
+  { name: 'E4 H2100 I161 k2 silu, packed weights (odd k of GEMM2, k blocks)', e: 4, h: 2100, inter: 161, k: 2, packed: true },
+  {
+    name: 'E6 H96 I1100 k1 swiglu-oai, biases, skewed routing, packed weights',
+    e: 6, h: 96, inter: 1100, k: 1, oai: true, biases: 'all', skewed: true, packed: true,
+  },
   {
     name: 'E6 H96 I1100 k1 swiglu-oai, biases, skewed routing, -1 ids, absent expert',
     e: 6, h: 96, inter: 1100, k: 1, oai: true, biases: 'all', skewed: true,
@@ -81,9 +89,9 @@ function routing(s: Spec, seed: number): { ids: Int32Array; w: Float32Array } {
 /** Runs moeExperts on tokens [0, t) of the problem; returns the [t, H] bf16 output bits. */
 type Runner = (t0: number, t: number) => Promise<Uint16Array>;
 
-function setup(be: Backend, s: Spec, seed: number): Runner {
+async function setup(be: Backend, s: Spec, seed: number): Promise<Runner> {
   const { e, h, inter, k } = s;
-  const table = be.expertTable(e, { hidden: h, intermediate: inter });
+  const table = be.expertTable(e, { hidden: h, intermediate: inter, packed: s.packed ?? false });
   for (let x = 0; x < e; x++) {
     if (s.skewed && x === e - 1) continue; // absent
     const base = seed * 977 + x * 11;
@@ -106,6 +114,9 @@ function setup(be: Backend, s: Spec, seed: number): Runner {
         gub.data.set(bu.data, inter);
       }
       table.set(x, { gateUp: gu, down, ...(gub && bd ? { gateUpBias: gub, downBias: bd } : {}) });
+    } else if (s.packed) {
+      const [gp, upk, dp] = [await be.packWeights(gate), await be.packWeights(up), await be.packWeights(down)];
+      table.set(x, { gate: gp, up: upk, down: dp, ...(bg && bu && bd ? { gateBias: bg, upBias: bu, downBias: bd } : {}) });
     } else {
       table.set(x, { gate, up, down, ...(bg && bu && bd ? { gateBias: bg, upBias: bu, downBias: bd } : {}) });
     }
@@ -151,7 +162,7 @@ for (const s of SPECS) {
     const skip = hb.available ? false : hb.reason ?? 'unavailable';
     void test(`moeExperts batch invariance: ${s.name} on ${hb.name}`, { skip }, async (t) => {
       const be = hb.open();
-      const run = setup(be, s, 1000 + SPECS.indexOf(s));
+      const run = await setup(be, s, 1000 + SPECS.indexOf(s));
       const alone = new Uint16Array(T_MAX * s.h); // [T_MAX, H]: each token on its own (T = 1)
       for (let i = 0; i < T_MAX; i++) alone.set(await run(i, 1), i * s.h);
       for (let i = 0; i < alone.length; i++) {

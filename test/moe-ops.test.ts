@@ -33,9 +33,11 @@ interface MoeProblem {
   /** per expert: gate [I, H], up [I, H], down [H, I] (undefined = absent) */
   weights: Array<{ gate: HostTensor<'bf16'>; up: HostTensor<'bf16'>; down: HostTensor<'bf16'> } | undefined>;
   stacked: boolean;
+  /** on CPU backends: a packed table (Backend.packWeights, panel64); CUDA has no packed layout and runs row-major */
+  packed: boolean;
 }
 
-function makeProblem(o: { t: number; h: number; inter: number; e: number; k: number; seed: number; ids?: Int32Array; absent?: number[]; stacked?: boolean }): MoeProblem {
+function makeProblem(o: { t: number; h: number; inter: number; e: number; k: number; seed: number; ids?: Int32Array; absent?: number[]; stacked?: boolean; packed?: boolean }): MoeProblem {
   const { t, h, inter, e, k, seed } = o;
   const ids = o.ids ?? randomIds(t, k, e, seed);
   const r = rng(seed + 7);
@@ -55,7 +57,7 @@ function makeProblem(o: { t: number; h: number; inter: number; e: number; k: num
       down: randomBf16([h, inter], seed * 131 + x * 3 + 2),
     });
   }
-  return { t, h, inter, e, k, x: randomBf16([t, h], seed + 3), ids, w, weights, stacked: o.stacked ?? false };
+  return { t, h, inter, e, k, x: randomBf16([t, h], seed + 3), ids, w, weights, stacked: o.stacked ?? false, packed: o.packed ?? false };
 }
 
 /** Stacks gate and up into one [2I, H] tensor. */
@@ -69,13 +71,15 @@ function stack(gate: HostTensor<'bf16'>, up: HostTensor<'bf16'>): HostTensor<'bf
 
 /** Builds the backend's expert table (uploading the weights on cuda); returns it and a disposer. */
 async function buildTable(be: Backend, p: MoeProblem): Promise<{ table: ExpertTable; dispose: () => void }> {
-  const table = be.expertTable(p.e, { hidden: p.h, intermediate: p.inter });
+  const packed = p.packed && be.kind === 'cpu';
+  const table = be.expertTable(p.e, { hidden: p.h, intermediate: p.inter, packed });
   const placed = placer(be);
   const place = placed.put;
   for (let x = 0; x < p.e; x++) {
     const wt = p.weights[x];
     if (!wt) continue;
-    if (p.stacked) table.set(x, { gateUp: await place(stack(wt.gate, wt.up)), down: await place(wt.down) });
+    if (packed) table.set(x, { gate: await be.packWeights(wt.gate), up: await be.packWeights(wt.up), down: await be.packWeights(wt.down) });
+    else if (p.stacked) table.set(x, { gateUp: await place(stack(wt.gate, wt.up)), down: await place(wt.down) });
     else table.set(x, { gate: await place(wt.gate), up: await place(wt.up), down: await place(wt.down) });
   }
   return { table, dispose: () => placed.dispose() };
@@ -110,6 +114,7 @@ interface MoeSpec {
   ids?: (t: number, k: number, e: number) => Int32Array;
   absent?: number[];
   stacked?: boolean;
+  packed?: boolean;
   /** tokens that must come out exactly 0 */
   zeroTokens?: number[];
 }
@@ -155,13 +160,15 @@ MOE_SPECS.push(
   { name: 'stacked gateUp', t: 7, h: 64, inter: 80, e: 8, k: 2, stacked: true },
   { name: 'top-k = E', t: 5, h: 32, inter: 32, e: 8, k: 8 },
 );
+// The same problems over packed weights (panel64, the CPU runtime's layout), every non-stacked spec.
+for (const s of [...MOE_SPECS]) if (!s.stacked) MOE_SPECS.push({ ...s, name: `${s.name}, packed on CPU`, packed: true });
 
 const refCache = new Map<string, { p: MoeProblem; ref: Float64Array }>();
 function problemFor(s: MoeSpec): { p: MoeProblem; ref: Float64Array } {
   let c = refCache.get(s.name);
   if (!c) {
     const seed = s.t * 7 + s.h + s.inter * 3 + s.e * 5 + s.k;
-    const p = makeProblem({ t: s.t, h: s.h, inter: s.inter, e: s.e, k: s.k, seed, ids: s.ids?.(s.t, s.k, s.e), absent: s.absent, stacked: s.stacked });
+    const p = makeProblem({ t: s.t, h: s.h, inter: s.inter, e: s.e, k: s.k, seed, ids: s.ids?.(s.t, s.k, s.e), absent: s.absent, stacked: s.stacked, packed: s.packed });
     c = { p, ref: refMoe(p.x, p.ids, p.w, p.k, p.weights) };
     refCache.set(s.name, c);
   }

@@ -72,7 +72,7 @@ void test('the panel64 layout: element (r, x) of w sits at ((r / 64) * ceil(k / 
   for (const [n, k] of [[1, 1], [65, 7], [130, 64], [64, 129]] as const) {
     const w = randomTensor('bf16', [n, k], n + k);
     const p = await be.packWeights(w);
-    const got = p.storage.data;
+    const got = (p.storage as HostTensor<'bf16'>).data;
     const kp = Math.ceil(k / 2);
     const seen = new Uint8Array(got.length);
     for (let r = 0; r < n; r++) {

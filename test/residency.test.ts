@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
-import {
+import { type DeviceTensor,
   Checkpoint,
   ExpertStore,
   HostTensor,
@@ -240,11 +240,11 @@ void test('the expert store checks its budget before allocating and loads a chec
       const v = store.expert(l, e);
       const eq = (a: HostTensor, name: string) => Buffer.from(a.data.buffer, a.data.byteOffset, a.byteLength).equals(Buffer.from(tensors.get(name)!.data.buffer));
       const p = `model.layers.${l}.block_sparse_moe.experts.${e}`;
-      assert.ok(eq(v.gate, `${p}.w1.weight`) && eq(v.up, `${p}.w3.weight`) && eq(v.down, `${p}.w2.weight`), `${p} differs`);
+      assert.ok(eq(v.gate as HostTensor, `${p}.w1.weight`) && eq(v.up as HostTensor, `${p}.w3.weight`) && eq(v.down as HostTensor, `${p}.w2.weight`), `${p} differs`);
       // Whole expert -> a slot -> back: bit-exact, and the slot's down view is the down projection.
       const slot = pool.slot((l * 4 + e) % 3);
       await engine.submit(v.whole, slot.whole).done;
-      const down = await be.download(slot.down);
+      const down = await be.download(slot.down as DeviceTensor);
       assert.ok(eq(down, `${p}.w2.weight`));
     }
   }

@@ -13,7 +13,10 @@
 // b, one vector accumulator per output along k, reduced horizontally once per k block. The work is split into
 // output tiles of about 64 x 64 (one pool range each, cancellation polled between tiles); inside a tile the k
 // dimension is walked in blocks (512 f32 or 1024 bf16 values, so the block of b rows of a tile stays in L2) and
-// the partial sums go to an f32 tile that is rounded to out_dtype once at the end.
+// the partial sums go to an f32 tile that is rounded to out_dtype once at the end. Tiles are numbered row tile
+// first within a column tile, so consecutive tiles (one thread's range) share their b rows and b streams from
+// memory about once per call: [128, 4096] x [14336, 4096] ran 5-10% faster, m = 512 10-20%, than with b
+// re-streamed per row tile. The CPU runtime uses gemm_packed.h instead (packed weights, outer products).
 // Small m (m <= kStreamMaxM = 8: decode, a few tokens), every tier: weight streaming instead of tiles, because there
 // b is read once per call and the call takes the time to read it from memory. The n rows of b are split into ranges
 // of consecutive rows (about 256 KiB of b each, handed to the pool's threads in order; cancellation polled between

@@ -88,27 +88,31 @@ using BlockFn = void (*)(const uint16_t* const*, int64_t, int64_t, int64_t, cons
 constexpr BlockFn kBlockBf16[6] = {block_bf16<1>, block_bf16<2>, block_bf16<3>, block_bf16<4>, block_bf16<5>, block_bf16<6>};
 #endif
 
-void run_item(const GemmPackedArgs& g, bool bf16, int64_t q, int64_t i0, int64_t mt) {
-  alignas(64) float tile[kTileRows * kPanelCols];
+// tile[i][0..64) = rows[i] . panel for i < mt <= kTileRows, k in blocks of kBlockPairs pairs.
+void tile_dots(const uint16_t* const* rows, int64_t mt, const uint16_t* panel, int64_t k, bool bf16, float* tile) {
   std::memset(tile, 0, sizeof(float) * static_cast<size_t>(mt * kPanelCols));
-  const int64_t kp = (g.k + 1) / 2;
-  const uint16_t* panel = g.b + q * kp * kPanelCols * 2;
-  const uint16_t* rows[kTileRows];
-  for (int64_t i = 0; i < mt; ++i) rows[i] = g.a + (i0 + i) * g.lda;
+  const int64_t kp = (k + 1) / 2;
   for (int64_t p0 = 0; p0 < kp; p0 += kBlockPairs) {
     const int64_t p1 = kp - p0 < kBlockPairs ? kp : p0 + kBlockPairs;
     for (int64_t i = 0; i < mt; i += 6) {
       const int mr = static_cast<int>(mt - i < 6 ? mt - i : 6);
 #if MOE_X86
       if (bf16) {
-        kBlockBf16[mr - 1](rows + i, g.k, p0, p1, panel, tile + i * kPanelCols);
+        kBlockBf16[mr - 1](rows + i, k, p0, p1, panel, tile + i * kPanelCols);
         continue;
       }
 #endif
       (void)bf16;
-      block_scalar(rows + i, mr, g.k, p0, p1, panel, tile + i * kPanelCols);
+      block_scalar(rows + i, mr, k, p0, p1, panel, tile + i * kPanelCols);
     }
   }
+}
+
+void run_item(const GemmPackedArgs& g, bool bf16, int64_t q, int64_t i0, int64_t mt) {
+  alignas(64) float tile[kTileRows * kPanelCols];
+  const uint16_t* rows[kTileRows] = {};
+  for (int64_t i = 0; i < mt; ++i) rows[i] = g.a + (i0 + i) * g.lda;
+  tile_dots(rows, mt, g.b + q * ((g.k + 1) / 2) * kPanelCols * 2, g.k, bf16, tile);
   const int64_t j0 = q * kPanelCols, nc = g.n - j0 < kPanelCols ? g.n - j0 : kPanelCols;
   for (int64_t i = 0; i < mt; ++i) {
     const float* src = tile + i * kPanelCols;
@@ -123,6 +127,15 @@ void run_item(const GemmPackedArgs& g, bool bf16, int64_t q, int64_t i0, int64_t
 }
 
 }  // namespace
+
+void packed_panel_dots(const uint16_t* a, int64_t lda, int64_t m, const uint16_t* panel, int64_t k, bool bf16, float* tile) {
+  const uint16_t* rows[kTileRows] = {};
+  for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
+    const int64_t mt = m - i0 < kTileRows ? m - i0 : kTileRows;
+    for (int64_t i = 0; i < mt; ++i) rows[i] = a + (i0 + i) * lda;
+    tile_dots(rows, mt, panel, k, bf16, tile + i0 * kPanelCols);
+  }
+}
 
 Isa gemm_packed(const GemmPackedArgs& g, Isa isa, const CancelToken* cancel) {
   require(g.m >= 0 && g.n >= 1 && g.k >= 1,

@@ -27,4 +27,10 @@ struct GemmPackedArgs {
 // Returns the tier that ran. Throws moe::Error(InvalidArgument) for bad sizes or null pointers; (Cancelled).
 Isa gemm_packed(const GemmPackedArgs& args, Isa isa, const CancelToken* cancel = nullptr);
 
+// The kernel of one work item, for other ops over packed weights (moe_experts): tile[i][c] (row stride 64, f32)
+// = dot(row i of a, column c of one panel) for i < m, c < 64, with a [m, k] bf16 (row stride lda) and `panel` the
+// [ceil(k/2)][64][2] block of a packed weight. bf16: the avx512bf16 kernel (the caller checked the tier), else the
+// scalar reference. The summation order is gemm_packed's, so results agree with it bitwise on the same tier.
+void packed_panel_dots(const uint16_t* a, int64_t lda, int64_t m, const uint16_t* panel, int64_t k, bool bf16, float* tile);
+
 }  // namespace moe::cpu

@@ -28,6 +28,9 @@
 // rows j, j+1 as its 4 weight rows, so gate and up are one pass and SwiGLU is applied on the sums right away. Items
 // of one expert are consecutive, so the pool's threads stream different rows of the same expert. Larger experts
 // (prefill) take tiles of kTileN columns (tile_dots: register tiles over k blocks that stay in L2).
+// Packed weights (args.packed: the panel64 layout of pack_weights.h): one work item per (expert, panel of 64 output
+// columns) at every row count, the tile computed by gemm_packed's outer-product kernel (packed_panel_dots): k pairs
+// in order into one f32 accumulator per output, whatever the rows, so batch invariance holds on that path too.
 // Chunks bound the scratch memory (rows * max(h, inter) * 4 bytes <= 64 MiB); weights are re-read per chunk,
 // which only happens at prefill sizes where the GEMMs are compute-bound anyway.
 #include "moe_experts.h"
@@ -42,7 +45,9 @@
 #include "../core/dtype.h"
 #include "../core/error.h"
 #include "../core/threadpool.h"
+#include "gemm_packed.h"
 #include "moe_combine.h"
+#include "pack_weights.h"
 #include "simd.h"
 
 namespace moe::cpu {
@@ -669,6 +674,68 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
   std::vector<float> part;
   std::vector<Item> items;
 
+  // Steps 2 and 3 over packed weights: items (expert, panel); GEMM1 tiles of gate and up, then SwiGLU; GEMM2.
+  bool pk_bf16 = false;
+#if MOE_X86
+  pk_bf16 = a.packed && clamp_isa(isa) >= Isa::Avx512Bf16;
+#endif
+  auto packed_gemms = [&](int64_t rows) {
+    if (rows == 0) return;
+    ran.store(static_cast<int>(pk_bf16 ? Isa::Avx512Bf16 : Isa::Scalar), std::memory_order_relaxed);
+    const int64_t kph = (H + 1) / 2, kpi = (I + 1) / 2;  // k pairs of gate/up (k = h) and of down (k = inter)
+    auto panel_items = [&](int64_t cols) {
+      items.clear();
+      const int64_t panels = (cols + kPanelCols - 1) / kPanelCols;
+      for (int64_t x = 0; x < E; ++x)
+        for (int64_t q = 0; count[x] > 0 && q < panels; ++q) items.push_back({static_cast<int32_t>(x), static_cast<int32_t>(q)});
+    };
+    panel_items(I);
+    std::function<void(size_t, size_t)> gemm1 = [&](size_t i0, size_t i1) {
+      for (size_t it = i0; it < i1; ++it) {
+        const int64_t x = items[it].expert, q = items[it].tile, m = count[x];
+        const int64_t n0 = q * kPanelCols, nc = I - n0 < kPanelCols ? I - n0 : kPanelCols;
+        const Epilogue ep = epilogue_of(x);
+        float* g = scratch_f32(static_cast<size_t>(m * 2 * kPanelCols));  // [m, 64] gate | [m, 64] up
+        float* u = g + m * kPanelCols;
+        const uint16_t* xa = xs.data() + static_cast<int64_t>(row0[x]) * H;  // [m, h] bf16
+        packed_panel_dots(xa, H, m, static_cast<const uint16_t*>(a.gate[x]) + q * kph * kPanelCols * 2, H, pk_bf16, g);
+        packed_panel_dots(xa, H, m, static_cast<const uint16_t*>(a.up[x]) + q * kph * kPanelCols * 2, H, pk_bf16, u);
+        for (int64_t i = 0; i < m; ++i) {
+          uint16_t* dst = act.data() + (row0[x] + i) * I + n0;  // [nc] bf16
+          const float* gi = g + i * kPanelCols;
+          const float* ui = u + i * kPanelCols;
+          if (ep.plain) {
+            for (int64_t c = 0; c < nc; ++c) dst[c] = f32_to_bf16(silu_mul(gi[c], ui[c]));
+          } else {
+            for (int64_t c = 0; c < nc; ++c) dst[c] = f32_to_bf16(act_general(ep, gi[c], ui[c], n0 + c));
+          }
+        }
+      }
+    };
+    if (!pool.parallel_for(items.size(), 1, gemm1, cancel)) throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
+    panel_items(H);
+    std::function<void(size_t, size_t)> gemm2 = [&](size_t i0, size_t i1) {
+      for (size_t it = i0; it < i1; ++it) {
+        const int64_t x = items[it].expert, q = items[it].tile, m = count[x];
+        const int64_t n0 = q * kPanelCols, nc = H - n0 < kPanelCols ? H - n0 : kPanelCols;
+        const float* bd = down_bias_of(x);  // [h] f32 or nullptr
+        float* tile = scratch_f32(static_cast<size_t>(m * kPanelCols));  // [m, 64]
+        const uint16_t* aa = act.data() + static_cast<int64_t>(row0[x]) * I;  // [m, inter] bf16
+        packed_panel_dots(aa, I, m, static_cast<const uint16_t*>(a.down[x]) + q * kpi * kPanelCols * 2, I, pk_bf16, tile);
+        for (int64_t i = 0; i < m; ++i) {
+          float* dst = part.data() + (row0[x] + i) * H + n0;  // [nc] f32
+          const float* src = tile + i * kPanelCols;
+          if (bd == nullptr) {
+            for (int64_t c = 0; c < nc; ++c) dst[c] = src[c];
+          } else {
+            for (int64_t c = 0; c < nc; ++c) dst[c] = src[c] + bd[n0 + c];
+          }
+        }
+      }
+    };
+    if (!pool.parallel_for(items.size(), 1, gemm2, cancel)) throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
+  };
+
   for (int64_t c0 = 0; c0 < a.t; c0 += chunk) {
     const int64_t tc = a.t - c0 < chunk ? a.t - c0 : chunk;
     // 1. routing of this chunk: rows of each present expert, in slot order.
@@ -705,6 +772,9 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
       throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
     }
 
+    if (a.packed) {
+      packed_gemms(rows);
+    } else {
     // 2. GEMM1 + SwiGLU per (expert, inter tile).
     // Streaming path per expert (see the header): tiles of kStreamRows rows instead of kTileN.
     auto streams = [&](int64_t x) { return count[x] <= kStreamMaxRows; };
@@ -806,6 +876,7 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
     };
     if (!items.empty() && !pool.parallel_for(items.size(), 1, gemm2, cancel)) {
       throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
+    }
     }
 
     // 4. combine in slot order, one bf16 rounding (moe_combine_token, shared with moe_combine); parts mode: the

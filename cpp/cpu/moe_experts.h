@@ -41,10 +41,14 @@ struct MoeExpertsArgs {
   // Parts mode (see above): [t, k, h] f32, rows of present experts written, the rest untouched; out must then be
   // nullptr (exactly one of out and parts when t > 0).
   float* parts = nullptr;
+  // Packed weights: gate, up and down point at the panel64 forms (pack_weights.h) of their [inter, h], [inter, h]
+  // and [h, inter] weights. Tiers: avx512bf16 (gemm_packed's kernel), otherwise the scalar reference.
+  bool packed = false;
 };
 
 // Multithreaded over (expert, n tile) work items on the project's pool (experts with <= 16 routed rows take a
-// weight-streaming kernel that reads each weight row once, see moe_experts.cc); deterministic (fixed combine order,
+// weight-streaming kernel that reads each weight row once, see moe_experts.cc; packed weights: (expert, 64-column
+// panel) items of gemm_packed's outer-product kernel at every row count); deterministic (fixed combine order,
 // no atomics on floats) and batch invariant: a token's output row is bitwise the same whatever the other tokens of
 // the call (their number, their routing), on every tier. Returns the GEMM tier that ran. Throws
 // moe::Error(InvalidArgument) for bad sizes, both or neither of out and parts, ids outside [-1, e), a table entry

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <string>
 
+#include "cpu/pack_weights.h"
 #include "tensor_arg.h"
 
 namespace moe::js {
@@ -65,6 +66,9 @@ ExpertTableWrap::ExpertTableWrap(const Napi::CallbackInfo& info) : Napi::ObjectW
       throw_error(env, ErrorCode::InvalidArgument,
                   "ExpertTable: e must be in [1, 2^24], h and inter >= 1, received " + std::to_string(e_) + ", " +
                       std::to_string(h_) + ", " + std::to_string(inter_));
+    packed_ = info[5].IsBoolean() && info[5].As<Napi::Boolean>().Value();
+    if (packed_ && backend_ != BackendKind::Cpu)
+      throw_error(env, ErrorCode::InvalidArgument, "ExpertTable: packed weights are a CPU-backend layout, received a cuda table");
     entries_.assign(static_cast<size_t>(e_), nullptr);
     if (napi_type_tag_object(env, info.This(), &kExpertTableTag) != napi_ok)
       throw_error(env, ErrorCode::Internal, "ExpertTable: cannot tag the object");
@@ -117,8 +121,13 @@ Napi::Value ExpertTableWrap::Set(const Napi::CallbackInfo& info) {
                       "] biases must be gateBias, upBias and downBias together or none, received " +
                       std::to_string(given_bias) + " of 3");
     en->biases = given_bias == 3;
+    if (packed_ && en->stacked)
+      throw_error(env, ErrorCode::InvalidArgument,
+                  std::string(op) + ": experts[" + std::to_string(en->id) + "]: a packed table takes gate, up and down, not a stacked gateUp");
     const uint64_t wbytes = static_cast<uint64_t>(inter_) * static_cast<uint64_t>(h_) * 2;
-    const uint64_t bytes[6] = {wbytes, wbytes, wbytes, static_cast<uint64_t>(inter_) * 4,
+    const uint64_t gbytes = packed_ ? static_cast<uint64_t>(cpu::packed_weights_numel(inter_, h_)) * 2 : wbytes;
+    const uint64_t dbytes = packed_ ? static_cast<uint64_t>(cpu::packed_weights_numel(h_, inter_)) * 2 : wbytes;
+    const uint64_t bytes[6] = {gbytes, gbytes, dbytes, static_cast<uint64_t>(inter_) * 4,
                                static_cast<uint64_t>(inter_) * 4, static_cast<uint64_t>(h_) * 4};
     for (int a = 0; a < (en->biases ? 6 : 3); ++a) {
       const std::string what = en->name(a);

@@ -1,9 +1,11 @@
-// JS class `ExpertTable(backend, device, e, h, inter)`: the native half of lib/moe.ts ExpertTable, a persistent
+// JS class `ExpertTable(backend, device, e, h, inter, packed?)`: the native half of lib/moe.ts ExpertTable, a persistent
 // per-expert pointer table for moeExperts (cpp/ops/moe_experts.cc).
 //
 //   set(i, { gate, up, down, gateBias?, upBias?, downBias? }, stacked)   tensor args (cpp/napi/tensor_arg.h):
 //       gate, up [inter, h] bf16, down [h, inter] bf16; biases f32 [inter], [inter], [h], all three or none.
 //       stacked: gate and up are the two halves of one gateUp (only changes the names in messages).
+//       packed tables (CPU only, not stacked): gate, up and down hold the panel64 forms of those shapes
+//       (cpu/pack_weights.h, packed_weights_numel values each); moeExperts then runs its packed path.
 //   clear(i)                                                             expert i absent (contributes zero)
 //
 // Validation (range, placement for the table's backend and device, alignment, bytes) happens once, in set; the
@@ -94,6 +96,7 @@ class ExpertTableWrap : public Napi::ObjectWrap<ExpertTableWrap> {
   int64_t experts() const { return e_; }
   int64_t hidden() const { return h_; }
   int64_t inter() const { return inter_; }
+  bool packed() const { return packed_; }
   // The table as it is now (built on first use after a set / clear, then shared).
   std::shared_ptr<const ExpertTableSnapshot> snapshot();
 
@@ -105,6 +108,7 @@ class ExpertTableWrap : public Napi::ObjectWrap<ExpertTableWrap> {
   BackendKind backend_ = BackendKind::Cpu;
   int device_ = 0;
   int64_t e_ = 0, h_ = 0, inter_ = 0;
+  bool packed_ = false;
   std::vector<std::shared_ptr<const ExpertEntry>> entries_;  // e_, nullptr where absent
   std::shared_ptr<const ExpertTableSnapshot> snap_;          // nullptr after set / clear
 };

@@ -86,6 +86,7 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
                           reinterpret_cast<const float*>(w.ptr), nullptr, nullptr, nullptr,
                           parts_mode ? nullptr : reinterpret_cast<uint16_t*>(out.ptr), t, h, inter, e, k};
     g.parts = parts_mode ? reinterpret_cast<float*>(out.ptr) : nullptr;
+    g.packed = tw->packed();  // only CPU tables are packed (checked when the table was made)
     g.activation = act == 1.0 ? cpu::MoeActivation::SwigluOai : cpu::MoeActivation::Silu;
     g.alpha = alpha;
     g.limit = limit;

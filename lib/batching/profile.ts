@@ -39,7 +39,7 @@ import { assembleMla, headPrefix } from '../engine/forward.js';
 import { InvalidArgumentError } from '../errors.js';
 import { info } from '../info.js';
 import { KvCache } from '../kv/cache.js';
-import type { MoeActivation } from '../moe.js';
+import type { ExpertTable, MoeActivation } from '../moe.js';
 import type { ModelConfig } from '../model/config.js';
 import { makeModel } from '../model/make-model.js';
 import type { PresetName } from '../model/presets.js';
@@ -47,7 +47,7 @@ import { PRESETS } from '../model/presets.js';
 import { native } from '../native.js';
 import { ExpertStore } from '../residency/expert-store.js';
 import { ropeFromConfig } from '../rope.js';
-import { HostTensor } from '../tensor.js';
+import { HostTensor, type Tensor } from '../tensor.js';
 import { type ModelProfile, type OpPoint, type OpSpec, predictDecode, stepOps, stepWorkingSet } from './perf-model.js';
 
 /** Streaming read bandwidth now (the native read probe over `bytes`, default 256 MiB; median of 5), GB/s. */
@@ -87,6 +87,11 @@ export interface ProfileModelOptions {
   passes?: number;
   /** Skip the runtime-cost calibration (its costs are then 0); for tests of the profile's shape. */
   skipRuntime?: boolean;
+  /**
+   * Measure the GEMMs and experts over packed weights (panel64), as loadModel runs them; default: loadModel's
+   * default (true on the CPU backend with the avx512bf16 tier).
+   */
+  packWeights?: boolean;
   onProgress?: (message: string) => void;
 }
 
@@ -164,6 +169,8 @@ interface Ctx {
   probeBuf: Float32Array;
   /** Measure cache-cold (64 MiB between two uses of one copy) rather than warm (8 MiB). */
   cold: boolean;
+  /** Weights packed (panel64) as loadModel packs them. */
+  packed: boolean;
   log: (m: string) => void;
 }
 
@@ -235,7 +242,11 @@ function copies(c: Ctx, bytes: number, instances: number): number {
 
 async function measureGemm(c: Ctx, s: Extract<OpSpec, { op: 'gemm' }>, instances: number): Promise<OpPoint[]> {
   const bytes = weightBytes(s);
-  const ws = Array.from({ length: copies(c, bytes, instances) }, (_, i) => tensor(s.dtype, [s.n, s.k], 11 + i));
+  const ws: Tensor[] = [];
+  for (let i = 0; i < copies(c, bytes, instances); i++) {
+    const w = tensor(s.dtype, [s.n, s.k], 11 + i);
+    ws.push(c.packed && s.dtype === 'bf16' ? await c.be.packWeights(w) : w);
+  }
   return curve(c, true, async (B) => {
     const a = tensor(s.dtype, [B, s.k], 3);
     const out = new HostTensor('f32', [B, s.n]);
@@ -246,11 +257,13 @@ async function measureGemm(c: Ctx, s: Extract<OpSpec, { op: 'gemm' }>, instances
 
 async function measureOneExpert(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>, instances: number): Promise<OpPoint[]> {
   const bytes = weightBytes(s);
-  const tables = Array.from({ length: copies(c, bytes, instances) }, (_, i) => {
-    const t = c.be.expertTable(1, { hidden: s.hidden, intermediate: s.inter });
-    t.set(0, { gate: tensor('bf16', [s.inter, s.hidden], 20 + i), up: tensor('bf16', [s.inter, s.hidden], 40 + i), down: tensor('bf16', [s.hidden, s.inter], 60 + i) });
-    return t;
-  });
+  const tables: ExpertTable[] = [];
+  const weight = async (shape: [number, number], seed: number): Promise<Tensor> => (c.packed ? c.be.packWeights(tensor('bf16', shape, seed)) : tensor('bf16', shape, seed));
+  for (let i = 0; i < copies(c, bytes, instances); i++) {
+    const t = c.be.expertTable(1, { hidden: s.hidden, intermediate: s.inter, packed: c.packed });
+    t.set(0, { gate: await weight([s.inter, s.hidden], 20 + i), up: await weight([s.inter, s.hidden], 40 + i), down: await weight([s.hidden, s.inter], 60 + i) });
+    tables.push(t);
+  }
   const act = activation(c.cfg);
   return curve(c, true, async (B) => {
     const x = tensor('bf16', [B, s.hidden], 5);
@@ -278,7 +291,7 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
   const expertBytes = weightBytes(s);
   // enough layers of experts that a call's experts were last read span(c) ago (a call reads U(B) of the E)
   const layers = Math.max(1, Math.min(Math.floor((768 * 2 ** 20) / (E * expertBytes)), Math.ceil((3 * span(c)) / (E * expertBytes))));
-  const store = ExpertStore.create(c.be, { layers: Array.from({ length: layers }, (_, l) => l), experts: E, hidden: s.hidden, intermediate: s.inter });
+  const store = ExpertStore.create(c.be, { layers: Array.from({ length: layers }, (_, l) => l), experts: E, hidden: s.hidden, intermediate: s.inter, packed: c.packed });
   try {
     // every expert written (untouched pages would all read the one zero page)
     for (let l = 0; l < layers; l++) {
@@ -289,7 +302,7 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
     }
     // one table per layer with every expert set once, as ResidentExperts holds them
     const tables = Array.from({ length: layers }, (_, l) => {
-      const t = c.be.expertTable(E, { hidden: s.hidden, intermediate: s.inter });
+      const t = c.be.expertTable(E, { hidden: s.hidden, intermediate: s.inter, packed: c.packed });
       for (let e = 0; e < E; e++) {
         const v = store.expert(l, e);
         t.set(e, { gate: v.gate, up: v.up, down: v.down });
@@ -787,7 +800,8 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   const { groupMs, opMs } = await dispatchCosts(be);
   // a step at one token and the shortest context already streams more than twice the cache: always cold
   const cacheBytes = lastLevelCacheBytes();
-  const c: Ctx = { be, cfg, batches, contexts, runs: options.quick ? 3 : 5, groupMs, probeBuf, cold: true, log };
+  const packed = options.packWeights ?? (be.kind === 'cpu' && be.isa === 'avx512bf16');
+  const c: Ctx = { be, cfg, batches, contexts, runs: options.quick ? 3 : 5, groupMs, probeBuf, cold: true, packed, log };
   const modes = stepWorkingSet(cfg, 1, Math.min(...contexts)) > 2 * cacheBytes ? 'cold' : 'both';
   // passes over the ops, apart in time for each op: per point the pass with the median cost (a burst of other
   // jobs on this shared machine inflates one pass, not the median; the bench and the runtime calibration take

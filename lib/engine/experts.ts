@@ -90,7 +90,7 @@ export class ResidentExperts implements ExpertProvider {
     this.#be = be;
     this.#extras = extras;
     this.#tables = store.layers.map((layer, li) => {
-      const t = be.expertTable(store.experts, { hidden: store.hidden, intermediate: store.intermediate });
+      const t = be.expertTable(store.experts, { hidden: store.hidden, intermediate: store.intermediate, packed: store.packed });
       for (let e = 0; e < store.experts; e++) {
         const w = store.expert(layer, e);
         t.set(e, { gate: w.gate, up: w.up, down: w.down, ...(extras.biases?.(li, e) ?? {}) });
@@ -201,7 +201,7 @@ export class CachedExperts implements ExpertProvider {
     }
     this.#numLayers = store.layers.length;
     this.#numExperts = store.experts;
-    this.slots = SlotPool.create(be, { slots: o.slots, hidden: store.hidden, intermediate: store.intermediate, dtype: store.dtype });
+    this.slots = SlotPool.create(be, { slots: o.slots, hidden: store.hidden, intermediate: store.intermediate, dtype: store.dtype, packed: store.packed });
     try {
       this.engine = new TransferEngine(be);
       const L = store.layers.length;
@@ -212,7 +212,7 @@ export class CachedExperts implements ExpertProvider {
       }
       const policy = this.predictor ? new ProbabilityPolicy(L, E, this.predictor, 'finemoe') : new LruPolicy(L * E);
       this.cache = residencyExpertCache({ store, slots: this.slots, engine: this.engine, policy });
-      this.#tables = store.layers.map(() => be.expertTable(E, { hidden: store.hidden, intermediate: store.intermediate }));
+      this.#tables = store.layers.map(() => be.expertTable(E, { hidden: store.hidden, intermediate: store.intermediate, packed: store.packed }));
     } catch (e) {
       this.slots.dispose();
       throw e;
@@ -279,7 +279,7 @@ export class CachedExperts implements ExpertProvider {
       }
       const layer = this.#store.layers[li]!;
       const hostExperts = [...onHost].map((id) => ({ id, w: this.#store.expert(layer, id) }));
-      this.#hostTables[li] ??= host.expertTable(this.#numExperts, { hidden: this.#store.hidden, intermediate: this.#store.intermediate });
+      this.#hostTables[li] ??= host.expertTable(this.#numExperts, { hidden: this.#store.hidden, intermediate: this.#store.intermediate, packed: this.#store.packed });
       const onDevice = () => (leases.length > 0 ? runWithExperts(be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, parts: devParts }, signal) : Promise.resolve());
       const onHostRun = async () => {
         const th = performance.now();

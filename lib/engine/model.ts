@@ -188,6 +188,8 @@ export class MoeModel {
   readonly backend: Backend;
   /** End-of-sequence ids (config, generation_config.json, tokenizer). */
   readonly eosTokenIds: readonly number[];
+  /** Projection, LM-head and expert weights are in the CPU kernels' panel64 layout (LoadModelOptions.packWeights). */
+  readonly packedWeights: boolean;
   readonly #weights: DenseWeights;
   readonly #store: ExpertStore;
   readonly #experts: ExpertProvider;
@@ -218,6 +220,7 @@ export class MoeModel {
     this.tokenizer = p.tokenizer;
     this.backend = p.backend;
     this.eosTokenIds = p.eos;
+    this.packedWeights = p.store.packed;
     this.#weights = p.weights;
     this.#store = p.store;
     this.#experts = p.experts;
@@ -669,6 +672,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
         experts: config.numExperts,
         hidden: config.hiddenSize,
         intermediate: config.moeIntermediateSize,
+        packed: pack,
         ...(options.hostBudgetBytes !== undefined ? { hostBudgetBytes: options.hostBudgetBytes } : {}),
       },
       signal,

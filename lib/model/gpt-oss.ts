@@ -163,15 +163,20 @@ export async function loadGptOssExperts(
     const layer: ExpertBiases[] = [];
     for (let e = 0; e < E; e++) {
       options.signal?.throwIfAborted();
-      const v = store.expert(l, e);
-      const g = v.gate.data as Uint16Array; // [I, H]
-      const u = v.up.data as Uint16Array; // [I, H]
-      const d = v.down.data as Uint16Array; // [H, I]
+      const gt = new HostTensor('bf16', [I, H]);
+      const ut = new HostTensor('bf16', [I, H]);
+      const dt = new HostTensor('bf16', [H, I]);
+      const g = gt.data; // [I, H]
+      const u = ut.data; // [I, H]
+      const d = dt.data; // [H, I]
       for (let i = 0; i < I; i++) {
         gateUpRow(e, 2 * i, g, i * H);
         gateUpRow(e, 2 * i + 1, u, i * H);
       }
       for (let h = 0; h < H; h++) downRow(e, h, d, h * I);
+      await store.write(l, e, 'gate', gt, op);
+      await store.write(l, e, 'up', ut, op);
+      await store.write(l, e, 'down', dt, op);
       const gateBias = new HostTensor('f32', [I]);
       const upBias = new HostTensor('f32', [I]);
       for (let i = 0; i < I; i++) {

@@ -329,10 +329,10 @@ export async function loadDenseWeights(
     return w;
   };
   const table = async (m: MlpNames): Promise<ExpertTable> => {
-    const gate = await read(m.gate, 'bf16');
-    const up = await read(m.up, 'bf16');
-    const down = await read(m.down, 'bf16');
-    const t = be.expertTable(1, { hidden: cfg.hiddenSize, intermediate: m.inter });
+    const gate = await readLinear(m.gate);
+    const up = await readLinear(m.up);
+    const down = await readLinear(m.down);
+    const t = be.expertTable(1, { hidden: cfg.hiddenSize, intermediate: m.inter, packed: options.pack ?? false });
     t.set(0, { gate, up, down });
     return t;
   };

@@ -6,6 +6,8 @@
  * allocated.
  *
  * Layout of one expert (bf16, HF row-major):  gate [I, H] | up [I, H] | down [H, I]   = 3·I·H elements
+ * With `packed` (CPU backend, bf16): the same three in the CPU kernels' panel64 layout (PackedTensor views, filled by
+ * packWeightsInto at load), packedNumel(I, H) | packedNumel(I, H) | packedNumel(H, I) elements.
  *
  * @example
  * const store = ExpertStore.create(be, { layers: cfg.moeLayers, experts: cfg.numExperts, hidden: cfg.hiddenSize,
@@ -20,7 +22,7 @@ import { type DType, DTYPE_SIZE, describe } from '../dtype.js';
 import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
 import { type ModelConfig, expertTensorNames } from '../model/config.js';
 import type { Checkpoint } from '../model/safetensors.js';
-import { type HostTensor, MAX_VIEW_BYTES, type PinnedBuffer } from '../tensor.js';
+import { type HostTensor, MAX_VIEW_BYTES, PackedTensor, type PinnedBuffer, packedNumel } from '../tensor.js';
 
 export interface ExpertStoreOptions {
   /** MoE layer indices (model layer numbers) held by the store. */
@@ -33,12 +35,21 @@ export interface ExpertStoreOptions {
   hostBudgetBytes?: number;
   /** Size of each pinned allocation (default 1 GiB, rounded down to whole experts). */
   chunkBytes?: number;
+  /** Hold the experts packed (panel64 layout, for the CPU backend's packed expert tables; bf16 only). Default false. */
+  packed?: boolean;
+}
+
+/** Bytes of one expert's gate (= up) and down in the store's layout. */
+function partBytes(hidden: number, intermediate: number, dtype: 'bf16' | 'f16' | 'f32', packed: boolean): { gate: number; down: number } {
+  if (packed) return { gate: packedNumel(intermediate, hidden) * 2, down: packedNumel(hidden, intermediate) * 2 };
+  const b = hidden * intermediate * DTYPE_SIZE[dtype];
+  return { gate: b, down: b };
 }
 
 export interface ExpertViews {
-  gate: HostTensor; // [I, H]
-  up: HostTensor; // [I, H]
-  down: HostTensor; // [H, I]
+  gate: HostTensor | PackedTensor; // [I, H] (PackedTensor in a packed store)
+  up: HostTensor | PackedTensor; // [I, H]
+  down: HostTensor | PackedTensor; // [H, I]
   /** The whole expert as bytes (gate | up | down): what a transfer moves. */
   whole: HostTensor<'u8'>;
 }
@@ -54,20 +65,26 @@ export class ExpertStore {
   readonly hidden: number;
   readonly intermediate: number;
   readonly dtype: 'bf16' | 'f16' | 'f32';
+  /** Experts held in the panel64 layout (PackedTensor views). */
+  readonly packed: boolean;
   /** Bytes of one expert (gate + up + down). */
   readonly expertBytes: number;
   readonly totalBytes: number;
   readonly #chunks: PinnedBuffer[];
   readonly #perChunk: number;
   readonly #layerIndex: Map<number, number>;
+  readonly #be: Backend;
 
-  private constructor(o: Required<Omit<ExpertStoreOptions, 'hostBudgetBytes' | 'chunkBytes'>>, chunks: PinnedBuffer[], perChunk: number) {
+  private constructor(be: Backend, o: Required<Omit<ExpertStoreOptions, 'hostBudgetBytes' | 'chunkBytes'>>, chunks: PinnedBuffer[], perChunk: number) {
+    this.#be = be;
     this.layers = [...o.layers];
     this.experts = o.experts;
     this.hidden = o.hidden;
     this.intermediate = o.intermediate;
     this.dtype = o.dtype;
-    this.expertBytes = 3 * o.hidden * o.intermediate * DTYPE_SIZE[o.dtype];
+    this.packed = o.packed;
+    const part = partBytes(o.hidden, o.intermediate, o.dtype, o.packed);
+    this.expertBytes = 2 * part.gate + part.down;
     this.totalBytes = this.expertBytes * this.layers.length * this.experts;
     this.#chunks = chunks;
     this.#perChunk = perChunk;
@@ -80,7 +97,7 @@ export class ExpertStore {
    * fails midway frees what was taken.
    */
   static create(be: Backend, options: ExpertStoreOptions): ExpertStore {
-    const plan = ExpertStore.#plan(options);
+    const plan = ExpertStore.#plan(options, be);
     const chunks: PinnedBuffer[] = [];
     try {
       for (const bytes of plan.chunkSizes) chunks.push(be.allocPinned(bytes));
@@ -88,7 +105,7 @@ export class ExpertStore {
       for (const c of chunks) c.dispose();
       throw e;
     }
-    return new ExpertStore(plan.options, chunks, plan.perChunk);
+    return new ExpertStore(be, plan.options, chunks, plan.perChunk);
   }
 
   /**
@@ -96,7 +113,7 @@ export class ExpertStore {
    * hosts): the way to build a real model's store. Same budget check, same cleanup on failure or abort.
    */
   static async createAsync(be: Backend, options: ExpertStoreOptions, signal?: AbortSignal): Promise<ExpertStore> {
-    const plan = ExpertStore.#plan(options);
+    const plan = ExpertStore.#plan(options, be);
     const chunks: PinnedBuffer[] = [];
     try {
       for (const bytes of plan.chunkSizes) chunks.push(await be.allocPinnedAsync(bytes, signal ? { signal } : {}));
@@ -104,10 +121,10 @@ export class ExpertStore {
       for (const c of chunks) c.dispose();
       throw e;
     }
-    return new ExpertStore(plan.options, chunks, plan.perChunk);
+    return new ExpertStore(be, plan.options, chunks, plan.perChunk);
   }
 
-  static #plan(options: ExpertStoreOptions): {
+  static #plan(options: ExpertStoreOptions, be: Backend): {
     options: Required<Omit<ExpertStoreOptions, 'hostBudgetBytes' | 'chunkBytes'>>;
     chunkSizes: number[];
     perChunk: number;
@@ -120,7 +137,13 @@ export class ExpertStore {
     const intermediate = positiveInt(options.intermediate, 'intermediate');
     const dtype = options.dtype ?? 'bf16';
     if (dtype !== 'bf16' && dtype !== 'f16' && dtype !== 'f32') throw new InvalidArgumentError(`dtype must be bf16, f16 or f32, received ${describe(dtype)}`);
-    const expertBytes = 3 * hidden * intermediate * DTYPE_SIZE[dtype];
+    const packed = options.packed ?? false;
+    if (typeof packed !== 'boolean') throw new InvalidArgumentError(`packed must be a boolean, received ${describe(options.packed)}`);
+    if (packed && (dtype !== 'bf16' || be.kind !== 'cpu')) {
+      throw new InvalidArgumentError(`packed: true needs bf16 experts on the CPU backend, received ${dtype} on ${be.name}`);
+    }
+    const part = partBytes(hidden, intermediate, dtype, packed);
+    const expertBytes = 2 * part.gate + part.down;
     const count = options.layers.length * experts;
     const total = expertBytes * count;
     const budget = options.hostBudgetBytes ?? Math.floor(os.freemem() * 0.9);
@@ -136,7 +159,7 @@ export class ExpertStore {
     const perChunk = Math.max(1, Math.floor(chunkBytes / expertBytes));
     const chunkSizes: number[] = [];
     for (let left = count; left > 0; left -= perChunk) chunkSizes.push(Math.min(perChunk, left) * expertBytes);
-    return { options: { layers: options.layers, experts, hidden, intermediate, dtype }, chunkSizes, perChunk };
+    return { options: { layers: options.layers, experts, hidden, intermediate, dtype, packed }, chunkSizes, perChunk };
   }
 
   /** Views of expert `expert` of model layer `layer`. */
@@ -150,13 +173,37 @@ export class ExpertStore {
     const chunk = this.#chunks[Math.floor(index / this.#perChunk)]!;
     const base = (index % this.#perChunk) * this.expertBytes;
     const { hidden: h, intermediate: i, dtype } = this;
+    const whole = chunk.tensor('u8', [this.expertBytes], base);
+    if (this.packed) {
+      const g = packedNumel(i, h);
+      return {
+        gate: PackedTensor.wrap(chunk.tensor('bf16', [g], base), i, h),
+        up: PackedTensor.wrap(chunk.tensor('bf16', [g], base + 2 * g), i, h),
+        down: PackedTensor.wrap(chunk.tensor('bf16', [packedNumel(h, i)], base + 4 * g), h, i),
+        whole,
+      };
+    }
     const part = i * h * DTYPE_SIZE[dtype];
     return {
       gate: chunk.tensor(dtype, [i, h], base),
       up: chunk.tensor(dtype, [i, h], base + part),
       down: chunk.tensor(dtype, [h, i], base + 2 * part),
-      whole: chunk.tensor('u8', [this.expertBytes], base),
+      whole,
     };
+  }
+
+  /**
+   * Writes one projection of an expert from its row-major form (`rows`: bf16 [I, H] for gate and up, [H, I] for
+   * down): copied into a plain store, packed into a packed one. For loaders that build experts themselves (gpt-oss).
+   */
+  async write(layer: number, expert: number, part: 'gate' | 'up' | 'down', rows: HostTensor, options: { signal?: AbortSignal } = {}): Promise<void> {
+    const dst = this.expert(layer, expert)[part];
+    const want = part === 'down' ? [this.hidden, this.intermediate] : [this.intermediate, this.hidden];
+    if (rows.dtype !== this.dtype || rows.shape.length !== 2 || rows.shape[0] !== want[0] || rows.shape[1] !== want[1]) {
+      throw new InvalidArgumentError(`rows must be ${this.dtype} [${want.join(', ')}], received ${rows.dtype} [${rows.shape.join(', ')}]`);
+    }
+    if (dst instanceof PackedTensor) await this.#be.packWeightsInto(rows, dst, options.signal ? { signal: options.signal } : {});
+    else (dst.data as Uint16Array).set(rows.data as Uint16Array);
   }
 
   /**
@@ -164,7 +211,7 @@ export class ExpertStore {
    * copy, no whole-file buffering). Checks every tensor's dtype and shape first.
    */
   async load(ckpt: Checkpoint, cfg: ModelConfig, options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {}): Promise<void> {
-    const jobs: Array<{ name: string; dst: () => HostTensor }> = [];
+    const jobs: Array<{ name: string; dst: () => HostTensor | PackedTensor }> = [];
     for (const layer of this.layers) {
       for (let e = 0; e < this.experts; e++) {
         const names = expertTensorNames(cfg, layer, e);
@@ -179,8 +226,16 @@ export class ExpertStore {
       }
     }
     let done = 0;
+    const op = options.signal ? { signal: options.signal } : {};
     for (const j of jobs) {
-      await ckpt.read(j.name, j.dst(), options.signal ? { signal: options.signal } : {});
+      const dst = j.dst();
+      if (dst instanceof PackedTensor) {
+        // packed: read the row-major tensor (one expert matrix of extra memory), then pack it into its view
+        const rows = await ckpt.read(j.name, undefined, op);
+        await this.#be.packWeightsInto(rows, dst, op);
+      } else {
+        await ckpt.read(j.name, dst, op);
+      }
       options.onProgress?.(++done, jobs.length);
     }
   }
