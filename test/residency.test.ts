@@ -12,6 +12,8 @@ import { after, test } from 'node:test';
 
 import { type DeviceTensor,
   Checkpoint,
+  InvalidArgumentError,
+  PackedTensor,
   ExpertStore,
   HostTensor,
   OutOfMemoryError,
@@ -252,6 +254,80 @@ void test('the expert store checks its budget before allocating and loads a chec
   assert.throws(() => store.expert(5, 0), /layer 5 is not in the store/);
   assert.throws(() => store.expert(0, 4), /expert must be an integer in \[0, 4\)/);
   assert.throws(() => pool.slot(3), /slot must be an integer in \[0, 3\)/);
+});
+
+void test('a packed store: experts load into panel64 views (padding zero), move whole into packed slots, and moeExperts over the slots gives the store\'s output bitwise', async () => {
+  const H = 64;
+  const I = 48; // not a multiple of 64: the gate / up panels are zero-padded
+  const cfg = parseModelConfig({
+    model_type: 'mixtral', hidden_size: H, intermediate_size: I, num_hidden_layers: 1, num_attention_heads: 4,
+    num_key_value_heads: 2, num_local_experts: 4, num_experts_per_tok: 2, vocab_size: 32,
+  });
+  const tensors = new Map<string, HostTensor>();
+  let seed = 77;
+  for (let e = 0; e < 4; e++) {
+    for (const [w, shape] of [['w1', [I, H]], ['w3', [I, H]], ['w2', [H, I]]] as const) {
+      const t = new HostTensor('bf16', [...shape]);
+      for (let i = 0; i < t.numel; i++) t.data[i] = 0x3c00 + ((seed * 131 + i * 7) % 512) - 256; // finite bf16 near 1/128
+      seed++;
+      tensors.set(`model.layers.0.block_sparse_moe.experts.${e}.${w}.weight`, t);
+    }
+  }
+  const dir = path.join(tmp, 'ckpt-packed');
+  await writeCheckpoint(dir, tensors);
+  const ckpt = await Checkpoint.open(dir);
+  using store = ExpertStore.create(be, { layers: [0], experts: 4, hidden: H, intermediate: I, packed: true });
+  await store.load(ckpt, cfg);
+  await ckpt.close();
+  assert.equal(store.expertBytes, 2 * (2 * 64 * H + 64 * I)); // packedNumel(48, 64) = 64 * 64, packedNumel(64, 48) = 64 * 48
+  const unpacked = (p: PackedTensor): Uint16Array => {
+    const [n, k] = p.shape as [number, number];
+    const kp = Math.ceil(k / 2);
+    const src = (p.storage as HostTensor).data as Uint16Array;
+    const out = new Uint16Array(n * k);
+    for (let r = 0; r < n; r++) for (let x = 0; x < k; x++) out[r * k + x] = src[(Math.floor(r / 64) * kp + Math.floor(x / 2)) * 128 + (r % 64) * 2 + (x % 2)]!;
+    return out;
+  };
+  for (let e = 0; e < 4; e++) {
+    const v = store.expert(0, e);
+    const p = `model.layers.0.block_sparse_moe.experts.${e}`;
+    for (const [part, w] of [['gate', 'w1'], ['up', 'w3'], ['down', 'w2']] as const) {
+      assert.ok(v[part] instanceof PackedTensor);
+      assert.deepEqual(unpacked(v[part] as PackedTensor), tensors.get(`${p}.${w}.weight`)!.data, `${p} ${part}`);
+    }
+    const gateStore = (v.gate as PackedTensor).storage as HostTensor;
+    for (let i = 0; i < gateStore.numel; i++) if (i % 128 >= 2 * I) assert.equal(gateStore.data[i], 0, `padding at ${i}`);
+  }
+  // write(): the row-major form packed into place (expert 2's gate replaced by expert 0's)
+  await store.write(0, 2, 'gate', tensors.get('model.layers.0.block_sparse_moe.experts.0.w1.weight')!);
+  assert.deepEqual(unpacked(store.expert(0, 2).gate as PackedTensor), tensors.get('model.layers.0.block_sparse_moe.experts.0.w1.weight')!.data);
+  await assert.rejects(async () => store.write(0, 2, 'down', new HostTensor('bf16', [I, H])), (e: unknown) => e instanceof InvalidArgumentError && /rows must be bf16 \[64, 48\]/.test(e.message));
+  // whole experts into packed slots, then the same op over both tables
+  using pool = SlotPool.create(be, { slots: 4, hidden: H, intermediate: I, packed: true });
+  assert.equal(pool.slotBytes, store.expertBytes);
+  const engine = new TransferEngine(be);
+  const fromStore = be.expertTable(4, { hidden: H, intermediate: I, packed: true });
+  const fromSlots = be.expertTable(4, { hidden: H, intermediate: I, packed: true });
+  for (let e = 0; e < 4; e++) {
+    await engine.submit(store.expert(0, e).whole, pool.slot(e).whole).done;
+    fromStore.set(e, store.expert(0, e));
+    fromSlots.set(e, pool.slot(e));
+  }
+  engine.dispose();
+  const T = 9;
+  const x = new HostTensor('bf16', [T, H]);
+  for (let i = 0; i < x.numel; i++) x.data[i] = 0x3f00 + (i % 97);
+  const ids = HostTensor.from('i32', [T, 2], Array.from({ length: 2 * T }, (_, i) => (i * 3) % 4));
+  const w = HostTensor.from('f32', [T, 2], new Array(2 * T).fill(0.5));
+  const a = new HostTensor('bf16', [T, H]);
+  const b = new HostTensor('bf16', [T, H]);
+  await be.moeExperts({ x, topkIds: ids, topkWeights: w, experts: fromStore, out: a });
+  await be.moeExperts({ x, topkIds: ids, topkWeights: w, experts: fromSlots, out: b });
+  assert.deepEqual(b.data, a.data);
+  assert.ok(a.data.some((v) => v !== 0));
+  // the layout is bf16 and CPU-only
+  assert.throws(() => ExpertStore.create(be, { layers: [0], experts: 1, hidden: 8, intermediate: 8, dtype: 'f32', packed: true }), (e: unknown) => e instanceof InvalidArgumentError && /packed: true needs bf16 experts on the CPU backend, received f32/.test(e.message));
+  assert.throws(() => fromStore.set(0, { gate: new HostTensor('bf16', [I, H]), up: new HostTensor('bf16', [I, H]), down: new HostTensor('bf16', [H, I]) }), (e: unknown) => e instanceof InvalidArgumentError && /expert 0 down must be a PackedTensor \(the table is packed\)/.test(e.message));
 });
 
 void test('10,000 slot fill/evict cycles leak nothing', async () => {

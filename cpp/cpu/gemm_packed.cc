@@ -11,6 +11,7 @@
 // tiles of 48-144 rows and blocks of 128-512 pairs (all within noise of 96 x 256).
 #include "gemm_packed.h"
 
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -151,6 +152,14 @@ void packed_panel_dots(const uint16_t* a, int64_t lda, int64_t m, const uint16_t
   }
 }
 
+size_t packed_items_grain(int64_t m, int64_t k, int64_t panels) {
+  const double bytes = static_cast<double>(panels) * static_cast<double>((k + 1) / 2) * kPanelCols * 4;
+  const double flops = 2.0 * static_cast<double>(panels) * static_cast<double>(m < 1 ? 1 : m) * kPanelCols * static_cast<double>(k);
+  const double by_bytes = std::ceil(256.0 * 1024 / bytes), by_flops = std::ceil(8e6 / flops);
+  const double g = by_bytes < by_flops ? by_bytes : by_flops;
+  return g < 1 ? 1 : static_cast<size_t>(g);
+}
+
 Isa gemm_packed(const GemmPackedArgs& g, Isa isa, const CancelToken* cancel) {
   require(g.m >= 0 && g.n >= 1 && g.k >= 1,
           "need m >= 0, n >= 1, k >= 1, received m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k));
@@ -175,7 +184,8 @@ Isa gemm_packed(const GemmPackedArgs& g, Isa isa, const CancelToken* cancel) {
       run_item(g, bf16, q, i0, mt);
     }
   };
-  if (!ThreadPool::global().parallel_for(static_cast<size_t>(panels * tiles), 1, fn, cancel))
+  const size_t grain = packed_items_grain(g.m < kTileRows ? g.m : kTileRows, g.k, 1);
+  if (!ThreadPool::global().parallel_for(static_cast<size_t>(panels * tiles), grain, fn, cancel))
     throw_error(ErrorCode::Cancelled, "gemm: cancelled");
   return bf16 ? Isa::Avx512Bf16 : Isa::Scalar;
 }

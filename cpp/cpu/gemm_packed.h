@@ -33,4 +33,9 @@ Isa gemm_packed(const GemmPackedArgs& args, Isa isa, const CancelToken* cancel =
 // scalar reference. The summation order is gemm_packed's, so results agree with it bitwise on the same tier.
 void packed_panel_dots(const uint16_t* a, int64_t lda, int64_t m, const uint16_t* panel, int64_t k, bool bf16, float* tile);
 
+// Work items (each `panels` panels of a k-column weight against m rows) per pool range: enough for about 256 KiB of
+// panel bytes or 8 MFLOP, so that small GEMMs (tiny models, decode of small projections) run on the calling thread
+// instead of paying a cross-thread handoff per op.
+size_t packed_items_grain(int64_t m, int64_t k, int64_t panels);
+
 }  // namespace moe::cpu

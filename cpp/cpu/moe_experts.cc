@@ -689,6 +689,9 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
       for (int64_t x = 0; x < E; ++x)
         for (int64_t q = 0; count[x] > 0 && q < panels; ++q) items.push_back({static_cast<int32_t>(x), static_cast<int32_t>(q)});
     };
+    int64_t present = 0;
+    for (int64_t x = 0; x < E; ++x) present += count[x] > 0;
+    const int64_t mean_rows = present > 0 ? (rows + present - 1) / present : 1;
     panel_items(I);
     std::function<void(size_t, size_t)> gemm1 = [&](size_t i0, size_t i1) {
       for (size_t it = i0; it < i1; ++it) {
@@ -712,7 +715,7 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
         }
       }
     };
-    if (!pool.parallel_for(items.size(), 1, gemm1, cancel)) throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
+    if (!pool.parallel_for(items.size(), packed_items_grain(mean_rows, H, 2), gemm1, cancel)) throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
     panel_items(H);
     std::function<void(size_t, size_t)> gemm2 = [&](size_t i0, size_t i1) {
       for (size_t it = i0; it < i1; ++it) {
@@ -733,7 +736,7 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
         }
       }
     };
-    if (!pool.parallel_for(items.size(), 1, gemm2, cancel)) throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
+    if (!pool.parallel_for(items.size(), packed_items_grain(mean_rows, I, 1), gemm2, cancel)) throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
   };
 
   for (int64_t c0 = 0; c0 < a.t; c0 += chunk) {

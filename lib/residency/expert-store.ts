@@ -232,6 +232,7 @@ export class ExpertStore {
       if (dst instanceof PackedTensor) {
         // packed: read the row-major tensor (one expert matrix of extra memory), then pack it into its view
         const rows = await ckpt.read(j.name, undefined, op);
+        if (rows.dtype !== this.dtype) throw new InvalidArgumentError(`${j.name} is ${rows.dtype}, the store holds ${this.dtype}`);
         await this.#be.packWeightsInto(rows, dst, op);
       } else {
         await ckpt.read(j.name, dst, op);
