@@ -670,8 +670,14 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
 
   std::vector<int32_t> count(static_cast<size_t>(E)), row0(static_cast<size_t>(E) + 1);
   std::vector<int32_t> slot_row, row_token;
-  std::vector<uint16_t> xs, act;
-  std::vector<float> part;
+  // The chunk's gathered rows, activations and parts: per thread and kept between calls (at most the chunk bound
+  // each), so a call neither zero-fills nor page-faults tens of MiB of fresh scratch.
+  // (References to the calling thread's buffers: the pool's threads must not name the thread_locals themselves.)
+  thread_local std::vector<uint16_t> tl_xs, tl_act;
+  thread_local std::vector<float> tl_part;
+  std::vector<uint16_t>& xs = tl_xs;
+  std::vector<uint16_t>& act = tl_act;
+  std::vector<float>& part = tl_part;
   std::vector<Item> items;
 
   // Steps 2 and 3 over packed weights: items (expert, panel); GEMM1 tiles of gate and up, then SwiGLU; GEMM2.
