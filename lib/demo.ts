@@ -51,7 +51,8 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
   using model = await loadModel(dir, { experts: { fraction: 0.25, policy: 'finemoe' } });
   const c = model.config;
   write(
-    `model: ${c.architecture}, ${c.numLayers} layers, ${c.numExperts} experts top-${c.topK}; backend ${model.backend.name}; ` +
+    `model: ${c.architecture}, ${c.numLayers} layers, ${c.numExperts} experts top-${c.topK}; backend ${model.backend.name}` +
+      `${model.packedWeights ? ' (packed weights)' : ''}; ` +
       `expert cache holds 25% of ${c.moeLayers.length * c.numExperts} experts (FineMoE prefetch)\n\n`,
   );
   write('latency mode (one request at a time):\n');
