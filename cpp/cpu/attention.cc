@@ -118,26 +118,6 @@ void chunk_scalar(const Chunk& ch) {
 
 #if MOE_X86
 // ---- shared vector pieces ---------------------------------------------------------------------------------------
-// exp(x) for x <= 0 (x = -inf or below -87.3 gives 0): Cephes-style range reduction x = n ln2 + f, |f| <= ln2/2,
-// degree-6 polynomial, then 2^n.
-MOE_TARGET_AVX512 static inline __m512 exp512(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-87.3f);
-  __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-  x = _mm512_max_ps(x, lo);
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  f = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), f);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(f, f), _mm512_add_ps(f, _mm512_set1_ps(1.0f)));
-  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~under), _mm512_scalef_ps(p, n));
-}
-
 MOE_TARGET_AVX2 static inline __m256 exp256(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-87.3f);
   __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);  // false for x < lo and for NaN / -inf
@@ -196,11 +176,11 @@ MOE_TARGET_AVX512 static float softmax_row_512(const Chunk& ch, int r) {
   __m512 vsum = _mm512_setzero_ps();
   for (int i = 0; i < n; i += 16) {
     __mmask16 m = simd::tail_mask16(static_cast<size_t>(n - i));
-    __m512 p = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + jlo + i), vm)));
+    __m512 p = _mm512_maskz_mov_ps(m, simd::exp_neg512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + jlo + i), vm)));
     _mm512_mask_storeu_ps(s + jlo + i, m, p);
     vsum = _mm512_add_ps(vsum, p);
   }
-  const float corr = m_old == kNegInf ? 0.0f : _mm_cvtss_f32(_mm512_castps512_ps128(exp512(_mm512_set1_ps(m_old - m_new))));
+  const float corr = m_old == kNegInf ? 0.0f : _mm_cvtss_f32(_mm512_castps512_ps128(simd::exp_neg512(_mm512_set1_ps(m_old - m_new))));
   ch.l[r] = ch.l[r] * corr + _mm512_reduce_add_ps(vsum);
   ch.m[r] = m_new;
   return corr;
