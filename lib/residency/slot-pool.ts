@@ -1,7 +1,8 @@
 /**
  * The GPU slot pool: `slots` fixed-size slots in device memory, allocated once, each holding one expert as
  * [gate | up | down] (the ExpertStore layout, so a whole expert moves with one transfer). Slot ids are stable
- * for the pool's life; which expert sits in which slot is the expert cache's business.
+ * for the pool's life; which expert sits in which slot is the expert cache's business. `packed` (CPU backend): slots
+ * of a packed ExpertStore's size, viewed as PackedTensors for a packed expert table.
  *
  * @example
  * const pool = SlotPool.create(be, { slots: 16, hidden: 4096, intermediate: 14336 });
