@@ -118,25 +118,6 @@ void chunk_scalar(const Chunk& ch) {
 
 #if MOE_X86
 // ---- shared vector pieces ---------------------------------------------------------------------------------------
-MOE_TARGET_AVX2 static inline __m256 exp256(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.3f);
-  __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);  // false for x < lo and for NaN / -inf
-  x = _mm256_max_ps(x, lo);
-  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 f = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  f = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), f);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(f, f), _mm256_add_ps(f, _mm256_set1_ps(1.0f)));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
-}
-
 MOE_TARGET_AVX512 static inline float hmax512(__m512 v) { return _mm512_reduce_max_ps(v); }
 
 // rows [0, c) of a kv chunk -> f32 (n = c * hd elements), prefetching the same span of the next page (pf).
@@ -491,21 +472,21 @@ MOE_TARGET_AVX2 void chunk_avx2(const Chunk& ch) {
     __m256 vsum = _mm256_setzero_ps();
     int j = jlo;
     for (; j + 8 <= jhi + 1; j += 8) {
-      __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
+      __m256 p = simd::exp_neg256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
       _mm256_storeu_ps(s + j, p);
       vsum = _mm256_add_ps(vsum, p);
     }
     float sum = hsum256(vsum);
     for (; j <= jhi; ++j) {
       float buf[8];
-      _mm256_storeu_ps(buf, exp256(_mm256_set1_ps(s[j] - m_new)));
+      _mm256_storeu_ps(buf, simd::exp_neg256(_mm256_set1_ps(s[j] - m_new)));
       s[j] = buf[0];
       sum += buf[0];
     }
     float corr = 0.0f;
     if (m_old != kNegInf) {
       float buf[8];
-      _mm256_storeu_ps(buf, exp256(_mm256_set1_ps(m_old - m_new)));
+      _mm256_storeu_ps(buf, simd::exp_neg256(_mm256_set1_ps(m_old - m_new)));
       corr = buf[0];
     }
     ch.l[r] = ch.l[r] * corr + sum;
