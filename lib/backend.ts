@@ -420,21 +420,15 @@ export class Backend {
 
   /**
    * Packs a bf16 weight [N, K] (nn.Linear layout) into the CPU kernels' panel64 layout (`PackedTensor`): `gemm`
-   * then runs as outer products instead of dot products (bench/results/gemm-packed-*.json has the speed-up on the
-   * machine at hand). CPU backend only; the packed copy is new memory (the source can be dropped). Worth it only
-   * where the avx512bf16 tier runs: the other tiers read packed weights with the scalar reference loop.
+   * then runs as outer products instead of dot products (bench/results/native-kernels-*.json has both layouts on
+   * the machine at hand). CPU backend only; the packed copy is new memory (the source can be dropped). Worth it
+   * only where the avx512bf16 tier runs: the other tiers read packed weights with the scalar reference loop.
    * @example
    * const wp = await be.packWeights(w);   // w: HostTensor bf16 [4096, 4096]
    * await be.gemm(x, wp, y);
    */
   async packWeights(w: HostTensor, options: OpOptions = {}): Promise<PackedTensor> {
-    if (this.kind !== 'cpu') throw new InvalidArgumentError(`packWeights: packed weights are a CPU-backend layout, this backend is ${this.name}`);
-    if (!(w instanceof HostTensor)) throw new InvalidArgumentError(`w must be a HostTensor, received ${describe(w)}`);
-    checkTensor(w, 'w', ['bf16']);
-    if (w.shape.length !== 2 || w.shape[0]! < 1 || w.shape[1]! < 1) {
-      throw new InvalidArgumentError(`w must be 2-D [N, K] with N, K >= 1, received shape [${w.shape.join(', ')}]`);
-    }
-    const [n, k] = w.shape as [number, number];
+    const [n, k] = this.#packSource(w);
     const out = PackedTensor.wrap(new HostTensor('bf16', [packedNumel(n, k)]), n, k);
     await this.packWeightsInto(w, out, options);
     return out;
@@ -446,19 +440,25 @@ export class Backend {
    * await be.packWeightsInto(gateRows, store.expert(0, 3).gate as PackedTensor);
    */
   async packWeightsInto(w: HostTensor, out: PackedTensor, options: OpOptions = {}): Promise<void> {
+    const [n, k] = this.#packSource(w);
+    if (!(out instanceof PackedTensor)) throw new InvalidArgumentError(`out must be a PackedTensor, received ${describe(out)}`);
+    if (out.shape[0] !== n || out.shape[1] !== k) throw new InvalidArgumentError(`out must be a packed [${n}, ${k}], received packed [${out.shape.join(', ')}]`);
+    await this.#run('packWeights', options, (addon, stream, cancel) =>
+      addon.packWeights(stream, { w: w.nativeArg('w'), n, k, out: out.nativeArg('out') }, cancel),
+    );
+  }
+
+  /** The [N, K] of a weight packWeights accepts (bf16 HostTensor, 2-D, N, K >= 1; CPU backend). */
+  #packSource(w: HostTensor): [number, number] {
     if (this.kind !== 'cpu') throw new InvalidArgumentError(`packWeights: packed weights are a CPU-backend layout, this backend is ${this.name}`);
     if (!(w instanceof HostTensor)) throw new InvalidArgumentError(`w must be a HostTensor, received ${describe(w)}`);
     checkTensor(w, 'w', ['bf16']);
     if (w.shape.length !== 2 || w.shape[0]! < 1 || w.shape[1]! < 1) {
       throw new InvalidArgumentError(`w must be 2-D [N, K] with N, K >= 1, received shape [${w.shape.join(', ')}]`);
     }
-    if (!(out instanceof PackedTensor)) throw new InvalidArgumentError(`out must be a PackedTensor, received ${describe(out)}`);
-    const [n, k] = w.shape as [number, number];
-    if (out.shape[0] !== n || out.shape[1] !== k) throw new InvalidArgumentError(`out must be a packed [${n}, ${k}], received packed [${out.shape.join(', ')}]`);
-    await this.#run('packWeights', options, (addon, stream, cancel) =>
-      addon.packWeights(stream, { w: w.nativeArg('w'), n, k, out: out.nativeArg('out') }, cancel),
-    );
+    return w.shape as [number, number];
   }
+
 
   /**
    * out[M, N] = a[M, K] · b[N, K]ᵀ (b in nn.Linear / safetensors [out_features, in_features] layout),

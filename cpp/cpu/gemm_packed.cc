@@ -125,9 +125,7 @@ void tile_dots(const uint16_t* const* rows, int64_t mt, const uint16_t* panel, i
 
 void run_item(const GemmPackedArgs& g, bool bf16, int64_t q, int64_t i0, int64_t mt) {
   alignas(64) float tile[kTileRows * kPanelCols];
-  const uint16_t* rows[kTileRows] = {};
-  for (int64_t i = 0; i < mt; ++i) rows[i] = g.a + (i0 + i) * g.lda;
-  tile_dots(rows, mt, g.b + q * ((g.k + 1) / 2) * kPanelCols * 2, g.k, bf16, tile);
+  packed_panel_dots(g.a + i0 * g.lda, g.lda, mt, g.b + q * packed_panel_numel(g.k), g.k, bf16, tile);
   const int64_t j0 = q * kPanelCols, nc = g.n - j0 < kPanelCols ? g.n - j0 : kPanelCols;
   for (int64_t i = 0; i < mt; ++i) {
     const float* src = tile + i * kPanelCols;
@@ -153,7 +151,7 @@ void packed_panel_dots(const uint16_t* a, int64_t lda, int64_t m, const uint16_t
 }
 
 size_t packed_items_grain(int64_t m, int64_t k, int64_t panels) {
-  const double bytes = static_cast<double>(panels) * static_cast<double>((k + 1) / 2) * kPanelCols * 4;
+  const double bytes = static_cast<double>(panels) * static_cast<double>(packed_panel_numel(k)) * 2;
   const double flops = 2.0 * static_cast<double>(panels) * static_cast<double>(m < 1 ? 1 : m) * kPanelCols * static_cast<double>(k);
   const double by_bytes = std::ceil(256.0 * 1024 / bytes), by_flops = std::ceil(8e6 / flops);
   const double g = by_bytes < by_flops ? by_bytes : by_flops;

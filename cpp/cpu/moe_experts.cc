@@ -721,7 +721,7 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
   auto packed_gemms = [&](int64_t rows) {
     if (rows == 0) return;
     ran.store(static_cast<int>(pk_bf16 ? Isa::Avx512Bf16 : Isa::Scalar), std::memory_order_relaxed);
-    const int64_t kph = (H + 1) / 2, kpi = (I + 1) / 2;  // k pairs of gate/up (k = h) and of down (k = inter)
+    const int64_t gate_panel = packed_panel_numel(H), down_panel = packed_panel_numel(I);  // bf16 values per panel
     auto panel_items = [&](int64_t cols) {
       items.clear();
       const int64_t panels = (cols + kPanelCols - 1) / kPanelCols;
@@ -740,8 +740,8 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
         float* g = scratch_f32(static_cast<size_t>(m * 2 * kPanelCols));  // [m, 64] gate | [m, 64] up
         float* u = g + m * kPanelCols;
         const uint16_t* xa = xs.data() + static_cast<int64_t>(row0[x]) * H;  // [m, h] bf16
-        packed_panel_dots(xa, H, m, static_cast<const uint16_t*>(a.gate[x]) + q * kph * kPanelCols * 2, H, pk_bf16, g);
-        packed_panel_dots(xa, H, m, static_cast<const uint16_t*>(a.up[x]) + q * kph * kPanelCols * 2, H, pk_bf16, u);
+        packed_panel_dots(xa, H, m, static_cast<const uint16_t*>(a.gate[x]) + q * gate_panel, H, pk_bf16, g);
+        packed_panel_dots(xa, H, m, static_cast<const uint16_t*>(a.up[x]) + q * gate_panel, H, pk_bf16, u);
         for (int64_t i = 0; i < m; ++i) {
           uint16_t* dst = act.data() + (row0[x] + i) * I + n0;  // [nc] bf16
           const float* gi = g + i * kPanelCols;
@@ -754,7 +754,8 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
         }
       }
     };
-    if (!pool.parallel_for(items.size(), packed_items_grain(mean_rows, H, 2), gemm1, cancel)) throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
+    if (!pool.parallel_for(items.size(), packed_items_grain(mean_rows, H, 2), gemm1, cancel))
+      throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
     panel_items(H);
     std::function<void(size_t, size_t)> gemm2 = [&](size_t i0, size_t i1) {
       for (size_t it = i0; it < i1; ++it) {
@@ -763,7 +764,7 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
         const float* bd = down_bias_of(x);  // [h] f32 or nullptr
         float* tile = scratch_f32(static_cast<size_t>(m * kPanelCols));  // [m, 64]
         const uint16_t* aa = act.data() + static_cast<int64_t>(row0[x]) * I;  // [m, inter] bf16
-        packed_panel_dots(aa, I, m, static_cast<const uint16_t*>(a.down[x]) + q * kpi * kPanelCols * 2, I, pk_bf16, tile);
+        packed_panel_dots(aa, I, m, static_cast<const uint16_t*>(a.down[x]) + q * down_panel, I, pk_bf16, tile);
         for (int64_t i = 0; i < m; ++i) {
           float* dst = part.data() + (row0[x] + i) * H + n0;  // [nc] f32
           const float* src = tile + i * kPanelCols;
@@ -775,7 +776,8 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
         }
       }
     };
-    if (!pool.parallel_for(items.size(), packed_items_grain(mean_rows, I, 1), gemm2, cancel)) throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
+    if (!pool.parallel_for(items.size(), packed_items_grain(mean_rows, I, 1), gemm2, cancel))
+      throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
   };
 
   for (int64_t c0 = 0; c0 < a.t; c0 += chunk) {
@@ -817,112 +819,112 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
     if (a.packed) {
       packed_gemms(rows);
     } else {
-    // 2. GEMM1 + SwiGLU per (expert, inter tile).
-    // Streaming path per expert (see the header): tiles of kStreamRows rows instead of kTileN.
-    auto streams = [&](int64_t x) { return count[x] <= kStreamMaxRows; };
-    auto tile_of = [&](int64_t x) { return streams(x) ? kStreamRows : kTileN; };
-    // Work items (expert, tile) over `cols` output columns of every expert that has rows.
-    auto build_items = [&](int64_t cols) {
-      items.clear();
-      for (int64_t x = 0; x < E; ++x) {
-        const int64_t tiles = count[x] > 0 ? (cols + tile_of(x) - 1) / tile_of(x) : 0;
-        for (int64_t tl = 0; tl < tiles; ++tl) items.push_back({static_cast<int32_t>(x), static_cast<int32_t>(tl)});
-      }
-    };
-    build_items(I);
-    std::function<void(size_t, size_t)> gemm1 = [&](size_t i0, size_t i1) {
-      for (size_t it = i0; it < i1; ++it) {
-        const int64_t x = items[it].expert, tn = tile_of(x), n0 = items[it].tile * tn;
-        const int64_t nt = I - n0 < tn ? I - n0 : tn, m = count[x];
-        const Epilogue ep = epilogue_of(x);
-        if (streams(x)) {
-          const uint16_t* xr[kStreamMaxRows];  // [m] rows of xs, [h] bf16 each
-          for (int64_t i = 0; i < m; ++i) xr[i] = xs.data() + (row0[x] + i) * H;
-          const auto* wg = static_cast<const uint16_t*>(a.gate[x]);  // [inter, h] bf16
-          const auto* wu = static_cast<const uint16_t*>(a.up[x]);    // [inter, h] bf16
-          float sums[kStreamMaxRows * 4];
-          for (int64_t j = n0; j < n0 + nt; j += 2) {
-            const int64_t j1 = j + 1 < n0 + nt ? j + 1 : j;  // odd tail: row j twice, second dropped
-            const uint16_t* w[4] = {wg + j * H, wg + j1 * H, wu + j * H, wu + j1 * H};
-            rows_dot4(tr, xr, m, w, H, sums);
-            for (int64_t i = 0; i < m; ++i) {
-              uint16_t* dst = act.data() + (row0[x] + i) * I;  // [inter] bf16
-              if (ep.plain) {
-                swiglu_row(vec_act, sums + i * 4, sums + i * 4 + 2, j1 > j ? 2 : 1, dst + j);
-                continue;
-              }
-              for (int64_t c = 0; c < (j1 > j ? 2 : 1); ++c) {
-                const float gv = sums[i * 4 + c], uv = sums[i * 4 + 2 + c];
-                dst[j + c] = f32_to_bf16(act_general(ep, gv, uv, j + c));
+      // 2. GEMM1 + SwiGLU per (expert, inter tile).
+      // Streaming path per expert (see the header): tiles of kStreamRows rows instead of kTileN.
+      auto streams = [&](int64_t x) { return count[x] <= kStreamMaxRows; };
+      auto tile_of = [&](int64_t x) { return streams(x) ? kStreamRows : kTileN; };
+      // Work items (expert, tile) over `cols` output columns of every expert that has rows.
+      auto build_items = [&](int64_t cols) {
+        items.clear();
+        for (int64_t x = 0; x < E; ++x) {
+          const int64_t tiles = count[x] > 0 ? (cols + tile_of(x) - 1) / tile_of(x) : 0;
+          for (int64_t tl = 0; tl < tiles; ++tl) items.push_back({static_cast<int32_t>(x), static_cast<int32_t>(tl)});
+        }
+      };
+      build_items(I);
+      std::function<void(size_t, size_t)> gemm1 = [&](size_t i0, size_t i1) {
+        for (size_t it = i0; it < i1; ++it) {
+          const int64_t x = items[it].expert, tn = tile_of(x), n0 = items[it].tile * tn;
+          const int64_t nt = I - n0 < tn ? I - n0 : tn, m = count[x];
+          const Epilogue ep = epilogue_of(x);
+          if (streams(x)) {
+            const uint16_t* xr[kStreamMaxRows];  // [m] rows of xs, [h] bf16 each
+            for (int64_t i = 0; i < m; ++i) xr[i] = xs.data() + (row0[x] + i) * H;
+            const auto* wg = static_cast<const uint16_t*>(a.gate[x]);  // [inter, h] bf16
+            const auto* wu = static_cast<const uint16_t*>(a.up[x]);    // [inter, h] bf16
+            float sums[kStreamMaxRows * 4];
+            for (int64_t j = n0; j < n0 + nt; j += 2) {
+              const int64_t j1 = j + 1 < n0 + nt ? j + 1 : j;  // odd tail: row j twice, second dropped
+              const uint16_t* w[4] = {wg + j * H, wg + j1 * H, wu + j * H, wu + j1 * H};
+              rows_dot4(tr, xr, m, w, H, sums);
+              for (int64_t i = 0; i < m; ++i) {
+                uint16_t* dst = act.data() + (row0[x] + i) * I;  // [inter] bf16
+                if (ep.plain) {
+                  swiglu_row(vec_act, sums + i * 4, sums + i * 4 + 2, j1 > j ? 2 : 1, dst + j);
+                  continue;
+                }
+                for (int64_t c = 0; c < (j1 > j ? 2 : 1); ++c) {
+                  const float gv = sums[i * 4 + c], uv = sums[i * 4 + 2 + c];
+                  dst[j + c] = f32_to_bf16(act_general(ep, gv, uv, j + c));
+                }
               }
             }
+            ran.store(static_cast<int>(tr.isa), std::memory_order_relaxed);
+            continue;
           }
+          float* g = scratch_f32(static_cast<size_t>(m * 2 * kTileN));  // [m, nt] gate | [m, nt] up
+          float* u = g + m * kTileN;
+          const uint16_t* xa = xs.data() + static_cast<int64_t>(row0[x]) * H;  // [m, h] bf16
+          const uint16_t* wg = static_cast<const uint16_t*>(a.gate[x]) + n0 * H;  // [nt, h] bf16
+          const uint16_t* wu = static_cast<const uint16_t*>(a.up[x]) + n0 * H;    // [nt, h] bf16
+          tile_dots(tr, xa, H, m, wg, H, nt, H, g, nt);
+          tile_dots(tr, xa, H, m, wu, H, nt, H, u, nt);
           ran.store(static_cast<int>(tr.isa), std::memory_order_relaxed);
-          continue;
-        }
-        float* g = scratch_f32(static_cast<size_t>(m * 2 * kTileN));  // [m, nt] gate | [m, nt] up
-        float* u = g + m * kTileN;
-        const uint16_t* xa = xs.data() + static_cast<int64_t>(row0[x]) * H;  // [m, h] bf16
-        const uint16_t* wg = static_cast<const uint16_t*>(a.gate[x]) + n0 * H;  // [nt, h] bf16
-        const uint16_t* wu = static_cast<const uint16_t*>(a.up[x]) + n0 * H;    // [nt, h] bf16
-        tile_dots(tr, xa, H, m, wg, H, nt, H, g, nt);
-        tile_dots(tr, xa, H, m, wu, H, nt, H, u, nt);
-        ran.store(static_cast<int>(tr.isa), std::memory_order_relaxed);
-        for (int64_t i = 0; i < m; ++i) {
-          uint16_t* dst = act.data() + (row0[x] + i) * I + n0;  // [nt] bf16
-          if (ep.plain) {
-            swiglu_row(vec_act, g + i * nt, u + i * nt, nt, dst);
-          } else {
-            for (int64_t c = 0; c < nt; ++c) dst[c] = f32_to_bf16(act_general(ep, g[i * nt + c], u[i * nt + c], n0 + c));
-          }
-        }
-      }
-    };
-    if (!items.empty() && !pool.parallel_for(items.size(), 1, gemm1, cancel)) {
-      throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
-    }
-
-    // 3. GEMM2 per (expert, h tile): part = act_e down_e^T, f32.
-    build_items(H);
-    std::function<void(size_t, size_t)> gemm2 = [&](size_t i0, size_t i1) {
-      for (size_t it = i0; it < i1; ++it) {
-        const int64_t x = items[it].expert, tn = tile_of(x), n0 = items[it].tile * tn;
-        const int64_t nt = H - n0 < tn ? H - n0 : tn, m = count[x];
-        const float* bd = down_bias_of(x);  // [h] f32 or nullptr
-        if (streams(x)) {
-          const uint16_t* ar[kStreamMaxRows];  // [m] rows of act, [inter] bf16 each
-          for (int64_t i = 0; i < m; ++i) ar[i] = act.data() + (row0[x] + i) * I;
-          const auto* wd = static_cast<const uint16_t*>(a.down[x]);  // [h, inter] bf16
-          float sums[kStreamMaxRows * 4];
-          for (int64_t j = n0; j < n0 + nt; j += 4) {
-            const uint16_t* w[4];
-            for (int c = 0; c < 4; ++c) w[c] = wd + (j + c < n0 + nt ? j + c : n0 + nt - 1) * I;
-            rows_dot4(tr, ar, m, w, I, sums);
-            const int64_t nc = n0 + nt - j < 4 ? n0 + nt - j : 4;
-            for (int64_t i = 0; i < m; ++i) {
-              float* dst = part.data() + (row0[x] + i) * H + j;  // [nc] f32
-              if (bd == nullptr) {
-                for (int64_t c = 0; c < nc; ++c) dst[c] = sums[i * 4 + c];
-              } else {
-                for (int64_t c = 0; c < nc; ++c) dst[c] = sums[i * 4 + c] + bd[j + c];
-              }
+          for (int64_t i = 0; i < m; ++i) {
+            uint16_t* dst = act.data() + (row0[x] + i) * I + n0;  // [nt] bf16
+            if (ep.plain) {
+              swiglu_row(vec_act, g + i * nt, u + i * nt, nt, dst);
+            } else {
+              for (int64_t c = 0; c < nt; ++c) dst[c] = f32_to_bf16(act_general(ep, g[i * nt + c], u[i * nt + c], n0 + c));
             }
           }
-          continue;
         }
-        const uint16_t* aa = act.data() + static_cast<int64_t>(row0[x]) * I;       // [m, inter] bf16
-        const uint16_t* wd = static_cast<const uint16_t*>(a.down[x]) + n0 * I;     // [nt, inter] bf16
-        float* dst = part.data() + static_cast<int64_t>(row0[x]) * H + n0;         // [m, nt] f32, stride h
-        tile_dots(tr, aa, I, m, wd, I, nt, I, dst, H);
-        if (bd != nullptr) {
-          for (int64_t i = 0; i < m; ++i)
-            for (int64_t c = 0; c < nt; ++c) dst[i * H + c] += bd[n0 + c];
-        }
+      };
+      if (!items.empty() && !pool.parallel_for(items.size(), 1, gemm1, cancel)) {
+        throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
       }
-    };
-    if (!items.empty() && !pool.parallel_for(items.size(), 1, gemm2, cancel)) {
-      throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
-    }
+
+      // 3. GEMM2 per (expert, h tile): part = act_e down_e^T, f32.
+      build_items(H);
+      std::function<void(size_t, size_t)> gemm2 = [&](size_t i0, size_t i1) {
+        for (size_t it = i0; it < i1; ++it) {
+          const int64_t x = items[it].expert, tn = tile_of(x), n0 = items[it].tile * tn;
+          const int64_t nt = H - n0 < tn ? H - n0 : tn, m = count[x];
+          const float* bd = down_bias_of(x);  // [h] f32 or nullptr
+          if (streams(x)) {
+            const uint16_t* ar[kStreamMaxRows];  // [m] rows of act, [inter] bf16 each
+            for (int64_t i = 0; i < m; ++i) ar[i] = act.data() + (row0[x] + i) * I;
+            const auto* wd = static_cast<const uint16_t*>(a.down[x]);  // [h, inter] bf16
+            float sums[kStreamMaxRows * 4];
+            for (int64_t j = n0; j < n0 + nt; j += 4) {
+              const uint16_t* w[4];
+              for (int c = 0; c < 4; ++c) w[c] = wd + (j + c < n0 + nt ? j + c : n0 + nt - 1) * I;
+              rows_dot4(tr, ar, m, w, I, sums);
+              const int64_t nc = n0 + nt - j < 4 ? n0 + nt - j : 4;
+              for (int64_t i = 0; i < m; ++i) {
+                float* dst = part.data() + (row0[x] + i) * H + j;  // [nc] f32
+                if (bd == nullptr) {
+                  for (int64_t c = 0; c < nc; ++c) dst[c] = sums[i * 4 + c];
+                } else {
+                  for (int64_t c = 0; c < nc; ++c) dst[c] = sums[i * 4 + c] + bd[j + c];
+                }
+              }
+            }
+            continue;
+          }
+          const uint16_t* aa = act.data() + static_cast<int64_t>(row0[x]) * I;       // [m, inter] bf16
+          const uint16_t* wd = static_cast<const uint16_t*>(a.down[x]) + n0 * I;     // [nt, inter] bf16
+          float* dst = part.data() + static_cast<int64_t>(row0[x]) * H + n0;         // [m, nt] f32, stride h
+          tile_dots(tr, aa, I, m, wd, I, nt, I, dst, H);
+          if (bd != nullptr) {
+            for (int64_t i = 0; i < m; ++i)
+              for (int64_t c = 0; c < nt; ++c) dst[i * H + c] += bd[n0 + c];
+          }
+        }
+      };
+      if (!items.empty() && !pool.parallel_for(items.size(), 1, gemm2, cancel)) {
+        throw_error(ErrorCode::Cancelled, "moeExperts: cancelled");
+      }
     }
 
     // 4. combine in slot order, one bf16 rounding (moe_combine_token, shared with moe_combine); parts mode: the

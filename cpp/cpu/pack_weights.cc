@@ -49,29 +49,17 @@ void require(bool ok, const std::string& what) {
 
 }  // namespace
 
-int64_t packed_weights_numel(int64_t n, int64_t k) {
-  return (n + kPanelCols - 1) / kPanelCols * kPanelCols * ((k + 1) / 2) * 2;
-}
-
 void pack_weights(const uint16_t* w, int64_t n, int64_t k, int64_t ldw, uint16_t* dst, const CancelToken* cancel) {
   require(n >= 1 && k >= 1, "n and k must be >= 1, received n=" + std::to_string(n) + " k=" + std::to_string(k));
   require(ldw >= k, "ldw must be >= k, received ldw=" + std::to_string(ldw) + " k=" + std::to_string(k));
   require(w != nullptr && dst != nullptr, "w and dst must be non-null");
   const int64_t panels = (n + kPanelCols - 1) / kPanelCols;
-  const size_t panel_words = static_cast<size_t>((k + 1) / 2) * kPanelCols;
   std::function<void(size_t, size_t)> fn = [&](size_t b, size_t e) {
     for (size_t q = b; q < e; ++q)
-      pack_panel(w, n, k, ldw, static_cast<int64_t>(q), reinterpret_cast<uint32_t*>(dst) + q * panel_words);
+      pack_panel(w, n, k, ldw, static_cast<int64_t>(q), reinterpret_cast<uint32_t*>(dst + q * packed_panel_numel(k)));
   };
   if (!ThreadPool::global().parallel_for(static_cast<size_t>(panels), 1, fn, cancel))
     throw_error(ErrorCode::Cancelled, "packWeights: cancelled");
-}
-
-void unpack_weights(const uint16_t* packed, int64_t n, int64_t k, int64_t ldw, uint16_t* w) {
-  const int64_t kp = (k + 1) / 2;
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t x = 0; x < k; ++x)
-      w[r * ldw + x] = packed[(((r / kPanelCols) * kp + x / 2) * kPanelCols + r % kPanelCols) * 2 + x % 2];
 }
 
 }  // namespace moe::cpu

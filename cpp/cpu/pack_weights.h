@@ -19,15 +19,16 @@ namespace moe::cpu {
 
 constexpr int64_t kPanelCols = 64;  // output columns per panel
 
-// Elements (bf16 values) of the packed form of an [n, k] weight: ceil(n / 64) * 64 * ceil(k / 2) * 2.
-int64_t packed_weights_numel(int64_t n, int64_t k);
+// Elements (bf16 values) of one panel of a weight with k input columns: ceil(k / 2) * 64 * 2. Panel q starts at
+// element q * packed_panel_numel(k).
+inline int64_t packed_panel_numel(int64_t k) { return (k + 1) / 2 * kPanelCols * 2; }
+
+// Elements (bf16 values) of the packed form of an [n, k] weight: ceil(n / 64) panels.
+inline int64_t packed_weights_numel(int64_t n, int64_t k) { return (n + kPanelCols - 1) / kPanelCols * packed_panel_numel(k); }
 
 // dst [packed_weights_numel(n, k)] bf16 <- w [n, k] bf16 (row stride ldw >= k). Multithreaded over panels on the
 // project's pool. Throws moe::Error(InvalidArgument) for bad sizes or null pointers; (Cancelled) when cancelled (dst
 // is then partly written).
 void pack_weights(const uint16_t* w, int64_t n, int64_t k, int64_t ldw, uint16_t* dst, const CancelToken* cancel = nullptr);
-
-// The inverse, for tests and tools: w [n, k] bf16 (row stride ldw) <- packed.
-void unpack_weights(const uint16_t* packed, int64_t n, int64_t k, int64_t ldw, uint16_t* w);
 
 }  // namespace moe::cpu

@@ -45,6 +45,9 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
       throw_error(env, ErrorCode::InvalidArgument,
                   std::string("gemm: packed weights need bf16 operands on a CPU stream, received ") + dtype_name(ab) +
                       (s.cuda() ? " on a cuda stream" : ""));
+    if (packed && (n < 1 || k < 1))
+      throw_error(env, ErrorCode::InvalidArgument,
+                  "gemm: packed weights need n >= 1 and k >= 1, received n=" + std::to_string(n) + " k=" + std::to_string(k));
     TensorArg a = read_tensor(*s.op, s.params.Get("a"), "a");
     TensorArg b = read_tensor(*s.op, s.params.Get("b"), "b");
     TensorArg out = read_tensor(*s.op, s.params.Get("out"), "out");
@@ -55,7 +58,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
     check_aligned(env, b, ab, "gemm", "b");
     check_aligned(env, out, ot, "gemm", "out");
     struct Need { const TensorArg* t; const char* w; uint64_t bytes; } needs[3] = {
-        {&a, "a", span_bytes(m, k, lda, ab)}, {&b, "b", packed ? static_cast<uint64_t>(cpu::packed_weights_numel(n < 1 ? 1 : n, k < 1 ? 1 : k)) * 2 : span_bytes(n, k, ldb, ab)}, {&out, "out", span_bytes(m, n, ldc, ot)}};
+        {&a, "a", span_bytes(m, k, lda, ab)}, {&b, "b", packed ? static_cast<uint64_t>(cpu::packed_weights_numel(n, k)) * 2 : span_bytes(n, k, ldb, ab)}, {&out, "out", span_bytes(m, n, ldc, ot)}};
     for (const Need& nd : needs)
       if (nd.t->bytes < nd.bytes)
         throw_error(env, ErrorCode::InvalidArgument, std::string("gemm: ") + nd.w + " must hold at least " +
@@ -66,9 +69,6 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
     cpu::GemmArgs g{a.ptr, b.ptr, out.ptr, ab, ot, m, n, k, lda, ldb, ldc};
     Isa isa = s.isa;
     if (packed) {
-      if (n < 1 || k < 1)
-        throw_error(env, ErrorCode::InvalidArgument,
-                    "gemm: packed weights need n >= 1 and k >= 1, received n=" + std::to_string(n) + " k=" + std::to_string(k));
       cpu::GemmPackedArgs gp{reinterpret_cast<const uint16_t*>(a.ptr), reinterpret_cast<const uint16_t*>(b.ptr), out.ptr, ot, m, n, k, lda, ldc};
       s.op->work = [gp, isa, ran](const ExecContext& ctx) { *ran = static_cast<int>(cpu::gemm_packed(gp, isa, ctx.cancel)); };
       return submit_op(s);

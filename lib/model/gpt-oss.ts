@@ -161,11 +161,12 @@ export async function loadGptOssExperts(
       };
     }
     const layer: ExpertBiases[] = [];
+    // one expert's projections in nn.Linear layout, reused for every expert: store.write copies or packs them
+    const gt = new HostTensor('bf16', [I, H]);
+    const ut = new HostTensor('bf16', [I, H]);
+    const dt = new HostTensor('bf16', [H, I]);
     for (let e = 0; e < E; e++) {
       options.signal?.throwIfAborted();
-      const gt = new HostTensor('bf16', [I, H]);
-      const ut = new HostTensor('bf16', [I, H]);
-      const dt = new HostTensor('bf16', [H, I]);
       const g = gt.data; // [I, H]
       const u = ut.data; // [I, H]
       const d = dt.data; // [H, I]

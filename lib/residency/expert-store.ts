@@ -22,7 +22,7 @@ import { type DType, DTYPE_SIZE, describe } from '../dtype.js';
 import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
 import { type ModelConfig, expertTensorNames } from '../model/config.js';
 import type { Checkpoint } from '../model/safetensors.js';
-import { HostTensor, MAX_VIEW_BYTES, PackedTensor, type PinnedBuffer, packedNumel } from '../tensor.js';
+import { type DeviceTensor, HostTensor, MAX_VIEW_BYTES, PackedTensor, type PinnedBuffer, packedNumel } from '../tensor.js';
 
 export interface ExpertStoreOptions {
   /** MoE layer indices (model layer numbers) held by the store. */
@@ -39,11 +39,37 @@ export interface ExpertStoreOptions {
   packed?: boolean;
 }
 
-/** Bytes of one expert's gate (= up) and down in the store's layout. */
-function partBytes(hidden: number, intermediate: number, dtype: 'bf16' | 'f16' | 'f32', packed: boolean): { gate: number; down: number } {
-  if (packed) return { gate: packedNumel(intermediate, hidden) * 2, down: packedNumel(hidden, intermediate) * 2 };
-  const b = hidden * intermediate * DTYPE_SIZE[dtype];
-  return { gate: b, down: b };
+/** One expert's bytes in the store and in slots ([gate | up | down]), row-major or packed (panel64). */
+export function expertLayout(hidden: number, intermediate: number, dtype: 'bf16' | 'f16' | 'f32', packed: boolean): { gateBytes: number; expertBytes: number } {
+  const gateBytes = packed ? packedNumel(intermediate, hidden) * 2 : hidden * intermediate * DTYPE_SIZE[dtype];
+  const downBytes = packed ? packedNumel(hidden, intermediate) * 2 : gateBytes;
+  return { gateBytes, expertBytes: 2 * gateBytes + downBytes };
+}
+
+/**
+ * gate, up and down of the expert at byte `base` of some memory, made with `at` (a PinnedBuffer's `tensor` or a
+ * DeviceTensor's `view`): [I, H], [I, H], [H, I] tensors, or PackedTensors over packed memory.
+ */
+export function expertViews<T extends HostTensor | DeviceTensor>(
+  at: (dtype: DType, shape: number[], byteOffset: number) => T,
+  base: number,
+  hidden: number,
+  intermediate: number,
+  dtype: 'bf16' | 'f16' | 'f32',
+  packed: boolean,
+): { gate: T | PackedTensor; up: T | PackedTensor; down: T | PackedTensor } {
+  const { gateBytes } = expertLayout(hidden, intermediate, dtype, packed);
+  const view = (shape: [number, number], offset: number): T | PackedTensor =>
+    packed ? PackedTensor.wrap(at('bf16', [packedNumel(shape[0], shape[1])], base + offset), shape[0], shape[1]) : at(dtype, shape, base + offset);
+  return { gate: view([intermediate, hidden], 0), up: view([intermediate, hidden], gateBytes), down: view([hidden, intermediate], 2 * gateBytes) };
+}
+
+/** The `packed` option of a store or slot pool: a boolean, true only for bf16 experts on the CPU backend. */
+export function checkPacked(packed: unknown, dtype: string, be: Backend, what: 'experts' | 'slots'): boolean {
+  const p = packed ?? false;
+  if (typeof p !== 'boolean') throw new InvalidArgumentError(`packed must be a boolean, received ${describe(packed)}`);
+  if (p && (dtype !== 'bf16' || be.kind !== 'cpu')) throw new InvalidArgumentError(`packed: true needs bf16 ${what} on the CPU backend, received ${dtype} on ${be.name}`);
+  return p;
 }
 
 export interface ExpertViews {
@@ -83,8 +109,7 @@ export class ExpertStore {
     this.intermediate = o.intermediate;
     this.dtype = o.dtype;
     this.packed = o.packed;
-    const part = partBytes(o.hidden, o.intermediate, o.dtype, o.packed);
-    this.expertBytes = 2 * part.gate + part.down;
+    this.expertBytes = expertLayout(o.hidden, o.intermediate, o.dtype, o.packed).expertBytes;
     this.totalBytes = this.expertBytes * this.layers.length * this.experts;
     this.#chunks = chunks;
     this.#perChunk = perChunk;
@@ -137,13 +162,8 @@ export class ExpertStore {
     const intermediate = positiveInt(options.intermediate, 'intermediate');
     const dtype = options.dtype ?? 'bf16';
     if (dtype !== 'bf16' && dtype !== 'f16' && dtype !== 'f32') throw new InvalidArgumentError(`dtype must be bf16, f16 or f32, received ${describe(dtype)}`);
-    const packed = options.packed ?? false;
-    if (typeof packed !== 'boolean') throw new InvalidArgumentError(`packed must be a boolean, received ${describe(options.packed)}`);
-    if (packed && (dtype !== 'bf16' || be.kind !== 'cpu')) {
-      throw new InvalidArgumentError(`packed: true needs bf16 experts on the CPU backend, received ${dtype} on ${be.name}`);
-    }
-    const part = partBytes(hidden, intermediate, dtype, packed);
-    const expertBytes = 2 * part.gate + part.down;
+    const packed = checkPacked(options.packed, dtype, be, 'experts');
+    const { expertBytes } = expertLayout(hidden, intermediate, dtype, packed);
     const count = options.layers.length * experts;
     const total = expertBytes * count;
     const budget = options.hostBudgetBytes ?? Math.floor(os.freemem() * 0.9);
@@ -172,23 +192,9 @@ export class ExpertStore {
     const index = li * this.experts + expert;
     const chunk = this.#chunks[Math.floor(index / this.#perChunk)]!;
     const base = (index % this.#perChunk) * this.expertBytes;
-    const { hidden: h, intermediate: i, dtype } = this;
-    const whole = chunk.tensor('u8', [this.expertBytes], base);
-    if (this.packed) {
-      const g = packedNumel(i, h);
-      return {
-        gate: PackedTensor.wrap(chunk.tensor('bf16', [g], base), i, h),
-        up: PackedTensor.wrap(chunk.tensor('bf16', [g], base + 2 * g), i, h),
-        down: PackedTensor.wrap(chunk.tensor('bf16', [packedNumel(h, i)], base + 4 * g), h, i),
-        whole,
-      };
-    }
-    const part = i * h * DTYPE_SIZE[dtype];
     return {
-      gate: chunk.tensor(dtype, [i, h], base),
-      up: chunk.tensor(dtype, [i, h], base + part),
-      down: chunk.tensor(dtype, [h, i], base + 2 * part),
-      whole,
+      ...expertViews((dtype, shape, offset) => chunk.tensor(dtype, shape, offset), base, this.hidden, this.intermediate, this.dtype, this.packed),
+      whole: chunk.tensor('u8', [this.expertBytes], base),
     };
   }
 

@@ -9,20 +9,16 @@
  * const t = engine.submit(store.expert(0, 3).whole, pool.slot(5).whole, { priority: 'demand' });
  */
 import type { Backend } from '../backend.js';
-import { type DType, DTYPE_SIZE, describe } from '../dtype.js';
+import { describe } from '../dtype.js';
 import { InvalidArgumentError } from '../errors.js';
-import { type DeviceTensor, PackedTensor, packedNumel } from '../tensor.js';
+import type { DeviceTensor, PackedTensor } from '../tensor.js';
+import { checkPacked, expertLayout, expertViews } from './expert-store.js';
 
 export interface SlotViews {
   gate: DeviceTensor | PackedTensor; // [I, H] (PackedTensor in a packed pool)
   up: DeviceTensor | PackedTensor; // [I, H]
   down: DeviceTensor | PackedTensor; // [H, I]
   whole: DeviceTensor<'u8'>;
-}
-
-/** Bytes of one expert: gate + up + down, row-major or packed (the layout of ExpertStore's experts). */
-function slotBytesOf(hidden: number, intermediate: number, dtype: 'bf16' | 'f16' | 'f32', packed: boolean): number {
-  return packed ? 2 * (2 * packedNumel(intermediate, hidden) + packedNumel(hidden, intermediate)) : 3 * hidden * intermediate * DTYPE_SIZE[dtype];
 }
 
 export class SlotPool {
@@ -43,25 +39,12 @@ export class SlotPool {
     this.intermediate = intermediate;
     this.dtype = dtype;
     this.packed = packed;
-    this.slotBytes = slotBytesOf(hidden, intermediate, dtype, packed);
-    const g = packedNumel(intermediate, hidden);
-    const part = hidden * intermediate * DTYPE_SIZE[dtype];
+    this.slotBytes = expertLayout(hidden, intermediate, dtype, packed).expertBytes;
     this.#views = Array.from({ length: slots }, (_, s) => {
       const base = s * this.slotBytes;
-      const whole = mem.view('u8', [this.slotBytes], base);
-      if (packed) {
-        return {
-          gate: PackedTensor.wrap(mem.view('bf16', [g], base), intermediate, hidden),
-          up: PackedTensor.wrap(mem.view('bf16', [g], base + 2 * g), intermediate, hidden),
-          down: PackedTensor.wrap(mem.view('bf16', [packedNumel(hidden, intermediate)], base + 4 * g), hidden, intermediate),
-          whole,
-        };
-      }
       return {
-        gate: mem.view(dtype as DType, [intermediate, hidden], base),
-        up: mem.view(dtype as DType, [intermediate, hidden], base + part),
-        down: mem.view(dtype as DType, [hidden, intermediate], base + 2 * part),
-        whole,
+        ...expertViews((dt, shape, offset) => mem.view(dt, shape, offset), base, hidden, intermediate, dtype, packed),
+        whole: mem.view('u8', [this.slotBytes], base),
       };
     });
   }
@@ -73,10 +56,8 @@ export class SlotPool {
       if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) throw new InvalidArgumentError(`${k} must be a positive integer, received ${describe(v)}`);
     }
     const dtype = options.dtype ?? 'bf16';
-    const packed = options.packed ?? false;
-    if (typeof packed !== 'boolean') throw new InvalidArgumentError(`packed must be a boolean, received ${describe(options.packed)}`);
-    if (packed && (dtype !== 'bf16' || be.kind !== 'cpu')) throw new InvalidArgumentError(`packed: true needs bf16 slots on the CPU backend, received ${dtype} on ${be.name}`);
-    const bytes = options.slots * slotBytesOf(options.hidden, options.intermediate, dtype, packed);
+    const packed = checkPacked(options.packed, dtype, be, 'slots');
+    const bytes = options.slots * expertLayout(options.hidden, options.intermediate, dtype, packed).expertBytes;
     return new SlotPool(be.alloc('u8', [bytes]), options.slots, options.hidden, options.intermediate, dtype, packed);
   }
 
