@@ -8,20 +8,65 @@
 // (rows t * k + j, the scratch layout) instead of scratch: fused == parts + moeCombine bitwise by construction.
 // moe_cuda_moe_experts_ex adds the gpt-oss options (per-expert f32 biases, swiglu-oai); moe_cuda_moe_experts is it
 // with neither. The table grows to 6 e pointers only when bias tables are given.
+// GEMM kernels: the tensor-core ones of moe_experts_mma.cuh on sm_80+ when h and inter are multiples of 8 and x and
+// every present expert's weights are 16-byte aligned, with the decode tiles (align block 16) when t * k <= 8 e and
+// the large ones (align block 64) otherwise; else the SIMT kernels of moe_experts.cuh (MOE_CUDA_MOE=simt forces them).
 #include <cuda_runtime.h>
 
 #include <climits>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "moe_cuda.h"
 #include "moe_experts.cuh"
+#include "moe_experts_mma.cuh"
 #include "router_topk.cuh"
 
 using namespace moe::dev;
 
 namespace {
 size_t align_up(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
+
+// MOE_CUDA_MOE=simt forces the CUDA-core kernels (to tell a tensor-core bug from anything else).
+bool force_simt() {
+  const char* v = std::getenv("MOE_CUDA_MOE");
+  return v != nullptr && std::strcmp(v, "simt") == 0;
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// GEMM kernels of one call: SIMT (the reference, any shape), or mma.sync with the large (BM 64) or decode (BM 16)
+// tiles. The align block equals the kernels' BM.
+enum class MoePath { Simt, MmaLarge, MmaSmall };
+
+// Decode tiles when the expected rows per expert, t * k / e, are at most this many (one 16-row tile covers nearly
+// every expert; the call is weight-bandwidth bound and the narrow N blocks keep every SM streaming).
+constexpr int64_t kMoeSmallRowsPerExpert = 8;
+
+template <class C, class Kernel>
+cudaError_t set_smem(Kernel kernel) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+}
+
+template <class C1, class C2>
+cudaError_t launch_mma(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
+                       const void* const* table, bool biases, uint16_t* act, float* part, int n_slots, int k, int e,
+                       int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
+  cudaError_t err = set_smem<C1>(moe_mma_gemm1_kernel<C1>);
+  if (err != cudaSuccess) return err;
+  if ((err = set_smem<C2>(moe_mma_gemm2_kernel<C2>)) != cudaSuccess) return err;
+  moe_mma_gemm1_kernel<C1><<<dim3(static_cast<unsigned>((inter + C1::BN - 1) / C1::BN), m_tiles), C1::kThreads,
+                             C1::kSmem, s>>>(x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr,
+                                             biases ? table + 4 * e : nullptr, act, n_slots, k, e, h, inter,
+                                             activation, alpha, limit);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  moe_mma_gemm2_kernel<C2><<<dim3(static_cast<unsigned>((h + C2::BN - 1) / C2::BN), m_tiles), C2::kThreads,
+                             C2::kSmem, s>>>(act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr,
+                                             part, n_slots, e, h, inter);
+  return cudaGetLastError();
+}
 }  // namespace
 
 // Fused (out != null: topk_weights read by the combine) or parts mode (parts != null, out and topk_weights null).
@@ -37,9 +82,8 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
   if (activation != 0 && activation != 1) return cudaErrorInvalidValue;
   if (activation == 1 && (!std::isfinite(alpha) || !std::isfinite(limit) || !(limit > 0.0f))) return cudaErrorInvalidValue;
   const int64_t n_slots = t * k;
-  const int64_t capacity = n_slots + e * (kMoeBM - 1);
-  if (capacity > INT_MAX / 2 || h > INT_MAX / 2 || inter > INT_MAX / 2) return cudaErrorInvalidValue;
-  if (capacity / kMoeBM > 65535) return cudaErrorInvalidValue;  // grid.y limit of this first slice
+  if (n_slots > INT_MAX / 2 || h > INT_MAX / 2 || inter > INT_MAX / 2) return cudaErrorInvalidValue;
+  if (n_slots + e * (kMoeBM - 1) > INT_MAX / 2) return cudaErrorInvalidValue;  // the largest capacity below
   cudaError_t err = cudaSetDevice(device);
   if (err != cudaSuccess) return err;
   if (t == 0) return cudaSuccess;
@@ -62,6 +106,22 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
       table[5 * e + i] = pb ? down_bias[i] : nullptr;
     }
   }
+
+  // Path: mma.sync on sm_80+ when every row is whole 16-byte chunks (cp.async): h, inter multiples of 8, x and every
+  // present expert's weights 16-byte aligned (act is scratch: 256-aligned, rows of inter * 2 bytes).
+  MoePath path = MoePath::Simt;
+  if (!force_simt() && h % 8 == 0 && inter % 8 == 0 && aligned16(x)) {
+    int major = 0;
+    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err != cudaSuccess) return err;
+    bool ok = major >= 8;
+    for (size_t i = 0; ok && i < static_cast<size_t>(3 * e); ++i) ok = aligned16(table[i]);  // null is aligned
+    if (ok) path = n_slots <= kMoeSmallRowsPerExpert * e ? MoePath::MmaSmall : MoePath::MmaLarge;
+  }
+  const int64_t block = path == MoePath::MmaSmall ? kMoeMmaSmallBM : kMoeBM;
+  const int64_t capacity = n_slots + e * (block - 1);
+  if (capacity / block > 65535) return cudaErrorInvalidValue;  // grid.y limit
+
   const size_t b_table = align_up(table.size() * sizeof(void*));
   const size_t b_counts = align_up(static_cast<size_t>(e) * 4), b_offsets = align_up(static_cast<size_t>(e + 1) * 4);
   const size_t b_sorted = align_up(static_cast<size_t>(capacity) * 4);
@@ -84,17 +144,28 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
   do {
     err = cudaMemcpyAsync(d_table, table.data(), table.size() * sizeof(void*), cudaMemcpyHostToDevice, s);
     if (err != cudaSuccess) break;
-    moe_align_kernel<<<1, kAlignThreads, static_cast<size_t>(2 * e + 1) * 4, s>>>(topk_ids, d_counts, d_offsets,
-                                                                                  d_sorted, ni, ei, kMoeBM, ci, error);
+    moe_align_kernel<<<1, kAlignThreads, static_cast<size_t>(2 * e + 1) * 4, s>>>(
+        topk_ids, d_counts, d_offsets, d_sorted, ni, ei, static_cast<int>(block), ci, error);
     if ((err = cudaGetLastError()) != cudaSuccess) break;
-    const unsigned m_tiles = static_cast<unsigned>(capacity / kMoeBM);
-    moe_gemm1_swiglu_kernel<<<dim3(static_cast<unsigned>((inter + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(
-        static_cast<const uint16_t*>(x), d_sorted, d_offsets, d_table, d_table + e, biases ? d_table + 3 * e : nullptr,
-        biases ? d_table + 4 * e : nullptr, d_act, ni, ki, ei, hi, ii, activation, alpha, limit);
-    if ((err = cudaGetLastError()) != cudaSuccess) break;
-    moe_gemm2_kernel<<<dim3(static_cast<unsigned>((h + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(
-        d_act, d_sorted, d_offsets, d_table + 2 * e, biases ? d_table + 5 * e : nullptr, d_part, ni, ei, hi, ii);
-    if ((err = cudaGetLastError()) != cudaSuccess) break;
+    const unsigned m_tiles = static_cast<unsigned>(capacity / block);
+    const uint16_t* xb = static_cast<const uint16_t*>(x);
+    if (path == MoePath::MmaSmall) {
+      err = launch_mma<MoeMmaG1Small, MoeMmaG2Small>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part,
+                                                     ni, ki, ei, hi, ii, activation, alpha, limit, s);
+    } else if (path == MoePath::MmaLarge) {
+      err = launch_mma<MoeMmaG1Large, MoeMmaG2Large>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part,
+                                                     ni, ki, ei, hi, ii, activation, alpha, limit, s);
+    } else {
+      moe_gemm1_swiglu_kernel<<<dim3(static_cast<unsigned>((inter + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0,
+                                s>>>(xb, d_sorted, d_offsets, d_table, d_table + e,
+                                     biases ? d_table + 3 * e : nullptr, biases ? d_table + 4 * e : nullptr, d_act, ni,
+                                     ki, ei, hi, ii, activation, alpha, limit);
+      if ((err = cudaGetLastError()) != cudaSuccess) break;
+      moe_gemm2_kernel<<<dim3(static_cast<unsigned>((h + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(
+          d_act, d_sorted, d_offsets, d_table + 2 * e, biases ? d_table + 5 * e : nullptr, d_part, ni, ei, hi, ii);
+      err = cudaGetLastError();
+    }
+    if (err != cudaSuccess) break;
     if (parts != nullptr) break;  // parts mode: the caller combines
     // The combine of moeCombine, with the gate table as presence (absent experts' scratch rows are never read).
     err = static_cast<cudaError_t>(moe_cuda_moe_combine(device, d_part, topk_ids, topk_weights, d_table, e, out, t,

@@ -1,4 +1,4 @@
-// `moe-native bench [--json PATH]`: kernel timings with napkin math. Every throughput is printed with the fraction
+// `moe-native bench [--json PATH] [--cuda-only]`: kernel timings with napkin math. Every throughput is printed with the fraction
 // of a roofline; bandwidth rooflines are measured in the same run on the same machine (a device-to-device copy
 // on the GPU, a streaming AVX-512/AVX2 read on the CPU), the GPU tensor-core roofline is DESIGN.md's measured
 // H100 peak (stated as such, not measured here).
@@ -499,13 +499,16 @@ bool write_json(const std::string& path, const Machine& mc) {
 
 int bench_main(int argc, char** argv) {
   std::string json_path;
+  bool cuda_only = false;
   for (int i = 0; i < argc; i++) {
-    if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
+    if (std::strcmp(argv[i], "--cuda-only") == 0) {
+      cuda_only = true;
+    } else if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
       json_path = argv[++i];
     } else if (std::strncmp(argv[i], "--json=", 7) == 0) {
       json_path = argv[i] + 7;
     } else {
-      std::fprintf(stderr, "moe-native bench: unknown argument '%s' (usage: moe-native bench [--json PATH])\n",
+      std::fprintf(stderr, "moe-native bench: unknown argument '%s' (usage: moe-native bench [--json PATH] [--cuda-only])\n",
                    argv[i]);
       return 2;
     }
@@ -544,8 +547,10 @@ int bench_main(int argc, char** argv) {
   std::printf("cuda: SKIP (built without CUDA)\n");
 #endif
 
-  bench_cpu();
-  bench_cpu_packed();
+  if (!cuda_only) {
+    bench_cpu();
+    bench_cpu_packed();
+  }
 
   if (!json_path.empty()) {
     if (!write_json(json_path, mc)) {

@@ -70,7 +70,7 @@ int run_cases(const std::vector<Case>& cases, const std::string& filter);
 // `moe-native test [--filter SUBSTR]`: exit code 1 when any case failed.
 int test_main(int argc, char** argv);
 
-// `moe-native bench [--json PATH]` (bench/native/bench.cc).
+// `moe-native bench [--json PATH] [--cuda-only]` (bench/native/bench.cc).
 int bench_main(int argc, char** argv);
 
 // `moe-native bench-attention [--json PATH] [--quick]` (bench/native/attention_bench.cc).
@@ -78,6 +78,8 @@ int attention_bench_main(int argc, char** argv);
 
 // `moe-native bench-gemv [--isa TIER] [--runs N] [--json PATH]` (bench/native/gemv_bench.cc).
 int gemv_bench_main(int argc, char** argv);
+// `moe-native bench-moe-cuda [--json PATH] [--quick] [--models a,b]` (bench/native/moe_cuda_bench.cc).
+int moe_cuda_bench_main(int argc, char** argv);
 
 // Formats a double like printf("%.3g").
 std::string fmt(double v, const char* spec = "%.3g");

@@ -2,7 +2,8 @@
 // GPU host). Subcommands:
 //   moe-native info                      CPU tiers, CUDA driver/runtime, devices (or why CUDA is unavailable)
 //   moe-native test [--filter SUBSTR]    table-driven op tests on every backend (harness.h); exit 1 on failure
-//   moe-native bench [--json PATH]       kernel timings with roofline fractions (bench/native/bench.cc)
+//   moe-native bench [--json PATH] [--cuda-only]  kernel timings with roofline fractions (bench/native/bench.cc)
+//   moe-native bench-moe-cuda [--json PATH]       the fused MoE FFN on the GPU at real shapes (moe_cuda_bench.cc)
 // Built by CMake with -DMOE_NATIVE_TESTS=ON (scripts/native-tests.mjs). CUDA only through moe_cuda.h.
 #include <cstdio>
 #include <cstring>
@@ -69,7 +70,8 @@ void usage() {
                "       moe-native test [--filter SUBSTR]\n"
                "       moe-native bench [--json PATH]\n"
                "       moe-native bench-attention [--json PATH] [--quick]\n"
-               "       moe-native bench-gemv [--isa TIER] [--runs N] [--json PATH]\n");
+               "       moe-native bench-gemv [--isa TIER] [--runs N] [--json PATH]\n"
+               "       moe-native bench-moe-cuda [--json PATH] [--quick] [--models a,b]\n");
 }
 
 }  // namespace
@@ -88,6 +90,7 @@ int main(int argc, char** argv) {
     if (cmd == "bench") return bench_main(argc - 2, argv + 2);
     if (cmd == "bench-attention") return attention_bench_main(argc - 2, argv + 2);
     if (cmd == "bench-gemv") return gemv_bench_main(argc - 2, argv + 2);
+    if (cmd == "bench-moe-cuda") return moe_cuda_bench_main(argc - 2, argv + 2);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe-native %s: %s\n", cmd.c_str(), e.what());
     return 1;

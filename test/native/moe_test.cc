@@ -359,6 +359,13 @@ void add_moe_cases(std::vector<Case>& cases) {
       {33, 64, 64, 8, 2, 2},  {33, 64, 64, 8, 2, 3},   {5, 32, 32, 8, 8, 0},
       // decode rows longer than the streaming kernel's row-after-row limit (2048): side-by-side walk, k tails
       {3, 2085, 40, 8, 2, 0}, {3, 48, 2100, 8, 2, 0},
+      // CUDA tensor-core path (h, inter multiples of 8; moe_experts_mma.cuh). Large tiles (t * k > 8 e): k tiles of 64
+      // with a ragged last one (520 = 8 * 64 + 8, 200 = 3 * 64 + 8), N not a multiple of the block's 64 / 128, one
+      // expert with 100 rows (two 64-row tiles); 16 k tiles through the 3-stage ring.
+      {100, 520, 200, 8, 2, 1}, {96, 1024, 256, 4, 2, 0},
+      // decode tiles (t * k <= 8 e, align block 16): 40 rows on one expert (three 16-row tiles), ragged k and N
+      // (264, 136); a long decode row (16 and 24 k tiles through the 6-stage ring)
+      {40, 264, 136, 16, 2, 1}, {1, 1024, 1536, 4, 2, 0},
   };
   for (const MoeShape& s : moe_shapes) {
     static const char* modes[] = {"", " all-on-one", " minus-one", " absent"};

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in ONE device call (a lent machine's time is short): the CUDA op table, the kernel
+# timings, the fused MoE FFN against PyTorch's grouped GEMM, the Node tests that reach CUDA, the residency bench and
+# throughput mode. Each step runs under its own time limit; after each, everything written so far is packed into
+# $OUT/session.tgz (a device call returns at most 8 files) and the step's status goes to stdout.
+# Here, first (nvcc is installed; no GPU needed):
+#   bash scripts/gpu-carry.sh                                 # CUDA addon, dist/, node, runtime node_modules
+#   cmake -S . -B build-native-gpu -G Ninja -DMOE_ADDON=OFF -DMOE_NATIVE_TESTS=ON -DMOE_CUDA=ON \
+#     -DCMAKE_BUILD_TYPE=Release && ninja -C build-native-gpu moe-native
+# then a device call carrying .device/carry and build-native-gpu/moe-native:
+#   OUT=$OUT DEADLINE=420 bash scripts/gpu-session.sh [steps]
+#   (steps: test bench moe node residency throughput, default all; THROUGHPUT_ARGS default --layers=2)
+# When the carried moe-native does not run there, it is built there (slower).
+set -u
+cd "$(dirname "$0")/.."
+FINAL=${OUT:-bench/results}
+mkdir -p "$FINAL"
+W=$(mktemp -d)
+stamp=$(date -u +%Y-%m-%d)
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(test bench moe node residency throughput)
+want() { local s; for s in "${steps[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+pack() { tar czf "$FINAL/session.tgz" -C "$W" . 2>/dev/null || true; }
+# DEADLINE (seconds, default 420): no step runs past it (set it under the device call's timeout_s, so the call
+# returns with everything packed instead of being killed mid-step).
+DEADLINE=${DEADLINE:-420}
+# step NAME LIMIT_S CMD...: output to $W/NAME.log (tail on stdout), never aborts the session.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local left=$((DEADLINE - SECONDS - 5))
+  [ "$limit" -le "$left" ] || limit=$left
+  if [ "$limit" -lt 15 ]; then
+    echo "=== $name: skipped (deadline)"
+    return 0
+  fi
+  local t0=$SECONDS
+  timeout --kill-after=5 "$limit" "$@" > "$W/$name.log" 2>&1
+  local rc=$?
+  echo "=== $name: rc=$rc, $((SECONDS - t0)) s (limit $limit s)"
+  tail -n "${TAIL:-12}" "$W/$name.log"
+  pack
+  return 0
+}
+
+{ nvidia-smi || true; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,pcie.link.gen.max,pcie.link.width.max --format=csv || true; nproc; free -g; } > "$W/machine.txt" 2>&1
+head -20 "$W/machine.txt"
+
+NATIVE=build-native-gpu/moe-native
+if [ -z "${NO_BUILD:-}" ] && { ! "$NATIVE" info > "$W/native-info.txt" 2>&1 || ! grep -q 'devices:' "$W/native-info.txt"; }; then
+  echo "carried moe-native did not run or saw no device: building here"
+  cat "$W/native-info.txt"
+  NATIVE=build-native-dev/moe-native
+  step build 300 bash -c "cmake -S . -B build-native-dev -G Ninja -DMOE_ADDON=OFF -DMOE_NATIVE_TESTS=ON -DMOE_CUDA=ON -DCMAKE_BUILD_TYPE=Release && ninja -C build-native-dev moe-native"
+  fi
+"$NATIVE" info > "$W/native-info.txt" 2>&1
+cat "$W/native-info.txt"
+
+if want test; then
+  TAIL=3 step native-test 180 "$NATIVE" test --filter cuda
+  grep -E '^FAIL' "$W/native-test.log" | head -40
+fi
+want bench && step native-bench 90 "$NATIVE" bench --cuda-only --json "$W/native-kernels-gpu-$stamp.json"
+if want moe; then
+  step moe-ours 120 "$NATIVE" bench-moe-cuda --json "$W/moe-cuda-ours.json"
+  [ -f "$W/moe-cuda-ours.json" ] && TAIL=30 step moe-torch 180 env PYTHONUNBUFFERED=1 python3 bench/moe_cuda_torch.py \
+    --ours "$W/moe-cuda-ours.json" --out "$W/moe-cuda-$stamp.json"
+fi
+if want node || want residency || want throughput; then
+  . scripts/gpu-node-env.sh
+  "$NODE" dist/lib/cli.js info > "$W/node-info.txt" 2>&1
+  tail -5 "$W/node-info.txt"
+fi
+if want node; then
+  TAIL=2 step node-tests 240 "$NODE" --test --test-reporter=tap dist/test/backend-ops.test.js dist/test/moe-parts.test.js \
+    dist/test/expert-table.test.js dist/test/model.test.js dist/test/residency.test.js dist/test/staging.test.js
+  grep -E '^# (tests|pass|fail|skipped)|^not ok|^    not ok' "$W/node-tests.log" | head -40
+fi
+if want residency; then
+  step residency 120 "$NODE" dist/bench/residency.js
+  cp bench/results/residency-*.json "$W/" 2>/dev/null
+  pack
+fi
+if want throughput; then
+  TAIL=25 step throughput 300 "$NODE" dist/bench/throughput-cuda.js ${THROUGHPUT_ARGS:---layers=2}
+  cp bench/results/throughput-staged-cuda-*.json "$W/" 2>/dev/null
+  pack
+fi
+ls -la "$W"
