@@ -161,20 +161,51 @@ for (const { name } of FAMILIES) {
       assert.deepEqual(b.tokens, a.tokens);
     });
 
-    test('the CUDA backend agrees with the CPU backend (logits within 1e-2 relative; greedy tokens, 25% expert cache)', { skip: cudaUnavailableReason() ?? false }, async () => {
+    test('the CUDA backend agrees with the CPU backend (logits within 1e-2 relative up to the first routing flip, a flip only at a near-tie; greedy tokens, 25% expert cache)', { skip: cudaUnavailableReason() ?? false }, async (t) => {
       const dir = path.join(root, name);
       using cpu = await loadModel(dir);
       using gpu = await loadModel(dir, { backend: 'cuda', experts: { fraction: 0.25, policy: 'lru' } });
       const tokens = cpu.encode(PROMPT);
-      const a = (await cpu.logits(tokens)).data;
-      const b = (await gpu.logits(tokens)).data;
+      const ra: StepRouting = { ids: [], probs: [], gates: [] };
+      const rb: StepRouting = { ids: [], probs: [], gates: [] };
+      const a = (await cpu.logits(tokens, { routing: ra })).data;
+      const b = (await gpu.logits(tokens, { routing: rb })).data;
+      // The first (position, MoE layer) whose expert sets differ: from there on the two runs compute different
+      // functions (a flip moves a token's output by ~1e-2 relative), so logits are compared before it, and the flip
+      // itself must be a near-tie: the CPU's gap between its k-th and (k+1)-th gate is within the CPU/CUDA gate
+      // difference of that token, and that difference is rounding-sized.
+      const T = tokens.length;
+      const { topK: k, numExperts: E } = cpu.config;
+      let flip = T;
+      for (let p = 0; p < T && flip === T; p++) {
+        for (let l = 0; l < ra.ids.length; l++) {
+          const sa = Array.from(ra.ids[l]!.subarray(p * k, p * k + k)).sort((x, y) => x - y);
+          const sb = Array.from(rb.ids[l]!.subarray(p * k, p * k + k)).sort((x, y) => x - y);
+          if (sa.every((v, i) => v === sb[i])) continue;
+          flip = p;
+          const ga = ra.gates[l]!.subarray(p * E, p * E + E);
+          const gb = rb.gates[l]!.subarray(p * E, p * E + E);
+          const sorted = Array.from(ga).sort((x, y) => y - x);
+          const gap = sorted[k - 1]! - sorted[k]!;
+          let dev = 0;
+          for (let i = 0; i < E; i++) dev = Math.max(dev, Math.abs(ga[i]! - gb[i]!));
+          t.diagnostic(`routing flip at position ${p} of ${T}, MoE layer ${l}: CPU gate gap ${gap.toExponential(2)}, CPU/CUDA gate difference ${dev.toExponential(2)}`);
+          assert.ok(dev <= 2e-2, `the CPU and CUDA gates of the flipped token differ by ${dev.toExponential(2)} (more than rounding)`);
+          assert.ok(gap <= 2 * dev, `a routing flip where the gates are not near a tie (gap ${gap.toExponential(2)}, difference ${dev.toExponential(2)})`);
+          break;
+        }
+      }
+      const n = (a.length / T) * flip;
       let num = 0;
       let den = 0;
-      for (let i = 0; i < a.length; i++) {
+      for (let i = 0; i < n; i++) {
         num += (a[i]! - b[i]!) ** 2;
         den += a[i]! ** 2;
       }
-      assert.ok(Math.sqrt(num / den) <= 1e-2, `relative error ${Math.sqrt(num / den).toExponential(2)}`);
+      const rel = den > 0 ? Math.sqrt(num / den) : 0;
+      t.diagnostic(`CPU vs CUDA logits over positions 0..${flip - 1}: relative error ${rel.toExponential(2)}`);
+      assert.ok(rel <= 1e-2, `relative error ${rel.toExponential(2)}`);
+      if (flip < T) return; // the continuation after a flip is a different (equally valid) computation
       const ga = await cpu.generate(PROMPT, { maxNewTokens: 8, stopAtEos: false });
       const gb = await gpu.generate(PROMPT, { maxNewTokens: 8, stopAtEos: false });
       // the first token only: later ones may diverge where two logits are within rounding of each other

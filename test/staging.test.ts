@@ -111,11 +111,15 @@ void test('a third request waits (FIFO) until a buffer is released, then proceed
   const slow = be.copy(blocker, bigDev, { stream: ring.stream }); // occupies the copy stream
   const up = ring.upload(hc, dev, { after: null });
   hc.release();
+  // Ordering, not timing (a GPU may finish the blocker before any check of "still pending"): the buffer is handed
+  // out only once its upload has copied it.
+  let copied = false;
+  void up.done.then(() => { copied = true; });
   const e = ring.acquire('u8', [4096]);
-  assert.equal(await settled(e), false, 'the buffer is busy until its upload has copied it');
+  const he = await e;
+  assert.ok(copied, 'the buffer is busy until its upload has copied it');
   await slow;
   await up.done;
-  const he = await e;
   assert.equal(he.index, hc.index);
   he.release();
   (await d).release();

@@ -59,6 +59,10 @@ class NormalBits {
   }
   #u(): number {
     // xorshift64-ish on two 32-bit words; plenty for weight init
+    return this.u32() / 4294967296;
+  }
+  /** The next raw 32-bit word. */
+  u32(): number {
     let s1 = this.#s0;
     const s0 = this.#s1;
     this.#s0 = s0;
@@ -66,7 +70,7 @@ class NormalBits {
     s1 ^= s1 >>> 17;
     s1 ^= s0 ^ (s0 >>> 26);
     this.#s1 = s1 >>> 0;
-    return ((this.#s0 + this.#s1) >>> 0) / 4294967296;
+    return (this.#s0 + this.#s1) >>> 0;
   }
   normal(): number {
     if (this.#spare !== undefined) {
@@ -90,7 +94,44 @@ function initTensor(shape: number[], kind: InitKind, rng: NormalBits, fanIn = sh
     return t;
   }
   const std = kind === 'embed' || kind === 'sink' ? 1 : kind === 'bias' ? 0.1 : kind === 'router' ? 3 / Math.sqrt(fanIn) : 1 / Math.sqrt(fanIn);
+  if (d.length >= FAST_NORMAL_MIN) {
+    // Real-shape presets (billions of weights): a table of 65536 normal quantiles, two draws per 32-bit word,
+    // about 50x faster than Box-Muller (tiny presets never get here, so their weights are unchanged).
+    const table = normalQuantiles(std);
+    let i = 0;
+    for (; i + 2 <= d.length; i += 2) {
+      const w = rng.u32();
+      d[i] = table[w & 0xffff]!;
+      d[i + 1] = table[w >>> 16]!;
+    }
+    if (i < d.length) d[i] = table[rng.u32() & 0xffff]!;
+    return t;
+  }
   for (let i = 0; i < d.length; i++) d[i] = f32ToBf16Bits(std * rng.normal());
+  return t;
+}
+
+/** Tensors from this many elements on draw through normalQuantiles. */
+const FAST_NORMAL_MIN = 1 << 22;
+
+/** bf16 bits of std * Phi^-1((i + 0.5) / 65536), i < 65536 (Acklam's rational approximation, |rel err| < 1.2e-9). */
+function normalQuantiles(std: number): Uint16Array {
+  const a = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.38357751867269e2, -3.066479806614716e1, 2.506628277459239];
+  const b = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
+  const c = [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
+  const dd = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
+  const inv = (p: number): number => {
+    if (p < 0.02425) {
+      const q = Math.sqrt(-2 * Math.log(p));
+      return (((((c[0]! * q + c[1]!) * q + c[2]!) * q + c[3]!) * q + c[4]!) * q + c[5]!) / ((((dd[0]! * q + dd[1]!) * q + dd[2]!) * q + dd[3]!) * q + 1);
+    }
+    if (p > 1 - 0.02425) return -inv(1 - p);
+    const q = p - 0.5;
+    const r = q * q;
+    return ((((((a[0]! * r + a[1]!) * r + a[2]!) * r + a[3]!) * r + a[4]!) * r + a[5]!) * q) / (((((b[0]! * r + b[1]!) * r + b[2]!) * r + b[3]!) * r + b[4]!) * r + 1);
+  };
+  const t = new Uint16Array(65536);
+  for (let i = 0; i < 65536; i++) t[i] = f32ToBf16Bits(std * inv((i + 0.5) / 65536));
   return t;
 }
 
