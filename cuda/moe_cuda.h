@@ -57,6 +57,8 @@ int moe_cuda_stream_wait_event(int device, void* stream, void* event);
 /* Calls fn(user) on a runtime thread once all earlier work on the stream finished; fn must not call CUDA. */
 int moe_cuda_launch_host_func(int device, void* stream, void (*fn)(void*), void* user);
 
+/* timing: 0 no timing, 1 timing, 2 no timing + blocking sync (cudaEventSynchronize sleeps instead of spinning:
+ * the completion events of cpp/napi/stream.cc) */
 int moe_cuda_event_create(int device, int timing, void** event);
 int moe_cuda_event_destroy(int device, void* event);
 int moe_cuda_event_record(int device, void* event, void* stream);

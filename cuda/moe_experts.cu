@@ -10,9 +10,13 @@
 // with neither. The table grows to 6 e pointers only when bias tables are given.
 // GEMM kernels: the tensor-core ones of moe_experts_mma.cuh on sm_80+ when h and inter are multiples of 8 and x and
 // every present expert's weights are 16-byte aligned, with the decode tiles (align block 16) when t * k <= 8 e and
-// the large ones (align block 64) otherwise; else the SIMT kernels of moe_experts.cuh (MOE_CUDA_MOE=simt forces them).
+// the large ones (align block 64) otherwise; on compute capability 9.0 (the build's sm_90a code) the wgmma kernels of
+// moe_experts_wgmma.cuh (align block 128) replace the large ones when t * k >= 128 e; else the SIMT kernels of
+// moe_experts.cuh. MOE_CUDA_MOE: simt forces the SIMT kernels, mma the mma.sync ones (never wgmma), wgmma uses wgmma
+// wherever its preconditions hold regardless of the rows per expert (tests: small shapes through the wgmma path).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
@@ -22,6 +26,7 @@
 #include "moe_cuda.h"
 #include "moe_experts.cuh"
 #include "moe_experts_mma.cuh"
+#include "moe_experts_wgmma.cuh"
 #include "router_topk.cuh"
 
 using namespace moe::dev;
@@ -29,21 +34,31 @@ using namespace moe::dev;
 namespace {
 size_t align_up(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
 
-// MOE_CUDA_MOE=simt forces the CUDA-core kernels (to tell a tensor-core bug from anything else).
-bool force_simt() {
+// MOE_CUDA_MOE: simt forces the CUDA-core kernels (to tell a tensor-core bug from anything else), mma the mma.sync
+// kernels (never wgmma), wgmma the wgmma kernels wherever their preconditions hold (any rows per expert).
+enum class MoeForce { None, Simt, Mma, Wgmma };
+MoeForce moe_force() {
   const char* v = std::getenv("MOE_CUDA_MOE");
-  return v != nullptr && std::strcmp(v, "simt") == 0;
+  if (v == nullptr) return MoeForce::None;
+  if (std::strcmp(v, "simt") == 0) return MoeForce::Simt;
+  if (std::strcmp(v, "mma") == 0) return MoeForce::Mma;
+  if (std::strcmp(v, "wgmma") == 0) return MoeForce::Wgmma;
+  return MoeForce::None;
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// GEMM kernels of one call: SIMT (the reference, any shape), or mma.sync with the large (BM 64) or decode (BM 16)
-// tiles. The align block equals the kernels' BM.
-enum class MoePath { Simt, MmaLarge, MmaSmall };
+// GEMM kernels of one call: SIMT (the reference, any shape), mma.sync with the large (BM 64) or decode (BM 16)
+// tiles, or wgmma (BM 128, sm_90a). The align block equals the kernels' BM.
+enum class MoePath { Simt, MmaLarge, MmaSmall, Wgmma };
 
 // Decode tiles when the expected rows per expert, t * k / e, are at most this many (one 16-row tile covers nearly
 // every expert; the call is weight-bandwidth bound and the narrow N blocks keep every SM streaming).
 constexpr int64_t kMoeSmallRowsPerExpert = 8;
+// wgmma tiles (BM 128) when the expected rows per expert, t * k / e, are at least this many. Measured on an H200
+// (2026-11-26, bench-moe-cuda): at 64 rows per expert (OLMoE, T 512) wgmma took 0.415 ms against mma.sync's 0.351
+// (one half-full 128-row tile per expert); from 256 rows on it was faster (Mixtral T 4096: 6.4 vs 11.1 ms).
+constexpr int64_t kMoeWgmmaRowsPerExpert = 128;
 
 template <class C, class Kernel>
 cudaError_t set_smem(Kernel kernel) {
@@ -67,6 +82,26 @@ cudaError_t launch_mma(unsigned m_tiles, const uint16_t* x, const int32_t* sorte
                                              part, n_slots, e, h, inter);
   return cudaGetLastError();
 }
+
+// wgmma path (moe_experts_wgmma.cuh): 1D grids of m_tiles x n_tiles blocks (the host checked the product fits int).
+template <class C1, class C2>
+cudaError_t launch_wgmma(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
+                         const void* const* table, bool biases, uint16_t* act, float* part, int n_slots, int k, int e,
+                         int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
+  cudaError_t err = set_smem<C1>(moe_wg_gemm1_kernel<C1>);
+  if (err != cudaSuccess) return err;
+  if ((err = set_smem<C2>(moe_wg_gemm2_kernel<C2>)) != cudaSuccess) return err;
+  const unsigned n1 = static_cast<unsigned>((inter + C1::BN - 1) / C1::BN);
+  const unsigned n2 = static_cast<unsigned>((h + C2::BN - 1) / C2::BN);
+  const int mt = static_cast<int>(m_tiles);
+  moe_wg_gemm1_kernel<C1><<<m_tiles * n1, C1::kThreads, C1::kSmem, s>>>(
+      x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr, biases ? table + 4 * e : nullptr, act,
+      n_slots, k, e, h, inter, activation, alpha, limit, mt);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  moe_wg_gemm2_kernel<C2><<<m_tiles * n2, C2::kThreads, C2::kSmem, s>>>(
+      act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr, part, n_slots, e, h, inter, mt);
+  return cudaGetLastError();
+}
 }  // namespace
 
 // Fused (out != null: topk_weights read by the combine) or parts mode (parts != null, out and topk_weights null).
@@ -83,7 +118,7 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
   if (activation == 1 && (!std::isfinite(alpha) || !std::isfinite(limit) || !(limit > 0.0f))) return cudaErrorInvalidValue;
   const int64_t n_slots = t * k;
   if (n_slots > INT_MAX / 2 || h > INT_MAX / 2 || inter > INT_MAX / 2) return cudaErrorInvalidValue;
-  if (n_slots + e * (kMoeBM - 1) > INT_MAX / 2) return cudaErrorInvalidValue;  // the largest capacity below
+  if (n_slots + e * (kMoeBM - 1) > INT_MAX / 2) return cudaErrorInvalidValue;  // mma / SIMT capacity
   cudaError_t err = cudaSetDevice(device);
   if (err != cudaSuccess) return err;
   if (t == 0) return cudaSuccess;
@@ -108,17 +143,29 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
   }
 
   // Path: mma.sync on sm_80+ when every row is whole 16-byte chunks (cp.async): h, inter multiples of 8, x and every
-  // present expert's weights 16-byte aligned (act is scratch: 256-aligned, rows of inter * 2 bytes).
+  // present expert's weights 16-byte aligned (act is scratch: 256-aligned, rows of inter * 2 bytes). wgmma on top of
+  // that only on compute capability 9.0 exactly (its kernels are sm_90a code: they trap anywhere else), with its
+  // larger capacity and 1D grids within int range.
+  const MoeForce force = moe_force();
   MoePath path = MoePath::Simt;
-  if (!force_simt() && h % 8 == 0 && inter % 8 == 0 && aligned16(x)) {
-    int major = 0;
+  if (force != MoeForce::Simt && h % 8 == 0 && inter % 8 == 0 && aligned16(x)) {
+    int major = 0, minor = 0;
     err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err != cudaSuccess) return err;
+    err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
     if (err != cudaSuccess) return err;
     bool ok = major >= 8;
     for (size_t i = 0; ok && i < static_cast<size_t>(3 * e); ++i) ok = aligned16(table[i]);  // null is aligned
-    if (ok) path = n_slots <= kMoeSmallRowsPerExpert * e ? MoePath::MmaSmall : MoePath::MmaLarge;
+    if (ok) {
+      path = n_slots <= kMoeSmallRowsPerExpert * e ? MoePath::MmaSmall : MoePath::MmaLarge;
+      const int64_t wg_capacity = n_slots + e * (kMoeWgBM - 1);
+      const int64_t wg_n_tiles = std::max((inter + MoeWgG1::BN - 1) / MoeWgG1::BN, (h + MoeWgG2::BN - 1) / MoeWgG2::BN);
+      const bool wg_ok = major == 9 && minor == 0 && force != MoeForce::Mma && wg_capacity <= INT_MAX / 2 &&
+                         (wg_capacity / kMoeWgBM) * wg_n_tiles <= INT_MAX;
+      if (wg_ok && (force == MoeForce::Wgmma || n_slots >= kMoeWgmmaRowsPerExpert * e)) path = MoePath::Wgmma;
+    }
   }
-  const int64_t block = path == MoePath::MmaSmall ? kMoeMmaSmallBM : kMoeBM;
+  const int64_t block = path == MoePath::MmaSmall ? kMoeMmaSmallBM : path == MoePath::Wgmma ? kMoeWgBM : kMoeBM;
   const int64_t capacity = n_slots + e * (block - 1);
   if (capacity / block > 65535) return cudaErrorInvalidValue;  // grid.y limit
 
@@ -144,12 +191,14 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
   do {
     err = cudaMemcpyAsync(d_table, table.data(), table.size() * sizeof(void*), cudaMemcpyHostToDevice, s);
     if (err != cudaSuccess) break;
-    moe_align_kernel<<<1, kAlignThreads, static_cast<size_t>(2 * e + 1) * 4, s>>>(
-        topk_ids, d_counts, d_offsets, d_sorted, ni, ei, static_cast<int>(block), ci, error);
-    if ((err = cudaGetLastError()) != cudaSuccess) break;
+    if ((err = launch_moe_align(topk_ids, d_counts, d_offsets, d_sorted, ni, ei, static_cast<int>(block), ci, error,
+                                s)) != cudaSuccess) break;
     const unsigned m_tiles = static_cast<unsigned>(capacity / block);
     const uint16_t* xb = static_cast<const uint16_t*>(x);
-    if (path == MoePath::MmaSmall) {
+    if (path == MoePath::Wgmma) {
+      err = launch_wgmma<MoeWgG1, MoeWgG2>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part, ni, ki,
+                                           ei, hi, ii, activation, alpha, limit, s);
+    } else if (path == MoePath::MmaSmall) {
       err = launch_mma<MoeMmaG1Small, MoeMmaG2Small>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part,
                                                      ni, ki, ei, hi, ii, activation, alpha, limit, s);
     } else if (path == MoePath::MmaLarge) {

@@ -12,9 +12,11 @@
 //   the combine              moe_combine.cuh (moe_cuda_moe_combine): y[t, n] = bf16( sum_j w[t, j] * part[t * k + j,
 //                            n] ) over present slots, j in order, the routing weight applied there: fixed order, no
 //                            float atomics, bitwise reproducible, and the same kernel as moeCombine's.
-// First slice: CUDA-core (SIMT) 64x64 tiles, k step 16, 256 threads with a 4x4 micro-tile each, f32 accumulation
-// (the structure of gemm.cuh's gemm_simt_kernel). The tensor-core (mma.sync / wgmma) and small-M paths of issue 3
-// replace these kernels later; the routing, table and combine stay.
+// These GEMM kernels are the CUDA-core (SIMT) reference path: 64x64 tiles, k step 16, 256 threads with a 4x4
+// micro-tile each, f32 accumulation (the structure of gemm.cuh's gemm_simt_kernel). They run for shapes the
+// tensor-core paths do not take (h or inter not a multiple of 8, unaligned weights, sm < 80) and under
+// MOE_CUDA_MOE=simt; the tensor-core kernels are in moe_experts_mma.cuh (mma.sync) and moe_experts_wgmma.cuh
+// (Hopper wgmma); moe_experts.cu picks the path.
 #pragma once
 #include <cstdint>
 

@@ -31,16 +31,15 @@ extern "C" int moe_cuda_moe_align(int device, const int32_t* topk_ids, int32_t* 
                                   int64_t capacity, int32_t* error, void* stream) {
   if (t < 0 || k < 1 || e < 1 || block < 1 || e > 8192) return cudaErrorInvalidValue;
   const int64_t need = t * k + e * (block - 1);
-  if (need > INT_MAX || capacity < need || capacity > INT_MAX) return cudaErrorInvalidValue;
+  // (the placement's index reaches n + 127: keep it in int)
+  if (need > INT_MAX - 128 || capacity < need || capacity > INT_MAX) return cudaErrorInvalidValue;
   cudaError_t err = cudaSetDevice(device);
   if (err != cudaSuccess) return err;
   if (counts == nullptr || offsets == nullptr || (capacity > 0 && sorted_token_ids == nullptr) ||
       (t > 0 && topk_ids == nullptr)) {
     return cudaErrorInvalidValue;
   }
-  const size_t shmem = static_cast<size_t>(2 * e + 1) * sizeof(int32_t);
-  moe_align_kernel<<<1, kAlignThreads, shmem, static_cast<cudaStream_t>(stream)>>>(
-      topk_ids, counts, offsets, sorted_token_ids, static_cast<int>(t * k), static_cast<int>(e),
-      static_cast<int>(block), static_cast<int>(capacity), error);
-  return cudaGetLastError();
+  return launch_moe_align(topk_ids, counts, offsets, sorted_token_ids, static_cast<int>(t * k), static_cast<int>(e),
+                          static_cast<int>(block), static_cast<int>(capacity), error,
+                          static_cast<cudaStream_t>(stream));
 }

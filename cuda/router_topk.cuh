@@ -2,15 +2,21 @@
 //   router_topk_kernel  one warp per token: softmax (or sigmoid) in f32 with warp reductions, then k rounds of a
 //                       warp-wide argmax over (score desc, expert id asc); each lane owns experts lane + 32 i
 //                       (i < 32, so e <= 1024) and marks taken ones in a bit mask.
-//   moe_align_kernel    one block of 1024 threads: per-expert counts with shared-memory integer atomics (integer,
-//                       so the result is exact and order-free), prefix sum of the padded counts, sentinel fill, then
-//                       warp w places the slots of experts w, w + 32, ... in ascending slot order with ballot/popc
-//                       (stable, deterministic). O(e / 32 * t * k) reads per warp: fine at the sizes of one layer.
+//   moe_align_count_kernel  one block of 1024 threads: per-expert counts with shared-memory integer atomics
+//                       (integer, so the result is exact and order-free), prefix sum of the padded counts, sentinel
+//                       fill of sorted (its writes precede the placement: same stream);
+//   moe_align_place_kernel  one warp per expert across the grid: the warp reads every id (4 chunks of 32 per step, so
+//                       4 loads are in flight) and places its expert's slots in ascending slot order with ballot/popc
+//                       (stable, deterministic). One block scanning for every expert cost ~4 ms at t * k = 131072,
+//                       e = 128 on an H200 (2026-11-26); spread over the chip the same reads (from L2) are ~100x
+//                       cheaper. launch_moe_align runs both.
 // Ids outside [0, e) are skipped (treated as -1) by the placement; ids other than -1 among them are also reported
 // through `error` when it is not null (mapped pinned host memory, cpp/napi/cuda_error_slot.h): [0] = 1, [1] the
 // smallest such index, [2] its id. The op reads it in its completion callback and rejects, like the CPU op.
 // Kernels are static (internal linkage): moe_experts.cu includes router_topk.cuh too.
 #pragma once
+#include <cuda_runtime.h>
+
 #include <cstdint>
 
 namespace moe {
@@ -80,12 +86,14 @@ static __global__ void __launch_bounds__(kTopkWarps * 32)
 }
 
 constexpr int kAlignThreads = 1024;
+constexpr int kPlaceWarps = 8;  // warps (experts) per placement block
 
-// ids [n] i32 (n = t * k), counts [e], offsets [e + 1], sorted [capacity]; padding value n; error [3] i32 or null.
-// grid: 1, block: 1024, dynamic shared memory: (2 e + 1) * 4 bytes.
+// ids [n] i32 (n = t * k), counts [e], offsets [e + 1], sorted [capacity] (every entry set to n, the padding
+// value); error [3] i32 or null. grid: 1, block: 1024, dynamic shared memory: (2 e + 1) * 4 bytes.
 static __global__ void __launch_bounds__(kAlignThreads)
-    moe_align_kernel(const int32_t* __restrict__ ids, int32_t* __restrict__ counts, int32_t* __restrict__ offsets,
-                     int32_t* __restrict__ sorted, int n, int e, int block, int capacity, int32_t* error) {
+    moe_align_count_kernel(const int32_t* __restrict__ ids, int32_t* __restrict__ counts,
+                           int32_t* __restrict__ offsets, int32_t* __restrict__ sorted, int n, int e, int block,
+                           int capacity, int32_t* error) {
   extern __shared__ int32_t s_align[];
   __shared__ int s_bad;            // smallest index of an id outside [-1, e); 0x7fffffff: none
   int32_t* s_count = s_align;      // [e]
@@ -120,19 +128,45 @@ static __global__ void __launch_bounds__(kAlignThreads)
   for (int x = threadIdx.x; x < e; x += blockDim.x) counts[x] = s_count[x];
   for (int x = threadIdx.x; x <= e; x += blockDim.x) offsets[x] = s_off[x];
   for (int r = threadIdx.x; r < capacity; r += blockDim.x) sorted[r] = n;
-  __syncthreads();  // the sentinel fill is ordered before the placement below (same block)
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+}
+
+// Warp w of block b places the slots of expert x = b * kPlaceWarps + w at sorted[offsets[x] ...], ascending.
+// grid: ceil(e / kPlaceWarps), block: kPlaceWarps * 32. Runs after moe_align_count_kernel on the same stream.
+static __global__ void __launch_bounds__(kPlaceWarps * 32)
+    moe_align_place_kernel(const int32_t* __restrict__ ids, const int32_t* __restrict__ offsets,
+                           int32_t* __restrict__ sorted, int n, int e) {
+  const int lane = threadIdx.x % 32;
+  const int x = blockIdx.x * kPlaceWarps + threadIdx.x / 32;
+  if (x >= e) return;  // whole warps leave together: the ballots below stay full-warp
   const uint32_t below = (1u << lane) - 1u;
-  for (int x = warp; x < e; x += warps) {
-    int base = s_off[x];
-    for (int c0 = 0; c0 < n; c0 += 32) {
-      const int i = c0 + lane;
-      const bool hit = i < n && ids[i] == x;
+  int base = offsets[x];
+  for (int c0 = 0; c0 < n; c0 += 128) {
+    int v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int i = c0 + 32 * u + lane;
+      v[u] = i < n ? ids[i] : -1;  // -1 never equals x >= 0
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const bool hit = v[u] == x;
       const uint32_t m = __ballot_sync(0xffffffffu, hit);
-      if (hit) sorted[base + __popc(m & below)] = i;
+      if (hit) sorted[base + __popc(m & below)] = c0 + 32 * u + lane;
       base += __popc(m);
     }
   }
+}
+
+// The align of moe_cuda_moe_align and the fused MoE launcher: counts, offsets, sentinels, then the placement.
+static inline cudaError_t launch_moe_align(const int32_t* ids, int32_t* counts, int32_t* offsets, int32_t* sorted,
+                                           int n, int e, int block, int capacity, int32_t* error, cudaStream_t s) {
+  moe_align_count_kernel<<<1, kAlignThreads, static_cast<size_t>(2 * e + 1) * sizeof(int32_t), s>>>(
+      ids, counts, offsets, sorted, n, e, block, capacity, error);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  moe_align_place_kernel<<<static_cast<unsigned>((e + kPlaceWarps - 1) / kPlaceWarps), kPlaceWarps * 32, 0, s>>>(
+      ids, offsets, sorted, n, e);
+  return cudaGetLastError();
 }
 
 }  // namespace dev

@@ -202,7 +202,10 @@ int moe_cuda_event_create(int device, int timing, void** event) {
   cudaError_t e = cudaSetDevice(device);
   if (e != cudaSuccess) return e;
   cudaEvent_t ev = nullptr;
-  e = cudaEventCreateWithFlags(&ev, timing ? cudaEventDefault : cudaEventDisableTiming);
+  const unsigned flags = timing == 1 ? cudaEventDefault
+                         : timing == 2 ? (cudaEventDisableTiming | cudaEventBlockingSync)
+                                       : cudaEventDisableTiming;
+  e = cudaEventCreateWithFlags(&ev, flags);
   if (e != cudaSuccess) return e;
   *event = ev;
   return cudaSuccess;

@@ -5,13 +5,13 @@
 #   dist/                   the compiled TypeScript (lib, test, bench)
 #   node_modules/           the runtime dependencies only (@huggingface/*, node-gyp-build)
 #   node.xz                 this machine's node binary, xz-compressed
-# Then, with the device tool: run `bash scripts/gpu-runtime-check.sh` carrying `.device/carry`.
-# Usage (here, where nvcc is installed): bash scripts/gpu-carry.sh
+# Then, with the device tool: `OUT=$OUT bash scripts/gpu-session.sh` carrying `.device/carry` (see its header).
+# Usage (here, where nvcc is installed): bash scripts/gpu-carry.sh   (CUDA_ARCHS=90a-real: one target, a faster build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.device/carry
 rm -rf "$out" && mkdir -p "$out/addon" "$out/node_modules"
-npx cmake-js build --log-level warn -O .h-gpu/build --CDMOE_CUDA=ON -p "$(nproc)"
+npx cmake-js build --log-level warn -O .h-gpu/build --CDMOE_CUDA=ON ${CUDA_ARCHS:+--CDCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHS} -p "$(nproc)"
 cp .h-gpu/build/Release/moe_offload.node "$out/addon/"
 npx tsc -p tsconfig.json
 cp -r dist "$out/dist"

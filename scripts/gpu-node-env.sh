@@ -1,4 +1,4 @@
-# Sourced by the scripts that run Node on a lent GPU machine (gpu-runtime-check.sh, gpu-throughput.sh), after
+# Sourced by scripts/gpu-session.sh to run Node on a lent GPU machine, after
 # scripts/gpu-carry.sh here and a device call carrying .device/carry: unpacks the carried node binary, puts the
 # carried dist/ and runtime node_modules/ in place and points the package at the carried CUDA addon. Leaves
 # NODE (the node binary) and MOE_OFFLOAD_PREBUILD set; run from the repository root.

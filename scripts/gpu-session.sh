@@ -9,7 +9,9 @@
 #     -DCMAKE_BUILD_TYPE=Release && ninja -C build-native-gpu moe-native
 # then a device call carrying .device/carry and build-native-gpu/moe-native:
 #   OUT=$OUT DEADLINE=420 bash scripts/gpu-session.sh [steps]
-#   (steps: test bench moe node residency throughput, default all; THROUGHPUT_ARGS default --layers=2)
+#   (steps: test bench moe node residency throughput, default all; THROUGHPUT_ARGS default --layers=2;
+#   BUILD_NATIVE=90a-real builds moe-native there for that target; TEST_PATHS / BENCH_PATHS: MOE_CUDA_MOE values
+#   whose op table / MoE timings run too, e.g. TEST_PATHS="wgmma mma" BENCH_PATHS=mma)
 # When the carried moe-native does not run there, it is built there (slower).
 set -u
 cd "$(dirname "$0")/.."
@@ -47,11 +49,11 @@ step() {
 head -20 "$W/machine.txt"
 
 NATIVE=build-native-gpu/moe-native
-if [ -z "${NO_BUILD:-}" ] && { ! "$NATIVE" info > "$W/native-info.txt" 2>&1 || ! grep -q 'devices:' "$W/native-info.txt"; }; then
+if [ -n "${BUILD_NATIVE:-}" ] || { [ -z "${NO_BUILD:-}" ] && { ! "$NATIVE" info > "$W/native-info.txt" 2>&1 || ! grep -q 'devices:' "$W/native-info.txt"; }; }; then
   echo "carried moe-native did not run or saw no device: building here"
   cat "$W/native-info.txt"
   NATIVE=build-native-dev/moe-native
-  step build 300 bash -c "cmake -S . -B build-native-dev -G Ninja -DMOE_ADDON=OFF -DMOE_NATIVE_TESTS=ON -DMOE_CUDA=ON -DCMAKE_BUILD_TYPE=Release && ninja -C build-native-dev moe-native"
+  step build 300 bash -c "cmake -S . -B build-native-dev -G Ninja -DMOE_ADDON=OFF -DMOE_NATIVE_TESTS=ON -DMOE_CUDA=ON -DCMAKE_BUILD_TYPE=Release ${BUILD_NATIVE:+-DCMAKE_CUDA_ARCHITECTURES=$BUILD_NATIVE} && ninja -C build-native-dev moe-native"
   fi
 "$NATIVE" info > "$W/native-info.txt" 2>&1
 cat "$W/native-info.txt"
@@ -59,10 +61,17 @@ cat "$W/native-info.txt"
 if want test; then
   TAIL=3 step native-test 180 "$NATIVE" test --filter cuda
   grep -E '^FAIL' "$W/native-test.log" | head -40
+  for p in ${TEST_PATHS:-}; do  # the op table again with MOE_CUDA_MOE=p (e.g. wgmma, mma)
+    TAIL=3 step "native-test-$p" 120 env MOE_CUDA_MOE="$p" "$NATIVE" test --filter cuda
+    grep -E '^FAIL' "$W/native-test-$p.log" | head -20
+  done
 fi
 want bench && step native-bench 90 "$NATIVE" bench --cuda-only --json "$W/native-kernels-gpu-$stamp.json"
 if want moe; then
-  step moe-ours 120 "$NATIVE" bench-moe-cuda --json "$W/moe-cuda-ours.json"
+  for p in ${BENCH_PATHS:-}; do  # other MoE paths for comparison (MOE_CUDA_MOE=p), ours only
+    TAIL=26 step "moe-ours-$p" 120 env MOE_CUDA_MOE="$p" "$NATIVE" bench-moe-cuda --json "$W/moe-cuda-ours-$p.json"
+  done
+  TAIL=26 step moe-ours 120 "$NATIVE" bench-moe-cuda --json "$W/moe-cuda-ours.json"
   [ -f "$W/moe-cuda-ours.json" ] && TAIL=30 step moe-torch 180 env PYTHONUNBUFFERED=1 python3 bench/moe_cuda_torch.py \
     --ours "$W/moe-cuda-ours.json" --out "$W/moe-cuda-$stamp.json"
 fi

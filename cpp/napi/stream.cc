@@ -46,9 +46,11 @@ Stream::Stream(BackendKind backend, int device, int priority, void* cs)
     : backend_(backend), device_(device), priority_(priority), cuda_stream_(cs) {}
 
 Stream::~Stream() {
-  // Runs on the JS thread when the last holder (the wrapper or a settling op) lets go: the queue is empty.
+  // Runs on the JS thread when the last holder (the wrapper or a settling op) lets go: both queues are empty.
   queue_.stop();
+  completions_.stop();
 #if MOE_WITH_CUDA
+  for (void* ev : event_pool_) moe_cuda_event_destroy(device_, ev);
   if (cuda_stream_) moe_cuda_stream_destroy(device_, cuda_stream_);
 #endif
 }
@@ -78,12 +80,56 @@ void Stream::execute(AsyncOp* op) {
     op->complete();
     return;
   }
-#if MOE_WITH_CUDA
-  int err = moe_cuda_launch_host_func(device_, cuda_stream_, [](void* p) { static_cast<AsyncOp*>(p)->complete(); }, op);
-  if (err != 0) {
-    op->fail(ErrorCode::Cuda, std::string("cudaLaunchHostFunc failed: ") + moe_cuda_error_name(err));
-    op->complete();
+  complete_after_gpu(op);
+}
+
+void* Stream::take_event() {
+  {
+    std::lock_guard<std::mutex> lock(pool_m_);
+    if (!event_pool_.empty()) {
+      void* ev = event_pool_.back();
+      event_pool_.pop_back();
+      return ev;
+    }
   }
+  void* ev = nullptr;
+#if MOE_WITH_CUDA
+  int err = moe_cuda_event_create(device_, 2, &ev);
+  if (err != 0) cuda_fail("cudaEventCreate", err);
+#endif
+  return ev;
+}
+
+void Stream::give_event(void* ev) {
+  std::lock_guard<std::mutex> lock(pool_m_);
+  event_pool_.push_back(ev);
+}
+
+void Stream::complete_after_gpu(AsyncOp* op) {
+#if MOE_WITH_CUDA
+  void* ev = nullptr;
+  try {
+    ev = take_event();
+  } catch (const moe::Error& e) {
+    op->fail(e.code(), e.what());
+    op->complete();
+    return;
+  }
+  int err = moe_cuda_event_record(device_, ev, cuda_stream_);
+  if (err != 0) {
+    give_event(ev);
+    op->fail(ErrorCode::Cuda, std::string("cudaEventRecord failed: ") + moe_cuda_error_name(err));
+    op->complete();
+    return;
+  }
+  completions_.post([this, op, ev] {
+    const int e = moe_cuda_event_synchronize(device_, ev);
+    give_event(ev);
+    if (e != 0) op->fail(ErrorCode::Cuda, std::string("the GPU work of this op failed: ") + moe_cuda_error_name(e));
+    op->complete();
+  });
+#else
+  op->complete();
 #endif
 }
 

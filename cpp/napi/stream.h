@@ -1,8 +1,10 @@
 // Streams, events and cancel tokens.
 //
 // A Stream is an ordered queue of ops with its own host thread (core/work_queue.h). On the CPU backend that
-// thread runs each op; on CUDA it submits each op to a cudaStream and a host callback settles the op when the
-// GPU is done, so the JS thread never waits. An Event marks a point in a stream: record() enqueues it,
+// thread runs each op; on CUDA it submits each op to a cudaStream, records a pooled blocking-sync event after it,
+// and a second thread (completions_) waits for those events in order and settles each op, so neither the JS thread
+// nor the GPU waits: a cudaLaunchHostFunc per op (the first design) stalled the stream until the callback thread
+// ran (~50 us per op on an H200: 4 MiB chunked copies reached 0.6 of one plain copy's rate). An Event marks a point in a stream: record() enqueues it,
 // waitEvent() makes another stream wait for it (CPU: the stream thread blocks; CUDA: cudaStreamWaitEvent, issued
 // only after the record has been submitted on the other stream's thread).
 #pragma once
@@ -10,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "async_op.h"
 #include "common.h"
@@ -32,11 +35,18 @@ class Stream : public std::enable_shared_from_this<Stream> {
  private:
   Stream(BackendKind backend, int device, int priority, void* cuda_stream);
   void execute(AsyncOp* op);
+  // CUDA: settles op once the GPU passed the point recorded after it (stream order is kept; the host never waits).
+  void complete_after_gpu(AsyncOp* op);
+  void* take_event();              // a completion event from the pool (created on demand)
+  void give_event(void* ev);       // back to the pool
   BackendKind backend_;
   int device_;
   int priority_;
   void* cuda_stream_;
+  std::mutex pool_m_;
+  std::vector<void*> event_pool_;  // CUDA completion events (blocking sync, no timing)
   WorkQueue queue_;
+  WorkQueue completions_;          // CUDA: waits for completion events in submission order
 };
 
 class EventCore {

@@ -366,6 +366,12 @@ void add_moe_cases(std::vector<Case>& cases) {
       // decode tiles (t * k <= 8 e, align block 16): 40 rows on one expert (three 16-row tiles), ragged k and N
       // (264, 136); a long decode row (16 and 24 k tiles through the 6-stage ring)
       {40, 264, 136, 16, 2, 1}, {1, 1024, 1536, 4, 2, 0},
+      // wgmma path (moe_experts_wgmma.cuh, align block 128, GEMM1 N tile 128 (+128 up), GEMM2 N tile 256, 4 stages;
+      // chosen on cc 9.0 when t * k >= 64 e, and for every shape here with MOE_CUDA_MOE=wgmma): 300 rows on expert 3
+      // (three 128-row tiles), 17 / 6 k tiles with an 8-wide k tail (1032, 328), N tails (328 = 2 * 128 + 72,
+      // 1032 = 4 * 256 + 8); 48 slots over 64 experts (most experts empty); 256 rows per expert (the default
+      // selection takes wgmma on an H100 / H200).
+      {300, 1032, 328, 16, 2, 1}, {24, 136, 72, 64, 2, 0}, {512, 256, 384, 4, 2, 0},
   };
   for (const MoeShape& s : moe_shapes) {
     static const char* modes[] = {"", " all-on-one", " minus-one", " absent"};
