@@ -27,7 +27,7 @@ import path from 'node:path';
 
 import { median, readProbeGBs } from '../lib/batching/profile.js';
 import { expectedExperts } from '../lib/batching/perf-model.js';
-import { type Backend, HostTensor, loadModel, openBackend } from '../lib/index.js';
+import { type Backend, HostTensor, loadModel, openBackend, type StepTimes } from '../lib/index.js';
 import { benchModel, decodeStepCost, randomRequests } from './bench-models.js';
 import { machine } from './machine.js';
 
@@ -117,7 +117,7 @@ async function main(): Promise<void> {
         const reqs = randomRequests(B, promptTokens, 1234 + B, decodeSteps + 1);
         const read0 = readProbeGBs(128 * 2 ** 20);
         const prefill = { tokens: 0, ms: 0 };
-        const decode: Array<{ ms: number; copied: number }> = [];
+        const decode: Array<{ ms: number; copied: number; times: StepTimes }> = [];
         let moved = cache?.stats.bytesMoved ?? 0;
         for await (const _ of model.generateBatch(reqs, {
           maxSequences: B,
@@ -128,7 +128,7 @@ async function main(): Promise<void> {
               prefill.tokens += st.tokens;
               prefill.ms += st.ms;
             } else if (st.decodeTokens === B && st.tokens === B) {
-              decode.push({ ms: st.ms, copied: now - moved });
+              decode.push({ ms: st.ms, copied: now - moved, times: st.times });
             }
             moved = now;
           },
@@ -158,6 +158,15 @@ async function main(): Promise<void> {
           bound_ms: Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, r3(v)])),
           binding: binding[0],
           frac_of_bound: r3(boundMs / mid.ms),
+          // where the median decode step's time went (the runtime's own accounting; 'other': the rest of the step)
+          step_breakdown_ms: {
+            attention: r3(mid.times.attentionMs),
+            experts: r3(mid.times.expertMs),
+            stall: r3(mid.times.stallMs),
+            dense: r3(mid.times.denseMs),
+            host: r3(mid.times.hostMs),
+            other: r3(mid.ms - mid.times.attentionMs - mid.times.expertMs - mid.times.stallMs - mid.times.denseMs - mid.times.hostMs),
+          },
           expected_experts_per_layer: r3(expectedExperts(cfg.numExperts, cfg.topK, B)),
           host_read_GBs: r3(read),
           loadavg_1m: r3(os.loadavg()[0]!),

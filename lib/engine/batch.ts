@@ -35,8 +35,11 @@ export interface BatchOptions {
   /** Sequences running at once (default 64). */
   maxSequences?: number;
   signal?: AbortSignal;
-  /** After every step: sequences in it, tokens, wall ms. */
-  onStep?: (s: { sequences: number; tokens: number; decodeTokens: number; ms: number; waiting: number; running: number }) => void;
+  /**
+   * After every step: sequences in it, tokens, wall ms, and where that step's time went (`times`: attention, expert
+   * compute, transfer stall, dense ops, host JS between native groups, in ms).
+   */
+  onStep?: (s: { sequences: number; tokens: number; decodeTokens: number; ms: number; waiting: number; running: number; times: StepTimes }) => void;
 }
 
 /** A finished request: its tokens and text, or the error that failed it alone. */
@@ -201,11 +204,14 @@ export async function* runBatch(
         budget -= n;
       }
       const t0 = performance.now();
+      const before = { ...times };
       const logits = await model.step(
         step.map((x) => x.s),
         times,
         signal,
       );
+      const stepTimes = emptyTimes();
+      for (const key of Object.keys(stepTimes) as Array<keyof StepTimes>) stepTimes[key] = times[key] - before[key];
       options.onStep?.({
         sequences: step.length,
         tokens: maxTokens - budget,
@@ -213,6 +219,7 @@ export async function* runBatch(
         ms: performance.now() - t0,
         waiting: waiting.length,
         running: running.length,
+        times: stepTimes,
       });
       const V = model.vocabSize;
       const done: BatchResult[] = [];
