@@ -43,12 +43,14 @@ std::shared_ptr<Stream> Stream::create(BackendKind backend, int device, int prio
 }
 
 Stream::Stream(BackendKind backend, int device, int priority, void* cs)
-    : backend_(backend), device_(device), priority_(priority), cuda_stream_(cs) {}
+    : backend_(backend), device_(device), priority_(priority), cuda_stream_(cs) {
+  if (cs != nullptr) completions_ = std::make_unique<WorkQueue>();
+}
 
 Stream::~Stream() {
   // Runs on the JS thread when the last holder (the wrapper or a settling op) lets go: both queues are empty.
   queue_.stop();
-  completions_.stop();
+  if (completions_) completions_->stop();
 #if MOE_WITH_CUDA
   for (void* ev : event_pool_) moe_cuda_event_destroy(device_, ev);
   if (cuda_stream_) moe_cuda_stream_destroy(device_, cuda_stream_);
@@ -122,7 +124,7 @@ void Stream::complete_after_gpu(AsyncOp* op) {
     op->complete();
     return;
   }
-  completions_.post([this, op, ev] {
+  completions_->post([this, op, ev] {
     const int e = moe_cuda_event_synchronize(device_, ev);
     give_event(ev);
     if (e != 0) op->fail(ErrorCode::Cuda, std::string("the GPU work of this op failed: ") + moe_cuda_error_name(e));

@@ -46,7 +46,7 @@ class Stream : public std::enable_shared_from_this<Stream> {
   std::mutex pool_m_;
   std::vector<void*> event_pool_;  // CUDA completion events (blocking sync, no timing)
   WorkQueue queue_;
-  WorkQueue completions_;          // CUDA: waits for completion events in submission order
+  std::unique_ptr<WorkQueue> completions_;  // CUDA only: waits for completion events in submission order
 };
 
 class EventCore {
