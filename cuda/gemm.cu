@@ -2,22 +2,112 @@
 // inputs on sm_80+ and the CUDA-core kernel otherwise (gemm.cuh). k == 0 runs the same kernels (no k tiles, so
 // they write zeros); m == 0 or n == 0 is a no-op. No host synchronisation; errors come back as cudaError_t.
 // MOE_CUDA_GEMM=simt forces the CUDA-core kernel for bf16 too (to tell a tensor-core bug from anything else).
+// MOE_CUDA_GEMM=moe (opt-in) runs bf16 -> f32 through the fused MoE's verified GEMM2 kernels (moe_gemm2_launch.cuh,
+// launched by moe_experts.cu, kernels unchanged) under identity routing: one expert (e = 1) whose down weights are b,
+// n_slots = m, sorted[r] = r for r < m and the sentinel m for the padding rows up to the capacity (m rounded up to
+// the tiles' BM), offsets = {0, capacity}, act = a, part = out. Only when: out f32, lda == k, ldb == k, ldc == n
+// (the kernels' fixed row strides), k % 8 == 0 and k > 0, n even (their epilogue writes column pairs), a and b
+// 16-byte aligned, compute capability >= 8, m, n, k <= INT_MAX / 2 and the grid fits; anything else runs the kernels
+// below exactly as without the variable. Tiles by m, moe_experts.cu's thresholds with e = 1: m <= 8 the decode tiles
+// (BM 16), m >= 128 on compute capability 9.0 the wgmma ones (BM 128), else the mma.sync large ones (BM 64). The
+// routing arrays are written on the device into one cudaMallocAsync block, freed with cudaFreeAsync on the same
+// stream: stream-ordered, no host synchronisation.
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
 #include "gemm.cuh"
 #include "moe_cuda.h"
+#include "moe_gemm2_launch.cuh"
 
 namespace {
 
 using namespace moe::dev;
 
-bool force_simt() {
+enum class GemmForce { None, Simt, Moe };
+GemmForce gemm_force() {
   const char* v = std::getenv("MOE_CUDA_GEMM");
-  return v != nullptr && std::strcmp(v, "simt") == 0;
+  if (v == nullptr) return GemmForce::None;
+  if (std::strcmp(v, "simt") == 0) return GemmForce::Simt;
+  if (std::strcmp(v, "moe") == 0) return GemmForce::Moe;
+  return GemmForce::None;
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// moe_experts.cu's thresholds on the rows per expert (here all m rows belong to the one expert).
+constexpr int64_t kMoeGemmSmallRows = 8;    // kMoeSmallRowsPerExpert: decode tiles up to this many rows
+constexpr int64_t kMoeGemmWgmmaRows = 128;  // kMoeWgmmaRowsPerExpert: wgmma tiles from this many rows (cc 9.0)
+
+// Identity routing of the MOE_CUDA_GEMM=moe path (header): sorted[r] = r for r < m, the sentinel m for m <= r <
+// capacity; offsets = {0, capacity}; table[0] = b (the one expert's down pointer). grid: ceil(capacity / 256), block
+// 256.
+__global__ void gemm_identity_routing_kernel(int32_t* __restrict__ sorted, int32_t* __restrict__ offsets,
+                                             const void** __restrict__ table, const void* b, int m, int capacity) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < capacity) sorted[i] = i < m ? static_cast<int32_t>(i) : m;
+  if (i == 0) {
+    offsets[0] = 0;
+    offsets[1] = capacity;
+    table[0] = b;
+  }
+}
+
+// Tiles of the MOE_CUDA_GEMM=moe path for this call on a device of compute capability major.minor, or false when
+// its preconditions (header) do not hold. ab bf16, out f32 and m, n >= 1 were checked by the caller.
+bool moe_gemm_tiles(int major, int minor, const void* a, const void* b, int64_t m, int64_t n, int64_t k, int64_t lda,
+                    int64_t ldb, int64_t ldc, MoeGemm2Tiles* tiles) {
+  if (major < 8) return false;
+  if (lda != k || ldb != k || ldc != n || k <= 0 || k % 8 != 0 || n % 2 != 0) return false;
+  if (!aligned16(a) || !aligned16(b)) return false;
+  if (m > INT_MAX / 2 || n > INT_MAX / 2 || k > INT_MAX / 2) return false;
+  if (m <= kMoeGemmSmallRows) {
+    *tiles = MoeGemm2Tiles::MmaSmall;
+    return true;
+  }
+  if (major == 9 && minor == 0 && m >= kMoeGemmWgmmaRows) {  // sm_90a code: exactly compute capability 9.0
+    // (Its 1D grid, m tiles x n tiles of 256, exceeds int only past 2^46 outputs: moe_launch_gemm2 checks it.)
+    const int64_t bm = moe_gemm2_block(MoeGemm2Tiles::Wgmma);
+    if ((m + bm - 1) / bm * bm <= INT_MAX / 2) {
+      *tiles = MoeGemm2Tiles::Wgmma;
+      return true;
+    }
+  }
+  const int64_t bm = moe_gemm2_block(MoeGemm2Tiles::MmaLarge);
+  const int64_t m_tiles = (m + bm - 1) / bm;
+  if (m_tiles > 65535 || m_tiles * bm > INT_MAX / 2) return false;  // grid.y: the existing kernel takes it
+  *tiles = MoeGemm2Tiles::MmaLarge;
+  return true;
+}
+
+size_t align256(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
+
+// out[m, n] f32 = a[m, k] . b[n, k]^T (bf16, rows of k, out rows of n) through GEMM2 with identity routing.
+cudaError_t launch_moe_gemm(MoeGemm2Tiles tiles, const void* a, const void* b, float* out, int m, int n, int k,
+                            cudaStream_t s) {
+  const int64_t bm = moe_gemm2_block(tiles);
+  const int64_t capacity = (m + bm - 1) / bm * bm;
+  const size_t b_table = align256(sizeof(void*)), b_offsets = align256(2 * sizeof(int32_t));
+  const size_t b_sorted = align256(static_cast<size_t>(capacity) * sizeof(int32_t));
+  char* base = nullptr;
+  cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&base), b_table + b_offsets + b_sorted, s);
+  if (err != cudaSuccess) return err;
+  const void** d_table = reinterpret_cast<const void**>(base);
+  int32_t* d_offsets = reinterpret_cast<int32_t*>(base + b_table);
+  int32_t* d_sorted = reinterpret_cast<int32_t*>(base + b_table + b_offsets);
+  const int ci = static_cast<int>(capacity);
+  gemm_identity_routing_kernel<<<static_cast<unsigned>((capacity + 255) / 256), 256, 0, s>>>(d_sorted, d_offsets,
+                                                                                              d_table, b, m, ci);
+  err = cudaGetLastError();
+  if (err == cudaSuccess) {
+    err = moe_launch_gemm2(tiles, static_cast<unsigned>(capacity / bm), static_cast<const uint16_t*>(a), d_sorted,
+                           d_offsets, d_table, nullptr, out, m, 1, n, k, s);
+  }
+  const cudaError_t ferr = cudaFreeAsync(base, s);
+  return err != cudaSuccess ? err : ferr;
 }
 
 template <int AB, int OUT>
@@ -70,7 +160,17 @@ extern "C" int moe_cuda_gemm(int device, const void* a, const void* b, void* out
     int major = 0;
     e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
     if (e != cudaSuccess) return e;
-    if (major >= 8 && !force_simt()) {
+    const GemmForce force = gemm_force();
+    if (major >= 8 && force == GemmForce::Moe && out_dtype == kF32) {
+      int minor = 0;
+      e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+      if (e != cudaSuccess) return e;
+      MoeGemm2Tiles tiles = MoeGemm2Tiles::MmaLarge;
+      if (moe_gemm_tiles(major, minor, a, b, m, n, k, lda, ldb, ldc, &tiles)) {
+        return launch_moe_gemm(tiles, a, b, static_cast<float*>(out), mi, ni, ki, s);
+      }
+    }
+    if (major >= 8 && force != GemmForce::Simt) {
       return out_dtype == kF32 ? launch_mma<kF32>(a, b, out, mi, ni, ki, lda, ldb, ldc, s)
                                : launch_mma<kBF16>(a, b, out, mi, ni, ki, lda, ldb, ldc, s);
     }

@@ -14,6 +14,8 @@
 // moe_experts_wgmma.cuh (align block 128) replace the large ones when t * k >= 128 e; else the SIMT kernels of
 // moe_experts.cuh. MOE_CUDA_MOE: simt forces the SIMT kernels, mma the mma.sync ones (never wgmma), wgmma uses wgmma
 // wherever its preconditions hold regardless of the rows per expert (tests: small shapes through the wgmma path).
+// moe_launch_gemm2 (moe_gemm2_launch.cuh) exposes the GEMM2 launches alone: cuda/gemm.cu's opt-in dense path
+// (MOE_CUDA_GEMM=moe) runs them under identity routing.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -27,6 +29,7 @@
 #include "moe_experts.cuh"
 #include "moe_experts_mma.cuh"
 #include "moe_experts_wgmma.cuh"
+#include "moe_gemm2_launch.cuh"
 #include "router_topk.cuh"
 
 using namespace moe::dev;
@@ -65,44 +68,91 @@ cudaError_t set_smem(Kernel kernel) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
 }
 
+// GEMM2 of the mma.sync path (also moe_launch_gemm2's, moe_gemm2_launch.cuh): down / down_bias are device arrays
+// of e pointers (down_bias null: no biases). grid: (ceil(h / BN), m_tiles).
+template <class C2>
+cudaError_t launch_mma_gemm2(unsigned m_tiles, const uint16_t* act, const int32_t* sorted, const int32_t* offsets,
+                             const void* const* down, const void* const* down_bias, float* part, int n_slots, int e,
+                             int h, int inter, cudaStream_t s) {
+  cudaError_t err = set_smem<C2>(moe_mma_gemm2_kernel<C2>);
+  if (err != cudaSuccess) return err;
+  moe_mma_gemm2_kernel<C2><<<dim3(static_cast<unsigned>((h + C2::BN - 1) / C2::BN), m_tiles), C2::kThreads,
+                             C2::kSmem, s>>>(act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter);
+  return cudaGetLastError();
+}
+
 template <class C1, class C2>
 cudaError_t launch_mma(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
                        const void* const* table, bool biases, uint16_t* act, float* part, int n_slots, int k, int e,
                        int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
   cudaError_t err = set_smem<C1>(moe_mma_gemm1_kernel<C1>);
   if (err != cudaSuccess) return err;
-  if ((err = set_smem<C2>(moe_mma_gemm2_kernel<C2>)) != cudaSuccess) return err;
   moe_mma_gemm1_kernel<C1><<<dim3(static_cast<unsigned>((inter + C1::BN - 1) / C1::BN), m_tiles), C1::kThreads,
                              C1::kSmem, s>>>(x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr,
                                              biases ? table + 4 * e : nullptr, act, n_slots, k, e, h, inter,
                                              activation, alpha, limit);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  moe_mma_gemm2_kernel<C2><<<dim3(static_cast<unsigned>((h + C2::BN - 1) / C2::BN), m_tiles), C2::kThreads,
-                             C2::kSmem, s>>>(act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr,
-                                             part, n_slots, e, h, inter);
-  return cudaGetLastError();
+  return launch_mma_gemm2<C2>(m_tiles, act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr, part,
+                              n_slots, e, h, inter, s);
 }
 
 // wgmma path (moe_experts_wgmma.cuh): 1D grids of m_tiles x n_tiles blocks (the host checked the product fits int).
+// GEMM2 of the wgmma path (also moe_launch_gemm2's): 1D grid of m_tiles * ceil(h / BN) blocks (the caller checked
+// the product fits int).
+template <class C2>
+cudaError_t launch_wg_gemm2(unsigned m_tiles, const uint16_t* act, const int32_t* sorted, const int32_t* offsets,
+                            const void* const* down, const void* const* down_bias, float* part, int n_slots, int e,
+                            int h, int inter, cudaStream_t s) {
+  cudaError_t err = set_smem<C2>(moe_wg_gemm2_kernel<C2>);
+  if (err != cudaSuccess) return err;
+  const unsigned n2 = static_cast<unsigned>((h + C2::BN - 1) / C2::BN);
+  moe_wg_gemm2_kernel<C2><<<m_tiles * n2, C2::kThreads, C2::kSmem, s>>>(
+      act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, static_cast<int>(m_tiles));
+  return cudaGetLastError();
+}
+
 template <class C1, class C2>
 cudaError_t launch_wgmma(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
                          const void* const* table, bool biases, uint16_t* act, float* part, int n_slots, int k, int e,
                          int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
   cudaError_t err = set_smem<C1>(moe_wg_gemm1_kernel<C1>);
   if (err != cudaSuccess) return err;
-  if ((err = set_smem<C2>(moe_wg_gemm2_kernel<C2>)) != cudaSuccess) return err;
   const unsigned n1 = static_cast<unsigned>((inter + C1::BN - 1) / C1::BN);
-  const unsigned n2 = static_cast<unsigned>((h + C2::BN - 1) / C2::BN);
   const int mt = static_cast<int>(m_tiles);
   moe_wg_gemm1_kernel<C1><<<m_tiles * n1, C1::kThreads, C1::kSmem, s>>>(
       x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr, biases ? table + 4 * e : nullptr, act,
       n_slots, k, e, h, inter, activation, alpha, limit, mt);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  moe_wg_gemm2_kernel<C2><<<m_tiles * n2, C2::kThreads, C2::kSmem, s>>>(
-      act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr, part, n_slots, e, h, inter, mt);
-  return cudaGetLastError();
+  return launch_wg_gemm2<C2>(m_tiles, act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr, part,
+                             n_slots, e, h, inter, s);
 }
 }  // namespace
+
+// moe_gemm2_launch.cuh: GEMM2 alone, for cuda/gemm.cu's MOE_CUDA_GEMM=moe dense path (identity routing).
+int moe::dev::moe_gemm2_block(MoeGemm2Tiles tiles) {
+  return tiles == MoeGemm2Tiles::MmaSmall ? MoeMmaG2Small::BM
+         : tiles == MoeGemm2Tiles::Wgmma  ? MoeWgG2::BM
+                                          : MoeMmaG2Large::BM;
+}
+
+cudaError_t moe::dev::moe_launch_gemm2(MoeGemm2Tiles tiles, unsigned m_tiles, const uint16_t* act,
+                                       const int32_t* sorted, const int32_t* offsets, const void* const* down,
+                                       const void* const* down_bias, float* part, int n_slots, int e, int h,
+                                       int inter, cudaStream_t s) {
+  if (m_tiles == 0 || h < 1) return cudaSuccess;
+  if (tiles == MoeGemm2Tiles::Wgmma) {
+    const int64_t n_tiles = (static_cast<int64_t>(h) + MoeWgG2::BN - 1) / MoeWgG2::BN;
+    if (static_cast<int64_t>(m_tiles) * n_tiles > INT_MAX) return cudaErrorInvalidValue;
+    return launch_wg_gemm2<MoeWgG2>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, s);
+  }
+  if (m_tiles > 65535u) return cudaErrorInvalidValue;  // grid.y
+  if (tiles == MoeGemm2Tiles::MmaSmall) {
+    return launch_mma_gemm2<MoeMmaG2Small>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter,
+                                           s);
+  }
+  return launch_mma_gemm2<MoeMmaG2Large>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter,
+                                         s);
+}
 
 // Fused (out != null: topk_weights read by the combine) or parts mode (parts != null, out and topk_weights null).
 static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, const float* topk_weights,

@@ -384,7 +384,7 @@ void bench_cuda(const MoeCudaDeviceInfo& info) {
 
   // GEMM: out[m, n] = a[m, k] b[n, k]^T.
   {
-    const size_t a_elems = size_t{4096} * 4096, b_elems = size_t{14336} * 4096, o_elems = size_t{4096} * 4096;
+    const size_t a_elems = size_t{4096} * 4096, b_elems = size_t{32000} * 4096, o_elems = size_t{4096} * 4096;
     DeviceBuffer a(dev, a_elems * 4), b(dev, b_elems * 2), o(dev, o_elems * 4);
     cuda_check(moe_cuda_memset_async(dev, a.get(), 0x3c, a_elems * 4, s), "memset");  // bf16 0x3c3c ~ 0.0115
     cuda_check(moe_cuda_memset_async(dev, b.get(), 0x3c, b_elems * 2, s), "memset");
@@ -392,8 +392,13 @@ void bench_cuda(const MoeCudaDeviceInfo& info) {
       int64_t m, n, k;
       int ab, out;
     };
+    // bf16 -> f32 rows: the shapes the opt-in MOE_CUDA_GEMM=moe path takes (decode m 1, an LM head at m 256).
     const G shapes[] = {{1024, 1024, 1024, 2, 2}, {4096, 4096, 4096, 2, 2}, {32, 14336, 4096, 2, 2},
-                        {1024, 1024, 1024, 2, 0}, {1024, 1024, 1024, 0, 0}};
+                        {1024, 1024, 1024, 2, 0}, {1, 14336, 4096, 2, 0},   {256, 32000, 4096, 2, 0},
+                        {1024, 1024, 1024, 0, 0}};
+    // MOE_CUDA_GEMM (simt | moe) changes the kernel moe_cuda_gemm picks: the rows say so.
+    const char* force = std::getenv("MOE_CUDA_GEMM");
+    const std::string force_note = force != nullptr ? std::string("MOE_CUDA_GEMM=") + force : std::string();
     for (const G& g : shapes) {
       double ms = cb.time_ms(
           [&] { return moe_cuda_gemm(dev, a.get(), b.get(), o.get(), g.ab, g.out, g.m, g.n, g.k, g.k, g.k, g.n, s); });
@@ -401,9 +406,13 @@ void bench_cuda(const MoeCudaDeviceInfo& info) {
       std::string shape = "m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) +
                           (g.ab == 2 ? " bf16" : " f32") + (g.out == 2 ? "->bf16" : "->f32");
       if (g.ab == 2) {
-        report({"cuda", "gemm", shape, ms, tflops, "TFLOP/s", kH100PeakTflops, kPeakSource, ""});
+        // The moe path takes only f32 output: a bf16-out row under MOE_CUDA_GEMM=moe ran the existing kernel.
+        const bool moe_skips = force != nullptr && std::strcmp(force, "moe") == 0 && g.out != 0;
+        report({"cuda", "gemm", shape, ms, tflops, "TFLOP/s", kH100PeakTflops, kPeakSource,
+                moe_skips ? force_note + " (not taken: bf16 out)" : force_note});
       } else {
-        report({"cuda", "gemm", shape, ms, tflops, "TFLOP/s", 0, "", "CUDA-core f32 kernel"});
+        report({"cuda", "gemm", shape, ms, tflops, "TFLOP/s", 0, "", "CUDA-core f32 kernel" +
+                                                                      (force_note.empty() ? "" : "; " + force_note)});
       }
     }
   }

@@ -559,6 +559,21 @@ void add_gemm_cases(std::vector<Case>& cases) {
       cases.push_back(
           {"gemm", gemm_shape_name(s, ab, od), [s, ab, od](const Backend& be) { return run_gemm(be, s, ab, od); }});
     }
+  // Dense bf16 -> f32 shapes the opt-in MOE_CUDA_GEMM=moe path takes (lda == k, ldb == k, ldc == n, k % 8 == 0, n
+  // even): m 1, 5 the decode tiles (BM 16), 16 and 33 the large mma.sync ones (BM 64), 200 and 1000 wgmma on
+  // compute capability 9.0 (mma.sync large elsewhere); n 8, 100, 520 a partial N tile of every config; k 8, 520, 1032
+  // partial k tiles. n = 101 (odd) must fall back to the existing kernel (the past-the-end guard catches a stray
+  // column). Without the variable they test the existing kernels. CUDA only: the CPU gemm has its cases above.
+  for (int64_t m : {1, 5, 16, 33, 200, 1000})
+    for (int64_t n : {8, 100, 520, 101})
+      for (int64_t k : {8, 520, 1032}) {
+        if (n == 101 && k != 520) continue;
+        const GemmShape s = dense(m, n, k);
+        Case c{"gemm", gemm_shape_name(s, DType::BF16, DType::F32) + " moe-path sweep",
+               [s](const Backend& be) { return run_gemm(be, s, DType::BF16, DType::F32); }};
+        c.cuda_only = true;
+        cases.push_back(c);
+      }
 }
 
 }  // namespace moe::native
