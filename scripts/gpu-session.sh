@@ -10,8 +10,9 @@
 # then a device call carrying .device/carry and build-native-gpu/moe-native:
 #   OUT=$OUT DEADLINE=420 bash scripts/gpu-session.sh [steps]
 #   (steps: test bench moe node residency throughput, default all; THROUGHPUT_ARGS default --layers=2;
-#   BUILD_NATIVE=90a-real builds moe-native there for that target; TEST_PATHS / BENCH_PATHS: MOE_CUDA_MOE values
-#   whose op table / MoE timings run too, e.g. TEST_PATHS="wgmma mma" BENCH_PATHS=mma)
+#   BUILD_NATIVE=90a-real builds moe-native there for that target; TEST_ENVS / BENCH_ENVS: VAR=value settings under
+#   which the op table / kernel timings run again, e.g. TEST_ENVS="MOE_CUDA_MOE=wgmma MOE_CUDA_GEMM=moe"
+#   BENCH_ENVS=MOE_CUDA_GEMM=moe; BENCH_PATHS: MOE_CUDA_MOE values whose MoE timings run too, e.g. BENCH_PATHS=mma)
 # When the carried moe-native does not run there, it is built there (slower).
 set -u
 cd "$(dirname "$0")/.."
@@ -61,12 +62,17 @@ cat "$W/native-info.txt"
 if want test; then
   TAIL=3 step native-test 180 "$NATIVE" test --filter cuda
   grep -E '^FAIL' "$W/native-test.log" | head -40
-  for p in ${TEST_PATHS:-}; do  # the op table again with MOE_CUDA_MOE=p (e.g. wgmma, mma)
-    TAIL=3 step "native-test-$p" 120 env MOE_CUDA_MOE="$p" "$NATIVE" test --filter cuda
-    grep -E '^FAIL' "$W/native-test-$p.log" | head -20
+  for v in ${TEST_ENVS:-}; do  # the op table again under VAR=value (e.g. MOE_CUDA_MOE=wgmma MOE_CUDA_GEMM=moe)
+    TAIL=3 step "native-test-${v//=/-}" 120 env "$v" "$NATIVE" test --filter cuda
+    grep -E '^FAIL' "$W/native-test-${v//=/-}.log" | head -20
   done
 fi
-want bench && step native-bench 90 "$NATIVE" bench --cuda-only --json "$W/native-kernels-gpu-$stamp.json"
+if want bench; then
+  step native-bench 90 "$NATIVE" bench --cuda-only --json "$W/native-kernels-gpu-$stamp.json"
+  for v in ${BENCH_ENVS:-}; do  # the kernel timings again under VAR=value (e.g. MOE_CUDA_GEMM=moe)
+    TAIL=30 step "native-bench-${v//=/-}" 90 env "$v" "$NATIVE" bench --cuda-only --json "$W/native-kernels-gpu-$stamp-${v//=/-}.json"
+  done
+fi
 if want moe; then
   for p in ${BENCH_PATHS:-}; do  # other MoE paths for comparison (MOE_CUDA_MOE=p), ours only
     TAIL=26 step "moe-ours-$p" 120 env MOE_CUDA_MOE="$p" "$NATIVE" bench-moe-cuda --json "$W/moe-cuda-ours-$p.json"
