@@ -9,7 +9,8 @@
 #     -DCMAKE_BUILD_TYPE=Release && ninja -C build-native-gpu moe-native
 # then a device call carrying .device/carry and build-native-gpu/moe-native:
 #   OUT=$OUT DEADLINE=420 bash scripts/gpu-session.sh [steps]
-#   (steps: test bench moe node residency throughput, default all; THROUGHPUT_ARGS default --layers=2;
+#   (steps: test bench moe profile node residency throughput, default all but profile; THROUGHPUT_ARGS default
+#   --layers=2; PROFILE_MODELS / PROFILE_T: the profile step's bench-moe-cuda --models / --t (Qwen3, 16384);
 #   BUILD_NATIVE=90a-real builds moe-native there for that target; TEST_ENVS / BENCH_ENVS: VAR=value settings under
 #   which the op table / kernel timings run again, e.g. TEST_ENVS="MOE_CUDA_MOE=wgmma MOE_CUDA_GEMM=moe"
 #   BENCH_ENVS=MOE_CUDA_GEMM=moe; BENCH_PATHS: MOE_CUDA_MOE values whose MoE timings run too, e.g. BENCH_PATHS=mma)
@@ -80,6 +81,10 @@ if want moe; then
   TAIL=26 step moe-ours 120 "$NATIVE" bench-moe-cuda --json "$W/moe-cuda-ours.json"
   [ -f "$W/moe-cuda-ours.json" ] && TAIL=30 step moe-torch 180 env PYTHONUNBUFFERED=1 python3 bench/moe_cuda_torch.py \
     --ours "$W/moe-cuda-ours.json" --out "$W/moe-cuda-$stamp.json"
+fi
+if want profile; then  # Nsight Compute's speed-of-light per kernel of one fused MoE call (Firecracker machines)
+  TAIL=40 step profile 180 ncu --clock-control none --section SpeedOfLight --csv "$NATIVE" bench-moe-cuda --once \
+    --models "${PROFILE_MODELS:-Qwen3}" --t "${PROFILE_T:-16384}"
 fi
 if want node || want residency || want throughput; then
   . scripts/gpu-node-env.sh

@@ -1,6 +1,6 @@
-// `moe-native bench-moe-cuda [--json PATH] [--quick] [--models a,b]`: moe_cuda_moe_experts (the fused MoE FFN on
-// the GPU: align, GEMM1 + SwiGLU, GEMM2, combine) at issue 3's shapes: Mixtral-8x7B, Qwen3-30B-A3B,
-// DeepSeek-V2-Lite and OLMoE expert dimensions at T in {1, 8, 64, 512, 4096, 16384} tokens.
+// `moe-native bench-moe-cuda [--json PATH] [--quick] [--once] [--models a,b] [--t T1,T2]`: moe_cuda_moe_experts
+// (the fused MoE FFN on the GPU: align, GEMM1 + SwiGLU, GEMM2, combine) at issue 3's shapes: Mixtral-8x7B,
+// Qwen3-30B-A3B, DeepSeek-V2-Lite and OLMoE expert dimensions at T in {1, 8, 64, 512, 4096, 16384} tokens.
 //   routing:  token t's k experts drawn without replacement from a splitmix64 stream seeded with T * 131 + E
 //             (bench/moe_cuda_torch.py draws the same ids for the PyTorch baseline), weights uniform, normalized;
 //   weights:  random bf16 (uniform +-0.05), x uniform +-1: never constant data (METHOD: zeros run faster);
@@ -10,6 +10,8 @@
 //             moe_cuda_gemm bf16 8192^3 (this project's dense kernel; the cuBLAS rate comes from the PyTorch script).
 // Each row: ms, TFLOP/s of the routed work (2 * T * k * 3 * H * I), weight GB/s (distinct experts touched *
 // 3 * H * I * 2 bytes / time) and its fraction of the copy bandwidth. MOE_CUDA_MOE=simt is recorded as the path.
+// --once: one timed run per row without warm-up, for a profiler (`ncu --clock-control none ... bench-moe-cuda --once
+// --models Qwen3 --t 16384`: each kernel of the call launched once); --t picks the token counts.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -92,7 +94,8 @@ struct Timer {
     moe_cuda_event_destroy(dev, e0);
     moe_cuda_event_destroy(dev, e1);
   }
-  double once(const std::function<int()>& fn, int i) {
+  double once_ms(const std::function<int()>& fn) { return run_ms(fn, 0); }
+  double run_ms(const std::function<int()>& fn, int i) {
     cuda_check(moe_cuda_memset_async(dev, flush.get(), i & 0xff, flush.size(), s.get()), "L2 flush");
     cuda_check(moe_cuda_event_record(dev, e0, s.get()), "event_record");
     cuda_check(fn(), "timed launch");
@@ -102,14 +105,19 @@ struct Timer {
     cuda_check(moe_cuda_event_elapsed_ms(&ms, e0, e1), "event_elapsed");
     return ms;
   }
+  bool once = false;  // --once: one timed run, no warm-up (under a profiler: each kernel launched once per row)
   // 1 warm-up, then runs until >= 3 and about budget_ms of timed work, at most 20; median.
   double median_ms(const std::function<int()>& fn, double budget_ms, int* runs_out) {
+    if (once) {
+      *runs_out = 1;
+      return this->once_ms(fn);
+    }
     cuda_check(fn(), "warm-up launch");
     s.sync();
     std::vector<double> t;
     double spent = 0;
     while (t.size() < 20 && (t.size() < 3 || spent < budget_ms)) {
-      t.push_back(once(fn, static_cast<int>(t.size())));
+      t.push_back(run_ms(fn, static_cast<int>(t.size())));
       spent += t.back();
     }
     *runs_out = static_cast<int>(t.size());
@@ -135,14 +143,27 @@ std::string json_str(const std::string& s) {
 
 int moe_cuda_bench_main(int argc, char** argv) {
   std::string json_path, models;
-  bool quick = false;
+  bool quick = false, once = false;
+  std::vector<int64_t> ts_arg;
   for (int i = 0; i < argc; i++) {
     if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) json_path = argv[++i];
     else if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    else if (std::strcmp(argv[i], "--once") == 0) once = true;
     else if (std::strcmp(argv[i], "--models") == 0 && i + 1 < argc) models = argv[++i];
-    else {
+    else if (std::strcmp(argv[i], "--t") == 0 && i + 1 < argc) {
+      for (const char* p = argv[++i]; *p != '\0';) {
+        char* end = nullptr;
+        const long long v = std::strtoll(p, &end, 10);
+        if (end == p || v < 1) {
+          std::fprintf(stderr, "moe-native bench-moe-cuda: --t takes token counts like 4096,16384\n");
+          return 2;
+        }
+        ts_arg.push_back(v);
+        p = *end == ',' ? end + 1 : end;
+      }
+    } else {
       std::fprintf(stderr, "moe-native bench-moe-cuda: unknown argument '%s' (usage: [--json PATH] [--quick] "
-                           "[--models a,b])\n", argv[i]);
+                           "[--once] [--models a,b] [--t T1,T2])\n", argv[i]);
       return 2;
     }
   }
@@ -165,6 +186,7 @@ int moe_cuda_bench_main(int argc, char** argv) {
   Stream s(dev);
   DeviceBuffer flush(dev, 256u << 20);
   Timer timer(dev, s, flush);
+  timer.once = once;
 
   // Random pool: 64 MiB of bf16 uniform +-0.05 (weights); x gets its own values.
   const size_t pool_elems = 32u << 20;
@@ -196,8 +218,10 @@ int moe_cuda_bench_main(int argc, char** argv) {
                 gemm_tflops);
   }
 
-  const std::vector<int64_t> ts = quick ? std::vector<int64_t>{1, 64, 4096}
-                                        : std::vector<int64_t>{1, 8, 64, 512, 4096, 16384};
+  std::vector<int64_t> ts = quick ? std::vector<int64_t>{1, 64, 4096}
+                                  : std::vector<int64_t>{1, 8, 64, 512, 4096, 16384};
+  if (!ts_arg.empty()) ts = ts_arg;
+  std::sort(ts.begin(), ts.end());  // the buffers are sized by the largest
   std::vector<Row> rows;
   std::printf("%-18s %6s %10s %9s %10s %8s %5s\n", "model", "T", "ms", "TFLOP/s", "weight GB/s", "of copy", "runs");
   for (const MoeShape& sh : kShapes) {

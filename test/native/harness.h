@@ -78,7 +78,7 @@ int attention_bench_main(int argc, char** argv);
 
 // `moe-native bench-gemv [--isa TIER] [--runs N] [--json PATH]` (bench/native/gemv_bench.cc).
 int gemv_bench_main(int argc, char** argv);
-// `moe-native bench-moe-cuda [--json PATH] [--quick] [--models a,b]` (bench/native/moe_cuda_bench.cc).
+// `moe-native bench-moe-cuda [--json PATH] [--quick] [--once] [--models a,b] [--t T1,T2]` (moe_cuda_bench.cc).
 int moe_cuda_bench_main(int argc, char** argv);
 
 // Formats a double like printf("%.3g").

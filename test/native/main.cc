@@ -71,7 +71,7 @@ void usage() {
                "       moe-native bench [--json PATH]\n"
                "       moe-native bench-attention [--json PATH] [--quick]\n"
                "       moe-native bench-gemv [--isa TIER] [--runs N] [--json PATH]\n"
-               "       moe-native bench-moe-cuda [--json PATH] [--quick] [--models a,b]\n");
+               "       moe-native bench-moe-cuda [--json PATH] [--quick] [--once] [--models a,b] [--t T1,T2]\n");
 }
 
 }  // namespace
