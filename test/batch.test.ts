@@ -66,12 +66,26 @@ for (const preset of ['tiny-mixtral', 'tiny-qwen3-moe'] as const) {
       const maxNew = (i: number) => 3 + ((i * 3) % 7);
       const single = await oneAtATime(resident, prompts, maxNew);
       let steps = 0;
+      let expertMs = 0;
       const batched = await collect(
         offloaded.generateBatch(
           prompts.map((p, i) => ({ prompt: p, options: { maxNewTokens: maxNew(i), stopAtEos: false } })),
-          { maxSequences: 8, maxBatchTokens: 256, onStep: () => steps++ },
+          {
+            maxSequences: 8,
+            maxBatchTokens: 256,
+            onStep: (s) => {
+              steps++;
+              // the step's own time accounting: parts are non-negative and fit in the step's wall time
+              const t = s.times;
+              const parts = [t.attentionMs, t.expertMs, t.stallMs, t.denseMs, t.hostMs];
+              assert.ok(parts.every((v) => Number.isFinite(v) && v >= 0), `step times ${JSON.stringify(t)}`);
+              assert.ok(parts.reduce((a, b) => a + b, 0) <= s.ms + 1, `step times ${JSON.stringify(t)} exceed the step's ${s.ms} ms`);
+              expertMs += t.expertMs + t.stallMs;
+            },
+          },
         ),
       );
+      assert.ok(expertMs > 0, 'the steps report time in the experts');
       assert.deepEqual(
         batched.map((r) => r.tokens),
         single,
