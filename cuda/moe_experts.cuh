@@ -64,6 +64,19 @@ __device__ __forceinline__ float moe_act_oai(float g, float u, float alpha, floa
   return (u + 1.0f) * (g / (1.0f + expf(-alpha * g)));
 }
 
+// GEMM1's activation for output column n, shared by every path (SIMT, mma.sync, wgmma): `plain` (activation 0
+// and no biases: the op of issue 3) is silu(g) * u; otherwise the expert's f32 biases bg[n] / bu[n] (bg null: none)
+// are added first, then silu(g) * u or swiglu-oai.
+__device__ __forceinline__ float moe_gemm1_act(float g, float u, bool plain, const float* bg, const float* bu, int n,
+                                               int act_kind, float alpha, float limit) {
+  if (plain) return g / (1.0f + expf(-g)) * u;
+  if (bg != nullptr) {
+    g += bg[n];
+    u += bu[n];
+  }
+  return act_kind == 0 ? g / (1.0f + expf(-g)) * u : moe_act_oai(g, u, alpha, limit);
+}
+
 // x [t, h] bf16; sorted [capacity] (slot t * k + j, or sentinel n = t * k); offsets [e + 1]; gate/up [e] device
 // pointers to [inter, h] bf16 (null: expert absent); gate_bias/up_bias: null (no expert has biases) or [e] device
 // pointers to [inter] f32 (null: that expert has none); act_kind 0 silu, 1 swiglu-oai (alpha, limit);
@@ -127,18 +140,8 @@ static __global__ void __launch_bounds__(kMoeThreads)
     for (int j = 0; j < 4; ++j) {
       const int n = n0 + tx + 16 * j;
       if (n >= inter) continue;
-      if (plain) {
-        const float g = ag[i][j];
-        act[static_cast<int64_t>(r0 + r) * inter + n] = f32_to_bf16(g / (1.0f + expf(-g)) * au[i][j]);
-        continue;
-      }
-      float g = ag[i][j], u = au[i][j];
-      if (bg != nullptr) {
-        g += bg[n];
-        u += bu[n];
-      }
-      const float v = act_kind == 0 ? g / (1.0f + expf(-g)) * u : moe_act_oai(g, u, alpha, limit);
-      act[static_cast<int64_t>(r0 + r) * inter + n] = f32_to_bf16(v);
+      act[static_cast<int64_t>(r0 + r) * inter + n] =
+          f32_to_bf16(moe_gemm1_act(ag[i][j], au[i][j], plain, bg, bu, n, act_kind, alpha, limit));
     }
   }
 }

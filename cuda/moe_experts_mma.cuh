@@ -275,17 +275,8 @@ static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
         uint32_t packed = 0;
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
-          float g = acc[0][i][j][2 * hh + c], u = acc[1][i][j][2 * hh + c];
-          float v;
-          if (plain) {
-            v = g / (1.0f + expf(-g)) * u;
-          } else {
-            if (bg != nullptr) {
-              g += bg[n + c];
-              u += bu[n + c];
-            }
-            v = act_kind == 0 ? g / (1.0f + expf(-g)) * u : moe_act_oai(g, u, alpha, limit);
-          }
+          const float v = moe_gemm1_act(acc[0][i][j][2 * hh + c], acc[1][i][j][2 * hh + c], plain, bg, bu, n + c,
+                                        act_kind, alpha, limit);
           packed |= static_cast<uint32_t>(f32_to_bf16(v)) << (16 * c);
         }
         *reinterpret_cast<uint32_t*>(orow + n) = packed;  // 4-byte aligned: act base 256-aligned, inter and n even
