@@ -38,9 +38,6 @@ GemmForce gemm_force() {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// moe_experts.cu's thresholds on the rows per expert (here all m rows belong to the one expert).
-constexpr int64_t kMoeGemmSmallRows = 8;    // kMoeSmallRowsPerExpert: decode tiles up to this many rows
-constexpr int64_t kMoeGemmWgmmaRows = 128;  // kMoeWgmmaRowsPerExpert: wgmma tiles from this many rows (cc 9.0)
 
 // Identity routing of the MOE_CUDA_GEMM=moe path (header): sorted[r] = r for r < m, the sentinel m for m <= r <
 // capacity; offsets = {0, capacity}; table[0] = b (the one expert's down pointer). grid: ceil(capacity / 256), block
@@ -64,11 +61,11 @@ bool moe_gemm_tiles(int major, int minor, const void* a, const void* b, int64_t 
   if (lda != k || ldb != k || ldc != n || k <= 0 || k % 8 != 0 || n % 2 != 0) return false;
   if (!aligned16(a) || !aligned16(b)) return false;
   if (m > INT_MAX / 2 || n > INT_MAX / 2 || k > INT_MAX / 2) return false;
-  if (m <= kMoeGemmSmallRows) {
+  if (m <= kMoeSmallRowsPerExpert) {  // all m rows belong to the one expert
     *tiles = MoeGemm2Tiles::MmaSmall;
     return true;
   }
-  if (major == 9 && minor == 0 && m >= kMoeGemmWgmmaRows) {  // sm_90a code: exactly compute capability 9.0
+  if (major == 9 && minor == 0 && m >= kMoeWgmmaRowsPerExpert) {  // sm_90a code: exactly compute capability 9.0
     // (Its 1D grid, m tiles x n tiles of 256, exceeds int only past 2^46 outputs: moe_launch_gemm2 checks it.)
     const int64_t bm = moe_gemm2_block(MoeGemm2Tiles::Wgmma);
     if ((m + bm - 1) / bm * bm <= INT_MAX / 2) {

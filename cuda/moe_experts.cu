@@ -55,13 +55,7 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 // tiles, or wgmma (BM 128, sm_90a). The align block equals the kernels' BM.
 enum class MoePath { Simt, MmaLarge, MmaSmall, Wgmma };
 
-// Decode tiles when the expected rows per expert, t * k / e, are at most this many (one 16-row tile covers nearly
-// every expert; the call is weight-bandwidth bound and the narrow N blocks keep every SM streaming).
-constexpr int64_t kMoeSmallRowsPerExpert = 8;
-// wgmma tiles (BM 128) when the expected rows per expert, t * k / e, are at least this many. Measured on an H200
-// (2026-11-26, bench-moe-cuda): at 64 rows per expert (OLMoE, T 512) wgmma took 0.415 ms against mma.sync's 0.351
-// (one half-full 128-row tile per expert); from 256 rows on it was faster (Mixtral T 4096: 6.4 vs 11.1 ms).
-constexpr int64_t kMoeWgmmaRowsPerExpert = 128;
+// The tile thresholds kMoeSmallRowsPerExpert / kMoeWgmmaRowsPerExpert are in moe_gemm2_launch.cuh.
 
 template <class C, class Kernel>
 cudaError_t set_smem(Kernel kernel) {

@@ -1,7 +1,8 @@
 // Internal (not part of the C ABI of moe_cuda.h): the tensor-core GEMM2 launches of the fused MoE (moe_experts.cu,
 // kernels moe_mma_gemm2_kernel / moe_wg_gemm2_kernel, unchanged) for other launchers of this library. Used by
 // cuda/gemm.cu's opt-in dense path (MOE_CUDA_GEMM=moe): a dense out = a . b^T is GEMM2 under identity routing (one
-// expert whose down weights are b, slot r = row r). Declarations only; the definitions are in moe_experts.cu.
+// expert whose down weights are b, slot r = row r). Declarations and the tile thresholds; the definitions are in
+// moe_experts.cu.
 //
 // Contract of GEMM2 (moe_experts.cuh, moe_experts_mma.cuh): for every padded row r with offsets[x] <= r <
 // offsets[x + 1] and sorted[r] < n_slots, part[sorted[r], n] = act[r, :] . down[x][n, :] (+ down_bias[x][n]), f32,
@@ -17,6 +18,15 @@
 
 namespace moe {
 namespace dev {
+
+// Tiles by the expected rows per expert (t * k / e; a dense GEMM's m), for moe_experts.cu and gemm.cu alike.
+// Decode tiles when at most this many (one 16-row tile covers nearly every expert; the call is weight-bandwidth
+// bound and the narrow N blocks keep every SM streaming).
+constexpr int64_t kMoeSmallRowsPerExpert = 8;
+// wgmma tiles (BM 128) when at least this many. Measured on an H200 (2026-11-26, bench-moe-cuda): at 64 rows per
+// expert (OLMoE, T 512) wgmma took 0.415 ms against mma.sync's 0.351 (one half-full 128-row tile per expert); from
+// 256 rows on it was faster (Mixtral T 4096: 6.4 vs 11.1 ms).
+constexpr int64_t kMoeWgmmaRowsPerExpert = 128;
 
 // Tile configurations of moe_experts.cu's GEMM2: the decode tiles (BM 16, mma.sync), the large ones (BM 64,
 // mma.sync), or the Hopper wgmma ones (BM 128 x BN 256, sm_90a).
