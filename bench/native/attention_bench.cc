@@ -7,6 +7,8 @@
 //     ~30 and ~60 GB/s within minutes, so one probe at the start of the run misstated later rows);
 //   - prefill: q_len = kv_len = 2048 causal, (32,8), head_dim 128, block 16 and 64: FLOP/s (4 * head_dim per (query head, key) pair
 //     attended) as a fraction of a vdpbf16ps register-only peak (every pool thread);
+//   - decode-cached: the bf16 tier on the same decode shapes with every block table pointing at the same 8 pages
+//     (K/V in cache): the kernel's compute time alone, the other side of the roofline;
 //   - the floor: a naive scalar loop per query head (K/V re-read for every head of a group) on a decode shape.
 // Timing: steady_clock, 1 warm-up, median of 3 (1 with --quick). JSON: date, machine, every measurement.
 #include <algorithm>
@@ -304,6 +306,18 @@ int attention_bench_main(int argc, char** argv) {
       double s = time_it(runs, [&] { ran = cpu::attention(a, t); });
       const double bw_row = (bw0 + read_probe(1)) / 2;
       emit({"decode", std::string("cpu-") + isa_name(ran), p.name(), "GB/s", bw_src, s * 1e3, p.kv_bytes() / s / 1e9, bw_row});
+      if (t == tiers.front()) {
+        // The compute side of the same row: every sequence's block table points at the same 8 pages (K/V stay
+        // in cache), so the time is the kernel's work alone; the decode row's time against max(this, streaming)
+        // shows how well loads and compute overlap (they add up when they do not).
+        std::vector<int32_t> cached(p.bt.size());
+        for (size_t i = 0; i < cached.size(); ++i) cached[i] = static_cast<int32_t>(i % static_cast<size_t>(p.max_blocks) % 8);
+        cpu::AttentionArgs c = a;
+        c.block_tables = cached.data();
+        const double sc = time_it(runs, [&] { cpu::attention(c, t); });
+        emit({"decode-cached", std::string("cpu-") + isa_name(ran), p.name() + " (K/V in cache)", "GB/s", "", sc * 1e3,
+              p.kv_bytes() / sc / 1e9, 0});
+      }
     }
     if (d.all_tiers) {
       const double bw0 = read_probe(1);

@@ -9,20 +9,19 @@
 // AVX-512F (16 lanes, q row held in registers per head_dim template), AVX-512 BF16 (q . k with vdpbf16ps on the
 // bf16 K page directly, q rounded to bf16 once; p . V with vdpbf16ps on pair-interleaved V rows, p rounded to
 // bf16: output NMSE ~1e-6 against float64). Scores of 16 keys are reduced together (reduce16). The vector tiers
-// prefetch the next page of the item while streaming the current one (pages are scattered). Exp is a degree-6
-// polynomial on 2^n scaling (relative error ~2e-7 for the arguments here, which are all <= 0).
-// Measured (bench/native/attention_bench.cc, 2-core AMD EPYC Zen 4 VM whose read bandwidth drifts between ~30 and
-// ~60 GB/s, so each decode row is compared with a read probe run right before and after it): per (key, kv head) on
-// one core with K/V in L2, 6.6 / 16.0 / 31.4 / 61.3 ns at g = 1 / 4 / 8 / 16 (register blocking of the bf16 tier:
-// scores, 2 rows per K load; p . V, up to 4 rows per V load, accumulators in registers over the chunk). Items walk
-// a page's kv heads in order (see the driver), so a page of K and of V is read front to back: decode at block 64,
-// kv 4096, 64 sequences reaches 0.85 of the probe at g = 1 (0.56 with one head per item), 0.59 at g = 4 (32/8),
-// 0.48 at g = 8 (32/4), 0.34 at g = 16 (64/4); prefill 0.58 of the vdpbf16ps peak
-// (bench/results/attention-native-2026-11-26-grouped.json). At g >= 4 the time is close to the sum of the
-// streaming time (g = 1) and the compute time measured with every sequence reading the same 8 pages (in cache),
-// not their maximum: loads and compute do not overlap well here; software prefetch of the next segment key by
-// key, or of the next head's segment, changed nothing measurable. g = 16 is compute-bound outright: 61 ns per
-// key-head exceeds the ~43 ns that 80% of the probe allows per core.
+// prefetch the next chunk of the item (the next kv head of the page, then the next page) while streaming the
+// current one (pages are scattered); the bf16 tier spreads it, one L2 prefetch per K / V line it loads. Exp is a
+// degree-6 polynomial on 2^n scaling (relative error ~2e-7 for the arguments here, which are all <= 0).
+// Measured (bench/native/attention_bench.cc, 2-core AMD EPYC Zen 4 VM whose read bandwidth drifts between ~25 and
+// ~60 GB/s, so each decode row is compared with a read probe run right before and after it; decode 64 sequences x
+// kv 4096, block 64, head_dim 128): items walk a page's kv heads in order (see the driver), so a page of K and of V
+// is read front to back. Before the spread L2 prefetch, loads and compute did not overlap at g >= 4 (decode time =
+// streaming time + in-cache compute time): 0.85 / 0.59 / 0.48 / 0.34 of the probe at g = 1 / 4 / 8 / 16. With it
+// (and full 16-key score blocks without key bounds, the softmax's exp and bf16 packing in one pass, acc rescaled
+// only when the running max moves) 0.92 / 0.62-0.78 / 0.58-0.62 / 0.43, and 1.3-1.4x less time at g = 4 and 8
+// (bench/results/attention-native-2026-11-26-l2prefetch.json, whose decode-cached rows give the compute side:
+// at g = 16 the kernel's work alone runs at ~20 GB/s of KV, below the probe, so that shape is compute-bound).
+// Prefill 0.46 (block 16) / 0.61 (block 64) of the vdpbf16ps peak.
 #include "attention.h"
 
 #include <algorithm>
@@ -42,7 +41,6 @@ namespace moe::cpu {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr int64_t kPrefetchPages = 2;  // prefetch distance in pages (Chunk::nk / nv)
 constexpr int64_t kGroupRows = 16;     // kv heads share an item only for query tiles of at most this many rows per head
 
 // One page segment of one item, handed to a tier kernel. Rows r in [0, R): valid kv offsets j in [jlo[r], jhi[r]]
@@ -63,7 +61,7 @@ struct Chunk {
   float* m;               // [R] running max
   float* l;               // [R] running sum of exp
   float* acc;             // [R][hd] running sum of p * v
-  const char* nk;         // the next page's K rows for this kv head (prefetched while this chunk streams), or null
+  const char* nk;         // the next chunk's K rows in the item's order (prefetched while this one streams), or null
   const char* nv;         // the same for V
 };
 
@@ -72,6 +70,13 @@ inline void prefetch_span(const char* p, size_t off, size_t bytes) {
   if (p == nullptr) return;
   for (size_t x = 0; x < bytes; x += 64) __builtin_prefetch(p + off + x);
 }
+
+// One 64-byte line into L2 (prefetcht2), for the bf16 tier's prefetch of the next chunk: spread one line per K/V
+// load of the current chunk, it keeps the next chunk in flight while the core computes. Measured on the
+// development VM (decode, 64 sequences x kv 4096, GQA 4): prefetcht0 in the same places, or the same lines
+// issued in bursts (64 per 16-key block), left loads and compute serialised (0.56-0.59 of the read probe); spread
+// L2 prefetches 0.78-0.82.
+inline void prefetch_l2(const char* p) { __builtin_prefetch(p, 0, 1); }
 
 using ChunkKernel = void (*)(const Chunk&);
 
@@ -279,12 +284,14 @@ MOE_TARGET_AVX512 void chunk_avx512(const Chunk& ch) {
 //    32 or 64 columns at a time. Each row's sums run over the pairs in the same order as before (bitwise the same).
 // Probabilities are packed in place into bf16 pairs (s[k] holds the pair of keys 2k, 2k+1 as 32 bits).
 
-// Scores of rows r0 and (TWO) r1 for keys j0 .. j0 + jn - 1 (1 <= jn <= 16). A partial block (jn < 16 keys, the end
-// of the extent) reduces through the same tree with zero accumulators for the missing keys: lane t of the tree sums
-// only d[t], so a key's score has the same bits whether or not later keys exist in this call (the extent depends on
-// the other rows of the chunk, i.e. on how a prompt was split into prefill steps).
-template <int HD, bool TWO>
-MOE_TARGET_AVX512BF16 static inline void scores_block(const Chunk& ch, const uint16_t* kb, int j0, int jn, int r0, int r1) {
+// Scores of rows r0 and (TWO) r1 for the 16 keys at k16 (keys j0 .. j0 + 15 of the chunk; only the first jn <= 16
+// are real: the caller zero-pads a short block, so the loops have no key bounds and every accumulator stays in a
+// register). Lane t of the reduction tree sums only d[t], so a key's score has the same bits whatever the other
+// keys are (the extent depends on the other rows of the chunk, i.e. on how a prompt was split into prefill steps).
+// PF: prefetch the next chunk's K rows of these keys, pf (one L2 prefetch per K line loaded here).
+template <int HD, bool TWO, bool PF>
+MOE_TARGET_AVX512BF16 static inline void scores_block(const Chunk& ch, const uint16_t* k16, int j0, int jn, int r0, int r1,
+                                                      const char* pf) {
   __m512bh q0[HD / 32], q1[HD / 32];
   for (int i = 0; i < HD / 32; ++i) {
     q0[i] = (__m512bh)_mm512_loadu_si512(ch.qb + static_cast<size_t>(r0) * HD + 32 * i);
@@ -293,24 +300,24 @@ MOE_TARGET_AVX512BF16 static inline void scores_block(const Chunk& ch, const uin
   __m512 z0[2], z1[2];
   for (int h = 0; h < 2; ++h) {
     __m512 d0[8], d1[8];
+#pragma GCC unroll 8
     for (int t = 0; t < 8; ++t) {
       const int j = 8 * h + t;
-      if (j < jn) {
-        const uint16_t* kr = kb + static_cast<size_t>(j0 + j) * HD;
-        __m512bh k = (__m512bh)_mm512_loadu_si512(kr);
-        __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), q0[0], k), b = _mm512_setzero_ps();
-        if (TWO) b = _mm512_dpbf16_ps(_mm512_setzero_ps(), q1[0], k);
-        for (int i = 1; i < HD / 32; ++i) {
-          k = (__m512bh)_mm512_loadu_si512(kr + 32 * i);
-          a = _mm512_dpbf16_ps(a, q0[i], k);
-          if (TWO) b = _mm512_dpbf16_ps(b, q1[i], k);
-        }
-        d0[t] = a;
-        d1[t] = b;
-      } else {
-        d0[t] = _mm512_setzero_ps();
-        d1[t] = _mm512_setzero_ps();
+      const uint16_t* kr = k16 + static_cast<size_t>(j) * HD;
+      const char* pr = PF ? pf + static_cast<size_t>(j < jn ? j : 0) * HD * 2 : nullptr;
+      if (PF) prefetch_l2(pr);
+      __m512bh k = (__m512bh)_mm512_loadu_si512(kr);
+      __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), q0[0], k), b = _mm512_setzero_ps();
+      if (TWO) b = _mm512_dpbf16_ps(_mm512_setzero_ps(), q1[0], k);
+#pragma GCC unroll 8
+      for (int i = 1; i < HD / 32; ++i) {
+        if (PF) prefetch_l2(pr + 64 * i);
+        k = (__m512bh)_mm512_loadu_si512(kr + 32 * i);
+        a = _mm512_dpbf16_ps(a, q0[i], k);
+        if (TWO) b = _mm512_dpbf16_ps(b, q1[i], k);
       }
+      d0[t] = a;
+      d1[t] = b;
     }
     z0[h] = reduce8(d0);
     if (TWO) z1[h] = reduce8(d1);
@@ -321,8 +328,9 @@ MOE_TARGET_AVX512BF16 static inline void scores_block(const Chunk& ch, const uin
 }
 
 // acc rows [r0, r0 + G) += p . V over the pairs [k0, k1] (every row of the group has the same pair range); c is the
-// chunk extent (a pair's second V row at or past it is read as zero, its probability is zero).
-template <int HD, int G>
+// chunk extent (a pair's second V row at or past it is read as zero, its probability is zero). pf: prefetch the
+// next chunk's V lines (one per V line loaded here).
+template <int HD, int G, bool PF>
 MOE_TARGET_AVX512BF16 static void pv_group(const Chunk& ch, const uint16_t* vb, int c, int r0, int k0, int k1) {
   constexpr int NB = HD / 32;                               // 32-column V loads per row
   constexpr int B = G <= 2 ? (NB < 4 ? NB : 4) : 2;         // loads per column block (2 B accumulators per row)
@@ -341,6 +349,11 @@ MOE_TARGET_AVX512BF16 static void pv_group(const Chunk& ch, const uint16_t* vb, 
       const bool two = 2 * k + 1 < c;
       __m512i vv[2 * B];
       for (int b = 0; b < B; ++b) {
+        if (PF) {
+          const char* pn = ch.nv + (static_cast<size_t>(2 * k) * HD + 32 * (b0 + b)) * 2;
+          prefetch_l2(pn);
+          if (two) prefetch_l2(pn + HD * 2);
+        }
         const __m512i x = _mm512_loadu_si512(r0v + 32 * b);
         const __m512i n = two ? _mm512_loadu_si512(r0v + HD + 32 * b) : _mm512_setzero_si512();
         vv[2 * b] = _mm512_unpacklo_epi16(x, n);
@@ -362,52 +375,84 @@ MOE_TARGET_AVX512BF16 void chunk_avx512bf16(const Chunk& ch) {
   if (c == 0) return;
   const uint16_t* kb = static_cast<const uint16_t*>(ch.k);
   const uint16_t* vb = static_cast<const uint16_t*>(ch.v);
-  // ---- scores, blocks of 16 keys, rows in pairs (head_dim 256: one row at a time, two rows' q do not fit)
+  // ---- scores, blocks of 16 keys, rows in pairs (head_dim 256: one row at a time, two rows' q do not fit). The
+  // first call of a block prefetches the next chunk's K rows of those keys.
+  alignas(64) uint16_t pad[16 * HD];  // a short last block, zero-padded to 16 keys
   for (int j0 = 0; j0 < c; j0 += 16) {
     const int jn = c - j0 < 16 ? c - j0 : 16;
-    prefetch_span(ch.nk, static_cast<size_t>(j0) * HD * 2, static_cast<size_t>(jn) * HD * 2);  // next page, same block
-    prefetch_span(ch.nv, static_cast<size_t>(j0) * HD * 2, static_cast<size_t>(jn) * HD * 2);
+    const uint16_t* k16 = kb + static_cast<size_t>(j0) * HD;
+    if (jn < 16) {
+      std::copy(k16, k16 + static_cast<size_t>(jn) * HD, pad);
+      std::fill(pad + static_cast<size_t>(jn) * HD, pad + 16 * HD, uint16_t{0});
+      k16 = pad;
+    }
+    const char* pf = ch.nk != nullptr ? ch.nk + static_cast<size_t>(j0) * HD * 2 : nullptr;
     int pending = -1;
     for (int r = 0; r < ch.R; ++r) {
       const int jlo = ch.jlo[r], jhi = ch.jhi[r];
       if (jlo > jhi || jhi < j0 || jlo >= j0 + jn) continue;
       if (HD > 128) {
-        scores_block<HD, false>(ch, kb, j0, jn, r, r);
+        if (pf != nullptr) scores_block<HD, false, true>(ch, k16, j0, jn, r, r, pf);
+        else scores_block<HD, false, false>(ch, k16, j0, jn, r, r, nullptr);
+        pf = nullptr;
       } else if (pending < 0) {
         pending = r;
       } else {
-        scores_block<HD, true>(ch, kb, j0, jn, pending, r);
+        if (pf != nullptr) scores_block<HD, true, true>(ch, k16, j0, jn, pending, r, pf);
+        else scores_block<HD, true, false>(ch, k16, j0, jn, pending, r, nullptr);
+        pf = nullptr;
         pending = -1;
       }
     }
-    if (pending >= 0) scores_block<HD, false>(ch, kb, j0, jn, pending, pending);
+    if (pending >= 0) {
+      if (pf != nullptr) scores_block<HD, false, true>(ch, k16, j0, jn, pending, pending, pf);
+      else scores_block<HD, false, false>(ch, k16, j0, jn, pending, pending, nullptr);
+    }
   }
-  // ---- online softmax per row, acc *= corr, probabilities -> bf16 pairs in place
+  // ---- online softmax per row; probabilities -> bf16 pairs in place. acc (and l) are rescaled only when the
+  // running max moved (corr = exp(0) would be exactly 1). Pair k holds keys 2k, 2k+1 as 32 bits at s[k]: the exp
+  // pass runs over whole pairs from 2 (jlo / 2), lanes outside [jlo, jhi] are 0, and its stores never pass unread
+  // floats (k <= 2k).
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   for (int r = 0; r < ch.R; ++r) {
     const int jlo = ch.jlo[r], jhi = ch.jhi[r];
     if (jlo > jhi) continue;
-    const float corr = softmax_row_512(ch, r);
-    float* acc = ch.acc + static_cast<size_t>(r) * HD;
-    const __m512 vc = _mm512_set1_ps(corr);
-    for (int i = 0; i < HD / 16; ++i) _mm512_storeu_ps(acc + 16 * i, _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * i), vc));
     float* s = ch.s + static_cast<size_t>(r) * ch.s_stride;
-    // probabilities outside [jlo, jhi] are 0 in the pairs (s_stride leaves room for the even round-up)
-    const int k0 = jlo / 2, k1 = jhi / 2;
-    if (jlo % 2) s[jlo - 1] = 0.0f;
-    if (jhi % 2 == 0) s[jhi + 1] = 0.0f;
-    // pair k (floats 2k, 2k+1) -> 32 bits at s[k]; writes never pass unread floats (k <= 2k)
-    const int np = k1 - k0 + 1;
-    for (int m = 0; m < np; m += 16) {
-      const int left = np - m;
-      const __mmask16 lo = simd::tail_mask16(static_cast<size_t>(2 * left));
-      const __mmask16 hi = left > 8 ? simd::tail_mask16(static_cast<size_t>(2 * left - 16)) : static_cast<__mmask16>(0);
-      const float* src = s + 2 * (k0 + m);
-      const __m512 a = _mm512_maskz_loadu_ps(lo, src), b = _mm512_maskz_loadu_ps(hi, src + 16);
-      const __m512i pk = (__m512i)_mm512_cvtne2ps_pbh(b, a);
-      _mm512_mask_storeu_epi32(s + k0 + m, simd::tail_mask16(static_cast<size_t>(left)), pk);
+    const int n = jhi - jlo + 1;
+    __m512 vmx = _mm512_set1_ps(kNegInf);
+    for (int i = 0; i < n; i += 16) {
+      const __mmask16 m = simd::tail_mask16(static_cast<size_t>(n - i));
+      vmx = _mm512_mask_max_ps(vmx, m, vmx, _mm512_maskz_loadu_ps(m, s + jlo + i));
     }
+    const float m_old = ch.m[r], mx = hmax512(vmx);
+    const float m_new = m_old > mx ? m_old : mx;
+    if (m_new != m_old) {
+      const float corr =
+          m_old == kNegInf ? 0.0f : _mm_cvtss_f32(_mm512_castps512_ps128(simd::exp_neg512(_mm512_set1_ps(m_old - m_new))));
+      ch.l[r] *= corr;
+      ch.m[r] = m_new;
+      float* acc = ch.acc + static_cast<size_t>(r) * HD;
+      const __m512 vc = _mm512_set1_ps(corr);
+      for (int i = 0; i < HD / 16; ++i) _mm512_storeu_ps(acc + 16 * i, _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * i), vc));
+    }
+    const __m512 vm = _mm512_set1_ps(m_new);
+    const __m512i vlo = _mm512_set1_epi32(jlo), vhi = _mm512_set1_epi32(jhi);
+    __m512 vsum = _mm512_setzero_ps();
+    const int k0 = jlo / 2, np = jhi / 2 - k0 + 1;
+    for (int m = 0; m < np; m += 16) {
+      const int f0 = 2 * (k0 + m);  // float index of lane 0
+      const __m512i pos0 = _mm512_add_epi32(lane, _mm512_set1_epi32(f0)), pos1 = _mm512_add_epi32(pos0, _mm512_set1_epi32(16));
+      const __mmask16 in0 = _mm512_cmpge_epi32_mask(pos0, vlo) & _mm512_cmple_epi32_mask(pos0, vhi);
+      const __mmask16 in1 = _mm512_cmpge_epi32_mask(pos1, vlo) & _mm512_cmple_epi32_mask(pos1, vhi);
+      const __m512 e0 = _mm512_maskz_mov_ps(in0, simd::exp_neg512(_mm512_sub_ps(_mm512_maskz_loadu_ps(in0, s + f0), vm)));
+      const __m512 e1 = _mm512_maskz_mov_ps(in1, simd::exp_neg512(_mm512_sub_ps(_mm512_maskz_loadu_ps(in1, s + f0 + 16), vm)));
+      vsum = _mm512_add_ps(_mm512_add_ps(vsum, e0), e1);
+      _mm512_mask_storeu_epi32(s + k0 + m, simd::tail_mask16(static_cast<size_t>(np - m)), (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+    }
+    ch.l[r] += _mm512_reduce_add_ps(vsum);
   }
-  // ---- p . V, rows with the same key range in groups of up to 4
+  // ---- p . V, rows with the same key range in groups of up to 4; the first group prefetches the next chunk's V
+  bool pf = ch.nv != nullptr;
   for (int r = 0; r < ch.R;) {
     const int jlo = ch.jlo[r], jhi = ch.jhi[r];
     if (jlo > jhi) {
@@ -417,12 +462,17 @@ MOE_TARGET_AVX512BF16 void chunk_avx512bf16(const Chunk& ch) {
     int n = 1;
     while (n < 4 && r + n < ch.R && ch.jlo[r + n] == jlo && ch.jhi[r + n] == jhi) ++n;
     const int k0 = jlo / 2, k1 = jhi / 2;
-    switch (n) {
-      case 1: pv_group<HD, 1>(ch, vb, c, r, k0, k1); break;
-      case 2: pv_group<HD, 2>(ch, vb, c, r, k0, k1); break;
-      case 3: pv_group<HD, 3>(ch, vb, c, r, k0, k1); break;
-      default: pv_group<HD, 4>(ch, vb, c, r, k0, k1); break;
+    switch (n + 4 * pf) {
+      case 1: pv_group<HD, 1, false>(ch, vb, c, r, k0, k1); break;
+      case 2: pv_group<HD, 2, false>(ch, vb, c, r, k0, k1); break;
+      case 3: pv_group<HD, 3, false>(ch, vb, c, r, k0, k1); break;
+      case 4: pv_group<HD, 4, false>(ch, vb, c, r, k0, k1); break;
+      case 5: pv_group<HD, 1, true>(ch, vb, c, r, k0, k1); break;
+      case 6: pv_group<HD, 2, true>(ch, vb, c, r, k0, k1); break;
+      case 7: pv_group<HD, 3, true>(ch, vb, c, r, k0, k1); break;
+      default: pv_group<HD, 4, true>(ch, vb, c, r, k0, k1); break;
     }
+    pf = false;
     r += n;
   }
 }
@@ -745,19 +795,18 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
           jlo[r] = static_cast<int>(std::max<int64_t>(lo[r], p0) - p0);
           jhi[r] = static_cast<int>(std::min<int64_t>(hi[r], p0 + ch.c - 1) - p0);
         }
-        // Pages are scattered: the hardware prefetcher cannot run ahead of a page's end, so the vector kernels
-        // prefetch a later page's rows of the same kv head while they stream this one.
-        // prefetch distance: the same kv head kPrefetchPages pages ahead, or one page ahead when the item covers
-        // several heads (a page is then already nh segments long)
-        const int64_t pf_pages = w.nh > 1 ? 1 : kPrefetchPages;
-        const int32_t np = b + pf_pages <= rhi / bs ? args.block_tables[w.seq * args.max_blocks + b + pf_pages] : -1;
+        // Pages are scattered, so the vector kernels prefetch the next chunk in the item's order while they stream
+        // this one: the next kv head's rows of this page, after the last head the first head's of the next page.
+        const int32_t next_page = b + 1 <= rhi / bs ? args.block_tables[w.seq * args.max_blocks + b + 1] : -1;
         for (int u = 0; u < w.nh; ++u) {
           const size_t off = static_cast<size_t>(page) * page_elems + static_cast<size_t>(w.kvh + u) * head_elems;
           ch.k = static_cast<const uint8_t*>(args.k) + off * kves;
           ch.v = static_cast<const uint8_t*>(args.v) + off * kves;
           ch.nk = ch.nv = nullptr;
-          if (np >= 0) {
-            const size_t noff = (static_cast<size_t>(np) * page_elems + static_cast<size_t>(w.kvh + u) * head_elems) * kves;
+          if (u + 1 < w.nh || next_page >= 0) {
+            const size_t noff = (u + 1 < w.nh ? off + head_elems
+                                              : static_cast<size_t>(next_page) * page_elems + static_cast<size_t>(w.kvh) * head_elems) *
+                                kves;
             ch.nk = static_cast<const char*>(args.k) + noff;
             ch.nv = static_cast<const char*>(args.v) + noff;
           }
