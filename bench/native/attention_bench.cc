@@ -3,8 +3,8 @@
 //   - decode: 64 sequences x kv_len {1024, 4096, 8192}, GQA (32,8), (32,4), (8,8), (64,4), head_dim 128, bf16 KV,
 //     block sizes 16 and 64, pages scattered (sequence s block b -> page b * 64 + s): KV bytes
 //     read per second as a fraction of a streaming-read probe (AVX-512 loads over 1 GiB, every pool thread) run
-//     right before and right after each decode row (their mean: the development VM's bandwidth drifts between
-//     ~30 and ~60 GB/s within minutes, so one probe at the start of the run misstated later rows);
+//     right before and right after each timed repetition (their mean: the development VM's bandwidth swings
+//     between ~25 and ~60 GB/s within minutes); a row reports the repetition with the median fraction;
 //   - prefill: q_len = kv_len = 2048 causal, (32,8), head_dim 128, block 16 and 64: FLOP/s (4 * head_dim per (query head, key) pair
 //     attended) as a fraction of a vdpbf16ps register-only peak (every pool thread);
 //   - decode-cached: the bf16 tier on the same decode shapes with every block table pointing at the same 8 pages
@@ -146,6 +146,26 @@ double dp_peak(int runs) {
   return flops / t / 1e9;
 }
 
+// A decode row against the read probe: after one warm-up, `runs` repetitions of (probe, one timed call, probe);
+// returns the repetition with the median ratio of bytes / time to the mean of its two probes, so a bandwidth swing
+// of the VM between repetitions does not mix one repetition's time with another's probe.
+struct VsProbe {
+  double s, bw;
+};
+VsProbe time_vs_probe(int runs, double bytes, const std::function<void()>& fn) {
+  fn();
+  std::vector<VsProbe> reps;
+  for (int i = 0; i < runs; ++i) {
+    const double bw0 = read_probe(1);
+    const double t0 = now_s();
+    fn();
+    const double s = now_s() - t0;
+    reps.push_back({s, (bw0 + read_probe(1)) / 2});
+  }
+  std::sort(reps.begin(), reps.end(), [&](const VsProbe& a, const VsProbe& b) { return bytes / a.s / a.bw < bytes / b.s / b.bw; });
+  return reps[reps.size() / 2];
+}
+
 struct Problem {
   int64_t seqs, q_len, kv_len, qh, kvh, hd, bs;
   bool huge;
@@ -283,7 +303,7 @@ int attention_bench_main(int argc, char** argv) {
   const double peak = dp_peak(runs);
   emit({"probe", "cpu", "streaming read, 1 GiB, AVX-512 loads", "GB/s", "", 0, bw, 0});
   emit({"probe", "cpu", "vdpbf16ps register peak", "GFLOP/s", "", 0, peak, 0});
-  const std::string bw_src = "read probe before and after the row";
+  const std::string bw_src = "read probe before and after the repetition";
   const std::string pk_src = "vdpbf16ps peak, this run";
 
   std::vector<Isa> tiers;
@@ -302,10 +322,8 @@ int attention_bench_main(int argc, char** argv) {
       if (!d.all_tiers && t != tiers.front()) continue;
       cpu::AttentionArgs a = p.args();
       Isa ran = t;
-      const double bw0 = read_probe(1);
-      double s = time_it(runs, [&] { ran = cpu::attention(a, t); });
-      const double bw_row = (bw0 + read_probe(1)) / 2;
-      emit({"decode", std::string("cpu-") + isa_name(ran), p.name(), "GB/s", bw_src, s * 1e3, p.kv_bytes() / s / 1e9, bw_row});
+      const VsProbe r = time_vs_probe(runs, p.kv_bytes(), [&] { ran = cpu::attention(a, t); });
+      emit({"decode", std::string("cpu-") + isa_name(ran), p.name(), "GB/s", bw_src, r.s * 1e3, p.kv_bytes() / r.s / 1e9, r.bw});
       if (t == tiers.front()) {
         // The compute side of the same row: every sequence's block table points at the same 8 pages (K/V stay
         // in cache), so the time is the kernel's work alone; the decode row's time against max(this, streaming)
@@ -320,20 +338,16 @@ int attention_bench_main(int argc, char** argv) {
       }
     }
     if (d.all_tiers) {
-      const double bw0 = read_probe(1);
-      double s = time_it(1, [&] { naive_decode(p); });
-      const double bw_row = (bw0 + read_probe(1)) / 2;
-      emit({"decode", "naive-scalar", p.name() + " (KV bytes once)", "GB/s", bw_src, s * 1e3, p.kv_bytes() / s / 1e9, bw_row});
+      const VsProbe r = time_vs_probe(1, p.kv_bytes(), [&] { naive_decode(p); });
+      emit({"decode", "naive-scalar", p.name() + " (KV bytes once)", "GB/s", bw_src, r.s * 1e3, p.kv_bytes() / r.s / 1e9, r.bw});
     }
   }
   {  // the same decode shape without transparent huge pages (4 KiB OS pages): the TLB cost of scattered pages
     Problem p(64, 1, 4096, 32, 8, 128, 64, false);
     cpu::AttentionArgs a = p.args();
     Isa ran = tiers.front();
-    const double bw0 = read_probe(1);
-    double s = time_it(runs, [&] { ran = cpu::attention(a, tiers.front()); });
-    const double bw_row = (bw0 + read_probe(1)) / 2;
-    emit({"decode", std::string("cpu-") + isa_name(ran), p.name(), "GB/s", bw_src, s * 1e3, p.kv_bytes() / s / 1e9, bw_row});
+    const VsProbe r = time_vs_probe(runs, p.kv_bytes(), [&] { ran = cpu::attention(a, tiers.front()); });
+    emit({"decode", std::string("cpu-") + isa_name(ran), p.name(), "GB/s", bw_src, r.s * 1e3, p.kv_bytes() / r.s / 1e9, r.bw});
   }
   // prefill
   for (int64_t bs : {16, 64}) {

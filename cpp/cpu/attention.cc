@@ -78,6 +78,27 @@ inline void prefetch_span(const char* p, size_t off, size_t bytes) {
 // L2 prefetches 0.78-0.82.
 inline void prefetch_l2(const char* p) { __builtin_prefetch(p, 0, 1); }
 
+// The prefetch lines (of nl per key) that call p of `calls` issues: lines i with i % calls == p, so every line is
+// prefetched once and the prefetches spread over all the calls of a block instead of bunching in the first.
+inline unsigned share_lines(int p, int calls, int nl) {
+  unsigned m = 0;
+  for (int i = p; i < nl; i += calls) m |= 1u << i;
+  return m;
+}
+
+// Whether row r has keys in the block [j0, j0 + jn) of the chunk.
+inline bool row_in_block(const Chunk& ch, int r, int j0, int jn) {
+  const int jlo = ch.jlo[r], jhi = ch.jhi[r];
+  return jlo <= jhi && jhi >= j0 && jlo < j0 + jn;
+}
+
+// Rows from r (non-empty) with its key range, at most 4: one p . V group of the bf16 tier.
+inline int pv_group_size(const Chunk& ch, int r) {
+  int n = 1;
+  while (n < 4 && r + n < ch.R && ch.jlo[r + n] == ch.jlo[r] && ch.jhi[r + n] == ch.jhi[r]) ++n;
+  return n;
+}
+
 using ChunkKernel = void (*)(const Chunk&);
 
 inline float load_f32(const void* p, DType t, size_t i) {
@@ -288,10 +309,11 @@ MOE_TARGET_AVX512 void chunk_avx512(const Chunk& ch) {
 // are real: the caller zero-pads a short block, so the loops have no key bounds and every accumulator stays in a
 // register). Lane t of the reduction tree sums only d[t], so a key's score has the same bits whatever the other
 // keys are (the extent depends on the other rows of the chunk, i.e. on how a prompt was split into prefill steps).
-// PF: prefetch the next chunk's K rows of these keys, pf (one L2 prefetch per K line loaded here).
+// PF: prefetch lines of the next chunk's K rows of these keys, pf: line i (64 bytes, i < HD / 32) of every key when
+// bit i of `lines` is set (the chunk's score calls share the lines out, so the prefetches spread over all of them).
 template <int HD, bool TWO, bool PF>
 MOE_TARGET_AVX512BF16 static inline void scores_block(const Chunk& ch, const uint16_t* k16, int j0, int jn, int r0, int r1,
-                                                      const char* pf) {
+                                                      const char* pf, unsigned lines) {
   __m512bh q0[HD / 32], q1[HD / 32];
   for (int i = 0; i < HD / 32; ++i) {
     q0[i] = (__m512bh)_mm512_loadu_si512(ch.qb + static_cast<size_t>(r0) * HD + 32 * i);
@@ -305,13 +327,13 @@ MOE_TARGET_AVX512BF16 static inline void scores_block(const Chunk& ch, const uin
       const int j = 8 * h + t;
       const uint16_t* kr = k16 + static_cast<size_t>(j) * HD;
       const char* pr = PF ? pf + static_cast<size_t>(j < jn ? j : 0) * HD * 2 : nullptr;
-      if (PF) prefetch_l2(pr);
+      if (PF && (lines & 1u)) prefetch_l2(pr);
       __m512bh k = (__m512bh)_mm512_loadu_si512(kr);
       __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), q0[0], k), b = _mm512_setzero_ps();
       if (TWO) b = _mm512_dpbf16_ps(_mm512_setzero_ps(), q1[0], k);
 #pragma GCC unroll 8
       for (int i = 1; i < HD / 32; ++i) {
-        if (PF) prefetch_l2(pr + 64 * i);
+        if (PF && (lines >> i & 1u)) prefetch_l2(pr + 64 * i);
         k = (__m512bh)_mm512_loadu_si512(kr + 32 * i);
         a = _mm512_dpbf16_ps(a, q0[i], k);
         if (TWO) b = _mm512_dpbf16_ps(b, q1[i], k);
@@ -331,7 +353,7 @@ MOE_TARGET_AVX512BF16 static inline void scores_block(const Chunk& ch, const uin
 // chunk extent (a pair's second V row at or past it is read as zero, its probability is zero). pf: prefetch the
 // next chunk's V lines (one per V line loaded here).
 template <int HD, int G, bool PF>
-MOE_TARGET_AVX512BF16 static void pv_group(const Chunk& ch, const uint16_t* vb, int c, int r0, int k0, int k1) {
+MOE_TARGET_AVX512BF16 static void pv_group(const Chunk& ch, const uint16_t* vb, int c, int r0, int k0, int k1, unsigned lines) {
   constexpr int NB = HD / 32;                               // 32-column V loads per row
   constexpr int B = G <= 2 ? (NB < 4 ? NB : 4) : 2;         // loads per column block (2 B accumulators per row)
   const uint32_t* pr[G];
@@ -349,7 +371,7 @@ MOE_TARGET_AVX512BF16 static void pv_group(const Chunk& ch, const uint16_t* vb, 
       const bool two = 2 * k + 1 < c;
       __m512i vv[2 * B];
       for (int b = 0; b < B; ++b) {
-        if (PF) {
+        if (PF && (lines >> (b0 + b) & 1u)) {
           const char* pn = ch.nv + (static_cast<size_t>(2 * k) * HD + 32 * (b0 + b)) * 2;
           prefetch_l2(pn);
           if (two) prefetch_l2(pn + HD * 2);
@@ -387,26 +409,37 @@ MOE_TARGET_AVX512BF16 void chunk_avx512bf16(const Chunk& ch) {
       k16 = pad;
     }
     const char* pf = ch.nk != nullptr ? ch.nk + static_cast<size_t>(j0) * HD * 2 : nullptr;
-    int pending = -1;
-    for (int r = 0; r < ch.R; ++r) {
-      const int jlo = ch.jlo[r], jhi = ch.jhi[r];
-      if (jlo > jhi || jhi < j0 || jlo >= j0 + jn) continue;
-      if (HD > 128) {
-        if (pf != nullptr) scores_block<HD, false, true>(ch, k16, j0, jn, r, r, pf);
-        else scores_block<HD, false, false>(ch, k16, j0, jn, r, r, nullptr);
-        pf = nullptr;
-      } else if (pending < 0) {
-        pending = r;
+    int calls = 0;  // score calls of this block: they share out the prefetch lines
+    for (int r = 0; r < ch.R; ++r) calls += row_in_block(ch, r, j0, jn);
+    if (HD <= 128) calls = (calls + 1) / 2;
+    int call = 0, pending = -1;
+    for (int r = 0; r <= ch.R; ++r) {
+      // rows in pairs (r0, r1); head_dim 256 or the last odd row: r0 alone (r1 == r0)
+      int r0, r1;
+      if (r == ch.R) {
+        if (pending < 0) break;
+        r0 = r1 = pending;
       } else {
-        if (pf != nullptr) scores_block<HD, true, true>(ch, k16, j0, jn, pending, r, pf);
-        else scores_block<HD, true, false>(ch, k16, j0, jn, pending, r, nullptr);
-        pf = nullptr;
-        pending = -1;
+        if (!row_in_block(ch, r, j0, jn)) continue;
+        if (HD > 128) {
+          r0 = r1 = r;
+        } else if (pending < 0) {
+          pending = r;
+          continue;
+        } else {
+          r0 = pending;
+          r1 = r;
+          pending = -1;
+        }
       }
-    }
-    if (pending >= 0) {
-      if (pf != nullptr) scores_block<HD, false, true>(ch, k16, j0, jn, pending, pending, pf);
-      else scores_block<HD, false, false>(ch, k16, j0, jn, pending, pending, nullptr);
+      const unsigned lines = pf != nullptr ? share_lines(call++, calls, HD / 32) : 0u;
+      if (r1 != r0) {
+        if (lines != 0) scores_block<HD, true, true>(ch, k16, j0, jn, r0, r1, pf, lines);
+        else scores_block<HD, true, false>(ch, k16, j0, jn, r0, r1, nullptr, 0);
+      } else {
+        if (lines != 0) scores_block<HD, false, true>(ch, k16, j0, jn, r0, r0, pf, lines);
+        else scores_block<HD, false, false>(ch, k16, j0, jn, r0, r0, nullptr, 0);
+      }
     }
   }
   // ---- online softmax per row; probabilities -> bf16 pairs in place. acc (and l) are rescaled only when the
@@ -451,28 +484,36 @@ MOE_TARGET_AVX512BF16 void chunk_avx512bf16(const Chunk& ch) {
     }
     ch.l[r] += _mm512_reduce_add_ps(vsum);
   }
-  // ---- p . V, rows with the same key range in groups of up to 4; the first group prefetches the next chunk's V
-  bool pf = ch.nv != nullptr;
+  // ---- p . V, rows with the same key range in groups of up to 4; the groups share out the prefetch of the next
+  // chunk's V lines
+  int groups = 0;
   for (int r = 0; r < ch.R;) {
+    if (ch.jlo[r] > ch.jhi[r]) {
+      ++r;
+      continue;
+    }
+    ++groups;
+    r += pv_group_size(ch, r);
+  }
+  for (int r = 0, gi = 0; r < ch.R;) {
     const int jlo = ch.jlo[r], jhi = ch.jhi[r];
     if (jlo > jhi) {
       ++r;
       continue;
     }
-    int n = 1;
-    while (n < 4 && r + n < ch.R && ch.jlo[r + n] == jlo && ch.jhi[r + n] == jhi) ++n;
+    const int n = pv_group_size(ch, r);
     const int k0 = jlo / 2, k1 = jhi / 2;
-    switch (n + 4 * pf) {
-      case 1: pv_group<HD, 1, false>(ch, vb, c, r, k0, k1); break;
-      case 2: pv_group<HD, 2, false>(ch, vb, c, r, k0, k1); break;
-      case 3: pv_group<HD, 3, false>(ch, vb, c, r, k0, k1); break;
-      case 4: pv_group<HD, 4, false>(ch, vb, c, r, k0, k1); break;
-      case 5: pv_group<HD, 1, true>(ch, vb, c, r, k0, k1); break;
-      case 6: pv_group<HD, 2, true>(ch, vb, c, r, k0, k1); break;
-      case 7: pv_group<HD, 3, true>(ch, vb, c, r, k0, k1); break;
-      default: pv_group<HD, 4, true>(ch, vb, c, r, k0, k1); break;
+    const unsigned lines = ch.nv != nullptr ? share_lines(gi++, groups, HD / 32) : 0u;
+    switch (n + 4 * (lines != 0)) {
+      case 1: pv_group<HD, 1, false>(ch, vb, c, r, k0, k1, 0); break;
+      case 2: pv_group<HD, 2, false>(ch, vb, c, r, k0, k1, 0); break;
+      case 3: pv_group<HD, 3, false>(ch, vb, c, r, k0, k1, 0); break;
+      case 4: pv_group<HD, 4, false>(ch, vb, c, r, k0, k1, 0); break;
+      case 5: pv_group<HD, 1, true>(ch, vb, c, r, k0, k1, lines); break;
+      case 6: pv_group<HD, 2, true>(ch, vb, c, r, k0, k1, lines); break;
+      case 7: pv_group<HD, 3, true>(ch, vb, c, r, k0, k1, lines); break;
+      default: pv_group<HD, 4, true>(ch, vb, c, r, k0, k1, lines); break;
     }
-    pf = false;
     r += n;
   }
 }
