@@ -7,6 +7,8 @@
 //     between ~25 and ~60 GB/s within minutes); a row reports the repetition with the median fraction;
 //   - prefill: q_len = kv_len = 2048 causal, (32,8), head_dim 128, block 16 and 64: FLOP/s (4 * head_dim per (query head, key) pair
 //     attended) as a fraction of a vdpbf16ps register-only peak (every pool thread);
+//   - decode-read: the same pages read in the kernel's order with nothing else (the bandwidth of the scattered
+//     layout itself, which the sequential probe can exceed by ~30% when the VM's bandwidth is high);
 //   - decode-cached: the bf16 tier on the same decode shapes with every block table pointing at the same 8 pages
 //     (K/V in cache): the kernel's compute time alone, the other side of the roofline;
 //   - the floor: a naive scalar loop per query head (K/V re-read for every head of a group) on a decode shape.
@@ -235,6 +237,37 @@ struct Problem {
   }
 };
 
+// The read side of a decode row: every sequence's K and V pages read once in the kernel's order (per page, per kv
+// head, the K segment then the V segment), AVX-512 loads and nothing else, sequences spread over the pool: the
+// bandwidth this scattered layout allows, next to the sequential probe.
+double pattern_read(Problem& p, int runs) {
+#if MOE_X86
+  if (!cpu_info().avx512f) return 0;
+  const size_t seg = static_cast<size_t>(p.bs * p.hd), page = seg * static_cast<size_t>(p.kvh);  // bf16 elements
+  std::vector<float> part(static_cast<size_t>(p.seqs));
+  return time_it(runs, [&] {
+    ThreadPool::global().parallel_for(static_cast<size_t>(p.seqs), 1, [&](size_t b, size_t e) {
+      for (size_t s = b; s < e; ++s) {
+        float acc = 0;
+        for (int64_t blk = 0; blk < p.max_blocks; ++blk) {
+          const size_t pg = static_cast<size_t>(p.bt[s * p.max_blocks + blk]);
+          for (int64_t u = 0; u < p.kvh; ++u) {
+            acc += read_sum_512(reinterpret_cast<const float*>(p.k.data() + pg * page + u * seg), seg / 2);
+            acc += read_sum_512(reinterpret_cast<const float*>(p.v.data() + pg * page + u * seg), seg / 2);
+          }
+        }
+        part[s] = acc;
+      }
+    });
+    g_sink = part[0];
+  });
+#else
+  (void)p;
+  (void)runs;
+  return 0;
+#endif
+}
+
 // The floor: per (sequence, query head) a plain scalar loop over its kv head's pages, decode only, one thread per
 // (sequence, head) range of the pool, K/V re-read for every query head.
 void naive_decode(Problem& p) {
@@ -325,6 +358,9 @@ int attention_bench_main(int argc, char** argv) {
       const VsProbe r = time_vs_probe(runs, p.kv_bytes(), [&] { ran = cpu::attention(a, t); });
       emit({"decode", std::string("cpu-") + isa_name(ran), p.name(), "GB/s", bw_src, r.s * 1e3, p.kv_bytes() / r.s / 1e9, r.bw});
       if (t == tiers.front()) {
+        const double sr = pattern_read(p, runs);
+        if (sr > 0)
+          emit({"decode-read", "cpu", p.name() + " (K/V read only, same order)", "GB/s", "", sr * 1e3, p.kv_bytes() / sr / 1e9, 0});
         // The compute side of the same row: every sequence's block table points at the same 8 pages (K/V stay
         // in cache), so the time is the kernel's work alone; the decode row's time against max(this, streaming)
         // shows how well loads and compute overlap (they add up when they do not).

@@ -10,18 +10,19 @@
 // bf16 K page directly, q rounded to bf16 once; p . V with vdpbf16ps on pair-interleaved V rows, p rounded to
 // bf16: output NMSE ~1e-6 against float64). Scores of 16 keys are reduced together (reduce16). The vector tiers
 // prefetch the next chunk of the item (the next kv head of the page, then the next page) while streaming the
-// current one (pages are scattered); the bf16 tier spreads it, one L2 prefetch per K / V line it loads. Exp is a
-// degree-6 polynomial on 2^n scaling (relative error ~2e-7 for the arguments here, which are all <= 0).
-// Measured (bench/native/attention_bench.cc, 2-core AMD EPYC Zen 4 VM whose read bandwidth drifts between ~25 and
-// ~60 GB/s, so each decode row is compared with a read probe run right before and after it; decode 64 sequences x
-// kv 4096, block 64, head_dim 128): items walk a page's kv heads in order (see the driver), so a page of K and of V
-// is read front to back. Before the spread L2 prefetch, loads and compute did not overlap at g >= 4 (decode time =
-// streaming time + in-cache compute time): 0.85 / 0.59 / 0.48 / 0.34 of the probe at g = 1 / 4 / 8 / 16. With it
-// (and full 16-key score blocks without key bounds, the softmax's exp and bf16 packing in one pass, acc rescaled
-// only when the running max moves) 0.92 / 0.62-0.78 / 0.58-0.62 / 0.43, and 1.3-1.4x less time at g = 4 and 8
-// (bench/results/attention-native-2026-11-26-l2prefetch.json, whose decode-cached rows give the compute side:
-// at g = 16 the kernel's work alone runs at ~20 GB/s of KV, below the probe, so that shape is compute-bound).
-// Prefill 0.46 (block 16) / 0.61 (block 64) of the vdpbf16ps peak.
+// current one (pages are scattered); the bf16 tier issues one L2 prefetch per K / V line it loads, the lines shared
+// out over all the chunk's score calls and p . V groups. Exp is a degree-6 polynomial on 2^n scaling (relative
+// error ~2e-7 for the arguments here, which are all <= 0).
+// Measured (bench/native/attention_bench.cc, 2-core AMD EPYC Zen 4 VM whose read bandwidth swings between ~25 and
+// ~60 GB/s, so each decode repetition is compared with a read probe run right before and after it; decode 64
+// sequences, block 64, head_dim 128): items walk a page's kv heads in order (see the driver), so a page of K and of
+// V is read front to back. Loads and compute used to add up at g >= 4 (0.59 / 0.48 / 0.34 of the probe at
+// g = 4 / 8 / 16): the next page was prefetched into L1 in bursts. Spread L2 prefetches shared over the calls, full
+// 16-key score blocks without key bounds, and the softmax's exp and bf16 packing in one pass (acc rescaled only when
+// the running max moves) give 0.83 / 0.81-0.84 / 0.76 / 0.50 at g = 1 / 4 / 8 / 16, and at g = 4 the kernel reads
+// at 0.84-0.89 of a plain read of the same pages in the same order (bench/results/
+// attention-native-2026-11-26-l2prefetch.json: decode-read and decode-cached rows). g = 16 is compute-bound: the
+// kernel alone (K/V in cache) runs at ~18 GB/s of KV. Prefill 0.58 (block 64) / 0.43 (block 16) of the vdpbf16ps peak.
 #include "attention.h"
 
 #include <algorithm>
