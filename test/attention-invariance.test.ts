@@ -1,6 +1,7 @@
 // CPU attention is invariant to how a sequence's queries are split into calls: a prompt prefilled in one call or in
 // several (prefill chunks, possibly batched with other sequences) gives every query row bitwise the same output, on
-// every CPU tier. Batched generation relies on it (a request's tokens must not depend on its batch).
+// every CPU tier. Batched generation relies on it (a request's tokens must not depend on its batch). Block 16 runs
+// the bf16 tier's several-pages-per-chunk path (chunks aligned to 4 pages), with and without a sliding window.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
@@ -19,14 +20,17 @@ function values(n: number, seed: number): number[] {
 
 for (const hb of cpuBackends) {
   const skip = hb.available ? false : hb.reason ?? 'unavailable';
-  for (const [qHeads, kvHeads, hd] of [
-    [4, 2, 128],
-    [8, 1, 64],
+  for (const [qHeads, kvHeads, hd, blockSize, slidingWindow] of [
+    [4, 2, 128, 64, 0],
+    [8, 1, 64, 64, 0],
+    [4, 2, 128, 16, 0],
+    [8, 1, 64, 16, 37],
   ] as const) {
-    void test(`attention: rows do not depend on how the queries are split into calls (${qHeads}:${kvHeads} heads of ${hd}) on ${hb.name}`, { skip }, async () => {
+    const what = `${qHeads}:${kvHeads} heads of ${hd}, block ${blockSize}${slidingWindow ? `, window ${slidingWindow}` : ''}`;
+    void test(`attention: rows do not depend on how the queries are split into calls (${what}) on ${hb.name}`, { skip }, async () => {
       const be = hb.open();
       const L = 93;
-      const kv = KvCache.create(be, { layers: 1, kvHeads, headDim: hd, budgetBytes: 4 * 64 * kvHeads * hd * 2 * 2 });
+      const kv = KvCache.create(be, { layers: 1, kvHeads, headDim: hd, blockSize, budgetBytes: 4 * 64 * kvHeads * hd * 2 * 2 });
       const k = HostTensor.from('f32', [L, kvHeads, hd], values(L * kvHeads * hd, 1));
       const v = HostTensor.from('f32', [L, kvHeads, hd], values(L * kvHeads * hd, 2));
       // large scores (as after q/k norms in real models), so a last-bit change in a score reaches the bf16 output
@@ -35,7 +39,7 @@ for (const hb of cpuBackends) {
       const whole = kv.allocate();
       kv.write(0, whole, kv.append(whole, L), k, v);
       const want = new HostTensor('f32', [L, qHeads, hd]); // f32 out: a last-bit difference anywhere shows
-      await be.attention({ q, k: kv.keys(0), v: kv.values(0), out: want, ...kv.batch([whole], [L]) });
+      await be.attention({ q, k: kv.keys(0), v: kv.values(0), out: want, slidingWindow, ...kv.batch([whole], [L]) });
       kv.free(whole);
       for (const cuts of [[43], [16, 17, 64], [1, 92], [63, 65]]) {
         const s = kv.allocate();
@@ -44,7 +48,7 @@ for (const hb of cpuBackends) {
         for (const c of [...cuts, L]) {
           const n = c - prev;
           kv.write(0, s, kv.append(s, n), k.rows(prev, n), v.rows(prev, n));
-          await be.attention({ q: q.rows(prev, n), k: kv.keys(0), v: kv.values(0), out: got.rows(prev, n), ...kv.batch([s], [n]) });
+          await be.attention({ q: q.rows(prev, n), k: kv.keys(0), v: kv.values(0), out: got.rows(prev, n), slidingWindow, ...kv.batch([s], [n]) });
           prev = c;
         }
         kv.free(s);

@@ -19,10 +19,11 @@
 // V is read front to back. Loads and compute used to add up at g >= 4 (0.59 / 0.48 / 0.34 of the probe at
 // g = 4 / 8 / 16): the next page was prefetched into L1 in bursts. Spread L2 prefetches shared over the calls, full
 // 16-key score blocks without key bounds, and the softmax's exp and bf16 packing in one pass (acc rescaled only when
-// the running max moves) give 0.83 / 0.81-0.84 / 0.76 / 0.50 at g = 1 / 4 / 8 / 16, and at g = 4 the kernel reads
-// at 0.84-0.89 of a plain read of the same pages in the same order (bench/results/
+// the running max moves) give 0.83 / 0.82-0.84 / 0.76 / 0.48 at g = 1 / 4 / 8 / 16, and at g = 4 the kernel reads
+// at 0.85-0.89 of a plain read of the same pages in the same order (bench/results/
 // attention-native-2026-11-26-l2prefetch.json: decode-read and decode-cached rows). g = 16 is compute-bound: the
-// kernel alone (K/V in cache) runs at ~18 GB/s of KV. Prefill 0.58 (block 64) / 0.43 (block 16) of the vdpbf16ps peak.
+// kernel alone (K/V in cache) runs at ~17 GB/s of KV. Blocks of 16 and 32 tokens run 64 / block_size pages per bf16
+// chunk (prefill at block 16 went from 0.43 to 0.58 of the vdpbf16ps peak, the same as block 64).
 #include "attention.h"
 
 #include <algorithm>
@@ -43,6 +44,7 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kGroupRows = 16;     // kv heads share an item only for query tiles of at most this many rows per head
+constexpr int kMaxSegs = 4;            // pages per bf16 chunk (block sizes 16 and 32: 64 / block_size pages)
 
 // One page segment of one item, handed to a tier kernel. Rows r in [0, R): valid kv offsets j in [jlo[r], jhi[r]]
 // of this chunk (jlo > jhi: the row has nothing here and is left alone).
@@ -64,6 +66,14 @@ struct Chunk {
   float* acc;             // [R][hd] running sum of p * v
   const char* nk;         // the next chunk's K rows in the item's order (prefetched while this one streams), or null
   const char* nv;         // the same for V
+  // The bf16 tier reads the chunk as page segments of `seg` rows: rows [q seg, (q + 1) seg) are ks[q] / vs[q] (one
+  // segment, ks[0] = k, unless several pages of a block size that is a multiple of 16 form one chunk); nks / nvs
+  // the same for the next chunk (null where it has fewer segments).
+  int seg;
+  const uint16_t* ks[kMaxSegs];
+  const uint16_t* vs[kMaxSegs];
+  const char* nks[kMaxSegs];
+  const char* nvs[kMaxSegs];
 };
 
 // Prefetches the `bytes` bytes at p + off (one call per 64-byte line); p may be null.
@@ -354,7 +364,7 @@ MOE_TARGET_AVX512BF16 static inline void scores_block(const Chunk& ch, const uin
 // chunk extent (a pair's second V row at or past it is read as zero, its probability is zero). pf: prefetch the
 // next chunk's V lines (one per V line loaded here).
 template <int HD, int G, bool PF>
-MOE_TARGET_AVX512BF16 static void pv_group(const Chunk& ch, const uint16_t* vb, int c, int r0, int k0, int k1, unsigned lines) {
+MOE_TARGET_AVX512BF16 static void pv_group(const Chunk& ch, int c, int r0, int k0, int k1, unsigned lines) {
   constexpr int NB = HD / 32;                               // 32-column V loads per row
   constexpr int B = G <= 2 ? (NB < 4 ? NB : 4) : 2;         // loads per column block (2 B accumulators per row)
   const uint32_t* pr[G];
@@ -367,13 +377,18 @@ MOE_TARGET_AVX512BF16 static void pv_group(const Chunk& ch, const uint16_t* vb, 
     __m512 a[G][2 * B];
     for (int g = 0; g < G; ++g)
       for (int i = 0; i < 2 * B; ++i) a[g][i] = _mm512_loadu_ps(acc[g] + 16 * (2 * b0 + i));
+    int q = 2 * k0 / ch.seg, qlo = q * ch.seg;  // the segment of V row 2k and its first row (2k, 2k + 1 share one)
     for (int k = k0; k <= k1; ++k) {
-      const uint16_t* r0v = vb + static_cast<size_t>(2 * k) * HD + 32 * b0;
+      if (2 * k >= qlo + ch.seg) {
+        ++q;
+        qlo += ch.seg;
+      }
+      const uint16_t* r0v = ch.vs[q] + static_cast<size_t>(2 * k - qlo) * HD + 32 * b0;
       const bool two = 2 * k + 1 < c;
       __m512i vv[2 * B];
       for (int b = 0; b < B; ++b) {
-        if (PF && (lines >> (b0 + b) & 1u)) {
-          const char* pn = ch.nv + (static_cast<size_t>(2 * k) * HD + 32 * (b0 + b)) * 2;
+        if (PF && (lines >> (b0 + b) & 1u) && ch.nvs[q] != nullptr) {
+          const char* pn = ch.nvs[q] + (static_cast<size_t>(2 * k - qlo) * HD + 32 * (b0 + b)) * 2;
           prefetch_l2(pn);
           if (two) prefetch_l2(pn + HD * 2);
         }
@@ -396,20 +411,19 @@ template <int HD>
 MOE_TARGET_AVX512BF16 void chunk_avx512bf16(const Chunk& ch) {
   const int c = chunk_extent(ch);
   if (c == 0) return;
-  const uint16_t* kb = static_cast<const uint16_t*>(ch.k);
-  const uint16_t* vb = static_cast<const uint16_t*>(ch.v);
   // ---- scores, blocks of 16 keys, rows in pairs (head_dim 256: one row at a time, two rows' q do not fit). The
   // first call of a block prefetches the next chunk's K rows of those keys.
   alignas(64) uint16_t pad[16 * HD];  // a short last block, zero-padded to 16 keys
   for (int j0 = 0; j0 < c; j0 += 16) {
     const int jn = c - j0 < 16 ? c - j0 : 16;
-    const uint16_t* k16 = kb + static_cast<size_t>(j0) * HD;
+    const int q = j0 / ch.seg, off = j0 - q * ch.seg;  // a 16-key block lies in one segment
+    const uint16_t* k16 = ch.ks[q] + static_cast<size_t>(off) * HD;
     if (jn < 16) {
       std::copy(k16, k16 + static_cast<size_t>(jn) * HD, pad);
       std::fill(pad + static_cast<size_t>(jn) * HD, pad + 16 * HD, uint16_t{0});
       k16 = pad;
     }
-    const char* pf = ch.nk != nullptr ? ch.nk + static_cast<size_t>(j0) * HD * 2 : nullptr;
+    const char* pf = ch.nks[q] != nullptr ? ch.nks[q] + static_cast<size_t>(off) * HD * 2 : nullptr;
     int calls = 0;  // score calls of this block: they share out the prefetch lines
     for (int r = 0; r < ch.R; ++r) calls += row_in_block(ch, r, j0, jn);
     if (HD <= 128) calls = (calls + 1) / 2;
@@ -504,16 +518,16 @@ MOE_TARGET_AVX512BF16 void chunk_avx512bf16(const Chunk& ch) {
     }
     const int n = pv_group_size(ch, r);
     const int k0 = jlo / 2, k1 = jhi / 2;
-    const unsigned lines = ch.nv != nullptr ? share_lines(gi++, groups, HD / 32) : 0u;
+    const unsigned lines = ch.nvs[0] != nullptr ? share_lines(gi++, groups, HD / 32) : 0u;
     switch (n + 4 * (lines != 0)) {
-      case 1: pv_group<HD, 1, false>(ch, vb, c, r, k0, k1, 0); break;
-      case 2: pv_group<HD, 2, false>(ch, vb, c, r, k0, k1, 0); break;
-      case 3: pv_group<HD, 3, false>(ch, vb, c, r, k0, k1, 0); break;
-      case 4: pv_group<HD, 4, false>(ch, vb, c, r, k0, k1, 0); break;
-      case 5: pv_group<HD, 1, true>(ch, vb, c, r, k0, k1, lines); break;
-      case 6: pv_group<HD, 2, true>(ch, vb, c, r, k0, k1, lines); break;
-      case 7: pv_group<HD, 3, true>(ch, vb, c, r, k0, k1, lines); break;
-      default: pv_group<HD, 4, true>(ch, vb, c, r, k0, k1, lines); break;
+      case 1: pv_group<HD, 1, false>(ch, c, r, k0, k1, 0); break;
+      case 2: pv_group<HD, 2, false>(ch, c, r, k0, k1, 0); break;
+      case 3: pv_group<HD, 3, false>(ch, c, r, k0, k1, 0); break;
+      case 4: pv_group<HD, 4, false>(ch, c, r, k0, k1, 0); break;
+      case 5: pv_group<HD, 1, true>(ch, c, r, k0, k1, lines); break;
+      case 6: pv_group<HD, 2, true>(ch, c, r, k0, k1, lines); break;
+      case 7: pv_group<HD, 3, true>(ch, c, r, k0, k1, lines); break;
+      default: pv_group<HD, 4, true>(ch, c, r, k0, k1, lines); break;
     }
     r += n;
   }
@@ -767,7 +781,12 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
   const int rmax = nt_max * g;  // rows per kv head
   size_t hrows = static_cast<size_t>(rmax);  // rows per item
   for (const Item& w : items) hrows = std::max(hrows, static_cast<size_t>(w.nt) * g * w.nh);
-  const int s_stride = bs + 16;  // room for the even round-up and masked tails of the score rows
+  // Pages per chunk: the bf16 tier takes 64 / block_size pages at once when the block size is 16 or 32, so the
+  // per-chunk work (the softmax's reductions and rescale, p . V's accumulator loads and stores) is spread over 64
+  // keys as with block 64. Chunks are aligned to multiples of that many pages of the sequence, so a row sees the same
+  // chunks whatever the other rows of its item.
+  const int64_t seg_pages = ran == Isa::Avx512Bf16 && bs % 16 == 0 && bs < 64 ? 64 / bs : 1;
+  const int s_stride = static_cast<int>(seg_pages * bs) + 16;  // room for the even round-up and masked tails of the score rows
 
   std::function<void(size_t, size_t)> fn = [&, args](size_t begin, size_t end) {
     thread_local std::vector<float> fbuf;
@@ -828,30 +847,37 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
       }
       std::fill(acc, acc + static_cast<size_t>(w.nh) * R * hd, 0.0f);
       Chunk ch{R, hd, 0, qf, qbuf.data(), nullptr, nullptr, args.kv_dtype, jlo, jhi, sc, s_stride, kf, vf, mm, ll, acc,
-               nullptr, nullptr};
-      for (int64_t b = rlo / bs; rhi >= rlo && b <= rhi / bs; ++b) {
+               nullptr, nullptr, bs, {}, {}, {}, {}};
+      const char* kbase = static_cast<const char*>(args.k);
+      const char* vbase = static_cast<const char*>(args.v);
+      const int32_t* table = args.block_tables + w.seq * args.max_blocks;
+      auto at = [&](int32_t pg, int u) { return (static_cast<size_t>(pg) * page_elems + static_cast<size_t>(w.kvh + u) * head_elems) * kves; };
+      const int64_t blast = rhi / bs;  // the item's pages: [rlo / bs, blast]
+      auto chunk_end = [&](int64_t b) { return std::min<int64_t>((b / seg_pages + 1) * seg_pages, blast + 1); };
+      for (int64_t b = rlo / bs; rhi >= rlo && b <= blast;) {
+        const int64_t bend = chunk_end(b), nend = bend <= blast ? chunk_end(bend) : bend;  // this chunk's pages, the next's
+        const int nseg = static_cast<int>(bend - b);
         const int64_t p0 = b * bs;
-        const int32_t page = args.block_tables[w.seq * args.max_blocks + b];
-        ch.c = static_cast<int>(std::min<int64_t>(bs, L - p0));
+        ch.c = static_cast<int>(std::min<int64_t>(nseg * bs, L - p0));
         for (int r = 0; r < R; ++r) {
           jlo[r] = static_cast<int>(std::max<int64_t>(lo[r], p0) - p0);
           jhi[r] = static_cast<int>(std::min<int64_t>(hi[r], p0 + ch.c - 1) - p0);
         }
         // Pages are scattered, so the vector kernels prefetch the next chunk in the item's order while they stream
-        // this one: the next kv head's rows of this page, after the last head the first head's of the next page.
-        const int32_t next_page = b + 1 <= rhi / bs ? args.block_tables[w.seq * args.max_blocks + b + 1] : -1;
+        // this one: the next kv head's rows of these pages, after the last head the first head's of the next pages.
         for (int u = 0; u < w.nh; ++u) {
-          const size_t off = static_cast<size_t>(page) * page_elems + static_cast<size_t>(w.kvh + u) * head_elems;
-          ch.k = static_cast<const uint8_t*>(args.k) + off * kves;
-          ch.v = static_cast<const uint8_t*>(args.v) + off * kves;
-          ch.nk = ch.nv = nullptr;
-          if (u + 1 < w.nh || next_page >= 0) {
-            const size_t noff = (u + 1 < w.nh ? off + head_elems
-                                              : static_cast<size_t>(next_page) * page_elems + static_cast<size_t>(w.kvh) * head_elems) *
-                                kves;
-            ch.nk = static_cast<const char*>(args.k) + noff;
-            ch.nv = static_cast<const char*>(args.v) + noff;
+          for (int q = 0; q < kMaxSegs; ++q) {
+            const bool here = q < nseg, next = u + 1 < w.nh ? here : q < nend - bend;
+            ch.ks[q] = here ? reinterpret_cast<const uint16_t*>(kbase + at(table[b + q], u)) : nullptr;
+            ch.vs[q] = here ? reinterpret_cast<const uint16_t*>(vbase + at(table[b + q], u)) : nullptr;
+            const size_t noff = !next ? 0 : u + 1 < w.nh ? at(table[b + q], u + 1) : at(table[bend + q], 0);
+            ch.nks[q] = next ? kbase + noff : nullptr;
+            ch.nvs[q] = next ? vbase + noff : nullptr;
           }
+          ch.k = ch.ks[0];
+          ch.v = ch.vs[0];
+          ch.nk = ch.nks[0];
+          ch.nv = ch.nvs[0];
           const size_t r0 = static_cast<size_t>(u) * R;
           ch.qf = qf + r0 * hd;
           ch.qb = qbuf.data() + r0 * hd;
@@ -860,6 +886,7 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
           ch.l = ll + r0;
           kernel(ch);
         }
+        b = bend;
       }
       if (want_bf16_q) unpermute_bf16(acc, w.nh * R, hd);
       for (int u = 0; u < w.nh; ++u)
