@@ -632,22 +632,51 @@ void store_out(void* out, DType t, size_t i, float v) {
   else static_cast<uint16_t*>(out)[i] = f32_to_bf16(v);
 }
 
+#if MOE_X86
 // Restores the column order of the bf16 tier's acc rows (see chunk_avx512bf16): element 16 i + 4 L + e holds
-// column 32 (i / 2) + 8 L + 4 (i % 2) + e.
-void unpermute_bf16(float* acc, int rows, int hd) {
-  float tmp[256];
-  for (int r = 0; r < rows; ++r) {
-    float* a = acc + static_cast<size_t>(r) * hd;
-    for (int p = 0; p < hd; ++p) {
-      const int i = p / 16, lane = (p % 16) / 4, e = p % 4;
-      tmp[32 * (i / 2) + 8 * lane + 4 * (i % 2) + e] = a[p];
-    }
-    std::copy(tmp, tmp + hd, a);
+// column 32 (i / 2) + 8 L + 4 (i % 2) + e. Two vpermt2ps per 32 columns: column 32 b + c comes from the block's two
+// acc vectors a0, a1 (elements 32 b .. 32 b + 31): c < 16 is a_h[4 (c / 8) + c % 4], c >= 16 is
+// a_h[8 + 4 ((c - 16) / 8) + c % 4], h = (c % 8) / 4.
+MOE_TARGET_AVX512 static void unpermute_bf16(float* acc, int rows, int hd) {
+  alignas(64) int i0[16], i1[16];
+  for (int j = 0; j < 16; ++j) {
+    i0[j] = ((j % 8) / 4) * 16 + 4 * (j / 8) + j % 4;
+    i1[j] = ((j % 8) / 4) * 16 + 8 + 4 * (j / 8) + j % 4;
+  }
+  const __m512i x0 = _mm512_load_si512(i0), x1 = _mm512_load_si512(i1);
+  for (size_t p = 0; p < static_cast<size_t>(rows) * hd; p += 32) {
+    const __m512 a0 = _mm512_loadu_ps(acc + p), a1 = _mm512_loadu_ps(acc + p + 16);
+    _mm512_storeu_ps(acc + p, _mm512_permutex2var_ps(a0, x0, a1));
+    _mm512_storeu_ps(acc + p + 16, _mm512_permutex2var_ps(a0, x1, a1));
   }
 }
 
-// Final output of one row from (m, l, acc) with an optional sink logit.
-void finalize_row(const float* acc, float m, float l, const float* sink, int hd, void* out, DType ot, size_t base) {
+// The item's q rows: qf = q * scale (f32) and, for the bf16 tier (qb not null), qb = bf16(qf), 16 lanes at a time;
+// bitwise the scalar loop's values (one multiply per element; st_bf16_512 rounds as f32_to_bf16).
+MOE_TARGET_AVX512 static void load_q_row_512(const void* q, DType qt, size_t off, int hd, float scale, float* qf, uint16_t* qb) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int e = 0; e < hd; e += 16) {
+    const __m512 x = _mm512_mul_ps(qt == DType::F32 ? _mm512_loadu_ps(static_cast<const float*>(q) + off + e)
+                                                    : simd::ld_bf16_512(static_cast<const uint16_t*>(q) + off + e, 0xffff),
+                                   vs);
+    _mm512_storeu_ps(qf + e, x);
+    if (qb != nullptr) simd::st_bf16_512(qb + e, 0xffff, x);
+  }
+}
+
+// out[base .. base + hd) = acc * inv, f32 or bf16 (as store_out).
+MOE_TARGET_AVX512 static void store_row_512(const float* acc, float inv, int hd, void* out, DType ot, size_t base) {
+  const __m512 vi = _mm512_set1_ps(inv);
+  for (int e = 0; e < hd; e += 16) {
+    const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(acc + e), vi);
+    if (ot == DType::F32) _mm512_storeu_ps(static_cast<float*>(out) + base + e, x);
+    else simd::st_bf16_512(static_cast<uint16_t*>(out) + base + e, 0xffff, x);
+  }
+}
+#endif
+
+// Final output of one row from (m, l, acc) with an optional sink logit (vec: the AVX-512 tiers' 16-lane store).
+void finalize_row(const float* acc, float m, float l, const float* sink, int hd, void* out, DType ot, size_t base, bool vec) {
   float scale_acc = 1.0f, denom = l;
   if (sink != nullptr) {
     const float top = std::max(m, *sink);
@@ -655,6 +684,14 @@ void finalize_row(const float* acc, float m, float l, const float* sink, int hd,
     denom = l * scale_acc + std::exp(*sink - top);
   }
   const float inv = denom > 0.0f ? scale_acc / denom : 0.0f;
+#if MOE_X86
+  if (vec) {
+    store_row_512(acc, inv, hd, out, ot, base);
+    return;
+  }
+#else
+  (void)vec;
+#endif
   for (int e = 0; e < hd; ++e) store_out(out, ot, base + e, acc[e] * inv);
 }
 
@@ -720,6 +757,7 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
   (void)isa;
 #endif
   const bool want_bf16_q = ran == Isa::Avx512Bf16;
+  const bool vector_q = ran == Isa::Avx512Bf16 || ran == Isa::Avx512;  // q rows loaded 16 lanes at a time
 
   // Work items: query tiles of nt tokens (rows = nt * g per kv head), groups of hg kv heads, then kv splits.
   // An item walks its pages in order and, per page, its kv heads in order: one page of K (and of V) is one
@@ -833,6 +871,14 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
             // q row: token q_start + t0 + t, head (kvh + u) * g + h
             const size_t qi = (static_cast<size_t>(w.q_start + w.t0 + t) * args.q_heads + (w.kvh + u) * g + h) * hd;
             const size_t ri = static_cast<size_t>(u) * R + r;
+#if MOE_X86
+            if (vector_q) {
+              load_q_row_512(args.q, args.q_dtype, qi, hd, args.scale, qf + ri * hd, want_bf16_q ? qbuf.data() + ri * hd : nullptr);
+              mm[ri] = kNegInf;
+              ll[ri] = 0.0f;
+              continue;
+            }
+#endif
             for (int e = 0; e < hd; ++e) {
               const float x = (args.q_dtype == DType::F32 ? static_cast<const float*>(args.q)[qi + e]
                                                           : bf16_to_f32(static_cast<const uint16_t*>(args.q)[qi + e])) *
@@ -888,7 +934,9 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
         }
         b = bend;
       }
+#if MOE_X86
       if (want_bf16_q) unpermute_bf16(acc, w.nh * R, hd);
+#endif
       for (int u = 0; u < w.nh; ++u)
         for (int t = 0; t < w.nt; ++t)
           for (int h = 0; h < g; ++h) {
@@ -897,7 +945,7 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
             const size_t row = static_cast<size_t>(w.q_start + w.t0 + t) * args.q_heads + head;
             if (w.nsplit == 1) {
               finalize_row(acc + r * hd, mm[r], ll[r], args.sinks ? args.sinks + head : nullptr, hd, args.out,
-                           args.out_dtype, row * hd);
+                           args.out_dtype, row * hd, vector_q);
             } else {
               float* pp = part + (row * max_split + w.split) * pstride;
               pp[0] = mm[r];
@@ -932,7 +980,7 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
           for (int e = 0; e < hd; ++e) acc[e] += p[2 + e] * w;
         }
         const size_t head = row % static_cast<size_t>(args.q_heads);
-        finalize_row(acc.data(), M, l, args.sinks ? args.sinks + head : nullptr, hd, args.out, args.out_dtype, row * hd);
+        finalize_row(acc.data(), M, l, args.sinks ? args.sinks + head : nullptr, hd, args.out, args.out_dtype, row * hd, vector_q);
       }
     };
     if (!ThreadPool::global().parallel_for(static_cast<size_t>(a.total_q * a.q_heads), 64, merge, cancel))
