@@ -6,9 +6,9 @@
 // merges with log-sum-exp; unsplit items finalise directly. Attention sinks add exp(sink - m) to the denominator.
 //
 // Tiers: scalar (the reference: plain loops, std::exp), AVX2 (8 lanes, K/V chunk converted to f32 scratch),
-// AVX-512F (16 lanes, q row held in registers per head_dim template), AVX-512 BF16 (q . k with vdpbf16ps on the
+// AVX-512F (f32 FMAs on K / V rows converted as they load, the bf16 tier's blocking), AVX-512 BF16 (q . k with vdpbf16ps on the
 // bf16 K page directly, q rounded to bf16 once; p . V with vdpbf16ps on pair-interleaved V rows, p rounded to
-// bf16: output NMSE ~1e-6 against float64). Scores of 16 keys are reduced together (reduce16). The vector tiers
+// bf16: output NMSE ~1e-6 against float64). Scores of 16 keys are reduced together (reduce8, join8). The vector tiers
 // prefetch the next chunk of the item (the next kv head of the page, then the next page) while streaming the
 // current one (pages are scattered); the bf16 tier issues one L2 prefetch per K / V line it loads, the lines shared
 // out over all the chunk's score calls and p . V groups. Exp is a degree-6 polynomial on 2^n scaling (relative
@@ -158,16 +158,6 @@ void chunk_scalar(const Chunk& ch) {
 MOE_TARGET_AVX512 static inline float hmax512(__m512 v) { return _mm512_reduce_max_ps(v); }
 
 // rows [0, c) of a kv chunk -> f32 (n = c * hd elements), prefetching the same span of the next page (pf).
-MOE_TARGET_AVX512 static void to_f32_512(const void* src, DType t, size_t n, float* dst, const char* pf) {
-  const uint16_t* s = static_cast<const uint16_t*>(src);
-  for (size_t i = 0; i < n; i += 16) {
-    if (i % 32 == 0) prefetch_span(pf, i * 2, 64);
-    __mmask16 m = simd::tail_mask16(n - i);
-    __m512 x = t == DType::BF16 ? simd::ld_bf16_512(s + i, m) : _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + i));
-    _mm512_mask_storeu_ps(dst + i, m, x);
-  }
-}
-
 MOE_TARGET_AVX2 static void to_f32_avx2(const void* src, DType t, size_t n, float* dst, const char* pf) {
   const uint16_t* s = static_cast<const uint16_t*>(src);
   for (size_t i = 0; i < n; i += 8) {
@@ -204,34 +194,10 @@ MOE_TARGET_AVX512 static float softmax_row_512(const Chunk& ch, int r) {
   return corr;
 }
 
-// acc[r] = acc[r] * corr + sum_j p[j] * vf[j], 64 columns (4 registers) at a time (hd % 64 == 0).
-MOE_TARGET_AVX512 static void pv_row_512(const Chunk& ch, int r, float corr, const float* vf) {
-  const int hd = ch.hd, jlo = ch.jlo[r], jhi = ch.jhi[r];
-  const float* p = ch.s + static_cast<size_t>(r) * ch.s_stride;
-  float* acc = ch.acc + static_cast<size_t>(r) * hd;
-  const __m512 vc = _mm512_set1_ps(corr);
-  for (int d = 0; d < hd; d += 64) {
-    __m512 a0 = _mm512_mul_ps(_mm512_loadu_ps(acc + d), vc), a1 = _mm512_mul_ps(_mm512_loadu_ps(acc + d + 16), vc);
-    __m512 a2 = _mm512_mul_ps(_mm512_loadu_ps(acc + d + 32), vc), a3 = _mm512_mul_ps(_mm512_loadu_ps(acc + d + 48), vc);
-    for (int j = jlo; j <= jhi; ++j) {
-      const __m512 pj = _mm512_set1_ps(p[j]);
-      const float* vr = vf + static_cast<size_t>(j) * hd + d;
-      a0 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr), a0);
-      a1 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 16), a1);
-      a2 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 32), a2);
-      a3 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 48), a3);
-    }
-    _mm512_storeu_ps(acc + d, a0);
-    _mm512_storeu_ps(acc + d + 16, a1);
-    _mm512_storeu_ps(acc + d + 32, a2);
-    _mm512_storeu_ps(acc + d + 48, a3);
-  }
-}
-
-// 16 vectors -> one vector of their 16 horizontal sums (element t = sum of v[t]): a transpose-and-add tree,
-// ~3 instructions per sum instead of ~8 for separate reductions. Split in two so a caller can reduce keys 0-7 as
-// soon as they are computed (reduce8: three levels of the tree, the lanes of v[t] only) and join the halves later
-// (join8): reduce16(v) == join8(reduce8(v), reduce8(v + 8)) bit for bit.
+// 16 vectors -> one vector of their 16 horizontal sums (element t = sum of v[t]) as join8(reduce8(v), reduce8(v + 8)):
+// a transpose-and-add tree, ~3 instructions per sum instead of ~8 for separate reductions, split in two so a caller
+// reduces keys 0-7 as soon as they are computed (reduce8: three levels of the tree, the lanes of v[t] only) and
+// joins the halves later (join8).
 MOE_TARGET_AVX512 static inline __m512 reduce8(const __m512* v) {
   __m512 x[4], y[2];
   for (int i = 0; i < 4; ++i)
@@ -247,8 +213,6 @@ MOE_TARGET_AVX512 static inline __m512 join8(__m512 z0, __m512 z1) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(z0, z1, 0x88), _mm512_shuffle_f32x4(z0, z1, 0xdd));
 }
 
-MOE_TARGET_AVX512 static inline __m512 reduce16(const __m512* v) { return join8(reduce8(v), reduce8(v + 8)); }
-
 // Highest row index any row reads + 1 (rows read j <= jhi < c).
 inline int chunk_extent(const Chunk& ch) {
   int c = 0;
@@ -257,59 +221,202 @@ inline int chunk_extent(const Chunk& ch) {
   return c;
 }
 
-// ---- AVX-512F: q row of HD floats in registers, scores j by j ------------------------------------------------------
-template <int HD>
-MOE_TARGET_AVX512 void chunk_avx512(const Chunk& ch) {
+// ---- AVX-512F: f32 FMAs ------------------------------------------------------------------------------------------
+// K / V rows are converted to f32 in registers as they load (bf16: zero-extend and shift; f16: vcvtph2ps; f32: as
+// is), no scratch copy of the chunk. Blocking as in the bf16 tier: the scores of two rows share every K load (16-key
+// blocks, reduce8 / join8, a short last block zero-padded; q read from L1 as the FMAs' second operand), p . V over
+// groups of up to 4 rows with the same key range sharing every V load (64 columns of accumulators per row in
+// registers), and the next chunk prefetched into L2 one line per line loaded, shared over the calls.
+
+template <DType KT>
+constexpr int kv_size() {
+  return KT == DType::F32 ? 4 : 2;
+}
+
+// 16 K / V elements at byte address p -> f32.
+template <DType KT>
+MOE_TARGET_AVX512 static inline __m512 ld_kv16(const char* p) {
+  if constexpr (KT == DType::F32) {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(p));
+  } else if constexpr (KT == DType::F16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  } else {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  }
+}
+
+// Scores of rows r0 and (TWO) r1 for the 16 K rows at k16 (bytes; keys j0 .. j0 + 15, the first jn real). PF: prefetch
+// line i of the next chunk's rows (pf) for the set bits of `lines`.
+template <int HD, DType KT, bool TWO, bool PF>
+MOE_TARGET_AVX512 static inline void scores_block_f32(const Chunk& ch, const char* k16, int j0, int jn, int r0, int r1,
+                                                     const char* pf, unsigned lines) {
+  constexpr int ES = kv_size<KT>(), RB = HD * ES;  // bytes per element, per K row
+  const float* q0 = ch.qf + static_cast<size_t>(r0) * HD;
+  const float* q1 = ch.qf + static_cast<size_t>(r1) * HD;
+  __m512 z0[2], z1[2];
+  for (int h = 0; h < 2; ++h) {
+    __m512 d0[8], d1[8];
+#pragma GCC unroll 8
+    for (int t = 0; t < 8; ++t) {
+      const int j = 8 * h + t;
+      const char* kr = k16 + static_cast<size_t>(j) * RB;
+      const char* pr = PF ? pf + static_cast<size_t>(j < jn ? j : 0) * RB : nullptr;
+      __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
+#pragma GCC unroll 16
+      for (int i = 0; i < HD / 16; ++i) {
+        if (PF && (16 * ES * i) % 64 == 0 && (lines >> (16 * ES * i / 64) & 1u)) prefetch_l2(pr + 16 * ES * i);
+        const __m512 k = ld_kv16<KT>(kr + 16 * ES * i);
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + 16 * i), k, a);
+        if (TWO) b = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + 16 * i), k, b);
+      }
+      d0[t] = a;
+      d1[t] = b;
+    }
+    z0[h] = reduce8(d0);
+    if (TWO) z1[h] = reduce8(d1);
+  }
+  const __mmask16 m = simd::tail_mask16(static_cast<size_t>(jn));
+  _mm512_mask_storeu_ps(ch.s + static_cast<size_t>(r0) * ch.s_stride + j0, m, join8(z0[0], z0[1]));
+  if (TWO) _mm512_mask_storeu_ps(ch.s + static_cast<size_t>(r1) * ch.s_stride + j0, m, join8(z1[0], z1[1]));
+}
+
+// acc rows [r0, r0 + G) += p . V over keys [jlo, jhi] (f32 probabilities in s), 64 columns at a time. PF: prefetch
+// line L of the next chunk's V rows (ch.nv) for the set bits of `lines`.
+template <int HD, DType KT, int G, bool PF>
+MOE_TARGET_AVX512 static void pv_group_f32(const Chunk& ch, int r0, int jlo, int jhi, unsigned lines) {
+  constexpr int ES = kv_size<KT>(), RB = HD * ES;
+  const char* vb = static_cast<const char*>(ch.v);
+  const float* p[G];
+  float* acc[G];
+  for (int g = 0; g < G; ++g) {
+    p[g] = ch.s + static_cast<size_t>(r0 + g) * ch.s_stride;
+    acc[g] = ch.acc + static_cast<size_t>(r0 + g) * HD;
+  }
+  for (int c0 = 0; c0 < HD; c0 += 64) {
+    __m512 a[G][4];
+    for (int g = 0; g < G; ++g)
+      for (int i = 0; i < 4; ++i) a[g][i] = _mm512_loadu_ps(acc[g] + c0 + 16 * i);
+    for (int j = jlo; j <= jhi; ++j) {
+      const char* vr = vb + static_cast<size_t>(j) * RB + c0 * ES;
+      __m512 v[4];
+      for (int i = 0; i < 4; ++i) {
+        const int off = (c0 + 16 * i) * ES;  // byte offset in the row
+        if (PF && off % 64 == 0 && (lines >> (off / 64) & 1u)) prefetch_l2(ch.nv + static_cast<size_t>(j) * RB + off);
+        v[i] = ld_kv16<KT>(vr + 16 * ES * i);
+      }
+      for (int g = 0; g < G; ++g) {
+        const __m512 pj = _mm512_set1_ps(p[g][j]);
+        for (int i = 0; i < 4; ++i) a[g][i] = _mm512_fmadd_ps(pj, v[i], a[g][i]);
+      }
+    }
+    for (int g = 0; g < G; ++g)
+      for (int i = 0; i < 4; ++i) _mm512_storeu_ps(acc[g] + c0 + 16 * i, a[g][i]);
+  }
+}
+
+template <int HD, DType KT>
+MOE_TARGET_AVX512 void chunk_avx512_kv(const Chunk& ch) {
+  constexpr int RB = HD * kv_size<KT>(), NL = RB / 64;  // bytes and 64-byte lines per K / V row
   const int c = chunk_extent(ch);
   if (c == 0) return;
-  const float* kf = ch.kv == DType::F32 ? static_cast<const float*>(ch.k) : ch.kf;
-  const float* vf = ch.kv == DType::F32 ? static_cast<const float*>(ch.v) : ch.vf;
-  if (ch.kv != DType::F32) {
-    to_f32_512(ch.k, ch.kv, static_cast<size_t>(c) * HD, ch.kf, ch.nk);
-    to_f32_512(ch.v, ch.kv, static_cast<size_t>(c) * HD, ch.vf, ch.nv);
-  } else {
-    prefetch_span(ch.nk, 0, static_cast<size_t>(c) * HD * 4);
-    prefetch_span(ch.nv, 0, static_cast<size_t>(c) * HD * 4);
+  const char* kb = static_cast<const char*>(ch.k);
+  alignas(64) char pad[16 * RB];  // a short last block, zero-padded to 16 keys
+  for (int j0 = 0; j0 < c; j0 += 16) {
+    const int jn = c - j0 < 16 ? c - j0 : 16;
+    const char* k16 = kb + static_cast<size_t>(j0) * RB;
+    if (jn < 16) {
+      std::copy(k16, k16 + static_cast<size_t>(jn) * RB, pad);
+      std::fill(pad + static_cast<size_t>(jn) * RB, pad + 16 * RB, char{0});
+      k16 = pad;
+    }
+    const char* pf = ch.nk != nullptr ? ch.nk + static_cast<size_t>(j0) * RB : nullptr;
+    int calls = 0;
+    for (int r = 0; r < ch.R; ++r) calls += row_in_block(ch, r, j0, jn);
+    calls = (calls + 1) / 2;
+    int call = 0, pending = -1;
+    for (int r = 0; r <= ch.R; ++r) {
+      int r0, r1;
+      if (r == ch.R) {
+        if (pending < 0) break;
+        r0 = r1 = pending;
+      } else {
+        if (!row_in_block(ch, r, j0, jn)) continue;
+        if (pending < 0) {
+          pending = r;
+          continue;
+        }
+        r0 = pending;
+        r1 = r;
+        pending = -1;
+      }
+      const unsigned lines = pf != nullptr ? share_lines(call++, calls, NL) : 0u;
+      if (r1 != r0) {
+        if (lines != 0) scores_block_f32<HD, KT, true, true>(ch, k16, j0, jn, r0, r1, pf, lines);
+        else scores_block_f32<HD, KT, true, false>(ch, k16, j0, jn, r0, r1, nullptr, 0);
+      } else {
+        if (lines != 0) scores_block_f32<HD, KT, false, true>(ch, k16, j0, jn, r0, r0, pf, lines);
+        else scores_block_f32<HD, KT, false, false>(ch, k16, j0, jn, r0, r0, nullptr, 0);
+      }
+    }
   }
   for (int r = 0; r < ch.R; ++r) {
+    if (ch.jlo[r] > ch.jhi[r]) continue;
+    const float corr = softmax_row_512(ch, r);
+    if (corr != 1.0f) {
+      float* acc = ch.acc + static_cast<size_t>(r) * HD;
+      const __m512 vc = _mm512_set1_ps(corr);
+      for (int i = 0; i < HD / 16; ++i) _mm512_storeu_ps(acc + 16 * i, _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * i), vc));
+    }
+  }
+  int groups = 0;
+  for (int r = 0; r < ch.R;) {
+    if (ch.jlo[r] > ch.jhi[r]) {
+      ++r;
+      continue;
+    }
+    ++groups;
+    r += pv_group_size(ch, r);
+  }
+  for (int r = 0, gi = 0; r < ch.R;) {
     const int jlo = ch.jlo[r], jhi = ch.jhi[r];
-    if (jlo > jhi) continue;
-    __m512 q[HD / 16];
-    for (int i = 0; i < HD / 16; ++i) q[i] = _mm512_loadu_ps(ch.qf + static_cast<size_t>(r) * HD + 16 * i);
-    float* s = ch.s + static_cast<size_t>(r) * ch.s_stride;
-    int j = jlo;
-    for (; j + 16 <= jhi + 1; j += 16) {
-      __m512 d[16];
-      for (int t = 0; t < 16; ++t) {
-        const float* kr = kf + static_cast<size_t>(j + t) * HD;
-        __m512 a = _mm512_mul_ps(q[0], _mm512_loadu_ps(kr));
-        for (int i = 1; i < HD / 16; ++i) a = _mm512_fmadd_ps(q[i], _mm512_loadu_ps(kr + 16 * i), a);
-        d[t] = a;
-      }
-      _mm512_storeu_ps(s + j, reduce16(d));
+    if (jlo > jhi) {
+      ++r;
+      continue;
     }
-    for (; j <= jhi; ++j) {
-      const float* kr = kf + static_cast<size_t>(j) * HD;
-      __m512 d0 = _mm512_mul_ps(q[0], _mm512_loadu_ps(kr)), d1 = _mm512_mul_ps(q[1], _mm512_loadu_ps(kr + 16));
-      for (int i = 2; i < HD / 16; i += 2) {
-        d0 = _mm512_fmadd_ps(q[i], _mm512_loadu_ps(kr + 16 * i), d0);
-        d1 = _mm512_fmadd_ps(q[i + 1], _mm512_loadu_ps(kr + 16 * i + 16), d1);
-      }
-      s[j] = _mm512_reduce_add_ps(_mm512_add_ps(d0, d1));
+    const int n = pv_group_size(ch, r);
+    const unsigned lines = ch.nv != nullptr ? share_lines(gi++, groups, NL) : 0u;
+    switch (n + 4 * (lines != 0)) {
+      case 1: pv_group_f32<HD, KT, 1, false>(ch, r, jlo, jhi, 0); break;
+      case 2: pv_group_f32<HD, KT, 2, false>(ch, r, jlo, jhi, 0); break;
+      case 3: pv_group_f32<HD, KT, 3, false>(ch, r, jlo, jhi, 0); break;
+      case 4: pv_group_f32<HD, KT, 4, false>(ch, r, jlo, jhi, 0); break;
+      case 5: pv_group_f32<HD, KT, 1, true>(ch, r, jlo, jhi, lines); break;
+      case 6: pv_group_f32<HD, KT, 2, true>(ch, r, jlo, jhi, lines); break;
+      case 7: pv_group_f32<HD, KT, 3, true>(ch, r, jlo, jhi, lines); break;
+      default: pv_group_f32<HD, KT, 4, true>(ch, r, jlo, jhi, lines); break;
     }
-    pv_row_512(ch, r, softmax_row_512(ch, r), vf);
+    r += n;
+  }
+}
+
+template <int HD>
+MOE_TARGET_AVX512 void chunk_avx512(const Chunk& ch) {
+  switch (ch.kv) {
+    case DType::F32: chunk_avx512_kv<HD, DType::F32>(ch); break;
+    case DType::F16: chunk_avx512_kv<HD, DType::F16>(ch); break;
+    default: chunk_avx512_kv<HD, DType::BF16>(ch); break;
   }
 }
 
 // ---- AVX-512 BF16 -------------------------------------------------------------------------------------------------
-// q . k: vdpbf16ps straight from the bf16 K page, 16 keys at a time reduced together (reduce16).
+// q . k: vdpbf16ps straight from the bf16 K page, 16 keys at a time reduced together (reduce8, join8).
 // p . V: vdpbf16ps too, on V rows j, j+1 interleaved into bf16 pairs; p is rounded to bf16 (relative 2^-9 per
 // probability, NMSE ~1e-6 on the output). The interleave (vpunpck{l,h}wd works within 128-bit lanes) leaves acc in
 // a permuted column order: acc element 16 i + 4 L + e holds column 32 (i / 2) + 8 L + 4 (i % 2) + e. The driver
 // restores the order after the item (unpermute_bf16).
 // Register blocking (decode is compute-bound in the kernel at GQA >= 4 once K/V stream at memory speed):
 //  - scores: two rows share every K load (2 rows x 8 keys of accumulators); keys 0-7 of a 16-key block are reduced
-//    (reduce8) before keys 8-15 are computed, and join8 gives bitwise the reduce16 of the 16 keys, so a row's scores
+//    (reduce8) before keys 8-15 are computed, and join8 gives bitwise the 16-key tree of the block, so a row's scores
 //    do not depend on which row it was paired with (pairing depends on the item's row count).
 //  - p . V: rows with the same key range (the g heads of one query token: every row of a decode item) form groups
 //    of up to 4 that share every V load and interleave; their accumulators stay in registers over the whole chunk,
