@@ -5,7 +5,7 @@
 // m, running sum l, accumulator acc[head_dim]) and adds p . V. Splits write (m, l, acc) partials that a second pass
 // merges with log-sum-exp; unsplit items finalise directly. Attention sinks add exp(sink - m) to the denominator.
 //
-// Tiers: scalar (the reference: plain loops, std::exp), AVX2 (8 lanes, K/V chunk converted to f32 scratch),
+// Tiers: scalar (the reference: plain loops, std::exp), AVX2 (8 lanes, f32 FMAs as AVX-512F below),
 // AVX-512F (f32 FMAs on K / V rows converted as they load, the bf16 tier's blocking), AVX-512 BF16 (q . k with vdpbf16ps on the
 // bf16 K page directly, q rounded to bf16 once; p . V with vdpbf16ps on pair-interleaved V rows, p rounded to
 // bf16: output NMSE ~1e-6 against float64). Scores of 16 keys are reduced together (reduce8, join8). The vector tiers
@@ -59,8 +59,6 @@ struct Chunk {
   const int* jhi;         // [R]
   float* s;               // [R][s_stride] scores / probabilities scratch
   int s_stride;
-  float* kf;              // [c][hd] f32 scratch
-  float* vf;              // [c][hd] f32 scratch
   float* m;               // [R] running max
   float* l;               // [R] running sum of exp
   float* acc;             // [R][hd] running sum of p * v
@@ -156,16 +154,6 @@ void chunk_scalar(const Chunk& ch) {
 #if MOE_X86
 // ---- shared vector pieces ---------------------------------------------------------------------------------------
 MOE_TARGET_AVX512 static inline float hmax512(__m512 v) { return _mm512_reduce_max_ps(v); }
-
-// rows [0, c) of a kv chunk -> f32 (n = c * hd elements), prefetching the same span of the next page (pf).
-MOE_TARGET_AVX2 static void to_f32_avx2(const void* src, DType t, size_t n, float* dst, const char* pf) {
-  const uint16_t* s = static_cast<const uint16_t*>(src);
-  for (size_t i = 0; i < n; i += 8) {
-    if (i % 32 == 0) prefetch_span(pf, i * 2, 64);
-    _mm256_storeu_ps(dst + i, t == DType::BF16 ? simd::ld_bf16_avx2(s + i)
-                                               : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
-  }
-}
 
 // Online-softmax update of row r from its scores s[jlo..jhi]; returns corr (the factor acc must be scaled by)
 // and leaves the probabilities in s.
@@ -640,88 +628,228 @@ MOE_TARGET_AVX512BF16 void chunk_avx512bf16(const Chunk& ch) {
   }
 }
 
-// ---- AVX2: 8 lanes, runtime head_dim, K/V chunk in f32 scratch -----------------------------------------------------
-MOE_TARGET_AVX2 static inline float hsum256(__m256 v) {
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_movehdup_ps(x));
-  return _mm_cvtss_f32(x);
+// ---- AVX2: 8 lanes, f32 FMAs -----------------------------------------------------------------------------------
+// The AVX-512F tier's design on 16 ymm registers: K / V rows converted to f32 as they load, two rows per K load in
+// 4-key blocks (each key's 8 lanes reduced by a fixed tree: pairs, then halves), groups of up to 4 rows per V load
+// with 16 columns of accumulators per row, spread L2 prefetch of the next chunk.
+
+// 8 K / V elements at byte address p -> f32.
+template <DType KT>
+MOE_TARGET_AVX2 static inline __m256 ld_kv8(const char* p) {
+  if constexpr (KT == DType::F32) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+  } else if constexpr (KT == DType::F16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  } else {
+    return simd::ld_bf16_avx2(reinterpret_cast<const uint16_t*>(p));
+  }
 }
 
-MOE_TARGET_AVX2 void chunk_avx2(const Chunk& ch) {
+// 4 vectors -> their 4 horizontal sums (element t = sum of v[t]).
+MOE_TARGET_AVX2 static inline __m128 reduce4_avx2(const __m256* v) {
+  const __m256 x0 = _mm256_add_ps(_mm256_unpacklo_ps(v[0], v[1]), _mm256_unpackhi_ps(v[0], v[1]));
+  const __m256 x1 = _mm256_add_ps(_mm256_unpacklo_ps(v[2], v[3]), _mm256_unpackhi_ps(v[2], v[3]));
+  const __m256d a = _mm256_castps_pd(x0), b = _mm256_castps_pd(x1);
+  const __m256 y = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)));
+  return _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps(y, 1));
+}
+
+// Scores of rows r0 and (TWO) r1 for the 4 K rows at k4 (bytes; keys j0 .. j0 + 3, the first jn real). PF: prefetch
+// line i of the next chunk's rows (pf) for the set bits of `lines`.
+template <int HD, DType KT, bool TWO, bool PF>
+MOE_TARGET_AVX2 static inline void scores_block_avx2(const Chunk& ch, const char* k4, int j0, int jn, int r0, int r1,
+                                                    const char* pf, unsigned lines) {
+  constexpr int ES = kv_size<KT>(), RB = HD * ES;
+  const float* q0 = ch.qf + static_cast<size_t>(r0) * HD;
+  const float* q1 = ch.qf + static_cast<size_t>(r1) * HD;
+  __m256 d0[4], d1[4];
+#pragma GCC unroll 4
+  for (int t = 0; t < 4; ++t) {
+    const char* kr = k4 + static_cast<size_t>(t) * RB;
+    const char* pr = PF ? pf + static_cast<size_t>(t < jn ? t : 0) * RB : nullptr;
+    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+#pragma GCC unroll 32
+    for (int i = 0; i < HD / 8; ++i) {
+      if (PF && (8 * ES * i) % 64 == 0 && (lines >> (8 * ES * i / 64) & 1u)) prefetch_l2(pr + 8 * ES * i);
+      const __m256 k = ld_kv8<KT>(kr + 8 * ES * i);
+      a = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + 8 * i), k, a);
+      if (TWO) b = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + 8 * i), k, b);
+    }
+    d0[t] = a;
+    d1[t] = b;
+  }
+  alignas(16) float z[4];
+  _mm_store_ps(z, reduce4_avx2(d0));
+  std::copy(z, z + jn, ch.s + static_cast<size_t>(r0) * ch.s_stride + j0);
+  if (TWO) {
+    _mm_store_ps(z, reduce4_avx2(d1));
+    std::copy(z, z + jn, ch.s + static_cast<size_t>(r1) * ch.s_stride + j0);
+  }
+}
+
+// Online-softmax update of row r (as softmax_row_512, 8 lanes): returns corr and leaves the probabilities in s.
+MOE_TARGET_AVX2 static float softmax_row_avx2(const Chunk& ch, int r) {
+  float* s = ch.s + static_cast<size_t>(r) * ch.s_stride;
+  const int jlo = ch.jlo[r], jhi = ch.jhi[r];
+  float mx = kNegInf;
+  for (int j = jlo; j <= jhi; ++j) mx = s[j] > mx ? s[j] : mx;
+  const float m_old = ch.m[r];
+  const float m_new = m_old > mx ? m_old : mx;
+  const __m256 vm = _mm256_set1_ps(m_new);
+  __m256 vsum = _mm256_setzero_ps();
+  int j = jlo;
+  for (; j + 8 <= jhi + 1; j += 8) {
+    const __m256 p = simd::exp_neg256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
+    _mm256_storeu_ps(s + j, p);
+    vsum = _mm256_add_ps(vsum, p);
+  }
+  alignas(32) float buf[8];
+  _mm256_store_ps(buf, vsum);
+  float sum = ((buf[0] + buf[1]) + (buf[2] + buf[3])) + ((buf[4] + buf[5]) + (buf[6] + buf[7]));
+  if (j <= jhi) {  // the last 1-7 keys as one masked vector (lanes past jhi give 0)
+    for (int t = 0; t < 8; ++t) buf[t] = j + t <= jhi ? s[j + t] - m_new : kNegInf;
+    _mm256_store_ps(buf, simd::exp_neg256(_mm256_load_ps(buf)));
+    for (int t = 0; j + t <= jhi; ++t) {
+      s[j + t] = buf[t];
+      sum += buf[t];
+    }
+  }
+  float corr = 0.0f;
+  if (m_old != kNegInf) {
+    _mm256_store_ps(buf, simd::exp_neg256(_mm256_set1_ps(m_old - m_new)));
+    corr = buf[0];
+  }
+  ch.l[r] = ch.l[r] * corr + sum;
+  ch.m[r] = m_new;
+  return corr;
+}
+
+// acc rows [r0, r0 + G) += p . V over keys [jlo, jhi] (f32 probabilities in s), 16 columns at a time. PF: prefetch
+// line L of the next chunk's V rows (ch.nv) for the set bits of `lines`.
+template <int HD, DType KT, int G, bool PF>
+MOE_TARGET_AVX2 static void pv_group_avx2(const Chunk& ch, int r0, int jlo, int jhi, unsigned lines) {
+  constexpr int ES = kv_size<KT>(), RB = HD * ES;
+  const char* vb = static_cast<const char*>(ch.v);
+  const float* p[G];
+  float* acc[G];
+  for (int g = 0; g < G; ++g) {
+    p[g] = ch.s + static_cast<size_t>(r0 + g) * ch.s_stride;
+    acc[g] = ch.acc + static_cast<size_t>(r0 + g) * HD;
+  }
+  for (int c0 = 0; c0 < HD; c0 += 16) {
+    __m256 a[G][2];
+    for (int g = 0; g < G; ++g)
+      for (int i = 0; i < 2; ++i) a[g][i] = _mm256_loadu_ps(acc[g] + c0 + 8 * i);
+    for (int j = jlo; j <= jhi; ++j) {
+      const char* vr = vb + static_cast<size_t>(j) * RB + c0 * ES;
+      __m256 v[2];
+      for (int i = 0; i < 2; ++i) {
+        const int off = (c0 + 8 * i) * ES;  // byte offset in the row
+        if (PF && off % 64 == 0 && (lines >> (off / 64) & 1u)) prefetch_l2(ch.nv + static_cast<size_t>(j) * RB + off);
+        v[i] = ld_kv8<KT>(vr + 8 * ES * i);
+      }
+      for (int g = 0; g < G; ++g) {
+        const __m256 pj = _mm256_set1_ps(p[g][j]);
+        for (int i = 0; i < 2; ++i) a[g][i] = _mm256_fmadd_ps(pj, v[i], a[g][i]);
+      }
+    }
+    for (int g = 0; g < G; ++g)
+      for (int i = 0; i < 2; ++i) _mm256_storeu_ps(acc[g] + c0 + 8 * i, a[g][i]);
+  }
+}
+
+template <int HD, DType KT>
+MOE_TARGET_AVX2 void chunk_avx2_kv(const Chunk& ch) {
+  constexpr int RB = HD * kv_size<KT>(), NL = RB / 64;  // bytes and 64-byte lines per K / V row
   const int c = chunk_extent(ch);
   if (c == 0) return;
-  const int hd = ch.hd;
-  const float* kf = ch.kv == DType::F32 ? static_cast<const float*>(ch.k) : ch.kf;
-  const float* vf = ch.kv == DType::F32 ? static_cast<const float*>(ch.v) : ch.vf;
-  if (ch.kv != DType::F32) {
-    to_f32_avx2(ch.k, ch.kv, static_cast<size_t>(c) * hd, ch.kf, ch.nk);
-    to_f32_avx2(ch.v, ch.kv, static_cast<size_t>(c) * hd, ch.vf, ch.nv);
-  } else {
-    prefetch_span(ch.nk, 0, static_cast<size_t>(c) * hd * 4);
-    prefetch_span(ch.nv, 0, static_cast<size_t>(c) * hd * 4);
+  const char* kb = static_cast<const char*>(ch.k);
+  alignas(32) char pad[4 * RB];  // a short last block, zero-padded to 4 keys
+  for (int j0 = 0; j0 < c; j0 += 4) {
+    const int jn = c - j0 < 4 ? c - j0 : 4;
+    const char* k4 = kb + static_cast<size_t>(j0) * RB;
+    if (jn < 4) {
+      std::copy(k4, k4 + static_cast<size_t>(jn) * RB, pad);
+      std::fill(pad + static_cast<size_t>(jn) * RB, pad + 4 * RB, char{0});
+      k4 = pad;
+    }
+    // the next chunk's K lines of these 4 keys, shared out over the block's calls
+    const char* pf = ch.nk != nullptr ? ch.nk + static_cast<size_t>(j0) * RB : nullptr;
+    int calls = 0;
+    for (int r = 0; r < ch.R; ++r) calls += row_in_block(ch, r, j0, jn);
+    calls = (calls + 1) / 2;
+    int call = 0, pending = -1;
+    for (int r = 0; r <= ch.R; ++r) {
+      int r0, r1;
+      if (r == ch.R) {
+        if (pending < 0) break;
+        r0 = r1 = pending;
+      } else {
+        if (!row_in_block(ch, r, j0, jn)) continue;
+        if (pending < 0) {
+          pending = r;
+          continue;
+        }
+        r0 = pending;
+        r1 = r;
+        pending = -1;
+      }
+      const unsigned lines = pf != nullptr ? share_lines(call++, calls, NL) : 0u;
+      if (r1 != r0) {
+        if (lines != 0) scores_block_avx2<HD, KT, true, true>(ch, k4, j0, jn, r0, r1, pf, lines);
+        else scores_block_avx2<HD, KT, true, false>(ch, k4, j0, jn, r0, r1, nullptr, 0);
+      } else {
+        if (lines != 0) scores_block_avx2<HD, KT, false, true>(ch, k4, j0, jn, r0, r0, pf, lines);
+        else scores_block_avx2<HD, KT, false, false>(ch, k4, j0, jn, r0, r0, nullptr, 0);
+      }
+    }
   }
   for (int r = 0; r < ch.R; ++r) {
+    if (ch.jlo[r] > ch.jhi[r]) continue;
+    const float corr = softmax_row_avx2(ch, r);
+    if (corr != 1.0f) {
+      float* acc = ch.acc + static_cast<size_t>(r) * HD;
+      const __m256 vc = _mm256_set1_ps(corr);
+      for (int i = 0; i < HD / 8; ++i) _mm256_storeu_ps(acc + 8 * i, _mm256_mul_ps(_mm256_loadu_ps(acc + 8 * i), vc));
+    }
+  }
+  int groups = 0;
+  for (int r = 0; r < ch.R;) {
+    if (ch.jlo[r] > ch.jhi[r]) {
+      ++r;
+      continue;
+    }
+    ++groups;
+    r += pv_group_size(ch, r);
+  }
+  for (int r = 0, gi = 0; r < ch.R;) {
     const int jlo = ch.jlo[r], jhi = ch.jhi[r];
-    if (jlo > jhi) continue;
-    const float* q = ch.qf + static_cast<size_t>(r) * hd;
-    float* s = ch.s + static_cast<size_t>(r) * ch.s_stride;
-    float mx = kNegInf;
-    for (int j = jlo; j <= jhi; ++j) {
-      const float* kr = kf + static_cast<size_t>(j) * hd;
-      __m256 d0 = _mm256_setzero_ps(), d1 = _mm256_setzero_ps(), d2 = _mm256_setzero_ps(), d3 = _mm256_setzero_ps();
-      for (int e = 0; e < hd; e += 32) {
-        d0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + e), _mm256_loadu_ps(kr + e), d0);
-        d1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + e + 8), _mm256_loadu_ps(kr + e + 8), d1);
-        d2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + e + 16), _mm256_loadu_ps(kr + e + 16), d2);
-        d3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + e + 24), _mm256_loadu_ps(kr + e + 24), d3);
-      }
-      s[j] = hsum256(_mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3)));
-      mx = s[j] > mx ? s[j] : mx;
+    if (jlo > jhi) {
+      ++r;
+      continue;
     }
-    const float m_old = ch.m[r];
-    const float m_new = m_old > mx ? m_old : mx;
-    const __m256 vm = _mm256_set1_ps(m_new);
-    __m256 vsum = _mm256_setzero_ps();
-    int j = jlo;
-    for (; j + 8 <= jhi + 1; j += 8) {
-      __m256 p = simd::exp_neg256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
-      _mm256_storeu_ps(s + j, p);
-      vsum = _mm256_add_ps(vsum, p);
+    const int n = pv_group_size(ch, r);
+    const unsigned lines = ch.nv != nullptr ? share_lines(gi++, groups, NL) : 0u;
+    switch (n + 4 * (lines != 0)) {
+      case 1: pv_group_avx2<HD, KT, 1, false>(ch, r, jlo, jhi, 0); break;
+      case 2: pv_group_avx2<HD, KT, 2, false>(ch, r, jlo, jhi, 0); break;
+      case 3: pv_group_avx2<HD, KT, 3, false>(ch, r, jlo, jhi, 0); break;
+      case 4: pv_group_avx2<HD, KT, 4, false>(ch, r, jlo, jhi, 0); break;
+      case 5: pv_group_avx2<HD, KT, 1, true>(ch, r, jlo, jhi, lines); break;
+      case 6: pv_group_avx2<HD, KT, 2, true>(ch, r, jlo, jhi, lines); break;
+      case 7: pv_group_avx2<HD, KT, 3, true>(ch, r, jlo, jhi, lines); break;
+      default: pv_group_avx2<HD, KT, 4, true>(ch, r, jlo, jhi, lines); break;
     }
-    float sum = hsum256(vsum);
-    for (; j <= jhi; ++j) {
-      float buf[8];
-      _mm256_storeu_ps(buf, simd::exp_neg256(_mm256_set1_ps(s[j] - m_new)));
-      s[j] = buf[0];
-      sum += buf[0];
-    }
-    float corr = 0.0f;
-    if (m_old != kNegInf) {
-      float buf[8];
-      _mm256_storeu_ps(buf, simd::exp_neg256(_mm256_set1_ps(m_old - m_new)));
-      corr = buf[0];
-    }
-    ch.l[r] = ch.l[r] * corr + sum;
-    ch.m[r] = m_new;
-    float* acc = ch.acc + static_cast<size_t>(r) * hd;
-    const __m256 vc = _mm256_set1_ps(corr);
-    for (int d = 0; d < hd; d += 32) {
-      __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(acc + d), vc), a1 = _mm256_mul_ps(_mm256_loadu_ps(acc + d + 8), vc);
-      __m256 a2 = _mm256_mul_ps(_mm256_loadu_ps(acc + d + 16), vc), a3 = _mm256_mul_ps(_mm256_loadu_ps(acc + d + 24), vc);
-      for (int jj = jlo; jj <= jhi; ++jj) {
-        const __m256 pj = _mm256_set1_ps(s[jj]);
-        const float* vr = vf + static_cast<size_t>(jj) * hd + d;
-        a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr), a0);
-        a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8), a1);
-        a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 16), a2);
-        a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 24), a3);
-      }
-      _mm256_storeu_ps(acc + d, a0);
-      _mm256_storeu_ps(acc + d + 8, a1);
-      _mm256_storeu_ps(acc + d + 16, a2);
-      _mm256_storeu_ps(acc + d + 24, a3);
-    }
+    r += n;
+  }
+}
+
+template <int HD>
+MOE_TARGET_AVX2 void chunk_avx2(const Chunk& ch) {
+  switch (ch.kv) {
+    case DType::F32: chunk_avx2_kv<HD, DType::F32>(ch); break;
+    case DType::F16: chunk_avx2_kv<HD, DType::F16>(ch); break;
+    default: chunk_avx2_kv<HD, DType::BF16>(ch); break;
   }
 }
 #endif  // MOE_X86
@@ -857,7 +985,7 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
     kernel = hd == 64 ? chunk_avx512<64> : hd == 128 ? chunk_avx512<128> : chunk_avx512<256>;
     ran = Isa::Avx512;
   } else if (tier >= Isa::Avx2) {
-    kernel = chunk_avx2;
+    kernel = hd == 64 ? chunk_avx2<64> : hd == 128 ? chunk_avx2<128> : chunk_avx2<256>;
     ran = Isa::Avx2;
   }
 #else
@@ -937,17 +1065,15 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
     thread_local std::vector<float> fbuf;
     thread_local std::vector<uint16_t> qbuf;
     thread_local std::vector<int> ibuf;
-    // [hrows][hd] qf and acc, [rmax][s_stride] scores (one head at a time), K/V f32 scratch, [hrows] m and l
-    const size_t need = hrows * hd * 2 + static_cast<size_t>(rmax) * s_stride + head_elems * 2 + hrows * 2;
+    // [hrows][hd] qf and acc, [rmax][s_stride] scores (one head at a time), [hrows] m and l
+    const size_t need = hrows * hd * 2 + static_cast<size_t>(rmax) * s_stride + hrows * 2;
     if (fbuf.size() < need) fbuf.resize(need);
     if (qbuf.size() < hrows * hd) qbuf.resize(hrows * hd);
     if (ibuf.size() < static_cast<size_t>(rmax) * 4) ibuf.resize(static_cast<size_t>(rmax) * 4);
     float* qf = fbuf.data();
     float* acc = qf + hrows * hd;
     float* sc = acc + hrows * hd;
-    float* kf = sc + static_cast<size_t>(rmax) * s_stride;
-    float* vf = kf + head_elems;
-    float* mm = vf + head_elems;
+    float* mm = sc + static_cast<size_t>(rmax) * s_stride;
     float* ll = mm + hrows;
     int* lo = ibuf.data();
     int* hi = lo + rmax;
@@ -999,7 +1125,7 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
         }
       }
       std::fill(acc, acc + static_cast<size_t>(w.nh) * R * hd, 0.0f);
-      Chunk ch{R, hd, 0, qf, qbuf.data(), nullptr, nullptr, args.kv_dtype, jlo, jhi, sc, s_stride, kf, vf, mm, ll, acc,
+      Chunk ch{R, hd, 0, qf, qbuf.data(), nullptr, nullptr, args.kv_dtype, jlo, jhi, sc, s_stride, mm, ll, acc,
                nullptr, nullptr, bs, {}, {}, {}, {}};
       const char* kbase = static_cast<const char*>(args.k);
       const char* vbase = static_cast<const char*>(args.v);
