@@ -302,97 +302,36 @@ MOE_TARGET_AVX512 static void pv_group_f32(const Chunk& ch, int r0, int jlo, int
   }
 }
 
+// The AVX-512F tier for chunk_f32 (below).
 template <int HD, DType KT>
-MOE_TARGET_AVX512 void chunk_avx512_kv(const Chunk& ch) {
-  constexpr int RB = HD * kv_size<KT>(), NL = RB / 64;  // bytes and 64-byte lines per K / V row
-  const int c = chunk_extent(ch);
-  if (c == 0) return;
-  const char* kb = static_cast<const char*>(ch.k);
-  alignas(64) char pad[16 * RB];  // a short last block, zero-padded to 16 keys
-  for (int j0 = 0; j0 < c; j0 += 16) {
-    const int jn = c - j0 < 16 ? c - j0 : 16;
-    const char* k16 = kb + static_cast<size_t>(j0) * RB;
-    if (jn < 16) {
-      std::copy(k16, k16 + static_cast<size_t>(jn) * RB, pad);
-      std::fill(pad + static_cast<size_t>(jn) * RB, pad + 16 * RB, char{0});
-      k16 = pad;
-    }
-    const char* pf = ch.nk != nullptr ? ch.nk + static_cast<size_t>(j0) * RB : nullptr;
-    int calls = 0;
-    for (int r = 0; r < ch.R; ++r) calls += row_in_block(ch, r, j0, jn);
-    calls = (calls + 1) / 2;
-    int call = 0, pending = -1;
-    for (int r = 0; r <= ch.R; ++r) {
-      int r0, r1;
-      if (r == ch.R) {
-        if (pending < 0) break;
-        r0 = r1 = pending;
-      } else {
-        if (!row_in_block(ch, r, j0, jn)) continue;
-        if (pending < 0) {
-          pending = r;
-          continue;
-        }
-        r0 = pending;
-        r1 = r;
-        pending = -1;
-      }
-      const unsigned lines = pf != nullptr ? share_lines(call++, calls, NL) : 0u;
-      if (r1 != r0) {
-        if (lines != 0) scores_block_f32<HD, KT, true, true>(ch, k16, j0, jn, r0, r1, pf, lines);
-        else scores_block_f32<HD, KT, true, false>(ch, k16, j0, jn, r0, r1, nullptr, 0);
-      } else {
-        if (lines != 0) scores_block_f32<HD, KT, false, true>(ch, k16, j0, jn, r0, r0, pf, lines);
-        else scores_block_f32<HD, KT, false, false>(ch, k16, j0, jn, r0, r0, nullptr, 0);
-      }
-    }
+struct Avx512F {
+  static constexpr int kBlock = 16, kRowBytes = HD * kv_size<KT>();
+  template <bool TWO, bool PF>
+  MOE_TARGET_AVX512 static void scores(const Chunk& ch, const char* kb, int j0, int jn, int r0, int r1, const char* pf, unsigned lines) {
+    scores_block_f32<HD, KT, TWO, PF>(ch, kb, j0, jn, r0, r1, pf, lines);
   }
-  for (int r = 0; r < ch.R; ++r) {
-    if (ch.jlo[r] > ch.jhi[r]) continue;
+  MOE_TARGET_AVX512 static void softmax(const Chunk& ch, int r) {
     const float corr = softmax_row_512(ch, r);
-    if (corr != 1.0f) {
-      float* acc = ch.acc + static_cast<size_t>(r) * HD;
-      const __m512 vc = _mm512_set1_ps(corr);
-      for (int i = 0; i < HD / 16; ++i) _mm512_storeu_ps(acc + 16 * i, _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * i), vc));
-    }
+    if (corr == 1.0f) return;
+    float* acc = ch.acc + static_cast<size_t>(r) * HD;
+    const __m512 vc = _mm512_set1_ps(corr);
+    for (int i = 0; i < HD / 16; ++i) _mm512_storeu_ps(acc + 16 * i, _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * i), vc));
   }
-  int groups = 0;
-  for (int r = 0; r < ch.R;) {
-    if (ch.jlo[r] > ch.jhi[r]) {
-      ++r;
-      continue;
-    }
-    ++groups;
-    r += pv_group_size(ch, r);
+  template <int G, bool PF>
+  MOE_TARGET_AVX512 static void pv(const Chunk& ch, int r0, int jlo, int jhi, unsigned lines) {
+    pv_group_f32<HD, KT, G, PF>(ch, r0, jlo, jhi, lines);
   }
-  for (int r = 0, gi = 0; r < ch.R;) {
-    const int jlo = ch.jlo[r], jhi = ch.jhi[r];
-    if (jlo > jhi) {
-      ++r;
-      continue;
-    }
-    const int n = pv_group_size(ch, r);
-    const unsigned lines = ch.nv != nullptr ? share_lines(gi++, groups, NL) : 0u;
-    switch (n + 4 * (lines != 0)) {
-      case 1: pv_group_f32<HD, KT, 1, false>(ch, r, jlo, jhi, 0); break;
-      case 2: pv_group_f32<HD, KT, 2, false>(ch, r, jlo, jhi, 0); break;
-      case 3: pv_group_f32<HD, KT, 3, false>(ch, r, jlo, jhi, 0); break;
-      case 4: pv_group_f32<HD, KT, 4, false>(ch, r, jlo, jhi, 0); break;
-      case 5: pv_group_f32<HD, KT, 1, true>(ch, r, jlo, jhi, lines); break;
-      case 6: pv_group_f32<HD, KT, 2, true>(ch, r, jlo, jhi, lines); break;
-      case 7: pv_group_f32<HD, KT, 3, true>(ch, r, jlo, jhi, lines); break;
-      default: pv_group_f32<HD, KT, 4, true>(ch, r, jlo, jhi, lines); break;
-    }
-    r += n;
-  }
-}
+};
+
+template <class T>
+void chunk_f32(const Chunk& ch);
 
 template <int HD>
-MOE_TARGET_AVX512 void chunk_avx512(const Chunk& ch) {
+void chunk_avx512(const Chunk& ch) {
   switch (ch.kv) {
-    case DType::F32: chunk_avx512_kv<HD, DType::F32>(ch); break;
-    case DType::F16: chunk_avx512_kv<HD, DType::F16>(ch); break;
-    default: chunk_avx512_kv<HD, DType::BF16>(ch); break;
+    case DType::F32: chunk_f32<Avx512F<HD, DType::F32>>(ch); break;
+    case DType::F16: chunk_f32<Avx512F<HD, DType::F16>>(ch); break;
+    default: chunk_f32<Avx512F<HD, DType::BF16>>(ch); break;
   }
 }
 
@@ -758,22 +697,55 @@ MOE_TARGET_AVX2 static void pv_group_avx2(const Chunk& ch, int r0, int jlo, int 
   }
 }
 
+// The AVX2 tier for chunk_f32 (below).
 template <int HD, DType KT>
-MOE_TARGET_AVX2 void chunk_avx2_kv(const Chunk& ch) {
-  constexpr int RB = HD * kv_size<KT>(), NL = RB / 64;  // bytes and 64-byte lines per K / V row
+struct Avx2 {
+  static constexpr int kBlock = 4, kRowBytes = HD * kv_size<KT>();
+  template <bool TWO, bool PF>
+  MOE_TARGET_AVX2 static void scores(const Chunk& ch, const char* kb, int j0, int jn, int r0, int r1, const char* pf, unsigned lines) {
+    scores_block_avx2<HD, KT, TWO, PF>(ch, kb, j0, jn, r0, r1, pf, lines);
+  }
+  MOE_TARGET_AVX2 static void softmax(const Chunk& ch, int r) {
+    const float corr = softmax_row_avx2(ch, r);
+    if (corr == 1.0f) return;
+    float* acc = ch.acc + static_cast<size_t>(r) * HD;
+    const __m256 vc = _mm256_set1_ps(corr);
+    for (int i = 0; i < HD / 8; ++i) _mm256_storeu_ps(acc + 8 * i, _mm256_mul_ps(_mm256_loadu_ps(acc + 8 * i), vc));
+  }
+  template <int G, bool PF>
+  MOE_TARGET_AVX2 static void pv(const Chunk& ch, int r0, int jlo, int jhi, unsigned lines) {
+    pv_group_avx2<HD, KT, G, PF>(ch, r0, jlo, jhi, lines);
+  }
+};
+
+template <int HD>
+void chunk_avx2(const Chunk& ch) {
+  switch (ch.kv) {
+    case DType::F32: chunk_f32<Avx2<HD, DType::F32>>(ch); break;
+    case DType::F16: chunk_f32<Avx2<HD, DType::F16>>(ch); break;
+    default: chunk_f32<Avx2<HD, DType::BF16>>(ch); break;
+  }
+}
+
+// The f32 tiers' chunk walk (T: Avx512F or Avx2): score blocks of T::kBlock keys (a short last block zero-padded)
+// over rows in pairs, the calls of a block sharing out the prefetch of the next chunk's K lines; the online softmax
+// row by row (acc rescaled when the running max moves); p . V over groups of up to 4 rows with the same key range,
+// sharing out the next chunk's V lines. The walk is plain integer code; T's functions carry the vector work.
+template <class T>
+void chunk_f32(const Chunk& ch) {
+  constexpr int KB = T::kBlock, RB = T::kRowBytes, NL = RB / 64;  // keys per block; bytes, 64-byte lines per row
   const int c = chunk_extent(ch);
   if (c == 0) return;
   const char* kb = static_cast<const char*>(ch.k);
-  alignas(32) char pad[4 * RB];  // a short last block, zero-padded to 4 keys
-  for (int j0 = 0; j0 < c; j0 += 4) {
-    const int jn = c - j0 < 4 ? c - j0 : 4;
-    const char* k4 = kb + static_cast<size_t>(j0) * RB;
-    if (jn < 4) {
-      std::copy(k4, k4 + static_cast<size_t>(jn) * RB, pad);
-      std::fill(pad + static_cast<size_t>(jn) * RB, pad + 4 * RB, char{0});
-      k4 = pad;
+  alignas(64) char pad[KB * RB];
+  for (int j0 = 0; j0 < c; j0 += KB) {
+    const int jn = c - j0 < KB ? c - j0 : KB;
+    const char* kblk = kb + static_cast<size_t>(j0) * RB;
+    if (jn < KB) {
+      std::copy(kblk, kblk + static_cast<size_t>(jn) * RB, pad);
+      std::fill(pad + static_cast<size_t>(jn) * RB, pad + KB * RB, char{0});
+      kblk = pad;
     }
-    // the next chunk's K lines of these 4 keys, shared out over the block's calls
     const char* pf = ch.nk != nullptr ? ch.nk + static_cast<size_t>(j0) * RB : nullptr;
     int calls = 0;
     for (int r = 0; r < ch.R; ++r) calls += row_in_block(ch, r, j0, jn);
@@ -796,23 +768,16 @@ MOE_TARGET_AVX2 void chunk_avx2_kv(const Chunk& ch) {
       }
       const unsigned lines = pf != nullptr ? share_lines(call++, calls, NL) : 0u;
       if (r1 != r0) {
-        if (lines != 0) scores_block_avx2<HD, KT, true, true>(ch, k4, j0, jn, r0, r1, pf, lines);
-        else scores_block_avx2<HD, KT, true, false>(ch, k4, j0, jn, r0, r1, nullptr, 0);
+        if (lines != 0) T::template scores<true, true>(ch, kblk, j0, jn, r0, r1, pf, lines);
+        else T::template scores<true, false>(ch, kblk, j0, jn, r0, r1, nullptr, 0);
       } else {
-        if (lines != 0) scores_block_avx2<HD, KT, false, true>(ch, k4, j0, jn, r0, r0, pf, lines);
-        else scores_block_avx2<HD, KT, false, false>(ch, k4, j0, jn, r0, r0, nullptr, 0);
+        if (lines != 0) T::template scores<false, true>(ch, kblk, j0, jn, r0, r0, pf, lines);
+        else T::template scores<false, false>(ch, kblk, j0, jn, r0, r0, nullptr, 0);
       }
     }
   }
-  for (int r = 0; r < ch.R; ++r) {
-    if (ch.jlo[r] > ch.jhi[r]) continue;
-    const float corr = softmax_row_avx2(ch, r);
-    if (corr != 1.0f) {
-      float* acc = ch.acc + static_cast<size_t>(r) * HD;
-      const __m256 vc = _mm256_set1_ps(corr);
-      for (int i = 0; i < HD / 8; ++i) _mm256_storeu_ps(acc + 8 * i, _mm256_mul_ps(_mm256_loadu_ps(acc + 8 * i), vc));
-    }
-  }
+  for (int r = 0; r < ch.R; ++r)
+    if (ch.jlo[r] <= ch.jhi[r]) T::softmax(ch, r);
   int groups = 0;
   for (int r = 0; r < ch.R;) {
     if (ch.jlo[r] > ch.jhi[r]) {
@@ -831,25 +796,16 @@ MOE_TARGET_AVX2 void chunk_avx2_kv(const Chunk& ch) {
     const int n = pv_group_size(ch, r);
     const unsigned lines = ch.nv != nullptr ? share_lines(gi++, groups, NL) : 0u;
     switch (n + 4 * (lines != 0)) {
-      case 1: pv_group_avx2<HD, KT, 1, false>(ch, r, jlo, jhi, 0); break;
-      case 2: pv_group_avx2<HD, KT, 2, false>(ch, r, jlo, jhi, 0); break;
-      case 3: pv_group_avx2<HD, KT, 3, false>(ch, r, jlo, jhi, 0); break;
-      case 4: pv_group_avx2<HD, KT, 4, false>(ch, r, jlo, jhi, 0); break;
-      case 5: pv_group_avx2<HD, KT, 1, true>(ch, r, jlo, jhi, lines); break;
-      case 6: pv_group_avx2<HD, KT, 2, true>(ch, r, jlo, jhi, lines); break;
-      case 7: pv_group_avx2<HD, KT, 3, true>(ch, r, jlo, jhi, lines); break;
-      default: pv_group_avx2<HD, KT, 4, true>(ch, r, jlo, jhi, lines); break;
+      case 1: T::template pv<1, false>(ch, r, jlo, jhi, 0); break;
+      case 2: T::template pv<2, false>(ch, r, jlo, jhi, 0); break;
+      case 3: T::template pv<3, false>(ch, r, jlo, jhi, 0); break;
+      case 4: T::template pv<4, false>(ch, r, jlo, jhi, 0); break;
+      case 5: T::template pv<1, true>(ch, r, jlo, jhi, lines); break;
+      case 6: T::template pv<2, true>(ch, r, jlo, jhi, lines); break;
+      case 7: T::template pv<3, true>(ch, r, jlo, jhi, lines); break;
+      default: T::template pv<4, true>(ch, r, jlo, jhi, lines); break;
     }
     r += n;
-  }
-}
-
-template <int HD>
-MOE_TARGET_AVX2 void chunk_avx2(const Chunk& ch) {
-  switch (ch.kv) {
-    case DType::F32: chunk_avx2_kv<HD, DType::F32>(ch); break;
-    case DType::F16: chunk_avx2_kv<HD, DType::F16>(ch); break;
-    default: chunk_avx2_kv<HD, DType::BF16>(ch); break;
   }
 }
 #endif  // MOE_X86
