@@ -19,11 +19,12 @@
 // V is read front to back. Loads and compute used to add up at g >= 4 (0.59 / 0.48 / 0.34 of the probe at
 // g = 4 / 8 / 16): the next page was prefetched into L1 in bursts. Spread L2 prefetches shared over the calls, full
 // 16-key score blocks without key bounds, and the softmax's exp and bf16 packing in one pass (acc rescaled only when
-// the running max moves) give 0.83 / 0.82-0.84 / 0.76 / 0.48 at g = 1 / 4 / 8 / 16, and at g = 4 the kernel reads
-// at 0.85-0.89 of a plain read of the same pages in the same order (bench/results/
-// attention-native-2026-11-26-l2prefetch.json: decode-read and decode-cached rows). g = 16 is compute-bound: the
-// kernel alone (K/V in cache) runs at ~17 GB/s of KV. Blocks of 16 and 32 tokens run 64 / block_size pages per bf16
-// chunk (prefill at block 16 went from 0.43 to 0.58 of the vdpbf16ps peak, the same as block 64).
+// the running max moves) give 0.86 / 0.83-0.85 / 0.76 / 0.49 at g = 1 / 4 / 8 / 16 with the probe at ~33 GB/s
+// (bench/results/attention-native-2026-11-26-l2prefetch-run2.json; its decode-read rows read the same pages in the
+// same order with no compute, its decode-cached rows run the kernel with K/V in cache: g = 16 is compute-bound at
+// ~17 GB/s of KV). With the probe at ~50 GB/s the scattered pages themselves read slower than the probe
+// (-l2prefetch.json: 0.78-0.85 of it) and the fractions drop to 0.6-0.65. The f32 tiers: AVX-512F 0.94 and AVX2
+// 0.75 of the probe at g = 4 (they were 0.25 and 0.17). Prefill 0.58-0.62 of the vdpbf16ps peak (blocks 16 and 64).
 #include "attention.h"
 
 #include <algorithm>
