@@ -64,7 +64,7 @@ async function main(): Promise<void> {
       const V = cfg.vocabSize;
       // each configuration runs `reps` times, the rounds interleaved (a burst of other jobs then hits one run of a
       // configuration, not all); the row is the run with the median measured interval, with its own prediction
-      const runs = new Map<string, Array<{ measured: number; step: number; pred: ReturnType<typeof predictDecode>; context: number; before: number; after: number; load: number; timed: number }>>();
+      const runs = new Map<string, Array<{ measured: number; step: number; parts: Record<string, number>; pred: ReturnType<typeof predictDecode>; context: number; before: number; after: number; load: number; timed: number }>>();
       for (let rep = 0; rep < reps; rep++) {
         for (const B of batches) {
           for (const L of contexts) {
@@ -73,6 +73,7 @@ async function main(): Promise<void> {
             const load = os.loadavg()[0]!;
             const intervals: number[] = [];
             const stepMs: number[] = [];
+            const parts: Record<string, number[]> = { attention: [], experts: [], stall: [], dense: [], host: [] };
             const ctx: number[] = [];
             let last = -1;
             let decoded = 0;
@@ -86,6 +87,11 @@ async function main(): Promise<void> {
                 if (pure) {
                   decoded++;
                   stepMs.push(st.ms);
+                  parts.attention!.push(st.times.attentionMs);
+                  parts.experts!.push(st.times.expertMs);
+                  parts.stall!.push(st.times.stallMs);
+                  parts.dense!.push(st.times.denseMs);
+                  parts.host!.push(st.times.hostMs);
                   if (last >= 0) {
                     intervals.push(now - last);
                     ctx.push(L + decoded);
@@ -101,7 +107,8 @@ async function main(): Promise<void> {
             const context = ctx.reduce((a, b) => a + b, 0) / ctx.length;
             const pred = predictDecode(cfg, profile, { batch: B, context }, { readGBs: (before + after) / 2 });
             const key = `${B}/${L}`;
-            runs.set(key, [...(runs.get(key) ?? []), { measured: med(intervals), step: med(stepMs), pred, context, before, after, load, timed: intervals.length }]);
+            const partMs = Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, med(v)]));
+            runs.set(key, [...(runs.get(key) ?? []), { measured: med(intervals), step: med(stepMs), parts: partMs, pred, context, before, after, load, timed: intervals.length }]);
             loads.push(load);
           }
         }
@@ -127,6 +134,10 @@ async function main(): Promise<void> {
             load_avg_1m: r3(r.load),
             bound: r.pred.bound,
             terms_ms: Object.fromEntries(Object.entries(r.pred.terms).map(([k, v]) => [k, r3(v)])),
+            // where the measured step went (generateBatch's onStep times, medians over the timed steps): attention,
+            // experts, stall and dense are awaited native op groups, host the JS between them; next to terms_ms
+            // they show which predicted term misses
+            measured_parts_ms: Object.fromEntries(Object.entries(r.parts).map(([k, v]) => [k, r3(v)])),
             intervals_timed: r.timed,
             runs: all.map((x) => ({ measured_interval_ms: r3(x.measured), predicted_interval_ms: r3(x.pred.stepMs), read_GBs: r3((x.before + x.after) / 2), load_avg_1m: r3(x.load) })),
           };
