@@ -19,12 +19,13 @@
 // V is read front to back. Loads and compute used to add up at g >= 4 (0.59 / 0.48 / 0.34 of the probe at
 // g = 4 / 8 / 16): the next page was prefetched into L1 in bursts. Spread L2 prefetches shared over the calls, full
 // 16-key score blocks without key bounds, and the softmax's exp and bf16 packing in one pass (acc rescaled only when
-// the running max moves) give 0.86 / 0.83-0.85 / 0.76 / 0.49 at g = 1 / 4 / 8 / 16 with the probe at ~33 GB/s
-// (bench/results/attention-native-2026-11-26-l2prefetch-run2.json; its decode-read rows read the same pages in the
-// same order with no compute, its decode-cached rows run the kernel with K/V in cache: g = 16 is compute-bound at
-// ~17 GB/s of KV). With the probe at ~50 GB/s the scattered pages themselves read slower than the probe
-// (-l2prefetch.json: 0.78-0.85 of it) and the fractions drop to 0.6-0.65. The f32 tiers: AVX-512F 0.94 and AVX2
-// 0.75 of the probe at g = 4 (they were 0.25 and 0.17). Prefill 0.58-0.62 of the vdpbf16ps peak (blocks 16 and 64).
+// the running max moves) and p . V groups of 2 rows reading whole V rows in one pass give 0.84 / 0.86-0.89 / 0.81 /
+// 0.51 at g = 1 / 4 / 8 / 16 with the probe at ~32 GB/s, 0.87-0.96 of a plain read of the same pages in the same
+// order (bench/results/attention-native-2026-11-26-l2prefetch-run2.json: decode-read rows; its decode-cached rows run
+// the kernel with K/V in cache). g = 16 is compute-bound: at one vdpbf16ps per cycle it needs 128 per key-head,
+// 35 ns at 3.65 GHz, against ~40 ns that 0.8 of the probe allows per core. With the probe at ~50 GB/s the scattered
+// pages themselves read at ~0.6-0.8 of it (-l2prefetch.json, first rows). The f32 tiers: AVX-512F 0.91 and AVX2 0.72
+// of the probe at g = 4 (they were 0.25 and 0.17). Prefill 0.63 of the vdpbf16ps peak (blocks 16 and 64).
 #include "attention.h"
 
 #include <algorithm>
