@@ -1,7 +1,8 @@
 // Paged-KV attention (attention.h). One work item = (sequence, kv head, query tile, kv split): the query rows of
 // the item are every (query token of the tile) x (query head of the kv head's group), so a K/V page segment is
-// read once per kv head and used by all g = q_heads / kv_heads heads (GQA). Per page segment ("chunk", at most
-// block_size tokens) a tier kernel computes the scores of every row, updates the f32 online softmax (running max
+// read once per kv head and used by all g = q_heads / kv_heads heads (GQA). Per chunk (one page's rows of one kv
+// head; for the bf16 tier at block 16 / 32, those of 64 / block_size consecutive pages of the sequence) a tier
+// kernel computes the scores of every row, updates the f32 online softmax (running max
 // m, running sum l, accumulator acc[head_dim]) and adds p . V. Splits write (m, l, acc) partials that a second pass
 // merges with log-sum-exp; unsplit items finalise directly. Attention sinks add exp(sink - m) to the denominator.
 //
@@ -76,14 +77,8 @@ struct Chunk {
   const char* nvs[kMaxSegs];
 };
 
-// Prefetches the `bytes` bytes at p + off (one call per 64-byte line); p may be null.
-inline void prefetch_span(const char* p, size_t off, size_t bytes) {
-  if (p == nullptr) return;
-  for (size_t x = 0; x < bytes; x += 64) __builtin_prefetch(p + off + x);
-}
-
-// One 64-byte line into L2 (prefetcht2), for the bf16 tier's prefetch of the next chunk: spread one line per K/V
-// load of the current chunk, it keeps the next chunk in flight while the core computes. Measured on the
+// One 64-byte line into L2 (prefetcht2), for the vector tiers' prefetch of the next chunk: spread one line per K/V
+// line loaded from the current chunk, it keeps the next chunk in flight while the core computes. Measured on the
 // development VM (decode, 64 sequences x kv 4096, GQA 4): prefetcht0 in the same places, or the same lines
 // issued in bursts (64 per 16-key block), left loads and compute serialised (0.56-0.59 of the read probe); spread
 // L2 prefetches 0.78-0.82.
