@@ -67,12 +67,12 @@ struct Chunk {
   float* acc;             // [R][hd] running sum of p * v
   const char* nk;         // the next chunk's K rows in the item's order (prefetched while this one streams), or null
   const char* nv;         // the same for V
-  // The bf16 tier reads the chunk as page segments of `seg` rows: rows [q seg, (q + 1) seg) are ks[q] / vs[q] (one
-  // segment, ks[0] = k, unless several pages of a block size that is a multiple of 16 form one chunk); nks / nvs
-  // the same for the next chunk (null where it has fewer segments).
+  // The chunk as page segments of `seg` rows: rows [q seg, (q + 1) seg) start at byte addresses ks[q] / vs[q] (one
+  // segment, ks[0] = k, unless the bf16 tier takes several pages of a block size that is a multiple of 16 as one
+  // chunk); nks / nvs the same for the next chunk (null where it has fewer segments).
   int seg;
-  const uint16_t* ks[kMaxSegs];
-  const uint16_t* vs[kMaxSegs];
+  const char* ks[kMaxSegs];
+  const char* vs[kMaxSegs];
   const char* nks[kMaxSegs];
   const char* nvs[kMaxSegs];
 };
@@ -151,6 +151,12 @@ void chunk_scalar(const Chunk& ch) {
 #if MOE_X86
 // ---- shared vector pieces ---------------------------------------------------------------------------------------
 MOE_TARGET_AVX512 static inline float hmax512(__m512 v) { return _mm512_reduce_max_ps(v); }
+
+// acc[0, hd) *= f (hd % 16 == 0): an accumulator row's online-softmax rescale.
+MOE_TARGET_AVX512 static inline void scale_row_512(float* acc, int hd, float f) {
+  const __m512 vf = _mm512_set1_ps(f);
+  for (int i = 0; i < hd; i += 16) _mm512_storeu_ps(acc + i, _mm512_mul_ps(_mm512_loadu_ps(acc + i), vf));
+}
 
 // Online-softmax update of row r from its scores s[jlo..jhi]; returns corr (the factor acc must be scaled by)
 // and leaves the probabilities in s.
@@ -299,36 +305,34 @@ MOE_TARGET_AVX512 static void pv_group_f32(const Chunk& ch, int r0, int jlo, int
   }
 }
 
-// The AVX-512F tier for chunk_f32 (below).
+// The AVX-512F tier for chunk_walk (below).
 template <int HD, DType KT>
 struct Avx512F {
-  static constexpr int kBlock = 16, kRowBytes = HD * kv_size<KT>();
+  static constexpr int kBlock = 16, kRowBytes = HD * kv_size<KT>(), kMaxGroup = 4;
+  static constexpr bool kPairs = true;
   template <bool TWO, bool PF>
   MOE_TARGET_AVX512 static void scores(const Chunk& ch, const char* kb, int j0, int jn, int r0, int r1, const char* pf, unsigned lines) {
     scores_block_f32<HD, KT, TWO, PF>(ch, kb, j0, jn, r0, r1, pf, lines);
   }
   MOE_TARGET_AVX512 static void softmax(const Chunk& ch, int r) {
     const float corr = softmax_row_512(ch, r);
-    if (corr == 1.0f) return;
-    float* acc = ch.acc + static_cast<size_t>(r) * HD;
-    const __m512 vc = _mm512_set1_ps(corr);
-    for (int i = 0; i < HD / 16; ++i) _mm512_storeu_ps(acc + 16 * i, _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * i), vc));
+    if (corr != 1.0f) scale_row_512(ch.acc + static_cast<size_t>(r) * HD, HD, corr);
   }
   template <int G, bool PF>
-  MOE_TARGET_AVX512 static void pv(const Chunk& ch, int r0, int jlo, int jhi, unsigned lines) {
+  MOE_TARGET_AVX512 static void pv(const Chunk& ch, int /*c*/, int r0, int jlo, int jhi, unsigned lines) {
     pv_group_f32<HD, KT, G, PF>(ch, r0, jlo, jhi, lines);
   }
 };
 
 template <class T>
-void chunk_f32(const Chunk& ch);
+inline void chunk_walk(const Chunk& ch);
 
 template <int HD>
-void chunk_avx512(const Chunk& ch) {
+MOE_TARGET_AVX512 void chunk_avx512(const Chunk& ch) {
   switch (ch.kv) {
-    case DType::F32: chunk_f32<Avx512F<HD, DType::F32>>(ch); break;
-    case DType::F16: chunk_f32<Avx512F<HD, DType::F16>>(ch); break;
-    default: chunk_f32<Avx512F<HD, DType::BF16>>(ch); break;
+    case DType::F32: chunk_walk<Avx512F<HD, DType::F32>>(ch); break;
+    case DType::F16: chunk_walk<Avx512F<HD, DType::F16>>(ch); break;
+    default: chunk_walk<Avx512F<HD, DType::BF16>>(ch); break;
   }
 }
 
@@ -415,7 +419,7 @@ MOE_TARGET_AVX512BF16 static void pv_group(const Chunk& ch, int c, int r0, int k
         ++q;
         qlo += ch.seg;
       }
-      const uint16_t* r0v = ch.vs[q] + static_cast<size_t>(2 * k - qlo) * HD + 32 * b0;
+      const uint16_t* r0v = reinterpret_cast<const uint16_t*>(ch.vs[q]) + static_cast<size_t>(2 * k - qlo) * HD + 32 * b0;
       const bool two = 2 * k + 1 < c;
       __m512i vv[2 * B];
       for (int b = 0; b < B; ++b) {
@@ -439,128 +443,70 @@ MOE_TARGET_AVX512BF16 static void pv_group(const Chunk& ch, int c, int r0, int k
   }
 }
 
+// Online softmax of row r (non-empty range) over the chunk; probabilities -> bf16 pairs in place. acc (and l) are
+// rescaled only when the running max moved (corr = exp(0) would be exactly 1). Pair k holds keys 2k, 2k+1 as 32
+// bits at s[k]: the exp pass runs over whole pairs from 2 (jlo / 2), lanes outside [jlo, jhi] are 0, and its stores
+// never pass unread floats (k <= 2k).
+template <int HD>
+MOE_TARGET_AVX512BF16 static void softmax_row_bf16(const Chunk& ch, int r) {
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const int jlo = ch.jlo[r], jhi = ch.jhi[r];
+  float* s = ch.s + static_cast<size_t>(r) * ch.s_stride;
+  const int n = jhi - jlo + 1;
+  __m512 vmx = _mm512_set1_ps(kNegInf);
+  for (int i = 0; i < n; i += 16) {
+    const __mmask16 m = simd::tail_mask16(static_cast<size_t>(n - i));
+    vmx = _mm512_mask_max_ps(vmx, m, vmx, _mm512_maskz_loadu_ps(m, s + jlo + i));
+  }
+  const float m_old = ch.m[r], mx = hmax512(vmx);
+  const float m_new = m_old > mx ? m_old : mx;
+  if (m_new != m_old) {
+    const float corr =
+        m_old == kNegInf ? 0.0f : _mm_cvtss_f32(_mm512_castps512_ps128(simd::exp_neg512(_mm512_set1_ps(m_old - m_new))));
+    ch.l[r] *= corr;
+    ch.m[r] = m_new;
+    scale_row_512(ch.acc + static_cast<size_t>(r) * HD, HD, corr);
+  }
+  const __m512 vm = _mm512_set1_ps(m_new);
+  const __m512i vlo = _mm512_set1_epi32(jlo), vhi = _mm512_set1_epi32(jhi);
+  __m512 vsum = _mm512_setzero_ps();
+  const int k0 = jlo / 2, np = jhi / 2 - k0 + 1;
+  for (int m = 0; m < np; m += 16) {
+    const int f0 = 2 * (k0 + m);  // float index of lane 0
+    const __m512i pos0 = _mm512_add_epi32(lane, _mm512_set1_epi32(f0)), pos1 = _mm512_add_epi32(pos0, _mm512_set1_epi32(16));
+    const __mmask16 in0 = _mm512_cmpge_epi32_mask(pos0, vlo) & _mm512_cmple_epi32_mask(pos0, vhi);
+    const __mmask16 in1 = _mm512_cmpge_epi32_mask(pos1, vlo) & _mm512_cmple_epi32_mask(pos1, vhi);
+    const __m512 e0 = _mm512_maskz_mov_ps(in0, simd::exp_neg512(_mm512_sub_ps(_mm512_maskz_loadu_ps(in0, s + f0), vm)));
+    const __m512 e1 = _mm512_maskz_mov_ps(in1, simd::exp_neg512(_mm512_sub_ps(_mm512_maskz_loadu_ps(in1, s + f0 + 16), vm)));
+    vsum = _mm512_add_ps(_mm512_add_ps(vsum, e0), e1);
+    _mm512_mask_storeu_epi32(s + k0 + m, simd::tail_mask16(static_cast<size_t>(np - m)), (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+  }
+  ch.l[r] += _mm512_reduce_add_ps(vsum);
+}
+
+// The bf16 tier for chunk_walk (below). Score rows go in pairs (head_dim 256: one at a time, two rows' q do not fit
+// the registers). p . V groups hold up to 2 rows: two rows keep all their columns in registers at head_dim <= 128
+// (2 x 8 accumulators), so a group reads its V rows in one pass, whole rows in order; groups of 4 took two passes
+// over half rows, and at GQA 4-8 decode streamed at 0.86 / 0.72 of the probe instead of 0.91 / 0.83 (same minutes,
+// development VM).
+template <int HD>
+struct Bf16 {
+  static constexpr int kBlock = 16, kRowBytes = HD * 2, kMaxGroup = 2;
+  static constexpr bool kPairs = HD <= 128;
+  template <bool TWO, bool PF>
+  MOE_TARGET_AVX512BF16 static void scores(const Chunk& ch, const char* kb, int j0, int jn, int r0, int r1, const char* pf, unsigned lines) {
+    scores_block<HD, TWO, PF>(ch, reinterpret_cast<const uint16_t*>(kb), j0, jn, r0, r1, pf, lines);
+  }
+  MOE_TARGET_AVX512BF16 static void softmax(const Chunk& ch, int r) { softmax_row_bf16<HD>(ch, r); }
+  template <int G, bool PF>
+  MOE_TARGET_AVX512BF16 static void pv(const Chunk& ch, int c, int r0, int jlo, int jhi, unsigned lines) {
+    pv_group<HD, G, PF>(ch, c, r0, jlo / 2, jhi / 2, lines);
+  }
+};
+
 template <int HD>
 MOE_TARGET_AVX512BF16 void chunk_avx512bf16(const Chunk& ch) {
-  const int c = chunk_extent(ch);
-  if (c == 0) return;
-  // ---- scores, blocks of 16 keys, rows in pairs (head_dim 256: one row at a time, two rows' q do not fit). The
-  // first call of a block prefetches the next chunk's K rows of those keys.
-  alignas(64) uint16_t pad[16 * HD];  // a short last block, zero-padded to 16 keys
-  for (int j0 = 0; j0 < c; j0 += 16) {
-    const int jn = c - j0 < 16 ? c - j0 : 16;
-    const int q = j0 / ch.seg, off = j0 - q * ch.seg;  // a 16-key block lies in one segment
-    const uint16_t* k16 = ch.ks[q] + static_cast<size_t>(off) * HD;
-    if (jn < 16) {
-      std::copy(k16, k16 + static_cast<size_t>(jn) * HD, pad);
-      std::fill(pad + static_cast<size_t>(jn) * HD, pad + 16 * HD, uint16_t{0});
-      k16 = pad;
-    }
-    const char* pf = ch.nks[q] != nullptr ? ch.nks[q] + static_cast<size_t>(off) * HD * 2 : nullptr;
-    int calls = 0;  // score calls of this block: they share out the prefetch lines
-    for (int r = 0; r < ch.R; ++r) calls += row_in_block(ch, r, j0, jn);
-    if (HD <= 128) calls = (calls + 1) / 2;
-    int call = 0, pending = -1;
-    for (int r = 0; r <= ch.R; ++r) {
-      // rows in pairs (r0, r1); head_dim 256 or the last odd row: r0 alone (r1 == r0)
-      int r0, r1;
-      if (r == ch.R) {
-        if (pending < 0) break;
-        r0 = r1 = pending;
-      } else {
-        if (!row_in_block(ch, r, j0, jn)) continue;
-        if (HD > 128) {
-          r0 = r1 = r;
-        } else if (pending < 0) {
-          pending = r;
-          continue;
-        } else {
-          r0 = pending;
-          r1 = r;
-          pending = -1;
-        }
-      }
-      const unsigned lines = pf != nullptr ? share_lines(call++, calls, HD / 32) : 0u;
-      if (r1 != r0) {
-        if (lines != 0) scores_block<HD, true, true>(ch, k16, j0, jn, r0, r1, pf, lines);
-        else scores_block<HD, true, false>(ch, k16, j0, jn, r0, r1, nullptr, 0);
-      } else {
-        if (lines != 0) scores_block<HD, false, true>(ch, k16, j0, jn, r0, r0, pf, lines);
-        else scores_block<HD, false, false>(ch, k16, j0, jn, r0, r0, nullptr, 0);
-      }
-    }
-  }
-  // ---- online softmax per row; probabilities -> bf16 pairs in place. acc (and l) are rescaled only when the
-  // running max moved (corr = exp(0) would be exactly 1). Pair k holds keys 2k, 2k+1 as 32 bits at s[k]: the exp
-  // pass runs over whole pairs from 2 (jlo / 2), lanes outside [jlo, jhi] are 0, and its stores never pass unread
-  // floats (k <= 2k).
-  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  for (int r = 0; r < ch.R; ++r) {
-    const int jlo = ch.jlo[r], jhi = ch.jhi[r];
-    if (jlo > jhi) continue;
-    float* s = ch.s + static_cast<size_t>(r) * ch.s_stride;
-    const int n = jhi - jlo + 1;
-    __m512 vmx = _mm512_set1_ps(kNegInf);
-    for (int i = 0; i < n; i += 16) {
-      const __mmask16 m = simd::tail_mask16(static_cast<size_t>(n - i));
-      vmx = _mm512_mask_max_ps(vmx, m, vmx, _mm512_maskz_loadu_ps(m, s + jlo + i));
-    }
-    const float m_old = ch.m[r], mx = hmax512(vmx);
-    const float m_new = m_old > mx ? m_old : mx;
-    if (m_new != m_old) {
-      const float corr =
-          m_old == kNegInf ? 0.0f : _mm_cvtss_f32(_mm512_castps512_ps128(simd::exp_neg512(_mm512_set1_ps(m_old - m_new))));
-      ch.l[r] *= corr;
-      ch.m[r] = m_new;
-      float* acc = ch.acc + static_cast<size_t>(r) * HD;
-      const __m512 vc = _mm512_set1_ps(corr);
-      for (int i = 0; i < HD / 16; ++i) _mm512_storeu_ps(acc + 16 * i, _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * i), vc));
-    }
-    const __m512 vm = _mm512_set1_ps(m_new);
-    const __m512i vlo = _mm512_set1_epi32(jlo), vhi = _mm512_set1_epi32(jhi);
-    __m512 vsum = _mm512_setzero_ps();
-    const int k0 = jlo / 2, np = jhi / 2 - k0 + 1;
-    for (int m = 0; m < np; m += 16) {
-      const int f0 = 2 * (k0 + m);  // float index of lane 0
-      const __m512i pos0 = _mm512_add_epi32(lane, _mm512_set1_epi32(f0)), pos1 = _mm512_add_epi32(pos0, _mm512_set1_epi32(16));
-      const __mmask16 in0 = _mm512_cmpge_epi32_mask(pos0, vlo) & _mm512_cmple_epi32_mask(pos0, vhi);
-      const __mmask16 in1 = _mm512_cmpge_epi32_mask(pos1, vlo) & _mm512_cmple_epi32_mask(pos1, vhi);
-      const __m512 e0 = _mm512_maskz_mov_ps(in0, simd::exp_neg512(_mm512_sub_ps(_mm512_maskz_loadu_ps(in0, s + f0), vm)));
-      const __m512 e1 = _mm512_maskz_mov_ps(in1, simd::exp_neg512(_mm512_sub_ps(_mm512_maskz_loadu_ps(in1, s + f0 + 16), vm)));
-      vsum = _mm512_add_ps(_mm512_add_ps(vsum, e0), e1);
-      _mm512_mask_storeu_epi32(s + k0 + m, simd::tail_mask16(static_cast<size_t>(np - m)), (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
-    }
-    ch.l[r] += _mm512_reduce_add_ps(vsum);
-  }
-  // ---- p . V, rows with the same key range in groups of up to 2; the groups share out the prefetch of the next
-  // chunk's V lines. Two rows keep all their columns in registers at head_dim <= 128 (2 x 8 accumulators), so a
-  // group reads its V rows in one pass, whole rows in order; groups of 4 took two passes over half rows, and at
-  // GQA 4-8 decode streamed at 0.86 / 0.72 of the probe instead of 0.91 / 0.83 (same minutes, development VM).
-  int groups = 0;
-  for (int r = 0; r < ch.R;) {
-    if (ch.jlo[r] > ch.jhi[r]) {
-      ++r;
-      continue;
-    }
-    ++groups;
-    r += pv_group_size(ch, r, 2);
-  }
-  for (int r = 0, gi = 0; r < ch.R;) {
-    const int jlo = ch.jlo[r], jhi = ch.jhi[r];
-    if (jlo > jhi) {
-      ++r;
-      continue;
-    }
-    const int n = pv_group_size(ch, r, 2);
-    const int k0 = jlo / 2, k1 = jhi / 2;
-    const unsigned lines = ch.nvs[0] != nullptr ? share_lines(gi++, groups, HD / 32) : 0u;
-    switch (n + 2 * (lines != 0)) {
-      case 1: pv_group<HD, 1, false>(ch, c, r, k0, k1, 0); break;
-      case 2: pv_group<HD, 2, false>(ch, c, r, k0, k1, 0); break;
-      case 3: pv_group<HD, 1, true>(ch, c, r, k0, k1, lines); break;
-      default: pv_group<HD, 2, true>(ch, c, r, k0, k1, lines); break;
-    }
-    r += n;
-  }
+  chunk_walk<Bf16<HD>>(ch);
 }
 
 // ---- AVX2: 8 lanes, f32 FMAs -----------------------------------------------------------------------------------
@@ -693,10 +639,11 @@ MOE_TARGET_AVX2 static void pv_group_avx2(const Chunk& ch, int r0, int jlo, int 
   }
 }
 
-// The AVX2 tier for chunk_f32 (below).
+// The AVX2 tier for chunk_walk (below).
 template <int HD, DType KT>
 struct Avx2 {
-  static constexpr int kBlock = 4, kRowBytes = HD * kv_size<KT>();
+  static constexpr int kBlock = 4, kRowBytes = HD * kv_size<KT>(), kMaxGroup = 4;
+  static constexpr bool kPairs = true;
   template <bool TWO, bool PF>
   MOE_TARGET_AVX2 static void scores(const Chunk& ch, const char* kb, int j0, int jn, int r0, int r1, const char* pf, unsigned lines) {
     scores_block_avx2<HD, KT, TWO, PF>(ch, kb, j0, jn, r0, r1, pf, lines);
@@ -709,58 +656,79 @@ struct Avx2 {
     for (int i = 0; i < HD / 8; ++i) _mm256_storeu_ps(acc + 8 * i, _mm256_mul_ps(_mm256_loadu_ps(acc + 8 * i), vc));
   }
   template <int G, bool PF>
-  MOE_TARGET_AVX2 static void pv(const Chunk& ch, int r0, int jlo, int jhi, unsigned lines) {
+  MOE_TARGET_AVX2 static void pv(const Chunk& ch, int /*c*/, int r0, int jlo, int jhi, unsigned lines) {
     pv_group_avx2<HD, KT, G, PF>(ch, r0, jlo, jhi, lines);
   }
 };
 
 template <int HD>
-void chunk_avx2(const Chunk& ch) {
+MOE_TARGET_AVX2 void chunk_avx2(const Chunk& ch) {
   switch (ch.kv) {
-    case DType::F32: chunk_f32<Avx2<HD, DType::F32>>(ch); break;
-    case DType::F16: chunk_f32<Avx2<HD, DType::F16>>(ch); break;
-    default: chunk_f32<Avx2<HD, DType::BF16>>(ch); break;
+    case DType::F32: chunk_walk<Avx2<HD, DType::F32>>(ch); break;
+    case DType::F16: chunk_walk<Avx2<HD, DType::F16>>(ch); break;
+    default: chunk_walk<Avx2<HD, DType::BF16>>(ch); break;
   }
 }
 
-// The f32 tiers' chunk walk (T: Avx512F or Avx2): score blocks of T::kBlock keys (a short last block zero-padded)
-// over rows in pairs, the calls of a block sharing out the prefetch of the next chunk's K lines; the online softmax
-// row by row (acc rescaled when the running max moves); p . V over groups of up to 4 rows with the same key range,
-// sharing out the next chunk's V lines. The walk is plain integer code; T's functions carry the vector work.
+// The vector tiers' chunk walk (T: Bf16, Avx512F or Avx2): score blocks of T::kBlock keys (each within one page
+// segment; a short last block zero-padded) over rows in pairs (T::kPairs) or one at a time, the calls of a block
+// sharing out the prefetch of the next chunk's K lines; the online softmax row by row; p . V over groups of up to
+// T::kMaxGroup rows with the same key range, sharing out the next chunk's V lines. The walk is plain integer code;
+// T's functions carry the vector work.
+template <class T, bool PF>
+void pv_dispatch(const Chunk& ch, int c, int r, int n, unsigned lines) {
+  const int jlo = ch.jlo[r], jhi = ch.jhi[r];
+  if constexpr (T::kMaxGroup == 2) {
+    if (n == 1) T::template pv<1, PF>(ch, c, r, jlo, jhi, lines);
+    else T::template pv<2, PF>(ch, c, r, jlo, jhi, lines);
+  } else {
+    switch (n) {
+      case 1: T::template pv<1, PF>(ch, c, r, jlo, jhi, lines); break;
+      case 2: T::template pv<2, PF>(ch, c, r, jlo, jhi, lines); break;
+      case 3: T::template pv<3, PF>(ch, c, r, jlo, jhi, lines); break;
+      default: T::template pv<4, PF>(ch, c, r, jlo, jhi, lines); break;
+    }
+  }
+}
+
 template <class T>
-void chunk_f32(const Chunk& ch) {
+__attribute__((always_inline)) inline void chunk_walk(const Chunk& ch) {
   constexpr int KB = T::kBlock, RB = T::kRowBytes, NL = RB / 64;  // keys per block; bytes, 64-byte lines per row
   const int c = chunk_extent(ch);
   if (c == 0) return;
-  const char* kb = static_cast<const char*>(ch.k);
   alignas(64) char pad[KB * RB];
   for (int j0 = 0; j0 < c; j0 += KB) {
     const int jn = c - j0 < KB ? c - j0 : KB;
-    const char* kblk = kb + static_cast<size_t>(j0) * RB;
+    const int q = j0 / ch.seg, off = j0 - q * ch.seg;  // the block's page segment
+    const char* kblk = ch.ks[q] + static_cast<size_t>(off) * RB;
     if (jn < KB) {
       std::copy(kblk, kblk + static_cast<size_t>(jn) * RB, pad);
       std::fill(pad + static_cast<size_t>(jn) * RB, pad + KB * RB, char{0});
       kblk = pad;
     }
-    const char* pf = ch.nk != nullptr ? ch.nk + static_cast<size_t>(j0) * RB : nullptr;
+    const char* pf = ch.nks[q] != nullptr ? ch.nks[q] + static_cast<size_t>(off) * RB : nullptr;
     int calls = 0;
     for (int r = 0; r < ch.R; ++r) calls += row_in_block(ch, r, j0, jn);
-    calls = (calls + 1) / 2;
+    if (T::kPairs) calls = (calls + 1) / 2;
     int call = 0, pending = -1;
     for (int r = 0; r <= ch.R; ++r) {
+      // rows in pairs (r0, r1); without pairs, or the last odd row: r0 alone (r1 == r0)
       int r0, r1;
       if (r == ch.R) {
         if (pending < 0) break;
         r0 = r1 = pending;
       } else {
         if (!row_in_block(ch, r, j0, jn)) continue;
-        if (pending < 0) {
+        if (!T::kPairs) {
+          r0 = r1 = r;
+        } else if (pending < 0) {
           pending = r;
           continue;
+        } else {
+          r0 = pending;
+          r1 = r;
+          pending = -1;
         }
-        r0 = pending;
-        r1 = r;
-        pending = -1;
       }
       const unsigned lines = pf != nullptr ? share_lines(call++, calls, NL) : 0u;
       if (r1 != r0) {
@@ -781,26 +749,17 @@ void chunk_f32(const Chunk& ch) {
       continue;
     }
     ++groups;
-    r += pv_group_size(ch, r, 4);
+    r += pv_group_size(ch, r, T::kMaxGroup);
   }
   for (int r = 0, gi = 0; r < ch.R;) {
-    const int jlo = ch.jlo[r], jhi = ch.jhi[r];
-    if (jlo > jhi) {
+    if (ch.jlo[r] > ch.jhi[r]) {
       ++r;
       continue;
     }
-    const int n = pv_group_size(ch, r, 4);
-    const unsigned lines = ch.nv != nullptr ? share_lines(gi++, groups, NL) : 0u;
-    switch (n + 4 * (lines != 0)) {
-      case 1: T::template pv<1, false>(ch, r, jlo, jhi, 0); break;
-      case 2: T::template pv<2, false>(ch, r, jlo, jhi, 0); break;
-      case 3: T::template pv<3, false>(ch, r, jlo, jhi, 0); break;
-      case 4: T::template pv<4, false>(ch, r, jlo, jhi, 0); break;
-      case 5: T::template pv<1, true>(ch, r, jlo, jhi, lines); break;
-      case 6: T::template pv<2, true>(ch, r, jlo, jhi, lines); break;
-      case 7: T::template pv<3, true>(ch, r, jlo, jhi, lines); break;
-      default: T::template pv<4, true>(ch, r, jlo, jhi, lines); break;
-    }
+    const int n = pv_group_size(ch, r, T::kMaxGroup);
+    const unsigned lines = ch.nvs[0] != nullptr ? share_lines(gi++, groups, NL) : 0u;
+    if (lines != 0) pv_dispatch<T, true>(ch, c, r, n, lines);
+    else pv_dispatch<T, false>(ch, c, r, n, 0);
     r += n;
   }
 }
@@ -1099,8 +1058,8 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
         for (int u = 0; u < w.nh; ++u) {
           for (int q = 0; q < kMaxSegs; ++q) {
             const bool here = q < nseg, next = u + 1 < w.nh ? here : q < nend - bend;
-            ch.ks[q] = here ? reinterpret_cast<const uint16_t*>(kbase + at(table[b + q], u)) : nullptr;
-            ch.vs[q] = here ? reinterpret_cast<const uint16_t*>(vbase + at(table[b + q], u)) : nullptr;
+            ch.ks[q] = here ? kbase + at(table[b + q], u) : nullptr;
+            ch.vs[q] = here ? vbase + at(table[b + q], u) : nullptr;
             const size_t noff = !next ? 0 : u + 1 < w.nh ? at(table[b + q], u + 1) : at(table[bend + q], 0);
             ch.nks[q] = next ? kbase + noff : nullptr;
             ch.nvs[q] = next ? vbase + noff : nullptr;
