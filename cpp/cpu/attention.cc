@@ -49,14 +49,12 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kGroupRows = 16;     // kv heads share an item only for query tiles of at most this many rows per head
 constexpr int kMaxSegs = 4;            // pages per bf16 chunk (block sizes 16 and 32: 64 / block_size pages)
 
-// One page segment of one item, handed to a tier kernel. Rows r in [0, R): valid kv offsets j in [jlo[r], jhi[r]]
-// of this chunk (jlo > jhi: the row has nothing here and is left alone).
+// One chunk of one item, handed to a tier kernel. Rows r in [0, R): valid kv offsets j in [jlo[r], jhi[r]] of this
+// chunk (jlo > jhi: the row has nothing here and is left alone).
 struct Chunk {
   int R, hd, c;           // rows, head_dim, tokens readable in this chunk (every jhi < c)
   const float* qf;        // [R][hd] f32, q * scale
   const uint16_t* qb;     // [R][hd] bf16 bits of q * scale (bf16 tier only)
-  const void* k;          // [c][hd] kv_dtype: rows of one (page, kv head)
-  const void* v;          // [c][hd] kv_dtype
   DType kv;
   const int* jlo;         // [R]
   const int* jhi;         // [R]
@@ -65,11 +63,10 @@ struct Chunk {
   float* m;               // [R] running max
   float* l;               // [R] running sum of exp
   float* acc;             // [R][hd] running sum of p * v
-  const char* nk;         // the next chunk's K rows in the item's order (prefetched while this one streams), or null
-  const char* nv;         // the same for V
-  // The chunk as page segments of `seg` rows: rows [q seg, (q + 1) seg) start at byte addresses ks[q] / vs[q] (one
-  // segment, ks[0] = k, unless the bf16 tier takes several pages of a block size that is a multiple of 16 as one
-  // chunk); nks / nvs the same for the next chunk (null where it has fewer segments).
+  // K / V rows ([row][hd] kv_dtype, one (page, kv head) per segment) as page segments of `seg` rows: rows
+  // [q seg, (q + 1) seg) start at byte addresses ks[q] / vs[q]. One segment unless the bf16 tier takes several pages
+  // of a block size that is a multiple of 16 as one chunk. nks / nvs: the same for the next chunk in the item's order
+  // (prefetched while this one streams; null where it has fewer segments or there is none).
   int seg;
   const char* ks[kMaxSegs];
   const char* vs[kMaxSegs];
@@ -126,7 +123,7 @@ void chunk_scalar(const Chunk& ch) {
     float mx = kNegInf;
     for (int j = jlo; j <= jhi; ++j) {
       float d = 0.0f;
-      for (int e = 0; e < hd; ++e) d += q[e] * load_f32(ch.k, ch.kv, static_cast<size_t>(j) * hd + e);
+      for (int e = 0; e < hd; ++e) d += q[e] * load_f32(ch.ks[0], ch.kv, static_cast<size_t>(j) * hd + e);
       s[j] = d;
       mx = std::max(mx, d);
     }
@@ -142,7 +139,7 @@ void chunk_scalar(const Chunk& ch) {
     float* acc = ch.acc + static_cast<size_t>(r) * hd;
     for (int e = 0; e < hd; ++e) {
       float a = acc[e] * corr;
-      for (int j = jlo; j <= jhi; ++j) a += s[j] * load_f32(ch.v, ch.kv, static_cast<size_t>(j) * hd + e);
+      for (int j = jlo; j <= jhi; ++j) a += s[j] * load_f32(ch.vs[0], ch.kv, static_cast<size_t>(j) * hd + e);
       acc[e] = a;
     }
   }
@@ -272,11 +269,11 @@ MOE_TARGET_AVX512 static inline void scores_block_f32(const Chunk& ch, const cha
 }
 
 // acc rows [r0, r0 + G) += p . V over keys [jlo, jhi] (f32 probabilities in s), 64 columns at a time. PF: prefetch
-// line L of the next chunk's V rows (ch.nv) for the set bits of `lines`.
+// line L of the next chunk's V rows (ch.nvs[0]) for the set bits of `lines`. One page segment (f32 tiers).
 template <int HD, DType KT, int G, bool PF>
 MOE_TARGET_AVX512 static void pv_group_f32(const Chunk& ch, int r0, int jlo, int jhi, unsigned lines) {
   constexpr int ES = kv_size<KT>(), RB = HD * ES;
-  const char* vb = static_cast<const char*>(ch.v);
+  const char* vb = ch.vs[0];
   const float* p[G];
   float* acc[G];
   for (int g = 0; g < G; ++g) {
@@ -292,7 +289,7 @@ MOE_TARGET_AVX512 static void pv_group_f32(const Chunk& ch, int r0, int jlo, int
       __m512 v[4];
       for (int i = 0; i < 4; ++i) {
         const int off = (c0 + 16 * i) * ES;  // byte offset in the row
-        if (PF && off % 64 == 0 && (lines >> (off / 64) & 1u)) prefetch_l2(ch.nv + static_cast<size_t>(j) * RB + off);
+        if (PF && off % 64 == 0 && (lines >> (off / 64) & 1u)) prefetch_l2(ch.nvs[0] + static_cast<size_t>(j) * RB + off);
         v[i] = ld_kv16<KT>(vr + 16 * ES * i);
       }
       for (int g = 0; g < G; ++g) {
@@ -606,11 +603,11 @@ MOE_TARGET_AVX2 static float softmax_row_avx2(const Chunk& ch, int r) {
 }
 
 // acc rows [r0, r0 + G) += p . V over keys [jlo, jhi] (f32 probabilities in s), 16 columns at a time. PF: prefetch
-// line L of the next chunk's V rows (ch.nv) for the set bits of `lines`.
+// line L of the next chunk's V rows (ch.nvs[0]) for the set bits of `lines`. One page segment (f32 tiers).
 template <int HD, DType KT, int G, bool PF>
 MOE_TARGET_AVX2 static void pv_group_avx2(const Chunk& ch, int r0, int jlo, int jhi, unsigned lines) {
   constexpr int ES = kv_size<KT>(), RB = HD * ES;
-  const char* vb = static_cast<const char*>(ch.v);
+  const char* vb = ch.vs[0];
   const float* p[G];
   float* acc[G];
   for (int g = 0; g < G; ++g) {
@@ -626,7 +623,7 @@ MOE_TARGET_AVX2 static void pv_group_avx2(const Chunk& ch, int r0, int jlo, int 
       __m256 v[2];
       for (int i = 0; i < 2; ++i) {
         const int off = (c0 + 8 * i) * ES;  // byte offset in the row
-        if (PF && off % 64 == 0 && (lines >> (off / 64) & 1u)) prefetch_l2(ch.nv + static_cast<size_t>(j) * RB + off);
+        if (PF && off % 64 == 0 && (lines >> (off / 64) & 1u)) prefetch_l2(ch.nvs[0] + static_cast<size_t>(j) * RB + off);
         v[i] = ld_kv8<KT>(vr + 8 * ES * i);
       }
       for (int g = 0; g < G; ++g) {
@@ -1036,8 +1033,7 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
         }
       }
       std::fill(acc, acc + static_cast<size_t>(w.nh) * R * hd, 0.0f);
-      Chunk ch{R, hd, 0, qf, qbuf.data(), nullptr, nullptr, args.kv_dtype, jlo, jhi, sc, s_stride, mm, ll, acc,
-               nullptr, nullptr, bs, {}, {}, {}, {}};
+      Chunk ch{R, hd, 0, qf, qbuf.data(), args.kv_dtype, jlo, jhi, sc, s_stride, mm, ll, acc, bs, {}, {}, {}, {}};
       const char* kbase = static_cast<const char*>(args.k);
       const char* vbase = static_cast<const char*>(args.v);
       const int32_t* table = args.block_tables + w.seq * args.max_blocks;
@@ -1064,10 +1060,6 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
             ch.nks[q] = next ? kbase + noff : nullptr;
             ch.nvs[q] = next ? vbase + noff : nullptr;
           }
-          ch.k = ch.ks[0];
-          ch.v = ch.vs[0];
-          ch.nk = ch.nks[0];
-          ch.nv = ch.nvs[0];
           const size_t r0 = static_cast<size_t>(u) * R;
           ch.qf = qf + r0 * hd;
           ch.qb = qbuf.data() + r0 * hd;
