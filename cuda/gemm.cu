@@ -1,17 +1,19 @@
 // Launcher of moe_cuda_gemm (C ABI in moe_cuda.h): checks dtypes and sizes, picks the tensor-core kernel for bf16
 // inputs on sm_80+ and the CUDA-core kernel otherwise (gemm.cuh). k == 0 runs the same kernels (no k tiles, so
 // they write zeros); m == 0 or n == 0 is a no-op. No host synchronisation; errors come back as cudaError_t.
-// MOE_CUDA_GEMM=simt forces the CUDA-core kernel for bf16 too (to tell a tensor-core bug from anything else).
-// MOE_CUDA_GEMM=moe (opt-in) runs bf16 -> f32 through the fused MoE's verified GEMM2 kernels (moe_gemm2_launch.cuh,
-// launched by moe_experts.cu, kernels unchanged) under identity routing: one expert (e = 1) whose down weights are b,
+// bf16 inputs also have the MoE path: the fused MoE's GEMM2 kernels (moe_gemm2_launch.cuh, launched by
+// moe_experts.cu, kernels unchanged) under identity routing: one expert (e = 1) whose down weights are b,
 // n_slots = m, sorted[r] = r for r < m and the sentinel m for the padding rows up to the capacity (m rounded up to
-// the tiles' BM), offsets = {0, capacity}, act = a, part = out. Only when: out f32, lda == k, ldb == k, ldc == n
-// (the kernels' fixed row strides), k % 8 == 0 and k > 0, n even (their epilogue writes column pairs), a and b
-// 16-byte aligned, compute capability >= 8, m, n, k <= INT_MAX / 2 and the grid fits; anything else runs the kernels
-// below exactly as without the variable. Tiles by m, moe_experts.cu's thresholds with e = 1: m <= 8 the decode tiles
-// (BM 16), m >= 128 on compute capability 9.0 the wgmma ones (BM 128), else the mma.sync large ones (BM 64). The
-// routing arrays are written on the device into one cudaMallocAsync block, freed with cudaFreeAsync on the same
-// stream: stream-ordered, no host synchronisation.
+// the tiles' BM), offsets = {0, capacity}, act = a, part = out (f32; a bf16 out gets an f32 scratch [m, n] and
+// moe_cuda_convert's rounding after). Only when: lda == k, ldb == k, ldc == n (the kernels' fixed row strides),
+// k % 8 == 0 and k > 0, n even (their epilogue writes column pairs), a and b 16-byte aligned, compute capability
+// >= 8, m, n, k <= INT_MAX / 2 and the grid fits. Tiles by m: m <= 64 the decode tiles (BM 16), m >= 128 on
+// compute capability 9.0 the wgmma ones (BM 128, out 8-byte aligned, moe_experts.cu's threshold with e = 1), else
+// the mma.sync large ones (BM 64). It runs by default where it was measured faster (moe_gemm_pays), else the kernels of
+// gemm.cuh. MOE_CUDA_GEMM: simt forces the CUDA-core kernel for bf16 too (to tell a tensor-core bug from anything
+// else), mma the mma.sync kernel of gemm.cuh, moe the MoE path wherever it applies. Its routing arrays (and the f32
+// scratch) are one cudaMallocAsync block (scratch.cuh), freed with cudaFreeAsync on the same stream: stream-ordered,
+// no host synchronisation.
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -22,16 +24,18 @@
 #include "gemm.cuh"
 #include "moe_cuda.h"
 #include "moe_gemm2_launch.cuh"
+#include "scratch.cuh"
 
 namespace {
 
 using namespace moe::dev;
 
-enum class GemmForce { None, Simt, Moe };
+enum class GemmForce { None, Simt, Mma, Moe };
 GemmForce gemm_force() {
   const char* v = std::getenv("MOE_CUDA_GEMM");
   if (v == nullptr) return GemmForce::None;
   if (std::strcmp(v, "simt") == 0) return GemmForce::Simt;
+  if (std::strcmp(v, "mma") == 0) return GemmForce::Mma;
   if (std::strcmp(v, "moe") == 0) return GemmForce::Moe;
   return GemmForce::None;
 }
@@ -54,18 +58,24 @@ __global__ void gemm_identity_routing_kernel(int32_t* __restrict__ sorted, int32
 }
 
 // Tiles of the MOE_CUDA_GEMM=moe path for this call on a device of compute capability major.minor, or false when
-// its preconditions (header) do not hold. ab bf16, out f32 and m, n >= 1 were checked by the caller.
-bool moe_gemm_tiles(int major, int minor, const void* a, const void* b, int64_t m, int64_t n, int64_t k, int64_t lda,
-                    int64_t ldb, int64_t ldc, MoeGemm2Tiles* tiles) {
+// its preconditions (header) do not hold. ab bf16 and m, n >= 1 were checked by the caller; out: the f32 output
+// the kernels write (null: a scratch of their own, aligned).
+bool moe_gemm_tiles(int major, int minor, const void* a, const void* b, const void* out, int64_t m, int64_t n,
+                    int64_t k, int64_t lda, int64_t ldb, int64_t ldc, MoeGemm2Tiles* tiles) {
   if (major < 8) return false;
   if (lda != k || ldb != k || ldc != n || k <= 0 || k % 8 != 0 || n % 2 != 0) return false;
   if (!aligned16(a) || !aligned16(b)) return false;
   if (m > INT_MAX / 2 || n > INT_MAX / 2 || k > INT_MAX / 2) return false;
-  if (m <= kMoeSmallRowsPerExpert) {  // all m rows belong to the one expert
+  // Decode tiles (BM 16) up to m = 64: they stream b once per 16 rows (through L2) with many blocks in flight.
+  // Measured on an H100 (2026-11-26): m = 32, n = 14336, k = 4096 bf16 -> bf16 at 38.6 TFLOP/s against 28.7 for
+  // gemm.cuh's mma kernel; m <= 8 is the MoE launcher's own decode threshold (kMoeSmallRowsPerExpert).
+  constexpr int64_t small_m = 64;
+  if (m <= small_m) {
     *tiles = MoeGemm2Tiles::MmaSmall;
     return true;
   }
-  if (major == 9 && minor == 0 && m >= kMoeWgmmaRowsPerExpert) {  // sm_90a code: exactly compute capability 9.0
+  // sm_90a code: exactly compute capability 9.0; its epilogue stores float2 (out 8-byte aligned).
+  if (major == 9 && minor == 0 && m >= kMoeWgmmaRowsPerExpert && (reinterpret_cast<uintptr_t>(out) & 7u) == 0) {
     // (Its 1D grid, m tiles x n tiles of 256, exceeds int only past 2^46 outputs: moe_launch_gemm2 checks it.)
     const int64_t bm = moe_gemm2_block(MoeGemm2Tiles::Wgmma);
     if ((m + bm - 1) / bm * bm <= INT_MAX / 2) {
@@ -82,26 +92,45 @@ bool moe_gemm_tiles(int major, int minor, const void* a, const void* b, int64_t 
 
 size_t align256(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
 
-// out[m, n] f32 = a[m, k] . b[n, k]^T (bf16, rows of k, out rows of n) through GEMM2 with identity routing.
-cudaError_t launch_moe_gemm(MoeGemm2Tiles tiles, const void* a, const void* b, float* out, int m, int n, int k,
-                            cudaStream_t s) {
+// Whether the MoE path runs by default (measured on an H100, 2026-11-26, bench/results/native-kernels-gpu-2026-11-26-
+// h100*.json, against gemm.cuh's mma kernel): the decode tiles (m <= 64; 2.2x at m = 1, n = 14336, k = 4096 to f32,
+// 1.35x at m = 32 to bf16) and wgmma tiles that fill the chip (m tiles x n tiles >= SMs; 2.4x at m = 256, n = 32000,
+// k = 4096 and at 4096^3; at 1024^3, 32 tiles, the mma kernel is 1.5x faster). The mma.sync large tiles (m 65-127)
+// were not measured against it.
+bool moe_gemm_pays(MoeGemm2Tiles tiles, int64_t m, int64_t n, int sms) {
+  if (tiles == MoeGemm2Tiles::MmaSmall) return true;
+  if (tiles != MoeGemm2Tiles::Wgmma) return false;
+  const int64_t bm = moe_gemm2_block(tiles);
+  return (m + bm - 1) / bm * ((n + 255) / 256) >= sms;
+}
+
+// out[m, n] = a[m, k] . b[n, k]^T (bf16, rows of k, out rows of n; out f32, or bf16 through an f32 scratch and
+// moe_cuda_convert) through GEMM2 with identity routing.
+cudaError_t launch_moe_gemm(int device, MoeGemm2Tiles tiles, const void* a, const void* b, void* out, bool bf16_out,
+                            int m, int n, int k, cudaStream_t s) {
   const int64_t bm = moe_gemm2_block(tiles);
   const int64_t capacity = (m + bm - 1) / bm * bm;
   const size_t b_table = align256(sizeof(void*)), b_offsets = align256(2 * sizeof(int32_t));
   const size_t b_sorted = align256(static_cast<size_t>(capacity) * sizeof(int32_t));
+  const size_t b_f32 = bf16_out ? align256(static_cast<size_t>(m) * static_cast<size_t>(n) * sizeof(float)) : 0;
   char* base = nullptr;
-  cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&base), b_table + b_offsets + b_sorted, s);
+  cudaError_t err = scratch_alloc(reinterpret_cast<void**>(&base), b_table + b_offsets + b_sorted + b_f32, device, s);
   if (err != cudaSuccess) return err;
   const void** d_table = reinterpret_cast<const void**>(base);
   int32_t* d_offsets = reinterpret_cast<int32_t*>(base + b_table);
   int32_t* d_sorted = reinterpret_cast<int32_t*>(base + b_table + b_offsets);
+  float* d_out = bf16_out ? reinterpret_cast<float*>(base + b_table + b_offsets + b_sorted) : static_cast<float*>(out);
   const int ci = static_cast<int>(capacity);
   gemm_identity_routing_kernel<<<static_cast<unsigned>((capacity + 255) / 256), 256, 0, s>>>(d_sorted, d_offsets,
                                                                                               d_table, b, m, ci);
   err = cudaGetLastError();
   if (err == cudaSuccess) {
     err = moe_launch_gemm2(tiles, static_cast<unsigned>(capacity / bm), static_cast<const uint16_t*>(a), d_sorted,
-                           d_offsets, d_table, nullptr, out, m, 1, n, k, s);
+                           d_offsets, d_table, nullptr, d_out, m, 1, n, k, s);
+  }
+  if (err == cudaSuccess && bf16_out) {
+    err = static_cast<cudaError_t>(moe_cuda_convert(device, d_out, kF32, out, kBF16,
+                                                    static_cast<size_t>(m) * static_cast<size_t>(n), s));
   }
   const cudaError_t ferr = cudaFreeAsync(base, s);
   return err != cudaSuccess ? err : ferr;
@@ -158,13 +187,14 @@ extern "C" int moe_cuda_gemm(int device, const void* a, const void* b, void* out
     e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
     if (e != cudaSuccess) return e;
     const GemmForce force = gemm_force();
-    if (major >= 8 && force == GemmForce::Moe && out_dtype == kF32) {
-      int minor = 0;
-      e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-      if (e != cudaSuccess) return e;
+    if (major >= 8 && (force == GemmForce::None || force == GemmForce::Moe)) {
+      int minor = 0, sms = 0;
+      if ((e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device)) != cudaSuccess) return e;
+      if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return e;
       MoeGemm2Tiles tiles = MoeGemm2Tiles::MmaLarge;
-      if (moe_gemm_tiles(major, minor, a, b, m, n, k, lda, ldb, ldc, &tiles)) {
-        return launch_moe_gemm(tiles, a, b, static_cast<float*>(out), mi, ni, ki, s);
+      if (moe_gemm_tiles(major, minor, a, b, out_dtype == kF32 ? out : nullptr, m, n, k, lda, ldb, ldc, &tiles) &&
+          (force == GemmForce::Moe || moe_gemm_pays(tiles, m, n, sms))) {
+        return launch_moe_gemm(device, tiles, a, b, out, out_dtype == kBF16, mi, ni, ki, s);
       }
     }
     if (major >= 8 && force != GemmForce::Simt) {

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <cstdint>
 
 #include "moe_combine.cuh"
 #include "moe_cuda.h"
@@ -19,10 +20,20 @@ extern "C" int moe_cuda_moe_combine(int device, const float* parts, const int32_
   if (err != cudaSuccess) return err;
   if (t == 0) return cudaSuccess;
   if (parts == nullptr || topk_ids == nullptr || topk_weights == nullptr || out == nullptr) return cudaErrorInvalidValue;
-  const unsigned gx = static_cast<unsigned>((h + kCombineThreads - 1) / kCombineThreads);
   const unsigned gy = static_cast<unsigned>(t < 65535 ? t : 65535);
-  moe_combine_kernel<<<dim3(gx, gy), kCombineThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      parts, topk_ids, topk_weights, present, static_cast<int>(e), static_cast<uint16_t*>(out), static_cast<int>(t),
-      static_cast<int>(k), static_cast<int>(h), error);
+  const bool vec4 = h % 4 == 0 && (reinterpret_cast<uintptr_t>(parts) & 15u) == 0 &&
+                    (reinterpret_cast<uintptr_t>(out) & 7u) == 0;
+  const int64_t per_block = kCombineThreads * (vec4 ? 4 : 1);
+  const dim3 grid(static_cast<unsigned>((h + per_block - 1) / per_block), gy);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (vec4) {
+    moe_combine_kernel<4><<<grid, kCombineThreads, 0, s>>>(parts, topk_ids, topk_weights, present, static_cast<int>(e),
+                                                           static_cast<uint16_t*>(out), static_cast<int>(t),
+                                                           static_cast<int>(k), static_cast<int>(h), error);
+  } else {
+    moe_combine_kernel<1><<<grid, kCombineThreads, 0, s>>>(parts, topk_ids, topk_weights, present, static_cast<int>(e),
+                                                           static_cast<uint16_t*>(out), static_cast<int>(t),
+                                                           static_cast<int>(k), static_cast<int>(h), error);
+  }
   return cudaGetLastError();
 }

@@ -1,8 +1,9 @@
 // Launchers of moe_cuda_moe_experts, _ex and _parts (C ABI in moe_cuda.h; kernels in moe_experts.cuh and
 // router_topk.cuh, the combine in moe_combine.cuh). Stream-ordered, no host synchronisation: one cudaMallocAsync
-// scratch block (the device copy of the pointer table, counts, offsets, sorted slots, act [capacity, inter] bf16,
-// part [t * k, h] f32), the table uploaded with cudaMemcpyAsync from the caller's host array (pageable: the runtime
-// stages it before returning, so the caller may free it), align -> GEMM1 + SwiGLU -> GEMM2 (unweighted part rows)
+// scratch block (scratch.cuh: the device copy of the pointer table, counts, offsets, sorted slots, act [capacity,
+// inter] bf16, part [t * k, h] f32, the parallel align's histograms), the table uploaded with cudaMemcpyAsync from
+// the caller's host array (pageable: the runtime stages it before returning, so the caller may free it), align ->
+// GEMM1 + SwiGLU -> GEMM2 (unweighted part rows)
 // -> combine (moe_cuda_moe_combine: the routing weights, the kernel moeCombine runs), then cudaFreeAsync.
 // Parts mode (moe_cuda_moe_experts_parts) is the same minus the combine, GEMM2 writing the caller's parts [t * k, h]
 // (rows t * k + j, the scratch layout) instead of scratch: fused == parts + moeCombine bitwise by construction.
@@ -31,6 +32,7 @@
 #include "moe_experts_wgmma.cuh"
 #include "moe_gemm2_launch.cuh"
 #include "router_topk.cuh"
+#include "scratch.cuh"
 
 using namespace moe::dev;
 
@@ -203,9 +205,12 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
     if (ok) {
       path = n_slots <= kMoeSmallRowsPerExpert * e ? MoePath::MmaSmall : MoePath::MmaLarge;
       const int64_t wg_capacity = n_slots + e * (kMoeWgBM - 1);
+      // (the grid is m tiles x n tiles, 1D); GEMM2's epilogue stores float2 (parts 8-byte aligned; the scratch part
+      // is 256-aligned).
       const int64_t wg_n_tiles = std::max((inter + MoeWgG1::BN - 1) / MoeWgG1::BN, (h + MoeWgG2::BN - 1) / MoeWgG2::BN);
       const bool wg_ok = major == 9 && minor == 0 && force != MoeForce::Mma && wg_capacity <= INT_MAX / 2 &&
-                         (wg_capacity / kMoeWgBM) * wg_n_tiles <= INT_MAX;
+                         (wg_capacity / kMoeWgBM) * wg_n_tiles <= INT_MAX &&
+                         (reinterpret_cast<uintptr_t>(parts) & 7u) == 0;
       if (wg_ok && (force == MoeForce::Wgmma || n_slots >= kMoeWgmmaRowsPerExpert * e)) path = MoePath::Wgmma;
     }
   }
@@ -218,8 +223,11 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
   const size_t b_sorted = align_up(static_cast<size_t>(capacity) * 4);
   const size_t b_act = align_up(static_cast<size_t>(capacity) * static_cast<size_t>(inter) * 2);
   const size_t b_part = parts != nullptr ? 0 : align_up(static_cast<size_t>(n_slots) * static_cast<size_t>(h) * 4);
+  const size_t b_align = align_up(static_cast<size_t>(moe_align_scratch_ints(static_cast<int>(n_slots),
+                                                                            static_cast<int>(e))) * 4);
   char* base = nullptr;
-  err = cudaMallocAsync(reinterpret_cast<void**>(&base), b_table + b_counts + b_offsets + b_sorted + b_act + b_part, s);
+  err = scratch_alloc(reinterpret_cast<void**>(&base),
+                      b_table + b_counts + b_offsets + b_sorted + b_act + b_part + b_align, device, s);
   if (err != cudaSuccess) return err;
   const void** d_table = reinterpret_cast<const void**>(base);
   int32_t* d_counts = reinterpret_cast<int32_t*>(base + b_table);
@@ -228,6 +236,9 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
   uint16_t* d_act = reinterpret_cast<uint16_t*>(base + b_table + b_counts + b_offsets + b_sorted);
   float* d_part = parts != nullptr ? parts  // [t * k, h] f32
                                     : reinterpret_cast<float*>(base + b_table + b_counts + b_offsets + b_sorted + b_act);
+  int32_t* d_align = b_align == 0 ? nullptr  // the parallel align's scratch (router_topk.cuh)
+                                  : reinterpret_cast<int32_t*>(base + b_table + b_counts + b_offsets + b_sorted +
+                                                               b_act + b_part);
 
   const int hi = static_cast<int>(h), ii = static_cast<int>(inter),
             ei = static_cast<int>(e), ki = static_cast<int>(k), ni = static_cast<int>(n_slots),
@@ -236,8 +247,10 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
     err = cudaMemcpyAsync(d_table, table.data(), table.size() * sizeof(void*), cudaMemcpyHostToDevice, s);
     if (err != cudaSuccess) break;
     if ((err = launch_moe_align(topk_ids, d_counts, d_offsets, d_sorted, ni, ei, static_cast<int>(block), ci, error,
-                                s)) != cudaSuccess) break;
-    const unsigned m_tiles = static_cast<unsigned>(capacity / block);
+                                d_align, s)) != cudaSuccess) break;
+    // Non-empty tiles are the first offsets[e] / block (each expert's range is padded to whole tiles, empty experts
+    // take none), at most one per slot: the grid needs no more (decode: 8 slots of Qwen3 take 8 of 120).
+    const unsigned m_tiles = static_cast<unsigned>(std::min<int64_t>(capacity / block, n_slots));
     const uint16_t* xb = static_cast<const uint16_t*>(x);
     if (path == MoePath::Wgmma) {
       err = launch_wgmma<MoeWgG1, MoeWgG2>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part, ni, ki,

@@ -49,7 +49,9 @@
 // Configurations (moe_experts.cu): GEMM1 BN 128 (+128 up), GEMM2 BN 256 (both wgmma n256); 4 stages of 48 KiB =
 // 192 KiB + 1 KiB alignment slack (197632 bytes dynamic, 512 static), 1 block per SM, 128 accumulators per thread;
 // ptxas (sm_90a): 190 / 192 registers, no spills. MoeWgCfg<64, true, 6> / <128, false, 3> (n128) are the smaller
-// alternatives the layout check also covers.
+// alternatives the layout check also covers; n128 tiles at 2 blocks per SM (<64, true, 3> / <128, false, 3>, 118
+// registers) were measured on an H100 (2026-11-26) and were no faster overall: +-5% by shape, 1.05x slower on
+// Mixtral T = 16384.
 // Device code exists only for sm_90a (MOE_WGMMA_ENABLED); elsewhere the kernels trap, and the launcher selects them
 // only on compute capability 9.0 (the build's 90a-real SASS).
 #pragma once
@@ -455,11 +457,12 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
     for (int i = 0; i < C::kN / 8; ++i) {
       const int n = n0 + C::acc_col(tid, i, 0);  // even; n < h => n + 1 < h (h % 8 == 0)
       if (n >= h) continue;
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const float v = acc[C::acc_idx(i, hh, c)];
-        orow[n + c] = bd == nullptr ? v : v + bd[n + c];
+      float2 v = make_float2(acc[C::acc_idx(i, hh, 0)], acc[C::acc_idx(i, hh, 1)]);
+      if (bd != nullptr) {
+        v.x += bd[n];
+        v.y += bd[n + 1];
       }
+      *reinterpret_cast<float2*>(orow + n) = v;  // 8-byte aligned: part base 16-aligned (launcher), h and n even
     }
   }
 #else

@@ -1,11 +1,13 @@
 // Launchers of moe_cuda_router_topk and moe_cuda_moe_align (C ABI in moe_cuda.h; kernels in router_topk.cuh).
-// No host synchronisation; errors come back as cudaError_t.
+// No host synchronisation (the align's scratch, when n > kAlignChunk, is stream-ordered: scratch.cuh); errors come
+// back as cudaError_t.
 #include <cuda_runtime.h>
 
 #include <climits>
 
 #include "moe_cuda.h"
 #include "router_topk.cuh"
+#include "scratch.cuh"
 
 using namespace moe::dev;
 
@@ -39,7 +41,16 @@ extern "C" int moe_cuda_moe_align(int device, const int32_t* topk_ids, int32_t* 
       (t > 0 && topk_ids == nullptr)) {
     return cudaErrorInvalidValue;
   }
-  return launch_moe_align(topk_ids, counts, offsets, sorted_token_ids, static_cast<int>(t * k), static_cast<int>(e),
-                          static_cast<int>(block), static_cast<int>(capacity), error,
-                          static_cast<cudaStream_t>(stream));
+  const int n = static_cast<int>(t * k), ei = static_cast<int>(e);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int64_t scratch_ints = moe_align_scratch_ints(n, ei);
+  int32_t* scratch = nullptr;
+  if (scratch_ints > 0) {
+    err = scratch_alloc(reinterpret_cast<void**>(&scratch), static_cast<size_t>(scratch_ints) * 4, device, s);
+    if (err != cudaSuccess) return err;
+  }
+  err = launch_moe_align(topk_ids, counts, offsets, sorted_token_ids, n, ei, static_cast<int>(block),
+                         static_cast<int>(capacity), error, scratch, s);
+  const cudaError_t ferr = scratch != nullptr ? cudaFreeAsync(scratch, s) : cudaSuccess;
+  return err != cudaSuccess ? err : ferr;
 }

@@ -106,6 +106,14 @@ int moe_cuda_malloc(int device, size_t bytes, void** ptr) {
   if (e != cudaSuccess) return e;
   void* p = nullptr;
   e = cudaMalloc(&p, bytes);
+  if (e == cudaErrorMemoryAllocation) {
+    // The launchers' scratch pool keeps memory reserved (scratch.cuh): hand what it holds unused back, then retry.
+    (void)cudaGetLastError();
+    cudaMemPool_t pool = nullptr;
+    if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess && cudaMemPoolTrimTo(pool, 0) == cudaSuccess) {
+      e = cudaMalloc(&p, bytes);
+    }
+  }
   if (e != cudaSuccess) {
     (void)cudaGetLastError();  // an OOM is reported here, not left sticky for the next launch check
     return e;

@@ -10,10 +10,12 @@
 # then a device call carrying .device/carry and build-native-gpu/moe-native:
 #   OUT=$OUT DEADLINE=420 bash scripts/gpu-session.sh [steps]
 #   (steps: test bench moe profile node residency throughput, default all but profile; THROUGHPUT_ARGS default
-#   --layers=2; PROFILE_MODELS / PROFILE_T: the profile step's bench-moe-cuda --models / --t (Qwen3, 16384);
-#   BUILD_NATIVE=90a-real builds moe-native there for that target; TEST_ENVS / BENCH_ENVS: VAR=value settings under
-#   which the op table / kernel timings run again, e.g. TEST_ENVS="MOE_CUDA_MOE=wgmma MOE_CUDA_GEMM=moe"
-#   BENCH_ENVS=MOE_CUDA_GEMM=moe; BENCH_PATHS: MOE_CUDA_MOE values whose MoE timings run too, e.g. BENCH_PATHS=mma)
+#   --layers=2; PROFILE_MODELS / PROFILE_T: the profile step's bench-moe-cuda --models / --t (full model names: Qwen3-30B-A3B, 16384);
+#   PROFILE_SECTIONS: its ncu options (default --section SpeedOfLight; e.g. add --section WarpStateStats);
+#   BUILD_NATIVE=90a-real builds moe-native there for that target; TEST_ENVS / BENCH_ENVS / MOE_ENVS: settings under
+#   which the op table / kernel timings / MoE timings (ours only) run again, one run per word, each word one or more
+#   VAR=value joined by commas, e.g. TEST_ENVS="MOE_CUDA_MOE=wgmma MOE_CUDA_GEMM=moe MOE_CUDA_MOE=wgmma,MOE_CUDA_WG=x2"
+#   BENCH_ENVS=MOE_CUDA_GEMM=moe MOE_ENVS="MOE_CUDA_MOE=mma MOE_CUDA_WG=x2")
 # When the carried moe-native does not run there, it is built there (slower).
 set -u
 cd "$(dirname "$0")/.."
@@ -25,6 +27,8 @@ steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(test bench moe node residency throughput)
 want() { local s; for s in "${steps[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 pack() { tar czf "$FINAL/session.tgz" -C "$W" . 2>/dev/null || true; }
+# tag WORD: a file-name tag of an env word (A=b,C=d -> A-b_C-d).
+tag() { local t=${1//=/-}; echo "${t//,/_}"; }
 # DEADLINE (seconds, default 420): no step runs past it (set it under the device call's timeout_s, so the call
 # returns with everything packed instead of being killed mid-step).
 DEADLINE=${DEADLINE:-420}
@@ -50,7 +54,7 @@ step() {
 { nvidia-smi || true; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,pcie.link.gen.max,pcie.link.width.max --format=csv || true; nproc; free -g; } > "$W/machine.txt" 2>&1
 head -20 "$W/machine.txt"
 
-NATIVE=build-native-gpu/moe-native
+NATIVE=${NATIVE:-build-native-gpu/moe-native}  # NATIVE=path: a carried build elsewhere
 if [ -n "${BUILD_NATIVE:-}" ] || { [ -z "${NO_BUILD:-}" ] && { ! "$NATIVE" info > "$W/native-info.txt" 2>&1 || ! grep -q 'devices:' "$W/native-info.txt"; }; }; then
   echo "carried moe-native did not run or saw no device: building here"
   cat "$W/native-info.txt"
@@ -63,28 +67,29 @@ cat "$W/native-info.txt"
 if want test; then
   TAIL=3 step native-test 180 "$NATIVE" test --filter cuda
   grep -E '^FAIL' "$W/native-test.log" | head -40
-  for v in ${TEST_ENVS:-}; do  # the op table again under VAR=value (e.g. MOE_CUDA_MOE=wgmma MOE_CUDA_GEMM=moe)
-    TAIL=3 step "native-test-${v//=/-}" 120 env "$v" "$NATIVE" test --filter cuda
-    grep -E '^FAIL' "$W/native-test-${v//=/-}.log" | head -20
+  for v in ${TEST_ENVS:-}; do  # the op table again under each env word (e.g. MOE_CUDA_MOE=wgmma)
+    TAIL=3 step "native-test-$(tag "$v")" 120 env ${v//,/ } "$NATIVE" test --filter cuda
+    grep -E '^FAIL' "$W/native-test-$(tag "$v").log" | head -20
   done
 fi
 if want bench; then
   step native-bench 90 "$NATIVE" bench --cuda-only --json "$W/native-kernels-gpu-$stamp.json"
-  for v in ${BENCH_ENVS:-}; do  # the kernel timings again under VAR=value (e.g. MOE_CUDA_GEMM=moe)
-    TAIL=30 step "native-bench-${v//=/-}" 90 env "$v" "$NATIVE" bench --cuda-only --json "$W/native-kernels-gpu-$stamp-${v//=/-}.json"
+  for v in ${BENCH_ENVS:-}; do  # the kernel timings again under each env word (e.g. MOE_CUDA_GEMM=moe)
+    TAIL=30 step "native-bench-$(tag "$v")" 90 env ${v//,/ } "$NATIVE" bench --cuda-only \
+      --json "$W/native-kernels-gpu-$stamp-$(tag "$v").json"
   done
 fi
 if want moe; then
-  for p in ${BENCH_PATHS:-}; do  # other MoE paths for comparison (MOE_CUDA_MOE=p), ours only
-    TAIL=26 step "moe-ours-$p" 120 env MOE_CUDA_MOE="$p" "$NATIVE" bench-moe-cuda --json "$W/moe-cuda-ours-$p.json"
+  for v in ${MOE_ENVS:-}; do  # other MoE paths or tiles for comparison (e.g. MOE_CUDA_MOE=mma), ours only
+    TAIL=26 step "moe-ours-$(tag "$v")" 120 env ${v//,/ } "$NATIVE" bench-moe-cuda --json "$W/moe-cuda-ours-$(tag "$v").json"
   done
   TAIL=26 step moe-ours 120 "$NATIVE" bench-moe-cuda --json "$W/moe-cuda-ours.json"
   [ -f "$W/moe-cuda-ours.json" ] && TAIL=30 step moe-torch 180 env PYTHONUNBUFFERED=1 python3 bench/moe_cuda_torch.py \
     --ours "$W/moe-cuda-ours.json" --out "$W/moe-cuda-$stamp.json"
 fi
 if want profile; then  # Nsight Compute's speed-of-light per kernel of one fused MoE call (Firecracker machines)
-  TAIL=40 step profile 180 ncu --clock-control none --section SpeedOfLight --csv "$NATIVE" bench-moe-cuda --once \
-    --models "${PROFILE_MODELS:-Qwen3}" --t "${PROFILE_T:-16384}"
+  TAIL=40 step profile 180 ncu --clock-control none ${PROFILE_SECTIONS:---section SpeedOfLight} --csv "$NATIVE" bench-moe-cuda --once \
+    --models "${PROFILE_MODELS:-Qwen3-30B-A3B}" --t "${PROFILE_T:-16384}"
 fi
 if want node || want residency || want throughput; then
   . scripts/gpu-node-env.sh

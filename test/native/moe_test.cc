@@ -290,6 +290,21 @@ Outcome run_moe_invalid_cuda(const Backend& be) {
     cuda_check(moe_cuda_stream_synchronize(be.device, be.stream), "sync");
     expect(("experts ids set " + std::to_string(s)).c_str(), want[s][0], want[s][1], want[s][2]);
   }
+  // The parallel align (t * k > 2048): the smallest bad index over all chunks (here in the second of two).
+  {
+    const int64_t tp = 1500, kp = 2, ep = 8, bp = 16;
+    const int64_t capp = cpu::moe_align_capacity(tp, kp, ep, bp);
+    std::vector<int32_t> idp = random_ids(tp, kp, ep, 11);
+    idp[2500] = 99;
+    idp[2100] = -3;
+    std::vector<int32_t> zp(static_cast<size_t>(capp), 0);
+    DevVec<int32_t> di(be, idp), dcp(be, zp), doffp(be, zp), dsp(be, zp);
+    cuda_check(moe_cuda_moe_align(be.device, di.get(), dcp.get(), doffp.get(), dsp.get(), tp, kp, ep, bp, capp,
+                                  const_cast<int32_t*>(words), be.stream),
+               "moe_cuda_moe_align");
+    cuda_check(moe_cuda_stream_synchronize(be.device, be.stream), "sync");
+    expect("parallel align, bad ids at 2100 and 2500", 1, 2100, -3);
+  }
   std::string d = "err=" + std::to_string(problems.size());
   for (const auto& p : problems) d += "; " + p;
   return Outcome::check(problems.empty(), d);
@@ -346,7 +361,13 @@ void add_moe_cases(std::vector<Case>& cases) {
                              (sg ? " sigmoid" : " softmax") + (rn ? " renorm" : "") + (bi ? " bias" : "");
           cases.push_back({"router_topk", name, [=](const Backend& be) { return run_topk(be, t, e, k, sg, rn, bi); }});
         }
-  const int64_t align_shapes[][5] = {{1, 2, 8, 16, 0}, {33, 2, 8, 16, 1}, {222, 6, 64, 64, 0}, {64, 8, 128, 1, 0}, {0, 2, 8, 16, 0}, {1024, 8, 128, 64, 1}};
+  // The last six take the CUDA parallel align (t * k > 2048 ids: router_topk.cuh's chunks of 2048, one warp each):
+  // 2 chunks with a 1-id tail, e = 8192 (8 experts per scan thread), the chunk loop's 8-wide unroll plus tail
+  // (9 and 64 chunks), blocks 1 and 128.
+  const int64_t align_shapes[][5] = {{1, 2, 8, 16, 0},     {33, 2, 8, 16, 1},      {222, 6, 64, 64, 0},
+                                     {64, 8, 128, 1, 0},   {0, 2, 8, 16, 0},       {1024, 8, 128, 64, 1},
+                                     {2049, 1, 8, 16, 1},  {3000, 2, 8192, 1, 0},  {2304, 8, 64, 128, 1},
+                                     {700, 3, 3, 16, 0},   {16384, 8, 128, 128, 0}, {4096, 8, 128, 128, 1}};
   for (const auto& a : align_shapes) {
     std::string name = "t=" + std::to_string(a[0]) + " k=" + std::to_string(a[1]) + " e=" + std::to_string(a[2]) +
                        " block=" + std::to_string(a[3]) + (a[4] ? " with -1" : "");
@@ -372,6 +393,8 @@ void add_moe_cases(std::vector<Case>& cases) {
       // 1032 = 4 * 256 + 8); 48 slots over 64 experts (most experts empty); 256 rows per expert (the default
       // selection takes wgmma on an H100 / H200).
       {300, 1032, 328, 16, 2, 1}, {24, 136, 72, 64, 2, 0}, {512, 256, 384, 4, 2, 0},
+      // more than 2048 slots: the CUDA parallel align (router_topk.cuh), all on one expert and random
+      {1100, 64, 64, 8, 2, 1}, {1200, 128, 96, 64, 4, 0},
   };
   for (const MoeShape& s : moe_shapes) {
     static const char* modes[] = {"", " all-on-one", " minus-one", " absent"};

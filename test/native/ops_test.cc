@@ -559,21 +559,28 @@ void add_gemm_cases(std::vector<Case>& cases) {
       cases.push_back(
           {"gemm", gemm_shape_name(s, ab, od), [s, ab, od](const Backend& be) { return run_gemm(be, s, ab, od); }});
     }
-  // Dense bf16 -> f32 shapes the opt-in MOE_CUDA_GEMM=moe path takes (lda == k, ldb == k, ldc == n, k % 8 == 0, n
-  // even): m 1, 5 the decode tiles (BM 16), 16 and 33 the large mma.sync ones (BM 64), 200 and 1000 wgmma on
-  // compute capability 9.0 (mma.sync large elsewhere); n 8, 100, 520 a partial N tile of every config; k 8, 520, 1032
-  // partial k tiles. n = 101 (odd) must fall back to the existing kernel (the past-the-end guard catches a stray
-  // column). Without the variable they test the existing kernels. CUDA only: the CPU gemm has its cases above.
-  for (int64_t m : {1, 5, 16, 33, 200, 1000})
+  // Dense bf16 shapes the MoE path of cuda/gemm.cu can take (lda == k, ldb == k, ldc == n, k % 8 == 0, n even),
+  // to f32 and to bf16 (through its f32 scratch): m 1, 5, 16, 33 the decode tiles (BM 16; taken by default), 100 the
+  // large mma.sync ones (BM 64), 200 and 1000 wgmma on compute capability 9.0 (mma.sync large elsewhere); n 8, 100,
+  // 520 a partial N tile of every config; k 8, 520, 1032 partial k tiles. n = 101 (odd) must fall back to the
+  // existing kernel (the past-the-end guard catches a stray column). m = 1000, n = 4400: 8 x 18 wgmma tiles, enough
+  // to fill a 132-SM chip, so the default takes the MoE path there. MOE_CUDA_GEMM=moe forces the path wherever it
+  // applies, =mma the existing kernel. CUDA only: the CPU gemm has its cases above.
+  std::vector<GemmShape> sweep;
+  for (int64_t m : {1, 5, 16, 33, 100, 200, 1000})
     for (int64_t n : {8, 100, 520, 101})
       for (int64_t k : {8, 520, 1032}) {
         if (n == 101 && k != 520) continue;
-        const GemmShape s = dense(m, n, k);
-        Case c{"gemm", gemm_shape_name(s, DType::BF16, DType::F32) + " moe-path sweep",
-               [s](const Backend& be) { return run_gemm(be, s, DType::BF16, DType::F32); }};
-        c.cuda_only = true;
-        cases.push_back(c);
+        sweep.push_back(dense(m, n, k));
       }
+  sweep.push_back(dense(1000, 4400, 72));
+  for (DType od : {DType::F32, DType::BF16})
+    for (const GemmShape& s : sweep) {
+      Case c{"gemm", gemm_shape_name(s, DType::BF16, od) + " moe-path sweep",
+             [s, od](const Backend& be) { return run_gemm(be, s, DType::BF16, od); }};
+      c.cuda_only = true;
+      cases.push_back(c);
+    }
 }
 
 }  // namespace moe::native
