@@ -164,6 +164,10 @@ async function main(): Promise<void> {
             experts: r3(mid.times.expertMs),
             stall: r3(mid.times.stallMs),
             dense: r3(mid.times.denseMs),
+            // of dense: embedding + norm + q/k/v + RoPE; o-proj + norm + router; final norm + LM head + logits
+            dense_qkv: r3(mid.times.denseQkvMs),
+            dense_out: r3(mid.times.denseOutMs),
+            dense_head: r3(mid.times.denseHeadMs),
             host: r3(mid.times.hostMs),
             other: r3(mid.ms - mid.times.attentionMs - mid.times.expertMs - mid.times.stallMs - mid.times.denseMs - mid.times.hostMs),
           },

@@ -97,6 +97,8 @@ size_t align256(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
 // 1.35x at m = 32 to bf16) and wgmma tiles that fill the chip (m tiles x n tiles >= SMs; 2.4x at m = 256, n = 32000,
 // k = 4096 and at 4096^3; at 1024^3, 32 tiles, the mma kernel is 1.5x faster). The mma.sync large tiles (m 65-127)
 // were not measured against it.
+constexpr int64_t kMoeGemmMaxScratch = int64_t{512} << 20;  // bytes of f32 scratch a default bf16-out call may take
+
 bool moe_gemm_pays(MoeGemm2Tiles tiles, int64_t m, int64_t n, int sms) {
   if (tiles == MoeGemm2Tiles::MmaSmall) return true;
   if (tiles != MoeGemm2Tiles::Wgmma) return false;
@@ -192,8 +194,10 @@ extern "C" int moe_cuda_gemm(int device, const void* a, const void* b, void* out
       if ((e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device)) != cudaSuccess) return e;
       if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return e;
       MoeGemm2Tiles tiles = MoeGemm2Tiles::MmaLarge;
+      // (a bf16 out needs an f32 scratch of m x n: by default only up to kMoeGemmMaxScratch)
+      const bool scratch_ok = out_dtype == kF32 || m * n * 4 <= kMoeGemmMaxScratch;
       if (moe_gemm_tiles(major, minor, a, b, out_dtype == kF32 ? out : nullptr, m, n, k, lda, ldb, ldc, &tiles) &&
-          (force == GemmForce::Moe || moe_gemm_pays(tiles, m, n, sms))) {
+          (force == GemmForce::Moe || (scratch_ok && moe_gemm_pays(tiles, m, n, sms)))) {
         return launch_moe_gemm(device, tiles, a, b, out, out_dtype == kBF16, mi, ni, ki, s);
       }
     }

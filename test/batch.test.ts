@@ -80,6 +80,10 @@ for (const preset of ['tiny-mixtral', 'tiny-qwen3-moe'] as const) {
               const parts = [t.attentionMs, t.expertMs, t.stallMs, t.denseMs, t.hostMs];
               assert.ok(parts.every((v) => Number.isFinite(v) && v >= 0), `step times ${JSON.stringify(t)}`);
               assert.ok(parts.reduce((a, b) => a + b, 0) <= s.ms + 1, `step times ${JSON.stringify(t)} exceed the step's ${s.ms} ms`);
+              // the dense time is split into its three parts
+              const denseParts = [t.denseQkvMs, t.denseOutMs, t.denseHeadMs];
+              assert.ok(denseParts.every((v) => Number.isFinite(v) && v >= 0), `dense parts ${JSON.stringify(t)}`);
+              assert.ok(Math.abs(denseParts.reduce((a, b) => a + b, 0) - t.denseMs) <= 1e-6 * Math.max(1, t.denseMs), `dense parts ${JSON.stringify(t)}`);
               expertMs += t.expertMs + t.stallMs;
             },
           },

@@ -39,14 +39,21 @@ export interface StepTimes {
   attentionMs: number;
   expertMs: number;
   stallMs: number;
+  /** Everything but attention and experts on the compute backend: the sum of the three parts below. */
   denseMs: number;
+  /** Of denseMs: embedding, input norm, q/k/v projections, RoPE (and their downloads when staged). */
+  denseQkvMs: number;
+  /** Of denseMs: output projection, post-attention norm, router, top-k, shared experts (and routing downloads). */
+  denseOutMs: number;
+  /** Of denseMs: final norm, last-row gather, LM head, logits download. */
+  denseHeadMs: number;
   /** KV writes, routing bookkeeping, sampling prep: JS on the main thread between native groups. */
   hostMs: number;
   totalMs: number;
 }
 
 export function emptyTimes(): StepTimes {
-  return { attentionMs: 0, expertMs: 0, stallMs: 0, denseMs: 0, hostMs: 0, totalMs: 0 };
+  return { attentionMs: 0, expertMs: 0, stallMs: 0, denseMs: 0, denseQkvMs: 0, denseOutMs: 0, denseHeadMs: 0, hostMs: 0, totalMs: 0 };
 }
 
 /** Per MoE layer routing of a step, for traces: ids [T, k] and the full gate probabilities [T, E]. */
@@ -327,9 +334,11 @@ export class ForwardPass {
     const signal = o.signal;
     const op = signal ? { signal } : {};
     let mark = start;
-    const book = (k: keyof StepTimes) => {
+    // Adds the time since the last mark to k (and to the dense part `sub`, for denseMs).
+    const book = (k: keyof StepTimes, sub?: 'denseQkvMs' | 'denseOutMs' | 'denseHeadMs') => {
       const now = performance.now();
       times[k] += now - mark;
+      if (sub) times[sub] += now - mark;
       mark = now;
     };
 
@@ -386,7 +395,7 @@ export class ForwardPass {
 
       await be.gatherRows(W.embedOnBackend, await m.upload(ids), xn, op);
       await be.convert(xn, h, op);
-      book('denseMs');
+      book('denseMs', 'denseQkvMs');
       if (o.iteration) experts.beginIteration?.(o.iteration.embedding);
       book('hostMs');
 
@@ -396,7 +405,7 @@ export class ForwardPass {
         // attention block: q [T, nH, D], k and v [T, kvH, D] f32 (rotated, host), then the KV cache and attention
         const norm = be.rmsNorm({ x: h, weight: w.inputNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op);
         const { q, k, v } = w.mla ? await this.#mlaQkv(w.mla, xn, T, positions, norm, m, op) : await this.#mhaQkv(w, xn, T, positions, norm, m, op);
-        book('denseMs');
+        book('denseMs', 'denseQkvMs');
         let t0 = 0;
         seqs.forEach((s, i) => {
           const n = s.tokens.length;
@@ -424,7 +433,7 @@ export class ForwardPass {
         if (li === undefined) {
           // dense MLP as a one-expert table
           await Promise.all(g2);
-          book('denseMs');
+          book('denseMs', 'denseOutMs');
           await be.moeExperts({ x: xn, topkIds: oneIds, topkWeights: oneW, experts: w.mlp!, out: blockOut }, op);
           book('expertMs');
           pending = blockOut;
@@ -444,7 +453,7 @@ export class ForwardPass {
           g2.push(be.moeExperts({ x: xn, topkIds: w.sharedGate ? sharedIds! : oneIds, topkWeights: w.sharedGate ? sharedW! : oneW, experts: w.shared, out: sharedOut! }, op));
         }
         await Promise.all(g2);
-        book('denseMs');
+        book('denseMs', 'denseOutMs');
         if (!cfg.router.renormalize && cfg.router.scale !== 1) {
           for (let i = 0; i < topW.host.data.length; i++) topW.host.data[i]! *= cfg.router.scale;
           await m.up(topW);
@@ -487,7 +496,7 @@ export class ForwardPass {
       const logits = m.pair('f32', [rowsIn.shape[0]!, cfg.vocabSize]);
       await be.gemm(rowsIn, W.lmHead, logits.dev, op);
       await m.down(logits);
-      book('denseMs');
+      book('denseMs', 'denseHeadMs');
       if (o.iteration) experts.endIteration?.();
       book('hostMs');
       times.totalMs += performance.now() - start;
