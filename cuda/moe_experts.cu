@@ -15,8 +15,10 @@
 // moe_experts_wgmma.cuh (align block 128) replace the large ones when t * k >= 128 e; else the SIMT kernels of
 // moe_experts.cuh. MOE_CUDA_MOE: simt forces the SIMT kernels, mma the mma.sync ones (never wgmma), wgmma uses wgmma
 // wherever its preconditions hold regardless of the rows per expert (tests: small shapes through the wgmma path).
-// moe_launch_gemm2 (moe_gemm2_launch.cuh) exposes the GEMM2 launches alone: cuda/gemm.cu's opt-in dense path
-// (MOE_CUDA_GEMM=moe) runs them under identity routing.
+// moe_launch_gemm2 (moe_gemm2_launch.cuh) exposes the GEMM2 launches alone: cuda/gemm.cu's dense path runs them
+// under identity routing. MOE_CUDA_TILE_SEARCH=block (opt-in, compiled, not yet run on a GPU) instantiates every GEMM
+// kernel with the block-wide tile -> expert lookup (moe_expert_of_tile) instead of the binary search; the default
+// instantiations are unchanged.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -24,6 +26,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "moe_cuda.h"
@@ -59,68 +62,116 @@ enum class MoePath { Simt, MmaLarge, MmaSmall, Wgmma };
 
 // The tile thresholds kMoeSmallRowsPerExpert / kMoeWgmmaRowsPerExpert are in moe_gemm2_launch.cuh.
 
+// The GEMM kernels' tile -> expert lookup (moe_tile_expert, moe_experts.cuh): MOE_CUDA_TILE_SEARCH=block the
+// block-wide scan (opt-in: compiled, not yet run on a GPU), anything else the binary search. Read once.
+int tile_search() {
+  static const int v = [] {
+    const char* e = std::getenv("MOE_CUDA_TILE_SEARCH");
+    return e != nullptr && std::strcmp(e, "block") == 0 ? 1 : 0;
+  }();
+  return v;
+}
+
+// f(std::integral_constant<int, tile_search()>{}): a launch with the lookup as the kernels' template argument.
+template <class F>
+cudaError_t with_search(F f) {
+  return tile_search() != 0 ? f(std::integral_constant<int, 1>{}) : f(std::integral_constant<int, 0>{});
+}
+
 template <class C, class Kernel>
 cudaError_t set_smem(Kernel kernel) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
 }
 
 // GEMM2 of the mma.sync path (also moe_launch_gemm2's, moe_gemm2_launch.cuh): down / down_bias are device arrays
-// of e pointers (down_bias null: no biases). grid: (ceil(h / BN), m_tiles).
-template <class C2>
+// of e pointers (down_bias null: no biases). grid: (ceil(h / BN), m_tiles). S: the tile lookup (tile_search()).
+template <class C2, int S>
 cudaError_t launch_mma_gemm2(unsigned m_tiles, const uint16_t* act, const int32_t* sorted, const int32_t* offsets,
-                             const void* const* down, const void* const* down_bias, float* part, int n_slots, int e,
-                             int h, int inter, cudaStream_t s) {
-  cudaError_t err = set_smem<C2>(moe_mma_gemm2_kernel<C2>);
+                               const void* const* down, const void* const* down_bias, float* part, int n_slots, int e,
+                               int h, int inter, cudaStream_t s) {
+  cudaError_t err = set_smem<C2>(moe_mma_gemm2_kernel<C2, S>);
   if (err != cudaSuccess) return err;
-  moe_mma_gemm2_kernel<C2><<<dim3(static_cast<unsigned>((h + C2::BN - 1) / C2::BN), m_tiles), C2::kThreads,
-                             C2::kSmem, s>>>(act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter);
+  moe_mma_gemm2_kernel<C2, S><<<dim3(static_cast<unsigned>((h + C2::BN - 1) / C2::BN), m_tiles), C2::kThreads,
+                                C2::kSmem, s>>>(act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter);
+  return cudaGetLastError();
+}
+template <class C1, int S>
+cudaError_t launch_mma_gemm1(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
+                             const void* const* table, bool biases, uint16_t* act, int n_slots, int k, int e, int h,
+                             int inter, int activation, float alpha, float limit, cudaStream_t s) {
+  cudaError_t err = set_smem<C1>(moe_mma_gemm1_kernel<C1, S>);
+  if (err != cudaSuccess) return err;
+  moe_mma_gemm1_kernel<C1, S><<<dim3(static_cast<unsigned>((inter + C1::BN - 1) / C1::BN), m_tiles), C1::kThreads,
+                                C1::kSmem, s>>>(x, sorted, offsets, table, table + e,
+                                                biases ? table + 3 * e : nullptr, biases ? table + 4 * e : nullptr,
+                                                act, n_slots, k, e, h, inter, activation, alpha, limit);
   return cudaGetLastError();
 }
 
-template <class C1, class C2>
+template <class C1, class C2, int S>
 cudaError_t launch_mma(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
                        const void* const* table, bool biases, uint16_t* act, float* part, int n_slots, int k, int e,
                        int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
-  cudaError_t err = set_smem<C1>(moe_mma_gemm1_kernel<C1>);
+  cudaError_t err = launch_mma_gemm1<C1, S>(m_tiles, x, sorted, offsets, table, biases, act, n_slots, k, e, h, inter,
+                                            activation, alpha, limit, s);
   if (err != cudaSuccess) return err;
-  moe_mma_gemm1_kernel<C1><<<dim3(static_cast<unsigned>((inter + C1::BN - 1) / C1::BN), m_tiles), C1::kThreads,
-                             C1::kSmem, s>>>(x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr,
-                                             biases ? table + 4 * e : nullptr, act, n_slots, k, e, h, inter,
-                                             activation, alpha, limit);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  return launch_mma_gemm2<C2>(m_tiles, act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr, part,
-                              n_slots, e, h, inter, s);
+  return launch_mma_gemm2<C2, S>(m_tiles, act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr, part,
+                                 n_slots, e, h, inter, s);
 }
 
 // wgmma path (moe_experts_wgmma.cuh): 1D grids of m_tiles x n_tiles blocks (the host checked the product fits int).
 // GEMM2 of the wgmma path (also moe_launch_gemm2's): 1D grid of m_tiles * ceil(h / BN) blocks (the caller checked
 // the product fits int).
-template <class C2>
+template <class C2, int S>
 cudaError_t launch_wg_gemm2(unsigned m_tiles, const uint16_t* act, const int32_t* sorted, const int32_t* offsets,
-                            const void* const* down, const void* const* down_bias, float* part, int n_slots, int e,
-                            int h, int inter, cudaStream_t s) {
-  cudaError_t err = set_smem<C2>(moe_wg_gemm2_kernel<C2>);
+                              const void* const* down, const void* const* down_bias, float* part, int n_slots, int e,
+                              int h, int inter, cudaStream_t s) {
+  cudaError_t err = set_smem<C2>(moe_wg_gemm2_kernel<C2, S>);
   if (err != cudaSuccess) return err;
   const unsigned n2 = static_cast<unsigned>((h + C2::BN - 1) / C2::BN);
-  moe_wg_gemm2_kernel<C2><<<m_tiles * n2, C2::kThreads, C2::kSmem, s>>>(
+  moe_wg_gemm2_kernel<C2, S><<<m_tiles * n2, C2::kThreads, C2::kSmem, s>>>(
       act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, static_cast<int>(m_tiles));
   return cudaGetLastError();
 }
-
-template <class C1, class C2>
-cudaError_t launch_wgmma(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
-                         const void* const* table, bool biases, uint16_t* act, float* part, int n_slots, int k, int e,
-                         int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
-  cudaError_t err = set_smem<C1>(moe_wg_gemm1_kernel<C1>);
+template <class C1, int S>
+cudaError_t launch_wg_gemm1(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
+                            const void* const* table, bool biases, uint16_t* act, int n_slots, int k, int e, int h,
+                            int inter, int activation, float alpha, float limit, cudaStream_t s) {
+  cudaError_t err = set_smem<C1>(moe_wg_gemm1_kernel<C1, S>);
   if (err != cudaSuccess) return err;
   const unsigned n1 = static_cast<unsigned>((inter + C1::BN - 1) / C1::BN);
   const int mt = static_cast<int>(m_tiles);
-  moe_wg_gemm1_kernel<C1><<<m_tiles * n1, C1::kThreads, C1::kSmem, s>>>(
+  moe_wg_gemm1_kernel<C1, S><<<m_tiles * n1, C1::kThreads, C1::kSmem, s>>>(
       x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr, biases ? table + 4 * e : nullptr, act,
       n_slots, k, e, h, inter, activation, alpha, limit, mt);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  return launch_wg_gemm2<C2>(m_tiles, act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr, part,
-                             n_slots, e, h, inter, s);
+  return cudaGetLastError();
+}
+
+template <class C1, class C2, int S>
+cudaError_t launch_wgmma(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
+                         const void* const* table, bool biases, uint16_t* act, float* part, int n_slots, int k, int e,
+                         int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
+  cudaError_t err = launch_wg_gemm1<C1, S>(m_tiles, x, sorted, offsets, table, biases, act, n_slots, k, e, h, inter,
+                                           activation, alpha, limit, s);
+  if (err != cudaSuccess) return err;
+  return launch_wg_gemm2<C2, S>(m_tiles, act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr, part,
+                                n_slots, e, h, inter, s);
+}
+
+// SIMT path (moe_experts.cuh): grids (ceil(n / 64), m_tiles), 256 threads.
+template <int S>
+cudaError_t launch_simt(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
+                        const void* const* table, bool biases, uint16_t* act, float* part, int n_slots, int k, int e,
+                        int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
+  moe_gemm1_swiglu_kernel<S><<<dim3(static_cast<unsigned>((inter + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0,
+                               s>>>(x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr,
+                                    biases ? table + 4 * e : nullptr, act, n_slots, k, e, h, inter, activation, alpha,
+                                    limit);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  moe_gemm2_kernel<S><<<dim3(static_cast<unsigned>((h + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(
+      act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr, part, n_slots, e, h, inter);
+  return cudaGetLastError();
 }
 }  // namespace
 
@@ -139,15 +190,21 @@ cudaError_t moe::dev::moe_launch_gemm2(MoeGemm2Tiles tiles, unsigned m_tiles, co
   if (tiles == MoeGemm2Tiles::Wgmma) {
     const int64_t n_tiles = (static_cast<int64_t>(h) + MoeWgG2::BN - 1) / MoeWgG2::BN;
     if (static_cast<int64_t>(m_tiles) * n_tiles > INT_MAX) return cudaErrorInvalidValue;
-    return launch_wg_gemm2<MoeWgG2>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, s);
+  } else if (m_tiles > 65535u) {
+    return cudaErrorInvalidValue;  // grid.y
   }
-  if (m_tiles > 65535u) return cudaErrorInvalidValue;  // grid.y
-  if (tiles == MoeGemm2Tiles::MmaSmall) {
-    return launch_mma_gemm2<MoeMmaG2Small>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter,
-                                           s);
-  }
-  return launch_mma_gemm2<MoeMmaG2Large>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter,
-                                         s);
+  return with_search([&](auto S) {
+    constexpr int kS = decltype(S)::value;
+    if (tiles == MoeGemm2Tiles::Wgmma) {
+      return launch_wg_gemm2<MoeWgG2, kS>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, s);
+    }
+    if (tiles == MoeGemm2Tiles::MmaSmall) {
+      return launch_mma_gemm2<MoeMmaG2Small, kS>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h,
+                                                 inter, s);
+    }
+    return launch_mma_gemm2<MoeMmaG2Large, kS>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h,
+                                               inter, s);
+  });
 }
 
 // Fused (out != null: topk_weights read by the combine) or parts mode (parts != null, out and topk_weights null).
@@ -252,25 +309,23 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
     // take none), at most one per slot: the grid needs no more (decode: 8 slots of Qwen3 take 8 of 120).
     const unsigned m_tiles = static_cast<unsigned>(std::min<int64_t>(capacity / block, n_slots));
     const uint16_t* xb = static_cast<const uint16_t*>(x);
-    if (path == MoePath::Wgmma) {
-      err = launch_wgmma<MoeWgG1, MoeWgG2>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part, ni, ki,
-                                           ei, hi, ii, activation, alpha, limit, s);
-    } else if (path == MoePath::MmaSmall) {
-      err = launch_mma<MoeMmaG1Small, MoeMmaG2Small>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part,
-                                                     ni, ki, ei, hi, ii, activation, alpha, limit, s);
-    } else if (path == MoePath::MmaLarge) {
-      err = launch_mma<MoeMmaG1Large, MoeMmaG2Large>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part,
-                                                     ni, ki, ei, hi, ii, activation, alpha, limit, s);
-    } else {
-      moe_gemm1_swiglu_kernel<<<dim3(static_cast<unsigned>((inter + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0,
-                                s>>>(xb, d_sorted, d_offsets, d_table, d_table + e,
-                                     biases ? d_table + 3 * e : nullptr, biases ? d_table + 4 * e : nullptr, d_act, ni,
-                                     ki, ei, hi, ii, activation, alpha, limit);
-      if ((err = cudaGetLastError()) != cudaSuccess) break;
-      moe_gemm2_kernel<<<dim3(static_cast<unsigned>((h + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(
-          d_act, d_sorted, d_offsets, d_table + 2 * e, biases ? d_table + 5 * e : nullptr, d_part, ni, ei, hi, ii);
-      err = cudaGetLastError();
-    }
+    err = with_search([&](auto S) {
+      constexpr int kS = decltype(S)::value;
+      if (path == MoePath::Wgmma) {
+        return launch_wgmma<MoeWgG1, MoeWgG2, kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part, ni,
+                                                  ki, ei, hi, ii, activation, alpha, limit, s);
+      }
+      if (path == MoePath::MmaSmall) {
+        return launch_mma<MoeMmaG1Small, MoeMmaG2Small, kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act,
+                                                            d_part, ni, ki, ei, hi, ii, activation, alpha, limit, s);
+      }
+      if (path == MoePath::MmaLarge) {
+        return launch_mma<MoeMmaG1Large, MoeMmaG2Large, kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act,
+                                                            d_part, ni, ki, ei, hi, ii, activation, alpha, limit, s);
+      }
+      return launch_simt<kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part, ni, ki, ei, hi, ii,
+                             activation, alpha, limit, s);
+    });
     if (err != cudaSuccess) break;
     if (parts != nullptr) break;  // parts mode: the caller combines
     // The combine of moeCombine, with the gate table as presence (absent experts' scratch rows are never read).

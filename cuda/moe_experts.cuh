@@ -39,6 +39,28 @@ __device__ __forceinline__ int moe_expert_of_row(const int32_t* offsets, int e, 
   return lo;
 }
 
+// The same expert, found by the whole block at once: thread i tests experts i, i + blockDim.x, ... (independent
+// loads: one round trip while e <= blockDim.x) instead of the ~log2(e) + 1 dependent loads above, which every block
+// of a GEMM waits for before its first weight load. Every thread of the block calls it (two barriers); the result
+// is block-uniform. Exactly one x matches when r0 < offsets[e] (the ranges partition [0, offsets[e])), the one the
+// binary search returns.
+__device__ __forceinline__ int moe_expert_of_tile(const int32_t* offsets, int e, int r0) {
+  __shared__ int s_ex;
+  if (threadIdx.x == 0) s_ex = -1;
+  __syncthreads();
+  for (int x = threadIdx.x; x < e; x += blockDim.x)
+    if (offsets[x] <= r0 && r0 < offsets[x + 1]) s_ex = x;
+  __syncthreads();
+  return s_ex;
+}
+
+// The GEMM kernels' tile lookup: search != 0 the block-wide one (opt-in while measured: MOE_CUDA_TILE_SEARCH=block,
+// moe_experts.cu), else the binary search. The kernels take it as a template argument (kSearch), so the default
+// instantiations are the code that ran before the option existed.
+__device__ __forceinline__ int moe_tile_expert(const int32_t* offsets, int e, int r0, int search) {
+  return search != 0 ? moe_expert_of_tile(offsets, e, r0) : moe_expert_of_row(offsets, e, r0);
+}
+
 // Loads the [kMoeBM, kMoeBK] A tile (rows given by row pointers, null = zero row) and one or two [kMoeBN, kMoeBK]
 // B tiles (rows n0.. of weights with row stride kdim), transposed into k-major shared memory as f32.
 __device__ __forceinline__ void moe_load_a(float (*As)[kMoeBM + 4], const uint16_t* const* arow, int k0, int kdim) {
@@ -81,6 +103,7 @@ __device__ __forceinline__ float moe_gemm1_act(float g, float u, bool plain, con
 // pointers to [inter, h] bf16 (null: expert absent); gate_bias/up_bias: null (no expert has biases) or [e] device
 // pointers to [inter] f32 (null: that expert has none); act_kind 0 silu, 1 swiglu-oai (alpha, limit);
 // act [capacity, inter] bf16. grid: (ceil(inter / 64), capacity / 64), block: 256.
+template <int kSearch>
 static __global__ void __launch_bounds__(kMoeThreads)
     moe_gemm1_swiglu_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ sorted,
                             const int32_t* __restrict__ offsets, const void* const* __restrict__ gate,
@@ -92,7 +115,7 @@ static __global__ void __launch_bounds__(kMoeThreads)
   __shared__ float Bu[kMoeBK][kMoeBN + 4];
   __shared__ const uint16_t* arow[kMoeBM];
   const int r0 = blockIdx.y * kMoeBM, n0 = blockIdx.x * kMoeBN;
-  const int ex = moe_expert_of_row(offsets, e, r0);
+  const int ex = moe_tile_expert(offsets, e, r0, kSearch);
   if (ex < 0) return;
   const uint16_t* wg = static_cast<const uint16_t*>(gate[ex]);
   const uint16_t* wu = static_cast<const uint16_t*>(up[ex]);
@@ -150,6 +173,7 @@ static __global__ void __launch_bounds__(kMoeThreads)
 // or [e] device pointers to [h] f32 (null: that expert has none);
 // part [t * k, h] f32 (rows of present slots written, the others untouched). grid: (ceil(h / 64), capacity / 64),
 // block: 256.
+template <int kSearch>
 static __global__ void __launch_bounds__(kMoeThreads)
     moe_gemm2_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ sorted,
                      const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
@@ -160,7 +184,7 @@ static __global__ void __launch_bounds__(kMoeThreads)
   __shared__ const uint16_t* arow[kMoeBM];
   __shared__ int slot[kMoeBM];
   const int r0 = blockIdx.y * kMoeBM, n0 = blockIdx.x * kMoeBN;
-  const int ex = moe_expert_of_row(offsets, e, r0);
+  const int ex = moe_tile_expert(offsets, e, r0, kSearch);
   if (ex < 0) return;
   const uint16_t* wd = static_cast<const uint16_t*>(down[ex]);
   if (wd == nullptr) return;

@@ -213,7 +213,7 @@ extern __shared__ __align__(128) uint8_t moe_mma_smem[];
 // GEMM1 + SwiGLU. Arguments as moe_gemm1_swiglu_kernel (moe_experts.cuh); h % 8 == 0, inter % 8 == 0, x and the
 // gate/up rows 16-byte aligned (host checks). grid: (ceil(inter / BN), capacity / BM), block: C::kThreads, dynamic
 // shared memory C::kSmem. act [capacity, inter] bf16: rows of real slots written, padding rows untouched.
-template <class C>
+template <class C, int kSearch>
 static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     moe_mma_gemm1_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ sorted,
                          const int32_t* __restrict__ offsets, const void* const* __restrict__ gate,
@@ -223,7 +223,7 @@ static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
   static_assert(C::GATED, "GEMM1 stacks gate and up");
   __shared__ int s_slot[C::BM];
   const int r0 = blockIdx.y * C::BM, n0 = blockIdx.x * C::BN;
-  const int ex = moe_expert_of_row(offsets, e, r0);
+  const int ex = moe_tile_expert(offsets, e, r0, kSearch);
   if (ex < 0) return;
   const uint16_t* wg = static_cast<const uint16_t*>(gate[ex]);
   const uint16_t* wu = static_cast<const uint16_t*>(up[ex]);
@@ -289,7 +289,7 @@ static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
 
 // GEMM2. Arguments as moe_gemm2_kernel (moe_experts.cuh); h % 8 == 0, inter % 8 == 0, down rows 16-byte aligned.
 // grid: (ceil(h / BN), capacity / BM), block: C::kThreads, dynamic shared memory C::kSmem.
-template <class C>
+template <class C, int kSearch>
 static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     moe_mma_gemm2_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ sorted,
                          const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
@@ -298,7 +298,7 @@ static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
   static_assert(!C::GATED, "GEMM2 has one B matrix");
   __shared__ int s_slot[C::BM];
   const int r0 = blockIdx.y * C::BM, n0 = blockIdx.x * C::BN;
-  const int ex = moe_expert_of_row(offsets, e, r0);
+  const int ex = moe_tile_expert(offsets, e, r0, kSearch);
   if (ex < 0) return;
   const uint16_t* wd = static_cast<const uint16_t*>(down[ex]);
   if (wd == nullptr) return;

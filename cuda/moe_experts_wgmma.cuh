@@ -352,7 +352,7 @@ __device__ __forceinline__ uint32_t moe_wg_ring() {
 // GEMM1 + SwiGLU. Arguments as moe_mma_gemm1_kernel (h % 8 == 0, inter % 8 == 0, x and the gate/up rows 16-byte
 // aligned: host checks) plus m_tiles = capacity / BM. grid: m_tiles * ceil(inter / BN) (1D, moe_wg_tile), block
 // C::kThreads, dynamic shared memory C::kSmem. act [capacity, inter] bf16: rows of real slots written.
-template <class C>
+template <class C, int kSearch>
 static __global__ void __launch_bounds__(C::kThreads, 1)
     moe_wg_gemm1_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ sorted,
                         const int32_t* __restrict__ offsets, const void* const* __restrict__ gate,
@@ -365,7 +365,7 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
   int mt, nt;
   moe_wg_tile(static_cast<int>(blockIdx.x), m_tiles, (inter + C::BN - 1) / C::BN, mt, nt);
   const int r0 = mt * C::BM, n0 = nt * C::BN;
-  const int ex = moe_expert_of_row(offsets, e, r0);
+  const int ex = moe_tile_expert(offsets, e, r0, kSearch);
   if (ex < 0) return;
   const uint16_t* w_gate = static_cast<const uint16_t*>(gate[ex]);
   const uint16_t* w_up = static_cast<const uint16_t*>(up[ex]);
@@ -415,7 +415,7 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
 
 // GEMM2. Arguments as moe_mma_gemm2_kernel (h % 8 == 0, inter % 8 == 0, down rows 16-byte aligned) plus m_tiles.
 // grid: m_tiles * ceil(h / BN) (1D, moe_wg_tile), block C::kThreads, dynamic shared memory C::kSmem.
-template <class C>
+template <class C, int kSearch>
 static __global__ void __launch_bounds__(C::kThreads, 1)
     moe_wg_gemm2_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ sorted,
                         const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
@@ -427,7 +427,7 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
   int mt, nt;
   moe_wg_tile(static_cast<int>(blockIdx.x), m_tiles, (h + C::BN - 1) / C::BN, mt, nt);
   const int r0 = mt * C::BM, n0 = nt * C::BN;
-  const int ex = moe_expert_of_row(offsets, e, r0);
+  const int ex = moe_tile_expert(offsets, e, r0, kSearch);
   if (ex < 0) return;
   const uint16_t* wd = static_cast<const uint16_t*>(down[ex]);
   if (wd == nullptr) return;
