@@ -4,7 +4,7 @@
 // inter] bf16, part [t * k, h] f32, the parallel align's histograms), the table uploaded with cudaMemcpyAsync from
 // the caller's host array (pageable: the runtime stages it before returning, so the caller may free it), align ->
 // GEMM1 + SwiGLU -> GEMM2 (unweighted part rows)
-// -> combine (moe_cuda_moe_combine: the routing weights, the kernel moeCombine runs), then cudaFreeAsync.
+// -> combine (launch_moe_combine: the routing weights, the kernel moeCombine runs), then cudaFreeAsync.
 // Parts mode (moe_cuda_moe_experts_parts) is the same minus the combine, GEMM2 writing the caller's parts [t * k, h]
 // (rows t * k + j, the scratch layout) instead of scratch: fused == parts + moeCombine bitwise by construction.
 // moe_cuda_moe_experts_ex adds the gpt-oss options (per-expert f32 biases, swiglu-oai); moe_cuda_moe_experts is it
@@ -18,7 +18,8 @@
 // moe_launch_gemm2 (moe_gemm2_launch.cuh) exposes the GEMM2 launches alone: cuda/gemm.cu's dense path runs them
 // under identity routing. MOE_CUDA_TILE_SEARCH=block (opt-in, compiled, not yet run on a GPU) instantiates every GEMM
 // kernel with the block-wide tile -> expert lookup (moe_expert_of_tile) instead of the binary search; the default
-// instantiations are unchanged.
+// instantiations are unchanged. MOE_CUDA_PART=bf16 (opt-in, compiled, not yet run on a GPU) keeps the fused path's
+// part scratch as bf16 (part_bf16).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -29,6 +30,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "moe_combine.cuh"
 #include "moe_cuda.h"
 #include "moe_experts.cuh"
 #include "moe_experts_mma.cuh"
@@ -72,6 +74,17 @@ int tile_search() {
   return v;
 }
 
+// The fused path's part scratch: MOE_CUDA_PART=bf16 (opt-in: compiled, not yet run on a GPU) writes GEMM2's
+// unweighted rows as bf16 and the combine reads them so (half the bytes of both; each part rounded to bf16 before
+// its weighting, so the result is no longer bitwise parts mode + moeCombine), anything else f32. Read once.
+bool part_bf16() {
+  static const bool v = [] {
+    const char* e = std::getenv("MOE_CUDA_PART");
+    return e != nullptr && std::strcmp(e, "bf16") == 0;
+  }();
+  return v;
+}
+
 // f(std::integral_constant<int, tile_search()>{}): a launch with the lookup as the kernels' template argument.
 template <class F>
 cudaError_t with_search(F f) {
@@ -85,13 +98,13 @@ cudaError_t set_smem(Kernel kernel) {
 
 // GEMM2 of the mma.sync path (also moe_launch_gemm2's, moe_gemm2_launch.cuh): down / down_bias are device arrays
 // of e pointers (down_bias null: no biases). grid: (ceil(h / BN), m_tiles). S: the tile lookup (tile_search()).
-template <class C2, int S>
+template <class C2, int S, class PT>
 cudaError_t launch_mma_gemm2(unsigned m_tiles, const uint16_t* act, const int32_t* sorted, const int32_t* offsets,
-                               const void* const* down, const void* const* down_bias, float* part, int n_slots, int e,
-                               int h, int inter, cudaStream_t s) {
-  cudaError_t err = set_smem<C2>(moe_mma_gemm2_kernel<C2, S>);
+                             const void* const* down, const void* const* down_bias, PT* part, int n_slots, int e,
+                             int h, int inter, cudaStream_t s) {
+  cudaError_t err = set_smem<C2>(moe_mma_gemm2_kernel<C2, S, PT>);
   if (err != cudaSuccess) return err;
-  moe_mma_gemm2_kernel<C2, S><<<dim3(static_cast<unsigned>((h + C2::BN - 1) / C2::BN), m_tiles), C2::kThreads,
+  moe_mma_gemm2_kernel<C2, S, PT><<<dim3(static_cast<unsigned>((h + C2::BN - 1) / C2::BN), m_tiles), C2::kThreads,
                                 C2::kSmem, s>>>(act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter);
   return cudaGetLastError();
 }
@@ -108,28 +121,28 @@ cudaError_t launch_mma_gemm1(unsigned m_tiles, const uint16_t* x, const int32_t*
   return cudaGetLastError();
 }
 
-template <class C1, class C2, int S>
+template <class C1, class C2, int S, class PT>
 cudaError_t launch_mma(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
-                       const void* const* table, bool biases, uint16_t* act, float* part, int n_slots, int k, int e,
+                       const void* const* table, bool biases, uint16_t* act, PT* part, int n_slots, int k, int e,
                        int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
   cudaError_t err = launch_mma_gemm1<C1, S>(m_tiles, x, sorted, offsets, table, biases, act, n_slots, k, e, h, inter,
                                             activation, alpha, limit, s);
   if (err != cudaSuccess) return err;
-  return launch_mma_gemm2<C2, S>(m_tiles, act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr, part,
-                                 n_slots, e, h, inter, s);
+  return launch_mma_gemm2<C2, S, PT>(m_tiles, act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr,
+                                     part, n_slots, e, h, inter, s);
 }
 
 // wgmma path (moe_experts_wgmma.cuh): 1D grids of m_tiles x n_tiles blocks (the host checked the product fits int).
 // GEMM2 of the wgmma path (also moe_launch_gemm2's): 1D grid of m_tiles * ceil(h / BN) blocks (the caller checked
 // the product fits int).
-template <class C2, int S>
+template <class C2, int S, class PT>
 cudaError_t launch_wg_gemm2(unsigned m_tiles, const uint16_t* act, const int32_t* sorted, const int32_t* offsets,
-                              const void* const* down, const void* const* down_bias, float* part, int n_slots, int e,
-                              int h, int inter, cudaStream_t s) {
-  cudaError_t err = set_smem<C2>(moe_wg_gemm2_kernel<C2, S>);
+                            const void* const* down, const void* const* down_bias, PT* part, int n_slots, int e,
+                            int h, int inter, cudaStream_t s) {
+  cudaError_t err = set_smem<C2>(moe_wg_gemm2_kernel<C2, S, PT>);
   if (err != cudaSuccess) return err;
   const unsigned n2 = static_cast<unsigned>((h + C2::BN - 1) / C2::BN);
-  moe_wg_gemm2_kernel<C2, S><<<m_tiles * n2, C2::kThreads, C2::kSmem, s>>>(
+  moe_wg_gemm2_kernel<C2, S, PT><<<m_tiles * n2, C2::kThreads, C2::kSmem, s>>>(
       act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, static_cast<int>(m_tiles));
   return cudaGetLastError();
 }
@@ -147,21 +160,21 @@ cudaError_t launch_wg_gemm1(unsigned m_tiles, const uint16_t* x, const int32_t* 
   return cudaGetLastError();
 }
 
-template <class C1, class C2, int S>
+template <class C1, class C2, int S, class PT>
 cudaError_t launch_wgmma(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
-                         const void* const* table, bool biases, uint16_t* act, float* part, int n_slots, int k, int e,
+                         const void* const* table, bool biases, uint16_t* act, PT* part, int n_slots, int k, int e,
                          int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
   cudaError_t err = launch_wg_gemm1<C1, S>(m_tiles, x, sorted, offsets, table, biases, act, n_slots, k, e, h, inter,
                                            activation, alpha, limit, s);
   if (err != cudaSuccess) return err;
-  return launch_wg_gemm2<C2, S>(m_tiles, act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr, part,
-                                n_slots, e, h, inter, s);
+  return launch_wg_gemm2<C2, S, PT>(m_tiles, act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr,
+                                    part, n_slots, e, h, inter, s);
 }
 
 // SIMT path (moe_experts.cuh): grids (ceil(n / 64), m_tiles), 256 threads.
-template <int S>
+template <int S, class PT>
 cudaError_t launch_simt(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
-                        const void* const* table, bool biases, uint16_t* act, float* part, int n_slots, int k, int e,
+                        const void* const* table, bool biases, uint16_t* act, PT* part, int n_slots, int k, int e,
                         int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
   moe_gemm1_swiglu_kernel<S><<<dim3(static_cast<unsigned>((inter + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0,
                                s>>>(x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr,
@@ -169,7 +182,7 @@ cudaError_t launch_simt(unsigned m_tiles, const uint16_t* x, const int32_t* sort
                                     limit);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  moe_gemm2_kernel<S><<<dim3(static_cast<unsigned>((h + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(
+  moe_gemm2_kernel<S, PT><<<dim3(static_cast<unsigned>((h + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(
       act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr, part, n_slots, e, h, inter);
   return cudaGetLastError();
 }
@@ -196,14 +209,15 @@ cudaError_t moe::dev::moe_launch_gemm2(MoeGemm2Tiles tiles, unsigned m_tiles, co
   return with_search([&](auto S) {
     constexpr int kS = decltype(S)::value;
     if (tiles == MoeGemm2Tiles::Wgmma) {
-      return launch_wg_gemm2<MoeWgG2, kS>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, s);
-    }
-    if (tiles == MoeGemm2Tiles::MmaSmall) {
-      return launch_mma_gemm2<MoeMmaG2Small, kS>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h,
+      return launch_wg_gemm2<MoeWgG2, kS, float>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h,
                                                  inter, s);
     }
-    return launch_mma_gemm2<MoeMmaG2Large, kS>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h,
-                                               inter, s);
+    if (tiles == MoeGemm2Tiles::MmaSmall) {
+      return launch_mma_gemm2<MoeMmaG2Small, kS, float>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots,
+                                                        e, h, inter, s);
+    }
+    return launch_mma_gemm2<MoeMmaG2Large, kS, float>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e,
+                                                      h, inter, s);
   });
 }
 
@@ -279,7 +293,10 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
   const size_t b_counts = align_up(static_cast<size_t>(e) * 4), b_offsets = align_up(static_cast<size_t>(e + 1) * 4);
   const size_t b_sorted = align_up(static_cast<size_t>(capacity) * 4);
   const size_t b_act = align_up(static_cast<size_t>(capacity) * static_cast<size_t>(inter) * 2);
-  const size_t b_part = parts != nullptr ? 0 : align_up(static_cast<size_t>(n_slots) * static_cast<size_t>(h) * 4);
+  const bool bf16_part = parts == nullptr && part_bf16();  // fused path only: parts mode writes the caller's f32
+  const size_t b_part = parts != nullptr ? 0
+                                         : align_up(static_cast<size_t>(n_slots) * static_cast<size_t>(h) *
+                                                    (bf16_part ? 2 : 4));
   const size_t b_align = align_up(static_cast<size_t>(moe_align_scratch_ints(static_cast<int>(n_slots),
                                                                             static_cast<int>(e))) * 4);
   char* base = nullptr;
@@ -291,8 +308,8 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
   int32_t* d_offsets = reinterpret_cast<int32_t*>(base + b_table + b_counts);
   int32_t* d_sorted = reinterpret_cast<int32_t*>(base + b_table + b_counts + b_offsets);
   uint16_t* d_act = reinterpret_cast<uint16_t*>(base + b_table + b_counts + b_offsets + b_sorted);
-  float* d_part = parts != nullptr ? parts  // [t * k, h] f32
-                                    : reinterpret_cast<float*>(base + b_table + b_counts + b_offsets + b_sorted + b_act);
+  void* d_part = parts != nullptr ? static_cast<void*>(parts)  // [t * k, h] f32 (bf16 when bf16_part)
+                                   : static_cast<void*>(base + b_table + b_counts + b_offsets + b_sorted + b_act);
   int32_t* d_align = b_align == 0 ? nullptr  // the parallel align's scratch (router_topk.cuh)
                                   : reinterpret_cast<int32_t*>(base + b_table + b_counts + b_offsets + b_sorted +
                                                                b_act + b_part);
@@ -309,28 +326,32 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
     // take none), at most one per slot: the grid needs no more (decode: 8 slots of Qwen3 take 8 of 120).
     const unsigned m_tiles = static_cast<unsigned>(std::min<int64_t>(capacity / block, n_slots));
     const uint16_t* xb = static_cast<const uint16_t*>(x);
-    err = with_search([&](auto S) {
-      constexpr int kS = decltype(S)::value;
-      if (path == MoePath::Wgmma) {
-        return launch_wgmma<MoeWgG1, MoeWgG2, kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part, ni,
-                                                  ki, ei, hi, ii, activation, alpha, limit, s);
-      }
-      if (path == MoePath::MmaSmall) {
-        return launch_mma<MoeMmaG1Small, MoeMmaG2Small, kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act,
-                                                            d_part, ni, ki, ei, hi, ii, activation, alpha, limit, s);
-      }
-      if (path == MoePath::MmaLarge) {
-        return launch_mma<MoeMmaG1Large, MoeMmaG2Large, kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act,
-                                                            d_part, ni, ki, ei, hi, ii, activation, alpha, limit, s);
-      }
-      return launch_simt<kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part, ni, ki, ei, hi, ii,
-                             activation, alpha, limit, s);
-    });
+    // (part: float* or uint16_t*, the GEMM2 kernels' PT)
+    auto launch = [&](auto* part) {
+      return with_search([&](auto S) {
+        constexpr int kS = decltype(S)::value;
+        if (path == MoePath::Wgmma) {
+          return launch_wgmma<MoeWgG1, MoeWgG2, kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, part, ni,
+                                                    ki, ei, hi, ii, activation, alpha, limit, s);
+        }
+        if (path == MoePath::MmaSmall) {
+          return launch_mma<MoeMmaG1Small, MoeMmaG2Small, kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act,
+                                                              part, ni, ki, ei, hi, ii, activation, alpha, limit, s);
+        }
+        if (path == MoePath::MmaLarge) {
+          return launch_mma<MoeMmaG1Large, MoeMmaG2Large, kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act,
+                                                              part, ni, ki, ei, hi, ii, activation, alpha, limit, s);
+        }
+        return launch_simt<kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, part, ni, ki, ei, hi, ii,
+                               activation, alpha, limit, s);
+      });
+    };
+    err = bf16_part ? launch(static_cast<uint16_t*>(d_part)) : launch(static_cast<float*>(d_part));
     if (err != cudaSuccess) break;
     if (parts != nullptr) break;  // parts mode: the caller combines
     // The combine of moeCombine, with the gate table as presence (absent experts' scratch rows are never read).
-    err = static_cast<cudaError_t>(moe_cuda_moe_combine(device, d_part, topk_ids, topk_weights, d_table, e, out, t,
-                                                        h, k, nullptr, stream));
+    err = launch_moe_combine(d_part, bf16_part, topk_ids, topk_weights, d_table, ei, static_cast<uint16_t*>(out),
+                             static_cast<int>(t), ki, hi, nullptr, s);
   } while (false);
   cudaError_t ferr = cudaFreeAsync(base, s);
   return err != cudaSuccess ? err : ferr;

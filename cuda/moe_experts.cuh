@@ -61,6 +61,17 @@ __device__ __forceinline__ int moe_tile_expert(const int32_t* offsets, int e, in
   return search != 0 ? moe_expert_of_tile(offsets, e, r0) : moe_expert_of_row(offsets, e, r0);
 }
 
+// A GEMM2 part element of type PT: f32 (the default, and parts mode), or bf16 bits (uint16_t: the fused path's
+// opt-in scratch, MOE_CUDA_PART=bf16, moe_experts.cu).
+template <class PT>
+__device__ __forceinline__ PT moe_part_value(float v) {
+  if constexpr (sizeof(PT) == 2) {
+    return f32_to_bf16(v);
+  } else {
+    return v;
+  }
+}
+
 // Loads the [kMoeBM, kMoeBK] A tile (rows given by row pointers, null = zero row) and one or two [kMoeBN, kMoeBK]
 // B tiles (rows n0.. of weights with row stride kdim), transposed into k-major shared memory as f32.
 __device__ __forceinline__ void moe_load_a(float (*As)[kMoeBM + 4], const uint16_t* const* arow, int k0, int kdim) {
@@ -173,11 +184,11 @@ static __global__ void __launch_bounds__(kMoeThreads)
 // or [e] device pointers to [h] f32 (null: that expert has none);
 // part [t * k, h] f32 (rows of present slots written, the others untouched). grid: (ceil(h / 64), capacity / 64),
 // block: 256.
-template <int kSearch>
+template <int kSearch, class PT>
 static __global__ void __launch_bounds__(kMoeThreads)
     moe_gemm2_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ sorted,
                      const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
-                     const void* const* __restrict__ down_bias, float* __restrict__ part, int n_slots, int e, int h,
+                     const void* const* __restrict__ down_bias, PT* __restrict__ part, int n_slots, int e, int h,
                      int inter) {
   __shared__ float As[kMoeBK][kMoeBM + 4];
   __shared__ float Bs[kMoeBK][kMoeBN + 4];
@@ -224,7 +235,7 @@ static __global__ void __launch_bounds__(kMoeThreads)
     for (int j = 0; j < 4; ++j) {
       const int n = n0 + tx + 16 * j;
       if (n >= h) continue;
-      part[static_cast<int64_t>(s) * h + n] = bd == nullptr ? acc[i][j] : acc[i][j] + bd[n];
+      part[static_cast<int64_t>(s) * h + n] = moe_part_value<PT>(bd == nullptr ? acc[i][j] : acc[i][j] + bd[n]);
     }
   }
 }

@@ -289,11 +289,11 @@ static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
 
 // GEMM2. Arguments as moe_gemm2_kernel (moe_experts.cuh); h % 8 == 0, inter % 8 == 0, down rows 16-byte aligned.
 // grid: (ceil(h / BN), capacity / BM), block: C::kThreads, dynamic shared memory C::kSmem.
-template <class C, int kSearch>
+template <class C, int kSearch, class PT>
 static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     moe_mma_gemm2_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ sorted,
                          const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
-                         const void* const* __restrict__ down_bias, float* __restrict__ part, int n_slots, int e,
+                         const void* const* __restrict__ down_bias, PT* __restrict__ part, int n_slots, int e,
                          int h, int inter) {
   static_assert(!C::GATED, "GEMM2 has one B matrix");
   __shared__ int s_slot[C::BM];
@@ -337,7 +337,7 @@ static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     for (int hh = 0; hh < 2; ++hh) {
       const int s = s_slot[C::acc_row(wm, i, hh, lane)];
       if (s >= n_slots) continue;  // padding row
-      float* orow = part + static_cast<int64_t>(s) * h;
+      PT* orow = part + static_cast<int64_t>(s) * h;
 #pragma unroll
       for (int j = 0; j < C::kNT; ++j) {
         const int n = n0 + C::acc_col(wn, j, 0, lane);  // even; n < h => n + 1 < h (h % 8 == 0)
@@ -345,7 +345,7 @@ static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           const float v = acc[0][i][j][2 * hh + c];
-          orow[n + c] = bd == nullptr ? v : v + bd[n + c];
+          orow[n + c] = moe_part_value<PT>(bd == nullptr ? v : v + bd[n + c]);
         }
       }
     }

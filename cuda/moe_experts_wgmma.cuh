@@ -415,11 +415,11 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
 
 // GEMM2. Arguments as moe_mma_gemm2_kernel (h % 8 == 0, inter % 8 == 0, down rows 16-byte aligned) plus m_tiles.
 // grid: m_tiles * ceil(h / BN) (1D, moe_wg_tile), block C::kThreads, dynamic shared memory C::kSmem.
-template <class C, int kSearch>
+template <class C, int kSearch, class PT>
 static __global__ void __launch_bounds__(C::kThreads, 1)
     moe_wg_gemm2_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ sorted,
                         const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
-                        const void* const* __restrict__ down_bias, float* __restrict__ part, int n_slots, int e,
+                        const void* const* __restrict__ down_bias, PT* __restrict__ part, int n_slots, int e,
                         int h, int inter, int m_tiles) {
   static_assert(!C::GATED, "GEMM2 has one B matrix");
 #if MOE_WGMMA_ENABLED
@@ -452,7 +452,7 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
   for (int hh = 0; hh < 2; ++hh) {
     const int s = s_slot[C::acc_row(tid, hh)];
     if (s >= n_slots) continue;  // padding row
-    float* orow = part + static_cast<int64_t>(s) * h;
+    PT* orow = part + static_cast<int64_t>(s) * h;
 #pragma unroll
     for (int i = 0; i < C::kN / 8; ++i) {
       const int n = n0 + C::acc_col(tid, i, 0);  // even; n < h => n + 1 < h (h % 8 == 0)
@@ -462,7 +462,12 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
         v.x += bd[n];
         v.y += bd[n + 1];
       }
-      *reinterpret_cast<float2*>(orow + n) = v;  // 8-byte aligned: part base 16-aligned (launcher), h and n even
+      if constexpr (sizeof(PT) == 2) {  // bf16 parts: one 4-byte store of the pair
+        *reinterpret_cast<uint32_t*>(orow + n) =
+            static_cast<uint32_t>(f32_to_bf16(v.x)) | (static_cast<uint32_t>(f32_to_bf16(v.y)) << 16);
+      } else {
+        *reinterpret_cast<float2*>(orow + n) = v;  // 8-byte aligned: part base 8-aligned (launcher), h and n even
+      }
     }
   }
 #else

@@ -17,6 +17,10 @@
 #   VAR=value joined by commas, e.g. TEST_ENVS="MOE_CUDA_MOE=wgmma MOE_CUDA_GEMM=moe MOE_CUDA_MOE=wgmma,MOE_CUDA_WG=x2"
 #   BENCH_ENVS=MOE_CUDA_GEMM=moe MOE_ENVS="MOE_CUDA_MOE=mma MOE_CUDA_WG=x2")
 # When the carried moe-native does not run there, it is built there (slower).
+# Opt-in CUDA variants waiting for a GPU (compiled, not yet run; see cuda/moe_experts.cu): MOE_CUDA_TILE_SEARCH=block,
+# MOE_CUDA_PART=bf16. Their check and timing in one call: TEST_ENVS="MOE_CUDA_TILE_SEARCH=block MOE_CUDA_PART=bf16"
+# MOE_ENVS="MOE_CUDA_TILE_SEARCH=block MOE_CUDA_PART=bf16 MOE_CUDA_TILE_SEARCH=block,MOE_CUDA_PART=bf16" (native
+# tests only under MOE_CUDA_PART=bf16: the Node parts tests assert f32 parts' bitwise contract).
 set -u
 cd "$(dirname "$0")/.."
 FINAL=${OUT:-bench/results}
