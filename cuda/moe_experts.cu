@@ -19,7 +19,8 @@
 // under identity routing. MOE_CUDA_TILE_SEARCH=block (opt-in, compiled, not yet run on a GPU) instantiates every GEMM
 // kernel with the block-wide tile -> expert lookup (moe_expert_of_tile) instead of the binary search; the default
 // instantiations are unchanged. MOE_CUDA_PART=bf16 (opt-in, compiled, not yet run on a GPU) keeps the fused path's
-// part scratch as bf16 (part_bf16).
+// part scratch as bf16 (part_bf16). MOE_CUDA_DECODE=gemv (opt-in, likewise) runs fused calls of at most 4 tokens
+// through the GEMV kernels of moe_experts_gemv.cuh (decode_gemv).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -33,6 +34,7 @@
 #include "moe_combine.cuh"
 #include "moe_cuda.h"
 #include "moe_experts.cuh"
+#include "moe_experts_gemv.cuh"
 #include "moe_experts_mma.cuh"
 #include "moe_experts_wgmma.cuh"
 #include "moe_gemm2_launch.cuh"
@@ -60,7 +62,7 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 // GEMM kernels of one call: SIMT (the reference, any shape), mma.sync with the large (BM 64) or decode (BM 16)
 // tiles, or wgmma (BM 128, sm_90a). The align block equals the kernels' BM.
-enum class MoePath { Simt, MmaLarge, MmaSmall, Wgmma };
+enum class MoePath { Simt, MmaLarge, MmaSmall, Wgmma, Gemv };
 
 // The tile thresholds kMoeSmallRowsPerExpert / kMoeWgmmaRowsPerExpert are in moe_gemm2_launch.cuh.
 
@@ -83,6 +85,45 @@ bool part_bf16() {
     return e != nullptr && std::strcmp(e, "bf16") == 0;
   }();
   return v;
+}
+
+// MOE_CUDA_DECODE=gemv (opt-in: compiled, not yet run on a GPU): fused calls of at most kGemvMaxT tokens run the
+// two GEMV kernels of moe_experts_gemv.cuh (no align, no part scratch, no combine kernel). Read once.
+bool decode_gemv() {
+  static const bool v = [] {
+    const char* e = std::getenv("MOE_CUDA_DECODE");
+    return e != nullptr && std::strcmp(e, "gemv") == 0;
+  }();
+  return v;
+}
+
+// The GEMV decode path (moe_experts_gemv.cuh): scratch = the table and act [t * k, inter] bf16; table upload,
+// GEMM1 + activation, GEMM2 + weighted combine (which reports ids outside [-1, e) through `error`), free.
+cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const uint16_t* x, const int32_t* ids,
+                     const float* weights, uint16_t* out, int t, int k, int e, int h, int inter, int activation,
+                     float alpha, float limit, int32_t* error, int device, cudaStream_t s) {
+  const size_t b_table = align_up(table.size() * sizeof(void*));
+  const size_t b_act = align_up(static_cast<size_t>(t) * static_cast<size_t>(k) * static_cast<size_t>(inter) * 2);
+  char* base = nullptr;
+  cudaError_t err = scratch_alloc(reinterpret_cast<void**>(&base), b_table + b_act, device, s);
+  if (err != cudaSuccess) return err;
+  const void** d_table = reinterpret_cast<const void**>(base);
+  uint16_t* d_act = reinterpret_cast<uint16_t*>(base + b_table);
+  do {
+    err = cudaMemcpyAsync(d_table, table.data(), table.size() * sizeof(void*), cudaMemcpyHostToDevice, s);
+    if (err != cudaSuccess) break;
+    moe_gemv1_kernel<<<dim3(static_cast<unsigned>((inter + kGemvWarps - 1) / kGemvWarps), static_cast<unsigned>(t * k)),
+                       32 * kGemvWarps, 0, s>>>(x, ids, d_table, d_table + e, biases ? d_table + 3 * e : nullptr,
+                                                biases ? d_table + 4 * e : nullptr, d_act, k, e, h, inter, activation,
+                                                alpha, limit);
+    if ((err = cudaGetLastError()) != cudaSuccess) break;
+    moe_gemv2_kernel<<<dim3(static_cast<unsigned>((h + kGemvWarps - 1) / kGemvWarps), static_cast<unsigned>(t)),
+                       32 * kGemvWarps, 0, s>>>(d_act, ids, weights, d_table + 2 * e,
+                                                biases ? d_table + 5 * e : nullptr, out, t, k, e, h, inter, error);
+    err = cudaGetLastError();
+  } while (false);
+  const cudaError_t ferr = cudaFreeAsync(base, s);
+  return err != cudaSuccess ? err : ferr;
 }
 
 // f(std::integral_constant<int, tile_search()>{}): a launch with the lookup as the kernels' template argument.
@@ -283,7 +324,13 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
                          (wg_capacity / kMoeWgBM) * wg_n_tiles <= INT_MAX &&
                          (reinterpret_cast<uintptr_t>(parts) & 7u) == 0;
       if (wg_ok && (force == MoeForce::Wgmma || n_slots >= kMoeWgmmaRowsPerExpert * e)) path = MoePath::Wgmma;
+      if (decode_gemv() && parts == nullptr && t <= kGemvMaxT && force == MoeForce::None) path = MoePath::Gemv;
     }
+  }
+  if (path == MoePath::Gemv) {
+    return run_gemv(table, biases, static_cast<const uint16_t*>(x), topk_ids, topk_weights, static_cast<uint16_t*>(out),
+                    static_cast<int>(t), static_cast<int>(k), static_cast<int>(e), static_cast<int>(h),
+                    static_cast<int>(inter), activation, alpha, limit, error, device, s);
   }
   const int64_t block = path == MoePath::MmaSmall ? kMoeMmaSmallBM : path == MoePath::Wgmma ? kMoeWgBM : kMoeBM;
   const int64_t capacity = n_slots + e * (block - 1);

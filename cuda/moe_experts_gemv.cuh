@@ -1,0 +1,138 @@
+// Decode kernels of moe_cuda_moe_experts for a few tokens (launcher moe_experts.cu; opt-in MOE_CUDA_DECODE=gemv:
+// compiled, not yet run on a GPU). GEMV style, with no align, no part scratch and no combine kernel:
+//   moe_gemv1_kernel  act[slot, n] = bf16( act_fn( x[slot / k] . gate_e[n], x[slot / k] . up_e[n] ) ), e = ids[slot]
+//   moe_gemv2_kernel  out[t, n] = bf16( sum over j = 0..k-1 in order of
+//                                       w[t, j] * ( act[t * k + j] . down_e[n] (+ bd_e[n]) ) ), e = ids[t * k + j]
+// (act_fn: moe_gemm1_act, as every path.) One warp per output row: the lanes stride the row in 16-byte chunks (8 bf16)
+// with kGemvUnroll chunks per lane in flight, f32 FMAs, then a fixed shuffle-down tree whose lane 0 holds the sum:
+// deterministic. GEMM1 reads each expert row once per slot and GEMM2 once per token, so at T = 1 every weight byte
+// is read once and the two kernels are the whole layer. Slots whose id is outside [0, e) or whose expert is absent
+// (null table entry) contribute nothing (act rows of such slots are not written and never read); ids outside
+// [-1, e) are reported through `error` by moe_gemv2_kernel's block (0, 0), as the align reports them on the other
+// paths. Preconditions (launcher): h % 8 == 0, inter % 8 == 0, x, act and every present weight row 16-byte aligned.
+#pragma once
+#include <cstdint>
+
+#include "dtype.cuh"
+#include "error_slot.cuh"
+#include "moe_experts.cuh"
+
+namespace moe {
+namespace dev {
+
+constexpr int kGemvWarps = 8;    // warps (output rows) per block
+constexpr int kGemvUnroll = 4;   // 16-byte chunks per lane and row in flight
+constexpr int64_t kGemvMaxT = 4; // tokens up to which the launcher may take this path
+
+// a . b partial sums of 8 bf16 pairs packed in two uint4 (bf16 -> f32 is a 16-bit shift).
+__device__ __forceinline__ float moe_gemv_dot8(uint4 a, uint4 b, float acc) {
+  const uint32_t av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    acc = fmaf(__uint_as_float(av[i] << 16), __uint_as_float(bv[i] << 16), acc);
+    acc = fmaf(__uint_as_float(av[i] & 0xffff0000u), __uint_as_float(bv[i] & 0xffff0000u), acc);
+  }
+  return acc;
+}
+
+// Lane 0 gets the warp's sum (a fixed tree: the same order on every run).
+__device__ __forceinline__ float moe_gemv_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// R rows' dot products with vector v over len bf16 (len % 8 == 0; rows and v 16-byte aligned): lane partials over
+// the lane's chunks c = lane + 32 i, kGemvUnroll chunks of v and of each row loaded before their FMAs (no branch
+// between the loads: the group loop runs while all kGemvUnroll chunks exist, a one-chunk loop takes the rest).
+template <int R>
+__device__ __forceinline__ void moe_gemv_rows(const uint16_t* __restrict__ v, const uint16_t* const (&rows)[R],
+                                              int len, int lane, float (&acc)[R]) {
+  const int chunks = len / 8;
+  const uint4* vv = reinterpret_cast<const uint4*>(v);
+  int c = lane;
+  for (; c + 32 * (kGemvUnroll - 1) < chunks; c += 32 * kGemvUnroll) {
+    uint4 a[kGemvUnroll], w[R][kGemvUnroll];
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; ++u) {
+      a[u] = vv[c + 32 * u];
+#pragma unroll
+      for (int r = 0; r < R; ++r) w[r][u] = reinterpret_cast<const uint4*>(rows[r])[c + 32 * u];
+    }
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; ++u)
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r] = moe_gemv_dot8(a[u], w[r][u], acc[r]);
+  }
+  for (; c < chunks; c += 32) {
+    const uint4 a = vv[c];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = moe_gemv_dot8(a, reinterpret_cast<const uint4*>(rows[r])[c], acc[r]);
+  }
+}
+
+// GEMM1 + activation. x [t, h] bf16; ids [t * k]; gate / up [e] device pointers to [inter, h] bf16 (null: absent);
+// gate_bias / up_bias null or [e] pointers to [inter] f32; act [t * k, inter] bf16. grid: (ceil(inter /
+// kGemvWarps), t * k), block: 32 kGemvWarps. Warp w computes row n = blockIdx.x * kGemvWarps + w of slot blockIdx.y.
+static __global__ void __launch_bounds__(32 * kGemvWarps)
+    moe_gemv1_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ ids,
+                     const void* const* __restrict__ gate, const void* const* __restrict__ up,
+                     const void* const* __restrict__ gate_bias, const void* const* __restrict__ up_bias,
+                     uint16_t* __restrict__ act, int k, int e, int h, int inter, int act_kind, float alpha,
+                     float limit) {
+  const int slot = blockIdx.y, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
+  const int ex = ids[slot];
+  if (ex < 0 || ex >= e || n >= inter) return;  // warp-uniform
+  const uint16_t* wg = static_cast<const uint16_t*>(gate[ex]);
+  const uint16_t* wu = static_cast<const uint16_t*>(up[ex]);
+  if (wg == nullptr || wu == nullptr) return;  // absent
+  const uint16_t* const rows[2] = {wg + static_cast<int64_t>(n) * h, wu + static_cast<int64_t>(n) * h};
+  float acc[2] = {0.0f, 0.0f};
+  moe_gemv_rows<2>(x + static_cast<int64_t>(slot / k) * h, rows, h, lane, acc);
+  const float g = moe_gemv_sum(acc[0]), u = moe_gemv_sum(acc[1]);
+  if (lane == 0) {
+    const float* bg = gate_bias != nullptr ? static_cast<const float*>(gate_bias[ex]) : nullptr;  // [inter] f32
+    const float* bu = up_bias != nullptr ? static_cast<const float*>(up_bias[ex]) : nullptr;
+    const bool plain = act_kind == 0 && bg == nullptr;
+    act[static_cast<int64_t>(slot) * inter + n] = f32_to_bf16(moe_gemm1_act(g, u, plain, bg, bu, n, act_kind, alpha, limit));
+  }
+}
+
+// GEMM2 + the weighted combine. act [t * k, inter] bf16 (rows of valid, present slots); ids / weights [t * k];
+// down [e] pointers to [h, inter] bf16 (null: absent); down_bias null or [e] pointers to [h] f32; out [t, h] bf16;
+// error [3] i32 or null (block (0, 0) reports the smallest index of an id outside [-1, e)). grid: (ceil(h /
+// kGemvWarps), t), block: 32 kGemvWarps. Warp w computes column n = blockIdx.x * kGemvWarps + w of token blockIdx.y.
+static __global__ void __launch_bounds__(32 * kGemvWarps)
+    moe_gemv2_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ ids,
+                     const float* __restrict__ weights, const void* const* __restrict__ down,
+                     const void* const* __restrict__ down_bias, uint16_t* __restrict__ out, int t, int k, int e,
+                     int h, int inter, int32_t* error) {
+  if (error != nullptr && blockIdx.x == 0 && blockIdx.y == 0)  // block-uniform: the barriers inside are safe
+    moe_report_first_bad_id(ids, t * k, error, [e](int32_t x) { return x < -1 || x >= e; });
+  const int tok = blockIdx.y, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
+  if (n >= h) return;  // warp-uniform
+  float y = 0.0f;  // lane 0's running sum
+  for (int j = 0; j < k; ++j) {
+    const int slot = tok * k + j, ex = ids[slot];
+    if (ex < 0 || ex >= e) continue;
+    const uint16_t* wd = static_cast<const uint16_t*>(down[ex]);
+    if (wd == nullptr) continue;  // absent
+    const uint16_t* const rows[1] = {wd + static_cast<int64_t>(n) * inter};
+    float acc[1] = {0.0f};
+    moe_gemv_rows<1>(act + static_cast<int64_t>(slot) * inter, rows, inter, lane, acc);
+    float d = moe_gemv_sum(acc[0]);
+    if (lane == 0) {
+      if (down_bias != nullptr) {
+        const float* bd = static_cast<const float*>(down_bias[ex]);  // [h] f32
+        if (bd != nullptr) d += bd[n];
+      }
+      y = fmaf(weights[slot], d, y);
+    }
+  }
+  if (lane == 0) out[static_cast<int64_t>(tok) * h + n] = f32_to_bf16(y);
+}
+
+}  // namespace dev
+}  // namespace moe
