@@ -95,7 +95,8 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
     const float* bg = gate_bias != nullptr ? static_cast<const float*>(gate_bias[ex]) : nullptr;  // [inter] f32
     const float* bu = up_bias != nullptr ? static_cast<const float*>(up_bias[ex]) : nullptr;
     const bool plain = act_kind == 0 && bg == nullptr;
-    act[static_cast<int64_t>(slot) * inter + n] = f32_to_bf16(moe_gemm1_act(g, u, plain, bg, bu, n, act_kind, alpha, limit));
+    const float v = moe_gemm1_act(g, u, plain, bg, bu, n, act_kind, alpha, limit);
+    act[static_cast<int64_t>(slot) * inter + n] = f32_to_bf16(v);
   }
 }
 
