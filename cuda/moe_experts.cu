@@ -19,8 +19,8 @@
 // under identity routing. MOE_CUDA_TILE_SEARCH=block (opt-in, compiled, not yet run on a GPU) instantiates every GEMM
 // kernel with the block-wide tile -> expert lookup (moe_expert_of_tile) instead of the binary search; the default
 // instantiations are unchanged. MOE_CUDA_PART=bf16 (opt-in, compiled, not yet run on a GPU) keeps the fused path's
-// part scratch as bf16 (part_bf16). MOE_CUDA_DECODE=gemv (opt-in, likewise) runs fused calls of at most 4 tokens
-// through the GEMV kernels of moe_experts_gemv.cuh (decode_gemv).
+// part scratch as bf16 (part_bf16). MOE_CUDA_DECODE=gemv / gemv-pdl (opt-in, likewise) runs fused calls of
+// at most 4 tokens through the GEMV kernels of moe_experts_gemv.cuh (decode_gemv).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -88,11 +88,14 @@ bool part_bf16() {
 }
 
 // MOE_CUDA_DECODE=gemv (opt-in: compiled, not yet run on a GPU): fused calls of at most kGemvMaxT tokens run the
-// two GEMV kernels of moe_experts_gemv.cuh (no align, no part scratch, no combine kernel). Read once.
-bool decode_gemv() {
-  static const bool v = [] {
+// two GEMV kernels of moe_experts_gemv.cuh (no align, no part scratch, no combine kernel); gemv-pdl launches the
+// second with programmatic dependent launch (it prefetches its weights while the first runs). 0 off, 1 gemv,
+// 2 gemv-pdl. Read once.
+int decode_gemv() {
+  static const int v = [] {
     const char* e = std::getenv("MOE_CUDA_DECODE");
-    return e != nullptr && std::strcmp(e, "gemv") == 0;
+    if (e == nullptr) return 0;
+    return std::strcmp(e, "gemv") == 0 ? 1 : std::strcmp(e, "gemv-pdl") == 0 ? 2 : 0;
   }();
   return v;
 }
@@ -101,7 +104,7 @@ bool decode_gemv() {
 // GEMM1 + activation, GEMM2 + weighted combine (which reports ids outside [-1, e) through `error`), free.
 cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const uint16_t* x, const int32_t* ids,
                      const float* weights, uint16_t* out, int t, int k, int e, int h, int inter, int activation,
-                     float alpha, float limit, int32_t* error, int device, cudaStream_t s) {
+                     float alpha, float limit, int32_t* error, bool pdl, int device, cudaStream_t s) {
   const size_t b_table = align_up(table.size() * sizeof(void*));
   const size_t b_act = align_up(static_cast<size_t>(t) * static_cast<size_t>(k) * static_cast<size_t>(inter) * 2);
   char* base = nullptr;
@@ -117,10 +120,19 @@ cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const u
                                                 biases ? d_table + 4 * e : nullptr, d_act, k, e, h, inter, activation,
                                                 alpha, limit);
     if ((err = cudaGetLastError()) != cudaSuccess) break;
-    moe_gemv2_kernel<<<dim3(static_cast<unsigned>((h + kGemvWarps - 1) / kGemvWarps), static_cast<unsigned>(t)),
-                       32 * kGemvWarps, 0, s>>>(d_act, ids, weights, d_table + 2 * e,
-                                                biases ? d_table + 5 * e : nullptr, out, t, k, e, h, inter, error);
-    err = cudaGetLastError();
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(static_cast<unsigned>((h + kGemvWarps - 1) / kGemvWarps), static_cast<unsigned>(t));
+    cfg.blockDim = dim3(32 * kGemvWarps);
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    const void* const* d_down = d_table + 2 * e;
+    const void* const* d_down_bias = biases ? d_table + 5 * e : nullptr;
+    err = cudaLaunchKernelEx(&cfg, moe_gemv2_kernel, static_cast<const uint16_t*>(d_act), ids, weights, d_down,
+                             d_down_bias, out, t, k, e, h, inter, error);
   } while (false);
   const cudaError_t ferr = cudaFreeAsync(base, s);
   return err != cudaSuccess ? err : ferr;
@@ -324,13 +336,13 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
                          (wg_capacity / kMoeWgBM) * wg_n_tiles <= INT_MAX &&
                          (reinterpret_cast<uintptr_t>(parts) & 7u) == 0;
       if (wg_ok && (force == MoeForce::Wgmma || n_slots >= kMoeWgmmaRowsPerExpert * e)) path = MoePath::Wgmma;
-      if (decode_gemv() && parts == nullptr && t <= kGemvMaxT && force == MoeForce::None) path = MoePath::Gemv;
+      if (decode_gemv() != 0 && parts == nullptr && t <= kGemvMaxT && force == MoeForce::None) path = MoePath::Gemv;
     }
   }
   if (path == MoePath::Gemv) {
     return run_gemv(table, biases, static_cast<const uint16_t*>(x), topk_ids, topk_weights, static_cast<uint16_t*>(out),
                     static_cast<int>(t), static_cast<int>(k), static_cast<int>(e), static_cast<int>(h),
-                    static_cast<int>(inter), activation, alpha, limit, error, device, s);
+                    static_cast<int>(inter), activation, alpha, limit, error, decode_gemv() == 2, device, s);
   }
   const int64_t block = path == MoePath::MmaSmall ? kMoeMmaSmallBM : path == MoePath::Wgmma ? kMoeWgBM : kMoeBM;
   const int64_t capacity = n_slots + e * (block - 1);

@@ -24,6 +24,27 @@ constexpr int kGemvWarps = 8;    // warps (output rows) per block
 constexpr int kGemvUnroll = 4;   // 16-byte chunks per lane and row in flight
 constexpr int64_t kGemvMaxT = 4; // tokens up to which the launcher may take this path
 
+// Programmatic dependent launch (sm_90+; no-ops elsewhere and when the kernels are launched without the attribute):
+// the GEMM1 kernel lets the GEMM2 kernel start at once, and GEMM2 prefetches its weight rows into L2 before it waits
+// for GEMM1's act (moe_experts.cu's run_gemv launches GEMM2 with cudaLaunchAttributeProgrammaticStreamSerialization
+// under MOE_CUDA_DECODE=gemv-pdl). Both weight streams then overlap.
+__device__ __forceinline__ void moe_pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void moe_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+// L2 prefetch of the 128-byte lines of bytes [p, p + bytes), spread over the warp's lanes.
+__device__ __forceinline__ void moe_prefetch_l2(const void* p, int64_t bytes, int lane) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = static_cast<int64_t>(lane) * 128; off < bytes; off += 32 * 128)
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(c + off));
+}
+
 // a . b partial sums of 8 bf16 pairs packed in two uint4 (bf16 -> f32 is a 16-bit shift).
 __device__ __forceinline__ float moe_gemv_dot8(uint4 a, uint4 b, float acc) {
   const uint32_t av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
@@ -80,6 +101,7 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
                      const void* const* __restrict__ gate_bias, const void* const* __restrict__ up_bias,
                      uint16_t* __restrict__ act, int k, int e, int h, int inter, int act_kind, float alpha,
                      float limit) {
+  moe_pdl_launch_dependents();  // GEMM2 may start now: it waits for this grid before it reads act
   const int slot = blockIdx.y, lane = threadIdx.x & 31;
   const int n = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
   const int ex = ids[slot];
@@ -113,7 +135,19 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
     moe_report_first_bad_id(ids, t * k, error, [e](int32_t x) { return x < -1 || x >= e; });
   const int tok = blockIdx.y, lane = threadIdx.x & 31;
   const int n = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
-  if (n >= h) return;  // warp-uniform
+  if (n >= h) {  // warp-uniform
+    moe_pdl_wait();
+    return;
+  }
+  // Before act exists (under programmatic launch): pull this warp's weight rows into L2. ids, the table and the
+  // weights were complete before GEMM1 started.
+  for (int j = 0; j < k; ++j) {
+    const int ex = ids[tok * k + j];
+    if (ex < 0 || ex >= e || down[ex] == nullptr) continue;
+    moe_prefetch_l2(static_cast<const uint16_t*>(down[ex]) + static_cast<int64_t>(n) * inter,
+                    static_cast<int64_t>(inter) * 2, lane);
+  }
+  moe_pdl_wait();
   float y = 0.0f;  // lane 0's running sum
   for (int j = 0; j < k; ++j) {
     const int slot = tok * k + j, ex = ids[slot];

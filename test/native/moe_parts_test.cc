@@ -269,11 +269,11 @@ Outcome run_parts(const Backend& be, const PartsShape& s) {
       for (float& x : v) x = bf16_to_f32(f32_to_bf16(x));
     return v;
   };
-  // MOE_CUDA_DECODE=gemv (opt-in): fused CUDA calls of <= 4 tokens run the GEMV kernels, whose summation order is
-  // not GEMM2's; there the fused output is compared within 1% (+ 1e-3) instead of bitwise.
+  // MOE_CUDA_DECODE=gemv / gemv-pdl (opt-in): fused CUDA calls of <= 4 tokens run the GEMV kernels, whose
+  // summation order is not GEMM2's; there the fused output is compared within 1% (+ 1e-3) instead of bitwise.
   const char* dec_env = std::getenv("MOE_CUDA_DECODE");
   const bool gemv_fused = be.kind != BackendKind::Cpu && t <= 4 && dec_env != nullptr &&
-                          std::strcmp(dec_env, "gemv") == 0;
+                          std::strncmp(dec_env, "gemv", 4) == 0;  // gemv or gemv-pdl
   auto diff = [&](const std::vector<uint16_t>& got) {
     int64_t n = 0;
     for (size_t i = 0; i < want.size(); ++i) {
