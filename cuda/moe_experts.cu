@@ -20,7 +20,8 @@
 // kernel with the block-wide tile -> expert lookup (moe_expert_of_tile) instead of the binary search; the default
 // instantiations are unchanged. MOE_CUDA_PART=bf16 (opt-in, compiled, not yet run on a GPU) keeps the fused path's
 // part scratch as bf16 (part_bf16). MOE_CUDA_DECODE=gemv / gemv-pdl (opt-in, likewise) runs fused calls of
-// at most 4 tokens through the GEMV kernels of moe_experts_gemv.cuh (decode_gemv).
+// at most 4 tokens through the GEMV kernels of moe_experts_gemv.cuh (decode_gemv). MOE_CUDA_WG=ws (likewise)
+// runs the wgmma path's warp-specialised kernels (moe_experts_wgmma_ws.cuh, wg_ws).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -37,6 +38,7 @@
 #include "moe_experts_gemv.cuh"
 #include "moe_experts_mma.cuh"
 #include "moe_experts_wgmma.cuh"
+#include "moe_experts_wgmma_ws.cuh"
 #include "moe_gemm2_launch.cuh"
 #include "router_topk.cuh"
 #include "scratch.cuh"
@@ -138,6 +140,16 @@ cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const u
   return err != cudaSuccess ? err : ferr;
 }
 
+// MOE_CUDA_WG=ws (opt-in: compiled, not yet run on a GPU): the wgmma path runs the warp-specialised kernels of
+// moe_experts_wgmma_ws.cuh (a producer warpgroup and mbarrier-handed stages; same tiles and results). Read once.
+bool wg_ws() {
+  static const bool v = [] {
+    const char* e = std::getenv("MOE_CUDA_WG");
+    return e != nullptr && std::strcmp(e, "ws") == 0;
+  }();
+  return v;
+}
+
 // f(std::integral_constant<int, tile_search()>{}): a launch with the lookup as the kernels' template argument.
 template <class F>
 cudaError_t with_search(F f) {
@@ -192,9 +204,16 @@ template <class C2, int S, class PT>
 cudaError_t launch_wg_gemm2(unsigned m_tiles, const uint16_t* act, const int32_t* sorted, const int32_t* offsets,
                             const void* const* down, const void* const* down_bias, PT* part, int n_slots, int e,
                             int h, int inter, cudaStream_t s) {
+  const unsigned n2 = static_cast<unsigned>((h + C2::BN - 1) / C2::BN);
+  if (wg_ws()) {
+    cudaError_t err = set_smem<C2>(moe_wg_gemm2_ws_kernel<C2, S, PT>);
+    if (err != cudaSuccess) return err;
+    moe_wg_gemm2_ws_kernel<C2, S, PT><<<m_tiles * n2, kWsThreads, C2::kSmem, s>>>(
+        act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, static_cast<int>(m_tiles));
+    return cudaGetLastError();
+  }
   cudaError_t err = set_smem<C2>(moe_wg_gemm2_kernel<C2, S, PT>);
   if (err != cudaSuccess) return err;
-  const unsigned n2 = static_cast<unsigned>((h + C2::BN - 1) / C2::BN);
   moe_wg_gemm2_kernel<C2, S, PT><<<m_tiles * n2, C2::kThreads, C2::kSmem, s>>>(
       act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, static_cast<int>(m_tiles));
   return cudaGetLastError();
@@ -203,10 +222,18 @@ template <class C1, int S>
 cudaError_t launch_wg_gemm1(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
                             const void* const* table, bool biases, uint16_t* act, int n_slots, int k, int e, int h,
                             int inter, int activation, float alpha, float limit, cudaStream_t s) {
-  cudaError_t err = set_smem<C1>(moe_wg_gemm1_kernel<C1, S>);
-  if (err != cudaSuccess) return err;
   const unsigned n1 = static_cast<unsigned>((inter + C1::BN - 1) / C1::BN);
   const int mt = static_cast<int>(m_tiles);
+  if (wg_ws()) {
+    cudaError_t err = set_smem<C1>(moe_wg_gemm1_ws_kernel<C1, S>);
+    if (err != cudaSuccess) return err;
+    moe_wg_gemm1_ws_kernel<C1, S><<<m_tiles * n1, kWsThreads, C1::kSmem, s>>>(
+        x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr, biases ? table + 4 * e : nullptr, act,
+        n_slots, k, e, h, inter, activation, alpha, limit, mt);
+    return cudaGetLastError();
+  }
+  cudaError_t err = set_smem<C1>(moe_wg_gemm1_kernel<C1, S>);
+  if (err != cudaSuccess) return err;
   moe_wg_gemm1_kernel<C1, S><<<m_tiles * n1, C1::kThreads, C1::kSmem, s>>>(
       x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr, biases ? table + 4 * e : nullptr, act,
       n_slots, k, e, h, inter, activation, alpha, limit, mt);

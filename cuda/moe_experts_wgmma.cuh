@@ -349,6 +349,65 @@ __device__ __forceinline__ uint32_t moe_wg_ring() {
   return moe_wg_align_ring(static_cast<uint32_t>(__cvta_generic_to_shared(moe_wg_smem)));
 }
 
+// ---- epilogues (also the warp-specialised kernels', moe_experts_wgmma_ws.cuh) -----------------------------------
+// tid: the thread's index in the two accumulator warpgroups (0..255); s_slot: the tile's slots.
+
+// GEMM1: act[r0 + r, n] = bf16(act_fn(gate, up)) for the tile's real rows; bg / bu: the expert's f32 biases or null.
+template <class C>
+__device__ __forceinline__ void moe_wg_gemm1_epilogue(const float (&acc)[C::kAcc], int tid, const int* s_slot, int r0,
+                                                      int n0, uint16_t* __restrict__ act, int n_slots, int inter,
+                                                      const float* bg, const float* bu, int act_kind, float alpha,
+                                                      float limit) {
+  const bool plain = act_kind == 0 && bg == nullptr;  // the SIMT kernel's expressions, unchanged
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int r = C::acc_row(tid, hh);
+    if (s_slot[r] >= n_slots) continue;  // padding row
+    uint16_t* orow = act + static_cast<int64_t>(r0 + r) * inter;
+#pragma unroll
+    for (int i = 0; i < C::BN / 8; ++i) {  // gate column group i, up column group i + BN / 8: the same n
+      const int n = n0 + C::acc_col(tid, i, 0);  // even; n < inter => n + 1 < inter (inter % 8 == 0)
+      if (n >= inter) continue;
+      uint32_t packed = 0;
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const float v = moe_gemm1_act(acc[C::acc_idx(i, hh, c)], acc[C::up_idx(i, hh, c)], plain, bg, bu, n + c,
+                                      act_kind, alpha, limit);
+        packed |= static_cast<uint32_t>(f32_to_bf16(v)) << (16 * c);
+      }
+      *reinterpret_cast<uint32_t*>(orow + n) = packed;  // 4-byte aligned: act base 256-aligned, inter and n even
+    }
+  }
+}
+
+// GEMM2: part[slot, n] = acc (+ bd[n]) for the tile's real rows, f32 or bf16 (PT); bd: the expert's f32 bias or null.
+template <class C, class PT>
+__device__ __forceinline__ void moe_wg_gemm2_epilogue(const float (&acc)[C::kAcc], int tid, const int* s_slot, int n0,
+                                                      PT* __restrict__ part, int n_slots, int h, const float* bd) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int s = s_slot[C::acc_row(tid, hh)];
+    if (s >= n_slots) continue;  // padding row
+    PT* orow = part + static_cast<int64_t>(s) * h;
+#pragma unroll
+    for (int i = 0; i < C::kN / 8; ++i) {
+      const int n = n0 + C::acc_col(tid, i, 0);  // even; n < h => n + 1 < h (h % 8 == 0)
+      if (n >= h) continue;
+      float2 v = make_float2(acc[C::acc_idx(i, hh, 0)], acc[C::acc_idx(i, hh, 1)]);
+      if (bd != nullptr) {
+        v.x += bd[n];
+        v.y += bd[n + 1];
+      }
+      if constexpr (sizeof(PT) == 2) {  // bf16 parts: one 4-byte store of the pair
+        *reinterpret_cast<uint32_t*>(orow + n) =
+            static_cast<uint32_t>(f32_to_bf16(v.x)) | (static_cast<uint32_t>(f32_to_bf16(v.y)) << 16);
+      } else {
+        *reinterpret_cast<float2*>(orow + n) = v;  // 8-byte aligned: part base 8-aligned (launcher), h and n even
+      }
+    }
+  }
+}
+
 // GEMM1 + SwiGLU. Arguments as moe_mma_gemm1_kernel (h % 8 == 0, inter % 8 == 0, x and the gate/up rows 16-byte
 // aligned: host checks) plus m_tiles = capacity / BM. grid: m_tiles * ceil(inter / BN) (1D, moe_wg_tile), block
 // C::kThreads, dynamic shared memory C::kSmem. act [capacity, inter] bf16: rows of real slots written.
@@ -386,28 +445,10 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
   for (int v = 0; v < C::kAcc; ++v) acc[v] = 0.0f;
   moe_wg_mainloop<C>(acc, ap, bp, x, h, moe_wg_ring());
 
-  const float* bg = gate_bias != nullptr ? static_cast<const float*>(gate_bias[ex]) : nullptr;  // [inter] f32
-  const float* bu = up_bias != nullptr ? static_cast<const float*>(up_bias[ex]) : nullptr;      // [inter] f32
-  const bool plain = act_kind == 0 && bg == nullptr;  // the SIMT kernel's expressions, unchanged
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int r = C::acc_row(tid, hh);
-    if (s_slot[r] >= n_slots) continue;  // padding row
-    uint16_t* orow = act + static_cast<int64_t>(r0 + r) * inter;
-#pragma unroll
-    for (int i = 0; i < C::BN / 8; ++i) {  // gate column group i, up column group i + BN / 8: the same n
-      const int n = n0 + C::acc_col(tid, i, 0);  // even; n < inter => n + 1 < inter (inter % 8 == 0)
-      if (n >= inter) continue;
-      uint32_t packed = 0;
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const float v = moe_gemm1_act(acc[C::acc_idx(i, hh, c)], acc[C::up_idx(i, hh, c)], plain, bg, bu, n + c,
-                                      act_kind, alpha, limit);
-        packed |= static_cast<uint32_t>(f32_to_bf16(v)) << (16 * c);
-      }
-      *reinterpret_cast<uint32_t*>(orow + n) = packed;  // 4-byte aligned: act base 256-aligned, inter and n even
-    }
-  }
+  moe_wg_gemm1_epilogue<C>(acc, tid, s_slot, r0, n0, act, n_slots, inter,
+                           gate_bias != nullptr ? static_cast<const float*>(gate_bias[ex]) : nullptr,
+                           up_bias != nullptr ? static_cast<const float*>(up_bias[ex]) : nullptr, act_kind, alpha,
+                           limit);
 #else
   __trap();
 #endif
@@ -447,29 +488,8 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
   for (int v = 0; v < C::kAcc; ++v) acc[v] = 0.0f;
   moe_wg_mainloop<C>(acc, ap, bp, wd, inter, moe_wg_ring());
 
-  const float* bd = down_bias != nullptr ? static_cast<const float*>(down_bias[ex]) : nullptr;  // [h] f32
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int s = s_slot[C::acc_row(tid, hh)];
-    if (s >= n_slots) continue;  // padding row
-    PT* orow = part + static_cast<int64_t>(s) * h;
-#pragma unroll
-    for (int i = 0; i < C::kN / 8; ++i) {
-      const int n = n0 + C::acc_col(tid, i, 0);  // even; n < h => n + 1 < h (h % 8 == 0)
-      if (n >= h) continue;
-      float2 v = make_float2(acc[C::acc_idx(i, hh, 0)], acc[C::acc_idx(i, hh, 1)]);
-      if (bd != nullptr) {
-        v.x += bd[n];
-        v.y += bd[n + 1];
-      }
-      if constexpr (sizeof(PT) == 2) {  // bf16 parts: one 4-byte store of the pair
-        *reinterpret_cast<uint32_t*>(orow + n) =
-            static_cast<uint32_t>(f32_to_bf16(v.x)) | (static_cast<uint32_t>(f32_to_bf16(v.y)) << 16);
-      } else {
-        *reinterpret_cast<float2*>(orow + n) = v;  // 8-byte aligned: part base 8-aligned (launcher), h and n even
-      }
-    }
-  }
+  moe_wg_gemm2_epilogue<C>(acc, tid, s_slot, n0, part, n_slots, h,
+                           down_bias != nullptr ? static_cast<const float*>(down_bias[ex]) : nullptr);
 #else
   __trap();
 #endif

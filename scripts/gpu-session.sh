@@ -18,9 +18,11 @@
 #   BENCH_ENVS=MOE_CUDA_GEMM=moe MOE_ENVS="MOE_CUDA_MOE=mma MOE_CUDA_WG=x2")
 # When the carried moe-native does not run there, it is built there (slower).
 # Opt-in CUDA variants waiting for a GPU (compiled, not yet run; see cuda/moe_experts.cu): MOE_CUDA_TILE_SEARCH=block,
-# MOE_CUDA_PART=bf16, MOE_CUDA_DECODE=gemv / gemv-pdl. Their check and timing in one call:
-#   TEST_ENVS="MOE_CUDA_TILE_SEARCH=block MOE_CUDA_PART=bf16 MOE_CUDA_DECODE=gemv MOE_CUDA_DECODE=gemv-pdl"
-#   MOE_ENVS="MOE_CUDA_TILE_SEARCH=block MOE_CUDA_PART=bf16 MOE_CUDA_DECODE=gemv MOE_CUDA_DECODE=gemv-pdl"
+# MOE_CUDA_PART=bf16, MOE_CUDA_DECODE=gemv / gemv-pdl, MOE_CUDA_WG=ws. Their check and timing in one call:
+#   TEST_ENVS="MOE_CUDA_TILE_SEARCH=block MOE_CUDA_PART=bf16 MOE_CUDA_DECODE=gemv MOE_CUDA_DECODE=gemv-pdl
+#              MOE_CUDA_MOE=wgmma,MOE_CUDA_WG=ws MOE_CUDA_MOE=wgmma,MOE_CUDA_WG=ws,MOE_CUDA_TILE_SEARCH=block"
+#   MOE_ENVS="MOE_CUDA_TILE_SEARCH=block MOE_CUDA_PART=bf16 MOE_CUDA_DECODE=gemv MOE_CUDA_DECODE=gemv-pdl
+#             MOE_CUDA_WG=ws MOE_CUDA_WG=ws,MOE_CUDA_TILE_SEARCH=block,MOE_CUDA_PART=bf16"
 # (native tests only under MOE_CUDA_PART / MOE_CUDA_DECODE: the Node parts tests assert the f32 parts' bitwise
 # contract, which those variants trade for speed).
 set -u
