@@ -11,7 +11,8 @@
 #   OUT=$OUT DEADLINE=420 bash scripts/gpu-session.sh [steps]
 #   (steps: test bench moe profile node residency throughput, default all but profile; THROUGHPUT_ARGS default
 #   --layers=2; PROFILE_MODELS / PROFILE_T: the profile step's bench-moe-cuda --models / --t (full model names: Qwen3-30B-A3B, 16384);
-#   PROFILE_SECTIONS: its ncu options (default --section SpeedOfLight; e.g. add --section WarpStateStats);
+#   PROFILE_SECTIONS: its ncu options (default --section SpeedOfLight; e.g. add --section WarpStateStats); PROFILE_ENVS:
+#   env words under which the profile runs again (as TEST_ENVS);
 #   BUILD_NATIVE=90a-real builds moe-native there for that target; TEST_ENVS / BENCH_ENVS / MOE_ENVS: settings under
 #   which the op table / kernel timings / MoE timings (ours only) run again, one run per word, each word one or more
 #   VAR=value joined by commas, e.g. TEST_ENVS="MOE_CUDA_MOE=wgmma MOE_CUDA_GEMM=moe MOE_CUDA_MOE=wgmma,MOE_CUDA_WG=x2"
@@ -98,6 +99,10 @@ fi
 if want profile; then  # Nsight Compute's speed-of-light per kernel of one fused MoE call (Firecracker machines)
   TAIL=40 step profile 180 ncu --clock-control none ${PROFILE_SECTIONS:---section SpeedOfLight} --csv "$NATIVE" bench-moe-cuda --once \
     --models "${PROFILE_MODELS:-Qwen3-30B-A3B}" --t "${PROFILE_T:-16384}"
+  for v in ${PROFILE_ENVS:-}; do  # the same profile under each env word (e.g. MOE_CUDA_WG=ws)
+    TAIL=10 step "profile-$(tag "$v")" 120 env ${v//,/ } ncu --clock-control none ${PROFILE_SECTIONS:---section SpeedOfLight} \
+      --csv "$NATIVE" bench-moe-cuda --once --models "${PROFILE_MODELS:-Qwen3-30B-A3B}" --t "${PROFILE_T:-16384}"
+  done
 fi
 if want node || want residency || want throughput; then
   . scripts/gpu-node-env.sh
