@@ -186,17 +186,6 @@ cudaError_t launch_mma_gemm1(unsigned m_tiles, const uint16_t* x, const int32_t*
   return cudaGetLastError();
 }
 
-template <class C1, class C2, int S, class PT>
-cudaError_t launch_mma(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
-                       const void* const* table, bool biases, uint16_t* act, PT* part, int n_slots, int k, int e,
-                       int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
-  cudaError_t err = launch_mma_gemm1<C1, S>(m_tiles, x, sorted, offsets, table, biases, act, n_slots, k, e, h, inter,
-                                            activation, alpha, limit, s);
-  if (err != cudaSuccess) return err;
-  return launch_mma_gemm2<C2, S, PT>(m_tiles, act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr,
-                                     part, n_slots, e, h, inter, s);
-}
-
 // wgmma path (moe_experts_wgmma.cuh): 1D grids of m_tiles x n_tiles blocks (the host checked the product fits int).
 // GEMM2 of the wgmma path (also moe_launch_gemm2's): 1D grid of m_tiles * ceil(h / BN) blocks (the caller checked
 // the product fits int).
@@ -240,15 +229,25 @@ cudaError_t launch_wg_gemm1(unsigned m_tiles, const uint16_t* x, const int32_t* 
   return cudaGetLastError();
 }
 
-template <class C1, class C2, int S, class PT>
-cudaError_t launch_wgmma(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
+// GEMM1 then GEMM2 of the mma.sync (kWg false) or wgmma (kWg true) path.
+template <bool kWg, class C1, class C2, int S, class PT>
+cudaError_t launch_gemms(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
                          const void* const* table, bool biases, uint16_t* act, PT* part, int n_slots, int k, int e,
                          int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
-  cudaError_t err = launch_wg_gemm1<C1, S>(m_tiles, x, sorted, offsets, table, biases, act, n_slots, k, e, h, inter,
-                                           activation, alpha, limit, s);
-  if (err != cudaSuccess) return err;
-  return launch_wg_gemm2<C2, S, PT>(m_tiles, act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr,
-                                    part, n_slots, e, h, inter, s);
+  const void* const* down_bias = biases ? table + 5 * e : nullptr;
+  if constexpr (kWg) {
+    cudaError_t err = launch_wg_gemm1<C1, S>(m_tiles, x, sorted, offsets, table, biases, act, n_slots, k, e, h, inter,
+                                             activation, alpha, limit, s);
+    if (err != cudaSuccess) return err;
+    return launch_wg_gemm2<C2, S, PT>(m_tiles, act, sorted, offsets, table + 2 * e, down_bias, part, n_slots, e, h,
+                                      inter, s);
+  } else {
+    cudaError_t err = launch_mma_gemm1<C1, S>(m_tiles, x, sorted, offsets, table, biases, act, n_slots, k, e, h,
+                                              inter, activation, alpha, limit, s);
+    if (err != cudaSuccess) return err;
+    return launch_mma_gemm2<C2, S, PT>(m_tiles, act, sorted, offsets, table + 2 * e, down_bias, part, n_slots, e, h,
+                                       inter, s);
+  }
 }
 
 // SIMT path (moe_experts.cuh): grids (ceil(n / 64), m_tiles), 256 threads.
@@ -417,16 +416,18 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
       return with_search([&](auto S) {
         constexpr int kS = decltype(S)::value;
         if (path == MoePath::Wgmma) {
-          return launch_wgmma<MoeWgG1, MoeWgG2, kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, part, ni,
-                                                    ki, ei, hi, ii, activation, alpha, limit, s);
+          return launch_gemms<true, MoeWgG1, MoeWgG2, kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act,
+                                                          part, ni, ki, ei, hi, ii, activation, alpha, limit, s);
         }
         if (path == MoePath::MmaSmall) {
-          return launch_mma<MoeMmaG1Small, MoeMmaG2Small, kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act,
-                                                              part, ni, ki, ei, hi, ii, activation, alpha, limit, s);
+          return launch_gemms<false, MoeMmaG1Small, MoeMmaG2Small, kS>(m_tiles, xb, d_sorted, d_offsets, d_table,
+                                                                       biases, d_act, part, ni, ki, ei, hi, ii,
+                                                                       activation, alpha, limit, s);
         }
         if (path == MoePath::MmaLarge) {
-          return launch_mma<MoeMmaG1Large, MoeMmaG2Large, kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act,
-                                                              part, ni, ki, ei, hi, ii, activation, alpha, limit, s);
+          return launch_gemms<false, MoeMmaG1Large, MoeMmaG2Large, kS>(m_tiles, xb, d_sorted, d_offsets, d_table,
+                                                                       biases, d_act, part, ni, ki, ei, hi, ii,
+                                                                       activation, alpha, limit, s);
         }
         return launch_simt<kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, part, ni, ki, ei, hi, ii,
                                activation, alpha, limit, s);
