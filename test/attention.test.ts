@@ -20,7 +20,7 @@ import { test } from 'node:test';
 import { type Backend, HostTensor, InvalidArgumentError, KvCache, MAX_VIEW_BYTES, OutOfMemoryError, type KernelTier, memoryStats } from '../lib/index.js';
 import { harnessBackends } from './harness/backends.js';
 import { TIER_ORDER } from './harness/table.js';
-import { nmse, rng } from './harness/ref.js';
+import { BF16, nmse, rng, roundTo } from './harness/ref.js';
 
 type KvDt = 'bf16' | 'f16' | 'f32';
 
@@ -408,6 +408,62 @@ void test('KvCache: pages, fork with shared prefix and copy on write, typed out-
     (e: unknown) => e instanceof InvalidArgumentError && /Node's limit for external buffers\); use at most \d+/.test(e.message),
   );
   assert.deepEqual(memoryStats()[be.kind].pinned, pinned0);
+});
+
+void test('KvCache.writeMany writes what one write per sequence writes, and checks every entry before writing', () => {
+  const cpu = harnessBackends().filter((b) => b.available && b.name.startsWith('cpu-'));
+  const be = cpu[cpu.length - 1]!.open();
+  const kvHeads = 2, hd = 64, bs = 16;
+  const make = () => KvCache.create(be, { layers: 2, kvHeads, headDim: hd, blockSize: bs, budgetBytes: 12 * 2 * 2 * kvHeads * bs * hd * 2 });
+  using one = make();
+  using many = make();
+  const lens = [3, 1, 17, 5];
+  const entries = (c: KvCache) => {
+    const seqs = lens.map(() => c.allocate());
+    c.append(seqs[2]!, 4); // earlier tokens: the entries start mid-page
+    return seqs.map((seq, i) => ({ seq, pos: c.append(seq, lens[i]!), n: lens[i]! }));
+  };
+  const e1 = entries(one), e2 = entries(many);
+  const T = lens.reduce((a, b) => a + b, 0);
+  const k = randKv(T, kvHeads, hd, 11), v = randKv(T, kvHeads, hd, 12);
+  let t0 = 0;
+  for (const { seq, pos, n } of e1) {
+    one.write(1, seq, pos, k.rows(t0, n), v.rows(t0, n));
+    t0 += n;
+  }
+  many.writeMany(1, e2, k, v);
+  // the written rows (pages hold unwritten memory elsewhere): [page][head][slot][hd] of every entry's positions
+  const rows = (c: KvCache, es: typeof e1, layer: number) => {
+    const out: number[] = [];
+    for (const { seq, pos, n } of es) {
+      const table = c.blockTable(seq);
+      for (const part of [c.keys(layer).data, c.values(layer).data])
+        for (let p = pos; p < pos + n; p++)
+          for (let h = 0; h < kvHeads; h++) {
+            const o = ((table[Math.floor(p / bs)]! * kvHeads + h) * bs + (p % bs)) * hd;
+            out.push(...part.subarray(o, o + hd));
+          }
+    }
+    return out;
+  };
+  // independent reference (the harness's float64 rounding): the f32 rows as bf16, in the entries' order
+  const want: number[] = [];
+  let r0 = 0;
+  for (const { n } of e1) {
+    for (const src of [k, v])
+      for (let t = 0; t < n; t++)
+        for (let h = 0; h < kvHeads; h++)
+          for (let d = 0; d < hd; d++) want.push(roundTo(src.data[((r0 + t) * kvHeads + h) * hd + d]!, BF16));
+    r0 += n;
+  }
+  assert.deepEqual(rows(one, e1, 1), want);
+  assert.deepEqual(rows(many, e2, 1), want);
+  // a bad last entry, or rows that do not add up: typed errors, and nothing of the call written
+  const before = rows(many, e2, 1);
+  const k2 = randKv(T, kvHeads, hd, 13);
+  assert.throws(() => many.writeMany(1, [...e2.slice(0, 3), { seq: 999, pos: 0, n: 5 }], k2, k2), InvalidArgumentError);
+  assert.throws(() => many.writeMany(1, e2.slice(0, 3), k2, k2), (e: unknown) => e instanceof InvalidArgumentError && /entries' 21 tokens, received 26/.test(e.message));
+  assert.deepEqual(rows(many, e2, 1), before);
 });
 
 void test('attention: cancelling an in-flight prefill rejects with the signal reason and stops early (cpu-scalar)', async () => {

@@ -486,13 +486,8 @@ async function measureHost(c: Ctx, s: OpSpec): Promise<OpPoint[]> {
           });
           const k = tensor('f32', [B, s.kvHeads, s.headDim], 2);
           const v = tensor('f32', [B, s.kvHeads, s.headDim], 3);
-          const ms = hostMs(() => {
-            let t0 = 0;
-            seqs.forEach((seq) => {
-              kv.write(0, seq, 7, k.rows(t0, 1), v.rows(t0, 1));
-              t0 += 1;
-            });
-          }, runs);
+          const writes = seqs.map((seq) => ({ seq, pos: 7, n: 1 }));
+          const ms = hostMs(() => kv.writeMany(0, writes, k, v), runs);
           return { ms, bytes: 0 };
         } finally {
           kv.dispose();

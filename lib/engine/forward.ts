@@ -351,12 +351,12 @@ export class ForwardPass {
     // token ids and positions; KV room (throws OutOfMemoryError before anything changes when pages run out)
     const ids = new HostTensor('i32', [T]);
     const positions = new HostTensor('i32', [T]);
-    const starts: number[] = [];
+    const writes: Array<{ seq: number; pos: number; n: number }> = []; // each layer's K/V rows, in step order
     {
       let t = 0;
       for (const s of seqs) {
         const pos = kv.append(s.seq, s.tokens.length);
-        starts.push(pos);
+        writes.push({ seq: s.seq, pos, n: s.tokens.length });
         for (let i = 0; i < s.tokens.length; i++, t++) {
           ids.data[t] = s.tokens[i]!;
           positions.data[t] = pos + i;
@@ -406,12 +406,7 @@ export class ForwardPass {
         const norm = be.rmsNorm({ x: h, weight: w.inputNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op);
         const { q, k, v } = w.mla ? await this.#mlaQkv(w.mla, xn, T, positions, norm, m, op) : await this.#mhaQkv(w, xn, T, positions, norm, m, op);
         book('denseMs', 'denseQkvMs');
-        let t0 = 0;
-        seqs.forEach((s, i) => {
-          const n = s.tokens.length;
-          kv.write(l, s.seq, starts[i]!, k.rows(t0, n), v.rows(t0, n));
-          t0 += n;
-        });
+        kv.writeMany(l, writes, k, v);
         const window = cfg.layerTypes && cfg.layerTypes[l] !== 'sliding' ? null : cfg.slidingWindow;
         book('hostMs');
         await host.attention(

@@ -281,8 +281,18 @@ export class KvCache {
    * lie in a page shared with another sequence (append after fork copies the page it writes into).
    */
   write(layer: number, seq: number, pos: number, k: HostTensor, v: HostTensor): void {
+    // (a k that is no HostTensor fails writeMany's checks before n is used)
+    this.writeMany(layer, [{ seq, pos, n: k instanceof HostTensor ? (k.shape[0] ?? 0) : 0 }], k, v);
+  }
+
+  /**
+   * `write` for several sequences at once (a batched step): k and v [T, kvHeads, headDim] hold the entries' rows one
+   * after the other, T = sum of n. Checks everything before it writes anything.
+   * @example
+   * cache.writeMany(0, [{ seq: a, pos: 7, n: 1 }, { seq: b, pos: 3, n: 1 }], k, v); // k, v: [2, kvHeads, headDim]
+   */
+  writeMany(layer: number, entries: ReadonlyArray<{ seq: number; pos: number; n: number }>, k: HostTensor, v: HostTensor): void {
     this.#checkLayer(layer);
-    const s = this.#seq(seq);
     for (const [t, w] of [[k, 'k'], [v, 'v']] as const) {
       if (!(t instanceof HostTensor)) throw new InvalidArgumentError(`${w} must be a HostTensor, received ${describe(t)}`);
       if (t.dtype !== this.dtype && t.dtype !== 'f32') throw new InvalidArgumentError(`${w}.dtype must be ${this.dtype} or f32, received ${t.dtype}`);
@@ -290,36 +300,49 @@ export class KvCache {
         throw new InvalidArgumentError(`${w} must be [n, ${this.kvHeads}, ${this.headDim}], received [${t.shape.join(', ')}]`);
       }
     }
-    const n = k.shape[0]!;
-    if (v.shape[0] !== n) throw new InvalidArgumentError(`v must have k's ${n} tokens, received ${v.shape[0]}`);
-    if (!Number.isSafeInteger(pos) || pos < 0 || pos + n > s.len) {
-      throw new InvalidArgumentError(`positions ${describe(pos)} .. ${pos + n - 1} must lie in [0, ${s.len}) (sequence ${seq}'s length)`);
-    }
+    const T = k.shape[0]!;
+    if (v.shape[0] !== T) throw new InvalidArgumentError(`v must have k's ${T} tokens, received ${v.shape[0]}`);
     const bs = this.blockSize;
-    const hd = this.headDim;
-    for (let t = 0; t < n; t++) {
-      const page = s.pages[Math.floor((pos + t) / bs)]!;
-      if (this.#refs[page]! > 1) {
-        throw new InvalidArgumentError(`position ${pos + t} of sequence ${seq} lies in page ${page}, shared with a forked sequence: write only positions appended after the fork`);
+    const seqs: Seq[] = [];
+    let rows = 0;
+    for (const { seq, pos, n } of entries) {
+      const s = this.#seq(seq);
+      if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError(`n must be a non-negative integer, received ${describe(n)}`);
+      if (!Number.isSafeInteger(pos) || pos < 0 || pos + n > s.len) {
+        throw new InvalidArgumentError(`positions ${describe(pos)} .. ${pos + n - 1} must lie in [0, ${s.len}) (sequence ${seq}'s length)`);
       }
+      for (let t = 0; t < n; t++) {
+        const page = s.pages[Math.floor((pos + t) / bs)]!;
+        if (this.#refs[page]! > 1) {
+          throw new InvalidArgumentError(`position ${pos + t} of sequence ${seq} lies in page ${page}, shared with a forked sequence: write only positions appended after the fork`);
+        }
+      }
+      seqs.push(s);
+      rows += n;
     }
+    if (rows !== T) throw new InvalidArgumentError(`k and v must have the entries' ${rows} tokens, received ${T}`);
+    const hd = this.headDim;
     for (const [kind, src] of [[0, k], [1, v]] as const) {
       const dst = this.#elems[layer * 2 + kind]!;
       const data = src.data;
       const conv = src.dtype === this.dtype ? undefined : this.dtype === 'bf16' ? f32ToBf16Bits : this.dtype === 'f16' ? f32ToF16Bits : undefined;
       // f32 -> bf16 (the runtime's case): one bulk loop over the rows' bits instead of a call per element
       const bits = conv === f32ToBf16Bits ? new Uint32Array(data.buffer, data.byteOffset, data.length) : undefined;
-      for (let t = 0; t < n; t++) {
-        const p = pos + t;
-        const base = this.#pageOffset(s.pages[Math.floor(p / bs)]!) + (p % bs) * hd;
-        for (let h = 0; h < this.kvHeads; h++) {
-          const o = base + h * bs * hd;
-          const i = (t * this.kvHeads + h) * hd;
-          if (conv === undefined) dst.set(data.subarray(i, i + hd) as Float32Array & Uint16Array, o);
-          else if (bits) f32BitsToBf16Into(bits, i, dst as Uint16Array, o, hd);
-          else for (let e = 0; e < hd; e++) dst[o + e] = conv(data[i + e]!);
+      let row = 0;
+      entries.forEach(({ pos, n }, j) => {
+        const pages = seqs[j]!.pages;
+        for (let t = 0; t < n; t++, row++) {
+          const p = pos + t;
+          const base = this.#pageOffset(pages[Math.floor(p / bs)]!) + (p % bs) * hd;
+          for (let h = 0; h < this.kvHeads; h++) {
+            const o = base + h * bs * hd;
+            const i = (row * this.kvHeads + h) * hd;
+            if (conv === undefined) dst.set(data.subarray(i, i + hd) as Float32Array & Uint16Array, o);
+            else if (bits) f32BitsToBf16Into(bits, i, dst as Uint16Array, o, hd);
+            else for (let e = 0; e < hd; e++) dst[o + e] = conv(data[i + e]!);
+          }
         }
-      }
+      });
     }
   }
 
