@@ -90,8 +90,6 @@ bool moe_gemm_tiles(int major, int minor, const void* a, const void* b, const vo
   return true;
 }
 
-size_t align256(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
-
 // Whether the MoE path runs by default (measured on an H100, 2026-11-26, bench/results/native-kernels-gpu-2026-11-26-
 // h100*.json, against gemm.cuh's mma kernel): the decode tiles (m <= 64; 2.2x at m = 1, n = 14336, k = 4096 to f32,
 // 1.35x at m = 32 to bf16) and wgmma tiles that fill the chip (m tiles x n tiles >= SMs; 2.4x at m = 256, n = 32000,
@@ -112,9 +110,9 @@ cudaError_t launch_moe_gemm(int device, MoeGemm2Tiles tiles, const void* a, cons
                             int m, int n, int k, cudaStream_t s) {
   const int64_t bm = moe_gemm2_block(tiles);
   const int64_t capacity = (m + bm - 1) / bm * bm;
-  const size_t b_table = align256(sizeof(void*)), b_offsets = align256(2 * sizeof(int32_t));
-  const size_t b_sorted = align256(static_cast<size_t>(capacity) * sizeof(int32_t));
-  const size_t b_f32 = bf16_out ? align256(static_cast<size_t>(m) * static_cast<size_t>(n) * sizeof(float)) : 0;
+  const size_t b_table = scratch_bytes(sizeof(void*)), b_offsets = scratch_bytes(2 * sizeof(int32_t));
+  const size_t b_sorted = scratch_bytes(static_cast<size_t>(capacity) * sizeof(int32_t));
+  const size_t b_f32 = bf16_out ? scratch_bytes(static_cast<size_t>(m) * static_cast<size_t>(n) * sizeof(float)) : 0;
   char* base = nullptr;
   cudaError_t err = scratch_alloc(reinterpret_cast<void**>(&base), b_table + b_offsets + b_sorted + b_f32, device, s);
   if (err != cudaSuccess) return err;

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "dtype.cuh"
+#include "error_slot.cuh"
 
 namespace moe {
 namespace dev {
@@ -40,10 +41,7 @@ static __global__ void __launch_bounds__(kCombineThreads)
       if (ids[i] < -1) atomicMin(&s_bad, i);  // shared-memory integer atomic: the minimum is order-free
     __syncthreads();
     if (threadIdx.x == 0 && s_bad != 0x7fffffff) {  // plain stores to mapped host memory, no atomics
-      error[1] = s_bad;
-      error[2] = ids[s_bad];
-      __threadfence_system();
-      error[0] = 1;
+      moe_write_error_words(error, s_bad, ids);
     }
   }
   const int n = (blockIdx.x * blockDim.x + threadIdx.x) * V;

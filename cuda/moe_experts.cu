@@ -46,17 +46,20 @@
 using namespace moe::dev;
 
 namespace {
-size_t align_up(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
 
 // MOE_CUDA_MOE: simt forces the CUDA-core kernels (to tell a tensor-core bug from anything else), mma the mma.sync
 // kernels (never wgmma), wgmma the wgmma kernels wherever their preconditions hold (any rows per expert).
 enum class MoeForce { None, Simt, Mma, Wgmma };
+// Whether environment variable `var` is set to exactly `value`.
+bool env_is(const char* var, const char* value) {
+  const char* v = std::getenv(var);
+  return v != nullptr && std::strcmp(v, value) == 0;
+}
+
 MoeForce moe_force() {
-  const char* v = std::getenv("MOE_CUDA_MOE");
-  if (v == nullptr) return MoeForce::None;
-  if (std::strcmp(v, "simt") == 0) return MoeForce::Simt;
-  if (std::strcmp(v, "mma") == 0) return MoeForce::Mma;
-  if (std::strcmp(v, "wgmma") == 0) return MoeForce::Wgmma;
+  if (env_is("MOE_CUDA_MOE", "simt")) return MoeForce::Simt;
+  if (env_is("MOE_CUDA_MOE", "mma")) return MoeForce::Mma;
+  if (env_is("MOE_CUDA_MOE", "wgmma")) return MoeForce::Wgmma;
   return MoeForce::None;
 }
 
@@ -71,10 +74,7 @@ enum class MoePath { Simt, MmaLarge, MmaSmall, Wgmma, Gemv };
 // The GEMM kernels' tile -> expert lookup (moe_tile_expert, moe_experts.cuh): MOE_CUDA_TILE_SEARCH=block the
 // block-wide scan (opt-in: compiled, not yet run on a GPU), anything else the binary search. Read once.
 int tile_search() {
-  static const int v = [] {
-    const char* e = std::getenv("MOE_CUDA_TILE_SEARCH");
-    return e != nullptr && std::strcmp(e, "block") == 0 ? 1 : 0;
-  }();
+  static const int v = env_is("MOE_CUDA_TILE_SEARCH", "block") ? 1 : 0;
   return v;
 }
 
@@ -82,10 +82,7 @@ int tile_search() {
 // unweighted rows as bf16 and the combine reads them so (half the bytes of both; each part rounded to bf16 before
 // its weighting, so the result is no longer bitwise parts mode + moeCombine), anything else f32. Read once.
 bool part_bf16() {
-  static const bool v = [] {
-    const char* e = std::getenv("MOE_CUDA_PART");
-    return e != nullptr && std::strcmp(e, "bf16") == 0;
-  }();
+  static const bool v = env_is("MOE_CUDA_PART", "bf16");
   return v;
 }
 
@@ -94,11 +91,7 @@ bool part_bf16() {
 // second with programmatic dependent launch (it prefetches its weights while the first runs). 0 off, 1 gemv,
 // 2 gemv-pdl. Read once.
 int decode_gemv() {
-  static const int v = [] {
-    const char* e = std::getenv("MOE_CUDA_DECODE");
-    if (e == nullptr) return 0;
-    return std::strcmp(e, "gemv") == 0 ? 1 : std::strcmp(e, "gemv-pdl") == 0 ? 2 : 0;
-  }();
+  static const int v = env_is("MOE_CUDA_DECODE", "gemv") ? 1 : env_is("MOE_CUDA_DECODE", "gemv-pdl") ? 2 : 0;
   return v;
 }
 
@@ -107,8 +100,8 @@ int decode_gemv() {
 cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const uint16_t* x, const int32_t* ids,
                      const float* weights, uint16_t* out, int t, int k, int e, int h, int inter, int activation,
                      float alpha, float limit, int32_t* error, bool pdl, int device, cudaStream_t s) {
-  const size_t b_table = align_up(table.size() * sizeof(void*));
-  const size_t b_act = align_up(static_cast<size_t>(t) * static_cast<size_t>(k) * static_cast<size_t>(inter) * 2);
+  const size_t b_table = scratch_bytes(table.size() * sizeof(void*));
+  const size_t b_act = scratch_bytes(static_cast<size_t>(t) * static_cast<size_t>(k) * static_cast<size_t>(inter) * 2);
   char* base = nullptr;
   cudaError_t err = scratch_alloc(reinterpret_cast<void**>(&base), b_table + b_act, device, s);
   if (err != cudaSuccess) return err;
@@ -143,10 +136,7 @@ cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const u
 // MOE_CUDA_WG=ws (opt-in: compiled, not yet run on a GPU): the wgmma path runs the warp-specialised kernels of
 // moe_experts_wgmma_ws.cuh (a producer warpgroup and mbarrier-handed stages; same tiles and results). Read once.
 bool wg_ws() {
-  static const bool v = [] {
-    const char* e = std::getenv("MOE_CUDA_WG");
-    return e != nullptr && std::strcmp(e, "ws") == 0;
-  }();
+  static const bool v = env_is("MOE_CUDA_WG", "ws");
   return v;
 }
 
@@ -194,39 +184,30 @@ cudaError_t launch_wg_gemm2(unsigned m_tiles, const uint16_t* act, const int32_t
                             const void* const* down, const void* const* down_bias, PT* part, int n_slots, int e,
                             int h, int inter, cudaStream_t s) {
   const unsigned n2 = static_cast<unsigned>((h + C2::BN - 1) / C2::BN);
-  if (wg_ws()) {
-    cudaError_t err = set_smem<C2>(moe_wg_gemm2_ws_kernel<C2, S, PT>);
+  auto go = [&](auto kernel, int threads) {  // the base or the warp-specialised kernel: same arguments
+    cudaError_t err = set_smem<C2>(kernel);
     if (err != cudaSuccess) return err;
-    moe_wg_gemm2_ws_kernel<C2, S, PT><<<m_tiles * n2, kWsThreads, C2::kSmem, s>>>(
-        act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, static_cast<int>(m_tiles));
+    kernel<<<m_tiles * n2, threads, C2::kSmem, s>>>(act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter,
+                                                   static_cast<int>(m_tiles));
     return cudaGetLastError();
-  }
-  cudaError_t err = set_smem<C2>(moe_wg_gemm2_kernel<C2, S, PT>);
-  if (err != cudaSuccess) return err;
-  moe_wg_gemm2_kernel<C2, S, PT><<<m_tiles * n2, C2::kThreads, C2::kSmem, s>>>(
-      act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, static_cast<int>(m_tiles));
-  return cudaGetLastError();
+  };
+  return wg_ws() ? go(moe_wg_gemm2_ws_kernel<C2, S, PT>, kWsThreads) : go(moe_wg_gemm2_kernel<C2, S, PT>, C2::kThreads);
 }
 template <class C1, int S>
 cudaError_t launch_wg_gemm1(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
                             const void* const* table, bool biases, uint16_t* act, int n_slots, int k, int e, int h,
                             int inter, int activation, float alpha, float limit, cudaStream_t s) {
   const unsigned n1 = static_cast<unsigned>((inter + C1::BN - 1) / C1::BN);
-  const int mt = static_cast<int>(m_tiles);
-  if (wg_ws()) {
-    cudaError_t err = set_smem<C1>(moe_wg_gemm1_ws_kernel<C1, S>);
+  auto go = [&](auto kernel, int threads) {  // the base or the warp-specialised kernel: same arguments
+    cudaError_t err = set_smem<C1>(kernel);
     if (err != cudaSuccess) return err;
-    moe_wg_gemm1_ws_kernel<C1, S><<<m_tiles * n1, kWsThreads, C1::kSmem, s>>>(
-        x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr, biases ? table + 4 * e : nullptr, act,
-        n_slots, k, e, h, inter, activation, alpha, limit, mt);
+    kernel<<<m_tiles * n1, threads, C1::kSmem, s>>>(x, sorted, offsets, table, table + e,
+                                                   biases ? table + 3 * e : nullptr, biases ? table + 4 * e : nullptr,
+                                                   act, n_slots, k, e, h, inter, activation, alpha, limit,
+                                                   static_cast<int>(m_tiles));
     return cudaGetLastError();
-  }
-  cudaError_t err = set_smem<C1>(moe_wg_gemm1_kernel<C1, S>);
-  if (err != cudaSuccess) return err;
-  moe_wg_gemm1_kernel<C1, S><<<m_tiles * n1, C1::kThreads, C1::kSmem, s>>>(
-      x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr, biases ? table + 4 * e : nullptr, act,
-      n_slots, k, e, h, inter, activation, alpha, limit, mt);
-  return cudaGetLastError();
+  };
+  return wg_ws() ? go(moe_wg_gemm1_ws_kernel<C1, S>, kWsThreads) : go(moe_wg_gemm1_kernel<C1, S>, C1::kThreads);
 }
 
 // GEMM1 then GEMM2 of the mma.sync (kWg false) or wgmma (kWg true) path.
@@ -374,16 +355,16 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
   const int64_t capacity = n_slots + e * (block - 1);
   if (capacity / block > 65535) return cudaErrorInvalidValue;  // grid.y limit
 
-  const size_t b_table = align_up(table.size() * sizeof(void*));
-  const size_t b_counts = align_up(static_cast<size_t>(e) * 4), b_offsets = align_up(static_cast<size_t>(e + 1) * 4);
-  const size_t b_sorted = align_up(static_cast<size_t>(capacity) * 4);
-  const size_t b_act = align_up(static_cast<size_t>(capacity) * static_cast<size_t>(inter) * 2);
+  const size_t b_table = scratch_bytes(table.size() * sizeof(void*));
+  const size_t b_counts = scratch_bytes(static_cast<size_t>(e) * 4);
+  const size_t b_offsets = scratch_bytes(static_cast<size_t>(e + 1) * 4);
+  const size_t b_sorted = scratch_bytes(static_cast<size_t>(capacity) * 4);
+  const size_t b_act = scratch_bytes(static_cast<size_t>(capacity) * static_cast<size_t>(inter) * 2);
   const bool bf16_part = parts == nullptr && part_bf16();  // fused path only: parts mode writes the caller's f32
-  const size_t b_part = parts != nullptr ? 0
-                                         : align_up(static_cast<size_t>(n_slots) * static_cast<size_t>(h) *
-                                                    (bf16_part ? 2 : 4));
-  const size_t b_align = align_up(static_cast<size_t>(moe_align_scratch_ints(static_cast<int>(n_slots),
-                                                                            static_cast<int>(e))) * 4);
+  const size_t b_part =
+      parts != nullptr ? 0 : scratch_bytes(static_cast<size_t>(n_slots) * static_cast<size_t>(h) * (bf16_part ? 2 : 4));
+  const size_t b_align =
+      scratch_bytes(static_cast<size_t>(moe_align_scratch_ints(static_cast<int>(n_slots), static_cast<int>(e))) * 4);
   char* base = nullptr;
   err = scratch_alloc(reinterpret_cast<void**>(&base),
                       b_table + b_counts + b_offsets + b_sorted + b_act + b_part + b_align, device, s);

@@ -22,6 +22,8 @@
 
 #include <cstdint>
 
+#include "error_slot.cuh"
+
 namespace moe {
 namespace dev {
 
@@ -145,10 +147,7 @@ static __global__ void __launch_bounds__(kAlignThreads)
   }
   __syncthreads();
   if (threadIdx.x == 0 && error != nullptr && s_bad != 0x7fffffff) {  // plain stores to mapped host memory
-    error[1] = s_bad;
-    error[2] = ids[s_bad];
-    __threadfence_system();
-    error[0] = 1;
+    moe_write_error_words(error, s_bad, ids);
   }
   const int per = (e + kAlignThreads - 1) / kAlignThreads;
   int padded = 0;
@@ -287,10 +286,7 @@ static __global__ void __launch_bounds__(kAlignThreads)
   for (int c = tid; c < chunks; c += kAlignThreads) atomicMin(&s_bad, bad_in[c]);
   __syncthreads();
   if (tid == 0 && error != nullptr && s_bad != 0x7fffffff) {  // plain stores to mapped host memory, no atomics
-    error[1] = s_bad;
-    error[2] = ids[s_bad];
-    __threadfence_system();
-    error[0] = 1;
+    moe_write_error_words(error, s_bad, ids);
   }
 }
 

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 
@@ -16,6 +17,9 @@ namespace moe {
 namespace dev {
 
 constexpr int kScratchMaxDevices = 64;
+
+// Bytes of one region of a launcher's scratch block, rounded up to 256 so every region starts 256-byte aligned.
+inline size_t scratch_bytes(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
 
 // Bytes the pool keeps: MOE_CUDA_SCRATCH_KEEP_MB, else total / 16 capped at 4 GiB (5 GB of an 80 GB H100 -> 4 GiB).
 inline uint64_t scratch_keep_bytes(size_t total) {

@@ -334,11 +334,11 @@ export class ForwardPass {
     const signal = o.signal;
     const op = signal ? { signal } : {};
     let mark = start;
-    // Adds the time since the last mark to k (and to the dense part `sub`, for denseMs).
-    const book = (k: keyof StepTimes, sub?: 'denseQkvMs' | 'denseOutMs' | 'denseHeadMs') => {
+    // Adds the time since the last mark to k; a dense part (denseQkvMs, denseOutMs, denseHeadMs) counts in denseMs too.
+    const book = (k: Exclude<keyof StepTimes, 'denseMs' | 'totalMs'>) => {
       const now = performance.now();
       times[k] += now - mark;
-      if (sub) times[sub] += now - mark;
+      if (k === 'denseQkvMs' || k === 'denseOutMs' || k === 'denseHeadMs') times.denseMs += now - mark;
       mark = now;
     };
 
@@ -395,7 +395,7 @@ export class ForwardPass {
 
       await be.gatherRows(W.embedOnBackend, await m.upload(ids), xn, op);
       await be.convert(xn, h, op);
-      book('denseMs', 'denseQkvMs');
+      book('denseQkvMs');
       if (o.iteration) experts.beginIteration?.(o.iteration.embedding);
       book('hostMs');
 
@@ -405,7 +405,7 @@ export class ForwardPass {
         // attention block: q [T, nH, D], k and v [T, kvH, D] f32 (rotated, host), then the KV cache and attention
         const norm = be.rmsNorm({ x: h, weight: w.inputNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op);
         const { q, k, v } = w.mla ? await this.#mlaQkv(w.mla, xn, T, positions, norm, m, op) : await this.#mhaQkv(w, xn, T, positions, norm, m, op);
-        book('denseMs', 'denseQkvMs');
+        book('denseQkvMs');
         kv.writeMany(l, writes, k, v);
         const window = cfg.layerTypes && cfg.layerTypes[l] !== 'sliding' ? null : cfg.slidingWindow;
         book('hostMs');
@@ -428,7 +428,7 @@ export class ForwardPass {
         if (li === undefined) {
           // dense MLP as a one-expert table
           await Promise.all(g2);
-          book('denseMs', 'denseOutMs');
+          book('denseOutMs');
           await be.moeExperts({ x: xn, topkIds: oneIds, topkWeights: oneW, experts: w.mlp!, out: blockOut }, op);
           book('expertMs');
           pending = blockOut;
@@ -448,7 +448,7 @@ export class ForwardPass {
           g2.push(be.moeExperts({ x: xn, topkIds: w.sharedGate ? sharedIds! : oneIds, topkWeights: w.sharedGate ? sharedW! : oneW, experts: w.shared, out: sharedOut! }, op));
         }
         await Promise.all(g2);
-        book('denseMs', 'denseOutMs');
+        book('denseOutMs');
         if (!cfg.router.renormalize && cfg.router.scale !== 1) {
           for (let i = 0; i < topW.host.data.length; i++) topW.host.data[i]! *= cfg.router.scale;
           await m.up(topW);
@@ -491,7 +491,7 @@ export class ForwardPass {
       const logits = m.pair('f32', [rowsIn.shape[0]!, cfg.vocabSize]);
       await be.gemm(rowsIn, W.lmHead, logits.dev, op);
       await m.down(logits);
-      book('denseMs', 'denseHeadMs');
+      book('denseHeadMs');
       if (o.iteration) experts.endIteration?.();
       book('hostMs');
       times.totalMs += performance.now() - start;

@@ -16,9 +16,9 @@
  *
  * Rotary embedding: the cache stores ROTATED keys. Per layer the intended order is: project q, k, v; then
  * `be.rope({ q, k, positions, invFreq })` (Backend.rope, positions = pos .. pos + n - 1 from `append`); then
- * `write(layer, seq, pos, k, v)` (or `writeMany` for a batched step's sequences at once); then `be.attention`. The cache itself never applies RoPE (a key written once is
- * read by every later step, so rotating at write time costs once per token, and the attention kernel stays
- * position-free).
+ * `write(layer, seq, pos, k, v)` (or `writeMany` for a batched step's sequences at once); then `be.attention`. The
+ * cache itself never applies RoPE (a key written once is read by every later step, so rotating at write time costs
+ * once per token, and the attention kernel stays position-free).
  *
  * @example
  * const cache = KvCache.create(be, { layers: 2, kvHeads: 8, headDim: 128, budgetBytes: 64 << 20 });
