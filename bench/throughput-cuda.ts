@@ -16,9 +16,28 @@
  * median step in which all B sequences decode. MoE-Gen's published figures for the full Mixtral-8x7B on one A5000 24 GB
  * (2790 prefill / 469 decode tokens/s) are recorded as the reference the issue names: a different GPU and 32 layers,
  * so compare per layer (step_ms_per_layer here) rather than raw tokens/s.
+ * Model-based batching baseline (issue 8; opt-in, --model-based): FlexGen / DeepSpeed-Inference style, one batch flows through every module
+ * with its KV cache in GPU memory, so GPU memory caps the batch. B_model is derived for the full 32-layer model (the
+ * bench model's config, whose dimensions are Mixtral-8x7B's: hidden 4096, 8 x 14336 experts top-2, 32:8 heads of 128,
+ * vocab 32000, untied head, as in ../shared/data/model-configs.json, with num_hidden_layers 32) on a --gpu-gib=G GPU
+ * (default 24, MoE-Gen's A5000):
+ *   B_model = max(1, floor((G - dense - slots - reserve) / kv_per_sequence)), in GiB:
+ *   dense: 32 x (q/k/v/o + 2 RMSNorms + router) + embeddings + LM head + final norm, bf16 (all resident);
+ *   slots: topK experts (2 for Mixtral, the experts of one token: one can load while the other computes), the least a
+ *     model-based system streaming experts needs; more slots would lower B_model and raise the speedup;
+ *   reserve: --reserve-gib (default 1), an assumed allowance for the CUDA context, workspaces and activations, not measured;
+ *   kv_per_sequence: 32 x 2 (K, V) x kvHeads x headDim x 2 bytes x (prompt + new tokens of this run's requests).
+ *   The cap scales as 1 / sequence length: at short sequences (the default 128 + 7 tokens) it exceeds every batch run here.
+ * The offloaded model (same options) then runs one batch of B_model sequences (a measured row is reused when B_model is
+ * one of the batches); speedup_vs_model_based = decode tokens/s of the best offloaded row / that of the B_model run.
+ * Both runs are this engine: its attention runs on the CPU over a host KV cache in both (a real model-based system would
+ * run it on the GPU), and an offloaded decode step is bound by the H2D expert streaming at these batches, the same in
+ * both, so the ratio measures the batching policy (the batch each can hold), not a reimplementation of FlexGen or
+ * DeepSpeed. FlexGen can also place the KV cache in host memory; the cap here is the KV-on-GPU policy the issue names.
  * Runs on the CPU backend too (--backend cpu: the same orchestration over the CPU device pool), which is how it is
- * checked without a GPU.
- * Run: node dist/bench/throughput-cuda.js [--backend=cpu] [--layers=N] [--prompt=P] [--quick]
+ * checked without a GPU. --quick: 1 layer, prompt 16, batches 1 and 8, 3 decode steps; B_model is derived the same way
+ * (for the quick run's sequence length) but the model-based run is capped at 4 sequences, so the path runs cheaply.
+ * Run: node dist/bench/throughput-cuda.js [--backend=cpu] [--layers=N] [--prompt=P] [--model-based [--gpu-gib=G] [--reserve-gib=R]] [--quick]
  *   -> bench/results/throughput-staged-<backend>-<date>.json
  */
 import fs from 'node:fs';
@@ -27,11 +46,14 @@ import path from 'node:path';
 
 import { median, readProbeGBs } from '../lib/batching/profile.js';
 import { expectedExperts } from '../lib/batching/perf-model.js';
-import { type Backend, HostTensor, loadModel, openBackend, type StepTimes } from '../lib/index.js';
+import { type Backend, HostTensor, loadModel, type ModelConfig, openBackend, type StepTimes } from '../lib/index.js';
 import { benchModel, decodeStepCost, randomRequests } from './bench-models.js';
 import { machine } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
+/** Layers of the full Mixtral-8x7B, for which the model-based batch cap is derived; the run's batch with --quick. */
+const FULL_LAYERS = 32;
+const QUICK_CAP = 4;
 const MOE_GEN_A5000 = { gpu: 'NVIDIA RTX A5000 24 GB', model: 'Mixtral-8x7B (32 layers)', prefill_tokens_per_s: 2790, decode_tokens_per_s: 469, source: 'MoE-Gen paper (../shared/seeds), as quoted in issue 8' };
 
 /** Device GEMM rate, GFLOP/s: bf16 [4096, 4096] x [4096, 4096]^T -> f32, operands in device memory. */
@@ -90,6 +112,27 @@ async function h2dGBs(be: Backend): Promise<number> {
   }
 }
 
+/**
+ * Model-based batching's batch on a `gpuGiB` GPU (KV cache in GPU memory, next to the dense weights of every layer
+ * and the expert slots): floor((budget - dense weights - expert slots - reserve) / KV bytes per sequence), at least 1.
+ * Dense weights, bf16: per layer q/k/v/o, 2 RMSNorms and the router; embeddings, LM head (unless tied), final norm.
+ * Expert slots: topK experts (3 x hidden x moeIntermediate bf16 each), the experts of one token.
+ */
+function modelBasedCap(cfg: ModelConfig, layers: number, gpuGiB: number, reserveGiB: number, seqTokens: number) {
+  const H = cfg.hiddenSize;
+  const GiB = 2 ** 30;
+  const attn = (2 * cfg.numHeads + 2 * cfg.numKvHeads) * cfg.headDim * H;
+  const dense = layers * (attn + 2 * H + cfg.numExperts * H) * 2 + (cfg.tieWordEmbeddings ? 1 : 2) * cfg.vocabSize * H * 2 + H * 2;
+  const slots = cfg.topK * decodeStepCost(cfg, 1).expertBytes;
+  const kvPerSeq = layers * 2 * cfg.numKvHeads * cfg.headDim * 2 * seqTokens;
+  const batch = Math.max(1, Math.floor((gpuGiB * GiB - dense - slots - reserveGiB * GiB) / kvPerSeq));
+  const t = { budget: gpuGiB, dense_weights: r3(dense / GiB), expert_slots: r3(slots / GiB), reserve: reserveGiB, kv_per_sequence: +(kvPerSeq / GiB).toFixed(6) };
+  const formula = `floor((${t.budget} - ${t.dense_weights} dense - ${t.expert_slots} slots (${cfg.topK} experts) - ${t.reserve} reserve) / ${t.kv_per_sequence} KV per sequence (${layers} x 2 x ${cfg.numKvHeads} x ${cfg.headDim} x 2 bytes x ${seqTokens} tokens))`;
+  return { batch, terms_gib: t, kv_per_sequence_MiB: r3(kvPerSeq / 2 ** 20), formula };
+}
+
+type Row = { experts: string; batch: number; decode_tokens_per_s: number; prefill_tokens_per_s: number | null } & Record<string, unknown>;
+
 async function main(): Promise<void> {
   const arg = (name: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
   const quick = process.argv.includes('--quick');
@@ -98,13 +141,17 @@ async function main(): Promise<void> {
   const promptTokens = Number(arg('prompt') ?? (quick ? 16 : 128));
   const batches = quick ? [1, 8] : [1, 16, 64, 256];
   const decodeSteps = quick ? 3 : 6;
+  const gpuGiB = Number(arg('gpu-gib') ?? 24);
+  const reserveGiB = Number(arg('reserve-gib') ?? 1);
   const be = openBackend({ backend });
   const compute = await computeGflops(be);
   const h2d = await h2dGBs(be);
   const dev = await deviceGBs(be);
   console.log(`${be.name}: gemm ${compute.toFixed(0)} GFLOP/s, H2D ${h2d.toFixed(1)} GB/s, device copy ${dev.toFixed(1)} GB/s, host read ${readProbeGBs(128 * 2 ** 20).toFixed(1)} GB/s`);
   const dir = await benchModel('mixtral-8x7b-shape', layers);
-  const rows: Array<Record<string, unknown>> = [];
+  const rows: Row[] = [];
+  let modelBased: Record<string, unknown> | undefined;
+  let summary = '';
   for (const mode of ['offloaded', 'resident'] as const) {
     // on the CPU backend, deviceActivations runs the CUDA path's orchestration (activations in the device pool)
     const model = await loadModel(dir, { backend, deviceActivations: true, experts: mode === 'offloaded' ? { fraction: 0.25, policy: 'lru' } : backend === 'cuda' ? { fraction: 1, policy: 'lru' } : 'resident', kvCacheBytes: 8 * 2 ** 30 });
@@ -113,7 +160,7 @@ async function main(): Promise<void> {
       const kvBytesPerToken = cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * 2;
       const { expertBytes, denseBytes } = decodeStepCost(cfg, 1);
       const cache = model.expertCache;
-      for (const B of batches) {
+      const measure = async (B: number): Promise<Row> => {
         const reqs = randomRequests(B, promptTokens, 1234 + B, decodeSteps + 1);
         const read0 = readProbeGBs(128 * 2 ** 20);
         const prefill = { tokens: 0, ms: 0 };
@@ -175,8 +222,35 @@ async function main(): Promise<void> {
           host_read_GBs: r3(read),
           loadavg_1m: r3(os.loadavg()[0]!),
         };
-        rows.push(row);
         console.log(JSON.stringify(row));
+        return row;
+      };
+      for (const B of batches) rows.push(await measure(B));
+      if (mode === 'offloaded' && process.argv.includes('--model-based')) {
+        // the model-based run: the same engine, model and options, one batch of B_model sequences through every module
+        const cap = modelBasedCap(cfg, FULL_LAYERS, gpuGiB, reserveGiB, promptTokens + decodeSteps + 1);
+        const B = quick ? Math.min(cap.batch, QUICK_CAP) : cap.batch;
+        console.log(`model-based batch cap, ${gpuGiB} GiB GPU, ${FULL_LAYERS}-layer model (GiB): ${cap.formula} = ${cap.batch}${B < cap.batch ? ` (--quick: run at ${B})` : ''}`);
+        const reused = rows.find((r) => r.experts === 'offloaded' && r.batch === B);
+        const row = reused ?? (await measure(B));
+        const best = rows.filter((r) => r.experts === 'offloaded').reduce((a, b) => (b.decode_tokens_per_s > a.decode_tokens_per_s ? b : a));
+        modelBased = {
+          gpu_gib: gpuGiB,
+          config: `the bench model's config (Mixtral-8x7B dimensions, vocab ${cfg.vocabSize}) with ${FULL_LAYERS} layers`,
+          sequence_tokens: promptTokens + decodeSteps + 1,
+          derivation_gib: cap.terms_gib,
+          kv_per_sequence_MiB: cap.kv_per_sequence_MiB,
+          formula: cap.formula,
+          batch_cap: cap.batch,
+          batch: B,
+          reused_row: reused !== undefined,
+          decode_tokens_per_s: row.decode_tokens_per_s,
+          prefill_tokens_per_s: row.prefill_tokens_per_s,
+          module_based: { batch: best.batch, decode_tokens_per_s: best.decode_tokens_per_s, prefill_tokens_per_s: best.prefill_tokens_per_s },
+          speedup_vs_model_based: r3(best.decode_tokens_per_s / row.decode_tokens_per_s),
+          row,
+        };
+        summary = `module-based batching (batch ${best.batch}: ${best.decode_tokens_per_s} decode tokens/s) vs model-based (batch ${B}${B < cap.batch ? ', --quick cap' : ''}: ${row.decode_tokens_per_s}): ${modelBased.speedup_vs_model_based}x`;
       }
     } finally {
       model.dispose();
@@ -191,9 +265,11 @@ async function main(): Promise<void> {
     limits: { gemm_gflops: r3(compute), h2d_GBs: r3(h2d), device_copy_GBs: r3(dev) },
     reference_moe_gen: MOE_GEN_A5000,
     rows,
+    model_based: modelBased,
   };
   const file = path.join(__dirname, '..', '..', 'bench', 'results', `throughput-staged-${backend}-${new Date().toISOString().slice(0, 10)}${quick ? '-quick' : ''}.json`);
   fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  console.log(summary);
   console.log(`saved ${file}`);
 }
 

@@ -1,7 +1,6 @@
 // Launcher of moe_cuda_moe_combine (C ABI in moe_cuda.h; kernel in moe_combine.cuh). Stream-ordered, no host
 // synchronisation, no allocation. moe_cuda_moe_experts_ex launches its combine through launch_moe_combine (with its
-// presence table), so the fused path and parts mode + moeCombine run the same kernel (for f32 parts; the fused
-// path's opt-in bf16 scratch runs its bf16 instantiation).
+// presence table), so the fused path and parts mode + moeCombine run the same kernel.
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -21,12 +20,12 @@ extern "C" int moe_cuda_moe_combine(int device, const float* parts, const int32_
   if (err != cudaSuccess) return err;
   if (t == 0) return cudaSuccess;
   if (parts == nullptr || topk_ids == nullptr || topk_weights == nullptr || out == nullptr) return cudaErrorInvalidValue;
-  return launch_moe_combine(parts, false, topk_ids, topk_weights, present, static_cast<int>(e),
+  return launch_moe_combine(parts, topk_ids, topk_weights, present, static_cast<int>(e),
                             static_cast<uint16_t*>(out), static_cast<int>(t), static_cast<int>(k),
                             static_cast<int>(h), error, static_cast<cudaStream_t>(stream));
 }
 
-cudaError_t moe::dev::launch_moe_combine(const void* parts, bool bf16_parts, const int32_t* ids, const float* weights,
+cudaError_t moe::dev::launch_moe_combine(const float* parts, const int32_t* ids, const float* weights,
                                          const void* const* present, int e, uint16_t* out, int t, int k, int h,
                                          int32_t* error, cudaStream_t s) {
   const unsigned gy = static_cast<unsigned>(t < 65535 ? t : 65535);
@@ -34,12 +33,9 @@ cudaError_t moe::dev::launch_moe_combine(const void* parts, bool bf16_parts, con
                     (reinterpret_cast<uintptr_t>(out) & 7u) == 0;
   const int64_t per_block = kCombineThreads * (vec4 ? 4 : 1);
   const dim3 grid(static_cast<unsigned>((h + per_block - 1) / per_block), gy);
-  auto go = [&](auto kernel, auto typed_parts) {
-    kernel<<<grid, kCombineThreads, 0, s>>>(typed_parts, ids, weights, present, e, out, t, k, h, error);
+  auto go = [&](auto kernel) {
+    kernel<<<grid, kCombineThreads, 0, s>>>(parts, ids, weights, present, e, out, t, k, h, error);
     return cudaGetLastError();
   };
-  const float* pf = static_cast<const float*>(parts);
-  const uint16_t* pb = static_cast<const uint16_t*>(parts);
-  if (bf16_parts) return vec4 ? go(moe_combine_kernel<4, uint16_t>, pb) : go(moe_combine_kernel<1, uint16_t>, pb);
-  return vec4 ? go(moe_combine_kernel<4, float>, pf) : go(moe_combine_kernel<1, float>, pf);
+  return vec4 ? go(moe_combine_kernel<4>) : go(moe_combine_kernel<1>);
 }

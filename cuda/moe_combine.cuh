@@ -20,15 +20,14 @@ namespace dev {
 
 constexpr int kCombineThreads = 256;
 
-// parts [t * k, h] PT: f32, or bf16 bits (uint16_t: the fused path's opt-in bf16 scratch); ids [t, k] i32; weights
-// [t, k] f32; present: null (every id >= 0 present) or [e] device pointers (null: absent); out [t, h] bf16; error
-// [3] i32 or null. Each thread sums V consecutive columns (V = 4: one 16-byte (f32) or 8-byte (bf16) load per part
-// row and an 8-byte store, when h % 4 == 0, parts 16-byte and out 8-byte aligned; the
+// parts [t * k, h] f32; ids [t, k] i32; weights [t, k] f32; present: null (every id >= 0 present) or [e] device
+// pointers (null: absent); out [t, h] bf16; error [3] i32 or null. Each thread sums V consecutive columns (V = 4: one
+// 16-byte load per part row and an 8-byte store, when h % 4 == 0, parts 16-byte and out 8-byte aligned; the
 // per-column order of terms is the same for every V, so the output is too). grid: (ceil(h / (256 V)),
 // min(t, 65535)) with a grid-stride loop over tokens, block: 256.
-template <int V, class PT>
+template <int V>
 static __global__ void __launch_bounds__(kCombineThreads)
-    moe_combine_kernel(const PT* __restrict__ parts, const int32_t* __restrict__ ids,
+    moe_combine_kernel(const float* __restrict__ parts, const int32_t* __restrict__ ids,
                        const float* __restrict__ weights, const void* const* __restrict__ present, int e,
                        uint16_t* __restrict__ out, int t, int k, int h, int32_t* error) {
   static_assert(V == 1 || V == 4, "columns per thread");
@@ -57,20 +56,12 @@ static __global__ void __launch_bounds__(kCombineThreads)
       if (x < 0) continue;
       if (present != nullptr && (x >= e || present[x] == nullptr)) continue;
       const float w = weights[s];
-      if constexpr (V == 4 && sizeof(PT) == 2) {  // bf16 parts: one 8-byte load of 4 values
-        const uint2 p = *reinterpret_cast<const uint2*>(parts + s * h + n);
-        acc[0] = fmaf(w, bf16_to_f32(static_cast<uint16_t>(p.x & 0xffffu)), acc[0]);
-        acc[1] = fmaf(w, bf16_to_f32(static_cast<uint16_t>(p.x >> 16)), acc[1]);
-        acc[2] = fmaf(w, bf16_to_f32(static_cast<uint16_t>(p.y & 0xffffu)), acc[2]);
-        acc[3] = fmaf(w, bf16_to_f32(static_cast<uint16_t>(p.y >> 16)), acc[3]);
-      } else if constexpr (V == 4) {
+      if constexpr (V == 4) {
         const float4 p = *reinterpret_cast<const float4*>(parts + s * h + n);
         acc[0] = fmaf(w, p.x, acc[0]);
         acc[1] = fmaf(w, p.y, acc[1]);
         acc[2] = fmaf(w, p.z, acc[2]);
         acc[3] = fmaf(w, p.w, acc[3]);
-      } else if constexpr (sizeof(PT) == 2) {
-        acc[0] = fmaf(w, bf16_to_f32(parts[s * h + n]), acc[0]);
       } else {
         acc[0] = fmaf(w, parts[s * h + n], acc[0]);
       }
@@ -89,9 +80,8 @@ static __global__ void __launch_bounds__(kCombineThreads)
   }
 }
 
-// The launch of moe_cuda_moe_combine (moe_combine.cu), also for bf16 parts (the fused MoE's opt-in scratch,
-// moe_experts.cu). parts: f32 or, when bf16_parts, bf16 bits; the other arguments as the C ABI's.
-cudaError_t launch_moe_combine(const void* parts, bool bf16_parts, const int32_t* ids, const float* weights,
+// The launch of moe_cuda_moe_combine (moe_combine.cu), also the fused MoE's (moe_experts.cu); arguments as the C ABI's.
+cudaError_t launch_moe_combine(const float* parts, const int32_t* ids, const float* weights,
                                const void* const* present, int e, uint16_t* out, int t, int k, int h, int32_t* error,
                                cudaStream_t stream);
 

@@ -16,12 +16,9 @@
 // moe_experts.cuh. MOE_CUDA_MOE: simt forces the SIMT kernels, mma the mma.sync ones (never wgmma), wgmma uses wgmma
 // wherever its preconditions hold regardless of the rows per expert (tests: small shapes through the wgmma path).
 // moe_launch_gemm2 (moe_gemm2_launch.cuh) exposes the GEMM2 launches alone: cuda/gemm.cu's dense path runs them
-// under identity routing. MOE_CUDA_TILE_SEARCH=block (opt-in, compiled, not yet run on a GPU) instantiates every GEMM
-// kernel with the block-wide tile -> expert lookup (moe_expert_of_tile) instead of the binary search; the default
-// instantiations are unchanged. MOE_CUDA_PART=bf16 (opt-in, compiled, not yet run on a GPU) keeps the fused path's
-// part scratch as bf16 (part_bf16). MOE_CUDA_DECODE=gemv / gemv-pdl (opt-in, likewise) runs fused calls of
-// at most 4 tokens through the GEMV kernels of moe_experts_gemv.cuh (decode_gemv). MOE_CUDA_WG=ws (likewise)
-// runs the wgmma path's warp-specialised kernels (moe_experts_wgmma_ws.cuh, wg_ws).
+// under identity routing. Fused and parts calls of at most decode_gemv_max_t() tokens (default 2) whose routed
+// weights are at most kGemvMaxBytes run the GEMV kernels of moe_experts_gemv.cuh instead (no align, scratch parts or
+// combine kernel).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -29,7 +26,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "moe_combine.cuh"
@@ -38,7 +34,6 @@
 #include "moe_experts_gemv.cuh"
 #include "moe_experts_mma.cuh"
 #include "moe_experts_wgmma.cuh"
-#include "moe_experts_wgmma_ws.cuh"
 #include "moe_gemm2_launch.cuh"
 #include "router_topk.cuh"
 #include "scratch.cuh"
@@ -71,34 +66,29 @@ enum class MoePath { Simt, MmaLarge, MmaSmall, Wgmma, Gemv };
 
 // The tile thresholds kMoeSmallRowsPerExpert / kMoeWgmmaRowsPerExpert are in moe_gemm2_launch.cuh.
 
-// The GEMM kernels' tile -> expert lookup (moe_tile_expert, moe_experts.cuh): MOE_CUDA_TILE_SEARCH=block the
-// block-wide scan (opt-in: compiled, not yet run on a GPU), anything else the binary search. Read once.
-int tile_search() {
-  static const int v = env_is("MOE_CUDA_TILE_SEARCH", "block") ? 1 : 0;
-  return v;
-}
-
-// The fused path's part scratch: MOE_CUDA_PART=bf16 (opt-in: compiled, not yet run on a GPU) writes GEMM2's
-// unweighted rows as bf16 and the combine reads them so (half the bytes of both; each part rounded to bf16 before
-// its weighting, so the result is no longer bitwise parts mode + moeCombine), anything else f32. Read once.
-bool part_bf16() {
-  static const bool v = env_is("MOE_CUDA_PART", "bf16");
-  return v;
-}
-
-// MOE_CUDA_DECODE=gemv (opt-in: compiled, not yet run on a GPU): fused calls of at most kGemvMaxT tokens run the
-// two GEMV kernels of moe_experts_gemv.cuh (no align, no part scratch, no combine kernel); gemv-pdl launches the
-// second with programmatic dependent launch (it prefetches its weights while the first runs). 0 off, 1 gemv,
-// 2 gemv-pdl. Read once.
-int decode_gemv() {
-  static const int v = env_is("MOE_CUDA_DECODE", "gemv") ? 1 : env_is("MOE_CUDA_DECODE", "gemv-pdl") ? 2 : 0;
+// Fused and parts calls of at most decode_gemv_max_t() tokens whose routed weights (t * k experts' gate, up and down)
+// are at most kGemvMaxBytes run the two GEMV kernels of moe_experts_gemv.cuh (no align, no part scratch, no combine
+// kernel; on sm_90+ the second is launched with programmatic dependent launch and prefetches its weights while the
+// first runs). MOE_CUDA_DECODE_MAX_T=N sets the token limit (0: never; at most kGemvMaxT); default 2. Measured on an
+// H200 (2026-11-26, bench/results/moe-cuda-2026-11-26-variants-2.json): 1.08-1.16x the tile path at T = 1 and 2 on
+// the Qwen3 / DeepSeek-V2-Lite / OLMoE shapes (75-210 MB of weights), slower on Mixtral (704 MB at T = 1: 0.96x;
+// 0.7x at T = 2-4, where GEMM1 reads an expert's rows once per slot that picks it) and at T = 4. Read once.
+constexpr int64_t kGemvMaxBytes = int64_t{256} << 20;
+int decode_gemv_max_t() {
+  static const int v = [] {
+    const char* e = std::getenv("MOE_CUDA_DECODE_MAX_T");
+    if (e == nullptr || *e == '\0') return 2;
+    const long n = std::strtol(e, nullptr, 10);
+    return static_cast<int>(std::clamp<long>(n, 0, kGemvMaxT));
+  }();
   return v;
 }
 
 // The GEMV decode path (moe_experts_gemv.cuh): scratch = the table and act [t * k, inter] bf16; table upload,
-// GEMM1 + activation, GEMM2 + weighted combine (which reports ids outside [-1, e) through `error`), free.
+// GEMM1 + activation, GEMM2 + weighted combine into out (parts null) or GEMM2 into parts, which reports ids outside
+// [-1, e) through `error`; free. pdl: launch GEMM2 with programmatic dependent launch (sm_90+).
 cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const uint16_t* x, const int32_t* ids,
-                     const float* weights, uint16_t* out, int t, int k, int e, int h, int inter, int activation,
+                     const float* weights, uint16_t* out, float* parts, int t, int k, int e, int h, int inter, int activation,
                      float alpha, float limit, int32_t* error, bool pdl, int device, cudaStream_t s) {
   const size_t b_table = scratch_bytes(table.size() * sizeof(void*));
   const size_t b_act = scratch_bytes(static_cast<size_t>(t) * static_cast<size_t>(k) * static_cast<size_t>(inter) * 2);
@@ -127,23 +117,10 @@ cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const u
     const void* const* d_down = d_table + 2 * e;
     const void* const* d_down_bias = biases ? d_table + 5 * e : nullptr;
     err = cudaLaunchKernelEx(&cfg, moe_gemv2_kernel, static_cast<const uint16_t*>(d_act), ids, weights, d_down,
-                             d_down_bias, out, t, k, e, h, inter, error);
+                             d_down_bias, out, parts, t, k, e, h, inter, error);
   } while (false);
   const cudaError_t ferr = cudaFreeAsync(base, s);
   return err != cudaSuccess ? err : ferr;
-}
-
-// MOE_CUDA_WG=ws (opt-in: compiled, not yet run on a GPU): the wgmma path runs the warp-specialised kernels of
-// moe_experts_wgmma_ws.cuh (a producer warpgroup and mbarrier-handed stages; same tiles and results). Read once.
-bool wg_ws() {
-  static const bool v = env_is("MOE_CUDA_WG", "ws");
-  return v;
-}
-
-// f(std::integral_constant<int, tile_search()>{}): a launch with the lookup as the kernels' template argument.
-template <class F>
-cudaError_t with_search(F f) {
-  return tile_search() != 0 ? f(std::integral_constant<int, 1>{}) : f(std::integral_constant<int, 0>{});
 }
 
 template <class C, class Kernel>
@@ -152,97 +129,88 @@ cudaError_t set_smem(Kernel kernel) {
 }
 
 // GEMM2 of the mma.sync path (also moe_launch_gemm2's, moe_gemm2_launch.cuh): down / down_bias are device arrays
-// of e pointers (down_bias null: no biases). grid: (ceil(h / BN), m_tiles). S: the tile lookup (tile_search()).
-template <class C2, int S, class PT>
+// of e pointers (down_bias null: no biases). grid: (ceil(h / BN), m_tiles).
+template <class C2>
 cudaError_t launch_mma_gemm2(unsigned m_tiles, const uint16_t* act, const int32_t* sorted, const int32_t* offsets,
-                             const void* const* down, const void* const* down_bias, PT* part, int n_slots, int e,
+                             const void* const* down, const void* const* down_bias, float* part, int n_slots, int e,
                              int h, int inter, cudaStream_t s) {
-  cudaError_t err = set_smem<C2>(moe_mma_gemm2_kernel<C2, S, PT>);
+  cudaError_t err = set_smem<C2>(moe_mma_gemm2_kernel<C2>);
   if (err != cudaSuccess) return err;
-  moe_mma_gemm2_kernel<C2, S, PT><<<dim3(static_cast<unsigned>((h + C2::BN - 1) / C2::BN), m_tiles), C2::kThreads,
-                                C2::kSmem, s>>>(act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter);
+  moe_mma_gemm2_kernel<C2><<<dim3(static_cast<unsigned>((h + C2::BN - 1) / C2::BN), m_tiles), C2::kThreads,
+                             C2::kSmem, s>>>(act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter);
   return cudaGetLastError();
 }
-template <class C1, int S>
+template <class C1>
 cudaError_t launch_mma_gemm1(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
                              const void* const* table, bool biases, uint16_t* act, int n_slots, int k, int e, int h,
                              int inter, int activation, float alpha, float limit, cudaStream_t s) {
-  cudaError_t err = set_smem<C1>(moe_mma_gemm1_kernel<C1, S>);
+  cudaError_t err = set_smem<C1>(moe_mma_gemm1_kernel<C1>);
   if (err != cudaSuccess) return err;
-  moe_mma_gemm1_kernel<C1, S><<<dim3(static_cast<unsigned>((inter + C1::BN - 1) / C1::BN), m_tiles), C1::kThreads,
-                                C1::kSmem, s>>>(x, sorted, offsets, table, table + e,
-                                                biases ? table + 3 * e : nullptr, biases ? table + 4 * e : nullptr,
-                                                act, n_slots, k, e, h, inter, activation, alpha, limit);
+  moe_mma_gemm1_kernel<C1><<<dim3(static_cast<unsigned>((inter + C1::BN - 1) / C1::BN), m_tiles), C1::kThreads,
+                             C1::kSmem, s>>>(x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr,
+                                             biases ? table + 4 * e : nullptr, act, n_slots, k, e, h, inter,
+                                             activation, alpha, limit);
   return cudaGetLastError();
 }
 
 // wgmma path (moe_experts_wgmma.cuh): 1D grids of m_tiles x n_tiles blocks (the host checked the product fits int).
 // GEMM2 of the wgmma path (also moe_launch_gemm2's): 1D grid of m_tiles * ceil(h / BN) blocks (the caller checked
 // the product fits int).
-template <class C2, int S, class PT>
+template <class C2>
 cudaError_t launch_wg_gemm2(unsigned m_tiles, const uint16_t* act, const int32_t* sorted, const int32_t* offsets,
-                            const void* const* down, const void* const* down_bias, PT* part, int n_slots, int e,
+                            const void* const* down, const void* const* down_bias, float* part, int n_slots, int e,
                             int h, int inter, cudaStream_t s) {
-  const unsigned n2 = static_cast<unsigned>((h + C2::BN - 1) / C2::BN);
-  auto go = [&](auto kernel, int threads) {  // the base or the warp-specialised kernel: same arguments
-    cudaError_t err = set_smem<C2>(kernel);
-    if (err != cudaSuccess) return err;
-    kernel<<<m_tiles * n2, threads, C2::kSmem, s>>>(act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter,
-                                                   static_cast<int>(m_tiles));
-    return cudaGetLastError();
-  };
-  return wg_ws() ? go(moe_wg_gemm2_ws_kernel<C2, S, PT>, kWsThreads) : go(moe_wg_gemm2_kernel<C2, S, PT>, C2::kThreads);
+  cudaError_t err = set_smem<C2>(moe_wg_gemm2_kernel<C2>);
+  if (err != cudaSuccess) return err;
+  moe_wg_gemm2_kernel<C2><<<m_tiles * static_cast<unsigned>((h + C2::BN - 1) / C2::BN), C2::kThreads, C2::kSmem, s>>>(
+      act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, static_cast<int>(m_tiles));
+  return cudaGetLastError();
 }
-template <class C1, int S>
+template <class C1>
 cudaError_t launch_wg_gemm1(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
                             const void* const* table, bool biases, uint16_t* act, int n_slots, int k, int e, int h,
                             int inter, int activation, float alpha, float limit, cudaStream_t s) {
-  const unsigned n1 = static_cast<unsigned>((inter + C1::BN - 1) / C1::BN);
-  auto go = [&](auto kernel, int threads) {  // the base or the warp-specialised kernel: same arguments
-    cudaError_t err = set_smem<C1>(kernel);
-    if (err != cudaSuccess) return err;
-    kernel<<<m_tiles * n1, threads, C1::kSmem, s>>>(x, sorted, offsets, table, table + e,
-                                                   biases ? table + 3 * e : nullptr, biases ? table + 4 * e : nullptr,
-                                                   act, n_slots, k, e, h, inter, activation, alpha, limit,
-                                                   static_cast<int>(m_tiles));
-    return cudaGetLastError();
-  };
-  return wg_ws() ? go(moe_wg_gemm1_ws_kernel<C1, S>, kWsThreads) : go(moe_wg_gemm1_kernel<C1, S>, C1::kThreads);
+  cudaError_t err = set_smem<C1>(moe_wg_gemm1_kernel<C1>);
+  if (err != cudaSuccess) return err;
+  moe_wg_gemm1_kernel<C1><<<m_tiles * static_cast<unsigned>((inter + C1::BN - 1) / C1::BN), C1::kThreads, C1::kSmem,
+                            s>>>(x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr,
+                                 biases ? table + 4 * e : nullptr, act, n_slots, k, e, h, inter, activation, alpha,
+                                 limit, static_cast<int>(m_tiles));
+  return cudaGetLastError();
 }
 
 // GEMM1 then GEMM2 of the mma.sync (kWg false) or wgmma (kWg true) path.
-template <bool kWg, class C1, class C2, int S, class PT>
+template <bool kWg, class C1, class C2>
 cudaError_t launch_gemms(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
-                         const void* const* table, bool biases, uint16_t* act, PT* part, int n_slots, int k, int e,
+                         const void* const* table, bool biases, uint16_t* act, float* part, int n_slots, int k, int e,
                          int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
   const void* const* down_bias = biases ? table + 5 * e : nullptr;
   if constexpr (kWg) {
-    cudaError_t err = launch_wg_gemm1<C1, S>(m_tiles, x, sorted, offsets, table, biases, act, n_slots, k, e, h, inter,
+    cudaError_t err = launch_wg_gemm1<C1>(m_tiles, x, sorted, offsets, table, biases, act, n_slots, k, e, h, inter,
                                              activation, alpha, limit, s);
     if (err != cudaSuccess) return err;
-    return launch_wg_gemm2<C2, S, PT>(m_tiles, act, sorted, offsets, table + 2 * e, down_bias, part, n_slots, e, h,
+    return launch_wg_gemm2<C2>(m_tiles, act, sorted, offsets, table + 2 * e, down_bias, part, n_slots, e, h,
                                       inter, s);
   } else {
-    cudaError_t err = launch_mma_gemm1<C1, S>(m_tiles, x, sorted, offsets, table, biases, act, n_slots, k, e, h,
+    cudaError_t err = launch_mma_gemm1<C1>(m_tiles, x, sorted, offsets, table, biases, act, n_slots, k, e, h,
                                               inter, activation, alpha, limit, s);
     if (err != cudaSuccess) return err;
-    return launch_mma_gemm2<C2, S, PT>(m_tiles, act, sorted, offsets, table + 2 * e, down_bias, part, n_slots, e, h,
+    return launch_mma_gemm2<C2>(m_tiles, act, sorted, offsets, table + 2 * e, down_bias, part, n_slots, e, h,
                                        inter, s);
   }
 }
 
 // SIMT path (moe_experts.cuh): grids (ceil(n / 64), m_tiles), 256 threads.
-template <int S, class PT>
 cudaError_t launch_simt(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
-                        const void* const* table, bool biases, uint16_t* act, PT* part, int n_slots, int k, int e,
+                        const void* const* table, bool biases, uint16_t* act, float* part, int n_slots, int k, int e,
                         int h, int inter, int activation, float alpha, float limit, cudaStream_t s) {
-  moe_gemm1_swiglu_kernel<S><<<dim3(static_cast<unsigned>((inter + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0,
-                               s>>>(x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr,
-                                    biases ? table + 4 * e : nullptr, act, n_slots, k, e, h, inter, activation, alpha,
-                                    limit);
+  moe_gemm1_swiglu_kernel<<<dim3(static_cast<unsigned>((inter + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0,
+                            s>>>(x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr,
+                                 biases ? table + 4 * e : nullptr, act, n_slots, k, e, h, inter, activation, alpha,
+                                 limit);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  moe_gemm2_kernel<S, PT><<<dim3(static_cast<unsigned>((h + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(
+  moe_gemm2_kernel<<<dim3(static_cast<unsigned>((h + kMoeBN - 1) / kMoeBN), m_tiles), kMoeThreads, 0, s>>>(
       act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr, part, n_slots, e, h, inter);
   return cudaGetLastError();
 }
@@ -266,19 +234,12 @@ cudaError_t moe::dev::moe_launch_gemm2(MoeGemm2Tiles tiles, unsigned m_tiles, co
   } else if (m_tiles > 65535u) {
     return cudaErrorInvalidValue;  // grid.y
   }
-  return with_search([&](auto S) {
-    constexpr int kS = decltype(S)::value;
-    if (tiles == MoeGemm2Tiles::Wgmma) {
-      return launch_wg_gemm2<MoeWgG2, kS, float>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h,
-                                                 inter, s);
-    }
-    if (tiles == MoeGemm2Tiles::MmaSmall) {
-      return launch_mma_gemm2<MoeMmaG2Small, kS, float>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots,
-                                                        e, h, inter, s);
-    }
-    return launch_mma_gemm2<MoeMmaG2Large, kS, float>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e,
-                                                      h, inter, s);
-  });
+  if (tiles == MoeGemm2Tiles::Wgmma)
+    return launch_wg_gemm2<MoeWgG2>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, s);
+  if (tiles == MoeGemm2Tiles::MmaSmall)
+    return launch_mma_gemm2<MoeMmaG2Small>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter,
+                                           s);
+  return launch_mma_gemm2<MoeMmaG2Large>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, s);
 }
 
 // Fused (out != null: topk_weights read by the combine) or parts mode (parts != null, out and topk_weights null).
@@ -325,8 +286,8 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
   // larger capacity and 1D grids within int range.
   const MoeForce force = moe_force();
   MoePath path = MoePath::Simt;
+  int major = 0, minor = 0;
   if (force != MoeForce::Simt && h % 8 == 0 && inter % 8 == 0 && aligned16(x)) {
-    int major = 0, minor = 0;
     err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
     if (err != cudaSuccess) return err;
     err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
@@ -343,13 +304,16 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
                          (wg_capacity / kMoeWgBM) * wg_n_tiles <= INT_MAX &&
                          (reinterpret_cast<uintptr_t>(parts) & 7u) == 0;
       if (wg_ok && (force == MoeForce::Wgmma || n_slots >= kMoeWgmmaRowsPerExpert * e)) path = MoePath::Wgmma;
-      if (decode_gemv() != 0 && parts == nullptr && t <= kGemvMaxT && force == MoeForce::None) path = MoePath::Gemv;
+      // t * k experts' gate, up and down at most (double: no int64 overflow for any accepted shape)
+      const double routed_bytes = static_cast<double>(n_slots) * 3.0 * static_cast<double>(h) * static_cast<double>(inter) * 2.0;
+      if (t <= decode_gemv_max_t() && routed_bytes <= static_cast<double>(kGemvMaxBytes) && force == MoeForce::None)
+        path = MoePath::Gemv;
     }
   }
   if (path == MoePath::Gemv) {
     return run_gemv(table, biases, static_cast<const uint16_t*>(x), topk_ids, topk_weights, static_cast<uint16_t*>(out),
-                    static_cast<int>(t), static_cast<int>(k), static_cast<int>(e), static_cast<int>(h),
-                    static_cast<int>(inter), activation, alpha, limit, error, decode_gemv() == 2, device, s);
+                    parts, static_cast<int>(t), static_cast<int>(k), static_cast<int>(e), static_cast<int>(h),
+                    static_cast<int>(inter), activation, alpha, limit, error, major >= 9, device, s);
   }
   const int64_t block = path == MoePath::MmaSmall ? kMoeMmaSmallBM : path == MoePath::Wgmma ? kMoeWgBM : kMoeBM;
   const int64_t capacity = n_slots + e * (block - 1);
@@ -360,9 +324,7 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
   const size_t b_offsets = scratch_bytes(static_cast<size_t>(e + 1) * 4);
   const size_t b_sorted = scratch_bytes(static_cast<size_t>(capacity) * 4);
   const size_t b_act = scratch_bytes(static_cast<size_t>(capacity) * static_cast<size_t>(inter) * 2);
-  const bool bf16_part = parts == nullptr && part_bf16();  // fused path only: parts mode writes the caller's f32
-  const size_t b_part =
-      parts != nullptr ? 0 : scratch_bytes(static_cast<size_t>(n_slots) * static_cast<size_t>(h) * (bf16_part ? 2 : 4));
+  const size_t b_part = parts != nullptr ? 0 : scratch_bytes(static_cast<size_t>(n_slots) * static_cast<size_t>(h) * 4);
   const size_t b_align =
       scratch_bytes(static_cast<size_t>(moe_align_scratch_ints(static_cast<int>(n_slots), static_cast<int>(e))) * 4);
   char* base = nullptr;
@@ -374,8 +336,8 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
   int32_t* d_offsets = reinterpret_cast<int32_t*>(base + b_table + b_counts);
   int32_t* d_sorted = reinterpret_cast<int32_t*>(base + b_table + b_counts + b_offsets);
   uint16_t* d_act = reinterpret_cast<uint16_t*>(base + b_table + b_counts + b_offsets + b_sorted);
-  void* d_part = parts != nullptr ? static_cast<void*>(parts)  // [t * k, h] f32 (bf16 when bf16_part)
-                                   : static_cast<void*>(base + b_table + b_counts + b_offsets + b_sorted + b_act);
+  float* d_part = parts != nullptr ? parts  // [t * k, h] f32
+                                    : reinterpret_cast<float*>(base + b_table + b_counts + b_offsets + b_sorted + b_act);
   int32_t* d_align = b_align == 0 ? nullptr  // the parallel align's scratch (router_topk.cuh)
                                   : reinterpret_cast<int32_t*>(base + b_table + b_counts + b_offsets + b_sorted +
                                                                b_act + b_part);
@@ -392,33 +354,23 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
     // take none), at most one per slot: the grid needs no more (decode: 8 slots of Qwen3 take 8 of 120).
     const unsigned m_tiles = static_cast<unsigned>(std::min<int64_t>(capacity / block, n_slots));
     const uint16_t* xb = static_cast<const uint16_t*>(x);
-    // (part: float* or uint16_t*, the GEMM2 kernels' PT)
-    auto launch = [&](auto* part) {
-      return with_search([&](auto S) {
-        constexpr int kS = decltype(S)::value;
-        if (path == MoePath::Wgmma) {
-          return launch_gemms<true, MoeWgG1, MoeWgG2, kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act,
-                                                          part, ni, ki, ei, hi, ii, activation, alpha, limit, s);
-        }
-        if (path == MoePath::MmaSmall) {
-          return launch_gemms<false, MoeMmaG1Small, MoeMmaG2Small, kS>(m_tiles, xb, d_sorted, d_offsets, d_table,
-                                                                       biases, d_act, part, ni, ki, ei, hi, ii,
-                                                                       activation, alpha, limit, s);
-        }
-        if (path == MoePath::MmaLarge) {
-          return launch_gemms<false, MoeMmaG1Large, MoeMmaG2Large, kS>(m_tiles, xb, d_sorted, d_offsets, d_table,
-                                                                       biases, d_act, part, ni, ki, ei, hi, ii,
-                                                                       activation, alpha, limit, s);
-        }
-        return launch_simt<kS>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, part, ni, ki, ei, hi, ii,
-                               activation, alpha, limit, s);
-      });
-    };
-    err = bf16_part ? launch(static_cast<uint16_t*>(d_part)) : launch(static_cast<float*>(d_part));
+    if (path == MoePath::Wgmma) {
+      err = launch_gemms<true, MoeWgG1, MoeWgG2>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part, ni,
+                                                 ki, ei, hi, ii, activation, alpha, limit, s);
+    } else if (path == MoePath::MmaSmall) {
+      err = launch_gemms<false, MoeMmaG1Small, MoeMmaG2Small>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act,
+                                                              d_part, ni, ki, ei, hi, ii, activation, alpha, limit, s);
+    } else if (path == MoePath::MmaLarge) {
+      err = launch_gemms<false, MoeMmaG1Large, MoeMmaG2Large>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act,
+                                                              d_part, ni, ki, ei, hi, ii, activation, alpha, limit, s);
+    } else {
+      err = launch_simt(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part, ni, ki, ei, hi, ii,
+                        activation, alpha, limit, s);
+    }
     if (err != cudaSuccess) break;
     if (parts != nullptr) break;  // parts mode: the caller combines
     // The combine of moeCombine, with the gate table as presence (absent experts' scratch rows are never read).
-    err = launch_moe_combine(d_part, bf16_part, topk_ids, topk_weights, d_table, ei, static_cast<uint16_t*>(out),
+    err = launch_moe_combine(d_part, topk_ids, topk_weights, d_table, ei, static_cast<uint16_t*>(out),
                              static_cast<int>(t), ki, hi, nullptr, s);
   } while (false);
   cudaError_t ferr = cudaFreeAsync(base, s);

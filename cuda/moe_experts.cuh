@@ -39,39 +39,6 @@ __device__ __forceinline__ int moe_expert_of_row(const int32_t* offsets, int e, 
   return lo;
 }
 
-// The same expert, found by the whole block at once: thread i tests experts i, i + blockDim.x, ... (independent
-// loads: one round trip while e <= blockDim.x) instead of the ~log2(e) + 1 dependent loads above, which every block
-// of a GEMM waits for before its first weight load. Every thread of the block calls it (two barriers); the result
-// is block-uniform. Exactly one x matches when r0 < offsets[e] (the ranges partition [0, offsets[e])), the one the
-// binary search returns.
-__device__ __forceinline__ int moe_expert_of_tile(const int32_t* offsets, int e, int r0) {
-  __shared__ int s_ex;
-  if (threadIdx.x == 0) s_ex = -1;
-  __syncthreads();
-  for (int x = threadIdx.x; x < e; x += blockDim.x)
-    if (offsets[x] <= r0 && r0 < offsets[x + 1]) s_ex = x;
-  __syncthreads();
-  return s_ex;
-}
-
-// The GEMM kernels' tile lookup: search != 0 the block-wide one (opt-in while measured: MOE_CUDA_TILE_SEARCH=block,
-// moe_experts.cu), else the binary search. The kernels take it as a template argument (kSearch), so the default
-// instantiations are the code that ran before the option existed.
-__device__ __forceinline__ int moe_tile_expert(const int32_t* offsets, int e, int r0, int search) {
-  return search != 0 ? moe_expert_of_tile(offsets, e, r0) : moe_expert_of_row(offsets, e, r0);
-}
-
-// A GEMM2 part element of type PT: f32 (the default, and parts mode), or bf16 bits (uint16_t: the fused path's
-// opt-in scratch, MOE_CUDA_PART=bf16, moe_experts.cu).
-template <class PT>
-__device__ __forceinline__ PT moe_part_value(float v) {
-  if constexpr (sizeof(PT) == 2) {
-    return f32_to_bf16(v);
-  } else {
-    return v;
-  }
-}
-
 // Loads the [kMoeBM, kMoeBK] A tile (rows given by row pointers, null = zero row) and one or two [kMoeBN, kMoeBK]
 // B tiles (rows n0.. of weights with row stride kdim), transposed into k-major shared memory as f32.
 __device__ __forceinline__ void moe_load_a(float (*As)[kMoeBM + 4], const uint16_t* const* arow, int k0, int kdim) {
@@ -114,7 +81,6 @@ __device__ __forceinline__ float moe_gemm1_act(float g, float u, bool plain, con
 // pointers to [inter, h] bf16 (null: expert absent); gate_bias/up_bias: null (no expert has biases) or [e] device
 // pointers to [inter] f32 (null: that expert has none); act_kind 0 silu, 1 swiglu-oai (alpha, limit);
 // act [capacity, inter] bf16. grid: (ceil(inter / 64), capacity / 64), block: 256.
-template <int kSearch>
 static __global__ void __launch_bounds__(kMoeThreads)
     moe_gemm1_swiglu_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ sorted,
                             const int32_t* __restrict__ offsets, const void* const* __restrict__ gate,
@@ -126,7 +92,7 @@ static __global__ void __launch_bounds__(kMoeThreads)
   __shared__ float Bu[kMoeBK][kMoeBN + 4];
   __shared__ const uint16_t* arow[kMoeBM];
   const int r0 = blockIdx.y * kMoeBM, n0 = blockIdx.x * kMoeBN;
-  const int ex = moe_tile_expert(offsets, e, r0, kSearch);
+  const int ex = moe_expert_of_row(offsets, e, r0);
   if (ex < 0) return;
   const uint16_t* wg = static_cast<const uint16_t*>(gate[ex]);
   const uint16_t* wu = static_cast<const uint16_t*>(up[ex]);
@@ -184,18 +150,17 @@ static __global__ void __launch_bounds__(kMoeThreads)
 // or [e] device pointers to [h] f32 (null: that expert has none);
 // part [t * k, h] f32 (rows of present slots written, the others untouched). grid: (ceil(h / 64), capacity / 64),
 // block: 256.
-template <int kSearch, class PT>
 static __global__ void __launch_bounds__(kMoeThreads)
     moe_gemm2_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ sorted,
                      const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
-                     const void* const* __restrict__ down_bias, PT* __restrict__ part, int n_slots, int e, int h,
+                     const void* const* __restrict__ down_bias, float* __restrict__ part, int n_slots, int e, int h,
                      int inter) {
   __shared__ float As[kMoeBK][kMoeBM + 4];
   __shared__ float Bs[kMoeBK][kMoeBN + 4];
   __shared__ const uint16_t* arow[kMoeBM];
   __shared__ int slot[kMoeBM];
   const int r0 = blockIdx.y * kMoeBM, n0 = blockIdx.x * kMoeBN;
-  const int ex = moe_tile_expert(offsets, e, r0, kSearch);
+  const int ex = moe_expert_of_row(offsets, e, r0);
   if (ex < 0) return;
   const uint16_t* wd = static_cast<const uint16_t*>(down[ex]);
   if (wd == nullptr) return;
@@ -235,7 +200,7 @@ static __global__ void __launch_bounds__(kMoeThreads)
     for (int j = 0; j < 4; ++j) {
       const int n = n0 + tx + 16 * j;
       if (n >= h) continue;
-      part[static_cast<int64_t>(s) * h + n] = moe_part_value<PT>(bd == nullptr ? acc[i][j] : acc[i][j] + bd[n]);
+      part[static_cast<int64_t>(s) * h + n] = bd == nullptr ? acc[i][j] : acc[i][j] + bd[n];
     }
   }
 }

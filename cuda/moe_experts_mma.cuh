@@ -213,7 +213,7 @@ extern __shared__ __align__(128) uint8_t moe_mma_smem[];
 // GEMM1 + SwiGLU. Arguments as moe_gemm1_swiglu_kernel (moe_experts.cuh); h % 8 == 0, inter % 8 == 0, x and the
 // gate/up rows 16-byte aligned (host checks). grid: (ceil(inter / BN), capacity / BM), block: C::kThreads, dynamic
 // shared memory C::kSmem. act [capacity, inter] bf16: rows of real slots written, padding rows untouched.
-template <class C, int kSearch>
+template <class C>
 static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     moe_mma_gemm1_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ sorted,
                          const int32_t* __restrict__ offsets, const void* const* __restrict__ gate,
@@ -223,7 +223,7 @@ static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
   static_assert(C::GATED, "GEMM1 stacks gate and up");
   __shared__ int s_slot[C::BM];
   const int r0 = blockIdx.y * C::BM, n0 = blockIdx.x * C::BN;
-  const int ex = moe_tile_expert(offsets, e, r0, kSearch);
+  const int ex = moe_expert_of_row(offsets, e, r0);
   if (ex < 0) return;
   const uint16_t* wg = static_cast<const uint16_t*>(gate[ex]);
   const uint16_t* wu = static_cast<const uint16_t*>(up[ex]);
@@ -289,16 +289,16 @@ static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
 
 // GEMM2. Arguments as moe_gemm2_kernel (moe_experts.cuh); h % 8 == 0, inter % 8 == 0, down rows 16-byte aligned.
 // grid: (ceil(h / BN), capacity / BM), block: C::kThreads, dynamic shared memory C::kSmem.
-template <class C, int kSearch, class PT>
+template <class C>
 static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     moe_mma_gemm2_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ sorted,
                          const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
-                         const void* const* __restrict__ down_bias, PT* __restrict__ part, int n_slots, int e,
+                         const void* const* __restrict__ down_bias, float* __restrict__ part, int n_slots, int e,
                          int h, int inter) {
   static_assert(!C::GATED, "GEMM2 has one B matrix");
   __shared__ int s_slot[C::BM];
   const int r0 = blockIdx.y * C::BM, n0 = blockIdx.x * C::BN;
-  const int ex = moe_tile_expert(offsets, e, r0, kSearch);
+  const int ex = moe_expert_of_row(offsets, e, r0);
   if (ex < 0) return;
   const uint16_t* wd = static_cast<const uint16_t*>(down[ex]);
   if (wd == nullptr) return;
@@ -337,7 +337,7 @@ static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     for (int hh = 0; hh < 2; ++hh) {
       const int s = s_slot[C::acc_row(wm, i, hh, lane)];
       if (s >= n_slots) continue;  // padding row
-      PT* orow = part + static_cast<int64_t>(s) * h;
+      float* orow = part + static_cast<int64_t>(s) * h;
 #pragma unroll
       for (int j = 0; j < C::kNT; ++j) {
         const int n = n0 + C::acc_col(wn, j, 0, lane);  // even; n < h => n + 1 < h (h % 8 == 0)
@@ -345,7 +345,7 @@ static __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           const float v = acc[0][i][j][2 * hh + c];
-          orow[n + c] = moe_part_value<PT>(bd == nullptr ? v : v + bd[n + c]);
+          orow[n + c] = bd == nullptr ? v : v + bd[n + c];
         }
       }
     }

@@ -349,7 +349,7 @@ __device__ __forceinline__ uint32_t moe_wg_ring() {
   return moe_wg_align_ring(static_cast<uint32_t>(__cvta_generic_to_shared(moe_wg_smem)));
 }
 
-// ---- epilogues (also the warp-specialised kernels', moe_experts_wgmma_ws.cuh) -----------------------------------
+// ---- epilogues ---------------------------------------------------------------------------------------------------
 // tid: the thread's index in the two accumulator warpgroups (0..255); s_slot: the tile's slots.
 
 // GEMM1: act[r0 + r, n] = bf16(act_fn(gate, up)) for the tile's real rows; bg / bu: the expert's f32 biases or null.
@@ -380,15 +380,15 @@ __device__ __forceinline__ void moe_wg_gemm1_epilogue(const float (&acc)[C::kAcc
   }
 }
 
-// GEMM2: part[slot, n] = acc (+ bd[n]) for the tile's real rows, f32 or bf16 (PT); bd: the expert's f32 bias or null.
-template <class C, class PT>
+// GEMM2: part[slot, n] = acc (+ bd[n]) for the tile's real rows, f32; bd: the expert's f32 bias or null.
+template <class C>
 __device__ __forceinline__ void moe_wg_gemm2_epilogue(const float (&acc)[C::kAcc], int tid, const int* s_slot, int n0,
-                                                      PT* __restrict__ part, int n_slots, int h, const float* bd) {
+                                                      float* __restrict__ part, int n_slots, int h, const float* bd) {
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
     const int s = s_slot[C::acc_row(tid, hh)];
     if (s >= n_slots) continue;  // padding row
-    PT* orow = part + static_cast<int64_t>(s) * h;
+    float* orow = part + static_cast<int64_t>(s) * h;
 #pragma unroll
     for (int i = 0; i < C::kN / 8; ++i) {
       const int n = n0 + C::acc_col(tid, i, 0);  // even; n < h => n + 1 < h (h % 8 == 0)
@@ -398,12 +398,7 @@ __device__ __forceinline__ void moe_wg_gemm2_epilogue(const float (&acc)[C::kAcc
         v.x += bd[n];
         v.y += bd[n + 1];
       }
-      if constexpr (sizeof(PT) == 2) {  // bf16 parts: one 4-byte store of the pair
-        *reinterpret_cast<uint32_t*>(orow + n) =
-            static_cast<uint32_t>(f32_to_bf16(v.x)) | (static_cast<uint32_t>(f32_to_bf16(v.y)) << 16);
-      } else {
-        *reinterpret_cast<float2*>(orow + n) = v;  // 8-byte aligned: part base 8-aligned (launcher), h and n even
-      }
+      *reinterpret_cast<float2*>(orow + n) = v;  // 8-byte aligned: part base 8-aligned (launcher), h and n even
     }
   }
 }
@@ -411,7 +406,7 @@ __device__ __forceinline__ void moe_wg_gemm2_epilogue(const float (&acc)[C::kAcc
 // GEMM1 + SwiGLU. Arguments as moe_mma_gemm1_kernel (h % 8 == 0, inter % 8 == 0, x and the gate/up rows 16-byte
 // aligned: host checks) plus m_tiles = capacity / BM. grid: m_tiles * ceil(inter / BN) (1D, moe_wg_tile), block
 // C::kThreads, dynamic shared memory C::kSmem. act [capacity, inter] bf16: rows of real slots written.
-template <class C, int kSearch>
+template <class C>
 static __global__ void __launch_bounds__(C::kThreads, 1)
     moe_wg_gemm1_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ sorted,
                         const int32_t* __restrict__ offsets, const void* const* __restrict__ gate,
@@ -424,7 +419,7 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
   int mt, nt;
   moe_wg_tile(static_cast<int>(blockIdx.x), m_tiles, (inter + C::BN - 1) / C::BN, mt, nt);
   const int r0 = mt * C::BM, n0 = nt * C::BN;
-  const int ex = moe_tile_expert(offsets, e, r0, kSearch);
+  const int ex = moe_expert_of_row(offsets, e, r0);
   if (ex < 0) return;
   const uint16_t* w_gate = static_cast<const uint16_t*>(gate[ex]);
   const uint16_t* w_up = static_cast<const uint16_t*>(up[ex]);
@@ -456,11 +451,11 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
 
 // GEMM2. Arguments as moe_mma_gemm2_kernel (h % 8 == 0, inter % 8 == 0, down rows 16-byte aligned) plus m_tiles.
 // grid: m_tiles * ceil(h / BN) (1D, moe_wg_tile), block C::kThreads, dynamic shared memory C::kSmem.
-template <class C, int kSearch, class PT>
+template <class C>
 static __global__ void __launch_bounds__(C::kThreads, 1)
     moe_wg_gemm2_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ sorted,
                         const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
-                        const void* const* __restrict__ down_bias, PT* __restrict__ part, int n_slots, int e,
+                        const void* const* __restrict__ down_bias, float* __restrict__ part, int n_slots, int e,
                         int h, int inter, int m_tiles) {
   static_assert(!C::GATED, "GEMM2 has one B matrix");
 #if MOE_WGMMA_ENABLED
@@ -468,7 +463,7 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
   int mt, nt;
   moe_wg_tile(static_cast<int>(blockIdx.x), m_tiles, (h + C::BN - 1) / C::BN, mt, nt);
   const int r0 = mt * C::BM, n0 = nt * C::BN;
-  const int ex = moe_tile_expert(offsets, e, r0, kSearch);
+  const int ex = moe_expert_of_row(offsets, e, r0);
   if (ex < 0) return;
   const uint16_t* wd = static_cast<const uint16_t*>(down[ex]);
   if (wd == nullptr) return;

@@ -15,17 +15,9 @@
 #   env words under which the profile runs again (as TEST_ENVS);
 #   BUILD_NATIVE=90a-real builds moe-native there for that target; TEST_ENVS / BENCH_ENVS / MOE_ENVS: settings under
 #   which the op table / kernel timings / MoE timings (ours only) run again, one run per word, each word one or more
-#   VAR=value joined by commas, e.g. TEST_ENVS="MOE_CUDA_MOE=wgmma MOE_CUDA_GEMM=moe MOE_CUDA_MOE=wgmma,MOE_CUDA_WG=x2"
-#   BENCH_ENVS=MOE_CUDA_GEMM=moe MOE_ENVS="MOE_CUDA_MOE=mma MOE_CUDA_WG=x2")
+#   VAR=value joined by commas, e.g. TEST_ENVS="MOE_CUDA_MOE=wgmma MOE_CUDA_GEMM=mma MOE_CUDA_MOE=mma,MOE_CUDA_DECODE_MAX_T=0"
+#   BENCH_ENVS=MOE_CUDA_GEMM=mma MOE_ENVS="MOE_CUDA_MOE=mma MOE_CUDA_DECODE_MAX_T=0")
 # When the carried moe-native does not run there, it is built there (slower).
-# Opt-in CUDA variants waiting for a GPU (compiled, not yet run; see cuda/moe_experts.cu): MOE_CUDA_TILE_SEARCH=block,
-# MOE_CUDA_PART=bf16, MOE_CUDA_DECODE=gemv / gemv-pdl, MOE_CUDA_WG=ws. Their check and timing in one call:
-#   TEST_ENVS="MOE_CUDA_TILE_SEARCH=block MOE_CUDA_PART=bf16 MOE_CUDA_DECODE=gemv MOE_CUDA_DECODE=gemv-pdl
-#              MOE_CUDA_MOE=wgmma,MOE_CUDA_WG=ws MOE_CUDA_MOE=wgmma,MOE_CUDA_WG=ws,MOE_CUDA_TILE_SEARCH=block"
-#   MOE_ENVS="MOE_CUDA_TILE_SEARCH=block MOE_CUDA_PART=bf16 MOE_CUDA_DECODE=gemv MOE_CUDA_DECODE=gemv-pdl
-#             MOE_CUDA_WG=ws MOE_CUDA_WG=ws,MOE_CUDA_TILE_SEARCH=block,MOE_CUDA_PART=bf16"
-# (native tests only under MOE_CUDA_PART / MOE_CUDA_DECODE: the Node parts tests assert the f32 parts' bitwise
-# contract, which those variants trade for speed).
 set -u
 cd "$(dirname "$0")/.."
 FINAL=${OUT:-bench/results}
@@ -99,7 +91,7 @@ fi
 if want profile; then  # Nsight Compute's speed-of-light per kernel of one fused MoE call (Firecracker machines)
   TAIL=40 step profile 180 ncu --clock-control none ${PROFILE_SECTIONS:---section SpeedOfLight} --csv "$NATIVE" bench-moe-cuda --once \
     --models "${PROFILE_MODELS:-Qwen3-30B-A3B}" --t "${PROFILE_T:-16384}"
-  for v in ${PROFILE_ENVS:-}; do  # the same profile under each env word (e.g. MOE_CUDA_WG=ws)
+  for v in ${PROFILE_ENVS:-}; do  # the same profile under each env word (e.g. MOE_CUDA_MOE=mma)
     TAIL=10 step "profile-$(tag "$v")" 120 env ${v//,/ } ncu --clock-control none ${PROFILE_SECTIONS:---section SpeedOfLight} \
       --csv "$NATIVE" bench-moe-cuda --once --models "${PROFILE_MODELS:-Qwen3-30B-A3B}" --t "${PROFILE_T:-16384}"
   done
