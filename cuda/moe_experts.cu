@@ -1,8 +1,8 @@
 // Launchers of moe_cuda_moe_experts, _ex and _parts (C ABI in moe_cuda.h; kernels in moe_experts.cuh and
-// router_topk.cuh, the combine in moe_combine.cuh). Stream-ordered, no host synchronisation: one cudaMallocAsync
-// scratch block (scratch.cuh: the device copy of the pointer table, counts, offsets, sorted slots, act [capacity,
-// inter] bf16, part [t * k, h] f32, the parallel align's histograms), the table uploaded with cudaMemcpyAsync from
-// the caller's host array (pageable: the runtime stages it before returning, so the caller may free it), align ->
+// router_topk.cuh, the combine in moe_combine.cuh). Stream-ordered, no host synchronisation: the device copy of the
+// pointer table from table_cache.cuh (uploaded with cudaMemcpyAsync from the host array when this stream has not
+// seen the same table recently), one cudaMallocAsync scratch block (scratch.cuh: counts, offsets, sorted slots,
+// act [capacity, inter] bf16, part [t * k, h] f32, the parallel align's histograms), align ->
 // GEMM1 + SwiGLU -> GEMM2 (unweighted part rows)
 // -> combine (launch_moe_combine: the routing weights, the kernel moeCombine runs), then cudaFreeAsync.
 // Parts mode (moe_cuda_moe_experts_parts) is the same minus the combine, GEMM2 writing the caller's parts [t * k, h]
@@ -37,6 +37,7 @@
 #include "moe_gemm2_launch.cuh"
 #include "router_topk.cuh"
 #include "scratch.cuh"
+#include "table_cache.cuh"
 
 using namespace moe::dev;
 
@@ -84,29 +85,42 @@ int decode_gemv_max_t() {
   return v;
 }
 
+// MOE_CUDA_GEMV2=wide (opt-in: compiled, not yet run on a GPU): the GEMV path's GEMM2 runs moe_gemv2_wide_kernel
+// (a warp per (column, slot) pair) when k <= kGemvWideMaxK. Read once.
+bool gemv2_wide() {
+  static const bool v = env_is("MOE_CUDA_GEMV2", "wide");
+  return v;
+}
+
 // The GEMV decode path (moe_experts_gemv.cuh): scratch = the table and act [t * k, inter] bf16; table upload,
 // GEMM1 + activation, GEMM2 + weighted combine into out (parts null) or GEMM2 into parts, which reports ids outside
 // [-1, e) through `error`; free. pdl: launch GEMM2 with programmatic dependent launch (sm_90+).
 cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const uint16_t* x, const int32_t* ids,
                      const float* weights, uint16_t* out, float* parts, int t, int k, int e, int h, int inter, int activation,
                      float alpha, float limit, int32_t* error, bool pdl, int device, cudaStream_t s) {
-  const size_t b_table = scratch_bytes(table.size() * sizeof(void*));
   const size_t b_act = scratch_bytes(static_cast<size_t>(t) * static_cast<size_t>(k) * static_cast<size_t>(inter) * 2);
   char* base = nullptr;
-  cudaError_t err = scratch_alloc(reinterpret_cast<void**>(&base), b_table + b_act, device, s);
+  cudaError_t err = scratch_alloc(reinterpret_cast<void**>(&base), b_act, device, s);
   if (err != cudaSuccess) return err;
-  const void** d_table = reinterpret_cast<const void**>(base);
-  uint16_t* d_act = reinterpret_cast<uint16_t*>(base + b_table);
+  const void** d_table = nullptr;
+  uint16_t* d_act = reinterpret_cast<uint16_t*>(base);
   do {
-    err = cudaMemcpyAsync(d_table, table.data(), table.size() * sizeof(void*), cudaMemcpyHostToDevice, s);
+    err = table_on_device(table, device, s, &d_table);
     if (err != cudaSuccess) break;
-    moe_gemv1_kernel<<<dim3(static_cast<unsigned>((inter + kGemvWarps - 1) / kGemvWarps), static_cast<unsigned>(t * k)),
+    // L2 hints (GEMM1's weight loads evict_first, GEMM2's prefetch evict_last) at one token: measured on an H200
+    // (2026-11-26, bench/results/moe-cuda-2026-11-26-decode-h200.json) 1.11-1.13x with the table cache at T = 1 on
+    // the small-expert models, 0.95-0.98x at T = 2.
+    const bool hints = t == 1;
+    auto gemv1 = hints ? moe_gemv1_kernel<true> : moe_gemv1_kernel<false>;
+    gemv1<<<dim3(static_cast<unsigned>((inter + kGemvWarps - 1) / kGemvWarps), static_cast<unsigned>(t * k)),
                        32 * kGemvWarps, 0, s>>>(x, ids, d_table, d_table + e, biases ? d_table + 3 * e : nullptr,
                                                 biases ? d_table + 4 * e : nullptr, d_act, k, e, h, inter, activation,
                                                 alpha, limit);
     if ((err = cudaGetLastError()) != cudaSuccess) break;
+    const bool wide = gemv2_wide() && k <= kGemvWideMaxK;
+    const int cols = wide ? (k < kGemvWarps ? kGemvWarps / k : 1) : kGemvWarps;  // columns per block
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(static_cast<unsigned>((h + kGemvWarps - 1) / kGemvWarps), static_cast<unsigned>(t));
+    cfg.gridDim = dim3(static_cast<unsigned>((h + cols - 1) / cols), static_cast<unsigned>(t));
     cfg.blockDim = dim3(32 * kGemvWarps);
     cfg.stream = s;
     cudaLaunchAttribute attr[1];
@@ -116,7 +130,10 @@ cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const u
     cfg.numAttrs = pdl ? 1 : 0;
     const void* const* d_down = d_table + 2 * e;
     const void* const* d_down_bias = biases ? d_table + 5 * e : nullptr;
-    err = cudaLaunchKernelEx(&cfg, moe_gemv2_kernel, static_cast<const uint16_t*>(d_act), ids, weights, d_down,
+    auto gemv2 = wide ? (hints ? moe_gemv2_wide_kernel<true> : moe_gemv2_wide_kernel<false>)
+                      : (hints ? moe_gemv2_kernel<true> : moe_gemv2_kernel<false>);
+    err = cudaLaunchKernelEx(&cfg, gemv2,
+                             static_cast<const uint16_t*>(d_act), ids, weights, d_down,
                              d_down_bias, out, parts, t, k, e, h, inter, error);
   } while (false);
   const cudaError_t ferr = cudaFreeAsync(base, s);
@@ -319,7 +336,6 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
   const int64_t capacity = n_slots + e * (block - 1);
   if (capacity / block > 65535) return cudaErrorInvalidValue;  // grid.y limit
 
-  const size_t b_table = scratch_bytes(table.size() * sizeof(void*));
   const size_t b_counts = scratch_bytes(static_cast<size_t>(e) * 4);
   const size_t b_offsets = scratch_bytes(static_cast<size_t>(e + 1) * 4);
   const size_t b_sorted = scratch_bytes(static_cast<size_t>(capacity) * 4);
@@ -329,24 +345,24 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
       scratch_bytes(static_cast<size_t>(moe_align_scratch_ints(static_cast<int>(n_slots), static_cast<int>(e))) * 4);
   char* base = nullptr;
   err = scratch_alloc(reinterpret_cast<void**>(&base),
-                      b_table + b_counts + b_offsets + b_sorted + b_act + b_part + b_align, device, s);
+                      b_counts + b_offsets + b_sorted + b_act + b_part + b_align, device, s);
   if (err != cudaSuccess) return err;
-  const void** d_table = reinterpret_cast<const void**>(base);
-  int32_t* d_counts = reinterpret_cast<int32_t*>(base + b_table);
-  int32_t* d_offsets = reinterpret_cast<int32_t*>(base + b_table + b_counts);
-  int32_t* d_sorted = reinterpret_cast<int32_t*>(base + b_table + b_counts + b_offsets);
-  uint16_t* d_act = reinterpret_cast<uint16_t*>(base + b_table + b_counts + b_offsets + b_sorted);
+  const void** d_table = nullptr;  // table_on_device
+  int32_t* d_counts = reinterpret_cast<int32_t*>(base);
+  int32_t* d_offsets = reinterpret_cast<int32_t*>(base + b_counts);
+  int32_t* d_sorted = reinterpret_cast<int32_t*>(base + b_counts + b_offsets);
+  uint16_t* d_act = reinterpret_cast<uint16_t*>(base + b_counts + b_offsets + b_sorted);
   float* d_part = parts != nullptr ? parts  // [t * k, h] f32
-                                    : reinterpret_cast<float*>(base + b_table + b_counts + b_offsets + b_sorted + b_act);
+                                    : reinterpret_cast<float*>(base + b_counts + b_offsets + b_sorted + b_act);
   int32_t* d_align = b_align == 0 ? nullptr  // the parallel align's scratch (router_topk.cuh)
-                                  : reinterpret_cast<int32_t*>(base + b_table + b_counts + b_offsets + b_sorted +
+                                  : reinterpret_cast<int32_t*>(base + b_counts + b_offsets + b_sorted +
                                                                b_act + b_part);
 
   const int hi = static_cast<int>(h), ii = static_cast<int>(inter),
             ei = static_cast<int>(e), ki = static_cast<int>(k), ni = static_cast<int>(n_slots),
             ci = static_cast<int>(capacity);
   do {
-    err = cudaMemcpyAsync(d_table, table.data(), table.size() * sizeof(void*), cudaMemcpyHostToDevice, s);
+    err = table_on_device(table, device, s, &d_table);
     if (err != cudaSuccess) break;
     if ((err = launch_moe_align(topk_ids, d_counts, d_offsets, d_sorted, ni, ei, static_cast<int>(block), ci, error,
                                 d_align, s)) != cudaSuccess) break;

@@ -1,5 +1,5 @@
 // Decode kernels of moe_cuda_moe_experts and _parts for a few tokens (launcher moe_experts.cu: fused and parts calls
-// of at most decode_gemv_max_t() tokens, default 1). GEMV style, with no align, no part scratch and no combine kernel:
+// of at most decode_gemv_max_t() tokens, default 2). GEMV style, with no align, no part scratch and no combine kernel:
 //   moe_gemv1_kernel  act[slot, n] = bf16( act_fn( x[slot / k] . gate_e[n], x[slot / k] . up_e[n] ) ), e = ids[slot]
 //   moe_gemv2_kernel  fused: out[t, n] = bf16( sum over j = 0..k-1 in order of w[t, j] * p[t * k + j, n] ),
 //                     parts: parts[t * k + j, n] = p[t * k + j, n], where p[slot, n] = act[slot] . down_e[n] (+ bd_e[n])
@@ -41,11 +41,38 @@ __device__ __forceinline__ void moe_pdl_wait() {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
-// L2 prefetch of the 128-byte lines of bytes [p, p + bytes), spread over the warp's lanes.
+// L2 prefetch of the 128-byte lines of bytes [p, p + bytes), spread over the warp's lanes (kHint: with the
+// evict_last priority, so GEMM1's streaming loads do not push them out before GEMM2 reads them).
+template <bool kHint>
 __device__ __forceinline__ void moe_prefetch_l2(const void* p, int64_t bytes, int lane) {
   const char* c = static_cast<const char*>(p);
-  for (int64_t off = static_cast<int64_t>(lane) * 128; off < bytes; off += 32 * 128)
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(c + off));
+  for (int64_t off = static_cast<int64_t>(lane) * 128; off < bytes; off += 32 * 128) {
+    if constexpr (kHint) {
+      asm volatile("prefetch.global.L2::evict_last [%0];\n" ::"l"(c + off));
+    } else {
+      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(c + off));
+    }
+  }
+}
+
+// A weight chunk: a plain load, or (kHint) a non-coherent load with the L2 evict_first policy `pol` (read once).
+template <bool kHint>
+__device__ __forceinline__ uint4 moe_gemv_ld(const uint4* p, uint64_t pol) {
+  if constexpr (kHint) {
+    uint4 v;
+    asm("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p), "l"(pol));
+    return v;
+  } else {
+    (void)pol;
+    return *p;
+  }
+}
+__device__ __forceinline__ uint64_t moe_evict_first_policy() {
+  uint64_t pol;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pol));
+  return pol;
 }
 
 // a . b partial sums of 8 bf16 pairs packed in two uint4 (bf16 -> f32 is a 16-bit shift).
@@ -69,9 +96,10 @@ __device__ __forceinline__ float moe_gemv_sum(float v) {
 // R rows' dot products with vector v over len bf16 (len % 8 == 0; rows and v 16-byte aligned): lane partials over
 // the lane's chunks c = lane + 32 i, kGemvUnroll chunks of v and of each row loaded before their FMAs (no branch
 // between the loads: the group loop runs while all kGemvUnroll chunks exist, a one-chunk loop takes the rest).
-template <int R>
+template <int R, bool kHint>
 __device__ __forceinline__ void moe_gemv_rows(const uint16_t* __restrict__ v, const uint16_t* const (&rows)[R],
                                               int len, int lane, float (&acc)[R]) {
+  const uint64_t pol = kHint ? moe_evict_first_policy() : 0;
   const int chunks = len / 8;
   const uint4* vv = reinterpret_cast<const uint4*>(v);
   int c = lane;
@@ -81,7 +109,7 @@ __device__ __forceinline__ void moe_gemv_rows(const uint16_t* __restrict__ v, co
     for (int u = 0; u < kGemvUnroll; ++u) {
       a[u] = vv[c + 32 * u];
 #pragma unroll
-      for (int r = 0; r < R; ++r) w[r][u] = reinterpret_cast<const uint4*>(rows[r])[c + 32 * u];
+      for (int r = 0; r < R; ++r) w[r][u] = moe_gemv_ld<kHint>(reinterpret_cast<const uint4*>(rows[r]) + c + 32 * u, pol);
     }
 #pragma unroll
     for (int u = 0; u < kGemvUnroll; ++u)
@@ -91,13 +119,15 @@ __device__ __forceinline__ void moe_gemv_rows(const uint16_t* __restrict__ v, co
   for (; c < chunks; c += 32) {
     const uint4 a = vv[c];
 #pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = moe_gemv_dot8(a, reinterpret_cast<const uint4*>(rows[r])[c], acc[r]);
+    for (int r = 0; r < R; ++r)
+      acc[r] = moe_gemv_dot8(a, moe_gemv_ld<kHint>(reinterpret_cast<const uint4*>(rows[r]) + c, pol), acc[r]);
   }
 }
 
 // GEMM1 + activation. x [t, h] bf16; ids [t * k]; gate / up [e] device pointers to [inter, h] bf16 (null: absent);
 // gate_bias / up_bias null or [e] pointers to [inter] f32; act [t * k, inter] bf16. grid: (ceil(inter /
 // kGemvWarps), t * k), block: 32 kGemvWarps. Warp w computes row n = blockIdx.x * kGemvWarps + w of slot blockIdx.y.
+template <bool kHint>
 static __global__ void __launch_bounds__(32 * kGemvWarps)
     moe_gemv1_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ ids,
                      const void* const* __restrict__ gate, const void* const* __restrict__ up,
@@ -114,7 +144,7 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
   if (wg == nullptr || wu == nullptr) return;  // absent
   const uint16_t* const rows[2] = {wg + static_cast<int64_t>(n) * h, wu + static_cast<int64_t>(n) * h};
   float acc[2] = {0.0f, 0.0f};
-  moe_gemv_rows<2>(x + static_cast<int64_t>(slot / k) * h, rows, h, lane, acc);
+  moe_gemv_rows<2, kHint>(x + static_cast<int64_t>(slot / k) * h, rows, h, lane, acc);
   const float g = moe_gemv_sum(acc[0]), u = moe_gemv_sum(acc[1]);
   if (lane == 0) {
     const float* bg = gate_bias != nullptr ? static_cast<const float*>(gate_bias[ex]) : nullptr;  // [inter] f32
@@ -130,6 +160,7 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
 // absent); down_bias null or [e] pointers to [h] f32; out [t, h] bf16 or parts [t * k, h] f32; error [3] i32 or null
 // (block (0, 0) reports the smallest index of an id outside [-1, e)). grid: (ceil(h / kGemvWarps), t), block:
 // 32 kGemvWarps. Warp w computes column n = blockIdx.x * kGemvWarps + w of token blockIdx.y.
+template <bool kHint>
 static __global__ void __launch_bounds__(32 * kGemvWarps)
     moe_gemv2_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ ids,
                      const float* __restrict__ weights, const void* const* __restrict__ down,
@@ -148,7 +179,7 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
   for (int j = 0; j < k; ++j) {
     const int ex = ids[tok * k + j];
     if (ex < 0 || ex >= e || down[ex] == nullptr) continue;
-    moe_prefetch_l2(static_cast<const uint16_t*>(down[ex]) + static_cast<int64_t>(n) * inter,
+    moe_prefetch_l2<kHint>(static_cast<const uint16_t*>(down[ex]) + static_cast<int64_t>(n) * inter,
                     static_cast<int64_t>(inter) * 2, lane);
   }
   moe_pdl_wait();
@@ -160,7 +191,7 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
     if (wd == nullptr) continue;  // absent
     const uint16_t* const rows[1] = {wd + static_cast<int64_t>(n) * inter};
     float acc[1] = {0.0f};
-    moe_gemv_rows<1>(act + static_cast<int64_t>(slot) * inter, rows, inter, lane, acc);
+    moe_gemv_rows<1, false>(act + static_cast<int64_t>(slot) * inter, rows, inter, lane, acc);
     float d = moe_gemv_sum(acc[0]);
     if (lane == 0) {
       if (down_bias != nullptr) {
@@ -174,6 +205,68 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
     }
   }
   if (lane == 0 && parts == nullptr) out[static_cast<int64_t>(tok) * h + n] = f32_to_bf16(y);
+}
+
+// GEMM2 with one warp per (column, slot) pair instead of one per column (opt-in MOE_CUDA_GEMV2=wide, moe_experts.cu;
+// compiled, not yet run on a GPU). ncu on an H200 (2026-11-26, Qwen3 shape, T = 1) put moe_gemv2_kernel at 22.8 us
+// for 25 MB (23% of DRAM): each warp walks its token's k experts one after the other with only inter / 256 16-byte
+// loads per lane in flight. Here block (bx, tok) owns columns n0 = bx * C .. n0 + C - 1, C = max(1, kGemvWarps / k)
+// (k <= kGemvWideMaxK), and its warps take the C k pairs (column n0 + q / k, slot tok * k + q % k) in turn: each pair's
+// p = act[slot] . down_e[n] (+ bd_e[n]) is the same lane-strided chunk sequence and shuffle tree as
+// moe_gemv2_kernel's, so the same float. Parts mode writes p from the warp; fused, the pairs go to shared memory and
+// thread c of the block runs column n0 + c's fmaf chain over j in order, skipping the same slots: bitwise
+// moe_gemv2_kernel's output. grid: (ceil(h / C), t), block: 32 kGemvWarps.
+constexpr int kGemvWideMaxK = 32;
+template <bool kHint>
+static __global__ void __launch_bounds__(32 * kGemvWarps)
+    moe_gemv2_wide_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ ids,
+                          const float* __restrict__ weights, const void* const* __restrict__ down,
+                          const void* const* __restrict__ down_bias, uint16_t* __restrict__ out,
+                          float* __restrict__ parts, int t, int k, int e, int h, int inter, int32_t* error) {
+  __shared__ float s_p[kGemvWideMaxK > kGemvWarps ? kGemvWideMaxK : kGemvWarps];
+  __shared__ int s_ok[kGemvWideMaxK > kGemvWarps ? kGemvWideMaxK : kGemvWarps];
+  if (error != nullptr && blockIdx.x == 0 && blockIdx.y == 0)  // block-uniform: the barriers inside are safe
+    moe_report_first_bad_id(ids, t * k, error, [e](int32_t x) { return x < -1 || x >= e; });
+  const int tok = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int C = k < kGemvWarps ? kGemvWarps / k : 1;
+  const int n0 = blockIdx.x * C, pairs = C * k;
+  // Before act exists (under programmatic launch): pull this warp's weight rows into L2.
+  for (int q = warp; q < pairs; q += kGemvWarps) {
+    const int n = n0 + q / k, ex = ids[tok * k + q % k];
+    if (n >= h || ex < 0 || ex >= e || down[ex] == nullptr) continue;
+    moe_prefetch_l2<kHint>(static_cast<const uint16_t*>(down[ex]) + static_cast<int64_t>(n) * inter,
+                           static_cast<int64_t>(inter) * 2, lane);
+  }
+  moe_pdl_wait();
+  for (int q = warp; q < pairs; q += kGemvWarps) {
+    const int n = n0 + q / k, slot = tok * k + q % k, ex = ids[slot];
+    const uint16_t* wd = n < h && ex >= 0 && ex < e ? static_cast<const uint16_t*>(down[ex]) : nullptr;
+    if (wd == nullptr) {  // warp-uniform: outside h, an invalid id or an absent expert
+      if (lane == 0) s_ok[q] = 0;
+      continue;
+    }
+    const uint16_t* const rows[1] = {wd + static_cast<int64_t>(n) * inter};
+    float acc[1] = {0.0f};
+    moe_gemv_rows<1, false>(act + static_cast<int64_t>(slot) * inter, rows, inter, lane, acc);
+    float d = moe_gemv_sum(acc[0]);
+    if (lane == 0) {
+      if (down_bias != nullptr) {
+        const float* bd = static_cast<const float*>(down_bias[ex]);  // [h] f32
+        if (bd != nullptr) d += bd[n];
+      }
+      if (parts != nullptr) parts[static_cast<int64_t>(slot) * h + n] = d;
+      s_p[q] = d;
+      s_ok[q] = 1;
+    }
+  }
+  if (parts != nullptr) return;
+  __syncthreads();
+  const int c = threadIdx.x, n = n0 + c;
+  if (c >= C || n >= h) return;
+  float y = 0.0f;
+  for (int j = 0; j < k; ++j)
+    if (s_ok[c * k + j]) y = fmaf(weights[tok * k + j], s_p[c * k + j], y);
+  out[static_cast<int64_t>(tok) * h + n] = f32_to_bf16(y);
 }
 
 }  // namespace dev
