@@ -37,7 +37,10 @@
  * Runs on the CPU backend too (--backend cpu: the same orchestration over the CPU device pool), which is how it is
  * checked without a GPU. --quick: 1 layer, prompt 16, batches 1 and 8, 3 decode steps; B_model is derived the same way
  * (for the quick run's sequence length) but the model-based run is capped at 4 sequences, so the path runs cheaply.
- * Run: node dist/bench/throughput-cuda.js [--backend=cpu] [--layers=N] [--prompt=P] [--model-based [--gpu-gib=G] [--reserve-gib=R]] [--quick]
+ * Run: node dist/bench/throughput-cuda.js [--backend=cpu] [--layers=N] [--prompt=P] [--batches=B1,B2,..]
+ *   [--modes=offloaded,resident] [--model-based [--gpu-gib=G] [--reserve-gib=R]] [--quick]
+ * The 5x comparison of issue 8 needs module-based batches of about 5 x B_model at the same sequence length, e.g.
+ *   --layers=2 --prompt=512 --batches=1536 --modes=offloaded --model-based   (B_model = 305 at 24 GiB and 519 tokens)
  *   -> bench/results/throughput-staged-<backend>-<date>.json
  */
 import fs from 'node:fs';
@@ -51,6 +54,7 @@ import { benchModel, decodeStepCost, randomRequests } from './bench-models.js';
 import { machine } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
+const medianOf = (v: number[]): number => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)]!;
 /** Layers of the full Mixtral-8x7B, for which the model-based batch cap is derived; the run's batch with --quick. */
 const FULL_LAYERS = 32;
 const QUICK_CAP = 4;
@@ -139,8 +143,10 @@ async function main(): Promise<void> {
   const backend = (arg('backend') ?? 'cuda') as 'cuda' | 'cpu';
   const layers = Number(arg('layers') ?? (quick ? 1 : 4));
   const promptTokens = Number(arg('prompt') ?? (quick ? 16 : 128));
-  const batches = quick ? [1, 8] : [1, 16, 64, 256];
+  const batches = arg('batches')?.split(',').map(Number) ?? (quick ? [1, 8] : [1, 16, 64, 256]);
+  if (batches.some((b) => !Number.isInteger(b) || b < 1)) throw new Error(`--batches must be positive integers, received ${arg('batches')}`);
   const decodeSteps = quick ? 3 : 6;
+  const modes = (arg('modes') ?? 'offloaded,resident').split(',') as Array<'offloaded' | 'resident'>;
   const gpuGiB = Number(arg('gpu-gib') ?? 24);
   const reserveGiB = Number(arg('reserve-gib') ?? 1);
   const be = openBackend({ backend });
@@ -152,9 +158,13 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   let modelBased: Record<string, unknown> | undefined;
   let summary = '';
-  for (const mode of ['offloaded', 'resident'] as const) {
+  for (const mode of modes) {
     // on the CPU backend, deviceActivations runs the CUDA path's orchestration (activations in the device pool)
-    const model = await loadModel(dir, { backend, deviceActivations: true, experts: mode === 'offloaded' ? { fraction: 0.25, policy: 'lru' } : backend === 'cuda' ? { fraction: 1, policy: 'lru' } : 'resident', kvCacheBytes: 8 * 2 ** 30 });
+    // the host KV cache: room for the largest batch this run makes (the model-based one included), at least 8 GiB
+    const seqTokens = promptTokens + decodeSteps + 1;
+    const kvBytes = (B: number) => Math.ceil(1.25 * B * seqTokens * layers * 2 * 8 * 128 * 2); // Mixtral: 8 KV heads of 128
+    const kvCacheBytes = Math.max(8 * 2 ** 30, kvBytes(Math.max(...batches, process.argv.includes('--model-based') ? 4096 : 0)));
+    const model = await loadModel(dir, { backend, deviceActivations: true, experts: mode === 'offloaded' ? { fraction: 0.25, policy: 'lru' } : backend === 'cuda' ? { fraction: 1, policy: 'lru' } : 'resident', kvCacheBytes });
     try {
       const cfg = model.config;
       const kvBytesPerToken = cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * 2;
@@ -166,10 +176,17 @@ async function main(): Promise<void> {
         const prefill = { tokens: 0, ms: 0 };
         const decode: Array<{ ms: number; copied: number; times: StepTimes }> = [];
         let moved = cache?.stats.bytesMoved ?? 0;
+        // step to step, sampling and scheduling included: from one full decode step's end to the next one's
+        const intervals: number[] = [];
+        let lastEnd = -1;
         for await (const _ of model.generateBatch(reqs, {
           maxSequences: B,
           maxBatchTokens: Math.min(B * promptTokens, 32768),
           onStep: (st) => {
+            const at = performance.now();
+            const full = st.decodeTokens === B && st.tokens === B;
+            if (full && lastEnd >= 0) intervals.push(at - lastEnd);
+            lastEnd = full ? at : -1;
             const now = cache?.stats.bytesMoved ?? 0;
             if (st.decodeTokens === 0) {
               prefill.tokens += st.tokens;
@@ -201,6 +218,9 @@ async function main(): Promise<void> {
           decode_step_ms: r3(mid.ms),
           step_ms_per_layer: r3(mid.ms / cfg.numLayers),
           decode_tokens_per_s: r3((B * 1000) / mid.ms),
+          // the same with the host's sampling and scheduling between steps (median interval between full decode steps)
+          decode_interval_ms: intervals.length ? r3(medianOf(intervals)) : null,
+          decode_tokens_per_s_interval: intervals.length ? r3((B * 1000) / medianOf(intervals)) : null,
           copied_MiB_per_step: r3(mid.copied / 2 ** 20),
           bound_ms: Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, r3(v)])),
           binding: binding[0],
