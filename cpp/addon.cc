@@ -24,6 +24,7 @@ Napi::Value ReadProbe(const Napi::CallbackInfo& info);
 Napi::Value DotProbe(const Napi::CallbackInfo& info);
 Napi::Value GroupedGemm(const Napi::CallbackInfo& info);
 Napi::Value Rope(const Napi::CallbackInfo& info);
+Napi::Value SampleRows(const Napi::CallbackInfo& info);
 Napi::Value RmsNorm(const Napi::CallbackInfo& info);
 }  // namespace moe::js
 
@@ -77,6 +78,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("dotProbe", Napi::Function::New<DotProbe>(env, "dotProbe"));
   exports.Set("groupedGemm", Napi::Function::New<GroupedGemm>(env, "groupedGemm"));
   exports.Set("rope", Napi::Function::New<Rope>(env, "rope"));
+  exports.Set("sampleRows", Napi::Function::New<SampleRows>(env, "sampleRows"));
   exports.Set("rmsNorm", Napi::Function::New<RmsNorm>(env, "rmsNorm"));
   return exports;
 }

@@ -579,6 +579,33 @@ export class Backend {
   }
 
   /**
+   * Next token of every row of `logits` [rows, vocab] f32 into `out` [rows] i32, rows in parallel (the engine's
+   * sampler: lib/engine/sampler.ts fills `params` and draws the uniforms). params: a Float64Array of rows x 4,
+   * per row temperature (0: greedy, the highest logit, ties to the lower id), topK (0: none), topP (1: none) and a
+   * uniform u in [0, 1); cpp/cpu/sample_rows.h has the exact rule. A CPU op (host tensors): on a CUDA backend it runs
+   * on the CPU.
+   * @example
+   * const out = new HostTensor('i32', [2]);
+   * await be.sampleRows({ logits, out, params: Float64Array.of(0, 0, 1, 0, 0.8, 40, 0.9, Math.random()) });
+   */
+  sampleRows(p: { logits: Tensor; out: Tensor; params: Float64Array }, options: OpOptions = {}): Promise<KernelTier> {
+    if (typeof p !== 'object' || p === null) throw new InvalidArgumentError(`sampleRows: params must be an object, received ${describe(p)}`);
+    const { logits, out, params } = p;
+    checkTensor(logits, 'logits', ['f32']);
+    checkTensor(out, 'out', ['i32']);
+    if (logits.shape.length !== 2) throw new InvalidArgumentError(`logits must be [rows, vocab], received shape [${logits.shape.join(', ')}]`);
+    const [rows, vocab] = logits.shape as [number, number];
+    if (out.shape.length !== 1 || out.shape[0] !== rows) throw new InvalidArgumentError(`out must be [${rows}] (rows), received [${out.shape.join(', ')}]`);
+    if (!(params instanceof Float64Array) || params.length !== rows * 4) {
+      throw new InvalidArgumentError(`params must be a Float64Array of rows x 4 = ${rows * 4} numbers, received ${describe(params)}`);
+    }
+    const cpu = this.kind === 'cpu' ? this : cpuCompanion(this.isa);
+    return cpu.#run('sampleRows', options, (addon, stream, cancel) =>
+      addon.sampleRows(stream, { logits: logits.nativeArg('logits'), params, out: out.nativeArg('out'), rows, vocab }, cancel),
+    );
+  }
+
+  /**
    * Attention over a paged KV cache in host memory (f32 online softmax; GQA; a batch may mix decode, q_len = 1,
    * and prefill/extend, q_len > 1, causal over the existing prefix: query i of a sequence with kv_len L and q_len Q
    * attends to kv positions <= L - Q + i). K/V pages are [numPages, kvHeads, blockSize, headDim] (see

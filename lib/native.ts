@@ -235,6 +235,7 @@ export interface NativeAddon {
     attentionScaling: number;
     isa?: number;
   }>;
+  sampleRows: OpFn<{ logits: NativeTensorArg; params: Float64Array; out: NativeTensorArg; rows: number; vocab: number }>;
   gatherRows: OpFn<{ src: NativeTensorArg; srcRows: number; rowBytes: number; ids: NativeTensorArg; n: number; dst: NativeTensorArg }>;
   attention: OpFn<{
     q: NativeTensorArg;

@@ -1,19 +1,22 @@
 /**
- * The sampler (lib/engine/sampler.ts) against an independent float64 reference: the candidates sorted best first
- * (higher logit, ties to the lower id), top-k, then the smallest prefix whose mass reaches top-p, probabilities
- * proportional to exp((logit - max) / temperature). Greedy picks and tie rules exactly; sampled tokens stay inside
- * the reference's kept set and their frequencies over many draws match its probabilities within 5 standard errors;
- * the same seed gives the same tokens.
+ * The sampler (lib/engine/sampler.ts over Backend.sampleRows, cpp/cpu/sample_rows.cc) against an independent float64
+ * reference: candidates sorted best first (higher logit, ties to the lower id), top-k, then the smallest prefix whose
+ * mass reaches top-p, probabilities proportional to exp((logit - max) / temperature). Greedy picks and tie rules
+ * exactly; sampled tokens stay inside the reference's kept set and their frequencies over many draws match its
+ * probabilities within 5 standard errors; the same seed gives the same tokens; bad arguments are typed errors.
  */
 import assert from 'node:assert/strict';
-import test from 'node:test';
+import { test } from 'node:test';
 
-import { argmax, Sampler, topKIds } from '../lib/engine/sampler.js';
+import { HostTensor, InvalidArgumentError, openBackend } from '../lib/index.js';
+import { Sampler, sampleRows } from '../lib/engine/sampler.js';
+
+const be = openBackend({ backend: 'cpu' });
 
 /** Reference probabilities over ids 0..n-1 (0 outside the kept set). */
 function reference(l: number[], temperature: number, topK: number, topP: number): Float64Array {
   const n = l.length;
-  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => (l[b]! - l[a]!) || a - b);
+  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => l[b]! - l[a]! || a - b);
   const keep = topK > 0 ? Math.min(topK, n) : n;
   const m = l[order[0]!]!;
   const w = order.slice(0, keep).map((i) => Math.exp((l[i]! - m) / temperature));
@@ -45,28 +48,43 @@ function logits(n: number, seed: number, lo: number, hi: number, step = 0): numb
   });
 }
 
-void test('greedy: the highest logit, ties to the lower id, NaN never chosen', () => {
-  const s = new Sampler({ temperature: 0 });
-  assert.equal(s.sample([1, 3, 3, 2], 0, 4), 1);
-  assert.equal(s.sample([Number.NaN, 0.5, Number.NaN, 0.5], 0, 4), 1);
-  assert.equal(s.sample([9, 9, 1, 7, 7, 2], 2, 4), 1); // row [1, 7, 7, 2] at offset 2
-  assert.equal(argmax(Float32Array.from([-1, -0.5, -0.5])), 1);
-});
+/** `rows` copies of row `l` as logits [rows, n]. */
+function repeated(l: number[], rows: number): HostTensor<'f32'> {
+  const t = new HostTensor('f32', [rows, l.length]);
+  for (let r = 0; r < rows; r++) t.data.set(l, r * l.length);
+  return t;
+}
 
-void test('topKIds: the k best ids best first, ties to the lower id, for every k', () => {
-  for (const seed of [1, 2, 3]) {
-    const l = logits(1000, seed, -4, 4, 0.25); // many ties
-    const order = Array.from({ length: l.length }, (_, i) => i).sort((a, b) => (l[b]! - l[a]!) || a - b);
-    for (const k of [1, 2, 7, 50, 999, 1000]) {
-      assert.deepEqual([...topKIds(Float32Array.from(l), 0, l.length, k)], order.slice(0, k), `seed ${seed}, k ${k}`);
-    }
+/** `count` draws of one sampler (successive uniforms of its stream) from row `l`, in calls of up to `chunk` rows. */
+async function draws(s: Sampler, l: number[], count: number, chunk = 4096): Promise<Int32Array> {
+  const out = new Int32Array(count);
+  for (let i = 0; i < count; i += chunk) {
+    const rows = Math.min(chunk, count - i);
+    out.set(await sampleRows(be, repeated(l, rows), Array.from({ length: rows }, () => s)), i);
   }
+  return out;
+}
+
+void test('greedy: the highest logit, ties to the lower id, NaN never chosen; null samplers are greedy', async () => {
+  const rows = [
+    [1, 3, 3, 2],
+    [Number.NaN, 0.5, Number.NaN, 0.5],
+    [-1, -0.5, -0.5, -2],
+    [Number.NaN, Number.NaN, Number.NaN, Number.NaN],
+    [-Infinity, -Infinity, -Infinity, 5],
+  ];
+  const t = new HostTensor('f32', [rows.length, 4]);
+  rows.forEach((r, i) => t.data.set(r, 4 * i));
+  const g = new Sampler({ temperature: 0 });
+  assert.deepEqual([...(await sampleRows(be, t, rows.map(() => g)))], [1, 1, 1, 0, 3]);
+  assert.deepEqual([...(await sampleRows(be, t, rows.map(() => null)))], [1, 1, 1, 0, 3]);
 });
 
-void test('sampled frequencies match the reference probabilities (temperature, top-k, top-p, ties)', () => {
+void test('sampled frequencies match the reference probabilities (temperature, top-k, top-p, ties)', async () => {
   const rows: Array<{ name: string; l: number[] }> = [
     { name: 'spread', l: [2.0, 1.5, 1.5, 0.3, -1, 0.9, 2.2, -3, 0.0, 1.1] },
     { name: 'ties', l: logits(12, 7, -1, 1, 0.5) },
+    { name: 'nan', l: [0.5, Number.NaN, 1.5, 1.5, -0.5, Number.NaN, 0.25] },
   ];
   const configs = [
     { temperature: 1 },
@@ -79,12 +97,12 @@ void test('sampled frequencies match the reference probabilities (temperature, t
   ];
   const N = 60000;
   for (const { name, l } of rows) {
+    const finite = l.map((v) => (Number.isNaN(v) ? -Infinity : v)); // the reference ranks NaN last, weight 0
     for (const c of configs) {
-      const ref = reference(l, c.temperature, c.topK ?? 0, c.topP ?? 1);
-      const s = new Sampler({ ...c, seed: 12345 });
+      const ref = reference(finite, c.temperature, c.topK ?? 0, c.topP ?? 1);
+      const got = await draws(new Sampler({ ...c, seed: 12345 }), l, N);
       const counts = new Float64Array(l.length);
-      const row = Float32Array.from(l);
-      for (let i = 0; i < N; i++) counts[s.sample(row, 0, row.length)]!++;
+      for (const t of got) counts[t]!++;
       for (let id = 0; id < l.length; id++) {
         const p = ref[id]!;
         const f = counts[id]! / N;
@@ -99,24 +117,22 @@ void test('sampled frequencies match the reference probabilities (temperature, t
   }
 });
 
-void test('a large vocabulary: draws stay in the reference nucleus, the top tokens at their probabilities', () => {
+void test('a large vocabulary: draws stay in the reference nucleus, the top tokens at their probabilities', async () => {
   // peaked like a language model's: a few large logits over a long flat tail
-  const n = 8000;
+  const n = 32000;
   const l = logits(n, 99, -6, 2);
-  for (let i = 0; i < 20; i++) l[(i * 397) % n] = 6 + i * 0.1;
-  const row = Float32Array.from(l);
-  for (const c of [{ temperature: 0.7, topP: 0.9 }, { temperature: 1, topK: 40 }, { temperature: 0.6 }]) {
+  const top = Array.from({ length: 20 }, (_, i) => (i * 1543) % n);
+  top.forEach((id, i) => (l[id] = 6 + i * 0.1));
+  for (const c of [{ temperature: 0.7, topP: 0.9 }, { temperature: 1, topK: 40 }, { temperature: 0.6 }, { temperature: 1.5, topK: 2000, topP: 0.95 }]) {
     const ref = reference(l, c.temperature, c.topK ?? 0, c.topP ?? 1);
-    const s = new Sampler({ ...c, seed: 5 });
     const N = 4000;
+    const got = await draws(new Sampler({ ...c, seed: 5 }), l, N, 500);
     const counts = new Map<number, number>();
-    for (let i = 0; i < N; i++) {
-      const t = s.sample(row, 0, n);
+    for (const t of got) {
+      assert.ok(ref[t]! > 0, `${JSON.stringify(c)}: drew ${t}, outside the reference's kept set`);
       counts.set(t, (counts.get(t) ?? 0) + 1);
     }
-    for (const t of counts.keys()) assert.ok(ref[t]! > 0, `${JSON.stringify(c)}: drew ${t}, outside the reference's kept set`);
-    for (let i = 0; i < 20; i++) {
-      const id = (i * 397) % n;
+    for (const id of top) {
       const p = ref[id]!;
       const f = (counts.get(id) ?? 0) / N;
       assert.ok(Math.abs(f - p) <= 5 * Math.sqrt((p * (1 - p)) / N) + 1e-3, `${JSON.stringify(c)}: id ${id} frequency ${f}, reference ${p}`);
@@ -124,18 +140,27 @@ void test('a large vocabulary: draws stay in the reference nucleus, the top toke
   }
 });
 
-void test('the same seed draws the same tokens; a row without a finite logit returns its first id', () => {
-  const row = Float32Array.from(logits(500, 3, -2, 2));
+void test('the same seed draws the same tokens, one row at a time or many per call', async () => {
+  const l = logits(500, 3, -2, 2);
   for (const c of [{ temperature: 1 }, { temperature: 0.9, topK: 20 }, { temperature: 0.9, topP: 0.8 }]) {
-    const a = new Sampler({ ...c, seed: 42 });
-    const b = new Sampler({ ...c, seed: 42 });
-    const d = new Sampler({ ...c, seed: 43 });
-    const ta = Array.from({ length: 64 }, () => a.sample(row, 0, row.length));
-    const tb = Array.from({ length: 64 }, () => b.sample(row, 0, row.length));
-    const td = Array.from({ length: 64 }, () => d.sample(row, 0, row.length));
-    assert.deepEqual(ta, tb, JSON.stringify(c));
-    assert.notDeepEqual(ta, td, JSON.stringify(c));
+    const many = await draws(new Sampler({ ...c, seed: 42 }), l, 64);
+    const single: number[] = [];
+    const s = new Sampler({ ...c, seed: 42 });
+    for (let i = 0; i < 64; i++) single.push((await sampleRows(be, repeated(l, 1), [s]))[0]!);
+    assert.deepEqual([...many], single, JSON.stringify(c));
+    assert.notDeepEqual([...(await draws(new Sampler({ ...c, seed: 43 }), l, 64))], single, JSON.stringify(c));
   }
-  assert.equal(new Sampler({ temperature: 1, seed: 1 }).sample([-Infinity, -Infinity], 0, 2), 0);
-  assert.equal(new Sampler({ temperature: 1, topP: 0.5, seed: 1 }).sample([Number.NaN, Number.NaN, 1], 0, 3), 2);
+});
+
+void test('bad arguments are typed errors naming the argument', async () => {
+  const t = repeated([0, 1, 2], 2);
+  const s = new Sampler({ temperature: 1, seed: 1 });
+  await assert.rejects(sampleRows(be, t, [s]), (e: unknown) => e instanceof InvalidArgumentError && /samplers/.test(e.message));
+  const out = new HostTensor('i32', [2]);
+  assert.throws(() => be.sampleRows({ logits: t, out, params: new Float64Array(7) }), (e: unknown) => e instanceof InvalidArgumentError && /params/.test(e.message));
+  assert.throws(() => be.sampleRows({ logits: t, out: new HostTensor('i32', [3]), params: new Float64Array(8) }), (e: unknown) => e instanceof InvalidArgumentError && /out/.test(e.message));
+  assert.throws(() => be.sampleRows({ logits: new HostTensor('bf16', [2, 3]), out, params: new Float64Array(8) }), (e: unknown) => e instanceof InvalidArgumentError && /logits/.test(e.message));
+  const bad = Float64Array.of(-1, 0, 1, 0.5, 1, 0, 1, 0.5);
+  await assert.rejects(async () => be.sampleRows({ logits: t, out, params: bad }), (e: unknown) => e instanceof InvalidArgumentError && /temperature/.test(e.message) && /row 0/.test(e.message));
+  await assert.rejects(async () => be.sampleRows({ logits: t, out, params: Float64Array.of(1, 0, 1, 1, 1, 0, 1, 0.5) }), (e: unknown) => e instanceof InvalidArgumentError && /u in \[0, 1\)/.test(e.message));
 });

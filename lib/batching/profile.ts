@@ -34,7 +34,6 @@ import path from 'node:path';
 
 import type { Backend } from '../backend.js';
 import { type MoeModel, loadModel } from '../engine/model.js';
-import { argmax } from '../engine/sampler.js';
 import { assembleMla, headPrefix } from '../engine/forward.js';
 import { InvalidArgumentError } from '../errors.js';
 import { info } from '../info.js';
@@ -640,16 +639,17 @@ function lastLevelCacheBytes(): number {
   }
 }
 
-/** Argmax over a vocabulary row (the sampler's greedy path), ns per logit. */
-function samplingNs(vocab: number): number {
+/** Greedy sampling (Backend.sampleRows over rows of a vocabulary, the engine's path), ns per logit. */
+async function samplingNs(be: Backend, vocab: number): Promise<number> {
   const V = Math.max(1024, vocab);
-  const logits = new Float32Array(V).map((_, i) => Math.sin(i));
-  let sink = 0;
-  const reps = Math.max(3, Math.ceil(4e6 / V));
-  const ms = hostMs(() => {
-    for (let r = 0; r < reps; r++) sink += argmax(logits);
-  }, 5);
-  return (ms * 1e6) / (reps * V) + sink * 0;
+  const rows = Math.max(1, Math.ceil(2 ** 20 / V));
+  const logits = new HostTensor('f32', [rows, V]);
+  for (let i = 0; i < logits.data.length; i++) logits.data[i] = Math.sin(i);
+  const params = new Float64Array(rows * 4);
+  for (let r = 0; r < rows; r++) params[4 * r + 2] = 1; // temperature 0, topK 0, topP 1
+  const out = new HostTensor('i32', [rows]);
+  const ms = await median(() => be.sampleRows({ logits, out, params }), 5);
+  return (ms * 1e6) / (rows * V);
 }
 
 /** Decode steps whose every sequence decodes: median wall time between consecutive ones (ms) and of the forward step. */
@@ -804,7 +804,7 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   const passes: Array<Record<string, OpPoint[]>> = [];
   for (let i = 0; i < nPasses; i++) passes.push(await measureOps(c, modes));
   const ops = Object.fromEntries(Object.entries(passes[0]!).map(([key, pts]) => [key, pts.map((_, j) => [...passes.map((q) => q[key]![j]!)].sort((x, y) => x.ms - y.ms)[Math.floor(passes.length / 2)]!)]));
-  const sampleNsPerLogit = samplingNs(cfg.vocabSize);
+  const sampleNsPerLogit = await samplingNs(be, cfg.vocabSize);
   const runtime = options.skipRuntime ? NO_RUNTIME : await runtimeCosts(c, options.quick === true, sampleNsPerLogit, ops);
   const i = info();
   const stream = streaming(ops);

@@ -15,6 +15,7 @@ import { describe } from '../dtype.js';
 import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
 import type { KvCache } from '../kv/cache.js';
 import type { StreamDecoder } from '../model/tokenizer.js';
+import type { HostTensor } from '../tensor.js';
 import type { ForwardPass, StepSequence, StepTimes } from './forward.js';
 import { emptyTimes } from './forward.js';
 import { Sampler } from './sampler.js';
@@ -59,13 +60,14 @@ export interface BatchResult {
 export interface BatchModel {
   readonly kv: KvCache;
   readonly forward: ForwardPass;
-  readonly vocabSize: number;
   readonly maxPositions: number;
   readonly eos: ReadonlySet<number>;
   encode(req: unknown): number[];
   decoder(): StreamDecoder;
-  /** Runs one forward step under the model's step lock. */
-  step(seqs: StepSequence[], times: StepTimes, signal: AbortSignal | undefined): Promise<Float32Array>;
+  /** Runs one forward step under the model's step lock: logits [sequences, vocab]. */
+  step(seqs: StepSequence[], times: StepTimes, signal: AbortSignal | undefined): Promise<HostTensor<'f32'>>;
+  /** The next token of every logits row (sampler.ts sampleRows): samplers[i] for row i, null for a row not read. */
+  sample(logits: HostTensor<'f32'>, samplers: ReadonlyArray<Sampler | null>, signal: AbortSignal | undefined): Promise<Int32Array>;
 }
 
 interface Running {
@@ -221,7 +223,12 @@ export async function* runBatch(
         running: running.length,
         times: stepTimes,
       });
-      const V = model.vocabSize;
+      // one native call for the step's rows; a prompt chunk that does not complete its prompt draws nothing
+      const tokens = await model.sample(
+        logits,
+        step.map((x) => (x.r.next >= 0 || x.completes ? x.r.sampler : null)),
+        signal,
+      );
       const done: BatchResult[] = [];
       step.forEach((x, i) => {
         const r = x.r;
@@ -229,7 +236,7 @@ export async function* runBatch(
           r.fed += x.s.tokens.length;
           if (!x.completes) return;
         }
-        const token = r.sampler.sample(logits, i * V, V);
+        const token = tokens[i]!;
         if (r.stopAtEos && model.eos.has(token)) {
           done.push(finish(r, 'eos'));
           return;

@@ -33,7 +33,7 @@ import { HostTensor, type Tensor } from '../tensor.js';
 import { type BatchModel, type BatchOptions, type BatchRequestOptions, type BatchResult, runBatch } from './batch.js';
 import { CachedExperts, type ExpertExtras, type ExpertProvider, ResidentExperts } from './experts.js';
 import { ForwardPass, type StepRouting, type StepTimes, emptyTimes } from './forward.js';
-import { Sampler, type SamplingOptions } from './sampler.js';
+import { Sampler, sampleRows, type SamplingOptions } from './sampler.js';
 
 /** How routed experts are served. */
 export type ExpertMode =
@@ -195,6 +195,7 @@ export class MoeModel {
   readonly #experts: ExpertProvider;
   readonly #kv: KvCache;
   readonly #fwd: ForwardPass;
+  readonly #host: Backend; // host-side ops: sampling
   readonly #lock = new StepLock();
   readonly #prefillChunk: number;
   #active = 0;
@@ -226,6 +227,7 @@ export class MoeModel {
     this.#experts = p.experts;
     this.#kv = p.kv;
     this.#prefillChunk = p.prefillChunk;
+    this.#host = p.host;
     const rp = ropeFromConfig(p.config);
     this.#fwd = new ForwardPass({
       be: p.backend,
@@ -393,15 +395,15 @@ export class MoeModel {
     const model: BatchModel = {
       kv: this.#kv,
       forward: this.#fwd,
-      vocabSize: this.config.vocabSize,
       maxPositions: this.config.maxPositionEmbeddings,
       eos,
       encode: (p) => self.encode(p as Prompt),
       decoder: () => self.tokenizer.decoder({ skipSpecialTokens: true }),
       step: async (seqs, times, signal) => {
         self.#checkAlive();
-        return (await self.#lock.run(() => self.#fwd.step(seqs, times, signal ? { signal } : {}))).data;
+        return self.#lock.run(() => self.#fwd.step(seqs, times, signal ? { signal } : {}));
       },
+      sample: (logits, samplers, signal) => sampleRows(self.#host, logits, samplers, signal ? { signal } : {}),
     };
     const inner = runBatch(model, requests, options);
     return (async function* () {
@@ -475,7 +477,6 @@ export class MoeModel {
     }
     const stopAtEos = options.stopAtEos ?? true;
     const eos = new Set(this.eosTokenIds);
-    const V = this.config.vocabSize;
     const op = signal ? { signal } : {};
 
     const prefill = emptyTimes();
@@ -526,7 +527,7 @@ export class MoeModel {
       }
       prefillMs = performance.now() - t0;
       for (;;) {
-        const token = sampler.sample(logits.data, 0, V);
+        const token = (await sampleRows(this.#host, logits, [sampler], op))[0]!;
         if (stopAtEos && eos.has(token)) {
           finish = 'eos';
           break;
