@@ -15,7 +15,17 @@ OpStart begin_op(const Napi::CallbackInfo& info, const char* name) {
   s.isa = isa.IsUndefined() ? cpu_info().active : clamp_isa(static_cast<Isa>(arg_int(isa, "params.isa", 0, 3)));
   s.op = std::make_unique<AsyncOp>(env, name);
   s.op->cancel = std::move(cancel);
+  s.name = name;
   return s;
+}
+
+TensorArg OpStart::tensor(const char* key, DType dt, uint64_t bytes) const {
+  Napi::Env env = params.Env();
+  TensorArg t = read_tensor(*op, params.Get(key), key);
+  check_placement(env, t, *stream, name, key, false);
+  check_aligned(env, t, dt, name, key);
+  check_bytes(env, t, bytes, name, key);
+  return t;
 }
 
 Napi::Value submit_op(OpStart& s) {

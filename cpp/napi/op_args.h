@@ -24,6 +24,10 @@ struct OpStart {
   int64_t size(const char* key) const { return arg_size(params.Get(key), key); }
   DType dtype(const char* key) const;
   double number(const char* key) const { return arg_number(params.Get(key), key); }
+  // params[key] as a tensor on this op's stream (host memory only for CPU streams), `dtype`-aligned, holding at
+  // least `bytes`; errors name the op and `key`.
+  TensorArg tensor(const char* key, DType dtype, uint64_t bytes) const;
+  const char* name = "";
 };
 
 OpStart begin_op(const Napi::CallbackInfo& info, const char* name);

@@ -45,17 +45,12 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
                   std::string("rmsNorm: x must be f32 when add is given (updated in place), received ") + dtype_name(g.x_dtype));
 
     const uint64_t elems = static_cast<uint64_t>(rows) * static_cast<uint64_t>(d);
-    auto tensor = [&](const char* name, const Napi::Value& v, DType dt, uint64_t n) {
-      TensorArg t = read_tensor(*s.op, v, name);
-      check_placement(env, t, *s.stream, "rmsNorm", name, false);
-      check_aligned(env, t, dt, "rmsNorm", name);
-      check_bytes(env, t, n * dtype_size(dt), "rmsNorm", name);
-      return t;
-    };
-    g.x = tensor("x", s.params.Get("x"), g.x_dtype, elems).ptr;
-    g.weight = tensor("weight", s.params.Get("weight"), g.w_dtype, static_cast<uint64_t>(d)).ptr;
-    g.out = tensor("out", s.params.Get("out"), g.out_dtype, elems).ptr;
-    if (has_add) g.add = tensor("add", av, g.add_dtype, elems).ptr;
+    // (elements -> bytes)
+    auto tensor = [&](const char* key, DType dt, uint64_t n) { return s.tensor(key, dt, n * dtype_size(dt)); };
+    g.x = tensor("x", g.x_dtype, elems).ptr;
+    g.weight = tensor("weight", g.w_dtype, static_cast<uint64_t>(d)).ptr;
+    g.out = tensor("out", g.out_dtype, elems).ptr;
+    if (has_add) g.add = tensor("add", g.add_dtype, elems).ptr;
 
     auto ran = std::make_shared<int>(-1);
     resolve_with_tier(*s.op, ran);

@@ -35,17 +35,10 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
                       std::to_string(g.head_dim) + " rotaryDim=" + std::to_string(g.rotary_dim));
     const uint64_t es = dtype_size(g.dtype);
     const uint64_t row = static_cast<uint64_t>(g.head_dim) * es;
-    auto tensor = [&](const char* name, DType dt, uint64_t bytes) {
-      TensorArg t = read_tensor(*s.op, s.params.Get(name), name);
-      check_placement(env, t, *s.stream, "rope", name, false);
-      check_aligned(env, t, dt, "rope", name);
-      check_bytes(env, t, bytes, "rope", name);
-      return t;
-    };
-    if (g.q_heads > 0) g.q = tensor("q", g.dtype, static_cast<uint64_t>(g.tokens) * g.q_heads * row).ptr;
-    if (g.kv_heads > 0) g.k = tensor("k", g.dtype, static_cast<uint64_t>(g.tokens) * g.kv_heads * row).ptr;
-    g.positions = reinterpret_cast<const int32_t*>(tensor("positions", DType::I32, static_cast<uint64_t>(g.tokens) * 4).ptr);
-    g.inv_freq = reinterpret_cast<const float*>(tensor("invFreq", DType::F32, static_cast<uint64_t>(g.rotary_dim / 2) * 4).ptr);
+    if (g.q_heads > 0) g.q = s.tensor("q", g.dtype, static_cast<uint64_t>(g.tokens) * g.q_heads * row).ptr;
+    if (g.kv_heads > 0) g.k = s.tensor("k", g.dtype, static_cast<uint64_t>(g.tokens) * g.kv_heads * row).ptr;
+    g.positions = reinterpret_cast<const int32_t*>(s.tensor("positions", DType::I32, static_cast<uint64_t>(g.tokens) * 4).ptr);
+    g.inv_freq = reinterpret_cast<const float*>(s.tensor("invFreq", DType::F32, static_cast<uint64_t>(g.rotary_dim / 2) * 4).ptr);
     if (!std::isfinite(g.attention_scaling)) throw_error(env, ErrorCode::InvalidArgument, "rope: attentionScaling must be finite");
 
     auto ran = std::make_shared<int>(-1);

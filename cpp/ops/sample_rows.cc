@@ -37,18 +37,11 @@ Napi::Value SampleRows(const Napi::CallbackInfo& info) {
                     "sampleRows: row " + std::to_string(r) + " needs temperature finite >= 0, topK a non-negative integer, topP in (0, 1], u in [0, 1); received " +
                         std::to_string(q[0]) + ", " + std::to_string(q[1]) + ", " + std::to_string(q[2]) + ", " + std::to_string(q[3]));
     }
-    auto tensor = [&](const char* name, DType dt, uint64_t bytes) {
-      TensorArg t = read_tensor(*s.op, s.params.Get(name), name);
-      check_placement(env, t, *s.stream, "sampleRows", name, false);
-      check_aligned(env, t, dt, "sampleRows", name);
-      check_bytes(env, t, bytes, "sampleRows", name);
-      return t;
-    };
     cpu::SampleRowsArgs a{};
     a.rows = rows;
     a.vocab = vocab;
-    a.logits = reinterpret_cast<const float*>(tensor("logits", DType::F32, static_cast<uint64_t>(rows) * vocab * 4).ptr);
-    a.out = reinterpret_cast<int32_t*>(tensor("out", DType::I32, static_cast<uint64_t>(rows) * 4).ptr);
+    a.logits = reinterpret_cast<const float*>(s.tensor("logits", DType::F32, static_cast<uint64_t>(rows) * vocab * 4).ptr);
+    a.out = reinterpret_cast<int32_t*>(s.tensor("out", DType::I32, static_cast<uint64_t>(rows) * 4).ptr);
     a.params = params->data();
 
     auto ran = std::make_shared<int>(-1);
