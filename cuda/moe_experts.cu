@@ -85,6 +85,13 @@ int decode_gemv_max_t() {
   return v;
 }
 
+// MOE_CUDA_GEMV1=wide (opt-in: compiled, not yet run on a GPU): the GEMV path's GEMM1 with two rows per warp
+// (moe_gemv1_kernel<.., 2>, one wave on the decode shapes). Read once.
+bool gemv1_wide() {
+  static const bool v = env_is("MOE_CUDA_GEMV1", "wide");
+  return v;
+}
+
 // MOE_CUDA_GEMV2=wide (opt-in: compiled, not yet run on a GPU): the GEMV path's GEMM2 runs moe_gemv2_wide_kernel
 // (a warp per (column, slot) pair) when k <= kGemvWideMaxK. Read once.
 bool gemv2_wide() {
@@ -111,8 +118,10 @@ cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const u
     // (2026-11-26, bench/results/moe-cuda-2026-11-26-decode-h200.json) 1.11-1.13x with the table cache at T = 1 on
     // the small-expert models, 0.95-0.98x at T = 2.
     const bool hints = t == 1;
-    auto gemv1 = hints ? moe_gemv1_kernel<true> : moe_gemv1_kernel<false>;
-    gemv1<<<dim3(static_cast<unsigned>((inter + kGemvWarps - 1) / kGemvWarps), static_cast<unsigned>(t * k)),
+    const int rows1 = gemv1_wide() ? 2 : 1;  // GEMM1 rows per warp
+    auto gemv1 = rows1 == 2 ? (hints ? moe_gemv1_kernel<true, 2> : moe_gemv1_kernel<false, 2>)
+                            : (hints ? moe_gemv1_kernel<true> : moe_gemv1_kernel<false>);
+    gemv1<<<dim3(static_cast<unsigned>((inter + kGemvWarps * rows1 - 1) / (kGemvWarps * rows1)), static_cast<unsigned>(t * k)),
                        32 * kGemvWarps, 0, s>>>(x, ids, d_table, d_table + e, biases ? d_table + 3 * e : nullptr,
                                                 biases ? d_table + 4 * e : nullptr, d_act, k, e, h, inter, activation,
                                                 alpha, limit);

@@ -96,23 +96,23 @@ __device__ __forceinline__ float moe_gemv_sum(float v) {
 // R rows' dot products with vector v over len bf16 (len % 8 == 0; rows and v 16-byte aligned): lane partials over
 // the lane's chunks c = lane + 32 i, kGemvUnroll chunks of v and of each row loaded before their FMAs (no branch
 // between the loads: the group loop runs while all kGemvUnroll chunks exist, a one-chunk loop takes the rest).
-template <int R, bool kHint>
+template <int R, bool kHint, int U = kGemvUnroll>
 __device__ __forceinline__ void moe_gemv_rows(const uint16_t* __restrict__ v, const uint16_t* const (&rows)[R],
                                               int len, int lane, float (&acc)[R]) {
   const uint64_t pol = kHint ? moe_evict_first_policy() : 0;
   const int chunks = len / 8;
   const uint4* vv = reinterpret_cast<const uint4*>(v);
   int c = lane;
-  for (; c + 32 * (kGemvUnroll - 1) < chunks; c += 32 * kGemvUnroll) {
-    uint4 a[kGemvUnroll], w[R][kGemvUnroll];
+  for (; c + 32 * (U - 1) < chunks; c += 32 * U) {
+    uint4 a[U], w[R][U];
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       a[u] = vv[c + 32 * u];
 #pragma unroll
       for (int r = 0; r < R; ++r) w[r][u] = moe_gemv_ld<kHint>(reinterpret_cast<const uint4*>(rows[r]) + c + 32 * u, pol);
     }
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u)
+    for (int u = 0; u < U; ++u)
 #pragma unroll
       for (int r = 0; r < R; ++r) acc[r] = moe_gemv_dot8(a[u], w[r][u], acc[r]);
   }
@@ -126,32 +126,50 @@ __device__ __forceinline__ void moe_gemv_rows(const uint16_t* __restrict__ v, co
 
 // GEMM1 + activation. x [t, h] bf16; ids [t * k]; gate / up [e] device pointers to [inter, h] bf16 (null: absent);
 // gate_bias / up_bias null or [e] pointers to [inter] f32; act [t * k, inter] bf16. grid: (ceil(inter /
-// kGemvWarps), t * k), block: 32 kGemvWarps. Warp w computes row n = blockIdx.x * kGemvWarps + w of slot blockIdx.y.
-template <bool kHint>
+// (kGemvWarps kRows)), t * k), block: 32 kGemvWarps. Warp w computes rows n = (blockIdx.x * kGemvWarps + w) kRows ..
+// + kRows - 1 of slot blockIdx.y. kRows 2 (opt-in MOE_CUDA_GEMV1=wide, moe_experts.cu; compiled, not yet run on a
+// GPU) halves the blocks so the grid fits one wave (ncu, H200, Qwen3 T = 1: 768 blocks of kRows 1 ran in about two,
+// 19.1 us at 57% of DRAM), with 2 chunks per lane and row in flight instead of 4 (the same chunk order: the same
+// floats).
+template <bool kHint, int kRows = 1>
 static __global__ void __launch_bounds__(32 * kGemvWarps)
     moe_gemv1_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ ids,
                      const void* const* __restrict__ gate, const void* const* __restrict__ up,
                      const void* const* __restrict__ gate_bias, const void* const* __restrict__ up_bias,
                      uint16_t* __restrict__ act, int k, int e, int h, int inter, int act_kind, float alpha,
                      float limit) {
+  static_assert(kRows == 1 || kRows == 2, "rows per warp");
   moe_pdl_launch_dependents();  // GEMM2 may start now: it waits for this grid before it reads act
   const int slot = blockIdx.y, lane = threadIdx.x & 31;
-  const int n = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
+  const int n0 = (blockIdx.x * kGemvWarps + (threadIdx.x >> 5)) * kRows;
   const int ex = ids[slot];
-  if (ex < 0 || ex >= e || n >= inter) return;  // warp-uniform
+  if (ex < 0 || ex >= e || n0 >= inter) return;  // warp-uniform (inter % 8 == 0: n0 + 1 < inter too)
   const uint16_t* wg = static_cast<const uint16_t*>(gate[ex]);
   const uint16_t* wu = static_cast<const uint16_t*>(up[ex]);
   if (wg == nullptr || wu == nullptr) return;  // absent
-  const uint16_t* const rows[2] = {wg + static_cast<int64_t>(n) * h, wu + static_cast<int64_t>(n) * h};
-  float acc[2] = {0.0f, 0.0f};
-  moe_gemv_rows<2, kHint>(x + static_cast<int64_t>(slot / k) * h, rows, h, lane, acc);
-  const float g = moe_gemv_sum(acc[0]), u = moe_gemv_sum(acc[1]);
-  if (lane == 0) {
-    const float* bg = gate_bias != nullptr ? static_cast<const float*>(gate_bias[ex]) : nullptr;  // [inter] f32
-    const float* bu = up_bias != nullptr ? static_cast<const float*>(up_bias[ex]) : nullptr;
-    const bool plain = act_kind == 0 && bg == nullptr;
-    const float v = moe_gemm1_act(g, u, plain, bg, bu, n, act_kind, alpha, limit);
-    act[static_cast<int64_t>(slot) * inter + n] = f32_to_bf16(v);
+  // lane 0 writes row n's activation from the lanes' partial sums of its gate and up dot products
+  auto store = [&](int n, float gp, float up_) {
+    const float g = moe_gemv_sum(gp), u = moe_gemv_sum(up_);
+    if (lane == 0) {
+      const float* bg = gate_bias != nullptr ? static_cast<const float*>(gate_bias[ex]) : nullptr;  // [inter] f32
+      const float* bu = up_bias != nullptr ? static_cast<const float*>(up_bias[ex]) : nullptr;
+      const bool plain = act_kind == 0 && bg == nullptr;
+      const float v = moe_gemm1_act(g, u, plain, bg, bu, n, act_kind, alpha, limit);
+      act[static_cast<int64_t>(slot) * inter + n] = f32_to_bf16(v);
+    }
+  };
+  if constexpr (kRows == 1) {
+    const uint16_t* const rows[2] = {wg + static_cast<int64_t>(n0) * h, wu + static_cast<int64_t>(n0) * h};
+    float acc[2] = {0.0f, 0.0f};
+    moe_gemv_rows<2, kHint>(x + static_cast<int64_t>(slot / k) * h, rows, h, lane, acc);
+    store(n0, acc[0], acc[1]);
+  } else {
+    const uint16_t* const rows[4] = {wg + static_cast<int64_t>(n0) * h, wu + static_cast<int64_t>(n0) * h,
+                                     wg + static_cast<int64_t>(n0 + 1) * h, wu + static_cast<int64_t>(n0 + 1) * h};
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    moe_gemv_rows<4, kHint, 2>(x + static_cast<int64_t>(slot / k) * h, rows, h, lane, acc);
+    store(n0, acc[0], acc[1]);
+    store(n0 + 1, acc[2], acc[3]);
   }
 }
 
