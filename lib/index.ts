@@ -94,7 +94,7 @@ export {
 } from './engine/model.js';
 export type { StepTimes, StepRouting } from './engine/forward.js';
 export type { BatchOptions, BatchRequestOptions, BatchResult } from './engine/batch.js';
-export type { SamplingOptions } from './engine/sampler.js';
+export { Sampler, sampleRows, type SamplingOptions } from './engine/sampler.js';
 export { buildByteLevelBpe, byteToUnicode, type ByteLevelBpeOptions, type ByteLevelBpe } from './model/tokenizer-gen.js';
 export { DEFAULT_CORPUS, CHATML_TEMPLATE, INST_TEMPLATE } from './model/tokenizer-corpus.js';
 export {
