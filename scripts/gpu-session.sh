@@ -9,7 +9,7 @@
 #     -DCMAKE_BUILD_TYPE=Release && ninja -C build-native-gpu moe-native
 # then a device call carrying .device/carry and build-native-gpu/moe-native:
 #   OUT=$OUT DEADLINE=420 bash scripts/gpu-session.sh [steps]
-#   (steps: test bench moe profile node residency throughput, default all but profile; THROUGHPUT_ARGS default
+#   (steps: test bench moe profile node residency throughput modelbased, default all but profile and modelbased; THROUGHPUT_ARGS default
 #   --layers=2; PROFILE_MODELS / PROFILE_T: the profile step's bench-moe-cuda --models / --t (full model names: Qwen3-30B-A3B, 16384);
 #   PROFILE_SECTIONS: its ncu options (default --section SpeedOfLight; e.g. add --section WarpStateStats); PROFILE_ENVS:
 #   env words under which the profile runs again (as TEST_ENVS);
@@ -99,7 +99,7 @@ if want profile; then  # Nsight Compute's speed-of-light per kernel of one fused
       --csv "$NATIVE" bench-moe-cuda --once --models "${PROFILE_MODELS:-Qwen3-30B-A3B}" --t "${PROFILE_T:-16384}"
   done
 fi
-if want node || want residency || want throughput; then
+if want node || want residency || want throughput || want modelbased; then
   . scripts/gpu-node-env.sh
   "$NODE" dist/lib/cli.js info > "$W/node-info.txt" 2>&1
   tail -5 "$W/node-info.txt"
@@ -117,6 +117,12 @@ fi
 if want throughput; then
   TAIL=25 step throughput 300 "$NODE" dist/bench/throughput-cuda.js ${THROUGHPUT_ARGS:---layers=2}
   cp bench/results/throughput-staged-cuda-*.json "$W/" 2>/dev/null
+  pack
+fi
+if want modelbased; then  # issue 8's 5x: module-based batch 1536 vs the model-based cap (305 at 24 GiB, 519 tokens)
+  mkdir -p "$W/modelbased"
+  TAIL=12 step modelbased 420 "$NODE" dist/bench/throughput-cuda.js ${MODELBASED_ARGS:---layers=2 --prompt=512 --batches=1536 --modes=offloaded --model-based}
+  cp bench/results/throughput-staged-cuda-*.json "$W/modelbased/" 2>/dev/null
   pack
 fi
 ls -la "$W"
