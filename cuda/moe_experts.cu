@@ -121,10 +121,10 @@ cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const u
     const int rows1 = gemv1_wide() ? 2 : 1;  // GEMM1 rows per warp
     auto gemv1 = rows1 == 2 ? (hints ? moe_gemv1_kernel<true, 2> : moe_gemv1_kernel<false, 2>)
                             : (hints ? moe_gemv1_kernel<true> : moe_gemv1_kernel<false>);
-    gemv1<<<dim3(static_cast<unsigned>((inter + kGemvWarps * rows1 - 1) / (kGemvWarps * rows1)), static_cast<unsigned>(t * k)),
-                       32 * kGemvWarps, 0, s>>>(x, ids, d_table, d_table + e, biases ? d_table + 3 * e : nullptr,
-                                                biases ? d_table + 4 * e : nullptr, d_act, k, e, h, inter, activation,
-                                                alpha, limit);
+    const unsigned blocks1 = static_cast<unsigned>((inter + kGemvWarps * rows1 - 1) / (kGemvWarps * rows1));
+    gemv1<<<dim3(blocks1, static_cast<unsigned>(t * k)), 32 * kGemvWarps, 0, s>>>(
+        x, ids, d_table, d_table + e, biases ? d_table + 3 * e : nullptr, biases ? d_table + 4 * e : nullptr, d_act, k,
+        e, h, inter, activation, alpha, limit);
     if ((err = cudaGetLastError()) != cudaSuccess) break;
     const bool wide = gemv2_wide() && k <= kGemvWideMaxK;
     const int cols = wide ? (k < kGemvWarps ? kGemvWarps / k : 1) : kGemvWarps;  // columns per block

@@ -78,6 +78,9 @@ void test('greedy: the highest logit, ties to the lower id, NaN never chosen; nu
   const g = new Sampler({ temperature: 0 });
   assert.deepEqual([...(await sampleRows(be, t, rows.map(() => g)))], [1, 1, 1, 0, 3]);
   assert.deepEqual([...(await sampleRows(be, t, rows.map(() => null)))], [1, 1, 1, 0, 3]);
+  // sampling: a row whose maximum is +inf gives its first +inf (weights would be inf - inf)
+  const inf = repeated([0, Infinity, 3, Infinity], 4);
+  assert.deepEqual([...(await sampleRows(be, inf, [new Sampler({ temperature: 1, seed: 2 }), new Sampler({ temperature: 0.5, topK: 2, seed: 3 }), new Sampler({ temperature: 2, topP: 0.5, seed: 4 }), null]))], [1, 1, 1, 1]);
 });
 
 void test('sampled frequencies match the reference probabilities (temperature, top-k, top-p, ties)', async () => {

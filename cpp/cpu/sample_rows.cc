@@ -63,7 +63,8 @@ int32_t sample_row(const float* l, int64_t n, const double* params) {
       bv = l[i];
       best = static_cast<int32_t>(i);
     }
-  if (temperature == 0 || !(bv > -std::numeric_limits<float>::infinity())) return best;
+  // greedy; also a row without a logit > -inf, and one whose maximum is +inf (its weights would be inf - inf)
+  if (temperature == 0 || !(bv > -std::numeric_limits<float>::infinity()) || std::isinf(bv)) return best;
   const double m = bv;
   auto weight = [&](int64_t i) { return std::isnan(l[i]) ? 0.0 : std::exp((static_cast<double>(l[i]) - m) / temperature); };
 

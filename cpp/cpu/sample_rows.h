@@ -1,7 +1,8 @@
 // Next-token choice for every row of a logits matrix (the engine's sampler; lib/engine/sampler.ts builds the
 // per-row parameters and draws the uniforms), rows in parallel on the thread pool. Per row r of logits [rows, vocab]
 // f32 with params[4 r ..] = { temperature, top_k, top_p, u }:
-//   temperature 0: the highest logit, ties to the lower id (NaN never chosen; a row without one > -inf gives 0);
+//   temperature 0: the highest logit, ties to the lower id (NaN never chosen; a row without one > -inf gives 0; a row
+//   whose highest logit is +inf gives its first +inf at any temperature);
 //   else weights exp((logit - max) / temperature) in double (0 for NaN), and the candidates are the top_k best ids
 //   (0 or >= vocab: all; best = higher logit, ties to the lower id), best first, or without top_k the whole row;
 //   top_p < 1 keeps the smallest best-first prefix whose weight reaches top_p of the candidates' total; the draw
