@@ -173,6 +173,31 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
   }
 }
 
+// GEMM2's value of one (column n, slot) pair before its bias: act[slot] . wd[n]. Lane 0 holds it (the other lanes
+// hold partials). Both GEMM2 kernels use it and moe_gemv2_add_bias, so they compute the same float.
+__device__ __forceinline__ float moe_gemv2_dot(const uint16_t* __restrict__ act, int slot, const uint16_t* wd, int n,
+                                               int inter, int lane) {
+  const uint16_t* const rows[1] = {wd + static_cast<int64_t>(n) * inter};
+  float acc[1] = {0.0f};
+  moe_gemv_rows<1, false>(act + static_cast<int64_t>(slot) * inter, rows, inter, lane, acc);
+  return moe_gemv_sum(acc[0]);
+}
+// d += bias_e[n] when expert ex has a down bias (down_bias null: none has).
+__device__ __forceinline__ void moe_gemv2_add_bias(float& d, const void* const* __restrict__ down_bias, int ex, int n) {
+  if (down_bias == nullptr) return;
+  const float* bd = static_cast<const float*>(down_bias[ex]);  // [h] f32
+  if (bd != nullptr) d += bd[n];
+}
+
+// L2 prefetch of GEMM2's weight row n of expert ex (nothing for an invalid id or an absent expert).
+template <bool kHint>
+__device__ __forceinline__ void moe_gemv2_prefetch(const void* const* __restrict__ down, int ex, int e, int n, int inter,
+                                                   int lane) {
+  if (ex < 0 || ex >= e || down[ex] == nullptr) return;
+  moe_prefetch_l2<kHint>(static_cast<const uint16_t*>(down[ex]) + static_cast<int64_t>(n) * inter,
+                         static_cast<int64_t>(inter) * 2, lane);
+}
+
 // GEMM2 + the weighted combine (parts null), or GEMM2 alone into parts. act [t * k, inter] bf16 (rows of valid,
 // present slots); ids / weights [t * k] (weights unused with parts); down [e] pointers to [h, inter] bf16 (null:
 // absent); down_bias null or [e] pointers to [h] f32; out [t, h] bf16 or parts [t * k, h] f32; error [3] i32 or null
@@ -194,12 +219,7 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
   }
   // Before act exists (under programmatic launch): pull this warp's weight rows into L2. ids, the table and the
   // weights were complete before GEMM1 started.
-  for (int j = 0; j < k; ++j) {
-    const int ex = ids[tok * k + j];
-    if (ex < 0 || ex >= e || down[ex] == nullptr) continue;
-    moe_prefetch_l2<kHint>(static_cast<const uint16_t*>(down[ex]) + static_cast<int64_t>(n) * inter,
-                    static_cast<int64_t>(inter) * 2, lane);
-  }
+  for (int j = 0; j < k; ++j) moe_gemv2_prefetch<kHint>(down, ids[tok * k + j], e, n, inter, lane);
   moe_pdl_wait();
   float y = 0.0f;  // lane 0's running sum
   for (int j = 0; j < k; ++j) {
@@ -207,15 +227,9 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
     if (ex < 0 || ex >= e) continue;
     const uint16_t* wd = static_cast<const uint16_t*>(down[ex]);
     if (wd == nullptr) continue;  // absent
-    const uint16_t* const rows[1] = {wd + static_cast<int64_t>(n) * inter};
-    float acc[1] = {0.0f};
-    moe_gemv_rows<1, false>(act + static_cast<int64_t>(slot) * inter, rows, inter, lane, acc);
-    float d = moe_gemv_sum(acc[0]);
+    float d = moe_gemv2_dot(act, slot, wd, n, inter, lane);
     if (lane == 0) {
-      if (down_bias != nullptr) {
-        const float* bd = static_cast<const float*>(down_bias[ex]);  // [h] f32
-        if (bd != nullptr) d += bd[n];
-      }
+      moe_gemv2_add_bias(d, down_bias, ex, n);
       if (parts != nullptr)
         parts[static_cast<int64_t>(slot) * h + n] = d;
       else
@@ -249,12 +263,8 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
   const int C = k < kGemvWarps ? kGemvWarps / k : 1;
   const int n0 = blockIdx.x * C, pairs = C * k;
   // Before act exists (under programmatic launch): pull this warp's weight rows into L2.
-  for (int q = warp; q < pairs; q += kGemvWarps) {
-    const int n = n0 + q / k, ex = ids[tok * k + q % k];
-    if (n >= h || ex < 0 || ex >= e || down[ex] == nullptr) continue;
-    moe_prefetch_l2<kHint>(static_cast<const uint16_t*>(down[ex]) + static_cast<int64_t>(n) * inter,
-                           static_cast<int64_t>(inter) * 2, lane);
-  }
+  for (int q = warp; q < pairs; q += kGemvWarps)
+    if (n0 + q / k < h) moe_gemv2_prefetch<kHint>(down, ids[tok * k + q % k], e, n0 + q / k, inter, lane);
   moe_pdl_wait();
   for (int q = warp; q < pairs; q += kGemvWarps) {
     const int n = n0 + q / k, slot = tok * k + q % k, ex = ids[slot];
@@ -263,15 +273,9 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
       if (lane == 0) s_ok[q] = 0;
       continue;
     }
-    const uint16_t* const rows[1] = {wd + static_cast<int64_t>(n) * inter};
-    float acc[1] = {0.0f};
-    moe_gemv_rows<1, false>(act + static_cast<int64_t>(slot) * inter, rows, inter, lane, acc);
-    float d = moe_gemv_sum(acc[0]);
+    float d = moe_gemv2_dot(act, slot, wd, n, inter, lane);
     if (lane == 0) {
-      if (down_bias != nullptr) {
-        const float* bd = static_cast<const float*>(down_bias[ex]);  // [h] f32
-        if (bd != nullptr) d += bd[n];
-      }
+      moe_gemv2_add_bias(d, down_bias, ex, n);
       if (parts != nullptr) parts[static_cast<int64_t>(slot) * h + n] = d;
       s_p[q] = d;
       s_ok[q] = 1;
