@@ -22,16 +22,11 @@ import path from 'node:path';
 import { predictDecode } from '../lib/batching/perf-model.js';
 import { profileModel, readProbeGBs } from '../lib/batching/profile.js';
 import { loadModel, type PresetName } from '../lib/index.js';
-import { benchModel, randomRequests } from './bench-models.js';
+import { benchModel, medianOf, randomRequests, StepIntervals } from './bench-models.js';
 import { machine } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
 const PROBE = 64 * 2 ** 20;
-
-function med(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
@@ -71,18 +66,16 @@ async function main(): Promise<void> {
             const reqs = randomRequests(B, L, 12345 + B * 7 + L + 1000 * rep, decodeSteps + 2, Math.min(V, 500));
             const before = readProbeGBs(PROBE);
             const load = os.loadavg()[0]!;
-            const intervals: number[] = [];
+            const intervals = new StepIntervals();
             const stepMs: number[] = [];
             const parts: Record<string, number[]> = { attention: [], experts: [], stall: [], dense: [], host: [] };
             const ctx: number[] = [];
-            let last = -1;
             let decoded = 0;
             // every prompt in one prefill step: the sequences then decode in lockstep, step j at KV length L + j
             for await (const _ of model.generateBatch(reqs, {
               maxSequences: B,
               maxBatchTokens: B * L + B,
               onStep: (st) => {
-                const now = performance.now();
                 const pure = st.decodeTokens === B && st.tokens === B;
                 if (pure) {
                   decoded++;
@@ -92,23 +85,19 @@ async function main(): Promise<void> {
                   parts.stall!.push(st.times.stallMs);
                   parts.dense!.push(st.times.denseMs);
                   parts.host!.push(st.times.hostMs);
-                  if (last >= 0) {
-                    intervals.push(now - last);
-                    ctx.push(L + decoded);
-                  }
                 }
-                last = pure ? now : -1;
+                if (intervals.mark(pure)) ctx.push(L + decoded);
               },
             })) {
               // the timings are what is measured
             }
             const after = readProbeGBs(PROBE);
-            if (intervals.length === 0) throw new Error(`no two consecutive steps decoded all ${B} sequences (${m.preset}, context ${L})`);
+            if (intervals.ms.length === 0) throw new Error(`no two consecutive steps decoded all ${B} sequences (${m.preset}, context ${L})`);
             const context = ctx.reduce((a, b) => a + b, 0) / ctx.length;
             const pred = predictDecode(cfg, profile, { batch: B, context }, { readGBs: (before + after) / 2 });
             const key = `${B}/${L}`;
-            const partMs = Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, med(v)]));
-            runs.set(key, [...(runs.get(key) ?? []), { measured: med(intervals), step: med(stepMs), parts: partMs, pred, context, before, after, load, timed: intervals.length }]);
+            const partMs = Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, medianOf(v)]));
+            runs.set(key, [...(runs.get(key) ?? []), { measured: medianOf(intervals.ms), step: medianOf(stepMs), parts: partMs, pred, context, before, after, load, timed: intervals.ms.length }]);
             loads.push(load);
           }
         }

@@ -50,11 +50,10 @@ import path from 'node:path';
 import { median, readProbeGBs } from '../lib/batching/profile.js';
 import { expectedExperts } from '../lib/batching/perf-model.js';
 import { type Backend, HostTensor, loadModel, type ModelConfig, openBackend, type StepTimes } from '../lib/index.js';
-import { benchModel, decodeStepCost, randomRequests } from './bench-models.js';
+import { benchModel, decodeStepCost, medianOf, randomRequests, StepIntervals } from './bench-models.js';
 import { machine } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
-const medianOf = (v: number[]): number => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)]!;
 /** Layers of the full Mixtral-8x7B, for which the model-based batch cap is derived; the run's batch with --quick. */
 const FULL_LAYERS = 32;
 const QUICK_CAP = 4;
@@ -176,17 +175,13 @@ async function main(): Promise<void> {
         const prefill = { tokens: 0, ms: 0 };
         const decode: Array<{ ms: number; copied: number; times: StepTimes }> = [];
         let moved = cache?.stats.bytesMoved ?? 0;
-        // step to step, sampling and scheduling included: from one full decode step's end to the next one's
-        const intervals: number[] = [];
-        let lastEnd = -1;
+        const intervals = new StepIntervals();
         for await (const _ of model.generateBatch(reqs, {
           maxSequences: B,
           maxBatchTokens: Math.min(B * promptTokens, 32768),
           onStep: (st) => {
-            const at = performance.now();
             const full = st.decodeTokens === B && st.tokens === B;
-            if (full && lastEnd >= 0) intervals.push(at - lastEnd);
-            lastEnd = full ? at : -1;
+            intervals.mark(full);
             const now = cache?.stats.bytesMoved ?? 0;
             if (st.decodeTokens === 0) {
               prefill.tokens += st.tokens;
@@ -219,8 +214,8 @@ async function main(): Promise<void> {
           step_ms_per_layer: r3(mid.ms / cfg.numLayers),
           decode_tokens_per_s: r3((B * 1000) / mid.ms),
           // the same with the host's sampling and scheduling between steps (median interval between full decode steps)
-          decode_interval_ms: intervals.length ? r3(medianOf(intervals)) : null,
-          decode_tokens_per_s_interval: intervals.length ? r3((B * 1000) / medianOf(intervals)) : null,
+          decode_interval_ms: intervals.ms.length ? r3(medianOf(intervals.ms)) : null,
+          decode_tokens_per_s_interval: intervals.ms.length ? r3((B * 1000) / medianOf(intervals.ms)) : null,
           copied_MiB_per_step: r3(mid.copied / 2 ** 20),
           bound_ms: Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, r3(v)])),
           binding: binding[0],

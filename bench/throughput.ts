@@ -32,11 +32,10 @@ import path from 'node:path';
 import { expectedExperts } from '../lib/batching/perf-model.js';
 import { median, readProbeGBs } from '../lib/batching/profile.js';
 import { HostTensor, loadModel, openBackend } from '../lib/index.js';
-import { benchModel, bf16PeakGflops, decodeStepCost, randomRequests } from './bench-models.js';
+import { benchModel, bf16PeakGflops, decodeStepCost, medianOf, randomRequests, StepIntervals } from './bench-models.js';
 import { machine } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
-const medianOf = (v: number[]): number => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)]!;
 
 
 /** bf16 GFLOP/s of a large dense matmul on the CPU backend: gemm [1024, 4096] x [4096, 4096]^T -> f32, median of 3. */
@@ -64,19 +63,15 @@ async function measure(dir: string, mode: 'offloaded' | 'resident', batches: num
       const dense0 = await denseGflops();
       const steps: Array<{ ms: number; copied: number }> = [];
       let bytesBefore = cache?.stats.bytesMoved ?? 0;
-      // step to step, sampling and scheduling included: from one full decode step's end to the next one's
-      const intervals: number[] = [];
-      let lastEnd = -1;
+      const intervals = new StepIntervals();
       const t0 = performance.now();
       for await (const _ of model.generateBatch(reqs, {
         maxSequences: B,
         // every prompt in the first step, so that from the second step on all B sequences decode together
         maxBatchTokens: Math.max(1024, B * promptTokens),
         onStep: (st) => {
-          const at = performance.now();
           const full = st.decodeTokens === B && st.tokens === B;
-          if (full && lastEnd >= 0) intervals.push(at - lastEnd);
-          lastEnd = full ? at : -1;
+          intervals.mark(full);
           const moved = cache?.stats.bytesMoved ?? 0;
           if (full) steps.push({ ms: st.ms, copied: moved - bytesBefore });
           bytesBefore = moved;
@@ -106,8 +101,8 @@ async function measure(dir: string, mode: 'offloaded' | 'resident', batches: num
         step_ms: r3(mid.ms),
         decode_tokens_per_s: r3((B * 1000) / mid.ms),
         // the same with the host's sampling and scheduling between steps (median interval between full decode steps)
-        decode_interval_ms: intervals.length ? r3(medianOf(intervals)) : null,
-        decode_tokens_per_s_interval: intervals.length ? r3((B * 1000) / medianOf(intervals)) : null,
+        decode_interval_ms: intervals.ms.length ? r3(medianOf(intervals.ms)) : null,
+        decode_tokens_per_s_interval: intervals.ms.length ? r3((B * 1000) / medianOf(intervals.ms)) : null,
         copied_MiB_per_step: r3(copied / 2 ** 20),
         read_GBs: r3(readGBs),
         bound_memory_ms: r3(memMs),
