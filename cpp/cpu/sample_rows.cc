@@ -115,20 +115,20 @@ int32_t sample_row(const float* l, int64_t n, const double* params) {
   }
   // top-p over the row: band b = floor(log2(max weight / weight)) (63: the rest, NaN included); the heap starts with
   // the bands up to one past the first whose cumulative mass reaches top_p (every id outside ranks below every id in)
-  auto band_of = [&](int64_t i) -> int {
-    if (std::isnan(l[i])) return 63;
-    const double b = std::floor(((m - static_cast<double>(l[i])) / temperature) * 1.4426950408889634);
-    return b < 63 ? static_cast<int>(b) : 63;
-  };
+  std::vector<uint8_t> band_of(static_cast<size_t>(n));
   double band_mass[64] = {};
-  for (int64_t i = 0; i < n; ++i) band_mass[band_of(i)] += wt[i];
+  for (int64_t i = 0; i < n; ++i) {
+    const double b = std::floor(((m - static_cast<double>(l[i])) / temperature) * 1.4426950408889634);
+    band_of[i] = std::isnan(l[i]) || !(b < 63) ? 63 : static_cast<uint8_t>(b);
+    band_mass[band_of[i]] += wt[i];
+  }
   int band = 0;
   for (double c = band_mass[0]; band < 63 && c < top_p * total;) c += band_mass[++band];
   const int cut = std::min(63, band + 1);
   std::vector<int32_t> h(static_cast<size_t>(n));
   int64_t size = 0;
   for (int64_t i = 0; i < n; ++i)
-    if (band_of(i) <= cut) h[size++] = static_cast<int32_t>(i);
+    if (band_of[i] <= cut) h[size++] = static_cast<int32_t>(i);
   bool widened = cut >= 63;
   heapify<true>(h.data(), size, l);
   std::vector<int32_t> ids;
@@ -139,7 +139,7 @@ int32_t sample_row(const float* l, int64_t n, const double* params) {
       if (widened) break;
       widened = true;  // rounding left the pops short of top_p: every other id joins
       for (int64_t i = 0; i < n; ++i)
-        if (band_of(i) > cut) h[size++] = static_cast<int32_t>(i);
+        if (band_of[i] > cut) h[size++] = static_cast<int32_t>(i);
       heapify<true>(h.data(), size, l);
       if (size == 0) break;
     }
