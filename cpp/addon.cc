@@ -20,6 +20,7 @@ Napi::Value MoeExperts(const Napi::CallbackInfo& info);
 Napi::Value MoeCombine(const Napi::CallbackInfo& info);
 Napi::Value Attention(const Napi::CallbackInfo& info);
 Napi::Value GatherRows(const Napi::CallbackInfo& info);
+Napi::Value ScatterRows(const Napi::CallbackInfo& info);
 Napi::Value ReadProbe(const Napi::CallbackInfo& info);
 Napi::Value DotProbe(const Napi::CallbackInfo& info);
 Napi::Value GroupedGemm(const Napi::CallbackInfo& info);
@@ -74,6 +75,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("moeCombine", Napi::Function::New<MoeCombine>(env, "moeCombine"));
   exports.Set("attention", Napi::Function::New<Attention>(env, "attention"));
   exports.Set("gatherRows", Napi::Function::New<GatherRows>(env, "gatherRows"));
+  exports.Set("scatterRows", Napi::Function::New<ScatterRows>(env, "scatterRows"));
   exports.Set("readProbe", Napi::Function::New<ReadProbe>(env, "readProbe"));
   exports.Set("dotProbe", Napi::Function::New<DotProbe>(env, "dotProbe"));
   exports.Set("groupedGemm", Napi::Function::New<GroupedGemm>(env, "groupedGemm"));

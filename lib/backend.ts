@@ -1060,6 +1060,50 @@ export class Backend {
     );
   }
 
+  /**
+   * Row scatter, the mirror of gatherRows: dst[ids[i]] = src[i] for rows of src.shape[1..] elements, with f32 rows
+   * rounded to bf16 / f16 on the way (to nearest even, as `convert`) when dst has that dtype; otherwise the dtypes
+   * match and rows are copied. ids [n] i32 must be distinct and inside dst's rows: checked when the op runs, and a
+   * bad one rejects with InvalidArgumentError before any row is written. A CPU op (host tensors): on a CUDA backend
+   * it runs on the CPU. The KV cache writes a step's K and V with it.
+   * @example
+   * await be.scatterRows(k, HostTensor.from('i32', [2], [7, 3]), pages)   // [2, 128] f32 -> rows 7, 3 of [N, 128] bf16
+   */
+  scatterRows(src: Tensor, ids: Tensor, dst: Tensor, options: OpOptions = {}): Promise<KernelTier> {
+    checkTensor(src, 'src');
+    checkTensor(ids, 'ids', ['i32']);
+    checkTensor(dst, 'dst');
+    if (src.dtype !== dst.dtype && !(src.dtype === 'f32' && (dst.dtype === 'bf16' || dst.dtype === 'f16'))) {
+      throw new InvalidArgumentError(`dst.dtype must equal src.dtype, or be bf16 / f16 for f32 src, received ${src.dtype} -> ${dst.dtype}`);
+    }
+    if (src.shape.length < 1) throw new InvalidArgumentError(`src must have at least 1 dimension, received [${src.shape.join(', ')}]`);
+    if (ids.shape.length !== 1 || ids.shape[0] !== src.shape[0]) {
+      throw new InvalidArgumentError(`ids must be [${src.shape[0]}] (src's rows), received [${ids.shape.join(', ')}]`);
+    }
+    const row = src.shape.slice(1);
+    if (dst.shape.length !== src.shape.length || row.some((d, i) => dst.shape[i + 1] !== d)) {
+      throw new InvalidArgumentError(`dst must be [rows, ${row.join(', ')}] (src's row shape), received [${dst.shape.join(', ')}]`);
+    }
+    const cpu = this.kind === 'cpu' ? this : cpuCompanion(this.isa);
+    return cpu.#run('scatterRows', options, (addon, stream, cancel) =>
+      addon.scatterRows(
+        stream,
+        {
+          src: src.nativeArg('src'),
+          srcDtype: DTYPE_CODE[src.dtype],
+          n: src.shape[0]!,
+          row: row.reduce((a, b) => a * b, 1),
+          ids: ids.nativeArg('ids'),
+          dst: dst.nativeArg('dst'),
+          dstDtype: DTYPE_CODE[dst.dtype],
+          dstRows: dst.shape[0]!,
+          isa: cpu.#isaCode(),
+        },
+        cancel,
+      ),
+    );
+  }
+
   #isaCode(): number {
     return ISA_CODE[this.isa];
   }

@@ -72,20 +72,6 @@ export function f32ToBf16Bits(x: number): number {
   return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-/**
- * dst[dstOff + i] = f32ToBf16Bits(x) for the n f32 values x whose bit patterns are src[srcOff + i] (a Uint32Array
- * over the f32 data): the same rounding, in one loop with no call per element, for bulk writes (the KV cache).
- * @example
- * const x = new Float32Array([1, 2.5]); const out = new Uint16Array(2);
- * f32BitsToBf16Into(new Uint32Array(x.buffer), 0, out, 0, 2); // out: [0x3f80, 0x4020]
- */
-export function f32BitsToBf16Into(src: Uint32Array, srcOff: number, dst: Uint16Array, dstOff: number, n: number): void {
-  for (let i = 0; i < n; i++) {
-    const u = src[srcOff + i]!;
-    dst[dstOff + i] = (u & 0x7fffffff) > 0x7f800000 ? (u >>> 16) | 0x40 : (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
-  }
-}
-
 export function bf16BitsToF32(h: number): number {
   u32[0] = (h & 0xffff) << 16;
   return f32[0]!;

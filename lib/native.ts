@@ -237,6 +237,7 @@ export interface NativeAddon {
   }>;
   sampleRows: OpFn<{ logits: NativeTensorArg; params: Float64Array; out: NativeTensorArg; rows: number; vocab: number }>;
   gatherRows: OpFn<{ src: NativeTensorArg; srcRows: number; rowBytes: number; ids: NativeTensorArg; n: number; dst: NativeTensorArg }>;
+  scatterRows: OpFn<{ src: NativeTensorArg; srcDtype: number; n: number; row: number; ids: NativeTensorArg; dst: NativeTensorArg; dstDtype: number; dstRows: number; isa?: number }>;
   attention: OpFn<{
     q: NativeTensorArg;
     qDtype: number;

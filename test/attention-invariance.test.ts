@@ -37,7 +37,7 @@ for (const hb of cpuBackends) {
       const q = HostTensor.from('bf16', [L, qHeads, hd], values(L * qHeads * hd, 3).map((x) => 8 * x));
       // whole: one sequence, all L queries at once
       const whole = kv.allocate();
-      kv.write(0, whole, kv.append(whole, L), k, v);
+      await kv.write(0, whole, kv.append(whole, L), k, v);
       const want = new HostTensor('f32', [L, qHeads, hd]); // f32 out: a last-bit difference anywhere shows
       await be.attention({ q, k: kv.keys(0), v: kv.values(0), out: want, slidingWindow, ...kv.batch([whole], [L]) });
       kv.free(whole);
@@ -47,7 +47,7 @@ for (const hb of cpuBackends) {
         let prev = 0;
         for (const c of [...cuts, L]) {
           const n = c - prev;
-          kv.write(0, s, kv.append(s, n), k.rows(prev, n), v.rows(prev, n));
+          await kv.write(0, s, kv.append(s, n), k.rows(prev, n), v.rows(prev, n));
           await be.attention({ q: q.rows(prev, n), k: kv.keys(0), v: kv.values(0), out: got.rows(prev, n), slidingWindow, ...kv.batch([s], [n]) });
           prev = c;
         }

@@ -303,8 +303,8 @@ void test('KvCache: pages, fork with shared prefix and copy on write, typed out-
 
   // logical contents per sequence per layer: rows [kvHeads * hd] as float64 (bf16-rounded)
   const logical = new Map<number, Float64Array[][]>();
-  const put = (seq: number, layer: number, pos: number, k: HostTensor<'f32'>, v: HostTensor<'f32'>): void => {
-    cache.write(layer, seq, pos, k, v);
+  const put = async (seq: number, layer: number, pos: number, k: HostTensor<'f32'>, v: HostTensor<'f32'>): Promise<void> => {
+    await cache.write(layer, seq, pos, k, v);
     const kb = HostTensor.from('bf16', k.shape, k.data).toFloat32();
     const vb = HostTensor.from('bf16', v.shape, v.data).toFloat32();
     const rows = logical.get(seq) ?? [[], [], [], []];
@@ -320,7 +320,7 @@ void test('KvCache: pages, fork with shared prefix and copy on write, typed out-
   assert.equal(cache.append(a, 10), 0);
   cache.append(filler, 16);
   assert.equal(cache.append(a, 11), 10); // a: 21 tokens, pages non-adjacent
-  for (let layer = 0; layer < L; layer++) put(a, layer, 0, randKv(21, kvHeads, hd, 10 + layer), randKv(21, kvHeads, hd, 20 + layer));
+  for (let layer = 0; layer < L; layer++) await put(a, layer, 0, randKv(21, kvHeads, hd, 10 + layer), randKv(21, kvHeads, hd, 20 + layer));
   const [p0, p1] = cache.blockTable(a) as [number, number];
   assert.notEqual(p1, p0 + 1);
   assert.equal(cache.tokensFree(a), 11 + 3 * bs);
@@ -348,8 +348,8 @@ void test('KvCache: pages, fork with shared prefix and copy on write, typed out-
   assert.ok(ta[1] === p1 || tb[1] === p1);
   assert.equal(cache.refCount(p1), 1);
   for (let layer = 0; layer < L; layer++) {
-    put(a, layer, 21, randKv(3, kvHeads, hd, 30 + layer), randKv(3, kvHeads, hd, 40 + layer));
-    put(b, layer, 21, randKv(5, kvHeads, hd, 50 + layer), randKv(5, kvHeads, hd, 60 + layer));
+    await put(a, layer, 21, randKv(3, kvHeads, hd, 30 + layer), randKv(3, kvHeads, hd, 40 + layer));
+    await put(b, layer, 21, randKv(5, kvHeads, hd, 50 + layer), randKv(5, kvHeads, hd, 60 + layer));
   }
 
   // attention over [a, b] with q_len (3, 5), both layers, against the logical contents
@@ -410,7 +410,7 @@ void test('KvCache: pages, fork with shared prefix and copy on write, typed out-
   assert.deepEqual(memoryStats()[be.kind].pinned, pinned0);
 });
 
-void test('KvCache.writeMany writes what one write per sequence writes, and checks every entry before writing', () => {
+void test('KvCache.writeMany writes what one write per sequence writes, and checks every entry before writing', async () => {
   const cpu = harnessBackends().filter((b) => b.available && b.name.startsWith('cpu-'));
   const be = cpu[cpu.length - 1]!.open();
   const kvHeads = 2, hd = 64, bs = 16;
@@ -428,10 +428,10 @@ void test('KvCache.writeMany writes what one write per sequence writes, and chec
   const k = randKv(T, kvHeads, hd, 11), v = randKv(T, kvHeads, hd, 12);
   let t0 = 0;
   for (const { seq, pos, n } of e1) {
-    one.write(1, seq, pos, k.rows(t0, n), v.rows(t0, n));
+    await one.write(1, seq, pos, k.rows(t0, n), v.rows(t0, n));
     t0 += n;
   }
-  many.writeMany(1, e2, k, v);
+  await many.writeMany(1, e2, k, v);
   // the written rows (pages hold unwritten memory elsewhere): [page][head][slot][hd] of every entry's positions
   const rows = (c: KvCache, es: typeof e1, layer: number) => {
     const out: number[] = [];
@@ -463,6 +463,9 @@ void test('KvCache.writeMany writes what one write per sequence writes, and chec
   const k2 = randKv(T, kvHeads, hd, 13);
   assert.throws(() => many.writeMany(1, [...e2.slice(0, 3), { seq: 999, pos: 0, n: 5 }], k2, k2), InvalidArgumentError);
   assert.throws(() => many.writeMany(1, e2.slice(0, 3), k2, k2), (e: unknown) => e instanceof InvalidArgumentError && /entries' 21 tokens, received 26/.test(e.message));
+  // the same position twice: the native scatter rejects before writing a row (two writers would tear it)
+  const twice = [...e2.slice(0, 3), { seq: e2[2]!.seq, pos: e2[2]!.pos, n: 5 }];
+  await assert.rejects(many.writeMany(1, twice, k2, k2), (e: unknown) => e instanceof InvalidArgumentError && /ids must be distinct/.test(e.message));
   assert.deepEqual(rows(many, e2, 1), before);
 });
 

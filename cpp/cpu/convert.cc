@@ -28,9 +28,6 @@ namespace moe::cpu {
 
 namespace {
 
-// Processes elements [0, n) of already offset src/dst pointers.
-using ConvertKernel = void (*)(const void* src, void* dst, size_t n);
-
 constexpr size_t kGrain = size_t{1} << 16;  // elements per range handed to a thread
 
 // ---- scalar reference tier (also the tails of the AVX2 kernels) ----------------------------------------------
@@ -130,6 +127,29 @@ const ConvertKernel kAvx512[6] = {f32_bf16_avx512, f32_f16_avx512, bf16_f32_avx5
 
 }  // namespace
 
+ConvertKernel convert_kernel(DType s, DType d, Isa isa, Isa* ran) {
+  const int pair = pair_index(s, d);
+  if (pair < 0) {
+    throw_error(ErrorCode::InvalidArgument, std::string("convert: needs two distinct types among f32, f16 and bf16, received ") +
+                                                dtype_name(s) + " -> " + dtype_name(d));
+  }
+  *ran = Isa::Scalar;
+#if MOE_X86
+  const Isa tier = clamp_isa(isa);
+  if (tier >= Isa::Avx512) {
+    *ran = Isa::Avx512;
+    return kAvx512[pair];
+  }
+  if (tier >= Isa::Avx2) {
+    *ran = Isa::Avx2;
+    return kAvx2[pair];
+  }
+#else
+  (void)isa;
+#endif
+  return kScalar[pair];
+}
+
 Isa convert(const ConvertArgs& args, Isa isa, const CancelToken* cancel) {
   if (!float_type(args.src_dtype) || !float_type(args.dst_dtype)) {
     throw_error(ErrorCode::InvalidArgument, std::string("convert: src_dtype and dst_dtype must be f32, f16 or bf16, "
@@ -148,19 +168,8 @@ Isa convert(const ConvertArgs& args, Isa isa, const CancelToken* cancel) {
     return Isa::Scalar;
   }
 
-  const int pair = pair_index(args.src_dtype, args.dst_dtype);
-  ConvertKernel kernel = kScalar[pair];
   Isa ran = Isa::Scalar;
-#if MOE_X86
-  const Isa tier = clamp_isa(isa);
-  if (tier >= Isa::Avx512) {
-    kernel = kAvx512[pair];
-    ran = Isa::Avx512;
-  } else if (tier >= Isa::Avx2) {
-    kernel = kAvx2[pair];
-    ran = Isa::Avx2;
-  }
-#endif
+  const ConvertKernel kernel = convert_kernel(args.src_dtype, args.dst_dtype, isa, &ran);
 
   const auto* src = static_cast<const uint8_t*>(args.src);
   auto* dst = static_cast<uint8_t*>(args.dst);

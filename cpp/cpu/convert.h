@@ -21,4 +21,10 @@ struct ConvertArgs {
 // Throws moe::Error(InvalidArgument) for an unsupported dtype pair, moe::Error(Cancelled) when cancelled.
 Isa convert(const ConvertArgs& args, Isa isa, const CancelToken* cancel = nullptr);
 
+// The single-threaded kernel convert() splits over the pool, for ops that convert many short runs themselves
+// (scatter_rows): dst[0, n) = src[0, n) converted, bit-identical on every tier. src and dst must be distinct float
+// types (f32 | f16 | bf16); *ran gets the tier it belongs to. Throws moe::Error(InvalidArgument) for another pair.
+using ConvertKernel = void (*)(const void* src, void* dst, size_t n);
+ConvertKernel convert_kernel(DType src, DType dst, Isa isa, Isa* ran);
+
 }  // namespace moe::cpu

@@ -406,7 +406,7 @@ export class ForwardPass {
         const norm = be.rmsNorm({ x: h, weight: w.inputNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op);
         const { q, k, v } = w.mla ? await this.#mlaQkv(w.mla, xn, T, positions, norm, m, op) : await this.#mhaQkv(w, xn, T, positions, norm, m, op);
         book('denseQkvMs');
-        kv.writeMany(l, writes, k, v);
+        await kv.writeMany(l, writes, k, v);
         const window = cfg.layerTypes && cfg.layerTypes[l] !== 'sliding' ? null : cfg.slidingWindow;
         book('hostMs');
         await host.attention(

@@ -30,7 +30,7 @@
  * await be.attention({ q, k: cache.keys(0), v: cache.values(0), out, ...b });
  */
 import type { Backend } from '../backend.js';
-import { DTYPE_SIZE, checkDType, describe, f32BitsToBf16Into, f32ToBf16Bits, f32ToF16Bits } from '../dtype.js';
+import { DTYPE_SIZE, checkDType, describe } from '../dtype.js';
 import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
 import { HostTensor, MAX_VIEW_BYTES, type PinnedBuffer } from '../tensor.js';
 
@@ -85,6 +85,8 @@ export class KvCache {
   /** Bytes one page takes over all layers, K and V. */
   readonly bytesPerPage: number;
   /** [layer * 2 + kind] pinned K (kind 0) and V (kind 1) pages of each layer: [numPages, kvHeads, blockSize, headDim]. */
+  /** The backend whose pinned memory holds the pages; its CPU side runs the writes. */
+  readonly #be: Backend;
   readonly #bufs: PinnedBuffer[];
   readonly #elems: Array<Float32Array | Uint16Array>; // their elements
   readonly #refs: Int32Array; // [numPages] reference counts
@@ -93,7 +95,8 @@ export class KvCache {
   #nextId = 0;
 
   /** @internal use KvCache.create */
-  private constructor(bufs: PinnedBuffer[], o: Required<KvCacheOptions>, numPages: number, bytesPerPage: number) {
+  private constructor(be: Backend, bufs: PinnedBuffer[], o: Required<KvCacheOptions>, numPages: number, bytesPerPage: number) {
+    this.#be = be;
     this.#bufs = bufs;
     this.layers = o.layers;
     this.kvHeads = o.kvHeads;
@@ -145,7 +148,7 @@ export class KvCache {
       for (const b of bufs) b.dispose();
       throw e;
     }
-    return new KvCache(bufs, { layers, kvHeads, headDim, blockSize, dtype, budgetBytes: budget }, numPages, bytesPerPage);
+    return new KvCache(backend, bufs, { layers, kvHeads, headDim, blockSize, dtype, budgetBytes: budget }, numPages, bytesPerPage);
   }
 
   get #pageElems(): number {
@@ -279,19 +282,22 @@ export class KvCache {
    * Writes K and V of tokens pos .. pos + n - 1 of `seq` in `layer`. k and v: [n, kvHeads, headDim], of the
    * cache's dtype (copied) or f32 (rounded to nearest even). The positions must have been appended and must not
    * lie in a page shared with another sequence (append after fork copies the page it writes into).
+   * Bad arguments throw before anything is queued; the rows land when the Promise resolves.
    */
-  write(layer: number, seq: number, pos: number, k: HostTensor, v: HostTensor): void {
+  write(layer: number, seq: number, pos: number, k: HostTensor, v: HostTensor): Promise<void> {
     // (a k that is no HostTensor fails writeMany's checks before n is used)
-    this.writeMany(layer, [{ seq, pos, n: k instanceof HostTensor ? (k.shape[0] ?? 0) : 0 }], k, v);
+    return this.writeMany(layer, [{ seq, pos, n: k instanceof HostTensor ? (k.shape[0] ?? 0) : 0 }], k, v);
   }
 
   /**
    * `write` for several sequences at once (a batched step): k and v [T, kvHeads, headDim] hold the entries' rows one
-   * after the other, T = sum of n. Checks everything before it writes anything.
+   * after the other, T = sum of n. Checks the arguments synchronously (throws before anything is queued); the rows
+   * go out in one native scatter each for K and V (Backend.scatterRows, converting f32 on the way), which rejects
+   * without writing anything if two entries name the same position.
    * @example
-   * cache.writeMany(0, [{ seq: a, pos: 7, n: 1 }, { seq: b, pos: 3, n: 1 }], k, v); // k, v: [2, kvHeads, headDim]
+   * await cache.writeMany(0, [{ seq: a, pos: 7, n: 1 }, { seq: b, pos: 3, n: 1 }], k, v); // k, v: [2, kvHeads, headDim]
    */
-  writeMany(layer: number, entries: ReadonlyArray<{ seq: number; pos: number; n: number }>, k: HostTensor, v: HostTensor): void {
+  writeMany(layer: number, entries: ReadonlyArray<{ seq: number; pos: number; n: number }>, k: HostTensor, v: HostTensor): Promise<void> {
     this.#checkLayer(layer);
     for (const [t, w] of [[k, 'k'], [v, 'v']] as const) {
       if (!(t instanceof HostTensor)) throw new InvalidArgumentError(`${w} must be a HostTensor, received ${describe(t)}`);
@@ -321,29 +327,25 @@ export class KvCache {
       rows += n;
     }
     if (rows !== T) throw new InvalidArgumentError(`k and v must have the entries' ${rows} tokens, received ${T}`);
+    if (T === 0) return Promise.resolve();
+    // destination row (of headDim elements) of each (token, kv head): [numPages][kvHeads][blockSize] rows per layer
+    const kvH = this.kvHeads;
+    const ids = new HostTensor('i32', [T * kvH]);
+    let row = 0;
+    entries.forEach(({ pos, n }, j) => {
+      const pages = seqs[j]!.pages;
+      for (let t = 0; t < n; t++, row++) {
+        const p = pos + t;
+        const base = pages[Math.floor(p / bs)]! * kvH * bs + (p % bs);
+        for (let h = 0; h < kvH; h++) ids.data[row * kvH + h] = base + h * bs;
+      }
+    });
+    const pageRows = this.numPages * kvH * bs;
     const hd = this.headDim;
-    for (const [kind, src] of [[0, k], [1, v]] as const) {
-      const dst = this.#elems[layer * 2 + kind]!;
-      const data = src.data;
-      const conv = src.dtype === this.dtype ? undefined : this.dtype === 'bf16' ? f32ToBf16Bits : this.dtype === 'f16' ? f32ToF16Bits : undefined;
-      // f32 -> bf16 (the runtime's case): one bulk loop over the rows' bits instead of a call per element
-      const bits = conv === f32ToBf16Bits ? new Uint32Array(data.buffer, data.byteOffset, data.length) : undefined;
-      let row = 0;
-      entries.forEach(({ pos, n }, j) => {
-        const pages = seqs[j]!.pages;
-        for (let t = 0; t < n; t++, row++) {
-          const p = pos + t;
-          const base = this.#pageOffset(pages[Math.floor(p / bs)]!) + (p % bs) * hd;
-          for (let h = 0; h < this.kvHeads; h++) {
-            const o = base + h * bs * hd;
-            const i = (row * this.kvHeads + h) * hd;
-            if (conv === undefined) dst.set(data.subarray(i, i + hd) as Float32Array & Uint16Array, o);
-            else if (bits) f32BitsToBf16Into(bits, i, dst as Uint16Array, o, hd);
-            else for (let e = 0; e < hd; e++) dst[o + e] = conv(data[i + e]!);
-          }
-        }
-      });
-    }
+    return Promise.all([
+      this.#be.scatterRows(k.reshape([T * kvH, hd]), ids, this.#bufs[layer * 2]!.tensor(this.dtype, [pageRows, hd])),
+      this.#be.scatterRows(v.reshape([T * kvH, hd]), ids, this.#bufs[layer * 2 + 1]!.tensor(this.dtype, [pageRows, hd])),
+    ]).then(() => undefined);
   }
 
   /** A new sequence sharing all of `seq`'s pages (reference counts go up); returns its id. */
