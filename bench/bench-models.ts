@@ -59,7 +59,8 @@ export function medianOf(v: readonly number[]): number {
 
 /**
  * Intervals between consecutive decode steps in which every sequence decodes, end of one to end of the next (so the
- * host's sampling and scheduling are in): call `mark(full)` from onStep at every step; true when it recorded one.
+ * host's scheduling is in; sampling is inside the step): call `mark(full)` from onStep at every step; true when it
+ * recorded one.
  */
 export class StepIntervals {
   readonly ms: number[] = [];

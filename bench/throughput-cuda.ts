@@ -213,7 +213,8 @@ async function main(): Promise<void> {
           decode_step_ms: r3(mid.ms),
           step_ms_per_layer: r3(mid.ms / cfg.numLayers),
           decode_tokens_per_s: r3((B * 1000) / mid.ms),
-          // the same with the host's sampling and scheduling between steps (median interval between full decode steps)
+          // the same with the scheduling between steps (median interval between full decode steps; the step time
+        // includes the sampling since stepTokens)
           decode_interval_ms: intervals.ms.length ? r3(medianOf(intervals.ms)) : null,
           decode_tokens_per_s_interval: intervals.ms.length ? r3((B * 1000) / medianOf(intervals.ms)) : null,
           copied_MiB_per_step: r3(mid.copied / 2 ** 20),

@@ -100,7 +100,8 @@ async function measure(dir: string, mode: 'offloaded' | 'resident', batches: num
         decode_steps_timed: steps.length,
         step_ms: r3(mid.ms),
         decode_tokens_per_s: r3((B * 1000) / mid.ms),
-        // the same with the host's sampling and scheduling between steps (median interval between full decode steps)
+        // the same with the scheduling between steps (median interval between full decode steps; the step time
+        // includes the sampling since stepTokens)
         decode_interval_ms: intervals.ms.length ? r3(medianOf(intervals.ms)) : null,
         decode_tokens_per_s_interval: intervals.ms.length ? r3((B * 1000) / medianOf(intervals.ms)) : null,
         copied_MiB_per_step: r3(copied / 2 ** 20),

@@ -21,6 +21,7 @@ Napi::Value MoeCombine(const Napi::CallbackInfo& info);
 Napi::Value Attention(const Napi::CallbackInfo& info);
 Napi::Value GatherRows(const Napi::CallbackInfo& info);
 Napi::Value ScatterRows(const Napi::CallbackInfo& info);
+Napi::Value ArgmaxRows(const Napi::CallbackInfo& info);
 Napi::Value ReadProbe(const Napi::CallbackInfo& info);
 Napi::Value DotProbe(const Napi::CallbackInfo& info);
 Napi::Value GroupedGemm(const Napi::CallbackInfo& info);
@@ -81,6 +82,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("groupedGemm", Napi::Function::New<GroupedGemm>(env, "groupedGemm"));
   exports.Set("rope", Napi::Function::New<Rope>(env, "rope"));
   exports.Set("sampleRows", Napi::Function::New<SampleRows>(env, "sampleRows"));
+  exports.Set("argmaxRows", Napi::Function::New<ArgmaxRows>(env, "argmaxRows"));
   exports.Set("rmsNorm", Napi::Function::New<RmsNorm>(env, "rmsNorm"));
   return exports;
 }

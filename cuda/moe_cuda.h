@@ -150,6 +150,10 @@ int moe_cuda_moe_combine(int device, const float* parts, const int32_t* topk_ids
 int moe_cuda_gather_rows(int device, const void* src, int64_t src_rows, int64_t src_stride, int64_t row_bytes,
                          const int32_t* ids, int64_t n, void* dst, int64_t dst_stride, void* stream);
 
+/* out[r] = the id of the highest logit of row r of logits [rows, vocab] f32, ties to the lower id, NaN never
+ * chosen, 0 for a row without a logit above -inf (cpu/argmax_rows.h's rule): greedy tokens on the device. */
+int moe_cuda_argmax_rows(int device, const float* logits, int64_t rows, int64_t vocab, int32_t* out, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

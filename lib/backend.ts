@@ -606,6 +606,25 @@ export class Backend {
   }
 
   /**
+   * Greedy token of every row: out[r] = the id of the highest logit of `logits` [rows, vocab] f32 (ties to the lower
+   * id, NaN never chosen, 0 for a row without a logit above -inf), into `out` [rows] i32: sampleRows' rule at
+   * temperature 0, on this backend's memory (a CUDA kernel on device tensors), so a step on the GPU can download
+   * its tokens instead of its logits.
+   * @example
+   * await be.argmaxRows(logits, ids)   // [B, 32000] f32 -> [B] i32
+   */
+  argmaxRows(logits: Tensor, out: Tensor, options: OpOptions = {}): Promise<KernelTier> {
+    checkTensor(logits, 'logits', ['f32']);
+    checkTensor(out, 'out', ['i32']);
+    if (logits.shape.length !== 2 || logits.shape[1]! < 1) throw new InvalidArgumentError(`logits must be [rows, vocab >= 1], received shape [${logits.shape.join(', ')}]`);
+    const [rows, vocab] = logits.shape as [number, number];
+    if (out.shape.length !== 1 || out.shape[0] !== rows) throw new InvalidArgumentError(`out must be [${rows}] (rows), received [${out.shape.join(', ')}]`);
+    return this.#run('argmaxRows', options, (addon, stream, cancel) =>
+      addon.argmaxRows(stream, { logits: logits.nativeArg('logits'), out: out.nativeArg('out'), rows, vocab }, cancel),
+    );
+  }
+
+  /**
    * Attention over a paged KV cache in host memory (f32 online softmax; GQA; a batch may mix decode, q_len = 1,
    * and prefill/extend, q_len > 1, causal over the existing prefix: query i of a sequence with kv_len L and q_len Q
    * attends to kv positions <= L - Q + i). K/V pages are [numPages, kvHeads, blockSize, headDim] (see

@@ -236,6 +236,7 @@ export interface NativeAddon {
     isa?: number;
   }>;
   sampleRows: OpFn<{ logits: NativeTensorArg; params: Float64Array; out: NativeTensorArg; rows: number; vocab: number }>;
+  argmaxRows: OpFn<{ logits: NativeTensorArg; out: NativeTensorArg; rows: number; vocab: number }>;
   gatherRows: OpFn<{ src: NativeTensorArg; srcRows: number; rowBytes: number; ids: NativeTensorArg; n: number; dst: NativeTensorArg }>;
   scatterRows: OpFn<{ src: NativeTensorArg; srcDtype: number; n: number; row: number; ids: NativeTensorArg; dst: NativeTensorArg; dstDtype: number; dstRows: number; isa?: number }>;
   attention: OpFn<{

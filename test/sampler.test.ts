@@ -4,12 +4,15 @@
  * mass reaches top-p, probabilities proportional to exp((logit - max) / temperature). Greedy picks and tie rules
  * exactly; sampled tokens stay inside the reference's kept set and their frequencies over many draws match its
  * probabilities within 5 standard errors; the same seed gives the same tokens; bad arguments are typed errors.
+ * argmaxRows (the greedy rule on the compute backend) against the same greedy reference on every backend.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { HostTensor, InvalidArgumentError, openBackend } from '../lib/index.js';
+import { type Backend, HostTensor, InvalidArgumentError, openBackend } from '../lib/index.js';
 import { Sampler, sampleRows } from '../lib/engine/sampler.js';
+import { onBackend } from './harness/backends.js';
+import { type OpCase, runCaseTable } from './harness/table.js';
 
 const be = openBackend({ backend: 'cpu' });
 
@@ -166,4 +169,55 @@ void test('bad arguments are typed errors naming the argument', async () => {
   const bad = Float64Array.of(-1, 0, 1, 0.5, 1, 0, 1, 0.5);
   await assert.rejects(async () => be.sampleRows({ logits: t, out, params: bad }), (e: unknown) => e instanceof InvalidArgumentError && /temperature/.test(e.message) && /row 0/.test(e.message));
   await assert.rejects(async () => be.sampleRows({ logits: t, out, params: Float64Array.of(1, 0, 1, 1, 1, 0, 1, 0.5) }), (e: unknown) => e instanceof InvalidArgumentError && /u in \[0, 1\)/.test(e.message));
+});
+
+/** Independent greedy reference: the largest non-NaN value above -inf, then its first id (0 when none). */
+function refArgmax(l: ArrayLike<number>): number {
+  let m = -Infinity;
+  for (let i = 0; i < l.length; i++) if (!Number.isNaN(l[i]!) && l[i]! > m) m = l[i]!;
+  if (m === -Infinity) return 0;
+  for (let i = 0; i < l.length; i++) if (l[i] === m) return i;
+  return -1;
+}
+
+// argmaxRows: the greedy tokens of a staged step on the compute backend (a CUDA kernel on device tensors)
+const ARGMAX: OpCase[] = [];
+for (const [rows, vocab] of [
+  [1, 1],
+  [7, 13],
+  [12, 32000],
+  [3, 100003],
+] as const) {
+  ARGMAX.push({
+    op: 'argmaxRows',
+    name: `argmaxRows [${rows}, ${vocab}] (ties, NaN, -inf / NaN rows, +inf)`,
+    async run(b: Backend) {
+      const t = new HostTensor('f32', [rows, vocab]);
+      for (let r = 0; r < rows; r++) {
+        const kind = r % 5;
+        const l = logits(vocab, 31 * r + vocab, -10, 10, kind === 1 ? 2 : 0); // kind 1: ties on a coarse grid
+        if (kind === 2) for (let i = 0; i < vocab; i += 3) l[i] = NaN;
+        if (kind === 3) l.fill(-Infinity).forEach((_, i) => i % 2 && (l[i] = NaN));
+        if (kind === 4) for (let i = Math.floor(vocab / 3); i < vocab; i += Math.floor(vocab / 4) + 1) l[i] = Infinity;
+        t.data.set(l, r * vocab);
+      }
+      const out = HostTensor.from('i32', [rows], new Array<number>(rows).fill(-7));
+      const tier = await onBackend(b, [t], [out], (i, o) => b.argmaxRows(i[0]!, o[0]!));
+      const greedy = new HostTensor('i32', [rows]);
+      await be.sampleRows({ logits: t, out: greedy, params: new Float64Array(rows * 4).map((_, i) => (i % 4 === 2 ? 1 : 0)) });
+      for (let r = 0; r < rows; r++) {
+        const want = refArgmax(t.data.subarray(r * vocab, (r + 1) * vocab));
+        assert.equal(out.data[r], want, `row ${r}`);
+        assert.equal(greedy.data[r], want, `row ${r}: sampleRows greedy`);
+      }
+      return { tier };
+    },
+  });
+}
+runCaseTable('argmaxRows', ARGMAX);
+
+void test('argmaxRows: bad shapes and dtypes are typed errors', () => {
+  assert.throws(() => be.argmaxRows(new HostTensor('f32', [2, 3]), new HostTensor('i32', [3])), (e: unknown) => e instanceof InvalidArgumentError && /out must be \[2\] \(rows\), received \[3\]/.test(e.message));
+  assert.throws(() => be.argmaxRows(new HostTensor('bf16', [2, 3]), new HostTensor('i32', [2])), /logits\.dtype must be one of f32/);
+  assert.throws(() => be.argmaxRows(new HostTensor('f32', [6]), new HostTensor('i32', [6])), /logits must be \[rows, vocab >= 1\]/);
 });

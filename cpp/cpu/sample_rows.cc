@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../core/threadpool.h"
+#include "argmax_rows.h"
 
 namespace moe::cpu {
 namespace {
@@ -56,13 +57,8 @@ int32_t draw(double u, const int32_t* ids, const double* p, int64_t keep) {
 int32_t sample_row(const float* l, int64_t n, const double* params) {
   const double temperature = params[0], top_p = params[2], u = params[3];
   const int64_t top_k = static_cast<int64_t>(params[1]);
-  int32_t best = 0;
-  float bv = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i)
-    if (l[i] > bv) {
-      bv = l[i];
-      best = static_cast<int32_t>(i);
-    }
+  const int32_t best = argmax_row(l, n);
+  const float bv = l[best];
   // greedy; also a row without a logit > -inf, and one whose maximum is +inf (its weights would be inf - inf)
   if (temperature == 0 || !(bv > -std::numeric_limits<float>::infinity()) || std::isinf(bv)) return best;
   const double m = bv;

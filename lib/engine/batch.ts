@@ -15,7 +15,6 @@ import { describe } from '../dtype.js';
 import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
 import type { KvCache } from '../kv/cache.js';
 import type { StreamDecoder } from '../model/tokenizer.js';
-import type { HostTensor } from '../tensor.js';
 import type { ForwardPass, StepSequence, StepTimes } from './forward.js';
 import { emptyTimes } from './forward.js';
 import { Sampler } from './sampler.js';
@@ -64,10 +63,11 @@ export interface BatchModel {
   readonly eos: ReadonlySet<number>;
   encode(req: unknown): number[];
   decoder(): StreamDecoder;
-  /** Runs one forward step under the model's step lock: logits [sequences, vocab]. */
-  step(seqs: StepSequence[], times: StepTimes, signal: AbortSignal | undefined): Promise<HostTensor<'f32'>>;
-  /** The next token of every logits row (sampler.ts sampleRows): samplers[i] for row i, null for a row not read. */
-  sample(logits: HostTensor<'f32'>, samplers: ReadonlyArray<Sampler | null>, signal: AbortSignal | undefined): Promise<Int32Array>;
+  /**
+   * Runs one forward step under the model's step lock and returns each sequence's next token (ForwardPass.stepTokens):
+   * samplers[i] for sequence i, null for one whose token is not read.
+   */
+  step(seqs: StepSequence[], samplers: ReadonlyArray<Sampler | null>, times: StepTimes, signal: AbortSignal | undefined): Promise<Int32Array>;
 }
 
 interface Running {
@@ -207,8 +207,10 @@ export async function* runBatch(
       }
       const t0 = performance.now();
       const before = { ...times };
-      const logits = await model.step(
+      // one native sampling call for the step's rows; a prompt chunk that does not complete its prompt draws nothing
+      const tokens = await model.step(
         step.map((x) => x.s),
+        step.map((x) => (x.r.next >= 0 || x.completes ? x.r.sampler : null)),
         times,
         signal,
       );
@@ -223,12 +225,6 @@ export async function* runBatch(
         running: running.length,
         times: stepTimes,
       });
-      // one native call for the step's rows; a prompt chunk that does not complete its prompt draws nothing
-      const tokens = await model.sample(
-        logits,
-        step.map((x) => (x.r.next >= 0 || x.completes ? x.r.sampler : null)),
-        signal,
-      );
       const done: BatchResult[] = [];
       step.forEach((x, i) => {
         const r = x.r;

@@ -11,10 +11,12 @@
  *   MoE:   logits = xn Wrᵀ [T, E] f32; ids, w = topK(logits); out = experts(xn) (+ shared expert)   [T, H] bf16
  *   dense: out = mlp(xn)
  *   pending = out
- * then xn = rmsNorm(h += pending) and logits = xn Wlmᵀ for each sequence's last token (or every token).
+ * then xn = rmsNorm(h += pending) and logits = xn Wlmᵀ for each sequence's last token (or every token): `step` returns
+ * them, `stepTokens` turns them into next tokens (on the compute backend when every row is greedy: only the ids
+ * come down).
  *
  * Ops are submitted in groups on the backend's stream and awaited once per group (the stream runs them in order),
- * so a layer costs four or five round trips to JS: after the q/k/v group (the KV cache write is host code),
+ * so a layer costs four or five round trips to JS: after the q/k/v group (the KV cache write runs on the host backend),
  * after attention, after the router (its choice decides which experts to fetch), after the experts.
  * Time is booked per group into {@link StepTimes}.
  */
@@ -24,7 +26,9 @@ import type { ModelConfig } from '../model/config.js';
 import type { DenseWeights, LayerWeights, MlaWeights } from '../model/weights.js';
 import { DTYPE_SIZE, type DType } from '../dtype.js';
 import { type DeviceTensor, HostTensor, type Tensor, numelOf } from '../tensor.js';
+import { InvalidArgumentError } from '../errors.js';
 import type { ExpertProvider } from './experts.js';
+import { type Sampler, sampleRows } from './sampler.js';
 
 /** One sequence's part of a step. */
 export interface StepSequence {
@@ -328,7 +332,43 @@ export class ForwardPass {
    * Runs one step; returns logits f32 [numSeqs, V] (each sequence's last token) or [T, V] with allLogits.
    * The sequences' KV lengths grow by their token counts (the caller frees sequences it abandons).
    */
-  async step(seqs: readonly StepSequence[], times: StepTimes, o: StepOptions = {}): Promise<HostTensor<'f32'>> {
+  step(seqs: readonly StepSequence[], times: StepTimes, o: StepOptions = {}): Promise<HostTensor<'f32'>> {
+    return this.#forward(seqs, times, o, async (logits, m) => {
+      await m.down(logits);
+      return logits.host;
+    });
+  }
+
+  /**
+   * Runs one step and chooses each sequence's next token: samplers[i] for sequence i (null: greedy, no draw; see
+   * sampler.ts sampleRows). A staged step whose samplers are all greedy takes the argmax on the compute backend
+   * (Backend.argmaxRows) and downloads numSeqs token ids instead of numSeqs x V logits; otherwise the logits come
+   * down and Backend.sampleRows runs on the host. The choice counts in denseHeadMs.
+   * @example
+   * const [next] = await fwd.stepTokens([{ seq, tokens: [tok] }], [new Sampler({})], emptyTimes());
+   */
+  stepTokens(seqs: readonly StepSequence[], samplers: ReadonlyArray<Sampler | null>, times: StepTimes, o: Omit<StepOptions, 'allLogits'> = {}): Promise<Int32Array> {
+    if (samplers.length !== seqs.length) throw new InvalidArgumentError(`samplers must hold one entry per sequence (${seqs.length}), received ${samplers.length}`);
+    const { be, host, staged } = this.#p;
+    const op = o.signal ? { signal: o.signal } : {};
+    const onDevice = staged && samplers.every((x) => x === null || x.options.temperature === 0);
+    return this.#forward(seqs, times, o, async (logits, m) => {
+      if (onDevice) {
+        const ids = m.pair('i32', [seqs.length]);
+        await be.argmaxRows(logits.dev, ids.dev, op);
+        await m.down(ids);
+        return ids.host.data;
+      }
+      await m.down(logits);
+      return sampleRows(host, logits.host, samplers, op);
+    });
+  }
+
+  /**
+   * The step itself: every layer, the final norm and the LM head into `logits` (on the compute backend), then
+   * `head` (inside the step's memory scope and its denseHeadMs).
+   */
+  async #forward<R>(seqs: readonly StepSequence[], times: StepTimes, o: StepOptions, head: (logits: Staged<'f32'>, m: StepMemory) => Promise<R>): Promise<R> {
     const { be, host, cfg, weights: W, kv, experts, staged } = this.#p;
     const start = performance.now();
     const signal = o.signal;
@@ -490,13 +530,13 @@ export class ForwardPass {
       }
       const logits = m.pair('f32', [rowsIn.shape[0]!, cfg.vocabSize]);
       await be.gemm(rowsIn, W.lmHead, logits.dev, op);
-      await m.down(logits);
+      const out = await head(logits, m);
       book('denseHeadMs');
       if (o.iteration) experts.endIteration?.();
       book('hostMs');
       times.totalMs += performance.now() - start;
       ok = true;
-      return logits.host;
+      return out;
     } finally {
       m.end(ok);
     }

@@ -33,7 +33,7 @@ import { HostTensor, type Tensor } from '../tensor.js';
 import { type BatchModel, type BatchOptions, type BatchRequestOptions, type BatchResult, runBatch } from './batch.js';
 import { CachedExperts, type ExpertExtras, type ExpertProvider, ResidentExperts } from './experts.js';
 import { ForwardPass, type StepRouting, type StepTimes, emptyTimes } from './forward.js';
-import { Sampler, sampleRows, type SamplingOptions } from './sampler.js';
+import { Sampler, type SamplingOptions } from './sampler.js';
 
 /** How routed experts are served. */
 export type ExpertMode =
@@ -195,7 +195,6 @@ export class MoeModel {
   readonly #experts: ExpertProvider;
   readonly #kv: KvCache;
   readonly #fwd: ForwardPass;
-  readonly #host: Backend; // host-side ops: sampling
   readonly #lock = new StepLock();
   readonly #prefillChunk: number;
   #active = 0;
@@ -227,7 +226,6 @@ export class MoeModel {
     this.#experts = p.experts;
     this.#kv = p.kv;
     this.#prefillChunk = p.prefillChunk;
-    this.#host = p.host;
     const rp = ropeFromConfig(p.config);
     this.#fwd = new ForwardPass({
       be: p.backend,
@@ -399,11 +397,10 @@ export class MoeModel {
       eos,
       encode: (p) => self.encode(p as Prompt),
       decoder: () => self.tokenizer.decoder({ skipSpecialTokens: true }),
-      step: async (seqs, times, signal) => {
+      step: async (seqs, samplers, times, signal) => {
         self.#checkAlive();
-        return self.#lock.run(() => self.#fwd.step(seqs, times, signal ? { signal } : {}));
+        return self.#lock.run(() => self.#fwd.stepTokens(seqs, samplers, times, signal ? { signal } : {}));
       },
-      sample: (logits, samplers, signal) => sampleRows(self.#host, logits, samplers, signal ? { signal } : {}),
     };
     const inner = runBatch(model, requests, options);
     return (async function* () {
@@ -519,15 +516,16 @@ export class MoeModel {
     try {
       // prefill in chunks; the last chunk's logits give the first token
       const t0 = performance.now();
-      let logits!: HostTensor<'f32'>;
+      let next = 0;
       for (let i = 0; i < promptIds.length; i += this.#prefillChunk) {
         const chunk = promptIds.slice(i, i + this.#prefillChunk);
+        const last = i + this.#prefillChunk >= promptIds.length; // only the last chunk's token is read (and drawn)
         this.#checkAlive();
-        logits = await this.#lock.run(() => this.#fwd.step([{ seq, tokens: chunk }], prefill, op));
+        next = (await this.#lock.run(() => this.#fwd.stepTokens([{ seq, tokens: chunk }], [last ? sampler : null], prefill, op)))[0]!;
       }
       prefillMs = performance.now() - t0;
       for (;;) {
-        const token = (await sampleRows(this.#host, logits, [sampler], op))[0]!;
+        const token = next;
         if (stopAtEos && eos.has(token)) {
           finish = 'eos';
           break;
@@ -547,13 +545,15 @@ export class MoeModel {
         if (promptIds.length + out.length >= this.config.maxPositionEmbeddings) break;
         this.#checkAlive();
         const ts = performance.now();
-        logits = await this.#lock.run(() =>
-          this.#fwd.step([{ seq, tokens: [token] }], decode, {
-            ...op,
-            iteration: { embedding },
-            ...(routing ? { routing } : {}),
-          }),
-        );
+        next = (
+          await this.#lock.run(() =>
+            this.#fwd.stepTokens([{ seq, tokens: [token] }], [sampler], decode, {
+              ...op,
+              iteration: { embedding },
+              ...(routing ? { routing } : {}),
+            }),
+          )
+        )[0]!;
         decodeMs += performance.now() - ts;
         decodeSteps++;
       }

@@ -139,6 +139,7 @@ int test_main(int argc, char** argv) {
   add_moe_oai_cases(cases);
   add_grouped_gemm_cases(cases);
   add_gather_cases(cases);
+  add_argmax_cases(cases);
   add_rms_norm_cases(cases);
   add_gemv_cases(cases);
   add_moe_invariance_cases(cases);
