@@ -37,8 +37,10 @@
  * Runs on the CPU backend too (--backend cpu: the same orchestration over the CPU device pool), which is how it is
  * checked without a GPU. --quick: 1 layer, prompt 16, batches 1 and 8, 3 decode steps; B_model is derived the same way
  * (for the quick run's sequence length) but the model-based run is capped at 4 sequences, so the path runs cheaply.
+ * --micro-batches=M1,M2,..: each batch at each count of attention micro-batches (default 1; BatchOptions.microBatches:
+ * one group's CPU attention overlaps the GPU projections of the others), an A/B in one run.
  * Run: node dist/bench/throughput-cuda.js [--backend=cpu] [--layers=N] [--prompt=P] [--batches=B1,B2,..]
- *   [--modes=offloaded,resident] [--model-based [--gpu-gib=G] [--reserve-gib=R]] [--quick]
+ *   [--micro-batches=M1,..] [--modes=offloaded,resident] [--model-based [--gpu-gib=G] [--reserve-gib=R]] [--quick]
  * The 5x comparison of issue 8 needs module-based batches of about 5 x B_model at the same sequence length, e.g.
  *   --layers=2 --prompt=512 --batches=1536 --modes=offloaded --model-based   (B_model = 305 at 24 GiB and 519 tokens)
  *   -> bench/results/throughput-staged-<backend>-<date>.json
@@ -145,6 +147,9 @@ async function main(): Promise<void> {
   const batches = arg('batches')?.split(',').map(Number) ?? (quick ? [1, 8] : [1, 16, 64, 256]);
   if (batches.some((b) => !Number.isInteger(b) || b < 1)) throw new Error(`--batches must be positive integers, received ${arg('batches')}`);
   const decodeSteps = quick ? 3 : 6;
+  // micro-batches of the attention module (BatchOptions.microBatches): every batch runs at each count, for an A/B
+  const micros = arg('micro-batches')?.split(',').map(Number) ?? [1];
+  if (micros.some((m) => !Number.isInteger(m) || m < 1)) throw new Error(`--micro-batches must be positive integers, received ${arg('micro-batches')}`);
   const modes = (arg('modes') ?? 'offloaded,resident').split(',') as Array<'offloaded' | 'resident'>;
   const gpuGiB = Number(arg('gpu-gib') ?? 24);
   const reserveGiB = Number(arg('reserve-gib') ?? 1);
@@ -169,7 +174,7 @@ async function main(): Promise<void> {
       const kvBytesPerToken = cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * 2;
       const { expertBytes, denseBytes } = decodeStepCost(cfg, 1);
       const cache = model.expertCache;
-      const measure = async (B: number): Promise<Row> => {
+      const measure = async (B: number, micro: number): Promise<Row> => {
         const reqs = randomRequests(B, promptTokens, 1234 + B, decodeSteps + 1);
         const read0 = readProbeGBs(128 * 2 ** 20);
         const prefill = { tokens: 0, ms: 0 };
@@ -179,6 +184,7 @@ async function main(): Promise<void> {
         for await (const _ of model.generateBatch(reqs, {
           maxSequences: B,
           maxBatchTokens: Math.min(B * promptTokens, 32768),
+          microBatches: micro,
           onStep: (st) => {
             const full = st.decodeTokens === B && st.tokens === B;
             intervals.mark(full);
@@ -207,6 +213,7 @@ async function main(): Promise<void> {
         const row = {
           experts: mode,
           batch: B,
+          micro_batches: micro,
           prompt_tokens: promptTokens,
           prefill_tokens_per_s: prefill.ms > 0 ? r3((prefill.tokens * 1000) / prefill.ms) : null,
           decode_steps_timed: decode.length,
@@ -214,7 +221,7 @@ async function main(): Promise<void> {
           step_ms_per_layer: r3(mid.ms / cfg.numLayers),
           decode_tokens_per_s: r3((B * 1000) / mid.ms),
           // the same with the scheduling between steps (median interval between full decode steps; the step time
-        // includes the sampling since stepTokens)
+          // includes the sampling since stepTokens)
           decode_interval_ms: intervals.ms.length ? r3(medianOf(intervals.ms)) : null,
           decode_tokens_per_s_interval: intervals.ms.length ? r3((B * 1000) / medianOf(intervals.ms)) : null,
           copied_MiB_per_step: r3(mid.copied / 2 ** 20),
@@ -241,14 +248,14 @@ async function main(): Promise<void> {
         console.log(JSON.stringify(row));
         return row;
       };
-      for (const B of batches) rows.push(await measure(B));
+      for (const B of batches) for (const micro of micros) rows.push(await measure(B, micro));
       if (mode === 'offloaded' && process.argv.includes('--model-based')) {
         // the model-based run: the same engine, model and options, one batch of B_model sequences through every module
         const cap = modelBasedCap(cfg, FULL_LAYERS, gpuGiB, reserveGiB, promptTokens + decodeSteps + 1);
         const B = quick ? Math.min(cap.batch, QUICK_CAP) : cap.batch;
         console.log(`model-based batch cap, ${gpuGiB} GiB GPU, ${FULL_LAYERS}-layer model (GiB): ${cap.formula} = ${cap.batch}${B < cap.batch ? ` (--quick: run at ${B})` : ''}`);
-        const reused = rows.find((r) => r.experts === 'offloaded' && r.batch === B);
-        const row = reused ?? (await measure(B));
+        const reused = rows.find((r) => r.experts === 'offloaded' && r.batch === B && r.micro_batches === micros[0]);
+        const row = reused ?? (await measure(B, micros[0]!));
         const best = rows.filter((r) => r.experts === 'offloaded').reduce((a, b) => (b.decode_tokens_per_s > a.decode_tokens_per_s ? b : a));
         modelBased = {
           gpu_gib: gpuGiB,

@@ -45,11 +45,13 @@ ${PRESET_NAMES.map((p) => `                               ${p.padEnd(22)}${PRESE
   generate --model DIR (--prompt TEXT | --chat TEXT) [--max-new-tokens N] [--temperature T] [--top-k K]
            [--top-p P] [--seed N] [--stop S]... [--experts resident|FRACTION] [--policy lru|finemoe] [--json]
                              stream a completion to stdout, then timing (stderr, or one JSON line with --json)
-  generate --model DIR --input IN.jsonl --output OUT.jsonl [--max-batch-tokens N] [--max-sequences N] [...]
+  generate --model DIR --input IN.jsonl --output OUT.jsonl [--max-batch-tokens N] [--max-sequences N]
+           [--micro-batches N] [...]
                              batched: every line of IN ({"prompt"} | {"messages"} | {"turns"} | {"tokens"}, with an
                              optional "id", "max_new_tokens", ...) through continuous batching; results appended to
                              OUT as they finish; ids already in OUT are skipped (resume); Ctrl-C stops cleanly;
-                             without --max-sequences the batch is the plan's (from the model's saved profile)
+                             without --max-sequences the batch is the plan's (from the model's saved profile);
+                             --micro-batches splits each step's attention module so CPU attention overlaps the GPU
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -141,6 +143,7 @@ async function generateCmd(args: string[]): Promise<number> {
       output: { type: 'string' },
       'max-batch-tokens': { type: 'string' },
       'max-sequences': { type: 'string' },
+      'micro-batches': { type: 'string' },
     },
   });
   if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required');
@@ -290,6 +293,7 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
       ...(num('seed', intOpt) !== undefined ? { seed: num('seed', intOpt)! } : {}),
     };
     const maxBatchTokens = num('max-batch-tokens', intOpt);
+    const microBatches = num('micro-batches', intOpt);
     let maxSequences = num('max-sequences', intOpt);
     if (maxSequences === undefined) {
       // the plan: the batch the performance model predicts fastest within the KV cache, from this model's saved profile
@@ -309,6 +313,7 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
       signal: ac.signal,
       ...(maxBatchTokens !== undefined ? { maxBatchTokens } : {}),
       ...(maxSequences !== undefined ? { maxSequences } : {}),
+      ...(microBatches !== undefined ? { microBatches } : {}),
       onError: (line, e) => {
         const code = (e as Error & { code?: string }).code;
         const msg = e.message.startsWith(`line ${line}:`) ? e.message : `line ${line}: ${e.message}`;

@@ -18,7 +18,9 @@
 #   VAR=value joined by commas, e.g. TEST_ENVS="MOE_CUDA_MOE=wgmma MOE_CUDA_GEMM=mma MOE_CUDA_MOE=mma,MOE_CUDA_DECODE_MAX_T=0"
 #   BENCH_ENVS=MOE_CUDA_GEMM=mma MOE_ENVS="MOE_CUDA_MOE=mma MOE_CUDA_DECODE_MAX_T=0")
 # When the carried moe-native does not run there, it is built there (slower).
-# Waiting for a GPU (compiled, not yet run): MOE_CUDA_GEMV1=wide and MOE_CUDA_GEMV2=wide (cuda/moe_experts_gemv.cuh):
+# Waiting for a GPU (compiled, not yet run): the attention micro-batches (THROUGHPUT_ARGS="--layers=2 --batches=64,256
+#   --micro-batches=1,2,4": keep the best count as generateBatch's CUDA default), argmaxRows on CUDA (the op table and
+#   sampler.test cover it), MOE_CUDA_GEMV1=wide and MOE_CUDA_GEMV2=wide (cuda/moe_experts_gemv.cuh):
 #   TEST_ENVS="MOE_CUDA_GEMV1=wide MOE_CUDA_GEMV2=wide" MOE_ENVS="MOE_CUDA_GEMV1=wide MOE_CUDA_GEMV2=wide
 #   MOE_CUDA_GEMV1=wide,MOE_CUDA_GEMV2=wide" (and bench-moe-cuda --t 1,2 under each).
 set -u

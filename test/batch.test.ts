@@ -9,6 +9,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { type BatchResult, InvalidArgumentError, type MoeModel, OutOfMemoryError, loadModel, makeModel } from '../lib/index.js';
+import { stepGroups } from '../lib/engine/forward.js';
 import { generateJsonl, type JsonlProgress, progressLine } from '../lib/engine/jsonl.js';
 
 let root = '';
@@ -99,6 +100,19 @@ for (const preset of ['tiny-mixtral', 'tiny-qwen3-moe'] as const) {
       const cfg = offloaded.config;
       assert.ok(st.evictions > 0);
       assert.ok(st.bytesMoved / offloaded.expertCache!.expertBytes <= steps * cfg.moeLayers.length * cfg.numExperts);
+    });
+
+    test('micro-batched attention (1, 2, 3 and 64 groups; direct and staged) gives the same tokens', async () => {
+      const prompts = PROMPTS.slice(0, 9);
+      const maxNew = (i: number) => 2 + ((i * 5) % 6);
+      const run = async (model: MoeModel, microBatches: number) =>
+        (await collect(model.generateBatch(prompts.map((p, i) => ({ prompt: p, options: { maxNewTokens: maxNew(i), stopAtEos: false } })), { maxSequences: 6, maxBatchTokens: 80, microBatches }))).map((r) => r.tokens);
+      using direct = await loadModel(dirs[preset]!);
+      using staged = await loadModel(dirs[preset]!, { deviceActivations: true });
+      const want = await run(direct, 1);
+      for (const n of [2, 3, 64]) assert.deepEqual(await run(direct, n), want, `direct, ${n} micro-batches`);
+      for (const n of [1, 3]) assert.deepEqual(await run(staged, n), want, `staged, ${n} micro-batches`);
+      await assert.rejects(run(direct, 0), (e: unknown) => e instanceof InvalidArgumentError && /microBatches must be a positive integer, received 0/.test(e.message));
     });
   });
 }
@@ -224,4 +238,39 @@ describe('jsonl', () => {
     assert.equal(rec.id, '81');
     assert.ok(rec.generated_tokens <= 4);
   });
+});
+
+test('stepGroups: contiguous non-empty groups of about equal token counts, every sequence once', () => {
+  const seqs = [5, 1, 1, 9, 2, 2, 2, 30, 1].map((n, i) => ({ seq: i, tokens: new Array<number>(n).fill(0) }));
+  const writes = seqs.map((s) => ({ seq: s.seq, pos: 0, n: s.tokens.length }));
+  const total = 53;
+  for (const count of [1, 2, 3, 4, 9, 20]) {
+    const g = stepGroups(seqs, writes, count);
+    assert.ok(g.length >= 1 && g.length <= Math.min(count, seqs.length), `${count}: ${g.length} groups`);
+    assert.deepEqual(
+      g.flatMap((x) => x.seqs.map((s) => s.seq)),
+      seqs.map((s) => s.seq),
+    );
+    assert.deepEqual(
+      g.flatMap((x) => x.writes.map((w) => w.seq)),
+      seqs.map((s) => s.seq),
+    );
+    let t = 0;
+    for (const x of g) {
+      assert.ok(x.seqs.length > 0 && x.T === x.seqs.reduce((n, s) => n + s.tokens.length, 0) && x.t0 === t);
+      t += x.T;
+    }
+    assert.equal(t, total);
+  }
+  // a decode step (one token per sequence): equal groups
+  const decode = Array.from({ length: 16 }, (_, i) => ({ seq: i, tokens: [0] }));
+  assert.deepEqual(
+    stepGroups(decode, decode.map((d) => ({ seq: d.seq, pos: 0, n: 1 })), 4).map((x) => x.T),
+    [4, 4, 4, 4],
+  );
+  assert.deepEqual(
+    stepGroups(seqs, writes, 2).map((x) => x.T),
+    [22, 31],
+  );
+  assert.throws(() => stepGroups(seqs, writes, 1.5), /microBatches must be an integer >= 1, received 1\.5/);
 });

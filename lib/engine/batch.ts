@@ -34,6 +34,12 @@ export interface BatchOptions {
   maxBatchTokens?: number;
   /** Sequences running at once (default 64). */
   maxSequences?: number;
+  /**
+   * Micro-batches of each step's attention module (default 1): its sequences in up to this many groups, so that the
+   * CPU attention of one overlaps the GPU projections of the others (lib/engine/forward.ts StepOptions). The tokens
+   * do not depend on it.
+   */
+  microBatches?: number;
   signal?: AbortSignal;
   /**
    * After every step: sequences in it, tokens, wall ms, and where that step's time went (`times`: attention, expert
@@ -110,6 +116,8 @@ export async function* runBatch(
   const maxSeqs = options.maxSequences ?? 64;
   if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) throw new InvalidArgumentError(`maxBatchTokens must be a positive integer, received ${describe(options.maxBatchTokens)}`);
   if (!Number.isSafeInteger(maxSeqs) || maxSeqs < 1) throw new InvalidArgumentError(`maxSequences must be a positive integer, received ${describe(options.maxSequences)}`);
+  const micro = options.microBatches ?? 1;
+  if (!Number.isSafeInteger(micro) || micro < 1) throw new InvalidArgumentError(`microBatches must be a positive integer, received ${describe(options.microBatches)}`);
   const signal = options.signal;
   const kv = model.kv;
   const bs = kv.blockSize;

@@ -21,10 +21,10 @@
  * Time is booked per group into {@link StepTimes}.
  */
 import type { Backend } from '../backend.js';
-import type { KvCache } from '../kv/cache.js';
+import type { KvBatch, KvCache } from '../kv/cache.js';
 import type { ModelConfig } from '../model/config.js';
 import type { DenseWeights, LayerWeights, MlaWeights } from '../model/weights.js';
-import { DTYPE_SIZE, type DType } from '../dtype.js';
+import { DTYPE_SIZE, type DType, describe } from '../dtype.js';
 import { type DeviceTensor, HostTensor, type Tensor, numelOf } from '../tensor.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { ExpertProvider } from './experts.js';
@@ -75,7 +75,49 @@ export interface StepOptions {
   routing?: StepRouting;
   /** A decode iteration of one sequence: drives the expert predictor (embedding = request's semantic embedding). */
   iteration?: { embedding: Float32Array };
+  /**
+   * Micro-batches of the attention module (default 1): the step's sequences in up to this many groups of about
+   * equal token counts, pipelined so that one group's CPU attention overlaps the compute backend's projections of
+   * the others. Same tokens whatever the count. With more than one, the module's time is booked as attentionMs.
+   */
+  microBatches?: number;
 }
+
+type BookKey = Exclude<keyof StepTimes, 'denseMs' | 'totalMs'>;
+
+/** One micro-batch of a step: sequences [.., ..) of the step, their token rows [t0, t0 + T) and KV writes. */
+interface StepGroup {
+  seqs: readonly StepSequence[];
+  writes: ReadonlyArray<{ seq: number; pos: number; n: number }>;
+  t0: number;
+  T: number;
+  batch: KvBatch;
+}
+
+/**
+ * The step's sequences in at most `count` contiguous groups of about equal token counts (each non-empty; group g
+ * ends at the sequence boundary nearest to (g + 1) / count of the tokens).
+ */
+export function stepGroups(seqs: readonly StepSequence[], writes: ReadonlyArray<{ seq: number; pos: number; n: number }>, count: number): Array<Omit<StepGroup, 'batch'>> {
+  if (!Number.isSafeInteger(count) || count < 1) throw new InvalidArgumentError(`microBatches must be an integer >= 1, received ${describe(count)}`);
+  const total = seqs.reduce((n, s) => n + s.tokens.length, 0);
+  const out: Array<Omit<StepGroup, 'batch'>> = [];
+  let i0 = 0, t0 = 0, t = 0;
+  const most = Math.min(count, seqs.length);
+  for (let i = 0; i < seqs.length; i++) {
+    t += seqs[i]!.tokens.length;
+    const share = (total * (out.length + 1)) / most; // where this group should end
+    const next = i + 1 < seqs.length ? seqs[i + 1]!.tokens.length : 0;
+    // close at the share, or before it when taking the next sequence would overshoot it by more
+    if (i === seqs.length - 1 || (out.length + 1 < most && (t >= share || t + next - share > share - t))) {
+      out.push({ seqs: seqs.slice(i0, i + 1), writes: writes.slice(i0, i + 1), t0, T: t - t0 });
+      i0 = i + 1;
+      t0 = t;
+    }
+  }
+  return out;
+}
+
 
 export interface ForwardParts {
   /** Runs the GEMMs, norms, router and experts (the CPU backend, or CUDA). */
@@ -375,7 +417,7 @@ export class ForwardPass {
     const op = signal ? { signal } : {};
     let mark = start;
     // Adds the time since the last mark to k; a dense part (denseQkvMs, denseOutMs, denseHeadMs) counts in denseMs too.
-    const book = (k: Exclude<keyof StepTimes, 'denseMs' | 'totalMs'>) => {
+    const book = (k: BookKey) => {
       const now = performance.now();
       times[k] += now - mark;
       if (k === 'denseQkvMs' || k === 'denseOutMs' || k === 'denseHeadMs') times.denseMs += now - mark;
@@ -403,10 +445,13 @@ export class ForwardPass {
         }
       }
     }
-    const batch = kv.batch(
-      seqs.map((s) => s.seq),
-      seqs.map((s) => s.tokens.length),
-    );
+    const groups = stepGroups(seqs, writes, o.microBatches ?? 1).map((g) => ({
+      ...g,
+      batch: kv.batch(
+        g.seqs.map((s) => s.seq),
+        g.seqs.map((s) => s.tokens.length),
+      ),
+    }));
 
     const m = new StepMemory(be, staged, this.#arena, op);
     let ok = false;
@@ -442,27 +487,45 @@ export class ForwardPass {
       let pending: Tensor | undefined;
       for (let l = 0; l < cfg.numLayers; l++) {
         const w = W.layers[l]!;
-        // attention block: q [T, nH, D], k and v [T, kvH, D] f32 (rotated, host), then the KV cache and attention
+        // attention module: q [T, nH, D], k and v [T, kvH, D] f32 (rotated, host), the KV cache, attention and the
+        // output projection into delta, per micro-batch of whole sequences (`groups`); with several, each group's
+        // host work (RoPE, KV writes, attention) overlaps the compute backend's projections of the others (every
+        // backend's stream runs its ops in order; rows are independent, so the result is the same bits)
         const norm = be.rmsNorm({ x: h, weight: w.inputNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op);
-        const { q, k, v } = w.mla ? await this.#mlaQkv(w.mla, xn, T, positions, norm, m, op) : await this.#mhaQkv(w, xn, T, positions, norm, m, op);
-        book('denseQkvMs');
-        await kv.writeMany(l, writes, k, v);
         const window = cfg.layerTypes && cfg.layerTypes[l] !== 'sliding' ? null : cfg.slidingWindow;
-        book('hostMs');
-        await host.attention(
-          // a fixed split count (per sequence min(4, its pages)): a sequence's result never depends on the batch
-          { q, k: kv.keys(l), v: kv.values(l), out: attn, ...batch, scale: this.#p.attentionScale, numSplits: 4, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}) },
-          op,
-        );
-        book('attentionMs');
-        let attnHost: HostTensor = attn.reshape([T, nH * D]);
-        if (w.mla && cfg.mla!.vHeadDim < D) attnHost = headPrefix(attn, cfg.mla!.vHeadDim); // [T, nH * v] bf16: drop the zero padding
-        const attnOut = await m.upload(attnHost);
-        book('hostMs');
+        const single = groups.length === 1;
+        // one group's attention module up to its queued output projection (returned, not awaited)
+        const part = async (g: StepGroup): Promise<Array<Promise<unknown>>> => {
+          const at = (k: BookKey) => single && book(k); // concurrent groups are booked together below
+          const rows = <X extends Tensor>(x: X) => (single ? x : (x.rows(g.t0, g.T) as X));
+          const { q, k, v } = w.mla ? await this.#mlaQkv(w.mla, rows(xn), g.T, rows(positions), norm, m, op) : await this.#mhaQkv(w, rows(xn), g.T, rows(positions), norm, m, op);
+          at('denseQkvMs');
+          await kv.writeMany(l, g.writes, k, v);
+          at('hostMs');
+          const out = rows(attn);
+          await host.attention(
+            // a fixed split count (per sequence min(4, its pages)): a sequence's result never depends on the batch
+            { q, k: kv.keys(l), v: kv.values(l), out, ...g.batch, scale: this.#p.attentionScale, numSplits: 4, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}) },
+            op,
+          );
+          at('attentionMs');
+          let attnHost: HostTensor = out.reshape([g.T, nH * D]);
+          if (w.mla && cfg.mla!.vHeadDim < D) attnHost = headPrefix(out, cfg.mla!.vHeadDim); // [T, nH * v] bf16: drop the zero padding
+          const attnOut = await m.upload(attnHost);
+          at('hostMs');
+          const d = rows(delta);
+          return w.oBias ? [be.gemm(attnOut, w.o, d, op), be.add(d, w.oBias, d, op)] : [be.gemm(attnOut, w.o, d, op)];
+        };
+        const done = await Promise.allSettled(groups.map(part));
+        const g2: Array<Promise<unknown>> = done.flatMap((x) => (x.status === 'fulfilled' ? x.value : []));
+        const failed = done.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+        if (failed) {
+          await Promise.allSettled(g2); // the other groups' projections: nothing of this step left running
+          throw failed.reason;
+        }
+        if (!single) book('attentionMs');
         const li = this.#moeIndex.get(l);
         // MoE layers route from the f32 normalised state (a bf16 rounding there can flip near-tied experts)
-        const g2: Array<Promise<unknown>> = [be.gemm(attnOut, w.o, delta, op)];
-        if (w.oBias) g2.push(be.add(delta, w.oBias, delta, op));
         if (li === undefined) g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xn, eps: cfg.rmsNormEps, add: delta }, op));
         else g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xf, eps: cfg.rmsNormEps, add: delta }, op), be.convert(xf, xn, op));
         if (li === undefined) {

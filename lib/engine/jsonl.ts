@@ -29,7 +29,7 @@ export interface JsonlProgress {
   waiting: number;
 }
 
-export interface JsonlRunOptions extends Pick<BatchOptions, 'maxBatchTokens' | 'maxSequences' | 'signal'> {
+export interface JsonlRunOptions extends Pick<BatchOptions, 'maxBatchTokens' | 'maxSequences' | 'microBatches' | 'signal'> {
   /** Defaults for every request (a line's own fields win). */
   defaults?: BatchRequestOptions;
   onProgress?: (p: JsonlProgress) => void;
@@ -149,6 +149,7 @@ export async function generateJsonl(model: MoeModel, input: string, output: stri
     const it = model.generateBatch(requests() as AsyncIterable<{ prompt: Prompt; options?: BatchRequestOptions }>, {
       ...(o.maxBatchTokens !== undefined ? { maxBatchTokens: o.maxBatchTokens } : {}),
       ...(o.maxSequences !== undefined ? { maxSequences: o.maxSequences } : {}),
+      ...(o.microBatches !== undefined ? { microBatches: o.microBatches } : {}),
       ...(o.signal ? { signal: o.signal } : {}),
       onStep: (s) => {
         progress.running = s.running;

@@ -399,7 +399,7 @@ export class MoeModel {
       decoder: () => self.tokenizer.decoder({ skipSpecialTokens: true }),
       step: async (seqs, samplers, times, signal) => {
         self.#checkAlive();
-        return self.#lock.run(() => self.#fwd.stepTokens(seqs, samplers, times, signal ? { signal } : {}));
+        return self.#lock.run(() => self.#fwd.stepTokens(seqs, samplers, times, { ...(signal ? { signal } : {}), ...(options.microBatches ? { microBatches: options.microBatches } : {}) }));
       },
     };
     const inner = runBatch(model, requests, options);
