@@ -1,6 +1,6 @@
 /**
  * Performance model accuracy (issue 8): predicted vs measured decode throughput of batched generation on this
- * machine, over models x batch x context. Per model, right before its configurations, the model profile
+ * machine, over models x batch x context, and prefill throughput over models x prompt length (below). Per model, right before its configurations, the model profile
  * (lib/batching/profile.ts `profileModel`: the model's own ops at its shapes) is measured; then each configuration
  * runs `generateBatch` with B random prompts of L tokens, all prefilled in one step so the B sequences then decode
  * in lockstep, and times the interval between consecutive steps in which all B decode (the step, sampling and the
@@ -12,6 +12,10 @@
  * interval, against that run's own prediction (every run is recorded).
  * Reports |predicted - measured| / measured of the throughput per configuration and the mean (target <= 6%,
  * MoE-Lens's 94%), with the load average during the run (the machine is shared).
+ * Prefill: prompts of 128, 512 and 1200 tokens in steps of 512 tokens (four 128-token prompts share a step, 512
+ * fills one, 1200 runs in three chunks), each request generating one token so every step only prefills; measured
+ * prompt tokens/s over those steps vs predictPrefill (the profile then also measures its row ops at 128, 256 and
+ * 512 rows and the prefill attention).
  * Run: node dist/bench/perf-model.js [--quick] [--reps=N] [--passes=N] [--models=a,b]
  *   -> bench/results/perf-model-cpu-<date>.json (--quick: one profile pass, one run per configuration)
  */
@@ -19,7 +23,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { predictDecode } from '../lib/batching/perf-model.js';
+import { predictDecode, predictPrefill } from '../lib/batching/perf-model.js';
 import { profileModel, readProbeGBs } from '../lib/batching/profile.js';
 import { loadModel, type PresetName } from '../lib/index.js';
 import { benchModel, medianOf, randomRequests, StepIntervals } from './bench-models.js';
@@ -27,6 +31,8 @@ import { machine } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
 const PROBE = 64 * 2 ** 20;
+/** Tokens per prefill step (generateBatch's default maxBatchTokens). */
+const CHUNK = 512;
 
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
@@ -34,6 +40,8 @@ async function main(): Promise<void> {
   const only = arg('models')?.split(',');
   const batches = [1, 8, 32];
   const contexts = [128, 512];
+  const prompts = [128, 512, 1200];
+  const prefillRows: Array<Record<string, unknown>> = [];
   const models: Array<{ preset: PresetName; layers?: number }> = [
     { preset: 'tiny-qwen3-moe' },
     { preset: 'tiny-mixtral' },
@@ -53,7 +61,7 @@ async function main(): Promise<void> {
     try {
       const cfg = model.config;
       loads.push(os.loadavg()[0]!);
-      const profile = await profileModel(model.backend, cfg, { maxBatch: Math.max(...batches), quick, ...(passes ? { passes } : {}) });
+      const profile = await profileModel(model.backend, cfg, { maxBatch: Math.max(...batches), prefillTokens: [128, 256, CHUNK], quick, ...(passes ? { passes } : {}) });
       profiles[m.preset] = profile;
       console.log(`${m.preset}: profile in ${profile.seconds.toFixed(1)} s, read ${profile.readGBs.toFixed(1)} GB/s, stream efficiency ${profile.streamEfficiency.toFixed(2)}, runtime ${JSON.stringify({ ...profile.runtime, points: undefined })}`);
       const V = cfg.vocabSize;
@@ -102,6 +110,61 @@ async function main(): Promise<void> {
           }
         }
       }
+      // prefill: prompts of P tokens in steps of CHUNK (generateBatch's default maxBatchTokens); one new token each, so
+      // every step only prefills. A prompt that fits shares its step with floor(CHUNK / P) others (two such steps);
+      // a longer one runs alone in chunks (two prompts). Measured: prompt tokens over those steps' time; the same runs
+      // interleaved over `reps` rounds, the row the median run.
+      const pre = new Map<number, Array<{ measured: number; pred: ReturnType<typeof predictPrefill>; before: number; after: number; load: number; steps: number }>>();
+      for (let rep = 0; rep < reps; rep++) {
+        for (const P of prompts) {
+          const S = P <= CHUNK ? Math.floor(CHUNK / P) : 1;
+          const reqs = randomRequests(P <= CHUNK ? 2 * S : 2, P, 777 + P + 1000 * rep, 1, Math.min(V, 500));
+          const before = readProbeGBs(PROBE);
+          const load = os.loadavg()[0]!;
+          let tokens = 0;
+          let ms = 0;
+          let steps = 0;
+          for await (const _ of model.generateBatch(reqs, {
+            maxSequences: S,
+            maxBatchTokens: CHUNK,
+            onStep: (st) => {
+              if (st.decodeTokens !== 0) return;
+              tokens += st.tokens;
+              ms += st.ms;
+              steps++;
+            },
+          })) {
+            // the timings are what is measured
+          }
+          const after = readProbeGBs(PROBE);
+          const pred = predictPrefill(cfg, profile, { prompt: P, chunk: CHUNK }, { readGBs: (before + after) / 2 });
+          pre.set(P, [...(pre.get(P) ?? []), { measured: (tokens * 1000) / ms, pred, before, after, load, steps }]);
+          loads.push(load);
+        }
+      }
+      for (const P of prompts) {
+        const all = pre.get(P)!;
+        const r = [...all].sort((a, b) => a.measured - b.measured)[Math.floor((all.length - 1) / 2)]!;
+        const row = {
+          model: m.preset,
+          layers: cfg.numLayers,
+          prompt: P,
+          chunk: CHUNK,
+          steps: r.steps,
+          measured_tokens_per_s: r3(r.measured),
+          predicted_tokens_per_s: r3(r.pred.tokensPerSecond),
+          // of the time per prompt token (1 / throughput), as the decode rows compare step times
+          rel_error: r3(Math.abs(1 / r.pred.tokensPerSecond - 1 / r.measured) * r.measured),
+          read_GBs: r3((r.before + r.after) / 2),
+          load_avg_1m: r3(r.load),
+          bound: r.pred.bound,
+          predicted_steps: r.pred.steps.map((x) => ({ ...x, ms: r3(x.ms) })),
+          terms_ms: Object.fromEntries(Object.entries(r.pred.terms).map(([k, v]) => [k, r3(v)])),
+          runs: all.map((x) => ({ measured_tokens_per_s: r3(x.measured), predicted_tokens_per_s: r3(x.pred.tokensPerSecond), read_GBs: r3((x.before + x.after) / 2), load_avg_1m: r3(x.load) })),
+        };
+        prefillRows.push(row);
+        console.log(JSON.stringify({ ...row, terms_ms: undefined, predicted_steps: undefined }));
+      }
       for (const B of batches) {
         for (const L of contexts) {
           const all = runs.get(`${B}/${L}`)!;
@@ -139,8 +202,10 @@ async function main(): Promise<void> {
     }
   }
   const mean = rows.reduce((a, r) => a + (r.rel_error as number), 0) / rows.length;
+  const meanPrefill = prefillRows.length ? prefillRows.reduce((a, r) => a + (r.rel_error as number), 0) / prefillRows.length : null;
   const meanLoad = loads.reduce((a, b) => a + b, 0) / loads.length;
-  console.log(`mean |predicted - measured| / measured over ${rows.length} configurations: ${(mean * 100).toFixed(1)}% (load average ${meanLoad.toFixed(2)}, ${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+  console.log(`decode: mean |predicted - measured| / measured over ${rows.length} configurations: ${(mean * 100).toFixed(1)}% (load average ${meanLoad.toFixed(2)}, ${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+  if (meanPrefill !== null) console.log(`prefill: mean over ${prefillRows.length} configurations: ${(meanPrefill * 100).toFixed(1)}%`);
   const out = {
     bench: 'performance model accuracy, batched decode throughput (bench/perf-model.ts)',
     machine: machine(),
@@ -151,7 +216,9 @@ async function main(): Promise<void> {
     load_avg_1m_mean: r3(meanLoad),
     load_avg_1m_max: r3(Math.max(...loads)),
     mean_rel_error: r3(mean),
+    prefill_mean_rel_error: meanPrefill === null ? null : r3(meanPrefill),
     rows,
+    prefill_rows: prefillRows,
     profiles,
   };
   const file = path.join(__dirname, '..', '..', 'bench', 'results', `perf-model-cpu-${new Date().toISOString().slice(0, 10)}${process.env.MOE_BENCH_LABEL ? `-${process.env.MOE_BENCH_LABEL}` : ''}.json`);

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { openBackend } from './backend.js';
-import { type ModelProfile, chooseBatch, opCost, predictDecode, stepOps } from './batching/perf-model.js';
+import { type ModelProfile, chooseBatch, opCost, predictDecode, predictPrefill, stepOps } from './batching/perf-model.js';
 import { profileModel, readProbeGBs } from './batching/profile.js';
 
 import { demo } from './demo.js';
@@ -35,7 +35,8 @@ commands:
                              decode step at its own shapes vs batch (and attention vs context), per-op and per-step
                              runtime costs; default FILE ~/.cache/moe-offload/profile-<model folder name>.json
   plan --model DIR [--context N] [--kv-gib G] [--profile FILE]
-                             predicted decode throughput per batch size, the binding resource, the chosen batch
+                             predicted decode throughput per batch size, the binding resource, the chosen batch,
+                             and the prefill throughput of prompts of the context's length
                              (measures and saves the model's profile first when FILE is absent)
   info [--json]              package version, CPU features, CUDA devices (or why CUDA is unavailable), backend in use
   make-model --preset NAME [--seed N] [--layers N] DIR
@@ -265,6 +266,13 @@ async function planCmd(args: string[]): Promise<number> {
   }
   const best = chooseBatch(cfg, p, context, kvTokens, now);
   process.stdout.write(`choice: batch ${best.batch} (${best.prediction.tokensPerSecond.toFixed(1)} tokens/s predicted; ${best.prediction.bound})\n`);
+  if (p.prefillTokens?.length) {
+    // prefill of prompts as long as the context, in steps of generateBatch's default 512 tokens
+    const f = predictPrefill(cfg, p, { prompt: context, chunk: 512 }, now);
+    process.stdout.write(`prefill: prompts of ${context} tokens in steps of 512: ${f.tokensPerSecond.toFixed(1)} tokens/s predicted (${f.steps.length} step(s) of ${f.stepMs.toFixed(1)} ms; ${f.bound})\n`);
+  } else {
+    process.stdout.write(`prefill: not predicted (the saved profile has no prefill points; moe-offload profile measures them)\n`);
+  }
   return 0;
 }
 

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { predictDecode } from './batching/perf-model.js';
+import { predictDecode, predictPrefill } from './batching/perf-model.js';
 import { profileModel, readProbeGBs } from './batching/profile.js';
 import { loadModel } from './engine/model.js';
 import { makeModel } from './model/make-model.js';
@@ -87,6 +87,7 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
   let tokens = 0;
   const intervals: number[] = [];
   let last = -1;
+  const prefill = { tokens: 0, ms: 0 }; // steps that only prefill
   for await (const r of resident.generateBatch(
     batch.map((b) => ({ prompt: [{ role: 'user', content: b }], options: { maxNewTokens: o.maxNewTokens ?? 32, stopAtEos: false } })),
     {
@@ -94,6 +95,10 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
       onStep: (st) => {
         // decode throughput: time from one all-decoding step to the next (the step, sampling, bookkeeping)
         const now = performance.now();
+        if (st.decodeTokens === 0) {
+          prefill.tokens += st.tokens;
+          prefill.ms += st.ms;
+        }
         const pure = st.decodeTokens === st.tokens && st.tokens === batch.length;
         if (pure && last >= 0) intervals.push(now - last);
         last = pure ? now : -1;
@@ -104,12 +109,16 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
   }
   const wall = performance.now() - t0;
   write(`  ${tokens} tokens in ${(wall / 1000).toFixed(2)} s: ${((tokens * 1000) / wall).toFixed(0)} tokens/s overall (prefill included)\n`);
+  const readGBs = (readBefore + readProbeGBs(64 * 2 ** 20)) / 2;
+  const prompt = batch.reduce((a, b) => a + resident.encode([{ role: 'user', content: b }]).length, 0) / batch.length;
+  if (prefill.ms > 0) {
+    const pre = predictPrefill(resident.config, profile, { prompt: Math.round(prompt), chunk: 512 }, { readGBs });
+    write(`  prefill steps: ${((prefill.tokens * 1000) / prefill.ms).toFixed(0)} prompt tokens/s measured, ${pre.tokensPerSecond.toFixed(0)} predicted (bound: ${pre.bound})\n`);
+  }
   if (intervals.length > 0) {
     intervals.sort((a, b) => a - b);
     const measured = (batch.length * 1000) / intervals[Math.floor(intervals.length / 2)]!;
-    const readGBs = (readBefore + readProbeGBs(64 * 2 ** 20)) / 2;
     // the KV length of the decode steps, on average: the prompt plus half the new tokens
-    const prompt = batch.reduce((a, b) => a + resident.encode([{ role: 'user', content: b }]).length, 0) / batch.length;
     const context = Math.round(prompt + (o.maxNewTokens ?? 32) / 2);
     const pred = predictDecode(resident.config, profile, { batch: batch.length, context }, { readGBs });
     const t = pred.terms;

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { type ModelProfile, type OpPoint, expectedExperts, interp, opCost, opsPerStep, predictDecode, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
+import { type ModelProfile, type OpPoint, type OpSpec, expectedExperts, interp, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
 import { profileModel } from '../lib/batching/profile.js';
 import { type Backend, loadModel, makeModel, type ModelConfig, type PresetName } from '../lib/index.js';
 
@@ -75,6 +75,16 @@ function synthetic(cfg: ModelConfig): ModelProfile {
     measuredAt: 'now',
     seconds: 0,
   };
+}
+
+/** The synthetic profile with prefill attention: compute-bound, 1 ns per query-key pair per head, and 0.01 ms. */
+function withPrefill(cfg: ModelConfig, p: ModelProfile): ModelProfile {
+  for (const o of stepOps(cfg).ops) {
+    if (o.spec.op !== 'attention') continue;
+    const h = o.spec.qHeads;
+    p.ops[opKey(prefillAttention(o.spec))] = [1e3, 1e5, 1e7].map((pairs) => ({ batch: pairs, ms: 0.01 + (pairs * h) / 1e6, bytes: 0, probeGBs: 0 }));
+  }
+  return { ...p, prefillTokens: [512] };
 }
 
 test('interpolation is linear between points, clamped below, extended along the last segment above', () => {
@@ -241,9 +251,10 @@ for (const preset of PRESETS) {
 test('profileModel measures every op of a tiny model at its shapes, batches and contexts', async () => {
   const cfg = await config('tiny-qwen3-moe');
   using m = await loadModel(path.join(root, 'tiny-qwen3-moe'));
-  const p = await profileModel(m.backend, cfg, { maxBatch: 6, contexts: [32, 96], quick: true });
+  const p = await profileModel(m.backend, cfg, { maxBatch: 6, contexts: [32, 96], prefillTokens: [16], quick: true });
   assert.equal(p.version, 2);
   assert.deepEqual(p.batches, [1, 2, 4, 6]);
+  assert.deepEqual(p.prefillTokens, [16]);
   assert.equal(p.model.hiddenSize, cfg.hiddenSize);
   const plan = stepOps(cfg);
   for (const o of plan.ops) {
@@ -258,7 +269,15 @@ test('profileModel measures every op of a tiny model at its shapes, batches and 
       if (o.spec.op === 'attention') {
         assert.deepEqual(pts.map((q) => `${q.batch}/${q.context}`).sort(), ['1/33', '1/97', '2/33', '2/97', '4/33', '4/97', '6/33', '6/97'].sort());
         for (const q of pts) assert.equal(q.bytes, q.batch * q.context! * 2 * o.spec.kvHeads * o.spec.headDim * 2);
-      } else assert.deepEqual(pts.map((q) => q.batch), [1, 2, 4, 6]);
+      } else {
+        // rows per token also at the prefill step; rows per sequence (LM head...) at the decode batches only, unless
+        // a per-token op shares the key (a tiny model's q projection can have the LM head's shape)
+        const seqOnly = plan.ops.filter((x) => x.key === o.key).every((x) => x.perSequence);
+        assert.deepEqual(
+          pts.map((q) => q.batch),
+          seqOnly ? [1, 2, 4, 6] : [1, 2, 4, 6, 16],
+        );
+      }
     }
     for (const q of all) assert.ok(Number.isFinite(q.ms) && q.ms >= 0, `${o.key} at ${q.batch}: ${q.ms}`);
     if (o.spec.op === 'gemm') for (const q of all) assert.equal(q.bytes, o.spec.n * o.spec.k * (o.spec.dtype === 'bf16' ? 2 : 4));
@@ -281,4 +300,67 @@ test('profileModel measures every op of a tiny model at its shapes, batches and 
   const d = predictDecode(cfg, p, { batch: 4, context: 64 }, { readGBs: p.readGBs });
   assert.ok(Number.isFinite(d.stepMs) && d.stepMs > 0 && d.tokensPerSecond > 0);
   assert.ok(d.expertsPerLayer > cfg.topK && d.expertsPerLayer <= 4 * cfg.topK);
+  // prefill attention: one prompt of 16 tokens, four of 4, and 16 after a prefix of 32, at their query-key pairs
+  const att = stepOps(cfg).ops.find((o) => o.spec.op === 'attention')!.spec as Extract<OpSpec, { op: 'attention' }>;
+  const pre = p.ops[opKey(prefillAttention(att))]!;
+  assert.deepEqual(
+    pre.map((q) => q.batch),
+    [4 * prefillPairs(4, 0), prefillPairs(16, 0), prefillPairs(16, 32)].sort((a, b) => a - b),
+  );
+  for (const q of pre) assert.ok(Number.isFinite(q.ms) && q.ms > 0);
+  const f = predictPrefill(cfg, p, { prompt: 40, chunk: 16 }, { readGBs: p.readGBs });
+  assert.deepEqual(
+    f.steps.map((x) => [x.tokens, x.prefix]),
+    [
+      [16, 0],
+      [16, 16],
+      [8, 32],
+    ],
+  );
+  assert.ok(Number.isFinite(f.tokensPerSecond) && f.tokensPerSecond > 0);
+});
+
+test('prefill pairs: each new token sees its prefix and the tokens before it, at most a window', () => {
+  const brute = (q: number, P: number, w: number | null) => {
+    let n = 0;
+    for (let i = 0; i < q; i++) n += w === null ? P + i + 1 : Math.min(P + i + 1, w);
+    return n;
+  };
+  for (const [q, P, w] of [
+    [1, 0, null],
+    [7, 0, null],
+    [64, 100, null],
+    [64, 100, 128],
+    [300, 0, 128],
+    [5, 3, 1000],
+  ] as const) {
+    assert.equal(prefillPairs(q, P, w), brute(q, P, w), `q ${q} P ${P} window ${w}`);
+  }
+});
+
+test('prefill predictions: prompts share a step up to the chunk, longer ones run in chunks; faster per token than decode', async () => {
+  for (const preset of ['tiny-qwen3-moe', 'tiny-gpt-oss'] as const) {
+    const cfg = await config(preset);
+    const p = withPrefill(cfg, synthetic(cfg));
+    const short = predictPrefill(cfg, p, { prompt: 100, chunk: 512 });
+    assert.deepEqual(
+      short.steps.map((x) => [x.tokens, x.sequences, x.prefix]),
+      [[500, 5, 0]],
+    );
+    const long = predictPrefill(cfg, p, { prompt: 1200, chunk: 512 });
+    assert.deepEqual(
+      long.steps.map((x) => [x.tokens, x.sequences, x.prefix]),
+      [
+        [512, 1, 0],
+        [512, 1, 512],
+        [176, 1, 1024],
+      ],
+    );
+    assert.ok(long.steps[1]!.ms > long.steps[0]!.ms, `${preset}: a chunk after a prefix attends to more keys`);
+    assert.ok(Math.abs(long.tokensPerSecond - (1200 * 1000) / long.steps.reduce((a, x) => a + x.ms, 0)) < 1e-9);
+    const decode = predictDecode(cfg, p, { batch: 1, context: 100 });
+    assert.ok(short.tokensPerSecond > 4 * decode.tokensPerSecond, `${preset}: prefill amortises the weights over its tokens`);
+    assert.throws(() => predictPrefill(cfg, p, { prompt: 0 }), /prompt and chunk must be integers >= 1, received prompt 0/);
+    assert.throws(() => predictPrefill(cfg, synthetic(cfg), { prompt: 10 }), /no measurements of "attentionPrefill/);
+  }
 });

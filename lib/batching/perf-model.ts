@@ -26,6 +26,7 @@
  * const pred = predictDecode(model.config, p, { batch: 32, context: 512 }, { readGBs: readProbeGBs(64 * 2 ** 20) });
  * console.log(pred.tokensPerSecond, pred.bound, pred.terms);
  */
+import { describe } from '../dtype.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
 import { attentionHeadDim } from '../model/weights.js';
@@ -46,6 +47,9 @@ export type OpSpec =
   | { op: 'gatherRows'; srcRows: number; n: number }
   /** decode attention of T sequences over their KV cache (q f32, out bf16) */
   | { op: 'attention'; qHeads: number; kvHeads: number; headDim: number }
+  /** prefill attention: a step's new tokens attend causally to their sequences' keys (q f32, out bf16); its points'
+   * `batch` counts query-key pairs (per head: sum over the new tokens of the keys each attends to) */
+  | { op: 'attentionPrefill'; qHeads: number; kvHeads: number; headDim: number }
   /** fused SwiGLU experts: routed (table of E, k per token) or a one-expert MLP (shared expert, dense layer) */
   | { op: 'moeExperts'; experts: number; k: number; hidden: number; inter: number }
   /** host: KvCache.write of one token's k and v for each of T sequences */
@@ -71,6 +75,8 @@ export interface PlannedOp {
   backend: boolean;
   /** Attention: the window of these calls (null: full context). */
   window?: number | null;
+  /** Runs on one row per sequence of the step (the LM head, its row gather, the logits), not one per token. */
+  perSequence?: boolean;
 }
 
 export interface StepPlan {
@@ -101,6 +107,8 @@ export function opKey(s: OpSpec): string {
       return `gatherRows ${s.srcRows}x${s.n}`;
     case 'attention':
       return `attention ${s.qHeads}/${s.kvHeads}x${s.headDim}`;
+    case 'attentionPrefill':
+      return `attentionPrefill ${s.qHeads}/${s.kvHeads}x${s.headDim}`;
     case 'moeExperts':
       return `moeExperts ${s.experts}x${s.hidden}x${s.inter} k${s.k}`;
     case 'kvWrite':
@@ -130,24 +138,25 @@ export function stepOps(cfg: ModelConfig): StepPlan {
   const list: Array<Omit<PlannedOp, 'key' | 'calls'> & { layer: number }> = [];
   let groups = 0;
   const perLayer: number[] = [];
-  const push = (layer: number, spec: OpSpec, term: TermName, window?: number | null) => {
+  const push = (layer: number, spec: OpSpec, term: TermName, window?: number | null, perSequence = false) => {
     const backend = spec.op !== 'kvWrite' && spec.op !== 'clamp' && spec.op !== 'mlaAssemble' && spec.op !== 'alloc';
-    list.push({ layer, spec, term, backend, ...(window !== undefined ? { window } : {}) });
+    list.push({ layer, spec, term, backend, ...(window !== undefined ? { window } : {}), ...(perSequence ? { perSequence } : {}) });
   };
   const gemm = (layer: number, n: number, k: number, term: TermName, dtype: 'bf16' | 'f32' = 'bf16') => push(layer, { op: 'gemm', n, k, dtype }, term);
-  // the step's tensors, allocated fresh each step: ids, positions, h, xn, attn, delta, blockOut (+ sharedOut),
-  // router logits, xf, top-k ids and weights, the one-expert ids and weights (+ the shared gate's three), the
-  // sequences' last rows and their logits
+  // the step's tensors, allocated fresh each step: per token ids, positions, h, xn, attn, delta, blockOut (+
+  // sharedOut), router logits, xf, top-k ids and weights, the one-expert ids and weights (+ the shared gate's three);
+  // per sequence its last row's index, the row and its logits
   const E = cfg.numExperts;
   const K = cfg.topK;
   push(
     -1,
     {
       op: 'alloc',
-      rowBytes: [4, 4, 4 * H, 2 * H, 2 * nH * D, 4 * H, 2 * H, ...(cfg.sharedExperts ? [2 * H] : []), 4 * E, 4 * H, 4 * K, 4 * K, 4, 4, ...(cfg.sharedExperts?.gated ? [4, 4, 4] : []), 4, 2 * H, 4 * cfg.vocabSize],
+      rowBytes: [4, 4, 4 * H, 2 * H, 2 * nH * D, 4 * H, 2 * H, ...(cfg.sharedExperts ? [2 * H] : []), 4 * E, 4 * H, 4 * K, 4 * K, 4, 4, ...(cfg.sharedExperts?.gated ? [4, 4, 4] : [])],
     },
     'host',
   );
+  push(-1, { op: 'alloc', rowBytes: [4, 2 * H, 4 * cfg.vocabSize] }, 'host', undefined, true);
   // embedding: gather rows of the table, then bf16 -> f32 residual stream (two groups)
   push(-1, { op: 'gatherRows', srcRows: cfg.vocabSize, n: H }, 'lmHead');
   push(-1, { op: 'convert', n: H, from: 'bf16', to: 'f32' }, 'lmHead');
@@ -234,17 +243,17 @@ export function stepOps(cfg: ModelConfig): StepPlan {
     perLayer.push(list.filter((o) => o.layer === l && o.backend).length);
   }
   push(-1, { op: 'rmsNorm', rowsPerToken: 1, d: H, out: 'bf16', add: 'bf16' }, 'lmHead');
-  push(-1, { op: 'gatherRows', srcRows: 0, n: H }, 'lmHead');
-  gemm(-1, cfg.vocabSize, H, 'lmHead');
+  push(-1, { op: 'gatherRows', srcRows: 0, n: H }, 'lmHead', undefined, true);
+  push(-1, { op: 'gemm', n: cfg.vocabSize, k: H, dtype: 'bf16' }, 'lmHead', undefined, true);
   groups += 3;
   // aggregate identical ops reported in the same term (attention also by window)
   const byKey = new Map<string, PlannedOp>();
   for (const o of list) {
     const key = opKey(o.spec);
-    const id = `${key} ${o.term}${o.window === undefined ? '' : ` w${o.window}`}`;
+    const id = `${key} ${o.term}${o.window === undefined ? '' : ` w${o.window}`}${o.perSequence ? ' seq' : ''}`;
     const e = byKey.get(id);
     if (e) e.calls++;
-    else byKey.set(id, { key, spec: o.spec, calls: 1, term: o.term, backend: o.backend, ...(o.window !== undefined ? { window: o.window } : {}) });
+    else byKey.set(id, { key, spec: o.spec, calls: 1, term: o.term, backend: o.backend, ...(o.window !== undefined ? { window: o.window } : {}), ...(o.perSequence ? { perSequence: true } : {}) });
   }
   const perStep = list.filter((o) => o.layer < 0 && o.backend).length;
   return { ops: [...byKey.values()], groups, perLayer, perStep };
@@ -288,6 +297,11 @@ export interface ModelProfile {
   batches: number[];
   /** Attention contexts measured. */
   contexts: number[];
+  /**
+   * Prefill step sizes (tokens) the row ops were also measured at, with the prefill attention (attentionPrefill);
+   * empty or absent: the profile predicts decode only.
+   */
+  prefillTokens?: number[];
   /** Measured points per op key (opKey). */
   ops: Record<string, OpPoint[]>;
   /** Round trip of one awaited group of ops back to JS, ms. */
@@ -478,22 +492,30 @@ export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeSh
   const B = shape.batch;
   const L = shape.context;
   if (!(B >= 1) || !(L >= 1)) throw new InvalidArgumentError(`batch and context must be >= 1, received batch ${shape.batch}, context ${shape.context}`);
+  // how cold the step reads: warm while its working set fits the last-level cache, cold from twice that
+  const cold = Math.min(1, Math.max(0, stepWorkingSet(cfg, B, L) / p.cacheBytes - 1));
+  const step = composeStep(cfg, p, B, B, now, cold, (o) => opCost(p, o.key, B, o.window ? Math.min(L, o.window) : L, now, cold));
+  return { ...step, tokensPerSecond: (B * 1000) / step.stepMs, expertsPerLayer: expectedExperts(cfg.numExperts, cfg.topK, B) };
+}
+
+/**
+ * One step of T tokens from S sequences: every op of stepOps at T rows (S for the per-sequence ones), attention
+ * from `attention`, sampling S rows, the group round trips and runtime costs; its terms and binding resource.
+ */
+function composeStep(cfg: ModelConfig, p: ModelProfile, T: number, S: number, now: Conditions, cold: number, attention: (o: PlannedOp) => { ms: number; memMs: number }): Omit<DecodePrediction, 'tokensPerSecond' | 'expertsPerLayer'> {
   const plan = stepOps(cfg);
   const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0 };
   let weightsMem = 0;
   let kvMem = 0;
   let perOp = 0;
-  // how cold the step reads: warm while its working set fits the last-level cache, cold from twice that
-  const cold = Math.min(1, Math.max(0, stepWorkingSet(cfg, B, L) / p.cacheBytes - 1));
   for (const o of plan.ops) {
-    const ctx = o.spec.op === 'attention' ? (o.window ? Math.min(L, o.window) : L) : 0;
-    const c = opCost(p, o.key, B, ctx, now, cold);
+    const c = o.spec.op === 'attention' ? attention(o) : opCost(p, o.key, o.perSequence ? S : T, 0, now, cold);
     terms[`${o.term}Ms` as keyof StepTerms] += o.calls * c.ms;
     if (o.spec.op === 'attention') kvMem += o.calls * c.memMs;
     else weightsMem += o.calls * c.memMs;
     if (o.backend) perOp += o.calls * Math.min(c.ms, p.opMs);
   }
-  terms.hostMs += (B * cfg.vocabSize * p.sampleNsPerLogit) / 1e6;
+  terms.hostMs += (S * cfg.vocabSize * p.sampleNsPerLogit) / 1e6;
   const r = p.runtime;
   terms.overheadMs = plan.groups * p.groupMs + r.stepMs + cfg.numLayers * r.layerMs;
   const stepMs = Object.values(terms).reduce((a, b) => a + b, 0);
@@ -506,7 +528,79 @@ export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeSh
     ['per-op overhead', overhead],
   ];
   const bound = shares.reduce((a, b) => (b[1] > a[1] ? b : a))[0];
-  return { stepMs, tokensPerSecond: (B * 1000) / stepMs, terms, bound, expertsPerLayer: expectedExperts(cfg.numExperts, cfg.topK, B) };
+  return { stepMs, terms, bound };
+}
+
+/** The prefill attention op of a decode attention op (the same heads and head dim). */
+export function prefillAttention(s: Extract<OpSpec, { op: 'attention' }>): Extract<OpSpec, { op: 'attentionPrefill' }> {
+  return { op: 'attentionPrefill', qHeads: s.qHeads, kvHeads: s.kvHeads, headDim: s.headDim };
+}
+
+/** Query-key pairs (per head) of q new tokens after a prefix of P, causal, each token seeing at most `window` keys. */
+export function prefillPairs(q: number, P: number, window: number | null = null): number {
+  if (window === null || window >= P + q) return q * P + (q * (q + 1)) / 2;
+  let n = 0;
+  for (let i = 0; i < q; i++) n += Math.min(P + i + 1, window);
+  return n;
+}
+
+export interface PrefillShape {
+  /** Prompt tokens per sequence. */
+  prompt: number;
+  /** Tokens per step (generateBatch's maxBatchTokens; default 512): shorter prompts share a step, longer ones are chunked. */
+  chunk?: number;
+}
+
+export interface PrefillPrediction {
+  /** Prompt tokens per second over the steps that prefill `prompt`. */
+  tokensPerSecond: number;
+  /** Mean step time, and the steps: tokens, sequences and time of each. */
+  stepMs: number;
+  steps: Array<{ tokens: number; sequences: number; prefix: number; ms: number }>;
+  /** Terms summed over the steps (ms). */
+  terms: StepTerms;
+  bound: DecodePrediction['bound'];
+}
+
+/**
+ * Predicted prefill of prompts of `shape.prompt` tokens in steps of `chunk` tokens (CPU backend, experts resident):
+ * a prompt that fits shares its step with floor(chunk / prompt) others (one step of S prompts); a longer one runs in
+ * chunks of `chunk` tokens after its own growing prefix. Each step is the decode step's ops at T rows (routed experts
+ * at T tokens: U(T) distinct experts), one LM-head row per sequence, and prefill attention at the step's query-key
+ * pairs (profile op attentionPrefill); sampling S rows. Needs a profile measured with prefill points.
+ * @example
+ * const p = await profileModel(be, cfg, { prefillTokens: [512] });
+ * predictPrefill(cfg, p, { prompt: 1000 }).tokensPerSecond;
+ */
+export function predictPrefill(cfg: ModelConfig, p: ModelProfile, shape: PrefillShape, now: Conditions = {}): PrefillPrediction {
+  const P = shape.prompt;
+  const C = shape.chunk ?? 512;
+  if (!Number.isSafeInteger(P) || P < 1 || !Number.isSafeInteger(C) || C < 1) {
+    throw new InvalidArgumentError(`prompt and chunk must be integers >= 1, received prompt ${describe(shape.prompt)}, chunk ${describe(shape.chunk)}`);
+  }
+  const units: Array<{ S: number; q: number; prefix: number }> = [];
+  if (P <= C) units.push({ S: Math.floor(C / P), q: P, prefix: 0 });
+  else for (let at = 0; at < P; at += C) units.push({ S: 1, q: Math.min(C, P - at), prefix: at });
+  const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0 };
+  const steps: PrefillPrediction['steps'] = [];
+  const binds = new Map<DecodePrediction['bound'], number>();
+  let tokens = 0;
+  for (const u of units) {
+    const T = u.S * u.q;
+    const kvPerRow = (u.S * (u.prefix + u.q)) / T; // the step's KV reads, as stepWorkingSet counts them per row
+    const cold = Math.min(1, Math.max(0, stepWorkingSet(cfg, T, kvPerRow) / p.cacheBytes - 1));
+    const st = composeStep(cfg, p, T, u.S, now, cold, (o) => {
+      const pairs = u.S * prefillPairs(u.q, u.prefix, o.window ?? null);
+      return opCost(p, opKey(prefillAttention(o.spec as Extract<OpSpec, { op: 'attention' }>)), pairs, 0, now, cold);
+    });
+    for (const k of Object.keys(terms) as Array<keyof StepTerms>) terms[k] += st.terms[k];
+    binds.set(st.bound, (binds.get(st.bound) ?? 0) + st.stepMs);
+    steps.push({ tokens: T, sequences: u.S, prefix: u.prefix, ms: st.stepMs });
+    tokens += T;
+  }
+  const total = steps.reduce((a, x) => a + x.ms, 0);
+  const bound = [...binds.entries()].reduce((a, b) => (b[1] > a[1] ? b : a))[0];
+  return { tokensPerSecond: (tokens * 1000) / total, stepMs: total / steps.length, steps, terms, bound };
 }
 
 /**

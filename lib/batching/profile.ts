@@ -47,7 +47,7 @@ import { native } from '../native.js';
 import { ExpertStore } from '../residency/expert-store.js';
 import { ropeFromConfig } from '../rope.js';
 import { HostTensor, type Tensor } from '../tensor.js';
-import { type ModelProfile, type OpPoint, type OpSpec, predictDecode, stepOps, stepWorkingSet } from './perf-model.js';
+import { type ModelProfile, type OpPoint, type OpSpec, opKey, predictDecode, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from './perf-model.js';
 
 /** Streaming read bandwidth now (the native read probe over `bytes`, default 256 MiB; median of 5), GB/s. */
 export function readProbeGBs(bytes = 256 * 2 ** 20): number {
@@ -80,6 +80,12 @@ export interface ProfileModelOptions {
   maxBatch?: number;
   /** Attention contexts (KV tokens per sequence) to measure (default 64, 256, 1024). */
   contexts?: number[];
+  /**
+   * Prefill step sizes (tokens; default [512], generateBatch's default step): the row ops are measured at these
+   * too, and the prefill attention (one to four prompts per step, and a chunk after a prefix), for predictPrefill.
+   * [] skips them.
+   */
+  prefillTokens?: number[];
   /** One pass over the ops with fewer timed repetitions (noisier; a third of the time). */
   quick?: boolean;
   /** Passes over the ops, the median per point (default 3, or 1 with quick). */
@@ -161,7 +167,12 @@ function weightBytes(s: OpSpec): number {
 interface Ctx {
   be: Backend;
   cfg: ModelConfig;
+  /** Rows the row ops are measured at: the decode batches and the prefill step sizes. */
   batches: number[];
+  /** Decode batches (sequences) the decode attention is measured at. */
+  seqBatches: number[];
+  /** Prefill step sizes (tokens) the prefill attention is measured at (empty: none). */
+  prefill: number[];
   contexts: number[];
   runs: number;
   groupMs: number;
@@ -358,7 +369,7 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
  * sequences, enough that span(c) bytes pass between two uses of one set.
  */
 async function measureAttention(c: Ctx, s: Extract<OpSpec, { op: 'attention' }>): Promise<OpPoint[]> {
-  const maxB = Math.max(...c.batches);
+  const maxB = Math.max(...c.seqBatches);
   const bs = 64;
   const budget = 768 * 2 ** 20;
   const tokenBytes = 2 * s.kvHeads * s.headDim * 2; // K and V, one layer
@@ -366,7 +377,7 @@ async function measureAttention(c: Ctx, s: Extract<OpSpec, { op: 'attention' }>)
   // contexts whose maxB sequences fit the budget (at least the two smallest)
   const contexts = [...c.contexts].sort((a, b) => a - b).filter((L, i) => i < 2 || maxB * seqBytes(L) <= budget);
   const setsFor = (B: number, L: number) => Math.max(1, Math.ceil(span(c) / (B * (L + 1) * tokenBytes)));
-  const poolFor = (L: number) => Math.max(maxB, Math.min(Math.floor(budget / seqBytes(L)), Math.max(...c.batches.map((B) => B * setsFor(B, L)))));
+  const poolFor = (L: number) => Math.max(maxB, Math.min(Math.floor(budget / seqBytes(L)), Math.max(...c.seqBatches.map((B) => B * setsFor(B, L)))));
   const kv = KvCache.create(c.be, { layers: 1, kvHeads: s.kvHeads, headDim: s.headDim, blockSize: bs, budgetBytes: Math.max(...contexts.map((L) => poolFor(L) * seqBytes(L))) + (1 << 20) });
   try {
     fillBf16(kv.keys(0).data as Uint16Array, 30);
@@ -380,7 +391,10 @@ async function measureAttention(c: Ctx, s: Extract<OpSpec, { op: 'attention' }>)
         kv.append(id, L + 1);
         return id;
       });
-      const got = await curve(c, true, async (B) => {
+      const got = await curve(
+        c,
+        true,
+        async (B) => {
         const sets = Math.max(1, Math.min(setsFor(B, L), Math.floor(seqs.length / B)));
         const batches = Array.from({ length: sets }, (_, j) =>
           kv.batch(
@@ -394,11 +408,53 @@ async function measureAttention(c: Ctx, s: Extract<OpSpec, { op: 'attention' }>)
         const v = kv.values(0);
         const ms = await chained(c, (i) => c.be.attention({ q, k, v, out, ...batches[i % sets]!, scale, numSplits: 4, ...(sinks ? { sinks } : {}) }));
         return { ms, bytes: B * (L + 1) * tokenBytes, context: L + 1 };
-      });
+        },
+        c.seqBatches,
+      );
       pts.push(...got);
       for (const id of seqs) kv.free(id);
     }
     return pts;
+  } finally {
+    kv.dispose();
+  }
+}
+
+/**
+ * Prefill attention (the step's new tokens over their sequences' keys, causal): one prompt of q tokens for q from
+ * 64 up to the largest prefill step, four prompts sharing the step, and one chunk after a prefix of twice its
+ * length; pages filled. Points at the query-key pairs per head (`batch`), in increasing order; compute-bound, so
+ * measured once (no read probe around them).
+ */
+async function measureAttentionPrefill(c: Ctx, s: Extract<OpSpec, { op: 'attentionPrefill' }>): Promise<OpPoint[]> {
+  const maxT = Math.max(...c.prefill);
+  const shapes: Array<{ S: number; q: number; P: number }> = [];
+  for (let q = 64; q < maxT; q *= 2) shapes.push({ S: 1, q, P: 0 });
+  shapes.push({ S: 1, q: maxT, P: 0 }, { S: 4, q: Math.max(1, Math.floor(maxT / 4)), P: 0 }, { S: 1, q: maxT, P: 2 * maxT });
+  const bs = 64;
+  const tokenBytes = 2 * s.kvHeads * s.headDim * 2;
+  const pages = Math.max(...shapes.map((x) => x.S * Math.ceil((x.P + x.q) / bs)));
+  const kv = KvCache.create(c.be, { layers: 1, kvHeads: s.kvHeads, headDim: s.headDim, blockSize: bs, budgetBytes: pages * bs * tokenBytes + (1 << 20) });
+  try {
+    fillBf16(kv.keys(0).data as Uint16Array, 31);
+    fillBf16(kv.values(0).data as Uint16Array, 51);
+    const scale = 1 / Math.sqrt(s.headDim);
+    const sinks = c.cfg.attentionSinks ? new HostTensor('f32', [s.qHeads]) : undefined;
+    const pts: OpPoint[] = [];
+    for (const { S, q, P } of shapes) {
+      const seqs = Array.from({ length: S }, () => {
+        const id = kv.allocate();
+        kv.append(id, P + q);
+        return id;
+      });
+      const batch = kv.batch(seqs, seqs.map(() => q));
+      const qt = tensor('f32', [S * q, s.qHeads, s.headDim], 9);
+      const out = new HostTensor('bf16', [S * q, s.qHeads, s.headDim]);
+      const ms = await chained(c, () => c.be.attention({ q: qt, k: kv.keys(0), v: kv.values(0), out, ...batch, scale, numSplits: 4, ...(sinks ? { sinks } : {}) }));
+      pts.push({ batch: S * prefillPairs(q, P), ms, bytes: S * (P + q) * tokenBytes, probeGBs: 0 });
+      for (const id of seqs) kv.free(id);
+    }
+    return pts.sort((a, b) => a.batch - b.batch);
   } finally {
     kv.dispose();
   }
@@ -578,27 +634,35 @@ function streams(s: OpSpec): boolean {
 }
 
 /**
- * Every distinct op of cfg's decode step measured at c.batches: the ops that stream weights or K/V cold (copies
- * beyond the cache) and warm (the model's own copies), or only one of the two; the points say which. Ops in
- * `have` are taken from there.
+ * Every distinct op of cfg's decode step measured at c.batches (per-sequence ops at c.seqBatches), and with
+ * c.prefill the prefill attention: the ops that stream weights or K/V cold (copies beyond the cache) and warm (the
+ * model's own copies), or only one of the two; the points say which. Ops in `have` are taken from there.
  */
 async function measureOps(c: Ctx, modes: 'both' | 'cold' | 'warm', have: Record<string, OpPoint[]> = {}): Promise<Record<string, OpPoint[]>> {
   const plan = stepOps(c.cfg);
   const ops: Record<string, OpPoint[]> = {};
   // entries differing only by term or window: measure each key once, with the calls of all its entries
-  const byKey = new Map<string, { spec: OpSpec; calls: number }>();
+  // (per-sequence ops, one row per sequence, only at the decode batches: a prefill step has few sequences)
+  const byKey = new Map<string, { spec: OpSpec; calls: number; perSequence: boolean }>();
   for (const o of plan.ops) {
     const e = byKey.get(o.key);
-    if (e) e.calls += o.calls;
-    else byKey.set(o.key, { spec: o.spec, calls: o.calls });
+    if (e) {
+      e.calls += o.calls;
+      e.perSequence &&= o.perSequence === true;
+    } else byKey.set(o.key, { spec: o.spec, calls: o.calls, perSequence: o.perSequence === true });
+    if (o.spec.op === 'attention' && c.prefill.length > 0) {
+      const pre = prefillAttention(o.spec);
+      byKey.set(opKey(pre), { spec: pre, calls: 1, perSequence: false });
+    }
   }
-  for (const [key, { spec, calls }] of byKey) {
+  for (const [key, { spec, calls, perSequence }] of byKey) {
     if (have[key]) {
       ops[key] = have[key];
       continue;
     }
     const t0 = performance.now();
-    const measure = async (cc: Ctx): Promise<OpPoint[]> => {
+    const measure = async (at: Ctx): Promise<OpPoint[]> => {
+      const cc = perSequence ? { ...at, batches: at.seqBatches } : at;
       switch (spec.op) {
         case 'gemm':
           return measureGemm(cc, spec, calls);
@@ -606,6 +670,8 @@ async function measureOps(c: Ctx, modes: 'both' | 'cold' | 'warm', have: Record<
           return spec.experts === 1 ? measureOneExpert(cc, spec, calls) : measureRouted(cc, spec);
         case 'attention':
           return measureAttention(cc, spec);
+        case 'attentionPrefill':
+          return measureAttentionPrefill(cc, spec);
         case 'kvWrite':
         case 'clamp':
         case 'mlaAssemble':
@@ -703,7 +769,7 @@ async function runtimeCosts(c: Ctx, quick: boolean, sampleNs: number, ops: Recor
       const model = await loadModel(d, { backend: c.be, kvCacheBytes: 64 << 20 });
       made.push({ layers, model, p: undefined as unknown as ModelProfile, rest: [] });
       // one sequence at context ~70: a tiny model's step stays in cache (warm)
-      const sub: Ctx = { ...c, cfg: model.config, batches: [1], contexts: [prompt, prompt * 2], cold: false, log: () => {} };
+      const sub: Ctx = { ...c, cfg: model.config, batches: [1], seqBatches: [1], prefill: [], contexts: [prompt, prompt * 2], cold: false, log: () => {} };
       made[made.length - 1]!.p = { ...bare(c, model.config, await measureOps(sub, 'warm', ops), sub.batches, sub.contexts), sampleNsPerLogit: sampleNs };
       await decodeInterval(model, 1, 8, 4); // warm-up
     }
@@ -784,20 +850,25 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   if (!Array.isArray(contexts) || contexts.length < 2 || contexts.some((L) => !Number.isSafeInteger(L) || L < 1)) {
     throw new InvalidArgumentError(`contexts must be at least two positive integers, received ${JSON.stringify(options.contexts)}`);
   }
+  const prefill = options.prefillTokens ?? [512];
+  if (!Array.isArray(prefill) || prefill.some((T) => !Number.isSafeInteger(T) || T < 2 || T > 16384)) {
+    throw new InvalidArgumentError(`prefillTokens must be integers in [2, 16384], received ${JSON.stringify(options.prefillTokens)}`);
+  }
   const nPasses = options.passes ?? (options.quick ? 1 : 3);
   if (!Number.isSafeInteger(nPasses) || nPasses < 1 || nPasses > 9) throw new InvalidArgumentError(`passes must be an integer in [1, 9], received ${String(options.passes)}`);
   const start = performance.now();
   const log = options.onProgress ?? (() => {});
-  const batches: number[] = [];
-  for (let b = 1; b < maxBatch; b *= 2) batches.push(b);
-  batches.push(maxBatch);
+  const seqBatches: number[] = [];
+  for (let b = 1; b < maxBatch; b *= 2) seqBatches.push(b);
+  seqBatches.push(maxBatch);
+  const batches = [...new Set([...seqBatches, ...prefill])].sort((a, b) => a - b);
   const probeBuf = new Float32Array(PROBE_BYTES / 4).fill(1);
   const readGBs = probeWith(probeBuf);
   const { groupMs, opMs } = await dispatchCosts(be);
   // a step at one token and the shortest context already streams more than twice the cache: always cold
   const cacheBytes = lastLevelCacheBytes();
   const packed = options.packWeights ?? (be.kind === 'cpu' && be.isa === 'avx512bf16');
-  const c: Ctx = { be, cfg, batches, contexts, runs: options.quick ? 3 : 5, groupMs, probeBuf, cold: true, packed, log };
+  const c: Ctx = { be, cfg, batches, seqBatches, prefill, contexts, runs: options.quick ? 3 : 5, groupMs, probeBuf, cold: true, packed, log };
   const modes = stepWorkingSet(cfg, 1, Math.min(...contexts)) > 2 * cacheBytes ? 'cold' : 'both';
   // passes over the ops, apart in time for each op: per point the pass with the median cost (a burst of other
   // jobs on this shared machine inflates one pass, not the median; the bench and the runtime calibration take
@@ -810,7 +881,8 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   const i = info();
   const stream = streaming(ops);
   const p: ModelProfile = {
-    ...bare(c, cfg, ops, batches, contexts),
+    ...bare(c, cfg, ops, seqBatches, contexts),
+    ...(prefill.length > 0 ? { prefillTokens: [...prefill].sort((a, b) => a - b) } : {}),
     cpu: i.cpu.model,
     threads: i.cpu.cores,
     opMs,
