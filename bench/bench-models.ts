@@ -52,24 +52,3 @@ export function decodeStepCost(cfg: ModelConfig, B: number): { flops: number; ex
   };
 }
 
-/** The median of `v` (the upper one of an even count). */
-export function medianOf(v: readonly number[]): number {
-  return [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)]!;
-}
-
-/**
- * Intervals between consecutive decode steps in which every sequence decodes, end of one to end of the next (so the
- * host's scheduling is in; sampling is inside the step): call `mark(full)` from onStep at every step; true when it
- * recorded one.
- */
-export class StepIntervals {
-  readonly ms: number[] = [];
-  #last = -1;
-  mark(full: boolean): boolean {
-    const now = performance.now();
-    const recorded = full && this.#last >= 0;
-    if (recorded) this.ms.push(now - this.#last);
-    this.#last = full ? now : -1;
-    return recorded;
-  }
-}

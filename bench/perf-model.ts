@@ -26,7 +26,8 @@ import path from 'node:path';
 import { predictDecode, predictPrefill } from '../lib/batching/perf-model.js';
 import { profileModel, readProbeGBs } from '../lib/batching/profile.js';
 import { loadModel, type PresetName } from '../lib/index.js';
-import { benchModel, medianOf, randomRequests, StepIntervals } from './bench-models.js';
+import { medianOf, StepIntervals } from '../lib/engine/batch.js';
+import { benchModel, randomRequests } from './bench-models.js';
 import { machine } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);

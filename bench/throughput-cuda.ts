@@ -52,7 +52,8 @@ import path from 'node:path';
 import { median, readProbeGBs } from '../lib/batching/profile.js';
 import { expectedExperts } from '../lib/batching/perf-model.js';
 import { type Backend, HostTensor, loadModel, type ModelConfig, openBackend, type StepTimes } from '../lib/index.js';
-import { benchModel, decodeStepCost, medianOf, randomRequests, StepIntervals } from './bench-models.js';
+import { medianOf, StepIntervals } from '../lib/engine/batch.js';
+import { benchModel, decodeStepCost, randomRequests } from './bench-models.js';
 import { machine } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);

@@ -32,7 +32,8 @@ import path from 'node:path';
 import { expectedExperts } from '../lib/batching/perf-model.js';
 import { median, readProbeGBs } from '../lib/batching/profile.js';
 import { HostTensor, loadModel, openBackend } from '../lib/index.js';
-import { benchModel, bf16PeakGflops, decodeStepCost, medianOf, randomRequests, StepIntervals } from './bench-models.js';
+import { medianOf, StepIntervals } from '../lib/engine/batch.js';
+import { benchModel, bf16PeakGflops, decodeStepCost, randomRequests } from './bench-models.js';
 import { machine } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);

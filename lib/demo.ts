@@ -12,6 +12,7 @@ import path from 'node:path';
 
 import { predictDecode, predictPrefill } from './batching/perf-model.js';
 import { profileModel, readProbeGBs } from './batching/profile.js';
+import { medianOf, StepIntervals } from './engine/batch.js';
 import { loadModel } from './engine/model.js';
 import { makeModel } from './model/make-model.js';
 
@@ -85,23 +86,19 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
   const readBefore = readProbeGBs(64 * 2 ** 20);
   const t0 = performance.now();
   let tokens = 0;
-  const intervals: number[] = [];
-  let last = -1;
+  const intervals = new StepIntervals();
   const prefill = { tokens: 0, ms: 0 }; // steps that only prefill
   for await (const r of resident.generateBatch(
     batch.map((b) => ({ prompt: [{ role: 'user', content: b }], options: { maxNewTokens: o.maxNewTokens ?? 32, stopAtEos: false } })),
     {
       maxSequences: batch.length,
       onStep: (st) => {
-        // decode throughput: time from one all-decoding step to the next (the step, sampling, bookkeeping)
-        const now = performance.now();
         if (st.decodeTokens === 0) {
           prefill.tokens += st.tokens;
           prefill.ms += st.ms;
         }
-        const pure = st.decodeTokens === st.tokens && st.tokens === batch.length;
-        if (pure && last >= 0) intervals.push(now - last);
-        last = pure ? now : -1;
+        // decode throughput: time from one all-decoding step to the next (the step, sampling, bookkeeping)
+        intervals.mark(st.decodeTokens === st.tokens && st.tokens === batch.length);
       },
     },
   )) {
@@ -115,9 +112,8 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
     const pre = predictPrefill(resident.config, profile, { prompt: Math.round(prompt), chunk: 512 }, { readGBs });
     write(`  prefill steps: ${((prefill.tokens * 1000) / prefill.ms).toFixed(0)} prompt tokens/s measured, ${pre.tokensPerSecond.toFixed(0)} predicted (bound: ${pre.bound})\n`);
   }
-  if (intervals.length > 0) {
-    intervals.sort((a, b) => a - b);
-    const measured = (batch.length * 1000) / intervals[Math.floor(intervals.length / 2)]!;
+  if (intervals.ms.length > 0) {
+    const measured = (batch.length * 1000) / medianOf(intervals.ms);
     // the KV length of the decode steps, on average: the prompt plus half the new tokens
     const context = Math.round(prompt + (o.maxNewTokens ?? 32) / 2);
     const pred = predictDecode(resident.config, profile, { batch: batch.length, context }, { readGBs });

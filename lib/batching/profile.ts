@@ -34,6 +34,7 @@ import path from 'node:path';
 
 import type { Backend } from '../backend.js';
 import { type MoeModel, loadModel } from '../engine/model.js';
+import { medianOf, StepIntervals } from '../engine/batch.js';
 import { assembleMla, headPrefix } from '../engine/forward.js';
 import { InvalidArgumentError } from '../errors.js';
 import { info } from '../info.js';
@@ -72,7 +73,7 @@ export async function median(fn: () => Promise<unknown>, runs: number): Promise<
     await fn();
     ts.push(performance.now() - t0);
   }
-  return mid(ts);
+  return medianOf(ts);
 }
 
 export interface ProfileModelOptions {
@@ -121,11 +122,6 @@ const PROBE_BYTES = 64 * 2 ** 20;
 /** Target length of a timed chain of queued ops (ms): long against the group round trip. */
 const CHAIN_MS = 2;
 
-/** Median of timings (the bench and the runtime calibration take medians too: the same statistic throughout). */
-function mid(ts: number[]): number {
-  const s = [...ts].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 /** bf16 bits of small finite values (2^-7 .. 2^-6), varied (a 1 Mi-element pattern, repeated). */
 function fillBf16(d: Uint16Array, seed: number): void {
@@ -222,7 +218,7 @@ async function chained(c: Ctx, call: (i: number) => Promise<unknown>): Promise<n
     await Promise.all(ps);
     ts.push(performance.now() - t0);
   }
-  return Math.max(0, (mid(ts) - c.groupMs) / n);
+  return Math.max(0, (medianOf(ts) - c.groupMs) / n);
 }
 
 /** Median (ms) of a synchronous host function after a warm-up long enough for the JIT (runs: at least). */
@@ -236,7 +232,7 @@ function hostMs(fn: () => void, runs: number): number {
     fn();
     ts.push(performance.now() - t0);
   }
-  return mid(ts);
+  return medianOf(ts);
 }
 
 /** Bytes between two uses of one copy in the measurement: cold or warm. */
@@ -357,7 +353,7 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
       const ts: number[] = [];
       for (let r = 0; r < n; r++) ts.push(await call());
       const experts = distinct / calls;
-      return { ms: Math.max(0, mid(ts) - c.groupMs), bytes: experts * expertBytes, experts };
+      return { ms: Math.max(0, medianOf(ts) - c.groupMs), bytes: experts * expertBytes, experts };
     });
   } finally {
     store.dispose();
@@ -724,22 +720,15 @@ async function decodeInterval(model: MoeModel, B: number, prompt: number, steps:
   let s = 99 + B;
   const rnd = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) % Math.min(model.config.vocabSize, 500);
   const reqs = Array.from({ length: B }, () => ({ prompt: { tokens: Array.from({ length: prompt }, rnd) }, options: { maxNewTokens: steps + 2, stopAtEos: false } }));
-  const gaps: number[] = [];
-  let last = -1;
+  const intervals = new StepIntervals();
   for await (const _ of model.generateBatch(reqs, {
     maxSequences: B,
     maxBatchTokens: Math.max(1024, B),
-    onStep: (st) => {
-      const now = performance.now();
-      const pure = st.decodeTokens === B && st.tokens === B;
-      if (pure && last >= 0) gaps.push(now - last);
-      last = pure ? now : -1;
-    },
+    onStep: (st) => intervals.mark(st.decodeTokens === B && st.tokens === B),
   })) {
     // timings only
   }
-  gaps.sort((a, b) => a - b);
-  return gaps[Math.floor(gaps.length / 2)]!;
+  return medianOf(intervals.ms);
 }
 
 /**
@@ -783,7 +772,7 @@ async function runtimeCosts(c: Ctx, quick: boolean, sampleNs: number, ops: Recor
       }
     }
     // median per copy; runtime costs are not negative (a negative estimate is noise)
-    const [ra, rb] = made.map((m) => mid(m.rest)) as [number, number];
+    const [ra, rb] = made.map((m) => medianOf(m.rest)) as [number, number];
     const layerMs = Math.max(0, (rb - ra) / 3);
     return { preset, layerMs, stepMs: Math.max(0, ra - first * layerMs), points };
   } finally {

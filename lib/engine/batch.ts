@@ -61,6 +61,32 @@ export interface BatchResult {
   latencyMs: number;
 }
 
+/** The median of `v` (the upper one of an even count): the statistic the runtime calibration and the benches use. */
+export function medianOf(v: readonly number[]): number {
+  return [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)]!;
+}
+
+/**
+ * Intervals between consecutive steps in which every sequence decodes, end of one to end of the next (what decode
+ * throughput is: the step with its sampling, and the scheduling between steps): call `mark(full)` from onStep at
+ * every step; true when it recorded one.
+ * @example
+ * const iv = new StepIntervals();
+ * for await (const _ of model.generateBatch(reqs, { onStep: (s) => iv.mark(s.decodeTokens === B && s.tokens === B) }));
+ * const tokensPerSecond = (B * 1000) / medianOf(iv.ms);
+ */
+export class StepIntervals {
+  readonly ms: number[] = [];
+  #last = -1;
+  mark(full: boolean): boolean {
+    const now = performance.now();
+    const recorded = full && this.#last >= 0;
+    if (recorded) this.ms.push(now - this.#last);
+    this.#last = full ? now : -1;
+    return recorded;
+  }
+}
+
 /** What the scheduler needs from the model (kept narrow so it is testable). */
 export interface BatchModel {
   readonly kv: KvCache;
