@@ -260,12 +260,21 @@ async function planCmd(args: string[]): Promise<number> {
       `read bandwidth now ${now.readGBs.toFixed(1)} GB/s (profile: ${p.readGBs.toFixed(1)})\n`,
   );
   const maxB = Math.max(...p.batches);
-  for (let b = 1; b * context <= kvTokens && b <= maxB; b *= 2) {
+  const top = Math.max(1, Math.min(maxB, Math.floor(kvTokens / context))); // the largest batch that fits
+  const shown: number[] = [];
+  for (let b = 1; b < top; b *= 2) shown.push(b);
+  for (const b of [...shown, top]) {
     const d = predictDecode(cfg, p, { batch: b, context }, now);
     process.stdout.write(`  batch ${String(b).padStart(4)}: ${d.tokensPerSecond.toFixed(1).padStart(9)} tokens/s, step ${d.stepMs.toFixed(2)} ms, bound: ${d.bound}\n`);
   }
   const best = chooseBatch(cfg, p, context, kvTokens, now);
-  process.stdout.write(`choice: batch ${best.batch} (${best.prediction.tokensPerSecond.toFixed(1)} tokens/s predicted; ${best.prediction.bound})\n`);
+  const why =
+    best.limit === 'kv-capacity'
+      ? `; binding: KV capacity (throughput still grows, but ${kvTokens} KV tokens hold ${Math.floor(kvTokens / context)} sequences of ${context})`
+      : best.limit === 'profiled batches'
+        ? `; the profile measured no larger batch (moe-offload profile --max-batch N)`
+        : '';
+  process.stdout.write(`choice: batch ${best.batch} (${best.prediction.tokensPerSecond.toFixed(1)} tokens/s predicted; ${best.prediction.bound}${why})\n`);
   if (p.prefillTokens?.length) {
     // prefill of prompts as long as the context, in steps of generateBatch's default 512 tokens
     const f = predictPrefill(cfg, p, { prompt: context, chunk: 512 }, now);

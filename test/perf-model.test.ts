@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { type ModelProfile, type OpPoint, type OpSpec, expectedExperts, interp, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
+import { type ModelProfile, type OpPoint, type OpSpec, chooseBatch, expectedExperts, interp, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
 import { profileModel } from '../lib/batching/profile.js';
 import { type Backend, loadModel, makeModel, type ModelConfig, type PresetName } from '../lib/index.js';
 
@@ -176,6 +176,23 @@ test('warm and cold measurements blend by the step working set against the cache
   const small = predictDecode(cfg, { ...p, cacheBytes: 2 ** 40 }, { batch: 8, context: 100 });
   const big = predictDecode(cfg, { ...p, cacheBytes: 1 }, { batch: 8, context: 100 });
   assert.ok(Math.abs(big.terms.expertsMs - small.terms.expertsMs - cfg.moeLayers.length * w) < 1e-9, 'a step beyond the cache reads cold');
+});
+
+test('chooseBatch: the fastest batch that fits the KV cache, and what limits it', async () => {
+  const cfg = await config('tiny-qwen3-moe');
+  const p = synthetic(cfg); // batches 1, 8, 64: throughput grows with the batch (weights amortised)
+  const roomy = chooseBatch(cfg, p, 100, 1e9);
+  assert.equal(roomy.batch, 64);
+  assert.equal(roomy.limit, 'profiled batches');
+  // 2000 KV tokens hold 20 sequences of 100: the largest that fits, 20, and KV capacity binds
+  const tight = chooseBatch(cfg, p, 100, 2000);
+  assert.equal(tight.batch, 20);
+  assert.equal(tight.limit, 'kv-capacity');
+  assert.ok(Math.abs(tight.prediction.tokensPerSecond - predictDecode(cfg, p, { batch: 20, context: 100 }).tokensPerSecond) < 1e-9);
+  // a profile whose per-token cost explodes past batch 8: a smaller batch wins before the cache fills
+  const slow = { ...p, ops: Object.fromEntries(Object.entries(p.ops).map(([k, pts]) => [k, pts.map((q) => (q.batch === 64 ? { ...q, ms: q.ms * 1000 } : q))])) };
+  const t = chooseBatch(cfg, slow, 100, 1e9);
+  assert.ok(t.batch < 64 && t.limit === 'throughput', `batch ${t.batch}, ${t.limit}`);
 });
 
 test('a prediction needs every op of the step in the profile', async () => {

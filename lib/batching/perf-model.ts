@@ -605,14 +605,24 @@ export function predictPrefill(cfg: ModelConfig, p: ModelProfile, shape: Prefill
 
 /**
  * The batch that maximises predicted decode throughput at `context` within the KV cache's `kvTokens` (batches
- * 1, 2, 4, ... up to what fits and what the profile measured).
+ * 1, 2, 4, ... and the largest that fits, up to what the profile measured), and what limits it: 'throughput' (a
+ * larger batch that fits is predicted slower), 'kv-capacity' (throughput still grows but a larger batch does not
+ * fit the KV cache: the binding resource is KV capacity) or 'profiled batches' (the profile measured no larger).
+ * @example
+ * const { batch, limit } = chooseBatch(cfg, profile, 512, model.kvTokensFree);
  */
-export function chooseBatch(cfg: ModelConfig, p: ModelProfile, context: number, kvTokens: number, now: Conditions = {}): { batch: number; prediction: DecodePrediction } {
-  let best: { batch: number; prediction: DecodePrediction } | undefined;
+export function chooseBatch(cfg: ModelConfig, p: ModelProfile, context: number, kvTokens: number, now: Conditions = {}): { batch: number; prediction: DecodePrediction; limit: 'throughput' | 'kv-capacity' | 'profiled batches' } {
   const maxB = Math.max(...p.batches);
-  for (let b = 1; b * context <= kvTokens && b <= maxB; b *= 2) {
+  const fits = Math.floor(kvTokens / context);
+  const top = Math.max(1, Math.min(maxB, fits));
+  const candidates: number[] = [];
+  for (let b = 1; b < top; b *= 2) candidates.push(b);
+  candidates.push(top);
+  let best: { batch: number; prediction: DecodePrediction } | undefined;
+  for (const b of candidates) {
     const prediction = predictDecode(cfg, p, { batch: b, context }, now);
     if (!best || prediction.tokensPerSecond > best.prediction.tokensPerSecond) best = { batch: b, prediction };
   }
-  return best ?? { batch: 1, prediction: predictDecode(cfg, p, { batch: 1, context }, now) };
+  const limit = best!.batch < top ? 'throughput' : fits < maxB ? 'kv-capacity' : 'profiled batches';
+  return { ...best!, limit };
 }
