@@ -102,11 +102,13 @@ for (const preset of ['tiny-mixtral', 'tiny-qwen3-moe'] as const) {
       assert.ok(st.bytesMoved / offloaded.expertCache!.expertBytes <= steps * cfg.moeLayers.length * cfg.numExperts);
     });
 
-    test('micro-batched attention (1, 2, 3 and 64 groups; direct and staged) gives the same tokens', async () => {
+    test('micro-batched attention (1, 2, 3 and 64 groups; direct and staged, greedy and sampled) gives the same tokens', async () => {
       const prompts = PROMPTS.slice(0, 9);
       const maxNew = (i: number) => 2 + ((i * 5) % 6);
+      // odd requests sample (seeded): their steps take the host sampler over the downloaded logits when staged
+      const opts = (i: number) => ({ maxNewTokens: maxNew(i), stopAtEos: false, ...(i % 2 ? { temperature: 0.8, seed: 100 + i } : {}) });
       const run = async (model: MoeModel, microBatches: number) =>
-        (await collect(model.generateBatch(prompts.map((p, i) => ({ prompt: p, options: { maxNewTokens: maxNew(i), stopAtEos: false } })), { maxSequences: 6, maxBatchTokens: 80, microBatches }))).map((r) => r.tokens);
+        (await collect(model.generateBatch(prompts.map((p, i) => ({ prompt: p, options: opts(i) })), { maxSequences: 6, maxBatchTokens: 80, microBatches }))).map((r) => r.tokens);
       using direct = await loadModel(dirs[preset]!);
       using staged = await loadModel(dirs[preset]!, { deviceActivations: true });
       const want = await run(direct, 1);

@@ -25,7 +25,7 @@ import type { KvBatch, KvCache } from '../kv/cache.js';
 import type { ModelConfig } from '../model/config.js';
 import type { DenseWeights, LayerWeights, MlaWeights } from '../model/weights.js';
 import { DTYPE_SIZE, type DType, describe } from '../dtype.js';
-import { type DeviceTensor, HostTensor, type Tensor, numelOf } from '../tensor.js';
+import { type DeviceTensor, HostTensor, type PinnedBuffer, type Tensor, numelOf } from '../tensor.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { ExpertProvider } from './experts.js';
 import { type Sampler, sampleRows } from './sampler.js';
@@ -152,42 +152,51 @@ interface Staged<D extends DType = DType> {
   host: HostTensor<D>;
 }
 
+/** Where an arena's memory comes from: its buffer, views of it, and a tensor of its own for what does not fit. */
+interface ArenaMemory<B extends { readonly byteLength: number; dispose(): void }, T extends Tensor & { dispose(): void }> {
+  buffer(bytes: number): B;
+  view<D extends DType>(buf: B, dtype: D, shape: number[], byteOffset: number): T;
+  alone<D extends DType>(dtype: D, shape: number[]): T;
+}
+
 /**
- * Device memory for a step's activations (staged mode), kept from step to step: one buffer that each step carves
- * views from, so a step allocates and frees nothing on the device (cudaMalloc is slow and cudaFree waits for every
- * queued operation on the device, the next layer's expert prefetch included). A step that needs more than the
- * buffer holds takes separate allocations for the rest and the buffer grows to the step's total for the next one;
+ * Memory for a step's tensors (staged mode), kept from step to step: one buffer that each step carves views from,
+ * so a step allocates and frees nothing (cudaMalloc is slow and cudaFree waits for every queued operation on the
+ * device, the next layer's expert prefetch included; cudaHostAlloc is slower still). A step that needs more than the
+ * buffer holds takes separate tensors for the rest and the buffer grows to the step's total for the next one;
  * after SHRINK_AFTER steps in a row that each used under a quarter of it, it shrinks to their largest need (so one
- * long prefill does not keep its activation memory reserved for the model's lifetime).
+ * long prefill does not keep its memory reserved for the model's lifetime).
  * Steps run one at a time (the model's StepLock); a step that ended with an error may leave ops in flight on the
  * buffer, so the buffer is then released (its memory is freed once those ops let go of it) and a new one allocated.
+ * Two per pass: device activations, and the pinned host copies they come down to and go up from (page-locked, so
+ * those copies run at full PCIe speed instead of through the driver's bounce buffer).
  */
-class ActivationArena {
+class Arena<B extends { readonly byteLength: number; dispose(): void }, T extends Tensor & { dispose(): void }> {
   static readonly ALIGN = 256;
   static readonly SHRINK_AFTER = 32;
-  readonly #be: Backend;
-  #buf: DeviceTensor<'f32'> | undefined;
+  readonly #mem: ArenaMemory<B, T>;
+  #buf: B | undefined;
   #used = 0;
   #need = 0;
   #small = 0; // steps in a row that used under a quarter of the buffer
   #smallMax = 0; // the largest need among them
-  readonly #extra: DeviceTensor[] = [];
-  constructor(be: Backend) {
-    this.#be = be;
+  readonly #extra: T[] = [];
+  constructor(mem: ArenaMemory<B, T>) {
+    this.#mem = mem;
   }
   /** Bytes the buffer holds (0 before the first staged step). */
   get capacity(): number {
     return this.#buf?.byteLength ?? 0;
   }
   /** A `shape` x `dtype` tensor valid until end(). */
-  take<D extends DType>(dtype: D, shape: number[]): DeviceTensor<D> {
+  take<D extends DType>(dtype: D, shape: number[]): T {
     const bytes = numelOf(shape) * DTYPE_SIZE[dtype];
     const at = this.#used;
-    const rounded = Math.ceil(bytes / ActivationArena.ALIGN) * ActivationArena.ALIGN;
+    const rounded = Math.ceil(bytes / Arena.ALIGN) * Arena.ALIGN;
     this.#used += rounded;
     this.#need += rounded;
-    if (this.#buf && this.#used <= this.#buf.byteLength) return this.#buf.view(dtype, shape, at);
-    const d = this.#be.alloc(dtype, shape);
+    if (this.#buf && this.#used <= this.#buf.byteLength) return this.#mem.view(this.#buf, dtype, shape, at);
+    const d = this.#mem.alone(dtype, shape);
     this.#extra.push(d);
     return d;
   }
@@ -204,7 +213,7 @@ class ActivationArena {
       this.#small = 0;
       this.#smallMax = 0;
     }
-    const shrink = this.#small >= ActivationArena.SHRINK_AFTER;
+    const shrink = this.#small >= Arena.SHRINK_AFTER;
     const size = grow ? this.#need : this.#smallMax;
     if (!ok || grow || shrink) {
       this.#buf?.dispose();
@@ -212,7 +221,7 @@ class ActivationArena {
       this.#small = 0;
       this.#smallMax = 0;
     }
-    if ((grow || shrink) && size > 0) this.#buf = this.#be.alloc('f32', [Math.ceil((size * 1.25) / 4 / ActivationArena.ALIGN) * (ActivationArena.ALIGN / 4)]);
+    if ((grow || shrink) && size > 0) this.#buf = this.#mem.buffer(Math.ceil((size * 1.25) / Arena.ALIGN) * Arena.ALIGN);
     this.#used = 0;
     this.#need = 0;
   }
@@ -221,26 +230,54 @@ class ActivationArena {
   }
 }
 
-/** Per-step allocations: activations on the compute backend (device memory when staged: the arena's). */
+/** The device arena of `be`: one f32 allocation, views of it. */
+function deviceArena(be: Backend): Arena<DeviceTensor<'f32'>, DeviceTensor> {
+  return new Arena({
+    buffer: (bytes) => be.alloc('f32', [bytes / 4]),
+    view: (buf, dtype, shape, at) => buf.view(dtype, shape, at),
+    alone: (dtype, shape) => be.alloc(dtype, shape),
+  });
+}
+
+/** The pinned host arena of `be`: one PinnedBuffer, HostTensor views of it (overflow: plain JS memory). */
+function hostArena(be: Backend): Arena<PinnedBuffer, HostTensor> {
+  return new Arena({
+    buffer: (bytes) => be.allocPinned(bytes),
+    view: (buf, dtype, shape, at) => buf.tensor(dtype, shape, at),
+    alone: (dtype, shape) => new HostTensor(dtype, shape),
+  });
+}
+
+/**
+ * Per-step allocations: activations on the compute backend (device memory when staged: the device arena's) and
+ * their host copies (pinned, from the host arena, when staged: views valid until the step ends, so what a step
+ * returns is copied out).
+ */
 class StepMemory {
   readonly #be: Backend;
   readonly #staged: boolean;
-  readonly #arena: ActivationArena;
+  readonly #dev: Arena<DeviceTensor<'f32'>, DeviceTensor>;
+  readonly #host: Arena<PinnedBuffer, HostTensor>;
   readonly #op: { signal?: AbortSignal };
-  constructor(be: Backend, staged: boolean, arena: ActivationArena, op: { signal?: AbortSignal }) {
+  constructor(be: Backend, staged: boolean, arenas: { dev: Arena<DeviceTensor<'f32'>, DeviceTensor>; host: Arena<PinnedBuffer, HostTensor> }, op: { signal?: AbortSignal }) {
     this.#be = be;
     this.#staged = staged;
-    this.#arena = arena;
+    this.#dev = arenas.dev;
+    this.#host = arenas.host;
     this.#op = op;
   }
   /** A compute-backend tensor (device memory when staged; a HostTensor otherwise). */
   act<D extends DType>(dtype: D, shape: number[]): Tensor {
     if (!this.#staged) return new HostTensor(dtype, shape);
-    return this.#arena.take(dtype, shape);
+    return this.#dev.take(dtype, shape);
+  }
+  /** A host tensor that goes to or comes from the compute backend (pinned when staged; valid until the step ends). */
+  host<D extends DType>(dtype: D, shape: number[]): HostTensor<D> {
+    return (this.#staged ? this.#host.take(dtype, shape) : new HostTensor(dtype, shape)) as HostTensor<D>;
   }
   /** A compute tensor with a host copy. */
   pair<D extends DType>(dtype: D, shape: number[]): Staged<D> {
-    const host = new HostTensor(dtype, shape);
+    const host = this.host(dtype, shape);
     return { dev: this.#staged ? this.act(dtype, shape) : host, host };
   }
   /** A host tensor's copy on the compute backend (itself when not staged). */
@@ -258,24 +295,27 @@ class StepMemory {
   }
   /** The step is over (`ok`: every op it queued completed). */
   end(ok: boolean): void {
-    if (this.#staged) this.#arena.end(ok);
+    if (!this.#staged) return;
+    this.#dev.end(ok);
+    this.#host.end(ok);
   }
 }
 
 export class ForwardPass {
   readonly #p: ForwardParts;
   readonly #moeIndex: Map<number, number>;
-  readonly #arena: ActivationArena;
+  readonly #arenas: { dev: Arena<DeviceTensor<'f32'>, DeviceTensor>; host: Arena<PinnedBuffer, HostTensor> };
 
   constructor(parts: ForwardParts) {
     this.#p = parts;
     this.#moeIndex = new Map(parts.cfg.moeLayers.map((l, i) => [l, i]));
-    this.#arena = new ActivationArena(parts.be);
+    this.#arenas = { dev: deviceArena(parts.be), host: hostArena(parts.be) };
   }
 
   /** Frees the activation memory kept between steps. */
   dispose(): void {
-    this.#arena.dispose();
+    this.#arenas.dev.dispose();
+    this.#arenas.host.dispose();
   }
 
   /** RoPE of q [T, nH, d] and k [T, nKV, d] (host f32) at `positions`, on the host backend. */
@@ -377,7 +417,8 @@ export class ForwardPass {
   step(seqs: readonly StepSequence[], times: StepTimes, o: StepOptions = {}): Promise<HostTensor<'f32'>> {
     return this.#forward(seqs, times, o, async (logits, m) => {
       await m.down(logits);
-      return logits.host;
+      // staged: the host copy is a view of the step's pinned memory, reused by the next step
+      return this.#p.staged ? HostTensor.from('f32', logits.host.shape, logits.host.data) : logits.host;
     });
   }
 
@@ -399,7 +440,7 @@ export class ForwardPass {
         const ids = m.pair('i32', [seqs.length]);
         await be.argmaxRows(logits.dev, ids.dev, op);
         await m.down(ids);
-        return ids.host.data;
+        return Int32Array.from(ids.host.data); // out of the step's pinned memory
       }
       await m.down(logits);
       return sampleRows(host, logits.host, samplers, op);
@@ -453,13 +494,13 @@ export class ForwardPass {
       ),
     }));
 
-    const m = new StepMemory(be, staged, this.#arena, op);
+    const m = new StepMemory(be, staged, this.#arenas, op);
     let ok = false;
     try {
       const D = this.#p.headDim; // KV cache / attention head dim (MLA: padded)
       const h = m.act('f32', [T, H]); // the residual stream
       const xn = m.act('bf16', [T, H]); // also the embedding rows before the first norm overwrites it
-      const attn = new HostTensor('bf16', [T, nH, D]); // attention output (host)
+      const attn = m.host('bf16', [T, nH, D]); // attention output (host; pinned when staged: it goes up)
       const delta = m.act('f32', [T, H]);
       const blockOut = m.act('bf16', [T, H]);
       const sharedOut = cfg.sharedExperts ? m.act('bf16', [T, H]) : undefined;
