@@ -16,6 +16,9 @@
  * fills one, 1200 runs in three chunks), each request generating one token so every step only prefills; measured
  * prompt tokens/s over those steps vs predictPrefill (the profile then also measures its row ops at 128, 256 and
  * 512 rows and the prefill attention).
+ * Offloaded experts: the same model with a quarter of its experts in LRU slots (`experts: { fraction: 0.25 }`),
+ * decode at each batch at context 128, vs predictDecode with `expertSlots` (expert copies at the profile's copy
+ * rate), with the experts copied per step measured (the cache's bytes moved) and predicted.
  * Run: node dist/bench/perf-model.js [--quick] [--reps=N] [--passes=N] [--models=a,b]
  *   -> bench/results/perf-model-cpu-<date>.json (--quick: one profile pass, one run per configuration)
  */
@@ -34,6 +37,8 @@ const r3 = (v: number): number => +v.toFixed(3);
 const PROBE = 64 * 2 ** 20;
 /** Tokens per prefill step (generateBatch's default maxBatchTokens). */
 const CHUNK = 512;
+/** KV length of the offloaded-experts configurations. */
+const OFFLOAD_CONTEXT = 128;
 
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
@@ -43,6 +48,7 @@ async function main(): Promise<void> {
   const contexts = [128, 512];
   const prompts = [128, 512, 1200];
   const prefillRows: Array<Record<string, unknown>> = [];
+  const offloadRows: Array<Record<string, unknown>> = [];
   const models: Array<{ preset: PresetName; layers?: number }> = [
     { preset: 'tiny-qwen3-moe' },
     { preset: 'tiny-mixtral' },
@@ -198,6 +204,71 @@ async function main(): Promise<void> {
           console.log(JSON.stringify({ ...row, terms_ms: undefined }));
         }
       }
+      // offloaded experts: a quarter of them in LRU slots, the same decode measurement at context 128; predicted with
+      // the slot count (expert copies priced at the profile's copy rate)
+      using off = await loadModel(dir, { kvCacheBytes: 1 << 30, experts: { fraction: 0.25, policy: 'lru' } });
+      const slots = off.expertCache!.capacity;
+      const offRuns = new Map<number, Array<{ measured: number; pred: ReturnType<typeof predictDecode>; copied: number; read: number; load: number }>>();
+      for (let rep = 0; rep < reps; rep++) {
+        for (const B of batches) {
+          const L = OFFLOAD_CONTEXT;
+          const reqs = randomRequests(B, L, 4321 + B * 7 + 1000 * rep, decodeSteps + 2, Math.min(V, 500));
+          const before = readProbeGBs(PROBE);
+          const load = os.loadavg()[0]!;
+          const intervals = new StepIntervals();
+          const ctx: number[] = [];
+          let decoded = 0;
+          let moved = off.cacheStats!.bytesMoved;
+          const copied: number[] = [];
+          for await (const _ of off.generateBatch(reqs, {
+            maxSequences: B,
+            maxBatchTokens: B * L + B,
+            onStep: (st) => {
+              const pure = st.decodeTokens === B && st.tokens === B;
+              const now = off.cacheStats!.bytesMoved;
+              if (pure) {
+                decoded++;
+                copied.push(now - moved);
+              }
+              moved = now;
+              if (intervals.mark(pure)) ctx.push(L + decoded);
+            },
+          })) {
+            // the timings are what is measured
+          }
+          const read = (before + readProbeGBs(PROBE)) / 2;
+          const context = ctx.reduce((a, b) => a + b, 0) / ctx.length;
+          const pred = predictDecode(cfg, profile, { batch: B, context, expertSlots: slots }, { readGBs: read });
+          offRuns.set(B, [...(offRuns.get(B) ?? []), { measured: medianOf(intervals.ms), pred, copied: medianOf(copied), read, load }]);
+          loads.push(load);
+        }
+      }
+      const expertBytes = 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2;
+      for (const B of batches) {
+        const all = offRuns.get(B)!;
+        const r = [...all].sort((a, b) => a.measured - b.measured)[Math.floor((all.length - 1) / 2)]!;
+        const row = {
+          model: m.preset,
+          layers: cfg.numLayers,
+          batch: B,
+          context: OFFLOAD_CONTEXT,
+          expert_slots: slots,
+          measured_interval_ms: r3(r.measured),
+          predicted_interval_ms: r3(r.pred.stepMs),
+          rel_error: r3(Math.abs(r.pred.stepMs - r.measured) / r.measured),
+          measured_experts_copied_per_step: r3(r.copied / expertBytes),
+          predicted_experts_copied_per_step: r3(r.pred.copies!.experts),
+          module_mode: r.pred.copies!.moduleMode,
+          copy_GBs: r3(profile.copyGBs!),
+          read_GBs: r3(r.read),
+          load_avg_1m: r3(r.load),
+          bound: r.pred.bound,
+          terms_ms: Object.fromEntries(Object.entries(r.pred.terms).map(([k, v]) => [k, r3(v)])),
+          runs: all.map((x) => ({ measured_interval_ms: r3(x.measured), predicted_interval_ms: r3(x.pred.stepMs), experts_copied: r3(x.copied / expertBytes) })),
+        };
+        offloadRows.push(row);
+        console.log(JSON.stringify({ ...row, terms_ms: undefined }));
+      }
     } finally {
       model.dispose();
     }
@@ -207,6 +278,8 @@ async function main(): Promise<void> {
   const meanLoad = loads.reduce((a, b) => a + b, 0) / loads.length;
   console.log(`decode: mean |predicted - measured| / measured over ${rows.length} configurations: ${(mean * 100).toFixed(1)}% (load average ${meanLoad.toFixed(2)}, ${((performance.now() - t0) / 1000).toFixed(0)} s)`);
   if (meanPrefill !== null) console.log(`prefill: mean over ${prefillRows.length} configurations: ${(meanPrefill * 100).toFixed(1)}%`);
+  const meanOff = offloadRows.length ? offloadRows.reduce((a, r) => a + (r.rel_error as number), 0) / offloadRows.length : null;
+  if (meanOff !== null) console.log(`offloaded experts: mean over ${offloadRows.length} configurations: ${(meanOff * 100).toFixed(1)}%`);
   const out = {
     bench: 'performance model accuracy, batched decode throughput (bench/perf-model.ts)',
     machine: machine(),
@@ -218,8 +291,10 @@ async function main(): Promise<void> {
     load_avg_1m_max: r3(Math.max(...loads)),
     mean_rel_error: r3(mean),
     prefill_mean_rel_error: meanPrefill === null ? null : r3(meanPrefill),
+    offloaded_mean_rel_error: meanOff === null ? null : r3(meanOff),
     rows,
     prefill_rows: prefillRows,
+    offloaded_rows: offloadRows,
     profiles,
   };
   const file = path.join(__dirname, '..', '..', 'bench', 'results', `perf-model-cpu-${new Date().toISOString().slice(0, 10)}${process.env.MOE_BENCH_LABEL ? `-${process.env.MOE_BENCH_LABEL}` : ''}.json`);

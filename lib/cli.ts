@@ -34,9 +34,10 @@ commands:
                              measure what the performance model needs for this model on this machine: each op of its
                              decode step at its own shapes vs batch (and attention vs context), per-op and per-step
                              runtime costs; default FILE ~/.cache/moe-offload/profile-<model folder name>.json
-  plan --model DIR [--context N] [--kv-gib G] [--profile FILE]
+  plan --model DIR [--context N] [--kv-gib G] [--experts FRACTION] [--profile FILE]
                              predicted decode throughput per batch size, the binding resource, the chosen batch,
-                             and the prefill throughput of prompts of the context's length
+                             and the prefill throughput of prompts of the context's length; --experts FRACTION:
+                             routed experts offloaded with that fraction in slots (the copies they cost per step)
                              (measures and saves the model's profile first when FILE is absent)
   info [--json]              package version, CPU features, CUDA devices (or why CUDA is unavailable), backend in use
   make-model --preset NAME [--seed N] [--layers N] DIR
@@ -242,12 +243,18 @@ function savedProfile(file: string, cfg: ReturnType<typeof parseModelConfig>): {
 }
 
 async function planCmd(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { model: { type: 'string' }, context: { type: 'string' }, 'kv-gib': { type: 'string' }, profile: { type: 'string' } } });
+  const { values } = parseArgs({ args, options: { model: { type: 'string' }, context: { type: 'string' }, 'kv-gib': { type: 'string' }, profile: { type: 'string' }, experts: { type: 'string' } } });
   if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required');
   const cfg = modelConfig(values.model);
+  // --experts FRACTION: routed experts offloaded, that fraction of them in slots (loadModel's experts.fraction)
+  const fraction = numOpt(values.experts, 'experts');
+  if (fraction !== undefined && !(fraction > 0 && fraction <= 1)) throw new InvalidArgumentError(`--experts must be a fraction in (0, 1], received ${values.experts}`);
+  const expertSlots = fraction === undefined ? undefined : Math.ceil(fraction * cfg.moeLayers.length * cfg.numExperts);
   const own = defaultProfile(values.model);
   const file = values.profile ?? own;
-  const saved = savedProfile(file, cfg);
+  let saved = savedProfile(file, cfg);
+  // offloaded experts need the copy rate (profiles saved before it was measured lack it)
+  if (saved.profile && expertSlots !== undefined && !(saved.profile.copyGBs! > 0)) saved = { why: `${file} lacks the expert copy rate` };
   if (!saved.profile) process.stderr.write(`${saved.why}: measuring this model's profile now into ${own} (moe-offload profile saves it)\n`);
   const p = saved.profile ?? (await measureProfile(values.model, own, undefined));
   const context = intOpt(values.context, 'context') ?? 512;
@@ -257,17 +264,20 @@ async function planCmd(args: string[]): Promise<number> {
   const now = { readGBs: readProbeGBs(64 * 2 ** 20) };
   process.stdout.write(
     `${cfg.architecture}, ${cfg.numLayers} layers, ${cfg.numExperts} experts top-${cfg.topK}; context ${context}; KV ${kvGiB.toFixed(1)} GiB = ${kvTokens} tokens; ` +
-      `read bandwidth now ${now.readGBs.toFixed(1)} GB/s (profile: ${p.readGBs.toFixed(1)})\n`,
+      `read bandwidth now ${now.readGBs.toFixed(1)} GB/s (profile: ${p.readGBs.toFixed(1)})` +
+      (expertSlots !== undefined ? `; routed experts offloaded, ${expertSlots} in slots (copies at ${p.copyGBs?.toFixed(1) ?? '?'} GB/s)` : '; experts resident') +
+      '\n',
   );
   const maxB = Math.max(...p.batches);
   const top = Math.max(1, Math.min(maxB, Math.floor(kvTokens / context))); // the largest batch that fits
   const shown: number[] = [];
   for (let b = 1; b < top; b *= 2) shown.push(b);
   for (const b of [...shown, top]) {
-    const d = predictDecode(cfg, p, { batch: b, context }, now);
-    process.stdout.write(`  batch ${String(b).padStart(4)}: ${d.tokensPerSecond.toFixed(1).padStart(9)} tokens/s, step ${d.stepMs.toFixed(2)} ms, bound: ${d.bound}\n`);
+    const d = predictDecode(cfg, p, { batch: b, context, ...(expertSlots !== undefined ? { expertSlots } : {}) }, now);
+    const copies = d.copies ? `, ${d.copies.experts.toFixed(1)} experts copied${d.copies.moduleMode ? ' (module mode)' : ''}` : '';
+    process.stdout.write(`  batch ${String(b).padStart(4)}: ${d.tokensPerSecond.toFixed(1).padStart(9)} tokens/s, step ${d.stepMs.toFixed(2)} ms${copies}, bound: ${d.bound}\n`);
   }
-  const best = chooseBatch(cfg, p, context, kvTokens, now);
+  const best = chooseBatch(cfg, p, context, kvTokens, now, expertSlots);
   const why =
     best.limit === 'kv-capacity'
       ? `; binding: KV capacity (throughput still grows, but ${kvTokens} KV tokens hold ${Math.floor(kvTokens / context)} sequences of ${context})`

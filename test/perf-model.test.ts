@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { type ModelProfile, type OpPoint, type OpSpec, chooseBatch, expectedExperts, interp, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
+import { type ModelProfile, type OpPoint, type OpSpec, chooseBatch, expectedExperts, expertCopies, interp, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
 import { profileModel } from '../lib/batching/profile.js';
 import { type Backend, loadModel, makeModel, type ModelConfig, type PresetName } from '../lib/index.js';
 
@@ -195,6 +195,38 @@ test('chooseBatch: the fastest batch that fits the KV cache, and what limits it'
   assert.ok(t.batch < 64 && t.limit === 'throughput', `batch ${t.batch}, ${t.limit}`);
 });
 
+test('offloaded experts: copies per step by regime (demand fetches, LRU cycling, module mode), priced at the copy rate', async () => {
+  const cfg = await config('tiny-qwen3-moe'); // 32 experts top-4 per MoE layer
+  const L = cfg.moeLayers.length;
+  const E = cfg.numExperts;
+  const U = (B: number) => expectedExperts(E, cfg.topK, B);
+  // every expert fits: nothing copied
+  assert.deepEqual(expertCopies(cfg, 8, L * E), { experts: 0, moduleMode: false });
+  // one token, many slots: LRU keeps a requested expert with probability slots / (L E)
+  const slots = Math.floor((L * E) / 2);
+  assert.ok(L * U(1) < slots);
+  assert.ok(Math.abs(expertCopies(cfg, 1, slots).experts - L * U(1) * 0.5) < 1e-9);
+  // the step's experts over all layers exceed the slots, each layer's fit: every one copied
+  const few = Math.ceil(U(2)) + 1;
+  assert.ok(L * U(2) >= few && U(2) <= few);
+  assert.ok(Math.abs(expertCopies(cfg, 2, few).experts - L * U(2)) < 1e-9);
+  // a layer's experts exceed the slots: module mode, plus the prefetched experts of the previous step not used again
+  const m = expertCopies(cfg, 64, 8);
+  assert.equal(m.moduleMode, true);
+  assert.ok(Math.abs(m.experts - L * (U(64) + 8 * (1 - U(64) / E))) < 1e-9);
+  // the step pays the copies at the profile's rate; without a rate an offloaded prediction is refused
+  const p = { ...synthetic(cfg), copyGBs: 10 };
+  const resident = predictDecode(cfg, p, { batch: 64, context: 100 });
+  const off = predictDecode(cfg, p, { batch: 64, context: 100, expertSlots: 8 });
+  const bytes = m.experts * 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2;
+  assert.ok(Math.abs(off.terms.expertCopyMs - bytes / 10e6) < 1e-9);
+  assert.ok(Math.abs(off.stepMs - resident.stepMs - off.terms.expertCopyMs) < 1e-9);
+  assert.deepEqual(off.copies, m);
+  assert.equal(predictDecode(cfg, { ...p, copyGBs: 1e-6 }, { batch: 64, context: 100, expertSlots: 8 }).bound, 'expert copies (H2D)');
+  assert.throws(() => predictDecode(cfg, synthetic(cfg), { batch: 4, context: 10, expertSlots: 8 }), /no expert copy rate/);
+  assert.throws(() => predictDecode(cfg, p, { batch: 4, context: 10, expertSlots: -1 }), /expertSlots must be an integer >= 0, received -1/);
+});
+
 test('a prediction needs every op of the step in the profile', async () => {
   const cfg = await config('tiny-mixtral');
   const p = synthetic(cfg);
@@ -307,6 +339,7 @@ test('profileModel measures every op of a tiny model at its shapes, batches and 
     if (streams) for (const q of all) assert.ok(q.probeGBs > 0);
   }
   assert.ok(p.peakGBs >= 0 && p.groupMs >= 0 && p.opMs >= 0 && p.streamEfficiency > 0 && p.sampleNsPerLogit > 0 && p.readGBs > 0 && p.cacheBytes > 0);
+  assert.ok(p.copyGBs! > 0, 'the expert copy rate (offloaded experts)');
   // the runtime calibration ran copies of the family's tiny preset, n and n + 3 layers, interleaved
   assert.equal(p.runtime.preset, 'tiny-qwen3-moe');
   assert.deepEqual(

@@ -315,6 +315,11 @@ export interface ModelProfile {
   /** Argmax sampling, ns per logit. */
   sampleNsPerLogit: number;
   /**
+   * Copies of one routed expert from pinned host memory into the backend's device memory (an expert slot), GB/s:
+   * what a miss of offloaded experts costs per byte (absent in older profiles).
+   */
+  copyGBs?: number;
+  /**
    * The runtime's costs the measured ops do not explain (tensor allocation, JS between groups, bookkeeping), from
    * real decode steps of copies of the family's tiny preset: per step and per layer (ms).
    */
@@ -450,6 +455,11 @@ export interface DecodeShape {
   batch: number;
   /** Tokens in each sequence's KV cache. */
   context: number;
+  /**
+   * Routed experts offloaded: the expert slots on the compute backend (model.expertCache.capacity; LRU), the rest
+   * in pinned host memory (the profile's copyGBs prices a miss). Absent: every expert resident.
+   */
+  expertSlots?: number;
 }
 
 export interface StepTerms {
@@ -466,6 +476,8 @@ export interface StepTerms {
   hostMs: number;
   /** Group round trips and the runtime's fixed costs. */
   overheadMs: number;
+  /** Offloaded experts: copying the step's missed experts into the slots (0 when resident). */
+  expertCopyMs: number;
 }
 
 export interface DecodePrediction {
@@ -473,9 +485,32 @@ export interface DecodePrediction {
   tokensPerSecond: number;
   terms: StepTerms;
   /** The resource whose share of the step is largest. */
-  bound: 'weights (memory bandwidth)' | 'attention (KV bandwidth)' | 'compute' | 'per-op overhead';
+  bound: 'weights (memory bandwidth)' | 'attention (KV bandwidth)' | 'compute' | 'per-op overhead' | 'expert copies (H2D)';
   /** Distinct routed experts per MoE layer per step (expected, uniform routing). */
   expertsPerLayer: number;
+  /** Offloaded experts: experts copied into the slots per step (expected), and whether the layers run in module mode. */
+  copies?: { experts: number; moduleMode: boolean };
+}
+
+/**
+ * Experts copied into `slots` per decode step of B tokens (expected, independent uniform routing over the MoE layers'
+ * E experts each, U(B) distinct per layer), as lib/engine/experts.ts CachedExperts with LRU runs them:
+ *   U(B) > slots: module mode: each layer's experts stream through the slots once per step (the ones the previous
+ *     step left are evicted by the other layers' streaming, or were themselves prefetched: copies either way), and
+ *     after each layer the next one's experts of the previous step are prefetched into the free slots (up to
+ *     min(slots, U)), of which a share 1 - U/E is not routed to again: L (U + min(slots, U) (1 - U/E));
+ *   else a step touching L U(B) >= slots experts cycles the LRU cache (each is evicted before its next use): L U;
+ *   else demand fetches of the experts not cached: under independent uniform routing LRU holds a requested expert
+ *     with probability slots / (L E): L U (1 - slots / (L E)); none once every expert fits.
+ */
+export function expertCopies(cfg: ModelConfig, B: number, slots: number): { experts: number; moduleMode: boolean } {
+  const L = cfg.moeLayers.length;
+  const E = cfg.numExperts;
+  const U = expectedExperts(E, cfg.topK, B);
+  if (L === 0 || slots >= L * E) return { experts: 0, moduleMode: false };
+  if (U > slots) return { experts: L * (U + Math.min(slots, U) * (1 - U / E)), moduleMode: true };
+  if (L * U >= slots) return { experts: L * U, moduleMode: false };
+  return { experts: L * U * (1 - slots / (L * E)), moduleMode: false };
 }
 
 /** Expected distinct experts of B tokens each routed to k of E (independent uniform routing). */
@@ -494,17 +529,26 @@ export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeSh
   if (!(B >= 1) || !(L >= 1)) throw new InvalidArgumentError(`batch and context must be >= 1, received batch ${shape.batch}, context ${shape.context}`);
   // how cold the step reads: warm while its working set fits the last-level cache, cold from twice that
   const cold = Math.min(1, Math.max(0, stepWorkingSet(cfg, B, L) / p.cacheBytes - 1));
-  const step = composeStep(cfg, p, B, B, now, cold, (o) => opCost(p, o.key, B, o.window ? Math.min(L, o.window) : L, now, cold));
-  return { ...step, tokensPerSecond: (B * 1000) / step.stepMs, expertsPerLayer: expectedExperts(cfg.numExperts, cfg.topK, B) };
+  let copies: { experts: number; moduleMode: boolean } | undefined;
+  let copyMs = 0;
+  if (shape.expertSlots !== undefined) {
+    if (!Number.isSafeInteger(shape.expertSlots) || shape.expertSlots < 0) throw new InvalidArgumentError(`expertSlots must be an integer >= 0, received ${describe(shape.expertSlots)}`);
+    if (!(p.copyGBs! > 0)) throw new InvalidArgumentError('the profile has no expert copy rate (copyGBs): profile this model again to predict offloaded experts');
+    copies = expertCopies(cfg, B, shape.expertSlots);
+    copyMs = (copies.experts * 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2) / (p.copyGBs! * 1e6);
+  }
+  const step = composeStep(cfg, p, B, B, now, cold, (o) => opCost(p, o.key, B, o.window ? Math.min(L, o.window) : L, now, cold), copyMs);
+  return { ...step, tokensPerSecond: (B * 1000) / step.stepMs, expertsPerLayer: expectedExperts(cfg.numExperts, cfg.topK, B), ...(copies ? { copies } : {}) };
 }
 
 /**
  * One step of T tokens from S sequences: every op of stepOps at T rows (S for the per-sequence ones), attention
  * from `attention`, sampling S rows, the group round trips and runtime costs; its terms and binding resource.
  */
-function composeStep(cfg: ModelConfig, p: ModelProfile, T: number, S: number, now: Conditions, cold: number, attention: (o: PlannedOp) => { ms: number; memMs: number }): Omit<DecodePrediction, 'tokensPerSecond' | 'expertsPerLayer'> {
+function composeStep(cfg: ModelConfig, p: ModelProfile, T: number, S: number, now: Conditions, cold: number, attention: (o: PlannedOp) => { ms: number; memMs: number }, copyMs = 0): Omit<DecodePrediction, 'tokensPerSecond' | 'expertsPerLayer'> {
   const plan = stepOps(cfg);
-  const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0 };
+  // on the CPU backend the copies share the cores and the memory with the compute: they add to the step
+  const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0, expertCopyMs: copyMs };
   let weightsMem = 0;
   let kvMem = 0;
   let perOp = 0;
@@ -520,12 +564,13 @@ function composeStep(cfg: ModelConfig, p: ModelProfile, T: number, S: number, no
   terms.overheadMs = plan.groups * p.groupMs + r.stepMs + cfg.numLayers * r.layerMs;
   const stepMs = Object.values(terms).reduce((a, b) => a + b, 0);
   const overhead = terms.overheadMs + terms.hostMs + perOp;
-  const compute = stepMs - overhead - weightsMem - kvMem;
+  const compute = stepMs - overhead - weightsMem - kvMem - copyMs;
   const shares: Array<[DecodePrediction['bound'], number]> = [
     ['weights (memory bandwidth)', weightsMem],
     ['attention (KV bandwidth)', kvMem],
     ['compute', compute],
     ['per-op overhead', overhead],
+    ['expert copies (H2D)', copyMs],
   ];
   const bound = shares.reduce((a, b) => (b[1] > a[1] ? b : a))[0];
   return { stepMs, terms, bound };
@@ -581,7 +626,7 @@ export function predictPrefill(cfg: ModelConfig, p: ModelProfile, shape: Prefill
   const units: Array<{ S: number; q: number; prefix: number }> = [];
   if (P <= C) units.push({ S: Math.floor(C / P), q: P, prefix: 0 });
   else for (let at = 0; at < P; at += C) units.push({ S: 1, q: Math.min(C, P - at), prefix: at });
-  const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0 };
+  const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0, expertCopyMs: 0 };
   const steps: PrefillPrediction['steps'] = [];
   const binds = new Map<DecodePrediction['bound'], number>();
   let tokens = 0;
@@ -608,10 +653,11 @@ export function predictPrefill(cfg: ModelConfig, p: ModelProfile, shape: Prefill
  * 1, 2, 4, ... and the largest that fits, up to what the profile measured), and what limits it: 'throughput' (a
  * larger batch that fits is predicted slower), 'kv-capacity' (throughput still grows but a larger batch does not
  * fit the KV cache: the binding resource is KV capacity) or 'profiled batches' (the profile measured no larger).
+ * With `expertSlots`, for routed experts offloaded into that many slots (predictDecode).
  * @example
  * const { batch, limit } = chooseBatch(cfg, profile, 512, model.kvTokensFree);
  */
-export function chooseBatch(cfg: ModelConfig, p: ModelProfile, context: number, kvTokens: number, now: Conditions = {}): { batch: number; prediction: DecodePrediction; limit: 'throughput' | 'kv-capacity' | 'profiled batches' } {
+export function chooseBatch(cfg: ModelConfig, p: ModelProfile, context: number, kvTokens: number, now: Conditions = {}, expertSlots?: number): { batch: number; prediction: DecodePrediction; limit: 'throughput' | 'kv-capacity' | 'profiled batches' } {
   const maxB = Math.max(...p.batches);
   const fits = Math.floor(kvTokens / context);
   const top = Math.max(1, Math.min(maxB, fits));
@@ -620,7 +666,7 @@ export function chooseBatch(cfg: ModelConfig, p: ModelProfile, context: number, 
   candidates.push(top);
   let best: { batch: number; prediction: DecodePrediction } | undefined;
   for (const b of candidates) {
-    const prediction = predictDecode(cfg, p, { batch: b, context }, now);
+    const prediction = predictDecode(cfg, p, { batch: b, context, ...(expertSlots !== undefined ? { expertSlots } : {}) }, now);
     if (!best || prediction.tokensPerSecond > best.prediction.tokensPerSecond) best = { batch: b, prediction };
   }
   const limit = best!.batch < top ? 'throughput' : fits < maxB ? 'kv-capacity' : 'profiled batches';

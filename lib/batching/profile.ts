@@ -19,6 +19,7 @@
  *   - every point of an op that streams weights or K/V records the read bandwidth around it (a 64 MiB probe
  *     before and after: their mean), so the model can rescale its memory part to the bandwidth of the moment
  *     (this VM's drifts 15-44 GB/s within minutes);
+ *   - offloaded experts: misses as the runtime copies them (ExpertCache, TransferEngine, into slots), GB/s;
  *   - runtime costs: decode steps of generated copies of the model family's tiny preset with n and n + 3 layers;
  *     what their own measured ops, groups and host work do not explain, per layer and per step.
  * A real-shape 2-layer model takes 6-10 s with `quick` (one pass), 20-40 s with three passes; a tiny one 4-12 s.
@@ -45,7 +46,11 @@ import { makeModel } from '../model/make-model.js';
 import type { PresetName } from '../model/presets.js';
 import { PRESETS } from '../model/presets.js';
 import { native } from '../native.js';
+import { LruPolicy } from '../cache/policy.js';
+import { residencyExpertCache } from '../cache/residency.js';
 import { ExpertStore } from '../residency/expert-store.js';
+import { SlotPool } from '../residency/slot-pool.js';
+import { TransferEngine } from '../residency/transfer.js';
 import { ropeFromConfig } from '../rope.js';
 import { HostTensor, type Tensor } from '../tensor.js';
 import { type ModelProfile, type OpPoint, type OpSpec, opKey, predictDecode, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from './perf-model.js';
@@ -715,6 +720,43 @@ async function samplingNs(be: Backend, vocab: number): Promise<number> {
   return (ms * 1e6) / (rows * V);
 }
 
+/**
+ * Offloaded experts' misses as the runtime copies them: the experts a step misses are acquired together (one
+ * Promise.all, as lib/engine/experts.ts does) from a pinned ExpertStore into a SlotPool through the ExpertCache and
+ * TransferEngine (chunked copies, events, leases). Rounds alternate between two sets of n experts (n for 64 MiB, 4
+ * to 16) over n slots, so each round copies n; GB/s of expert bytes, the median of 3 rounds after a warm-up.
+ */
+async function expertCopyGBs(be: Backend, cfg: ModelConfig, packed: boolean): Promise<number> {
+  const H = cfg.hiddenSize;
+  const I = cfg.moeIntermediateSize;
+  const probe = ExpertStore.create(be, { layers: [0], experts: 1, hidden: H, intermediate: I, packed });
+  const bytes = probe.expertBytes;
+  probe.dispose();
+  const n = Math.max(4, Math.min(16, Math.ceil((64 * 2 ** 20) / bytes)));
+  const store = ExpertStore.create(be, { layers: [0], experts: 2 * n, hidden: H, intermediate: I, packed });
+  let slots: SlotPool | undefined;
+  try {
+    for (let e = 0; e < 2 * n; e++) {
+      const w = store.expert(0, e).whole.data;
+      fillBf16(new Uint16Array(w.buffer, w.byteOffset, w.byteLength / 2), 70 + e); // untouched pages read as one
+    }
+    slots = SlotPool.create(be, { slots: n, hidden: H, intermediate: I, dtype: 'bf16', packed });
+    const cache = residencyExpertCache({ store, slots, engine: new TransferEngine(be), policy: new LruPolicy(2 * n) });
+    const ts: number[] = [];
+    for (let round = 0; round < 4; round++) {
+      const set = Array.from({ length: n }, (_, i) => (round % 2) * n + i);
+      const t0 = performance.now();
+      const leases = await Promise.all(set.map((e) => cache.acquire(0, e)));
+      if (round > 0) ts.push(performance.now() - t0); // round 0 warms up
+      for (const l of leases) l.release();
+    }
+    return (n * bytes) / (medianOf(ts) * 1e6);
+  } finally {
+    slots?.dispose();
+    store.dispose();
+  }
+}
+
 /** Decode steps whose every sequence decodes: median wall time between consecutive ones (ms) and of the forward step. */
 async function decodeInterval(model: MoeModel, B: number, prompt: number, steps: number): Promise<number> {
   let s = 99 + B;
@@ -866,6 +908,7 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   for (let i = 0; i < nPasses; i++) passes.push(await measureOps(c, modes));
   const ops = Object.fromEntries(Object.entries(passes[0]!).map(([key, pts]) => [key, pts.map((_, j) => [...passes.map((q) => q[key]![j]!)].sort((x, y) => x.ms - y.ms)[Math.floor(passes.length / 2)]!)]));
   const sampleNsPerLogit = await samplingNs(be, cfg.vocabSize);
+  const copyGBs = cfg.numExperts > 1 ? await expertCopyGBs(be, cfg, packed) : undefined;
   const runtime = options.skipRuntime ? NO_RUNTIME : await runtimeCosts(c, options.quick === true, sampleNsPerLogit, ops);
   const i = info();
   const stream = streaming(ops);
@@ -878,6 +921,7 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
     streamEfficiency: stream.efficiency,
     peakGBs: stream.peakGBs,
     sampleNsPerLogit,
+    ...(copyGBs !== undefined ? { copyGBs } : {}),
     runtime,
     readGBs,
     cacheBytes,
