@@ -5,8 +5,9 @@
  * runs `generateBatch` with B random prompts of L tokens, all prefilled in one step so the B sequences then decode
  * in lockstep, and times the interval between consecutive steps in which all B decode (the step, sampling and the
  * scheduler: what decode throughput is; median). The model predicts the same step at the mean KV length of the
- * timed steps at the read bandwidth measured around the run (a 64 MiB probe before and after, as the profile's
- * points have): this VM's bandwidth drifts by up to 2x within minutes.
+ * timed steps, as `plan` does (from the profile's own measurements), and also rescaled to the read bandwidth
+ * measured around the run (a 64 MiB probe before and after, as the profile's points have; `_rescaled` columns):
+ * over eleven runs on 2026-11-26 the rescaling did not help (perf-model-cpu-2026-11-26-ab-summary.json).
  * Each configuration runs 3 times (1 with --quick), the rounds interleaved so that a burst of other jobs on this
  * shared machine hits one run of a configuration rather than all; its row is the run with the median measured
  * interval, against that run's own prediction (every run is recorded).
@@ -74,7 +75,7 @@ async function main(): Promise<void> {
       const V = cfg.vocabSize;
       // each configuration runs `reps` times, the rounds interleaved (a burst of other jobs then hits one run of a
       // configuration, not all); the row is the run with the median measured interval, with its own prediction
-      const runs = new Map<string, Array<{ measured: number; step: number; parts: Record<string, number>; pred: ReturnType<typeof predictDecode>; context: number; before: number; after: number; load: number; timed: number }>>();
+      const runs = new Map<string, Array<{ measured: number; step: number; parts: Record<string, number>; pred: ReturnType<typeof predictDecode>; rescaled: number; context: number; before: number; after: number; load: number; timed: number }>>();
       for (let rep = 0; rep < reps; rep++) {
         for (const B of batches) {
           for (const L of contexts) {
@@ -109,10 +110,12 @@ async function main(): Promise<void> {
             const after = readProbeGBs(PROBE);
             if (intervals.ms.length === 0) throw new Error(`no two consecutive steps decoded all ${B} sequences (${m.preset}, context ${L})`);
             const context = ctx.reduce((a, b) => a + b, 0) / ctx.length;
-            const pred = predictDecode(cfg, profile, { batch: B, context }, { readGBs: (before + after) / 2 });
+            // the model as plan uses it (the profile's own speeds), and rescaled to the read probe around this run
+            const pred = predictDecode(cfg, profile, { batch: B, context });
+            const rescaled = predictDecode(cfg, profile, { batch: B, context }, { readGBs: (before + after) / 2 }).stepMs;
             const key = `${B}/${L}`;
             const partMs = Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, medianOf(v)]));
-            runs.set(key, [...(runs.get(key) ?? []), { measured: medianOf(intervals.ms), step: medianOf(stepMs), parts: partMs, pred, context, before, after, load, timed: intervals.ms.length }]);
+            runs.set(key, [...(runs.get(key) ?? []), { measured: medianOf(intervals.ms), step: medianOf(stepMs), parts: partMs, pred, rescaled, context, before, after, load, timed: intervals.ms.length }]);
             loads.push(load);
           }
         }
@@ -144,7 +147,7 @@ async function main(): Promise<void> {
             // the timings are what is measured
           }
           const after = readProbeGBs(PROBE);
-          const pred = predictPrefill(cfg, profile, { prompt: P, chunk: CHUNK }, { readGBs: (before + after) / 2 });
+          const pred = predictPrefill(cfg, profile, { prompt: P, chunk: CHUNK });
           pre.set(P, [...(pre.get(P) ?? []), { measured: (tokens * 1000) / ms, pred, before, after, load, steps }]);
           loads.push(load);
         }
@@ -188,6 +191,9 @@ async function main(): Promise<void> {
             measured_tokens_per_s: r3((B * 1000) / r.measured),
             predicted_tokens_per_s: r3(r.pred.tokensPerSecond),
             rel_error: r3(Math.abs(r.pred.stepMs - r.measured) / r.measured),
+            // the same with its memory-bound parts rescaled to the read probe around the run (Conditions.readGBs)
+            predicted_interval_ms_rescaled: r3(r.rescaled),
+            rel_error_rescaled: r3(Math.abs(r.rescaled - r.measured) / r.measured),
             read_GBs_before: r3(r.before),
             read_GBs_after: r3(r.after),
             load_avg_1m: r3(r.load),
@@ -238,7 +244,7 @@ async function main(): Promise<void> {
           }
           const read = (before + readProbeGBs(PROBE)) / 2;
           const context = ctx.reduce((a, b) => a + b, 0) / ctx.length;
-          const pred = predictDecode(cfg, profile, { batch: B, context, expertSlots: slots }, { readGBs: read });
+          const pred = predictDecode(cfg, profile, { batch: B, context, expertSlots: slots });
           offRuns.set(B, [...(offRuns.get(B) ?? []), { measured: medianOf(intervals.ms), pred, copied: medianOf(copied), read, load }]);
           loads.push(load);
         }
@@ -274,9 +280,10 @@ async function main(): Promise<void> {
     }
   }
   const mean = rows.reduce((a, r) => a + (r.rel_error as number), 0) / rows.length;
+  const meanRescaled = rows.reduce((a, r) => a + (r.rel_error_rescaled as number), 0) / rows.length;
   const meanPrefill = prefillRows.length ? prefillRows.reduce((a, r) => a + (r.rel_error as number), 0) / prefillRows.length : null;
   const meanLoad = loads.reduce((a, b) => a + b, 0) / loads.length;
-  console.log(`decode: mean |predicted - measured| / measured over ${rows.length} configurations: ${(mean * 100).toFixed(1)}% (load average ${meanLoad.toFixed(2)}, ${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+  console.log(`decode: mean |predicted - measured| / measured over ${rows.length} configurations: ${(mean * 100).toFixed(1)}% (rescaled to the read probe: ${(meanRescaled * 100).toFixed(1)}%; load average ${meanLoad.toFixed(2)}, ${((performance.now() - t0) / 1000).toFixed(0)} s)`);
   if (meanPrefill !== null) console.log(`prefill: mean over ${prefillRows.length} configurations: ${(meanPrefill * 100).toFixed(1)}%`);
   const meanOff = offloadRows.length ? offloadRows.reduce((a, r) => a + (r.rel_error as number), 0) / offloadRows.length : null;
   if (meanOff !== null) console.log(`offloaded experts: mean over ${offloadRows.length} configurations: ${(meanOff * 100).toFixed(1)}%`);
@@ -290,6 +297,7 @@ async function main(): Promise<void> {
     load_avg_1m_mean: r3(meanLoad),
     load_avg_1m_max: r3(Math.max(...loads)),
     mean_rel_error: r3(mean),
+    mean_rel_error_rescaled: r3(meanRescaled),
     prefill_mean_rel_error: meanPrefill === null ? null : r3(meanPrefill),
     offloaded_mean_rel_error: meanOff === null ? null : r3(meanOff),
     rows,

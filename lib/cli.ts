@@ -261,10 +261,12 @@ async function planCmd(args: string[]): Promise<number> {
   const kvGiB = numOpt(values['kv-gib'], 'kv-gib') ?? Math.min(16, (p.hostMemoryBytes / 2 ** 30) * 0.25);
   const perToken = cfg.numLayers * 2 * (cfg.mla ? cfg.numHeads : cfg.numKvHeads) * attentionHeadDim(cfg) * 2;
   const kvTokens = Math.floor((kvGiB * 2 ** 30) / perToken);
-  const now = { readGBs: readProbeGBs(64 * 2 ** 20) };
+  // predictions at the profile's own speeds: rescaling them to a read probe taken now did not help on the development
+  // VM (bench/results/perf-model-cpu-2026-11-26-ab-summary.json); the probe is printed next to the profile's
+  const probeNow = readProbeGBs(64 * 2 ** 20);
   process.stdout.write(
     `${cfg.architecture}, ${cfg.numLayers} layers, ${cfg.numExperts} experts top-${cfg.topK}; context ${context}; KV ${kvGiB.toFixed(1)} GiB = ${kvTokens} tokens; ` +
-      `read bandwidth now ${now.readGBs.toFixed(1)} GB/s (profile: ${p.readGBs.toFixed(1)})` +
+      `read bandwidth now ${probeNow.toFixed(1)} GB/s (profile: ${p.readGBs.toFixed(1)})` +
       (expertSlots !== undefined ? `; routed experts offloaded, ${expertSlots} in slots (copies at ${p.copyGBs?.toFixed(1) ?? '?'} GB/s)` : '; experts resident') +
       '\n',
   );
@@ -273,11 +275,11 @@ async function planCmd(args: string[]): Promise<number> {
   const shown: number[] = [];
   for (let b = 1; b < top; b *= 2) shown.push(b);
   for (const b of [...shown, top]) {
-    const d = predictDecode(cfg, p, { batch: b, context, ...(expertSlots !== undefined ? { expertSlots } : {}) }, now);
+    const d = predictDecode(cfg, p, { batch: b, context, ...(expertSlots !== undefined ? { expertSlots } : {}) });
     const copies = d.copies ? `, ${d.copies.experts.toFixed(1)} experts copied${d.copies.moduleMode ? ' (module mode)' : ''}` : '';
     process.stdout.write(`  batch ${String(b).padStart(4)}: ${d.tokensPerSecond.toFixed(1).padStart(9)} tokens/s, step ${d.stepMs.toFixed(2)} ms${copies}, bound: ${d.bound}\n`);
   }
-  const best = chooseBatch(cfg, p, context, kvTokens, now, expertSlots);
+  const best = chooseBatch(cfg, p, context, kvTokens, {}, expertSlots);
   const why =
     best.limit === 'kv-capacity'
       ? `; binding: KV capacity (throughput still grows, but ${kvTokens} KV tokens hold ${Math.floor(kvTokens / context)} sequences of ${context})`
@@ -287,7 +289,7 @@ async function planCmd(args: string[]): Promise<number> {
   process.stdout.write(`choice: batch ${best.batch} (${best.prediction.tokensPerSecond.toFixed(1)} tokens/s predicted; ${best.prediction.bound}${why})\n`);
   if (p.prefillTokens?.length) {
     // prefill of prompts as long as the context, in steps of generateBatch's default 512 tokens
-    const f = predictPrefill(cfg, p, { prompt: context, chunk: 512 }, now);
+    const f = predictPrefill(cfg, p, { prompt: context, chunk: 512 });
     process.stdout.write(`prefill: prompts of ${context} tokens in steps of 512: ${f.tokensPerSecond.toFixed(1)} tokens/s predicted (${f.steps.length} step(s) of ${f.stepMs.toFixed(1)} ms; ${f.bound})\n`);
   } else {
     process.stdout.write(`prefill: not predicted (the saved profile has no prefill points; moe-offload profile measures them)\n`);
@@ -328,7 +330,7 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
       const saved = savedProfile(defaultProfile(str('model')!), cfg);
       if (saved.profile) {
         const context = 256 + (defaults.maxNewTokens ?? 128);
-        const best = chooseBatch(cfg, saved.profile, context, model.kvTokensFree, { readGBs: readProbeGBs(64 * 2 ** 20) });
+        const best = chooseBatch(cfg, saved.profile, context, model.kvTokensFree);
         maxSequences = best.batch;
         process.stderr.write(`plan: ${best.batch} sequences at once (${best.prediction.tokensPerSecond.toFixed(1)} decode tokens/s predicted at context ${context}; ${best.prediction.bound})\n`);
       } else {

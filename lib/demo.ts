@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { predictDecode, predictPrefill } from './batching/perf-model.js';
-import { profileModel, readProbeGBs } from './batching/profile.js';
+import { profileModel } from './batching/profile.js';
 import { medianOf, StepIntervals } from './engine/batch.js';
 import { loadModel } from './engine/model.js';
 import { makeModel } from './model/make-model.js';
@@ -82,8 +82,6 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
   const batch = Array.from({ length: o.batch ?? 32 }, (_, i) => BATCH_TOPICS[i % BATCH_TOPICS.length]!);
   write(`throughput mode: ${batch.length} requests, ${o.maxNewTokens ?? 32} new tokens each, continuous batching, experts resident\n`);
   const profile = await profileModel(resident.backend, resident.config, { quick: true, maxBatch: batch.length });
-  // the read bandwidth around the run: the prediction's memory-bound parts are taken at it
-  const readBefore = readProbeGBs(64 * 2 ** 20);
   const t0 = performance.now();
   let tokens = 0;
   const intervals = new StepIntervals();
@@ -106,17 +104,16 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
   }
   const wall = performance.now() - t0;
   write(`  ${tokens} tokens in ${(wall / 1000).toFixed(2)} s: ${((tokens * 1000) / wall).toFixed(0)} tokens/s overall (prefill included)\n`);
-  const readGBs = (readBefore + readProbeGBs(64 * 2 ** 20)) / 2;
   const prompt = batch.reduce((a, b) => a + resident.encode([{ role: 'user', content: b }]).length, 0) / batch.length;
   if (prefill.ms > 0) {
-    const pre = predictPrefill(resident.config, profile, { prompt: Math.round(prompt), chunk: 512 }, { readGBs });
+    const pre = predictPrefill(resident.config, profile, { prompt: Math.round(prompt), chunk: 512 });
     write(`  prefill steps: ${((prefill.tokens * 1000) / prefill.ms).toFixed(0)} prompt tokens/s measured, ${pre.tokensPerSecond.toFixed(0)} predicted (bound: ${pre.bound})\n`);
   }
   if (intervals.ms.length > 0) {
     const measured = (batch.length * 1000) / medianOf(intervals.ms);
     // the KV length of the decode steps, on average: the prompt plus half the new tokens
     const context = Math.round(prompt + (o.maxNewTokens ?? 32) / 2);
-    const pred = predictDecode(resident.config, profile, { batch: batch.length, context }, { readGBs });
+    const pred = predictDecode(resident.config, profile, { batch: batch.length, context });
     const t = pred.terms;
     write(
       `  decode steps with all ${batch.length} sequences: ${measured.toFixed(0)} tokens/s measured, ${pred.tokensPerSecond.toFixed(0)} predicted by the performance model ` +

@@ -18,12 +18,14 @@
  * at the time — and the rest (compute, dispatch, JS). A prediction under `Conditions` (the probe now) rescales
  * the memory part by the bandwidth (up to the fastest streaming the ops reached: the probe, a pure read, goes
  * faster than kernels that compute as they stream), so points measured at different moments of a VM whose
- * bandwidth drifts 15-44 GB/s predict consistently.
+ * bandwidth drifts 15-44 GB/s predict consistently. Optional: over eleven bench runs on the development VM
+ * (2026-11-26) the rescaled predictions were no better than the profile's own (9.3% against 8.3% mean error; the
+ * probe read 26-55 GB/s while the kernels streamed 42-49), so `plan` and the demo predict without Conditions.
  * Decode throughput = B / step time.
  *
  * @example
  * const p = await profileModel(be, model.config, { maxBatch: 64 });
- * const pred = predictDecode(model.config, p, { batch: 32, context: 512 }, { readGBs: readProbeGBs(64 * 2 ** 20) });
+ * const pred = predictDecode(model.config, p, { batch: 32, context: 512 });
  * console.log(pred.tokensPerSecond, pred.bound, pred.terms);
  */
 import { describe } from '../dtype.js';

@@ -27,7 +27,7 @@
  * @example
  * const be = openBackend({ backend: 'cpu' });
  * const p = await profileModel(be, model.config, { maxBatch: 64 });
- * predictDecode(model.config, p, { batch: 32, context: 512 }, { readGBs: readProbeGBs(64 * 2 ** 20) });
+ * predictDecode(model.config, p, { batch: 32, context: 512 });
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -723,8 +723,9 @@ async function samplingNs(be: Backend, vocab: number): Promise<number> {
 /**
  * Offloaded experts' misses as the runtime copies them: the experts a step misses are acquired together (one
  * Promise.all, as lib/engine/experts.ts does) from a pinned ExpertStore into a SlotPool through the ExpertCache and
- * TransferEngine (chunked copies, events, leases). Rounds alternate between two sets of n experts (n for 64 MiB, 4
- * to 16) over n slots, so each round copies n; GB/s of expert bytes, the median of 3 rounds after a warm-up.
+ * TransferEngine (chunked copies, events, leases). Rounds alternate between two sets of n experts (n for 128 MiB,
+ * 2 to 16) over n slots, so each round copies n; GB/s of expert bytes, the median of 7 rounds after a warm-up (one
+ * measurement of 3 rounds once read half the rate the runs then saw).
  */
 async function expertCopyGBs(be: Backend, cfg: ModelConfig, packed: boolean): Promise<number> {
   const H = cfg.hiddenSize;
@@ -732,7 +733,7 @@ async function expertCopyGBs(be: Backend, cfg: ModelConfig, packed: boolean): Pr
   const probe = ExpertStore.create(be, { layers: [0], experts: 1, hidden: H, intermediate: I, packed });
   const bytes = probe.expertBytes;
   probe.dispose();
-  const n = Math.max(4, Math.min(16, Math.ceil((64 * 2 ** 20) / bytes)));
+  const n = Math.max(2, Math.min(16, Math.ceil((128 * 2 ** 20) / bytes)));
   const store = ExpertStore.create(be, { layers: [0], experts: 2 * n, hidden: H, intermediate: I, packed });
   let slots: SlotPool | undefined;
   try {
@@ -743,7 +744,7 @@ async function expertCopyGBs(be: Backend, cfg: ModelConfig, packed: boolean): Pr
     slots = SlotPool.create(be, { slots: n, hidden: H, intermediate: I, dtype: 'bf16', packed });
     const cache = residencyExpertCache({ store, slots, engine: new TransferEngine(be), policy: new LruPolicy(2 * n) });
     const ts: number[] = [];
-    for (let round = 0; round < 4; round++) {
+    for (let round = 0; round < 8; round++) {
       const set = Array.from({ length: n }, (_, i) => (round % 2) * n + i);
       const t0 = performance.now();
       const leases = await Promise.all(set.map((e) => cache.acquire(0, e)));
