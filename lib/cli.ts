@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { openBackend } from './backend.js';
+import { listBackends, openBackend } from './backend.js';
 import { type ModelProfile, chooseBatch, opCost, predictDecode, predictPrefill, stepOps } from './batching/perf-model.js';
 import { profileModel, readProbeGBs } from './batching/profile.js';
 
@@ -264,6 +264,9 @@ async function planCmd(args: string[]): Promise<number> {
   // predictions at the profile's own speeds: rescaling them to a read probe taken now did not help on the development
   // VM (bench/results/perf-model-cpu-2026-11-26-ab-summary.json); the probe is printed next to the profile's
   const probeNow = readProbeGBs(64 * 2 ** 20);
+  if (listBackends().some((b) => b.kind === 'cuda' && b.available)) {
+    process.stderr.write('note: the profile measures the CPU backend; on this GPU host the runtime computes on CUDA, which these predictions do not describe (the model has no GPU profile yet)\n');
+  }
   process.stdout.write(
     `${cfg.architecture}, ${cfg.numLayers} layers, ${cfg.numExperts} experts top-${cfg.topK}; context ${context}; KV ${kvGiB.toFixed(1)} GiB = ${kvTokens} tokens; ` +
       `read bandwidth now ${probeNow.toFixed(1)} GB/s (profile: ${p.readGBs.toFixed(1)})` +
