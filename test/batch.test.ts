@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { type BatchResult, InvalidArgumentError, type MoeModel, OutOfMemoryError, loadModel, makeModel } from '../lib/index.js';
+import { type BatchResult, InvalidArgumentError, type MoeModel, OutOfMemoryError, loadModel, makeModel, memoryStats } from '../lib/index.js';
 import { stepGroups } from '../lib/engine/forward.js';
 import { generateJsonl, type JsonlProgress, progressLine } from '../lib/engine/jsonl.js';
 
@@ -240,6 +240,24 @@ describe('jsonl', () => {
     assert.equal(rec.id, '81');
     assert.ok(rec.generated_tokens <= 4);
   });
+});
+
+test('staged steps keep one pinned host buffer (allocated off the JS thread), freed with the model', async () => {
+  const prompts = PROMPTS.slice(0, 6).map((p) => ({ prompt: p, options: { maxNewTokens: 6, stopAtEos: false } }));
+  const pinned = () => memoryStats().cpu.pinned.count;
+  const alive = async (staged: boolean) => {
+    const before = pinned();
+    const model = await loadModel(dirs['tiny-mixtral']!, { deviceActivations: staged });
+    await collect(model.generateBatch(prompts, { maxSequences: 6 }));
+    const during = pinned() - before;
+    model.dispose();
+    await new Promise((r) => setTimeout(r, 50)); // frees of memory an op held settle
+    assert.equal(pinned(), before, `${staged ? 'staged' : 'direct'}: every pinned buffer freed with the model`);
+    return during;
+  };
+  const direct = await alive(false);
+  const staged = await alive(true);
+  assert.equal(staged, direct + 1, 'the staged pass adds its pinned host arena');
 });
 
 test('stepGroups: contiguous non-empty groups of about equal token counts, every sequence once', () => {

@@ -152,9 +152,12 @@ interface Staged<D extends DType = DType> {
   host: HostTensor<D>;
 }
 
-/** Where an arena's memory comes from: its buffer, views of it, and a tensor of its own for what does not fit. */
+/**
+ * Where an arena's memory comes from: its buffer (now, or a Promise when it is allocated off the JS thread), views of
+ * it, and a tensor of its own for what does not fit.
+ */
 interface ArenaMemory<B extends { readonly byteLength: number; dispose(): void }, T extends Tensor & { dispose(): void }> {
-  buffer(bytes: number): B;
+  buffer(bytes: number): B | Promise<B>;
   view<D extends DType>(buf: B, dtype: D, shape: number[], byteOffset: number): T;
   alone<D extends DType>(dtype: D, shape: number[]): T;
 }
@@ -169,7 +172,9 @@ interface ArenaMemory<B extends { readonly byteLength: number; dispose(): void }
  * Steps run one at a time (the model's StepLock); a step that ended with an error may leave ops in flight on the
  * buffer, so the buffer is then released (its memory is freed once those ops let go of it) and a new one allocated.
  * Two per pass: device activations, and the pinned host copies they come down to and go up from (page-locked, so
- * those copies run at full PCIe speed instead of through the driver's bounce buffer).
+ * those copies run at full PCIe speed instead of through the driver's bounce buffer). The pinned buffer is allocated
+ * off the JS thread (page-locking tens of MiB takes milliseconds): it is taken into use at the first step after it
+ * arrives; steps before that take separate tensors.
  */
 class Arena<B extends { readonly byteLength: number; dispose(): void }, T extends Tensor & { dispose(): void }> {
   static readonly ALIGN = 256;
@@ -181,6 +186,9 @@ class Arena<B extends { readonly byteLength: number; dispose(): void }, T extend
   #small = 0; // steps in a row that used under a quarter of the buffer
   #smallMax = 0; // the largest need among them
   readonly #extra: T[] = [];
+  #ready: B | undefined; // an allocated buffer not yet in use (installed at the next step's first take)
+  #pending = false; // an allocation is on its way
+  #disposed = false;
   constructor(mem: ArenaMemory<B, T>) {
     this.#mem = mem;
   }
@@ -190,6 +198,12 @@ class Arena<B extends { readonly byteLength: number; dispose(): void }, T extend
   }
   /** A `shape` x `dtype` tensor valid until end(). */
   take<D extends DType>(dtype: D, shape: number[]): T {
+    if (this.#used === 0 && this.#ready) {
+      // a step starts: a buffer that arrived since takes over (the one it replaces has no views left)
+      this.#buf?.dispose();
+      this.#buf = this.#ready;
+      this.#ready = undefined;
+    }
     const bytes = numelOf(shape) * DTYPE_SIZE[dtype];
     const at = this.#used;
     const rounded = Math.ceil(bytes / Arena.ALIGN) * Arena.ALIGN;
@@ -221,12 +235,35 @@ class Arena<B extends { readonly byteLength: number; dispose(): void }, T extend
       this.#small = 0;
       this.#smallMax = 0;
     }
-    if ((grow || shrink) && size > 0) this.#buf = this.#mem.buffer(Math.ceil((size * 1.25) / Arena.ALIGN) * Arena.ALIGN);
+    if ((grow || shrink) && size > 0) this.#request(Math.ceil((size * 1.25) / Arena.ALIGN) * Arena.ALIGN);
     this.#used = 0;
     this.#need = 0;
   }
+  #request(bytes: number): void {
+    if (this.#disposed || this.#pending) return; // one allocation at a time; a step that still overflows asks again
+    const got = this.#mem.buffer(bytes);
+    if (!(got instanceof Promise)) {
+      this.#buf = got;
+      return;
+    }
+    this.#pending = true;
+    got.then(
+      (b) => {
+        this.#pending = false;
+        if (this.#disposed) return b.dispose();
+        this.#ready?.dispose();
+        this.#ready = b;
+      },
+      () => {
+        this.#pending = false; // out of memory: the steps keep separate tensors, and a later growth asks again
+      },
+    );
+  }
   dispose(): void {
+    this.#disposed = true;
     this.end(false);
+    this.#ready?.dispose();
+    this.#ready = undefined;
   }
 }
 
@@ -239,10 +276,10 @@ function deviceArena(be: Backend): Arena<DeviceTensor<'f32'>, DeviceTensor> {
   });
 }
 
-/** The pinned host arena of `be`: one PinnedBuffer, HostTensor views of it (overflow: plain JS memory). */
+/** The pinned host arena of `be`: one PinnedBuffer (page-locked off the JS thread), HostTensor views of it (overflow: plain JS memory). */
 function hostArena(be: Backend): Arena<PinnedBuffer, HostTensor> {
   return new Arena({
-    buffer: (bytes) => be.allocPinned(bytes),
+    buffer: (bytes) => be.allocPinnedAsync(bytes),
     view: (buf, dtype, shape, at) => buf.tensor(dtype, shape, at),
     alone: (dtype, shape) => new HostTensor(dtype, shape),
   });
