@@ -29,7 +29,7 @@ import path from 'node:path';
 
 import { predictDecode, predictPrefill } from '../lib/batching/perf-model.js';
 import { profileModel, readProbeGBs } from '../lib/batching/profile.js';
-import { loadModel, type PresetName } from '../lib/index.js';
+import { type BatchOptions, loadModel, type MoeModel, type PresetName } from '../lib/index.js';
 import { medianOf, StepIntervals } from '../lib/engine/batch.js';
 import { benchModel, randomRequests } from './bench-models.js';
 import { machine } from './machine.js';
@@ -40,6 +40,42 @@ const PROBE = 64 * 2 ** 20;
 const CHUNK = 512;
 /** KV length of the offloaded-experts configurations. */
 const OFFLOAD_CONTEXT = 128;
+
+type StepInfo = Parameters<NonNullable<BatchOptions['onStep']>>[0];
+
+/**
+ * B random prompts of L tokens, all prefilled in one step, so the B sequences then decode in lockstep (step j at KV
+ * length L + j): the intervals between consecutive all-decode steps, their mean KV length, the read probe before
+ * and after, and the load average. `onStep` sees every step, with whether all B decoded in it.
+ */
+async function lockstepDecode(model: MoeModel, B: number, L: number, seed: number, steps: number, vocab: number, onStep: (st: StepInfo, pure: boolean) => void) {
+  const reqs = randomRequests(B, L, seed, steps + 2, vocab);
+  const before = readProbeGBs(PROBE);
+  const load = os.loadavg()[0]!;
+  const intervals = new StepIntervals();
+  const ctx: number[] = [];
+  let decoded = 0;
+  for await (const _ of model.generateBatch(reqs, {
+    maxSequences: B,
+    maxBatchTokens: B * L + B,
+    onStep: (st) => {
+      const pure = st.decodeTokens === B && st.tokens === B;
+      if (pure) decoded++;
+      onStep(st, pure);
+      if (intervals.mark(pure)) ctx.push(L + decoded);
+    },
+  })) {
+    // the timings are what is measured
+  }
+  const after = readProbeGBs(PROBE);
+  if (intervals.ms.length === 0) throw new Error(`no two consecutive steps decoded all ${B} sequences (${model.config.architecture}, context ${L})`);
+  return { intervals: intervals.ms, context: ctx.reduce((a, b) => a + b, 0) / ctx.length, before, after, load };
+}
+
+/** The run with the median measurement (the lower middle one of an even count). */
+function medianRun<R extends { measured: number }>(all: readonly R[]): R {
+  return [...all].sort((a, b) => a.measured - b.measured)[Math.floor((all.length - 1) / 2)]!;
+}
 
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
@@ -79,43 +115,23 @@ async function main(): Promise<void> {
       for (let rep = 0; rep < reps; rep++) {
         for (const B of batches) {
           for (const L of contexts) {
-            const reqs = randomRequests(B, L, 12345 + B * 7 + L + 1000 * rep, decodeSteps + 2, Math.min(V, 500));
-            const before = readProbeGBs(PROBE);
-            const load = os.loadavg()[0]!;
-            const intervals = new StepIntervals();
             const stepMs: number[] = [];
             const parts: Record<string, number[]> = { attention: [], experts: [], stall: [], dense: [], host: [] };
-            const ctx: number[] = [];
-            let decoded = 0;
-            // every prompt in one prefill step: the sequences then decode in lockstep, step j at KV length L + j
-            for await (const _ of model.generateBatch(reqs, {
-              maxSequences: B,
-              maxBatchTokens: B * L + B,
-              onStep: (st) => {
-                const pure = st.decodeTokens === B && st.tokens === B;
-                if (pure) {
-                  decoded++;
-                  stepMs.push(st.ms);
-                  parts.attention!.push(st.times.attentionMs);
-                  parts.experts!.push(st.times.expertMs);
-                  parts.stall!.push(st.times.stallMs);
-                  parts.dense!.push(st.times.denseMs);
-                  parts.host!.push(st.times.hostMs);
-                }
-                if (intervals.mark(pure)) ctx.push(L + decoded);
-              },
-            })) {
-              // the timings are what is measured
-            }
-            const after = readProbeGBs(PROBE);
-            if (intervals.ms.length === 0) throw new Error(`no two consecutive steps decoded all ${B} sequences (${m.preset}, context ${L})`);
-            const context = ctx.reduce((a, b) => a + b, 0) / ctx.length;
+            const { intervals, context, before, after, load } = await lockstepDecode(model, B, L, 12345 + B * 7 + L + 1000 * rep, decodeSteps, Math.min(V, 500), (st, pure) => {
+              if (!pure) return;
+              stepMs.push(st.ms);
+              parts.attention!.push(st.times.attentionMs);
+              parts.experts!.push(st.times.expertMs);
+              parts.stall!.push(st.times.stallMs);
+              parts.dense!.push(st.times.denseMs);
+              parts.host!.push(st.times.hostMs);
+            });
             // the model as plan uses it (the profile's own speeds), and rescaled to the read probe around this run
             const pred = predictDecode(cfg, profile, { batch: B, context });
             const rescaled = predictDecode(cfg, profile, { batch: B, context }, { readGBs: (before + after) / 2 }).stepMs;
             const key = `${B}/${L}`;
             const partMs = Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, medianOf(v)]));
-            runs.set(key, [...(runs.get(key) ?? []), { measured: medianOf(intervals.ms), step: medianOf(stepMs), parts: partMs, pred, rescaled, context, before, after, load, timed: intervals.ms.length }]);
+            runs.set(key, [...(runs.get(key) ?? []), { measured: medianOf(intervals), step: medianOf(stepMs), parts: partMs, pred, rescaled, context, before, after, load, timed: intervals.length }]);
             loads.push(load);
           }
         }
@@ -154,7 +170,7 @@ async function main(): Promise<void> {
       }
       for (const P of prompts) {
         const all = pre.get(P)!;
-        const r = [...all].sort((a, b) => a.measured - b.measured)[Math.floor((all.length - 1) / 2)]!;
+        const r = medianRun(all);
         const row = {
           model: m.preset,
           layers: cfg.numLayers,
@@ -178,7 +194,7 @@ async function main(): Promise<void> {
       for (const B of batches) {
         for (const L of contexts) {
           const all = runs.get(`${B}/${L}`)!;
-          const r = [...all].sort((a, b) => a.measured - b.measured)[Math.floor((all.length - 1) / 2)]!;
+          const r = medianRun(all);
           const row = {
             model: m.preset,
             layers: cfg.numLayers,
@@ -217,42 +233,23 @@ async function main(): Promise<void> {
       const offRuns = new Map<number, Array<{ measured: number; pred: ReturnType<typeof predictDecode>; copied: number; read: number; load: number }>>();
       for (let rep = 0; rep < reps; rep++) {
         for (const B of batches) {
-          const L = OFFLOAD_CONTEXT;
-          const reqs = randomRequests(B, L, 4321 + B * 7 + 1000 * rep, decodeSteps + 2, Math.min(V, 500));
-          const before = readProbeGBs(PROBE);
-          const load = os.loadavg()[0]!;
-          const intervals = new StepIntervals();
-          const ctx: number[] = [];
-          let decoded = 0;
           let moved = off.cacheStats!.bytesMoved;
           const copied: number[] = [];
-          for await (const _ of off.generateBatch(reqs, {
-            maxSequences: B,
-            maxBatchTokens: B * L + B,
-            onStep: (st) => {
-              const pure = st.decodeTokens === B && st.tokens === B;
-              const now = off.cacheStats!.bytesMoved;
-              if (pure) {
-                decoded++;
-                copied.push(now - moved);
-              }
-              moved = now;
-              if (intervals.mark(pure)) ctx.push(L + decoded);
-            },
-          })) {
-            // the timings are what is measured
-          }
-          const read = (before + readProbeGBs(PROBE)) / 2;
-          const context = ctx.reduce((a, b) => a + b, 0) / ctx.length;
+          const { intervals, context, before, after, load } = await lockstepDecode(off, B, OFFLOAD_CONTEXT, 4321 + B * 7 + 1000 * rep, decodeSteps, Math.min(V, 500), (_, pure) => {
+            const now = off.cacheStats!.bytesMoved;
+            if (pure) copied.push(now - moved);
+            moved = now;
+          });
+          const read = (before + after) / 2;
           const pred = predictDecode(cfg, profile, { batch: B, context, expertSlots: slots });
-          offRuns.set(B, [...(offRuns.get(B) ?? []), { measured: medianOf(intervals.ms), pred, copied: medianOf(copied), read, load }]);
+          offRuns.set(B, [...(offRuns.get(B) ?? []), { measured: medianOf(intervals), pred, copied: medianOf(copied), read, load }]);
           loads.push(load);
         }
       }
       const expertBytes = 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2;
       for (const B of batches) {
         const all = offRuns.get(B)!;
-        const r = [...all].sort((a, b) => a.measured - b.measured)[Math.floor((all.length - 1) / 2)]!;
+        const r = medianRun(all);
         const row = {
           model: m.preset,
           layers: cfg.numLayers,

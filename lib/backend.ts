@@ -599,7 +599,7 @@ export class Backend {
     if (!(params instanceof Float64Array) || params.length !== rows * 4) {
       throw new InvalidArgumentError(`params must be a Float64Array of rows x 4 = ${rows * 4} numbers, received ${describe(params)}`);
     }
-    const cpu = this.kind === 'cpu' ? this : cpuCompanion(this.isa);
+    const cpu = this.#cpuSide();
     return cpu.#run('sampleRows', options, (addon, stream, cancel) =>
       addon.sampleRows(stream, { logits: logits.nativeArg('logits'), params, out: out.nativeArg('out'), rows, vocab }, cancel),
     );
@@ -677,7 +677,7 @@ export class Backend {
     if (!Number.isSafeInteger(numSplits) || numSplits < 0 || numSplits > 1024) {
       throw new InvalidArgumentError(`numSplits must be an integer in [0, 1024] (0: automatic), received ${describe(p.numSplits)}`);
     }
-    const cpu = this.kind === 'cpu' ? this : cpuCompanion(this.isa);
+    const cpu = this.#cpuSide();
     return cpu.#run('attention', options, (addon, stream, cancel) =>
       addon.attention(
         stream,
@@ -1103,7 +1103,7 @@ export class Backend {
     if (dst.shape.length !== src.shape.length || row.some((d, i) => dst.shape[i + 1] !== d)) {
       throw new InvalidArgumentError(`dst must be [rows, ${row.join(', ')}] (src's row shape), received [${dst.shape.join(', ')}]`);
     }
-    const cpu = this.kind === 'cpu' ? this : cpuCompanion(this.isa);
+    const cpu = this.#cpuSide();
     return cpu.#run('scatterRows', options, (addon, stream, cancel) =>
       addon.scatterRows(
         stream,
@@ -1121,6 +1121,11 @@ export class Backend {
         cancel,
       ),
     );
+  }
+
+  /** The backend a CPU op runs on: this one, or on a CUDA backend its CPU companion. */
+  #cpuSide(): Backend {
+    return this.kind === 'cpu' ? this : cpuCompanion(this.isa);
   }
 
   #isaCode(): number {

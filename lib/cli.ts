@@ -12,7 +12,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { listBackends, openBackend } from './backend.js';
-import { type ModelProfile, chooseBatch, opCost, predictDecode, predictPrefill, stepOps } from './batching/perf-model.js';
+import { type ModelProfile, chooseBatch, opCost, predictPrefill, stepOps } from './batching/perf-model.js';
 import { profileModel, readProbeGBs } from './batching/profile.js';
 
 import { demo } from './demo.js';
@@ -273,16 +273,11 @@ async function planCmd(args: string[]): Promise<number> {
       (expertSlots !== undefined ? `; routed experts offloaded, ${expertSlots} in slots (copies at ${p.copyGBs?.toFixed(1) ?? '?'} GB/s)` : '; experts resident') +
       '\n',
   );
-  const maxB = Math.max(...p.batches);
-  const top = Math.max(1, Math.min(maxB, Math.floor(kvTokens / context))); // the largest batch that fits
-  const shown: number[] = [];
-  for (let b = 1; b < top; b *= 2) shown.push(b);
-  for (const b of [...shown, top]) {
-    const d = predictDecode(cfg, p, { batch: b, context, ...(expertSlots !== undefined ? { expertSlots } : {}) });
+  const best = chooseBatch(cfg, p, context, kvTokens, {}, expertSlots);
+  for (const { batch: b, prediction: d } of best.candidates) {
     const copies = d.copies ? `, ${d.copies.experts.toFixed(1)} experts copied${d.copies.moduleMode ? ' (module mode)' : ''}` : '';
     process.stdout.write(`  batch ${String(b).padStart(4)}: ${d.tokensPerSecond.toFixed(1).padStart(9)} tokens/s, step ${d.stepMs.toFixed(2)} ms${copies}, bound: ${d.bound}\n`);
   }
-  const best = chooseBatch(cfg, p, context, kvTokens, {}, expertSlots);
   const why =
     best.limit === 'kv-capacity'
       ? `; binding: KV capacity (throughput still grows, but ${kvTokens} KV tokens hold ${Math.floor(kvTokens / context)} sequences of ${context})`

@@ -655,22 +655,27 @@ export function predictPrefill(cfg: ModelConfig, p: ModelProfile, shape: Prefill
  * 1, 2, 4, ... and the largest that fits, up to what the profile measured), and what limits it: 'throughput' (a
  * larger batch that fits is predicted slower), 'kv-capacity' (throughput still grows but a larger batch does not
  * fit the KV cache: the binding resource is KV capacity) or 'profiled batches' (the profile measured no larger).
- * With `expertSlots`, for routed experts offloaded into that many slots (predictDecode).
+ * With `expertSlots`, for routed experts offloaded into that many slots (predictDecode). `candidates`: every batch
+ * tried, with its prediction.
  * @example
  * const { batch, limit } = chooseBatch(cfg, profile, 512, model.kvTokensFree);
  */
-export function chooseBatch(cfg: ModelConfig, p: ModelProfile, context: number, kvTokens: number, now: Conditions = {}, expertSlots?: number): { batch: number; prediction: DecodePrediction; limit: 'throughput' | 'kv-capacity' | 'profiled batches' } {
+export function chooseBatch(
+  cfg: ModelConfig,
+  p: ModelProfile,
+  context: number,
+  kvTokens: number,
+  now: Conditions = {},
+  expertSlots?: number,
+): { batch: number; prediction: DecodePrediction; limit: 'throughput' | 'kv-capacity' | 'profiled batches'; candidates: Array<{ batch: number; prediction: DecodePrediction }> } {
   const maxB = Math.max(...p.batches);
   const fits = Math.floor(kvTokens / context);
   const top = Math.max(1, Math.min(maxB, fits));
-  const candidates: number[] = [];
-  for (let b = 1; b < top; b *= 2) candidates.push(b);
-  candidates.push(top);
-  let best: { batch: number; prediction: DecodePrediction } | undefined;
-  for (const b of candidates) {
-    const prediction = predictDecode(cfg, p, { batch: b, context, ...(expertSlots !== undefined ? { expertSlots } : {}) }, now);
-    if (!best || prediction.tokensPerSecond > best.prediction.tokensPerSecond) best = { batch: b, prediction };
-  }
-  const limit = best!.batch < top ? 'throughput' : fits < maxB ? 'kv-capacity' : 'profiled batches';
-  return { ...best!, limit };
+  const batches: number[] = [];
+  for (let b = 1; b < top; b *= 2) batches.push(b);
+  batches.push(top);
+  const candidates = batches.map((batch) => ({ batch, prediction: predictDecode(cfg, p, { batch, context, ...(expertSlots !== undefined ? { expertSlots } : {}) }, now) }));
+  const best = candidates.reduce((a, c) => (c.prediction.tokensPerSecond > a.prediction.tokensPerSecond ? c : a));
+  const limit = best.batch < top ? 'throughput' : fits < maxB ? 'kv-capacity' : 'profiled batches';
+  return { ...best, limit, candidates };
 }

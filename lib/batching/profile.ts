@@ -48,7 +48,7 @@ import { PRESETS } from '../model/presets.js';
 import { native } from '../native.js';
 import { LruPolicy } from '../cache/policy.js';
 import { residencyExpertCache } from '../cache/residency.js';
-import { ExpertStore } from '../residency/expert-store.js';
+import { ExpertStore, expertLayout } from '../residency/expert-store.js';
 import { SlotPool } from '../residency/slot-pool.js';
 import { TransferEngine } from '../residency/transfer.js';
 import { ropeFromConfig } from '../rope.js';
@@ -124,6 +124,8 @@ const FAMILY_PRESET: Record<string, PresetName> = {
 const COLD_BYTES = 64 * 2 ** 20;
 const WARM_BYTES = 8 * 2 ** 20;
 const PROBE_BYTES = 64 * 2 ** 20;
+/** Tokens per KV page in the attention measurements (the runtime's default block size). */
+const KV_BLOCK = 64;
 /** Target length of a timed chain of queued ops (ms): long against the group round trip. */
 const CHAIN_MS = 2;
 
@@ -366,12 +368,30 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
 }
 
 /**
+ * The attention measurements' KV cache: one layer of `s`'s kv heads in pages of KV_BLOCK tokens over `bytes` (+ 1 MiB), K
+ * and V filled (seeds `seed`, `seed` + 20), the op's scale and sinks, and `sequences(n, tokens)` allocating n
+ * sequences of `tokens` each.
+ */
+function attentionKv(c: Ctx, s: { qHeads: number; kvHeads: number; headDim: number }, bytes: number, seed: number) {
+  const kv = KvCache.create(c.be, { layers: 1, kvHeads: s.kvHeads, headDim: s.headDim, blockSize: KV_BLOCK, budgetBytes: bytes + (1 << 20) });
+  fillBf16(kv.keys(0).data as Uint16Array, seed);
+  fillBf16(kv.values(0).data as Uint16Array, seed + 20);
+  const sequences = (n: number, tokens: number) =>
+    Array.from({ length: n }, () => {
+      const id = kv.allocate();
+      kv.append(id, tokens);
+      return id;
+    });
+  return { kv, scale: 1 / Math.sqrt(s.headDim), sinks: c.cfg.attentionSinks ? new HostTensor('f32', [s.qHeads]) : undefined, sequences };
+}
+
+/**
  * Decode attention of B sequences at each context; K and V pages filled. Calls rotate over disjoint sets of B
  * sequences, enough that span(c) bytes pass between two uses of one set.
  */
 async function measureAttention(c: Ctx, s: Extract<OpSpec, { op: 'attention' }>): Promise<OpPoint[]> {
   const maxB = Math.max(...c.seqBatches);
-  const bs = 64;
+  const bs = KV_BLOCK;
   const budget = 768 * 2 ** 20;
   const tokenBytes = 2 * s.kvHeads * s.headDim * 2; // K and V, one layer
   const seqBytes = (L: number) => Math.ceil((L + 1) / bs) * bs * tokenBytes;
@@ -379,19 +399,11 @@ async function measureAttention(c: Ctx, s: Extract<OpSpec, { op: 'attention' }>)
   const contexts = [...c.contexts].sort((a, b) => a - b).filter((L, i) => i < 2 || maxB * seqBytes(L) <= budget);
   const setsFor = (B: number, L: number) => Math.max(1, Math.ceil(span(c) / (B * (L + 1) * tokenBytes)));
   const poolFor = (L: number) => Math.max(maxB, Math.min(Math.floor(budget / seqBytes(L)), Math.max(...c.seqBatches.map((B) => B * setsFor(B, L)))));
-  const kv = KvCache.create(c.be, { layers: 1, kvHeads: s.kvHeads, headDim: s.headDim, blockSize: bs, budgetBytes: Math.max(...contexts.map((L) => poolFor(L) * seqBytes(L))) + (1 << 20) });
+  const { kv, scale, sinks, sequences } = attentionKv(c, s, Math.max(...contexts.map((L) => poolFor(L) * seqBytes(L))), 30);
   try {
-    fillBf16(kv.keys(0).data as Uint16Array, 30);
-    fillBf16(kv.values(0).data as Uint16Array, 50);
-    const scale = 1 / Math.sqrt(s.headDim);
-    const sinks = c.cfg.attentionSinks ? new HostTensor('f32', [s.qHeads]) : undefined;
     const pts: OpPoint[] = [];
     for (const L of contexts) {
-      const seqs = Array.from({ length: poolFor(L) }, () => {
-        const id = kv.allocate();
-        kv.append(id, L + 1);
-        return id;
-      });
+      const seqs = sequences(poolFor(L), L + 1);
       const got = await curve(
         c,
         true,
@@ -432,22 +444,14 @@ async function measureAttentionPrefill(c: Ctx, s: Extract<OpSpec, { op: 'attenti
   const shapes: Array<{ S: number; q: number; P: number }> = [];
   for (let q = 64; q < maxT; q *= 2) shapes.push({ S: 1, q, P: 0 });
   shapes.push({ S: 1, q: maxT, P: 0 }, { S: 4, q: Math.max(1, Math.floor(maxT / 4)), P: 0 }, { S: 1, q: maxT, P: 2 * maxT });
-  const bs = 64;
+  const bs = KV_BLOCK;
   const tokenBytes = 2 * s.kvHeads * s.headDim * 2;
   const pages = Math.max(...shapes.map((x) => x.S * Math.ceil((x.P + x.q) / bs)));
-  const kv = KvCache.create(c.be, { layers: 1, kvHeads: s.kvHeads, headDim: s.headDim, blockSize: bs, budgetBytes: pages * bs * tokenBytes + (1 << 20) });
+  const { kv, scale, sinks, sequences } = attentionKv(c, s, pages * bs * tokenBytes, 31);
   try {
-    fillBf16(kv.keys(0).data as Uint16Array, 31);
-    fillBf16(kv.values(0).data as Uint16Array, 51);
-    const scale = 1 / Math.sqrt(s.headDim);
-    const sinks = c.cfg.attentionSinks ? new HostTensor('f32', [s.qHeads]) : undefined;
     const pts: OpPoint[] = [];
     for (const { S, q, P } of shapes) {
-      const seqs = Array.from({ length: S }, () => {
-        const id = kv.allocate();
-        kv.append(id, P + q);
-        return id;
-      });
+      const seqs = sequences(S, P + q);
       const batch = kv.batch(seqs, seqs.map(() => q));
       const qt = tensor('f32', [S * q, s.qHeads, s.headDim], 9);
       const out = new HostTensor('bf16', [S * q, s.qHeads, s.headDim]);
@@ -730,9 +734,7 @@ async function samplingNs(be: Backend, vocab: number): Promise<number> {
 async function expertCopyGBs(be: Backend, cfg: ModelConfig, packed: boolean): Promise<number> {
   const H = cfg.hiddenSize;
   const I = cfg.moeIntermediateSize;
-  const probe = ExpertStore.create(be, { layers: [0], experts: 1, hidden: H, intermediate: I, packed });
-  const bytes = probe.expertBytes;
-  probe.dispose();
+  const bytes = expertLayout(H, I, 'bf16', packed).expertBytes;
   const n = Math.max(2, Math.min(16, Math.ceil((128 * 2 ** 20) / bytes)));
   const store = ExpertStore.create(be, { layers: [0], experts: 2 * n, hidden: H, intermediate: I, packed });
   let slots: SlotPool | undefined;
