@@ -20,8 +20,14 @@
  * Offloaded experts: the same model with a quarter of its experts in LRU slots (`experts: { fraction: 0.25 }`),
  * decode at each batch at context 128, vs predictDecode with `expertSlots` (expert copies at the profile's copy
  * rate), with the experts copied per step measured (the cache's bytes moved) and predicted.
- * Run: node dist/bench/perf-model.js [--quick] [--reps=N] [--passes=N] [--models=a,b]
- *   -> bench/results/perf-model-cpu-<date>.json (--quick: one profile pass, one run per configuration)
+ * Backends: the CPU backend by default; --staged runs it as a GPU host would (loadModel's deviceActivations: the
+ * activations in the backend's memory, attention and RoPE on a CPU backend of their own, the copies between them;
+ * the profile measured the same way); --backend=cuda runs the compute on the GPU (always staged; the offloaded
+ * experts then stream through GPU slots, and module mode's copies overlap the compute in the model).
+ * Run: node dist/bench/perf-model.js [--quick] [--reps=N] [--passes=N] [--models=a,b] [--batches=1,8,32]
+ *        [--backend=cpu|cuda] [--staged]
+ *   -> bench/results/perf-model-<cpu|cpu-staged|cuda>-<date>.json (--quick: one profile pass, one run per
+ *      configuration)
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -81,7 +87,12 @@ async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
   const arg = (name: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
   const only = arg('models')?.split(',');
-  const batches = [1, 8, 32];
+  const batches = (arg('batches') ?? '1,8,32').split(',').map(Number);
+  if (batches.some((b) => !Number.isSafeInteger(b) || b < 1)) throw new Error(`--batches must be positive integers, received ${arg('batches')}`);
+  const kind = arg('backend') ?? 'cpu';
+  if (kind !== 'cpu' && kind !== 'cuda') throw new Error(`--backend must be cpu or cuda, received ${kind}`);
+  const staged = kind === 'cuda' || process.argv.includes('--staged');
+  const placement = { backend: kind, deviceActivations: staged } as const;
   const contexts = [128, 512];
   const prompts = [128, 512, 1200];
   const prefillRows: Array<Record<string, unknown>> = [];
@@ -101,11 +112,11 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   for (const m of models.filter((x) => !only || only.includes(x.preset))) {
     const dir = await benchModel(m.preset, m.layers);
-    const model = await loadModel(dir, { kvCacheBytes: 1 << 30 });
+    const model = await loadModel(dir, { kvCacheBytes: 1 << 30, ...placement });
     try {
       const cfg = model.config;
       loads.push(os.loadavg()[0]!);
-      const profile = await profileModel(model.backend, cfg, { maxBatch: Math.max(...batches), prefillTokens: [128, 256, CHUNK], quick, ...(passes ? { passes } : {}) });
+      const profile = await profileModel(model.backend, cfg, { maxBatch: Math.max(...batches), prefillTokens: [128, 256, CHUNK], quick, staged, ...(passes ? { passes } : {}) });
       profiles[m.preset] = profile;
       console.log(`${m.preset}: profile in ${profile.seconds.toFixed(1)} s, read ${profile.readGBs.toFixed(1)} GB/s, stream efficiency ${profile.streamEfficiency.toFixed(2)}, runtime ${JSON.stringify({ ...profile.runtime, points: undefined })}`);
       const V = cfg.vocabSize;
@@ -228,7 +239,7 @@ async function main(): Promise<void> {
       }
       // offloaded experts: a quarter of them in LRU slots, the same decode measurement at context 128; predicted with
       // the slot count (expert copies priced at the profile's copy rate)
-      using off = await loadModel(dir, { kvCacheBytes: 1 << 30, experts: { fraction: 0.25, policy: 'lru' } });
+      using off = await loadModel(dir, { kvCacheBytes: 1 << 30, experts: { fraction: 0.25, policy: 'lru' }, ...placement });
       const slots = off.expertCache!.capacity;
       const offRuns = new Map<number, Array<{ measured: number; pred: ReturnType<typeof predictDecode>; copied: number; read: number; load: number }>>();
       for (let rep = 0; rep < reps; rep++) {
@@ -287,6 +298,8 @@ async function main(): Promise<void> {
   const out = {
     bench: 'performance model accuracy, batched decode throughput (bench/perf-model.ts)',
     machine: machine(),
+    backend: kind,
+    staged,
     quick,
     runs_per_configuration: reps,
     decode_steps: decodeSteps,
@@ -302,7 +315,7 @@ async function main(): Promise<void> {
     offloaded_rows: offloadRows,
     profiles,
   };
-  const file = path.join(__dirname, '..', '..', 'bench', 'results', `perf-model-cpu-${new Date().toISOString().slice(0, 10)}${process.env.MOE_BENCH_LABEL ? `-${process.env.MOE_BENCH_LABEL}` : ''}.json`);
+  const file = path.join(__dirname, '..', '..', 'bench', 'results', `perf-model-${kind}${kind === 'cpu' && staged ? '-staged' : ''}-${new Date().toISOString().slice(0, 10)}${process.env.MOE_BENCH_LABEL ? `-${process.env.MOE_BENCH_LABEL}` : ''}.json`);
   fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
   console.log(`saved ${file}`);
 }

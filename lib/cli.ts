@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { listBackends, openBackend } from './backend.js';
+import { type Backend, openBackend } from './backend.js';
 import { type ModelProfile, chooseBatch, opCost, predictPrefill, stepOps } from './batching/perf-model.js';
 import { profileModel, readProbeGBs } from './batching/profile.js';
 
@@ -28,13 +28,14 @@ import { PRESETS, PRESET_NAMES } from './model/presets.js';
 const USAGE = `usage: moe-offload <command> [options]
 
 commands:
-  demo                       make a tiny random-weight MoE model (once); generate in latency mode with a 25% expert
+  demo [--backend B]         make a tiny random-weight MoE model (once); generate in latency mode with a 25% expert
                              cache, then a batch in throughput mode next to the performance model's prediction
-  profile --model DIR [--max-batch N] [--out FILE]
+  profile --model DIR [--max-batch N] [--out FILE] [--backend auto|cpu|cuda]
                              measure what the performance model needs for this model on this machine: each op of its
                              decode step at its own shapes vs batch (and attention vs context), per-op and per-step
-                             runtime costs; default FILE ~/.cache/moe-offload/profile-<model folder name>.json
-  plan --model DIR [--context N] [--kv-gib G] [--experts FRACTION] [--profile FILE]
+                             runtime costs, on the backend generate would use (CUDA: staged, attention on the CPU);
+                             default FILE ~/.cache/moe-offload/profile-<model folder name>[-cuda].json
+  plan --model DIR [--context N] [--kv-gib G] [--experts FRACTION] [--profile FILE] [--backend auto|cpu|cuda]
                              predicted decode throughput per batch size, the binding resource, the chosen batch,
                              and the prefill throughput of prompts of the context's length; --experts FRACTION:
                              routed experts offloaded with that fraction in slots (the copies they cost per step)
@@ -46,6 +47,7 @@ commands:
 ${PRESET_NAMES.map((p) => `                               ${p.padEnd(22)}${PRESETS[p].description}`).join('\n')}
   generate --model DIR (--prompt TEXT | --chat TEXT) [--max-new-tokens N] [--temperature T] [--top-k K]
            [--top-p P] [--seed N] [--stop S]... [--experts resident|FRACTION] [--policy lru|finemoe] [--json]
+           [--backend auto|cpu|cuda]
                              stream a completion to stdout, then timing (stderr, or one JSON line with --json)
   generate --model DIR --input IN.jsonl --output OUT.jsonl [--max-batch-tokens N] [--max-sequences N]
            [--micro-batches N] [...]
@@ -54,6 +56,8 @@ ${PRESET_NAMES.map((p) => `                               ${p.padEnd(22)}${PRESE
                              OUT as they finish; ids already in OUT are skipped (resume); Ctrl-C stops cleanly;
                              without --max-sequences the batch is the plan's (from the model's saved profile);
                              --micro-batches splits each step's attention module so CPU attention overlaps the GPU
+
+--backend: auto (default: env MOE_OFFLOAD_BACKEND, else CUDA when usable, else the CPU), cpu or cuda
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -65,9 +69,11 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'demo': {
-      const { values } = parseArgs({ args: rest, options: { 'max-new-tokens': { type: 'string' } } });
+      const { values } = parseArgs({ args: rest, options: { 'max-new-tokens': { type: 'string' }, backend: { type: 'string' } } });
       const n = intOpt(values['max-new-tokens'], 'max-new-tokens');
-      await demo(n !== undefined ? { maxNewTokens: n } : {});
+      const b = values.backend;
+      if (b !== undefined && b !== 'auto' && b !== 'cpu' && b !== 'cuda') throw new InvalidArgumentError(`--backend must be auto, cpu or cuda, received ${JSON.stringify(b)}`);
+      await demo({ ...(n !== undefined ? { maxNewTokens: n } : {}), ...(b !== undefined ? { backend: b } : {}) });
       return 0;
     }
     case 'profile':
@@ -87,6 +93,15 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write(`moe-offload: unknown command ${JSON.stringify(cmd)}\n\n${USAGE}`);
       return 1;
   }
+}
+
+/**
+ * --backend auto|cpu|cuda as an opened Backend (default auto: env MOE_OFFLOAD_BACKEND, else CUDA when usable, else
+ * the CPU backend).
+ */
+function backendOpt(v: string | undefined): Backend {
+  if (v !== undefined && v !== 'auto' && v !== 'cpu' && v !== 'cuda') throw new InvalidArgumentError(`--backend must be auto, cpu or cuda, received ${JSON.stringify(v)}`);
+  return openBackend(v === undefined ? {} : { backend: v });
 }
 
 function intOpt(v: string | undefined, name: string): number | undefined {
@@ -146,6 +161,7 @@ async function generateCmd(args: string[]): Promise<number> {
       'max-batch-tokens': { type: 'string' },
       'max-sequences': { type: 'string' },
       'micro-batches': { type: 'string' },
+      backend: { type: 'string' },
     },
   });
   if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required');
@@ -155,7 +171,7 @@ async function generateCmd(args: string[]): Promise<number> {
   const ac = new AbortController();
   const onSigint = () => ac.abort(new Error('interrupted'));
   process.once('SIGINT', onSigint);
-  const model = await loadModel(values.model, { experts, signal: ac.signal });
+  const model = await loadModel(values.model, { experts, signal: ac.signal, backend: backendOpt(values.backend) });
   try {
     const temperature = numOpt(values.temperature, 'temperature');
     const topK = intOpt(values['top-k'], 'top-k');
@@ -192,9 +208,9 @@ async function generateCmd(args: string[]): Promise<number> {
   }
 }
 
-/** Where `profile` saves (and `plan` looks for) the model profile of the model in `dir`. */
-function defaultProfile(dir: string): string {
-  return path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'moe-offload', `profile-${path.basename(path.resolve(dir))}.json`);
+/** Where `profile` saves (and `plan` and `generate` look for) the model profile of the model in `dir` on a backend of `kind`. */
+function defaultProfile(dir: string, kind: 'cpu' | 'cuda'): string {
+  return path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'moe-offload', `profile-${path.basename(path.resolve(dir))}${kind === 'cuda' ? '-cuda' : ''}.json`);
 }
 
 function modelConfig(dir: string): ReturnType<typeof parseModelConfig> {
@@ -202,20 +218,21 @@ function modelConfig(dir: string): ReturnType<typeof parseModelConfig> {
   return parseModelConfig(JSON.parse(fs.readFileSync(file, 'utf8')), file);
 }
 
-async function measureProfile(dir: string, file: string, maxBatch: number | undefined): Promise<ModelProfile> {
+async function measureProfile(dir: string, file: string, maxBatch: number | undefined, be: Backend): Promise<ModelProfile> {
   const cfg = modelConfig(dir);
-  process.stderr.write(`profiling ${cfg.architecture} (${dir}) on this machine's CPU backend...\n`);
-  const p = await profileModel(openBackend({ backend: 'cpu' }), cfg, { ...(maxBatch !== undefined ? { maxBatch } : {}), onProgress: (m) => process.stderr.write(`  ${m}\n`) });
+  process.stderr.write(`profiling ${cfg.architecture} (${dir}) on this machine's ${be.name} backend${be.kind === 'cuda' ? ' (staged, as loadModel runs it: attention and RoPE on the CPU)' : ''}...\n`);
+  const p = await profileModel(be, cfg, { ...(maxBatch !== undefined ? { maxBatch } : {}), onProgress: (m) => process.stderr.write(`  ${m}\n`) });
   fs.mkdirSync(path.dirname(file), { recursive: true });
   fs.writeFileSync(file, `${JSON.stringify(p, null, 2)}\n`);
   return p;
 }
 
 async function profileCmd(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { model: { type: 'string' }, out: { type: 'string' }, 'max-batch': { type: 'string' } } });
+  const { values } = parseArgs({ args, options: { model: { type: 'string' }, out: { type: 'string' }, 'max-batch': { type: 'string' }, backend: { type: 'string' } } });
   if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required (the profile measures that model\'s ops at its shapes)');
-  const file = values.out ?? defaultProfile(values.model);
-  const p = await measureProfile(values.model, file, intOpt(values['max-batch'], 'max-batch'));
+  const be = backendOpt(values.backend);
+  const file = values.out ?? defaultProfile(values.model, be.kind);
+  const p = await measureProfile(values.model, file, intOpt(values['max-batch'], 'max-batch'), be);
   const cfg = modelConfig(values.model);
   const plan = stepOps(cfg);
   const experts = plan.ops.find((o) => o.spec.op === 'moeExperts' && o.spec.experts > 1);
@@ -225,7 +242,7 @@ async function profileCmd(args: string[]): Promise<number> {
   };
   const lm = plan.ops.find((o) => o.term === 'lmHead' && o.spec.op === 'gemm')!;
   process.stdout.write(
-    `${p.backend} on ${p.cpu} (${p.threads} threads), read probe ${p.readGBs.toFixed(1)} GB/s, ops stream at up to ${(100 * p.streamEfficiency).toFixed(0)}% of it\n` +
+    `${p.backend}${p.device ? ` (${p.device})` : ''} on ${p.cpu} (${p.threads} threads), read probe ${p.readGBs.toFixed(1)} GB/s, ops stream at up to ${(100 * p.streamEfficiency).toFixed(0)}% of it\n` +
       (experts ? `  routed experts (${experts.key}): ${p.batches.map((B) => `B ${B}: ${opCost(p, experts.key, B).ms.toFixed(2)} ms`).join(', ')}\n` : '') +
       `  LM head (${lm.key}): ${gbs(lm.key, 1)} at 1 row\n` +
       `  per op ${(p.opMs * 1000).toFixed(0)} us, per awaited group ${(p.groupMs * 1000).toFixed(0)} us, runtime ${(p.runtime.layerMs * 1000).toFixed(0)} us per layer + ${(p.runtime.stepMs * 1000).toFixed(0)} us per step\n` +
@@ -243,20 +260,21 @@ function savedProfile(file: string, cfg: ReturnType<typeof parseModelConfig>): {
 }
 
 async function planCmd(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { model: { type: 'string' }, context: { type: 'string' }, 'kv-gib': { type: 'string' }, profile: { type: 'string' }, experts: { type: 'string' } } });
+  const { values } = parseArgs({ args, options: { model: { type: 'string' }, context: { type: 'string' }, 'kv-gib': { type: 'string' }, profile: { type: 'string' }, experts: { type: 'string' }, backend: { type: 'string' } } });
   if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required');
   const cfg = modelConfig(values.model);
   // --experts FRACTION: routed experts offloaded, that fraction of them in slots (loadModel's experts.fraction)
   const fraction = numOpt(values.experts, 'experts');
   if (fraction !== undefined && !(fraction > 0 && fraction <= 1)) throw new InvalidArgumentError(`--experts must be a fraction in (0, 1], received ${values.experts}`);
   const expertSlots = fraction === undefined ? undefined : Math.ceil(fraction * cfg.moeLayers.length * cfg.numExperts);
-  const own = defaultProfile(values.model);
+  const be = backendOpt(values.backend);
+  const own = defaultProfile(values.model, be.kind);
   const file = values.profile ?? own;
   let saved = savedProfile(file, cfg);
   // offloaded experts need the copy rate (profiles saved before it was measured lack it)
   if (saved.profile && expertSlots !== undefined && !(saved.profile.copyGBs! > 0)) saved = { why: `${file} lacks the expert copy rate` };
   if (!saved.profile) process.stderr.write(`${saved.why}: measuring this model's profile now into ${own} (moe-offload profile saves it)\n`);
-  const p = saved.profile ?? (await measureProfile(values.model, own, undefined));
+  const p = saved.profile ?? (await measureProfile(values.model, own, undefined, be));
   const context = intOpt(values.context, 'context') ?? 512;
   const kvGiB = numOpt(values['kv-gib'], 'kv-gib') ?? Math.min(16, (p.hostMemoryBytes / 2 ** 30) * 0.25);
   const perToken = cfg.numLayers * 2 * (cfg.mla ? cfg.numHeads : cfg.numKvHeads) * attentionHeadDim(cfg) * 2;
@@ -264,11 +282,11 @@ async function planCmd(args: string[]): Promise<number> {
   // predictions at the profile's own speeds: rescaling them to a read probe taken now did not help on the development
   // VM (bench/results/perf-model-cpu-2026-11-26-ab-summary.json); the probe is printed next to the profile's
   const probeNow = readProbeGBs(64 * 2 ** 20);
-  if (listBackends().some((b) => b.kind === 'cuda' && b.available)) {
-    process.stderr.write('note: the profile measures the CPU backend; on this GPU host the runtime computes on CUDA, which these predictions do not describe (the model has no GPU profile yet)\n');
+  if ((p.kind ?? 'cpu') !== be.kind) {
+    process.stderr.write(`note: ${file} was measured on a ${p.kind ?? 'cpu'} backend; the runtime here computes on ${be.name}, which these predictions do not describe (moe-offload profile --backend ${be.kind})\n`);
   }
   process.stdout.write(
-    `${cfg.architecture}, ${cfg.numLayers} layers, ${cfg.numExperts} experts top-${cfg.topK}; context ${context}; KV ${kvGiB.toFixed(1)} GiB = ${kvTokens} tokens; ` +
+    `${cfg.architecture}, ${cfg.numLayers} layers, ${cfg.numExperts} experts top-${cfg.topK}; ${p.backend}${p.device ? ` (${p.device})` : ''}; context ${context}; KV ${kvGiB.toFixed(1)} GiB = ${kvTokens} tokens; ` +
       `read bandwidth now ${probeNow.toFixed(1)} GB/s (profile: ${p.readGBs.toFixed(1)})` +
       (expertSlots !== undefined ? `; routed experts offloaded, ${expertSlots} in slots (copies at ${p.copyGBs?.toFixed(1) ?? '?'} GB/s)` : '; experts resident') +
       '\n',
@@ -307,7 +325,7 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
     ac.abort(new Error('interrupted'));
   };
   process.once('SIGINT', onSigint);
-  const model = await loadModel(str('model')!, { experts, signal: ac.signal });
+  const model = await loadModel(str('model')!, { experts, signal: ac.signal, backend: backendOpt(str('backend')) });
   const tty = process.stderr.isTTY;
   let lastLine = 0;
   try {
@@ -325,10 +343,12 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
     if (maxSequences === undefined) {
       // the plan: the batch the performance model predicts fastest within the KV cache, from this model's saved profile
       const cfg = model.config;
-      const saved = savedProfile(defaultProfile(str('model')!), cfg);
+      const saved = savedProfile(defaultProfile(str('model')!, model.backend.kind), cfg);
       if (saved.profile) {
         const context = 256 + (defaults.maxNewTokens ?? 128);
-        const best = chooseBatch(cfg, saved.profile, context, model.kvTokensFree);
+        // offloaded experts: the copies of the model's slot count (a profile without the copy rate plans them resident)
+        const slots = saved.profile.copyGBs! > 0 ? model.expertCache?.capacity : undefined;
+        const best = chooseBatch(cfg, saved.profile, context, model.kvTokensFree, {}, slots);
         maxSequences = best.batch;
         process.stderr.write(`plan: ${best.batch} sequences at once (${best.prediction.tokensPerSecond.toFixed(1)} decode tokens/s predicted at context ${context}; ${best.prediction.bound})\n`);
       } else {

@@ -39,6 +39,8 @@ export interface DemoOptions {
   maxNewTokens?: number;
   /** Requests in the throughput-mode batch (default 32). */
   batch?: number;
+  /** The backend (default 'auto': env MOE_OFFLOAD_BACKEND, else CUDA when usable, else the CPU). */
+  backend?: 'auto' | 'cpu' | 'cuda';
   write?: (s: string) => void;
 }
 
@@ -49,7 +51,8 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
     const m = await makeModel(dir, { preset: 'tiny-qwen3-moe', seed: 1 });
     write(`made a tiny random-weight Qwen3-MoE checkpoint (${(m.parameters / 1e6).toFixed(1)} M parameters) in ${dir}\n`);
   }
-  using model = await loadModel(dir, { experts: { fraction: 0.25, policy: 'finemoe' } });
+  const backend = o.backend ?? 'auto';
+  using model = await loadModel(dir, { experts: { fraction: 0.25, policy: 'finemoe' }, backend });
   const c = model.config;
   write(
     `model: ${c.architecture}, ${c.numLayers} layers, ${c.numExperts} experts top-${c.topK}; backend ${model.backend.name}` +
@@ -78,7 +81,7 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
   // slots only emulate device memory, so resident is the fastest configuration; through a cache, a big batch runs
   // each layer in module mode, streaming its experts once per step: bench/throughput.ts measures both); the
   // performance model's prediction alongside
-  using resident = await loadModel(dir);
+  using resident = await loadModel(dir, { backend: model.backend });
   const batch = Array.from({ length: o.batch ?? 32 }, (_, i) => BATCH_TOPICS[i % BATCH_TOPICS.length]!);
   write(`throughput mode: ${batch.length} requests, ${o.maxNewTokens ?? 32} new tokens each, continuous batching, experts resident\n`);
   const profile = await profileModel(resident.backend, resident.config, { quick: true, maxBatch: batch.length });

@@ -9,7 +9,9 @@
 #     -DCMAKE_BUILD_TYPE=Release && ninja -C build-native-gpu moe-native
 # then a device call carrying .device/carry and build-native-gpu/moe-native:
 #   OUT=$OUT DEADLINE=420 bash scripts/gpu-session.sh [steps]
-#   (steps: test bench moe profile node residency throughput modelbased, default all but profile and modelbased; THROUGHPUT_ARGS default
+#   (steps: test bench moe profile node residency throughput modelbased perfmodel demo, default all but profile, modelbased,
+#   perfmodel and demo; PERFMODEL_ARGS: bench/perf-model.ts's (default --backend=cuda --quick, the two real shapes at batches
+#   1, 8, 32, 128); THROUGHPUT_ARGS default
 #   --layers=2; PROFILE_MODELS / PROFILE_T: the profile step's bench-moe-cuda --models / --t (full model names: Qwen3-30B-A3B, 16384);
 #   PROFILE_SECTIONS: its ncu options (default --section SpeedOfLight; e.g. add --section WarpStateStats); PROFILE_ENVS:
 #   env words under which the profile runs again (as TEST_ENVS);
@@ -18,7 +20,8 @@
 #   VAR=value joined by commas, e.g. TEST_ENVS="MOE_CUDA_MOE=wgmma MOE_CUDA_GEMM=mma MOE_CUDA_MOE=mma,MOE_CUDA_DECODE_MAX_T=0"
 #   BENCH_ENVS=MOE_CUDA_GEMM=mma MOE_ENVS="MOE_CUDA_MOE=mma MOE_CUDA_DECODE_MAX_T=0")
 # When the carried moe-native does not run there, it is built there (slower).
-# Waiting for a GPU (compiled, not yet run): the attention micro-batches (THROUGHPUT_ARGS="--layers=2 --batches=64,256
+# Waiting for a GPU (compiled, not yet run): the staged GPU profile and its predictions (perfmodel; the node step's
+#   perf-model.test.js cuda subtest; the demo, which now runs on CUDA when present), the attention micro-batches (THROUGHPUT_ARGS="--layers=2 --batches=64,256
 #   --micro-batches=1,2,4": keep the best count as generateBatch's CUDA default), argmaxRows on CUDA (the op table and
 #   sampler.test cover it), MOE_CUDA_GEMV1=wide and MOE_CUDA_GEMV2=wide (cuda/moe_experts_gemv.cuh):
 #   TEST_ENVS="MOE_CUDA_GEMV1=wide MOE_CUDA_GEMV2=wide" MOE_ENVS="MOE_CUDA_GEMV1=wide MOE_CUDA_GEMV2=wide
@@ -101,14 +104,15 @@ if want profile; then  # Nsight Compute's speed-of-light per kernel of one fused
       --csv "$NATIVE" bench-moe-cuda --once --models "${PROFILE_MODELS:-Qwen3-30B-A3B}" --t "${PROFILE_T:-16384}"
   done
 fi
-if want node || want residency || want throughput || want modelbased; then
+if want node || want residency || want throughput || want modelbased || want perfmodel || want demo; then
   . scripts/gpu-node-env.sh
   "$NODE" dist/lib/cli.js info > "$W/node-info.txt" 2>&1
   tail -5 "$W/node-info.txt"
 fi
 if want node; then
   TAIL=2 step node-tests 240 "$NODE" --test --test-reporter=tap dist/test/backend-ops.test.js dist/test/moe-parts.test.js \
-    dist/test/expert-table.test.js dist/test/model.test.js dist/test/residency.test.js dist/test/staging.test.js
+    dist/test/expert-table.test.js dist/test/model.test.js dist/test/residency.test.js dist/test/staging.test.js \
+    dist/test/sampler.test.js dist/test/perf-model.test.js
   grep -E '^# (tests|pass|fail|skipped)|^not ok|^    not ok' "$W/node-tests.log" | head -40
 fi
 if want residency; then
@@ -126,5 +130,13 @@ if want modelbased; then  # issue 8's 5x: module-based batch 1536 vs the model-b
   TAIL=12 step modelbased 420 "$NODE" dist/bench/throughput-cuda.js ${MODELBASED_ARGS:---layers=2 --prompt=512 --batches=1536 --modes=offloaded --model-based}
   cp bench/results/throughput-staged-cuda-*.json "$W/modelbased/" 2>/dev/null
   pack
+fi
+if want perfmodel; then  # issue 8's model accuracy on the GPU: a staged CUDA profile, then measured vs predicted
+  TAIL=8 step perfmodel 420 "$NODE" dist/bench/perf-model.js ${PERFMODEL_ARGS:---backend=cuda --quick --models=olmoe-1b-7b-shape,qwen3-30b-a3b-shape --batches=1,8,32,128}
+  cp bench/results/perf-model-cuda-*.json "$W/" 2>/dev/null
+  pack
+fi
+if want demo; then  # the README's main-job command, on CUDA
+  TAIL=20 step demo 180 "$NODE" dist/lib/cli.js demo --max-new-tokens 16
 fi
 ls -la "$W"

@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 
 import { type ModelProfile, type OpPoint, type OpSpec, chooseBatch, expectedExperts, expertCopies, interp, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
 import { profileModel } from '../lib/batching/profile.js';
-import { type Backend, loadModel, makeModel, type ModelConfig, type PresetName } from '../lib/index.js';
+import { Backend, cudaUnavailableReason, DeviceTensor, loadModel, makeModel, type ModelConfig, type PresetName } from '../lib/index.js';
 
 let root = '';
 before(() => {
@@ -297,6 +297,58 @@ for (const preset of PRESETS) {
   });
 }
 
+for (const preset of PRESETS) {
+  test(`${preset}, staged: the composition issues the compute backend's ops, its copies and the host backend's ops of one decode step`, async () => {
+    await config(preset);
+    using m = await loadModel(path.join(root, preset), { deviceActivations: true });
+    // record every op call on every backend during one decode step: on the model's (compute) backend, with copies
+    // by direction and bytes (one sequence: one row), and on the others (the host backend)
+    const names = ['gemm', 'rmsNorm', 'add', 'rope', 'convert', 'attention', 'routerTopK', 'moeExperts', 'gatherRows', 'argmaxRows', 'sampleRows', 'copy'];
+    const compute: string[] = [];
+    const host: string[] = [];
+    const proto = Backend.prototype as unknown as Record<string, (...a: unknown[]) => unknown>;
+    const saved = new Map<string, (...a: unknown[]) => unknown>();
+    const s = m.stream('Count my ops', { maxNewTokens: 2, stopAtEos: false });
+    const it = s[Symbol.asyncIterator]();
+    await it.next(); // prefill done, first token out
+    for (const n of names) {
+      const orig = proto[n]!;
+      saved.set(n, orig);
+      proto[n] = function (this: Backend, ...a: unknown[]) {
+        if (this !== m.backend) host.push(n);
+        else if (n !== 'copy') compute.push(signature(n, a));
+        else {
+          const [src, dst] = a as [{ byteLength: number }, unknown];
+          compute.push(`transfer ${src instanceof DeviceTensor ? 'down' : dst instanceof DeviceTensor ? 'up' : 'host'} ${src.byteLength}`);
+        }
+        return orig.apply(this, a);
+      };
+    }
+    try {
+      await it.next(); // one decode step
+    } finally {
+      for (const [n, f] of saved) proto[n] = f;
+    }
+    await it.return?.();
+    const plan = stepOps(m.config, { staged: true });
+    const planned: string[] = [];
+    const plannedHost: string[] = [];
+    for (const o of plan.ops) {
+      if (!o.backend) continue;
+      const x = o.spec;
+      const sig = x.op === 'gemm' ? `gemm ${x.n}x${x.k}` : x.op === 'rmsNorm' ? `rmsNorm ${x.d}` : x.op === 'moeExperts' ? `moeExperts ${x.experts}x${x.inter}` : x.op === 'transfer' ? `transfer ${x.dir} ${x.rowBytes}` : x.op;
+      for (let i = 0; i < o.calls; i++) (o.host ? plannedHost : planned).push(o.host ? x.op : sig);
+    }
+    assert.deepEqual(compute.sort(), planned.sort());
+    assert.deepEqual(host.sort(), plannedHost.sort());
+    const o = opsPerStep(m.config);
+    assert.equal(compute.filter((x) => !x.startsWith('transfer')).length, plan.perLayer.reduce((a, b) => a + b, 0) + plan.perStep);
+    // the same compute ops as the direct step less its host ones; one host group per RoPE and attention per layer
+    assert.equal(plan.perLayer.reduce((a, b) => a + b, 0) + plan.perStep, o.perLayer.reduce((a, b) => a + b, 0) + o.perStep - 2 * m.config.numLayers + 1);
+    assert.equal(plan.hostGroups, 2 * m.config.numLayers);
+  });
+}
+
 test('profileModel measures every op of a tiny model at its shapes, batches and contexts', async () => {
   const cfg = await config('tiny-qwen3-moe');
   using m = await loadModel(path.join(root, 'tiny-qwen3-moe'));
@@ -368,6 +420,53 @@ test('profileModel measures every op of a tiny model at its shapes, batches and 
     ],
   );
   assert.ok(Number.isFinite(f.tokensPerSecond) && f.tokensPerSecond > 0);
+});
+
+test('profileModel, staged on the CPU backend and on CUDA: every op of the staged step, copies and both round trips', async (t) => {
+  const cfg = await config('tiny-olmoe');
+  for (const kind of ['cpu', 'cuda'] as const) {
+    await t.test(kind, { skip: kind === 'cuda' ? (cudaUnavailableReason() ?? false) : false }, async () => {
+      using m = await loadModel(path.join(root, 'tiny-olmoe'), { backend: kind, deviceActivations: true });
+      const p = await profileModel(m.backend, cfg, { maxBatch: 4, contexts: [32, 96], prefillTokens: [16], quick: true, ...(kind === 'cpu' ? { staged: true } : {}) });
+      assert.equal(p.staged, true);
+      assert.equal(p.kind, kind);
+      if (kind === 'cuda') assert.ok(p.device && p.device.length > 0, 'the GPU name');
+      assert.ok(p.groupMs >= 0 && p.hostGroupMs! >= 0);
+      const plan = stepOps(cfg, { staged: true });
+      assert.ok(plan.ops.some((o) => o.spec.op === 'transfer') && plan.ops.some((o) => o.spec.op === 'argmaxRows'));
+      for (const o of plan.ops) {
+        const all = p.ops[o.key];
+        assert.ok(all && all.length > 0, `profile has ${o.key}`);
+        for (const q of all) assert.ok(Number.isFinite(q.ms) && q.ms >= 0, `${o.key} at ${q.batch}: ${q.ms}`);
+      }
+      // a GPU's weight-streaming ops record its memory's bandwidth, measured once
+      if (kind === 'cuda') for (const q of p.ops[plan.ops.find((o) => o.spec.op === 'gemm')!.key]!) assert.ok(q.probeGBs > 100 && q.cold === true);
+      const d = predictDecode(cfg, p, { batch: 4, context: 64 });
+      assert.ok(Number.isFinite(d.stepMs) && d.stepMs > 0);
+      // staged: greedy sampling is the argmax op, not host sampling of the logits
+      assert.equal(predictDecode(cfg, { ...p, sampleNsPerLogit: p.sampleNsPerLogit + 1000 }, { batch: 4, context: 64 }).stepMs, d.stepMs);
+    });
+  }
+});
+
+test('offloaded experts on CUDA in module mode: the copies overlap the compute (they add only beyond it)', async () => {
+  const cfg = await config('tiny-mixtral');
+  const cpu = synthetic(cfg);
+  const gpu: ModelProfile = { ...cpu, kind: 'cuda', copyGBs: 1 };
+  const slots = 1; // fewer slots than a step's distinct experts: module mode
+  const B = 64;
+  const a = predictDecode(cfg, { ...cpu, copyGBs: 1 }, { batch: B, context: 100, expertSlots: slots });
+  const b = predictDecode(cfg, gpu, { batch: B, context: 100, expertSlots: slots });
+  assert.equal(a.copies!.moduleMode, true);
+  const rest = a.stepMs - a.terms.expertCopyMs;
+  const copyMs = a.terms.expertCopyMs;
+  assert.ok(Math.abs(b.stepMs - Math.max(rest, copyMs)) < 1e-9 * b.stepMs);
+  assert.ok(Math.abs(b.terms.expertCopyMs - Math.max(0, copyMs - rest)) < 1e-9 * b.stepMs);
+  assert.equal(b.bound === 'expert copies (H2D)', copyMs > rest);
+  // demand fetches stall their layer on CUDA too: with every distinct expert fitting the slots, copies add
+  const few = predictDecode(cfg, gpu, { batch: 1, context: 100, expertSlots: cfg.numExperts * cfg.moeLayers.length - 1 });
+  assert.equal(few.copies!.moduleMode, false);
+  assert.ok(Math.abs(few.stepMs - few.terms.expertCopyMs - predictDecode(cfg, cpu, { batch: 1, context: 100 }).stepMs) < 1e-9);
 });
 
 test('prefill pairs: each new token sees its prefix and the tokens before it, at most a window', () => {

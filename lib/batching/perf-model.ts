@@ -22,6 +22,10 @@
  * (2026-11-26) the rescaled predictions were no better than the profile's own (9.3% against 8.3% mean error; the
  * probe read 26-55 GB/s while the kernels streamed 42-49), so `plan` and the demo predict without Conditions.
  * Decode throughput = B / step time.
+ * Staged profiles (a GPU; profile.ts) compose the staged step the same way, sequentially, from its ops as stepOps
+ * lists them with `staged` (the copies between the backends, RoPE and attention on the host backend, greedy sampling
+ * as an argmax on the compute backend). Offloaded experts in module mode on CUDA: the copy engine streams the next
+ * layer's experts while this one computes, so the copies add only where they exceed the rest of the step.
  *
  * @example
  * const p = await profileModel(be, model.config, { maxBatch: 64 });
@@ -54,6 +58,11 @@ export type OpSpec =
   | { op: 'attentionPrefill'; qHeads: number; kvHeads: number; headDim: number }
   /** fused SwiGLU experts: routed (table of E, k per token) or a one-expert MLP (shared expert, dense layer) */
   | { op: 'moeExperts'; experts: number; k: number; hidden: number; inter: number }
+  /** staged: a copy of T rows of `rowBytes` between the compute backend's memory and pinned host memory ('down':
+   * device to host, 'up': host to device) */
+  | { op: 'transfer'; dir: 'down' | 'up'; rowBytes: number }
+  /** staged greedy sampling on the compute backend: the index of each row's maximum of n f32 logits */
+  | { op: 'argmaxRows'; n: number }
   /** host: KvCache.write of one token's k and v for each of T sequences */
   | { op: 'kvWrite'; kvHeads: number; headDim: number }
   /** host: clamp of T × n f32 (OLMoE clip_qkv) */
@@ -79,12 +88,16 @@ export interface PlannedOp {
   window?: number | null;
   /** Runs on one row per sequence of the step (the LM head, its row gather, the logits), not one per token. */
   perSequence?: boolean;
+  /** Staged: a backend op of the host (CPU) backend, not the compute backend (RoPE; attention always is). */
+  host?: boolean;
 }
 
 export interface StepPlan {
   ops: PlannedOp[];
-  /** Awaited op groups per step (round trips to JS). */
+  /** Awaited op groups per step (round trips to JS): on the compute backend (not staged: every group). */
   groups: number;
+  /** Staged: awaited ops of the host backend per step (attention, RoPE); 0 when not staged (counted in groups). */
+  hostGroups: number;
   /** Backend ops per layer (layer order) and outside the layers. */
   perLayer: number[];
   perStep: number;
@@ -113,6 +126,10 @@ export function opKey(s: OpSpec): string {
       return `attentionPrefill ${s.qHeads}/${s.kvHeads}x${s.headDim}`;
     case 'moeExperts':
       return `moeExperts ${s.experts}x${s.hidden}x${s.inter} k${s.k}`;
+    case 'transfer':
+      return `transfer ${s.dir} ${s.rowBytes}`;
+    case 'argmaxRows':
+      return `argmaxRows ${s.n}`;
     case 'kvWrite':
       return `kvWrite ${s.kvHeads}x${s.headDim}`;
     case 'clamp':
@@ -130,8 +147,16 @@ export function opKey(s: OpSpec): string {
  * its own group), KV writes, [attention], [o (+ bias) + post norm (+ convert) + router (+ bias) + top-k (+ shared
  * gate, top-k, shared expert)] or [o + norm] then [dense MLP], [routed experts], [shared add]; then [final norm],
  * [gather the sequences' last rows], [LM head]. Sampling (B × vocab argmax) is host work after the step.
+ *
+ * `staged` (activations in the compute backend's memory: a CUDA backend, or the CPU backend with
+ * deviceActivations): the step's tensors come from arenas kept between steps (only the host inputs are fresh), the
+ * token ids, the one-expert ids and weights and the sequences' last rows go up (each awaited), q/k/v (MLA: its five
+ * projections) come down in their group, RoPE runs on the host backend awaited alone, the attention output goes up
+ * awaited, the top-k ids and weights come down in the router's group, and greedy sampling is an argmax on the compute
+ * backend whose token ids come down (each awaited).
  */
-export function stepOps(cfg: ModelConfig): StepPlan {
+export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): StepPlan {
+  const staged = options.staged === true;
   const H = cfg.hiddenSize;
   const nH = cfg.numHeads;
   const hd = cfg.headDim;
@@ -139,26 +164,37 @@ export function stepOps(cfg: ModelConfig): StepPlan {
   const kvHeads = cfg.mla ? nH : cfg.numKvHeads;
   const list: Array<Omit<PlannedOp, 'key' | 'calls'> & { layer: number }> = [];
   let groups = 0;
+  let hostGroups = 0;
   const perLayer: number[] = [];
-  const push = (layer: number, spec: OpSpec, term: TermName, window?: number | null, perSequence = false) => {
+  const push = (layer: number, spec: OpSpec, term: TermName, window?: number | null, perSequence = false, host = false) => {
     const backend = spec.op !== 'kvWrite' && spec.op !== 'clamp' && spec.op !== 'mlaAssemble' && spec.op !== 'alloc';
-    list.push({ layer, spec, term, backend, ...(window !== undefined ? { window } : {}), ...(perSequence ? { perSequence } : {}) });
+    list.push({ layer, spec, term, backend, ...(window !== undefined ? { window } : {}), ...(perSequence ? { perSequence } : {}), ...(host ? { host } : {}) });
   };
   const gemm = (layer: number, n: number, k: number, term: TermName, dtype: 'bf16' | 'f32' = 'bf16') => push(layer, { op: 'gemm', n, k, dtype }, term);
-  // the step's tensors, allocated fresh each step: per token ids, positions, h, xn, attn, delta, blockOut (+
-  // sharedOut), router logits, xf, top-k ids and weights, the one-expert ids and weights (+ the shared gate's three);
-  // per sequence its last row's index, the row and its logits
+  const move = (layer: number, dir: 'down' | 'up', rowBytes: number, term: TermName, perSequence = false) => push(layer, { op: 'transfer', dir, rowBytes }, term, undefined, perSequence);
   const E = cfg.numExperts;
   const K = cfg.topK;
-  push(
-    -1,
-    {
-      op: 'alloc',
-      rowBytes: [4, 4, 4 * H, 2 * H, 2 * nH * D, 4 * H, 2 * H, ...(cfg.sharedExperts ? [2 * H] : []), 4 * E, 4 * H, 4 * K, 4 * K, 4, 4, ...(cfg.sharedExperts?.gated ? [4, 4, 4] : [])],
-    },
-    'host',
-  );
-  push(-1, { op: 'alloc', rowBytes: [4, 2 * H, 4 * cfg.vocabSize] }, 'host', undefined, true);
+  if (!staged) {
+    // the step's tensors, allocated fresh each step: per token ids, positions, h, xn, attn, delta, blockOut (+
+    // sharedOut), router logits, xf, top-k ids and weights, the one-expert ids and weights (+ the shared gate's
+    // three); per sequence its last row's index, the row and its logits
+    push(
+      -1,
+      {
+        op: 'alloc',
+        rowBytes: [4, 4, 4 * H, 2 * H, 2 * nH * D, 4 * H, 2 * H, ...(cfg.sharedExperts ? [2 * H] : []), 4 * E, 4 * H, 4 * K, 4 * K, 4, 4, ...(cfg.sharedExperts?.gated ? [4, 4, 4] : [])],
+      },
+      'host',
+    );
+    push(-1, { op: 'alloc', rowBytes: [4, 2 * H, 4 * cfg.vocabSize] }, 'host', undefined, true);
+  } else {
+    // arenas hold the rest: fresh are the ids, positions and the one-expert ids and weights (host), the last rows
+    push(-1, { op: 'alloc', rowBytes: [4, 4, 4, 4] }, 'host');
+    push(-1, { op: 'alloc', rowBytes: [4] }, 'host', undefined, true);
+    // the one-expert ids and weights, then the token ids, go up (each awaited)
+    for (let i = 0; i < 3; i++) move(-1, 'up', 4, 'lmHead');
+    groups += 3;
+  }
   // embedding: gather rows of the table, then bf16 -> f32 residual stream (two groups)
   push(-1, { op: 'gatherRows', srcRows: cfg.vocabSize, n: H }, 'lmHead');
   push(-1, { op: 'convert', n: H, from: 'bf16', to: 'f32' }, 'lmHead');
@@ -171,7 +207,8 @@ export function stepOps(cfg: ModelConfig): StepPlan {
       // qa, qIn (q LoRA), q nope, q pe, c, cb, k pe, k nope, v; the assembled q, k, v; v's prefix when narrower
       const lora = m.qLoraRank ? [4 * m.qLoraRank, 2 * m.qLoraRank] : [];
       const prefix = m.vHeadDim < D ? [2 * nH * m.vHeadDim] : [];
-      push(l, { op: 'alloc', rowBytes: [...lora, 4 * nH * m.qkNopeHeadDim, 4 * nH * m.qkRopeHeadDim, 4 * m.kvLoraRank, 2 * m.kvLoraRank, 4 * m.qkRopeHeadDim, 4 * nH * m.qkNopeHeadDim, 4 * nH * m.vHeadDim, 4 * nH * D, 4 * nH * D, 4 * nH * D, ...prefix] }, 'host');
+      const assembled = [4 * nH * D, 4 * nH * D, 4 * nH * D, ...prefix];
+      push(l, { op: 'alloc', rowBytes: staged ? assembled : [...lora, 4 * nH * m.qkNopeHeadDim, 4 * nH * m.qkRopeHeadDim, 4 * m.kvLoraRank, 2 * m.kvLoraRank, 4 * m.qkRopeHeadDim, 4 * nH * m.qkNopeHeadDim, 4 * nH * m.vHeadDim, ...assembled] }, 'host');
       let qIn = H;
       if (m.qLoraRank) {
         gemm(l, m.qLoraRank, H, 'attentionProj');
@@ -185,11 +222,18 @@ export function stepOps(cfg: ModelConfig): StepPlan {
       gemm(l, m.qkRopeHeadDim, H, 'attentionProj');
       gemm(l, nH * m.qkNopeHeadDim, m.kvLoraRank, 'attentionProj');
       gemm(l, nH * m.vHeadDim, m.kvLoraRank, 'attentionProj');
-      push(l, { op: 'rope', qHeads: nH, kHeads: 1, headDim: m.qkRopeHeadDim }, 'attentionProj');
-      groups += 1;
+      if (staged) {
+        for (const b of [4 * nH * m.qkNopeHeadDim, 4 * nH * m.qkRopeHeadDim, 4 * m.qkRopeHeadDim, 4 * nH * m.qkNopeHeadDim, 4 * nH * m.vHeadDim]) move(l, 'down', b, 'attentionProj');
+        groups += 1;
+        push(l, { op: 'rope', qHeads: nH, kHeads: 1, headDim: m.qkRopeHeadDim }, 'attentionProj', undefined, false, true);
+        hostGroups += 1;
+      } else {
+        push(l, { op: 'rope', qHeads: nH, kHeads: 1, headDim: m.qkRopeHeadDim }, 'attentionProj');
+        groups += 1;
+      }
       push(l, { op: 'mlaAssemble', heads: nH, nope: m.qkNopeHeadDim, rope: m.qkRopeHeadDim, v: m.vHeadDim, headDim: D }, 'host');
     } else {
-      push(l, { op: 'alloc', rowBytes: [4 * nH * hd, 4 * cfg.numKvHeads * hd, 4 * cfg.numKvHeads * hd] }, 'host'); // q, k, v f32
+      if (!staged) push(l, { op: 'alloc', rowBytes: [4 * nH * hd, 4 * cfg.numKvHeads * hd, 4 * cfg.numKvHeads * hd] }, 'host'); // q, k, v f32
       gemm(l, nH * hd, H, 'attentionProj');
       gemm(l, cfg.numKvHeads * hd, H, 'attentionProj');
       gemm(l, cfg.numKvHeads * hd, H, 'attentionProj');
@@ -204,16 +248,24 @@ export function stepOps(cfg: ModelConfig): StepPlan {
         push(l, perHead ? { op: 'rmsNorm', rowsPerToken: nH, d: hd, out: 'f32', add: null } : { op: 'rmsNorm', rowsPerToken: 1, d: nH * hd, out: 'f32', add: null }, 'attentionProj');
         push(l, perHead ? { op: 'rmsNorm', rowsPerToken: cfg.numKvHeads, d: hd, out: 'f32', add: null } : { op: 'rmsNorm', rowsPerToken: 1, d: cfg.numKvHeads * hd, out: 'f32', add: null }, 'attentionProj');
       }
+      if (staged) for (const b of [4 * nH * hd, 4 * cfg.numKvHeads * hd, 4 * cfg.numKvHeads * hd]) move(l, 'down', b, 'attentionProj');
       groups += 1;
-      if (cfg.clipQkv !== null) {
-        push(l, { op: 'clamp', n: (nH + 2 * cfg.numKvHeads) * hd }, 'host');
-        groups += 1; // rope awaited alone after the clip
+      if (cfg.clipQkv !== null) push(l, { op: 'clamp', n: (nH + 2 * cfg.numKvHeads) * hd }, 'host');
+      if (staged) {
+        push(l, { op: 'rope', qHeads: nH, kHeads: cfg.numKvHeads, headDim: hd }, 'attentionProj', undefined, false, true);
+        hostGroups += 1;
+      } else {
+        if (cfg.clipQkv !== null) groups += 1; // rope awaited alone after the clip
+        push(l, { op: 'rope', qHeads: nH, kHeads: cfg.numKvHeads, headDim: hd }, 'attentionProj');
       }
-      push(l, { op: 'rope', qHeads: nH, kHeads: cfg.numKvHeads, headDim: hd }, 'attentionProj');
     }
     push(l, { op: 'kvWrite', kvHeads, headDim: D }, 'host');
     const window = cfg.layerTypes && cfg.layerTypes[l] !== 'sliding' ? null : cfg.slidingWindow;
-    push(l, { op: 'attention', qHeads: nH, kvHeads, headDim: D }, 'attention', window);
+    push(l, { op: 'attention', qHeads: nH, kvHeads, headDim: D }, 'attention', window, false, staged);
+    if (staged) {
+      hostGroups += 1;
+      move(l, 'up', 2 * nH * (cfg.mla ? cfg.mla.vHeadDim : hd), 'attentionProj'); // the attention output, awaited
+    }
     groups += 1;
     gemm(l, H, cfg.mla ? nH * cfg.mla.vHeadDim : nH * hd, 'attentionProj');
     if (cfg.family === 'gpt_oss') push(l, { op: 'add', n: H, dtype: 'f32', bias: true }, 'attentionProj');
@@ -227,6 +279,7 @@ export function stepOps(cfg: ModelConfig): StepPlan {
       gemm(l, cfg.numExperts, H, 'router', 'f32');
       if (cfg.family === 'gpt_oss') push(l, { op: 'add', n: cfg.numExperts, dtype: 'f32', bias: true }, 'router');
       push(l, { op: 'routerTopK', e: cfg.numExperts, k: cfg.topK, scoring: 'softmax' }, 'router');
+      if (staged) for (let i = 0; i < 2; i++) move(l, 'down', 4 * K, 'router'); // top-k ids and weights
       const sh = cfg.sharedExperts;
       if (sh) {
         if (sh.gated) {
@@ -242,12 +295,19 @@ export function stepOps(cfg: ModelConfig): StepPlan {
         groups += 1;
       }
     }
-    perLayer.push(list.filter((o) => o.layer === l && o.backend).length);
+    perLayer.push(list.filter((o) => o.layer === l && o.backend && !o.host && o.spec.op !== 'transfer').length);
   }
   push(-1, { op: 'rmsNorm', rowsPerToken: 1, d: H, out: 'bf16', add: 'bf16' }, 'lmHead');
+  if (staged) move(-1, 'up', 4, 'lmHead', true); // the sequences' last rows, awaited
   push(-1, { op: 'gatherRows', srcRows: 0, n: H }, 'lmHead', undefined, true);
   push(-1, { op: 'gemm', n: cfg.vocabSize, k: H, dtype: 'bf16' }, 'lmHead', undefined, true);
-  groups += 3;
+  groups += staged ? 4 : 3;
+  if (staged) {
+    // greedy sampling on the compute backend, its token ids down (each awaited)
+    push(-1, { op: 'argmaxRows', n: cfg.vocabSize }, 'host', undefined, true);
+    move(-1, 'down', 4, 'host', true);
+    groups += 2;
+  }
   // aggregate identical ops reported in the same term (attention also by window)
   const byKey = new Map<string, PlannedOp>();
   for (const o of list) {
@@ -255,10 +315,10 @@ export function stepOps(cfg: ModelConfig): StepPlan {
     const id = `${key} ${o.term}${o.window === undefined ? '' : ` w${o.window}`}${o.perSequence ? ' seq' : ''}`;
     const e = byKey.get(id);
     if (e) e.calls++;
-    else byKey.set(id, { key, spec: o.spec, calls: 1, term: o.term, backend: o.backend, ...(o.window !== undefined ? { window: o.window } : {}), ...(o.perSequence ? { perSequence: true } : {}) });
+    else byKey.set(id, { key, spec: o.spec, calls: 1, term: o.term, backend: o.backend, ...(o.window !== undefined ? { window: o.window } : {}), ...(o.perSequence ? { perSequence: true } : {}), ...(o.host ? { host: true } : {}) });
   }
-  const perStep = list.filter((o) => o.layer < 0 && o.backend).length;
-  return { ops: [...byKey.values()], groups, perLayer, perStep };
+  const perStep = list.filter((o) => o.layer < 0 && o.backend && !o.host && o.spec.op !== 'transfer').length;
+  return { ops: [...byKey.values()], groups, hostGroups, perLayer, perStep };
 }
 
 /** Backend ops lib/engine/forward.ts issues per layer for this config (and per step outside the layers). */
@@ -291,6 +351,15 @@ export interface OpPoint {
 export interface ModelProfile {
   version: 2;
   backend: string;
+  /** The compute backend's kind (absent in older profiles: 'cpu'). */
+  kind?: 'cpu' | 'cuda';
+  /** The GPU's name on a CUDA profile. */
+  device?: string;
+  /**
+   * Measured as a staged step runs (stepOps `staged`): activations in the compute backend's memory, attention and
+   * RoPE on the host backend, copies between them (absent: false). A CUDA profile always is.
+   */
+  staged?: boolean;
   cpu: string;
   threads: number;
   /** The config the profile was measured for (the shapes; layers and vocab do not change op keys but are kept). */
@@ -306,8 +375,10 @@ export interface ModelProfile {
   prefillTokens?: number[];
   /** Measured points per op key (opKey). */
   ops: Record<string, OpPoint[]>;
-  /** Round trip of one awaited group of ops back to JS, ms. */
+  /** Round trip of one awaited group of ops back to JS, ms (staged: of the compute backend). */
   groupMs: number;
+  /** Staged: round trip of one awaited op of the host backend (attention, RoPE), ms (absent: groupMs). */
+  hostGroupMs?: number;
   /** Per-op dispatch cost of a trivial op inside a group, ms (what an op costs at least). */
   opMs: number;
   /** The fraction of the read probe's bandwidth memory-bound ops stream at (profile.ts: near the best seen). */
@@ -521,7 +592,8 @@ export function expectedExperts(E: number, k: number, B: number): number {
 }
 
 /**
- * Predicted decode step of `shape` for model `cfg` from its profile (CPU backend, experts resident) at the read
+ * Predicted decode step of `shape` for model `cfg` from its profile (its backend; experts resident unless
+ * `expertSlots`) at the read
  * bandwidth `now` (default: as measured): the interval between decode steps, so with sampling (greedy argmax over
  * the vocabulary for each sequence) and, in the runtime costs (calibrated on intervals), the scheduler's work.
  */
@@ -539,7 +611,8 @@ export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeSh
     copies = expertCopies(cfg, B, shape.expertSlots);
     copyMs = (copies.experts * 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2) / (p.copyGBs! * 1e6);
   }
-  const step = composeStep(cfg, p, B, B, now, cold, (o) => opCost(p, o.key, B, o.window ? Math.min(L, o.window) : L, now, cold), copyMs);
+  const overlap = copies !== undefined && copies.moduleMode && p.kind === 'cuda';
+  const step = composeStep(cfg, p, B, B, now, cold, (o) => opCost(p, o.key, B, o.window ? Math.min(L, o.window) : L, now, cold), copyMs, overlap);
   return { ...step, tokensPerSecond: (B * 1000) / step.stepMs, expertsPerLayer: expectedExperts(cfg.numExperts, cfg.topK, B), ...(copies ? { copies } : {}) };
 }
 
@@ -547,10 +620,19 @@ export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeSh
  * One step of T tokens from S sequences: every op of stepOps at T rows (S for the per-sequence ones), attention
  * from `attention`, sampling S rows, the group round trips and runtime costs; its terms and binding resource.
  */
-function composeStep(cfg: ModelConfig, p: ModelProfile, T: number, S: number, now: Conditions, cold: number, attention: (o: PlannedOp) => { ms: number; memMs: number }, copyMs = 0): Omit<DecodePrediction, 'tokensPerSecond' | 'expertsPerLayer'> {
-  const plan = stepOps(cfg);
-  // on the CPU backend the copies share the cores and the memory with the compute: they add to the step
-  const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0, expertCopyMs: copyMs };
+function composeStep(
+  cfg: ModelConfig,
+  p: ModelProfile,
+  T: number,
+  S: number,
+  now: Conditions,
+  cold: number,
+  attention: (o: PlannedOp) => { ms: number; memMs: number },
+  copyMs = 0,
+  overlapCopies = false,
+): Omit<DecodePrediction, 'tokensPerSecond' | 'expertsPerLayer'> {
+  const plan = stepOps(cfg, { staged: p.staged === true });
+  const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0, expertCopyMs: 0 };
   let weightsMem = 0;
   let kvMem = 0;
   let perOp = 0;
@@ -561,18 +643,24 @@ function composeStep(cfg: ModelConfig, p: ModelProfile, T: number, S: number, no
     else weightsMem += o.calls * c.memMs;
     if (o.backend) perOp += o.calls * Math.min(c.ms, p.opMs);
   }
-  terms.hostMs += (S * cfg.vocabSize * p.sampleNsPerLogit) / 1e6;
+  // staged: greedy sampling is the argmaxRows op of the plan; otherwise the host samples S rows of logits
+  if (!p.staged) terms.hostMs += (S * cfg.vocabSize * p.sampleNsPerLogit) / 1e6;
   const r = p.runtime;
-  terms.overheadMs = plan.groups * p.groupMs + r.stepMs + cfg.numLayers * r.layerMs;
-  const stepMs = Object.values(terms).reduce((a, b) => a + b, 0);
+  terms.overheadMs = plan.groups * p.groupMs + plan.hostGroups * (p.hostGroupMs ?? p.groupMs) + r.stepMs + cfg.numLayers * r.layerMs;
+  const rest = Object.values(terms).reduce((a, b) => a + b, 0);
+  // copies of offloaded experts: on the CPU backend they share the cores and the memory with the compute, and a
+  // demand fetch stalls its layer: they add to the step; on CUDA in module mode the copy engine streams the next
+  // layer's experts while this one computes: only what the compute does not hide adds
+  terms.expertCopyMs = overlapCopies ? Math.max(0, copyMs - rest) : copyMs;
+  const stepMs = rest + terms.expertCopyMs;
   const overhead = terms.overheadMs + terms.hostMs + perOp;
-  const compute = stepMs - overhead - weightsMem - kvMem - copyMs;
+  const compute = rest - overhead - weightsMem - kvMem;
   const shares: Array<[DecodePrediction['bound'], number]> = [
     ['weights (memory bandwidth)', weightsMem],
     ['attention (KV bandwidth)', kvMem],
     ['compute', compute],
     ['per-op overhead', overhead],
-    ['expert copies (H2D)', copyMs],
+    ['expert copies (H2D)', overlapCopies ? (copyMs > rest ? stepMs : 0) : copyMs],
   ];
   const bound = shares.reduce((a, b) => (b[1] > a[1] ? b : a))[0];
   return { stepMs, terms, bound };
@@ -610,7 +698,7 @@ export interface PrefillPrediction {
 }
 
 /**
- * Predicted prefill of prompts of `shape.prompt` tokens in steps of `chunk` tokens (CPU backend, experts resident):
+ * Predicted prefill of prompts of `shape.prompt` tokens in steps of `chunk` tokens (experts resident):
  * a prompt that fits shares its step with floor(chunk / prompt) others (one step of S prompts); a longer one runs in
  * chunks of `chunk` tokens after its own growing prefix. Each step is the decode step's ops at T rows (routed experts
  * at T tokens: U(T) distinct experts), one LM-head row per sequence, and prefill attention at the step's query-key

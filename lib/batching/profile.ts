@@ -1,8 +1,11 @@
 /**
- * `profileModel`: measures, on the CPU backend, what the performance model (perf-model.ts) needs for one model:
- * every distinct op of its decode step (perf-model.ts `stepOps`, the ops lib/engine/forward.ts issues) at the
- * model's own shapes and at each decode batch, the awaited group's round trip, sampling, and the runtime's fixed
- * costs per step and per layer.
+ * `profileModel`: measures, on a backend, what the performance model (perf-model.ts) needs for one model: every
+ * distinct op of its decode step (perf-model.ts `stepOps`, the ops lib/engine/forward.ts issues) at the model's own
+ * shapes and at each decode batch, the awaited group's round trip, sampling, and the runtime's fixed costs per step
+ * and per layer. Staged (a CUDA backend; the CPU backend with `staged`): the compute ops on the backend's memory
+ * (weights and experts too on a GPU), attention, RoPE and host work on a CPU backend of their own, the copies
+ * between them (transfer ops) and both backends' round trips, as loadModel runs a staged model; a GPU's ops record
+ * its memory's bandwidth (device-to-device copies) instead of the CPU read probe, and are measured cold only.
  *
  *   - ops run as forward.ts issues them: queued in a group and awaited once (the cost of one op is the group's
  *     time less one round trip, over the ops queued);
@@ -33,10 +36,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import type { Backend } from '../backend.js';
+import { type Backend, openBackend } from '../backend.js';
 import { type MoeModel, loadModel } from '../engine/model.js';
 import { medianOf, StepIntervals } from '../engine/batch.js';
 import { assembleMla, headPrefix } from '../engine/forward.js';
+import { describe } from '../dtype.js';
 import { InvalidArgumentError } from '../errors.js';
 import { info } from '../info.js';
 import { KvCache } from '../kv/cache.js';
@@ -52,7 +56,7 @@ import { ExpertStore, expertLayout } from '../residency/expert-store.js';
 import { SlotPool } from '../residency/slot-pool.js';
 import { TransferEngine } from '../residency/transfer.js';
 import { ropeFromConfig } from '../rope.js';
-import { HostTensor, type Tensor } from '../tensor.js';
+import { DeviceTensor, HostTensor, type PinnedBuffer, type Tensor } from '../tensor.js';
 import { type ModelProfile, type OpPoint, type OpSpec, opKey, predictDecode, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from './perf-model.js';
 
 /** Streaming read bandwidth now (the native read probe over `bytes`, default 256 MiB; median of 5), GB/s. */
@@ -103,6 +107,12 @@ export interface ProfileModelOptions {
    * default (true on the CPU backend with the avx512bf16 tier).
    */
   packWeights?: boolean;
+  /**
+   * Measure the step as a staged model runs it (stepOps `staged`: activations in the compute backend's memory,
+   * attention and RoPE on a CPU backend of their own, copies between them); default: as loadModel runs `be` (true
+   * on CUDA, false on the CPU backend, where `loadModel`'s deviceActivations: true stages).
+   */
+  staged?: boolean;
   onProgress?: (message: string) => void;
 }
 
@@ -155,6 +165,29 @@ function tensor(dtype: 'bf16' | 'f32', shape: number[], seed = 1): HostTensor {
   return t;
 }
 
+/** An input of a compute-backend op: `tensor(...)`, in the compute backend's memory when staged. */
+async function input(c: Ctx, dtype: 'bf16' | 'f32' | 'i32', shape: number[], seed = 1): Promise<Tensor> {
+  const t = dtype === 'i32' ? new HostTensor('i32', shape) : tensor(dtype, shape, seed);
+  return c.staged ? c.be.upload(t) : t;
+}
+
+/** An output of a compute-backend op (compute backend memory when staged). */
+function output(c: Ctx, dtype: 'bf16' | 'f32' | 'i32', shape: number[]): Tensor {
+  return c.staged ? c.be.alloc(dtype, shape) : new HostTensor(dtype, shape);
+}
+
+/** A weight as the model holds it: packed (panel64) when c.packed, on a GPU in its memory, else a HostTensor. */
+async function weight(c: Ctx, dtype: 'bf16' | 'f32', shape: [number, number], seed: number): Promise<Tensor> {
+  const w = tensor(dtype, shape, seed);
+  if (c.be.kind !== 'cpu') return c.be.upload(w);
+  return c.packed && dtype === 'bf16' ? c.be.packWeights(w) : w;
+}
+
+/** Frees the device memory of `ts` now (GPU weights: not left to the GC); host tensors are left to it. */
+function free(ts: readonly Tensor[]): void {
+  for (const t of ts) if (t instanceof DeviceTensor) t.dispose();
+}
+
 /** Weight bytes of a GEMM's weight or of one expert (gate, up, down); 0 for the other ops. */
 function weightBytes(s: OpSpec): number {
   switch (s.op) {
@@ -168,7 +201,14 @@ function weightBytes(s: OpSpec): number {
 }
 
 interface Ctx {
+  /** The compute backend. */
   be: Backend;
+  /** The host backend: attention, the KV cache, host work (staged: a CPU backend of its own; else `be`). */
+  host: Backend;
+  /** Activations in the compute backend's memory (the step's inputs go up, its results come down). */
+  staged: boolean;
+  /** Device memory read bandwidth (GB/s) for the points of ops on a GPU (0: the CPU read probe around each point). */
+  deviceGBs: number;
   cfg: ModelConfig;
   /** Rows the row ops are measured at: the decode batches and the prefill step sizes. */
   batches: number[];
@@ -179,6 +219,8 @@ interface Ctx {
   contexts: number[];
   runs: number;
   groupMs: number;
+  /** Round trip of an awaited host-backend op (groupMs when not staged). */
+  hostGroupMs: number;
   probeBuf: Float32Array;
   /** Measure cache-cold (64 MiB between two uses of one copy) rather than warm (8 MiB). */
   cold: boolean;
@@ -191,7 +233,13 @@ interface Ctx {
  * Measures `pointFn` (the op's cost and bytes at a batch) at every batch, with a read probe before and after each
  * point when `probe` (their mean is the point's).
  */
-async function curve(c: Ctx, probe: boolean, pointFn: (B: number) => Promise<Omit<OpPoint, 'probeGBs' | 'batch'>>, batches = c.batches): Promise<OpPoint[]> {
+async function curve(c: Ctx, probe: boolean, pointFn: (B: number) => Promise<Omit<OpPoint, 'probeGBs' | 'batch'>>, batches = c.batches, onHost = false): Promise<OpPoint[]> {
+  if (probe && !onHost && c.deviceGBs > 0) {
+    // on a GPU: its memory's bandwidth (measured once), not the CPU's
+    const pts: OpPoint[] = [];
+    for (const B of batches) pts.push({ batch: B, ...(await pointFn(B)), probeGBs: c.deviceGBs });
+    return pts;
+  }
   const pts: OpPoint[] = [];
   let before = probe ? probeWith(c.probeBuf, 3) : 0;
   for (const B of batches) {
@@ -207,7 +255,7 @@ async function curve(c: Ctx, probe: boolean, pointFn: (B: number) => Promise<Omi
  * Cost (ms) of one op queued in a group: chains of n calls (n so a chain lasts ~2 ms), the median of the runs
  * (more runs for cheap ops: at least ~20 ms timed in all), less one group round trip, divided by n.
  */
-async function chained(c: Ctx, call: (i: number) => Promise<unknown>): Promise<number> {
+async function chained(c: Ctx, call: (i: number) => Promise<unknown>, onHost = false): Promise<number> {
   let i = 0;
   let one = Infinity;
   for (let w = 0; w < 3; w++) {
@@ -225,7 +273,7 @@ async function chained(c: Ctx, call: (i: number) => Promise<unknown>): Promise<n
     await Promise.all(ps);
     ts.push(performance.now() - t0);
   }
-  return Math.max(0, (medianOf(ts) - c.groupMs) / n);
+  return Math.max(0, (medianOf(ts) - (onHost ? c.hostGroupMs : c.groupMs)) / n);
 }
 
 /** Median (ms) of a synchronous host function after a warm-up long enough for the JIT (runs: at least). */
@@ -256,37 +304,48 @@ function copies(c: Ctx, bytes: number, instances: number): number {
 async function measureGemm(c: Ctx, s: Extract<OpSpec, { op: 'gemm' }>, instances: number): Promise<OpPoint[]> {
   const bytes = weightBytes(s);
   const ws: Tensor[] = [];
-  for (let i = 0; i < copies(c, bytes, instances); i++) {
-    const w = tensor(s.dtype, [s.n, s.k], 11 + i);
-    ws.push(c.packed && s.dtype === 'bf16' ? await c.be.packWeights(w) : w);
+  try {
+    for (let i = 0; i < copies(c, bytes, instances); i++) ws.push(await weight(c, s.dtype, [s.n, s.k], 11 + i));
+    return await curve(c, true, async (B) => {
+      const a = await input(c, s.dtype, [B, s.k], 3);
+      const out = output(c, 'f32', [B, s.n]);
+      const ms = await chained(c, (i) => c.be.gemm(a, ws[i % ws.length]!, out));
+      return { ms, bytes };
+    });
+  } finally {
+    free(ws);
   }
-  return curve(c, true, async (B) => {
-    const a = tensor(s.dtype, [B, s.k], 3);
-    const out = new HostTensor('f32', [B, s.n]);
-    const ms = await chained(c, (i) => c.be.gemm(a, ws[i % ws.length]!, out));
-    return { ms, bytes };
-  });
 }
 
 async function measureOneExpert(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>, instances: number): Promise<OpPoint[]> {
   const bytes = weightBytes(s);
   const tables: ExpertTable[] = [];
-  const weight = async (shape: [number, number], seed: number): Promise<Tensor> => (c.packed ? c.be.packWeights(tensor('bf16', shape, seed)) : tensor('bf16', shape, seed));
-  for (let i = 0; i < copies(c, bytes, instances); i++) {
-    const t = c.be.expertTable(1, { hidden: s.hidden, intermediate: s.inter, packed: c.packed });
-    t.set(0, { gate: await weight([s.inter, s.hidden], 20 + i), up: await weight([s.inter, s.hidden], 40 + i), down: await weight([s.hidden, s.inter], 60 + i) });
-    tables.push(t);
+  const ws: Tensor[] = [];
+  const w3 = async (shape: [number, number], seed: number): Promise<Tensor> => {
+    const w = await weight(c, 'bf16', shape, seed);
+    ws.push(w);
+    return w;
+  };
+  try {
+    for (let i = 0; i < copies(c, bytes, instances); i++) {
+      const t = c.be.expertTable(1, { hidden: s.hidden, intermediate: s.inter, packed: c.packed });
+      t.set(0, { gate: await w3([s.inter, s.hidden], 20 + i), up: await w3([s.inter, s.hidden], 40 + i), down: await w3([s.hidden, s.inter], 60 + i) });
+      tables.push(t);
+    }
+    const act = activation(c.cfg);
+    return await curve(c, true, async (B) => {
+      const x = await input(c, 'bf16', [B, s.hidden], 5);
+      const ids = await input(c, 'i32', [B, 1]);
+      const ones = new HostTensor('f32', [B, 1]);
+      ones.data.fill(1);
+      const w = c.staged ? await c.be.upload(ones) : ones;
+      const out = output(c, 'bf16', [B, s.hidden]);
+      const ms = await chained(c, (i) => c.be.moeExperts({ x, topkIds: ids, topkWeights: w, experts: tables[i % tables.length]!, out, ...(act ? { activation: act } : {}) }));
+      return { ms, bytes };
+    });
+  } finally {
+    free(ws);
   }
-  const act = activation(c.cfg);
-  return curve(c, true, async (B) => {
-    const x = tensor('bf16', [B, s.hidden], 5);
-    const ids = new HostTensor('i32', [B, 1]);
-    const w = new HostTensor('f32', [B, 1]);
-    w.data.fill(1);
-    const out = new HostTensor('bf16', [B, s.hidden]);
-    const ms = await chained(c, (i) => c.be.moeExperts({ x, topkIds: ids, topkWeights: w, experts: tables[i % tables.length]!, out, ...(act ? { activation: act } : {}) }));
-    return { ms, bytes };
-  });
 }
 
 function activation(cfg: ModelConfig): MoeActivation | undefined {
@@ -304,20 +363,28 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
   const expertBytes = weightBytes(s);
   // enough layers of experts that a call's experts were last read span(c) ago (a call reads U(B) of the E)
   const layers = Math.max(1, Math.min(Math.floor((768 * 2 ** 20) / (E * expertBytes)), Math.ceil((3 * span(c)) / (E * expertBytes))));
-  const store = ExpertStore.create(c.be, { layers: Array.from({ length: layers }, (_, l) => l), experts: E, hidden: s.hidden, intermediate: s.inter, packed: c.packed });
+  // CPU: the experts in host memory (an ExpertStore, as the model's); GPU: in its memory (slots, each filled from one
+  // layer of experts in a pinned store)
+  const onGpu = c.be.kind !== 'cpu';
+  const store = ExpertStore.create(c.be, { layers: Array.from({ length: onGpu ? 1 : layers }, (_, l) => l), experts: E, hidden: s.hidden, intermediate: s.inter, packed: c.packed });
+  let pool: SlotPool | undefined;
   try {
     // every expert written (untouched pages would all read the one zero page)
-    for (let l = 0; l < layers; l++) {
+    for (let l = 0; l < (onGpu ? 1 : layers); l++) {
       for (let e = 0; e < E; e++) {
         const w = store.expert(l, e).whole.data;
         fillBf16(new Uint16Array(w.buffer, w.byteOffset, w.byteLength / 2), 7 + e);
       }
     }
+    if (onGpu) {
+      pool = SlotPool.create(c.be, { slots: layers * E, hidden: s.hidden, intermediate: s.inter, dtype: 'bf16', packed: c.packed });
+      for (let i = 0; i < layers * E; i++) await c.be.copy(store.expert(0, i % E).whole, pool.slot(i).whole);
+    }
     // one table per layer with every expert set once, as ResidentExperts holds them
     const tables = Array.from({ length: layers }, (_, l) => {
       const t = c.be.expertTable(E, { hidden: s.hidden, intermediate: s.inter, packed: c.packed });
       for (let e = 0; e < E; e++) {
-        const v = store.expert(l, e);
+        const v = pool ? pool.slot(l * E + e) : store.expert(l, e);
         t.set(e, { gate: v.gate, up: v.up, down: v.down });
       }
       return t;
@@ -327,11 +394,13 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
     // the LCG's high bits (its low bits cycle with short periods: % 64 would never repeat an expert within 64 draws)
     const rnd = (n: number) => Math.floor(((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * n);
     return await curve(c, true, async (B) => {
-      const x = tensor('bf16', [B, s.hidden], 5);
-      const out = new HostTensor('bf16', [B, s.hidden]);
-      const w = new HostTensor('f32', [B, k]);
-      w.data.fill(1 / k);
+      const x = await input(c, 'bf16', [B, s.hidden], 5);
+      const out = output(c, 'bf16', [B, s.hidden]);
+      const wh = new HostTensor('f32', [B, k]);
+      wh.data.fill(1 / k);
+      const w = c.staged ? await c.be.upload(wh) : wh;
       const ids = new HostTensor('i32', [B, k]);
+      const idsOn = c.staged ? c.be.alloc('i32', [B, k]) : ids; // staged: the routing goes up before each call
       let distinct = 0;
       let calls = 0;
       let l = 0;
@@ -348,8 +417,9 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
         }
         distinct += new Set(d).size;
         calls++;
+        if (idsOn !== ids) await c.be.copy(ids, idsOn);
         const t0 = performance.now();
-        await c.be.moeExperts({ x, topkIds: ids, topkWeights: w, experts: tables[l++ % layers]!, out, ...(act ? { activation: act } : {}) });
+        await c.be.moeExperts({ x, topkIds: idsOn, topkWeights: w, experts: tables[l++ % layers]!, out, ...(act ? { activation: act } : {}) });
         return performance.now() - t0;
       };
       const one = Math.min(await call(), await call());
@@ -363,6 +433,7 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
       return { ms: Math.max(0, medianOf(ts) - c.groupMs), bytes: experts * expertBytes, experts };
     });
   } finally {
+    pool?.dispose();
     store.dispose();
   }
 }
@@ -373,7 +444,7 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
  * sequences of `tokens` each.
  */
 function attentionKv(c: Ctx, s: { qHeads: number; kvHeads: number; headDim: number }, bytes: number, seed: number) {
-  const kv = KvCache.create(c.be, { layers: 1, kvHeads: s.kvHeads, headDim: s.headDim, blockSize: KV_BLOCK, budgetBytes: bytes + (1 << 20) });
+  const kv = KvCache.create(c.host, { layers: 1, kvHeads: s.kvHeads, headDim: s.headDim, blockSize: KV_BLOCK, budgetBytes: bytes + (1 << 20) });
   fillBf16(kv.keys(0).data as Uint16Array, seed);
   fillBf16(kv.values(0).data as Uint16Array, seed + 20);
   const sequences = (n: number, tokens: number) =>
@@ -419,10 +490,11 @@ async function measureAttention(c: Ctx, s: Extract<OpSpec, { op: 'attention' }>)
         const out = new HostTensor('bf16', [B, s.qHeads, s.headDim]);
         const k = kv.keys(0);
         const v = kv.values(0);
-        const ms = await chained(c, (i) => c.be.attention({ q, k, v, out, ...batches[i % sets]!, scale, numSplits: 4, ...(sinks ? { sinks } : {}) }));
+        const ms = await chained(c, (i) => c.host.attention({ q, k, v, out, ...batches[i % sets]!, scale, numSplits: 4, ...(sinks ? { sinks } : {}) }), true);
         return { ms, bytes: B * (L + 1) * tokenBytes, context: L + 1 };
         },
         c.seqBatches,
+        true,
       );
       pts.push(...got);
       for (const id of seqs) kv.free(id);
@@ -455,7 +527,7 @@ async function measureAttentionPrefill(c: Ctx, s: Extract<OpSpec, { op: 'attenti
       const batch = kv.batch(seqs, seqs.map(() => q));
       const qt = tensor('f32', [S * q, s.qHeads, s.headDim], 9);
       const out = new HostTensor('bf16', [S * q, s.qHeads, s.headDim]);
-      const ms = await chained(c, () => c.be.attention({ q: qt, k: kv.keys(0), v: kv.values(0), out, ...batch, scale, numSplits: 4, ...(sinks ? { sinks } : {}) }));
+      const ms = await chained(c, () => c.host.attention({ q: qt, k: kv.keys(0), v: kv.values(0), out, ...batch, scale, numSplits: 4, ...(sinks ? { sinks } : {}) }), true);
       pts.push({ batch: S * prefillPairs(q, P), ms, bytes: S * (P + q) * tokenBytes, probeGBs: 0 });
       for (const id of seqs) kv.free(id);
     }
@@ -465,70 +537,102 @@ async function measureAttentionPrefill(c: Ctx, s: Extract<OpSpec, { op: 'attenti
   }
 }
 
-async function measureSmall(c: Ctx, s: OpSpec): Promise<OpPoint[]> {
-  const be = c.be;
+/**
+ * The ops on activations (no weights streamed): on the compute backend with its tensors, or `onHost` (staged RoPE)
+ * on the host backend; transfers between a compute-backend tensor and pinned host memory.
+ */
+async function measureSmall(c: Ctx, s: OpSpec, onHost: boolean): Promise<OpPoint[]> {
+  const be = onHost ? c.host : c.be;
+  const inp = (dtype: 'bf16' | 'f32' | 'i32', shape: number[], seed = 1) => (onHost ? Promise.resolve(dtype === 'i32' ? new HostTensor('i32', shape) : tensor(dtype, shape, seed)) : input(c, dtype, shape, seed));
+  const out = (dtype: 'bf16' | 'f32' | 'i32', shape: number[]) => (onHost ? new HostTensor(dtype, shape) : output(c, dtype, shape));
   const rp = ropeFromConfig(c.cfg);
-  const invFreq = HostTensor.from('f32', [rp.invFreq.length], rp.invFreq);
-  return curve(c, false, async (B) => {
-    let call: (i: number) => Promise<unknown>;
-    switch (s.op) {
-      case 'rmsNorm': {
-        const x = tensor('f32', [B * s.rowsPerToken, s.d], 2);
-        const weight = tensor('f32', [s.d], 3);
-        const out = new HostTensor(s.out, [B * s.rowsPerToken, s.d]);
-        const add = s.add ? tensor(s.add, [B * s.rowsPerToken, s.d], 4) : undefined;
-        // in place like the q/k norms when the output is f32 and nothing is added
-        const o = s.out === 'f32' && !add ? x : out;
-        call = () => be.rmsNorm({ x, weight, out: o, eps: 1e-6, ...(add ? { add } : {}) });
-        break;
+  return curve(
+    c,
+    false,
+    async (B) => {
+      let call: (i: number) => Promise<unknown>;
+      let pinned: PinnedBuffer | undefined;
+      switch (s.op) {
+        case 'rmsNorm': {
+          const x = await inp('f32', [B * s.rowsPerToken, s.d], 2);
+          const weight = await inp('f32', [s.d], 3);
+          const o = out(s.out, [B * s.rowsPerToken, s.d]);
+          const add = s.add ? await inp(s.add, [B * s.rowsPerToken, s.d], 4) : undefined;
+          // in place like the q/k norms when the output is f32 and nothing is added
+          const dst = s.out === 'f32' && !add ? x : o;
+          call = () => be.rmsNorm({ x, weight, out: dst, eps: 1e-6, ...(add ? { add } : {}) });
+          break;
+        }
+        case 'add': {
+          const a = await inp(s.dtype, [B, s.n], 2);
+          const b = s.bias ? await inp(s.dtype, [s.n], 3) : await inp(s.dtype, [B, s.n], 3);
+          call = () => be.add(a, b, a);
+          break;
+        }
+        case 'convert': {
+          const a = await inp(s.from, [B, s.n], 2);
+          const b = out(s.to, [B, s.n]);
+          call = () => be.convert(a, b);
+          break;
+        }
+        case 'rope': {
+          // RoPE runs on host tensors (the host backend when staged, the CPU backend otherwise)
+          const q = tensor('f32', [B, s.qHeads, s.headDim], 2);
+          const k = tensor('f32', [B, s.kHeads, s.headDim], 3);
+          const positions = HostTensor.from(
+            'i32',
+            [B],
+            Array.from({ length: B }, (_, i) => 100 + i),
+          );
+          const invFreq = HostTensor.from('f32', [Math.min(rp.invFreq.length, s.headDim / 2)], rp.invFreq.slice(0, s.headDim / 2));
+          call = () => be.rope({ q, k, positions, invFreq, attentionScaling: rp.attentionScaling });
+          break;
+        }
+        case 'routerTopK': {
+          const logits = await inp('f32', [B, s.e], 2);
+          const o = { topkIds: out('i32', [B, s.k]), topkWeights: out('f32', [B, s.k]) };
+          call = () => be.routerTopK(logits, s.k, { scoring: s.scoring, renormalize: c.cfg.router.renormalize, out: o });
+          break;
+        }
+        case 'gatherRows': {
+          const rows = s.srcRows === 0 ? B : Math.min(s.srcRows, 8192);
+          const src = await inp('bf16', [rows, s.n], 2);
+          const idsHost = HostTensor.from(
+            'i32',
+            [B],
+            Array.from({ length: B }, (_, i) => (i * 7919) % rows),
+          );
+          const ids = c.staged && !onHost ? await c.be.upload(idsHost) : idsHost;
+          const dst = out('bf16', [B, s.n]);
+          call = () => be.gatherRows(src, ids, dst);
+          break;
+        }
+        case 'argmaxRows': {
+          const logits = await inp('f32', [B, s.n], 2);
+          const ids = out('i32', [B]);
+          call = () => be.argmaxRows(logits, ids);
+          break;
+        }
+        case 'transfer': {
+          // between the compute backend's memory and a pinned host buffer, as the step's arenas hold them
+          const dev = c.be.alloc('u8', [B * s.rowBytes]);
+          pinned = c.be.allocPinned(B * s.rowBytes);
+          const host = pinned.tensor('u8', [B * s.rowBytes]);
+          call = () => (s.dir === 'down' ? c.be.copy(dev, host) : c.be.copy(host, dev));
+          break;
+        }
+        default:
+          throw new InvalidArgumentError(`no measurement for op ${s.op}`);
       }
-      case 'add': {
-        const a = tensor(s.dtype, [B, s.n], 2);
-        const b = s.bias ? tensor(s.dtype, [s.n], 3) : tensor(s.dtype, [B, s.n], 3);
-        call = () => be.add(a, b, a);
-        break;
+      try {
+        return { ms: await chained(c, call, onHost), bytes: 0 };
+      } finally {
+        pinned?.dispose();
       }
-      case 'convert': {
-        const a = tensor(s.from, [B, s.n], 2);
-        const b = new HostTensor(s.to, [B, s.n]);
-        call = () => be.convert(a, b);
-        break;
-      }
-      case 'rope': {
-        const q = tensor('f32', [B, s.qHeads, s.headDim], 2);
-        const k = tensor('f32', [B, s.kHeads, s.headDim], 3);
-        const positions = HostTensor.from(
-          'i32',
-          [B],
-          Array.from({ length: B }, (_, i) => 100 + i),
-        );
-        const inv = invFreq.numel * 2 <= s.headDim ? invFreq : HostTensor.from('f32', [s.headDim / 2], rp.invFreq.slice(0, s.headDim / 2));
-        call = () => be.rope({ q, k, positions, invFreq: inv, attentionScaling: rp.attentionScaling });
-        break;
-      }
-      case 'routerTopK': {
-        const logits = tensor('f32', [B, s.e], 2);
-        const out = { topkIds: new HostTensor('i32', [B, s.k]), topkWeights: new HostTensor('f32', [B, s.k]) };
-        call = () => be.routerTopK(logits, s.k, { scoring: s.scoring, renormalize: c.cfg.router.renormalize, out });
-        break;
-      }
-      case 'gatherRows': {
-        const rows = s.srcRows === 0 ? B : Math.min(s.srcRows, 8192);
-        const src = tensor('bf16', [rows, s.n], 2);
-        const ids = HostTensor.from(
-          'i32',
-          [B],
-          Array.from({ length: B }, (_, i) => (i * 7919) % rows),
-        );
-        const dst = new HostTensor('bf16', [B, s.n]);
-        call = () => be.gatherRows(src, ids, dst);
-        break;
-      }
-      default:
-        throw new InvalidArgumentError(`no measurement for op ${s.op}`);
-    }
-    return { ms: await chained(c, call), bytes: 0 };
-  });
+    },
+    c.batches,
+    onHost,
+  );
 }
 
 /** Host work between groups, with forward.ts's loops. */
@@ -537,7 +641,7 @@ async function measureHost(c: Ctx, s: OpSpec): Promise<OpPoint[]> {
   return curve(c, false, async (B) => {
     switch (s.op) {
       case 'kvWrite': {
-        const kv = KvCache.create(c.be, { layers: 1, kvHeads: s.kvHeads, headDim: s.headDim, budgetBytes: (B + 1) * 64 * 2 * s.kvHeads * s.headDim * 2 });
+        const kv = KvCache.create(c.host, { layers: 1, kvHeads: s.kvHeads, headDim: s.headDim, budgetBytes: (B + 1) * 64 * 2 * s.kvHeads * s.headDim * 2 });
         try {
           const seqs = Array.from({ length: B }, () => {
             const id = kv.allocate();
@@ -594,12 +698,12 @@ async function measureHost(c: Ctx, s: OpSpec): Promise<OpPoint[]> {
         const src = s.rowBytes.map(written);
         const kept = s.rowBytes.map(written);
         const fresh = async () => {
-          for (let i = 0; i < src.length; i++) await c.be.copy(src[i]!, new HostTensor('u8', [B * s.rowBytes[i]!]));
+          for (let i = 0; i < src.length; i++) await c.host.copy(src[i]!, new HostTensor('u8', [B * s.rowBytes[i]!]));
         };
         for (let w = 0; w < 3; w++) await fresh(); // the allocator's steady state
         const ms = await median(fresh, Math.max(9, runs));
         const reused = await median(async () => {
-          for (let i = 0; i < src.length; i++) await c.be.copy(src[i]!, kept[i]!);
+          for (let i = 0; i < src.length; i++) await c.host.copy(src[i]!, kept[i]!);
         }, Math.max(9, runs));
         return { ms: Math.max(0, ms - reused), bytes: 0 };
       }
@@ -609,9 +713,13 @@ async function measureHost(c: Ctx, s: OpSpec): Promise<OpPoint[]> {
   });
 }
 
-/** Round trip of an awaited group and the per-op cost of a trivial op in a chain (ms). */
-async function dispatchCosts(be: Backend): Promise<{ groupMs: number; opMs: number }> {
-  const a = new HostTensor('f32', [1, 64]);
+/**
+ * Round trip of an awaited group and the per-op cost of a trivial op in a chain (ms), on `be` with its tensors
+ * (`onDevice`: in its memory, as a staged step's).
+ */
+async function dispatchCosts(be: Backend, onDevice: boolean): Promise<{ groupMs: number; opMs: number }> {
+  const a = onDevice ? be.alloc('f32', [1, 64]) : new HostTensor('f32', [1, 64]);
+  if (onDevice) await be.copy(new HostTensor('f32', [1, 64]), a);
   const single: number[] = [];
   const chain: number[] = [];
   const n = 16;
@@ -644,23 +752,23 @@ function streams(s: OpSpec): boolean {
  * model's own copies), or only one of the two; the points say which. Ops in `have` are taken from there.
  */
 async function measureOps(c: Ctx, modes: 'both' | 'cold' | 'warm', have: Record<string, OpPoint[]> = {}): Promise<Record<string, OpPoint[]>> {
-  const plan = stepOps(c.cfg);
+  const plan = stepOps(c.cfg, { staged: c.staged });
   const ops: Record<string, OpPoint[]> = {};
   // entries differing only by term or window: measure each key once, with the calls of all its entries
   // (per-sequence ops, one row per sequence, only at the decode batches: a prefill step has few sequences)
-  const byKey = new Map<string, { spec: OpSpec; calls: number; perSequence: boolean }>();
+  const byKey = new Map<string, { spec: OpSpec; calls: number; perSequence: boolean; onHost: boolean }>();
   for (const o of plan.ops) {
     const e = byKey.get(o.key);
     if (e) {
       e.calls += o.calls;
       e.perSequence &&= o.perSequence === true;
-    } else byKey.set(o.key, { spec: o.spec, calls: o.calls, perSequence: o.perSequence === true });
+    } else byKey.set(o.key, { spec: o.spec, calls: o.calls, perSequence: o.perSequence === true, onHost: o.host === true });
     if (o.spec.op === 'attention' && c.prefill.length > 0) {
       const pre = prefillAttention(o.spec);
-      byKey.set(opKey(pre), { spec: pre, calls: 1, perSequence: false });
+      byKey.set(opKey(pre), { spec: pre, calls: 1, perSequence: false, onHost: true });
     }
   }
-  for (const [key, { spec, calls, perSequence }] of byKey) {
+  for (const [key, { spec, calls, perSequence, onHost }] of byKey) {
     if (have[key]) {
       ops[key] = have[key];
       continue;
@@ -683,7 +791,7 @@ async function measureOps(c: Ctx, modes: 'both' | 'cold' | 'warm', have: Record<
         case 'alloc':
           return measureHost(cc, spec);
         default:
-          return measureSmall(cc, spec);
+          return measureSmall(cc, spec, onHost);
       }
     };
     if (!streams(spec)) ops[key] = await measure(c);
@@ -800,7 +908,7 @@ async function runtimeCosts(c: Ctx, quick: boolean, sampleNs: number, ops: Recor
       const config: Record<string, unknown> = { num_hidden_layers: layers };
       if (Array.isArray(base.layer_types)) config.layer_types = Array.from({ length: layers }, (_, l) => (base.layer_types as unknown[])[l % (base.layer_types as unknown[]).length]);
       await makeModel(d, { preset, seed: 1, config });
-      const model = await loadModel(d, { backend: c.be, kvCacheBytes: 64 << 20 });
+      const model = await loadModel(d, { backend: c.be, kvCacheBytes: 64 << 20, deviceActivations: c.staged });
       made.push({ layers, model, p: undefined as unknown as ModelProfile, rest: [] });
       // one sequence at context ~70: a tiny model's step stays in cache (warm)
       const sub: Ctx = { ...c, cfg: model.config, batches: [1], seqBatches: [1], prefill: [], contexts: [prompt, prompt * 2], cold: false, log: () => {} };
@@ -833,6 +941,8 @@ function bare(c: Ctx, cfg: ModelConfig, ops: Record<string, OpPoint[]>, batches:
   return {
     version: 2,
     backend: c.be.name,
+    kind: c.be.kind,
+    ...(c.staged ? { staged: true, hostGroupMs: c.hostGroupMs } : {}),
     cpu: '',
     threads: 0,
     model: { architecture: cfg.architecture, family: cfg.family, hiddenSize: cfg.hiddenSize, numLayers: cfg.numLayers, numExperts: cfg.numExperts, topK: cfg.topK, vocabSize: cfg.vocabSize },
@@ -873,11 +983,31 @@ function streaming(ops: Record<string, OpPoint[]>): { efficiency: number; peakGB
 }
 
 /**
- * Measures a ModelProfile of `cfg` on `be` (CPU backend). The weights are generated (only the config is used).
- * @throws InvalidArgumentError on a non-CPU backend or bad options.
+ * Read bandwidth of `be`'s device memory, GB/s: device-to-device copies of 256 MiB (each reads and writes it; the
+ * median of 5 after one warm-up), counted as twice the bytes over the time.
+ */
+async function deviceReadGBs(be: Backend): Promise<number> {
+  const bytes = 256 * 2 ** 20;
+  const a = be.alloc('u8', [bytes]);
+  const b = be.alloc('u8', [bytes]);
+  try {
+    await be.copy(a, b);
+    return (2 * bytes) / (1e6 * (await median(() => be.copy(a, b), 5)));
+  } finally {
+    a.dispose();
+    b.dispose();
+  }
+}
+
+/**
+ * Measures a ModelProfile of `cfg` on `be`, the step as loadModel would run it there (staged on CUDA: the GPU's ops
+ * on its memory, attention and RoPE on a CPU backend, the copies between them). The weights are generated (only the
+ * config is used).
+ * @throws InvalidArgumentError on bad options (staged: false on a CUDA backend).
  */
 export async function profileModel(be: Backend, cfg: ModelConfig, options: ProfileModelOptions = {}): Promise<ModelProfile> {
-  if (be.kind !== 'cpu') throw new InvalidArgumentError(`profileModel measures the CPU backend, received ${be.name}`);
+  const staged = options.staged ?? be.kind !== 'cpu';
+  if (typeof staged !== 'boolean' || (!staged && be.kind !== 'cpu')) throw new InvalidArgumentError(`staged must be a boolean (true on a CUDA backend), received ${describe(options.staged)} on ${be.name}`);
   const maxBatch = options.maxBatch ?? 256;
   if (!Number.isSafeInteger(maxBatch) || maxBatch < 1 || maxBatch > 4096) throw new InvalidArgumentError(`maxBatch must be an integer in [1, 4096], received ${String(options.maxBatch)}`);
   const contexts = options.contexts ?? [64, 256, 1024];
@@ -898,19 +1028,24 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   const batches = [...new Set([...seqBatches, ...prefill])].sort((a, b) => a - b);
   const probeBuf = new Float32Array(PROBE_BYTES / 4).fill(1);
   const readGBs = probeWith(probeBuf);
-  const { groupMs, opMs } = await dispatchCosts(be);
-  // a step at one token and the shortest context already streams more than twice the cache: always cold
+  // staged: attention and RoPE on a CPU backend of their own, as loadModel runs them
+  const host = staged ? openBackend({ backend: 'cpu' }) : be;
+  const { groupMs, opMs } = await dispatchCosts(be, staged);
+  const hostGroupMs = staged ? (await dispatchCosts(host, false)).groupMs : groupMs;
+  const deviceGBs = be.kind === 'cpu' ? 0 : await deviceReadGBs(be);
+  // a step at one token and the shortest context already streams more than twice the cache: always cold (on a GPU
+  // always: warm would mean its L2, which a real-shape step overflows)
   const cacheBytes = lastLevelCacheBytes();
-  const packed = options.packWeights ?? (be.kind === 'cpu' && be.isa === 'avx512bf16');
-  const c: Ctx = { be, cfg, batches, seqBatches, prefill, contexts, runs: options.quick ? 3 : 5, groupMs, probeBuf, cold: true, packed, log };
-  const modes = stepWorkingSet(cfg, 1, Math.min(...contexts)) > 2 * cacheBytes ? 'cold' : 'both';
+  const packed = be.kind === 'cpu' && (options.packWeights ?? be.isa === 'avx512bf16');
+  const c: Ctx = { be, host, staged, deviceGBs, cfg, batches, seqBatches, prefill, contexts, runs: options.quick ? 3 : 5, groupMs, hostGroupMs, probeBuf, cold: true, packed, log };
+  const modes = be.kind !== 'cpu' || stepWorkingSet(cfg, 1, Math.min(...contexts)) > 2 * cacheBytes ? 'cold' : 'both';
   // passes over the ops, apart in time for each op: per point the pass with the median cost (a burst of other
   // jobs on this shared machine inflates one pass, not the median; the bench and the runtime calibration take
   // medians too)
   const passes: Array<Record<string, OpPoint[]>> = [];
   for (let i = 0; i < nPasses; i++) passes.push(await measureOps(c, modes));
   const ops = Object.fromEntries(Object.entries(passes[0]!).map(([key, pts]) => [key, pts.map((_, j) => [...passes.map((q) => q[key]![j]!)].sort((x, y) => x.ms - y.ms)[Math.floor(passes.length / 2)]!)]));
-  const sampleNsPerLogit = await samplingNs(be, cfg.vocabSize);
+  const sampleNsPerLogit = await samplingNs(host, cfg.vocabSize);
   const copyGBs = cfg.numExperts > 1 ? await expertCopyGBs(be, cfg, packed) : undefined;
   const runtime = options.skipRuntime ? NO_RUNTIME : await runtimeCosts(c, options.quick === true, sampleNsPerLogit, ops);
   const i = info();
@@ -920,6 +1055,7 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
     ...(prefill.length > 0 ? { prefillTokens: [...prefill].sort((a, b) => a - b) } : {}),
     cpu: i.cpu.model,
     threads: i.cpu.cores,
+    ...(be.kind === 'cuda' ? { device: i.cuda.devices?.[be.device]?.name ?? 'unknown GPU' } : {}),
     opMs,
     streamEfficiency: stream.efficiency,
     peakGBs: stream.peakGBs,
