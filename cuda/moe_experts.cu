@@ -15,6 +15,7 @@
 // moe_experts_wgmma.cuh (align block 128) replace the large ones when t * k >= 128 e; else the SIMT kernels of
 // moe_experts.cuh. MOE_CUDA_MOE: simt forces the SIMT kernels, mma the mma.sync ones (never wgmma), wgmma uses wgmma
 // wherever its preconditions hold regardless of the rows per expert (tests: small shapes through the wgmma path).
+// MOE_CUDA_WG=tma: the wgmma kernels load their weight tiles with TMA (moe_experts_wgmma_tma.cuh).
 // moe_launch_gemm2 (moe_gemm2_launch.cuh) exposes the GEMM2 launches alone: cuda/gemm.cu's dense path runs them
 // under identity routing. Fused and parts calls of at most decode_gemv_max_t() tokens (default 2) whose routed
 // weights are at most kGemvMaxBytes run the GEMV kernels of moe_experts_gemv.cuh instead (no align, scratch parts or
@@ -34,10 +35,12 @@
 #include "moe_experts_gemv.cuh"
 #include "moe_experts_mma.cuh"
 #include "moe_experts_wgmma.cuh"
+#include "moe_experts_wgmma_tma.cuh"
 #include "moe_gemm2_launch.cuh"
 #include "router_topk.cuh"
 #include "scratch.cuh"
 #include "table_cache.cuh"
+#include "tensor_map.cuh"
 
 using namespace moe::dev;
 
@@ -89,6 +92,13 @@ int decode_gemv_max_t() {
 // (moe_gemv1_kernel<.., 2>, one wave on the decode shapes). Read once.
 bool gemv1_wide() {
   static const bool v = env_is("MOE_CUDA_GEMV1", "wide");
+  return v;
+}
+
+// MOE_CUDA_WG=tma (opt-in: compiled, not yet run on a GPU): the wgmma path loads its weight tiles with TMA
+// (moe_experts_wgmma_tma.cuh; tensor maps from tensor_map.cuh), when the driver can encode the maps. Read once.
+bool wg_tma() {
+  static const bool v = env_is("MOE_CUDA_WG", "tma");
   return v;
 }
 
@@ -202,6 +212,29 @@ cudaError_t launch_wg_gemm1(unsigned m_tiles, const uint16_t* x, const int32_t* 
                             s>>>(x, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr,
                                  biases ? table + 4 * e : nullptr, act, n_slots, k, e, h, inter, activation, alpha,
                                  limit, static_cast<int>(m_tiles));
+  return cudaGetLastError();
+}
+
+// The wgmma path with TMA weight loads: GEMM1 (maps: gate | up | down, e each) then GEMM2, grids as the cp.async
+// kernels'.
+cudaError_t launch_wg_tma_gemms(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
+                                const void* const* table, const CUtensorMap* maps, bool biases, uint16_t* act,
+                                float* part, int n_slots, int k, int e, int h, int inter, int activation, float alpha,
+                                float limit, cudaStream_t s) {
+  using C1 = MoeWgG1;
+  using C2 = MoeWgG2;
+  cudaError_t err = set_smem<C1>(moe_wg_gemm1_tma_kernel<C1>);
+  if (err != cudaSuccess) return err;
+  moe_wg_gemm1_tma_kernel<C1><<<m_tiles * static_cast<unsigned>((inter + C1::BN - 1) / C1::BN), C1::kThreads,
+                                C1::kSmem, s>>>(x, sorted, offsets, table, table + e,
+                                                biases ? table + 3 * e : nullptr, biases ? table + 4 * e : nullptr,
+                                                maps, act, n_slots, k, e, h, inter, activation, alpha, limit,
+                                                static_cast<int>(m_tiles));
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  if ((err = set_smem<C2>(moe_wg_gemm2_tma_kernel<C2>)) != cudaSuccess) return err;
+  moe_wg_gemm2_tma_kernel<C2><<<m_tiles * static_cast<unsigned>((h + C2::BN - 1) / C2::BN), C2::kThreads, C2::kSmem,
+                                s>>>(act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr,
+                                     maps + 2 * e, part, n_slots, e, h, inter, static_cast<int>(m_tiles));
   return cudaGetLastError();
 }
 
@@ -379,7 +412,19 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
     // take none), at most one per slot: the grid needs no more (decode: 8 slots of Qwen3 take 8 of 120).
     const unsigned m_tiles = static_cast<unsigned>(std::min<int64_t>(capacity / block, n_slots));
     const uint16_t* xb = static_cast<const uint16_t*>(x);
-    if (path == MoePath::Wgmma) {
+    const CUtensorMap* maps = nullptr;
+    if (path == MoePath::Wgmma && wg_tma()) {
+      err = expert_maps_on_device(table, e, h, inter, MoeWgG1::BN, MoeWgG2::BN, device, s, &maps);
+      if (err == cudaErrorNotSupported) {  // no encoder: the cp.async kernels
+        maps = nullptr;
+        err = cudaSuccess;
+      }
+      if (err != cudaSuccess) break;
+    }
+    if (maps != nullptr) {
+      err = launch_wg_tma_gemms(m_tiles, xb, d_sorted, d_offsets, d_table, maps, biases, d_act, d_part, ni, ki, ei, hi,
+                                ii, activation, alpha, limit, s);
+    } else if (path == MoePath::Wgmma) {
       err = launch_gemms<true, MoeWgG1, MoeWgG2>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part, ni,
                                                  ki, ei, hi, ii, activation, alpha, limit, s);
     } else if (path == MoePath::MmaSmall) {

@@ -39,38 +39,59 @@ inline uint64_t table_hash(const std::vector<const void*>& t) {
   return h;
 }
 
-// *out = a device copy of `table` usable by work queued on stream s of `device` (the current device).
-inline cudaError_t table_on_device(const std::vector<const void*>& table, int device, cudaStream_t s,
-                                   const void*** out) {
+// *out = a device copy of the bytes `build` writes for `key` (called on a miss only: build(std::vector<unsigned char>&)
+// -> cudaError_t), usable by work queued on stream s of `device` (the current device). Each Kind has its own lists.
+template <int Kind, class Build>
+inline cudaError_t cached_on_device(const std::vector<const void*>& key, Build build, int device, cudaStream_t s,
+                                    void** out) {
   static std::mutex mu;
   static std::map<std::pair<int, cudaStream_t>, std::list<CachedTable>> cache;
-  const uint64_t h = table_hash(table);
+  const uint64_t h = table_hash(key);
   std::lock_guard<std::mutex> lock(mu);
   std::list<CachedTable>& lru = cache[{device, s}];
   for (auto it = lru.begin(); it != lru.end(); ++it) {
-    if (it->hash == h && it->key == table) {
+    if (it->hash == h && it->key == key) {
       lru.splice(lru.begin(), lru, it);
-      *out = static_cast<const void**>(lru.front().dev);
+      *out = lru.front().dev;
       return cudaSuccess;
     }
   }
-  const size_t bytes = table.size() * sizeof(void*);
-  void* dev = nullptr;
-  cudaError_t err = scratch_alloc(&dev, bytes, device, s);
+  std::vector<unsigned char> bytes;
+  cudaError_t err = build(bytes);
   if (err != cudaSuccess) return err;
-  err = cudaMemcpyAsync(dev, table.data(), bytes, cudaMemcpyHostToDevice, s);
+  void* dev = nullptr;
+  err = scratch_alloc(&dev, bytes.size(), device, s);
+  if (err != cudaSuccess) return err;
+  // pageable source: the copy has read `bytes` when it returns
+  err = cudaMemcpyAsync(dev, bytes.data(), bytes.size(), cudaMemcpyHostToDevice, s);
   if (err != cudaSuccess) {
     cudaFreeAsync(dev, s);
     return err;
   }
-  lru.push_front(CachedTable{h, table, dev});
+  lru.push_front(CachedTable{h, key, dev});
   if (lru.size() > kTablesPerStream) {
     err = cudaFreeAsync(lru.back().dev, s);
     lru.pop_back();
     if (err != cudaSuccess) return err;
   }
-  *out = static_cast<const void**>(dev);
+  *out = dev;
   return cudaSuccess;
+}
+
+// *out = a device copy of `table` usable by work queued on stream s of `device` (the current device).
+inline cudaError_t table_on_device(const std::vector<const void*>& table, int device, cudaStream_t s,
+                                   const void*** out) {
+  void* dev = nullptr;
+  const cudaError_t err = cached_on_device<0>(
+      table,
+      [&](std::vector<unsigned char>& bytes) {
+        bytes.resize(table.size() * sizeof(void*));
+        std::memcpy(bytes.data(), table.data(), bytes.size());
+        return cudaSuccess;
+      },
+      device, s, &dev);
+  *out = static_cast<const void**>(dev);
+  return err;
 }
 
 }  // namespace dev

@@ -20,6 +20,10 @@
 //        writing thread and a CTA barrier make them visible to wgmma (async proxy). wgmma.wait_group N returns when
 //        at most N of this thread's most recent wgmma groups are pending, all older ones complete (their shared-
 //        memory reads included).
+//   [T1] (MOE_CUDA_WG=tma, moe_experts_wgmma_tma.cuh) cp.async.bulk.tensor.2d of a tensor map over a row-major
+//        [N, K] bf16 matrix with SWIZZLE_128B and a box of [R, 64] at coordinates (c0 = k0, c1 = n0) into a
+//        1024-aligned shared address dst writes element (n0 + r, k0 + 8 c + q) to dst + r * 128 + ((c ^ (r % 8)) *
+//        16) + 2 q (CUDA programming guide, "TMA swizzle"), and 0 for elements outside the matrix (OOB fill NONE).
 // What is checked, for every configuration the launcher instantiates (and two others the template allows):
 //   * the cp.async copy mapping writes every element of a stage exactly once, without bank conflicts per 8-thread
 //     phase; the ring stays inside the dynamic allocation for any 16-byte-aligned base; shared addresses fit the
@@ -33,12 +37,15 @@
 //     is complete when computed, a slot is refilled only after both warpgroups' wgmma on its previous tile retired;
 //   * end to end: both kernels replayed thread by thread (pointer setup, zero fill, k tails, copy, descriptor
 //     reads, accumulators, epilogue incl. biases and swiglu-oai, padding and absent experts) on small problems with
-//     several M tiles per expert, ragged N and K, many k tiles and empty experts, against a float64 reference.
+//     several M tiles per expert, ragged N and K, many k tiles and empty experts, against a float64 reference; and
+//     again with the B tiles written per [T1] from the boxes the TMA kernels request (coordinates, the up box's
+//     offset, zero fill past N and K), bitwise equal to the cp.async replay.
 // Build and run: nvcc -std=c++17 -I cpp -I cuda test/native/moe_wgmma_layout_check.cu -o /tmp/wg_check && /tmp/wg_check
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <set>
 #include <vector>
 
@@ -267,18 +274,32 @@ struct Smem {
   std::vector<uint16_t> w = std::vector<uint16_t>(kSmemSpace / 2, kNaN16);
 };
 
-// moe_wg_mainloop, one block: ap / bp [tid][i] as the kernel builds them. The copies of a k tile are applied, then
+// [T1]: the TMA box [rows, 64] at (k0, n0) of w [N, K] into dst.
+void tma_box(Smem& sm, uint32_t dst, const uint16_t* w, int N, int K, int rows, int k0, int n0) {
+  CHECK(dst % 1024 == 0, "TMA destination %u not 1024-aligned", dst);
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < 8; ++c)
+      for (int q = 0; q < 8; ++q) {
+        const int n = n0 + r, kk = k0 + 8 * c + q;
+        sm.w[(dst + r * 128 + ((c ^ (r % 8)) * 16) + 2 * q) / 2] = n < N && kk < K ? w[static_cast<size_t>(n) * K + kk] : 0;
+      }
+}
+
+// moe_wg_mainloop, one block: ap / bp [tid][i] as the kernel builds them (tma_b set: moe_wg_mainloop_tma, the B
+// tile from tma_b(sm, stage's B tile address, k column) instead of bp). The copies of a k tile are applied, then
 // each warpgroup's 4 wgmma steps read through the descriptors ([D2]) and accumulate into acc[tid][v] ([D4]).
 template <class C>
 void emu_mainloop(Smem& sm, std::vector<std::vector<float>>& acc, const std::vector<std::vector<const uint16_t*>>& ap,
-                  const std::vector<std::vector<const uint16_t*>>& bp, int K, uint32_t ring) {
+                  const std::vector<std::vector<const uint16_t*>>& bp, int K, uint32_t ring,
+                  const std::function<void(Smem&, uint32_t, int)>& tma_b = {}) {
   const int ktiles = (K + C::BK - 1) / C::BK;
   for (int kt = 0; kt < ktiles; ++kt) {
     const uint32_t stage = C::stage_addr(ring, kt % C::STAGES);
+    if (tma_b) tma_b(sm, stage + static_cast<uint32_t>(C::kABytes), kt * C::BK);
     for (int tid = 0; tid < C::kThreads; ++tid) {  // load_tile(kt, kt % STAGES)
       const int kcol = kt * C::BK;
       const bool kin = C::k_in(kt, tid, K);
-      for (int pass = 0; pass < 2; ++pass)
+      for (int pass = 0; pass < (tma_b ? 1 : 2); ++pass)
         for (int i = 0; i < (pass == 0 ? C::kAIters : C::kBIters); ++i) {
           const uint16_t* p = pass == 0 ? ap[tid][i] : bp[tid][i];
           const bool v = kin && p != nullptr;
@@ -309,8 +330,9 @@ struct Problem {
   const char* name;
 };
 
+// Returns act and part (the TMA replay must equal the cp.async one bitwise).
 template <class C1, class C2>
-void check_e2e(const Problem& P) {
+std::pair<std::vector<uint16_t>, std::vector<float>> check_e2e(const Problem& P, bool tma = false) {
   const int before = g_fail;
   const int t = P.t, h = P.h, I = P.inter, e = P.e, k = P.k, n_slots = t * k;
   uint64_t rng = 0x9E3779B97F4A7C15ull ^ static_cast<uint64_t>(t * 131 + h * 7 + I);
@@ -405,7 +427,12 @@ void check_e2e(const Problem& P) {
       }
       std::vector<std::vector<float>> acc(C::kThreads, std::vector<float>(C::kAcc, 0.0f));
       Smem sm;
-      emu_mainloop<C>(sm, acc, ap, bp, h, ring);
+      emu_mainloop<C>(sm, acc, ap, bp, h, ring,
+                      tma ? std::function<void(Smem&, uint32_t, int)>([&](Smem& m, uint32_t dst, int kcol) {
+                        tma_box(m, dst, w_gate, I, h, C::BN, kcol, n0);
+                        tma_box(m, dst + static_cast<uint32_t>(C::BN) * 128u, w_up, I, h, C::BN, kcol, n0);
+                      })
+                          : std::function<void(Smem&, uint32_t, int)>());
       const float* pbg = tbg[ex] != nullptr ? static_cast<const float*>(tbg[ex]) : nullptr;
       const float* pbu = tbu[ex] != nullptr ? static_cast<const float*>(tbu[ex]) : nullptr;
       const bool plain = act_kind == 0 && pbg == nullptr;
@@ -497,7 +524,11 @@ void check_e2e(const Problem& P) {
       }
       std::vector<std::vector<float>> acc(C::kThreads, std::vector<float>(C::kAcc, 0.0f));
       Smem sm;
-      emu_mainloop<C>(sm, acc, ap, bp, I, ring);
+      emu_mainloop<C>(sm, acc, ap, bp, I, ring,
+                      tma ? std::function<void(Smem&, uint32_t, int)>([&](Smem& m, uint32_t dst, int kcol) {
+                        tma_box(m, dst, w_d, h, I, C::BN, kcol, n0);
+                      })
+                          : std::function<void(Smem&, uint32_t, int)>());
       const float* pbd = tbd[ex] != nullptr ? static_cast<const float*>(tbd[ex]) : nullptr;
       for (int tid = 0; tid < C::kThreads; ++tid)
         for (int hh = 0; hh < 2; ++hh) {
@@ -539,8 +570,19 @@ void check_e2e(const Problem& P) {
     }
   }
   CHECK(max_err2 <= 1e-4, "%s GEMM2 max rel err %g", P.name, max_err2);
-  std::printf("%-22s t %d h %d i %d e %d k %d, max rows/expert %d, m_tiles %d: GEMM1 err %.2e GEMM2 err %.2e %s\n",
-              P.name, t, h, I, e, k, max_rows, m_tiles, max_err1, max_err2, g_fail == before ? "ok" : "FAILED");
+  std::printf("%-22s%s t %d h %d i %d e %d k %d, max rows/expert %d, m_tiles %d: GEMM1 err %.2e GEMM2 err %.2e %s\n",
+              P.name, tma ? " (tma)" : "", t, h, I, e, k, max_rows, m_tiles, max_err1, max_err2,
+              g_fail == before ? "ok" : "FAILED");
+  return {act, part};
+}
+
+// The TMA replay of P equals the cp.async one bitwise (act and part).
+template <class C1, class C2>
+void check_tma(const Problem& P) {
+  const auto a = check_e2e<C1, C2>(P, false);
+  const auto b = check_e2e<C1, C2>(P, true);
+  CHECK(a.first == b.first, "%s: TMA act differs from cp.async", P.name);
+  CHECK(std::memcmp(a.second.data(), b.second.data(), a.second.size() * sizeof(float)) == 0, "%s: TMA part differs", P.name);
 }
 
 int main() {
@@ -552,9 +594,9 @@ int main() {
   // several M tiles per expert (expert 1: t - t / 7 or so rows > 128), ragged N (inter 136 -> 128 + 8; h 200 / 520
   // < 256 multiples), K tails (200 = 3 * 64 + 8, 136 = 2 * 64 + 8, 520 = 8 * 64 + 8), k tiles > stages (520: 9,
   // 1160: 19), G1 n tiles > kMoeWgGroupN (1160: 10 -> raster groups 8 + 2), empty expert e - 2, absent e - 1, -1 ids
-  check_e2e<MoeWgG1, MoeWgG2>({300, 200, 136, 6, 2, false, false, "silu"});
-  check_e2e<MoeWgG1, MoeWgG2>({150, 136, 200, 5, 3, true, true, "oai+bias"});
-  check_e2e<MoeWgG1, MoeWgG2>({140, 520, 1160, 4, 2, false, true, "silu+bias long"});
+  check_tma<MoeWgG1, MoeWgG2>({300, 200, 136, 6, 2, false, false, "silu"});
+  check_tma<MoeWgG1, MoeWgG2>({150, 136, 200, 5, 3, true, true, "oai+bias"});
+  check_tma<MoeWgG1, MoeWgG2>({140, 520, 1160, 4, 2, false, true, "silu+bias long"});
   check_e2e<MoeWgCfg<64, true, 6>, MoeWgCfg<128, false, 3>>({150, 200, 136, 5, 2, false, false, "n128 configs"});
   std::printf(g_fail == 0 ? "all ok\n" : "%d failures\n", g_fail);
   return g_fail == 0 ? 0 : 1;

@@ -1,0 +1,258 @@
+// The wgmma kernels of moe_experts_wgmma.cuh with the weight tiles loaded by TMA (opt-in: MOE_CUDA_WG=tma; sm_90a).
+// Same tiles, ring, descriptors, raster, epilogues and numerics (one accumulation chain per output, bitwise the
+// cp.async kernels' results); only the B operand's loads differ:
+//   * B tile of k tile kt (GEMM1: gate rows n0.. then up rows n0.., two boxes of [BN, 64]; GEMM2: down rows n0..,
+//     one box of [BN, 64]) = cp.async.bulk.tensor.2d by thread 0 from the expert's tensor map (tensor_map.cuh:
+//     128B swizzle, so the box lands exactly as moe_mma_swz places cp.async chunks; rows past N and columns past K
+//     zero-filled by the hardware), completing on the stage's mbarrier with expect-tx = the boxes' bytes;
+//   * A tile: cp.async by all 256 threads as before (GEMM1's rows are gathered x rows: no TMA box; GEMM2's act rows
+//     too, for one code path);
+//   * schedule per k tile kt: cp.async.wait_group STAGES-2 + fence.proxy.async (own A copies of tile kt), mbarrier
+//     wait on stage kt % STAGES at parity (kt / STAGES) & 1 (its B landed), __syncthreads, wgmma x 4, commit,
+//     wgmma.wait_group 1 (tile kt - 1 read), __syncthreads, then refill that slot: thread 0 arms its mbarrier
+//     (arrive.expect_tx) and issues the TMA, every thread its A cp.async. The slot's previous readers (wgmma of
+//     tile kt - 1, async proxy) retired before the barrier, so the TMA (async proxy) may overwrite it.
+//   * Each stage's mbarrier (count 1: thread 0's arrive.expect_tx) completes once per use of the stage, in order.
+//   * The tensor maps live in global memory (written by a host copy before the kernel); each block fences its map
+//     into the tensormap proxy (fence.proxy.tensormap::generic.acquire) before its first TMA.
+// Why: issue 3's large-T target. The cp.async kernels issue 12 (GEMM1) / 12 (GEMM2) 16-byte copies per thread per
+// k tile with their predicates and addresses; here 4, and the weight tile moves as one or two bulk transfers.
+// Compiled, not yet run on a GPU (2026-11-26).
+#pragma once
+#include <cuda.h>  // CUtensorMap (type only)
+
+#include <cstdint>
+
+#include "moe_experts_wgmma.cuh"
+
+namespace moe {
+namespace dev {
+
+// ---- PTX wrappers: mbarrier and TMA (sm_90a only) -------------------------------------------------------------
+
+__device__ __forceinline__ void moe_mbar_init(uint32_t bar, uint32_t count) {
+#if MOE_WGMMA_ENABLED
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+// Makes the mbarrier inits visible to the other threads and the async proxy (before the CTA barrier that follows).
+__device__ __forceinline__ void moe_mbar_init_fence() {
+#if MOE_WGMMA_ENABLED
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+// One arrival that also expects `bytes` more transaction bytes in the current phase.
+__device__ __forceinline__ void moe_mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+#if MOE_WGMMA_ENABLED
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+// Waits until the phase of parity `parity` of the mbarrier completed; traps after 2^24 unsuccessful polls (each
+// try_wait suspends up to a hardware time limit: seconds in all), so a wrong byte count fails instead of hanging the
+// GPU. The loop is in PTX (a counter and two predicates): the compiler need not wait for in-flight wgmma
+// accumulators around it.
+__device__ __forceinline__ void moe_mbar_wait(uint32_t bar, uint32_t parity) {
+#if MOE_WGMMA_ENABLED
+  asm volatile(
+      "{\n"
+      ".reg .pred p, q;\n"
+      ".reg .u32 n;\n"
+      "mov.u32 n, 0;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@p bra DONE;\n"
+      "add.u32 n, n, 1;\n"
+      "setp.lt.u32 q, n, 16777216;\n"
+      "@q bra WAIT;\n"
+      "trap;\n"
+      "DONE:\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+#endif
+}
+// Orders this block's later TMA reads of the tensor map at `map` (global memory) after the host's write of it.
+__device__ __forceinline__ void moe_tensormap_acquire(const CUtensorMap* map) {
+#if MOE_WGMMA_ENABLED
+  asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"(reinterpret_cast<uint64_t>(map))
+               : "memory");
+#endif
+}
+// Box (column c0 = k, row c1 = n) of the matrix of `map` into shared memory at `dst` (1024-aligned), completing its
+// bytes on the mbarrier `bar`.
+__device__ __forceinline__ void moe_tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+#if MOE_WGMMA_ENABLED
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+#endif
+}
+
+// ---- mainloop ------------------------------------------------------------------------------------------------
+// As moe_wg_mainloop, with B from `issue_b(stage_b, kcol, bar)` (thread 0 only: the TMA boxes of the B tile at k
+// column kcol into the stage's B tile at shared address stage_b, completing kBBytes on mbarrier bar). bars: shared
+// address of the STAGES mbarriers (8 bytes apart), initialised with count 1.
+template <class C, class IssueB>
+__device__ __forceinline__ void moe_wg_mainloop_tma(float (&acc)[C::kAcc], const uint16_t* const (&ap)[C::kAIters],
+                                                    const uint16_t* fallback, int K, uint32_t ring, uint32_t bars,
+                                                    IssueB issue_b) {
+  constexpr uint32_t kBBytes = static_cast<uint32_t>(C::kN) * 128;
+  const int tid = threadIdx.x, wg = tid >> 7;
+  const int ktiles = (K + C::BK - 1) / C::BK;
+
+  auto load_tile = [&](int kt, int s) {
+    const int kcol = kt * C::BK;
+    const bool kin = C::k_in(kt, tid, K);
+    const uint32_t stage = C::stage_addr(ring, s);
+#pragma unroll
+    for (int i = 0; i < C::kAIters; ++i) {
+      const bool v = kin && ap[i] != nullptr;
+      moe_cp_async16(C::a_dst(stage, tid, i), v ? ap[i] + kcol : fallback, v);
+    }
+    if (tid == 0) {
+      const uint32_t bar = bars + 8u * static_cast<uint32_t>(s);
+      moe_mbar_arrive_expect_tx(bar, kBBytes);
+      issue_b(stage + static_cast<uint32_t>(C::kABytes), kcol, bar);
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < C::STAGES - 1; ++s) {
+    if (s < ktiles) load_tile(s, s);
+    moe_cp_async_commit();
+  }
+  for (int kt = 0; kt < ktiles; ++kt) {
+    moe_cp_async_wait<C::STAGES - 2>();
+    moe_fence_proxy_async();
+    moe_mbar_wait(bars + 8u * static_cast<uint32_t>(kt % C::STAGES), static_cast<uint32_t>((kt / C::STAGES) & 1));
+    __syncthreads();  // every thread's A copies of tile kt are written and fenced; its B tile landed
+    const uint32_t stage = C::stage_addr(ring, kt % C::STAGES);
+    moe_wg_fence_acc(acc);
+    moe_wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < C::BK / 16; ++kk) moe_wg_mma<C>(acc, C::a_desc(stage, wg, kk), C::b_desc(stage, kk));
+    moe_wgmma_commit();
+    moe_wg_fence_acc(acc);
+    moe_wgmma_wait<1>();
+    moe_wg_fence_acc(acc);
+    __syncthreads();  // both warpgroups' wgmma of tile kt - 1 retired: its slot may be refilled
+    {
+      const int nk = kt + C::STAGES - 1;
+      if (nk < ktiles) load_tile(nk, nk % C::STAGES);
+      moe_cp_async_commit();
+    }
+  }
+  moe_wgmma_wait<0>();
+  moe_wg_fence_acc(acc);
+  moe_cp_async_wait<0>();
+}
+
+// The STAGES mbarriers of a TMA kernel, initialised by thread 0 (count 1) and visible to all after the next
+// __syncthreads; returns their shared address.
+template <class C>
+__device__ __forceinline__ uint32_t moe_wg_tma_bars(uint64_t (&bars)[C::STAGES]) {
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(bars));
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < C::STAGES; ++s) moe_mbar_init(base + 8u * static_cast<uint32_t>(s), 1);
+    moe_mbar_init_fence();
+  }
+  return base;
+}
+
+// GEMM1 + SwiGLU, as moe_wg_gemm1_kernel, with maps[ex] (gate) and maps[e + ex] (up): boxes of [BN, 64].
+template <class C>
+static __global__ void __launch_bounds__(C::kThreads, 1)
+    moe_wg_gemm1_tma_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ sorted,
+                            const int32_t* __restrict__ offsets, const void* const* __restrict__ gate,
+                            const void* const* __restrict__ up, const void* const* __restrict__ gate_bias,
+                            const void* const* __restrict__ up_bias, const CUtensorMap* __restrict__ maps,
+                            uint16_t* __restrict__ act, int n_slots, int k, int e, int h, int inter, int act_kind,
+                            float alpha, float limit, int m_tiles) {
+  static_assert(C::GATED, "GEMM1 stacks gate and up");
+#if MOE_WGMMA_ENABLED
+  __shared__ int s_slot[C::BM];
+  __shared__ __align__(8) uint64_t s_bars[C::STAGES];
+  int mt, nt;
+  moe_wg_tile(static_cast<int>(blockIdx.x), m_tiles, (inter + C::BN - 1) / C::BN, mt, nt);
+  const int r0 = mt * C::BM, n0 = nt * C::BN;
+  const int ex = moe_expert_of_row(offsets, e, r0);
+  if (ex < 0) return;
+  if (gate[ex] == nullptr || up[ex] == nullptr) return;  // absent: its slots are skipped by the combine
+  const int tid = threadIdx.x;
+  const CUtensorMap* gmap = maps + ex;
+  const CUtensorMap* umap = maps + e + ex;
+  if (tid == 0) {
+    moe_tensormap_acquire(gmap);
+    moe_tensormap_acquire(umap);
+  }
+  const uint32_t bars = moe_wg_tma_bars<C>(s_bars);
+  for (int r = tid; r < C::BM; r += C::kThreads) s_slot[r] = sorted[r0 + r];
+  __syncthreads();
+
+  const uint16_t* ap[C::kAIters];
+#pragma unroll
+  for (int i = 0; i < C::kAIters; ++i) ap[i] = C::g1_a(x, s_slot[C::load_row(tid, i)], n_slots, k, h, tid);
+
+  float acc[C::kAcc];
+#pragma unroll
+  for (int v = 0; v < C::kAcc; ++v) acc[v] = 0.0f;
+  moe_wg_mainloop_tma<C>(acc, ap, x, h, moe_wg_ring(), bars, [&](uint32_t dst, int kcol, uint32_t bar) {
+    moe_tma_load_2d(dst, gmap, kcol, n0, bar);                                         // gate rows n0 .. n0+BN-1
+    moe_tma_load_2d(dst + static_cast<uint32_t>(C::BN) * 128u, umap, kcol, n0, bar);  // up rows, the same n
+  });
+
+  moe_wg_gemm1_epilogue<C>(acc, tid, s_slot, r0, n0, act, n_slots, inter,
+                           gate_bias != nullptr ? static_cast<const float*>(gate_bias[ex]) : nullptr,
+                           up_bias != nullptr ? static_cast<const float*>(up_bias[ex]) : nullptr, act_kind, alpha,
+                           limit);
+#else
+  __trap();
+#endif
+}
+
+// GEMM2, as moe_wg_gemm2_kernel, with down_maps[ex]: boxes of [BN, 64].
+template <class C>
+static __global__ void __launch_bounds__(C::kThreads, 1)
+    moe_wg_gemm2_tma_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ sorted,
+                            const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
+                            const void* const* __restrict__ down_bias, const CUtensorMap* __restrict__ down_maps,
+                            float* __restrict__ part, int n_slots, int e, int h, int inter, int m_tiles) {
+  static_assert(!C::GATED, "GEMM2 has one B matrix");
+#if MOE_WGMMA_ENABLED
+  __shared__ int s_slot[C::BM];
+  __shared__ __align__(8) uint64_t s_bars[C::STAGES];
+  int mt, nt;
+  moe_wg_tile(static_cast<int>(blockIdx.x), m_tiles, (h + C::BN - 1) / C::BN, mt, nt);
+  const int r0 = mt * C::BM, n0 = nt * C::BN;
+  const int ex = moe_expert_of_row(offsets, e, r0);
+  if (ex < 0) return;
+  if (down[ex] == nullptr) return;
+  const int tid = threadIdx.x;
+  const CUtensorMap* dmap = down_maps + ex;
+  if (tid == 0) moe_tensormap_acquire(dmap);
+  const uint32_t bars = moe_wg_tma_bars<C>(s_bars);
+  for (int r = tid; r < C::BM; r += C::kThreads) s_slot[r] = sorted[r0 + r];
+  __syncthreads();
+
+  const uint16_t* ap[C::kAIters];
+#pragma unroll
+  for (int i = 0; i < C::kAIters; ++i) ap[i] = C::g2_a(act, s_slot[C::load_row(tid, i)], n_slots, r0, inter, tid, i);
+
+  float acc[C::kAcc];
+#pragma unroll
+  for (int v = 0; v < C::kAcc; ++v) acc[v] = 0.0f;
+  moe_wg_mainloop_tma<C>(acc, ap, act, inter, moe_wg_ring(), bars,
+                         [&](uint32_t dst, int kcol, uint32_t bar) { moe_tma_load_2d(dst, dmap, kcol, n0, bar); });
+
+  moe_wg_gemm2_epilogue<C>(acc, tid, s_slot, n0, part, n_slots, h,
+                           down_bias != nullptr ? static_cast<const float*>(down_bias[ex]) : nullptr);
+#else
+  __trap();
+#endif
+}
+
+}  // namespace dev
+}  // namespace moe
