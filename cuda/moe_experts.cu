@@ -215,14 +215,17 @@ cudaError_t launch_wg_gemm1(unsigned m_tiles, const uint16_t* x, const int32_t* 
   return cudaGetLastError();
 }
 
-// The wgmma path with TMA weight loads: GEMM1 (maps: gate | up | down, e each) then GEMM2, grids as the cp.async
-// kernels'.
+// The wgmma path with TMA loads: GEMM1 (maps: gate | up | down, e each) then GEMM2 (act [capacity, inter] through a
+// map encoded here), grids as the cp.async kernels'.
 cudaError_t launch_wg_tma_gemms(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
                                 const void* const* table, const CUtensorMap* maps, bool biases, uint16_t* act,
-                                float* part, int n_slots, int k, int e, int h, int inter, int activation, float alpha,
-                                float limit, cudaStream_t s) {
+                                int capacity, float* part, int n_slots, int k, int e, int h, int inter, int activation,
+                                float alpha, float limit, cudaStream_t s) {
   using C1 = MoeWgG1;
   using C2 = MoeWgG2;
+  CUtensorMap act_map;
+  if (!encode_bf16_map(&act_map, act, static_cast<uint64_t>(capacity), static_cast<uint64_t>(inter), C2::BM))
+    return cudaErrorNotSupported;
   cudaError_t err = set_smem<C1>(moe_wg_gemm1_tma_kernel<C1>);
   if (err != cudaSuccess) return err;
   moe_wg_gemm1_tma_kernel<C1><<<m_tiles * static_cast<unsigned>((inter + C1::BN - 1) / C1::BN), C1::kThreads,
@@ -233,7 +236,7 @@ cudaError_t launch_wg_tma_gemms(unsigned m_tiles, const uint16_t* x, const int32
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   if ((err = set_smem<C2>(moe_wg_gemm2_tma_kernel<C2>)) != cudaSuccess) return err;
   moe_wg_gemm2_tma_kernel<C2><<<m_tiles * static_cast<unsigned>((h + C2::BN - 1) / C2::BN), C2::kThreads, C2::kSmem,
-                                s>>>(act, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr,
+                                s>>>(act_map, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr,
                                      maps + 2 * e, part, n_slots, e, h, inter, static_cast<int>(m_tiles));
   return cudaGetLastError();
 }
@@ -422,8 +425,8 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
       if (err != cudaSuccess) break;
     }
     if (maps != nullptr) {
-      err = launch_wg_tma_gemms(m_tiles, xb, d_sorted, d_offsets, d_table, maps, biases, d_act, d_part, ni, ki, ei, hi,
-                                ii, activation, alpha, limit, s);
+      err = launch_wg_tma_gemms(m_tiles, xb, d_sorted, d_offsets, d_table, maps, biases, d_act, ci, d_part, ni, ki, ei,
+                                hi, ii, activation, alpha, limit, s);
     } else if (path == MoePath::Wgmma) {
       err = launch_gemms<true, MoeWgG1, MoeWgG2>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part, ni,
                                                  ki, ei, hi, ii, activation, alpha, limit, s);

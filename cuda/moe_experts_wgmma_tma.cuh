@@ -5,8 +5,9 @@
 //     one box of [BN, 64]) = cp.async.bulk.tensor.2d by thread 0 from the expert's tensor map (tensor_map.cuh:
 //     128B swizzle, so the box lands exactly as moe_mma_swz places cp.async chunks; rows past N and columns past K
 //     zero-filled by the hardware), completing on the stage's mbarrier with expect-tx = the boxes' bytes;
-//   * A tile: cp.async by all 256 threads as before (GEMM1's rows are gathered x rows: no TMA box; GEMM2's act rows
-//     too, for one code path);
+//   * A tile: GEMM1 by cp.async from all 256 threads as before (its rows are gathered x rows: no TMA box); GEMM2 by
+//     TMA too (act rows r0 .. r0 + 127 are one box of a map over act passed as a __grid_constant__ parameter), so
+//     GEMM2 issues no cp.async at all;
 //   * schedule per k tile kt: cp.async.wait_group STAGES-2 + fence.proxy.async (own A copies of tile kt), mbarrier
 //     wait on stage kt % STAGES at parity (kt / STAGES) & 1 (its B landed), __syncthreads, wgmma x 4, commit,
 //     wgmma.wait_group 1 (tile kt - 1 read), __syncthreads, then refill that slot: thread 0 arms its mbarrier
@@ -91,14 +92,15 @@ __device__ __forceinline__ void moe_tma_load_2d(uint32_t dst, const CUtensorMap*
 }
 
 // ---- mainloop ------------------------------------------------------------------------------------------------
-// As moe_wg_mainloop, with B from `issue_b(stage_b, kcol, bar)` (thread 0 only: the TMA boxes of the B tile at k
-// column kcol into the stage's B tile at shared address stage_b, completing kBBytes on mbarrier bar). bars: shared
-// address of the STAGES mbarriers (8 bytes apart), initialised with count 1.
-template <class C, class IssueB>
+// As moe_wg_mainloop, with the stage's TMA boxes from `issue(stage, kcol, bar)` (thread 0 only: the B tile at k
+// column kcol into stage + kABytes, and with kTmaA the A tile into stage too, completing their bytes on mbarrier
+// bar); without kTmaA the A tile by cp.async from ap as before. bars: shared address of the STAGES mbarriers (8
+// bytes apart), initialised with count 1.
+template <class C, bool kTmaA, class Issue>
 __device__ __forceinline__ void moe_wg_mainloop_tma(float (&acc)[C::kAcc], const uint16_t* const (&ap)[C::kAIters],
                                                     const uint16_t* fallback, int K, uint32_t ring, uint32_t bars,
-                                                    IssueB issue_b) {
-  constexpr uint32_t kBBytes = static_cast<uint32_t>(C::kN) * 128;
+                                                    Issue issue) {
+  constexpr uint32_t kTxBytes = static_cast<uint32_t>(C::kN) * 128 + (kTmaA ? static_cast<uint32_t>(C::kABytes) : 0u);
   const int tid = threadIdx.x, wg = tid >> 7;
   const int ktiles = (K + C::BK - 1) / C::BK;
 
@@ -106,15 +108,17 @@ __device__ __forceinline__ void moe_wg_mainloop_tma(float (&acc)[C::kAcc], const
     const int kcol = kt * C::BK;
     const bool kin = C::k_in(kt, tid, K);
     const uint32_t stage = C::stage_addr(ring, s);
+    if constexpr (!kTmaA) {
 #pragma unroll
-    for (int i = 0; i < C::kAIters; ++i) {
-      const bool v = kin && ap[i] != nullptr;
-      moe_cp_async16(C::a_dst(stage, tid, i), v ? ap[i] + kcol : fallback, v);
+      for (int i = 0; i < C::kAIters; ++i) {
+        const bool v = kin && ap[i] != nullptr;
+        moe_cp_async16(C::a_dst(stage, tid, i), v ? ap[i] + kcol : fallback, v);
+      }
     }
     if (tid == 0) {
       const uint32_t bar = bars + 8u * static_cast<uint32_t>(s);
-      moe_mbar_arrive_expect_tx(bar, kBBytes);
-      issue_b(stage + static_cast<uint32_t>(C::kABytes), kcol, bar);
+      moe_mbar_arrive_expect_tx(bar, kTxBytes);
+      issue(stage, kcol, bar);
     }
   };
 
@@ -199,9 +203,10 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
   float acc[C::kAcc];
 #pragma unroll
   for (int v = 0; v < C::kAcc; ++v) acc[v] = 0.0f;
-  moe_wg_mainloop_tma<C>(acc, ap, x, h, moe_wg_ring(), bars, [&](uint32_t dst, int kcol, uint32_t bar) {
-    moe_tma_load_2d(dst, gmap, kcol, n0, bar);                                         // gate rows n0 .. n0+BN-1
-    moe_tma_load_2d(dst + static_cast<uint32_t>(C::BN) * 128u, umap, kcol, n0, bar);  // up rows, the same n
+  moe_wg_mainloop_tma<C, false>(acc, ap, x, h, moe_wg_ring(), bars, [&](uint32_t stage, int kcol, uint32_t bar) {
+    const uint32_t b = stage + static_cast<uint32_t>(C::kABytes);
+    moe_tma_load_2d(b, gmap, kcol, n0, bar);                                         // gate rows n0 .. n0+BN-1
+    moe_tma_load_2d(b + static_cast<uint32_t>(C::BN) * 128u, umap, kcol, n0, bar);  // up rows, the same n
   });
 
   moe_wg_gemm1_epilogue<C>(acc, tid, s_slot, r0, n0, act, n_slots, inter,
@@ -213,10 +218,12 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
 #endif
 }
 
-// GEMM2, as moe_wg_gemm2_kernel, with down_maps[ex]: boxes of [BN, 64].
+// GEMM2, as moe_wg_gemm2_kernel, with down_maps[ex] (boxes of [BN, 64]) and the A tile by TMA too: act_map over
+// act [capacity, inter] in boxes of [BM, 64] (act rows r0 .. r0 + BM - 1 are contiguous; padding rows load whatever
+// act holds there, which only reaches their own accumulator rows, never written).
 template <class C>
 static __global__ void __launch_bounds__(C::kThreads, 1)
-    moe_wg_gemm2_tma_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ sorted,
+    moe_wg_gemm2_tma_kernel(const __grid_constant__ CUtensorMap act_map, const int32_t* __restrict__ sorted,
                             const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
                             const void* const* __restrict__ down_bias, const CUtensorMap* __restrict__ down_maps,
                             float* __restrict__ part, int n_slots, int e, int h, int inter, int m_tiles) {
@@ -237,15 +244,15 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
   for (int r = tid; r < C::BM; r += C::kThreads) s_slot[r] = sorted[r0 + r];
   __syncthreads();
 
-  const uint16_t* ap[C::kAIters];
-#pragma unroll
-  for (int i = 0; i < C::kAIters; ++i) ap[i] = C::g2_a(act, s_slot[C::load_row(tid, i)], n_slots, r0, inter, tid, i);
+  const uint16_t* const ap[C::kAIters] = {};  // unused: A by TMA
 
   float acc[C::kAcc];
 #pragma unroll
   for (int v = 0; v < C::kAcc; ++v) acc[v] = 0.0f;
-  moe_wg_mainloop_tma<C>(acc, ap, act, inter, moe_wg_ring(), bars,
-                         [&](uint32_t dst, int kcol, uint32_t bar) { moe_tma_load_2d(dst, dmap, kcol, n0, bar); });
+  moe_wg_mainloop_tma<C, true>(acc, ap, nullptr, inter, moe_wg_ring(), bars, [&](uint32_t stage, int kcol, uint32_t bar) {
+    moe_tma_load_2d(stage, &act_map, kcol, r0, bar);                                      // act rows r0 .. r0+BM-1
+    moe_tma_load_2d(stage + static_cast<uint32_t>(C::kABytes), dmap, kcol, n0, bar);  // down rows n0 .. n0+BN-1
+  });
 
   moe_wg_gemm2_epilogue<C>(acc, tid, s_slot, n0, part, n_slots, h,
                            down_bias != nullptr ? static_cast<const float*>(down_bias[ex]) : nullptr);

@@ -285,21 +285,21 @@ void tma_box(Smem& sm, uint32_t dst, const uint16_t* w, int N, int K, int rows, 
       }
 }
 
-// moe_wg_mainloop, one block: ap / bp [tid][i] as the kernel builds them (tma_b set: moe_wg_mainloop_tma, the B
-// tile from tma_b(sm, stage's B tile address, k column) instead of bp). The copies of a k tile are applied, then
+// moe_wg_mainloop, one block: ap / bp [tid][i] as the kernel builds them (tma set: moe_wg_mainloop_tma, whose issue
+// tma(sm, stage address, k column) writes the B tile instead of bp, and with tma_a the A tile too instead of ap). The copies of a k tile are applied, then
 // each warpgroup's 4 wgmma steps read through the descriptors ([D2]) and accumulate into acc[tid][v] ([D4]).
 template <class C>
 void emu_mainloop(Smem& sm, std::vector<std::vector<float>>& acc, const std::vector<std::vector<const uint16_t*>>& ap,
                   const std::vector<std::vector<const uint16_t*>>& bp, int K, uint32_t ring,
-                  const std::function<void(Smem&, uint32_t, int)>& tma_b = {}) {
+                  const std::function<void(Smem&, uint32_t, int)>& tma = {}, bool tma_a = false) {
   const int ktiles = (K + C::BK - 1) / C::BK;
   for (int kt = 0; kt < ktiles; ++kt) {
     const uint32_t stage = C::stage_addr(ring, kt % C::STAGES);
-    if (tma_b) tma_b(sm, stage + static_cast<uint32_t>(C::kABytes), kt * C::BK);
+    if (tma) tma(sm, stage, kt * C::BK);
     for (int tid = 0; tid < C::kThreads; ++tid) {  // load_tile(kt, kt % STAGES)
       const int kcol = kt * C::BK;
       const bool kin = C::k_in(kt, tid, K);
-      for (int pass = 0; pass < (tma_b ? 1 : 2); ++pass)
+      for (int pass = tma && tma_a ? 2 : 0; pass < (tma ? 1 : 2); ++pass)
         for (int i = 0; i < (pass == 0 ? C::kAIters : C::kBIters); ++i) {
           const uint16_t* p = pass == 0 ? ap[tid][i] : bp[tid][i];
           const bool v = kin && p != nullptr;
@@ -428,9 +428,10 @@ std::pair<std::vector<uint16_t>, std::vector<float>> check_e2e(const Problem& P,
       std::vector<std::vector<float>> acc(C::kThreads, std::vector<float>(C::kAcc, 0.0f));
       Smem sm;
       emu_mainloop<C>(sm, acc, ap, bp, h, ring,
-                      tma ? std::function<void(Smem&, uint32_t, int)>([&](Smem& m, uint32_t dst, int kcol) {
-                        tma_box(m, dst, w_gate, I, h, C::BN, kcol, n0);
-                        tma_box(m, dst + static_cast<uint32_t>(C::BN) * 128u, w_up, I, h, C::BN, kcol, n0);
+                      tma ? std::function<void(Smem&, uint32_t, int)>([&](Smem& m, uint32_t stage, int kcol) {
+                        const uint32_t b = stage + static_cast<uint32_t>(C::kABytes);
+                        tma_box(m, b, w_gate, I, h, C::BN, kcol, n0);
+                        tma_box(m, b + static_cast<uint32_t>(C::BN) * 128u, w_up, I, h, C::BN, kcol, n0);
                       })
                           : std::function<void(Smem&, uint32_t, int)>());
       const float* pbg = tbg[ex] != nullptr ? static_cast<const float*>(tbg[ex]) : nullptr;
@@ -525,10 +526,12 @@ std::pair<std::vector<uint16_t>, std::vector<float>> check_e2e(const Problem& P,
       std::vector<std::vector<float>> acc(C::kThreads, std::vector<float>(C::kAcc, 0.0f));
       Smem sm;
       emu_mainloop<C>(sm, acc, ap, bp, I, ring,
-                      tma ? std::function<void(Smem&, uint32_t, int)>([&](Smem& m, uint32_t dst, int kcol) {
-                        tma_box(m, dst, w_d, h, I, C::BN, kcol, n0);
+                      tma ? std::function<void(Smem&, uint32_t, int)>([&](Smem& m, uint32_t stage, int kcol) {
+                        tma_box(m, stage, act.data(), capacity, I, C::BM, kcol, r0);  // act rows r0 .. r0+BM-1
+                        tma_box(m, stage + static_cast<uint32_t>(C::kABytes), w_d, h, I, C::BN, kcol, n0);
                       })
-                          : std::function<void(Smem&, uint32_t, int)>());
+                          : std::function<void(Smem&, uint32_t, int)>(),
+                      tma);
       const float* pbd = tbd[ex] != nullptr ? static_cast<const float*>(tbd[ex]) : nullptr;
       for (int tid = 0; tid < C::kThreads; ++tid)
         for (int hh = 0; hh < 2; ++hh) {
