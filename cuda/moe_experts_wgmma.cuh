@@ -280,15 +280,72 @@ __device__ __forceinline__ void moe_wg_mma(float (&d)[C::kAcc], uint64_t desc_a,
   }
 }
 
+// ---- mbarrier and TMA (the MOE_CUDA_WG=tma kernels of moe_experts_wgmma_tma.cuh) ------------------------------
+
+__device__ __forceinline__ void moe_mbar_init(uint32_t bar, uint32_t count) {
+#if MOE_WGMMA_ENABLED
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+// Makes the mbarrier inits visible to the other threads and the async proxy (before the CTA barrier that follows).
+__device__ __forceinline__ void moe_mbar_init_fence() {
+#if MOE_WGMMA_ENABLED
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+// One arrival that also expects `bytes` more transaction bytes in the current phase.
+__device__ __forceinline__ void moe_mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+#if MOE_WGMMA_ENABLED
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+// Waits until the phase of parity `parity` of the mbarrier completed; traps after 2^24 unsuccessful polls (each
+// try_wait suspends up to a hardware time limit: seconds in all), so a wrong byte count fails instead of hanging the
+// GPU. The loop is in PTX (a counter and two predicates): the compiler need not wait for in-flight wgmma
+// accumulators around it.
+__device__ __forceinline__ void moe_mbar_wait(uint32_t bar, uint32_t parity) {
+#if MOE_WGMMA_ENABLED
+  asm volatile(
+      "{\n"
+      ".reg .pred p, q;\n"
+      ".reg .u32 n;\n"
+      "mov.u32 n, 0;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@p bra DONE;\n"
+      "add.u32 n, n, 1;\n"
+      "setp.lt.u32 q, n, 16777216;\n"
+      "@q bra WAIT;\n"
+      "trap;\n"
+      "DONE:\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+#endif
+}
+
+// Which tiles of a stage TMA loads (the rest cp.async): none (the cp.async kernels), B, or A and B.
+enum class MoeWgTma { None, B, AB };
+// The issue function of a stage's TMA boxes when there are none.
+struct MoeWgNoTma {
+  __device__ void operator()(uint32_t, int, uint32_t) const {}
+};
+
 // ---- mainloop ------------------------------------------------------------------------------------------------
 // acc[kAcc] += A[BM, K] . B[kN, K]^T for this thread's D fragment. ap[i] / bp[i]: this thread's copy rows
-// (load_row(tid, i)), already offset by its chunk column (load_chunk(tid) * 8 elements), null for a zero row.
-// fallback: any valid global address (the src operand of zero-filled copies). ring: 1024-aligned shared address of
-// the STAGES ring. K % 8 == 0, K >= 8.
-template <class C>
+// (load_row(tid, i)), already offset by its chunk column (load_chunk(tid) * 8 elements), null for a zero row; the
+// tiles kTma loads by TMA ignore them. fallback: any valid global address (the src operand of zero-filled copies).
+// ring: 1024-aligned shared address of the STAGES ring. K % 8 == 0, K >= 8.
+// kTma != None (moe_experts_wgmma_tma.cuh): thread 0 arms stage s's mbarrier (bars + 8 s, count 1) with the TMA
+// bytes (the B tile, and with AB the A tile) and calls issue(stage address, k column, mbarrier), which issues the
+// boxes; before computing tile kt every thread waits for its stage's phase (kt / STAGES) & 1.
+template <class C, MoeWgTma kTma = MoeWgTma::None, class Issue = MoeWgNoTma>
 __device__ __forceinline__ void moe_wg_mainloop(float (&acc)[C::kAcc], const uint16_t* const (&ap)[C::kAIters],
                                                 const uint16_t* const (&bp)[C::kBIters], const uint16_t* fallback,
-                                                int K, uint32_t ring) {
+                                                int K, uint32_t ring, uint32_t bars = 0, Issue issue = {}) {
+  constexpr uint32_t kTxBytes = kTma == MoeWgTma::None ? 0u
+                                : static_cast<uint32_t>(C::kN) * 128 +
+                                      (kTma == MoeWgTma::AB ? static_cast<uint32_t>(C::kABytes) : 0u);
   const int tid = threadIdx.x, wg = tid >> 7;
   const int ktiles = (K + C::BK - 1) / C::BK;
 
@@ -296,15 +353,23 @@ __device__ __forceinline__ void moe_wg_mainloop(float (&acc)[C::kAcc], const uin
     const int kcol = kt * C::BK;
     const bool kin = C::k_in(kt, tid, K);
     const uint32_t stage = C::stage_addr(ring, s);
+    if constexpr (kTma != MoeWgTma::AB) {
 #pragma unroll
-    for (int i = 0; i < C::kAIters; ++i) {
-      const bool v = kin && ap[i] != nullptr;
-      moe_cp_async16(C::a_dst(stage, tid, i), v ? ap[i] + kcol : fallback, v);
+      for (int i = 0; i < C::kAIters; ++i) {
+        const bool v = kin && ap[i] != nullptr;
+        moe_cp_async16(C::a_dst(stage, tid, i), v ? ap[i] + kcol : fallback, v);
+      }
     }
+    if constexpr (kTma == MoeWgTma::None) {
 #pragma unroll
-    for (int i = 0; i < C::kBIters; ++i) {
-      const bool v = kin && bp[i] != nullptr;
-      moe_cp_async16(C::b_dst(stage, tid, i), v ? bp[i] + kcol : fallback, v);
+      for (int i = 0; i < C::kBIters; ++i) {
+        const bool v = kin && bp[i] != nullptr;
+        moe_cp_async16(C::b_dst(stage, tid, i), v ? bp[i] + kcol : fallback, v);
+      }
+    } else if (tid == 0) {
+      const uint32_t bar = bars + 8u * static_cast<uint32_t>(s);
+      moe_mbar_arrive_expect_tx(bar, kTxBytes);
+      issue(stage, kcol, bar);
     }
   };
 
@@ -318,6 +383,8 @@ __device__ __forceinline__ void moe_wg_mainloop(float (&acc)[C::kAcc], const uin
     // Committed: STAGES - 1 + kt groups; at most STAGES - 2 pending => this thread's copies of tile kt landed.
     moe_cp_async_wait<C::STAGES - 2>();
     moe_fence_proxy_async();
+    if constexpr (kTma != MoeWgTma::None)  // the stage's TMA bytes of tile kt arrived
+      moe_mbar_wait(bars + 8u * static_cast<uint32_t>(kt % C::STAGES), static_cast<uint32_t>((kt / C::STAGES) & 1));
     __syncthreads();  // every thread's copies of tile kt are written and fenced
     const uint32_t stage = C::stage_addr(ring, kt % C::STAGES);
     moe_wg_fence_acc(acc);
@@ -338,6 +405,33 @@ __device__ __forceinline__ void moe_wg_mainloop(float (&acc)[C::kAcc], const uin
   moe_wgmma_wait<0>();
   moe_wg_fence_acc(acc);
   moe_cp_async_wait<0>();  // only empty groups can be pending here
+}
+
+// ---- block setup -----------------------------------------------------------------------------------------------
+
+// This block's tile of the grouped raster over an N of n_extent: its first row r0 and column n0; returns its expert
+// (-1 past the last non-empty tile).
+template <class C>
+__device__ __forceinline__ int moe_wg_block_tile(int m_tiles, int n_extent, const int32_t* offsets, int e, int& r0,
+                                                 int& n0) {
+  int mt, nt;
+  moe_wg_tile(static_cast<int>(blockIdx.x), m_tiles, (n_extent + C::BN - 1) / C::BN, mt, nt);
+  r0 = mt * C::BM;
+  n0 = nt * C::BN;
+  return moe_expert_of_row(offsets, e, r0);
+}
+
+// s_slot[r] = sorted[r0 + r], then a CTA barrier (which also publishes anything set up before it).
+template <class C>
+__device__ __forceinline__ void moe_wg_load_slots(int* s_slot, const int32_t* sorted, int r0) {
+  for (int r = threadIdx.x; r < C::BM; r += C::kThreads) s_slot[r] = sorted[r0 + r];
+  __syncthreads();
+}
+
+template <class C>
+__device__ __forceinline__ void moe_wg_zero(float (&acc)[C::kAcc]) {
+#pragma unroll
+  for (int v = 0; v < C::kAcc; ++v) acc[v] = 0.0f;
 }
 
 extern __shared__ __align__(128) uint8_t moe_wg_smem[];
@@ -416,17 +510,14 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
   static_assert(C::GATED, "GEMM1 stacks gate and up");
 #if MOE_WGMMA_ENABLED
   __shared__ int s_slot[C::BM];
-  int mt, nt;
-  moe_wg_tile(static_cast<int>(blockIdx.x), m_tiles, (inter + C::BN - 1) / C::BN, mt, nt);
-  const int r0 = mt * C::BM, n0 = nt * C::BN;
-  const int ex = moe_expert_of_row(offsets, e, r0);
+  int r0, n0;
+  const int ex = moe_wg_block_tile<C>(m_tiles, inter, offsets, e, r0, n0);
   if (ex < 0) return;
   const uint16_t* w_gate = static_cast<const uint16_t*>(gate[ex]);
   const uint16_t* w_up = static_cast<const uint16_t*>(up[ex]);
   if (w_gate == nullptr || w_up == nullptr) return;  // absent: its slots are skipped by the combine
   const int tid = threadIdx.x;
-  for (int r = tid; r < C::BM; r += C::kThreads) s_slot[r] = sorted[r0 + r];
-  __syncthreads();
+  moe_wg_load_slots<C>(s_slot, sorted, r0);
 
   const uint16_t* ap[C::kAIters];
 #pragma unroll
@@ -436,8 +527,7 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
   for (int i = 0; i < C::kBIters; ++i) bp[i] = C::g1_b(w_gate, w_up, n0, inter, h, tid, i);
 
   float acc[C::kAcc];
-#pragma unroll
-  for (int v = 0; v < C::kAcc; ++v) acc[v] = 0.0f;
+  moe_wg_zero<C>(acc);
   moe_wg_mainloop<C>(acc, ap, bp, x, h, moe_wg_ring());
 
   moe_wg_gemm1_epilogue<C>(acc, tid, s_slot, r0, n0, act, n_slots, inter,
@@ -460,16 +550,13 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
   static_assert(!C::GATED, "GEMM2 has one B matrix");
 #if MOE_WGMMA_ENABLED
   __shared__ int s_slot[C::BM];
-  int mt, nt;
-  moe_wg_tile(static_cast<int>(blockIdx.x), m_tiles, (h + C::BN - 1) / C::BN, mt, nt);
-  const int r0 = mt * C::BM, n0 = nt * C::BN;
-  const int ex = moe_expert_of_row(offsets, e, r0);
+  int r0, n0;
+  const int ex = moe_wg_block_tile<C>(m_tiles, h, offsets, e, r0, n0);
   if (ex < 0) return;
   const uint16_t* wd = static_cast<const uint16_t*>(down[ex]);
   if (wd == nullptr) return;
   const int tid = threadIdx.x;
-  for (int r = tid; r < C::BM; r += C::kThreads) s_slot[r] = sorted[r0 + r];
-  __syncthreads();
+  moe_wg_load_slots<C>(s_slot, sorted, r0);
 
   const uint16_t* ap[C::kAIters];
 #pragma unroll
@@ -479,8 +566,7 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
   for (int i = 0; i < C::kBIters; ++i) bp[i] = C::g2_b(wd, n0, h, inter, tid, i);
 
   float acc[C::kAcc];
-#pragma unroll
-  for (int v = 0; v < C::kAcc; ++v) acc[v] = 0.0f;
+  moe_wg_zero<C>(acc);
   moe_wg_mainloop<C>(acc, ap, bp, wd, inter, moe_wg_ring());
 
   moe_wg_gemm2_epilogue<C>(acc, tid, s_slot, n0, part, n_slots, h,

@@ -29,49 +29,6 @@
 namespace moe {
 namespace dev {
 
-// ---- PTX wrappers: mbarrier and TMA (sm_90a only) -------------------------------------------------------------
-
-__device__ __forceinline__ void moe_mbar_init(uint32_t bar, uint32_t count) {
-#if MOE_WGMMA_ENABLED
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-#endif
-}
-// Makes the mbarrier inits visible to the other threads and the async proxy (before the CTA barrier that follows).
-__device__ __forceinline__ void moe_mbar_init_fence() {
-#if MOE_WGMMA_ENABLED
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-#endif
-}
-// One arrival that also expects `bytes` more transaction bytes in the current phase.
-__device__ __forceinline__ void moe_mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
-#if MOE_WGMMA_ENABLED
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-#endif
-}
-// Waits until the phase of parity `parity` of the mbarrier completed; traps after 2^24 unsuccessful polls (each
-// try_wait suspends up to a hardware time limit: seconds in all), so a wrong byte count fails instead of hanging the
-// GPU. The loop is in PTX (a counter and two predicates): the compiler need not wait for in-flight wgmma
-// accumulators around it.
-__device__ __forceinline__ void moe_mbar_wait(uint32_t bar, uint32_t parity) {
-#if MOE_WGMMA_ENABLED
-  asm volatile(
-      "{\n"
-      ".reg .pred p, q;\n"
-      ".reg .u32 n;\n"
-      "mov.u32 n, 0;\n"
-      "WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@p bra DONE;\n"
-      "add.u32 n, n, 1;\n"
-      "setp.lt.u32 q, n, 16777216;\n"
-      "@q bra WAIT;\n"
-      "trap;\n"
-      "DONE:\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-#endif
-}
 // Orders this block's later TMA reads of the tensor map at `map` (global memory) after the host's write of it.
 __device__ __forceinline__ void moe_tensormap_acquire(const CUtensorMap* map) {
 #if MOE_WGMMA_ENABLED
@@ -89,68 +46,6 @@ __device__ __forceinline__ void moe_tma_load_2d(uint32_t dst, const CUtensorMap*
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 #endif
-}
-
-// ---- mainloop ------------------------------------------------------------------------------------------------
-// As moe_wg_mainloop, with the stage's TMA boxes from `issue(stage, kcol, bar)` (thread 0 only: the B tile at k
-// column kcol into stage + kABytes, and with kTmaA the A tile into stage too, completing their bytes on mbarrier
-// bar); without kTmaA the A tile by cp.async from ap as before. bars: shared address of the STAGES mbarriers (8
-// bytes apart), initialised with count 1.
-template <class C, bool kTmaA, class Issue>
-__device__ __forceinline__ void moe_wg_mainloop_tma(float (&acc)[C::kAcc], const uint16_t* const (&ap)[C::kAIters],
-                                                    const uint16_t* fallback, int K, uint32_t ring, uint32_t bars,
-                                                    Issue issue) {
-  constexpr uint32_t kTxBytes = static_cast<uint32_t>(C::kN) * 128 + (kTmaA ? static_cast<uint32_t>(C::kABytes) : 0u);
-  const int tid = threadIdx.x, wg = tid >> 7;
-  const int ktiles = (K + C::BK - 1) / C::BK;
-
-  auto load_tile = [&](int kt, int s) {
-    const int kcol = kt * C::BK;
-    const bool kin = C::k_in(kt, tid, K);
-    const uint32_t stage = C::stage_addr(ring, s);
-    if constexpr (!kTmaA) {
-#pragma unroll
-      for (int i = 0; i < C::kAIters; ++i) {
-        const bool v = kin && ap[i] != nullptr;
-        moe_cp_async16(C::a_dst(stage, tid, i), v ? ap[i] + kcol : fallback, v);
-      }
-    }
-    if (tid == 0) {
-      const uint32_t bar = bars + 8u * static_cast<uint32_t>(s);
-      moe_mbar_arrive_expect_tx(bar, kTxBytes);
-      issue(stage, kcol, bar);
-    }
-  };
-
-#pragma unroll
-  for (int s = 0; s < C::STAGES - 1; ++s) {
-    if (s < ktiles) load_tile(s, s);
-    moe_cp_async_commit();
-  }
-  for (int kt = 0; kt < ktiles; ++kt) {
-    moe_cp_async_wait<C::STAGES - 2>();
-    moe_fence_proxy_async();
-    moe_mbar_wait(bars + 8u * static_cast<uint32_t>(kt % C::STAGES), static_cast<uint32_t>((kt / C::STAGES) & 1));
-    __syncthreads();  // every thread's A copies of tile kt are written and fenced; its B tile landed
-    const uint32_t stage = C::stage_addr(ring, kt % C::STAGES);
-    moe_wg_fence_acc(acc);
-    moe_wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < C::BK / 16; ++kk) moe_wg_mma<C>(acc, C::a_desc(stage, wg, kk), C::b_desc(stage, kk));
-    moe_wgmma_commit();
-    moe_wg_fence_acc(acc);
-    moe_wgmma_wait<1>();
-    moe_wg_fence_acc(acc);
-    __syncthreads();  // both warpgroups' wgmma of tile kt - 1 retired: its slot may be refilled
-    {
-      const int nk = kt + C::STAGES - 1;
-      if (nk < ktiles) load_tile(nk, nk % C::STAGES);
-      moe_cp_async_commit();
-    }
-  }
-  moe_wgmma_wait<0>();
-  moe_wg_fence_acc(acc);
-  moe_cp_async_wait<0>();
 }
 
 // The STAGES mbarriers of a TMA kernel, initialised by thread 0 (count 1) and visible to all after the next
@@ -179,10 +74,8 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
 #if MOE_WGMMA_ENABLED
   __shared__ int s_slot[C::BM];
   __shared__ __align__(8) uint64_t s_bars[C::STAGES];
-  int mt, nt;
-  moe_wg_tile(static_cast<int>(blockIdx.x), m_tiles, (inter + C::BN - 1) / C::BN, mt, nt);
-  const int r0 = mt * C::BM, n0 = nt * C::BN;
-  const int ex = moe_expert_of_row(offsets, e, r0);
+  int r0, n0;
+  const int ex = moe_wg_block_tile<C>(m_tiles, inter, offsets, e, r0, n0);
   if (ex < 0) return;
   if (gate[ex] == nullptr || up[ex] == nullptr) return;  // absent: its slots are skipped by the combine
   const int tid = threadIdx.x;
@@ -193,17 +86,16 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
     moe_tensormap_acquire(umap);
   }
   const uint32_t bars = moe_wg_tma_bars<C>(s_bars);
-  for (int r = tid; r < C::BM; r += C::kThreads) s_slot[r] = sorted[r0 + r];
-  __syncthreads();
+  moe_wg_load_slots<C>(s_slot, sorted, r0);
 
   const uint16_t* ap[C::kAIters];
 #pragma unroll
   for (int i = 0; i < C::kAIters; ++i) ap[i] = C::g1_a(x, s_slot[C::load_row(tid, i)], n_slots, k, h, tid);
+  const uint16_t* const bp[C::kBIters] = {};  // unused: B by TMA
 
   float acc[C::kAcc];
-#pragma unroll
-  for (int v = 0; v < C::kAcc; ++v) acc[v] = 0.0f;
-  moe_wg_mainloop_tma<C, false>(acc, ap, x, h, moe_wg_ring(), bars, [&](uint32_t stage, int kcol, uint32_t bar) {
+  moe_wg_zero<C>(acc);
+  moe_wg_mainloop<C, MoeWgTma::B>(acc, ap, bp, x, h, moe_wg_ring(), bars, [&](uint32_t stage, int kcol, uint32_t bar) {
     const uint32_t b = stage + static_cast<uint32_t>(C::kABytes);
     moe_tma_load_2d(b, gmap, kcol, n0, bar);                                         // gate rows n0 .. n0+BN-1
     moe_tma_load_2d(b + static_cast<uint32_t>(C::BN) * 128u, umap, kcol, n0, bar);  // up rows, the same n
@@ -231,25 +123,22 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
 #if MOE_WGMMA_ENABLED
   __shared__ int s_slot[C::BM];
   __shared__ __align__(8) uint64_t s_bars[C::STAGES];
-  int mt, nt;
-  moe_wg_tile(static_cast<int>(blockIdx.x), m_tiles, (h + C::BN - 1) / C::BN, mt, nt);
-  const int r0 = mt * C::BM, n0 = nt * C::BN;
-  const int ex = moe_expert_of_row(offsets, e, r0);
+  int r0, n0;
+  const int ex = moe_wg_block_tile<C>(m_tiles, h, offsets, e, r0, n0);
   if (ex < 0) return;
   if (down[ex] == nullptr) return;
   const int tid = threadIdx.x;
   const CUtensorMap* dmap = down_maps + ex;
   if (tid == 0) moe_tensormap_acquire(dmap);
   const uint32_t bars = moe_wg_tma_bars<C>(s_bars);
-  for (int r = tid; r < C::BM; r += C::kThreads) s_slot[r] = sorted[r0 + r];
-  __syncthreads();
+  moe_wg_load_slots<C>(s_slot, sorted, r0);
 
-  const uint16_t* const ap[C::kAIters] = {};  // unused: A by TMA
+  const uint16_t* const ap[C::kAIters] = {};  // unused: A and B by TMA
+  const uint16_t* const bp[C::kBIters] = {};
 
   float acc[C::kAcc];
-#pragma unroll
-  for (int v = 0; v < C::kAcc; ++v) acc[v] = 0.0f;
-  moe_wg_mainloop_tma<C, true>(acc, ap, nullptr, inter, moe_wg_ring(), bars, [&](uint32_t stage, int kcol, uint32_t bar) {
+  moe_wg_zero<C>(acc);
+  moe_wg_mainloop<C, MoeWgTma::AB>(acc, ap, bp, nullptr, inter, moe_wg_ring(), bars, [&](uint32_t stage, int kcol, uint32_t bar) {
     moe_tma_load_2d(stage, &act_map, kcol, r0, bar);                                      // act rows r0 .. r0+BM-1
     moe_tma_load_2d(stage + static_cast<uint32_t>(C::kABytes), dmap, kcol, n0, bar);  // down rows n0 .. n0+BN-1
   });

@@ -285,7 +285,7 @@ void tma_box(Smem& sm, uint32_t dst, const uint16_t* w, int N, int K, int rows, 
       }
 }
 
-// moe_wg_mainloop, one block: ap / bp [tid][i] as the kernel builds them (tma set: moe_wg_mainloop_tma, whose issue
+// moe_wg_mainloop, one block: ap / bp [tid][i] as the kernel builds them (tma set: moe_wg_mainloop with kTma B or AB, whose issue
 // tma(sm, stage address, k column) writes the B tile instead of bp, and with tma_a the A tile too instead of ap). The copies of a k tile are applied, then
 // each warpgroup's 4 wgmma steps read through the descriptors ([D2]) and accumulate into acc[tid][v] ([D4]).
 template <class C>
