@@ -1,6 +1,6 @@
-// The wgmma kernels of moe_experts_wgmma.cuh with the weight tiles loaded by TMA (opt-in: MOE_CUDA_WG=tma; sm_90a).
-// Same tiles, ring, descriptors, raster, epilogues and numerics (one accumulation chain per output, bitwise the
-// cp.async kernels' results); only the B operand's loads differ:
+// The wgmma kernels of moe_experts_wgmma.cuh with tiles loaded by TMA (opt-in: MOE_CUDA_WG=tma; sm_90a). Same
+// tiles, ring, descriptors, raster, epilogues and numerics (one accumulation chain per output, bitwise the cp.async
+// kernels' results); the mainloop is moe_wg_mainloop with kTma B (GEMM1) or AB (GEMM2):
 //   * B tile of k tile kt (GEMM1: gate rows n0.. then up rows n0.., two boxes of [BN, 64]; GEMM2: down rows n0..,
 //     one box of [BN, 64]) = cp.async.bulk.tensor.2d by thread 0 from the expert's tensor map (tensor_map.cuh:
 //     128B swizzle, so the box lands exactly as moe_mma_swz places cp.async chunks; rows past N and columns past K
@@ -9,16 +9,18 @@
 //     TMA too (act rows r0 .. r0 + 127 are one box of a map over act passed as a __grid_constant__ parameter), so
 //     GEMM2 issues no cp.async at all;
 //   * schedule per k tile kt: cp.async.wait_group STAGES-2 + fence.proxy.async (own A copies of tile kt), mbarrier
-//     wait on stage kt % STAGES at parity (kt / STAGES) & 1 (its B landed), __syncthreads, wgmma x 4, commit,
-//     wgmma.wait_group 1 (tile kt - 1 read), __syncthreads, then refill that slot: thread 0 arms its mbarrier
-//     (arrive.expect_tx) and issues the TMA, every thread its A cp.async. The slot's previous readers (wgmma of
-//     tile kt - 1, async proxy) retired before the barrier, so the TMA (async proxy) may overwrite it.
-//   * Each stage's mbarrier (count 1: thread 0's arrive.expect_tx) completes once per use of the stage, in order.
-//   * The tensor maps live in global memory (written by a host copy before the kernel); each block fences its map
-//     into the tensormap proxy (fence.proxy.tensormap::generic.acquire) before its first TMA.
-// Why: issue 3's large-T target. The cp.async kernels issue 12 (GEMM1) / 12 (GEMM2) 16-byte copies per thread per
-// k tile with their predicates and addresses; here 4, and the weight tile moves as one or two bulk transfers.
-// Compiled, not yet run on a GPU (2026-11-26).
+//     wait on stage kt % STAGES at parity (kt / STAGES) & 1 (its TMA bytes landed), __syncthreads, wgmma x 4,
+//     commit, wgmma.wait_group 1 (tile kt - 1 read), __syncthreads, then refill that slot: thread 0 arms its
+//     mbarrier (arrive.expect_tx) and issues the TMA, every thread its A cp.async. The slot's previous readers (wgmma
+//     of tile kt - 1, async proxy) retired before the barrier, so the TMA (async proxy) may overwrite it;
+//   * each stage's mbarrier (count 1: thread 0's arrive.expect_tx) completes once per use of the stage, in order; a
+//     wait that never completes traps (moe_mbar_wait) instead of hanging;
+//   * the expert tensor maps live in global memory (written by a host copy before the kernel); each block fences its
+//     maps into the tensormap proxy (fence.proxy.tensormap::generic.acquire) before its first TMA.
+// Why: issue 3's large-T target. The cp.async kernels issue 12 16-byte copies per thread per k tile with their
+// predicates and addresses; here 4 (GEMM1) or none (GEMM2), the tiles moving as one to three bulk transfers.
+// ptxas (sm_90a): 159 / 160 registers, no spills. Compiled, not yet run on a GPU (2026-11-26); the host replay
+// test/native/moe_wgmma_layout_check.cu covers the boxes' placement and coordinates.
 #pragma once
 #include <cuda.h>  // CUtensorMap (type only)
 
