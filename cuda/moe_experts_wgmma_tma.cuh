@@ -152,5 +152,129 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
 #endif
 }
 
+
+// ---- warp-specialized, all-TMA (MOE_CUDA_WG=tma-ws) ---------------------------------------------------------------
+// 384 threads: warpgroup 0 produces (its thread 0 issues every TMA box: A from a_map at rows r0.., B from the
+// expert's maps), warpgroups 1 and 2 consume (wgmma on rows 64 c .. 64 c + 63 of the tile, c = consumer index) and
+// run the epilogue. No CTA barrier after the setup: per stage a full mbarrier (count 1: the producer's
+// arrive.expect_tx; A and B bytes) and an empty one (count 2: one arrival per consumer warpgroup once its wgmma on
+// the stage retired, wgmma.wait_group 1 of the next tile). The producer refills stage s for tile kt >= STAGES after
+// the empty phase (kt / STAGES - 1) & 1; consumers compute tile kt after the full phase (kt / STAGES) & 1.
+// GEMM1's A rows are gathered first (moe_gather_slots_kernel: xs [capacity, h], row r = x row sorted[r] / k), so
+// both GEMMs' A tiles are plain boxes. Padding rows load whatever their A rows hold; they reach only their own
+// accumulator rows, never written.
+
+// One plain arrival on the mbarrier.
+__device__ __forceinline__ void moe_mbar_arrive(uint32_t bar) {
+#if MOE_WGMMA_ENABLED
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+
+// xs[r, :] = x[sorted[r] / k, :] for the rows r < offsets[e] of real slots (sorted[r] < n_slots); other rows are left
+// as they are. 16 bytes per thread and step, grid-stride. h % 8 == 0, x and xs 16-byte aligned.
+static __global__ void moe_gather_slots_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ sorted,
+                                               const int32_t* __restrict__ offsets, int e, uint16_t* __restrict__ xs,
+                                               int n_slots, int k, int h) {
+  const int64_t chunks = h / 8;
+  const int64_t n = static_cast<int64_t>(offsets[e]) * chunks;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / chunks, c = i % chunks;
+    const int slot = sorted[r];
+    if (slot >= n_slots) continue;
+    reinterpret_cast<uint4*>(xs + r * h)[c] = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(slot / k) * h)[c];
+  }
+}
+
+constexpr int kMoeWsThreads = 384;
+
+// GEMM1 (C::GATED: act = act_fn(A gate^T, A up^T) over N = inter, K = h; w0 / w1 gate / up, b0 / b1 their biases,
+// maps0 / maps1 their tensor maps; a_map over xs) or GEMM2 (part = A down^T (+ b0) over N = h, K = inter; w0 down,
+// maps0 its maps; a_map over act). grid: m_tiles * ceil(N / BN) (1D, moe_wg_tile), block kMoeWsThreads, dynamic
+// shared memory C::kSmem.
+template <class C>
+static __global__ void __launch_bounds__(kMoeWsThreads, 1)
+    moe_wg_ws_kernel(const __grid_constant__ CUtensorMap a_map, const int32_t* __restrict__ sorted,
+                     const int32_t* __restrict__ offsets, const void* const* __restrict__ w0,
+                     const void* const* __restrict__ w1, const void* const* __restrict__ b0,
+                     const void* const* __restrict__ b1, const CUtensorMap* __restrict__ maps0,
+                     const CUtensorMap* __restrict__ maps1, uint16_t* __restrict__ act, float* __restrict__ part,
+                     int n_slots, int e, int h, int inter, int act_kind, float alpha, float limit, int m_tiles) {
+#if MOE_WGMMA_ENABLED
+  __shared__ int s_slot[C::BM];
+  __shared__ __align__(8) uint64_t s_full[C::STAGES];
+  __shared__ __align__(8) uint64_t s_empty[C::STAGES];
+  const int N = C::GATED ? inter : h, K = C::GATED ? h : inter;
+  int r0, n0;
+  const int ex = moe_wg_block_tile<C>(m_tiles, N, offsets, e, r0, n0);
+  if (ex < 0) return;
+  if (w0[ex] == nullptr || (C::GATED && w1[ex] == nullptr)) return;  // absent: its slots are skipped by the combine
+  const int tid = threadIdx.x;
+  const uint32_t full = static_cast<uint32_t>(__cvta_generic_to_shared(s_full));
+  const uint32_t empty = static_cast<uint32_t>(__cvta_generic_to_shared(s_empty));
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < C::STAGES; ++s) {
+      moe_mbar_init(full + 8u * s, 1);
+      moe_mbar_init(empty + 8u * s, 2);
+    }
+    moe_mbar_init_fence();
+    moe_tensormap_acquire(maps0 + ex);
+    if (C::GATED) moe_tensormap_acquire(maps1 + ex);
+  }
+  moe_wg_load_slots<C>(s_slot, sorted, r0);  // (384 threads: the loop strides by C::kThreads, covering BM rows)
+  const uint32_t ring = moe_wg_ring();
+  const int ktiles = (K + C::BK - 1) / C::BK;
+  constexpr uint32_t kTx = static_cast<uint32_t>(C::kABytes) + static_cast<uint32_t>(C::kN) * 128u;
+
+  if (tid < 128) {  // producer warpgroup: one thread issues
+    if (tid == 0) {
+      for (int kt = 0; kt < ktiles; ++kt) {
+        const int s = kt % C::STAGES;
+        if (kt >= C::STAGES) moe_mbar_wait(empty + 8u * s, static_cast<uint32_t>((kt / C::STAGES - 1) & 1));
+        const uint32_t stage = C::stage_addr(ring, s), bar = full + 8u * s, b = stage + static_cast<uint32_t>(C::kABytes);
+        moe_mbar_arrive_expect_tx(bar, kTx);
+        moe_tma_load_2d(stage, &a_map, kt * C::BK, r0, bar);
+        moe_tma_load_2d(b, maps0 + ex, kt * C::BK, n0, bar);
+        if (C::GATED) moe_tma_load_2d(b + static_cast<uint32_t>(C::BN) * 128u, maps1 + ex, kt * C::BK, n0, bar);
+      }
+    }
+    return;
+  }
+
+  const int ctid = tid - 128, wg = ctid >> 7;  // consumer thread 0..255 (the epilogues' tid), its warpgroup
+  float acc[C::kAcc];
+  moe_wg_zero<C>(acc);
+  for (int kt = 0; kt < ktiles; ++kt) {
+    const int s = kt % C::STAGES;
+    moe_mbar_wait(full + 8u * s, static_cast<uint32_t>((kt / C::STAGES) & 1));
+    const uint32_t stage = C::stage_addr(ring, s);
+    moe_wg_fence_acc(acc);
+    moe_wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < C::BK / 16; ++kk) moe_wg_mma<C>(acc, C::a_desc(stage, wg, kk), C::b_desc(stage, kk));
+    moe_wgmma_commit();
+    moe_wg_fence_acc(acc);
+    moe_wgmma_wait<1>();  // this warpgroup's wgmma of tile kt - 1 retired: release its stage
+    moe_wg_fence_acc(acc);
+    if (kt > 0 && (ctid & 127) == 0) moe_mbar_arrive(empty + 8u * static_cast<uint32_t>((kt - 1) % C::STAGES));
+  }
+  moe_wgmma_wait<0>();
+  moe_wg_fence_acc(acc);
+
+  if constexpr (C::GATED) {
+    moe_wg_gemm1_epilogue<C>(acc, ctid, s_slot, r0, n0, act, n_slots, inter,
+                             b0 != nullptr ? static_cast<const float*>(b0[ex]) : nullptr,
+                             b1 != nullptr ? static_cast<const float*>(b1[ex]) : nullptr, act_kind, alpha, limit);
+  } else {
+    moe_wg_gemm2_epilogue<C>(acc, ctid, s_slot, n0, part, n_slots, h,
+                             b0 != nullptr ? static_cast<const float*>(b0[ex]) : nullptr);
+  }
+#else
+  __trap();
+#endif
+}
+
 }  // namespace dev
 }  // namespace moe
