@@ -16,7 +16,7 @@
 // moe_experts.cuh. MOE_CUDA_MOE: simt forces the SIMT kernels, mma the mma.sync ones (never wgmma), wgmma uses wgmma
 // wherever its preconditions hold regardless of the rows per expert (tests: small shapes through the wgmma path).
 // MOE_CUDA_WG=tma: the wgmma kernels load their weight tiles with TMA (moe_experts_wgmma_tma.cuh); tma-ws: its
-// warp-specialized all-TMA kernels.
+// warp-specialized all-TMA kernels, a block per tile; tma-wsp: those persistent.
 // moe_launch_gemm2 (moe_gemm2_launch.cuh) exposes the GEMM2 launches alone: cuda/gemm.cu's dense path runs them
 // under identity routing. Fused and parts calls of at most decode_gemv_max_t() tokens (default 2) whose routed
 // weights are at most kGemvMaxBytes run the GEMV kernels of moe_experts_gemv.cuh instead (no align, scratch parts or
@@ -98,11 +98,13 @@ bool gemv1_wide() {
 
 // MOE_CUDA_WG (opt-in, compiled, not yet run on a GPU; moe_experts_wgmma_tma.cuh, tensor maps from tensor_map.cuh,
 // when the driver can encode them): tma, the wgmma kernels with TMA weight tiles (GEMM2 its A too); tma-ws, the
-// warp-specialized all-TMA kernels (GEMM1's A rows gathered first). Read once.
-enum class WgTmaMode { Off, Tma, TmaWs };
+// warp-specialized all-TMA kernels (GEMM1's A rows gathered first), a block per tile; tma-wsp, the same persistent (a
+// block per SM walking the tiles). Read once.
+enum class WgTmaMode { Off, Tma, TmaWs, TmaWsPersistent };
 WgTmaMode wg_tma() {
-  static const WgTmaMode v = env_is("MOE_CUDA_WG", "tma") ? WgTmaMode::Tma
-                             : env_is("MOE_CUDA_WG", "tma-ws") ? WgTmaMode::TmaWs
+  static const WgTmaMode v = env_is("MOE_CUDA_WG", "tma")       ? WgTmaMode::Tma
+                             : env_is("MOE_CUDA_WG", "tma-ws")  ? WgTmaMode::TmaWs
+                             : env_is("MOE_CUDA_WG", "tma-wsp") ? WgTmaMode::TmaWsPersistent
                                                                 : WgTmaMode::Off;
   return v;
 }
@@ -247,11 +249,11 @@ cudaError_t launch_wg_tma_gemms(unsigned m_tiles, const uint16_t* x, const int32
 }
 
 // The warp-specialized all-TMA path: the slot gather into xs [capacity, h] (scratch of the caller's), GEMM1 then GEMM2
-// (moe_wg_ws_kernel), grids as the wgmma kernels'.
+// (moe_wg_ws_kernel), grids as the wgmma kernels' or, with `sms` > 0, at most that many blocks (persistent).
 cudaError_t launch_wg_ws_gemms(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
                                const void* const* table, const CUtensorMap* maps, bool biases, uint16_t* xs,
                                uint16_t* act, int capacity, float* part, int n_slots, int k, int e, int h, int inter,
-                               int activation, float alpha, float limit, cudaStream_t s) {
+                               int activation, float alpha, float limit, unsigned sms, cudaStream_t s) {
   using C1 = MoeWgG1;
   using C2 = MoeWgG2;
   CUtensorMap xs_map, act_map;
@@ -264,12 +266,13 @@ cudaError_t launch_wg_ws_gemms(unsigned m_tiles, const uint16_t* x, const int32_
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   if ((err = set_smem<C1>(moe_wg_ws_kernel<C1>)) != cudaSuccess) return err;
-  moe_wg_ws_kernel<C1><<<m_tiles * static_cast<unsigned>((inter + C1::BN - 1) / C1::BN), kMoeWsThreads, C1::kSmem, s>>>(
+  const auto grid = [sms](unsigned tiles) { return sms > 0 && sms < tiles ? sms : tiles; };
+  moe_wg_ws_kernel<C1><<<grid(m_tiles * static_cast<unsigned>((inter + C1::BN - 1) / C1::BN)), kMoeWsThreads, C1::kSmem, s>>>(
       xs_map, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr, biases ? table + 4 * e : nullptr,
       maps, maps + e, act, nullptr, n_slots, e, h, inter, activation, alpha, limit, static_cast<int>(m_tiles));
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   if ((err = set_smem<C2>(moe_wg_ws_kernel<C2>)) != cudaSuccess) return err;
-  moe_wg_ws_kernel<C2><<<m_tiles * static_cast<unsigned>((h + C2::BN - 1) / C2::BN), kMoeWsThreads, C2::kSmem, s>>>(
+  moe_wg_ws_kernel<C2><<<grid(m_tiles * static_cast<unsigned>((h + C2::BN - 1) / C2::BN)), kMoeWsThreads, C2::kSmem, s>>>(
       act_map, sorted, offsets, table + 2 * e, nullptr, biases ? table + 5 * e : nullptr, nullptr, maps + 2 * e,
       nullptr, nullptr, part, n_slots, e, h, inter, 0, 0.0f, 0.0f, static_cast<int>(m_tiles));
   return cudaGetLastError();
@@ -459,13 +462,17 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
       }
       if (err != cudaSuccess) break;
     }
-    if (maps != nullptr && tma == WgTmaMode::TmaWs) {
+    if (maps != nullptr && (tma == WgTmaMode::TmaWs || tma == WgTmaMode::TmaWsPersistent)) {
+      int sms = 0;
+      if (tma == WgTmaMode::TmaWsPersistent &&
+          (err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess)
+        break;
       uint16_t* xs = nullptr;  // GEMM1's A rows, gathered
       err = scratch_alloc(reinterpret_cast<void**>(&xs), static_cast<size_t>(capacity) * static_cast<size_t>(h) * 2,
                           device, s);
       if (err != cudaSuccess) break;
       err = launch_wg_ws_gemms(m_tiles, xb, d_sorted, d_offsets, d_table, maps, biases, xs, d_act, ci, d_part, ni, ki,
-                               ei, hi, ii, activation, alpha, limit, s);
+                               ei, hi, ii, activation, alpha, limit, static_cast<unsigned>(sms), s);
       const cudaError_t xerr = cudaFreeAsync(xs, s);
       if (err == cudaSuccess) err = xerr;
     } else if (maps != nullptr) {

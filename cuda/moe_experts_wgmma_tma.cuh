@@ -17,6 +17,8 @@
 //     wait that never completes traps (moe_mbar_wait) instead of hanging;
 //   * the expert tensor maps live in global memory (written by a host copy before the kernel); each block fences its
 //     maps into the tensormap proxy (fence.proxy.tensormap::generic.acquire) before its first TMA.
+// MOE_CUDA_WG=tma-ws / tma-wsp: moe_wg_ws_kernel below, warp-specialized with every tile by TMA (a block per tile, or
+// persistent with the epilogue overlapping the next tile's loads).
 // Why: issue 3's large-T target. The cp.async kernels issue 12 16-byte copies per thread per k tile with their
 // predicates and addresses; here 4 (GEMM1) or none (GEMM2), the tiles moving as one to three bulk transfers.
 // ptxas (sm_90a): 159 / 160 registers, no spills. Compiled, not yet run on a GPU (2026-11-26); the host replay
@@ -191,8 +193,10 @@ constexpr int kMoeWsThreads = 384;
 
 // GEMM1 (C::GATED: act = act_fn(A gate^T, A up^T) over N = inter, K = h; w0 / w1 gate / up, b0 / b1 their biases,
 // maps0 / maps1 their tensor maps; a_map over xs) or GEMM2 (part = A down^T (+ b0) over N = h, K = inter; w0 down,
-// maps0 its maps; a_map over act). grid: m_tiles * ceil(N / BN) (1D, moe_wg_tile), block kMoeWsThreads, dynamic
-// shared memory C::kSmem.
+// maps0 its maps; a_map over act). Tiles b = blockIdx.x, blockIdx.x + gridDim.x, ... of the m_tiles * ceil(N / BN)
+// of the grouped raster (moe_wg_tile): a grid of that many blocks runs one tile each; a smaller one (the SM count)
+// is persistent, its producer running into the next tile's k tiles while the consumers run the epilogue (the
+// stage and phase counters continue across tiles). Block kMoeWsThreads, dynamic shared memory C::kSmem.
 template <class C>
 static __global__ void __launch_bounds__(kMoeWsThreads, 1)
     moe_wg_ws_kernel(const __grid_constant__ CUtensorMap a_map, const int32_t* __restrict__ sorted,
@@ -202,14 +206,11 @@ static __global__ void __launch_bounds__(kMoeWsThreads, 1)
                      const CUtensorMap* __restrict__ maps1, uint16_t* __restrict__ act, float* __restrict__ part,
                      int n_slots, int e, int h, int inter, int act_kind, float alpha, float limit, int m_tiles) {
 #if MOE_WGMMA_ENABLED
-  __shared__ int s_slot[C::BM];
   __shared__ __align__(8) uint64_t s_full[C::STAGES];
   __shared__ __align__(8) uint64_t s_empty[C::STAGES];
   const int N = C::GATED ? inter : h, K = C::GATED ? h : inter;
-  int r0, n0;
-  const int ex = moe_wg_block_tile<C>(m_tiles, N, offsets, e, r0, n0);
-  if (ex < 0) return;
-  if (w0[ex] == nullptr || (C::GATED && w1[ex] == nullptr)) return;  // absent: its slots are skipped by the combine
+  const int n_tiles = (N + C::BN - 1) / C::BN, tiles = m_tiles * n_tiles;
+  const int ktiles = (K + C::BK - 1) / C::BK;
   const int tid = threadIdx.x;
   const uint32_t full = static_cast<uint32_t>(__cvta_generic_to_shared(s_full));
   const uint32_t empty = static_cast<uint32_t>(__cvta_generic_to_shared(s_empty));
@@ -220,56 +221,76 @@ static __global__ void __launch_bounds__(kMoeWsThreads, 1)
       moe_mbar_init(empty + 8u * s, 2);
     }
     moe_mbar_init_fence();
-    moe_tensormap_acquire(maps0 + ex);
-    if (C::GATED) moe_tensormap_acquire(maps1 + ex);
   }
-  moe_wg_load_slots<C>(s_slot, sorted, r0);  // (384 threads: the loop strides by C::kThreads, covering BM rows)
+  __syncthreads();  // the mbarriers are initialised (the only CTA barrier)
   const uint32_t ring = moe_wg_ring();
-  const int ktiles = (K + C::BK - 1) / C::BK;
+  // The tile b: its rows r0 .., columns n0 .. and expert; false when it has none (past the last non-empty tile, or an
+  // absent expert: its slots are skipped by the combine). Both roles skip the same tiles.
+  auto tile = [&](int b, int& r0, int& n0, int& ex) {
+    int mt, nt;
+    moe_wg_tile(b, m_tiles, n_tiles, mt, nt);
+    r0 = mt * C::BM;
+    n0 = nt * C::BN;
+    ex = moe_expert_of_row(offsets, e, r0);
+    return ex >= 0 && w0[ex] != nullptr && (!C::GATED || w1[ex] != nullptr);
+  };
   constexpr uint32_t kTx = static_cast<uint32_t>(C::kABytes) + static_cast<uint32_t>(C::kN) * 128u;
 
   if (tid < 128) {  // producer warpgroup: one thread issues
-    if (tid == 0) {
-      for (int kt = 0; kt < ktiles; ++kt) {
-        const int s = kt % C::STAGES;
-        if (kt >= C::STAGES) moe_mbar_wait(empty + 8u * s, static_cast<uint32_t>((kt / C::STAGES - 1) & 1));
-        const uint32_t stage = C::stage_addr(ring, s), bar = full + 8u * s, b = stage + static_cast<uint32_t>(C::kABytes);
+    if (tid != 0) return;
+    int g = 0;  // k tiles issued by this block so far (stage g % STAGES, its use g / STAGES)
+    for (int b = static_cast<int>(blockIdx.x); b < tiles; b += static_cast<int>(gridDim.x)) {
+      int r0, n0, ex;
+      if (!tile(b, r0, n0, ex)) continue;
+      moe_tensormap_acquire(maps0 + ex);
+      if (C::GATED) moe_tensormap_acquire(maps1 + ex);
+      for (int kt = 0; kt < ktiles; ++kt, ++g) {
+        const int s = g % C::STAGES;
+        if (g >= C::STAGES) moe_mbar_wait(empty + 8u * s, static_cast<uint32_t>((g / C::STAGES - 1) & 1));
+        const uint32_t stage = C::stage_addr(ring, s), bar = full + 8u * s, bb = stage + static_cast<uint32_t>(C::kABytes);
         moe_mbar_arrive_expect_tx(bar, kTx);
         moe_tma_load_2d(stage, &a_map, kt * C::BK, r0, bar);
-        moe_tma_load_2d(b, maps0 + ex, kt * C::BK, n0, bar);
-        if (C::GATED) moe_tma_load_2d(b + static_cast<uint32_t>(C::BN) * 128u, maps1 + ex, kt * C::BK, n0, bar);
+        moe_tma_load_2d(bb, maps0 + ex, kt * C::BK, n0, bar);
+        if (C::GATED) moe_tma_load_2d(bb + static_cast<uint32_t>(C::BN) * 128u, maps1 + ex, kt * C::BK, n0, bar);
       }
     }
     return;
   }
 
   const int ctid = tid - 128, wg = ctid >> 7;  // consumer thread 0..255 (the epilogues' tid), its warpgroup
-  float acc[C::kAcc];
-  moe_wg_zero<C>(acc);
-  for (int kt = 0; kt < ktiles; ++kt) {
-    const int s = kt % C::STAGES;
-    moe_mbar_wait(full + 8u * s, static_cast<uint32_t>((kt / C::STAGES) & 1));
-    const uint32_t stage = C::stage_addr(ring, s);
-    moe_wg_fence_acc(acc);
-    moe_wgmma_fence();
+  const bool signals = (ctid & 127) == 0;      // one arrival per consumer warpgroup on the empty mbarriers
+  int g = 0;
+  for (int b = static_cast<int>(blockIdx.x); b < tiles; b += static_cast<int>(gridDim.x)) {
+    int r0, n0, ex;
+    if (!tile(b, r0, n0, ex)) continue;
+    float acc[C::kAcc];
+    moe_wg_zero<C>(acc);
+    for (int kt = 0; kt < ktiles; ++kt, ++g) {
+      const int s = g % C::STAGES;
+      moe_mbar_wait(full + 8u * s, static_cast<uint32_t>((g / C::STAGES) & 1));
+      const uint32_t stage = C::stage_addr(ring, s);
+      moe_wg_fence_acc(acc);
+      moe_wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < C::BK / 16; ++kk) moe_wg_mma<C>(acc, C::a_desc(stage, wg, kk), C::b_desc(stage, kk));
-    moe_wgmma_commit();
+      for (int kk = 0; kk < C::BK / 16; ++kk) moe_wg_mma<C>(acc, C::a_desc(stage, wg, kk), C::b_desc(stage, kk));
+      moe_wgmma_commit();
+      moe_wg_fence_acc(acc);
+      moe_wgmma_wait<1>();  // this warpgroup's wgmma of the previous k tile retired: release its stage
+      moe_wg_fence_acc(acc);
+      if (kt > 0 && signals) moe_mbar_arrive(empty + 8u * static_cast<uint32_t>((g - 1) % C::STAGES));
+    }
+    moe_wgmma_wait<0>();
     moe_wg_fence_acc(acc);
-    moe_wgmma_wait<1>();  // this warpgroup's wgmma of tile kt - 1 retired: release its stage
-    moe_wg_fence_acc(acc);
-    if (kt > 0 && (ctid & 127) == 0) moe_mbar_arrive(empty + 8u * static_cast<uint32_t>((kt - 1) % C::STAGES));
-  }
-  moe_wgmma_wait<0>();
-  moe_wg_fence_acc(acc);
-
-  if constexpr (C::GATED) {
-    moe_wg_gemm1_epilogue<C>(acc, ctid, s_slot, r0, n0, act, n_slots, inter,
-                             b0 != nullptr ? static_cast<const float*>(b0[ex]) : nullptr,
-                             b1 != nullptr ? static_cast<const float*>(b1[ex]) : nullptr, act_kind, alpha, limit);
-  } else {
-    moe_wg_gemm2_epilogue<C>(acc, ctid, s_slot, n0, part, n_slots, h,
-                             b0 != nullptr ? static_cast<const float*>(b0[ex]) : nullptr);
+    if (signals) moe_mbar_arrive(empty + 8u * static_cast<uint32_t>((g - 1) % C::STAGES));  // the tile's last stage
+    // the epilogue reads the tile's slots straight from sorted (global memory, cached): no shared copy to guard
+    if constexpr (C::GATED) {
+      moe_wg_gemm1_epilogue<C>(acc, ctid, sorted + r0, r0, n0, act, n_slots, inter,
+                               b0 != nullptr ? static_cast<const float*>(b0[ex]) : nullptr,
+                               b1 != nullptr ? static_cast<const float*>(b1[ex]) : nullptr, act_kind, alpha, limit);
+    } else {
+      moe_wg_gemm2_epilogue<C>(acc, ctid, sorted + r0, n0, part, n_slots, h,
+                               b0 != nullptr ? static_cast<const float*>(b0[ex]) : nullptr);
+    }
   }
 #else
   __trap();

@@ -26,9 +26,10 @@
 #   sampler.test cover it), MOE_CUDA_GEMV1=wide and MOE_CUDA_GEMV2=wide (cuda/moe_experts_gemv.cuh):
 #   TEST_ENVS="MOE_CUDA_GEMV1=wide MOE_CUDA_GEMV2=wide" MOE_ENVS="MOE_CUDA_GEMV1=wide MOE_CUDA_GEMV2=wide
 #   MOE_CUDA_GEMV1=wide,MOE_CUDA_GEMV2=wide" (and bench-moe-cuda --t 1,2 under each); the TMA weight loads of the wgmma
-#   kernels and the warp-specialized all-TMA ones (cuda/moe_experts_wgmma_tma.cuh): TEST_ENVS="MOE_CUDA_WG=tma,MOE_CUDA_MOE=wgmma
-#   MOE_CUDA_WG=tma-ws,MOE_CUDA_MOE=wgmma" MOE_ENVS="MOE_CUDA_WG=tma MOE_CUDA_WG=tma-ws" (a stage whose bytes never arrive
-#   traps after 2^24 polls instead of hanging).
+#   kernels and the warp-specialized all-TMA ones, a block per tile or persistent (cuda/moe_experts_wgmma_tma.cuh):
+#   TEST_ENVS="MOE_CUDA_WG=tma,MOE_CUDA_MOE=wgmma MOE_CUDA_WG=tma-ws,MOE_CUDA_MOE=wgmma MOE_CUDA_WG=tma-wsp,MOE_CUDA_MOE=wgmma"
+#   MOE_ENVS="MOE_CUDA_WG=tma MOE_CUDA_WG=tma-ws MOE_CUDA_WG=tma-wsp" (a stage whose bytes never arrive traps after 2^24
+#   polls instead of hanging).
 set -u
 cd "$(dirname "$0")/.."
 FINAL=${OUT:-bench/results}

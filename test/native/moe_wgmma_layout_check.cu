@@ -258,8 +258,9 @@ void check_raster() {
 //      the next phase starts with the init count; try_wait.parity(P) succeeds once the phase of parity P completed,
 //      i.e. while the current phase's parity differs from P. A TMA's complete_tx lands at some later time.
 // [M2] wgmma reads its stage from issue until the warpgroup's wgmma.wait_group that retires it.
-// Checked: no deadlock; a consumer computes tile kt only from a stage that holds tile kt (its TMA complete); a TMA
-// never writes a stage a consumer warpgroup still reads; every tile is computed once per consumer, in order.
+// Checked: no deadlock; a consumer computes k tile g only from a stage that holds it (its TMA complete); a TMA never
+// writes a stage a consumer warpgroup still reads; every k tile is computed once per consumer, in order; also with
+// the block persistent over several tiles.
 struct ModelBar {
   int count, pending, tx = 0, phase = 0;
   explicit ModelBar(int c) : count(c), pending(c) {}
@@ -281,15 +282,18 @@ struct ModelBar {
   bool test(int parity) const { return (phase & 1) != parity; }  // the phase of that parity completed
 };
 
-void check_ws_protocol(int stages, int ktiles, uint64_t seed) {
+// One block of moe_wg_ws_kernel running `tiles` tiles of `ktiles` k tiles each (persistent when tiles > 1): the
+// stage and phase counters run on across tiles, a consumer releases a tile's last stage after its wgmma.wait_group 0.
+void check_ws_protocol(int stages, int ktiles, int tiles, uint64_t seed) {
+  const int total = ktiles * tiles;  // k tiles of the block, g = 0 .. total - 1
   std::vector<ModelBar> full(stages, ModelBar(1)), empty(stages, ModelBar(2));
-  std::vector<int> holds(stages, -1);  // tile whose TMA completed into the stage
-  std::vector<std::vector<int>> inflight_tma;  // (stage, tile) issued, not complete
+  std::vector<int> holds(stages, -1);          // k tile g whose TMA completed into the stage
+  std::vector<std::vector<int>> inflight_tma;  // (stage, g) issued, not complete
   std::vector<int> readers(stages, 0);         // consumer warpgroups whose wgmma on the stage has not retired
-  int p_kt = 0;                                // producer's next tile
-  int c_kt[2] = {0, 0};                        // consumer's next tile
-  int c_unretired[2] = {-1, -1};               // tile of the consumer's last wgmma group not yet retired
-  int c_state[2] = {0, 0};                     // 0: wait full; 1: issued (next: wait<1> + release); 2: done
+  int p_g = 0;                                 // producer's next k tile
+  int c_g[2] = {0, 0};                         // consumer's next k tile
+  int c_unretired[2] = {-1, -1};               // k tile of the consumer's last wgmma group not yet retired
+  int c_state[2] = {0, 0};                     // 0: wait full; 1: issued (next: wait_group, releases); 2: done
   uint64_t rng = seed;
   auto rnd = [&](int n) {
     rng ^= rng << 13;
@@ -297,22 +301,26 @@ void check_ws_protocol(int stages, int ktiles, uint64_t seed) {
     rng ^= rng << 17;
     return static_cast<int>(rng % static_cast<uint64_t>(n));
   };
-  for (int step = 0; step < 100000; ++step) {
+  auto retire = [&](int g) {
+    --readers[g % stages];
+    empty[g % stages].arrive();
+  };
+  for (int step = 0; step < 1000000; ++step) {
     std::vector<int> moves;  // 0 producer, 1-2 consumers, 3 a TMA completes
-    if (p_kt < ktiles && (p_kt < stages || empty[p_kt % stages].test((p_kt / stages - 1) & 1))) moves.push_back(0);
+    if (p_g < total && (p_g < stages || empty[p_g % stages].test((p_g / stages - 1) & 1))) moves.push_back(0);
     for (int c = 0; c < 2; ++c) {
-      if (c_state[c] == 0 && c_kt[c] < ktiles && full[c_kt[c] % stages].test((c_kt[c] / stages) & 1)) moves.push_back(1 + c);
+      if (c_state[c] == 0 && c_g[c] < total && full[c_g[c] % stages].test((c_g[c] / stages) & 1)) moves.push_back(1 + c);
       if (c_state[c] == 1) moves.push_back(1 + c);
     }
     if (!inflight_tma.empty()) moves.push_back(3);
     if (moves.empty()) break;
     const int m = moves[rnd(static_cast<int>(moves.size()))];
-    if (m == 0) {  // arm, then issue the TMA of tile p_kt into its stage
-      const int s = p_kt % stages;
-      CHECK(readers[s] == 0, "ws protocol: TMA of tile %d into stage %d while %d consumer(s) read it", p_kt, s, readers[s]);
+    if (m == 0) {  // arm, then issue the TMA of k tile p_g into its stage
+      const int s = p_g % stages;
+      CHECK(readers[s] == 0, "ws protocol: TMA of k tile %d into stage %d while %d consumer(s) read it", p_g, s, readers[s]);
       full[s].arrive(1);
-      inflight_tma.push_back({s, p_kt});
-      ++p_kt;
+      inflight_tma.push_back({s, p_g});
+      ++p_g;
     } else if (m == 3) {
       const int i = rnd(static_cast<int>(inflight_tma.size()));
       const int s = inflight_tma[i][0];
@@ -321,36 +329,34 @@ void check_ws_protocol(int stages, int ktiles, uint64_t seed) {
       inflight_tma.erase(inflight_tma.begin() + i);
     } else {
       const int c = m - 1;
-      if (c_state[c] == 0) {  // full wait passed: wgmma issue on tile c_kt
-        const int s = c_kt[c] % stages;
-        CHECK(holds[s] == c_kt[c], "ws protocol: consumer %d computes tile %d from stage %d holding %d", c, c_kt[c], s, holds[s]);
+      if (c_state[c] == 0) {  // full wait passed: wgmma issue on k tile c_g
+        const int s = c_g[c] % stages;
+        CHECK(holds[s] == c_g[c], "ws protocol: consumer %d computes k tile %d from stage %d holding %d", c, c_g[c], s, holds[s]);
         ++readers[s];
         c_state[c] = 1;
-      } else {  // wgmma.wait_group 1: the previous tile retires; release its stage
-        if (c_unretired[c] >= 0) {
-          --readers[c_unretired[c] % stages];
-          empty[c_unretired[c] % stages].arrive();
+      } else {  // wgmma.wait_group 1: the previous k tile of this tile retires; at a tile's end wait_group 0 too
+        if (c_unretired[c] >= 0) retire(c_unretired[c]);
+        c_unretired[c] = c_g[c];
+        if (c_g[c] % ktiles == ktiles - 1) {
+          retire(c_g[c]);
+          c_unretired[c] = -1;
         }
-        c_unretired[c] = c_kt[c];
-        ++c_kt[c];
-        c_state[c] = 0;
-        if (c_kt[c] == ktiles) {  // wgmma.wait_group 0 (no release: nothing waits for it)
-          --readers[c_unretired[c] % stages];
-          c_state[c] = 2;
-        }
+        ++c_g[c];
+        c_state[c] = c_g[c] == total ? 2 : 0;
       }
     }
   }
-  CHECK(p_kt == ktiles && c_state[0] == 2 && c_state[1] == 2 && inflight_tma.empty(),
-        "ws protocol (stages %d, ktiles %d): stuck with producer at %d, consumers at %d / %d", stages, ktiles, p_kt,
-        c_kt[0], c_kt[1]);
+  CHECK(p_g == total && c_state[0] == 2 && c_state[1] == 2 && inflight_tma.empty(),
+        "ws protocol (stages %d, ktiles %d, tiles %d): stuck with producer at %d, consumers at %d / %d", stages, ktiles,
+        tiles, p_g, c_g[0], c_g[1]);
 }
 
 void check_ws_protocols() {
   const int before = g_fail;
   for (int stages : {2, 3, 4})
     for (int ktiles : {1, 2, 3, 4, 5, 9, 19})
-      for (uint64_t seed = 1; seed <= 200; ++seed) check_ws_protocol(stages, ktiles, seed * 0x9E3779B97F4A7C15ull);
+      for (int tiles : {1, 2, 3})
+        for (uint64_t seed = 1; seed <= 100; ++seed) check_ws_protocol(stages, ktiles, tiles, seed * 0x9E3779B97F4A7C15ull);
   std::printf("%-22s %s\n", "tma-ws protocol", g_fail == before ? "ok" : "FAILED");
 }
 
