@@ -399,6 +399,9 @@ main(process.argv.slice(2)).then(
   (e: unknown) => {
     const err = e as Error & { code?: string };
     process.stderr.write(`moe-offload: ${err.code ? `[${err.code}] ` : ''}${err.message}\n`);
+    if (err.code === 'MOE_OUT_OF_MEMORY') {
+      process.stderr.write('  (the model does not fit: --experts FRACTION keeps that fraction of the routed experts in device memory and the rest in host memory; --backend cpu runs on the CPU)\n');
+    }
     process.exitCode = 1;
   },
 );
