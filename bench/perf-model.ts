@@ -24,8 +24,10 @@
  * activations in the backend's memory, attention and RoPE on a CPU backend of their own, the copies between them;
  * the profile measured the same way); --backend=cuda runs the compute on the GPU (always staged; the offloaded
  * experts then stream through GPU slots, and module mode's copies overlap the compute in the model).
+ * --micro-batches=1,2: the decode configurations also at those attention micro-batch counts (predictDecode's
+ * microBatches: on the CPU the groups run one after another; on CUDA their host work overlaps the GPU's).
  * Run: node dist/bench/perf-model.js [--quick] [--reps=N] [--passes=N] [--models=a,b] [--batches=1,8,32]
- *        [--backend=cpu|cuda] [--staged]
+ *        [--backend=cpu|cuda] [--staged] [--micro-batches=1,2] [--decode-only]
  *   -> bench/results/perf-model-<cpu|cpu-staged|cuda>-<date>.json (--quick: one profile pass, one run per
  *      configuration)
  */
@@ -54,7 +56,7 @@ type StepInfo = Parameters<NonNullable<BatchOptions['onStep']>>[0];
  * length L + j): the intervals between consecutive all-decode steps, their mean KV length, the read probe before
  * and after, and the load average. `onStep` sees every step, with whether all B decoded in it.
  */
-async function lockstepDecode(model: MoeModel, B: number, L: number, seed: number, steps: number, vocab: number, onStep: (st: StepInfo, pure: boolean) => void) {
+async function lockstepDecode(model: MoeModel, B: number, L: number, seed: number, steps: number, vocab: number, onStep: (st: StepInfo, pure: boolean) => void, microBatches = 1) {
   const reqs = randomRequests(B, L, seed, steps + 2, vocab);
   const before = readProbeGBs(PROBE);
   const load = os.loadavg()[0]!;
@@ -64,6 +66,7 @@ async function lockstepDecode(model: MoeModel, B: number, L: number, seed: numbe
   for await (const _ of model.generateBatch(reqs, {
     maxSequences: B,
     maxBatchTokens: B * L + B,
+    microBatches,
     onStep: (st) => {
       const pure = st.decodeTokens === B && st.tokens === B;
       if (pure) decoded++;
@@ -93,6 +96,11 @@ async function main(): Promise<void> {
   if (kind !== 'cpu' && kind !== 'cuda') throw new Error(`--backend must be cpu or cuda, received ${kind}`);
   const staged = kind === 'cuda' || process.argv.includes('--staged');
   const placement = { backend: kind, deviceActivations: staged } as const;
+  // attention micro-batches of the decode configurations (each count a configuration of its own)
+  const microBatches = (arg('micro-batches') ?? '1').split(',').map(Number);
+  if (microBatches.some((mb) => !Number.isSafeInteger(mb) || mb < 1)) throw new Error(`--micro-batches must be positive integers, received ${arg('micro-batches')}`);
+  // --decode-only: skip the prefill and offloaded-experts configurations
+  const decodeOnly = process.argv.includes('--decode-only');
   const contexts = [128, 512];
   const prompts = [128, 512, 1200];
   const prefillRows: Array<Record<string, unknown>> = [];
@@ -126,24 +134,26 @@ async function main(): Promise<void> {
       for (let rep = 0; rep < reps; rep++) {
         for (const B of batches) {
           for (const L of contexts) {
-            const stepMs: number[] = [];
-            const parts: Record<string, number[]> = { attention: [], experts: [], stall: [], dense: [], host: [] };
-            const { intervals, context, before, after, load } = await lockstepDecode(model, B, L, 12345 + B * 7 + L + 1000 * rep, decodeSteps, Math.min(V, 500), (st, pure) => {
-              if (!pure) return;
-              stepMs.push(st.ms);
-              parts.attention!.push(st.times.attentionMs);
-              parts.experts!.push(st.times.expertMs);
-              parts.stall!.push(st.times.stallMs);
-              parts.dense!.push(st.times.denseMs);
-              parts.host!.push(st.times.hostMs);
-            });
-            // the model as plan uses it (the profile's own speeds), and rescaled to the read probe around this run
-            const pred = predictDecode(cfg, profile, { batch: B, context });
-            const rescaled = predictDecode(cfg, profile, { batch: B, context }, { readGBs: (before + after) / 2 }).stepMs;
-            const key = `${B}/${L}`;
-            const partMs = Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, medianOf(v)]));
-            runs.set(key, [...(runs.get(key) ?? []), { measured: medianOf(intervals), step: medianOf(stepMs), parts: partMs, pred, rescaled, context, before, after, load, timed: intervals.length }]);
-            loads.push(load);
+            for (const M of microBatches.filter((mb) => mb <= B)) {
+              const stepMs: number[] = [];
+              const parts: Record<string, number[]> = { attention: [], experts: [], stall: [], dense: [], host: [] };
+              const { intervals, context, before, after, load } = await lockstepDecode(model, B, L, 12345 + B * 7 + L + 1000 * rep, decodeSteps, Math.min(V, 500), (st, pure) => {
+                if (!pure) return;
+                stepMs.push(st.ms);
+                parts.attention!.push(st.times.attentionMs);
+                parts.experts!.push(st.times.expertMs);
+                parts.stall!.push(st.times.stallMs);
+                parts.dense!.push(st.times.denseMs);
+                parts.host!.push(st.times.hostMs);
+              }, M);
+              // the model as plan uses it (the profile's own speeds), and rescaled to the read probe around this run
+              const pred = predictDecode(cfg, profile, { batch: B, context, microBatches: M });
+              const rescaled = predictDecode(cfg, profile, { batch: B, context, microBatches: M }, { readGBs: (before + after) / 2 }).stepMs;
+              const key = `${B}/${L}/${M}`;
+              const partMs = Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, medianOf(v)]));
+              runs.set(key, [...(runs.get(key) ?? []), { measured: medianOf(intervals), step: medianOf(stepMs), parts: partMs, pred, rescaled, context, before, after, load, timed: intervals.length }]);
+              loads.push(load);
+            }
           }
         }
       }
@@ -152,7 +162,7 @@ async function main(): Promise<void> {
       // a longer one runs alone in chunks (two prompts). Measured: prompt tokens over those steps' time; the same runs
       // interleaved over `reps` rounds, the row the median run.
       const pre = new Map<number, Array<{ measured: number; pred: ReturnType<typeof predictPrefill>; before: number; after: number; load: number; steps: number }>>();
-      for (let rep = 0; rep < reps; rep++) {
+      for (let rep = 0; rep < (decodeOnly ? 0 : reps); rep++) {
         for (const P of prompts) {
           const S = P <= CHUNK ? Math.floor(CHUNK / P) : 1;
           const reqs = randomRequests(P <= CHUNK ? 2 * S : 2, P, 777 + P + 1000 * rep, 1, Math.min(V, 500));
@@ -179,7 +189,7 @@ async function main(): Promise<void> {
           loads.push(load);
         }
       }
-      for (const P of prompts) {
+      for (const P of decodeOnly ? [] : prompts) {
         const all = pre.get(P)!;
         const r = medianRun(all);
         const row = {
@@ -204,39 +214,43 @@ async function main(): Promise<void> {
       }
       for (const B of batches) {
         for (const L of contexts) {
-          const all = runs.get(`${B}/${L}`)!;
-          const r = medianRun(all);
-          const row = {
-            model: m.preset,
-            layers: cfg.numLayers,
-            batch: B,
-            context: L,
-            kv_length: r3(r.context),
-            measured_interval_ms: r3(r.measured),
-            measured_step_ms: r3(r.step),
-            predicted_interval_ms: r3(r.pred.stepMs),
-            measured_tokens_per_s: r3((B * 1000) / r.measured),
-            predicted_tokens_per_s: r3(r.pred.tokensPerSecond),
-            rel_error: r3(Math.abs(r.pred.stepMs - r.measured) / r.measured),
-            // the same with its memory-bound parts rescaled to the read probe around the run (Conditions.readGBs)
-            predicted_interval_ms_rescaled: r3(r.rescaled),
-            rel_error_rescaled: r3(Math.abs(r.rescaled - r.measured) / r.measured),
-            read_GBs_before: r3(r.before),
-            read_GBs_after: r3(r.after),
-            load_avg_1m: r3(r.load),
-            bound: r.pred.bound,
-            terms_ms: Object.fromEntries(Object.entries(r.pred.terms).map(([k, v]) => [k, r3(v)])),
-            // where the measured step went (generateBatch's onStep times, medians over the timed steps): attention,
-            // experts, stall and dense are awaited native op groups, host the JS between them; next to terms_ms
-            // they show which predicted term misses
-            measured_parts_ms: Object.fromEntries(Object.entries(r.parts).map(([k, v]) => [k, r3(v)])),
-            intervals_timed: r.timed,
-            runs: all.map((x) => ({ measured_interval_ms: r3(x.measured), predicted_interval_ms: r3(x.pred.stepMs), read_GBs: r3((x.before + x.after) / 2), load_avg_1m: r3(x.load) })),
-          };
-          rows.push(row);
-          console.log(JSON.stringify({ ...row, terms_ms: undefined }));
+            for (const M of microBatches.filter((mb) => mb <= B)) {
+            const all = runs.get(`${B}/${L}/${M}`)!;
+            const r = medianRun(all);
+            const row = {
+              model: m.preset,
+              layers: cfg.numLayers,
+              batch: B,
+              context: L,
+              micro_batches: M,
+              kv_length: r3(r.context),
+              measured_interval_ms: r3(r.measured),
+              measured_step_ms: r3(r.step),
+              predicted_interval_ms: r3(r.pred.stepMs),
+              measured_tokens_per_s: r3((B * 1000) / r.measured),
+              predicted_tokens_per_s: r3(r.pred.tokensPerSecond),
+              rel_error: r3(Math.abs(r.pred.stepMs - r.measured) / r.measured),
+              // the same with its memory-bound parts rescaled to the read probe around the run (Conditions.readGBs)
+              predicted_interval_ms_rescaled: r3(r.rescaled),
+              rel_error_rescaled: r3(Math.abs(r.rescaled - r.measured) / r.measured),
+              read_GBs_before: r3(r.before),
+              read_GBs_after: r3(r.after),
+              load_avg_1m: r3(r.load),
+              bound: r.pred.bound,
+              terms_ms: Object.fromEntries(Object.entries(r.pred.terms).map(([k, v]) => [k, r3(v)])),
+              // where the measured step went (generateBatch's onStep times, medians over the timed steps): attention,
+              // experts, stall and dense are awaited native op groups, host the JS between them; next to terms_ms
+              // they show which predicted term misses
+              measured_parts_ms: Object.fromEntries(Object.entries(r.parts).map(([k, v]) => [k, r3(v)])),
+              intervals_timed: r.timed,
+              runs: all.map((x) => ({ measured_interval_ms: r3(x.measured), predicted_interval_ms: r3(x.pred.stepMs), read_GBs: r3((x.before + x.after) / 2), load_avg_1m: r3(x.load) })),
+            };
+            rows.push(row);
+            console.log(JSON.stringify({ ...row, terms_ms: undefined }));
+            }
         }
       }
+      if (decodeOnly) continue;
       // offloaded experts: a quarter of them in LRU slots, the same decode measurement at context 128; predicted with
       // the slot count (expert copies priced at the profile's copy rate)
       using off = await loadModel(dir, { kvCacheBytes: 1 << 30, experts: { fraction: 0.25, policy: 'lru' }, ...placement });

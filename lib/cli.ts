@@ -292,9 +292,10 @@ async function planCmd(args: string[]): Promise<number> {
       '\n',
   );
   const best = chooseBatch(cfg, p, context, kvTokens, {}, expertSlots);
-  for (const { batch: b, prediction: d } of best.candidates) {
+  for (const { batch: b, microBatches: mb, prediction: d } of best.candidates) {
     const copies = d.copies ? `, ${d.copies.experts.toFixed(1)} experts copied${d.copies.moduleMode ? ' (module mode)' : ''}` : '';
-    process.stdout.write(`  batch ${String(b).padStart(4)}: ${d.tokensPerSecond.toFixed(1).padStart(9)} tokens/s, step ${d.stepMs.toFixed(2)} ms${copies}, bound: ${d.bound}\n`);
+    const groups = mb > 1 ? `, ${mb} attention micro-batches (${(-d.terms.overlapMs).toFixed(2)} ms overlapped)` : '';
+    process.stdout.write(`  batch ${String(b).padStart(4)}: ${d.tokensPerSecond.toFixed(1).padStart(9)} tokens/s, step ${d.stepMs.toFixed(2)} ms${copies}${groups}, bound: ${d.bound}\n`);
   }
   const why =
     best.limit === 'kv-capacity'
@@ -302,7 +303,7 @@ async function planCmd(args: string[]): Promise<number> {
       : best.limit === 'profiled batches'
         ? `; the profile measured no larger batch (moe-offload profile --max-batch N)`
         : '';
-  process.stdout.write(`choice: batch ${best.batch} (${best.prediction.tokensPerSecond.toFixed(1)} tokens/s predicted; ${best.prediction.bound}${why})\n`);
+  process.stdout.write(`choice: batch ${best.batch}${best.microBatches > 1 ? `, ${best.microBatches} micro-batches` : ''} (${best.prediction.tokensPerSecond.toFixed(1)} tokens/s predicted; ${best.prediction.bound}${why})\n`);
   if (p.prefillTokens?.length) {
     // prefill of prompts as long as the context, in steps of generateBatch's default 512 tokens
     const f = predictPrefill(cfg, p, { prompt: context, chunk: 512 });
@@ -338,7 +339,7 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
       ...(num('seed', intOpt) !== undefined ? { seed: num('seed', intOpt)! } : {}),
     };
     const maxBatchTokens = num('max-batch-tokens', intOpt);
-    const microBatches = num('micro-batches', intOpt);
+    let microBatches = num('micro-batches', intOpt);
     let maxSequences = num('max-sequences', intOpt);
     if (maxSequences === undefined) {
       // the plan: the batch the performance model predicts fastest within the KV cache, from this model's saved profile
@@ -348,9 +349,12 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
         const context = 256 + (defaults.maxNewTokens ?? 128);
         // offloaded experts: the copies of the model's slot count (a profile without the copy rate plans them resident)
         const slots = saved.profile.copyGBs! > 0 ? model.expertCache?.capacity : undefined;
-        const best = chooseBatch(cfg, saved.profile, context, model.kvTokensFree, {}, slots);
+        const best = chooseBatch(cfg, saved.profile, context, model.kvTokensFree, {}, slots, microBatches !== undefined ? [microBatches] : undefined);
         maxSequences = best.batch;
-        process.stderr.write(`plan: ${best.batch} sequences at once (${best.prediction.tokensPerSecond.toFixed(1)} decode tokens/s predicted at context ${context}; ${best.prediction.bound})\n`);
+        microBatches ??= best.microBatches;
+        process.stderr.write(
+          `plan: ${best.batch} sequences at once${best.microBatches > 1 ? ` in ${best.microBatches} attention micro-batches` : ''} (${best.prediction.tokensPerSecond.toFixed(1)} decode tokens/s predicted at context ${context}; ${best.prediction.bound})\n`,
+        );
       } else {
         process.stderr.write(`plan: ${saved.why}; 64 sequences at once (moe-offload profile --model DIR measures this model, then generate plans its batch)\n`);
       }

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { type ModelProfile, type OpPoint, type OpSpec, chooseBatch, expectedExperts, expertCopies, interp, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
+import { type ModelProfile, type OpPoint, type OpSpec, chooseBatch, expectedExperts, expertCopies, interp, moduleOverlapMs, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
 import { profileModel } from '../lib/batching/profile.js';
 import { Backend, cudaUnavailableReason, DeviceTensor, loadModel, makeModel, type ModelConfig, type PresetName } from '../lib/index.js';
 
@@ -467,6 +467,50 @@ test('offloaded experts on CUDA in module mode: the copies overlap the compute (
   const few = predictDecode(cfg, gpu, { batch: 1, context: 100, expertSlots: cfg.numExperts * cfg.moeLayers.length - 1 });
   assert.equal(few.copies!.moduleMode, false);
   assert.ok(Math.abs(few.stepMs - few.terms.expertCopyMs - predictDecode(cfg, cpu, { batch: 1, context: 100 }).stepMs) < 1e-9);
+});
+
+test('micro-batches: one layer\'s module pipeline (projections queued at once, host work in turn, output projections after)', () => {
+  assert.equal(moduleOverlapMs(1, 3, 5, 2), 3 + 5 + 2);
+  // host-bound: the first projections, every group's host work, the last output projection
+  assert.equal(moduleOverlapMs(4, 1, 10, 1), 1 + 4 * 10 + 1);
+  // GPU-bound: every projection, then the last host work and output projection wait for nothing else
+  assert.equal(moduleOverlapMs(2, 10, 1, 1), 2 * 10 + 1 + 1);
+  for (const [M, a, h, b] of [
+    [2, 3, 4, 1],
+    [3, 1, 1, 1],
+    [4, 2, 7, 3],
+  ] as const) {
+    const t = moduleOverlapMs(M, a, h, b);
+    assert.ok(t <= M * (a + h + b) + 1e-9 && t >= Math.max(M * (a + b), M * h) - 1e-9, `${M} ${a} ${h} ${b}: ${t}`);
+  }
+});
+
+test('micro-batches: the CPU backend runs the groups in turn (more round trips, no overlap); CUDA overlaps them', async () => {
+  const cfg = await config('tiny-qwen3-moe');
+  const cpu = synthetic(cfg);
+  const one = predictDecode(cfg, cpu, { batch: 64, context: 100 });
+  const two = predictDecode(cfg, cpu, { batch: 64, context: 100, microBatches: 2 });
+  assert.equal(two.terms.overlapMs, 0);
+  assert.ok(two.stepMs > one.stepMs, 'two groups cost their round trips and per-op costs twice');
+  // the non-module ops are the same
+  assert.equal(two.terms.expertsMs, one.terms.expertsMs);
+  assert.equal(two.terms.routerMs, one.terms.routerMs);
+  const gpu: ModelProfile = { ...cpu, kind: 'cuda', staged: true, hostGroupMs: cpu.groupMs };
+  for (const o of stepOps(cfg, { staged: true }).ops) {
+    if (gpu.ops[o.key]) continue;
+    gpu.ops[o.key] = [1, 8, 64].map((B) => ({ batch: B, ms: 0.01 + 0.0001 * B, bytes: 0, probeGBs: 0 }));
+  }
+  const g1 = predictDecode(cfg, gpu, { batch: 64, context: 1000 });
+  const g4 = predictDecode(cfg, gpu, { batch: 64, context: 1000, microBatches: 4 });
+  assert.equal(g1.terms.overlapMs, 0);
+  assert.ok(g4.terms.overlapMs < 0, 'the groups overlap on CUDA');
+  assert.ok(Math.abs(g4.stepMs - Object.values(g4.terms).reduce((a, b) => a + b, 0)) < 1e-9);
+  assert.throws(() => predictDecode(cfg, gpu, { batch: 2, context: 10, microBatches: 3 }), /microBatches must be an integer in \[1, batch 2\]/);
+  // chooseBatch tries 1, 2 and 4 on a CUDA profile, 1 on the CPU backend
+  assert.equal(chooseBatch(cfg, cpu, 100, 1e9).microBatches, 1);
+  const c = chooseBatch(cfg, gpu, 1000, 1e9);
+  const best = Math.max(...[1, 2, 4].map((m) => predictDecode(cfg, gpu, { batch: c.batch, context: 1000, microBatches: m }).tokensPerSecond));
+  assert.equal(c.prediction.tokensPerSecond, best);
 });
 
 test('prefill pairs: each new token sees its prefix and the tokens before it, at most a window', () => {

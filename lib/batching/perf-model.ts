@@ -90,6 +90,12 @@ export interface PlannedOp {
   perSequence?: boolean;
   /** Staged: a backend op of the host (CPU) backend, not the compute backend (RoPE; attention always is). */
   host?: boolean;
+  /**
+   * Part of a layer's attention module, which runs once per micro-batch (forward.ts stepGroups) on its rows: 'pre'
+   * the q/k/v projections (and their copies down), 'host' RoPE, the KV writes and attention, 'post' the attention
+   * output's copy up and the output projection.
+   */
+  module?: 'pre' | 'host' | 'post';
 }
 
 export interface StepPlan {
@@ -98,6 +104,8 @@ export interface StepPlan {
   groups: number;
   /** Staged: awaited ops of the host backend per step (attention, RoPE); 0 when not staged (counted in groups). */
   hostGroups: number;
+  /** Of groups and hostGroups, those of the attention modules (per step, all layers): each micro-batch has its own. */
+  moduleGroups: { pre: number; host: number; post: number };
   /** Backend ops per layer (layer order) and outside the layers. */
   perLayer: number[];
   perStep: number;
@@ -165,10 +173,18 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
   const list: Array<Omit<PlannedOp, 'key' | 'calls'> & { layer: number }> = [];
   let groups = 0;
   let hostGroups = 0;
+  const moduleGroups = { pre: 0, host: 0, post: 0 };
+  // the attention module part the ops pushed now belong to (undefined: outside the module)
+  let part: PlannedOp['module'];
+  const group = (n = 1, onHost = false) => {
+    if (onHost) hostGroups += n;
+    else groups += n;
+    if (part) moduleGroups[part] += n;
+  };
   const perLayer: number[] = [];
   const push = (layer: number, spec: OpSpec, term: TermName, window?: number | null, perSequence = false, host = false) => {
     const backend = spec.op !== 'kvWrite' && spec.op !== 'clamp' && spec.op !== 'mlaAssemble' && spec.op !== 'alloc';
-    list.push({ layer, spec, term, backend, ...(window !== undefined ? { window } : {}), ...(perSequence ? { perSequence } : {}), ...(host ? { host } : {}) });
+    list.push({ layer, spec, term, backend, ...(window !== undefined ? { window } : {}), ...(perSequence ? { perSequence } : {}), ...(host ? { host } : {}), ...(part ? { module: part } : {}) });
   };
   const gemm = (layer: number, n: number, k: number, term: TermName, dtype: 'bf16' | 'f32' = 'bf16') => push(layer, { op: 'gemm', n, k, dtype }, term);
   const move = (layer: number, dir: 'down' | 'up', rowBytes: number, term: TermName, perSequence = false) => push(layer, { op: 'transfer', dir, rowBytes }, term, undefined, perSequence);
@@ -202,6 +218,7 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
   const moe = new Set(cfg.moeLayers);
   for (let l = 0; l < cfg.numLayers; l++) {
     push(l, { op: 'rmsNorm', rowsPerToken: 1, d: H, out: 'bf16', add: l === 0 ? null : 'bf16' }, 'attentionProj');
+    part = 'pre'; // the attention module, per micro-batch: projections ...
     if (cfg.mla) {
       const m = cfg.mla;
       // qa, qIn (q LoRA), q nope, q pe, c, cb, k pe, k nope, v; the assembled q, k, v; v's prefix when narrower
@@ -224,12 +241,14 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
       gemm(l, nH * m.vHeadDim, m.kvLoraRank, 'attentionProj');
       if (staged) {
         for (const b of [4 * nH * m.qkNopeHeadDim, 4 * nH * m.qkRopeHeadDim, 4 * m.qkRopeHeadDim, 4 * nH * m.qkNopeHeadDim, 4 * nH * m.vHeadDim]) move(l, 'down', b, 'attentionProj');
-        groups += 1;
+        group();
+        part = 'host';
         push(l, { op: 'rope', qHeads: nH, kHeads: 1, headDim: m.qkRopeHeadDim }, 'attentionProj', undefined, false, true);
-        hostGroups += 1;
+        group(1, true);
       } else {
         push(l, { op: 'rope', qHeads: nH, kHeads: 1, headDim: m.qkRopeHeadDim }, 'attentionProj');
-        groups += 1;
+        group();
+        part = 'host';
       }
       push(l, { op: 'mlaAssemble', heads: nH, nope: m.qkNopeHeadDim, rope: m.qkRopeHeadDim, v: m.vHeadDim, headDim: D }, 'host');
     } else {
@@ -249,26 +268,31 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
         push(l, perHead ? { op: 'rmsNorm', rowsPerToken: cfg.numKvHeads, d: hd, out: 'f32', add: null } : { op: 'rmsNorm', rowsPerToken: 1, d: cfg.numKvHeads * hd, out: 'f32', add: null }, 'attentionProj');
       }
       if (staged) for (const b of [4 * nH * hd, 4 * cfg.numKvHeads * hd, 4 * cfg.numKvHeads * hd]) move(l, 'down', b, 'attentionProj');
-      groups += 1;
+      // not staged and no clip: RoPE in the projections' group
+      if (!staged && cfg.clipQkv === null) push(l, { op: 'rope', qHeads: nH, kHeads: cfg.numKvHeads, headDim: hd }, 'attentionProj');
+      group();
+      part = 'host'; // ... host work: the clip, RoPE, KV writes, attention ...
       if (cfg.clipQkv !== null) push(l, { op: 'clamp', n: (nH + 2 * cfg.numKvHeads) * hd }, 'host');
       if (staged) {
         push(l, { op: 'rope', qHeads: nH, kHeads: cfg.numKvHeads, headDim: hd }, 'attentionProj', undefined, false, true);
-        hostGroups += 1;
-      } else {
-        if (cfg.clipQkv !== null) groups += 1; // rope awaited alone after the clip
+        group(1, true);
+      } else if (cfg.clipQkv !== null) {
         push(l, { op: 'rope', qHeads: nH, kHeads: cfg.numKvHeads, headDim: hd }, 'attentionProj');
+        group(); // rope awaited alone after the clip
       }
     }
     push(l, { op: 'kvWrite', kvHeads, headDim: D }, 'host');
     const window = cfg.layerTypes && cfg.layerTypes[l] !== 'sliding' ? null : cfg.slidingWindow;
     push(l, { op: 'attention', qHeads: nH, kvHeads, headDim: D }, 'attention', window, false, staged);
+    group(1, staged);
+    part = 'post'; // ... the output up (staged) and its projection
     if (staged) {
-      hostGroups += 1;
       move(l, 'up', 2 * nH * (cfg.mla ? cfg.mla.vHeadDim : hd), 'attentionProj'); // the attention output, awaited
+      group();
     }
-    groups += 1;
     gemm(l, H, cfg.mla ? nH * cfg.mla.vHeadDim : nH * hd, 'attentionProj');
     if (cfg.family === 'gpt_oss') push(l, { op: 'add', n: H, dtype: 'f32', bias: true }, 'attentionProj');
+    part = undefined;
     if (!moe.has(l)) {
       push(l, { op: 'rmsNorm', rowsPerToken: 1, d: H, out: 'bf16', add: 'f32' }, 'attentionProj');
       push(l, { op: 'moeExperts', experts: 1, k: 1, hidden: H, inter: cfg.denseIntermediateSize }, 'experts');
@@ -312,13 +336,13 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
   const byKey = new Map<string, PlannedOp>();
   for (const o of list) {
     const key = opKey(o.spec);
-    const id = `${key} ${o.term}${o.window === undefined ? '' : ` w${o.window}`}${o.perSequence ? ' seq' : ''}`;
+    const id = `${key} ${o.term}${o.window === undefined ? '' : ` w${o.window}`}${o.perSequence ? ' seq' : ''}${o.module ? ` ${o.module}` : ''}`;
     const e = byKey.get(id);
     if (e) e.calls++;
-    else byKey.set(id, { key, spec: o.spec, calls: 1, term: o.term, backend: o.backend, ...(o.window !== undefined ? { window: o.window } : {}), ...(o.perSequence ? { perSequence: true } : {}), ...(o.host ? { host: true } : {}) });
+    else byKey.set(id, { key, spec: o.spec, calls: 1, term: o.term, backend: o.backend, ...(o.window !== undefined ? { window: o.window } : {}), ...(o.perSequence ? { perSequence: true } : {}), ...(o.host ? { host: true } : {}), ...(o.module ? { module: o.module } : {}) });
   }
   const perStep = list.filter((o) => o.layer < 0 && o.backend && !o.host && o.spec.op !== 'transfer').length;
-  return { ops: [...byKey.values()], groups, hostGroups, perLayer, perStep };
+  return { ops: [...byKey.values()], groups, hostGroups, moduleGroups, perLayer, perStep };
 }
 
 /** Backend ops lib/engine/forward.ts issues per layer for this config (and per step outside the layers). */
@@ -533,6 +557,12 @@ export interface DecodeShape {
    * in pinned host memory (the profile's copyGBs prices a miss). Absent: every expert resident.
    */
   expertSlots?: number;
+  /**
+   * Micro-batches of the attention modules (BatchOptions.microBatches; default 1): each layer's attention module
+   * runs once per group of B / M sequences. On the CPU backend the groups run one after another; on CUDA a group's
+   * host work (RoPE, KV writes, attention) overlaps the GPU's projections of the others (stepOps `module` parts).
+   */
+  microBatches?: number;
 }
 
 export interface StepTerms {
@@ -551,6 +581,8 @@ export interface StepTerms {
   overheadMs: number;
   /** Offloaded experts: copying the step's missed experts into the slots (0 when resident). */
   expertCopyMs: number;
+  /** Micro-batches on CUDA: the attention modules' time that overlaps (<= 0; 0 otherwise). */
+  overlapMs: number;
 }
 
 export interface DecodePrediction {
@@ -611,14 +643,34 @@ export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeSh
     copies = expertCopies(cfg, B, shape.expertSlots);
     copyMs = (copies.experts * 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2) / (p.copyGBs! * 1e6);
   }
+  const M = shape.microBatches ?? 1;
+  if (!Number.isSafeInteger(M) || M < 1 || M > B) throw new InvalidArgumentError(`microBatches must be an integer in [1, batch ${B}], received ${describe(shape.microBatches)}`);
   const overlap = copies !== undefined && copies.moduleMode && p.kind === 'cuda';
-  const step = composeStep(cfg, p, B, B, now, cold, (o) => opCost(p, o.key, B, o.window ? Math.min(L, o.window) : L, now, cold), copyMs, overlap);
+  const step = composeStep(cfg, p, B, B, now, cold, (o, f) => opCost(p, o.key, B * f, o.window ? Math.min(L, o.window) : L, now, cold), copyMs, overlap, M);
   return { ...step, tokensPerSecond: (B * 1000) / step.stepMs, expertsPerLayer: expectedExperts(cfg.numExperts, cfg.topK, B), ...(copies ? { copies } : {}) };
 }
 
 /**
+ * Wall time of one layer's attention module in M micro-batches on CUDA, from its parts' times per micro-batch: the
+ * projections of every group queue on the GPU at once (pre, a each), each group's host work (h) starts when its
+ * projections are done and the host finished the group before, and its output projection (post, b) runs on the GPU
+ * after its host work and after everything queued before it.
+ */
+export function moduleOverlapMs(M: number, a: number, h: number, b: number): number {
+  let hostEnd = 0;
+  let gpuEnd = M * a;
+  for (let g = 0; g < M; g++) {
+    hostEnd = Math.max((g + 1) * a, hostEnd) + h;
+    gpuEnd = Math.max(hostEnd, gpuEnd) + b;
+  }
+  return gpuEnd;
+}
+
+/**
  * One step of T tokens from S sequences: every op of stepOps at T rows (S for the per-sequence ones), attention
- * from `attention`, sampling S rows, the group round trips and runtime costs; its terms and binding resource.
+ * from `attention(op, f)` (f: the share of the step's sequences it covers), sampling S rows, the group round trips
+ * and runtime costs; its terms and binding resource. M micro-batches: the attention modules' ops run M times at
+ * T / M rows with their round trips; on CUDA their parts overlap (moduleOverlapMs, the saving in overlapMs).
  */
 function composeStep(
   cfg: ModelConfig,
@@ -627,26 +679,41 @@ function composeStep(
   S: number,
   now: Conditions,
   cold: number,
-  attention: (o: PlannedOp) => { ms: number; memMs: number },
+  attention: (o: PlannedOp, f: number) => { ms: number; memMs: number },
   copyMs = 0,
   overlapCopies = false,
+  M = 1,
 ): Omit<DecodePrediction, 'tokensPerSecond' | 'expertsPerLayer'> {
   const plan = stepOps(cfg, { staged: p.staged === true });
-  const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0, expertCopyMs: 0 };
+  const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0, expertCopyMs: 0, overlapMs: 0 };
   let weightsMem = 0;
   let kvMem = 0;
   let perOp = 0;
+  const hostTrip = p.staged ? (p.hostGroupMs ?? p.groupMs) : p.groupMs;
+  // the attention modules' parts (all layers, all micro-batches), round trips included
+  const mod = { pre: plan.moduleGroups.pre * M * p.groupMs, host: plan.moduleGroups.host * M * hostTrip, post: plan.moduleGroups.post * M * p.groupMs };
   for (const o of plan.ops) {
-    const c = o.spec.op === 'attention' ? attention(o) : opCost(p, o.key, o.perSequence ? S : T, 0, now, cold);
-    terms[`${o.term}Ms` as keyof StepTerms] += o.calls * c.ms;
-    if (o.spec.op === 'attention') kvMem += o.calls * c.memMs;
-    else weightsMem += o.calls * c.memMs;
-    if (o.backend) perOp += o.calls * Math.min(c.ms, p.opMs);
+    const n = o.module ? M : 1; // runs per step (per layer)
+    const f = 1 / n;
+    const c = o.spec.op === 'attention' ? attention(o, f) : opCost(p, o.key, (o.perSequence ? S : T) * f, 0, now, cold);
+    const ms = o.calls * n * c.ms;
+    terms[`${o.term}Ms` as keyof StepTerms] += ms;
+    if (o.module) mod[o.module] += ms;
+    if (o.spec.op === 'attention') kvMem += o.calls * n * c.memMs;
+    else weightsMem += o.calls * n * c.memMs;
+    if (o.backend) perOp += o.calls * n * Math.min(c.ms, p.opMs);
   }
   // staged: greedy sampling is the argmaxRows op of the plan; otherwise the host samples S rows of logits
   if (!p.staged) terms.hostMs += (S * cfg.vocabSize * p.sampleNsPerLogit) / 1e6;
   const r = p.runtime;
-  terms.overheadMs = plan.groups * p.groupMs + plan.hostGroups * (p.hostGroupMs ?? p.groupMs) + r.stepMs + cfg.numLayers * r.layerMs;
+  const moduleTrips = (M - 1) * ((plan.moduleGroups.pre + plan.moduleGroups.post) * p.groupMs + plan.moduleGroups.host * hostTrip);
+  terms.overheadMs = plan.groups * p.groupMs + plan.hostGroups * (p.hostGroupMs ?? p.groupMs) + moduleTrips + r.stepMs + cfg.numLayers * r.layerMs;
+  if (p.kind === 'cuda' && M > 1) {
+    // per layer and micro-batch (the layers' modules alike: their mean)
+    const per = M * cfg.numLayers;
+    const serial = mod.pre + mod.host + mod.post;
+    terms.overlapMs = Math.min(0, cfg.numLayers * moduleOverlapMs(M, mod.pre / per, mod.host / per, mod.post / per) - serial);
+  }
   const rest = Object.values(terms).reduce((a, b) => a + b, 0);
   // copies of offloaded experts: on the CPU backend they share the cores and the memory with the compute, and a
   // demand fetch stalls its layer: they add to the step; on CUDA in module mode the copy engine streams the next
@@ -654,7 +721,7 @@ function composeStep(
   terms.expertCopyMs = overlapCopies ? Math.max(0, copyMs - rest) : copyMs;
   const stepMs = rest + terms.expertCopyMs;
   const overhead = terms.overheadMs + terms.hostMs + perOp;
-  const compute = rest - overhead - weightsMem - kvMem;
+  const compute = rest - terms.overlapMs - overhead - weightsMem - kvMem;
   const shares: Array<[DecodePrediction['bound'], number]> = [
     ['weights (memory bandwidth)', weightsMem],
     ['attention (KV bandwidth)', kvMem],
@@ -716,7 +783,7 @@ export function predictPrefill(cfg: ModelConfig, p: ModelProfile, shape: Prefill
   const units: Array<{ S: number; q: number; prefix: number }> = [];
   if (P <= C) units.push({ S: Math.floor(C / P), q: P, prefix: 0 });
   else for (let at = 0; at < P; at += C) units.push({ S: 1, q: Math.min(C, P - at), prefix: at });
-  const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0, expertCopyMs: 0 };
+  const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0, expertCopyMs: 0, overlapMs: 0 };
   const steps: PrefillPrediction['steps'] = [];
   const binds = new Map<DecodePrediction['bound'], number>();
   let tokens = 0;
@@ -724,8 +791,8 @@ export function predictPrefill(cfg: ModelConfig, p: ModelProfile, shape: Prefill
     const T = u.S * u.q;
     const kvPerRow = (u.S * (u.prefix + u.q)) / T; // the step's KV reads, as stepWorkingSet counts them per row
     const cold = Math.min(1, Math.max(0, stepWorkingSet(cfg, T, kvPerRow) / p.cacheBytes - 1));
-    const st = composeStep(cfg, p, T, u.S, now, cold, (o) => {
-      const pairs = u.S * prefillPairs(u.q, u.prefix, o.window ?? null);
+    const st = composeStep(cfg, p, T, u.S, now, cold, (o, f) => {
+      const pairs = u.S * f * prefillPairs(u.q, u.prefix, o.window ?? null);
       return opCost(p, opKey(prefillAttention(o.spec as Extract<OpSpec, { op: 'attention' }>)), pairs, 0, now, cold);
     });
     for (const k of Object.keys(terms) as Array<keyof StepTerms>) terms[k] += st.terms[k];
@@ -743,10 +810,12 @@ export function predictPrefill(cfg: ModelConfig, p: ModelProfile, shape: Prefill
  * 1, 2, 4, ... and the largest that fits, up to what the profile measured), and what limits it: 'throughput' (a
  * larger batch that fits is predicted slower), 'kv-capacity' (throughput still grows but a larger batch does not
  * fit the KV cache: the binding resource is KV capacity) or 'profiled batches' (the profile measured no larger).
- * With `expertSlots`, for routed experts offloaded into that many slots (predictDecode). `candidates`: every batch
- * tried, with its prediction.
+ * With `expertSlots`, for routed experts offloaded into that many slots (predictDecode). Each batch at the best of
+ * the micro-batch counts `microBatches` (default: 1, 2 and 4 on a CUDA profile, where the attention modules' host
+ * work overlaps the GPU; 1 on the CPU backend, where the groups only add round trips). `candidates`: every batch
+ * tried, with its prediction at its best count.
  * @example
- * const { batch, limit } = chooseBatch(cfg, profile, 512, model.kvTokensFree);
+ * const { batch, microBatches, limit } = chooseBatch(cfg, profile, 512, model.kvTokensFree);
  */
 export function chooseBatch(
   cfg: ModelConfig,
@@ -755,14 +824,30 @@ export function chooseBatch(
   kvTokens: number,
   now: Conditions = {},
   expertSlots?: number,
-): { batch: number; prediction: DecodePrediction; limit: 'throughput' | 'kv-capacity' | 'profiled batches'; candidates: Array<{ batch: number; prediction: DecodePrediction }> } {
+  microBatches: readonly number[] = p.kind === 'cuda' ? [1, 2, 4] : [1],
+): {
+  batch: number;
+  microBatches: number;
+  prediction: DecodePrediction;
+  limit: 'throughput' | 'kv-capacity' | 'profiled batches';
+  candidates: Array<{ batch: number; microBatches: number; prediction: DecodePrediction }>;
+} {
+  if (!Array.isArray(microBatches) || microBatches.length === 0 || microBatches.some((m) => !Number.isSafeInteger(m) || m < 1)) {
+    throw new InvalidArgumentError(`microBatches must be positive integers, received ${describe(microBatches)}`);
+  }
   const maxB = Math.max(...p.batches);
   const fits = Math.floor(kvTokens / context);
   const top = Math.max(1, Math.min(maxB, fits));
   const batches: number[] = [];
   for (let b = 1; b < top; b *= 2) batches.push(b);
   batches.push(top);
-  const candidates = batches.map((batch) => ({ batch, prediction: predictDecode(cfg, p, { batch, context, ...(expertSlots !== undefined ? { expertSlots } : {}) }, now) }));
+  const candidates = batches.map((batch) => {
+    const tried = microBatches
+      .filter((m) => m <= batch)
+      .map((m) => ({ batch, microBatches: m, prediction: predictDecode(cfg, p, { batch, context, microBatches: m, ...(expertSlots !== undefined ? { expertSlots } : {}) }, now) }));
+    const one = tried.length > 0 ? tried : [{ batch, microBatches: 1, prediction: predictDecode(cfg, p, { batch, context, ...(expertSlots !== undefined ? { expertSlots } : {}) }, now) }];
+    return one.reduce((x, c) => (c.prediction.tokensPerSecond > x.prediction.tokensPerSecond ? c : x));
+  });
   const best = candidates.reduce((a, c) => (c.prediction.tokensPerSecond > a.prediction.tokensPerSecond ? c : a));
   const limit = best.batch < top ? 'throughput' : fits < maxB ? 'kv-capacity' : 'profiled batches';
   return { ...best, limit, candidates };
