@@ -19,7 +19,8 @@
  * 512 rows and the prefill attention).
  * Offloaded experts: the same model with a quarter of its experts in LRU slots (`experts: { fraction: 0.25 }`),
  * decode at each batch at context 128, vs predictDecode with `expertSlots` (expert copies at the profile's copy
- * rate), with the experts copied per step measured (the cache's bytes moved) and predicted.
+ * rate), with the experts copied per step measured (the cache's bytes moved) and predicted; and the prefill
+ * prompts again, vs predictPrefill with `expertSlots`.
  * Backends: the CPU backend by default; --staged runs it as a GPU host would (loadModel's deviceActivations: the
  * activations in the backend's memory, attention and RoPE on a CPU backend of their own, the copies between them;
  * the profile measured the same way); --backend=cuda runs the compute on the GPU (always staged; the offloaded
@@ -82,6 +83,34 @@ async function lockstepDecode(model: MoeModel, B: number, L: number, seed: numbe
 }
 
 /** The run with the median measurement (the lower middle one of an even count). */
+/**
+ * Prefill of prompts of P tokens in steps of CHUNK tokens (one new token each, so every step only prefills): a prompt
+ * that fits shares its step with floor(CHUNK / P) others (two such steps), a longer one runs alone in chunks (two
+ * prompts). Prompt tokens per second over those steps, the steps, the read probe around and the load average.
+ */
+async function prefillRun(model: MoeModel, P: number, seed: number, vocab: number) {
+  const S = P <= CHUNK ? Math.floor(CHUNK / P) : 1;
+  const reqs = randomRequests(P <= CHUNK ? 2 * S : 2, P, seed, 1, vocab);
+  const before = readProbeGBs(PROBE);
+  const load = os.loadavg()[0]!;
+  let tokens = 0;
+  let ms = 0;
+  let steps = 0;
+  for await (const _ of model.generateBatch(reqs, {
+    maxSequences: S,
+    maxBatchTokens: CHUNK,
+    onStep: (st) => {
+      if (st.decodeTokens !== 0) return;
+      tokens += st.tokens;
+      ms += st.ms;
+      steps++;
+    },
+  })) {
+    // the timings are what is measured
+  }
+  return { measured: (tokens * 1000) / ms, steps, before, after: readProbeGBs(PROBE), load };
+}
+
 function medianRun<R extends { measured: number }>(all: readonly R[]): R {
   return [...all].sort((a, b) => a.measured - b.measured)[Math.floor((all.length - 1) / 2)]!;
 }
@@ -105,6 +134,7 @@ async function main(): Promise<void> {
   const prompts = [128, 512, 1200];
   const prefillRows: Array<Record<string, unknown>> = [];
   const offloadRows: Array<Record<string, unknown>> = [];
+  const offloadPrefillRows: Array<Record<string, unknown>> = [];
   const models: Array<{ preset: PresetName; layers?: number }> = [
     { preset: 'tiny-qwen3-moe' },
     { preset: 'tiny-mixtral' },
@@ -164,29 +194,9 @@ async function main(): Promise<void> {
       const pre = new Map<number, Array<{ measured: number; pred: ReturnType<typeof predictPrefill>; before: number; after: number; load: number; steps: number }>>();
       for (let rep = 0; rep < (decodeOnly ? 0 : reps); rep++) {
         for (const P of prompts) {
-          const S = P <= CHUNK ? Math.floor(CHUNK / P) : 1;
-          const reqs = randomRequests(P <= CHUNK ? 2 * S : 2, P, 777 + P + 1000 * rep, 1, Math.min(V, 500));
-          const before = readProbeGBs(PROBE);
-          const load = os.loadavg()[0]!;
-          let tokens = 0;
-          let ms = 0;
-          let steps = 0;
-          for await (const _ of model.generateBatch(reqs, {
-            maxSequences: S,
-            maxBatchTokens: CHUNK,
-            onStep: (st) => {
-              if (st.decodeTokens !== 0) return;
-              tokens += st.tokens;
-              ms += st.ms;
-              steps++;
-            },
-          })) {
-            // the timings are what is measured
-          }
-          const after = readProbeGBs(PROBE);
-          const pred = predictPrefill(cfg, profile, { prompt: P, chunk: CHUNK });
-          pre.set(P, [...(pre.get(P) ?? []), { measured: (tokens * 1000) / ms, pred, before, after, load, steps }]);
-          loads.push(load);
+          const run = await prefillRun(model, P, 777 + P + 1000 * rep, Math.min(V, 500));
+          pre.set(P, [...(pre.get(P) ?? []), { ...run, pred: predictPrefill(cfg, profile, { prompt: P, chunk: CHUNK }) }]);
+          loads.push(run.load);
         }
       }
       for (const P of decodeOnly ? [] : prompts) {
@@ -297,6 +307,37 @@ async function main(): Promise<void> {
         offloadRows.push(row);
         console.log(JSON.stringify({ ...row, terms_ms: undefined }));
       }
+      // prefill with the experts offloaded: each step's copies as a decode step of as many tokens (predictPrefill's
+      // expertSlots); the same prompts and interleaving as the resident prefill
+      const offPre = new Map<number, Array<Awaited<ReturnType<typeof prefillRun>> & { pred: ReturnType<typeof predictPrefill> }>>();
+      for (let rep = 0; rep < reps; rep++) {
+        for (const P of prompts) {
+          const run = await prefillRun(off, P, 999 + P + 1000 * rep, Math.min(V, 500));
+          offPre.set(P, [...(offPre.get(P) ?? []), { ...run, pred: predictPrefill(cfg, profile, { prompt: P, chunk: CHUNK, expertSlots: slots }) }]);
+          loads.push(run.load);
+        }
+      }
+      for (const P of prompts) {
+        const all = offPre.get(P)!;
+        const r = medianRun(all);
+        const row = {
+          model: m.preset,
+          layers: cfg.numLayers,
+          prompt: P,
+          chunk: CHUNK,
+          expert_slots: slots,
+          steps: r.steps,
+          measured_tokens_per_s: r3(r.measured),
+          predicted_tokens_per_s: r3(r.pred.tokensPerSecond),
+          rel_error: r3(Math.abs(1 / r.pred.tokensPerSecond - 1 / r.measured) * r.measured),
+          copy_GBs: r3(profile.copyGBs!),
+          bound: r.pred.bound,
+          terms_ms: Object.fromEntries(Object.entries(r.pred.terms).map(([k, v]) => [k, r3(v)])),
+          runs: all.map((x) => ({ measured_tokens_per_s: r3(x.measured), predicted_tokens_per_s: r3(x.pred.tokensPerSecond) })),
+        };
+        offloadPrefillRows.push(row);
+        console.log(JSON.stringify({ ...row, terms_ms: undefined }));
+      }
     } finally {
       model.dispose();
     }
@@ -309,6 +350,8 @@ async function main(): Promise<void> {
   if (meanPrefill !== null) console.log(`prefill: mean over ${prefillRows.length} configurations: ${(meanPrefill * 100).toFixed(1)}%`);
   const meanOff = offloadRows.length ? offloadRows.reduce((a, r) => a + (r.rel_error as number), 0) / offloadRows.length : null;
   if (meanOff !== null) console.log(`offloaded experts: mean over ${offloadRows.length} configurations: ${(meanOff * 100).toFixed(1)}%`);
+  const meanOffPre = offloadPrefillRows.length ? offloadPrefillRows.reduce((a, r) => a + (r.rel_error as number), 0) / offloadPrefillRows.length : null;
+  if (meanOffPre !== null) console.log(`offloaded experts, prefill: mean over ${offloadPrefillRows.length} configurations: ${(meanOffPre * 100).toFixed(1)}%`);
   const out = {
     bench: 'performance model accuracy, batched decode throughput (bench/perf-model.ts)',
     machine: machine(),
@@ -327,6 +370,8 @@ async function main(): Promise<void> {
     rows,
     prefill_rows: prefillRows,
     offloaded_rows: offloadRows,
+    offloaded_prefill_mean_rel_error: meanOffPre === null ? null : r3(meanOffPre),
+    offloaded_prefill_rows: offloadPrefillRows,
     profiles,
   };
   const file = path.join(__dirname, '..', '..', 'bench', 'results', `perf-model-${kind}${kind === 'cpu' && staged ? '-staged' : ''}-${new Date().toISOString().slice(0, 10)}${process.env.MOE_BENCH_LABEL ? `-${process.env.MOE_BENCH_LABEL}` : ''}.json`);

@@ -555,5 +555,16 @@ test('prefill predictions: prompts share a step up to the chunk, longer ones run
     assert.ok(short.tokensPerSecond > 4 * decode.tokensPerSecond, `${preset}: prefill amortises the weights over its tokens`);
     assert.throws(() => predictPrefill(cfg, p, { prompt: 0 }), /prompt and chunk must be integers >= 1, received prompt 0/);
     assert.throws(() => predictPrefill(cfg, synthetic(cfg), { prompt: 10 }), /no measurements of "attentionPrefill/);
+    // offloaded experts: each step copies what a decode step of as many tokens would (module mode at these sizes)
+    const off = { ...p, copyGBs: 1 };
+    const slots = 1;
+    const lo = predictPrefill(cfg, off, { prompt: 1200, chunk: 512, expertSlots: slots });
+    const bytes = 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2;
+    const copyMs = (T: number) => (expertCopies(cfg, T, slots).experts * bytes) / 1e6;
+    assert.ok(Math.abs(lo.terms.expertCopyMs - (2 * copyMs(512) + copyMs(176))) < 1e-9);
+    lo.steps.forEach((x, i) => assert.ok(Math.abs(x.ms - long.steps[i]!.ms - copyMs(x.tokens)) < 1e-9));
+    // on CUDA the module-mode copies overlap the compute
+    const gpu = predictPrefill(cfg, { ...off, kind: 'cuda' }, { prompt: 1200, chunk: 512, expertSlots: slots });
+    gpu.steps.forEach((x, i) => assert.ok(Math.abs(x.ms - Math.max(long.steps[i]!.ms, copyMs(x.tokens))) < 1e-9 * x.ms));
   }
 });

@@ -635,19 +635,24 @@ export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeSh
   if (!(B >= 1) || !(L >= 1)) throw new InvalidArgumentError(`batch and context must be >= 1, received batch ${shape.batch}, context ${shape.context}`);
   // how cold the step reads: warm while its working set fits the last-level cache, cold from twice that
   const cold = Math.min(1, Math.max(0, stepWorkingSet(cfg, B, L) / p.cacheBytes - 1));
-  let copies: { experts: number; moduleMode: boolean } | undefined;
-  let copyMs = 0;
-  if (shape.expertSlots !== undefined) {
-    if (!Number.isSafeInteger(shape.expertSlots) || shape.expertSlots < 0) throw new InvalidArgumentError(`expertSlots must be an integer >= 0, received ${describe(shape.expertSlots)}`);
-    if (!(p.copyGBs! > 0)) throw new InvalidArgumentError('the profile has no expert copy rate (copyGBs): profile this model again to predict offloaded experts');
-    copies = expertCopies(cfg, B, shape.expertSlots);
-    copyMs = (copies.experts * 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2) / (p.copyGBs! * 1e6);
-  }
+  const { copies, copyMs, overlap } = copyCost(cfg, p, B, shape.expertSlots);
   const M = shape.microBatches ?? 1;
   if (!Number.isSafeInteger(M) || M < 1 || M > B) throw new InvalidArgumentError(`microBatches must be an integer in [1, batch ${B}], received ${describe(shape.microBatches)}`);
-  const overlap = copies !== undefined && copies.moduleMode && p.kind === 'cuda';
   const step = composeStep(cfg, p, B, B, now, cold, (o, f) => opCost(p, o.key, B * f, o.window ? Math.min(L, o.window) : L, now, cold), copyMs, overlap, M);
   return { ...step, tokensPerSecond: (B * 1000) / step.stepMs, expertsPerLayer: expectedExperts(cfg.numExperts, cfg.topK, B), ...(copies ? { copies } : {}) };
+}
+
+/**
+ * The expert copies of a step of T tokens with routed experts offloaded into `slots` (none when undefined): how many
+ * (expertCopies), their time at the profile's copy rate, and whether they overlap the compute (module mode on CUDA).
+ */
+function copyCost(cfg: ModelConfig, p: ModelProfile, T: number, slots: number | undefined): { copies?: { experts: number; moduleMode: boolean }; copyMs: number; overlap: boolean } {
+  if (slots === undefined) return { copyMs: 0, overlap: false };
+  if (!Number.isSafeInteger(slots) || slots < 0) throw new InvalidArgumentError(`expertSlots must be an integer >= 0, received ${describe(slots)}`);
+  if (!(p.copyGBs! > 0)) throw new InvalidArgumentError('the profile has no expert copy rate (copyGBs): profile this model again to predict offloaded experts');
+  const copies = expertCopies(cfg, T, slots);
+  const copyMs = (copies.experts * 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2) / (p.copyGBs! * 1e6);
+  return { copies, copyMs, overlap: copies.moduleMode && p.kind === 'cuda' };
 }
 
 /**
@@ -751,6 +756,8 @@ export interface PrefillShape {
   prompt: number;
   /** Tokens per step (generateBatch's maxBatchTokens; default 512): shorter prompts share a step, longer ones are chunked. */
   chunk?: number;
+  /** Routed experts offloaded into this many slots (as DecodeShape.expertSlots: a step of T tokens copies expertCopies(T)). */
+  expertSlots?: number;
 }
 
 export interface PrefillPrediction {
@@ -765,7 +772,8 @@ export interface PrefillPrediction {
 }
 
 /**
- * Predicted prefill of prompts of `shape.prompt` tokens in steps of `chunk` tokens (experts resident):
+ * Predicted prefill of prompts of `shape.prompt` tokens in steps of `chunk` tokens (experts resident, or offloaded
+ * into `expertSlots` slots: each step's copies as a decode step of as many tokens):
  * a prompt that fits shares its step with floor(chunk / prompt) others (one step of S prompts); a longer one runs in
  * chunks of `chunk` tokens after its own growing prefix. Each step is the decode step's ops at T rows (routed experts
  * at T tokens: U(T) distinct experts), one LM-head row per sequence, and prefill attention at the step's query-key
@@ -791,10 +799,21 @@ export function predictPrefill(cfg: ModelConfig, p: ModelProfile, shape: Prefill
     const T = u.S * u.q;
     const kvPerRow = (u.S * (u.prefix + u.q)) / T; // the step's KV reads, as stepWorkingSet counts them per row
     const cold = Math.min(1, Math.max(0, stepWorkingSet(cfg, T, kvPerRow) / p.cacheBytes - 1));
-    const st = composeStep(cfg, p, T, u.S, now, cold, (o, f) => {
-      const pairs = u.S * f * prefillPairs(u.q, u.prefix, o.window ?? null);
-      return opCost(p, opKey(prefillAttention(o.spec as Extract<OpSpec, { op: 'attention' }>)), pairs, 0, now, cold);
-    });
+    const { copyMs, overlap } = copyCost(cfg, p, T, shape.expertSlots);
+    const st = composeStep(
+      cfg,
+      p,
+      T,
+      u.S,
+      now,
+      cold,
+      (o, f) => {
+        const pairs = u.S * f * prefillPairs(u.q, u.prefix, o.window ?? null);
+        return opCost(p, opKey(prefillAttention(o.spec as Extract<OpSpec, { op: 'attention' }>)), pairs, 0, now, cold);
+      },
+      copyMs,
+      overlap,
+    );
     for (const k of Object.keys(terms) as Array<keyof StepTerms>) terms[k] += st.terms[k];
     binds.set(st.bound, (binds.get(st.bound) ?? 0) + st.stepMs);
     steps.push({ tokens: T, sequences: u.S, prefix: u.prefix, ms: st.stepMs });
