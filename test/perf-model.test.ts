@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
 
 import { type ModelProfile, type OpPoint, type OpSpec, chooseBatch, expectedExperts, expertCopies, interp, moduleOverlapMs, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
@@ -511,6 +512,32 @@ test('micro-batches: the CPU backend runs the groups in turn (more round trips, 
   const c = chooseBatch(cfg, gpu, 1000, 1e9);
   const best = Math.max(...[1, 2, 4].map((m) => predictDecode(cfg, gpu, { batch: c.batch, context: 1000, microBatches: m }).tokensPerSecond));
   assert.equal(c.prediction.tokensPerSecond, best);
+});
+
+test('cli profile and plan: the profile of the backend in use saved under its name; plan prints the batches, the choice and prefill; rejects a bad --backend', async () => {
+  await config('tiny-olmoe');
+  const cli = path.join(__dirname, '..', 'lib', 'cli.js');
+  const cache = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-plan-'));
+  try {
+    const env = { ...process.env, XDG_CACHE_HOME: cache, MOE_OFFLOAD_BACKEND: 'cpu' };
+    const dir = path.join(root, 'tiny-olmoe');
+    const prof = spawnSync(process.execPath, [cli, 'profile', '--model', dir, '--max-batch', '4'], { encoding: 'utf8', env });
+    assert.equal(prof.status, 0, prof.stderr);
+    assert.match(prof.stdout, /saved .*profile-tiny-olmoe\.json/);
+    assert.ok(fs.existsSync(path.join(cache, 'moe-offload', 'profile-tiny-olmoe.json')), 'the CPU profile is saved under its own name');
+    const r = spawnSync(process.execPath, [cli, 'plan', '--model', dir, '--context', '64', '--kv-gib', '0.01', '--experts', '0.5'], { encoding: 'utf8', env });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /cpu-\w+ ?.*; context 64; KV 0\.0 GiB = \d+ tokens/);
+    assert.match(r.stdout, /batch +1: +[\d.]+ tokens\/s, step [\d.]+ ms, [\d.]+ experts copied/);
+    assert.match(r.stdout, /^choice: batch \d+ \([\d.]+ tokens\/s predicted; /m);
+    assert.match(r.stdout, /^prefill: prompts of 64 tokens/m);
+    assert.doesNotMatch(r.stdout, /micro-batches/, 'the CPU backend plans one attention group');
+    const bad = spawnSync(process.execPath, [cli, 'plan', '--model', path.join(root, 'tiny-olmoe'), '--backend', 'tpu'], { encoding: 'utf8', env });
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /\[MOE_INVALID_ARGUMENT\] --backend must be auto, cpu or cuda, received "tpu"/);
+  } finally {
+    fs.rmSync(cache, { recursive: true, force: true });
+  }
 });
 
 test('prefill pairs: each new token sees its prefix and the tokens before it, at most a window', () => {
