@@ -433,6 +433,7 @@ test('profileModel, staged on the CPU backend and on CUDA: every op of the stage
       assert.equal(p.kind, kind);
       if (kind === 'cuda') assert.ok(p.device && p.device.length > 0, 'the GPU name');
       assert.ok(p.groupMs >= 0 && p.hostGroupMs! >= 0);
+      assert.ok(p.hostExpertGBs! > 0, 'missed experts computed on the host: GB/s');
       const plan = stepOps(cfg, { staged: true });
       assert.ok(plan.ops.some((o) => o.spec.op === 'transfer') && plan.ops.some((o) => o.spec.op === 'argmaxRows'));
       for (const o of plan.ops) {
@@ -450,7 +451,7 @@ test('profileModel, staged on the CPU backend and on CUDA: every op of the stage
   }
 });
 
-test('offloaded experts on CUDA in module mode: the copies overlap the compute (they add only beyond it)', async () => {
+test('offloaded experts on CUDA: module-mode copies overlap the compute (they add only beyond it); demand misses are copied or computed on the host, whichever is faster', async () => {
   const cfg = await config('tiny-mixtral');
   const cpu = synthetic(cfg);
   const gpu: ModelProfile = { ...cpu, kind: 'cuda', copyGBs: 1 };
@@ -468,6 +469,16 @@ test('offloaded experts on CUDA in module mode: the copies overlap the compute (
   const few = predictDecode(cfg, gpu, { batch: 1, context: 100, expertSlots: cfg.numExperts * cfg.moeLayers.length - 1 });
   assert.equal(few.copies!.moduleMode, false);
   assert.ok(Math.abs(few.stepMs - few.terms.expertCopyMs - predictDecode(cfg, cpu, { batch: 1, context: 100 }).stepMs) < 1e-9);
+  // ... unless computing the missed experts on the host is faster (the runtime's measured choice): then that
+  const most = cfg.numExperts * cfg.moeLayers.length - 1;
+  const fast = predictDecode(cfg, { ...gpu, hostExpertGBs: 4 }, { batch: 1, context: 100, expertSlots: most });
+  assert.equal(fast.copies!.onHost, true);
+  assert.ok(Math.abs(fast.terms.expertCopyMs - few.terms.expertCopyMs / 4) < 1e-9 * few.terms.expertCopyMs);
+  const slow = predictDecode(cfg, { ...gpu, hostExpertGBs: 0.5 }, { batch: 1, context: 100, expertSlots: most });
+  assert.equal(slow.copies!.onHost, undefined);
+  assert.equal(slow.terms.expertCopyMs, few.terms.expertCopyMs);
+  // the CPU backend computes no misses on a host of its own
+  assert.equal(predictDecode(cfg, { ...cpu, copyGBs: 1, hostExpertGBs: 4 }, { batch: 1, context: 100, expertSlots: most }).copies!.onHost, undefined);
 });
 
 test('micro-batches: one layer\'s module pipeline (projections queued at once, host work in turn, output projections after)', () => {

@@ -417,6 +417,12 @@ export interface ModelProfile {
    */
   copyGBs?: number;
   /**
+   * Staged: routed experts computed on the host backend straight from pinned host memory (one token, k experts of a
+   * layer, cache-cold), GB/s of expert weights: what computing a missed expert on the CPU costs per byte instead of
+   * copying it (CachedExperts' hostCompute 'auto', the default on CUDA).
+   */
+  hostExpertGBs?: number;
+  /**
    * The runtime's costs the measured ops do not explain (tensor allocation, JS between groups, bookkeeping), from
    * real decode steps of copies of the family's tiny preset: per step and per layer (ms).
    */
@@ -593,8 +599,11 @@ export interface DecodePrediction {
   bound: 'weights (memory bandwidth)' | 'attention (KV bandwidth)' | 'compute' | 'per-op overhead' | 'expert copies (H2D)';
   /** Distinct routed experts per MoE layer per step (expected, uniform routing). */
   expertsPerLayer: number;
-  /** Offloaded experts: experts copied into the slots per step (expected), and whether the layers run in module mode. */
-  copies?: { experts: number; moduleMode: boolean };
+  /**
+   * Offloaded experts: experts copied into the slots per step (expected), whether the layers run in module mode, and
+   * (CUDA, demand fetches) whether computing the missed experts on the host is predicted faster than copying them.
+   */
+  copies?: { experts: number; moduleMode: boolean; onHost?: boolean };
 }
 
 /**
@@ -645,13 +654,20 @@ export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeSh
 /**
  * The expert copies of a step of T tokens with routed experts offloaded into `slots` (none when undefined): how many
  * (expertCopies), their time at the profile's copy rate, and whether they overlap the compute (module mode on CUDA).
+ * On CUDA with demand fetches the runtime computes missed experts on the host instead when that is faster (its
+ * measured choice, CachedExperts' hostCompute 'auto'): the cheaper of the two, at the profile's hostExpertGBs.
  */
-function copyCost(cfg: ModelConfig, p: ModelProfile, T: number, slots: number | undefined): { copies?: { experts: number; moduleMode: boolean }; copyMs: number; overlap: boolean } {
+function copyCost(cfg: ModelConfig, p: ModelProfile, T: number, slots: number | undefined): { copies?: { experts: number; moduleMode: boolean; onHost?: boolean }; copyMs: number; overlap: boolean } {
   if (slots === undefined) return { copyMs: 0, overlap: false };
   if (!Number.isSafeInteger(slots) || slots < 0) throw new InvalidArgumentError(`expertSlots must be an integer >= 0, received ${describe(slots)}`);
   if (!(p.copyGBs! > 0)) throw new InvalidArgumentError('the profile has no expert copy rate (copyGBs): profile this model again to predict offloaded experts');
   const copies = expertCopies(cfg, T, slots);
-  const copyMs = (copies.experts * 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2) / (p.copyGBs! * 1e6);
+  const bytes = copies.experts * 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2;
+  const copyMs = bytes / (p.copyGBs! * 1e6);
+  if (p.kind === 'cuda' && !copies.moduleMode && copies.experts > 0 && p.hostExpertGBs! > 0) {
+    const hostMs = bytes / (p.hostExpertGBs! * 1e6);
+    if (hostMs < copyMs) return { copies: { ...copies, onHost: true }, copyMs: hostMs, overlap: false };
+  }
   return { copies, copyMs, overlap: copies.moduleMode && p.kind === 'cuda' };
 }
 

@@ -22,7 +22,8 @@
  *   - every point of an op that streams weights or K/V records the read bandwidth around it (a 64 MiB probe
  *     before and after: their mean), so the model can rescale its memory part to the bandwidth of the moment
  *     (this VM's drifts 15-44 GB/s within minutes);
- *   - offloaded experts: misses as the runtime copies them (ExpertCache, TransferEngine, into slots), GB/s;
+ *   - offloaded experts: misses as the runtime copies them (ExpertCache, TransferEngine, into slots), GB/s; staged,
+ *     also as it computes them on the host from the pinned store instead (hostExpertGBs);
  *   - runtime costs: decode steps of generated copies of the model family's tiny preset with n and n + 3 layers;
  *     what their own measured ops, groups and host work do not explain, per layer and per step.
  * A real-shape 2-layer model takes 6-10 s with `quick` (one pass), 20-40 s with three passes; a tiny one 4-12 s.
@@ -868,6 +869,49 @@ async function expertCopyGBs(be: Backend, cfg: ModelConfig, packed: boolean): Pr
   }
 }
 
+/**
+ * Staged: routed experts computed by the host backend straight from the pinned store, as CachedExperts computes
+ * missed experts on the CPU: one token routed to k distinct random experts of a layer (layers rotating, enough that
+ * 64 MiB pass between two uses of one: cache-cold), awaited alone; GB/s of expert weights, the median of 15 calls
+ * after 3 warm-up calls.
+ */
+async function hostExpertGBs(c: Ctx): Promise<number> {
+  const { hiddenSize: H, moeIntermediateSize: I, numExperts: E, topK: k } = c.cfg;
+  const bytes = expertLayout(H, I, 'bf16', c.packed).expertBytes;
+  const layers = Math.max(1, Math.min(Math.floor((768 * 2 ** 20) / (E * bytes)), Math.ceil((3 * COLD_BYTES) / (E * bytes))));
+  const store = ExpertStore.create(c.be, { layers: Array.from({ length: layers }, (_, l) => l), experts: E, hidden: H, intermediate: I, packed: c.packed });
+  try {
+    const tables = Array.from({ length: layers }, (_, l) => {
+      const t = c.host.expertTable(E, { hidden: H, intermediate: I, packed: c.packed });
+      for (let e = 0; e < E; e++) {
+        const v = store.expert(l, e);
+        fillBf16(new Uint16Array(v.whole.data.buffer, v.whole.data.byteOffset, v.whole.data.byteLength / 2), 50 + e);
+        t.set(e, { gate: v.gate, up: v.up, down: v.down });
+      }
+      return t;
+    });
+    const x = tensor('bf16', [1, H], 5);
+    const out = new HostTensor('bf16', [1, H]);
+    const w = new HostTensor('f32', [1, k]);
+    w.data.fill(1 / k);
+    const ids = new HostTensor('i32', [1, k]);
+    const act = activation(c.cfg);
+    let seed = 4242;
+    const ts: number[] = [];
+    for (let r = 0; r < 18; r++) {
+      const picked = new Set<number>();
+      while (picked.size < k) picked.add(Math.floor(((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * E));
+      ids.data.set([...picked]);
+      const t0 = performance.now();
+      await c.host.moeExperts({ x, topkIds: ids, topkWeights: w, experts: tables[r % layers]!, out, ...(act ? { activation: act } : {}) });
+      if (r >= 3) ts.push(performance.now() - t0);
+    }
+    return (k * bytes) / (medianOf(ts) * 1e6);
+  } finally {
+    store.dispose();
+  }
+}
+
 /** Decode steps whose every sequence decodes: median wall time between consecutive ones (ms) and of the forward step. */
 async function decodeInterval(model: MoeModel, B: number, prompt: number, steps: number): Promise<number> {
   let s = 99 + B;
@@ -1047,6 +1091,7 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   const ops = Object.fromEntries(Object.entries(passes[0]!).map(([key, pts]) => [key, pts.map((_, j) => [...passes.map((q) => q[key]![j]!)].sort((x, y) => x.ms - y.ms)[Math.floor(passes.length / 2)]!)]));
   const sampleNsPerLogit = await samplingNs(host, cfg.vocabSize);
   const copyGBs = cfg.numExperts > 1 ? await expertCopyGBs(be, cfg, packed) : undefined;
+  const hostExperts = staged && cfg.numExperts > 1 ? await hostExpertGBs(c) : undefined;
   const runtime = options.skipRuntime ? NO_RUNTIME : await runtimeCosts(c, options.quick === true, sampleNsPerLogit, ops);
   const i = info();
   const stream = streaming(ops);
@@ -1061,6 +1106,7 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
     peakGBs: stream.peakGBs,
     sampleNsPerLogit,
     ...(copyGBs !== undefined ? { copyGBs } : {}),
+    ...(hostExperts !== undefined ? { hostExpertGBs: hostExperts } : {}),
     runtime,
     readGBs,
     cacheBytes,
