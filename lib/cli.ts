@@ -245,7 +245,9 @@ async function profileCmd(args: string[]): Promise<number> {
     `${p.backend}${p.device ? ` (${p.device})` : ''} on ${p.cpu} (${p.threads} threads), read probe ${p.readGBs.toFixed(1)} GB/s, ops stream at up to ${(100 * p.streamEfficiency).toFixed(0)}% of it\n` +
       (experts ? `  routed experts (${experts.key}): ${p.batches.map((B) => `B ${B}: ${opCost(p, experts.key, B).ms.toFixed(2)} ms`).join(', ')}\n` : '') +
       `  LM head (${lm.key}): ${gbs(lm.key, 1)} at 1 row\n` +
-      `  per op ${(p.opMs * 1000).toFixed(0)} us, per awaited group ${(p.groupMs * 1000).toFixed(0)} us, runtime ${(p.runtime.layerMs * 1000).toFixed(0)} us per layer + ${(p.runtime.stepMs * 1000).toFixed(0)} us per step\n` +
+      `  per op ${(p.opMs * 1000).toFixed(0)} us, per awaited group ${(p.groupMs * 1000).toFixed(0)} us${p.hostGroupMs !== undefined ? ` (host backend ${(p.hostGroupMs * 1000).toFixed(0)} us)` : ''}, runtime ${(p.runtime.layerMs * 1000).toFixed(0)} us per layer + ${(p.runtime.stepMs * 1000).toFixed(0)} us per step\n` +
+      (p.deviceGBs ? `  GPU memory reads ${p.deviceGBs.toFixed(0)} GB/s\n` : '') +
+      (p.copyGBs ? `  offloaded experts: copies at ${p.copyGBs.toFixed(1)} GB/s${p.hostExpertGBs ? `, computed on the host at ${p.hostExpertGBs.toFixed(1)} GB/s` : ''}\n` : '') +
       `measured in ${p.seconds.toFixed(1)} s; saved ${file}\n`,
   );
   return 0;

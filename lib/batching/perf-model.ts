@@ -434,6 +434,8 @@ export interface ModelProfile {
     /** The calibration steps: measured (median time between decode steps) and predicted without these costs. */
     points: Array<{ layers: number; batch: number; measuredMs: number; predictedMs: number }>;
   };
+  /** A GPU profile: its memory's read bandwidth (device-to-device copies), GB/s: the probe of its ops' points. */
+  deviceGBs?: number;
   /** Read-probe bandwidth at the start of the profile, GB/s. */
   readGBs: number;
   /** Last-level cache, bytes: a step whose working set exceeds it reads cold. */

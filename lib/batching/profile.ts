@@ -1107,6 +1107,7 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
     sampleNsPerLogit,
     ...(copyGBs !== undefined ? { copyGBs } : {}),
     ...(hostExperts !== undefined ? { hostExpertGBs: hostExperts } : {}),
+    ...(deviceGBs > 0 ? { deviceGBs } : {}),
     runtime,
     readGBs,
     cacheBytes,
