@@ -535,6 +535,7 @@ test('cli profile and plan: the profile of the backend in use saved under its na
     const prof = spawnSync(process.execPath, [cli, 'profile', '--model', dir, '--max-batch', '4'], { encoding: 'utf8', env });
     assert.equal(prof.status, 0, prof.stderr);
     assert.match(prof.stdout, /saved .*profile-tiny-olmoe\.json/);
+    assert.match(prof.stdout, /offloaded experts: copies at [\d.]+ GB\/s\n/);
     assert.ok(fs.existsSync(path.join(cache, 'moe-offload', 'profile-tiny-olmoe.json')), 'the CPU profile is saved under its own name');
     const r = spawnSync(process.execPath, [cli, 'plan', '--model', dir, '--context', '64', '--kv-gib', '0.01', '--experts', '0.5'], { encoding: 'utf8', env });
     assert.equal(r.status, 0, r.stderr);
