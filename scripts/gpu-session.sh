@@ -11,7 +11,8 @@
 #   OUT=$OUT DEADLINE=420 bash scripts/gpu-session.sh [steps]
 #   (steps: test bench moe profile node residency throughput modelbased perfmodel demo, default all but profile, modelbased,
 #   perfmodel and demo; PERFMODEL_ARGS: bench/perf-model.ts's (default --backend=cuda --quick, the two real shapes at batches
-#   1, 8, 32, 128); THROUGHPUT_ARGS default
+#   1, 8, 32, 128; the micro-batch overlap the model predicts: PERFMODEL_ARGS="--backend=cuda --quick --decode-only
+#   --models=qwen3-30b-a3b-shape --batches=32,128 --micro-batches=1,2,4"); THROUGHPUT_ARGS default
 #   --layers=2; PROFILE_MODELS / PROFILE_T: the profile step's bench-moe-cuda --models / --t (full model names: Qwen3-30B-A3B, 16384);
 #   PROFILE_SECTIONS: its ncu options (default --section SpeedOfLight; e.g. add --section WarpStateStats); PROFILE_ENVS:
 #   env words under which the profile runs again (as TEST_ENVS);
