@@ -36,7 +36,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { predictDecode, predictPrefill } from '../lib/batching/perf-model.js';
+import { type ModelProfile, predictDecode, predictPrefill } from '../lib/batching/perf-model.js';
 import { profileModel, readProbeGBs } from '../lib/batching/profile.js';
 import { type BatchOptions, loadModel, type MoeModel, type PresetName } from '../lib/index.js';
 import { medianOf, StepIntervals } from '../lib/engine/batch.js';
@@ -109,6 +109,48 @@ async function prefillRun(model: MoeModel, P: number, seed: number, vocab: numbe
     // the timings are what is measured
   }
   return { measured: (tokens * 1000) / ms, steps, before, after: readProbeGBs(PROBE), load };
+}
+
+/**
+ * Prefill rows of `model` (experts offloaded into `slots` when given): each prompt length of `prompts` run by
+ * prefillRun in `reps` interleaved rounds (seeds from `seed`), the row the median run against its own prediction
+ * (predictPrefill); the error is of the time per prompt token (1 / throughput), as the decode rows compare step
+ * times. Each run's load average goes to `loads`.
+ */
+async function prefillConfigs(model: MoeModel, profile: ModelProfile, preset: string, prompts: readonly number[], reps: number, seed: number, loads: number[], slots?: number): Promise<Array<Record<string, unknown>>> {
+  const cfg = model.config;
+  const vocab = Math.min(cfg.vocabSize, 500);
+  const runs = new Map<number, Array<Awaited<ReturnType<typeof prefillRun>> & { pred: ReturnType<typeof predictPrefill> }>>();
+  for (let rep = 0; rep < reps; rep++) {
+    for (const P of prompts) {
+      const run = await prefillRun(model, P, seed + P + 1000 * rep, vocab);
+      runs.set(P, [...(runs.get(P) ?? []), { ...run, pred: predictPrefill(cfg, profile, { prompt: P, chunk: CHUNK, ...(slots !== undefined ? { expertSlots: slots } : {}) }) }]);
+      loads.push(run.load);
+    }
+  }
+  return prompts.map((P) => {
+    const all = runs.get(P)!;
+    const r = medianRun(all);
+    const row = {
+      model: preset,
+      layers: cfg.numLayers,
+      prompt: P,
+      chunk: CHUNK,
+      ...(slots !== undefined ? { expert_slots: slots, copy_GBs: r3(profile.copyGBs!) } : {}),
+      steps: r.steps,
+      measured_tokens_per_s: r3(r.measured),
+      predicted_tokens_per_s: r3(r.pred.tokensPerSecond),
+      rel_error: r3(Math.abs(1 / r.pred.tokensPerSecond - 1 / r.measured) * r.measured),
+      read_GBs: r3((r.before + r.after) / 2),
+      load_avg_1m: r3(r.load),
+      bound: r.pred.bound,
+      predicted_steps: r.pred.steps.map((x) => ({ ...x, ms: r3(x.ms) })),
+      terms_ms: Object.fromEntries(Object.entries(r.pred.terms).map(([k, v]) => [k, r3(v)])),
+      runs: all.map((x) => ({ measured_tokens_per_s: r3(x.measured), predicted_tokens_per_s: r3(x.pred.tokensPerSecond), read_GBs: r3((x.before + x.after) / 2), load_avg_1m: r3(x.load) })),
+    };
+    console.log(JSON.stringify({ ...row, terms_ms: undefined, predicted_steps: undefined }));
+    return row;
+  });
 }
 
 function medianRun<R extends { measured: number }>(all: readonly R[]): R {
@@ -187,41 +229,8 @@ async function main(): Promise<void> {
           }
         }
       }
-      // prefill: prompts of P tokens in steps of CHUNK (generateBatch's default maxBatchTokens); one new token each, so
-      // every step only prefills. A prompt that fits shares its step with floor(CHUNK / P) others (two such steps);
-      // a longer one runs alone in chunks (two prompts). Measured: prompt tokens over those steps' time; the same runs
-      // interleaved over `reps` rounds, the row the median run.
-      const pre = new Map<number, Array<{ measured: number; pred: ReturnType<typeof predictPrefill>; before: number; after: number; load: number; steps: number }>>();
-      for (let rep = 0; rep < (decodeOnly ? 0 : reps); rep++) {
-        for (const P of prompts) {
-          const run = await prefillRun(model, P, 777 + P + 1000 * rep, Math.min(V, 500));
-          pre.set(P, [...(pre.get(P) ?? []), { ...run, pred: predictPrefill(cfg, profile, { prompt: P, chunk: CHUNK }) }]);
-          loads.push(run.load);
-        }
-      }
-      for (const P of decodeOnly ? [] : prompts) {
-        const all = pre.get(P)!;
-        const r = medianRun(all);
-        const row = {
-          model: m.preset,
-          layers: cfg.numLayers,
-          prompt: P,
-          chunk: CHUNK,
-          steps: r.steps,
-          measured_tokens_per_s: r3(r.measured),
-          predicted_tokens_per_s: r3(r.pred.tokensPerSecond),
-          // of the time per prompt token (1 / throughput), as the decode rows compare step times
-          rel_error: r3(Math.abs(1 / r.pred.tokensPerSecond - 1 / r.measured) * r.measured),
-          read_GBs: r3((r.before + r.after) / 2),
-          load_avg_1m: r3(r.load),
-          bound: r.pred.bound,
-          predicted_steps: r.pred.steps.map((x) => ({ ...x, ms: r3(x.ms) })),
-          terms_ms: Object.fromEntries(Object.entries(r.pred.terms).map(([k, v]) => [k, r3(v)])),
-          runs: all.map((x) => ({ measured_tokens_per_s: r3(x.measured), predicted_tokens_per_s: r3(x.pred.tokensPerSecond), read_GBs: r3((x.before + x.after) / 2), load_avg_1m: r3(x.load) })),
-        };
-        prefillRows.push(row);
-        console.log(JSON.stringify({ ...row, terms_ms: undefined, predicted_steps: undefined }));
-      }
+      // prefill: prompts of P tokens in steps of CHUNK (generateBatch's default maxBatchTokens), as prefillRun runs them
+      if (!decodeOnly) prefillRows.push(...(await prefillConfigs(model, profile, m.preset, prompts, reps, 777, loads)));
       for (const B of batches) {
         for (const L of contexts) {
             for (const M of microBatches.filter((mb) => mb <= B)) {
@@ -309,35 +318,7 @@ async function main(): Promise<void> {
       }
       // prefill with the experts offloaded: each step's copies as a decode step of as many tokens (predictPrefill's
       // expertSlots); the same prompts and interleaving as the resident prefill
-      const offPre = new Map<number, Array<Awaited<ReturnType<typeof prefillRun>> & { pred: ReturnType<typeof predictPrefill> }>>();
-      for (let rep = 0; rep < reps; rep++) {
-        for (const P of prompts) {
-          const run = await prefillRun(off, P, 999 + P + 1000 * rep, Math.min(V, 500));
-          offPre.set(P, [...(offPre.get(P) ?? []), { ...run, pred: predictPrefill(cfg, profile, { prompt: P, chunk: CHUNK, expertSlots: slots }) }]);
-          loads.push(run.load);
-        }
-      }
-      for (const P of prompts) {
-        const all = offPre.get(P)!;
-        const r = medianRun(all);
-        const row = {
-          model: m.preset,
-          layers: cfg.numLayers,
-          prompt: P,
-          chunk: CHUNK,
-          expert_slots: slots,
-          steps: r.steps,
-          measured_tokens_per_s: r3(r.measured),
-          predicted_tokens_per_s: r3(r.pred.tokensPerSecond),
-          rel_error: r3(Math.abs(1 / r.pred.tokensPerSecond - 1 / r.measured) * r.measured),
-          copy_GBs: r3(profile.copyGBs!),
-          bound: r.pred.bound,
-          terms_ms: Object.fromEntries(Object.entries(r.pred.terms).map(([k, v]) => [k, r3(v)])),
-          runs: all.map((x) => ({ measured_tokens_per_s: r3(x.measured), predicted_tokens_per_s: r3(x.pred.tokensPerSecond) })),
-        };
-        offloadPrefillRows.push(row);
-        console.log(JSON.stringify({ ...row, terms_ms: undefined }));
-      }
+      offloadPrefillRows.push(...(await prefillConfigs(off, profile, m.preset, prompts, reps, 999, loads, slots)));
     } finally {
       model.dispose();
     }
