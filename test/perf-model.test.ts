@@ -8,9 +8,9 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
 
-import { type ModelProfile, type OpPoint, type OpSpec, chooseBatch, expectedExperts, expertCopies, interp, moduleOverlapMs, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
+import { type ModelProfile, type OpPoint, type OpSpec, type StepPlan, chooseBatch, expectedExperts, expertCopies, interp, moduleOverlapMs, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
 import { profileModel } from '../lib/batching/profile.js';
-import { Backend, cudaUnavailableReason, DeviceTensor, loadModel, makeModel, type ModelConfig, type PresetName } from '../lib/index.js';
+import { Backend, cudaUnavailableReason, DeviceTensor, loadModel, makeModel, type ModelConfig, type MoeModel, type PresetName } from '../lib/index.js';
 
 let root = '';
 before(() => {
@@ -236,7 +236,7 @@ test('a prediction needs every op of the step in the profile', async () => {
   assert.throws(() => predictDecode(cfg, p, { batch: 4, context: 10 }), /no measurements of "moeExperts/);
 });
 
-/** A signature of one backend call, comparable with the composition's ops. */
+/** A signature of one backend call, comparable with the composition's ops (a copy: its direction and bytes). */
 function signature(name: string, a: unknown[]): string {
   const shape = (t: unknown) => (t as { shape: number[] }).shape;
   switch (name) {
@@ -250,51 +250,76 @@ function signature(name: string, a: unknown[]): string {
       const t = (a[0] as { experts: { numExperts: number; intermediate: number } }).experts;
       return `moeExperts ${t.numExperts}x${t.intermediate}`;
     }
+    case 'copy': {
+      const [src, dst] = a as [{ byteLength: number }, unknown];
+      return `transfer ${src instanceof DeviceTensor ? 'down' : dst instanceof DeviceTensor ? 'up' : 'host'} ${src.byteLength}`;
+    }
     default:
       return name;
   }
 }
 
-function plannedSignatures(cfg: ModelConfig): string[] {
+/** The plan's backend calls as signature() writes them: the compute backend's (host false) or the host backend's (op names). */
+function plannedSignatures(plan: StepPlan, host = false): string[] {
   const out: string[] = [];
-  for (const o of stepOps(cfg).ops) {
-    if (!o.backend) continue;
+  for (const o of plan.ops) {
+    if (!o.backend || (o.host === true) !== host) continue;
     const s = o.spec;
-    const sig = s.op === 'gemm' ? `gemm ${s.n}x${s.k}` : s.op === 'rmsNorm' ? `rmsNorm ${s.d}` : s.op === 'moeExperts' ? `moeExperts ${s.experts}x${s.inter}` : s.op;
+    const sig = host
+      ? s.op
+      : s.op === 'gemm'
+        ? `gemm ${s.n}x${s.k}`
+        : s.op === 'rmsNorm'
+          ? `rmsNorm ${s.d}`
+          : s.op === 'moeExperts'
+            ? `moeExperts ${s.experts}x${s.inter}`
+            : s.op === 'transfer'
+              ? `transfer ${s.dir} ${s.rowBytes}`
+              : s.op;
     for (let i = 0; i < o.calls; i++) out.push(sig);
   }
   return out.sort();
 }
 
+/**
+ * The calls of `names` on every Backend during one decode step of `m` (after its prompt's prefill): the model's
+ * backend's as signature() writes them, the other backends' (the host backend of a staged model) by name; sorted.
+ */
+async function decodeStepCalls(m: MoeModel, names: string[]): Promise<{ compute: string[]; host: string[] }> {
+  const compute: string[] = [];
+  const host: string[] = [];
+  const proto = Backend.prototype as unknown as Record<string, (...a: unknown[]) => unknown>;
+  const saved = new Map<string, (...a: unknown[]) => unknown>();
+  const it = m.stream('Count my ops', { maxNewTokens: 2, stopAtEos: false })[Symbol.asyncIterator]();
+  await it.next(); // prefill done, first token out
+  for (const n of names) {
+    const orig = proto[n]!;
+    saved.set(n, orig);
+    proto[n] = function (this: Backend, ...a: unknown[]) {
+      if (this === m.backend) compute.push(signature(n, a));
+      else host.push(n);
+      return orig.apply(this, a);
+    };
+  }
+  try {
+    await it.next(); // one decode step
+  } finally {
+    for (const [n, f] of saved) proto[n] = f;
+  }
+  await it.return?.();
+  return { compute: compute.sort(), host: host.sort() };
+}
+
+const OP_NAMES = ['gemm', 'rmsNorm', 'add', 'rope', 'convert', 'attention', 'routerTopK', 'moeExperts', 'gatherRows'];
+
 for (const preset of PRESETS) {
   test(`${preset}: the composition issues the ops, with their shapes, of one decode step`, async () => {
     await config(preset);
     using m = await loadModel(path.join(root, preset));
-    // record every op call on the backend during one decode step
-    const be = m.backend as Backend & Record<string, unknown>;
-    const names = ['gemm', 'rmsNorm', 'add', 'rope', 'convert', 'attention', 'routerTopK', 'moeExperts', 'gatherRows'];
-    const calls: string[] = [];
-    const saved = new Map<string, unknown>();
-    const s = m.stream('Count my ops', { maxNewTokens: 2, stopAtEos: false });
-    const it = s[Symbol.asyncIterator]();
-    await it.next(); // prefill done, first token out
-    for (const n of names) {
-      const orig = be[n] as (...a: unknown[]) => unknown;
-      saved.set(n, orig);
-      be[n] = (...a: unknown[]) => {
-        calls.push(signature(n, a));
-        return orig.apply(be, a);
-      };
-    }
-    try {
-      await it.next(); // one decode step
-    } finally {
-      for (const [n, f] of saved) be[n] = f;
-    }
-    await it.return?.();
-    assert.deepEqual(calls.sort(), plannedSignatures(m.config));
+    const { compute } = await decodeStepCalls(m, OP_NAMES);
+    assert.deepEqual(compute, plannedSignatures(stepOps(m.config)));
     const o = opsPerStep(m.config);
-    assert.equal(calls.length, o.perLayer.reduce((a, b) => a + b, 0) + o.perStep);
+    assert.equal(compute.length, o.perLayer.reduce((a, b) => a + b, 0) + o.perStep);
   });
 }
 
@@ -302,46 +327,11 @@ for (const preset of PRESETS) {
   test(`${preset}, staged: the composition issues the compute backend's ops, its copies and the host backend's ops of one decode step`, async () => {
     await config(preset);
     using m = await loadModel(path.join(root, preset), { deviceActivations: true });
-    // record every op call on every backend during one decode step: on the model's (compute) backend, with copies
-    // by direction and bytes (one sequence: one row), and on the others (the host backend)
-    const names = ['gemm', 'rmsNorm', 'add', 'rope', 'convert', 'attention', 'routerTopK', 'moeExperts', 'gatherRows', 'argmaxRows', 'sampleRows', 'copy'];
-    const compute: string[] = [];
-    const host: string[] = [];
-    const proto = Backend.prototype as unknown as Record<string, (...a: unknown[]) => unknown>;
-    const saved = new Map<string, (...a: unknown[]) => unknown>();
-    const s = m.stream('Count my ops', { maxNewTokens: 2, stopAtEos: false });
-    const it = s[Symbol.asyncIterator]();
-    await it.next(); // prefill done, first token out
-    for (const n of names) {
-      const orig = proto[n]!;
-      saved.set(n, orig);
-      proto[n] = function (this: Backend, ...a: unknown[]) {
-        if (this !== m.backend) host.push(n);
-        else if (n !== 'copy') compute.push(signature(n, a));
-        else {
-          const [src, dst] = a as [{ byteLength: number }, unknown];
-          compute.push(`transfer ${src instanceof DeviceTensor ? 'down' : dst instanceof DeviceTensor ? 'up' : 'host'} ${src.byteLength}`);
-        }
-        return orig.apply(this, a);
-      };
-    }
-    try {
-      await it.next(); // one decode step
-    } finally {
-      for (const [n, f] of saved) proto[n] = f;
-    }
-    await it.return?.();
+    // every backend's calls, copies with their direction and bytes (one sequence: one row)
+    const { compute, host } = await decodeStepCalls(m, [...OP_NAMES, 'argmaxRows', 'sampleRows', 'copy']);
     const plan = stepOps(m.config, { staged: true });
-    const planned: string[] = [];
-    const plannedHost: string[] = [];
-    for (const o of plan.ops) {
-      if (!o.backend) continue;
-      const x = o.spec;
-      const sig = x.op === 'gemm' ? `gemm ${x.n}x${x.k}` : x.op === 'rmsNorm' ? `rmsNorm ${x.d}` : x.op === 'moeExperts' ? `moeExperts ${x.experts}x${x.inter}` : x.op === 'transfer' ? `transfer ${x.dir} ${x.rowBytes}` : x.op;
-      for (let i = 0; i < o.calls; i++) (o.host ? plannedHost : planned).push(o.host ? x.op : sig);
-    }
-    assert.deepEqual(compute.sort(), planned.sort());
-    assert.deepEqual(host.sort(), plannedHost.sort());
+    assert.deepEqual(compute, plannedSignatures(plan));
+    assert.deepEqual(host, plannedSignatures(plan, true));
     const o = opsPerStep(m.config);
     assert.equal(compute.filter((x) => !x.startsWith('transfer')).length, plan.perLayer.reduce((a, b) => a + b, 0) + plan.perStep);
     // the same compute ops as the direct step less its host ones; one host group per RoPE and attention per layer
