@@ -55,6 +55,8 @@
 // Device code exists only for sm_90a (MOE_WGMMA_ENABLED); elsewhere the kernels trap, and the launcher selects them
 // only on compute capability 9.0 (the build's 90a-real SASS).
 #pragma once
+#include <cuda.h>  // CUtensorMap (type only)
+
 #include <cstdint>
 
 #include "dtype.cuh"
@@ -324,6 +326,38 @@ __device__ __forceinline__ void moe_mbar_wait(uint32_t bar, uint32_t parity) {
 #endif
 }
 
+// Orders this block's later TMA reads of the tensor map at `map` (global memory) after the host's write of it.
+__device__ __forceinline__ void moe_tensormap_acquire(const CUtensorMap* map) {
+#if MOE_WGMMA_ENABLED
+  asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"(reinterpret_cast<uint64_t>(map))
+               : "memory");
+#endif
+}
+// Box (column c0 = k, row c1 = n) of the matrix of `map` into shared memory at `dst` (1024-aligned), completing its
+// bytes on the mbarrier `bar`.
+__device__ __forceinline__ void moe_tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+#if MOE_WGMMA_ENABLED
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+#endif
+}
+
+// The STAGES mbarriers of a TMA kernel, initialised by thread 0 (count 1) and visible to all after the next
+// __syncthreads; returns their shared address.
+template <class C>
+__device__ __forceinline__ uint32_t moe_wg_tma_bars(uint64_t (&bars)[C::STAGES]) {
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(bars));
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < C::STAGES; ++s) moe_mbar_init(base + 8u * static_cast<uint32_t>(s), 1);
+    moe_mbar_init_fence();
+  }
+  return base;
+}
+
 // Which tiles of a stage TMA loads (the rest cp.async): none (the cp.async kernels), B, or A and B.
 enum class MoeWgTma { None, B, AB };
 // The issue function of a stage's TMA boxes when there are none.
@@ -497,6 +531,118 @@ __device__ __forceinline__ void moe_wg_gemm2_epilogue(const float (&acc)[C::kAcc
   }
 }
 
+// A per-expert f32 bias of table b (null: none).
+__device__ __forceinline__ const float* moe_wg_bias(const void* const* b, int ex) {
+  return b != nullptr ? static_cast<const float*>(b[ex]) : nullptr;
+}
+
+// The block of a GEMM1 kernel (moe_wg_gemm1_kernel; with kTma B moe_wg_gemm1_tma_kernel: the gate / up tiles from the
+// tensor maps maps[ex] / maps[e + ex], boxes of [BN, 64]; maps unused otherwise).
+template <class C, MoeWgTma kTma>
+__device__ __forceinline__ void moe_wg_gemm1_block(const uint16_t* __restrict__ x, const int32_t* __restrict__ sorted,
+                                                   const int32_t* __restrict__ offsets, const void* const* gate,
+                                                   const void* const* up, const void* const* gate_bias,
+                                                   const void* const* up_bias, const CUtensorMap* maps,
+                                                   uint16_t* __restrict__ act, int n_slots, int k, int e, int h,
+                                                   int inter, int act_kind, float alpha, float limit, int m_tiles) {
+  static_assert(C::GATED, "GEMM1 stacks gate and up");
+  static_assert(kTma != MoeWgTma::AB, "GEMM1's A rows are gathered: no TMA box");
+  __shared__ int s_slot[C::BM];
+  __shared__ __align__(8) uint64_t s_bars[kTma == MoeWgTma::None ? 1 : C::STAGES];
+  int r0, n0;
+  const int ex = moe_wg_block_tile<C>(m_tiles, inter, offsets, e, r0, n0);
+  if (ex < 0) return;
+  const uint16_t* w_gate = static_cast<const uint16_t*>(gate[ex]);
+  const uint16_t* w_up = static_cast<const uint16_t*>(up[ex]);
+  if (w_gate == nullptr || w_up == nullptr) return;  // absent: its slots are skipped by the combine
+  const int tid = threadIdx.x;
+  const CUtensorMap* gmap = maps + ex;
+  const CUtensorMap* umap = maps + e + ex;
+  uint32_t bars = 0;
+  if constexpr (kTma != MoeWgTma::None) {
+    if (tid == 0) {
+      moe_tensormap_acquire(gmap);
+      moe_tensormap_acquire(umap);
+    }
+    bars = moe_wg_tma_bars<C>(s_bars);
+  }
+  moe_wg_load_slots<C>(s_slot, sorted, r0);
+
+  const uint16_t* ap[C::kAIters];
+#pragma unroll
+  for (int i = 0; i < C::kAIters; ++i) ap[i] = C::g1_a(x, s_slot[C::load_row(tid, i)], n_slots, k, h, tid);
+  const uint16_t* bp[C::kBIters];  // null with kTma: B by TMA
+#pragma unroll
+  for (int i = 0; i < C::kBIters; ++i) bp[i] = kTma == MoeWgTma::None ? C::g1_b(w_gate, w_up, n0, inter, h, tid, i) : nullptr;
+
+  float acc[C::kAcc];
+  moe_wg_zero<C>(acc);
+  if constexpr (kTma == MoeWgTma::None) {
+    moe_wg_mainloop<C>(acc, ap, bp, x, h, moe_wg_ring());
+  } else {
+    moe_wg_mainloop<C, kTma>(acc, ap, bp, x, h, moe_wg_ring(), bars, [&](uint32_t stage, int kcol, uint32_t bar) {
+      const uint32_t b = stage + static_cast<uint32_t>(C::kABytes);
+      moe_tma_load_2d(b, gmap, kcol, n0, bar);                                         // gate rows n0 .. n0+BN-1
+      moe_tma_load_2d(b + static_cast<uint32_t>(C::BN) * 128u, umap, kcol, n0, bar);  // up rows, the same n
+    });
+  }
+
+  moe_wg_gemm1_epilogue<C>(acc, tid, s_slot, r0, n0, act, n_slots, inter, moe_wg_bias(gate_bias, ex),
+                           moe_wg_bias(up_bias, ex), act_kind, alpha, limit);
+}
+
+// The block of a GEMM2 kernel (moe_wg_gemm2_kernel: A rows from act; with kTma AB moe_wg_gemm2_tma_kernel: the A tile
+// from act_map (act [capacity, inter] in boxes of [BM, 64]: act rows r0 .. r0 + BM - 1 are contiguous; padding rows
+// load whatever act holds there, which only reaches their own accumulator rows, never written) and the down tile from
+// down_maps[ex], boxes of [BN, 64]).
+template <class C, MoeWgTma kTma>
+__device__ __forceinline__ void moe_wg_gemm2_block(const uint16_t* __restrict__ act, const CUtensorMap* act_map,
+                                                   const int32_t* __restrict__ sorted,
+                                                   const int32_t* __restrict__ offsets, const void* const* down,
+                                                   const void* const* down_bias, const CUtensorMap* down_maps,
+                                                   float* __restrict__ part, int n_slots, int e, int h, int inter,
+                                                   int m_tiles) {
+  static_assert(!C::GATED, "GEMM2 has one B matrix");
+  static_assert(kTma != MoeWgTma::B, "GEMM2 by TMA loads both tiles");
+  __shared__ int s_slot[C::BM];
+  __shared__ __align__(8) uint64_t s_bars[kTma == MoeWgTma::None ? 1 : C::STAGES];
+  int r0, n0;
+  const int ex = moe_wg_block_tile<C>(m_tiles, h, offsets, e, r0, n0);
+  if (ex < 0) return;
+  const uint16_t* wd = static_cast<const uint16_t*>(down[ex]);
+  if (wd == nullptr) return;
+  const int tid = threadIdx.x;
+  const CUtensorMap* dmap = down_maps + ex;
+  uint32_t bars = 0;
+  if constexpr (kTma != MoeWgTma::None) {
+    if (tid == 0) moe_tensormap_acquire(dmap);
+    bars = moe_wg_tma_bars<C>(s_bars);
+  }
+  moe_wg_load_slots<C>(s_slot, sorted, r0);
+
+  const uint16_t* ap[C::kAIters] = {};  // null with kTma: A and B by TMA
+  const uint16_t* bp[C::kBIters] = {};
+  if constexpr (kTma == MoeWgTma::None) {
+#pragma unroll
+    for (int i = 0; i < C::kAIters; ++i) ap[i] = C::g2_a(act, s_slot[C::load_row(tid, i)], n_slots, r0, inter, tid, i);
+#pragma unroll
+    for (int i = 0; i < C::kBIters; ++i) bp[i] = C::g2_b(wd, n0, h, inter, tid, i);
+  }
+
+  float acc[C::kAcc];
+  moe_wg_zero<C>(acc);
+  if constexpr (kTma == MoeWgTma::None) {
+    moe_wg_mainloop<C>(acc, ap, bp, wd, inter, moe_wg_ring());
+  } else {
+    moe_wg_mainloop<C, kTma>(acc, ap, bp, nullptr, inter, moe_wg_ring(), bars, [&](uint32_t stage, int kcol, uint32_t bar) {
+      moe_tma_load_2d(stage, act_map, kcol, r0, bar);                                      // act rows r0 .. r0+BM-1
+      moe_tma_load_2d(stage + static_cast<uint32_t>(C::kABytes), dmap, kcol, n0, bar);  // down rows n0 .. n0+BN-1
+    });
+  }
+
+  moe_wg_gemm2_epilogue<C>(acc, tid, s_slot, n0, part, n_slots, h, moe_wg_bias(down_bias, ex));
+}
+
 // GEMM1 + SwiGLU. Arguments as moe_mma_gemm1_kernel (h % 8 == 0, inter % 8 == 0, x and the gate/up rows 16-byte
 // aligned: host checks) plus m_tiles = capacity / BM. grid: m_tiles * ceil(inter / BN) (1D, moe_wg_tile), block
 // C::kThreads, dynamic shared memory C::kSmem. act [capacity, inter] bf16: rows of real slots written.
@@ -507,33 +653,9 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
                         const void* const* __restrict__ up, const void* const* __restrict__ gate_bias,
                         const void* const* __restrict__ up_bias, uint16_t* __restrict__ act, int n_slots, int k,
                         int e, int h, int inter, int act_kind, float alpha, float limit, int m_tiles) {
-  static_assert(C::GATED, "GEMM1 stacks gate and up");
 #if MOE_WGMMA_ENABLED
-  __shared__ int s_slot[C::BM];
-  int r0, n0;
-  const int ex = moe_wg_block_tile<C>(m_tiles, inter, offsets, e, r0, n0);
-  if (ex < 0) return;
-  const uint16_t* w_gate = static_cast<const uint16_t*>(gate[ex]);
-  const uint16_t* w_up = static_cast<const uint16_t*>(up[ex]);
-  if (w_gate == nullptr || w_up == nullptr) return;  // absent: its slots are skipped by the combine
-  const int tid = threadIdx.x;
-  moe_wg_load_slots<C>(s_slot, sorted, r0);
-
-  const uint16_t* ap[C::kAIters];
-#pragma unroll
-  for (int i = 0; i < C::kAIters; ++i) ap[i] = C::g1_a(x, s_slot[C::load_row(tid, i)], n_slots, k, h, tid);
-  const uint16_t* bp[C::kBIters];
-#pragma unroll
-  for (int i = 0; i < C::kBIters; ++i) bp[i] = C::g1_b(w_gate, w_up, n0, inter, h, tid, i);
-
-  float acc[C::kAcc];
-  moe_wg_zero<C>(acc);
-  moe_wg_mainloop<C>(acc, ap, bp, x, h, moe_wg_ring());
-
-  moe_wg_gemm1_epilogue<C>(acc, tid, s_slot, r0, n0, act, n_slots, inter,
-                           gate_bias != nullptr ? static_cast<const float*>(gate_bias[ex]) : nullptr,
-                           up_bias != nullptr ? static_cast<const float*>(up_bias[ex]) : nullptr, act_kind, alpha,
-                           limit);
+  moe_wg_gemm1_block<C, MoeWgTma::None>(x, sorted, offsets, gate, up, gate_bias, up_bias, nullptr, act, n_slots, k, e,
+                                        h, inter, act_kind, alpha, limit, m_tiles);
 #else
   __trap();
 #endif
@@ -547,30 +669,9 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
                         const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
                         const void* const* __restrict__ down_bias, float* __restrict__ part, int n_slots, int e,
                         int h, int inter, int m_tiles) {
-  static_assert(!C::GATED, "GEMM2 has one B matrix");
 #if MOE_WGMMA_ENABLED
-  __shared__ int s_slot[C::BM];
-  int r0, n0;
-  const int ex = moe_wg_block_tile<C>(m_tiles, h, offsets, e, r0, n0);
-  if (ex < 0) return;
-  const uint16_t* wd = static_cast<const uint16_t*>(down[ex]);
-  if (wd == nullptr) return;
-  const int tid = threadIdx.x;
-  moe_wg_load_slots<C>(s_slot, sorted, r0);
-
-  const uint16_t* ap[C::kAIters];
-#pragma unroll
-  for (int i = 0; i < C::kAIters; ++i) ap[i] = C::g2_a(act, s_slot[C::load_row(tid, i)], n_slots, r0, inter, tid, i);
-  const uint16_t* bp[C::kBIters];
-#pragma unroll
-  for (int i = 0; i < C::kBIters; ++i) bp[i] = C::g2_b(wd, n0, h, inter, tid, i);
-
-  float acc[C::kAcc];
-  moe_wg_zero<C>(acc);
-  moe_wg_mainloop<C>(acc, ap, bp, wd, inter, moe_wg_ring());
-
-  moe_wg_gemm2_epilogue<C>(acc, tid, s_slot, n0, part, n_slots, h,
-                           down_bias != nullptr ? static_cast<const float*>(down_bias[ex]) : nullptr);
+  moe_wg_gemm2_block<C, MoeWgTma::None>(act, nullptr, sorted, offsets, down, down_bias, nullptr, part, n_slots, e, h,
+                                        inter, m_tiles);
 #else
   __trap();
 #endif

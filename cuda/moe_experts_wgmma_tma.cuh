@@ -21,8 +21,10 @@
 // persistent with the epilogue overlapping the next tile's loads).
 // Why: issue 3's large-T target. The cp.async kernels issue 12 16-byte copies per thread per k tile with their
 // predicates and addresses; here 4 (GEMM1) or none (GEMM2), the tiles moving as one to three bulk transfers.
-// ptxas (sm_90a): 159 / 160 registers, no spills. Compiled, not yet run on a GPU (2026-11-26); the host replay
-// test/native/moe_wgmma_layout_check.cu covers the boxes' placement and coordinates.
+// The tma kernels are thin wrappers of moe_experts_wgmma.cuh's moe_wg_gemm1_block / moe_wg_gemm2_block, which the
+// cp.async kernels run too. ptxas (sm_90a): GEMM1 160, GEMM2 154, tma-ws 154 / 160 registers, no spills.
+// Compiled, not yet run on a GPU (2026-11-26); the host replay test/native/moe_wgmma_layout_check.cu covers the
+// boxes' placement and coordinates.
 #pragma once
 #include <cuda.h>  // CUtensorMap (type only)
 
@@ -33,38 +35,6 @@
 namespace moe {
 namespace dev {
 
-// Orders this block's later TMA reads of the tensor map at `map` (global memory) after the host's write of it.
-__device__ __forceinline__ void moe_tensormap_acquire(const CUtensorMap* map) {
-#if MOE_WGMMA_ENABLED
-  asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"(reinterpret_cast<uint64_t>(map))
-               : "memory");
-#endif
-}
-// Box (column c0 = k, row c1 = n) of the matrix of `map` into shared memory at `dst` (1024-aligned), completing its
-// bytes on the mbarrier `bar`.
-__device__ __forceinline__ void moe_tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
-#if MOE_WGMMA_ENABLED
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-          dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
-      : "memory");
-#endif
-}
-
-// The STAGES mbarriers of a TMA kernel, initialised by thread 0 (count 1) and visible to all after the next
-// __syncthreads; returns their shared address.
-template <class C>
-__device__ __forceinline__ uint32_t moe_wg_tma_bars(uint64_t (&bars)[C::STAGES]) {
-  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(bars));
-  if (threadIdx.x == 0) {
-#pragma unroll
-    for (int s = 0; s < C::STAGES; ++s) moe_mbar_init(base + 8u * static_cast<uint32_t>(s), 1);
-    moe_mbar_init_fence();
-  }
-  return base;
-}
-
 // GEMM1 + SwiGLU, as moe_wg_gemm1_kernel, with maps[ex] (gate) and maps[e + ex] (up): boxes of [BN, 64].
 template <class C>
 static __global__ void __launch_bounds__(C::kThreads, 1)
@@ -74,86 +44,29 @@ static __global__ void __launch_bounds__(C::kThreads, 1)
                             const void* const* __restrict__ up_bias, const CUtensorMap* __restrict__ maps,
                             uint16_t* __restrict__ act, int n_slots, int k, int e, int h, int inter, int act_kind,
                             float alpha, float limit, int m_tiles) {
-  static_assert(C::GATED, "GEMM1 stacks gate and up");
 #if MOE_WGMMA_ENABLED
-  __shared__ int s_slot[C::BM];
-  __shared__ __align__(8) uint64_t s_bars[C::STAGES];
-  int r0, n0;
-  const int ex = moe_wg_block_tile<C>(m_tiles, inter, offsets, e, r0, n0);
-  if (ex < 0) return;
-  if (gate[ex] == nullptr || up[ex] == nullptr) return;  // absent: its slots are skipped by the combine
-  const int tid = threadIdx.x;
-  const CUtensorMap* gmap = maps + ex;
-  const CUtensorMap* umap = maps + e + ex;
-  if (tid == 0) {
-    moe_tensormap_acquire(gmap);
-    moe_tensormap_acquire(umap);
-  }
-  const uint32_t bars = moe_wg_tma_bars<C>(s_bars);
-  moe_wg_load_slots<C>(s_slot, sorted, r0);
-
-  const uint16_t* ap[C::kAIters];
-#pragma unroll
-  for (int i = 0; i < C::kAIters; ++i) ap[i] = C::g1_a(x, s_slot[C::load_row(tid, i)], n_slots, k, h, tid);
-  const uint16_t* const bp[C::kBIters] = {};  // unused: B by TMA
-
-  float acc[C::kAcc];
-  moe_wg_zero<C>(acc);
-  moe_wg_mainloop<C, MoeWgTma::B>(acc, ap, bp, x, h, moe_wg_ring(), bars, [&](uint32_t stage, int kcol, uint32_t bar) {
-    const uint32_t b = stage + static_cast<uint32_t>(C::kABytes);
-    moe_tma_load_2d(b, gmap, kcol, n0, bar);                                         // gate rows n0 .. n0+BN-1
-    moe_tma_load_2d(b + static_cast<uint32_t>(C::BN) * 128u, umap, kcol, n0, bar);  // up rows, the same n
-  });
-
-  moe_wg_gemm1_epilogue<C>(acc, tid, s_slot, r0, n0, act, n_slots, inter,
-                           gate_bias != nullptr ? static_cast<const float*>(gate_bias[ex]) : nullptr,
-                           up_bias != nullptr ? static_cast<const float*>(up_bias[ex]) : nullptr, act_kind, alpha,
-                           limit);
+  moe_wg_gemm1_block<C, MoeWgTma::B>(x, sorted, offsets, gate, up, gate_bias, up_bias, maps, act, n_slots, k, e, h,
+                                     inter, act_kind, alpha, limit, m_tiles);
 #else
   __trap();
 #endif
 }
 
-// GEMM2, as moe_wg_gemm2_kernel, with down_maps[ex] (boxes of [BN, 64]) and the A tile by TMA too: act_map over
-// act [capacity, inter] in boxes of [BM, 64] (act rows r0 .. r0 + BM - 1 are contiguous; padding rows load whatever
-// act holds there, which only reaches their own accumulator rows, never written).
+// GEMM2, as moe_wg_gemm2_kernel, with both tiles by TMA: act_map over act [capacity, inter] (boxes of [BM, 64]) and
+// down_maps[ex] (boxes of [BN, 64]).
 template <class C>
 static __global__ void __launch_bounds__(C::kThreads, 1)
     moe_wg_gemm2_tma_kernel(const __grid_constant__ CUtensorMap act_map, const int32_t* __restrict__ sorted,
                             const int32_t* __restrict__ offsets, const void* const* __restrict__ down,
                             const void* const* __restrict__ down_bias, const CUtensorMap* __restrict__ down_maps,
                             float* __restrict__ part, int n_slots, int e, int h, int inter, int m_tiles) {
-  static_assert(!C::GATED, "GEMM2 has one B matrix");
 #if MOE_WGMMA_ENABLED
-  __shared__ int s_slot[C::BM];
-  __shared__ __align__(8) uint64_t s_bars[C::STAGES];
-  int r0, n0;
-  const int ex = moe_wg_block_tile<C>(m_tiles, h, offsets, e, r0, n0);
-  if (ex < 0) return;
-  if (down[ex] == nullptr) return;
-  const int tid = threadIdx.x;
-  const CUtensorMap* dmap = down_maps + ex;
-  if (tid == 0) moe_tensormap_acquire(dmap);
-  const uint32_t bars = moe_wg_tma_bars<C>(s_bars);
-  moe_wg_load_slots<C>(s_slot, sorted, r0);
-
-  const uint16_t* const ap[C::kAIters] = {};  // unused: A and B by TMA
-  const uint16_t* const bp[C::kBIters] = {};
-
-  float acc[C::kAcc];
-  moe_wg_zero<C>(acc);
-  moe_wg_mainloop<C, MoeWgTma::AB>(acc, ap, bp, nullptr, inter, moe_wg_ring(), bars, [&](uint32_t stage, int kcol, uint32_t bar) {
-    moe_tma_load_2d(stage, &act_map, kcol, r0, bar);                                      // act rows r0 .. r0+BM-1
-    moe_tma_load_2d(stage + static_cast<uint32_t>(C::kABytes), dmap, kcol, n0, bar);  // down rows n0 .. n0+BN-1
-  });
-
-  moe_wg_gemm2_epilogue<C>(acc, tid, s_slot, n0, part, n_slots, h,
-                           down_bias != nullptr ? static_cast<const float*>(down_bias[ex]) : nullptr);
+  moe_wg_gemm2_block<C, MoeWgTma::AB>(nullptr, &act_map, sorted, offsets, down, down_bias, down_maps, part, n_slots, e,
+                                      h, inter, m_tiles);
 #else
   __trap();
 #endif
 }
-
 
 // ---- warp-specialized, all-TMA (MOE_CUDA_WG=tma-ws) ---------------------------------------------------------------
 // 384 threads: warpgroup 0 produces (its thread 0 issues every TMA box: A from a_map at rows r0.., B from the
@@ -284,12 +197,10 @@ static __global__ void __launch_bounds__(kMoeWsThreads, 1)
     if (signals) moe_mbar_arrive(empty + 8u * static_cast<uint32_t>((g - 1) % C::STAGES));  // the tile's last stage
     // the epilogue reads the tile's slots straight from sorted (global memory, cached): no shared copy to guard
     if constexpr (C::GATED) {
-      moe_wg_gemm1_epilogue<C>(acc, ctid, sorted + r0, r0, n0, act, n_slots, inter,
-                               b0 != nullptr ? static_cast<const float*>(b0[ex]) : nullptr,
-                               b1 != nullptr ? static_cast<const float*>(b1[ex]) : nullptr, act_kind, alpha, limit);
+      moe_wg_gemm1_epilogue<C>(acc, ctid, sorted + r0, r0, n0, act, n_slots, inter, moe_wg_bias(b0, ex),
+                               moe_wg_bias(b1, ex), act_kind, alpha, limit);
     } else {
-      moe_wg_gemm2_epilogue<C>(acc, ctid, sorted + r0, n0, part, n_slots, h,
-                               b0 != nullptr ? static_cast<const float*>(b0[ex]) : nullptr);
+      moe_wg_gemm2_epilogue<C>(acc, ctid, sorted + r0, n0, part, n_slots, h, moe_wg_bias(b0, ex));
     }
   }
 #else
