@@ -354,6 +354,20 @@ function activation(cfg: ModelConfig): MoeActivation | undefined {
 }
 
 /**
+ * Layers of E experts of `expertBytes` to rotate through so that about `spanBytes` pass between two reads of one
+ * expert (a call reads a few of a layer's E; at least 1, at most 768 MiB of experts).
+ */
+function rotationLayers(E: number, expertBytes: number, spanBytes: number): number {
+  return Math.max(1, Math.min(Math.floor((768 * 2 ** 20) / (E * expertBytes)), Math.ceil((3 * spanBytes) / (E * expertBytes))));
+}
+
+/** Writes expert e of layer l of `store` with fillBf16(seed) (untouched pages would all read the one zero page). */
+function fillExpert(store: ExpertStore, l: number, e: number, seed: number): void {
+  const w = store.expert(l, e).whole.data;
+  fillBf16(new Uint16Array(w.buffer, w.byteOffset, w.byteLength / 2), seed);
+}
+
+/**
  * Routed experts: each call routes B tokens to k distinct uniformly random experts of one layer's table (layers
  * rotate; every expert set in its layer's table once, as ResidentExperts does); the call is awaited alone (its
  * own group in the step).
@@ -363,7 +377,7 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
   const k = s.k;
   const expertBytes = weightBytes(s);
   // enough layers of experts that a call's experts were last read span(c) ago (a call reads U(B) of the E)
-  const layers = Math.max(1, Math.min(Math.floor((768 * 2 ** 20) / (E * expertBytes)), Math.ceil((3 * span(c)) / (E * expertBytes))));
+  const layers = rotationLayers(E, expertBytes, span(c));
   // CPU: the experts in host memory (an ExpertStore, as the model's); GPU: in its memory (slots, each filled from one
   // layer of experts in a pinned store)
   const onGpu = c.be.kind !== 'cpu';
@@ -373,8 +387,7 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
     // every expert written (untouched pages would all read the one zero page)
     for (let l = 0; l < (onGpu ? 1 : layers); l++) {
       for (let e = 0; e < E; e++) {
-        const w = store.expert(l, e).whole.data;
-        fillBf16(new Uint16Array(w.buffer, w.byteOffset, w.byteLength / 2), 7 + e);
+        fillExpert(store, l, e, 7 + e);
       }
     }
     if (onGpu) {
@@ -849,8 +862,7 @@ async function expertCopyGBs(be: Backend, cfg: ModelConfig, packed: boolean): Pr
   let slots: SlotPool | undefined;
   try {
     for (let e = 0; e < 2 * n; e++) {
-      const w = store.expert(0, e).whole.data;
-      fillBf16(new Uint16Array(w.buffer, w.byteOffset, w.byteLength / 2), 70 + e); // untouched pages read as one
+      fillExpert(store, 0, e, 70 + e);
     }
     slots = SlotPool.create(be, { slots: n, hidden: H, intermediate: I, dtype: 'bf16', packed });
     const cache = residencyExpertCache({ store, slots, engine: new TransferEngine(be), policy: new LruPolicy(2 * n) });
@@ -878,14 +890,14 @@ async function expertCopyGBs(be: Backend, cfg: ModelConfig, packed: boolean): Pr
 async function hostExpertGBs(c: Ctx): Promise<number> {
   const { hiddenSize: H, moeIntermediateSize: I, numExperts: E, topK: k } = c.cfg;
   const bytes = expertLayout(H, I, 'bf16', c.packed).expertBytes;
-  const layers = Math.max(1, Math.min(Math.floor((768 * 2 ** 20) / (E * bytes)), Math.ceil((3 * COLD_BYTES) / (E * bytes))));
+  const layers = rotationLayers(E, bytes, COLD_BYTES);
   const store = ExpertStore.create(c.be, { layers: Array.from({ length: layers }, (_, l) => l), experts: E, hidden: H, intermediate: I, packed: c.packed });
   try {
     const tables = Array.from({ length: layers }, (_, l) => {
       const t = c.host.expertTable(E, { hidden: H, intermediate: I, packed: c.packed });
       for (let e = 0; e < E; e++) {
         const v = store.expert(l, e);
-        fillBf16(new Uint16Array(v.whole.data.buffer, v.whole.data.byteOffset, v.whole.data.byteLength / 2), 50 + e);
+        fillExpert(store, l, e, 50 + e);
         t.set(e, { gate: v.gate, up: v.up, down: v.down });
       }
       return t;
