@@ -71,9 +71,7 @@ async function main(argv: string[]): Promise<number> {
     case 'demo': {
       const { values } = parseArgs({ args: rest, options: { 'max-new-tokens': { type: 'string' }, backend: { type: 'string' } } });
       const n = intOpt(values['max-new-tokens'], 'max-new-tokens');
-      const b = values.backend;
-      if (b !== undefined && b !== 'auto' && b !== 'cpu' && b !== 'cuda') throw new InvalidArgumentError(`--backend must be auto, cpu or cuda, received ${JSON.stringify(b)}`);
-      await demo({ ...(n !== undefined ? { maxNewTokens: n } : {}), ...(b !== undefined ? { backend: b } : {}) });
+      await demo({ ...(n !== undefined ? { maxNewTokens: n } : {}), backend: backendOpt(values.backend) });
       return 0;
     }
     case 'profile':

@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
+import type { Backend } from './backend.js';
 import { predictDecode, predictPrefill } from './batching/perf-model.js';
 import { profileModel } from './batching/profile.js';
 import { medianOf, StepIntervals } from './engine/batch.js';
@@ -39,8 +40,8 @@ export interface DemoOptions {
   maxNewTokens?: number;
   /** Requests in the throughput-mode batch (default 32). */
   batch?: number;
-  /** The backend (default 'auto': env MOE_OFFLOAD_BACKEND, else CUDA when usable, else the CPU). */
-  backend?: 'auto' | 'cpu' | 'cuda';
+  /** The backend or its kind (default 'auto': env MOE_OFFLOAD_BACKEND, else CUDA when usable, else the CPU). */
+  backend?: Backend | 'auto' | 'cpu' | 'cuda';
   write?: (s: string) => void;
 }
 
