@@ -25,7 +25,7 @@ import { machine } from './machine.js';
 interface Case {
   preset: PresetName;
   layers?: number;
-  experts: ExpertMode;
+  experts: Exclude<ExpertMode, 'auto'>;
   tokens: number;
 }
 

@@ -164,6 +164,19 @@ export class Backend {
     this.name = kind === 'cuda' ? `cuda:${device}` : `cpu-${isa}`;
   }
 
+  /**
+   * The compute device's memory now, bytes: the GPU's free and total on CUDA (cudaMemGetInfo); undefined on the CPU
+   * backend (its memory is the host's).
+   * @example
+   * const gpu = be.memoryInfo();   // { free: 80.1e9, total: 85.0e9 } on an H100
+   */
+  memoryInfo(): { free: number; total: number } | undefined {
+    if (this.kind !== 'cuda') return undefined;
+    const d = native().info(true).cuda.devices.find((x) => x.index === this.device);
+    if (d?.freeMemory === undefined) return undefined;
+    return { free: d.freeMemory, total: d.totalMemory };
+  }
+
   /** The default stream (shared by every Backend object of the same device). */
   get stream(): Stream {
     const key = `${this.kind}:${this.device}`;

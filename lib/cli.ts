@@ -12,6 +12,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { type Backend, openBackend } from './backend.js';
+import { denseWeightBytes, expertBytes, kvTokensFor, stepDeviceBytes } from './batching/memory.js';
 import { type ModelProfile, chooseBatch, opCost, predictPrefill, stepOps } from './batching/perf-model.js';
 import { profileModel, readProbeGBs } from './batching/profile.js';
 
@@ -35,20 +36,24 @@ commands:
                              decode step at its own shapes vs batch (and attention vs context), per-op and per-step
                              runtime costs, on the backend generate would use (CUDA: staged, attention on the CPU);
                              default FILE ~/.cache/moe-offload/profile-<model folder name>[-cuda].json
-  plan --model DIR [--context N] [--kv-gib G] [--experts FRACTION] [--profile FILE] [--backend auto|cpu|cuda]
+  plan --model DIR [--context N] [--kv-gib G] [--experts FRACTION] [--device-gib G] [--profile FILE]
+       [--backend auto|cpu|cuda]
                              predicted decode throughput per batch size, the binding resource, the chosen batch,
                              and the prefill throughput of prompts of the context's length; --experts FRACTION:
-                             routed experts offloaded with that fraction in slots (the copies they cost per step)
-                             (measures and saves the model's profile first when FILE is absent)
+                             routed experts offloaded with that fraction in slots (the copies they cost per step);
+                             otherwise on CUDA (or with --device-gib G of device memory) the experts that fit beside
+                             each batch's step are chosen with it (measures and saves the profile when FILE is absent)
   info [--json]              package version, CPU features, CUDA devices (or why CUDA is unavailable), backend in use
   make-model --preset NAME [--seed N] [--layers N] DIR
                              write a random-weight MoE checkpoint in HF format (config.json, safetensors shards,
                              tokenizer.json, chat template) into DIR; presets:
 ${PRESET_NAMES.map((p) => `                               ${p.padEnd(22)}${PRESETS[p].description}`).join('\n')}
   generate --model DIR (--prompt TEXT | --chat TEXT) [--max-new-tokens N] [--temperature T] [--top-k K]
-           [--top-p P] [--seed N] [--stop S]... [--experts resident|FRACTION] [--policy lru|finemoe] [--json]
-           [--backend auto|cpu|cuda]
-                             stream a completion to stdout, then timing (stderr, or one JSON line with --json)
+           [--top-p P] [--seed N] [--stop S]... [--experts auto|resident|FRACTION] [--policy lru|finemoe]
+           [--device-gib G] [--json] [--backend auto|cpu|cuda]
+                             stream a completion to stdout, then timing (stderr, or one JSON line with --json);
+                             --experts auto (default): on CUDA the routed experts that fit in GPU memory (or in
+                             --device-gib G) stay there, the rest stream from host memory; on the CPU resident
   generate --model DIR --input IN.jsonl --output OUT.jsonl [--max-batch-tokens N] [--max-sequences N]
            [--micro-batches N] [...]
                              batched: every line of IN ({"prompt"} | {"messages"} | {"turns"} | {"tokens"}, with an
@@ -101,6 +106,21 @@ function backendOpt(v: string | undefined): Backend {
   if (v !== undefined && v !== 'auto' && v !== 'cpu' && v !== 'cuda') throw new InvalidArgumentError(`--backend must be auto, cpu or cuda, received ${JSON.stringify(v)}`);
   return openBackend(v === undefined ? {} : { backend: v });
 }
+
+/** --device-gib G: the device memory loadModel's experts 'auto' plans with (default on CUDA: the GPU's free memory). */
+function deviceOpt(v: string | undefined): { deviceMemoryBytes?: number } {
+  const g = numOpt(v, 'device-gib');
+  if (g === undefined) return {};
+  if (!(g > 0)) throw new InvalidArgumentError(`--device-gib must be a positive number of GiB, received ${JSON.stringify(v)}`);
+  return { deviceMemoryBytes: Math.floor(g * 2 ** 30) };
+}
+
+/** The device memory to plan expert slots in: --device-gib, else on CUDA the GPU's free memory; undefined: plan them resident. */
+function deviceBudget(v: string | undefined, be: Backend): number | undefined {
+  return deviceOpt(v).deviceMemoryBytes ?? (be.kind === 'cuda' ? be.memoryInfo()?.free : undefined);
+}
+
+const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
 
 function intOpt(v: string | undefined, name: string): number | undefined {
   if (v === undefined) return undefined;
@@ -159,6 +179,7 @@ async function generateCmd(args: string[]): Promise<number> {
       'max-batch-tokens': { type: 'string' },
       'max-sequences': { type: 'string' },
       'micro-batches': { type: 'string' },
+      'device-gib': { type: 'string' },
       backend: { type: 'string' },
     },
   });
@@ -169,7 +190,7 @@ async function generateCmd(args: string[]): Promise<number> {
   const ac = new AbortController();
   const onSigint = () => ac.abort(new Error('interrupted'));
   process.once('SIGINT', onSigint);
-  const model = await loadModel(values.model, { experts, signal: ac.signal, backend: backendOpt(values.backend) });
+  const model = await loadModel(values.model, { experts, signal: ac.signal, backend: backendOpt(values.backend), ...deviceOpt(values['device-gib']) });
   try {
     const temperature = numOpt(values.temperature, 'temperature');
     const topK = intOpt(values['top-k'], 'top-k');
@@ -260,19 +281,25 @@ function savedProfile(file: string, cfg: ReturnType<typeof parseModelConfig>): {
 }
 
 async function planCmd(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { model: { type: 'string' }, context: { type: 'string' }, 'kv-gib': { type: 'string' }, profile: { type: 'string' }, experts: { type: 'string' }, backend: { type: 'string' } } });
+  const { values } = parseArgs({
+    args,
+    options: { model: { type: 'string' }, context: { type: 'string' }, 'kv-gib': { type: 'string' }, profile: { type: 'string' }, experts: { type: 'string' }, 'device-gib': { type: 'string' }, backend: { type: 'string' } },
+  });
   if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required');
   const cfg = modelConfig(values.model);
   // --experts FRACTION: routed experts offloaded, that fraction of them in slots (loadModel's experts.fraction)
   const fraction = numOpt(values.experts, 'experts');
   if (fraction !== undefined && !(fraction > 0 && fraction <= 1)) throw new InvalidArgumentError(`--experts must be a fraction in (0, 1], received ${values.experts}`);
-  const expertSlots = fraction === undefined ? undefined : Math.ceil(fraction * cfg.moeLayers.length * cfg.numExperts);
+  const totalExperts = cfg.moeLayers.length * cfg.numExperts;
+  const expertSlots = fraction === undefined ? undefined : Math.ceil(fraction * totalExperts);
   const be = backendOpt(values.backend);
+  // without --experts: on CUDA (or with --device-gib) the slots that fit beside each batch's step, chosen with it
+  const deviceBytes = fraction === undefined ? deviceBudget(values['device-gib'], be) : undefined;
   const own = defaultProfile(values.model, be.kind);
   const file = values.profile ?? own;
   let saved = savedProfile(file, cfg);
   // offloaded experts need the copy rate (profiles saved before it was measured lack it)
-  if (saved.profile && expertSlots !== undefined && !(saved.profile.copyGBs! > 0)) saved = { why: `${file} lacks the expert copy rate` };
+  if (saved.profile && (expertSlots !== undefined || deviceBytes !== undefined) && !(saved.profile.copyGBs! > 0)) saved = { why: `${file} lacks the expert copy rate` };
   if (!saved.profile) process.stderr.write(`${saved.why}: measuring this model's profile now into ${own} (moe-offload profile saves it)\n`);
   const p = saved.profile ?? (await measureProfile(values.model, own, undefined, be));
   const context = intOpt(values.context, 'context') ?? 512;
@@ -288,14 +315,19 @@ async function planCmd(args: string[]): Promise<number> {
   process.stdout.write(
     `${cfg.architecture}, ${cfg.numLayers} layers, ${cfg.numExperts} experts top-${cfg.topK}; ${p.backend}${p.device ? ` (${p.device})` : ''}; context ${context}; KV ${kvGiB.toFixed(1)} GiB = ${kvTokens} tokens; ` +
       `read bandwidth now ${probeNow.toFixed(1)} GB/s (profile: ${p.readGBs.toFixed(1)})` +
-      (expertSlots !== undefined ? `; routed experts offloaded, ${expertSlots} in slots (copies at ${p.copyGBs?.toFixed(1) ?? '?'} GB/s)` : '; experts resident') +
+      (expertSlots !== undefined
+        ? `; routed experts offloaded, ${expertSlots} in slots (copies at ${p.copyGBs?.toFixed(1) ?? '?'} GB/s)`
+        : deviceBytes !== undefined
+          ? `; device memory ${gib(deviceBytes)}: dense weights ${gib(denseWeightBytes(cfg))}, routed experts ${gib(totalExperts * expertBytes(cfg))} (copies at ${p.copyGBs?.toFixed(1) ?? '?'} GB/s)`
+          : '; experts resident') +
       '\n',
   );
-  const best = chooseBatch(cfg, p, context, kvTokens, {}, expertSlots);
-  for (const { batch: b, microBatches: mb, prediction: d } of best.candidates) {
+  const best = chooseBatch(cfg, p, context, kvTokens, {}, deviceBytes !== undefined ? { deviceBytes } : expertSlots);
+  for (const { batch: b, microBatches: mb, expertSlots: slots, prediction: d } of best.candidates) {
     const copies = d.copies ? `, ${d.copies.experts.toFixed(1)} experts ${d.copies.onHost ? 'computed on the host' : 'copied'}${d.copies.moduleMode ? ' (module mode)' : ''}` : '';
     const groups = mb > 1 ? `, ${mb} attention micro-batches (${(-d.terms.overlapMs).toFixed(2)} ms overlapped)` : '';
-    process.stdout.write(`  batch ${String(b).padStart(4)}: ${d.tokensPerSecond.toFixed(1).padStart(9)} tokens/s, step ${d.stepMs.toFixed(2)} ms${copies}${groups}, bound: ${d.bound}\n`);
+    const held = deviceBytes !== undefined && slots !== undefined ? `, ${slots} experts in device memory` : '';
+    process.stdout.write(`  batch ${String(b).padStart(4)}: ${d.tokensPerSecond.toFixed(1).padStart(9)} tokens/s, step ${d.stepMs.toFixed(2)} ms${held}${copies}${groups}, bound: ${d.bound}\n`);
   }
   const why =
     best.limit === 'kv-capacity'
@@ -304,6 +336,13 @@ async function planCmd(args: string[]): Promise<number> {
         ? `; the profile measured no larger batch (moe-offload profile --max-batch N)`
         : '';
   process.stdout.write(`choice: batch ${best.batch}${best.microBatches > 1 ? `, ${best.microBatches} micro-batches` : ''} (${best.prediction.tokensPerSecond.toFixed(1)} tokens/s predicted; ${best.prediction.bound}${why})\n`);
+  if (deviceBytes !== undefined && best.expertSlots !== undefined) {
+    process.stdout.write(
+      `experts: ${best.expertSlots === totalExperts ? `all ${totalExperts}` : `${best.expertSlots} of ${totalExperts}`} routed experts in device memory (${gib(best.expertSlots * expertBytes(cfg))}), ` +
+        `beside the dense weights and a step of ${Math.max(best.batch, 512)} tokens (${gib(stepDeviceBytes(cfg, { tokens: Math.max(best.batch, 512) }))})` +
+        `${best.expertSlots < totalExperts ? '; the rest stream from host memory' : ''}\n`,
+    );
+  }
   if (p.prefillTokens?.length) {
     // prefill of prompts as long as the context, in steps of generateBatch's default 512 tokens
     const f = predictPrefill(cfg, p, { prompt: context, chunk: 512 });
@@ -326,39 +365,67 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
     ac.abort(new Error('interrupted'));
   };
   process.once('SIGINT', onSigint);
-  const model = await loadModel(str('model')!, { experts, signal: ac.signal, backend: backendOpt(str('backend')) });
+  const num = (k: string, f: (v: string | undefined, n: string) => number | undefined) => f(str(k), k);
+  const maxBatchTokens = num('max-batch-tokens', intOpt);
+  let microBatches = num('micro-batches', intOpt);
+  let maxSequences = num('max-sequences', intOpt);
+  const maxNewTokens = num('max-new-tokens', intOpt);
+  const be = backendOpt(str('backend'));
+  const cfg = modelConfig(str('model')!);
+  // experts auto: on CUDA (or with --device-gib) the slots that fit beside the largest step
+  const deviceBytes = experts === 'auto' ? deviceBudget(str('device-gib'), be) : undefined;
+  let planLine: string;
+  let slots: number | undefined;
+  if (maxSequences === undefined) {
+    // the plan, before loading: the batch the performance model predicts fastest within the KV cache (and the expert
+    // slots that fit beside its step), from this model's saved profile
+    const saved = savedProfile(defaultProfile(str('model')!, be.kind), cfg);
+    const p = saved.profile;
+    if (p) {
+      const context = 256 + (maxNewTokens ?? 128);
+      const total = cfg.moeLayers.length * cfg.numExperts;
+      // a profile without the copy rate plans offloaded experts resident (and the memory without copies)
+      const copies = p.copyGBs! > 0;
+      const slotPlan =
+        experts === 'auto'
+          ? deviceBytes !== undefined && copies
+            ? { deviceBytes, stepTokens: maxBatchTokens ?? 512 }
+            : undefined
+          : experts === 'resident' || !copies
+            ? undefined
+            : Math.min(total, Math.ceil(experts.fraction * total));
+      const best = chooseBatch(cfg, p, context, kvTokensFor(cfg), {}, slotPlan, microBatches !== undefined ? [microBatches] : undefined);
+      maxSequences = best.batch;
+      microBatches ??= best.microBatches;
+      slots = typeof slotPlan === 'object' ? best.expertSlots : undefined;
+      planLine =
+        `plan: ${best.batch} sequences at once${best.microBatches > 1 ? ` in ${best.microBatches} attention micro-batches` : ''} (${best.prediction.tokensPerSecond.toFixed(1)} decode tokens/s predicted at context ${context}; ${best.prediction.bound})` +
+        (slots !== undefined ? `; ${slots === total ? `all ${total}` : `${slots} of ${total}`} routed experts in device memory` : '');
+    } else {
+      planLine = `plan: ${saved.why}; 64 sequences at once (moe-offload profile --model DIR measures this model, then generate plans its batch)`;
+    }
+  } else {
+    planLine = `plan: ${maxSequences} sequences at once (--max-sequences)`;
+  }
+  const model = await loadModel(str('model')!, {
+    experts: slots !== undefined ? { slots, policy: (str('policy') ?? 'lru') as 'lru' | 'finemoe' } : experts,
+    signal: ac.signal,
+    backend: be,
+    // experts auto without a plan: the slots that fit beside the largest step the batch runner takes
+    ...(deviceBytes !== undefined ? { deviceMemoryBytes: deviceBytes } : {}),
+    maxStepTokens: Math.max(maxBatchTokens ?? 512, maxSequences ?? 64),
+  });
+  process.stderr.write(`${planLine}${slots === undefined && model.expertCache ? `; ${model.expertCache.capacity} routed experts in slots` : ''}\n`);
   const tty = process.stderr.isTTY;
   let lastLine = 0;
   try {
-    const num = (k: string, f: (v: string | undefined, n: string) => number | undefined) => f(str(k), k);
     const defaults = {
-      ...(num('max-new-tokens', intOpt) !== undefined ? { maxNewTokens: num('max-new-tokens', intOpt)! } : {}),
+      ...(maxNewTokens !== undefined ? { maxNewTokens } : {}),
       ...(num('temperature', numOpt) !== undefined ? { temperature: num('temperature', numOpt)! } : {}),
       ...(num('top-k', intOpt) !== undefined ? { topK: num('top-k', intOpt)! } : {}),
       ...(num('top-p', numOpt) !== undefined ? { topP: num('top-p', numOpt)! } : {}),
       ...(num('seed', intOpt) !== undefined ? { seed: num('seed', intOpt)! } : {}),
     };
-    const maxBatchTokens = num('max-batch-tokens', intOpt);
-    let microBatches = num('micro-batches', intOpt);
-    let maxSequences = num('max-sequences', intOpt);
-    if (maxSequences === undefined) {
-      // the plan: the batch the performance model predicts fastest within the KV cache, from this model's saved profile
-      const cfg = model.config;
-      const saved = savedProfile(defaultProfile(str('model')!, model.backend.kind), cfg);
-      if (saved.profile) {
-        const context = 256 + (defaults.maxNewTokens ?? 128);
-        // offloaded experts: the copies of the model's slot count (a profile without the copy rate plans them resident)
-        const slots = saved.profile.copyGBs! > 0 ? model.expertCache?.capacity : undefined;
-        const best = chooseBatch(cfg, saved.profile, context, model.kvTokensFree, {}, slots, microBatches !== undefined ? [microBatches] : undefined);
-        maxSequences = best.batch;
-        microBatches ??= best.microBatches;
-        process.stderr.write(
-          `plan: ${best.batch} sequences at once${best.microBatches > 1 ? ` in ${best.microBatches} attention micro-batches` : ''} (${best.prediction.tokensPerSecond.toFixed(1)} decode tokens/s predicted at context ${context}; ${best.prediction.bound})\n`,
-        );
-      } else {
-        process.stderr.write(`plan: ${saved.why}; 64 sequences at once (moe-offload profile --model DIR measures this model, then generate plans its batch)\n`);
-      }
-    }
     const s = await generateJsonl(model, str('input')!, str('output')!, {
       defaults,
       signal: ac.signal,
@@ -388,11 +455,12 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
   }
 }
 
-function expertsOpt(experts: string | undefined, policy: string | undefined): 'resident' | { fraction: number; policy: 'lru' | 'finemoe' } {
-  if (experts === undefined || experts === 'resident') return 'resident';
-  const f = numOpt(experts, 'experts')!;
+function expertsOpt(experts: string | undefined, policy: string | undefined): 'auto' | 'resident' | { fraction: number; policy: 'lru' | 'finemoe' } {
   const p = policy ?? 'lru';
   if (p !== 'lru' && p !== 'finemoe') throw new InvalidArgumentError(`--policy must be lru or finemoe, received ${JSON.stringify(p)}`);
+  if (experts === undefined || experts === 'auto') return 'auto';
+  if (experts === 'resident') return 'resident';
+  const f = numOpt(experts, 'experts')!;
   return { fraction: f, policy: p };
 }
 

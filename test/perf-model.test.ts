@@ -9,6 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
 
 import { type ModelProfile, type OpPoint, type OpSpec, type StepPlan, chooseBatch, expectedExperts, expertCopies, interp, moduleOverlapMs, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
+import { denseWeightBytes, expertBytes, stepDeviceBytes } from '../lib/batching/memory.js';
 import { profileModel } from '../lib/batching/profile.js';
 import { Backend, cudaUnavailableReason, DeviceTensor, loadModel, makeModel, type ModelConfig, type MoeModel, type PresetName } from '../lib/index.js';
 
@@ -534,6 +535,23 @@ test('cli profile and plan: the profile of the backend in use saved under its na
     assert.match(r.stdout, /^choice: batch \d+ \([\d.]+ tokens\/s predicted; /m);
     assert.match(r.stdout, /^prefill: prompts of 64 tokens/m);
     assert.doesNotMatch(r.stdout, /micro-batches/, 'the CPU backend plans one attention group');
+    // --device-gib: the slots that fit beside the dense weights and a 512-token step, chosen with the batch
+    const cfg = await config('tiny-olmoe');
+    const total = cfg.moeLayers.length * cfg.numExperts;
+    const gib = (denseWeightBytes(cfg) + stepDeviceBytes(cfg, { tokens: 512 }) + 2 ** 28 + 12.5 * expertBytes(cfg)) / 2 ** 30;
+    const dg = spawnSync(process.execPath, [cli, 'plan', '--model', dir, '--context', '64', '--kv-gib', '0.01', '--device-gib', String(gib)], { encoding: 'utf8', env });
+    assert.equal(dg.status, 0, dg.stderr);
+    assert.match(dg.stdout, /; device memory [\d.]+ GiB: dense weights [\d.]+ GiB, routed experts [\d.]+ GiB/);
+    assert.match(dg.stdout, /batch +1: .*, 12 experts in device memory, /);
+    assert.match(dg.stdout, new RegExp(`^experts: 12 of ${total} routed experts in device memory .*; the rest stream from host memory$`, 'm'));
+    // generate plans the same before loading, and loads that many slots
+    const input = path.join(cache, 'in.jsonl');
+    const output = path.join(cache, 'out.jsonl');
+    fs.writeFileSync(input, ['a b c', 'd e f'].map((t, i) => JSON.stringify({ id: `r${i}`, prompt: t, max_new_tokens: 4 })).join('\n'));
+    const g = spawnSync(process.execPath, [cli, 'generate', '--model', dir, '--input', input, '--output', output, '--device-gib', String(gib)], { encoding: 'utf8', env });
+    assert.equal(g.status, 0, g.stderr);
+    assert.match(g.stderr, new RegExp(`^plan: \\d+ sequences at once .*; 12 of ${total} routed experts in device memory$`, 'm'));
+    assert.equal(fs.readFileSync(output, 'utf8').trim().split('\n').length, 2);
     const bad = spawnSync(process.execPath, [cli, 'plan', '--model', path.join(root, 'tiny-olmoe'), '--backend', 'tpu'], { encoding: 'utf8', env });
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, /\[MOE_INVALID_ARGUMENT\] --backend must be auto, cpu or cuda, received "tpu"/);

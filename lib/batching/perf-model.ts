@@ -33,9 +33,10 @@
  * console.log(pred.tokensPerSecond, pred.bound, pred.terms);
  */
 import { describe } from '../dtype.js';
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
 import { attentionHeadDim } from '../model/weights.js';
+import { expertSlotsFor } from './memory.js';
 
 /** An op of the step as the profile measures it; `rows` are per token (T = B at decode). */
 export type OpSpec =
@@ -662,8 +663,9 @@ export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeSh
 function copyCost(cfg: ModelConfig, p: ModelProfile, T: number, slots: number | undefined): { copies?: { experts: number; moduleMode: boolean; onHost?: boolean }; copyMs: number; overlap: boolean } {
   if (slots === undefined) return { copyMs: 0, overlap: false };
   if (!Number.isSafeInteger(slots) || slots < 0) throw new InvalidArgumentError(`expertSlots must be an integer >= 0, received ${describe(slots)}`);
-  if (!(p.copyGBs! > 0)) throw new InvalidArgumentError('the profile has no expert copy rate (copyGBs): profile this model again to predict offloaded experts');
   const copies = expertCopies(cfg, T, slots);
+  if (copies.experts === 0) return { copies, copyMs: 0, overlap: false };
+  if (!(p.copyGBs! > 0)) throw new InvalidArgumentError('the profile has no expert copy rate (copyGBs): profile this model again to predict offloaded experts');
   const bytes = copies.experts * 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2;
   const copyMs = bytes / (p.copyGBs! * 1e6);
   if (p.kind === 'cuda' && !copies.moduleMode && copies.experts > 0 && p.hostExpertGBs! > 0) {
@@ -847,7 +849,10 @@ export function predictPrefill(cfg: ModelConfig, p: ModelProfile, shape: Prefill
  * 1, 2, 4, ... and the largest that fits, up to what the profile measured), and what limits it: 'throughput' (a
  * larger batch that fits is predicted slower), 'kv-capacity' (throughput still grows but a larger batch does not
  * fit the KV cache: the binding resource is KV capacity) or 'profiled batches' (the profile measured no larger).
- * With `expertSlots`, for routed experts offloaded into that many slots (predictDecode). Each batch at the best of
+ * With `expertSlots`, for routed experts offloaded into that many slots (predictDecode); with `{ deviceBytes }`, each
+ * batch with the slots that fit beside the dense weights and its step (memory.ts expertSlotsFor: the step of
+ * max(batch, `stepTokens`, default 512 = generateBatch's prefill steps) tokens), batches that leave no room for two
+ * skipped (OutOfMemoryError when none fits); the choice's `expertSlots` says how many. Each batch at the best of
  * the micro-batch counts `microBatches` (default: 1, 2 and 4 on a CUDA profile, where the attention modules' host
  * work overlaps the GPU; 1 on the CPU backend, where the groups only add round trips). `candidates`: every batch
  * tried, with its prediction at its best count.
@@ -860,14 +865,15 @@ export function chooseBatch(
   context: number,
   kvTokens: number,
   now: Conditions = {},
-  expertSlots?: number,
+  expertSlots?: number | { deviceBytes: number; stepTokens?: number },
   microBatches: readonly number[] = p.kind === 'cuda' ? [1, 2, 4] : [1],
 ): {
   batch: number;
   microBatches: number;
+  expertSlots?: number;
   prediction: DecodePrediction;
   limit: 'throughput' | 'kv-capacity' | 'profiled batches';
-  candidates: Array<{ batch: number; microBatches: number; prediction: DecodePrediction }>;
+  candidates: Array<{ batch: number; microBatches: number; expertSlots?: number; prediction: DecodePrediction }>;
 } {
   if (!Array.isArray(microBatches) || microBatches.length === 0 || microBatches.some((m) => !Number.isSafeInteger(m) || m < 1)) {
     throw new InvalidArgumentError(`microBatches must be positive integers, received ${describe(microBatches)}`);
@@ -878,13 +884,31 @@ export function chooseBatch(
   const batches: number[] = [];
   for (let b = 1; b < top; b *= 2) batches.push(b);
   batches.push(top);
-  const candidates = batches.map((batch) => {
+  const budget = typeof expertSlots === 'object' && expertSlots !== null ? expertSlots : undefined;
+  const stepTokens = budget?.stepTokens ?? 512;
+  if (budget && (!Number.isSafeInteger(stepTokens) || stepTokens < 1)) throw new InvalidArgumentError(`stepTokens must be a positive integer, received ${describe(budget.stepTokens)}`);
+  // the slots each batch gets (undefined: resident); null: the batch's step leaves no room for two
+  const slotsAt = (batch: number): number | undefined | null => {
+    if (!budget) return expertSlots as number | undefined;
+    try {
+      return expertSlotsFor(cfg, budget.deviceBytes, { tokens: Math.max(batch, stepTokens) });
+    } catch (e) {
+      if (e instanceof OutOfMemoryError) return null;
+      throw e;
+    }
+  };
+  const candidates = batches.flatMap((batch) => {
+    const slots = slotsAt(batch);
+    if (slots === null) return [];
+    const at = slots !== undefined ? { expertSlots: slots } : {};
     const tried = microBatches
       .filter((m) => m <= batch)
-      .map((m) => ({ batch, microBatches: m, prediction: predictDecode(cfg, p, { batch, context, microBatches: m, ...(expertSlots !== undefined ? { expertSlots } : {}) }, now) }));
-    const one = tried.length > 0 ? tried : [{ batch, microBatches: 1, prediction: predictDecode(cfg, p, { batch, context, ...(expertSlots !== undefined ? { expertSlots } : {}) }, now) }];
-    return one.reduce((x, c) => (c.prediction.tokensPerSecond > x.prediction.tokensPerSecond ? c : x));
+      .map((m) => ({ batch, microBatches: m, ...at, prediction: predictDecode(cfg, p, { batch, context, microBatches: m, ...at }, now) }));
+    const one = tried.length > 0 ? tried : [{ batch, microBatches: 1, ...at, prediction: predictDecode(cfg, p, { batch, context, ...at }, now) }];
+    return [one.reduce((x, c) => (c.prediction.tokensPerSecond > x.prediction.tokensPerSecond ? c : x))];
   });
+  // no batch fits: the smallest one's error says what does not
+  if (candidates.length === 0) expertSlotsFor(cfg, budget!.deviceBytes, { tokens: stepTokens });
   const best = candidates.reduce((a, c) => (c.prediction.tokensPerSecond > a.prediction.tokensPerSecond ? c : a));
   const limit = best.batch < top ? 'throughput' : fits < maxB ? 'kv-capacity' : 'profiled batches';
   return { ...best, limit, candidates };

@@ -183,6 +183,7 @@ class Arena<B extends { readonly byteLength: number; dispose(): void }, T extend
   #buf: B | undefined;
   #used = 0;
   #need = 0;
+  #lastNeed = 0;
   #small = 0; // steps in a row that used under a quarter of the buffer
   #smallMax = 0; // the largest need among them
   readonly #extra: T[] = [];
@@ -208,14 +209,32 @@ class Arena<B extends { readonly byteLength: number; dispose(): void }, T extend
     const at = this.#used;
     const rounded = Math.ceil(bytes / Arena.ALIGN) * Arena.ALIGN;
     this.#used += rounded;
-    this.#need += rounded;
+    this.#need = Math.max(this.#need, this.#used);
     if (this.#buf && this.#used <= this.#buf.byteLength) return this.#mem.view(this.#buf, dtype, shape, at);
     const d = this.#mem.alone(dtype, shape);
     this.#extra.push(d);
     return d;
   }
+  /** Where the next take() starts: release(mark()) gives back everything taken after it. */
+  mark(): number {
+    return this.#used;
+  }
+  /**
+   * Everything taken since `at` (a mark()) is free again: the caller awaited every op that uses it (a finished
+   * layer's tensors; the next layer reuses their memory, so a step needs one layer's, not every layer's). Separate
+   * tensors taken for what did not fit stay until end().
+   */
+  release(at: number): void {
+    if (at < 0 || at > this.#used) throw new InvalidArgumentError(`arena mark must be in [0, ${this.#used}], received ${at}`);
+    this.#used = at;
+  }
+  /** Bytes the last finished step's takes needed at most at once (what the buffer must hold for it to fit). */
+  get lastNeed(): number {
+    return this.#lastNeed;
+  }
   /** The step is over: `ok` when every op it queued has completed. */
   end(ok: boolean): void {
+    this.#lastNeed = this.#need;
     for (const d of this.#extra) d.dispose();
     const grow = this.#extra.length > 0;
     this.#extra.length = 0;
@@ -330,6 +349,16 @@ class StepMemory {
   up(p: Staged): Promise<unknown> {
     return this.#staged ? this.#be.copy(p.host, p.dev, this.#op) : Promise.resolve();
   }
+  /** Where the next tensors start in both arenas (a layer's start). */
+  mark(): { dev: number; host: number } {
+    return { dev: this.#dev.mark(), host: this.#host.mark() };
+  }
+  /** Frees every tensor taken since `at` for reuse (the caller awaited every op that uses them). */
+  release(at: { dev: number; host: number }): void {
+    if (!this.#staged) return;
+    this.#dev.release(at.dev);
+    this.#host.release(at.host);
+  }
   /** The step is over (`ok`: every op it queued completed). */
   end(ok: boolean): void {
     if (!this.#staged) return;
@@ -350,6 +379,14 @@ export class ForwardPass {
   }
 
   /** Frees the activation memory kept between steps. */
+  /**
+   * Staged mode's step memory: the device arena's and the pinned host arena's buffers (bytes held now), and what the
+   * last step needed of each (0 when not staged).
+   */
+  get stepMemory(): { device: number; host: number; deviceNeed: number; hostNeed: number } {
+    const { dev, host } = this.#arenas;
+    return { device: dev.capacity, host: host.capacity, deviceNeed: dev.lastNeed, hostNeed: host.lastNeed };
+  }
   dispose(): void {
     this.#arenas.dev.dispose();
     this.#arenas.host.dispose();
@@ -563,7 +600,11 @@ export class ForwardPass {
       book('hostMs');
 
       let pending: Tensor | undefined;
+      // a layer's own tensors (q, k, v, the attention output's upload, MLA's parts) live until it ends: every op of
+      // the layer before has been awaited when the next one starts, so each layer reuses the same arena memory
+      const layerMark = m.mark();
       for (let l = 0; l < cfg.numLayers; l++) {
+        m.release(layerMark);
         const w = W.layers[l]!;
         // attention module: q [T, nH, D], k and v [T, kvH, D] f32 (rotated, host), the KV cache, attention and the
         // output projection into delta, per micro-batch of whole sequences (`groups`); with several, each group's
@@ -655,6 +696,7 @@ export class ForwardPass {
         }
         pending = blockOut;
       }
+      m.release(layerMark);
 
       await be.rmsNorm({ x: h, weight: W.finalNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op);
       let rowsIn: Tensor = xn;

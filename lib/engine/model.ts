@@ -28,6 +28,7 @@ import { Checkpoint } from '../model/safetensors.js';
 import { type ChatMessage, ModelTokenizer } from '../model/tokenizer.js';
 import { type DenseWeights, attentionHeadDim, checkRuntimeFamily, disposeDense, loadDenseWeights, validateCheckpoint } from '../model/weights.js';
 import { ExpertStore } from '../residency/expert-store.js';
+import { expertSlotsFor } from '../batching/memory.js';
 import { ropeFromConfig, ropeScalingFromHf, yarnSoftmaxScale } from '../rope.js';
 import { HostTensor, type Tensor } from '../tensor.js';
 import { type BatchModel, type BatchOptions, type BatchRequestOptions, type BatchResult, runBatch } from './batch.js';
@@ -35,8 +36,15 @@ import { CachedExperts, type ExpertExtras, type ExpertProvider, ResidentExperts 
 import { ForwardPass, type StepRouting, type StepTimes, emptyTimes } from './forward.js';
 import { Sampler, type SamplingOptions } from './sampler.js';
 
-/** How routed experts are served. */
+/**
+ * How routed experts are served. 'auto' (the default): on CUDA as many as fit in GPU memory beside the dense weights
+ * and the largest step (`deviceMemoryBytes`, `maxStepTokens`), in slots, the rest streamed from pinned host memory
+ * (every one when they all fit: none copied after its first use); on the CPU backend 'resident', unless
+ * `deviceMemoryBytes` is given (then planned the same way over the CPU device pool). 'resident': the kernel reads
+ * every expert where the pinned store holds it (host memory; on CUDA over PCIe, zero-copy).
+ */
 export type ExpertMode =
+  | 'auto'
   | 'resident'
   | {
       /** Experts held in the cache's slots at once (give this or `fraction`). */
@@ -67,8 +75,15 @@ export interface LoadModelOptions {
    * KV cache and attention on the CPU (compiled, not yet run on a GPU).
    */
   backend?: Backend | 'cpu' | 'cuda' | 'auto';
-  /** Routed expert placement (default 'resident'). */
+  /** Routed expert placement (default 'auto'). */
   experts?: ExpertMode;
+  /**
+   * Bytes of compute-backend memory the model may take with `experts: 'auto'` (dense weights, expert slots, step
+   * activations; lib/batching/memory.ts). Default on CUDA: the GPU's free memory when loading starts.
+   */
+  deviceMemoryBytes?: number;
+  /** The largest step (tokens) `experts: 'auto'` leaves room for (default: max(512, prefillChunk), generateBatch's default). */
+  maxStepTokens?: number;
   /** Host bytes for the paged KV cache (default 256 MiB; one buffer per layer for K and for V, each at most MAX_VIEW_BYTES). */
   kvCacheBytes?: number;
   /** Tokens per KV page (default 64). */
@@ -250,6 +265,28 @@ export class MoeModel {
   /** The expert cache's counters (offloaded mode), undefined when experts are resident. */
   get cacheStats(): CacheStats | undefined {
     return this.#experts.cache?.stats;
+  }
+
+  /**
+   * Where the model's memory is, bytes. `device`: on the compute backend (GPU memory on CUDA; the CPU backend's own
+   * memory otherwise): the dense weights, the expert slots (offloaded experts) and the step arena (staged mode: its
+   * buffer now; it grows to the largest step, lib/batching/memory.ts estimates it). `host`: the pinned expert store,
+   * the KV cache and the pinned step arena. `lastStep`: what the last step needed of each arena.
+   * @example
+   * const m = model.memory();
+   * console.log(`${(m.device.expertSlots / 2 ** 30).toFixed(1)} GiB of experts in GPU memory`);
+   */
+  memory(): {
+    device: { denseWeights: number; expertSlots: number; activations: number };
+    host: { expertStore: number; kvCache: number; activations: number };
+    lastStep: { device: number; host: number };
+  } {
+    const arena = this.#fwd.stepMemory;
+    return {
+      device: { denseWeights: this.#weights.bytes, expertSlots: (this.#experts.cache?.capacity ?? 0) * this.#store.expertBytes, activations: arena.device },
+      host: { expertStore: this.#store.totalBytes, kvCache: this.#kv.numPages * this.#kv.bytesPerPage, activations: arena.host },
+      lastStep: { device: arena.deviceNeed, host: arena.hostNeed },
+    };
   }
 
   /** Tokens the KV cache can still take (all sequences). */
@@ -634,6 +671,12 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const be = resolveBackend(options.backend);
   const prefillChunk = options.prefillChunk ?? 256;
   if (!Number.isSafeInteger(prefillChunk) || prefillChunk < 1) throw new InvalidArgumentError(`prefillChunk must be a positive integer, received ${describe(options.prefillChunk)}`);
+  const maxStepTokens = options.maxStepTokens ?? Math.max(512, prefillChunk);
+  if (!Number.isSafeInteger(maxStepTokens) || maxStepTokens < 1) throw new InvalidArgumentError(`maxStepTokens must be a positive integer, received ${describe(options.maxStepTokens)}`);
+  const deviceMemoryBytes = options.deviceMemoryBytes ?? (be.kind === 'cuda' ? be.memoryInfo()?.free : undefined);
+  if (deviceMemoryBytes !== undefined && !(typeof deviceMemoryBytes === 'number' && deviceMemoryBytes > 0 && Number.isFinite(deviceMemoryBytes))) {
+    throw new InvalidArgumentError(`deviceMemoryBytes must be a positive number of bytes, received ${describe(options.deviceMemoryBytes)}`);
+  }
   const staged = options.deviceActivations ?? be.kind !== 'cpu';
   if (typeof staged !== 'boolean') throw new InvalidArgumentError(`deviceActivations must be a boolean, received ${describe(options.deviceActivations)}`);
   if (!staged && be.kind !== 'cpu') throw new InvalidArgumentError(`deviceActivations: false needs the CPU backend (CUDA activations live in device memory), received backend ${be.name}`);
@@ -701,7 +744,10 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     } else {
       await store.load(ckpt, config, expertProgress);
     }
-    const experts = makeProvider(be, host, store, config, options.experts ?? 'resident', extras);
+    const asked = options.experts ?? 'auto';
+    // auto: the slots that fit beside the dense weights and the largest step (device memory read before loading)
+    const mode = asked !== 'auto' ? asked : deviceMemoryBytes === undefined ? 'resident' : { slots: expertSlotsFor(config, deviceMemoryBytes, { tokens: maxStepTokens }) };
+    const experts = makeProvider(be, host, store, config, mode, extras);
     cleanup.push(experts);
     return new MoeModel({ dir, config, tokenizer, backend: be, host, staged, eos, weights, store, experts, kv, prefillChunk });
   } catch (e) {
@@ -720,7 +766,7 @@ function resolveBackend(b: LoadModelOptions['backend']): Backend {
   return be;
 }
 
-function makeProvider(be: Backend, host: Backend, store: ExpertStore, cfg: ModelConfig, mode: ExpertMode, extras: ExpertExtras): ExpertProvider {
+function makeProvider(be: Backend, host: Backend, store: ExpertStore, cfg: ModelConfig, mode: Exclude<ExpertMode, 'auto'>, extras: ExpertExtras): ExpertProvider {
   if (mode === 'resident') return new ResidentExperts(be, store, extras);
   if (typeof mode !== 'object' || mode === null) throw new InvalidArgumentError(`experts must be 'resident' or { slots | fraction, policy }, received ${describe(mode)}`);
   const total = store.layers.length * store.experts;

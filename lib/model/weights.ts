@@ -268,6 +268,8 @@ export interface DenseWeights {
   lmHead: Tensor; // [V, H] bf16
   /** Every tensor and table allocated here (disposed by disposeDense). */
   owned: Array<{ dispose(): void }>;
+  /** Bytes of the weights the compute backend reads (device memory on CUDA): every placed tensor once. */
+  bytes: number;
 }
 
 /**
@@ -281,6 +283,11 @@ export async function loadDenseWeights(
   options: { signal?: AbortSignal; onTensor?: () => void; pack?: boolean } = {},
 ): Promise<DenseWeights> {
   const owned: Array<{ dispose(): void }> = [];
+  let bytes = 0;
+  const placed = <T extends Tensor>(t: T): T => {
+    bytes += t.byteLength;
+    return t;
+  };
   const readHost = async (name: string, dtype: 'bf16' | 'f32'): Promise<HostTensor> => {
     options.signal?.throwIfAborted();
     let t = await ckpt.read(name, undefined, options.signal ? { signal: options.signal } : {});
@@ -289,10 +296,10 @@ export async function loadDenseWeights(
     return t;
   };
   const place = async (t: HostTensor): Promise<Tensor> => {
-    if (be.kind === 'cpu') return t;
+    if (be.kind === 'cpu') return placed(t);
     const d = await be.upload(t);
     owned.push(d);
-    return d;
+    return placed(d);
   };
   const read = async (name: string, dtype: 'bf16' | 'f32'): Promise<Tensor> => place(await readHost(name, dtype));
   // A weight only gemm reads as b (projections, LM head): packed into the panel64 layout when options.pack is set.
@@ -300,7 +307,7 @@ export async function loadDenseWeights(
     if (!options.pack) return place(t);
     const p = await be.packWeights(t, options.signal ? { signal: options.signal } : {});
     owned.push(p);
-    return p;
+    return placed(p);
   };
   const readLinear = async (name: string): Promise<Tensor> => placeLinear(await readHost(name, 'bf16'));
   const mla = async (n: NonNullable<LayerNames['mla']>): Promise<MlaWeights> => {
@@ -346,6 +353,7 @@ export async function loadDenseWeights(
       owned.push(d);
       embedOnBackend = d;
     }
+    placed(embedOnBackend);
     const layers: LayerWeights[] = [];
     for (let l = 0; l < cfg.numLayers; l++) {
       const n = layerNames(cfg, l);
@@ -381,7 +389,7 @@ export async function loadDenseWeights(
     const finalNorm = await read('model.norm.weight', 'f32');
     // tied: the embedding table itself (its rows are gathered, so it stays row-major)
     const lmHead = cfg.tieWordEmbeddings ? embedOnBackend : await readLinear('lm_head.weight');
-    return { embed, embedOnBackend, layers, finalNorm, lmHead, owned };
+    return { embed, embedOnBackend, layers, finalNorm, lmHead, owned, bytes };
   } catch (e) {
     for (const o of owned) o.dispose();
     throw e;
