@@ -144,6 +144,15 @@ for (const { name } of FAMILIES) {
       assert.deepEqual(c.tokens, a.tokens);
       assert.ok(b.stats.hostExperts! > 0, 'some missed experts were computed on the host');
       assert.equal(a.stats.hostExperts, undefined);
+      // slots for every expert: what the host computed is fetched into free slots for later steps (LRU alone never
+      // prefetches outside module mode)
+      using full = await loadModel(dir, { deviceActivations: true, experts: { fraction: 1, policy: 'lru', hostCompute: 'auto' } });
+      const d = await full.generate(PROMPT, { maxNewTokens: 10, stopAtEos: false });
+      assert.deepEqual(d.tokens, a.tokens);
+      assert.ok(d.stats.hostExperts! > 0);
+      const st = full.cacheStats!;
+      assert.ok(st.prefetchIssued > 0, `host-computed experts were fetched into free slots (${JSON.stringify(st)})`);
+      assert.equal(st.evictions, 0, 'never evicting for them');
     });
 
     test('the staged path (activations in device memory, copies to the host attention path: what CUDA runs) gives bitwise the direct path\'s logits and tokens', async () => {

@@ -227,7 +227,11 @@ export class CachedExperts implements ExpertProvider {
     const wanted = [...counts.keys()].sort((a, b) => a - b);
     if (this.#host && wanted.length <= this.slots.slots) {
       const missed = wanted.filter((e) => !this.cache.isResident(li, e) && counts.get(e)! <= HOST_MAX_ROWS);
-      if (missed.length > 0 && this.#choice.choose() === 'host') return this.#runSplit(li, wanted, new Set(missed), x, ids, weights, out, hostIds, k, signal);
+      if (missed.length > 0 && this.#choice.choose() === 'host') {
+        const r = await this.#runSplit(li, wanted, new Set(missed), x, ids, weights, out, hostIds, k, signal);
+        this.#fetchIntoFree(li, missed);
+        return r;
+      }
     }
     if (wanted.length <= this.slots.slots) {
       // every routed expert fits at once: one fused call
@@ -377,6 +381,19 @@ export class CachedExperts implements ExpertProvider {
     const room = this.slots.slots - this.cache.residents().filter((r) => r.pins > 0).length;
     // priority in (0, 1]: probability-guided policies read it as the chance of use (used last step: likely)
     used.slice(0, Math.max(0, room)).forEach((e, i) => this.cache.prefetch(li, e, 1 - i / (used.length + 1)));
+  }
+
+  /**
+   * Fetches experts the host computed this step into free slots for the steps after, never evicting for them:
+   * otherwise a pool with room for every expert (experts 'auto' on a large GPU) would stay empty of whatever the
+   * host was the faster choice for, and each later use would miss again.
+   */
+  #fetchIntoFree(li: number, experts: readonly number[]): void {
+    let free = this.slots.slots - this.cache.occupied - this.cache.queued;
+    for (const e of experts) {
+      if (free <= 0) return;
+      if (this.cache.prefetch(li, e)) free--;
+    }
   }
 
   /** Acquires (pins) `experts` of layer li; on any failure releases what it got and rejects. */
