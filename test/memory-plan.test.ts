@@ -10,6 +10,7 @@ import { after, before, test } from 'node:test';
 import { denseWeightBytes, expertBytes, expertSlotsFor, kvTokensFor, memoryMargin, moeScratchBytes, stepArenaNeed, stepDeviceBytes } from '../lib/batching/memory.js';
 import { chooseBatch, type ModelProfile } from '../lib/batching/perf-model.js';
 import { profileModel } from '../lib/batching/profile.js';
+import { LOGIT_ROWS } from '../lib/engine/forward.js';
 import { loadModel, makeModel, type PresetName } from '../lib/index.js';
 
 let root = '';
@@ -55,6 +56,31 @@ for (const preset of PRESETS) {
     assert.ok(m.memory().device.activations >= m.memory().lastStep.device);
   });
 }
+
+test('the staged LM head in chunks of LOGIT_ROWS rows: bitwise the direct path\'s logits and tokens past one chunk; the arenas as planned', async () => {
+  const dir = await modelDir('tiny-qwen3-moe');
+  // one step for the whole prompt (prefill steps of up to 1024 tokens)
+  using direct = await loadModel(dir, { packWeights: false, experts: 'resident', prefillChunk: 1024 });
+  using staged = await loadModel(dir, { deviceActivations: true, packWeights: false, experts: 'resident', prefillChunk: 1024 });
+  const cfg = staged.config;
+  // every token's logits of a 300-token prompt (two chunks)
+  const tokens = Array.from({ length: LOGIT_ROWS + 44 }, (_, i) => 3 + ((i * 7) % 90));
+  assert.deepEqual((await staged.logits(tokens)).data, (await direct.logits(tokens)).data);
+  assert.deepEqual(staged.memory().lastStep, stepArenaNeed(cfg, { tokens: tokens.length, head: 'all' }));
+  // 300 sequences decoding together, greedy on the compute backend (two chunks of argmax)
+  const reqs = Array.from({ length: LOGIT_ROWS + 44 }, (_, i) => ({ prompt: { tokens: [3 + (i % 80), 5 + (i % 7)] }, options: { maxNewTokens: 3, ...greedy } }));
+  const run = async (m: typeof staged) => {
+    const out: number[][] = [];
+    for await (const r of m.generateBatch(reqs, { maxSequences: reqs.length, maxBatchTokens: 4 * reqs.length })) out[r.index] = r.tokens;
+    return out;
+  };
+  assert.deepEqual(await run(staged), await run(direct));
+  assert.deepEqual(staged.memory().lastStep, stepArenaNeed(cfg, { tokens: reqs.length }));
+  // sampling: the last rows' logits come down, sampled on the host
+  await staged.generate({ tokens: [4, 5, 6] }, { maxNewTokens: 2, temperature: 0.8, seed: 1, stopAtEos: false });
+  assert.deepEqual(staged.memory().lastStep, stepArenaNeed(cfg, { tokens: 1, head: 'sampled' }));
+  assert.throws(() => stepArenaNeed(cfg, { tokens: 4, rows: 1, head: 'all' }), /head 'all' has one row per token: rows must be tokens 4, received 1/);
+});
 
 test('the step arenas reuse one layer\'s memory: twice the layers, the same need', async () => {
   const dirs = [2, 4].map((layers) => path.join(root, `olmoe-${layers}`));

@@ -11,6 +11,7 @@ import { after, before, test } from 'node:test';
 import { type ModelProfile, type OpPoint, type OpSpec, type StepPlan, chooseBatch, expectedExperts, expertCopies, interp, moduleOverlapMs, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
 import { denseWeightBytes, expertBytes, stepDeviceBytes } from '../lib/batching/memory.js';
 import { profileModel } from '../lib/batching/profile.js';
+import { LOGIT_ROWS } from '../lib/engine/forward.js';
 import { Backend, cudaUnavailableReason, DeviceTensor, loadModel, makeModel, type ModelConfig, type MoeModel, type PresetName } from '../lib/index.js';
 
 let root = '';
@@ -514,6 +515,33 @@ test('micro-batches: the CPU backend runs the groups in turn (more round trips, 
   const c = chooseBatch(cfg, gpu, 1000, 1e9);
   const best = Math.max(...[1, 2, 4].map((m) => predictDecode(cfg, gpu, { batch: c.batch, context: 1000, microBatches: m }).tokensPerSecond));
   assert.equal(c.prediction.tokensPerSecond, best);
+});
+
+test('staged LM head in chunks of LOGIT_ROWS rows: whole chunks and the rest, one more round trip per op and chunk', async () => {
+  const cfg = await config('tiny-qwen3-moe');
+  const p: ModelProfile = { ...synthetic(cfg), staged: true };
+  const plan = stepOps(cfg, { staged: true });
+  for (const o of plan.ops) {
+    if (!p.ops[o.key]) p.ops[o.key] = [1, 8, 64].map((B) => ({ batch: B, ms: 0.01 + 0.0001 * B, bytes: 0, probeGBs: 0 }));
+  }
+  const chunked = plan.ops.filter((o) => o.chunkRows !== undefined);
+  assert.deepEqual(chunked.map((o) => [o.spec.op, o.chunkRows]), [['gemm', LOGIT_ROWS], ['argmaxRows', LOGIT_ROWS]]);
+  assert.equal(stepOps(cfg).ops.some((o) => o.chunkRows !== undefined), false, 'the direct path computes every row at once');
+  const C = LOGIT_ROWS;
+  const at = (B: number) => predictDecode(cfg, p, { batch: B, context: 100 });
+  const rows = C * 2 + 88;
+  const a = at(C);
+  const b = at(rows);
+  // the LM head term at 600 rows (a decode step: tokens = sequences): its gemm as two whole chunks and one of 88
+  // rows, its other ops at every row (the tiny model reads warm: cold 0)
+  let expected = 0;
+  for (const o of plan.ops.filter((x) => x.term === 'lmHead')) {
+    const cost = (r: number) => opCost(p, o.key, r, 0, {}, 0).ms;
+    expected += o.calls * (o.chunkRows ? 2 * cost(C) + cost(88) : cost(rows));
+  }
+  assert.ok(Math.abs(b.terms.lmHeadMs - expected) < 1e-9, `lmHead ${b.terms.lmHeadMs} vs ${expected}`);
+  // three chunks: two more awaited ops for each of the gemm and the argmax
+  assert.ok(Math.abs(b.terms.overheadMs - a.terms.overheadMs - 4 * p.groupMs) < 1e-9, `overhead ${b.terms.overheadMs - a.terms.overheadMs}`);
 });
 
 test('cli profile and plan: the profile of the backend in use saved under its name; plan prints the batches, the choice and prefill; rejects a bad --backend', async () => {

@@ -3,7 +3,8 @@
  * a step's activations take there, and how many routed experts fit in the slots beside them.
  *
  *   device bytes = dense weights + slots x expert bytes + step(T) + margin
- *   step(T)      = the step arenas' buffer (lib/engine/forward.ts; 1.25x the step's need, its growth rule)
+ *   step(T)      = the step arenas' buffer (lib/engine/forward.ts; 1.25x the step's need, its growth rule: the
+ *                    step's own tensors, then one layer's at a time, or the LM head's: LOGIT_ROWS rows of logits)
  *                  + the fused MoE kernel's scratch (cuda/moe_experts.cu: routed rows padded per expert, their
  *                    SwiGLU activations bf16 and unweighted output rows f32)
  *
@@ -17,6 +18,7 @@
 import { describe } from '../dtype.js';
 import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
+import { LOGIT_ROWS } from '../engine/forward.js';
 import { attentionHeadDim } from '../model/weights.js';
 import { stepOps } from './perf-model.js';
 
@@ -55,6 +57,12 @@ export interface StepMemoryShape {
   rows?: number;
   /** Attention micro-batches (each allocates its own q, k, v; default 1). */
   microBatches?: number;
+  /**
+   * What the LM head produces: 'tokens' (default: greedy tokens chosen on the compute backend, ids down), 'sampled'
+   * (the sequences' last rows' logits down to pinned memory, sampled on the host) or 'all' (every token's logits
+   * down: MoeModel.logits; rows = tokens).
+   */
+  head?: 'tokens' | 'sampled' | 'all';
 }
 
 /**
@@ -100,9 +108,14 @@ export function stepArenaNeed(cfg: ModelConfig, shape: StepMemoryShape): { devic
     devLayer += [...down, ...deviceOnly, upWidth].reduce((a, b) => a + al(g * b), 0);
     hostLayer += down.reduce((a, b) => a + al(g * b), 0);
   }
-  // the LM head (stepTokens): each sequence's last row and their index, the logits, the greedy tokens
-  const devHead = al(rows * 2 * H) + al(rows * 4) + al(rows * 4 * cfg.vocabSize) + al(rows * 4);
-  const hostHead = al(rows * 4 * cfg.vocabSize) + al(rows * 4);
+  // the LM head: each sequence's last row and their index (not for 'all'), a chunk of logits (LOGIT_ROWS rows), then
+  // the greedy tokens (device and host) or every row's logits (host)
+  const head = shape.head ?? 'tokens';
+  if (head !== 'tokens' && head !== 'sampled' && head !== 'all') throw new InvalidArgumentError(`head must be 'tokens', 'sampled' or 'all', received ${describe(shape.head)}`);
+  if (head === 'all' && rows !== T) throw new InvalidArgumentError(`head 'all' has one row per token: rows must be tokens ${T}, received ${rows}`);
+  const chunk = al(Math.min(rows, LOGIT_ROWS) * 4 * cfg.vocabSize);
+  const devHead = (head === 'all' ? 0 : al(rows * 2 * H) + al(rows * 4)) + chunk + (head === 'tokens' ? al(rows * 4) : 0);
+  const hostHead = head === 'tokens' ? al(rows * 4) : al(rows * 4 * cfg.vocabSize);
   return { device: devStep + Math.max(devLayer, devHead), host: hostStep + Math.max(hostLayer, hostHead) };
 }
 

@@ -36,6 +36,7 @@ import { describe } from '../dtype.js';
 import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
 import { attentionHeadDim } from '../model/weights.js';
+import { LOGIT_ROWS } from '../engine/forward.js';
 import { expertSlotsFor } from './memory.js';
 
 /** An op of the step as the profile measures it; `rows` are per token (T = B at decode). */
@@ -97,6 +98,11 @@ export interface PlannedOp {
    * output's copy up and the output projection.
    */
   module?: 'pre' | 'host' | 'post';
+  /**
+   * Staged LM head: runs on at most this many rows at a time (forward.ts LOGIT_ROWS), each chunk's gemm and greedy
+   * argmax awaited before the next.
+   */
+  chunkRows?: number;
 }
 
 export interface StepPlan {
@@ -183,9 +189,9 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
     if (part) moduleGroups[part] += n;
   };
   const perLayer: number[] = [];
-  const push = (layer: number, spec: OpSpec, term: TermName, window?: number | null, perSequence = false, host = false) => {
+  const push = (layer: number, spec: OpSpec, term: TermName, window?: number | null, perSequence = false, host = false, chunkRows?: number) => {
     const backend = spec.op !== 'kvWrite' && spec.op !== 'clamp' && spec.op !== 'mlaAssemble' && spec.op !== 'alloc';
-    list.push({ layer, spec, term, backend, ...(window !== undefined ? { window } : {}), ...(perSequence ? { perSequence } : {}), ...(host ? { host } : {}), ...(part ? { module: part } : {}) });
+    list.push({ layer, spec, term, backend, ...(window !== undefined ? { window } : {}), ...(perSequence ? { perSequence } : {}), ...(host ? { host } : {}), ...(part ? { module: part } : {}), ...(chunkRows ? { chunkRows } : {}) });
   };
   const gemm = (layer: number, n: number, k: number, term: TermName, dtype: 'bf16' | 'f32' = 'bf16') => push(layer, { op: 'gemm', n, k, dtype }, term);
   const move = (layer: number, dir: 'down' | 'up', rowBytes: number, term: TermName, perSequence = false) => push(layer, { op: 'transfer', dir, rowBytes }, term, undefined, perSequence);
@@ -325,11 +331,12 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
   push(-1, { op: 'rmsNorm', rowsPerToken: 1, d: H, out: 'bf16', add: 'bf16' }, 'lmHead');
   if (staged) move(-1, 'up', 4, 'lmHead', true); // the sequences' last rows, awaited
   push(-1, { op: 'gatherRows', srcRows: 0, n: H }, 'lmHead', undefined, true);
-  push(-1, { op: 'gemm', n: cfg.vocabSize, k: H, dtype: 'bf16' }, 'lmHead', undefined, true);
+  // staged: in chunks of LOGIT_ROWS rows, each chunk's gemm and argmax awaited (composeStep adds the extra chunks' trips)
+  push(-1, { op: 'gemm', n: cfg.vocabSize, k: H, dtype: 'bf16' }, 'lmHead', undefined, true, false, staged ? LOGIT_ROWS : undefined);
   groups += staged ? 4 : 3;
   if (staged) {
     // greedy sampling on the compute backend, its token ids down (each awaited)
-    push(-1, { op: 'argmaxRows', n: cfg.vocabSize }, 'host', undefined, true);
+    push(-1, { op: 'argmaxRows', n: cfg.vocabSize }, 'host', undefined, true, false, LOGIT_ROWS);
     move(-1, 'down', 4, 'host', true);
     groups += 2;
   }
@@ -340,7 +347,10 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
     const id = `${key} ${o.term}${o.window === undefined ? '' : ` w${o.window}`}${o.perSequence ? ' seq' : ''}${o.module ? ` ${o.module}` : ''}`;
     const e = byKey.get(id);
     if (e) e.calls++;
-    else byKey.set(id, { key, spec: o.spec, calls: 1, term: o.term, backend: o.backend, ...(o.window !== undefined ? { window: o.window } : {}), ...(o.perSequence ? { perSequence: true } : {}), ...(o.host ? { host: true } : {}), ...(o.module ? { module: o.module } : {}) });
+    else {
+      const { layer: _, ...op } = o;
+      byKey.set(id, { ...op, key, calls: 1 });
+    }
   }
   const perStep = list.filter((o) => o.layer < 0 && o.backend && !o.host && o.spec.op !== 'transfer').length;
   return { ops: [...byKey.values()], groups, hostGroups, moduleGroups, perLayer, perStep };
@@ -717,10 +727,22 @@ function composeStep(
   const hostTrip = p.staged ? (p.hostGroupMs ?? p.groupMs) : p.groupMs;
   // the attention modules' parts (all layers, all micro-batches), round trips included
   const mod = { pre: plan.moduleGroups.pre * M * p.groupMs, host: plan.moduleGroups.host * M * hostTrip, post: plan.moduleGroups.post * M * p.groupMs };
+  let chunkTrips = 0;
   for (const o of plan.ops) {
     const n = o.module ? M : 1; // runs per step (per layer)
     const f = 1 / n;
-    const c = o.spec.op === 'attention' ? attention(o, f) : opCost(p, o.key, (o.perSequence ? S : T) * f, 0, now, cold);
+    const rows = (o.perSequence ? S : T) * f;
+    let c: { ms: number; memMs: number };
+    if (o.spec.op === 'attention') c = attention(o, f);
+    else if (o.chunkRows && rows > o.chunkRows) {
+      // whole chunks, then the rest; each extra chunk one more awaited op
+      const full = Math.floor(rows / o.chunkRows);
+      const rest = rows - full * o.chunkRows;
+      const a = opCost(p, o.key, o.chunkRows, 0, now, cold);
+      const b = rest > 0 ? opCost(p, o.key, rest, 0, now, cold) : { ms: 0, memMs: 0 };
+      c = { ms: full * a.ms + b.ms, memMs: full * a.memMs + b.memMs };
+      chunkTrips += o.calls * (Math.ceil(rows / o.chunkRows) - 1);
+    } else c = opCost(p, o.key, rows, 0, now, cold);
     const ms = o.calls * n * c.ms;
     terms[`${o.term}Ms` as keyof StepTerms] += ms;
     if (o.module) mod[o.module] += ms;
@@ -732,7 +754,7 @@ function composeStep(
   if (!p.staged) terms.hostMs += (S * cfg.vocabSize * p.sampleNsPerLogit) / 1e6;
   const r = p.runtime;
   const moduleTrips = (M - 1) * ((plan.moduleGroups.pre + plan.moduleGroups.post) * p.groupMs + plan.moduleGroups.host * hostTrip);
-  terms.overheadMs = plan.groups * p.groupMs + plan.hostGroups * (p.hostGroupMs ?? p.groupMs) + moduleTrips + r.stepMs + cfg.numLayers * r.layerMs;
+  terms.overheadMs = (plan.groups + chunkTrips) * p.groupMs + plan.hostGroups * (p.hostGroupMs ?? p.groupMs) + moduleTrips + r.stepMs + cfg.numLayers * r.layerMs;
   if (p.kind === 'cuda' && M > 1) {
     // per layer and micro-batch (the layers' modules alike: their mean)
     const per = M * cfg.numLayers;

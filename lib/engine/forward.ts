@@ -367,6 +367,12 @@ class StepMemory {
   }
 }
 
+/** Rows of logits a staged step computes at once (the LM head in chunks: device memory bounded by the vocabulary). */
+export const LOGIT_ROWS = 256;
+
+/** Runs the LM head over a step's output rows, handing each chunk of logits [n, V] f32 (rows r0..) to `each`. */
+type LmHead = (each: (logits: Tensor, r0: number) => Promise<unknown>) => Promise<void>;
+
 export class ForwardPass {
   readonly #p: ForwardParts;
   readonly #moeIndex: Map<number, number>;
@@ -489,11 +495,25 @@ export class ForwardPass {
    * The sequences' KV lengths grow by their token counts (the caller frees sequences it abandons).
    */
   step(seqs: readonly StepSequence[], times: StepTimes, o: StepOptions = {}): Promise<HostTensor<'f32'>> {
-    return this.#forward(seqs, times, o, async (logits, m) => {
-      await m.down(logits);
+    return this.#forward(seqs, times, o, async (lmHead, rows, m) => {
+      const logits = await this.#hostLogits(lmHead, rows, m);
       // staged: the host copy is a view of the step's pinned memory, reused by the next step
-      return this.#p.staged ? HostTensor.from('f32', logits.host.shape, logits.host.data) : logits.host;
+      return this.#p.staged ? HostTensor.from('f32', logits.shape, logits.data) : logits;
     });
+  }
+
+  /** The LM head's logits [rows, V] on the host (staged: each chunk copied down into the step's pinned memory). */
+  async #hostLogits(lmHead: LmHead, rows: number, m: StepMemory): Promise<HostTensor<'f32'>> {
+    if (!this.#p.staged) {
+      let out: HostTensor<'f32'> | undefined;
+      await lmHead(async (l) => {
+        out = l as HostTensor<'f32'>; // one chunk: the logits themselves
+      });
+      return out!;
+    }
+    const host = m.host('f32', [rows, this.#p.cfg.vocabSize]);
+    await lmHead((l, r0) => m.down({ dev: l, host: host.rows(r0, l.shape[0]!) }));
+    return host;
   }
 
   /**
@@ -509,23 +529,22 @@ export class ForwardPass {
     const { be, host, staged } = this.#p;
     const op = o.signal ? { signal: o.signal } : {};
     const onDevice = staged && samplers.every((x) => x === null || x.options.temperature === 0);
-    return this.#forward(seqs, times, o, async (logits, m) => {
+    return this.#forward(seqs, times, o, async (lmHead, rows, m) => {
       if (onDevice) {
-        const ids = m.pair('i32', [seqs.length]);
-        await be.argmaxRows(logits.dev, ids.dev, op);
+        const ids = m.pair('i32', [rows]);
+        await lmHead((l, r0) => be.argmaxRows(l, ids.dev.rows(r0, l.shape[0]!), op));
         await m.down(ids);
         return Int32Array.from(ids.host.data); // out of the step's pinned memory
       }
-      await m.down(logits);
-      return sampleRows(host, logits.host, samplers, op);
+      return sampleRows(host, await this.#hostLogits(lmHead, rows, m), samplers, op);
     });
   }
 
   /**
-   * The step itself: every layer, the final norm and the LM head into `logits` (on the compute backend), then
-   * `head` (inside the step's memory scope and its denseHeadMs).
+   * The step itself: every layer and the final norm, then `head` with the LM head over the step's `rows` output rows
+   * (inside the step's memory scope and its denseHeadMs).
    */
-  async #forward<R>(seqs: readonly StepSequence[], times: StepTimes, o: StepOptions, head: (logits: Staged<'f32'>, m: StepMemory) => Promise<R>): Promise<R> {
+  async #forward<R>(seqs: readonly StepSequence[], times: StepTimes, o: StepOptions, head: (lmHead: LmHead, rows: number, m: StepMemory) => Promise<R>): Promise<R> {
     const { be, host, cfg, weights: W, kv, experts, staged } = this.#p;
     const start = performance.now();
     const signal = o.signal;
@@ -711,9 +730,21 @@ export class ForwardPass {
         await be.gatherRows(xn, await m.upload(last), sel, op);
         rowsIn = sel;
       }
-      const logits = m.pair('f32', [rowsIn.shape[0]!, cfg.vocabSize]);
-      await be.gemm(rowsIn, W.lmHead, logits.dev, op);
-      const out = await head(logits, m);
+      const R = rowsIn.shape[0]!;
+      const head0 = rowsIn;
+      // staged: LOGIT_ROWS rows at a time, so the device holds [LOGIT_ROWS, V] f32 logits, not [rows, V] (2.5 GB for
+      // 4,096 sequences of a 152k vocabulary); each chunk goes to `each` before the next overwrites it
+      const lmHead: LmHead = async (each) => {
+        const C = staged ? Math.min(R, LOGIT_ROWS) : R;
+        const buf = m.act('f32', [C, cfg.vocabSize]);
+        for (let r = 0; r < R; r += C) {
+          const n = Math.min(C, R - r);
+          const l = n === C ? buf : buf.rows(0, n);
+          await be.gemm(n === R ? head0 : head0.rows(r, n), W.lmHead, l, op);
+          await each(l, r);
+        }
+      };
+      const out = await head(lmHead, R, m);
       book('denseHeadMs');
       if (o.iteration) experts.endIteration?.();
       book('hostMs');
