@@ -598,7 +598,10 @@ export interface StepTerms {
   hostMs: number;
   /** Group round trips and the runtime's fixed costs. */
   overheadMs: number;
-  /** Offloaded experts: copying the step's missed experts into the slots (0 when resident). */
+  /**
+   * Offloaded experts: copying the step's missed experts into the slots (0 when resident), or on CUDA computing them
+   * on the host (copies.onHost): the part the GPU's experts do not hide.
+   */
   expertCopyMs: number;
   /** Micro-batches on CUDA: the attention modules' time that overlaps (<= 0; 0 otherwise). */
   overlapMs: number;
@@ -670,7 +673,7 @@ export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeSh
  * On CUDA with demand fetches the runtime computes missed experts on the host instead when that is faster (its
  * measured choice, CachedExperts' hostCompute 'auto'): the cheaper of the two, at the profile's hostExpertGBs.
  */
-function copyCost(cfg: ModelConfig, p: ModelProfile, T: number, slots: number | undefined): { copies?: { experts: number; moduleMode: boolean; onHost?: boolean }; copyMs: number; overlap: boolean } {
+function copyCost(cfg: ModelConfig, p: ModelProfile, T: number, slots: number | undefined): { copies?: { experts: number; moduleMode: boolean; onHost?: boolean }; copyMs: number; overlap: CopyOverlap } {
   if (slots === undefined) return { copyMs: 0, overlap: false };
   if (!Number.isSafeInteger(slots) || slots < 0) throw new InvalidArgumentError(`expertSlots must be an integer >= 0, received ${describe(slots)}`);
   const copies = expertCopies(cfg, T, slots);
@@ -680,10 +683,14 @@ function copyCost(cfg: ModelConfig, p: ModelProfile, T: number, slots: number | 
   const copyMs = bytes / (p.copyGBs! * 1e6);
   if (p.kind === 'cuda' && !copies.moduleMode && copies.experts > 0 && p.hostExpertGBs! > 0) {
     const hostMs = bytes / (p.hostExpertGBs! * 1e6);
-    if (hostMs < copyMs) return { copies: { ...copies, onHost: true }, copyMs: hostMs, overlap: false };
+    // the host computes them while the GPU computes the layer's resident experts (CachedExperts #runSplit)
+    if (hostMs < copyMs) return { copies: { ...copies, onHost: true }, copyMs: hostMs, overlap: 'experts' };
   }
-  return { copies, copyMs, overlap: copies.moduleMode && p.kind === 'cuda' };
+  return { copies, copyMs, overlap: copies.moduleMode && p.kind === 'cuda' ? 'step' : false };
 }
+
+/** What hides the expert copies (copyCost): the rest of the step (module mode on CUDA), the GPU's experts (missed experts computed on the host on CUDA) or nothing. */
+type CopyOverlap = 'step' | 'experts' | false;
 
 /**
  * Wall time of one layer's attention module in M micro-batches on CUDA, from its parts' times per micro-batch: the
@@ -716,7 +723,7 @@ function composeStep(
   cold: number,
   attention: (o: PlannedOp, f: number) => { ms: number; memMs: number },
   copyMs = 0,
-  overlapCopies = false,
+  overlapCopies: CopyOverlap = false,
   M = 1,
 ): Omit<DecodePrediction, 'tokensPerSecond' | 'expertsPerLayer'> {
   const plan = stepOps(cfg, { staged: p.staged === true });
@@ -764,8 +771,10 @@ function composeStep(
   const rest = Object.values(terms).reduce((a, b) => a + b, 0);
   // copies of offloaded experts: on the CPU backend they share the cores and the memory with the compute, and a
   // demand fetch stalls its layer: they add to the step; on CUDA in module mode the copy engine streams the next
-  // layer's experts while this one computes: only what the compute does not hide adds
-  terms.expertCopyMs = overlapCopies ? Math.max(0, copyMs - rest) : copyMs;
+  // layer's experts while this one computes: only what the compute does not hide adds; missed experts computed on
+  // the host run beside the GPU's experts of the same layers: only what those do not hide adds
+  const hiddenBy = overlapCopies === 'step' ? rest : overlapCopies === 'experts' ? terms.expertsMs : 0;
+  terms.expertCopyMs = Math.max(0, copyMs - hiddenBy);
   const stepMs = rest + terms.expertCopyMs;
   const overhead = terms.overheadMs + terms.hostMs + perOp;
   const compute = rest - terms.overlapMs - overhead - weightsMem - kvMem;
@@ -774,7 +783,7 @@ function composeStep(
     ['attention (KV bandwidth)', kvMem],
     ['compute', compute],
     ['per-op overhead', overhead],
-    ['expert copies (H2D)', overlapCopies ? (copyMs > rest ? stepMs : 0) : copyMs],
+    ['expert copies (H2D)', overlapCopies === 'step' ? (copyMs > rest ? stepMs : 0) : terms.expertCopyMs],
   ];
   const bound = shares.reduce((a, b) => (b[1] > a[1] ? b : a))[0];
   return { stepMs, terms, bound };
