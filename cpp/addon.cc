@@ -9,6 +9,7 @@
 
 namespace moe::js {
 Napi::Value Info(const Napi::CallbackInfo& info);
+Napi::Value CudaMemInfo(const Napi::CallbackInfo& info);
 Napi::Value Copy(const Napi::CallbackInfo& info);
 Napi::Value Convert(const Napi::CallbackInfo& info);
 Napi::Value Add(const Napi::CallbackInfo& info);
@@ -63,6 +64,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("HostRegistration", HostRegistrationWrap::Init(env));
   exports.Set("ExpertTable", ExpertTableWrap::Init(env));
   exports.Set("info", Napi::Function::New<Info>(env, "info"));
+  exports.Set("cudaMemInfo", Napi::Function::New<CudaMemInfo>(env, "cudaMemInfo"));
   exports.Set("memoryStats", Napi::Function::New<MemoryStats>(env, "memoryStats"));
   exports.Set("allocAsync", Napi::Function::New<AllocAsync>(env, "allocAsync"));
   exports.Set("copy", Napi::Function::New<Copy>(env, "copy"));

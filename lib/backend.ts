@@ -171,10 +171,7 @@ export class Backend {
    * const gpu = be.memoryInfo();   // { free: 80.1e9, total: 85.0e9 } on an H100
    */
   memoryInfo(): { free: number; total: number } | undefined {
-    if (this.kind !== 'cuda') return undefined;
-    const d = native().info(true).cuda.devices.find((x) => x.index === this.device);
-    if (d?.freeMemory === undefined) return undefined;
-    return { free: d.freeMemory, total: d.totalMemory };
+    return this.kind === 'cuda' ? native().cudaMemInfo(this.device) : undefined;
   }
 
   /** The default stream (shared by every Backend object of the same device). */

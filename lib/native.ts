@@ -116,6 +116,8 @@ export interface NativeAddon {
   HostRegistration: new (array: ArrayBufferView, cuda: boolean) => NativeHostRegistration;
   ExpertTable: new (backend: 0 | 1, device: number, e: number, h: number, inter: number, packed?: boolean) => NativeExpertTable;
   info(detail?: boolean): NativeInfo;
+  /** Free and total bytes of CUDA device `device` (cudaMemGetInfo); undefined without CUDA or when the query fails. */
+  cudaMemInfo(device: number): { free: number; total: number } | undefined;
   memoryStats(): NativeMemoryStats;
   allocAsync(stream: NativeStream, params: { backend: 0 | 1; device: number; kind: 0 | 1; bytes: number }, cancel?: NativeCancelToken): Promise<NativeMemory>;
   /** Bench only: one timed multithreaded read pass (a sum) over `data`; see cpp/cpu/read_probe.h. */

@@ -113,6 +113,16 @@ void test('listBackends names every backend with availability and reasons', () =
   for (const b of l) if (!b.available) assert.ok(b.reason);
 });
 
+void test('memoryInfo: the GPU\'s free and total bytes on CUDA (as info() reports them), none on the CPU backend', () => {
+  assert.equal(openBackend({ backend: 'cpu' }).memoryInfo(), undefined);
+  const cuda = listBackends().find((b) => b.kind === 'cuda' && b.available);
+  if (!cuda) return;
+  const m = openBackend({ backend: 'cuda' }).memoryInfo()!;
+  const d = info().cuda.devices[0]!;
+  assert.equal(m.total, d.totalMemory);
+  assert.ok(m.free > 0 && m.free <= m.total);
+});
+
 void test('a CPU op resolves with the kernel tier that ran', async () => {
   const be = openBackend({ backend: 'cpu' });
   const x = HostTensor.from('f32', [2], [1, 2]);

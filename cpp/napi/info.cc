@@ -109,4 +109,23 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// cudaMemInfo(device): { free, total } bytes of one CUDA device (cudaMemGetInfo; creates that device's context
+// only, which its backend has anyway); undefined when this binary has no CUDA or the query fails.
+Napi::Value CudaMemInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+#if MOE_WITH_CUDA
+  if (!info[0].IsNumber()) return env.Undefined();
+  const int device = info[0].As<Napi::Number>().Int32Value();
+  size_t free_b = 0, total_b = 0;
+  if (device < 0 || moe_cuda_mem_info(device, &free_b, &total_b) != 0) return env.Undefined();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("free", static_cast<double>(free_b));
+  o.Set("total", static_cast<double>(total_b));
+  return o;
+#else
+  (void)info;
+  return env.Undefined();
+#endif
+}
+
 }  // namespace moe::js
