@@ -373,7 +373,8 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
   const be = backendOpt(str('backend'));
   const cfg = modelConfig(str('model')!);
   // experts auto: on CUDA (or with --device-gib) the slots that fit beside the largest step
-  const deviceBytes = experts === 'auto' ? deviceBudget(str('device-gib'), be) : undefined;
+  const auto = experts === 'auto' || (typeof experts === 'object' && 'slots' in experts);
+  const deviceBytes = auto ? deviceBudget(str('device-gib'), be) : undefined;
   let planLine: string;
   let slots: number | undefined;
   if (maxSequences === undefined) {
@@ -386,14 +387,13 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
       const total = cfg.moeLayers.length * cfg.numExperts;
       // a profile without the copy rate plans offloaded experts resident (and the memory without copies)
       const copies = p.copyGBs! > 0;
-      const slotPlan =
-        experts === 'auto'
-          ? deviceBytes !== undefined && copies
-            ? { deviceBytes, stepTokens: maxBatchTokens ?? 512 }
-            : undefined
-          : experts === 'resident' || !copies
-            ? undefined
-            : Math.min(total, Math.ceil(experts.fraction * total));
+      const slotPlan = auto
+        ? deviceBytes !== undefined && copies
+          ? { deviceBytes, stepTokens: maxBatchTokens ?? 512 }
+          : undefined
+        : typeof experts === 'object' && 'fraction' in experts && copies
+          ? Math.min(total, Math.ceil(experts.fraction * total))
+          : undefined;
       const best = chooseBatch(cfg, p, context, kvTokensFor(cfg), {}, slotPlan, microBatches !== undefined ? [microBatches] : undefined);
       maxSequences = best.batch;
       microBatches ??= best.microBatches;
@@ -455,10 +455,11 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
   }
 }
 
-function expertsOpt(experts: string | undefined, policy: string | undefined): 'auto' | 'resident' | { fraction: number; policy: 'lru' | 'finemoe' } {
+/** --experts and --policy as loadModel's experts (auto with a --policy: the auto slot count with that policy). */
+function expertsOpt(experts: string | undefined, policy: string | undefined): 'auto' | 'resident' | { fraction: number; policy: 'lru' | 'finemoe' } | { slots: 'auto'; policy: 'lru' | 'finemoe' } {
   const p = policy ?? 'lru';
   if (p !== 'lru' && p !== 'finemoe') throw new InvalidArgumentError(`--policy must be lru or finemoe, received ${JSON.stringify(p)}`);
-  if (experts === undefined || experts === 'auto') return 'auto';
+  if (experts === undefined || experts === 'auto') return policy === undefined ? 'auto' : { slots: 'auto', policy: p };
   if (experts === 'resident') return 'resident';
   const f = numOpt(experts, 'experts')!;
   return { fraction: f, policy: p };

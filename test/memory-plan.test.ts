@@ -135,6 +135,11 @@ test("loadModel experts 'auto': resident on the CPU backend; with deviceMemoryBy
   using planned = await loadModel(dir, { deviceActivations: true, packWeights: false, deviceMemoryBytes: budget });
   assert.equal(planned.expertCache?.capacity, 9);
   assert.equal(planned.memory().device.expertSlots, 9 * eb);
+  // the same count with the cache's other options ({ slots: 'auto' }); resident without a budget on the CPU backend
+  using finemoe = await loadModel(dir, { deviceActivations: true, packWeights: false, deviceMemoryBytes: budget, experts: { slots: 'auto', policy: 'finemoe' } });
+  assert.equal(finemoe.expertCache?.capacity, 9);
+  using noBudget = await loadModel(dir, { experts: { slots: 'auto', policy: 'finemoe' } });
+  assert.equal(noBudget.expertCache, undefined);
   // the room left for the largest step is real: one of 16384 tokens leaves none at that budget
   assert.ok(stepDeviceBytes(cfg, { tokens: 16384 }) - stepDeviceBytes(cfg, { tokens: 512 }) > 9 * eb);
   await assert.rejects(loadModel(dir, { deviceActivations: true, packWeights: false, deviceMemoryBytes: budget, maxStepTokens: 16384 }), (e: Error & { code?: string }) => e.code === 'MOE_OUT_OF_MEMORY');

@@ -579,7 +579,7 @@ test('cli profile and plan: the profile of the backend in use saved under its na
     const input = path.join(cache, 'in.jsonl');
     const output = path.join(cache, 'out.jsonl');
     fs.writeFileSync(input, ['a b c', 'd e f'].map((t, i) => JSON.stringify({ id: `r${i}`, prompt: t, max_new_tokens: 4 })).join('\n'));
-    const g = spawnSync(process.execPath, [cli, 'generate', '--model', dir, '--input', input, '--output', output, '--device-gib', String(gib)], { encoding: 'utf8', env });
+    const g = spawnSync(process.execPath, [cli, 'generate', '--model', dir, '--input', input, '--output', output, '--device-gib', String(gib), '--policy', 'finemoe'], { encoding: 'utf8', env });
     assert.equal(g.status, 0, g.stderr);
     assert.match(g.stderr, new RegExp(`^plan: \\d+ sequences at once .*; 12 of ${total} routed experts in device memory$`, 'm'));
     assert.equal(fs.readFileSync(output, 'utf8').trim().split('\n').length, 2);

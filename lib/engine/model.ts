@@ -40,15 +40,16 @@ import { Sampler, type SamplingOptions } from './sampler.js';
  * How routed experts are served. 'auto' (the default): on CUDA as many as fit in GPU memory beside the dense weights
  * and the largest step (`deviceMemoryBytes`, `maxStepTokens`), in slots, the rest streamed from pinned host memory
  * (every one when they all fit: none copied after its first use); on the CPU backend 'resident', unless
- * `deviceMemoryBytes` is given (then planned the same way over the CPU device pool). 'resident': the kernel reads
- * every expert where the pinned store holds it (host memory; on CUDA over PCIe, zero-copy).
+ * `deviceMemoryBytes` is given (then planned the same way over the CPU device pool). `{ slots: 'auto', policy, ... }`:
+ * the same slot count with the cache's other options. 'resident': the kernel reads every expert where the pinned
+ * store holds it (host memory; on CUDA over PCIe, zero-copy).
  */
 export type ExpertMode =
   | 'auto'
   | 'resident'
   | {
-      /** Experts held in the cache's slots at once (give this or `fraction`). */
-      slots?: number;
+      /** Experts held in the cache's slots at once (give this or `fraction`); 'auto': as experts 'auto' chooses. */
+      slots?: number | 'auto';
       /** Fraction of all routed experts held at once, e.g. 0.25. */
       fraction?: number;
       /** 'lru' (default) or 'finemoe' (expert-map prefetch + probability-guided eviction). */
@@ -746,7 +747,17 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     }
     const asked = options.experts ?? 'auto';
     // auto: the slots that fit beside the dense weights and the largest step (device memory read before loading)
-    const mode = asked !== 'auto' ? asked : deviceMemoryBytes === undefined ? 'resident' : { slots: expertSlotsFor(config, deviceMemoryBytes, { tokens: maxStepTokens }) };
+    const auto = () => expertSlotsFor(config, deviceMemoryBytes!, { tokens: maxStepTokens });
+    const mode: Exclude<ExpertMode, 'auto'> =
+      asked === 'auto'
+        ? deviceMemoryBytes === undefined
+          ? 'resident'
+          : { slots: auto() }
+        : typeof asked === 'object' && asked !== null && asked.slots === 'auto'
+          ? deviceMemoryBytes === undefined
+            ? 'resident'
+            : { ...asked, slots: auto() }
+          : asked;
     const experts = makeProvider(be, host, store, config, mode, extras);
     cleanup.push(experts);
     return new MoeModel({ dir, config, tokenizer, backend: be, host, staged, eos, weights, store, experts, kv, prefillChunk });
@@ -768,12 +779,12 @@ function resolveBackend(b: LoadModelOptions['backend']): Backend {
 
 function makeProvider(be: Backend, host: Backend, store: ExpertStore, cfg: ModelConfig, mode: Exclude<ExpertMode, 'auto'>, extras: ExpertExtras): ExpertProvider {
   if (mode === 'resident') return new ResidentExperts(be, store, extras);
-  if (typeof mode !== 'object' || mode === null) throw new InvalidArgumentError(`experts must be 'resident' or { slots | fraction, policy }, received ${describe(mode)}`);
+  if (typeof mode !== 'object' || mode === null) throw new InvalidArgumentError(`experts must be 'auto', 'resident' or { slots | fraction, policy }, received ${describe(mode)}`);
   const total = store.layers.length * store.experts;
   let slots: number;
   if (mode.slots !== undefined) {
-    if (!Number.isSafeInteger(mode.slots) || mode.slots < 1) throw new InvalidArgumentError(`experts.slots must be a positive integer, received ${describe(mode.slots)}`);
-    slots = mode.slots;
+    if (!Number.isSafeInteger(mode.slots) || (mode.slots as number) < 1) throw new InvalidArgumentError(`experts.slots must be a positive integer or 'auto', received ${describe(mode.slots)}`);
+    slots = mode.slots as number;
   } else if (mode.fraction !== undefined) {
     if (typeof mode.fraction !== 'number' || !(mode.fraction > 0 && mode.fraction <= 1)) {
       throw new InvalidArgumentError(`experts.fraction must be a number in (0, 1], received ${describe(mode.fraction)}`);
