@@ -84,7 +84,15 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
   // performance model's prediction alongside
   using resident = await loadModel(dir, { backend: model.backend });
   const batch = Array.from({ length: o.batch ?? 32 }, (_, i) => BATCH_TOPICS[i % BATCH_TOPICS.length]!);
-  write(`throughput mode: ${batch.length} requests, ${o.maxNewTokens ?? 32} new tokens each, continuous batching, experts resident\n`);
+  // experts 'auto': resident on the CPU backend; on CUDA in GPU slots (every one, for this tiny model)
+  const slots = resident.expertCache?.capacity;
+  write(`throughput mode: ${batch.length} requests, ${o.maxNewTokens ?? 32} new tokens each, continuous batching, ${slots ? `experts in ${slots} device slots` : 'experts resident'}\n`);
+  const mem = resident.memory();
+  const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+  write(
+    `  memory: compute backend ${mib(mem.device.denseWeights)} dense weights + ${mib(mem.device.expertSlots)} expert slots; ` +
+      `host ${mib(mem.host.expertStore)} expert store + ${mib(mem.host.kvCache)} KV cache\n`,
+  );
   const profile = await profileModel(resident.backend, resident.config, { quick: true, maxBatch: batch.length });
   const t0 = performance.now();
   let tokens = 0;
@@ -117,7 +125,7 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
     const measured = (batch.length * 1000) / medianOf(intervals.ms);
     // the KV length of the decode steps, on average: the prompt plus half the new tokens
     const context = Math.round(prompt + (o.maxNewTokens ?? 32) / 2);
-    const pred = predictDecode(resident.config, profile, { batch: batch.length, context });
+    const pred = predictDecode(resident.config, profile, { batch: batch.length, context, ...(slots ? { expertSlots: slots } : {}) });
     const t = pred.terms;
     write(
       `  decode steps with all ${batch.length} sequences: ${measured.toFixed(0)} tokens/s measured, ${pred.tokensPerSecond.toFixed(0)} predicted by the performance model ` +

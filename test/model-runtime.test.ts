@@ -302,6 +302,7 @@ describe('demo', () => {
     assert.match(out, /latency mode/);
     assert.match(out, /expert cache over the latency requests: \d+ hits/);
     assert.match(out, /throughput mode: 6 requests/);
+    assert.match(out, /memory: compute backend [\d.]+ MiB dense weights \+ [\d.]+ MiB expert slots; host [\d.]+ MiB expert store \+ [\d.]+ MiB KV cache/);
     assert.match(out, /tokens\/s measured, \d+ predicted/);
   });
 });
