@@ -12,7 +12,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { type Backend, openBackend } from './backend.js';
-import { denseWeightBytes, expertBytes, kvTokensFor, stepDeviceBytes } from './batching/memory.js';
+import { denseWeightBytes, expertBytes, hostKvLimit, kvBytesFor, kvTokensFor, stepDeviceBytes } from './batching/memory.js';
 import { type ModelProfile, chooseBatch, opCost, predictPrefill, stepOps } from './batching/perf-model.js';
 import { profileModel, readProbeGBs } from './batching/profile.js';
 
@@ -55,12 +55,14 @@ ${PRESET_NAMES.map((p) => `                               ${p.padEnd(22)}${PRESE
                              --experts auto (default): on CUDA the routed experts that fit in GPU memory (or in
                              --device-gib G) stay there, the rest stream from host memory; on the CPU resident
   generate --model DIR --input IN.jsonl --output OUT.jsonl [--max-batch-tokens N] [--max-sequences N]
-           [--micro-batches N] [...]
+           [--micro-batches N] [--kv-gib G] [...]
                              batched: every line of IN ({"prompt"} | {"messages"} | {"turns"} | {"tokens"}, with an
                              optional "id", "max_new_tokens", ...) through continuous batching; results appended to
                              OUT as they finish; ids already in OUT are skipped (resume); Ctrl-C stops cleanly;
                              without --max-sequences the batch is the plan's (from the model's saved profile);
-                             --micro-batches splits each step's attention module so CPU attention overlaps the GPU
+                             --micro-batches splits each step's attention module so CPU attention overlaps the GPU;
+                             the KV cache (host memory) holds the batch at the plan's context, within a quarter of
+                             the host's memory (at most 16 GiB), unless --kv-gib G
 
 --backend: auto (default: env MOE_OFFLOAD_BACKEND, else CUDA when usable, else the CPU), cpu or cuda
 `;
@@ -180,6 +182,7 @@ async function generateCmd(args: string[]): Promise<number> {
       'max-sequences': { type: 'string' },
       'micro-batches': { type: 'string' },
       'device-gib': { type: 'string' },
+      'kv-gib': { type: 'string' },
       backend: { type: 'string' },
     },
   });
@@ -303,7 +306,7 @@ async function planCmd(args: string[]): Promise<number> {
   if (!saved.profile) process.stderr.write(`${saved.why}: measuring this model's profile now into ${own} (moe-offload profile saves it)\n`);
   const p = saved.profile ?? (await measureProfile(values.model, own, undefined, be));
   const context = intOpt(values.context, 'context') ?? 512;
-  const kvGiB = numOpt(values['kv-gib'], 'kv-gib') ?? Math.min(16, (p.hostMemoryBytes / 2 ** 30) * 0.25);
+  const kvGiB = numOpt(values['kv-gib'], 'kv-gib') ?? hostKvLimit(cfg, { totalBytes: p.hostMemoryBytes, freeBytes: os.freemem() }) / 2 ** 30;
   const perToken = cfg.numLayers * 2 * (cfg.mla ? cfg.numHeads : cfg.numKvHeads) * attentionHeadDim(cfg) * 2;
   const kvTokens = Math.floor((kvGiB * 2 ** 30) / perToken);
   // predictions at the profile's own speeds: rescaling them to a read probe taken now did not help on the development
@@ -375,6 +378,11 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
   // experts auto: on CUDA (or with --device-gib) the slots that fit beside the largest step
   const auto = experts === 'auto' || (typeof experts === 'object' && 'slots' in experts);
   const deviceBytes = auto ? deviceBudget(str('device-gib'), be) : undefined;
+  // the KV cache (pinned host memory): --kv-gib, else what the batch needs (below), within the host's limit
+  const kvGiB = num('kv-gib', numOpt);
+  if (kvGiB !== undefined && !(kvGiB > 0)) throw new InvalidArgumentError(`--kv-gib must be a positive number of GiB, received ${JSON.stringify(str('kv-gib'))}`);
+  const kvLimit = kvGiB !== undefined ? Math.floor(kvGiB * 2 ** 30) : hostKvLimit(cfg, { totalBytes: os.totalmem(), freeBytes: os.freemem() });
+  const context = 256 + (maxNewTokens ?? 128);
   let planLine: string;
   let slots: number | undefined;
   if (maxSequences === undefined) {
@@ -383,7 +391,6 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
     const saved = savedProfile(defaultProfile(str('model')!, be.kind), cfg);
     const p = saved.profile;
     if (p) {
-      const context = 256 + (maxNewTokens ?? 128);
       const total = cfg.moeLayers.length * cfg.numExperts;
       // a profile without the copy rate plans offloaded experts resident (and the memory without copies)
       const copies = p.copyGBs! > 0;
@@ -394,7 +401,7 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
         : typeof experts === 'object' && 'fraction' in experts && copies
           ? Math.min(total, Math.ceil(experts.fraction * total))
           : undefined;
-      const best = chooseBatch(cfg, p, context, kvTokensFor(cfg), {}, slotPlan, microBatches !== undefined ? [microBatches] : undefined);
+      const best = chooseBatch(cfg, p, context, kvTokensFor(cfg, kvLimit), {}, slotPlan, microBatches !== undefined ? [microBatches] : undefined);
       maxSequences = best.batch;
       microBatches ??= best.microBatches;
       slots = typeof slotPlan === 'object' ? best.expertSlots : undefined;
@@ -407,7 +414,10 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
   } else {
     planLine = `plan: ${maxSequences} sequences at once (--max-sequences)`;
   }
+  // sized for the batch's sequences at the plan's context (prompts of 256 tokens); longer ones wait for room
+  const kvCacheBytes = kvGiB !== undefined ? kvLimit : Math.min(kvLimit, Math.max(256 * 2 ** 20, kvBytesFor(cfg, (maxSequences ?? 64) * context)));
   const model = await loadModel(str('model')!, {
+    kvCacheBytes,
     experts: slots !== undefined ? { slots, policy: (str('policy') ?? 'lru') as 'lru' | 'finemoe' } : experts,
     signal: ac.signal,
     backend: be,
@@ -415,7 +425,9 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
     ...(deviceBytes !== undefined ? { deviceMemoryBytes: deviceBytes } : {}),
     maxStepTokens: Math.max(maxBatchTokens ?? 512, maxSequences ?? 64),
   });
-  process.stderr.write(`${planLine}${slots === undefined && model.expertCache ? `; ${model.expertCache.capacity} routed experts in slots` : ''}\n`);
+  process.stderr.write(
+    `${planLine}${slots === undefined && model.expertCache ? `; ${model.expertCache.capacity} routed experts in slots` : ''}; KV cache ${gib(kvCacheBytes)} = ${model.kvTokensFree} tokens\n`,
+  );
   const tty = process.stderr.isTTY;
   let lastLine = 0;
   try {

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { denseWeightBytes, expertBytes, expertSlotsFor, kvTokensFor, memoryMargin, moeScratchBytes, stepArenaNeed, stepDeviceBytes } from '../lib/batching/memory.js';
+import { denseWeightBytes, expertBytes, expertSlotsFor, hostKvLimit, kvBytesFor, kvTokensFor, memoryMargin, moeScratchBytes, stepArenaNeed, stepDeviceBytes } from '../lib/batching/memory.js';
 import { chooseBatch, type ModelProfile } from '../lib/batching/perf-model.js';
 import { profileModel } from '../lib/batching/profile.js';
 import { LOGIT_ROWS } from '../lib/engine/forward.js';
@@ -152,6 +152,24 @@ test("loadModel experts 'auto': resident on the CPU backend; with deviceMemoryBy
   await assert.rejects(loadModel(dir, { deviceMemoryBytes: -5 }), /deviceMemoryBytes must be a positive number of bytes, received -5/);
   await assert.rejects(loadModel(dir, { maxStepTokens: 0 }), /maxStepTokens must be a positive integer, received 0/);
   await assert.rejects(loadModel(dir, { deviceMemoryBytes: fixed }), (e: Error & { code?: string }) => e.code === 'MOE_OUT_OF_MEMORY');
+});
+
+test('KV cache sizing: kvBytesFor holds the tokens in whole pages; hostKvLimit within a quarter of the host (at most 16 GiB), half of what the store leaves, the layout, at least 256 MiB', async () => {
+  using m = await loadModel(await modelDir('tiny-qwen3-moe'), { experts: 'resident' });
+  const cfg = m.config;
+  const perToken = kvBytesFor(cfg, 64) / 64;
+  assert.equal(kvBytesFor(cfg, 1), 64 * perToken, 'one page');
+  assert.equal(kvBytesFor(cfg, 65), 128 * perToken);
+  for (const t of [1, 64, 1000, 12345]) assert.ok(kvTokensFor(cfg, kvBytesFor(cfg, t)) >= t);
+  assert.equal(kvTokensFor(cfg, kvBytesFor(cfg, 640)), 640);
+  const GiB = 2 ** 30;
+  const store = cfg.moeLayers.length * cfg.numExperts * expertBytes(cfg);
+  assert.equal(hostKvLimit(cfg, { totalBytes: 1024 * GiB, freeBytes: 1000 * GiB }), 16 * GiB);
+  assert.equal(hostKvLimit(cfg, { totalBytes: 24 * GiB, freeBytes: 20 * GiB }), 6 * GiB);
+  assert.equal(hostKvLimit(cfg, { totalBytes: 24 * GiB, freeBytes: 4 * GiB + store }), 2 * GiB);
+  assert.equal(hostKvLimit(cfg, { totalBytes: 2 * GiB, freeBytes: store }), 256 * 2 ** 20);
+  assert.equal(hostKvLimit(cfg, { totalBytes: 1024 * GiB, freeBytes: 1000 * GiB }, GiB), 2 * cfg.numLayers * GiB);
+  assert.throws(() => kvBytesFor(cfg, 0), /tokens must be a positive integer, received 0/);
 });
 
 test('chooseBatch with a device budget: each batch with the slots that fit beside its step, bigger batches fewer', async () => {

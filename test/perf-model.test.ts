@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
 
 import { type ModelProfile, type OpPoint, type OpSpec, type StepPlan, chooseBatch, expectedExperts, expertCopies, interp, moduleOverlapMs, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
-import { denseWeightBytes, expertBytes, stepDeviceBytes } from '../lib/batching/memory.js';
+import { denseWeightBytes, expertBytes, kvTokensFor, stepDeviceBytes } from '../lib/batching/memory.js';
 import { profileModel } from '../lib/batching/profile.js';
 import { LOGIT_ROWS } from '../lib/engine/forward.js';
 import { Backend, cudaUnavailableReason, DeviceTensor, loadModel, makeModel, type ModelConfig, type MoeModel, type PresetName } from '../lib/index.js';
@@ -581,8 +581,14 @@ test('cli profile and plan: the profile of the backend in use saved under its na
     fs.writeFileSync(input, ['a b c', 'd e f'].map((t, i) => JSON.stringify({ id: `r${i}`, prompt: t, max_new_tokens: 4 })).join('\n'));
     const g = spawnSync(process.execPath, [cli, 'generate', '--model', dir, '--input', input, '--output', output, '--device-gib', String(gib), '--policy', 'finemoe'], { encoding: 'utf8', env });
     assert.equal(g.status, 0, g.stderr);
-    assert.match(g.stderr, new RegExp(`^plan: \\d+ sequences at once .*; 12 of ${total} routed experts in device memory$`, 'm'));
+    // the KV cache for the batch at the plan's context: at least loadModel's 256 MiB (a tiny model's batch needs less)
+    assert.match(g.stderr, new RegExp(`^plan: \\d+ sequences at once .*; 12 of ${total} routed experts in device memory; KV cache 0\\.25 GiB = ${kvTokensFor(cfg, 2 ** 28)} tokens$`, 'm'));
     assert.equal(fs.readFileSync(output, 'utf8').trim().split('\n').length, 2);
+    // --kv-gib: that much; the resumed run skips both requests
+    const k = spawnSync(process.execPath, [cli, 'generate', '--model', dir, '--input', input, '--output', output, '--kv-gib', '0.01'], { encoding: 'utf8', env });
+    assert.equal(k.status, 0, k.stderr);
+    assert.match(k.stderr, new RegExp(`; KV cache 0\\.01 GiB = ${kvTokensFor(cfg, Math.floor(0.01 * 2 ** 30))} tokens$`, 'm'));
+    assert.match(k.stderr, /0 requests written .* 2 already there/);
     const bad = spawnSync(process.execPath, [cli, 'plan', '--model', path.join(root, 'tiny-olmoe'), '--backend', 'tpu'], { encoding: 'utf8', env });
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, /\[MOE_INVALID_ARGUMENT\] --backend must be auto, cpu or cuda, received "tpu"/);

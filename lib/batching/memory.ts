@@ -20,6 +20,7 @@ import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
 import { LOGIT_ROWS } from '../engine/forward.js';
 import { attentionHeadDim } from '../model/weights.js';
+import { MAX_VIEW_BYTES } from '../tensor.js';
 import { stepOps } from './perf-model.js';
 
 const ALIGN = 256; // the arenas' alignment (forward.ts Arena.ALIGN)
@@ -166,6 +167,30 @@ export function expertSlotsFor(cfg: ModelConfig, deviceBytes: number, shape: Ste
  * K and V; MLA caches every head's decompressed keys), as MoeModel.kvTokensFree reports on a fresh model.
  */
 export function kvTokensFor(cfg: ModelConfig, budgetBytes = 256 * 2 ** 20, blockSize = 64): number {
-  const bytesPerPage = cfg.numLayers * 2 * (cfg.mla ? cfg.numHeads : cfg.numKvHeads) * blockSize * attentionHeadDim(cfg) * 2;
-  return Math.floor(budgetBytes / bytesPerPage) * blockSize;
+  return Math.floor(budgetBytes / (blockSize * kvTokenBytes(cfg))) * blockSize;
+}
+
+/** Bytes of one KV token of `cfg` in loadModel's cache (bf16 K and V over every layer). */
+function kvTokenBytes(cfg: ModelConfig): number {
+  return cfg.numLayers * 2 * (cfg.mla ? cfg.numHeads : cfg.numKvHeads) * attentionHeadDim(cfg) * 2;
+}
+
+/** The KV cache bytes (loadModel's kvCacheBytes) that hold `tokens` tokens of `cfg`: whole pages of `blockSize`. */
+export function kvBytesFor(cfg: ModelConfig, tokens: number, blockSize = 64): number {
+  if (!Number.isSafeInteger(tokens) || tokens < 1) throw new InvalidArgumentError(`tokens must be a positive integer, received ${describe(tokens)}`);
+  return Math.ceil(tokens / blockSize) * blockSize * kvTokenBytes(cfg);
+}
+
+/**
+ * The most host memory a KV cache for `cfg` should take on this host, bytes: a quarter of its memory and at most 16
+ * GiB (plan's default), no more than half of what stays free once the expert store is loaded, and within the
+ * cache's layout (one buffer per layer and K / V, each at most `maxViewBytes`); at least 256 MiB (loadModel's
+ * default).
+ * @example
+ * const kv = hostKvLimit(cfg, { totalBytes: os.totalmem(), freeBytes: os.freemem() });
+ */
+export function hostKvLimit(cfg: ModelConfig, host: { totalBytes: number; freeBytes: number }, maxViewBytes = MAX_VIEW_BYTES): number {
+  const store = cfg.moeLayers.length * cfg.numExperts * expertBytes(cfg);
+  const want = Math.min(16 * 2 ** 30, 0.25 * host.totalBytes, 0.5 * (host.freeBytes - store), 2 * cfg.numLayers * maxViewBytes);
+  return Math.floor(Math.max(256 * 2 ** 20, want));
 }
