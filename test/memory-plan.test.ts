@@ -11,7 +11,7 @@ import { denseWeightBytes, expertBytes, expertSlotsFor, hostKvLimit, kvBytesFor,
 import { chooseBatch, type ModelProfile } from '../lib/batching/perf-model.js';
 import { profileModel } from '../lib/batching/profile.js';
 import { LOGIT_ROWS } from '../lib/engine/forward.js';
-import { loadModel, makeModel, type PresetName } from '../lib/index.js';
+import { cudaUnavailableReason, loadModel, makeModel, openBackend, type PresetName } from '../lib/index.js';
 
 let root = '';
 before(() => {
@@ -170,6 +170,26 @@ test('KV cache sizing: kvBytesFor holds the tokens in whole pages; hostKvLimit w
   assert.equal(hostKvLimit(cfg, { totalBytes: 2 * GiB, freeBytes: store }), 256 * 2 ** 20);
   assert.equal(hostKvLimit(cfg, { totalBytes: 1024 * GiB, freeBytes: 1000 * GiB }, GiB), 2 * cfg.numLayers * GiB);
   assert.throws(() => kvBytesFor(cfg, 0), /tokens must be a positive integer, received 0/);
+});
+
+test('on CUDA: experts auto holds every expert of a tiny model in GPU slots; dense weights and the step arenas as planned; the GPU\'s free memory drops by about that', { skip: cudaUnavailableReason() ?? false }, async () => {
+  const dir = await modelDir('tiny-olmoe');
+  const be = openBackend({ backend: 'cuda' });
+  const before = be.memoryInfo()!;
+  using m = await loadModel(dir, { backend: be });
+  const cfg = m.config;
+  const total = cfg.moeLayers.length * cfg.numExperts;
+  assert.equal(m.expertCache?.capacity, total, 'every expert fits');
+  const mem = m.memory();
+  assert.ok(Math.abs(denseWeightBytes(cfg) - mem.device.denseWeights) <= 0.01 * mem.device.denseWeights);
+  assert.equal(mem.device.expertSlots, total * expertBytes(cfg));
+  await m.generate({ tokens: Array.from({ length: 37 }, (_, i) => 3 + i) }, { maxNewTokens: 1, ...greedy });
+  assert.deepEqual(m.memory().lastStep, stepArenaNeed(cfg, { tokens: 37, rows: 1 }));
+  // what the model holds on the GPU now, against what the driver reports taken (allocator rounding, the kernels'
+  // scratch pool and the context's own growth: within the plan's margin)
+  const held = mem.device.denseWeights + mem.device.expertSlots + m.memory().device.activations;
+  const taken = before.free - be.memoryInfo()!.free;
+  assert.ok(taken >= held * 0.9 && taken <= held + memoryMargin(before.free), `taken ${taken}, held ${held}`);
 });
 
 test('chooseBatch with a device budget: each batch with the slots that fit beside its step, bigger batches fewer', async () => {
