@@ -8,6 +8,9 @@
  *                  + the fused MoE kernel's scratch (cuda/moe_experts.cu: routed rows padded per expert, their
  *                    SwiGLU activations bf16 and unweighted output rows f32)
  *
+ * And the KV cache in host memory: the tokens a budget holds (kvTokensFor), the budget for some tokens (kvBytesFor)
+ * and how much of the host a cache should take (hostKvLimit).
+ *
  * The estimates follow the runtime's allocations; test/memory-plan.test.ts checks them against a loaded model's
  * MoeModel.memory() and the arenas' measured need on every preset.
  *
