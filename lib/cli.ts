@@ -12,8 +12,9 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { type Backend, openBackend } from './backend.js';
-import { denseWeightBytes, expertBytes, hostKvLimit, kvBytesFor, kvTokensFor, stepDeviceBytes } from './batching/memory.js';
+import { denseWeightBytes, expertBytes, hostKvLimit, stepDeviceBytes } from './batching/memory.js';
 import { type ModelProfile, chooseBatch, opCost, predictPrefill, stepOps } from './batching/perf-model.js';
+import { planRun } from './batching/plan.js';
 import { profileModel, readProbeGBs } from './batching/profile.js';
 
 import { demo } from './demo.js';
@@ -370,63 +371,37 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
   process.once('SIGINT', onSigint);
   const num = (k: string, f: (v: string | undefined, n: string) => number | undefined) => f(str(k), k);
   const maxBatchTokens = num('max-batch-tokens', intOpt);
-  let microBatches = num('micro-batches', intOpt);
-  let maxSequences = num('max-sequences', intOpt);
   const maxNewTokens = num('max-new-tokens', intOpt);
-  const be = backendOpt(str('backend'));
-  const cfg = modelConfig(str('model')!);
-  // experts auto: on CUDA (or with --device-gib) the slots that fit beside the largest step
-  const auto = experts === 'auto' || (typeof experts === 'object' && 'slots' in experts);
-  const deviceBytes = auto ? deviceBudget(str('device-gib'), be) : undefined;
-  // the KV cache (pinned host memory): --kv-gib, else what the batch needs (below), within the host's limit
   const kvGiB = num('kv-gib', numOpt);
   if (kvGiB !== undefined && !(kvGiB > 0)) throw new InvalidArgumentError(`--kv-gib must be a positive number of GiB, received ${JSON.stringify(str('kv-gib'))}`);
-  const kvLimit = kvGiB !== undefined ? Math.floor(kvGiB * 2 ** 30) : hostKvLimit(cfg, { totalBytes: os.totalmem(), freeBytes: os.freemem() });
-  const context = 256 + (maxNewTokens ?? 128);
-  let planLine: string;
-  let slots: number | undefined;
-  if (maxSequences === undefined) {
-    // the plan, before loading: the batch the performance model predicts fastest within the KV cache (and the expert
-    // slots that fit beside its step), from this model's saved profile
-    const saved = savedProfile(defaultProfile(str('model')!, be.kind), cfg);
-    const p = saved.profile;
-    if (p) {
-      const total = cfg.moeLayers.length * cfg.numExperts;
-      // a profile without the copy rate plans offloaded experts resident (and the memory without copies)
-      const copies = p.copyGBs! > 0;
-      const slotPlan = auto
-        ? deviceBytes !== undefined && copies
-          ? { deviceBytes, stepTokens: maxBatchTokens ?? 512 }
-          : undefined
-        : typeof experts === 'object' && 'fraction' in experts && copies
-          ? Math.min(total, Math.ceil(experts.fraction * total))
-          : undefined;
-      const best = chooseBatch(cfg, p, context, kvTokensFor(cfg, kvLimit), {}, slotPlan, microBatches !== undefined ? [microBatches] : undefined);
-      maxSequences = best.batch;
-      microBatches ??= best.microBatches;
-      slots = typeof slotPlan === 'object' ? best.expertSlots : undefined;
-      planLine =
-        `plan: ${best.batch} sequences at once${best.microBatches > 1 ? ` in ${best.microBatches} attention micro-batches` : ''} (${best.prediction.tokensPerSecond.toFixed(1)} decode tokens/s predicted at context ${context}; ${best.prediction.bound})` +
-        (slots !== undefined ? `; ${slots === total ? `all ${total}` : `${slots} of ${total}`} routed experts in device memory` : '');
-    } else {
-      planLine = `plan: ${saved.why}; 64 sequences at once (moe-offload profile --model DIR measures this model, then generate plans its batch)`;
-    }
-  } else {
-    planLine = `plan: ${maxSequences} sequences at once (--max-sequences)`;
-  }
-  // sized for the batch's sequences at the plan's context (prompts of 256 tokens); longer ones wait for room
-  const kvCacheBytes = kvGiB !== undefined ? kvLimit : Math.min(kvLimit, Math.max(256 * 2 ** 20, kvBytesFor(cfg, (maxSequences ?? 64) * context)));
-  const model = await loadModel(str('model')!, {
-    kvCacheBytes,
-    experts: slots !== undefined ? { slots, policy: (str('policy') ?? 'lru') as 'lru' | 'finemoe' } : experts,
-    signal: ac.signal,
+  const be = backendOpt(str('backend'));
+  const cfg = modelConfig(str('model')!);
+  const maxSequences = num('max-sequences', intOpt);
+  // the plan, before loading: the batch the performance model predicts fastest within the KV cache and the expert
+  // slots that fit beside its step (from this model's saved profile), the KV cache sized for it
+  const saved = maxSequences === undefined ? savedProfile(defaultProfile(str('model')!, be.kind), cfg) : {};
+  const plan = planRun(cfg, {
     backend: be,
-    // experts auto without a plan: the slots that fit beside the largest step the batch runner takes
-    ...(deviceBytes !== undefined ? { deviceMemoryBytes: deviceBytes } : {}),
-    maxStepTokens: Math.max(maxBatchTokens ?? 512, maxSequences ?? 64),
+    experts,
+    context: 256 + (maxNewTokens ?? 128),
+    ...(saved.profile ? { profile: saved.profile } : {}),
+    ...deviceOpt(str('device-gib')),
+    ...(kvGiB !== undefined ? { kvCacheBytes: Math.floor(kvGiB * 2 ** 30) } : {}),
+    ...(maxBatchTokens !== undefined ? { maxBatchTokens } : {}),
+    ...(maxSequences !== undefined ? { maxSequences } : {}),
+    ...(num('micro-batches', intOpt) !== undefined ? { microBatches: num('micro-batches', intOpt)! } : {}),
   });
+  const total = cfg.moeLayers.length * cfg.numExperts;
+  const b = plan.batch;
+  const planLine = plan.prediction
+    ? `plan: ${b.maxSequences} sequences at once${b.microBatches! > 1 ? ` in ${b.microBatches} attention micro-batches` : ''} (${plan.prediction.tokensPerSecond.toFixed(1)} decode tokens/s predicted at context ${plan.context}; ${plan.prediction.bound})` +
+      (plan.expertSlots !== undefined ? `; ${plan.expertSlots === total ? `all ${total}` : `${plan.expertSlots} of ${total}`} routed experts in device memory` : '')
+    : maxSequences !== undefined
+      ? `plan: ${maxSequences} sequences at once (--max-sequences)`
+      : `plan: ${saved.why}; 64 sequences at once (moe-offload profile --model DIR measures this model, then generate plans its batch)`;
+  const model = await loadModel(str('model')!, { ...plan.load, signal: ac.signal });
   process.stderr.write(
-    `${planLine}${slots === undefined && model.expertCache ? `; ${model.expertCache.capacity} routed experts in slots` : ''}; KV cache ${gib(kvCacheBytes)} = ${model.kvTokensFree} tokens\n`,
+    `${planLine}${plan.expertSlots === undefined && model.expertCache ? `; ${model.expertCache.capacity} routed experts in slots` : ''}; KV cache ${gib(plan.load.kvCacheBytes!)} = ${model.kvTokensFree} tokens\n`,
   );
   const tty = process.stderr.isTTY;
   let lastLine = 0;
@@ -441,9 +416,7 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
     const s = await generateJsonl(model, str('input')!, str('output')!, {
       defaults,
       signal: ac.signal,
-      ...(maxBatchTokens !== undefined ? { maxBatchTokens } : {}),
-      ...(maxSequences !== undefined ? { maxSequences } : {}),
-      ...(microBatches !== undefined ? { microBatches } : {}),
+      ...plan.batch,
       onError: (line, e) => {
         const code = (e as Error & { code?: string }).code;
         const msg = e.message.startsWith(`line ${line}:`) ? e.message : `line ${line}: ${e.message}`;

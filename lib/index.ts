@@ -93,6 +93,11 @@ export {
   type GenerationStream,
 } from './engine/model.js';
 export type { StepTimes, StepRouting } from './engine/forward.js';
+// throughput mode's performance model (MoE-Lens) and planning
+export { planRun, type RunPlan, type RunPlanOptions } from './batching/plan.js';
+export { profileModel } from './batching/profile.js';
+export { chooseBatch, predictDecode, predictPrefill, type ModelProfile, type DecodePrediction, type PrefillPrediction } from './batching/perf-model.js';
+export { expertSlotsFor, stepArenaNeed, hostKvLimit, kvTokensFor, kvBytesFor } from './batching/memory.js';
 export type { BatchOptions, BatchRequestOptions, BatchResult } from './engine/batch.js';
 export { Sampler, sampleRows, type SamplingOptions } from './engine/sampler.js';
 export { buildByteLevelBpe, byteToUnicode, type ByteLevelBpeOptions, type ByteLevelBpe } from './model/tokenizer-gen.js';
