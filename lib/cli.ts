@@ -14,7 +14,8 @@ import { parseArgs } from 'node:util';
 import { type Backend, openBackend } from './backend.js';
 import { denseWeightBytes, expertBytes, hostKvLimit, stepDeviceBytes } from './batching/memory.js';
 import { type ModelProfile, chooseBatch, opCost, predictPrefill, stepOps } from './batching/perf-model.js';
-import { planRun } from './batching/plan.js';
+import { planRun, workloadThroughput } from './batching/plan.js';
+import { readWorkload, workloadShape } from './batching/workload.js';
 import { profileModel, readProbeGBs } from './batching/profile.js';
 
 import { demo } from './demo.js';
@@ -37,13 +38,15 @@ commands:
                              decode step at its own shapes vs batch (and attention vs context), per-op and per-step
                              runtime costs, on the backend generate would use (CUDA: staged, attention on the CPU);
                              default FILE ~/.cache/moe-offload/profile-<model folder name>[-cuda].json
-  plan --model DIR [--context N] [--kv-gib G] [--experts FRACTION] [--device-gib G] [--profile FILE]
-       [--backend auto|cpu|cuda]
+  plan --model DIR [--context N | --workload TRACE] [--kv-gib G] [--experts FRACTION] [--device-gib G]
+       [--profile FILE] [--backend auto|cpu|cuda]
                              predicted decode throughput per batch size, the binding resource, the chosen batch,
                              and the prefill throughput of prompts of the context's length; --experts FRACTION:
                              routed experts offloaded with that fraction in slots (the copies they cost per step);
                              otherwise on CUDA (or with --device-gib G of device memory) the experts that fit beside
-                             each batch's step are chosen with it (measures and saves the profile when FILE is absent)
+                             each batch's step are chosen with it (measures and saves the profile when FILE is absent);
+                             --workload: a request trace (CSV ContextTokens,GeneratedTokens or JSONL input_length,
+                             output_length): plans at its mean decode KV length, predicts its end-to-end tokens/s
   info [--json]              package version, CPU features, CUDA devices (or why CUDA is unavailable), backend in use
   make-model --preset NAME [--seed N] [--layers N] DIR
                              write a random-weight MoE checkpoint in HF format (config.json, safetensors shards,
@@ -287,10 +290,21 @@ function savedProfile(file: string, cfg: ReturnType<typeof parseModelConfig>): {
 async function planCmd(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { model: { type: 'string' }, context: { type: 'string' }, 'kv-gib': { type: 'string' }, profile: { type: 'string' }, experts: { type: 'string' }, 'device-gib': { type: 'string' }, backend: { type: 'string' } },
+    options: {
+      model: { type: 'string' },
+      context: { type: 'string' },
+      workload: { type: 'string' },
+      'kv-gib': { type: 'string' },
+      profile: { type: 'string' },
+      experts: { type: 'string' },
+      'device-gib': { type: 'string' },
+      backend: { type: 'string' },
+    },
   });
   if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required');
   const cfg = modelConfig(values.model);
+  // --workload FILE: a request trace's lengths; its decode context unless --context
+  const workload = values.workload !== undefined ? workloadShape(readWorkload(values.workload)) : undefined;
   // --experts FRACTION: routed experts offloaded, that fraction of them in slots (loadModel's experts.fraction)
   const fraction = numOpt(values.experts, 'experts');
   if (fraction !== undefined && !(fraction > 0 && fraction <= 1)) throw new InvalidArgumentError(`--experts must be a fraction in (0, 1], received ${values.experts}`);
@@ -306,7 +320,7 @@ async function planCmd(args: string[]): Promise<number> {
   if (saved.profile && (expertSlots !== undefined || deviceBytes !== undefined) && !(saved.profile.copyGBs! > 0)) saved = { why: `${file} lacks the expert copy rate` };
   if (!saved.profile) process.stderr.write(`${saved.why}: measuring this model's profile now into ${own} (moe-offload profile saves it)\n`);
   const p = saved.profile ?? (await measureProfile(values.model, own, undefined, be));
-  const context = intOpt(values.context, 'context') ?? 512;
+  const context = intOpt(values.context, 'context') ?? (workload ? Math.max(1, Math.round(workload.decodeContext)) : 512);
   const kvGiB = numOpt(values['kv-gib'], 'kv-gib') ?? hostKvLimit(cfg, { totalBytes: p.hostMemoryBytes, freeBytes: os.freemem() }) / 2 ** 30;
   const perToken = cfg.numLayers * 2 * (cfg.mla ? cfg.numHeads : cfg.numKvHeads) * attentionHeadDim(cfg) * 2;
   const kvTokens = Math.floor((kvGiB * 2 ** 30) / perToken);
@@ -353,6 +367,14 @@ async function planCmd(args: string[]): Promise<number> {
     process.stdout.write(`prefill: prompts of ${context} tokens in steps of 512: ${f.tokensPerSecond.toFixed(1)} tokens/s predicted (${f.steps.length} step(s) of ${f.stepMs.toFixed(1)} ms; ${f.bound})\n`);
   } else {
     process.stdout.write(`prefill: not predicted (the saved profile has no prefill points; moe-offload profile measures them)\n`);
+  }
+  if (workload) {
+    const e2e = workloadThroughput(cfg, p, workload, best.prediction, 512, best.expertSlots ?? expertSlots);
+    process.stdout.write(
+      `workload: ${workload.requests} requests, prompts ${workload.meanPrompt.toFixed(0)} tokens and outputs ${workload.meanOutput.toFixed(0)} on average, decode context ${workload.decodeContext.toFixed(0)}` +
+        (e2e.tokensPerSecond !== undefined ? `; ${e2e.tokensPerSecond.toFixed(1)} generated tokens/s end to end predicted (prefill ${e2e.prefillTokensPerSecond!.toFixed(1)} prompt tokens/s)` : '') +
+        '\n',
+    );
   }
   return 0;
 }

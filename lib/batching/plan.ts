@@ -21,7 +21,8 @@ import type { ExpertMode, LoadModelOptions } from '../engine/model.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
 import { hostKvLimit, kvBytesFor, kvTokensFor } from './memory.js';
-import { type DecodePrediction, type ModelProfile, chooseBatch } from './perf-model.js';
+import { type DecodePrediction, type ModelProfile, chooseBatch, predictPrefill } from './perf-model.js';
+import { type Workload, type WorkloadShape, workloadShape } from './workload.js';
 
 export interface RunPlanOptions {
   /** The backend the run computes on (its kind sets what 'auto' means; CUDA: its free memory). */
@@ -34,8 +35,13 @@ export interface RunPlanOptions {
   deviceMemoryBytes?: number;
   /** The KV cache's host bytes (default: the batch at `context`, at least 256 MiB, within hostKvLimit). */
   kvCacheBytes?: number;
-  /** The KV length the plan assumes per sequence (default 384: prompts of 256 tokens and 128 new ones). */
+  /**
+   * The KV length the plan assumes per sequence (default: the workload's decodeContext, else 384: prompts of 256
+   * tokens and 128 new ones).
+   */
   context?: number;
+  /** The workload's prompt and output lengths (workload.ts readWorkload): its decode context, and the end-to-end prediction. */
+  workload?: Workload;
   /** Tokens per step (generateBatch's maxBatchTokens; default 512). */
   maxBatchTokens?: number;
   /** Sequences at once: given, no batch is planned. */
@@ -57,6 +63,31 @@ export interface RunPlan {
   prediction?: DecodePrediction;
   /** Why no batch was planned (no profile, or maxSequences given). */
   why?: string;
+  /**
+   * The workload's shape, and with a profile that has prefill points its generated tokens per second end to end:
+   * sum of outputs / (prefill of every prompt at the predicted prefill rate + decode at the chosen batch's rate).
+   */
+  workload?: WorkloadShape & { tokensPerSecond?: number; prefillTokensPerSecond?: number };
+}
+
+/**
+ * A workload's generated tokens per second end to end on profile `p`: every prompt prefilled at the predicted
+ * prefill rate (prompts of the mean length, steps of `chunk` tokens), every output decoded at `decode`'s rate:
+ * meanOutput / (meanPrompt / prefill + meanOutput / decode). Prefill and decode are taken not to overlap (the
+ * runtime shares steps between them, so this errs low). Nothing without the profile's prefill points.
+ */
+export function workloadThroughput(
+  cfg: ModelConfig,
+  p: ModelProfile,
+  shape: WorkloadShape,
+  decode: DecodePrediction,
+  chunk: number,
+  expertSlots?: number,
+): { tokensPerSecond?: number; prefillTokensPerSecond?: number } {
+  if (!p.prefillTokens?.length) return {};
+  const prefill = predictPrefill(cfg, p, { prompt: Math.max(1, Math.round(shape.meanPrompt)), chunk, ...(expertSlots !== undefined ? { expertSlots } : {}) });
+  const seconds = shape.meanPrompt / prefill.tokensPerSecond + shape.meanOutput / decode.tokensPerSecond;
+  return { prefillTokensPerSecond: prefill.tokensPerSecond, tokensPerSecond: shape.meanOutput / seconds };
 }
 
 const posInt = (v: number | undefined, name: string): void => {
@@ -81,11 +112,13 @@ export function planRun(cfg: ModelConfig, o: RunPlanOptions): RunPlan {
   const auto = experts === 'auto' || (typeof experts === 'object' && experts !== null && experts.slots === 'auto');
   const deviceBytes = auto ? (o.deviceMemoryBytes ?? (o.backend.kind === 'cuda' ? o.backend.memoryInfo()?.free : undefined)) : undefined;
   const kvLimit = o.kvCacheBytes ?? hostKvLimit(cfg, { totalBytes: os.totalmem(), freeBytes: os.freemem() });
-  const context = o.context ?? 384;
+  const shape = o.workload !== undefined ? workloadShape(o.workload) : undefined;
+  const context = o.context ?? (shape ? Math.max(1, Math.round(shape.decodeContext)) : 384);
   const stepTokens = o.maxBatchTokens ?? 512;
   let maxSequences = o.maxSequences;
   let microBatches = o.microBatches;
   let expertSlots: number | undefined;
+  let slotsPriced: number | undefined; // the slots the prediction priced copies for (planned or the fraction's)
   let prediction: DecodePrediction | undefined;
   let why: string | undefined;
   const p = o.profile;
@@ -106,11 +139,13 @@ export function planRun(cfg: ModelConfig, o: RunPlanOptions): RunPlan {
     maxSequences = best.batch;
     microBatches ??= best.microBatches;
     expertSlots = typeof slotPlan === 'object' ? best.expertSlots : undefined;
+    slotsPriced = typeof slotPlan === 'object' ? best.expertSlots : slotPlan;
     prediction = best.prediction;
   }
   const sequences = maxSequences ?? 64;
   // sized for the batch's sequences at the plan's context; longer ones wait for room
   const kvCacheBytes = o.kvCacheBytes ?? Math.min(kvLimit, Math.max(256 * 2 ** 20, kvBytesFor(cfg, sequences * context)));
+  const workload = shape && p && prediction ? { ...shape, ...workloadThroughput(cfg, p, shape, prediction, stepTokens, slotsPriced) } : shape;
   const planned: ExpertMode | undefined =
     expertSlots === undefined ? undefined : typeof experts === 'object' && experts !== null ? { ...experts, slots: expertSlots } : { slots: expertSlots, policy: 'lru' };
   return {
@@ -127,5 +162,6 @@ export function planRun(cfg: ModelConfig, o: RunPlanOptions): RunPlan {
     ...(expertSlots !== undefined ? { expertSlots } : {}),
     ...(prediction ? { prediction } : {}),
     ...(why ? { why } : {}),
+    ...(workload ? { workload } : {}),
   };
 }
