@@ -15,16 +15,17 @@ import { type Backend, openBackend } from './backend.js';
 import { denseWeightBytes, expertBytes, hostKvLimit, stepDeviceBytes } from './batching/memory.js';
 import { type ModelProfile, chooseBatch, opCost, predictPrefill, stepOps } from './batching/perf-model.js';
 import { planRun, workloadThroughput } from './batching/plan.js';
-import { readWorkload, workloadShape } from './batching/workload.js';
+import { type Workload, readWorkload, workloadShape } from './batching/workload.js';
 import { profileModel, readProbeGBs } from './batching/profile.js';
 
 import { demo } from './demo.js';
-import { generateJsonl, progressLine } from './engine/jsonl.js';
+import { completedIds, generateJsonl, inputWorkload, progressLine } from './engine/jsonl.js';
 import { loadModel } from './engine/model.js';
 import { InvalidArgumentError } from './errors.js';
 import { formatInfo, info } from './info.js';
 import { parseModelConfig } from './model/config.js';
 import { makeModel } from './model/make-model.js';
+import { ModelTokenizer } from './model/tokenizer.js';
 import { attentionHeadDim } from './model/weights.js';
 import { PRESETS, PRESET_NAMES } from './model/presets.js';
 
@@ -402,10 +403,17 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
   // the plan, before loading: the batch the performance model predicts fastest within the KV cache and the expert
   // slots that fit beside its step (from this model's saved profile), the KV cache sized for it
   const saved = maxSequences === undefined ? savedProfile(defaultProfile(str('model')!, be.kind), cfg) : {};
+  // the plan's decode context: the input's requests still to run (prompts tokenized, outputs at their limits)
+  let workload: Workload | undefined;
+  if (saved.profile) {
+    const tokenizer = await ModelTokenizer.load(str('model')!);
+    const w = inputWorkload(str('input')!, tokenizer, cfg.vocabSize, maxNewTokens !== undefined ? { maxNewTokens } : {}, completedIds(str('output')!));
+    if (w.prompts.length > 0) workload = w;
+  }
   const plan = planRun(cfg, {
     backend: be,
     experts,
-    context: 256 + (maxNewTokens ?? 128),
+    ...(workload ? { workload } : { context: 256 + (maxNewTokens ?? 128) }),
     ...(saved.profile ? { profile: saved.profile } : {}),
     ...deviceOpt(str('device-gib')),
     ...(kvGiB !== undefined ? { kvCacheBytes: Math.floor(kvGiB * 2 ** 30) } : {}),
@@ -416,7 +424,7 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
   const total = cfg.moeLayers.length * cfg.numExperts;
   const b = plan.batch;
   const planLine = plan.prediction
-    ? `plan: ${b.maxSequences} sequences at once${b.microBatches! > 1 ? ` in ${b.microBatches} attention micro-batches` : ''} (${plan.prediction.tokensPerSecond.toFixed(1)} decode tokens/s predicted at context ${plan.context}; ${plan.prediction.bound})` +
+    ? `plan: ${b.maxSequences} sequences at once${b.microBatches! > 1 ? ` in ${b.microBatches} attention micro-batches` : ''} (${plan.prediction.tokensPerSecond.toFixed(1)} decode tokens/s predicted at context ${plan.context}${plan.workload ? `, the mean KV length of the input's ${plan.workload.requests} requests` : ''}; ${plan.prediction.bound})` +
       (plan.expertSlots !== undefined ? `; ${plan.expertSlots === total ? `all ${total}` : `${plan.expertSlots} of ${total}`} routed experts in device memory` : '')
     : maxSequences !== undefined
       ? `plan: ${maxSequences} sequences at once (--max-sequences)`

@@ -11,6 +11,7 @@ import { after, before, test } from 'node:test';
 import { type ModelProfile, type OpPoint, type OpSpec, type StepPlan, chooseBatch, expectedExperts, expertCopies, interp, moduleOverlapMs, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
 import { denseWeightBytes, expertBytes, kvTokensFor, stepDeviceBytes } from '../lib/batching/memory.js';
 import { profileModel } from '../lib/batching/profile.js';
+import { workloadShape } from '../lib/batching/workload.js';
 import { LOGIT_ROWS } from '../lib/engine/forward.js';
 import { Backend, cudaUnavailableReason, DeviceTensor, loadModel, makeModel, type ModelConfig, type MoeModel, type PresetName } from '../lib/index.js';
 
@@ -583,6 +584,12 @@ test('cli profile and plan: the profile of the backend in use saved under its na
     assert.equal(g.status, 0, g.stderr);
     // the KV cache for the batch at the plan's context: at least loadModel's 256 MiB (a tiny model's batch needs less)
     assert.match(g.stderr, new RegExp(`^plan: \\d+ sequences at once .*; 12 of ${total} routed experts in device memory; KV cache 0\\.25 GiB = ${kvTokensFor(cfg, 2 ** 28)} tokens$`, 'm'));
+    // planned at the input's decode context: its two prompts tokenized, 4 new tokens each
+    {
+      using m = await loadModel(dir, { experts: 'resident' });
+      const shape = workloadShape({ prompts: ['a b c', 'd e f'].map((t) => m.encode(t).length), outputs: [4, 4] });
+      assert.match(g.stderr, new RegExp(`at context ${Math.round(shape.decodeContext)}, the mean KV length of the input's 2 requests; `));
+    }
     assert.equal(fs.readFileSync(output, 'utf8').trim().split('\n').length, 2);
     // --kv-gib: that much; the resumed run skips both requests
     const k = spawnSync(process.execPath, [cli, 'generate', '--model', dir, '--input', input, '--output', output, '--kv-gib', '0.01'], { encoding: 'utf8', env });

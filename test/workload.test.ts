@@ -11,7 +11,8 @@ import { chooseBatch, predictPrefill } from '../lib/batching/perf-model.js';
 import { planRun } from '../lib/batching/plan.js';
 import { profileModel } from '../lib/batching/profile.js';
 import { readWorkload, workloadShape } from '../lib/batching/workload.js';
-import { loadModel, makeModel, openBackend } from '../lib/index.js';
+import { inputWorkload } from '../lib/engine/jsonl.js';
+import { loadModel, makeModel, ModelTokenizer, openBackend } from '../lib/index.js';
 
 const dataDir = path.join(__dirname, '..', '..', '..', 'shared', 'data');
 let tmp = '';
@@ -67,6 +68,24 @@ test('the real traces: Azure LLM inference 2023 (conversation, code) and Mooncak
   assert.ok(s.decodeContext > s.meanPrompt, 'decode steps see the prompt and part of the answer');
   const moon = workloadShape(readWorkload(path.join(dataDir, 'mooncake-fast25', 'conversation_trace.jsonl')));
   assert.ok(moon.requests > 10000 && moon.meanPrompt > 1000, JSON.stringify(moon));
+});
+
+test('inputWorkload: the requests of a JSONL input still to run, prompts tokenized as the model does, outputs at their limits', async () => {
+  const dir = path.join(tmp, 'tiny-qwen3');
+  await makeModel(dir, { preset: 'tiny-qwen3-moe', seed: 4 });
+  using m = await loadModel(dir, { experts: 'resident' });
+  const input = path.join(tmp, 'in.jsonl');
+  const lines = [
+    { id: 'a', prompt: 'hello there', max_new_tokens: 7 },
+    { id: 'b', messages: [{ role: 'user', content: 'a chat turn' }] },
+    { id: 'c', tokens: [3, 4, 5] },
+    { id: 'done', prompt: 'already written' },
+  ];
+  fs.writeFileSync(input, [...lines.map((l) => JSON.stringify(l)), '{not json', JSON.stringify({ id: 'e', tokens: [1, 2], max_new_tokens: 2 })].join('\n'));
+  const tokenizer = await ModelTokenizer.load(dir);
+  const w = inputWorkload(input, tokenizer, m.config.vocabSize, { maxNewTokens: 50 }, new Set(['done']));
+  assert.deepEqual(w.prompts, [m.encode('hello there').length, m.encode([{ role: 'user', content: 'a chat turn' }]).length, 3, 2]);
+  assert.deepEqual(w.outputs, [7, 50, 50, 2]);
 });
 
 test('planRun with a workload plans at its decode context and predicts its end-to-end tokens/s; plan --workload prints them', async () => {

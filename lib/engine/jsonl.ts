@@ -15,7 +15,9 @@ import readline from 'node:readline';
 import { describe } from '../dtype.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { BatchOptions, BatchRequestOptions } from './batch.js';
-import type { MoeModel, Prompt } from './model.js';
+import type { Workload } from '../batching/workload.js';
+import type { ModelTokenizer } from '../model/tokenizer.js';
+import { type MoeModel, type Prompt, encodePrompt } from './model.js';
 
 export interface JsonlProgress {
   /** Non-empty input lines (requests to run, already done, or malformed), counted before the run starts. */
@@ -76,6 +78,30 @@ export function parseRequestLine(line: string, lineNo: number, defaults: BatchRe
     o.stop = stop as string[];
   }
   return { id: String(rawId), prompt, options: o };
+}
+
+/**
+ * The prompt and output lengths of the requests in `input` still to run (ids not in `skip`), as the run will see them
+ * (prompts tokenized as MoeModel.encode does; outputs at their max_new_tokens, else `defaults`, else 128: an upper
+ * bound, as EOS may end them sooner). Bad lines are left out (the run reports them). For planRun's `workload`.
+ */
+export function inputWorkload(input: string, tokenizer: ModelTokenizer, vocabSize: number, defaults: BatchRequestOptions = {}, skip: ReadonlySet<string> = new Set()): Workload {
+  const prompts: number[] = [];
+  const outputs: number[] = [];
+  fs.readFileSync(input, 'utf8')
+    .split('\n')
+    .forEach((line, i) => {
+      if (!line.trim()) return;
+      try {
+        const r = parseRequestLine(line, i + 1, defaults);
+        if (skip.has(r.id)) return;
+        prompts.push(encodePrompt(tokenizer, vocabSize, r.prompt).length);
+        outputs.push(r.options.maxNewTokens ?? 128);
+      } catch (e) {
+        if (!(e instanceof InvalidArgumentError)) throw e;
+      }
+    });
+  return { prompts, outputs };
 }
 
 /** Ids already present in an output file (for resuming); a torn last line is ignored. */

@@ -109,6 +109,25 @@ export interface LoadModelOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * The token ids of `prompt` (MoeModel.encode; also without a loaded model): text with special tokens, chat messages
+ * through the chat template, or token ids checked against the vocabulary.
+ */
+export function encodePrompt(tokenizer: ModelTokenizer, vocabSize: number, prompt: Prompt): number[] {
+  if (typeof prompt === 'string') return tokenizer.encode(prompt);
+  if (Array.isArray(prompt)) return tokenizer.encode(tokenizer.applyChatTemplate(prompt as ChatMessage[]), { addSpecialTokens: false });
+  if (typeof prompt === 'object' && prompt !== null && Array.isArray((prompt as { tokens?: unknown }).tokens)) {
+    const t = (prompt as { tokens: unknown[] }).tokens;
+    t.forEach((id, i) => {
+      if (!Number.isSafeInteger(id) || (id as number) < 0 || (id as number) >= vocabSize) {
+        throw new InvalidArgumentError(`prompt.tokens[${i}] must be an integer in [0, ${vocabSize}), received ${describe(id)}`);
+      }
+    });
+    return t as number[];
+  }
+  throw new InvalidArgumentError(`prompt must be a string, an array of { role, content } messages or { tokens: number[] }, received ${describe(prompt)}`);
+}
+
 /** A prompt: text (tokenized with special tokens), chat messages (rendered with the chat template), or token ids. */
 export type Prompt = string | readonly ChatMessage[] | { tokens: readonly number[] };
 
@@ -302,18 +321,7 @@ export class MoeModel {
 
   /** Token ids of a prompt (text: with the tokenizer's special tokens; messages: through the chat template). */
   encode(prompt: Prompt): number[] {
-    if (typeof prompt === 'string') return this.tokenizer.encode(prompt);
-    if (Array.isArray(prompt)) return this.tokenizer.encode(this.tokenizer.applyChatTemplate(prompt as ChatMessage[]), { addSpecialTokens: false });
-    if (typeof prompt === 'object' && prompt !== null && Array.isArray((prompt as { tokens?: unknown }).tokens)) {
-      const t = (prompt as { tokens: unknown[] }).tokens;
-      t.forEach((id, i) => {
-        if (!Number.isSafeInteger(id) || (id as number) < 0 || (id as number) >= this.config.vocabSize) {
-          throw new InvalidArgumentError(`prompt.tokens[${i}] must be an integer in [0, ${this.config.vocabSize}), received ${describe(id)}`);
-        }
-      });
-      return t as number[];
-    }
-    throw new InvalidArgumentError(`prompt must be a string, an array of { role, content } messages or { tokens: number[] }, received ${describe(prompt)}`);
+    return encodePrompt(this.tokenizer, this.config.vocabSize, prompt);
   }
 
   /**
