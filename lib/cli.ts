@@ -305,7 +305,8 @@ async function planCmd(args: string[]): Promise<number> {
   if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required');
   const cfg = modelConfig(values.model);
   // --workload FILE: a request trace's lengths; its decode context unless --context
-  const workload = values.workload !== undefined ? workloadShape(readWorkload(values.workload)) : undefined;
+  const trace = values.workload !== undefined ? readWorkload(values.workload) : undefined;
+  const workload = trace ? workloadShape(trace) : undefined;
   // --experts FRACTION: routed experts offloaded, that fraction of them in slots (loadModel's experts.fraction)
   const fraction = numOpt(values.experts, 'experts');
   if (fraction !== undefined && !(fraction > 0 && fraction <= 1)) throw new InvalidArgumentError(`--experts must be a fraction in (0, 1], received ${values.experts}`);
@@ -370,7 +371,8 @@ async function planCmd(args: string[]): Promise<number> {
     process.stdout.write(`prefill: not predicted (the saved profile has no prefill points; moe-offload profile measures them)\n`);
   }
   if (workload) {
-    const e2e = workloadThroughput(cfg, p, workload, best.prediction, 512, best.expertSlots ?? expertSlots);
+    const slots = best.expertSlots ?? expertSlots;
+    const e2e = workloadThroughput(cfg, p, trace!, best.batch, { ...(slots !== undefined ? { expertSlots: slots } : {}), microBatches: best.microBatches });
     process.stdout.write(
       `workload: ${workload.requests} requests, prompts ${workload.meanPrompt.toFixed(0)} tokens and outputs ${workload.meanOutput.toFixed(0)} on average, decode context ${workload.decodeContext.toFixed(0)}` +
         (e2e.tokensPerSecond !== undefined ? `; ${e2e.tokensPerSecond.toFixed(1)} generated tokens/s end to end predicted (prefill ${e2e.prefillTokensPerSecond!.toFixed(1)} prompt tokens/s)` : '') +

@@ -7,8 +7,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { chooseBatch, predictPrefill } from '../lib/batching/perf-model.js';
-import { planRun } from '../lib/batching/plan.js';
+import { chooseBatch, predictDecode, predictPrefill } from '../lib/batching/perf-model.js';
+import { planRun, workloadThroughput } from '../lib/batching/plan.js';
 import { profileModel } from '../lib/batching/profile.js';
 import { readWorkload, workloadShape } from '../lib/batching/workload.js';
 import { inputWorkload } from '../lib/engine/jsonl.js';
@@ -100,9 +100,22 @@ test('planRun with a workload plans at its decode context and predicts its end-t
   assert.equal(plan.context, Math.round(shape.decodeContext));
   const best = chooseBatch(cfg, profile, plan.context, Math.floor(2 ** 26 / (64 * cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * 2)) * 64);
   assert.equal(plan.batch.maxSequences, best.batch);
-  const prefill = predictPrefill(cfg, profile, { prompt: Math.round(shape.meanPrompt), chunk: 512 });
-  const expected = shape.meanOutput / (shape.meanPrompt / prefill.tokensPerSecond + shape.meanOutput / best.prediction.tokensPerSecond);
-  assert.ok(Math.abs(plan.workload!.tokensPerSecond! - expected) < 1e-9 * expected);
+  assert.equal(plan.workload!.tokensPerSecond, workloadThroughput(cfg, profile, w, best.batch, { chunk: 512 }).tokensPerSecond);
+  // workloadThroughput, step by step: four equal requests at once decode 8 steps of 4 sequences at KV 41..48
+  const eq = { prompts: [40, 40, 40, 40], outputs: [8, 8, 8, 8] };
+  const e = workloadThroughput(cfg, profile, eq, 4);
+  let decodeMs = 0;
+  for (let j = 1; j <= 8; j++) decodeMs += predictDecode(cfg, profile, { batch: 4, context: Math.max(16, Math.round((40 + j) / 16) * 16) }).stepMs;
+  assert.ok(Math.abs(e.decodeSeconds! - decodeMs / 1000) < 1e-9);
+  const prefill = predictPrefill(cfg, profile, { prompt: 40, chunk: 512 });
+  assert.ok(Math.abs(e.prefillSeconds! - 160 / prefill.tokensPerSecond) < 1e-9);
+  assert.ok(Math.abs(e.tokensPerSecond! - 32 / (e.prefillSeconds! + e.decodeSeconds!)) < 1e-9);
+  // a batch of 2: two waves of 8 steps at 2 sequences
+  assert.ok(workloadThroughput(cfg, profile, eq, 2).decodeSeconds! > e.decodeSeconds!);
+  // one long request among short ones: its tail runs alone, slower per token than the full batch
+  const tail = workloadThroughput(cfg, profile, { prompts: [40, 40, 40, 40], outputs: [2, 2, 2, 30] }, 4);
+  const full = predictDecode(cfg, profile, { batch: 4, context: 48 });
+  assert.ok(tail.decodeSeconds! > (36 / full.tokensPerSecond) * 1.2, 'the drained batch costs more than the full batch rate');
   // the CLI
   const cli = path.join(__dirname, '..', 'lib', 'cli.js');
   const trace = path.join(tmp, 'w.jsonl');

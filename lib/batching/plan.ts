@@ -21,7 +21,7 @@ import type { ExpertMode, LoadModelOptions } from '../engine/model.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
 import { hostKvLimit, kvBytesFor, kvTokensFor } from './memory.js';
-import { type DecodePrediction, type ModelProfile, chooseBatch, predictPrefill } from './perf-model.js';
+import { type DecodePrediction, type ModelProfile, chooseBatch, predictDecode, predictPrefill } from './perf-model.js';
 import { type Workload, type WorkloadShape, workloadShape } from './workload.js';
 
 export interface RunPlanOptions {
@@ -64,30 +64,65 @@ export interface RunPlan {
   /** Why no batch was planned (no profile, or maxSequences given). */
   why?: string;
   /**
-   * The workload's shape, and with a profile that has prefill points its generated tokens per second end to end:
-   * sum of outputs / (prefill of every prompt at the predicted prefill rate + decode at the chosen batch's rate).
+   * The workload's shape, and with a profile that has prefill points its generated tokens per second end to end
+   * (workloadThroughput at the chosen batch).
    */
-  workload?: WorkloadShape & { tokensPerSecond?: number; prefillTokensPerSecond?: number };
+  workload?: WorkloadShape & { tokensPerSecond?: number; prefillTokensPerSecond?: number; decodeSeconds?: number; prefillSeconds?: number };
 }
 
 /**
- * A workload's generated tokens per second end to end on profile `p`: every prompt prefilled at the predicted
- * prefill rate (prompts of the mean length, steps of `chunk` tokens), every output decoded at `decode`'s rate:
- * meanOutput / (meanPrompt / prefill + meanOutput / decode). Prefill and decode are taken not to overlap (the
- * runtime shares steps between them, so this errs low). Nothing without the profile's prefill points.
+ * A workload's generated tokens per second end to end on profile `p`, run `batch` sequences at a time (continuous
+ * batching, requests admitted in order as others finish):
+ *   prefill: every prompt at the predicted prefill rate (prompts of the mean length, steps of `chunk` tokens);
+ *   decode: step by step, each step predicted at the sequences still running and their mean KV length (so the batch
+ *     draining at the end of a finite workload costs what it does: fewer sequences per step).
+ * Prefill and decode are taken not to overlap (the runtime shares steps between them, so this errs low). Nothing
+ * without the profile's prefill points.
  */
 export function workloadThroughput(
   cfg: ModelConfig,
   p: ModelProfile,
-  shape: WorkloadShape,
-  decode: DecodePrediction,
-  chunk: number,
-  expertSlots?: number,
-): { tokensPerSecond?: number; prefillTokensPerSecond?: number } {
+  w: Workload,
+  batch: number,
+  o: { chunk?: number; expertSlots?: number; microBatches?: number } = {},
+): { tokensPerSecond?: number; prefillTokensPerSecond?: number; decodeSeconds?: number; prefillSeconds?: number } {
   if (!p.prefillTokens?.length) return {};
-  const prefill = predictPrefill(cfg, p, { prompt: Math.max(1, Math.round(shape.meanPrompt)), chunk, ...(expertSlots !== undefined ? { expertSlots } : {}) });
-  const seconds = shape.meanPrompt / prefill.tokensPerSecond + shape.meanOutput / decode.tokensPerSecond;
-  return { prefillTokensPerSecond: prefill.tokensPerSecond, tokensPerSecond: shape.meanOutput / seconds };
+  const shape = workloadShape(w);
+  posInt(batch, 'batch');
+  const slots = o.expertSlots !== undefined ? { expertSlots: o.expertSlots } : {};
+  const prefill = predictPrefill(cfg, p, { prompt: Math.max(1, Math.round(shape.meanPrompt)), chunk: o.chunk ?? 512, ...slots });
+  // decode steps: memoised by (sequences, KV length rounded to 16)
+  const memo = new Map<number, number>();
+  const stepMs = (b: number, kv: number): number => {
+    const ctx = Math.max(16, Math.round(kv / 16) * 16);
+    const key = b * 1e9 + ctx;
+    let ms = memo.get(key);
+    if (ms === undefined) {
+      const m = Math.min(o.microBatches ?? 1, b);
+      ms = predictDecode(cfg, p, { batch: b, context: ctx, ...(m > 1 ? { microBatches: m } : {}), ...slots }).stepMs;
+      memo.set(key, ms);
+    }
+    return ms;
+  };
+  let decodeMs = 0;
+  let next = 0;
+  let active: Array<{ kv: number; left: number }> = [];
+  while (next < shape.requests || active.length > 0) {
+    while (active.length < batch && next < shape.requests) {
+      active.push({ kv: w.prompts[next]!, left: w.outputs[next]! });
+      next++;
+    }
+    const kv = active.reduce((a, x) => a + x.kv, 0) / active.length + 1;
+    decodeMs += stepMs(active.length, kv);
+    for (const x of active) {
+      x.kv++;
+      x.left--;
+    }
+    active = active.filter((x) => x.left > 0);
+  }
+  const prefillSeconds = (shape.meanPrompt * shape.requests) / prefill.tokensPerSecond;
+  const decodeSeconds = decodeMs / 1000;
+  return { prefillTokensPerSecond: prefill.tokensPerSecond, prefillSeconds, decodeSeconds, tokensPerSecond: (shape.meanOutput * shape.requests) / (prefillSeconds + decodeSeconds) };
 }
 
 const posInt = (v: number | undefined, name: string): void => {
@@ -145,7 +180,10 @@ export function planRun(cfg: ModelConfig, o: RunPlanOptions): RunPlan {
   const sequences = maxSequences ?? 64;
   // sized for the batch's sequences at the plan's context; longer ones wait for room
   const kvCacheBytes = o.kvCacheBytes ?? Math.min(kvLimit, Math.max(256 * 2 ** 20, kvBytesFor(cfg, sequences * context)));
-  const workload = shape && p && prediction ? { ...shape, ...workloadThroughput(cfg, p, shape, prediction, stepTokens, slotsPriced) } : shape;
+  const workload =
+    shape && p && maxSequences !== undefined && prediction
+      ? { ...shape, ...workloadThroughput(cfg, p, o.workload!, maxSequences, { chunk: stepTokens, ...(slotsPriced !== undefined ? { expertSlots: slotsPriced } : {}), ...(microBatches !== undefined ? { microBatches } : {}) }) }
+      : shape;
   const planned: ExpertMode | undefined =
     expertSlots === undefined ? undefined : typeof experts === 'object' && experts !== null ? { ...experts, slots: expertSlots } : { slots: expertSlots, policy: 'lru' };
   return {
