@@ -282,6 +282,21 @@ __device__ __forceinline__ void moe_wg_mma(float (&d)[C::kAcc], uint64_t desc_a,
   }
 }
 
+// One k tile of warpgroup `wg`: its BK / 16 wgmma from shared-memory `stage` as one committed group, then a wait
+// until at most this group is in flight (the previous k tile's group retired, its shared-memory reads done: the
+// caller may release that tile's stage). Accumulators fenced around every issue / wait point.
+template <class C>
+__device__ __forceinline__ void moe_wg_ktile(float (&acc)[C::kAcc], uint32_t stage, int wg) {
+  moe_wg_fence_acc(acc);
+  moe_wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < C::BK / 16; ++kk) moe_wg_mma<C>(acc, C::a_desc(stage, wg, kk), C::b_desc(stage, kk));
+  moe_wgmma_commit();
+  moe_wg_fence_acc(acc);
+  moe_wgmma_wait<1>();
+  moe_wg_fence_acc(acc);
+}
+
 // ---- mbarrier and TMA (the MOE_CUDA_WG=tma kernels of moe_experts_wgmma_tma.cuh) ------------------------------
 
 __device__ __forceinline__ void moe_mbar_init(uint32_t bar, uint32_t count) {
@@ -420,15 +435,7 @@ __device__ __forceinline__ void moe_wg_mainloop(float (&acc)[C::kAcc], const uin
     if constexpr (kTma != MoeWgTma::None)  // the stage's TMA bytes of tile kt arrived
       moe_mbar_wait(bars + 8u * static_cast<uint32_t>(kt % C::STAGES), static_cast<uint32_t>((kt / C::STAGES) & 1));
     __syncthreads();  // every thread's copies of tile kt are written and fenced
-    const uint32_t stage = C::stage_addr(ring, kt % C::STAGES);
-    moe_wg_fence_acc(acc);
-    moe_wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < C::BK / 16; ++kk) moe_wg_mma<C>(acc, C::a_desc(stage, wg, kk), C::b_desc(stage, kk));
-    moe_wgmma_commit();
-    moe_wg_fence_acc(acc);
-    moe_wgmma_wait<1>();  // this warpgroup's group of tile kt - 1 is complete (its shared-memory reads done)
-    moe_wg_fence_acc(acc);
+    moe_wg_ktile<C>(acc, C::stage_addr(ring, kt % C::STAGES), wg);  // this warpgroup's group of tile kt - 1 retired
     __syncthreads();      // both warpgroups past that point: the slot of tile kt - 1 may be overwritten
     {
       const int nk = kt + C::STAGES - 1;  // slot nk % STAGES == (kt - 1) % STAGES

@@ -181,15 +181,7 @@ static __global__ void __launch_bounds__(kMoeWsThreads, 1)
     for (int kt = 0; kt < ktiles; ++kt, ++g) {
       const int s = g % C::STAGES;
       moe_mbar_wait(full + 8u * s, static_cast<uint32_t>((g / C::STAGES) & 1));
-      const uint32_t stage = C::stage_addr(ring, s);
-      moe_wg_fence_acc(acc);
-      moe_wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < C::BK / 16; ++kk) moe_wg_mma<C>(acc, C::a_desc(stage, wg, kk), C::b_desc(stage, kk));
-      moe_wgmma_commit();
-      moe_wg_fence_acc(acc);
-      moe_wgmma_wait<1>();  // this warpgroup's wgmma of the previous k tile retired: release its stage
-      moe_wg_fence_acc(acc);
+      moe_wg_ktile<C>(acc, C::stage_addr(ring, s), wg);  // the previous k tile's wgmma retired: release its stage
       if (kt > 0 && signals) moe_mbar_arrive(empty + 8u * static_cast<uint32_t>((g - 1) % C::STAGES));
     }
     moe_wgmma_wait<0>();
