@@ -12,7 +12,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { type Backend, openBackend } from './backend.js';
-import { denseWeightBytes, expertBytes, hostKvLimit, stepDeviceBytes } from './batching/memory.js';
+import { denseWeightBytes, expertBytes, hostKvLimit, kvTokensFor, stepDeviceBytes } from './batching/memory.js';
 import { type ModelProfile, chooseBatch, opCost, predictPrefill, stepOps } from './batching/perf-model.js';
 import { planRun, workloadThroughput } from './batching/plan.js';
 import { type Workload, readWorkload, workloadShape } from './batching/workload.js';
@@ -26,7 +26,6 @@ import { formatInfo, info } from './info.js';
 import { parseModelConfig } from './model/config.js';
 import { makeModel } from './model/make-model.js';
 import { ModelTokenizer } from './model/tokenizer.js';
-import { attentionHeadDim } from './model/weights.js';
 import { PRESETS, PRESET_NAMES } from './model/presets.js';
 
 const USAGE = `usage: moe-offload <command> [options]
@@ -114,18 +113,27 @@ function backendOpt(v: string | undefined): Backend {
   return openBackend(v === undefined ? {} : { backend: v });
 }
 
-/** --device-gib G: the device memory loadModel's experts 'auto' plans with (default on CUDA: the GPU's free memory). */
-function deviceOpt(v: string | undefined): { deviceMemoryBytes?: number } {
-  const g = numOpt(v, 'device-gib');
-  if (g === undefined) return {};
-  if (!(g > 0)) throw new InvalidArgumentError(`--device-gib must be a positive number of GiB, received ${JSON.stringify(v)}`);
-  return { deviceMemoryBytes: Math.floor(g * 2 ** 30) };
+/** A --NAME G option of GiB as bytes (undefined when absent); a typed error unless positive. */
+function gibOpt(v: string | undefined, name: string): number | undefined {
+  const g = numOpt(v, name);
+  if (g === undefined) return undefined;
+  if (!(g > 0)) throw new InvalidArgumentError(`--${name} must be a positive number of GiB, received ${JSON.stringify(v)}`);
+  return Math.floor(g * 2 ** 30);
 }
 
-/** The device memory to plan expert slots in: --device-gib, else on CUDA the GPU's free memory; undefined: plan them resident. */
-function deviceBudget(v: string | undefined, be: Backend): number | undefined {
-  return deviceOpt(v).deviceMemoryBytes ?? (be.kind === 'cuda' ? be.memoryInfo()?.free : undefined);
+/** --device-gib G: the device memory loadModel's experts 'auto' plans with (default on CUDA: the GPU's free memory). */
+function deviceOpt(v: string | undefined): { deviceMemoryBytes?: number } {
+  const b = gibOpt(v, 'device-gib');
+  return b === undefined ? {} : { deviceMemoryBytes: b };
 }
+
+/** The device memory to plan expert slots in: --device-gib, else the GPU's free memory (none on the CPU backend: resident). */
+function deviceBudget(v: string | undefined, be: Backend): number | undefined {
+  return gibOpt(v, 'device-gib') ?? be.memoryInfo()?.free;
+}
+
+/** "all N" or "S of N" routed experts in device memory. */
+const heldExperts = (slots: number, total: number) => `${slots === total ? `all ${total}` : `${slots} of ${total}`} routed experts in device memory`;
 
 const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
 
@@ -323,9 +331,9 @@ async function planCmd(args: string[]): Promise<number> {
   if (!saved.profile) process.stderr.write(`${saved.why}: measuring this model's profile now into ${own} (moe-offload profile saves it)\n`);
   const p = saved.profile ?? (await measureProfile(values.model, own, undefined, be));
   const context = intOpt(values.context, 'context') ?? (workload ? Math.max(1, Math.round(workload.decodeContext)) : 512);
-  const kvGiB = numOpt(values['kv-gib'], 'kv-gib') ?? hostKvLimit(cfg, { totalBytes: p.hostMemoryBytes, freeBytes: os.freemem() }) / 2 ** 30;
-  const perToken = cfg.numLayers * 2 * (cfg.mla ? cfg.numHeads : cfg.numKvHeads) * attentionHeadDim(cfg) * 2;
-  const kvTokens = Math.floor((kvGiB * 2 ** 30) / perToken);
+  const kvBytes = gibOpt(values['kv-gib'], 'kv-gib') ?? hostKvLimit(cfg, { totalBytes: p.hostMemoryBytes, freeBytes: os.freemem() });
+  const kvGiB = kvBytes / 2 ** 30;
+  const kvTokens = kvTokensFor(cfg, kvBytes);
   // predictions at the profile's own speeds: rescaling them to a read probe taken now did not help on the development
   // VM (bench/results/perf-model-cpu-2026-11-26-ab-summary.json); the probe is printed next to the profile's
   const probeNow = readProbeGBs(64 * 2 ** 20);
@@ -358,7 +366,7 @@ async function planCmd(args: string[]): Promise<number> {
   process.stdout.write(`choice: batch ${best.batch}${best.microBatches > 1 ? `, ${best.microBatches} micro-batches` : ''} (${best.prediction.tokensPerSecond.toFixed(1)} tokens/s predicted; ${best.prediction.bound}${why})\n`);
   if (deviceBytes !== undefined && best.expertSlots !== undefined) {
     process.stdout.write(
-      `experts: ${best.expertSlots === totalExperts ? `all ${totalExperts}` : `${best.expertSlots} of ${totalExperts}`} routed experts in device memory (${gib(best.expertSlots * expertBytes(cfg))}), ` +
+      `experts: ${heldExperts(best.expertSlots, totalExperts)} (${gib(best.expertSlots * expertBytes(cfg))}), ` +
         `beside the dense weights and a step of ${Math.max(best.batch, 512)} tokens (${gib(stepDeviceBytes(cfg, { tokens: Math.max(best.batch, 512) }))})` +
         `${best.expertSlots < totalExperts ? '; the rest stream from host memory' : ''}\n`,
     );
@@ -397,8 +405,8 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
   const num = (k: string, f: (v: string | undefined, n: string) => number | undefined) => f(str(k), k);
   const maxBatchTokens = num('max-batch-tokens', intOpt);
   const maxNewTokens = num('max-new-tokens', intOpt);
-  const kvGiB = num('kv-gib', numOpt);
-  if (kvGiB !== undefined && !(kvGiB > 0)) throw new InvalidArgumentError(`--kv-gib must be a positive number of GiB, received ${JSON.stringify(str('kv-gib'))}`);
+  const kvCacheBytes = gibOpt(str('kv-gib'), 'kv-gib');
+  const microBatches = num('micro-batches', intOpt);
   const be = backendOpt(str('backend'));
   const cfg = modelConfig(str('model')!);
   const maxSequences = num('max-sequences', intOpt);
@@ -418,16 +426,16 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
     ...(workload ? { workload } : { context: 256 + (maxNewTokens ?? 128) }),
     ...(saved.profile ? { profile: saved.profile } : {}),
     ...deviceOpt(str('device-gib')),
-    ...(kvGiB !== undefined ? { kvCacheBytes: Math.floor(kvGiB * 2 ** 30) } : {}),
+    ...(kvCacheBytes !== undefined ? { kvCacheBytes } : {}),
     ...(maxBatchTokens !== undefined ? { maxBatchTokens } : {}),
     ...(maxSequences !== undefined ? { maxSequences } : {}),
-    ...(num('micro-batches', intOpt) !== undefined ? { microBatches: num('micro-batches', intOpt)! } : {}),
+    ...(microBatches !== undefined ? { microBatches } : {}),
   });
   const total = cfg.moeLayers.length * cfg.numExperts;
   const b = plan.batch;
   const planLine = plan.prediction
     ? `plan: ${b.maxSequences} sequences at once${b.microBatches! > 1 ? ` in ${b.microBatches} attention micro-batches` : ''} (${plan.prediction.tokensPerSecond.toFixed(1)} decode tokens/s predicted at context ${plan.context}${plan.workload ? `, the mean KV length of the input's ${plan.workload.requests} requests` : ''}; ${plan.prediction.bound})` +
-      (plan.expertSlots !== undefined ? `; ${plan.expertSlots === total ? `all ${total}` : `${plan.expertSlots} of ${total}`} routed experts in device memory` : '')
+      (plan.expertSlots !== undefined ? `; ${heldExperts(plan.expertSlots, total)}` : '')
     : maxSequences !== undefined
       ? `plan: ${maxSequences} sequences at once (--max-sequences)`
       : `plan: ${saved.why}; 64 sequences at once (moe-offload profile --model DIR measures this model, then generate plans its batch)`;

@@ -681,7 +681,7 @@ function copyCost(cfg: ModelConfig, p: ModelProfile, T: number, slots: number | 
   if (!(p.copyGBs! > 0)) throw new InvalidArgumentError('the profile has no expert copy rate (copyGBs): profile this model again to predict offloaded experts');
   const bytes = copies.experts * 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2;
   const copyMs = bytes / (p.copyGBs! * 1e6);
-  if (p.kind === 'cuda' && !copies.moduleMode && copies.experts > 0 && p.hostExpertGBs! > 0) {
+  if (p.kind === 'cuda' && !copies.moduleMode && p.hostExpertGBs! > 0) {
     const hostMs = bytes / (p.hostExpertGBs! * 1e6);
     // the host computes them while the GPU computes the layer's resident experts (CachedExperts #runSplit)
     if (hostMs < copyMs) return { copies: { ...copies, onHost: true }, copyMs: hostMs, overlap: 'experts' };

@@ -17,7 +17,7 @@ import os from 'node:os';
 import type { Backend } from '../backend.js';
 import { describe } from '../dtype.js';
 import type { BatchOptions } from '../engine/batch.js';
-import type { ExpertMode, LoadModelOptions } from '../engine/model.js';
+import { type ExpertMode, type LoadModelOptions, autoExpertSlots } from '../engine/model.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
 import { hostKvLimit, kvBytesFor, kvTokensFor } from './memory.js';
@@ -144,8 +144,8 @@ export function planRun(cfg: ModelConfig, o: RunPlanOptions): RunPlan {
     if (v !== undefined && !(typeof v === 'number' && v > 0 && Number.isFinite(v))) throw new InvalidArgumentError(`${k} must be a positive number of bytes, received ${describe(v)}`);
   }
   const experts = o.experts ?? 'auto';
-  const auto = experts === 'auto' || (typeof experts === 'object' && experts !== null && experts.slots === 'auto');
-  const deviceBytes = auto ? (o.deviceMemoryBytes ?? (o.backend.kind === 'cuda' ? o.backend.memoryInfo()?.free : undefined)) : undefined;
+  const auto = autoExpertSlots(experts);
+  const deviceBytes = auto ? (o.deviceMemoryBytes ?? o.backend.memoryInfo()?.free) : undefined;
   const kvLimit = o.kvCacheBytes ?? hostKvLimit(cfg, { totalBytes: os.totalmem(), freeBytes: os.freemem() });
   const shape = o.workload !== undefined ? workloadShape(o.workload) : undefined;
   const context = o.context ?? (shape ? Math.max(1, Math.round(shape.decodeContext)) : 384);
@@ -181,8 +181,8 @@ export function planRun(cfg: ModelConfig, o: RunPlanOptions): RunPlan {
   // sized for the batch's sequences at the plan's context; longer ones wait for room
   const kvCacheBytes = o.kvCacheBytes ?? Math.min(kvLimit, Math.max(256 * 2 ** 20, kvBytesFor(cfg, sequences * context)));
   const workload =
-    shape && p && maxSequences !== undefined && prediction
-      ? { ...shape, ...workloadThroughput(cfg, p, o.workload!, maxSequences, { chunk: stepTokens, ...(slotsPriced !== undefined ? { expertSlots: slotsPriced } : {}), ...(microBatches !== undefined ? { microBatches } : {}) }) }
+    shape && p && prediction
+      ? { ...shape, ...workloadThroughput(cfg, p, o.workload!, sequences, { chunk: stepTokens, ...(slotsPriced !== undefined ? { expertSlots: slotsPriced } : {}), ...(microBatches !== undefined ? { microBatches } : {}) }) }
       : shape;
   const planned: ExpertMode | undefined =
     expertSlots === undefined ? undefined : typeof experts === 'object' && experts !== null ? { ...experts, slots: expertSlots } : { slots: expertSlots, policy: 'lru' };

@@ -384,7 +384,6 @@ export class ForwardPass {
     this.#arenas = { dev: deviceArena(parts.be), host: hostArena(parts.be) };
   }
 
-  /** Frees the activation memory kept between steps. */
   /**
    * Staged mode's step memory: the device arena's and the pinned host arena's buffers (bytes held now), and what the
    * last step needed of each (0 when not staged).
@@ -393,6 +392,7 @@ export class ForwardPass {
     const { dev, host } = this.#arenas;
     return { device: dev.capacity, host: host.capacity, deviceNeed: dev.lastNeed, hostNeed: host.lastNeed };
   }
+  /** Frees the activation memory kept between steps. */
   dispose(): void {
     this.#arenas.dev.dispose();
     this.#arenas.host.dispose();
@@ -731,7 +731,6 @@ export class ForwardPass {
         rowsIn = sel;
       }
       const R = rowsIn.shape[0]!;
-      const head0 = rowsIn;
       // staged: LOGIT_ROWS rows at a time, so the device holds [LOGIT_ROWS, V] f32 logits, not [rows, V] (2.5 GB for
       // 4,096 sequences of a 152k vocabulary); each chunk goes to `each` before the next overwrites it
       const lmHead: LmHead = async (each) => {
@@ -740,7 +739,7 @@ export class ForwardPass {
         for (let r = 0; r < R; r += C) {
           const n = Math.min(C, R - r);
           const l = n === C ? buf : buf.rows(0, n);
-          await be.gemm(n === R ? head0 : head0.rows(r, n), W.lmHead, l, op);
+          await be.gemm(n === R ? rowsIn : rowsIn.rows(r, n), W.lmHead, l, op);
           await each(l, r);
         }
       };

@@ -109,6 +109,11 @@ export interface LoadModelOptions {
   signal?: AbortSignal;
 }
 
+/** Whether `mode` asks for the slot count experts 'auto' chooses ('auto', or `{ slots: 'auto', ... }`). */
+export function autoExpertSlots(mode: ExpertMode): boolean {
+  return mode === 'auto' || (typeof mode === 'object' && mode !== null && mode.slots === 'auto');
+}
+
 /**
  * The token ids of `prompt` (MoeModel.encode; also without a loaded model): text with special tokens, chat messages
  * through the chat template, or token ids checked against the vocabulary.
@@ -682,10 +687,13 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   if (!Number.isSafeInteger(prefillChunk) || prefillChunk < 1) throw new InvalidArgumentError(`prefillChunk must be a positive integer, received ${describe(options.prefillChunk)}`);
   const maxStepTokens = options.maxStepTokens ?? Math.max(512, prefillChunk);
   if (!Number.isSafeInteger(maxStepTokens) || maxStepTokens < 1) throw new InvalidArgumentError(`maxStepTokens must be a positive integer, received ${describe(options.maxStepTokens)}`);
-  const deviceMemoryBytes = options.deviceMemoryBytes ?? (be.kind === 'cuda' ? be.memoryInfo()?.free : undefined);
-  if (deviceMemoryBytes !== undefined && !(typeof deviceMemoryBytes === 'number' && deviceMemoryBytes > 0 && Number.isFinite(deviceMemoryBytes))) {
-    throw new InvalidArgumentError(`deviceMemoryBytes must be a positive number of bytes, received ${describe(options.deviceMemoryBytes)}`);
+  const given = options.deviceMemoryBytes;
+  if (given !== undefined && !(typeof given === 'number' && given > 0 && Number.isFinite(given))) {
+    throw new InvalidArgumentError(`deviceMemoryBytes must be a positive number of bytes, received ${describe(given)}`);
   }
+  const asked = options.experts ?? 'auto';
+  // auto: the GPU's free memory before anything is loaded (none on the CPU backend: resident)
+  const deviceMemoryBytes = autoExpertSlots(asked) ? (given ?? be.memoryInfo()?.free) : undefined;
   const staged = options.deviceActivations ?? be.kind !== 'cpu';
   if (typeof staged !== 'boolean') throw new InvalidArgumentError(`deviceActivations must be a boolean, received ${describe(options.deviceActivations)}`);
   if (!staged && be.kind !== 'cpu') throw new InvalidArgumentError(`deviceActivations: false needs the CPU backend (CUDA activations live in device memory), received backend ${be.name}`);
@@ -753,19 +761,12 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     } else {
       await store.load(ckpt, config, expertProgress);
     }
-    const asked = options.experts ?? 'auto';
-    // auto: the slots that fit beside the dense weights and the largest step (device memory read before loading)
-    const auto = () => expertSlotsFor(config, deviceMemoryBytes!, { tokens: maxStepTokens });
-    const mode: Exclude<ExpertMode, 'auto'> =
-      asked === 'auto'
-        ? deviceMemoryBytes === undefined
-          ? 'resident'
-          : { slots: auto() }
-        : typeof asked === 'object' && asked !== null && asked.slots === 'auto'
-          ? deviceMemoryBytes === undefined
-            ? 'resident'
-            : { ...asked, slots: auto() }
-          : asked;
+    // auto: the slots that fit beside the dense weights and the largest step
+    const mode: Exclude<ExpertMode, 'auto'> = !autoExpertSlots(asked)
+      ? (asked as Exclude<ExpertMode, 'auto'>)
+      : deviceMemoryBytes === undefined
+        ? 'resident'
+        : { ...(typeof asked === 'object' ? asked : {}), slots: expertSlotsFor(config, deviceMemoryBytes, { tokens: maxStepTokens }) };
     const experts = makeProvider(be, host, store, config, mode, extras);
     cleanup.push(experts);
     return new MoeModel({ dir, config, tokenizer, backend: be, host, staged, eos, weights, store, experts, kv, prefillChunk });
