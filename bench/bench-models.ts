@@ -20,11 +20,15 @@ export async function benchModel(preset: PresetName, layers?: number): Promise<s
   return dir;
 }
 
-/** `n` requests of `promptTokens` random token ids in [0, vocab) (an LCG from `seed`), greedy to maxNewTokens. */
-export function randomRequests(n: number, promptTokens: number, seed: number, maxNewTokens: number, vocab = 500) {
+/**
+ * `n` requests of `promptTokens` random token ids in [0, vocab) (one LCG from `seed`, drawn request after request),
+ * greedy to maxNewTokens. A length or a per-request array of lengths (a workload's).
+ */
+export function randomRequests(n: number, promptTokens: number | readonly number[], seed: number, maxNewTokens: number | readonly number[], vocab = 500) {
   let s = seed;
   const rnd = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) % vocab;
-  return Array.from({ length: n }, () => ({ prompt: { tokens: Array.from({ length: promptTokens }, rnd) }, options: { maxNewTokens, stopAtEos: false } }));
+  const at = (x: number | readonly number[], i: number) => (typeof x === 'number' ? x : x[i]!);
+  return Array.from({ length: n }, (_, i) => ({ prompt: { tokens: Array.from({ length: at(promptTokens, i) }, rnd) }, options: { maxNewTokens: at(maxNewTokens, i), stopAtEos: false } }));
 }
 
 /** bf16 dot-product peak of the CPU backend's pool (GFLOP/s): the native register-only vdpbf16ps probe, best of 3 (0 without AVX512_BF16). */

@@ -1,16 +1,20 @@
 /**
  * Performance model accuracy (issue 8): predicted vs measured decode throughput of batched generation on this
- * machine, over models x batch x context, and prefill throughput over models x prompt length (below). Per model, right before its configurations, the model profile
- * (lib/batching/profile.ts `profileModel`: the model's own ops at its shapes) is measured; then each configuration
- * runs `generateBatch` with B random prompts of L tokens, all prefilled in one step so the B sequences then decode
- * in lockstep, and times the interval between consecutive steps in which all B decode (the step, sampling and the
- * scheduler: what decode throughput is; median). The model predicts the same step at the mean KV length of the
- * timed steps, as `plan` does (from the profile's own measurements), and also rescaled to the read bandwidth
- * measured around the run (a 64 MiB probe before and after, as the profile's points have; `_rescaled` columns):
- * over eleven runs on 2026-11-26 the rescaling did not help (perf-model-cpu-2026-11-26-ab-summary.json).
- * Each configuration runs 3 times (1 with --quick), the rounds interleaved so that a burst of other jobs on this
+ * machine, over models x batch x context, and prefill throughput over models x prompt length (below). Each
+ * configuration runs `generateBatch` with B random prompts of L tokens, all prefilled in one step so the B sequences
+ * then decode in lockstep, and times the interval between consecutive steps in which all B decode (the step,
+ * sampling and the scheduler: what decode throughput is; median). The model predicts the same step at the mean KV
+ * length of the timed steps, as `plan` does, from the model profile (lib/batching/profile.ts `profileModel`: the
+ * model's own ops at its shapes), and also rescaled to the read bandwidth measured around the run (a 64 MiB probe
+ * before and after, as the profile's points have; `_rescaled` columns): over eleven runs on 2026-11-26 the
+ * rescaling did not help (perf-model-cpu-2026-11-26-ab-summary.json).
+ * Each configuration runs 3 times (1 with --quick) in interleaved rounds, so that a burst of other jobs on this
  * shared machine hits one run of a configuration rather than all; its row is the run with the median measured
- * interval, against that run's own prediction (every run is recorded).
+ * interval. The profile is measured once before each round (--passes=N: N passes there) and the rounds' profiles
+ * merged (`mergeProfiles`: the median per point), so that it samples the same stretch of time as the runs it
+ * predicts: this VM's memory bandwidth drifts between phases minutes long, and a profile measured in one phase made
+ * every prediction of a model err the same way (the rows of perf-model-cpu-staged-2026-11-26-memplan-real.json were
+ * all optimistic, 0-18%). --profile-first measures it once before the rounds instead (--passes, default 3).
  * Reports |predicted - measured| / measured of the throughput per configuration and the mean (target <= 6%,
  * MoE-Lens's 94%), with the load average during the run (the machine is shared).
  * Prefill: prompts of 128, 512 and 1200 tokens in steps of 512 tokens (four 128-token prompts share a step, 512
@@ -27,17 +31,17 @@
  * experts then stream through GPU slots, and module mode's copies overlap the compute in the model).
  * --micro-batches=1,2: the decode configurations also at those attention micro-batch counts (predictDecode's
  * microBatches: on the CPU the groups run one after another; on CUDA their host work overlaps the GPU's).
- * Run: node dist/bench/perf-model.js [--quick] [--reps=N] [--passes=N] [--models=a,b] [--batches=1,8,32]
- *        [--backend=cpu|cuda] [--staged] [--micro-batches=1,2] [--decode-only]
- *   -> bench/results/perf-model-<cpu|cpu-staged|cuda>-<date>.json (--quick: one profile pass, one run per
- *      configuration)
+ * Run: node dist/bench/perf-model.js [--quick] [--reps=N] [--passes=N] [--profile-first] [--models=a,b]
+ *        [--batches=1,8,32] [--backend=cpu|cuda] [--staged] [--micro-batches=1,2] [--decode-only]
+ *   -> bench/results/perf-model-<cpu|cpu-staged|cuda>-<date>.json (--quick: one run per configuration, its profile
+ *      quick)
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 import { type ModelProfile, predictDecode, predictPrefill } from '../lib/batching/perf-model.js';
-import { profileModel, readProbeGBs } from '../lib/batching/profile.js';
+import { mergeProfiles, profileModel, readProbeGBs } from '../lib/batching/profile.js';
 import { type BatchOptions, loadModel, type MoeModel, type PresetName } from '../lib/index.js';
 import { medianOf, StepIntervals } from '../lib/engine/batch.js';
 import { benchModel, randomRequests } from './bench-models.js';
@@ -111,26 +115,32 @@ async function prefillRun(model: MoeModel, P: number, seed: number, vocab: numbe
   return { measured: (tokens * 1000) / ms, steps, before, after: readProbeGBs(PROBE), load };
 }
 
+type PrefillRun = Awaited<ReturnType<typeof prefillRun>>;
+
 /**
- * Prefill rows of `model` (experts offloaded into `slots` when given): each prompt length of `prompts` run by
- * prefillRun in `reps` interleaved rounds (seeds from `seed`), the row the median run against its own prediction
- * (predictPrefill); the error is of the time per prompt token (1 / throughput), as the decode rows compare step
- * times. Each run's load average goes to `loads`.
+ * One round of prefill runs of `model`: each prompt length of `prompts` once (seeds from `seed`, by round), appended
+ * to `runs` per length; each run's load average goes to `loads`.
  */
-async function prefillConfigs(model: MoeModel, profile: ModelProfile, preset: string, prompts: readonly number[], reps: number, seed: number, loads: number[], slots?: number): Promise<Array<Record<string, unknown>>> {
-  const cfg = model.config;
-  const vocab = Math.min(cfg.vocabSize, 500);
-  const runs = new Map<number, Array<Awaited<ReturnType<typeof prefillRun>> & { pred: ReturnType<typeof predictPrefill> }>>();
-  for (let rep = 0; rep < reps; rep++) {
-    for (const P of prompts) {
-      const run = await prefillRun(model, P, seed + P + 1000 * rep, vocab);
-      runs.set(P, [...(runs.get(P) ?? []), { ...run, pred: predictPrefill(cfg, profile, { prompt: P, chunk: CHUNK, ...(slots !== undefined ? { expertSlots: slots } : {}) }) }]);
-      loads.push(run.load);
-    }
+async function prefillRound(model: MoeModel, prompts: readonly number[], rep: number, seed: number, runs: Map<number, PrefillRun[]>, loads: number[]): Promise<void> {
+  const vocab = Math.min(model.config.vocabSize, 500);
+  for (const P of prompts) {
+    const run = await prefillRun(model, P, seed + P + 1000 * rep, vocab);
+    runs.set(P, [...(runs.get(P) ?? []), run]);
+    loads.push(run.load);
   }
+}
+
+/**
+ * Prefill rows (experts offloaded into `slots` when given): per prompt length the median of its runs against the
+ * prediction (predictPrefill); the error is of the time per prompt token (1 / throughput), as the decode rows
+ * compare step times.
+ */
+function prefillTable(cfg: MoeModel['config'], profile: ModelProfile, preset: string, prompts: readonly number[], runs: Map<number, PrefillRun[]>, slots?: number): Array<Record<string, unknown>> {
+  const pred = (P: number) => predictPrefill(cfg, profile, { prompt: P, chunk: CHUNK, ...(slots !== undefined ? { expertSlots: slots } : {}) });
   return prompts.map((P) => {
     const all = runs.get(P)!;
     const r = medianRun(all);
+    const p = pred(P);
     const row = {
       model: preset,
       layers: cfg.numLayers,
@@ -139,14 +149,14 @@ async function prefillConfigs(model: MoeModel, profile: ModelProfile, preset: st
       ...(slots !== undefined ? { expert_slots: slots, copy_GBs: r3(profile.copyGBs!) } : {}),
       steps: r.steps,
       measured_tokens_per_s: r3(r.measured),
-      predicted_tokens_per_s: r3(r.pred.tokensPerSecond),
-      rel_error: r3(Math.abs(1 / r.pred.tokensPerSecond - 1 / r.measured) * r.measured),
+      predicted_tokens_per_s: r3(p.tokensPerSecond),
+      rel_error: r3(Math.abs(1 / p.tokensPerSecond - 1 / r.measured) * r.measured),
       read_GBs: r3((r.before + r.after) / 2),
       load_avg_1m: r3(r.load),
-      bound: r.pred.bound,
-      predicted_steps: r.pred.steps.map((x) => ({ ...x, ms: r3(x.ms) })),
-      terms_ms: Object.fromEntries(Object.entries(r.pred.terms).map(([k, v]) => [k, r3(v)])),
-      runs: all.map((x) => ({ measured_tokens_per_s: r3(x.measured), predicted_tokens_per_s: r3(x.pred.tokensPerSecond), read_GBs: r3((x.before + x.after) / 2), load_avg_1m: r3(x.load) })),
+      bound: p.bound,
+      predicted_steps: p.steps.map((x) => ({ ...x, ms: r3(x.ms) })),
+      terms_ms: Object.fromEntries(Object.entries(p.terms).map(([k, v]) => [k, r3(v)])),
+      runs: all.map((x) => ({ measured_tokens_per_s: r3(x.measured), read_GBs: r3((x.before + x.after) / 2), load_avg_1m: r3(x.load) })),
     };
     console.log(JSON.stringify({ ...row, terms_ms: undefined, predicted_steps: undefined }));
     return row;
@@ -186,6 +196,9 @@ async function main(): Promise<void> {
   const decodeSteps = quick ? 8 : 16;
   const reps = Number(arg('reps') ?? (quick ? 1 : 3));
   const passes = arg('passes') === undefined ? undefined : Number(arg('passes'));
+  // --profile-first: the profile measured once per model before its rounds (all passes there); by default one
+  // profile before each round, merged
+  const profileFirst = process.argv.includes('--profile-first');
   const rows: Array<Record<string, unknown>> = [];
   const profiles: Record<string, unknown> = {};
   const loads: number[] = [];
@@ -193,17 +206,29 @@ async function main(): Promise<void> {
   for (const m of models.filter((x) => !only || only.includes(x.preset))) {
     const dir = await benchModel(m.preset, m.layers);
     const model = await loadModel(dir, { kvCacheBytes: 1 << 30, ...placement });
+    // offloaded experts: a quarter of them in LRU slots (predicted with the slot count: expert copies priced at the
+    // profile's copy rate)
+    const off = decodeOnly ? undefined : await loadModel(dir, { kvCacheBytes: 1 << 30, experts: { fraction: 0.25, policy: 'lru' }, ...placement });
     try {
       const cfg = model.config;
-      loads.push(os.loadavg()[0]!);
-      const profile = await profileModel(model.backend, cfg, { maxBatch: Math.max(...batches), prefillTokens: [128, 256, CHUNK], quick, staged, ...(passes ? { passes } : {}) });
-      profiles[m.preset] = profile;
-      console.log(`${m.preset}: profile in ${profile.seconds.toFixed(1)} s, read ${profile.readGBs.toFixed(1)} GB/s, stream efficiency ${profile.streamEfficiency.toFixed(2)}, runtime ${JSON.stringify({ ...profile.runtime, points: undefined })}`);
       const V = cfg.vocabSize;
+      const profileOptions = { maxBatch: Math.max(...batches), prefillTokens: [128, 256, CHUNK], quick, staged };
+      const measure = async (n: number) => {
+        loads.push(os.loadavg()[0]!);
+        const p = await profileModel(model.backend, cfg, { ...profileOptions, passes: n });
+        console.log(`${m.preset}: profile (${n} pass${n > 1 ? 'es' : ''}) in ${p.seconds.toFixed(1)} s, read ${p.readGBs.toFixed(1)} GB/s, stream efficiency ${p.streamEfficiency.toFixed(2)}, runtime ${JSON.stringify({ ...p.runtime, points: undefined })}`);
+        return p;
+      };
+      // the profile: measured before each round (passes per round; merged by mergeProfiles), or all at the start
+      const measured: ModelProfile[] = profileFirst ? [await measure(passes ?? (quick ? 1 : 3))] : [];
       // each configuration runs `reps` times, the rounds interleaved (a burst of other jobs then hits one run of a
-      // configuration, not all); the row is the run with the median measured interval, with its own prediction
-      const runs = new Map<string, Array<{ measured: number; step: number; parts: Record<string, number>; pred: ReturnType<typeof predictDecode>; rescaled: number; context: number; before: number; after: number; load: number; timed: number }>>();
+      // configuration, not all); the row is the run with the median measured interval
+      const runs = new Map<string, Array<{ measured: number; step: number; parts: Record<string, number>; context: number; before: number; after: number; load: number; timed: number }>>();
+      const prefill = new Map<number, PrefillRun[]>();
+      const offRuns = new Map<number, Array<{ measured: number; context: number; copied: number; read: number; load: number }>>();
+      const offPrefill = new Map<number, PrefillRun[]>();
       for (let rep = 0; rep < reps; rep++) {
+        if (!profileFirst) measured.push(await measure(passes ?? 1));
         for (const B of batches) {
           for (const L of contexts) {
             for (const M of microBatches.filter((mb) => mb <= B)) {
@@ -218,24 +243,42 @@ async function main(): Promise<void> {
                 parts.dense!.push(st.times.denseMs);
                 parts.host!.push(st.times.hostMs);
               }, M);
-              // the model as plan uses it (the profile's own speeds), and rescaled to the read probe around this run
-              const pred = predictDecode(cfg, profile, { batch: B, context, microBatches: M });
-              const rescaled = predictDecode(cfg, profile, { batch: B, context, microBatches: M }, { readGBs: (before + after) / 2 }).stepMs;
               const key = `${B}/${L}/${M}`;
               const partMs = Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, medianOf(v)]));
-              runs.set(key, [...(runs.get(key) ?? []), { measured: medianOf(intervals), step: medianOf(stepMs), parts: partMs, pred, rescaled, context, before, after, load, timed: intervals.length }]);
+              runs.set(key, [...(runs.get(key) ?? []), { measured: medianOf(intervals), step: medianOf(stepMs), parts: partMs, context, before, after, load, timed: intervals.length }]);
               loads.push(load);
             }
           }
         }
+        if (!off) continue;
+        // prefill: prompts of P tokens in steps of CHUNK (generateBatch's default maxBatchTokens), as prefillRun runs them
+        await prefillRound(model, prompts, rep, 777, prefill, loads);
+        for (const B of batches) {
+          let moved = off.cacheStats!.bytesMoved;
+          const copied: number[] = [];
+          const { intervals, context, before, after, load } = await lockstepDecode(off, B, OFFLOAD_CONTEXT, 4321 + B * 7 + 1000 * rep, decodeSteps, Math.min(V, 500), (_, pure) => {
+            const now = off.cacheStats!.bytesMoved;
+            if (pure) copied.push(now - moved);
+            moved = now;
+          });
+          offRuns.set(B, [...(offRuns.get(B) ?? []), { measured: medianOf(intervals), context, copied: medianOf(copied), read: (before + after) / 2, load }]);
+          loads.push(load);
+        }
+        // prefill with the experts offloaded: each step's copies as a decode step of as many tokens (predictPrefill's
+        // expertSlots); the same prompts as the resident prefill
+        await prefillRound(off, prompts, rep, 999, offPrefill, loads);
       }
-      // prefill: prompts of P tokens in steps of CHUNK (generateBatch's default maxBatchTokens), as prefillRun runs them
-      if (!decodeOnly) prefillRows.push(...(await prefillConfigs(model, profile, m.preset, prompts, reps, 777, loads)));
+      const profile = mergeProfiles(measured);
+      profiles[m.preset] = profile;
       for (const B of batches) {
         for (const L of contexts) {
-            for (const M of microBatches.filter((mb) => mb <= B)) {
+          for (const M of microBatches.filter((mb) => mb <= B)) {
             const all = runs.get(`${B}/${L}/${M}`)!;
             const r = medianRun(all);
+            // the model as plan uses it (the profile's own speeds), and rescaled to the read probe around the run
+            const predict = (x: { context: number }, now = {}) => predictDecode(cfg, profile, { batch: B, context: x.context, microBatches: M }, now);
+            const pred = predict(r);
+            const rescaled = predict(r, { readGBs: (r.before + r.after) / 2 }).stepMs;
             const row = {
               model: m.preset,
               layers: cfg.numLayers,
@@ -245,55 +288,38 @@ async function main(): Promise<void> {
               kv_length: r3(r.context),
               measured_interval_ms: r3(r.measured),
               measured_step_ms: r3(r.step),
-              predicted_interval_ms: r3(r.pred.stepMs),
+              predicted_interval_ms: r3(pred.stepMs),
               measured_tokens_per_s: r3((B * 1000) / r.measured),
-              predicted_tokens_per_s: r3(r.pred.tokensPerSecond),
-              rel_error: r3(Math.abs(r.pred.stepMs - r.measured) / r.measured),
+              predicted_tokens_per_s: r3(pred.tokensPerSecond),
+              rel_error: r3(Math.abs(pred.stepMs - r.measured) / r.measured),
               // the same with its memory-bound parts rescaled to the read probe around the run (Conditions.readGBs)
-              predicted_interval_ms_rescaled: r3(r.rescaled),
-              rel_error_rescaled: r3(Math.abs(r.rescaled - r.measured) / r.measured),
+              predicted_interval_ms_rescaled: r3(rescaled),
+              rel_error_rescaled: r3(Math.abs(rescaled - r.measured) / r.measured),
               read_GBs_before: r3(r.before),
               read_GBs_after: r3(r.after),
               load_avg_1m: r3(r.load),
-              bound: r.pred.bound,
-              terms_ms: Object.fromEntries(Object.entries(r.pred.terms).map(([k, v]) => [k, r3(v)])),
+              bound: pred.bound,
+              terms_ms: Object.fromEntries(Object.entries(pred.terms).map(([k, v]) => [k, r3(v)])),
               // where the measured step went (generateBatch's onStep times, medians over the timed steps): attention,
               // experts, stall and dense are awaited native op groups, host the JS between them; next to terms_ms
               // they show which predicted term misses
               measured_parts_ms: Object.fromEntries(Object.entries(r.parts).map(([k, v]) => [k, r3(v)])),
               intervals_timed: r.timed,
-              runs: all.map((x) => ({ measured_interval_ms: r3(x.measured), predicted_interval_ms: r3(x.pred.stepMs), read_GBs: r3((x.before + x.after) / 2), load_avg_1m: r3(x.load) })),
+              runs: all.map((x) => ({ measured_interval_ms: r3(x.measured), predicted_interval_ms: r3(predict(x).stepMs), read_GBs: r3((x.before + x.after) / 2), load_avg_1m: r3(x.load) })),
             };
             rows.push(row);
             console.log(JSON.stringify({ ...row, terms_ms: undefined }));
-            }
+          }
         }
       }
-      if (decodeOnly) continue;
-      // offloaded experts: a quarter of them in LRU slots, the same decode measurement at context 128; predicted with
-      // the slot count (expert copies priced at the profile's copy rate)
-      using off = await loadModel(dir, { kvCacheBytes: 1 << 30, experts: { fraction: 0.25, policy: 'lru' }, ...placement });
+      if (!off) continue;
+      prefillRows.push(...prefillTable(cfg, profile, m.preset, prompts, prefill));
       const slots = off.expertCache!.capacity;
-      const offRuns = new Map<number, Array<{ measured: number; pred: ReturnType<typeof predictDecode>; copied: number; read: number; load: number }>>();
-      for (let rep = 0; rep < reps; rep++) {
-        for (const B of batches) {
-          let moved = off.cacheStats!.bytesMoved;
-          const copied: number[] = [];
-          const { intervals, context, before, after, load } = await lockstepDecode(off, B, OFFLOAD_CONTEXT, 4321 + B * 7 + 1000 * rep, decodeSteps, Math.min(V, 500), (_, pure) => {
-            const now = off.cacheStats!.bytesMoved;
-            if (pure) copied.push(now - moved);
-            moved = now;
-          });
-          const read = (before + after) / 2;
-          const pred = predictDecode(cfg, profile, { batch: B, context, expertSlots: slots });
-          offRuns.set(B, [...(offRuns.get(B) ?? []), { measured: medianOf(intervals), pred, copied: medianOf(copied), read, load }]);
-          loads.push(load);
-        }
-      }
       const expertBytes = 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2;
       for (const B of batches) {
         const all = offRuns.get(B)!;
         const r = medianRun(all);
+        const pred = predictDecode(cfg, profile, { batch: B, context: r.context, expertSlots: slots });
         const row = {
           model: m.preset,
           layers: cfg.numLayers,
@@ -301,25 +327,24 @@ async function main(): Promise<void> {
           context: OFFLOAD_CONTEXT,
           expert_slots: slots,
           measured_interval_ms: r3(r.measured),
-          predicted_interval_ms: r3(r.pred.stepMs),
-          rel_error: r3(Math.abs(r.pred.stepMs - r.measured) / r.measured),
+          predicted_interval_ms: r3(pred.stepMs),
+          rel_error: r3(Math.abs(pred.stepMs - r.measured) / r.measured),
           measured_experts_copied_per_step: r3(r.copied / expertBytes),
-          predicted_experts_copied_per_step: r3(r.pred.copies!.experts),
-          module_mode: r.pred.copies!.moduleMode,
+          predicted_experts_copied_per_step: r3(pred.copies!.experts),
+          module_mode: pred.copies!.moduleMode,
           copy_GBs: r3(profile.copyGBs!),
           read_GBs: r3(r.read),
           load_avg_1m: r3(r.load),
-          bound: r.pred.bound,
-          terms_ms: Object.fromEntries(Object.entries(r.pred.terms).map(([k, v]) => [k, r3(v)])),
-          runs: all.map((x) => ({ measured_interval_ms: r3(x.measured), predicted_interval_ms: r3(x.pred.stepMs), experts_copied: r3(x.copied / expertBytes) })),
+          bound: pred.bound,
+          terms_ms: Object.fromEntries(Object.entries(pred.terms).map(([k, v]) => [k, r3(v)])),
+          runs: all.map((x) => ({ measured_interval_ms: r3(x.measured), experts_copied: r3(x.copied / expertBytes) })),
         };
         offloadRows.push(row);
         console.log(JSON.stringify({ ...row, terms_ms: undefined }));
       }
-      // prefill with the experts offloaded: each step's copies as a decode step of as many tokens (predictPrefill's
-      // expertSlots); the same prompts and interleaving as the resident prefill
-      offloadPrefillRows.push(...(await prefillConfigs(off, profile, m.preset, prompts, reps, 999, loads, slots)));
+      offloadPrefillRows.push(...prefillTable(cfg, profile, m.preset, prompts, offPrefill, slots));
     } finally {
+      off?.dispose();
       model.dispose();
     }
   }
@@ -341,7 +366,8 @@ async function main(): Promise<void> {
     quick,
     runs_per_configuration: reps,
     decode_steps: decodeSteps,
-    profile_passes: passes ?? (quick ? 1 : 3),
+    profile_passes: profileFirst ? (passes ?? (quick ? 1 : 3)) : reps * (passes ?? 1),
+    profile_schedule: profileFirst ? 'all passes before the rounds' : 'one profile before each round, merged (mergeProfiles)',
     load_avg_1m_mean: r3(meanLoad),
     load_avg_1m_max: r3(Math.max(...loads)),
     mean_rel_error: r3(mean),

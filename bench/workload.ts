@@ -19,7 +19,7 @@ import { profileModel } from '../lib/batching/profile.js';
 import { readWorkload, workloadShape } from '../lib/batching/workload.js';
 import { loadModel, openBackend, type PresetName } from '../lib/index.js';
 import { medianOf, StepIntervals } from '../lib/engine/batch.js';
-import { benchModel } from './bench-models.js';
+import { benchModel, randomRequests } from './bench-models.js';
 import { machine } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
@@ -66,9 +66,7 @@ async function main(): Promise<void> {
     const plan = planRun(cfg, { backend, profile, workload, experts: 'resident' });
     using model = await loadModel(dir, { ...plan.load, deviceActivations: staged });
     const seqLoad = os.loadavg()[0]!;
-    let s = 7;
-    const rnd = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) % 500;
-    const requests = workload.prompts.map((p, i) => ({ prompt: { tokens: Array.from({ length: p }, rnd) }, options: { maxNewTokens: workload.outputs[i]!, stopAtEos: false } }));
+    const requests = randomRequests(workload.prompts.length, workload.prompts, 7, workload.outputs);
     const prefill = { tokens: 0, ms: 0 };
     const intervals = new StepIntervals();
     let steps = 0;

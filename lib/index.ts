@@ -96,7 +96,7 @@ export type { StepTimes, StepRouting } from './engine/forward.js';
 // throughput mode's performance model (MoE-Lens) and planning
 export { planRun, workloadThroughput, type RunPlan, type RunPlanOptions } from './batching/plan.js';
 export { readWorkload, workloadShape, type Workload, type WorkloadShape } from './batching/workload.js';
-export { profileModel } from './batching/profile.js';
+export { mergeProfiles, profileModel } from './batching/profile.js';
 export { chooseBatch, predictDecode, predictPrefill, type ModelProfile, type DecodePrediction, type PrefillPrediction } from './batching/perf-model.js';
 export { expertSlotsFor, stepArenaNeed, hostKvLimit, kvTokensFor, kvBytesFor } from './batching/memory.js';
 export type { BatchOptions, BatchRequestOptions, BatchResult } from './engine/batch.js';

@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 
 import { type ModelProfile, type OpPoint, type OpSpec, type StepPlan, chooseBatch, expectedExperts, expertCopies, interp, moduleOverlapMs, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
 import { denseWeightBytes, expertBytes, kvTokensFor, stepDeviceBytes } from '../lib/batching/memory.js';
-import { profileModel } from '../lib/batching/profile.js';
+import { mergeProfiles, profileModel } from '../lib/batching/profile.js';
 import { workloadShape } from '../lib/batching/workload.js';
 import { LOGIT_ROWS } from '../lib/engine/forward.js';
 import { Backend, cudaUnavailableReason, DeviceTensor, loadModel, makeModel, type ModelConfig, type MoeModel, type PresetName } from '../lib/index.js';
@@ -90,6 +90,49 @@ function withPrefill(cfg: ModelConfig, p: ModelProfile): ModelProfile {
   }
   return { ...p, prefillTokens: [512] };
 }
+
+test('mergeProfiles: the median per point and per rate of profiles measured apart in time; the streaming limits from the merged points; typed errors', async () => {
+  const cfg = await config('tiny-qwen3-moe');
+  // three profiles of one machine: the same points at 1x, 1.5x and 0.8x the time (a slow and a fast phase), rates
+  // likewise
+  const scaled = (f: number, id: number): ModelProfile => {
+    const p = synthetic(cfg);
+    const ops = Object.fromEntries(Object.entries(p.ops).map(([k, pts]) => [k, pts.map((q) => ({ ...q, ms: q.ms * f, probeGBs: q.probeGBs / f }))]));
+    return { ...p, ops, groupMs: 0.01 * f, opMs: 0.02 * f, readGBs: 20 / f, copyGBs: 10 / f, sampleNsPerLogit: f, runtime: { preset: 'x', stepMs: 0.1 * f, layerMs: 0.05 * f, points: [{ layers: id, batch: 1, measuredMs: f, predictedMs: f }] }, seconds: id };
+  };
+  const ps = [scaled(1, 1), scaled(1.5, 2), scaled(0.8, 3)];
+  const m = mergeProfiles(ps);
+  for (const [key, pts] of Object.entries(m.ops)) {
+    pts.forEach((q, j) => {
+      const ref = ps[0]!.ops[key]![j]!;
+      assert.equal(q.ms, ref.ms, `${key}[${j}]: the median of 0.8x, 1x, 1.5x is 1x`);
+      assert.equal(q.probeGBs, ref.probeGBs);
+      assert.equal(q.bytes, ref.bytes);
+    });
+  }
+  assert.deepEqual([m.groupMs, m.opMs, m.readGBs, m.copyGBs, m.sampleNsPerLogit, m.runtime.stepMs, m.runtime.layerMs], [0.01, 0.02, 20, 10, 1, 0.1, 0.05]);
+  assert.equal(m.runtime.points.length, 3);
+  assert.equal(m.seconds, 6);
+  // predictions from the merge equal the middle profile's
+  assert.equal(predictDecode(cfg, m, { batch: 8, context: 300 }).stepMs, predictDecode(cfg, ps[0]!, { batch: 8, context: 300 }).stepMs);
+  // two profiles: the mean of the two
+  const two = mergeProfiles([scaled(1, 1), scaled(2, 2)]);
+  const key = Object.keys(two.ops)[0]!;
+  assert.ok(Math.abs(two.ops[key]![0]!.ms - 1.5 * ps[0]!.ops[key]![0]!.ms) < 1e-12);
+  // one profile: itself, the streaming limits recomputed from its points (synthetic ones stream at the probe's rate)
+  const one = mergeProfiles([ps[0]!]);
+  assert.deepEqual(one.ops, ps[0]!.ops);
+  assert.ok(one.streamEfficiency > 0 && one.streamEfficiency <= 1 && one.peakGBs > 0 && one.peakGBs <= 20);
+  // a rate one profile lacks is left out
+  const { copyGBs: _, ...noCopy } = scaled(1, 4);
+  assert.equal(mergeProfiles([ps[0]!, noCopy]).copyGBs, undefined);
+  // typed errors
+  assert.throws(() => mergeProfiles([]), { code: 'MOE_INVALID_ARGUMENT', message: /profiles must be a non-empty array/ });
+  const other = synthetic(await config('tiny-olmoe'));
+  assert.throws(() => mergeProfiles([ps[0]!, other]), { code: 'MOE_INVALID_ARGUMENT', message: /profiles\[1\] must be measured for the same model/ });
+  const fewer = { ...ps[1]!, batches: [1, 8] };
+  assert.throws(() => mergeProfiles([ps[0]!, fewer]), /profiles\[1\]/);
+});
 
 test('interpolation is linear between points, clamped below, extended along the last segment above', () => {
   const pts = [

@@ -7,6 +7,8 @@
  *                    step's own tensors, then one layer's at a time, or the LM head's: LOGIT_ROWS rows of logits)
  *                  + the fused MoE kernel's scratch (cuda/moe_experts.cu: routed rows padded per expert, their
  *                    SwiGLU activations bf16 and unweighted output rows f32)
+ *                  + the expert cache's parts buffer (lib/engine/experts.ts: module mode's and the host split's
+ *                    unweighted rows, kept across steps beside the kernel's scratch in the CUDA pool)
  *
  * And the KV cache in host memory: the tokens a budget holds (kvTokensFor), the budget for some tokens (kvBytesFor)
  * and how much of the host a cache should take (hostKvLimit).
@@ -133,9 +135,21 @@ export function moeScratchBytes(cfg: ModelConfig, tokens: number): number {
   return al(cfg.numExperts * 4) + al((cfg.numExperts + 1) * 4) + al(capacity * 4) + al(capacity * cfg.moeIntermediateSize * 2) + al(slots * cfg.hiddenSize * 4);
 }
 
-/** The device memory one step of `shape` takes on CUDA, bytes: the device arena's buffer (1.25x its need) and the MoE scratch. */
+/**
+ * Bytes of the expert cache's parts buffer for T tokens (CachedExperts: [T, k, H] f32 in device memory, kept across
+ * steps): module mode and the host split write each (token, j) pair's unweighted row there, while the fused
+ * kernel's own scratch (moeScratchBytes) can still sit in the CUDA pool from an earlier layer.
+ */
+export function expertPartsBytes(cfg: ModelConfig, tokens: number): number {
+  return al(tokens * cfg.topK * cfg.hiddenSize * 4);
+}
+
+/**
+ * The device memory one step of `shape` takes on CUDA with experts in slots, bytes: the device arena's buffer
+ * (1.25x its need), the MoE kernel's scratch and the expert cache's parts buffer.
+ */
 export function stepDeviceBytes(cfg: ModelConfig, shape: StepMemoryShape): number {
-  return Math.ceil(1.25 * stepArenaNeed(cfg, shape).device) + moeScratchBytes(cfg, shape.tokens);
+  return Math.ceil(1.25 * stepArenaNeed(cfg, shape).device) + moeScratchBytes(cfg, shape.tokens) + expertPartsBytes(cfg, shape.tokens);
 }
 
 /** Bytes left free beside the plan (allocator rounding, the CUDA libraries' own): 2% of the budget, at least 256 MiB. */

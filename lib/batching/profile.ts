@@ -1127,3 +1127,68 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   };
   return p;
 }
+
+/** The median of `xs` (the mean of the two middle values of an even count). */
+function mid(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const h = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
+}
+
+/**
+ * One profile from several of the same model on the same backend, measured at different times: per op point the
+ * median time (and read probe), the median of each scalar rate and cost, the streaming limits recomputed from the
+ * merged points. On a shared machine whose speed drifts over minutes, profiles measured apart in time (for example
+ * one before each round of a benchmark, or one per hour) give a profile of its typical speed rather than of one
+ * moment.
+ * @throws InvalidArgumentError when `profiles` is empty or they differ in backend, model, batches, contexts,
+ *   prefill steps or measured points.
+ * @example
+ * const passes = [];
+ * for (let i = 0; i < 3; i++) { passes.push(await profileModel(be, cfg, { passes: 1 })); await otherWork(); }
+ * const p = mergeProfiles(passes);
+ */
+export function mergeProfiles(profiles: readonly ModelProfile[]): ModelProfile {
+  if (!Array.isArray(profiles) || profiles.length === 0) throw new InvalidArgumentError(`profiles must be a non-empty array of ModelProfile, received ${describe(profiles)}`);
+  const [first] = profiles as [ModelProfile];
+  const shape = (p: ModelProfile) =>
+    JSON.stringify([p.version, p.backend, p.kind ?? 'cpu', p.staged ?? false, p.model, p.batches, p.contexts, p.prefillTokens ?? [], Object.keys(p.ops).sort().map((k) => [k, p.ops[k]!.map((q) => [q.batch, q.context ?? null, q.cold ?? null])])]);
+  const want = shape(first);
+  profiles.forEach((p, i) => {
+    if (shape(p) !== want) throw new InvalidArgumentError(`profiles[${i}] must be measured for the same model, backend, batches, contexts and prefill steps as profiles[0] (${first.backend}, ${first.model.architecture}), received ${p.backend}, ${p.model?.architecture} with other points`);
+  });
+  const ops = Object.fromEntries(
+    Object.entries(first.ops).map(([key, pts]) => [key, pts.map((q, j) => ({ ...q, ms: mid(profiles.map((p) => p.ops[key]![j]!.ms)), probeGBs: mid(profiles.map((p) => p.ops[key]![j]!.probeGBs)) }))]),
+  );
+  const opt = (get: (p: ModelProfile) => number | undefined) => {
+    const xs = profiles.map(get).filter((x): x is number => x !== undefined);
+    return xs.length === profiles.length ? mid(xs) : undefined;
+  };
+  const stream = streaming(ops);
+  const hostGroupMs = opt((p) => p.hostGroupMs);
+  const copyGBs = opt((p) => p.copyGBs);
+  const hostExpertGBs = opt((p) => p.hostExpertGBs);
+  const deviceGBs = opt((p) => p.deviceGBs);
+  const { hostGroupMs: _h, copyGBs: _c, hostExpertGBs: _e, deviceGBs: _d, ...rest } = first;
+  return {
+    ...rest,
+    ops,
+    groupMs: mid(profiles.map((p) => p.groupMs)),
+    ...(hostGroupMs !== undefined ? { hostGroupMs } : {}),
+    opMs: mid(profiles.map((p) => p.opMs)),
+    streamEfficiency: stream.efficiency,
+    peakGBs: stream.peakGBs,
+    sampleNsPerLogit: mid(profiles.map((p) => p.sampleNsPerLogit)),
+    ...(copyGBs !== undefined ? { copyGBs } : {}),
+    ...(hostExpertGBs !== undefined ? { hostExpertGBs } : {}),
+    ...(deviceGBs !== undefined ? { deviceGBs } : {}),
+    runtime: {
+      preset: first.runtime.preset,
+      stepMs: mid(profiles.map((p) => p.runtime.stepMs)),
+      layerMs: mid(profiles.map((p) => p.runtime.layerMs)),
+      points: profiles.flatMap((p) => p.runtime.points),
+    },
+    readGBs: mid(profiles.map((p) => p.readGBs)),
+    seconds: profiles.reduce((a, p) => a + p.seconds, 0),
+  };
+}
