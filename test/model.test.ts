@@ -67,8 +67,13 @@ for (const { name } of FAMILIES) {
       );
       assert.ok(same / total >= 0.95, `routing agrees on ${same}/${total} (layer, token) choices`);
 
-      // numerics given the same routing decisions
+      // numerics given the same routing decisions: the whole tensor against the exact reference; each position
+      // against the reference with bf16 activations (rounded where the engine stores them in bf16: projection
+      // inputs, SwiGLU activations, the KV cache), which leaves the engine's own arithmetic (gpt-oss's tiny model,
+      // whose worst position over makeModel seeds 1-8 and 11 was 1.2-2.7e-2 against the exact reference, is the
+      // one that needs it)
       const r = ref.forward(tokens, { routing: engineRouting });
+      const rKv = ref.forward(tokens, { routing: engineRouting, bf16Activations: true });
       let worst = 0;
       let num = 0;
       let den = 0;
@@ -77,23 +82,19 @@ for (const { name } of FAMILIES) {
         let d = 0;
         for (let v = 0; v < V; v++) {
           const diff = logits.data[t * V + v]! - r[t * V + v]!;
-          n += diff * diff;
-          d += r[t * V + v]! ** 2;
+          num += diff * diff;
+          den += r[t * V + v]! ** 2;
+          n += (logits.data[t * V + v]! - rKv[t * V + v]!) ** 2;
+          d += rKv[t * V + v]! ** 2;
         }
         worst = Math.max(worst, Math.sqrt(n / d));
-        num += n;
-        den += d;
       }
       // the issue's bar: relative error of the logits <= 1e-2 (norm-wise over the whole [T, V] tensor); bf16
       // activations (as HF runs bf16 models) put single positions around 5e-3 with a tail to ~1e-2, so each
-      // position is also held to 2e-2. gpt-oss's tiny model has a heavier tail: over makeModel seeds 1-8 and 11 on
-      // the AVX2 tier its median position sat at 6.7-8.1e-3 and its worst at 1.2-2.7e-2 (the scalar tier within
-      // 1% of that; seed 11, the one here: 2.12e-2, which met 2e-2 in earlier sessions' runs), so its positions are
-      // held to 3e-2
+      // position is also held to 2e-2
       const overall = Math.sqrt(num / den);
-      const positionBar = model.config.family === 'gpt_oss' ? 3e-2 : 2e-2;
       assert.ok(overall <= 1e-2, `relative error ${overall.toExponential(2)} (worst position ${worst.toExponential(2)})`);
-      assert.ok(worst <= positionBar, `worst position relative error ${worst.toExponential(2)} (overall ${overall.toExponential(2)})`);
+      assert.ok(worst <= 2e-2, `worst position relative error ${worst.toExponential(2)} against the bf16-activation reference (overall ${overall.toExponential(2)})`);
     });
 
     test('packed weights (the CPU runtime\'s default on avx512bf16) and row-major weights give the same logits within 1e-2 relative', async (t) => {

@@ -952,6 +952,20 @@ void test('a sharded checkpoint (index.json weight_map) gives the same logits as
   }
 });
 
+void test('bf16Activations: activations rounded where a bf16 deployment stores them move the logits by bf16 rounding only, for that call', async () => {
+  for (const type of ['mixtral', 'deepseek_v2', 'gpt_oss']) {
+    const cfg = FAMILIES[type]!;
+    const ref = loadReferenceModel(await save(cfg, buildTensors(cfg, 81)));
+    const tokens = tokensOf(7, n(cfg, 'vocab_size'), 29);
+    const exact = ref.forward(tokens);
+    const rounded = ref.forward(tokens, { bf16Activations: true });
+    const d = relDiff(rounded, exact);
+    // bf16 keeps 8 significant bits: a relative change of at most 2^-9 per element rounded
+    assert.ok(d > 0 && d < 1e-2, `${type}: ${d}`);
+    assert.equal(relDiff(ref.forward(tokens), exact), 0, `${type}: the next call without it is exact again`);
+  }
+});
+
 void test('BF16, F16 and F32 weights of the same values give the same logits (exact decoding)', async () => {
   const cfg = FAMILIES.qwen2_moe!;
   const tensors = buildTensors(cfg, 71);

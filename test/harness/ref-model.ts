@@ -5,6 +5,9 @@
  *
  * Every weight is decoded exactly (BF16 / F16 / F32 / F64) to float64 and every intermediate stays float64: no
  * rounding to the model dtype anywhere, so the engine's bf16 arithmetic differs from this by its own rounding only.
+ * `forward(..., { bf16Activations: true })` rounds to bf16 where a bf16 deployment stores activations: the input of
+ * every projection (bf16 GEMMs read bf16 activations; not the router, kept f32), the SwiGLU activations, and the
+ * keys (after RoPE) and values a bf16 KV cache holds. The residual stream, the scores and the softmax stay float64.
  * Plain loops, no cleverness: slow, meant for tiny checkpoints (hidden <= a few hundred).
  *
  * Semantics per family (HF module names in brackets):
@@ -52,7 +55,7 @@ export interface RefModel {
    * own top-k (weights still from the reference's own router probabilities, by the family's rule): compares the
    * numerics of two implementations without the discontinuity of a near-tied expert choice flipping.
    */
-  forward(tokens: readonly number[], options?: { routing?: ReadonlyArray<ReadonlyArray<readonly number[]> | undefined> }): Float64Array;
+  forward(tokens: readonly number[], options?: { routing?: ReadonlyArray<ReadonlyArray<readonly number[]> | undefined>; bf16Activations?: boolean }): Float64Array;
   /** per layer, per token: the top-k expert ids the router chose (for comparing routing); [] on dense layers */
   lastRouting: number[][][]; // [layer][token][k]
   /**
@@ -80,6 +83,22 @@ function bf16Value(bits: number): number {
   U32_SCRATCH[0] = (bits << 16) >>> 0;
   return F32_SCRATCH[0]!;
 }
+
+/** v rounded to the nearest bf16 (through f32, ties to even), as float64. */
+function bf16Round(v: number): number {
+  F32_SCRATCH[0] = v;
+  const u = U32_SCRATCH[0]!;
+  U32_SCRATCH[0] = (((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) << 16) >>> 0;
+  return F32_SCRATCH[0]!;
+}
+
+/** Rounds every element of each array to bf16 in place. */
+function roundBf16(...arrays: Float64Array[]): void {
+  for (const a of arrays) for (let i = 0; i < a.length; i++) a[i] = bf16Round(a[i]!);
+}
+
+/** forward() with bf16Activations (set for the duration of that call; forward is synchronous). */
+let bf16Mode = false;
 
 /** IEEE binary16 bits -> float64, exact. */
 function f16Value(bits: number): number {
@@ -346,7 +365,8 @@ function linearOf(W: Weights, prefix: string, out: number, inDim: number, bias: 
 }
 
 /** y [T, out] = x [T, in] W^T + b */
-function linear(x: Float64Array, T: number, l: Linear): Float64Array {
+function linear(x: Float64Array, T: number, l: Linear, f32Input = false): Float64Array {
+  if (bf16Mode && !f32Input) x = x.map(bf16Round);
   const y = new Float64Array(T * l.out);
   for (let t = 0; t < T; t++) {
     for (let o = 0; o < l.out; o++) {
@@ -800,7 +820,16 @@ class ReferenceModel implements RefModel {
     }
   }
 
-  forward(tokens: readonly number[], options: { routing?: ReadonlyArray<ReadonlyArray<readonly number[]> | undefined> } = {}): Float64Array {
+  forward(tokens: readonly number[], options: { routing?: ReadonlyArray<ReadonlyArray<readonly number[]> | undefined>; bf16Activations?: boolean } = {}): Float64Array {
+    bf16Mode = options.bf16Activations === true;
+    try {
+      return this.#forward(tokens, options.routing);
+    } finally {
+      bf16Mode = false;
+    }
+  }
+
+  #forward(tokens: readonly number[], forcedRouting: ReadonlyArray<ReadonlyArray<readonly number[]> | undefined> | undefined): Float64Array {
     const T = tokens.length;
     const H = this.#H;
     if (T === 0) throw new Error('forward: tokens must not be empty');
@@ -812,7 +841,7 @@ class ReferenceModel implements RefModel {
     this.lastRouting = [];
     this.lastScores = [];
     for (const [l, layer] of this.#layers.entries()) {
-      const forced = options.routing?.[l];
+      const forced = forcedRouting?.[l];
       const scores: Float64Array[] = [];
       const a = this.#attention(layer.attn, rmsNorm(x, H, layer.inNorm, this.#eps), T, scores);
       for (let i = 0; i < x.length; i++) x[i] = x[i]! + a[i]!;
@@ -854,6 +883,7 @@ class ReferenceModel implements RefModel {
           v.set(kvB.subarray(src + this.#qkNope, src + per), (t * nH + hh) * this.#vHead);
         }
       }
+      if (bf16Mode) roundBf16(k, v);
       const o = attend(q, k, v, T, nH, nH, hd, this.#vHead, this.#scale, null, null, scores);
       return linear(o, T, att.o);
     }
@@ -874,6 +904,7 @@ class ReferenceModel implements RefModel {
       for (let hh = 0; hh < nH; hh++) applyRope(q, (t * nH + hh) * hd, t, this.#rope);
       for (let g = 0; g < nKV; g++) applyRope(k, (t * nKV + g) * hd, t, this.#rope);
     }
+    if (bf16Mode) roundBf16(k, v);
     const o = attend(q, k, v, T, nH, nKV, hd, hd, this.#scale, att.window, att.sinks, scores);
     return linear(o, T, att.o);
   }
@@ -918,7 +949,7 @@ class ReferenceModel implements RefModel {
   #moe(f: MoeFfn, x: Float64Array, T: number, routing: number[][], forced?: ReadonlyArray<readonly number[]>): Float64Array {
     const H = this.#H;
     const out = new Float64Array(T * H);
-    const logits = linear(x, T, f.router); // [T, E]
+    const logits = linear(x, T, f.router, true); // [T, E]
     for (let t = 0; t < T; t++) {
       const { ids, weights } = this.#route(logits.subarray(t * this.#E, (t + 1) * this.#E), forced?.[t]);
       routing.push(ids);
@@ -940,9 +971,10 @@ class ReferenceModel implements RefModel {
   }
 
   /** gpt-oss expert e on one token: clamped SwiGLU over interleaved gate/up columns, with biases. */
-  #gptOssExpert(s: NonNullable<MoeFfn['stacked']>, e: number, x: Float64Array): Float64Array {
+  #gptOssExpert(s: NonNullable<MoeFfn['stacked']>, e: number, token: Float64Array): Float64Array {
     const H = this.#H;
     const I = s.inter;
+    const x = bf16Mode ? token.map(bf16Round) : token;
     const act = new Float64Array(I);
     for (let m = 0; m < I; m++) {
       let gate = s.gateUpBias[e * 2 * I + 2 * m]!;
@@ -955,6 +987,7 @@ class ReferenceModel implements RefModel {
       up = Math.min(this.#limit, Math.max(-this.#limit, up));
       act[m] = (up + 1) * (gate * sigmoid(gate * this.#alpha));
     }
+    if (bf16Mode) roundBf16(act);
     const y = new Float64Array(H);
     for (let hh = 0; hh < H; hh++) {
       let acc = s.downBias[e * H + hh]!;
