@@ -206,10 +206,11 @@ async function main(): Promise<void> {
   for (const m of models.filter((x) => !only || only.includes(x.preset))) {
     const dir = await benchModel(m.preset, m.layers);
     const model = await loadModel(dir, { kvCacheBytes: 1 << 30, ...placement });
-    // offloaded experts: a quarter of them in LRU slots (predicted with the slot count: expert copies priced at the
-    // profile's copy rate)
-    const off = decodeOnly ? undefined : await loadModel(dir, { kvCacheBytes: 1 << 30, experts: { fraction: 0.25, policy: 'lru' }, ...placement });
+    let off: MoeModel | undefined;
     try {
+      // offloaded experts: a quarter of them in LRU slots (predicted with the slot count: expert copies priced at the
+      // profile's copy rate)
+      if (!decodeOnly) off = await loadModel(dir, { kvCacheBytes: 1 << 30, experts: { fraction: 0.25, policy: 'lru' }, ...placement });
       const cfg = model.config;
       const V = cfg.vocabSize;
       const profileOptions = { maxBatch: Math.max(...batches), prefillTokens: [128, 256, CHUNK], quick, staged };
@@ -257,7 +258,7 @@ async function main(): Promise<void> {
           let moved = off.cacheStats!.bytesMoved;
           const copied: number[] = [];
           const { intervals, context, before, after, load } = await lockstepDecode(off, B, OFFLOAD_CONTEXT, 4321 + B * 7 + 1000 * rep, decodeSteps, Math.min(V, 500), (_, pure) => {
-            const now = off.cacheStats!.bytesMoved;
+            const now = off!.cacheStats!.bytesMoved; // set: the round continued past `if (!off)`
             if (pure) copied.push(now - moved);
             moved = now;
           });

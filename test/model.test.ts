@@ -73,7 +73,7 @@ for (const { name } of FAMILIES) {
       // whose worst position over makeModel seeds 1-8 and 11 was 1.2-2.7e-2 against the exact reference, is the
       // one that needs it)
       const r = ref.forward(tokens, { routing: engineRouting });
-      const rKv = ref.forward(tokens, { routing: engineRouting, bf16Activations: true });
+      const rBf16 = ref.forward(tokens, { routing: engineRouting, bf16Activations: true });
       let worst = 0;
       let num = 0;
       let den = 0;
@@ -84,8 +84,8 @@ for (const { name } of FAMILIES) {
           const diff = logits.data[t * V + v]! - r[t * V + v]!;
           num += diff * diff;
           den += r[t * V + v]! ** 2;
-          n += (logits.data[t * V + v]! - rKv[t * V + v]!) ** 2;
-          d += rKv[t * V + v]! ** 2;
+          n += (logits.data[t * V + v]! - rBf16[t * V + v]!) ** 2;
+          d += rBf16[t * V + v]! ** 2;
         }
         worst = Math.max(worst, Math.sqrt(n / d));
       }
