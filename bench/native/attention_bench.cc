@@ -2,7 +2,7 @@
 // measured in the same run on the same machine (issue 5):
 //   - decode: 64 sequences x kv_len {1024, 4096, 8192}, GQA (32,8), (32,4), (8,8), (64,4), head_dim 128, bf16 KV,
 //     block sizes 16 and 64, pages scattered (sequence s block b -> page b * 64 + s): KV bytes
-//     read per second as a fraction of a streaming-read probe (AVX-512 loads over 1 GiB, every pool thread) run
+//     read per second as a fraction of a streaming-read probe (cpu::read_probe over 1 GiB, every pool thread) run
 //     right before and right after each timed repetition (their mean: the development VM's bandwidth swings
 //     between ~25 and ~60 GB/s within minutes); a row reports the repetition with the median fraction;
 //   - prefill: q_len = kv_len = 2048 causal, (32,8), head_dim 128, block 16 and 64: FLOP/s (4 * head_dim per (query head, key) pair
@@ -36,6 +36,7 @@
 #include "core/threadpool.h"
 #include "cpu/attention.h"
 #include "cpu/dot_probe.h"
+#include "cpu/read_probe.h"
 #include "harness.h"
 
 #if MOE_X86
@@ -77,18 +78,6 @@ double time_it(int runs, const std::function<void()>& fn) {
   return t[t.size() / 2];
 }
 
-#if MOE_X86
-MOE_TARGET_AVX512 float read_sum_512(const float* p, size_t n) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  for (size_t i = 0; i + 64 <= n; i += 64) {
-    a0 = _mm512_add_ps(a0, _mm512_loadu_ps(p + i));
-    a1 = _mm512_add_ps(a1, _mm512_loadu_ps(p + i + 16));
-    a2 = _mm512_add_ps(a2, _mm512_loadu_ps(p + i + 32));
-    a3 = _mm512_add_ps(a3, _mm512_loadu_ps(p + i + 48));
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-#endif
 
 // Page-aligned (2 MiB when huge) host memory; with huge = true it asks for transparent huge pages
 // (madvise(MADV_HUGEPAGE)): scattered 4 KiB (page, kv head) runs otherwise cost a TLB miss each.
@@ -113,10 +102,8 @@ struct HostBuf {
 
 volatile float g_sink;
 
-// Streaming read probe, GB/s: one multithreaded pass over a 1 GiB buffer (allocated and filled once).
+// Streaming read probe, GB/s: cpu::read_probe (every pool thread) over a 1 GiB buffer (allocated and filled once).
 double read_probe(int runs) {
-#if MOE_X86
-  if (!cpu_info().avx512f) return 0;
   const size_t n = size_t{1} << 28;  // 1 GiB of f32
   static HostBuf raw(n * 2, true);  // huge pages, like the decode pools
   float* buf = reinterpret_cast<float*>(raw.data());
@@ -125,20 +112,8 @@ double read_probe(int runs) {
     return true;
   }();
   (void)filled;
-  const size_t threads = static_cast<size_t>(ThreadPool::global().size());
-  const size_t chunk = n / (threads * 8);
-  std::vector<float> part(threads * 8);
-  double t = time_it(runs, [&] {
-    ThreadPool::global().parallel_for(threads * 8, 1, [&](size_t b, size_t e) {
-      for (size_t i = b; i < e; ++i) part[i] = read_sum_512(buf + i * chunk, chunk);
-    });
-    g_sink = part[0];
-  });
-  return static_cast<double>(threads * 8 * chunk * 4) / t / 1e9;
-#else
-  (void)runs;
-  return 0;
-#endif
+  const double t = time_it(runs, [&] { g_sink = static_cast<float>(cpu::read_probe(buf, n)); });
+  return static_cast<double>(n * 4) / t / 1e9;
 }
 
 // vdpbf16ps peak over the pool, GFLOP/s (cpu::dot_probe, the probe bench/throughput.ts uses too).
@@ -245,11 +220,9 @@ struct Problem {
 };
 
 // The read side of a decode row: every sequence's K and V pages read once in the kernel's order (per page, per kv
-// head, the K segment then the V segment), AVX-512 loads and nothing else, sequences spread over the pool: the
+// head, the K segment then the V segment), with cpu::read_sum and nothing else, sequences spread over the pool: the
 // bandwidth this scattered layout allows, next to the sequential probe.
 double pattern_read(Problem& p, int runs) {
-#if MOE_X86
-  if (!cpu_info().avx512f) return 0;
   const size_t seg = static_cast<size_t>(p.bs * p.hd), page = seg * static_cast<size_t>(p.kvh);  // bf16 elements
   std::vector<float> part(static_cast<size_t>(p.seqs));
   return time_it(runs, [&] {
@@ -259,8 +232,8 @@ double pattern_read(Problem& p, int runs) {
         for (int64_t blk = 0; blk < p.max_blocks; ++blk) {
           const size_t pg = static_cast<size_t>(p.bt[s * p.max_blocks + blk]);
           for (int64_t u = 0; u < p.kvh; ++u) {
-            acc += read_sum_512(reinterpret_cast<const float*>(p.k.data() + pg * page + u * seg), seg / 2);
-            acc += read_sum_512(reinterpret_cast<const float*>(p.v.data() + pg * page + u * seg), seg / 2);
+            acc += cpu::read_sum(reinterpret_cast<const float*>(p.k.data() + pg * page + u * seg), seg / 2);
+            acc += cpu::read_sum(reinterpret_cast<const float*>(p.v.data() + pg * page + u * seg), seg / 2);
           }
         }
         part[s] = acc;
@@ -268,11 +241,6 @@ double pattern_read(Problem& p, int runs) {
     });
     g_sink = part[0];
   });
-#else
-  (void)p;
-  (void)runs;
-  return 0;
-#endif
 }
 
 // The floor: per (sequence, query head) a plain scalar loop over its kv head's pages, decode only, one thread per
@@ -341,7 +309,7 @@ int attention_bench_main(int argc, char** argv) {
               ci.model.c_str(), ci.logical_cores, isa_name(ci.best), ThreadPool::global().size());
   const double bw = read_probe(runs);
   double peak = dp_peak(3);
-  emit({"probe", "cpu", "streaming read, 1 GiB, AVX-512 loads", "GB/s", "", 0, bw, 0});
+  emit({"probe", "cpu", "streaming read, 1 GiB (cpu::read_probe)", "GB/s", "", 0, bw, 0});
   emit({"probe", "cpu", "vdpbf16ps register peak", "GFLOP/s", "", 0, peak, 0});
   const std::string bw_src = "read probe before and after the repetition";
   const std::string pk_src = "vdpbf16ps peak: best reading of this run";

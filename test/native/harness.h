@@ -63,6 +63,7 @@ void add_rms_norm_cases(std::vector<Case>& cases);  // rms_norm, row-broadcast a
 void add_gemv_cases(std::vector<Case>& cases);  // small-m gemm, the streaming decode path (gemv_test.cc)
 void add_moe_invariance_cases(std::vector<Case>& cases);  // moe_experts batch invariance (moe_invariance_test.cc)
 void add_moe_parts_cases(std::vector<Case>& cases);  // moe_experts parts mode + moe_combine (moe_parts_test.cc)
+void add_read_probe_cases(std::vector<Case>& cases);  // the bench's streaming-read probe (read_probe_test.cc)
 
 // Runs every case whose "op shape backend" line contains `filter` (empty: all) and prints the results.
 // Returns the number of failures.
