@@ -31,7 +31,10 @@ export function randomRequests(n: number, promptTokens: number | readonly number
   return Array.from({ length: n }, (_, i) => ({ prompt: { tokens: Array.from({ length: at(promptTokens, i) }, rnd) }, options: { maxNewTokens: at(maxNewTokens, i), stopAtEos: false } }));
 }
 
-/** bf16 dot-product peak of the CPU backend's pool (GFLOP/s): the native register-only vdpbf16ps probe, best of 3 (0 without AVX512_BF16). */
+/**
+ * Compute peak of the CPU backend's bf16 kernels (GFLOP/s): the native register-only probe of the active tier's
+ * multiply-add (vdpbf16ps on avx512bf16; f32 FMAs on avx512 and avx2, which widen bf16), best of 3 (0 on scalar).
+ */
 export function bf16PeakGflops(): number {
   let best = 0;
   for (let i = 0; i < 3; i++) {

@@ -7,8 +7,9 @@
  *    20 calls queued back to back per timing, so the per-op round trip is hidden): what the vdpbf16ps micro-kernels
  *    reach when memory is not the limit (the native bench measures the same shape at about 400 GFLOP/s here).
  *  - large dense matmul: be.gemm bf16 -> f32 [1024, 4096] x [4096, 4096]^T (reference only).
- *  - register peak: native dotProbe (vdpbf16ps chains on registers, every pool thread, best of 3): the strict limit
- *    (no kernel that loads its operands reaches it); frac_of_dot_peak uses it.
+ *  - register peak: native dotProbe (the tier's multiply-add chained on registers: vdpbf16ps, or f32 FMAs on the
+ *    avx512 and avx2 tiers; every pool thread, best of 3): the strict limit (no kernel that loads its operands
+ *    reaches it); frac_of_dot_peak uses it.
  * The read probe runs again right before and after every row (median of 3 passes each): the development VM's
  * bandwidth drifts between ~30 and ~60 GB/s within minutes, so frac_of_read_bw uses the row's own probe.
  * Each row: GFLOP/s (2 * T * k * 3 * H * I, the routed work) and weight GB/s (distinct routed experts * 3 * H * I

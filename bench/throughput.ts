@@ -13,7 +13,8 @@
  *   memory: (copied bytes x 2 (read store + write slot) + the step's expert bytes read by the kernel (expected
  *           distinct experts under uniform routing) + dense and LM-head bytes) / read probe bandwidth,
  *   compute: the step's flops (2 x params touched per token: routed experts, attention projections, router, LM
- *           head) / the bf16 dot-product peak (native dotProbe: vdpbf16ps chains on registers, every pool thread),
+ *           head) / the compute peak (native dotProbe: the tier's multiply-add chained on registers, every pool
+ *           thread: vdpbf16ps, or f32 FMAs on the avx512 and avx2 tiers),
  *   bound = max(memory, compute) (perfect overlap of copies and compute); frac_of_bound = bound / measured.
  * Next to it, the step's own compute rate (step_gflops = flops / step time) and the rate of a large dense matmul
  * measured in the same run (be.gemm bf16 [1024, 4096] x [4096, 4096]^T over the weight in the model's layout, packed
@@ -141,7 +142,7 @@ async function main(): Promise<void> {
   const promptTokens = 32;
   const dir = await benchModel('mixtral-8x7b-shape', 1);
   const peak = bf16PeakGflops();
-  if (peak === 0) throw new Error('the bf16 dot-product probe needs AVX512_BF16');
+  if (peak === 0) throw new Error('the compute peak probe needs a SIMD tier (avx2 or above)');
   const rows: Array<Record<string, unknown>> = [];
   for (const mode of ['offloaded', 'resident'] as const) rows.push(...(await measure(dir, mode, batches, promptTokens, peak, pack)));
   const summarise = (mode: string) => {

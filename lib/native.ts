@@ -122,7 +122,7 @@ export interface NativeAddon {
   allocAsync(stream: NativeStream, params: { backend: 0 | 1; device: number; kind: 0 | 1; bytes: number }, cancel?: NativeCancelToken): Promise<NativeMemory>;
   /** Bench only: one timed multithreaded read pass (a sum) over `data`; see cpp/cpu/read_probe.h. */
   readProbe(data: Float32Array): { seconds: number; sum: number };
-  /** bf16 dot-product peak probe: iters x 12 vdpbf16ps per pool thread on registers; flops 0 without AVX512_BF16. */
+  /** Multiply-add peak probe of the active CPU tier: iters x 12 vdpbf16ps (or f32 FMAs) per pool thread on registers; flops 0 on the scalar tier. */
   dotProbe(iters: number): { seconds: number; flops: number };
   copy: OpFn<{ src: NativeTensorArg; dst: NativeTensorArg }>;
   routerTopK: OpFn<{

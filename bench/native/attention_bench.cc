@@ -6,8 +6,8 @@
 //     right before and right after each timed repetition (their mean: the development VM's bandwidth swings
 //     between ~25 and ~60 GB/s within minutes); a row reports the repetition with the median fraction;
 //   - prefill: q_len = kv_len = 2048 causal, (32,8), head_dim 128, block 16 and 64: FLOP/s (4 * head_dim per (query head, key) pair
-//     attended) as a fraction of a vdpbf16ps register-only peak (every pool thread; the best reading so far, re-read
-//     before each row);
+//     attended) as a fraction of the best tier's register-only multiply-add peak (vdpbf16ps, or f32 FMAs without
+//     AVX512_BF16; every pool thread; the best reading so far, re-read before each row);
 //   - decode-read: the same pages read in the kernel's order with nothing else (the bandwidth of the scattered
 //     layout itself, which the sequential probe can exceed by ~30% when the VM's bandwidth is high);
 //   - decode-cached: the bf16 tier on the same decode shapes with every block table pointing at the same 8 pages
@@ -116,15 +116,15 @@ double read_probe(int runs) {
   return static_cast<double>(n * 4) / t / 1e9;
 }
 
-// vdpbf16ps peak over the pool, GFLOP/s (cpu::dot_probe, the probe bench/throughput.ts uses too).
+// Multiply-add peak over the pool, GFLOP/s (cpu::dot_probe at the best tier: vdpbf16ps, or f32 FMAs without
+// AVX512_BF16; the probe bench/throughput.ts uses too).
 // The best of `runs` (a register-only peak is a property of the core: other work on the shared VM only lowers a
 // reading, so the fastest one is the peak).
 double dp_peak(int runs) {
-  if (!cpu_info().avx512bf16) return 0;
   double best = 0;
   for (int i = 0; i < runs; ++i) {
     const double t0 = now_s();
-    const double flops = cpu::dot_probe(20'000'000);
+    const double flops = cpu::dot_probe(20'000'000, cpu_info().best);
     best = std::max(best, flops / (now_s() - t0) / 1e9);
   }
   return best;
@@ -310,9 +310,10 @@ int attention_bench_main(int argc, char** argv) {
   const double bw = read_probe(runs);
   double peak = dp_peak(3);
   emit({"probe", "cpu", "streaming read, 1 GiB (cpu::read_probe)", "GB/s", "", 0, bw, 0});
-  emit({"probe", "cpu", "vdpbf16ps register peak", "GFLOP/s", "", 0, peak, 0});
+  const std::string peak_of = ci.best == Isa::Avx512Bf16 ? "vdpbf16ps" : ci.best == Isa::Scalar ? "none (scalar)" : "f32 FMA";
+  emit({"probe", "cpu", peak_of + " register peak", "GFLOP/s", "", 0, peak, 0});
   const std::string bw_src = "read probe before and after the repetition";
-  const std::string pk_src = "vdpbf16ps peak: best reading of this run";
+  const std::string pk_src = peak_of + " peak: best reading of this run";
 
   std::vector<Isa> tiers;
   for (Isa t : {Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2})

@@ -1,13 +1,17 @@
-// bf16 dot-product peak probe (bench only): every pool thread runs 12 independent vdpbf16ps chains on registers
-// (no memory traffic), so flops / time is the most the CPU backend's bf16 kernels could reach. The compute
-// roofline of bench/throughput.ts and bench/native/attention_bench.cc.
+// Multiply-add peak probe (bench only): every pool thread runs 12 independent chains of the tier's multiply-add on
+// registers (no memory traffic), so flops / time is the most that tier's kernels could reach: vdpbf16ps on
+// avx512bf16, f32 FMA (zmm) on avx512, f32 FMA (ymm) on avx2 (those tiers widen bf16 to f32 and FMA). The compute
+// roofline of bench/moe.ts, bench/throughput.ts and bench/native/attention_bench.cc.
 #pragma once
 #include <cstdint>
 
+#include "../core/isa.h"
+
 namespace moe::cpu {
 
-// Runs `iters` x 12 vdpbf16ps (64 FLOP each) on each pool thread; returns the FLOP done (0 when the CPU has no
-// AVX512_BF16: the caller reports the probe as unavailable).
-double dot_probe(int64_t iters);
+// Runs `iters` x 12 multiply-adds of `isa`'s kind (lowered to what the CPU has; default: the active tier) on each
+// pool thread: vdpbf16ps (64 FLOP each), zmm FMA (32), ymm FMA (16). Returns the FLOP done (0 on the scalar tier or
+// a non-x86 CPU: the caller reports the probe as unavailable).
+double dot_probe(int64_t iters, Isa isa = cpu_info().active);
 
 }  // namespace moe::cpu

@@ -1,5 +1,5 @@
-// dotProbe(iters: number) -> { seconds, flops }: one timed run of cpu::dot_probe (the bf16 dot-product peak of the
-// CPU backend's pool), synchronous on the calling thread (bench only: bench/throughput.ts). flops 0: no AVX512_BF16.
+// dotProbe(iters: number) -> { seconds, flops }: one timed run of cpu::dot_probe (the multiply-add peak of the active
+// CPU tier over the pool), synchronous on the calling thread (bench only: bench/throughput.ts). flops 0: scalar tier.
 #include "cpu/dot_probe.h"
 
 #include <chrono>
