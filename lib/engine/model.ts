@@ -102,7 +102,8 @@ export interface LoadModelOptions {
   /**
    * Pack the dense projection weights and the LM head into the CPU kernels' panel64 layout at load
    * (`Backend.packWeights`; default: true on the CPU backend with the avx512bf16 tier, where gemm then runs as
-   * outer products). Not available on CUDA.
+   * outer products). Not available on CUDA. The other tiers have no packed kernels: forced on there, gemm runs the
+   * scalar reference over the packed layout (correct, and tens of times slower).
    */
   packWeights?: boolean;
   onProgress?: (p: LoadProgress) => void;
