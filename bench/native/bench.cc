@@ -252,28 +252,32 @@ void bench_cpu() {
   }
 }
 
-// GEMM over packed weights (gemm_packed.h) against the row-major gemm, same shapes and inputs, avx512bf16 tier:
-// the projection shapes of Mixtral-8x7B (an expert's [14336, 4096] at decode and prefill m) and a square one.
-// Roofline: the register peak of vdpbf16ps (cpu::dot_probe, every pool thread, best of 3) measured in this run;
-// m = 1 also against the read probe (bytes of b / time).
+// GEMM over packed weights (gemm_packed.h) against the row-major gemm, same shapes and inputs, at the best tier
+// (avx512bf16: vdpbf16ps; avx512 and avx2: the 8-lane FMA kernels): the projection shapes of Mixtral-8x7B (an
+// expert's [14336, 4096] at decode and prefill m) and a square one. Roofline: the tier's register peak
+// (cpu::dot_probe, every pool thread, best of 3) measured in this run; m <= 8 also against the read probe (bytes of
+// b / time).
 void bench_cpu_packed() {
-  if (cpu_info().best < Isa::Avx512Bf16) {
-    std::printf("%-16s SKIP: packed gemm needs avx512bf16\n", "cpu-avx512bf16");
+  const Isa best = cpu_info().best, tier = cpu::packed_tier(best);
+  const std::string be = std::string("cpu-") + isa_name(best);
+  if (tier == Isa::Scalar) {
+    std::printf("%-16s SKIP: packed gemm has no vector kernel on this CPU\n", be.c_str());
     return;
   }
+  const std::string peak_of = best == Isa::Avx512Bf16 ? "vdpbf16ps" : "f32 FMA";
   std::string how;
   const double read_gbs = cpu_read_bandwidth(&how);
   double peak = 0;
   for (int i = 0; i < 3; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    const double flops = cpu::dot_probe(20000000);
+    const double flops = cpu::dot_probe(20000000, best);
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     peak = std::max(peak, flops / sec / 1e9);
   }
-  report({"cpu", "dot-peak", "vdpbf16ps chains, all threads", 0, peak, "GFLOP/s", 0, "", "register peak, this run"});
+  report({"cpu", "dot-peak", peak_of + " chains, all threads", 0, peak, "GFLOP/s", 0, "", "register peak, this run"});
   struct Shape { int64_t m, n, k; };
-  for (Shape sh : {Shape{1, 14336, 4096}, Shape{16, 14336, 4096}, Shape{128, 14336, 4096}, Shape{512, 14336, 4096},
-                   Shape{1024, 1024, 1024}}) {
+  for (Shape sh : {Shape{1, 14336, 4096}, Shape{4, 14336, 4096}, Shape{8, 14336, 4096}, Shape{16, 14336, 4096},
+                   Shape{128, 14336, 4096}, Shape{512, 14336, 4096}, Shape{1024, 1024, 1024}}) {
     AlignedBuffer a(static_cast<size_t>(sh.m * sh.k) * 2), b(static_cast<size_t>(sh.n * sh.k) * 2),
         bp(static_cast<size_t>(cpu::packed_weights_numel(sh.n, sh.k)) * 2), o(static_cast<size_t>(sh.m * sh.n) * 4);
     for (int64_t i = 0; i < sh.m * sh.k; ++i) a.as<uint16_t>()[i] = f32_to_bf16(static_cast<float>(i % 17) * 0.01f);
@@ -285,19 +289,19 @@ void bench_cpu_packed() {
     cpu::GemmPackedArgs pk{a.as<uint16_t>(), bp.as<uint16_t>(), o.p, DType::F32, sh.m, sh.n, sh.k, sh.k, sh.n};
     // interleaved: row-major, packed, row-major, packed (the VM's speed drifts); the best of each
     double ms_rm = 1e30, ms_pk = 1e30;
-    for (int r = 0; r < 2; ++r) {
-      ms_rm = std::min(ms_rm, time_cpu_ms([&] { cpu::gemm(rm, Isa::Avx512Bf16); }, 1500));
-      ms_pk = std::min(ms_pk, time_cpu_ms([&] { cpu::gemm_packed(pk, Isa::Avx512Bf16); }, 1500));
+    for (int r = 0; r < 3; ++r) {
+      ms_rm = std::min(ms_rm, time_cpu_ms([&] { cpu::gemm(rm, best); }, 1500));
+      ms_pk = std::min(ms_pk, time_cpu_ms([&] { cpu::gemm_packed(pk, best); }, 1500));
     }
-    const bool decode = sh.m == 1;
+    const bool decode = sh.m <= 8;
     for (int v = 0; v < 2; ++v) {
       const double ms = v == 0 ? ms_rm : ms_pk;
       const char* op = v == 0 ? "gemm" : "gemm-packed";
       const std::string note = v == 0 ? "row-major weights" : "panel64 weights, x" + std::to_string(ms_rm / ms_pk).substr(0, 4) + " vs row-major";
       if (decode)
-        report({"cpu-avx512bf16", op, shape, ms, bbytes / (ms * 1e-3) / 1e9, "GB/s", read_gbs, "streaming read probe, this run", note});
+        report({be, op, shape, ms, bbytes / (ms * 1e-3) / 1e9, "GB/s", read_gbs, "streaming read probe, this run", note});
       else
-        report({"cpu-avx512bf16", op, shape, ms, flop / (ms * 1e-3) / 1e9, "GFLOP/s", peak, "vdpbf16ps register peak, this run", note});
+        report({be, op, shape, ms, flop / (ms * 1e-3) / 1e9, "GFLOP/s", peak, peak_of + " register peak, this run", note});
     }
   }
 }

@@ -27,6 +27,7 @@ namespace {
 
 constexpr int64_t kTileRows = 96;     // rows per work item (f32 tile of 96 x 64 = 24 KiB on the stack)
 constexpr int64_t kBlockPairs = 256;  // k pairs per block (64 KiB of the panel)
+constexpr int64_t kBlockPairsAvx2 = 64;  // the avx2 kernel's (16 KiB: its four 16-column passes over a block hit L1)
 
 void require(bool ok, const std::string& what) {
   if (!ok) throw_error(ErrorCode::InvalidArgument, "gemm (packed weights): " + what);
@@ -101,31 +102,126 @@ MOE_TARGET_AVX512BF16 void block_bf16(const uint16_t* const* a, int64_t k, int64
 
 using BlockFn = void (*)(const uint16_t* const*, int64_t, int64_t, int64_t, const uint16_t*, float*);
 constexpr BlockFn kBlockBf16[6] = {block_bf16<1>, block_bf16<2>, block_bf16<3>, block_bf16<4>, block_bf16<5>, block_bf16<6>};
+
+// The avx2 tier (also run where avx512 lacks BF16): tile[r][0..64) (row stride 64) += pairs [p0, p1) of rows
+// af[0..MR) (f32, [2 (p1 - p0)] each: the block's values of a, converted) against the panel, 16 columns at a time:
+// per pair, two 32-byte loads hold 8 columns' (even, odd) bf16 each; a shift and a mask make them f32, and each row
+// takes two FMAs per 8 columns, its even value then its odd one (broadcast from af). So every output is one f32
+// accumulator fed k in order, whatever MR: the same sums at every row count (batch invariance).
+// dst[0, n) = src[0, n) bf16 -> f32 (exact).
+MOE_TARGET_AVX2 void cvt_row_avx2(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_store_ps(dst + i, simd::ld_bf16_avx2(src + i));
+  for (; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
+}
+
+template <int MR>
+MOE_TARGET_AVX2 void block_avx2(const float* const* af, int64_t p0, int64_t p1, const uint16_t* panel, float* tile) {
+  const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  for (int c0 = 0; c0 < kPanelCols; c0 += 16) {
+    __m256 acc[MR][2];
+#pragma GCC unroll 5
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+      for (int v = 0; v < 2; ++v) acc[r][v] = _mm256_loadu_ps(tile + r * kPanelCols + c0 + 8 * v);
+    const uint16_t* bp = panel + (p0 * kPanelCols + c0) * 2;
+    for (int64_t p = 0; p < p1 - p0; ++p, bp += kPanelCols * 2) {
+      if (c0 == 0) {  // the first pass over the block pulls each pair's other three lines too: one sequential stream
+        _mm_prefetch(reinterpret_cast<const char*>(bp) + 64, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(bp) + 128, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(bp) + 192, _MM_HINT_T0);
+      }
+      __m256 be[2], bo[2];
+#pragma GCC unroll 2
+      for (int v = 0; v < 2; ++v) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 16 * v));
+        be[v] = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+        bo[v] = _mm256_castsi256_ps(_mm256_and_si256(x, hi));
+      }
+#pragma GCC unroll 5
+      for (int r = 0; r < MR; ++r) {
+        const __m256 xe = _mm256_broadcast_ss(af[r] + 2 * p);
+#pragma GCC unroll 2
+        for (int v = 0; v < 2; ++v) acc[r][v] = _mm256_fmadd_ps(xe, be[v], acc[r][v]);
+        const __m256 xo = _mm256_broadcast_ss(af[r] + 2 * p + 1);
+#pragma GCC unroll 2
+        for (int v = 0; v < 2; ++v) acc[r][v] = _mm256_fmadd_ps(xo, bo[v], acc[r][v]);
+      }
+    }
+#pragma GCC unroll 5
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+      for (int v = 0; v < 2; ++v) _mm256_storeu_ps(tile + r * kPanelCols + c0 + 8 * v, acc[r][v]);
+  }
+}
+
+// One row (decode): the same sums as block_avx2<1>, all 64 columns per pair in one pass (8 accumulators), so the
+// panel is read front to back once.
+MOE_TARGET_AVX2 void block_avx2_row(const float* const* af, int64_t p0, int64_t p1, const uint16_t* panel, float* tile) {
+  const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  __m256 acc[8];
+#pragma GCC unroll 8
+  for (int v = 0; v < 8; ++v) acc[v] = _mm256_loadu_ps(tile + 8 * v);
+  const uint16_t* bp = panel + p0 * kPanelCols * 2;
+  const float* a = af[0];
+  for (int64_t p = 0; p < p1 - p0; ++p, bp += kPanelCols * 2) {
+    const __m256 xe = _mm256_broadcast_ss(a + 2 * p), xo = _mm256_broadcast_ss(a + 2 * p + 1);
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; ++v) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 16 * v));
+      acc[v] = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)), acc[v]);
+      acc[v] = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(_mm256_and_si256(x, hi)), acc[v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < 8; ++v) _mm256_storeu_ps(tile + 8 * v, acc[v]);
+}
+
+using BlockF32Fn = void (*)(const float* const*, int64_t, int64_t, const uint16_t*, float*);
+constexpr BlockF32Fn kBlockAvx2[5] = {block_avx2_row, block_avx2<2>, block_avx2<3>, block_avx2<4>, block_avx2<5>};
 #endif
 
-// tile[i][0..64) = rows[i] . panel for i < mt <= kTileRows, k in blocks of kBlockPairs pairs.
-void tile_dots(const uint16_t* const* rows, int64_t mt, const uint16_t* panel, int64_t k, bool bf16, float* tile) {
+// tile[i][0..64) = rows[i] . panel for i < mt <= kTileRows, k in blocks of kBlockPairs pairs, on `tier` (one of
+// packed_tier's).
+void tile_dots(const uint16_t* const* rows, int64_t mt, const uint16_t* panel, int64_t k, Isa tier, float* tile) {
   std::memset(tile, 0, sizeof(float) * static_cast<size_t>(mt * kPanelCols));
   const int64_t kp = (k + 1) / 2;
-  for (int64_t p0 = 0; p0 < kp; p0 += kBlockPairs) {
-    const int64_t p1 = kp - p0 < kBlockPairs ? kp : p0 + kBlockPairs;
+  const int64_t block = tier == Isa::Avx2 ? kBlockPairsAvx2 : kBlockPairs;
+  for (int64_t p0 = 0; p0 < kp; p0 += block) {
+    const int64_t p1 = kp - p0 < block ? kp : p0 + block;
+#if MOE_X86
+    if (tier == Isa::Avx2) {
+      // the block's values of 5 rows at a time as f32 (0 past k), then the FMA kernel
+      alignas(32) float af[5][2 * kBlockPairsAvx2];
+      const float* ap[5] = {af[0], af[1], af[2], af[3], af[4]};
+      const int64_t e0 = 2 * p0, e1 = 2 * p1 < k ? 2 * p1 : k;
+      for (int64_t i = 0; i < mt; i += 5) {
+        const int mr = static_cast<int>(mt - i < 5 ? mt - i : 5);
+        for (int r = 0; r < mr; ++r) {
+          cvt_row_avx2(rows[i + r] + e0, af[r], e1 - e0);
+          if (e1 - e0 < 2 * (p1 - p0)) af[r][e1 - e0] = 0.0f;  // the odd half of the last pair of an odd k
+        }
+        kBlockAvx2[mr - 1](ap, p0, p1, panel, tile + i * kPanelCols);
+      }
+      continue;
+    }
+#endif
     for (int64_t i = 0; i < mt; i += 6) {
       const int mr = static_cast<int>(mt - i < 6 ? mt - i : 6);
 #if MOE_X86
-      if (bf16) {
+      if (tier == Isa::Avx512Bf16) {
         kBlockBf16[mr - 1](rows + i, k, p0, p1, panel, tile + i * kPanelCols);
         continue;
       }
 #endif
-      (void)bf16;
       block_scalar(rows + i, mr, k, p0, p1, panel, tile + i * kPanelCols);
     }
   }
 }
 
-void run_item(const GemmPackedArgs& g, bool bf16, int64_t q, int64_t i0, int64_t mt) {
+void run_item(const GemmPackedArgs& g, Isa tier, int64_t q, int64_t i0, int64_t mt) {
   alignas(64) float tile[kTileRows * kPanelCols];
-  packed_panel_dots(g.a + i0 * g.lda, g.lda, mt, g.b + q * packed_panel_numel(g.k), g.k, bf16, tile);
+  packed_panel_dots(g.a + i0 * g.lda, g.lda, mt, g.b + q * packed_panel_numel(g.k), g.k, tier, tile);
   const int64_t j0 = q * kPanelCols, nc = g.n - j0 < kPanelCols ? g.n - j0 : kPanelCols;
   for (int64_t i = 0; i < mt; ++i) {
     const float* src = tile + i * kPanelCols;
@@ -141,12 +237,22 @@ void run_item(const GemmPackedArgs& g, bool bf16, int64_t q, int64_t i0, int64_t
 
 }  // namespace
 
-void packed_panel_dots(const uint16_t* a, int64_t lda, int64_t m, const uint16_t* panel, int64_t k, bool bf16, float* tile) {
+Isa packed_tier(Isa isa) {
+  isa = clamp_isa(isa);
+#if MOE_X86
+  return isa >= Isa::Avx512Bf16 ? Isa::Avx512Bf16 : isa >= Isa::Avx2 ? Isa::Avx2 : Isa::Scalar;
+#else
+  (void)isa;
+  return Isa::Scalar;
+#endif
+}
+
+void packed_panel_dots(const uint16_t* a, int64_t lda, int64_t m, const uint16_t* panel, int64_t k, Isa tier, float* tile) {
   const uint16_t* rows[kTileRows] = {};
   for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
     const int64_t mt = m - i0 < kTileRows ? m - i0 : kTileRows;
     for (int64_t i = 0; i < mt; ++i) rows[i] = a + (i0 + i) * lda;
-    tile_dots(rows, mt, panel, k, bf16, tile + i0 * kPanelCols);
+    tile_dots(rows, mt, panel, k, tier, tile + i0 * kPanelCols);
   }
 }
 
@@ -166,26 +272,21 @@ Isa gemm_packed(const GemmPackedArgs& g, Isa isa, const CancelToken* cancel) {
   require(g.out_dtype == DType::F32 || g.out_dtype == DType::BF16,
           std::string("out dtype must be f32 or bf16, received ") + dtype_name(g.out_dtype));
   require(g.b != nullptr && (g.m == 0 || (g.a != nullptr && g.out != nullptr)), "a, b and out must be non-null");
-  bool bf16 = false;
-#if MOE_X86
-  bf16 = clamp_isa(isa) >= Isa::Avx512Bf16;
-#else
-  (void)isa;
-#endif
-  if (g.m == 0) return bf16 ? Isa::Avx512Bf16 : Isa::Scalar;
+  const Isa tier = packed_tier(isa);
+  if (g.m == 0) return tier;
   const int64_t panels = (g.n + kPanelCols - 1) / kPanelCols;
   const int64_t tiles = (g.m + kTileRows - 1) / kTileRows;
   std::function<void(size_t, size_t)> fn = [&](size_t b, size_t e) {
     for (size_t it = b; it < e; ++it) {
       const int64_t q = static_cast<int64_t>(it) / tiles, t = static_cast<int64_t>(it) % tiles;
       const int64_t i0 = t * kTileRows, mt = g.m - i0 < kTileRows ? g.m - i0 : kTileRows;
-      run_item(g, bf16, q, i0, mt);
+      run_item(g, tier, q, i0, mt);
     }
   };
   const size_t grain = packed_items_grain(g.m < kTileRows ? g.m : kTileRows, g.k, 1);
   if (!ThreadPool::global().parallel_for(static_cast<size_t>(panels * tiles), grain, fn, cancel))
     throw_error(ErrorCode::Cancelled, "gemm: cancelled");
-  return bf16 ? Isa::Avx512Bf16 : Isa::Scalar;
+  return tier;
 }
 
 }  // namespace moe::cpu

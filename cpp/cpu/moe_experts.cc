@@ -713,14 +713,14 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
   std::vector<Item> items;
 
   // Steps 2 and 3 over packed weights: items (expert, panel); GEMM1 tiles of gate and up, then SwiGLU; GEMM2.
-  bool pk_bf16 = false, vec_act = false;  // vec_act: swiglu_row's AVX-512 form, for every path of the call
+  const Isa pk_tier = packed_tier(isa);
+  bool vec_act = false;  // swiglu_row's AVX-512 form, for every path of the call
 #if MOE_X86
-  pk_bf16 = a.packed && clamp_isa(isa) >= Isa::Avx512Bf16;
   vec_act = clamp_isa(isa) >= Isa::Avx512;
 #endif
   auto packed_gemms = [&](int64_t rows) {
     if (rows == 0) return;
-    ran.store(static_cast<int>(pk_bf16 ? Isa::Avx512Bf16 : Isa::Scalar), std::memory_order_relaxed);
+    ran.store(static_cast<int>(pk_tier), std::memory_order_relaxed);
     const int64_t gate_panel = packed_panel_numel(H), down_panel = packed_panel_numel(I);  // bf16 values per panel
     auto panel_items = [&](int64_t cols) {
       items.clear();
@@ -740,8 +740,8 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
         float* g = scratch_f32(static_cast<size_t>(m * 2 * kPanelCols));  // [m, 64] gate | [m, 64] up
         float* u = g + m * kPanelCols;
         const uint16_t* xa = xs.data() + static_cast<int64_t>(row0[x]) * H;  // [m, h] bf16
-        packed_panel_dots(xa, H, m, static_cast<const uint16_t*>(a.gate[x]) + q * gate_panel, H, pk_bf16, g);
-        packed_panel_dots(xa, H, m, static_cast<const uint16_t*>(a.up[x]) + q * gate_panel, H, pk_bf16, u);
+        packed_panel_dots(xa, H, m, static_cast<const uint16_t*>(a.gate[x]) + q * gate_panel, H, pk_tier, g);
+        packed_panel_dots(xa, H, m, static_cast<const uint16_t*>(a.up[x]) + q * gate_panel, H, pk_tier, u);
         for (int64_t i = 0; i < m; ++i) {
           uint16_t* dst = act.data() + (row0[x] + i) * I + n0;  // [nc] bf16
           const float* gi = g + i * kPanelCols;
@@ -764,7 +764,7 @@ Isa moe_experts(const MoeExpertsArgs& a, Isa isa, const CancelToken* cancel) {
         const float* bd = down_bias_of(x);  // [h] f32 or nullptr
         float* tile = scratch_f32(static_cast<size_t>(m * kPanelCols));  // [m, 64]
         const uint16_t* aa = act.data() + static_cast<int64_t>(row0[x]) * I;  // [m, inter] bf16
-        packed_panel_dots(aa, I, m, static_cast<const uint16_t*>(a.down[x]) + q * down_panel, I, pk_bf16, tile);
+        packed_panel_dots(aa, I, m, static_cast<const uint16_t*>(a.down[x]) + q * down_panel, I, pk_tier, tile);
         for (int64_t i = 0; i < m; ++i) {
           float* dst = part.data() + (row0[x] + i) * H + n0;  // [nc] f32
           const float* src = tile + i * kPanelCols;
