@@ -23,9 +23,10 @@
  * ran on row-major weights, 0.63-0.75 of the register probe, slower than the packed step itself.)
  * On the CPU backend copies, kernels and attention share the same two cores and memory, so the bound is
  * optimistic: it assumes they overlap perfectly.
- * Weights are in loadModel's default layout: packed (panel64) on the avx512bf16 tier, row-major on the others (they
- * have no packed kernels); --no-pack loads them row-major on any tier, for an A/B in the same session.
- * Run: node dist/bench/throughput.js [--quick] [--no-pack] -> bench/results/throughput-cpu-<date>[-rowmajor][-<MOE_BENCH_LABEL>].json
+ * Weights are in loadModel's default layout: packed (panel64) on the avx512bf16 tier, row-major on the others;
+ * --no-pack loads them row-major and --pack packed on any tier (avx2 / avx512: the FMA kernels over packed weights),
+ * for an A/B in the same session.
+ * Run: node dist/bench/throughput.js [--quick] [--no-pack | --pack] -> bench/results/throughput-cpu-<date>[-rowmajor][-<MOE_BENCH_LABEL>].json
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -137,7 +138,7 @@ async function measure(dir: string, mode: 'offloaded' | 'resident', batches: num
 
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
-  const pack = !process.argv.includes('--no-pack') && openBackend({ backend: 'cpu' }).isa === 'avx512bf16';
+  const pack = !process.argv.includes('--no-pack') && (process.argv.includes('--pack') || openBackend({ backend: 'cpu' }).isa === 'avx512bf16');
   const batches = quick ? [1, 8, 32] : [1, 4, 16, 64, 128, 256, 512];
   const promptTokens = 32;
   const dir = await benchModel('mixtral-8x7b-shape', 1);
