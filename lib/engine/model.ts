@@ -104,8 +104,9 @@ export interface LoadModelOptions {
    * (`Backend.packWeights`; default: true on the CPU backend with the avx512bf16 tier, where gemm then runs as
    * outer products). Not available on CUDA. On the avx2 and avx512 tiers packed weights run 8-lane FMA kernels:
    * measured on a 2-core AVX2 EPYC, 1.1-1.5x the row-major gemm at 16 or more rows (prefill, large batches) but
-   * 0.8x at one row (bench/results/native-kernels-2026-11-27-avx2.json), so the default there stays row-major; pass
-   * true for throughput work. The scalar tier runs a plain reference over the packed layout (slow).
+   * 0.8x at one row (bench/results/native-kernels-2026-11-27-avx2.json); a Mixtral-shaped layer decoded 1.3x faster
+   * at batch 32 and 0.67x at batch 1 (throughput-cpu-2026-11-27-*avx2-ab*.json). So the default there stays
+   * row-major; pass true for throughput work. The scalar tier runs a plain reference over the packed layout (slow).
    */
   packWeights?: boolean;
   onProgress?: (p: LoadProgress) => void;
