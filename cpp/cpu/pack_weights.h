@@ -1,5 +1,6 @@
 // Packed weights (the "panel64" layout): a bf16 weight W [n, k] (nn.Linear / safetensors layout, y = x W^T)
-// rearranged so that the AVX-512 BF16 kernels run as outer products instead of dot products.
+// rearranged so that the CPU kernels run as outer products instead of dot products (vdpbf16ps on avx512bf16; on avx2
+// and avx512 a pair's 32-bit lane widens to two f32 by a shift and a mask, then two FMAs).
 //   panels of 64 output columns; panel q holds rows j in [64 q, 64 q + 64) of W as [kp][64][2] bf16, kp = ceil(k / 2):
 //   packed[((q * kp + p) * 64 + c) * 2 + e] = W[64 q + c][2 p + e], and 0 where 64 q + c >= n or 2 p + e >= k.
 // One vdpbf16ps then takes the 32-bit pair (x[2p], x[2p+1]) of an activation row, broadcast, against 16 columns' pairs
