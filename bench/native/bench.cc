@@ -25,6 +25,7 @@
 #include "cpu/dot_probe.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_packed.h"
+#include "cpu/read_probe.h"
 #include "cpu/pack_weights.h"
 #include "cuda_util.h"
 #include "harness.h"
@@ -114,52 +115,6 @@ double time_cpu_ms(const std::function<void()>& fn, double budget_ms = 1500) {
   return runs % 2 ? t[runs / 2] : 0.5 * (t[runs / 2 - 1] + t[runs / 2]);
 }
 
-float read_sum_scalar(const float* p, size_t n) {
-  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  size_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    s0 += p[i];
-    s1 += p[i + 1];
-    s2 += p[i + 2];
-    s3 += p[i + 3];
-  }
-  for (; i < n; i++) s0 += p[i];
-  return s0 + s1 + s2 + s3;
-}
-
-#if MOE_X86
-// Streaming reads with 4 independent accumulators (p 64-byte aligned, n a multiple of 64).
-MOE_TARGET_AVX512 float read_sum_avx512(const float* p, size_t n) {
-  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
-  for (size_t i = 0; i + 64 <= n; i += 64) {
-    s0 = _mm512_add_ps(s0, _mm512_load_ps(p + i));
-    s1 = _mm512_add_ps(s1, _mm512_load_ps(p + i + 16));
-    s2 = _mm512_add_ps(s2, _mm512_load_ps(p + i + 32));
-    s3 = _mm512_add_ps(s3, _mm512_load_ps(p + i + 48));
-  }
-  // Horizontal sum through memory (GCC 12's _mm512_reduce_add_ps trips -Wuninitialized).
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
-  float r = 0;
-  for (int i = 0; i < 16; i++) r += lanes[i];
-  return r;
-}
-
-MOE_TARGET_AVX2 float read_sum_avx2(const float* p, size_t n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-  for (size_t i = 0; i + 32 <= n; i += 32) {
-    s0 = _mm256_add_ps(s0, _mm256_load_ps(p + i));
-    s1 = _mm256_add_ps(s1, _mm256_load_ps(p + i + 8));
-    s2 = _mm256_add_ps(s2, _mm256_load_ps(p + i + 16));
-    s3 = _mm256_add_ps(s3, _mm256_load_ps(p + i + 24));
-  }
-  __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-  return _mm_cvtss_f32(h);
-}
-#endif
 
 struct AlignedBuffer {
   void* p = nullptr;
@@ -179,31 +134,14 @@ struct AlignedBuffer {
 
 // Streaming read bandwidth of the whole thread pool over 256 MiB with the best vector ISA: the CPU roofline.
 double cpu_read_bandwidth(std::string* how) {
-  const size_t bytes = size_t{256} << 20, chunk_floats = size_t{1} << 18;  // 1 MiB chunks
+  const size_t bytes = size_t{256} << 20;
   AlignedBuffer buf(bytes);
-  const float* p = buf.as<float>();
-  const size_t chunks = bytes / 4 / chunk_floats;
-  std::vector<float> sums(chunks);
+  std::fill(buf.as<float>(), buf.as<float>() + bytes / 4, 1.0f);  // normal values (the 0x01 bytes are denormals)
   const Isa best = cpu_info().best;
-  std::function<float(const float*, size_t)> fn = read_sum_scalar;
-  *how = "scalar read, 4 accumulators";
-#if MOE_X86
-  if (best >= Isa::Avx512) {
-    fn = read_sum_avx512;
-    *how = "AVX-512 read, 4 accumulators";
-  } else if (best >= Isa::Avx2) {
-    fn = read_sum_avx2;
-    *how = "AVX2 read, 4 accumulators";
-  }
-#endif
-  double ms = time_cpu_ms([&] {
-    ThreadPool::global().parallel_for(chunks, 1, [&](size_t b, size_t e) {
-      for (size_t c = b; c < e; c++) sums[c] = fn(p + c * chunk_floats, chunk_floats);
-    });
-  });
-  volatile float sink = sums[0];
+  volatile double sink = 0;
+  const double ms = time_cpu_ms([&] { sink = cpu::read_probe(buf.as<float>(), bytes / 4, best); });
   (void)sink;
-  *how += ", " + std::to_string(ThreadPool::global().size()) + " threads, 256 MiB";
+  *how = std::string("cpu::read_probe (") + isa_name(best) + "), " + std::to_string(ThreadPool::global().size()) + " threads, 256 MiB";
   return bytes / (ms * 1e-3) / 1e9;
 }
 
