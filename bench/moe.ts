@@ -27,6 +27,7 @@ import path from 'node:path';
 import { type ExpertTable, HostTensor, openBackend } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { median } from '../lib/batching/profile.js';
+import { packsWeightsByDefault } from '../lib/backend.js';
 import { bf16PeakGflops } from './bench-models.js';
 import { machine } from './machine.js';
 
@@ -84,7 +85,7 @@ async function main(): Promise<void> {
   const rows: Array<Record<string, unknown>> = [];
   // row-major weights (the HF layout, what CUDA and the Fiddler path on CUDA hosts read) and, on the avx512bf16 tier,
   // packed ones (panel64: what the CPU runtime loads), measured one after the other at every row
-  const layouts: Array<'row-major' | 'packed'> = be.isa === 'avx512bf16' ? ['row-major', 'packed'] : ['row-major'];
+  const layouts: Array<'row-major' | 'packed'> = packsWeightsByDefault(be) ? ['row-major', 'packed'] : ['row-major'];
   for (const m of models) {
     const maxT = Math.max(...m.ts);
     const used = new Set<number>();

@@ -36,6 +36,7 @@ import { expectedExperts } from '../lib/batching/perf-model.js';
 import { median, readProbeGBs } from '../lib/batching/profile.js';
 import { HostTensor, loadModel, openBackend } from '../lib/index.js';
 import { medianOf, StepIntervals } from '../lib/engine/batch.js';
+import { packsWeightsByDefault } from '../lib/backend.js';
 import { benchModel, bf16PeakGflops, decodeStepCost, randomRequests } from './bench-models.js';
 import { machine } from './machine.js';
 
@@ -138,7 +139,7 @@ async function measure(dir: string, mode: 'offloaded' | 'resident', batches: num
 
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
-  const pack = !process.argv.includes('--no-pack') && (process.argv.includes('--pack') || openBackend({ backend: 'cpu' }).isa === 'avx512bf16');
+  const pack = !process.argv.includes('--no-pack') && (process.argv.includes('--pack') || packsWeightsByDefault(openBackend({ backend: 'cpu' })));
   const batches = quick ? [1, 8, 32] : [1, 4, 16, 64, 128, 256, 512];
   const promptTokens = 32;
   const dir = await benchModel('mixtral-8x7b-shape', 1);

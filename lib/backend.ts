@@ -144,6 +144,15 @@ export function openBackend(options: BackendOptions = {}): Backend {
 }
 
 /**
+ * Whether loadModel packs weights (`packWeights`) by default on `be`: on the CPU backend's avx512bf16 tier, where the
+ * packed kernels are as fast at one row and faster from 8 rows up. On avx2 / avx512 they lose at one row, so
+ * packing is opt-in there; CUDA has no packed layout. profileModel and the benches follow the same rule.
+ */
+export function packsWeightsByDefault(be: Backend): boolean {
+  return be.kind === 'cpu' && be.isa === 'avx512bf16';
+}
+
+/**
  * A backend: allocate memory, create streams and events, run ops. Obtain one with {@link openBackend}.
  * On 'cpu', ops accept HostTensors (JS or pinned memory) and CPU DeviceTensors. On 'cuda', compute ops take
  * DeviceTensors of this device; `copy` moves bytes between any memory and the device.

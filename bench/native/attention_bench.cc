@@ -310,7 +310,7 @@ int attention_bench_main(int argc, char** argv) {
   const double bw = read_probe(runs);
   double peak = dp_peak(3);
   emit({"probe", "cpu", "streaming read, 1 GiB (cpu::read_probe)", "GB/s", "", 0, bw, 0});
-  const std::string peak_of = ci.best == Isa::Avx512Bf16 ? "vdpbf16ps" : ci.best == Isa::Scalar ? "none (scalar)" : "f32 FMA";
+  const std::string peak_of = cpu::dot_probe_op(ci.best);
   emit({"probe", "cpu", peak_of + " register peak", "GFLOP/s", "", 0, peak, 0});
   const std::string bw_src = "read probe before and after the repetition";
   const std::string pk_src = peak_of + " peak: best reading of this run";

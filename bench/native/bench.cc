@@ -202,7 +202,7 @@ void bench_cpu_packed() {
     std::printf("%-16s SKIP: packed gemm has no vector kernel on this CPU\n", be.c_str());
     return;
   }
-  const std::string peak_of = best == Isa::Avx512Bf16 ? "vdpbf16ps" : "f32 FMA";
+  const std::string peak_of = cpu::dot_probe_op(best);
   std::string how;
   const double read_gbs = cpu_read_bandwidth(&how);
   double peak = 0;

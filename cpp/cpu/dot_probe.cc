@@ -55,6 +55,16 @@ MOE_TARGET_AVX2 float fma256_loop(int64_t iters, float seed) {
 
 }  // namespace
 
+const char* dot_probe_op(Isa isa) {
+#if MOE_X86
+  isa = clamp_isa(isa);
+  return isa == Isa::Avx512Bf16 ? "vdpbf16ps" : isa == Isa::Scalar ? "none (scalar)" : "f32 FMA";
+#else
+  (void)isa;
+  return "none (scalar)";
+#endif
+}
+
 double dot_probe(int64_t iters, Isa isa) {
 #if MOE_X86
   isa = clamp_isa(isa);

@@ -14,4 +14,7 @@ namespace moe::cpu {
 // a non-x86 CPU: the caller reports the probe as unavailable).
 double dot_probe(int64_t iters, Isa isa = cpu_info().active);
 
+// The multiply-add dot_probe runs for `isa` (lowered as above), for labels: "vdpbf16ps", "f32 FMA" or "none (scalar)".
+const char* dot_probe_op(Isa isa);
+
 }  // namespace moe::cpu

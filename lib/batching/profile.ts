@@ -37,7 +37,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { type Backend, openBackend } from '../backend.js';
+import { type Backend, openBackend, packsWeightsByDefault } from '../backend.js';
 import { type MoeModel, loadModel } from '../engine/model.js';
 import { medianOf, StepIntervals } from '../engine/batch.js';
 import { assembleMla, headPrefix } from '../engine/forward.js';
@@ -1092,7 +1092,7 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   // a step at one token and the shortest context already streams more than twice the cache: always cold (on a GPU
   // always: warm would mean its L2, which a real-shape step overflows)
   const cacheBytes = lastLevelCacheBytes();
-  const packed = be.kind === 'cpu' && (options.packWeights ?? be.isa === 'avx512bf16');
+  const packed = be.kind === 'cpu' && (options.packWeights ?? packsWeightsByDefault(be));
   const c: Ctx = { be, host, staged, deviceGBs, cfg, batches, seqBatches, prefill, contexts, runs: options.quick ? 3 : 5, groupMs, hostGroupMs, probeBuf, cold: true, packed, log };
   const modes = be.kind !== 'cpu' || stepWorkingSet(cfg, 1, Math.min(...contexts)) > 2 * cacheBytes ? 'cold' : 'both';
   // passes over the ops, apart in time for each op: per point the pass with the median cost (a burst of other

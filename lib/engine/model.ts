@@ -16,7 +16,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { type Backend, openBackend } from '../backend.js';
+import { type Backend, openBackend, packsWeightsByDefault } from '../backend.js';
 import type { CacheStats, ExpertCache } from '../cache/expert-cache.js';
 import type { RoutingTrace, TraceRequest } from '../cache/trace.js';
 import { describe } from '../dtype.js';
@@ -701,7 +701,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const staged = options.deviceActivations ?? be.kind !== 'cpu';
   if (typeof staged !== 'boolean') throw new InvalidArgumentError(`deviceActivations must be a boolean, received ${describe(options.deviceActivations)}`);
   if (!staged && be.kind !== 'cpu') throw new InvalidArgumentError(`deviceActivations: false needs the CPU backend (CUDA activations live in device memory), received backend ${be.name}`);
-  const pack = options.packWeights ?? (be.kind === 'cpu' && be.isa === 'avx512bf16');
+  const pack = options.packWeights ?? packsWeightsByDefault(be);
   if (typeof pack !== 'boolean') throw new InvalidArgumentError(`packWeights must be a boolean, received ${describe(options.packWeights)}`);
   if (pack && be.kind !== 'cpu') throw new InvalidArgumentError(`packWeights: true needs the CPU backend (packed weights are a CPU-kernel layout), received backend ${be.name}`);
   // attention and the KV cache run on the CPU: a CPU backend of their own when staged (on the CPU backend too, so
