@@ -19,18 +19,17 @@
 #   BUILD_NATIVE=90a-real builds moe-native there for that target; TEST_ENVS / BENCH_ENVS / MOE_ENVS: settings under
 #   which the op table / kernel timings / MoE timings (ours only) run again, one run per word, each word one or more
 #   VAR=value joined by commas, e.g. TEST_ENVS="MOE_CUDA_MOE=wgmma MOE_CUDA_GEMM=mma MOE_CUDA_MOE=mma,MOE_CUDA_DECODE_MAX_T=0"
-#   BENCH_ENVS=MOE_CUDA_GEMM=mma MOE_ENVS="MOE_CUDA_MOE=mma MOE_CUDA_DECODE_MAX_T=0")
+#   BENCH_ENVS=MOE_CUDA_GEMM=mma MOE_ENVS="MOE_CUDA_MOE=mma MOE_CUDA_DECODE_MAX_T=0"); TEST_ENV_FILTER: a second
+#   substring the op-table runs under TEST_ENVS must match (e.g. moe_: the MoE ops only); MOE_ENV_T: the token counts of
+#   the MoE runs under MOE_ENVS (e.g. 512,4096,16384)
 # When the carried moe-native does not run there, it is built there (slower).
-# Waiting for a GPU (compiled, not yet run): the staged GPU profile and its predictions (perfmodel; the node step's
-#   perf-model.test.js cuda subtest; the demo, which now runs on CUDA when present), the attention micro-batches (THROUGHPUT_ARGS="--layers=2 --batches=64,256
-#   --micro-batches=1,2,4": keep the best count as generateBatch's CUDA default), argmaxRows on CUDA (the op table and
-#   sampler.test cover it), MOE_CUDA_GEMV1=wide and MOE_CUDA_GEMV2=wide (cuda/moe_experts_gemv.cuh):
-#   TEST_ENVS="MOE_CUDA_GEMV1=wide MOE_CUDA_GEMV2=wide" MOE_ENVS="MOE_CUDA_GEMV1=wide MOE_CUDA_GEMV2=wide
-#   MOE_CUDA_GEMV1=wide,MOE_CUDA_GEMV2=wide" (and bench-moe-cuda --t 1,2 under each); the TMA weight loads of the wgmma
-#   kernels and the warp-specialized all-TMA ones, a block per tile or persistent (cuda/moe_experts_wgmma_tma.cuh):
-#   TEST_ENVS="MOE_CUDA_WG=tma,MOE_CUDA_MOE=wgmma MOE_CUDA_WG=tma-ws,MOE_CUDA_MOE=wgmma MOE_CUDA_WG=tma-wsp,MOE_CUDA_MOE=wgmma"
-#   MOE_ENVS="MOE_CUDA_WG=tma MOE_CUDA_WG=tma-ws MOE_CUDA_WG=tma-wsp" (a stage whose bytes never arrive traps after 2^24
-#   polls instead of hanging).
+# Waiting for a GPU: the staged GPU performance model's predictions against measured steps (perfmodel), the demo on
+#   CUDA (demo), issue 8's 5x over model-based batching with a layer's experts streaming ahead and bigger batches
+#   (MODELBASED_ARGS="--layers=2 --prompt=512 --batches=1536,3072 --micro-batches=4 --slots=8 --modes=offloaded
+#   --model-based"; 2026-11-27 on an H200: 3.3x at 1536 with 4 micro-batches and 4 slots), and where a big batch's
+#   prefill time goes (each throughput row's prompt_steps.breakdown_ms; 7-8k prompt tokens/s there, far under the
+#   GPU's rate). The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by
+#   cp.async instead of TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels).
 set -u
 cd "$(dirname "$0")/.."
 FINAL=${OUT:-bench/results}
@@ -82,7 +81,7 @@ if want test; then
   TAIL=3 step native-test 180 "$NATIVE" test --filter cuda
   grep -E '^FAIL' "$W/native-test.log" | head -40
   for v in ${TEST_ENVS:-}; do  # the op table again under each env word (e.g. MOE_CUDA_MOE=wgmma)
-    TAIL=3 step "native-test-$(tag "$v")" 120 env ${v//,/ } "$NATIVE" test --filter cuda
+    TAIL=3 step "native-test-$(tag "$v")" 120 env ${v//,/ } "$NATIVE" test --filter cuda ${TEST_ENV_FILTER:+--filter "$TEST_ENV_FILTER"}
     grep -E '^FAIL' "$W/native-test-$(tag "$v").log" | head -20
   done
 fi
@@ -95,7 +94,8 @@ if want bench; then
 fi
 if want moe; then
   for v in ${MOE_ENVS:-}; do  # other MoE paths or tiles for comparison (e.g. MOE_CUDA_MOE=mma), ours only
-    TAIL=26 step "moe-ours-$(tag "$v")" 120 env ${v//,/ } "$NATIVE" bench-moe-cuda --json "$W/moe-cuda-ours-$(tag "$v").json"
+    TAIL=26 step "moe-ours-$(tag "$v")" 120 env ${v//,/ } "$NATIVE" bench-moe-cuda ${MOE_ENV_T:+--t "$MOE_ENV_T"} \
+      --json "$W/moe-cuda-ours-$(tag "$v").json"
   done
   TAIL=26 step moe-ours 120 "$NATIVE" bench-moe-cuda --json "$W/moe-cuda-ours.json"
   [ -f "$W/moe-cuda-ours.json" ] && TAIL=30 step moe-torch 180 env PYTHONUNBUFFERED=1 python3 bench/moe_cuda_torch.py \

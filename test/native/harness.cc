@@ -1,6 +1,7 @@
 // Backend detection, case runner and result printing of the op tests (see harness.h).
 #include "harness.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -84,13 +85,14 @@ const std::vector<Backend>& backends() {
   return list;
 }
 
-int run_cases(const std::vector<Case>& cases, const std::string& filter) {
+int run_cases(const std::vector<Case>& cases, const std::vector<std::string>& filters) {
   int passed = 0, failed = 0, skipped = 0;
   for (const Case& c : cases) {
     for (const Backend& b : backends()) {
       if (c.cuda_only && b.kind != BackendKind::Cuda) continue;
       std::string line = c.op + " " + c.shape + " " + b.name;
-      if (!filter.empty() && line.find(filter) == std::string::npos) continue;
+      if (std::any_of(filters.begin(), filters.end(), [&](const std::string& f) { return line.find(f) == std::string::npos; }))
+        continue;
       Outcome o;
       if (!b.available) {
         o = Outcome::skip(b.reason);
@@ -117,14 +119,14 @@ int run_cases(const std::vector<Case>& cases, const std::string& filter) {
 }
 
 int test_main(int argc, char** argv) {
-  std::string filter;
+  std::vector<std::string> filters;  // a case runs when its line holds every one
   for (int i = 0; i < argc; i++) {
     if (std::strcmp(argv[i], "--filter") == 0 && i + 1 < argc) {
-      filter = argv[++i];
+      filters.emplace_back(argv[++i]);
     } else if (std::strncmp(argv[i], "--filter=", 9) == 0) {
-      filter = argv[i] + 9;
+      filters.emplace_back(argv[i] + 9);
     } else {
-      std::fprintf(stderr, "moe-native test: unknown argument '%s' (usage: moe-native test [--filter SUBSTR])\n",
+      std::fprintf(stderr, "moe-native test: unknown argument '%s' (usage: moe-native test [--filter SUBSTR]...)\n",
                    argv[i]);
       return 2;
     }
@@ -146,7 +148,7 @@ int test_main(int argc, char** argv) {
   add_moe_invariance_cases(cases);
   add_moe_parts_cases(cases);
   add_api_cases(cases);
-  return run_cases(cases, filter) > 0 ? 1 : 0;
+  return run_cases(cases, filters) > 0 ? 1 : 0;
 }
 
 }  // namespace moe::native

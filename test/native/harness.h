@@ -65,11 +65,11 @@ void add_moe_invariance_cases(std::vector<Case>& cases);  // moe_experts batch i
 void add_moe_parts_cases(std::vector<Case>& cases);  // moe_experts parts mode + moe_combine (moe_parts_test.cc)
 void add_read_probe_cases(std::vector<Case>& cases);  // the bench's streaming-read probe (read_probe_test.cc)
 
-// Runs every case whose "op shape backend" line contains `filter` (empty: all) and prints the results.
+// Runs every case whose "op shape backend" line contains every string of `filters` (none: all) and prints the results.
 // Returns the number of failures.
-int run_cases(const std::vector<Case>& cases, const std::string& filter);
+int run_cases(const std::vector<Case>& cases, const std::vector<std::string>& filters);
 
-// `moe-native test [--filter SUBSTR]`: exit code 1 when any case failed.
+// `moe-native test [--filter SUBSTR]...` (a case runs when its line holds every SUBSTR): exit code 1 when any case failed.
 int test_main(int argc, char** argv);
 
 // `moe-native bench [--json PATH] [--cuda-only]` (bench/native/bench.cc).

@@ -1,7 +1,7 @@
 // moe-native: the op tests and kernel timings of moe-offload without Node (how the CUDA kernels are checked on a
 // GPU host). Subcommands:
 //   moe-native info                      CPU tiers, CUDA driver/runtime, devices (or why CUDA is unavailable)
-//   moe-native test [--filter SUBSTR]    table-driven op tests on every backend (harness.h); exit 1 on failure
+//   moe-native test [--filter SUBSTR]... table-driven op tests on every backend (harness.h); exit 1 on failure
 //   moe-native bench [--json PATH] [--cuda-only]  kernel timings with roofline fractions (bench/native/bench.cc)
 //   moe-native bench-moe-cuda [--json PATH]       the fused MoE FFN on the GPU at real shapes (moe_cuda_bench.cc)
 // Built by CMake with -DMOE_NATIVE_TESTS=ON (scripts/native-tests.mjs). CUDA only through moe_cuda.h.
@@ -67,7 +67,7 @@ int info_main() {
 void usage() {
   std::fprintf(stderr,
                "usage: moe-native info\n"
-               "       moe-native test [--filter SUBSTR]\n"
+               "       moe-native test [--filter SUBSTR]...\n"
                "       moe-native bench [--json PATH]\n"
                "       moe-native bench-attention [--json PATH] [--quick]\n"
                "       moe-native bench-gemv [--isa TIER] [--runs N] [--json PATH]\n"
