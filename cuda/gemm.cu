@@ -5,7 +5,7 @@
 // moe_experts.cu, kernels unchanged) under identity routing: one expert (e = 1) whose down weights are b,
 // n_slots = m, sorted[r] = r for r < m and the sentinel m for the padding rows up to the capacity (m rounded up to
 // the tiles' BM), offsets = {0, capacity}, act = a, part = out (f32; a bf16 out gets an f32 scratch [m, n] and
-// moe_cuda_convert's rounding after). Only when: lda == k, ldb == k, ldc == n (the kernels' fixed row strides),
+// moe_cuda_convert's rounding after); the wgmma tiles load a and b by TMA (moe_gemm2_launch.cuh's dense_b). Only when: lda == k, ldb == k, ldc == n (the kernels' fixed row strides),
 // k % 8 == 0 and k > 0, n even (their epilogue writes column pairs), a and b 16-byte aligned, compute capability
 // >= 8, m, n, k <= INT_MAX / 2 and the grid fits. Tiles by m: m <= 64 the decode tiles (BM 16), m >= 128 on
 // compute capability 9.0 the wgmma ones (BM 128, out 8-byte aligned, moe_experts.cu's threshold with e = 1), else
@@ -90,18 +90,21 @@ bool moe_gemm_tiles(int major, int minor, const void* a, const void* b, const vo
   return true;
 }
 
-// Whether the MoE path runs by default (measured on an H100, 2026-11-26, bench/results/native-kernels-gpu-2026-11-26-
-// h100*.json, against gemm.cuh's mma kernel): the decode tiles (m <= 64; 2.2x at m = 1, n = 14336, k = 4096 to f32,
-// 1.35x at m = 32 to bf16) and wgmma tiles that fill the chip (m tiles x n tiles >= SMs; 2.4x at m = 256, n = 32000,
-// k = 4096 and at 4096^3; at 1024^3, 32 tiles, the mma kernel is 1.5x faster). The mma.sync large tiles (m 65-127)
-// were not measured against it.
+// Whether the MoE path runs by default, against gemm.cuh's mma kernel: the decode tiles (m <= 64; H100, 2026-11-26,
+// bench/results/native-kernels-gpu-2026-11-26-h100*.json: 2.2x at m = 1, n = 14336, k = 4096 to f32, 1.35x at m = 32
+// to bf16) and wgmma tiles from kMoeGemmWgmmaMinTiles (m tiles x n tiles of 128 x 256) on. With TMA loads, on an
+// H200 (2026-11-27, bench/results/native-kernels-gpu-2026-11-27-h200.json): 1.8x at 1024^3 to f32 (32 tiles, the
+// fewest measured; 1.55x to bf16), 1.28x at 4096^3 and 1.18x at m = 256, n = 32000, k = 4096 over the cp.async form,
+// which itself beat the mma kernel there. Fewer tiles: not measured, the mma kernel. The mma.sync large tiles (m
+// 65-127) were not measured against it.
 constexpr int64_t kMoeGemmMaxScratch = int64_t{512} << 20;  // bytes of f32 scratch a default bf16-out call may take
+constexpr int64_t kMoeGemmWgmmaMinTiles = 32;
 
-bool moe_gemm_pays(MoeGemm2Tiles tiles, int64_t m, int64_t n, int sms) {
+bool moe_gemm_pays(MoeGemm2Tiles tiles, int64_t m, int64_t n) {
   if (tiles == MoeGemm2Tiles::MmaSmall) return true;
   if (tiles != MoeGemm2Tiles::Wgmma) return false;
   const int64_t bm = moe_gemm2_block(tiles);
-  return (m + bm - 1) / bm * ((n + 255) / 256) >= sms;
+  return (m + bm - 1) / bm * ((n + 255) / 256) >= kMoeGemmWgmmaMinTiles;
 }
 
 // out[m, n] = a[m, k] . b[n, k]^T (bf16, rows of k, out rows of n; out f32, or bf16 through an f32 scratch and
@@ -126,7 +129,7 @@ cudaError_t launch_moe_gemm(int device, MoeGemm2Tiles tiles, const void* a, cons
   err = cudaGetLastError();
   if (err == cudaSuccess) {
     err = moe_launch_gemm2(tiles, static_cast<unsigned>(capacity / bm), static_cast<const uint16_t*>(a), d_sorted,
-                           d_offsets, d_table, nullptr, d_out, m, 1, n, k, s);
+                           d_offsets, d_table, nullptr, d_out, m, 1, n, k, s, b, device);
   }
   if (err == cudaSuccess && bf16_out) {
     err = static_cast<cudaError_t>(moe_cuda_convert(device, d_out, kF32, out, kBF16,
@@ -188,14 +191,13 @@ extern "C" int moe_cuda_gemm(int device, const void* a, const void* b, void* out
     if (e != cudaSuccess) return e;
     const GemmForce force = gemm_force();
     if (major >= 8 && (force == GemmForce::None || force == GemmForce::Moe)) {
-      int minor = 0, sms = 0;
+      int minor = 0;
       if ((e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device)) != cudaSuccess) return e;
-      if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return e;
       MoeGemm2Tiles tiles = MoeGemm2Tiles::MmaLarge;
       // (a bf16 out needs an f32 scratch of m x n: by default only up to kMoeGemmMaxScratch)
       const bool scratch_ok = out_dtype == kF32 || m * n * 4 <= kMoeGemmMaxScratch;
       if (moe_gemm_tiles(major, minor, a, b, out_dtype == kF32 ? out : nullptr, m, n, k, lda, ldb, ldc, &tiles) &&
-          (force == GemmForce::Moe || (scratch_ok && moe_gemm_pays(tiles, m, n, sms)))) {
+          (force == GemmForce::Moe || (scratch_ok && moe_gemm_pays(tiles, m, n)))) {
         return launch_moe_gemm(device, tiles, a, b, out, out_dtype == kBF16, mi, ni, ki, s);
       }
     }

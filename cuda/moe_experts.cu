@@ -15,8 +15,8 @@
 // moe_experts_wgmma.cuh (align block 128) replace the large ones when t * k >= 128 e; else the SIMT kernels of
 // moe_experts.cuh. MOE_CUDA_MOE: simt forces the SIMT kernels, mma the mma.sync ones (never wgmma), wgmma uses wgmma
 // wherever its preconditions hold regardless of the rows per expert (tests: small shapes through the wgmma path).
-// MOE_CUDA_WG=tma: the wgmma kernels load their weight tiles with TMA (moe_experts_wgmma_tma.cuh); tma-ws: its
-// warp-specialized all-TMA kernels, a block per tile; tma-wsp: those persistent.
+// The wgmma kernels load their weight tiles (and GEMM2 its activation tiles) with TMA (moe_experts_wgmma_tma.cuh) when
+// the driver can encode tensor maps; MOE_CUDA_WG=cpasync keeps the cp.async kernels (an A/B switch).
 // moe_launch_gemm2 (moe_gemm2_launch.cuh) exposes the GEMM2 launches alone: cuda/gemm.cu's dense path runs them
 // under identity routing. Fused and parts calls of at most decode_gemv_max_t() tokens (default 2) whose routed
 // weights are at most kGemvMaxBytes run the GEMV kernels of moe_experts_gemv.cuh instead (no align, scratch parts or
@@ -89,30 +89,21 @@ int decode_gemv_max_t() {
   return v;
 }
 
-// MOE_CUDA_GEMV1=wide (opt-in: compiled, not yet run on a GPU): the GEMV path's GEMM1 with two rows per warp
-// (moe_gemv1_kernel<.., 2>, one wave on the decode shapes). Read once.
-bool gemv1_wide() {
-  static const bool v = env_is("MOE_CUDA_GEMV1", "wide");
+// The GEMV path's wide kernels (moe_experts_gemv.cuh): GEMM1 with two rows per warp (moe_gemv1_kernel<.., 2>, one
+// wave on the decode shapes) and GEMM2 with a warp per (column, slot) pair (moe_gemv2_wide_kernel, k <=
+// kGemvWideMaxK); the same floats as the narrow ones (a row per warp, a column per warp), which MOE_CUDA_GEMV=narrow
+// keeps (an A/B switch). Measured on an H200 (2026-11-27, bench/results/moe-cuda-2026-11-27-h200-tma.json): both wide
+// 1.09-1.14x at T = 1 and 1.04-1.07x at T = 2 on the Qwen3, DeepSeek-V2-Lite and OLMoE shapes, equal on Mixtral.
+// Read once.
+bool gemv_wide() {
+  static const bool v = !env_is("MOE_CUDA_GEMV", "narrow");
   return v;
 }
 
-// MOE_CUDA_WG (opt-in, compiled, not yet run on a GPU; moe_experts_wgmma_tma.cuh, tensor maps from tensor_map.cuh,
-// when the driver can encode them): tma, the wgmma kernels with TMA weight tiles (GEMM2 its A too); tma-ws, the
-// warp-specialized all-TMA kernels (GEMM1's A rows gathered first), a block per tile; tma-wsp, the same persistent (a
-// block per SM walking the tiles). Read once.
-enum class WgTmaMode { Off, Tma, TmaWs, TmaWsPersistent };
-WgTmaMode wg_tma() {
-  static const WgTmaMode v = env_is("MOE_CUDA_WG", "tma")       ? WgTmaMode::Tma
-                             : env_is("MOE_CUDA_WG", "tma-ws")  ? WgTmaMode::TmaWs
-                             : env_is("MOE_CUDA_WG", "tma-wsp") ? WgTmaMode::TmaWsPersistent
-                                                                : WgTmaMode::Off;
-  return v;
-}
-
-// MOE_CUDA_GEMV2=wide (opt-in: compiled, not yet run on a GPU): the GEMV path's GEMM2 runs moe_gemv2_wide_kernel
-// (a warp per (column, slot) pair) when k <= kGemvWideMaxK. Read once.
-bool gemv2_wide() {
-  static const bool v = env_is("MOE_CUDA_GEMV2", "wide");
+// MOE_CUDA_WG=cpasync: the wgmma path loads its tiles with cp.async (the kernels it falls back to when the driver
+// cannot encode tensor maps) instead of TMA. Read once.
+bool wg_cp_async() {
+  static const bool v = env_is("MOE_CUDA_WG", "cpasync");
   return v;
 }
 
@@ -135,7 +126,7 @@ cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const u
     // (2026-11-26, bench/results/moe-cuda-2026-11-26-decode-h200.json) 1.11-1.13x with the table cache at T = 1 on
     // the small-expert models, 0.95-0.98x at T = 2.
     const bool hints = t == 1;
-    const int rows1 = gemv1_wide() ? 2 : 1;  // GEMM1 rows per warp
+    const int rows1 = gemv_wide() ? 2 : 1;  // GEMM1 rows per warp
     auto gemv1 = rows1 == 2 ? (hints ? moe_gemv1_kernel<true, 2> : moe_gemv1_kernel<false, 2>)
                             : (hints ? moe_gemv1_kernel<true> : moe_gemv1_kernel<false>);
     const unsigned blocks1 = static_cast<unsigned>((inter + kGemvWarps * rows1 - 1) / (kGemvWarps * rows1));
@@ -143,7 +134,7 @@ cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const u
         x, ids, d_table, d_table + e, biases ? d_table + 3 * e : nullptr, biases ? d_table + 4 * e : nullptr, d_act, k,
         e, h, inter, activation, alpha, limit);
     if ((err = cudaGetLastError()) != cudaSuccess) break;
-    const bool wide = gemv2_wide() && k <= kGemvWideMaxK;
+    const bool wide = gemv_wide() && k <= kGemvWideMaxK;
     const int cols = wide ? (k < kGemvWarps ? kGemvWarps / k : 1) : kGemvWarps;  // columns per block
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(static_cast<unsigned>((h + cols - 1) / cols), static_cast<unsigned>(t));
@@ -248,36 +239,6 @@ cudaError_t launch_wg_tma_gemms(unsigned m_tiles, const uint16_t* x, const int32
   return cudaGetLastError();
 }
 
-// The warp-specialized all-TMA path: the slot gather into xs [capacity, h] (scratch of the caller's), GEMM1 then GEMM2
-// (moe_wg_ws_kernel), grids as the wgmma kernels' or, with `sms` > 0, at most that many blocks (persistent).
-cudaError_t launch_wg_ws_gemms(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
-                               const void* const* table, const CUtensorMap* maps, bool biases, uint16_t* xs,
-                               uint16_t* act, int capacity, float* part, int n_slots, int k, int e, int h, int inter,
-                               int activation, float alpha, float limit, unsigned sms, cudaStream_t s) {
-  using C1 = MoeWgG1;
-  using C2 = MoeWgG2;
-  CUtensorMap xs_map, act_map;
-  if (!encode_bf16_map(&xs_map, xs, static_cast<uint64_t>(capacity), static_cast<uint64_t>(h), C1::BM) ||
-      !encode_bf16_map(&act_map, act, static_cast<uint64_t>(capacity), static_cast<uint64_t>(inter), C2::BM))
-    return cudaErrorNotSupported;
-  const int64_t chunks = static_cast<int64_t>(capacity) * (h / 8);
-  moe_gather_slots_kernel<<<static_cast<unsigned>(std::min<int64_t>((chunks + 255) / 256, 4096)), 256, 0, s>>>(
-      x, sorted, offsets, e, xs, n_slots, k, h);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  if ((err = set_smem<C1>(moe_wg_ws_kernel<C1>)) != cudaSuccess) return err;
-  const auto grid = [sms](unsigned tiles) { return sms > 0 && sms < tiles ? sms : tiles; };
-  moe_wg_ws_kernel<C1><<<grid(m_tiles * static_cast<unsigned>((inter + C1::BN - 1) / C1::BN)), kMoeWsThreads, C1::kSmem, s>>>(
-      xs_map, sorted, offsets, table, table + e, biases ? table + 3 * e : nullptr, biases ? table + 4 * e : nullptr,
-      maps, maps + e, act, nullptr, n_slots, e, h, inter, activation, alpha, limit, static_cast<int>(m_tiles));
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  if ((err = set_smem<C2>(moe_wg_ws_kernel<C2>)) != cudaSuccess) return err;
-  moe_wg_ws_kernel<C2><<<grid(m_tiles * static_cast<unsigned>((h + C2::BN - 1) / C2::BN)), kMoeWsThreads, C2::kSmem, s>>>(
-      act_map, sorted, offsets, table + 2 * e, nullptr, biases ? table + 5 * e : nullptr, nullptr, maps + 2 * e,
-      nullptr, nullptr, part, n_slots, e, h, inter, 0, 0.0f, 0.0f, static_cast<int>(m_tiles));
-  return cudaGetLastError();
-}
-
 // GEMM1 then GEMM2 of the mma.sync (kWg false) or wgmma (kWg true) path.
 template <bool kWg, class C1, class C2>
 cudaError_t launch_gemms(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
@@ -325,13 +286,29 @@ int moe::dev::moe_gemm2_block(MoeGemm2Tiles tiles) {
 cudaError_t moe::dev::moe_launch_gemm2(MoeGemm2Tiles tiles, unsigned m_tiles, const uint16_t* act,
                                        const int32_t* sorted, const int32_t* offsets, const void* const* down,
                                        const void* const* down_bias, float* part, int n_slots, int e, int h,
-                                       int inter, cudaStream_t s) {
+                                       int inter, cudaStream_t s, const void* dense_b, int device) {
   if (m_tiles == 0 || h < 1) return cudaSuccess;
   if (tiles == MoeGemm2Tiles::Wgmma) {
     const int64_t n_tiles = (static_cast<int64_t>(h) + MoeWgG2::BN - 1) / MoeWgG2::BN;
     if (static_cast<int64_t>(m_tiles) * n_tiles > INT_MAX) return cudaErrorInvalidValue;
   } else if (m_tiles > 65535u) {
     return cudaErrorInvalidValue;  // grid.y
+  }
+  if (tiles == MoeGemm2Tiles::Wgmma && dense_b != nullptr && e == 1 && down_bias == nullptr && !wg_cp_async()) {
+    using C2 = MoeWgG2;
+    const CUtensorMap* b_map = nullptr;
+    CUtensorMap act_map;
+    cudaError_t err = matrix_map_on_device(dense_b, h, inter, C2::BN, device, s, &b_map);
+    if (err == cudaSuccess &&
+        encode_bf16_map(&act_map, act, static_cast<uint64_t>(n_slots), static_cast<uint64_t>(inter), C2::BM)) {
+      if ((err = set_smem<C2>(moe_wg_gemm2_tma_kernel<C2>)) != cudaSuccess) return err;
+      moe_wg_gemm2_tma_kernel<C2><<<m_tiles * static_cast<unsigned>((h + C2::BN - 1) / C2::BN), C2::kThreads,
+                                    C2::kSmem, s>>>(act_map, sorted, offsets, down, nullptr, b_map, part, n_slots, e, h,
+                                                    inter, static_cast<int>(m_tiles));
+      return cudaGetLastError();
+    }
+    if (err != cudaSuccess && err != cudaErrorNotSupported) return err;
+    // no encoder: the cp.async kernel below
   }
   if (tiles == MoeGemm2Tiles::Wgmma)
     return launch_wg_gemm2<MoeWgG2>(m_tiles, act, sorted, offsets, down, down_bias, part, n_slots, e, h, inter, s);
@@ -453,8 +430,7 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
     const unsigned m_tiles = static_cast<unsigned>(std::min<int64_t>(capacity / block, n_slots));
     const uint16_t* xb = static_cast<const uint16_t*>(x);
     const CUtensorMap* maps = nullptr;
-    const WgTmaMode tma = path == MoePath::Wgmma ? wg_tma() : WgTmaMode::Off;
-    if (tma != WgTmaMode::Off) {
+    if (path == MoePath::Wgmma && !wg_cp_async()) {
       err = expert_maps_on_device(table, e, h, inter, MoeWgG1::BN, MoeWgG2::BN, device, s, &maps);
       if (err == cudaErrorNotSupported) {  // no encoder: the cp.async kernels
         maps = nullptr;
@@ -462,22 +438,12 @@ static int run_moe_experts(int device, const void* x, const int32_t* topk_ids, c
       }
       if (err != cudaSuccess) break;
     }
-    if (maps != nullptr && (tma == WgTmaMode::TmaWs || tma == WgTmaMode::TmaWsPersistent)) {
-      int sms = 0;
-      if (tma == WgTmaMode::TmaWsPersistent &&
-          (err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess)
-        break;
-      uint16_t* xs = nullptr;  // GEMM1's A rows, gathered
-      err = scratch_alloc(reinterpret_cast<void**>(&xs), static_cast<size_t>(capacity) * static_cast<size_t>(h) * 2,
-                          device, s);
-      if (err != cudaSuccess) break;
-      err = launch_wg_ws_gemms(m_tiles, xb, d_sorted, d_offsets, d_table, maps, biases, xs, d_act, ci, d_part, ni, ki,
-                               ei, hi, ii, activation, alpha, limit, static_cast<unsigned>(sms), s);
-      const cudaError_t xerr = cudaFreeAsync(xs, s);
-      if (err == cudaSuccess) err = xerr;
-    } else if (maps != nullptr) {
+    if (maps != nullptr) {
       err = launch_wg_tma_gemms(m_tiles, xb, d_sorted, d_offsets, d_table, maps, biases, d_act, ci, d_part, ni, ki, ei,
                                 hi, ii, activation, alpha, limit, s);
+      if (err == cudaErrorNotSupported)  // act's map could not be encoded (nothing launched): the cp.async kernels
+        err = launch_gemms<true, MoeWgG1, MoeWgG2>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part,
+                                                   ni, ki, ei, hi, ii, activation, alpha, limit, s);
     } else if (path == MoePath::Wgmma) {
       err = launch_gemms<true, MoeWgG1, MoeWgG2>(m_tiles, xb, d_sorted, d_offsets, d_table, biases, d_act, d_part, ni,
                                                  ki, ei, hi, ii, activation, alpha, limit, s);

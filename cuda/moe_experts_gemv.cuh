@@ -127,8 +127,8 @@ __device__ __forceinline__ void moe_gemv_rows(const uint16_t* __restrict__ v, co
 // GEMM1 + activation. x [t, h] bf16; ids [t * k]; gate / up [e] device pointers to [inter, h] bf16 (null: absent);
 // gate_bias / up_bias null or [e] pointers to [inter] f32; act [t * k, inter] bf16. grid: (ceil(inter /
 // (kGemvWarps kRows)), t * k), block: 32 kGemvWarps. Warp w computes rows n = (blockIdx.x * kGemvWarps + w) kRows ..
-// + kRows - 1 of slot blockIdx.y. kRows 2 (opt-in MOE_CUDA_GEMV1=wide, moe_experts.cu; compiled, not yet run on a
-// GPU) halves the blocks so the grid fits one wave (ncu, H200, Qwen3 T = 1: 768 blocks of kRows 1 ran in about two,
+// + kRows - 1 of slot blockIdx.y. kRows 2 (the default; MOE_CUDA_GEMV=narrow runs kRows 1, moe_experts.cu) halves
+// the blocks so the grid fits one wave (ncu, H200, Qwen3 T = 1: 768 blocks of kRows 1 ran in about two,
 // 19.1 us at 57% of DRAM), with 2 chunks per lane and row in flight instead of 4 (the same chunk order: the same
 // floats).
 template <bool kHint, int kRows = 1>
@@ -239,8 +239,8 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
   if (lane == 0 && parts == nullptr) out[static_cast<int64_t>(tok) * h + n] = f32_to_bf16(y);
 }
 
-// GEMM2 with one warp per (column, slot) pair instead of one per column (opt-in MOE_CUDA_GEMV2=wide, moe_experts.cu;
-// compiled, not yet run on a GPU). ncu on an H200 (2026-11-26, Qwen3 shape, T = 1) put moe_gemv2_kernel at 22.8 us
+// GEMM2 with one warp per (column, slot) pair instead of one per column (the default for k <= kGemvWideMaxK;
+// MOE_CUDA_GEMV=narrow runs moe_gemv2_kernel, moe_experts.cu). ncu on an H200 (2026-11-26, Qwen3 shape, T = 1) put moe_gemv2_kernel at 22.8 us
 // for 25 MB (23% of DRAM): each warp walks its token's k experts one after the other with only inter / 256 16-byte
 // loads per lane in flight. Here block (bx, tok) owns columns n0 = bx * C .. n0 + C - 1, C = max(1, kGemvWarps / k)
 // (k <= kGemvWideMaxK), and its warps take the C k pairs (column n0 + q / k, slot tok * k + q % k) in turn: each pair's

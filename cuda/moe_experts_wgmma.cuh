@@ -297,7 +297,7 @@ __device__ __forceinline__ void moe_wg_ktile(float (&acc)[C::kAcc], uint32_t sta
   moe_wg_fence_acc(acc);
 }
 
-// ---- mbarrier and TMA (the MOE_CUDA_WG=tma kernels of moe_experts_wgmma_tma.cuh) ------------------------------
+// ---- mbarrier and TMA (the TMA kernels of moe_experts_wgmma_tma.cuh) ---------------------------------------------
 
 __device__ __forceinline__ void moe_mbar_init(uint32_t bar, uint32_t count) {
 #if MOE_WGMMA_ENABLED

@@ -39,9 +39,14 @@ int moe_gemm2_block(MoeGemm2Tiles tiles);
 // kernel's dynamic shared-memory attribute, then the launch of moe_experts.cu's fused path. sorted [m_tiles * BM],
 // offsets [e + 1], down / down_bias: device arrays of e device pointers (down_bias may be null: no biases).
 // cudaErrorInvalidValue when the grid does not fit (mma: m_tiles > 65535; wgmma: m_tiles * n tiles > INT_MAX).
+// dense_b (optional): a dense call's b, the host's copy of down[0] (identity routing: e = 1, sorted[r] = r, act of
+// n_slots rows, no biases). With the Wgmma tiles the kernel then loads both tiles by TMA (moe_wg_gemm2_tma_kernel:
+// act rows past n_slots zero-filled, never read past) on the device `device`, unless MOE_CUDA_WG=cpasync or the
+// driver cannot encode tensor maps.
 cudaError_t moe_launch_gemm2(MoeGemm2Tiles tiles, unsigned m_tiles, const uint16_t* act, const int32_t* sorted,
                              const int32_t* offsets, const void* const* down, const void* const* down_bias,
-                             float* part, int n_slots, int e, int h, int inter, cudaStream_t s);
+                             float* part, int n_slots, int e, int h, int inter, cudaStream_t s,
+                             const void* dense_b = nullptr, int device = 0);
 
 }  // namespace dev
 }  // namespace moe

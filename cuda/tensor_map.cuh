@@ -1,7 +1,7 @@
 // Host side of the TMA (cp.async.bulk.tensor) loads of the wgmma path (moe_experts_wgmma_tma.cuh): 2D bf16 tensor
 // maps of the experts' weights, encoded with the driver's cuTensorMapEncodeTiled (reached through the runtime's
 // driver entry point: no link against libcuda) and kept on the device per (device, stream) like the pointer tables
-// (table_cache.cuh), keyed by the table and the shapes.
+// (table_cache.cuh), keyed by the table and the shapes; and the map of one matrix (a dense GEMM's b).
 // Map of a row-major [rows, cols] bf16 matrix (cols contiguous, the K of its GEMM), box [box_rows, 64]: a box
 // lands in shared memory as box_rows rows of 128 bytes with the 128B swizzle (16-byte chunk c of row r at
 // r * 128 + ((c ^ (r % 8)) * 16) from a 1024-aligned destination: moe_mma_swz), elements outside the matrix
@@ -77,6 +77,29 @@ inline cudaError_t expert_maps_on_device(const std::vector<const void*>& table, 
         }
         bytes.resize(maps.size() * sizeof(CUtensorMap));
         std::memcpy(bytes.data(), maps.data(), bytes.size());
+        return cudaSuccess;
+      },
+      device, s, &dev);
+  *out = static_cast<const CUtensorMap*>(dev);
+  return err;
+}
+
+// *out = a device copy of the map of `base` [rows, cols] bf16 in boxes of [box_rows, 64] (a dense GEMM's b), cached
+// per (device, stream) like the expert maps. cudaErrorNotSupported when the driver cannot encode it.
+inline cudaError_t matrix_map_on_device(const void* base, int64_t rows, int64_t cols, uint32_t box_rows, int device,
+                                        cudaStream_t s, const CUtensorMap** out) {
+  const std::vector<const void*> key = {base, reinterpret_cast<const void*>(static_cast<uintptr_t>(rows)),
+                                        reinterpret_cast<const void*>(static_cast<uintptr_t>(cols)),
+                                        reinterpret_cast<const void*>(static_cast<uintptr_t>(box_rows))};
+  void* dev = nullptr;
+  const cudaError_t err = cached_on_device<2>(
+      key,
+      [&](std::vector<unsigned char>& bytes) {
+        CUtensorMap map;
+        if (!encode_bf16_map(&map, base, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), box_rows))
+          return cudaErrorNotSupported;
+        bytes.resize(sizeof(CUtensorMap));
+        std::memcpy(bytes.data(), &map, bytes.size());
         return cudaSuccess;
       },
       device, s, &dev);

@@ -348,10 +348,7 @@ void bench_cuda(const MoeCudaDeviceInfo& info) {
       std::string shape = "m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) +
                           (g.ab == 2 ? " bf16" : " f32") + (g.out == 2 ? "->bf16" : "->f32");
       if (g.ab == 2) {
-        // The moe path takes only f32 output: a bf16-out row under MOE_CUDA_GEMM=moe ran the existing kernel.
-        const bool moe_skips = force != nullptr && std::strcmp(force, "moe") == 0 && g.out != 0;
-        report({"cuda", "gemm", shape, ms, tflops, "TFLOP/s", kH100PeakTflops, kPeakSource,
-                moe_skips ? force_note + " (not taken: bf16 out)" : force_note});
+        report({"cuda", "gemm", shape, ms, tflops, "TFLOP/s", kH100PeakTflops, kPeakSource, force_note});
       } else {
         report({"cuda", "gemm", shape, ms, tflops, "TFLOP/s", 0, "", "CUDA-core f32 kernel" +
                                                                       (force_note.empty() ? "" : "; " + force_note)});

@@ -20,7 +20,7 @@
 //        writing thread and a CTA barrier make them visible to wgmma (async proxy). wgmma.wait_group N returns when
 //        at most N of this thread's most recent wgmma groups are pending, all older ones complete (their shared-
 //        memory reads included).
-//   [T1] (MOE_CUDA_WG=tma, moe_experts_wgmma_tma.cuh) cp.async.bulk.tensor.2d of a tensor map over a row-major
+//   [T1] (the TMA kernels of moe_experts_wgmma_tma.cuh) cp.async.bulk.tensor.2d of a tensor map over a row-major
 //        [N, K] bf16 matrix with SWIZZLE_128B and a box of [R, 64] at coordinates (c0 = k0, c1 = n0) into a
 //        1024-aligned shared address dst writes element (n0 + r, k0 + 8 c + q) to dst + r * 128 + ((c ^ (r % 8)) *
 //        16) + 2 q (CUDA programming guide, "TMA swizzle"), and 0 for elements outside the matrix (OOB fill NONE).
@@ -33,17 +33,13 @@
 //   * acc_row / acc_col agree with [D4] (from CUTLASS's layout algebra, a formulation independent of the helper) and
 //     cover the block tile once; GEMM1's gate / up registers pair the same output column;
 //   * the grouped raster (moe_wg_tile) visits every (m tile, n tile) once;
-//   * the tma-ws kernels' full / empty mbarrier protocol under random interleavings ([M1], [M2] below): no deadlock,
-//     no stage overwritten while read, every tile computed from the stage holding it (mutations of the parity, the
-//     release or the empty count are caught);
 //   * the pipeline schedule of moe_wg_mainloop (cp.async group counts, the two barriers, wgmma.wait_group 1): tile kt
 //     is complete when computed, a slot is refilled only after both warpgroups' wgmma on its previous tile retired;
 //   * end to end: both kernels replayed thread by thread (pointer setup, zero fill, k tails, copy, descriptor
 //     reads, accumulators, epilogue incl. biases and swiglu-oai, padding and absent experts) on small problems with
 //     several M tiles per expert, ragged N and K, many k tiles and empty experts, against a float64 reference; and
-//     again with the tiles written per [T1] from the boxes the TMA kernels request (tma: GEMM1's B, GEMM2's A and B;
-//     tma-ws: every tile, GEMM1's A from the slot gather; coordinates, the up box's offset, zero fill past N and K,
-//     padding rows of NaN), bitwise equal to the cp.async replay.
+//     again with the tiles written per [T1] from the boxes the TMA kernels request (GEMM1's B, GEMM2's A and B;
+//     coordinates, the up box's offset, zero fill past N and K), bitwise equal to the cp.async replay.
 // Build and run: nvcc -std=c++17 -I cpp -I cuda test/native/moe_wgmma_layout_check.cu -o /tmp/wg_check && /tmp/wg_check
 #include <cmath>
 #include <cstdio>
@@ -253,113 +249,6 @@ void check_raster() {
   std::printf("%-22s %s\n", "raster", g_fail == before ? "ok" : "FAILED");
 }
 
-// ---- the tma-ws pipeline protocol (moe_wg_ws_kernel), as a model under random interleavings -----------------------
-// [M1] mbarrier (PTX ISA): a phase completes when its pending arrivals reach 0 and its transaction count is 0, then
-//      the next phase starts with the init count; try_wait.parity(P) succeeds once the phase of parity P completed,
-//      i.e. while the current phase's parity differs from P. A TMA's complete_tx lands at some later time.
-// [M2] wgmma reads its stage from issue until the warpgroup's wgmma.wait_group that retires it.
-// Checked: no deadlock; a consumer computes k tile g only from a stage that holds it (its TMA complete); a TMA never
-// writes a stage a consumer warpgroup still reads; every k tile is computed once per consumer, in order; also with
-// the block persistent over several tiles.
-struct ModelBar {
-  int count, pending, tx = 0, phase = 0;
-  explicit ModelBar(int c) : count(c), pending(c) {}
-  void maybe_complete() {
-    if (pending == 0 && tx == 0) {
-      ++phase;
-      pending = count;
-    }
-  }
-  void arrive(int expect_tx = 0) {
-    tx += expect_tx;
-    --pending;
-    maybe_complete();
-  }
-  void complete_tx(int bytes) {
-    tx -= bytes;
-    maybe_complete();
-  }
-  bool test(int parity) const { return (phase & 1) != parity; }  // the phase of that parity completed
-};
-
-// One block of moe_wg_ws_kernel running `tiles` tiles of `ktiles` k tiles each (persistent when tiles > 1): the
-// stage and phase counters run on across tiles, a consumer releases a tile's last stage after its wgmma.wait_group 0.
-void check_ws_protocol(int stages, int ktiles, int tiles, uint64_t seed) {
-  const int total = ktiles * tiles;  // k tiles of the block, g = 0 .. total - 1
-  std::vector<ModelBar> full(stages, ModelBar(1)), empty(stages, ModelBar(2));
-  std::vector<int> holds(stages, -1);          // k tile g whose TMA completed into the stage
-  std::vector<std::vector<int>> inflight_tma;  // (stage, g) issued, not complete
-  std::vector<int> readers(stages, 0);         // consumer warpgroups whose wgmma on the stage has not retired
-  int p_g = 0;                                 // producer's next k tile
-  int c_g[2] = {0, 0};                         // consumer's next k tile
-  int c_unretired[2] = {-1, -1};               // k tile of the consumer's last wgmma group not yet retired
-  int c_state[2] = {0, 0};                     // 0: wait full; 1: issued (next: wait_group, releases); 2: done
-  uint64_t rng = seed;
-  auto rnd = [&](int n) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return static_cast<int>(rng % static_cast<uint64_t>(n));
-  };
-  auto retire = [&](int g) {
-    --readers[g % stages];
-    empty[g % stages].arrive();
-  };
-  for (int step = 0; step < 1000000; ++step) {
-    std::vector<int> moves;  // 0 producer, 1-2 consumers, 3 a TMA completes
-    if (p_g < total && (p_g < stages || empty[p_g % stages].test((p_g / stages - 1) & 1))) moves.push_back(0);
-    for (int c = 0; c < 2; ++c) {
-      if (c_state[c] == 0 && c_g[c] < total && full[c_g[c] % stages].test((c_g[c] / stages) & 1)) moves.push_back(1 + c);
-      if (c_state[c] == 1) moves.push_back(1 + c);
-    }
-    if (!inflight_tma.empty()) moves.push_back(3);
-    if (moves.empty()) break;
-    const int m = moves[rnd(static_cast<int>(moves.size()))];
-    if (m == 0) {  // arm, then issue the TMA of k tile p_g into its stage
-      const int s = p_g % stages;
-      CHECK(readers[s] == 0, "ws protocol: TMA of k tile %d into stage %d while %d consumer(s) read it", p_g, s, readers[s]);
-      full[s].arrive(1);
-      inflight_tma.push_back({s, p_g});
-      ++p_g;
-    } else if (m == 3) {
-      const int i = rnd(static_cast<int>(inflight_tma.size()));
-      const int s = inflight_tma[i][0];
-      holds[s] = inflight_tma[i][1];
-      full[s].complete_tx(1);
-      inflight_tma.erase(inflight_tma.begin() + i);
-    } else {
-      const int c = m - 1;
-      if (c_state[c] == 0) {  // full wait passed: wgmma issue on k tile c_g
-        const int s = c_g[c] % stages;
-        CHECK(holds[s] == c_g[c], "ws protocol: consumer %d computes k tile %d from stage %d holding %d", c, c_g[c], s, holds[s]);
-        ++readers[s];
-        c_state[c] = 1;
-      } else {  // wgmma.wait_group 1: the previous k tile of this tile retires; at a tile's end wait_group 0 too
-        if (c_unretired[c] >= 0) retire(c_unretired[c]);
-        c_unretired[c] = c_g[c];
-        if (c_g[c] % ktiles == ktiles - 1) {
-          retire(c_g[c]);
-          c_unretired[c] = -1;
-        }
-        ++c_g[c];
-        c_state[c] = c_g[c] == total ? 2 : 0;
-      }
-    }
-  }
-  CHECK(p_g == total && c_state[0] == 2 && c_state[1] == 2 && inflight_tma.empty(),
-        "ws protocol (stages %d, ktiles %d, tiles %d): stuck with producer at %d, consumers at %d / %d", stages, ktiles,
-        tiles, p_g, c_g[0], c_g[1]);
-}
-
-void check_ws_protocols() {
-  const int before = g_fail;
-  for (int stages : {2, 3, 4})
-    for (int ktiles : {1, 2, 3, 4, 5, 9, 19})
-      for (int tiles : {1, 2, 3})
-        for (uint64_t seed = 1; seed <= 100; ++seed) check_ws_protocol(stages, ktiles, tiles, seed * 0x9E3779B97F4A7C15ull);
-  std::printf("%-22s %s\n", "tma-ws protocol", g_fail == before ? "ok" : "FAILED");
-}
-
 // ---- end-to-end replay --------------------------------------------------------------------------------------
 uint16_t to_bf16(float f) { return moe::f32_to_bf16(f); }
 float from_bf16(uint16_t b) { return moe::bf16_to_f32(b); }
@@ -441,11 +330,10 @@ struct Problem {
   const char* name;
 };
 
-// Returns act and part (the TMA replays must equal the cp.async one bitwise). tma: 0 the cp.async kernels, 1 the
-// MOE_CUDA_WG=tma ones (GEMM1 B, GEMM2 A and B by TMA), 2 the tma-ws ones (every tile by TMA, GEMM1's A from the slot
-// gather xs, whose padding rows stay NaN: moe_gather_slots_kernel leaves them).
+// Returns act and part (the TMA replay must equal the cp.async one bitwise). tma: false the cp.async kernels, true
+// the TMA ones (GEMM1's B, GEMM2's A and B by TMA).
 template <class C1, class C2>
-std::pair<std::vector<uint16_t>, std::vector<float>> check_e2e(const Problem& P, int tma = 0) {
+std::pair<std::vector<uint16_t>, std::vector<float>> check_e2e(const Problem& P, bool tma = false) {
   const int before = g_fail;
   const int t = P.t, h = P.h, I = P.inter, e = P.e, k = P.k, n_slots = t * k;
   uint64_t rng = 0x9E3779B97F4A7C15ull ^ static_cast<uint64_t>(t * 131 + h * 7 + I);
@@ -512,10 +400,6 @@ std::pair<std::vector<uint16_t>, std::vector<float>> check_e2e(const Problem& P,
   for (int q = 0; q < e; ++q) max_rows = counts[q] > max_rows ? counts[q] : max_rows;
 
   std::vector<uint16_t> act(static_cast<size_t>(capacity) * I, kNaN16);
-  std::vector<uint16_t> xg(static_cast<size_t>(capacity) * h, kNaN16);  // xs of moe_gather_slots_kernel
-  for (int r = 0; r < offsets[e]; ++r)
-    if (sorted[r] < n_slots)
-      for (int c = 0; c < h; ++c) xg[static_cast<size_t>(r) * h + c] = x[static_cast<size_t>(sorted[r] / k) * h + c];
   std::vector<float> part(static_cast<size_t>(n_slots) * h, NAN);
   const uint32_t raw_base = 512;  // after the static s_slot
   const uint32_t ring = moe_wg_align_ring(raw_base);
@@ -547,12 +431,11 @@ std::pair<std::vector<uint16_t>, std::vector<float>> check_e2e(const Problem& P,
       emu_mainloop<C>(sm, acc, ap, bp, h, ring,
                       tma ? std::function<void(Smem&, uint32_t, int)>([&](Smem& m, uint32_t stage, int kcol) {
                         const uint32_t b = stage + static_cast<uint32_t>(C::kABytes);
-                        if (tma == 2) tma_box(m, stage, xg.data(), capacity, h, C::BM, kcol, r0);
                         tma_box(m, b, w_gate, I, h, C::BN, kcol, n0);
                         tma_box(m, b + static_cast<uint32_t>(C::BN) * 128u, w_up, I, h, C::BN, kcol, n0);
                       })
                           : std::function<void(Smem&, uint32_t, int)>(),
-                      tma == 2);
+                      false);
       const float* pbg = tbg[ex] != nullptr ? static_cast<const float*>(tbg[ex]) : nullptr;
       const float* pbu = tbu[ex] != nullptr ? static_cast<const float*>(tbu[ex]) : nullptr;
       const bool plain = act_kind == 0 && pbg == nullptr;
@@ -650,7 +533,7 @@ std::pair<std::vector<uint16_t>, std::vector<float>> check_e2e(const Problem& P,
                         tma_box(m, stage + static_cast<uint32_t>(C::kABytes), w_d, h, I, C::BN, kcol, n0);
                       })
                           : std::function<void(Smem&, uint32_t, int)>(),
-                      tma != 0);
+                      tma);
       const float* pbd = tbd[ex] != nullptr ? static_cast<const float*>(tbd[ex]) : nullptr;
       for (int tid = 0; tid < C::kThreads; ++tid)
         for (int hh = 0; hh < 2; ++hh) {
@@ -693,7 +576,7 @@ std::pair<std::vector<uint16_t>, std::vector<float>> check_e2e(const Problem& P,
   }
   CHECK(max_err2 <= 1e-4, "%s GEMM2 max rel err %g", P.name, max_err2);
   std::printf("%-22s%s t %d h %d i %d e %d k %d, max rows/expert %d, m_tiles %d: GEMM1 err %.2e GEMM2 err %.2e %s\n",
-              P.name, tma == 1 ? " (tma)" : tma == 2 ? " (tma-ws)" : "", t, h, I, e, k, max_rows, m_tiles, max_err1, max_err2,
+              P.name, tma ? " (tma)" : "", t, h, I, e, k, max_rows, m_tiles, max_err1, max_err2,
               g_fail == before ? "ok" : "FAILED");
   return {act, part};
 }
@@ -701,12 +584,9 @@ std::pair<std::vector<uint16_t>, std::vector<float>> check_e2e(const Problem& P,
 // The TMA replay of P equals the cp.async one bitwise (act and part).
 template <class C1, class C2>
 void check_tma(const Problem& P) {
-  const auto a = check_e2e<C1, C2>(P, 0);
-  for (int mode = 1; mode <= 2; ++mode) {
-    const auto b = check_e2e<C1, C2>(P, mode);
-    CHECK(a.first == b.first, "%s: TMA mode %d act differs from cp.async", P.name, mode);
-    CHECK(std::memcmp(a.second.data(), b.second.data(), a.second.size() * sizeof(float)) == 0, "%s: TMA mode %d part differs", P.name, mode);
-  }
+  const auto a = check_e2e<C1, C2>(P, false), b = check_e2e<C1, C2>(P, true);
+  CHECK(a.first == b.first, "%s: TMA act differs from cp.async", P.name);
+  CHECK(std::memcmp(a.second.data(), b.second.data(), a.second.size() * sizeof(float)) == 0, "%s: TMA part differs", P.name);
 }
 
 int main() {
@@ -715,7 +595,6 @@ int main() {
   check_structure<MoeWgCfg<64, true, 6>>("G1 n128 (64+64) 6st");
   check_structure<MoeWgCfg<128, false, 3>>("G2 n128 3st");
   check_raster();
-  check_ws_protocols();
   // several M tiles per expert (expert 1: t - t / 7 or so rows > 128), ragged N (inter 136 -> 128 + 8; h 200 / 520
   // < 256 multiples), K tails (200 = 3 * 64 + 8, 136 = 2 * 64 + 8, 520 = 8 * 64 + 8), k tiles > stages (520: 9,
   // 1160: 19), G1 n tiles > kMoeWgGroupN (1160: 10 -> raster groups 8 + 2), empty expert e - 2, absent e - 1, -1 ids
