@@ -39,10 +39,14 @@
  * (for the quick run's sequence length) but the model-based run is capped at 4 sequences, so the path runs cheaply.
  * --micro-batches=M1,M2,..: each batch at each count of attention micro-batches (default 1; BatchOptions.microBatches:
  * one group's CPU attention overlaps the GPU projections of the others), an A/B in one run.
+ * Tokens per step: min(B x P, --step-tokens, default 32768). A batch whose prompts take several steps gets that many
+ * more new tokens per request (so that some steps have every sequence decoding: the first sequences still decode when
+ * the last finish their prefill); the KV cache and B_model count them.
  * Run: node dist/bench/throughput-cuda.js [--backend=cpu] [--layers=N] [--prompt=P] [--batches=B1,B2,..]
- *   [--micro-batches=M1,..] [--modes=offloaded,resident] [--model-based [--gpu-gib=G] [--reserve-gib=R]] [--quick]
+ *   [--micro-batches=M1,..] [--modes=offloaded,resident] [--model-based [--gpu-gib=G] [--reserve-gib=R]]
+ *   [--step-tokens=N] [--slots=N] [--quick]
  * The 5x comparison of issue 8 needs module-based batches of about 5 x B_model at the same sequence length, e.g.
- *   --layers=2 --prompt=512 --batches=1536 --modes=offloaded --model-based   (B_model = 305 at 24 GiB and 519 tokens)
+ *   --layers=2 --prompt=512 --batches=1536 --modes=offloaded --model-based   (B_model about 300 at 24 GiB and 526 tokens)
  *   -> bench/results/throughput-staged-<backend>-<date>.json
  */
 import fs from 'node:fs';
@@ -51,8 +55,9 @@ import path from 'node:path';
 
 import { median, readProbeGBs } from '../lib/batching/profile.js';
 import { expectedExperts } from '../lib/batching/perf-model.js';
-import { type Backend, HostTensor, loadModel, type ModelConfig, openBackend, type StepTimes } from '../lib/index.js';
+import { type Backend, HostTensor, loadModel, type ModelConfig, openBackend, parseModelConfig, type StepTimes } from '../lib/index.js';
 import { medianOf, StepIntervals } from '../lib/engine/batch.js';
+import { emptyTimes } from '../lib/engine/forward.js';
 import { benchModel, decodeStepCost, randomRequests } from './bench-models.js';
 import { machine } from './machine.js';
 
@@ -137,6 +142,22 @@ function modelBasedCap(cfg: ModelConfig, layers: number, gpuGiB: number, reserve
   return { batch, terms_gib: t, kv_per_sequence_MiB: r3(kvPerSeq / 2 ** 20), formula };
 }
 
+/** Where `ms` of step time went (StepTimes; 'other': the rest). */
+function breakdown(ms: number, t: StepTimes) {
+  return {
+    attention: r3(t.attentionMs),
+    experts: r3(t.expertMs),
+    stall: r3(t.stallMs),
+    dense: r3(t.denseMs),
+    // of dense: embedding + norm + q/k/v + RoPE; o-proj + norm + router; final norm + LM head + logits
+    dense_qkv: r3(t.denseQkvMs),
+    dense_out: r3(t.denseOutMs),
+    dense_head: r3(t.denseHeadMs),
+    host: r3(t.hostMs),
+    other: r3(ms - t.attentionMs - t.expertMs - t.stallMs - t.denseMs - t.hostMs),
+  };
+}
+
 type Row = { experts: string; batch: number; decode_tokens_per_s: number; prefill_tokens_per_s: number | null } & Record<string, unknown>;
 
 async function main(): Promise<void> {
@@ -153,6 +174,10 @@ async function main(): Promise<void> {
   if (micros.some((m) => !Number.isInteger(m) || m < 1)) throw new Error(`--micro-batches must be positive integers, received ${arg('micro-batches')}`);
   const modes = (arg('modes') ?? 'offloaded,resident').split(',') as Array<'offloaded' | 'resident'>;
   const gpuGiB = Number(arg('gpu-gib') ?? 24);
+  // offloaded rows: this many expert slots instead of 25% of the experts (e.g. a layer's worth or two, so that the next
+  // layer's experts can stream in while this one computes)
+  const slots = arg('slots') === undefined ? undefined : Number(arg('slots'));
+  if (slots !== undefined && !(Number.isInteger(slots) && slots >= 1)) throw new Error(`--slots must be a positive integer, received ${arg('slots')}`);
   const reserveGiB = Number(arg('reserve-gib') ?? 1);
   const be = openBackend({ backend });
   const compute = await computeGflops(be);
@@ -160,36 +185,63 @@ async function main(): Promise<void> {
   const dev = await deviceGBs(be);
   console.log(`${be.name}: gemm ${compute.toFixed(0)} GFLOP/s, H2D ${h2d.toFixed(1)} GB/s, device copy ${dev.toFixed(1)} GB/s, host read ${readProbeGBs(128 * 2 ** 20).toFixed(1)} GB/s`);
   const dir = await benchModel('mixtral-8x7b-shape', layers);
+  // Tokens per step (prefill and decode together) and new tokens per request at batch B: the decode steps timed plus
+  // as many as the prefill of the whole batch takes steps (each step also carries the decoding sequences' tokens), so
+  // that the first sequences are still decoding when the last finish their prefill: there are steps in which all B
+  // decode (a big batch prefills over many steps).
+  const maxStepTokens = Number(arg('step-tokens') ?? 32768);
+  if (!Number.isInteger(maxStepTokens) || maxStepTokens < 1) throw new Error(`--step-tokens must be a positive integer, received ${arg('step-tokens')}`);
+  const stepTokens = (B: number) => Math.min(B * promptTokens, maxStepTokens);
+  const newTokens = (B: number) => decodeSteps + 1 + (B * promptTokens > stepTokens(B) ? Math.ceil((B * promptTokens) / Math.max(1, stepTokens(B) - B)) + 2 : 0);
+  const seqTokens = (B: number) => promptTokens + newTokens(B);
+  // the model-based batch (derived from the bench model's config for the full model at the length of its own
+  // sequences), known before the KV is sized
+  const modelBasedCfg = process.argv.includes('--model-based') ? parseModelConfig(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'))) : undefined;
+  const modelBasedCapAt = (cfg: ModelConfig) => {
+    const first = modelBasedCap(cfg, FULL_LAYERS, gpuGiB, reserveGiB, promptTokens + decodeSteps + 1).batch;
+    const cap = modelBasedCap(cfg, FULL_LAYERS, gpuGiB, reserveGiB, seqTokens(quick ? Math.min(first, QUICK_CAP) : first));
+    return { cap, batch: quick ? Math.min(cap.batch, QUICK_CAP) : cap.batch };
+  };
+  const modelBasedBatch = modelBasedCfg ? modelBasedCapAt(modelBasedCfg).batch : 0;
   const rows: Row[] = [];
   let modelBased: Record<string, unknown> | undefined;
   let summary = '';
   for (const mode of modes) {
     // on the CPU backend, deviceActivations runs the CUDA path's orchestration (activations in the device pool)
     // the host KV cache: room for the largest batch this run makes (the model-based one included), at least 8 GiB
-    const seqTokens = promptTokens + decodeSteps + 1;
-    const kvBytes = (B: number) => Math.ceil(1.25 * B * seqTokens * layers * 2 * 8 * 128 * 2); // Mixtral: 8 KV heads of 128
-    const kvCacheBytes = Math.max(8 * 2 ** 30, kvBytes(Math.max(...batches, process.argv.includes('--model-based') ? 4096 : 0)));
-    const model = await loadModel(dir, { backend, deviceActivations: true, experts: mode === 'offloaded' ? { fraction: 0.25, policy: 'lru' } : backend === 'cuda' ? { fraction: 1, policy: 'lru' } : 'resident', kvCacheBytes });
+    const kvBytes = (B: number) => Math.ceil(1.25 * B * seqTokens(B) * layers * 2 * 8 * 128 * 2); // Mixtral: 8 KV heads of 128
+    const kvCacheBytes = Math.max(8 * 2 ** 30, ...[...batches, modelBasedBatch].map(kvBytes));
+    const model = await loadModel(dir, { backend, deviceActivations: true, experts: mode === 'offloaded' ? (slots !== undefined ? { slots, policy: 'lru' } : { fraction: 0.25, policy: 'lru' }) : backend === 'cuda' ? { fraction: 1, policy: 'lru' } : 'resident', kvCacheBytes });
     try {
       const cfg = model.config;
       const kvBytesPerToken = cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * 2;
       const { expertBytes, denseBytes } = decodeStepCost(cfg, 1);
       const cache = model.expertCache;
       const measure = async (B: number, micro: number): Promise<Row> => {
-        const reqs = randomRequests(B, promptTokens, 1234 + B, decodeSteps + 1);
+        const reqs = randomRequests(B, promptTokens, 1234 + B, newTokens(B));
         const read0 = readProbeGBs(128 * 2 ** 20);
         const prefill = { tokens: 0, ms: 0 };
+        // every step that carried prompt tokens (a big batch's prefill runs next to the first sequences' decode)
+        const withPrompt = { steps: 0, promptTokens: 0, tokens: 0, ms: 0, firstMs: 0, times: emptyTimes() };
         const decode: Array<{ ms: number; copied: number; times: StepTimes }> = [];
         let moved = cache?.stats.bytesMoved ?? 0;
         const intervals = new StepIntervals();
         for await (const _ of model.generateBatch(reqs, {
           maxSequences: B,
-          maxBatchTokens: Math.min(B * promptTokens, 32768),
+          maxBatchTokens: stepTokens(B),
           microBatches: micro,
           onStep: (st) => {
             const full = st.decodeTokens === B && st.tokens === B;
             intervals.mark(full);
             const now = cache?.stats.bytesMoved ?? 0;
+            if (st.tokens > st.decodeTokens) {
+              if (withPrompt.steps === 0) withPrompt.firstMs = st.ms;
+              withPrompt.steps++;
+              withPrompt.promptTokens += st.tokens - st.decodeTokens;
+              withPrompt.tokens += st.tokens;
+              withPrompt.ms += st.ms;
+              for (const k of Object.keys(withPrompt.times) as Array<keyof StepTimes>) withPrompt.times[k] += st.times[k];
+            }
             if (st.decodeTokens === 0) {
               prefill.tokens += st.tokens;
               prefill.ms += st.ms;
@@ -206,7 +258,7 @@ async function main(): Promise<void> {
         decode.sort((a, b) => a.ms - b.ms);
         const mid = decode[Math.floor(decode.length / 2)]!;
         const { flops } = decodeStepCost(cfg, B);
-        const kvRead = B * (promptTokens + decodeSteps / 2) * kvBytesPerToken;
+        const kvRead = B * (promptTokens + newTokens(B) / 2) * kvBytesPerToken;
         const weightBytes = cfg.numLayers * expectedExperts(cfg.numExperts, cfg.topK, B) * expertBytes + denseBytes;
         const parts = { compute: flops / (compute * 1e6), h2d: mid.copied / (h2d * 1e6), device_reads: weightBytes / (dev * 1e6), host_kv_reads: kvRead / (read * 1e6) };
         const binding = (Object.entries(parts) as Array<[string, number]>).reduce((a, b) => (b[1] > a[1] ? b : a));
@@ -216,6 +268,7 @@ async function main(): Promise<void> {
           batch: B,
           micro_batches: micro,
           prompt_tokens: promptTokens,
+          new_tokens: newTokens(B),
           prefill_tokens_per_s: prefill.ms > 0 ? r3((prefill.tokens * 1000) / prefill.ms) : null,
           decode_steps_timed: decode.length,
           decode_step_ms: r3(mid.ms),
@@ -230,17 +283,17 @@ async function main(): Promise<void> {
           binding: binding[0],
           frac_of_bound: r3(boundMs / mid.ms),
           // where the median decode step's time went (the runtime's own accounting; 'other': the rest of the step)
-          step_breakdown_ms: {
-            attention: r3(mid.times.attentionMs),
-            experts: r3(mid.times.expertMs),
-            stall: r3(mid.times.stallMs),
-            dense: r3(mid.times.denseMs),
-            // of dense: embedding + norm + q/k/v + RoPE; o-proj + norm + router; final norm + LM head + logits
-            dense_qkv: r3(mid.times.denseQkvMs),
-            dense_out: r3(mid.times.denseOutMs),
-            dense_head: r3(mid.times.denseHeadMs),
-            host: r3(mid.times.hostMs),
-            other: r3(mid.ms - mid.times.attentionMs - mid.times.expertMs - mid.times.stallMs - mid.times.denseMs - mid.times.hostMs),
+          step_breakdown_ms: breakdown(mid.ms, mid.times),
+          // the steps that carried prompt tokens (the first one included, whose time also holds the first use of
+          // this batch size's buffers): prompt tokens per second over them, and where their time went, summed
+          prompt_steps: {
+            steps: withPrompt.steps,
+            prompt_tokens: withPrompt.promptTokens,
+            tokens: withPrompt.tokens,
+            ms: r3(withPrompt.ms),
+            first_step_ms: r3(withPrompt.firstMs),
+            prompt_tokens_per_s: withPrompt.ms > 0 ? r3((withPrompt.promptTokens * 1000) / withPrompt.ms) : null,
+            breakdown_ms: breakdown(withPrompt.ms, withPrompt.times),
           },
           expected_experts_per_layer: r3(expectedExperts(cfg.numExperts, cfg.topK, B)),
           host_read_GBs: r3(read),
@@ -252,8 +305,7 @@ async function main(): Promise<void> {
       for (const B of batches) for (const micro of micros) rows.push(await measure(B, micro));
       if (mode === 'offloaded' && process.argv.includes('--model-based')) {
         // the model-based run: the same engine, model and options, one batch of B_model sequences through every module
-        const cap = modelBasedCap(cfg, FULL_LAYERS, gpuGiB, reserveGiB, promptTokens + decodeSteps + 1);
-        const B = quick ? Math.min(cap.batch, QUICK_CAP) : cap.batch;
+        const { cap, batch: B } = modelBasedCapAt(cfg);
         console.log(`model-based batch cap, ${gpuGiB} GiB GPU, ${FULL_LAYERS}-layer model (GiB): ${cap.formula} = ${cap.batch}${B < cap.batch ? ` (--quick: run at ${B})` : ''}`);
         const reused = rows.find((r) => r.experts === 'offloaded' && r.batch === B && r.micro_batches === micros[0]);
         const row = reused ?? (await measure(B, micros[0]!));
@@ -261,7 +313,8 @@ async function main(): Promise<void> {
         modelBased = {
           gpu_gib: gpuGiB,
           config: `the bench model's config (Mixtral-8x7B dimensions, vocab ${cfg.vocabSize}) with ${FULL_LAYERS} layers`,
-          sequence_tokens: promptTokens + decodeSteps + 1,
+          sequence_tokens: seqTokens(B),
+          module_based_sequence_tokens: seqTokens(Math.max(...batches)),
           derivation_gib: cap.terms_gib,
           kv_per_sequence_MiB: cap.kv_per_sequence_MiB,
           formula: cap.formula,
@@ -285,7 +338,7 @@ async function main(): Promise<void> {
     machine: machine(),
     backend: be.name,
     date: new Date().toISOString(),
-    model: `mixtral-8x7b-shape, ${layers} layer(s), random weights; experts 25% in slots (LRU) or all in slots (CUDA; the store itself on the CPU backend)`,
+    model: `mixtral-8x7b-shape, ${layers} layer(s), random weights; experts ${slots !== undefined ? `in ${slots} slots` : '25% in slots'} (LRU) or all in slots (CUDA; the store itself on the CPU backend)`,
     limits: { gemm_gflops: r3(compute), h2d_GBs: r3(h2d), device_copy_GBs: r3(dev) },
     reference_moe_gen: MOE_GEN_A5000,
     rows,
