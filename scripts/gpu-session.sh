@@ -9,8 +9,8 @@
 #     -DCMAKE_BUILD_TYPE=Release && ninja -C build-native-gpu moe-native
 # then a device call carrying .device/carry and build-native-gpu/moe-native:
 #   OUT=$OUT DEADLINE=420 bash scripts/gpu-session.sh [steps]
-#   (steps: test bench moe profile node residency throughput modelbased perfmodel demo, default all but profile, modelbased,
-#   perfmodel and demo; PERFMODEL_ARGS: bench/perf-model.ts's (default --backend=cuda --quick, the two real shapes at batches
+#   (steps: test bench attention moe profile node residency throughput modelbased perfmodel demo, default all but
+#   attention, profile, modelbased, perfmodel and demo; PERFMODEL_ARGS: bench/perf-model.ts's (default --backend=cuda --quick, the two real shapes at batches
 #   1, 8, 32, 128; the micro-batch overlap the model predicts: PERFMODEL_ARGS="--backend=cuda --quick --decode-only
 #   --models=qwen3-30b-a3b-shape --batches=32,128 --micro-batches=1,2,4"); THROUGHPUT_ARGS default
 #   --layers=2; PROFILE_MODELS / PROFILE_T: the profile step's bench-moe-cuda --models / --t (full model names: Qwen3-30B-A3B, 16384);
@@ -28,7 +28,8 @@
 #   (MODELBASED_ARGS="--layers=2 --prompt=512 --batches=1536,3072 --micro-batches=4 --slots=8 --modes=offloaded
 #   --model-based"; 2026-11-27 on an H200: 3.3x at 1536 with 4 micro-batches and 4 slots), and where a big batch's
 #   prefill time goes (each throughput row's prompt_steps.breakdown_ms; 7-8k prompt tokens/s there, far under the
-#   GPU's rate). The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by
+#   GPU's rate), and the CPU attention kernels' own rate on the 16-core host (attention: in the 1536-sequence decode step
+#   the kernel took 200 ms for 6.7 GB of K/V, 33 GB/s of a 157 GB/s read probe). The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by
 #   cp.async instead of TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels).
 set -u
 cd "$(dirname "$0")/.."
@@ -91,6 +92,9 @@ if want bench; then
     TAIL=30 step "native-bench-$(tag "$v")" 90 env ${v//,/ } "$NATIVE" bench --cuda-only \
       --json "$W/native-kernels-gpu-$stamp-$(tag "$v").json"
   done
+fi
+if want attention; then  # the CPU attention kernels on the GPU host's cores (decode and prefill; the throughput mode's CPU side)
+  TAIL=12 step attention 120 "$NATIVE" bench-attention --json "$W/attention-native-gpu-host-$stamp.json"
 fi
 if want moe; then
   for v in ${MOE_ENVS:-}; do  # other MoE paths or tiles for comparison (e.g. MOE_CUDA_MOE=mma), ours only

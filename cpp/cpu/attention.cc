@@ -27,12 +27,18 @@
 // 35 ns at 3.65 GHz, against ~40 ns that 0.8 of the probe allows per core. With the probe at ~50 GB/s the scattered
 // pages themselves read at ~0.6-0.8 of it (-l2prefetch.json, first rows). The f32 tiers: AVX-512F 0.91 and AVX2 0.72
 // of the probe at g = 4 (they were 0.25 and 0.17). Prefill 0.63 of the vdpbf16ps peak (blocks 16 and 64).
+// Splits of a big batch run inside their items (see splits_in_item): the global partials they replaced were
+// [rows x splits x (head_dim + 2)] f32 allocated and cleared by the calling thread, 2.2 GB for a 32768-token prefill
+// step at 32 heads and 4 splits. On the AVX2 development VM (2 cores, numSplits 4, 32/8 heads of 128, bf16 K/V,
+// block 64): decode of 1536 sequences x 530 tokens 351-427 -> 311-323 ms (one split: 270), prefill of 16 x 512
+// tokens 1262 -> 642 ms (one split: 507-561).
 #include "attention.h"
 
 #include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -838,6 +844,25 @@ void finalize_row(const float* acc, float m, float l, const float* sink, int hd,
   for (int e = 0; e < hd; ++e) store_out(out, ot, base + e, acc[e] * inv);
 }
 
+// Output row from its ns split partials pp + sp * pstride = (m, l, acc[hd]), sp < ns: log-sum-exp merge in split
+// order, then finalize_row. acc: hd floats of scratch. One body for the merge pass over global partials and the
+// in-item merge, so both give the same bits.
+void merge_row(const float* pp, int ns, size_t pstride, float* acc, const float* sink, int hd, void* out, DType ot,
+               size_t base, bool vec) {
+  float M = kNegInf;
+  for (int sp = 0; sp < ns; ++sp) M = std::max(M, pp[sp * pstride]);
+  float l = 0.0f;
+  std::fill(acc, acc + hd, 0.0f);
+  for (int sp = 0; sp < ns; ++sp) {
+    const float* p = pp + sp * pstride;
+    if (p[0] == kNegInf) continue;
+    const float w = std::exp(p[0] - M);
+    l += p[1] * w;
+    for (int e = 0; e < hd; ++e) acc[e] += p[2 + e] * w;
+  }
+  finalize_row(acc, M, l, sink, hd, out, ot, base, vec);
+}
+
 }  // namespace
 
 void attention_validate(const AttentionArgs& a) {
@@ -922,8 +947,20 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
   int hg = static_cast<int>(a.kv_heads);
   while (hg > 1 && tiles * ((a.kv_heads + hg - 1) / hg) < 2 * threads) hg = (hg + 1) / 2;
   const int64_t base_items = tiles * ((a.kv_heads + hg - 1) / hg);
+  // kv heads per item of a sequence with Q query tokens
+  auto heads_per_item = [&](int64_t Q) { return std::min<int64_t>(Q, nt_max) * g <= kGroupRows ? hg : 1; };
+  // Items without splits; when they alone give every thread two, a split sequence's splits run one after the other
+  // inside its items (merged there: no [rows x splits x head_dim] partials for the whole call, which at a big
+  // batch's prefill were gigabytes), else as items of their own. The same kernel calls and merge either way: the
+  // same bits.
+  int64_t unsplit_items = 0;
+  for (int64_t s = 0; s < a.num_seqs; ++s)
+    unsplit_items += (a.kv_heads + heads_per_item(a.q_lens[s]) - 1) / heads_per_item(a.q_lens[s]) *
+                     ((a.q_lens[s] + nt_max - 1) / nt_max);
+  const bool splits_in_item = unsplit_items >= 2 * threads;
   std::vector<Item> items;
   int64_t max_split = 1;
+  bool global_splits = false;  // some split runs as an item of its own: the global partials and merge pass
   for (int64_t s = 0; s < a.num_seqs; ++s) {
     const int64_t Q = a.q_lens[s], L = a.kv_lens[s];
     if (Q == 0) continue;
@@ -937,23 +974,27 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
     }
     ns = std::max<int64_t>(1, std::min(ns, nb));
     max_split = std::max(max_split, ns);
-    const int sg = std::min<int64_t>(Q, nt_max) * g <= kGroupRows ? hg : 1;  // kv heads per item
+    const int sg = static_cast<int>(heads_per_item(Q));  // kv heads per item
+    const bool in_item = splits_in_item && ns > 1;    // split -1: every split, in the item
+    global_splits = global_splits || (ns > 1 && !in_item);
     for (int32_t h = 0; h < a.kv_heads; h += sg)
       for (int64_t t0 = 0; t0 < Q; t0 += nt_max)
-        for (int64_t sp = 0; sp < ns; ++sp) {
+        for (int64_t sp = 0; sp < (in_item ? 1 : ns); ++sp) {
           const int32_t nt = static_cast<int32_t>(std::min<int64_t>(nt_max, Q - t0));
           const int32_t nh = static_cast<int32_t>(std::min<int64_t>(sg, a.kv_heads - h));
-          items.push_back({static_cast<int32_t>(s), h, nh, static_cast<int32_t>(t0), nt, static_cast<int32_t>(sp),
-                           static_cast<int32_t>(ns), q_start[s], (L / ns + bs) * nt * nh});
+          items.push_back({static_cast<int32_t>(s), h, nh, static_cast<int32_t>(t0), nt,
+                           in_item ? -1 : static_cast<int32_t>(sp), static_cast<int32_t>(ns), q_start[s],
+                           (in_item ? L + bs * ns : L / ns + bs) * nt * nh});
         }
   }
   std::stable_sort(items.begin(), items.end(), [](const Item& x, const Item& y) { return x.cost > y.cost; });
 
-  // Partials of split rows: [total_q * q_heads][max_split][2 + hd] = (m, l, acc).
+  // Partials of rows split over items: [total_q * q_heads][max_split][2 + hd] = (m, l, acc); every (row, split) the
+  // merge reads is written by its item, so the buffer is not cleared.
   const size_t pstride = static_cast<size_t>(hd) + 2;
-  std::vector<float> partial;
-  if (max_split > 1) partial.assign(static_cast<size_t>(a.total_q * a.q_heads * max_split) * pstride, 0.0f);
-  float* part = partial.data();
+  std::unique_ptr<float[]> partial;
+  if (global_splits) partial.reset(new float[static_cast<size_t>(a.total_q * a.q_heads * max_split) * pstride]);
+  float* part = partial.get();
 
   const size_t kves = dtype_size(a.kv_dtype);
   const size_t head_elems = static_cast<size_t>(bs) * hd;
@@ -987,14 +1028,17 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
     int* hi = lo + rmax;
     int* jlo = hi + rmax;
     int* jhi = jlo + rmax;
+    thread_local std::vector<float> lbuf;  // in-item splits: [item rows][nsplit][pstride] partials, then hd of scratch
 
-    for (size_t it = begin; it < end; ++it) {
-      const Item& w = items[it];
+    // Split `split` of item w: the item's rows over that split's kv range, finalized into out (one split), else
+    // written as partials: to `local` (in-item splits, row r of the item at (r * nsplit + split) * pstride) or to
+    // the global buffer.
+    auto run_split = [&](const Item& w, int split, float* local) {
       const int64_t L = args.kv_lens[w.seq], Q = args.q_lens[w.seq];
       const int R = w.nt * g;  // rows per kv head; head w.kvh + u has rows [u R, (u + 1) R) of qf, acc, mm, ll
       // split range of kv positions [s_lo, s_hi]
       const int64_t nb = (L + bs - 1) / bs;
-      const int64_t b0 = nb * w.split / w.nsplit, b1 = nb * (w.split + 1) / w.nsplit;
+      const int64_t b0 = nb * split / w.nsplit, b1 = nb * (split + 1) / w.nsplit;
       const int64_t s_lo = b0 * bs, s_hi = std::min<int64_t>(b1 * bs, L) - 1;
       int64_t rlo = s_hi + 1, rhi = s_lo - 1;
       for (int t = 0; t < w.nt; ++t) {
@@ -1083,40 +1127,53 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
               finalize_row(acc + r * hd, mm[r], ll[r], args.sinks ? args.sinks + head : nullptr, hd, args.out,
                            args.out_dtype, row * hd, vector_q);
             } else {
-              float* pp = part + (row * max_split + w.split) * pstride;
+              float* pp = local != nullptr ? local + (r * w.nsplit + split) * pstride
+                                           : part + (row * max_split + split) * pstride;
               pp[0] = mm[r];
               pp[1] = ll[r];
               std::copy(acc + r * hd, acc + (r + 1) * hd, pp + 2);
             }
           }
+    };
+
+    for (size_t it = begin; it < end; ++it) {
+      const Item& w = items[it];
+      if (w.split >= 0) {
+        run_split(w, w.split, nullptr);
+        continue;
+      }
+      const int R = w.nt * g;
+      const size_t rows = static_cast<size_t>(w.nh) * R, span = static_cast<size_t>(w.nsplit) * pstride;
+      if (lbuf.size() < rows * span + hd) lbuf.resize(rows * span + hd);
+      for (int sp = 0; sp < w.nsplit; ++sp) run_split(w, sp, lbuf.data());
+      float* scratch = lbuf.data() + rows * span;
+      for (int u = 0; u < w.nh; ++u)
+        for (int t = 0; t < w.nt; ++t)
+          for (int h = 0; h < g; ++h) {
+            const size_t r = static_cast<size_t>(u) * R + t * g + h;
+            const int64_t head = static_cast<int64_t>(w.kvh + u) * g + h;
+            const size_t row = static_cast<size_t>(w.q_start + w.t0 + t) * args.q_heads + head;
+            merge_row(lbuf.data() + r * span, w.nsplit, pstride, scratch, args.sinks ? args.sinks + head : nullptr, hd,
+                      args.out, args.out_dtype, row * hd, vector_q);
+          }
     }
   };
   if (!ThreadPool::global().parallel_for(items.size(), 1, fn, cancel)) throw_error(ErrorCode::Cancelled, "attention: cancelled");
 
-  if (max_split > 1) {
-    // Rows of split sequences: merge their partials with log-sum-exp.
+  if (global_splits) {
+    // Rows split over items: merge their partials with log-sum-exp.
     std::vector<int32_t> row_splits(static_cast<size_t>(a.total_q), 1);
     for (const Item& w : items)
-      for (int t = 0; t < w.nt; ++t) row_splits[static_cast<size_t>(w.q_start + w.t0 + t)] = w.nsplit;
+      if (w.split >= 0)
+        for (int t = 0; t < w.nt; ++t) row_splits[static_cast<size_t>(w.q_start + w.t0 + t)] = w.nsplit;
     std::function<void(size_t, size_t)> merge = [&, args](size_t begin, size_t end) {
       std::vector<float> acc(static_cast<size_t>(hd));
       for (size_t row = begin; row < end; ++row) {
         const int ns = row_splits[row / static_cast<size_t>(args.q_heads)];
         if (ns == 1) continue;
-        const float* pp = part + row * max_split * pstride;
-        float M = kNegInf;
-        for (int sp = 0; sp < ns; ++sp) M = std::max(M, pp[sp * pstride]);
-        float l = 0.0f;
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int sp = 0; sp < ns; ++sp) {
-          const float* p = pp + sp * pstride;
-          if (p[0] == kNegInf) continue;
-          const float w = std::exp(p[0] - M);
-          l += p[1] * w;
-          for (int e = 0; e < hd; ++e) acc[e] += p[2 + e] * w;
-        }
         const size_t head = row % static_cast<size_t>(args.q_heads);
-        finalize_row(acc.data(), M, l, args.sinks ? args.sinks + head : nullptr, hd, args.out, args.out_dtype, row * hd, vector_q);
+        merge_row(part + row * max_split * pstride, ns, pstride, acc.data(), args.sinks ? args.sinks + head : nullptr,
+                  hd, args.out, args.out_dtype, row * hd, vector_q);
       }
     };
     if (!ThreadPool::global().parallel_for(static_cast<size_t>(a.total_q * a.q_heads), 64, merge, cancel))
