@@ -696,6 +696,10 @@ export class Backend {
     if (!Number.isSafeInteger(numSplits) || numSplits < 0 || numSplits > 1024) {
       throw new InvalidArgumentError(`numSplits must be an integer in [0, 1024] (0: automatic), received ${describe(p.numSplits)}`);
     }
+    const splitTokens = p.splitTokens ?? 0;
+    if (!Number.isSafeInteger(splitTokens) || splitTokens < 0 || splitTokens > 2 ** 30) {
+      throw new InvalidArgumentError(`splitTokens must be an integer in [0, 2^30] (0: use numSplits), received ${describe(p.splitTokens)}`);
+    }
     const cpu = this.#cpuSide();
     return cpu.#run('attention', options, (addon, stream, cancel) =>
       addon.attention(
@@ -723,6 +727,7 @@ export class Backend {
           scale,
           slidingWindow,
           numSplits,
+          splitTokens,
           isa: cpu.#isaCode(),
         },
         cancel,
@@ -1243,6 +1248,12 @@ export interface AttentionParams {
   sinks?: Tensor;
   /** KV splits per sequence, merged by log-sum-exp (default 0: automatic by length and thread count) */
   numSplits?: number;
+  /**
+   * Instead of numSplits: ceil(kvLen / splitTokens) splits per sequence (default 0: unused). The count then depends
+   * on the sequence alone, so its rows are the same bits in any batch (the model runtime passes
+   * ATTENTION_SPLIT_TOKENS); long contexts still get splits to spread over the threads.
+   */
+  splitTokens?: number;
 }
 
 let cpuCompanionBackend: Backend | undefined;

@@ -264,6 +264,7 @@ export interface NativeAddon {
     scale: number;
     slidingWindow: number;
     numSplits: number;
+    splitTokens: number;
     isa?: number;
   }>;
 }

@@ -61,18 +61,22 @@ for (const hb of cpuBackends) {
   }
 }
 
-// With a fixed split count (the model runtime passes numSplits 4), a sequence's rows are the same bits alone (few
-// items: the splits run as items of their own, merged in a second pass) and in a batch of 64 (enough items: each
-// item runs its splits one after the other and merges them itself), for decode and for an extend of 9 tokens (one
-// query tile: alone, 2 items, too few for a pool of 2 threads or more; batched, 128, enough for up to 64).
+// With a split count that depends on the sequence alone (numSplits; or splitTokens, as the model runtime passes), a
+// sequence's rows are the same bits alone (few items: the splits run as items of their own, merged in a second pass)
+// and in a batch of 64 (enough items: each item runs its splits one after the other and merges them itself), for
+// decode and for an extend of 9 tokens (one query tile: alone, 2 items, too few for a pool of 2 threads or more;
+// batched, 128, enough for up to 64).
 for (const hb of cpuBackends) {
   const skip = hb.available ? false : hb.reason ?? 'unavailable';
-  for (const [blockSize, qLen] of [
-    [16, 1],
-    [64, 1],
-    [16, 9],
+  for (const [blockSize, qLen, splits] of [
+    [16, 1, { numSplits: 4 }],
+    [64, 1, { numSplits: 4 }],
+    [16, 9, { numSplits: 4 }],
+    [16, 1, { splitTokens: 64 }],
+    [64, 9, { splitTokens: 100 }],
   ] as const) {
-    void test(`attention: numSplits 4 rows do not depend on the batch (block ${blockSize}, q ${qLen}) on ${hb.name}`, { skip }, async () => {
+    const how = 'numSplits' in splits ? `numSplits ${splits.numSplits}` : `splitTokens ${splits.splitTokens}`;
+    void test(`attention: ${how} rows do not depend on the batch (block ${blockSize}, q ${qLen}) on ${hb.name}`, { skip }, async () => {
       const be = hb.open();
       const [qHeads, kvHeads, hd, L, others] = [8, 2, 128, 300, 63];
       const pagesPerSeq = Math.ceil(L / blockSize);
@@ -87,9 +91,9 @@ for (const hb of cpuBackends) {
       }
       const q = HostTensor.from('bf16', [(others + 1) * qLen, qHeads, hd], values((others + 1) * qLen * qHeads * hd, 7).map((x) => 8 * x));
       const alone = new HostTensor('f32', [qLen, qHeads, hd]);
-      await be.attention({ q: q.rows(0, qLen), k: kv.keys(0), v: kv.values(0), out: alone, numSplits: 4, ...kv.batch([seqs[0]!], [qLen]) });
+      await be.attention({ q: q.rows(0, qLen), k: kv.keys(0), v: kv.values(0), out: alone, ...splits, ...kv.batch([seqs[0]!], [qLen]) });
       const batched = new HostTensor('f32', [(others + 1) * qLen, qHeads, hd]);
-      await be.attention({ q, k: kv.keys(0), v: kv.values(0), out: batched, numSplits: 4, ...kv.batch(seqs, seqs.map(() => qLen)) });
+      await be.attention({ q, k: kv.keys(0), v: kv.values(0), out: batched, ...splits, ...kv.batch(seqs, seqs.map(() => qLen)) });
       let diff = 0;
       for (let i = 0; i < alone.numel; i++) if (batched.data[i] !== alone.data[i]) diff++;
       assert.equal(diff, 0, `${diff} of ${alone.numel} output elements of sequence 0 differ between alone and in a batch of ${others + 1}`);

@@ -150,7 +150,7 @@ function tolerance(c: Case): number {
   return (c.kvDtype ?? 'bf16') === 'bf16' || c.qDtype === 'bf16' || c.outDtype === 'bf16' ? 5e-4 : 1e-6;
 }
 
-async function runCase(be: Backend, c: Case, numSplits: number): Promise<{ tier: KernelTier; out: Float64Array }> {
+async function runCase(be: Backend, c: Case, numSplits: number, splitTokens = 0): Promise<{ tier: KernelTier; out: Float64Array }> {
   const inp = makeInputs(c);
   const out = new HostTensor(c.outDtype ?? 'f32', [inp.totalQ, c.qHeads, c.hd]);
   const tier = await be.attention({
@@ -164,6 +164,7 @@ async function runCase(be: Backend, c: Case, numSplits: number): Promise<{ tier:
     ...(inp.sinks ? { sinks: inp.sinks } : {}),
     ...(c.window ? { slidingWindow: c.window } : {}),
     numSplits,
+    splitTokens,
   });
   return { tier, out: decodeAll(out) };
 }
@@ -210,6 +211,7 @@ for (const hb of backends) {
         const one = await runCase(be, c, 1);
         const auto = await runCase(be, c, 0);
         const split = await runCase(be, c, c.splits ?? 3);
+        const byLen = await runCase(be, c, 0, 100); // ceil(kvLen / 100) splits per sequence
         assert.ok(TIER_ORDER.indexOf(one.tier) <= TIER_ORDER.indexOf(be.isa), `ran tier ${one.tier} above ${be.isa}`);
         const e1 = nmse(one.out, inp.ref);
         const e2 = nmse(auto.out, inp.ref);
@@ -222,6 +224,10 @@ for (const hb of backends) {
         const agree = nmse(split.out, one.out);
         const agreeTol = c.outDtype === 'bf16' ? 1e-4 : one.tier === 'avx512bf16' ? 1e-6 : 1e-9;
         assert.ok(agree <= agreeTol, `split vs unsplit NMSE ${agree} > ${agreeTol}`);
+        const e4 = nmse(byLen.out, inp.ref);
+        assert.ok(e4 <= tol, `splitTokens 100 NMSE ${e4} > ${tol}`);
+        const agreeLen = nmse(byLen.out, one.out);
+        assert.ok(agreeLen <= agreeTol, `splitTokens 100 vs unsplit NMSE ${agreeLen} > ${agreeTol}`);
         st.diagnostic(`kernel ${one.tier}, NMSE ${e1.toExponential(2)} (split ${e3.toExponential(2)}, split vs unsplit ${agree.toExponential(2)}), tol ${tol}`);
       });
     }
@@ -254,6 +260,9 @@ for (const hb of backends) {
       assert.throws(() => be.attention({ ...base, kvLens: new HostTensor('i32', [3]) }), InvalidArgumentError);
       assert.throws(() => be.attention({ ...base, v: new HostTensor('bf16', inp.v.shape) }), InvalidArgumentError);
       assert.throws(() => be.attention({ ...base, numSplits: -1 }), InvalidArgumentError);
+      assert.throws(() => be.attention({ ...base, splitTokens: -1 }), /splitTokens must be an integer/);
+      assert.throws(() => be.attention({ ...base, splitTokens: 2 ** 31 }), /splitTokens must be an integer/);
+      assert.throws(() => be.attention({ ...base, splitTokens: 1.5 }), /splitTokens must be an integer/);
       // cancellation before start
       const ac = new AbortController();
       ac.abort(new Error('stop'));

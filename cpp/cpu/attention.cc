@@ -877,6 +877,8 @@ void attention_validate(const AttentionArgs& a) {
   if (a.block_size < 1 || a.block_size > 4096) bad("block_size must be in [1, 4096], received " + str(a.block_size));
   if (a.num_seqs < 0 || a.max_blocks < 0 || a.num_pages < 0 || a.total_q < 0) bad("sizes must be non-negative");
   if (a.num_splits < 0 || a.num_splits > 1024) bad("num_splits must be in [0, 1024], received " + str(a.num_splits));
+  if (a.split_tokens < 0 || a.split_tokens > (int64_t{1} << 30))
+    bad("split_tokens must be in [0, 2^30], received " + str(a.split_tokens));
   if (a.sliding_window < 0) bad("sliding_window must be >= 0, received " + str(a.sliding_window));
   if (!std::isfinite(a.scale)) bad("scale must be finite");
   if (a.num_seqs > 0 && (a.kv_lens == nullptr || a.q_lens == nullptr || (a.max_blocks > 0 && a.block_tables == nullptr)))
@@ -966,7 +968,9 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
     if (Q == 0) continue;
     const int64_t nb = (L + bs - 1) / bs;
     int64_t ns;
-    if (a.num_splits > 0) {
+    if (a.split_tokens > 0) {
+      ns = (L + a.split_tokens - 1) / a.split_tokens;
+    } else if (a.num_splits > 0) {
       ns = a.num_splits;
     } else {  // automatic: enough items for the pool, splits of at least 512 tokens
       const int64_t want = base_items >= 2 * threads ? 1 : (4 * threads + base_items - 1) / base_items;

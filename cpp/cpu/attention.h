@@ -34,6 +34,8 @@ struct AttentionArgs {
   float scale;               // softmax scale (usually 1 / sqrt(head_dim))
   int64_t sliding_window;    // 0: none
   int64_t num_splits;        // KV splits per sequence: 0 = automatic by length, else that many (>= 1)
+  int64_t split_tokens;      // > 0: ceil(kv_len / split_tokens) splits per sequence instead (num_splits ignored): a
+                             // count that depends on the sequence alone, so its rows do not depend on the batch
 };
 
 // Validates every argument, the block tables' contents included (ids in [0, num_pages), enough blocks for kv_len),

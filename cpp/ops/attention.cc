@@ -1,5 +1,6 @@
 // attention(stream, { q, qDtype, k, v, kvDtype, out, outDtype, blockTables, kvLens, qLens, sinks?, numSeqs,
-//   maxBlocks, numPages, totalQ, qHeads, kvHeads, headDim, blockSize, scale, slidingWindow, numSplits, isa? },
+//   maxBlocks, numPages, totalQ, qHeads, kvHeads, headDim, blockSize, scale, slidingWindow, numSplits, splitTokens,
+//   isa? },
 //   cancel?) -> Promise<tier>
 // Paged-KV attention on the CPU (cpu/attention.h): q/out [totalQ, qHeads, headDim], k/v pages
 // [numPages, kvHeads, blockSize, headDim], blockTables [numSeqs, maxBlocks] i32, kvLens/qLens [numSeqs] i32,
@@ -34,6 +35,7 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
     g.scale = static_cast<float>(s.number("scale"));
     g.sliding_window = s.size("slidingWindow");
     g.num_splits = s.size("numSplits");
+    g.split_tokens = s.size("splitTokens");
     // Shape-level checks now (contents of the tables when the op runs).
     if (g.q_heads > (1 << 16) || g.kv_heads > (1 << 16) || g.num_seqs > (int64_t{1} << 31) || g.max_blocks > (int64_t{1} << 31))
       throw_error(env, ErrorCode::InvalidArgument, "attention: head or sequence counts out of range");

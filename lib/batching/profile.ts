@@ -40,7 +40,7 @@ import path from 'node:path';
 import { type Backend, openBackend, packsWeightsByDefault } from '../backend.js';
 import { type MoeModel, loadModel } from '../engine/model.js';
 import { medianOf, StepIntervals } from '../engine/batch.js';
-import { assembleMla, headPrefix } from '../engine/forward.js';
+import { ATTENTION_SPLIT_TOKENS, assembleMla, headPrefix } from '../engine/forward.js';
 import { describe } from '../dtype.js';
 import { InvalidArgumentError } from '../errors.js';
 import { info } from '../info.js';
@@ -504,7 +504,7 @@ async function measureAttention(c: Ctx, s: Extract<OpSpec, { op: 'attention' }>)
         const out = new HostTensor('bf16', [B, s.qHeads, s.headDim]);
         const k = kv.keys(0);
         const v = kv.values(0);
-        const ms = await chained(c, (i) => c.host.attention({ q, k, v, out, ...batches[i % sets]!, scale, numSplits: 4, ...(sinks ? { sinks } : {}) }), true);
+        const ms = await chained(c, (i) => c.host.attention({ q, k, v, out, ...batches[i % sets]!, scale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(sinks ? { sinks } : {}) }), true);
         return { ms, bytes: B * (L + 1) * tokenBytes, context: L + 1 };
         },
         c.seqBatches,
@@ -541,7 +541,7 @@ async function measureAttentionPrefill(c: Ctx, s: Extract<OpSpec, { op: 'attenti
       const batch = kv.batch(seqs, seqs.map(() => q));
       const qt = tensor('f32', [S * q, s.qHeads, s.headDim], 9);
       const out = new HostTensor('bf16', [S * q, s.qHeads, s.headDim]);
-      const ms = await chained(c, () => c.host.attention({ q: qt, k: kv.keys(0), v: kv.values(0), out, ...batch, scale, numSplits: 4, ...(sinks ? { sinks } : {}) }), true);
+      const ms = await chained(c, () => c.host.attention({ q: qt, k: kv.keys(0), v: kv.values(0), out, ...batch, scale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(sinks ? { sinks } : {}) }), true);
       pts.push({ batch: S * prefillPairs(q, P), ms, bytes: S * (P + q) * tokenBytes, probeGBs: 0 });
       for (const id of seqs) kv.free(id);
     }

@@ -56,6 +56,14 @@ export interface StepTimes {
   totalMs: number;
 }
 
+/**
+ * KV tokens per split of the runtime's attention calls (Backend.attention's splitTokens): a sequence's split count
+ * then depends on its own length alone, so its rows are the same bits in any batch, and a long context is still
+ * spread over the threads. (A fixed 4 splits before: at short contexts each split held 2-3 pages, 1.15-1.25x slower
+ * than one on the AVX2 VM for decode and prefill alike.)
+ */
+export const ATTENTION_SPLIT_TOKENS = 1024;
+
 export function emptyTimes(): StepTimes {
   return { attentionMs: 0, expertMs: 0, stallMs: 0, denseMs: 0, denseQkvMs: 0, denseOutMs: 0, denseHeadMs: 0, hostMs: 0, totalMs: 0 };
 }
@@ -642,8 +650,8 @@ export class ForwardPass {
           at('hostMs');
           const out = rows(attn);
           await host.attention(
-            // a fixed split count (per sequence min(4, its pages)): a sequence's result never depends on the batch
-            { q, k: kv.keys(l), v: kv.values(l), out, ...g.batch, scale: this.#p.attentionScale, numSplits: 4, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}) },
+            // splits by length (ATTENTION_SPLIT_TOKENS): a sequence's result never depends on the batch
+            { q, k: kv.keys(l), v: kv.values(l), out, ...g.batch, scale: this.#p.attentionScale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}) },
             op,
           );
           at('attentionMs');
