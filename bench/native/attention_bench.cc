@@ -12,7 +12,10 @@
 //     layout itself, which the sequential probe can exceed by ~30% when the VM's bandwidth is high);
 //   - decode-cached: the bf16 tier on the same decode shapes with every block table pointing at the same 8 pages
 //     (K/V in cache): the kernel's compute time alone, the other side of the roofline;
-//   - the floor: a naive scalar loop per query head (K/V re-read for every head of a group) on a decode shape.
+//   - the floor: a naive scalar loop per query head (K/V re-read for every head of a group) on a decode shape;
+//   - splits: the throughput bench's shapes (decode of 1536 sequences x 530 tokens; prefill of 16 x 512), (32,8),
+//     block 64, at the best tier with 4 splits per sequence (what the model runtime passed before 2026-11-27), one
+//     split, and split_tokens 1024 (what it passes now), interleaved repetitions.
 // Timing: steady_clock, 1 warm-up, median of 3 (1 with --quick). JSON: date, machine, every measurement.
 #include <algorithm>
 #include <chrono>
@@ -370,6 +373,35 @@ int attention_bench_main(int argc, char** argv) {
       peak = std::max(peak, dp_peak(1));  // re-read before each row: the highest reading so far is the peak
       double s = time_it(runs, [&] { ran = cpu::attention(a, t); });
       emit({"prefill", std::string("cpu-") + isa_name(ran), p.name(), "GFLOP/s", pk_src, s * 1e3, p.flops() / s / 1e9, peak});
+    }
+  }
+
+  // splits: the same call with each split setting, repetitions interleaved (the VM's bandwidth drifts)
+  for (const int64_t Q : {int64_t{1}, int64_t{512}}) {
+    Problem p(Q == 1 ? 1536 : 16, Q, Q == 1 ? 530 : 512, 32, 8, 128, 64);
+    struct S { const char* name; int64_t num_splits, split_tokens; };
+    const S settings[] = {{"numSplits 4", 4, 0}, {"one split", 1, 0}, {"splitTokens 1024", 0, 1024}};
+    std::vector<std::vector<double>> t(3);
+    Isa ran = tiers.front();
+    for (int r = 0; r < runs + 1; ++r)  // the first round warms up
+      for (int i = 0; i < 3; ++i) {
+        cpu::AttentionArgs a = p.args();
+        a.num_splits = settings[i].num_splits;
+        a.split_tokens = settings[i].split_tokens;
+        const auto t0 = std::chrono::steady_clock::now();
+        ran = cpu::attention(a, tiers.front());
+        const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (r > 0) t[i].push_back(sec);
+      }
+    for (int i = 0; i < 3; ++i) {
+      std::sort(t[i].begin(), t[i].end());
+      const double sec = t[i][t[i].size() / 2];
+      if (Q == 1)
+        emit({"decode-splits", std::string("cpu-") + isa_name(ran), p.name() + " " + settings[i].name, "GB/s", "", sec * 1e3,
+              p.kv_bytes() / sec / 1e9, 0});
+      else
+        emit({"prefill-splits", std::string("cpu-") + isa_name(ran), p.name() + " " + settings[i].name, "GFLOP/s", pk_src,
+              sec * 1e3, p.flops() / sec / 1e9, peak});
     }
   }
 

@@ -59,8 +59,9 @@ export interface StepTimes {
 /**
  * KV tokens per split of the runtime's attention calls (Backend.attention's splitTokens): a sequence's split count
  * then depends on its own length alone, so its rows are the same bits in any batch, and a long context is still
- * spread over the threads. (A fixed 4 splits before: at short contexts each split held 2-3 pages, 1.15-1.25x slower
- * than one on the AVX2 VM for decode and prefill alike.)
+ * spread over the threads. (A fixed 4 splits before: at short contexts each split held 2-3 pages; on the AVX2 VM,
+ * moe-native bench-attention's splits rows, 3 runs: prefill of 16 x 512 tokens 1.38-1.62x slower than with
+ * splitTokens 1024, decode of 1536 x 530 tokens 0.98-1.13x; bench/results/attention-native-2026-11-27-avx2-splits.json.)
  */
 export const ATTENTION_SPLIT_TOKENS = 1024;
 
