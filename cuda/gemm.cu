@@ -94,7 +94,7 @@ bool moe_gemm_tiles(int major, int minor, const void* a, const void* b, const vo
 // bench/results/native-kernels-gpu-2026-11-26-h100*.json: 2.2x at m = 1, n = 14336, k = 4096 to f32, 1.35x at m = 32
 // to bf16) and wgmma tiles from kMoeGemmWgmmaMinTiles (m tiles x n tiles of 128 x 256) on. With TMA loads, on an
 // H200 (2026-11-27, bench/results/native-kernels-gpu-2026-11-27-h200.json): 1.8x at 1024^3 to f32 (32 tiles, the
-// fewest measured; 1.55x to bf16), 1.28x at 4096^3 and 1.18x at m = 256, n = 32000, k = 4096 over the cp.async form,
+// fewest measured; 1.5x to bf16), 1.28x at 4096^3 and 1.18x at m = 256, n = 32000, k = 4096 over the cp.async form,
 // which itself beat the mma kernel there. Fewer tiles: not measured, the mma kernel. The mma.sync large tiles (m
 // 65-127) were not measured against it.
 constexpr int64_t kMoeGemmMaxScratch = int64_t{512} << 20;  // bytes of f32 scratch a default bf16-out call may take
