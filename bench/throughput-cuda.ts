@@ -168,6 +168,11 @@ async function main(): Promise<void> {
   const promptTokens = Number(arg('prompt') ?? (quick ? 16 : 128));
   const batches = arg('batches')?.split(',').map(Number) ?? (quick ? [1, 8] : [1, 16, 64, 256]);
   if (batches.some((b) => !Number.isInteger(b) || b < 1)) throw new Error(`--batches must be positive integers, received ${arg('batches')}`);
+  const maxStepTokens = Number(arg('step-tokens') ?? 32768);
+  if (!Number.isInteger(maxStepTokens) || maxStepTokens < 1) throw new Error(`--step-tokens must be a positive integer, received ${arg('step-tokens')}`);
+  const stepTokens = (B: number) => Math.min(B * promptTokens, maxStepTokens);
+  // every sequence decodes in one step only if the step holds the batch
+  if (batches.some((b) => b > maxStepTokens)) throw new Error(`--batches must not exceed --step-tokens (${maxStepTokens}): a step could not decode every sequence, received ${batches.join(',')}`);
   const decodeSteps = quick ? 3 : 6;
   // micro-batches of the attention module (BatchOptions.microBatches): every batch runs at each count, for an A/B
   const micros = arg('micro-batches')?.split(',').map(Number) ?? [1];
@@ -185,13 +190,10 @@ async function main(): Promise<void> {
   const dev = await deviceGBs(be);
   console.log(`${be.name}: gemm ${compute.toFixed(0)} GFLOP/s, H2D ${h2d.toFixed(1)} GB/s, device copy ${dev.toFixed(1)} GB/s, host read ${readProbeGBs(128 * 2 ** 20).toFixed(1)} GB/s`);
   const dir = await benchModel('mixtral-8x7b-shape', layers);
-  // Tokens per step (prefill and decode together) and new tokens per request at batch B: the decode steps timed plus
+  // New tokens per request at batch B (stepTokens: tokens per step, prefill and decode together): the decode steps timed plus
   // as many as the prefill of the whole batch takes steps (each step also carries the decoding sequences' tokens), so
   // that the first sequences are still decoding when the last finish their prefill: there are steps in which all B
   // decode (a big batch prefills over many steps).
-  const maxStepTokens = Number(arg('step-tokens') ?? 32768);
-  if (!Number.isInteger(maxStepTokens) || maxStepTokens < 1) throw new Error(`--step-tokens must be a positive integer, received ${arg('step-tokens')}`);
-  const stepTokens = (B: number) => Math.min(B * promptTokens, maxStepTokens);
   const newTokens = (B: number) => decodeSteps + 1 + (B * promptTokens > stepTokens(B) ? Math.ceil((B * promptTokens) / Math.max(1, stepTokens(B) - B)) + 2 : 0);
   const seqTokens = (B: number) => promptTokens + newTokens(B);
   // the model-based batch (derived from the bench model's config for the full model at the length of its own
