@@ -1034,6 +1034,19 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
     int* jhi = jlo + rmax;
     thread_local std::vector<float> lbuf;  // in-item splits: [item rows][nsplit][pstride] partials, then hd of scratch
 
+    // f(r, head, row) for every row of item w: r its index in the item's buffers, head its query head, row its row of
+    // out ([total_q * q_heads], head_dim apart).
+    auto each_row = [&](const Item& w, const auto& f) {
+      const int R = w.nt * g;
+      for (int u = 0; u < w.nh; ++u)
+        for (int t = 0; t < w.nt; ++t)
+          for (int h = 0; h < g; ++h) {
+            const int64_t head = static_cast<int64_t>(w.kvh + u) * g + h;
+            f(static_cast<size_t>(u) * R + t * g + h, head,
+              static_cast<size_t>(w.q_start + w.t0 + t) * args.q_heads + head);
+          }
+    };
+
     // Split `split` of item w: the item's rows over that split's kv range, finalized into out (one split), else
     // written as partials: to `local` (in-item splits, row r of the item at (r * nsplit + split) * pstride) or to
     // the global buffer.
@@ -1121,23 +1134,18 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
 #if MOE_X86
       if (want_bf16_q) unpermute_bf16(acc, w.nh * R, hd);
 #endif
-      for (int u = 0; u < w.nh; ++u)
-        for (int t = 0; t < w.nt; ++t)
-          for (int h = 0; h < g; ++h) {
-            const size_t r = static_cast<size_t>(u) * R + t * g + h;
-            const int64_t head = static_cast<int64_t>(w.kvh + u) * g + h;
-            const size_t row = static_cast<size_t>(w.q_start + w.t0 + t) * args.q_heads + head;
-            if (w.nsplit == 1) {
-              finalize_row(acc + r * hd, mm[r], ll[r], args.sinks ? args.sinks + head : nullptr, hd, args.out,
-                           args.out_dtype, row * hd, vector_q);
-            } else {
-              float* pp = local != nullptr ? local + (r * w.nsplit + split) * pstride
-                                           : part + (row * max_split + split) * pstride;
-              pp[0] = mm[r];
-              pp[1] = ll[r];
-              std::copy(acc + r * hd, acc + (r + 1) * hd, pp + 2);
-            }
-          }
+      each_row(w, [&](size_t r, int64_t head, size_t row) {
+        if (w.nsplit == 1) {
+          finalize_row(acc + r * hd, mm[r], ll[r], args.sinks ? args.sinks + head : nullptr, hd, args.out,
+                       args.out_dtype, row * hd, vector_q);
+        } else {
+          float* pp = local != nullptr ? local + (r * w.nsplit + split) * pstride
+                                       : part + (row * max_split + split) * pstride;
+          pp[0] = mm[r];
+          pp[1] = ll[r];
+          std::copy(acc + r * hd, acc + (r + 1) * hd, pp + 2);
+        }
+      });
     };
 
     for (size_t it = begin; it < end; ++it) {
@@ -1146,20 +1154,14 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
         run_split(w, w.split, nullptr);
         continue;
       }
-      const int R = w.nt * g;
-      const size_t rows = static_cast<size_t>(w.nh) * R, span = static_cast<size_t>(w.nsplit) * pstride;
+      const size_t rows = static_cast<size_t>(w.nh) * w.nt * g, span = static_cast<size_t>(w.nsplit) * pstride;
       if (lbuf.size() < rows * span + hd) lbuf.resize(rows * span + hd);
       for (int sp = 0; sp < w.nsplit; ++sp) run_split(w, sp, lbuf.data());
       float* scratch = lbuf.data() + rows * span;
-      for (int u = 0; u < w.nh; ++u)
-        for (int t = 0; t < w.nt; ++t)
-          for (int h = 0; h < g; ++h) {
-            const size_t r = static_cast<size_t>(u) * R + t * g + h;
-            const int64_t head = static_cast<int64_t>(w.kvh + u) * g + h;
-            const size_t row = static_cast<size_t>(w.q_start + w.t0 + t) * args.q_heads + head;
-            merge_row(lbuf.data() + r * span, w.nsplit, pstride, scratch, args.sinks ? args.sinks + head : nullptr, hd,
-                      args.out, args.out_dtype, row * hd, vector_q);
-          }
+      each_row(w, [&](size_t r, int64_t head, size_t row) {
+        merge_row(lbuf.data() + r * span, w.nsplit, pstride, scratch, args.sinks ? args.sinks + head : nullptr, hd,
+                  args.out, args.out_dtype, row * hd, vector_q);
+      });
     }
   };
   if (!ThreadPool::global().parallel_for(items.size(), 1, fn, cancel)) throw_error(ErrorCode::Cancelled, "attention: cancelled");
