@@ -213,6 +213,21 @@ cudaError_t launch_wg_gemm1(unsigned m_tiles, const uint16_t* x, const int32_t* 
   return cudaGetLastError();
 }
 
+// GEMM2 of the wgmma path with both tiles by TMA (also moe_launch_gemm2's dense path): act_map over act, down_maps
+// [e] in device memory; grid as launch_wg_gemm2's.
+cudaError_t launch_wg_gemm2_tma(unsigned m_tiles, const CUtensorMap& act_map, const int32_t* sorted,
+                                const int32_t* offsets, const void* const* down, const void* const* down_bias,
+                                const CUtensorMap* down_maps, float* part, int n_slots, int e, int h, int inter,
+                                cudaStream_t s) {
+  using C2 = MoeWgG2;
+  const cudaError_t err = set_smem<C2>(moe_wg_gemm2_tma_kernel<C2>);
+  if (err != cudaSuccess) return err;
+  moe_wg_gemm2_tma_kernel<C2><<<m_tiles * static_cast<unsigned>((h + C2::BN - 1) / C2::BN), C2::kThreads, C2::kSmem,
+                                s>>>(act_map, sorted, offsets, down, down_bias, down_maps, part, n_slots, e, h, inter,
+                                     static_cast<int>(m_tiles));
+  return cudaGetLastError();
+}
+
 // The wgmma path with TMA loads: GEMM1 (maps: gate | up | down, e each) then GEMM2 (act [capacity, inter] through a
 // map encoded here), grids as the cp.async kernels'.
 cudaError_t launch_wg_tma_gemms(unsigned m_tiles, const uint16_t* x, const int32_t* sorted, const int32_t* offsets,
@@ -232,11 +247,8 @@ cudaError_t launch_wg_tma_gemms(unsigned m_tiles, const uint16_t* x, const int32
                                                 maps, act, n_slots, k, e, h, inter, activation, alpha, limit,
                                                 static_cast<int>(m_tiles));
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  if ((err = set_smem<C2>(moe_wg_gemm2_tma_kernel<C2>)) != cudaSuccess) return err;
-  moe_wg_gemm2_tma_kernel<C2><<<m_tiles * static_cast<unsigned>((h + C2::BN - 1) / C2::BN), C2::kThreads, C2::kSmem,
-                                s>>>(act_map, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr,
-                                     maps + 2 * e, part, n_slots, e, h, inter, static_cast<int>(m_tiles));
-  return cudaGetLastError();
+  return launch_wg_gemm2_tma(m_tiles, act_map, sorted, offsets, table + 2 * e, biases ? table + 5 * e : nullptr,
+                             maps + 2 * e, part, n_slots, e, h, inter, s);
 }
 
 // GEMM1 then GEMM2 of the mma.sync (kWg false) or wgmma (kWg true) path.
@@ -300,13 +312,8 @@ cudaError_t moe::dev::moe_launch_gemm2(MoeGemm2Tiles tiles, unsigned m_tiles, co
     CUtensorMap act_map;
     cudaError_t err = matrix_map_on_device(dense_b, h, inter, C2::BN, device, s, &b_map);
     if (err == cudaSuccess &&
-        encode_bf16_map(&act_map, act, static_cast<uint64_t>(n_slots), static_cast<uint64_t>(inter), C2::BM)) {
-      if ((err = set_smem<C2>(moe_wg_gemm2_tma_kernel<C2>)) != cudaSuccess) return err;
-      moe_wg_gemm2_tma_kernel<C2><<<m_tiles * static_cast<unsigned>((h + C2::BN - 1) / C2::BN), C2::kThreads,
-                                    C2::kSmem, s>>>(act_map, sorted, offsets, down, nullptr, b_map, part, n_slots, e, h,
-                                                    inter, static_cast<int>(m_tiles));
-      return cudaGetLastError();
-    }
+        encode_bf16_map(&act_map, act, static_cast<uint64_t>(n_slots), static_cast<uint64_t>(inter), C2::BM))
+      return launch_wg_gemm2_tma(m_tiles, act_map, sorted, offsets, down, nullptr, b_map, part, n_slots, e, h, inter, s);
     if (err != cudaSuccess && err != cudaErrorNotSupported) return err;
     // no encoder: the cp.async kernel below
   }
