@@ -198,13 +198,14 @@ async function main(): Promise<void> {
   const seqTokens = (B: number) => promptTokens + newTokens(B);
   // the model-based batch (derived from the bench model's config for the full model at the length of its own
   // sequences), known before the KV is sized
-  const modelBasedCfg = process.argv.includes('--model-based') ? parseModelConfig(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'))) : undefined;
-  const modelBasedCapAt = (cfg: ModelConfig) => {
+  const modelBasedPlan = (() => {
+    if (!process.argv.includes('--model-based')) return undefined;
+    const cfg = parseModelConfig(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')));
     const first = modelBasedCap(cfg, FULL_LAYERS, gpuGiB, reserveGiB, promptTokens + decodeSteps + 1).batch;
     const cap = modelBasedCap(cfg, FULL_LAYERS, gpuGiB, reserveGiB, seqTokens(quick ? Math.min(first, QUICK_CAP) : first));
     return { cap, batch: quick ? Math.min(cap.batch, QUICK_CAP) : cap.batch };
-  };
-  const modelBasedBatch = modelBasedCfg ? modelBasedCapAt(modelBasedCfg).batch : 0;
+  })();
+  const modelBasedBatch = modelBasedPlan?.batch ?? 0;
   const rows: Row[] = [];
   let modelBased: Record<string, unknown> | undefined;
   let summary = '';
@@ -305,9 +306,9 @@ async function main(): Promise<void> {
         return row;
       };
       for (const B of batches) for (const micro of micros) rows.push(await measure(B, micro));
-      if (mode === 'offloaded' && process.argv.includes('--model-based')) {
+      if (mode === 'offloaded' && modelBasedPlan) {
         // the model-based run: the same engine, model and options, one batch of B_model sequences through every module
-        const { cap, batch: B } = modelBasedCapAt(cfg);
+        const { cap, batch: B } = modelBasedPlan;
         console.log(`model-based batch cap, ${gpuGiB} GiB GPU, ${FULL_LAYERS}-layer model (GiB): ${cap.formula} = ${cap.batch}${B < cap.batch ? ` (--quick: run at ${B})` : ''}`);
         const reused = rows.find((r) => r.experts === 'offloaded' && r.batch === B && r.micro_batches === micros[0]);
         const row = reused ?? (await measure(B, micros[0]!));
