@@ -171,3 +171,19 @@ void test('the native surface survives garbage arguments: typed errors, no crash
   assert.deepEqual(nativeCounts(), before);
   assert.ok(DeviceTensor);
 });
+
+void test('the benches\' probes: typed errors for bad arguments; dotProbe counts threads x iters x 12 multiply-adds', () => {
+  const n = native();
+  const code = (e: unknown) => (e as { code?: string }).code === 'MOE_INVALID_ARGUMENT';
+  for (const g of [undefined, 'x', NaN, 0, 0.5, -3, 1e11]) assert.throws(() => n.dotProbe(g as number), code, `dotProbe(${String(g)})`);
+  for (const g of [undefined, 'x', new Float64Array(4), new Uint8Array(4), [1, 2]]) assert.throws(() => n.readProbe(g as unknown as Float32Array), code, `readProbe(${String(g)})`);
+  // FLOP of one multiply-add of the active tier's kind (the probe's claim, counted here): vdpbf16ps on 512 bits (32
+  // bf16 pairs), an f32 FMA on 512 or 256 bits, none on the scalar tier
+  const { isa, threads } = n.info().cpu;
+  const per = ({ avx512bf16: 64, avx512: 32, avx2: 16 } as Record<string, number>)[isa] ?? 0;
+  const r = n.dotProbe(1000);
+  assert.equal(r.flops, threads * 1000 * 12 * per);
+  assert.ok(r.seconds >= 0 && Number.isFinite(r.seconds));
+  const s = n.readProbe(new Float32Array([1, 2, 3.5]));
+  assert.equal(s.sum, 6.5);
+});
