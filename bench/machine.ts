@@ -10,6 +10,8 @@ export interface Machine {
   cores: number;
   isa: string;
   memoryGiB: number;
+  /** Linux's transparent-huge-page mode (info().host), null elsewhere. */
+  transparentHugePages: string | null;
   gpu: string;
   driver: string | null;
   node: string;
@@ -25,6 +27,7 @@ export function machine(): Machine {
     cores: i.cpu.cores,
     isa: i.cpu.bestIsa,
     memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    transparentHugePages: i.host.transparentHugePages,
     gpu: i.cuda.available ? i.cuda.devices.map((d) => d.name).join(', ') : `none (${i.cuda.reason})`,
     driver: i.cuda.driverVersion,
     node: process.version,

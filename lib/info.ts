@@ -1,13 +1,14 @@
 /**
  * info(): everything a bug report needs in one object: package version, how the binary was built, the CPU
- * (model, cores, ISA features, tier in use), CUDA (driver and runtime versions, devices, or why it is
- * unavailable), the backend `openBackend()` would pick, and live native memory.
+ * (model, cores, ISA features, tier in use), the host's memory and transparent-huge-page mode, CUDA (driver and
+ * runtime versions, devices, or why it is unavailable), the backend `openBackend()` would pick, and live native memory.
  *
  * @example
  * const i = info();
  * console.log(i.backend.name, i.cuda.available ? i.cuda.devices[0].name : i.cuda.reason);
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 
 import { type BackendStatus, listBackends, openBackend } from './backend.js';
@@ -23,6 +24,21 @@ export interface Info extends NativeInfo {
   memory: NativeMemoryStats;
   /** Which binary was loaded. */
   binary: string;
+  /**
+   * Host memory, and Linux's transparent-huge-page mode ('always' | 'madvise' | 'never'; null where there is no such
+   * setting): large host buffers (expert stores, slots, KV pools) ask for huge pages, which 'never' refuses, and
+   * under 'madvise' any other memory is first touched 4 KiB at a time (a page fault each).
+   */
+  host: { memoryBytes: number; transparentHugePages: string | null };
+}
+
+/** The bracketed choice of /sys/kernel/mm/transparent_hugepage/enabled ("always [madvise] never" -> madvise), or null. */
+export function transparentHugePages(file = '/sys/kernel/mm/transparent_hugepage/enabled'): string | null {
+  try {
+    return /\[(\w+)\]/.exec(fs.readFileSync(file, 'utf8'))?.[1] ?? null;
+  } catch {
+    return null;
+  }
 }
 
 let cachedVersion: string | undefined;
@@ -54,6 +70,7 @@ export function info(): Info {
     backends: listBackends(),
     memory: addon.memoryStats(),
     binary,
+    host: { memoryBytes: os.totalmem(), transparentHugePages: transparentHugePages() },
   };
 }
 
@@ -67,6 +84,7 @@ export function formatInfo(i: Info): string {
   const feats = Object.entries(f).filter(([, v]) => v).map(([k]) => k);
   lines.push(`cpu:      ${i.cpu.model}, ${i.cpu.cores} cores (${i.cpu.threads} pool threads)`);
   lines.push(`          features: ${feats.length ? feats.join(' ') : 'none of avx2/avx512f/avx512bf16/amx'}; tier in use: ${i.cpu.isa} (best ${i.cpu.bestIsa}${i.cpu.isaCap !== i.cpu.bestIsa && i.cpu.isaCap !== 'avx512bf16' ? `, capped at ${i.cpu.isaCap}` : ''})`);
+  lines.push(`host:     ${gib(i.host.memoryBytes)} memory, transparent huge pages ${i.host.transparentHugePages ?? 'n/a'}`);
   if (i.cuda.available) {
     lines.push(`cuda:     driver ${i.cuda.driverVersion}, runtime ${i.cuda.runtimeVersion}`);
     for (const d of i.cuda.devices) {

@@ -32,7 +32,8 @@
 #   the kernel took 200 ms for 6.7 GB of K/V, 33 GB/s of a 157 GB/s read probe). The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by
 #   cp.async instead of TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels). Not yet run on a GPU:
 #   MOE_CUDA_GEMV=bulk (the GEMV decode kernels with their weight rows in shared memory by cp.async.bulk: TEST_ENVS=
-#   MOE_CUDA_GEMV=bulk TEST_ENV_FILTER=moe_, then MOE_ENVS=MOE_CUDA_GEMV=bulk MOE_ENV_T=1,2,8 against the default's rows).
+#   MOE_CUDA_GEMV=bulk TEST_ENV_FILTER=moe_, then MOE_ENVS="MOE_CUDA_GEMV=wide MOE_CUDA_GEMV=bulk" MOE_ENV_T=1,2,8:
+#   the default kernels (any other value) and the bulk ones at the same token counts, one run each).
 set -u
 cd "$(dirname "$0")/.."
 FINAL=${OUT:-bench/results}

@@ -6,10 +6,12 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 
 import { BackendUnavailableError, HostTensor, info, listBackends, openBackend } from '../lib/index.js';
+import { transparentHugePages } from '../lib/info.js';
 
 const root = path.join(__dirname, '..', '..');
 const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string };
@@ -39,6 +41,15 @@ void test('info() reports the version, the build, the CPU as /proc/cpuinfo descr
     assert.equal(i.cpu.features.amx, flags.has('amx_tile') && flags.has('amx_bf16'));
   }
   assert.ok(i.cpu.cores >= 1 && i.cpu.threads >= 1);
+  assert.equal(i.host.memoryBytes, os.totalmem());
+  const thp = '/sys/kernel/mm/transparent_hugepage/enabled';
+  if (fs.existsSync(thp)) {
+    // the bracketed word of the kernel's own file, read here independently
+    const words = fs.readFileSync(thp, 'utf8').trim().split(/\s+/);
+    assert.equal(i.host.transparentHugePages, words.find((w) => w.startsWith('['))!.slice(1, -1));
+  } else {
+    assert.equal(i.host.transparentHugePages, null);
+  }
   if (i.cuda.available) {
     assert.ok(i.cuda.devices.length > 0 && i.cuda.driverVersion);
   } else {
@@ -46,6 +57,20 @@ void test('info() reports the version, the build, the CPU as /proc/cpuinfo descr
     if (!fs.existsSync('/dev/nvidia0') && i.build.cuda) assert.match(i.cuda.reason ?? '', /cudaError/);
   }
   assert.ok('name' in i.backend && i.backend.name === (i.cuda.available ? 'cuda:0' : `cpu-${i.cpu.isa}`));
+});
+
+void test('transparentHugePages reads the bracketed mode of the kernel file, null without one', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'thp-'));
+  try {
+    const f = path.join(dir, 'enabled');
+    for (const [text, want] of [['always [madvise] never\n', 'madvise'], ['[always] madvise never\n', 'always'], ['always madvise [never]', 'never'], ['garbage', null]] as const) {
+      fs.writeFileSync(f, text);
+      assert.equal(transparentHugePages(f), want, text);
+    }
+    assert.equal(transparentHugePages(path.join(dir, 'missing')), null);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 void test('forcing cuda where it is unavailable throws BackendUnavailableError with the reason', (t) => {
