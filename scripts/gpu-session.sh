@@ -24,12 +24,15 @@
 #   the MoE runs under MOE_ENVS (e.g. 512,4096,16384)
 # When the carried moe-native does not run there, it is built there (slower).
 # Waiting for a GPU: the staged GPU performance model's predictions against measured steps (perfmodel), the demo on
-#   CUDA (demo), issue 8's 5x over model-based batching with a layer's experts streaming ahead and bigger batches
-#   (MODELBASED_ARGS="--layers=2 --prompt=512 --batches=1536,3072 --micro-batches=4 --slots=8 --modes=offloaded
-#   --model-based"; 2026-11-27 on an H200: 3.3x at 1536 with 4 micro-batches and 4 slots), and where a big batch's
-#   prefill time goes (each throughput row's prompt_steps.breakdown_ms; 7-8k prompt tokens/s there, far under the
-#   GPU's rate), and the CPU attention kernels' own rate on the 16-core host (attention: in the 1536-sequence decode step
-#   the kernel took 200 ms for 6.7 GB of K/V, 33 GB/s of a 157 GB/s read probe). The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by
+#   CUDA (demo), issue 8's 5x over model-based batching with a layer's experts streaming ahead and a bigger batch
+#   (the modelbased step's default since 2026-11-27: batch 2048, 4 micro-batches, 8 slots; that day on an H200: 3.3x
+#   at 1536 with 4 micro-batches and 4 slots), and where a big batch's prefill time goes (each throughput row's
+#   prompt_steps.breakdown_ms; 7-8k prompt tokens/s there, far under the GPU's rate), and the CPU attention kernels' own
+#   rate on the 16-core host (attention: in the 1536-sequence decode step the kernel took 200 ms for 6.7 GB of K/V, 33
+#   GB/s of a 157 GB/s read probe). Both were measured before the attention stopped allocating and clearing its split
+#   partials on every call (102 MB per decode call, 2.2 GB per 32k-token prefill call: ~3 us per 4 KiB page first
+#   touched on the development VM, ~1.7 s per prefill call there); node-info.txt now shows the host's transparent-
+#   huge-page mode, which decides what such first touches cost. The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by
 #   cp.async instead of TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels). Not yet run on a GPU:
 #   MOE_CUDA_GEMV=bulk (the GEMV decode kernels with their weight rows in shared memory by cp.async.bulk: TEST_ENVS=
 #   MOE_CUDA_GEMV=bulk TEST_ENV_FILTER=moe_, then MOE_ENVS="MOE_CUDA_GEMV=wide MOE_CUDA_GEMV=bulk" MOE_ENV_T=1,2,8:
@@ -141,9 +144,10 @@ if want throughput; then
   cp bench/results/throughput-staged-cuda-*.json "$W/" 2>/dev/null
   pack
 fi
-if want modelbased; then  # issue 8's 5x: module-based batch 1536 vs the model-based cap (305 at 24 GiB, 519 tokens)
+if want modelbased; then  # issue 8's 5x: module-based batch 2048 (4 attention micro-batches, a layer's experts in slots) vs the
+  # model-based cap (301 at 24 GiB, 526 tokens); 2026-11-27 at 1536 with 4 slots: 3.3x
   mkdir -p "$W/modelbased"
-  TAIL=12 step modelbased 420 "$NODE" dist/bench/throughput-cuda.js ${MODELBASED_ARGS:---layers=2 --prompt=512 --batches=1536 --modes=offloaded --model-based}
+  TAIL=12 step modelbased 420 "$NODE" dist/bench/throughput-cuda.js ${MODELBASED_ARGS:---layers=2 --prompt=512 --batches=2048 --micro-batches=4 --slots=8 --modes=offloaded --model-based}
   cp bench/results/throughput-staged-cuda-*.json "$W/modelbased/" 2>/dev/null
   pack
 fi
