@@ -28,6 +28,9 @@ import { makeModel } from './model/make-model.js';
 import { ModelTokenizer } from './model/tokenizer.js';
 import { PRESETS, PRESET_NAMES } from './model/presets.js';
 
+/** Column of the presets' descriptions in the usage text: the longest name and two spaces. */
+const PRESET_WIDTH = Math.max(...PRESET_NAMES.map((p) => p.length)) + 2;
+
 const USAGE = `usage: moe-offload <command> [options]
 
 commands:
@@ -51,7 +54,7 @@ commands:
   make-model --preset NAME [--seed N] [--layers N] DIR
                              write a random-weight MoE checkpoint in HF format (config.json, safetensors shards,
                              tokenizer.json, chat template) into DIR; presets:
-${PRESET_NAMES.map((p) => `                               ${p.padEnd(22)}${PRESETS[p].description}`).join('\n')}
+${PRESET_NAMES.map((p) => `                               ${p.padEnd(PRESET_WIDTH)}${PRESETS[p].description}`).join('\n')}
   generate --model DIR (--prompt TEXT | --chat TEXT) [--max-new-tokens N] [--temperature T] [--top-k K]
            [--top-p P] [--seed N] [--stop S]... [--experts auto|resident|FRACTION] [--policy lru|finemoe]
            [--device-gib G] [--json] [--backend auto|cpu|cuda]

@@ -12,6 +12,7 @@ import { test } from 'node:test';
 
 import { BackendUnavailableError, HostTensor, info, listBackends, openBackend } from '../lib/index.js';
 import { transparentHugePages } from '../lib/info.js';
+import { PRESETS } from '../lib/model/presets.js';
 
 const root = path.join(__dirname, '..', '..');
 const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string };
@@ -164,6 +165,10 @@ void test('npx moe-offload info prints the facts; --json is machine-readable', (
   assert.match(text, /backend: +(cpu-|cuda:)/);
   const j = JSON.parse(execFileSync(process.execPath, [cli, 'info', '--json'], { encoding: 'utf8' })) as { version: string; cpu: object };
   assert.equal(j.version, pkg.version);
+  assert.match(text, /host: +[\d.]+ GiB memory, transparent huge pages /);
+  // --help lists every preset with its description, at least two spaces after the longest name
+  const help = execFileSync(process.execPath, [cli, '--help'], { encoding: 'utf8' });
+  for (const [name, p] of Object.entries(PRESETS)) assert.match(help, new RegExp(`^ +${name} {2,}${p.description.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'), name);
   const bad = spawnSync(process.execPath, [cli, 'frobnicate'], { encoding: 'utf8' });
   assert.equal(bad.status, 1);
   assert.match(bad.stderr, /unknown command "frobnicate"/);
