@@ -12,7 +12,9 @@
 // [-1, e) are reported through `error` by moe_gemv2_kernel's block (0, 0), as the align reports them on the other
 // paths. Preconditions (launcher): h % 8 == 0, inter % 8 == 0, x, act and every present weight row 16-byte aligned.
 // Measured on an H100 (2026-11-26, T = 1): 1.13-1.17x the tile path on Qwen3 / DeepSeek-V2-Lite / OLMoE shapes,
-// equal on Mixtral.
+// equal on Mixtral. Variants of the same floats (the launcher picks, MOE_CUDA_GEMV): moe_gemv1_kernel<.., 2> (two
+// rows per warp) and moe_gemv2_wide_kernel (a warp per (column, slot) pair), the default; moe_gemv1_bulk_kernel and
+// moe_gemv2_wide_kernel<.., true> (sm_90+, weight rows into shared memory by cp.async.bulk; not yet run on a GPU).
 #pragma once
 #include <cstdint>
 
