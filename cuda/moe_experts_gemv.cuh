@@ -143,6 +143,21 @@ __device__ __forceinline__ void moe_gemv1_store(float gp, float up_, int lane, i
   }
 }
 
+// GEMM1 rows n0 and n0 + 1 of one slot: gate rows g (n0) and g + h (n0 + 1), up rows u and u + h (global or shared
+// memory), x row xr; two chunks per lane and row in flight. Both two-row GEMM1 kernels call it: the same floats.
+template <bool kHint>
+__device__ __forceinline__ void moe_gemv1_row_pair(const uint16_t* __restrict__ xr, const uint16_t* g, const uint16_t* u,
+                                                   int h, int lane, int slot, int n0, int ex,
+                                                   const void* const* __restrict__ gate_bias,
+                                                   const void* const* __restrict__ up_bias, uint16_t* __restrict__ act,
+                                                   int inter, int act_kind, float alpha, float limit) {
+  const uint16_t* const rows[4] = {g, u, g + h, u + h};
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  moe_gemv_rows<4, kHint, 2>(xr, rows, h, lane, acc);
+  moe_gemv1_store(acc[0], acc[1], lane, slot, n0, ex, gate_bias, up_bias, act, inter, act_kind, alpha, limit);
+  moe_gemv1_store(acc[2], acc[3], lane, slot, n0 + 1, ex, gate_bias, up_bias, act, inter, act_kind, alpha, limit);
+}
+
 // GEMM1 + activation. x [t, h] bf16; ids [t * k]; gate / up [e] device pointers to [inter, h] bf16 (null: absent);
 // gate_bias / up_bias null or [e] pointers to [inter] f32; act [t * k, inter] bf16. grid: (ceil(inter /
 // (kGemvWarps kRows)), t * k), block: 32 kGemvWarps. Warp w computes rows n = (blockIdx.x * kGemvWarps + w) kRows ..
@@ -166,21 +181,15 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
   const uint16_t* wg = static_cast<const uint16_t*>(gate[ex]);
   const uint16_t* wu = static_cast<const uint16_t*>(up[ex]);
   if (wg == nullptr || wu == nullptr) return;  // absent
-  auto store = [&](int n, float gp, float up_) {
-    moe_gemv1_store(gp, up_, lane, slot, n, ex, gate_bias, up_bias, act, inter, act_kind, alpha, limit);
-  };
+  const uint16_t* xr = x + static_cast<int64_t>(slot / k) * h;
   if constexpr (kRows == 1) {
     const uint16_t* const rows[2] = {wg + static_cast<int64_t>(n0) * h, wu + static_cast<int64_t>(n0) * h};
     float acc[2] = {0.0f, 0.0f};
-    moe_gemv_rows<2, kHint>(x + static_cast<int64_t>(slot / k) * h, rows, h, lane, acc);
-    store(n0, acc[0], acc[1]);
+    moe_gemv_rows<2, kHint>(xr, rows, h, lane, acc);
+    moe_gemv1_store(acc[0], acc[1], lane, slot, n0, ex, gate_bias, up_bias, act, inter, act_kind, alpha, limit);
   } else {
-    const uint16_t* const rows[4] = {wg + static_cast<int64_t>(n0) * h, wu + static_cast<int64_t>(n0) * h,
-                                     wg + static_cast<int64_t>(n0 + 1) * h, wu + static_cast<int64_t>(n0 + 1) * h};
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    moe_gemv_rows<4, kHint, 2>(x + static_cast<int64_t>(slot / k) * h, rows, h, lane, acc);
-    store(n0, acc[0], acc[1]);
-    store(n0 + 1, acc[2], acc[3]);
+    moe_gemv1_row_pair<kHint>(xr, wg + static_cast<int64_t>(n0) * h, wu + static_cast<int64_t>(n0) * h, h, lane, slot,
+                              n0, ex, gate_bias, up_bias, act, inter, act_kind, alpha, limit);
   }
 }
 
@@ -188,8 +197,8 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
 // nb = bx * kGemvBulkRows .. nb + kGemvBulkRows - 1 (inter % 8 == 0: whole blocks), and thread 0 copies their gate rows
 // and their up rows (two contiguous runs of kGemvBulkRows * h bf16) into shared memory with two cp.async.bulk on one
 // mbarrier, so each block has all its weight bytes in flight at once (moe_gemv1_kernel's warps keep at most 2
-// chunks per lane and row in flight). Warp w then computes rows nb + 2w and nb + 2w + 1 as moe_gemv1_kernel<.., 2>
-// does (the same chunk order and shuffle trees: the same floats), reading the rows from shared memory.
+// chunks per lane and row in flight). Warp w then computes rows nb + 2w and nb + 2w + 1 with moe_gemv1_row_pair,
+// as moe_gemv1_kernel<.., 2> does (the same floats), reading the rows from shared memory.
 // grid: (inter / kGemvBulkRows, t * k), block: 32 kGemvBulkWarps, dynamic shared memory moe_gemv1_bulk_smem(h).
 constexpr int kGemvBulkWarps = 4;
 constexpr int kGemvBulkRows = 2 * kGemvBulkWarps;
@@ -227,12 +236,8 @@ static __global__ void __launch_bounds__(32 * kGemvBulkWarps)
   moe_mbar_wait(bar, 0);
   const uint16_t* sg = moe_gemv1_rows_smem + static_cast<int64_t>(2 * warp) * h;  // this warp's two gate rows
   const uint16_t* su = sg + static_cast<int64_t>(kGemvBulkRows) * h;               // and up rows
-  const uint16_t* const rows[4] = {sg, su, sg + h, su + h};
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  moe_gemv_rows<4, false, 2>(x + static_cast<int64_t>(slot / k) * h, rows, h, lane, acc);
-  const int n0 = nb + 2 * warp;
-  moe_gemv1_store(acc[0], acc[1], lane, slot, n0, ex, gate_bias, up_bias, act, inter, act_kind, alpha, limit);
-  moe_gemv1_store(acc[2], acc[3], lane, slot, n0 + 1, ex, gate_bias, up_bias, act, inter, act_kind, alpha, limit);
+  moe_gemv1_row_pair<false>(x + static_cast<int64_t>(slot / k) * h, sg, su, h, lane, slot, nb + 2 * warp, ex, gate_bias,
+                            up_bias, act, inter, act_kind, alpha, limit);
 #else
   __trap();  // sm_90+ only (the launcher never selects it below)
 #endif
