@@ -24,7 +24,7 @@ import {
 } from './errors.js';
 import { type KernelTier, type NativeAddon, type NativeCancelToken, type NativeMemory, type NativeStream, hostFacts, native } from './native.js';
 import { Event, Stream } from './stream.js';
-import { DeviceTensor, HostRegistration, HostTensor, PackedTensor, PinnedBuffer, type Shape, type Tensor, checkShape, numelOf, packedNumel } from './tensor.js';
+import { DeviceTensor, HostRegistration, HostTensor, MAX_VIEW_BYTES, PackedTensor, PinnedBuffer, type Shape, type Tensor, checkShape, numelOf, packedNumel } from './tensor.js';
 import { ExpertTable, type MoeActivation, activationParams } from './moe.js';
 
 export type BackendKind = 'cpu' | 'cuda';
@@ -60,6 +60,8 @@ export interface BackendStatus {
 }
 
 const KIND_CODE = { cpu: 0, cuda: 1 } as const;
+/** Host buffers from this size are 2 MiB aligned and advised onto transparent huge pages (kHugeMin, cpp/napi/memory.cc). */
+const HUGE_PAGE_MIN = 4 << 20;
 const ISA_CODE: Record<CpuIsa, number> = { scalar: 0, avx2: 1, avx512: 2, avx512bf16: 3 };
 
 function cpuIsaStatus(isa: CpuIsa): { available: boolean; reason?: string } {
@@ -266,13 +268,35 @@ export class Backend {
     }
   }
 
-  /** Page-locked host memory of `bytes` bytes (zeroed on the CPU backend only when the OS gives fresh pages). */
+  /**
+   * Page-locked host memory of `bytes` bytes. On the CPU backend: zeroed from 4 MiB (fresh pages on transparent huge
+   * pages); smaller buffers hold whatever the heap had.
+   */
   allocPinned(bytes: number): PinnedBuffer {
     if (typeof bytes !== 'number' || !Number.isSafeInteger(bytes) || bytes < 0) {
       throw new InvalidArgumentError(`bytes must be a non-negative integer, received ${describe(bytes)}`);
     }
     const addon = native();
     return wrapSync(() => new PinnedBuffer(new addon.Memory(KIND_CODE[this.kind], this.device, 0, bytes), this.kind));
+  }
+
+  /**
+   * A zeroed HostTensor for large, long-lived data the CPU kernels stream (weights, packed weights). On the CPU
+   * backend, from 4 MiB (up to MAX_VIEW_BYTES), it is a view of native memory on transparent huge pages (2 MiB
+   * aligned, madvise'd; cpp/napi/memory.cc), not of JS memory on 4 KiB pages: a batch-1 GEMV streams such a
+   * weight 4-14% faster (LM heads and projections, AVX2: bench/host-memory.ts), since every 4 KiB page it crosses
+   * costs a TLB miss. Its dispose() frees that memory at once (views of it then read as disposed); else the GC does. On CUDA,
+   * and smaller: a plain JS HostTensor (page-locking host memory is for staging copies, and is slow to allocate).
+   * @example
+   * const w = be.allocHost('bf16', [151936, 2048]);
+   * await checkpoint.read('lm_head.weight', w);
+   */
+  allocHost<D extends DType>(dtype: D, shape: Shape): HostTensor<D> {
+    checkDType(dtype, 'dtype');
+    const s = checkShape(shape);
+    const bytes = numelOf(s) * DTYPE_SIZE[dtype];
+    if (this.kind !== 'cpu' || bytes < HUGE_PAGE_MIN || bytes > MAX_VIEW_BYTES) return new HostTensor(dtype, s);
+    return HostTensor.owning(this.allocPinned(bytes), dtype, s); // fresh pages: zero
   }
 
   /**
@@ -440,7 +464,8 @@ export class Backend {
   /**
    * Packs a bf16 weight [N, K] (nn.Linear layout) into the CPU kernels' panel64 layout (`PackedTensor`): `gemm`
    * then runs as outer products instead of dot products (bench/results/native-kernels-*.json has both layouts on
-   * the machine at hand). CPU backend only; the packed copy is new memory (the source can be dropped). Worth it
+   * the machine at hand). CPU backend only; the packed copy is new memory (allocHost: huge pages from 4 MiB, freed by its dispose();
+   * the source can be dropped). Worth it
    * only where the avx512bf16 tier runs: the other tiers read packed weights with the scalar reference loop.
    * @example
    * const wp = await be.packWeights(w);   // w: HostTensor bf16 [4096, 4096]
@@ -448,8 +473,13 @@ export class Backend {
    */
   async packWeights(w: HostTensor, options: OpOptions = {}): Promise<PackedTensor> {
     const [n, k] = this.#packSource(w);
-    const out = PackedTensor.wrap(new HostTensor('bf16', [packedNumel(n, k)]), n, k);
-    await this.packWeightsInto(w, out, options);
+    const out = PackedTensor.wrap(this.allocHost('bf16', [packedNumel(n, k)]), n, k);
+    try {
+      await this.packWeightsInto(w, out, options);
+    } catch (e) {
+      out.dispose();
+      throw e;
+    }
     return out;
   }
 

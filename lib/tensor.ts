@@ -113,6 +113,8 @@ export class HostTensor<D extends DType = DType> implements Tensor {
   readonly numel: number;
   #data: ArrayFor<D> | undefined;
   readonly #owner: PinnedBuffer | undefined;
+  /** dispose() also frees #owner (a tensor Backend.allocHost made: the buffer's only user). */
+  #ownsBuffer = false;
 
   /**
    * @param dtype element type
@@ -181,9 +183,20 @@ export class HostTensor<D extends DType = DType> implements Tensor {
     return Float32Array.from(d as ArrayLike<number>);
   }
 
-  /** Drops the reference to the data (JS memory is reclaimed by the GC; a pinned view leaves its buffer alone). */
+  /**
+   * Drops the reference to the data (JS memory is reclaimed by the GC; a pinned view leaves its buffer alone; a
+   * tensor from Backend.allocHost frees its native memory now, and its views read as disposed).
+   */
   dispose(): void {
     this.#data = undefined;
+    if (this.#ownsBuffer) this.#owner!.dispose();
+  }
+
+  /** @internal A view of all of `buf` that frees it on dispose() (Backend.allocHost). */
+  static owning<D extends DType>(buf: PinnedBuffer, dtype: D, shape: Shape): HostTensor<D> {
+    const t = buf.tensor(dtype, shape);
+    t.#ownsBuffer = true;
+    return t;
   }
 
   [Symbol.dispose](): void {

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { DeviceTensor, DisposedError, HostTensor, OutOfMemoryError, PinnedBuffer, memoryStats, openBackend } from '../lib/index.js';
+import { DeviceTensor, DisposedError, HostTensor, InvalidArgumentError, OutOfMemoryError, PinnedBuffer, memoryStats, openBackend } from '../lib/index.js';
 import { collect, nativeCounts } from './harness/memory.js';
 
 const be = openBackend({ backend: 'cpu' });
@@ -45,6 +45,38 @@ void test('PinnedBuffer: bytes and tensor views share memory; dispose detaches v
   assert.throws(() => f.data, DisposedError);
   assert.throws(() => p.tensor('u8', [1]), DisposedError);
   assert.throws(() => be.copy(f, new HostTensor('f32', [4])), DisposedError);
+});
+
+void test('allocHost: from 4 MiB native huge-page memory on the CPU backend, zeroed, freed by dispose (views retired); JS memory below', async () => {
+  const before = memoryStats().cpu.pinned;
+  const small = be.allocHost('f32', [1024, 1023]); // 4 KiB short of 4 MiB
+  assert.equal(small.placement.kind, 'js');
+  assert.deepEqual(memoryStats().cpu.pinned, before);
+  const w = be.allocHost('bf16', [2048, 1024]); // 4 MiB
+  assert.deepEqual(w.placement, { kind: 'pinned', backend: 'cpu' });
+  assert.deepEqual(memoryStats().cpu.pinned, { count: before.count + 1, bytes: before.bytes + 4 * 2 ** 20 });
+  assert.equal(w.data.byteOffset, 0);
+  assert.ok(w.data.every((v) => v === 0), 'zeroed');
+  // gemm reads it exactly as it reads the same values in JS memory
+  const js = new HostTensor('bf16', [2048, 1024]);
+  for (let i = 0; i < js.numel; i++) js.data[i] = 0x3c00 + (((i * 2654435761) >>> 20) % 384); // 1.0 .. 7.9
+  w.data.set(js.data);
+  for (const m of [1, 3]) {
+    const a = new HostTensor('bf16', [m, 1024]);
+    for (let i = 0; i < a.numel; i++) a.data[i] = 0xbc00 + (i % 128); // -1.0 ..
+    const [o1, o2] = [new HostTensor('f32', [m, 2048]), new HostTensor('f32', [m, 2048])];
+    await be.gemm(a, w, o1);
+    await be.gemm(a, js, o2);
+    assert.deepEqual(o1.data, o2.data, `m = ${m}: bitwise the same as over JS memory`);
+  }
+  const view = w.rows(7, 2);
+  w.dispose();
+  w.dispose();
+  assert.deepEqual(memoryStats().cpu.pinned, before, 'dispose frees the memory at once');
+  assert.equal(view.disposed, true);
+  assert.throws(() => view.data, DisposedError);
+  assert.throws(() => be.allocHost('q8' as 'f32', [4]), InvalidArgumentError);
+  assert.throws(() => be.allocHost('f32', [-1]), InvalidArgumentError);
 });
 
 void test('DeviceTensor: views share the allocation; disposing the root retires every view', async () => {

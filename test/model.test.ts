@@ -7,7 +7,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { Checkpoint, type ExpertMode, HostTensor, type PresetName, cudaUnavailableReason, loadModel, makeModel, type StepRouting, writeCheckpoint } from '../lib/index.js';
+import { Checkpoint, type ExpertMode, HostTensor, PackedTensor, type PresetName, cudaUnavailableReason, loadModel, makeModel, memoryStats, openBackend, type StepRouting, writeCheckpoint } from '../lib/index.js';
+import { parseModelConfig } from '../lib/model/config.js';
+import { disposeDense, loadDenseWeights } from '../lib/model/weights.js';
 import { loadReferenceModel } from './harness/ref-model.js';
 
 const FAMILIES: Array<{ name: string; preset: PresetName; config?: Record<string, unknown> }> = [
@@ -268,4 +270,32 @@ test('gpt-oss MXFP4 experts (the released format) give the logits of their exact
   using mb = await loadModel(b);
   const tokens = mq.encode(PROMPT);
   assert.deepEqual((await mq.logits(tokens)).data, (await mb.logits(tokens)).data);
+});
+
+test('on the CPU backend the dense weights of 4 MiB and more are read into huge-page host memory (Backend.allocHost), bitwise the checkpoint, and freed with them', async () => {
+  // a 16384-token vocabulary makes the embeddings and the LM head 8 MiB each; everything else stays small
+  const dir = path.join(root, 'tiny-qwen3-moe-vocab16384');
+  await makeModel(dir, { preset: 'tiny-qwen3-moe', seed: 5, config: { vocab_size: 16384 } });
+  const cfg = parseModelConfig(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')));
+  const be = openBackend({ backend: 'cpu' });
+  const ckpt = await Checkpoint.open(dir);
+  try {
+    for (const pack of [false, true]) {
+      const before = memoryStats().cpu.pinned;
+      const w = await loadDenseWeights(ckpt, cfg, be, { pack });
+      const head = pack ? (w.lmHead as PackedTensor).storage : (w.lmHead as HostTensor);
+      assert.ok(head instanceof HostTensor);
+      assert.equal(head.placement.kind, 'pinned', `pack ${pack}: LM head`);
+      assert.equal(w.embed.placement.kind, 'pinned', `pack ${pack}: embeddings`);
+      if (!pack) assert.equal((w.layers[0]!.o as HostTensor).placement.kind, 'js', 'a small projection stays in JS memory');
+      assert.deepEqual(w.embed.data, (await ckpt.read('model.embed_tokens.weight')).data);
+      if (!pack) assert.deepEqual(head.data, (await ckpt.read('lm_head.weight')).data);
+      assert.deepEqual(memoryStats().cpu.pinned, { count: before.count + 2, bytes: before.bytes + w.embed.byteLength + head.byteLength });
+      disposeDense(w);
+      assert.deepEqual(memoryStats().cpu.pinned, before, `pack ${pack}: freed with the weights`);
+      assert.equal(w.embed.disposed, true);
+    }
+  } finally {
+    await ckpt.close();
+  }
 });

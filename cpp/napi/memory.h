@@ -72,6 +72,7 @@ class Memory : public std::enable_shared_from_this<Memory> {
   int leases_ = 0;
   std::atomic<bool> disposed_{false};
   bool freed_ = false;
+  bool mapped_ = false;  // CPU memory from map_huge (munmap), else posix_memalign (free)
 };
 
 // JS class `Memory(backend, device, kind, bytes)`: dispose(), byteLength, disposed, arrayBuffer().

@@ -57,7 +57,7 @@ import { ExpertStore, expertLayout } from '../residency/expert-store.js';
 import { SlotPool } from '../residency/slot-pool.js';
 import { TransferEngine } from '../residency/transfer.js';
 import { ropeFromConfig } from '../rope.js';
-import { DeviceTensor, HostTensor, type PinnedBuffer, type Tensor } from '../tensor.js';
+import { DeviceTensor, HostTensor, type PackedTensor, type PinnedBuffer, type Tensor } from '../tensor.js';
 import { type ModelProfile, type OpPoint, type OpSpec, opKey, predictDecode, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from './perf-model.js';
 
 /** Streaming read bandwidth now (the native read probe over `bytes`, default 256 MiB; median of 5), GB/s. */
@@ -177,16 +177,22 @@ function output(c: Ctx, dtype: 'bf16' | 'f32' | 'i32', shape: number[]): Tensor 
   return c.staged ? c.be.alloc(dtype, shape) : new HostTensor(dtype, shape);
 }
 
-/** A weight as the model holds it: packed (panel64) when c.packed, on a GPU in its memory, else a HostTensor. */
+/**
+ * A weight as the model holds it (lib/model/weights.ts): packed (panel64) when c.packed, on a GPU in its memory,
+ * else a HostTensor in Backend.allocHost memory (huge pages).
+ */
 async function weight(c: Ctx, dtype: 'bf16' | 'f32', shape: [number, number], seed: number): Promise<Tensor> {
   const w = tensor(dtype, shape, seed);
   if (c.be.kind !== 'cpu') return c.be.upload(w);
-  return c.packed && dtype === 'bf16' ? c.be.packWeights(w) : w;
+  if (c.packed && dtype === 'bf16') return c.be.packWeights(w);
+  const k = c.be.allocHost(dtype, shape);
+  (k.data as Uint16Array | Float32Array).set(w.data as Uint16Array | Float32Array);
+  return k;
 }
 
-/** Frees the device memory of `ts` now (GPU weights: not left to the GC); host tensors are left to it. */
+/** Frees `ts` now (GPU weights and huge-page host weights: not left to the GC). */
 function free(ts: readonly Tensor[]): void {
-  for (const t of ts) if (t instanceof DeviceTensor) t.dispose();
+  for (const t of ts) (t as HostTensor | DeviceTensor | PackedTensor).dispose();
 }
 
 /** Weight bytes of a GEMM's weight or of one expert (gate, up, down); 0 for the other ops. */

@@ -288,12 +288,34 @@ export async function loadDenseWeights(
     bytes += t.byteLength;
     return t;
   };
-  const readHost = async (name: string, dtype: 'bf16' | 'f32'): Promise<HostTensor> => {
+  /**
+   * A tensor read from the checkpoint as `dtype`. `keep`: it stays the model's weight on the CPU backend, so it is
+   * read into Backend.allocHost memory (huge pages: a batch-1 GEMV streams it 4-14% faster) and owned here.
+   */
+  const readHost = async (name: string, dtype: 'bf16' | 'f32', keep = false): Promise<HostTensor> => {
     options.signal?.throwIfAborted();
-    let t = await ckpt.read(name, undefined, options.signal ? { signal: options.signal } : {});
-    if (t.dtype !== dtype) t = HostTensor.from(dtype, t.shape, t.toFloat32());
+    const o = options.signal ? { signal: options.signal } : {};
+    const info = ckpt.tensor(name);
+    let t: HostTensor;
+    if (keep && be.kind === 'cpu' && info.dtype === (dtype === 'bf16' ? 'BF16' : 'F32')) {
+      const dst = be.allocHost(dtype, info.shape);
+      owned.push(dst);
+      t = await ckpt.read(name, dst, o);
+    } else {
+      t = await ckpt.read(name, undefined, o);
+      if (t.dtype !== dtype) t = HostTensor.from(dtype, t.shape, t.toFloat32());
+      if (keep && be.kind === 'cpu') t = kept(t);
+    }
     options.onTensor?.();
     return t;
+  };
+  /** t in Backend.allocHost memory, owned here (a copy when it is large; else t itself). */
+  const kept = (t: HostTensor): HostTensor => {
+    const k = be.allocHost(t.dtype, t.shape);
+    if (k.placement.kind === 'js') return t;
+    owned.push(k);
+    (k.data as Uint16Array | Float32Array).set(t.data as Uint16Array | Float32Array);
+    return k;
   };
   const place = async (t: HostTensor): Promise<Tensor> => {
     if (be.kind === 'cpu') return placed(t);
@@ -302,14 +324,18 @@ export async function loadDenseWeights(
     return placed(d);
   };
   const read = async (name: string, dtype: 'bf16' | 'f32'): Promise<Tensor> => place(await readHost(name, dtype));
-  // A weight only gemm reads as b (projections, LM head): packed into the panel64 layout when options.pack is set.
+  // A weight only gemm reads as b (projections, LM head): packed into the panel64 layout when options.pack is set,
+  // else on the CPU backend kept in huge-page memory.
   const placeLinear = async (t: HostTensor): Promise<Tensor> => {
-    if (!options.pack) return place(t);
+    if (!options.pack) return place(be.kind === 'cpu' ? kept(t) : t);
     const p = await be.packWeights(t, options.signal ? { signal: options.signal } : {});
     owned.push(p);
     return placed(p);
   };
-  const readLinear = async (name: string): Promise<Tensor> => placeLinear(await readHost(name, 'bf16'));
+  const readLinear = async (name: string): Promise<Tensor> => {
+    if (options.pack || be.kind !== 'cpu') return placeLinear(await readHost(name, 'bf16'));
+    return place(await readHost(name, 'bf16', true));
+  };
   const mla = async (n: NonNullable<LayerNames['mla']>): Promise<MlaWeights> => {
     const m = cfg.mla!;
     const nH = cfg.numHeads;
@@ -344,9 +370,9 @@ export async function loadDenseWeights(
     return t;
   };
   try {
-    let embed = await ckpt.read('model.embed_tokens.weight', undefined, options.signal ? { signal: options.signal } : {});
-    if (embed.dtype !== 'bf16') embed = HostTensor.from('bf16', embed.shape, embed.toFloat32());
-    options.onTensor?.();
+    // kept on the host on every backend (rows are gathered there); in huge-page memory on the CPU backend, where a
+    // tied LM head streams it
+    const embed = await readHost('model.embed_tokens.weight', 'bf16', true);
     let embedOnBackend: Tensor = embed;
     if (be.kind !== 'cpu') {
       const d = await be.upload(embed);
