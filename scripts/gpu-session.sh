@@ -9,8 +9,8 @@
 #     -DCMAKE_BUILD_TYPE=Release && ninja -C build-native-gpu moe-native
 # then a device call carrying .device/carry and build-native-gpu/moe-native:
 #   OUT=$OUT DEADLINE=420 bash scripts/gpu-session.sh [steps]
-#   (steps: test bench attention moe profile node residency throughput modelbased perfmodel demo, default all but
-#   attention, profile, modelbased, perfmodel and demo; PERFMODEL_ARGS: bench/perf-model.ts's (default --backend=cuda --quick, the two real shapes at batches
+#   (steps: test bench attention moe profile node hostmem residency throughput modelbased perfmodel demo, default all
+#   but attention, profile, hostmem, modelbased, perfmodel and demo; PERFMODEL_ARGS: bench/perf-model.ts's (default --backend=cuda --quick, the two real shapes at batches
 #   1, 8, 32, 128; the micro-batch overlap the model predicts: PERFMODEL_ARGS="--backend=cuda --quick --decode-only
 #   --models=qwen3-30b-a3b-shape --batches=32,128 --micro-batches=1,2,4"); THROUGHPUT_ARGS default
 #   --layers=2; PROFILE_MODELS / PROFILE_T: the profile step's bench-moe-cuda --models / --t (full model names: Qwen3-30B-A3B, 16384);
@@ -119,7 +119,7 @@ if want profile; then  # Nsight Compute's speed-of-light per kernel of one fused
       --csv "$NATIVE" bench-moe-cuda --once --models "${PROFILE_MODELS:-Qwen3-30B-A3B}" --t "${PROFILE_T:-16384}"
   done
 fi
-if want node || want residency || want throughput || want modelbased || want perfmodel || want demo; then
+if want node || want hostmem || want residency || want throughput || want modelbased || want perfmodel || want demo; then
   . scripts/gpu-node-env.sh
   "$NODE" dist/lib/cli.js info > "$W/node-info.txt" 2>&1
   tail -5 "$W/node-info.txt"
@@ -133,6 +133,11 @@ if want node; then
   TAIL=2 step node-profile 150 "$NODE" --test --test-reporter=tap --test-name-pattern='staged on the CPU backend and on CUDA' \
     dist/test/perf-model.test.js
   grep -E '^# (tests|pass|fail|skipped)|^not ok|^    not ok' "$W/node-profile.log" | head -20
+fi
+if want hostmem; then  # weights in JS vs huge-page memory on the GPU host's CPU (avx512bf16: row-major and packed)
+  TAIL=14 step hostmem 150 "$NODE" dist/bench/host-memory.js --rounds=8
+  cp bench/results/host-memory-*.json "$W/" 2>/dev/null
+  pack
 fi
 if want residency; then
   step residency 120 "$NODE" dist/bench/residency.js
