@@ -429,13 +429,22 @@ test('profileModel measures every op of a tiny model at its shapes, batches and 
   }
   assert.ok(p.peakGBs >= 0 && p.groupMs >= 0 && p.opMs >= 0 && p.streamEfficiency > 0 && p.sampleNsPerLogit > 0 && p.readGBs > 0 && p.cacheBytes > 0);
   assert.ok(p.copyGBs! > 0, 'the expert copy rate (offloaded experts)');
-  // the runtime calibration ran copies of the family's tiny preset, n and n + 3 layers, interleaved
+  // the runtime calibration ran copies of the family's tiny preset, n and n + 8 layers, in turn (which goes first
+  // alternating); the per-layer cost is the median of each repetition's paired difference of residuals over the 8
+  // layers, the per-step cost the n-layer copy's median residual less n per-layer costs (neither below 0)
   assert.equal(p.runtime.preset, 'tiny-qwen3-moe');
+  const pts = p.runtime.points;
   assert.deepEqual(
-    p.runtime.points.map((q) => q.layers),
-    [1, 4, 1, 4, 1, 4],
+    pts.map((q) => q.layers),
+    [1, 9, 9, 1, 1, 9],
   );
-  for (const q of p.runtime.points) assert.ok(q.measuredMs > 0 && q.predictedMs > 0);
+  for (const q of pts) assert.ok(q.measuredMs > 0 && q.predictedMs > 0);
+  const rest = (q: (typeof pts)[0]) => q.measuredMs - q.predictedMs;
+  const median3 = (v: number[]) => [...v].sort((x, y) => x - y)[1]!;
+  const reps = [0, 1, 2].map((r) => pts.slice(2 * r, 2 * r + 2).sort((x, y) => x.layers - y.layers) as [(typeof pts)[0], (typeof pts)[0]]);
+  const layerMs = Math.max(0, median3(reps.map(([a, b]) => (rest(b) - rest(a)) / 8)));
+  assert.ok(Math.abs(p.runtime.layerMs - layerMs) < 1e-9, `layerMs ${p.runtime.layerMs} vs ${layerMs} from the points`);
+  assert.ok(Math.abs(p.runtime.stepMs - Math.max(0, median3(reps.map(([a]) => rest(a))) - layerMs)) < 1e-9);
   const d = predictDecode(cfg, p, { batch: 4, context: 64 }, { readGBs: p.readGBs });
   assert.ok(Number.isFinite(d.stepMs) && d.stepMs > 0 && d.tokensPerSecond > 0);
   assert.ok(d.expertsPerLayer > cfg.topK && d.expertsPerLayer <= 4 * cfg.topK);

@@ -8,7 +8,7 @@
  *               + host work: KV writes, OLMoE clipping, MLA assembly, the tensors allocated fresh per step and
  *                 per layer, sampling B × vocab
  *               + the runtime's fixed costs per step and per layer (residual of real decode steps of generated
- *                 copies of the family's tiny preset with n and n + 3 layers)
+ *                 copies of the family's tiny preset with n and n + 8 layers)
  * with B sequences decoding one token each (T = B rows) at context L, experts resident. The routed-expert op is
  * measured as the call a decode step makes: B × k routed rows over U(B) = E (1 - (1 - k/E)^B) distinct experts
  * (independent uniform routing), read from cache-cold memory like the model's.

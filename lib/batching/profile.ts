@@ -24,7 +24,7 @@
  *     (this VM's drifts 15-44 GB/s within minutes);
  *   - offloaded experts: misses as the runtime copies them (ExpertCache, TransferEngine, into slots), GB/s; staged,
  *     also as it computes them on the host from the pinned store instead (hostExpertGBs);
- *   - runtime costs: decode steps of generated copies of the model family's tiny preset with n and n + 3 layers;
+ *   - runtime costs: decode steps of generated copies of the model family's tiny preset with n and n + 8 layers;
  *     what their own measured ops, groups and host work do not explain, per layer and per step.
  * A real-shape 2-layer model takes 6-10 s with `quick` (one pass), 20-40 s with three passes; a tiny one 4-12 s.
  *
@@ -948,11 +948,14 @@ async function decodeInterval(model: MoeModel, B: number, prompt: number, steps:
 
 /**
  * The runtime's costs beyond the ops, groups and host work measured: decode steps (one sequence, context ~70) of
- * generated copies of the family's tiny preset with n and n + 3 layers (n: enough to hold a MoE layer), less what
- * their own op profile predicts with zero runtime costs; the difference over the 3 layers is the per-layer cost,
- * the rest at n layers the per-step cost. Copies interleaved, median of the repetitions. Ops of the copies that
- * the model has too (a tiny model's own) are costed from the model's measurements (`ops`), so the residual is
- * relative to the same basis as the model's predictions.
+ * generated copies of the family's tiny preset with n and n + 8 layers (n: enough to hold a MoE layer), less what
+ * their own op profile predicts with zero runtime costs; the difference over the 8 layers is the per-layer cost,
+ * the rest at n layers the per-step cost. The copies run in turn, and each repetition's difference is taken
+ * between its two adjacent runs (this VM's speed drifts between phases; a pair shares one) before the median over
+ * the repetitions: n and n + 3 layers with the medians of each copy's runs differenced gave layerMs 0-1.9 ms in five
+ * profiles of tiny-qwen3-moe in a row (2026-11-27), enough to move a 2-layer Qwen3-shape step's prediction 10%.
+ * Ops of the copies that the model has too (a tiny model's own) are costed from the model's measurements (`ops`),
+ * so the residual is relative to the same basis as the model's predictions.
  */
 async function runtimeCosts(c: Ctx, quick: boolean, sampleNs: number, ops: Record<string, OpPoint[]>): Promise<ModelProfile['runtime']> {
   const preset = FAMILY_PRESET[c.cfg.family];
@@ -962,7 +965,8 @@ async function runtimeCosts(c: Ctx, quick: boolean, sampleNs: number, ops: Recor
   const prompt = 64;
   const steps = quick ? 10 : 16;
   const first = Math.max(1, Math.min(...c.cfg.moeLayers.map((l) => l + 1), c.cfg.numLayers));
-  const layerCounts = [first, first + 3];
+  const extra = 8;
+  const layerCounts = [first, first + extra];
   const made: Array<{ layers: number; model: MoeModel; p: ModelProfile; rest: number[] }> = [];
   try {
     for (const layers of layerCounts) {
@@ -975,21 +979,24 @@ async function runtimeCosts(c: Ctx, quick: boolean, sampleNs: number, ops: Recor
       // one sequence at context ~70: a tiny model's step stays in cache (warm)
       const sub: Ctx = { ...c, cfg: model.config, batches: [1], seqBatches: [1], prefill: [], contexts: [prompt, prompt * 2], cold: false, log: () => {} };
       made[made.length - 1]!.p = { ...bare(c, model.config, await measureOps(sub, 'warm', ops), sub.batches, sub.contexts), sampleNsPerLogit: sampleNs };
-      await decodeInterval(model, 1, 8, 4); // warm-up
+      // warm-up: the first steps of a fresh process run 2-3x slower than later ones (the engine's JS compiling)
+      for (let w = 0; w < 3; w++) await decodeInterval(model, 1, prompt, steps);
     }
     const points: ModelProfile['runtime']['points'] = [];
-    for (let rep = 0; rep < (quick ? 3 : 5); rep++) {
-      for (const m of made) {
+    for (let rep = 0; rep < (quick ? 3 : 9); rep++) {
+      // alternate which copy runs first, so that neither always follows the other
+      for (const m of rep % 2 === 0 ? made : [...made].reverse()) {
         const measured = await decodeInterval(m.model, 1, prompt, steps);
         const predicted = predictDecode(m.model.config, m.p, { batch: 1, context: prompt + steps / 2 + 1 }).stepMs;
         m.rest.push(measured - predicted);
         points.push({ layers: m.layers, batch: 1, measuredMs: measured, predictedMs: predicted });
       }
     }
-    // median per copy; runtime costs are not negative (a negative estimate is noise)
-    const [ra, rb] = made.map((m) => medianOf(m.rest)) as [number, number];
-    const layerMs = Math.max(0, (rb - ra) / 3);
-    return { preset, layerMs, stepMs: Math.max(0, ra - first * layerMs), points };
+    // per repetition the paired difference; medians over the repetitions; runtime costs are not negative (a
+    // negative estimate is noise)
+    const [a, b] = made as [(typeof made)[0], (typeof made)[0]];
+    const layerMs = Math.max(0, medianOf(b.rest.map((r, i) => (r - a.rest[i]!) / extra)));
+    return { preset, layerMs, stepMs: Math.max(0, medianOf(a.rest) - first * layerMs), points };
   } finally {
     for (const m of made) m.model.dispose();
     fs.rmSync(dir, { recursive: true, force: true });
