@@ -33,12 +33,10 @@ export class Stream {
 
   /** Resolves when every op queued on this stream before the call has finished. */
   async synchronize(): Promise<void> {
-    const holder: { stack?: string } = {};
-    Error.captureStackTrace(holder, this.synchronize);
     try {
       await this.nativeStream('Stream.synchronize').synchronize();
     } catch (e) {
-      throw fromNative(e, holder.stack);
+      throw fromNative(e); // its stack: V8's async trace of the callers awaiting this
     }
   }
 

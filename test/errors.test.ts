@@ -135,6 +135,28 @@ void test('typed errors carry the caller stack and a stable code', () => {
   assert.throws(() => openBackend({ backend: 'cuda', device: 0 }), (e: unknown) => e instanceof BackendUnavailableError || e === undefined);
 });
 
+void test('an op that fails after submission rejects with a typed error whose stack names the awaiting caller', async () => {
+  // an id out of range is found by the native kernel on the stream, after gatherRows returned its Promise
+  const src = new HostTensor('f32', [3, 4]);
+  const out = new HostTensor('f32', [2, 4]);
+  async function callerOfTheOp(): Promise<void> {
+    await be.gatherRows(src, HostTensor.from('i32', [2], [0, 3]), out);
+  }
+  let p: Promise<void> | undefined;
+  assert.doesNotThrow(() => {
+    p = callerOfTheOp();
+  }, 'the failure is asynchronous');
+  try {
+    await p;
+    assert.fail('no error');
+  } catch (e) {
+    assert.ok(e instanceof InvalidArgumentError, String(e));
+    assert.equal((e as InvalidArgumentError).code, 'MOE_INVALID_ARGUMENT');
+    assert.match((e as Error).stack ?? '', /callerOfTheOp/);
+    assert.match((e as Error).stack ?? '', /errors\.test\.js/);
+  }
+});
+
 void test('the native surface survives garbage arguments: typed errors, no crash, no leak', async () => {
   const n = native();
   const before = nativeCounts();
