@@ -284,7 +284,7 @@ export class Backend {
    * A zeroed HostTensor for large, long-lived data the CPU kernels stream (weights, packed weights). On the CPU
    * backend, from 4 MiB (up to MAX_VIEW_BYTES), it is a view of native memory on transparent huge pages (2 MiB
    * aligned, madvise'd; cpp/napi/memory.cc), not of JS memory on 4 KiB pages: a batch-1 GEMV streams such a
-   * weight 4-14% faster (LM heads and projections, AVX2: bench/host-memory.ts), since every 4 KiB page it crosses
+   * weight 4-17% faster (LM heads and projections, AVX2: bench/host-memory.ts), since every 4 KiB page it crosses
    * costs a TLB miss. Its dispose() frees that memory at once (views of it then read as disposed); else the GC does. On CUDA,
    * and smaller: a plain JS HostTensor (page-locking host memory is for staging copies, and is slow to allocate).
    * @example

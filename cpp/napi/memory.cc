@@ -134,7 +134,7 @@ std::shared_ptr<Memory> Memory::allocate(BackendKind backend, int device, MemKin
     // (expert stores, slots, KV pools, weights: Backend.allocHost) are mapped fresh, 2 MiB aligned, and asked for
     // transparent huge pages: the kernels stream them in segments (a KV page of one head, an expert's rows, a
     // weight's rows) that cross many 4 KiB pages, and with 4 KiB pages every crossing costs a TLB miss and restarts
-    // the hardware prefetcher (the attention decode bench read 10-15% faster on huge pages, a batch-1 GEMV 4-14%).
+    // the hardware prefetcher (the attention decode bench read 10-15% faster on huge pages, a batch-1 GEMV 4-17%).
     // Fresh mappings are zero (allocHost relies on it) and go back to the OS when freed. The last partial 2 MiB
     // stays on 4 KiB pages (no rounding up of the size).
     const size_t rounded = (alloc + 4095) / 4096 * 4096;

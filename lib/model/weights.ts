@@ -290,7 +290,7 @@ export async function loadDenseWeights(
   };
   /**
    * A tensor read from the checkpoint as `dtype`. `keep`: it stays the model's weight on the CPU backend, so it is
-   * read into Backend.allocHost memory (huge pages: a batch-1 GEMV streams it 4-14% faster) and owned here.
+   * read into Backend.allocHost memory (huge pages: a batch-1 GEMV streams it 4-17% faster) and owned here.
    */
   const readHost = async (name: string, dtype: 'bf16' | 'f32', keep = false): Promise<HostTensor> => {
     options.signal?.throwIfAborted();
