@@ -285,8 +285,9 @@ export class Backend {
    * backend, from 4 MiB (up to MAX_VIEW_BYTES), it is a view of native memory on transparent huge pages (2 MiB
    * aligned, madvise'd; cpp/napi/memory.cc), not of JS memory on 4 KiB pages: a batch-1 GEMV streams such a
    * weight 4-17% faster (LM heads and projections, AVX2: bench/host-memory.ts), since every 4 KiB page it crosses
-   * costs a TLB miss. Its dispose() frees that memory at once (views of it then read as disposed); else the GC does. On CUDA,
-   * and smaller: a plain JS HostTensor (page-locking host memory is for staging copies, and is slow to allocate).
+   * costs a TLB miss. Its dispose() frees that memory at once (views of it then read as disposed); else the GC
+   * does. On CUDA, and smaller: a plain JS HostTensor (page-locking host memory is for staging copies, and is slow
+   * to allocate).
    * @example
    * const w = be.allocHost('bf16', [151936, 2048]);
    * await checkpoint.read('lm_head.weight', w);
@@ -464,9 +465,9 @@ export class Backend {
   /**
    * Packs a bf16 weight [N, K] (nn.Linear layout) into the CPU kernels' panel64 layout (`PackedTensor`): `gemm`
    * then runs as outer products instead of dot products (bench/results/native-kernels-*.json has both layouts on
-   * the machine at hand). CPU backend only; the packed copy is new memory (allocHost: huge pages from 4 MiB, freed by its dispose();
-   * the source can be dropped). Worth it
-   * only where the avx512bf16 tier runs: the other tiers read packed weights with the scalar reference loop.
+   * the machine at hand). CPU backend only; the packed copy is new memory (allocHost: huge pages from 4 MiB, freed
+   * by its dispose(); the source can be dropped). Worth it only where the avx512bf16 tier runs: the other tiers read
+   * packed weights with the scalar reference loop.
    * @example
    * const wp = await be.packWeights(w);   // w: HostTensor bf16 [4096, 4096]
    * await be.gemm(x, wp, y);

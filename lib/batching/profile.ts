@@ -153,8 +153,12 @@ function fillBf16(d: Uint16Array, seed: number): void {
 }
 
 function tensor(dtype: 'bf16' | 'f32', shape: number[], seed = 1): HostTensor {
-  const t = new HostTensor(dtype, shape);
-  if (dtype === 'bf16') fillBf16(t.data as Uint16Array, seed);
+  return filled(new HostTensor(dtype, shape), seed);
+}
+
+/** `t` (bf16 or f32) filled with the seeded values `tensor` gives. */
+function filled(t: HostTensor, seed: number): HostTensor {
+  if (t.dtype === 'bf16') fillBf16(t.data as Uint16Array, seed);
   else {
     const d = t.data as Float32Array;
     let s = seed >>> 0 || 1;
@@ -182,12 +186,9 @@ function output(c: Ctx, dtype: 'bf16' | 'f32' | 'i32', shape: number[]): Tensor 
  * else a HostTensor in Backend.allocHost memory (huge pages).
  */
 async function weight(c: Ctx, dtype: 'bf16' | 'f32', shape: [number, number], seed: number): Promise<Tensor> {
-  const w = tensor(dtype, shape, seed);
-  if (c.be.kind !== 'cpu') return c.be.upload(w);
-  if (c.packed && dtype === 'bf16') return c.be.packWeights(w);
-  const k = c.be.allocHost(dtype, shape);
-  (k.data as Uint16Array | Float32Array).set(w.data as Uint16Array | Float32Array);
-  return k;
+  if (c.be.kind !== 'cpu') return c.be.upload(tensor(dtype, shape, seed));
+  if (c.packed && dtype === 'bf16') return c.be.packWeights(tensor(dtype, shape, seed));
+  return filled(c.be.allocHost(dtype, shape), seed);
 }
 
 /** Frees `ts` now (GPU weights and huge-page host weights: not left to the GC). */

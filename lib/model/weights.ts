@@ -299,7 +299,7 @@ export async function loadDenseWeights(
     let t: HostTensor;
     if (keep && be.kind === 'cpu' && info.dtype === (dtype === 'bf16' ? 'BF16' : 'F32')) {
       const dst = be.allocHost(dtype, info.shape);
-      owned.push(dst);
+      if (dst.placement.kind !== 'js') owned.push(dst); // as kept(): native memory is freed with the weights
       t = await ckpt.read(name, dst, o);
     } else {
       t = await ckpt.read(name, undefined, o);
