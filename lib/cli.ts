@@ -21,7 +21,7 @@ import { profileModel, readProbeGBs } from './batching/profile.js';
 import { demo } from './demo.js';
 import { completedIds, generateJsonl, inputWorkload, progressLine } from './engine/jsonl.js';
 import { loadModel } from './engine/model.js';
-import { InvalidArgumentError } from './errors.js';
+import { CheckpointFormatError, InvalidArgumentError } from './errors.js';
 import { formatInfo, info } from './info.js';
 import { parseModelConfig } from './model/config.js';
 import { makeModel } from './model/make-model.js';
@@ -251,9 +251,18 @@ function defaultProfile(dir: string, kind: 'cpu' | 'cuda'): string {
   return path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'moe-offload', `profile-${path.basename(path.resolve(dir))}${kind === 'cuda' ? '-cuda' : ''}.json`);
 }
 
+/** The config.json of the model in `dir`; a missing folder or file, or one that is not JSON: typed errors naming it. */
 function modelConfig(dir: string): ReturnType<typeof parseModelConfig> {
+  if (!fs.existsSync(dir)) throw new InvalidArgumentError(`--model: the folder ${dir} does not exist`);
   const file = path.join(dir, 'config.json');
-  return parseModelConfig(JSON.parse(fs.readFileSync(file, 'utf8')), file);
+  if (!fs.existsSync(file)) throw new CheckpointFormatError(file, undefined, 'missing (--model names a Hugging Face checkpoint folder)');
+  let json: unknown;
+  try {
+    json = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new CheckpointFormatError(file, undefined, `not valid JSON: ${(e as Error).message}`);
+  }
+  return parseModelConfig(json, file);
 }
 
 async function measureProfile(dir: string, file: string, maxBatch: number | undefined, be: Backend): Promise<ModelProfile> {
@@ -396,6 +405,7 @@ async function planCmd(args: string[]): Promise<number> {
 async function batchCmd(values: Record<string, string | boolean | string[] | undefined>): Promise<number> {
   const str = (k: string) => values[k] as string | undefined;
   if (str('output') === undefined) throw new InvalidArgumentError('--output FILE is required with --input');
+  if (!fs.existsSync(str('input')!)) throw new InvalidArgumentError(`--input: ${str('input')} does not exist`);
   const experts = expertsOpt(str('experts'), str('policy'));
   const ac = new AbortController();
   let interrupted = false;

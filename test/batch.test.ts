@@ -240,6 +240,34 @@ describe('jsonl', () => {
     assert.equal(rec.id, '81');
     assert.ok(rec.generated_tokens <= 4);
   });
+
+  test('cli: a missing model folder, config.json or input file is a typed error naming it, before any work', () => {
+    const cli = path.join(__dirname, '..', 'lib', 'cli.js');
+    const run = (...args: string[]) => {
+      try {
+        execFileSync(process.execPath, [cli, ...args], { encoding: 'utf8', stdio: 'pipe' });
+      } catch (e) {
+        const { status, stdout, stderr } = e as { status: number; stdout: string; stderr: string };
+        return { status, out: stdout + stderr };
+      }
+      return { status: 0, out: '' };
+    };
+    const missing = path.join(root, 'no-such-model');
+    const empty = fs.mkdtempSync(path.join(root, 'empty-model-'));
+    const output = path.join(root, 'never-written.jsonl');
+    let r = run('plan', '--model', missing);
+    assert.equal(r.status, 1);
+    assert.match(r.out, /\[MOE_INVALID_ARGUMENT\] --model: the folder .*no-such-model does not exist/);
+    r = run('plan', '--model', empty);
+    assert.equal(r.status, 1);
+    assert.match(r.out, /\[MOE_CHECKPOINT_FORMAT\] .*config\.json: missing/);
+    // the input is checked first: no plan printed, no model loaded, no output file made
+    r = run('generate', '--model', dirs['tiny-mixtral']!, '--input', path.join(root, 'no-such-input.jsonl'), '--output', output);
+    assert.equal(r.status, 1);
+    assert.match(r.out, /\[MOE_INVALID_ARGUMENT\] --input: .*no-such-input\.jsonl does not exist/);
+    assert.doesNotMatch(r.out, /plan:/);
+    assert.equal(fs.existsSync(output), false);
+  });
 });
 
 test('staged steps keep one pinned host buffer (allocated off the JS thread), freed with the model', async () => {
