@@ -63,6 +63,18 @@ int threads_from_env() {
 
 }  // namespace
 
+int idle_spin_us() {
+  static const int us = [] {
+    if (const char* env = std::getenv("MOE_OFFLOAD_SPIN_US")) {
+      char* end = nullptr;
+      long v = std::strtol(env, &end, 10);
+      if (end != env && *end == '\0' && v >= 0) return v > 1000000 ? 1000000 : static_cast<int>(v);
+    }
+    return 50;
+  }();
+  return us;
+}
+
 struct ThreadPool::Impl {
   int size = 1;
   std::vector<std::thread> workers;
@@ -113,7 +125,7 @@ struct ThreadPool::Impl {
         // Short spin (about 50 us) before sleeping: back-to-back parallel_for calls then do not pay a futex wake.
         uint64_t seen = published.load(std::memory_order_acquire);
         lock.unlock();
-        auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+        auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(idle_spin_us());
         while (published.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until) {
           std::this_thread::yield();
         }

@@ -14,6 +14,9 @@ namespace moe {
 // every core busy. Pool workers and stream threads call it when they start; a no-op elsewhere.
 void mark_compute_thread();
 
+// How long (us) an idle compute thread (pool worker, stream thread) polls for new work before it sleeps.
+int idle_spin_us();
+
 class ThreadPool {
  public:
   static ThreadPool& global();

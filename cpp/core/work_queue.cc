@@ -45,7 +45,7 @@ void WorkQueue::loop() {
   for (;;) {
     // After a task, spin about 50 us before sleeping: an op awaited from JS is usually followed by the next one
     // within that window, and catching it here saves a futex wake-up (measured in bench/run.ts).
-    for (auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+    for (auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(idle_spin_us());
          queued_.load(std::memory_order_acquire) == 0 && std::chrono::steady_clock::now() < until;) {
       std::this_thread::yield();
     }
