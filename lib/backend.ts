@@ -22,7 +22,7 @@ import {
   InvalidArgumentError,
   fromNative,
 } from './errors.js';
-import { type KernelTier, type NativeAddon, type NativeCancelToken, type NativeMemory, type NativeStream, hostFacts, native } from './native.js';
+import { type KernelTier, type NativeAddon, type NativeCancelToken, type NativeMemory, type NativeOpTiming, type NativeStream, hostFacts, native } from './native.js';
 import { Event, Stream } from './stream.js';
 import { DeviceTensor, HostRegistration, HostTensor, MAX_VIEW_BYTES, PackedTensor, PinnedBuffer, type Shape, type Tensor, checkShape, numelOf, packedNumel } from './tensor.js';
 import { ExpertTable, type MoeActivation, activationParams } from './moe.js';
@@ -45,7 +45,24 @@ export interface OpOptions {
   stream?: Stream;
   /** Aborting rejects the op with the signal's reason; a queued op never starts, a running CPU kernel stops. */
   signal?: AbortSignal;
+  /**
+   * Filled when the op succeeds: when it started and finished running on its stream's thread, in `performance.now()`
+   * time (no event ops, no waiting: a queued op's own run). On a CUDA stream, when its kernels were queued there.
+   * @example
+   * const t: OpTiming = {};
+   * await be.attention(params, { timing: t });   // t.endMs - t.startMs: the kernel's time on the CPU
+   */
+  timing?: OpTiming;
 }
+
+/** See {@link OpOptions.timing}. */
+export interface OpTiming {
+  startMs?: number;
+  endMs?: number;
+}
+
+/** performance.now() minus the monotonic clock the addon's stream threads read (ms; both CLOCK_MONOTONIC on Linux). */
+const MONOTONIC_TO_NOW = performance.now() - Number(process.hrtime.bigint()) / 1e6;
 
 /** What `listBackends()` reports for each backend this binary knows. */
 export interface BackendStatus {
@@ -350,8 +367,8 @@ export class Backend {
     if (src.byteLength !== dst.byteLength) {
       throw new InvalidArgumentError(`dst must hold as many bytes as src (${src.byteLength}), received ${dst.byteLength}`);
     }
-    return this.#run('copy', options, (addon, stream, cancel) =>
-      addon.copy(stream, { src: src.nativeArg('src'), dst: dst.nativeArg('dst') }, cancel),
+    return this.#run('copy', options, (addon, stream, cancel, timing) =>
+      addon.copy(stream, { src: src.nativeArg('src'), dst: dst.nativeArg('dst') }, cancel, timing),
     );
   }
 
@@ -360,11 +377,12 @@ export class Backend {
     checkTensor(src, 'src', FLOAT_DTYPES);
     checkTensor(dst, 'dst', FLOAT_DTYPES);
     sameShape(src, dst, 'src', 'dst');
-    return this.#run('convert', options, (addon, stream, cancel) =>
+    return this.#run('convert', options, (addon, stream, cancel, timing) =>
       addon.convert(
         stream,
         { src: src.nativeArg('src'), srcDtype: DTYPE_CODE[src.dtype], dst: dst.nativeArg('dst'), dstDtype: DTYPE_CODE[dst.dtype], n: src.numel, isa: this.#isaCode() },
         cancel,
+        timing,
       ),
     );
   }
@@ -393,7 +411,7 @@ export class Backend {
       );
     }
     sameShape(a, out, 'a', 'out');
-    return this.#run('add', options, (addon, stream, cancel) =>
+    return this.#run('add', options, (addon, stream, cancel, timing) =>
       addon.add(
         stream,
         {
@@ -406,6 +424,7 @@ export class Backend {
           isa: this.#isaCode(),
         },
         cancel,
+        timing,
       ),
     );
   }
@@ -441,7 +460,7 @@ export class Backend {
     if (typeof eps !== 'number' || !Number.isFinite(eps) || eps < 0 || eps > 3.4028234663852886e38) {
       throw new InvalidArgumentError(`eps must be a finite number >= 0 (within the f32 range), received ${describe(eps)}`);
     }
-    return this.#run('rmsNorm', options, (addon, stream, cancel) =>
+    return this.#run('rmsNorm', options, (addon, stream, cancel, timing) =>
       addon.rmsNorm(
         stream,
         {
@@ -458,6 +477,7 @@ export class Backend {
           isa: this.#isaCode(),
         },
         cancel,
+        timing,
       ),
     );
   }
@@ -493,8 +513,8 @@ export class Backend {
     const [n, k] = this.#packSource(w);
     if (!(out instanceof PackedTensor)) throw new InvalidArgumentError(`out must be a PackedTensor, received ${describe(out)}`);
     if (out.shape[0] !== n || out.shape[1] !== k) throw new InvalidArgumentError(`out must be a packed [${n}, ${k}], received packed [${out.shape.join(', ')}]`);
-    await this.#run('packWeights', options, (addon, stream, cancel) =>
-      addon.packWeights(stream, { w: w.nativeArg('w'), n, k, out: out.nativeArg('out') }, cancel),
+    await this.#run('packWeights', options, (addon, stream, cancel, timing) =>
+      addon.packWeights(stream, { w: w.nativeArg('w'), n, k, out: out.nativeArg('out') }, cancel, timing),
     );
   }
 
@@ -536,7 +556,7 @@ export class Backend {
     if (out.shape[0] !== m || out.shape[1] !== n) {
       throw new InvalidArgumentError(`out must be [${m}, ${n}], received [${out.shape.join(', ')}]`);
     }
-    return this.#run('gemm', options, (addon, stream, cancel) =>
+    return this.#run('gemm', options, (addon, stream, cancel, timing) =>
       addon.gemm(
         stream,
         {
@@ -555,6 +575,7 @@ export class Backend {
           isa: this.#isaCode(),
         },
         cancel,
+        timing,
       ),
     );
   }
@@ -606,7 +627,7 @@ export class Backend {
       throw new InvalidArgumentError(`out must be [>= ${rows}, ${n}], received [${out.shape.join(', ')}]`);
     }
     if (k < 1 || n < 1) throw new InvalidArgumentError(`K and N must be >= 1, received K=${k}, N=${n}`);
-    return this.#run('groupedGemm', options, (addon, stream, cancel) =>
+    return this.#run('groupedGemm', options, (addon, stream, cancel, timing) =>
       addon.groupedGemm(
         stream,
         {
@@ -624,6 +645,7 @@ export class Backend {
           isa: this.#isaCode(),
         },
         cancel,
+        timing,
       ),
     );
   }
@@ -650,8 +672,8 @@ export class Backend {
       throw new InvalidArgumentError(`params must be a Float64Array of rows x 4 = ${rows * 4} numbers, received ${describe(params)}`);
     }
     const cpu = this.#cpuSide();
-    return cpu.#run('sampleRows', options, (addon, stream, cancel) =>
-      addon.sampleRows(stream, { logits: logits.nativeArg('logits'), params, out: out.nativeArg('out'), rows, vocab }, cancel),
+    return cpu.#run('sampleRows', options, (addon, stream, cancel, timing) =>
+      addon.sampleRows(stream, { logits: logits.nativeArg('logits'), params, out: out.nativeArg('out'), rows, vocab }, cancel, timing),
     );
   }
 
@@ -669,8 +691,8 @@ export class Backend {
     if (logits.shape.length !== 2 || logits.shape[1]! < 1) throw new InvalidArgumentError(`logits must be [rows, vocab >= 1], received shape [${logits.shape.join(', ')}]`);
     const [rows, vocab] = logits.shape as [number, number];
     if (out.shape.length !== 1 || out.shape[0] !== rows) throw new InvalidArgumentError(`out must be [${rows}] (rows), received [${out.shape.join(', ')}]`);
-    return this.#run('argmaxRows', options, (addon, stream, cancel) =>
-      addon.argmaxRows(stream, { logits: logits.nativeArg('logits'), out: out.nativeArg('out'), rows, vocab }, cancel),
+    return this.#run('argmaxRows', options, (addon, stream, cancel, timing) =>
+      addon.argmaxRows(stream, { logits: logits.nativeArg('logits'), out: out.nativeArg('out'), rows, vocab }, cancel, timing),
     );
   }
 
@@ -732,7 +754,7 @@ export class Backend {
       throw new InvalidArgumentError(`splitTokens must be an integer in [0, 2^30] (0: use numSplits), received ${describe(p.splitTokens)}`);
     }
     const cpu = this.#cpuSide();
-    return cpu.#run('attention', options, (addon, stream, cancel) =>
+    return cpu.#run('attention', options, (addon, stream, cancel, timing) =>
       addon.attention(
         stream,
         {
@@ -762,6 +784,7 @@ export class Backend {
           isa: cpu.#isaCode(),
         },
         cancel,
+        timing,
       ),
     );
   }
@@ -808,7 +831,7 @@ export class Backend {
     if (typeof attentionScaling !== 'number' || !Number.isFinite(attentionScaling)) {
       throw new InvalidArgumentError(`attentionScaling must be a finite number, received ${describe(p.attentionScaling)}`);
     }
-    return this.#run('rope', options, (addon, stream, cancel) =>
+    return this.#run('rope', options, (addon, stream, cancel, timing) =>
       addon.rope(
         stream,
         {
@@ -826,6 +849,7 @@ export class Backend {
           isa: this.#isaCode(),
         },
         cancel,
+        timing,
       ),
     );
   }
@@ -885,7 +909,7 @@ export class Backend {
     checkDims(topkIds, [t, k], 'out.topkIds');
     checkDims(topkWeights, [t, k], 'out.topkWeights');
     const bias = params.bias;
-    return this.#run('routerTopK', options, (addon, stream, cancel) =>
+    return this.#run('routerTopK', options, (addon, stream, cancel, timing) =>
       addon.routerTopK(
         stream,
         {
@@ -900,6 +924,7 @@ export class Backend {
           renormalize: params.renormalize,
         },
         cancel,
+        timing,
       ),
     ).then((tier) => ({ topkIds, topkWeights, tier }));
   }
@@ -942,7 +967,7 @@ export class Backend {
     if (sortedTokenIds.shape.length !== 1 || sortedTokenIds.shape[0]! < capacity) {
       throw new InvalidArgumentError(`out.sortedTokenIds must be 1-D with at least ${capacity} elements, received [${sortedTokenIds.shape.join(', ')}]`);
     }
-    return this.#run('moeAlign', options, (addon, stream, cancel) =>
+    return this.#run('moeAlign', options, (addon, stream, cancel, timing) =>
       addon.moeAlign(
         stream,
         {
@@ -956,6 +981,7 @@ export class Backend {
           blockSize,
         },
         cancel,
+        timing,
       ),
     ).then((tier) => ({ counts, offsets, sortedTokenIds, tier }));
   }
@@ -1034,7 +1060,7 @@ export class Backend {
     if (out !== undefined) checkDims(out, [t, h], 'out');
     if (parts !== undefined) checkParts(parts, t, k, h);
     const table = experts.nativeArg();
-    return this.#run('moeExperts', options, (addon, stream, cancel) =>
+    return this.#run('moeExperts', options, (addon, stream, cancel, timing) =>
       addon.moeExperts(
         stream,
         {
@@ -1052,6 +1078,7 @@ export class Backend {
           isa: this.#isaCode(),
         },
         cancel,
+        timing,
       ),
     );
   }
@@ -1086,7 +1113,7 @@ export class Backend {
     const h = out.shape[1]!;
     checkDims(topkWeights, [t, k], 'topkWeights');
     checkParts(parts, t, k, h);
-    return this.#run('moeCombine', options, (addon, stream, cancel) =>
+    return this.#run('moeCombine', options, (addon, stream, cancel, timing) =>
       addon.moeCombine(
         stream,
         {
@@ -1100,6 +1127,7 @@ export class Backend {
           isa: this.#isaCode(),
         },
         cancel,
+        timing,
       ),
     );
   }
@@ -1125,11 +1153,12 @@ export class Backend {
       throw new InvalidArgumentError(`dst must be [${[n, ...row].join(', ')}], received [${dst.shape.join(', ')}]`);
     }
     const rowBytes = row.reduce((a, b) => a * b, 1) * DTYPE_SIZE[src.dtype];
-    return this.#run('gatherRows', options, (addon, stream, cancel) =>
+    return this.#run('gatherRows', options, (addon, stream, cancel, timing) =>
       addon.gatherRows(
         stream,
         { src: src.nativeArg('src'), srcRows: src.shape[0]!, rowBytes, ids: ids.nativeArg('ids'), n, dst: dst.nativeArg('dst') },
         cancel,
+        timing,
       ),
     );
   }
@@ -1159,7 +1188,7 @@ export class Backend {
       throw new InvalidArgumentError(`dst must be [rows, ${row.join(', ')}] (src's row shape), received [${dst.shape.join(', ')}]`);
     }
     const cpu = this.#cpuSide();
-    return cpu.#run('scatterRows', options, (addon, stream, cancel) =>
+    return cpu.#run('scatterRows', options, (addon, stream, cancel, timing) =>
       addon.scatterRows(
         stream,
         {
@@ -1174,6 +1203,7 @@ export class Backend {
           isa: cpu.#isaCode(),
         },
         cancel,
+        timing,
       ),
     );
   }
@@ -1195,7 +1225,7 @@ export class Backend {
   #run(
     name: string,
     options: OpOptions,
-    submit: (addon: NativeAddon, stream: NativeStream, cancel: NativeCancelToken | undefined) => Promise<KernelTier>,
+    submit: (addon: NativeAddon, stream: NativeStream, cancel: NativeCancelToken | undefined, timing: NativeOpTiming | undefined) => Promise<KernelTier>,
   ): Promise<KernelTier> {
     if (typeof options !== 'object' || options === null) {
       throw new InvalidArgumentError(`${name}: options must be an object, received ${describe(options)}`);
@@ -1209,6 +1239,10 @@ export class Backend {
     if (signal !== undefined && !(signal instanceof AbortSignal)) {
       throw new InvalidArgumentError(`${name}: options.signal must be an AbortSignal, received ${describe(signal)}`);
     }
+    const { timing } = options;
+    if (timing !== undefined && (typeof timing !== 'object' || timing === null)) {
+      throw new InvalidArgumentError(`${name}: options.timing must be an object, received ${describe(timing)}`);
+    }
     if (signal?.aborted) return Promise.reject(signal.reason);
     const addon = native();
     let cancel: NativeCancelToken | undefined;
@@ -1219,16 +1253,17 @@ export class Backend {
       onAbort = () => token.cancel();
       signal.addEventListener('abort', onAbort, { once: true });
     }
+    const raw: NativeOpTiming | undefined = timing ? {} : undefined;
     let p: Promise<KernelTier>;
     try {
-      p = submit(addon, stream.nativeStream(name), cancel);
+      p = submit(addon, stream.nativeStream(name), cancel, raw);
     } catch (e) {
       if (onAbort) signal!.removeEventListener('abort', onAbort);
       const holder: { stack?: string } = {};
       Error.captureStackTrace(holder, this.#run);
       throw fromNative(e, holder.stack);
     }
-    return settle(p, signal, onAbort);
+    return settle(p, signal, onAbort, timing && { to: timing, raw: raw! });
   }
 }
 
@@ -1239,9 +1274,14 @@ export class Backend {
  * cost on the JS thread (1000 pipelined adds 19-22 -> 11-12 us per op without it; a tiny-qwen3-moe decode step of 70
  * ops 5.6-7.3 -> 3.8-4.7 ms, 6 runs each, AVX2 VM, 2026-11-27).
  */
-async function settle(p: Promise<KernelTier>, signal: AbortSignal | undefined, onAbort: (() => void) | undefined): Promise<KernelTier> {
+async function settle(p: Promise<KernelTier>, signal: AbortSignal | undefined, onAbort: (() => void) | undefined, timing?: { to: OpTiming; raw: NativeOpTiming }): Promise<KernelTier> {
   try {
-    return await p;
+    const tier = await p;
+    if (timing) {
+      timing.to.startMs = timing.raw.start! + MONOTONIC_TO_NOW;
+      timing.to.endMs = timing.raw.end! + MONOTONIC_TO_NOW;
+    }
+    return tier;
   } catch (e) {
     if ((e as { code?: unknown })?.code === CANCELLED_CODE && signal?.aborted) throw signal.reason;
     throw fromNative(e);

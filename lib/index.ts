@@ -18,6 +18,7 @@ export {
   type BackendStatus,
   type CpuIsa,
   type OpOptions,
+  type OpTiming,
   type AttentionParams,
   type RopeParams,
 } from './backend.js';

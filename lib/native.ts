@@ -106,7 +106,13 @@ export interface NativeMemoryStats {
 /** Which kernel tier ran an op. */
 export type KernelTier = 'scalar' | 'avx2' | 'avx512' | 'avx512bf16' | 'cuda';
 
-type OpFn<P> = (stream: NativeStream, params: P, cancel?: NativeCancelToken) => Promise<KernelTier>;
+/** What an op writes to its timing argument when it settles: when its work ran on the stream thread (steady-clock ms). */
+export interface NativeOpTiming {
+  start?: number;
+  end?: number;
+}
+
+type OpFn<P> = (stream: NativeStream, params: P, cancel?: NativeCancelToken, timing?: NativeOpTiming) => Promise<KernelTier>;
 
 export interface NativeAddon {
   Memory: new (backend: 0 | 1, device: number, kind: 0 | 1, bytes: number) => NativeMemory;

@@ -125,3 +125,33 @@ void test('thousands of small ops in flight all settle, in order, and keep the p
   assert.equal(x.data[0], 2000);
   assert.deepEqual(order, Array.from({ length: 2000 }, (_, i) => i));
 });
+
+test('OpOptions.timing: the run interval on the stream thread, inside submission..resumption and in stream order; unset on failure; a non-object is a typed error', async () => {
+  const w = new HostTensor('f32', [512, 256]).data.fill(0.25);
+  const b = new HostTensor('f32', [512, 256], w);
+  const x = new HostTensor('f32', [64, 256]).data.fill(1);
+  const a = new HostTensor('f32', [64, 256], x);
+  const y1 = new HostTensor('f32', [64, 512]);
+  const y2 = new HostTensor('f32', [64, 512]);
+  const slack = 0.05; // ms: performance.now() and the stream thread's clock meet through one offset read at load
+  for (let i = 0; i < 3; i++) {
+    const t1: { startMs?: number; endMs?: number } = {};
+    const t2: { startMs?: number; endMs?: number } = {};
+    const t0 = performance.now();
+    const p1 = be.gemm(a, b, y1, { timing: t1 });
+    const p2 = be.gemm(a, b, y2, { timing: t2 });
+    await Promise.all([p1, p2]);
+    const tEnd = performance.now();
+    for (const t of [t1, t2]) {
+      assert.ok(typeof t.startMs === 'number' && typeof t.endMs === 'number', JSON.stringify(t));
+      assert.ok(t.startMs! >= t0 - slack && t.endMs! >= t.startMs! && t.endMs! <= tEnd + slack, `${JSON.stringify(t)} outside [${t0}, ${tEnd}]`);
+    }
+    assert.ok(t2.startMs! >= t1.endMs! - slack, `stream order: ${JSON.stringify([t1, t2])}`);
+  }
+  assert.equal(y1.data[0], 0.25 * 256);
+  // a failure after submission (an id out of range, found by the kernel) leaves the object as it was
+  const t: { startMs?: number } = {};
+  await assert.rejects(be.gatherRows(new HostTensor('f32', [2, 4]), HostTensor.from('i32', [1], [5]), new HostTensor('f32', [1, 4]), { timing: t }));
+  assert.deepEqual(t, {});
+  assert.throws(() => be.add(a, a, a, { timing: 5 as unknown as object }), { code: 'MOE_INVALID_ARGUMENT', message: /add: options.timing must be an object, received 5/ });
+});

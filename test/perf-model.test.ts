@@ -552,6 +552,15 @@ test('micro-batches: the CPU backend runs the groups in turn (more round trips, 
   const two = predictDecode(cfg, cpu, { batch: 64, context: 100, microBatches: 2 });
   assert.equal(two.terms.overlapMs, 0);
   assert.ok(two.stepMs > one.stepMs, 'two groups cost their round trips and per-op costs twice');
+  // one micro-batch (not staged): the module's pre and host groups ride on the router's round trip (forward.ts queues
+  // them); two: every group of both
+  const plan = stepOps(cfg);
+  const mg = plan.moduleGroups;
+  assert.equal(plan.queued, true);
+  assert.ok(mg.pre > 0 && mg.host > 0);
+  assert.ok(Math.abs(two.terms.overheadMs - one.terms.overheadMs - (2 * (mg.pre + mg.host) + mg.post) * cpu.groupMs) < 1e-9, `${two.terms.overheadMs} vs ${one.terms.overheadMs}`);
+  assert.equal(stepOps(cfg, { staged: true }).queued, false);
+  assert.equal(stepOps(await config('tiny-deepseek-v2')).queued, false, 'MLA assembles q/k/v on the JS side');
   // the non-module ops are the same
   assert.equal(two.terms.expertsMs, one.terms.expertsMs);
   assert.equal(two.terms.routerMs, one.terms.routerMs);

@@ -40,6 +40,12 @@ void AsyncOp::settle(Napi::Env env) {
   cancel.reset();
   work = nullptr;
   on_complete = nullptr;
+  if (!timing.IsEmpty()) {
+    Napi::Object t = timing.Value();
+    t.Set("start", Napi::Number::New(env, run_start_ms));
+    t.Set("end", Napi::Number::New(env, run_end_ms));
+    timing.Reset();
+  }
   if (failed_) {
     std::string msg = std::string(name_) + ": " + message_;
     deferred_.Reject(make_error(env, code_, msg).Value());

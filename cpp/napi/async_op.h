@@ -46,6 +46,10 @@ class AsyncOp {
   std::function<void()> on_complete;
   // Resolve value builder, run on the JS thread (default: undefined).
   std::function<Napi::Value(Napi::Env)> result;
+  // When the op's work ran on its stream thread (steady-clock ms; set by the stream, CPU streams) and the object
+  // settle() writes them to as { start, end } (optional: the op's timing argument).
+  double run_start_ms = 0, run_end_ms = 0;
+  Napi::ObjectReference timing;
 
   void fail(ErrorCode code, std::string message);
   bool failed() const { return failed_; }

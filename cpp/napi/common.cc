@@ -15,6 +15,24 @@ void throw_error(Napi::Env env, ErrorCode code, const std::string& message) {
   throw make_error(env, code, message);
 }
 
+namespace {
+// Random 128-bit values, one per class (napi_type_tag: lower, upper).
+constexpr napi_type_tag kTags[] = {
+    {0x6d6f652d6d656d31ULL, 0x9b1f2c7a5e3d4c81ULL},  // Memory
+    {0x6d6f652d73747231ULL, 0x2f8e6a1c9d3b7e55ULL},  // Stream
+    {0x6d6f652d65766e31ULL, 0xc41d7b9e0a6f3d29ULL},  // Event
+    {0x6d6f652d636e6331ULL, 0x58a3e0f7b21c9d64ULL},  // Cancel
+};
+}  // namespace
+
+void tag_object(const Napi::Value& object, ClassTag tag) {
+  object.As<Napi::Object>().TypeTag(&kTags[static_cast<int>(tag)]);
+}
+
+bool tagged(const Napi::Value& v, ClassTag tag) {
+  return v.IsObject() && v.As<Napi::Object>().CheckTypeTag(&kTags[static_cast<int>(tag)]);
+}
+
 std::string describe(const Napi::Value& v) {
   switch (v.Type()) {
     case napi_undefined: return "undefined";

@@ -31,6 +31,12 @@ auto guarded(Napi::Env env, F&& fn) -> decltype(fn()) {
   }
 }
 
+// Type tags of the addon's classes, set by each constructor: `tagged` is one napi_check_object_type_tag where
+// InstanceOf took three calls and a prototype-chain walk (per op: the stream and every tensor in native memory).
+enum class ClassTag { Memory, Stream, Event, Cancel };
+void tag_object(const Napi::Value& object, ClassTag tag);
+bool tagged(const Napi::Value& v, ClassTag tag);
+
 // Argument readers: each names the argument in its message (`what`) and says what was received.
 std::string describe(const Napi::Value& v);
 Napi::Object arg_object(const Napi::Value& v, const char* what);

@@ -219,6 +219,7 @@ Napi::Function MemoryWrap::Init(Napi::Env env) {
 // (allocAsync constructs it with one External holding the Memory it allocated on a worker thread)
 MemoryWrap::MemoryWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<MemoryWrap>(info) {
   Napi::Env env = info.Env();
+  tag_object(info.This(), ClassTag::Memory);
   guarded(env, [&] {
     if (info.Length() == 1 && info[0].IsExternal()) {
       mem_ = *info[0].As<Napi::External<std::shared_ptr<Memory>>>().Data();
@@ -244,10 +245,7 @@ MemoryWrap::~MemoryWrap() {
 }
 
 MemoryWrap* MemoryWrap::from(const Napi::Value& v) {
-  if (!v.IsObject()) return nullptr;
-  AddonData* data = AddonData::get(v.Env());
-  if (!v.As<Napi::Object>().InstanceOf(data->memory_ctor.Value())) return nullptr;
-  return MemoryWrap::Unwrap(v.As<Napi::Object>());
+  return tagged(v, ClassTag::Memory) ? MemoryWrap::Unwrap(v.As<Napi::Object>()) : nullptr;
 }
 
 void MemoryWrap::release(Napi::Env env) {

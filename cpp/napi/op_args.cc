@@ -15,6 +15,8 @@ OpStart begin_op(const Napi::CallbackInfo& info, const char* name) {
   s.isa = isa.IsUndefined() ? cpu_info().active : clamp_isa(static_cast<Isa>(arg_int(isa, "params.isa", 0, 3)));
   s.op = std::make_unique<AsyncOp>(env, name);
   s.op->cancel = std::move(cancel);
+  // info[3]: optional object the op's run interval is written to when it settles (AsyncOp::timing)
+  if (info.Length() > 3 && !info[3].IsUndefined()) s.op->timing = Napi::Persistent(arg_object(info[3], "timing"));
   s.name = name;
   return s;
 }

@@ -1,5 +1,6 @@
-// The common shape of every op binding: op(stream, params, cancelToken?) -> Promise.
-//   begin_op   reads the stream, the params object, the optional cancel token and the CPU tier (params.isa)
+// The common shape of every op binding: op(stream, params, cancelToken?, timing?) -> Promise.
+//   begin_op   reads the stream, the params object, the optional cancel token, the optional timing object (filled
+//              with the op's run interval on its stream thread when it settles) and the CPU tier (params.isa)
 //   submit_op  queues the op on its stream and returns its Promise
 // Validation failures throw before anything is queued (the op is abandoned, nothing leaks).
 #pragma once

@@ -69,6 +69,7 @@ void Stream::execute(AsyncOp* op) {
     op->complete();
     return;
   }
+  op->run_start_ms = now_ms();
   try {
     if (op->work) op->work(ctx);
   } catch (const moe::Error& e) {
@@ -78,6 +79,7 @@ void Stream::execute(AsyncOp* op) {
   } catch (const std::exception& e) {
     op->fail(ErrorCode::Internal, e.what());
   }
+  op->run_end_ms = now_ms();
   if (op->failed() || backend_ == BackendKind::Cpu) {
     op->complete();
     return;
@@ -211,6 +213,7 @@ Napi::Function StreamWrap::Init(Napi::Env env) {
 
 // new Stream(backend: 0 cpu | 1 cuda, device, priority: 0 | 1)
 StreamWrap::StreamWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<StreamWrap>(info) {
+  tag_object(info.This(), ClassTag::Stream);
   guarded(info.Env(), [&] {
     auto backend = static_cast<BackendKind>(arg_int(info[0], "backend", 0, 1));
     int device = arg_int(info[1], "device", 0, 1023);
@@ -221,7 +224,7 @@ StreamWrap::StreamWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Stream
 
 std::shared_ptr<Stream> StreamWrap::from(const Napi::Value& v, const char* what) {
   Napi::Env env = v.Env();
-  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(AddonData::get(env)->stream_ctor.Value()))
+  if (!tagged(v, ClassTag::Stream))
     throw_error(env, ErrorCode::InvalidArgument, std::string(what) + " must be a Stream, received " + describe(v));
   StreamWrap* w = StreamWrap::Unwrap(v.As<Napi::Object>());
   if (!w->stream_) throw_error(env, ErrorCode::Disposed, std::string(what) + ": the stream was disposed");
@@ -246,7 +249,7 @@ Napi::Value StreamWrap::WaitEvent(const Napi::CallbackInfo& info) {
   return guarded(env, [&]() -> Napi::Value {
     if (!stream_) throw_error(env, ErrorCode::Disposed, "Stream.waitEvent: the stream was disposed");
     Napi::Value ev = info[0];
-    if (!ev.IsObject() || !ev.As<Napi::Object>().InstanceOf(AddonData::get(env)->event_ctor.Value()))
+    if (!tagged(ev, ClassTag::Event))
       throw_error(env, ErrorCode::InvalidArgument, "event must be an Event, received " + describe(ev));
     std::shared_ptr<EventCore> e = EventWrap::Unwrap(ev.As<Napi::Object>())->get(env);
     if (e->backend() != stream_->backend() || e->device() != stream_->device())
@@ -293,6 +296,7 @@ Napi::Function EventWrap::Init(Napi::Env env) {
 
 // new Event(backend, device, timing: boolean)
 EventWrap::EventWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EventWrap>(info) {
+  tag_object(info.This(), ClassTag::Event);
   guarded(info.Env(), [&] {
     auto backend = static_cast<BackendKind>(arg_int(info[0], "backend", 0, 1));
     int device = arg_int(info[1], "device", 0, 1023);
@@ -366,7 +370,7 @@ Napi::Value EventWrap::ElapsedMs(const Napi::CallbackInfo& info) {
   return guarded(env, [&]() -> Napi::Value {
     std::shared_ptr<EventCore> end = get(env);
     Napi::Value sv = info[0];
-    if (!sv.IsObject() || !sv.As<Napi::Object>().InstanceOf(AddonData::get(env)->event_ctor.Value()))
+    if (!tagged(sv, ClassTag::Event))
       throw_error(env, ErrorCode::InvalidArgument, "start must be an Event, received " + describe(sv));
     std::shared_ptr<EventCore> start = EventWrap::Unwrap(sv.As<Napi::Object>())->get(env);
     if (!start->timing() || !end->timing())
@@ -397,12 +401,14 @@ Napi::Function CancelWrap::Init(Napi::Env env) {
 }
 
 CancelWrap::CancelWrap(const Napi::CallbackInfo& info)
-    : Napi::ObjectWrap<CancelWrap>(info), token_(std::make_shared<CancelToken>()) {}
+    : Napi::ObjectWrap<CancelWrap>(info), token_(std::make_shared<CancelToken>()) {
+  tag_object(info.This(), ClassTag::Cancel);
+}
 
 std::shared_ptr<CancelToken> CancelWrap::from(const Napi::Value& v) {
   Napi::Env env = v.Env();
   if (v.IsUndefined() || v.IsNull()) return nullptr;
-  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(AddonData::get(env)->cancel_ctor.Value()))
+  if (!tagged(v, ClassTag::Cancel))
     throw_error(env, ErrorCode::InvalidArgument, "cancel must be a CancelToken, received " + describe(v));
   return CancelWrap::Unwrap(v.As<Napi::Object>())->token_;
 }

@@ -113,6 +113,11 @@ export interface StepPlan {
   hostGroups: number;
   /** Of groups and hostGroups, those of the attention modules (per step, all layers): each micro-batch has its own. */
   moduleGroups: { pre: number; host: number; post: number };
+  /**
+   * With one micro-batch the attention module's pre and host groups are not awaited: forward.ts queues the module's
+   * ops on the one stream behind each other and awaits them with the router's (not staged, no clip, no MLA).
+   */
+  queued: boolean;
   /** Backend ops per layer (layer order) and outside the layers. */
   perLayer: number[];
   perStep: number;
@@ -161,7 +166,9 @@ export function opKey(s: OpSpec): string {
  * (gather; convert), per layer [input norm + q/k/v (+ biases, q/k norms) + rope] (OLMoE: rope after the host clip,
  * its own group), KV writes, [attention], [o (+ bias) + post norm (+ convert) + router (+ bias) + top-k (+ shared
  * gate, top-k, shared expert)] or [o + norm] then [dense MLP], [routed experts], [shared add]; then [final norm],
- * [gather the sequences' last rows], [LM head]. Sampling (B × vocab argmax) is host work after the step.
+ * [gather the sequences' last rows], [LM head]. Sampling (B × vocab argmax) is host work after the step. Not staged,
+ * without clip or MLA, one micro-batch: the module's [q/k/v + rope], KV writes and [attention] join the [o + ...
+ * router] group (`queued`: forward.ts queues them on the one stream).
  *
  * `staged` (activations in the compute backend's memory: a CUDA backend, or the CPU backend with
  * deviceActivations): the step's tensors come from arenas kept between steps (only the host inputs are fresh), the
@@ -353,7 +360,8 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
     }
   }
   const perStep = list.filter((o) => o.layer < 0 && o.backend && !o.host && o.spec.op !== 'transfer').length;
-  return { ops: [...byKey.values()], groups, hostGroups, moduleGroups, perLayer, perStep };
+  const queued = !staged && !cfg.mla && cfg.clipQkv === null;
+  return { ops: [...byKey.values()], groups, hostGroups, moduleGroups, queued, perLayer, perStep };
 }
 
 /** Backend ops lib/engine/forward.ts issues per layer for this config (and per step outside the layers). */
@@ -761,7 +769,9 @@ function composeStep(
   if (!p.staged) terms.hostMs += (S * cfg.vocabSize * p.sampleNsPerLogit) / 1e6;
   const r = p.runtime;
   const moduleTrips = (M - 1) * ((plan.moduleGroups.pre + plan.moduleGroups.post) * p.groupMs + plan.moduleGroups.host * hostTrip);
-  terms.overheadMs = (plan.groups + chunkTrips) * p.groupMs + plan.hostGroups * (p.hostGroupMs ?? p.groupMs) + moduleTrips + r.stepMs + cfg.numLayers * r.layerMs;
+  // one micro-batch, queued: the module's pre and host groups ride on the router's round trip
+  const queuedTrips = plan.queued && M === 1 ? plan.moduleGroups.pre + plan.moduleGroups.host : 0;
+  terms.overheadMs = (plan.groups - queuedTrips + chunkTrips) * p.groupMs + plan.hostGroups * (p.hostGroupMs ?? p.groupMs) + moduleTrips + r.stepMs + cfg.numLayers * r.layerMs;
   if (p.kind === 'cuda' && M > 1) {
     // per layer and micro-batch (the layers' modules alike: their mean)
     const per = M * cfg.numLayers;

@@ -20,7 +20,7 @@
  * after attention, after the router (its choice decides which experts to fetch), after the experts.
  * Time is booked per group into {@link StepTimes}.
  */
-import type { Backend } from '../backend.js';
+import type { Backend, OpOptions, OpTiming } from '../backend.js';
 import type { KvBatch, KvCache } from '../kv/cache.js';
 import type { ModelConfig } from '../model/config.js';
 import type { DenseWeights, LayerWeights, MlaWeights } from '../model/weights.js';
@@ -408,15 +408,17 @@ export class ForwardPass {
   }
 
   /** RoPE of q [T, nH, d] and k [T, nKV, d] (host f32) at `positions`, on the host backend. */
-  #rope(q: HostTensor, k: HostTensor, positions: HostTensor, op: { signal?: AbortSignal }): Promise<unknown> {
+  #rope(q: HostTensor, k: HostTensor, positions: HostTensor, op: OpOptions): Promise<unknown> {
     return this.#p.host.rope({ q, k, positions, invFreq: this.#p.invFreq, attentionScaling: this.#p.attentionScaling }, op);
   }
 
   /**
    * Multi-head attention projections: q/k/v (+ bias), q/k norm on the compute backend, then (on the host) OLMoE's
    * clip and RoPE. `norm` is the pending input norm op. Returns host q [T, nH, hd], k and v [T, nKV, hd] f32.
+   * With `queue` (one stream, RoPE in the group: not staged, no clip), the ops go into `queue.ops` unawaited and the
+   * RoPE's run interval (the last of them on the stream) into `queue.ropeRan`.
    */
-  async #mhaQkv(w: LayerWeights, xn: Tensor, T: number, positions: HostTensor, norm: Promise<unknown>, m: StepMemory, op: { signal?: AbortSignal }): Promise<{ q: HostTensor; k: HostTensor; v: HostTensor }> {
+  async #mhaQkv(w: LayerWeights, xn: Tensor, T: number, positions: HostTensor, norm: Promise<unknown>, m: StepMemory, op: { signal?: AbortSignal }, queue?: { ops: Array<Promise<unknown>>; ropeRan: OpTiming }): Promise<{ q: HostTensor; k: HostTensor; v: HostTensor }> {
     const { be, cfg, staged } = this.#p;
     const nH = cfg.numHeads;
     const nKV = cfg.numKvHeads;
@@ -437,8 +439,13 @@ export class ForwardPass {
     }
     // not staged and no clip: RoPE joins the group (one round trip fewer)
     const inGroup = !staged && cfg.clipQkv === null;
-    if (inGroup) g.push(this.#rope(q.host, k.host, positions, op));
+    if (inGroup) g.push(this.#rope(q.host, k.host, positions, queue ? { ...op, timing: queue.ropeRan } : op));
     else g.push(m.down(q), m.down(k), m.down(v));
+    if (queue && inGroup) {
+      // one stream: what reads q, k and v is queued after these ops; the caller awaits them with its own
+      queue.ops.push(...g);
+      return { q: q.host, k: k.host, v: v.host };
+    }
     await Promise.all(g);
     if (inGroup) return { q: q.host, k: k.host, v: v.host };
     if (cfg.clipQkv !== null) {
@@ -631,6 +638,29 @@ export class ForwardPass {
       // a layer's own tensors (q, k, v, the attention output's upload, MLA's parts) live until it ends: every op of
       // the layer before has been awaited when the next one starts, so each layer reuses the same arena memory
       const layerMark = m.mark();
+      // One stream (not staged), one group, nothing read on the JS side between the input norm and the router (no
+      // clip_qkv clamp, no MLA assembly): the attention module's ops are queued behind each other and awaited with
+      // the router's, one round trip through the JS thread instead of four: each await lets the stream thread go
+      // idle, and waking it costs 0.1-1 ms on the 2-core development VM. The parts' times come from the RoPE's and
+      // the attention's run intervals on the stream (OpOptions.timing), booked after the round trip (bookQueued).
+      const queuedStep = !staged && groups.length === 1 && cfg.clipQkv === null;
+      const ropeRan: OpTiming = {}; // a queued layer's RoPE (the last of its q/k/v ops) ...
+      const attentionRan: OpTiming = {}; // ... and attention; between them on the stream: the KV write
+      /** Books a queued layer's round trip: q/k/v up to the RoPE's end, the KV write, attention, the rest (output projection, norms, router) in denseOutMs. */
+      const bookQueued = () => {
+        const now = performance.now();
+        // in order on one timeline (clamped: the stream's clock and performance.now() agree to within microseconds)
+        const within = (t: number, lo: number) => Math.min(now, Math.max(lo, t));
+        const qkv = within(ropeRan.endMs!, mark);
+        const a0 = within(attentionRan.startMs!, qkv);
+        const a1 = within(attentionRan.endMs!, a0);
+        times.denseQkvMs += qkv - mark;
+        times.hostMs += a0 - qkv;
+        times.attentionMs += a1 - a0;
+        times.denseOutMs += now - a1;
+        times.denseMs += qkv - mark + (now - a1);
+        mark = now;
+      };
       for (let l = 0; l < cfg.numLayers; l++) {
         m.release(layerMark);
         const w = W.layers[l]!;
@@ -642,26 +672,42 @@ export class ForwardPass {
         const window = cfg.layerTypes && cfg.layerTypes[l] !== 'sliding' ? null : cfg.slidingWindow;
         const single = groups.length === 1;
         // one group's attention module up to its queued output projection (returned, not awaited)
+        const queued = queuedStep && !w.mla;
         const part = async (g: StepGroup): Promise<Array<Promise<unknown>>> => {
           const at = (k: BookKey) => single && book(k); // concurrent groups are booked together below
           const rows = <X extends Tensor>(x: X) => (single ? x : (x.rows(g.t0, g.T) as X));
-          const { q, k, v } = w.mla ? await this.#mlaQkv(w.mla, rows(xn), g.T, rows(positions), norm, m, op) : await this.#mhaQkv(w, rows(xn), g.T, rows(positions), norm, m, op);
-          at('denseQkvMs');
-          await kv.writeMany(l, g.writes, k, v);
-          at('hostMs');
-          const out = rows(attn);
-          await host.attention(
-            // splits by length (ATTENTION_SPLIT_TOKENS): a sequence's result never depends on the batch
-            { q, k: kv.keys(l), v: kv.values(l), out, ...g.batch, scale: this.#p.attentionScale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}) },
-            op,
-          );
-          at('attentionMs');
-          let attnHost: HostTensor = out.reshape([g.T, nH * D]);
-          if (w.mla && cfg.mla!.vHeadDim < D) attnHost = headPrefix(out, cfg.mla!.vHeadDim); // [T, nH * v] bf16: drop the zero padding
-          const attnOut = await m.upload(attnHost);
-          at('hostMs');
-          const d = rows(delta);
-          return w.oBias ? [be.gemm(attnOut, w.o, d, op), be.add(d, w.oBias, d, op)] : [be.gemm(attnOut, w.o, d, op)];
+          const pre: Array<Promise<unknown>> = []; // a queued module's ops, awaited with the router's
+          // awaits `p` and books its time in `k`, or (queued) leaves it to that await
+          const wait = async (p: Promise<unknown>, k: BookKey) => {
+            if (queued) pre.push(p);
+            else {
+              await p;
+              at(k);
+            }
+          };
+          try {
+            const { q, k, v } = w.mla ? await this.#mlaQkv(w.mla, rows(xn), g.T, rows(positions), norm, m, op) : await this.#mhaQkv(w, rows(xn), g.T, rows(positions), norm, m, op, queued ? { ops: pre, ropeRan } : undefined);
+            if (!queued) at('denseQkvMs');
+            await wait(kv.writeMany(l, g.writes, k, v), 'hostMs');
+            const out = rows(attn);
+            await wait(
+              host.attention(
+                // splits by length (ATTENTION_SPLIT_TOKENS): a sequence's result never depends on the batch
+                { q, k: kv.keys(l), v: kv.values(l), out, ...g.batch, scale: this.#p.attentionScale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}) },
+                queued ? { ...op, timing: attentionRan } : op,
+              ),
+              'attentionMs',
+            );
+            let attnHost: HostTensor = out.reshape([g.T, nH * D]);
+            if (w.mla && cfg.mla!.vHeadDim < D) attnHost = headPrefix(out, cfg.mla!.vHeadDim); // [T, nH * v] bf16: drop the zero padding
+            const attnOut = await m.upload(attnHost);
+            if (!queued) at('hostMs');
+            const d = rows(delta);
+            return w.oBias ? [...pre, be.gemm(attnOut, w.o, d, op), be.add(d, w.oBias, d, op)] : [...pre, be.gemm(attnOut, w.o, d, op)];
+          } catch (e) {
+            await Promise.allSettled(pre); // a queued module's ops already submitted: none left running
+            throw e;
+          }
         };
         const done = await Promise.allSettled(groups.map(part));
         const g2: Array<Promise<unknown>> = done.flatMap((x) => (x.status === 'fulfilled' ? x.value : []));
@@ -678,7 +724,8 @@ export class ForwardPass {
         if (li === undefined) {
           // dense MLP as a one-expert table
           await Promise.all(g2);
-          book('denseOutMs');
+          if (queued) bookQueued();
+          else book('denseOutMs');
           await be.moeExperts({ x: xn, topkIds: oneIds, topkWeights: oneW, experts: w.mlp!, out: blockOut }, op);
           book('expertMs');
           pending = blockOut;
@@ -698,7 +745,8 @@ export class ForwardPass {
           g2.push(be.moeExperts({ x: xn, topkIds: w.sharedGate ? sharedIds! : oneIds, topkWeights: w.sharedGate ? sharedW! : oneW, experts: w.shared, out: sharedOut! }, op));
         }
         await Promise.all(g2);
-        book('denseOutMs');
+        if (queued) bookQueued();
+        else book('denseOutMs');
         if (!cfg.router.renormalize && cfg.router.scale !== 1) {
           for (let i = 0; i < topW.host.data.length; i++) topW.host.data[i]! *= cfg.router.scale;
           await m.up(topW);
