@@ -53,9 +53,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Napi::Function event = EventWrap::Init(env);
   Napi::Function cancel = CancelWrap::Init(env);
   data->memory_ctor = Napi::Persistent(memory);
-  data->stream_ctor = Napi::Persistent(stream);
-  data->event_ctor = Napi::Persistent(event);
-  data->cancel_ctor = Napi::Persistent(cancel);
 
   exports.Set("Memory", memory);
   exports.Set("Stream", stream);

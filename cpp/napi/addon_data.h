@@ -1,5 +1,6 @@
-// Per-environment state of the addon (worker threads and Node environments each get their own): class
-// constructors for instanceof checks and the completion channel that settles op Promises on the JS thread.
+// Per-environment state of the addon (worker threads and Node environments each get their own): the Memory
+// constructor (allocAsync wraps what it allocated) and the completion channel that settles op Promises on the JS
+// thread. (Class checks use type tags: common.h `tagged`.)
 #pragma once
 #include <napi.h>
 
@@ -12,10 +13,7 @@ void settle_op(Napi::Env env, Napi::Function, std::nullptr_t*, AsyncOp* op);
 using CompletionTsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, AsyncOp, settle_op>;
 
 struct AddonData {
-  Napi::FunctionReference memory_ctor;
-  Napi::FunctionReference stream_ctor;
-  Napi::FunctionReference event_ctor;
-  Napi::FunctionReference cancel_ctor;
+  Napi::FunctionReference memory_ctor;  // new Memory(External) in allocAsync
   // One thread-safe function for every completion; referenced (keeps the loop alive) only while ops are in flight.
   CompletionTsfn completion;
   int64_t inflight = 0;  // JS thread only
