@@ -118,6 +118,11 @@ export interface StepPlan {
    * ops on the one stream behind each other and awaits them with the router's (not staged, no clip, no MLA).
    */
   queued: boolean;
+  /**
+   * When queued with the experts resident: the round trips of the routed experts (and the shared add) that ride on
+   * the router's too (all MoE layers; 0 when the router's weights are rescaled on the host).
+   */
+  queuedExpertGroups: number;
   /** Backend ops per layer (layer order) and outside the layers. */
   perLayer: number[];
   perStep: number;
@@ -168,7 +173,8 @@ export function opKey(s: OpSpec): string {
  * gate, top-k, shared expert)] or [o + norm] then [dense MLP], [routed experts], [shared add]; then [final norm],
  * [gather the sequences' last rows], [LM head]. Sampling (B × vocab argmax) is host work after the step. Not staged,
  * without clip or MLA, one micro-batch: the module's [q/k/v + rope], KV writes and [attention] join the [o + ...
- * router] group (`queued`: forward.ts queues them on the one stream).
+ * router] group (`queued`: forward.ts queues them on the one stream), and with resident experts the [routed
+ * experts] and [shared add] too (`queuedExpertGroups`).
  *
  * `staged` (activations in the compute backend's memory: a CUDA backend, or the CPU backend with
  * deviceActivations): the step's tensors come from arenas kept between steps (only the host inputs are fresh), the
@@ -187,6 +193,7 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
   const list: Array<Omit<PlannedOp, 'key' | 'calls'> & { layer: number }> = [];
   let groups = 0;
   let hostGroups = 0;
+  let expertGroups = 0; // of groups: the routed experts' and the shared add's
   const moduleGroups = { pre: 0, host: 0, post: 0 };
   // the attention module part the ops pushed now belong to (undefined: outside the module)
   let part: PlannedOp['module'];
@@ -328,9 +335,11 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
       }
       push(l, { op: 'moeExperts', experts: cfg.numExperts, k: cfg.topK, hidden: H, inter: cfg.moeIntermediateSize }, 'experts');
       groups += 2;
+      expertGroups += 1;
       if (sh) {
         push(l, { op: 'add', n: H, dtype: 'bf16', bias: false }, 'shared');
         groups += 1;
+        expertGroups += 1;
       }
     }
     perLayer.push(list.filter((o) => o.layer === l && o.backend && !o.host && o.spec.op !== 'transfer').length);
@@ -361,7 +370,8 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
   }
   const perStep = list.filter((o) => o.layer < 0 && o.backend && !o.host && o.spec.op !== 'transfer').length;
   const queued = !staged && !cfg.mla && cfg.clipQkv === null;
-  return { ops: [...byKey.values()], groups, hostGroups, moduleGroups, queued, perLayer, perStep };
+  const scaled = !cfg.router.renormalize && cfg.router.scale !== 1;
+  return { ops: [...byKey.values()], groups, hostGroups, moduleGroups, queued, queuedExpertGroups: queued && !scaled ? expertGroups : 0, perLayer, perStep };
 }
 
 /** Backend ops lib/engine/forward.ts issues per layer for this config (and per step outside the layers). */
@@ -671,7 +681,7 @@ export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeSh
   const { copies, copyMs, overlap } = copyCost(cfg, p, B, shape.expertSlots);
   const M = shape.microBatches ?? 1;
   if (!Number.isSafeInteger(M) || M < 1 || M > B) throw new InvalidArgumentError(`microBatches must be an integer in [1, batch ${B}], received ${describe(shape.microBatches)}`);
-  const step = composeStep(cfg, p, B, B, now, cold, (o, f) => opCost(p, o.key, B * f, o.window ? Math.min(L, o.window) : L, now, cold), copyMs, overlap, M);
+  const step = composeStep(cfg, p, B, B, now, cold, (o, f) => opCost(p, o.key, B * f, o.window ? Math.min(L, o.window) : L, now, cold), copyMs, overlap, M, shape.expertSlots === undefined);
   return { ...step, tokensPerSecond: (B * 1000) / step.stepMs, expertsPerLayer: expectedExperts(cfg.numExperts, cfg.topK, B), ...(copies ? { copies } : {}) };
 }
 
@@ -733,6 +743,7 @@ function composeStep(
   copyMs = 0,
   overlapCopies: CopyOverlap = false,
   M = 1,
+  resident = true,
 ): Omit<DecodePrediction, 'tokensPerSecond' | 'expertsPerLayer'> {
   const plan = stepOps(cfg, { staged: p.staged === true });
   const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0, expertCopyMs: 0, overlapMs: 0 };
@@ -769,8 +780,9 @@ function composeStep(
   if (!p.staged) terms.hostMs += (S * cfg.vocabSize * p.sampleNsPerLogit) / 1e6;
   const r = p.runtime;
   const moduleTrips = (M - 1) * ((plan.moduleGroups.pre + plan.moduleGroups.post) * p.groupMs + plan.moduleGroups.host * hostTrip);
-  // one micro-batch, queued: the module's pre and host groups ride on the router's round trip
-  const queuedTrips = plan.queued && M === 1 ? plan.moduleGroups.pre + plan.moduleGroups.host : 0;
+  // one micro-batch, queued: the module's pre and host groups ride on the router's round trip, and with resident
+  // experts theirs too
+  const queuedTrips = plan.queued && M === 1 ? plan.moduleGroups.pre + plan.moduleGroups.host + (resident ? plan.queuedExpertGroups : 0) : 0;
   terms.overheadMs = (plan.groups - queuedTrips + chunkTrips) * p.groupMs + plan.hostGroups * (p.hostGroupMs ?? p.groupMs) + moduleTrips + r.stepMs + cfg.numLayers * r.layerMs;
   if (p.kind === 'cuda' && M > 1) {
     // per layer and micro-batch (the layers' modules alike: their mean)
@@ -874,6 +886,8 @@ export function predictPrefill(cfg: ModelConfig, p: ModelProfile, shape: Prefill
       },
       copyMs,
       overlap,
+      1,
+      shape.expertSlots === undefined,
     );
     for (const k of Object.keys(terms) as Array<keyof StepTerms>) terms[k] += st.terms[k];
     binds.set(st.bound, (binds.get(st.bound) ?? 0) + st.stepMs);

@@ -14,7 +14,7 @@
  */
 import { setMaxListeners } from 'node:events';
 
-import type { Backend } from '../backend.js';
+import type { Backend, OpOptions } from '../backend.js';
 import { ExpertCache, type ExpertLease } from '../cache/expert-cache.js';
 import { ExpertMapStore, FineMoePredictor } from '../cache/finemoe.js';
 import { LruPolicy, ProbabilityPolicy } from '../cache/policy.js';
@@ -46,6 +46,12 @@ export interface ExpertProvider {
    * [T * k] routing on the host (the same values as `ids`).
    */
   run(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, signal: AbortSignal | undefined): Promise<ExpertRunTimes>;
+  /**
+   * The same as one op submitted behind what is queued (`op`: its stream, signal and timing), for providers that need
+   * no JS-side decision (ResidentExperts): the forward pass queues it with the router's ops, before the routing is
+   * known on the host.
+   */
+  queue?(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, op: OpOptions): Promise<unknown>;
   /** Decode iterations: start (with the request's semantic embedding) / observe a layer's gate probabilities / end. */
   beginIteration?(embedding: Float32Array): void;
   observeGates?(li: number, gates: Float32Array): void;
@@ -100,9 +106,12 @@ export class ResidentExperts implements ExpertProvider {
   }
   async run(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, _hostIds: Int32Array, signal: AbortSignal | undefined): Promise<ExpertRunTimes> {
     const t0 = performance.now();
-    const act = this.#extras.activation;
-    await this.#be.moeExperts({ x, topkIds: ids, topkWeights: weights, experts: this.#tables[li]!, out, ...(act ? { activation: act } : {}) }, signal ? { signal } : {});
+    await this.queue(li, x, ids, weights, out, signal ? { signal } : {});
     return { stallMs: 0, computeMs: performance.now() - t0 };
+  }
+  queue(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, op: OpOptions): Promise<unknown> {
+    const act = this.#extras.activation;
+    return this.#be.moeExperts({ x, topkIds: ids, topkWeights: weights, experts: this.#tables[li]!, out, ...(act ? { activation: act } : {}) }, op);
   }
   dispose(): void {}
 }

@@ -17,8 +17,10 @@
  *
  * Ops are submitted in groups on the backend's stream and awaited once per group (the stream runs them in order),
  * so a layer costs four or five round trips to JS: after the q/k/v group (the KV cache write runs on the host backend),
- * after attention, after the router (its choice decides which experts to fetch), after the experts.
- * Time is booked per group into {@link StepTimes}.
+ * after attention, after the router (its choice decides which experts to fetch), after the experts. Time is booked per
+ * group into {@link StepTimes}. On one stream with one micro-batch (not staged; no clip, no MLA) the attention module
+ * is queued whole behind the router's group, and resident experts with it: two round trips per layer, or one, the
+ * parts' times from the ops' run intervals (OpOptions.timing).
  */
 import type { Backend, OpOptions, OpTiming } from '../backend.js';
 import type { KvBatch, KvCache } from '../kv/cache.js';
@@ -646,19 +648,26 @@ export class ForwardPass {
       const queuedStep = !staged && groups.length === 1 && cfg.clipQkv === null;
       const ropeRan: OpTiming = {}; // a queued layer's RoPE (the last of its q/k/v ops) ...
       const attentionRan: OpTiming = {}; // ... and attention; between them on the stream: the KV write
-      /** Books a queued layer's round trip: q/k/v up to the RoPE's end, the KV write, attention, the rest (output projection, norms, router) in denseOutMs. */
-      const bookQueued = () => {
+      const expertsRan: OpTiming = {}; // ... and, when queued too (resident experts), the routed experts
+      /**
+       * Books a queued layer's round trip: q/k/v up to the RoPE's end, the KV write, attention, then the output
+       * projection, norms and router (denseOutMs) up to the experts' start when they were queued too (the rest
+       * expertMs), else to the end.
+       */
+      const bookQueued = (withExperts: boolean) => {
         const now = performance.now();
         // in order on one timeline (clamped: the stream's clock and performance.now() agree to within microseconds)
         const within = (t: number, lo: number) => Math.min(now, Math.max(lo, t));
         const qkv = within(ropeRan.endMs!, mark);
         const a0 = within(attentionRan.startMs!, qkv);
         const a1 = within(attentionRan.endMs!, a0);
+        const e0 = withExperts ? within(expertsRan.startMs!, a1) : now;
         times.denseQkvMs += qkv - mark;
         times.hostMs += a0 - qkv;
         times.attentionMs += a1 - a0;
-        times.denseOutMs += now - a1;
-        times.denseMs += qkv - mark + (now - a1);
+        times.denseOutMs += e0 - a1;
+        times.expertMs += now - e0;
+        times.denseMs += qkv - mark + (e0 - a1);
         mark = now;
       };
       for (let l = 0; l < cfg.numLayers; l++) {
@@ -724,7 +733,7 @@ export class ForwardPass {
         if (li === undefined) {
           // dense MLP as a one-expert table
           await Promise.all(g2);
-          if (queued) bookQueued();
+          if (queued) bookQueued(false);
           else book('denseOutMs');
           await be.moeExperts({ x: xn, topkIds: oneIds, topkWeights: oneW, experts: w.mlp!, out: blockOut }, op);
           book('expertMs');
@@ -744,10 +753,22 @@ export class ForwardPass {
           }
           g2.push(be.moeExperts({ x: xn, topkIds: w.sharedGate ? sharedIds! : oneIds, topkWeights: w.sharedGate ? sharedW! : oneW, experts: w.shared, out: sharedOut! }, op));
         }
+        // resident experts need no decision on the JS side: queued with the router (unless the routing is traced or
+        // its weights are rescaled on the host), one round trip per layer
+        const scaled = !cfg.router.renormalize && cfg.router.scale !== 1;
+        const withExperts = queued && !traced && !scaled && experts.queue !== undefined;
+        if (withExperts) {
+          g2.push(experts.queue!(li, xn, topIds.dev, topW.dev, blockOut, { ...op, timing: expertsRan }));
+          if (sharedOut) g2.push(be.add(blockOut, sharedOut, blockOut, op));
+        }
         await Promise.all(g2);
-        if (queued) bookQueued();
+        if (queued) bookQueued(withExperts);
         else book('denseOutMs');
-        if (!cfg.router.renormalize && cfg.router.scale !== 1) {
+        if (withExperts) {
+          pending = blockOut;
+          continue;
+        }
+        if (scaled) {
           for (let i = 0; i < topW.host.data.length; i++) topW.host.data[i]! *= cfg.router.scale;
           await m.up(topW);
         }
