@@ -78,8 +78,9 @@ async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case 'info': {
+      const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' } } });
       const i = info();
-      process.stdout.write(rest.includes('--json') ? `${JSON.stringify(i, null, 2)}\n` : `${formatInfo(i)}\n`);
+      process.stdout.write(values.json ? `${JSON.stringify(i, null, 2)}\n` : `${formatInfo(i)}\n`);
       return 0;
     }
     case 'demo': {
@@ -279,7 +280,9 @@ async function profileCmd(args: string[]): Promise<number> {
   if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required (the profile measures that model\'s ops at its shapes)');
   const be = backendOpt(values.backend);
   const file = values.out ?? defaultProfile(values.model, be.kind);
-  const p = await measureProfile(values.model, file, intOpt(values['max-batch'], 'max-batch'), be);
+  const maxBatch = intOpt(values['max-batch'], 'max-batch');
+  if (maxBatch !== undefined && (maxBatch < 1 || maxBatch > 4096)) throw new InvalidArgumentError(`--max-batch must be an integer in [1, 4096], received ${maxBatch}`);
+  const p = await measureProfile(values.model, file, maxBatch, be);
   const cfg = modelConfig(values.model);
   const plan = stepOps(cfg);
   const experts = plan.ops.find((o) => o.spec.op === 'moeExperts' && o.spec.experts > 1);

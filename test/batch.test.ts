@@ -267,6 +267,14 @@ describe('jsonl', () => {
     assert.match(r.out, /\[MOE_INVALID_ARGUMENT\] --input: .*no-such-input\.jsonl does not exist/);
     assert.doesNotMatch(r.out, /plan:/);
     assert.equal(fs.existsSync(output), false);
+    // options checked before the work: profile's --max-batch before profiling; info's unknown flags refused
+    r = run('profile', '--model', dirs['tiny-mixtral']!, '--max-batch', '0', '--out', path.join(root, 'never-profiled.json'));
+    assert.equal(r.status, 1);
+    assert.match(r.out, /\[MOE_INVALID_ARGUMENT\] --max-batch must be an integer in \[1, 4096\], received 0/);
+    assert.doesNotMatch(r.out, /profiling/);
+    r = run('info', '--bogus');
+    assert.equal(r.status, 1);
+    assert.match(r.out, /Unknown option '--bogus'/);
   });
 });
 
