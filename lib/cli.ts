@@ -20,8 +20,8 @@ import { profileModel, readProbeGBs } from './batching/profile.js';
 
 import { demo } from './demo.js';
 import { completedIds, generateJsonl, inputWorkload, progressLine } from './engine/jsonl.js';
-import { loadModel } from './engine/model.js';
-import { CheckpointFormatError, InvalidArgumentError } from './errors.js';
+import { loadModel, readJson } from './engine/model.js';
+import { InvalidArgumentError } from './errors.js';
 import { formatInfo, info } from './info.js';
 import { parseModelConfig } from './model/config.js';
 import { makeModel } from './model/make-model.js';
@@ -256,14 +256,7 @@ function defaultProfile(dir: string, kind: 'cpu' | 'cuda'): string {
 function modelConfig(dir: string): ReturnType<typeof parseModelConfig> {
   if (!fs.existsSync(dir)) throw new InvalidArgumentError(`--model: the folder ${dir} does not exist`);
   const file = path.join(dir, 'config.json');
-  if (!fs.existsSync(file)) throw new CheckpointFormatError(file, undefined, 'missing (--model names a Hugging Face checkpoint folder)');
-  let json: unknown;
-  try {
-    json = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new CheckpointFormatError(file, undefined, `not valid JSON: ${(e as Error).message}`);
-  }
-  return parseModelConfig(json, file);
+  return parseModelConfig(readJson(file, true), file);
 }
 
 async function measureProfile(dir: string, file: string, maxBatch: number | undefined, be: Backend): Promise<ModelProfile> {

@@ -36,7 +36,7 @@ import { describe } from '../dtype.js';
 import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
 import { attentionHeadDim } from '../model/weights.js';
-import { LOGIT_ROWS } from '../engine/forward.js';
+import { LOGIT_ROWS, queuesLayers, rescalesRouting } from '../engine/forward.js';
 import { expertSlotsFor } from './memory.js';
 
 /** An op of the step as the profile measures it; `rows` are per token (T = B at decode). */
@@ -369,9 +369,8 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
     }
   }
   const perStep = list.filter((o) => o.layer < 0 && o.backend && !o.host && o.spec.op !== 'transfer').length;
-  const queued = !staged && !cfg.mla && cfg.clipQkv === null;
-  const scaled = !cfg.router.renormalize && cfg.router.scale !== 1;
-  return { ops: [...byKey.values()], groups, hostGroups, moduleGroups, queued, queuedExpertGroups: queued && !scaled ? expertGroups : 0, perLayer, perStep };
+  const queued = queuesLayers(cfg, staged);
+  return { ops: [...byKey.values()], groups, hostGroups, moduleGroups, queued, queuedExpertGroups: queued && !rescalesRouting(cfg) ? expertGroups : 0, perLayer, perStep };
 }
 
 /** Backend ops lib/engine/forward.ts issues per layer for this config (and per step outside the layers). */

@@ -378,6 +378,20 @@ class StepMemory {
   }
 }
 
+/**
+ * Whether a step of `cfg` with one micro-batch queues each layer on one stream, awaited once with the router (see
+ * #forward): not staged, and nothing read on the JS side between the input norm and the router (no clip_qkv clamp,
+ * no MLA assembly). The performance model counts its round trips by the same rule (stepOps).
+ */
+export function queuesLayers(cfg: ModelConfig, staged: boolean): boolean {
+  return !staged && cfg.clipQkv === null && cfg.mla === null;
+}
+
+/** Whether the router's top-k weights are rescaled on the host after the router's group (then awaited, not queued). */
+export function rescalesRouting(cfg: ModelConfig): boolean {
+  return !cfg.router.renormalize && cfg.router.scale !== 1;
+}
+
 /** Rows of logits a staged step computes at once (the LM head in chunks: device memory bounded by the vocabulary). */
 export const LOGIT_ROWS = 256;
 
@@ -568,12 +582,12 @@ export class ForwardPass {
     const signal = o.signal;
     const op = signal ? { signal } : {};
     let mark = start;
-    // Adds the time since the last mark to k; a dense part (denseQkvMs, denseOutMs, denseHeadMs) counts in denseMs too.
-    const book = (k: BookKey) => {
-      const now = performance.now();
-      times[k] += now - mark;
-      if (k === 'denseQkvMs' || k === 'denseOutMs' || k === 'denseHeadMs') times.denseMs += now - mark;
-      mark = now;
+    // Adds the time from the last mark to `until` (default now) to k and moves the mark there; a dense part
+    // (denseQkvMs, denseOutMs, denseHeadMs) counts in denseMs too.
+    const book = (k: BookKey, until = performance.now()) => {
+      times[k] += until - mark;
+      if (k === 'denseQkvMs' || k === 'denseOutMs' || k === 'denseHeadMs') times.denseMs += until - mark;
+      mark = until;
     };
 
     const T = seqs.reduce((n, s) => n + s.tokens.length, 0);
@@ -640,12 +654,11 @@ export class ForwardPass {
       // a layer's own tensors (q, k, v, the attention output's upload, MLA's parts) live until it ends: every op of
       // the layer before has been awaited when the next one starts, so each layer reuses the same arena memory
       const layerMark = m.mark();
-      // One stream (not staged), one group, nothing read on the JS side between the input norm and the router (no
-      // clip_qkv clamp, no MLA assembly): the attention module's ops are queued behind each other and awaited with
-      // the router's, one round trip through the JS thread instead of four: each await lets the stream thread go
-      // idle, and waking it costs 0.1-1 ms on the 2-core development VM. The parts' times come from the RoPE's and
+      // One stream, one group (queuesLayers): the attention module's ops are queued behind each other and awaited
+      // with the router's, one round trip through the JS thread instead of four: each await lets the stream thread
+      // go idle, and waking it costs 0.1-1 ms on the 2-core development VM. The parts' times come from the RoPE's and
       // the attention's run intervals on the stream (OpOptions.timing), booked after the round trip (bookQueued).
-      const queuedStep = !staged && groups.length === 1 && cfg.clipQkv === null;
+      const queued = groups.length === 1 && queuesLayers(cfg, staged);
       const ropeRan: OpTiming = {}; // a queued layer's RoPE (the last of its q/k/v ops) ...
       const attentionRan: OpTiming = {}; // ... and attention; between them on the stream: the KV write
       const expertsRan: OpTiming = {}; // ... and, when queued too (resident experts), the routed experts
@@ -662,13 +675,11 @@ export class ForwardPass {
         const a0 = within(attentionRan.startMs!, qkv);
         const a1 = within(attentionRan.endMs!, a0);
         const e0 = withExperts ? within(expertsRan.startMs!, a1) : now;
-        times.denseQkvMs += qkv - mark;
-        times.hostMs += a0 - qkv;
-        times.attentionMs += a1 - a0;
-        times.denseOutMs += e0 - a1;
-        times.expertMs += now - e0;
-        times.denseMs += qkv - mark + (e0 - a1);
-        mark = now;
+        book('denseQkvMs', qkv);
+        book('hostMs', a0);
+        book('attentionMs', a1);
+        book('denseOutMs', e0);
+        book('expertMs', now);
       };
       for (let l = 0; l < cfg.numLayers; l++) {
         m.release(layerMark);
@@ -681,7 +692,6 @@ export class ForwardPass {
         const window = cfg.layerTypes && cfg.layerTypes[l] !== 'sliding' ? null : cfg.slidingWindow;
         const single = groups.length === 1;
         // one group's attention module up to its queued output projection (returned, not awaited)
-        const queued = queuedStep && !w.mla;
         const part = async (g: StepGroup): Promise<Array<Promise<unknown>>> => {
           const at = (k: BookKey) => single && book(k); // concurrent groups are booked together below
           const rows = <X extends Tensor>(x: X) => (single ? x : (x.rows(g.t0, g.T) as X));
@@ -755,7 +765,7 @@ export class ForwardPass {
         }
         // resident experts need no decision on the JS side: queued with the router (unless the routing is traced or
         // its weights are rescaled on the host), one round trip per layer
-        const scaled = !cfg.router.renormalize && cfg.router.scale !== 1;
+        const scaled = rescalesRouting(cfg);
         const withExperts = queued && !traced && !scaled && experts.queue !== undefined;
         if (withExperts) {
           g2.push(experts.queue!(li, xn, topIds.dev, topW.dev, blockOut, { ...op, timing: expertsRan }));

@@ -205,7 +205,8 @@ class StepLock {
   }
 }
 
-function readJson(file: string, required: boolean): Record<string, unknown> | undefined {
+/** The JSON object in `file`; missing (when `required`) or not a JSON object: CheckpointFormatError naming it. */
+export function readJson(file: string, required: boolean): Record<string, unknown> | undefined {
   if (!fs.existsSync(file)) {
     if (required) throw new CheckpointFormatError(file, undefined, 'missing');
     return undefined;
