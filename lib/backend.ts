@@ -38,6 +38,13 @@ export interface BackendOptions {
   device?: number;
   /** CPU kernel tier (default: the best this CPU has, capped by env MOE_OFFLOAD_ISA). */
   isa?: CpuIsa;
+  /**
+   * Ops of this Backend object default to a stream of its own (made on first use) instead of the one every Backend of
+   * the device shares (default false): its work then runs beside theirs, ordered against it by events.
+   * @example
+   * const host = openBackend({ backend: 'cpu', ownStream: true });   // host.stream !== openBackend({ backend: 'cpu' }).stream
+   */
+  ownStream?: boolean;
 }
 
 export interface OpOptions {
@@ -47,7 +54,8 @@ export interface OpOptions {
   signal?: AbortSignal;
   /**
    * Filled when the op succeeds: when it started and finished running on its stream's thread, in `performance.now()`
-   * time (no event ops, no waiting: a queued op's own run). On a CUDA stream, when its kernels were queued there.
+   * time (no event ops, no waiting: a queued op's own run). On a CUDA stream: `startMs` when its kernels began to be
+   * queued there, `endMs` when the host saw the GPU finish them.
    * @example
    * const t: OpTiming = {};
    * await be.attention(params, { timing: t });   // t.endMs - t.startMs: the kernel's time on the CPU
@@ -149,17 +157,21 @@ export function openBackend(options: BackendOptions = {}): Backend {
   if (options.isa !== undefined && !CPU_ISAS.includes(options.isa)) {
     throw new InvalidArgumentError(`options.isa must be one of ${CPU_ISAS.join(', ')}, received ${describe(options.isa)}`);
   }
+  if (options.ownStream !== undefined && typeof options.ownStream !== 'boolean') {
+    throw new InvalidArgumentError(`options.ownStream must be a boolean, received ${describe(options.ownStream)}`);
+  }
+  const own = options.ownStream === true;
   const facts = hostFacts();
   if (requested === 'auto') requested = cudaUnavailableReason(device) === undefined ? 'cuda' : 'cpu';
   if (requested === 'cuda') {
     const why = cudaUnavailableReason(device);
     if (why !== undefined) throw new BackendUnavailableError(`cuda backend unavailable: ${why}`);
-    return new Backend('cuda', device, facts.cpu.isa as CpuIsa);
+    return new Backend('cuda', device, facts.cpu.isa as CpuIsa, own);
   }
   const isa = options.isa ?? (facts.cpu.isa as CpuIsa);
   const st = cpuIsaStatus(isa);
   if (!st.available) throw new BackendUnavailableError(`cpu-${isa} unavailable: ${st.reason}`);
-  return new Backend('cpu', 0, isa);
+  return new Backend('cpu', 0, isa, own);
 }
 
 /**
@@ -184,12 +196,16 @@ export class Backend {
   /** 'cpu-avx512bf16', 'cuda:0', ... */
   readonly name: string;
 
+  readonly #ownStream: boolean;
+  #stream: Stream | undefined; // with ownStream
+
   /** @internal use openBackend */
-  constructor(kind: BackendKind, device: number, isa: CpuIsa) {
+  constructor(kind: BackendKind, device: number, isa: CpuIsa, ownStream = false) {
     this.kind = kind;
     this.device = device;
     this.isa = isa;
     this.name = kind === 'cuda' ? `cuda:${device}` : `cpu-${isa}`;
+    this.#ownStream = ownStream;
   }
 
   /**
@@ -202,8 +218,12 @@ export class Backend {
     return this.kind === 'cuda' ? native().cudaMemInfo(this.device) : undefined;
   }
 
-  /** The default stream (shared by every Backend object of the same device). */
+  /** The default stream (shared by every Backend object of the same device, unless opened with `ownStream`). */
   get stream(): Stream {
+    if (this.#ownStream) {
+      if (!this.#stream || this.#stream.disposed) this.#stream = this.createStream();
+      return this.#stream;
+    }
     const key = `${this.kind}:${this.device}`;
     let s = defaultStreams.get(key);
     if (!s || s.disposed) {

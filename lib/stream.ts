@@ -43,6 +43,14 @@ export class Stream {
   /**
    * Ops queued on this stream after this call start only once `event`'s latest record has been reached.
    * Returns a Promise that settles when the wait is over (awaiting it is optional).
+   * The event may belong to another backend (a CPU stream waiting for a CUDA copy, a CUDA stream for CPU work): this
+   * stream's host thread then holds until the event's point has completed, and queues nothing meanwhile.
+   * @example
+   * const down = be.createEvent();                // be: CUDA; host: the CPU backend
+   * void be.copy(qDev, qHost);
+   * down.record(be.stream);
+   * void host.stream.waitEvent(down);             // the CPU stream waits for the copy, JS does not
+   * void host.rope({ q: qHost, k: kHost, positions, invFreq });
    */
   waitEvent(event: Event): Promise<void> {
     if (!(event instanceof Event)) throw new InvalidArgumentError('event must be an Event');

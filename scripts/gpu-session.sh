@@ -127,7 +127,7 @@ fi
 if want node; then
   TAIL=2 step node-tests 240 "$NODE" --test --test-reporter=tap dist/test/backend-ops.test.js dist/test/moe-parts.test.js \
     dist/test/expert-table.test.js dist/test/model.test.js dist/test/residency.test.js dist/test/staging.test.js \
-    dist/test/sampler.test.js dist/test/memory-plan.test.js
+    dist/test/sampler.test.js dist/test/memory-plan.test.js dist/test/async.test.js
   grep -E '^# (tests|pass|fail|skipped)|^not ok|^    not ok' "$W/node-tests.log" | head -40
   # the staged CUDA profile (profileModel on the GPU, a tiny model)
   TAIL=2 step node-profile 150 "$NODE" --test --test-reporter=tap --test-name-pattern='staged on the CPU backend and on CUDA' \

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 
-import { HostTensor, memoryStats, openBackend } from '../lib/index.js';
+import { HostTensor, listBackends, memoryStats, type OpTiming, openBackend } from '../lib/index.js';
 
 const be = openBackend({ backend: 'cpu', isa: 'scalar' });
 
@@ -154,4 +154,54 @@ test('OpOptions.timing: the run interval on the stream thread, inside submission
   await assert.rejects(be.gatherRows(new HostTensor('f32', [2, 4]), HostTensor.from('i32', [1], [5]), new HostTensor('f32', [1, 4]), { timing: t }));
   assert.deepEqual(t, {});
   assert.throws(() => be.add(a, a, a, { timing: 5 as unknown as object }), { code: 'MOE_INVALID_ARGUMENT', message: /add: options.timing must be an object, received 5/ });
+});
+
+// Needs a GPU (skipped without one): the staged forward pass queues a layer across the CUDA and CPU streams this way.
+test('a stream waits for another backend\'s event (CPU after a CUDA copy, CUDA after a CPU op); CUDA timing ends when the GPU finished', async (t) => {
+  const cuda = listBackends().find((b) => b.kind === 'cuda' && b.available);
+  if (!cuda) return t.skip('no usable CUDA device');
+  const gpu = openBackend({ backend: 'cuda' });
+  const cpu = openBackend({ backend: 'cpu' });
+  const n = 1 << 22; // 16 MiB of f32 each way
+  const src = new HostTensor('f32', [n]);
+  for (let i = 0; i < n; i++) src.data[i] = i % 1000;
+  const dev = gpu.alloc('f32', [n]);
+  const pinned = gpu.allocPinned(n * 4);
+  const down = pinned.tensor('f32', [n]);
+  const out = new HostTensor('f32', [n]);
+  try {
+    // CUDA: up, doubled, down; the CPU stream waits for the download's event, then adds (nothing awaited before)
+    const ev = gpu.createEvent();
+    const gpuOps = [gpu.copy(src, dev), gpu.add(dev, dev, dev), gpu.copy(dev, down)];
+    ev.record(gpu.stream);
+    void cpu.stream.waitEvent(ev);
+    const timing: OpTiming = {};
+    const t0 = performance.now();
+    await cpu.add(down, down, out, { timing });
+    for (const i of [0, 1, 999, n - 1]) assert.equal(out.data[i], 4 * (i % 1000), `row ${i}`);
+    await Promise.all(gpuOps);
+    assert.ok(timing.startMs! >= t0 - 0.05);
+    // CPU: a slow gemm, then the CUDA stream waits for its event before copying the result up
+    const g = await gemmOfDuration(0.2);
+    g.a.data.fill(1);
+    g.b.data.fill(3);
+    const c = new HostTensor('f32', [g.m, g.n]);
+    const cDev = gpu.alloc('f32', [g.m, g.n]);
+    const back = new HostTensor('f32', [g.m, g.n]);
+    const cpuEv = cpu.createEvent();
+    const gemm = be.gemm(g.a, g.b, c, { stream: cpu.stream });
+    cpuEv.record(cpu.stream);
+    void gpu.stream.waitEvent(cpuEv);
+    const up: OpTiming = {};
+    await gpu.copy(c, cDev, { timing: up });
+    await gpu.copy(cDev, back);
+    await gemm;
+    assert.equal(back.data[0], 3 * g.k);
+    assert.equal(back.data[g.m * g.n - 1], 3 * g.k);
+    assert.ok(up.endMs! >= up.startMs!, JSON.stringify(up));
+    cDev.dispose();
+  } finally {
+    dev.dispose();
+    pinned.dispose();
+  }
 });

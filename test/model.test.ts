@@ -177,6 +177,19 @@ for (const { name } of FAMILIES) {
       assert.deepEqual(b.tokens, a.tokens);
     });
 
+    test('a step queued whole (resident experts) gives the bits of the same step awaited layer by layer (routing traced): direct, staged, CUDA', async (t) => {
+      const dir = path.join(root, name);
+      const placements = [{}, { deviceActivations: true }, ...(cudaUnavailableReason() === undefined ? [{ backend: 'cuda' as const }] : [])];
+      for (const placement of placements) {
+        using m = await loadModel(dir, placement);
+        const tokens = m.encode(PROMPT);
+        const whole = (await m.logits(tokens)).data;
+        const traced = (await m.logits(tokens, { routing: { ids: [], probs: [], gates: [] } })).data;
+        assert.ok(Buffer.from(whole.buffer, whole.byteOffset, whole.byteLength).equals(Buffer.from(traced.buffer, traced.byteOffset, traced.byteLength)), `${JSON.stringify(placement)}: logits differ`);
+        t.diagnostic(`${JSON.stringify(placement)}: ${tokens.length} tokens, ${whole.length} logits equal`);
+      }
+    });
+
     test('the CUDA backend agrees with the CPU backend (logits within 1e-2 relative up to the first routing flip, a flip only at a near-tie; greedy tokens, 25% expert cache)', { skip: cudaUnavailableReason() ?? false }, async (t) => {
       const dir = path.join(root, name);
       using cpu = await loadModel(dir);

@@ -267,8 +267,12 @@ test('offloaded experts: copies per step by regime (demand fetches, LRU cycling,
   const off = predictDecode(cfg, p, { batch: 64, context: 100, expertSlots: 8 });
   const bytes = m.experts * 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2;
   assert.ok(Math.abs(off.terms.expertCopyMs - bytes / 10e6) < 1e-9);
-  // ... and its experts' round trips: resident experts ride on the router's (StepPlan.queuedExpertGroups)
-  assert.ok(Math.abs(off.stepMs - resident.stepMs - off.terms.expertCopyMs - stepOps(cfg).queuedExpertGroups * p.groupMs) < 1e-9);
+  // ... and its round trips: with resident experts the whole step is queued (one), offloaded each layer awaits its
+  // router and its experts (StepPlan.queuedTrips)
+  const extraTrips = stepOps(cfg, { resident: false }).queuedTrips - stepOps(cfg).queuedTrips;
+  assert.equal(stepOps(cfg).queuedTrips, 1);
+  assert.equal(extraTrips, 1 + 2 * cfg.numLayers);
+  assert.ok(Math.abs(off.stepMs - resident.stepMs - off.terms.expertCopyMs - extraTrips * p.groupMs) < 1e-9);
   assert.deepEqual(off.copies, m);
   assert.equal(predictDecode(cfg, { ...p, copyGBs: 1e-6 }, { batch: 64, context: 100, expertSlots: 8 }).bound, 'expert copies (H2D)');
   assert.throws(() => predictDecode(cfg, synthetic(cfg), { batch: 4, context: 10, expertSlots: 8 }), /no expert copy rate/);
@@ -514,8 +518,8 @@ test('offloaded experts on CUDA: module-mode copies overlap the compute (they ad
   // demand fetches stall their layer on CUDA too: with every distinct expert fitting the slots, copies add
   const few = predictDecode(cfg, gpu, { batch: 1, context: 100, expertSlots: cfg.numExperts * cfg.moeLayers.length - 1 });
   assert.equal(few.copies!.moduleMode, false);
-  // (and the experts' round trips, which resident experts share with the router's: StepPlan.queuedExpertGroups)
-  const trips = stepOps(cfg).queuedExpertGroups * cpu.groupMs;
+  // (and the layers' round trips: a step with resident experts is queued whole: StepPlan.queuedTrips)
+  const trips = (stepOps(cfg, { resident: false }).queuedTrips - stepOps(cfg).queuedTrips) * cpu.groupMs;
   assert.ok(Math.abs(few.stepMs - few.terms.expertCopyMs - trips - predictDecode(cfg, cpu, { batch: 1, context: 100 }).stepMs) < 1e-9);
   // ... unless computing the missed experts on the host is faster (the runtime's measured choice): then that
   const most = cfg.numExperts * cfg.moeLayers.length - 1;
@@ -555,21 +559,23 @@ test('micro-batches: the CPU backend runs the groups in turn (more round trips, 
   const two = predictDecode(cfg, cpu, { batch: 64, context: 100, microBatches: 2 });
   assert.equal(two.terms.overlapMs, 0);
   assert.ok(two.stepMs > one.stepMs, 'two groups cost their round trips and per-op costs twice');
-  // one micro-batch (not staged): the module's pre and host groups ride on the router's round trip (forward.ts queues
-  // them); two: every group of both
+  // one micro-batch: the step is queued whole (resident experts), one round trip (forward.ts); two: every group of
+  // both modules, the routers' and the experts'
   const plan = stepOps(cfg);
   const mg = plan.moduleGroups;
   assert.equal(plan.queued, true);
+  assert.equal(plan.queuedTrips, 1);
   assert.ok(mg.pre > 0 && mg.host > 0);
-  // (resident experts: the routed experts' round trips ride on the router's too, one per MoE layer here)
-  assert.equal(plan.queuedExpertGroups, cfg.moeLayers.length);
-  assert.ok(Math.abs(two.terms.overheadMs - one.terms.overheadMs - (2 * (mg.pre + mg.host) + mg.post + plan.queuedExpertGroups) * cpu.groupMs) < 1e-9, `${two.terms.overheadMs} vs ${one.terms.overheadMs}`);
-  // offloaded experts (slots): the cache decides on the JS side, their round trips stay
+  const twoTrips = plan.groups + mg.pre + mg.host + mg.post; // hostGroups 0: not staged
+  assert.ok(Math.abs(two.terms.overheadMs - one.terms.overheadMs - (twoTrips - 1) * cpu.groupMs) < 1e-9, `${two.terms.overheadMs} vs ${one.terms.overheadMs}`);
+  // offloaded experts (slots): the cache decides on the JS side, each layer awaits its router and its experts
   const slots = { batch: 64, context: 100, expertSlots: cfg.numExperts * cfg.moeLayers.length };
   const oneOff = predictDecode(cfg, cpu, slots);
   const twoOff = predictDecode(cfg, cpu, { ...slots, microBatches: 2 });
-  assert.ok(Math.abs(twoOff.terms.overheadMs - oneOff.terms.overheadMs - (2 * (mg.pre + mg.host) + mg.post) * cpu.groupMs) < 1e-9);
-  assert.equal(stepOps(cfg, { staged: true }).queued, false);
+  const offTrips = stepOps(cfg, { resident: false }).queuedTrips;
+  assert.equal(offTrips, 2 + 2 * cfg.numLayers);
+  assert.ok(Math.abs(twoOff.terms.overheadMs - oneOff.terms.overheadMs - (twoTrips - offTrips) * cpu.groupMs) < 1e-9);
+  assert.equal(stepOps(cfg, { staged: true }).queued, true, 'staged: the module crosses the streams through events');
   assert.equal(stepOps(await config('tiny-deepseek-v2')).queued, false, 'MLA assembles q/k/v on the JS side');
   // the non-module ops are the same
   assert.equal(two.terms.expertsMs, one.terms.expertsMs);
@@ -592,7 +598,7 @@ test('micro-batches: the CPU backend runs the groups in turn (more round trips, 
   assert.equal(c.prediction.tokensPerSecond, best);
 });
 
-test('staged LM head in chunks of LOGIT_ROWS rows: whole chunks and the rest, one more round trip per op and chunk', async () => {
+test('staged LM head in chunks of LOGIT_ROWS rows: whole chunks and the rest, queued (no more round trips)', async () => {
   const cfg = await config('tiny-qwen3-moe');
   const p: ModelProfile = { ...synthetic(cfg), staged: true };
   const plan = stepOps(cfg, { staged: true });
@@ -615,8 +621,8 @@ test('staged LM head in chunks of LOGIT_ROWS rows: whole chunks and the rest, on
     expected += o.calls * (o.chunkRows ? 2 * cost(C) + cost(88) : cost(rows));
   }
   assert.ok(Math.abs(b.terms.lmHeadMs - expected) < 1e-9, `lmHead ${b.terms.lmHeadMs} vs ${expected}`);
-  // three chunks: two more awaited ops for each of the gemm and the argmax
-  assert.ok(Math.abs(b.terms.overheadMs - a.terms.overheadMs - 4 * p.groupMs) < 1e-9, `overhead ${b.terms.overheadMs - a.terms.overheadMs}`);
+  // three chunks, queued one after another in the LM head's group: the same round trips as one
+  assert.ok(Math.abs(b.terms.overheadMs - a.terms.overheadMs) < 1e-9, `overhead ${b.terms.overheadMs - a.terms.overheadMs}`);
 });
 
 test('cli profile and plan: the profile of the backend in use saved under its name; plan prints the batches, the choice and prefill; rejects a bad --backend', async () => {
@@ -724,8 +730,8 @@ test('prefill predictions: prompts share a step up to the chunk, longer ones run
     const bytes = 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2;
     const copyMs = (T: number) => (expertCopies(cfg, T, slots).experts * bytes) / 1e6;
     assert.ok(Math.abs(lo.terms.expertCopyMs - (2 * copyMs(512) + copyMs(176))) < 1e-9);
-    // (plus the experts' round trips, which resident experts share with the router's)
-    const trips = stepOps(cfg).queuedExpertGroups * off.groupMs;
+    // (plus the layers' round trips: a step with resident experts is queued whole)
+    const trips = (stepOps(cfg, { resident: false }).queuedTrips - stepOps(cfg).queuedTrips) * off.groupMs;
     lo.steps.forEach((x, i) => assert.ok(Math.abs(x.ms - long.steps[i]!.ms - copyMs(x.tokens) - trips) < 1e-9));
     // on CUDA the module-mode copies overlap the compute
     const gpu = predictPrefill(cfg, { ...off, kind: 'cuda' }, { prompt: 1200, chunk: 512, expertSlots: slots });

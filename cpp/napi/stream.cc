@@ -128,6 +128,7 @@ void Stream::complete_after_gpu(AsyncOp* op) {
   }
   completions_->post([this, op, ev] {
     const int e = moe_cuda_event_synchronize(device_, ev);
+    op->run_end_ms = now_ms();  // OpOptions.timing's end on CUDA: when the host saw the GPU finish the op
     give_event(ev);
     if (e != 0) op->fail(ErrorCode::Cuda, std::string("the GPU work of this op failed: ") + moe_cuda_error_name(e));
     op->complete();
@@ -252,14 +253,16 @@ Napi::Value StreamWrap::WaitEvent(const Napi::CallbackInfo& info) {
     if (!tagged(ev, ClassTag::Event))
       throw_error(env, ErrorCode::InvalidArgument, "event must be an Event, received " + describe(ev));
     std::shared_ptr<EventCore> e = EventWrap::Unwrap(ev.As<Napi::Object>())->get(env);
-    if (e->backend() != stream_->backend() || e->device() != stream_->device())
-      throw_error(env, ErrorCode::InvalidArgument, "event belongs to another backend or device than the stream");
+    // An event of another backend or device (a CPU stream waiting for a CUDA copy, a CUDA stream for CPU attention)
+    // is waited for on this stream's host thread, until the event's point has completed; a CUDA event of the same
+    // device, by cudaStreamWaitEvent (the host thread goes on queuing).
+    const bool same = e->backend() == stream_->backend() && e->device() == stream_->device();
     uint64_t gen = e->recorded();
     auto* op = new AsyncOp(env, "Stream.waitEvent");
     op->hold(e);
     EventCore* raw = e.get();
-    op->work = [raw, gen](const ExecContext& ctx) {
-      if (ctx.backend == static_cast<int>(BackendKind::Cpu)) {
+    op->work = [raw, gen, same](const ExecContext& ctx) {
+      if (!same || ctx.backend == static_cast<int>(BackendKind::Cpu)) {
         raw->wait_completed(gen);
         return;
       }

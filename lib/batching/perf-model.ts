@@ -98,10 +98,7 @@ export interface PlannedOp {
    * output's copy up and the output projection.
    */
   module?: 'pre' | 'host' | 'post';
-  /**
-   * Staged LM head: runs on at most this many rows at a time (forward.ts LOGIT_ROWS), each chunk's gemm and greedy
-   * argmax awaited before the next.
-   */
+  /** Staged LM head: runs on at most this many rows at a time (forward.ts LOGIT_ROWS), chunk after chunk. */
   chunkRows?: number;
 }
 
@@ -114,15 +111,16 @@ export interface StepPlan {
   /** Of groups and hostGroups, those of the attention modules (per step, all layers): each micro-batch has its own. */
   moduleGroups: { pre: number; host: number; post: number };
   /**
-   * With one micro-batch the attention module's pre and host groups are not awaited: forward.ts queues the module's
-   * ops on the one stream behind each other and awaits them with the router's (not staged, no clip, no MLA).
+   * With one micro-batch forward.ts queues each layer (no clip, no MLA: queuesLayers): the attention module rides on
+   * its router's round trip, and `queuedTrips` replaces groups, hostGroups and the module's trips.
    */
   queued: boolean;
   /**
-   * When queued with the experts resident: the round trips of the routed experts (and the shared add) that ride on
-   * the router's too (all MoE layers; 0 when the router's weights are rescaled on the host).
+   * Round trips per step of a queued step: the embedding's, per layer the router's (or the dense MLP's input norm's)
+   * and the experts' (plus a shared expert's add), the LM head's; with resident experts (and the router's weights not
+   * rescaled on the host) one: the whole step is queued.
    */
-  queuedExpertGroups: number;
+  queuedTrips: number;
   /** Backend ops per layer (layer order) and outside the layers. */
   perLayer: number[];
   perStep: number;
@@ -167,24 +165,29 @@ export function opKey(s: OpSpec): string {
 }
 
 /**
- * Every op one decode step issues for `cfg`, in lib/engine/forward.ts order, with its awaited groups: embedding
- * (gather; convert), per layer [input norm + q/k/v (+ biases, q/k norms) + rope] (OLMoE: rope after the host clip,
+ * Every op one decode step issues for `cfg`, in lib/engine/forward.ts order, with its awaited groups: [embedding
+ * (gather; convert)], per layer [input norm + q/k/v (+ biases, q/k norms) + rope] (OLMoE: rope after the host clip,
  * its own group), KV writes, [attention], [o (+ bias) + post norm (+ convert) + router (+ bias) + top-k (+ shared
- * gate, top-k, shared expert)] or [o + norm] then [dense MLP], [routed experts], [shared add]; then [final norm],
- * [gather the sequences' last rows], [LM head]. Sampling (B × vocab argmax) is host work after the step. Not staged,
- * without clip or MLA, one micro-batch: the module's [q/k/v + rope], KV writes and [attention] join the [o + ...
- * router] group (`queued`: forward.ts queues them on the one stream), and with resident experts the [routed
- * experts] and [shared add] too (`queuedExpertGroups`).
+ * gate, top-k, shared expert)] or [o + norm] then [dense MLP], [routed experts], [shared add]; then [final norm,
+ * gather of the sequences' last rows, LM head]. Sampling (B × vocab argmax) is host work after the step. Without
+ * clip or MLA, one micro-batch (`queued`): the module's [q/k/v + rope], KV writes and [attention] join the [o + ...
+ * router] group (forward.ts queues them), and with resident experts (`resident`, default true) and the router's
+ * weights not rescaled on the host, the whole step is one group (`queuedTrips`).
  *
  * `staged` (activations in the compute backend's memory: a CUDA backend, or the CPU backend with
  * deviceActivations): the step's tensors come from arenas kept between steps (only the host inputs are fresh), the
- * token ids, the one-expert ids and weights and the sequences' last rows go up (each awaited), q/k/v (MLA: its five
- * projections) come down in their group, RoPE runs on the host backend awaited alone, the attention output goes up
- * awaited, the top-k ids and weights come down in the router's group, and greedy sampling is an argmax on the compute
- * backend whose token ids come down (each awaited).
+ * token ids and the one-expert ids and weights go up in the embedding's group, q/k/v (MLA: its five projections)
+ * come down in their group, RoPE runs on the host backend (awaited alone unless queued), the attention output goes
+ * up (awaited unless queued), the top-k ids and weights come down in the router's group (not when the whole step
+ * is queued: nothing on the host reads them), the sequences' last rows go up in the LM head's group, and greedy
+ * sampling is an argmax on the compute backend whose token ids come down in that group too.
  */
-export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): StepPlan {
+export function stepOps(cfg: ModelConfig, options: { staged?: boolean; resident?: boolean } = {}): StepPlan {
   const staged = options.staged === true;
+  const queued = queuesLayers(cfg);
+  // the whole step queued (forward.ts): the routing never comes down, the step is one round trip
+  const whole = queued && options.resident !== false && !rescalesRouting(cfg);
+  let queuedTrips = 2; // the embedding's group and the LM head's
   const H = cfg.hiddenSize;
   const nH = cfg.numHeads;
   const hd = cfg.headDim;
@@ -193,7 +196,6 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
   const list: Array<Omit<PlannedOp, 'key' | 'calls'> & { layer: number }> = [];
   let groups = 0;
   let hostGroups = 0;
-  let expertGroups = 0; // of groups: the routed experts' and the shared add's
   const moduleGroups = { pre: 0, host: 0, post: 0 };
   // the attention module part the ops pushed now belong to (undefined: outside the module)
   let part: PlannedOp['module'];
@@ -228,14 +230,13 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
     // arenas hold the rest: fresh are the ids, positions and the one-expert ids and weights (host), the last rows
     push(-1, { op: 'alloc', rowBytes: [4, 4, 4, 4] }, 'host');
     push(-1, { op: 'alloc', rowBytes: [4] }, 'host', undefined, true);
-    // the one-expert ids and weights, then the token ids, go up (each awaited)
+    // the one-expert ids and weights, then the token ids, go up (in the embedding's group)
     for (let i = 0; i < 3; i++) move(-1, 'up', 4, 'lmHead');
-    groups += 3;
   }
-  // embedding: gather rows of the table, then bf16 -> f32 residual stream (two groups)
+  // embedding: gather rows of the table, then bf16 -> f32 residual stream (one group)
   push(-1, { op: 'gatherRows', srcRows: cfg.vocabSize, n: H }, 'lmHead');
   push(-1, { op: 'convert', n: H, from: 'bf16', to: 'f32' }, 'lmHead');
-  groups += 2;
+  groups += 1;
   const moe = new Set(cfg.moeLayers);
   for (let l = 0; l < cfg.numLayers; l++) {
     push(l, { op: 'rmsNorm', rowsPerToken: 1, d: H, out: 'bf16', add: l === 0 ? null : 'bf16' }, 'attentionProj');
@@ -318,13 +319,14 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
       push(l, { op: 'rmsNorm', rowsPerToken: 1, d: H, out: 'bf16', add: 'f32' }, 'attentionProj');
       push(l, { op: 'moeExperts', experts: 1, k: 1, hidden: H, inter: cfg.denseIntermediateSize }, 'experts');
       groups += 2;
+      queuedTrips += 2;
     } else {
       push(l, { op: 'rmsNorm', rowsPerToken: 1, d: H, out: 'f32', add: 'f32' }, 'attentionProj');
       push(l, { op: 'convert', n: H, from: 'f32', to: 'bf16' }, 'attentionProj');
       gemm(l, cfg.numExperts, H, 'router', 'f32');
       if (cfg.family === 'gpt_oss') push(l, { op: 'add', n: cfg.numExperts, dtype: 'f32', bias: true }, 'router');
       push(l, { op: 'routerTopK', e: cfg.numExperts, k: cfg.topK, scoring: 'softmax' }, 'router');
-      if (staged) for (let i = 0; i < 2; i++) move(l, 'down', 4 * K, 'router'); // top-k ids and weights
+      if (staged && !whole) for (let i = 0; i < 2; i++) move(l, 'down', 4 * K, 'router'); // top-k ids and weights
       const sh = cfg.sharedExperts;
       if (sh) {
         if (sh.gated) {
@@ -335,26 +337,26 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
       }
       push(l, { op: 'moeExperts', experts: cfg.numExperts, k: cfg.topK, hidden: H, inter: cfg.moeIntermediateSize }, 'experts');
       groups += 2;
-      expertGroups += 1;
+      queuedTrips += 2;
       if (sh) {
         push(l, { op: 'add', n: H, dtype: 'bf16', bias: false }, 'shared');
         groups += 1;
-        expertGroups += 1;
+        queuedTrips += 1;
       }
     }
     perLayer.push(list.filter((o) => o.layer === l && o.backend && !o.host && o.spec.op !== 'transfer').length);
   }
+  // the final norm, the sequences' last rows (up, staged), their gather and the LM head: one group
   push(-1, { op: 'rmsNorm', rowsPerToken: 1, d: H, out: 'bf16', add: 'bf16' }, 'lmHead');
-  if (staged) move(-1, 'up', 4, 'lmHead', true); // the sequences' last rows, awaited
+  if (staged) move(-1, 'up', 4, 'lmHead', true);
   push(-1, { op: 'gatherRows', srcRows: 0, n: H }, 'lmHead', undefined, true);
-  // staged: in chunks of LOGIT_ROWS rows, each chunk's gemm and argmax awaited (composeStep adds the extra chunks' trips)
+  // staged: in chunks of LOGIT_ROWS rows, queued one after another
   push(-1, { op: 'gemm', n: cfg.vocabSize, k: H, dtype: 'bf16' }, 'lmHead', undefined, true, false, staged ? LOGIT_ROWS : undefined);
-  groups += staged ? 4 : 3;
+  groups += 1;
   if (staged) {
-    // greedy sampling on the compute backend, its token ids down (each awaited)
+    // greedy sampling on the compute backend, its token ids down (in the LM head's group)
     push(-1, { op: 'argmaxRows', n: cfg.vocabSize }, 'host', undefined, true, false, LOGIT_ROWS);
     move(-1, 'down', 4, 'host', true);
-    groups += 2;
   }
   // aggregate identical ops reported in the same term (attention also by window)
   const byKey = new Map<string, PlannedOp>();
@@ -369,8 +371,7 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean } = {}): S
     }
   }
   const perStep = list.filter((o) => o.layer < 0 && o.backend && !o.host && o.spec.op !== 'transfer').length;
-  const queued = queuesLayers(cfg, staged);
-  return { ops: [...byKey.values()], groups, hostGroups, moduleGroups, queued, queuedExpertGroups: queued && !rescalesRouting(cfg) ? expertGroups : 0, perLayer, perStep };
+  return { ops: [...byKey.values()], groups, hostGroups, moduleGroups, queued, queuedTrips: whole ? 1 : queuedTrips, perLayer, perStep };
 }
 
 /** Backend ops lib/engine/forward.ts issues per layer for this config (and per step outside the layers). */
@@ -744,7 +745,7 @@ function composeStep(
   M = 1,
   resident = true,
 ): Omit<DecodePrediction, 'tokensPerSecond' | 'expertsPerLayer'> {
-  const plan = stepOps(cfg, { staged: p.staged === true });
+  const plan = stepOps(cfg, { staged: p.staged === true, resident });
   const terms: StepTerms = { attentionProjMs: 0, attentionMs: 0, routerMs: 0, expertsMs: 0, sharedMs: 0, lmHeadMs: 0, hostMs: 0, overheadMs: 0, expertCopyMs: 0, overlapMs: 0 };
   let weightsMem = 0;
   let kvMem = 0;
@@ -752,7 +753,6 @@ function composeStep(
   const hostTrip = p.staged ? (p.hostGroupMs ?? p.groupMs) : p.groupMs;
   // the attention modules' parts (all layers, all micro-batches), round trips included
   const mod = { pre: plan.moduleGroups.pre * M * p.groupMs, host: plan.moduleGroups.host * M * hostTrip, post: plan.moduleGroups.post * M * p.groupMs };
-  let chunkTrips = 0;
   for (const o of plan.ops) {
     const n = o.module ? M : 1; // runs per step (per layer)
     const f = 1 / n;
@@ -760,13 +760,12 @@ function composeStep(
     let c: { ms: number; memMs: number };
     if (o.spec.op === 'attention') c = attention(o, f);
     else if (o.chunkRows && rows > o.chunkRows) {
-      // whole chunks, then the rest; each extra chunk one more awaited op
+      // whole chunks, then the rest
       const full = Math.floor(rows / o.chunkRows);
       const rest = rows - full * o.chunkRows;
       const a = opCost(p, o.key, o.chunkRows, 0, now, cold);
       const b = rest > 0 ? opCost(p, o.key, rest, 0, now, cold) : { ms: 0, memMs: 0 };
       c = { ms: full * a.ms + b.ms, memMs: full * a.memMs + b.memMs };
-      chunkTrips += o.calls * (Math.ceil(rows / o.chunkRows) - 1);
     } else c = opCost(p, o.key, rows, 0, now, cold);
     const ms = o.calls * n * c.ms;
     terms[`${o.term}Ms` as keyof StepTerms] += ms;
@@ -779,10 +778,10 @@ function composeStep(
   if (!p.staged) terms.hostMs += (S * cfg.vocabSize * p.sampleNsPerLogit) / 1e6;
   const r = p.runtime;
   const moduleTrips = (M - 1) * ((plan.moduleGroups.pre + plan.moduleGroups.post) * p.groupMs + plan.moduleGroups.host * hostTrip);
-  // one micro-batch, queued: the module's pre and host groups ride on the router's round trip, and with resident
-  // experts theirs too
-  const queuedTrips = plan.queued && M === 1 ? plan.moduleGroups.pre + plan.moduleGroups.host + (resident ? plan.queuedExpertGroups : 0) : 0;
-  terms.overheadMs = (plan.groups - queuedTrips + chunkTrips) * p.groupMs + plan.hostGroups * (p.hostGroupMs ?? p.groupMs) + moduleTrips + r.stepMs + cfg.numLayers * r.layerMs;
+  // one micro-batch, queued: the modules ride on their routers' round trips, and with resident experts the whole step
+  // is one
+  const trips = plan.queued && M === 1 ? plan.queuedTrips * p.groupMs : plan.groups * p.groupMs + plan.hostGroups * (p.hostGroupMs ?? p.groupMs) + moduleTrips;
+  terms.overheadMs = trips + r.stepMs + cfg.numLayers * r.layerMs;
   if (p.kind === 'cuda' && M > 1) {
     // per layer and micro-batch (the layers' modules alike: their mean)
     const per = M * cfg.numLayers;

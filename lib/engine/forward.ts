@@ -15,12 +15,13 @@
  * them, `stepTokens` turns them into next tokens (on the compute backend when every row is greedy: only the ids
  * come down).
  *
- * Ops are submitted in groups on the backend's stream and awaited once per group (the stream runs them in order),
- * so a layer costs four or five round trips to JS: after the q/k/v group (the KV cache write runs on the host backend),
- * after attention, after the router (its choice decides which experts to fetch), after the experts. Time is booked per
- * group into {@link StepTimes}. On one stream with one micro-batch (not staged; no clip, no MLA) the attention module
- * is queued whole behind the router's group, and resident experts with it: two round trips per layer, or one, the
- * parts' times from the ops' run intervals (OpOptions.timing).
+ * Ops are submitted in groups on the backends' streams (each runs its ops in order). With one micro-batch and no
+ * clip or MLA (queuesLayers), a layer's attention module is queued behind its router with no await between them
+ * (staged: from the compute backend's stream to the host backend's and back through events), so a layer costs one
+ * round trip to JS, after the router (its choice decides which experts to fetch), plus the experts'; with resident
+ * experts and no tracing the whole step is queued and awaited once, at the LM head. Otherwise (micro-batches, OLMoE's
+ * clip, MLA) a layer costs four or five: after the q/k/v group, after attention, after the router, after the experts.
+ * Time is booked per group into {@link StepTimes}, or for queued layers from the ops' run intervals (OpOptions.timing).
  */
 import type { Backend, OpOptions, OpTiming } from '../backend.js';
 import type { KvBatch, KvCache } from '../kv/cache.js';
@@ -29,6 +30,7 @@ import type { DenseWeights, LayerWeights, MlaWeights } from '../model/weights.js
 import { DTYPE_SIZE, type DType, describe } from '../dtype.js';
 import { type DeviceTensor, HostTensor, type PinnedBuffer, type Tensor, numelOf } from '../tensor.js';
 import { InvalidArgumentError } from '../errors.js';
+import type { Event } from '../stream.js';
 import type { ExpertProvider } from './experts.js';
 import { type Sampler, sampleRows } from './sampler.js';
 
@@ -95,6 +97,38 @@ export interface StepOptions {
 }
 
 type BookKey = Exclude<keyof StepTimes, 'denseMs' | 'totalMs'>;
+/** Books the time from the step's last mark up to `until` (a performance.now() time; default now) in `k`. */
+type Book = (k: BookKey, until?: number) => void;
+
+/** A queued layer's op intervals (OpOptions.timing): its RoPE, attention, last op before the experts, last op. */
+interface LayerRan {
+  rope: OpTiming;
+  attention: OpTiming;
+  route: OpTiming;
+  end: OpTiming;
+}
+
+/**
+ * Books queued layers from their ops' intervals, in stream order: q/k/v up to the RoPE's end (denseQkvMs), the KV
+ * write up to attention's start (hostMs), attention, then the output projection, norms and router (denseOutMs) up
+ * to now or, in a whole step, up to the route's end and the experts (expertMs) up to the layer's end. A whole step
+ * starts with its embedding (up to `embed`'s end).
+ */
+function bookQueued(book: Book, layers: readonly LayerRan[], whole: boolean, embed?: OpTiming): void {
+  const at = (t: number | undefined) => t ?? -Infinity; // unset (never when every op succeeded): nothing booked
+  if (embed) book('denseQkvMs', at(embed.endMs));
+  for (const r of layers) {
+    book('denseQkvMs', at(r.rope.endMs));
+    book('hostMs', at(r.attention.startMs));
+    book('attentionMs', at(r.attention.endMs));
+    if (!whole) {
+      book('denseOutMs');
+      continue;
+    }
+    book('denseOutMs', at(r.route.endMs));
+    book('expertMs', at(r.end.endMs));
+  }
+}
 
 /** One micro-batch of a step: sequences [.., ..) of the step, their token rows [t0, t0 + T) and KV writes. */
 interface StepGroup {
@@ -354,6 +388,13 @@ class StepMemory {
     await this.#be.copy(h, d, this.#op);
     return d;
   }
+  /** upload() queued: the copy goes into `ops` (not awaited), its destination is returned at once. */
+  put(h: HostTensor, ops: Array<Promise<unknown>>): Tensor {
+    if (!this.#staged) return h;
+    const d = this.act(h.dtype, [...h.shape]);
+    ops.push(this.#be.copy(h, d, this.#op));
+    return d;
+  }
   down(p: Staged): Promise<unknown> {
     return this.#staged ? this.#be.copy(p.dev, p.host, this.#op) : Promise.resolve();
   }
@@ -383,8 +424,8 @@ class StepMemory {
  * #forward): not staged, and nothing read on the JS side between the input norm and the router (no clip_qkv clamp,
  * no MLA assembly). The performance model counts its round trips by the same rule (stepOps).
  */
-export function queuesLayers(cfg: ModelConfig, staged: boolean): boolean {
-  return !staged && cfg.clipQkv === null && cfg.mla === null;
+export function queuesLayers(cfg: ModelConfig): boolean {
+  return cfg.clipQkv === null && cfg.mla === null;
 }
 
 /** Whether the router's top-k weights are rescaled on the host after the router's group (then awaited, not queued). */
@@ -395,13 +436,17 @@ export function rescalesRouting(cfg: ModelConfig): boolean {
 /** Rows of logits a staged step computes at once (the LM head in chunks: device memory bounded by the vocabulary). */
 export const LOGIT_ROWS = 256;
 
-/** Runs the LM head over a step's output rows, handing each chunk of logits [n, V] f32 (rows r0..) to `each`. */
-type LmHead = (each: (logits: Tensor, r0: number) => Promise<unknown>) => Promise<void>;
+/**
+ * Queues the LM head over a step's output rows, handing each chunk of logits [n, V] f32 (rows r0..) to `each` (which
+ * queues its consumer on the compute backend's stream, before the next chunk overwrites the chunk); returns the ops.
+ */
+type LmHead = (each: (logits: Tensor, r0: number) => Promise<unknown>) => Array<Promise<unknown>>;
 
 export class ForwardPass {
   readonly #p: ForwardParts;
   readonly #moeIndex: Map<number, number>;
   readonly #arenas: { dev: Arena<DeviceTensor<'f32'>, DeviceTensor>; host: Arena<PinnedBuffer, HostTensor> };
+  #cross: { down: Event; up: Event } | undefined;
 
   constructor(parts: ForwardParts) {
     this.#p = parts;
@@ -421,6 +466,18 @@ export class ForwardPass {
   dispose(): void {
     this.#arenas.dev.dispose();
     this.#arenas.host.dispose();
+    this.#cross?.down.dispose();
+    this.#cross?.up.dispose();
+    this.#cross = undefined;
+  }
+
+  /**
+   * The events a queued staged layer crosses between the streams with (made once): `down` on the compute backend's
+   * stream after the q/k/v downloads, `up` on the host backend's after attention.
+   */
+  #crossEvents(): { down: Event; up: Event } {
+    this.#cross ??= { down: this.#p.be.createEvent(), up: this.#p.host.createEvent() };
+    return this.#cross;
   }
 
   /** RoPE of q [T, nH, d] and k [T, nKV, d] (host f32) at `positions`, on the host backend. */
@@ -434,7 +491,7 @@ export class ForwardPass {
    * With `queue` (one stream, RoPE in the group: not staged, no clip), the ops go into `queue.ops` unawaited and the
    * RoPE's run interval (the last of them on the stream) into `queue.ropeRan`.
    */
-  async #mhaQkv(w: LayerWeights, xn: Tensor, T: number, positions: HostTensor, norm: Promise<unknown>, m: StepMemory, op: { signal?: AbortSignal }, queue?: { ops: Array<Promise<unknown>>; ropeRan: OpTiming }): Promise<{ q: HostTensor; k: HostTensor; v: HostTensor }> {
+  async #mhaQkv(w: LayerWeights, xn: Tensor, T: number, positions: HostTensor, norm: Promise<unknown>, m: StepMemory, op: { signal?: AbortSignal }, queue?: { ops: Array<Promise<unknown>>; ropeRan: OpTiming; toHost: () => void }): Promise<{ q: HostTensor; k: HostTensor; v: HostTensor }> {
     const { be, cfg, staged } = this.#p;
     const nH = cfg.numHeads;
     const nKV = cfg.numKvHeads;
@@ -453,12 +510,16 @@ export class ForwardPass {
       const kn = perHead ? k.dev.reshape([T * nKV, hd]) : k2;
       g.push(be.rmsNorm({ x: qn, weight: w.qNorm, out: qn, eps: cfg.rmsNormEps }, op), be.rmsNorm({ x: kn, weight: w.kNorm!, out: kn, eps: cfg.rmsNormEps }, op));
     }
-    // not staged and no clip: RoPE joins the group (one round trip fewer)
-    const inGroup = !staged && cfg.clipQkv === null;
-    if (inGroup) g.push(this.#rope(q.host, k.host, positions, queue ? { ...op, timing: queue.ropeRan } : op));
-    else g.push(m.down(q), m.down(k), m.down(v));
-    if (queue && inGroup) {
-      // one stream: what reads q, k and v is queued after these ops; the caller awaits them with its own
+    if (staged) g.push(m.down(q), m.down(k), m.down(v));
+    // queued, or not staged and no clip: RoPE joins the group (one round trip fewer); queued and staged, behind the
+    // downloads through an event (toHost)
+    const inGroup = queue !== undefined || (!staged && cfg.clipQkv === null);
+    if (inGroup) {
+      queue?.toHost();
+      g.push(this.#rope(q.host, k.host, positions, queue ? { ...op, timing: queue.ropeRan } : op));
+    }
+    if (queue) {
+      // what reads q, k and v is queued after these ops; the caller awaits them with its own
       queue.ops.push(...g);
       return { q: q.host, k: k.host, v: v.host };
     }
@@ -538,13 +599,15 @@ export class ForwardPass {
   async #hostLogits(lmHead: LmHead, rows: number, m: StepMemory): Promise<HostTensor<'f32'>> {
     if (!this.#p.staged) {
       let out: HostTensor<'f32'> | undefined;
-      await lmHead(async (l) => {
-        out = l as HostTensor<'f32'>; // one chunk: the logits themselves
-      });
+      await Promise.all(
+        lmHead(async (l) => {
+          out = l as HostTensor<'f32'>; // one chunk: the logits themselves
+        }),
+      );
       return out!;
     }
     const host = m.host('f32', [rows, this.#p.cfg.vocabSize]);
-    await lmHead((l, r0) => m.down({ dev: l, host: host.rows(r0, l.shape[0]!) }));
+    await Promise.all(lmHead((l, r0) => m.down({ dev: l, host: host.rows(r0, l.shape[0]!) })));
     return host;
   }
 
@@ -564,8 +627,7 @@ export class ForwardPass {
     return this.#forward(seqs, times, o, async (lmHead, rows, m) => {
       if (onDevice) {
         const ids = m.pair('i32', [rows]);
-        await lmHead((l, r0) => be.argmaxRows(l, ids.dev.rows(r0, l.shape[0]!), op));
-        await m.down(ids);
+        await Promise.all([...lmHead((l, r0) => be.argmaxRows(l, ids.dev.rows(r0, l.shape[0]!), op)), m.down(ids)]);
         return Int32Array.from(ids.host.data); // out of the step's pinned memory
       }
       return sampleRows(host, await this.#hostLogits(lmHead, rows, m), samplers, op);
@@ -582,12 +644,15 @@ export class ForwardPass {
     const signal = o.signal;
     const op = signal ? { signal } : {};
     let mark = start;
-    // Adds the time from the last mark to `until` (default now) to k and moves the mark there; a dense part
-    // (denseQkvMs, denseOutMs, denseHeadMs) counts in denseMs too.
-    const book = (k: BookKey, until = performance.now()) => {
-      times[k] += until - mark;
-      if (k === 'denseQkvMs' || k === 'denseOutMs' || k === 'denseHeadMs') times.denseMs += until - mark;
-      mark = until;
+    // Adds the time from the last mark to `until` (default now; clamped to [mark, now]: parts are booked in order on
+    // one timeline) to k and moves the mark there; a dense part (denseQkvMs, denseOutMs, denseHeadMs) counts in
+    // denseMs too.
+    const book: Book = (k, until) => {
+      const now = performance.now();
+      const t = until === undefined ? now : Math.min(now, Math.max(mark, until));
+      times[k] += t - mark;
+      if (k === 'denseQkvMs' || k === 'denseOutMs' || k === 'denseHeadMs') times.denseMs += t - mark;
+      mark = t;
     };
 
     const T = seqs.reduce((n, s) => n + s.tokens.length, 0);
@@ -620,6 +685,37 @@ export class ForwardPass {
     }));
 
     const m = new StepMemory(be, staged, this.#arenas, op);
+    // Queued: the ops of a layer go onto the streams behind each other with no await between them, one micro-batch
+    // and nothing read on the JS side before the router (queuesLayers). Staged, the attention module crosses from
+    // the compute backend's stream to the host backend's and back through events (their host threads wait, JS does
+    // not). Every await lets a stream thread go idle, and waking it costs 0.1-1 ms on the 2-core development VM.
+    // `whole`: the experts need no JS-side decision either (resident, untraced, the router's weights not rescaled
+    // on the host): the whole step is queued and awaited once, at the LM head. Otherwise each layer is awaited with
+    // its router. The parts' times then come from the ops' run intervals (OpOptions.timing), booked afterwards.
+    const traced = o.routing !== undefined || experts.observeGates !== undefined;
+    const queued = groups.length === 1 && queuesLayers(cfg);
+    const whole = queued && !traced && !rescalesRouting(cfg) && experts.queue !== undefined;
+    const cross = queued && staged && be.stream !== host.stream ? this.#crossEvents() : undefined;
+    const toHost = () => {
+      if (!cross) return;
+      cross.down.record(be.stream);
+      void host.stream.waitEvent(cross.down);
+    };
+    const toDev = () => {
+      if (!cross) return;
+      cross.up.record(host.stream);
+      void be.stream.waitEvent(cross.up);
+    };
+    // a whole step's ops, awaited at its end (each observed at once: one may fail while JS is still queuing)
+    const all: Array<Promise<unknown>> = [];
+    const track = (ps: ReadonlyArray<Promise<unknown>>) => {
+      for (const p of ps) {
+        p.catch(() => {});
+        all.push(p);
+      }
+    };
+    const ran: LayerRan[] = []; // a queued layer's op intervals (a whole step: every layer's)
+    const embedRan: OpTiming = {};
     let ok = false;
     try {
       const D = this.#p.headDim; // KV cache / attention head dim (MLA: padded)
@@ -633,57 +729,39 @@ export class ForwardPass {
       const xf = m.act('f32', [T, H]); // the normalised hidden state in f32: the router's input
       const topIds = m.pair('i32', [T, K]);
       const topW = m.pair('f32', [T, K]);
-      // expert 0 of a one-expert table with weight 1 (dense MLP, ungated shared expert)
-      const oneW1 = new HostTensor('f32', [T, 1]);
-      oneW1.data.fill(1);
-      const oneIds = await m.upload(new HostTensor('i32', [T, 1]));
-      const oneW = await m.upload(oneW1);
       // the sigmoid gate of a gated shared expert (Qwen2-MoE): logit, then weight and id 0 from routerTopK
       const gated = cfg.sharedExperts?.gated === true;
       const sharedLogit = gated ? m.act('f32', [T, 1]) : undefined;
       const sharedW = gated ? m.act('f32', [T, 1]) : undefined;
       const sharedIds = gated ? m.act('i32', [T, 1]) : undefined;
 
-      await be.gatherRows(W.embedOnBackend, await m.upload(ids), xn, op);
-      await be.convert(xn, h, op);
-      book('denseQkvMs');
+      // expert 0 of a one-expert table with weight 1 (dense MLP, ungated shared expert); the token ids up, their
+      // embedding rows, the residual stream in f32: one group (a whole step: queued)
+      const embed: Array<Promise<unknown>> = [];
+      const oneW1 = new HostTensor('f32', [T, 1]);
+      oneW1.data.fill(1);
+      const oneIds = m.put(new HostTensor('i32', [T, 1]), embed);
+      const oneW = m.put(oneW1, embed);
+      embed.push(be.gatherRows(W.embedOnBackend, m.put(ids, embed), xn, op), be.convert(xn, h, whole ? { ...op, timing: embedRan } : op));
+      track(embed);
+      if (!whole) {
+        await Promise.all(embed);
+        book('denseQkvMs');
+      }
       if (o.iteration) experts.beginIteration?.(o.iteration.embedding);
-      book('hostMs');
+      if (!whole) book('hostMs');
 
       let pending: Tensor | undefined;
-      // a layer's own tensors (q, k, v, the attention output's upload, MLA's parts) live until it ends: every op of
-      // the layer before has been awaited when the next one starts, so each layer reuses the same arena memory
+      // a layer's own tensors (q, k, v, the attention output's upload, MLA's parts) live until it ends; the next layer
+      // reuses the same arena memory: awaited layers have finished, and a queued layer's ops that rewrite memory the
+      // one before read come after those reads on the same stream (staged: the next layer's q/k/v downloads follow
+      // this layer's attention through the event its upload waited for)
       const layerMark = m.mark();
-      // One stream, one group (queuesLayers): the attention module's ops are queued behind each other and awaited
-      // with the router's, one round trip through the JS thread instead of four: each await lets the stream thread
-      // go idle, and waking it costs 0.1-1 ms on the 2-core development VM. The parts' times come from the RoPE's and
-      // the attention's run intervals on the stream (OpOptions.timing), booked after the round trip (bookQueued).
-      const queued = groups.length === 1 && queuesLayers(cfg, staged);
-      const ropeRan: OpTiming = {}; // a queued layer's RoPE (the last of its q/k/v ops) ...
-      const attentionRan: OpTiming = {}; // ... and attention; between them on the stream: the KV write
-      const expertsRan: OpTiming = {}; // ... and, when queued too (resident experts), the routed experts
-      /**
-       * Books a queued layer's round trip: q/k/v up to the RoPE's end, the KV write, attention, then the output
-       * projection, norms and router (denseOutMs) up to the experts' start when they were queued too (the rest
-       * expertMs), else to the end.
-       */
-      const bookQueued = (withExperts: boolean) => {
-        const now = performance.now();
-        // in order on one timeline (clamped: the stream's clock and performance.now() agree to within microseconds)
-        const within = (t: number, lo: number) => Math.min(now, Math.max(lo, t));
-        const qkv = within(ropeRan.endMs!, mark);
-        const a0 = within(attentionRan.startMs!, qkv);
-        const a1 = within(attentionRan.endMs!, a0);
-        const e0 = withExperts ? within(expertsRan.startMs!, a1) : now;
-        book('denseQkvMs', qkv);
-        book('hostMs', a0);
-        book('attentionMs', a1);
-        book('denseOutMs', e0);
-        book('expertMs', now);
-      };
       for (let l = 0; l < cfg.numLayers; l++) {
         m.release(layerMark);
         const w = W.layers[l]!;
+        const r: LayerRan = { rope: {}, attention: {}, route: {}, end: {} };
+        if (queued) ran.push(r);
         // attention module: q [T, nH, D], k and v [T, kvH, D] f32 (rotated, host), the KV cache, attention and the
         // output projection into delta, per micro-batch of whole sequences (`groups`); with several, each group's
         // host work (RoPE, KV writes, attention) overlaps the compute backend's projections of the others (every
@@ -705,7 +783,7 @@ export class ForwardPass {
             }
           };
           try {
-            const { q, k, v } = w.mla ? await this.#mlaQkv(w.mla, rows(xn), g.T, rows(positions), norm, m, op) : await this.#mhaQkv(w, rows(xn), g.T, rows(positions), norm, m, op, queued ? { ops: pre, ropeRan } : undefined);
+            const { q, k, v } = w.mla ? await this.#mlaQkv(w.mla, rows(xn), g.T, rows(positions), norm, m, op) : await this.#mhaQkv(w, rows(xn), g.T, rows(positions), norm, m, op, queued ? { ops: pre, ropeRan: r.rope, toHost } : undefined);
             if (!queued) at('denseQkvMs');
             await wait(kv.writeMany(l, g.writes, k, v), 'hostMs');
             const out = rows(attn);
@@ -713,14 +791,20 @@ export class ForwardPass {
               host.attention(
                 // splits by length (ATTENTION_SPLIT_TOKENS): a sequence's result never depends on the batch
                 { q, k: kv.keys(l), v: kv.values(l), out, ...g.batch, scale: this.#p.attentionScale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}) },
-                queued ? { ...op, timing: attentionRan } : op,
+                queued ? { ...op, timing: r.attention } : op,
               ),
               'attentionMs',
             );
             let attnHost: HostTensor = out.reshape([g.T, nH * D]);
             if (w.mla && cfg.mla!.vHeadDim < D) attnHost = headPrefix(out, cfg.mla!.vHeadDim); // [T, nH * v] bf16: drop the zero padding
-            const attnOut = await m.upload(attnHost);
-            if (!queued) at('hostMs');
+            let attnOut: Tensor;
+            if (queued) {
+              toDev();
+              attnOut = m.put(attnHost, pre);
+            } else {
+              attnOut = await m.upload(attnHost);
+              at('hostMs');
+            }
             const d = rows(delta);
             return w.oBias ? [...pre, be.gemm(attnOut, w.o, d, op), be.add(d, w.oBias, d, op)] : [...pre, be.gemm(attnOut, w.o, d, op)];
           } catch (e) {
@@ -737,48 +821,51 @@ export class ForwardPass {
         }
         if (!single) book('attentionMs');
         const li = this.#moeIndex.get(l);
-        // MoE layers route from the f32 normalised state (a bf16 rounding there can flip near-tied experts)
-        if (li === undefined) g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xn, eps: cfg.rmsNormEps, add: delta }, op));
+        // MoE layers route from the f32 normalised state (a bf16 rounding there can flip near-tied experts); the
+        // last op before the experts times the end of the layer's dense part (r.route)
+        const routeOp = { ...op, timing: r.route };
+        if (li === undefined) g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xn, eps: cfg.rmsNormEps, add: delta }, routeOp));
         else g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xf, eps: cfg.rmsNormEps, add: delta }, op), be.convert(xf, xn, op));
         if (li === undefined) {
           // dense MLP as a one-expert table
-          await Promise.all(g2);
-          if (queued) bookQueued(false);
-          else book('denseOutMs');
-          await be.moeExperts({ x: xn, topkIds: oneIds, topkWeights: oneW, experts: w.mlp!, out: blockOut }, op);
-          book('expertMs');
+          const mlp = (o2: OpOptions) => be.moeExperts({ x: xn, topkIds: oneIds, topkWeights: oneW, experts: w.mlp!, out: blockOut }, o2);
           pending = blockOut;
+          if (whole) {
+            track([...g2, mlp({ ...op, timing: r.end })]);
+            continue;
+          }
+          await Promise.all(g2);
+          if (queued) bookQueued(book, ran.splice(0), false);
+          else book('denseOutMs');
+          await mlp(op);
+          book('expertMs');
           continue;
         }
-        const traced = o.routing !== undefined || experts.observeGates !== undefined;
         g2.push(be.gemm(xf, w.router!, routerLogits.dev, op));
         if (w.routerBias) g2.push(be.add(routerLogits.dev, w.routerBias, routerLogits.dev, op));
-        g2.push(be.routerTopK(routerLogits.dev, K, { scoring: 'softmax', renormalize: cfg.router.renormalize, out: { topkIds: topIds.dev, topkWeights: topW.dev } }, op));
-        g2.push(m.down(topIds), m.down(topW));
+        g2.push(be.routerTopK(routerLogits.dev, K, { scoring: 'softmax', renormalize: cfg.router.renormalize, out: { topkIds: topIds.dev, topkWeights: topW.dev } }, w.shared ? op : routeOp));
+        // the routing comes down for the experts' choice on the host, unless the step is queued whole
+        if (!whole) g2.push(m.down(topIds), m.down(topW));
         if (traced) g2.push(m.down(routerLogits));
         if (w.shared) {
           if (w.sharedGate) {
             g2.push(be.gemm(xn, w.sharedGate, sharedLogit!, op));
             g2.push(be.routerTopK(sharedLogit!, 1, { scoring: 'sigmoid', renormalize: false, out: { topkIds: sharedIds!, topkWeights: sharedW! } }, op));
           }
-          g2.push(be.moeExperts({ x: xn, topkIds: w.sharedGate ? sharedIds! : oneIds, topkWeights: w.sharedGate ? sharedW! : oneW, experts: w.shared, out: sharedOut! }, op));
+          g2.push(be.moeExperts({ x: xn, topkIds: w.sharedGate ? sharedIds! : oneIds, topkWeights: w.sharedGate ? sharedW! : oneW, experts: w.shared, out: sharedOut! }, routeOp));
         }
-        // resident experts need no decision on the JS side: queued with the router (unless the routing is traced or
-        // its weights are rescaled on the host), one round trip per layer
-        const scaled = rescalesRouting(cfg);
-        const withExperts = queued && !traced && !scaled && experts.queue !== undefined;
-        if (withExperts) {
-          g2.push(experts.queue!(li, xn, topIds.dev, topW.dev, blockOut, { ...op, timing: expertsRan }));
-          if (sharedOut) g2.push(be.add(blockOut, sharedOut, blockOut, op));
-        }
-        await Promise.all(g2);
-        if (queued) bookQueued(withExperts);
-        else book('denseOutMs');
-        if (withExperts) {
-          pending = blockOut;
+        pending = blockOut;
+        if (whole) {
+          // resident experts need no decision on the JS side: queued behind the router, and the next layer behind them
+          g2.push(experts.queue!(li, xn, topIds.dev, topW.dev, blockOut, sharedOut ? op : { ...op, timing: r.end }));
+          if (sharedOut) g2.push(be.add(blockOut, sharedOut, blockOut, { ...op, timing: r.end }));
+          track(g2);
           continue;
         }
-        if (scaled) {
+        await Promise.all(g2);
+        if (queued) bookQueued(book, ran.splice(0), false);
+        else book('denseOutMs');
+        if (rescalesRouting(cfg)) {
           for (let i = 0; i < topW.host.data.length; i++) topW.host.data[i]! *= cfg.router.scale;
           await m.up(topW);
         }
@@ -793,19 +880,19 @@ export class ForwardPass {
           if (o.iteration) experts.observeGates?.(li, gates.subarray((T - 1) * E, T * E));
         }
         book('hostMs');
-        const r = await experts.run(li, xn, topIds.dev, topW.dev, blockOut, hostIds, signal);
-        times.stallMs += r.stallMs;
-        times.expertMs += r.computeMs;
+        const res = await experts.run(li, xn, topIds.dev, topW.dev, blockOut, hostIds, signal);
+        times.stallMs += res.stallMs;
+        times.expertMs += res.computeMs;
         mark = performance.now();
         if (sharedOut) {
           await be.add(blockOut, sharedOut, blockOut, op);
           book('expertMs');
         }
-        pending = blockOut;
       }
       m.release(layerMark);
 
-      await be.rmsNorm({ x: h, weight: W.finalNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op);
+      // the final norm, the sequences' last rows and the LM head: queued, awaited by `head` (with the whole step's)
+      const tail: Array<Promise<unknown>> = [be.rmsNorm({ x: h, weight: W.finalNorm, out: xn, eps: cfg.rmsNormEps, ...(pending ? { add: pending } : {}) }, op)];
       let rowsIn: Tensor = xn;
       if (!o.allLogits) {
         const last = new HostTensor('i32', [seqs.length]);
@@ -815,29 +902,42 @@ export class ForwardPass {
           last.data[i] = t - 1;
         });
         const sel = m.act('bf16', [seqs.length, H]);
-        await be.gatherRows(xn, await m.upload(last), sel, op);
+        tail.push(be.gatherRows(xn, m.put(last, tail), sel, op));
         rowsIn = sel;
       }
+      track(tail);
       const R = rowsIn.shape[0]!;
       // staged: LOGIT_ROWS rows at a time, so the device holds [LOGIT_ROWS, V] f32 logits, not [rows, V] (2.5 GB for
-      // 4,096 sequences of a 152k vocabulary); each chunk goes to `each` before the next overwrites it
-      const lmHead: LmHead = async (each) => {
+      // 4,096 sequences of a 152k vocabulary); each chunk's consumer is queued before the next chunk overwrites it
+      const lmHead: LmHead = (each) => {
         const C = staged ? Math.min(R, LOGIT_ROWS) : R;
         const buf = m.act('f32', [C, cfg.vocabSize]);
-        for (let r = 0; r < R; r += C) {
-          const n = Math.min(C, R - r);
+        const ps: Array<Promise<unknown>> = [];
+        for (let r0 = 0; r0 < R; r0 += C) {
+          const n = Math.min(C, R - r0);
           const l = n === C ? buf : buf.rows(0, n);
-          await be.gemm(n === R ? rowsIn : rowsIn.rows(r, n), W.lmHead, l, op);
-          await each(l, r);
+          ps.push(be.gemm(n === R ? rowsIn : rowsIn.rows(r0, n), W.lmHead, l, op), each(l, r0));
         }
+        track(ps);
+        return ps;
       };
-      const out = await head(lmHead, R, m);
+      let out: R;
+      try {
+        out = await head(lmHead, R, m);
+      } finally {
+        await Promise.allSettled(all); // settled by now when `head` succeeded: they ran before its ops
+      }
+      await Promise.all(all); // the first failure, if any
+      if (whole) bookQueued(book, ran, true, embedRan);
       book('denseHeadMs');
       if (o.iteration) experts.endIteration?.();
       book('hostMs');
       times.totalMs += performance.now() - start;
       ok = true;
       return out;
+    } catch (e) {
+      await Promise.allSettled(all); // nothing of this step left running on its memory
+      throw e;
     } finally {
       m.end(ok);
     }

@@ -705,9 +705,10 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const pack = options.packWeights ?? packsWeightsByDefault(be);
   if (typeof pack !== 'boolean') throw new InvalidArgumentError(`packWeights must be a boolean, received ${describe(options.packWeights)}`);
   if (pack && be.kind !== 'cpu') throw new InvalidArgumentError(`packWeights: true needs the CPU backend (packed weights are a CPU-kernel layout), received backend ${be.name}`);
-  // attention and the KV cache run on the CPU: a CPU backend of their own when staged (on the CPU backend too, so
-  // the staged path's two-backend orchestration is what the tests run)
-  const host = be.kind === 'cpu' && !staged ? be : openBackend({ backend: 'cpu' });
+  // attention and the KV cache run on the CPU: a CPU backend of their own when staged (on the CPU backend too, with
+  // a stream of its own beside the compute stream, so the staged path's two-backend orchestration, its events
+  // included, is what the tests run)
+  const host = be.kind === 'cpu' && !staged ? be : openBackend({ backend: 'cpu', ownStream: be.kind === 'cpu' });
 
   const configPath = path.join(dir, 'config.json');
   const config = parseModelConfig(readJson(configPath, true), configPath);
