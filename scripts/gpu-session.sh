@@ -9,8 +9,8 @@
 #     -DCMAKE_BUILD_TYPE=Release && ninja -C build-native-gpu moe-native
 # then a device call carrying .device/carry and build-native-gpu/moe-native:
 #   OUT=$OUT DEADLINE=420 bash scripts/gpu-session.sh [steps]
-#   (steps: test bench attention moe profile node hostmem residency throughput modelbased perfmodel demo, default all
-#   but attention, profile, hostmem, modelbased, perfmodel and demo; PERFMODEL_ARGS: bench/perf-model.ts's (default --backend=cuda --quick, the two real shapes at batches
+#   (steps: test bench attention moe profile node hostmem residency throughput modelbased perfmodel ab demo, default all
+#   but attention, profile, hostmem, modelbased, perfmodel, ab and demo; AB_ARGS: scripts/ab-decode.mjs's; PERFMODEL_ARGS: bench/perf-model.ts's (default --backend=cuda --quick, the two real shapes at batches
 #   1, 8, 32, 128; the micro-batch overlap the model predicts: PERFMODEL_ARGS="--backend=cuda --quick --decode-only
 #   --models=qwen3-30b-a3b-shape --batches=32,128 --micro-batches=1,2,4"); THROUGHPUT_ARGS default
 #   --layers=2; PROFILE_MODELS / PROFILE_T: the profile step's bench-moe-cuda --models / --t (full model names: Qwen3-30B-A3B, 16384);
@@ -119,7 +119,7 @@ if want profile; then  # Nsight Compute's speed-of-light per kernel of one fused
       --csv "$NATIVE" bench-moe-cuda --once --models "${PROFILE_MODELS:-Qwen3-30B-A3B}" --t "${PROFILE_T:-16384}"
   done
 fi
-if want node || want hostmem || want residency || want throughput || want modelbased || want perfmodel || want demo; then
+if want node || want hostmem || want residency || want throughput || want modelbased || want perfmodel || want ab || want demo; then
   . scripts/gpu-node-env.sh
   "$NODE" dist/lib/cli.js info > "$W/node-info.txt" 2>&1
   tail -5 "$W/node-info.txt"
@@ -160,6 +160,14 @@ if want perfmodel; then  # issue 8's model accuracy on the GPU: a staged CUDA pr
   TAIL=8 step perfmodel 420 "$NODE" dist/bench/perf-model.js ${PERFMODEL_ARGS:---backend=cuda --quick --models=olmoe-1b-7b-shape,qwen3-30b-a3b-shape --batches=1,8,32,128}
   cp bench/results/perf-model-cuda-*.json "$W/" 2>/dev/null
   pack
+fi
+if want ab; then  # this checkout's decode steps against the carried OLD_REF's (gpu-carry.sh), alternated in one process
+  # AB_ARGS default: tiny-qwen3-moe on CUDA at batches 1 and 32 (2026-11-27: the whole step queued, one await per step)
+  if [ -d .device/carry/old/dist ]; then
+    TAIL=4 step ab 180 "$NODE" scripts/ab-decode.mjs --old=.device/carry/old/dist ${AB_ARGS:---backend=cuda --batches=1,32 --reps=6}
+  else
+    echo "ab: no .device/carry/old/dist (gpu-carry.sh with OLD_REF=<commit>)"
+  fi
 fi
 if want demo; then  # the README's main-job command, on CUDA
   TAIL=20 step demo 180 "$NODE" dist/lib/cli.js demo --max-new-tokens 16

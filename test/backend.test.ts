@@ -156,6 +156,27 @@ void test('a CPU op resolves with the kernel tier that ran', async () => {
   assert.deepEqual(Array.from(x.data), [2, 4]);
 });
 
+void test('ownStream: a Backend whose ops default to a stream of its own, ordered against the shared one by events', async () => {
+  const shared = openBackend({ backend: 'cpu' });
+  const own = openBackend({ backend: 'cpu', ownStream: true });
+  assert.equal(shared.stream, openBackend({ backend: 'cpu' }).stream, 'Backend objects of a device share its default stream');
+  assert.notEqual(own.stream, shared.stream);
+  assert.equal(own.stream, own.stream, 'made once');
+  assert.notEqual(openBackend({ backend: 'cpu', ownStream: true }).stream, own.stream);
+  // an op on the own stream queued behind an event of the shared one sees the shared stream's result
+  const a = HostTensor.from('f32', [4], [1, 2, 3, 4]);
+  const b = new HostTensor('f32', [4]);
+  const c = new HostTensor('f32', [4]);
+  const ev = shared.createEvent();
+  const first = shared.add(a, a, b);
+  ev.record(shared.stream);
+  void own.stream.waitEvent(ev);
+  await own.add(b, a, c);
+  await first;
+  assert.deepEqual(Array.from(c.data), [3, 6, 9, 12]);
+  assert.throws(() => openBackend({ backend: 'cpu', ownStream: 'yes' as unknown as boolean }), { code: 'MOE_INVALID_ARGUMENT', message: /options.ownStream must be a boolean, received "yes"/ });
+});
+
 void test('npx moe-offload info prints the facts; --json is machine-readable', () => {
   const cli = path.join(root, 'dist/lib/cli.js');
   const text = execFileSync(process.execPath, [cli, 'info'], { encoding: 'utf8' });

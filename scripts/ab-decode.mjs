@@ -1,0 +1,72 @@
+#!/usr/bin/env node
+// A/B of two builds' decode steps in ONE process, alternated (the development VM's phases swing single runs by 2x, so
+// separate processes cannot show a 10-30% change; alternating inside one process cancels them).
+//   B: this checkout's dist/. A: another build's dist/ folder, e.g. the last commit's:
+//     git worktree add /tmp/old HEAD && (cd /tmp/old && ln -s "$PWD/../<repo>/node_modules" . && npx tsc -p .)
+//   (its lib loads the same addon: give it this checkout's build/ as a symlink when the native side is compatible)
+// Usage: node scripts/ab-decode.mjs --old=/tmp/old/dist [--preset=tiny-qwen3-moe] [--layers=N] [--staged]
+//          [--backend=cpu|cuda] [--batches=1,32] [--reps=6] [--prompt=16] [--new-tokens=24]
+// On a GPU machine: scripts/gpu-carry.sh with OLD_REF=<commit> carries that commit's dist/ (gpu-session.sh step ab).
+// Prints, per batch, the median step time (full decode steps: every sequence decoding) of A and B over the
+// repetitions and every repetition's median.
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const arg = (name, dflt) => {
+  const a = process.argv.find((x) => x.startsWith(`--${name}=`));
+  return a ? a.slice(name.length + 3) : dflt;
+};
+const oldDist = arg('old');
+if (!oldDist) {
+  console.error('usage: node scripts/ab-decode.mjs --old=DIST_OF_THE_OTHER_BUILD [--preset=P] [--staged] [--backend=cpu|cuda] [--batches=1,32] [--reps=6]');
+  process.exit(2);
+}
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const B_ = await import(path.join(root, 'dist', 'lib', 'index.js'));
+const A_ = await import(path.resolve(oldDist, 'lib', 'index.js'));
+const { benchModel, randomRequests } = await import(path.join(root, 'dist', 'bench', 'bench-models.js'));
+
+const preset = arg('preset', 'tiny-qwen3-moe');
+const staged = process.argv.includes('--staged');
+const backend = arg('backend', 'cpu');
+const batches = arg('batches', '1,32').split(',').map(Number);
+const reps = Number(arg('reps', '6'));
+const prompt = Number(arg('prompt', '16'));
+const newTokens = Number(arg('new-tokens', '24'));
+
+const layers = arg('layers') ? Number(arg('layers')) : undefined;
+const dir = await benchModel(preset, layers);
+const placement = { backend, ...(backend === 'cpu' ? { deviceActivations: staged } : {}) };
+const models = { A: await A_.loadModel(dir, placement), B: await B_.loadModel(dir, placement) };
+const median = (v) => [...v].sort((x, y) => x - y)[Math.floor(v.length / 2)];
+
+/** The median full-decode step (ms) of a batch of B random prompts on `model`. */
+async function run(model, B) {
+  const ms = [];
+  const reqs = randomRequests(B, prompt, 99 + B, newTokens);
+  const onStep = (s) => {
+    if (s.decodeTokens === B && s.tokens === B) ms.push(s.ms);
+  };
+  for await (const _ of model.generateBatch(reqs, { maxSequences: B, maxBatchTokens: Math.max(1024, B * prompt), onStep })) {
+    // the step times are what is measured
+  }
+  return median(ms);
+}
+
+const res = { A: new Map(), B: new Map() };
+for (let rep = 0; rep < reps; rep++) {
+  for (const B of batches) {
+    for (const k of rep % 2 ? ['B', 'A'] : ['A', 'B']) {
+      const v = await run(models[k], B);
+      res[k].set(B, [...(res[k].get(B) ?? []), v]);
+    }
+  }
+}
+const f = (v) => v.map((x) => x.toFixed(2)).join(' ');
+for (const B of batches) {
+  const a = res.A.get(B);
+  const b = res.B.get(B);
+  console.log(`${preset} ${backend}${staged ? ' staged' : ''} batch ${B}: A ${median(a).toFixed(3)} ms, B ${median(b).toFixed(3)} ms per step (B/A ${(median(b) / median(a)).toFixed(3)}; A: ${f(a)} | B: ${f(b)})`);
+}
+models.A.dispose();
+models.B.dispose();
