@@ -292,16 +292,11 @@ export class Backend {
     const holder: { stack?: string } = {};
     Error.captureStackTrace(holder, this.#allocNative);
     const addon = native();
-    const token = signal ? new addon.CancelToken() : undefined;
-    const onAbort = () => token?.cancel();
-    signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      return await addon.allocAsync(allocationStream(addon), { backend: KIND_CODE[this.kind], device: this.device, kind, bytes }, token);
+      return await addon.allocAsync(allocationStream(addon), { backend: KIND_CODE[this.kind], device: this.device, kind, bytes }, signal && cancelTokenOf(signal));
     } catch (e) {
       if ((e as { code?: unknown })?.code === CANCELLED_CODE && signal?.aborted) throw signal.reason;
       throw fromNative(e, holder.stack);
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
     }
   }
 
@@ -1265,25 +1260,16 @@ export class Backend {
     }
     if (signal?.aborted) return Promise.reject(signal.reason);
     const addon = native();
-    let cancel: NativeCancelToken | undefined;
-    let onAbort: (() => void) | undefined;
-    if (signal) {
-      cancel = new addon.CancelToken();
-      const token = cancel;
-      onAbort = () => token.cancel();
-      signal.addEventListener('abort', onAbort, { once: true });
-    }
     const raw: NativeOpTiming | undefined = timing ? {} : undefined;
     let p: Promise<KernelTier>;
     try {
-      p = submit(addon, stream.nativeStream(name), cancel, raw);
+      p = submit(addon, stream.nativeStream(name), signal && cancelTokenOf(signal), raw);
     } catch (e) {
-      if (onAbort) signal!.removeEventListener('abort', onAbort);
       const holder: { stack?: string } = {};
       Error.captureStackTrace(holder, this.#run);
       throw fromNative(e, holder.stack);
     }
-    return settle(p, signal, onAbort, timing && { to: timing, raw: raw! });
+    return settle(p, signal, timing && { to: timing, raw: raw! });
   }
 }
 
@@ -1294,7 +1280,24 @@ export class Backend {
  * cost on the JS thread (1000 pipelined adds 19-22 -> 11-12 us per op without it; a tiny-qwen3-moe decode step of 70
  * ops 5.6-7.3 -> 3.8-4.7 ms, 6 runs each, AVX2 VM, 2026-11-27).
  */
-async function settle(p: Promise<KernelTier>, signal: AbortSignal | undefined, onAbort: (() => void) | undefined, timing?: { to: OpTiming; raw: NativeOpTiming }): Promise<KernelTier> {
+/**
+ * The native cancel token of `signal`, made at its first op (one per signal, not per op: a step of hundreds of ops
+ * under one signal then adds no token and no abort listener per op): aborting the signal cancels it, and so every
+ * op submitted with the signal that has not finished.
+ */
+const cancelTokens = new WeakMap<AbortSignal, NativeCancelToken>();
+function cancelTokenOf(signal: AbortSignal): NativeCancelToken {
+  let token = cancelTokens.get(signal);
+  if (!token) {
+    const t = new (native().CancelToken)();
+    signal.addEventListener('abort', () => t.cancel(), { once: true });
+    cancelTokens.set(signal, t);
+    token = t;
+  }
+  return token;
+}
+
+async function settle(p: Promise<KernelTier>, signal: AbortSignal | undefined, timing?: { to: OpTiming; raw: NativeOpTiming }): Promise<KernelTier> {
   try {
     const tier = await p;
     if (timing) {
@@ -1305,8 +1308,6 @@ async function settle(p: Promise<KernelTier>, signal: AbortSignal | undefined, o
   } catch (e) {
     if ((e as { code?: unknown })?.code === CANCELLED_CODE && signal?.aborted) throw signal.reason;
     throw fromNative(e);
-  } finally {
-    if (onAbort) signal!.removeEventListener('abort', onAbort);
   }
 }
 

@@ -4,6 +4,7 @@
  * order work across queues.
  */
 import assert from 'node:assert/strict';
+import { getEventListeners } from 'node:events';
 import { test } from 'node:test';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 
@@ -114,6 +115,24 @@ void test('ops on one stream run in order; another stream waits on an event with
   assert.deepEqual(Array.from(y.data), [2, 4, 6]);
   await a.synchronize();
   for (const o of [a, b, done, start]) o.dispose();
+});
+
+void test('one signal for many ops: one abort listener in all (not one per op), and aborting rejects every op not yet finished', async () => {
+  const g = await gemmOfDuration(0.3);
+  const stream = be.createStream();
+  const ac = new AbortController();
+  const x = HostTensor.from('f32', [4], [1, 1, 1, 1]);
+  const first = be.gemm(g.a, g.b, new HostTensor('f32', [g.m, g.n]), { stream, signal: ac.signal });
+  const rest = Array.from({ length: 100 }, () => be.add(x, x, new HostTensor('f32', [4]), { stream, signal: ac.signal }));
+  assert.equal(getEventListeners(ac.signal, 'abort').length, 1);
+  ac.abort(new Error('stop'));
+  const settled = await Promise.allSettled([first, ...rest]);
+  assert.ok(settled.every((r) => r.status === 'rejected' && (r.reason as Error).message === 'stop'), 'every op was still queued or running');
+  // a later signal gets its own token; ops without a signal are unaffected
+  const ac2 = new AbortController();
+  await be.add(x, x, new HostTensor('f32', [4]), { stream, signal: ac2.signal });
+  await be.add(x, x, new HostTensor('f32', [4]), { stream });
+  stream.dispose();
 });
 
 void test('thousands of small ops in flight all settle, in order, and keep the process alive', async () => {
