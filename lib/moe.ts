@@ -120,9 +120,9 @@ function checkWeight(t: unknown, what: string, shape: readonly number[], packed 
  */
 function nativeEntry(id: number, en: Entry, half: number, halfBias: number): Parameters<NativeExpertTable['set']>[1] {
   const arg = (t: Tensor, name: string): NativeTensorArg => t.nativeArg(`experts[${id}].${name}`);
-  const split = (a: NativeTensorArg, n: number): [NativeTensorArg, NativeTensorArg] => [
-    { ...a, bytes: n },
-    { ...a, offset: a.offset + n, bytes: n },
+  const split = ([source, offset]: NativeTensorArg, n: number): [NativeTensorArg, NativeTensorArg] => [
+    [source, offset, n],
+    [source, offset + n, n],
   ];
   const b = en.bias;
   let bias = {};

@@ -7,13 +7,11 @@ import path from 'node:path';
 
 import { NativeBindingError } from './errors.js';
 
-/** Plain tensor descriptor passed to native ops (cpp/napi/tensor_arg.h). */
-export interface NativeTensorArg {
-  mem?: NativeMemory;
-  array?: ArrayBufferView;
-  offset: number;
-  bytes: number;
-}
+/**
+ * Tensor descriptor passed to native ops (cpp/napi/tensor_arg.h): its native memory or JS array, then the byte offset
+ * and length of the tensor in it. An array, not an object: the addon reads elements, cheaper than named properties.
+ */
+export type NativeTensorArg = readonly [source: NativeMemory | ArrayBufferView, offset: number, bytes: number];
 
 export interface NativeMemory {
   readonly byteLength: number;

@@ -231,8 +231,8 @@ export class HostTensor<D extends DType = DType> implements Tensor {
   nativeArg(what: string): NativeTensorArg {
     if (this.disposed) throw new DisposedError(`${what}: HostTensor was disposed`);
     const d = this.#data!;
-    if (this.#owner) return { mem: this.#owner.nativeMemory(what), offset: d.byteOffset, bytes: d.byteLength };
-    return { array: d, offset: 0, bytes: d.byteLength };
+    if (this.#owner) return [this.#owner.nativeMemory(what), d.byteOffset, d.byteLength];
+    return [d, 0, d.byteLength];
   }
 }
 
@@ -415,7 +415,7 @@ export class DeviceTensor<D extends DType = DType> implements Tensor {
   /** @internal */
   nativeArg(what: string): NativeTensorArg {
     if (this.disposed || !this.#alloc.mem) throw new DisposedError(`${what}: DeviceTensor was disposed`);
-    return { mem: this.#alloc.mem, offset: this.byteOffset, bytes: this.byteLength };
+    return [this.#alloc.mem, this.byteOffset, this.byteLength];
   }
 }
 

@@ -161,7 +161,7 @@ void test('the native surface survives garbage arguments: typed errors, no crash
   const n = native();
   const before = nativeCounts();
   const s = new n.Stream(0, 0, 0);
-  const garbage: unknown[] = [undefined, null, 0, -1, 1.5, NaN, 'x', {}, [], () => 1, 2 ** 60, { mem: {}, offset: 0, bytes: 1 }];
+  const garbage: unknown[] = [undefined, null, 0, -1, 1.5, NaN, 'x', {}, [], () => 1, 2 ** 60, [{}, 0, 1], { mem: {}, offset: 0, bytes: 1 }];
   for (const g of garbage) {
     for (const op of ['copy', 'convert', 'add', 'gemm'] as const) {
       let threw = false;
@@ -185,10 +185,13 @@ void test('the native surface survives garbage arguments: typed errors, no crash
   }
   // An out-of-range view into native memory is refused, not read (validation throws before anything is queued).
   const mem = new n.Memory(0, 0, 0, 64);
-  assert.throws(() => n.copy(s, { src: { mem, offset: 60, bytes: 8 }, dst: { array: new Uint8Array(8), offset: 0, bytes: 8 } }), /exceeds the memory's 64 bytes/);
-  assert.throws(() => n.copy(s, { src: { mem, offset: 0, bytes: 32 }, dst: { mem, offset: 16, bytes: 32 } }), /overlap/);
+  assert.throws(() => n.copy(s, { src: [mem, 60, 8], dst: [new Uint8Array(8), 0, 8] }), /exceeds the memory's 64 bytes/);
+  assert.throws(() => n.copy(s, { src: [mem, 0, 32], dst: [mem, 16, 32] }), /overlap/);
+  assert.throws(() => n.copy(s, { src: [mem, -1, 8], dst: [new Uint8Array(8), 0, 8] }), /src\.offset must be a non-negative integer, received -1/);
+  assert.throws(() => n.copy(s, { src: [mem, 0, 8], dst: [{}, 0, 8] } as never), /dst\[0\] must be a Memory or a TypedArray/);
+  assert.throws(() => n.copy(s, { src: { mem, offset: 0, bytes: 8 }, dst: [new Uint8Array(8), 0, 8] } as never), /src must be a tensor descriptor \[Memory \| TypedArray, offset, bytes\], received/);
   mem.dispose();
-  assert.throws(() => n.copy(s, { src: { mem, offset: 0, bytes: 8 }, dst: { array: new Uint8Array(8), offset: 0, bytes: 8 } }), /disposed/);
+  assert.throws(() => n.copy(s, { src: [mem, 0, 8], dst: [new Uint8Array(8), 0, 8] }), /disposed/);
   s.dispose();
   assert.deepEqual(nativeCounts(), before);
   assert.ok(DeviceTensor);

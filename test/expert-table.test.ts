@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { type Backend, DisposedError, ExpertTable, HostTensor, InvalidArgumentError, memoryStats } from '../lib/index.js';
-import { native } from '../lib/native.js';
+import { type NativeTensorArg, native } from '../lib/native.js';
 import { harnessBackends } from './harness/backends.js';
 import { randomBf16, randomIds, values } from './harness/inputs.js';
 import { collect } from './harness/memory.js';
@@ -87,7 +87,7 @@ void test('set validates once: InvalidArgumentError naming the entry and argumen
   const n = native().ExpertTable;
   const t = new n(0, 0, E, H, I);
   const bytes = I * H * 2;
-  const arg = (b: number, offset = 0): { array: Uint8Array; offset: number; bytes: number } => ({ array: new Uint8Array(b + 8), offset, bytes: b });
+  const arg = (b: number, offset = 0): NativeTensorArg => [new Uint8Array(b + 8), offset, b];
   const nat = (fn: () => unknown, re: RegExp): void =>
     assert.throws(fn, (e: unknown) => (e as { code?: string }).code === 'MOE_INVALID_ARGUMENT' && re.test((e as Error).message), String(re));
   nat(() => t.set(0, { gate: arg(bytes - 2), up: arg(bytes), down: arg(bytes) }, false), /experts\[0\]\.gate must hold 1024 bytes, received 1022/);
@@ -211,16 +211,16 @@ void test('the table keeps its entries\' JS memory alive and lets it go on clear
   const nativeCollected = new Set<number>();
   const nativeRegistry = new FinalizationRegistry<number>((e) => nativeCollected.add(e));
   ws.forEach((w, e) => {
-    const a = (t: HostTensor): { array: Uint16Array; offset: number; bytes: number } => ({ array: (t.data as Uint16Array).slice(), offset: 0, bytes: t.byteLength });
+    const a = (t: HostTensor): [Uint16Array, number, number] => [(t.data as Uint16Array).slice(), 0, t.byteLength];
     const gate = a(w.gate);
-    nativeRegistry.register(gate.array.buffer, e);
+    nativeRegistry.register(gate[0].buffer, e);
     n.set(e, { gate, up: a(w.up), down: a(w.down) }, false);
   });
   await collect();
   assert.equal(nativeCollected.size, 0, 'nothing collected while the native table holds it');
   const out = new HostTensor('bf16', [8, H]);
   const stream = new (native().Stream)(0, 0, 0);
-  const x = (t: HostTensor): { array: ArrayBufferView; offset: number; bytes: number } => ({ array: t.data, offset: 0, bytes: t.byteLength });
+  const x = (t: HostTensor): NativeTensorArg => [t.data, 0, t.byteLength];
   await native().moeExperts(stream, { x: x(p.x), topkIds: x(p.ids), topkWeights: x(p.w), out: x(out), experts: n, t: 8, h: H, inter: I, e: E, k: K });
   assertClose(out, expected, 'native table after GC');
   stream.dispose();
@@ -250,7 +250,7 @@ void test('a table of another backend or other dimensions, and objects that are 
   // the native glue checks it too, and the table's dimensions, and that experts is a table at all
   const n = native();
   const stream = new n.Stream(0, 0, 0);
-  const x = (t: HostTensor): { array: ArrayBufferView; offset: number; bytes: number } => ({ array: t.data, offset: 0, bytes: t.byteLength });
+  const x = (t: HostTensor): NativeTensorArg => [t.data, 0, t.byteLength];
   const params = { x: x(p.x), topkIds: x(p.ids), topkWeights: x(p.w), out: x(args.out), t: 4, h: H, inter: I, e: E, k: K };
   const rejects = (experts: unknown, re: RegExp): void =>
     assert.throws(() => n.moeExperts(stream, { ...params, experts } as never), (e: unknown) => (e as { code?: string }).code === 'MOE_INVALID_ARGUMENT' && re.test((e as Error).message), String(re));

@@ -1,28 +1,67 @@
 // See tensor_arg.h.
 #include "tensor_arg.h"
 
+#include <cmath>
 #include <string>
 
 namespace moe::js {
 
 TensorArg read_tensor_source(const Napi::Value& v, const char* what, TensorSource& src) {
   Napi::Env env = v.Env();
-  Napi::Object o = arg_object(v, what);
-  std::string w(what);
-  int64_t offset = arg_size(o.Get("offset"), (w + ".offset").c_str());
-  int64_t bytes = arg_size(o.Get("bytes"), (w + ".bytes").c_str());
-  TensorArg t;
-  Napi::Value mem = o.Get("mem");
-  if (!mem.IsUndefined()) {
-    MemoryWrap* mw = MemoryWrap::from(mem);
-    if (!mw) throw_error(env, ErrorCode::InvalidArgument, w + ".mem must be a Memory, received " + describe(mem));
-    if (!mw->memory() || mw->memory()->disposed())
-      throw_error(env, ErrorCode::Disposed, w + ": its memory was disposed");
-    Memory& m = *mw->memory();
-    if (static_cast<uint64_t>(offset) + static_cast<uint64_t>(bytes) > m.size())
+  if (!v.IsArray())
+    throw_error(env, ErrorCode::InvalidArgument,
+                std::string(what) + " must be a tensor descriptor [Memory | TypedArray, offset, bytes], received " +
+                    describe(v));
+  Napi::Array a = v.As<Napi::Array>();
+  // element reads, and the argument's name built only for an error message (this runs for every tensor of every op)
+  auto size_at = [&](uint32_t i, const char* suffix) -> int64_t {
+    Napi::Value x = a.Get(i);
+    if (x.IsNumber()) {
+      double d = x.As<Napi::Number>().DoubleValue();
+      if (d >= 0 && d <= 9007199254740991.0 && std::floor(d) == d) return static_cast<int64_t>(d);
+    }
+    return arg_size(x, (std::string(what) + suffix).c_str());  // throws the typed error
+  };
+  Napi::Value source = a.Get(0u);
+  int64_t offset = size_at(1, ".offset");
+  int64_t bytes = size_at(2, ".bytes");
+  auto range = [&](uint64_t size, const char* of) {
+    if (static_cast<uint64_t>(offset) + static_cast<uint64_t>(bytes) > size)
       throw_error(env, ErrorCode::InvalidArgument,
-                  w + ": range [" + std::to_string(offset) + ", " + std::to_string(offset + bytes) +
-                      ") exceeds the memory's " + std::to_string(m.size()) + " bytes");
+                  std::string(what) + ": range [" + std::to_string(offset) + ", " + std::to_string(offset + bytes) +
+                      ") exceeds the " + of + "'s " + std::to_string(size) + " bytes");
+  };
+  TensorArg t;
+  bool is_typed = false;
+  napi_is_typedarray(env, source, &is_typed);
+  if (is_typed) {
+    // one napi_get_typedarray_info for what node-addon-api's accessors would each ask it for again
+    napi_typedarray_type type;
+    size_t length = 0;
+    void* data = nullptr;
+    napi_value buffer = nullptr;
+    size_t byte_offset = 0;
+    NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, source, &type, &length, &data, &buffer, &byte_offset), TensorArg());
+    bool detached = false;
+    NAPI_THROW_IF_FAILED(env, napi_is_detached_arraybuffer(env, buffer, &detached), TensorArg());
+    if (detached)
+      throw_error(env, ErrorCode::InvalidArgument, std::string(what) + ": its ArrayBuffer is detached (transferred or disposed)");
+    size_t elem = 1;
+    switch (type) {
+      case napi_int16_array: case napi_uint16_array: elem = 2; break;
+      case napi_int32_array: case napi_uint32_array: case napi_float32_array: elem = 4; break;
+      case napi_float64_array: case napi_bigint64_array: case napi_biguint64_array: elem = 8; break;
+      default: elem = 1;  // int8, uint8, uint8 clamped (a float16 array, where Node has one, is not a tensor source)
+    }
+    Napi::TypedArray ta = source.As<Napi::TypedArray>();
+    range(length * elem, "array");
+    t.ptr = static_cast<uint8_t*>(data) + offset;
+    src.array = ta;
+  } else if (MemoryWrap* mw = MemoryWrap::from(source)) {
+    if (!mw->memory() || mw->memory()->disposed())
+      throw_error(env, ErrorCode::Disposed, std::string(what) + ": its memory was disposed");
+    Memory& m = *mw->memory();
+    range(m.size(), "memory");
     t.ptr = static_cast<uint8_t*>(m.data()) + offset;
     t.native = true;
     t.backend = m.backend();
@@ -31,20 +70,8 @@ TensorArg read_tensor_source(const Napi::Value& v, const char* what, TensorSourc
     t.memory = &m;
     src.memory = mw->memory();
   } else {
-    Napi::Value arr = o.Get("array");
-    if (!arr.IsTypedArray())
-      throw_error(env, ErrorCode::InvalidArgument, w + " needs .mem (Memory) or .array (TypedArray), received " +
-                                                       describe(arr));
-    Napi::TypedArray ta = arr.As<Napi::TypedArray>();
-    Napi::ArrayBuffer ab = ta.ArrayBuffer();
-    if (ab.IsDetached())
-      throw_error(env, ErrorCode::InvalidArgument, w + ": its ArrayBuffer is detached (transferred or disposed)");
-    if (static_cast<uint64_t>(offset) + static_cast<uint64_t>(bytes) > ta.ByteLength())
-      throw_error(env, ErrorCode::InvalidArgument,
-                  w + ": range [" + std::to_string(offset) + ", " + std::to_string(offset + bytes) +
-                      ") exceeds the array's " + std::to_string(ta.ByteLength()) + " bytes");
-    t.ptr = static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset() + offset;
-    src.array = ta;
+    throw_error(env, ErrorCode::InvalidArgument,
+                std::string(what) + "[0] must be a Memory or a TypedArray, received " + describe(source));
   }
   t.bytes = static_cast<size_t>(bytes);
   return t;
