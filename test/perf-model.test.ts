@@ -98,7 +98,7 @@ test('mergeProfiles: the median per point and per rate of profiles measured apar
   const scaled = (f: number, id: number): ModelProfile => {
     const p = synthetic(cfg);
     const ops = Object.fromEntries(Object.entries(p.ops).map(([k, pts]) => [k, pts.map((q) => ({ ...q, ms: q.ms * f, probeGBs: q.probeGBs / f }))]));
-    return { ...p, ops, groupMs: 0.01 * f, opMs: 0.02 * f, readGBs: 20 / f, copyGBs: 10 / f, sampleNsPerLogit: f, runtime: { preset: 'x', stepMs: 0.1 * f, layerMs: 0.05 * f, points: [{ layers: id, batch: 1, measuredMs: f, predictedMs: f }] }, seconds: id };
+    return { ...p, ops, groupMs: 0.01 * f, opMs: 0.02 * f, readGBs: 20 / f, copyGBs: 10 / f, sampleNsPerLogit: f, runtime: { preset: 'x', stepMs: 0.1 * f, layerMs: 0.05 * f, seqMs: 0.002 * f, points: [{ layers: id, batch: 1, measuredMs: f, predictedMs: f }] }, seconds: id };
   };
   const ps = [scaled(1, 1), scaled(1.5, 2), scaled(0.8, 3)];
   const m = mergeProfiles(ps);
@@ -110,7 +110,7 @@ test('mergeProfiles: the median per point and per rate of profiles measured apar
       assert.equal(q.bytes, ref.bytes);
     });
   }
-  assert.deepEqual([m.groupMs, m.opMs, m.readGBs, m.copyGBs, m.sampleNsPerLogit, m.runtime.stepMs, m.runtime.layerMs], [0.01, 0.02, 20, 10, 1, 0.1, 0.05]);
+  assert.deepEqual([m.groupMs, m.opMs, m.readGBs, m.copyGBs, m.sampleNsPerLogit, m.runtime.stepMs, m.runtime.layerMs, m.runtime.seqMs], [0.01, 0.02, 20, 10, 1, 0.1, 0.05, 0.002]);
   assert.equal(m.runtime.points.length, 3);
   assert.equal(m.seconds, 6);
   // predictions from the merge equal the middle profile's
@@ -167,6 +167,9 @@ test('memory parts rescale with the read bandwidth, the rest does not', async ()
   const d = predictDecode(cfg, p, { batch: 8, context: 100 });
   const d2 = predictDecode(cfg, p, { batch: 8, context: 100 }, { readGBs: 10 });
   assert.equal(d2.terms.overheadMs, d.terms.overheadMs, 'group round trips and runtime costs do not rescale');
+  // the runtime's per-sequence cost: once per sequence of the step
+  const withSeq = predictDecode(cfg, { ...p, runtime: { ...p.runtime, seqMs: 0.01 } }, { batch: 8, context: 100 });
+  assert.ok(Math.abs(withSeq.terms.overheadMs - d.terms.overheadMs - 8 * 0.01) < 1e-12);
   assert.ok(d2.stepMs > d.stepMs);
   // the same memory-bound op measured at two bandwidths predicts the same at a third
   const q: OpPoint = { batch: 1, ms: 1, bytes: 20e6, probeGBs: 20 };
@@ -435,21 +438,24 @@ test('profileModel measures every op of a tiny model at its shapes, batches and 
   assert.ok(p.peakGBs >= 0 && p.groupMs >= 0 && p.opMs >= 0 && p.streamEfficiency > 0 && p.sampleNsPerLogit > 0 && p.readGBs > 0 && p.cacheBytes > 0);
   assert.ok(p.copyGBs! > 0, 'the expert copy rate (offloaded experts)');
   // the runtime calibration ran copies of the family's tiny preset, n and n + 8 layers, in turn (which goes first
-  // alternating); the per-layer cost is the median of each repetition's paired difference of residuals over the 8
-  // layers, the per-step cost the n-layer copy's median residual less n per-layer costs (neither below 0)
+  // alternating), then the n-layer copy at batch 16; the per-layer cost is the median of each repetition's paired
+  // difference of residuals over the 8 layers, the per-step cost the n-layer copy's median residual less n per-layer
+  // costs, the per-sequence cost the median of its batch-16 residual less its batch-1 one, over 15 (none below 0)
   assert.equal(p.runtime.preset, 'tiny-qwen3-moe');
   const pts = p.runtime.points;
   assert.deepEqual(
-    pts.map((q) => q.layers),
-    [1, 9, 9, 1, 1, 9],
+    pts.map((q) => `${q.layers}/${q.batch}`),
+    ['1/1', '9/1', '1/16', '9/1', '1/1', '1/16', '1/1', '9/1', '1/16'],
   );
   for (const q of pts) assert.ok(q.measuredMs > 0 && q.predictedMs > 0);
   const rest = (q: (typeof pts)[0]) => q.measuredMs - q.predictedMs;
   const median3 = (v: number[]) => [...v].sort((x, y) => x - y)[1]!;
-  const reps = [0, 1, 2].map((r) => pts.slice(2 * r, 2 * r + 2).sort((x, y) => x.layers - y.layers) as [(typeof pts)[0], (typeof pts)[0]]);
+  const reps = [0, 1, 2].map((r) => pts.slice(3 * r, 3 * r + 2).sort((x, y) => x.layers - y.layers) as [(typeof pts)[0], (typeof pts)[0]]);
   const layerMs = Math.max(0, median3(reps.map(([a, b]) => (rest(b) - rest(a)) / 8)));
   assert.ok(Math.abs(p.runtime.layerMs - layerMs) < 1e-9, `layerMs ${p.runtime.layerMs} vs ${layerMs} from the points`);
   assert.ok(Math.abs(p.runtime.stepMs - Math.max(0, median3(reps.map(([a]) => rest(a))) - layerMs)) < 1e-9);
+  const seqMs = Math.max(0, median3([0, 1, 2].map((r) => rest(pts[3 * r + 2]!) - rest(reps[r]![0]))) / 15);
+  assert.ok(Math.abs(p.runtime.seqMs! - seqMs) < 1e-9, `seqMs ${p.runtime.seqMs} vs ${seqMs} from the points`);
   const d = predictDecode(cfg, p, { batch: 4, context: 64 }, { readGBs: p.readGBs });
   assert.ok(Number.isFinite(d.stepMs) && d.stepMs > 0 && d.tokensPerSecond > 0);
   assert.ok(d.expertsPerLayer > cfg.topK && d.expertsPerLayer <= 4 * cfg.topK);

@@ -7,8 +7,8 @@
  *               + awaited groups × groupMs                               (each group is one round trip to JS)
  *               + host work: KV writes, OLMoE clipping, MLA assembly, the tensors allocated fresh per step and
  *                 per layer, sampling B × vocab
- *               + the runtime's fixed costs per step and per layer (residual of real decode steps of generated
- *                 copies of the family's tiny preset with n and n + 8 layers)
+ *               + the runtime's fixed costs per step, per layer and per sequence (residual of real decode steps
+ *                 of generated copies of the family's tiny preset with n and n + 8 layers, and at batch 1 and 16)
  * with B sequences decoding one token each (T = B rows) at context L, experts resident. The routed-expert op is
  * measured as the call a decode step makes: B × k routed rows over U(B) = E (1 - (1 - k/E)^B) distinct experts
  * (independent uniform routing), read from cache-cold memory like the model's.
@@ -453,13 +453,19 @@ export interface ModelProfile {
   hostExpertGBs?: number;
   /**
    * The runtime's costs the measured ops do not explain (tensor allocation, JS between groups, bookkeeping), from
-   * real decode steps of copies of the family's tiny preset: per step and per layer (ms).
+   * real decode steps of copies of the family's tiny preset: per step, per layer and per sequence of the step (ms).
    */
   runtime: {
     /** The preset whose copies were run (null: not calibrated, all 0). */
     preset: string | null;
     stepMs: number;
     layerMs: number;
+    /**
+     * Per sequence of a step (its KV bookkeeping, block tables, scheduling, its rows' tensors and the tail of a
+     * queued step that its rows lengthen): the residual of a batch-16 step over a batch-1 step, per sequence. Absent
+     * in profiles made before 2026-11-27 (0).
+     */
+    seqMs?: number;
     /** The calibration steps: measured (median time between decode steps) and predicted without these costs. */
     points: Array<{ layers: number; batch: number; measuredMs: number; predictedMs: number }>;
   };
@@ -781,7 +787,7 @@ function composeStep(
   // one micro-batch, queued: the modules ride on their routers' round trips, and with resident experts the whole step
   // is one
   const trips = plan.queued && M === 1 ? plan.queuedTrips * p.groupMs : plan.groups * p.groupMs + plan.hostGroups * (p.hostGroupMs ?? p.groupMs) + moduleTrips;
-  terms.overheadMs = trips + r.stepMs + cfg.numLayers * r.layerMs;
+  terms.overheadMs = trips + r.stepMs + cfg.numLayers * r.layerMs + S * (r.seqMs ?? 0);
   if (p.kind === 'cuda' && M > 1) {
     // per layer and micro-batch (the layers' modules alike: their mean)
     const per = M * cfg.numLayers;

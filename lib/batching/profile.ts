@@ -951,7 +951,9 @@ async function decodeInterval(model: MoeModel, B: number, prompt: number, steps:
  * The runtime's costs beyond the ops, groups and host work measured: decode steps (one sequence, context ~70) of
  * generated copies of the family's tiny preset with n and n + 8 layers (n: enough to hold a MoE layer), less what
  * their own op profile predicts with zero runtime costs; the difference over the 8 layers is the per-layer cost,
- * the rest at n layers the per-step cost. The copies run in turn, and each repetition's difference is taken
+ * the rest at n layers the per-step cost; the n-layer copy at batch SEQ_BATCH too, whose residual over batch 1's is
+ * the per-sequence cost (the runtime's per-sequence work: KV bookkeeping, block tables, scheduling, the rows' host
+ * tensors, the tail of a queued step). The copies run in turn, and each repetition's difference is taken
  * between its two adjacent runs (this VM's speed drifts between phases; a pair shares one) before the median over
  * the repetitions: n and n + 3 layers with the medians of each copy's runs differenced gave layerMs 0-1.9 ms in five
  * profiles of tiny-qwen3-moe in a row (2026-11-27), enough to move a 2-layer Qwen3-shape step's prediction 10%.
@@ -978,33 +980,40 @@ async function runtimeCosts(c: Ctx, quick: boolean, sampleNs: number, ops: Recor
       const model = await loadModel(d, { backend: c.be, kvCacheBytes: 64 << 20, deviceActivations: c.staged });
       made.push({ layers, model, p: undefined as unknown as ModelProfile, rest: [] });
       // one sequence at context ~70: a tiny model's step stays in cache (warm)
-      const sub: Ctx = { ...c, cfg: model.config, batches: [1], seqBatches: [1], prefill: [], contexts: [prompt, prompt * 2], cold: false, log: () => {} };
+      const sub: Ctx = { ...c, cfg: model.config, batches: [1, SEQ_BATCH], seqBatches: [1, SEQ_BATCH], prefill: [], contexts: [prompt, prompt * 2], cold: false, log: () => {} };
       made[made.length - 1]!.p = { ...bare(c, model.config, await measureOps(sub, 'warm', ops), sub.batches, sub.contexts), sampleNsPerLogit: sampleNs };
       // warm-up: the first steps of a fresh process run 2-3x slower than later ones (the engine's JS compiling)
       for (let w = 0; w < 3; w++) await decodeInterval(model, 1, prompt, steps);
     }
     const points: ModelProfile['runtime']['points'] = [];
+    const residual = async (m: (typeof made)[0], B: number) => {
+      const measured = await decodeInterval(m.model, B, prompt, steps);
+      const predicted = predictDecode(m.model.config, m.p, { batch: B, context: prompt + steps / 2 + 1 }).stepMs;
+      points.push({ layers: m.layers, batch: B, measuredMs: measured, predictedMs: predicted });
+      return measured - predicted;
+    };
+    const seqRest: number[] = []; // the n-layer copy's residual at SEQ_BATCH less its residual at batch 1 (same repetition)
     for (let rep = 0; rep < (quick ? 3 : 9); rep++) {
-      // alternate which copy runs first, so that neither always follows the other
-      for (const m of rep % 2 === 0 ? made : [...made].reverse()) {
-        const measured = await decodeInterval(m.model, 1, prompt, steps);
-        const predicted = predictDecode(m.model.config, m.p, { batch: 1, context: prompt + steps / 2 + 1 }).stepMs;
-        m.rest.push(measured - predicted);
-        points.push({ layers: m.layers, batch: 1, measuredMs: measured, predictedMs: predicted });
-      }
+      // alternate which copy runs first, so that neither always follows the other; the batch run beside them
+      for (const m of rep % 2 === 0 ? made : [...made].reverse()) m.rest.push(await residual(m, 1));
+      seqRest.push(await residual(made[0]!, SEQ_BATCH) - made[0]!.rest[rep]!);
     }
     // per repetition the paired difference; medians over the repetitions; runtime costs are not negative (a
     // negative estimate is noise)
     const [a, b] = made as [(typeof made)[0], (typeof made)[0]];
     const layerMs = Math.max(0, medianOf(b.rest.map((r, i) => (r - a.rest[i]!) / extra)));
-    return { preset, layerMs, stepMs: Math.max(0, medianOf(a.rest) - first * layerMs), points };
+    const seqMs = Math.max(0, medianOf(seqRest) / (SEQ_BATCH - 1));
+    return { preset, layerMs, stepMs: Math.max(0, medianOf(a.rest) - first * layerMs), seqMs, points };
   } finally {
     for (const m of made) m.model.dispose();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
-const NO_RUNTIME: ModelProfile['runtime'] = { preset: null, stepMs: 0, layerMs: 0, points: [] };
+const NO_RUNTIME: ModelProfile['runtime'] = { preset: null, stepMs: 0, layerMs: 0, seqMs: 0, points: [] };
+
+/** The batch of the runtime calibration's per-sequence run (beside its batch-1 runs). */
+const SEQ_BATCH = 16;
 
 /** A profile of measured ops with no runtime costs (what the calibration subtracts). */
 function bare(c: Ctx, cfg: ModelConfig, ops: Record<string, OpPoint[]>, batches: number[], contexts: number[]): ModelProfile {
@@ -1200,6 +1209,7 @@ export function mergeProfiles(profiles: readonly ModelProfile[]): ModelProfile {
       preset: first.runtime.preset,
       stepMs: mid(profiles.map((p) => p.runtime.stepMs)),
       layerMs: mid(profiles.map((p) => p.runtime.layerMs)),
+      seqMs: mid(profiles.map((p) => p.runtime.seqMs ?? 0)),
       points: profiles.flatMap((p) => p.runtime.points),
     },
     readGBs: mid(profiles.map((p) => p.readGBs)),
