@@ -85,7 +85,7 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'demo': {
       const { values } = parseArgs({ args: rest, options: { 'max-new-tokens': { type: 'string' }, backend: { type: 'string' } } });
-      const n = intOpt(values['max-new-tokens'], 'max-new-tokens');
+      const n = countOpt(values['max-new-tokens'], 'max-new-tokens');
       await demo({ ...(n !== undefined ? { maxNewTokens: n } : {}), backend: backendOpt(values.backend) });
       return 0;
     }
@@ -148,6 +148,13 @@ function intOpt(v: string | undefined, name: string): number | undefined {
   return n;
 }
 
+/** intOpt for counts that must be at least 1 (the option named in the error, not the API's parameter). */
+function countOpt(v: string | undefined, name: string): number | undefined {
+  const n = intOpt(v, name);
+  if (n !== undefined && n < 1) throw new InvalidArgumentError(`--${name} must be an integer >= 1, received ${JSON.stringify(v)}`);
+  return n;
+}
+
 function numOpt(v: string | undefined, name: string): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
@@ -206,17 +213,18 @@ async function generateCmd(args: string[]): Promise<number> {
   if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required');
   if (values.input !== undefined) return batchCmd(values);
   if ((values.prompt === undefined) === (values.chat === undefined)) throw new InvalidArgumentError('give exactly one of --prompt TEXT, --chat TEXT or --input FILE');
+  // the options checked before the model loads
+  const temperature = numOpt(values.temperature, 'temperature');
+  const topK = intOpt(values['top-k'], 'top-k');
+  const topP = numOpt(values['top-p'], 'top-p');
+  const seed = intOpt(values.seed, 'seed');
+  const maxNewTokens = countOpt(values['max-new-tokens'], 'max-new-tokens');
   const experts = expertsOpt(values.experts, values.policy);
   const ac = new AbortController();
   const onSigint = () => ac.abort(new Error('interrupted'));
   process.once('SIGINT', onSigint);
   const model = await loadModel(values.model, { experts, signal: ac.signal, backend: backendOpt(values.backend), ...deviceOpt(values['device-gib']) });
   try {
-    const temperature = numOpt(values.temperature, 'temperature');
-    const topK = intOpt(values['top-k'], 'top-k');
-    const topP = numOpt(values['top-p'], 'top-p');
-    const seed = intOpt(values.seed, 'seed');
-    const maxNewTokens = intOpt(values['max-new-tokens'], 'max-new-tokens');
     const s = model.stream(values.chat !== undefined ? [{ role: 'user', content: values.chat }] : values.prompt!, {
       signal: ac.signal,
       ...(temperature !== undefined ? { temperature } : {}),
@@ -412,13 +420,13 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
   };
   process.once('SIGINT', onSigint);
   const num = (k: string, f: (v: string | undefined, n: string) => number | undefined) => f(str(k), k);
-  const maxBatchTokens = num('max-batch-tokens', intOpt);
-  const maxNewTokens = num('max-new-tokens', intOpt);
+  const maxBatchTokens = num('max-batch-tokens', countOpt);
+  const maxNewTokens = num('max-new-tokens', countOpt);
   const kvCacheBytes = gibOpt(str('kv-gib'), 'kv-gib');
-  const microBatches = num('micro-batches', intOpt);
+  const microBatches = num('micro-batches', countOpt);
   const be = backendOpt(str('backend'));
   const cfg = modelConfig(str('model')!);
-  const maxSequences = num('max-sequences', intOpt);
+  const maxSequences = num('max-sequences', countOpt);
   // the plan, before loading: the batch the performance model predicts fastest within the KV cache and the expert
   // slots that fit beside its step (from this model's saved profile), the KV cache sized for it
   const saved = maxSequences === undefined ? savedProfile(defaultProfile(str('model')!, be.kind), cfg) : {};

@@ -44,15 +44,19 @@ export type Shape = readonly number[];
 export function checkShape(shape: unknown, what = 'shape'): readonly number[] {
   if (!Array.isArray(shape)) throw new InvalidArgumentError(`${what} must be an array of sizes, received ${describe(shape)}`);
   if (shape.length > 8) throw new InvalidArgumentError(`${what} must have at most 8 dimensions, received ${shape.length}`);
+  // a plain loop and one copy: every tensor and view a step makes comes through here
+  const out = new Array<number>(shape.length);
   let n = 1;
-  shape.forEach((d, i) => {
+  for (let i = 0; i < shape.length; i++) {
+    const d: unknown = shape[i];
     if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) {
       throw new InvalidArgumentError(`${what}[${i}] must be a non-negative integer, received ${describe(d)}`);
     }
     n *= d;
-  });
+    out[i] = d;
+  }
   if (!Number.isSafeInteger(n)) throw new InvalidArgumentError(`${what} ${describe(shape)} has too many elements`);
-  return Object.freeze([...shape] as number[]);
+  return Object.freeze(out);
 }
 
 export function numelOf(shape: Shape): number {

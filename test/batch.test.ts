@@ -272,6 +272,10 @@ describe('jsonl', () => {
     assert.equal(r.status, 1);
     assert.match(r.out, /\[MOE_INVALID_ARGUMENT\] --max-batch must be an integer in \[1, 4096\], received 0/);
     assert.doesNotMatch(r.out, /profiling/);
+    // counts below 1 are refused by the option's name, before the model loads
+    r = run('generate', '--model', dirs['tiny-mixtral']!, '--prompt', 'hi', '--max-new-tokens', '0');
+    assert.equal(r.status, 1);
+    assert.match(r.out, /\[MOE_INVALID_ARGUMENT\] --max-new-tokens must be an integer >= 1, received "0"/);
     r = run('info', '--bogus');
     assert.equal(r.status, 1);
     assert.match(r.out, /Unknown option '--bogus'/);

@@ -104,7 +104,10 @@ export interface PlannedOp {
 
 export interface StepPlan {
   ops: PlannedOp[];
-  /** Awaited op groups per step (round trips to JS): on the compute backend (not staged: every group). */
+  /**
+   * Awaited op groups per step (round trips to JS) of a step that is not queued (micro-batches, clip, MLA): on the
+   * compute backend (not staged: every group).
+   */
   groups: number;
   /** Staged: awaited ops of the host backend per step (attention, RoPE); 0 when not staged (counted in groups). */
   hostGroups: number;
