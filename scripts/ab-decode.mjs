@@ -3,10 +3,15 @@
 // separate processes cannot show a 10-30% change; alternating inside one process cancels them).
 //   B: this checkout's dist/. A: another build's dist/ folder, e.g. the last commit's:
 //     git worktree add /tmp/old HEAD && (cd /tmp/old && ln -s "$PWD/../<repo>/node_modules" . && npx tsc -p .)
-//   (its lib loads the same addon: give it this checkout's build/ as a symlink when the native side is compatible)
-// Usage: node scripts/ab-decode.mjs --old=/tmp/old/dist [--preset=tiny-qwen3-moe] [--layers=N] [--staged]
+//   (its lib loads the same addon: give it this checkout's build/ as a symlink when the native side is compatible;
+//   otherwise build its own and pass --old-prebuild=<its folder holding build/Release>; tensor descriptors became
+//   arrays at 0c2ed1a, so builds before it need their own)
+// Usage: node scripts/ab-decode.mjs --old=/tmp/old/dist [--old-prebuild=DIR] [--preset=tiny-qwen3-moe] [--layers=N] [--staged]
 //          [--backend=cpu|cuda] [--batches=1,32] [--reps=6] [--prompt=16] [--new-tokens=24]
 // On a GPU machine: scripts/gpu-carry.sh with OLD_REF=<commit> carries that commit's dist/ (gpu-session.sh step ab).
+// With --old-prebuild the process holds two addons, each with its own thread pool: on a 2-core machine they contend
+// (2026-11-27, tiny-qwen3-moe batch 1: B/A 0.87 against 0.64 with one shared addon), so compare such ratios only with
+// each other.
 // Prints, per batch, the median step time (full decode steps: every sequence decoding) of A and B over the
 // repetitions and every repetition's median.
 import path from 'node:path';
@@ -24,6 +29,9 @@ if (!oldDist) {
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const B_ = await import(path.join(root, 'dist', 'lib', 'index.js'));
 const A_ = await import(path.resolve(oldDist, 'lib', 'index.js'));
+// --old-prebuild=DIR: A loads its own addon (DIR/build/Release/moe_offload.node) where the native interface changed
+// between the builds; each lib loads its addon at its first native call, so the variable is set around A's load only
+const oldPrebuild = arg('old-prebuild');
 const { benchModel, randomRequests } = await import(path.join(root, 'dist', 'bench', 'bench-models.js'));
 
 const preset = arg('preset', 'tiny-qwen3-moe');
@@ -37,7 +45,12 @@ const newTokens = Number(arg('new-tokens', '24'));
 const layers = arg('layers') ? Number(arg('layers')) : undefined;
 const dir = await benchModel(preset, layers);
 const placement = { backend, ...(backend === 'cpu' ? { deviceActivations: staged } : {}) };
-const models = { A: await A_.loadModel(dir, placement), B: await B_.loadModel(dir, placement) };
+const prebuild = process.env.MOE_OFFLOAD_PREBUILD;
+if (oldPrebuild) process.env.MOE_OFFLOAD_PREBUILD = path.resolve(oldPrebuild);
+const modelA = await A_.loadModel(dir, placement);
+if (prebuild === undefined) delete process.env.MOE_OFFLOAD_PREBUILD;
+else process.env.MOE_OFFLOAD_PREBUILD = prebuild;
+const models = { A: modelA, B: await B_.loadModel(dir, placement) };
 const median = (v) => [...v].sort((x, y) => x - y)[Math.floor(v.length / 2)];
 
 /** The median full-decode step (ms) of a batch of B random prompts on `model`. */

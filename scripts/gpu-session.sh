@@ -164,7 +164,8 @@ fi
 if want ab; then  # this checkout's decode steps against the carried OLD_REF's (gpu-carry.sh), alternated in one process
   # AB_ARGS default: tiny-qwen3-moe on CUDA at batches 1 and 32 (2026-11-27: the whole step queued, one await per step)
   if [ -d .device/carry/old/dist ]; then
-    TAIL=4 step ab 180 "$NODE" scripts/ab-decode.mjs --old=.device/carry/old/dist ${AB_ARGS:---backend=cuda --batches=1,32 --reps=6}
+    old_addon=() && [ -d .device/carry/old/prebuild ] && old_addon=(--old-prebuild=.device/carry/old/prebuild)
+    TAIL=4 step ab 180 "$NODE" scripts/ab-decode.mjs --old=.device/carry/old/dist "${old_addon[@]}" ${AB_ARGS:---backend=cuda --batches=1,32 --reps=6}
   else
     echo "ab: no .device/carry/old/dist (gpu-carry.sh with OLD_REF=<commit>)"
   fi
