@@ -381,11 +381,11 @@ class StepMemory {
     const host = this.host(dtype, shape);
     return { dev: this.#staged ? this.act(dtype, shape) : host, host };
   }
-  /** A host tensor's copy on the compute backend (itself when not staged). */
+  /** A host tensor's copy on the compute backend (itself when not staged), once the copy is done. */
   async upload(h: HostTensor): Promise<Tensor> {
-    if (!this.#staged) return h;
-    const d = this.act(h.dtype, [...h.shape]);
-    await this.#be.copy(h, d, this.#op);
+    const ops: Array<Promise<unknown>> = [];
+    const d = this.put(h, ops);
+    await Promise.all(ops);
     return d;
   }
   /** upload() queued: the copy goes into `ops` (not awaited), its destination is returned at once. */
@@ -420,9 +420,10 @@ class StepMemory {
 }
 
 /**
- * Whether a step of `cfg` with one micro-batch queues each layer on one stream, awaited once with the router (see
- * #forward): not staged, and nothing read on the JS side between the input norm and the router (no clip_qkv clamp,
- * no MLA assembly). The performance model counts its round trips by the same rule (stepOps).
+ * Whether a step of `cfg` with one micro-batch queues its layers, each awaited at most once, with its router (see
+ * #forward; staged too, across the streams by events): nothing read on the JS side between the input norm and the
+ * router (no clip_qkv clamp, no MLA assembly). The performance model counts its round trips by the same rule
+ * (stepOps).
  */
 export function queuesLayers(cfg: ModelConfig): boolean {
   return cfg.clipQkv === null && cfg.mla === null;
@@ -488,8 +489,8 @@ export class ForwardPass {
   /**
    * Multi-head attention projections: q/k/v (+ bias), q/k norm on the compute backend, then (on the host) OLMoE's
    * clip and RoPE. `norm` is the pending input norm op. Returns host q [T, nH, hd], k and v [T, nKV, hd] f32.
-   * With `queue` (one stream, RoPE in the group: not staged, no clip), the ops go into `queue.ops` unawaited and the
-   * RoPE's run interval (the last of them on the stream) into `queue.ropeRan`.
+   * With `queue` (a queued layer: no clip), RoPE joins the group (staged: behind the q/k/v downloads, through
+   * `queue.toHost`'s event), the ops go into `queue.ops` unawaited and the RoPE's run interval into `queue.ropeRan`.
    */
   async #mhaQkv(w: LayerWeights, xn: Tensor, T: number, positions: HostTensor, norm: Promise<unknown>, m: StepMemory, op: { signal?: AbortSignal }, queue?: { ops: Array<Promise<unknown>>; ropeRan: OpTiming; toHost: () => void }): Promise<{ q: HostTensor; k: HostTensor; v: HostTensor }> {
     const { be, cfg, staged } = this.#p;
@@ -823,7 +824,7 @@ export class ForwardPass {
         const li = this.#moeIndex.get(l);
         // MoE layers route from the f32 normalised state (a bf16 rounding there can flip near-tied experts); the
         // last op before the experts times the end of the layer's dense part (r.route)
-        const routeOp = { ...op, timing: r.route };
+        const routeOp = queued ? { ...op, timing: r.route } : op;
         if (li === undefined) g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xn, eps: cfg.rmsNormEps, add: delta }, routeOp));
         else g2.push(be.rmsNorm({ x: h, weight: w.postNorm, out: xf, eps: cfg.rmsNormEps, add: delta }, op), be.convert(xf, xn, op));
         if (li === undefined) {
@@ -921,13 +922,8 @@ export class ForwardPass {
         track(ps);
         return ps;
       };
-      let out: R;
-      try {
-        out = await head(lmHead, R, m);
-      } finally {
-        await Promise.allSettled(all); // settled by now when `head` succeeded: they ran before its ops
-      }
-      await Promise.all(all); // the first failure, if any
+      const out = await head(lmHead, R, m);
+      await Promise.all(all); // a queued op's failure, if any (the catch below waits for the rest)
       if (whole) bookQueued(book, ran, true, embedRan);
       book('denseHeadMs');
       if (o.iteration) experts.endIteration?.();
