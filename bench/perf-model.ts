@@ -333,6 +333,7 @@ async function main(): Promise<void> {
           measured_experts_copied_per_step: r3(r.copied / expertBytes),
           predicted_experts_copied_per_step: r3(pred.copies!.experts),
           module_mode: pred.copies!.moduleMode,
+          streamed: pred.copies!.streamed,
           copy_GBs: r3(profile.copyGBs!),
           read_GBs: r3(r.read),
           load_avg_1m: r3(r.load),

@@ -368,7 +368,7 @@ async function planCmd(args: string[]): Promise<number> {
   );
   const best = chooseBatch(cfg, p, context, kvTokens, {}, deviceBytes !== undefined ? { deviceBytes } : expertSlots);
   for (const { batch: b, microBatches: mb, expertSlots: slots, prediction: d } of best.candidates) {
-    const copies = d.copies ? `, ${d.copies.experts.toFixed(1)} experts ${d.copies.onHost ? 'computed on the host' : 'copied'}${d.copies.moduleMode ? ' (module mode)' : ''}` : '';
+    const copies = d.copies ? `, ${d.copies.experts.toFixed(1)} experts ${d.copies.onHost ? 'computed on the host' : 'copied'}${d.copies.moduleMode ? ' (module mode)' : d.copies.streamed ? ' (streamed ahead)' : ''}` : '';
     const groups = mb > 1 ? `, ${mb} attention micro-batches (${(-d.terms.overlapMs).toFixed(2)} ms overlapped)` : '';
     const held = deviceBytes !== undefined && slots !== undefined ? `, ${slots} experts in device memory` : '';
     process.stdout.write(`  batch ${String(b).padStart(4)}: ${d.tokensPerSecond.toFixed(1).padStart(9)} tokens/s, step ${d.stepMs.toFixed(2)} ms${held}${copies}${groups}, bound: ${d.bound}\n`);

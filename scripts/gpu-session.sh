@@ -9,7 +9,7 @@
 #     -DCMAKE_BUILD_TYPE=Release && ninja -C build-native-gpu moe-native
 # then a device call carrying .device/carry and build-native-gpu/moe-native:
 #   OUT=$OUT DEADLINE=420 bash scripts/gpu-session.sh [steps]
-#   (steps: test bench attention moe profile node hostmem residency throughput modelbased perfmodel ab demo, default all
+#   (steps: test bench attention moe moeenv profile node hostmem residency throughput modelbased perfmodel ab demo, default all
 #   but attention, profile, hostmem, modelbased, perfmodel, ab and demo; AB_ARGS: scripts/ab-decode.mjs's; PERFMODEL_ARGS: bench/perf-model.ts's (default --backend=cuda --quick, the two real shapes at batches
 #   1, 8, 32, 128; the micro-batch overlap the model predicts: PERFMODEL_ARGS="--backend=cuda --quick --decode-only
 #   --models=qwen3-30b-a3b-shape --batches=32,128 --micro-batches=1,2,4"); THROUGHPUT_ARGS default
@@ -102,11 +102,13 @@ fi
 if want attention; then  # the CPU attention kernels on the GPU host's cores (decode and prefill; the throughput mode's CPU side)
   TAIL=12 step attention 120 "$NATIVE" bench-attention --json "$W/attention-native-gpu-host-$stamp.json"
 fi
-if want moe; then
+if want moe || want moeenv; then  # moeenv: the MOE_ENVS runs alone (no default run, no PyTorch)
   for v in ${MOE_ENVS:-}; do  # other MoE paths or tiles for comparison (e.g. MOE_CUDA_MOE=mma), ours only
     TAIL=26 step "moe-ours-$(tag "$v")" 120 env ${v//,/ } "$NATIVE" bench-moe-cuda ${MOE_ENV_T:+--t "$MOE_ENV_T"} \
       --json "$W/moe-cuda-ours-$(tag "$v").json"
   done
+fi
+if want moe; then
   TAIL=26 step moe-ours 120 "$NATIVE" bench-moe-cuda --json "$W/moe-cuda-ours.json"
   [ -f "$W/moe-cuda-ours.json" ] && TAIL=30 step moe-torch 180 env PYTHONUNBUFFERED=1 python3 bench/moe_cuda_torch.py \
     --ours "$W/moe-cuda-ours.json" --out "$W/moe-cuda-$stamp.json"

@@ -221,6 +221,20 @@ describe('generation', () => {
     }
   });
 
+  test('a pool that big steps cycle (each layer\'s experts fit, all layers\' do not): the next layer\'s experts stream ahead, logits bitwise equal', async () => {
+    using resident = await loadModel(dir);
+    const tokens = resident.encode('A longer prompt, so that prefill routes to most of the experts of every layer in one step.');
+    const a = await resident.logits(tokens);
+    // 32 slots: one layer's 32 experts fit (one fused call), the four layers' 128 do not (LRU alone would fetch each
+    // layer's on demand, stalling it)
+    for (const deviceActivations of [false, true]) {
+      using pool = await loadModel(dir, { experts: { slots: 32, policy: 'lru' }, deviceActivations });
+      for (let s = 0; s < 2; s++) assert.deepEqual((await pool.logits(tokens)).data, a.data, `step ${s}${deviceActivations ? ', device activations' : ''}`);
+      const st = pool.cacheStats!;
+      assert.ok(st.prefetchIssued > 0 && st.prefetchUsed > 0, `streamed ahead and used (${JSON.stringify(st)})`);
+    }
+  });
+
   test('bad arguments are typed errors naming the argument', async () => {
     await assert.rejects(model.generate('x', { maxNewTokens: 0 }), (e: unknown) => e instanceof InvalidArgumentError && /maxNewTokens/.test(e.message));
     await assert.rejects(model.generate('x', { temperature: -1 }), (e: unknown) => e instanceof InvalidArgumentError && /temperature/.test(e.message));

@@ -179,9 +179,10 @@ for (const { name } of FAMILIES) {
 
     test('a step queued whole (resident experts) gives the bits of the same step awaited layer by layer (routing traced): direct, staged, CUDA', async (t) => {
       const dir = path.join(root, name);
+      // experts: 'resident' (CUDA's default is an expert cache, whose first step computes its misses on the host)
       const placements = [{}, { deviceActivations: true }, ...(cudaUnavailableReason() === undefined ? [{ backend: 'cuda' as const }] : [])];
       for (const placement of placements) {
-        using m = await loadModel(dir, placement);
+        using m = await loadModel(dir, { ...placement, experts: 'resident' });
         const tokens = m.encode(PROMPT);
         const whole = (await m.logits(tokens)).data;
         const traced = (await m.logits(tokens, { routing: { ids: [], probs: [], gates: [] } })).data;

@@ -251,7 +251,7 @@ test('offloaded experts: copies per step by regime (demand fetches, LRU cycling,
   const E = cfg.numExperts;
   const U = (B: number) => expectedExperts(E, cfg.topK, B);
   // every expert fits: nothing copied
-  assert.deepEqual(expertCopies(cfg, 8, L * E), { experts: 0, moduleMode: false });
+  assert.deepEqual(expertCopies(cfg, 8, L * E), { experts: 0, moduleMode: false, streamed: false });
   // one token, many slots: LRU keeps a requested expert with probability slots / (L E)
   const slots = Math.floor((L * E) / 2);
   assert.ok(L * U(1) < slots);
@@ -260,6 +260,14 @@ test('offloaded experts: copies per step by regime (demand fetches, LRU cycling,
   const few = Math.ceil(U(2)) + 1;
   assert.ok(L * U(2) >= few && U(2) <= few);
   assert.ok(Math.abs(expertCopies(cfg, 2, few).experts - L * U(2)) < 1e-9);
+  assert.equal(expertCopies(cfg, 2, few).streamed, false, 'a quarter of a layer\'s experts: fetched on demand');
+  // ... with most of each layer's experts (a big batch): the next layer's stream ahead (CachedExperts' cycling), a
+  // share 1 - U/E of the prefetched ones not routed to again; on CUDA they overlap the step like module mode's
+  const many = 40;
+  assert.ok(U(64) <= many && L * U(64) >= many && 2 * U(64) >= E);
+  const c = expertCopies(cfg, 64, many);
+  assert.deepEqual({ moduleMode: c.moduleMode, streamed: c.streamed }, { moduleMode: false, streamed: true });
+  assert.ok(Math.abs(c.experts - L * (U(64) + U(64) * (1 - U(64) / E))) < 1e-9);
   // a layer's experts exceed the slots: module mode, plus the prefetched experts of the previous step not used again
   const m = expertCopies(cfg, 64, 8);
   assert.equal(m.moduleMode, true);
@@ -490,24 +498,31 @@ test('profileModel, staged on the CPU backend and on CUDA: every op of the stage
       if (kind === 'cuda') assert.ok(p.device && p.device.length > 0, 'the GPU name');
       assert.ok(p.groupMs >= 0 && p.hostGroupMs! >= 0);
       assert.ok(p.hostExpertGBs! > 0, 'missed experts computed on the host: GB/s');
-      const plan = stepOps(cfg, { staged: true });
-      assert.ok(plan.ops.some((o) => o.spec.op === 'transfer') && plan.ops.some((o) => o.spec.op === 'argmaxRows'));
-      for (const o of plan.ops) {
-        const all = p.ops[o.key];
-        assert.ok(all && all.length > 0, `profile has ${o.key}`);
-        for (const q of all) assert.ok(Number.isFinite(q.ms) && q.ms >= 0, `${o.key} at ${q.batch}: ${q.ms}`);
+      // the ops of a step queued whole (resident experts) and of one that is not (offloaded: the routing comes down)
+      for (const resident of [true, false]) {
+        const plan = stepOps(cfg, { staged: true, resident });
+        assert.ok(plan.ops.some((o) => o.spec.op === 'transfer') && plan.ops.some((o) => o.spec.op === 'argmaxRows'));
+        for (const o of plan.ops) {
+          const all = p.ops[o.key];
+          assert.ok(all && all.length > 0, `profile has ${o.key} (resident ${resident})`);
+          for (const q of all) assert.ok(Number.isFinite(q.ms) && q.ms >= 0, `${o.key} at ${q.batch}: ${q.ms}`);
+        }
       }
+      const plan = stepOps(cfg, { staged: true });
       // a GPU's weight-streaming ops record its memory's bandwidth, measured once
       if (kind === 'cuda') for (const q of p.ops[plan.ops.find((o) => o.spec.op === 'gemm')!.key]!) assert.ok(q.probeGBs > 100 && q.cold === true);
       const d = predictDecode(cfg, p, { batch: 4, context: 64 });
       assert.ok(Number.isFinite(d.stepMs) && d.stepMs > 0);
+      // offloaded experts (the demo's throughput mode on CUDA): the routing's downloads are priced from the profile
+      const off = predictDecode(cfg, p, { batch: 4, context: 64, expertSlots: 2 });
+      assert.ok(Number.isFinite(off.stepMs) && off.stepMs > 0);
       // staged: greedy sampling is the argmax op, not host sampling of the logits
       assert.equal(predictDecode(cfg, { ...p, sampleNsPerLogit: p.sampleNsPerLogit + 1000 }, { batch: 4, context: 64 }).stepMs, d.stepMs);
     });
   }
 });
 
-test('offloaded experts on CUDA: module-mode copies overlap the compute (they add only beyond it); demand misses are copied or computed on the host (beside the GPU\'s experts), whichever is faster', async () => {
+test('offloaded experts on CUDA: copies streamed ahead (module mode, a cycled pool) overlap the compute (they add only beyond it); demand misses are copied or computed on the host (beside the GPU\'s experts), whichever is faster', async () => {
   const cfg = await config('tiny-mixtral');
   const cpu = synthetic(cfg);
   const gpu: ModelProfile = { ...cpu, kind: 'cuda', copyGBs: 1 };
@@ -521,6 +536,13 @@ test('offloaded experts on CUDA: module-mode copies overlap the compute (they ad
   assert.ok(Math.abs(b.stepMs - Math.max(rest, copyMs)) < 1e-9 * b.stepMs);
   assert.ok(Math.abs(b.terms.expertCopyMs - Math.max(0, copyMs - rest)) < 1e-9 * b.stepMs);
   assert.equal(b.bound === 'expert copies (H2D)', copyMs > rest);
+  // a layer's experts fit the slots, the layers' do not (Mixtral-shaped: 8 slots, a big batch routing to all 8): the
+  // pool cycles and the copies stream ahead, overlapping the step like module mode's
+  const cyc = { batch: B, context: 100, expertSlots: cfg.numExperts };
+  const ac = predictDecode(cfg, { ...cpu, copyGBs: 1 }, cyc);
+  const bc = predictDecode(cfg, gpu, cyc);
+  assert.deepEqual([bc.copies!.moduleMode, bc.copies!.streamed], [false, true]);
+  assert.ok(Math.abs(bc.stepMs - Math.max(ac.stepMs - ac.terms.expertCopyMs, ac.terms.expertCopyMs)) < 1e-9 * bc.stepMs);
   // demand fetches stall their layer on CUDA too: with every distinct expert fitting the slots, copies add
   const few = predictDecode(cfg, gpu, { batch: 1, context: 100, expertSlots: cfg.numExperts * cfg.moeLayers.length - 1 });
   assert.equal(few.copies!.moduleMode, false);

@@ -643,10 +643,10 @@ export interface DecodePrediction {
   /** Distinct routed experts per MoE layer per step (expected, uniform routing). */
   expertsPerLayer: number;
   /**
-   * Offloaded experts: experts copied into the slots per step (expected), whether the layers run in module mode, and
-   * (CUDA, demand fetches) whether computing the missed experts on the host is predicted faster than copying them.
+   * Offloaded experts: experts copied into the slots per step (expected), whether the layers run in module mode,
+   * whether the copies stream ahead of their layers (expertCopies), and (CUDA, demand fetches) whether computing the missed experts on the host is predicted faster than copying them.
    */
-  copies?: { experts: number; moduleMode: boolean; onHost?: boolean };
+  copies?: { experts: number; moduleMode: boolean; streamed: boolean; onHost?: boolean };
 }
 
 /**
@@ -656,18 +656,23 @@ export interface DecodePrediction {
  *     step left are evicted by the other layers' streaming, or were themselves prefetched: copies either way), and
  *     after each layer the next one's experts of the previous step are prefetched into the free slots (up to
  *     min(slots, U)), of which a share 1 - U/E is not routed to again: L (U + min(slots, U) (1 - U/E));
- *   else a step touching L U(B) >= slots experts cycles the LRU cache (each is evicted before its next use): L U;
+ *   else a step touching L U(B) >= slots experts cycles the LRU cache (each is evicted before its next use): with
+ *     U >= E / 2 the next layer's experts of the previous step stream ahead after each layer as in module mode (U
+ *     of them, a share 1 - U/E not routed to again): L (U + U (1 - U/E)); below that each is fetched on demand: L U;
  *   else demand fetches of the experts not cached: under independent uniform routing LRU holds a requested expert
  *     with probability slots / (L E): L U (1 - slots / (L E)); none once every expert fits.
+ * `streamed`: the copies run ahead of their layer (module mode, or the cycling with streaming above), so on CUDA they
+ * overlap the rest of the step.
  */
-export function expertCopies(cfg: ModelConfig, B: number, slots: number): { experts: number; moduleMode: boolean } {
+export function expertCopies(cfg: ModelConfig, B: number, slots: number): { experts: number; moduleMode: boolean; streamed: boolean } {
   const L = cfg.moeLayers.length;
   const E = cfg.numExperts;
   const U = expectedExperts(E, cfg.topK, B);
-  if (L === 0 || slots >= L * E) return { experts: 0, moduleMode: false };
-  if (U > slots) return { experts: L * (U + Math.min(slots, U) * (1 - U / E)), moduleMode: true };
-  if (L * U >= slots) return { experts: L * U, moduleMode: false };
-  return { experts: L * U * (1 - slots / (L * E)), moduleMode: false };
+  if (L === 0 || slots >= L * E) return { experts: 0, moduleMode: false, streamed: false };
+  if (U > slots) return { experts: L * (U + Math.min(slots, U) * (1 - U / E)), moduleMode: true, streamed: true };
+  if (L * U >= slots && 2 * U >= E) return { experts: L * (U + U * (1 - U / E)), moduleMode: false, streamed: true };
+  if (L * U >= slots) return { experts: L * U, moduleMode: false, streamed: false };
+  return { experts: L * U * (1 - slots / (L * E)), moduleMode: false, streamed: false };
 }
 
 /** Expected distinct experts of B tokens each routed to k of E (independent uniform routing). */
@@ -696,11 +701,11 @@ export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeSh
 
 /**
  * The expert copies of a step of T tokens with routed experts offloaded into `slots` (none when undefined): how many
- * (expertCopies), their time at the profile's copy rate, and whether they overlap the compute (module mode on CUDA).
+ * (expertCopies), their time at the profile's copy rate, and whether they overlap the compute (streamed ahead, on CUDA).
  * On CUDA with demand fetches the runtime computes missed experts on the host instead when that is faster (its
  * measured choice, CachedExperts' hostCompute 'auto'): the cheaper of the two, at the profile's hostExpertGBs.
  */
-function copyCost(cfg: ModelConfig, p: ModelProfile, T: number, slots: number | undefined): { copies?: { experts: number; moduleMode: boolean; onHost?: boolean }; copyMs: number; overlap: CopyOverlap } {
+function copyCost(cfg: ModelConfig, p: ModelProfile, T: number, slots: number | undefined): { copies?: { experts: number; moduleMode: boolean; streamed: boolean; onHost?: boolean }; copyMs: number; overlap: CopyOverlap } {
   if (slots === undefined) return { copyMs: 0, overlap: false };
   if (!Number.isSafeInteger(slots) || slots < 0) throw new InvalidArgumentError(`expertSlots must be an integer >= 0, received ${describe(slots)}`);
   const copies = expertCopies(cfg, T, slots);
@@ -708,12 +713,12 @@ function copyCost(cfg: ModelConfig, p: ModelProfile, T: number, slots: number | 
   if (!(p.copyGBs! > 0)) throw new InvalidArgumentError('the profile has no expert copy rate (copyGBs): profile this model again to predict offloaded experts');
   const bytes = copies.experts * 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2;
   const copyMs = bytes / (p.copyGBs! * 1e6);
-  if (p.kind === 'cuda' && !copies.moduleMode && p.hostExpertGBs! > 0) {
+  if (p.kind === 'cuda' && !copies.streamed && p.hostExpertGBs! > 0) {
     const hostMs = bytes / (p.hostExpertGBs! * 1e6);
     // the host computes them while the GPU computes the layer's resident experts (CachedExperts #runSplit)
     if (hostMs < copyMs) return { copies: { ...copies, onHost: true }, copyMs: hostMs, overlap: 'experts' };
   }
-  return { copies, copyMs, overlap: copies.moduleMode && p.kind === 'cuda' ? 'step' : false };
+  return { copies, copyMs, overlap: copies.streamed && p.kind === 'cuda' ? 'step' : false };
 }
 
 /** What hides the expert copies (copyCost): the rest of the step (module mode on CUDA), the GPU's experts (missed experts computed on the host on CUDA) or nothing. */

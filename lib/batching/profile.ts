@@ -773,7 +773,8 @@ function streams(s: OpSpec): boolean {
  * model's own copies), or only one of the two; the points say which. Ops in `have` are taken from there.
  */
 async function measureOps(c: Ctx, modes: 'both' | 'cold' | 'warm', have: Record<string, OpPoint[]> = {}): Promise<Record<string, OpPoint[]>> {
-  const plan = stepOps(c.cfg, { staged: c.staged });
+  // resident: false: the ops of a step that is not queued whole too (staged: the routing's downloads), a superset
+  const plan = stepOps(c.cfg, { staged: c.staged, resident: false });
   const ops: Record<string, OpPoint[]> = {};
   // entries differing only by term or window: measure each key once, with the calls of all its entries
   // (per-sequence ops, one row per sequence, only at the decode batches: a prefill step has few sequences)
