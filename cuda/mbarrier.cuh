@@ -1,5 +1,4 @@
-// Shared-memory mbarriers and the 1D bulk copy that completes on them (sm_90+: the TMA kernels of
-// moe_experts_wgmma_tma.cuh, the bulk GEMV kernels of moe_experts_gemv_bulk.cuh). Below sm_90 the wrappers are empty:
+// Shared-memory mbarriers (sm_90+: the TMA kernels of moe_experts_wgmma_tma.cuh). Below sm_90 the wrappers are empty:
 // their launchers never select those kernels there (each kernel also traps there).
 #pragma once
 #include <cstdint>
@@ -53,15 +52,6 @@ __device__ __forceinline__ void moe_mbar_wait(uint32_t bar, uint32_t parity) {
       "}\n" ::"r"(bar),
       "r"(parity)
       : "memory");
-#endif
-}
-// `bytes` contiguous bytes of global memory at `src` into shared memory at `dst` (both 16-byte aligned, bytes a
-// multiple of 16), completing them on the mbarrier `bar` (the caller armed it with arrive.expect_tx).
-__device__ __forceinline__ void moe_bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
-#if MOE_MBAR_ENABLED
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-               "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(bar)
-               : "memory");
 #endif
 }
 

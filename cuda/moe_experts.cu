@@ -94,21 +94,15 @@ int decode_gemv_max_t() {
 //     with a warp per (column, slot) pair (moe_gemv2_wide_kernel, k <= kGemvWideMaxK). Measured on an H200
 //     (2026-11-27, bench/results/moe-cuda-2026-11-27-h200-tma.json): 1.09-1.14x the narrow ones at T = 1 and
 //     1.04-1.07x at T = 2 on the Qwen3, DeepSeek-V2-Lite and OLMoE shapes, equal on Mixtral;
-//   narrow: a row per warp, a column per warp (an A/B switch);
-//   bulk (sm_90+; an A/B switch, compiled, not yet run on a GPU): the wide kernels with their weight rows copied into
-//     shared memory by cp.async.bulk (moe_gemv1_bulk_kernel; moe_gemv2_wide_kernel<.., true>, its copies issued
-//     before the programmatic wait), each kernel where its rows fit kGemvBulkMaxSmem, else its wide form.
-// All of them compute the same floats.
-enum class GemvMode { Wide, Narrow, Bulk };
+//   narrow: a row per warp, a column per warp (an A/B switch).
+// Both compute the same floats. A third form, the wide kernels with their weight rows copied into shared memory by
+// cp.async.bulk, ran 0.82-0.98x the wide ones at T = 1-2 on an H200 (2026-11-27,
+// bench/results/moe-cuda-2026-11-27-h200-gemv-bulk.json) and was removed.
+enum class GemvMode { Wide, Narrow };
 GemvMode gemv_mode() {
-  static const GemvMode v = env_is("MOE_CUDA_GEMV", "narrow") ? GemvMode::Narrow
-                            : env_is("MOE_CUDA_GEMV", "bulk") ? GemvMode::Bulk
-                                                              : GemvMode::Wide;
+  static const GemvMode v = env_is("MOE_CUDA_GEMV", "narrow") ? GemvMode::Narrow : GemvMode::Wide;
   return v;
 }
-// Shared memory a bulk GEMV block may take (GEMM1: 2 x 8 rows of h; GEMM2: a row of inter per pair): two or more
-// blocks per SM on sm_90 (228 KiB).
-constexpr int64_t kGemvBulkMaxSmem = 96 * 1024;
 
 // MOE_CUDA_WG=cpasync: the wgmma path loads its tiles with cp.async (the kernels it falls back to when the driver
 // cannot encode tensor maps) instead of TMA. Read once.
@@ -119,8 +113,7 @@ bool wg_cp_async() {
 
 // The GEMV decode path (moe_experts_gemv.cuh): scratch = the table and act [t * k, inter] bf16; table upload,
 // GEMM1 + activation, GEMM2 + weighted combine into out (parts null) or GEMM2 into parts, which reports ids outside
-// [-1, e) through `error`; free. sm90: launch GEMM2 with programmatic dependent launch, and the bulk kernels may run
-// (MOE_CUDA_GEMV=bulk).
+// [-1, e) through `error`; free. sm90: launch GEMM2 with programmatic dependent launch.
 cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const uint16_t* x, const int32_t* ids,
                      const float* weights, uint16_t* out, float* parts, int t, int k, int e, int h, int inter, int activation,
                      float alpha, float limit, int32_t* error, bool sm90, int device, cudaStream_t s) {
@@ -138,26 +131,15 @@ cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const u
     // (2026-11-26, bench/results/moe-cuda-2026-11-26-decode-h200.json) 1.11-1.13x with the table cache at T = 1 on
     // the small-expert models, 0.95-0.98x at T = 2.
     const bool hints = t == 1;
-    const bool bulk1 = mode == GemvMode::Bulk && sm90 && moe_gemv1_bulk_smem(h) <= kGemvBulkMaxSmem;
-    if (bulk1) {
-      const int smem = static_cast<int>(moe_gemv1_bulk_smem(h));
-      if ((err = cudaFuncSetAttribute(moe_gemv1_bulk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) != cudaSuccess) break;
-      moe_gemv1_bulk_kernel<<<dim3(static_cast<unsigned>(inter / kGemvBulkRows), static_cast<unsigned>(t * k)),
-                              32 * kGemvBulkWarps, smem, s>>>(
-          x, ids, d_table, d_table + e, biases ? d_table + 3 * e : nullptr, biases ? d_table + 4 * e : nullptr, d_act,
-          k, e, h, inter, activation, alpha, limit);
-    } else {
-      const int rows1 = mode == GemvMode::Narrow ? 1 : 2;  // GEMM1 rows per warp
-      auto gemv1 = rows1 == 2 ? (hints ? moe_gemv1_kernel<true, 2> : moe_gemv1_kernel<false, 2>)
-                              : (hints ? moe_gemv1_kernel<true> : moe_gemv1_kernel<false>);
-      const unsigned blocks1 = static_cast<unsigned>((inter + kGemvWarps * rows1 - 1) / (kGemvWarps * rows1));
-      gemv1<<<dim3(blocks1, static_cast<unsigned>(t * k)), 32 * kGemvWarps, 0, s>>>(
-          x, ids, d_table, d_table + e, biases ? d_table + 3 * e : nullptr, biases ? d_table + 4 * e : nullptr, d_act,
-          k, e, h, inter, activation, alpha, limit);
-    }
+    const int rows1 = mode == GemvMode::Narrow ? 1 : 2;  // GEMM1 rows per warp
+    auto gemv1 = rows1 == 2 ? (hints ? moe_gemv1_kernel<true, 2> : moe_gemv1_kernel<false, 2>)
+                            : (hints ? moe_gemv1_kernel<true> : moe_gemv1_kernel<false>);
+    const unsigned blocks1 = static_cast<unsigned>((inter + kGemvWarps * rows1 - 1) / (kGemvWarps * rows1));
+    gemv1<<<dim3(blocks1, static_cast<unsigned>(t * k)), 32 * kGemvWarps, 0, s>>>(
+        x, ids, d_table, d_table + e, biases ? d_table + 3 * e : nullptr, biases ? d_table + 4 * e : nullptr, d_act,
+        k, e, h, inter, activation, alpha, limit);
     if ((err = cudaGetLastError()) != cudaSuccess) break;
     const bool wide = mode != GemvMode::Narrow && k <= kGemvWideMaxK;
-    const bool bulk2 = wide && mode == GemvMode::Bulk && sm90 && moe_gemv2_bulk_smem(k, inter) <= kGemvBulkMaxSmem;
     const int cols = wide ? (k < kGemvWarps ? kGemvWarps / k : 1) : kGemvWarps;  // columns per block
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(static_cast<unsigned>((h + cols - 1) / cols), static_cast<unsigned>(t));
@@ -170,15 +152,8 @@ cudaError_t run_gemv(const std::vector<const void*>& table, bool biases, const u
     cfg.numAttrs = sm90 ? 1 : 0;
     const void* const* d_down = d_table + 2 * e;
     const void* const* d_down_bias = biases ? d_table + 5 * e : nullptr;
-    auto gemv2 = bulk2  ? moe_gemv2_wide_kernel<false, true>
-                 : wide ? (hints ? moe_gemv2_wide_kernel<true> : moe_gemv2_wide_kernel<false>)
-                        : (hints ? moe_gemv2_kernel<true> : moe_gemv2_kernel<false>);
-    if (bulk2) {
-      cfg.dynamicSmemBytes = static_cast<size_t>(moe_gemv2_bulk_smem(k, inter));
-      if ((err = cudaFuncSetAttribute(gemv2, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(cfg.dynamicSmemBytes))) != cudaSuccess)
-        break;
-    }
+    auto gemv2 = wide ? (hints ? moe_gemv2_wide_kernel<true> : moe_gemv2_wide_kernel<false>)
+                      : (hints ? moe_gemv2_kernel<true> : moe_gemv2_kernel<false>);
     err = cudaLaunchKernelEx(&cfg, gemv2,
                              static_cast<const uint16_t*>(d_act), ids, weights, d_down,
                              d_down_bias, out, parts, t, k, e, h, inter, error);

@@ -13,14 +13,12 @@
 // paths. Preconditions (launcher): h % 8 == 0, inter % 8 == 0, x, act and every present weight row 16-byte aligned.
 // Measured on an H100 (2026-11-26, T = 1): 1.13-1.17x the tile path on Qwen3 / DeepSeek-V2-Lite / OLMoE shapes,
 // equal on Mixtral. Variants of the same floats (the launcher picks, MOE_CUDA_GEMV): moe_gemv1_kernel<.., 2> (two
-// rows per warp) and moe_gemv2_wide_kernel (a warp per (column, slot) pair), the default; moe_gemv1_bulk_kernel and
-// moe_gemv2_wide_kernel<.., true> (sm_90+, weight rows into shared memory by cp.async.bulk; not yet run on a GPU).
+// rows per warp) and moe_gemv2_wide_kernel (a warp per (column, slot) pair), the default.
 #pragma once
 #include <cstdint>
 
 #include "dtype.cuh"
 #include "error_slot.cuh"
-#include "mbarrier.cuh"
 #include "moe_experts.cuh"
 
 namespace moe {
@@ -193,56 +191,6 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
   }
 }
 
-// GEMM1 + activation with the weight rows in shared memory (MOE_CUDA_GEMV=bulk, sm_90+): block (bx, slot) owns rows
-// nb = bx * kGemvBulkRows .. nb + kGemvBulkRows - 1 (inter % 8 == 0: whole blocks), and thread 0 copies their gate rows
-// and their up rows (two contiguous runs of kGemvBulkRows * h bf16) into shared memory with two cp.async.bulk on one
-// mbarrier, so each block has all its weight bytes in flight at once (moe_gemv1_kernel's warps keep at most 2
-// chunks per lane and row in flight). Warp w then computes rows nb + 2w and nb + 2w + 1 with moe_gemv1_row_pair,
-// as moe_gemv1_kernel<.., 2> does (the same floats), reading the rows from shared memory.
-// grid: (inter / kGemvBulkRows, t * k), block: 32 kGemvBulkWarps, dynamic shared memory moe_gemv1_bulk_smem(h).
-constexpr int kGemvBulkWarps = 4;
-constexpr int kGemvBulkRows = 2 * kGemvBulkWarps;
-__host__ __device__ __forceinline__ int64_t moe_gemv1_bulk_smem(int64_t h) { return 2 * kGemvBulkRows * h * 2; }
-static __global__ void __launch_bounds__(32 * kGemvBulkWarps)
-    moe_gemv1_bulk_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ ids,
-                          const void* const* __restrict__ gate, const void* const* __restrict__ up,
-                          const void* const* __restrict__ gate_bias, const void* const* __restrict__ up_bias,
-                          uint16_t* __restrict__ act, int k, int e, int h, int inter, int act_kind, float alpha,
-                          float limit) {
-#if MOE_MBAR_ENABLED
-  extern __shared__ __align__(128) uint16_t moe_gemv1_rows_smem[];  // [2][kGemvBulkRows][h] bf16: gate rows, up rows
-  __shared__ uint64_t s_bar;
-  moe_pdl_launch_dependents();  // GEMM2 may start now: it waits for this grid before it reads act
-  const int slot = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int nb = blockIdx.x * kGemvBulkRows;
-  const int ex = ids[slot];
-  if (ex < 0 || ex >= e || nb >= inter) return;  // block-uniform
-  const uint16_t* wg = static_cast<const uint16_t*>(gate[ex]);
-  const uint16_t* wu = static_cast<const uint16_t*>(up[ex]);
-  if (wg == nullptr || wu == nullptr) return;  // absent
-  const uint32_t bar = static_cast<uint32_t>(__cvta_generic_to_shared(&s_bar));
-  const uint32_t bytes = static_cast<uint32_t>(kGemvBulkRows) * static_cast<uint32_t>(h) * 2;
-  if (threadIdx.x == 0) {
-    moe_mbar_init(bar, 1);
-    moe_mbar_init_fence();
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(moe_gemv1_rows_smem));
-    moe_mbar_arrive_expect_tx(bar, 2 * bytes);
-    moe_bulk_load(base, wg + static_cast<int64_t>(nb) * h, bytes, bar);
-    moe_bulk_load(base + bytes, wu + static_cast<int64_t>(nb) * h, bytes, bar);
-  }
-  moe_mbar_wait(bar, 0);
-  const uint16_t* sg = moe_gemv1_rows_smem + static_cast<int64_t>(2 * warp) * h;  // this warp's two gate rows
-  const uint16_t* su = sg + static_cast<int64_t>(kGemvBulkRows) * h;               // and up rows
-  moe_gemv1_row_pair<false>(x + static_cast<int64_t>(slot / k) * h, sg, su, h, lane, slot, nb + 2 * warp, ex, gate_bias,
-                            up_bias, act, inter, act_kind, alpha, limit);
-#else
-  __trap();  // sm_90+ only (the launcher never selects it below)
-#endif
-}
-
 // GEMM2's value of one (column n, slot) pair before its bias: act[slot] . wd[n]. Lane 0 holds it (the other lanes
 // hold partials). Both GEMM2 kernels use it and moe_gemv2_add_bias, so they compute the same float.
 __device__ __forceinline__ float moe_gemv2_dot(const uint16_t* __restrict__ act, int slot, const uint16_t* wd, int n,
@@ -318,16 +266,8 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
 // moe_gemv2_kernel's, so the same float. Parts mode writes p from the warp; fused, the pairs go to shared memory and
 // thread c of the block runs column n0 + c's fmaf chain over j in order, skipping the same slots: bitwise
 // moe_gemv2_kernel's output. grid: (ceil(h / C), t), block: 32 kGemvWarps.
-// kBulk (MOE_CUDA_GEMV=bulk, sm_90+): instead of the L2 prefetch, thread 0 copies every pair's weight row into
-// shared memory (dynamic, [pairs][inter] bf16: moe_gemv2_bulk_smem bytes) with one cp.async.bulk each, all completing
-// on one mbarrier, before the programmatic wait; the warps then read the rows from there (the same values in the
-// same order: the same floats).
 constexpr int kGemvWideMaxK = 32;
-// Dynamic shared memory of moe_gemv2_wide_kernel<.., true>: every pair's row of inter bf16.
-__host__ __device__ __forceinline__ int64_t moe_gemv2_bulk_smem(int k, int64_t inter) {
-  return static_cast<int64_t>(k < kGemvWarps ? (kGemvWarps / k) * k : k) * inter * 2;
-}
-template <bool kHint, bool kBulk = false>
+template <bool kHint>
 static __global__ void __launch_bounds__(32 * kGemvWarps)
     moe_gemv2_wide_kernel(const uint16_t* __restrict__ act, const int32_t* __restrict__ ids,
                           const float* __restrict__ weights, const void* const* __restrict__ down,
@@ -335,8 +275,6 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
                           float* __restrict__ parts, int t, int k, int e, int h, int inter, int32_t* error) {
   __shared__ float s_p[kGemvWideMaxK > kGemvWarps ? kGemvWideMaxK : kGemvWarps];
   __shared__ int s_ok[kGemvWideMaxK > kGemvWarps ? kGemvWideMaxK : kGemvWarps];
-  __shared__ uint64_t s_bar;  // kBulk: the rows' mbarrier
-  extern __shared__ __align__(128) uint16_t moe_gemv2_rows_smem[];  // kBulk: [pairs][inter] bf16
   if (error != nullptr && blockIdx.x == 0 && blockIdx.y == 0)  // block-uniform: the barriers inside are safe
     moe_report_first_bad_id(ids, t * k, error, [e](int32_t x) { return x < -1 || x >= e; });
   const int tok = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -348,34 +286,10 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
     const int n = n0 + q / k, ex = ids[tok * k + q % k];
     return n < h && ex >= 0 && ex < e && down[ex] != nullptr ? static_cast<const uint16_t*>(down[ex]) + static_cast<int64_t>(n) * inter : nullptr;
   };
-  [[maybe_unused]] const uint32_t bar = static_cast<uint32_t>(__cvta_generic_to_shared(&s_bar));
-  if constexpr (kBulk) {
-#if MOE_MBAR_ENABLED
-    // Before act exists (under programmatic launch): the block's weight rows into shared memory. ids, the table and
-    // the weights were complete before GEMM1 started.
-    if (threadIdx.x == 0) {
-      moe_mbar_init(bar, 1);
-      moe_mbar_init_fence();
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      const uint32_t row_bytes = static_cast<uint32_t>(inter) * 2, base = static_cast<uint32_t>(__cvta_generic_to_shared(moe_gemv2_rows_smem));
-      uint32_t bytes = 0;
-      for (int q = 0; q < pairs; ++q) bytes += row_of(q) != nullptr ? row_bytes : 0;
-      moe_mbar_arrive_expect_tx(bar, bytes);
-      for (int q = 0; q < pairs; ++q)
-        if (const uint16_t* r = row_of(q)) moe_bulk_load(base + static_cast<uint32_t>(q) * row_bytes, r, row_bytes, bar);
-    }
-#else
-    __trap();  // sm_90+ only (the launcher never selects it below)
-#endif
-  } else {
-    // Before act exists (under programmatic launch): pull this warp's weight rows into L2.
-    for (int q = warp; q < pairs; q += kGemvWarps)
-      if (n0 + q / k < h) moe_gemv2_prefetch<kHint>(down, ids[tok * k + q % k], e, n0 + q / k, inter, lane);
-  }
+  // Before act exists (under programmatic launch): pull this warp's weight rows into L2.
+  for (int q = warp; q < pairs; q += kGemvWarps)
+    if (n0 + q / k < h) moe_gemv2_prefetch<kHint>(down, ids[tok * k + q % k], e, n0 + q / k, inter, lane);
   moe_pdl_wait();
-  if constexpr (kBulk) moe_mbar_wait(bar, 0);
   for (int q = warp; q < pairs; q += kGemvWarps) {
     const int n = n0 + q / k, slot = tok * k + q % k, ex = ids[slot];
     const uint16_t* wd = row_of(q);
@@ -383,7 +297,6 @@ static __global__ void __launch_bounds__(32 * kGemvWarps)
       if (lane == 0) s_ok[q] = 0;
       continue;
     }
-    if constexpr (kBulk) wd = moe_gemv2_rows_smem + static_cast<int64_t>(q) * inter;  // the row's copy
     float d = moe_gemv2_dot(act, slot, wd, 0, inter, lane);
     if (lane == 0) {
       moe_gemv2_add_bias(d, down_bias, ex, n);

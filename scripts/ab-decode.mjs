@@ -7,6 +7,7 @@
 //   otherwise build its own and pass --old-prebuild=<its folder holding build/Release>; tensor descriptors became
 //   arrays at 0c2ed1a, so builds before it need their own)
 // Usage: node scripts/ab-decode.mjs --old=/tmp/old/dist [--old-prebuild=DIR] [--preset=tiny-qwen3-moe] [--layers=N] [--staged]
+//          [--experts=resident|all|FRACTION] (default: the backend's default; all: a pool with a slot for every expert)
 //          [--backend=cpu|cuda] [--batches=1,32] [--reps=6] [--prompt=16] [--new-tokens=24]
 // On a GPU machine: scripts/gpu-carry.sh with OLD_REF=<commit> carries that commit's dist/ (gpu-session.sh step ab).
 // With --old-prebuild the process holds two addons, each with its own thread pool: on a 2-core machine they contend
@@ -44,7 +45,9 @@ const newTokens = Number(arg('new-tokens', '24'));
 
 const layers = arg('layers') ? Number(arg('layers')) : undefined;
 const dir = await benchModel(preset, layers);
-const placement = { backend, ...(backend === 'cpu' ? { deviceActivations: staged } : {}) };
+const expertsArg = arg('experts');
+const experts = expertsArg === undefined ? {} : { experts: expertsArg === 'resident' ? 'resident' : { fraction: expertsArg === 'all' ? 1 : Number(expertsArg), policy: 'lru' } };
+const placement = { backend, ...(backend === 'cpu' ? { deviceActivations: staged } : {}), ...experts };
 const prebuild = process.env.MOE_OFFLOAD_PREBUILD;
 if (oldPrebuild) process.env.MOE_OFFLOAD_PREBUILD = path.resolve(oldPrebuild);
 const modelA = await A_.loadModel(dir, placement);

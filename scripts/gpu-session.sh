@@ -23,20 +23,13 @@
 #   substring the op-table runs under TEST_ENVS must match (e.g. moe_: the MoE ops only); MOE_ENV_T: the token counts of
 #   the MoE runs under MOE_ENVS (e.g. 512,4096,16384)
 # When the carried moe-native does not run there, it is built there (slower).
-# Waiting for a GPU: the staged GPU performance model's predictions against measured steps (perfmodel), the demo on
-#   CUDA (demo), issue 8's 5x over model-based batching with a layer's experts streaming ahead and a bigger batch
-#   (the modelbased step's default since 2026-11-27: batch 2048, 4 micro-batches, 8 slots; that day on an H200: 3.3x
-#   at 1536 with 4 micro-batches and 4 slots), and where a big batch's prefill time goes (each throughput row's
-#   prompt_steps.breakdown_ms; 7-8k prompt tokens/s there, far under the GPU's rate), and the CPU attention kernels' own
-#   rate on the 16-core host (attention: in the 1536-sequence decode step the kernel took 200 ms for 6.7 GB of K/V, 33
-#   GB/s of a 157 GB/s read probe). Both were measured before the attention stopped allocating and clearing its split
-#   partials on every call (102 MB per decode call, 2.2 GB per 32k-token prefill call: ~3 us per 4 KiB page first
-#   touched on the development VM, ~1.7 s per prefill call there); node-info.txt now shows the host's transparent-
-#   huge-page mode, which decides what such first touches cost. The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by
-#   cp.async instead of TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels). Not yet run on a GPU:
-#   MOE_CUDA_GEMV=bulk (the GEMV decode kernels with their weight rows in shared memory by cp.async.bulk: TEST_ENVS=
-#   MOE_CUDA_GEMV=bulk TEST_ENV_FILTER=moe_, then MOE_ENVS="MOE_CUDA_GEMV=wide MOE_CUDA_GEMV=bulk" MOE_ENV_T=1,2,8:
-#   the default kernels (any other value) and the bulk ones at the same token counts, one run each).
+# Waiting for a GPU: issue 8's 5x over model-based batching now that the next layer's experts stream ahead when big
+#   steps cycle the pool (modelbased: batch 2048, 4 micro-batches, 8 slots; 2026-11-27 on an H200 before it: 4.1x,
+#   a 226 ms step = 104 ms CPU attention + 109 ms expert-copy stall, the H2D bound 103 ms: expect the stall to hide
+#   under the attention), the staged GPU performance model's predictions against measured steps (perfmodel, never
+#   run), and the demo's predicted vs measured decode on CUDA (demo: 6,800 measured, 8,978 predicted that day).
+#   The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by cp.async instead of
+#   TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels).
 set -u
 cd "$(dirname "$0")/.."
 FINAL=${OUT:-bench/results}

@@ -235,6 +235,26 @@ describe('generation', () => {
     }
   });
 
+  test('a pool with a slot for every expert fills after the first step, then steps are queued whole (the cache bypassed), the same tokens', async () => {
+    using resident = await loadModel(dir);
+    const want = await resident.generate('Fill the pool', { maxNewTokens: 8, stopAtEos: false });
+    for (const deviceActivations of [false, true]) {
+      using pool = await loadModel(dir, { experts: { fraction: 1, policy: 'lru' }, deviceActivations });
+      const a = await pool.generate('Fill the pool', { maxNewTokens: 8, stopAtEos: false });
+      assert.deepEqual(a.tokens, want.tokens);
+      const L = pool.config.moeLayers.length * pool.config.numExperts;
+      for (let i = 0; i < 50 && pool.expertCache!.residents().length < L; i++) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(pool.expertCache!.residents().length, L, 'every expert prefetched into the pool');
+      await pool.generate('x', { maxNewTokens: 1 }); // a step's last MoE layer sees the pool full: whole steps from here
+      const before = pool.cacheStats!;
+      const b = await pool.generate('Fill the pool', { maxNewTokens: 8, stopAtEos: false });
+      assert.deepEqual(b.tokens, want.tokens, `tokens${deviceActivations ? ', device activations' : ''}`);
+      const after = pool.cacheStats!;
+      assert.deepEqual([after.hits, after.misses], [before.hits, before.misses], 'no lookups: the steps were queued whole');
+      assert.equal(after.evictions, 0);
+    }
+  });
+
   test('bad arguments are typed errors naming the argument', async () => {
     await assert.rejects(model.generate('x', { maxNewTokens: 0 }), (e: unknown) => e instanceof InvalidArgumentError && /maxNewTokens/.test(e.message));
     await assert.rejects(model.generate('x', { temperature: -1 }), (e: unknown) => e instanceof InvalidArgumentError && /temperature/.test(e.message));

@@ -276,6 +276,8 @@ test('offloaded experts: copies per step by regime (demand fetches, LRU cycling,
   const p = { ...synthetic(cfg), copyGBs: 10 };
   const resident = predictDecode(cfg, p, { batch: 64, context: 100 });
   const off = predictDecode(cfg, p, { batch: 64, context: 100, expertSlots: 8 });
+  // a slot for every expert: nothing copied once the pool is full, and steps queued whole as with resident experts
+  assert.equal(predictDecode(cfg, p, { batch: 64, context: 100, expertSlots: L * E }).stepMs, resident.stepMs);
   const bytes = m.experts * 3 * cfg.hiddenSize * cfg.moeIntermediateSize * 2;
   assert.ok(Math.abs(off.terms.expertCopyMs - bytes / 10e6) < 1e-9);
   // ... and its round trips: with resident experts the whole step is queued (one), offloaded each layer awaits its
@@ -596,10 +598,11 @@ test('micro-batches: the CPU backend runs the groups in turn (more round trips, 
   assert.ok(mg.pre > 0 && mg.host > 0);
   const twoTrips = plan.groups + mg.pre + mg.host + mg.post; // hostGroups 0: not staged
   assert.ok(Math.abs(two.terms.overheadMs - one.terms.overheadMs - (twoTrips - 1) * cpu.groupMs) < 1e-9, `${two.terms.overheadMs} vs ${one.terms.overheadMs}`);
-  // offloaded experts (slots): the cache decides on the JS side, each layer awaits its router and its experts
-  const slots = { batch: 64, context: 100, expertSlots: cfg.numExperts * cfg.moeLayers.length };
-  const oneOff = predictDecode(cfg, cpu, slots);
-  const twoOff = predictDecode(cfg, cpu, { ...slots, microBatches: 2 });
+  // offloaded experts (slots, one fewer than the experts: a full pool queues whole steps): the cache decides on the
+  // JS side, each layer awaits its router and its experts
+  const slots = { batch: 64, context: 100, expertSlots: cfg.numExperts * cfg.moeLayers.length - 1 };
+  const oneOff = predictDecode(cfg, { ...cpu, copyGBs: 10 }, slots);
+  const twoOff = predictDecode(cfg, { ...cpu, copyGBs: 10 }, { ...slots, microBatches: 2 });
   const offTrips = stepOps(cfg, { resident: false }).queuedTrips;
   assert.equal(offTrips, 2 + 2 * cfg.numLayers);
   assert.ok(Math.abs(twoOff.terms.overheadMs - oneOff.terms.overheadMs - (twoTrips - offTrips) * cpu.groupMs) < 1e-9);

@@ -675,6 +675,14 @@ export function expertCopies(cfg: ModelConfig, B: number, slots: number): { expe
   return { experts: L * U * (1 - slots / (L * E)), moduleMode: false, streamed: false };
 }
 
+/**
+ * Whether steps with routed experts offloaded into `slots` (undefined: resident) need no JS-side expert decision:
+ * resident experts, or a pool with a slot for every expert (CachedExperts fills it and then queues whole steps).
+ */
+export function queuesWhole(cfg: ModelConfig, slots: number | undefined): boolean {
+  return slots === undefined || slots >= cfg.moeLayers.length * cfg.numExperts;
+}
+
 /** Expected distinct experts of B tokens each routed to k of E (independent uniform routing). */
 export function expectedExperts(E: number, k: number, B: number): number {
   return E * (1 - (1 - k / E) ** B);
@@ -695,7 +703,7 @@ export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeSh
   const { copies, copyMs, overlap } = copyCost(cfg, p, B, shape.expertSlots);
   const M = shape.microBatches ?? 1;
   if (!Number.isSafeInteger(M) || M < 1 || M > B) throw new InvalidArgumentError(`microBatches must be an integer in [1, batch ${B}], received ${describe(shape.microBatches)}`);
-  const step = composeStep(cfg, p, B, B, now, cold, (o, f) => opCost(p, o.key, B * f, o.window ? Math.min(L, o.window) : L, now, cold), copyMs, overlap, M, shape.expertSlots === undefined);
+  const step = composeStep(cfg, p, B, B, now, cold, (o, f) => opCost(p, o.key, B * f, o.window ? Math.min(L, o.window) : L, now, cold), copyMs, overlap, M, queuesWhole(cfg, shape.expertSlots));
   return { ...step, tokensPerSecond: (B * 1000) / step.stepMs, expertsPerLayer: expectedExperts(cfg.numExperts, cfg.topK, B), ...(copies ? { copies } : {}) };
 }
 
@@ -899,7 +907,7 @@ export function predictPrefill(cfg: ModelConfig, p: ModelProfile, shape: Prefill
       copyMs,
       overlap,
       1,
-      shape.expertSlots === undefined,
+      queuesWhole(cfg, shape.expertSlots),
     );
     for (const k of Object.keys(terms) as Array<keyof StepTerms>) terms[k] += st.terms[k];
     binds.set(st.bound, (binds.get(st.bound) ?? 0) + st.stepMs);

@@ -8,7 +8,9 @@
  *    released. With a FineMoE predictor, each decode iteration prefetches the experts the matched expert map
  *    predicts, `prefetchDistance` layers ahead, and eviction follows the predicted probabilities. When a step
  *    routes to more experts than the slots hold (a big batch), the layer runs in module mode (MoE-Gen): its
- *    experts stream through the slots once, in chunks, and the next layer's start streaming as it ends.
+ *    experts stream through the slots once, in chunks, and the next layer's start streaming as it ends; when each
+ *    layer's fit but big steps cycle the pool, the next layer's stream ahead too. A pool with a slot for every
+ *    expert is filled after the first step, and then serves whole queued steps (`queue`) like ResidentExperts.
  * Offloading is lossless: the kernel reads the same bytes whichever copy it reads, and module mode combines the
  * same per-expert rows in the same order as one fused call.
  */
@@ -48,8 +50,8 @@ export interface ExpertProvider {
   run(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, signal: AbortSignal | undefined): Promise<ExpertRunTimes>;
   /**
    * The same as one op submitted behind what is queued (`op`: its stream, signal and timing), for providers that need
-   * no JS-side decision (ResidentExperts): the forward pass queues it with the router's ops, before the routing is
-   * known on the host.
+   * no JS-side decision (ResidentExperts; CachedExperts once every expert is in its pool): the forward pass queues it
+   * with the router's ops, before the routing is known on the host, and queues whole steps when it is present.
    */
   queue?(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, op: OpOptions): Promise<unknown>;
   /** Decode iterations: start (with the request's semantic embedding) / observe a layer's gate probabilities / end. */
@@ -196,6 +198,15 @@ export class CachedExperts implements ExpertProvider {
   readonly #choice = new HostComputeChoice();
   /** Missed experts computed on the host instead of fetched (hostCompute 'auto'). */
   hostExperts = 0;
+  /**
+   * Set once every expert of every layer is in the pool (slots for all of them, filled by #fillPool: nothing is evicted again): then a
+   * layer's experts need no JS-side decision, and the forward pass queues whole steps as with ResidentExperts (the
+   * cache's counters stop there: every use is a hit). One table per layer with every expert's slot, built once.
+   */
+  queue?: (li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, op: OpOptions) => Promise<unknown>;
+  #filling = false;
+  /** The FineMoE predictor's gate observations (decode iterations), while it can still prefetch anything. */
+  observeGates?: (li: number, gates: Float32Array) => void;
 
   constructor(be: Backend, store: ExpertStore, extras: ExpertExtras, o: CachedExpertsOptions) {
     this.#be = be;
@@ -222,6 +233,13 @@ export class CachedExperts implements ExpertProvider {
       const policy = this.predictor ? new ProbabilityPolicy(L, E, this.predictor, 'finemoe') : new LruPolicy(L * E);
       this.cache = residencyExpertCache({ store, slots: this.slots, engine: this.engine, policy });
       this.#tables = store.layers.map(() => be.expertTable(E, { hidden: store.hidden, intermediate: store.intermediate, packed: store.packed }));
+      if (this.predictor) {
+        const predictor = this.predictor;
+        this.observeGates = (li, gates) => {
+          const p = predictor.observeLayer(li, gates);
+          if (p) this.#prefetch(p.layer, p.experts, p.probs);
+        };
+      }
     } catch (e) {
       this.slots.dispose();
       throw e;
@@ -229,6 +247,38 @@ export class CachedExperts implements ExpertProvider {
   }
 
   async run(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, signal: AbortSignal | undefined): Promise<ExpertRunTimes> {
+    try {
+      return await this.#run(li, x, ids, weights, out, hostIds, signal);
+    } finally {
+      if (li === this.#numLayers - 1) this.#fillPool();
+    }
+  }
+
+  /**
+   * A pool with a slot for every expert (after each step's last MoE layer): the experts no step has used yet are
+   * prefetched into it (once; demand fetches go first), and once every expert is resident, `queue` is set (whole
+   * steps).
+   */
+  #fillPool(): void {
+    const total = this.#numLayers * this.#numExperts;
+    if (this.queue || this.slots.slots < total) return;
+    if (this.cache.residents().length < total) {
+      if (this.#filling) return;
+      this.#filling = true;
+      for (let l = 0; l < this.#numLayers; l++) for (let e = 0; e < this.#numExperts; e++) this.cache.prefetch(l, e);
+      return;
+    }
+    const tables = this.#store.layers.map(() => this.#be.expertTable(this.#numExperts, { hidden: this.#store.hidden, intermediate: this.#store.intermediate, packed: this.#store.packed }));
+    for (const r of this.cache.residents()) {
+      const w = this.slots.slot(r.slot);
+      tables[r.layer]!.set(r.expert, { gate: w.gate, up: w.up, down: w.down, ...(this.#extras.biases?.(r.layer, r.expert) ?? {}) });
+    }
+    const act = this.#extras.activation;
+    this.queue = (li, x, ids, weights, out, op) => this.#be.moeExperts({ x, topkIds: ids, topkWeights: weights, experts: tables[li]!, out, ...(act ? { activation: act } : {}) }, op);
+    this.observeGates = undefined; // nothing left to prefetch
+  }
+
+  async #run(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, signal: AbortSignal | undefined): Promise<ExpertRunTimes> {
     const k = ids.shape[1]!;
     const counts = new Map<number, number>();
     for (const e of hostIds) if (e >= 0 && e < this.#numExperts) counts.set(e, (counts.get(e) ?? 0) + 1);
@@ -477,12 +527,6 @@ export class CachedExperts implements ExpertProvider {
   beginIteration(embedding: Float32Array): void {
     if (!this.predictor) return;
     for (const p of this.predictor.beginIteration(embedding)) this.#prefetch(p.layer, p.experts, p.probs);
-  }
-
-  observeGates(li: number, gates: Float32Array): void {
-    if (!this.predictor) return;
-    const p = this.predictor.observeLayer(li, gates);
-    if (p) this.#prefetch(p.layer, p.experts, p.probs);
   }
 
   endIteration(): void {

@@ -693,7 +693,7 @@ export class ForwardPass {
     // `whole`: the experts need no JS-side decision either (resident, untraced, the router's weights not rescaled
     // on the host): the whole step is queued and awaited once, at the LM head. Otherwise each layer is awaited with
     // its router. The parts' times then come from the ops' run intervals (OpOptions.timing), booked afterwards.
-    const traced = o.routing !== undefined || experts.observeGates !== undefined;
+    const traced = o.routing !== undefined || (o.iteration !== undefined && experts.observeGates !== undefined);
     const queued = groups.length === 1 && queuesLayers(cfg);
     const whole = queued && !traced && !rescalesRouting(cfg) && experts.queue !== undefined;
     const cross = queued && staged && be.stream !== host.stream ? this.#crossEvents() : undefined;
