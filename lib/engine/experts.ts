@@ -199,11 +199,13 @@ export class CachedExperts implements ExpertProvider {
   /** Missed experts computed on the host instead of fetched (hostCompute 'auto'). */
   hostExperts = 0;
   /**
-   * Set once every expert of every layer is in the pool (slots for all of them, filled by #fillPool: nothing is evicted again): then a
-   * layer's experts need no JS-side decision, and the forward pass queues whole steps as with ResidentExperts (the
-   * cache's counters stop there: every use is a hit). One table per layer with every expert's slot, built once.
+   * Set once every expert of every layer is in the pool (slots for all of them, filled by #fillPool: nothing is
+   * evicted again): then a layer's experts need no JS-side decision, and the forward pass queues whole steps as with
+   * ResidentExperts (the cache's counters stop there: every use is a hit). One table per layer with every expert's
+   * slot (#fullTables), built once.
    */
   queue?: (li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, op: OpOptions) => Promise<unknown>;
+  #fullTables: ExpertTable[] = [];
   #filling = false;
   /** The FineMoE predictor's gate observations (decode iterations), while it can still prefetch anything. */
   observeGates?: (li: number, gates: Float32Array) => void;
@@ -269,6 +271,7 @@ export class CachedExperts implements ExpertProvider {
       return;
     }
     const tables = this.#store.layers.map(() => this.#be.expertTable(this.#numExperts, { hidden: this.#store.hidden, intermediate: this.#store.intermediate, packed: this.#store.packed }));
+    this.#fullTables = tables;
     for (const r of this.cache.residents()) {
       const w = this.slots.slot(r.slot);
       tables[r.layer]!.set(r.expert, { gate: w.gate, up: w.up, down: w.down, ...(this.#extras.biases?.(r.layer, r.expert) ?? {}) });
@@ -539,6 +542,8 @@ export class CachedExperts implements ExpertProvider {
   }
 
   dispose(): void {
+    this.queue = undefined;
+    for (const t of this.#fullTables) for (let e = 0; e < t.numExperts; e++) t.clear(e); // their holds on the slots
     this.cache.cancelPrefetches();
     this.engine.dispose();
     this.slots.dispose();
