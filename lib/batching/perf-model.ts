@@ -657,7 +657,7 @@ export interface DecodePrediction {
  *     after each layer the next one's experts of the previous step are prefetched into the free slots (up to
  *     min(slots, U)), of which a share 1 - U/E is not routed to again: L (U + min(slots, U) (1 - U/E));
  *   else a step touching L U(B) >= slots experts cycles the LRU cache (each is evicted before its next use): with
- *     U >= E / 2 the next layer's experts of the previous step stream ahead after each layer as in module mode (U
+ *     U >= 3E/4 the next layer's experts of the previous step stream ahead after each layer as in module mode (U
  *     of them, a share 1 - U/E not routed to again): L (U + U (1 - U/E)); below that each is fetched on demand: L U;
  *   else demand fetches of the experts not cached: under independent uniform routing LRU holds a requested expert
  *     with probability slots / (L E): L U (1 - slots / (L E)); none once every expert fits.
@@ -670,7 +670,7 @@ export function expertCopies(cfg: ModelConfig, B: number, slots: number): { expe
   const U = expectedExperts(E, cfg.topK, B);
   if (L === 0 || slots >= L * E) return { experts: 0, moduleMode: false, streamed: false };
   if (U > slots) return { experts: L * (U + Math.min(slots, U) * (1 - U / E)), moduleMode: true, streamed: true };
-  if (L * U >= slots && 2 * U >= E) return { experts: L * (U + U * (1 - U / E)), moduleMode: false, streamed: true };
+  if (L * U >= slots && 4 * U >= 3 * E) return { experts: L * (U + U * (1 - U / E)), moduleMode: false, streamed: true };
   if (L * U >= slots) return { experts: L * U, moduleMode: false, streamed: false };
   return { experts: L * U * (1 - slots / (L * E)), moduleMode: false, streamed: false };
 }

@@ -316,15 +316,15 @@ export class CachedExperts implements ExpertProvider {
   }
 
   /**
-   * Whether the steps cycle the pool with most of each layer's experts (a big batch: at least half of a layer's
-   * experts routed, and the layers' routed experts together more than the slots hold): LRU then evicts every expert
-   * before its next use, and a layer's experts are fetched when it runs, so its copies stall it (2026-11-27 on an
-   * H200, Mixtral-shaped layers, 8 slots, batch 2048: a 108 ms stall of a 226 ms step, beside 104 ms of CPU
-   * attention). Streaming the next layer's experts ahead overlaps them with the attention before it, and most of
-   * them are routed to again.
+   * Whether the steps cycle the pool with most of each layer's experts (a big batch: at least three quarters of a
+   * layer's experts routed, and the layers' routed experts together more than the slots hold): LRU then evicts every
+   * expert before its next use, and a layer's experts are fetched when it runs, so its copies stall it (2026-11-27 on
+   * an H200, Mixtral-shaped layers, 8 slots, batch 2048: a 108 ms stall of a 226 ms step, beside 104 ms of CPU
+   * attention). Streaming the next layer's experts ahead overlaps them with the attention before it; of the experts
+   * streamed, a share 1 - U/E is not routed to again (at most a quarter here: copies the link pays for nothing).
    */
   #cycles(used: number): boolean {
-    if (used * 2 < this.#numExperts) return false;
+    if (used * 4 < this.#numExperts * 3) return false;
     let total = 0; // layers not run yet (the first step) counted like this one
     for (let l = 0; l < this.#numLayers; l++) total += this.#lastUsed[l]?.length ?? used;
     return total > this.slots.slots;
