@@ -148,10 +148,12 @@ function intOpt(v: string | undefined, name: string): number | undefined {
   return n;
 }
 
-/** intOpt for counts that must be at least 1 (the option named in the error, not the API's parameter). */
-function countOpt(v: string | undefined, name: string): number | undefined {
+/** intOpt for counts that must be at least 1 and at most `max` (the option named in the error, not the API's parameter). */
+function countOpt(v: string | undefined, name: string, max = Infinity): number | undefined {
   const n = intOpt(v, name);
-  if (n !== undefined && n < 1) throw new InvalidArgumentError(`--${name} must be an integer >= 1, received ${JSON.stringify(v)}`);
+  if (n !== undefined && (n < 1 || n > max)) {
+    throw new InvalidArgumentError(`--${name} must be an integer ${max === Infinity ? '>= 1' : `in [1, ${max}]`}, received ${JSON.stringify(v)}`);
+  }
   return n;
 }
 
@@ -281,8 +283,7 @@ async function profileCmd(args: string[]): Promise<number> {
   if (values.model === undefined) throw new InvalidArgumentError('--model DIR is required (the profile measures that model\'s ops at its shapes)');
   const be = backendOpt(values.backend);
   const file = values.out ?? defaultProfile(values.model, be.kind);
-  const maxBatch = intOpt(values['max-batch'], 'max-batch');
-  if (maxBatch !== undefined && (maxBatch < 1 || maxBatch > 4096)) throw new InvalidArgumentError(`--max-batch must be an integer in [1, 4096], received ${maxBatch}`);
+  const maxBatch = countOpt(values['max-batch'], 'max-batch', 4096);
   const p = await measureProfile(values.model, file, maxBatch, be);
   const cfg = modelConfig(values.model);
   const plan = stepOps(cfg);

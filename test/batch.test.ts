@@ -270,7 +270,7 @@ describe('jsonl', () => {
     // options checked before the work: profile's --max-batch before profiling; info's unknown flags refused
     r = run('profile', '--model', dirs['tiny-mixtral']!, '--max-batch', '0', '--out', path.join(root, 'never-profiled.json'));
     assert.equal(r.status, 1);
-    assert.match(r.out, /\[MOE_INVALID_ARGUMENT\] --max-batch must be an integer in \[1, 4096\], received 0/);
+    assert.match(r.out, /\[MOE_INVALID_ARGUMENT\] --max-batch must be an integer in \[1, 4096\], received "0"/);
     assert.doesNotMatch(r.out, /profiling/);
     // counts below 1 are refused by the option's name, before the model loads
     r = run('generate', '--model', dirs['tiny-mixtral']!, '--prompt', 'hi', '--max-new-tokens', '0');
