@@ -690,8 +690,9 @@ export class ForwardPass {
     // and nothing read on the JS side before the router (queuesLayers). Staged, the attention module crosses from
     // the compute backend's stream to the host backend's and back through events (their host threads wait, JS does
     // not). Every await lets a stream thread go idle, and waking it costs 0.1-1 ms on the 2-core development VM.
-    // `whole`: the experts need no JS-side decision either (resident, untraced, the router's weights not rescaled
-    // on the host): the whole step is queued and awaited once, at the LM head. Otherwise each layer is awaited with
+    // `whole`: the experts need no JS-side decision either (experts.queue: resident, or every one in a cache's pool;
+    // untraced; the router's weights not rescaled on the host): the whole step is queued and awaited once, at the LM
+    // head. Otherwise each layer is awaited with
     // its router. The parts' times then come from the ops' run intervals (OpOptions.timing), booked afterwards.
     const traced = o.routing !== undefined || (o.iteration !== undefined && experts.observeGates !== undefined);
     const queued = groups.length === 1 && queuesLayers(cfg);
