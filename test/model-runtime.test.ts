@@ -255,6 +255,29 @@ describe('generation', () => {
     }
   });
 
+  test('an expert cache whose slots hold a step\'s experts: each layer\'s kernel submitted behind its router, not awaited; the same tokens, the step\'s parts within its time', async () => {
+    using resident = await loadModel(dir);
+    const prompts = ['Submitted experts', 'behind the router', 'one await per layer'];
+    const want = await Promise.all(prompts.map((p) => resident.generate(p, { maxNewTokens: 6, stopAtEos: false })));
+    for (const deviceActivations of [false, true]) {
+      using half = await loadModel(dir, { experts: { fraction: 0.5, policy: 'lru' }, deviceActivations });
+      let expertMs = 0;
+      const got: number[][] = [];
+      for await (const r of half.generateBatch(prompts.map((p) => ({ prompt: p, options: { maxNewTokens: 6, stopAtEos: false } })), {
+        maxSequences: 1, // one sequence per step: a decode step routes to 4 experts a layer, well inside the 64 slots
+        onStep: (st) => {
+          const t = st.times;
+          const parts = [t.attentionMs, t.expertMs, t.stallMs, t.denseMs, t.hostMs];
+          assert.ok(parts.every((v) => Number.isFinite(v) && v >= 0), `step times ${JSON.stringify(t)}`);
+          assert.ok(parts.reduce((a, b) => a + b, 0) <= st.ms + 1, `step times ${JSON.stringify(t)} exceed the step's ${st.ms} ms`);
+          expertMs += t.expertMs;
+        },
+      })) got[r.index] = r.tokens;
+      assert.deepEqual(got, want.map((w) => w.tokens), deviceActivations ? 'device activations' : 'host activations');
+      assert.ok(expertMs > 0, 'the experts\' time booked from their kernels\' intervals');
+    }
+  });
+
   test('bad arguments are typed errors naming the argument', async () => {
     await assert.rejects(model.generate('x', { maxNewTokens: 0 }), (e: unknown) => e instanceof InvalidArgumentError && /maxNewTokens/.test(e.message));
     await assert.rejects(model.generate('x', { temperature: -1 }), (e: unknown) => e instanceof InvalidArgumentError && /temperature/.test(e.message));

@@ -16,7 +16,7 @@
  */
 import { setMaxListeners } from 'node:events';
 
-import type { Backend, OpOptions } from '../backend.js';
+import type { Backend, OpOptions, OpTiming } from '../backend.js';
 import { ExpertCache, type ExpertLease } from '../cache/expert-cache.js';
 import { ExpertMapStore, FineMoePredictor } from '../cache/finemoe.js';
 import { LruPolicy, ProbabilityPolicy } from '../cache/policy.js';
@@ -35,6 +35,15 @@ export interface ExpertRunTimes {
   computeMs: number;
 }
 
+/**
+ * A layer's routed experts as run() left them: with `pending`, the kernel was queued and not awaited (computeMs 0;
+ * its run interval goes to the timing object run() was given): it settles when the kernel has run and the provider
+ * has let go of what it held for it.
+ */
+export interface ExpertRun extends ExpertRunTimes {
+  pending?: Promise<unknown>;
+}
+
 /** What some families add to every expert: f32 biases (gpt-oss) and a non-default activation. */
 export interface ExpertExtras {
   /** f32 biases of expert e of MoE layer index li (on the compute backend). */
@@ -48,6 +57,12 @@ export interface ExpertProvider {
    * [T * k] routing on the host (the same values as `ids`).
    */
   run(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, signal: AbortSignal | undefined): Promise<ExpertRunTimes>;
+  /**
+   * run() whose kernel, once everything it needs is in place, is queued behind what the stream holds and not awaited
+   * (ExpertRun.pending; its run interval into `timing`): the forward pass queues the next layer behind it. Providers
+   * return a settled run where they must wait (the Fiddler split, module mode).
+   */
+  submit?(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, op: OpOptions & { timing: OpTiming }): Promise<ExpertRun>;
   /**
    * The same as one op submitted behind what is queued (`op`: its stream, signal and timing), for providers that need
    * no JS-side decision (ResidentExperts; CachedExperts once every expert is in its pool): the forward pass queues it
@@ -79,11 +94,27 @@ async function runWithExperts(
   a: { x: Tensor; ids: Tensor; weights: Tensor } & ({ out: Tensor; parts?: undefined } | { parts: Tensor; out?: undefined }),
   signal: AbortSignal | undefined,
 ): Promise<void> {
+  await submitWithExperts(be, table, extras, li, experts, a, signal ? { signal } : {});
+}
+
+/**
+ * runWithExperts, returning once the op is submitted (its Promise): the op takes a snapshot of the table when it is
+ * submitted, so the entries are cleared at once.
+ */
+function submitWithExperts(
+  be: Backend,
+  table: ExpertTable,
+  extras: ExpertExtras,
+  li: number,
+  experts: ReadonlyArray<{ id: number; w: { gate: Tensor; up: Tensor; down: Tensor } }>,
+  a: { x: Tensor; ids: Tensor; weights: Tensor } & ({ out: Tensor; parts?: undefined } | { parts: Tensor; out?: undefined }),
+  op: OpOptions,
+): Promise<unknown> {
   try {
     for (const { id, w } of experts) table.set(id, { gate: w.gate, up: w.up, down: w.down, ...(extras.biases?.(li, id) ?? {}) });
     const act = extras.activation;
     const dst = a.parts ? { parts: a.parts } : { out: a.out };
-    await be.moeExperts({ x: a.x, topkIds: a.ids, topkWeights: a.weights, experts: table, ...dst, ...(act ? { activation: act } : {}) }, signal ? { signal } : {});
+    return be.moeExperts({ x: a.x, topkIds: a.ids, topkWeights: a.weights, experts: table, ...dst, ...(act ? { activation: act } : {}) }, op);
   } finally {
     for (const { id } of experts) table.clear(id);
   }
@@ -110,6 +141,9 @@ export class ResidentExperts implements ExpertProvider {
     const t0 = performance.now();
     await this.queue(li, x, ids, weights, out, signal ? { signal } : {});
     return { stallMs: 0, computeMs: performance.now() - t0 };
+  }
+  async submit(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, _hostIds: Int32Array, op: OpOptions & { timing: OpTiming }): Promise<ExpertRun> {
+    return { stallMs: 0, computeMs: 0, pending: this.queue(li, x, ids, weights, out, op) };
   }
   queue(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, op: OpOptions): Promise<unknown> {
     const act = this.#extras.activation;
@@ -256,6 +290,14 @@ export class CachedExperts implements ExpertProvider {
     }
   }
 
+  async submit(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, op: OpOptions & { timing: OpTiming }): Promise<ExpertRun> {
+    try {
+      return await this.#run(li, x, ids, weights, out, hostIds, op.signal, op);
+    } finally {
+      if (li === this.#numLayers - 1) this.#fillPool();
+    }
+  }
+
   /**
    * A pool with a slot for every expert (after each step's last MoE layer): the experts no step has used yet are
    * prefetched into it (once; demand fetches go first), and once every expert is resident, `queue` is set (whole
@@ -281,7 +323,7 @@ export class CachedExperts implements ExpertProvider {
     this.observeGates = undefined; // nothing left to prefetch
   }
 
-  async #run(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, signal: AbortSignal | undefined): Promise<ExpertRunTimes> {
+  async #run(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, hostIds: Int32Array, signal: AbortSignal | undefined, queue?: OpOptions): Promise<ExpertRun> {
     const k = ids.shape[1]!;
     const counts = new Map<number, number>();
     for (const e of hostIds) if (e >= 0 && e < this.#numExperts) counts.set(e, (counts.get(e) ?? 0) + 1);
@@ -300,6 +342,24 @@ export class CachedExperts implements ExpertProvider {
       const t0 = performance.now();
       const missed = wanted.filter((e) => !this.cache.isResident(li, e)).length;
       const leases = await this.#acquireAll(li, wanted, signal);
+      if (queue) {
+        // queued: the leases (and the next layer's streaming ahead, which needs their slots) go when the kernel has run
+        const t1 = performance.now();
+        if (this.#host && missed > 0) this.#choice.record('fetch', t1 - t0, missed * this.#store.expertBytes);
+        let p: Promise<unknown>;
+        try {
+          p = submitWithExperts(this.#be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, out }, queue);
+        } catch (e) {
+          for (const lease of leases) lease.release();
+          throw e;
+        }
+        const cycles = this.#cycles(wanted.length);
+        const pending = p.finally(() => {
+          for (const lease of leases) lease.release();
+          if (cycles) this.#streamAhead((li + 1) % this.#numLayers);
+        });
+        return { stallMs: t1 - t0, computeMs: 0, pending };
+      }
       let times: ExpertRunTimes;
       try {
         const t1 = performance.now();

@@ -31,7 +31,7 @@ import { DTYPE_SIZE, type DType, describe } from '../dtype.js';
 import { type DeviceTensor, HostTensor, type PinnedBuffer, type Tensor, numelOf } from '../tensor.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { Event } from '../stream.js';
-import type { ExpertProvider } from './experts.js';
+import type { ExpertProvider, ExpertRun } from './experts.js';
 import { type Sampler, sampleRows } from './sampler.js';
 
 /** One sequence's part of a step. */
@@ -100,16 +100,22 @@ type BookKey = Exclude<keyof StepTimes, 'denseMs' | 'totalMs'>;
 /** Books the time from the step's last mark up to `until` (a performance.now() time; default now) in `k`. */
 type Book = (k: BookKey, until?: number) => void;
 
-/** A queued layer's op intervals (OpOptions.timing): its RoPE, attention, last op before the experts, last op. */
+/**
+ * A queued layer's op intervals (OpOptions.timing): its RoPE, attention, last op before the experts, last op; and
+ * the previous layer's experts when they were submitted, not awaited (ExpertProvider.submit): this layer's ops ran
+ * behind them.
+ */
 interface LayerRan {
   rope: OpTiming;
   attention: OpTiming;
   route: OpTiming;
   end: OpTiming;
+  prev?: OpTiming;
 }
 
 /**
- * Books queued layers from their ops' intervals, in stream order: q/k/v up to the RoPE's end (denseQkvMs), the KV
+ * Books queued layers from their ops' intervals, in stream order: the previous layer's submitted experts up to their
+ * end (expertMs), q/k/v up to the RoPE's end (denseQkvMs), the KV
  * write up to attention's start (hostMs), attention, then the output projection, norms and router (denseOutMs) up
  * to now or, in a whole step, up to the route's end and the experts (expertMs) up to the layer's end. A whole step
  * starts with its embedding (up to `embed`'s end).
@@ -118,6 +124,7 @@ function bookQueued(book: Book, layers: readonly LayerRan[], whole: boolean, emb
   const at = (t: number | undefined) => t ?? -Infinity; // unset (never when every op succeeded): nothing booked
   if (embed) book('denseQkvMs', at(embed.endMs));
   for (const r of layers) {
+    if (r.prev) book('expertMs', at(r.prev.endMs));
     book('denseQkvMs', at(r.rope.endMs));
     book('hostMs', at(r.attention.startMs));
     book('attentionMs', at(r.attention.endMs));
@@ -759,10 +766,12 @@ export class ForwardPass {
       // one before read come after those reads on the same stream (staged: the next layer's q/k/v downloads follow
       // this layer's attention through the event its upload waited for)
       const layerMark = m.mark();
+      let submitted: OpTiming | undefined; // the last layer's experts, submitted and not awaited: their interval
       for (let l = 0; l < cfg.numLayers; l++) {
         m.release(layerMark);
         const w = W.layers[l]!;
-        const r: LayerRan = { rope: {}, attention: {}, route: {}, end: {} };
+        const r: LayerRan = { rope: {}, attention: {}, route: {}, end: {}, ...(submitted ? { prev: submitted } : {}) };
+        submitted = undefined;
         if (queued) ran.push(r);
         // attention module: q [T, nH, D], k and v [T, kvH, D] f32 (rotated, host), the KV cache, attention and the
         // output projection into delta, per micro-batch of whole sequences (`groups`); with several, each group's
@@ -882,10 +891,19 @@ export class ForwardPass {
           if (o.iteration) experts.observeGates?.(li, gates.subarray((T - 1) * E, T * E));
         }
         book('hostMs');
-        const res = await experts.run(li, xn, topIds.dev, topW.dev, blockOut, hostIds, signal);
+        // queued layers: the experts' kernel is submitted behind the router's ops and the next layer's ops behind it
+        // (one await per layer: the router's); otherwise awaited
+        const exRan: OpTiming = {};
+        const res: ExpertRun = queued && experts.submit ? await experts.submit(li, xn, topIds.dev, topW.dev, blockOut, hostIds, { ...op, timing: exRan }) : await experts.run(li, xn, topIds.dev, topW.dev, blockOut, hostIds, signal);
         times.stallMs += res.stallMs;
         times.expertMs += res.computeMs;
         mark = performance.now();
+        if (res.pending) {
+          track([res.pending]);
+          submitted = exRan;
+          if (sharedOut) track([be.add(blockOut, sharedOut, blockOut, { ...op, timing: (submitted = {}) })]);
+          continue;
+        }
         if (sharedOut) {
           await be.add(blockOut, sharedOut, blockOut, op);
           book('expertMs');
@@ -926,6 +944,7 @@ export class ForwardPass {
       const out = await head(lmHead, R, m);
       await Promise.all(all); // a queued op's failure, if any (the catch below waits for the rest)
       if (whole) bookQueued(book, ran, true, embedRan);
+      else if (submitted) book('expertMs', submitted.endMs ?? -Infinity);
       book('denseHeadMs');
       if (o.iteration) experts.endIteration?.();
       book('hostMs');
