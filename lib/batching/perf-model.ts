@@ -119,9 +119,9 @@ export interface StepPlan {
    */
   queued: boolean;
   /**
-   * Round trips per step of a queued step: the embedding's, per layer the router's (or the dense MLP's input norm's)
-   * and the experts' (plus a shared expert's add), the LM head's; with resident experts (and the router's weights not
-   * rescaled on the host) one: the whole step is queued.
+   * Round trips per step of a queued step: the embedding's, per MoE layer the router's (and the upload of router
+   * weights rescaled on the host; the experts are submitted behind it), per dense MLP layer two, the LM head's; with
+   * resident experts (and the router's weights not rescaled on the host) one: the whole step is queued.
    */
   queuedTrips: number;
   /** Backend ops per layer (layer order) and outside the layers. */
@@ -340,11 +340,12 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean; resident?
       }
       push(l, { op: 'moeExperts', experts: cfg.numExperts, k: cfg.topK, hidden: H, inter: cfg.moeIntermediateSize }, 'experts');
       groups += 2;
-      queuedTrips += 2;
+      // queued: the router's round trip (and the rescaled weights' upload); the experts and a shared add are submitted
+      // behind it and the next layer behind them (ExpertProvider.submit)
+      queuedTrips += rescalesRouting(cfg) ? 2 : 1;
       if (sh) {
         push(l, { op: 'add', n: H, dtype: 'bf16', bias: false }, 'shared');
         groups += 1;
-        queuedTrips += 1;
       }
     }
     perLayer.push(list.filter((o) => o.layer === l && o.backend && !o.host && o.spec.op !== 'transfer').length);
