@@ -27,7 +27,10 @@
 #   steps cycle the pool (modelbased: batch 2048, 4 micro-batches, 8 slots; 2026-11-27 on an H200 before it: 4.1x,
 #   a 226 ms step = 104 ms CPU attention + 109 ms expert-copy stall, the H2D bound 103 ms: expect the stall to hide
 #   under the attention), the staged GPU performance model's predictions against measured steps (perfmodel, never
-#   run), and the demo's predicted vs measured decode on CUDA (demo: 6,800 measured, 8,978 predicted that day).
+#   run), the demo's predicted vs measured decode on CUDA (demo: 6,800 measured, 8,978 predicted that day), and the
+#   latency path's fewer round trips on CUDA since then (the node step's tests; then ab with OLD_REF=bbf9eb4 and
+#   AB_ARGS="--backend=cuda --experts=all --batches=1,8" (a full pool: whole steps) or --experts=0.5 (the experts
+#   submitted behind their routers): both compiled, measured only on the CPU backend's staged path).
 #   The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by cp.async instead of
 #   TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels).
 set -u
