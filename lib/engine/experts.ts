@@ -80,26 +80,30 @@ export interface ExpertProvider {
   dispose(): void;
 }
 
-/**
- * moeExperts of MoE layer index `li` with `experts` (id -> weights) set in `table` for this call only (plus their
- * biases and the family's activation from `extras`); the entries are cleared again whatever happens. Into `out`
- * (combined), or into `parts` (the unweighted rows of the (token, j) pairs routed to these experts).
- */
-async function runWithExperts(
-  be: Backend,
-  table: ExpertTable,
-  extras: ExpertExtras,
-  li: number,
-  experts: ReadonlyArray<{ id: number; w: { gate: Tensor; up: Tensor; down: Tensor } }>,
-  a: { x: Tensor; ids: Tensor; weights: Tensor } & ({ out: Tensor; parts?: undefined } | { parts: Tensor; out?: undefined }),
-  signal: AbortSignal | undefined,
-): Promise<void> {
-  await submitWithExperts(be, table, extras, li, experts, a, signal ? { signal } : {});
+/** An empty expert table of `be` for the layers of `store` (its experts, dimensions and layout). */
+function storeTable(be: Backend, store: ExpertStore): ExpertTable {
+  return be.expertTable(store.experts, { hidden: store.hidden, intermediate: store.intermediate, packed: store.packed });
+}
+
+/** Sets expert `id` of MoE layer index `li` in `table`: its weights, plus the family's biases from `extras`. */
+function setExpert(table: ExpertTable, extras: ExpertExtras, li: number, id: number, w: { gate: Tensor; up: Tensor; down: Tensor }): void {
+  table.set(id, { gate: w.gate, up: w.up, down: w.down, ...(extras.biases?.(li, id) ?? {}) });
+}
+
+type ExpertsArgs = { x: Tensor; ids: Tensor; weights: Tensor } & ({ out: Tensor; parts?: undefined } | { parts: Tensor; out?: undefined });
+
+/** moeExperts over the experts set in `table` with the family's activation: into `out` (combined) or `parts`. */
+function moeOnTable(be: Backend, table: ExpertTable, extras: ExpertExtras, a: ExpertsArgs, op: OpOptions): Promise<unknown> {
+  const act = extras.activation;
+  const dst = a.parts ? { parts: a.parts } : { out: a.out };
+  return be.moeExperts({ x: a.x, topkIds: a.ids, topkWeights: a.weights, experts: table, ...dst, ...(act ? { activation: act } : {}) }, op);
 }
 
 /**
- * runWithExperts, returning once the op is submitted (its Promise): the op takes a snapshot of the table when it is
- * submitted, so the entries are cleared at once.
+ * moeExperts of MoE layer index `li` with `experts` (id -> weights) set in `table` for this call only, returning once
+ * the op is submitted (its Promise): the op takes a snapshot of the table when it is submitted, so the entries are
+ * cleared again at once, whatever happens. Into `out` (combined), or into `parts` (the unweighted rows of the
+ * (token, j) pairs routed to these experts).
  */
 function submitWithExperts(
   be: Backend,
@@ -107,14 +111,12 @@ function submitWithExperts(
   extras: ExpertExtras,
   li: number,
   experts: ReadonlyArray<{ id: number; w: { gate: Tensor; up: Tensor; down: Tensor } }>,
-  a: { x: Tensor; ids: Tensor; weights: Tensor } & ({ out: Tensor; parts?: undefined } | { parts: Tensor; out?: undefined }),
+  a: ExpertsArgs,
   op: OpOptions,
 ): Promise<unknown> {
   try {
-    for (const { id, w } of experts) table.set(id, { gate: w.gate, up: w.up, down: w.down, ...(extras.biases?.(li, id) ?? {}) });
-    const act = extras.activation;
-    const dst = a.parts ? { parts: a.parts } : { out: a.out };
-    return be.moeExperts({ x: a.x, topkIds: a.ids, topkWeights: a.weights, experts: table, ...dst, ...(act ? { activation: act } : {}) }, op);
+    for (const { id, w } of experts) setExpert(table, extras, li, id, w);
+    return moeOnTable(be, table, extras, a, op);
   } finally {
     for (const { id } of experts) table.clear(id);
   }
@@ -129,11 +131,8 @@ export class ResidentExperts implements ExpertProvider {
     this.#be = be;
     this.#extras = extras;
     this.#tables = store.layers.map((layer, li) => {
-      const t = be.expertTable(store.experts, { hidden: store.hidden, intermediate: store.intermediate, packed: store.packed });
-      for (let e = 0; e < store.experts; e++) {
-        const w = store.expert(layer, e);
-        t.set(e, { gate: w.gate, up: w.up, down: w.down, ...(extras.biases?.(li, e) ?? {}) });
-      }
+      const t = storeTable(be, store);
+      for (let e = 0; e < store.experts; e++) setExpert(t, extras, li, e, store.expert(layer, e));
       return t;
     });
   }
@@ -146,8 +145,7 @@ export class ResidentExperts implements ExpertProvider {
     return { stallMs: 0, computeMs: 0, pending: this.queue(li, x, ids, weights, out, op) };
   }
   queue(li: number, x: Tensor, ids: Tensor, weights: Tensor, out: Tensor, op: OpOptions): Promise<unknown> {
-    const act = this.#extras.activation;
-    return this.#be.moeExperts({ x, topkIds: ids, topkWeights: weights, experts: this.#tables[li]!, out, ...(act ? { activation: act } : {}) }, op);
+    return moeOnTable(this.#be, this.#tables[li]!, this.#extras, { x, ids, weights, out }, op);
   }
   dispose(): void {}
 }
@@ -268,7 +266,7 @@ export class CachedExperts implements ExpertProvider {
       }
       const policy = this.predictor ? new ProbabilityPolicy(L, E, this.predictor, 'finemoe') : new LruPolicy(L * E);
       this.cache = residencyExpertCache({ store, slots: this.slots, engine: this.engine, policy });
-      this.#tables = store.layers.map(() => be.expertTable(E, { hidden: store.hidden, intermediate: store.intermediate, packed: store.packed }));
+      this.#tables = store.layers.map(() => storeTable(be, store));
       if (this.predictor) {
         const predictor = this.predictor;
         this.observeGates = (li, gates) => {
@@ -312,14 +310,12 @@ export class CachedExperts implements ExpertProvider {
       for (let l = 0; l < this.#numLayers; l++) for (let e = 0; e < this.#numExperts; e++) this.cache.prefetch(l, e);
       return;
     }
-    const tables = this.#store.layers.map(() => this.#be.expertTable(this.#numExperts, { hidden: this.#store.hidden, intermediate: this.#store.intermediate, packed: this.#store.packed }));
+    const tables = this.#store.layers.map(() => storeTable(this.#be, this.#store));
     this.#fullTables = tables;
     for (const r of this.cache.residents()) {
-      const w = this.slots.slot(r.slot);
-      tables[r.layer]!.set(r.expert, { gate: w.gate, up: w.up, down: w.down, ...(this.#extras.biases?.(r.layer, r.expert) ?? {}) });
+      setExpert(tables[r.layer]!, this.#extras, r.layer, r.expert, this.slots.slot(r.slot));
     }
-    const act = this.#extras.activation;
-    this.queue = (li, x, ids, weights, out, op) => this.#be.moeExperts({ x, topkIds: ids, topkWeights: weights, experts: tables[li]!, out, ...(act ? { activation: act } : {}) }, op);
+    this.queue = (li, x, ids, weights, out, op) => moeOnTable(this.#be, tables[li]!, this.#extras, { x, ids, weights, out }, op);
     this.observeGates = undefined; // nothing left to prefetch
   }
 
@@ -364,7 +360,7 @@ export class CachedExperts implements ExpertProvider {
       try {
         const t1 = performance.now();
         if (this.#host && missed > 0) this.#choice.record('fetch', t1 - t0, missed * this.#store.expertBytes);
-        await runWithExperts(this.#be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, out }, signal);
+        await submitWithExperts(this.#be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, out }, signal ? { signal } : {});
         times = { stallMs: t1 - t0, computeMs: performance.now() - t1 };
       } finally {
         for (const lease of leases) lease.release();
@@ -423,11 +419,11 @@ export class CachedExperts implements ExpertProvider {
       }
       const layer = this.#store.layers[li]!;
       const hostExperts = [...onHost].map((id) => ({ id, w: this.#store.expert(layer, id) }));
-      this.#hostTables[li] ??= host.expertTable(this.#numExperts, { hidden: this.#store.hidden, intermediate: this.#store.intermediate, packed: this.#store.packed });
-      const onDevice = () => (leases.length > 0 ? runWithExperts(be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, parts: devParts }, signal) : Promise.resolve());
+      this.#hostTables[li] ??= storeTable(host, this.#store);
+      const onDevice = () => (leases.length > 0 ? submitWithExperts(be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, parts: devParts }, op) : Promise.resolve());
       const onHostRun = async () => {
         const th = performance.now();
-        await runWithExperts(host, this.#hostTables[li]!, this.#extras, li, hostExperts, { x: xh, ids: idsh, weights: wh, parts: hostParts }, signal);
+        await submitWithExperts(host, this.#hostTables[li]!, this.#extras, li, hostExperts, { x: xh, ids: idsh, weights: wh, parts: hostParts }, op);
         return performance.now() - th;
       };
       let hostMs: number;
@@ -493,7 +489,7 @@ export class CachedExperts implements ExpertProvider {
             next = this.#acquireAll(li, chunks[c + 1]!, signal);
             next.catch(() => {}); // awaited (or released) below; never an unhandled rejection
           }
-          await runWithExperts(this.#be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, parts }, signal);
+          await submitWithExperts(this.#be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, parts }, signal ? { signal } : {});
         } finally {
           for (const lease of leases) lease.release();
         }

@@ -115,9 +115,9 @@ interface LayerRan {
 
 /**
  * Books queued layers from their ops' intervals, in stream order: the previous layer's submitted experts up to their
- * end (expertMs), q/k/v up to the RoPE's end (denseQkvMs), the KV
- * write up to attention's start (hostMs), attention, then the output projection, norms and router (denseOutMs) up
- * to now or, in a whole step, up to the route's end and the experts (expertMs) up to the layer's end. A whole step
+ * end (expertMs), q/k/v up to the RoPE's end (denseQkvMs), the KV write up to attention's start (hostMs), attention,
+ * then the output projection, norms and router (denseOutMs) up to now or, in a whole step, up to the route's end and
+ * the experts (expertMs) up to the layer's end. A whole step
  * starts with its embedding (up to `embed`'s end).
  */
 function bookQueued(book: Book, layers: readonly LayerRan[], whole: boolean, embed?: OpTiming): void {
@@ -699,8 +699,8 @@ export class ForwardPass {
     // not). Every await lets a stream thread go idle, and waking it costs 0.1-1 ms on the 2-core development VM.
     // `whole`: the experts need no JS-side decision either (experts.queue: resident, or every one in a cache's pool;
     // untraced; the router's weights not rescaled on the host): the whole step is queued and awaited once, at the LM
-    // head. Otherwise each layer is awaited with
-    // its router. The parts' times then come from the ops' run intervals (OpOptions.timing), booked afterwards.
+    // head. Otherwise each layer is awaited with its router. The parts' times then come from the ops' run intervals
+    // (OpOptions.timing), booked afterwards.
     const traced = o.routing !== undefined || (o.iteration !== undefined && experts.observeGates !== undefined);
     const queued = groups.length === 1 && queuesLayers(cfg);
     const whole = queued && !traced && !rescalesRouting(cfg) && experts.queue !== undefined;
@@ -901,7 +901,10 @@ export class ForwardPass {
         if (res.pending) {
           track([res.pending]);
           submitted = exRan;
-          if (sharedOut) track([be.add(blockOut, sharedOut, blockOut, { ...op, timing: (submitted = {}) })]);
+          if (sharedOut) {
+            submitted = {}; // the shared add, behind the experts, ends the layer
+            track([be.add(blockOut, sharedOut, blockOut, { ...op, timing: submitted })]);
+          }
           continue;
         }
         if (sharedOut) {
