@@ -120,8 +120,14 @@ MOE_TARGET_AVX2 void cvt_row_avx2(const uint16_t* src, float* dst, int64_t n) {
 // per pair, two 32-byte loads hold 8 columns' (even, odd) bf16 each; a shift and a mask make them f32, and each row
 // takes two FMAs per 8 columns, its even value then its odd one (broadcast from af). So every output is one f32
 // accumulator fed k in order, whatever MR: the same sums at every row count (batch invariance).
+// `next` (or null): the panel's next block (past the panel's end: the next panel's first), prefetched into L1 a line
+// per pair and pass, so that its first pass finds it there instead of loading from memory while computing only a
+// quarter of its work (2-core AVX2 EPYC, [m, 4096] x [14336, 4096], interleaved runs: m = 2 / 4 / 8 1.2-1.3x,
+// m = 16 / 32 / 128 1.05-1.1x; moe-native bench: 1.41x / 1.17x the row-major gemm at m = 4 / 8, 1.03x / 0.84x before;
+// into L2 about the same; in the one-row kernel within noise, so not there).
 template <int MR>
-MOE_TARGET_AVX2 void block_avx2(const float* const* af, int64_t p0, int64_t p1, const uint16_t* panel, float* tile) {
+MOE_TARGET_AVX2 void block_avx2(const float* const* af, int64_t p0, int64_t p1, const uint16_t* panel, float* tile,
+                                const char* next) {
   const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
   for (int c0 = 0; c0 < kPanelCols; c0 += 16) {
     __m256 acc[MR][2];
@@ -136,6 +142,8 @@ MOE_TARGET_AVX2 void block_avx2(const float* const* af, int64_t p0, int64_t p1, 
         _mm_prefetch(reinterpret_cast<const char*>(bp) + 128, _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(bp) + 192, _MM_HINT_T0);
       }
+      // one line of the next block per pair and pass: its 4 (p1 - p0) lines spread over this block's compute
+      if (next) _mm_prefetch(next + (c0 / 16 * (p1 - p0) + p) * 64, _MM_HINT_T0);
       __m256 be[2], bo[2];
 #pragma GCC unroll 2
       for (int v = 0; v < 2; ++v) {
@@ -162,7 +170,8 @@ MOE_TARGET_AVX2 void block_avx2(const float* const* af, int64_t p0, int64_t p1, 
 
 // One row (decode): the same sums as block_avx2<1>, all 64 columns per pair in one pass (8 accumulators), so the
 // panel is read front to back once.
-MOE_TARGET_AVX2 void block_avx2_row(const float* const* af, int64_t p0, int64_t p1, const uint16_t* panel, float* tile) {
+MOE_TARGET_AVX2 void block_avx2_row(const float* const* af, int64_t p0, int64_t p1, const uint16_t* panel, float* tile,
+                                    const char*) {
   const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
   __m256 acc[8];
 #pragma GCC unroll 8
@@ -182,7 +191,7 @@ MOE_TARGET_AVX2 void block_avx2_row(const float* const* af, int64_t p0, int64_t 
   for (int v = 0; v < 8; ++v) _mm256_storeu_ps(tile + 8 * v, acc[v]);
 }
 
-using BlockF32Fn = void (*)(const float* const*, int64_t, int64_t, const uint16_t*, float*);
+using BlockF32Fn = void (*)(const float* const*, int64_t, int64_t, const uint16_t*, float*, const char*);
 constexpr BlockF32Fn kBlockAvx2[5] = {block_avx2_row, block_avx2<2>, block_avx2<3>, block_avx2<4>, block_avx2<5>};
 #endif
 
@@ -206,7 +215,9 @@ void tile_dots(const uint16_t* const* rows, int64_t mt, const uint16_t* panel, i
           cvt_row_avx2(rows[i + r] + e0, af[r], e1 - e0);
           if (e1 - e0 < 2 * (p1 - p0)) af[r][e1 - e0] = 0.0f;  // the odd half of the last pair of an odd k
         }
-        kBlockAvx2[mr - 1](ap, p0, p1, panel, tile + i * kPanelCols);
+        // the first row group prefetches the next block (the others find this one in L1)
+        const char* next = i == 0 ? reinterpret_cast<const char*>(panel + p1 * kPanelCols * 2) : nullptr;
+        kBlockAvx2[mr - 1](ap, p0, p1, panel, tile + i * kPanelCols, next);
       }
       continue;
     }
