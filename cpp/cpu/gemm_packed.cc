@@ -12,7 +12,8 @@
 // The avx2 kernel (avx2 and avx512 tiers) has 16 registers: 5 rows x 16 columns per pass, four passes per block of
 // 64 pairs (16 KiB, so passes 2-4 read L1; the first prefetches each pair's other lines), one row over all 64
 // columns in one pass. Measured on a 2-core AVX2 EPYC (native-kernels-2026-11-27-avx2.json): 1.14-1.50x the
-// row-major gemm at 16-512 rows, 0.82-1.03x at 1-8 rows. Tried and not kept: 256-pair blocks (m = 4-8: 0.4-0.6x
+// row-major gemm at 16-512 rows, 0.82-1.03x at 1-8 rows; with the next block prefetched (block_avx2),
+// 1.41x / 1.17x at 4 / 8 rows (-avx2-prefetch.json). Tried and not kept: 256-pair blocks (m = 4-8: 0.4-0.6x
 // row-major, the four strided passes then came from L2 / memory), prefetch 2 KiB ahead in the one-row kernel (0.6x).
 #include "gemm_packed.h"
 
