@@ -31,6 +31,8 @@
 #   latency path's fewer round trips on CUDA since then (the node step's tests; then ab with OLD_REF=bbf9eb4 and
 #   AB_ARGS="--backend=cuda --experts=all --batches=1,8" (a full pool: whole steps) or --experts=0.5 (the experts
 #   submitted behind their routers): both compiled, measured only on the CPU backend's staged path).
+#   The AVX-512F attention's scores with k outer (2026-11-27, compiled on the AVX2-only VM, never run): the test step's
+#   native-cputest (the avx512 / avx512bf16 tiers of the op table on the host's Xeon) checks it.
 #   The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by cp.async instead of
 #   TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels).
 set -u
@@ -87,6 +89,10 @@ if want test; then
     TAIL=3 step "native-test-$(tag "$v")" 120 env ${v//,/ } "$NATIVE" test --filter cuda ${TEST_ENV_FILTER:+--filter "$TEST_ENV_FILTER"}
     grep -E '^FAIL' "$W/native-test-$(tag "$v").log" | head -20
   done
+fi
+if want test || want cputest; then  # the CPU tiers the development VM lacks (its AVX2-only EPYC): the host's avx512 ones
+  TAIL=3 step native-cputest 120 "$NATIVE" test --filter cpu-avx512
+  grep -E '^FAIL' "$W/native-cputest.log" | head -20
 fi
 if want bench; then
   step native-bench 90 "$NATIVE" bench --cuda-only --json "$W/native-kernels-gpu-$stamp.json"

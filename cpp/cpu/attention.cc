@@ -251,20 +251,23 @@ MOE_TARGET_AVX512 static inline void scores_block_f32(const Chunk& ch, const cha
   for (int h = 0; h < 2; ++h) {
     __m512 d0[8], d1[8];
 #pragma GCC unroll 8
-    for (int t = 0; t < 8; ++t) {
-      const int j = 8 * h + t;
-      const char* kr = k16 + static_cast<size_t>(j) * RB;
-      const char* pr = PF ? pf + static_cast<size_t>(j < jn ? j : 0) * RB : nullptr;
-      __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
+    for (int t = 0; t < 8; ++t) d0[t] = d1[t] = _mm512_setzero_ps();
+    // k outer, the 8 keys inner: each q vector is loaded once per block of keys, not once per key (as in the avx2
+    // tier, where this ordering ran decode 1.13x and prefill 1.2x faster; here compiled, not yet run on an AVX-512
+    // machine); every accumulator is fed in the same k order, so the sums are the same bits
 #pragma GCC unroll 16
-      for (int i = 0; i < HD / 16; ++i) {
-        if (PF && (16 * ES * i) % 64 == 0 && (lines >> (16 * ES * i / 64) & 1u)) prefetch_l2(pr + 16 * ES * i);
-        const __m512 k = ld_kv16<KT>(kr + 16 * ES * i);
-        a = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + 16 * i), k, a);
-        if (TWO) b = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + 16 * i), k, b);
+    for (int i = 0; i < HD / 16; ++i) {
+      const __m512 x0 = _mm512_loadu_ps(q0 + 16 * i);
+      const __m512 x1 = TWO ? _mm512_loadu_ps(q1 + 16 * i) : x0;
+#pragma GCC unroll 8
+      for (int t = 0; t < 8; ++t) {
+        const int j = 8 * h + t;
+        if (PF && (16 * ES * i) % 64 == 0 && (lines >> (16 * ES * i / 64) & 1u))
+          prefetch_l2(pf + static_cast<size_t>(j < jn ? j : 0) * RB + 16 * ES * i);
+        const __m512 k = ld_kv16<KT>(k16 + static_cast<size_t>(j) * RB + 16 * ES * i);
+        d0[t] = _mm512_fmadd_ps(x0, k, d0[t]);
+        if (TWO) d1[t] = _mm512_fmadd_ps(x1, k, d1[t]);
       }
-      d0[t] = a;
-      d1[t] = b;
     }
     z0[h] = reduce8(d0);
     if (TWO) z1[h] = reduce8(d1);
@@ -539,7 +542,11 @@ MOE_TARGET_AVX2 static inline __m128 reduce4_avx2(const __m256* v) {
 }
 
 // Scores of rows r0 and (TWO) r1 for the 4 K rows at k4 (bytes; keys j0 .. j0 + 3, the first jn real). PF: prefetch
-// line i of the next chunk's rows (pf) for the set bits of `lines`.
+// line i of the next chunk's rows (pf) for the set bits of `lines`. k outer, the 4 keys inner (8 accumulators): each
+// q vector is loaded once per block, not once per key as with the keys outer (a q load per FMA). The builds before
+// and after alternated 6 times (2-core AVX2 EPYC, GQA 32/8, head_dim 128, bf16 K/V, medians): decode of 8 x 1024
+// and 4 x 256 tokens 1.13x (16.5 against 14.5 GB/s), prefill of 1024 tokens 1.2x (100 against 83 GFLOP/s). Every
+// accumulator is fed in the same k order as before: the same bits.
 template <int HD, DType KT, bool TWO, bool PF>
 MOE_TARGET_AVX2 static inline void scores_block_avx2(const Chunk& ch, const char* k4, int j0, int jn, int r0, int r1,
                                                     const char* pf, unsigned lines) {
@@ -548,19 +555,19 @@ MOE_TARGET_AVX2 static inline void scores_block_avx2(const Chunk& ch, const char
   const float* q1 = ch.qf + static_cast<size_t>(r1) * HD;
   __m256 d0[4], d1[4];
 #pragma GCC unroll 4
-  for (int t = 0; t < 4; ++t) {
-    const char* kr = k4 + static_cast<size_t>(t) * RB;
-    const char* pr = PF ? pf + static_cast<size_t>(t < jn ? t : 0) * RB : nullptr;
-    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+  for (int t = 0; t < 4; ++t) d0[t] = d1[t] = _mm256_setzero_ps();
 #pragma GCC unroll 32
-    for (int i = 0; i < HD / 8; ++i) {
-      if (PF && (8 * ES * i) % 64 == 0 && (lines >> (8 * ES * i / 64) & 1u)) prefetch_l2(pr + 8 * ES * i);
+  for (int i = 0; i < HD / 8; ++i) {
+    const __m256 x0 = _mm256_loadu_ps(q0 + 8 * i);
+    const __m256 x1 = TWO ? _mm256_loadu_ps(q1 + 8 * i) : x0;
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; ++t) {
+      const char* kr = k4 + static_cast<size_t>(t) * RB;
+      if (PF && (8 * ES * i) % 64 == 0 && (lines >> (8 * ES * i / 64) & 1u)) prefetch_l2(pf + static_cast<size_t>(t < jn ? t : 0) * RB + 8 * ES * i);
       const __m256 k = ld_kv8<KT>(kr + 8 * ES * i);
-      a = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + 8 * i), k, a);
-      if (TWO) b = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + 8 * i), k, b);
+      d0[t] = _mm256_fmadd_ps(x0, k, d0[t]);
+      if (TWO) d1[t] = _mm256_fmadd_ps(x1, k, d1[t]);
     }
-    d0[t] = a;
-    d1[t] = b;
   }
   alignas(16) float z[4];
   _mm_store_ps(z, reduce4_avx2(d0));
