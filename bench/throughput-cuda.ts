@@ -47,7 +47,7 @@
  *   [--step-tokens=N] [--slots=N] [--quick]
  * The 5x comparison of issue 8 needs module-based batches of about 5 x B_model at the same sequence length, e.g.
  *   --layers=2 --prompt=512 --batches=1536 --modes=offloaded --model-based   (B_model about 300 at 24 GiB and 526 tokens)
- *   -> bench/results/throughput-staged-<backend>-<date>.json
+ *   -> bench/results/throughput-staged-<backend>-<date>[-quick][-<MOE_BENCH_LABEL>].json
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -347,7 +347,7 @@ async function main(): Promise<void> {
     rows,
     model_based: modelBased,
   };
-  const file = path.join(__dirname, '..', '..', 'bench', 'results', `throughput-staged-${backend}-${new Date().toISOString().slice(0, 10)}${quick ? '-quick' : ''}.json`);
+  const file = path.join(__dirname, '..', '..', 'bench', 'results', `throughput-staged-${backend}-${new Date().toISOString().slice(0, 10)}${quick ? '-quick' : ''}${process.env.MOE_BENCH_LABEL ? `-${process.env.MOE_BENCH_LABEL}` : ''}.json`);
   fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
   console.log(summary);
   console.log(`saved ${file}`);
