@@ -31,7 +31,7 @@
 #   latency path's fewer round trips on CUDA since then (the node step's tests; then ab with OLD_REF=bbf9eb4 and
 #   AB_ARGS="--backend=cuda --experts=all --batches=1,8" (a full pool: whole steps) or --experts=0.5 (the experts
 #   submitted behind their routers): both compiled, measured only on the CPU backend's staged path).
-#   If the stall hides and the step still sits under 0.9 of its bound: MODELBASED_MORE="--slots=12 --slots=16" (the bench's
+#   If the stall hides and the step still sits under 0.9 of its bound: MODELBASED_MORE="--slots=12 --slots=14" (the bench's
 #   8 slots are one layer's experts, so the next layer's copy waits for this layer's experts; a 24 GB GPU holds ~7
 #   layers' worth).
 #   The AVX-512F attention's scores with k outer (2026-11-27, compiled on the AVX2-only VM, never run): the test step's
@@ -161,7 +161,7 @@ if want modelbased; then  # issue 8's 5x: module-based batch 2048 (4 attention m
   mkdir -p "$W/modelbased"
   TAIL=12 step modelbased 420 "$NODE" dist/bench/throughput-cuda.js ${MODELBASED_ARGS:---layers=2 --prompt=512 --batches=2048 --micro-batches=4 --slots=8 --modes=offloaded --model-based}
   # MODELBASED_MORE: the module-based row again per word (bench args joined by commas, e.g. "--slots=12
-  # --slots=16,--micro-batches=2"), without the model-based run, each saved under its own label
+  # --slots=14,--micro-batches=2"), without the model-based run, each saved under its own label
   for v in ${MODELBASED_MORE:-}; do
     TAIL=8 step "modelbased-$(tag "${v//--/}")" 300 env MOE_BENCH_LABEL="more-$(tag "${v//--/}")" "$NODE" dist/bench/throughput-cuda.js \
       --layers=2 --prompt=512 --batches=2048 --micro-batches=4 --modes=offloaded ${v//,/ }
