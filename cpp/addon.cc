@@ -61,6 +61,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("HostRegistration", HostRegistrationWrap::Init(env));
   exports.Set("ExpertTable", ExpertTableWrap::Init(env));
   exports.Set("info", Napi::Function::New<Info>(env, "info"));
+  exports.Set("hugePageMin", Napi::Number::New(env, static_cast<double>(kHugeMin)));
   exports.Set("cudaMemInfo", Napi::Function::New<CudaMemInfo>(env, "cudaMemInfo"));
   exports.Set("memoryStats", Napi::Function::New<MemoryStats>(env, "memoryStats"));
   exports.Set("allocAsync", Napi::Function::New<AllocAsync>(env, "allocAsync"));

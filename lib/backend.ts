@@ -85,8 +85,6 @@ export interface BackendStatus {
 }
 
 const KIND_CODE = { cpu: 0, cuda: 1 } as const;
-/** Host buffers from this size are 2 MiB aligned and advised onto transparent huge pages (kHugeMin, cpp/napi/memory.cc). */
-const HUGE_PAGE_MIN = 4 << 20;
 const ISA_CODE: Record<CpuIsa, number> = { scalar: 0, avx2: 1, avx512: 2, avx512bf16: 3 };
 
 function cpuIsaStatus(isa: CpuIsa): { available: boolean; reason?: string } {
@@ -328,7 +326,8 @@ export class Backend {
     checkDType(dtype, 'dtype');
     const s = checkShape(shape);
     const bytes = numelOf(s) * DTYPE_SIZE[dtype];
-    if (this.kind !== 'cpu' || bytes < HUGE_PAGE_MIN || bytes > MAX_VIEW_BYTES) return new HostTensor(dtype, s);
+    // from the addon's huge-page size up (native().hugePageMin): pinned memory on transparent huge pages
+    if (this.kind !== 'cpu' || bytes < native().hugePageMin || bytes > MAX_VIEW_BYTES) return new HostTensor(dtype, s);
     return HostTensor.owning(this.allocPinned(bytes), dtype, s); // fresh pages: zero
   }
 

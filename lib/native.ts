@@ -120,6 +120,8 @@ export interface NativeAddon {
   HostRegistration: new (array: ArrayBufferView, cuda: boolean) => NativeHostRegistration;
   ExpertTable: new (backend: 0 | 1, device: number, e: number, h: number, inter: number, packed?: boolean) => NativeExpertTable;
   info(detail?: boolean): NativeInfo;
+  /** Host buffers from this many bytes are 2 MiB aligned and advised onto transparent huge pages (allocations). */
+  readonly hugePageMin: number;
   /** Free and total bytes of CUDA device `device` (cudaMemGetInfo); undefined without CUDA or when the query fails. */
   cudaMemInfo(device: number): { free: number; total: number } | undefined;
   memoryStats(): NativeMemoryStats;

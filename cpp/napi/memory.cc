@@ -25,7 +25,6 @@ namespace {
 MemoryCounters g_counters[2][2];
 std::atomic<int64_t> g_cpu_device_used{0};
 constexpr size_t kHuge = size_t{2} << 20;     // x86-64 transparent huge page
-constexpr size_t kHugeMin = size_t{4} << 20;  // host buffers from this size are kHuge aligned and advised
 
 int64_t parse_bytes(const char* s) {
   char* end = nullptr;

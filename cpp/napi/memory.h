@@ -15,6 +15,10 @@
 
 namespace moe::js {
 
+// Host buffers from this size are 2 MiB aligned and advised onto transparent huge pages (memory.cc); exported to JS
+// as the addon's hugePageMin (Backend.allocHost takes its huge-page path from the same size).
+constexpr size_t kHugeMin = size_t{4} << 20;
+
 // Numeric values are part of the JS contract (lib/native.ts).
 enum class BackendKind : int { Cpu = 0, Cuda = 1 };
 enum class MemKind : int { Pinned = 0, Device = 1 };
