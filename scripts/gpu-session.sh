@@ -23,19 +23,13 @@
 #   substring the op-table runs under TEST_ENVS must match (e.g. moe_: the MoE ops only); MOE_ENV_T: the token counts of
 #   the MoE runs under MOE_ENVS (e.g. 512,4096,16384)
 # When the carried moe-native does not run there, it is built there (slower).
-# Waiting for a GPU: issue 8's 5x over model-based batching now that the next layer's experts stream ahead when big
-#   steps cycle the pool (modelbased: batch 2048, 4 micro-batches, 8 slots; 2026-11-27 on an H200 before it: 4.1x,
-#   a 226 ms step = 104 ms CPU attention + 109 ms expert-copy stall, the H2D bound 103 ms: expect the stall to hide
-#   under the attention), the staged GPU performance model's predictions against measured steps (perfmodel, never
-#   run), the demo's predicted vs measured decode on CUDA (demo: 6,800 measured, 8,978 predicted that day), and the
-#   latency path's fewer round trips on CUDA since then (the node step's tests; then ab with OLD_REF=bbf9eb4 and
-#   AB_ARGS="--backend=cuda --experts=all --batches=1,8" (a full pool: whole steps) or --experts=0.5 (the experts
-#   submitted behind their routers): both compiled, measured only on the CPU backend's staged path).
-#   If the stall hides and the step still sits under 0.9 of its bound: MODELBASED_MORE="--slots=12 --slots=14" (the bench's
-#   8 slots are one layer's experts, so the next layer's copy waits for this layer's experts; a 24 GB GPU holds ~7
-#   layers' worth).
-#   The AVX-512F attention's scores with k outer (2026-11-27, compiled on the AVX2-only VM, never run): the test step's
-#   native-cputest (the avx512 / avx512bf16 tiers of the op table on the host's Xeon) checks it.
+# Waiting for a GPU (after the H200 run of 2026-11-27 evening): issue 8's 5x held only with the host pool at 12 of 16
+#   cores (MOE_OFFLOAD_THREADS=12: 5.13x; 16 threads: 3.9x, the attention starving the expert copies: 80 ms of stall);
+#   once the engine caps the attention's threads itself while copies stream, `modelbased` (default threads) should
+#   show it, and the thread sweep (run the module-based row under MOE_OFFLOAD_THREADS=16/14/12) whether the cap is
+#   right. The CUDA performance model read 29.4% on its first (quick) run: `perfmodel` with a full profile
+#   (PERFMODEL_ARGS without --quick). The demo's prefill prediction on CUDA was 4.6x over (per-op bound).
+#   MODELBASED_MORE="--slots=12" made no difference (the stall was the threads).
 #   The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by cp.async instead of
 #   TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels).
 set -u
