@@ -153,12 +153,13 @@ fi
 if want modelbased; then  # issue 8's 5x: module-based batch 2048 (4 attention micro-batches, a layer's experts in slots) vs the
   # model-based cap (301 at 24 GiB, 526 tokens); 2026-11-27 at 1536 with 4 slots: 3.3x
   mkdir -p "$W/modelbased"
-  TAIL=12 step modelbased 420 "$NODE" dist/bench/throughput-cuda.js ${MODELBASED_ARGS:---layers=2 --prompt=512 --batches=2048 --micro-batches=4 --slots=8 --modes=offloaded --model-based}
+  mb="--layers=2 --prompt=512 --batches=2048 --micro-batches=4 --modes=offloaded"  # the module-based row
+  TAIL=12 step modelbased 420 "$NODE" dist/bench/throughput-cuda.js ${MODELBASED_ARGS:-$mb --slots=8 --model-based}
   # MODELBASED_MORE: the module-based row again per word (bench args joined by commas, e.g. "--slots=12
   # --slots=14,--micro-batches=2"), without the model-based run, each saved under its own label
   for v in ${MODELBASED_MORE:-}; do
     TAIL=8 step "modelbased-$(tag "${v//--/}")" 300 env MOE_BENCH_LABEL="more-$(tag "${v//--/}")" "$NODE" dist/bench/throughput-cuda.js \
-      --layers=2 --prompt=512 --batches=2048 --micro-batches=4 --modes=offloaded ${v//,/ }
+      $mb ${v//,/ }
   done
   cp bench/results/throughput-staged-cuda-*.json "$W/modelbased/" 2>/dev/null
   pack

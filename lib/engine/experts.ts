@@ -338,34 +338,34 @@ export class CachedExperts implements ExpertProvider {
       const t0 = performance.now();
       const missed = wanted.filter((e) => !this.cache.isResident(li, e)).length;
       const leases = await this.#acquireAll(li, wanted, signal);
+      const release = () => {
+        for (const lease of leases) lease.release();
+      };
+      const t1 = performance.now();
+      if (this.#host && missed > 0) this.#choice.record('fetch', t1 - t0, missed * this.#store.expertBytes);
+      const cycles = this.#cycles(wanted.length);
+      let p: Promise<unknown>;
+      try {
+        p = submitWithExperts(this.#be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, out }, queue ?? (signal ? { signal } : {}));
+      } catch (e) {
+        release();
+        throw e;
+      }
       if (queue) {
         // queued: the leases (and the next layer's streaming ahead, which needs their slots) go when the kernel has run
-        const t1 = performance.now();
-        if (this.#host && missed > 0) this.#choice.record('fetch', t1 - t0, missed * this.#store.expertBytes);
-        let p: Promise<unknown>;
-        try {
-          p = submitWithExperts(this.#be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, out }, queue);
-        } catch (e) {
-          for (const lease of leases) lease.release();
-          throw e;
-        }
-        const cycles = this.#cycles(wanted.length);
         const pending = p.finally(() => {
-          for (const lease of leases) lease.release();
+          release();
           if (cycles) this.#streamAhead((li + 1) % this.#numLayers);
         });
         return { stallMs: t1 - t0, computeMs: 0, pending };
       }
-      let times: ExpertRunTimes;
       try {
-        const t1 = performance.now();
-        if (this.#host && missed > 0) this.#choice.record('fetch', t1 - t0, missed * this.#store.expertBytes);
-        await submitWithExperts(this.#be, this.#tables[li]!, this.#extras, li, this.#views(leases), { x, ids, weights, out }, signal ? { signal } : {});
-        times = { stallMs: t1 - t0, computeMs: performance.now() - t1 };
+        await p;
       } finally {
-        for (const lease of leases) lease.release();
+        release();
       }
-      if (this.#cycles(wanted.length)) this.#streamAhead((li + 1) % this.#numLayers);
+      const times = { stallMs: t1 - t0, computeMs: performance.now() - t1 };
+      if (cycles) this.#streamAhead((li + 1) % this.#numLayers);
       return times;
     }
     return this.#runModule(li, wanted, x, ids, weights, out, k, signal);
