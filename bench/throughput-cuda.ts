@@ -44,7 +44,7 @@
  * the last finish their prefill); the KV cache and B_model count them.
  * Run: node dist/bench/throughput-cuda.js [--backend=cpu] [--layers=N] [--prompt=P] [--batches=B1,B2,..]
  *   [--micro-batches=M1,..] [--modes=offloaded,resident] [--model-based [--gpu-gib=G] [--reserve-gib=R]]
- *   [--step-tokens=N] [--slots=N] [--quick]
+ *   [--step-tokens=N] [--slots=N] [--attention-threads=N|auto] [--quick]
  * The 5x comparison of issue 8 needs module-based batches of about 5 x B_model at the same sequence length, e.g.
  *   --layers=2 --prompt=512 --batches=1536 --modes=offloaded --model-based   (B_model about 300 at 24 GiB and 526 tokens)
  *   -> bench/results/throughput-staged-<backend>-<date>[-quick][-<MOE_BENCH_LABEL>].json
@@ -184,6 +184,9 @@ async function main(): Promise<void> {
   const slots = arg('slots') === undefined ? undefined : Number(arg('slots'));
   if (slots !== undefined && !(Number.isInteger(slots) && slots >= 1)) throw new Error(`--slots must be a positive integer, received ${arg('slots')}`);
   const reserveGiB = Number(arg('reserve-gib') ?? 1);
+  // the CPU pool threads the attention runs on (LoadModelOptions.attentionThreads; default 'auto')
+  const attentionThreads = arg('attention-threads') === undefined || arg('attention-threads') === 'auto' ? 'auto' : Number(arg('attention-threads'));
+  if (attentionThreads !== 'auto' && !(Number.isInteger(attentionThreads) && attentionThreads >= 0)) throw new Error(`--attention-threads must be 'auto' or an integer >= 0, received ${arg('attention-threads')}`);
   const be = openBackend({ backend });
   const compute = await computeGflops(be);
   const h2d = await h2dGBs(be);
@@ -214,7 +217,7 @@ async function main(): Promise<void> {
     // the host KV cache: room for the largest batch this run makes (the model-based one included), at least 8 GiB
     const kvBytes = (B: number) => Math.ceil(1.25 * B * seqTokens(B) * layers * 2 * 8 * 128 * 2); // Mixtral: 8 KV heads of 128
     const kvCacheBytes = Math.max(8 * 2 ** 30, ...[...batches, modelBasedBatch].map(kvBytes));
-    const model = await loadModel(dir, { backend, deviceActivations: true, experts: mode === 'offloaded' ? (slots !== undefined ? { slots, policy: 'lru' } : { fraction: 0.25, policy: 'lru' }) : backend === 'cuda' ? { fraction: 1, policy: 'lru' } : 'resident', kvCacheBytes });
+    const model = await loadModel(dir, { backend, deviceActivations: true, experts: mode === 'offloaded' ? (slots !== undefined ? { slots, policy: 'lru' } : { fraction: 0.25, policy: 'lru' }) : backend === 'cuda' ? { fraction: 1, policy: 'lru' } : 'resident', kvCacheBytes, attentionThreads });
     try {
       const cfg = model.config;
       const kvBytesPerToken = cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * 2;
@@ -270,6 +273,7 @@ async function main(): Promise<void> {
           experts: mode,
           batch: B,
           micro_batches: micro,
+          attention_threads: model.attentionThreads || null,
           prompt_tokens: promptTokens,
           new_tokens: newTokens(B),
           prefill_tokens_per_s: prefill.ms > 0 ? r3((prefill.tokens * 1000) / prefill.ms) : null,

@@ -767,6 +767,10 @@ export class Backend {
     if (!Number.isSafeInteger(splitTokens) || splitTokens < 0 || splitTokens > 2 ** 30) {
       throw new InvalidArgumentError(`splitTokens must be an integer in [0, 2^30] (0: use numSplits), received ${describe(p.splitTokens)}`);
     }
+    const threads = p.threads ?? 0;
+    if (!Number.isSafeInteger(threads) || threads < 0 || threads > 65536) {
+      throw new InvalidArgumentError(`threads must be an integer in [0, 65536] (0: every thread of the pool), received ${describe(p.threads)}`);
+    }
     const cpu = this.#cpuSide();
     return cpu.#run('attention', options, (addon, stream, cancel, timing) =>
       addon.attention(
@@ -795,6 +799,7 @@ export class Backend {
           slidingWindow,
           numSplits,
           splitTokens,
+          ...(threads > 0 ? { threads } : {}),
           isa: cpu.#isaCode(),
         },
         cancel,
@@ -1354,6 +1359,13 @@ export interface AttentionParams {
    * ATTENTION_SPLIT_TOKENS); long contexts still get splits to spread over the threads.
    */
   splitTokens?: number;
+  /**
+   * Run on at most this many of the CPU pool's threads (default 0: all of them); the same bits either way with
+   * splitTokens or numSplits set (the automatic split count follows the threads). The model
+   * runtime caps it on a CUDA host while expert copies stream (EngineOptions.attentionThreads), leaving cores to
+   * the threads that feed the GPU.
+   */
+  threads?: number;
 }
 
 let cpuCompanionBackend: Backend | undefined;

@@ -271,6 +271,7 @@ export interface NativeAddon {
     slidingWindow: number;
     numSplits: number;
     splitTokens: number;
+    threads?: number;
     isa?: number;
   }>;
 }

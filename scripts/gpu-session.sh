@@ -24,10 +24,12 @@
 #   the MoE runs under MOE_ENVS (e.g. 512,4096,16384)
 # When the carried moe-native does not run there, it is built there (slower).
 # Waiting for a GPU (after the H200 run of 2026-11-27 evening): issue 8's 5x held only with the host pool at 12 of 16
-#   cores (MOE_OFFLOAD_THREADS=12: 5.13x; 16 threads: 3.9x, the attention starving the expert copies: 80 ms of stall);
-#   once the engine caps the attention's threads itself while copies stream, `modelbased` (default threads) should
-#   show it, and the thread sweep (run the module-based row under MOE_OFFLOAD_THREADS=16/14/12) whether the cap is
-#   right. The CUDA performance model read 29.4% on its first (quick) run: `perfmodel` with a full profile
+#   cores (MOE_OFFLOAD_THREADS=12: 5.13x; 16 threads: 3.9x, 80 ms of copy stall). Since then the engine runs the
+#   attention on 12 of 16 threads while copies stream (LoadModelOptions.attentionThreads 'auto') and a CUDA stream's
+#   submitting and settling threads are normal threads (no longer SCHED_BATCH beside the pool's): `modelbased` with
+#   the defaults should show the 5x, and MODELBASED_MORE="--attention-threads=16 --attention-threads=14
+#   --attention-threads=10" whether the cap is right (16: do the normal-priority stream threads alone fix it?).
+#   The CUDA performance model read 29.4% on its first (quick) run: `perfmodel` with a full profile
 #   (PERFMODEL_ARGS without --quick). The demo's prefill prediction on CUDA was 4.6x over (per-op bound).
 #   MODELBASED_MORE="--slots=12" made no difference (the stall was the threads).
 #   The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by cp.async instead of

@@ -65,7 +65,7 @@ for (const hb of cpuBackends) {
 // sequence's rows are the same bits alone (few items: the splits run as items of their own, merged in a second pass)
 // and in a batch of 64 (enough items: each item runs its splits one after the other and merges them itself), for
 // decode and for an extend of 9 tokens (one query tile: alone, 2 items, too few for a pool of 2 threads or more;
-// batched, 128, enough for up to 64).
+// batched, 128, enough for up to 64); and the batch on one thread (threads: 1) the same bits as on the whole pool.
 for (const hb of cpuBackends) {
   const skip = hb.available ? false : hb.reason ?? 'unavailable';
   for (const [blockSize, qLen, splits] of [
@@ -97,6 +97,12 @@ for (const hb of cpuBackends) {
       let diff = 0;
       for (let i = 0; i < alone.numel; i++) if (batched.data[i] !== alone.data[i]) diff++;
       assert.equal(diff, 0, `${diff} of ${alone.numel} output elements of sequence 0 differ between alone and in a batch of ${others + 1}`);
+      // on one of the pool's threads (AttentionParams.threads, as a CUDA host runs it beside expert copies): the same bits
+      const one = new HostTensor('f32', [(others + 1) * qLen, qHeads, hd]);
+      await be.attention({ q, k: kv.keys(0), v: kv.values(0), out: one, ...splits, ...kv.batch(seqs, seqs.map(() => qLen)), threads: 1 });
+      diff = 0;
+      for (let i = 0; i < one.numel; i++) if (one.data[i] !== batched.data[i]) diff++;
+      assert.equal(diff, 0, `${diff} of ${one.numel} output elements differ between the whole pool and threads: 1`);
       kv.dispose();
     });
   }

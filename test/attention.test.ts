@@ -263,6 +263,7 @@ for (const hb of backends) {
       assert.throws(() => be.attention({ ...base, splitTokens: -1 }), /splitTokens must be an integer/);
       assert.throws(() => be.attention({ ...base, splitTokens: 2 ** 31 }), /splitTokens must be an integer/);
       assert.throws(() => be.attention({ ...base, splitTokens: 1.5 }), /splitTokens must be an integer/);
+      for (const threads of [-1, 1.5, 2 ** 20, '4' as unknown as number]) assert.throws(() => be.attention({ ...base, threads }), /threads must be an integer in \[0, 65536\]/);
       // cancellation before start
       const ac = new AbortController();
       ac.abort(new Error('stop'));

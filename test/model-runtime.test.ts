@@ -184,6 +184,15 @@ describe('generation', () => {
     assert.deepEqual(memoryStats().cpu.device, device0, 'device memory freed with the model');
   });
 
+  test('attentionThreads: auto is every thread on the CPU backend; a cap gives the same tokens', async () => {
+    assert.equal(model.attentionThreads, 0);
+    using one = await loadModel(dir, { attentionThreads: 1 });
+    assert.equal(one.attentionThreads, 1);
+    for (const prompt of ['Hello there', 'A longer prompt, so that the prefill attention has more than one query row per head.']) {
+      assert.deepEqual((await one.generate(prompt, { maxNewTokens: 8, stopAtEos: false })).tokens, (await model.generate(prompt, { maxNewTokens: 8, stopAtEos: false })).tokens);
+    }
+  });
+
   test('routing traces: one iteration per decode step, serialisable, ids consistent with probabilities', async () => {
     const r = await model.generate('Trace this request', { maxNewTokens: 9, stopAtEos: false, recordRouting: true });
     const req = r.routing!;
@@ -287,6 +296,9 @@ describe('generation', () => {
     await assert.rejects(model.generate('x', { stop: [''] }), (e: unknown) => e instanceof InvalidArgumentError && /stop/.test(e.message));
     await assert.rejects(loadModel(dir, { experts: { fraction: 0 } }), (e: unknown) => e instanceof InvalidArgumentError && /fraction/.test(e.message));
     await assert.rejects(loadModel(dir, { experts: { slots: 0 } }), (e: unknown) => e instanceof InvalidArgumentError && /slots/.test(e.message));
+    for (const attentionThreads of [-1, 2.5, 'all' as never]) {
+      await assert.rejects(loadModel(dir, { attentionThreads }), (e: unknown) => e instanceof InvalidArgumentError && /^attentionThreads must be 'auto' or an integer/.test(e.message));
+    }
   });
 });
 

@@ -494,8 +494,15 @@ test('profileModel, staged on the CPU backend and on CUDA: every op of the stage
   for (const kind of ['cpu', 'cuda'] as const) {
     await t.test(kind, { skip: kind === 'cuda' ? (cudaUnavailableReason() ?? false) : false }, async () => {
       using m = await loadModel(path.join(root, 'tiny-olmoe'), { backend: kind, deviceActivations: true });
-      const p = await profileModel(m.backend, cfg, { maxBatch: 4, contexts: [32, 96], prefillTokens: [16], quick: true, ...(kind === 'cpu' ? { staged: true } : {}) });
+      const p = await profileModel(m.backend, cfg, { maxBatch: 4, contexts: [32, 96], prefillTokens: [16], quick: true, ...(kind === 'cpu' ? { staged: true, attentionThreads: 1 } : {}) });
       assert.equal(p.staged, true);
+      // the attention on fewer threads too (on the CPU as asked; on CUDA by default, below the pool)
+      if (p.attentionThreads) {
+        const a = stepOps(cfg, { staged: true }).ops.find((o) => o.spec.op === 'attention')!.spec as Extract<OpSpec, { op: 'attention' }>;
+        for (const spec of [{ ...a, threads: p.attentionThreads }, prefillAttention({ ...a, threads: p.attentionThreads })]) {
+          assert.ok(p.ops[opKey(spec)]?.every((q) => q.ms > 0), `profile has ${opKey(spec)}`);
+        }
+      } else assert.equal(kind, 'cuda', 'the CPU run asked for the attention on 1 thread');
       assert.equal(p.kind, kind);
       if (kind === 'cuda') assert.ok(p.device && p.device.length > 0, 'the GPU name');
       assert.ok(p.groupMs >= 0 && p.hostGroupMs! >= 0);
@@ -564,6 +571,38 @@ test('offloaded experts on CUDA: copies streamed ahead (module mode, a cycled po
   assert.equal(slow.terms.expertCopyMs, few.terms.expertCopyMs);
   // the CPU backend computes no misses on a host of its own
   assert.equal(predictDecode(cfg, { ...cpu, copyGBs: 1, hostExpertGBs: 4 }, { batch: 1, context: 100, expertSlots: most }).copies!.onHost, undefined);
+});
+
+test('attention beside streaming copies: a CUDA profile with attentionThreads prices the attention of offloaded steps by its capped points, of resident ones by the pool\'s', async () => {
+  const cfg = await config('tiny-mixtral');
+  const base = withPrefill(cfg, synthetic(cfg));
+  const ops = { ...base.ops };
+  // the capped points: the same ops at 3x the time
+  for (const o of stepOps(cfg).ops) {
+    if (o.spec.op !== 'attention') continue;
+    const capped = { ...o.spec, threads: 12 };
+    ops[opKey(capped)] = base.ops[o.key]!.map((q) => ({ ...q, ms: 3 * q.ms }));
+    ops[opKey(prefillAttention(capped))] = base.ops[opKey(prefillAttention(o.spec))]!.map((q) => ({ ...q, ms: 3 * q.ms }));
+    assert.match(opKey(capped), / t12$/);
+  }
+  const gpu: ModelProfile = { ...base, ops, kind: 'cuda', copyGBs: 1, attentionThreads: 12 };
+  const plain: ModelProfile = { ...base, kind: 'cuda', copyGBs: 1 };
+  const shape = { batch: 8, context: 1000 };
+  const slots = cfg.numExperts; // fewer than the layers' experts: copies stream, the runtime caps the attention
+  const capped = predictDecode(cfg, gpu, { ...shape, expertSlots: slots });
+  const uncapped = predictDecode(cfg, plain, { ...shape, expertSlots: slots });
+  assert.ok(Math.abs(capped.terms.attentionMs - 3 * uncapped.terms.attentionMs) < 1e-9 * capped.terms.attentionMs);
+  // resident, or a slot for every expert: the pool's points
+  assert.equal(predictDecode(cfg, gpu, shape).terms.attentionMs, predictDecode(cfg, plain, shape).terms.attentionMs);
+  const all = cfg.numExperts * cfg.moeLayers.length;
+  assert.equal(predictDecode(cfg, gpu, { ...shape, expertSlots: all }).terms.attentionMs, predictDecode(cfg, plain, { ...shape, expertSlots: all }).terms.attentionMs);
+  // prefill too
+  const pc = predictPrefill(cfg, gpu, { prompt: 300, expertSlots: slots });
+  const pu = predictPrefill(cfg, plain, { prompt: 300, expertSlots: slots });
+  assert.ok(Math.abs(pc.terms.attentionMs - 3 * pu.terms.attentionMs) < 1e-9 * pc.terms.attentionMs);
+  // the CPU backend never caps (its copies are the pool's own work)
+  const cpu: ModelProfile = { ...gpu, kind: 'cpu' };
+  assert.equal(predictDecode(cfg, cpu, { ...shape, expertSlots: slots }).terms.attentionMs, predictDecode(cfg, { ...plain, kind: 'cpu' }, { ...shape, expertSlots: slots }).terms.attentionMs);
 });
 
 test('micro-batches: one layer\'s module pipeline (projections queued at once, host work in turn, output projections after)', () => {

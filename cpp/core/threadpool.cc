@@ -44,10 +44,13 @@ struct Job {
   std::atomic<bool> skipped{false};  // a chunk was not run because of cancellation
   std::exception_ptr error;          // first exception thrown by fn (guarded by the pool mutex)
   int workers_inside = 0;            // workers currently claiming from this job (guarded by the pool mutex)
+  int max_workers = 0;               // workers (the caller not counted) allowed inside at once
   std::condition_variable done_cv;   // signalled when workers_inside drops to 0
 
-  bool has_work() const {
-    return !stop.load(std::memory_order_relaxed) && next.load(std::memory_order_relaxed) < chunks;
+  // Whether a worker may join (pool mutex held).
+  bool wants_worker() const {
+    return workers_inside < max_workers && !stop.load(std::memory_order_relaxed) &&
+           next.load(std::memory_order_relaxed) < chunks;
   }
 };
 
@@ -110,7 +113,7 @@ struct ThreadPool::Impl {
 
   Job* find_job_locked() {
     for (Job* j : jobs) {
-      if (j->has_work()) return j;
+      if (j->wants_worker()) return j;
     }
     return nullptr;
   }
@@ -176,10 +179,12 @@ ThreadPool& ThreadPool::global() {
 int ThreadPool::size() const { return impl_->size; }
 
 bool ThreadPool::parallel_for(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn,
-                              const CancelToken* cancel) {
+                              const CancelToken* cancel, int max_threads) {
   if (grain == 0) grain = 1;
   if (n == 0) return !is_cancelled(cancel);
-  if (n <= grain || impl_->size == 1) {
+  const size_t workers = impl_->workers.size();
+  const size_t max_workers = max_threads > 0 && static_cast<size_t>(max_threads) - 1 < workers ? static_cast<size_t>(max_threads) - 1 : workers;
+  if (n <= grain || max_workers == 0) {
     // Inline: no publication, no locks. Cancellation is still checked between ranges.
     for (size_t begin = 0; begin < n; begin += grain) {
       if (is_cancelled(cancel)) return false;
@@ -194,15 +199,16 @@ bool ThreadPool::parallel_for(size_t n, size_t grain, const std::function<void(s
   job.grain = grain;
   job.chunks = (n + grain - 1) / grain;
   job.cancel = cancel;
+  job.max_workers = static_cast<int>(max_workers);
 
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     impl_->jobs.push_back(&job);
     impl_->published.fetch_add(1, std::memory_order_release);
   }
-  // Wake as many workers as there are chunks beyond the one the caller starts on.
-  size_t helpers = job.chunks - 1;
-  if (helpers >= impl_->workers.size()) {
+  // Wake as many workers as there are chunks beyond the one the caller starts on (at most max_workers).
+  size_t helpers = job.chunks - 1 < max_workers ? job.chunks - 1 : max_workers;
+  if (helpers >= workers) {
     impl_->wake.notify_all();
   } else {
     for (size_t i = 0; i < helpers; ++i) impl_->wake.notify_one();

@@ -26,8 +26,10 @@ class ThreadPool {
   // Calls fn(begin, end) for consecutive ranges covering [0, n), each at most `grain` long (grain >= 1).
   // Stops handing out ranges once `cancel` is set; returns false in that case (some ranges did not run).
   // An exception thrown by fn is rethrown in the caller after all running ranges finished.
+  // max_threads > 0 caps the threads that run this call's ranges, the caller included (0: every thread of the
+  // pool): e.g. the CPU attention on a CUDA host leaves cores to the threads that feed the GPU.
   bool parallel_for(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn,
-                    const CancelToken* cancel = nullptr);
+                    const CancelToken* cancel = nullptr, int max_threads = 0);
 
   ~ThreadPool();
 

@@ -7,7 +7,7 @@
 
 namespace moe {
 
-WorkQueue::WorkQueue() : thread_([this] { loop(); }) {}
+WorkQueue::WorkQueue(bool compute) : compute_(compute), thread_([this] { loop(); }) {}
 
 WorkQueue::~WorkQueue() { stop(); }
 
@@ -40,8 +40,8 @@ void WorkQueue::stop() {
 }
 
 void WorkQueue::loop() {
-  // Stream threads run CPU kernels too (they take part in parallel_for).
-  mark_compute_thread();
+  // A CPU stream's thread runs CPU kernels too (it takes part in parallel_for).
+  if (compute_) mark_compute_thread();
   for (;;) {
     // After a task, spin about 50 us before sleeping: an op awaited from JS is usually followed by the next one
     // within that window, and catching it here saves a futex wake-up (measured in bench/run.ts).

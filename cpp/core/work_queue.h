@@ -1,6 +1,12 @@
 // A FIFO of tasks run in order by one dedicated thread: the host side of a Stream. On the CPU backend the tasks
 // are the ops themselves; on CUDA they submit work to a cudaStream (so a pageable cudaMemcpyAsync or a slow launch
 // never blocks the JS thread).
+//
+// A compute queue's thread runs CPU kernels (it takes part in parallel_for) and is marked a batch thread
+// (mark_compute_thread). A queue that only submits or waits (a CUDA stream's) stays a normal thread: when it wakes
+// (a completion event, a new op) it preempts the batch threads of a busy pool instead of waiting for a time slice.
+// (On an H200 host whose pool ran the CPU attention on all 16 cores, the GPU waited 73-80 ms per step for expert
+// copies that 12 attention threads left on time: cores for these threads are one suspect, host bandwidth the other.)
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -14,7 +20,7 @@ namespace moe {
 
 class WorkQueue {
  public:
-  WorkQueue();
+  explicit WorkQueue(bool compute = true);
   ~WorkQueue();  // stop(): tasks still queued are dropped without running (process exit only)
   WorkQueue(const WorkQueue&) = delete;
   WorkQueue& operator=(const WorkQueue&) = delete;
@@ -28,6 +34,7 @@ class WorkQueue {
 
  private:
   void loop();
+  const bool compute_;  // before thread_: the thread reads it
   std::mutex m_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> q_;

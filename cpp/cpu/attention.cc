@@ -886,6 +886,7 @@ void attention_validate(const AttentionArgs& a) {
   if (a.num_splits < 0 || a.num_splits > 1024) bad("num_splits must be in [0, 1024], received " + str(a.num_splits));
   if (a.split_tokens < 0 || a.split_tokens > (int64_t{1} << 30))
     bad("split_tokens must be in [0, 2^30], received " + str(a.split_tokens));
+  if (a.threads < 0 || a.threads > 65536) bad("threads must be in [0, 65536], received " + str(a.threads));
   if (a.sliding_window < 0) bad("sliding_window must be >= 0, received " + str(a.sliding_window));
   if (!std::isfinite(a.scale)) bad("scale must be finite");
   if (a.num_seqs > 0 && (a.kv_lens == nullptr || a.q_lens == nullptr || (a.max_blocks > 0 && a.block_tables == nullptr)))
@@ -952,7 +953,7 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
     q_start[s + 1] = q_start[s] + a.q_lens[s];
     tiles += (a.q_lens[s] + nt_max - 1) / nt_max;
   }
-  const int64_t threads = ThreadPool::global().size();
+  const int64_t threads = a.threads > 0 ? std::min<int64_t>(a.threads, ThreadPool::global().size()) : ThreadPool::global().size();
   int hg = static_cast<int>(a.kv_heads);
   while (hg > 1 && tiles * ((a.kv_heads + hg - 1) / hg) < 2 * threads) hg = (hg + 1) / 2;
   const int64_t base_items = tiles * ((a.kv_heads + hg - 1) / hg);
@@ -1171,7 +1172,7 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
       });
     }
   };
-  if (!ThreadPool::global().parallel_for(items.size(), 1, fn, cancel)) throw_error(ErrorCode::Cancelled, "attention: cancelled");
+  if (!ThreadPool::global().parallel_for(items.size(), 1, fn, cancel, static_cast<int>(threads))) throw_error(ErrorCode::Cancelled, "attention: cancelled");
 
   if (global_splits) {
     // Rows split over items: merge their partials with log-sum-exp.
@@ -1189,7 +1190,7 @@ Isa attention(const AttentionArgs& a, Isa isa, const CancelToken* cancel) {
                   hd, args.out, args.out_dtype, row * hd, vector_q);
       }
     };
-    if (!ThreadPool::global().parallel_for(static_cast<size_t>(a.total_q * a.q_heads), 64, merge, cancel))
+    if (!ThreadPool::global().parallel_for(static_cast<size_t>(a.total_q * a.q_heads), 64, merge, cancel, static_cast<int>(threads)))
       throw_error(ErrorCode::Cancelled, "attention: cancelled");
   }
   return ran;

@@ -36,13 +36,16 @@ struct AttentionArgs {
   int64_t num_splits;        // KV splits per sequence: 0 = automatic by length, else that many (>= 1)
   int64_t split_tokens;      // > 0: ceil(kv_len / split_tokens) splits per sequence instead (num_splits ignored): a
                              // count that depends on the sequence alone, so its rows do not depend on the batch
+  int64_t threads;           // > 0: run on at most this many of the pool's threads (0: all); the same bits with
+                             // split_tokens or num_splits set (automatic splits follow the thread count)
 };
 
 // Validates every argument, the block tables' contents included (ids in [0, num_pages), enough blocks for kv_len),
 // and throws moe::Error(InvalidArgument) naming the first problem. Called by attention() before any work.
 void attention_validate(const AttentionArgs& args);
 
-// Multithreaded over (sequence, kv head, query tile, kv split) on ThreadPool::global(); the cancel token is checked
+// Multithreaded over (sequence, kv head, query tile, kv split) on ThreadPool::global() (at most args.threads of its
+// threads when set); the cancel token is checked
 // between work items. Returns the tier that ran (Avx512Bf16 only for bf16 KV; f32/f16 KV run the Avx512 kernels).
 // Throws moe::Error(InvalidArgument) for bad arguments, (Cancelled) when cancelled.
 Isa attention(const AttentionArgs& args, Isa isa, const CancelToken* cancel = nullptr);

@@ -43,8 +43,9 @@ std::shared_ptr<Stream> Stream::create(BackendKind backend, int device, int prio
 }
 
 Stream::Stream(BackendKind backend, int device, int priority, void* cs)
-    : backend_(backend), device_(device), priority_(priority), cuda_stream_(cs) {
-  if (cs != nullptr) completions_ = std::make_unique<WorkQueue>();
+    : backend_(backend), device_(device), priority_(priority), cuda_stream_(cs), queue_(cs == nullptr) {
+  // a CUDA stream's threads submit and wait: normal threads (work_queue.h)
+  if (cs != nullptr) completions_ = std::make_unique<WorkQueue>(false);
 }
 
 Stream::~Stream() {

@@ -1,12 +1,13 @@
 // attention(stream, { q, qDtype, k, v, kvDtype, out, outDtype, blockTables, kvLens, qLens, sinks?, numSeqs,
 //   maxBlocks, numPages, totalQ, qHeads, kvHeads, headDim, blockSize, scale, slidingWindow, numSplits, splitTokens,
-//   isa? },
+//   threads?, isa? },
 //   cancel?) -> Promise<tier>
 // Paged-KV attention on the CPU (cpu/attention.h): q/out [totalQ, qHeads, headDim], k/v pages
 // [numPages, kvHeads, blockSize, headDim], blockTables [numSeqs, maxBlocks] i32, kvLens/qLens [numSeqs] i32,
 // sinks [qHeads] f32. A CPU op by design (the KV cache lives in host memory): every tensor must be host-accessible,
 // and the stream must be a CPU stream. Block-table contents are validated when the op runs (they may be written
-// by earlier ops on the stream): a bad table rejects the Promise with MOE_INVALID_ARGUMENT.
+// by earlier ops on the stream): a bad table rejects the Promise with MOE_INVALID_ARGUMENT. threads > 0 caps the pool
+// threads it runs on (0 or absent: all).
 #include "cpu/attention.h"
 
 #include <string>
@@ -36,6 +37,8 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
     g.sliding_window = s.size("slidingWindow");
     g.num_splits = s.size("numSplits");
     g.split_tokens = s.size("splitTokens");
+    Napi::Value tv = s.params.Get("threads");
+    g.threads = tv.IsUndefined() ? 0 : s.size("threads");
     // Shape-level checks now (contents of the tables when the op runs).
     if (g.q_heads > (1 << 16) || g.kv_heads > (1 << 16) || g.num_seqs > (int64_t{1} << 31) || g.max_blocks > (int64_t{1} << 31))
       throw_error(env, ErrorCode::InvalidArgument, "attention: head or sequence counts out of range");

@@ -53,11 +53,12 @@ export type OpSpec =
   | { op: 'routerTopK'; e: number; k: number; scoring: 'softmax' | 'sigmoid' }
   /** dst [T, n] bf16 = src [srcRows, n] rows (srcRows 0: the step's own T rows) */
   | { op: 'gatherRows'; srcRows: number; n: number }
-  /** decode attention of T sequences over their KV cache (q f32, out bf16) */
-  | { op: 'attention'; qHeads: number; kvHeads: number; headDim: number }
+  /** decode attention of T sequences over their KV cache (q f32, out bf16); `threads`: on that many of the CPU
+   * pool's threads (absent: all; ModelProfile.attentionThreads) */
+  | { op: 'attention'; qHeads: number; kvHeads: number; headDim: number; threads?: number }
   /** prefill attention: a step's new tokens attend causally to their sequences' keys (q f32, out bf16); its points'
    * `batch` counts query-key pairs (per head: sum over the new tokens of the keys each attends to) */
-  | { op: 'attentionPrefill'; qHeads: number; kvHeads: number; headDim: number }
+  | { op: 'attentionPrefill'; qHeads: number; kvHeads: number; headDim: number; threads?: number }
   /** fused SwiGLU experts: routed (table of E, k per token) or a one-expert MLP (shared expert, dense layer) */
   | { op: 'moeExperts'; experts: number; k: number; hidden: number; inter: number }
   /** staged: a copy of T rows of `rowBytes` between the compute backend's memory and pinned host memory ('down':
@@ -147,9 +148,9 @@ export function opKey(s: OpSpec): string {
     case 'gatherRows':
       return `gatherRows ${s.srcRows}x${s.n}`;
     case 'attention':
-      return `attention ${s.qHeads}/${s.kvHeads}x${s.headDim}`;
+      return `attention ${s.qHeads}/${s.kvHeads}x${s.headDim}${s.threads ? ` t${s.threads}` : ''}`;
     case 'attentionPrefill':
-      return `attentionPrefill ${s.qHeads}/${s.kvHeads}x${s.headDim}`;
+      return `attentionPrefill ${s.qHeads}/${s.kvHeads}x${s.headDim}${s.threads ? ` t${s.threads}` : ''}`;
     case 'moeExperts':
       return `moeExperts ${s.experts}x${s.hidden}x${s.inter} k${s.k}`;
     case 'transfer':
@@ -412,6 +413,11 @@ export interface ModelProfile {
   kind?: 'cpu' | 'cuda';
   /** The GPU's name on a CUDA profile. */
   device?: string;
+  /**
+   * The CPU pool threads of the attention points keyed ` t<threads>` (opKey): how the runtime runs attention while
+   * expert copies stream (CUDA, offloaded experts; LoadModelOptions.attentionThreads). Absent: not measured.
+   */
+  attentionThreads?: number;
   /**
    * Measured as a staged step runs (stepOps `staged`): activations in the compute backend's memory, attention and
    * RoPE on the host backend, copies between them (absent: false). A CUDA profile always is.
@@ -704,7 +710,7 @@ export function predictDecode(cfg: ModelConfig, p: ModelProfile, shape: DecodeSh
   const { copies, copyMs, overlap } = copyCost(cfg, p, B, shape.expertSlots);
   const M = shape.microBatches ?? 1;
   if (!Number.isSafeInteger(M) || M < 1 || M > B) throw new InvalidArgumentError(`microBatches must be an integer in [1, batch ${B}], received ${describe(shape.microBatches)}`);
-  const step = composeStep(cfg, p, B, B, now, cold, (o, f) => opCost(p, o.key, B * f, o.window ? Math.min(L, o.window) : L, now, cold), copyMs, overlap, M, queuesWhole(cfg, shape.expertSlots));
+  const step = composeStep(cfg, p, B, B, now, cold, (o, f) => opCost(p, attentionKey(cfg, p, o, shape.expertSlots, false), B * f, o.window ? Math.min(L, o.window) : L, now, cold), copyMs, overlap, M, queuesWhole(cfg, shape.expertSlots));
   return { ...step, tokensPerSecond: (B * 1000) / step.stepMs, expertsPerLayer: expectedExperts(cfg.numExperts, cfg.topK, B), ...(copies ? { copies } : {}) };
 }
 
@@ -834,7 +840,21 @@ function composeStep(
 
 /** The prefill attention op of a decode attention op (the same heads and head dim). */
 export function prefillAttention(s: Extract<OpSpec, { op: 'attention' }>): Extract<OpSpec, { op: 'attentionPrefill' }> {
-  return { op: 'attentionPrefill', qHeads: s.qHeads, kvHeads: s.kvHeads, headDim: s.headDim };
+  return { op: 'attentionPrefill', qHeads: s.qHeads, kvHeads: s.kvHeads, headDim: s.headDim, ...(s.threads ? { threads: s.threads } : {}) };
+}
+
+/**
+ * The attention op a step runs with routed experts offloaded into `slots` (undefined: resident): on CUDA with fewer
+ * slots than experts the runtime runs it on p.attentionThreads of the pool (LoadModelOptions.attentionThreads
+ * 'auto'), priced by the points measured so (the op itself when the profile has none).
+ */
+function attentionKey(cfg: ModelConfig, p: ModelProfile, o: PlannedOp, slots: number | undefined, prefill: boolean): string {
+  const s = o.spec as Extract<OpSpec, { op: 'attention' }>;
+  const capped = p.kind === 'cuda' && p.attentionThreads! > 0 && slots !== undefined && !queuesWhole(cfg, slots);
+  const at = capped ? { ...s, threads: p.attentionThreads! } : s;
+  const key = opKey(prefill ? prefillAttention(at) : at);
+  if (p.ops[key]) return key;
+  return opKey(prefill ? prefillAttention(s) : s);
 }
 
 /** Query-key pairs (per head) of q new tokens after a prefix of P, causal, each token seeing at most `window` keys. */
@@ -903,7 +923,7 @@ export function predictPrefill(cfg: ModelConfig, p: ModelProfile, shape: Prefill
       cold,
       (o, f) => {
         const pairs = u.S * f * prefillPairs(u.q, u.prefix, o.window ?? null);
-        return opCost(p, opKey(prefillAttention(o.spec as Extract<OpSpec, { op: 'attention' }>)), pairs, 0, now, cold);
+        return opCost(p, attentionKey(cfg, p, o, shape.expertSlots, true), pairs, 0, now, cold);
       },
       copyMs,
       overlap,

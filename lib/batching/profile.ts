@@ -40,7 +40,7 @@ import path from 'node:path';
 import { type Backend, openBackend, packsWeightsByDefault } from '../backend.js';
 import { type MoeModel, loadModel } from '../engine/model.js';
 import { medianOf, StepIntervals } from '../engine/batch.js';
-import { ATTENTION_SPLIT_TOKENS, assembleMla, headPrefix } from '../engine/forward.js';
+import { ATTENTION_SPLIT_TOKENS, assembleMla, attentionThreadsBesideCopies, headPrefix } from '../engine/forward.js';
 import { describe } from '../dtype.js';
 import { InvalidArgumentError } from '../errors.js';
 import { info } from '../info.js';
@@ -114,6 +114,12 @@ export interface ProfileModelOptions {
    * on CUDA, false on the CPU backend, where `loadModel`'s deviceActivations: true stages).
    */
   staged?: boolean;
+  /**
+   * Measure the attention on this many of the CPU pool's threads as well (its points keyed ` t<n>`,
+   * ModelProfile.attentionThreads): how the runtime runs it while expert copies stream (LoadModelOptions
+   * attentionThreads). Default on CUDA: attentionThreadsBesideCopies(pool threads), when below the pool; else 0: not.
+   */
+  attentionThreads?: number;
   onProgress?: (message: string) => void;
 }
 
@@ -234,6 +240,8 @@ interface Ctx {
   cold: boolean;
   /** Weights packed (panel64) as loadModel packs them. */
   packed: boolean;
+  /** The attention is measured on this many threads too (0: only on all of them). */
+  attentionThreads: number;
   log: (m: string) => void;
 }
 
@@ -511,7 +519,7 @@ async function measureAttention(c: Ctx, s: Extract<OpSpec, { op: 'attention' }>)
         const out = new HostTensor('bf16', [B, s.qHeads, s.headDim]);
         const k = kv.keys(0);
         const v = kv.values(0);
-        const ms = await chained(c, (i) => c.host.attention({ q, k, v, out, ...batches[i % sets]!, scale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(sinks ? { sinks } : {}) }), true);
+        const ms = await chained(c, (i) => c.host.attention({ q, k, v, out, ...batches[i % sets]!, scale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(sinks ? { sinks } : {}), ...(s.threads ? { threads: s.threads } : {}) }), true);
         return { ms, bytes: B * (L + 1) * tokenBytes, context: L + 1 };
         },
         c.seqBatches,
@@ -548,7 +556,7 @@ async function measureAttentionPrefill(c: Ctx, s: Extract<OpSpec, { op: 'attenti
       const batch = kv.batch(seqs, seqs.map(() => q));
       const qt = tensor('f32', [S * q, s.qHeads, s.headDim], 9);
       const out = new HostTensor('bf16', [S * q, s.qHeads, s.headDim]);
-      const ms = await chained(c, () => c.host.attention({ q: qt, k: kv.keys(0), v: kv.values(0), out, ...batch, scale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(sinks ? { sinks } : {}) }), true);
+      const ms = await chained(c, () => c.host.attention({ q: qt, k: kv.keys(0), v: kv.values(0), out, ...batch, scale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(sinks ? { sinks } : {}), ...(s.threads ? { threads: s.threads } : {}) }), true);
       pts.push({ batch: S * prefillPairs(q, P), ms, bytes: S * (P + q) * tokenBytes, probeGBs: 0 });
       for (const id of seqs) kv.free(id);
     }
@@ -785,9 +793,14 @@ async function measureOps(c: Ctx, modes: 'both' | 'cold' | 'warm', have: Record<
       e.calls += o.calls;
       e.perSequence &&= o.perSequence === true;
     } else byKey.set(o.key, { spec: o.spec, calls: o.calls, perSequence: o.perSequence === true, onHost: o.host === true });
-    if (o.spec.op === 'attention' && c.prefill.length > 0) {
-      const pre = prefillAttention(o.spec);
-      byKey.set(opKey(pre), { spec: pre, calls: 1, perSequence: false, onHost: true });
+    if (o.spec.op === 'attention') {
+      const specs = c.attentionThreads > 0 ? [o.spec, { ...o.spec, threads: c.attentionThreads }] : [o.spec];
+      for (const a of specs) {
+        if (a !== o.spec) byKey.set(opKey(a), { spec: a, calls: o.calls, perSequence: true, onHost: true });
+        if (c.prefill.length === 0) continue;
+        const pre = prefillAttention(a);
+        byKey.set(opKey(pre), { spec: pre, calls: 1, perSequence: false, onHost: true });
+      }
     }
   }
   for (const [key, { spec, calls, perSequence, onHost }] of byKey) {
@@ -1098,6 +1111,12 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   if (!Array.isArray(prefill) || prefill.some((T) => !Number.isSafeInteger(T) || T < 2 || T > 16384)) {
     throw new InvalidArgumentError(`prefillTokens must be integers in [2, 16384], received ${JSON.stringify(options.prefillTokens)}`);
   }
+  const pool = info().cpu.threads;
+  const beside = attentionThreadsBesideCopies(pool);
+  const attentionThreads = options.attentionThreads ?? (be.kind === 'cuda' && beside < pool ? beside : 0);
+  if (!Number.isSafeInteger(attentionThreads) || attentionThreads < 0 || attentionThreads > 65536) {
+    throw new InvalidArgumentError(`attentionThreads must be an integer in [0, 65536] (0: none), received ${describe(options.attentionThreads)}`);
+  }
   const nPasses = options.passes ?? (options.quick ? 1 : 3);
   if (!Number.isSafeInteger(nPasses) || nPasses < 1 || nPasses > 9) throw new InvalidArgumentError(`passes must be an integer in [1, 9], received ${String(options.passes)}`);
   const start = performance.now();
@@ -1117,7 +1136,7 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   // always: warm would mean its L2, which a real-shape step overflows)
   const cacheBytes = lastLevelCacheBytes();
   const packed = be.kind === 'cpu' && (options.packWeights ?? packsWeightsByDefault(be));
-  const c: Ctx = { be, host, staged, deviceGBs, cfg, batches, seqBatches, prefill, contexts, runs: options.quick ? 3 : 5, groupMs, hostGroupMs, probeBuf, cold: true, packed, log };
+  const c: Ctx = { be, host, staged, deviceGBs, cfg, batches, seqBatches, prefill, contexts, runs: options.quick ? 3 : 5, groupMs, hostGroupMs, probeBuf, cold: true, packed, attentionThreads, log };
   const modes = be.kind !== 'cpu' || stepWorkingSet(cfg, 1, Math.min(...contexts)) > 2 * cacheBytes ? 'cold' : 'both';
   // passes over the ops, apart in time for each op: per point the pass with the median cost (a burst of other
   // jobs on this shared machine inflates one pass, not the median; the bench and the runtime calibration take
@@ -1137,6 +1156,7 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
     cpu: i.cpu.model,
     threads: i.cpu.cores,
     ...(be.kind === 'cuda' ? { device: i.cuda.devices?.[be.device]?.name ?? 'unknown GPU' } : {}),
+    ...(attentionThreads > 0 ? { attentionThreads } : {}),
     opMs,
     streamEfficiency: stream.efficiency,
     peakGBs: stream.peakGBs,

@@ -69,6 +69,18 @@ export interface StepTimes {
  */
 export const ATTENTION_SPLIT_TOKENS = 1024;
 
+/**
+ * The CPU pool threads the attention runs on while expert copies stream to a GPU (LoadModelOptions.attentionThreads
+ * 'auto'): all but a quarter of them, at least 2 left free for the threads that submit the copies and settle them.
+ * On an H200 host (16 cores, module-based decode of a Mixtral-shaped model, batch 2048) the attention on all 16
+ * left the GPU waiting 73-80 ms per step for its experts; on 14, 31 ms; on 12, 0.1 ms, the step 164 ms against
+ * 210 (bench/results/throughput-staged-cuda-2026-11-27-h200-modelbased-threads1[246].json).
+ * @example attentionThreadsBesideCopies(16) // 12
+ */
+export function attentionThreadsBesideCopies(poolThreads: number): number {
+  return Math.max(1, poolThreads - Math.max(2, Math.round(poolThreads / 4)));
+}
+
 export function emptyTimes(): StepTimes {
   return { attentionMs: 0, expertMs: 0, stallMs: 0, denseMs: 0, denseQkvMs: 0, denseOutMs: 0, denseHeadMs: 0, hostMs: 0, totalMs: 0 };
 }
@@ -193,6 +205,8 @@ export interface ForwardParts {
   attentionScale: number;
   /** KV cache head dim (MLA: padded, see attentionHeadDim). */
   headDim: number;
+  /** CPU pool threads the attention runs on (0: all; LoadModelOptions.attentionThreads). */
+  attentionThreads?: number;
 }
 
 /**
@@ -801,7 +815,7 @@ export class ForwardPass {
             await wait(
               host.attention(
                 // splits by length (ATTENTION_SPLIT_TOKENS): a sequence's result never depends on the batch
-                { q, k: kv.keys(l), v: kv.values(l), out, ...g.batch, scale: this.#p.attentionScale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}) },
+                { q, k: kv.keys(l), v: kv.values(l), out, ...g.batch, scale: this.#p.attentionScale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}), ...(this.#p.attentionThreads ? { threads: this.#p.attentionThreads } : {}) },
                 queued ? { ...op, timing: r.attention } : op,
               ),
               'attentionMs',

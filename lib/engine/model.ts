@@ -30,10 +30,11 @@ import { type DenseWeights, attentionHeadDim, checkRuntimeFamily, disposeDense, 
 import { ExpertStore } from '../residency/expert-store.js';
 import { expertSlotsFor } from '../batching/memory.js';
 import { ropeFromConfig, ropeScalingFromHf, yarnSoftmaxScale } from '../rope.js';
+import { hostFacts } from '../native.js';
 import { HostTensor, type Tensor } from '../tensor.js';
 import { type BatchModel, type BatchOptions, type BatchRequestOptions, type BatchResult, runBatch } from './batch.js';
 import { CachedExperts, type ExpertExtras, type ExpertProvider, ResidentExperts } from './experts.js';
-import { ForwardPass, type StepRouting, type StepTimes, emptyTimes } from './forward.js';
+import { ForwardPass, type StepRouting, type StepTimes, attentionThreadsBesideCopies, emptyTimes } from './forward.js';
 import { Sampler, type SamplingOptions } from './sampler.js';
 
 /**
@@ -109,6 +110,13 @@ export interface LoadModelOptions {
    * row-major; pass true for throughput work. The scalar tier runs a plain reference over the packed layout (slow).
    */
   packWeights?: boolean;
+  /**
+   * CPU pool threads the attention runs on (an integer >= 0, 0: all). Default 'auto': on CUDA with routed experts
+   * offloaded (fewer slots than experts: copies stream while the CPU attends), all but a quarter of the pool, at
+   * least 2 left free (attentionThreadsBesideCopies: 12 of 16) so the threads that submit and settle the copies
+   * get cores; otherwise all. The same tokens whatever the count.
+   */
+  attentionThreads?: number | 'auto';
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
 }
@@ -245,6 +253,9 @@ export class MoeModel {
   #active = 0;
   #disposed = false;
 
+  /** CPU pool threads the attention runs on, 0: all (LoadModelOptions.attentionThreads, resolved). */
+  readonly attentionThreads: number;
+
   /** @internal use loadModel */
   constructor(p: {
     dir: string;
@@ -259,6 +270,7 @@ export class MoeModel {
     experts: ExpertProvider;
     kv: KvCache;
     prefillChunk: number;
+    attentionThreads: number;
   }) {
     this.dir = p.dir;
     this.config = p.config;
@@ -271,6 +283,7 @@ export class MoeModel {
     this.#experts = p.experts;
     this.#kv = p.kv;
     this.#prefillChunk = p.prefillChunk;
+    this.attentionThreads = p.attentionThreads;
     const rp = ropeFromConfig(p.config);
     this.#fwd = new ForwardPass({
       be: p.backend,
@@ -284,6 +297,7 @@ export class MoeModel {
       attentionScaling: rp.attentionScaling,
       attentionScale: (p.config.mla ? yarnSoftmaxScale(ropeScalingFromHf(p.config.ropeScaling)) : 1) / Math.sqrt(p.config.headDim),
       headDim: p.kv.headDim,
+      attentionThreads: p.attentionThreads,
     });
   }
 
@@ -702,6 +716,10 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const staged = options.deviceActivations ?? be.kind !== 'cpu';
   if (typeof staged !== 'boolean') throw new InvalidArgumentError(`deviceActivations must be a boolean, received ${describe(options.deviceActivations)}`);
   if (!staged && be.kind !== 'cpu') throw new InvalidArgumentError(`deviceActivations: false needs the CPU backend (CUDA activations live in device memory), received backend ${be.name}`);
+  const askedThreads = options.attentionThreads ?? 'auto';
+  if (askedThreads !== 'auto' && (!Number.isSafeInteger(askedThreads) || askedThreads < 0 || askedThreads > 65536)) {
+    throw new InvalidArgumentError(`attentionThreads must be 'auto' or an integer in [0, 65536] (0: all), received ${describe(options.attentionThreads)}`);
+  }
   const pack = options.packWeights ?? packsWeightsByDefault(be);
   if (typeof pack !== 'boolean') throw new InvalidArgumentError(`packWeights must be a boolean, received ${describe(options.packWeights)}`);
   if (pack && be.kind !== 'cpu') throw new InvalidArgumentError(`packWeights: true needs the CPU backend (packed weights are a CPU-kernel layout), received backend ${be.name}`);
@@ -775,7 +793,9 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
         : { ...(typeof asked === 'object' ? asked : {}), slots: expertSlotsFor(config, deviceMemoryBytes, { tokens: maxStepTokens }) };
     const experts = makeProvider(be, host, store, config, mode, extras);
     cleanup.push(experts);
-    return new MoeModel({ dir, config, tokenizer, backend: be, host, staged, eos, weights, store, experts, kv, prefillChunk });
+    const streams = be.kind === 'cuda' && experts instanceof CachedExperts && experts.slots.slots < config.moeLayers.length * config.numExperts;
+    const attentionThreads = askedThreads !== 'auto' ? askedThreads : streams ? attentionThreadsBesideCopies(hostFacts().cpu.threads) : 0;
+    return new MoeModel({ dir, config, tokenizer, backend: be, host, staged, eos, weights, store, experts, kv, prefillChunk, attentionThreads });
   } catch (e) {
     for (const c of cleanup.reverse()) c.dispose();
     throw e;

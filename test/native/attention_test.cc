@@ -153,18 +153,23 @@ cpu::AttentionArgs args_of(const AttnShape& s, AttnData& d, std::vector<float>& 
 Outcome run_attention(const Backend& be, const AttnShape& s) {
   if (be.kind != BackendKind::Cpu) return Outcome::skip("attention is a CPU op by design (KV cache in host memory)");
   AttnData d = make_data(s);
-  std::vector<float> o1(d.q.size()), o2(d.q.size()), o0(d.q.size());
+  std::vector<float> o1(d.q.size()), o2(d.q.size()), o0(d.q.size()), o3(d.q.size());
   Isa ran = cpu::attention(args_of(s, d, o1, 1), be.isa);
   cpu::attention(args_of(s, d, o2, s.splits), be.isa);
   cpu::attention(args_of(s, d, o0, 0), be.isa);
+  cpu::AttentionArgs one = args_of(s, d, o3, s.splits);
+  one.threads = 1;  // on the caller alone: the same splits, so the same bits
+  cpu::attention(one, be.isa);
+  const bool capped_same = o3 == o2;
   const double tol = s.kv == DType::F32 ? 1e-6 : 5e-4;
   auto to_d = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
   ErrorStats e1 = compare(to_d(o1), d.ref), e2 = compare(to_d(o2), d.ref), e0 = compare(to_d(o0), d.ref);
   ErrorStats agree = compare(to_d(o2), to_d(o1));
-  bool ok = e1.nmse <= tol && e2.nmse <= tol && e0.nmse <= tol && agree.nmse <= (ran == Isa::Avx512Bf16 ? 1e-6 : 1e-9) && e1.non_finite == 0 &&
+  bool ok = capped_same && e1.nmse <= tol && e2.nmse <= tol && e0.nmse <= tol && agree.nmse <= (ran == Isa::Avx512Bf16 ? 1e-6 : 1e-9) && e1.non_finite == 0 &&
             static_cast<int>(ran) <= static_cast<int>(be.isa);
   return Outcome::check(ok, "nmse=" + fmt(e1.nmse) + " split=" + fmt(e2.nmse) + " auto=" + fmt(e0.nmse) +
-                                " split-vs-unsplit=" + fmt(agree.nmse) + " tol=" + fmt(tol) + " ran=" + isa_name(ran));
+                                " split-vs-unsplit=" + fmt(agree.nmse) + " tol=" + fmt(tol) + " ran=" + isa_name(ran) +
+                                (capped_same ? "" : " threads=1 differs"));
 }
 
 // Each bad argument must throw moe::Error(InvalidArgument) before touching out.
@@ -182,6 +187,7 @@ Outcome run_attention_errors(const Backend& be) {
       {"q_heads % kv_heads", [](cpu::AttentionArgs& a, AttnData&) { a.kv_heads = 3; }},
       {"head_dim 96", [](cpu::AttentionArgs& a, AttnData&) { a.head_dim = 96; }},
       {"sum q_lens != total_q", [](cpu::AttentionArgs& a, AttnData&) { a.total_q = 5; }},
+      {"negative threads", [](cpu::AttentionArgs& a, AttnData&) { a.threads = -1; }},
   };
   std::string failed;
   for (const Bad& b : bads) {

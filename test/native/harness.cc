@@ -146,6 +146,7 @@ int test_main(int argc, char** argv) {
   add_gemv_cases(cases);
   add_read_probe_cases(cases);
   add_dot_probe_cases(cases);
+  add_threadpool_cases(cases);
   add_moe_invariance_cases(cases);
   add_moe_parts_cases(cases);
   add_api_cases(cases);

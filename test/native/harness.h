@@ -65,6 +65,7 @@ void add_moe_invariance_cases(std::vector<Case>& cases);  // moe_experts batch i
 void add_moe_parts_cases(std::vector<Case>& cases);  // moe_experts parts mode + moe_combine (moe_parts_test.cc)
 void add_read_probe_cases(std::vector<Case>& cases);  // the bench's streaming-read probe (read_probe_test.cc)
 void add_dot_probe_cases(std::vector<Case>& cases);   // the benches' multiply-add peak probe (dot_probe_test.cc)
+void add_threadpool_cases(std::vector<Case>& cases);  // parallel_for's thread cap (threadpool_test.cc)
 
 // Runs every case whose "op shape backend" line contains every string of `filters` (none: all) and prints the results.
 // Returns the number of failures.
