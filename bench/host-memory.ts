@@ -13,7 +13,7 @@ import path from 'node:path';
 
 import { HostTensor, PackedTensor, type Tensor, openBackend, packedNumel } from '../lib/index.js';
 import { packsWeightsByDefault } from '../lib/backend.js';
-import { machine } from './machine.js';
+import { machine, resultsFile } from './machine.js';
 
 const arg = (name: string, dflt: number): number => {
   const a = process.argv.find((s) => s.startsWith(`--${name}=`));
@@ -115,9 +115,7 @@ async function main(): Promise<void> {
     }
   }
   const result = { bench: 'host-memory', machine: machine(), backend: be.name, rows };
-  const dir = path.join(__dirname, '..', '..', 'bench', 'results');
-  fs.mkdirSync(dir, { recursive: true });
-  const file = path.join(dir, `host-memory-${result.machine.date.slice(0, 10)}${process.env.MOE_BENCH_LABEL ? `-${process.env.MOE_BENCH_LABEL}` : ''}.json`);
+  const file = resultsFile('host-memory');
   fs.writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
   console.log(`wrote ${path.relative(process.cwd(), file)}`);
 }

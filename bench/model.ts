@@ -15,12 +15,11 @@
  */
 import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 
 import { readProbeGBs } from '../lib/batching/profile.js';
 import { type ExpertMode, loadModel, type PresetName } from '../lib/index.js';
 import { benchModel } from './bench-models.js';
-import { machine } from './machine.js';
+import { machine, resultsFile } from './machine.js';
 
 interface Case {
   preset: PresetName;
@@ -110,7 +109,7 @@ async function main(): Promise<void> {
     load_avg_1m: os.loadavg()[0],
     rows,
   };
-  const file = path.join(__dirname, '..', '..', 'bench', 'results', `model-cpu-${new Date().toISOString().slice(0, 10)}${process.env.MOE_BENCH_LABEL ? `-${process.env.MOE_BENCH_LABEL}` : ''}.json`);
+  const file = resultsFile('model-cpu');
   fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
   console.log(`saved ${file}`);
 }

@@ -22,14 +22,13 @@
  */
 import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 
 import { type ExpertTable, HostTensor, openBackend } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { median } from '../lib/batching/profile.js';
 import { packsWeightsByDefault } from '../lib/backend.js';
 import { bf16PeakGflops } from './bench-models.js';
-import { machine } from './machine.js';
+import { machine, resultsFile } from './machine.js';
 
 function filled(shape: number[], bits: number): HostTensor<'bf16'> {
   const t = new HostTensor('bf16', shape);
@@ -163,10 +162,7 @@ async function main(): Promise<void> {
     },
     rows,
   };
-  const dir = path.join(__dirname, '..', '..', 'bench', 'results');
-  fs.mkdirSync(dir, { recursive: true });
-  const label = process.env['MOE_BENCH_LABEL'];
-  const file = path.join(dir, `moe-cpu-${result.date.slice(0, 10)}${label ? `-${label}` : ''}.json`);
+  const file = resultsFile('moe-cpu');
   fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
   console.log(`wrote ${file}`);
 }

@@ -38,14 +38,13 @@
  */
 import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 
 import { type ModelProfile, predictDecode, predictPrefill } from '../lib/batching/perf-model.js';
 import { mergeProfiles, profileModel, readProbeGBs } from '../lib/batching/profile.js';
 import { type BatchOptions, loadModel, type MoeModel, type PresetName } from '../lib/index.js';
 import { medianOf, StepIntervals } from '../lib/engine/batch.js';
 import { benchModel, randomRequests } from './bench-models.js';
-import { machine } from './machine.js';
+import { machine, resultsFile } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
 const PROBE = 64 * 2 ** 20;
@@ -383,7 +382,7 @@ async function main(): Promise<void> {
     offloaded_prefill_rows: offloadPrefillRows,
     profiles,
   };
-  const file = path.join(__dirname, '..', '..', 'bench', 'results', `perf-model-${kind}${kind === 'cpu' && staged ? '-staged' : ''}-${new Date().toISOString().slice(0, 10)}${process.env.MOE_BENCH_LABEL ? `-${process.env.MOE_BENCH_LABEL}` : ''}.json`);
+  const file = resultsFile(`perf-model-${kind}${kind === 'cpu' && staged ? '-staged' : ''}`);
   fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
   console.log(`saved ${file}`);
 }

@@ -59,7 +59,7 @@ import { type Backend, HostTensor, loadModel, type ModelConfig, openBackend, par
 import { medianOf, StepIntervals } from '../lib/engine/batch.js';
 import { emptyTimes } from '../lib/engine/forward.js';
 import { benchModel, decodeStepCost, randomRequests } from './bench-models.js';
-import { machine } from './machine.js';
+import { machine, resultsFile } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
 /** Layers of the full Mixtral-8x7B, for which the model-based batch cap is derived; the run's batch with --quick. */
@@ -351,7 +351,7 @@ async function main(): Promise<void> {
     rows,
     model_based: modelBased,
   };
-  const file = path.join(__dirname, '..', '..', 'bench', 'results', `throughput-staged-${backend}-${new Date().toISOString().slice(0, 10)}${quick ? '-quick' : ''}${process.env.MOE_BENCH_LABEL ? `-${process.env.MOE_BENCH_LABEL}` : ''}.json`);
+  const file = resultsFile(`throughput-staged-${backend}`, quick ? '-quick' : '');
   fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
   console.log(summary);
   console.log(`saved ${file}`);

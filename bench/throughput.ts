@@ -30,7 +30,6 @@
  */
 import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 
 import { expectedExperts } from '../lib/batching/perf-model.js';
 import { median, readProbeGBs } from '../lib/batching/profile.js';
@@ -38,7 +37,7 @@ import { HostTensor, loadModel, openBackend } from '../lib/index.js';
 import { medianOf, StepIntervals } from '../lib/engine/batch.js';
 import { packsWeightsByDefault } from '../lib/backend.js';
 import { benchModel, bf16PeakGflops, decodeStepCost, randomRequests } from './bench-models.js';
-import { machine } from './machine.js';
+import { machine, resultsFile } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
 
@@ -162,7 +161,7 @@ async function main(): Promise<void> {
   const summary = { offloaded: summarise('offloaded'), resident: summarise('resident') };
   console.log(JSON.stringify(summary));
   const out = { bench: 'throughput mode, offloaded experts (bench/throughput.ts)', machine: machine(), date: new Date().toISOString(), model: 'mixtral-8x7b-shape, 1 layer; experts 25% cached (LRU) or resident', bf16_peak_gflops: r3(peak), packed_weights: pack, prompt_tokens: promptTokens, summary, rows };
-  const file = path.join(__dirname, '..', '..', 'bench', 'results', `throughput-cpu-${new Date().toISOString().slice(0, 10)}${pack ? '' : '-rowmajor'}${process.env.MOE_BENCH_LABEL ? `-${process.env.MOE_BENCH_LABEL}` : ''}.json`);
+  const file = resultsFile('throughput-cpu', pack ? '' : '-rowmajor');
   fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
   console.log(`saved ${file}`);
 }

@@ -20,7 +20,7 @@ import { readWorkload, workloadShape } from '../lib/batching/workload.js';
 import { loadModel, openBackend, type PresetName } from '../lib/index.js';
 import { medianOf, StepIntervals } from '../lib/engine/batch.js';
 import { benchModel, randomRequests } from './bench-models.js';
-import { machine } from './machine.js';
+import { machine, resultsFile } from './machine.js';
 
 const r3 = (v: number): number => +v.toFixed(3);
 const TRACES: Record<string, string> = {
@@ -123,7 +123,7 @@ async function main(): Promise<void> {
     seconds: r3((performance.now() - t0) / 1000),
     rows,
   };
-  const file = path.join(__dirname, '..', '..', 'bench', 'results', `workload-cpu${staged ? '-staged' : ''}-${new Date().toISOString().slice(0, 10)}${process.env.MOE_BENCH_LABEL ? `-${process.env.MOE_BENCH_LABEL}` : ''}.json`);
+  const file = resultsFile(`workload-cpu${staged ? '-staged' : ''}`);
   fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
   console.log(`saved ${file}`);
 }

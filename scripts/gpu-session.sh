@@ -9,8 +9,8 @@
 #     -DCMAKE_BUILD_TYPE=Release && ninja -C build-native-gpu moe-native
 # then a device call carrying .device/carry and build-native-gpu/moe-native:
 #   OUT=$OUT DEADLINE=420 bash scripts/gpu-session.sh [steps]
-#   (steps: test bench attention moe moeenv profile node hostmem residency throughput modelbased perfmodel ab demo, default all
-#   but attention, profile, hostmem, modelbased, perfmodel, ab and demo; AB_ARGS: scripts/ab-decode.mjs's; PERFMODEL_ARGS: bench/perf-model.ts's (default --backend=cuda --quick, the two real shapes at batches
+#   (steps: test bench attention moe moeenv profile node hostmem attnidle residency throughput modelbased perfmodel ab demo,
+#   default all but attention, profile, hostmem, attnidle, modelbased, perfmodel, ab and demo; AB_ARGS: scripts/ab-decode.mjs's; PERFMODEL_ARGS: bench/perf-model.ts's (default --backend=cuda --quick, the two real shapes at batches
 #   1, 8, 32, 128; the micro-batch overlap the model predicts: PERFMODEL_ARGS="--backend=cuda --quick --decode-only
 #   --models=qwen3-30b-a3b-shape --batches=32,128 --micro-batches=1,2,4"); THROUGHPUT_ARGS default
 #   --layers=2; PROFILE_MODELS / PROFILE_T: the profile step's bench-moe-cuda --models / --t (full model names: Qwen3-30B-A3B, 16384);
@@ -29,7 +29,8 @@
 #   submitting and settling threads are normal threads (no longer SCHED_BATCH beside the pool's): `modelbased` with
 #   the defaults should show the 5x, and MODELBASED_MORE="--attention-threads=16 --attention-threads=14
 #   --attention-threads=10" whether the cap is right (16: do the normal-priority stream threads alone fix it?).
-#   The CUDA performance model read 29.4% on its first (quick) run: `perfmodel` with a full profile
+#   The CUDA performance model read 29.4% on its first (quick) run, its steps' CPU attention 2-4x the profile's:
+#   `attnidle` (the attention after the pool idled vs back to back), then `perfmodel` with a full profile
 #   (PERFMODEL_ARGS without --quick). The demo's prefill prediction on CUDA was 4.6x over (per-op bound).
 #   MODELBASED_MORE="--slots=12" made no difference (the stall was the threads).
 #   The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by cp.async instead of
@@ -122,7 +123,7 @@ if want profile; then  # Nsight Compute's speed-of-light per kernel of one fused
       --csv "$NATIVE" bench-moe-cuda --once --models "${PROFILE_MODELS:-Qwen3-30B-A3B}" --t "${PROFILE_T:-16384}"
   done
 fi
-if want node || want hostmem || want residency || want throughput || want modelbased || want perfmodel || want ab || want demo; then
+if want node || want hostmem || want attnidle || want residency || want throughput || want modelbased || want perfmodel || want ab || want demo; then
   . scripts/gpu-node-env.sh
   "$NODE" dist/lib/cli.js info > "$W/node-info.txt" 2>&1
   tail -5 "$W/node-info.txt"
@@ -140,6 +141,11 @@ fi
 if want hostmem; then  # weights in JS vs huge-page memory on the GPU host's CPU (avx512bf16: row-major and packed)
   TAIL=14 step hostmem 150 "$NODE" dist/bench/host-memory.js --rounds=8
   cp bench/results/host-memory-*.json "$W/" 2>/dev/null
+  pack
+fi
+if want attnidle; then  # the CPU attention back to back (the profile's way) vs after the pool idled (a CUDA step's)
+  TAIL=10 step attnidle 120 "$NODE" dist/bench/attention-idle.js
+  cp bench/results/attention-idle-*.json "$W/" 2>/dev/null
   pack
 fi
 if want residency; then
