@@ -7,6 +7,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
+import { resolveAttentionThreads } from '../lib/engine/forward.js';
+
 import {
   CheckpointFormatError,
   InvalidArgumentError,
@@ -184,7 +186,12 @@ describe('generation', () => {
     assert.deepEqual(memoryStats().cpu.device, device0, 'device memory freed with the model');
   });
 
-  test('attentionThreads: auto is every thread on the CPU backend; a cap gives the same tokens', async () => {
+  test('attentionThreads: auto caps on CUDA with streaming experts only; every thread on the CPU backend; a cap gives the same tokens', async () => {
+    // 'auto': 3/4 of the pool (at least 2 threads left) on CUDA with fewer slots than experts, else all (0)
+    assert.deepEqual([16, 8, 4, 2, 1].map((poolThreads) => resolveAttentionThreads('auto', { backend: 'cuda', streamsExperts: true, poolThreads })), [12, 6, 2, 1, 1]);
+    assert.equal(resolveAttentionThreads('auto', { backend: 'cuda', streamsExperts: false, poolThreads: 16 }), 0);
+    assert.equal(resolveAttentionThreads('auto', { backend: 'cpu', streamsExperts: true, poolThreads: 16 }), 0);
+    assert.equal(resolveAttentionThreads(5, { backend: 'cuda', streamsExperts: true, poolThreads: 16 }), 5);
     assert.equal(model.attentionThreads, 0);
     using one = await loadModel(dir, { attentionThreads: 1 });
     assert.equal(one.attentionThreads, 1);

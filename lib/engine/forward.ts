@@ -81,6 +81,16 @@ export function attentionThreadsBesideCopies(poolThreads: number): number {
   return Math.max(1, poolThreads - Math.max(2, Math.round(poolThreads / 4)));
 }
 
+/**
+ * LoadModelOptions.attentionThreads resolved (0: every thread of the pool): a number as given; 'auto' caps it
+ * (attentionThreadsBesideCopies) on CUDA when routed experts stream into fewer slots than there are experts.
+ * @example resolveAttentionThreads('auto', { backend: 'cuda', streamsExperts: true, poolThreads: 16 }) // 12
+ */
+export function resolveAttentionThreads(asked: number | 'auto', at: { backend: 'cpu' | 'cuda'; streamsExperts: boolean; poolThreads: number }): number {
+  if (asked !== 'auto') return asked;
+  return at.backend === 'cuda' && at.streamsExperts ? attentionThreadsBesideCopies(at.poolThreads) : 0;
+}
+
 export function emptyTimes(): StepTimes {
   return { attentionMs: 0, expertMs: 0, stallMs: 0, denseMs: 0, denseQkvMs: 0, denseOutMs: 0, denseHeadMs: 0, hostMs: 0, totalMs: 0 };
 }

@@ -34,7 +34,7 @@ import { hostFacts } from '../native.js';
 import { HostTensor, type Tensor } from '../tensor.js';
 import { type BatchModel, type BatchOptions, type BatchRequestOptions, type BatchResult, runBatch } from './batch.js';
 import { CachedExperts, type ExpertExtras, type ExpertProvider, ResidentExperts } from './experts.js';
-import { ForwardPass, type StepRouting, type StepTimes, attentionThreadsBesideCopies, emptyTimes } from './forward.js';
+import { ForwardPass, type StepRouting, type StepTimes, emptyTimes, resolveAttentionThreads } from './forward.js';
 import { Sampler, type SamplingOptions } from './sampler.js';
 
 /**
@@ -793,8 +793,11 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
         : { ...(typeof asked === 'object' ? asked : {}), slots: expertSlotsFor(config, deviceMemoryBytes, { tokens: maxStepTokens }) };
     const experts = makeProvider(be, host, store, config, mode, extras);
     cleanup.push(experts);
-    const streams = be.kind === 'cuda' && experts instanceof CachedExperts && experts.slots.slots < config.moeLayers.length * config.numExperts;
-    const attentionThreads = askedThreads !== 'auto' ? askedThreads : streams ? attentionThreadsBesideCopies(hostFacts().cpu.threads) : 0;
+    const attentionThreads = resolveAttentionThreads(askedThreads, {
+      backend: be.kind,
+      streamsExperts: experts instanceof CachedExperts && experts.slots.slots < config.moeLayers.length * config.numExperts,
+      poolThreads: hostFacts().cpu.threads,
+    });
     return new MoeModel({ dir, config, tokenizer, backend: be, host, staged, eos, weights, store, experts, kv, prefillChunk, attentionThreads });
   } catch (e) {
     for (const c of cleanup.reverse()) c.dispose();
