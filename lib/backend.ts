@@ -1362,7 +1362,7 @@ export interface AttentionParams {
   /**
    * Run on at most this many of the CPU pool's threads (default 0: all of them); the same bits either way with
    * splitTokens or numSplits set (the automatic split count follows the threads). The model
-   * runtime caps it on a CUDA host while expert copies stream (EngineOptions.attentionThreads), leaving cores to
+   * runtime caps it on a CUDA host while expert copies stream (LoadModelOptions.attentionThreads), leaving cores to
    * the threads that feed the GPU.
    */
   threads?: number;

@@ -44,9 +44,9 @@ struct AttentionArgs {
 // and throws moe::Error(InvalidArgument) naming the first problem. Called by attention() before any work.
 void attention_validate(const AttentionArgs& args);
 
-// Multithreaded over (sequence, kv head, query tile, kv split) on ThreadPool::global() (at most args.threads of its
-// threads when set); the cancel token is checked
-// between work items. Returns the tier that ran (Avx512Bf16 only for bf16 KV; f32/f16 KV run the Avx512 kernels).
+// Multithreaded over (sequence, kv head, query tile, kv split) on ThreadPool::global() (on at most args.threads of
+// its threads when set); the cancel token is checked between work items. Returns the tier that ran (Avx512Bf16
+// only for bf16 KV; f32/f16 KV run the Avx512 kernels).
 // Throws moe::Error(InvalidArgument) for bad arguments, (Cancelled) when cancelled.
 Isa attention(const AttentionArgs& args, Isa isa, const CancelToken* cancel = nullptr);
 
