@@ -50,7 +50,7 @@ import type { ModelConfig } from '../model/config.js';
 import { makeModel } from '../model/make-model.js';
 import type { PresetName } from '../model/presets.js';
 import { PRESETS } from '../model/presets.js';
-import { native } from '../native.js';
+import { hostFacts, native } from '../native.js';
 import { LruPolicy } from '../cache/policy.js';
 import { residencyExpertCache } from '../cache/residency.js';
 import { ExpertStore, expertLayout } from '../residency/expert-store.js';
@@ -1111,7 +1111,7 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   if (!Array.isArray(prefill) || prefill.some((T) => !Number.isSafeInteger(T) || T < 2 || T > 16384)) {
     throw new InvalidArgumentError(`prefillTokens must be integers in [2, 16384], received ${JSON.stringify(options.prefillTokens)}`);
   }
-  const pool = info().cpu.threads;
+  const pool = hostFacts().cpu.threads;
   const beside = attentionThreadsBesideCopies(pool);
   const attentionThreads = options.attentionThreads ?? (be.kind === 'cuda' && beside < pool ? beside : 0);
   if (!Number.isSafeInteger(attentionThreads) || attentionThreads < 0 || attentionThreads > 65536) {

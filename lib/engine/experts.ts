@@ -296,15 +296,19 @@ export class CachedExperts implements ExpertProvider {
     }
   }
 
+  /** Whether the pool has a slot for every expert: it is then filled and serves whole queued steps, no copies streaming. */
+  get holdsEveryExpert(): boolean {
+    return this.slots.slots >= this.#numLayers * this.#numExperts;
+  }
+
   /**
    * A pool with a slot for every expert (after each step's last MoE layer): the experts no step has used yet are
    * prefetched into it (once; demand fetches go first), and once every expert is resident, `queue` is set (whole
    * steps).
    */
   #fillPool(): void {
-    const total = this.#numLayers * this.#numExperts;
-    if (this.queue || this.slots.slots < total) return;
-    if (this.cache.residents().length < total) {
+    if (this.queue || !this.holdsEveryExpert) return;
+    if (this.cache.residents().length < this.#numLayers * this.#numExperts) {
       if (this.#filling) return;
       this.#filling = true;
       for (let l = 0; l < this.#numLayers; l++) for (let e = 0; e < this.#numExperts; e++) this.cache.prefetch(l, e);

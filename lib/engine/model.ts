@@ -795,7 +795,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     cleanup.push(experts);
     const attentionThreads = resolveAttentionThreads(askedThreads, {
       backend: be.kind,
-      streamsExperts: experts instanceof CachedExperts && experts.slots.slots < config.moeLayers.length * config.numExperts,
+      streamsExperts: experts instanceof CachedExperts && !experts.holdsEveryExpert,
       poolThreads: hostFacts().cpu.threads,
     });
     return new MoeModel({ dir, config, tokenizer, backend: be, host, staged, eos, weights, store, experts, kv, prefillChunk, attentionThreads });
