@@ -65,6 +65,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaMemInfo", Napi::Function::New<CudaMemInfo>(env, "cudaMemInfo"));
   exports.Set("memoryStats", Napi::Function::New<MemoryStats>(env, "memoryStats"));
   exports.Set("allocAsync", Napi::Function::New<AllocAsync>(env, "allocAsync"));
+  exports.Set("prefaultAsync", Napi::Function::New<PrefaultAsync>(env, "prefaultAsync"));
   exports.Set("copy", Napi::Function::New<Copy>(env, "copy"));
   exports.Set("convert", Napi::Function::New<Convert>(env, "convert"));
   exports.Set("add", Napi::Function::New<Add>(env, "add"));

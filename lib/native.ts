@@ -126,6 +126,8 @@ export interface NativeAddon {
   cudaMemInfo(device: number): { free: number; total: number } | undefined;
   memoryStats(): NativeMemoryStats;
   allocAsync(stream: NativeStream, params: { backend: 0 | 1; device: number; kind: 0 | 1; bytes: number }, cancel?: NativeCancelToken): Promise<NativeMemory>;
+  /** Maps in every page of CPU-backend memory (MADV_POPULATE_WRITE, bytes untouched): true when it did. */
+  prefaultAsync(stream: NativeStream, memory: NativeMemory, cancel?: NativeCancelToken): Promise<boolean>;
   /** Bench only: one timed multithreaded read pass (a sum) over `data`; see cpp/cpu/read_probe.h. */
   readProbe(data: Float32Array): { seconds: number; sum: number };
   /** Multiply-add peak probe of the active CPU tier: iters x 12 vdpbf16ps (or f32 FMAs) per pool thread on registers; flops 0 on the scalar tier. */

@@ -153,7 +153,9 @@ describe('generation', () => {
   test('staged activations: the device memory kept between steps grows for a longer prompt, shrinks after many small steps, survives an abort, and is freed with the model; greedy tokens equal the direct path', async () => {
     using direct = await loadModel(dir);
     const device0 = memoryStats().cpu.device;
-    const staged = await loadModel(dir, { deviceActivations: true });
+    // reserved at load for steps of up to 4 tokens: the longer prompt's prefill then grows it
+    const staged = await loadModel(dir, { deviceActivations: true, maxStepTokens: 4 });
+    assert.ok(staged.memory().device.activations > 0, 'the step memory is there from loading on');
     try {
       const short = 'Hi';
       const long = 'A much longer prompt than the first one, so that its prefill step needs more activation memory.';

@@ -12,6 +12,7 @@ import { after, test } from 'node:test';
 
 import { type DeviceTensor,
   Checkpoint,
+  DisposedError,
   InvalidArgumentError,
   PackedTensor,
   ExpertStore,
@@ -110,6 +111,33 @@ void test('asynchronous allocation: pinned and device memory off the JS thread, 
   store.dispose();
   p.dispose();
   d.dispose();
+  assert.deepEqual(nativeCounts(), before);
+});
+
+void test('prefault: a fresh buffer\'s pages mapped in off the JS thread, its bytes unchanged; typed errors, abort, no leak', async () => {
+  const before = nativeCounts();
+  const bytes = 64 << 20;
+  const buf = be.allocPinned(bytes);
+  buf.bytes[12345] = 7; // a page written before: its byte stays
+  const rss0 = process.memoryUsage().rss;
+  const did = await be.prefault(buf);
+  const grew = process.memoryUsage().rss - rss0;
+  // true where the kernel has MADV_POPULATE_WRITE (Linux >= 5.14): then the whole buffer is resident
+  if (did) assert.ok(grew > bytes * 0.9, `resident memory grew by ${grew} bytes for a ${bytes}-byte prefault`);
+  const words = new Uint32Array(buf.bytes.buffer, buf.bytes.byteOffset, bytes / 4);
+  assert.equal(buf.bytes[12345], 7);
+  buf.bytes[12345] = 0;
+  assert.ok(words.every((w) => w === 0), 'every other byte still zero');
+  assert.equal(await be.prefault(buf), did, 'again: nothing changes');
+  await assert.rejects(be.prefault({} as never), InvalidArgumentError);
+  const reason = new Error('no longer needed');
+  await assert.rejects(be.prefault(buf, { signal: AbortSignal.abort(reason) }), (e) => e === reason);
+  const pre = await be.allocPinnedAsync(8 << 20, { prefault: true });
+  assert.equal(pre.byteLength, 8 << 20);
+  await assert.rejects(be.allocPinnedAsync(64, { prefault: 1 as never }), /options\.prefault must be a boolean, received 1/);
+  buf.dispose();
+  pre.dispose();
+  await assert.rejects(be.prefault(buf), DisposedError);
   assert.deepEqual(nativeCounts(), before);
 });
 

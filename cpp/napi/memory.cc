@@ -9,11 +9,15 @@
 #include <malloc.h>
 #endif
 
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 
+#include "../core/threadpool.h"
 #include "addon_data.h"
 #include "stream.h"
 #include "moe_cuda.h"
@@ -314,6 +318,58 @@ Napi::Value AllocAsync(const Napi::CallbackInfo& info) {
           e, hold, [](Napi::Env, std::shared_ptr<Memory>* h) { delete h; });
       return AddonData::get(e)->memory_ctor.New({ext});
     };
+    Napi::Promise promise = op->promise();
+    stream->submit(op.release());
+    return promise;
+  });
+}
+
+// prefaultAsync(stream, memory, cancel?) -> Promise<boolean>
+// Maps in every page of CPU-backend memory ahead of its first use: fresh mappings (Memory::allocate) fault each
+// page in when first written, and on a VM that costs ~11 us per 4 KiB page (the development VM: 256 MiB took 0.74 s
+// on 4 KiB pages, 0.43 s on huge pages), paid inside whichever step first writes there (the KV cache's pages, a
+// step arena's buffer). MADV_POPULATE_WRITE fills the page tables as a write would without touching the bytes, so
+// it is safe beside ops that use the memory. The CPU pool's threads share it in 16 MiB pieces; it stops early when
+// the memory is disposed. Resolves true when it populated; false when there was nothing to do (CUDA memory is
+// resident once allocated) or the kernel lacks the call (Linux < 5.14). Rejects OutOfMemory when the pages cannot
+// be backed.
+Napi::Value PrefaultAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    std::shared_ptr<Stream> stream = StreamWrap::from(info[0], "stream");
+    MemoryWrap* mw = MemoryWrap::from(info[1]);
+    if (!mw || !mw->memory()) throw_error(env, ErrorCode::InvalidArgument, "memory must be a Memory, received " + describe(info[1]));
+    std::shared_ptr<Memory::Lease> lease = mw->memory()->lease();  // throws Disposed
+    auto op = std::make_unique<AsyncOp>(env, "prefaultAsync");
+    op->cancel = CancelWrap::from(info[2]);
+    auto done = std::make_shared<bool>(false);
+    op->work = [lease, done](const ExecContext& ctx) {
+      Memory& m = lease->memory();
+      if (m.backend() != BackendKind::Cpu) return;
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+      char* base = static_cast<char*>(m.data());
+      const size_t bytes = (m.size() + 4095) / 4096 * 4096;  // allocations are whole pages (Memory::allocate)
+      constexpr size_t kPiece = size_t{16} << 20;
+      const size_t pieces = (bytes + kPiece - 1) / kPiece;
+      std::atomic<int> err{0};
+      const bool finished = ThreadPool::global().parallel_for(pieces, 1, [&](size_t b, size_t e) {
+        for (size_t i = b; i < e && err.load(std::memory_order_relaxed) == 0 && !m.disposed(); i++) {
+          const size_t at = i * kPiece;
+          if (madvise(base + at, std::min(kPiece, bytes - at), MADV_POPULATE_WRITE) != 0) err.store(errno);
+        }
+      }, ctx.cancel);
+      if (!finished) moe::throw_error(ErrorCode::Cancelled, "prefault cancelled");
+      const int e = err.load();
+      if (e == EINVAL) return;  // a kernel without MADV_POPULATE_WRITE: pages fault in on first use, as before
+      if (e == ENOMEM || e == EFAULT)
+        moe::throw_error(ErrorCode::OutOfMemory, "prefault of " + mib(bytes) + ": the pages could not be backed (" + std::strerror(e) + ")");
+      if (e != 0) moe::throw_error(ErrorCode::Internal, std::string("prefault: madvise failed: ") + std::strerror(e));
+      *done = !m.disposed();
+#else
+      (void)ctx;
+#endif
+    };
+    op->result = [done](Napi::Env e) -> Napi::Value { return Napi::Boolean::New(e, *done); };
     Napi::Promise promise = op->promise();
     stream->submit(op.release());
     return promise;

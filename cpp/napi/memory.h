@@ -121,5 +121,6 @@ class HostRegistrationWrap : public Napi::ObjectWrap<HostRegistrationWrap> {
 
 Napi::Value MemoryStats(const Napi::CallbackInfo& info);
 Napi::Value AllocAsync(const Napi::CallbackInfo& info);
+Napi::Value PrefaultAsync(const Napi::CallbackInfo& info);
 
 }  // namespace moe::js

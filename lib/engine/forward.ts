@@ -29,7 +29,7 @@ import type { ModelConfig } from '../model/config.js';
 import type { DenseWeights, LayerWeights, MlaWeights } from '../model/weights.js';
 import { DTYPE_SIZE, type DType, describe } from '../dtype.js';
 import { type DeviceTensor, HostTensor, type PinnedBuffer, type Tensor, numelOf } from '../tensor.js';
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
 import type { Event } from '../stream.js';
 import type { ExpertProvider, ExpertRun } from './experts.js';
 import { type Sampler, sampleRows } from './sampler.js';
@@ -239,18 +239,21 @@ interface ArenaMemory<B extends { readonly byteLength: number; dispose(): void }
 }
 
 /**
- * Memory for a step's tensors (staged mode), kept from step to step: one buffer that each step carves views from,
- * so a step allocates and frees nothing (cudaMalloc is slow and cudaFree waits for every queued operation on the
- * device, the next layer's expert prefetch included; cudaHostAlloc is slower still). A step that needs more than the
+ * Memory for a step's tensors, kept from step to step: one buffer that each step carves views from, so a step
+ * allocates and frees nothing (cudaMalloc is slow and cudaFree waits for every queued operation on the device, the
+ * next layer's expert prefetch included; cudaHostAlloc is slower still; on the CPU backend fresh JS arrays are zeroed
+ * and their pages fault in as they are written, ~11 us per 4 KiB page on the development VM, and they make work for
+ * the GC: the direct path's steps took 16-50 ms for 512 tokens of the demo model with them, 16-19 with the arena).
+ * loadModel reserves it for its largest step (reserve), so the first steps find it there. A step that needs more than the
  * buffer holds takes separate tensors for the rest and the buffer grows to the step's total for the next one;
  * after SHRINK_AFTER steps in a row that each used under a quarter of it, it shrinks to their largest need (so one
  * long prefill does not keep its memory reserved for the model's lifetime).
  * Steps run one at a time (the model's StepLock); a step that ended with an error may leave ops in flight on the
  * buffer, so the buffer is then released (its memory is freed once those ops let go of it) and a new one allocated.
- * Two per pass: device activations, and the pinned host copies they come down to and go up from (page-locked, so
- * those copies run at full PCIe speed instead of through the driver's bounce buffer). The pinned buffer is allocated
- * off the JS thread (page-locking tens of MiB takes milliseconds): it is taken into use at the first step after it
- * arrives; steps before that take separate tensors.
+ * Two per pass: device activations (staged), and the host tensors (pinned on CUDA: the copies down and up then run
+ * at full PCIe speed instead of through the driver's bounce buffer; the direct path's activations too). The host
+ * buffer is allocated and its pages mapped in off the JS thread (page-locking tens of MiB takes milliseconds): a
+ * grown one is taken into use at the first step after it arrives; steps before that take separate tensors.
  */
 class Arena<B extends { readonly byteLength: number; dispose(): void }, T extends Tensor & { dispose(): void }> {
   static readonly ALIGN = 256;
@@ -290,6 +293,32 @@ class Arena<B extends { readonly byteLength: number; dispose(): void }, T extend
     const d = this.#mem.alone(dtype, shape);
     this.#extra.push(d);
     return d;
+  }
+  /**
+   * The buffer for steps that take up to `bytes` at once, allocated now (loadModel: its largest step), so that the
+   * first steps take no separate tensors (each costs an allocation, and fresh pages fault in as they are written).
+   * A buffer already as large is kept. An allocation that fails (out of memory) leaves the arena as it was: steps
+   * then grow it as they need.
+   */
+  async reserve(bytes: number): Promise<void> {
+    const size = Math.ceil(bytes / Arena.ALIGN) * Arena.ALIGN;
+    if (this.#disposed || size <= this.capacity) return;
+    let b: B;
+    try {
+      b = await this.#mem.buffer(size);
+    } catch (e) {
+      if (e instanceof OutOfMemoryError) return;
+      throw e;
+    }
+    if (this.#disposed) return b.dispose();
+    if (this.#used > 0) {
+      // a step is running on the buffer: the new one takes over at the next step's first take
+      this.#ready?.dispose();
+      this.#ready = b;
+      return;
+    }
+    this.#buf?.dispose();
+    this.#buf = b;
   }
   /** Where the next take() starts: release(mark()) gives back everything taken after it. */
   mark(): number {
@@ -371,19 +400,22 @@ function deviceArena(be: Backend): Arena<DeviceTensor<'f32'>, DeviceTensor> {
   });
 }
 
-/** The pinned host arena of `be`: one PinnedBuffer (page-locked off the JS thread), HostTensor views of it (overflow: plain JS memory). */
+/**
+ * The host arena of `be`: one PinnedBuffer (page-locked on CUDA; allocated and its pages mapped in off the JS thread),
+ * HostTensor views of it (overflow: plain JS memory).
+ */
 function hostArena(be: Backend): Arena<PinnedBuffer, HostTensor> {
   return new Arena({
-    buffer: (bytes) => be.allocPinnedAsync(bytes),
+    buffer: (bytes) => be.allocPinnedAsync(bytes, { prefault: true }),
     view: (buf, dtype, shape, at) => buf.tensor(dtype, shape, at),
     alone: (dtype, shape) => new HostTensor(dtype, shape),
   });
 }
 
 /**
- * Per-step allocations: activations on the compute backend (device memory when staged: the device arena's) and
- * their host copies (pinned, from the host arena, when staged: views valid until the step ends, so what a step
- * returns is copied out).
+ * Per-step allocations: activations on the compute backend (device memory when staged: the device arena's; the host
+ * arena's on the direct path) and their host copies (from the host arena, pinned on CUDA): views valid until the
+ * step ends, so what a step returns is copied out.
  */
 class StepMemory {
   readonly #be: Backend;
@@ -398,14 +430,13 @@ class StepMemory {
     this.#host = arenas.host;
     this.#op = op;
   }
-  /** A compute-backend tensor (device memory when staged; a HostTensor otherwise). */
+  /** A compute-backend tensor (device memory when staged; the host arena's otherwise): valid until the step ends. */
   act<D extends DType>(dtype: D, shape: number[]): Tensor {
-    if (!this.#staged) return new HostTensor(dtype, shape);
-    return this.#dev.take(dtype, shape);
+    return this.#staged ? this.#dev.take(dtype, shape) : this.#host.take(dtype, shape);
   }
-  /** A host tensor that goes to or comes from the compute backend (pinned when staged; valid until the step ends). */
+  /** A host tensor that goes to or comes from the compute backend (the host arena's: valid until the step ends). */
   host<D extends DType>(dtype: D, shape: number[]): HostTensor<D> {
-    return (this.#staged ? this.#host.take(dtype, shape) : new HostTensor(dtype, shape)) as HostTensor<D>;
+    return this.#host.take(dtype, shape) as HostTensor<D>;
   }
   /** A compute tensor with a host copy. */
   pair<D extends DType>(dtype: D, shape: number[]): Staged<D> {
@@ -438,14 +469,12 @@ class StepMemory {
   }
   /** Frees every tensor taken since `at` for reuse (the caller awaited every op that uses them). */
   release(at: { dev: number; host: number }): void {
-    if (!this.#staged) return;
-    this.#dev.release(at.dev);
+    if (this.#staged) this.#dev.release(at.dev);
     this.#host.release(at.host);
   }
   /** The step is over (`ok`: every op it queued completed). */
   end(ok: boolean): void {
-    if (!this.#staged) return;
-    this.#dev.end(ok);
+    if (this.#staged) this.#dev.end(ok);
     this.#host.end(ok);
   }
 }
@@ -494,6 +523,17 @@ export class ForwardPass {
     const { dev, host } = this.#arenas;
     return { device: dev.capacity, host: host.capacity, deviceNeed: dev.lastNeed, hostNeed: host.lastNeed };
   }
+  /**
+   * Allocates the step memory now for steps that need `need` bytes (lib/batching/memory.ts stepArenaNeed: `device`
+   * from the compute backend's arena, `host` from the host arena; the direct path takes both from the host arena),
+   * so that the first steps find it there.
+   */
+  async reserve(need: { device: number; host: number }): Promise<void> {
+    const { dev, host } = this.#arenas;
+    if (this.#p.staged) await Promise.all([dev.reserve(need.device), host.reserve(need.host)]);
+    else await host.reserve(need.device + need.host);
+  }
+
   /** Frees the activation memory kept between steps. */
   dispose(): void {
     this.#arenas.dev.dispose();
@@ -622,8 +662,8 @@ export class ForwardPass {
   step(seqs: readonly StepSequence[], times: StepTimes, o: StepOptions = {}): Promise<HostTensor<'f32'>> {
     return this.#forward(seqs, times, o, async (lmHead, rows, m) => {
       const logits = await this.#hostLogits(lmHead, rows, m);
-      // staged: the host copy is a view of the step's pinned memory, reused by the next step
-      return this.#p.staged ? HostTensor.from('f32', logits.shape, logits.data) : logits;
+      // a view of the step's host arena, reused by the next step: copied out
+      return HostTensor.from('f32', logits.shape, logits.data);
     });
   }
 

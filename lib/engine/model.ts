@@ -28,7 +28,7 @@ import { Checkpoint } from '../model/safetensors.js';
 import { type ChatMessage, ModelTokenizer } from '../model/tokenizer.js';
 import { type DenseWeights, attentionHeadDim, checkRuntimeFamily, disposeDense, loadDenseWeights, validateCheckpoint } from '../model/weights.js';
 import { ExpertStore } from '../residency/expert-store.js';
-import { expertSlotsFor } from '../batching/memory.js';
+import { expertSlotsFor, stepArenaNeed } from '../batching/memory.js';
 import { ropeFromConfig, ropeScalingFromHf, yarnSoftmaxScale } from '../rope.js';
 import { hostFacts } from '../native.js';
 import { HostTensor, type Tensor } from '../tensor.js';
@@ -86,7 +86,10 @@ export interface LoadModelOptions {
   deviceMemoryBytes?: number;
   /** The largest step (tokens) `experts: 'auto'` leaves room for (default: max(512, prefillChunk), generateBatch's default). */
   maxStepTokens?: number;
-  /** Host bytes for the paged KV cache (default 256 MiB; one buffer per layer for K and for V, each at most MAX_VIEW_BYTES). */
+  /**
+   * Host bytes for the paged KV cache (default 256 MiB; one buffer per layer for K and for V, each at most
+   * MAX_VIEW_BYTES). Its pages are mapped in while the weights load (KvCache.prefault), so they are resident from then on.
+   */
   kvCacheBytes?: number;
   /** Tokens per KV page (default 64). */
   kvBlockSize?: number;
@@ -331,6 +334,14 @@ export class MoeModel {
       host: { expertStore: this.#store.totalBytes, kvCache: this.#kv.numPages * this.#kv.bytesPerPage, activations: arena.host },
       lastStep: { device: arena.deviceNeed, host: arena.hostNeed },
     };
+  }
+
+  /**
+   * @internal loadModel: allocates the step memory for steps of up to `tokens` tokens now (each sequence's last row
+   * to the LM head, sampled on the host), so that the first steps find it there instead of taking separate tensors.
+   */
+  async reserveStepMemory(tokens: number): Promise<void> {
+    await this.#fwd.reserve(stepArenaNeed(this.config, { tokens, rows: 1, head: 'sampled' }));
   }
 
   /** Tokens the KV cache can still take (all sequences). */
@@ -742,6 +753,9 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     // the KV cache first: a bad kvCacheBytes / kvBlockSize fails before minutes of weight loading
     const kv = createKvCache(host, config, options);
     cleanup.push(kv);
+    // its pages mapped in while the weights load (not in the first steps that write them); awaited before returning
+    const kvMapped = kv.prefault(signal ? { signal } : {});
+    kvMapped.catch(() => {}); // observed here; a failure is thrown by the await below
     const denseTotal = ckpt.names().length - config.moeLayers.length * config.numExperts * 3;
     let denseDone = 0;
     const weights = await loadDenseWeights(ckpt, config, be, {
@@ -798,7 +812,16 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
       streamsExperts: experts instanceof CachedExperts && !experts.holdsEveryExpert,
       poolThreads: hostFacts().cpu.threads,
     });
-    return new MoeModel({ dir, config, tokenizer, backend: be, host, staged, eos, weights, store, experts, kv, prefillChunk, attentionThreads });
+    await kvMapped;
+    const model = new MoeModel({ dir, config, tokenizer, backend: be, host, staged, eos, weights, store, experts, kv, prefillChunk, attentionThreads });
+    try {
+      await model.reserveStepMemory(maxStepTokens);
+    } catch (e) {
+      model.dispose(); // it owns everything above now
+      cleanup.length = 0;
+      throw e;
+    }
+    return model;
   } catch (e) {
     for (const c of cleanup.reverse()) c.dispose();
     throw e;

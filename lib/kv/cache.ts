@@ -396,6 +396,17 @@ export class KvCache {
   }
 
   /** Frees the pinned memory; views from keys()/values() become unusable. */
+  /**
+   * Maps in every page of the cache now, off the JS thread (Backend.prefault), so that the first steps to use each
+   * page do not pay its page faults (on the CPU backend the pages are fresh mappings; loadModel runs this while the
+   * weights load). Safe while the cache is in use. Resolves with whether it populated anything.
+   * @example await kv.prefault();
+   */
+  async prefault(options: { signal?: AbortSignal } = {}): Promise<boolean> {
+    const done = await Promise.all(this.#bufs.map((b) => this.#be.prefault(b, options)));
+    return done.some((d) => d);
+  }
+
   dispose(): void {
     for (const b of this.#bufs) b.dispose();
     this.#seqs.clear();
