@@ -14,7 +14,8 @@
 // (2026-11-27, tiny-qwen3-moe batch 1: B/A 0.87 against 0.64 with one shared addon), so compare such ratios only with
 // each other.
 // Prints, per batch, the median step time (full decode steps: every sequence decoding) of A and B over the
-// repetitions and every repetition's median.
+// repetitions and every repetition's median; --save also writes them to bench/results/ab-decode-<date>[-label].json
+// (MOE_BENCH_LABEL) with the machine and the arguments (--note=TEXT: what A and B are).
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -34,6 +35,7 @@ const A_ = await import(path.resolve(oldDist, 'lib', 'index.js'));
 // between the builds; each lib loads its addon at its first native call, so the variable is set around A's load only
 const oldPrebuild = arg('old-prebuild');
 const { benchModel, randomRequests } = await import(path.join(root, 'dist', 'bench', 'bench-models.js'));
+const { machine, resultsFile } = await import(path.join(root, 'dist', 'bench', 'machine.js'));
 
 const preset = arg('preset', 'tiny-qwen3-moe');
 const staged = process.argv.includes('--staged');
@@ -83,6 +85,14 @@ for (const B of batches) {
   const a = res.A.get(B);
   const b = res.B.get(B);
   console.log(`${preset} ${backend}${staged ? ' staged' : ''} batch ${B}: A ${median(a).toFixed(3)} ms, B ${median(b).toFixed(3)} ms per step (B/A ${(median(b) / median(a)).toFixed(3)}; A: ${f(a)} | B: ${f(b)})`);
+}
+if (process.argv.includes('--save')) {
+  const fs = await import('node:fs');
+  const rows = batches.map((B) => ({ batch: B, a_step_ms: median(res.A.get(B)), b_step_ms: median(res.B.get(B)), b_over_a: +(median(res.B.get(B)) / median(res.A.get(B))).toFixed(3), a_reps_ms: res.A.get(B), b_reps_ms: res.B.get(B) }));
+  const out = { bench: 'A/B of two builds\' decode steps, alternated in one process (scripts/ab-decode.mjs)', machine: machine(), a: path.resolve(oldDist), b: path.join(root, 'dist'), note: arg('note', ''), args: { preset, layers: layers ?? null, backend, staged, experts: expertsArg ?? 'default', prompt, new_tokens: newTokens, reps }, rows };
+  const file = resultsFile('ab-decode', '');
+  fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  console.log(`saved ${file}`);
 }
 models.A.dispose();
 models.B.dispose();
