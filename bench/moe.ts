@@ -18,7 +18,8 @@
  * Weights are a constant bf16 pattern (timing only); routing sends token t's slot j to expert (t * k + j) mod E.
  * Each row runs with row-major weights and, on the avx512bf16 tier, packed ones (panel64, the CPU runtime's layout;
  * speedup_vs_row_major on the packed row).
- * Run: node dist/bench/moe.js [--quick]  -> bench/results/moe-cpu-<date>[-<MOE_BENCH_LABEL>].json
+ * Run: node dist/bench/moe.js [--quick] [--t=512,4096] [--models=Qwen3-30B-A3B,Mixtral-8x7B]
+ *   -> bench/results/moe-cpu-<date>[-<MOE_BENCH_LABEL>].json
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -75,12 +76,17 @@ async function main(): Promise<void> {
   console.log(`probes: read ${readGBs?.toFixed(1)} GB/s; bf16 peak (256x1024x1024) ${peakGflops.toFixed(1)} GFLOP/s; ` +
     `dense 1024x4096x4096 ${denseGflops.toFixed(1)} GFLOP/s; register peak ${dotPeak.toFixed(1)} GFLOP/s (${be.isa})`);
 
+  // --t=512,4096 / --models=Qwen3-30B-A3B,...: a subset of the rows
+  const listArg = (name: string) => process.argv.find((x) => x.startsWith(`--${name}=`))?.slice(name.length + 3).split(',');
+  const tArg = listArg('t')?.map(Number);
+  const modelArg = listArg('models');
+  const ts = tArg ?? (quick ? [1, 8] : [1, 8, 64, 512, 4096]);
   const models = [
-    { name: 'Mixtral-8x7B', h: 4096, inter: 14336, e: 8, k: 2, ts: quick ? [1, 8] : [1, 8, 64, 512, 4096] },
-    { name: 'Qwen3-30B-A3B', h: 2048, inter: 768, e: 128, k: 8, ts: quick ? [1, 8] : [1, 8, 64, 512, 4096] },
-    { name: 'OLMoE-1B-7B', h: 2048, inter: 1024, e: 64, k: 8, ts: quick ? [1, 8] : [1, 8, 64, 512, 4096] },
-    { name: 'DeepSeek-V2-Lite', h: 2048, inter: 1408, e: 64, k: 6, ts: quick ? [1, 8] : [1, 8, 64, 512, 4096] },
-  ];
+    { name: 'Mixtral-8x7B', h: 4096, inter: 14336, e: 8, k: 2, ts },
+    { name: 'Qwen3-30B-A3B', h: 2048, inter: 768, e: 128, k: 8, ts },
+    { name: 'OLMoE-1B-7B', h: 2048, inter: 1024, e: 64, k: 8, ts },
+    { name: 'DeepSeek-V2-Lite', h: 2048, inter: 1408, e: 64, k: 6, ts },
+  ].filter((m) => modelArg === undefined || modelArg.includes(m.name));
   const rows: Array<Record<string, unknown>> = [];
   // row-major weights (the HF layout, what CUDA and the Fiddler path on CUDA hosts read) and, on the avx512bf16 tier,
   // packed ones (panel64: what the CPU runtime loads), measured one after the other at every row

@@ -5,8 +5,9 @@
  *
  *   step(B, L) =  Σ over the step's ops  calls × cost(op, B [, L])     interpolated over the measured batches
  *               + awaited groups × groupMs                               (each group is one round trip to JS)
- *               + host work: KV writes, OLMoE clipping, MLA assembly, the tensors allocated fresh per step and
- *                 per layer, sampling B × vocab
+ *               + host work: KV writes, OLMoE clipping, MLA assembly, the few tensors still allocated fresh
+ *                 (ids and positions per step, MLA's assembled q, k, v per layer: the rest is the step arena's),
+ *                 sampling B × vocab
  *               + the runtime's fixed costs per step, per layer and per sequence (residual of real decode steps
  *                 of generated copies of the family's tiny preset with n and n + 8 layers, and at batch 1 and 16)
  * with B sequences decoding one token each (T = B rows) at context L, experts resident. The routed-expert op is
@@ -215,28 +216,13 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean; resident?
   };
   const gemm = (layer: number, n: number, k: number, term: TermName, dtype: 'bf16' | 'f32' = 'bf16') => push(layer, { op: 'gemm', n, k, dtype }, term);
   const move = (layer: number, dir: 'down' | 'up', rowBytes: number, term: TermName, perSequence = false) => push(layer, { op: 'transfer', dir, rowBytes }, term, undefined, perSequence);
-  const E = cfg.numExperts;
   const K = cfg.topK;
-  if (!staged) {
-    // the step's tensors, allocated fresh each step: per token ids, positions, h, xn, attn, delta, blockOut (+
-    // sharedOut), router logits, xf, top-k ids and weights, the one-expert ids and weights (+ the shared gate's
-    // three); per sequence its last row's index, the row and its logits
-    push(
-      -1,
-      {
-        op: 'alloc',
-        rowBytes: [4, 4, 4 * H, 2 * H, 2 * nH * D, 4 * H, 2 * H, ...(cfg.sharedExperts ? [2 * H] : []), 4 * E, 4 * H, 4 * K, 4 * K, 4, 4, ...(cfg.sharedExperts?.gated ? [4, 4, 4] : [])],
-      },
-      'host',
-    );
-    push(-1, { op: 'alloc', rowBytes: [4, 2 * H, 4 * cfg.vocabSize] }, 'host', undefined, true);
-  } else {
-    // arenas hold the rest: fresh are the ids, positions and the one-expert ids and weights (host), the last rows
-    push(-1, { op: 'alloc', rowBytes: [4, 4, 4, 4] }, 'host');
-    push(-1, { op: 'alloc', rowBytes: [4] }, 'host', undefined, true);
-    // the one-expert ids and weights, then the token ids, go up (in the embedding's group)
-    for (let i = 0; i < 3; i++) move(-1, 'up', 4, 'lmHead');
-  }
+  // the step's arenas hold its activations (forward.ts StepMemory, staged or direct): fresh each step are the ids,
+  // positions and the one-expert ids and weights per token, and per sequence its last row's index
+  push(-1, { op: 'alloc', rowBytes: [4, 4, 4, 4] }, 'host');
+  push(-1, { op: 'alloc', rowBytes: [4] }, 'host', undefined, true);
+  // staged: the one-expert ids and weights, then the token ids, go up (in the embedding's group)
+  if (staged) for (let i = 0; i < 3; i++) move(-1, 'up', 4, 'lmHead');
   // embedding: gather rows of the table, then bf16 -> f32 residual stream (one group)
   push(-1, { op: 'gatherRows', srcRows: cfg.vocabSize, n: H }, 'lmHead');
   push(-1, { op: 'convert', n: H, from: 'bf16', to: 'f32' }, 'lmHead');
@@ -247,11 +233,10 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean; resident?
     part = 'pre'; // the attention module, per micro-batch: projections ...
     if (cfg.mla) {
       const m = cfg.mla;
-      // qa, qIn (q LoRA), q nope, q pe, c, cb, k pe, k nope, v; the assembled q, k, v; v's prefix when narrower
-      const lora = m.qLoraRank ? [4 * m.qLoraRank, 2 * m.qLoraRank] : [];
+      // fresh: the assembled q, k, v and v's prefix when narrower (the parts they come from: the arena's)
       const prefix = m.vHeadDim < D ? [2 * nH * m.vHeadDim] : [];
       const assembled = [4 * nH * D, 4 * nH * D, 4 * nH * D, ...prefix];
-      push(l, { op: 'alloc', rowBytes: staged ? assembled : [...lora, 4 * nH * m.qkNopeHeadDim, 4 * nH * m.qkRopeHeadDim, 4 * m.kvLoraRank, 2 * m.kvLoraRank, 4 * m.qkRopeHeadDim, 4 * nH * m.qkNopeHeadDim, 4 * nH * m.vHeadDim, ...assembled] }, 'host');
+      push(l, { op: 'alloc', rowBytes: assembled }, 'host');
       let qIn = H;
       if (m.qLoraRank) {
         gemm(l, m.qLoraRank, H, 'attentionProj');
@@ -278,7 +263,6 @@ export function stepOps(cfg: ModelConfig, options: { staged?: boolean; resident?
       }
       push(l, { op: 'mlaAssemble', heads: nH, nope: m.qkNopeHeadDim, rope: m.qkRopeHeadDim, v: m.vHeadDim, headDim: D }, 'host');
     } else {
-      if (!staged) push(l, { op: 'alloc', rowBytes: [4 * nH * hd, 4 * cfg.numKvHeads * hd, 4 * cfg.numKvHeads * hd] }, 'host'); // q, k, v f32
       gemm(l, nH * hd, H, 'attentionProj');
       gemm(l, cfg.numKvHeads * hd, H, 'attentionProj');
       gemm(l, cfg.numKvHeads * hd, H, 'attentionProj');

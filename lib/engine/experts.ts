@@ -581,10 +581,19 @@ export class CachedExperts implements ExpertProvider {
     return this.#devPartsBuf!.rows(0, T);
   }
 
-  /** A [T, k, H] f32 view of a scratch buffer kept across calls (grown when a step needs more rows). */
+  /**
+   * A [T, k, H] f32 view of a host scratch buffer kept across calls (grown when a step needs more rows): the compute
+   * backend's pinned memory, so that the rows the host computes go up to a GPU by DMA, not through the driver's
+   * bounce buffer.
+   */
   #parts(T: number, k: number, H: number): HostTensor<'f32'> {
-    if (!this.#partsBuf || this.#partsBuf.shape[0]! < T || this.#partsBuf.shape[1] !== k || this.#partsBuf.shape[2] !== H) this.#partsBuf = new HostTensor('f32', [T, k, H]);
-    return this.#partsBuf.rows(0, T);
+    const b = this.#partsBuf;
+    if (!b || b.shape[0]! < T || b.shape[1] !== k || b.shape[2] !== H) {
+      b?.dispose(); // its memory goes once no op holds it
+      this.#partsBuf = undefined; // not the disposed one, should the allocation below throw
+      this.#partsBuf = HostTensor.owning(this.#be.allocPinned(T * k * H * 4), 'f32', [T, k, H]);
+    }
+    return this.#partsBuf!.rows(0, T);
   }
 
   beginIteration(embedding: Float32Array): void {
@@ -608,5 +617,6 @@ export class CachedExperts implements ExpertProvider {
     this.engine.dispose();
     this.slots.dispose();
     this.#devPartsBuf?.dispose();
+    this.#partsBuf?.dispose();
   }
 }

@@ -246,8 +246,8 @@ interface ArenaMemory<B extends { readonly byteLength: number; dispose(): void }
  * the GC: the direct path's steps took 16-50 ms for 512 tokens of the demo model with them, 16-19 with the arena).
  * loadModel reserves it for its largest step (reserve), so the first steps find it there. A step that needs more than the
  * buffer holds takes separate tensors for the rest and the buffer grows to the step's total for the next one;
- * after SHRINK_AFTER steps in a row that each used under a quarter of it, it shrinks to their largest need (so one
- * long prefill does not keep its memory reserved for the model's lifetime).
+ * after SHRINK_AFTER steps in a row that each used under a quarter of it, it shrinks to their largest need, never
+ * below what loadModel reserved (so one long prefill does not keep its memory for the model's lifetime).
  * Steps run one at a time (the model's StepLock); a step that ended with an error may leave ops in flight on the
  * buffer, so the buffer is then released (its memory is freed once those ops let go of it) and a new one allocated.
  * Two per pass: device activations (staged), and the host tensors (pinned on CUDA: the copies down and up then run
@@ -265,6 +265,7 @@ class Arena<B extends { readonly byteLength: number; dispose(): void }, T extend
   #lastNeed = 0;
   #small = 0; // steps in a row that used under a quarter of the buffer
   #smallMax = 0; // the largest need among them
+  #floor = 0; // bytes reserved (reserve): the buffer never shrinks below them
   readonly #extra: T[] = [];
   #ready: B | undefined; // an allocated buffer not yet in use (installed at the next step's first take)
   #pending = false; // an allocation is on its way
@@ -296,12 +297,14 @@ class Arena<B extends { readonly byteLength: number; dispose(): void }, T extend
   }
   /**
    * The buffer for steps that take up to `bytes` at once, allocated now (loadModel: its largest step), so that the
-   * first steps take no separate tensors (each costs an allocation, and fresh pages fault in as they are written).
+   * first steps take no separate tensors (each costs an allocation, and fresh pages fault in as they are written);
+   * later it shrinks no lower (a long run of decode steps then does not cost the next prefill step its memory).
    * A buffer already as large is kept. An allocation that fails (out of memory) leaves the arena as it was: steps
    * then grow it as they need.
    */
   async reserve(bytes: number): Promise<void> {
     const size = Math.ceil(bytes / Arena.ALIGN) * Arena.ALIGN;
+    this.#floor = Math.max(this.#floor, size);
     if (this.#disposed || size <= this.capacity) return;
     let b: B;
     try {
@@ -344,7 +347,7 @@ class Arena<B extends { readonly byteLength: number; dispose(): void }, T extend
     const grow = this.#extra.length > 0;
     this.#extra.length = 0;
     const cap = this.capacity;
-    if (ok && !grow && cap > 0 && this.#need * 4 < cap) {
+    if (ok && !grow && cap > this.#floor && this.#need * 4 < cap) {
       this.#small++;
       this.#smallMax = Math.max(this.#smallMax, this.#need);
     } else {
@@ -352,14 +355,15 @@ class Arena<B extends { readonly byteLength: number; dispose(): void }, T extend
       this.#smallMax = 0;
     }
     const shrink = this.#small >= Arena.SHRINK_AFTER;
-    const size = grow ? this.#need : this.#smallMax;
+    // the next buffer: the grown step's need or the small steps' largest, a quarter to spare; never below the reserve
+    const size = Math.max(Math.ceil(((grow ? this.#need : this.#smallMax) * 1.25) / Arena.ALIGN) * Arena.ALIGN, this.#floor);
     if (!ok || grow || shrink) {
       this.#buf?.dispose();
       this.#buf = undefined;
       this.#small = 0;
       this.#smallMax = 0;
+      if (size > 0) this.#request(size);
     }
-    if ((grow || shrink) && size > 0) this.#request(Math.ceil((size * 1.25) / Arena.ALIGN) * Arena.ALIGN);
     this.#used = 0;
     this.#need = 0;
   }
