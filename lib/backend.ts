@@ -738,7 +738,7 @@ export class Backend {
     }
     const cpu = this.#cpuSide();
     return cpu.#run('sampleRows', options, (addon, stream, cancel, timing) =>
-      addon.sampleRows(stream, { logits: logits.nativeArg('logits'), params, out: out.nativeArg('out'), rows, vocab }, cancel, timing),
+      addon.sampleRows(stream, { logits: logits.nativeArg('logits'), params, out: out.nativeArg('out'), rows, vocab, isa: cpu.#isaCode() }, cancel, timing),
     );
   }
 
@@ -757,7 +757,7 @@ export class Backend {
     const [rows, vocab] = logits.shape as [number, number];
     if (out.shape.length !== 1 || out.shape[0] !== rows) throw new InvalidArgumentError(`out must be [${rows}] (rows), received [${out.shape.join(', ')}]`);
     return this.#run('argmaxRows', options, (addon, stream, cancel, timing) =>
-      addon.argmaxRows(stream, { logits: logits.nativeArg('logits'), out: out.nativeArg('out'), rows, vocab }, cancel, timing),
+      addon.argmaxRows(stream, { logits: logits.nativeArg('logits'), out: out.nativeArg('out'), rows, vocab, isa: this.#isaCode() }, cancel, timing),
     );
   }
 

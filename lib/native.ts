@@ -245,8 +245,8 @@ export interface NativeAddon {
     attentionScaling: number;
     isa?: number;
   }>;
-  sampleRows: OpFn<{ logits: NativeTensorArg; params: Float64Array; out: NativeTensorArg; rows: number; vocab: number }>;
-  argmaxRows: OpFn<{ logits: NativeTensorArg; out: NativeTensorArg; rows: number; vocab: number }>;
+  sampleRows: OpFn<{ logits: NativeTensorArg; params: Float64Array; out: NativeTensorArg; rows: number; vocab: number; isa?: number }>;
+  argmaxRows: OpFn<{ logits: NativeTensorArg; out: NativeTensorArg; rows: number; vocab: number; isa?: number }>;
   gatherRows: OpFn<{ src: NativeTensorArg; srcRows: number; rowBytes: number; ids: NativeTensorArg; n: number; dst: NativeTensorArg }>;
   scatterRows: OpFn<{ src: NativeTensorArg; srcDtype: number; n: number; row: number; ids: NativeTensorArg; dst: NativeTensorArg; dstDtype: number; dstRows: number; isa?: number }>;
   attention: OpFn<{

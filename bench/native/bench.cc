@@ -21,6 +21,7 @@
 #include "core/isa.h"
 #include "core/threadpool.h"
 #include "cpu/add.h"
+#include "cpu/argmax_rows.h"
 #include "cpu/convert.h"
 #include "cpu/dot_probe.h"
 #include "cpu/gemm.h"
@@ -181,6 +182,17 @@ void bench_cpu() {
     ms = time_cpu_ms([&] { ran = cpu::add({bf_a.p, bf_b.p, bf_o.p, DType::BF16, n}, isa); });
     report({be, "add", "n=32M bf16", ms, n * 6.0 / (ms * 1e-3) / 1e9, "GB/s", read_gbs, roof_src, note()});
 
+    // greedy tokens of a decode step: 32 rows of Qwen3's 151936 logits (cpu/argmax_rows.h), all pool threads
+    {
+      constexpr int64_t rows = 32, vocab = 151936;
+      const float* logits = f32.as<float>();  // 4.9M of the 32M floats above (a repeating ramp: ties resolved by id)
+      std::vector<int32_t> ids(rows);
+      ms = time_cpu_ms([&] { cpu::argmax_rows(logits, rows, vocab, ids.data(), nullptr, isa); });
+      ran = cpu::argmax_tier(isa);
+      // the 19 MB stay in cache from run to run (as the LM head's fresh logits partly are): no roofline
+      report({be, "argmax", "rows=32 vocab=151936 f32 (cache-warm)", ms, rows * vocab * 4.0 / (ms * 1e-3) / 1e9, "GB/s", 0,
+              "", note()});
+    }
     for (int64_t m : {gm_small, int64_t{1024}}) {
       cpu::GemmArgs args{ga.p, gb.p, go.p, DType::BF16, DType::F32, m, 1024, gk, gk, gk, 1024};
       ms = time_cpu_ms([&] { ran = cpu::gemm(args, isa); }, 2000);

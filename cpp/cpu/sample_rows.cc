@@ -54,10 +54,10 @@ int32_t draw(double u, const int32_t* ids, const double* p, int64_t keep) {
 
 }  // namespace
 
-int32_t sample_row(const float* l, int64_t n, const double* params) {
+int32_t sample_row(const float* l, int64_t n, const double* params, Isa isa) {
   const double temperature = params[0], top_p = params[2], u = params[3];
   const int64_t top_k = static_cast<int64_t>(params[1]);
-  const int32_t best = argmax_row(l, n);
+  const int32_t best = argmax_row(l, n, isa);
   const float bv = l[best];
   // greedy; also a row without a logit > -inf, and one whose maximum is +inf (its weights would be inf - inf)
   if (temperature == 0 || !(bv > -std::numeric_limits<float>::infinity()) || std::isinf(bv)) return best;
@@ -153,7 +153,7 @@ int32_t sample_row(const float* l, int64_t n, const double* params) {
 bool sample_rows(const SampleRowsArgs& a, const CancelToken* cancel) {
   auto fn = [&](size_t r0, size_t r1) {
     for (size_t r = r0; r < r1; ++r)
-      a.out[r] = sample_row(a.logits + static_cast<int64_t>(r) * a.vocab, a.vocab, a.params + 4 * r);
+      a.out[r] = sample_row(a.logits + static_cast<int64_t>(r) * a.vocab, a.vocab, a.params + 4 * r, a.isa);
   };
   return ThreadPool::global().parallel_for(static_cast<size_t>(a.rows), 1, fn, cancel);
 }

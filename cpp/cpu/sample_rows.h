@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "../core/cancel.h"
+#include "../core/isa.h"
 
 namespace moe::cpu {
 
@@ -21,10 +22,11 @@ struct SampleRowsArgs {
   const double* params;  // [rows, 4]: temperature >= 0, top_k >= 0 (integral), top_p in (0, 1], u in [0, 1)
   int32_t* out;          // [rows] i32
   int64_t rows, vocab;   // vocab >= 1
+  Isa isa = Isa::Avx512Bf16;  // the tier cap of the greedy argmax (argmax_rows.h: every tier gives the same id)
 };
 
 // One row (exposed for tests and the single-row path).
-int32_t sample_row(const float* logits, int64_t vocab, const double* params);
+int32_t sample_row(const float* logits, int64_t vocab, const double* params, Isa isa = Isa::Avx512Bf16);
 
 // Every row; false when cancelled before all rows ran.
 bool sample_rows(const SampleRowsArgs& a, const CancelToken* cancel);

@@ -22,10 +22,11 @@ Napi::Value ArgmaxRows(const Napi::CallbackInfo& info) {
     auto* out = reinterpret_cast<int32_t*>(s.tensor("out", DType::I32, static_cast<uint64_t>(rows) * 4).ptr);
     auto ran = std::make_shared<int>(-1);
     resolve_with_tier(*s.op, ran);
-    s.op->work = [logits, out, rows, vocab, ran](const ExecContext& ctx) {
+    const Isa isa = s.isa;
+    s.op->work = [logits, out, rows, vocab, ran, isa](const ExecContext& ctx) {
       if (ctx.cuda_stream == nullptr) {
-        if (!cpu::argmax_rows(logits, rows, vocab, out, ctx.cancel)) moe::throw_error(ErrorCode::Cancelled, "argmaxRows: cancelled");
-        *ran = static_cast<int>(Isa::Scalar);
+        if (!cpu::argmax_rows(logits, rows, vocab, out, ctx.cancel, isa)) moe::throw_error(ErrorCode::Cancelled, "argmaxRows: cancelled");
+        *ran = static_cast<int>(cpu::argmax_tier(isa));
         return;
       }
 #if MOE_WITH_CUDA

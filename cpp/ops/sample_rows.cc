@@ -2,6 +2,7 @@
 // Next token of every row (cpu/sample_rows.h), on a CPU stream: logits [rows, vocab] f32 and out [rows] i32 host
 // tensors; params a Float64Array of rows x 4 (temperature, topK, topP, u), copied when the op is queued and checked
 // here: temperature finite >= 0, topK a non-negative integer, topP in (0, 1], u in [0, 1).
+#include "cpu/argmax_rows.h"
 #include "cpu/sample_rows.h"
 
 #include <cmath>
@@ -43,12 +44,13 @@ Napi::Value SampleRows(const Napi::CallbackInfo& info) {
     a.logits = reinterpret_cast<const float*>(s.tensor("logits", DType::F32, static_cast<uint64_t>(rows) * vocab * 4).ptr);
     a.out = reinterpret_cast<int32_t*>(s.tensor("out", DType::I32, static_cast<uint64_t>(rows) * 4).ptr);
     a.params = params->data();
+    a.isa = s.isa;
 
     auto ran = std::make_shared<int>(-1);
     resolve_with_tier(*s.op, ran);
     s.op->work = [a, params, ran](const ExecContext& ctx) {
       if (!cpu::sample_rows(a, ctx.cancel)) moe::throw_error(ErrorCode::Cancelled, "sampleRows: cancelled");
-      *ran = static_cast<int>(Isa::Scalar);
+      *ran = static_cast<int>(cpu::argmax_tier(a.isa));  // the vector part: its greedy argmax
     };
     return submit_op(s);
   });

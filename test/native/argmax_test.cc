@@ -42,7 +42,7 @@ Outcome run_argmax(const Backend& be, int64_t rows, int64_t vocab) {
   }
   std::vector<int32_t> out(static_cast<size_t>(rows), -7);
   if (be.kind == BackendKind::Cpu) {
-    cpu::argmax_rows(l.data(), rows, vocab, out.data());
+    cpu::argmax_rows(l.data(), rows, vocab, out.data(), nullptr, be.isa);
   } else {
 #if MOE_WITH_CUDA
     DeviceBuffer dl(be.device, l.size() * 4), dout(be.device, out.size() * 4);
@@ -66,7 +66,7 @@ Outcome run_argmax(const Backend& be, int64_t rows, int64_t vocab) {
 }  // namespace
 
 void add_argmax_cases(std::vector<Case>& cases) {
-  const int64_t shapes[][2] = {{1, 1}, {6, 7}, {12, 257}, {256, 32000}, {7, 100003}, {24, 151936}};
+  const int64_t shapes[][2] = {{1, 1}, {6, 7}, {6, 63}, {12, 64}, {12, 257}, {256, 32000}, {7, 100003}, {24, 151936}};
   for (const auto& s : shapes)
     cases.push_back({"argmax_rows", "rows=" + std::to_string(s[0]) + " vocab=" + std::to_string(s[1]),
                      [=](const Backend& be) { return run_argmax(be, s[0], s[1]); }});
