@@ -33,6 +33,10 @@
 #   `attnidle` (the attention after the pool idled vs back to back), then `perfmodel` with a full profile
 #   (PERFMODEL_ARGS without --quick). The demo's prefill prediction on CUDA was 4.6x over (per-op bound).
 #   MODELBASED_MORE="--slots=12" made no difference (the stall was the threads).
+#   Since 2026-11-28 loadModel maps the KV cache's pages in while the weights load (the GPU host's KV is CPU-backend
+#   memory: its first prompt steps paid the page faults, 2,081 ms for the first of the batch-2048 row) and reserves the
+#   step arenas: the prompt steps' first_step_ms and prefill tokens/s should show it. Greedy sampling on the host is
+#   vectorised (argmaxRows / sampleRows: 12x on the AVX-512 dev VM).
 #   The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by cp.async instead of
 #   TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels).
 set -u
