@@ -7,7 +7,6 @@
 // through the running maximum), AVX2 0.37 ms, AVX-512 0.19 ms.
 #include "argmax_rows.h"
 
-#include <algorithm>
 #include <functional>
 #include <limits>
 
@@ -30,6 +29,20 @@ int32_t row_scalar(const float* l, int64_t n, int64_t from = 0, int32_t best = 0
 }
 
 #if MOE_X86
+// The vector tiers' lanes at the end of their rounds: the largest of n lane maxima `vals` and, among the lanes
+// holding it, the smallest of their ids; (0, -inf) when no lane went above -inf.
+int32_t best_lane(const float* vals, const int32_t* ids, int n, float* bv) {
+  float b = kNegInf;
+  int32_t r = 0;
+  for (int j = 0; j < n; ++j)
+    if (vals[j] > b || (vals[j] == b && b != kNegInf && ids[j] < r)) {
+      b = vals[j];
+      r = ids[j];
+    }
+  *bv = b;
+  return r;
+}
+
 // 4 accumulators of 16 lanes: ids i .. i + 63 per round.
 MOE_TARGET_AVX512 int32_t row_avx512(const float* l, int64_t n) {
   constexpr int kAcc = 4;
@@ -53,19 +66,14 @@ MOE_TARGET_AVX512 int32_t row_avx512(const float* l, int64_t n) {
       idx[a] = _mm512_add_epi32(idx[a], step);
     }
   }
-  __m512 m = best[0];
-  for (int a = 1; a < kAcc; ++a) m = _mm512_max_ps(m, best[a]);  // no NaN in best: max is exact
-  const float bv = _mm512_reduce_max_ps(m);
-  int32_t r = 0;
-  if (bv != kNegInf) {
-    int32_t lo = std::numeric_limits<int32_t>::max();
-    const __m512 want = _mm512_set1_ps(bv);
-    for (int a = 0; a < kAcc; ++a) {
-      const __mmask16 eq = _mm512_cmp_ps_mask(best[a], want, _CMP_EQ_OQ);
-      if (eq) lo = std::min(lo, _mm512_mask_reduce_min_epi32(eq, at[a]));
-    }
-    r = lo;
+  alignas(64) float vals[16 * kAcc];
+  alignas(64) int32_t ids[16 * kAcc];
+  for (int a = 0; a < kAcc; ++a) {
+    _mm512_store_ps(vals + 16 * a, best[a]);
+    _mm512_store_si512(ids + 16 * a, at[a]);
   }
+  float bv;
+  const int32_t r = best_lane(vals, ids, 16 * kAcc, &bv);
   return row_scalar(l, n, i, r, bv);
 }
 
@@ -92,19 +100,14 @@ MOE_TARGET_AVX2 int32_t row_avx2(const float* l, int64_t n) {
       idx[a] = _mm256_add_epi32(idx[a], step);
     }
   }
-  alignas(32) float bvals[8 * kAcc];
+  alignas(32) float vals[8 * kAcc];
   alignas(32) int32_t ids[8 * kAcc];
   for (int a = 0; a < kAcc; ++a) {
-    _mm256_store_ps(bvals + 8 * a, best[a]);
+    _mm256_store_ps(vals + 8 * a, best[a]);
     _mm256_store_si256(reinterpret_cast<__m256i*>(ids + 8 * a), at[a]);
   }
-  float bv = kNegInf;
-  int32_t r = 0;
-  for (int j = 0; j < 8 * kAcc; ++j)
-    if (bvals[j] > bv || (bvals[j] == bv && bv != kNegInf && ids[j] < r)) {
-      bv = bvals[j];
-      r = ids[j];
-    }
+  float bv;
+  const int32_t r = best_lane(vals, ids, 8 * kAcc, &bv);
   return row_scalar(l, n, i, r, bv);
 }
 #endif

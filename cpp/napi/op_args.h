@@ -23,6 +23,11 @@ struct OpStart {
   bool cuda() const { return stream->backend() == BackendKind::Cuda; }
   // params[key] read as a size / dtype code / number; errors name `key`.
   int64_t size(const char* key) const { return arg_size(params.Get(key), key); }
+  // An optional size: `absent` when params[key] is undefined.
+  int64_t size_or(const char* key, int64_t absent) const {
+    Napi::Value v = params.Get(key);
+    return v.IsUndefined() ? absent : arg_size(v, key);
+  }
   DType dtype(const char* key) const;
   double number(const char* key) const { return arg_number(params.Get(key), key); }
   // params[key] as a tensor on this op's stream (host memory only for CPU streams), `dtype`-aligned, holding at

@@ -17,8 +17,7 @@ Napi::Value Add(const Napi::CallbackInfo& info) {
       throw_error(env, ErrorCode::InvalidArgument, std::string("add: dtype must be f32, f16 or bf16, received ") +
                                                        dtype_name(t));
     uint64_t n = static_cast<uint64_t>(s.size("n"));
-    Napi::Value blv = s.params.Get("bLen");
-    uint64_t b_len = blv.IsUndefined() ? 0 : static_cast<uint64_t>(s.size("bLen"));
+    uint64_t b_len = static_cast<uint64_t>(s.size_or("bLen", 0));
     if (b_len == n) b_len = 0;
     if (b_len != 0 && n % b_len != 0)
       throw_error(env, ErrorCode::InvalidArgument, "add: n (" + std::to_string(n) + ") must be a multiple of bLen (" +

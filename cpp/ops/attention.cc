@@ -37,8 +37,7 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
     g.sliding_window = s.size("slidingWindow");
     g.num_splits = s.size("numSplits");
     g.split_tokens = s.size("splitTokens");
-    Napi::Value tv = s.params.Get("threads");
-    g.threads = tv.IsUndefined() ? 0 : s.size("threads");
+    g.threads = s.size_or("threads", 0);
     // Shape-level checks now (contents of the tables when the op runs).
     if (g.q_heads > (1 << 16) || g.kv_heads > (1 << 16) || g.num_seqs > (int64_t{1} << 31) || g.max_blocks > (int64_t{1} << 31))
       throw_error(env, ErrorCode::InvalidArgument, "attention: head or sequence counts out of range");

@@ -178,6 +178,32 @@ const HOST_MAX_ROWS = 8;
 const REEXPLORE = 32;
 
 /**
+ * A [T, k, H] f32 scratch kept across calls (the unweighted expert rows before their combine): `make` allocates it,
+ * and a step that needs more rows, or other k or H, disposes it (its memory goes once no op holds it) for a new one.
+ */
+class PartsScratch<X extends Tensor & { dispose(): void }> {
+  readonly #make: (shape: [number, number, number]) => X;
+  #buf: X | undefined;
+  constructor(make: (shape: [number, number, number]) => X) {
+    this.#make = make;
+  }
+  /** Its first T rows. */
+  rows(T: number, k: number, H: number): X {
+    const b = this.#buf;
+    if (!b || b.shape[0]! < T || b.shape[1] !== k || b.shape[2] !== H) {
+      b?.dispose();
+      this.#buf = undefined; // not the disposed one, should the allocation below throw
+      this.#buf = this.#make([T, k, H]);
+    }
+    return this.#buf!.rows(0, T) as X;
+  }
+  dispose(): void {
+    this.#buf?.dispose();
+    this.#buf = undefined;
+  }
+}
+
+/**
  * Fiddler's per-step choice for missed experts: fetch them into slots, or compute them on the host from the pinned
  * store, whichever the measured costs (EWMA of ms per expert byte, from this run's own fetches and host runs) say
  * is faster. Before both are measured, each option is tried once.
@@ -222,8 +248,9 @@ export class CachedExperts implements ExpertProvider {
   readonly #extras: ExpertExtras;
   /** Per MoE layer: the experts the last call routed to, most used first (module mode streams them ahead). */
   readonly #lastUsed: number[][] = [];
-  #partsBuf: HostTensor<'f32'> | undefined;
-  #devPartsBuf: DeviceTensor<'f32'> | undefined;
+  /** Host rows: the compute backend's pinned memory, so the rows the host computes go up to a GPU by DMA. */
+  readonly #hostParts = new PartsScratch((s) => HostTensor.owning(this.#be.allocPinned(s[0] * s[1] * s[2] * 4), 'f32', s));
+  readonly #devParts = new PartsScratch((s) => this.#be.alloc('f32', s));
   readonly #store: ExpertStore;
   readonly #host: Backend | undefined;
   readonly #hostTables: ExpertTable[] = [];
@@ -406,14 +433,14 @@ export class CachedExperts implements ExpertProvider {
     const leases = await this.#acquireAll(li, wanted.filter((e) => !onHost.has(e)), signal);
     const t1 = performance.now();
     try {
-      const hostParts = this.#parts(T, k, H);
+      const hostParts = this.#hostParts.rows(T, k, H);
       const sameMemory = host === be; // the CPU backend computing both: one parts buffer, one stream
       let devParts: Tensor = hostParts;
       let xh: Tensor = x;
       let wh: Tensor = weights;
       let idsh: Tensor = ids;
       if (!sameMemory) {
-        devParts = this.#deviceParts(T, k, H);
+        devParts = this.#devParts.rows(T, k, H);
         const xb = new HostTensor('bf16', [T, H]);
         const wb = new HostTensor('f32', [T, k]);
         await Promise.all([be.copy(x, xb, op), be.copy(weights, wb, op)]);
@@ -479,7 +506,7 @@ export class CachedExperts implements ExpertProvider {
     const chunks: number[][] = [];
     for (let i = 0; i < order.length; i += size) chunks.push(order.slice(i, i + size));
     // where the kernel writes: device memory when the activations are there (CUDA; the staged CPU path)
-    const parts = x instanceof DeviceTensor ? this.#deviceParts(T, k, H) : this.#parts(T, k, H);
+    const parts = x instanceof DeviceTensor ? this.#devParts.rows(T, k, H) : this.#hostParts.rows(T, k, H);
     let next: Promise<ExpertLease[]> | undefined = this.#acquireAll(li, chunks[0]!, signal);
     try {
       for (let c = 0; c < chunks.length; c++) {
@@ -570,32 +597,6 @@ export class CachedExperts implements ExpertProvider {
     return leases.map((lease) => ({ id: lease.expert, w: this.slots.slot(lease.slot) }));
   }
 
-  /** A [T, k, H] f32 view of a device scratch buffer kept across calls (grown when a step needs more rows). */
-  #deviceParts(T: number, k: number, H: number): Tensor {
-    const b = this.#devPartsBuf;
-    if (!b || b.shape[0]! < T || b.shape[1] !== k || b.shape[2] !== H) {
-      b?.dispose();
-      this.#devPartsBuf = undefined; // not the disposed one, should the alloc below throw
-      this.#devPartsBuf = this.#be.alloc('f32', [T, k, H]);
-    }
-    return this.#devPartsBuf!.rows(0, T);
-  }
-
-  /**
-   * A [T, k, H] f32 view of a host scratch buffer kept across calls (grown when a step needs more rows): the compute
-   * backend's pinned memory, so that the rows the host computes go up to a GPU by DMA, not through the driver's
-   * bounce buffer.
-   */
-  #parts(T: number, k: number, H: number): HostTensor<'f32'> {
-    const b = this.#partsBuf;
-    if (!b || b.shape[0]! < T || b.shape[1] !== k || b.shape[2] !== H) {
-      b?.dispose(); // its memory goes once no op holds it
-      this.#partsBuf = undefined; // not the disposed one, should the allocation below throw
-      this.#partsBuf = HostTensor.owning(this.#be.allocPinned(T * k * H * 4), 'f32', [T, k, H]);
-    }
-    return this.#partsBuf!.rows(0, T);
-  }
-
   beginIteration(embedding: Float32Array): void {
     if (!this.predictor) return;
     for (const p of this.predictor.beginIteration(embedding)) this.#prefetch(p.layer, p.experts, p.probs);
@@ -616,7 +617,7 @@ export class CachedExperts implements ExpertProvider {
     this.cache.cancelPrefetches();
     this.engine.dispose();
     this.slots.dispose();
-    this.#devPartsBuf?.dispose();
-    this.#partsBuf?.dispose();
+    this.#devParts.dispose();
+    this.#hostParts.dispose();
   }
 }
