@@ -315,38 +315,19 @@ export class Backend {
    */
   async prefault(buf: PinnedBuffer, options: { signal?: AbortSignal } = {}): Promise<boolean> {
     if (!(buf instanceof PinnedBuffer)) throw new InvalidArgumentError(`buf must be a PinnedBuffer, received ${describe(buf)}`);
-    const signal = options.signal;
-    if (signal !== undefined && !(signal instanceof AbortSignal)) {
-      throw new InvalidArgumentError(`options.signal must be an AbortSignal, received ${describe(signal)}`);
-    }
-    signal?.throwIfAborted();
-    const mem = buf.nativeMemory('prefault');
-    if (this.kind !== 'cpu') return false;
-    const holder: { stack?: string } = {};
-    Error.captureStackTrace(holder, this.prefault);
-    const addon = native();
-    try {
-      return await addon.prefaultAsync(prefaultingStream(addon), mem, signal && cancelTokenOf(signal));
-    } catch (e) {
-      if ((e as { code?: unknown })?.code === CANCELLED_CODE && signal?.aborted) throw signal.reason;
-      throw fromNative(e, holder.stack);
-    }
+    return offThread(options.signal, this.prefault, async (cancel) => {
+      const mem = buf.nativeMemory('prefault');
+      if (this.kind !== 'cpu') return false;
+      const addon = native();
+      return addon.prefaultAsync(prefaultingStream(addon), mem, cancel);
+    });
   }
 
-  async #allocNative(kind: 0 | 1, bytes: number, signal: AbortSignal | undefined): Promise<NativeMemory> {
-    if (signal !== undefined && !(signal instanceof AbortSignal)) {
-      throw new InvalidArgumentError(`options.signal must be an AbortSignal, received ${describe(signal)}`);
-    }
-    signal?.throwIfAborted();
-    const holder: { stack?: string } = {};
-    Error.captureStackTrace(holder, this.#allocNative);
-    const addon = native();
-    try {
-      return await addon.allocAsync(allocationStream(addon), { backend: KIND_CODE[this.kind], device: this.device, kind, bytes }, signal && cancelTokenOf(signal));
-    } catch (e) {
-      if ((e as { code?: unknown })?.code === CANCELLED_CODE && signal?.aborted) throw signal.reason;
-      throw fromNative(e, holder.stack);
-    }
+  #allocNative(kind: 0 | 1, bytes: number, signal: AbortSignal | undefined): Promise<NativeMemory> {
+    return offThread(signal, this.#allocNative, (cancel) => {
+      const addon = native();
+      return addon.allocAsync(allocationStream(addon), { backend: KIND_CODE[this.kind], device: this.device, kind, bytes }, cancel);
+    });
   }
 
   /**
@@ -1350,6 +1331,25 @@ function cancelTokenOf(signal: AbortSignal): NativeCancelToken {
     token = t;
   }
   return token;
+}
+
+/**
+ * `call` on a native thread under `signal` (checked first; its cancel token passed on): a cancellation by the signal
+ * rejects with the signal's reason, a native failure as its typed error with the stack of `caller`'s call site.
+ */
+async function offThread<T>(signal: AbortSignal | undefined, caller: (...args: never[]) => unknown, call: (cancel: NativeCancelToken | undefined) => Promise<T>): Promise<T> {
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new InvalidArgumentError(`options.signal must be an AbortSignal, received ${describe(signal)}`);
+  }
+  signal?.throwIfAborted();
+  const holder: { stack?: string } = {};
+  Error.captureStackTrace(holder, caller);
+  try {
+    return await call(signal && cancelTokenOf(signal));
+  } catch (e) {
+    if ((e as { code?: unknown })?.code === CANCELLED_CODE && signal?.aborted) throw signal.reason;
+    throw fromNative(e, holder.stack);
+  }
 }
 
 async function settle(p: Promise<KernelTier>, signal: AbortSignal | undefined, timing?: { to: OpTiming; raw: NativeOpTiming }): Promise<KernelTier> {
