@@ -1,4 +1,4 @@
-// `moe-native bench [--json PATH] [--cuda-only]`: kernel timings with napkin math. Every throughput is printed with the fraction
+// `moe-native bench [--json PATH] [--cuda-only] [--ops=a,b]`: kernel timings with napkin math. Every throughput is printed with the fraction
 // of a roofline; bandwidth rooflines are measured in the same run on the same machine (a device-to-device copy
 // on the GPU, a streaming AVX-512/AVX2 read on the CPU), the GPU tensor-core roofline is DESIGN.md's measured
 // H100 peak (stated as such, not measured here).
@@ -27,6 +27,7 @@
 #include "cpu/gemm.h"
 #include "cpu/gemm_packed.h"
 #include "cpu/read_probe.h"
+#include "cpu/sample_rows.h"
 #include "cpu/pack_weights.h"
 #include "cuda_util.h"
 #include "harness.h"
@@ -97,6 +98,12 @@ std::string json_num(double v) {
 }
 
 // ---- CPU --------------------------------------------------------------------------------------------------------
+
+// --ops=a,b: only these CPU ops (convert, add, argmax, sample, gemm, packed); empty: all
+std::vector<std::string> g_ops;
+bool want(const char* op) {
+  return g_ops.empty() || std::find(g_ops.begin(), g_ops.end(), op) != g_ops.end();
+}
 
 double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -175,15 +182,20 @@ void bench_cpu() {
     Isa ran = isa;
     auto note = [&] { return ran != isa ? std::string("ran ") + isa_name(ran) : std::string(); };
 
-    double ms = time_cpu_ms([&] { ran = cpu::convert({f32.p, DType::F32, bf_o.p, DType::BF16, n}, isa); });
-    report({be, "convert", "n=32M f32->bf16", ms, n * 6.0 / (ms * 1e-3) / 1e9, "GB/s", read_gbs, roof_src, note()});
-    ms = time_cpu_ms([&] { ran = cpu::convert({bf_a.p, DType::BF16, f32.p, DType::F32, n}, isa); });
-    report({be, "convert", "n=32M bf16->f32", ms, n * 6.0 / (ms * 1e-3) / 1e9, "GB/s", read_gbs, roof_src, note()});
-    ms = time_cpu_ms([&] { ran = cpu::add({bf_a.p, bf_b.p, bf_o.p, DType::BF16, n}, isa); });
-    report({be, "add", "n=32M bf16", ms, n * 6.0 / (ms * 1e-3) / 1e9, "GB/s", read_gbs, roof_src, note()});
+    double ms = 0;
+    if (want("convert")) {
+      ms = time_cpu_ms([&] { ran = cpu::convert({f32.p, DType::F32, bf_o.p, DType::BF16, n}, isa); });
+      report({be, "convert", "n=32M f32->bf16", ms, n * 6.0 / (ms * 1e-3) / 1e9, "GB/s", read_gbs, roof_src, note()});
+      ms = time_cpu_ms([&] { ran = cpu::convert({bf_a.p, DType::BF16, f32.p, DType::F32, n}, isa); });
+      report({be, "convert", "n=32M bf16->f32", ms, n * 6.0 / (ms * 1e-3) / 1e9, "GB/s", read_gbs, roof_src, note()});
+    }
+    if (want("add")) {
+      ms = time_cpu_ms([&] { ran = cpu::add({bf_a.p, bf_b.p, bf_o.p, DType::BF16, n}, isa); });
+      report({be, "add", "n=32M bf16", ms, n * 6.0 / (ms * 1e-3) / 1e9, "GB/s", read_gbs, roof_src, note()});
+    }
 
     // greedy tokens of a decode step: 32 rows of Qwen3's 151936 logits (cpu/argmax_rows.h), all pool threads
-    {
+    if (want("argmax")) {
       constexpr int64_t rows = 32, vocab = 151936;
       const float* logits = f32.as<float>();  // 4.9M of the 32M floats above (a repeating ramp: ties resolved by id)
       std::vector<int32_t> ids(rows);
@@ -193,7 +205,33 @@ void bench_cpu() {
       report({be, "argmax", "rows=32 vocab=151936 f32 (cache-warm)", ms, rows * vocab * 4.0 / (ms * 1e-3) / 1e9, "GB/s", 0,
               "", note()});
     }
+    // sampled tokens of a decode step: 32 rows of Qwen3's 151936 logits, temperature 0.8, each sampling mode
+    // (cpu/sample_rows.h), all pool threads; logits an LM's spread (a sum of 4 uniforms: about N(0, 3^2))
+    if (want("sample")) {
+      constexpr int64_t rows = 32, vocab = 151936;
+      static std::vector<float> logits;
+      if (logits.empty()) {
+        logits.resize(static_cast<size_t>(rows * vocab));
+        uint32_t s = 12345;
+        auto uni = [&] { return (s = s * 1664525u + 1013904223u) / 4294967296.0; };
+        for (float& v : logits) v = static_cast<float>((uni() + uni() + uni() + uni() - 2.0) * 5.2);
+      }
+      struct Mode { const char* name; double top_k, top_p; };
+      for (const Mode& mode : {Mode{"plain", 0, 1}, Mode{"top_p=0.95", 0, 0.95}, Mode{"top_k=50", 50, 1}, Mode{"top_k=50 top_p=0.9", 50, 0.9}}) {
+        std::vector<double> params(static_cast<size_t>(rows * 4));
+        for (int64_t r = 0; r < rows; ++r) {
+          params[4 * r] = 0.8;
+          params[4 * r + 1] = mode.top_k;
+          params[4 * r + 2] = mode.top_p;
+          params[4 * r + 3] = (static_cast<double>(r) + 0.5) / rows;
+        }
+        std::vector<int32_t> ids(rows);
+        ms = time_cpu_ms([&] { cpu::sample_rows({logits.data(), params.data(), ids.data(), rows, vocab, isa}, nullptr); });
+        report({be, "sample", std::string("rows=32 vocab=151936 T=0.8 ") + mode.name, ms, rows * vocab / (ms * 1e-3) / 1e9, "Glogit/s", 0, "", ""});
+      }
+    }
     for (int64_t m : {gm_small, int64_t{1024}}) {
+      if (!want("gemm")) break;
       cpu::GemmArgs args{ga.p, gb.p, go.p, DType::BF16, DType::F32, m, 1024, gk, gk, gk, 1024};
       ms = time_cpu_ms([&] { ran = cpu::gemm(args, isa); }, 2000);
       double gflops = 2.0 * m * 1024 * gk / (ms * 1e-3) / 1e9;
@@ -211,6 +249,7 @@ void bench_cpu() {
 void bench_cpu_packed() {
   const Isa best = cpu_info().best, tier = cpu::packed_tier(best);
   const std::string be = std::string("cpu-") + isa_name(best);
+  if (!want("packed")) return;
   if (tier == Isa::Scalar) {
     std::printf("%-16s SKIP: packed gemm has no vector kernel on this CPU\n", be.c_str());
     return;
@@ -474,8 +513,14 @@ int bench_main(int argc, char** argv) {
       json_path = argv[++i];
     } else if (std::strncmp(argv[i], "--json=", 7) == 0) {
       json_path = argv[i] + 7;
+    } else if (std::strncmp(argv[i], "--ops=", 6) == 0) {
+      for (const char* p = argv[i] + 6; *p;) {
+        const char* e = std::strchr(p, ',');
+        g_ops.emplace_back(p, e ? e - p : std::strlen(p));
+        p = e ? e + 1 : p + std::strlen(p);
+      }
     } else {
-      std::fprintf(stderr, "moe-native bench: unknown argument '%s' (usage: moe-native bench [--json PATH] [--cuda-only])\n",
+      std::fprintf(stderr, "moe-native bench: unknown argument '%s' (usage: moe-native bench [--json PATH] [--cuda-only] [--ops=convert,add,argmax,sample,gemm,packed])\n",
                    argv[i]);
       return 2;
     }
