@@ -79,6 +79,27 @@ void test('allocHost: from 4 MiB native huge-page memory on the CPU backend, zer
   assert.throws(() => be.allocHost('f32', [-1]), InvalidArgumentError);
 });
 
+void test('allocHostAsync: allocHost with the pages mapped in off the JS thread; the same placement rules, typed errors, abort', async () => {
+  const before = memoryStats().cpu.pinned;
+  const small = await be.allocHostAsync('f32', [1024, 1023]);
+  assert.equal(small.placement.kind, 'js');
+  const w = await be.allocHostAsync('bf16', [2048, 1024]);
+  assert.deepEqual(w.placement, { kind: 'pinned', backend: 'cpu' });
+  assert.deepEqual(w.shape, [2048, 1024]);
+  assert.deepEqual(memoryStats().cpu.pinned, { count: before.count + 1, bytes: before.bytes + 4 * 2 ** 20 });
+  assert.ok(w.data.every((v) => v === 0), 'zeroed');
+  w.data[w.numel - 1] = 7;
+  assert.equal(w.data[w.numel - 1], 7);
+  w.dispose();
+  assert.deepEqual(memoryStats().cpu.pinned, before, 'dispose frees it');
+  await assert.rejects(be.allocHostAsync('q8' as 'f32', [4]), InvalidArgumentError);
+  await assert.rejects(be.allocHostAsync('f32', [-1]), InvalidArgumentError);
+  const ac = new AbortController();
+  ac.abort(new Error('stop'));
+  await assert.rejects(be.allocHostAsync('bf16', [2048, 1024], { signal: ac.signal }), /stop/);
+  assert.deepEqual(memoryStats().cpu.pinned, before, 'nothing left allocated after the abort');
+});
+
 void test('DeviceTensor: views share the allocation; disposing the root retires every view', async () => {
   const before = memoryStats().cpu.device;
   const d = be.alloc('f32', [8]);

@@ -332,7 +332,21 @@ export async function loadDenseWeights(
     owned.push(p);
     return placed(p);
   };
+  // packed bf16 weights are read into a row-major scratch per shape (mapped in: Backend.allocHostAsync), reused by
+  // every layer's projection of that shape and freed after the load: fresh memory per tensor cost a page fault per
+  // 4 KiB, more than the read itself on the development VM
+  const scratch = new Map<string, HostTensor>();
   const readLinear = async (name: string): Promise<Tensor> => {
+    const info = ckpt.tensor(name);
+    if (options.pack && be.kind === 'cpu' && info.dtype === 'BF16') {
+      options.signal?.throwIfAborted();
+      const key = info.shape.join('x');
+      let rows = scratch.get(key);
+      if (!rows) scratch.set(key, (rows = await be.allocHostAsync('bf16', info.shape, options.signal ? { signal: options.signal } : {})));
+      await ckpt.read(name, rows, options.signal ? { signal: options.signal } : {});
+      options.onTensor?.();
+      return placeLinear(rows);
+    }
     if (options.pack || be.kind !== 'cpu') return placeLinear(await readHost(name, 'bf16'));
     return place(await readHost(name, 'bf16', true));
   };
@@ -419,6 +433,8 @@ export async function loadDenseWeights(
   } catch (e) {
     for (const o of owned) o.dispose();
     throw e;
+  } finally {
+    for (const t of scratch.values()) t.dispose();
   }
 }
 
