@@ -576,7 +576,7 @@ export class Backend {
     if (!(out instanceof PackedTensor)) throw new InvalidArgumentError(`out must be a PackedTensor, received ${describe(out)}`);
     if (out.shape[0] !== n || out.shape[1] !== k) throw new InvalidArgumentError(`out must be a packed [${n}, ${k}], received packed [${out.shape.join(', ')}]`);
     await this.#run('packWeights', options, (addon, stream, cancel, timing) =>
-      addon.packWeights(stream, { w: w.nativeArg('w'), n, k, out: out.nativeArg('out') }, cancel, timing),
+      addon.packWeights(stream, { w: w.nativeArg('w'), n, k, out: out.nativeArg('out'), isa: this.#isaCode() }, cancel, timing),
     );
   }
 

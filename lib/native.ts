@@ -230,7 +230,7 @@ export interface NativeAddon {
     bPacked?: boolean;
     isa?: number;
   }>;
-  packWeights: OpFn<{ w: NativeTensorArg; n: number; k: number; out: NativeTensorArg }>;
+  packWeights: OpFn<{ w: NativeTensorArg; n: number; k: number; out: NativeTensorArg; isa?: number }>;
   rope: OpFn<{
     q?: NativeTensorArg;
     k?: NativeTensorArg;

@@ -99,7 +99,7 @@ std::string json_num(double v) {
 
 // ---- CPU --------------------------------------------------------------------------------------------------------
 
-// --ops=a,b: only these CPU ops (convert, add, argmax, sample, gemm, packed); empty: all
+// --ops=a,b: only these CPU ops (convert, add, argmax, sample, pack, gemm, packed); empty: all
 std::vector<std::string> g_ops;
 bool want(const char* op) {
   return g_ops.empty() || std::find(g_ops.begin(), g_ops.end(), op) != g_ops.end();
@@ -228,6 +228,20 @@ void bench_cpu() {
         std::vector<int32_t> ids(rows);
         ms = time_cpu_ms([&] { cpu::sample_rows({logits.data(), params.data(), ids.data(), rows, vocab, isa}, nullptr); });
         report({be, "sample", std::string("rows=32 vocab=151936 T=0.8 ") + mode.name, ms, rows * vocab / (ms * 1e-3) / 1e9, "Glogit/s", 0, "", ""});
+      }
+    }
+    // packing weights into the panel64 layout at load (cpu/pack_weights.h): Qwen3's expert projection (768 x 2048)
+    // and Mixtral's (14336 x 4096), into memory already mapped in, all pool threads; roofline: the read probe
+    if (want("pack")) {
+      struct Shape { int64_t n, k; };
+      for (Shape sh : {Shape{768, 2048}, Shape{14336, 4096}}) {
+        static AlignedBuffer src(size_t{14336} * 4096 * 2), dst(static_cast<size_t>(cpu::packed_weights_numel(14336, 4096)) * 2);
+        for (int64_t i = 0; i < sh.n * sh.k; ++i) src.as<uint16_t>()[i] = static_cast<uint16_t>(i * 2654435761u >> 16);
+        cpu::pack_weights(src.as<uint16_t>(), sh.n, sh.k, sh.k, dst.as<uint16_t>(), nullptr, isa);  // maps dst in
+        ms = time_cpu_ms([&] { cpu::pack_weights(src.as<uint16_t>(), sh.n, sh.k, sh.k, dst.as<uint16_t>(), nullptr, isa); });
+        ran = cpu::pack_tier(isa);
+        report({be, "pack", "n=" + std::to_string(sh.n) + " k=" + std::to_string(sh.k) + " bf16 -> panel64", ms,
+                sh.n * sh.k * 2.0 / (ms * 1e-3) / 1e9, "GB/s", read_gbs, "streaming read probe, this run (bytes of w)", note()});
       }
     }
     for (int64_t m : {gm_small, int64_t{1024}}) {
@@ -520,7 +534,7 @@ int bench_main(int argc, char** argv) {
         p = e ? e + 1 : p + std::strlen(p);
       }
     } else {
-      std::fprintf(stderr, "moe-native bench: unknown argument '%s' (usage: moe-native bench [--json PATH] [--cuda-only] [--ops=convert,add,argmax,sample,gemm,packed])\n",
+      std::fprintf(stderr, "moe-native bench: unknown argument '%s' (usage: moe-native bench [--json PATH] [--cuda-only] [--ops=convert,add,argmax,sample,pack,gemm,packed])\n",
                    argv[i]);
       return 2;
     }

@@ -29,7 +29,8 @@ Napi::Value PackWeights(const Napi::CallbackInfo& info) {
     check_bytes(env, out, static_cast<uint64_t>(cpu::packed_weights_numel(n, k)) * 2, "packWeights", "out");
     const uint16_t* src = reinterpret_cast<const uint16_t*>(w.ptr);
     uint16_t* dst = reinterpret_cast<uint16_t*>(out.ptr);
-    s.op->work = [src, dst, n, k](const ExecContext& ctx) { cpu::pack_weights(src, n, k, k, dst, ctx.cancel); };
+    const Isa isa = s.isa;
+    s.op->work = [src, dst, n, k, isa](const ExecContext& ctx) { cpu::pack_weights(src, n, k, k, dst, ctx.cancel, isa); };
     return submit_op(s);
   });
 }

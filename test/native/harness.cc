@@ -142,6 +142,7 @@ int test_main(int argc, char** argv) {
   add_grouped_gemm_cases(cases);
   add_gather_cases(cases);
   add_argmax_cases(cases);
+  add_pack_cases(cases);
   add_rms_norm_cases(cases);
   add_gemv_cases(cases);
   add_read_probe_cases(cases);

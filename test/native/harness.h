@@ -59,6 +59,7 @@ void add_moe_oai_cases(std::vector<Case>& cases);  // moe_experts with biases / 
 void add_grouped_gemm_cases(std::vector<Case>& cases);  // grouped_gemm (grouped_gemm_test.cc)
 void add_gather_cases(std::vector<Case>& cases);  // gather_rows (gather_test.cc)
 void add_argmax_cases(std::vector<Case>& cases);  // argmax_rows, greedy tokens (argmax_test.cc)
+void add_pack_cases(std::vector<Case>& cases);    // pack_weights, the panel64 layout (pack_test.cc)
 void add_rms_norm_cases(std::vector<Case>& cases);  // rms_norm, row-broadcast add (rms_norm_test.cc)
 void add_gemv_cases(std::vector<Case>& cases);  // small-m gemm, the streaming decode path (gemv_test.cc)
 void add_moe_invariance_cases(std::vector<Case>& cases);  // moe_experts batch invariance (moe_invariance_test.cc)
