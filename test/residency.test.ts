@@ -314,8 +314,10 @@ void test('a packed store: experts load into panel64 views (padding zero), move 
   await writeCheckpoint(dir, tensors);
   const ckpt = await Checkpoint.open(dir);
   using store = ExpertStore.create(be, { layers: [0], experts: 4, hidden: H, intermediate: I, packed: true });
-  await store.load(ckpt, cfg);
+  const progress: number[] = [];
+  await store.load(ckpt, cfg, { onProgress: (d, total) => progress.push(d, total) });
   await ckpt.close();
+  assert.deepEqual(progress, Array.from({ length: 12 }, (_, i) => [i + 1, 12]).flat(), 'progress once per tensor, in order, after its pack');
   assert.equal(store.expertBytes, 2 * (2 * 64 * H + 64 * I)); // packedNumel(48, 64) = 64 * 64, packedNumel(64, 48) = 64 * 48
   const unpacked = (p: PackedTensor): Uint16Array => {
     const [n, k] = p.shape as [number, number];

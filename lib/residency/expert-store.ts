@@ -236,21 +236,39 @@ export class ExpertStore {
     }
     let done = 0;
     const op = options.signal ? { signal: options.signal } : {};
-    // packed: each tensor is read into a row-major buffer (one per shape, reused: fresh memory for every tensor
-    // cost a page fault per 4 KiB, 3x the load time), then packed into its view
-    const rowsOf = new Map<string, HostTensor>();
-    for (const j of jobs) {
-      const dst = j.dst();
-      if (dst instanceof PackedTensor) {
-        const key = dst.shape.join('x');
-        let rows = rowsOf.get(key);
-        if (!rows) rowsOf.set(key, (rows = new HostTensor(this.dtype, dst.shape)));
-        await ckpt.read(j.name, rows, op);
-        await this.#be.packWeightsInto(rows, dst, op);
-      } else {
-        await ckpt.read(j.name, dst, op);
+    // packed: each tensor is read into a row-major buffer (two per shape, reused: fresh memory for every tensor
+    // cost a page fault per 4 KiB, 3x the load time), then packed into its view while the next one is read into the
+    // other buffer
+    const rowsOf = new Map<string, { bufs: HostTensor[]; turn: number }>();
+    let packing: Promise<void> | undefined; // the previous tensor's pack
+    const packed = async () => {
+      const p = packing;
+      packing = undefined;
+      if (p) {
+        await p;
+        options.onProgress?.(++done, jobs.length);
       }
-      options.onProgress?.(++done, jobs.length);
+    };
+    try {
+      for (const j of jobs) {
+        const dst = j.dst();
+        if (dst instanceof PackedTensor) {
+          const key = dst.shape.join('x');
+          let r = rowsOf.get(key);
+          if (!r) rowsOf.set(key, (r = { bufs: [new HostTensor(this.dtype, dst.shape), new HostTensor(this.dtype, dst.shape)], turn: 0 }));
+          const rows = r.bufs[r.turn++ % 2]!; // not the one the pack in flight reads
+          await ckpt.read(j.name, rows, op);
+          await packed();
+          packing = this.#be.packWeightsInto(rows, dst, op);
+        } else {
+          await packed();
+          await ckpt.read(j.name, dst, op);
+          options.onProgress?.(++done, jobs.length);
+        }
+      }
+      await packed();
+    } finally {
+      await packing?.catch(() => undefined); // a read failed: its buffers stay untouched until the pack ends
     }
   }
 
