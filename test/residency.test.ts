@@ -318,6 +318,16 @@ void test('a packed store: experts load into panel64 views (padding zero), move 
   await store.load(ckpt, cfg, { onProgress: (d, total) => progress.push(d, total) });
   await ckpt.close();
   assert.deepEqual(progress, Array.from({ length: 12 }, (_, i) => [i + 1, 12]).flat(), 'progress once per tensor, in order, after its pack');
+  // aborted midway (a pack in flight while the next tensor is read): rejects with the signal's reason, and the
+  // store stays usable (loaded again in full below, and disposed by `using`)
+  {
+    const again = await Checkpoint.open(dir);
+    const ac = new AbortController();
+    const reason = new Error('stop loading');
+    await assert.rejects(store.load(again, cfg, { signal: ac.signal, onProgress: (d) => d === 5 && ac.abort(reason) }), (e) => e === reason);
+    await store.load(again, cfg);
+    await again.close();
+  }
   assert.equal(store.expertBytes, 2 * (2 * 64 * H + 64 * I)); // packedNumel(48, 64) = 64 * 64, packedNumel(64, 48) = 64 * 48
   const unpacked = (p: PackedTensor): Uint16Array => {
     const [n, k] = p.shape as [number, number];
