@@ -5,7 +5,8 @@
  * 64 MiB buffer, from the page cache (each shard read once before, and the load's own reads come from it too), so
  * `frac_of_read` = plain read time / load time says how much of the load is the bytes themselves and how much is
  * allocation, page faults and packing. Each model: `--reps` rounds (default 3), each a plain read then a load (then
- * its dispose); the row reports the median of each.
+ * its dispose); the row reports the median of each, and each load's phases from its progress events (the dense
+ * weights done; the first expert tensor in, i.e. the expert store allocated and mapped in; the last).
  * Run: node dist/bench/load.js [--reps=N] [--models=a,b] -> bench/results/load-cpu-<date>.json
  */
 import fs from 'node:fs';
@@ -59,12 +60,25 @@ async function main(): Promise<void> {
     await plainRead(files, buf); // into the page cache
     const reads: number[] = [];
     const loads: number[] = [];
+    const phases: Array<Record<string, number>> = [];
     let packed = false;
     for (let r = 0; r < reps; r++) {
       reads.push(await plainRead(files, buf));
       const t0 = performance.now();
-      const model = await loadModel(dir, { kvCacheBytes: 1 << 28, backend: 'cpu' });
+      const seen: Record<string, { first: number; last: number }> = {};
+      const model = await loadModel(dir, {
+        kvCacheBytes: 1 << 28,
+        backend: 'cpu',
+        onProgress: (p) => {
+          const now = performance.now() - t0;
+          seen[p.phase] ??= { first: now, last: now };
+          seen[p.phase]!.last = now;
+        },
+      });
       loads.push(performance.now() - t0);
+      // from the start: the dense weights' last tensor, the experts' first (after the store is allocated and mapped
+      // in) and last
+      phases.push({ dense_done: r3(seen['dense']?.last ?? 0), experts_first: r3(seen['experts']?.first ?? 0), experts_done: r3(seen['experts']?.last ?? 0) });
       packed = model.packedWeights;
       model.dispose();
     }
@@ -81,6 +95,7 @@ async function main(): Promise<void> {
       plain_read_GBs: r3(bytes / read / 1e6),
       frac_of_read: r3(read / load),
       load_runs_ms: loads.map(r3),
+      load_phases_ms: phases,
       read_runs_ms: reads.map(r3),
       load_avg_1m: r3(os.loadavg()[0]!),
     };
