@@ -14,8 +14,8 @@
  *     streams twice the last-level cache, also warm (8 MiB between uses: out of the per-core caches, in the last
  *     level), since a tiny model's step at a small batch stays in the last-level cache and at a large batch not;
  *   - routed experts: the decode step's call, B tokens routed to k distinct random experts each (U(B) distinct
- *     experts on average), in an ExpertStore laid out like the model's, every expert set once in its layer's
- *     expert table as ResidentExperts does, awaited alone;
+ *     experts on average), in an ExpertStore laid out and mapped in like the model's (ExpertStore.createAsync), every
+ *     expert set once in its layer's expert table as ResidentExperts does, awaited alone;
  *   - attention over B sequences x several contexts in a paged KV cache with the model's kv heads and head dim;
  *   - host work: KV writes, OLMoE's clip, MLA's head assembly (the same loops), and the tensors the forward pass
  *     allocates fresh per step and per layer (what a native op writing a fresh tensor costs over a reused one);
@@ -396,7 +396,7 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
   // CPU: the experts in host memory (an ExpertStore, as the model's); GPU: in its memory (slots, each filled from one
   // layer of experts in a pinned store)
   const onGpu = c.be.kind !== 'cpu';
-  const store = ExpertStore.create(c.be, { layers: Array.from({ length: onGpu ? 1 : layers }, (_, l) => l), experts: E, hidden: s.hidden, intermediate: s.inter, packed: c.packed });
+  const store = await ExpertStore.createAsync(c.be, { layers: Array.from({ length: onGpu ? 1 : layers }, (_, l) => l), experts: E, hidden: s.hidden, intermediate: s.inter, packed: c.packed });
   let pool: SlotPool | undefined;
   try {
     // every expert written (untouched pages would all read the one zero page)
@@ -879,7 +879,7 @@ async function expertCopyGBs(be: Backend, cfg: ModelConfig, packed: boolean): Pr
   const I = cfg.moeIntermediateSize;
   const bytes = expertLayout(H, I, 'bf16', packed).expertBytes;
   const n = Math.max(2, Math.min(16, Math.ceil((128 * 2 ** 20) / bytes)));
-  const store = ExpertStore.create(be, { layers: [0], experts: 2 * n, hidden: H, intermediate: I, packed });
+  const store = await ExpertStore.createAsync(be, { layers: [0], experts: 2 * n, hidden: H, intermediate: I, packed });
   let slots: SlotPool | undefined;
   try {
     for (let e = 0; e < 2 * n; e++) {
@@ -912,7 +912,7 @@ async function hostExpertGBs(c: Ctx): Promise<number> {
   const { hiddenSize: H, moeIntermediateSize: I, numExperts: E, topK: k } = c.cfg;
   const bytes = expertLayout(H, I, 'bf16', c.packed).expertBytes;
   const layers = rotationLayers(E, bytes, COLD_BYTES);
-  const store = ExpertStore.create(c.be, { layers: Array.from({ length: layers }, (_, l) => l), experts: E, hidden: H, intermediate: I, packed: c.packed });
+  const store = await ExpertStore.createAsync(c.be, { layers: Array.from({ length: layers }, (_, l) => l), experts: E, hidden: H, intermediate: I, packed: c.packed });
   try {
     const tables = Array.from({ length: layers }, (_, l) => {
       const t = c.host.expertTable(E, { hidden: H, intermediate: I, packed: c.packed });
