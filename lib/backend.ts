@@ -355,12 +355,9 @@ export class Backend {
    * await checkpoint.read('lm_head.weight', w);
    */
   allocHost<D extends DType>(dtype: D, shape: Shape): HostTensor<D> {
-    checkDType(dtype, 'dtype');
-    const s = checkShape(shape);
-    const bytes = numelOf(s) * DTYPE_SIZE[dtype];
-    // from the addon's huge-page size up (native().hugePageMin): pinned memory on transparent huge pages
-    if (this.kind !== 'cpu' || bytes < native().hugePageMin || bytes > MAX_VIEW_BYTES) return new HostTensor(dtype, s);
-    return HostTensor.owning(this.allocPinned(bytes), dtype, s); // fresh pages: zero
+    const { s, nativeBytes } = this.#hostPlacement(dtype, shape);
+    if (nativeBytes === undefined) return new HostTensor(dtype, s);
+    return HostTensor.owning(this.allocPinned(nativeBytes), dtype, s); // fresh pages: zero
   }
 
   /**
@@ -372,11 +369,20 @@ export class Backend {
    * const w = await be.allocHostAsync('bf16', [151936, 2048]);   // 622 MB, mapped in
    */
   async allocHostAsync<D extends DType>(dtype: D, shape: Shape, options: { signal?: AbortSignal } = {}): Promise<HostTensor<D>> {
+    const { s, nativeBytes } = this.#hostPlacement(dtype, shape);
+    if (nativeBytes === undefined) return new HostTensor(dtype, s);
+    return HostTensor.owning(await this.allocPinnedAsync(nativeBytes, { ...(options.signal ? { signal: options.signal } : {}), prefault: true }), dtype, s);
+  }
+
+  /**
+   * allocHost's rule: the checked shape, and the bytes of native memory on transparent huge pages it gets (the CPU
+   * backend, from the addon's huge-page size native().hugePageMin up to MAX_VIEW_BYTES), or undefined: JS memory.
+   */
+  #hostPlacement(dtype: DType, shape: Shape): { s: Shape; nativeBytes: number | undefined } {
     checkDType(dtype, 'dtype');
     const s = checkShape(shape);
     const bytes = numelOf(s) * DTYPE_SIZE[dtype];
-    if (this.kind !== 'cpu' || bytes < native().hugePageMin || bytes > MAX_VIEW_BYTES) return new HostTensor(dtype, s);
-    return HostTensor.owning(await this.allocPinnedAsync(bytes, { ...(options.signal ? { signal: options.signal } : {}), prefault: true }), dtype, s);
+    return { s, nativeBytes: this.kind !== 'cpu' || bytes < native().hugePageMin || bytes > MAX_VIEW_BYTES ? undefined : bytes };
   }
 
   /**

@@ -200,7 +200,7 @@ void bench_cpu() {
       const float* logits = f32.as<float>();  // 4.9M of the 32M floats above (a repeating ramp: ties resolved by id)
       std::vector<int32_t> ids(rows);
       ms = time_cpu_ms([&] { cpu::argmax_rows(logits, rows, vocab, ids.data(), nullptr, isa); });
-      ran = cpu::argmax_tier(isa);
+      ran = vector_tier(isa);
       // the 19 MB stay in cache from run to run (as the LM head's fresh logits partly are): no roofline
       report({be, "argmax", "rows=32 vocab=151936 f32 (cache-warm)", ms, rows * vocab * 4.0 / (ms * 1e-3) / 1e9, "GB/s", 0,
               "", note()});
@@ -239,7 +239,7 @@ void bench_cpu() {
         for (int64_t i = 0; i < sh.n * sh.k; ++i) src.as<uint16_t>()[i] = static_cast<uint16_t>(i * 2654435761u >> 16);
         cpu::pack_weights(src.as<uint16_t>(), sh.n, sh.k, sh.k, dst.as<uint16_t>(), nullptr, isa);  // maps dst in
         ms = time_cpu_ms([&] { cpu::pack_weights(src.as<uint16_t>(), sh.n, sh.k, sh.k, dst.as<uint16_t>(), nullptr, isa); });
-        ran = cpu::pack_tier(isa);
+        ran = vector_tier(isa);
         report({be, "pack", "n=" + std::to_string(sh.n) + " k=" + std::to_string(sh.k) + " bf16 -> panel64", ms,
                 sh.n * sh.k * 2.0 / (ms * 1e-3) / 1e9, "GB/s", read_gbs, "streaming read probe, this run (bytes of w)", note()});
       }

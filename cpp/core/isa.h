@@ -46,6 +46,13 @@ inline Isa clamp_isa(Isa requested) {
   return static_cast<int>(requested) < static_cast<int>(best) ? requested : best;
 }
 
+// The tier a kernel with AVX-512F, AVX2 and scalar paths (none of its own for AVX512_BF16: argmax_rows, sample_rows,
+// pack_weights) runs for `requested` on this CPU: clamp_isa, with avx512bf16 run as avx512.
+inline Isa vector_tier(Isa requested) {
+  const Isa t = clamp_isa(requested);
+  return t == Isa::Avx512Bf16 ? Isa::Avx512 : t;
+}
+
 }  // namespace moe
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))

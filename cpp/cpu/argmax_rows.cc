@@ -125,16 +125,6 @@ int32_t argmax_row(const float* l, int64_t n, Isa isa) {
   return row_scalar(l, n);
 }
 
-Isa argmax_tier(Isa isa) {
-#if MOE_X86
-  const Isa tier = clamp_isa(isa);
-  return tier >= Isa::Avx512 ? Isa::Avx512 : tier >= Isa::Avx2 ? Isa::Avx2 : Isa::Scalar;
-#else
-  (void)isa;
-  return Isa::Scalar;
-#endif
-}
-
 bool argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* out, const CancelToken* cancel, Isa isa) {
   // about 64K logits per range
   const size_t grain = static_cast<size_t>(vocab >= 65536 ? 1 : 65536 / vocab);

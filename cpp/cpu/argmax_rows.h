@@ -10,11 +10,8 @@
 
 namespace moe::cpu {
 
-// One row of n >= 1 logits, on the best vector tier up to `isa` (every tier gives the same id).
+// One row of n >= 1 logits, on vector_tier(isa) (core/isa.h; every tier gives the same id).
 int32_t argmax_row(const float* l, int64_t n, Isa isa = Isa::Avx512Bf16);
-
-// The tier argmax_row runs for `isa` on this CPU (AVX-512F, AVX2 or scalar).
-Isa argmax_tier(Isa isa);
 
 // logits [rows, vocab] f32 -> out [rows] i32, rows in parallel on the pool; false when cancelled.
 bool argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* out, const CancelToken* cancel = nullptr,

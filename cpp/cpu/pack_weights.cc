@@ -123,22 +123,12 @@ void require(bool ok, const std::string& what) {
 
 }  // namespace
 
-Isa pack_tier(Isa isa) {
-#if MOE_X86
-  const Isa t = clamp_isa(isa);
-  return t >= Isa::Avx512 ? Isa::Avx512 : t >= Isa::Avx2 ? Isa::Avx2 : Isa::Scalar;
-#else
-  (void)isa;
-  return Isa::Scalar;
-#endif
-}
-
 void pack_weights(const uint16_t* w, int64_t n, int64_t k, int64_t ldw, uint16_t* dst, const CancelToken* cancel, Isa isa) {
   require(n >= 1 && k >= 1, "n and k must be >= 1, received n=" + std::to_string(n) + " k=" + std::to_string(k));
   require(ldw >= k, "ldw must be >= k, received ldw=" + std::to_string(ldw) + " k=" + std::to_string(k));
   require(w != nullptr && dst != nullptr, "w and dst must be non-null");
   const int64_t panels = (n + kPanelCols - 1) / kPanelCols;
-  const Isa tier = pack_tier(isa);
+  const Isa tier = vector_tier(isa);
   std::function<void(size_t, size_t)> fn = [&](size_t b, size_t e) {
     for (size_t q = b; q < e; ++q)
       pack_panel(w, n, k, ldw, static_cast<int64_t>(q), reinterpret_cast<uint32_t*>(dst + q * packed_panel_numel(k)), tier);

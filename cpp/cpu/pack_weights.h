@@ -29,12 +29,9 @@ inline int64_t packed_panel_numel(int64_t k) { return (k + 1) / 2 * kPanelCols *
 inline int64_t packed_weights_numel(int64_t n, int64_t k) { return (n + kPanelCols - 1) / kPanelCols * packed_panel_numel(k); }
 
 // dst [packed_weights_numel(n, k)] bf16 <- w [n, k] bf16 (row stride ldw >= k). Multithreaded over panels on the
-// project's pool; the transposes on the best vector tier up to `isa` (every tier writes the same bytes). Throws
+// project's pool; the transposes on vector_tier(isa) (core/isa.h; every tier writes the same bytes). Throws
 // moe::Error(InvalidArgument) for bad sizes or null pointers; (Cancelled) when cancelled (dst is then partly written).
 void pack_weights(const uint16_t* w, int64_t n, int64_t k, int64_t ldw, uint16_t* dst, const CancelToken* cancel = nullptr,
                   Isa isa = Isa::Avx512Bf16);
-
-// The tier pack_weights runs for `isa` on this CPU (AVX-512F, AVX2 or scalar).
-Isa pack_tier(Isa isa);
 
 }  // namespace moe::cpu

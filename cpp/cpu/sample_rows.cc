@@ -58,7 +58,6 @@ int32_t draw(double u, const int32_t* ids, const double* p, int64_t keep) {
   return ids[keep - 1];
 }
 
-
 // ---- whole-row weights: w[i] = exp((l[i] - max) / temperature) in f32 (0 for NaN, -inf and below exp(-87.3)) ----
 
 constexpr int64_t kBlock = 64;                           // ids per block sum (4 AVX-512 vectors)
@@ -82,7 +81,7 @@ Scratch& scratch() {
   return s;
 }
 
-// w [n] and either blk [ceil(n / 16)] (each block's sum, f32) or band [n]; scalar tier.
+// w [n] and either blk [ceil(n / kBlock)] (each block's sum, f32) or band [n]; scalar tier.
 void weights_scalar(const float* l, int64_t n, float m, float inv_t, float* w, float* blk, uint16_t* band) {
   for (int64_t b = 0; b < n; b += kBlock) {
     float sum = 0;
@@ -210,7 +209,7 @@ int32_t sample_row(const float* l, int64_t n, const double* params, Isa isa) {
   const float bv = l[best];
   // greedy; also a row without a logit > -inf, and one whose maximum is +inf (its weights would be inf - inf)
   if (temperature == 0 || !(bv > -std::numeric_limits<float>::infinity()) || std::isinf(bv)) return best;
-  const Isa tier = argmax_tier(isa);
+  const Isa tier = vector_tier(isa);
 
   if (top_k > 0 && top_k < n) {
     // min-heap of the k best seen (root: the worst of them), then popped worst-last: best first. An id enters when it

@@ -25,7 +25,7 @@ struct SampleRowsArgs {
   const double* params;  // [rows, 4]: temperature >= 0, top_k >= 0 (integral), top_p in (0, 1], u in [0, 1)
   int32_t* out;          // [rows] i32
   int64_t rows, vocab;   // vocab >= 1
-  Isa isa = Isa::Avx512Bf16;  // the tier cap (argmax_rows.h's tier: the greedy argmax, the weights, top_k's scan)
+  Isa isa = Isa::Avx512Bf16;  // the tier cap: vector_tier(isa) (core/isa.h) runs the argmax, the weights, top_k's scan
 };
 
 // One row (exposed for tests and the single-row path).

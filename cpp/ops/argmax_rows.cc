@@ -26,7 +26,7 @@ Napi::Value ArgmaxRows(const Napi::CallbackInfo& info) {
     s.op->work = [logits, out, rows, vocab, ran, isa](const ExecContext& ctx) {
       if (ctx.cuda_stream == nullptr) {
         if (!cpu::argmax_rows(logits, rows, vocab, out, ctx.cancel, isa)) moe::throw_error(ErrorCode::Cancelled, "argmaxRows: cancelled");
-        *ran = static_cast<int>(cpu::argmax_tier(isa));
+        *ran = static_cast<int>(vector_tier(isa));
         return;
       }
 #if MOE_WITH_CUDA

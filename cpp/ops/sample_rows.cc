@@ -2,7 +2,6 @@
 // Next token of every row (cpu/sample_rows.h), on a CPU stream: logits [rows, vocab] f32 and out [rows] i32 host
 // tensors; params a Float64Array of rows x 4 (temperature, topK, topP, u), copied when the op is queued and checked
 // here: temperature finite >= 0, topK a non-negative integer, topP in (0, 1], u in [0, 1).
-#include "cpu/argmax_rows.h"
 #include "cpu/sample_rows.h"
 
 #include <cmath>
@@ -50,7 +49,7 @@ Napi::Value SampleRows(const Napi::CallbackInfo& info) {
     resolve_with_tier(*s.op, ran);
     s.op->work = [a, params, ran](const ExecContext& ctx) {
       if (!cpu::sample_rows(a, ctx.cancel)) moe::throw_error(ErrorCode::Cancelled, "sampleRows: cancelled");
-      *ran = static_cast<int>(cpu::argmax_tier(a.isa));  // the vector part: its greedy argmax
+      *ran = static_cast<int>(vector_tier(a.isa));
     };
     return submit_op(s);
   });

@@ -283,6 +283,7 @@ export async function loadDenseWeights(
   options: { signal?: AbortSignal; onTensor?: () => void; pack?: boolean } = {},
 ): Promise<DenseWeights> {
   const owned: Array<{ dispose(): void }> = [];
+  const op = options.signal ? { signal: options.signal } : {};
   let bytes = 0;
   const placed = <T extends Tensor>(t: T): T => {
     bytes += t.byteLength;
@@ -294,15 +295,14 @@ export async function loadDenseWeights(
    */
   const readHost = async (name: string, dtype: 'bf16' | 'f32', keep = false): Promise<HostTensor> => {
     options.signal?.throwIfAborted();
-    const o = options.signal ? { signal: options.signal } : {};
     const info = ckpt.tensor(name);
     let t: HostTensor;
     if (keep && be.kind === 'cpu' && info.dtype === (dtype === 'bf16' ? 'BF16' : 'F32')) {
       const dst = be.allocHost(dtype, info.shape);
       if (dst.placement.kind !== 'js') owned.push(dst); // as kept(): native memory is freed with the weights
-      t = await ckpt.read(name, dst, o);
+      t = await ckpt.read(name, dst, op);
     } else {
-      t = await ckpt.read(name, undefined, o);
+      t = await ckpt.read(name, undefined, op);
       if (t.dtype !== dtype) t = HostTensor.from(dtype, t.shape, t.toFloat32());
       if (keep && be.kind === 'cpu') t = kept(t);
     }
@@ -328,7 +328,7 @@ export async function loadDenseWeights(
   // else on the CPU backend kept in huge-page memory.
   const placeLinear = async (t: HostTensor): Promise<Tensor> => {
     if (!options.pack) return place(be.kind === 'cpu' ? kept(t) : t);
-    const p = await be.packWeights(t, options.signal ? { signal: options.signal } : {});
+    const p = await be.packWeights(t, op);
     owned.push(p);
     return placed(p);
   };
@@ -342,8 +342,8 @@ export async function loadDenseWeights(
       options.signal?.throwIfAborted();
       const key = info.shape.join('x');
       let rows = scratch.get(key);
-      if (!rows) scratch.set(key, (rows = await be.allocHostAsync('bf16', info.shape, options.signal ? { signal: options.signal } : {})));
-      await ckpt.read(name, rows, options.signal ? { signal: options.signal } : {});
+      if (!rows) scratch.set(key, (rows = await be.allocHostAsync('bf16', info.shape, op)));
+      await ckpt.read(name, rows, op);
       options.onTensor?.();
       return placeLinear(rows);
     }

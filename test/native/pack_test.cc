@@ -35,7 +35,7 @@ Outcome run_pack(const Backend& be, int64_t n, int64_t k) {
     }
   return Outcome::check(bad == 0, std::to_string(bad) + " of " + std::to_string(want.size()) + " values differ" +
                                       (first >= 0 ? " (first at " + std::to_string(first) + ")" : "") + " [ran " +
-                                      isa_name(cpu::pack_tier(be.isa)) + "]");
+                                      isa_name(vector_tier(be.isa)) + "]");
 }
 
 }  // namespace
