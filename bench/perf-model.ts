@@ -38,10 +38,11 @@
  */
 import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 
 import { type ModelProfile, predictDecode, predictPrefill } from '../lib/batching/perf-model.js';
 import { mergeProfiles, profileModel, readProbeGBs } from '../lib/batching/profile.js';
-import { type BatchOptions, loadModel, type MoeModel, type PresetName } from '../lib/index.js';
+import { type BatchOptions, kvBytesFor, loadModel, type MoeModel, parseModelConfig, type PresetName } from '../lib/index.js';
 import { medianOf, StepIntervals } from '../lib/engine/batch.js';
 import { benchModel, randomRequests } from './bench-models.js';
 import { machine, resultsFile } from './machine.js';
@@ -204,12 +205,15 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   for (const m of models.filter((x) => !only || only.includes(x.preset))) {
     const dir = await benchModel(m.preset, m.layers);
-    const model = await loadModel(dir, { kvCacheBytes: 1 << 30, ...placement });
+    // the KV cache holds the largest decode configuration's sequences whole (B x (context + its new tokens)), at
+    // least 1 GiB: with less, the scheduler admits part of the batch and the rest never decode in lockstep
+    const kvCacheBytes = Math.max(1 << 30, kvBytesFor(parseModelConfig(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'))), Math.max(...batches) * (Math.max(...contexts, OFFLOAD_CONTEXT) + decodeSteps + 2 + 64)));
+    const model = await loadModel(dir, { kvCacheBytes, ...placement });
     let off: MoeModel | undefined;
     try {
       // offloaded experts: a quarter of them in LRU slots (predicted with the slot count: expert copies priced at the
       // profile's copy rate)
-      if (!decodeOnly) off = await loadModel(dir, { kvCacheBytes: 1 << 30, experts: { fraction: 0.25, policy: 'lru' }, ...placement });
+      if (!decodeOnly) off = await loadModel(dir, { kvCacheBytes, experts: { fraction: 0.25, policy: 'lru' }, ...placement });
       const cfg = model.config;
       const V = cfg.vocabSize;
       const profileOptions = { maxBatch: Math.max(...batches), prefillTokens: [128, 256, CHUNK], quick, staged };

@@ -23,20 +23,12 @@
 #   substring the op-table runs under TEST_ENVS must match (e.g. moe_: the MoE ops only); MOE_ENV_T: the token counts of
 #   the MoE runs under MOE_ENVS (e.g. 512,4096,16384)
 # When the carried moe-native does not run there, it is built there (slower).
-# Waiting for a GPU (after the H200 run of 2026-11-27 evening): issue 8's 5x held only with the host pool at 12 of 16
-#   cores (MOE_OFFLOAD_THREADS=12: 5.13x; 16 threads: 3.9x, 80 ms of copy stall). Since then the engine runs the
-#   attention on 12 of 16 threads while copies stream (LoadModelOptions.attentionThreads 'auto') and a CUDA stream's
-#   submitting and settling threads are normal threads (no longer SCHED_BATCH beside the pool's): `modelbased` with
-#   the defaults should show the 5x, and MODELBASED_MORE="--attention-threads=16 --attention-threads=14
-#   --attention-threads=10" whether the cap is right (16: do the normal-priority stream threads alone fix it?).
-#   The CUDA performance model read 29.4% on its first (quick) run, its steps' CPU attention 2-4x the profile's:
-#   `attnidle` (the attention after the pool idled vs back to back), then `perfmodel` with a full profile
-#   (PERFMODEL_ARGS without --quick). The demo's prefill prediction on CUDA was 4.6x over (per-op bound).
-#   MODELBASED_MORE="--slots=12" made no difference (the stall was the threads).
-#   Since 2026-11-28 loadModel maps the KV cache's pages in while the weights load (the GPU host's KV is CPU-backend
-#   memory: its first prompt steps paid the page faults, 2,081 ms for the first of the batch-2048 row) and reserves the
-#   step arenas: the prompt steps' first_step_ms and prefill tokens/s should show it. Greedy sampling on the host is
-#   vectorised (argmaxRows / sampleRows: 12x on the AVX-512 dev VM).
+# Waiting for a GPU (after the H200 run of 2026-11-28): `modelbased` with the defaults gave 4.9x / 5.5x / 5.4x
+#   (attention on 12 of 16 threads; --attention-threads=16 still stalls the copies 71 ms); the step is 0.59-0.68 of
+#   its H2D bound, the CPU attention (133-165 ms of 152-179) binding. `attnidle`: 1.04-1.35x after idling, not the
+#   cause of the CUDA model's misses. `perfmodel` (quick, decode, OLMoE + Qwen3 shapes, batches 1-128): 17.5% / 19.5%;
+#   its misses: the CPU attention at context 512 1.0-2.6x its profile points, each model's first configuration paying
+#   the expert pool's fill. The prompt steps' first step still took 2.0-2.8 s with the KV cache prefaulted.
 #   The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by cp.async instead of
 #   TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels).
 set -u
@@ -83,8 +75,7 @@ if [ -n "${BUILD_NATIVE:-}" ] || { [ -z "${NO_BUILD:-}" ] && { ! "$NATIVE" info 
   NATIVE=build-native-dev/moe-native
   step build 300 bash -c "cmake -S . -B build-native-dev -G Ninja -DMOE_ADDON=OFF -DMOE_NATIVE_TESTS=ON -DMOE_CUDA=ON -DCMAKE_BUILD_TYPE=Release ${BUILD_NATIVE:+-DCMAKE_CUDA_ARCHITECTURES=$BUILD_NATIVE} && ninja -C build-native-dev moe-native"
   fi
-"$NATIVE" info > "$W/native-info.txt" 2>&1
-cat "$W/native-info.txt"
+[ -x "$NATIVE" ] && "$NATIVE" info > "$W/native-info.txt" 2>&1 && cat "$W/native-info.txt"
 
 if want test; then
   TAIL=3 step native-test 180 "$NATIVE" test --filter cuda
