@@ -216,6 +216,14 @@ async function main(): Promise<void> {
       if (!decodeOnly) off = await loadModel(dir, { kvCacheBytes, experts: { fraction: 0.25, policy: 'lru' }, ...placement });
       const cfg = model.config;
       const V = cfg.vocabSize;
+      // warm-up, not measured: a few steps at the largest batch, so that the first configuration does not pay what
+      // a model's first steps do (on a GPU the expert pool filling: the 2026-11-28 H200 run's first Qwen3-shape row,
+      // batch 1, read its experts at 0.8-1.3 ms a step, 0.01 ms in the next row)
+      for (const mdl of off ? [model, off] : [model]) {
+        for await (const _ of mdl.generateBatch(randomRequests(Math.max(...batches), 16, 777, 4, Math.min(V, 500)), { maxSequences: Math.max(...batches), maxBatchTokens: 16 * Math.max(...batches) })) {
+          // discarded
+        }
+      }
       const profileOptions = { maxBatch: Math.max(...batches), prefillTokens: [128, 256, CHUNK], quick, staged };
       const measure = async (n: number) => {
         loads.push(os.loadavg()[0]!);

@@ -236,8 +236,10 @@ interface Ctx {
   /** Round trip of an awaited host-backend op (groupMs when not staged). */
   hostGroupMs: number;
   probeBuf: Float32Array;
-  /** Measure cache-cold (64 MiB between two uses of one copy) rather than warm (8 MiB). */
+  /** Measure cache-cold (span(): 64 MiB or more between two uses of one copy) rather than warm (8 MiB). */
   cold: boolean;
+  /** Cold in host memory: bytes between two uses of one copy (twice the last-level cache, at least 64 MiB). */
+  hostColdBytes: number;
   /** Weights packed (panel64) as loadModel packs them. */
   packed: boolean;
   /** The attention is measured on this many threads too (0: only on all of them). */
@@ -306,9 +308,14 @@ function hostMs(fn: () => void, runs: number): number {
   return medianOf(ts);
 }
 
-/** Bytes between two uses of one copy in the measurement: cold or warm. */
-function span(c: Ctx): number {
-  return c.cold ? COLD_BYTES : WARM_BYTES;
+/**
+ * Bytes between two uses of one copy in the measurement: cold or warm. Cold in host memory (`onHost`: the CPU
+ * backend's ops, the attention) is beyond twice the host's last-level cache, at least COLD_BYTES: an H200 host's
+ * Xeon reports 300 MiB, where 64 MiB apart stayed in cache (its attention points read up to 1.8x the read probe,
+ * 2026-11-28) while the steps read the KV cache from memory.
+ */
+function span(c: Ctx, onHost = c.be.kind === 'cpu'): number {
+  return c.cold ? (onHost ? c.hostColdBytes : COLD_BYTES) : WARM_BYTES;
 }
 
 /** Copies of a weight of `bytes` used `instances` times per step: at least the model's, enough to span span(c). */
@@ -492,12 +499,13 @@ function attentionKv(c: Ctx, s: { qHeads: number; kvHeads: number; headDim: numb
 async function measureAttention(c: Ctx, s: Extract<OpSpec, { op: 'attention' }>): Promise<OpPoint[]> {
   const maxB = Math.max(...c.seqBatches);
   const bs = KV_BLOCK;
-  const budget = 768 * 2 ** 20;
   const tokenBytes = 2 * s.kvHeads * s.headDim * 2; // K and V, one layer
   const seqBytes = (L: number) => Math.ceil((L + 1) / bs) * bs * tokenBytes;
+  // room for the largest context's maxB sequences beside a cold span of others, within 768 MiB .. 4 GiB
+  const budget = Math.min(4 * 2 ** 30, Math.max(768 * 2 ** 20, span(c, true) + maxB * seqBytes(Math.max(...c.contexts))));
   // contexts whose maxB sequences fit the budget (at least the two smallest)
   const contexts = [...c.contexts].sort((a, b) => a - b).filter((L, i) => i < 2 || maxB * seqBytes(L) <= budget);
-  const setsFor = (B: number, L: number) => Math.max(1, Math.ceil(span(c) / (B * (L + 1) * tokenBytes)));
+  const setsFor = (B: number, L: number) => Math.max(1, Math.ceil(span(c, true) / (B * (L + 1) * tokenBytes)));
   const poolFor = (L: number) => Math.max(maxB, Math.min(Math.floor(budget / seqBytes(L)), Math.max(...c.seqBatches.map((B) => B * setsFor(B, L)))));
   const { kv, scale, sinks, sequences } = attentionKv(c, s, Math.max(...contexts.map((L) => poolFor(L) * seqBytes(L))), 30);
   try {
@@ -965,7 +973,7 @@ async function decodeInterval(model: MoeModel, B: number, prompt: number, steps:
  * The runtime's costs beyond the ops, groups and host work measured: decode steps (one sequence, context ~70) of
  * generated copies of the family's tiny preset with n and n + 8 layers (n: enough to hold a MoE layer), less what
  * their own op profile predicts with zero runtime costs; the difference over the 8 layers is the per-layer cost,
- * the rest at n layers the per-step cost; the n-layer copy at batch SEQ_BATCH too, whose residual over batch 1's is
+ * the rest at n layers the per-step cost; the n-layer copy at seqCalibrationBatch's batch too, whose residual over batch 1's is
  * the per-sequence cost (the runtime's per-sequence work: KV bookkeeping, block tables, scheduling, the rows' host
  * tensors, the tail of a queued step). The copies run in turn, and each repetition's difference is taken
  * between its two adjacent runs (this VM's speed drifts between phases; a pair shares one) before the median over
@@ -985,6 +993,7 @@ async function runtimeCosts(c: Ctx, quick: boolean, sampleNs: number, ops: Recor
   const extra = 8;
   const layerCounts = [first, first + extra];
   const made: Array<{ layers: number; model: MoeModel; p: ModelProfile; rest: number[] }> = [];
+  const seqBatch = seqCalibrationBatch(c.seqBatches);
   try {
     for (const layers of layerCounts) {
       const d = path.join(dir, `L${layers}`);
@@ -994,7 +1003,7 @@ async function runtimeCosts(c: Ctx, quick: boolean, sampleNs: number, ops: Recor
       const model = await loadModel(d, { backend: c.be, kvCacheBytes: 64 << 20, deviceActivations: c.staged });
       made.push({ layers, model, p: undefined as unknown as ModelProfile, rest: [] });
       // one sequence at context ~70: a tiny model's step stays in cache (warm)
-      const sub: Ctx = { ...c, cfg: model.config, batches: [1, SEQ_BATCH], seqBatches: [1, SEQ_BATCH], prefill: [], contexts: [prompt, prompt * 2], cold: false, log: () => {} };
+      const sub: Ctx = { ...c, cfg: model.config, batches: [1, seqBatch], seqBatches: [1, seqBatch], prefill: [], contexts: [prompt, prompt * 2], cold: false, log: () => {} };
       made[made.length - 1]!.p = { ...bare(c, model.config, await measureOps(sub, 'warm', ops), sub.batches, sub.contexts), sampleNsPerLogit: sampleNs };
       // warm-up: the first steps of a fresh process run 2-3x slower than later ones (the engine's JS compiling)
       for (let w = 0; w < 3; w++) await decodeInterval(model, 1, prompt, steps);
@@ -1006,17 +1015,17 @@ async function runtimeCosts(c: Ctx, quick: boolean, sampleNs: number, ops: Recor
       points.push({ layers: m.layers, batch: B, measuredMs: measured, predictedMs: predicted });
       return measured - predicted;
     };
-    const seqRest: number[] = []; // the n-layer copy's residual at SEQ_BATCH less its residual at batch 1 (same repetition)
+    const seqRest: number[] = []; // the n-layer copy's residual at seqBatch less its residual at batch 1 (same repetition)
     for (let rep = 0; rep < (quick ? 3 : 9); rep++) {
       // alternate which copy runs first, so that neither always follows the other; the batch run beside them
       for (const m of rep % 2 === 0 ? made : [...made].reverse()) m.rest.push(await residual(m, 1));
-      seqRest.push(await residual(made[0]!, SEQ_BATCH) - made[0]!.rest[rep]!);
+      seqRest.push(await residual(made[0]!, seqBatch) - made[0]!.rest[rep]!);
     }
     // per repetition the paired difference; medians over the repetitions; runtime costs are not negative (a
     // negative estimate is noise)
     const [a, b] = made as [(typeof made)[0], (typeof made)[0]];
     const layerMs = Math.max(0, medianOf(b.rest.map((r, i) => (r - a.rest[i]!) / extra)));
-    const seqMs = Math.max(0, medianOf(seqRest) / (SEQ_BATCH - 1));
+    const seqMs = Math.max(0, medianOf(seqRest) / (seqBatch - 1));
     return { preset, layerMs, stepMs: Math.max(0, medianOf(a.rest) - first * layerMs), seqMs, points };
   } finally {
     for (const m of made) m.model.dispose();
@@ -1026,8 +1035,15 @@ async function runtimeCosts(c: Ctx, quick: boolean, sampleNs: number, ops: Recor
 
 const NO_RUNTIME: ModelProfile['runtime'] = { preset: null, stepMs: 0, layerMs: 0, seqMs: 0, points: [] };
 
-/** The batch of the runtime calibration's per-sequence run (beside its batch-1 runs). */
-const SEQ_BATCH = 16;
+/**
+ * The batch of the runtime calibration's per-sequence run (beside its batch-1 runs): the profile's largest decode
+ * batch within [16, 64]. The per-sequence cost is the difference of two noisy residuals spread over the batch, so a
+ * larger batch measures it closer to the batches it prices: on an H200 host (2026-11-28) batch 16 gave 0.014-0.037 ms
+ * a sequence, 1.8-4.7 ms of a batch-128 step whose measured steps left room for ~1.0-1.5 ms.
+ */
+function seqCalibrationBatch(seqBatches: readonly number[]): number {
+  return Math.min(64, Math.max(16, ...seqBatches));
+}
 
 /** A profile of measured ops with no runtime costs (what the calibration subtracts). */
 function bare(c: Ctx, cfg: ModelConfig, ops: Record<string, OpPoint[]>, batches: number[], contexts: number[]): ModelProfile {
@@ -1136,7 +1152,7 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   // always: warm would mean its L2, which a real-shape step overflows)
   const cacheBytes = lastLevelCacheBytes();
   const packed = be.kind === 'cpu' && (options.packWeights ?? packsWeightsByDefault(be));
-  const c: Ctx = { be, host, staged, deviceGBs, cfg, batches, seqBatches, prefill, contexts, runs: options.quick ? 3 : 5, groupMs, hostGroupMs, probeBuf, cold: true, packed, attentionThreads, log };
+  const c: Ctx = { be, host, staged, deviceGBs, cfg, batches, seqBatches, prefill, contexts, runs: options.quick ? 3 : 5, groupMs, hostGroupMs, probeBuf, cold: true, hostColdBytes: Math.max(COLD_BYTES, 2 * cacheBytes), packed, attentionThreads, log };
   const modes = be.kind !== 'cpu' || stepWorkingSet(cfg, 1, Math.min(...contexts)) > 2 * cacheBytes ? 'cold' : 'both';
   // passes over the ops, apart in time for each op: per point the pass with the median cost (a burst of other
   // jobs on this shared machine inflates one pass, not the median; the bench and the runtime calibration take

@@ -233,7 +233,8 @@ interface Staged<D extends DType = DType> {
  * it, and a tensor of its own for what does not fit.
  */
 interface ArenaMemory<B extends { readonly byteLength: number; dispose(): void }, T extends Tensor & { dispose(): void }> {
-  buffer(bytes: number): B | Promise<B>;
+  /** A buffer of `bytes`; `prefault`: its pages mapped in before it resolves (where the memory allows it). */
+  buffer(bytes: number, prefault: boolean): B | Promise<B>;
   view<D extends DType>(buf: B, dtype: D, shape: number[], byteOffset: number): T;
   alone<D extends DType>(dtype: D, shape: number[]): T;
 }
@@ -252,8 +253,10 @@ interface ArenaMemory<B extends { readonly byteLength: number; dispose(): void }
  * buffer, so the buffer is then released (its memory is freed once those ops let go of it) and a new one allocated.
  * Two per pass: device activations (staged), and the host tensors (pinned on CUDA: the copies down and up then run
  * at full PCIe speed instead of through the driver's bounce buffer; the direct path's activations too). The host
- * buffer is allocated and its pages mapped in off the JS thread (page-locking tens of MiB takes milliseconds): a
- * grown one is taken into use at the first step after it arrives; steps before that take separate tensors.
+ * buffer is allocated off the JS thread (page-locking tens of MiB takes milliseconds), its pages mapped in there too
+ * when loadModel reserves it (not when a step grows it: that would take the pool's threads from the steps running
+ * meanwhile): a grown one is taken into use at the first step after it arrives; steps before that take separate
+ * tensors.
  */
 class Arena<B extends { readonly byteLength: number; dispose(): void }, T extends Tensor & { dispose(): void }> {
   static readonly ALIGN = 256;
@@ -308,7 +311,7 @@ class Arena<B extends { readonly byteLength: number; dispose(): void }, T extend
     if (this.#disposed || size <= this.capacity) return;
     let b: B;
     try {
-      b = await this.#mem.buffer(size);
+      b = await this.#mem.buffer(size, true);
     } catch (e) {
       if (e instanceof OutOfMemoryError) return;
       throw e;
@@ -369,7 +372,10 @@ class Arena<B extends { readonly byteLength: number; dispose(): void }, T extend
   }
   #request(bytes: number): void {
     if (this.#disposed || this.#pending) return; // one allocation at a time; a step that still overflows asks again
-    const got = this.#mem.buffer(bytes);
+    // not prefaulted: mapping in a grown buffer's pages on the pool's threads stalled the steps running meanwhile
+    // (2-core VM, OLMoE shape, batch 32: the decode steps after a 16,384-token prefill step took 1,058 / 177 / 170 /
+    // 88 ms before settling at 65); its pages fault in where the next large step writes them
+    const got = this.#mem.buffer(bytes, false);
     if (!(got instanceof Promise)) {
       this.#buf = got;
       return;
@@ -398,7 +404,7 @@ class Arena<B extends { readonly byteLength: number; dispose(): void }, T extend
 /** The device arena of `be`: one f32 allocation, views of it. */
 function deviceArena(be: Backend): Arena<DeviceTensor<'f32'>, DeviceTensor> {
   return new Arena({
-    buffer: (bytes) => be.alloc('f32', [bytes / 4]),
+    buffer: (bytes) => be.alloc('f32', [bytes / 4]),  // device memory: nothing to map in
     view: (buf, dtype, shape, at) => buf.view(dtype, shape, at),
     alone: (dtype, shape) => be.alloc(dtype, shape),
   });
@@ -410,7 +416,7 @@ function deviceArena(be: Backend): Arena<DeviceTensor<'f32'>, DeviceTensor> {
  */
 function hostArena(be: Backend): Arena<PinnedBuffer, HostTensor> {
   return new Arena({
-    buffer: (bytes) => be.allocPinnedAsync(bytes, { prefault: true }),
+    buffer: (bytes, prefault) => be.allocPinnedAsync(bytes, { prefault }),
     view: (buf, dtype, shape, at) => buf.tensor(dtype, shape, at),
     alone: (dtype, shape) => new HostTensor(dtype, shape),
   });
