@@ -29,6 +29,12 @@
 #   cause of the CUDA model's misses. `perfmodel` (quick, decode, OLMoE + Qwen3 shapes, batches 1-128): 17.5% / 19.5%;
 #   its misses: the CPU attention at context 512 1.0-2.6x its profile points, each model's first configuration paying
 #   the expert pool's fill. The prompt steps' first step still took 2.0-2.8 s with the KV cache prefaulted.
+#   Since then (compiled, CPU-tested, not yet on a GPU): the profile's host-side cold spans are beyond twice the host's
+#   last-level cache (the H200 host reports 300 MiB; 64 MiB spans kept the attention's KV in it), the runtime's
+#   per-sequence cost is calibrated at batch 64 (was 16: 1.8-4.7 ms of a batch-128 step predicted, ~1-1.5 left by the
+#   measured steps), the perf-model bench warms each model up before its first configuration, and a step arena grown
+#   by a large step is no longer prefaulted on the pool's threads (on the CPU it stalled the next decode steps 2-16x).
+#   Next: `perfmodel` as above, then `demo` (its CUDA prefill prediction was 4.6x over before the KV prefault).
 #   The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by cp.async instead of
 #   TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels).
 set -u
