@@ -133,6 +133,27 @@ test('seeded sampling in a batch gives the tokens of the same request alone', as
 });
 
 describe('scheduling', () => {
+  test('stop strings: each request ends at the first occurrence of its own, across token boundaries', async () => {
+    using model = await loadModel(dirs['tiny-qwen3-moe']!);
+    const prompts = PROMPTS.slice(0, 6);
+    const opts = { maxNewTokens: 24, stopAtEos: false };
+    const base = await collect(model.generateBatch(prompts.map((p) => ({ prompt: p, options: opts })), { maxSequences: 4 }));
+    // a 3-character stop from each text's second half (spans tokens where they are shorter), one that never occurs
+    const stops = base.map((r, i) => (i === 5 ? '\u0000never' : r.text.slice(Math.floor(r.text.length / 2), Math.floor(r.text.length / 2) + 3)));
+    assert.ok(stops.every((s) => s.length >= 3), `texts long enough: ${JSON.stringify(base.map((r) => r.text))}`);
+    const cut = await collect(model.generateBatch(prompts.map((p, i) => ({ prompt: p, options: { ...opts, stop: ['\u0001other', stops[i]!] } })), { maxSequences: 4 }));
+    for (const [i, r] of cut.entries()) {
+      const at = base[i]!.text.indexOf(stops[i]!);
+      if (at < 0) {
+        assert.equal(r.finishReason, 'length');
+        assert.equal(r.text, base[i]!.text);
+      } else {
+        assert.equal(r.finishReason, 'stop', `request ${i}`);
+        assert.equal(r.text, base[i]!.text.slice(0, at), `request ${i}`);
+      }
+    }
+  });
+
   test('a small KV cache makes requests wait, none is lost; a request that can never fit fails alone', async () => {
     using big = await loadModel(dirs['tiny-mixtral']!);
     // 4 layers x 2 kv heads x 64 tokens x 64 dims x 2 (K, V) x 2 bytes = 128 KiB per page: 6 pages

@@ -973,9 +973,9 @@ async function decodeInterval(model: MoeModel, B: number, prompt: number, steps:
  * The runtime's costs beyond the ops, groups and host work measured: decode steps (one sequence, context ~70) of
  * generated copies of the family's tiny preset with n and n + 8 layers (n: enough to hold a MoE layer), less what
  * their own op profile predicts with zero runtime costs; the difference over the 8 layers is the per-layer cost,
- * the rest at n layers the per-step cost; the n-layer copy at seqCalibrationBatch's batch too, whose residual over batch 1's is
- * the per-sequence cost (the runtime's per-sequence work: KV bookkeeping, block tables, scheduling, the rows' host
- * tensors, the tail of a queued step). The copies run in turn, and each repetition's difference is taken
+ * the rest at n layers the per-step cost; the n-layer copy at seqCalibrationBatch's batch too, whose residual over
+ * batch 1's is the per-sequence cost (the runtime's per-sequence work: KV bookkeeping, block tables, scheduling,
+ * the rows' host tensors, the tail of a queued step). The copies run in turn, and each repetition's difference is taken
  * between its two adjacent runs (this VM's speed drifts between phases; a pair shares one) before the median over
  * the repetitions: n and n + 3 layers with the medians of each copy's runs differenced gave layerMs 0-1.9 ms in five
  * profiles of tiny-qwen3-moe in a row (2026-11-27), enough to move a 2-layer Qwen3-shape step's prediction 10%.

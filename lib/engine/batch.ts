@@ -272,11 +272,13 @@ export async function* runBatch(
           return;
         }
         r.out.push(token);
+        const before = r.text.length;
         r.text += r.decoder.push(token);
         if (r.stops.length) {
+          // the text before this token held no stop string: a match ends in the new part (no rescan of the whole text)
           let cut = -1;
           for (const s of r.stops) {
-            const at = r.text.indexOf(s);
+            const at = r.text.indexOf(s, Math.max(0, before - s.length + 1));
             if (at >= 0 && (cut < 0 || at < cut)) cut = at;
           }
           if (cut >= 0) {
