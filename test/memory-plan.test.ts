@@ -82,6 +82,22 @@ test('the staged LM head in chunks of LOGIT_ROWS rows: bitwise the direct path\'
   assert.throws(() => stepArenaNeed(cfg, { tokens: 4, rows: 1, head: 'all' }), /head 'all' has one row per token: rows must be tokens 4, received 1/);
 });
 
+test('generateBatch allocates the step memory for its maxBatchTokens before its first step: a prompt step above loadModel\'s reserve fits', async () => {
+  using m = await loadModel(await modelDir('tiny-qwen3-moe'), { deviceActivations: true, packWeights: false, experts: 'resident', maxStepTokens: 64 });
+  const loaded = m.memory();
+  const first = stepArenaNeed(m.config, { tokens: 570, rows: 3 });
+  assert.ok(loaded.device.activations < first.device && loaded.host.activations < first.host, 'loadModel reserved less than the prompt step needs');
+  const reqs = Array.from({ length: 3 }, (_, i) => ({ prompt: { tokens: Array.from({ length: 190 }, (_, j) => 3 + ((i + j) % 40)) }, options: { maxNewTokens: 2, ...greedy } }));
+  // after each step (a step that overflowed its arena has released it by then): the arenas held what it needed
+  const fits: boolean[] = [];
+  const onStep = () => {
+    const mem = m.memory();
+    fits.push(mem.device.activations >= mem.lastStep.device && mem.host.activations >= mem.lastStep.host);
+  };
+  for await (const r of m.generateBatch(reqs, { maxBatchTokens: 600, onStep })) assert.equal(r.error, undefined);
+  assert.ok(fits.length >= 2 && fits.every(Boolean), `every step fitted its arenas: ${fits.join(', ')}`);
+});
+
 test('the step arenas reuse one layer\'s memory: twice the layers, the same need', async () => {
   const dirs = [2, 4].map((layers) => path.join(root, `olmoe-${layers}`));
   const needs: Array<{ device: number; host: number }> = [];

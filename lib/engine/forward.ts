@@ -303,11 +303,12 @@ class Arena<B extends { readonly byteLength: number; dispose(): void }, T extend
    * first steps take no separate tensors (each costs an allocation, and fresh pages fault in as they are written);
    * later it shrinks no lower (a long run of decode steps then does not cost the next prefill step its memory).
    * A buffer already as large is kept. An allocation that fails (out of memory) leaves the arena as it was: steps
-   * then grow it as they need.
+   * then grow it as they need. `keep` false: the buffer now, but no floor (it shrinks after a run of small steps as
+   * a grown one does): generateBatch's steps of up to its maxBatchTokens.
    */
-  async reserve(bytes: number): Promise<void> {
+  async reserve(bytes: number, keep = true): Promise<void> {
     const size = Math.ceil(bytes / Arena.ALIGN) * Arena.ALIGN;
-    this.#floor = Math.max(this.#floor, size);
+    if (keep) this.#floor = Math.max(this.#floor, size);
     if (this.#disposed || size <= this.capacity) return;
     let b: B;
     try {
@@ -536,12 +537,12 @@ export class ForwardPass {
   /**
    * Allocates the step memory now for steps that need `need` bytes (lib/batching/memory.ts stepArenaNeed: `device`
    * from the compute backend's arena, `host` from the host arena; the direct path takes both from the host arena),
-   * so that the first steps find it there.
+   * so that the first steps find it there. `keep` false: no floor (see Arena.reserve).
    */
-  async reserve(need: { device: number; host: number }): Promise<void> {
+  async reserve(need: { device: number; host: number }, keep = true): Promise<void> {
     const { dev, host } = this.#arenas;
-    if (this.#p.staged) await Promise.all([dev.reserve(need.device), host.reserve(need.host)]);
-    else await host.reserve(need.device + need.host);
+    if (this.#p.staged) await Promise.all([dev.reserve(need.device, keep), host.reserve(need.host, keep)]);
+    else await host.reserve(need.device + need.host, keep);
   }
 
   /** Frees the activation memory kept between steps. */

@@ -344,6 +344,20 @@ export class MoeModel {
     await this.#fwd.reserve(stepArenaNeed(this.config, { tokens, rows: 1, head: 'sampled' }));
   }
 
+  /**
+   * generateBatch: the step memory for its largest steps (maxBatchTokens tokens, maxSequences rows to the LM head)
+   * allocated before its first step, when above what is there (loadModel reserved it for maxStepTokens): otherwise
+   * the first large step takes separate tensors (allocations and page faults inside the step) and grows the arenas
+   * after it. Not kept as a floor: a later run of small steps shrinks it as it would a grown one.
+   */
+  async #prepareSteps(options: BatchOptions): Promise<void> {
+    const tokens = options.maxBatchTokens ?? 512;
+    const rows = Math.min(options.maxSequences ?? 64, tokens);
+    const microBatches = Math.min(options.microBatches ?? 1, tokens);
+    if (!Number.isSafeInteger(tokens) || tokens < 1 || !Number.isSafeInteger(rows) || rows < 1 || !Number.isSafeInteger(microBatches) || microBatches < 1) return; // runBatch reports bad options
+    await this.#fwd.reserve(stepArenaNeed(this.config, { tokens, rows, microBatches, head: 'sampled' }), false);
+  }
+
   /** Tokens the KV cache can still take (all sequences). */
   get kvTokensFree(): number {
     return this.#kv.tokensFree();
@@ -487,6 +501,7 @@ export class MoeModel {
     return (async function* () {
       self.#active++;
       try {
+        await self.#prepareSteps(options);
         yield* inner;
       } finally {
         self.#active--;
