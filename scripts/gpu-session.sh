@@ -33,7 +33,9 @@
 #   last-level cache (the H200 host reports 300 MiB; 64 MiB spans kept the attention's KV in it), the runtime's
 #   per-sequence cost is calibrated at batch 64 (was 16: 1.8-4.7 ms of a batch-128 step predicted, ~1-1.5 left by the
 #   measured steps), the perf-model bench warms each model up before its first configuration, and a step arena grown
-#   by a large step is no longer prefaulted on the pool's threads (on the CPU it stalled the next decode steps 2-16x).
+#   by a large step is no longer prefaulted on the pool's threads (on the CPU it stalled the next decode steps 2-16x);
+#   generateBatch allocates its maxBatchTokens' step memory before its first step (the batch-2048 row's first prompt
+#   step, 2.0-2.8 s against ~0.8 for the others, took separate tensors: prompt_steps.first_step_ms should drop).
 #   Next: `perfmodel` as above, then `demo` (its CUDA prefill prediction was 4.6x over before the KV prefault).
 #   The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by cp.async instead of
 #   TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels).
