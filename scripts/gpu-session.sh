@@ -36,7 +36,10 @@
 #   by a large step is no longer prefaulted on the pool's threads (on the CPU it stalled the next decode steps 2-16x);
 #   generateBatch allocates its maxBatchTokens' step memory before its first step (the batch-2048 row's first prompt
 #   step, 2.0-2.8 s against ~0.8 for the others, took separate tensors: prompt_steps.first_step_ms should drop).
-#   Next: `perfmodel` as above, then `demo` (its CUDA prefill prediction was 4.6x over before the KV prefault).
+#   Next: `perfmodel` as above, then `demo` (its CUDA prefill prediction was 4.6x over before the KV prefault), and
+#   `attention` (carry build-native-gpu/moe-native): its decode-splits rows now run the throughput shape on the tier
+#   below too (AVX-512F f32 FMAs; 98 vs 85 GB/s against the bf16 tier at block 64 on that Xeon, 2026-11-27): if it
+#   wins there, the attention beside the copies (the step's binding part) should take it on such hosts.
 #   The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by cp.async instead of
 #   TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels).
 set -u
