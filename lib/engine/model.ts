@@ -84,7 +84,11 @@ export interface LoadModelOptions {
    * activations; lib/batching/memory.ts). Default on CUDA: the GPU's free memory when loading starts.
    */
   deviceMemoryBytes?: number;
-  /** The largest step (tokens) `experts: 'auto'` leaves room for (default: max(512, prefillChunk), generateBatch's default). */
+  /**
+   * The largest step (tokens) `experts: 'auto'` leaves room for and loadModel allocates step memory for (default:
+   * max(512, prefillChunk), generateBatch's default). A generateBatch with a larger maxBatchTokens allocates its own
+   * before its first step (and fails nothing if that memory is not there: its steps then take separate tensors).
+   */
   maxStepTokens?: number;
   /**
    * Host bytes for the paged KV cache (default 256 MiB; one buffer per layer for K and for V, each at most
@@ -472,7 +476,8 @@ export class MoeModel {
    * Batched generation: the requests share forward steps (continuous batching: decode tokens and prefill chunks
    * of different requests in one step; finished ones leave, waiting ones join when their KV pages fit). Yields
    * results as requests finish; `index` is the request's position. A malformed request fails alone
-   * (finishReason 'error'). Greedy results equal generate()'s for the same prompt.
+   * (finishReason 'error'). Greedy results equal generate()'s for the same prompt. Before its first step it allocates
+   * the step memory that steps of `maxBatchTokens` tokens need, where loadModel's (maxStepTokens) is smaller.
    * @example
    * for await (const r of model.generateBatch(prompts.map((p) => ({ prompt: p, options: { maxNewTokens: 64 } })))) {
    *   console.log(r.index, r.text);
