@@ -11,6 +11,7 @@
  * Greedy results equal one-at-a-time generation when every op is batch invariant (a token's output row does not
  * depend on the other rows of the call): the CPU GEMM is; the attention kernel is given a fixed split count here.
  */
+import type { StepMemoryShape } from '../batching/memory.js';
 import { describe } from '../dtype.js';
 import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
 import type { KvCache } from '../kv/cache.js';
@@ -100,6 +101,11 @@ export interface BatchModel {
    * samplers[i] for sequence i, null for one whose token is not read.
    */
   step(seqs: StepSequence[], samplers: ReadonlyArray<Sampler | null>, times: StepTimes, signal: AbortSignal | undefined): Promise<Int32Array>;
+  /**
+   * Allocates, before the first step, the step memory that the batch's largest steps need (`shape`: maxBatchTokens
+   * tokens, up to maxSequences rows to the LM head, the micro-batches), where less is there.
+   */
+  prepareSteps?(shape: StepMemoryShape): Promise<void>;
 }
 
 interface Running {
@@ -157,6 +163,7 @@ export async function* runBatch(
   const running: Running[] = [];
   let reservedPages = 0;
   const times = emptyTimes();
+  await model.prepareSteps?.({ tokens: maxTokens, rows: Math.min(maxSeqs, maxTokens), microBatches: Math.min(micro, maxTokens) });
 
   const pull = async () => {
     while (!exhausted && waiting.length < maxSeqs) {

@@ -348,20 +348,6 @@ export class MoeModel {
     await this.#fwd.reserve(stepArenaNeed(this.config, { tokens, rows: 1, head: 'sampled' }));
   }
 
-  /**
-   * generateBatch: the step memory for its largest steps (maxBatchTokens tokens, maxSequences rows to the LM head)
-   * allocated before its first step, when above what is there (loadModel reserved it for maxStepTokens): otherwise
-   * the first large step takes separate tensors (allocations and page faults inside the step) and grows the arenas
-   * after it. Not kept as a floor: a later run of small steps shrinks it as it would a grown one.
-   */
-  async #prepareSteps(options: BatchOptions): Promise<void> {
-    const tokens = options.maxBatchTokens ?? 512;
-    const rows = Math.min(options.maxSequences ?? 64, tokens);
-    const microBatches = Math.min(options.microBatches ?? 1, tokens);
-    if (!Number.isSafeInteger(tokens) || tokens < 1 || !Number.isSafeInteger(rows) || rows < 1 || !Number.isSafeInteger(microBatches) || microBatches < 1) return; // runBatch reports bad options
-    await this.#fwd.reserve(stepArenaNeed(this.config, { tokens, rows, microBatches, head: 'sampled' }), false);
-  }
-
   /** Tokens the KV cache can still take (all sequences). */
   get kvTokensFree(): number {
     return this.#kv.tokensFree();
@@ -501,12 +487,15 @@ export class MoeModel {
         self.#checkAlive();
         return self.#lock.run(() => self.#fwd.stepTokens(seqs, samplers, times, { ...(signal ? { signal } : {}), ...(options.microBatches ? { microBatches: options.microBatches } : {}) }));
       },
+      // before the first step (loadModel allocated for maxStepTokens): otherwise the first larger step takes separate
+      // tensors (allocations and page faults inside the step) and grows the arenas after it; no floor (keep false):
+      // a later run of small steps shrinks it as it would a grown one
+      prepareSteps: (shape) => self.#fwd.reserve(stepArenaNeed(self.config, { ...shape, head: 'sampled' }), false),
     };
     const inner = runBatch(model, requests, options);
     return (async function* () {
       self.#active++;
       try {
-        await self.#prepareSteps(options);
         yield* inner;
       } finally {
         self.#active--;
