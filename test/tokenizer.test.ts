@@ -425,6 +425,66 @@ void test('decoder(): pushes + flush equal decode(all) and never emit a broken c
   assert.throws(() => e.push(-1), (err: unknown) => err instanceof InvalidArgumentError && /id must be a non-negative integer/.test(err.message));
 });
 
+/**
+ * The streaming decoder's chunks as the general algorithm defines them, from decode() alone: the ids since the last
+ * chunk are decoded (with those of the chunk before, for start-dependent decoders) and their new text is emitted
+ * unless it is empty or ends in U+FFFD.
+ */
+function refChunks(tok: ModelTokenizer, ids: readonly number[], skipSpecialTokens: boolean): string[] {
+  const o = { skipSpecialTokens };
+  const dec = (a: number[]) => (a.length ? tok.decode(a, o) : '');
+  const chunks: string[] = [];
+  let prefix = 0;
+  let read = 0;
+  for (let i = 0; i < ids.length; i++) {
+    const before = dec(ids.slice(prefix, read));
+    const now = dec(ids.slice(prefix, i + 1));
+    if (now.length <= before.length || now.endsWith('\uFFFD')) {
+      chunks.push('');
+      continue;
+    }
+    chunks.push(now.slice(before.length));
+    prefix = read;
+    read = i + 1;
+  }
+  chunks.push(read === ids.length ? '' : dec(ids.slice(prefix)).slice(dec(ids.slice(prefix, read)).length));
+  return chunks;
+}
+
+void test('decoder(): a byte-level tokenizer streams chunk for chunk as the general algorithm over decode()', async () => {
+  // added tokens (special and not), tokenizer_config's additional_special_tokens (a plain vocabulary entry), and a
+  // vocabulary entry with a character outside GPT-2's byte map
+  const { tokenizerJson, tokenizerConfig } = buildByteLevelBpe(CHATML_OPTS);
+  const json = structuredClone(tokenizerJson) as unknown as Generated['json'];
+  const next = Math.max(...Object.values(json.model.vocab), ...json.added_tokens.map((t) => t.id)) + 1;
+  json.model.vocab['x\u4e16y'] = next;
+  json.added_tokens.push({ id: next + 1, content: '<tool>', special: false, single_word: false, lstrip: false, rstrip: false, normalized: false } as Generated['json']['added_tokens'][0]);
+  const plain = Object.keys(json.model.vocab).find((t) => /^[a-z]{2,}$/.test(t))!;
+  const dir = writeDir('bytelevel-extra', { 'tokenizer.json': json, 'tokenizer_config.json': { ...(tokenizerConfig as object), additional_special_tokens: [plain, { content: 'ignored' }] } });
+  const extra = await ModelTokenizer.load(dir);
+  const sp = await ModelTokenizer.load(writeDir('sp-streaming', { 'tokenizer.json': sentencePieceStyleJson() }));
+  assert.equal(sp.streaming, 'general');
+  for (const tok of [inst.tok, chatml.tok, extra]) {
+    assert.equal(tok.streaming, 'byte-level');
+    const r = rng(41);
+    const texts = ['🙂👍🏽 日本語 é', ...FIXED.slice(0, 8), ...randomStrings(40, 42)];
+    const seqs = texts.map((t) => tok.encode(t));
+    for (let n = 0; n < 300; n++) seqs.push(Array.from({ length: 1 + Math.floor(r() * 30) }, () => Math.floor(r() * (tok.vocabSize + 4))));
+    // bytes of a character split over pushes, a lone continuation byte, an unfinished character at the end
+    seqs.push([...Buffer.from('é🙂', 'utf8')], [0x80, 0x41, 0xe4, 0xb8], [0xf0, 0x9f, next + 1, 0x41]);
+    for (const ids of seqs) {
+      for (const skip of [false, true]) {
+        const d = tok.decoder({ skipSpecialTokens: skip });
+        const got = ids.map((id) => d.push(id));
+        got.push(d.flush());
+        assert.deepEqual(got, refChunks(tok, ids, skip), `ids ${JSON.stringify(ids)} skip ${skip}`);
+      }
+    }
+  }
+  assert.equal(extra.decode([next]), 'x\u0000y', "a character outside the byte map decodes to byte 0 (the library's rule)");
+  assert.equal(extra.decode([extra.tokenToId(plain)!], { skipSpecialTokens: true }), '', 'additional_special_tokens are skipped');
+});
+
 void test('errors: typed, with codes, naming the file or argument', async () => {
   // tokenizer.json missing / not JSON / not a tokenizer; tokenizer_config.json not JSON.
   const empty = writeDir('empty', {});
