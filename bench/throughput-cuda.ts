@@ -44,7 +44,7 @@
  * the last finish their prefill); the KV cache and B_model count them.
  * Run: node dist/bench/throughput-cuda.js [--backend=cpu] [--layers=N] [--prompt=P] [--batches=B1,B2,..]
  *   [--micro-batches=M1,..] [--modes=offloaded,resident] [--model-based [--gpu-gib=G] [--reserve-gib=R]]
- *   [--step-tokens=N] [--slots=N] [--attention-threads=N|auto] [--quick]
+ *   [--step-tokens=N] [--slots=N] [--attention-threads=N|auto] [--attention-isa=avx512|...] [--quick]
  * The 5x comparison of issue 8 needs module-based batches of about 5 x B_model at the same sequence length, e.g.
  *   --layers=2 --prompt=512 --batches=1536 --modes=offloaded --model-based   (B_model about 300 at 24 GiB and 526 tokens)
  *   -> bench/results/throughput-staged-<backend>-<date>[-quick][-<MOE_BENCH_LABEL>].json
@@ -55,7 +55,7 @@ import path from 'node:path';
 
 import { median, readProbeGBs } from '../lib/batching/profile.js';
 import { expectedExperts } from '../lib/batching/perf-model.js';
-import { type Backend, HostTensor, loadModel, type ModelConfig, openBackend, parseModelConfig, type StepTimes } from '../lib/index.js';
+import { type Backend, CPU_ISAS, type CpuIsa, HostTensor, loadModel, type ModelConfig, openBackend, parseModelConfig, type StepTimes } from '../lib/index.js';
 import { medianOf, StepIntervals } from '../lib/engine/batch.js';
 import { emptyTimes } from '../lib/engine/forward.js';
 import { benchModel, decodeStepCost, randomRequests } from './bench-models.js';
@@ -187,6 +187,9 @@ async function main(): Promise<void> {
   // the CPU pool threads the attention runs on (LoadModelOptions.attentionThreads; default 'auto')
   const attentionThreads = arg('attention-threads') === undefined || arg('attention-threads') === 'auto' ? 'auto' : Number(arg('attention-threads'));
   if (attentionThreads !== 'auto' && !(Number.isInteger(attentionThreads) && attentionThreads >= 0)) throw new Error(`--attention-threads must be 'auto' or an integer >= 0, received ${arg('attention-threads')}`);
+  // the attention's CPU kernel tier (LoadModelOptions.attentionIsa; default the CPU's best)
+  const attentionIsa = arg('attention-isa') as CpuIsa | undefined;
+  if (attentionIsa !== undefined && !CPU_ISAS.includes(attentionIsa)) throw new Error(`--attention-isa must be one of ${CPU_ISAS.join(', ')}, received ${attentionIsa}`);
   const be = openBackend({ backend });
   const compute = await computeGflops(be);
   const h2d = await h2dGBs(be);
@@ -217,7 +220,7 @@ async function main(): Promise<void> {
     // the host KV cache: room for the largest batch this run makes (the model-based one included), at least 8 GiB
     const kvBytes = (B: number) => Math.ceil(1.25 * B * seqTokens(B) * layers * 2 * 8 * 128 * 2); // Mixtral: 8 KV heads of 128
     const kvCacheBytes = Math.max(8 * 2 ** 30, ...[...batches, modelBasedBatch].map(kvBytes));
-    const model = await loadModel(dir, { backend, deviceActivations: true, experts: mode === 'offloaded' ? (slots !== undefined ? { slots, policy: 'lru' } : { fraction: 0.25, policy: 'lru' }) : backend === 'cuda' ? { fraction: 1, policy: 'lru' } : 'resident', kvCacheBytes, attentionThreads });
+    const model = await loadModel(dir, { backend, deviceActivations: true, experts: mode === 'offloaded' ? (slots !== undefined ? { slots, policy: 'lru' } : { fraction: 0.25, policy: 'lru' }) : backend === 'cuda' ? { fraction: 1, policy: 'lru' } : 'resident', kvCacheBytes, attentionThreads, ...(attentionIsa ? { attentionIsa } : {}) });
     try {
       const cfg = model.config;
       const kvBytesPerToken = cfg.numLayers * 2 * cfg.numKvHeads * cfg.headDim * 2;
@@ -274,6 +277,7 @@ async function main(): Promise<void> {
           batch: B,
           micro_batches: micro,
           attention_threads: model.attentionThreads || null,
+          attention_isa: model.attentionIsa,
           prompt_tokens: promptTokens,
           new_tokens: newTokens(B),
           prefill_tokens_per_s: prefill.ms > 0 ? r3((prefill.tokens * 1000) / prefill.ms) : null,

@@ -825,7 +825,9 @@ export class Backend {
     if (!Number.isSafeInteger(threads) || threads < 0 || threads > 65536) {
       throw new InvalidArgumentError(`threads must be an integer in [0, 65536] (0: every thread of the pool), received ${describe(p.threads)}`);
     }
+    if (p.isa !== undefined && !CPU_ISAS.includes(p.isa)) throw new InvalidArgumentError(`isa must be one of ${CPU_ISAS.join(', ')}, received ${describe(p.isa)}`);
     const cpu = this.#cpuSide();
+    const isa = p.isa === undefined ? cpu.#isaCode() : Math.min(cpu.#isaCode(), ISA_CODE[p.isa]);
     return cpu.#run('attention', options, (addon, stream, cancel, timing) =>
       addon.attention(
         stream,
@@ -854,7 +856,7 @@ export class Backend {
           numSplits,
           splitTokens,
           ...(threads > 0 ? { threads } : {}),
-          isa: cpu.#isaCode(),
+          isa,
         },
         cancel,
         timing,
@@ -1439,6 +1441,14 @@ export interface AttentionParams {
    * the threads that feed the GPU.
    */
   threads?: number;
+  /**
+   * Run on this CPU kernel tier when it is below the backend's (default: the backend's tier). The model runtime
+   * passes LoadModelOptions.attentionIsa: on some hosts the AVX-512F tier (f32 FMAs on K/V converted as they load)
+   * outran the AVX-512 BF16 one on decode (a 16-core Xeon, block 64: 98 vs 85 GB/s; 2026-11-27).
+   * @example
+   * await cpu.attention({ ...params, isa: 'avx512' }); // resolves 'avx512' on an avx512bf16 machine
+   */
+  isa?: CpuIsa;
 }
 
 let cpuCompanionBackend: Backend | undefined;

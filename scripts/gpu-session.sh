@@ -39,7 +39,9 @@
 #   Next: `perfmodel` as above, then `demo` (its CUDA prefill prediction was 4.6x over before the KV prefault), and
 #   `attention` (carry build-native-gpu/moe-native): its decode-splits rows now run the throughput shape on the tier
 #   below too (AVX-512F f32 FMAs; 98 vs 85 GB/s against the bf16 tier at block 64 on that Xeon, 2026-11-27): if it
-#   wins there, the attention beside the copies (the step's binding part) should take it on such hosts.
+#   wins there, the attention beside the copies (the step's binding part) should take it on such hosts: the
+#   module-based row takes it with LoadModelOptions.attentionIsa, so `modelbased` with MODELBASED_MORE=--attention-isa=avx512
+#   measures the step itself on that tier beside the default row.
 #   The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by cp.async instead of
 #   TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels).
 set -u

@@ -518,3 +518,34 @@ void test('attention: cancelling an in-flight prefill rejects with the signal re
   // work items are <= 16 query tokens x 1024 keys of one head group (~1/500 of the op): it stops within a few items
   assert.ok(took < full / 2, `cancelled op took ${took.toFixed(0)} ms, the full op ${full.toFixed(0)} ms`);
 });
+
+void test('attention: params.isa runs a lower tier than the backend\'s (capped at it) with the same result up to rounding; a bad tier is a typed error', async () => {
+  const best = backends.filter((b) => b.available && b.name.startsWith('cpu-')).map((b) => b.name.slice(4)).at(-1);
+  assert.ok(best, 'a cpu backend');
+  const be = harnessBackends().find((b) => b.name === `cpu-${best}`)!.open();
+  const r = rng(77);
+  const [S, L, H, KVH, hd, bs] = [3, 200, 8, 2, 64, 16];
+  const nb = Math.ceil(L / bs);
+  const q = HostTensor.from('f32', [S, H, hd], Array.from({ length: S * H * hd }, () => r() - 0.5));
+  const k = HostTensor.from('bf16', [S * nb, KVH, bs, hd], Array.from({ length: S * nb * KVH * bs * hd }, () => r() - 0.5));
+  const v = HostTensor.from('bf16', [S * nb, KVH, bs, hd], Array.from({ length: S * nb * KVH * bs * hd }, () => r() - 0.5));
+  const p = {
+    q,
+    k,
+    v,
+    blockTables: HostTensor.from('i32', [S, nb], Int32Array.from({ length: S * nb }, (_, i) => i)),
+    kvLens: HostTensor.from('i32', [S], Int32Array.from([L, L - 50, 17])),
+    qLens: HostTensor.from('i32', [S], Int32Array.from([1, 1, 1])),
+  };
+  const ref = new HostTensor('f32', [S, H, hd]);
+  assert.equal(await be.attention({ ...p, out: ref, isa: 'scalar' }), 'scalar');
+  for (const isa of ['avx2', 'avx512', 'avx512bf16'] as const) {
+    const out = new HostTensor('f32', [S, H, hd]);
+    const ran = await be.attention({ ...p, out, isa });
+    // the lower of the two tiers; bf16 K/V runs the avx512bf16 kernels only there (f32 math below it)
+    const expect: KernelTier = TIER_ORDER.indexOf(isa) <= TIER_ORDER.indexOf(best as KernelTier) ? isa : (best as KernelTier);
+    assert.equal(ran, expect, `isa ${isa}`);
+    assert.ok(nmse(Array.from(out.data), Array.from(ref.data)) < 1e-5, `isa ${isa}: nmse against the scalar tier`);
+  }
+  assert.throws(() => be.attention({ ...p, out: ref, isa: 'avx9000' as never }), (e: unknown) => e instanceof InvalidArgumentError && /^isa must be one of scalar, avx2, avx512, avx512bf16, received/.test(e.message));
+});

@@ -202,6 +202,16 @@ describe('generation', () => {
     }
   });
 
+  test('attentionIsa: the tier asked for when below the CPU\'s, else the CPU\'s; a bad tier is a typed error (logits: model.test.ts)', async () => {
+    const best = model.attentionIsa;
+    assert.equal(best, model.backend.isa, 'default: the backend\'s tier');
+    using low = await loadModel(dir, { attentionIsa: 'scalar' });
+    assert.equal(low.attentionIsa, 'scalar');
+    using capped = await loadModel(dir, { attentionIsa: 'avx512bf16' });
+    assert.equal(capped.attentionIsa, best, 'a tier above the CPU\'s runs the CPU\'s');
+    await assert.rejects(loadModel(dir, { attentionIsa: 'avx1024' as never }), (e: unknown) => e instanceof InvalidArgumentError && /^attentionIsa must be one of scalar, avx2, avx512, avx512bf16, received/.test(e.message));
+  });
+
   test('routing traces: one iteration per decode step, serialisable, ids consistent with probabilities', async () => {
     const r = await model.generate('Trace this request', { maxNewTokens: 9, stopAtEos: false, recordRouting: true });
     const req = r.routing!;

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { Checkpoint, type ExpertMode, HostTensor, PackedTensor, type PresetName, cudaUnavailableReason, loadModel, makeModel, memoryStats, openBackend, type StepRouting, writeCheckpoint } from '../lib/index.js';
+import { Checkpoint, type ExpertMode, HostTensor, type LoadModelOptions, PackedTensor, type PresetName, cudaUnavailableReason, loadModel, makeModel, memoryStats, openBackend, type StepRouting, writeCheckpoint } from '../lib/index.js';
 import { parseModelConfig } from '../lib/model/config.js';
 import { disposeDense, loadDenseWeights } from '../lib/model/weights.js';
 import { loadReferenceModel } from './harness/ref-model.js';
@@ -35,69 +35,79 @@ before(async () => {
 });
 after(() => fs.rmSync(root, { recursive: true, force: true }));
 
+/**
+ * The family's logits against the float64 reference forward pass: routing agreement, then the relative error of the
+ * logits given the engine's routing (the issue's bar, 1e-2 over the whole tensor; 2e-2 per position against the
+ * reference with bf16 activations).
+ */
+async function matchesReference(name: string, options: LoadModelOptions = {}): Promise<void> {
+  const dir = path.join(root, name);
+  using model = await loadModel(dir, options);
+  const tokens = model.encode(PROMPT);
+  assert.ok(tokens.length >= 24, `prompt has ${tokens.length} tokens`);
+  const routing: StepRouting = { ids: [], probs: [], gates: [] };
+  const logits = await model.logits(tokens, { routing });
+  const T = tokens.length;
+  const V = model.config.vocabSize;
+  const k = model.config.topK;
+  // [model layer][token] expert ids chosen by the engine
+  const engineRouting: number[][][] = [];
+  routing.ids.forEach((ids, li) => {
+    engineRouting[model.config.moeLayers[li]!] = Array.from({ length: T }, (_, t) => Array.from(ids.subarray(t * k, t * k + k)));
+  });
+
+  const ref = loadReferenceModel(dir);
+  ref.forward(tokens);
+  // routing agreement with the reference's own choice (bf16 activations can flip a near tie, rarely)
+  let same = 0;
+  let total = 0;
+  ref.lastRouting.forEach((layer, l) =>
+    layer.forEach((ids, t) => {
+      if (ids.length === 0) return; // dense layer
+      total++;
+      const a = [...ids].sort((x, y) => x - y).join();
+      const b = [...engineRouting[l]![t]!].sort((x, y) => x - y).join();
+      if (a === b) same++;
+    }),
+  );
+  assert.ok(same / total >= 0.95, `routing agrees on ${same}/${total} (layer, token) choices`);
+
+  // numerics given the same routing decisions: the whole tensor against the exact reference; each position
+  // against the reference with bf16 activations (rounded where the engine stores them in bf16: projection
+  // inputs, SwiGLU activations, the KV cache), which leaves the engine's own arithmetic (gpt-oss's tiny model,
+  // whose worst position over makeModel seeds 1-8 and 11 was 1.2-2.7e-2 against the exact reference, is the
+  // one that needs it)
+  const r = ref.forward(tokens, { routing: engineRouting });
+  const rBf16 = ref.forward(tokens, { routing: engineRouting, bf16Activations: true });
+  let worst = 0;
+  let num = 0;
+  let den = 0;
+  for (let t = 0; t < T; t++) {
+    let n = 0;
+    let d = 0;
+    for (let v = 0; v < V; v++) {
+      const diff = logits.data[t * V + v]! - r[t * V + v]!;
+      num += diff * diff;
+      den += r[t * V + v]! ** 2;
+      n += (logits.data[t * V + v]! - rBf16[t * V + v]!) ** 2;
+      d += rBf16[t * V + v]! ** 2;
+    }
+    worst = Math.max(worst, Math.sqrt(n / d));
+  }
+  // the issue's bar: relative error of the logits <= 1e-2 (norm-wise over the whole [T, V] tensor); bf16
+  // activations (as HF runs bf16 models) put single positions around 5e-3 with a tail to ~1e-2, so each
+  // position is also held to 2e-2
+  const overall = Math.sqrt(num / den);
+  assert.ok(overall <= 1e-2, `relative error ${overall.toExponential(2)} (worst position ${worst.toExponential(2)})`);
+  assert.ok(worst <= 2e-2, `worst position relative error ${worst.toExponential(2)} against the bf16-activation reference (overall ${overall.toExponential(2)})`);
+}
+
+// the attention on the scalar tier (LoadModelOptions.attentionIsa): the reference kernel inside the runtime
+test('tiny-qwen3-moe with attentionIsa scalar: logits match the float64 reference (relative error <= 1e-2)', () => matchesReference('tiny-qwen3-moe', { attentionIsa: 'scalar' }));
+
 for (const { name } of FAMILIES) {
   describe(name, () => {
-    test('logits match the float64 reference forward pass (relative error <= 1e-2)', async () => {
-      const dir = path.join(root, name);
-      using model = await loadModel(dir);
-      const tokens = model.encode(PROMPT);
-      assert.ok(tokens.length >= 24, `prompt has ${tokens.length} tokens`);
-      const routing: StepRouting = { ids: [], probs: [], gates: [] };
-      const logits = await model.logits(tokens, { routing });
-      const T = tokens.length;
-      const V = model.config.vocabSize;
-      const k = model.config.topK;
-      // [model layer][token] expert ids chosen by the engine
-      const engineRouting: number[][][] = [];
-      routing.ids.forEach((ids, li) => {
-        engineRouting[model.config.moeLayers[li]!] = Array.from({ length: T }, (_, t) => Array.from(ids.subarray(t * k, t * k + k)));
-      });
-
-      const ref = loadReferenceModel(dir);
-      ref.forward(tokens);
-      // routing agreement with the reference's own choice (bf16 activations can flip a near tie, rarely)
-      let same = 0;
-      let total = 0;
-      ref.lastRouting.forEach((layer, l) =>
-        layer.forEach((ids, t) => {
-          if (ids.length === 0) return; // dense layer
-          total++;
-          const a = [...ids].sort((x, y) => x - y).join();
-          const b = [...engineRouting[l]![t]!].sort((x, y) => x - y).join();
-          if (a === b) same++;
-        }),
-      );
-      assert.ok(same / total >= 0.95, `routing agrees on ${same}/${total} (layer, token) choices`);
-
-      // numerics given the same routing decisions: the whole tensor against the exact reference; each position
-      // against the reference with bf16 activations (rounded where the engine stores them in bf16: projection
-      // inputs, SwiGLU activations, the KV cache), which leaves the engine's own arithmetic (gpt-oss's tiny model,
-      // whose worst position over makeModel seeds 1-8 and 11 was 1.2-2.7e-2 against the exact reference, is the
-      // one that needs it)
-      const r = ref.forward(tokens, { routing: engineRouting });
-      const rBf16 = ref.forward(tokens, { routing: engineRouting, bf16Activations: true });
-      let worst = 0;
-      let num = 0;
-      let den = 0;
-      for (let t = 0; t < T; t++) {
-        let n = 0;
-        let d = 0;
-        for (let v = 0; v < V; v++) {
-          const diff = logits.data[t * V + v]! - r[t * V + v]!;
-          num += diff * diff;
-          den += r[t * V + v]! ** 2;
-          n += (logits.data[t * V + v]! - rBf16[t * V + v]!) ** 2;
-          d += rBf16[t * V + v]! ** 2;
-        }
-        worst = Math.max(worst, Math.sqrt(n / d));
-      }
-      // the issue's bar: relative error of the logits <= 1e-2 (norm-wise over the whole [T, V] tensor); bf16
-      // activations (as HF runs bf16 models) put single positions around 5e-3 with a tail to ~1e-2, so each
-      // position is also held to 2e-2
-      const overall = Math.sqrt(num / den);
-      assert.ok(overall <= 1e-2, `relative error ${overall.toExponential(2)} (worst position ${worst.toExponential(2)})`);
-      assert.ok(worst <= 2e-2, `worst position relative error ${worst.toExponential(2)} against the bf16-activation reference (overall ${overall.toExponential(2)})`);
-    });
+    test('logits match the float64 reference forward pass (relative error <= 1e-2)', () => matchesReference(name));
 
     test('packed weights (the CPU runtime\'s default on avx512bf16) and row-major weights give the same logits within 1e-2 relative', async (t) => {
       const dir = path.join(root, name);

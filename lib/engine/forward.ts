@@ -23,7 +23,7 @@
  * clip, MLA) a layer costs four or five: after the q/k/v group, after attention, after the router, after the experts.
  * Time is booked per group into {@link StepTimes}, or for queued layers from the ops' run intervals (OpOptions.timing).
  */
-import type { Backend, OpOptions, OpTiming } from '../backend.js';
+import type { Backend, CpuIsa, OpOptions, OpTiming } from '../backend.js';
 import type { KvBatch, KvCache } from '../kv/cache.js';
 import type { ModelConfig } from '../model/config.js';
 import type { DenseWeights, LayerWeights, MlaWeights } from '../model/weights.js';
@@ -217,6 +217,8 @@ export interface ForwardParts {
   headDim: number;
   /** CPU pool threads the attention runs on (0: all; LoadModelOptions.attentionThreads). */
   attentionThreads?: number;
+  /** The attention's CPU kernel tier when below the host backend's (LoadModelOptions.attentionIsa). */
+  attentionIsa?: CpuIsa;
 }
 
 /**
@@ -876,7 +878,7 @@ export class ForwardPass {
             await wait(
               host.attention(
                 // splits by length (ATTENTION_SPLIT_TOKENS): a sequence's result never depends on the batch
-                { q, k: kv.keys(l), v: kv.values(l), out, ...g.batch, scale: this.#p.attentionScale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}), ...(this.#p.attentionThreads ? { threads: this.#p.attentionThreads } : {}) },
+                { q, k: kv.keys(l), v: kv.values(l), out, ...g.batch, scale: this.#p.attentionScale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(window ? { slidingWindow: window } : {}), ...(w.sinks ? { sinks: w.sinks } : {}), ...(this.#p.attentionThreads ? { threads: this.#p.attentionThreads } : {}), ...(this.#p.attentionIsa ? { isa: this.#p.attentionIsa } : {}) },
                 queued ? { ...op, timing: r.attention } : op,
               ),
               'attentionMs',

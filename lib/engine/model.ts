@@ -16,7 +16,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { type Backend, openBackend, packsWeightsByDefault } from '../backend.js';
+import { type Backend, CPU_ISAS, type CpuIsa, openBackend, packsWeightsByDefault } from '../backend.js';
 import type { CacheStats, ExpertCache } from '../cache/expert-cache.js';
 import type { RoutingTrace, TraceRequest } from '../cache/trace.js';
 import { describe } from '../dtype.js';
@@ -124,6 +124,15 @@ export interface LoadModelOptions {
    * get cores; otherwise all. The same tokens whatever the count.
    */
   attentionThreads?: number | 'auto';
+  /**
+   * The attention's CPU kernel tier, when below the CPU's best (default: the best; AttentionParams.isa). On a 16-core
+   * Xeon the AVX-512F tier (f32 FMAs) read K/V at 98 GB/s where the AVX-512 BF16 tier read 85 (decode, block 64,
+   * 2026-11-27), and the attention binds the throughput mode's step on such a host; the same tokens are not
+   * guaranteed across tiers (their roundings differ), so a run keeps one tier.
+   * @example
+   * await loadModel(dir, { attentionIsa: 'avx512' });   // model.attentionIsa: 'avx512' on an avx512bf16 CPU
+   */
+  attentionIsa?: CpuIsa;
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
 }
@@ -262,6 +271,8 @@ export class MoeModel {
 
   /** CPU pool threads the attention runs on, 0: all (LoadModelOptions.attentionThreads, resolved). */
   readonly attentionThreads: number;
+  /** The CPU kernel tier the attention runs on (LoadModelOptions.attentionIsa within the host backend's tier). */
+  readonly attentionIsa: CpuIsa;
 
   /** @internal use loadModel */
   constructor(p: {
@@ -278,6 +289,7 @@ export class MoeModel {
     kv: KvCache;
     prefillChunk: number;
     attentionThreads: number;
+    attentionIsa?: CpuIsa;
   }) {
     this.dir = p.dir;
     this.config = p.config;
@@ -291,6 +303,8 @@ export class MoeModel {
     this.#kv = p.kv;
     this.#prefillChunk = p.prefillChunk;
     this.attentionThreads = p.attentionThreads;
+    const hostIsa = p.host.isa;
+    this.attentionIsa = p.attentionIsa !== undefined && CPU_ISAS.indexOf(p.attentionIsa) < CPU_ISAS.indexOf(hostIsa) ? p.attentionIsa : hostIsa;
     const rp = ropeFromConfig(p.config);
     this.#fwd = new ForwardPass({
       be: p.backend,
@@ -305,6 +319,7 @@ export class MoeModel {
       attentionScale: (p.config.mla ? yarnSoftmaxScale(ropeScalingFromHf(p.config.ropeScaling)) : 1) / Math.sqrt(p.config.headDim),
       headDim: p.kv.headDim,
       attentionThreads: p.attentionThreads,
+      ...(this.attentionIsa !== hostIsa ? { attentionIsa: this.attentionIsa } : {}),
     });
   }
 
@@ -740,6 +755,9 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   if (askedThreads !== 'auto' && (!Number.isSafeInteger(askedThreads) || askedThreads < 0 || askedThreads > 65536)) {
     throw new InvalidArgumentError(`attentionThreads must be 'auto' or an integer in [0, 65536] (0: all), received ${describe(options.attentionThreads)}`);
   }
+  if (options.attentionIsa !== undefined && !CPU_ISAS.includes(options.attentionIsa)) {
+    throw new InvalidArgumentError(`attentionIsa must be one of ${CPU_ISAS.join(', ')}, received ${describe(options.attentionIsa)}`);
+  }
   const pack = options.packWeights ?? packsWeightsByDefault(be);
   if (typeof pack !== 'boolean') throw new InvalidArgumentError(`packWeights must be a boolean, received ${describe(options.packWeights)}`);
   if (pack && be.kind !== 'cpu') throw new InvalidArgumentError(`packWeights: true needs the CPU backend (packed weights are a CPU-kernel layout), received backend ${be.name}`);
@@ -822,7 +840,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
       poolThreads: hostFacts().cpu.threads,
     });
     await kvMapped;
-    const model = new MoeModel({ dir, config, tokenizer, backend: be, host, staged, eos, weights, store, experts, kv, prefillChunk, attentionThreads });
+    const model = new MoeModel({ dir, config, tokenizer, backend: be, host, staged, eos, weights, store, experts, kv, prefillChunk, attentionThreads, ...(options.attentionIsa !== undefined ? { attentionIsa: options.attentionIsa } : {}) });
     try {
       await model.reserveStepMemory(maxStepTokens);
     } catch (e) {
