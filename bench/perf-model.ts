@@ -224,7 +224,8 @@ async function main(): Promise<void> {
           // discarded
         }
       }
-      const profileOptions = { maxBatch: Math.max(...batches), prefillTokens: [128, 256, CHUNK], quick, staged };
+      // the attention points on the tier the model runs it on (no tier trial)
+      const profileOptions = { maxBatch: Math.max(...batches), prefillTokens: [128, 256, CHUNK], quick, staged, attentionIsa: model.attentionIsa };
       const measure = async (n: number) => {
         loads.push(os.loadavg()[0]!);
         const p = await profileModel(model.backend, cfg, { ...profileOptions, passes: n });

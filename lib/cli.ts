@@ -300,6 +300,9 @@ async function profileCmd(args: string[]): Promise<number> {
       `  per op ${(p.opMs * 1000).toFixed(0)} us, per awaited group ${(p.groupMs * 1000).toFixed(0)} us${p.hostGroupMs !== undefined ? ` (host backend ${(p.hostGroupMs * 1000).toFixed(0)} us)` : ''}, runtime ${(p.runtime.layerMs * 1000).toFixed(0)} us per layer + ${(p.runtime.stepMs * 1000).toFixed(0)} us per step\n` +
       (p.deviceGBs ? `  GPU memory reads ${p.deviceGBs.toFixed(0)} GB/s\n` : '') +
       (p.copyGBs ? `  offloaded experts: copies at ${p.copyGBs.toFixed(1)} GB/s${p.hostExpertGBs ? `, computed on the host at ${p.hostExpertGBs.toFixed(1)} GB/s` : ''}\n` : '') +
+      (p.attentionTiers
+        ? `  attention tier: ${p.attentionIsa ?? 'avx512bf16'} (trial, ms per call: ${Object.entries(p.attentionTiers).map(([t, x]) => `${t} decode ${x.decodeMs.toFixed(3)} prefill ${x.prefillMs.toFixed(3)}`).join('; ')})\n`
+        : '') +
       `measured in ${p.seconds.toFixed(1)} s; saved ${file}\n`,
   );
   return 0;
@@ -453,7 +456,8 @@ async function batchCmd(values: Record<string, string | boolean | string[] | und
   const b = plan.batch;
   const planLine = plan.prediction
     ? `plan: ${b.maxSequences} sequences at once${b.microBatches! > 1 ? ` in ${b.microBatches} attention micro-batches` : ''} (${plan.prediction.tokensPerSecond.toFixed(1)} decode tokens/s predicted at context ${plan.context}${plan.workload ? `, the mean KV length of the input's ${plan.workload.requests} requests` : ''}; ${plan.prediction.bound})` +
-      (plan.expertSlots !== undefined ? `; ${heldExperts(plan.expertSlots, total)}` : '')
+      (plan.expertSlots !== undefined ? `; ${heldExperts(plan.expertSlots, total)}` : '') +
+      (plan.load.attentionIsa ? `; attention on the ${plan.load.attentionIsa} tier (the profile's trial)` : '')
     : maxSequences !== undefined
       ? `plan: ${maxSequences} sequences at once (--max-sequences)`
       : `plan: ${saved.why}; 64 sequences at once (moe-offload profile --model DIR measures this model, then generate plans its batch)`;

@@ -41,7 +41,9 @@
 #   below too (AVX-512F f32 FMAs; 98 vs 85 GB/s against the bf16 tier at block 64 on that Xeon, 2026-11-27): if it
 #   wins there, the attention beside the copies (the step's binding part) should take it on such hosts: the
 #   module-based row takes it with LoadModelOptions.attentionIsa, so `modelbased` with MODELBASED_MORE=--attention-isa=avx512
-#   measures the step itself on that tier beside the default row.
+#   measures the step itself on that tier beside the default row; `moe-offload profile --model DIR` now times both
+#   tiers at the model's shapes and keeps the faster (its "attention tier" line; the perf-model bench profiles on the
+#   tier its model runs, without the trial).
 #   The A/B switches of the defaults measured 2026-11-27: MOE_CUDA_WG=cpasync (the wgmma tiles by cp.async instead of
 #   TMA), MOE_CUDA_GEMV=narrow (the narrow GEMV decode kernels).
 set -u

@@ -11,9 +11,10 @@ import { after, before, test } from 'node:test';
 import { type ModelProfile, type OpPoint, type OpSpec, type StepPlan, chooseBatch, expectedExperts, expertCopies, interp, moduleOverlapMs, opCost, opKey, opsPerStep, predictDecode, predictPrefill, prefillAttention, prefillPairs, stepOps, stepWorkingSet } from '../lib/batching/perf-model.js';
 import { denseWeightBytes, expertBytes, kvTokensFor, stepDeviceBytes } from '../lib/batching/memory.js';
 import { mergeProfiles, profileModel } from '../lib/batching/profile.js';
+import { planRun } from '../lib/batching/plan.js';
 import { workloadShape } from '../lib/batching/workload.js';
 import { LOGIT_ROWS } from '../lib/engine/forward.js';
-import { Backend, cudaUnavailableReason, DeviceTensor, loadModel, makeModel, type ModelConfig, type MoeModel, type PresetName } from '../lib/index.js';
+import { Backend, cudaUnavailableReason, DeviceTensor, InvalidArgumentError, loadModel, makeModel, type ModelConfig, type MoeModel, type PresetName } from '../lib/index.js';
 
 let root = '';
 before(() => {
@@ -487,6 +488,50 @@ test('profileModel measures every op of a tiny model at its shapes, batches and 
     ],
   );
   assert.ok(Number.isFinite(f.tokensPerSecond) && f.tokensPerSecond > 0);
+});
+
+test('profileModel\'s attention tier: a trial of both tiers on an avx512bf16 host (chosen by its rule), a given tier within the host\'s, the points on it, planRun passing it on', async () => {
+  const cfg = await config('tiny-qwen3-moe');
+  const dir = path.join(root, 'tiny-qwen3-moe');
+  using m = await loadModel(dir);
+  const opts = { maxBatch: 2, contexts: [32, 96], prefillTokens: [16], quick: true, skipRuntime: true };
+  // the tiers the profile's attention calls ask for (undefined: the backend's)
+  const asked: Array<string | undefined> = [];
+  const attention = Backend.prototype.attention;
+  Backend.prototype.attention = function (this: Backend, p, o) {
+    asked.push(p.isa);
+    return attention.call(this, p, o);
+  };
+  try {
+    const auto = await profileModel(m.backend, cfg, opts);
+    if (m.backend.isa === 'avx512bf16') {
+      const t = auto.attentionTiers!;
+      assert.deepEqual(Object.keys(t).sort(), ['avx512', 'avx512bf16']);
+      for (const x of Object.values(t)) assert.ok(x.decodeMs > 0 && x.prefillMs > 0, JSON.stringify(t));
+      const low = t.avx512!.decodeMs <= 0.95 * t.avx512bf16!.decodeMs && t.avx512!.prefillMs <= 1.05 * t.avx512bf16!.prefillMs;
+      assert.equal(auto.attentionIsa, low ? 'avx512' : undefined);
+      assert.ok(asked.includes('avx512') && asked.includes('avx512bf16'), 'the trial ran both tiers');
+    } else {
+      assert.equal(auto.attentionTiers, undefined, 'no trial below avx512bf16');
+      assert.equal(auto.attentionIsa, undefined);
+    }
+    asked.length = 0;
+    const given = await profileModel(m.backend, cfg, { ...opts, attentionIsa: 'scalar' });
+    assert.equal(given.attentionIsa, 'scalar');
+    assert.equal(given.attentionTiers, undefined);
+    assert.ok(asked.length > 0 && asked.every((x) => x === 'scalar'), `every attention point on the scalar tier: ${[...new Set(asked)].join()}`);
+    const above = await profileModel(m.backend, cfg, { ...opts, attentionIsa: 'avx512bf16' });
+    assert.equal(above.attentionIsa, undefined, 'a tier at or above the host\'s: the host\'s (not recorded)');
+    await assert.rejects(profileModel(m.backend, cfg, { ...opts, attentionIsa: 'avx3' as never }), (e: unknown) => e instanceof InvalidArgumentError && /^attentionIsa must be 'auto' or one of scalar, avx2, avx512, avx512bf16/.test(e.message));
+    assert.throws(() => mergeProfiles([given, above]), (e: unknown) => e instanceof InvalidArgumentError, 'profiles of different attention tiers do not merge');
+    // the plan loads the model with the profile's tier
+    const plan = planRun(cfg, { backend: m.backend, profile: given, maxSequences: 2 });
+    assert.equal(plan.load.attentionIsa, 'scalar');
+    using run = await loadModel(dir, plan.load);
+    assert.equal(run.attentionIsa, 'scalar');
+  } finally {
+    Backend.prototype.attention = attention;
+  }
 });
 
 test('profileModel, staged on the CPU backend and on CUDA: every op of the staged step, copies and both round trips', async (t) => {

@@ -33,6 +33,7 @@
  * const pred = predictDecode(model.config, p, { batch: 32, context: 512 });
  * console.log(pred.tokensPerSecond, pred.bound, pred.terms);
  */
+import type { CpuIsa } from '../backend.js';
 import { describe } from '../dtype.js';
 import { InvalidArgumentError, OutOfMemoryError } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
@@ -402,6 +403,16 @@ export interface ModelProfile {
    * expert copies stream (CUDA, offloaded experts; LoadModelOptions.attentionThreads). Absent: not measured.
    */
   attentionThreads?: number;
+  /**
+   * The CPU kernel tier the attention points ran on when below the host's best (absent: the best): chosen by the
+   * profile's trial (`attentionTiers`), and what the runtime should run (planRun's load: LoadModelOptions.attentionIsa).
+   */
+  attentionIsa?: CpuIsa;
+  /**
+   * The profile's attention tier trial, when it ran (an avx512bf16 host, ProfileModelOptions.attentionIsa 'auto'): ms
+   * per call of a decode batch and of a prefill prompt at the model's shapes, per tier.
+   */
+  attentionTiers?: Partial<Record<CpuIsa, { decodeMs: number; prefillMs: number }>>;
   /**
    * Measured as a staged step runs (stepOps `staged`): activations in the compute backend's memory, attention and
    * RoPE on the host backend, copies between them (absent: false). A CUDA profile always is.

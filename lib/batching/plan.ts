@@ -2,8 +2,8 @@
  * planRun: everything a throughput run decides before its model is loaded, from the model's config and (when there
  * is one) its saved profile (lib/batching/profile.ts). The batch and attention micro-batches the performance model
  * predicts fastest (chooseBatch); the routed experts kept in device memory beside that batch's step
- * (memory.ts expertSlotsFor, experts 'auto'); and a KV cache in host memory sized for the batch (memory.ts
- * hostKvLimit). Returns loadModel's options and generateBatch's, so the API runs what `moe-offload generate --input`
+ * (memory.ts expertSlotsFor, experts 'auto'); a KV cache in host memory sized for the batch (memory.ts
+ * hostKvLimit); the attention's CPU tier when the profile chose one below the best (ModelProfile.attentionIsa). Returns loadModel's options and generateBatch's, so the API runs what `moe-offload generate --input`
  * runs.
  *
  * @example
@@ -51,8 +51,8 @@ export interface RunPlanOptions {
 }
 
 export interface RunPlan {
-  /** loadModel's options: the backend, experts (the planned slots under 'auto'), the KV cache, the largest step. */
-  load: Pick<LoadModelOptions, 'backend' | 'experts' | 'kvCacheBytes' | 'deviceMemoryBytes' | 'maxStepTokens'>;
+  /** loadModel's options: the backend, experts (the planned slots under 'auto'), the KV cache, the largest step, the attention's tier (the profile's). */
+  load: Pick<LoadModelOptions, 'backend' | 'experts' | 'kvCacheBytes' | 'deviceMemoryBytes' | 'maxStepTokens' | 'attentionIsa'>;
   /** generateBatch's options. */
   batch: Pick<BatchOptions, 'maxSequences' | 'microBatches' | 'maxBatchTokens'>;
   /** The KV length planned for. */
@@ -194,6 +194,8 @@ export function planRun(cfg: ModelConfig, o: RunPlanOptions): RunPlan {
       // experts auto without a plan: the slots that fit beside the largest step the batch runner takes
       ...(deviceBytes !== undefined ? { deviceMemoryBytes: deviceBytes } : {}),
       maxStepTokens: Math.max(stepTokens, sequences),
+      // the attention's tier the profile chose (and measured its points on)
+      ...(p?.attentionIsa ? { attentionIsa: p.attentionIsa } : {}),
     },
     batch: { maxSequences: sequences, ...(microBatches !== undefined ? { microBatches } : {}), ...(o.maxBatchTokens !== undefined ? { maxBatchTokens: o.maxBatchTokens } : {}) },
     context,

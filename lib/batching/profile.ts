@@ -37,7 +37,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { type Backend, openBackend, packsWeightsByDefault } from '../backend.js';
+import { type Backend, CPU_ISAS, type CpuIsa, openBackend, packsWeightsByDefault } from '../backend.js';
 import { type MoeModel, loadModel } from '../engine/model.js';
 import { medianOf, StepIntervals } from '../engine/batch.js';
 import { ATTENTION_SPLIT_TOKENS, assembleMla, attentionThreadsBesideCopies, headPrefix } from '../engine/forward.js';
@@ -120,6 +120,14 @@ export interface ProfileModelOptions {
    * attentionThreads). Default on CUDA: attentionThreadsBesideCopies(pool threads), when below the pool; else 0: not.
    */
   attentionThreads?: number;
+  /**
+   * The CPU kernel tier of the attention points (ModelProfile.attentionIsa). Default 'auto': on an avx512bf16 host a
+   * trial times a decode batch and a prefill prompt at the model's shapes on it and on the AVX-512F tier (f32 FMAs),
+   * alternating, and takes AVX-512F when it is at least 5% faster on decode and not 5% slower on prefill (a 16-core
+   * Xeon read decode K/V at 98 GB/s on it, 85 on AVX-512 BF16, 2026-11-27; this project's 2-core Zen 4 VM: the same
+   * decode speed, prefill 0.67x); else the host's best.
+   */
+  attentionIsa?: CpuIsa | 'auto';
   onProgress?: (message: string) => void;
 }
 
@@ -244,6 +252,8 @@ interface Ctx {
   packed: boolean;
   /** The attention is measured on this many threads too (0: only on all of them). */
   attentionThreads: number;
+  /** The attention's tier when below the host backend's (ProfileModelOptions.attentionIsa). */
+  attentionIsa?: CpuIsa;
   log: (m: string) => void;
 }
 
@@ -527,7 +537,7 @@ async function measureAttention(c: Ctx, s: Extract<OpSpec, { op: 'attention' }>)
         const out = new HostTensor('bf16', [B, s.qHeads, s.headDim]);
         const k = kv.keys(0);
         const v = kv.values(0);
-        const ms = await chained(c, (i) => c.host.attention({ q, k, v, out, ...batches[i % sets]!, scale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(sinks ? { sinks } : {}), ...(s.threads ? { threads: s.threads } : {}) }), true);
+        const ms = await chained(c, (i) => c.host.attention({ q, k, v, out, ...batches[i % sets]!, scale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(sinks ? { sinks } : {}), ...(s.threads ? { threads: s.threads } : {}), ...(c.attentionIsa ? { isa: c.attentionIsa } : {}) }), true);
         return { ms, bytes: B * (L + 1) * tokenBytes, context: L + 1 };
         },
         c.seqBatches,
@@ -564,7 +574,7 @@ async function measureAttentionPrefill(c: Ctx, s: Extract<OpSpec, { op: 'attenti
       const batch = kv.batch(seqs, seqs.map(() => q));
       const qt = tensor('f32', [S * q, s.qHeads, s.headDim], 9);
       const out = new HostTensor('bf16', [S * q, s.qHeads, s.headDim]);
-      const ms = await chained(c, () => c.host.attention({ q: qt, k: kv.keys(0), v: kv.values(0), out, ...batch, scale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(sinks ? { sinks } : {}), ...(s.threads ? { threads: s.threads } : {}) }), true);
+      const ms = await chained(c, () => c.host.attention({ q: qt, k: kv.keys(0), v: kv.values(0), out, ...batch, scale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(sinks ? { sinks } : {}), ...(s.threads ? { threads: s.threads } : {}), ...(c.attentionIsa ? { isa: c.attentionIsa } : {}) }), true);
       pts.push({ batch: S * prefillPairs(q, P), ms, bytes: S * (P + q) * tokenBytes, probeGBs: 0 });
       for (const id of seqs) kv.free(id);
     }
@@ -847,6 +857,54 @@ async function measureOps(c: Ctx, modes: 'both' | 'cold' | 'warm', have: Record<
   return ops;
 }
 
+/**
+ * The attention's CPU tier (ProfileModelOptions.attentionIsa): `asked` within the host's tier, or with 'auto' on an
+ * avx512bf16 host the trial's choice. The trial: the model's decode attention over min(64, largest batch) sequences
+ * at the middle context, rotated over sets of sequences a cold span apart (as the points are measured), and one
+ * prefill prompt of min(512, largest prefill step) tokens; on the attention threads of the offloaded steps when
+ * the profile measures them; three rounds alternating the tiers, the median per tier.
+ */
+async function attentionTier(c: Ctx, asked: CpuIsa | 'auto'): Promise<{ isa: CpuIsa; trial?: ModelProfile['attentionTiers'] }> {
+  const best = c.host.isa;
+  if (asked !== 'auto') return { isa: CPU_ISAS.indexOf(asked) < CPU_ISAS.indexOf(best) ? asked : best };
+  if (best !== 'avx512bf16') return { isa: best };
+  const spec = stepOps(c.cfg, { staged: c.staged, resident: false }).ops.find((o) => o.spec.op === 'attention')?.spec;
+  if (spec?.op !== 'attention') return { isa: best };
+  const B = Math.min(64, Math.max(...c.seqBatches));
+  const L = [...c.contexts].sort((a, b) => a - b)[Math.floor(c.contexts.length / 2)]!;
+  const T = Math.min(512, Math.max(64, ...c.prefill));
+  const tokenBytes = 2 * spec.kvHeads * spec.headDim * 2;
+  const seqPages = Math.ceil((L + 1) / KV_BLOCK);
+  const sets = Math.max(1, Math.ceil(span(c, true) / (B * seqPages * KV_BLOCK * tokenBytes)));
+  const { kv, scale, sinks, sequences } = attentionKv(c, spec, (sets * B * seqPages + Math.ceil(T / KV_BLOCK)) * KV_BLOCK * tokenBytes, 33);
+  try {
+    const seqs = sequences(sets * B, L + 1);
+    const batches = Array.from({ length: sets }, (_, j) => kv.batch(seqs.slice(j * B, (j + 1) * B), Array.from({ length: B }, () => 1)));
+    const [prompt] = sequences(1, T);
+    const pre = kv.batch([prompt!], [T]);
+    const q = tensor('f32', [B, spec.qHeads, spec.headDim], 9);
+    const out = new HostTensor('bf16', [B, spec.qHeads, spec.headDim]);
+    const qp = tensor('f32', [T, spec.qHeads, spec.headDim], 10);
+    const outp = new HostTensor('bf16', [T, spec.qHeads, spec.headDim]);
+    const common = { k: kv.keys(0), v: kv.values(0), scale, splitTokens: ATTENTION_SPLIT_TOKENS, ...(sinks ? { sinks } : {}), ...(c.attentionThreads ? { threads: c.attentionThreads } : {}) };
+    const low: CpuIsa = 'avx512';
+    const ms: Record<'avx512bf16' | 'avx512', { decode: number[]; prefill: number[] }> = { avx512bf16: { decode: [], prefill: [] }, avx512: { decode: [], prefill: [] } };
+    for (let round = 0; round < 3; round++) {
+      for (const isa of round % 2 === 0 ? ([best, low] as const) : ([low, best] as const)) {
+        ms[isa].decode.push(await chained(c, (i) => c.host.attention({ ...common, q, out, ...batches[i % sets]!, isa }), true));
+        ms[isa].prefill.push(await chained(c, () => c.host.attention({ ...common, q: qp, out: outp, ...pre, isa }), true));
+      }
+    }
+    const trial = Object.fromEntries(Object.entries(ms).map(([isa, m]) => [isa, { decodeMs: medianOf(m.decode), prefillMs: medianOf(m.prefill) }])) as NonNullable<ModelProfile['attentionTiers']>;
+    const [b, l] = [trial.avx512bf16!, trial.avx512!];
+    const isa = l.decodeMs <= 0.95 * b.decodeMs && l.prefillMs <= 1.05 * b.prefillMs ? low : best;
+    c.log(`attention tier: ${isa} (decode ${b.decodeMs.toFixed(3)} ms on avx512bf16, ${l.decodeMs.toFixed(3)} on avx512; prefill ${b.prefillMs.toFixed(3)}, ${l.prefillMs.toFixed(3)})`);
+    return { isa, trial };
+  } finally {
+    kv.dispose();
+  }
+}
+
 /** The last-level cache of CPU 0 (sysfs), bytes; 32 MiB where it cannot be read. */
 function lastLevelCacheBytes(): number {
   try {
@@ -1000,7 +1058,7 @@ async function runtimeCosts(c: Ctx, quick: boolean, sampleNs: number, ops: Recor
       const config: Record<string, unknown> = { num_hidden_layers: layers };
       if (Array.isArray(base.layer_types)) config.layer_types = Array.from({ length: layers }, (_, l) => (base.layer_types as unknown[])[l % (base.layer_types as unknown[]).length]);
       await makeModel(d, { preset, seed: 1, config });
-      const model = await loadModel(d, { backend: c.be, kvCacheBytes: 64 << 20, deviceActivations: c.staged });
+      const model = await loadModel(d, { backend: c.be, kvCacheBytes: 64 << 20, deviceActivations: c.staged, ...(c.attentionIsa ? { attentionIsa: c.attentionIsa } : {}) });
       made.push({ layers, model, p: undefined as unknown as ModelProfile, rest: [] });
       // one sequence at context ~70: a tiny model's step stays in cache (warm)
       const sub: Ctx = { ...c, cfg: model.config, batches: [1, seqBatch], seqBatches: [1, seqBatch], prefill: [], contexts: [prompt, prompt * 2], cold: false, log: () => {} };
@@ -1133,6 +1191,8 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   if (!Number.isSafeInteger(attentionThreads) || attentionThreads < 0 || attentionThreads > 65536) {
     throw new InvalidArgumentError(`attentionThreads must be an integer in [0, 65536] (0: none), received ${describe(options.attentionThreads)}`);
   }
+  const askedIsa = options.attentionIsa ?? 'auto';
+  if (askedIsa !== 'auto' && !CPU_ISAS.includes(askedIsa)) throw new InvalidArgumentError(`attentionIsa must be 'auto' or one of ${CPU_ISAS.join(', ')}, received ${describe(options.attentionIsa)}`);
   const nPasses = options.passes ?? (options.quick ? 1 : 3);
   if (!Number.isSafeInteger(nPasses) || nPasses < 1 || nPasses > 9) throw new InvalidArgumentError(`passes must be an integer in [1, 9], received ${String(options.passes)}`);
   const start = performance.now();
@@ -1154,6 +1214,8 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   const packed = be.kind === 'cpu' && (options.packWeights ?? packsWeightsByDefault(be));
   const c: Ctx = { be, host, staged, deviceGBs, cfg, batches, seqBatches, prefill, contexts, runs: options.quick ? 3 : 5, groupMs, hostGroupMs, probeBuf, cold: true, hostColdBytes: Math.max(COLD_BYTES, 2 * cacheBytes), packed, attentionThreads, log };
   const modes = be.kind !== 'cpu' || stepWorkingSet(cfg, 1, Math.min(...contexts)) > 2 * cacheBytes ? 'cold' : 'both';
+  const tiers = await attentionTier(c, askedIsa);
+  if (tiers.isa !== host.isa) c.attentionIsa = tiers.isa;
   // passes over the ops, apart in time for each op: per point the pass with the median cost (a burst of other
   // jobs on this shared machine inflates one pass, not the median; the bench and the runtime calibration take
   // medians too)
@@ -1173,6 +1235,8 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
     threads: i.cpu.cores,
     ...(be.kind === 'cuda' ? { device: i.cuda.devices?.[be.device]?.name ?? 'unknown GPU' } : {}),
     ...(attentionThreads > 0 ? { attentionThreads } : {}),
+    ...(c.attentionIsa ? { attentionIsa: c.attentionIsa } : {}),
+    ...(tiers.trial ? { attentionTiers: tiers.trial } : {}),
     opMs,
     streamEfficiency: stream.efficiency,
     peakGBs: stream.peakGBs,
@@ -1212,7 +1276,7 @@ export function mergeProfiles(profiles: readonly ModelProfile[]): ModelProfile {
   if (!Array.isArray(profiles) || profiles.length === 0) throw new InvalidArgumentError(`profiles must be a non-empty array of ModelProfile, received ${describe(profiles)}`);
   const [first] = profiles as [ModelProfile];
   const shape = (p: ModelProfile) =>
-    JSON.stringify([p.version, p.backend, p.kind ?? 'cpu', p.staged ?? false, p.model, p.batches, p.contexts, p.prefillTokens ?? [], Object.keys(p.ops).sort().map((k) => [k, p.ops[k]!.map((q) => [q.batch, q.context ?? null, q.cold ?? null])])]);
+    JSON.stringify([p.version, p.backend, p.kind ?? 'cpu', p.staged ?? false, p.attentionIsa ?? null, p.model, p.batches, p.contexts, p.prefillTokens ?? [], Object.keys(p.ops).sort().map((k) => [k, p.ops[k]!.map((q) => [q.batch, q.context ?? null, q.cold ?? null])])]);
   const want = shape(first);
   profiles.forEach((p, i) => {
     if (shape(p) !== want) throw new InvalidArgumentError(`profiles[${i}] must be measured for the same model, backend, batches, contexts and prefill steps as profiles[0] (${first.backend}, ${first.model.architecture}), received ${p.backend}, ${p.model?.architecture} with other points`);
