@@ -16,7 +16,9 @@
  *   - routed experts: the decode step's call, B tokens routed to k distinct random experts each (U(B) distinct
  *     experts on average), in an ExpertStore laid out and mapped in like the model's (ExpertStore.createAsync), every
  *     expert set once in its layer's expert table as ResidentExperts does, awaited alone;
- *   - attention over B sequences x several contexts in a paged KV cache with the model's kv heads and head dim;
+ *   - attention over B sequences x several contexts in a paged KV cache with the model's kv heads and head dim, on
+ *     the CPU tier a trial picks first on AVX-512 BF16 hosts (attentionTier: AVX-512 BF16 or AVX-512F, whichever
+ *     runs the model's attention faster there; ModelProfile.attentionIsa, which planRun passes to loadModel);
  *   - host work: KV writes, OLMoE's clip, MLA's head assembly (the same loops), and the tensors the forward pass
  *     allocates fresh per step and per layer (what a native op writing a fresh tensor costs over a reused one);
  *   - every point of an op that streams weights or K/V records the read bandwidth around it (a 64 MiB probe
