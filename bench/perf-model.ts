@@ -10,7 +10,10 @@
  * rescaling did not help (perf-model-cpu-2026-11-26-ab-summary.json).
  * Each configuration runs 3 times (1 with --quick) in interleaved rounds, so that a burst of other jobs on this
  * shared machine hits one run of a configuration rather than all; its row is the run with the median measured
- * interval. The profile is measured once before each round (--passes=N: N passes there) and the rounds' profiles
+ * interval. The profile measures the routed experts and the LM head on the model's own memory (profileModel's
+ * `model`: on this VM memory of the same size reads up to 1.18x faster or slower by which pages an allocation got,
+ * stable within a process; --generated-weights measures them on generated copies, as a profile saved for later runs
+ * is). The profile is measured once before each round (--passes=N: N passes there) and the rounds' profiles
  * merged (`mergeProfiles`: the median per point), so that it samples the same stretch of time as the runs it
  * predicts: this VM's memory bandwidth drifts between phases minutes long, and a profile measured in one phase made
  * every prediction of a model err the same way (the rows of perf-model-cpu-staged-2026-11-26-memplan-real.json were
@@ -31,7 +34,7 @@
  * experts then stream through GPU slots, and module mode's copies overlap the compute in the model).
  * --micro-batches=1,2: the decode configurations also at those attention micro-batch counts (predictDecode's
  * microBatches: on the CPU the groups run one after another; on CUDA their host work overlaps the GPU's).
- * Run: node dist/bench/perf-model.js [--quick] [--reps=N] [--passes=N] [--profile-first] [--models=a,b]
+ * Run: node dist/bench/perf-model.js [--quick] [--reps=N] [--passes=N] [--profile-first] [--generated-weights] [--models=a,b]
  *        [--batches=1,8,32] [--backend=cpu|cuda] [--staged] [--micro-batches=1,2] [--decode-only]
  *   -> bench/results/perf-model-<cpu|cpu-staged|cuda>-<date>.json (--quick: one run per configuration, its profile
  *      quick)
@@ -199,6 +202,7 @@ async function main(): Promise<void> {
   // --profile-first: the profile measured once per model before its rounds (all passes there); by default one
   // profile before each round, merged
   const profileFirst = process.argv.includes('--profile-first');
+  const ownMemory = !process.argv.includes('--generated-weights');
   const rows: Array<Record<string, unknown>> = [];
   const profiles: Record<string, unknown> = {};
   const loads: number[] = [];
@@ -224,8 +228,9 @@ async function main(): Promise<void> {
           // discarded
         }
       }
-      // the attention points on the tier the model runs it on (no tier trial)
-      const profileOptions = { maxBatch: Math.max(...batches), prefillTokens: [128, 256, CHUNK], quick, staged, attentionIsa: model.attentionIsa };
+      // the attention points on the tier the model runs it on (no tier trial); the routed experts and the LM head on
+      // the model's own memory (--generated-weights: on generated copies, as a profile saved for later runs)
+      const profileOptions = { maxBatch: Math.max(...batches), prefillTokens: [128, 256, CHUNK], quick, staged, attentionIsa: model.attentionIsa, ...(ownMemory ? { model } : {}) };
       const measure = async (n: number) => {
         loads.push(os.loadavg()[0]!);
         const p = await profileModel(model.backend, cfg, { ...profileOptions, passes: n });
@@ -382,6 +387,7 @@ async function main(): Promise<void> {
     decode_steps: decodeSteps,
     profile_passes: profileFirst ? (passes ?? (quick ? 1 : 3)) : reps * (passes ?? 1),
     profile_schedule: profileFirst ? 'all passes before the rounds' : 'one profile before each round, merged (mergeProfiles)',
+    profile_weights: ownMemory ? "the model's own memory for the routed experts and the LM head (profileModel's model)" : 'generated copies',
     load_avg_1m_mean: r3(meanLoad),
     load_avg_1m_max: r3(Math.max(...loads)),
     mean_rel_error: r3(mean),

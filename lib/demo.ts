@@ -93,8 +93,8 @@ export async function demo(o: DemoOptions = {}): Promise<void> {
     `  memory: compute backend ${mib(mem.device.denseWeights)} dense weights + ${mib(mem.device.expertSlots)} expert slots; ` +
       `host ${mib(mem.host.expertStore)} expert store + ${mib(mem.host.kvCache)} KV cache\n`,
   );
-  // the attention on the tier the model runs it on (no tier trial)
-  const profile = await profileModel(resident.backend, resident.config, { quick: true, maxBatch: batch.length, attentionIsa: resident.attentionIsa });
+  // the attention on the tier the model runs it on (no tier trial), the model's own memory where it spans a cold read
+  const profile = await profileModel(resident.backend, resident.config, { quick: true, maxBatch: batch.length, attentionIsa: resident.attentionIsa, model: resident });
   const t0 = performance.now();
   let tokens = 0;
   const intervals = new StepIntervals();

@@ -12,9 +12,10 @@ import { type ModelProfile, type OpPoint, type OpSpec, type StepPlan, chooseBatc
 import { denseWeightBytes, expertBytes, kvTokensFor, stepDeviceBytes } from '../lib/batching/memory.js';
 import { mergeProfiles, profileModel } from '../lib/batching/profile.js';
 import { planRun } from '../lib/batching/plan.js';
+import { ExpertStore } from '../lib/residency/expert-store.js';
 import { workloadShape } from '../lib/batching/workload.js';
 import { LOGIT_ROWS } from '../lib/engine/forward.js';
-import { Backend, cudaUnavailableReason, DeviceTensor, InvalidArgumentError, loadModel, makeModel, type ModelConfig, type MoeModel, type PresetName } from '../lib/index.js';
+import { Backend, cudaUnavailableReason, DeviceTensor, InvalidArgumentError, loadModel, openBackend, makeModel, type ModelConfig, type MoeModel, type PresetName } from '../lib/index.js';
 
 let root = '';
 before(() => {
@@ -532,6 +533,36 @@ test('profileModel\'s attention tier: a trial of both tiers on an avx512bf16 hos
   } finally {
     Backend.prototype.attention = attention;
   }
+});
+
+test('profileModel with a loaded model: the routed experts measured on its own store where that spans the rotation (else generated copies); a model of another shape or backend is a typed error', async () => {
+  const cfg = await config('tiny-qwen3-moe');
+  using m = await loadModel(path.join(root, 'tiny-qwen3-moe'));
+  const opts = { maxBatch: 2, contexts: [32, 96], prefillTokens: [], quick: true, skipRuntime: true, attentionIsa: m.attentionIsa };
+  // the stores the profile allocates for its expert points
+  let made = 0;
+  const createAsync = ExpertStore.createAsync;
+  ExpertStore.createAsync = async function (...a: Parameters<typeof createAsync>) {
+    made++;
+    return createAsync.apply(this, a);
+  };
+  try {
+    const generated = await profileModel(m.backend, cfg, opts);
+    const withGenerated = made;
+    made = 0;
+    const own = await profileModel(m.backend, cfg, { ...opts, model: m });
+    // tiny-qwen3-moe's store (4 layers x 32 experts of 192 KiB: 24 MiB) spans the warm rotation (3 x 8 MiB), not the
+    // cold one (3 x 64 MiB): its warm points read the model's store, the cold ones a generated store
+    assert.equal(m.ownMemory.store.totalBytes >= 24 * 2 ** 20, true);
+    assert.equal(made, withGenerated - 1, `stores allocated: ${made} with the model, ${withGenerated} without`);
+    const key = stepOps(cfg).ops.find((o) => o.spec.op === 'moeExperts' && o.spec.experts > 1)!.key;
+    assert.deepEqual(own.ops[key]!.map((q) => [q.batch, q.cold]), generated.ops[key]!.map((q) => [q.batch, q.cold]));
+  } finally {
+    ExpertStore.createAsync = createAsync;
+  }
+  const other = await config('tiny-olmoe');
+  await assert.rejects(profileModel(m.backend, other, { ...opts, model: m }), (e: unknown) => e instanceof InvalidArgumentError && /^model must be a loaded model of cfg/.test(e.message));
+  await assert.rejects(profileModel(openBackend({ backend: 'cpu', ownStream: true }), cfg, { ...opts, model: m }), (e: unknown) => e instanceof InvalidArgumentError && /^model must be a loaded model of cfg/.test(e.message));
 });
 
 test('profileModel, staged on the CPU backend and on CUDA: every op of the staged step, copies and both round trips', async (t) => {

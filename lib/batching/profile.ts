@@ -130,6 +130,16 @@ export interface ProfileModelOptions {
    * decode speed, prefill 0.67x); else the host's best.
    */
   attentionIsa?: CpuIsa | 'auto';
+  /**
+   * A loaded model of `cfg` on `be` (the CPU backend) whose own memory the routed experts and the LM head are measured
+   * on (its expert store, its LM head weight) instead of generated copies, where that memory already spans a cold
+   * read: on this project's VM the same expert bytes read 1.15-1.18x apart in the model's store and in a store
+   * allocated later, stable within the process (2026-11-28: which memory an allocation gets moves a read that much),
+   * so a profile that predicts a loaded model measures its memory. A CUDA profile ignores it.
+   * @example
+   * const p = await profileModel(model.backend, model.config, { model });
+   */
+  model?: MoeModel;
   onProgress?: (message: string) => void;
 }
 
@@ -256,6 +266,8 @@ interface Ctx {
   attentionThreads: number;
   /** The attention's tier when below the host backend's (ProfileModelOptions.attentionIsa). */
   attentionIsa?: CpuIsa;
+  /** A loaded model's own memory to measure the routed experts and the LM head on (ProfileModelOptions.model). */
+  own?: { store: ExpertStore; lmHead: Tensor };
   log: (m: string) => void;
 }
 
@@ -339,6 +351,15 @@ function copies(c: Ctx, bytes: number, instances: number): number {
 async function measureGemm(c: Ctx, s: Extract<OpSpec, { op: 'gemm' }>, instances: number): Promise<OpPoint[]> {
   const bytes = weightBytes(s);
   const ws: Tensor[] = [];
+  // the LM head's shape: the model's own weight when given and a cold read by itself
+  const lm = c.own?.lmHead;
+  if (lm && instances === 1 && s.dtype === 'bf16' && lm.shape[0] === s.n && lm.shape[1] === s.k && bytes >= span(c)) {
+    return curve(c, true, async (B) => {
+      const a = await input(c, s.dtype, [B, s.k], 3);
+      const out = output(c, 'f32', [B, s.n]);
+      return { ms: await chained(c, () => c.be.gemm(a, lm, out)), bytes };
+    });
+  }
   try {
     for (let i = 0; i < copies(c, bytes, instances); i++) ws.push(await weight(c, s.dtype, [s.n, s.k], 11 + i));
     return await curve(c, true, async (B) => {
@@ -410,16 +431,19 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
   const E = s.experts;
   const k = s.k;
   const expertBytes = weightBytes(s);
+  const onGpu = c.be.kind !== 'cpu';
+  // a loaded model's own store (ProfileModelOptions.model) when it is of this shape and spans a cold rotation
+  const mine = c.own?.store;
+  const own = !onGpu && mine && mine.experts === E && mine.hidden === s.hidden && mine.intermediate === s.inter && mine.packed === c.packed && mine.totalBytes >= 3 * span(c) ? mine : undefined;
   // enough layers of experts that a call's experts were last read span(c) ago (a call reads U(B) of the E)
-  const layers = rotationLayers(E, expertBytes, span(c));
+  const layers = own ? own.layers.length : rotationLayers(E, expertBytes, span(c));
   // CPU: the experts in host memory (an ExpertStore, as the model's); GPU: in its memory (slots, each filled from one
   // layer of experts in a pinned store)
-  const onGpu = c.be.kind !== 'cpu';
-  const store = await ExpertStore.createAsync(c.be, { layers: Array.from({ length: onGpu ? 1 : layers }, (_, l) => l), experts: E, hidden: s.hidden, intermediate: s.inter, packed: c.packed });
+  const store = own ?? (await ExpertStore.createAsync(c.be, { layers: Array.from({ length: onGpu ? 1 : layers }, (_, l) => l), experts: E, hidden: s.hidden, intermediate: s.inter, packed: c.packed }));
   let pool: SlotPool | undefined;
   try {
     // every expert written (untouched pages would all read the one zero page)
-    for (let l = 0; l < (onGpu ? 1 : layers); l++) {
+    for (let l = 0; l < (onGpu || own ? 0 : layers); l++) {
       for (let e = 0; e < E; e++) {
         fillExpert(store, l, e, 7 + e);
       }
@@ -432,7 +456,7 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
     const tables = Array.from({ length: layers }, (_, l) => {
       const t = c.be.expertTable(E, { hidden: s.hidden, intermediate: s.inter, packed: c.packed });
       for (let e = 0; e < E; e++) {
-        const v = pool ? pool.slot(l * E + e) : store.expert(l, e);
+        const v = pool ? pool.slot(l * E + e) : store.expert(store.layers[l]!, e);
         t.set(e, { gate: v.gate, up: v.up, down: v.down });
       }
       return t;
@@ -482,7 +506,7 @@ async function measureRouted(c: Ctx, s: Extract<OpSpec, { op: 'moeExperts' }>): 
     });
   } finally {
     pool?.dispose();
-    store.dispose();
+    if (store !== own) store.dispose();
   }
 }
 
@@ -1193,6 +1217,12 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   if (!Number.isSafeInteger(attentionThreads) || attentionThreads < 0 || attentionThreads > 65536) {
     throw new InvalidArgumentError(`attentionThreads must be an integer in [0, 65536] (0: none), received ${describe(options.attentionThreads)}`);
   }
+  const mdl = options.model;
+  if (mdl !== undefined) {
+    const mc = mdl?.config;
+    const same = mc !== undefined && mc.architecture === cfg.architecture && mc.hiddenSize === cfg.hiddenSize && mc.vocabSize === cfg.vocabSize && mc.numExperts === cfg.numExperts && mc.moeIntermediateSize === cfg.moeIntermediateSize;
+    if (!same || mdl.backend !== be) throw new InvalidArgumentError(`model must be a loaded model of cfg (${cfg.architecture}, hidden ${cfg.hiddenSize}) on ${be.name}, received ${mc ? `${mc.architecture}, hidden ${mc.hiddenSize} on ${mdl.backend?.name}` : describe(mdl)}`);
+  }
   const askedIsa = options.attentionIsa ?? 'auto';
   if (askedIsa !== 'auto' && !CPU_ISAS.includes(askedIsa)) throw new InvalidArgumentError(`attentionIsa must be 'auto' or one of ${CPU_ISAS.join(', ')}, received ${describe(options.attentionIsa)}`);
   const nPasses = options.passes ?? (options.quick ? 1 : 3);
@@ -1215,6 +1245,7 @@ export async function profileModel(be: Backend, cfg: ModelConfig, options: Profi
   const cacheBytes = lastLevelCacheBytes();
   const packed = be.kind === 'cpu' && (options.packWeights ?? packsWeightsByDefault(be));
   const c: Ctx = { be, host, staged, deviceGBs, cfg, batches, seqBatches, prefill, contexts, runs: options.quick ? 3 : 5, groupMs, hostGroupMs, probeBuf, cold: true, hostColdBytes: Math.max(COLD_BYTES, 2 * cacheBytes), packed, attentionThreads, log };
+  if (mdl && be.kind === 'cpu') c.own = mdl.ownMemory;
   const modes = be.kind !== 'cpu' || stepWorkingSet(cfg, 1, Math.min(...contexts)) > 2 * cacheBytes ? 'cold' : 'both';
   const tiers = await attentionTier(c, askedIsa);
   if (tiers.isa !== host.isa) c.attentionIsa = tiers.isa;

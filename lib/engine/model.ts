@@ -323,6 +323,14 @@ export class MoeModel {
     });
   }
 
+  /**
+   * @internal profileModel's `model` option: the model's own memory that its measurements read (the routed experts'
+   * store, the LM head's weight).
+   */
+  get ownMemory(): { store: ExpertStore; lmHead: Tensor } {
+    return { store: this.#store, lmHead: this.#weights.lmHead };
+  }
+
   /** The expert cache (offloaded mode: residency, pins, counters), undefined when experts are resident. */
   get expertCache(): ExpertCache | undefined {
     return this.#experts.cache;
